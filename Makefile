@@ -1,0 +1,46 @@
+# meshward: `make demo` runs the main job, `make test` passes the tests (both set up everything).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping
+
+.PHONY: setup system-deps demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+# Attack and load tools the integration tests and benchmarks drive (root only; skipped otherwise).
+system-deps:
+	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping; do \
+	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system tools:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else echo "note: missing$$missing (integration tests that need them are skipped)"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/meshward demo
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

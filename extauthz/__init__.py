@@ -1,0 +1,1 @@
+"""The envoy.service.auth.v3.Authorization gRPC service: CheckRequest -> Observation -> verdict."""

@@ -1,0 +1,1 @@
+"""Envoy filter config, sidecar bootstraps and Istio objects (EnvoyFilter, AuthorizationPolicy)."""

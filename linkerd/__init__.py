@@ -1,0 +1,1 @@
+"""Finding Linkerd-meshed pods and mapping them to network namespaces for the node tap."""

@@ -1,0 +1,5 @@
+import sys
+
+from meshward.cli import main
+
+sys.exit(main())

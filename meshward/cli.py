@@ -1,0 +1,55 @@
+"""The `meshward` command line: one sub-command per module under `meshward.commands`.
+
+Each command module has `register(subparsers)` that adds its parser and sets `func(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from meshward import __version__
+
+# sub-command modules, in the order `meshward --help` lists them
+COMMANDS = [
+    "meshward.commands.learn",
+    "meshward.commands.score",
+    "meshward.commands.allowlist",
+    "meshward.commands.mode",
+]
+
+
+class UsageError(Exception):
+    """Bad input or configuration: reported as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshward",
+        description="Security layer for service meshes: learned L7 allowlists, threat detection.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshward {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"meshward {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

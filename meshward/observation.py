@@ -1,0 +1,252 @@
+"""The one data type that crosses every boundary: the Observation, and what scoring says of it.
+
+Every source (ext_authz, the Envoy tap, the node tap, offline files) turns what it saw into an
+Observation; the engine consumes nothing else and answers with a Verdict.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+SeenBy = Literal["extauthz", "envoy-tap", "node-tap", "file"]
+VerdictKind = Literal["allow", "alert", "deny"]
+
+_SPIFFE = re.compile(r"^spiffe://[^/]+/ns/(?P<ns>[^/]+)/sa/(?P<sa>[^/]+)$")
+# Linkerd identities: <sa>.<ns>.serviceaccount.identity.<control-plane-ns>.<trust-domain>
+_LINKERD = re.compile(r"^(?P<sa>[^.]+)\.(?P<ns>[^.]+)\.serviceaccount\.identity\.")
+# Kubernetes service DNS names: <svc>.<ns>.svc[.cluster.local]
+_SVC_DNS = re.compile(r"^(?P<svc>[^.]+)\.(?P<ns>[^.]+)\.svc(\.[^:]*)?(:\d+)?$")
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who one end of an exchange is. Any field may be empty; `key` is what rules are keyed by."""
+
+    namespace: str = ""
+    workload: str = ""  # workload, service or service account name
+    principal: str = ""  # SPIFFE id or Linkerd identity, as the mesh presented it
+    ip: str = ""
+    port: int = 0
+
+    @property
+    def key(self) -> str:
+        """Stable identity string: `namespace/workload`, else principal, else IP, else `unknown`."""
+        if self.workload:
+            return f"{self.namespace}/{self.workload}" if self.namespace else self.workload
+        if self.principal:
+            return self.principal
+        if self.ip:
+            return self.ip
+        return "unknown"
+
+    @classmethod
+    def parse(cls, text: str, *, ip: str = "", port: int = 0) -> Identity:
+        """Read the identity spellings meshes use: SPIFFE, Linkerd, service DNS, `ns/name`."""
+        text = (text or "").strip()
+        if not text or text == "unknown":
+            return cls(ip=ip, port=port)
+        if m := _SPIFFE.match(text):
+            return cls(m["ns"], m["sa"], text, ip, port)
+        if m := _LINKERD.match(text):
+            return cls(m["ns"], m["sa"], text, ip, port)
+        if m := _SVC_DNS.match(text.lower()):
+            return cls(m["ns"], m["svc"], "", ip, port)
+        if "/" in text and "://" not in text:
+            ns, _, name = text.partition("/")
+            return cls(ns, name, "", ip, port)
+        return cls("", text, "", ip, port)
+
+
+@dataclass(slots=True)
+class Threat:
+    """One embedded attack found in one place of a request (or one network event)."""
+
+    name: str  # dotted, e.g. SQL.Injection; never renamed (DESIGN.md)
+    location: str  # e.g. query:id, body:$.user.name, header:cookie:sid, path, network
+    evidence: str  # matched fragment, <= 128 chars, control characters escaped
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "location": self.location, "evidence": self.evidence}
+
+
+@dataclass(slots=True)
+class Observation:
+    """One L7 exchange (or one network event) as some source saw it."""
+
+    seen_by: SeenBy
+    source: Identity = field(default_factory=Identity)
+    destination: Identity = field(default_factory=Identity)
+    time: float = field(default_factory=time.time)
+    protocol: str = "http/1.1"  # http/1.1, h2, grpc; network events: icmp, udp, dns
+    method: str = ""
+    authority: str = ""
+    path: str = "/"  # without the query string, as received (not decoded)
+    query: str = ""  # raw query string without the leading '?'
+    headers: list[tuple[str, str]] = field(default_factory=list)  # names lower-case, in order
+    body: bytes = b""
+    body_truncated: bool = False  # the source saw only a prefix of the body
+    body_size: int | None = None  # declared size (content-length) when known
+    status: int | None = None  # response status when known
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    grpc_service: str = ""
+    grpc_method: str = ""
+    request_id: str = ""  # x-request-id, joins both ends of one call
+    threats: list[Threat] = field(default_factory=list)  # found by the source itself (network)
+    # what the source knows that does not fit above (e.g. tcp flow id, envoy node id)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str, default: str = "") -> str:
+        """First value of a header (name lower-case)."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+    @property
+    def content_type(self) -> str:
+        return self.header("content-type").split(";", 1)[0].strip().lower()
+
+    def fill_grpc(self) -> None:
+        """Derive gRPC service and method from the path (`/pkg.Service/Method`) when gRPC."""
+        if self.grpc_service or not self.content_type.startswith("application/grpc"):
+            return
+        self.protocol = "grpc"
+        parts = self.path.split("/")
+        if len(parts) == 3 and parts[1] and parts[2]:
+            self.grpc_service, self.grpc_method = parts[1], parts[2]
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the engine says of one Observation."""
+
+    verdict: VerdictKind
+    score: float
+    reasons: list[str] = field(default_factory=list)
+    threats: list[Threat] = field(default_factory=list)
+    rule: str | None = None  # matched rule, e.g. "GET /users/{int}"
+    mode: str = "learn"
+    destination: str = "unknown"
+    source: str = "unknown"
+    body_partly_inspected: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON Lines object of `meshward score` (DESIGN.md), plus `rule` and `mode`."""
+        out: dict[str, object] = {
+            "verdict": self.verdict,
+            "score": round(self.score, 4),
+            "reasons": list(self.reasons),
+            "threats": [t.as_dict() for t in self.threats],
+            "destination": self.destination,
+            "source": self.source,
+            "rule": self.rule,
+            "mode": self.mode,
+        }
+        if self.body_partly_inspected:
+            out["body_partly_inspected"] = True
+        return out
+
+
+def _identity_from(d: object) -> Identity:
+    if not isinstance(d, dict):
+        raise ValueError("identity must be an object")
+    return Identity(
+        namespace=str(d.get("namespace", "")),
+        workload=str(d.get("workload", "")),
+        principal=str(d.get("principal", "")),
+        ip=str(d.get("ip", "")),
+        port=int(d.get("port", 0) or 0),
+    )
+
+
+def observation_to_dict(obs: Observation) -> dict[str, object]:
+    """JSON-safe form (body base64) used on the wire between node-tap and serve, and in logs."""
+    return {
+        "seen_by": obs.seen_by,
+        "time": obs.time,
+        "source": _identity_dict(obs.source),
+        "destination": _identity_dict(obs.destination),
+        "protocol": obs.protocol,
+        "method": obs.method,
+        "authority": obs.authority,
+        "path": obs.path,
+        "query": obs.query,
+        "headers": [list(h) for h in obs.headers],
+        "body_b64": base64.b64encode(obs.body).decode("ascii"),
+        "body_truncated": obs.body_truncated,
+        "body_size": obs.body_size,
+        "status": obs.status,
+        "response_headers": [list(h) for h in obs.response_headers],
+        "grpc_service": obs.grpc_service,
+        "grpc_method": obs.grpc_method,
+        "request_id": obs.request_id,
+        "threats": [t.as_dict() for t in obs.threats],
+        "extra": dict(obs.extra),
+    }
+
+
+def _identity_dict(i: Identity) -> dict[str, object]:
+    return {
+        "namespace": i.namespace,
+        "workload": i.workload,
+        "principal": i.principal,
+        "ip": i.ip,
+        "port": i.port,
+    }
+
+
+def _pairs(v: object) -> list[tuple[str, str]]:
+    if not isinstance(v, list):
+        raise ValueError("headers must be a list of [name, value] pairs")
+    out = []
+    for item in v:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise ValueError("headers must be a list of [name, value] pairs")
+        out.append((str(item[0]).lower(), str(item[1])))
+    return out
+
+
+def observation_from_dict(d: object) -> Observation:
+    """Inverse of `observation_to_dict`; raises ValueError with a clear message on bad input."""
+    if not isinstance(d, dict):
+        raise ValueError("observation must be a JSON object")
+    seen_by = d.get("seen_by", "file")
+    if seen_by not in ("extauthz", "envoy-tap", "node-tap", "file"):
+        raise ValueError(f"unknown seen_by {seen_by!r}")
+    try:
+        body = base64.b64decode(str(d.get("body_b64", "")), validate=True)
+        threats = [
+            Threat(str(t["name"]), str(t.get("location", "")), str(t.get("evidence", "")))
+            for t in d.get("threats", []) or []
+        ]
+        status = d.get("status")
+        size = d.get("body_size")
+        return Observation(
+            seen_by=seen_by,
+            time=float(d.get("time", time.time())),
+            source=_identity_from(d.get("source", {})),
+            destination=_identity_from(d.get("destination", {})),
+            protocol=str(d.get("protocol", "http/1.1")),
+            method=str(d.get("method", "")),
+            authority=str(d.get("authority", "")),
+            path=str(d.get("path", "/")),
+            query=str(d.get("query", "")),
+            headers=_pairs(d.get("headers", [])),
+            body=body,
+            body_truncated=bool(d.get("body_truncated", False)),
+            body_size=int(size) if size is not None else None,
+            status=int(status) if status is not None else None,
+            response_headers=_pairs(d.get("response_headers", [])),
+            grpc_service=str(d.get("grpc_service", "")),
+            grpc_method=str(d.get("grpc_method", "")),
+            request_id=str(d.get("request_id", "")),
+            threats=threats,
+            extra={str(k): str(v) for k, v in (d.get("extra") or {}).items()},
+        )
+    except (TypeError, KeyError, AttributeError, binascii.Error) as exc:
+        raise ValueError(f"malformed observation: {exc}") from exc
