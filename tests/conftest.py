@@ -1,0 +1,22 @@
+"""Shared pytest configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+@pytest.fixture
+def need_root() -> None:
+    """Skip a test that needs root (network namespaces, packet capture)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, packet capture)")
+
+
+def need_tools(*names: str) -> None:
+    """Skip when an external tool the test drives is not installed."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        pytest.skip(f"missing tools: {', '.join(missing)} (make system-deps installs them)")
