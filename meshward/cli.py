@@ -17,6 +17,8 @@ COMMANDS = [
     "meshward.commands.score",
     "meshward.commands.allowlist",
     "meshward.commands.mode",
+    "meshward.commands.serve",
+    "meshward.commands.tap",
 ]
 
 

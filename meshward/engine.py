@@ -1,27 +1,59 @@
 """The engine facade: one Observation in, one Verdict out, following the namespace's mode.
 
-PROVISIONAL: the interface is final, the learning inside is being replaced by the real
-allowlist (meshward.allowlist) in this same session.
+Modes (DESIGN.md): `learn` allows everything and extends the allowlist; `monitor` learns
+nothing and alerts on deviations and threats; `enforce` denies what breaks the allowlist or
+carries a threat. Threat detection runs in every mode; a request carrying a threat is never
+learned (an attacker must not be able to teach the allowlist).
+
+Learning stays in memory and reaches the store in batches (`flush_interval`), never as a
+synchronous write per request. The engine is not thread-safe: one thread (the event loop)
+drives it.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from meshward import scoring
+from meshward.allowlist import Allowlist, Limits
 from meshward.detect import Detector, NoDetector
+from meshward.log import event
 from meshward.observation import Observation, Verdict
 
 MODES = ("learn", "monitor", "enforce")
+log = logging.getLogger("meshward.engine")
 
 
 @dataclass
 class EngineConfig:
     deny_threshold: float = 0.5  # enforce: deny at or above this score
-    alert_threshold: float = 0.2  # monitor/enforce: alert at or above this score
+    alert_threshold: float = 0.15  # monitor and enforce: alert at or above this score
     default_mode: str = "learn"
     flush_interval: float = 2.0  # seconds between batched store writes
+    threats: bool = True  # run the embedded-threat detectors
+    threat_level: int = 1  # sensitivity 1..3
+    max_body: int = 1 << 20  # body bytes decoded for learning and scoring
+    alert_history: int = 1000  # alerts kept in memory (the store keeps more)
+    limits: Limits = field(default_factory=Limits)
+
+
+def default_detector(config: EngineConfig) -> Detector:
+    """The embedded-threat detectors, or none when switched off."""
+    if not config.threats:
+        return NoDetector()
+    try:
+        import meshward.threats  # noqa: F401
+    except ImportError:  # TODO(lead): remove once meshward.threats has landed
+        event(log, "threat detectors unavailable", logging.WARNING)
+        return NoDetector()
+    from meshward.threats import ThreatDetector
+    from meshward.threats import default_detector as shared
+
+    return shared() if config.threat_level == 1 else ThreatDetector(level=config.threat_level)
 
 
 class Engine:
@@ -33,49 +65,153 @@ class Engine:
     ) -> None:
         self.store = store
         self.config = config or EngineConfig()
-        self.detector = detector or NoDetector()
+        self.detector = detector if detector is not None else default_detector(self.config)
+        self.allowlist = Allowlist(self.config.limits)
         self._modes: dict[str, str] = {}
-        self._seen: set[tuple[str, str, str]] = set()
-        self._alerts: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._dirty: set[str] = set()
+        self._pending_alerts: list[dict[str, Any]] = []
+        self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
+        self._last_flush = time.monotonic()
+        self._modes_version: object = None
+        self.counters: dict[str, int] = {"evaluated": 0, "learned": 0, "alerts": 0, "denied": 0}
+        if store is not None:
+            self._load()
 
+    def _load(self) -> None:
+        for dest, doc in self.store.load_profiles().items():
+            try:
+                self.allowlist.import_doc({"services": [doc]})
+            except ValueError as exc:  # one bad document must not lose the others
+                event(log, "profile skipped", logging.ERROR, destination=dest, error=str(exc))
+        self._refresh_modes()
+
+    def _refresh_modes(self) -> None:
+        if self.store is None:
+            return
+        version = getattr(self.store, "modes_version", lambda: None)()
+        if version is None or version != self._modes_version:
+            self._modes = dict(self.store.modes())
+            self._modes_version = version
+
+    # ---- modes
     def mode_of(self, namespace: str) -> str:
         return self._modes.get(namespace or "default", self.config.default_mode)
 
     def set_mode(self, namespace: str, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (learn, monitor, enforce)")
-        self._modes[namespace or "default"] = mode
+        namespace = namespace or "default"
+        self._modes[namespace] = mode
+        if self.store is not None:
+            self.store.set_mode(namespace, mode)
+            self._modes_version = getattr(self.store, "modes_version", lambda: None)()
+        event(log, "mode set", namespace=namespace, mode=mode)
 
-    def evaluate(self, obs: Observation, mode: str | None = None) -> Verdict:
+    def modes(self) -> dict[str, str]:
+        return dict(self._modes)
+
+    # ---- the hot path
+    def evaluate(self, obs: Observation, mode: str | None = None, learn: bool = True) -> Verdict:
+        """Score one Observation; in learn mode (and with `learn`) extend the allowlist."""
         mode = mode or self.mode_of(obs.destination.namespace)
+        self.counters["evaluated"] += 1
         found = self.detector.inspect(obs)
-        threats = obs.threats + found.threats
-        key = (obs.destination.key, obs.method, obs.path)
-        reasons: list[str] = []
-        if mode == "learn" and not threats:
-            self._seen.add(key)
-        elif key not in self._seen:
-            reasons.append("unknown-path")
-        score = 1.0 if threats else (0.6 if reasons else 0.0)
-        verdict = "allow"
-        if mode != "learn" and score >= self.config.alert_threshold:
-            verdict = "alert"
-        if mode == "enforce" and score >= self.config.deny_threshold:
-            verdict = "deny"
-        if threats and verdict == "allow":
-            verdict = "alert"
+        threats = obs.threats + found.threats if obs.threats else found.threats
+        dest = obs.destination.key
+        f = scoring.features(obs, self.config.max_body)
+        if mode == "learn":
+            reasons: list[str] = []
+            rule_name = None
+            if not threats:
+                if learn:
+                    rule = scoring.learn(self.allowlist.profile(dest), obs, f)
+                    self._dirty.add(dest)
+                    self.counters["learned"] += 1
+                    rule_name = rule.name if rule else None
+                else:  # a read-only look (meshward score) at what learn mode would see
+                    reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
+                    rule_name = rule.name if rule else None
+            score = scoring.combine(reasons, len(threats))
+            verdict = "alert" if threats else "allow"
+        else:
+            reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
+            rule_name = rule.name if rule else None
+            score = scoring.combine(reasons, len(threats))
+            verdict = "allow"
+            if threats or score >= self.config.alert_threshold:
+                verdict = "alert"
+            if mode == "enforce" and (threats or score >= self.config.deny_threshold):
+                verdict = "deny"
         v = Verdict(
-            verdict, score, reasons, threats, None, mode, obs.destination.key, obs.source.key
+            verdict,
+            score,
+            reasons,
+            threats,
+            rule_name,
+            mode,
+            dest,
+            obs.source.key,
+            found.partial or f.body.partial or obs.body_truncated,
         )
         if verdict != "allow":
-            self._alerts.append(v.as_dict())
+            self._record_alert(obs, v)
+        if (
+            self.store is not None
+            and time.monotonic() - self._last_flush >= self.config.flush_interval
+        ):
+            self.flush()
         return v
 
+    def _record_alert(self, obs: Observation, v: Verdict) -> None:
+        self.counters["alerts"] += 1
+        if v.verdict == "deny":
+            self.counters["denied"] += 1
+        alert = v.as_dict()
+        alert.update(
+            time=obs.time,
+            namespace=obs.destination.namespace or "default",
+            method=obs.method,
+            path=obs.path,
+            seen_by=obs.seen_by,
+            request_id=obs.request_id,
+        )
+        self._alerts.append(alert)
+        if self.store is not None:
+            self._pending_alerts.append(alert)
+
+    # ---- alerts and persistence
     def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self._alerts)[-limit:]
+        """The newest alerts first."""
+        return list(reversed(self._alerts))[:limit]
 
     def flush(self) -> None:
-        pass
+        """Write dirty profiles and pending alerts in one batch; pick up mode changes."""
+        self._last_flush = time.monotonic()
+        if self.store is None:
+            return
+        if self._dirty:
+            docs = {}
+            for d in self._dirty:
+                p = self.allowlist.get(d)
+                if p is not None:
+                    docs[d] = p.to_doc()
+            self.store.save_profiles(docs)
+            self._dirty.clear()
+        if self._pending_alerts:
+            self.store.add_alerts(self._pending_alerts)
+            self._pending_alerts = []
+        self._refresh_modes()
+
+    def save_allowlist(self, destinations: list[str] | None = None, replace: bool = False) -> None:
+        """Persist the allowlist now (after an import or a human edit)."""
+        if self.store is None:
+            return
+        docs = {d: p.to_doc() for d, p in self.allowlist.services.items()}
+        if replace:
+            self.store.replace_profiles(docs)
+        else:
+            wanted = set(destinations) if destinations is not None else set(docs)
+            self.store.save_profiles({d: docs[d] for d in wanted if d in docs})
 
     def close(self) -> None:
         self.flush()

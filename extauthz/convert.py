@@ -1,0 +1,126 @@
+"""CheckRequest -> Observation and Verdict -> CheckResponse, on the upb message classes.
+
+This is the hot path of every enforced request: plain attribute reads on upb messages, no
+dataclass conversion, and the OK answer is serialised once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from meshward.observation import Identity, Observation, Verdict
+
+REASON_HEADER = "x-meshward-reason"
+_PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
+
+OK_RESPONSE = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=code_pb2.OK),
+    ok_response=external_auth_pb2.OkHttpResponse(),
+)
+OK_BYTES = OK_RESPONSE.SerializeToString()
+
+
+def _peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Identity:
+    sock = peer.address.socket_address
+    return Identity.parse(peer.principal, ip=sock.address, port=sock.port_value)
+
+
+def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> list[tuple[str, str]]:
+    """Headers from `header_map` (raw bytes, any encoding) or else the string map."""
+    if http.header_map.headers:
+        out = []
+        for h in http.header_map.headers:
+            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            out.append((h.key.lower(), value))
+        return out
+    return [(k.lower(), v) for k, v in http.headers.items()]
+
+
+def check_to_observation(
+    req: external_auth_pb2.CheckRequest, namespace: str = "", workload: str = ""
+) -> Observation:
+    """Read one CheckRequest; `namespace`/`workload` are fallbacks (gRPC metadata)."""
+    attrs = req.attributes
+    http = attrs.request.http
+    ext = attrs.context_extensions
+    dest = _peer(attrs.destination)
+    ns = ext.get("namespace") or namespace
+    wl = ext.get("workload") or workload
+    if ns:
+        dest.namespace = ns
+    if wl:
+        dest.workload = wl
+    target = http.path or "/"
+    path, _, query = target.partition("?")
+    if "#" in query:
+        query = query.split("#", 1)[0]
+    body = http.raw_body or http.body.encode("utf-8")
+    size = http.size if http.size >= 0 else None
+    headers = _headers(http)
+    obs = Observation(
+        seen_by="extauthz",
+        source=_peer(attrs.source),
+        destination=dest,
+        time=time.time(),
+        protocol=_PROTOCOLS.get(http.protocol, http.protocol.lower() or "http/1.1"),
+        method=http.method,
+        authority=http.host,
+        path=path or "/",
+        query=query or http.query,
+        headers=headers,
+        body=body,
+        body_truncated=size is not None and len(body) < size,
+        body_size=size,
+        request_id=http.id,
+    )
+    for k, v in headers:
+        if k == "x-request-id":
+            obs.request_id = v
+        elif k == "x-envoy-auth-partial-body" and v == "true":
+            obs.body_truncated = True
+    obs.fill_grpc()
+    return obs
+
+
+def denied_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
+    """HTTP 403 with a short JSON body and the `x-meshward-reason` header."""
+    reason = ",".join(verdict.reasons[:3]) or "denied"
+    if verdict.threats:
+        names = sorted({t.name for t in verdict.threats})
+        reason = ",".join(names[:3]) + ("," + reason if verdict.reasons else "")
+    reason = reason[:200]
+    body = json.dumps(
+        {
+            "error": "forbidden by meshward",
+            "reasons": verdict.reasons[:5],
+            "threats": sorted({t.name for t in verdict.threats}),
+            "rule": verdict.rule,
+        },
+        separators=(",", ":"),
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
+            headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=REASON_HEADER, value=_header_safe(reason))
+                ),
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key="content-type", value="application/json")
+                ),
+            ],
+            body=body,
+        ),
+    )
+
+
+def _header_safe(text: str) -> str:
+    """A header value Envoy accepts: printable ASCII only."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

@@ -1,0 +1,105 @@
+"""The `envoy.service.auth.v3.Authorization/Check` handler on grpc.aio.
+
+The handler runs on the event loop thread that owns the engine. It registers its own
+(de)serialisers so that a message upb cannot parse (bad UTF-8, truncated bytes) becomes a counted,
+logged INVALID_ARGUMENT instead of an unhandled exception; Envoy then applies the filter's
+`failure_mode_allow` (closed in enforce, open in learn and monitor).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.message import DecodeError
+
+from extauthz.convert import OK_BYTES, check_to_observation, denied_response
+from meshward.metrics import Metrics, Problems
+from meshward.observation import Observation, Verdict
+
+SERVICE = "envoy.service.auth.v3.Authorization"
+MAX_MESSAGE = 4 * 1024 * 1024  # bytes; larger Check messages are refused by gRPC itself
+
+
+class _Undecodable:
+    """What the deserialiser hands over when upb refuses the bytes."""
+
+    __slots__ = ("error", "size")
+
+    def __init__(self, error: str, size: int) -> None:
+        self.error = error
+        self.size = size
+
+
+def _deserialize(data: bytes) -> external_auth_pb2.CheckRequest | _Undecodable:
+    try:
+        return external_auth_pb2.CheckRequest.FromString(data)
+    except DecodeError as exc:
+        return _Undecodable(str(exc), len(data))
+
+
+def _serialize(answer: bytes) -> bytes:
+    return answer
+
+
+Judge = Callable[[Observation], Verdict]
+
+
+class CheckService:
+    """Check: CheckRequest -> Observation -> `judge` (the engine, mode-aware) -> CheckResponse."""
+
+    def __init__(self, judge: Judge, metrics: Metrics, problems: Problems) -> None:
+        self.judge = judge
+        self.metrics = metrics
+        self.problems = problems
+        self._ok = metrics.checks.labels("ok")
+        self._denied = metrics.checks.labels("denied")
+        self._latency = metrics.check_latency
+
+    async def check(
+        self,
+        req: external_auth_pb2.CheckRequest | _Undecodable,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        start = time.perf_counter()
+        if isinstance(req, _Undecodable):
+            self.metrics.checks.labels("error").inc()
+            self.problems("extauthz", "undecodable-check", error=req.error, size=req.size)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable CheckRequest")
+        try:
+            obs = check_to_observation(req, *self._fallback_identity(req, context))
+            verdict = self.judge(obs)
+        except Exception as exc:  # keep serving whatever one request does
+            self.metrics.checks.labels("error").inc()
+            self.problems("extauthz", "check-failed", error=repr(exc)[:200])
+            await context.abort(grpc.StatusCode.INTERNAL, "meshward check failed")
+        if verdict.verdict == "deny":
+            answer = denied_response(verdict).SerializeToString()
+            self._denied.inc()
+        else:
+            answer = OK_BYTES
+            self._ok.inc()
+        self._latency.observe(time.perf_counter() - start)
+        return answer
+
+    @staticmethod
+    def _fallback_identity(
+        req: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[str, str]:
+        """Namespace/workload from gRPC metadata, read only when context_extensions lack them."""
+        if "namespace" in req.attributes.context_extensions:
+            return "", ""
+        md = dict(context.invocation_metadata() or ())
+        return str(md.get("x-meshward-namespace", "")), str(md.get("x-meshward-workload", ""))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.check, request_deserializer=_deserialize, response_serializer=_serialize
+                )
+            },
+        )

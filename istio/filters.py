@@ -1,0 +1,277 @@
+"""The sidecar filter config, the one source of truth for every Envoy meshward talks to.
+
+`meshward envoy bootstrap`, `meshward istio render` and the demo all take their HTTP filters and
+clusters from here, built with envoy-data-plane's typed classes (so field names and types are
+checked) and returned as plain JSON-able dicts in Envoy's snake_case JSON form.
+
+What the sidecar sends to meshward, agreed with `meshward serve`:
+- ext_authz: `context_extensions` {"namespace", "workload", "direction"} (set per virtual host:
+  the ExtAuthz filter itself has no such field, `ExtAuthzPerRoute.check_settings` does), raw
+  (bytes) header values, the request body as bytes.
+- both gRPC services: initial metadata `x-meshward-namespace`, `x-meshward-workload`,
+  `x-meshward-direction` (inbound|outbound) on every call / Process stream.
+- ext_proc tap: the connection attributes of TAP_ATTRIBUTES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import betterproto2
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    CircuitBreakers,
+    CircuitBreakersThresholds,
+    Cluster,
+    ClusterDiscoveryType,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiVersion,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HeaderValue,
+    Http2ProtocolOptions,
+    RoutingPriority,
+    SocketAddress,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    BufferSettings,
+    CheckSettings,
+    ExtAuthz,
+    ExtAuthzPerRoute,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
+    ExternalProcessor,
+    ProcessingMode,
+    ProcessingModeBodySendMode,
+    ProcessingModeHeaderSendMode,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
+from envoy_data_plane.google.protobuf import Any as AnyMsg
+
+MODES = ("learn", "monitor", "enforce")
+DIRECTIONS = ("inbound", "outbound")
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+EXT_PROC = "envoy.filters.http.ext_proc"
+ROUTER = "envoy.filters.http.router"
+AUTHZ_CLUSTER = "meshward-authz"
+TAP_CLUSTER = "meshward-tap"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# ext_proc in observability mode holds one stream per request (DESIGN.md, Envoy facts): the
+# default circuit breaker (1024 requests) would fill under load, so the tap cluster gets these.
+TAP_CIRCUIT_LIMIT = 100_000
+# connection facts the tap server reads (ProcessingRequest.attributes), agreed with serve
+TAP_ATTRIBUTES = (
+    "source.address",
+    "source.port",
+    "destination.address",
+    "destination.port",
+    "connection.uri_san_peer_certificate",
+    "connection.uri_san_local_certificate",
+)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """What varies between sidecars: who they guard, how strictly, and how much body to send."""
+
+    namespace: str
+    workload: str
+    mode: str = "learn"
+    direction: str = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
+    body_limit: int = 8192  # ext_authz with_request_body.max_request_bytes
+    timeout_ms: int = 200  # ext_authz gRPC call timeout
+    tap_response_body: bool = False  # also copy response bodies and trailers to the tap
+    authz_cluster: str = AUTHZ_CLUSTER
+    tap_cluster: str = TAP_CLUSTER
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r} (learn, monitor, enforce)")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {self.direction!r} (inbound, outbound)")
+        if not self.namespace:
+            raise ValueError("namespace must not be empty")
+        if self.body_limit < 0:
+            raise ValueError("body limit must be >= 0")
+        if self.timeout_ms <= 0:
+            raise ValueError("timeout must be > 0 ms")
+
+    @property
+    def with_authz(self) -> bool:
+        """Only enforce decides inline, and only on the callee's (inbound) side."""
+        return self.mode == "enforce" and self.direction == "inbound"
+
+
+def to_plain(msg: betterproto2.Message) -> dict[str, Any]:
+    """A typed message as the snake_case JSON Envoy and Istio accept."""
+    return msg.to_dict(casing=betterproto2.Casing.SNAKE)
+
+
+def typed(msg: betterproto2.Message) -> dict[str, Any]:
+    """A message packed as google.protobuf.Any (with its `@type`)."""
+    return AnyMsg.pack(msg).to_dict(casing=betterproto2.Casing.SNAKE)
+
+
+def ext_authz_filter(s: FilterSettings) -> dict[str, Any]:
+    """The inline authorization filter: fails closed in enforce, open otherwise."""
+    cfg = ExtAuthz(
+        grpc_service=GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=s.authz_cluster),
+            timeout=timedelta(milliseconds=s.timeout_ms),
+            initial_metadata=identity_metadata(s),  # the server's fallback for the identity
+        ),
+        transport_api_version=ApiVersion.V3,
+        failure_mode_allow=s.mode != "enforce",
+        status_on_error=HttpStatus(code=StatusCode.Forbidden),
+        with_request_body=BufferSettings(
+            max_request_bytes=s.body_limit, allow_partial_message=True, pack_as_bytes=True
+        ),
+        include_peer_certificate=True,
+        encode_raw_headers=True,  # bytes values: invalid UTF-8 in a header cannot break Check
+        stat_prefix="meshward",
+    )
+    config = typed(cfg)
+    config["failure_mode_allow"] = cfg.failure_mode_allow  # explicit even when false (enforce)
+    return {"name": EXT_AUTHZ, "typed_config": config}
+
+
+def ext_authz_route_config(s: FilterSettings) -> dict[str, Any]:
+    """Per-virtual-host ext_authz settings: who this sidecar guards, for meshward's Check."""
+    per_route = ExtAuthzPerRoute(
+        check_settings=CheckSettings(
+            context_extensions={
+                "namespace": s.namespace,
+                "workload": s.workload,
+                "direction": s.direction,
+            }
+        )
+    )
+    return {EXT_AUTHZ: typed(per_route)}
+
+
+def identity_metadata(s: FilterSettings) -> list[HeaderValue]:
+    """gRPC metadata on each call and tap stream, so meshward knows whose traffic it is."""
+    return [
+        HeaderValue(key="x-meshward-namespace", value=s.namespace),
+        HeaderValue(key="x-meshward-workload", value=s.workload),
+        HeaderValue(key="x-meshward-direction", value=s.direction),
+    ]
+
+
+def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
+    """The tap: ext_proc in observability mode (send and go, never in the request's way).
+
+    Request headers and the STREAMED request body, response headers; the response body and
+    trailers only with `tap_response_body` (the server then ends each stream at the response's
+    end of stream instead of at its headers, DESIGN.md's Envoy facts).
+    """
+    send = ProcessingModeHeaderSendMode.SEND
+    skip = ProcessingModeHeaderSendMode.SKIP
+    streamed = ProcessingModeBodySendMode.STREAMED
+    cfg = ExternalProcessor(
+        grpc_service=GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=s.tap_cluster),
+            initial_metadata=identity_metadata(s),
+        ),
+        failure_mode_allow=True,
+        observability_mode=True,
+        processing_mode=ProcessingMode(
+            request_header_mode=send,
+            response_header_mode=send,
+            request_body_mode=streamed,
+            response_body_mode=streamed if s.tap_response_body else ProcessingModeBodySendMode.NONE,
+            request_trailer_mode=skip,
+            response_trailer_mode=send if s.tap_response_body else skip,  # gRPC status
+        ),
+        request_attributes=list(TAP_ATTRIBUTES),
+        stat_prefix="meshward_tap",
+    )
+    return {"name": EXT_PROC, "typed_config": typed(cfg)}
+
+
+def http_filters(s: FilterSettings) -> list[dict[str, Any]]:
+    """meshward's filters in order, to go right before the router.
+
+    ext_authz comes first so a denied request stops there (meshward saw it through Check);
+    the tap follows and sees every request that went on to the app.
+    """
+    filters = [ext_authz_filter(s)] if s.with_authz else []
+    filters.append(ext_proc_filter(s))
+    return filters
+
+
+def grpc_cluster(
+    name: str, host: str, port: int, *, high_limits: bool = False, connect_timeout_s: float = 1.0
+) -> dict[str, Any]:
+    """An HTTP/2 cluster to one meshward gRPC port (DNS name or IP)."""
+    is_ip = host.replace(".", "").isdigit() or ":" in host
+    options = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions()
+        )
+    )
+    cluster = Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC if is_ip else ClusterDiscoveryType.STRICT_DNS,
+        connect_timeout=timedelta(seconds=connect_timeout_s),
+        lb_policy=ClusterLbPolicy.ROUND_ROBIN,
+        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: AnyMsg.pack(options)},
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[
+                        LbEndpoint(
+                            endpoint=Endpoint(
+                                address=Address(
+                                    socket_address=SocketAddress(address=host, port_value=port)
+                                )
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    if high_limits:
+        limit = TAP_CIRCUIT_LIMIT
+        cluster.circuit_breakers = CircuitBreakers(
+            thresholds=[
+                CircuitBreakersThresholds(
+                    priority=prio,
+                    max_connections=limit,
+                    max_pending_requests=limit,
+                    max_requests=limit,
+                )
+                for prio in (RoutingPriority.DEFAULT, RoutingPriority.HIGH)
+            ]
+        )
+    out = to_plain(cluster)
+    # Any inside a map field: betterproto2 keeps the message; give Envoy the JSON with @type.
+    out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: typed(options)}
+    return out
+
+
+def clusters(
+    s: FilterSettings, server_host: str, authz_port: int, tap_port: int
+) -> list[dict[str, Any]]:
+    """The clusters the filters of `s` point at (the authz one only when ext_authz is on)."""
+    out = []
+    if s.with_authz:
+        out.append(grpc_cluster(s.authz_cluster, server_host, authz_port))
+    out.append(grpc_cluster(s.tap_cluster, server_host, tap_port, high_limits=True))
+    return out

@@ -1,0 +1,533 @@
+"""Learned L7 allowlists: per destination service, a path trie of endpoint rules.
+
+The trie is the compiled index: matching walks it segment by segment, so its cost follows the
+path depth, not the number of rules. Learning inserts into the same trie, so what is learned is
+matchable at once. Every structure is bounded (sources, parameters, body fields, endpoints) so
+hostile or high-cardinality traffic cannot grow memory without limit; what a bound drops is
+counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshward import templates, values
+
+DOC_VERSION = 1
+
+
+@dataclass
+class Limits:
+    """Bounds on what one service profile may hold."""
+
+    cardinality_k: int = 16  # distinct literals at one position before it becomes {str}
+    max_endpoints: int = 2000
+    max_sources: int = 1024
+    max_params: int = 128  # query parameters per endpoint
+    max_body_fields: int = 512
+    max_content_types: int = 16
+    max_depth: int = 32  # path segments considered
+
+
+@dataclass
+class Seen:
+    """Counts and first/last seen times of one learned thing."""
+
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    def hit(self, now: float, n: int = 1) -> None:
+        if not self.count or now < self.first:
+            self.first = now
+        self.last = max(self.last, now)
+        self.count += n
+
+    def merge(self, other: Seen) -> None:
+        if other.count:
+            if not self.count or other.first < self.first:
+                self.first = other.first
+            self.last = max(self.last, other.last)
+            self.count += other.count
+
+
+def size_band(n: int) -> int:
+    """Log2 band of a body size: sizes within a band (and its neighbours) are alike."""
+    return n.bit_length()
+
+
+@dataclass
+class EndpointRule:
+    """One allowed method on one path template, with what its requests look like."""
+
+    method: str
+    template: str
+    seen: Seen = field(default_factory=Seen)
+    sources: dict[str, int] = field(default_factory=dict)
+    query: dict[str, set[str]] = field(default_factory=dict)  # param -> value classes
+    content_types: set[str] = field(default_factory=set)
+    body_kinds: set[str] = field(default_factory=set)  # json, form, empty, ...
+    body: dict[str, set[str]] = field(default_factory=dict)  # key path -> value classes
+    size_min: int = -1  # smallest and largest size band seen (-1: none yet)
+    size_max: int = -1
+    statuses: set[str] = field(default_factory=set)  # 2xx, 4xx, ...
+    open_query: bool = False  # human-widened: any parameter accepted
+    open_body: bool = False  # human-widened: any body field accepted
+    dropped: int = 0  # learning increments a bound refused
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.template}"
+
+    def learn_size(self, size: int) -> None:
+        band = size_band(size)
+        if self.size_min < 0 or band < self.size_min:
+            self.size_min = band
+        self.size_max = max(self.size_max, band)
+
+    def size_ok(self, size: int) -> bool:
+        if self.size_min < 0:
+            return True
+        band = size_band(size)
+        return self.size_min - 1 <= band <= self.size_max + 1
+
+    def merge(self, other: EndpointRule, limits: Limits) -> None:
+        self.seen.merge(other.seen)
+        for k, v in other.sources.items():
+            if k in self.sources or len(self.sources) < limits.max_sources:
+                self.sources[k] = self.sources.get(k, 0) + v
+        _merge_fields(self.query, other.query, limits.max_params)
+        _merge_fields(self.body, other.body, limits.max_body_fields)
+        self.content_types |= other.content_types
+        self.body_kinds |= other.body_kinds
+        if other.size_min >= 0:
+            low = other.size_min if self.size_min < 0 else min(self.size_min, other.size_min)
+            self.size_min = low
+            self.size_max = max(self.size_max, other.size_max)
+        self.statuses |= other.statuses
+        self.open_query |= other.open_query
+        self.open_body |= other.open_body
+
+    def to_doc(self, stats: bool = True) -> dict[str, Any]:
+        doc: dict[str, Any] = {"method": self.method, "path": self.template}
+        if self.query or self.open_query:
+            doc["query"] = {k: sorted(v) for k, v in sorted(self.query.items())}
+            if self.open_query:
+                doc["query"]["*"] = [values.ANY]
+        if self.content_types:
+            doc["content_types"] = sorted(self.content_types)
+        if self.body_kinds:
+            doc["body_kinds"] = sorted(self.body_kinds)
+        if self.body or self.open_body:
+            doc["body"] = {k: sorted(v) for k, v in sorted(self.body.items())}
+            if self.open_body:
+                doc["body"]["*"] = [values.ANY]
+        if self.size_min >= 0:
+            doc["size"] = {"min": _band_floor(self.size_min), "max": _band_ceiling(self.size_max)}
+        if self.statuses:
+            doc["statuses"] = sorted(self.statuses)
+        if stats:
+            doc["sources"] = dict(sorted(self.sources.items()))
+            doc["count"] = self.seen.count
+            doc["first_seen"] = round(self.seen.first, 3)
+            doc["last_seen"] = round(self.seen.last, 3)
+        else:
+            doc["sources"] = sorted(self.sources)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> EndpointRule:
+        method = _str(doc, "method").upper()
+        template = _str(doc, "path")
+        if not template.startswith("/"):
+            raise ValueError(f"rule path must start with '/': {template!r}")
+        rule = cls(method=method, template=template)
+        query = _mapping(doc, "query")
+        rule.open_query = "*" in query
+        rule.query = {k: _classes(v, f"query {k}") for k, v in query.items() if k != "*"}
+        body = _mapping(doc, "body")
+        rule.open_body = "*" in body
+        rule.body = {k: _classes(v, f"body {k}") for k, v in body.items() if k != "*"}
+        rule.content_types = set(_strings(doc, "content_types"))
+        rule.body_kinds = set(_strings(doc, "body_kinds"))
+        size = _mapping(doc, "size")
+        if size:
+            rule.size_min = size_band(int(size.get("min", 0)))
+            rule.size_max = size_band(int(size.get("max", 0)))
+        rule.statuses = set(_strings(doc, "statuses"))
+        sources = doc.get("sources", {})
+        if isinstance(sources, list):
+            sources = {str(s): 0 for s in sources}
+        if not isinstance(sources, dict):
+            raise ValueError("rule sources must be a list or a mapping")
+        rule.sources = {str(k): int(v or 0) for k, v in sources.items()}
+        rule.seen = Seen(
+            int(doc.get("count", 0) or 0),
+            float(doc.get("first_seen", 0) or 0),
+            float(doc.get("last_seen", 0) or 0),
+        )
+        return rule
+
+
+def _seen_doc(s: Seen) -> dict[str, Any]:
+    return {"count": s.count, "first_seen": round(s.first, 3), "last_seen": round(s.last, 3)}
+
+
+def _band_floor(band: int) -> int:
+    return 0 if band <= 0 else 1 << (band - 1)
+
+
+def _band_ceiling(band: int) -> int:
+    return 0 if band <= 0 else (1 << band) - 1
+
+
+def _merge_fields(into: dict[str, set[str]], other: dict[str, set[str]], limit: int) -> None:
+    for k, v in other.items():
+        if k in into:
+            into[k] = values.widen(into[k] | v)
+        elif len(into) < limit:
+            into[k] = set(v)
+
+
+def _str(doc: dict[str, Any], key: str) -> str:
+    v = doc.get(key)
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"rule needs a non-empty string {key!r}")
+    return v
+
+
+def _mapping(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    v = doc.get(key) or {}
+    if not isinstance(v, dict):
+        raise ValueError(f"{key!r} must be a mapping")
+    return v
+
+
+def _strings(doc: dict[str, Any], key: str) -> list[str]:
+    v = doc.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{key!r} must be a list of strings")
+    return v
+
+
+def _classes(v: object, what: str) -> set[str]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"{what}: value classes must be a non-empty list")
+    bad = [c for c in v if c not in values.ALL_CLASSES]
+    if bad:
+        raise ValueError(f"{what}: unknown value class {bad[0]!r}")
+    return set(v)
+
+
+class PathNode:
+    """One position of the path trie: literal children, variable children, rules ending here."""
+
+    __slots__ = ("literals", "rules", "variables")
+
+    def __init__(self) -> None:
+        self.literals: dict[str, PathNode] = {}
+        self.variables: dict[str, PathNode] = {}
+        self.rules: dict[str, EndpointRule] = {}  # method -> rule
+
+    def merge(self, other: PathNode, limits: Limits) -> None:
+        """Fold another subtree into this one (used when a position becomes a variable)."""
+        for method, rule in other.rules.items():
+            mine = self.rules.get(method)
+            if mine is None:
+                self.rules[method] = rule
+            else:
+                mine.merge(rule, limits)
+        for name, child in other.literals.items():
+            if name in self.literals:
+                self.literals[name].merge(child, limits)
+            else:
+                self.literals[name] = child
+        for name, child in other.variables.items():
+            if name in self.variables:
+                self.variables[name].merge(child, limits)
+            else:
+                self.variables[name] = child
+
+
+@dataclass
+class Match:
+    """Where a request landed in a profile."""
+
+    rule: EndpointRule | None  # the rule for the path and method
+    path_known: bool  # some rule has this path (perhaps for another method)
+
+
+class ServiceProfile:
+    """Everything learned about one destination service."""
+
+    def __init__(self, destination: str, limits: Limits | None = None) -> None:
+        self.destination = destination
+        self.limits = limits or Limits()
+        self.seen = Seen()
+        self.sources: dict[str, Seen] = {}
+        self.root = PathNode()
+        self.endpoints = 0
+        self.dropped = 0
+
+    # ---- learning
+    def learn_source(self, source: str, now: float) -> None:
+        s = self.sources.get(source)
+        if s is None:
+            if len(self.sources) >= self.limits.max_sources:
+                self.dropped += 1
+                return
+            s = self.sources[source] = Seen()
+        s.hit(now)
+
+    def endpoint_for_learning(self, method: str, path: str) -> EndpointRule | None:
+        """The rule a request teaches, created (and the trie generalised) as needed."""
+        node = self.root
+        segments = templates.split_path(path)
+        template: list[str] = []
+        deep = len(segments) > self.limits.max_depth
+        for seg in segments[: self.limits.max_depth - 1] if deep else segments:
+            node, name = self._step_learn(node, seg)
+            template.append(name)
+        if deep:  # beyond the depth bound the rest of the path is one wildcard
+            node = node.variables.setdefault(templates.REST, PathNode())
+            template.append(templates.REST)
+        rule = node.rules.get(method)
+        if rule is None:
+            if self.endpoints >= self.limits.max_endpoints:
+                self.dropped += 1
+                return None
+            rule = node.rules[method] = EndpointRule(method, templates.join_path(template))
+            self.endpoints += 1
+        return rule
+
+    def _step_learn(self, node: PathNode, seg: str) -> tuple[PathNode, str]:
+        if seg in node.literals:
+            return node.literals[seg], seg
+        var = templates.segment_variable(seg)
+        if var is not None:
+            child = node.variables.get(var)
+            if child is None:
+                child = node.variables[var] = PathNode()
+            return child, var
+        for name in (templates.STR, templates.REST):
+            if name in node.variables:
+                return node.variables[name], name
+        if len(node.literals) >= self.limits.cardinality_k:
+            return self._generalise(node), templates.STR
+        child = node.literals[seg] = PathNode()
+        return child, seg
+
+    def _generalise(self, node: PathNode) -> PathNode:
+        """Too many literals at this position: fold them all into one `{str}` variable."""
+        target = node.variables.get(templates.STR) or PathNode()
+        for child in node.literals.values():
+            target.merge(child, self.limits)
+        node.literals.clear()
+        node.variables[templates.STR] = target
+        self.retemplate()
+        return target
+
+    def retemplate(self) -> None:
+        """Recompute rule templates and the endpoint count from the trie (after merges)."""
+        count = 0
+        stack: list[tuple[PathNode, list[str]]] = [(self.root, [])]
+        while stack:
+            node, prefix = stack.pop()
+            for rule in node.rules.values():
+                rule.template = templates.join_path(prefix)
+                count += 1
+            for name, child in node.literals.items():
+                stack.append((child, [*prefix, name]))
+            for name, child in node.variables.items():
+                stack.append((child, [*prefix, name]))
+        self.endpoints = count
+
+    # ---- matching
+    def match(self, method: str, path: str) -> Match:
+        segments = templates.split_path(path)
+        found = _walk(self.root, segments, 0, method)
+        if found is None:
+            return Match(None, False)
+        node = found
+        rule = node.rules.get(method)
+        if rule is None and method == "HEAD":
+            rule = node.rules.get("GET")  # HEAD is GET without a body
+        return Match(rule, True)
+
+    def rules(self) -> list[EndpointRule]:
+        out: list[EndpointRule] = []
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            out.extend(node.rules.values())
+            stack.extend(node.literals.values())
+            stack.extend(node.variables.values())
+        return sorted(out, key=lambda r: (r.template, r.method))
+
+    def add_rule(self, rule: EndpointRule) -> None:
+        """Insert a (human-written or imported) rule at its template, merging with any there."""
+        node = self.root
+        for seg in templates.split_path(rule.template):
+            table = node.variables if templates.is_variable(seg) else node.literals
+            child = table.get(seg)
+            if child is None:
+                child = table[seg] = PathNode()
+            node = child
+        mine = node.rules.get(rule.method)
+        if mine is None:
+            node.rules[rule.method] = rule
+            self.endpoints += 1
+        else:
+            mine.merge(rule, self.limits)
+
+    def remove_rule(self, method: str, template: str) -> bool:
+        node = self.root
+        for seg in templates.split_path(template):
+            table = node.variables if templates.is_variable(seg) else node.literals
+            node = table.get(seg)  # type: ignore[assignment]
+            if node is None:
+                return False
+        if node.rules.pop(method.upper(), None) is None:
+            return False
+        self.endpoints -= 1
+        return True
+
+    # ---- documents
+    def to_doc(self, stats: bool = True) -> dict[str, Any]:
+        doc: dict[str, Any] = {"destination": self.destination}
+        if stats:
+            doc["count"] = self.seen.count
+            doc["first_seen"] = round(self.seen.first, 3)
+            doc["last_seen"] = round(self.seen.last, 3)
+            doc["sources"] = {k: _seen_doc(s) for k, s in sorted(self.sources.items())}
+        else:
+            doc["sources"] = sorted(self.sources)
+        doc["endpoints"] = [r.to_doc(stats) for r in self.rules()]
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], limits: Limits | None = None) -> ServiceProfile:
+        if not isinstance(doc, dict):
+            raise ValueError("a service must be a mapping")
+        profile = cls(_str(doc, "destination"), limits)
+        profile.seen = Seen(
+            int(doc.get("count", 0) or 0),
+            float(doc.get("first_seen", 0) or 0),
+            float(doc.get("last_seen", 0) or 0),
+        )
+        sources = doc.get("sources") or {}
+        if isinstance(sources, list):
+            sources = {str(s): {} for s in sources}
+        if not isinstance(sources, dict):
+            raise ValueError("service sources must be a list or a mapping")
+        for name, s in sources.items():
+            s = s if isinstance(s, dict) else {}
+            profile.sources[str(name)] = Seen(
+                int(s.get("count", 0) or 0),
+                float(s.get("first_seen", 0) or 0),
+                float(s.get("last_seen", 0) or 0),
+            )
+        endpoints = doc.get("endpoints") or []
+        if not isinstance(endpoints, list):
+            raise ValueError("service endpoints must be a list")
+        for i, e in enumerate(endpoints):
+            if not isinstance(e, dict):
+                raise ValueError(f"endpoint {i} must be a mapping")
+            try:
+                profile.add_rule(EndpointRule.from_doc(e))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"endpoint {i}: {exc}") from exc
+        return profile
+
+    def merge(self, other: ServiceProfile) -> None:
+        self.seen.merge(other.seen)
+        for k, s in other.sources.items():
+            self.sources.setdefault(k, Seen()).merge(s)
+        for rule in other.rules():
+            self.add_rule(rule)
+
+
+def _walk(node: PathNode, segs: list[str], i: int, method: str) -> PathNode | None:
+    """Depth-first match: literals before typed variables before `{str}`; `{any}` ends it.
+
+    Returns the first node whose rules hold `method`, else the first node with any rule.
+    """
+    if i == len(segs):
+        return node if node.rules else None
+    seg = segs[i]
+    fallback: PathNode | None = None
+    child = node.literals.get(seg)
+    if child is not None:
+        found = _walk(child, segs, i + 1, method)
+        if found is not None:
+            if method in found.rules:
+                return found
+            fallback = found
+    for name, child in node.variables.items():
+        if name == templates.REST:
+            if child.rules and seg:
+                if method in child.rules:
+                    return child
+                fallback = fallback or child
+            continue
+        if templates.variable_accepts(name, seg):
+            found = _walk(child, segs, i + 1, method)
+            if found is not None:
+                if method in found.rules:
+                    return found
+                fallback = fallback or found
+    return fallback
+
+
+class Allowlist:
+    """All service profiles, keyed by destination identity."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.services: dict[str, ServiceProfile] = {}
+
+    def get(self, destination: str) -> ServiceProfile | None:
+        return self.services.get(destination)
+
+    def profile(self, destination: str) -> ServiceProfile:
+        p = self.services.get(destination)
+        if p is None:
+            p = self.services[destination] = ServiceProfile(destination, self.limits)
+        return p
+
+    def rule_count(self) -> int:
+        return sum(p.endpoints for p in self.services.values())
+
+    def export_doc(self, stats: bool = True) -> dict[str, Any]:
+        """The reviewable, diffable form: sorted services, sorted rules."""
+        return {
+            "version": DOC_VERSION,
+            "services": [self.services[k].to_doc(stats) for k in sorted(self.services)],
+        }
+
+    def import_doc(self, doc: object, replace: bool = False) -> list[str]:
+        """Load rules a human reviewed or wrote; all-or-nothing. Returns destinations touched."""
+        if not isinstance(doc, dict):
+            raise ValueError("allowlist document must be a mapping")
+        if doc.get("version", DOC_VERSION) != DOC_VERSION:
+            raise ValueError(f"unsupported allowlist version {doc.get('version')!r}")
+        services = doc.get("services") or []
+        if not isinstance(services, list):
+            raise ValueError("'services' must be a list")
+        parsed = []
+        for i, s in enumerate(services):
+            try:
+                parsed.append(ServiceProfile.from_doc(s, self.limits))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"service {i}: {exc}") from exc
+        if replace:
+            self.services = {}
+        for p in parsed:
+            if p.destination in self.services:
+                self.services[p.destination].merge(p)
+            else:
+                self.services[p.destination] = p
+        return [p.destination for p in parsed]

@@ -1,0 +1,179 @@
+"""The HTTP side of `meshward serve` (aiohttp): JSON API, Prometheus /metrics, health probes.
+
+Routes:
+  GET  /healthz, /readyz, /metrics
+  GET  /api/v1/alerts?limit=N          {"alerts": [...]} newest first
+  GET  /api/v1/allowlist[?destination=ns/name]   the allowlist document {"version", "services"}
+  GET  /api/v1/modes                   {"default": mode, "modes": {namespace: mode}}
+  PUT  /api/v1/modes/{namespace}       body {"mode": "enforce"}; takes effect at once
+  POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
+                                       {"accepted": n, "rejected": m}
+  GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from meshward.engine import MODES
+from meshward.metrics import CONTENT_TYPE
+from meshward.observation import observation_from_dict
+
+if TYPE_CHECKING:
+    from meshward.serve import Server
+
+MAX_ITEMS = 10_000  # observations per ingest request
+_YIELD_EVERY = 64  # let ext_authz checks in between while a large batch is judged
+SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+
+
+def _limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        n = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=_error("limit must be an integer")) from None
+    return max(0, min(n, most))
+
+
+def _error(msg: str) -> str:
+    return json.dumps({"error": msg})
+
+
+def _bad(msg: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=_error(msg), content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    status = server.status()
+    return web.json_response(status, status=200 if status["ready"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVER_KEY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def alerts(request: web.Request) -> web.Response:
+    engine = request.app[SERVER_KEY].engine
+    return web.json_response({"alerts": engine.alerts(limit=_limit(request))}, dumps=_dumps)
+
+
+async def allowlist(request: web.Request) -> web.Response:
+    engine = request.app[SERVER_KEY].engine
+    doc = engine.allowlist.export_doc()
+    wanted = request.query.get("destination")
+    if wanted:
+        doc["services"] = [s for s in doc["services"] if s.get("destination") == wanted]
+    return web.json_response(doc, dumps=_dumps)
+
+
+async def modes(request: web.Request) -> web.Response:
+    engine = request.app[SERVER_KEY].engine
+    return web.json_response({"default": engine.config.default_mode, "modes": engine.modes()})
+
+
+async def set_mode(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    namespace = request.match_info["namespace"]
+    try:
+        doc = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _bad("body must be JSON like {\"mode\": \"enforce\"}") from None
+    mode = doc.get("mode") if isinstance(doc, dict) else None
+    if mode not in MODES:
+        raise _bad(f"mode must be one of {', '.join(MODES)}")
+    server.engine.set_mode(namespace, mode)
+    server.mode_changed()
+    return web.json_response({"namespace": namespace, "mode": mode})
+
+
+def _parse_batch(raw: bytes) -> tuple[list[Any], int]:
+    """JSON array or JSON Lines -> (items, lines that were not JSON)."""
+    text = raw.decode("utf-8", "replace").strip()
+    if not text:
+        return [], 0
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            return [], 1
+        return (items if isinstance(items, list) else [items]), 0
+    items, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    return items, bad
+
+
+async def observations(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        server.metrics.drops.labels("ingest", "too-large").inc()
+        raise
+    items, rejected = _parse_batch(raw)
+    if rejected:
+        server.problems("ingest", "not-json", lines=rejected)
+    if len(items) > MAX_ITEMS:
+        server.metrics.drops.labels("ingest", "too-many-items").inc(len(items) - MAX_ITEMS)
+        rejected += len(items) - MAX_ITEMS
+        items = items[:MAX_ITEMS]
+    accepted = 0
+    for i, item in enumerate(items):
+        if i and i % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        try:
+            obs = observation_from_dict(item)
+        except (ValueError, TypeError) as exc:
+            rejected += 1
+            server.problems("ingest", "bad-observation", error=str(exc)[:200], index=i)
+            continue
+        try:
+            server.pipeline.take_ingested(obs)
+        except Exception as exc:  # one bad item never stops the batch or the server
+            rejected += 1
+            server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=i)
+            continue
+        accepted += 1
+    if rejected:
+        server.metrics.drops.labels("ingest", "rejected").inc(rejected)
+    return web.json_response({"accepted": accepted, "rejected": rejected}, status=202)
+
+
+async def exchanges(request: web.Request) -> web.Response:
+    joiner = request.app[SERVER_KEY].joiner
+    return web.json_response({"exchanges": joiner.recent(_limit(request))}, dumps=_dumps)
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, default=str)
+
+
+def build_app(server: Server) -> web.Application:
+    app = web.Application(client_max_size=server.config.max_ingest_bytes)
+    app[SERVER_KEY] = server
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/api/v1/allowlist", allowlist)
+    app.router.add_get("/api/v1/modes", modes)
+    app.router.add_put("/api/v1/modes/{namespace}", set_mode)
+    app.router.add_post("/api/v1/observations", observations)
+    app.router.add_get("/api/v1/exchanges", exchanges)
+    return app

@@ -1,0 +1,304 @@
+"""Request parts turned into fields: query parameters and decoded bodies.
+
+The one place that reads query strings and bodies, shared by the threat detectors (which scan
+every leaf value and key) and by allowlist learning (which learns the body's shape). Pure and
+bounded: every function caps what it reads and says so (`truncated` / `partial`) instead of
+raising, whatever the input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
+from xml.parsers import expat
+
+Leaf = str | int | float | bool | None
+
+KINDS = ("json", "form", "multipart", "xml", "text", "binary", "empty", "invalid")
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+_BOUNDARY = re.compile(r"""boundary=(?:"([^"]{1,200})"|([^\s;,]{1,200}))""", re.IGNORECASE)
+_DISPOSITION_PARAM = re.compile(
+    r"""\b(name|filename)\s*=\s*(?:"((?:[^"\\]|\\.){0,1000})"|([^\s;]{0,1000}))""", re.IGNORECASE
+)
+_PART_HEADER_LIMIT = 8192  # bytes of headers read per multipart part
+
+
+@dataclass(slots=True)
+class DecodedBody:
+    """A body as fields. `fields` hold leaf values by path; `keys` the object keys by parent."""
+
+    kind: str  # one of KINDS
+    fields: list[tuple[str, Leaf]] = field(default_factory=list)
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    partial: bool = False  # a limit (bytes, depth, fields) cut what was decoded
+
+
+def parse_query(query: str, max_params: int = 1024) -> tuple[list[tuple[str, str]], bool]:
+    """Decoded (name, value) pairs of a query or form string, and whether max_params cut it.
+
+    urllib.parse semantics: `&` separates, `+` is a space, blank values are kept, empty pieces
+    are skipped. Splitting stops after max_params pieces, so a million parameters cost no more
+    than max_params.
+    """
+    if not query:
+        return [], False
+    pieces = query.split("&", max_params)
+    truncated = len(pieces) > max_params
+    if truncated:
+        pieces = pieces[:max_params]
+    out: list[tuple[str, str]] = []
+    for piece in pieces:
+        if not piece:
+            continue
+        name, _, value = piece.partition("=")
+        out.append((_unquote(name), _unquote(value)))
+    return out, truncated
+
+
+def _unquote(text: str) -> str:
+    if "%" not in text and "+" not in text:
+        return text
+    return unquote_plus(text, errors="replace")
+
+
+def body_kind(content_type: str) -> str:
+    """The kind a content type announces ("" when it says nothing useful)."""
+    ct = content_type.split(";", 1)[0].strip().lower()
+    if not ct:
+        return ""
+    if ct == "application/json" or ct.endswith("+json") or ct.endswith("/json"):
+        return "json"
+    if ct == "application/x-www-form-urlencoded":
+        return "form"
+    if ct.startswith("multipart/"):
+        return "multipart"
+    if ct.endswith("/xml") or ct.endswith("+xml"):
+        return "xml"
+    if ct.startswith("text/") or ct in ("application/javascript", "application/graphql"):
+        return "text"
+    return "binary"
+
+
+def decode_body(
+    content_type: str,
+    body: bytes,
+    *,
+    max_bytes: int = 1 << 20,
+    max_depth: int = 64,
+    max_fields: int = 4096,
+) -> DecodedBody:
+    """Decode a body into fields by its content type (pass the full header: multipart needs the
+    boundary). Never raises; limits set `partial`.
+
+    Without a content type, a body that parses as a JSON object or array is "json", printable
+    UTF-8 is "text", anything else "binary". Invalid JSON/XML is "invalid" with no fields. A JSON
+    body longer than max_bytes cannot be parsed: it is "json", partial, with no fields.
+    """
+    if not body:
+        return DecodedBody("empty")
+    kind = body_kind(content_type)
+    cut = len(body) > max_bytes
+    data = body[:max_bytes] if cut else body
+    try:
+        if kind == "json":
+            if cut:
+                return DecodedBody("json", partial=True)
+            return _decode_json(data, max_depth, max_fields, require_container=False)
+        if kind == "form":
+            pairs, truncated = parse_query(data.decode("utf-8", "replace"), max_fields)
+            return DecodedBody(
+                "form", [(_child("$", k), v) for k, v in pairs], [], truncated or cut
+            )
+        if kind == "multipart":
+            out = _decode_multipart(content_type, data, max_fields)
+        elif kind == "xml":
+            out = _decode_xml(data, max_depth, max_fields, cut)
+        elif kind == "text":
+            out = DecodedBody("text", [("$", data.decode("utf-8", "replace"))])
+        elif kind == "binary":
+            out = DecodedBody("binary")
+        else:
+            out = _sniff(data, cut, max_depth, max_fields)
+    except (ValueError, RecursionError, MemoryError):  # defensive: nothing escapes
+        return DecodedBody("invalid", partial=cut)
+    out.partial = out.partial or cut
+    return out
+
+
+def _sniff(data: bytes, cut: bool, max_depth: int, max_fields: int) -> DecodedBody:
+    """No content type: JSON container if it parses as one, else text or binary."""
+    head = data[:64].lstrip()
+    if not cut and head[:1] in (b"{", b"["):
+        out = _decode_json(data, max_depth, max_fields, require_container=True)
+        if out.kind == "json":
+            return out
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return DecodedBody("binary")
+    sample = text[:512]
+    printable = sum(1 for c in sample if c.isprintable() or c in "\r\n\t")
+    if printable < len(sample) * 0.95:
+        return DecodedBody("binary")
+    return DecodedBody("text", [("$", text)])
+
+
+def _decode_json(
+    data: bytes, max_depth: int, max_fields: int, *, require_container: bool
+) -> DecodedBody:
+    try:
+        doc = json.loads(data)
+    except RecursionError:  # valid or not, nested deeper than the C scanner allows
+        return DecodedBody("json" if not require_container else "invalid", partial=True)
+    except ValueError:  # JSONDecodeError, invalid UTF-8, over-long integers
+        return DecodedBody("invalid")
+    if require_container and not isinstance(doc, (dict, list)):
+        return DecodedBody("invalid")
+    out = DecodedBody("json")
+    _walk_json(doc, out, max_depth, max_fields)
+    return out
+
+
+def _walk_json(doc: object, out: DecodedBody, max_depth: int, max_fields: int) -> None:
+    """Iterative walk (no recursion): leaves by generalised path, keys by parent path."""
+    stack: list[tuple[str, object, int]] = [("$", doc, 0)]
+    fields, keys = out.fields, out.keys
+    while stack:
+        path, node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth >= max_depth:
+                out.partial = True
+                continue
+            children = []
+            for k, v in node.items():
+                if len(keys) >= max_fields:
+                    out.partial = True
+                    break
+                keys.append((path, k))
+                children.append((_child(path, k), v, depth + 1))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            if depth >= max_depth:
+                out.partial = True
+                continue
+            item_path = path + "[]"
+            if len(node) > max_fields:
+                out.partial = True
+                node = node[:max_fields]
+            stack.extend((item_path, v, depth + 1) for v in reversed(node))
+        else:
+            if len(fields) >= max_fields:
+                out.partial = True
+                return
+            fields.append((path, node))  # type: ignore[arg-type]  # json leaves are Leaf
+
+
+def _child(parent: str, key: str) -> str:
+    if _IDENT.match(key):
+        return f"{parent}.{key}"
+    return f"{parent}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _decode_multipart(content_type: str, data: bytes, max_fields: int) -> DecodedBody:
+    """Parts by their Content-Disposition name; file names as `<name>.filename` fields."""
+    m = _BOUNDARY.search(content_type)
+    if not m:
+        return DecodedBody("invalid")
+    delimiter = b"--" + (m.group(1) or m.group(2)).encode("latin-1", "replace")
+    out = DecodedBody("multipart")
+    chunks = data.split(delimiter, max_fields + 1)
+    if len(chunks) < 2:
+        return DecodedBody("invalid")
+    if len(chunks) > max_fields + 1:
+        out.partial = True
+        chunks = chunks[: max_fields + 1]
+    for n, chunk in enumerate(chunks[1:]):
+        if chunk.startswith(b"--"):  # closing delimiter
+            break
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, content = chunk.partition(b"\n\n")
+        if not sep or len(head) > _PART_HEADER_LIMIT:
+            out.partial = True
+            continue
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        elif content.endswith(b"\n"):
+            content = content[:-1]
+        name, filename = _disposition(head.decode("utf-8", "replace"))
+        path = _child("$", name if name is not None else f"part{n}")
+        if filename is not None:
+            out.fields.append((path + ".filename", filename))
+        out.fields.append((path, content.decode("utf-8", "replace")))
+    return out
+
+
+def _disposition(head: str) -> tuple[str | None, str | None]:
+    for line in head.splitlines():
+        if line.lower().startswith("content-disposition:"):
+            found = {
+                m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+                for m in _DISPOSITION_PARAM.finditer(line)
+            }
+            return found.get("name"), found.get("filename")
+    return None, None
+
+
+class _StopXml(Exception):
+    """Raised inside expat handlers to end parsing at a limit."""
+
+
+def _decode_xml(data: bytes, max_depth: int, max_fields: int, cut: bool) -> DecodedBody:
+    """Element text as `$.root.child` fields, attributes as `$.root.child@attr`.
+
+    Entity declarations end the parse (no expansion, so no entity bombs); what was read before
+    stays, marked partial. The raw body is still there for detectors that look for XXE.
+    """
+    out = DecodedBody("xml")
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    stack: list[str] = ["$"]
+    texts: list[list[str]] = [[]]
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        if len(stack) > max_depth:
+            raise _StopXml
+        path = _child(stack[-1], name)
+        for k, v in attrs.items():
+            add(f"{path}@{k}", v)
+        stack.append(path)
+        texts.append([])
+
+    def end(name: str) -> None:
+        text = "".join(texts.pop()).strip()
+        path = stack.pop()
+        if text:
+            add(path, text)
+
+    def add(path: str, value: str) -> None:
+        if len(out.fields) >= max_fields:
+            raise _StopXml
+        out.fields.append((path, value))
+
+    def chars(text: str) -> None:
+        texts[-1].append(text)
+
+    def entity(*_: object) -> None:
+        raise _StopXml
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
+    parser.EntityDeclHandler = entity
+    try:
+        parser.Parse(data, True)
+    except _StopXml:
+        out.partial = True
+    except expat.ExpatError:
+        if not cut:
+            return DecodedBody("invalid")
+        out.partial = True  # the cut ended the document early; keep what was read
+    return out

@@ -1,0 +1,75 @@
+"""`meshward serve`: ext_authz, the Envoy tap and the HTTP API in one process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from meshward.cli import UsageError
+
+
+def _env_port(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise UsageError(f"{name}={raw!r} is not a port number")
+    return int(raw)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "serve",
+        help="run the ext_authz service, the Envoy tap receiver and the HTTP API",
+        description="ext_authz gRPC, ext_proc tap gRPC and HTTP (API, /metrics, /healthz) on "
+        "one event loop sharing one engine. Flags override MESHWARD_* environment variables.",
+    )
+    p.add_argument("--db", help="SQLite store path (env MESHWARD_DB, default ./meshward.db)")
+    p.add_argument("--listen-host", help="address to listen on (env MESHWARD_LISTEN_HOST, "
+                   "default 0.0.0.0)")
+    p.add_argument("--authz-port", type=int, help="ext_authz gRPC port (env "
+                   "MESHWARD_AUTHZ_PORT, default 9191)")
+    p.add_argument("--tap-port", type=int, help="ext_proc tap gRPC port (env MESHWARD_TAP_PORT, "
+                   "default 9192)")
+    p.add_argument("--http-port", type=int, help="HTTP API port (env MESHWARD_HTTP_PORT, "
+                   "default 9193)")
+    p.add_argument("--tap-max-body", type=int, default=64 * 1024,
+                   help="request body bytes kept per tap stream (default 65536)")
+    p.add_argument("--tap-stream-timeout", type=float, default=30.0,
+                   help="seconds before an unfinished tap stream expires (default 30)")
+    p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meshward import log
+    from meshward.serve import ServeConfig
+    from meshward.serve import run as serve
+    from tap.envoy.assemble import Limits
+
+    try:
+        log.setup(args.log_level)
+    except ValueError:
+        raise UsageError(f"unknown log level {args.log_level!r}") from None
+    config = ServeConfig(
+        db=args.db or os.environ.get("MESHWARD_DB") or "./meshward.db",
+        listen_host=args.listen_host or os.environ.get("MESHWARD_LISTEN_HOST") or "0.0.0.0",
+        authz_port=args.authz_port if args.authz_port is not None
+        else _env_port("MESHWARD_AUTHZ_PORT", 9191),
+        tap_port=args.tap_port if args.tap_port is not None
+        else _env_port("MESHWARD_TAP_PORT", 9192),
+        http_port=args.http_port if args.http_port is not None
+        else _env_port("MESHWARD_HTTP_PORT", 9193),
+        tap_limits=Limits(max_body=args.tap_max_body),
+        tap_stream_timeout=args.tap_stream_timeout,
+    )
+    for name in ("authz_port", "tap_port", "http_port"):
+        if not 0 <= getattr(config, name) <= 65535:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0..65535")
+    if args.tap_max_body < 0 or args.tap_stream_timeout <= 0:
+        raise UsageError("--tap-max-body must be >= 0 and --tap-stream-timeout > 0")
+    try:
+        serve(config)
+    except OSError as exc:
+        raise UsageError(f"cannot serve: {exc}") from None
+    return 0

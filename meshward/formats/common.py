@@ -1,0 +1,122 @@
+"""Pieces every offline format shares: the error record, identities from authority and XFCC,
+timestamps, header lists."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from meshward.observation import Identity, Observation
+
+
+@dataclass(frozen=True, slots=True)
+class EntryError:
+    """One entry (or a whole file) that could not be read; the run skips it, counts it, goes on."""
+
+    file: str
+    entry: int | None  # 1-based entry / trace number, or line for JSON Lines; None: whole file
+    message: str
+    unit: str = "entry"  # "entry" or "line"
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.unit} {self.entry}" if self.entry is not None else self.file
+        return f"{where}: {self.message}"
+
+
+Item = Observation | EntryError
+
+# What converting one decoded JSON entry may raise on data of the wrong shape; anything else is a bug.
+BAD_VALUE = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an EntryError: our own ValueErrors are already worded for people."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+
+# Istio puts the caller's SPIFFE id in x-forwarded-client-cert: By=...;Hash=...;URI=spiffe://...
+_XFCC_URI = re.compile(r'(?:^|[;,])\s*URI="?([^;,"]+)"?', re.IGNORECASE)
+
+
+def split_authority(authority: str) -> tuple[str, int]:
+    """`host[:port]` or `[v6]:port` into (host, port); port 0 when absent or not a number."""
+    a = authority.strip()
+    if a.startswith("["):
+        host, _, rest = a[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif a.count(":") == 1:
+        host, _, port = a.partition(":")
+    else:
+        host, port = a, ""
+    return host.lower(), int(port) if port.isdigit() and len(port) <= 5 else 0
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def destination_from_authority(authority: str, ip: str = "", port: int = 0) -> Identity:
+    """The destination when nothing better is known: the service named by the authority."""
+    host, aport = split_authority(authority)
+    port = aport or port
+    if not host:
+        return Identity(ip=ip, port=port)
+    if is_ip(host):
+        return Identity(workload=host, ip=ip or host, port=port)
+    return Identity.parse(host, ip=ip, port=port)
+
+
+def source_from_xfcc(headers: list[tuple[str, str]], ip: str = "", port: int = 0) -> Identity:
+    """The caller from Istio's x-forwarded-client-cert (its SPIFFE URI), else just the address."""
+    for name, value in headers:
+        if name == "x-forwarded-client-cert":
+            # the last element is the hop closest to us
+            for element in reversed(value.split(",")):
+                m = _XFCC_URI.search(element)
+                if m:
+                    return Identity.parse(m.group(1), ip=ip, port=port)
+    return Identity(ip=ip, port=port)
+
+
+def parse_time(value: object, what: str) -> float:
+    """ISO 8601 / RFC 3339 text (or protobuf JSON Timestamp object) to epoch seconds; naive = UTC."""
+    if isinstance(value, dict):  # {"seconds": ..., "nanos": ...}
+        try:
+            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what} is not a timestamp") from exc
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a date-time string")
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ValueError(f"{what} is not ISO 8601: {value[:40]!r}") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def normalize_protocol(version: str) -> str:
+    """HAR httpVersion / ALPN spellings to the Observation's protocol names."""
+    v = version.strip().lower()
+    if v in ("h2", "http/2", "http/2.0", "h2c"):
+        return "h2"
+    if v in ("h3", "http/3", "http/3.0"):
+        return "h3"
+    if v in ("http/1.0", "http/0.9"):
+        return v
+    return "http/1.1"
+
+
+def content_length(headers: list[tuple[str, str]]) -> int | None:
+    for name, value in headers:
+        if name == "content-length":
+            v = value.strip()
+            return int(v) if v.isdigit() else None
+    return None

@@ -1,0 +1,306 @@
+"""`meshward serve`: one asyncio process, one engine, three listeners.
+
+ext_authz gRPC (Authorization/Check), the tap gRPC (ext_proc observability streams) and HTTP (JSON
+API, /metrics, /healthz, /readyz) all run on one event loop, so the engine (not thread-safe) is
+only ever called from that loop's thread. gRPC health checking and reflection are served on both
+gRPC ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from extauthz import service as authz_service
+from extauthz.cache import DecisionCache
+from extauthz.service import CheckService
+from meshward.engine import Engine, EngineConfig
+from meshward.log import event
+from meshward.metrics import Metrics, Problems
+from meshward.observation import Observation, Verdict
+from tap.envoy import extproc
+from tap.envoy.assemble import Limits
+from tap.envoy.extproc import TapService
+from tap.envoy.join import Joiner
+
+log = logging.getLogger("meshward.serve")
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", authz_service.MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+]
+
+
+@dataclass
+class ServeConfig:
+    db: str = "./meshward.db"
+    listen_host: str = "0.0.0.0"
+    authz_port: int = 9191
+    tap_port: int = 9192
+    http_port: int = 9193
+    tap_limits: Limits = field(default_factory=Limits)
+    tap_stream_timeout: float = 30.0
+    join_window: float = 10.0
+    flush_interval: float = 2.0
+    max_ingest_bytes: int = 16 * 1024 * 1024
+
+
+class _RecentIds:
+    """Request ids judged by ext_authz lately (bounded, time-limited) so the tap skips them."""
+
+    def __init__(self, ttl: float = 30.0, size: int = 100_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._ids: dict[str, float] = {}
+
+    def add(self, rid: str) -> None:
+        ids = self._ids
+        ids[rid] = time.monotonic()
+        if len(ids) > self.size:
+            del ids[next(iter(ids))]
+
+    def __contains__(self, rid: str) -> bool:
+        seen = self._ids.get(rid)
+        return seen is not None and time.monotonic() - seen < self.ttl
+
+
+class Pipeline:
+    """Where every observation meets the engine: counting, de-duplication, both-ends join.
+
+    - ext_authz: judged inline; the verdict decides the request.
+    - Envoy tap: an outbound view only feeds the join; an inbound view is judged unless ext_authz
+      already judged the same request id (enforce chains run both filters).
+    - Ingested observations (node tap, files): judged (alerts; nothing to block).
+    A both-ends mismatch is judged again with an `Exchange.Mismatch` threat, which alerts.
+    """
+
+    def __init__(self, engine: Engine, metrics: Metrics, joiner: Joiner) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.joiner = joiner
+        self.checked = _RecentIds()
+        self.cache = DecisionCache(engine)
+        self._cache_hit = metrics.cache.labels("hit")
+        self._cache_miss = metrics.cache.labels("miss")
+        self._eval_latency = {
+            s: metrics.evaluate_latency.labels(s)
+            for s in ("extauthz", "envoy-tap", "node-tap", "file")
+        }
+        self._observed = {
+            s: metrics.observations.labels(s) for s in ("extauthz", "envoy-tap", "node-tap", "file")
+        }
+
+    def judge(self, obs: Observation, source: str) -> Verdict:
+        start = time.perf_counter()
+        verdict = self.engine.evaluate(obs)
+        self._eval_latency[source].observe(time.perf_counter() - start)
+        self.metrics.count_verdict(source, verdict)
+        if verdict.verdict != "allow" and obs.request_id:
+            self.joiner.note_verdict(obs.request_id, {"seen_by": source, **verdict.as_dict()})
+        return verdict
+
+    def judge_check(self, obs: Observation) -> Verdict:
+        self._observed["extauthz"].inc()
+        if obs.body_truncated:
+            self.metrics.truncations.labels("extauthz").inc()
+        if obs.request_id:
+            self.checked.add(obs.request_id)
+        key = self.cache.key(obs)
+        if key is not None:
+            cached = self.cache.lookup(key, obs)
+            if cached is not None:
+                self._cache_hit.inc()
+                self.metrics.count_verdict("extauthz", cached)
+                return cached
+            self._cache_miss.inc()
+        verdict = self.judge(obs, "extauthz")
+        if key is not None:
+            self.cache.remember(key, verdict)
+        return verdict
+
+    def take_tap(self, obs: Observation) -> None:
+        self._observed["envoy-tap"].inc()
+        joined = self.joiner.add(obs)
+        if joined is not None:
+            _exchange, threats, inbound = joined
+            self.metrics.joins.labels("mismatch" if threats else "joined").inc()
+            if threats:
+                flagged = dataclasses.replace(inbound, threats=[*inbound.threats, *threats])
+                self.judge(flagged, "envoy-tap")
+        if obs.extra.get("direction") == "outbound":
+            return
+        if obs.request_id and obs.request_id in self.checked:
+            self.metrics.drops.labels("tap", "judged-by-extauthz").inc()
+            return
+        self.judge(obs, "envoy-tap")
+
+    def take_ingested(self, obs: Observation) -> None:
+        source = obs.seen_by if obs.seen_by in self._observed else "file"
+        self._observed[source].inc()
+        if obs.seen_by == "envoy-tap":
+            self.take_tap(obs)
+            return
+        self.judge(obs, source)
+
+
+class Server:
+    """The running `meshward serve`: start(), the bound ports, stop()."""
+
+    def __init__(self, config: ServeConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.problems = Problems(self.metrics, log)
+        self.engine = engine if engine is not None else open_engine(config.db)
+        self.joiner = Joiner(window=config.join_window)
+        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
+        self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
+        self.tap = TapService(
+            self.pipeline.take_tap,
+            self.metrics,
+            self.problems,
+            limits=config.tap_limits,
+            stream_timeout=config.tap_stream_timeout,
+        )
+        self.ports: dict[str, int] = {}
+        self.ready = False
+        self._grpc: list[grpc.aio.Server] = []
+        self._health: list[HealthServicer] = []
+        self._runner: web.AppRunner | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from meshward.api import build_app  # the API module imports nothing from here
+
+        host = self.config.listen_host
+        self.ports["authz"] = await self._grpc_server(
+            self.check.handler(), authz_service.SERVICE, host, self.config.authz_port
+        )
+        self.ports["tap"] = await self._grpc_server(
+            self.tap.handler(), extproc.SERVICE, host, self.config.tap_port
+        )
+        app = build_app(self)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, self.config.http_port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        self._flusher = asyncio.create_task(self._flush_loop())
+        self.ready = True
+        event(log, "serving", host=host, **self.ports)
+
+    async def _grpc_server(
+        self, handler: grpc.GenericRpcHandler, service: str, host: str, port: int
+    ) -> int:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server.add_generic_rpc_handlers((handler,))
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        await server.start()
+        for name in ("", service):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._grpc.append(server)
+        self._health.append(health)
+        return bound
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_interval)
+            try:
+                self.engine.flush()
+            except Exception as exc:
+                self.problems("engine", "flush-failed", error=repr(exc)[:200])
+
+    async def stop(self, grace: float = 1.0) -> None:
+        self.ready = False
+        for health in self._health:
+            await health.enter_graceful_shutdown()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await asyncio.gather(*(s.stop(grace) for s in self._grpc))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        try:
+            self.engine.close()
+        except Exception as exc:
+            self.problems("engine", "close-failed", error=repr(exc)[:200])
+        event(log, "stopped")
+
+    def mode_changed(self) -> None:
+        """A namespace mode changed: cached decisions of the old mode must not linger."""
+        self.pipeline.cache.clear()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "ports": dict(self.ports),
+            "tap_streams_active": self.tap.active,
+            "join_pending": self.joiner.pending(),
+        }
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def open_engine(db: str) -> Engine:
+    """The engine on the SQLite store at `db` (the store module lands with the real engine)."""
+    try:
+        from meshward.store import open_store
+    except ImportError:
+        event(log, "no store module: allowlists live in memory only", logging.WARNING, db=db)
+        return Engine(store=None, config=EngineConfig())
+    return Engine(store=open_store(db), config=EngineConfig())
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve_forever(config: ServeConfig) -> None:
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(config: ServeConfig) -> None:
+    uv = install_uvloop()
+    event(log, "starting", uvloop=uv, db=config.db)
+    asyncio.run(serve_forever(config))

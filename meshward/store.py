@@ -1,0 +1,380 @@
+"""Where meshward keeps what it learned: allowlist profiles, namespace modes, alert history.
+
+One interface (`Store`) so a Kubernetes custom-resource store can stand in for the embedded
+SQLite one (`SqliteStore`). The SQLite store runs in WAL mode with synchronous=NORMAL: a
+committed transaction survives the process being killed (kill -9) and readers never block the
+one writer, so `meshward mode set` can run while `meshward serve` holds the database open.
+The engine batches learning and calls `save_profiles` once per flush interval, never per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from meshward.log import event
+
+log = logging.getLogger("meshward.store")
+
+SCHEMA_VERSION = 1
+APP_ID = "meshward"
+DEFAULT_ALERT_LIMIT = 10_000
+DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another process's write lock
+ENV_DB = "MESHWARD_DB"
+DEFAULT_DB = "meshward.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS profiles (
+    destination TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS modes (
+    namespace TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    namespace TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_namespace ON alerts (namespace, id);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message is one line meant for a person."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the engine and the commands need from a store (SQLite now, Kubernetes CRs later)."""
+
+    def load_profiles(self) -> dict[str, dict[str, Any]]: ...
+
+    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None: ...
+
+    def delete_profile(self, destination: str) -> None: ...
+
+    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None: ...
+
+    def modes(self) -> dict[str, str]: ...
+
+    def set_mode(self, namespace: str, mode: str) -> None: ...
+
+    def modes_version(self) -> int: ...
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None: ...
+
+    def alerts(
+        self, limit: int = 100, namespace: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def default_path() -> str:
+    """`$MESHWARD_DB`, else ./meshward.db."""
+    return os.environ.get(ENV_DB) or DEFAULT_DB
+
+
+def open_store(
+    path: str | None = None, *, create: bool = True, alert_limit: int = DEFAULT_ALERT_LIMIT
+) -> SqliteStore:
+    """Open (and by default create) the SQLite store; StoreError with a clear reason otherwise."""
+    return SqliteStore(path or default_path(), create=create, alert_limit=alert_limit)
+
+
+def _alert_namespace(alert: dict[str, Any]) -> str:
+    """The namespace an alert belongs to: its own field, else the `ns/` of its destination."""
+    ns = alert.get("namespace")
+    if isinstance(ns, str) and ns:
+        return ns
+    dest = alert.get("destination")
+    if isinstance(dest, str) and "/" in dest:
+        return dest.split("/", 1)[0]
+    return ""
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file, safe for one writer process plus readers."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        create: bool = True,
+        alert_limit: int = DEFAULT_ALERT_LIMIT,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        if alert_limit < 1:
+            raise ValueError("alert_limit must be at least 1")
+        self.path = path
+        self.alert_limit = alert_limit
+        self._lock = threading.Lock()
+        self._con: sqlite3.Connection | None = None
+        self._con = self._connect(path, create, busy_timeout)
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _connect(self, path: str, create: bool, busy_timeout: float) -> sqlite3.Connection:
+        p = Path(path)
+        if p.is_dir():
+            raise StoreError(f"{path} is a directory, not a database file")
+        if not p.exists():
+            if not create:
+                raise StoreError(f"no database at {path} (run `meshward learn` first or --db)")
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create directory {p.parent}: {exc.strerror}") from exc
+        try:
+            con = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        try:
+            self._prepare(con, path)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _prepare(self, con: sqlite3.Connection, path: str) -> None:
+        try:
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a meshward database ({exc})") from exc
+        if tables and "meta" not in tables:
+            raise StoreError(f"{path} is an SQLite file but not a meshward database")
+        try:
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            con.execute("PRAGMA synchronous=NORMAL")
+            if not tables:
+                self._create_schema(con)
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use database {path}: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: cannot switch the database to WAL mode (got {mode})")
+        if meta.get("app") != APP_ID:
+            raise StoreError(f"{path} is an SQLite file but not a meshward database")
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError as exc:
+            raise StoreError(f"{path}: unreadable schema_version in meta table") from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}, newer than this meshward understands "
+                f"({SCHEMA_VERSION}): upgrade meshward"
+            )
+
+    @staticmethod
+    def _create_schema(con: sqlite3.Connection) -> None:
+        """Create the tables in one transaction; a concurrent creator simply waits and no-ops."""
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [("app", APP_ID), ("schema_version", str(SCHEMA_VERSION)), ("modes_version", "0")],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def _c(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StoreError(f"store {self.path} is closed")
+        return self._con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front (BEGIN IMMEDIATE) so it cannot deadlock."""
+        with self._lock:
+            con = self._c
+            try:
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot write: {exc}") from exc
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException as exc:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{self.path}: write failed: {exc}") from exc
+                raise
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._c.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: read failed: {exc}") from exc
+
+    # -- profiles ------------------------------------------------------------------------
+
+    def load_profiles(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for dest, doc in self._read("SELECT destination, doc FROM profiles ORDER BY destination"):
+            try:
+                value = json.loads(doc)
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                event(log, "skipping unreadable profile", logging.WARNING, destination=dest)
+                continue
+            out[dest] = value
+        return out
+
+    @staticmethod
+    def _rows(docs: dict[str, dict[str, Any]]) -> list[tuple[str, str, float]]:
+        """Serialise first, so a document that is not JSON-able fails before anything is written."""
+        now = time.time()
+        return [(str(dest), json.dumps(doc, separators=(",", ":")), now) for dest, doc in docs.items()]
+
+    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        """Upsert many profile documents in one transaction."""
+        if not docs:
+            return
+        rows = self._rows(docs)
+        with self._write() as con:
+            con.executemany(
+                "INSERT INTO profiles (destination, doc, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (destination) DO UPDATE SET doc = excluded.doc, "
+                "updated = excluded.updated",
+                rows,
+            )
+
+    def delete_profile(self, destination: str) -> None:
+        with self._write() as con:
+            con.execute("DELETE FROM profiles WHERE destination = ?", (destination,))
+
+    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        """Make the stored profiles exactly `docs`, all or nothing (allowlist import --replace)."""
+        rows = self._rows(docs)
+        with self._write() as con:
+            con.execute("DELETE FROM profiles")
+            con.executemany(
+                "INSERT INTO profiles (destination, doc, updated) VALUES (?, ?, ?)", rows
+            )
+
+    # -- modes ---------------------------------------------------------------------------
+
+    def modes(self) -> dict[str, str]:
+        return dict(self._read("SELECT namespace, mode FROM modes ORDER BY namespace"))
+
+    def set_mode(self, namespace: str, mode: str) -> None:
+        from meshward.engine import MODES  # late: the engine may import this module
+
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} ({', '.join(MODES)})")
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO modes (namespace, mode, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (namespace) DO UPDATE SET mode = excluded.mode, "
+                "updated = excluded.updated",
+                (namespace, mode, time.time()),
+            )
+            con.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'modes_version'"
+            )
+
+    def modes_version(self) -> int:
+        """A counter bumped by every `set_mode`, from any process: poll it, re-read on change."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'modes_version'")
+        return int(rows[0][0]) if rows else 0
+
+    # -- alerts --------------------------------------------------------------------------
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Append alerts and drop the oldest beyond `alert_limit`, in one transaction."""
+        if not alerts:
+            return
+        now = time.time()
+        rows = []
+        for a in alerts:
+            t = a.get("time")
+            rows.append(
+                (
+                    float(t) if isinstance(t, (int, float)) else now,
+                    _alert_namespace(a),
+                    json.dumps(a, separators=(",", ":"), default=str),
+                )
+            )
+        with self._write() as con:
+            con.executemany("INSERT INTO alerts (time, namespace, doc) VALUES (?, ?, ?)", rows)
+            con.execute(
+                "DELETE FROM alerts WHERE id <= (SELECT MAX(id) FROM alerts) - ?",
+                (self.alert_limit,),
+            )
+
+    def alerts(
+        self, limit: int = 100, namespace: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; optionally one namespace and/or alerts at or after `since` (epoch s)."""
+        where, params = [], []
+        if namespace is not None:
+            where.append("namespace = ?")
+            params.append(namespace)
+        if since is not None:
+            where.append("time >= ?")
+            params.append(float(since))
+        sql = "SELECT id, time, doc FROM alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(max(0, int(limit)))
+        out = []
+        for id_, t, doc in self._read(sql, tuple(params)):
+            try:
+                a = json.loads(doc)
+            except ValueError:
+                continue
+            if isinstance(a, dict):
+                a.setdefault("time", t)
+                a["id"] = id_
+                out.append(a)
+        return out
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """`ok` when SQLite finds the file sound (used by tests and `meshward` diagnostics)."""
+        return str(self._read("PRAGMA integrity_check")[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

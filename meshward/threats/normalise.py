@@ -1,0 +1,111 @@
+"""Normalisation: undo the encodings attackers hide payloads behind, before signatures match.
+
+Bounded by construction: input is capped by the caller, decoding runs at most MAX_ROUNDS times
+and every step is a single linear regex pass.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+MAX_ROUNDS = 4  # repeated decoding (double, triple encoding) stops here even if not stable
+
+_PERCENT = re.compile(rb"%(?:u([0-9a-fA-F]{4})|([0-9a-fA-F]{2}))")
+_OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]")
+_BACKSLASH = re.compile(r"\\(?:u\{?([0-9a-fA-F]{4})\}?|x([0-9a-fA-F]{2}))")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# SQL inline comments used as whitespace; MySQL executable comments keep their content.
+_SQL_COMMENT = re.compile(r"/\*!?\d{0,6}|\*/")
+_COMMENT_BODY = re.compile(r"/\*[^*]{0,200}\*/")
+_SPACE = re.compile(r"\s+")
+_SLASHES = re.compile(r"[/\\]+(?:\.[/\\]+)*")
+# Log4j lookups that resolve to their default text: ${lower:j}, ${::-j}, ${env:X:-j}, ${upper:J}
+_LOG4J = re.compile(r"\$\{(?:lower|upper|::-|[a-z]{1,10}:[^:{}]{0,40}:-)([^{}$]{0,20})\}")
+# fullwidth ASCII (U+FF01..U+FF5E) folds to ASCII, as Unicode-normalising backends do
+_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_CONTROL_ESCAPE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _percent_bytes(m: re.Match[bytes]) -> bytes:
+    if m.group(1) is not None:
+        return chr(int(m.group(1), 16)).encode("utf-8", "surrogatepass")
+    return bytes((int(m.group(2), 16),))
+
+
+def _overlong(m: re.Match[bytes]) -> bytes:
+    """Overlong UTF-8 (%c0%ae for '.') decodes to the ASCII it spells, as old decoders did."""
+    b = m.group(0)
+    cp = ((b[0] & 0x1F) << 6) | (b[1] & 0x3F) if len(b) == 2 else ((b[1] & 0x3F) << 6) | (
+        b[2] & 0x3F
+    )
+    return chr(cp).encode("utf-8") if cp < 0x80 else b
+
+
+def url_decode(text: str, *, plus_as_space: bool = False) -> str:
+    """One round of percent decoding (%XX, %uXXXX, overlong UTF-8); invalid UTF-8 replaced."""
+    if "%" not in text:
+        return text.replace("+", " ") if plus_as_space else text
+    raw = text.encode("utf-8", "surrogatepass")
+    if plus_as_space:
+        raw = raw.replace(b"+", b" ")
+    raw = _PERCENT.sub(_percent_bytes, raw)
+    if b"\xc0" in raw or b"\xc1" in raw or b"\xe0" in raw:
+        raw = _OVERLONG.sub(_overlong, raw)
+    return raw.decode("utf-8", "replace")
+
+
+def _backslash(m: re.Match[str]) -> str:
+    return chr(int(m.group(1) or m.group(2), 16))
+
+
+def decode(text: str, *, plus_as_space: bool = False) -> str:
+    """Repeated URL, HTML-entity and backslash-escape decoding until stable (MAX_ROUNDS)."""
+    for n in range(MAX_ROUNDS):
+        before = text
+        text = url_decode(text, plus_as_space=plus_as_space and n == 0)
+        if "&" in text:
+            text = html.unescape(text)
+        if "\\" in text:
+            text = _BACKSLASH.sub(_backslash, text)
+        if text == before:
+            break
+    return text
+
+
+def normalise(text: str, *, plus_as_space: bool = False) -> str:
+    """Decoded, NUL- and control-stripped, fullwidth-folded, lower-cased text."""
+    text = decode(text, plus_as_space=plus_as_space)
+    if not text.isascii():
+        text = text.translate(_FULLWIDTH)
+    if _CONTROL.search(text):
+        text = _CONTROL.sub("", text)
+    return text.lower()
+
+
+def alternate(norm: str) -> str:
+    """A second spelling of normalised text for signatures: SQL comments as spaces, whitespace
+    collapsed, path separators collapsed (`/./`, `//`, `\\`), Log4j default lookups resolved.
+    Returns "" when it equals the input (nothing more to scan)."""
+    alt = norm
+    if "/*" in alt or "*/" in alt:
+        alt = _COMMENT_BODY.sub(" ", alt) if "/*!" not in alt else alt
+        alt = _SQL_COMMENT.sub(" ", alt)
+    if "${" in alt:
+        for _ in range(MAX_ROUNDS):
+            nxt = _LOG4J.sub(r"\1", alt)
+            if nxt == alt:
+                break
+            alt = nxt
+    if "/" in alt or "\\" in alt:
+        alt = _SLASHES.sub("/", alt)
+    alt = _SPACE.sub(" ", alt)
+    return "" if alt == norm else alt
+
+
+def evidence(text: str, limit: int = 128) -> str:
+    """At most `limit` characters, control characters escaped (safe for logs and dashboards)."""
+    text = text[: limit * 2]
+    if _CONTROL_ESCAPE.search(text):
+        text = _CONTROL_ESCAPE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+    return text[:limit]

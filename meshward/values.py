@@ -1,0 +1,129 @@
+"""Value classes: what kind of value a parameter, body field or path segment holds.
+
+Learning records the classes a field takes; scoring flags a value whose class no learned class
+covers. Classes are coarse on purpose: they must be stable across normal traffic (few false
+alerts) while still separating an id from free text, or a number from a string.
+"""
+
+from __future__ import annotations
+
+import re
+
+# string classes, from the most to the least specific
+EMPTY = "empty"
+BOOL = "bool"
+INT = "int"
+FLOAT = "float"
+UUID = "uuid"
+HEX = "hex"
+DATE = "date"
+EMAIL = "email"
+JWT = "jwt"
+TOKEN = "token"
+WORD = "word"
+TEXT = "text"
+ANY = "any"  # only ever written by a human widening a rule
+# JSON kinds other than string
+JSON_INT = "integer"
+JSON_NUM = "number"
+JSON_BOOL = "boolean"
+JSON_NULL = "null"
+JSON_OBJECT = "object"
+JSON_ARRAY = "array"
+
+STRING_CLASSES = (EMPTY, BOOL, INT, FLOAT, UUID, HEX, DATE, EMAIL, JWT, TOKEN, WORD, TEXT)
+JSON_KINDS = (JSON_INT, JSON_NUM, JSON_BOOL, JSON_NULL, JSON_OBJECT, JSON_ARRAY)
+ALL_CLASSES = frozenset(STRING_CLASSES + JSON_KINDS + (ANY,))
+
+_INT = re.compile(r"-?\d{1,19}")
+_FLOAT = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX = re.compile(r"(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,128}")
+_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[-+]\d{2}:?\d{2})?)?"
+)
+_EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
+_JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+# random-looking ids: long runs of letters and digits (mixed), base64url alphabet
+_TOKEN = re.compile(r"(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,256}")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_.\- ]{0,127}")
+
+# which learned class accepts which observed class (besides itself)
+_COVERS: dict[str, frozenset[str]] = {
+    TEXT: frozenset(STRING_CLASSES),
+    WORD: frozenset({INT, FLOAT, HEX, UUID, DATE, BOOL}),
+    TOKEN: frozenset({HEX, INT, UUID, JWT}),
+    HEX: frozenset({INT}),
+    FLOAT: frozenset({INT}),
+    JSON_NUM: frozenset({JSON_INT}),
+    ANY: ALL_CLASSES,
+}
+
+
+def classify(value: str) -> str:
+    """Class of one string value (query value, path segment, JSON string, form field)."""
+    if not value:
+        return EMPTY
+    n = len(value)
+    if n <= 20 and _INT.fullmatch(value):
+        return INT
+    if n > 256:
+        return TEXT
+    low = value.lower()
+    if low in ("true", "false"):
+        return BOOL
+    if n == 36 and _UUID.fullmatch(value):
+        return UUID
+    if _FLOAT.fullmatch(value):
+        return FLOAT
+    if _HEX.fullmatch(value):
+        return HEX
+    if value[0].isdigit() and _DATE.fullmatch(value):
+        return DATE
+    if "@" in value and _EMAIL.fullmatch(value):
+        return EMAIL
+    if value.startswith("eyJ") and _JWT.fullmatch(value):
+        return JWT
+    if _TOKEN.fullmatch(value):
+        return TOKEN
+    if _WORD.fullmatch(value):
+        return WORD
+    return TEXT
+
+
+def classify_leaf(value: object) -> str:
+    """Class of one decoded body leaf: JSON kinds for non-strings, string classes for strings."""
+    if isinstance(value, str):
+        return classify(value)
+    if value is None:
+        return JSON_NULL
+    if isinstance(value, bool):
+        return JSON_BOOL
+    if isinstance(value, int):
+        return JSON_INT
+    if isinstance(value, float):
+        return JSON_NUM
+    if isinstance(value, dict):
+        return JSON_OBJECT
+    if isinstance(value, list):
+        return JSON_ARRAY
+    return TEXT
+
+
+def covered(observed: str, learned: set[str] | frozenset[str]) -> bool:
+    """Does any learned class accept a value of the observed class?"""
+    if observed in learned:
+        return True
+    return any(observed in _COVERS.get(c, ()) for c in learned)
+
+
+def is_string_class(cls: str) -> bool:
+    return cls in STRING_CLASSES or cls == ANY
+
+
+def widen(classes: set[str], limit: int = 6) -> set[str]:
+    """Keep a learned class set small: past `limit` string classes, fold them into `text`."""
+    strings = [c for c in classes if c in STRING_CLASSES]
+    if len(strings) <= limit:
+        return classes
+    return {c for c in classes if c not in STRING_CLASSES} | {TEXT}

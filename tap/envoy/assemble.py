@@ -1,0 +1,211 @@
+"""One ext_proc stream (observability mode) -> one Observation, with bounded buffers.
+
+Envoy sends request headers, request body chunks, response headers (and, if the filter asks,
+response body chunks and trailers) on one gRPC stream per HTTP request. The assembler keeps only
+what fits its limits and says when the exchange is complete, so the server can end the stream
+right away (DESIGN.md: Envoy otherwise holds the stream for `deferred_close_timeout`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2
+
+from meshward.observation import Identity, Observation
+
+_NONE = processing_mode_pb2.ProcessingMode.NONE
+_PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-stream bounds: body bytes kept, headers kept, messages read."""
+
+    max_body: int = 64 * 1024
+    max_headers: int = 128
+    max_header_bytes: int = 64 * 1024
+    max_messages: int = 4096
+
+
+@dataclass(frozen=True)
+class StreamContext:
+    """Who sent the stream: the sidecar's workload and which side of the call it sits on."""
+
+    namespace: str = ""
+    workload: str = ""
+    direction: str = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
+    node: str = ""
+
+
+def _header_list(
+    hmap: base_pb2.HeaderMap, limits: Limits
+) -> tuple[list[tuple[str, str]], bool]:
+    """Headers as (lower-case name, value); raw bytes decoded leniently. True if cut short."""
+    out: list[tuple[str, str]] = []
+    total = 0
+    for h in hmap.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        total += len(h.key) + len(value)
+        if len(out) >= limits.max_headers or total > limits.max_header_bytes:
+            return out, True
+        out.append((h.key.lower(), value))
+    return out, False
+
+
+class StreamAssembler:
+    """Feeds on ProcessingRequests; `feed` returns True once the exchange is complete."""
+
+    def __init__(self, ctx: StreamContext, limits: Limits | None = None) -> None:
+        self.ctx = ctx
+        self.limits = limits or Limits()
+        self.started = time.time()
+        self.messages = 0
+        self.request_headers: list[tuple[str, str]] | None = None
+        self.response_headers: list[tuple[str, str]] | None = None
+        self.body = bytearray()
+        self.body_seen = 0
+        self.body_truncated = False
+        self.headers_truncated = False
+        self.response_body_expected = True
+        self.attributes: dict[str, str] = {}
+        self.complete = False
+
+    def feed(self, req: external_processor_pb2.ProcessingRequest) -> bool:
+        self.messages += 1
+        if self.messages == 1 and req.HasField("protocol_config"):
+            mode = req.protocol_config.response_body_mode
+            self.response_body_expected = mode != _NONE
+        if req.attributes:
+            self._read_attributes(req)
+        kind = req.WhichOneof("request")
+        if kind == "request_headers":
+            self.request_headers, cut = _header_list(req.request_headers.headers, self.limits)
+            self.headers_truncated |= cut
+        elif kind == "request_body":
+            self._add_body(req.request_body.body)
+        elif kind == "response_headers":
+            self.response_headers, cut = _header_list(req.response_headers.headers, self.limits)
+            self.headers_truncated |= cut
+            if req.response_headers.end_of_stream or not self.response_body_expected:
+                self.complete = True
+        elif kind == "response_body":
+            if req.response_body.end_of_stream:
+                self.complete = True
+        elif kind == "response_trailers":
+            self.complete = True
+        if self.messages >= self.limits.max_messages:
+            self.complete = True
+        return self.complete
+
+    def _add_body(self, chunk: bytes) -> None:
+        self.body_seen += len(chunk)
+        room = self.limits.max_body - len(self.body)
+        if room <= 0:
+            self.body_truncated = self.body_truncated or bool(chunk)
+            return
+        if len(chunk) > room:
+            self.body_truncated = True
+            chunk = chunk[:room]
+        self.body += chunk
+
+    def _read_attributes(self, req: external_processor_pb2.ProcessingRequest) -> None:
+        for struct in req.attributes.values():
+            for name, value in struct.fields.items():
+                kind = value.WhichOneof("kind")
+                if kind == "string_value":
+                    self.attributes[name] = value.string_value[:512]
+                elif kind == "number_value":
+                    self.attributes[name] = str(int(value.number_value))
+                if len(self.attributes) > 32:
+                    return
+
+    def observation(self) -> Observation | None:
+        """The exchange as seen so far; None when not even the request headers arrived."""
+        if self.request_headers is None:
+            return None
+        pseudo = {k: v for k, v in self.request_headers if k.startswith(":")}
+        headers = [(k, v) for k, v in self.request_headers if not k.startswith(":")]
+        target = pseudo.get(":path", "/")
+        path, _, query = target.partition("?")
+        authority = pseudo.get(":authority", "") or _first(headers, "host")
+        status = None
+        response_headers: list[tuple[str, str]] = []
+        if self.response_headers is not None:
+            response_headers = [(k, v) for k, v in self.response_headers if not k.startswith(":")]
+            code = _first(self.response_headers, ":status")
+            status = int(code) if code.isdigit() else None
+        size = _first(headers, "content-length")
+        a = self.attributes
+        src_ip, src_port = _split_addr(a.get("source.address", ""))
+        dst_ip, dst_port = _split_addr(a.get("destination.address", ""))
+        peer = Identity.parse(
+            a.get("connection.uri_san_peer_certificate", ""),
+            ip=src_ip,
+            port=_int(a.get("source.port", "")) or src_port,
+        )
+        local = Identity(
+            namespace=self.ctx.namespace,
+            workload=self.ctx.workload,
+            principal=a.get("connection.uri_san_local_certificate", ""),
+            ip=dst_ip,
+            port=_int(a.get("destination.port", "")) or dst_port,
+        )
+        if self.ctx.direction == "outbound":
+            # the caller's sidecar: it is the source; the callee is named by the authority
+            local.ip, local.port = "", 0
+            source, destination = local, Identity.parse(authority.split(":", 1)[0])
+        else:
+            source, destination = peer, local
+        obs = Observation(
+            seen_by="envoy-tap",
+            source=source,
+            destination=destination,
+            time=self.started,
+            protocol=_PROTOCOLS.get(a.get("request.protocol", ""), "http/1.1"),
+            method=pseudo.get(":method", ""),
+            authority=authority,
+            path=path or "/",
+            query=query,
+            headers=headers,
+            body=bytes(self.body),
+            body_truncated=self.body_truncated,
+            body_size=int(size) if size.isdigit() else (self.body_seen or None),
+            status=status,
+            response_headers=response_headers,
+            request_id=_first(headers, "x-request-id"),
+            extra={"direction": self.ctx.direction},
+        )
+        if self.ctx.node:
+            obs.extra["node"] = self.ctx.node
+        if self.headers_truncated:
+            obs.extra["headers_truncated"] = "true"
+        if not self.complete:
+            obs.extra["incomplete"] = "true"
+        obs.fill_grpc()
+        return obs
+
+
+def _first(headers: list[tuple[str, str]], name: str) -> str:
+    for k, v in headers:
+        if k == name:
+            return v
+    return ""
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    """`1.2.3.4:80` / `[::1]:80` / `1.2.3.4` -> (ip, port)."""
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        return host, _int(rest.lstrip(":"))
+    if addr.count(":") == 1:
+        host, _, port = addr.partition(":")
+        return host, _int(port)
+    return addr, 0

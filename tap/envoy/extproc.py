@@ -1,0 +1,142 @@
+"""The `envoy.service.ext_proc.v3.ExternalProcessor/Process` server for observability mode.
+
+Observability mode is send-and-go: Envoy ignores our answers, so we send none. Each stream is
+read until the exchange is complete and then ended at once (ending it late makes Envoy hold it
+for `deferred_close_timeout`, see DESIGN.md). Streams that never complete expire; a stream cut
+mid-way loses only itself. Whatever was seen of the request is still handed to `sink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2
+from google.protobuf.message import DecodeError
+
+from meshward.metrics import Metrics, Problems
+from meshward.observation import Observation
+from tap.envoy.assemble import Limits, StreamAssembler, StreamContext
+
+SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+Sink = Callable[[Observation], None]
+
+
+class _Undecodable:
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _deserialize(data: bytes) -> external_processor_pb2.ProcessingRequest | _Undecodable:
+    try:
+        return external_processor_pb2.ProcessingRequest.FromString(data)
+    except DecodeError as exc:
+        return _Undecodable(str(exc))
+
+
+def _serialize(msg: external_processor_pb2.ProcessingResponse) -> bytes:
+    return msg.SerializeToString()
+
+
+def stream_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> StreamContext:
+    """The sidecar's identity from the gRPC initial metadata the filter config sets."""
+    md = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in metadata or ()}
+    direction = md.get("x-meshward-direction", "inbound")
+    return StreamContext(
+        namespace=md.get("x-meshward-namespace", ""),
+        workload=md.get("x-meshward-workload", ""),
+        direction=direction if direction in ("inbound", "outbound") else "inbound",
+        node=md.get("x-meshward-node", ""),
+    )
+
+
+class TapService:
+    """Process: one ext_proc stream -> one Observation handed to `sink`."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        metrics: Metrics,
+        problems: Problems,
+        limits: Limits | None = None,
+        stream_timeout: float = 30.0,
+        max_streams: int = 20000,
+    ) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.problems = problems
+        self.limits = limits or Limits()
+        self.stream_timeout = stream_timeout
+        self.max_streams = max_streams
+        self.active = 0
+
+    async def process(
+        self,
+        requests: object,  # unused: the handler reads through the context
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        if self.active >= self.max_streams:
+            self.metrics.drops.labels("tap", "too-many-streams").inc()
+            return
+        self.active += 1
+        self.metrics.tap_active.inc()
+        start = time.perf_counter()
+        asm = StreamAssembler(stream_context(context.invocation_metadata()), self.limits)
+        outcome = "complete"
+        try:
+            async with asyncio.timeout(self.stream_timeout):
+                outcome = await self._read(asm, context)
+        except TimeoutError:
+            outcome = "expired"
+        except (grpc.aio.AioRpcError, asyncio.CancelledError, ConnectionError):
+            outcome = "cut"
+        finally:
+            self.active -= 1
+            self.metrics.tap_active.dec()
+            self.metrics.tap_streams.labels(outcome).inc()
+            self.metrics.tap_stream_latency.observe(time.perf_counter() - start)
+        self._hand_over(asm, outcome)
+
+    async def _read(self, asm: StreamAssembler, context: grpc.aio.ServicerContext) -> str:
+        while True:
+            msg = await context.read()
+            if msg is grpc.aio.EOF:
+                return "complete" if asm.complete else "cut"
+            if isinstance(msg, _Undecodable):
+                self.problems("tap", "undecodable-message", error=msg.error)
+                return "error"
+            if asm.feed(msg):
+                return "complete"
+
+    def _hand_over(self, asm: StreamAssembler, outcome: str) -> None:
+        try:
+            obs = asm.observation()
+        except Exception as exc:  # bad values in one stream never stop the server
+            self.problems("tap", "assemble-failed", error=repr(exc)[:200])
+            return
+        if obs is None:
+            self.metrics.drops.labels("tap", f"no-request-headers-{outcome}").inc()
+            return
+        if outcome != "complete":
+            obs.extra["tap_outcome"] = outcome
+        if obs.body_truncated:
+            self.metrics.truncations.labels("envoy-tap").inc()
+        try:
+            self.sink(obs)
+        except Exception as exc:
+            self.problems("tap", "sink-failed", error=repr(exc)[:200])
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Process": grpc.stream_stream_rpc_method_handler(
+                    self.process, request_deserializer=_deserialize, response_serializer=_serialize
+                )
+            },
+        )

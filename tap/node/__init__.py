@@ -1,0 +1,1 @@
+"""The node tap: packet capture in pod network namespaces and on host interfaces."""

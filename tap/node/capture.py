@@ -1,0 +1,200 @@
+"""AF_PACKET capture sockets, opened inside a pod's network namespace, with kernel BPF filters.
+
+A packet socket stays bound to the namespace it was created in, so each socket is created by a
+short-lived thread that first joins the target namespace with setns(2) (Python 3.11 has no
+os.setns; libc via ctypes) and then exits; the capture loop uses the socket from any thread.
+
+The classic-BPF programs run in the kernel, so only the packets the tap needs ever reach Python:
+on a pod's `lo` the proxy↔app TCP segments that carry data or SYN/FIN/RST (pure ACKs are
+dropped: they carry nothing to reassemble), without loopback's duplicate outgoing copy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterable
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+CLONE_NEWNET = 0x40000000
+PACKET_OUTGOING = 4
+SNAPLEN = 262144  # loopback GSO/BIG TCP super-packets can exceed 64 KiB
+
+# classic BPF opcodes (linux/filter.h)
+_LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
+_LD_H_IND, _LD_B_IND = 0x48, 0x50
+_LDX_B_MSH = 0xB1
+_JEQ, _JSET, _JGT = 0x15, 0x45, 0x25
+_RET_K = 0x06
+_ALU_ADD_X, _ALU_AND_K, _ALU_RSH_K, _ALU_SUB_X = 0x0C, 0x54, 0x74, 0x1C
+_ST, _LDX_MEM, _TAX, _TXA = 0x02, 0x61, 0x07, 0x87
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4
+
+Insn = tuple[int, int | str, int | str, int]  # (code, jt, jf, k); jumps may name labels
+
+
+def assemble(program: list[Insn | str]) -> list[tuple[int, int, int, int]]:
+    """Resolve label names (plain strings in the list) into relative jump offsets."""
+    labels: dict[str, int] = {}
+    insns: list[Insn] = []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+    out = []
+    for pc, (code, jt, jf, k) in enumerate(insns):
+
+        def rel(target: int | str, pc: int = pc) -> int:
+            if isinstance(target, int):
+                return target
+            off = labels[target] - pc - 1
+            if not 0 <= off <= 255:
+                raise ValueError("BPF jump out of range")
+            return off
+
+        out.append((code, rel(jt), rel(jf), k))
+    return out
+
+
+def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> list[Insn | str]:
+    """IPv4 TCP with data or SYN/FIN/RST; `include`: only these ports, else all but these."""
+    ports = sorted(set(ports))
+    on_match = "accept" if include else "drop"
+    prog: list[Insn | str] = []
+    if drop_outgoing:
+        prog += [(_LD_W_ABS, 0, 0, _SKF_AD_PKTTYPE), (_JEQ, "drop", 0, PACKET_OUTGOING)]
+    prog += [
+        (_LD_H_ABS, 0, 0, 12), (_JEQ, 0, "drop", 0x0800),  # IPv4
+        (_LD_B_ABS, 0, 0, 23), (_JEQ, 0, "drop", 6),  # TCP
+        (_LD_H_ABS, 0, 0, 20), (_JSET, "drop", 0, 0x1FFF),  # not a later fragment
+        (_LDX_B_MSH, 0, 0, 14),  # X = IP header length
+        (_LD_B_IND, 0, 0, 14 + 13), (_JSET, "ports", 0, 0x07),  # SYN/FIN/RST: keep
+        # payload length = ip_len - ihl - tcp header length; drop pure ACKs
+        (_LD_B_IND, 0, 0, 14 + 12), (_ALU_AND_K, 0, 0, 0xF0), (_ALU_RSH_K, 0, 0, 2),
+        (_ALU_ADD_X, 0, 0, 0), (_ST, 0, 0, 0),  # M[0] = ihl + thl
+        (_LD_H_ABS, 0, 0, 16), (_LDX_MEM, 0, 0, 0), (_ALU_SUB_X, 0, 0, 0),
+        (_JEQ, "drop", 0, 0),
+        (_LDX_B_MSH, 0, 0, 14),
+        "ports",
+        (_LD_H_IND, 0, 0, 14),  # source port
+    ]  # fmt: skip
+    prog += [(_JEQ, on_match, 0, p) for p in ports]
+    prog.append((_LD_H_IND, 0, 0, 16))  # destination port
+    prog += [(_JEQ, on_match, 0, p) for p in ports]
+    prog.append((_RET_K, 0, 0, 0 if include else SNAPLEN))
+    prog += ["accept", (_RET_K, 0, 0, SNAPLEN), "drop", (_RET_K, 0, 0, 0)]
+    return prog
+
+
+def netthreat_filter() -> list[Insn | str]:
+    """IPv4 ICMP and UDP, and every IP fragment (teardrop, ping of death need them)."""
+    return [
+        (_LD_H_ABS, 0, 0, 12), (_JEQ, 0, "drop", 0x0800),
+        (_LD_H_ABS, 0, 0, 20), (_JSET, "accept", 0, 0x3FFF),  # MF or offset: a fragment
+        (_LD_B_ABS, 0, 0, 23), (_JEQ, "accept", 0, 1), (_JEQ, "accept", "drop", 17),
+        "accept", (_RET_K, 0, 0, SNAPLEN), "drop", (_RET_K, 0, 0, 0),
+    ]  # fmt: skip
+
+
+def attach_filter(sock: socket.socket, program: list[Insn | str]) -> None:
+    """SO_ATTACH_FILTER with a struct sock_fprog pointing at the assembled program."""
+    code = assemble(program)
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in code))
+    fprog = struct.pack("@HP", len(code), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def netns_path(name_or_path: str) -> str:
+    """`--netns` accepts a name under /run/netns or any path (e.g. /proc/PID/ns/net)."""
+    return name_or_path if "/" in name_or_path else f"/run/netns/{name_or_path}"
+
+
+def in_netns(netns: str | None, fn, *args):  # type: ignore[no-untyped-def]
+    """Run fn(*args) in a throw-away thread joined to `netns` (None: this namespace)."""
+    if netns is None:
+        return fn(*args)
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            _setns(netns_path(netns))
+            box["result"] = fn(*args)
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name="setns", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]
+
+
+class Capture:
+    """One AF_PACKET socket on one interface of one namespace, filtered in the kernel."""
+
+    def __init__(
+        self,
+        iface: str,
+        program: list[Insn | str],
+        netns: str | None = None,
+        rcvbuf: int = 32 << 20,
+    ) -> None:
+        self.iface = iface
+        self.netns = netns
+        self.where = f"{netns}:{iface}" if netns else iface
+        self.sock: socket.socket = in_netns(netns, self._open, iface, program, rcvbuf)
+        self.kernel_packets = 0
+        self.kernel_drops = 0
+
+    @staticmethod
+    def _open(iface: str, program: list[Insn | str], rcvbuf: int) -> socket.socket:
+        # protocol 0: receives nothing until bound, so no unfiltered packet slips in first
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            attach_filter(sock, program)
+            sock.bind((iface, ETH_P_ALL))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_stats(self) -> tuple[int, int]:
+        """Kernel counters (PACKET_STATISTICS resets on read, so they are accumulated here)."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        packets, drops = struct.unpack("II", raw)
+        self.kernel_packets += packets
+        self.kernel_drops += drops
+        return self.kernel_packets, self.kernel_drops
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,32 @@
+"""The node tap's counters: one plain object, bumped from the capture thread, read by reporters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class Metrics:
+    packets: int = 0  # packets that reached Python (after the kernel filters)
+    bytes: int = 0  # their wire bytes
+    undecodable: int = 0  # frames packet.decode rejected
+    flows: int = 0  # TCP connections tracked since start
+    flows_active: int = 0
+    flows_evicted: int = 0  # dropped because the flow table was full
+    flows_expired: int = 0  # idle past the timeout
+    midstream: int = 0  # connections joined without their SYN (unparseable or resynced)
+    gaps: int = 0  # holes in a byte stream (bytes the capture never saw)
+    transactions: int = 0  # request/response exchanges turned into observations
+    unanswered: int = 0  # requests emitted without a response (connection ended, overflow)
+    parse_errors: int = 0  # malformed or unparseable HTTP/1.1 or HTTP/2 data
+    upgraded: int = 0  # connections that switched protocol (Upgrade, CONNECT): not parsed
+    net_packets: int = 0  # ICMP/UDP/fragments handed to the network monitor
+    alerts: int = 0  # network alerts from the network monitor
+    kernel_packets: int = 0  # PACKET_STATISTICS: seen by the kernel sockets
+    kernel_drops: int = 0  # PACKET_STATISTICS: dropped because the socket buffer was full
+    out_queued: int = 0  # observations handed to the output
+    out_dropped: int = 0  # observations the output queue had no room for
+    out_sent: int = 0  # observations written or accepted by the server
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

@@ -1,0 +1,173 @@
+"""Templating and matching invariants of the allowlist trie."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshward import templates, values
+from meshward.allowlist import Allowlist, Limits, ServiceProfile
+from meshward.engine import Engine, EngineConfig
+from meshward.observation import Identity, Observation
+
+segment = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12)
+paths = st.lists(segment, min_size=0, max_size=6).map(lambda s: "/" + "/".join(s))
+methods = st.sampled_from(["GET", "POST", "PUT", "DELETE"])
+
+
+def obs(
+    method: str, path: str, source: str = "ns/a", query: str = "", body: bytes = b""
+) -> Observation:
+    headers = [("content-type", "application/json")] if body else []
+    return Observation(
+        "file",
+        source=Identity.parse(source),
+        destination=Identity.parse("ns/api"),
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        body=body,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(methods, paths), min_size=1, max_size=40))
+def test_everything_learned_matches_afterwards(requests: list[tuple[str, str]]) -> None:
+    profile = ServiceProfile("ns/api", Limits(cardinality_k=4))
+    for method, path in requests:
+        assert profile.endpoint_for_learning(method, path) is not None
+    for method, path in requests:
+        m = profile.match(method, path)
+        assert m.rule is not None, (method, path, [r.name for r in profile.rules()])
+        assert m.rule.method == method
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(methods, paths), min_size=1, max_size=30))
+def test_export_import_round_trip_keeps_matching(requests: list[tuple[str, str]]) -> None:
+    a = Allowlist(Limits(cardinality_k=4))
+    for method, path in requests:
+        a.profile("ns/api").endpoint_for_learning(method, path)
+    b = Allowlist()
+    b.import_doc(a.export_doc())
+    assert b.export_doc() == a.export_doc()
+    for method, path in requests:
+        assert b.get("ns/api").match(method, path).rule is not None
+
+
+@given(st.integers(min_value=0, max_value=10**12), st.uuids())
+def test_typed_segments_become_variables(n: int, u: object) -> None:
+    assert templates.segment_variable(str(n)) == "{int}"
+    assert templates.segment_variable(str(u)) == "{uuid}"
+
+
+def test_cardinality_generalises_and_bounds_rule_count() -> None:
+    profile = ServiceProfile("ns/api", Limits(cardinality_k=8))
+    for i in range(5000):
+        profile.endpoint_for_learning("GET", f"/files/rp{chr(103 + i % 20)}{i % 997}/raw")
+    names = [r.name for r in profile.rules()]
+    assert names == ["GET /files/{str}/raw"]
+    assert profile.match("GET", "/files/anything-else/raw").rule is not None
+    assert profile.match("GET", "/files/a/b/raw").rule is None
+
+
+def test_literals_win_over_variables_and_methods_are_distinct() -> None:
+    profile = ServiceProfile("ns/api")
+    profile.endpoint_for_learning("GET", "/users/me")
+    profile.endpoint_for_learning("GET", "/users/42")
+    profile.endpoint_for_learning("POST", "/users/42")
+    assert profile.match("GET", "/users/me").rule.template == "/users/me"
+    assert profile.match("GET", "/users/7").rule.template == "/users/{int}"
+    m = profile.match("DELETE", "/users/7")
+    assert m.rule is None and m.path_known
+    assert profile.match("GET", "/users/7/x").path_known is False
+
+
+def test_hostile_deep_paths_are_bounded() -> None:
+    profile = ServiceProfile("ns/api", Limits(max_depth=8))
+    deep = "/a" * 5000
+    rule = profile.endpoint_for_learning("GET", deep)
+    assert rule is not None and rule.template.endswith("{any}")
+    assert profile.match("GET", deep).rule is rule
+    assert profile.match("GET", "/b" * 5000).rule is None
+
+
+def test_endpoint_and_source_bounds() -> None:
+    profile = ServiceProfile("ns/api", Limits(max_endpoints=10, max_sources=3, cardinality_k=1000))
+    for i in range(100):
+        profile.endpoint_for_learning("GET", f"/p{chr(97 + i % 26)}{i}x")
+        profile.learn_source(f"ns/s{i}", 0.0)
+    assert profile.endpoints == 10 and len(profile.sources) == 3 and profile.dropped == 187
+
+
+def test_human_widening_rules() -> None:
+    a = Allowlist()
+    a.import_doc(
+        {
+            "services": [
+                {
+                    "destination": "ns/api",
+                    "sources": ["ns/a"],
+                    "endpoints": [
+                        {"method": "GET", "path": "/static/{any}", "query": {"*": ["any"]}},
+                        {"method": "POST", "path": "/items", "body": {"$.name": ["text"]}},
+                    ],
+                }
+            ]
+        }
+    )
+    engine = Engine(config=EngineConfig(threats=False))
+    engine.allowlist = a
+    v = engine.evaluate(obs("GET", "/static/css/site.css", query="v=3&x=y"), mode="enforce")
+    assert v.verdict == "allow", v
+    v = engine.evaluate(obs("POST", "/items", body=b'{"name": "pen"}'), mode="enforce")
+    assert v.verdict == "allow", v
+    v = engine.evaluate(obs("POST", "/items", body=b'{"name": "pen", "admin": 1}'), mode="enforce")
+    assert v.verdict == "deny" and "new-body-field" in v.reasons
+
+
+def test_import_rejects_bad_documents_whole() -> None:
+    a = Allowlist()
+    a.profile("ns/keep").endpoint_for_learning("GET", "/x")
+    bad = {"services": [{"destination": "ns/a", "endpoints": [{"method": "GET", "path": "nope"}]}]}
+    try:
+        a.import_doc(bad, replace=True)
+    except ValueError as exc:
+        assert "endpoint 0" in str(exc)
+    else:
+        raise AssertionError("bad document accepted")
+    assert a.get("ns/keep") is not None
+
+
+def test_value_classes_cover_like_expected() -> None:
+    assert values.classify("42") == "int"
+    assert values.classify("5f3a9c0d1e2b4a6c8d9e0f1a") == "hex"
+    assert values.classify("2026-11-24") == "date"
+    assert values.classify("a@b.io") == "email"
+    assert values.classify("shoes") == "word"
+    assert values.classify("' or 1=1 --") == "text"
+    assert values.covered("int", {"text"})
+    assert not values.covered("text", {"int"})
+    assert values.classify_leaf(3) == "integer" and values.classify_leaf("3") == "int"
+
+
+def test_threat_bearing_requests_are_not_learned() -> None:
+    class OneThreat:
+        def inspect(self, o: Observation):
+            from meshward.detect import Inspection
+            from meshward.observation import Threat
+
+            bad = "evil" in o.path
+            return Inspection([Threat("SQL.Injection", "path", "evil")] if bad else [])
+
+    engine = Engine(config=EngineConfig(), detector=OneThreat())
+    v = engine.evaluate(obs("GET", "/evil"), mode="learn")
+    assert v.verdict == "alert" and v.threats
+    assert engine.allowlist.get("ns/api") is None
+    assert engine.evaluate(obs("GET", "/ok"), mode="learn").verdict == "allow"
+    assert engine.evaluate(obs("GET", "/ok"), mode="enforce").verdict == "allow"
+    assert engine.evaluate(obs("GET", "/evil"), mode="enforce").verdict == "deny"
+    assert engine.evaluate(obs("GET", "/evil"), mode="monitor").verdict == "alert"

@@ -1,0 +1,107 @@
+"""The filter config: what each mode installs and what each filter carries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from istio import filters
+from istio.filters import FilterSettings
+
+
+def names(s: FilterSettings) -> list[str]:
+    return [f["name"] for f in filters.http_filters(s)]
+
+
+def test_filters_per_mode() -> None:
+    assert names(FilterSettings("shop", "web", "learn")) == [filters.EXT_PROC]
+    assert names(FilterSettings("shop", "web", "monitor")) == [filters.EXT_PROC]
+    assert names(FilterSettings("shop", "web", "enforce")) == [filters.EXT_AUTHZ, filters.EXT_PROC]
+    # the caller's side only reports; the callee's sidecar decides
+    out = FilterSettings("shop", "web", "enforce", direction="outbound")
+    assert names(out) == [filters.EXT_PROC]
+
+
+def test_ext_authz_config() -> None:
+    s = FilterSettings("shop", "web", "enforce", body_limit=4096)
+    cfg = filters.ext_authz_filter(s)["typed_config"]
+    assert cfg["@type"].endswith("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz")
+    assert cfg["grpc_service"] == {
+        "envoy_grpc": {"cluster_name": filters.AUTHZ_CLUSTER},
+        "timeout": "0.200s",
+    }
+    assert cfg["with_request_body"] == {
+        "max_request_bytes": 4096,
+        "allow_partial_message": True,
+        "pack_as_bytes": True,
+    }
+    assert cfg["failure_mode_allow"] is False
+    assert cfg["status_on_error"] == {"code": "Forbidden"}
+    assert cfg["encode_raw_headers"] is True
+    metadata = {h["key"]: h["value"] for h in cfg["grpc_service"]["initial_metadata"]}
+    assert metadata["x-meshward-namespace"] == "shop"
+    assert metadata["x-meshward-workload"] == "web"
+    for mode in ("learn", "monitor"):
+        open_cfg = filters.ext_authz_filter(FilterSettings("shop", "web", mode))["typed_config"]
+        assert open_cfg["failure_mode_allow"] is True
+    per_route = filters.ext_authz_route_config(s)[filters.EXT_AUTHZ]
+    assert per_route["check_settings"]["context_extensions"] == {
+        "namespace": "shop",
+        "workload": "web",
+        "direction": "inbound",
+    }
+
+
+def test_ext_proc_observability_mode() -> None:
+    cfg = filters.ext_proc_filter(FilterSettings("shop", "orders", "learn"))["typed_config"]
+    assert cfg["@type"].endswith("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor")
+    assert cfg["observability_mode"] is True
+    assert cfg["failure_mode_allow"] is True
+    mode = cfg["processing_mode"]
+    assert mode["request_header_mode"] == mode["response_header_mode"] == "SEND"
+    assert mode["request_body_mode"] == "STREAMED"
+    assert mode.get("response_body_mode", "NONE") == "NONE"
+    assert mode.get("request_trailer_mode", "SKIP") == mode.get("response_trailer_mode") == "SKIP"
+    assert cfg["request_attributes"] == list(filters.TAP_ATTRIBUTES)
+    full = FilterSettings("shop", "orders", "learn", tap_response_body=True)
+    full_mode = filters.ext_proc_filter(full)["typed_config"]["processing_mode"]
+    assert full_mode["response_body_mode"] == "STREAMED"
+    assert full_mode["response_trailer_mode"] == "SEND"
+    metadata = {h["key"]: h["value"] for h in cfg["grpc_service"]["initial_metadata"]}
+    assert metadata == {
+        "x-meshward-namespace": "shop",
+        "x-meshward-workload": "orders",
+        "x-meshward-direction": "inbound",
+    }
+
+
+def test_clusters_http2_and_limits() -> None:
+    enforce = filters.clusters(FilterSettings("shop", "web", "enforce"), "10.0.0.1", 1, 2)
+    assert [c["name"] for c in enforce] == [filters.AUTHZ_CLUSTER, filters.TAP_CLUSTER]
+    learn = filters.clusters(FilterSettings("shop", "web", "learn"), "meshward.svc", 1, 2)
+    assert [c["name"] for c in learn] == [filters.TAP_CLUSTER]
+    tap = learn[0]
+    assert tap["type"] == "STRICT_DNS"
+    assert enforce[0]["type"] == "STATIC"
+    opts = tap["typed_extension_protocol_options"][filters.HTTP_PROTOCOL_OPTIONS]
+    assert opts["explicit_http_config"] == {"http2_protocol_options": {}}
+    for t in tap["circuit_breakers"]["thresholds"]:
+        assert t["max_requests"] == t["max_pending_requests"] == filters.TAP_CIRCUIT_LIMIT
+    json.dumps(enforce + learn)  # plain JSON-able dicts
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "block"},
+        {"direction": "sideways"},
+        {"namespace": ""},
+        {"body_limit": -1},
+        {"timeout_ms": 0},
+    ],
+)
+def test_bad_settings(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {"namespace": "shop", "workload": "web", "mode": "learn"}
+    with pytest.raises(ValueError):
+        FilterSettings(**{**base, **kwargs})  # type: ignore[arg-type]
