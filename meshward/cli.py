@@ -19,6 +19,8 @@ COMMANDS = [
     "meshward.commands.mode",
     "meshward.commands.serve",
     "meshward.commands.tap",
+    "meshward.commands.envoy",
+    "meshward.commands.istio",
 ]
 
 

@@ -253,7 +253,9 @@ class SqliteStore:
     def _rows(docs: dict[str, dict[str, Any]]) -> list[tuple[str, str, float]]:
         """Serialise first, so a document that is not JSON-able fails before anything is written."""
         now = time.time()
-        return [(str(dest), json.dumps(doc, separators=(",", ":")), now) for dest, doc in docs.items()]
+        return [
+            (str(dest), json.dumps(doc, separators=(",", ":")), now) for dest, doc in docs.items()
+        ]
 
     def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
         """Upsert many profile documents in one transaction."""

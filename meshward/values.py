@@ -35,7 +35,7 @@ STRING_CLASSES = (EMPTY, BOOL, INT, FLOAT, UUID, HEX, DATE, EMAIL, JWT, TOKEN, W
 JSON_KINDS = (JSON_INT, JSON_NUM, JSON_BOOL, JSON_NULL, JSON_OBJECT, JSON_ARRAY)
 ALL_CLASSES = frozenset(STRING_CLASSES + JSON_KINDS + (ANY,))
 
-_INT = re.compile(r"-?\d{1,19}")
+_INT = re.compile(r"-?\d{1,63}")
 _FLOAT = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX = re.compile(r"(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,128}")
@@ -65,7 +65,7 @@ def classify(value: str) -> str:
     if not value:
         return EMPTY
     n = len(value)
-    if n <= 20 and _INT.fullmatch(value):
+    if n <= 64 and _INT.fullmatch(value):
         return INT
     if n > 256:
         return TEXT

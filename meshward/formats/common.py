@@ -22,19 +22,26 @@ class EntryError:
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.unit} {self.entry}" if self.entry is not None else self.file
-        return f"{where}: {self.message}"
+        return f"{where}: {' '.join(self.message.split())}"
 
 
 Item = Observation | EntryError
 
-# What converting one decoded JSON entry may raise on data of the wrong shape; anything else is a bug.
+# What converting one decoded JSON entry raises on data of the wrong shape (anything else: a bug).
 BAD_VALUE = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
+
+
+def json_error(exc: BaseException) -> str:
+    """ijson's messages run over several lines (with a caret line): keep the first."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def describe(exc: BaseException) -> str:
     """One line for an EntryError: our own ValueErrors are already worded for people."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+
 
 # Istio puts the caller's SPIFFE id in x-forwarded-client-cert: By=...;Hash=...;URI=spiffe://...
 _XFCC_URI = re.compile(r'(?:^|[;,])\s*URI="?([^;,"]+)"?', re.IGNORECASE)
@@ -85,7 +92,7 @@ def source_from_xfcc(headers: list[tuple[str, str]], ip: str = "", port: int = 0
 
 
 def parse_time(value: object, what: str) -> float:
-    """ISO 8601 / RFC 3339 text (or protobuf JSON Timestamp object) to epoch seconds; naive = UTC."""
+    """ISO 8601 / RFC 3339 text (or a protobuf JSON Timestamp) to epoch seconds; naive = UTC."""
     if isinstance(value, dict):  # {"seconds": ..., "nanos": ...}
         try:
             return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9

@@ -24,6 +24,7 @@ from meshward.formats.common import (
     Item,
     content_length,
     describe,
+    json_error,
     destination_from_authority,
     normalize_protocol,
     parse_time,
@@ -33,16 +34,18 @@ from meshward.observation import Identity, Observation, SeenBy
 
 
 def _obj(value: object, what: str) -> dict[str, Any]:
+    if value is None:
+        raise ValueError(f"{what} is missing")
     if not isinstance(value, dict):
-        raise ValueError(f"{what} is missing or not an object")
+        raise ValueError(f"{what} must be an object, not {type(value).__name__}")
     return value
 
 
-def _str(value: object, what: str, default: str | None = None) -> str:
-    if value is None and default is not None:
-        return default
+def _str(value: object, what: str) -> str:
+    if value is None:
+        raise ValueError(f"{what} is missing")
     if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string")
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
     return value
 
 
@@ -85,9 +88,7 @@ def _body(post: object) -> bytes:
     params = post.get("params")
     if isinstance(params, list):
         pairs = [
-            (str(p.get("name", "")), str(p.get("value", "")))
-            for p in params
-            if isinstance(p, dict)
+            (str(p.get("name", "")), str(p.get("value", ""))) for p in params if isinstance(p, dict)
         ]
         return urlencode(pairs).encode("ascii")
     return b""
@@ -141,11 +142,7 @@ def observation_from_entry(entry: object, seen_by: SeenBy = "file") -> Observati
     server_ip = server_ip.strip("[]") if isinstance(server_ip, str) else ""
     src = entry.get("_source")
     dst = entry.get("_destination")
-    source = (
-        Identity.parse(_str(src, "_source"))
-        if src is not None
-        else source_from_xfcc(headers)
-    )
+    source = Identity.parse(_str(src, "_source")) if src is not None else source_from_xfcc(headers)
     destination = (
         Identity.parse(_str(dst, "_destination"), ip=server_ip)
         if dst is not None
@@ -183,7 +180,7 @@ def read_har(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item
             except BAD_VALUE as exc:
                 yield EntryError(name, n, describe(exc))
     except ijson.JSONError as exc:
-        yield EntryError(name, n + 1, f"invalid or truncated JSON, rest of file skipped: {exc}")
+        yield EntryError(name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}")
         return
     if n == 0 and f.seekable():
         problem = _entries_problem(f)
@@ -199,5 +196,5 @@ def _entries_problem(f: IO[bytes]) -> str:
             if prefix == "log.entries":
                 return "" if ev == "start_array" else "log.entries is not an array"
     except ijson.JSONError as exc:
-        return f"invalid JSON: {exc}"
+        return f"invalid JSON: {json_error(exc)}"
     return "no log.entries array: not a HAR file"

@@ -120,7 +120,8 @@ def test_both_ends_with_mtls(
         assert attrs.source.principal == spiffe_id("shop", "web")
         assert attrs.destination.principal == spiffe_id("shop", "orders")
         assert attrs.request.http.raw_body == b'{"item": "book"}'
-        assert attrs.request.http.headers["x-request-id"] == request_id
+        raw = {h.key: h.raw_value for h in attrs.request.http.header_map.headers}
+        assert raw["x-request-id"] == request_id.encode()  # encode_raw_headers
         # the tap saw the allowed call from both ends, under one x-request-id
         wait_for(lambda: len([s for s in rec.streams if "response_headers" in s]) >= 3)
         seen = {

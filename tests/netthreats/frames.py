@@ -84,3 +84,19 @@ def fragment_v4(
         mf = off + size < len(datagram)
         out.append(ipv4(src, dst, proto, chunk, ident=ident, frag_offset=off, mf=mf))
     return out
+
+
+def dns_query(name: str, qtype: int = 1, ident: int = 0x1234) -> bytes:
+    """A DNS query with one question (recursion desired)."""
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.strip(".").split(".") if p)
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + b"\x00" + struct.pack(
+        "!HH", qtype, 1
+    )
+
+
+def dns_response(query: bytes, answer: bytes = b"") -> bytes:
+    """The response to `query`: same question, QR set, `answer` appended as opaque records."""
+    ident, _flags, qd, _an, ns, ar = struct.unpack_from("!HHHHHH", query)
+    return struct.pack("!HHHHHH", ident, 0x8180, qd, 1 if answer else 0, ns, ar) + query[12:] + (
+        answer
+    )

@@ -76,7 +76,9 @@ def test_alerts_bounded_newest_first_filters(db: str) -> None:
         batch = []
         for i in range(120):
             ns = "shop" if i % 2 else "pay"
-            batch.append({"verdict": "alert", "destination": f"{ns}/api", "n": i, "time": 1000.0 + i})
+            batch.append(
+                {"verdict": "alert", "destination": f"{ns}/api", "n": i, "time": 1000.0 + i}
+            )
             if len(batch) == 7:
                 s.add_alerts(batch)
                 batch = []
@@ -141,7 +143,9 @@ def test_unwritable_paths(tmp_path: Path) -> None:
 def test_newer_schema_refused(db: str) -> None:
     open_store(db).close()
     con = sqlite3.connect(db)
-    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    con.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+    )
     con.commit()
     con.close()
     with pytest.raises(StoreError, match="newer than this meshward understands"):

@@ -1,0 +1,24 @@
+# meshward: one image for `meshward serve` (Deployment) and `meshward node-tap` (DaemonSet).
+# node-tap needs CAP_NET_RAW (AF_PACKET) and CAP_SYS_ADMIN (setns into pod network namespaces)
+# plus the host's /var/run/netns or /proc mounted; serve needs no capabilities.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY meshward ./meshward
+COPY extauthz ./extauthz
+COPY tap ./tap
+COPY istio ./istio
+COPY linkerd ./linkerd
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim-bookworm
+RUN groupadd --system --gid 10001 meshward \
+ && useradd --system --uid 10001 --gid meshward --home-dir /var/lib/meshward --create-home meshward
+COPY --from=build /install /usr/local
+ENV MESHWARD_DB=/var/lib/meshward/meshward.db \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /var/lib/meshward
+EXPOSE 9191 9192 9193
+ENTRYPOINT ["meshward"]
+CMD ["serve"]

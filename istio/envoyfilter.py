@@ -1,0 +1,174 @@
+"""Istio objects that install meshward's filters in a namespace's sidecars.
+
+Two styles, both from the one filter config in `istio.filters`:
+- `envoyfilter`: an EnvoyFilter (networking.istio.io/v1alpha3) that ADDs the clusters, INSERTs
+  the filters BEFORE the router on SIDECAR_INBOUND, and MERGEs the ext_authz per-virtual-host
+  settings (context_extensions) into the inbound virtual hosts. A mode change re-renders it.
+- `extension-provider`: Istio's own ext_authz integration, a `meshConfig.extensionProviders`
+  entry (envoyExtAuthzGrpc) plus an AuthorizationPolicy with action CUSTOM (enforce only).
+  Istio has no ext_proc provider, so the tap still comes as an EnvoyFilter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from istio import filters
+from istio.filters import FilterSettings
+
+ENVOYFILTER_API = "networking.istio.io/v1alpha3"
+AUTHZ_POLICY_API = "security.istio.io/v1"
+DEFAULT_SERVICE = "meshward.meshward.svc.cluster.local"
+PROVIDER_NAME = "meshward"
+STYLES = ("envoyfilter", "extension-provider")
+HCM = "envoy.filters.network.http_connection_manager"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "meshward"}
+
+
+def _metadata(name: str, namespace: str, mode: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, "meshward.io/mode": mode},
+    }
+
+
+def _inbound_filter_match() -> dict[str, Any]:
+    return {
+        "context": "SIDECAR_INBOUND",
+        "listener": {
+            "filterChain": {"filter": {"name": HCM, "subFilter": {"name": filters.ROUTER}}}
+        },
+    }
+
+
+def envoy_filter(
+    s: FilterSettings,
+    *,
+    service: str = DEFAULT_SERVICE,
+    authz_port: int = 9191,
+    tap_port: int = 9192,
+    selector: dict[str, str] | None = None,
+    with_authz: bool | None = None,
+    name: str = "meshward",
+) -> dict[str, Any]:
+    """The EnvoyFilter carrying exactly `filters.http_filters(s)` and the clusters they need.
+
+    `selector` limits it to some workloads (their labels); `with_authz=False` drops ext_authz
+    (the extension-provider style installs it through Istio instead).
+    """
+    authz = s.with_authz if with_authz is None else with_authz and s.with_authz
+    patches: list[dict[str, Any]] = [
+        {
+            # clusters are global in Envoy; Istio's docs add them in the outbound context
+            "applyTo": "CLUSTER",
+            "match": {"context": "SIDECAR_OUTBOUND"},
+            "patch": {"operation": "ADD", "value": cluster},
+        }
+        for cluster in filters.clusters(s, service, authz_port, tap_port)
+        if authz or cluster["name"] != s.authz_cluster
+    ]
+    for http_filter in filters.http_filters(s):
+        if http_filter["name"] == filters.EXT_AUTHZ and not authz:
+            continue
+        patches.append(
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": _inbound_filter_match(),
+                # each goes right before the router, so they keep their order
+                "patch": {"operation": "INSERT_BEFORE", "value": http_filter},
+            }
+        )
+    if authz:
+        patches.append(
+            {
+                "applyTo": "VIRTUAL_HOST",
+                "match": {"context": "SIDECAR_INBOUND"},
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"typed_per_filter_config": filters.ext_authz_route_config(s)},
+                },
+            }
+        )
+    spec: dict[str, Any] = {"configPatches": patches}
+    if selector:
+        spec = {"workloadSelector": {"labels": dict(selector)}, **spec}
+    return {
+        "apiVersion": ENVOYFILTER_API,
+        "kind": "EnvoyFilter",
+        "metadata": _metadata(name, s.namespace, s.mode),
+        "spec": spec,
+    }
+
+
+def extension_provider(
+    *, service: str = DEFAULT_SERVICE, authz_port: int = 9191, body_limit: int = 8192
+) -> dict[str, Any]:
+    """The mesh-wide `meshConfig.extensionProviders` entry (fails closed: only enforce uses it)."""
+    return {
+        "name": PROVIDER_NAME,
+        "envoyExtAuthzGrpc": {
+            "service": service,
+            "port": authz_port,
+            "timeout": "0.2s",
+            "failOpen": False,
+            "statusOnError": "403",
+            "includeRequestBodyInCheck": {
+                "maxRequestBytes": body_limit,
+                "allowPartialMessage": True,
+                "packAsBytes": True,
+            },
+        },
+    }
+
+
+def authorization_policy(namespace: str, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """CUSTOM policy sending every request of the namespace to meshward's provider."""
+    spec: dict[str, Any] = {
+        "action": "CUSTOM",
+        "provider": {"name": PROVIDER_NAME},
+        "rules": [{}],  # one empty rule matches every request
+    }
+    if selector:
+        spec = {"selector": {"matchLabels": dict(selector)}, **spec}
+    return {
+        "apiVersion": AUTHZ_POLICY_API,
+        "kind": "AuthorizationPolicy",
+        "metadata": _metadata("meshward-ext-authz", namespace, "enforce"),
+        "spec": spec,
+    }
+
+
+def render(
+    namespace: str,
+    mode: str,
+    *,
+    style: str = "envoyfilter",
+    service: str = DEFAULT_SERVICE,
+    authz_port: int = 9191,
+    tap_port: int = 9192,
+    workload: str = "",
+    body_limit: int = 8192,
+) -> dict[str, Any]:
+    """Everything to install for `namespace` in `mode`.
+
+    Returns {"objects": [Kubernetes objects]} and, for the extension-provider style,
+    "meshConfig": the fragment to merge into istiod's mesh config. `workload` narrows the
+    objects to pods labelled app=<workload> and names it in context_extensions.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r} ({', '.join(STYLES)})")
+    s = FilterSettings(namespace=namespace, workload=workload, mode=mode, body_limit=body_limit)
+    selector = {"app": workload} if workload else None
+    name = f"meshward-{workload}" if workload else "meshward"
+    ports = {"authz_port": authz_port, "tap_port": tap_port}
+    if style == "envoyfilter":
+        objects = [envoy_filter(s, service=service, selector=selector, name=name, **ports)]
+        return {"objects": objects}
+    objects = [
+        envoy_filter(s, service=service, selector=selector, with_authz=False, name=name, **ports)
+    ]
+    if mode == "enforce":
+        objects.append(authorization_policy(namespace, selector))
+    provider = extension_provider(service=service, authz_port=authz_port, body_limit=body_limit)
+    return {"meshConfig": {"extensionProviders": [provider]}, "objects": objects}

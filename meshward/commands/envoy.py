@@ -1,0 +1,109 @@
+"""`meshward envoy bootstrap`: a sidecar-equivalent Envoy bootstrap with meshward's filters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from meshward.cli import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "envoy",
+        help="render Envoy configuration carrying meshward's filters",
+        description="Envoy configuration from the same filter config the EnvoyFilter carries.",
+    )
+    sub = p.add_subparsers(dest="envoy_command", metavar="SUBCOMMAND")
+    sub.required = True
+    b = sub.add_parser(
+        "bootstrap",
+        help="a complete sidecar-equivalent Envoy bootstrap (YAML or JSON on stdout)",
+        description="listener -> HTTP connection manager -> meshward filters (by mode) -> router "
+        "-> upstream. learn/monitor install the tap only; enforce adds ext_authz.",
+    )
+    b.add_argument("--listen", type=int, required=True, metavar="PORT", help="listener port")
+    b.add_argument("--listen-host", default="127.0.0.1", help="listener address (127.0.0.1)")
+    b.add_argument(
+        "--upstream",
+        required=True,
+        metavar="HOST:PORT",
+        help="the app (or, with --direction outbound, the callee's sidecar)",
+    )
+    b.add_argument("--namespace", required=True)
+    b.add_argument("--workload", required=True)
+    b.add_argument("--mode", required=True, choices=("learn", "monitor", "enforce"))
+    b.add_argument(
+        "--server",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="meshward serve's address (IP or DNS name)",
+    )
+    b.add_argument("--authz-port", type=int, default=9191)
+    b.add_argument("--tap-port", type=int, default=9192)
+    b.add_argument("--admin-port", type=int, default=0, help="admin on 127.0.0.1 (0: any)")
+    b.add_argument(
+        "--direction",
+        default="inbound",
+        choices=("inbound", "outbound"),
+        help="inbound: the callee's sidecar; outbound: the caller's",
+    )
+    b.add_argument("--upstream-h2", action="store_true", help="HTTP/2 to the upstream (gRPC)")
+    b.add_argument(
+        "--body-limit",
+        type=int,
+        default=8192,
+        help="request body bytes sent with each Check (8192)",
+    )
+    b.add_argument("--format", default="yaml", choices=("yaml", "json"))
+    b.add_argument(
+        "--validate",
+        action="store_true",
+        help="also load it into envoy --mode validate; exit 1 if Envoy rejects it",
+    )
+    b.set_defaults(func=bootstrap)
+
+
+def dump(data: object, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def bootstrap(args: argparse.Namespace) -> int:
+    from istio.bootstrap import render_bootstrap
+
+    for flag in ("authz_port", "tap_port", "admin_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            raise UsageError(f"--{flag.replace('_', '-')} must be 0..65535")
+    try:
+        config = render_bootstrap(
+            args.listen,
+            args.upstream,
+            args.namespace,
+            args.workload,
+            args.mode,
+            server_host=args.server,
+            authz_port=args.authz_port,
+            tap_port=args.tap_port,
+            admin_port=args.admin_port,
+            listen_host=args.listen_host,
+            upstream_h2=args.upstream_h2,
+            direction=args.direction,
+            body_limit=args.body_limit,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.validate:
+        from istio.envoyproc import EnvoyError, validate
+
+        try:
+            validate(config)
+        except EnvoyError as exc:
+            print(f"meshward envoy bootstrap: {exc}", file=sys.stderr)
+            return 1
+    sys.stdout.write(dump(config, args.format))
+    return 0

@@ -1,0 +1,83 @@
+"""`meshward istio render`: the Istio objects that put meshward's filters into a namespace."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshward.cli import UsageError
+from meshward.commands.envoy import dump
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("istio", help="render Istio objects for meshward")
+    sub = p.add_subparsers(dest="istio_command", metavar="SUBCOMMAND")
+    sub.required = True
+    r = sub.add_parser(
+        "render",
+        help="EnvoyFilter (or extension provider + AuthorizationPolicy) for a namespace",
+        description="Kubernetes objects on stdout, a YAML stream (kubectl apply -f -). Re-render "
+        "and apply on a mode change. --style extension-provider also prints the meshConfig "
+        "fragment to merge into istiod's mesh config (first document, or --mesh-config FILE).",
+    )
+    r.add_argument("--namespace", required=True)
+    r.add_argument("--mode", required=True, choices=("learn", "monitor", "enforce"))
+    r.add_argument(
+        "--service",
+        default="meshward.meshward.svc.cluster.local",
+        help="meshward serve's Kubernetes service (DNS name)",
+    )
+    r.add_argument("--style", default="envoyfilter", choices=("envoyfilter", "extension-provider"))
+    r.add_argument("--workload", default="", help="only pods labelled app=WORKLOAD")
+    r.add_argument("--authz-port", type=int, default=9191)
+    r.add_argument("--tap-port", type=int, default=9192)
+    r.add_argument("--body-limit", type=int, default=8192)
+    r.add_argument(
+        "--mesh-config",
+        metavar="FILE",
+        help="write the meshConfig fragment to FILE instead of stdout",
+    )
+    r.add_argument("--format", default="yaml", choices=("yaml", "json"))
+    r.set_defaults(func=render)
+
+
+def render(args: argparse.Namespace) -> int:
+    from istio.envoyfilter import render as render_objects
+
+    for flag in ("authz_port", "tap_port"):
+        if not 0 < getattr(args, flag) <= 65535:
+            raise UsageError(f"--{flag.replace('_', '-')} must be 1..65535")
+    if not args.service or "/" in args.service or " " in args.service:
+        raise UsageError(f"--service {args.service!r} is not a host name")
+    try:
+        out = render_objects(
+            args.namespace,
+            args.mode,
+            style=args.style,
+            service=args.service,
+            authz_port=args.authz_port,
+            tap_port=args.tap_port,
+            workload=args.workload,
+            body_limit=args.body_limit,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    documents: list[object] = list(out["objects"])
+    if "meshConfig" in out:
+        fragment = {"meshConfig": out["meshConfig"]}
+        if args.mesh_config:
+            try:
+                with open(args.mesh_config, "w") as fh:
+                    fh.write(dump(fragment, args.format))
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.mesh_config}: {exc}") from None
+        else:
+            documents.insert(0, fragment)
+    if args.format == "json":
+        sys.stdout.write(dump(documents, "json"))
+        return 0
+    for doc in documents:
+        if isinstance(doc, dict) and "meshConfig" in doc:
+            sys.stdout.write("# merge into istiod's mesh config (IstioOperator/Helm meshConfig)\n")
+        sys.stdout.write("---\n" + dump(doc, "yaml"))
+    return 0

@@ -1,0 +1,331 @@
+"""The signature table and its Hyperscan databases (compiled once per level).
+
+Signatures are written against normalised text (decoded, lower-case, see normalise.py) and are
+compiled caseless so the same set also works as a pre-filter on raw bytes. Each belongs to one
+threat name and one sensitivity level (1..3, like OWASP CRS paranoia levels): a detector at level
+N uses every signature of level <= N.
+
+Patterns use only what Hyperscan and Python `re` share (no look-around, no back-references),
+and every repeat is bounded, so matching is linear in the input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import hyperscan
+
+SQLI = "SQL.Injection"
+XSS = "Cross.Site.Scripting"
+TRAVERSAL = "Path.Traversal"
+RFI = "Remote.File.Inclusion"
+CMDI = "Command.Injection"
+SSTI = "Template.Injection"
+JNDI = "JNDI.Injection"
+PHP = "PHP.Injection"
+NOSQL = "NoSQL.Injection"
+SSRF = "SSRF.Metadata"
+JAVA = "Java.Deserialization"
+XXE = "XML.External.Entity"
+CRLF = "HTTP.Header.Injection"
+SMUGGLING = "HTTP.Request.Smuggling"
+NEGATIVE_LENGTH = "HTTP.Negative.Body.Length"
+
+THREAT_NAMES = (
+    SQLI, XSS, TRAVERSAL, RFI, CMDI, SSTI, JNDI, PHP, NOSQL, SSRF, JAVA, XXE, CRLF, SMUGGLING,
+    NEGATIVE_LENGTH,
+)
+
+# Shell commands an injected command typically starts with (after a metacharacter).
+_COMMANDS = (
+    r"(?:/?(?:usr/)?(?:local/)?s?bin/)?(?:id|whoami|uname|cat|ls|ping|nc|ncat|netcat|curl|wget|"
+    r"bash|sh|zsh|ksh|dash|python[23]?|perl|ruby|php|nslookup|dig|host|sleep|echo|ifconfig|"
+    r"ipconfig|netstat|systeminfo|ps|kill|rm|chmod|chown|touch|telnet|tftp|ftp|powershell|"
+    r"pwsh|cmd|certutil|bitsadmin|tasklist|ver|xterm|awk|sed|find|head|tail|env|export|passwd|"
+    r"crontab|nohup|base64|xxd|timeout|pwd|dir|type|net|reg|wmic|hostname|which|whereis|"
+    r"mkfifo|socat|ssh|scp|tar|gzip|uptime|mail|sudo|su|shutdown|reboot|eval|exec|set|"
+    r"cp|mv|more|less|grep|expr|test|true|false|del|copy|start|print|at|useradd|who|w|last)"
+)
+_CMD_END = r"(?:$|[\s;&|`)<>'\"]|\$\{?ifs)"
+_NOSQL_OPS = (
+    r"(?:ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|or|and|not|nor|expr|elemmatch|"
+    r"function|accumulator|eval|type|size|all|mod|text|jsonschema|lookup|comment)"
+)
+_METADATA_HOSTS = (
+    r"(?:metadata\.google\.internal|metadata\.goog|metadata\.azure\.com|instance-data"
+    r"(?:\.ec2\.internal)?|metadata\.tencentyun\.com|metadata\.oraclecloud\.com)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    name: str  # threat name
+    level: int  # 1..3
+    pattern: str  # regex over normalised (lower-case) text
+
+
+S = Signature
+SIGNATURES: tuple[Signature, ...] = (
+    # --- SQL injection (libinjection adds tokenised detection on top, see injection.py)
+    S(SQLI, 1, r"\bunion\s{1,20}(?:all\s{1,20}|distinct\s{1,20})?\(?\s{0,20}select\b"),
+    S(SQLI, 1, r"\b(?:sleep|benchmark|pg_sleep|randomblob|load_file|extractvalue|updatexml|"
+               r"group_concat|make_set|regexp_substring|generate_series|current_setting|"
+               r"pg_read_file|dbms_pipe\.receive_message|dbms_lock\.sleep|dbms_utility\.\w{1,40}|"
+               r"utl_inaddr\.\w{1,40}|utl_http\.\w{1,40}|ctxsys\.\w{1,40}|sys\.fn_\w{1,40}|"
+               r"xp_cmdshell|sp_executesql|sp_password|json_keys|geometrycollection|multipoint|"
+               r"polygon|linestring|exp|name_const|row_count|found_rows|get_lock|"
+               r"sqlite_version|pg_sleep_for|dblink_connect|lo_import)\s{0,20}\("),
+    S(SQLI, 1, r"\bwaitfor\s{1,20}(?:delay|time)\b"),
+    S(SQLI, 1, r";\s{0,20}(?:select\s|insert\s{1,20}into|update\s{1,20}\w{1,64}\s{1,20}set|"
+               r"delete\s{1,20}from|drop\s{1,20}(?:table|database|function|procedure|user|view)|"
+               r"create\s{1,20}(?:table|user|function|database)|alter\s{1,20}table|"
+               r"exec(?:ute)?\s|declare\s{1,20}@|shutdown\b|truncate\s{1,20}table|waitfor\b|"
+               r"begin\s|copy\s{1,20}\w{1,64}\s{1,20}(?:to|from)\b|if\s{0,20}\(|"
+               r"select\(|call\s{1,20}\w)"),
+    S(SQLI, 1, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor|union|having|where|procedure|"
+               r"limit|rlike|regexp|div|is|not|in|between|sounds|collate|order|group|into)\b|"
+               r"\|\||&&|;|--|#|/\*)"),
+    S(SQLI, 1, r"['\"]\s{0,20}[=<>]\s{0,20}['\"]"),
+    S(SQLI, 1, r"\b(?:or|and|xor|having|where|when)\s{1,20}\(?\s{0,20}['\"]?[\w.@-]{1,40}['\"]?"
+               r"\s{0,20}(?:=|<|>|!=|<>|\blike\b|\bis\b|\bbetween\b|\brlike\b|\bin\s{0,5}\()"),
+    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:true|false|null|\d{1,20}|"
+               r"sleep|benchmark|exists|ascii|substring|char|if|case|select|elt|updatexml|"
+               r"extractvalue)\b"),
+    S(SQLI, 1, r"\b(?:order|group)\s{1,20}by\s{1,20}(?:\d|if\b|case\b|sleep\b|\(|\w{1,40}\s{0,5}"
+               r"(?:--|#|/\*|;|asc\b|desc\b))"),
+    S(SQLI, 1, r"\bhaving\s{1,20}\d"),
+    S(SQLI, 1, r"@@(?:version|datadir|hostname|basedir|servername|identity|spid|tmpdir|"
+               r"innodb\w{0,30})\b"),
+    S(SQLI, 1, r"\b(?:information_schema|sysobjects|syscolumns|pg_catalog|pg_shadow|"
+               r"mysql\.user|sqlite_master|all_tables|user_tables|dba_users|all_users|"
+               r"msysobjects|sys\.(?:tables|objects|columns|databases))\b"),
+    S(SQLI, 1, r"\binto\s{1,20}(?:out|dump)file\b|\bload\s{1,20}data\s{1,20}(?:local\s{1,20})?"
+               r"infile\b"),
+    S(SQLI, 1, r"\bexec(?:ute)?\s{1,20}(?:master\.|xp_|sp_)"),
+    S(SQLI, 1, r"/\*!\d{0,6}\s{0,5}\w"),
+    S(SQLI, 1, r"\bselect\s{1,20}(?:\*|@@|null\b|count\s{0,5}\(|concat|char\s{0,5}\(|version|"
+               r"user\s{0,5}\(|database\s{0,5}\(|current_|case\s|if\s{0,5}\(|sleep|"
+               r"benchmark|\d{1,20}\s{0,20}(?:,|from\b|$|--|#|;|\))|\(select|"
+               r"\w{1,64}\s{1,20}from\s{1,20}\w{1,64}\s{1,20}where\b)"),
+    S(SQLI, 1, r"(?:char|chr)\s{0,5}\(\s{0,5}\d{1,3}\s{0,5}\)\s{0,5}(?:\+|\|\||,)"),
+    S(SQLI, 1, r"\bcase\s{1,20}when\b[^\n]{0,100}\bthen\b"),
+    S(SQLI, 1, r"\bcopy\s{1,20}\w{1,64}\s{1,20}(?:to|from)\s{1,20}'"),
+    S(SQLI, 1, r"\b(?:select\s{1,20}(?:version|current_setting|current_user|user|pg_\w{1,30})"
+               r"\s{0,5}\(|select\s{1,20}\*\s{1,20}from)"),
+    S(SQLI, 2, r"\bselect\s[^\n]{1,100}\sfrom\s"),
+    S(SQLI, 2, r"\b(?:char|chr|concat|ascii|substring|substr|mid|hex|unhex|version|database|"
+               r"schema|convert|cast|ord|bin|elt|field|if|ifnull|coalesce)\s{0,5}\("),
+    S(SQLI, 2, r"['\"`]\s{0,5}(?:\+|\|\||&)\s{0,5}['\"(]"),
+    S(SQLI, 3, r"['\"`]\s{0,20}$|^\s{0,20}['\"`]"),
+    # --- Cross-site scripting (libinjection's HTML5 tokeniser adds to these)
+    S(XSS, 1, r"<\s{0,5}/?\s{0,5}(?:script|iframe|frame|frameset|object|embed|applet|svg|math|"
+              r"base|meta|link|style|xml|import|isindex|marquee|bgsound|layer|ilayer|plaintext|"
+              r"xmp|noscript|template|portal|xss|vmlframe|video|audio|keygen|details|dialog)\b"),
+    S(XSS, 1, r"<[a-z!/?][^>]{0,200}[\s/\"'`]on[a-z]{3,30}\s{0,10}="),
+    S(XSS, 1, r"[\"'`;][\s/]{0,10}on[a-z]{3,30}\s{0,10}="),
+    S(XSS, 1, r"[\s/]on(?:error|load|focus|focusin|blur|click|dblclick|mouse[a-z]{2,8}|"
+              r"key[a-z]{2,5}|submit|change|input|toggle|begin|end|start|finish|"
+              r"animation[a-z]{3,9}|transition[a-z]{3,9}|pageshow|hashchange|message|scroll|"
+              r"wheel|drag[a-z]{0,5}|drop|copy|cut|paste|pointer[a-z]{2,8}|touch[a-z]{2,8}|"
+              r"resize|unload|beforeunload|readystatechange|show|select|search|invalid|play|"
+              r"pause|ended|loadstart|loadeddata|canplay|auxclick|contextmenu|popstate|"
+              r"afterprint|beforeprint|formdata)\s{0,10}=\s{0,10}[^\s]"),
+    S(XSS, 1, r"(?:java|vb|live)\s{0,5}script\s{0,5}:|\bmocha\s{0,5}:|"
+              r"j\s{0,3}a\s{0,3}v\s{0,3}a\s{0,3}s\s{0,3}c\s{0,3}r\s{0,3}i\s{0,3}p\s{0,3}t\s{0,3}:"),
+    S(XSS, 1, r"\bdata\s{0,5}:\s{0,5}(?:text/html|image/svg|application/(?:x-)?javascript|"
+              r"text/javascript)"),
+    S(XSS, 1, r"\b(?:alert|prompt|confirm|eval|settimeout|setinterval|fromcharcode|"
+              r"atob|import)\s{0,5}(?:\(|`)|\((?:alert|prompt|confirm)\)"),
+    S(XSS, 1, r"\bdocument\s{0,5}\.\s{0,5}(?:cookie|domain|write|location|body|"
+              r"getelementby\w{2,10}|createelement)|\bwindow\s{0,5}\.\s{0,5}(?:location|open|"
+              r"name)|\.innerhtml\s{0,5}=|\bexpression\s{0,5}\(|-moz-binding|\bbehavior\s{0,5}:|"
+              r"\bsrcdoc\s{0,5}=|\bformaction\s{0,5}=|\bxlink:href|@import\b|\+ad[w4]-"),
+    S(XSS, 2, r"<[a-z][a-z0-9]{0,15}[\s/][^>]{0,200}(?:src|href|style|background|lowsrc|"
+              r"dynsrc|action|data)\s{0,5}="),
+    S(XSS, 3, r"<[a-z/!?]"),
+    # --- Path traversal, local file inclusion, sensitive files
+    S(TRAVERSAL, 1, r"(?:\.|0x2e){2}(?:[/\\]|0x2f|0x5c)"),
+    S(TRAVERSAL, 1, r"(?:[/\\]|0x2f|0x5c)(?:\.|0x2e){2}(?:$|[;?#\x00])"),
+    S(TRAVERSAL, 1, r"/etc/(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|"
+                    r"master\.passwd|security|ssh|apache2?|httpd|nginx|mysql|fstab|profile|"
+                    r"environment|resolv\.conf|hostname|inittab|network|php)"),
+    S(TRAVERSAL, 1, r"/proc/(?:self|\d{1,10}|thread-self)/(?:environ|cmdline|fd|maps|mem|"
+                    r"status|cwd|root|exe|mounts|net)|/proc/(?:version|cpuinfo|meminfo)\b"),
+    S(TRAVERSAL, 1, r"\b(?:boot|win|system)\.ini\b|\bglobal\.asa\b|\bweb-inf[/\\]|"
+                    r"\bwin(?:dows|nt)[/\\]system32\b|\bweb\.config\b|\.ht(?:access|passwd)\b|"
+                    r"[/\\]\.ssh[/\\]|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.bash_history\b|"
+                    r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
+                    r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
+                    r"inetpub|boot)"),
+    S(TRAVERSAL, 1, r"\bfile\s{0,5}:\s{0,5}/{2,3}"),
+    S(TRAVERSAL, 2, r"\.{3,}[/\\]|(?:^|[/\\])\.\.$"),
+    # --- Remote file inclusion
+    S(RFI, 1, r"\b(?:https?|ftps?|file)://[^\s?#]{1,200}\?{1,2}\s{0,5}$"),
+    S(RFI, 1, r"\b(?:include|require)(?:_once)?\s{0,5}\(?\s{0,5}['\"]?\s{0,5}(?:https?|ftps?|"
+              r"php|data|expect|zip|phar)://"),
+    S(RFI, 1, r"^\s{0,5}(?:https?|ftps?)://[^/\s]{0,100}@"),
+    S(RFI, 2, r"^\s{0,5}(?:https?|ftps?)://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
+    # --- Command injection
+    S(CMDI, 1, r"(?:[;&|`\n]|\$\(|\|\||&&)\s{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END),
+    S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}\s{0,10}" + _COMMANDS + r"\b"),
+    S(CMDI, 1, r"\$\(\s{0,10}[a-z/][^)]{0,200}\)|`\s{0,10}[a-z/][^`]{0,200}`"),
+    S(CMDI, 1, r"\$\{?ifs\}?|\{[a-z/]{1,30},[^}\s]{1,100}\}"),
+    S(CMDI, 1, r"<!--\s{0,5}#\s{0,5}(?:exec|include|echo|config|fsize|flastmod|printenv)\b"),
+    S(CMDI, 1, r"%(?:systemroot|comspec|windir|userprofile|programfiles|temp|appdata)%"),
+    S(CMDI, 1, r"\bcmd(?:\.exe)?\s{1,10}/[ck]\b|\bpowershell(?:\.exe)?\s{1,10}-\w"),
+    S(CMDI, 1, r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|spawn|"
+               r"execsync|spawnsync|os\.system|subprocess\.\w{1,20}|runtime\.getruntime\(\)\."
+               r"exec)\s{0,5}\(\s{0,5}['\"`\[]"),
+    S(CMDI, 1, r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\s{1,5}-[a-z]{0,5}e\s|\bmkfifo\s|"
+               r"\b(?:bash|sh)\s{1,5}-i\b|\b(?:curl|wget)\s[^\n]{0,200}\|\s{0,5}(?:ba)?sh\b"),
+    S(CMDI, 1, r"^\s{0,10}(?:ping|nslookup|dig|sleep|curl|wget)\s{1,5}(?:-[a-z]{1,3}\s{1,5}"
+               r"\d{1,10}\s{1,5})?(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\d{1,5}\s{0,5}$|"
+               r"https?://)"),
+    S(CMDI, 2, r"^\s{0,10}" + _COMMANDS + r"\s{1,10}(?:-{1,2}[a-z]|/|\$|%|\\\\)"),
+    S(CMDI, 2, r"(?:^|\s)(?:/usr)?/s?bin/[a-z]{1,20}\b"),
+    # --- Server-side template injection
+    S(SSTI, 1, r"\{\{[^}]{0,200}(?:__[a-z]{2,20}__|\.mro\b|subclasses|\bconfig\b|\bself\b|"
+               r"\brequest\b|cycler|joiner|namespace|lipsum|url_for|get_flashed_messages|popen|"
+               r"\bimport\b|\bos\b|getclass|forname|\bdump\s{0,5}\(|\bapp\b|\.class\b|"
+               r"\|\s{0,5}(?:attr|filter|join|map|e)\b|\.__)"),
+    S(SSTI, 1, r"\{\{\s{0,20}['\"]?[\w.]{0,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?[\w.]{1,30}"
+               r"['\"]?\s{0,20}\}\}"),
+    S(SSTI, 1, r"\{%[^%]{0,200}%\}"),
+    S(SSTI, 1, r"\$\{\s{0,20}['\"]?\w{1,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?\w{1,30}['\"]?"
+               r"\s{0,20}\}|\$\{\{|\[\[\s{0,5}\d{1,10}\s{0,5}[*+]\s{0,5}\d{1,10}\s{0,5}\]\]"),
+    S(SSTI, 1, r"#\{\s{0,20}[^}]{0,200}[*+(.][^}]{0,200}\}|<%=?[^%]{0,200}%>|@\(\s{0,5}\d{1,10}"
+               r"\s{0,5}[*+-]\s{0,5}\d{1,10}\s{0,5}\)|\*\{[^}]{0,200}\}"),
+    S(SSTI, 1, r"\$\{[^}]{0,200}(?:\bt\s{0,5}\(|\.getclass|\.forname|runtime|processbuilder|"
+               r"\bself\.|__\w{2,20}__|\.module\.|\.system\s{0,5}\(|freemarker|\?new\s{0,5}\(|"
+               r"\bos\.|class\.|getruntime|exec\s{0,5}\()"),
+    S(SSTI, 1, r"freemarker\.template\.utility\.(?:execute|objectconstructor|jythonruntime)|"
+               r"<#assign\b|\[#assign\b|#set\s{0,5}\(\s{0,5}\$|#foreach\s{0,5}\(|"
+               r"\{php\}|\{/php\}|\{\$smarty\.|\{if\s[^}]{0,200}\}|\{\{=|\$\{\{|"
+               r"javax\.script\.scriptenginemanager|__\$\{"),
+    S(SSTI, 2, r"\{\{[^}]{1,200}\}\}|\$\{[^}]{1,200}\}"),
+    # --- JNDI / Log4Shell (obfuscated lookups are resolved by normalise.alternate)
+    S(JNDI, 1, r"\$\{\s{0,20}jndi\s{0,20}:|\bjndi\s{0,20}:\s{0,20}(?:ldaps?|rmi|dns|iiop|"
+               r"corba|nds|nis|http|https)\s{0,5}:"),
+    S(JNDI, 1, r"\$\{[^}]{0,40}\$\{\s{0,20}(?:lower|upper|::-|env|sys|date|[a-z]{1,10}:[^}]{0,40}"
+               r":-)[^}]{0,40}\}"),
+    S(JNDI, 2, r"\$\{\s{0,20}(?:env|sys|java|main|ctx|map|sd|k8s|docker|spring|log4j|web|"
+               r"jvmrunargs|bundle|marker|base64|date|lower|upper|::-)\s{0,20}:"),
+    # --- PHP code injection
+    S(PHP, 1, r"<\?(?:php\b|=)|\?>\s{0,5}$"),
+    S(PHP, 1, r"\b(?:php|phar|zip|expect|glob|zlib|compress\.zlib|data)://"),
+    S(PHP, 1, r"\b(?:eval|assert|create_function|call_user_func(?:_array)?|preg_replace|"
+              r"base64_decode|gzinflate|str_rot13|file_get_contents|file_put_contents|fopen|"
+              r"readfile|include|require|include_once|require_once|highlight_file|show_source|"
+              r"phpinfo|unserialize|ini_set|putenv)\s{0,5}\(\s{0,5}[\"'$\[a-z(]"),
+    S(PHP, 1, r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
+              r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d"),
+    # --- NoSQL injection (operator keys in JSON bodies are checked by the detector too)
+    S(NOSQL, 1, r"\[\s{0,5}\$" + _NOSQL_OPS + r"\s{0,5}\]"),
+    S(NOSQL, 1, r"[{,]\s{0,20}['\"]?\$" + _NOSQL_OPS + r"['\"]?\s{0,20}:"),
+    S(NOSQL, 1, r"\bthis\s{0,5}\.\s{0,5}\w{1,64}\s{0,5}\.\s{0,5}(?:match|length|charat|"
+                r"indexof|startswith|substring)\s{0,5}\(|\bdb\s{0,5}\.\s{0,5}\w{1,64}\s{0,5}\."
+                r"\s{0,5}(?:find|insert|update|remove|drop|mapreduce|aggregate)\w{0,10}\s{0,5}\(|"
+                r"\bdb\.getcollection\s{0,5}\("),
+    S(NOSQL, 1, r"['\"]\s{0,20};\s{0,20}(?:sleep\s{0,5}\(\s{0,5}\d|return\b|while\s{0,5}\(|"
+                r"it\s{0,5}=\s{0,5}new\s{1,5}date|var\s|db\.)|;\s{0,5}return\s{1,5}(?:true|"
+                r"1|\(true\))\b|\breturn\s{0,5}\(true\)|\|\|\s{0,5}1\s{0,5}==\s{0,5}1|"
+                r"['\"]\s{0,5}&&\s{0,5}this\b|\bemit\s{0,5}\(\s{0,5}1"),
+    S(NOSQL, 1, r"\$where\s{0,5}['\"]?\s{0,5}:|\$(?:ne|gt|regex|exists)\s{0,5}['\"]?\s{0,5}:"),
+    # --- SSRF to cloud metadata (numeric spellings of the addresses: see detector.py)
+    S(SSRF, 1, r"\b" + _METADATA_HOSTS + r"\b|/latest/(?:meta-data|user-data|api/token)|"
+               r"/computemetadata/v1|/metadata/(?:instance|identity)\b|/openstack/latest/|"
+               r"\bfd00:ec2::254\b"),
+    # --- Java deserialization
+    S(JAVA, 1, r"\bro0ab|\baced0005|\\xac\\xed\\x00\\x05|\bh4siaaaaaaaaaj[uw]|"
+               r"org\.apache\.commons\.collections\d?\.functors|invokertransformer|"
+               r"templatesimpl|\bysoserial\b|java\.lang\.(?:runtime|processbuilder)|"
+               r"com\.sun\.rowset\.jdbcrowsetimpl|\"@type\"\s{0,5}:\s{0,5}\"(?:com|org|java|javax)\.|"
+               r"javax\.naming\.initialcontext|java\.beans\.xmldecoder|"
+               r"<java\s[^>]{0,100}class\s{0,5}=\s{0,5}\"java\.beans"),
+    # --- XML external entities
+    S(XXE, 1, r"<!entity\s{1,20}%?\s{0,20}[\w.-]{1,100}\s{1,20}(?:system|public)\b|"
+              r"<!doctype[^>\[]{0,200}\[\s{0,20}<!entity|<xi:include\b|"
+              r"<!doctype\s{1,20}\w{1,100}\s{1,20}(?:system|public)\s"),
+    # --- CRLF / header injection (decoded CR or LF followed by a header or a request line)
+    S(CRLF, 1, r"[\r\n]\s{0,5}(?:set-cookie|location|content-(?:length|type)|"
+               r"transfer-encoding|x-[\w-]{1,40}|refresh|host)\s{0,5}:|"
+               r"[\r\n]\s{0,5}(?:get|post|put|delete|head|options) /[^\s]{0,200} http/\d"),
+)
+
+# Raw-byte pre-filter only: when one of these appears, the part is decoded and checked closely.
+# Never a finding by itself.
+INDICATORS: tuple[str, ...] = (
+    r"%(?:[0-9a-f]{2}|u[0-9a-f]{4})",  # percent or %u encoding
+    r"&#?[a-z0-9]{1,31};?",  # HTML entity
+    r"\\(?:u\{?[0-9a-f]{4}|x[0-9a-f]{2}|[\"'/])",  # backslash escapes (JSON strings, JS)
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f]",  # control characters (NUL, stripped before matching)
+    r"\xef\xbc[\x81-\xbf]|\xef\xbd[\x80-\x9e]",  # fullwidth ASCII in UTF-8
+    r"/\*|\*/",  # comments used as whitespace
+    r"\$\{",  # lookups and template expressions
+    r"['\"`]",  # quotes: libinjection tokenises values that have them
+    r"<[a-z!/?%]",  # markup: libinjection's HTML tokeniser
+    r"\b(?:or|and|union|select|having|xor|exec|sleep|order|group)\b[^\n]{0,60}(?:[=<>(#;@]|--)",
+    r"[;|`]",  # shell metacharacters
+    r"(?:^|[^\w.])(?:0*169|0x0*a9|0+251)[.]|\b0*2852039166\b|\b0x0*a9fea9fe\b|"
+    r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
+    r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables
+)
+
+FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_ALLOWEMPTY
+_WINDOW = 512  # bytes before a match end searched for its start (longest signature match)
+
+
+def signatures_for(level: int) -> tuple[Signature, ...]:
+    return tuple(s for s in SIGNATURES if s.level <= level)
+
+
+class SignatureSet:
+    """Hyperscan databases for one level: `detail` (signatures over normalised text) and
+    `prefilter` (signatures plus INDICATORS over raw bytes)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.signatures = signatures_for(level)
+        pats = [s.pattern.encode() for s in self.signatures]
+        self._detail = _compile(pats, hyperscan.HS_FLAG_SINGLEMATCH)
+        pre = pats + [p.encode() for p in INDICATORS]
+        self._prefilter = _compile(pre, hyperscan.HS_FLAG_SINGLEMATCH)
+        self._regex: dict[int, re.Pattern[bytes]] = {}
+
+    def scan(self, data: bytes) -> list[tuple[int, int]]:
+        """Signature matches in normalised text: (index into .signatures, end offset), at most
+        one per signature (Hyperscan single-match mode)."""
+        found: list[tuple[int, int]] = []
+
+        def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> None:
+            found.append((sid, end))
+
+        self._detail.scan(data, match_event_handler=on_match)
+        return found
+
+    def matched_text(self, sid: int, data: bytes, end: int) -> bytes:
+        """The matched fragment ending at `end` (Hyperscan reports ends only): found again with
+        Python's re in a bounded window before `end`, else the window's last 64 bytes."""
+        rx = self._regex.get(sid)
+        if rx is None:
+            rx = self._regex[sid] = re.compile(self.signatures[sid].pattern.encode(), re.I)
+        start = max(0, end - _WINDOW)
+        m = rx.search(data, start, end)
+        return data[m.start() : m.end()] if m else data[max(start, end - 64) : end]
+
+    def prefilter(self, data: bytes, on_match: Callable[..., bool | None]) -> None:
+        """Raw pre-filter pass; on_match(id, from, to, flags, ctx) as Hyperscan calls it."""
+        self._prefilter.scan(data, match_event_handler=on_match)
+
+
+def _compile(patterns: list[bytes], extra: int) -> hyperscan.Database:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(
+        expressions=patterns,
+        ids=list(range(len(patterns))),
+        elements=len(patterns),
+        flags=[FLAGS | extra] * len(patterns),
+    )
+    return db

@@ -1,0 +1,186 @@
+"""The TCP flow table: packets in, per-connection byte streams, HTTP parsers, Observations out.
+
+Each connection is stored under both directions' 4-tuples, so one dict lookup per packet finds
+it. The client is whoever sent the SYN; a connection joined without its SYN is counted
+(`midstream`) and parsed as HTTP/1.x resynchronised at the next message boundary (HTTP/2 cannot
+be joined: its HPACK state is unknown). The table is bounded: new connections beyond
+`max_flows` are not tracked (counted), idle ones expire, and a stream whose missing bytes never
+arrive gives up on them after `gap_timeout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshward.observation import Observation
+from tap.node.http1 import Http1Parser
+from tap.node.http2 import PREFACE, Http2Parser
+from tap.node.metrics import Metrics
+from tap.node.packet import Packet
+from tap.node.reassembly import Stream
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+_MAX_EARLY = 65536  # server bytes buffered before the client's first bytes pick the protocol
+
+
+class Connection:
+    """One TCP connection: two reassembled streams feeding one HTTP parser."""
+
+    __slots__ = (
+        "c2s", "client", "early", "last_seen", "max_body", "metrics", "midstream", "on_obs",
+        "parser", "s2c", "server", "ts", "where",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        where: str,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        on_obs: Callable[[Observation, Connection], None],
+        metrics: Metrics,
+        max_body: int,
+    ) -> None:
+        self.where = where
+        self.client = client
+        self.server = server
+        self.on_obs = on_obs
+        self.metrics = metrics
+        self.ts = 0.0
+        self.last_seen = 0.0
+        self.midstream = False
+        self.parser: Http1Parser | Http2Parser | None = None
+        self.early: list[bytes] = []  # server bytes seen before the protocol is known
+        self.c2s = Stream(lambda d: self._data(True, d), lambda: self._gap(True))
+        self.s2c = Stream(lambda d: self._data(False, d), lambda: self._gap(False))
+        self.max_body = max_body
+
+    def _emit(self, obs: Observation) -> None:
+        self.on_obs(obs, self)
+
+    def _data(self, from_client: bool, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            if not from_client:
+                if sum(map(len, self.early)) < _MAX_EARLY:
+                    self.early.append(data)
+                return
+            parser = self._choose(data)
+            for chunk in self.early:
+                parser.feed(False, chunk, self.ts)
+            self.early = []
+        parser.feed(from_client, data, self.ts)
+
+    def _choose(self, first: bytes) -> Http1Parser | Http2Parser:
+        n = min(len(first), len(PREFACE))
+        parser: Http1Parser | Http2Parser
+        if not self.midstream and first[:n] == PREFACE[:n]:
+            parser = Http2Parser(self._emit, self.metrics, self.max_body)
+        else:
+            parser = Http1Parser(self._emit, self.metrics, self.max_body)
+            if self.midstream:
+                parser.gap(True)
+                parser.gap(False)
+        self.parser = parser
+        return parser
+
+    def _gap(self, from_client: bool) -> None:
+        if self.parser is None:
+            self.midstream = True  # nothing parsed yet: the parser starts resynchronising
+            return
+        self.parser.gap(from_client)
+
+    def close(self) -> None:
+        """Deliver what is buffered (skipping holes), then let the parser emit the rest."""
+        self.c2s.flush()
+        self.s2c.flush()
+        if self.parser is not None:
+            self.parser.close()
+
+
+ObsFn = Callable[[Observation, Connection], None]
+
+
+class FlowTable:
+    """All tracked TCP connections of every capture (keyed by where + 4-tuple)."""
+
+    def __init__(
+        self,
+        on_obs: ObsFn,
+        metrics: Metrics,
+        max_flows: int = 20000,
+        idle_timeout: float = 120.0,
+        gap_timeout: float = 1.0,
+        max_body: int = 65536,
+    ) -> None:
+        self.on_obs = on_obs
+        self.metrics = metrics
+        self.max_flows = max_flows
+        self.idle_timeout = idle_timeout
+        self.gap_timeout = gap_timeout
+        self.max_body = max_body
+        self.flows: dict[tuple[str, str, int, str, int], Connection] = {}
+
+    def packet(self, pkt: Packet, where: str) -> None:
+        """Account one decoded TCP packet."""
+        key = (where, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        conn = self.flows.get(key)
+        flags = pkt.tcp_flags
+        if conn is None:
+            conn = self._new(pkt, where, flags)
+            if conn is None:
+                return
+        conn.ts = conn.last_seen = pkt.ts
+        from_client = pkt.src == conn.client[0] and pkt.sport == conn.client[1]
+        stream = conn.c2s if from_client else conn.s2c
+        if flags & SYN:
+            stream.syn(pkt.tcp_seq)
+        elif pkt.payload or flags & FIN:
+            stream.segment(pkt.tcp_seq, pkt.payload, bool(flags & FIN))
+        if flags & RST or (conn.c2s.finished and conn.s2c.finished):
+            self._remove(conn)
+
+    def _new(self, pkt: Packet, where: str, flags: int) -> Connection | None:
+        if flags & RST or not (flags & SYN or pkt.payload):
+            return None  # stray ACK/RST of a connection we do not know: nothing to parse
+        a, b = (pkt.src, pkt.sport), (pkt.dst, pkt.dport)
+        if flags & SYN:
+            client, server = (a, b) if not flags & ACK else (b, a)
+        else:  # joined mid-way: the listening side usually has the lower port
+            client, server = (a, b) if pkt.sport > pkt.dport else (b, a)
+        if len(self.flows) >= 2 * self.max_flows:
+            self.metrics.flows_evicted += 1
+            return None
+        conn = Connection(where, client, server, self.on_obs, self.metrics, self.max_body)
+        if not flags & SYN:
+            self.metrics.midstream += 1
+        self.flows[(where, *client, *server)] = conn
+        self.flows[(where, *server, *client)] = conn
+        self.metrics.flows += 1
+        self.metrics.flows_active += 1
+        return conn
+
+    def _remove(self, conn: Connection) -> None:
+        self.flows.pop((conn.where, *conn.client, *conn.server), None)
+        self.flows.pop((conn.where, *conn.server, *conn.client), None)
+        self.metrics.flows_active -= 1
+        conn.close()
+
+    def expire(self, now: float) -> None:
+        """Close idle connections; give up on holes that stayed open past gap_timeout."""
+        seen: set[int] = set()
+        for conn in list(self.flows.values()):
+            if id(conn) in seen:
+                continue
+            seen.add(id(conn))
+            idle = now - conn.last_seen
+            if idle > self.idle_timeout:
+                self.metrics.flows_expired += 1
+                self._remove(conn)
+            elif idle > self.gap_timeout:
+                for stream in (conn.c2s, conn.s2c):
+                    if stream.pending:
+                        stream.flush()
+
+    def close_all(self) -> None:
+        for conn in {id(c): c for c in self.flows.values()}.values():
+            self._remove(conn)

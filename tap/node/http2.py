@@ -1,0 +1,249 @@
+"""HTTP/2 (h2c) and gRPC exchanges rebuilt from both byte streams of one TCP connection.
+
+Frames are cut with hyperframe; header blocks (HEADERS + CONTINUATION, PUSH_PROMISE) go through
+one hpack decoder per direction, whose table limit follows the other peer's SETTINGS
+HEADER_TABLE_SIZE. A stream becomes one Observation when both its ends are closed (END_STREAM
+or RST_STREAM). Any framing or HPACK error, or a hole in either byte stream, makes the rest of
+the connection undecodable (the HPACK state is lost): it is counted, open streams are emitted
+as far as they got, and the parser stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import hpack
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
+
+from meshward.observation import Observation
+from tap.node.metrics import Metrics
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+Emit = Callable[[Observation], None]
+_MAX_FRAME = 1 << 20  # larger frames are treated as garbage (default max is 16 KiB)
+_MAX_STREAMS = 256  # open streams tracked per connection
+_MAX_HEADER_BLOCK = 256 * 1024
+
+
+class _Stream:
+    __slots__ = ("body_len", "obs", "req_done", "resp_done", "resp_headers_seen")
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+        self.req_done = False
+        self.resp_done = False
+        self.resp_headers_seen = False
+        self.body_len = 0
+
+
+class _Side:
+    """Framing state of one direction."""
+
+    __slots__ = ("block", "block_frame", "buf", "decoder", "preface")
+
+    def __init__(self, preface: bool) -> None:
+        self.buf = b""
+        self.preface = preface  # still expecting the client connection preface
+        self.decoder = hpack.Decoder()
+        self.block: list[bytes] = []  # header block being continued
+        self.block_frame: Frame | None = None
+
+
+class Http2Parser:
+    """Both directions of one HTTP/2 connection; emits one Observation per finished stream."""
+
+    def __init__(self, emit: Emit, metrics: Metrics, max_body: int = 65536) -> None:
+        self.emit = emit
+        self.metrics = metrics
+        self.max_body = max_body
+        self.ts = 0.0
+        self.client = _Side(preface=True)
+        self.server = _Side(preface=False)
+        self.streams: dict[int, _Stream] = {}
+        self.broken = False
+
+    def feed(self, from_client: bool, data: bytes, ts: float) -> None:
+        if self.broken:
+            return
+        self.ts = ts
+        side = self.client if from_client else self.server
+        buf = side.buf + data if side.buf else data
+        if side.preface:
+            if len(buf) < len(PREFACE):
+                if not PREFACE.startswith(buf):
+                    self._break()
+                else:
+                    side.buf = buf
+                return
+            if not buf.startswith(PREFACE):
+                self._break()
+                return
+            side.preface = False
+            buf = buf[len(PREFACE) :]
+        view = memoryview(buf)
+        off = 0
+        n = len(buf)
+        try:
+            while n - off >= 9:
+                frame, length = Frame.parse_frame_header(view[off : off + 9])
+                if length > _MAX_FRAME:
+                    raise HyperframeError(f"frame of {length} bytes")
+                if n - off - 9 < length:
+                    break
+                frame.parse_body(view[off + 9 : off + 9 + length])
+                off += 9 + length
+                self._frame(from_client, side, frame)
+                if self.broken:
+                    return
+        except (HyperframeError, hpack.HPACKError, ValueError, UnicodeDecodeError):
+            self._break()
+            return
+        side.buf = buf[off:] if off < n else b""
+
+    def _frame(self, from_client: bool, side: _Side, frame: Frame) -> None:
+        if side.block_frame is not None:  # inside a header block: only CONTINUATION allowed
+            if not isinstance(frame, ContinuationFrame) or frame.stream_id != (
+                side.block_frame.stream_id
+            ):
+                raise HyperframeError("header block interrupted")
+            side.block.append(frame.data)
+            if sum(map(len, side.block)) > _MAX_HEADER_BLOCK:
+                raise HyperframeError("header block too large")
+            if "END_HEADERS" in frame.flags:
+                first = side.block_frame
+                block = b"".join(side.block)
+                side.block_frame, side.block = None, []
+                self._headers(from_client, side, first, block)
+            return
+        if isinstance(frame, HeadersFrame | PushPromiseFrame):
+            if "END_HEADERS" in frame.flags:
+                self._headers(from_client, side, frame, frame.data)
+            else:
+                side.block_frame, side.block = frame, [frame.data]
+        elif isinstance(frame, DataFrame):
+            st = self.streams.get(frame.stream_id)
+            if st is None:
+                return
+            if from_client:
+                room = self.max_body - len(st.obs.body)
+                st.body_len += len(frame.data)
+                if room > 0:
+                    st.obs.body += frame.data[:room]
+                if st.body_len > len(st.obs.body):
+                    st.obs.body_truncated = True
+            if "END_STREAM" in frame.flags:
+                self._end(frame.stream_id, st, from_client)
+        elif isinstance(frame, RstStreamFrame):
+            st = self.streams.get(frame.stream_id)
+            if st is not None:
+                st.obs.extra["h2_rst"] = str(frame.error_code)
+                st.req_done = st.resp_done = True
+                self._maybe_emit(frame.stream_id)
+        elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+            size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
+            if size is not None:  # limits the other peer's encoder, i.e. our other decoder
+                other = self.server if from_client else self.client
+                other.decoder.max_allowed_table_size = size
+
+    def _headers(self, from_client: bool, side: _Side, frame: Frame, block: bytes) -> None:
+        headers = side.decoder.decode(block)  # always decode: keeps the HPACK table in step
+        if isinstance(frame, PushPromiseFrame):
+            return  # server push: not a request the app received
+        sid = frame.stream_id
+        end = "END_STREAM" in frame.flags
+        st = self.streams.get(sid)
+        if from_client:
+            if st is None:
+                if sid % 2 == 0 or sid == 0:
+                    raise HyperframeError("client HEADERS on a server stream id")
+                st = self._open(sid, headers)
+            if end:
+                self._end(sid, st, True)
+            return
+        if st is None:
+            return
+        status = _pseudo(headers, ":status")
+        if not st.resp_headers_seen and status.startswith("1"):
+            return  # interim (100 Continue)
+        regular = [(k, v) for k, v in headers if not k.startswith(":")]
+        if not st.resp_headers_seen:
+            st.resp_headers_seen = True
+            st.obs.status = int(status) if status.isdigit() else None
+        st.obs.response_headers += regular  # trailers (grpc-status) follow the headers
+        if end:
+            self._end(sid, st, False)
+
+    def _open(self, sid: int, headers: list[tuple[str, str]]) -> _Stream:
+        obs = Observation(seen_by="node-tap", time=self.ts, protocol="h2")
+        obs.method = _pseudo(headers, ":method")
+        obs.authority = _pseudo(headers, ":authority")
+        path, _, query = _pseudo(headers, ":path").partition("?")
+        obs.path, obs.query = path or "/", query
+        obs.headers = [(k, v) for k, v in headers if not k.startswith(":")]
+        if not obs.authority:
+            obs.authority = obs.header("host")
+        obs.request_id = obs.header("x-request-id")
+        length = obs.header("content-length")
+        if length.isdigit():
+            obs.body_size = int(length)
+        obs.fill_grpc()
+        if len(self.streams) >= _MAX_STREAMS:  # emit the oldest as far as it got
+            oldest = next(iter(self.streams))
+            self._emit(self.streams.pop(oldest))
+        st = _Stream(obs)
+        self.streams[sid] = st
+        return st
+
+    def _end(self, sid: int, st: _Stream, from_client: bool) -> None:
+        if from_client:
+            st.req_done = True
+            if st.obs.body_size is None and st.body_len:
+                st.obs.body_size = st.body_len
+        else:
+            st.resp_done = True
+        self._maybe_emit(sid)
+
+    def _maybe_emit(self, sid: int) -> None:
+        st = self.streams.get(sid)
+        if st is not None and st.req_done and st.resp_done:
+            del self.streams[sid]
+            self._emit(st)
+
+    def _emit(self, st: _Stream) -> None:
+        self.metrics.transactions += 1
+        if st.obs.status is None:
+            self.metrics.unanswered += 1
+        self.emit(st.obs)
+
+    def _break(self) -> None:
+        if not self.broken:
+            self.broken = True
+            self.metrics.parse_errors += 1
+            self.close()
+
+    def gap(self, from_client: bool) -> None:
+        """A hole in either direction: HPACK state is gone, so the connection is done."""
+        self.metrics.gaps += 1
+        self._break()
+
+    def close(self) -> None:
+        for st in self.streams.values():
+            self._emit(st)
+        self.streams.clear()
+        self.client.buf = self.server.buf = b""
+
+
+def _pseudo(headers: list[tuple[str, str]], name: str) -> str:
+    for k, v in headers:
+        if k == name:
+            return v
+    return ""

@@ -1,0 +1,683 @@
+"""Threats in the ICMP, UDP and DNS traffic no mesh proxy sees, judged packet by packet.
+
+`NetworkMonitor.feed` takes each decoded packet (tap.node.packet) and returns alert
+Observations (seen_by "node-tap", protocol icmp|udp|dns, one Threat located at "network");
+`tick` expires state and closes deduplication windows. Alerts are deduplicated per threat name
+and address pair: the first detection is reported at once, later ones in the same dedup window
+are counted and reported as one summary when the window closes.
+
+Memory is bounded everywhere: rate and scan counters live in fixed time windows that are
+cleared when the window rolls, every table has a cap (keys past it are not tracked and are
+counted in `stats["untracked"]`), echo and fragment buffers are capped and expire. A flood
+with random spoofed sources therefore costs CPU, never unbounded memory.
+
+Detectors (names from DESIGN.md; `UDP.New.Peer` is this module's own):
+  ICMP.Flood            ICMP (not replies or errors) per source→destination over `rate_window`;
+                        also per destination from many sources (spoofed/distributed floods).
+  Ping.Death            a fragment reaching past the IP size limit (65535 bytes).
+  ICMP.Tunneling        an echo reply whose payload differs from its request's, or a large
+                        echo payload that looks random.
+  UDP.Flood             UDP per source→destination (and per destination from many sources).
+  UDP.Port.Scan         many destination ports probed per source→destination, or many ICMP
+                        port-unreachable replies to one source.
+  DNS.Tunneling         long or random-looking labels, many unique subdomains of one domain,
+                        bursts of TXT/NULL queries.
+  DNS.Amplification     ANY queries; responses much larger than the requests between a pair.
+  DNS.Zone.Transfer     AXFR/IXFR queries (UDP, or TCP port 53).
+  IP.Fragment.Teardrop  overlapping fragments of one datagram.
+  UDP.New.Peer          a workload's UDP peer (peer, service port, direction) that its learned
+                        baseline lacks, in monitor and enforce modes; learn mode extends it.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from dataclasses import replace as _copy
+from typing import Any
+
+from meshward.observation import Identity, Observation, Threat
+from tap.node import dns
+from tap.node.packet import ICMP, ICMPV6, TCP, UDP, Packet
+
+_ECHO_REQUEST = frozenset(((ICMP, 8), (ICMPV6, 128)))
+_ECHO_REPLY = frozenset(((ICMP, 0), (ICMPV6, 129)))
+# ICMP errors (v4: unreachable, source quench, redirect, time exceeded, parameter problem;
+# v6: unreachable, too big, time exceeded, parameter problem): not counted as flood traffic
+_ICMP_ERRORS = {ICMP: frozenset((3, 4, 5, 11, 12)), ICMPV6: frozenset((1, 2, 3, 4))}
+_PORT_UNREACHABLE = frozenset(((ICMP, 3, 3), (ICMPV6, 1, 4)))
+_IPV4_MAX = 65535
+_L4_HEADER = {TCP: 20, UDP: 8, ICMP: 8, ICMPV6: 8}  # TCP options unknown: never overcounts
+_MANY = "*"  # source address of an alert about traffic from many sources
+
+
+@dataclass(slots=True)
+class NetThreatConfig:
+    """Thresholds and table sizes. Rates are counted in fixed windows of the given length."""
+
+    dedup_window: float = 10.0  # seconds one alert per (threat, source, destination) covers
+    rate_window: float = 1.0
+    icmp_flood_pps: int = 200  # ICMP packets per source→destination per rate window
+    udp_flood_pps: int = 2000
+    flood_sources: int = 16  # distinct sources that make a per-destination flood "distributed"
+    scan_window: float = 5.0
+    scan_ports: int = 20  # distinct UDP destination ports per source→destination
+    scan_unreachables: int = 10  # distinct ports in ICMP port-unreachables to one source
+    echo_timeout: float = 10.0  # how long an echo request waits for its reply
+    icmp_tunnel_min_payload: int = 128  # bytes; smaller echo payloads are not judged random
+    icmp_tunnel_entropy: float = 6.0  # bits per byte
+    dns_ports: tuple[int, ...] = (53,)
+    dns_window: float = 60.0
+    dns_long_label: int = 40  # a label this long is suspicious on its own
+    dns_long_name: int = 120
+    dns_entropy_min_label: int = 16  # labels at least this long are judged by entropy
+    dns_label_entropy: float = 3.8  # bits per character
+    dns_suspicious_queries: int = 3  # distinct suspicious labels per client and domain
+    dns_unique_subdomains: int = 100  # per client and domain per dns window
+    dns_exempt_domains: tuple[str, ...] = ("cluster.local", "in-addr.arpa", "ip6.arpa")
+    dns_txt_window: float = 10.0
+    dns_txt_queries: int = 20  # TXT/NULL queries per client→server per txt window
+    dns_amp_window: float = 10.0
+    dns_amp_ratio: float = 10.0  # response bytes / request bytes between a server and a client
+    dns_amp_min_bytes: int = 32768  # response bytes per amp window before the ratio counts
+    frag_timeout: float = 30.0
+    max_datagrams: int = 1024  # fragmented datagrams tracked at once
+    max_fragments: int = 128  # fragments remembered per datagram
+    max_keys: int = 16384  # keys per windowed counter table
+    max_set_keys: int = 4096  # keys per windowed table of distinct-value sets
+    max_pending_echo: int = 4096
+    max_alert_keys: int = 4096  # open dedup windows
+    max_workloads: int = 4096  # workloads with a UDP baseline
+    max_peers: int = 1024  # baseline peers per workload
+
+
+class _Window:
+    """Counters, capped sets and fired flags for one fixed time window; all cleared on roll."""
+
+    __slots__ = ("counts", "fired", "length", "max_keys", "max_set_keys", "sets", "start", "stats")
+
+    def __init__(
+        self, length: float, max_keys: int, max_set_keys: int, stats: Counter[str]
+    ) -> None:
+        self.length = length
+        self.max_keys = max_keys
+        self.max_set_keys = max_set_keys
+        self.stats = stats
+        self.start = 0.0
+        self.counts: dict[object, int] = {}
+        self.sets: dict[object, set[object]] = {}
+        self.fired: set[object] = set()
+
+    def roll(self, now: float) -> None:
+        if now - self.start >= self.length or now < self.start:
+            self.start = now
+            if self.counts or self.sets or self.fired:
+                self.counts = {}
+                self.sets = {}
+                self.fired = set()
+
+    def add(self, key: object, n: int = 1) -> int:
+        """Add n to key's counter; returns the new value, or 0 when the table is full."""
+        counts = self.counts
+        value = counts.get(key)
+        if value is None:
+            if len(counts) >= self.max_keys:
+                self.stats["untracked"] += 1
+                return 0
+            value = 0
+        value += n
+        counts[key] = value
+        return value
+
+    def add_member(self, key: object, member: object, cap: int) -> int:
+        """Add member to key's set (kept at most `cap` large); returns the set's size."""
+        members = self.sets.get(key)
+        if members is None:
+            if len(self.sets) >= self.max_set_keys:
+                self.stats["untracked"] += 1
+                return 0
+            members = self.sets[key] = set()
+        if len(members) < cap:
+            members.add(member)
+        return len(members)
+
+    def fire_once(self, key: object) -> bool:
+        """True the first time per window (and bounded: past the cap it stays quiet)."""
+        if key in self.fired or len(self.fired) >= self.max_keys:
+            return False
+        self.fired.add(key)
+        return True
+
+
+@dataclass(slots=True)
+class _Open:
+    """An open dedup window: when it began, and detections since the last reported alert."""
+
+    start: float
+    repeats: int
+    last: Observation
+
+
+@dataclass(slots=True)
+class _Datagram:
+    first: float
+    extents: list[tuple[int, int]] = field(default_factory=list)
+    covered: int = 0
+    total: int = -1  # size known once the last fragment arrived
+    reported: bool = False
+
+
+def entropy(data: bytes | str) -> float:
+    """Shannon entropy in bits per symbol."""
+    n = len(data)
+    if n == 0:
+        return 0.0
+    return -sum(c / n * math.log2(c / n) for c in Counter(data).values())
+
+
+def randomness(data: bytes) -> float:
+    """Entropy of the bytes and of their XOR with the next byte, whichever is lower.
+
+    The second term keeps counting patterns (ping's 0x00, 0x01, ... fill) from looking random:
+    their byte histogram is flat, their neighbour differences are not.
+    """
+    n = len(data)
+    if n < 2:
+        return 0.0
+    a = int.from_bytes(data[1:], "big")
+    b = int.from_bytes(data[:-1], "big")
+    return min(entropy(data), entropy((a ^ b).to_bytes(n - 1, "big")))
+
+
+def _short(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class NetworkMonitor:
+    """ICMP/UDP/DNS threat detectors over decoded packets. Not thread-safe: feed from one thread.
+
+    `resolve(ip)` names the workload behind an address (for alert identities and the UDP
+    baseline; default: the bare address); `mode_of(namespace)` is the namespace's mode
+    (learn|monitor|enforce; default learn).
+    """
+
+    def __init__(
+        self,
+        config: NetThreatConfig | None = None,
+        *,
+        resolve: Callable[[str], Identity] | None = None,
+        mode_of: Callable[[str], str] | None = None,
+    ) -> None:
+        self.config = c = config or NetThreatConfig()
+        self.resolve = resolve or (lambda ip: Identity(ip=ip))
+        self.mode_of = mode_of or (lambda namespace: "learn")
+        self.stats: Counter[str] = Counter()
+        st = self.stats
+        self._rate = _Window(c.rate_window, c.max_keys, c.max_set_keys, st)
+        self._scan = _Window(c.scan_window, c.max_keys, c.max_set_keys, st)
+        self._dns = _Window(c.dns_window, c.max_keys, c.max_set_keys, st)
+        self._txt = _Window(c.dns_txt_window, c.max_keys, c.max_set_keys, st)
+        self._amp = _Window(c.dns_amp_window, c.max_keys, c.max_set_keys, st)
+        self._windows = (self._rate, self._scan, self._dns, self._txt, self._amp)
+        # UDP flows seen in this and the previous scan window, to tell requests from replies
+        self._flows: dict[tuple[str, int, str, int], None] = {}
+        self._flows_prev: dict[tuple[str, int, str, int], None] = {}
+        self._flows_start = 0.0
+        self._echo: dict[tuple[str, str, int, int], tuple[float, int]] = {}
+        self._frags: dict[tuple[str, str, int, int], _Datagram] = {}
+        self._open: dict[tuple[str, str, str], _Open] = {}
+        self._baseline: dict[str, set[tuple[str, str, int]]] = {}
+        self._names: dict[str, tuple[Identity, str]] = {}  # ip -> (identity, mode), per window
+        self._dns_ports = frozenset(c.dns_ports)
+        self._exempt = frozenset(c.dns_exempt_domains)
+
+    # ---- entry points -------------------------------------------------------------------
+
+    def feed(self, pkt: Packet, where: str = "") -> list[Observation]:
+        """Judge one packet; returns the alerts it completes (usually none)."""
+        self.stats["packets"] += 1
+        out: list[Observation] = []
+        ts = pkt.ts
+        for w in self._windows:
+            if ts - w.start >= w.length or ts < w.start:
+                w.roll(ts)
+                if w is self._rate:
+                    self._names.clear()
+        if pkt.more_fragments or pkt.frag_offset:
+            self._fragment(pkt, where, out)
+            if pkt.frag_offset:
+                return out  # no transport header in later fragments
+        proto = pkt.proto
+        if proto == UDP:
+            self._udp(pkt, where, out)
+        elif proto == ICMP or proto == ICMPV6:  # noqa: SIM109 - no tuple per packet
+            self._icmp(pkt, where, out)
+        elif proto == TCP and (pkt.dport in self._dns_ports) and pkt.payload:
+            self._dns_tcp(pkt, where, out)
+        return out
+
+    def tick(self, now: float) -> list[Observation]:
+        """Expire echo and fragment state, roll idle windows, close due dedup windows."""
+        c = self.config
+        for w in self._windows:
+            w.roll(now)
+        if now - self._flows_start >= 2 * c.scan_window:
+            self._flows_prev = {}
+            self._flows = {}
+        _expire(self._echo, lambda v: now - v[0] > c.echo_timeout)
+        _expire(self._frags, lambda d: now - d.first > c.frag_timeout)
+        out: list[Observation] = []
+        for key, entry in list(self._open.items()):
+            if now - entry.start < c.dedup_window:
+                continue
+            if entry.repeats:
+                summary = _copy(entry.last, time=now, extra=dict(entry.last.extra))
+                summary.extra["repeats"] = str(entry.repeats)
+                summary.extra["summary"] = "true"
+                out.append(summary)
+                self.stats["alerts"] += 1
+                entry.start, entry.repeats = now, 0
+            else:
+                del self._open[key]
+        return out
+
+    def baseline(self) -> dict[str, list[tuple[str, str, int]]]:
+        """The learned UDP peers per workload: (direction, peer, service port)."""
+        return {k: sorted(v) for k, v in self._baseline.items()}
+
+    def load_baseline(self, data: dict[str, list[tuple[str, str, int]]]) -> None:
+        """Restore peers saved by `baseline()` (caps apply)."""
+        for key, peers in data.items():
+            for direction, peer, port in peers:
+                self._learn(key, (str(direction), str(peer), int(port)))
+
+    # ---- alerts -------------------------------------------------------------------------
+
+    def _alert(
+        self, out: list[Observation], name: str, protocol: str, pkt: Packet, where: str,
+        evidence: str, *, src: str | None = None, dst: str | None = None,
+        sport: int | None = None, dport: int | None = None, **extra: object,
+    ) -> None:  # fmt: skip
+        """Report at once, or count into the open dedup window of (name, src, dst)."""
+        src = pkt.src if src is None else src
+        dst = pkt.dst if dst is None else dst
+        key = (name, src, dst)
+        entry = self._open.get(key)
+        if entry is not None:
+            entry.repeats += 1
+            entry.last.extra["count"] = str(extra.get("count", ""))
+            entry.last.threats[0].evidence = _short(evidence, 128)
+            self.stats["suppressed"] += 1
+            return
+        fields = {k: str(v) for k, v in extra.items()}
+        fields.update(where=where, repeats="0", dedup_window_s=str(self.config.dedup_window))
+        obs = Observation(
+            seen_by="node-tap",
+            source=self._identity(src, pkt.sport if sport is None else sport),
+            destination=self._identity(dst, pkt.dport if dport is None else dport),
+            time=pkt.ts,
+            protocol=protocol,
+            threats=[Threat(name, "network", _short(evidence, 128))],
+            extra=fields,
+        )
+        if len(self._open) < self.config.max_alert_keys:
+            self._open[key] = _Open(pkt.ts, 0, obs)
+        else:
+            self.stats["untracked"] += 1
+        self.stats["alerts"] += 1
+        out.append(_copy(obs, extra=dict(fields), threats=[_copy(obs.threats[0])]))
+
+    def _identity(self, ip: str, port: int) -> Identity:
+        if ip == _MANY:
+            return Identity(workload="many sources")
+        return _copy(self._lookup(ip)[0], port=port)
+
+    def _lookup(self, ip: str) -> tuple[Identity, str]:
+        """Identity and mode of an address, cached for one rate window."""
+        hit = self._names.get(ip)
+        if hit is None:
+            ident = self.resolve(ip)
+            hit = (ident, self.mode_of(ident.namespace))
+            if len(self._names) < self.config.max_keys:
+                self._names[ip] = hit
+        return hit
+
+    # ---- floods -------------------------------------------------------------------------
+
+    def _flood(
+        self, pkt: Packet, where: str, out: list[Observation], name: str, protocol: str,
+        threshold: int,
+    ) -> None:  # fmt: skip
+        rate = self._rate
+        c = self.config
+        window = c.rate_window
+        if rate.add((name, pkt.src, pkt.dst)) == threshold:
+            self._alert(
+                out, name, protocol, pkt, where,
+                f"{threshold}+ {protocol.upper()} packets in {window:g} s "
+                f"from {pkt.src} to {pkt.dst} (threshold {threshold})",
+                count=threshold, window_s=window,
+            )  # fmt: skip
+        total = rate.add((name, pkt.dst))
+        sources = rate.add_member((name, pkt.dst), pkt.src, c.flood_sources)
+        if (
+            total >= threshold
+            and sources >= c.flood_sources
+            and rate.fire_once((name, "many", pkt.dst))
+        ):
+            self._alert(
+                out, name, protocol, pkt, where,
+                f"{total} {protocol.upper()} packets in {window:g} s to {pkt.dst} "
+                f"from {sources}+ sources (threshold {threshold})",
+                src=_MANY, sport=0, count=total, sources=sources, window_s=window,
+            )  # fmt: skip
+
+    # ---- fragments ----------------------------------------------------------------------
+
+    def _fragment(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        c = self.config
+        proto = pkt.proto
+        off = pkt.frag_offset
+        # a first fragment's payload starts after the transport header: count that back in
+        end = off + len(pkt.payload) + (0 if off else _L4_HEADER.get(proto, 0))
+        limit = _IPV4_MAX - 20 if pkt.ip_version == 4 else _IPV4_MAX
+        protocol = "icmp" if proto in (ICMP, ICMPV6) else "udp"
+        if end > limit:
+            self._alert(
+                out, "Ping.Death", protocol, pkt, where,
+                f"fragment id {pkt.ip_id} (proto {proto}) reaches byte {end} of the IP payload, "
+                f"past the {limit}-byte limit",
+                count=end, fragment_offset=off,
+            )  # fmt: skip
+        key = (pkt.src, pkt.dst, proto, pkt.ip_id)
+        dgram = self._frags.get(key)
+        if dgram is None:
+            if len(self._frags) >= c.max_datagrams:
+                del self._frags[next(iter(self._frags))]  # the oldest goes first
+                self.stats["fragments_evicted"] += 1
+            dgram = self._frags[key] = _Datagram(pkt.ts)
+        for o, e in dgram.extents:
+            if off < e and end > o and (off, end) != (o, e):
+                if not dgram.reported:
+                    dgram.reported = True
+                    self._alert(
+                        out, "IP.Fragment.Teardrop", protocol, pkt, where,
+                        f"fragment {off}-{end} overlaps {o}-{e} of datagram id {pkt.ip_id} "
+                        f"(proto {proto})",
+                        count=len(dgram.extents) + 1,
+                    )  # fmt: skip
+                break
+        else:
+            if (off, end) in dgram.extents:
+                return  # an exact duplicate (retransmission, second capture point)
+        if len(dgram.extents) < c.max_fragments:
+            dgram.extents.append((off, end))
+            dgram.covered += end - off
+        if not pkt.more_fragments:
+            dgram.total = end
+        if dgram.total >= 0 and dgram.covered == dgram.total and not dgram.reported:
+            del self._frags[key]  # complete without overlaps: nothing more to learn
+
+    # ---- ICMP ---------------------------------------------------------------------------
+
+    def _icmp(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        c = self.config
+        proto, itype = pkt.proto, pkt.icmp_type
+        if (proto, itype) in _ECHO_REQUEST:
+            if not pkt.more_fragments:
+                self._remember_echo(pkt)
+            self._flood(pkt, where, out, "ICMP.Flood", "icmp", c.icmp_flood_pps)
+            self._random_echo(pkt, where, out)
+        elif (proto, itype) in _ECHO_REPLY:
+            if not pkt.more_fragments:
+                sent = self._echo.pop((pkt.dst, pkt.src, pkt.icmp_id, pkt.icmp_seq), None)
+                if sent is not None and sent[1] != zlib.crc32(pkt.payload):
+                    self._alert(
+                        out, "ICMP.Tunneling", "icmp", pkt, where,
+                        f"echo reply id {pkt.icmp_id} seq {pkt.icmp_seq} carries "
+                        f"{len(pkt.payload)} bytes unlike its request's",
+                        count=1,
+                    )  # fmt: skip
+            self._random_echo(pkt, where, out)
+        elif (proto, itype, pkt.icmp_code) in _PORT_UNREACHABLE:
+            self._unreachable(pkt, where, out)
+        elif itype not in _ICMP_ERRORS[proto]:
+            self._flood(pkt, where, out, "ICMP.Flood", "icmp", c.icmp_flood_pps)
+
+    def _remember_echo(self, pkt: Packet) -> None:
+        echo = self._echo
+        if len(echo) >= self.config.max_pending_echo:
+            del echo[next(iter(echo))]
+        echo[(pkt.src, pkt.dst, pkt.icmp_id, pkt.icmp_seq)] = (pkt.ts, zlib.crc32(pkt.payload))
+
+    def _random_echo(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        c = self.config
+        n = len(pkt.payload)
+        if n < c.icmp_tunnel_min_payload:
+            return
+        key = ("ICMP.Tunneling.random", pkt.src, pkt.dst)
+        if key in self._rate.fired:
+            return  # judged already in this window: spare the CPU under a flood
+        bits = randomness(bytes(pkt.payload[:512]))
+        if bits >= c.icmp_tunnel_entropy and self._rate.fire_once(key):
+            self._alert(
+                out, "ICMP.Tunneling", "icmp", pkt, where,
+                f"echo payload of {n} bytes looks random ({bits:.1f} bits/byte)",
+                count=1, payload_bytes=n, entropy=round(bits, 2),
+            )  # fmt: skip
+
+    def _unreachable(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        """ICMP port unreachable quoting our UDP probe: the quoted source is the scanner."""
+        quoted = pkt.payload
+        if pkt.proto == ICMP:
+            if len(quoted) < 28 or quoted[0] >> 4 != 4 or quoted[9] != UDP:
+                return
+            ihl = (quoted[0] & 0x0F) * 4
+            if len(quoted) < ihl + 4:
+                return
+        else:
+            if len(quoted) < 48 or quoted[0] >> 4 != 6 or quoted[6] != UDP:
+                return
+            ihl = 40
+        port = (quoted[ihl + 2] << 8) | quoted[ihl + 3]
+        scanner, victim = pkt.dst, pkt.src
+        c = self.config
+        seen = self._scan.add_member(("unreach", scanner, victim), port, c.scan_unreachables)
+        if seen >= c.scan_unreachables and self._scan.fire_once(("unreach", scanner, victim)):
+            self._alert(
+                out, "UDP.Port.Scan", "udp", pkt, where,
+                f"{victim} answered {seen} distinct UDP ports of {scanner} with port unreachable "
+                f"in {c.scan_window:g} s",
+                src=scanner, dst=victim, sport=0, dport=port, count=seen,
+                window_s=c.scan_window,
+            )  # fmt: skip
+
+    # ---- UDP ----------------------------------------------------------------------------
+
+    def _udp(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        c = self.config
+        self._flood(pkt, where, out, "UDP.Flood", "udp", c.udp_flood_pps)
+        if pkt.more_fragments and len(pkt.payload) < 8:
+            return
+        request = self._is_request(pkt)
+        if request:
+            ports = self._scan.add_member((pkt.src, pkt.dst), pkt.dport, c.scan_ports)
+            if ports >= c.scan_ports and self._scan.fire_once((pkt.src, pkt.dst)):
+                self._alert(
+                    out, "UDP.Port.Scan", "udp", pkt, where,
+                    f"{pkt.src} probed {ports}+ UDP ports of {pkt.dst} in {c.scan_window:g} s",
+                    count=ports, window_s=c.scan_window,
+                )  # fmt: skip
+            self._peers(pkt, where, out)
+        dns_ports = self._dns_ports
+        if pkt.dport in dns_ports or pkt.sport in dns_ports:
+            self._dns_udp(pkt, where, out)
+
+    def _is_request(self, pkt: Packet) -> bool:
+        """True unless the packet answers a UDP flow seen in the other direction recently."""
+        ts = pkt.ts
+        if ts - self._flows_start >= self.config.scan_window or ts < self._flows_start:
+            self._flows_prev, self._flows = self._flows, {}
+            self._flows_start = ts
+        back = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        if back in self._flows or back in self._flows_prev:
+            return False
+        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        if key in self._flows or key in self._flows_prev:
+            return False  # the same request flow again: judged on its first packet
+        if len(self._flows) < self.config.max_keys:
+            self._flows[key] = None
+        else:
+            self.stats["untracked"] += 1
+        return True
+
+    def _peers(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        """Baseline both ends of a new UDP flow: (direction, peer, service port) per workload."""
+        client, client_mode = self._lookup(pkt.src)
+        server, server_mode = self._lookup(pkt.dst)
+        port = pkt.dport
+        for me, mode, peer in (
+            (client, client_mode, ("out", server.key, port)),
+            (server, server_mode, ("in", client.key, port)),
+        ):
+            if mode == "learn":
+                self._learn(me.key, peer)
+            elif mode in ("monitor", "enforce") and peer not in self._baseline.get(me.key, ()):
+                direction, other, _ = peer
+                verb = "sends to" if direction == "out" else "receives from"
+                self._alert(
+                    out, "UDP.New.Peer", "udp", pkt, where,
+                    f"{me.key} {verb} {other} on UDP port {port}, not in its learned peers",
+                    count=1, workload=me.key, direction=direction, mode=mode,
+                )  # fmt: skip
+
+    def _learn(self, key: str, peer: tuple[str, str, int]) -> None:
+        c = self.config
+        peers = self._baseline.get(key)
+        if peers is None:
+            if len(self._baseline) >= c.max_workloads:
+                self.stats["untracked"] += 1
+                return
+            peers = self._baseline[key] = set()
+        if len(peers) < c.max_peers:
+            peers.add(peer)
+        elif peer not in peers:
+            self.stats["untracked"] += 1
+
+    # ---- DNS ----------------------------------------------------------------------------
+
+    def _dns_udp(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        msg = dns.parse(pkt.payload)
+        if msg is None:
+            self.stats["dns_unparsed"] += 1
+            return
+        c = self.config
+        if msg.is_response:
+            if pkt.sport not in self._dns_ports:
+                return
+            server, client = pkt.src, pkt.dst
+            amp = self._amp
+            got = amp.add(("resp", server, client), msg.size)
+            sent = amp.counts.get(("req", server, client), 0)
+            if (
+                got >= c.dns_amp_min_bytes
+                and got >= c.dns_amp_ratio * max(sent, 1)
+                and amp.fire_once(("amp", server, client))
+            ):
+                self._alert(
+                    out, "DNS.Amplification", "dns", pkt, where,
+                    f"{got} response bytes from {server} to {client} for {sent} request bytes "
+                    f"in {c.dns_amp_window:g} s",
+                    count=got, request_bytes=sent, window_s=c.dns_amp_window,
+                )  # fmt: skip
+            return
+        if pkt.dport not in self._dns_ports:
+            return
+        self._amp.add(("req", pkt.dst, pkt.src), msg.size)
+        self._dns_query(msg, pkt, where, out)
+
+    def _dns_tcp(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        raw = dns.tcp_message(pkt.payload)
+        msg = dns.parse(raw) if raw is not None else None
+        zone = (dns.QTYPE_AXFR, dns.QTYPE_IXFR)
+        if msg is not None and not msg.is_response and msg.qtype in zone:
+            self._zone_transfer(msg, pkt, where, out, "tcp")
+
+    def _zone_transfer(
+        self, msg: dns.DnsMessage, pkt: Packet, where: str, out: list[Observation], over: str
+    ) -> None:
+        kind = "AXFR" if msg.qtype == dns.QTYPE_AXFR else "IXFR"
+        self._alert(
+            out, "DNS.Zone.Transfer", "dns", pkt, where,
+            f"{kind} request for {_short(msg.qname or '.')} over {over}",
+            count=1, qname=msg.qname, qtype=kind,
+        )  # fmt: skip
+
+    def _dns_query(
+        self, msg: dns.DnsMessage, pkt: Packet, where: str, out: list[Observation]
+    ) -> None:
+        c = self.config
+        qtype = msg.qtype
+        client, server = pkt.src, pkt.dst
+        if qtype in (dns.QTYPE_AXFR, dns.QTYPE_IXFR):
+            self._zone_transfer(msg, pkt, where, out, "udp")
+        elif qtype == dns.QTYPE_ANY:
+            self._alert(
+                out, "DNS.Amplification", "dns", pkt, where,
+                f"ANY query for {_short(msg.qname or '.')}",
+                count=1, qname=msg.qname, qtype="ANY",
+            )  # fmt: skip
+        elif qtype in (dns.QTYPE_TXT, dns.QTYPE_NULL):
+            n = self._txt.add(("txt", client, server))
+            if n == c.dns_txt_queries:
+                self._alert(
+                    out, "DNS.Tunneling", "dns", pkt, where,
+                    f"{n} TXT/NULL queries from {client} to {server} in {c.dns_txt_window:g} s",
+                    count=n, window_s=c.dns_txt_window,
+                )  # fmt: skip
+        labels = msg.labels
+        if len(labels) < 3:
+            return
+        base = labels[-2] + "." + labels[-1]
+        sub = labels[:-2]
+        odd = self._odd_label(sub, msg.qname)
+        window = self._dns
+        if odd:
+            n = window.add_member(("odd", client, base), hash(odd), c.dns_suspicious_queries)
+            if n >= c.dns_suspicious_queries and window.fire_once(("odd", client, base)):
+                self._alert(
+                    out, "DNS.Tunneling", "dns", pkt, where,
+                    f"{n} queries with long or random labels under {base}, e.g. {odd}",
+                    count=n, domain=base, window_s=c.dns_window,
+                )  # fmt: skip
+        if base not in self._exempt:
+            n = window.add_member(("sub", client, base), hash(sub), c.dns_unique_subdomains)
+            if n >= c.dns_unique_subdomains and window.fire_once(("sub", client, base)):
+                self._alert(
+                    out, "DNS.Tunneling", "dns", pkt, where,
+                    f"{n} unique subdomains of {base} queried by {client} in {c.dns_window:g} s",
+                    count=n, domain=base, window_s=c.dns_window,
+                )  # fmt: skip
+
+    def _odd_label(self, sub: tuple[str, ...], qname: str) -> str:
+        """The first label that is too long or too random (or the name, if too long), else ''."""
+        c = self.config
+        for label in sub:
+            n = len(label)
+            if n >= c.dns_long_label:
+                return label
+            if n >= c.dns_entropy_min_label and entropy(label) >= c.dns_label_entropy:
+                return label
+        return qname if len(qname) >= c.dns_long_name else ""
+
+
+def _expire(table: dict[Any, Any], old: Callable[[Any], bool]) -> None:
+    """Drop entries from the front of an insertion-ordered table while they are too old."""
+    while table:
+        key = next(iter(table))
+        if not old(table[key]):
+            return
+        del table[key]

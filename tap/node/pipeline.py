@@ -1,0 +1,221 @@
+"""The node tap's packet loop: capture sockets -> decode -> TCP flows / network monitor -> output.
+
+One thread reads every capture socket (epoll), so the flow table and the parsers need no locks.
+The loop is kept lean on purpose (Python's per-packet cost is the limit): recv_into one
+preallocated buffer, one decode, one dict lookup per TCP packet; everything else (expiry, kernel
+counters, network-monitor windows) runs once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from linkerd.proxy import MESH_PORTS, client_identity
+from meshward.log import event
+from meshward.observation import Identity, Observation
+from tap.node.capture import SNAPLEN, Capture, in_netns, netthreat_filter, tcp_filter
+from tap.node.flows import Connection, FlowTable
+from tap.node.metrics import Metrics
+from tap.node.packet import TCP, decode
+
+log = logging.getLogger("meshward.node-tap")
+
+
+@dataclass
+class PodTarget:
+    """One pod network namespace to watch, and who the pod is (the destination identity)."""
+
+    netns: str  # name under /run/netns or a path such as /proc/PID/ns/net
+    pod: Identity = field(default_factory=Identity)
+    net_iface: str | None = "eth0"  # pod interface watched for ICMP/UDP (None: not watched)
+    ips: list[str] = field(default_factory=list)  # filled from the namespace at open()
+
+
+def namespace_addresses(netns: str | None) -> list[str]:
+    """The non-loopback addresses inside a namespace (pyroute2 netlink, from a setns thread)."""
+
+    def read() -> list[str]:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()]
+        return [a for a in addrs if a and not a.startswith(("127.", "::1", "fe80:"))]
+
+    return in_netns(netns, read)
+
+
+class NodeTap:
+    """Captures, flow table, network monitor and output, driven by `run()`."""
+
+    def __init__(
+        self,
+        pods: list[PodTarget],
+        ifaces: list[str],
+        out: Callable[[Observation], None],
+        metrics: Metrics | None = None,
+        app_ports: list[int] | None = None,
+        max_body: int = 65536,
+        max_flows: int = 20000,
+        idle_timeout: float = 120.0,
+        stats_interval: float = 10.0,
+        netmonitor: Any = None,
+    ) -> None:
+        self.pods = pods
+        self.ifaces = ifaces
+        self.out = out
+        self.metrics = metrics or Metrics()
+        self.app_ports = app_ports
+        self.stats_interval = stats_interval
+        self.flows = FlowTable(self._observed, self.metrics, max_flows, idle_timeout,
+                               max_body=max_body)  # fmt: skip
+        self.captures: list[Capture] = []
+        self.tcp_where: dict[str, PodTarget] = {}
+        self.netmon = netmonitor
+        self.by_ip: dict[str, Identity] = {}
+
+    # --- setup -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open every capture socket (raises OSError with the namespace/interface named)."""
+        try:
+            for pod in self.pods:
+                pod.ips = namespace_addresses(pod.netns)
+                for ip in pod.ips:
+                    self.by_ip[ip] = Identity(pod.pod.namespace, pod.pod.workload, ip=ip)
+                ports = self.app_ports or sorted(MESH_PORTS)
+                prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
+                cap = self._capture("lo", prog, pod.netns)
+                self.tcp_where[cap.where] = pod
+                if pod.net_iface and self.netmon is not None:
+                    try:
+                        self._capture(pod.net_iface, netthreat_filter(), pod.netns)
+                    except OSError as exc:  # a pod without that interface: TCP still works
+                        event(log, "pod interface not watched", logging.WARNING,
+                              netns=pod.netns, iface=pod.net_iface, error=str(exc))  # fmt: skip
+            for iface in self.ifaces:
+                self._capture(iface, netthreat_filter(), None)
+        except BaseException:
+            self.close()
+            raise
+
+    def _capture(self, iface: str, prog: list, netns: str | None) -> Capture:  # type: ignore[type-arg]
+        try:
+            cap = Capture(iface, prog, netns)
+        except OSError as exc:
+            where = f"{netns}:{iface}" if netns else iface
+            raise OSError(exc.errno, f"cannot capture on {where}: {exc.strerror or exc}") from exc
+        self.captures.append(cap)
+        event(log, "capturing", where=cap.where)
+        return cap
+
+    def resolve(self, ip: str) -> Identity:
+        """IP -> the pod identity we know (for the network monitor's alerts)."""
+        known = self.by_ip.get(ip)
+        return Identity(known.namespace, known.workload, ip=ip) if known else Identity(ip=ip)
+
+    # --- observations ------------------------------------------------------------------
+    def _observed(self, obs: Observation, conn: Connection) -> None:
+        pod = self.tcp_where.get(conn.where)
+        pid = pod.pod if pod else Identity()
+        obs.destination = Identity(pid.namespace, pid.workload, pid.principal, *conn.server)
+        obs.source = Identity.parse(client_identity(obs.headers))
+        obs.extra["tcp"] = f"{conn.client[0]}:{conn.client[1]}->{conn.server[0]}:{conn.server[1]}"
+        obs.extra["netns"] = pod.netns if pod else conn.where
+        if conn.midstream:
+            obs.extra["midstream"] = "1"
+        self.out(obs)
+
+    def _alerts(self, found: list[Observation] | None) -> None:
+        if found:
+            self.metrics.alerts += len(found)
+            for obs in found:
+                self.out(obs)
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self, stop: threading.Event, duration: float | None = None) -> None:
+        """Read packets until `stop` is set (or `duration` seconds passed), then flush."""
+        ep = select.epoll()
+        tcp_fds = {c.fileno() for c in self.captures if c.where in self.tcp_where}
+        caps = {c.fileno(): c for c in self.captures}
+        for fd in caps:
+            ep.register(fd, select.EPOLLIN)
+        buf = bytearray(SNAPLEN)
+        view = memoryview(buf)
+        m = self.metrics
+        flows_packet = self.flows.packet
+        netmon = self.netmon
+        end = time.monotonic() + duration if duration else None
+        next_tick = time.monotonic() + 1.0
+        next_stats = time.monotonic() + self.stats_interval
+        try:
+            while not stop.is_set():
+                events = ep.poll(0.2)
+                now = time.time()
+                for fd, _ in events:
+                    cap = caps[fd]
+                    recv = cap.sock.recv_into
+                    where = cap.where
+                    is_tcp = fd in tcp_fds
+                    for _ in range(512):
+                        try:
+                            n = recv(buf)
+                        except BlockingIOError:
+                            break
+                        m.packets += 1
+                        m.bytes += n
+                        pkt = decode(bytes(view[:n]), now)
+                        if pkt is None:
+                            m.undecodable += 1
+                        elif is_tcp and pkt.proto == TCP:
+                            flows_packet(pkt, where)
+                        elif netmon is not None:
+                            m.net_packets += 1
+                            self._alerts(netmon.feed(pkt, where))
+                mono = time.monotonic()
+                if mono >= next_tick:
+                    next_tick = mono + 1.0
+                    self.tick(now)
+                    if mono >= next_stats:
+                        next_stats = mono + self.stats_interval
+                        self.log_stats()
+                if end is not None and mono >= end:
+                    break
+        finally:
+            ep.close()
+            self.flows.close_all()
+            self.tick(time.time())
+
+    def tick(self, now: float) -> None:
+        """Once a second: expire flows, read kernel counters, let the monitor close windows."""
+        self.flows.expire(now)
+        packets = drops = 0
+        for cap in self.captures:
+            try:
+                p, d = cap.read_stats()
+            except OSError:
+                continue
+            packets += p
+            drops += d
+        self.metrics.kernel_packets, self.metrics.kernel_drops = packets, drops
+        if self.netmon is not None:
+            self._alerts(self.netmon.tick(now))
+
+    def stats(self) -> dict[str, int]:
+        out = self.metrics.as_dict()
+        if self.netmon is not None:
+            for k, v in (getattr(self.netmon, "stats", None) or {}).items():
+                out[f"net_{k}"] = v
+        return out
+
+    def log_stats(self) -> None:
+        event(log, "node-tap stats", **self.stats())
+
+    def close(self) -> None:
+        for cap in self.captures:
+            cap.close()
+        self.captures.clear()

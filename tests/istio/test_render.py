@@ -1,0 +1,230 @@
+"""Istio objects: valid against Istio's CRD schemas, and every patch value loads in real Envoy."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from istio import envoyfilter, filters
+from istio.bootstrap import ROUTER_CONFIG, render_bootstrap, upstream_cluster
+from istio.envoyproc import EnvoyError, validate
+from istio.filters import FilterSettings
+from meshward.cli import UsageError
+
+CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "istio" / "crds.yaml"
+MODES = ("learn", "monitor", "enforce")
+STYLES = ("envoyfilter", "extension-provider")
+
+
+def _closed(schema: Any) -> Any:
+    """Kubernetes prunes fields a structural schema does not declare: treat them as errors."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> a validator for the CRD's openAPIV3Schema."""
+    if not CRDS.exists():
+        pytest.skip(f"{CRDS} missing (../shared is not checked out here)")
+    out = {}
+    for crd in yaml.safe_load_all(CRDS.read_text()):
+        if not crd or crd.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = _closed(version["schema"]["openAPIV3Schema"])
+            out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return out
+
+
+def check_object(schemas: dict[tuple[str, str], Any], obj: dict[str, Any]) -> None:
+    validator = schemas[(obj["apiVersion"], obj["kind"])]
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
+    assert not errors, errors
+
+
+def variants() -> list[tuple[str, str, str]]:
+    return [(m, s, w) for m in MODES for s in STYLES for w in ("", "orders")]
+
+
+@pytest.mark.parametrize(("mode", "style", "workload"), variants())
+def test_objects_match_crd_schemas(
+    schemas: dict[tuple[str, str], Any], mode: str, style: str, workload: str
+) -> None:
+    out = envoyfilter.render("shop", mode, style=style, workload=workload)
+    kinds = [o["kind"] for o in out["objects"]]
+    if style == "extension-provider" and mode == "enforce":
+        assert kinds == ["EnvoyFilter", "AuthorizationPolicy"]
+        policy = out["objects"][1]["spec"]
+        assert policy["action"] == "CUSTOM" and policy["provider"] == {"name": "meshward"}
+    else:
+        assert kinds == ["EnvoyFilter"]
+    for obj in out["objects"]:
+        assert obj["metadata"]["namespace"] == "shop"
+        check_object(schemas, obj)
+    if style == "extension-provider":
+        (provider,) = out["meshConfig"]["extensionProviders"]
+        assert provider["envoyExtAuthzGrpc"]["failOpen"] is False
+        assert provider["envoyExtAuthzGrpc"]["includeRequestBodyInCheck"]["packAsBytes"] is True
+
+
+def test_schema_check_can_fail(schemas: dict[tuple[str, str], Any]) -> None:
+    obj = envoyfilter.render("shop", "enforce")["objects"][0]
+    bad = copy.deepcopy(obj)
+    bad["spec"]["configPatches"][0]["applyto"] = bad["spec"]["configPatches"][0].pop("applyTo")
+    with pytest.raises(AssertionError):
+        check_object(schemas, bad)
+    bad = copy.deepcopy(obj)
+    bad["spec"]["configPatches"][1]["patch"]["operation"] = "INSERT_SOMEWHERE"
+    with pytest.raises(AssertionError):
+        check_object(schemas, bad)
+
+
+def test_patches_are_the_filter_config() -> None:
+    """One source of truth: the EnvoyFilter carries exactly filters.http_filters/clusters."""
+    for mode in MODES:
+        s = FilterSettings("shop", "", mode)
+        (obj,) = envoyfilter.render("shop", mode)["objects"]
+        patches = obj["spec"]["configPatches"]
+        inserted = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+        assert inserted == filters.http_filters(s)
+        for p in patches:
+            if p["applyTo"] == "HTTP_FILTER":
+                assert p["match"]["context"] == "SIDECAR_INBOUND"
+                assert p["patch"]["operation"] == "INSERT_BEFORE"
+                sub = p["match"]["listener"]["filterChain"]["filter"]["subFilter"]
+                assert sub == {"name": filters.ROUTER}
+        added = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+        assert added == filters.clusters(s, envoyfilter.DEFAULT_SERVICE, 9191, 9192)
+        vhosts = [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]
+        assert len(vhosts) == (1 if mode == "enforce" else 0)
+    # the extension-provider style leaves ext_authz to Istio
+    (tap_only,) = envoyfilter.render("shop", "enforce", style="extension-provider")["objects"][:1]
+    names = [p["patch"]["value"].get("name") for p in tap_only["spec"]["configPatches"]]
+    assert filters.EXT_AUTHZ not in names and filters.AUTHZ_CLUSTER not in names
+
+
+def bootstrap_from_patches(obj: dict[str, Any]) -> dict[str, Any]:
+    """An Envoy bootstrap that embeds every patch value as Istio would apply it."""
+    patches = obj["spec"]["configPatches"]
+    http_filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    clusters = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+    vhost: dict[str, Any] = {
+        "name": "inbound|http|8080",
+        "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|8080||"}}],
+    }
+    for p in patches:
+        if p["applyTo"] == "VIRTUAL_HOST":
+            vhost.update(p["patch"]["value"])  # MERGE into Istio's inbound virtual host
+    hcm = {
+        "@type": (
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager"
+        ),
+        "stat_prefix": "inbound_0.0.0.0_8080",
+        "route_config": {"name": "inbound|8080||", "virtual_hosts": [vhost]},
+        "http_filters": [
+            *http_filters,
+            {"name": filters.ROUTER, "typed_config": {"@type": ROUTER_CONFIG}},
+        ],
+    }
+    listener = {
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+        "filter_chains": [
+            {"filters": [{"name": envoyfilter.HCM, "typed_config": hcm}]},
+        ],
+    }
+    app = upstream_cluster("127.0.0.1:8080", name="inbound|8080||")
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": [app, *clusters]},
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("mode", "style", "workload"), variants())
+def test_patch_values_load_in_envoy(envoy_bin: str, mode: str, style: str, workload: str) -> None:
+    for obj in envoyfilter.render("shop", mode, style=style, workload=workload)["objects"]:
+        if obj["kind"] == "EnvoyFilter":
+            validate(bootstrap_from_patches(obj), envoy=envoy_bin)
+
+
+@pytest.mark.integration
+def test_envoy_rejects_a_broken_patch(envoy_bin: str) -> None:
+    (obj,) = envoyfilter.render("shop", "enforce")["objects"]
+    for p in obj["spec"]["configPatches"]:
+        if p["applyTo"] == "HTTP_FILTER":
+            p["patch"]["value"]["typed_config"]["with_request_body"] = {"max_request_bytes": -1}
+    with pytest.raises(EnvoyError):
+        validate(bootstrap_from_patches(obj), envoy=envoy_bin)
+
+
+# -- the commands -------------------------------------------------------------------------------
+
+
+def run_command(module: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="meshward")
+    sub = parser.add_subparsers(dest="command")
+    importlib.import_module(module).register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+BOOT = ["bootstrap", "--listen", "15006", "--upstream", "127.0.0.1:8080", "--namespace", "shop",
+        "--workload", "web", "--mode"]  # fmt: skip
+
+
+def test_envoy_bootstrap_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_command("meshward.commands.envoy", [*BOOT, "enforce"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "enforce")
+    assert run_command("meshward.commands.envoy", [*BOOT, "learn", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "learn")
+
+
+def test_envoy_bootstrap_bad_input() -> None:
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        run_command("meshward.commands.envoy", [*BOOT[:4], "nonsense", *BOOT[5:], "learn"])
+    with pytest.raises(UsageError, match="tap-port"):
+        run_command("meshward.commands.envoy", [*BOOT, "learn", "--tap-port", "70000"])
+
+
+@pytest.mark.integration
+def test_envoy_bootstrap_command_validates(
+    envoy_bin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_command("meshward.commands.envoy", [*BOOT, "enforce", "--validate"]) == 0
+    assert "ext_authz" in capsys.readouterr().out
+
+
+def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["render", "--namespace", "shop", "--mode", "enforce"]
+    assert run_command("meshward.commands.istio", argv) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert [d["kind"] for d in docs] == ["EnvoyFilter"]
+    mesh = tmp_path / "mesh.yaml"
+    argv += ["--style", "extension-provider", "--mesh-config", str(mesh)]
+    assert run_command("meshward.commands.istio", argv) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert [d["kind"] for d in docs] == ["EnvoyFilter", "AuthorizationPolicy"]
+    assert yaml.safe_load(mesh.read_text())["meshConfig"]["extensionProviders"][0]["name"]
+    with pytest.raises(UsageError):
+        run_command("meshward.commands.istio", ["render", "--namespace", "", "--mode", "learn"])
