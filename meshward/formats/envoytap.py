@@ -30,8 +30,8 @@ from meshward.formats.common import (
     Item,
     content_length,
     describe,
-    json_error,
     destination_from_authority,
+    json_error,
     parse_time,
     source_from_xfcc,
 )
@@ -317,7 +317,9 @@ def read_tap_document(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iter
         for n, obj in enumerate(ijson.items(f, "", multiple_values=True, use_float=True), 1):
             yield from _convert(obj, name, n, "entry", streams)
     except ijson.JSONError as exc:
-        yield EntryError(name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}")
+        yield EntryError(
+            name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}"
+        )
     yield from _finish(name, streams)
 
 

@@ -24,8 +24,8 @@ from meshward.formats.common import (
     Item,
     content_length,
     describe,
-    json_error,
     destination_from_authority,
+    json_error,
     normalize_protocol,
     parse_time,
     source_from_xfcc,
@@ -180,7 +180,9 @@ def read_har(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item
             except BAD_VALUE as exc:
                 yield EntryError(name, n, describe(exc))
     except ijson.JSONError as exc:
-        yield EntryError(name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}")
+        yield EntryError(
+            name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}"
+        )
         return
     if n == 0 and f.seekable():
         problem = _entries_problem(f)

@@ -264,10 +264,10 @@ INDICATORS: tuple[str, ...] = (
     r"\xef\xbc[\x81-\xbf]|\xef\xbd[\x80-\x9e]",  # fullwidth ASCII in UTF-8
     r"/\*|\*/",  # comments used as whitespace
     r"\$\{",  # lookups and template expressions
-    r"['\"`]",  # quotes: libinjection tokenises values that have them
+    r"(?:^|[^a-z])['\"`]|['\"`](?:[^a-z]|$)",  # quotes not inside a word (don't, O'Brien)
     r"<[a-z!/?%]",  # markup: libinjection's HTML tokeniser
     r"\b(?:or|and|union|select|having|xor|exec|sleep|order|group)\b[^\n]{0,60}(?:[=<>(#;@]|--)",
-    r"[;|`]",  # shell metacharacters
+    r"(?:^|[^:/])[/\\]\.?[/\\]|\\",  # path spellings that path normalisation collapses
     r"(?:^|[^\w.])(?:0*169|0x0*a9|0+251)[.]|\b0*2852039166\b|\b0x0*a9fea9fe\b|"
     r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
     r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables

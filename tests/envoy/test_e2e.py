@@ -195,7 +195,7 @@ def test_both_ends_join(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
         ex = next(e for e in exchanges if e["request_id"] == "join-test-2")
         assert ex["mismatches"] == ["path"]
         assert ex["outbound"]["path"] == "/orders/7"
-        assert ex["inbound"]["path"] == "/orders/all/7"
+        assert ex["inbound"]["path"] == "/orders/all/orders/7"
         assert ex["outbound"]["source"] == "shop/web"
         assert ex["inbound"]["destination"] == "shop/orders"
         alerts = srv.api("GET", "/api/v1/alerts?limit=10")["alerts"]

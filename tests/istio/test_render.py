@@ -47,7 +47,12 @@ def schemas() -> dict[tuple[str, str], Any]:
             continue
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
-            schema = _closed(version["schema"]["openAPIV3Schema"])
+            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+            # every object also has these (Kubernetes validates them, not the CRD)
+            schema["properties"].update(
+                apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"}
+            )
+            schema = _closed(schema)
             out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
     return out
 

@@ -29,8 +29,8 @@ def test_compression_pointer_backwards_only() -> None:
     tail = b"\x00\x01\x00\x01"
     assert dns.parse(header + b"\xc0\x0c" + tail) is None  # points at itself
     assert dns.parse(header + b"\x01a\xc0\x20" + tail + b"\x00" * 20) is None  # forwards
-    # backwards into the header: followed (a label of length 0 ends it), never a loop
-    m = dns.parse(struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0x0100) + b"\x01a\xc0\x0a" + tail)
+    # backwards (here onto a zero byte of the header, the root): followed
+    m = dns.parse(header + b"\x01a\xc0\x0b" + tail)
     assert m is not None and m.labels == ("a",) and m.qtype == 1
 
 
@@ -61,3 +61,9 @@ def test_mutated_queries_never_raise(labels: list[str], qtype: int, junk: bytes,
     m = dns.parse(q)
     assert m is not None and m.qtype == qtype and m.labels == tuple(labels)
     dns.parse(q[:pos] + junk + q[pos + len(junk) :])
+
+
+def test_pointer_cycle_is_bounded() -> None:
+    header = struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0)
+    # "a" then a pointer back to the "a": every jump goes backwards, the name never ends
+    assert dns.parse(header + b"\x01a\xc0\x0c" + b"\x00\x01\x00\x01") is None

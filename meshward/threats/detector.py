@@ -1,0 +1,381 @@
+"""ThreatDetector: finds embedded attacks in every part of an Observation.
+
+Two passes keep the common case cheap:
+1. Pre-filter: one Hyperscan scan over the raw parts (path, query, header values, body prefix)
+   joined into one buffer, with the signatures plus INDICATORS (encodings, quotes, markup...).
+   A request where nothing matches has no threat: normalisation only ever changes text that an
+   indicator matches, and the signatures are caseless. Only the parts that matched go on.
+2. Detail: each flagged part is split into fields (query parameters, cookies, JSON leaves and
+   keys, form fields, multipart parts, XML text), every field is normalised and scanned, and
+   libinjection checks SQLi/XSS. Each finding names its location and evidence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import re
+import socket
+import threading
+from dataclasses import dataclass
+
+from meshward.bodies import DecodedBody, body_kind, decode_body, parse_query
+from meshward.detect import Inspection
+from meshward.observation import Observation, Threat
+from meshward.threats import injection
+from meshward.threats.normalise import alternate, decode, evidence
+from meshward.threats.signatures import (
+    CRLF,
+    JAVA,
+    NEGATIVE_LENGTH,
+    NOSQL,
+    SMUGGLING,
+    SQLI,
+    SSRF,
+    XSS,
+    SignatureSet,
+)
+
+# Headers that carry framing or infrastructure data, not user input: never scanned for payloads
+# (framing headers get their own checks below).
+SKIP_HEADERS = frozenset(
+    {
+        ":method", ":scheme", ":path", ":authority", ":status", "content-length",
+        "transfer-encoding", "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+        "x-b3-sampled", "b3", "traceparent", "tracestate", "x-forwarded-client-cert",
+        "x-envoy-attempt-count", "x-envoy-internal", "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-decorator-operation", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id",
+        "content-type", "accept-encoding", "connection", "te", "grpc-timeout",
+    }
+)
+NOSQL_OPERATORS = frozenset(
+    "$ne $eq $gt $gte $lt $lte $in $nin $regex $where $exists $or $and $not $nor $expr "
+    "$elemmatch $function $accumulator $eval $type $size $all $mod $text $jsonschema".split()
+)
+METADATA_IPS = frozenset(
+    {"169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192"}
+)  # AWS/GCP/Azure/OpenStack, AWS ECS, Alibaba, Oracle
+TRANSFER_CODINGS = frozenset({"chunked", "gzip", "deflate", "compress", "identity", "x-gzip"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9a-z-]+\Z|:[a-z]+\Z")
+_IPV4_TOKEN = re.compile(r"(?<![\w.])((?:0x[0-9a-f]{1,8}|\d{1,12})(?:\.(?:0x[0-9a-f]{1,8}|\d{1,12})){0,3})(?![\w])")
+_IPV6_MAPPED = re.compile(r"[0-9a-f:]{0,30}:ffff:[0-9a-f.:]{3,20}")
+_SSRF_HINT = re.compile(r"169|0x|2852039166|0251|25177524776|ffff|100\.|192\.0\.0")
+_JAVA_MAGIC = b"\xac\xed\x00\x05"
+_JSON_PREFILTER = bytes.maketrans(b'"', b" ")  # structural quotes are not suspicious
+
+
+@dataclass(slots=True)
+class _Part:
+    """One segment of the pre-filter buffer: what it is and where its fields come from."""
+
+    kind: str  # path | query | header | body
+    name: str = ""  # header name
+
+
+class ThreatDetector:
+    """The embedded-threat detector (meshward.detect.Detector). Thread-safe, stateless per call.
+
+    level: 1..3 like OWASP CRS paranoia levels (1: few false positives).
+    max_scan_bytes: body bytes inspected; beyond it the Inspection is `partial`.
+    max_value_bytes: bytes of one field value inspected.
+    max_fields: query parameters, cookies and body fields inspected per request.
+    max_threats: findings reported per request (the rest are dropped, counted in `dropped`).
+    """
+
+    def __init__(
+        self,
+        level: int = 1,
+        max_scan_bytes: int = 256 * 1024,
+        max_value_bytes: int = 16 * 1024,
+        max_fields: int = 1024,
+        max_threats: int = 32,
+    ) -> None:
+        if level not in (1, 2, 3):
+            raise ValueError(f"sensitivity level must be 1, 2 or 3, not {level!r}")
+        self.level = level
+        self.max_scan_bytes = max_scan_bytes
+        self.max_value_bytes = max_value_bytes
+        self.max_fields = max_fields
+        self.max_threats = max_threats
+        self.sigs = signature_set(level)
+        self.dropped = 0  # findings beyond max_threats (approximate under threads)
+
+    # ---- entry point
+
+    def inspect(self, obs: Observation) -> Inspection:
+        found = _Findings(self.max_threats)
+        partial = self._framing(obs, found)
+        body = obs.body
+        if len(body) > self.max_scan_bytes:
+            body, partial = body[: self.max_scan_bytes], True
+        if obs.body_truncated or (obs.body_size is not None and obs.body_size > len(obs.body)):
+            partial = True
+        content_type = obs.header("content-type")
+        kind = body_kind(content_type)
+
+        parts, texts = self._parts(obs)
+        flagged = self._prefilter(parts, texts, body, kind)
+        for i in sorted(flagged):
+            if i < len(parts):
+                self._detail(parts[i], texts[i], obs, found)
+            elif self._body(content_type, body, found):
+                partial = True
+        self.dropped += found.dropped
+        return Inspection(found.threats, partial)
+
+    # ---- pass 1
+
+    def _parts(self, obs: Observation) -> tuple[list[_Part], list[str]]:
+        parts = [_Part("path")]
+        texts = [obs.path]
+        if obs.query:
+            parts.append(_Part("query"))
+            texts.append(obs.query.replace("+", " "))
+        for name, value in obs.headers:
+            if name not in SKIP_HEADERS and value and not name.startswith("x-envoy-"):
+                parts.append(_Part("header", name))
+                texts.append(value)
+        return parts, texts
+
+    def _prefilter(self, parts: list[_Part], texts: list[str], body: bytes, kind: str) -> set[int]:
+        """Indices of parts (len(parts) means the body) where a signature or indicator matched."""
+        head = "\n".join(texts)
+        if head.isascii():
+            raw = head.encode("ascii")
+            starts = _starts([len(t) for t in texts])
+        else:
+            encoded = [t.encode("utf-8", "surrogateescape") for t in texts]
+            raw = b"\n".join(encoded)
+            starts = _starts([len(t) for t in encoded])
+        if body:
+            starts.append(len(raw) + 1)
+            if kind == "json" or (not kind and body[:1] in (b"{", b"[")):
+                body = body.translate(_JSON_PREFILTER)
+            elif kind == "form":
+                body = body.replace(b"+", b" ")
+            raw = raw + b"\n" + body
+        flagged: set[int] = set()
+        total = len(starts)
+
+        def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
+            flagged.add(bisect.bisect_right(starts, max(end - 1, 0)) - 1)
+            return len(flagged) >= total or None
+
+        self.sigs.prefilter(raw, on_match)
+        return flagged
+
+    # ---- pass 2
+
+    def _detail(self, part: _Part, text: str, obs: Observation, found: _Findings) -> None:
+        if part.kind == "path":
+            self._value(obs.path, "path", found)
+        elif part.kind == "query":
+            pairs, _ = parse_query(obs.query, self.max_fields)
+            for name, value in pairs:
+                loc = f"query:{name}"
+                self._value(name, loc, found)
+                self._value(value, loc, found)
+        elif part.name == "cookie":
+            for n, piece in enumerate(text.split(";")):
+                if n >= self.max_fields:
+                    break
+                name, sep, value = piece.strip().partition("=")
+                loc = f"header:cookie:{name}" if sep else "header:cookie"
+                self._value(value if sep else name, loc, found)
+        else:
+            self._value(text, f"header:{part.name}", found)
+
+    def _body(self, content_type: str, body: bytes, found: _Findings) -> bool:
+        """Inspect the body's fields; returns True when limits left some of it uninspected."""
+        if _JAVA_MAGIC in body:
+            found.add(JAVA, "body", "aced0005 (Java serialization stream)")
+        decoded = decode_body(
+            content_type, body, max_bytes=self.max_scan_bytes, max_fields=self.max_fields
+        )
+        if decoded.kind in ("json", "form", "multipart", "xml"):
+            self._fields(decoded, found)
+        if decoded.kind in ("xml", "text", "binary", "invalid") or (
+            decoded.kind == "json" and not decoded.fields and decoded.partial
+        ):
+            self._value(body.decode("utf-8", "replace"), "body", found)
+        return decoded.partial
+
+    def _fields(self, decoded: DecodedBody, found: _Findings) -> None:
+        named = decoded.kind in ("form", "multipart")
+        for parent, key in decoded.keys:
+            loc = _body_location(parent, named)
+            if key.lower() in NOSQL_OPERATORS:
+                found.add(NOSQL, loc, key)
+            elif key and not key.isalnum():
+                self._value(key, loc, found)
+        for path, value in decoded.fields:
+            if isinstance(value, str) and value:
+                self._value(value, _body_location(path, named), found)
+
+    def _value(self, value: str, location: str, found: _Findings) -> None:
+        """Normalise one field value and run every check on it."""
+        if not value or found.full:
+            return
+        value = value[: self.max_value_bytes]
+        decoded = decode(value)
+        norm = decoded.lower()
+        alt = alternate(norm)
+        data = (norm + "\n" + alt if alt else norm).encode("utf-8", "replace")
+        names: set[str] = set()
+        for sid, end in self.sigs.scan(data):
+            name = self.sigs.signatures[sid].name
+            if name not in names:
+                names.add(name)
+                frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
+                found.add(name, location, frag)
+        if SQLI not in names and injection.is_sqli(decoded, self.level):
+            found.add(SQLI, location, decoded)
+        if XSS not in names and injection.is_xss(decoded, self.level):
+            found.add(XSS, location, decoded)
+        if SSRF not in names and _SSRF_HINT.search(norm):
+            ip = metadata_address(norm, whole_value=True)
+            if ip:
+                found.add(SSRF, location, ip)
+
+    # ---- framing
+
+    def _framing(self, obs: Observation, found: _Findings) -> bool:
+        """Request smuggling and negative length checks on headers and the declared size."""
+        lengths: list[str] = []
+        codings: list[str] = []
+        for name, value in obs.headers:
+            if name in ("content-length", "transfer-encoding"):
+                (lengths if name == "content-length" else codings).append(value)
+            elif not _HEADER_NAME.match(name):
+                if _looks_like_framing(name):
+                    found.add(SMUGGLING, f"header:{name}", f"obfuscated header name {name!r}")
+        if obs.body_size is not None and obs.body_size < 0:
+            found.add(NEGATIVE_LENGTH, "header:content-length", str(obs.body_size))
+        for value in lengths:
+            v = value.strip()
+            if v.startswith("-") and v[1:].strip().isdigit():
+                found.add(NEGATIVE_LENGTH, "header:content-length", value)
+            elif not (value.isdigit() and value.isascii()):
+                found.add(SMUGGLING, "header:content-length", f"content-length: {value!r}")
+        if len(lengths) > 1:
+            found.add(SMUGGLING, "header:content-length", "content-length: " + ", ".join(lengths))
+        if lengths and codings:
+            found.add(
+                SMUGGLING,
+                "header:transfer-encoding",
+                f"content-length: {lengths[0]} with transfer-encoding: {codings[0]}",
+            )
+        if len(codings) > 1:
+            found.add(
+                SMUGGLING, "header:transfer-encoding", "transfer-encoding: " + ", ".join(codings)
+            )
+        for value in codings:
+            items = [c.strip().lower() for c in value.split(",")]
+            if (
+                value != value.strip()
+                or any(c not in TRANSFER_CODINGS for c in items)
+                or ("chunked" in items and items[-1] != "chunked")
+                or obs.protocol in ("h2", "http/2", "grpc")
+            ):
+                found.add(SMUGGLING, "header:transfer-encoding", f"transfer-encoding: {value!r}")
+        for name, value in obs.headers:
+            if ("\r" in value or "\n" in value) and not name.startswith(":"):
+                found.add(CRLF, f"header:{name}", value)
+        return False
+
+
+class _Findings:
+    """Threats of one request: one per (name, location), at most `limit`."""
+
+    __slots__ = ("dropped", "full", "limit", "seen", "threats")
+
+    def __init__(self, limit: int) -> None:
+        self.threats: list[Threat] = []
+        self.seen: set[tuple[str, str]] = set()
+        self.limit = limit
+        self.full = False
+        self.dropped = 0
+
+    def add(self, name: str, location: str, fragment: str) -> None:
+        key = (name, location)
+        if key in self.seen:
+            return
+        if len(self.threats) >= self.limit:
+            self.full = True
+            self.dropped += 1
+            return
+        self.seen.add(key)
+        self.threats.append(Threat(name, evidence(location, 200), evidence(fragment)))
+
+
+def metadata_address(text: str, *, whole_value: bool = False) -> str:
+    """A cloud metadata IPv4 address hidden in text in any spelling inet_aton accepts (dotted,
+    decimal, hex, octal, short forms) or IPv4-mapped IPv6; "" when there is none.
+
+    A bare number (no dots) counts only as a whole value or after `//` or `@` (a URL host), so
+    that ordinary numbers do not look like addresses.
+    """
+    for m in _IPV4_TOKEN.finditer(text):
+        token = m.group(1)
+        if "." not in token:
+            before = text[max(0, m.start() - 2) : m.start()]
+            if not (before.endswith(("//", "@")) or (whole_value and m.group(0) == text.strip())):
+                continue
+        try:
+            ip = socket.inet_ntoa(socket.inet_aton(token))
+        except (OSError, ValueError):
+            continue
+        if ip in METADATA_IPS:
+            return token
+    for m in _IPV6_MAPPED.finditer(text):
+        try:
+            mapped = ipaddress.IPv6Address(m.group(0).strip(":") if m.group(0).startswith(":::")
+                                           else m.group(0)).ipv4_mapped
+        except ValueError:
+            continue
+        if mapped is not None and str(mapped) in METADATA_IPS:
+            return m.group(0)
+    return ""
+
+
+def _looks_like_framing(name: str) -> bool:
+    squeezed = re.sub(r"[^a-z]", "", name.lower())
+    return squeezed in ("contentlength", "transferencoding")
+
+
+def _body_location(path: str, named: bool) -> str:
+    if named and path.startswith("$."):
+        return "body:" + path[2:]
+    return "body:" + path
+
+
+def _starts(lengths: list[int]) -> list[int]:
+    out, pos = [], 0
+    for n in lengths:
+        out.append(pos)
+        pos += n + 1
+    return out
+
+
+_SETS: dict[int, SignatureSet] = {}
+_LOCK = threading.Lock()
+_DEFAULT: ThreatDetector | None = None
+
+
+def signature_set(level: int) -> SignatureSet:
+    """The compiled databases for a level, built once per process (compiling takes ~1 s)."""
+    with _LOCK:
+        if level not in _SETS:
+            _SETS[level] = SignatureSet(level)
+        return _SETS[level]
+
+
+def default_detector() -> ThreatDetector:
+    """The process-wide level-1 detector the engine uses."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        detector = ThreatDetector()
+        with _LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = detector
+    return _DEFAULT
