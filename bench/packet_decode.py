@@ -1,6 +1,6 @@
 """Cost per packet of tap.node.packet.decode, against a trivial per-packet call measured alongside.
 
-Run: PYTHONPATH=. .venv/bin/python bench/packet_decode.py
+Run: PYTHONPATH=. .venv/bin/python -m bench.packet_decode
 """
 
 from __future__ import annotations

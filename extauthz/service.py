@@ -20,24 +20,28 @@ from meshward.metrics import Metrics, Problems
 from meshward.observation import Observation, Verdict
 
 SERVICE = "envoy.service.auth.v3.Authorization"
-MAX_MESSAGE = 4 * 1024 * 1024  # bytes; larger Check messages are refused by gRPC itself
+MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one Check; larger ones are counted and refused here
+GRPC_MAX_MESSAGE = 16 * 1024 * 1024  # gRPC's own hard limit, above ours so we see and count
 
 
 class _Undecodable:
     """What the deserialiser hands over when upb refuses the bytes."""
 
-    __slots__ = ("error", "size")
+    __slots__ = ("error", "kind", "size")
 
-    def __init__(self, error: str, size: int) -> None:
+    def __init__(self, kind: str, error: str, size: int) -> None:
+        self.kind = kind
         self.error = error
         self.size = size
 
 
 def _deserialize(data: bytes) -> external_auth_pb2.CheckRequest | _Undecodable:
+    if len(data) > MAX_MESSAGE:
+        return _Undecodable("oversized-check", f"{len(data)} > {MAX_MESSAGE} bytes", len(data))
     try:
         return external_auth_pb2.CheckRequest.FromString(data)
     except DecodeError as exc:
-        return _Undecodable(str(exc), len(data))
+        return _Undecodable("undecodable-check", str(exc), len(data))
 
 
 def _serialize(answer: bytes) -> bytes:
@@ -66,8 +70,8 @@ class CheckService:
         start = time.perf_counter()
         if isinstance(req, _Undecodable):
             self.metrics.checks.labels("error").inc()
-            self.problems("extauthz", "undecodable-check", error=req.error, size=req.size)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable CheckRequest")
+            self.problems("extauthz", req.kind, error=req.error, size=req.size)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{req.kind}: {req.error}")
         try:
             obs = check_to_observation(req, *self._fallback_identity(req, context))
             verdict = self.judge(obs)

@@ -54,10 +54,6 @@ def _socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _is_ip(host: str) -> bool:
-    return host.replace(".", "").isdigit() or ":" in host
-
-
 def _tls_common(tls: SidecarTLS, alpn: list[str]) -> dict[str, Any]:
     return {
         "tls_certificates": [
@@ -78,7 +74,7 @@ def upstream_cluster(
     host, port = split_host_port(upstream)
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if filters.is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
@@ -117,6 +113,15 @@ def connection_manager(s: FilterSettings, *, route_timeout_s: float = 15.0) -> d
             }
         ],
     }
+    if s.direction == "outbound":
+        # Istio's default outbound retry policy: a callee's sidecar restarting (a config
+        # change) or a stale pooled connection costs a retry, not an error
+        virtual_host["retry_policy"] = {
+            "retry_on": "connect-failure,refused-stream,unavailable,cancelled,"
+            "retriable-status-codes",
+            "retriable_status_codes": [503],
+            "num_retries": 2,
+        }
     if s.with_authz:
         virtual_host["typed_per_filter_config"] = filters.ext_authz_route_config(s)
     return {

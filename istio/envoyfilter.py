@@ -11,6 +11,7 @@ Two styles, both from the one filter config in `istio.filters`:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from istio import filters
@@ -33,9 +34,9 @@ def _metadata(name: str, namespace: str, mode: str) -> dict[str, Any]:
     }
 
 
-def _inbound_filter_match() -> dict[str, Any]:
+def _filter_match(context: str = "SIDECAR_INBOUND") -> dict[str, Any]:
     return {
-        "context": "SIDECAR_INBOUND",
+        "context": context,
         "listener": {
             "filterChain": {"filter": {"name": HCM, "subFilter": {"name": filters.ROUTER}}}
         },
@@ -50,12 +51,14 @@ def envoy_filter(
     tap_port: int = 9192,
     selector: dict[str, str] | None = None,
     with_authz: bool | None = None,
+    outbound_tap: bool = True,
     name: str = "meshward",
 ) -> dict[str, Any]:
     """The EnvoyFilter carrying exactly `filters.http_filters(s)` and the clusters they need.
 
     `selector` limits it to some workloads (their labels); `with_authz=False` drops ext_authz
-    (the extension-provider style installs it through Istio instead).
+    (the extension-provider style installs it through Istio instead); `outbound_tap` also taps
+    the workloads' outbound calls (SIDECAR_OUTBOUND), so both ends of each call report it.
     """
     authz = s.with_authz if with_authz is None else with_authz and s.with_authz
     patches: list[dict[str, Any]] = [
@@ -74,11 +77,22 @@ def envoy_filter(
         patches.append(
             {
                 "applyTo": "HTTP_FILTER",
-                "match": _inbound_filter_match(),
+                "match": _filter_match(),
                 # each goes right before the router, so they keep their order
                 "patch": {"operation": "INSERT_BEFORE", "value": http_filter},
             }
         )
+    if outbound_tap:
+        # the caller's view of each call, for the both-ends join (tap only: callers never decide)
+        caller = dataclasses.replace(s, direction="outbound")
+        patches += [
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": _filter_match("SIDECAR_OUTBOUND"),
+                "patch": {"operation": "INSERT_BEFORE", "value": http_filter},
+            }
+            for http_filter in filters.http_filters(caller)
+        ]
     if authz:
         patches.append(
             {
@@ -149,6 +163,7 @@ def render(
     tap_port: int = 9192,
     workload: str = "",
     body_limit: int = 8192,
+    outbound_tap: bool = True,
 ) -> dict[str, Any]:
     """Everything to install for `namespace` in `mode`.
 
@@ -161,12 +176,12 @@ def render(
     s = FilterSettings(namespace=namespace, workload=workload, mode=mode, body_limit=body_limit)
     selector = {"app": workload} if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
-    ports = {"authz_port": authz_port, "tap_port": tap_port}
+    common = {"authz_port": authz_port, "tap_port": tap_port, "outbound_tap": outbound_tap}
     if style == "envoyfilter":
-        objects = [envoy_filter(s, service=service, selector=selector, name=name, **ports)]
+        objects = [envoy_filter(s, service=service, selector=selector, name=name, **common)]
         return {"objects": objects}
     objects = [
-        envoy_filter(s, service=service, selector=selector, with_authz=False, name=name, **ports)
+        envoy_filter(s, service=service, selector=selector, with_authz=False, name=name, **common)
     ]
     if mode == "enforce":
         objects.append(authorization_policy(namespace, selector))

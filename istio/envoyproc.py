@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,8 +19,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-PR_SET_PDEATHSIG = 1
 
 
 class EnvoyError(RuntimeError):
@@ -40,10 +36,14 @@ def envoy_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so no Envoy outlives a killed demo."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """`cmd` set to get SIGTERM when its parent dies, so no Envoy outlives a killed demo.
+
+    Uses util-linux `setpriv --pdeathsig` rather than a Popen preexec_fn: forking Python
+    code in a process with gRPC threads is unsafe (gRPC's fork handlers abort the child).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
 
 
 def validate(bootstrap: dict[str, Any], *, envoy: str | None = None, timeout: float = 30) -> None:
@@ -71,6 +71,7 @@ class EnvoyProcess:
         log_level: str = "warning",
         concurrency: int = 1,
         start_timeout: float = 20.0,
+        stop_grace: float = 3.0,
         extra_args: list[str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
@@ -79,6 +80,7 @@ class EnvoyProcess:
         self.log_level = log_level
         self.concurrency = concurrency
         self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_url = ""
@@ -129,12 +131,11 @@ class EnvoyProcess:
             *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd,
+            die_with_parent(cmd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            preexec_fn=_die_with_parent,  # only prctl: no locks taken
         )
 
     def poll_ready(self) -> bool:
@@ -203,8 +204,9 @@ class EnvoyProcess:
             raise
         return self
 
-    def stop(self, grace: float = 3.0) -> None:
+    def stop(self, grace: float | None = None) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; removes the temp dir. Idempotent."""
+        grace = self.stop_grace if grace is None else grace
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -220,7 +222,7 @@ class EnvoyProcess:
             self._tmp = None
         self.admin_url = ""
 
-    async def astop(self, grace: float = 3.0) -> None:
+    async def astop(self, grace: float | None = None) -> None:
         await asyncio.to_thread(self.stop, grace)
 
     @property

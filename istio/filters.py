@@ -10,11 +10,14 @@ What the sidecar sends to meshward, agreed with `meshward serve`:
   (bytes) header values, the request body as bytes.
 - both gRPC services: initial metadata `x-meshward-namespace`, `x-meshward-workload`,
   `x-meshward-direction` (inbound|outbound) on every call / Process stream.
-- ext_proc tap: the connection attributes of TAP_ATTRIBUTES.
+- ext_proc tap: the connection attributes of TAP_ATTRIBUTES; with `tap_response_body`, the
+  metadata `x-meshward-tap-response-body: true` (the server then waits for the response body).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -63,6 +66,7 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
 MODES = ("learn", "monitor", "enforce")
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label
 DIRECTIONS = ("inbound", "outbound")
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
@@ -103,8 +107,10 @@ class FilterSettings:
             raise ValueError(f"unknown mode {self.mode!r} (learn, monitor, enforce)")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {self.direction!r} (inbound, outbound)")
-        if not self.namespace:
-            raise ValueError("namespace must not be empty")
+        if not _K8S_NAME.fullmatch(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} is not a Kubernetes name")
+        if self.workload and not _K8S_NAME.fullmatch(self.workload.replace(".", "-")):
+            raise ValueError(f"workload {self.workload!r} is not a Kubernetes name")
         if self.body_limit < 0:
             raise ValueError("body limit must be >= 0")
         if self.timeout_ms <= 0:
@@ -114,6 +120,15 @@ class FilterSettings:
     def with_authz(self) -> bool:
         """Only enforce decides inline, and only on the callee's (inbound) side."""
         return self.mode == "enforce" and self.direction == "inbound"
+
+
+def is_ip(host: str) -> bool:
+    """An IP literal gets a STATIC cluster; anything else is a DNS name (STRICT_DNS)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def to_plain(msg: betterproto2.Message) -> dict[str, Any]:
@@ -172,6 +187,15 @@ def identity_metadata(s: FilterSettings) -> list[HeaderValue]:
     ]
 
 
+def tap_metadata(s: FilterSettings) -> list[HeaderValue]:
+    """The identity, plus a flag when the response body follows (Envoy 1.40 sends no
+    protocol_config in observability mode, so the server cannot tell otherwise)."""
+    out = identity_metadata(s)
+    if s.tap_response_body:
+        out.append(HeaderValue(key="x-meshward-tap-response-body", value="true"))
+    return out
+
+
 def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
     """The tap: ext_proc in observability mode (send and go, never in the request's way).
 
@@ -185,7 +209,7 @@ def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
     cfg = ExternalProcessor(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=s.tap_cluster),
-            initial_metadata=identity_metadata(s),
+            initial_metadata=tap_metadata(s),
         ),
         failure_mode_allow=True,
         observability_mode=True,
@@ -218,7 +242,6 @@ def grpc_cluster(
     name: str, host: str, port: int, *, high_limits: bool = False, connect_timeout_s: float = 1.0
 ) -> dict[str, Any]:
     """An HTTP/2 cluster to one meshward gRPC port (DNS name or IP)."""
-    is_ip = host.replace(".", "").isdigit() or ":" in host
     options = HttpProtocolOptions(
         explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions()
@@ -226,7 +249,7 @@ def grpc_cluster(
     )
     cluster = Cluster(
         name=name,
-        type=ClusterDiscoveryType.STATIC if is_ip else ClusterDiscoveryType.STRICT_DNS,
+        type=ClusterDiscoveryType.STATIC if is_ip(host) else ClusterDiscoveryType.STRICT_DNS,
         connect_timeout=timedelta(seconds=connect_timeout_s),
         lb_policy=ClusterLbPolicy.ROUND_ROBIN,
         typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: AnyMsg.pack(options)},
@@ -260,10 +283,7 @@ def grpc_cluster(
                 for prio in (RoutingPriority.DEFAULT, RoutingPriority.HIGH)
             ]
         )
-    out = to_plain(cluster)
-    # Any inside a map field: betterproto2 keeps the message; give Envoy the JSON with @type.
-    out["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: typed(options)}
-    return out
+    return to_plain(cluster)
 
 
 def clusters(

@@ -21,6 +21,8 @@ COMMANDS = [
     "meshward.commands.tap",
     "meshward.commands.envoy",
     "meshward.commands.istio",
+    "meshward.commands.demo",
+    "meshward.commands.nodetap",
 ]
 
 

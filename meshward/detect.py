@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from meshward.bodies import DecodedBody
 from meshward.observation import Observation, Threat
 
 
@@ -21,13 +22,17 @@ class Inspection:
 
 
 class Detector(Protocol):
-    """Finds embedded threats in an Observation. Must be bounded in time and memory."""
+    """Finds embedded threats in an Observation. Must be bounded in time and memory.
 
-    def inspect(self, obs: Observation) -> Inspection: ...
+    `body` is the request body as the engine already decoded it (decode once per request);
+    a detector called without it decodes the body itself.
+    """
+
+    def inspect(self, obs: Observation, body: DecodedBody | None = None) -> Inspection: ...
 
 
 class NoDetector:
     """The detector used when threat detection is switched off."""
 
-    def inspect(self, obs: Observation) -> Inspection:
+    def inspect(self, obs: Observation, body: DecodedBody | None = None) -> Inspection:
         return Inspection()

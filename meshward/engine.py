@@ -115,10 +115,10 @@ class Engine:
         """Score one Observation; in learn mode (and with `learn`) extend the allowlist."""
         mode = mode or self.mode_of(obs.destination.namespace)
         self.counters["evaluated"] += 1
-        found = self.detector.inspect(obs)
+        f = scoring.features(obs, self.config.max_body)
+        found = self.detector.inspect(obs, f.body)
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
-        f = scoring.features(obs, self.config.max_body)
         if mode == "learn":
             reasons: list[str] = []
             rule_name = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import time
@@ -38,7 +39,7 @@ from tap.envoy.join import Joiner
 log = logging.getLogger("meshward.serve")
 
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", authz_service.MAX_MESSAGE),
+    ("grpc.max_receive_message_length", authz_service.GRPC_MAX_MESSAGE),
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -183,6 +184,14 @@ class Server:
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Listen on all three ports, or on none: a failure stops what had started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         from meshward.api import build_app  # the API module imports nothing from here
 
         host = self.config.listen_host
@@ -216,9 +225,12 @@ class Server:
              reflection.SERVICE_NAME),
             server,
         )
-        bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+        try:
+            bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+            raise OSError(f"cannot listen on {host}:{port} (in use or not a local address)")
         await server.start()
         for name in ("", service):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -294,6 +306,10 @@ async def serve_forever(config: ServeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    # everything built so far (detectors, loaded allowlists) lives as long as the process: keep
+    # it out of the collector's full passes, which otherwise walk it again and again under load
+    gc.collect()
+    gc.freeze()
     try:
         await stop.wait()
     finally:

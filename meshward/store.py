@@ -380,3 +380,43 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ReadOnlyStore:
+    """A view for dry runs (`meshward score`): reads go to `inner`, learning and alerts are
+    dropped, a mode change is refused. The live alert history stays the live traffic's."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def load_profiles(self) -> dict[str, dict[str, Any]]:
+        return self.inner.load_profiles()
+
+    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    def delete_profile(self, destination: str) -> None:
+        pass
+
+    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    def modes(self) -> dict[str, str]:
+        return self.inner.modes()
+
+    def set_mode(self, namespace: str, mode: str) -> None:
+        raise StoreError("this store is opened read-only")
+
+    def modes_version(self) -> int:
+        return self.inner.modes_version()
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        pass
+
+    def alerts(
+        self, limit: int = 100, namespace: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        return self.inner.alerts(limit, namespace, since)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -27,7 +27,9 @@ API:
         r = cli.run(["ping", "-c1", srv.ip], timeout=5)               # CompletedProcess
         srv.wait_port(8080)            # poll until something listens on srv.ip:8080 (TCP)
         node.run([...]); node.popen([...])   # same helpers inside the node (bridge) namespace
-        node.bridge                    # "br0", the interface that sees all pod-to-pod traffic
+        node.bridge                    # "br0": sees only traffic to/from the node address (.1)
+        srv.veth                       # "vp0": the pod's veth end in the node namespace; it
+                                       # sees all of that pod's traffic (a host-side interface)
     # on exit (also on exceptions): every process started by popen() is killed (its whole
     # process group), then every process still inside the namespaces (`ip netns pids`), then
     # the namespaces are deleted.

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     r.add_argument("--tap-port", type=int, default=9192)
     r.add_argument("--body-limit", type=int, default=8192)
     r.add_argument(
+        "--no-outbound-tap",
+        action="store_true",
+        help="tap inbound traffic only (default: also the callers' outbound side, for the "
+        "both-ends join)",
+    )
+    r.add_argument(
         "--mesh-config",
         metavar="FILE",
         help="write the meshConfig fragment to FILE instead of stdout",
@@ -59,6 +65,7 @@ def render(args: argparse.Namespace) -> int:
             tap_port=args.tap_port,
             workload=args.workload,
             body_limit=args.body_limit,
+            outbound_tap=not args.no_outbound_tap,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -25,18 +25,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "one event loop sharing one engine. Flags override MESHWARD_* environment variables.",
     )
     p.add_argument("--db", help="SQLite store path (env MESHWARD_DB, default ./meshward.db)")
-    p.add_argument("--listen-host", help="address to listen on (env MESHWARD_LISTEN_HOST, "
-                   "default 0.0.0.0)")
-    p.add_argument("--authz-port", type=int, help="ext_authz gRPC port (env "
-                   "MESHWARD_AUTHZ_PORT, default 9191)")
-    p.add_argument("--tap-port", type=int, help="ext_proc tap gRPC port (env MESHWARD_TAP_PORT, "
-                   "default 9192)")
-    p.add_argument("--http-port", type=int, help="HTTP API port (env MESHWARD_HTTP_PORT, "
-                   "default 9193)")
-    p.add_argument("--tap-max-body", type=int, default=64 * 1024,
-                   help="request body bytes kept per tap stream (default 65536)")
-    p.add_argument("--tap-stream-timeout", type=float, default=30.0,
-                   help="seconds before an unfinished tap stream expires (default 30)")
+    p.add_argument(
+        "--listen-host", help="address to listen on (env MESHWARD_LISTEN_HOST, default 0.0.0.0)"
+    )
+    p.add_argument(
+        "--authz-port", type=int, help="ext_authz gRPC port (env MESHWARD_AUTHZ_PORT, default 9191)"
+    )
+    p.add_argument(
+        "--tap-port", type=int, help="ext_proc tap gRPC port (env MESHWARD_TAP_PORT, default 9192)"
+    )
+    p.add_argument(
+        "--http-port", type=int, help="HTTP API port (env MESHWARD_HTTP_PORT, default 9193)"
+    )
+    p.add_argument(
+        "--tap-max-body",
+        type=int,
+        default=64 * 1024,
+        help="request body bytes kept per tap stream (default 65536)",
+    )
+    p.add_argument(
+        "--tap-stream-timeout",
+        type=float,
+        default=30.0,
+        help="seconds before an unfinished tap stream expires (default 30)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -45,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from meshward import log
     from meshward.serve import ServeConfig
     from meshward.serve import run as serve
+    from meshward.store import StoreError
     from tap.envoy.assemble import Limits
 
     try:
@@ -54,11 +67,14 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         db=args.db or os.environ.get("MESHWARD_DB") or "./meshward.db",
         listen_host=args.listen_host or os.environ.get("MESHWARD_LISTEN_HOST") or "0.0.0.0",
-        authz_port=args.authz_port if args.authz_port is not None
+        authz_port=args.authz_port
+        if args.authz_port is not None
         else _env_port("MESHWARD_AUTHZ_PORT", 9191),
-        tap_port=args.tap_port if args.tap_port is not None
+        tap_port=args.tap_port
+        if args.tap_port is not None
         else _env_port("MESHWARD_TAP_PORT", 9192),
-        http_port=args.http_port if args.http_port is not None
+        http_port=args.http_port
+        if args.http_port is not None
         else _env_port("MESHWARD_HTTP_PORT", 9193),
         tap_limits=Limits(max_body=args.tap_max_body),
         tap_stream_timeout=args.tap_stream_timeout,
@@ -70,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tap-max-body must be >= 0 and --tap-stream-timeout > 0")
     try:
         serve(config)
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         raise UsageError(f"cannot serve: {exc}") from None
     return 0

@@ -1,16 +1,18 @@
 """Offline inputs of `meshward learn` and `meshward score`: HAR 1.2 files and Envoy tap traces.
 
-`read_observations(paths)` detects each file's format by its content and yields, in input order,
+`read_observations(paths)` detects each file's format by its content (gzip-compressed files too)
+and yields, in input order,
 Observations (seen_by="file") and EntryErrors for what could not be read, so a command can report
 and count bad entries and go on.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
-from typing import IO
 
 import ijson
 
@@ -36,6 +38,7 @@ __all__ = [
 
 SNIFF = 1 << 16
 _BOM = b"\xef\xbb\xbf"
+_GZIP = b"\x1f\x8b"
 
 Progress = Callable[[int], None]  # called with the number of input bytes consumed since last call
 
@@ -57,14 +60,37 @@ def _first_key(prefix: bytes, whole: bool) -> str | None:
     return None
 
 
+def _lines_kind(head: bytes, whole: bool) -> str | None:
+    """'tap-lines' / 'har' when one of the first complete lines is a JSON object on its own."""
+    lines = head.split(b"\n")
+    if not whole:
+        lines = lines[:-1]  # the last one may be cut by the prefix
+    for line in [ln for ln in lines if ln.strip()][:5]:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj:
+            key = next(iter(obj))
+            if is_trace_key(key):
+                return "tap-lines"
+            if key == "log":
+                return "har"
+    return None
+
+
 def detect_format(prefix: bytes) -> str:
     """'har', 'tap-lines' or 'tap' from the first bytes of a file; ValueError if neither."""
     head = prefix.removeprefix(_BOM).lstrip()
+    whole = len(prefix) < SNIFF
     if not head:
         raise ValueError("empty file")
     if not head.startswith(b"{"):
         raise ValueError("not a JSON object: expected a HAR file or Envoy tap traces")
-    key = _first_key(head, whole=len(prefix) < SNIFF)
+    kind = _lines_kind(head, whole)  # JSON Lines, even when the first line is broken
+    if kind is not None:
+        return kind
+    key = _first_key(head, whole)
     if key == "log" or (key is None and b'"log"' in head):
         return "har"
     if key is None or not is_trace_key(key):
@@ -72,18 +98,18 @@ def detect_format(prefix: bytes) -> str:
         raise ValueError(
             f"neither a HAR file (log.entries) nor an Envoy tap TraceWrapper ({shown})"
         )
-    first_line = head.split(b"\n", 1)[0]
-    if len(first_line) < len(head) or len(head) < SNIFF:
-        try:
-            if isinstance(json.loads(first_line), dict):
-                return "tap-lines"
-        except ValueError:
-            pass
     return "tap"
 
 
-def _read_file(path: str, f: IO[bytes]) -> Iterator[Item]:
-    prefix = f.peek(SNIFF)[:SNIFF] if isinstance(f, io.BufferedReader) else b""
+def _read_file(path: str, raw: io.BufferedReader) -> Iterator[Item]:
+    f: io.BufferedReader = raw
+    if raw.peek(2)[:2] == _GZIP:  # .har.gz, compressed tap dumps: decompressed as streamed
+        f = io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), SNIFF)
+    try:
+        prefix = f.peek(SNIFF)[:SNIFF]
+    except (OSError, EOFError, zlib.error) as exc:
+        yield EntryError(path, None, f"unreadable gzip data: {exc}")
+        return
     try:
         kind = detect_format(prefix)
     except ValueError as exc:
@@ -118,7 +144,7 @@ def read_observations(paths: list[str], progress: Progress | None = None) -> Ite
                     progress(pos - done)
                     done = pos
                 yield item
-        except OSError as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             yield EntryError(path, None, f"read error, rest of file skipped: {json_error(exc)}")
         finally:
             if progress is not None and not f.closed and (pos := f.tell()) > done:

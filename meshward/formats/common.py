@@ -61,6 +61,8 @@ def split_authority(authority: str) -> tuple[str, int]:
 
 
 def is_ip(text: str) -> bool:
+    if not text or not (text[0].isdigit() or ":" in text):  # cheap no for host names
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -6,10 +6,10 @@ never held whole). Field names in proto spelling (`http_buffered_trace`, as Envo
 lowerCamelCase (`httpBufferedTrace`, protobuf's default JSON). Bodies as `as_bytes` (base64,
 formats JSON_BODY_AS_BYTES) or `as_string` (JSON_BODY_AS_STRING), with their `truncated` flag.
 
-`http_buffered_trace` is the main form. `http_streamed_trace_segment`s in a file are put back
-together by `trace_id` and emitted at the end of the file (a streamed trace has no end marker), at
-most MAX_PENDING_STREAMS open at once. Socket traces carry no HTTP exchange and are reported as
-unsupported.
+`http_buffered_trace` is the main form. `http_streamed_trace_segment`s are put back together by
+`trace_id` (StreamAssembler: a request is complete when its response headers arrive; the rest at
+the end of the file), at most MAX_PENDING_STREAMS open at once. Socket traces carry no HTTP
+exchange and are reported as unsupported.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -225,35 +226,57 @@ def _not_buffered(obj: dict[str, Any]) -> str:
 
 
 class StreamAssembler:
-    """Puts `http_streamed_trace_segment`s back together by trace_id (bounded)."""
+    """Puts `http_streamed_trace_segment`s back together by trace_id, within bounds.
+
+    A trace is emitted when its response headers arrive (the request, body included, is
+    complete by then; later segments of it are ignored), else when `finish()` is called, else
+    when more than MAX_PENDING_STREAMS are open (the oldest goes). Works for files and for
+    Envoy's live admin /tap stream alike.
+    """
 
     def __init__(self, seen_by: SeenBy = "file") -> None:
         self.seen_by = seen_by
         self._open: dict[str, _Exchange] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()  # recently emitted trace ids
+        self.dropped = 0  # evicted traces that could not become an Observation
 
     def add(self, segment: dict[str, Any]) -> list[Observation]:
-        """Absorb one segment; returns Observations of traces evicted to stay bounded."""
+        """Absorb one segment; returns the Observations it completed (usually none or one)."""
         tid = str(_get(segment, "trace_id") or "")
+        if tid in self._done:
+            return []
         x = self._open.get(tid)
         if x is None:
             x = self._open[tid] = _Exchange()
         if (h := _get(segment, "request_headers")) is not None:
             x.request_headers = h
-        if (h := _get(segment, "response_headers")) is not None:
-            x.response_headers = h
         if (c := _get(segment, "connection")) is not None:
             x.connection = c
         chunk = _get(segment, "request_body_chunk")
         if chunk is not None:
             data, truncated = _body(chunk, "request_body_chunk")
-            room = MAX_STREAM_BODY - len(x.request_body)
-            x.request_body += data[: max(room, 0)]
+            room = max(MAX_STREAM_BODY - len(x.request_body), 0)
+            x.request_body += data[:room]
             x.request_truncated |= truncated or len(data) > room
         out: list[Observation] = []
+        if (h := _get(segment, "response_headers")) is not None:
+            x.response_headers = h
+            if x.request_headers is not None:
+                del self._open[tid]
+                self._remember(tid)
+                out.append(_observation(x, self.seen_by))
         while len(self._open) > MAX_PENDING_STREAMS:
             old = next(iter(self._open))
-            out.append(_observation(self._open.pop(old), self.seen_by))
+            try:
+                out.append(_observation(self._open.pop(old), self.seen_by))
+            except BAD_VALUE:
+                self.dropped += 1
         return out
+
+    def _remember(self, tid: str) -> None:
+        self._done[tid] = None
+        if len(self._done) > MAX_PENDING_STREAMS:
+            self._done.popitem(last=False)
 
     def finish(self) -> Iterator[tuple[str, Observation | ValueError]]:
         """Every trace still open, in order of first segment: (trace_id, Observation or error)."""

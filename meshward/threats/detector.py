@@ -17,13 +17,13 @@ import ipaddress
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from itertools import accumulate
 
 from meshward.bodies import DecodedBody, body_kind, decode_body, parse_query
 from meshward.detect import Inspection
 from meshward.observation import Observation, Threat
 from meshward.threats import injection
-from meshward.threats.normalise import alternate, decode, evidence
+from meshward.threats.normalise import alternate, decode, evidence, fold
 from meshward.threats.signatures import (
     CRLF,
     JAVA,
@@ -49,27 +49,28 @@ SKIP_HEADERS = frozenset(
     }
 )
 NOSQL_OPERATORS = frozenset(
-    "$ne $eq $gt $gte $lt $lte $in $nin $regex $where $exists $or $and $not $nor $expr "
-    "$elemmatch $function $accumulator $eval $type $size $all $mod $text $jsonschema".split()
+    ("$ne", "$eq", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$where", "$exists",
+     "$or", "$and", "$not", "$nor", "$expr", "$elemmatch", "$function", "$accumulator", "$eval",
+     "$type", "$size", "$all", "$mod", "$text", "$jsonschema")
 )
 METADATA_IPS = frozenset(
     {"169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192"}
 )  # AWS/GCP/Azure/OpenStack, AWS ECS, Alibaba, Oracle
 TRANSFER_CODINGS = frozenset({"chunked", "gzip", "deflate", "compress", "identity", "x-gzip"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9a-z-]+\Z|:[a-z]+\Z")
-_IPV4_TOKEN = re.compile(r"(?<![\w.])((?:0x[0-9a-f]{1,8}|\d{1,12})(?:\.(?:0x[0-9a-f]{1,8}|\d{1,12})){0,3})(?![\w])")
+_BAD_NAME = re.compile(r"[^!#$%&'*+.^`|~0-9a-z\n:-]")
+_IPV4_TOKEN = re.compile(
+    r"(?<![\w.])((?:0x[0-9a-f]{1,8}|\d{1,12})(?:\.(?:0x[0-9a-f]{1,8}|\d{1,12})){0,3})(?![\w])"
+)
 _IPV6_MAPPED = re.compile(r"[0-9a-f:]{0,30}:ffff:[0-9a-f.:]{3,20}")
 _SSRF_HINT = re.compile(r"169|0x|2852039166|0251|25177524776|ffff|100\.|192\.0\.0")
 _JAVA_MAGIC = b"\xac\xed\x00\x05"
-_JSON_PREFILTER = bytes.maketrans(b'"', b" ")  # structural quotes are not suspicious
+# JSON quotes are structure, not payload: as newlines they start a line per string, so that
+# value-anchored signatures (^...$, multiline) see each string on its own.
+_JSON_PREFILTER = bytes.maketrans(b'"', b"\n")
 
 
-@dataclass(slots=True)
-class _Part:
-    """One segment of the pre-filter buffer: what it is and where its fields come from."""
-
-    kind: str  # path | query | header | body
-    name: str = ""  # header name
+_Part = tuple[str, str]  # (kind: path | query | header, header name)
 
 
 class ThreatDetector:
@@ -80,6 +81,8 @@ class ThreatDetector:
     max_value_bytes: bytes of one field value inspected.
     max_fields: query parameters, cookies and body fields inspected per request.
     max_threats: findings reported per request (the rest are dropped, counted in `dropped`).
+    prefilter: False inspects every part in detail (slow; tests use it to check that the
+        pre-filter never hides a finding).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class ThreatDetector:
         max_value_bytes: int = 16 * 1024,
         max_fields: int = 1024,
         max_threats: int = 32,
+        prefilter: bool = True,
     ) -> None:
         if level not in (1, 2, 3):
             raise ValueError(f"sensitivity level must be 1, 2 or 3, not {level!r}")
@@ -97,28 +101,35 @@ class ThreatDetector:
         self.max_value_bytes = max_value_bytes
         self.max_fields = max_fields
         self.max_threats = max_threats
+        self.use_prefilter = prefilter
         self.sigs = signature_set(level)
         self.dropped = 0  # findings beyond max_threats (approximate under threads)
 
     # ---- entry point
 
-    def inspect(self, obs: Observation) -> Inspection:
+    def inspect(self, obs: Observation, body: DecodedBody | None = None) -> Inspection:
+        """Threats in every part of obs. `body`: the body as the caller already decoded it
+        (the engine decodes once per request); without it the body is decoded here, and only
+        when the pre-filter flags it."""
         found = _Findings(self.max_threats)
         partial = self._framing(obs, found)
-        body = obs.body
-        if len(body) > self.max_scan_bytes:
-            body, partial = body[: self.max_scan_bytes], True
+        raw = obs.body
+        if len(raw) > self.max_scan_bytes:
+            raw, partial = raw[: self.max_scan_bytes], True
         if obs.body_truncated or (obs.body_size is not None and obs.body_size > len(obs.body)):
             partial = True
         content_type = obs.header("content-type")
         kind = body_kind(content_type)
 
         parts, texts = self._parts(obs)
-        flagged = self._prefilter(parts, texts, body, kind)
+        if self.use_prefilter:
+            flagged = self._prefilter(parts, texts, raw, kind)
+        else:
+            flagged = set(range(len(parts) + 1 if raw else len(parts)))
         for i in sorted(flagged):
             if i < len(parts):
                 self._detail(parts[i], texts[i], obs, found)
-            elif self._body(content_type, body, found):
+            elif self._body(content_type, raw, body, found):
                 partial = True
         self.dropped += found.dropped
         return Inspection(found.threats, partial)
@@ -126,14 +137,14 @@ class ThreatDetector:
     # ---- pass 1
 
     def _parts(self, obs: Observation) -> tuple[list[_Part], list[str]]:
-        parts = [_Part("path")]
+        parts: list[_Part] = [("path", "")]
         texts = [obs.path]
         if obs.query:
-            parts.append(_Part("query"))
-            texts.append(obs.query.replace("+", " "))
+            parts.append(("query", ""))
+            texts.append(_query_lines(obs.query))
         for name, value in obs.headers:
-            if name not in SKIP_HEADERS and value and not name.startswith("x-envoy-"):
-                parts.append(_Part("header", name))
+            if value and name not in SKIP_HEADERS and not name.startswith("x-envoy-"):
+                parts.append(("header", name))
                 texts.append(value)
         return parts, texts
 
@@ -147,13 +158,6 @@ class ThreatDetector:
             encoded = [t.encode("utf-8", "surrogateescape") for t in texts]
             raw = b"\n".join(encoded)
             starts = _starts([len(t) for t in encoded])
-        if body:
-            starts.append(len(raw) + 1)
-            if kind == "json" or (not kind and body[:1] in (b"{", b"[")):
-                body = body.translate(_JSON_PREFILTER)
-            elif kind == "form":
-                body = body.replace(b"+", b" ")
-            raw = raw + b"\n" + body
         flagged: set[int] = set()
         total = len(starts)
 
@@ -161,37 +165,50 @@ class ThreatDetector:
             flagged.add(bisect.bisect_right(starts, max(end - 1, 0)) - 1)
             return len(flagged) >= total or None
 
+        json_body = kind == "json" or (not kind and body[:1] in (b"{", b"["))
+        if body and not json_body:
+            starts.append(len(raw) + 1)
+            total += 1
+            raw = raw + b"\n" + (body.replace(b"+", b" ") if kind == "form" else body)
         self.sigs.prefilter(raw, on_match)
+        if body and json_body and self.sigs.suspicious(
+            body.translate(_JSON_PREFILTER), json=True
+        ):
+            flagged.add(len(parts))
         return flagged
 
     # ---- pass 2
 
     def _detail(self, part: _Part, text: str, obs: Observation, found: _Findings) -> None:
-        if part.kind == "path":
+        kind, name = part
+        if kind == "path":
             self._value(obs.path, "path", found)
-        elif part.kind == "query":
+        elif kind == "query":
             pairs, _ = parse_query(obs.query, self.max_fields)
-            for name, value in pairs:
-                loc = f"query:{name}"
-                self._value(name, loc, found)
+            for pname, value in pairs:
+                loc = f"query:{pname}"
+                self._value(pname, loc, found)
                 self._value(value, loc, found)
-        elif part.name == "cookie":
+        elif name == "cookie":
             for n, piece in enumerate(text.split(";")):
                 if n >= self.max_fields:
                     break
-                name, sep, value = piece.strip().partition("=")
-                loc = f"header:cookie:{name}" if sep else "header:cookie"
-                self._value(value if sep else name, loc, found)
+                cname, sep, value = piece.strip().partition("=")
+                loc = f"header:cookie:{cname}" if sep else "header:cookie"
+                self._value(value if sep else cname, loc, found)
         else:
-            self._value(text, f"header:{part.name}", found)
+            self._value(text, f"header:{name}", found)
 
-    def _body(self, content_type: str, body: bytes, found: _Findings) -> bool:
+    def _body(
+        self, content_type: str, body: bytes, decoded: DecodedBody | None, found: _Findings
+    ) -> bool:
         """Inspect the body's fields; returns True when limits left some of it uninspected."""
         if _JAVA_MAGIC in body:
             found.add(JAVA, "body", "aced0005 (Java serialization stream)")
-        decoded = decode_body(
-            content_type, body, max_bytes=self.max_scan_bytes, max_fields=self.max_fields
-        )
+        if decoded is None:
+            decoded = decode_body(
+                content_type, body, max_bytes=self.max_scan_bytes, max_fields=self.max_fields
+            )
         if decoded.kind in ("json", "form", "multipart", "xml"):
             self._fields(decoded, found)
         if decoded.kind in ("xml", "text", "binary", "invalid") or (
@@ -217,17 +234,20 @@ class ThreatDetector:
         if not value or found.full:
             return
         value = value[: self.max_value_bytes]
-        decoded = decode(value)
+        if self.use_prefilter and not self.sigs.suspicious(value.encode("utf-8", "replace")):
+            return
+        decoded = fold(decode(value))
         norm = decoded.lower()
         alt = alternate(norm)
-        data = (norm + "\n" + alt if alt else norm).encode("utf-8", "replace")
         names: set[str] = set()
-        for sid, end in self.sigs.scan(data):
-            name = self.sigs.signatures[sid].name
-            if name not in names:
-                names.add(name)
-                frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
-                found.add(name, location, frag)
+        for text in (norm, alt) if alt else (norm,):
+            data = text.encode("utf-8", "replace")
+            for sid, end in self.sigs.scan(data):
+                name = self.sigs.signatures[sid].name
+                if name not in names:
+                    names.add(name)
+                    frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
+                    found.add(name, location, frag)
         if SQLI not in names and injection.is_sqli(decoded, self.level):
             found.add(SQLI, location, decoded)
         if XSS not in names and injection.is_xss(decoded, self.level):
@@ -240,17 +260,27 @@ class ThreatDetector:
     # ---- framing
 
     def _framing(self, obs: Observation, found: _Findings) -> bool:
-        """Request smuggling and negative length checks on headers and the declared size."""
-        lengths: list[str] = []
-        codings: list[str] = []
-        for name, value in obs.headers:
-            if name in ("content-length", "transfer-encoding"):
-                (lengths if name == "content-length" else codings).append(value)
-            elif not _HEADER_NAME.match(name):
-                if _looks_like_framing(name):
-                    found.add(SMUGGLING, f"header:{name}", f"obfuscated header name {name!r}")
+        """Request smuggling, negative length and header injection, from headers and the
+        declared size. Common case: two set lookups and two joins."""
         if obs.body_size is not None and obs.body_size < 0:
             found.add(NEGATIVE_LENGTH, "header:content-length", str(obs.body_size))
+        names = "\n".join([n for n, _ in obs.headers])
+        if "content-length" in names or "transfer-encoding" in names:
+            self._framing_headers(obs, found)
+        if _BAD_NAME.search(names):
+            for name, _ in obs.headers:
+                if not _HEADER_NAME.match(name) and _looks_like_framing(name):
+                    found.add(SMUGGLING, f"header:{name}", f"obfuscated header name {name!r}")
+        values = "".join([v for _, v in obs.headers])
+        if "\r" in values or "\n" in values:
+            for name, value in obs.headers:
+                if ("\r" in value or "\n" in value) and not name.startswith(":"):
+                    found.add(CRLF, f"header:{name}", value)
+        return False
+
+    def _framing_headers(self, obs: Observation, found: _Findings) -> None:
+        lengths = [v for n, v in obs.headers if n == "content-length"]
+        codings = [v for n, v in obs.headers if n == "transfer-encoding"]
         for value in lengths:
             v = value.strip()
             if v.startswith("-") and v[1:].strip().isdigit():
@@ -278,10 +308,6 @@ class ThreatDetector:
                 or obs.protocol in ("h2", "http/2", "grpc")
             ):
                 found.add(SMUGGLING, "header:transfer-encoding", f"transfer-encoding: {value!r}")
-        for name, value in obs.headers:
-            if ("\r" in value or "\n" in value) and not name.startswith(":"):
-                found.add(CRLF, f"header:{name}", value)
-        return False
 
 
 class _Findings:
@@ -338,6 +364,13 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
     return ""
 
 
+def _query_lines(query: str) -> str:
+    """The query for the pre-filter: one parameter per line, then again with each value on a
+    line of its own (so value-anchored signatures see it), `+` as space."""
+    lines = query.replace("+", " ").replace("&", "\n")
+    return lines + "\n" + lines.replace("=", "\n") if "=" in lines else lines
+
+
 def _looks_like_framing(name: str) -> bool:
     squeezed = re.sub(r"[^a-z]", "", name.lower())
     return squeezed in ("contentlength", "transferencoding")
@@ -350,11 +383,8 @@ def _body_location(path: str, named: bool) -> str:
 
 
 def _starts(lengths: list[int]) -> list[int]:
-    out, pos = [], 0
-    for n in lengths:
-        out.append(pos)
-        pos += n + 1
-    return out
+    """Start offsets of parts joined with one separator byte."""
+    return [0, *accumulate(n + 1 for n in lengths[:-1])]
 
 
 _SETS: dict[int, SignatureSet] = {}

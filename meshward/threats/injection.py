@@ -1,7 +1,8 @@
 """libinjection's SQL and HTML5 tokenisers, called only where they can say something.
 
 A libinjection call costs 2-4 µs from Python (it returns its token vector), so each is gated by a
-cheap regex over characters the tokeniser needs to find an injection at all.
+cheap regex over what the tokeniser needs to find an injection at all. The gates are also
+pre-filter indicators (signatures.py), so the pre-filter never hides a libinjection finding.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import re
 
 import libinjection
 
-# SQLi needs a string break, a comment, a statement break or an operator word to succeed.
-_SQL_GATE = re.compile(r"['\"`#;]|--|/\*|\b(?:or|and|xor|union|select|having|order|exec|div)\b")
-# XSS needs markup or an attribute context.
-_XSS_GATE = re.compile(r"<|\bon[a-z]{3,30}\s*=|script\s*:|\bstyle\s*=")
+from meshward.threats.signatures import SQL_GATE, XSS_GATE
+
+_SQL_GATE = re.compile(SQL_GATE, re.IGNORECASE | re.MULTILINE)
+_XSS_GATE = re.compile(XSS_GATE, re.IGNORECASE | re.MULTILINE)
 MAX_LEN = 4096  # libinjection is linear; this keeps one call bounded
 
 

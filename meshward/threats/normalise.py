@@ -13,7 +13,8 @@ MAX_ROUNDS = 4  # repeated decoding (double, triple encoding) stops here even if
 
 _PERCENT = re.compile(rb"%(?:u([0-9a-fA-F]{4})|([0-9a-fA-F]{2}))")
 _OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]")
-_BACKSLASH = re.compile(r"\\(?:u\{?([0-9a-fA-F]{4})\}?|x([0-9a-fA-F]{2}))")
+_BACKSLASH = re.compile(r"\\(?:u\{?([0-9a-fA-F]{4})\}?|x([0-9a-fA-F]{2})|([nrt0]))")
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\x00"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # SQL inline comments used as whitespace; MySQL executable comments keep their content.
 _SQL_COMMENT = re.compile(r"/\*!?\d{0,6}|\*/")
@@ -22,8 +23,12 @@ _SPACE = re.compile(r"\s+")
 _SLASHES = re.compile(r"[/\\]+(?:\.[/\\]+)*")
 # Log4j lookups that resolve to their default text: ${lower:j}, ${::-j}, ${env:X:-j}, ${upper:J}
 _LOG4J = re.compile(r"\$\{(?:lower|upper|::-|[a-z]{1,10}:[^:{}]{0,40}:-)([^{}$]{0,20})\}")
-# fullwidth ASCII (U+FF01..U+FF5E) folds to ASCII, as Unicode-normalising backends do
-_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+# Look-alikes that Unicode-normalising or best-fit-mapping backends turn into ASCII: fullwidth
+# forms (U+FF01..U+FF5E) and the slashes and dots used in traversal. U+FFFD (what invalid bytes
+# decode to) is dropped, as decoders that skip invalid sequences do.
+_FOLD: dict[int, int | None] = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_FOLD.update({0x2215: 0x2F, 0x2044: 0x2F, 0x29F8: 0x2F, 0x2216: 0x5C, 0xFE68: 0x5C,
+              0x29F9: 0x5C, 0x2024: 0x2E, 0xFE52: 0x2E, 0xFFFD: None})
 _CONTROL_ESCAPE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -56,6 +61,8 @@ def url_decode(text: str, *, plus_as_space: bool = False) -> str:
 
 
 def _backslash(m: re.Match[str]) -> str:
+    if m.group(3):
+        return _ESCAPES[m.group(3)]
     return chr(int(m.group(1) or m.group(2), 16))
 
 
@@ -75,12 +82,16 @@ def decode(text: str, *, plus_as_space: bool = False) -> str:
 
 def normalise(text: str, *, plus_as_space: bool = False) -> str:
     """Decoded, NUL- and control-stripped, fullwidth-folded, lower-cased text."""
-    text = decode(text, plus_as_space=plus_as_space)
+    return fold(decode(text, plus_as_space=plus_as_space)).lower()
+
+
+def fold(text: str) -> str:
+    """Look-alike characters folded to ASCII, NUL and control characters stripped."""
     if not text.isascii():
-        text = text.translate(_FULLWIDTH)
+        text = text.translate(_FOLD)
     if _CONTROL.search(text):
         text = _CONTROL.sub("", text)
-    return text.lower()
+    return text
 
 
 def alternate(norm: str) -> str:

@@ -11,6 +11,7 @@ and every repeat is bounded, so matching is linear in the input.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,13 +42,21 @@ THREAT_NAMES = (
 # Shell commands an injected command typically starts with (after a metacharacter).
 _COMMANDS = (
     r"(?:/?(?:usr/)?(?:local/)?s?bin/)?(?:id|whoami|uname|cat|ls|ping|nc|ncat|netcat|curl|wget|"
-    r"bash|sh|zsh|ksh|dash|python[23]?|perl|ruby|php|nslookup|dig|host|sleep|echo|ifconfig|"
-    r"ipconfig|netstat|systeminfo|ps|kill|rm|chmod|chown|touch|telnet|tftp|ftp|powershell|"
-    r"pwsh|cmd|certutil|bitsadmin|tasklist|ver|xterm|awk|sed|find|head|tail|env|export|passwd|"
-    r"crontab|nohup|base64|xxd|timeout|pwd|dir|type|net|reg|wmic|hostname|which|whereis|"
-    r"mkfifo|socat|ssh|scp|tar|gzip|uptime|mail|sudo|su|shutdown|reboot|eval|exec|set|"
-    r"cp|mv|more|less|grep|expr|test|true|false|del|copy|start|print|at|useradd|who|w|last)"
+    r"bash|sh|zsh|ksh|dash|python[23]?|perl|ruby|php|nslookup|dig|sleep|echo|ifconfig|"
+    r"ipconfig|netstat|systeminfo|sysinfo|ps|rm|chmod|chown|telnet|tftp|ftp|powershell|"
+    r"pwsh|cmd|certutil|bitsadmin|tasklist|ver|xterm|awk|sed|base64|xxd|timeout|pwd|dir|"
+    r"net|netsh|reg|wmic|hostname|which|whereis|mkfifo|socat|ssh|scp|tar|uptime|sudo|su|"
+    r"shutdown|reboot|useradd|grep|nohup|crontab|passwd|kill|touch|export|env|type|del)"
 )
+# Recon and shell commands that are not ordinary words: a value starting with one, with
+# arguments, is a command line.
+_STRONG_COMMANDS = (
+    r"(?:ls|cat|uname|whoami|ifconfig|ipconfig|netstat|nc|ncat|netcat|wget|curl|bash|zsh|ksh|"
+    r"python[23]?|perl|ruby|nslookup|ping|systeminfo|sysinfo|netsh|powershell|pwsh|certutil|"
+    r"bitsadmin|tasklist|wmic|chmod|chown|telnet|tftp|nohup|crontab|xterm|mkfifo|socat|id|"
+    r"getent|lsof|sleep|pwd)"
+)
+_BARE_COMMANDS = r"(?:whoami|ifconfig|ipconfig|netstat|systeminfo|sysinfo|tasklist|uname|wmic)"
 _CMD_END = r"(?:$|[\s;&|`)<>'\"]|\$\{?ifs)"
 _NOSQL_OPS = (
     r"(?:ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|or|and|not|nor|expr|elemmatch|"
@@ -64,6 +73,9 @@ class Signature:
     name: str  # threat name
     level: int  # 1..3
     pattern: str  # regex over normalised (lower-case) text
+    # False: left out of the pre-filter of raw JSON bodies, whose quotes become newlines there
+    # (a newline-anchored signature would match every JSON string); JSON escapes cover it.
+    in_json_prefilter: bool = True
 
 
 S = Signature
@@ -88,11 +100,15 @@ SIGNATURES: tuple[Signature, ...] = (
                r"limit|rlike|regexp|div|is|not|in|between|sounds|collate|order|group|into)\b|"
                r"\|\||&&|;|--|#|/\*)"),
     S(SQLI, 1, r"['\"]\s{0,20}[=<>]\s{0,20}['\"]"),
-    S(SQLI, 1, r"\b(?:or|and|xor|having|where|when)\s{1,20}\(?\s{0,20}['\"]?[\w.@-]{1,40}['\"]?"
-               r"\s{0,20}(?:=|<|>|!=|<>|\blike\b|\bis\b|\bbetween\b|\brlike\b|\bin\s{0,5}\()"),
-    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:true|false|null|\d{1,20}|"
-               r"sleep|benchmark|exists|ascii|substring|char|if|case|select|elt|updatexml|"
-               r"extractvalue)\b"),
+    S(SQLI, 1, r"\b(?:or|and|xor|having|where|when)\s{1,20}\(?\s{0,20}(?:\d{1,20}|'[^'\n]{0,40}'|"
+               r"\"[^\"\n]{0,40}\")\s{0,20}(?:=|<|>|!=|<>|\blike\b|\bis\b|\bbetween\b|\brlike\b|"
+               r"\bin\s{0,5}\()"),
+    S(SQLI, 1, r"\b(?:or|and|xor|having|where)\s{1,20}\(?\s{0,20}[a-z_][\w.@-]{0,40}\s{0,20}"
+               r"(?:=|!=|<>|\blike\b|\brlike\b)\s{0,20}[\w'\"(@]"),
+    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:true|false|null|sleep|"
+               r"benchmark|exists|ascii|substring|elt|updatexml|extractvalue)\b"),
+    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}\d{1,20}\s{0,5}(?:$|--|#|/\*|;|\)|[=<>!]|"
+               r"\b(?:and|or|is|like|between)\b)"),
     S(SQLI, 1, r"\b(?:order|group)\s{1,20}by\s{1,20}(?:\d|if\b|case\b|sleep\b|\(|\w{1,40}\s{0,5}"
                r"(?:--|#|/\*|;|asc\b|desc\b))"),
     S(SQLI, 1, r"\bhaving\s{1,20}\d"),
@@ -147,19 +163,20 @@ SIGNATURES: tuple[Signature, ...] = (
     S(XSS, 3, r"<[a-z/!?]"),
     # --- Path traversal, local file inclusion, sensitive files
     S(TRAVERSAL, 1, r"(?:\.|0x2e){2}(?:[/\\]|0x2f|0x5c)"),
-    S(TRAVERSAL, 1, r"(?:[/\\]|0x2f|0x5c)(?:\.|0x2e){2}(?:$|[;?#\x00])"),
+    S(TRAVERSAL, 1, r"(?:^|[/\\]|0x2f|0x5c)(?:\.|0x2e){2}(?:$|[^\w\s.,!?)'\"])|0x2e0x2e"),
     S(TRAVERSAL, 1, r"/etc/(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|"
                     r"master\.passwd|security|ssh|apache2?|httpd|nginx|mysql|fstab|profile|"
                     r"environment|resolv\.conf|hostname|inittab|network|php)"),
     S(TRAVERSAL, 1, r"/proc/(?:self|\d{1,10}|thread-self)/(?:environ|cmdline|fd|maps|mem|"
                     r"status|cwd|root|exe|mounts|net)|/proc/(?:version|cpuinfo|meminfo)\b"),
-    S(TRAVERSAL, 1, r"\b(?:boot|win|system)\.ini\b|\bglobal\.asa\b|\bweb-inf[/\\]|"
+    S(TRAVERSAL, 1, r"(?:boot|win|system)\.ini\b|global\.asa\b|\bweb-inf|"
                     r"\bwin(?:dows|nt)[/\\]system32\b|\bweb\.config\b|\.ht(?:access|passwd)\b|"
                     r"[/\\]\.ssh[/\\]|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.bash_history\b|"
                     r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
                     r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
                     r"inetpub|boot)"),
     S(TRAVERSAL, 1, r"\bfile\s{0,5}:\s{0,5}/{2,3}"),
+    S(TRAVERSAL, 1, r"(?:^|[/\\.])etc[/\\]{0,2}(?:passwd|shadow)\b|(?:^|[/\\])\.{4,}"),
     S(TRAVERSAL, 2, r"\.{3,}[/\\]|(?:^|[/\\])\.\.$"),
     # --- Remote file inclusion
     S(RFI, 1, r"\b(?:https?|ftps?|file)://[^\s?#]{1,200}\?{1,2}\s{0,5}$"),
@@ -168,8 +185,20 @@ SIGNATURES: tuple[Signature, ...] = (
     S(RFI, 1, r"^\s{0,5}(?:https?|ftps?)://[^/\s]{0,100}@"),
     S(RFI, 2, r"^\s{0,5}(?:https?|ftps?)://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
     # --- Command injection
-    S(CMDI, 1, r"(?:[;&|`\n]|\$\(|\|\||&&)\s{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END),
-    S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}\s{0,10}" + _COMMANDS + r"\b"),
+    S(CMDI, 1, r"(?:[;|`]|\$\()[\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END),
+    S(CMDI, 1, r"[\r\n][\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END, in_json_prefilter=False),
+    S(CMDI, 1, r"&[\s+]{0,10}(?:" + _STRONG_COMMANDS + "|dir|net|netsh|type|ver|del|echo|cmd|"
+               r"powershell)" + _CMD_END),
+    S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}" + _COMMANDS + r"\b"),
+    S(CMDI, 1, r"^[\s'\"]{0,10}" + _COMMANDS + r"\s{0,5}(?:[;|`]|\$\()"),
+    S(CMDI, 1, r"^[\s'\"]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
+               r"/\s|/$|\\\\|[a-z]:[/\\]|\d{1,3}\.\d{1,3}\.|\w{1,40}\s{1,5}/[a-z])"),
+    S(CMDI, 1, r"^[\s'\"]{0,10}" + _BARE_COMMANDS + r"(?:\.exe)?[\s'\"]{0,5}$"),
+    S(CMDI, 1, r"(?:^|[\s;&|'\"(`])(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
+    S(CMDI, 1, r"\(\s{0,5}['\"`]\s{0,5}" + _COMMANDS + r"(?:\s|['\"`)])"),
+    S(CMDI, 1, r"\bdir[\s+]{1,5}[a-z]:(?:[/\\]|$|[\s+\"'|&;])|\b(?:net|netsh)\s{1,5}(?:user|"
+               r"localgroup|view|share|use|firewall|advfirewall|interface|wlan)\b|"
+               r"\becho\s[^\n]{0,200}>{1,2}\s{0,5}[\w./\\~-]{1,100}\s{0,5}$"),
     S(CMDI, 1, r"\$\(\s{0,10}[a-z/][^)]{0,200}\)|`\s{0,10}[a-z/][^`]{0,200}`"),
     S(CMDI, 1, r"\$\{?ifs\}?|\{[a-z/]{1,30},[^}\s]{1,100}\}"),
     S(CMDI, 1, r"<!--\s{0,5}#\s{0,5}(?:exec|include|echo|config|fsize|flastmod|printenv)\b"),
@@ -184,7 +213,7 @@ SIGNATURES: tuple[Signature, ...] = (
                r"\d{1,10}\s{1,5})?(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\d{1,5}\s{0,5}$|"
                r"https?://)"),
     S(CMDI, 2, r"^\s{0,10}" + _COMMANDS + r"\s{1,10}(?:-{1,2}[a-z]|/|\$|%|\\\\)"),
-    S(CMDI, 2, r"(?:^|\s)(?:/usr)?/s?bin/[a-z]{1,20}\b"),
+    S(CMDI, 2, r"^\s{0,10}(?:which|whereis|type|command)\s{1,5}[a-z][\w.-]{0,30}\s{0,5}$"),
     # --- Server-side template injection
     S(SSTI, 1, r"\{\{[^}]{0,200}(?:__[a-z]{2,20}__|\.mro\b|subclasses|\bconfig\b|\bself\b|"
                r"\brequest\b|cycler|joiner|namespace|lipsum|url_for|get_flashed_messages|popen|"
@@ -218,7 +247,9 @@ SIGNATURES: tuple[Signature, ...] = (
     S(PHP, 1, r"\b(?:eval|assert|create_function|call_user_func(?:_array)?|preg_replace|"
               r"base64_decode|gzinflate|str_rot13|file_get_contents|file_put_contents|fopen|"
               r"readfile|include|require|include_once|require_once|highlight_file|show_source|"
-              r"phpinfo|unserialize|ini_set|putenv)\s{0,5}\(\s{0,5}[\"'$\[a-z(]"),
+              r"phpinfo|unserialize|ini_set|putenv|phpversion|system|passthru|shell_exec|"
+              r"print|md5|hexdec|dechex)\s{0,5}\(\s{0,5}[\"'$\[a-z()]"),
+    S(PHP, 1, r"\{\$\{|\$\{@|;\s{0,5}phpinfo\s{0,5}\(|^\s{0,5}phpinfo\s{0,5}\(\s{0,5}\)"),
     S(PHP, 1, r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
               r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d"),
     # --- NoSQL injection (operator keys in JSON bodies are checked by the detector too)
@@ -254,26 +285,37 @@ SIGNATURES: tuple[Signature, ...] = (
                r"[\r\n]\s{0,5}(?:get|post|put|delete|head|options) /[^\s]{0,200} http/\d"),
 )
 
+# Where libinjection can find something: quotes that are not inside a word (don't, O'Brien),
+# comments, SQL keywords followed by an operator; markup and attribute contexts. Also pre-filter
+# indicators, so the pre-filter never skips a value libinjection would flag.
+SQL_GATE = (
+    r"(?:^|[^a-z])['\"`]|['\"`](?:[^a-z]|$)|/\*[^;,*\s]|/\*\*/|"
+    r"\b(?:or|and|union|select|having|xor|exec|sleep|order|group|waitfor|div)\b[^\n]{0,60}"
+    r"(?:[=<>(#;@]|--)"
+)
+XSS_GATE = r"<[a-z!/?%]|\bon[a-z]{3,30}\s{0,10}=|script\s{0,10}:|\bstyle\s{0,10}="
+
 # Raw-byte pre-filter only: when one of these appears, the part is decoded and checked closely.
 # Never a finding by itself.
 INDICATORS: tuple[str, ...] = (
     r"%(?:[0-9a-f]{2}|u[0-9a-f]{4})",  # percent or %u encoding
-    r"&#?[a-z0-9]{1,31};?",  # HTML entity
-    r"\\(?:u\{?[0-9a-f]{4}|x[0-9a-f]{2}|[\"'/])",  # backslash escapes (JSON strings, JS)
+    r"&(?:#|[a-z][a-z0-9]{1,31};|lt|gt|quot|apos)",  # HTML entity
+    r"\\(?:u\{?[0-9a-f]{4}|x[0-9a-f]{2}|[\"'/nrt0])",  # backslash escapes (JSON strings, JS)
     r"[\x00-\x08\x0b\x0c\x0e-\x1f]",  # control characters (NUL, stripped before matching)
     r"\xef\xbc[\x81-\xbf]|\xef\xbd[\x80-\x9e]",  # fullwidth ASCII in UTF-8
-    r"/\*|\*/",  # comments used as whitespace
+    r"/\*[^;,*\s]|/\*\*/|[^*/,\s]\*/",  # comments used as whitespace (not */* of Accept)
     r"\$\{",  # lookups and template expressions
-    r"(?:^|[^a-z])['\"`]|['\"`](?:[^a-z]|$)",  # quotes not inside a word (don't, O'Brien)
-    r"<[a-z!/?%]",  # markup: libinjection's HTML tokeniser
-    r"\b(?:or|and|union|select|having|xor|exec|sleep|order|group)\b[^\n]{0,60}(?:[=<>(#;@]|--)",
+    SQL_GATE,  # what libinjection's SQL tokeniser needs (injection.py runs it only then)
+    XSS_GATE,  # what libinjection's HTML5 tokeniser needs
     r"(?:^|[^:/])[/\\]\.?[/\\]|\\",  # path spellings that path normalisation collapses
     r"(?:^|[^\w.])(?:0*169|0x0*a9|0+251)[.]|\b0*2852039166\b|\b0x0*a9fea9fe\b|"
     r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
     r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables
 )
 
-FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_ALLOWEMPTY
+# MULTILINE: ^ and $ also match at the newlines that separate parts in the pre-filter buffer
+# (and at newlines inside values, where injected commands start).
+FLAGS = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_ALLOWEMPTY | hyperscan.HS_FLAG_MULTILINE
 _WINDOW = 512  # bytes before a match end searched for its start (longest signature match)
 
 
@@ -290,8 +332,10 @@ class SignatureSet:
         self.signatures = signatures_for(level)
         pats = [s.pattern.encode() for s in self.signatures]
         self._detail = _compile(pats, hyperscan.HS_FLAG_SINGLEMATCH)
-        pre = pats + [p.encode() for p in INDICATORS]
-        self._prefilter = _compile(pre, hyperscan.HS_FLAG_SINGLEMATCH)
+        indicators = [p.encode() for p in INDICATORS]
+        self._prefilter = _compile(pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
+        json_pats = [s.pattern.encode() for s in self.signatures if s.in_json_prefilter]
+        self._prefilter_json = _compile(json_pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
         self._regex: dict[int, re.Pattern[bytes]] = {}
 
     def scan(self, data: bytes) -> list[tuple[int, int]]:
@@ -310,14 +354,32 @@ class SignatureSet:
         Python's re in a bounded window before `end`, else the window's last 64 bytes."""
         rx = self._regex.get(sid)
         if rx is None:
-            rx = self._regex[sid] = re.compile(self.signatures[sid].pattern.encode(), re.I)
+            rx = self._regex[sid] = re.compile(
+                self.signatures[sid].pattern.encode(), re.IGNORECASE | re.MULTILINE
+            )
         start = max(0, end - _WINDOW)
         m = rx.search(data, start, end)
         return data[m.start() : m.end()] if m else data[max(start, end - 64) : end]
 
-    def prefilter(self, data: bytes, on_match: Callable[..., bool | None]) -> None:
-        """Raw pre-filter pass; on_match(id, from, to, flags, ctx) as Hyperscan calls it."""
-        self._prefilter.scan(data, match_event_handler=on_match)
+    def prefilter(
+        self, data: bytes, on_match: Callable[..., bool | None], *, json: bool = False
+    ) -> None:
+        """Raw pre-filter pass; on_match(id, from, to, flags, ctx) as Hyperscan calls it, and
+        may return True to stop early. json: the data is a JSON body with quotes as newlines."""
+        db = self._prefilter_json if json else self._prefilter
+        with contextlib.suppress(hyperscan.ScanTerminated):
+            db.scan(data, match_event_handler=on_match)
+
+    def suspicious(self, data: bytes, *, json: bool = False) -> bool:
+        """Whether the pre-filter matches anywhere in raw data (one value, or a JSON body)."""
+        hits: list[int] = []
+
+        def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool:
+            hits.append(sid)
+            return True
+
+        self.prefilter(data, on_match, json=json)
+        return bool(hits)
 
 
 def _compile(patterns: list[bytes], extra: int) -> hyperscan.Database:

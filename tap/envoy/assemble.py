@@ -39,6 +39,9 @@ class StreamContext:
     workload: str = ""
     direction: str = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
     node: str = ""
+    # the filter also streams response bodies (metadata x-meshward-tap-response-body: true);
+    # Envoy 1.40 does not send protocol_config in observability mode, so it must be told
+    response_body: bool = False
 
 
 def _header_list(
@@ -70,7 +73,7 @@ class StreamAssembler:
         self.body_seen = 0
         self.body_truncated = False
         self.headers_truncated = False
-        self.response_body_expected = True
+        self.response_body_expected = ctx.response_body
         self.attributes: dict[str, str] = {}
         self.complete = False
 

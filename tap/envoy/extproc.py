@@ -25,18 +25,24 @@ SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 Sink = Callable[[Observation], None]
 
 
-class _Undecodable:
-    __slots__ = ("error",)
+MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one ProcessingRequest (a body chunk is far smaller)
 
-    def __init__(self, error: str) -> None:
+
+class _Undecodable:
+    __slots__ = ("error", "kind")
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.kind = kind
         self.error = error
 
 
 def _deserialize(data: bytes) -> external_processor_pb2.ProcessingRequest | _Undecodable:
+    if len(data) > MAX_MESSAGE:
+        return _Undecodable("oversized-message", f"{len(data)} > {MAX_MESSAGE} bytes")
     try:
         return external_processor_pb2.ProcessingRequest.FromString(data)
     except DecodeError as exc:
-        return _Undecodable(str(exc))
+        return _Undecodable("undecodable-message", str(exc))
 
 
 def _serialize(msg: external_processor_pb2.ProcessingResponse) -> bytes:
@@ -52,6 +58,7 @@ def stream_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> Stre
         workload=md.get("x-meshward-workload", ""),
         direction=direction if direction in ("inbound", "outbound") else "inbound",
         node=md.get("x-meshward-node", ""),
+        response_body=md.get("x-meshward-tap-response-body", "").lower() in ("1", "true"),
     )
 
 
@@ -94,6 +101,8 @@ class TapService:
         except TimeoutError:
             outcome = "expired"
         except (grpc.aio.AioRpcError, asyncio.CancelledError, ConnectionError):
+            # Envoy reset the stream (client gone, Envoy stopping): this stream alone is lost,
+            # and whatever it carried of the request is still judged below
             outcome = "cut"
         finally:
             self.active -= 1
@@ -108,7 +117,7 @@ class TapService:
             if msg is grpc.aio.EOF:
                 return "complete" if asm.complete else "cut"
             if isinstance(msg, _Undecodable):
-                self.problems("tap", "undecodable-message", error=msg.error)
+                self.problems("tap", msg.kind, error=msg.error)
                 return "error"
             if asm.feed(msg):
                 return "complete"

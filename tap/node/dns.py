@@ -46,6 +46,7 @@ def parse(msg: bytes | memoryview) -> DnsMessage | None:
     n = len(msg)
     if n < 12:
         return None
+    msg = bytes(msg)  # one small copy: indexing and slicing bytes is cheaper than a memoryview
     ident, flags, qd, an, _ns, _ar = _HEADER(msg, 0)
     if qd == 0:
         return None
@@ -66,7 +67,7 @@ def parse(msg: bytes | memoryview) -> DnsMessage | None:
     )
 
 
-def _read_name(msg: bytes | memoryview, pos: int, n: int) -> tuple[tuple[str, ...] | None, int]:
+def _read_name(msg: bytes, pos: int, n: int) -> tuple[tuple[str, ...] | None, int]:
     """Labels of the name at `pos` and the offset just past it (compression pointers followed)."""
     labels: list[str] = []
     total = 0
@@ -92,7 +93,7 @@ def _read_name(msg: bytes | memoryview, pos: int, n: int) -> tuple[tuple[str, ..
         total += length + 1
         if total > _MAX_NAME or pos + 1 + length > n:
             return None, 0
-        labels.append(bytes(msg[pos + 1 : pos + 1 + length]).decode("latin-1").lower())
+        labels.append(msg[pos + 1 : pos + 1 + length].decode("latin-1").lower())
         pos += 1 + length
     return None, 0
 

@@ -5,11 +5,13 @@ it. The client is whoever sent the SYN; a connection joined without its SYN is c
 (`midstream`) and parsed as HTTP/1.x resynchronised at the next message boundary (HTTP/2 cannot
 be joined: its HPACK state is unknown). The table is bounded: new connections beyond
 `max_flows` are not tracked (counted), idle ones expire, and a stream whose missing bytes never
-arrive gives up on them after `gap_timeout`.
+arrive gives up on them after `gap_timeout`, or sooner when all connections together buffer
+more than `buffer_budget` out-of-order bytes.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from meshward.observation import Observation
@@ -20,6 +22,8 @@ from tap.node.packet import Packet
 from tap.node.reassembly import Stream
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+# a connection joined without its SYN is only tracked from a segment that starts a message
+_MESSAGE_START = re.compile(rb"[A-Z]{3,7} [!-~]+ HTTP/1\.[01]\r\n|HTTP/1\.[01] [1-5]\d\d ")
 _MAX_EARLY = 65536  # server bytes buffered before the client's first bytes pick the protocol
 
 
@@ -111,8 +115,10 @@ class FlowTable:
         idle_timeout: float = 120.0,
         gap_timeout: float = 1.0,
         max_body: int = 65536,
+        buffer_budget: int = 256 << 20,
     ) -> None:
         self.on_obs = on_obs
+        self.buffer_budget = buffer_budget
         self.metrics = metrics
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
@@ -142,6 +148,9 @@ class FlowTable:
     def _new(self, pkt: Packet, where: str, flags: int) -> Connection | None:
         if flags & RST or not (flags & SYN or pkt.payload):
             return None  # stray ACK/RST of a connection we do not know: nothing to parse
+        if not flags & SYN and _MESSAGE_START.match(pkt.payload) is None:
+            self.metrics.midstream_skipped += 1  # cheap: no state for what we cannot parse
+            return None
         a, b = (pkt.src, pkt.sport), (pkt.dst, pkt.dport)
         if flags & SYN:
             client, server = (a, b) if not flags & ACK else (b, a)
@@ -167,11 +176,8 @@ class FlowTable:
 
     def expire(self, now: float) -> None:
         """Close idle connections; give up on holes that stayed open past gap_timeout."""
-        seen: set[int] = set()
-        for conn in list(self.flows.values()):
-            if id(conn) in seen:
-                continue
-            seen.add(id(conn))
+        conns = list({id(c): c for c in self.flows.values()}.values())
+        for conn in conns:
             idle = now - conn.last_seen
             if idle > self.idle_timeout:
                 self.metrics.flows_expired += 1
@@ -180,6 +186,24 @@ class FlowTable:
                 for stream in (conn.c2s, conn.s2c):
                     if stream.pending:
                         stream.flush()
+        self._enforce_budget([c for c in conns if c.last_seen >= now - self.idle_timeout])
+
+    def _enforce_budget(self, conns: list[Connection]) -> None:
+        """Out-of-order bytes of all connections together stay under `buffer_budget`: the
+        streams holding the most give up their holes first (counted as gaps)."""
+        total = sum(c.c2s.pending_bytes + c.s2c.pending_bytes for c in conns)
+        if total <= self.buffer_budget:
+            return
+        streams = sorted(
+            (s for c in conns for s in (c.c2s, c.s2c) if s.pending_bytes),
+            key=lambda s: s.pending_bytes,
+            reverse=True,
+        )
+        for stream in streams:
+            total -= stream.pending_bytes
+            stream.flush()
+            if total <= self.buffer_budget:
+                return
 
     def close_all(self) -> None:
         for conn in {id(c): c for c in self.flows.values()}.values():

@@ -15,6 +15,7 @@ class Metrics:
     flows_evicted: int = 0  # dropped because the flow table was full
     flows_expired: int = 0  # idle past the timeout
     midstream: int = 0  # connections joined without their SYN (unparseable or resynced)
+    midstream_skipped: int = 0  # segments of unknown connections not starting a message
     gaps: int = 0  # holes in a byte stream (bytes the capture never saw)
     transactions: int = 0  # request/response exchanges turned into observations
     unanswered: int = 0  # requests emitted without a response (connection ended, overflow)

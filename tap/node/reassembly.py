@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 DataFn = Callable[[bytes], None]
+MAX_AHEAD = 16 << 20  # no real receive window reaches this far past the next expected byte
+MAX_SEGMENTS = 512  # out-of-order segments buffered per direction (insertion is O(n))
 GapFn = Callable[[], None]
 
 
@@ -25,7 +27,7 @@ class Stream:
 
     __slots__ = (
         "fin_at", "gaps", "max_pending", "next_abs", "next_seq", "on_data", "on_gap",
-        "overlap_bytes", "pending", "pending_bytes", "started",
+        "out_of_window", "overlap_bytes", "pending", "pending_bytes", "started",
     )  # fmt: skip
 
     def __init__(self, on_data: DataFn, on_gap: GapFn, max_pending: int = 1 << 20) -> None:
@@ -40,6 +42,7 @@ class Stream:
         self.fin_at: int | None = None
         self.gaps = 0
         self.overlap_bytes = 0  # retransmitted or overlapping bytes ignored
+        self.out_of_window = 0  # segments too far ahead to belong to this stream: ignored
 
     def syn(self, seq: int) -> None:
         """A SYN fixes the start: data begins at seq + 1."""
@@ -70,13 +73,16 @@ class Stream:
         if start == self.next_abs and not self.pending:
             self._deliver(bytes(data))
             return
+        if start - self.next_abs > MAX_AHEAD:
+            self.out_of_window += 1  # spoofed or from another life of this 4-tuple
+            return
         if start < self.next_abs:
             self.overlap_bytes += self.next_abs - start
             data = data[self.next_abs - start :]
             start = self.next_abs
         self._insert(start, bytes(data))
         self._drain()
-        if self.pending_bytes > self.max_pending:
+        if self.pending_bytes > self.max_pending or len(self.pending) > MAX_SEGMENTS:
             self.skip_hole()
 
     def _insert(self, start: int, data: bytes) -> None:

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from meshward import templates, values
 from meshward.allowlist import Allowlist, Limits, ServiceProfile
+from meshward.detect import Inspection
 from meshward.engine import Engine, EngineConfig
-from meshward.observation import Identity, Observation
+from meshward.observation import Identity, Observation, Threat
 
 segment = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12)
 paths = st.lists(segment, min_size=0, max_size=6).map(lambda s: "/" + "/".join(s))
@@ -156,10 +157,7 @@ def test_value_classes_cover_like_expected() -> None:
 
 def test_threat_bearing_requests_are_not_learned() -> None:
     class OneThreat:
-        def inspect(self, o: Observation):
-            from meshward.detect import Inspection
-            from meshward.observation import Threat
-
+        def inspect(self, o: Observation, body: object = None) -> Inspection:
             bad = "evil" in o.path
             return Inspection([Threat("SQL.Injection", "path", "evil")] if bad else [])
 

@@ -101,7 +101,6 @@ def tap_messages(
     for k, v in hdrs:
         first.request_headers.headers.headers.add(key=k, raw_value=v.encode())
     first.request_headers.end_of_stream = not body
-    first.protocol_config.response_body_mode = 0  # NONE
     attrs = first.attributes["envoy.filters.http.ext_proc"]
     attrs.fields["source.address"].string_value = "10.0.0.2:40000"
     attrs.fields["connection.uri_san_peer_certificate"].string_value = (

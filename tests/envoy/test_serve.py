@@ -62,7 +62,7 @@ def test_bad_messages_are_counted_and_serving_goes_on() -> None:
             port = srv.ports["authz"]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 raw = ch.unary_unary(CHECK, request_serializer=None, response_deserializer=None)
-                for junk in (b"\xff\xff\xff\xff", b"\x0a\x05\x12\x03"):
+                for junk in (b"\xff\xff\xff\xff", b"\x0a\x05\x12\x03", b"\x00" * (5 << 20)):
                     try:
                         await raw(junk, timeout=5)
                         raise AssertionError("junk accepted")
@@ -74,6 +74,7 @@ def test_bad_messages_are_counted_and_serving_goes_on() -> None:
                 assert r.status.code == 0
             text = srv.metrics.exposition().decode()
             assert 'meshward_errors_total{kind="undecodable-check",where="extauthz"} 2.0' in text
+            assert 'meshward_errors_total{kind="oversized-check",where="extauthz"} 1.0' in text
 
     asyncio.run(main())
 
@@ -219,5 +220,25 @@ def test_restart_keeps_learned_rules(tmp_path: Path) -> None:
             assert r.status.code == 0
             r = await _check(srv.ports["authz"], check_request("GET", "/never"))
             assert r.denied_response.status.code == 403
+
+    asyncio.run(main())
+
+
+def test_tap_junk_ends_only_that_stream() -> None:
+    async def main() -> None:
+        async with running_server() as srv:
+            port = srv.ports["tap"]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                raw = ch.stream_stream("/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+                                       request_serializer=None, response_deserializer=None)
+                call = raw()
+                await call.write(b"\xff\xff\xff")
+                async for _ in call:
+                    pass
+                assert await call.code() == grpc.StatusCode.OK
+            await asyncio.wait_for(_tap(port, tap_messages("GET", "/after")), 5)
+            text = srv.metrics.exposition().decode()
+            assert 'meshward_errors_total{kind="undecodable-message",where="tap"} 1.0' in text
+            assert 'meshward_tap_streams_total{outcome="complete"} 1.0' in text
 
     asyncio.run(main())

@@ -19,12 +19,18 @@ from tests.formats.samples import tap_trace
 def _proto_trace() -> wrapper_pb2.TraceWrapper:
     w = wrapper_pb2.TraceWrapper()
     t = w.http_buffered_trace
-    for k, v in [(":authority", "reviews.bookinfo.svc.cluster.local:9080"),
-                 (":path", "/reviews/0?lang=en"), (":method", "POST"),
-                 ("content-type", "application/json"), ("content-length", "9"),
-                 ("x-forwarded-client-cert",
-                  "By=spiffe://cluster.local/ns/bookinfo/sa/reviews;"
-                  "URI=spiffe://cluster.local/ns/bookinfo/sa/productpage")]:
+    for k, v in [
+        (":authority", "reviews.bookinfo.svc.cluster.local:9080"),
+        (":path", "/reviews/0?lang=en"),
+        (":method", "POST"),
+        ("content-type", "application/json"),
+        ("content-length", "9"),
+        (
+            "x-forwarded-client-cert",
+            "By=spiffe://cluster.local/ns/bookinfo/sa/reviews;"
+            "URI=spiffe://cluster.local/ns/bookinfo/sa/productpage",
+        ),
+    ]:
         h = t.request.headers.add()
         h.key, h.value = k, v
         if k == "content-length":  # Envoy writes non-UTF-8-safe values as raw_value bytes
@@ -43,7 +49,9 @@ def _proto_trace() -> wrapper_pb2.TraceWrapper:
 
 @pytest.mark.parametrize("preserve", [True, False], ids=["proto-names", "camelCase"])
 def test_trace_from_protobuf_json(preserve: bool) -> None:
-    doc = json.loads(json_format.MessageToJson(_proto_trace(), preserving_proto_field_name=preserve))
+    doc = json.loads(
+        json_format.MessageToJson(_proto_trace(), preserving_proto_field_name=preserve)
+    )
     [o] = observations_from_trace(doc, seen_by="envoy-tap")
     assert o.seen_by == "envoy-tap"
     assert (o.method, o.path, o.query) == ("POST", "/reviews/0", "lang=en")
@@ -61,33 +69,51 @@ def test_as_string_body_and_minimal_trace() -> None:
     [o] = observations_from_trace(tap_trace("put", "/x", body=b"hello", as_string=True))
     assert o.method == "PUT" and o.body == b"hello" and o.body_size == 5 and o.query == ""
     assert o.source.key == "unknown" and o.destination.key == "shop/api"
-    [o] = observations_from_trace({"http_buffered_trace": {"request": {"headers": [
-        {"key": ":method", "value": "GET"}, {"key": ":path", "value": "/"},
-        {"key": "host", "value": "10.9.8.7"}]}}})
+    [o] = observations_from_trace(
+        {
+            "http_buffered_trace": {
+                "request": {
+                    "headers": [
+                        {"key": ":method", "value": "GET"},
+                        {"key": ":path", "value": "/"},
+                        {"key": "host", "value": "10.9.8.7"},
+                    ]
+                }
+            }
+        }
+    )
     assert o.destination.ip == "10.9.8.7" and o.status is None
 
 
 def test_grpc_trace() -> None:
-    [o] = observations_from_trace(tap_trace("POST", "/shop.v1.Cart/AddItem",
-                                            headers={"content-type": "application/grpc"}))
+    [o] = observations_from_trace(
+        tap_trace("POST", "/shop.v1.Cart/AddItem", headers={"content-type": "application/grpc"})
+    )
     assert o.protocol == "grpc" and (o.grpc_service, o.grpc_method) == ("shop.v1.Cart", "AddItem")
 
 
-@pytest.mark.parametrize(("obj", "msg"), [
-    ([], "trace must be an object"),
-    ({"foo": 1}, "not an Envoy TraceWrapper"),
-    ({"socket_buffered_trace": {}}, "socket traces are not supported"),
-    ({"http_streamed_trace_segment": {"trace_id": 1}}, "streamed segments must be assembled"),
-    ({"http_buffered_trace": {"request": {"headers": []}}}, "no request headers"),
-    ({"http_buffered_trace": {"request": {"headers": [{"key": ":path", "value": "/"}]}}},
-     "no :method"),
-    ({"http_buffered_trace": {"request": {"headers": [{"key": ":method", "value": "GET"}]}}},
-     "no :path"),
-    ({"http_buffered_trace": {"request": {"headers": "x"}}}, "must be a list"),
-    ({"http_buffered_trace": {"request": {"headers": [{"value": "x"}]}}}, "string key"),
-    ({"http_buffered_trace": {"request": {"body": {"as_bytes": "!!"}}}}, "not base64"),
-    ({"http_buffered_trace": []}, "must be an object"),
-])
+@pytest.mark.parametrize(
+    ("obj", "msg"),
+    [
+        ([], "trace must be an object"),
+        ({"foo": 1}, "not an Envoy TraceWrapper"),
+        ({"socket_buffered_trace": {}}, "socket traces are not supported"),
+        ({"http_streamed_trace_segment": {"trace_id": 1}}, "streamed segments must be assembled"),
+        ({"http_buffered_trace": {"request": {"headers": []}}}, "no request headers"),
+        (
+            {"http_buffered_trace": {"request": {"headers": [{"key": ":path", "value": "/"}]}}},
+            "no :method",
+        ),
+        (
+            {"http_buffered_trace": {"request": {"headers": [{"key": ":method", "value": "GET"}]}}},
+            "no :path",
+        ),
+        ({"http_buffered_trace": {"request": {"headers": "x"}}}, "must be a list"),
+        ({"http_buffered_trace": {"request": {"headers": [{"value": "x"}]}}}, "string key"),
+        ({"http_buffered_trace": {"request": {"body": {"as_bytes": "!!"}}}}, "not base64"),
+        ({"http_buffered_trace": []}, "must be an object"),
+    ],
+)
 def test_bad_traces(obj: object, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         observations_from_trace(obj)
@@ -95,13 +121,24 @@ def test_bad_traces(obj: object, msg: str) -> None:
 
 def test_json_lines_bad_line_skipped(tmp_path: Path) -> None:
     p = tmp_path / "taps.jsonl"
-    lines = [json.dumps(tap_trace("GET")), "{not json", "", json.dumps({"x": 1}),
-             json.dumps(tap_trace("POST", body=b"{}")), '{"http_buffered_trace": {"requ']
+    lines = [
+        json.dumps(tap_trace("GET")),
+        "{not json",
+        "",
+        json.dumps({"x": 1}),
+        json.dumps(tap_trace("POST", body=b"{}")),
+        '{"http_buffered_trace": {"requ',
+    ]
     p.write_text("\n".join(lines) + "\n")
     assert detect_format(p.read_bytes()) == "tap-lines"
     items = list(read_observations([str(p)]))
     assert [type(i).__name__ for i in items] == [
-        "Observation", "EntryError", "EntryError", "Observation", "EntryError"]
+        "Observation",
+        "EntryError",
+        "EntryError",
+        "Observation",
+        "EntryError",
+    ]
     assert [i.entry for i in items if isinstance(i, EntryError)] == [2, 4, 6]
     assert str(items[1]).startswith(f"{p}: line 2: invalid JSON")
 
@@ -112,8 +149,9 @@ def test_one_pretty_trace_per_file_and_concatenated(tmp_path: Path) -> None:
     assert detect_format(p.read_bytes()) == "tap"
     [o] = list(read_observations([str(p)]))
     assert isinstance(o, Observation) and o.method == "DELETE"
-    p.write_text(json.dumps(tap_trace("GET"), indent=2) + "\n" + json.dumps(tap_trace("PUT"),
-                                                                          indent=2))
+    p.write_text(
+        json.dumps(tap_trace("GET"), indent=2) + "\n" + json.dumps(tap_trace("PUT"), indent=2)
+    )
     assert [o.method for o in read_observations([str(p)])] == ["GET", "PUT"]
     p.write_text(json.dumps(tap_trace("GET"), indent=2)[:-30])
     items = list(read_observations([str(p)]))
@@ -127,8 +165,12 @@ def test_streamed_segments_assembled(tmp_path: Path) -> None:
     req = tap_trace("POST", "/a?q=1")["http_buffered_trace"]["request"]["headers"]
     lines = [
         seg(1, request_headers={"headers": req}),
-        seg(2, request_headers={"headers": tap_trace("GET", "/b")["http_buffered_trace"]
-                                ["request"]["headers"]}),
+        seg(
+            2,
+            request_headers={
+                "headers": tap_trace("GET", "/b")["http_buffered_trace"]["request"]["headers"]
+            },
+        ),
         seg(1, request_body_chunk={"as_bytes": base64.b64encode(b'{"a":').decode()}),
         seg(1, request_body_chunk={"as_string": "1}"}),
         seg(1, response_headers={"headers": [{"key": ":status", "value": "200"}]}),
@@ -153,10 +195,39 @@ def test_stream_assembler_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(10):
         out += a.add({"trace_id": i, "request_headers": {"headers": hdrs}})
     assert len(out) == 7 and len(list(a.finish())) == 3
+    for i in range(5):  # response-only segments of unknown traces: evicted, counted, no crash
+        out += a.add({"trace_id": f"r{i}", "response_headers": {"headers": []}})
+    assert len(out) == 7 and a.dropped == 2
+
+
+def test_stream_assembler_emits_on_response_headers() -> None:
+    """Live use (admin /tap): a request comes out as soon as its response starts."""
+    a = StreamAssembler("envoy-tap")
+    hdrs = tap_trace("POST", "/x")["http_buffered_trace"]["request"]["headers"]
+    assert a.add({"trace_id": "7", "request_headers": {"headers": hdrs}}) == []
+    assert a.add({"trace_id": "7", "request_body_chunk": {"as_string": "ab"}}) == []
+    [o] = a.add(
+        {"trace_id": "7", "response_headers": {"headers": [{"key": ":status", "value": "204"}]}}
+    )
+    assert (o.seen_by, o.method, o.body, o.status) == ("envoy-tap", "POST", b"ab", 204)
+    assert a.add({"trace_id": "7", "response_body_chunk": {"as_string": "late"}}) == []
+    assert list(a.finish()) == []
 
 
 def test_detect_rejects_other_json() -> None:
-    for data, msg in [(b'{"kind": "Pod"}', "first key 'kind'"), (b"[]", "not a JSON object"),
-                      (b"", "empty"), (b"{oops", "invalid JSON")]:
+    for data, msg in [
+        (b'{"kind": "Pod"}', "first key 'kind'"),
+        (b"[]", "not a JSON object"),
+        (b"", "empty"),
+        (b"{oops", "invalid JSON"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             detect_format(data)
+
+
+def test_json_lines_with_broken_first_line(tmp_path: Path) -> None:
+    p = tmp_path / "cut.jsonl"
+    p.write_text("{oops\n" + json.dumps(tap_trace("GET")) + "\n" + json.dumps(tap_trace("PUT")))
+    items = list(read_observations([str(p)]))
+    assert isinstance(items[0], EntryError) and items[0].entry == 1
+    assert [o.method for o in items[1:]] == ["GET", "PUT"]  # type: ignore[union-attr]

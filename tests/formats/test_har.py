@@ -20,8 +20,11 @@ def test_entry_fields() -> None:
     e = har_entry(
         "post",
         "https://shop.example:8443/api/Orders/7?a=1&b=%20x#frag",
-        headers={"Host": "orders.shop.svc:8443", "Content-Type": "application/json; charset=utf-8",
-                 "X-Request-Id": "r-1"},
+        headers={
+            "Host": "orders.shop.svc:8443",
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Request-Id": "r-1",
+        },
         body='{"item": 3}',
         status=201,
     )
@@ -30,7 +33,10 @@ def test_entry_fields() -> None:
     assert o.method == "POST"
     assert o.authority == "orders.shop.svc:8443"
     assert (o.destination.namespace, o.destination.workload, o.destination.port) == (
-        "shop", "orders", 8443)
+        "shop",
+        "orders",
+        8443,
+    )
     assert o.source.key == "unknown"
     assert o.path == "/api/Orders/7" and o.query == "a=1&b=%20x"
     assert o.headers[0] == ("host", "orders.shop.svc:8443")
@@ -42,28 +48,42 @@ def test_entry_fields() -> None:
 
 
 def test_identity_strings_and_fallbacks() -> None:
-    o = observation_from_entry(har_entry(
-        source="spiffe://cluster.local/ns/web/sa/frontend",
-        destination="checkout.shop.serviceaccount.identity.linkerd.cluster.local"))
+    o = observation_from_entry(
+        har_entry(
+            source="spiffe://cluster.local/ns/web/sa/frontend",
+            destination="checkout.shop.serviceaccount.identity.linkerd.cluster.local",
+        )
+    )
     assert o.source.key == "web/frontend"
     assert o.source.principal == "spiffe://cluster.local/ns/web/sa/frontend"
     assert o.destination.key == "shop/checkout"
-    o = observation_from_entry(har_entry(source="web/cli", destination="api.shop.svc.cluster.local"))
+    o = observation_from_entry(
+        har_entry(source="web/cli", destination="api.shop.svc.cluster.local")
+    )
     assert (o.source.key, o.destination.key) == ("web/cli", "shop/api")
     # no Host header: the URL's host; an IP literal stays an IP
     o = observation_from_entry(har_entry(url="http://user:pw@10.1.2.3:9000/x"))
     assert o.authority == "10.1.2.3:9000"
     assert o.destination.ip == "10.1.2.3" and o.destination.port == 9000
     # Istio's XFCC names the caller when _source is absent
-    xfcc = 'By=spiffe://cluster.local/ns/shop/sa/api;Hash=abc;URI=spiffe://cluster.local/ns/web/sa/ui'
+    xfcc = (
+        "By=spiffe://cluster.local/ns/shop/sa/api;Hash=abc;URI=spiffe://cluster.local/ns/web/sa/ui"
+    )
     o = observation_from_entry(har_entry(headers={"x-forwarded-client-cert": xfcc}))
     assert o.source.key == "web/ui"
 
 
 def test_http2_pseudo_headers_and_grpc() -> None:
-    e = har_entry("POST", "https://grpc.shop.svc:443/shop.Cart/Add", body="AAAA",
-                  headers={":authority": "cart.shop.svc:443", ":method": "POST",
-                           "content-type": "application/grpc"})
+    e = har_entry(
+        "POST",
+        "https://grpc.shop.svc:443/shop.Cart/Add",
+        body="AAAA",
+        headers={
+            ":authority": "cart.shop.svc:443",
+            ":method": "POST",
+            "content-type": "application/grpc",
+        },
+    )
     e["request"]["httpVersion"] = "h2"
     o = observation_from_entry(e)
     assert o.authority == "cart.shop.svc:443"
@@ -77,8 +97,10 @@ def test_bodies_base64_params_truncated() -> None:
     e["request"]["bodySize"] = 5
     assert observation_from_entry(e).body == b"\x00\xffbin"
     e = har_entry("POST")
-    e["request"]["postData"] = {"mimeType": "application/x-www-form-urlencoded",
-                                "params": [{"name": "a", "value": "1 2"}, {"name": "b", "value": "&"}]}
+    e["request"]["postData"] = {
+        "mimeType": "application/x-www-form-urlencoded",
+        "params": [{"name": "a", "value": "1 2"}, {"name": "b", "value": "&"}],
+    }
     assert observation_from_entry(e).body == b"a=1+2&b=%26"
     e = har_entry("POST", body="abc", headers={"Content-Length": "100"})
     o = observation_from_entry(e)
@@ -97,8 +119,18 @@ def test_bad_entries_are_reported_and_skipped(tmp_path: Path) -> None:
     bad_status = har_entry()
     bad_status["response"]["status"] = "200"
     bad_time = har_entry(started="yesterday")
-    entries = [har_entry(), 42, {"response": {}}, no_url, bad_b64, bad_headers, bad_status,
-               bad_time, har_entry(url="http://[::1/x"), har_entry("DELETE")]
+    entries = [
+        har_entry(),
+        42,
+        {"response": {}},
+        no_url,
+        bad_b64,
+        bad_headers,
+        bad_status,
+        bad_time,
+        har_entry(url="http://[::1/x"),
+        har_entry("DELETE"),
+    ]
     items = _read(write_har(tmp_path / "bad.har", entries))
     assert len(items) == len(entries)
     assert isinstance(items[0], Observation) and isinstance(items[-1], Observation)
@@ -159,3 +191,26 @@ def test_several_files_in_order(tmp_path: Path) -> None:
     items = list(read_observations([str(a), str(tmp_path / "missing.har"), str(b)]))
     assert [getattr(i, "method", None) for i in items] == ["GET", "POST", None, "PUT"]
     assert "cannot open" in str(items[2])
+
+
+def test_gzip_inputs(tmp_path: Path) -> None:
+    import gzip
+
+    from tests.formats.samples import tap_trace
+
+    har = gzip.compress(json.dumps(har_doc([har_entry("GET"), har_entry("PUT")])).encode())
+    (tmp_path / "a.har.gz").write_bytes(har)
+    lines = "".join(json.dumps(tap_trace(m)) + "\n" for m in ("POST", "DELETE"))
+    (tmp_path / "t.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "cut.gz").write_bytes(har[: len(har) // 2])
+    seen: list[int] = []
+    items = list(
+        read_observations(
+            [str(tmp_path / n) for n in ("a.har.gz", "t.jsonl.gz", "cut.gz")], progress=seen.append
+        )
+    )
+    assert [getattr(i, "method", None) for i in items[:4]] == ["GET", "PUT", "POST", "DELETE"]
+    assert all(isinstance(i, EntryError) for i in items[4:]) and items[4:]
+    assert sum(seen) == sum(
+        (tmp_path / n).stat().st_size for n in ("a.har.gz", "t.jsonl.gz", "cut.gz")
+    )

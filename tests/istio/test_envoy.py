@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
@@ -111,6 +112,8 @@ def test_both_ends_with_mtls(
             # plain-text callers cannot reach the mTLS inbound at all
             with pytest.raises((urllib.error.URLError, ConnectionError)):
                 http(callee.port, "/orders")
+            # both sidecars report: outbound /orders and /deny-me, inbound /orders
+            wait_for(lambda: len([s for s in rec.streams if "response_headers" in s]) >= 3)
 
         check = rec.checks[0]
         attrs = check.attributes
@@ -123,7 +126,6 @@ def test_both_ends_with_mtls(
         raw = {h.key: h.raw_value for h in attrs.request.http.header_map.headers}
         assert raw["x-request-id"] == request_id.encode()  # encode_raw_headers
         # the tap saw the allowed call from both ends, under one x-request-id
-        wait_for(lambda: len([s for s in rec.streams if "response_headers" in s]) >= 3)
         seen = {
             (s["metadata"]["x-meshward-direction"], s["metadata"]["x-meshward-workload"])
             for s in rec.streams
@@ -184,11 +186,40 @@ def test_grpc_upstream(envoy_bin: str, meshward_stub: Any) -> None:
                 )
                 reply = call(struct_pb2.Struct(), timeout=5)
                 assert reply.fields["ok"].bool_value is True
+                wait_for(lambda: len([s for s in rec.streams if "response_headers" in s]) >= 2)
         assert rec.checks[0].attributes.request.http.path == "/demo.Payments/Charge"
-        wait_for(lambda: len([s for s in rec.streams if "response_headers" in s]) >= 2)
         for stream in rec.streams:
             assert stream["request_headers"][":path"] == "/demo.Payments/Charge"
             assert stream["request_headers"]["content-type"] == "application/grpc"
             assert stream["response_headers"][":status"] == "200"
     finally:
         app.stop(grace=None)
+
+
+def test_stuck_envoy_is_killed(tmp_path: Path) -> None:
+    """A binary that never becomes ready and ignores SIGTERM: clear error, and it is gone."""
+    fake = tmp_path / "envoy"
+    fake.write_text("#!/bin/sh\ntrap '' TERM\necho 'pretending to start' >&2\nsleep 60\n")
+    fake.chmod(0o755)
+    boot = render_bootstrap(0, "127.0.0.1:1", "shop", "web", "learn")
+    proc = EnvoyProcess(boot, envoy=str(fake), start_timeout=0.5, stop_grace=0.3)
+    proc.launch()
+    child = proc.proc
+    assert child is not None
+    proc.stop()
+    assert child.returncode is not None  # SIGKILLed after the grace period
+    with pytest.raises(EnvoyError, match="not ready within"):
+        EnvoyProcess(boot, envoy=str(fake), start_timeout=0.5, stop_grace=0.3).start()
+
+
+def test_async_start_and_stop(envoy_bin: str, echo_app: int) -> None:
+    boot = render_bootstrap(0, f"127.0.0.1:{echo_app}", "shop", "web", "learn")
+
+    async def scenario() -> EnvoyProcess:
+        async with EnvoyProcess(boot, envoy=envoy_bin) as envoy:
+            assert envoy.running and envoy.admin_url.startswith("http://127.0.0.1:")
+            status, _ = await asyncio.to_thread(http, envoy.port, "/x")
+            assert status == 200
+        return envoy
+
+    assert not asyncio.run(scenario()).running

@@ -66,6 +66,8 @@ def test_ext_proc_observability_mode() -> None:
     full_mode = filters.ext_proc_filter(full)["typed_config"]["processing_mode"]
     assert full_mode["response_body_mode"] == "STREAMED"
     assert full_mode["response_trailer_mode"] == "SEND"
+    full_meta = filters.ext_proc_filter(full)["typed_config"]["grpc_service"]["initial_metadata"]
+    assert {"key": "x-meshward-tap-response-body", "value": "true"} in full_meta
     metadata = {h["key"]: h["value"] for h in cfg["grpc_service"]["initial_metadata"]}
     assert metadata == {
         "x-meshward-namespace": "shop",
@@ -95,6 +97,10 @@ def test_clusters_http2_and_limits() -> None:
         {"mode": "block"},
         {"direction": "sideways"},
         {"namespace": ""},
+        {"namespace": "Shop"},
+        {"namespace": "shop ns"},
+        {"workload": "web/../x"},
+        {"namespace": "a" * 64},
         {"body_limit": -1},
         {"timeout_ms": 0},
     ],

@@ -107,10 +107,15 @@ def test_patches_are_the_filter_config() -> None:
         (obj,) = envoyfilter.render("shop", mode)["objects"]
         patches = obj["spec"]["configPatches"]
         inserted = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
-        assert inserted == filters.http_filters(s)
+        inbound = [v for v in inserted if _direction(v) == "inbound"]
+        assert inbound == filters.http_filters(s)
+        outbound = [v for v in inserted if _direction(v) == "outbound"]
+        assert outbound == filters.http_filters(FilterSettings("shop", "", mode, "outbound"))
+        assert [f["name"] for f in outbound] == [filters.EXT_PROC]  # callers only report
         for p in patches:
             if p["applyTo"] == "HTTP_FILTER":
-                assert p["match"]["context"] == "SIDECAR_INBOUND"
+                context = "SIDECAR_" + _direction(p["patch"]["value"]).upper()
+                assert p["match"]["context"] == context
                 assert p["patch"]["operation"] == "INSERT_BEFORE"
                 sub = p["match"]["listener"]["filterChain"]["filter"]["subFilter"]
                 assert sub == {"name": filters.ROUTER}
@@ -124,42 +129,57 @@ def test_patches_are_the_filter_config() -> None:
     assert filters.EXT_AUTHZ not in names and filters.AUTHZ_CLUSTER not in names
 
 
-def bootstrap_from_patches(obj: dict[str, Any]) -> dict[str, Any]:
-    """An Envoy bootstrap that embeds every patch value as Istio would apply it."""
-    patches = obj["spec"]["configPatches"]
-    http_filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
-    clusters = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+def _direction(http_filter: dict[str, Any]) -> str:
+    metadata = http_filter["typed_config"]["grpc_service"]["initial_metadata"]
+    return next(h["value"] for h in metadata if h["key"] == "x-meshward-direction")
+
+
+def _listener(
+    patches: list[dict[str, Any]], context: str, port: int, cluster: str
+) -> dict[str, Any]:
+    """An Istio-like listener of `context` with the HTTP_FILTER and VIRTUAL_HOST patches in."""
+    mine = [p for p in patches if p["match"].get("context") == context]
+    http_filters = [p["patch"]["value"] for p in mine if p["applyTo"] == "HTTP_FILTER"]
     vhost: dict[str, Any] = {
-        "name": "inbound|http|8080",
+        "name": f"{context.lower()}|http|{port}",
         "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound|8080||"}}],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
     }
-    for p in patches:
+    for p in mine:
         if p["applyTo"] == "VIRTUAL_HOST":
-            vhost.update(p["patch"]["value"])  # MERGE into Istio's inbound virtual host
+            vhost.update(p["patch"]["value"])  # MERGE into Istio's virtual host
     hcm = {
         "@type": (
             "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
             ".HttpConnectionManager"
         ),
-        "stat_prefix": "inbound_0.0.0.0_8080",
-        "route_config": {"name": "inbound|8080||", "virtual_hosts": [vhost]},
+        "stat_prefix": f"{context.lower()}_{port}",
+        "route_config": {"name": cluster, "virtual_hosts": [vhost]},
         "http_filters": [
             *http_filters,
             {"name": filters.ROUTER, "typed_config": {"@type": ROUTER_CONFIG}},
         ],
     }
-    listener = {
-        "name": "virtualInbound",
-        "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
-        "filter_chains": [
-            {"filters": [{"name": envoyfilter.HCM, "typed_config": hcm}]},
-        ],
+    return {
+        "name": f"{context.lower()}_{port}",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": envoyfilter.HCM, "typed_config": hcm}]}],
     }
-    app = upstream_cluster("127.0.0.1:8080", name="inbound|8080||")
+
+
+def bootstrap_from_patches(obj: dict[str, Any]) -> dict[str, Any]:
+    """An Envoy bootstrap that embeds every patch value as Istio would apply it."""
+    patches = obj["spec"]["configPatches"]
+    clusters = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+    inbound = _listener(patches, "SIDECAR_INBOUND", 15006, "inbound|8080||")
+    outbound = _listener(patches, "SIDECAR_OUTBOUND", 15001, "outbound|8080||app.shop")
+    apps = [
+        upstream_cluster("127.0.0.1:8080", name="inbound|8080||"),
+        upstream_cluster("127.0.0.1:8081", name="outbound|8080||app.shop"),
+    ]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [listener], "clusters": [app, *clusters]},
+        "static_resources": {"listeners": [inbound, outbound], "clusters": [*apps, *clusters]},
     }
 
 
@@ -188,7 +208,7 @@ def run_command(module: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="meshward")
     sub = parser.add_subparsers(dest="command")
     importlib.import_module(module).register(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args([module.rsplit(".", 1)[1], *argv])
     return int(args.func(args))
 
 
@@ -233,3 +253,9 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert yaml.safe_load(mesh.read_text())["meshConfig"]["extensionProviders"][0]["name"]
     with pytest.raises(UsageError):
         run_command("meshward.commands.istio", ["render", "--namespace", "", "--mode", "learn"])
+    argv = ["render", "--namespace", "shop", "--mode", "learn", "--no-outbound-tap"]
+    assert run_command("meshward.commands.istio", [*argv, "--format", "json"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    contexts = {p["match"]["context"] for p in obj["spec"]["configPatches"]}
+    assert contexts == {"SIDECAR_INBOUND", "SIDECAR_OUTBOUND"}  # the cluster is outbound
+    assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["CLUSTER", "HTTP_FILTER"]

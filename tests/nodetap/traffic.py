@@ -13,8 +13,14 @@ CLIENT = ("10.213.0.2", 40000)
 SERVER = ("10.213.0.2", 8080)
 
 
-def packet(src: tuple[str, int], dst: tuple[str, int], seq: int, flags: int, data: bytes = b"",
-           ts: float = 1.0) -> Packet:
+def packet(
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    seq: int,
+    flags: int,
+    data: bytes = b"",
+    ts: float = 1.0,
+) -> Packet:
     return Packet(ts, 4, src[0], dst[0], 6, 64, 40 + len(data), 0, 0, False, src[1], dst[1],
                   seq & 0xFFFFFFFF, 0, flags, 65535, 0, 0, 0, 0, memoryview(data),
                   54 + len(data))  # fmt: skip

@@ -216,3 +216,23 @@ def test_concurrent_first_open(tmp_path: Path) -> None:
     assert errors == []
     with open_store(path) as s:
         assert s.load_profiles() == {"x/y": {"ok": True}}
+
+
+def test_read_only_view(db: str) -> None:
+    from meshward.store import ReadOnlyStore
+
+    with open_store(db) as s:
+        s.save_profiles({"a/a": {"v": 1}})
+        s.set_mode("shop", "enforce")
+        s.add_alerts([{"destination": "shop/x"}])
+        ro = ReadOnlyStore(s)
+        assert isinstance(ro, Store)
+        ro.save_profiles({"b/b": {"v": 2}})
+        ro.replace_profiles({})
+        ro.delete_profile("a/a")
+        ro.add_alerts([{"destination": "shop/y"}])
+        with pytest.raises(StoreError, match="read-only"):
+            ro.set_mode("shop", "learn")
+        assert ro.load_profiles() == s.load_profiles() == {"a/a": {"v": 1}}
+        assert ro.modes() == {"shop": "enforce"} and ro.modes_version() == s.modes_version()
+        assert [a["destination"] for a in ro.alerts()] == ["shop/x"]

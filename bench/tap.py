@@ -1,0 +1,119 @@
+"""The Envoy tap (ext_proc, observability mode) through a real Envoy 1.40 (~1 minute).
+
+1. Requests/s through one sidecar with the tap off and on (wrk, 1 and 16 connections), and how
+   many of the requests meshward observed at that saturation (the tap is send-and-go: when the
+   server falls behind, Envoy drops the copy, never the request).
+2. A fixed 1,000 requests/s for 10 s (h2load --rps, HTTP/1.1, a small JSON POST): observations
+   received must equal requests sent (zero loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from envoy_harness import (
+    EnvoyProcess,
+    MeshwardServe,
+    app_bootstrap,
+    post_script,
+    request,
+    sidecar,
+    wrk,
+)
+
+EXT_PROC = "envoy.filters.http.ext_proc"
+OBSERVED = 'meshward_observations_total{source="envoy-tap"}'
+BODY = b'{"sku":"book-1","qty":2,"note":"gift wrap"}'
+
+
+def settle(mw: MeshwardServe, timeout: float = 15.0) -> float:
+    """The observation count once it stops growing (streams still draining after the load)."""
+    last, deadline = -1.0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = mw.metric(OBSERVED)
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.5)
+    return last
+
+
+def h2load_paced(port: int, rate: int, seconds: int, clients: int = 50) -> tuple[int, int]:
+    """(requests done, 2xx) at `rate` req/s in total for `seconds` (HTTP/1.1)."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".json") as data:
+        data.write(BODY)
+        data.flush()
+        cmd = ["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients),
+               "-D", str(seconds), "-d", data.name, "-H", "content-type: application/json",
+               f"http://127.0.0.1:{port}/api/orders"]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                             timeout=seconds + 60).stdout  # fmt: skip
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    codes = re.search(r"status codes: (\d+) 2xx", out)
+    if not done or not codes:
+        raise RuntimeError(f"cannot read h2load output:\n{out}")
+    return int(done[1]), int(codes[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per point")
+    ap.add_argument("--rate", type=int, default=1000, help="paced requests/s")
+    ap.add_argument("--paced-seconds", type=int, default=10)
+    args = ap.parse_args()
+    script = post_script(BODY)
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="meshward-bench-") as tmp, \
+            EnvoyProcess(app_bootstrap(), name="app") as app:  # fmt: skip
+        mw = MeshwardServe(tmp)
+        try:
+            off = sidecar(app.port, "learn", keep=())
+            on = sidecar(app.port, "learn", keep=(EXT_PROC,), tap_port=mw.tap)
+            rows = []
+            for conns in (1, 16):
+                with EnvoyProcess(off, name="tap-off") as e:
+                    wrk(f"http://127.0.0.1:{e.port}", 4, 1, script)
+                    r_off = wrk(f"http://127.0.0.1:{e.port}", conns, args.seconds, script)
+                with EnvoyProcess(on, name="tap-on") as e:
+                    wrk(f"http://127.0.0.1:{e.port}", 4, 1, script)
+                    before = settle(mw)
+                    r_on = wrk(f"http://127.0.0.1:{e.port}", conns, args.seconds, script)
+                    seen = settle(mw) - before
+                rows.append((conns, r_off, r_on, seen))
+                print(f"  c={conns}: tap off {r_off.rps:7.0f} req/s | tap on {r_on.rps:7.0f} req/s"
+                      f" ({r_on.rps / r_off.rps:.2f}x), p50 {r_off.p50_us:.0f} -> "
+                      f"{r_on.p50_us:.0f} µs, observed {seen:.0f}/{r_on.requests} "
+                      f"({seen / max(r_on.requests, 1):.1%}), failed requests "
+                      f"{r_on.non2xx + r_on.errors}", flush=True)
+                ok &= r_on.non2xx + r_on.errors == 0
+
+            with EnvoyProcess(on, name="tap-paced") as e:
+                assert request(e.port, "/api/orders", BODY) == 200
+                before = settle(mw)
+                sent, good = h2load_paced(e.port, args.rate, args.paced_seconds)
+                seen = settle(mw) - before
+                envoy_tap = {k.rsplit(".", 1)[-1]: v for k, v in e.stats("http.").items()
+                             if ".ext_proc." in k and v}  # fmt: skip
+                streams = {o: mw.metric(f'meshward_tap_streams_total{{outcome="{o}"}}')
+                           for o in ("complete", "cut", "expired", "error")}  # fmt: skip
+            lost = sent - seen
+            print(f"\nfixed {args.rate} req/s for {args.paced_seconds} s: sent {sent} of "
+                  f"{args.rate * args.paced_seconds} "
+                  f"({good} 2xx), observations received {seen:.0f}, lost {lost:.0f}; "
+                  f"tap streams over the run {streams}; Envoy ext_proc stats {envoy_tap}")
+            zero = lost == 0 and good == sent
+            print(f"goal: observations received == requests sent at {args.rate} req/s: "
+                  f"{'MET' if zero else 'NOT MET'}")
+            ok &= zero
+        finally:
+            mw.stop()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

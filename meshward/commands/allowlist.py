@@ -1,0 +1,173 @@
+"""`meshward allowlist show|export|import`: review and edit the learned allowlists.
+
+export writes a stable, diffable document (services and rules sorted; YAML by default, JSON with
+--format json); import reads one back (YAML or JSON), merged into the stored allowlists or, with
+--replace, instead of them. A human edits rules in that document: add, remove or widen one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from meshward.cli import UsageError
+from meshward.commands.offline import add_db_flag, close_engine, engine_for
+from meshward.engine import Engine
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("allowlist", help="show, export or import the learned allowlists")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    show = actions.add_parser("show", help="a table on a terminal, YAML otherwise")
+    show.add_argument("--destination", metavar="SERVICE", help="only this destination (ns/name)")
+    add_db_flag(show)
+    show.set_defaults(func=run_show)
+
+    export = actions.add_parser("export", help="write the allowlists as YAML or JSON")
+    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export.add_argument(
+        "--stats",
+        action="store_true",
+        help="include counts and first/last-seen times (they change with every run: noisier diffs)",
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    add_db_flag(export)
+    export.set_defaults(func=run_export)
+
+    imp = actions.add_parser("import", help="read allowlists from a YAML or JSON document")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace all stored allowlists (default: merge into them)",
+    )
+    add_db_flag(imp)
+    imp.set_defaults(func=run_import)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except short lists of scalars inline (`[int, uuid]`): easy to read and diff."""
+
+
+def _list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flat = all(isinstance(x, (str, int, float, bool)) or x is None for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _list)
+
+
+def dump(doc: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, indent=2)
+
+
+def _export(engine: Engine, stats: bool, destination: str | None = None) -> dict[str, Any]:
+    doc = engine.allowlist.export_doc(stats=stats)
+    if destination is not None:
+        doc["services"] = [s for s in doc["services"] if s.get("destination") == destination]
+        if not doc["services"]:
+            raise UsageError(f"no allowlist for destination {destination!r}")
+    return doc
+
+
+def run_export(args: argparse.Namespace) -> int:
+    engine = engine_for(args.db, read_only=True, create=False, threats=False)
+    try:
+        text = dump(_export(engine, args.stats), args.format)
+    finally:
+        close_engine(engine)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise UsageError(f"{args.output}: {exc.strerror or exc}") from exc
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _when(ts: object) -> str:
+    if not isinstance(ts, (int, float)) or ts <= 0:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _fields(spec: object) -> str:
+    if not isinstance(spec, dict):
+        return ""
+    return ", ".join(
+        f"{k}:{'|'.join(v)}" if isinstance(v, list) else str(k) for k, v in spec.items()
+    )
+
+
+def run_show(args: argparse.Namespace) -> int:
+    engine = engine_for(args.db, read_only=True, create=False, threats=False)
+    try:
+        doc = _export(engine, stats=True, destination=args.destination)
+    finally:
+        close_engine(engine)
+    if not sys.stdout.isatty():
+        sys.stdout.write(dump(doc, "yaml"))
+        return 0
+    table = Table(title=f"meshward allowlists ({len(doc['services'])} services)")
+    for col in ("destination", "method", "path", "sources", "query", "body", "count", "last seen"):
+        table.add_column(col, overflow="fold", justify="right" if col == "count" else "left")
+    for svc in doc["services"]:
+        for rule in svc.get("endpoints", []):
+            table.add_row(
+                svc.get("destination", ""),
+                rule.get("method", ""),
+                rule.get("path", ""),
+                ", ".join(rule.get("sources", {})),
+                _fields(rule.get("query")),
+                _fields(rule.get("body")),
+                str(rule.get("count", "")),
+                _when(rule.get("last_seen")),
+            )
+    Console().print(table)
+    return 0
+
+
+def _yaml_problem(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().split("\n")[0]
+    return f"{problem} (line {mark.line + 1})" if mark is not None else str(problem)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)  # JSON is YAML too
+    except OSError as exc:
+        raise UsageError(f"{args.file}: {exc.strerror or exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.file}: not YAML or JSON: {_yaml_problem(exc)}") from exc
+    engine = engine_for(args.db, threats=False)
+    try:
+        try:
+            touched = engine.allowlist.import_doc(doc, replace=args.replace)
+        except ValueError as exc:
+            raise UsageError(f"{args.file}: {exc}") from exc
+        engine.save_allowlist(touched, replace=args.replace)
+        rules = sum(engine.allowlist.services[d].endpoints for d in set(touched))
+        total = (len(engine.allowlist.services), engine.allowlist.rule_count())
+    finally:
+        close_engine(engine)
+    how = "replaced the stored allowlists with" if args.replace else "merged"
+    print(
+        f"{how} {len(set(touched))} services ({rules} rules) from {args.file}; "
+        f"allowlist now: {total[0]} services, {total[1]} rules"
+    )
+    return 0

@@ -1,0 +1,49 @@
+"""`meshward learn FILE...`: extend the stored allowlists from recorded traffic (HAR, Envoy tap)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshward.commands.offline import (
+    Tally,
+    add_db_flag,
+    check_files,
+    close_engine,
+    engine_for,
+    observations,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "learn",
+        help="learn allowlists from HAR files or Envoy tap traces",
+        description="Feed recorded requests to the engine in learn mode and store what it "
+        "learned. Requests that carry a threat are not learned. A bad entry is reported on "
+        "stderr, skipped and counted.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="HAR 1.2 or Envoy tap trace file")
+    add_db_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_files(args.files)
+    engine = engine_for(args.db)
+    tally = Tally()
+    learned_before = engine.counters["learned"]
+    try:
+        for obs in observations(args.files, "learn", tally):
+            engine.evaluate(obs, mode="learn")
+    finally:
+        close_engine(engine)
+    learned = engine.counters["learned"] - learned_before
+    skipped = tally.observations - learned
+    print(
+        f"learned {learned} requests, skipped {skipped} (carrying threats), "
+        f"{tally.bad} bad entries; allowlist: {len(engine.allowlist.services)} services, "
+        f"{engine.allowlist.rule_count()} rules ({engine.store.path})"  # type: ignore[union-attr]
+    )
+    sys.stdout.flush()
+    return 1 if tally.observations == 0 and tally.bad else 0

@@ -1,0 +1,66 @@
+"""`meshward mode get [NAMESPACE]` / `meshward mode set NAMESPACE MODE`.
+
+A running `meshward serve` on the same database notices a change within its flush interval
+(the store's modes_version counter), so this works while the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from meshward.cli import UsageError
+from meshward.commands.offline import add_db_flag, store_for
+from meshward.engine import MODES, EngineConfig
+from meshward.store import StoreError
+
+# a Kubernetes namespace name (RFC 1123 label)
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mode", help="get or set a namespace's mode (learn, monitor, enforce)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    get = actions.add_parser(
+        "get", help="one namespace's mode, or every namespace set (`*`: all the others)"
+    )
+    get.add_argument("namespace", nargs="?", metavar="NAMESPACE")
+    add_db_flag(get)
+    get.set_defaults(func=run_get)
+    put = actions.add_parser("set", help="set a namespace's mode")
+    put.add_argument("namespace", metavar="NAMESPACE")
+    put.add_argument("mode", choices=MODES, metavar="MODE", help=" | ".join(MODES))
+    add_db_flag(put)
+    put.set_defaults(func=run_set)
+
+
+def _check(namespace: str) -> str:
+    if not _NAMESPACE.match(namespace):
+        raise UsageError(f"{namespace!r} is not a Kubernetes namespace name")
+    return namespace
+
+
+def run_get(args: argparse.Namespace) -> int:
+    default = EngineConfig().default_mode
+    with store_for(args.db, create=False) as store:
+        modes = store.modes()
+    if args.namespace is not None:
+        print(modes.get(_check(args.namespace), default))
+        return 0
+    for ns, mode in sorted(modes.items()):
+        print(f"{ns}\t{mode}")
+    print(f"*\t{default}")  # every namespace not listed
+    return 0
+
+
+def run_set(args: argparse.Namespace) -> int:
+    ns = _check(args.namespace)
+    with store_for(args.db) as store:
+        before = store.modes().get(ns, EngineConfig().default_mode)
+        try:
+            store.set_mode(ns, args.mode)
+        except (StoreError, ValueError) as exc:
+            raise UsageError(str(exc)) from exc
+    print(f"{ns}: {args.mode} (was {before})")
+    return 0

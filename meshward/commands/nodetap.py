@@ -1,0 +1,209 @@
+"""`meshward node-tap`: capture pod loopback HTTP and host ICMP/UDP, emit observations.
+
+One per node, as root. Each `--netns` is a pod network namespace (Linkerd-meshed pod): its `lo`
+is captured for the plaintext proxy↔app HTTP/1.1, HTTP/2 and gRPC; each `--iface` is a host
+interface watched for ICMP/UDP threats. Observations (and network alerts, which are
+observations carrying threats) go to stdout as JSON Lines or in batches to `meshward serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from typing import Any
+
+from meshward.cli import UsageError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "node-tap",
+        help="capture Linkerd pods' loopback HTTP/gRPC and host ICMP/UDP (root)",
+        description="AF_PACKET capture in pod network namespaces (lo: proxy<->app HTTP/1.1, "
+        "HTTP/2, gRPC) and on host interfaces (ICMP/UDP threats). Needs root.",
+    )
+    p.add_argument("--netns", action="append", default=[], metavar="NAME|PATH",
+                   help="pod network namespace (name under /run/netns or a path such as "
+                   "/proc/PID/ns/net); repeatable")  # fmt: skip
+    p.add_argument(
+        "--pod",
+        action="append",
+        default=[],
+        metavar="NS/NAME",
+        help="the pod's namespace/workload, one per --netns in the same order",
+    )
+    p.add_argument(
+        "--iface",
+        action="append",
+        default=[],
+        metavar="IFACE",
+        help="host interface watched for ICMP/UDP threats; repeatable",
+    )
+    p.add_argument(
+        "--pod-iface",
+        default="eth0",
+        help="pod interface watched for ICMP/UDP ('none': off; default eth0)",
+    )
+    p.add_argument("--app-port", action="append", type=int, default=[], metavar="PORT",
+                   help="capture only these app ports on lo (default: every port but the "
+                   "Linkerd proxy's 4140/4143/4190/4191)")  # fmt: skip
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--output", choices=["jsonl"], default="jsonl", help="JSON Lines on stdout (default)"
+    )
+    out.add_argument(
+        "--server",
+        metavar="URL",
+        help="send batches to meshward serve (POST URL/api/v1/observations)",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=10000,
+        help="observations buffered for the output before dropping (default 10000)",
+    )
+    p.add_argument("--max-body", type=int, default=65536, help="request body bytes kept")
+    p.add_argument("--max-flows", type=int, default=20000, help="TCP connections tracked")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        help="seconds before an idle connection is forgotten",
+    )
+    p.add_argument(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        help="seconds between metrics log lines (default 10)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics on this port (default off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        help="address of the Prometheus endpoint (default 0.0.0.0)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (default: until SIGINT/SIGTERM)",
+    )
+    p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
+    p.set_defaults(func=run)
+
+
+def _pods(args: argparse.Namespace) -> list[Any]:
+    from meshward.observation import Identity
+    from tap.node.pipeline import PodTarget
+
+    if args.pod and len(args.pod) != len(args.netns):
+        raise UsageError("give one --pod NS/NAME per --netns (or none)")
+    pods = []
+    for i, netns in enumerate(args.netns):
+        ident = Identity()
+        if args.pod:
+            ns, sep, name = args.pod[i].partition("/")
+            if not sep or not ns or not name:
+                raise UsageError(f"--pod {args.pod[i]!r} is not NS/NAME")
+            ident = Identity(ns, name)
+        iface = None if args.pod_iface == "none" else args.pod_iface
+        pods.append(PodTarget(netns, ident, iface))
+    return pods
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not args.netns and not args.iface:
+        raise UsageError("nothing to capture: give --netns and/or --iface")
+    if any(not 0 < p < 65536 for p in args.app_port):
+        raise UsageError("--app-port must be 1..65535")
+    if args.queue_size < 1 or args.max_flows < 1 or args.max_body < 0:
+        raise UsageError("--queue-size and --max-flows must be >= 1, --max-body >= 0")
+    if args.idle_timeout <= 0 or args.stats_interval <= 0 or args.duration < 0:
+        raise UsageError("--idle-timeout and --stats-interval must be > 0, --duration >= 0")
+    if args.server and not args.server.startswith(("http://", "https://")):
+        raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
+    if not 0 <= args.metrics_port < 65536:
+        raise UsageError("--metrics-port must be 0..65535")
+
+
+def _network_monitor(tap: Any, needed: bool) -> Any:
+    """The network engineer's ICMP/UDP detectors, or None when ICMP/UDP is not watched."""
+    if not needed:
+        return None
+    try:
+        from tap.node.netthreats import NetworkMonitor
+    except ImportError as exc:
+        from meshward.log import event
+
+        event(logging.getLogger("meshward.node-tap"), "ICMP/UDP detectors unavailable",
+              logging.WARNING, error=str(exc))  # fmt: skip
+        return None
+
+    return NetworkMonitor(resolve=tap.resolve)
+
+
+def _serve_metrics(host: str, port: int, tap: Any) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+
+    class Collector:
+        def collect(self):  # type: ignore[no-untyped-def]
+            for name, value in tap.stats().items():
+                yield GaugeMetricFamily(f"meshward_nodetap_{name}", name, value=value)
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # type: ignore[arg-type]
+    start_http_server(port, addr=host, registry=registry)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from meshward import log
+    from tap.node.metrics import Metrics
+    from tap.node.output import HttpOutput, JsonlOutput
+    from tap.node.pipeline import NodeTap
+
+    try:
+        log.setup(args.log_level)
+    except ValueError:
+        raise UsageError(f"unknown log level {args.log_level!r}") from None
+    _check(args)
+    if os.geteuid() != 0:
+        raise UsageError("needs root (AF_PACKET capture, entering network namespaces)")
+    metrics = Metrics()
+    output = (
+        HttpOutput(metrics, args.server, max_queue=args.queue_size)
+        if args.server
+        else JsonlOutput(metrics, max_queue=args.queue_size)
+    )
+    tap = NodeTap(
+        _pods(args), args.iface, output.put, metrics, args.app_port or None, args.max_body,
+        args.max_flows, args.idle_timeout, args.stats_interval,
+    )  # fmt: skip
+    watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns))
+    tap.netmon = _network_monitor(tap, watch_net)
+    try:
+        tap.open()
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.metrics_port:
+        _serve_metrics(args.metrics_host, args.metrics_port, tap)
+    output.start()
+    try:
+        tap.run(stop, duration=args.duration or None)
+    finally:
+        tap.close()
+        output.close()
+        log.event(logging.getLogger("meshward.node-tap"), "node-tap stopped", **tap.stats())
+    return 0

@@ -1,0 +1,87 @@
+"""What the offline commands share: checking input files, opening the store and the engine,
+walking the inputs with a progress bar and one stderr line per bad entry."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from meshward.cli import UsageError
+from meshward.engine import Engine, EngineConfig
+from meshward.formats import EntryError, read_observations
+from meshward.observation import Observation
+from meshward.progress import ByteProgress
+from meshward.store import ReadOnlyStore, SqliteStore, StoreError, default_path, open_store
+
+
+def add_db_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        help=f"SQLite store (default: $MESHWARD_DB, else ./meshward.db; now {default_path()})",
+    )
+
+
+def check_files(paths: list[str]) -> None:
+    """A missing or unreadable input is a usage error: nothing is processed."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise UsageError(f"{p}: no such file")
+        if os.path.isdir(p):
+            raise UsageError(f"{p}: is a directory (give the files inside it)")
+        if not os.access(p, os.R_OK):
+            raise UsageError(f"{p}: not readable")
+
+
+def store_for(db: str | None, *, create: bool = True) -> SqliteStore:
+    try:
+        return open_store(db, create=create)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def engine_for(
+    db: str | None, *, read_only: bool = False, create: bool = True, threats: bool = True
+) -> Engine:
+    """The engine over the store; read_only: profiles and modes are read, nothing is written.
+
+    threats=False skips compiling the threat detectors (allowlist commands score nothing).
+    """
+    store = store_for(db, create=create)
+    try:
+        config = EngineConfig(threats=threats)
+        return Engine(store=ReadOnlyStore(store) if read_only else store, config=config)
+    except StoreError as exc:
+        store.close()
+        raise UsageError(str(exc)) from exc
+
+
+def close_engine(engine: Engine) -> None:
+    try:
+        engine.close()
+    except StoreError as exc:
+        raise UsageError(f"saving failed: {exc}") from exc
+    finally:
+        if engine.store is not None:
+            engine.store.close()
+
+
+@dataclass
+class Tally:
+    observations: int = 0
+    bad: int = 0
+
+
+def observations(paths: list[str], what: str, tally: Tally) -> Iterator[Observation]:
+    """Every Observation of the inputs, in order; bad entries go to stderr and are counted."""
+    total = sum(os.path.getsize(p) for p in paths)
+    with ByteProgress(total, what) as bar:
+        for item in read_observations(paths, progress=bar.advance):
+            if isinstance(item, EntryError):
+                tally.bad += 1
+                bar.print(f"meshward {what}: skipped {item}")
+                continue
+            tally.observations += 1
+            yield item

@@ -1,0 +1,61 @@
+"""`meshward score FILE...`: one JSON line per recorded request, in input order (DESIGN.md).
+
+Read-only: nothing is learned and no alert is stored, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from meshward.commands.offline import (
+    Tally,
+    add_db_flag,
+    check_files,
+    close_engine,
+    engine_for,
+    observations,
+)
+from meshward.engine import MODES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score HAR files or Envoy tap traces against the stored allowlists",
+        description="Write one JSON object per request to stdout (verdict, score, reasons, "
+        "threats, destination, source, rule, mode). Nothing is written to the store. A bad "
+        "entry is reported on stderr, skipped and counted.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="HAR 1.2 or Envoy tap trace file")
+    add_db_flag(p)
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="score every request in this mode (default: each namespace's stored mode)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_files(args.files)
+    engine = engine_for(args.db, read_only=True, create=False)
+    tally = Tally()
+    verdicts: Counter[str] = Counter()
+    out = sys.stdout
+    try:
+        for obs in observations(args.files, "score", tally):
+            v = engine.evaluate(obs, mode=args.mode, learn=False)
+            verdicts[v.verdict] += 1
+            out.write(json.dumps(v.as_dict()) + "\n")
+        out.flush()
+    finally:
+        close_engine(engine)
+    counts = ", ".join(f"{verdicts[k]} {k}" for k in ("allow", "alert", "deny"))
+    print(
+        f"meshward score: {tally.observations} requests ({counts}), {tally.bad} bad entries",
+        file=sys.stderr,
+    )
+    return 1 if tally.observations == 0 and tally.bad else 0

@@ -1,0 +1,271 @@
+"""meshward learn / score / allowlist / mode, end to end through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshward.store import open_store
+from tests.cli.conftest import Result
+from tests.formats.samples import har_entry, tap_trace, write_har
+
+Run = Callable[..., Result]
+API = "http://api.shop.svc.cluster.local"
+
+
+def _train(tmp_path: Path) -> Path:
+    entries = []
+    for i in range(60):
+        entries.append(har_entry("GET", f"{API}/users/{i}?verbose=1", source="web/front"))
+        entries.append(
+            har_entry(
+                "POST",
+                f"{API}/users/{i}/orders",
+                source="web/front",
+                status=201,
+                body=json.dumps({"item": i, "qty": 2}),
+                headers={"content-type": "application/json"},
+            )
+        )
+    entries.append(har_entry("GET", f"{API}/users/1?id=1%27%20OR%201=1--", source="web/front"))
+    entries.append("not an entry")
+    return write_har(tmp_path / "train.har", entries)
+
+
+def _test_input(tmp_path: Path) -> Path:
+    return write_har(
+        tmp_path / "test.har",
+        [
+            har_entry("GET", f"{API}/users/999?verbose=1", source="web/front"),
+            {"request": "broken"},
+            har_entry("GET", f"{API}/admin", source="web/front"),
+            har_entry(
+                "POST",
+                f"{API}/users/5/orders",
+                source="evil/x",
+                body='{"item": 1, "qty": 2, "admin": true}',
+                headers={"content-type": "application/json"},
+            ),
+        ],
+    )
+
+
+def _dump(db: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return [
+            *con.execute("SELECT destination, doc FROM profiles ORDER BY destination"),
+            *con.execute("SELECT * FROM alerts"),
+        ]
+    finally:
+        con.close()
+
+
+def test_learn_then_score(meshward: Run, tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    r = meshward("learn", str(_train(tmp_path)), "--db", str(db))
+    assert r.code == 0, r.err
+    assert r.out.strip() == (
+        f"learned 120 requests, skipped 1 (carrying threats), 1 bad entries; "
+        f"allowlist: 1 services, 2 rules ({db})"
+    )
+    assert r.err.strip() == (
+        f"meshward learn: skipped {tmp_path / 'train.har'}: entry 122: "
+        "entry must be an object, not str"
+    )
+    before = _dump(db)
+    r = meshward("score", str(_test_input(tmp_path)), "--db", str(db), "--mode", "enforce")
+    assert r.code == 0
+    lines = [json.loads(x) for x in r.out.splitlines()]
+    assert len(lines) == 3  # one per request, the broken entry is skipped
+    for d in lines:
+        assert set(d) >= {"verdict", "score", "reasons", "threats", "destination", "source"}
+        assert 0.0 <= d["score"] <= 1.0
+    assert lines[0]["verdict"] == "allow" and lines[0]["rule"] == "GET /users/{int}"
+    assert lines[1]["verdict"] == "deny" and "unknown-path" in lines[1]["reasons"]
+    assert lines[2]["verdict"] == "deny" and "unknown-source" in lines[2]["reasons"]
+    assert lines[2]["source"] == "evil/x" and lines[2]["destination"] == "shop/api"
+    assert "entry 2: request must be an object" in r.err
+    assert "3 requests (1 allow, 0 alert, 2 deny), 1 bad entries" in r.err
+    assert _dump(db) == before  # score learns nothing and stores no alert
+
+
+def test_score_uses_stored_modes(meshward: Run, tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    test = str(_test_input(tmp_path))
+    verdicts = [
+        json.loads(x)["verdict"] for x in meshward("score", test, "--db", db).out.split("\n") if x
+    ]
+    assert verdicts == ["allow", "allow", "allow"]  # learn mode never blocks
+    assert meshward("mode", "set", "shop", "monitor", "--db", db).code == 0
+    r = meshward("score", test, "--db", db)
+    assert [json.loads(x)["verdict"] for x in r.out.splitlines()] == ["allow", "alert", "alert"]
+    assert {json.loads(x)["mode"] for x in r.out.splitlines()} == {"monitor"}
+
+
+def test_tap_input_and_bad_lines(meshward: Run, tmp_path: Path) -> None:
+    p = tmp_path / "taps.jsonl"
+    good = [json.dumps(tap_trace("GET", f"/items/{i}")) for i in range(20)]
+    p.write_text("\n".join([*good[:10], "{oops", json.dumps({"kind": 1}), *good[10:]]) + "\n")
+    db = str(tmp_path / "m.db")
+    r = meshward("learn", str(p), "--db", db)
+    assert r.code == 0
+    assert r.out.startswith("learned 20 requests, skipped 0 (carrying threats), 2 bad entries;")
+    assert f"{p}: line 11: invalid JSON" in r.err and f"{p}: line 12: not an Envoy" in r.err
+    r = meshward("score", str(p), "--db", db, "--mode", "enforce")
+    assert [json.loads(x)["verdict"] for x in r.out.splitlines()] == ["allow"] * 20
+
+
+def test_usage_errors(meshward: Run, tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+    har = str(_train(tmp_path))
+    r = meshward("learn", har, str(tmp_path / "nope.har"), "--db", db)
+    assert r.code == 2 and r.err.strip() == f"meshward learn: {tmp_path / 'nope.har'}: no such file"
+    assert not (tmp_path / "m.db").exists()  # nothing was processed
+    assert meshward("learn", str(tmp_path), "--db", db).code == 2
+    r = meshward("score", har, "--db", db)
+    assert r.code == 2 and "no database at" in r.err
+    r = meshward("score", har, "--mode", "block")
+    assert r.code == 2 and "invalid choice" in r.err
+    assert meshward("learn").code == 2
+    notdb = tmp_path / "x.db"
+    notdb.write_text("hello" * 1000)
+    r = meshward("learn", har, "--db", str(notdb))
+    assert r.code == 2 and "not a meshward database" in r.err
+
+
+def test_nothing_readable_exits_1(meshward: Run, tmp_path: Path) -> None:
+    p = tmp_path / "junk.har"
+    p.write_text("this is not json")
+    r = meshward("learn", str(p), "--db", str(tmp_path / "m.db"))
+    assert r.code == 1 and "not a JSON object" in r.err
+
+
+def test_env_db(meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHWARD_DB", str(tmp_path / "env" / "m.db"))
+    assert meshward("learn", str(_train(tmp_path))).code == 0
+    with open_store(str(tmp_path / "env" / "m.db")) as s:
+        assert list(s.load_profiles()) == ["shop/api"]
+
+
+def test_allowlist_export_import_roundtrip(meshward: Run, tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    y1 = meshward("allowlist", "export", "--db", db).out
+    assert meshward("allowlist", "export", "--db", db).out == y1  # stable
+    doc = yaml.safe_load(y1)
+    assert doc["services"][0]["destination"] == "shop/api"
+    assert [e["path"] for e in doc["services"][0]["endpoints"]] == [
+        "/users/{int}",
+        "/users/{int}/orders",
+    ]
+    j = meshward("allowlist", "export", "--format", "json", "--db", db).out
+    assert json.loads(j) == doc
+
+    # a human removes one rule and adds one, then replaces the stored allowlists
+    doc["services"][0]["endpoints"] = [
+        doc["services"][0]["endpoints"][0],
+        {"method": "DELETE", "path": "/users/{int}", "sources": ["web/admin"]},
+    ]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(doc))
+    r = meshward("allowlist", "import", str(edited), "--replace", "--db", db)
+    assert r.code == 0 and "1 services (2 rules)" in r.out
+    again = yaml.safe_load(meshward("allowlist", "export", "--db", db).out)
+    assert sorted((e["method"], e["path"]) for e in again["services"][0]["endpoints"]) == [
+        ("DELETE", "/users/{int}"),
+        ("GET", "/users/{int}"),
+    ]
+    out = tmp_path / "out.yaml"
+    assert meshward("allowlist", "export", "-o", str(out), "--db", db).code == 0
+    assert yaml.safe_load(out.read_text()) == again
+
+    # merge: another service arrives, the first stays
+    other = {
+        "version": 1,
+        "services": [
+            {"destination": "pay/api", "endpoints": [{"method": "POST", "path": "/charge"}]}
+        ],
+    }
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert meshward("allowlist", "import", str(tmp_path / "other.json"), "--db", db).code == 0
+    merged = yaml.safe_load(meshward("allowlist", "export", "--db", db).out)
+    assert [s["destination"] for s in merged["services"]] == ["pay/api", "shop/api"]
+    r = meshward("score", str(_test_input(tmp_path)), "--db", db, "--mode", "enforce")
+    assert json.loads(r.out.splitlines()[0])["verdict"] == "allow"
+
+
+def test_allowlist_import_errors(meshward: Run, tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    before = meshward("allowlist", "export", "--db", db).out
+    cases = {
+        "syntax.yaml": "services: [oops",
+        "shape.yaml": "- just\n- a list\n",
+        "rule.json": json.dumps({"services": [{"destination": "a/b", "endpoints": [{"x": 1}]}]}),
+        "version.json": json.dumps({"version": 99, "services": []}),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        r = meshward("allowlist", "import", str(tmp_path / name), "--replace", "--db", db)
+        assert r.code == 2, name
+        assert (
+            r.err.startswith(f"meshward allowlist: {tmp_path / name}: ") and r.err.count("\n") == 1
+        )
+    assert meshward("allowlist", "import", str(tmp_path / "missing.yaml"), "--db", db).code == 2
+    assert meshward("allowlist", "export", "--db", db).out == before  # all or nothing
+
+
+def test_allowlist_show(meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    r = meshward("allowlist", "show", "--db", db)  # not a terminal: YAML
+    assert yaml.safe_load(r.out)["services"][0]["endpoints"][0]["count"] == 60
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")
+    r = meshward("allowlist", "show", "--db", db)
+    assert "meshward allowlists (1 services)" in r.out
+    assert "/users/{int}/orders" in r.out and "web/front" in r.out and "60" in r.out
+    r = meshward("allowlist", "show", "--destination", "no/such", "--db", db)
+    assert r.code == 2 and "no allowlist for destination" in r.err
+
+
+def test_mode_get_set(meshward: Run, tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+    assert meshward("mode", "get", "--db", db).code == 2  # no database yet
+    r = meshward("mode", "set", "shop", "enforce", "--db", db)
+    assert r.code == 0 and r.out == "shop: enforce (was learn)\n"
+    meshward("mode", "set", "pay", "monitor", "--db", db)
+    assert meshward("mode", "get", "--db", db).out == "pay\tmonitor\nshop\tenforce\n*\tlearn\n"
+    assert meshward("mode", "get", "shop", "--db", db).out == "enforce\n"
+    assert meshward("mode", "get", "other", "--db", db).out == "learn\n"
+    assert meshward("mode", "set", "Bad_NS", "learn", "--db", db).code == 2
+    assert meshward("mode", "set", "shop", "block", "--db", db).code == 2
+    with open_store(db) as s:
+        assert s.modes() == {"pay": "monitor", "shop": "enforce"}
+
+
+def test_console_entry_point(meshward: Run, tmp_path: Path) -> None:
+    """The real `python -m meshward` process scores from what an earlier learn stored."""
+    import os
+    import subprocess
+
+    db = str(tmp_path / "m.db")
+    assert meshward("learn", str(_train(tmp_path)), "--db", db).code == 0
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "MESHWARD_DB": db}
+    test = str(_test_input(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-m", "meshward", "score", test, "--mode", "monitor"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["verdict"] for x in r.stdout.splitlines()] == ["allow", "alert", "alert"]
+    assert "\x1b[" not in r.stderr  # no progress bar or colour when stderr is not a terminal

@@ -1,0 +1,126 @@
+"""`meshward serve` and `meshward tap envoy-admin` as the processes the demo and operators run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from istio.bootstrap import render_bootstrap
+from istio.envoyproc import EnvoyProcess
+from tap.envoy.admin import TraceSplitter
+from tests.envoy.conftest import free_port, http
+
+ROOT = Path(__file__).resolve().parents[2]
+TAP_FILTER = {
+    "name": "envoy.filters.http.tap",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap",
+        "common_config": {"admin_config": {"config_id": "meshward-test"}},
+    },
+}
+
+
+def _meshward(*args: str, **kw: object) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "meshward", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+
+
+def _get(port: int, path: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        try:
+            if _get(port, "/readyz")["ready"]:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "meshward serve not ready"
+        time.sleep(0.1)
+
+
+def test_trace_splitter_cuts_concatenated_values() -> None:
+    s = TraceSplitter(max_value=100)
+    data = json.dumps({"a": "é" * 3}).encode() + b"\n" + json.dumps({"b": 2}, indent=2).encode()
+    out = []
+    for i in range(len(data)):  # byte by byte, splitting the UTF-8 character too
+        out += s.feed(data[i : i + 1])
+    assert out == [{"a": "ééé"}, {"b": 2}]
+
+
+def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    db = str(tmp_path / "m.db")
+    for args in (
+        ["--authz-port", "70000"],
+        ["--db", str(tmp_path / "plain-file" / "x.db"), "--authz-port", "0", "--tap-port", "0",
+         "--http-port", "0"],
+        ["--db", db, "--listen-host", "127.0.0.1", "--authz-port", "0",
+         "--tap-port", str(busy.getsockname()[1]), "--http-port", "0"],
+    ):  # fmt: skip
+        proc = _meshward("serve", *args)
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 2, err.decode()[-500:]
+        assert err.decode().strip().splitlines()[-1].startswith("meshward serve:")
+    busy.close()
+
+
+@pytest.mark.integration
+def test_serve_process_and_admin_tap(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+    authz, tap, web = free_port(), free_port(), free_port()
+    serve = _meshward("serve", "--db", str(tmp_path / "m.db"), "--listen-host", "127.0.0.1",
+                      "--authz-port", str(authz), "--tap-port", str(tap), "--http-port", str(web))
+    tapper = None
+    try:
+        _wait_http(web, serve)
+        boot = render_bootstrap(0, f"127.0.0.1:{app_port}", "shop", "api", "learn",
+                                authz_port=authz, tap_port=tap)  # fmt: skip
+        hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        filters = hcm["typed_config"]["http_filters"]
+        filters[:] = [TAP_FILTER, filters[-1]]  # only the admin tap reports, then the router
+        with EnvoyProcess(boot, envoy=envoy_bin, name="admin-tapped") as envoy:
+            tapper = _meshward("tap", "envoy-admin", "--admin", envoy.admin_url,
+                               "--config-id", "meshward-test", "--serve", f"http://127.0.0.1:{web}",
+                               "--namespace", "shop", "--workload", "api", "--count", "3",
+                               "--duration", "20")  # fmt: skip
+            deadline = time.monotonic() + 20
+            while tapper.poll() is None:  # requests until the tap is attached and saw 3
+                assert time.monotonic() < deadline, "admin tap saw nothing"
+                assert http(envoy.port, "/api/tapped?x=1")[0] == 200
+                time.sleep(0.1)
+            assert tapper.returncode == 0, tapper.stderr.read().decode()[-2000:]
+        doc = _get(web, "/api/v1/allowlist")
+        assert [s["destination"] for s in doc["services"]] == ["shop/api"]  # type: ignore[index]
+        assert "/api/tapped" in json.dumps(doc)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=15) == 0
+        logs = [json.loads(line) for line in serve.stderr.read().decode().splitlines()
+                if line.startswith("{")]  # fmt: skip
+        assert {"serving", "stopped"} <= {entry["msg"] for entry in logs}
+    finally:
+        for p in (tapper, serve):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()

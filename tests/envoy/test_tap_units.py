@@ -1,0 +1,101 @@
+"""The pure parts of the Envoy tap: stream assembly bounds and the both-ends join."""
+
+from __future__ import annotations
+
+import time
+
+from meshward.observation import Identity, Observation
+from tap.envoy.assemble import Limits, StreamAssembler, StreamContext
+from tap.envoy.extproc import stream_context
+from tap.envoy.join import MISMATCH, Joiner
+from tests.envoy.helpers import tap_messages
+
+
+def _assemble(msgs: list, ctx: StreamContext | None = None, **limits: int) -> StreamAssembler:
+    asm = StreamAssembler(ctx or StreamContext("shop", "api"), Limits(**limits))
+    for m in msgs:
+        if asm.feed(m):
+            break
+    return asm
+
+
+def test_stream_becomes_one_observation() -> None:
+    asm = _assemble(tap_messages("POST", "/orders?id=3", body=b'{"a": 1}', chunks=2,
+                                 status=201, request_id="rid-1", content_type="application/json"))
+    assert asm.complete
+    obs = asm.observation()
+    assert obs is not None
+    assert (obs.method, obs.path, obs.query, obs.status) == ("POST", "/orders", "id=3", 201)
+    assert obs.body == b'{"a": 1}' and not obs.body_truncated and obs.body_size == 8
+    assert obs.request_id == "rid-1" and obs.authority == "api.shop"
+    assert obs.destination.key == "shop/api"
+    assert (obs.source.namespace, obs.source.workload, obs.source.ip, obs.source.port) == (
+        "shop", "web", "10.0.0.2", 40000)
+    assert all(not k.startswith(":") for k, _ in obs.headers)
+
+
+def test_bounds_flag_truncation() -> None:
+    asm = _assemble(tap_messages("POST", "/up", body=b"y" * 5000, chunks=10), max_body=1000)
+    obs = asm.observation()
+    assert obs is not None and obs.body_truncated and len(obs.body) == 1000
+    msgs = tap_messages("GET", "/h")
+    for i in range(50):
+        msgs[0].request_headers.headers.headers.add(key=f"x-h{i}", raw_value=b"v" * 100)
+    obs = _assemble(msgs, max_headers=10).observation()
+    assert obs is not None and obs.extra["headers_truncated"] == "true"
+    # a response body is awaited only when the filter says it streams one
+    ctx = StreamContext("shop", "api", response_body=True)
+    assert not _assemble(tap_messages("GET", "/"), ctx).complete
+
+
+def test_no_request_headers_no_observation() -> None:
+    asm = StreamAssembler(StreamContext())
+    assert asm.observation() is None
+
+
+def test_metadata_read_leniently() -> None:
+    ctx = stream_context((("x-meshward-namespace", "a"), ("x-meshward-direction", "sideways"),
+                          ("x-meshward-workload", b"w\xff")))  # fmt: skip
+    assert (ctx.namespace, ctx.direction, ctx.workload) == ("a", "inbound", "w\ufffd")
+
+
+def _view(direction: str, rid: str, path: str = "/p", body: bytes = b"") -> Observation:
+    return Observation(seen_by="envoy-tap", source=Identity("shop", "web"),
+                       destination=Identity("shop", "api"), method="GET", path=path, body=body,
+                       status=200, request_id=rid, extra={"direction": direction})  # fmt: skip
+
+
+def test_join_pairs_and_flags_mismatch() -> None:
+    j = Joiner()
+    assert j.add(_view("outbound", "r1")) is None
+    joined = j.add(_view("inbound", "r1"))
+    assert joined is not None
+    ex, threats, inbound = joined
+    assert not threats and ex.mismatches == [] and inbound.extra["direction"] == "inbound"
+    assert j.add(_view("inbound", "r2", body=b"a")) is None
+    ex, threats, _ = j.add(_view("outbound", "r2", path="/q", body=b"b"))  # type: ignore[misc]
+    assert ex.mismatches == ["path", "body_sha256"]
+    assert {t.name for t in threats} == {MISMATCH}
+    assert j.recent()[-1]["request_id"] == "r2"
+    # no request id or no direction: nothing to join
+    assert j.add(_view("inbound", "")) is None
+    assert j.pending() == 0
+
+
+def test_join_is_bounded_and_expires() -> None:
+    j = Joiner(window=0.05, max_pending=10)
+    for i in range(100):
+        j.add(_view("inbound", f"x{i}"))
+    assert j.pending() == 10 and j.evicted == 90
+    time.sleep(0.06)
+    j.add(_view("inbound", "late"))
+    assert j.pending() == 1
+
+
+def test_verdicts_before_join_are_kept() -> None:
+    j = Joiner()
+    j.note_verdict("r9", {"verdict": "deny"})
+    j.add(_view("outbound", "r9"))
+    ex, _, _ = j.add(_view("inbound", "r9"))  # type: ignore[misc]
+    assert ex.verdicts == [{"verdict": "deny"}]
+    assert j.recent()[-1]["request_id"] == "r9"

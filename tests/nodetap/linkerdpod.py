@@ -1,0 +1,130 @@
+"""A Linkerd-like pod for the node-tap tests: the app plus a real Envoy playing linkerd-proxy.
+
+The Envoy's inbound listener takes the pod IP:4143 and forwards to the app on the pod IP (over
+the pod's `lo`, as linkerd-proxy does since 2.11): gRPC (content-type application/grpc) to the
+gRPC port over h2c, everything else to the HTTP port over HTTP/1.1, adding `l5d-client-id`
+with the caller's identity as the real proxy does after mTLS.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from linkerd.proxy import ADMIN_PORT, INBOUND_PORT
+from tests.netns import Pod
+
+HERE = Path(__file__).parent
+ENVOY = Path(sys.executable).parent / "envoy"
+CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
+HTTP_PORT = 8080
+GRPC_PORT = 50051
+
+
+def _cluster(name: str, ip: str, port: int, h2: bool) -> dict:
+    c: dict = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}
+        }]}]},
+        "circuit_breakers": {"thresholds": [{"max_connections": 100000,
+                                             "max_pending_requests": 100000,
+                                             "max_requests": 100000}]},
+    }  # fmt: skip
+    if h2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return c
+
+
+def bootstrap(ip: str, caller: str = CALLER) -> dict:
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+        ".v3.HttpConnectionManager",
+        "stat_prefix": "inbound",
+        "codec_type": "AUTO",
+        "route_config": {
+            "request_headers_to_add": [
+                {"header": {"key": "l5d-client-id", "value": caller},
+                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+            "virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/", "headers": [{"name": "content-type",
+                  "string_match": {"prefix": "application/grpc"}}]},
+                 "route": {"cluster": "grpc", "timeout": "10s"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "10s"}},
+            ]}],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }  # fmt: skip
+    return {
+        # the admin port where linkerd-proxy has its own (probes, metrics): never app traffic
+        "admin": {"address": {"socket_address": {"address": ip, "port_value": ADMIN_PORT}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "inbound",
+                "address": {"socket_address": {"address": ip, "port_value": INBOUND_PORT}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm}]}],
+            }],
+            "clusters": [_cluster("app", ip, HTTP_PORT, False),
+                         _cluster("grpc", ip, GRPC_PORT, True)],
+        },
+    }  # fmt: skip
+
+
+class LinkerdPod:
+    """Start the app and the proxy inside `pod`; processes die with the node."""
+
+    def __init__(self, pod: Pod, caller: str = CALLER) -> None:
+        self.pod = pod
+        self.caller = caller
+        self.dir = Path(tempfile.mkdtemp(prefix="mw-nodetap-"))
+
+    def start(self) -> None:
+        app = self.pod.popen(
+            [sys.executable, str(HERE / "podapp.py"), self.pod.ip, str(HTTP_PORT),
+             str(GRPC_PORT)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        cfg = self.dir / "envoy.json"
+        cfg.write_text(json.dumps(bootstrap(self.pod.ip, self.caller)))
+        self.envoy_log = self.dir / "envoy.log"
+        with open(self.envoy_log, "w") as log:
+            self.envoy = self.pod.popen(
+                [str(ENVOY), "--use-dynamic-base-id", "-c", str(cfg), "-l", "warning",
+                 "--concurrency", "1"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        assert app.stdout is not None
+        line = app.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"pod app did not start: {line!r}")
+        deadline = time.monotonic() + 20
+        while True:
+            if self.envoy.poll() is not None:
+                raise RuntimeError("envoy exited: " + self.envoy_log.read_text()[-2000:])
+            try:
+                self.pod.wait_port(INBOUND_PORT, timeout=1)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        self.pod.wait_port(HTTP_PORT)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

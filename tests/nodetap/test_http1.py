@@ -1,0 +1,188 @@
+"""HTTP/1.x reconstruction through the flow table, from synthetic TCP conversations."""
+
+from __future__ import annotations
+
+import random
+
+from meshward.observation import Observation
+from tap.node.flows import FlowTable
+from tap.node.metrics import Metrics
+from tests.nodetap.traffic import Conversation, packet
+
+CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
+
+
+def run(packets: list, table: FlowTable | None = None) -> tuple[list[Observation], Metrics]:
+    got: list[Observation] = []
+    m = Metrics()
+    table = table or FlowTable(lambda o, c: got.append(o), m)
+    for p in packets:
+        table.packet(p, "pod")
+    table.close_all()
+    return got, m
+
+
+def test_keepalive_pipelining_chunked_head() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(True, (
+        f"GET /a?x=1 HTTP/1.1\r\nHost: api\r\nl5d-client-id: {CALLER}\r\n\r\n"
+        "HEAD /b HTTP/1.1\r\nHost: api\r\n\r\n"
+        "POST /c HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    ).encode(), mss=9)  # fmt: skip
+    c.send(False, (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"  # HEAD: no body despite the length
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+    ), mss=7)  # fmt: skip
+    c.fin()
+    got, m = run(c.packets)
+    assert [(o.method, o.path, o.query, o.status) for o in got] == [
+        ("GET", "/a", "x=1", 200), ("HEAD", "/b", "", 200), ("POST", "/c", "", 201)
+    ]  # fmt: skip
+    assert got[0].header("l5d-client-id") == CALLER and got[0].authority == "api"
+    assert got[2].body == b"abcde" and got[2].body_size == 5
+    assert m.transactions == 3 and m.parse_errors == 0 and m.unanswered == 0
+
+
+def test_100_continue_and_shuffled_duplicated_segments() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(
+        True, b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    )
+    c.send(False, b"HTTP/1.1 100 Continue\r\n\r\n")
+    c.send(True, b"data")
+    c.send(False, b"HTTP/1.1 204 No Content\r\n\r\n")
+    c.send(True, b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n", mss=5)
+    c.send(False, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", mss=5)
+    c.fin()
+    pkts = c.packets[:2] + c.packets[2:] + c.packets[3:7]  # retransmits
+    rest = pkts[2:]
+    random.Random(1).shuffle(rest)
+    got, _m = run(pkts[:2] + rest)
+    assert [(o.method, o.path, o.status, o.body) for o in got] == [
+        ("PUT", "/up", 204, b"data"), ("GET", "/next", 304, b"")
+    ]  # fmt: skip
+
+
+def test_upgrade_stops_parsing() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(
+        True, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    c.send(
+        False,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    c.send(True, b"\x81\x05hello GET / HTTP/1.1\r\n\r\n")
+    c.send(False, b"\x81\x02hi")
+    got, m = run(c.packets)
+    assert [(o.method, o.path, o.status) for o in got] == [("GET", "/ws", 101)]
+    assert m.upgraded >= 1 and m.parse_errors == 0
+
+
+def test_gap_resynchronises_at_next_request() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    lost = c.send(True, b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    lost += c.send(False, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    c.send(True, b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(False, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+    c.fin()
+    got, m = run([p for p in c.packets if p not in lost])
+    assert [(o.method, o.path, o.status) for o in got] == [
+        ("GET", "/one", 200),
+        ("GET", "/three", 202),
+    ]
+    assert m.gaps == 2
+
+
+def test_joined_midstream_counts_and_resyncs() -> None:
+    c = Conversation()
+    c.send(True, b"ly: the end of an earlier body\r\n")  # no SYN seen: joined mid-way
+    c.send(False, b"tail of a response")
+    c.send(True, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    got, m = run(c.packets)
+    assert m.midstream == 1
+    assert [(o.method, o.path, o.status, o.extra.get("midstream")) for o in got] == [
+        ("GET", "/after", 200, None)
+    ]
+
+
+def test_garbage_is_counted() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"\x16\x03\x01 not http at all\r\n\r\n")
+    c.send(False, b"\x15\x03\x01 nope")
+    got, m = run(c.packets)
+    assert got == [] and m.parse_errors >= 1
+
+
+def test_rst_emits_unanswered_request() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.rst()
+    got, m = run(c.packets)
+    assert [(o.path, o.status) for o in got] == [("/slow", None)]
+    assert m.unanswered == 1
+
+
+def test_flow_table_is_bounded_and_expires() -> None:
+    got: list[Observation] = []
+    m = Metrics()
+    table = FlowTable(lambda o, c: got.append(o), m, max_flows=3, idle_timeout=10)
+    for i in range(5):
+        table.packet(packet(("10.0.0.1", 1000 + i), ("10.0.0.2", 80), 1, 0x02, ts=1.0), "pod")
+    assert m.flows == 3 and m.flows_evicted == 2
+    table.expire(100.0)
+    assert m.flows_expired == 3 and not table.flows
+
+
+def test_response_until_close_and_chunked_trailers() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(False, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5;ext=1\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n", mss=6)  # fmt: skip
+    c.send(True, b"GET /old HTTP/1.0\r\n\r\n")
+    c.send(False, b"HTTP/1.0 200 OK\r\n\r\nbody until the connection closes HTTP/1.1 200")
+    c.fin()
+    got, m = run(c.packets)
+    assert [(o.path, o.status) for o in got] == [("/t", 200), ("/old", 200)]
+    assert ("x-checksum", "abc") in got[0].response_headers
+    assert m.parse_errors == 0 and m.unanswered == 0
+
+
+def test_lost_segment_is_given_up_after_gap_timeout() -> None:
+    got: list[Observation] = []
+    m = Metrics()
+    table = FlowTable(lambda o, c: got.append(o), m, gap_timeout=1.0)
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+    lost = c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    c.send(True, b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(False, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    for p in c.packets:
+        if p not in lost:
+            table.packet(p, "pod")
+    assert got == []  # /two's response waits behind the hole
+    table.expire(3.0)  # packets carry ts=1.0: the hole is older than gap_timeout
+    assert [(o.path, o.status) for o in got] == [("/one", None), ("/two", 201)]
+    assert m.gaps == 1
+
+
+def test_linkerd_ports_and_identity() -> None:
+    from linkerd.proxy import ADMIN_PORT, INBOUND_PORT, client_identity, is_app_port
+
+    assert not is_app_port(INBOUND_PORT) and not is_app_port(ADMIN_PORT)
+    assert is_app_port(8080) and not is_app_port(0) and not is_app_port(70000)
+    assert client_identity([("x", "1"), ("l5d-client-id", " web.shop.serviceaccount.identity.l ")])
+    assert client_identity([("x", "1")]) == ""

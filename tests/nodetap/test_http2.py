@@ -1,0 +1,84 @@
+"""HTTP/2 and gRPC reconstruction from real h2-library bytes, and what breaks it."""
+
+from __future__ import annotations
+
+import hpack
+from hyperframe.frame import HeadersFrame, SettingsFrame
+
+from tap.node.http2 import PREFACE, Http2Parser
+from tap.node.metrics import Metrics
+from tests.nodetap.test_http1 import run
+from tests.nodetap.traffic import Conversation, h2_exchange
+
+CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
+GRPC_REQ = [
+    (":method", "POST"), (":scheme", "http"), (":authority", "api.shop:8080"),
+    (":path", "/shop.Orders/Create"), ("content-type", "application/grpc"),
+    ("l5d-client-id", CALLER),
+]  # fmt: skip
+
+
+def test_grpc_streams_paired_with_trailers() -> None:
+    c = Conversation()
+    c.handshake()
+    c2s, s2c = h2_exchange([(GRPC_REQ, b"\0\0\0\0\3abc"), (GRPC_REQ, b"\0\0\0\0\1z")], grpc=True)
+    c.send(True, c2s, mss=11)
+    c.send(False, s2c, mss=13)
+    c.fin()
+    got, m = run(c.packets)
+    assert [(o.protocol, o.grpc_service, o.grpc_method, o.status, o.body) for o in got] == [
+        ("grpc", "shop.Orders", "Create", 200, b"\0\0\0\0\3abc"),
+        ("grpc", "shop.Orders", "Create", 200, b"\0\0\0\0\1z"),
+    ]
+    assert ("grpc-status", "0") in got[0].response_headers
+    assert got[0].header("l5d-client-id") == CALLER and got[0].authority == "api.shop:8080"
+    assert m.parse_errors == 0
+
+
+def test_plain_h2_and_small_header_table() -> None:
+    req = [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/x?q=1"),
+           ("user-agent", "u" * 50)]  # fmt: skip
+    c = Conversation()
+    c.handshake()
+    c2s, s2c = h2_exchange([(req, b"")] * 4, status="404", table_size=64)
+    c.send(True, c2s)
+    c.send(False, s2c)
+    c.fin()
+    got, m = run(c.packets)
+    assert [(o.protocol, o.method, o.path, o.query, o.status) for o in got] == [
+        ("h2", "GET", "/x", "q=1", 404)
+    ] * 4
+    assert m.parse_errors == 0
+
+
+def test_settings_table_size_limits_the_other_decoder() -> None:
+    p = Http2Parser(lambda o: None, Metrics())
+    settings = SettingsFrame(0, settings={SettingsFrame.HEADER_TABLE_SIZE: 100})
+    p.feed(True, PREFACE + settings.serialize(), 0.0)
+    assert p.server.decoder.max_allowed_table_size == 100
+    assert p.client.decoder.max_allowed_table_size == 4096
+    # the server now announces a larger table than the client allowed: a decoding error
+    enc = hpack.Encoder()
+    enc.header_table_size = 4096
+    block = enc.encode([(":status", "200")])
+    h = HeadersFrame(1, block, flags=["END_HEADERS"])
+    p.feed(False, h.serialize(), 0.0)
+    assert p.broken
+
+
+def test_midstream_h2_is_unparseable() -> None:
+    c = Conversation()
+    c2s, s2c = h2_exchange([(GRPC_REQ, b"\0\0\0\0\0")], grpc=True)
+    c.send(True, c2s[len(PREFACE) + 40 :])  # no SYN, no preface
+    c.send(False, s2c[30:])
+    got, m = run(c.packets)
+    assert got == [] and m.midstream_skipped == 2 and m.flows == 0  # counted, no state kept
+
+
+def test_broken_frames_counted() -> None:
+    for junk in (b"\0\0\x05\x01\x04\0\0\0\x01\xff\xff\xff\xff\xff", b"\xff" * 40):
+        m = Metrics()
+        got: list = []
+        p = Http2Parser(got.append, m)
+        p.feed(True, PREFACE + junk, 0.0)
+        assert m.parse_errors == 1 and p.broken

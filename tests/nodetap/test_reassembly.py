@@ -1,0 +1,65 @@
+"""TCP stream reassembly: order, retransmits, overlaps (first copy wins), gaps, wraparound."""
+
+from __future__ import annotations
+
+from tap.node.reassembly import Stream
+
+
+def collect(max_pending: int = 1 << 20) -> tuple[Stream, list[bytes]]:
+    out: list[bytes] = []
+    s = Stream(out.append, lambda: out.append(b"<gap>"), max_pending)
+    return s, out
+
+
+def test_in_order_and_out_of_order() -> None:
+    s, out = collect()
+    s.syn(99)
+    s.segment(106, b"world")
+    s.segment(100, b"hello ")
+    assert b"".join(out) == b"hello world"
+
+
+def test_retransmit_and_overlap_first_copy_wins() -> None:
+    s, out = collect()
+    s.syn(0)
+    s.segment(5, b"AAAAA")  # bytes 5..9 arrive first
+    s.segment(3, b"bbbbbbbb")  # overlaps 5..9: the earlier copy (A) wins there
+    s.segment(1, b"xy")
+    s.segment(1, b"XY")  # retransmit of delivered bytes: ignored
+    assert b"".join(out) == b"xybbAAAAAb"
+    assert s.overlap_bytes == 5 + 2
+
+
+def test_sequence_wraparound() -> None:
+    s, out = collect()
+    s.syn(0xFFFFFFF0)
+    s.segment(0xFFFFFFF1, b"a" * 10)
+    s.segment((0xFFFFFFF1 + 10) & 0xFFFFFFFF, b"b" * 10)  # crosses 2**32
+    s.segment(5, b"c")
+    assert b"".join(out) == b"a" * 10 + b"b" * 10 + b"c"
+
+
+def test_gap_after_buffer_limit() -> None:
+    s, out = collect(max_pending=10)
+    s.syn(0)
+    s.segment(1, b"abc")
+    s.segment(10, b"0123456789X")  # hole at 4..9, then more than max_pending buffered
+    assert out == [b"abc", b"<gap>", b"0123456789X"]
+    assert s.gaps == 1
+
+
+def test_flush_skips_holes_and_fin() -> None:
+    s, out = collect()
+    s.syn(0)
+    s.segment(1, b"ab")
+    s.segment(10, b"zz", fin=True)
+    assert not s.finished
+    s.flush()
+    assert out == [b"ab", b"<gap>", b"zz"]
+    assert s.finished
+
+
+def test_join_midstream_reports_gap() -> None:
+    s, out = collect()
+    s.segment(5000, b"data")
+    assert out == [b"<gap>", b"data"]
