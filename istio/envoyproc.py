@@ -147,12 +147,11 @@ class EnvoyProcess:
                 f"{self.name}: envoy exited with status {self.proc.returncode} while starting:\n"
                 + self.log_tail()
             )
-        if not self.admin_url:
-            address = self.workdir / "admin-address"
-            text = address.read_text().strip() if address.exists() else ""
-            if not text:
-                return False
-            self.admin_url = f"http://{text}"
+        address = self.workdir / "admin-address"
+        text = address.read_text().strip() if address.exists() else ""
+        if not text.rpartition(":")[2].isdigit():
+            return False  # not written yet (or half-written: read it again next time)
+        self.admin_url = f"http://{text}"
         try:
             if self.admin_get("/ready").strip() != "LIVE":
                 return False

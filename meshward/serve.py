@@ -84,7 +84,8 @@ class Pipeline:
 
     - ext_authz: judged inline; the verdict decides the request.
     - Envoy tap: an outbound view only feeds the join; an inbound view is judged unless ext_authz
-      already judged the same request id (enforce chains run both filters).
+      already judged the same request id (enforce chains run both filters); an incomplete one
+      (stream cut or expired) is judged without being learned.
     - Ingested observations (node tap, files): judged (alerts; nothing to block).
     A both-ends mismatch is judged again with an `Exchange.Mismatch` threat, which alerts.
     """
@@ -105,9 +106,9 @@ class Pipeline:
             s: metrics.observations.labels(s) for s in ("extauthz", "envoy-tap", "node-tap", "file")
         }
 
-    def judge(self, obs: Observation, source: str) -> Verdict:
+    def judge(self, obs: Observation, source: str, learn: bool = True) -> Verdict:
         start = time.perf_counter()
-        verdict = self.engine.evaluate(obs)
+        verdict = self.engine.evaluate(obs, learn=learn)
         self._eval_latency[source].observe(time.perf_counter() - start)
         self.metrics.count_verdict(source, verdict)
         if verdict.verdict != "allow" and obs.request_id:
@@ -147,7 +148,8 @@ class Pipeline:
         if obs.request_id and obs.request_id in self.checked:
             self.metrics.drops.labels("tap", "judged-by-extauthz").inc()
             return
-        self.judge(obs, "envoy-tap")
+        # a stream cut or expired before the response: judged (threats alert) but not learned
+        self.judge(obs, "envoy-tap", learn="tap_outcome" not in obs.extra)
 
     def take_ingested(self, obs: Observation) -> None:
         source = obs.seen_by if obs.seen_by in self._observed else "file"

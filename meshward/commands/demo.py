@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from istio.certs import CertError
     from istio.envoyproc import EnvoyError
     from meshward import log
     from meshward.demo.mesh import DemoError
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=120)
     try:
         outcome = asyncio.run(run_demo(config, console))
-    except (DemoError, EnvoyError) as exc:
+    except (DemoError, EnvoyError, CertError) as exc:
         console.print(f"[bold red]DEMO FAILED[/]: {exc}")
         return 1
     print_summary(outcome, console)

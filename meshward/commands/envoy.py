@@ -80,21 +80,12 @@ def bootstrap(args: argparse.Namespace) -> int:
         if not 0 <= getattr(args, flag) <= 65535:
             raise UsageError(f"--{flag.replace('_', '-')} must be 0..65535")
     try:
+        passed = ("authz_port", "tap_port", "admin_port", "listen_host", "upstream_h2",
+                  "direction", "body_limit")  # fmt: skip
         config = render_bootstrap(
-            args.listen,
-            args.upstream,
-            args.namespace,
-            args.workload,
-            args.mode,
-            server_host=args.server,
-            authz_port=args.authz_port,
-            tap_port=args.tap_port,
-            admin_port=args.admin_port,
-            listen_host=args.listen_host,
-            upstream_h2=args.upstream_h2,
-            direction=args.direction,
-            body_limit=args.body_limit,
-        )
+            args.listen, args.upstream, args.namespace, args.workload, args.mode,
+            server_host=args.server, **{name: getattr(args, name) for name in passed},
+        )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.validate:

@@ -56,17 +56,11 @@ def render(args: argparse.Namespace) -> int:
     if not args.service or "/" in args.service or " " in args.service:
         raise UsageError(f"--service {args.service!r} is not a host name")
     try:
+        passed = ("style", "service", "authz_port", "tap_port", "workload", "body_limit")
         out = render_objects(
-            args.namespace,
-            args.mode,
-            style=args.style,
-            service=args.service,
-            authz_port=args.authz_port,
-            tap_port=args.tap_port,
-            workload=args.workload,
-            body_limit=args.body_limit,
-            outbound_tap=not args.no_outbound_tap,
-        )
+            args.namespace, args.mode, outbound_tap=not args.no_outbound_tap,
+            **{name: getattr(args, name) for name in passed},
+        )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     documents: list[object] = list(out["objects"])

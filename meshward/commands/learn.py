@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"learned {learned} requests, skipped {skipped} (carrying threats), "
         f"{tally.bad} bad entries; allowlist: {len(engine.allowlist.services)} services, "
-        f"{engine.allowlist.rule_count()} rules ({engine.store.path})"  # type: ignore[union-attr]
+        f"{engine.allowlist.rule_count()} rules ({getattr(engine.store, 'path', '')})"
     )
     sys.stdout.flush()
     return 1 if tally.observations == 0 and tally.bad else 0

@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="seconds between metrics log lines (default 10)",
     )
     p.add_argument(
+        "--ring-mb",
+        type=int,
+        default=8,
+        help="kernel capture ring per socket in MiB (two sockets per pod; default 8)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -129,6 +135,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--idle-timeout and --stats-interval must be > 0, --duration >= 0")
     if args.server and not args.server.startswith(("http://", "https://")):
         raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
+    if not 1 <= args.ring_mb <= 1024:
+        raise UsageError("--ring-mb must be 1..1024")
     if not 0 <= args.metrics_port < 65536:
         raise UsageError("--metrics-port must be 0..65535")
 
@@ -186,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     )
     tap = NodeTap(
         _pods(args), args.iface, output.put, metrics, args.app_port or None, args.max_body,
-        args.max_flows, args.idle_timeout, args.stats_interval,
+        args.max_flows, args.idle_timeout, args.stats_interval, ring_mb=args.ring_mb,
     )  # fmt: skip
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns))
     tap.netmon = _network_monitor(tap, watch_net)

@@ -25,7 +25,7 @@ from meshward.demo import shop as shop_mod
 from meshward.demo.mesh import DemoError, MiniMesh, ServeProcess, make_workdir
 from meshward.demo.traffic import Call, Driver, Result, attack_calls, normal_calls, novel_calls
 
-NAMESPACE = "shop"
+NAMESPACE = shop_mod.NAMESPACE
 SERVICES = ("web", "catalog", "orders", "payments")
 INGRESS_NS = "istio-system"
 INGRESS = "istio-ingressgateway"
@@ -150,6 +150,8 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
         console.rule("[bold]meshward demo: a shop in a mini-mesh")
         server.launch()
         serving = asyncio.create_task(asyncio.to_thread(server.wait_ready))
+        # if the shop fails first, this task's own error is moot: retrieve it quietly
+        serving.add_done_callback(lambda t: t.cancelled() or t.exception())
         ports = await _start_shop(mesh, apps)
         await serving
         console.print(
@@ -205,7 +207,9 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
             out.phases["hostile"] = {"requests": len(results)}
             await asyncio.sleep(0.2)  # let the last alerts land
             alerts = server.api("GET", "/api/v1/alerts?limit=1000").get("alerts", [])
-            by_request = {a.get("request_id"): a for a in alerts if a.get("request_id")}
+            by_request: dict[str, dict[str, Any]] = {}
+            for a in sorted(alerts, key=_rank):  # the denial wins where a call has several
+                by_request[a.get("request_id") or ""] = a
             for r in results:
                 alert = by_request.get(r.call.request_id)
                 threats = sorted({t["name"] for t in (alert or {}).get("threats", [])})
@@ -232,6 +236,16 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
                 name: sc.stats() for name, sc in mesh.sidecars.items() if sc.direction == "inbound"
             }
             alert_count = Counter(a.get("destination", "") for a in alerts)
+            # alerts raised by normal traffic are false positives: shown, and a failure
+            normal_ids = {r.call.request_id for r in (*learn, *replay)}
+            false = [a for a in alerts if a.get("request_id") in normal_ids]
+            false_count = Counter(a.get("destination", "") for a in false)
+            if false:
+                kinds = Counter(_why(a) for a in false).most_common(3)
+                out.failures.append(
+                    f"{len(false)} alerts on normal traffic, e.g. "
+                    + "; ".join(f"{n}x {why}" for why, n in kinds)
+                )
             for name in SERVICES:
                 stats = enforce_stats.get(name, {})
                 out.services[name] = {
@@ -241,10 +255,12 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
                     "denied": _ext_authz(stats, name, "denied"),
                     "errors": _ext_authz(stats, name, "error"),
                     "alerts": alert_count.get(f"{NAMESPACE}/{name}", 0),
+                    "false_alerts": false_count.get(f"{NAMESPACE}/{name}", 0),
                 }
                 if out.services[name]["errors"]:
                     out.failures.append(f"{name}: {out.services[name]['errors']} ext_authz errors")
-            out.top_alerts = [_alert_row(a) for a in alerts[:8]]
+            ranked = sorted(alerts, key=_rank, reverse=True)
+            out.top_alerts = [_alert_row(a) for a in ranked[:8]]
     finally:
         if out.failures or out.services.get("web", {}).get("errors"):
             out.serve_log = _warnings(server.log_tail(200))
@@ -272,21 +288,31 @@ def _warnings(log_text: str, most: int = 5) -> list[str]:
     return list(seen)[-most:]
 
 
+def _rank(a: dict[str, Any]) -> tuple[bool, float, float]:
+    """Denials first, then by score, then the newest."""
+    return (a.get("verdict") == "deny", float(a.get("score", 0)), float(a.get("time", 0)))
+
+
+def _why(a: dict[str, Any]) -> str:
+    names = [t.get("name", "") for t in a.get("threats", [])]
+    return ", ".join(dict.fromkeys(names + list(a.get("reasons", [])))) or a.get("verdict", "")
+
+
 def _alert_row(a: dict[str, Any]) -> dict[str, Any]:
     return {
         "verdict": a.get("verdict", ""),
         "destination": a.get("destination", ""),
         "source": a.get("source", ""),
         "request": f"{a.get('method', '')} {a.get('path', '')}",
-        "threats": [t.get("name", "") for t in a.get("threats", [])],
-        "reasons": a.get("reasons", []),
+        "why": _why(a),
         "score": a.get("score", 0),
     }
 
 
 def print_summary(out: Outcome, console: Console) -> None:
     table = Table(title="per service (enforce phase: ext_authz decisions in the sidecars)")
-    for col in ("service", "learned requests", "rules", "allowed", "denied", "alerts"):
+    cols = ("service", "learned requests", "rules", "allowed", "denied", "alerts", "on normal")
+    for col in cols:
         table.add_column(col, justify="left" if col == "service" else "right")
     for name, row in out.services.items():
         table.add_row(
@@ -296,6 +322,7 @@ def print_summary(out: Outcome, console: Console) -> None:
             str(row["allowed"]),
             str(row["denied"]),
             str(row["alerts"]),
+            str(row["false_alerts"]),
         )
     if out.services:
         console.print(table)
@@ -308,17 +335,11 @@ def print_summary(out: Outcome, console: Console) -> None:
         calls.add_row(c["label"], c["kind"], answer, says)
     if out.calls:
         console.print(calls)
-    top = Table(title="top alerts (newest first)")
+    top = Table(title="top alerts (denials first, then by score)")
     for col in ("verdict", "destination", "source", "request", "why"):
         top.add_column(col, overflow="fold")
     for a in out.top_alerts:
-        top.add_row(
-            a["verdict"],
-            a["destination"],
-            a["source"],
-            a["request"][:60],
-            ", ".join(a["threats"] + a["reasons"])[:70],
-        )
+        top.add_row(a["verdict"], a["destination"], a["source"], a["request"][:60], a["why"][:70])
     if out.top_alerts:
         console.print(top)
     phases = ", ".join(f"{k}: {v.get('requests', 0)} requests" for k, v in out.phases.items())

@@ -21,6 +21,7 @@ from aiohttp import web
 from google.protobuf import json_format, struct_pb2
 
 PAYMENTS_SERVICE = "demo.shop.Payments"
+NAMESPACE = "shop"
 CATEGORIES = ("books", "games", "music", "garden", "kitchen", "toys")
 PRODUCTS = {
     i: {
@@ -38,6 +39,11 @@ def struct(doc: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(doc)
     return out
+
+
+def service_host(service: str) -> str:
+    """The in-cluster DNS name a caller uses as authority for `service`."""
+    return f"{service}.{NAMESPACE}.svc.cluster.local"
 
 
 def _carry(request: web.Request) -> dict[str, str]:
@@ -95,7 +101,9 @@ def orders_app(payments_target: str) -> web.Application:
     state: dict[str, Any] = {}
 
     async def on_startup(app: web.Application) -> None:
-        state["channel"] = grpc.aio.insecure_channel(payments_target)
+        state["channel"] = grpc.aio.insecure_channel(
+            payments_target, options=(("grpc.default_authority", service_host("payments")),)
+        )
         state["charge"] = state["channel"].unary_unary(
             f"/{PAYMENTS_SERVICE}/Charge",
             request_serializer=struct_pb2.Struct.SerializeToString,
@@ -167,15 +175,20 @@ def web_app(catalog: str, orders: str) -> web.Application:
     async def on_cleanup(app: web.Application) -> None:
         await state["http"].close()
 
-    async def relay(request: web.Request, method: str, url: str, body: Any = None) -> web.Response:
+    async def relay(
+        request: web.Request, service: str, method: str, path: str, body: Any = None
+    ) -> web.Response:
+        address = catalog if service == "catalog" else orders
+        # the service's DNS name as authority, as in a cluster (the sidecar listens locally)
+        headers = {**_carry(request), "host": service_host(service)}
         async with state["http"].request(
-            method, url, params=request.query, json=body, headers=_carry(request)
+            method, f"http://{address}{path}", params=request.query, json=body, headers=headers
         ) as resp:
             payload = await resp.read()
             if resp.status >= 400 and resp.status != 404:
                 # a deeper sidecar (or service) said no: report it as a bad gateway
                 return web.json_response(
-                    {"error": f"upstream answered {resp.status}", "upstream": url.split("/")[2]},
+                    {"error": f"upstream answered {resp.status}", "upstream": service},
                     status=502,
                 )
             return web.Response(body=payload, status=resp.status, content_type="application/json")
@@ -184,19 +197,19 @@ def web_app(catalog: str, orders: str) -> web.Application:
         return web.Response(text="<h1>meshward demo shop</h1>", content_type="text/html")
 
     async def products(request: web.Request) -> web.Response:
-        return await relay(request, "GET", f"http://{catalog}/products")
+        return await relay(request, "catalog", "GET", "/products")
 
     async def product(request: web.Request) -> web.Response:
-        return await relay(request, "GET", f"http://{catalog}/products/{request.match_info['id']}")
+        return await relay(request, "catalog", "GET", f"/products/{request.match_info['id']}")
 
     async def search(request: web.Request) -> web.Response:
-        return await relay(request, "GET", f"http://{catalog}/search")
+        return await relay(request, "catalog", "GET", "/search")
 
     async def checkout(request: web.Request) -> web.Response:
-        return await relay(request, "POST", f"http://{orders}/orders", await _json_body(request))
+        return await relay(request, "orders", "POST", "/orders", await _json_body(request))
 
     async def order(request: web.Request) -> web.Response:
-        return await relay(request, "GET", f"http://{orders}/orders/{request.match_info['id']}")
+        return await relay(request, "orders", "GET", f"/orders/{request.match_info['id']}")
 
     app = web.Application()
     app.on_startup.append(on_startup)

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from meshward.demo.shop import CATEGORIES, PAYMENTS_SERVICE, struct
+from meshward.demo.shop import CATEGORIES, PAYMENTS_SERVICE, service_host, struct
 
 CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 SEARCH_WORDS = ("item", "books", "games", "music", "garden", "kitchen", "toys", "1", "2", "3")
@@ -204,7 +204,10 @@ class Driver:
     async def _grpc(self, call: Call) -> Result:
         channel = self.channels.get(call.via)
         if channel is None:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[call.via]}")
+            channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{self.ports[call.via]}",
+                options=(("grpc.default_authority", service_host(call.target)),),
+            )
             self.channels[call.via] = channel
         from google.protobuf import struct_pb2
 

@@ -1,9 +1,8 @@
 """Offline inputs of `meshward learn` and `meshward score`: HAR 1.2 files and Envoy tap traces.
 
 `read_observations(paths)` detects each file's format by its content (gzip-compressed files too)
-and yields, in input order,
-Observations (seen_by="file") and EntryErrors for what could not be read, so a command can report
-and count bad entries and go on.
+and yields, in input order, Observations (seen_by="file") and EntryErrors for what could not be
+read, so a command can report and count bad entries and go on.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import time
 from collections import OrderedDict
@@ -43,6 +44,7 @@ MAX_PENDING_STREAMS = 10_000  # streamed traces assembled at once; the oldest is
 MAX_STREAM_BODY = 1 << 20  # body bytes kept per streamed trace; the rest marks it truncated
 
 
+@functools.cache
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(w.title() for w in rest)

@@ -169,7 +169,9 @@ class ThreatDetector:
         if body and not json_body:
             starts.append(len(raw) + 1)
             total += 1
-            raw = raw + b"\n" + (body.replace(b"+", b" ") if kind == "form" else body)
+            if kind == "form":
+                body = _query_lines(body.decode("latin-1")).encode("latin-1")
+            raw = raw + b"\n" + body
         self.sigs.prefilter(raw, on_match)
         if body and json_body and self.sigs.suspicious(
             body.translate(_JSON_PREFILTER), json=True

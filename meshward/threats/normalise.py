@@ -15,11 +15,16 @@ _PERCENT = re.compile(rb"%(?:u([0-9a-fA-F]{4})|([0-9a-fA-F]{2}))")
 _OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]")
 _BACKSLASH = re.compile(r"\\(?:u\{?([0-9a-fA-F]{4})\}?|x([0-9a-fA-F]{2})|([nrt0]))")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\x00"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_VSPACE = re.compile(r"[\x0b\x0c]")  # vertical tab, form feed: whitespace to browsers
 # SQL inline comments used as whitespace; MySQL executable comments keep their content.
 _SQL_COMMENT = re.compile(r"/\*!?\d{0,6}|\*/")
 _COMMENT_BODY = re.compile(r"/\*[^*]{0,200}\*/")
-_SPACE = re.compile(r"\s+")
+# Pre-filter indicators for the rewrites of `alternate` (also in signatures.INDICATORS).
+COMMENT_INDICATOR = r"/\*[^;,*\r\n]|/\*\*/|[^*/,\s]\*/"  # not the */* of Accept headers
+PATH_INDICATOR = r"(?:^|[^:/])[/\\]\.?[/\\]|\\"
+COMMENT_HINT = re.compile(COMMENT_INDICATOR, re.MULTILINE)
+PATH_HINT = re.compile(PATH_INDICATOR, re.MULTILINE)
 _SLASHES = re.compile(r"[/\\]+(?:\.[/\\]+)*")
 # Log4j lookups that resolve to their default text: ${lower:j}, ${::-j}, ${env:X:-j}, ${upper:J}
 _LOG4J = re.compile(r"\$\{(?:lower|upper|::-|[a-z]{1,10}:[^:{}]{0,40}:-)([^{}$]{0,20})\}")
@@ -86,20 +91,24 @@ def normalise(text: str, *, plus_as_space: bool = False) -> str:
 
 
 def fold(text: str) -> str:
-    """Look-alike characters folded to ASCII, NUL and control characters stripped."""
+    """Look-alike characters folded to ASCII, NUL and control characters stripped (vertical
+    tab and form feed become spaces)."""
     if not text.isascii():
         text = text.translate(_FOLD)
     if _CONTROL.search(text):
         text = _CONTROL.sub("", text)
+    if _VSPACE.search(text):
+        text = _VSPACE.sub(" ", text)
     return text
 
 
 def alternate(norm: str) -> str:
-    """A second spelling of normalised text for signatures: SQL comments as spaces, whitespace
-    collapsed, path separators collapsed (`/./`, `//`, `\\`), Log4j default lookups resolved.
-    Returns "" when it equals the input (nothing more to scan)."""
+    """A second spelling of normalised text for signatures: SQL comments as spaces, path
+    separators collapsed (`/./`, `//`, `\\`), Log4j default lookups resolved. Each rewrite runs
+    only where a pre-filter indicator (signatures.INDICATORS) matches, so the pre-filter stays
+    sound. Returns "" when nothing changed."""
     alt = norm
-    if "/*" in alt or "*/" in alt:
+    if ("/*" in alt or "*/" in alt) and COMMENT_HINT.search(alt):
         alt = _COMMENT_BODY.sub(" ", alt) if "/*!" not in alt else alt
         alt = _SQL_COMMENT.sub(" ", alt)
     if "${" in alt:
@@ -108,9 +117,8 @@ def alternate(norm: str) -> str:
             if nxt == alt:
                 break
             alt = nxt
-    if "/" in alt or "\\" in alt:
+    if ("/" in alt or "\\" in alt) and PATH_HINT.search(alt):
         alt = _SLASHES.sub("/", alt)
-    alt = _SPACE.sub(" ", alt)
     return "" if alt == norm else alt
 
 

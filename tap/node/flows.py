@@ -3,8 +3,9 @@
 Each connection is stored under both directions' 4-tuples, so one dict lookup per packet finds
 it. The client is whoever sent the SYN; a connection joined without its SYN is counted
 (`midstream`) and parsed as HTTP/1.x resynchronised at the next message boundary (HTTP/2 cannot
-be joined: its HPACK state is unknown). The table is bounded: new connections beyond
-`max_flows` are not tracked (counted), idle ones expire, and a stream whose missing bytes never
+be joined: its HPACK state is unknown). The table is bounded: when full, the oldest connection
+that never carried data makes room (else the new one is not tracked; both counted), idle ones
+expire (those without data sooner), and a stream whose missing bytes never
 arrive gives up on them after `gap_timeout`, or sooner when all connections together buffer
 more than `buffer_budget` out-of-order bytes.
 """
@@ -81,15 +82,17 @@ class Connection:
             parser = Http2Parser(self._emit, self.metrics, self.max_body)
         else:
             parser = Http1Parser(self._emit, self.metrics, self.max_body)
-            if self.midstream:
-                parser.gap(True)
-                parser.gap(False)
+            if self.midstream:  # joined late: counted as midstream, not as gaps
+                parser.resync(True)
+                parser.resync(False)
         self.parser = parser
         return parser
 
     def _gap(self, from_client: bool) -> None:
-        if self.parser is None:
-            self.midstream = True  # nothing parsed yet: the parser starts resynchronising
+        if self.parser is None:  # nothing parsed yet: the parser will start resynchronising
+            if not self.midstream:
+                self.metrics.gaps += 1  # a hole after the SYN (a join is counted as midstream)
+            self.midstream = True
             return
         self.parser.gap(from_client)
 
@@ -116,8 +119,10 @@ class FlowTable:
         gap_timeout: float = 1.0,
         max_body: int = 65536,
         buffer_budget: int = 256 << 20,
+        unused_timeout: float = 10.0,
     ) -> None:
         self.on_obs = on_obs
+        self.unused_timeout = unused_timeout  # handshakes that never carried data
         self.buffer_budget = buffer_budget
         self.metrics = metrics
         self.max_flows = max_flows
@@ -156,17 +161,28 @@ class FlowTable:
             client, server = (a, b) if not flags & ACK else (b, a)
         else:  # joined mid-way: the listening side usually has the lower port
             client, server = (a, b) if pkt.sport > pkt.dport else (b, a)
-        if len(self.flows) >= 2 * self.max_flows:
-            self.metrics.flows_evicted += 1
+        if len(self.flows) >= 2 * self.max_flows and not self._evict_unused():
+            self.metrics.flows_evicted += 1  # full of connections carrying data: refuse
             return None
         conn = Connection(where, client, server, self.on_obs, self.metrics, self.max_body)
         if not flags & SYN:
+            conn.midstream = True
             self.metrics.midstream += 1
         self.flows[(where, *client, *server)] = conn
         self.flows[(where, *server, *client)] = conn
         self.metrics.flows += 1
         self.metrics.flows_active += 1
         return conn
+
+    def _evict_unused(self) -> bool:
+        """Make room by dropping the oldest connection that never carried data (a SYN flood
+        must not blind the tap to real connections); False if there is none."""
+        for conn in self.flows.values():
+            if conn.parser is None and not conn.early:
+                self.metrics.flows_evicted += 1
+                self._remove(conn)
+                return True
+        return False
 
     def _remove(self, conn: Connection) -> None:
         self.flows.pop((conn.where, *conn.client, *conn.server), None)
@@ -179,7 +195,7 @@ class FlowTable:
         conns = list({id(c): c for c in self.flows.values()}.values())
         for conn in conns:
             idle = now - conn.last_seen
-            if idle > self.idle_timeout:
+            if idle > self.idle_timeout or (conn.parser is None and idle > self.unused_timeout):
                 self.metrics.flows_expired += 1
                 self._remove(conn)
             elif idle > self.gap_timeout:

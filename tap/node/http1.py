@@ -93,11 +93,13 @@ class Http1Parser:
             self._req = httptools.HttpRequestParser(self)
             data = buf[m.start() :]
         if self._cur is not None and not self._cur.obs.method:  # inside a request head
-            self._head_len += len(data)
-            if self._head_len > _MAX_HEAD:  # llhttp has no head limit: never buffer forever
+            # llhttp has no head limit: a head still open after this many bytes is garbage
+            # (checked before adding, so one large segment carrying a body never trips it)
+            if self._head_len > _MAX_HEAD:
                 self.metrics.parse_errors += 1
                 self._abandon_request()
                 return
+            self._head_len += len(data)
         try:
             self._req.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -117,9 +119,13 @@ class Http1Parser:
         """Drop the request being parsed and look for the next request line."""
         self._req = None
         self._req_resync = b""
-        if self._cur is not None and not self._cur.req_done:
-            self._cur.req_done = True
-            self._cur.obs.body_truncated = True
+        cur = self._cur
+        if cur is not None and not cur.obs.method:  # head never completed: nothing to report
+            if self.exchanges and self.exchanges[-1] is cur:
+                self.exchanges.pop()
+        elif cur is not None and not cur.req_done:
+            cur.req_done = True
+            cur.obs.body_truncated = True
         self._cur = None
 
     # httptools callbacks
@@ -354,6 +360,10 @@ class Http1Parser:
     def gap(self, from_client: bool) -> None:
         """Bytes of one direction were lost: resynchronise that direction."""
         self.metrics.gaps += 1
+        self.resync(from_client)
+
+    def resync(self, from_client: bool) -> None:
+        """Look for the next message boundary in one direction (a gap, or a late start)."""
         if from_client:
             self._abandon_request()
         else:

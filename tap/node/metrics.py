@@ -12,7 +12,7 @@ class Metrics:
     undecodable: int = 0  # frames packet.decode rejected
     flows: int = 0  # TCP connections tracked since start
     flows_active: int = 0
-    flows_evicted: int = 0  # dropped because the flow table was full
+    flows_evicted: int = 0  # table full: a data-less connection evicted, or a new one refused
     flows_expired: int = 0  # idle past the timeout
     midstream: int = 0  # connections joined without their SYN (unparseable or resynced)
     midstream_skipped: int = 0  # segments of unknown connections not starting a message

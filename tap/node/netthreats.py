@@ -478,9 +478,10 @@ class NetworkMonitor:
             return False  # the same request flow again: judged on its first packet
         if len(self._flows) < self.config.max_keys:
             self._flows[key] = None
-        else:
-            self.stats["untracked"] += 1
-        return True
+            return True
+        self.stats["untracked"] += 1
+        # table full: guess by ports that a well-known port answering a high one is a reply
+        return not pkt.sport < 1024 <= pkt.dport
 
     def _peers(self, pkt: Packet, where: str, out: list[Observation]) -> None:
         """Baseline both ends of a new UDP flow: (direction, peer, service port) per workload.

@@ -20,7 +20,7 @@ from typing import Any
 from linkerd.proxy import MESH_PORTS, client_identity
 from meshward.log import event
 from meshward.observation import Identity, Observation
-from tap.node.capture import Capture, in_netns, netthreat_filter, tcp_filter
+from tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
 from tap.node.flows import Connection, FlowTable
 from tap.node.metrics import Metrics
 from tap.node.packet import TCP, decode
@@ -66,8 +66,10 @@ class NodeTap:
         idle_timeout: float = 120.0,
         stats_interval: float = 10.0,
         netmonitor: Any = None,
+        ring_mb: int = 8,
     ) -> None:
         self.pods = pods
+        self.ring_mb = ring_mb  # kernel ring per capture socket (pinned kernel memory; two per pod)
         self.ifaces = ifaces
         self.out = out
         self.metrics = metrics or Metrics()
@@ -104,9 +106,9 @@ class NodeTap:
             self.close()
             raise
 
-    def _capture(self, iface: str, prog: list, netns: str | None) -> Capture:  # type: ignore[type-arg]
+    def _capture(self, iface: str, prog: list[Insn | str], netns: str | None) -> Capture:
         try:
-            cap = Capture(iface, prog, netns)
+            cap = Capture(iface, prog, netns, blocks=self.ring_mb)
         except OSError as exc:
             where = f"{netns}:{iface}" if netns else iface
             raise OSError(exc.errno, f"cannot capture on {where}: {exc.strerror or exc}") from exc

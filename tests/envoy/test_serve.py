@@ -145,7 +145,12 @@ def test_tap_bounds_body_and_expires_streams() -> None:
 
     async def main() -> None:
         async with running_server(tap_limits=Limits(max_body=100), tap_stream_timeout=0.3) as srv:
-            srv.tap.sink = seen.append
+
+            def sink(obs: Observation) -> None:
+                seen.append(obs)
+                srv.pipeline.take_tap(obs)
+
+            srv.tap.sink = sink
             port = srv.ports["tap"]
             await _tap(port, tap_messages("POST", "/up", body=b"x" * 1000, chunks=4))
             assert seen[-1].body_truncated and len(seen[-1].body) == 100
@@ -153,6 +158,8 @@ def test_tap_bounds_body_and_expires_streams() -> None:
             # a stream whose response never comes expires; what was seen is still handed on
             await asyncio.wait_for(_tap(port, tap_messages("GET", "/slow", complete=False)), 5)
             assert seen[-1].path == "/slow" and seen[-1].extra["tap_outcome"] == "expired"
+            learned = json.dumps(srv.engine.allowlist.export_doc())
+            assert "/up" in learned and "/slow" not in learned  # incomplete: judged, not learned
             text = srv.metrics.exposition().decode()
             assert 'meshward_tap_streams_total{outcome="expired"} 1.0' in text
 

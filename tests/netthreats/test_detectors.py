@@ -175,6 +175,18 @@ def test_dns_server_replies_to_many_client_ports_are_no_scan() -> None:
     assert alerts == []
 
 
+def test_dns_replies_are_no_scan_even_with_a_full_flow_table() -> None:
+    mon = NetworkMonitor(NetThreatConfig(max_keys=10))
+    alerts = []
+    for i in range(60):
+        q = f.dns_query("web.shop.svc.cluster.local", ident=i)
+        alerts += feed(mon, f.ipv4(A, B, UDP, f.udp(30000 + i, 53, q)), 1.0 + i / 100)
+        alerts += feed(
+            mon, f.ipv4(B, A, UDP, f.udp(53, 30000 + i, f.dns_response(q))), 1.0 + i / 100
+        )
+    assert alerts == [] and mon.stats["untracked"] > 0
+
+
 def query(
     mon: NetworkMonitor, name: str, ts: float, qtype: int = 1, sport: int = 33333
 ) -> list[Observation]:
@@ -349,7 +361,7 @@ def test_alerts_survive_the_wire_and_the_engine() -> None:
     alerts = query(mon, "corp.test", 1.0, dns.QTYPE_AXFR)
     obs = observation_from_dict(observation_to_dict(alerts[0]))
     assert obs.threats == alerts[0].threats and obs.extra == alerts[0].extra
-    engine = Engine(store=None, config=EngineConfig())
+    engine = Engine(store=None, config=EngineConfig(threats=False))  # only the tap's own threats
     for mode in ("learn", "monitor", "enforce"):
         v = engine.evaluate(obs, mode=mode)
         assert v.verdict in ("alert", "deny") and [t.name for t in v.threats] == [

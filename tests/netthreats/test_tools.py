@@ -27,6 +27,8 @@ from tests.netns import Node, Pod, need_netns
 pytestmark = pytest.mark.integration
 
 DEADLINE = 5.0  # seconds from starting the tool to the alert
+# a TXT record of five 250-byte strings: a ~1.3 KB answer (one unfragmented UDP datagram)
+BIG_TXT = ",".join(c * 250 for c in "abcde")
 
 
 class SwappableMonitor:
@@ -35,7 +37,6 @@ class SwappableMonitor:
     def __init__(self) -> None:
         self.inner = NetworkMonitor()
         self.lock = threading.Lock()
-        self.resolve = self.inner.resolve
 
     @property
     def stats(self) -> dict[str, int]:
@@ -81,7 +82,8 @@ class Lab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for obs in list(self.alerts):
-                if obs.threats[0].name == name:
+                # obs.time >= start: not a late summary of the monitor this test replaced
+                if obs.threats[0].name == name and obs.time >= start:
                     return obs
             time.sleep(0.05)
         got = [(o.threats[0].name, o.threats[0].evidence) for o in self.alerts]
@@ -107,10 +109,11 @@ def lab() -> Iterator[Lab]:
             ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
              "--no-hosts", "--bind-interfaces", f"--listen-address={victim.ip}", "--port=53",
              "--user=root", "--pid-file=", "--address=/corp.test/10.99.0.9",
+             f"--txt-record=big.corp.test,{BIG_TXT}", "--edns-packet-max=4096",
              "--log-facility=/dev/null"],
         )  # fmt: skip
         victim.wait_port(53)
-        lab = Lab(node, attacker, victim)
+        lab = Lab(node, attacker, victim)  # Node's exit cleans up if this raises
         try:
             time.sleep(0.3)  # capture sockets are open before open() returns; let run() start
             yield lab
@@ -270,4 +273,16 @@ def test_new_udp_peer_in_monitor_mode(lab: Lab) -> None:
     obs = lab.wait_for("UDP.New.Peer", start)
     assert obs.extra["workload"] == "lab/victim" and obs.extra["mode"] == "monitor"
     assert "on UDP port 5353" in obs.threats[0].evidence
+    _latency(lab, obs, start)
+
+
+def test_dig_large_answers_amplify(lab: Lab) -> None:
+    start = lab.fresh()
+    # 30 small TXT queries with ~1.3 KB answers: the responses outweigh the requests 20-fold
+    lab.attack(["dig", f"@{lab.victim.ip}", "+tries=1", "+time=2", "+bufsize=4096",
+                *(["big.corp.test", "TXT"] * 30)])  # fmt: skip
+    obs = lab.wait_for("DNS.Amplification", start)
+    assert (obs.source.ip, obs.destination.ip) == (lab.victim.ip, lab.attacker.ip)
+    assert "response bytes" in obs.threats[0].evidence
+    print(f"  {obs.threats[0].evidence}")
     _latency(lab, obs, start)

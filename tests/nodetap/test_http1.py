@@ -137,12 +137,22 @@ def test_rst_emits_unanswered_request() -> None:
 def test_flow_table_is_bounded_and_expires() -> None:
     got: list[Observation] = []
     m = Metrics()
-    table = FlowTable(lambda o, c: got.append(o), m, max_flows=3, idle_timeout=10)
-    for i in range(5):
+    table = FlowTable(lambda o, c: got.append(o), m, max_flows=3, idle_timeout=100)
+    for i in range(5):  # a SYN flood: handshakes that never carry data make room
         table.packet(packet(("10.0.0.1", 1000 + i), ("10.0.0.2", 80), 1, 0x02, ts=1.0), "pod")
-    assert m.flows == 3 and m.flows_evicted == 2
-    table.expire(100.0)
-    assert m.flows_expired == 3 and not table.flows
+    assert m.flows == 5 and m.flows_evicted == 2 and len(table.flows) == 6
+    busy = Conversation(client=("10.0.0.9", 5000), server=("10.0.0.2", 80))
+    for p in busy.handshake() + busy.send(True, b"GET / HTTP/1.1\r\n\r\n"):
+        table.packet(p, "pod")  # evicts one more data-less flow, then carries data
+    for i in range(3):
+        pkts = Conversation(client=("10.0.0.3", 2000 + i), server=("10.0.0.2", 80)).handshake()
+        table.packet(pkts[0], "pod")
+    assert m.flows_evicted == 6  # 3 more evictions of data-less flows; the busy one stays
+    assert any(c.parser is not None for c in table.flows.values())
+    table.expire(12.0)  # data-less flows go after unused_timeout, the busy one stays
+    assert len(table.flows) == 2
+    table.expire(200.0)
+    assert not table.flows
 
 
 def test_response_until_close_and_chunked_trailers() -> None:
@@ -186,3 +196,46 @@ def test_linkerd_ports_and_identity() -> None:
     assert is_app_port(8080) and not is_app_port(0) and not is_app_port(70000)
     assert client_identity([("x", "1"), ("l5d-client-id", " web.shop.serviceaccount.identity.l ")])
     assert client_identity([("x", "1")]) == ""
+
+
+def test_endless_request_head_is_cut() -> None:
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 70000, mss=1400)
+    c.send(True, b"a" * 1400)
+    c.send(True, b"\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    got, m = run(c.packets)
+    assert m.parse_errors == 1
+    assert [(o.path, o.status) for o in got] == [("/next", 200)]
+
+
+def test_out_of_order_bytes_share_one_budget() -> None:
+    m = Metrics()
+    table = FlowTable(lambda o, c: None, m, buffer_budget=100, gap_timeout=60)
+    for port in (1, 2):
+        c = Conversation(client=("10.0.0.1", 40000 + port))
+        c.handshake()
+        pkts = c.send(True, b"GET / HTTP/1.1\r\n" + b"x" * 200, mss=16)
+        for p in c.packets[:2] + pkts[1:]:  # the first data segment is lost
+            table.packet(p, "pod")
+    table.expire(1.0)
+    assert m.gaps >= 2
+    conns = {id(x): x for x in table.flows.values()}.values()
+    assert sum(x.c2s.pending_bytes for x in conns) <= 100
+
+
+def test_large_body_in_one_super_segment() -> None:
+    """Loopback GSO hands over segments far larger than the MTU: a whole upload at once."""
+    c = Conversation()
+    c.handshake()
+    body = b"z" * 100_000
+    c.send(True, b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + body,
+           mss=200_000)  # fmt: skip
+    c.send(False, b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    c.fin()
+    got, m = run(c.packets)
+    assert [(o.path, o.status, o.body_size, len(o.body), o.body_truncated) for o in got] == [
+        ("/big", 413, 100_000, 65536, True)
+    ]
+    assert m.parse_errors == 0

@@ -83,6 +83,7 @@ def check(observed: list[Observation], server: Pod) -> None:
         assert (o.destination.namespace, o.destination.workload) == ("shop", "api")
         assert o.destination.ip == server.ip
         assert o.destination.port in (8080, 50051)
+        assert o.extra["netns"] in (server.netns, server.path)
     assert len(observed) == len(EXPECTED) + 3  # admin-port traffic (4191) is not app traffic
 
 
@@ -95,7 +96,8 @@ def admin_probe(server: Pod) -> None:
 def test_every_request_observed_in_process(node: tuple[Node, Pod, Pod]) -> None:
     _, server, client = node
     observed: list[Observation] = []
-    tap = NodeTap([PodTarget(server.netns, Identity("shop", "api"), None)], [], observed.append)
+    target = PodTarget(server.path, Identity("shop", "api"), None)  # --netns as a path
+    tap = NodeTap([target], [], observed.append)
     tap.open()
     stop = threading.Event()
     runner = threading.Thread(target=tap.run, args=(stop,))

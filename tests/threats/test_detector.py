@@ -341,3 +341,24 @@ def test_typical_request_is_clean_and_fast() -> None:
         DET.inspect(obs)
     per_call = (time.perf_counter() - t0) / 200
     assert per_call < 500e-6  # loose bound for a loaded CI machine; bench/detect.py measures
+
+
+def test_hyperscan_agrees_with_re() -> None:
+    """Differential check of the compiled signatures against Python's re (same patterns): every
+    re match must be a Hyperscan match too, with and without a prefix (this caught a Hyperscan
+    bug with bounded whitespace repeats, see signatures._BOUNDED_SPACE)."""
+    import re
+
+    from meshward.threats.normalise import normalise
+
+    sigs = ThreatDetector(level=3).sigs
+    samples = [normalise(p) for _, ps in POSITIVES for p in ps] + [
+        "'; sleep(5000); '", "1; select 1", "x\n; select *", "a && ping -c 1 127.0.0.1",
+    ] + [f.lower() for f in FRAGMENTS]
+    for text in samples:
+        for prefix in ("", "x" * 40 + " ", "y" * 300 + "\n"):
+            data = (prefix + text).encode("utf-8", "replace")
+            got = {sid for sid, _ in sigs.scan(data)}
+            for sid, sig in enumerate(sigs.signatures):
+                if re.search(sig.pattern.encode(), data, re.IGNORECASE | re.MULTILINE):
+                    assert sid in got, (sig.name, sig.pattern[:60], data[-80:])
