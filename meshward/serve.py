@@ -43,6 +43,11 @@ GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    # Envoy multiplexes every check and tap stream of a sidecar on one HTTP/2 connection; under
+    # a burst gRPC's overload protection would refuse streams the loop has not picked up yet,
+    # losing tap copies. Envoy's circuit breaker (istio/filters.py) bounds them instead.
+    ("grpc.http.overload_protection", 0),
+    ("grpc.max_concurrent_streams", 100_000),
 ]
 
 

@@ -149,7 +149,14 @@ class ThreatDetector:
         return parts, texts
 
     def _prefilter(self, parts: list[_Part], texts: list[str], body: bytes, kind: str) -> set[int]:
-        """Indices of parts (len(parts) means the body) where a signature or indicator matched."""
+        """Indices of parts (len(parts) means the body) where a signature or indicator matched.
+
+        One scan covers the head (path, query lines, header values, one per line) and a JSON
+        body (quotes as newlines) with the `lines` database, which leaves out the signatures
+        that treat a newline as an injected command separator: here newlines only separate
+        values. Raw CR/LF inside a head part flags that part outright; other bodies, where raw
+        newlines are content, get the full database.
+        """
         head = "\n".join(texts)
         if head.isascii():
             raw = head.encode("ascii")
@@ -159,24 +166,24 @@ class ThreatDetector:
             raw = b"\n".join(encoded)
             starts = _starts([len(t) for t in encoded])
         flagged: set[int] = set()
+        json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
+        if json_body:
+            starts.append(len(raw) + 1)
+            raw = raw + b"\n" + body.translate(_JSON_PREFILTER)
         total = len(starts)
 
         def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
             flagged.add(bisect.bisect_right(starts, max(end - 1, 0)) - 1)
             return len(flagged) >= total or None
 
-        json_body = kind == "json" or (not kind and body[:1] in (b"{", b"["))
+        self.sigs.prefilter(raw, on_match, lines=True)
+        if "\r" in head or head.count("\n") != _separators(texts):
+            flagged.update(i for i, t in enumerate(texts) if "\r" in t or "\n" in t)
         if body and not json_body:
-            starts.append(len(raw) + 1)
-            total += 1
             if kind == "form":
                 body = _query_lines(body.decode("latin-1")).encode("latin-1")
-            raw = raw + b"\n" + body
-        self.sigs.prefilter(raw, on_match)
-        if body and json_body and self.sigs.suspicious(
-            body.translate(_JSON_PREFILTER), json=True
-        ):
-            flagged.add(len(parts))
+            if self.sigs.suspicious(body):
+                flagged.add(len(parts))
         return flagged
 
     # ---- pass 2
@@ -364,6 +371,11 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
         if mapped is not None and str(mapped) in METADATA_IPS:
             return m.group(0)
     return ""
+
+
+def _separators(texts: list[str]) -> int:
+    """Newlines expected in the joined head: separators plus the query's own line breaks."""
+    return len(texts) - 1 + (texts[1].count("\n") if len(texts) > 1 and "=" in texts[1] else 0)
 
 
 def _query_lines(query: str) -> str:

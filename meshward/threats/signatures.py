@@ -75,9 +75,9 @@ class Signature:
     name: str  # threat name
     level: int  # 1..3
     pattern: str  # regex over normalised (lower-case) text
-    # False: left out of the pre-filter of raw JSON bodies, whose quotes become newlines there
-    # (a newline-anchored signature would match every JSON string); JSON escapes cover it.
-    in_json_prefilter: bool = True
+    # False: left out of the `lines` pre-filter, where newlines separate values (head parts,
+    # query parameters, JSON strings) and would look like injected command separators.
+    in_lines_prefilter: bool = True
 
 
 S = Signature
@@ -194,7 +194,7 @@ SIGNATURES: tuple[Signature, ...] = (
     S(RFI, 2, r"^\s{0,5}(?:https?|ftps?)://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
     # --- Command injection
     S(CMDI, 1, r"(?:[;|`]|\$\()[\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END),
-    S(CMDI, 1, r"[\r\n][\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END, in_json_prefilter=False),
+    S(CMDI, 1, r"[\r\n][\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END, in_lines_prefilter=False),
     S(CMDI, 1, r"&[\s+]{0,10}(?:" + _STRONG_COMMANDS + "|dir|net|netsh|type|ver|del|echo|cmd|"
                r"powershell)" + _CMD_END),
     S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}" + _COMMANDS + r"\b"),
@@ -358,8 +358,8 @@ class SignatureSet:
         self._detail = _compile(pats, hyperscan.HS_FLAG_SINGLEMATCH)
         indicators = [hyperscan_pattern(p) for p in INDICATORS]
         self._prefilter = _compile(pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
-        json_pats = [hyperscan_pattern(s.pattern) for s in self.signatures if s.in_json_prefilter]
-        self._prefilter_json = _compile(json_pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
+        line_pats = [hyperscan_pattern(s.pattern) for s in self.signatures if s.in_lines_prefilter]
+        self._prefilter_lines = _compile(line_pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
         self._regex: dict[int, re.Pattern[bytes]] = {}
 
     def scan(self, data: bytes) -> list[tuple[int, int]]:
@@ -386,23 +386,23 @@ class SignatureSet:
         return data[m.start() : m.end()] if m else data[max(start, end - 64) : end]
 
     def prefilter(
-        self, data: bytes, on_match: Callable[..., bool | None], *, json: bool = False
+        self, data: bytes, on_match: Callable[..., bool | None], *, lines: bool = False
     ) -> None:
         """Raw pre-filter pass; on_match(id, from, to, flags, ctx) as Hyperscan calls it, and
-        may return True to stop early. json: the data is a JSON body with quotes as newlines."""
-        db = self._prefilter_json if json else self._prefilter
+        may return True to stop early. lines: newlines in data separate values."""
+        db = self._prefilter_lines if lines else self._prefilter
         with contextlib.suppress(hyperscan.ScanTerminated):
             db.scan(data, match_event_handler=on_match)
 
-    def suspicious(self, data: bytes, *, json: bool = False) -> bool:
-        """Whether the pre-filter matches anywhere in raw data (one value, or a JSON body)."""
+    def suspicious(self, data: bytes) -> bool:
+        """Whether the pre-filter matches anywhere in raw data (one value or one body)."""
         hits: list[int] = []
 
         def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool:
             hits.append(sid)
             return True
 
-        self.prefilter(data, on_match, json=json)
+        self.prefilter(data, on_match)
         return bool(hits)
 
 
