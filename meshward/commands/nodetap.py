@@ -59,6 +59,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="send batches to meshward serve (POST URL/api/v1/observations)",
     )
     p.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        metavar="NS=MODE",
+        help="a namespace's mode for the ICMP/UDP baseline alerts (overrides the server's); "
+        "repeatable",
+    )
+    p.add_argument(
+        "--default-mode",
+        choices=["learn", "monitor", "enforce"],
+        default="learn",
+        help="mode of namespaces not named otherwise (default learn; with --server, serve's)",
+    )
+    p.add_argument(
         "--queue-size",
         type=int,
         default=10000,
@@ -141,20 +155,13 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--metrics-port must be 0..65535")
 
 
-def _network_monitor(tap: Any, needed: bool) -> Any:
-    """The network engineer's ICMP/UDP detectors, or None when ICMP/UDP is not watched."""
+def _network_monitor(tap: Any, needed: bool, modes: Any) -> Any:
+    """The ICMP/UDP detectors, or None when ICMP/UDP is not watched."""
     if not needed:
         return None
-    try:
-        from tap.node.netthreats import NetworkMonitor
-    except ImportError as exc:
-        from meshward.log import event
+    from tap.node.netthreats import NetworkMonitor
 
-        event(logging.getLogger("meshward.node-tap"), "ICMP/UDP detectors unavailable",
-              logging.WARNING, error=str(exc))  # fmt: skip
-        return None
-
-    return NetworkMonitor(resolve=tap.resolve)
+    return NetworkMonitor(resolve=tap.resolve, mode_of=modes.mode_of)
 
 
 def _serve_metrics(host: str, port: int, tap: Any) -> None:
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
     from meshward import log
     from tap.node.metrics import Metrics
+    from tap.node.modes import ModeSource, parse_mode_flags
     from tap.node.output import HttpOutput, JsonlOutput
     from tap.node.pipeline import NodeTap
 
@@ -184,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"unknown log level {args.log_level!r}") from None
     _check(args)
+    try:
+        overrides = parse_mode_flags(args.mode)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    modes = ModeSource(overrides, args.default_mode, args.server)
     if os.geteuid() != 0:
         raise UsageError("needs root (AF_PACKET capture, entering network namespaces)")
     metrics = Metrics()
@@ -197,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_flows, args.idle_timeout, args.stats_interval, ring_mb=args.ring_mb,
     )  # fmt: skip
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns))
-    tap.netmon = _network_monitor(tap, watch_net)
+    tap.netmon = _network_monitor(tap, watch_net, modes)
     try:
         tap.open()
     except OSError as exc:
@@ -208,9 +221,11 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         _serve_metrics(args.metrics_host, args.metrics_port, tap)
     output.start()
+    modes.start()
     try:
         tap.run(stop, duration=args.duration or None)
     finally:
+        modes.stop()
         tap.close()
         output.close()
         log.event(logging.getLogger("meshward.node-tap"), "node-tap stopped", **tap.stats())

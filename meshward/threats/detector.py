@@ -121,9 +121,9 @@ class ThreatDetector:
         content_type = obs.header("content-type")
         kind = body_kind(content_type)
 
-        parts, texts = self._parts(obs)
+        parts, texts, newline = self._parts(obs)
         if self.use_prefilter:
-            flagged = self._prefilter(parts, texts, raw, kind)
+            flagged = self._prefilter(parts, texts, newline, raw, kind)
         else:
             flagged = set(range(len(parts) + 1 if raw else len(parts)))
         for i in sorted(flagged):
@@ -136,26 +136,33 @@ class ThreatDetector:
 
     # ---- pass 1
 
-    def _parts(self, obs: Observation) -> tuple[list[_Part], list[str]]:
+    def _parts(self, obs: Observation) -> tuple[list[_Part], list[str], bool]:
+        """Head parts and their pre-filter texts, and whether any raw part holds CR or LF."""
         parts: list[_Part] = [("path", "")]
         texts = [obs.path]
         if obs.query:
             parts.append(("query", ""))
-            texts.append(_query_lines(obs.query))
+            texts.append(obs.query)
         for name, value in obs.headers:
             if value and name not in SKIP_HEADERS and not name.startswith("x-envoy-"):
                 parts.append(("header", name))
                 texts.append(value)
-        return parts, texts
+        joined = "".join(texts)
+        newline = "\n" in joined or "\r" in joined
+        if obs.query:
+            texts[1] = _query_lines(obs.query)
+        return parts, texts, newline
 
-    def _prefilter(self, parts: list[_Part], texts: list[str], body: bytes, kind: str) -> set[int]:
+    def _prefilter(
+        self, parts: list[_Part], texts: list[str], newline: bool, body: bytes, kind: str
+    ) -> set[int]:
         """Indices of parts (len(parts) means the body) where a signature or indicator matched.
 
         One scan covers the head (path, query lines, header values, one per line) and a JSON
         body (quotes as newlines) with the `lines` database, which leaves out the signatures
         that treat a newline as an injected command separator: here newlines only separate
-        values. Raw CR/LF inside a head part flags that part outright; other bodies, where raw
-        newlines are content, get the full database.
+        values. Raw CR/LF inside the head flags every head part (rare, and never benign); other
+        bodies, where raw newlines are content, get the full database.
         """
         head = "\n".join(texts)
         if head.isascii():
@@ -177,8 +184,8 @@ class ThreatDetector:
             return len(flagged) >= total or None
 
         self.sigs.prefilter(raw, on_match, lines=True)
-        if "\r" in head or head.count("\n") != _separators(texts):
-            flagged.update(i for i, t in enumerate(texts) if "\r" in t or "\n" in t)
+        if newline:
+            flagged.update(range(len(parts)))
         if body and not json_body:
             if kind == "form":
                 body = _query_lines(body.decode("latin-1")).encode("latin-1")
@@ -371,11 +378,6 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
         if mapped is not None and str(mapped) in METADATA_IPS:
             return m.group(0)
     return ""
-
-
-def _separators(texts: list[str]) -> int:
-    """Newlines expected in the joined head: separators plus the query's own line breaks."""
-    return len(texts) - 1 + (texts[1].count("\n") if len(texts) > 1 and "=" in texts[1] else 0)
 
 
 def _query_lines(query: str) -> str:

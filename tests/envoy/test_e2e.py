@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from istio.bootstrap import render_bootstrap
+from istio.certs import MeshCA
 from istio.envoyproc import EnvoyProcess
 from tests.envoy.conftest import ServerThread, free_port, http
 
@@ -172,13 +173,16 @@ def test_grpc_service_learned_by_service_and_method(envoy_bin: str, tmp_path: Pa
 
 
 def test_both_ends_join(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
-    """web's outbound sidecar -> orders' inbound sidecar: one exchange; a rewrite is flagged."""
+    """web's outbound sidecar -mTLS-> orders' inbound sidecar (enforce chain, namespace in
+    learn): one exchange under one x-request-id; a path rewritten in between is flagged."""
+    ca = MeshCA(tmp_path / "ca")
     with ServerThread(str(tmp_path / "m.db")) as srv:
-        inbound = sidecar(srv, app_port, "learn", envoy_bin, workload="orders")
+        inbound = sidecar(srv, app_port, "enforce", envoy_bin, workload="orders",
+                          tls=ca.issue("shop", "orders"))  # fmt: skip
         with inbound as callee:
             out = render_bootstrap(0, f"127.0.0.1:{callee.port}", "shop", "web", "learn",
                                    authz_port=srv.ports["authz"], tap_port=srv.ports["tap"],
-                                   direction="outbound")  # fmt: skip
+                                   direction="outbound", tls=ca.issue("shop", "web"))  # fmt: skip
             with EnvoyProcess(out, envoy=envoy_bin, name="web-out") as caller:
                 rid = "join-test-1"
                 assert http(caller.port, "/orders/7", headers={"x-request-id": rid})[0] == 200
@@ -197,11 +201,16 @@ def test_both_ends_join(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
         assert ex["outbound"]["path"] == "/orders/7"
         assert ex["inbound"]["path"] == "/orders/all/orders/7"
         assert ex["outbound"]["source"] == "shop/web"
+        assert ex["inbound"]["source"] == "shop/web"  # from the SPIFFE peer certificate
         assert ex["inbound"]["destination"] == "shop/orders"
         alerts = srv.api("GET", "/api/v1/alerts?limit=10")["alerts"]
         mism = [a for a in alerts if a["request_id"] == "join-test-2"]
         assert mism and "Exchange.Mismatch" in {t["name"] for t in mism[0]["threats"]}
+        assert mism[0]["source"] == "shop/web"
         assert ex["verdicts"] and ex["verdicts"][0]["verdict"] == "alert"
-        # the joined call is learned once, for the callee, not for the caller's view
-        dests = [s["destination"] for s in srv.api("GET", "/api/v1/allowlist")["services"]]
-        assert dests == ["shop/orders"]
+        # learned once, by ext_authz for the callee (the tap skipped what Check had judged),
+        # with the caller's SPIFFE identity; the caller's outbound view only fed the join
+        doc = srv.api("GET", "/api/v1/allowlist")
+        assert [s["destination"] for s in doc["services"]] == ["shop/orders"]
+        assert "shop/web" in json.dumps(doc)
+        assert srv.metric('meshward_drops_total{reason="judged-by-extauthz",where="tap"}') >= 1
