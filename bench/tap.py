@@ -28,6 +28,7 @@ from envoy_harness import (
 
 EXT_PROC = "envoy.filters.http.ext_proc"
 OBSERVED = 'meshward_observations_total{source="envoy-tap"}'
+COMPLETED = "http.inbound_api.downstream_rq_completed"  # Envoy's own count of requests
 BODY = b'{"sku":"book-1","qty":2,"note":"gift wrap"}'
 
 
@@ -65,6 +66,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per point")
     ap.add_argument("--rate", type=int, default=1000, help="paced requests/s")
     ap.add_argument("--paced-seconds", type=int, default=10)
+    ap.add_argument("--paced-only", action="store_true", help="skip the wrk part")
     args = ap.parse_args()
     script = post_script(BODY)
     ok = True
@@ -74,36 +76,39 @@ def main() -> int:
         try:
             off = sidecar(app.port, "learn", keep=())
             on = sidecar(app.port, "learn", keep=(EXT_PROC,), tap_port=mw.tap)
-            rows = []
-            for conns in (1, 16):
+            for conns in () if args.paced_only else (1, 16):
                 with EnvoyProcess(off, name="tap-off") as e:
                     wrk(f"http://127.0.0.1:{e.port}", 4, 1, script)
                     r_off = wrk(f"http://127.0.0.1:{e.port}", conns, args.seconds, script)
                 with EnvoyProcess(on, name="tap-on") as e:
                     wrk(f"http://127.0.0.1:{e.port}", 4, 1, script)
                     before = settle(mw)
+                    envoy_before = e.stats(COMPLETED)[COMPLETED]
                     r_on = wrk(f"http://127.0.0.1:{e.port}", conns, args.seconds, script)
                     seen = settle(mw) - before
-                rows.append((conns, r_off, r_on, seen))
+                    handled = e.stats(COMPLETED)[COMPLETED] - envoy_before
                 print(f"  c={conns}: tap off {r_off.rps:7.0f} req/s | tap on {r_on.rps:7.0f} req/s"
                       f" ({r_on.rps / r_off.rps:.2f}x), p50 {r_off.p50_us:.0f} -> "
-                      f"{r_on.p50_us:.0f} µs, observed {seen:.0f}/{r_on.requests} "
-                      f"({seen / max(r_on.requests, 1):.1%}), failed requests "
+                      f"{r_on.p50_us:.0f} µs, observed {seen:.0f} of {handled} requests Envoy "
+                      f"handled ({seen / max(handled, 1):.1%}), failed requests "
                       f"{r_on.non2xx + r_on.errors}", flush=True)
                 ok &= r_on.non2xx + r_on.errors == 0
 
             with EnvoyProcess(on, name="tap-paced") as e:
                 assert request(e.port, "/api/orders", BODY) == 200
                 before = settle(mw)
-                completed = "http.inbound_api.downstream_rq_completed"
-                envoy_before = e.stats(completed)[completed]
+                envoy_before = e.stats(COMPLETED)[COMPLETED]
                 done, good = h2load_paced(e.port, args.rate, args.paced_seconds)
                 seen = settle(mw) - before
-                sent = e.stats(completed)[completed] - envoy_before  # exact, in-flight included
+                sent = e.stats(COMPLETED)[COMPLETED] - envoy_before  # exact, in-flight included
                 envoy_tap = {k.rsplit(".", 1)[-1]: v for k, v in e.stats("http.").items()
                              if ".ext_proc." in k and v}  # fmt: skip
                 streams = {o: mw.metric(f'meshward_tap_streams_total{{outcome="{o}"}}')
                            for o in ("complete", "cut", "expired", "error")}  # fmt: skip
+                drops = [line for line in mw.api("GET", "/metrics").splitlines()
+                         if line.startswith(("meshward_drops_total", "meshward_errors_total"))]
+                if drops:
+                    print("meshward drops/errors:", "; ".join(drops))
             lost = sent - seen
             target = args.rate * args.paced_seconds
             print(f"\nfixed {args.rate} req/s for {args.paced_seconds} s: h2load finished "

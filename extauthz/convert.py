@@ -32,14 +32,16 @@ def _peer(peer: attribute_context_pb2.AttributeContext.Peer) -> Identity:
 
 
 def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> list[tuple[str, str]]:
-    """Headers from `header_map` (raw bytes, any encoding) or else the string map."""
-    if http.header_map.headers:
-        out = []
-        for h in http.header_map.headers:
-            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-            out.append((h.key.lower(), value))
-        return out
-    return [(k.lower(), v) for k, v in http.headers.items()]
+    """Headers from `header_map` (raw bytes, any encoding) or else the string map.
+
+    Envoy hands header names over lower-cased (AttributeContext docs), so they are kept as is.
+    """
+    if hm := http.header_map.headers:
+        return [
+            (h.key, raw.decode("utf-8", "replace") if (raw := h.raw_value) else h.value)
+            for h in hm
+        ]
+    return list(http.headers.items())
 
 
 def check_to_observation(

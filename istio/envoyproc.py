@@ -41,6 +41,7 @@ def die_with_parent(cmd: list[str]) -> list[str]:
 
     Uses util-linux `setpriv --pdeathsig` rather than a Popen preexec_fn: forking Python
     code in a process with gRPC threads is unsafe (gRPC's fork handlers abort the child).
+    The signal follows the spawning *thread*: launch from a thread that outlives the child.
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd

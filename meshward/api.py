@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -26,6 +28,7 @@ from meshward.observation import observation_from_dict
 if TYPE_CHECKING:
     from meshward.serve import Server
 
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 MAX_ITEMS = 10_000  # observations per ingest request
 _YIELD_EVERY = 64  # let ext_authz checks in between while a large batch is judged
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
@@ -85,6 +88,8 @@ async def modes(request: web.Request) -> web.Response:
 async def set_mode(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     namespace = request.match_info["namespace"]
+    if not _NAMESPACE.fullmatch(namespace):
+        raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
     try:
         doc = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -177,3 +182,17 @@ def build_app(server: Server) -> web.Application:
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
     return app
+
+
+def call(base_url: str, method: str, path: str, doc: Any = None, timeout: float = 10.0) -> Any:
+    """A blocking client for this API (demo, benchmarks, tests): JSON in, JSON or text out.
+
+    Raises urllib.error.HTTPError on an error status and OSError when nothing answers.
+    """
+    data = json.dumps(doc).encode() if doc is not None else None
+    req = urllib.request.Request(base_url.rstrip("/") + path, data=data, method=method,
+                                 headers={"content-type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        body = resp.read()
+        kind = resp.headers.get("content-type", "")
+    return json.loads(body) if kind.startswith("application/json") else body.decode()

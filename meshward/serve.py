@@ -65,22 +65,31 @@ class ServeConfig:
     max_ingest_bytes: int = 16 * 1024 * 1024
 
 
-class _RecentIds:
-    """Request ids judged by ext_authz lately (bounded, time-limited) so the tap skips them."""
+CallKey = tuple[str, str, str, str]
+
+
+def _call_key(obs: Observation) -> CallKey:
+    """One hop of one request: apps pass x-request-id on to their own calls, so the id alone
+    names every hop of a request; with authority, method and path it names this one."""
+    return obs.request_id, obs.authority.lower(), obs.method, obs.path
+
+
+class _RecentCalls:
+    """Calls judged by ext_authz lately (bounded, time-limited) so the tap skips them."""
 
     def __init__(self, ttl: float = 30.0, size: int = 100_000) -> None:
         self.ttl = ttl
         self.size = size
-        self._ids: dict[str, float] = {}
+        self._calls: dict[CallKey, float] = {}
 
-    def add(self, rid: str) -> None:
-        ids = self._ids
-        ids[rid] = time.monotonic()
-        if len(ids) > self.size:
-            del ids[next(iter(ids))]
+    def add(self, obs: Observation) -> None:
+        calls = self._calls
+        calls[_call_key(obs)] = time.monotonic()
+        if len(calls) > self.size:
+            del calls[next(iter(calls))]
 
-    def __contains__(self, rid: str) -> bool:
-        seen = self._ids.get(rid)
+    def __contains__(self, obs: Observation) -> bool:
+        seen = self._calls.get(_call_key(obs))
         return seen is not None and time.monotonic() - seen < self.ttl
 
 
@@ -99,7 +108,7 @@ class Pipeline:
         self.engine = engine
         self.metrics = metrics
         self.joiner = joiner
-        self.checked = _RecentIds()
+        self.checked = _RecentCalls()
         self.cache = DecisionCache(engine)
         self._cache_hit = metrics.cache.labels("hit")
         self._cache_miss = metrics.cache.labels("miss")
@@ -117,7 +126,7 @@ class Pipeline:
         self._eval_latency[source].observe(time.perf_counter() - start)
         self.metrics.count_verdict(source, verdict)
         if verdict.verdict != "allow" and obs.request_id:
-            self.joiner.note_verdict(obs.request_id, {"seen_by": source, **verdict.as_dict()})
+            self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
         return verdict
 
     def judge_check(self, obs: Observation) -> Verdict:
@@ -125,7 +134,7 @@ class Pipeline:
         if obs.body_truncated:
             self.metrics.truncations.labels("extauthz").inc()
         if obs.request_id:
-            self.checked.add(obs.request_id)
+            self.checked.add(obs)
         key = self.cache.key(obs)
         if key is not None:
             cached = self.cache.lookup(key, obs)
@@ -150,18 +159,18 @@ class Pipeline:
                 self.judge(flagged, "envoy-tap")
         if obs.extra.get("direction") == "outbound":
             return
-        if obs.request_id and obs.request_id in self.checked:
+        if obs.request_id and obs in self.checked:
             self.metrics.drops.labels("tap", "judged-by-extauthz").inc()
             return
         # a stream cut or expired before the response: judged (threats alert) but not learned
         self.judge(obs, "envoy-tap", learn="tap_outcome" not in obs.extra)
 
     def take_ingested(self, obs: Observation) -> None:
-        source = obs.seen_by if obs.seen_by in self._observed else "file"
-        self._observed[source].inc()
         if obs.seen_by == "envoy-tap":
             self.take_tap(obs)
             return
+        source = obs.seen_by if obs.seen_by in self._observed else "file"
+        self._observed[source].inc()
         self.judge(obs, source)
 
 

@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from istio.bootstrap import HCM_CONFIG, ROUTER_CONFIG, render_bootstrap  # noqa: E402
 from istio.envoyproc import EnvoyProcess  # noqa: E402
+from meshward.api import call  # noqa: E402
+from meshward.metrics import sample  # noqa: E402
 
 
 def free_port() -> int:
@@ -178,18 +180,10 @@ class MeshwardServe:
             time.sleep(0.1)
 
     def api(self, method: str, path: str, doc: Any = None) -> Any:
-        data = json.dumps(doc).encode() if doc is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=data,
-                                     method=method)  # fmt: skip
-        with urllib.request.urlopen(req, timeout=10) as r:
-            raw = r.read()
-        return json.loads(raw) if path.startswith("/api/") or path == "/readyz" else raw.decode()
+        return call(f"http://127.0.0.1:{self.http}", method, path, doc)
 
     def metric(self, start: str) -> float:
-        for line in self.api("GET", "/metrics").splitlines():
-            if line.startswith(start):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return sample(self.api("GET", "/metrics"), start)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -15,7 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Starts meshward serve and a 4-service shop (HTTP/JSON and gRPC), each behind "
         "its own Envoy sidecar with mTLS; learns from normal traffic, switches the namespace to "
         "enforce, replays normal traffic (all allowed), then attacks and novel calls (all denied "
-        "with 403). Exit 0 only when all of that happened; every process is stopped at the end.",
+        "with 403). The sidecars follow the mode as an install does: learn renders the tap only; "
+        "on the switch meshward's mode changes and the sidecars are re-rendered with ext_authz "
+        "(failing closed), as re-applying `meshward istio render` would (Istio pushes that over "
+        "xDS; here each sidecar restarts on its port). Exit 0 only when all of that happened; "
+        "every process is stopped at the end.",
     )
     p.add_argument("--learn-requests", type=int, default=400, help="normal requests to learn from")
     p.add_argument("--replay-requests", type=int, default=150, help="normal requests in enforce")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (meshward is not alwa
 
 class DemoError(RuntimeError):
     """Something the demo needs did not work; the message says what."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -86,12 +79,16 @@ class Sidecar:
 
 @dataclass
 class ServeProcess:
-    """`meshward serve` as a subprocess on free loopback ports with a temp SQLite store."""
+    """`meshward serve` as a subprocess with a temp SQLite store.
+
+    It binds port 0 for all three services and the ports are read from its "serving" log
+    line, so no other process on this busy machine can take them between choosing and binding.
+    """
 
     workdir: Path
-    authz_port: int = field(default_factory=free_port)
-    tap_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
+    authz_port: int = 0
+    tap_port: int = 0
+    http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,7 +122,7 @@ class ServeProcess:
             "--http-port",
             str(self.http_port),
             "--log-level",
-            "warning",
+            "info",  # the "serving" line names the bound ports
         ]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -139,8 +136,21 @@ class ServeProcess:
                 start_new_session=True,
             )
 
+    def _bound_ports(self) -> bool:
+        """Read the ports from the "serving" log line, once it is there."""
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    doc = json.loads(line)
+                    if doc.get("msg") == "serving":
+                        self.authz_port = int(doc["authz"])
+                        self.tap_port = int(doc["tap"])
+                        self.http_port = int(doc["http"])
+                        return True
+        return False
+
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until /readyz answers 200; DemoError with its log tail if it dies or hangs."""
+        """Block until it serves (/readyz 200); DemoError with its log tail if it dies or hangs."""
         if self.proc is None:
             raise DemoError("meshward serve was not launched")
         deadline = time.monotonic() + timeout
@@ -149,14 +159,17 @@ class ServeProcess:
                 raise DemoError(
                     f"meshward serve exited with status {self.proc.returncode}:\n" + self.log_tail()
                 )
+            if time.monotonic() > deadline:
+                raise DemoError(f"meshward serve not ready in {timeout:g}s:\n{self.log_tail()}")
+            if not self.http_port and not self._bound_ports():
+                time.sleep(0.05)
+                continue
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(self.url + "/readyz", timeout=1) as resp,
             ):
                 if resp.status == 200:
                     return
-            if time.monotonic() > deadline:
-                raise DemoError(f"meshward serve not ready in {timeout:g}s:\n{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self, grace: float = 3.0) -> None:
@@ -181,8 +194,8 @@ class ServeProcess:
         except (OSError, ValueError) as exc:
             raise DemoError(f"meshward API {method} {path} failed: {exc}") from None
 
-    def metrics(self) -> dict[str, float]:
-        """Prometheus samples summed over labels: name -> value."""
+    def metrics(self, by_label: bool = False) -> dict[str, float]:
+        """Prometheus samples: name -> value summed over labels (`by_label`: name{labels})."""
         try:
             with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
                 text = resp.read().decode()
@@ -193,7 +206,7 @@ class ServeProcess:
             if not line or line.startswith("#"):
                 continue
             name_labels, _, value = line.rpartition(" ")
-            name = name_labels.split("{", 1)[0]
+            name = name_labels if by_label else name_labels.split("{", 1)[0]
             with contextlib.suppress(ValueError):
                 out[name] = out.get(name, 0.0) + float(value)
         return out

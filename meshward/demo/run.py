@@ -149,11 +149,8 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
     try:
         console.rule("[bold]meshward demo: a shop in a mini-mesh")
         server.launch()
-        serving = asyncio.create_task(asyncio.to_thread(server.wait_ready))
-        # if the shop fails first, this task's own error is moot: retrieve it quietly
-        serving.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.to_thread(server.wait_ready)  # the sidecars need its ports
         ports = await _start_shop(mesh, apps)
-        await serving
         console.print(
             f"meshward serve up (authz :{server.authz_port}, tap :{server.tap_port}, "
             f"API {server.url}); {len(mesh.sidecars)} Envoy sidecars with mTLS "
@@ -259,6 +256,11 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
                 }
                 if out.services[name]["errors"]:
                     out.failures.append(f"{name}: {out.services[name]['errors']} ext_authz errors")
+            joins = await asyncio.to_thread(server.metrics, True)
+            out.phases["both_ends"] = {
+                outcome: int(joins.get(f'meshward_exchange_joins_total{{outcome="{outcome}"}}', 0))
+                for outcome in ("joined", "mismatch")
+            }
             ranked = sorted(alerts, key=_rank, reverse=True)
             out.top_alerts = [_alert_row(a) for a in ranked[:8]]
     finally:
@@ -342,8 +344,16 @@ def print_summary(out: Outcome, console: Console) -> None:
         top.add_row(a["verdict"], a["destination"], a["source"], a["request"][:60], a["why"][:70])
     if out.top_alerts:
         console.print(top)
-    phases = ", ".join(f"{k}: {v.get('requests', 0)} requests" for k, v in out.phases.items())
+    phases = ", ".join(
+        f"{k}: {v['requests']} requests" for k, v in out.phases.items() if "requests" in v
+    )
     console.print(f"{phases}; {out.elapsed_s:.1f}s")
+    if "both_ends" in out.phases:
+        both = out.phases["both_ends"]
+        console.print(
+            f"calls seen from both ends (caller's outbound and callee's inbound sidecar, joined "
+            f"by x-request-id): {both['joined']} matching, {both['mismatch']} mismatched"
+        )
     if out.failures:
         console.print("[bold red]DEMO FAILED[/]")
         for f in out.failures:

@@ -1,13 +1,17 @@
 """ThreatDetector: finds embedded attacks in every part of an Observation.
 
 Two passes keep the common case cheap:
-1. Pre-filter: one Hyperscan scan over the raw parts (path, query, header values, body prefix)
-   joined into one buffer, with the signatures plus INDICATORS (encodings, quotes, markup...).
-   A request where nothing matches has no threat: normalisation only ever changes text that an
-   indicator matches, and the signatures are caseless. Only the parts that matched go on.
+1. Pre-filter: one Hyperscan scan over the raw parts (path, query, header values and a JSON
+   body, one value per line) with the signatures plus INDICATORS (encodings, quotes, markup,
+   what libinjection needs...); other bodies get a second scan. A part where nothing matches
+   has no threat: normalisation only changes text that an indicator matches, the signatures
+   are caseless, and libinjection only runs where an indicator matches. Only flagged parts go on.
 2. Detail: each flagged part is split into fields (query parameters, cookies, JSON leaves and
-   keys, form fields, multipart parts, XML text), every field is normalised and scanned, and
-   libinjection checks SQLi/XSS. Each finding names its location and evidence.
+   keys, form fields, multipart parts, XML text); each field that the pre-filter flags on its
+   own is normalised and scanned, and libinjection checks SQLi/XSS. Each finding names its
+   location and evidence.
+
+The soundness of pass 1 is tested, not assumed: tests compare it with `prefilter=False`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import re
 import socket
 import threading
 from itertools import accumulate
+from typing import NamedTuple
 
 from meshward.bodies import DecodedBody, body_kind, decode_body, parse_query
 from meshward.detect import Inspection
@@ -45,7 +50,7 @@ SKIP_HEADERS = frozenset(
         "x-b3-sampled", "b3", "traceparent", "tracestate", "x-forwarded-client-cert",
         "x-envoy-attempt-count", "x-envoy-internal", "x-envoy-expected-rq-timeout-ms",
         "x-envoy-decorator-operation", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id",
-        "content-type", "accept-encoding", "connection", "te", "grpc-timeout",
+        "accept-encoding", "connection", "te", "grpc-timeout",
     }
 )
 NOSQL_OPERATORS = frozenset(
@@ -58,7 +63,6 @@ METADATA_IPS = frozenset(
 )  # AWS/GCP/Azure/OpenStack, AWS ECS, Alibaba, Oracle
 TRANSFER_CODINGS = frozenset({"chunked", "gzip", "deflate", "compress", "identity", "x-gzip"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9a-z-]+\Z|:[a-z]+\Z")
-_BAD_NAME = re.compile(r"[^!#$%&'*+.^`|~0-9a-z\n:-]")
 _IPV4_TOKEN = re.compile(
     r"(?<![\w.])((?:0x[0-9a-f]{1,8}|\d{1,12})(?:\.(?:0x[0-9a-f]{1,8}|\d{1,12})){0,3})(?![\w])"
 )
@@ -112,46 +116,29 @@ class ThreatDetector:
         (the engine decodes once per request); without it the body is decoded here, and only
         when the pre-filter flags it."""
         found = _Findings(self.max_threats)
-        partial = self._framing(obs, found)
+        head = _head(obs, self.max_scan_bytes)
+        self._framing(obs, head, found)
+        partial = head.cut
         raw = obs.body
         if len(raw) > self.max_scan_bytes:
             raw, partial = raw[: self.max_scan_bytes], True
         if obs.body_truncated or (obs.body_size is not None and obs.body_size > len(obs.body)):
             partial = True
-        content_type = obs.header("content-type")
-        kind = body_kind(content_type)
-
-        parts, texts, newline = self._parts(obs)
+        kind = body_kind(head.content_type)
+        parts, texts = head.parts, head.texts
         if self.use_prefilter:
-            flagged = self._prefilter(parts, texts, newline, raw, kind)
+            flagged = self._prefilter(parts, texts, head.newline, raw, kind)
         else:
             flagged = set(range(len(parts) + 1 if raw else len(parts)))
         for i in sorted(flagged):
             if i < len(parts):
                 self._detail(parts[i], texts[i], obs, found)
-            elif self._body(content_type, raw, body, found):
+            elif self._body(head.content_type, raw, body, found):
                 partial = True
         self.dropped += found.dropped
-        return Inspection(found.threats, partial)
+        return Inspection(found.threats, partial or found.cut)
 
     # ---- pass 1
-
-    def _parts(self, obs: Observation) -> tuple[list[_Part], list[str], bool]:
-        """Head parts and their pre-filter texts, and whether any raw part holds CR or LF."""
-        parts: list[_Part] = [("path", "")]
-        texts = [obs.path]
-        if obs.query:
-            parts.append(("query", ""))
-            texts.append(obs.query)
-        for name, value in obs.headers:
-            if value and name not in SKIP_HEADERS and not name.startswith("x-envoy-"):
-                parts.append(("header", name))
-                texts.append(value)
-        joined = "".join(texts)
-        newline = "\n" in joined or "\r" in joined
-        if obs.query:
-            texts[1] = _query_lines(obs.query)
-        return parts, texts, newline
 
     def _prefilter(
         self, parts: list[_Part], texts: list[str], newline: bool, body: bytes, kind: str
@@ -164,22 +151,21 @@ class ThreatDetector:
         values. Raw CR/LF inside the head flags every head part (rare, and never benign); other
         bodies, where raw newlines are content, get the full database.
         """
-        head = "\n".join(texts)
-        if head.isascii():
-            raw = head.encode("ascii")
-            starts = _starts([len(t) for t in texts])
-        else:
-            encoded = [t.encode("utf-8", "surrogateescape") for t in texts]
-            raw = b"\n".join(encoded)
-            starts = _starts([len(t) for t in encoded])
-        flagged: set[int] = set()
+        joined = "\n".join(texts)
+        ascii_only = joined.isascii()
+        raw = joined.encode("ascii") if ascii_only else joined.encode("utf-8", "surrogateescape")
         json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
         if json_body:
-            starts.append(len(raw) + 1)
             raw = raw + b"\n" + body.translate(_JSON_PREFILTER)
-        total = len(starts)
+        total = len(texts) + json_body
+        flagged: set[int] = set()
+        starts: list[int] = []  # part offsets in raw, computed at the first match only
 
         def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
+            if not starts:
+                sizes = [len(t) if ascii_only else len(t.encode("utf-8", "surrogateescape"))
+                         for t in texts]
+                starts.extend(_starts([*sizes, 0] if json_body else sizes))
             flagged.add(bisect.bisect_right(starts, max(end - 1, 0)) - 1)
             return len(flagged) >= total or None
 
@@ -200,7 +186,7 @@ class ThreatDetector:
         if kind == "path":
             self._value(obs.path, "path", found)
         elif kind == "query":
-            pairs, _ = parse_query(obs.query, self.max_fields)
+            pairs, _ = parse_query(obs.query[: self.max_scan_bytes], self.max_fields)
             for pname, value in pairs:
                 loc = f"query:{pname}"
                 self._value(pname, loc, found)
@@ -249,7 +235,8 @@ class ThreatDetector:
         """Normalise one field value and run every check on it."""
         if not value or found.full:
             return
-        value = value[: self.max_value_bytes]
+        if len(value) > self.max_value_bytes:
+            value, found.cut = value[: self.max_value_bytes], True
         if self.use_prefilter and not self.sigs.suspicious(value.encode("utf-8", "replace")):
             return
         decoded = fold(decode(value))
@@ -275,28 +262,25 @@ class ThreatDetector:
 
     # ---- framing
 
-    def _framing(self, obs: Observation, found: _Findings) -> bool:
+    def _framing(self, obs: Observation, head: _Head, found: _Findings) -> None:
         """Request smuggling, negative length and header injection, from headers and the
-        declared size. Common case: two set lookups and two joins."""
+        declared size."""
         if obs.body_size is not None and obs.body_size < 0:
             found.add(NEGATIVE_LENGTH, "header:content-length", str(obs.body_size))
-        names = "\n".join([n for n, _ in obs.headers])
-        if "content-length" in names or "transfer-encoding" in names:
-            self._framing_headers(obs, found)
-        if _BAD_NAME.search(names):
+        if head.lengths or head.codings:
+            self._framing_headers(obs, head.lengths, head.codings, found)
+        if head.odd_names:
             for name, _ in obs.headers:
                 if not _HEADER_NAME.match(name) and _looks_like_framing(name):
                     found.add(SMUGGLING, f"header:{name}", f"obfuscated header name {name!r}")
-        values = "".join([v for _, v in obs.headers])
-        if "\r" in values or "\n" in values:
+        if head.newline or head.crlf:
             for name, value in obs.headers:
                 if ("\r" in value or "\n" in value) and not name.startswith(":"):
                     found.add(CRLF, f"header:{name}", value)
-        return False
 
-    def _framing_headers(self, obs: Observation, found: _Findings) -> None:
-        lengths = [v for n, v in obs.headers if n == "content-length"]
-        codings = [v for n, v in obs.headers if n == "transfer-encoding"]
+    def _framing_headers(
+        self, obs: Observation, lengths: list[str], codings: list[str], found: _Findings
+    ) -> None:
         for value in lengths:
             v = value.strip()
             if v.startswith("-") and v[1:].strip().isdigit():
@@ -326,10 +310,71 @@ class ThreatDetector:
                 found.add(SMUGGLING, "header:transfer-encoding", f"transfer-encoding: {value!r}")
 
 
+class _Head(NamedTuple):
+    """The request head as one pass over the headers sees it."""
+
+    parts: list[_Part]  # path, query, scanned headers
+    texts: list[str]  # their pre-filter texts (the query one parameter per line)
+    newline: bool  # CR or LF inside the raw path, query or a scanned header value
+    crlf: bool  # CR or LF inside a header value that is not scanned
+    content_type: str
+    lengths: list[str]  # content-length values
+    codings: list[str]  # transfer-encoding values
+    odd_names: bool  # a header name outside the HTTP token alphabet
+    cut: bool  # a part was longer than the limit and is inspected in part
+
+
+def _head(obs: Observation, limit: int) -> _Head:
+    parts: list[_Part] = [("path", "")]
+    texts = [obs.path[:limit]]
+    query = obs.query[:limit]
+    cut = len(obs.path) > limit or len(obs.query) > limit
+    if query:
+        parts.append(("query", ""))
+        texts.append(query)
+    lengths: list[str] = []
+    codings: list[str] = []
+    content_type = ""
+    odd = crlf = False
+    for name, value in obs.headers:
+        if name not in _VALID_NAMES and not _valid_name(name):
+            odd = True
+        if name in SKIP_HEADERS or name.startswith("x-envoy-") or not value:
+            if name == "content-length":
+                lengths.append(value)
+            elif name == "transfer-encoding":
+                codings.append(value)
+            elif "\r" in value or "\n" in value:
+                crlf = True
+            continue
+        if name == "content-type" and not content_type:
+            content_type = value
+        if len(value) > limit:
+            value, cut = value[:limit], True
+        parts.append(("header", name))
+        texts.append(value)
+    joined = "".join(texts)
+    newline = "\n" in joined or "\r" in joined
+    if query:
+        texts[1] = _query_lines(query)
+    return _Head(parts, texts, newline, crlf, content_type, lengths, codings, odd, cut)
+
+
+_VALID_NAMES: set[str] = set()  # header names seen valid (bounded cache, see _valid_name)
+
+
+def _valid_name(name: str) -> bool:
+    if not _HEADER_NAME.match(name):
+        return False
+    if len(_VALID_NAMES) < 4096:
+        _VALID_NAMES.add(name)
+    return True
+
+
 class _Findings:
     """Threats of one request: one per (name, location), at most `limit`."""
 
-    __slots__ = ("dropped", "full", "limit", "seen", "threats")
+    __slots__ = ("cut", "dropped", "full", "limit", "seen", "threats")
 
     def __init__(self, limit: int) -> None:
         self.threats: list[Threat] = []
@@ -337,6 +382,7 @@ class _Findings:
         self.limit = limit
         self.full = False
         self.dropped = 0
+        self.cut = False  # a value was longer than max_value_bytes and inspected in part
 
     def add(self, name: str, location: str, fragment: str) -> None:
         key = (name, location)

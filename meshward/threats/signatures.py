@@ -98,7 +98,13 @@ SIGNATURES: tuple[Signature, ...] = (
                r"exec(?:ute)?\s|declare\s{1,20}@|shutdown\b|truncate\s{1,20}table|waitfor\b|"
                r"begin\s|copy\s{1,20}\w{1,64}\s{1,20}(?:to|from)\b|if\s{0,20}\(|"
                r"select\(|call\s{1,20}\w)"),
-    S(SQLI, 1, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor|union|having|where|procedure|"
+    S(SQLI, 1, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor)\b|\|\||&&)[^\n]{0,40}?"
+               r"(?:=|<|>|\blike\b|\bin\s{0,5}\(|\bbetween\b|--|#|/\*|;|\bsleep\b|\bbenchmark\b|"
+               r"\bselect\b|\btrue\b|\bnull\b)"),
+    S(SQLI, 1, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:--(?:\s|$)|#(?:\s|$)|/\*|;\s{0,20}(?:$|--|#|"
+               r"\w{1,30}\s{0,5}\())|['\"`]\s{0,20}\){0,5}\s{0,20}\b(?:rlike|regexp|procedure|"
+               r"sounds\s{1,5}like|collate|div)\b"),
+    S(SQLI, 2, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor|union|having|where|procedure|"
                r"limit|rlike|regexp|div|is|not|in|between|sounds|collate|order|group|into)\b|"
                r"\|\||&&|;|--|#|/\*)"),
     S(SQLI, 1, r"['\"]\s{0,20}[=<>]\s{0,20}['\"]"),
@@ -107,9 +113,9 @@ SIGNATURES: tuple[Signature, ...] = (
                r"\bin\s{0,5}\()"),
     S(SQLI, 1, r"\b(?:or|and|xor|having|where)\s{1,20}\(?\s{0,20}[a-z_][\w.@-]{0,40}\s{0,20}"
                r"(?:=|!=|<>|\blike\b|\brlike\b)\s{0,20}[\w'\"(@]"),
-    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:true|false|null|sleep|"
-               r"benchmark|exists|ascii|substring|elt|updatexml|extractvalue)\b"),
-    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}\d{1,20}\s{0,5}(?:$|--|#|/\*|;|\)|[=<>!]|"
+    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:sleep|benchmark|exists|"
+               r"ascii|substring|elt|updatexml|extractvalue)\s{0,5}\(|\b(?:or|and|xor)\s{1,20}"
+               r"(?:not\s{1,20})?(?:true|false|null|\d{1,20})\s{0,5}(?:--|#|/\*|;|\)|[=<>!]|"
                r"\b(?:and|or|is|like|between)\b)"),
     S(SQLI, 1, r"\b(?:order|group)\s{1,20}by\s{1,20}(?:\d|if\b|case\b|sleep\b|\(|\w{1,40}\s{0,5}"
                r"(?:--|#|/\*|;|asc\b|desc\b))"),
@@ -160,11 +166,12 @@ SIGNATURES: tuple[Signature, ...] = (
               r"j\s{0,3}a\s{0,3}v\s{0,3}a\s{0,3}s\s{0,3}c\s{0,3}r\s{0,3}i\s{0,3}p\s{0,3}t\s{0,3}:"),
     S(XSS, 1, r"\bdata\s{0,5}:\s{0,5}(?:text/html|image/svg|application/(?:x-)?javascript|"
               r"text/javascript)"),
-    S(XSS, 1, r"(?:alert|prompt|confirm|\beval|\bsettimeout|\bsetinterval|fromcharcode|"
-              r"\batob|\bimport)\s{0,5}(?:\(|`)|\((?:alert|prompt|confirm)\)"),
+    S(XSS, 1, r"(?:alert|prompt|confirm|fromcharcode)\s{0,5}(?:\(|`)|\((?:alert|prompt|confirm)\)"),
+    S(XSS, 2, r"\b(?:eval|settimeout|setinterval|atob|import)\s{0,5}(?:\(|`)"),
     S(XSS, 1, r"document\s{0,5}\.\s{0,5}(?:cookie|domain|write|location|body|"
               r"getelementby\w{2,10}|createelement)|\bwindow\s{0,5}\.\s{0,5}(?:location|open|"
-              r"name)|\.innerhtml\s{0,5}=|\bexpression\s{0,5}\(|-moz-binding|\bbehavior\s{0,5}:|"
+              r"name)|\.innerhtml\s{0,5}=|\bexpression\s{0,5}\(|-moz-binding|"
+              r"\bbehavior\s{0,5}:\s{0,5}url\s{0,5}\(|"
               r"\bsrcdoc\s{0,5}=|\bformaction\s{0,5}=|\bxlink:href|@import\b|\+ad[w4]-"),
     S(XSS, 2, r"<[a-z][a-z0-9]{0,15}[\s/][^>]{0,200}(?:src|href|style|background|lowsrc|"
               r"dynsrc|action|data)\s{0,5}="),
@@ -202,12 +209,14 @@ SIGNATURES: tuple[Signature, ...] = (
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
                r"/\s|/$|\\\\|[a-z]:[/\\]|\d{1,3}\.\d{1,3}\.|\w{1,40}\s{1,5}/[a-z])"),
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _BARE_COMMANDS + r"(?:\.exe)?[\s'\"]{0,5}$"),
-    S(CMDI, 1, r"(?:^|[\s;&|'\"(`])(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
+    S(CMDI, 1, r"(?:^|[;&|(`\n]|\$\()\s{0,10}(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
+    S(CMDI, 2, r"(?:^|[\s;&|'\"(`])(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
     S(CMDI, 1, r"\(\s{0,5}['\"`]\s{0,5}" + _COMMANDS + r"(?:\s|['\"`)])"),
     S(CMDI, 1, r"\bdir[\s+]{1,5}[a-z]:(?:[/\\]|$|[\s+\"'|&;])|\b(?:net|netsh)\s{1,5}(?:user|"
                r"localgroup|view|share|use|firewall|advfirewall|interface|wlan)\b|"
                r"\becho\s[^\n]{0,200}>{1,2}\s{0,5}[\w./\\~-]{1,100}\s{0,5}$"),
-    S(CMDI, 1, r"\$\(\s{0,10}[a-z/][^)]{0,200}\)|`\s{0,10}[a-z/][^`]{0,200}`"),
+    S(CMDI, 1, r"(?:\$\(|`)\s{0,10}(?:" + _COMMANDS + r"|/)(?:[\s)`;|&]|$)"),
+    S(CMDI, 2, r"\$\(\s{0,10}[a-z/][^)]{0,200}\)|`\s{0,10}[a-z/][^`]{0,200}`"),
     S(CMDI, 1, r"\$\{?ifs\}?|\{[a-z/]{1,30},[^}\s]{1,100}\}"),
     S(CMDI, 1, r"<!--\s{0,5}#\s{0,5}(?:exec|include|echo|config|fsize|flastmod|printenv)\b"),
     S(CMDI, 1, r"%(?:systemroot|comspec|windir|userprofile|programfiles|temp|appdata)%"),
@@ -236,7 +245,7 @@ SIGNATURES: tuple[Signature, ...] = (
     S(SSTI, 1, r"\$\{\s{0,20}['\"]?\w{1,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?\w{1,30}['\"]?"
                r"\s{0,20}\}|\$\{\{|\[\[\s{0,5}\d{1,10}\s{0,5}[*+]\s{0,5}\d{1,10}\s{0,5}\]\]"),
     S(SSTI, 1, r"#\{\s{0,20}[^}]{0,200}[*+(.][^}]{0,200}\}|<%=?[^%]{0,200}%>|@\(\s{0,5}\d{1,10}"
-               r"\s{0,5}[*+-]\s{0,5}\d{1,10}\s{0,5}\)|\*\{[^}]{0,200}\}"),
+               r"\s{0,5}[*+-]\s{0,5}\d{1,10}\s{0,5}\)|(?:^|[^*])\*\{[^}]{0,200}\}"),
     S(SSTI, 1, r"\$\{[^}]{0,200}(?:\bt\s{0,5}\(|\.getclass|\.forname|runtime|processbuilder|"
                r"\bself\.|__\w{2,20}__|\.module\.|\.system\s{0,5}\(|freemarker|\?new\s{0,5}\(|"
                r"\bos\.|class\.|getruntime|exec\s{0,5}\()"),
@@ -244,6 +253,10 @@ SIGNATURES: tuple[Signature, ...] = (
                r"<#assign\b|\[#assign\b|#set\s{0,5}\(\s{0,5}\$|#foreach\s{0,5}\(|"
                r"\{php\}|\{/php\}|\{\$smarty\.|\{if\s[^}]{0,200}\}|\{\{=|\$\{\{|"
                r"javax\.script\.scriptenginemanager|__\$\{"),
+    # OGNL / Spring EL (Struts2 CVE-2017-5638 style, often in Content-Type): expression language
+    S(SSTI, 1, r"[%$]\{\s{0,5}\(\s{0,5}#|#_memberaccess|"
+               r"@java\.lang\.(?:runtime|system|processbuilder)@|#context\s{0,5}\[|ognlcontext|@ognl\.|#(?:request|response|session|application)"
+               r"\s{0,5}\[?\s{0,5}['\"]?(?:org|com)\."),
     S(SSTI, 2, r"\{\{[^}]{1,200}\}\}|\$\{[^}]{1,200}\}"),
     # --- JNDI / Log4Shell (obfuscated lookups are resolved by normalise.alternate)
     S(JNDI, 1, r"\$\{\s{0,20}jndi\s{0,20}:|\bjndi\s{0,20}:\s{0,20}(?:ldaps?|rmi|dns|iiop|"
@@ -258,8 +271,7 @@ SIGNATURES: tuple[Signature, ...] = (
     S(PHP, 1, r"\b(?:eval|assert|create_function|call_user_func(?:_array)?|preg_replace|"
               r"base64_decode|gzinflate|str_rot13|file_get_contents|file_put_contents|fopen|"
               r"readfile|include|require|include_once|require_once|highlight_file|show_source|"
-              r"phpinfo|unserialize|ini_set|putenv|phpversion|system|passthru|shell_exec|"
-              r"print|md5|hexdec|dechex)\s{0,5}\(\s{0,5}[\"'$\[a-z()]"),
+              r"phpinfo|unserialize|ini_set|putenv|phpversion)\s{0,5}\(\s{0,5}[\"'$\[a-z()]"),
     S(PHP, 1, r"\{\$\{|\$\{@|;\s{0,5}phpinfo\s{0,5}\(|^\s{0,5}phpinfo\s{0,5}\(\s{0,5}\)"),
     S(PHP, 1, r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
               r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d"),

@@ -66,39 +66,80 @@ def _compare(out: dict[str, Any], inn: dict[str, Any], truncated: bool) -> list[
     return [f for f in fields if out[f] != inn[f]]
 
 
+Key = tuple[str, str]  # (x-request-id, authority)
+
+
+def _key(obs: Observation) -> Key:
+    return obs.request_id, obs.authority.lower()
+
+
+def _same_call(a: Observation, b: Observation) -> bool:
+    return (a.method, a.path, a.query) == (b.method, b.path, b.query)
+
+
 class Joiner:
-    """Pairs views by request id within `window` seconds; at most `max_pending` waiting."""
+    """Pairs the two views of one hop within `window` seconds; at most `max_pending` waiting.
+
+    Apps pass x-request-id on to the calls they make (Istio asks them to, for tracing), so one
+    id spans every hop of a request. A hop is therefore keyed by (x-request-id, authority): Envoy
+    forwards the Host unchanged from the caller's outbound to the callee's inbound sidecar. Within
+    a key the opposite view of the same method, path and query is taken first; failing that, a
+    single opposite view is taken as the same call changed in between (a mismatch). With several
+    candidates and no exact one the pairing is ambiguous and nothing is joined.
+    """
 
     def __init__(
         self, window: float = 10.0, max_pending: int = 50000, keep: int = 500
     ) -> None:
         self.window = window
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, tuple[float, Observation]] = OrderedDict()
+        self._pending: OrderedDict[Key, list[tuple[float, Observation]]] = OrderedDict()
+        self._count = 0  # views waiting, over all keys
         self.exchanges: deque[Exchange] = deque(maxlen=keep)  # joined, mismatched or alerted
-        self._recent: OrderedDict[str, Exchange] = OrderedDict()  # joined, for late verdicts
-        self._verdicts: dict[str, list[dict[str, Any]]] = {}  # verdicts before the join
+        self._recent: OrderedDict[Key, Exchange] = OrderedDict()  # joined, for late verdicts
+        self._verdicts: dict[Key, list[dict[str, Any]]] = {}  # verdicts before the join
         self.evicted = 0
 
     def add(self, obs: Observation) -> tuple[Exchange, list[Threat], Observation] | None:
         """Offer one view; on the second returns the exchange, mismatch threats, inbound view."""
-        rid = obs.request_id
-        if not rid or obs.extra.get("direction") not in ("inbound", "outbound"):
+        direction = obs.extra.get("direction")
+        if not obs.request_id or direction not in ("inbound", "outbound"):
             return None
         now = time.monotonic()
         self._expire(now)
-        first = self._pending.get(rid)
-        if first is None or first[1].extra.get("direction") == obs.extra["direction"]:
-            self._pending[rid] = (now, obs)
-            self._pending.move_to_end(rid)
-            if len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
-                self.evicted += 1
+        key = _key(obs)
+        waiting = self._pending.get(key, [])
+        others = [i for i, (_, v) in enumerate(waiting) if v.extra["direction"] != direction]
+        exact = [i for i in others if _same_call(waiting[i][1], obs)]
+        pick = exact[0] if exact else (others[0] if len(others) == 1 else None)
+        if pick is None:
+            self._wait(key, now, obs)
             return None
-        del self._pending[rid]
-        other = first[1]
+        other = waiting.pop(pick)[1]
+        self._count -= 1
+        if not waiting:
+            del self._pending[key]
+        return self._join(key, obs, other)
+
+    def _wait(self, key: Key, now: float, obs: Observation) -> None:
+        waiting = self._pending.setdefault(key, [])
+        self._pending.move_to_end(key)
+        if len(waiting) >= 16:  # one id and authority, many calls: keep the newest
+            waiting.pop(0)
+            self._count -= 1
+            self.evicted += 1
+        waiting.append((now, obs))
+        self._count += 1
+        while self._count > self.max_pending:
+            _, dropped = self._pending.popitem(last=False)
+            self._count -= len(dropped)
+            self.evicted += len(dropped)
+
+    def _join(
+        self, key: Key, obs: Observation, other: Observation
+    ) -> tuple[Exchange, list[Threat], Observation]:
         out, inn = (obs, other) if obs.extra["direction"] == "outbound" else (other, obs)
-        ex = Exchange(rid, _view(out), _view(inn))
+        ex = Exchange(obs.request_id, _view(out), _view(inn))
         ex.mismatches = _compare(
             ex.outbound, ex.inbound, out.body_truncated or inn.body_truncated
         )
@@ -110,21 +151,22 @@ class Joiner:
             )
             for f in ex.mismatches
         ]
-        self._recent[rid] = ex
+        self._recent[key] = ex
         if len(self._recent) > 1000:
             self._recent.popitem(last=False)
-        early = self._verdicts.pop(rid, None)
+        early = self._verdicts.pop(key, None)
         if early:
             ex.verdicts.extend(early)
         if threats or early:
             self.exchanges.append(ex)
         return ex, threats, inn
 
-    def note_verdict(self, request_id: str, verdict: dict[str, Any]) -> None:
+    def note_verdict(self, obs: Observation, verdict: dict[str, Any]) -> None:
         """Attach a non-allow verdict to its joined exchange so the alert shows both views."""
-        ex = self._recent.get(request_id)
+        key = _key(obs)
+        ex = self._recent.get(key)
         if ex is None:  # not joined yet: keep it for the join
-            waiting = self._verdicts.setdefault(request_id, [])
+            waiting = self._verdicts.setdefault(key, [])
             if len(waiting) < 8:
                 waiting.append(verdict)
             if len(self._verdicts) > 1000:
@@ -137,13 +179,14 @@ class Joiner:
 
     def _expire(self, now: float) -> None:
         while self._pending:
-            rid, (seen, _) = next(iter(self._pending.items()))
-            if now - seen < self.window:
+            key, waiting = next(iter(self._pending.items()))
+            if now - waiting[-1][0] < self.window:
                 return
-            del self._pending[rid]
+            del self._pending[key]
+            self._count -= len(waiting)
 
     def pending(self) -> int:
-        return len(self._pending)
+        return self._count
 
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         return [e.as_dict() for e in list(self.exchanges)[-limit:]]

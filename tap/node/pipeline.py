@@ -81,6 +81,7 @@ class NodeTap:
         self.tcp_where: dict[str, PodTarget] = {}
         self.netmon = netmonitor
         self.by_ip: dict[str, Identity] = {}
+        self.net_pod_ips: dict[str, frozenset[str]] = {}  # pod eth0 capture -> its IPs
 
     # --- setup -------------------------------------------------------------------------
     def open(self) -> None:
@@ -96,7 +97,8 @@ class NodeTap:
                 self.tcp_where[cap.where] = pod
                 if pod.net_iface and self.netmon is not None:
                     try:
-                        self._capture(pod.net_iface, netthreat_filter(), pod.netns)
+                        net = self._capture(pod.net_iface, netthreat_filter(), pod.netns)
+                        self.net_pod_ips[net.where] = frozenset(pod.ips)
                     except OSError as exc:  # a pod without that interface: TCP still works
                         event(log, "pod interface not watched", logging.WARNING,
                               netns=pod.netns, iface=pod.net_iface, error=str(exc))  # fmt: skip
@@ -148,6 +150,10 @@ class NodeTap:
         alerts = self._alerts
         where = cap.where
         tcp = where in self.tcp_where
+        # a packet between two watched pods is seen on both pods' interfaces: only the
+        # receiving pod's capture feeds it, so rates are not counted twice
+        own = self.net_pod_ips.get(where, frozenset())
+        watched = self.by_ip
 
         def handle(frame: bytes, ts: float) -> None:
             m.packets += 1
@@ -158,6 +164,8 @@ class NodeTap:
             elif tcp and pkt.proto == TCP:
                 flows_packet(pkt, where)
             elif netmon is not None:
+                if pkt.src in own and pkt.dst in watched:
+                    return
                 m.net_packets += 1
                 alerts(netmon.feed(pkt, where))
 

@@ -71,6 +71,9 @@ def test_demo_end_to_end(tmp_path: Path, envoy_available: None) -> None:
     assert services["web"]["denied"] >= 8 and services["payments"]["denied"] >= 2
     assert sum(s["alerts"] for s in services.values()) >= len(out["calls"])
     assert out["top_alerts"]
+    # each hop reported by both of its sidecars and joined into one exchange
+    both = out["phases"]["both_ends"]
+    assert both["joined"] >= out["phases"]["learn"]["requests"] and both["mismatch"] == 0
     assert not _leftovers(tmp_path)
 
 

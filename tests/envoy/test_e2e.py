@@ -38,16 +38,16 @@ def learn_traffic(port: int) -> int:
     return sent
 
 
-def test_learn_then_enforce(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+def test_learn_then_enforce(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     with ServerThread(str(tmp_path / "m.db")) as srv:
-        with sidecar(srv, app_port, "learn", envoy_bin) as envoy:
+        with sidecar(srv, echo_app, "learn", envoy_bin) as envoy:
             n = learn_traffic(envoy.port)
             srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n)
         services = srv.api("GET", "/api/v1/allowlist")["services"]
         assert [s["destination"] for s in services] == ["shop/api"]
         srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})
         assert srv.api("GET", "/api/v1/modes")["modes"]["shop"] == "enforce"
-        with sidecar(srv, app_port, "enforce", envoy_bin) as envoy:
+        with sidecar(srv, echo_app, "enforce", envoy_bin) as envoy:
             assert http(envoy.port, "/api/items/42?page=3")[0] == 200
             assert http(envoy.port, "/api/orders", ORDER, headers=JSON)[0] == 200
             status, headers, body = http(envoy.port, "/admin/export")
@@ -63,13 +63,13 @@ def test_learn_then_enforce(envoy_bin: str, app_port: int, tmp_path: Path) -> No
         assert srv.metric('meshward_checks_total{result="denied"}') == 2
 
 
-def test_monitor_never_blocks_but_alerts(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+def test_monitor_never_blocks_but_alerts(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     with ServerThread(str(tmp_path / "m.db")) as srv:
-        with sidecar(srv, app_port, "learn", envoy_bin) as envoy:
+        with sidecar(srv, echo_app, "learn", envoy_bin) as envoy:
             n = learn_traffic(envoy.port)
             srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n)
         srv.api("PUT", "/api/v1/modes/shop", {"mode": "monitor"})
-        with sidecar(srv, app_port, "monitor", envoy_bin) as envoy:
+        with sidecar(srv, echo_app, "monitor", envoy_bin) as envoy:
             assert http(envoy.port, "/admin/export")[0] == 200
             assert http(envoy.port, "/api/orders", SQLI, headers=JSON)[0] == 200
             srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n + 2)
@@ -81,12 +81,12 @@ def test_monitor_never_blocks_but_alerts(envoy_bin: str, app_port: int, tmp_path
         assert all(a["mode"] == "monitor" for a in alerts)
 
 
-def test_fail_closed_and_fail_open(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+def test_fail_closed_and_fail_open(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     """meshward stopped: the enforce sidecar answers 403, learn and monitor ones pass (200)."""
     authz, tap = free_port(), free_port()
     with ServerThread(str(tmp_path / "m.db"), authz, tap) as srv:
         srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})
-        envoys = {m: sidecar(srv, app_port, m, envoy_bin).start()
+        envoys = {m: sidecar(srv, echo_app, m, envoy_bin).start()
                   for m in ("enforce", "learn", "monitor")}  # fmt: skip
     try:
         for mode, expected in (("enforce", 403), ("learn", 200), ("monitor", 200)):
@@ -100,15 +100,15 @@ def test_fail_closed_and_fail_open(envoy_bin: str, app_port: int, tmp_path: Path
             e.stop()
 
 
-def test_restart_keeps_allowlists(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+def test_restart_keeps_allowlists(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     db = str(tmp_path / "m.db")
     authz, tap = free_port(), free_port()
     with ServerThread(db, authz, tap) as srv:
-        with sidecar(srv, app_port, "learn", envoy_bin) as envoy:
+        with sidecar(srv, echo_app, "learn", envoy_bin) as envoy:
             n = learn_traffic(envoy.port)
             srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n)
         srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})
-        envoy = sidecar(srv, app_port, "enforce", envoy_bin).start()
+        envoy = sidecar(srv, echo_app, "enforce", envoy_bin).start()
     try:
         assert http(envoy.port, "/api/items/1")[0] == 403  # meshward down: closed
         with ServerThread(db, authz, tap) as srv:  # a new process on the same store
@@ -151,11 +151,11 @@ def _call(port: int, method: str) -> grpc.StatusCode:
 
 
 def test_grpc_service_learned_by_service_and_method(envoy_bin: str, tmp_path: Path) -> None:
-    app, app_port = _grpc_app()
+    app, grpc_port = _grpc_app()
     try:
         with ServerThread(str(tmp_path / "m.db")) as srv:
             kw = {"workload": "catalog", "upstream_h2": True}
-            with sidecar(srv, app_port, "learn", envoy_bin, **kw) as envoy:
+            with sidecar(srv, grpc_port, "learn", envoy_bin, **kw) as envoy:
                 for _ in range(3):
                     assert _call(envoy.port, "GetItem") == grpc.StatusCode.OK
                     assert _call(envoy.port, "ListItems") == grpc.StatusCode.OK
@@ -163,7 +163,7 @@ def test_grpc_service_learned_by_service_and_method(envoy_bin: str, tmp_path: Pa
             doc = json.dumps(srv.api("GET", "/api/v1/allowlist?destination=shop/catalog"))
             assert "GetItem" in doc and "ListItems" in doc and "DeleteAll" not in doc
             srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})
-            with sidecar(srv, app_port, "enforce", envoy_bin, **kw) as envoy:
+            with sidecar(srv, grpc_port, "enforce", envoy_bin, **kw) as envoy:
                 assert _call(envoy.port, "GetItem") == grpc.StatusCode.OK
                 assert _call(envoy.port, "DeleteAll") == grpc.StatusCode.PERMISSION_DENIED
             alerts = srv.api("GET", "/api/v1/alerts?limit=5")["alerts"]
@@ -172,12 +172,12 @@ def test_grpc_service_learned_by_service_and_method(envoy_bin: str, tmp_path: Pa
         app.stop(grace=None)
 
 
-def test_both_ends_join(envoy_bin: str, app_port: int, tmp_path: Path) -> None:
+def test_both_ends_join(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     """web's outbound sidecar -mTLS-> orders' inbound sidecar (enforce chain, namespace in
     learn): one exchange under one x-request-id; a path rewritten in between is flagged."""
     ca = MeshCA(tmp_path / "ca")
     with ServerThread(str(tmp_path / "m.db")) as srv:
-        inbound = sidecar(srv, app_port, "enforce", envoy_bin, workload="orders",
+        inbound = sidecar(srv, echo_app, "enforce", envoy_bin, workload="orders",
                           tls=ca.issue("shop", "orders"))  # fmt: skip
         with inbound as callee:
             out = render_bootstrap(0, f"127.0.0.1:{callee.port}", "shop", "web", "learn",

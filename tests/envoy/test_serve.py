@@ -194,6 +194,8 @@ def test_http_api(tmp_path: Path) -> None:
                     assert r.status == 200
                 async with s.put(base + "/api/v1/modes/mesh", json={"mode": "chaos"}) as r:
                     assert r.status == 400
+                async with s.put(base + "/api/v1/modes/Bad_NS", json={"mode": "learn"}) as r:
+                    assert r.status == 400
                 async with s.get(base + "/api/v1/modes") as r:
                     assert (await r.json())["modes"] == {"mesh": "monitor"}
                 novel = dict(good, path="/cart/../../etc/passwd")

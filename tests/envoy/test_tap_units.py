@@ -59,10 +59,12 @@ def test_metadata_read_leniently() -> None:
     assert (ctx.namespace, ctx.direction, ctx.workload) == ("a", "inbound", "w\ufffd")
 
 
-def _view(direction: str, rid: str, path: str = "/p", body: bytes = b"") -> Observation:
+def _view(direction: str, rid: str, path: str = "/p", body: bytes = b"",
+          authority: str = "api.shop") -> Observation:
     return Observation(seen_by="envoy-tap", source=Identity("shop", "web"),
                        destination=Identity("shop", "api"), method="GET", path=path, body=body,
-                       status=200, request_id=rid, extra={"direction": direction})  # fmt: skip
+                       status=200, request_id=rid, authority=authority,
+                       extra={"direction": direction})  # fmt: skip
 
 
 def test_join_pairs_and_flags_mismatch() -> None:
@@ -92,9 +94,27 @@ def test_join_is_bounded_and_expires() -> None:
     assert j.pending() == 1
 
 
+def test_propagated_request_id_pairs_each_hop() -> None:
+    """ingress -> web -> catalog under one x-request-id: each hop joins with itself only."""
+    j = Joiner()
+    assert j.add(_view("inbound", "t", "/products/10", authority="catalog")) is None
+    assert j.add(_view("inbound", "t", "/api/products/10", authority="web")) is None
+    ex, threats, _ = j.add(_view("outbound", "t", "/products/10", authority="catalog"))  # type: ignore[misc]
+    assert not threats and ex.inbound["path"] == "/products/10"
+    # two calls to one service under one id: the same path is preferred...
+    j.add(_view("inbound", "u", "/a", authority="svc"))
+    j.add(_view("inbound", "u", "/b", authority="svc"))
+    ex, threats, _ = j.add(_view("outbound", "u", "/b", authority="svc"))  # type: ignore[misc]
+    assert not threats and ex.inbound["path"] == "/b"
+    # ...and with several candidates and none the same, nothing is paired (ambiguous)
+    j.add(_view("inbound", "v", "/a", authority="svc"))
+    j.add(_view("inbound", "v", "/b", authority="svc"))
+    assert j.add(_view("outbound", "v", "/c", authority="svc")) is None
+
+
 def test_verdicts_before_join_are_kept() -> None:
     j = Joiner()
-    j.note_verdict("r9", {"verdict": "deny"})
+    j.note_verdict(_view("inbound", "r9"), {"verdict": "deny"})
     j.add(_view("outbound", "r9"))
     ex, _, _ = j.add(_view("inbound", "r9"))  # type: ignore[misc]
     assert ex.verdicts == [{"verdict": "deny"}]

