@@ -73,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="mode of namespaces not named otherwise (default learn; with --server, serve's)",
     )
     p.add_argument(
+        "--net-config",
+        metavar="FILE",
+        help="YAML or JSON mapping of ICMP/UDP/DNS thresholds (NetThreatConfig fields)",
+    )
+    p.add_argument(
         "--queue-size",
         type=int,
         default=10000,
@@ -155,13 +160,31 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--metrics-port must be 0..65535")
 
 
-def _network_monitor(tap: Any, needed: bool, modes: Any) -> Any:
+def _net_config(path: str | None) -> Any:
+    """Thresholds for the network detectors from a YAML/JSON file (defaults without one)."""
+    import yaml
+
+    from tap.node.netthreats import NetThreatConfig
+
+    if not path:
+        return NetThreatConfig()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return NetThreatConfig.from_dict(yaml.safe_load(f) or {})
+    except OSError as exc:
+        raise UsageError(f"--net-config {path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"--net-config {path}: {reason}") from None
+
+
+def _network_monitor(tap: Any, needed: bool, modes: Any, config: Any) -> Any:
     """The ICMP/UDP detectors, or None when ICMP/UDP is not watched."""
     if not needed:
         return None
     from tap.node.netthreats import NetworkMonitor
 
-    return NetworkMonitor(resolve=tap.resolve, mode_of=modes.mode_of)
+    return NetworkMonitor(config, resolve=tap.resolve, mode_of=modes.mode_of)
 
 
 def _serve_metrics(host: str, port: int, tap: Any) -> None:
@@ -197,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     modes = ModeSource(overrides, args.default_mode, args.server)
+    net_config = _net_config(args.net_config)
     if os.geteuid() != 0:
         raise UsageError("needs root (AF_PACKET capture, entering network namespaces)")
     metrics = Metrics()
@@ -210,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_flows, args.idle_timeout, args.stats_interval, ring_mb=args.ring_mb,
     )  # fmt: skip
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns))
-    tap.netmon = _network_monitor(tap, watch_net, modes)
+    tap.netmon = _network_monitor(tap, watch_net, modes, net_config)
     try:
         tap.open()
     except OSError as exc:

@@ -84,3 +84,26 @@ def test_background_poller_starts_and_stops(api: tuple[str, dict]) -> None:
         assert modes.mode_of("shop") == "monitor"
     finally:
         modes.stop()
+
+
+def test_cli_rejects_bad_modes_and_thresholds(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    from meshward.cli import main
+
+    bad = Path(str(tmp_path)) / "net.yaml"
+    bad.write_text("icmp_flood_pps: lots\n")
+    unknown = Path(str(tmp_path)) / "unknown.yaml"
+    unknown.write_text("no_such_threshold: 3\n")
+    cases = [
+        (["--mode", "shop=block"], "NAMESPACE="),
+        (["--net-config", str(bad)], "--net-config"),
+        (["--net-config", str(unknown)], "no_such_threshold"),
+        (["--net-config", "/nonexistent/net.yaml"], "--net-config"),
+    ]
+    for flags, expected in cases:
+        assert main(["node-tap", "--iface", "lo", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
