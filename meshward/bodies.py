@@ -162,42 +162,61 @@ def _decode_json(
     return out
 
 
+MAX_WALK_DEPTH = 256  # the walk recurses once per level: far below Python's recursion limit
+
+
 def _walk_json(doc: object, out: DecodedBody, max_depth: int, max_fields: int) -> None:
-    """Iterative walk (no recursion): leaves by generalised path, keys by parent path."""
-    stack: list[tuple[str, object, int]] = [("$", doc, 0)]
+    """Leaves by generalised path and keys by parent path, in document order. Recursive (one
+    frame per nesting level, at most MAX_WALK_DEPTH); child paths are memoised because array
+    elements repeat them (this walk is on the engine's hot path)."""
     fields, keys = out.fields, out.keys
-    while stack:
-        path, node, depth = stack.pop()
-        if isinstance(node, dict):
-            if depth >= max_depth:
-                out.partial = True
-                continue
-            children = []
+    max_depth = min(max_depth, MAX_WALK_DEPTH)
+    memo: dict[tuple[str, str], str] = {}
+
+    def leaf(path: str, value: object) -> bool:
+        if len(fields) >= max_fields:
+            out.partial = True
+            return False
+        fields.append((path, value))  # type: ignore[arg-type]  # json leaves are Leaf
+        return True
+
+    def visit(node: object, path: str, depth: int) -> bool:
+        """False once a limit stopped the walk."""
+        if depth >= max_depth:
+            out.partial = True
+            return True
+        if type(node) is dict:
             for k, v in node.items():
                 if len(keys) >= max_fields:
                     out.partial = True
-                    break
+                    return False
                 keys.append((path, k))
-                children.append((_child(path, k), v, depth + 1))
-            stack.extend(reversed(children))
-        elif isinstance(node, list):
-            if depth >= max_depth:
-                out.partial = True
-                continue
-            item_path = path + "[]"
-            if len(node) > max_fields:
-                out.partial = True
-                node = node[:max_fields]
-            stack.extend((item_path, v, depth + 1) for v in reversed(node))
+                child = memo.get((path, k))
+                if child is None:
+                    child = memo[(path, k)] = _child(path, k)
+                t = type(v)
+                if not (visit(v, child, depth + 1) if t is dict or t is list else leaf(child, v)):
+                    return False
         else:
-            if len(fields) >= max_fields:
+            items: list[object] = node  # type: ignore[assignment]
+            if len(items) > max_fields:
                 out.partial = True
-                return
-            fields.append((path, node))  # type: ignore[arg-type]  # json leaves are Leaf
+                items = items[:max_fields]
+            child = path + "[]"
+            for v in items:
+                t = type(v)
+                if not (visit(v, child, depth + 1) if t is dict or t is list else leaf(child, v)):
+                    return False
+        return True
+
+    if type(doc) is dict or type(doc) is list:
+        visit(doc, "$", 0)
+    else:
+        leaf("$", doc)
 
 
 def _child(parent: str, key: str) -> str:
-    if _IDENT.match(key):
+    if (key.isascii() and key.isidentifier()) or _IDENT.match(key):
         return f"{parent}.{key}"
     return f"{parent}[{json.dumps(key, ensure_ascii=False)}]"
 

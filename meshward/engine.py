@@ -45,11 +45,6 @@ def default_detector(config: EngineConfig) -> Detector:
     """The embedded-threat detectors, or none when switched off."""
     if not config.threats:
         return NoDetector()
-    try:
-        import meshward.threats  # noqa: F401
-    except ImportError:  # TODO(lead): remove once meshward.threats has landed
-        event(log, "threat detectors unavailable", logging.WARNING)
-        return NoDetector()
     from meshward.threats import ThreatDetector
     from meshward.threats import default_detector as shared
 

@@ -69,6 +69,7 @@ _IPV4_TOKEN = re.compile(
 _IPV6_MAPPED = re.compile(r"[0-9a-f:]{0,30}:ffff:[0-9a-f.:]{3,20}")
 _SSRF_HINT = re.compile(r"169|0x|2852039166|0251|25177524776|ffff|100\.|192\.0\.0")
 _JAVA_MAGIC = b"\xac\xed\x00\x05"
+_PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # JSON quotes are structure, not payload: as newlines they start a line per string, so that
 # value-anchored signatures (^...$, multiline) see each string on its own.
 _JSON_PREFILTER = bytes.maketrans(b'"', b"\n")
@@ -213,7 +214,14 @@ class ThreatDetector:
             )
         if decoded.kind in ("json", "form", "multipart", "xml"):
             self._fields(decoded, found)
-        if decoded.kind in ("xml", "text", "binary", "invalid") or (
+        if decoded.kind == "binary":
+            # protobuf and other binary framing: control bytes (tags, lengths) separate values,
+            # they are not newlines an attacker typed; scan each printable run on its own.
+            for n, m in enumerate(_PRINTABLE_RUN.finditer(body)):
+                if n >= self.max_fields:
+                    return True
+                self._value(m.group().decode("utf-8", "replace"), "body", found)
+        elif decoded.kind in ("xml", "text", "invalid") or (
             decoded.kind == "json" and not decoded.fields and decoded.partial
         ):
             self._value(body.decode("utf-8", "replace"), "body", found)

@@ -12,9 +12,13 @@ and every repeat is bounded, so matching is linear in the input.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import hyperscan
 
@@ -418,7 +422,33 @@ class SignatureSet:
         return bool(hits)
 
 
+_HS_VERSION = importlib.metadata.version("hyperscan")
+
+
+def _cache_dir() -> Path:
+    """Where compiled databases are kept: $MESHWARD_CACHE, else the XDG cache directory."""
+    explicit = os.environ.get("MESHWARD_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "meshward"
+
+
 def _compile(patterns: list[bytes], extra: int) -> hyperscan.Database:
+    """Compile a database, or load it from the cache: compiling costs ~1 s of CPU per start.
+
+    The cache key covers the patterns, the flags and the Hyperscan binding's version, so a
+    changed signature set never loads a stale database; an unreadable, corrupt or unwritable
+    cache only costs the compile.
+    """
+    key = hashlib.sha256(
+        b"\0".join([_HS_VERSION.encode(), str(FLAGS | extra).encode(), *patterns])
+    ).hexdigest()[:32]
+    path = _cache_dir() / f"hs-{key}.db"
+    with contextlib.suppress(OSError, TypeError, ValueError, hyperscan.error):
+        loaded = hyperscan.loadb(path.read_bytes(), hyperscan.HS_MODE_BLOCK)
+        loaded.scratch = hyperscan.Scratch(loaded)  # a loaded database comes without one
+        return loaded
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(
         expressions=patterns,
@@ -426,4 +456,9 @@ def _compile(patterns: list[bytes], extra: int) -> hyperscan.Database:
         elements=len(patterns),
         flags=[FLAGS | extra] * len(patterns),
     )
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(hyperscan.dumpb(db))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
     return db

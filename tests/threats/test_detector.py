@@ -155,6 +155,19 @@ def test_other_locations() -> None:
     assert ("Path.Traversal", "body") in found(grpc)
 
 
+def test_grpc_protobuf_framing_is_not_a_newline() -> None:
+    """Protobuf tag 0x0a before a field named `id` is framing, not an injected command line."""
+    struct = (b"\x00\x00\x00\x00\x0f\x0a\x0d\x0a\x02id\x12\x07\x19\x00\x00\x00\x00\x00"
+              b"\x00\x1c\x40")
+    grpc = Observation("file", method="POST", path="/pkg.Svc/Get",
+                       headers=[("content-type", "application/grpc")], body=struct)
+    assert DET.inspect(grpc).threats == []
+    evil = struct + b"\x12\x10; cat /etc/passwd"
+    assert {"Command.Injection", "Path.Traversal"} <= names(grpc.__class__(
+        "file", method="POST", path="/pkg.Svc/Get",
+        headers=[("content-type", "application/grpc")], body=evil))
+
+
 def test_smuggling_and_negative_length() -> None:
     both = hdr("chunked", name="transfer-encoding")
     both.headers.append(("content-length", "10"))
