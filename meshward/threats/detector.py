@@ -28,8 +28,9 @@ from meshward.bodies import DecodedBody, body_kind, decode_body, parse_query
 from meshward.detect import Inspection
 from meshward.observation import Observation, Threat
 from meshward.threats import injection
-from meshward.threats.normalise import alternate, decode, evidence, fold
+from meshward.threats.normalise import alternate, decode, evidence, fold, unsplit
 from meshward.threats.signatures import (
+    CMDI,
     CRLF,
     JAVA,
     NEGATIVE_LENGTH,
@@ -37,6 +38,7 @@ from meshward.threats.signatures import (
     SMUGGLING,
     SQLI,
     SSRF,
+    TRAVERSAL,
     XSS,
     SignatureSet,
 )
@@ -68,6 +70,9 @@ _IPV4_TOKEN = re.compile(
 )
 _IPV6_MAPPED = re.compile(r"[0-9a-f:]{0,30}:ffff:[0-9a-f.:]{3,20}")
 _SSRF_HINT = re.compile(r"169|0x|2852039166|0251|25177524776|ffff|100\.|192\.0\.0")
+# NUL-byte truncation (a file-inclusion trick: the server's C layer stops at the NUL): a NUL
+# after a file extension (shell.php%00) or before one that ends the value (passwd%00.png).
+_NUL_TRUNCATION = re.compile(r"\w\.[a-z0-9]{1,5}\x00|[\w/]\x00+\.[a-z0-9]{1,5}\s*$", re.IGNORECASE)
 _JAVA_MAGIC = b"\xac\xed\x00\x05"
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # JSON quotes are structure, not payload: as newlines they start a line per string, so that
@@ -247,18 +252,18 @@ class ThreatDetector:
             value, found.cut = value[: self.max_value_bytes], True
         if self.use_prefilter and not self.sigs.suspicious(value.encode("utf-8", "replace")):
             return
-        decoded = fold(decode(value))
+        unfolded = decode(value)
+        decoded = fold(unfolded)
         norm = decoded.lower()
         alt = alternate(norm)
         names: set[str] = set()
         for text in (norm, alt) if alt else (norm,):
-            data = text.encode("utf-8", "replace")
-            for sid, end in self.sigs.scan(data):
-                name = self.sigs.signatures[sid].name
-                if name not in names:
-                    names.add(name)
-                    frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
-                    found.add(name, location, frag)
+            self._scan(text, location, names, found)
+        joined = unsplit(norm)
+        if joined and CMDI not in names:
+            self._scan(joined, location, names, found, only=CMDI)
+        if TRAVERSAL not in names and "\x00" in unfolded and _NUL_TRUNCATION.search(unfolded):
+            found.add(TRAVERSAL, location, unfolded)
         if SQLI not in names and injection.is_sqli(decoded, self.level):
             found.add(SQLI, location, decoded)
         if XSS not in names and injection.is_xss(decoded, self.level):
@@ -267,6 +272,18 @@ class ThreatDetector:
             ip = metadata_address(norm, whole_value=True)
             if ip:
                 found.add(SSRF, location, ip)
+
+    def _scan(
+        self, text: str, location: str, names: set[str], found: _Findings, only: str = ""
+    ) -> None:
+        """Signature matches in one spelling of a value (of threat `only`, if given)."""
+        data = text.encode("utf-8", "replace")
+        for sid, end in self.sigs.scan(data):
+            name = self.sigs.signatures[sid].name
+            if name not in names and (not only or name == only):
+                names.add(name)
+                frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
+                found.add(name, location, frag)
 
     # ---- framing
 

@@ -23,6 +23,15 @@ _COMMENT_BODY = re.compile(r"/\*[^*]{0,200}\*/")
 # Pre-filter indicators for the rewrites of `alternate` (also in signatures.INDICATORS).
 COMMENT_INDICATOR = r"/\*[^;,*\r\n]|/\*\*/|[^*/,\s]\*/"  # not the */* of Accept headers
 PATH_INDICATOR = r"(?:^|[^:/])[/\\]\.?[/\\]|\\"
+# Shell quoting inside a word, which the shell joins back: w'h'o'am'i, c""at, who$@ami, c\a\t.
+# Two marks at least (one is how apostrophes and Windows paths look: don't, c:\users).
+_MARK = r"['\"`\\$@*]"
+SPLIT_WORD_INDICATOR = (
+    rf"[a-z]{_MARK}{{2,4}}[a-z]|[a-z]{_MARK}{{1,3}}[a-z]{{1,24}}{_MARK}{{1,3}}[a-z]"
+)
+SPLIT_WORD_HINT = re.compile(SPLIT_WORD_INDICATOR)
+_SPLIT_WORD = re.compile(rf"[a-z]{{1,24}}(?:{_MARK}{{1,4}}[a-z]{{1,24}}){{1,8}}")
+_MARKS = re.compile(_MARK)
 COMMENT_HINT = re.compile(COMMENT_INDICATOR, re.MULTILINE)
 PATH_HINT = re.compile(PATH_INDICATOR, re.MULTILINE)
 _SLASHES = re.compile(r"[/\\]+(?:\.[/\\]+)*")
@@ -120,6 +129,22 @@ def alternate(norm: str) -> str:
     if ("/" in alt or "\\" in alt) and PATH_HINT.search(alt):
         alt = _SLASHES.sub("/", alt)
     return "" if alt == norm else alt
+
+
+def unsplit(norm: str) -> str:
+    """Normalised text with shell quoting removed from inside words that carry two marks or
+    more (w'h'o'am'i -> whoami), for the command-injection signatures; "" when there is none.
+    Only runs where SPLIT_WORD_INDICATOR (a pre-filter indicator) matches."""
+    if not SPLIT_WORD_HINT.search(norm):
+        return ""
+
+    def join(m: re.Match[str]) -> str:
+        word = m.group(0)
+        bare = _MARKS.sub("", word)
+        return bare if len(word) - len(bare) >= 2 else word
+
+    out = _SPLIT_WORD.sub(join, norm)
+    return "" if out == norm else out
 
 
 def evidence(text: str, limit: int = 128) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import hyperscan
 
-from meshward.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR
+from meshward.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, SPLIT_WORD_INDICATOR
 
 SQLI = "SQL.Injection"
 XSS = "Cross.Site.Scripting"
@@ -63,7 +63,12 @@ _STRONG_COMMANDS = (
     r"getent|lsof|sleep|pwd)"
 )
 _BARE_COMMANDS = r"(?:whoami|ifconfig|ipconfig|netstat|systeminfo|sysinfo|tasklist|uname|wmic)"
-_CMD_END = r"(?:$|[\s;&|`)<>'\"]|\$\{?ifs)"
+_CMD_END = r"(?:$|[\s;&|`)<>'\"\\]|\$\{?ifs)"  # \: an escaped backtick or line continuation
+# Tools a recon probe looks for (`which curl`) before a download, reverse shell or compile step.
+_TOOLS = (
+    r"(?:curl|wget|nc|ncat|netcat|socat|telnet|nmap|perl|python[23]?|ruby|php|gcc|cc|bash|sh|"
+    r"zsh|ksh|busybox|tftp|base64|xxd|openssl|powershell|pwsh)"
+)
 _NOSQL_OPS = (
     r"(?:ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|or|and|not|nor|expr|elemmatch|"
     r"function|accumulator|eval|type|size|all|mod|text|jsonschema|lookup|comment)"
@@ -194,7 +199,10 @@ SIGNATURES: tuple[Signature, ...] = (
                     r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
                     r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
                     r"inetpub|boot)"),
-    S(TRAVERSAL, 1, r"\bfile\s{0,5}:\s{0,5}/{2,3}"),
+    # file URIs: file:///etc/x, file:/etc/x (RFC 8089 short form), file:c:/x, file:/c:x
+    S(TRAVERSAL, 1, r"\bfile\s{0,5}:\s{0,5}/{2,3}|\bfile:(?:/[^/\s]|[a-z]:[/\\])"),
+    # Backslash-escaped parent step (\.\.\/ or .\./): what a backend that unescapes sees as ../
+    S(TRAVERSAL, 1, r"\.\\\.\\?/"),
     S(TRAVERSAL, 1, r"(?:^|[/\\.])etc[/\\]{0,2}(?:passwd|shadow)\b|(?:^|[/\\])\.{4,}"),
     S(TRAVERSAL, 2, r"\.{3,}[/\\]|(?:^|[/\\])\.\.$"),
     # --- Remote file inclusion
@@ -230,7 +238,7 @@ SIGNATURES: tuple[Signature, ...] = (
     S(CMDI, 1, r"\bcmd(?:\.exe)?\s{1,10}/[ck]\b|\bpowershell(?:\.exe)?\s{1,10}-\w"),
     S(CMDI, 1, r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|spawn|"
                r"execsync|spawnsync|os\.system|subprocess\.\w{1,20}|runtime\.getruntime\(\)\."
-               r"exec)\s{0,5}\(\s{0,5}['\"`\[]"),
+               r"exec)\s{0,5}\(\s{0,5}(?:['\"`\[]|\$[a-z_])"),
     S(CMDI, 1, r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\s{1,5}-[a-z]{0,5}e\s|\bmkfifo\s|"
                r"\b(?:bash|sh)\s{1,5}-i\b|\b(?:curl|wget)\s[^\n]{0,200}\|\s{0,5}(?:ba)?sh\b"),
     S(CMDI, 1, r"^\s{0,10}(?:ping|nslookup|dig|sleep|curl|wget)\s{1,5}(?:-[a-z]{1,3}\s{1,5}"
@@ -238,6 +246,18 @@ SIGNATURES: tuple[Signature, ...] = (
                r"https?://)"),
     S(CMDI, 2, r"^\s{0,10}" + _COMMANDS + r"\s{1,10}(?:-{1,2}[a-z]|/|\$|%|\\\\)"),
     S(CMDI, 2, r"^\s{0,10}(?:which|whereis|type|command)\s{1,5}[a-z][\w.-]{0,30}\s{0,5}$"),
+    # A whole value that looks up an attacker's tool (recon before a download or reverse shell)
+    S(CMDI, 1, r"^[\s'\"]{0,10}(?:which|whereis|command\s{1,5}-v|type\s{1,5}-[ap])\s{1,5}"
+               + _TOOLS + r"(?:\.exe)?[\s'\"]{0,5}$"),
+    # A whole value that is only a command substitution of a shell builtin: the blind probe
+    # `true` / $(false) (inside prose, a Markdown code span looks the same, so not anywhere)
+    S(CMDI, 1, r"^[\s'\"]{0,5}(?:`\s{0,5}(?:true|false)\s{0,5}`|"
+               r"\$\(\s{0,5}(?:true|false)\s{0,5}\))[\s'\"]{0,5}$"),
+    # Wildcards standing in for a binary's path or name: /???/c?t, /bin/wh?ami, /usr/bin/n*
+    S(CMDI, 1, r"(?:/[a-z]{0,3}\?[a-z?]{0,5}|(?:/usr)?/s?bin)/(?:[a-z]{1,8}[?*]|[?*]{1,8}[a-z])"
+               r"[a-z?*]{0,8}(?:$|[\s;&|`)])"),
+    # Substring expansion of a variable, to conjure a '/' or a letter: ${PATH:0:1}, ${HOME:0:1}
+    S(CMDI, 1, r"\$\{[a-z_]{1,30}:\d{1,3}:\d{1,3}\}"),
     # --- Server-side template injection
     S(SSTI, 1, r"\{\{[^}]{0,200}(?:__[a-z]{2,20}__|\.mro\b|subclasses|\bconfig\b|\bself\b|"
                r"\brequest\b|cycler|joiner|namespace|lipsum|url_for|get_flashed_messages|popen|"
@@ -338,6 +358,7 @@ INDICATORS: tuple[str, ...] = (
     r"(?:^|[^\w.])(?:0*169|0x0*a9|0+251)[.]|\b0*2852039166\b|\b0x0*a9fea9fe\b|"
     r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
     r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables
+    SPLIT_WORD_INDICATOR,  # shell quoting inside a word (normalise.unsplit)
 )
 
 # MULTILINE: ^ and $ also match at the newlines that separate parts in the pre-filter buffer
