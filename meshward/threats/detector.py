@@ -28,7 +28,14 @@ from meshward.bodies import DecodedBody, body_kind, decode_body, parse_query
 from meshward.detect import Inspection
 from meshward.observation import Observation, Threat
 from meshward.threats import injection
-from meshward.threats.normalise import alternate, decode, evidence, fold, unsplit
+from meshward.threats.normalise import (
+    alternate,
+    decode,
+    evidence,
+    fold,
+    look_alikes,
+    unsplit,
+)
 from meshward.threats.signatures import (
     CMDI,
     CRLF,
@@ -72,7 +79,9 @@ _IPV6_MAPPED = re.compile(r"[0-9a-f:]{0,30}:ffff:[0-9a-f.:]{3,20}")
 _SSRF_HINT = re.compile(r"169|0x|2852039166|0251|25177524776|ffff|100\.|192\.0\.0")
 # NUL-byte truncation (a file-inclusion trick: the server's C layer stops at the NUL): a NUL
 # after a file extension (shell.php%00) or before one that ends the value (passwd%00.png).
-_NUL_TRUNCATION = re.compile(r"\w\.[a-z0-9]{1,5}\x00|[\w/]\x00+\.[a-z0-9]{1,5}\s*$", re.IGNORECASE)
+_NUL_TRUNCATION = re.compile(
+    r"\w\.[a-z][a-z0-9]{0,4}\x00|[\w/]\x00+\.[a-z][a-z0-9]{0,4}\s*$", re.IGNORECASE
+)
 _JAVA_MAGIC = b"\xac\xed\x00\x05"
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # JSON quotes are structure, not payload: as newlines they start a line per string, so that
@@ -262,8 +271,10 @@ class ThreatDetector:
         joined = unsplit(norm)
         if joined and CMDI not in names:
             self._scan(joined, location, names, found, only=CMDI)
-        if TRAVERSAL not in names and "\x00" in unfolded and _NUL_TRUNCATION.search(unfolded):
-            found.add(TRAVERSAL, location, unfolded)
+        if TRAVERSAL not in names and "\x00" in unfolded:
+            m = _NUL_TRUNCATION.search(look_alikes(unfolded))
+            if m:
+                found.add(TRAVERSAL, location, m.group(0))
         if SQLI not in names and injection.is_sqli(decoded, self.level):
             found.add(SQLI, location, decoded)
         if XSS not in names and injection.is_xss(decoded, self.level):

