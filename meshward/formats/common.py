@@ -7,6 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from meshward.observation import Identity, Observation
 
@@ -129,3 +130,25 @@ def content_length(headers: list[tuple[str, str]]) -> int | None:
             v = value.strip()
             return int(v) if v.isdigit() else None
     return None
+
+
+def require_object(value: object, what: str) -> dict[str, Any]:
+    """The value as a JSON object, or a one-line reason."""
+    if value is None:
+        raise ValueError(f"{what} is missing")
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be an object, not {type(value).__name__}")
+    return value
+
+
+def split_pseudo(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(name, value) pairs -> (lower-cased headers, HTTP/2 pseudo-headers such as :path apart)."""
+    out: list[tuple[str, str]] = []
+    pseudo: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        if name.startswith(":"):
+            pseudo[name] = value
+        else:
+            out.append((name, value))
+    return out, pseudo

@@ -35,7 +35,9 @@ from meshward.formats.common import (
     destination_from_authority,
     json_error,
     parse_time,
+    require_object,
     source_from_xfcc,
+    split_pseudo,
 )
 from meshward.observation import Observation, SeenBy
 
@@ -65,12 +67,6 @@ def _get(d: dict[str, Any], name: str) -> Any:
     return d.get(_camel(name)) if v is None else v
 
 
-def _obj(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be an object")
-    return value
-
-
 def _headers(value: object, what: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """HeaderValue list -> (lower-cased headers, pseudo-headers such as :path kept apart)."""
     if value is None:
@@ -79,8 +75,7 @@ def _headers(value: object, what: str) -> tuple[list[tuple[str, str]], dict[str,
         value = value.get("headers", [])
     if not isinstance(value, list):
         raise ValueError(f"{what} must be a list")
-    out: list[tuple[str, str]] = []
-    pseudo: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
     for i, h in enumerate(value):
         if not isinstance(h, dict) or not isinstance(h.get("key"), str):
             raise ValueError(f"{what}[{i}] must be an object with a string key")
@@ -92,20 +87,15 @@ def _headers(value: object, what: str) -> tuple[list[tuple[str, str]], dict[str,
                     v = base64.b64decode(str(raw), validate=True).decode("utf-8", "replace")
                 except (binascii.Error, ValueError) as exc:
                     raise ValueError(f"{what}[{i}].raw_value is not base64") from exc
-        v = "" if v is None else str(v)
-        name = h["key"].lower()
-        if name.startswith(":"):
-            pseudo[name] = v
-        else:
-            out.append((name, v))
-    return out, pseudo
+        pairs.append((h["key"], "" if v is None else str(v)))
+    return split_pseudo(pairs)
 
 
 def _body(value: object, what: str) -> tuple[bytes, bool]:
     """A tap Body -> (bytes, truncated)."""
     if value is None:
         return b"", False
-    value = _obj(value, what)
+    value = require_object(value, what)
     truncated = bool(value.get("truncated", False))
     raw = _get(value, "as_bytes")
     if raw is not None:
@@ -198,14 +188,14 @@ def observations_from_trace(obj: object, seen_by: SeenBy = "file") -> list[Obser
     Raises ValueError with a one-line reason for anything else, including streamed segments
     (use `StreamAssembler` for those) and socket traces.
     """
-    obj = _obj(obj, "trace")
+    obj = require_object(obj, "trace")
     trace = _get(obj, "http_buffered_trace")
     if trace is None:
         raise ValueError(_not_buffered(obj))
-    trace = _obj(trace, "http_buffered_trace")
-    req = _obj(_get(trace, "request") or {}, "http_buffered_trace.request")
+    trace = require_object(trace, "http_buffered_trace")
+    req = require_object(_get(trace, "request") or {}, "http_buffered_trace.request")
     resp = _get(trace, "response")
-    resp = _obj(resp, "http_buffered_trace.response") if resp is not None else {}
+    resp = require_object(resp, "http_buffered_trace.response") if resp is not None else {}
     body, truncated = _body(_get(req, "body"), "request.body")
     x = _Exchange(
         request_headers=_get(req, "headers"),
@@ -293,7 +283,8 @@ class StreamAssembler:
 def _convert(obj: object, name: str, n: int, unit: str, streams: StreamAssembler) -> Iterator[Item]:
     try:
         if isinstance(obj, dict) and _get(obj, "http_streamed_trace_segment") is not None:
-            seg = _obj(_get(obj, "http_streamed_trace_segment"), "http_streamed_trace_segment")
+            key = "http_streamed_trace_segment"
+            seg = require_object(_get(obj, key), key)
             yield from streams.add(seg)
         else:
             yield from observations_from_trace(obj, streams.seen_by)

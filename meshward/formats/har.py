@@ -13,7 +13,7 @@ import base64
 import binascii
 import time
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlencode, urlsplit
 
 import ijson
@@ -28,17 +28,11 @@ from meshward.formats.common import (
     json_error,
     normalize_protocol,
     parse_time,
+    require_object,
     source_from_xfcc,
+    split_pseudo,
 )
 from meshward.observation import Identity, Observation, SeenBy
-
-
-def _obj(value: object, what: str) -> dict[str, Any]:
-    if value is None:
-        raise ValueError(f"{what} is missing")
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be an object, not {type(value).__name__}")
-    return value
 
 
 def _str(value: object, what: str) -> str:
@@ -55,27 +49,22 @@ def _headers(value: object, what: str) -> tuple[list[tuple[str, str]], dict[str,
         return [], {}
     if not isinstance(value, list):
         raise ValueError(f"{what} must be a list")
-    out: list[tuple[str, str]] = []
-    pseudo: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
     for i, h in enumerate(value):
         if not isinstance(h, dict) or not isinstance(h.get("name"), str):
             raise ValueError(f"{what}[{i}] must be an object with a string name")
         v = h.get("value", "")
         if not isinstance(v, (str, int, float)):
             raise ValueError(f"{what}[{i}].value must be a string")
-        name = h["name"].lower()
-        if name.startswith(":"):
-            pseudo[name] = str(v)
-        else:
-            out.append((name, str(v)))
-    return out, pseudo
+        pairs.append((h["name"], str(v)))
+    return split_pseudo(pairs)
 
 
 def _body(post: object) -> bytes:
     """postData.text (base64 when `encoding: base64`), else its form `params`."""
     if post is None:
         return b""
-    post = _obj(post, "request.postData")
+    post = require_object(post, "request.postData")
     text = post.get("text")
     if text is not None:
         text = _str(text, "request.postData.text")
@@ -96,8 +85,8 @@ def _body(post: object) -> bytes:
 
 def observation_from_entry(entry: object, seen_by: SeenBy = "file") -> Observation:
     """One HAR entry -> one Observation; ValueError with a one-line reason when malformed."""
-    entry = _obj(entry, "entry")
-    req = _obj(entry.get("request"), "request")
+    entry = require_object(entry, "entry")
+    req = require_object(entry.get("request"), "request")
     method = _str(req.get("method"), "request.method").strip()
     if not method:
         raise ValueError("request.method is empty")
@@ -128,7 +117,7 @@ def observation_from_entry(entry: object, seen_by: SeenBy = "file") -> Observati
     status: int | None = None
     resp_headers: list[tuple[str, str]] = []
     if resp is not None:
-        resp = _obj(resp, "response")
+        resp = require_object(resp, "response")
         s = resp.get("status")
         if s is not None and (not isinstance(s, int) or isinstance(s, bool)):
             raise ValueError("response.status must be an integer")
