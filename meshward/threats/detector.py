@@ -268,10 +268,12 @@ class ThreatDetector:
         names: set[str] = set()
         for text in (norm, alt) if alt else (norm,):
             self._scan(text, location, names, found)
+        # Quote-split words (w'h'o'am'i) are joined the way a shell reads them; only the
+        # command signatures see that spelling, other languages do not join words so.
         joined = unsplit(norm)
         if joined and CMDI not in names:
             self._scan(joined, location, names, found, only=CMDI)
-        if TRAVERSAL not in names and "\x00" in unfolded:
+        if TRAVERSAL not in names and "\x00" in unfolded:  # before fold() strips the NUL
             m = _NUL_TRUNCATION.search(look_alikes(unfolded))
             if m:
                 found.add(TRAVERSAL, location, m.group(0))

@@ -254,8 +254,8 @@ SIGNATURES: tuple[Signature, ...] = (
     S(CMDI, 1, r"^[\s'\"]{0,5}(?:`\s{0,5}(?:true|false)\s{0,5}`|"
                r"\$\(\s{0,5}(?:true|false)\s{0,5}\))[\s'\"]{0,5}$"),
     # Wildcards standing in for a binary's path or name: /???/c?t, /bin/wh?ami, /usr/bin/n*
-    S(CMDI, 1, r"(?:/[a-z]{0,3}\?[a-z?]{0,5}|(?:/usr)?/s?bin)/(?:[a-z]{1,8}[?*]|[?*]{1,8}[a-z])"
-               r"[a-z?*]{0,8}(?:$|[\s;&|`)])"),
+    # (a directory ending in '?' or /bin, then a name with a letter and a wildcard)
+    S(CMDI, 1, r"(?:\?|/s?bin)/(?:[a-z]{1,8}[?*]|[?*]{1,8}[a-z])[a-z?*]{0,8}(?:$|[\s;&|`)])"),
     # Substring expansion of a variable, to conjure a '/' or a letter: ${PATH:0:1}, ${HOME:0:1}
     S(CMDI, 1, r"\$\{[a-z_]{1,30}:\d{1,3}:\d{1,3}\}"),
     # --- Server-side template injection
