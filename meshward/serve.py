@@ -63,6 +63,7 @@ class ServeConfig:
     join_window: float = 10.0
     flush_interval: float = 2.0
     max_ingest_bytes: int = 16 * 1024 * 1024
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 CallKey = tuple[str, str, str, str]
@@ -181,7 +182,9 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
-        self.engine = engine if engine is not None else open_engine(config.db)
+        self.engine = engine if engine is not None else open_engine(
+            config.db, dataclasses.replace(config.engine, flush_interval=config.flush_interval)
+        )
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
         self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
@@ -296,14 +299,11 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def open_engine(db: str) -> Engine:
-    """The engine on the SQLite store at `db` (the store module lands with the real engine)."""
-    try:
-        from meshward.store import open_store
-    except ImportError:
-        event(log, "no store module: allowlists live in memory only", logging.WARNING, db=db)
-        return Engine(store=None, config=EngineConfig())
-    return Engine(store=open_store(db), config=EngineConfig())
+def open_engine(db: str, config: EngineConfig | None = None) -> Engine:
+    """The engine on the SQLite store at `db`."""
+    from meshward.store import open_store
+
+    return Engine(store=open_store(db), config=config or EngineConfig())
 
 
 def install_uvloop() -> bool:

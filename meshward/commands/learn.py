@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meshward.commands.engineflags import add_engine_flags, engine_config
 from meshward.commands.offline import (
     Tally,
     add_db_flag,
@@ -25,12 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="HAR 1.2 or Envoy tap trace file")
     add_db_flag(p)
+    add_engine_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_files(args.files)
-    engine = engine_for(args.db)
+    engine = engine_for(args.db, config=engine_config(args))
     tally = Tally()
     learned_before = engine.counters["learned"]
     try:

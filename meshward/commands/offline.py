@@ -43,7 +43,12 @@ def store_for(db: str | None, *, create: bool = True) -> SqliteStore:
 
 
 def engine_for(
-    db: str | None, *, read_only: bool = False, create: bool = True, threats: bool = True
+    db: str | None,
+    *,
+    read_only: bool = False,
+    create: bool = True,
+    threats: bool = True,
+    config: EngineConfig | None = None,
 ) -> Engine:
     """The engine over the store; read_only: profiles and modes are read, nothing is written.
 
@@ -51,7 +56,7 @@ def engine_for(
     """
     store = store_for(db, create=create)
     try:
-        config = EngineConfig(threats=threats)
+        config = config or EngineConfig(threats=threats)
         return Engine(store=ReadOnlyStore(store) if read_only else store, config=config)
     except StoreError as exc:
         store.close()

@@ -10,6 +10,7 @@ import json
 import sys
 from collections import Counter
 
+from meshward.commands.engineflags import add_engine_flags, engine_config
 from meshward.commands.offline import (
     Tally,
     add_db_flag,
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="HAR 1.2 or Envoy tap trace file")
     add_db_flag(p)
+    add_engine_flags(p)
     p.add_argument(
         "--mode",
         choices=MODES,
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_files(args.files)
-    engine = engine_for(args.db, read_only=True, create=False)
+    engine = engine_for(args.db, read_only=True, create=False, config=engine_config(args))
     tally = Tally()
     verdicts: Counter[str] = Counter()
     out = sys.stdout

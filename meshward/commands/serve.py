@@ -6,6 +6,7 @@ import argparse
 import os
 
 from meshward.cli import UsageError
+from meshward.commands.engineflags import add_engine_flags, engine_config
 
 
 def _env_port(name: str, default: int) -> int:
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=30.0,
         help="seconds before an unfinished tap stream expires (default 30)",
     )
+    add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         else _env_port("MESHWARD_HTTP_PORT", 9193),
         tap_limits=Limits(max_body=args.tap_max_body),
         tap_stream_timeout=args.tap_stream_timeout,
+        engine=engine_config(args),
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
