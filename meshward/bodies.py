@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from xml.parsers import expat
@@ -321,3 +322,42 @@ def _decode_xml(data: bytes, max_depth: int, max_fields: int, cut: bool) -> Deco
             return DecodedBody("invalid")
         out.partial = True  # the cut ended the document early; keep what was read
     return out
+
+
+_DECODABLE = {"gzip": 16 + 15, "x-gzip": 16 + 15, "deflate": 15}
+
+
+def decode_content(encoding: str, body: bytes, max_bytes: int = 1 << 20) -> tuple[bytes, bool]:
+    """Undo Content-Encoding (gzip, deflate; several in a row) so inspection sees the plaintext.
+
+    Returns the decoded bytes and `partial`: True when the output limit cut it (a compression
+    bomb stops at `max_bytes`), when the data is corrupt, or when an encoding is one we cannot
+    undo (br, zstd, ...): then the body comes back as it was and only what is readable of it
+    is inspected, and the verdict says so.
+    """
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    data, partial = body, False
+    for coding in reversed(codings):  # the last encoding applied is undone first
+        if coding == "identity":
+            continue
+        wbits = _DECODABLE.get(coding)
+        if wbits is None:
+            return data, True
+        try:
+            data, cut = _inflate(data, wbits, max_bytes)
+        except zlib.error:
+            if coding != "deflate":
+                return body, True
+            try:  # many servers send raw deflate without the zlib header
+                data, cut = _inflate(data, -15, max_bytes)
+            except zlib.error:
+                return body, True
+        partial = partial or cut
+    return data, partial
+
+
+def _inflate(data: bytes, wbits: int, max_bytes: int) -> tuple[bytes, bool]:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(data, max_bytes)
+    cut = bool(d.unconsumed_tail) or not d.eof
+    return out, cut

@@ -12,6 +12,7 @@ drives it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from typing import Any
 
 from meshward import scoring
 from meshward.allowlist import Allowlist, Limits
+from meshward.bodies import decode_content
 from meshward.detect import Detector, NoDetector
 from meshward.log import event
 from meshward.observation import Observation, Verdict
@@ -110,6 +112,13 @@ class Engine:
         """Score one Observation; in learn mode (and with `learn`) extend the allowlist."""
         mode = mode or self.mode_of(obs.destination.namespace)
         self.counters["evaluated"] += 1
+        if obs.body:
+            encoding = obs.header("content-encoding")
+            if encoding:  # inspect and learn the plaintext, never the compressed bytes
+                plain, cut = decode_content(encoding, obs.body, self.config.max_body)
+                obs = dataclasses.replace(
+                    obs, body=plain, body_size=len(plain), body_truncated=obs.body_truncated or cut
+                )
         f = scoring.features(obs, self.config.max_body)
         found = self.detector.inspect(obs, f.body)
         threats = obs.threats + found.threats if obs.threats else found.threats
