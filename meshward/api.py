@@ -2,7 +2,7 @@
 
 Routes:
   GET  /healthz, /readyz, /metrics
-  GET  /api/v1/alerts?limit=N          {"alerts": [...]} newest first
+  GET  /api/v1/alerts?limit=N[&namespace=NS]   {"alerts": [...]} newest first (store history)
   GET  /api/v1/allowlist[?destination=ns/name]   the allowlist document {"version", "services"}
   GET  /api/v1/modes                   {"default": mode, "modes": {namespace: mode}}
   PUT  /api/v1/modes/{namespace}       body {"mode": "enforce"}; takes effect at once
@@ -68,7 +68,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def alerts(request: web.Request) -> web.Response:
     engine = request.app[SERVER_KEY].engine
-    return web.json_response({"alerts": engine.alerts(limit=_limit(request))}, dumps=_dumps)
+    found = engine.alerts(limit=_limit(request), namespace=request.query.get("namespace") or None)
+    return web.json_response({"alerts": found}, dumps=_dumps)
 
 
 async def allowlist(request: web.Request) -> web.Response:

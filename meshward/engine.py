@@ -13,6 +13,7 @@ drives it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
@@ -184,9 +185,18 @@ class Engine:
             self._pending_alerts.append(alert)
 
     # ---- alerts and persistence
-    def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest alerts first."""
-        return list(reversed(self._alerts))[:limit]
+    def alerts(self, limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The newest alerts first: from the store's history (which survives restarts) when
+        there is one, after writing what is pending; else from memory."""
+        if self.store is not None:
+            if self._pending_alerts:
+                self.store.add_alerts(self._pending_alerts)
+                self._pending_alerts = []
+            return self.store.alerts(limit=limit, namespace=namespace)
+        recent = reversed(self._alerts)
+        if namespace:
+            recent = (a for a in recent if a.get("namespace") == namespace)
+        return list(itertools.islice(recent, limit))
 
     def flush(self) -> None:
         """Write dirty profiles and pending alerts in one batch; pick up mode changes."""

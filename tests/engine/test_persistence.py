@@ -24,8 +24,11 @@ def test_restart_keeps_learned_rules_and_modes(tmp_path: Path) -> None:
     assert again.mode_of("shop") == "enforce"
     assert again.evaluate(Traffic(seed=4).normal()).verdict == "allow"
     assert again.evaluate(Traffic(seed=4).deviation("unknown-endpoint")).verdict == "deny"
-    again.flush()
-    assert again.store.alerts(limit=10)[0]["verdict"] == "deny"
+    assert again.alerts(limit=10)[0]["verdict"] == "deny"  # pending alerts are written first
+    again.close()
+    third = Engine(open_store(db), EngineConfig(threats=False))  # history survives a restart
+    assert third.alerts(limit=10, namespace="shop")[0]["verdict"] == "deny"
+    assert third.alerts(limit=10, namespace="elsewhere") == []
 
 
 def test_learning_is_batched_not_written_per_request(tmp_path: Path) -> None:
