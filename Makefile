@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux
+APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl
 
 .PHONY: setup system-deps demo test test-fast lint bench clean
 
@@ -18,7 +18,7 @@ setup: $(STAMP) system-deps
 
 # Attack and load tools the integration tests and benchmarks drive (root only; skipped otherwise).
 system-deps:
-	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv; do \
+	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv curl; do \
 	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -85,6 +85,7 @@ TAP_ATTRIBUTES = (
     "destination.port",
     "connection.uri_san_peer_certificate",
     "connection.uri_san_local_certificate",
+    "request.protocol",
 )
 
 

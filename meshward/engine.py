@@ -178,6 +178,7 @@ class Engine:
             method=obs.method,
             path=obs.path,
             seen_by=obs.seen_by,
+            protocol=obs.protocol,
             request_id=obs.request_id,
         )
         self._alerts.append(alert)

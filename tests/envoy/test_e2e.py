@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,17 @@ def test_monitor_never_blocks_but_alerts(envoy_bin: str, echo_app: int, tmp_path
         with sidecar(srv, echo_app, "monitor", envoy_bin) as envoy:
             assert http(envoy.port, "/admin/export")[0] == 200
             assert http(envoy.port, "/api/orders", SQLI, headers=JSON)[0] == 200
-            srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n + 2)
+            h2 = subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", "--http2-prior-knowledge",
+                 f"http://127.0.0.1:{envoy.port}/admin/h2"],
+                capture_output=True, timeout=10, check=False,
+            )  # fmt: skip
+            assert h2.returncode == 0
+            srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n + 3)
         alerts = srv.api("GET", "/api/v1/alerts?limit=10")["alerts"]
         by_path = {a["path"]: a for a in alerts}
+        assert by_path["/admin/export"]["protocol"] == "http/1.1"
+        assert by_path["/admin/h2"]["protocol"] == "h2"  # the tap asks Envoy for request.protocol
         assert by_path["/admin/export"]["verdict"] == "alert"
         assert "unknown-path" in by_path["/admin/export"]["reasons"]
         assert "SQL.Injection" in {t["name"] for t in by_path["/api/orders"]["threats"]}
