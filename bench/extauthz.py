@@ -6,7 +6,7 @@ sidecar (rendered by istio/bootstrap.py) to the same app (an Envoy direct_respon
   (b) Envoy + ext_authz to an always-allow Python grpc.aio server (uvloop): the transport floor
   (c) Envoy + ext_authz to `meshward serve`, namespace in enforce, allowlist learned before
   (d) Envoy + native RBAC allowing exactly that method and path: the physical limit
-The tap filter is left out everywhere (bench/tap.py measures it). Added latency is p50/p99 minus
+The tap filter is left out everywhere (bench/envoytap.py measures it). Added latency is p50/p99 minus
 (a)'s at the same connection count; goals: (c) adds <= 1.15x the p50 (b) adds, and keeps >= 0.85x
 its requests/s.
 """
