@@ -6,9 +6,9 @@ sidecar (rendered by istio/bootstrap.py) to the same app (an Envoy direct_respon
   (b) Envoy + ext_authz to an always-allow Python grpc.aio server (uvloop): the transport floor
   (c) Envoy + ext_authz to `meshward serve`, namespace in enforce, allowlist learned before
   (d) Envoy + native RBAC allowing exactly that method and path: the physical limit
-The tap filter is left out everywhere (bench/envoytap.py measures it). Added latency is p50/p99 minus
-(a)'s at the same connection count; goals: (c) adds <= 1.15x the p50 (b) adds, and keeps >= 0.85x
-its requests/s.
+The tap filter is left out everywhere (bench/envoytap.py measures it). Added latency is
+p50/p99 minus (a)'s at the same connection count; goals: (c) adds <= 1.15x the p50 (b) adds,
+and keeps >= 0.85x its requests/s.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -112,6 +113,21 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def pin(servers: list[int], envoys: list[EnvoyProcess]) -> None:
+    """Servers on the last CPU, Envoys and this process (hence wrk) on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    last, rest = str(cpus[-1]), ",".join(str(c) for c in cpus[:-1])
+    for pid in servers:
+        subprocess.run(["taskset", "-apc", last, str(pid)], check=True, capture_output=True)
+    for e in envoys:
+        assert e.proc is not None
+        subprocess.run(["taskset", "-apc", rest, str(e.proc.pid)], check=True, capture_output=True)
+    os.sched_setaffinity(0, {int(c) for c in rest.split(",")})
+    print(f"pinned: ext_authz servers on CPU {last}; Envoy and wrk on CPU {rest}", flush=True)
+
+
 def median_result(runs: list[WrkResult]) -> WrkResult:
     """Per-field median over the rounds (the machine is shared and noisy)."""
     def med(vals: list[float]) -> float:
@@ -140,6 +156,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="wrk duration per point")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median taken)")
     ap.add_argument("--allow-server", type=int, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="give both Python ext_authz servers (b, c) the last CPU and Envoy + wrk the others, "
+        "as in a cluster where meshward runs in its own pod rather than beside the sidecar",
+    )
     args = ap.parse_args()
     if args.allow_server:
         run_allow_server(args.allow_server)
@@ -164,6 +186,8 @@ def main() -> int:
             }
             for key, boot in boots.items():
                 envoys[key] = EnvoyProcess(boot, name=key).start()
+            if args.pin:
+                pin([allow.pid, mw.proc.pid], [app, *envoys.values()])
             port = {k: e.port for k, e in envoys.items()}
             # (c): learn the allowlist through the same sidecar, then enforce it
             mw.api("PUT", "/api/v1/modes/bench", {"mode": "learn"})
