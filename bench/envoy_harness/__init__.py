@@ -1,4 +1,4 @@
-"""Shared pieces of bench/extauthz.py and bench/envoytap.py: a fast app, sidecar variants, wrk, serve.
+"""Shared pieces of bench/extauthz.py and bench/envoytap.py: app, sidecars, wrk, serve.
 
 The app behind every sidecar is a second Envoy answering with `direct_response` (C++, so the app
 is never the bottleneck and its latency is the same in every scenario).
