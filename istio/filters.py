@@ -65,7 +65,8 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
-MODES = ("learn", "monitor", "enforce")
+from meshward.modes import MODES
+
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label
 DIRECTIONS = ("inbound", "outbound")
 EXT_AUTHZ = "envoy.filters.http.ext_authz"

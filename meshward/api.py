@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from meshward.engine import MODES
 from meshward.metrics import CONTENT_TYPE
+from meshward.modes import MODES
 from meshward.observation import observation_from_dict
 
 if TYPE_CHECKING:

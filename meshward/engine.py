@@ -25,9 +25,9 @@ from meshward.allowlist import Allowlist, Limits
 from meshward.bodies import decode_content
 from meshward.detect import Detector, NoDetector
 from meshward.log import event
+from meshward.modes import DEFAULT_MODE, MODES
 from meshward.observation import Observation, Verdict
 
-MODES = ("learn", "monitor", "enforce")
 log = logging.getLogger("meshward.engine")
 
 
@@ -35,7 +35,7 @@ log = logging.getLogger("meshward.engine")
 class EngineConfig:
     deny_threshold: float = 0.5  # enforce: deny at or above this score
     alert_threshold: float = 0.15  # monitor and enforce: alert at or above this score
-    default_mode: str = "learn"
+    default_mode: str = DEFAULT_MODE
     flush_interval: float = 2.0  # seconds between batched store writes
     threats: bool = True  # run the embedded-threat detectors
     threat_level: int = 1  # sensitivity 1..3

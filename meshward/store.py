@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from meshward.log import event
+from meshward.modes import MODES
 
 log = logging.getLogger("meshward.store")
 
@@ -289,7 +290,6 @@ class SqliteStore:
         return dict(self._read("SELECT namespace, mode FROM modes ORDER BY namespace"))
 
     def set_mode(self, namespace: str, mode: str) -> None:
-        from meshward.engine import MODES  # late: the engine may import this module
 
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} ({', '.join(MODES)})")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from meshward.cli import UsageError
+from meshward.modes import MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     b.add_argument("--namespace", required=True)
     b.add_argument("--workload", required=True)
-    b.add_argument("--mode", required=True, choices=("learn", "monitor", "enforce"))
+    b.add_argument("--mode", required=True, choices=MODES)
     b.add_argument(
         "--server",
         default="127.0.0.1",

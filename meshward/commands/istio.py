@@ -7,6 +7,7 @@ import sys
 
 from meshward.cli import UsageError
 from meshward.commands.envoy import dump
+from meshward.modes import MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "fragment to merge into istiod's mesh config (first document, or --mesh-config FILE).",
     )
     r.add_argument("--namespace", required=True)
-    r.add_argument("--mode", required=True, choices=("learn", "monitor", "enforce"))
+    r.add_argument("--mode", required=True, choices=MODES)
     r.add_argument(
         "--service",
         default="meshward.meshward.svc.cluster.local",

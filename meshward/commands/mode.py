@@ -11,7 +11,8 @@ import re
 
 from meshward.cli import UsageError
 from meshward.commands.offline import add_db_flag, store_for
-from meshward.engine import MODES, EngineConfig
+from meshward.engine import EngineConfig
+from meshward.modes import MODES
 from meshward.store import StoreError
 
 # a Kubernetes namespace name (RFC 1123 label)

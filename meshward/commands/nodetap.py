@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from meshward.cli import UsageError
+from meshward.modes import MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument(
         "--default-mode",
-        choices=["learn", "monitor", "enforce"],
+        choices=MODES,
         default="learn",
         help="mode of namespaces not named otherwise (default learn; with --server, serve's)",
     )

@@ -19,7 +19,7 @@ from meshward.commands.offline import (
     engine_for,
     observations,
 )
-from meshward.engine import MODES
+from meshward.modes import MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

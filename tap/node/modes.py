@@ -13,8 +13,8 @@ import threading
 import urllib.request
 
 from meshward.log import event
+from meshward.modes import MODES
 
-MODES = ("learn", "monitor", "enforce")
 log = logging.getLogger("meshward.node-tap")
 
 
