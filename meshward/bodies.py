@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from xml.parsers import expat
+
+import orjson
+
+from meshward.values import classify_leaf
 
 Leaf = str | int | float | bool | None
 
@@ -27,14 +30,82 @@ _DISPOSITION_PARAM = re.compile(
 _PART_HEADER_LIMIT = 8192  # bytes of headers read per multipart part
 
 
-@dataclass(slots=True)
 class DecodedBody:
-    """A body as fields. `fields` hold leaf values by path; `keys` the object keys by parent."""
+    """A body as fields: `fields` hold leaf values by path, `keys` the object keys by parent.
 
-    kind: str  # one of KINDS
-    fields: list[tuple[str, Leaf]] = field(default_factory=list)
-    keys: list[tuple[str, str]] = field(default_factory=list)
-    partial: bool = False  # a limit (bytes, depth, fields) cut what was decoded
+    A JSON body keeps its parsed document and walks it only for what is asked: `shape()` (what
+    the allowlist reads on every request) is a cheaper walk than `fields` and `keys` (read by the
+    threat detectors only when their pre-filter flags the body). Both walks apply the same limits,
+    so `partial` is the same whichever ran.
+    """
+
+    __slots__ = (
+        "_doc", "_fields", "_keys", "_partial", "_shape", "kind", "max_depth", "max_fields"
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        kind: str,
+        fields: list[tuple[str, Leaf]] | None = None,
+        keys: list[tuple[str, str]] | None = None,
+        partial: bool = False,
+    ) -> None:
+        self.kind = kind  # one of KINDS
+        self._fields = fields if fields is not None else []
+        self._keys = keys if keys is not None else []
+        self._partial: bool | None = partial  # None: a walk still has to tell
+        self._shape: dict[str, str] | None = None
+        self._doc: object = None
+        self.max_depth = 64
+        self.max_fields = 4096
+
+    @classmethod
+    def json(cls, doc: object, max_depth: int, max_fields: int) -> DecodedBody:
+        out = cls("json")
+        out._doc, out._fields, out._keys, out._partial = doc, None, None, None  # type: ignore[assignment]
+        out.max_depth, out.max_fields = min(max_depth, MAX_WALK_DEPTH), max_fields
+        return out
+
+    @property
+    def fields(self) -> list[tuple[str, Leaf]]:
+        if self._fields is None:
+            self._fields, self._keys = [], []
+            self._partial = _walk_json(self, fields=self._fields, keys=self._keys)
+        return self._fields
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        if self._keys is None:
+            self.fields  # noqa: B018  (one walk fills both)
+        return self._keys  # type: ignore[return-value]
+
+    @property
+    def partial(self) -> bool:
+        """A limit (bytes, depth, fields) cut what was decoded."""
+        if self._partial is None:
+            self.shape()
+        return bool(self._partial)
+
+    @partial.setter
+    def partial(self, value: bool) -> None:
+        self._partial = value
+
+    def shape(self) -> dict[str, str]:
+        """Value class of each leaf by generalised path (the first leaf of a path wins)."""
+        if self._shape is None:
+            if self._fields is None:
+                shape: dict[str, str] = {}
+                self._partial = _walk_json(self, shape=shape)
+            else:
+                shape = {}
+                for path, leaf in self._fields:
+                    if path not in shape:
+                        shape[path] = classify_leaf(leaf)
+            self._shape = shape
+        return self._shape
+
+    def __repr__(self) -> str:
+        return f"DecodedBody({self.kind!r}, partial={self.partial})"
 
 
 def parse_query(query: str, max_params: int = 1024) -> tuple[list[tuple[str, str]], bool]:
@@ -125,7 +196,8 @@ def decode_body(
             out = _sniff(data, cut, max_depth, max_fields)
     except (ValueError, RecursionError, MemoryError):  # defensive: nothing escapes
         return DecodedBody("invalid", partial=cut)
-    out.partial = out.partial or cut
+    if cut:
+        out.partial = True
     return out
 
 
@@ -151,47 +223,75 @@ def _decode_json(
     data: bytes, max_depth: int, max_fields: int, *, require_container: bool
 ) -> DecodedBody:
     try:
-        doc = json.loads(data)
-    except RecursionError:  # valid or not, nested deeper than the C scanner allows
-        return DecodedBody("json" if not require_container else "invalid", partial=True)
-    except ValueError:  # JSONDecodeError, invalid UTF-8, over-long integers
-        return DecodedBody("invalid")
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson refuses some documents the json module reads (NaN, integers past 64 bits,
+        # lone surrogates, nesting past 1024): let the json module have the final word
+        try:
+            doc = json.loads(data)
+        except RecursionError:  # valid or not, nested deeper than the C scanner allows
+            return DecodedBody("json" if not require_container else "invalid", partial=True)
+        except ValueError:  # JSONDecodeError, invalid UTF-8, over-long integers
+            return DecodedBody("invalid")
     if require_container and not isinstance(doc, (dict, list)):
         return DecodedBody("invalid")
-    out = DecodedBody("json")
-    _walk_json(doc, out, max_depth, max_fields)
-    return out
+    return DecodedBody.json(doc, max_depth, max_fields)
 
 
 MAX_WALK_DEPTH = 256  # the walk recurses once per level: far below Python's recursion limit
+_CHILD_PATHS: dict[tuple[str, str], str] = {}  # (parent path, key) -> child path, bounded
+_CHILD_PATHS_MAX = 16384
 
 
-def _walk_json(doc: object, out: DecodedBody, max_depth: int, max_fields: int) -> None:
-    """Leaves by generalised path and keys by parent path, in document order. Recursive (one
-    frame per nesting level, at most MAX_WALK_DEPTH); child paths are memoised because array
-    elements repeat them (this walk is on the engine's hot path)."""
-    fields, keys = out.fields, out.keys
-    max_depth = min(max_depth, MAX_WALK_DEPTH)
-    memo: dict[tuple[str, str], str] = {}
+def _walk_json(
+    body: DecodedBody,
+    *,
+    shape: dict[str, str] | None = None,
+    fields: list[tuple[str, Leaf]] | None = None,
+    keys: list[tuple[str, str]] | None = None,
+) -> bool:
+    """Walk a JSON document once, in document order, filling what is given: `shape` (leaf
+    classes by generalised path), `fields` (leaves) and `keys` (object keys by parent). Returns
+    whether a limit stopped it: depth (`max_depth`), or `max_fields` leaves or keys; the limits
+    count the same whatever is collected.
+
+    This is on the engine's hot path: recursive (one frame per level, at most MAX_WALK_DEPTH),
+    with child paths memoised across requests (array elements and repeated requests repeat
+    them) and each path classified once.
+    """
+    max_depth, max_fields = body.max_depth, body.max_fields
+    memo = _CHILD_PATHS
+    if len(memo) > _CHILD_PATHS_MAX:
+        memo.clear()
+    n_leaves = n_keys = 0
+    stopped = False
 
     def leaf(path: str, value: object) -> bool:
-        if len(fields) >= max_fields:
-            out.partial = True
+        nonlocal n_leaves, stopped
+        if n_leaves >= max_fields:
+            stopped = True
             return False
-        fields.append((path, value))  # type: ignore[arg-type]  # json leaves are Leaf
+        n_leaves += 1
+        if shape is not None and path not in shape:
+            shape[path] = classify_leaf(value)
+        if fields is not None:
+            fields.append((path, value))  # type: ignore[arg-type]  # json leaves are Leaf
         return True
 
     def visit(node: object, path: str, depth: int) -> bool:
         """False once a limit stopped the walk."""
+        nonlocal n_keys, stopped
         if depth >= max_depth:
-            out.partial = True
+            stopped = True
             return True
         if type(node) is dict:
             for k, v in node.items():
-                if len(keys) >= max_fields:
-                    out.partial = True
+                if n_keys >= max_fields:
+                    stopped = True
                     return False
-                keys.append((path, k))
+                n_keys += 1
+                if keys is not None:
+                    keys.append((path, k))
                 child = memo.get((path, k))
                 if child is None:
                     child = memo[(path, k)] = _child(path, k)
@@ -201,7 +301,7 @@ def _walk_json(doc: object, out: DecodedBody, max_depth: int, max_fields: int) -
         else:
             items: list[object] = node  # type: ignore[assignment]
             if len(items) > max_fields:
-                out.partial = True
+                stopped = True
                 items = items[:max_fields]
             child = path + "[]"
             for v in items:
@@ -210,10 +310,12 @@ def _walk_json(doc: object, out: DecodedBody, max_depth: int, max_fields: int) -
                     return False
         return True
 
+    doc = body._doc
     if type(doc) is dict or type(doc) is list:
         visit(doc, "$", 0)
     else:
         leaf("$", doc)
+    return stopped
 
 
 def _child(parent: str, key: str) -> str:

@@ -54,15 +54,6 @@ def features(obs: Observation, max_body: int = 1 << 20) -> Features:
     return Features(query, body, ctype.split(";", 1)[0].strip().lower(), size, status)
 
 
-def body_paths(body: DecodedBody) -> dict[str, str]:
-    """Key path -> value class of each body leaf (first occurrence wins for arrays)."""
-    out: dict[str, str] = {}
-    for path, leaf in body.fields:
-        if path not in out:
-            out[path] = values.classify_leaf(leaf)
-    return out
-
-
 def learn(profile: ServiceProfile, obs: Observation, f: Features) -> EndpointRule | None:
     """Extend a profile with one request (learn mode)."""
     now = obs.time
@@ -82,7 +73,7 @@ def learn(profile: ServiceProfile, obs: Observation, f: Features) -> EndpointRul
     if f.content_type and f.content_type not in ctypes and len(ctypes) < limits.max_content_types:
         ctypes.add(f.content_type)
     rule.body_kinds.add(f.body.kind)
-    for path, cls in body_paths(f.body).items():
+    for path, cls in f.body.shape().items():
         _learn_field(rule, rule.body, path, cls, limits.max_body_fields)
     rule.learn_size(f.size)
     if f.status_class:
@@ -142,8 +133,8 @@ def score_reasons(
     kind = f.body.kind
     if kind != "empty" and rule.body_kinds and kind not in rule.body_kinds:
         reasons.append("body-type-mismatch")
-    elif f.body.fields and not rule.open_body:
-        for path, cls in body_paths(f.body).items():
+    elif (shape := f.body.shape()) and not rule.open_body:
+        for path, cls in shape.items():
             classes = rule.body.get(path)
             if classes is None:
                 _add(reasons, "new-body-field")

@@ -60,8 +60,24 @@ _COVERS: dict[str, frozenset[str]] = {
 }
 
 
+_CACHE: dict[str, str] = {}  # short value -> class; values repeat across requests
+_CACHE_MAX = 8192  # cleared when full: bounded whatever the cardinality
+_CACHE_VALUE_MAX = 64  # longer values are rarely repeated
+
+
 def classify(value: str) -> str:
     """Class of one string value (query value, path segment, JSON string, form field)."""
+    cls = _CACHE.get(value)
+    if cls is None:
+        cls = _classify(value)
+        if len(value) <= _CACHE_VALUE_MAX:
+            if len(_CACHE) >= _CACHE_MAX:
+                _CACHE.clear()
+            _CACHE[value] = cls
+    return cls
+
+
+def _classify(value: str) -> str:
     if not value:
         return EMPTY
     n = len(value)
@@ -91,23 +107,22 @@ def classify(value: str) -> str:
     return TEXT
 
 
+_LEAF_KINDS = {
+    int: JSON_INT,
+    float: JSON_NUM,
+    bool: JSON_BOOL,
+    type(None): JSON_NULL,
+    dict: JSON_OBJECT,
+    list: JSON_ARRAY,
+}
+
+
 def classify_leaf(value: object) -> str:
     """Class of one decoded body leaf: JSON kinds for non-strings, string classes for strings."""
-    if isinstance(value, str):
-        return classify(value)
-    if value is None:
-        return JSON_NULL
-    if isinstance(value, bool):
-        return JSON_BOOL
-    if isinstance(value, int):
-        return JSON_INT
-    if isinstance(value, float):
-        return JSON_NUM
-    if isinstance(value, dict):
-        return JSON_OBJECT
-    if isinstance(value, list):
-        return JSON_ARRAY
-    return TEXT
+    kind = _LEAF_KINDS.get(type(value))
+    if kind is not None:
+        return kind
+    return classify(value) if isinstance(value, str) else TEXT
 
 
 def covered(observed: str, learned: set[str] | frozenset[str]) -> bool:
