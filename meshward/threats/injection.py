@@ -22,13 +22,26 @@ MAX_LEN = 4096  # libinjection is linear; this keeps one call bounded
 WEAK_AT_LEVEL_1 = frozenset({"sos"})
 
 
+# A wildcard in a file path (/tmp/*.log, /home/*/docs, ~/src/*.c): a path that starts a word
+# (after a space, '=', ':', '(' or ',', not after a quote) and has a '/*' that opens no comment
+# (no second '*', no MySQL '!'). libinjection reads it as an unclosed comment after a word
+# (fingerprint "nc"), which is how it reads any "word /*..." text.
+_PATH_GLOB = re.compile(r"(?:^|(?<=[\s=:(,]))(?:~|\.{1,2})?(?:/[\w.~*?-]{1,255}){1,64}/\*(?![*!])")
+
+
 def is_sqli(text: str, level: int = 1) -> bool:
     """libinjection's SQLi verdict on text (decoded, case preserved)."""
     if level < 3 and not _SQL_GATE.search(text):
         return False
-    result = libinjection.is_sql_injection(text[:MAX_LEN])
+    text = text[:MAX_LEN]
+    result = libinjection.is_sql_injection(text)
     if level == 1 and result["fingerprint"] in WEAK_AT_LEVEL_1:
         return False
+    if result["is_sqli"] and "/*" in text and _PATH_GLOB.search(text):
+        # Read the path wildcards as the file names they are, and ask again.
+        result = libinjection.is_sql_injection(
+            _PATH_GLOB.sub(lambda m: m.group(0).replace("/*", "/_"), text)
+        )
     return bool(result["is_sqli"])
 
 

@@ -23,12 +23,17 @@ _COMMENT_BODY = re.compile(r"/\*[^*]{0,200}\*/")
 # Pre-filter indicators for the rewrites of `alternate` (also in signatures.INDICATORS).
 COMMENT_INDICATOR = r"/\*[^;,*\r\n]|/\*\*/|[^*/,\s]\*/"  # not the */* of Accept headers
 PATH_INDICATOR = r"(?:^|[^:/])[/\\]\.?[/\\]|\\"
-# Shell quoting inside a word, which the shell joins back: w'h'o'am'i, c""at, who$@ami, wh\oami.
-# Two marks at least, or a backslash (one quote is how apostrophes look: don't, I'd).
-_MARK = r"['\"`\\$@*]"
+# Shell quoting inside a word, which the shell joins back: w'h'o'am'i, c""at, who$@ami, wh\oami,
+# and cmd.exe's caret escapes (p^o^w^e^r^shell). Two marks at least, or a backslash (one quote
+# is how apostrophes look: don't, I'd). An unset variable inside a word expands to nothing
+# (c${u}at).
+_MARK = r"['\"`\\$@*^]"
+_EMPTY_VAR_INDICATOR = r"[a-z]\$\{[a-z_][a-z0-9_]{0,20}\}[a-z]"
 SPLIT_WORD_INDICATOR = (
-    rf"[a-z]{_MARK}{{2,4}}[a-z]|[a-z]{_MARK}{{1,3}}[a-z]{{1,12}}{_MARK}{{1,3}}[a-z]|[a-z]\\[a-z]"
+    rf"[a-z]{_MARK}{{2,4}}[a-z]|[a-z]{_MARK}{{1,3}}[a-z]{{1,12}}{_MARK}{{1,3}}[a-z]|[a-z]\\[a-z]|"
+    + _EMPTY_VAR_INDICATOR
 )
+_EMPTY_VAR = re.compile(r"(?<=[a-z])\$\{[a-z_][a-z0-9_]{0,20}\}(?=[a-z])")
 SPLIT_WORD_HINT = re.compile(SPLIT_WORD_INDICATOR)
 _SPLIT_WORD = re.compile(rf"[a-z]{{1,24}}(?:{_MARK}{{1,4}}[a-z]{{1,12}}){{1,8}}")
 _MARKS = re.compile(_MARK)
@@ -137,8 +142,9 @@ def alternate(norm: str) -> str:
 
 def unsplit(norm: str) -> str:
     """Normalised text with shell quoting removed from inside words that carry two marks or
-    more, or a backslash (w'h'o'am'i, wh\\oami -> whoami), for the command-injection
-    signatures; "" when there is none.
+    more, or a backslash (w'h'o'am'i, wh\\oami, p^o^w^e^r^shell -> whoami, powershell), and
+    variables inside a word dropped (c${u}at -> cat), for the command-injection signatures;
+    "" when there is none.
     Only runs where SPLIT_WORD_INDICATOR (a pre-filter indicator) matches."""
     if not SPLIT_WORD_HINT.search(norm):
         return ""
@@ -148,7 +154,8 @@ def unsplit(norm: str) -> str:
         bare = _MARKS.sub("", word)
         return bare if len(word) - len(bare) >= 2 or "\\" in word else word
 
-    out = _SPLIT_WORD.sub(join, norm)
+    out = _EMPTY_VAR.sub("", norm) if "${" in norm else norm
+    out = _SPLIT_WORD.sub(join, out)
     return "" if out == norm else out
 
 

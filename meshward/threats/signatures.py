@@ -199,6 +199,18 @@ SIGNATURES: tuple[Signature, ...] = (
                     r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
                     r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
                     r"inetpub|boot)"),
+    # Credentials and keys of cloud, cluster and developer tools, in a home or config directory:
+    # a request has no reason to name them
+    S(TRAVERSAL, 1, r"(?:^|[/\\~])\.(?:aws[/\\](?:credentials|config)|kube[/\\]config|"
+                    r"docker[/\\]config\.json|config[/\\]gcloud[/\\]|azure[/\\](?:accesstokens|"
+                    r"azureprofile)|git-credentials)\b|"
+                    r"/etc/(?:ssl/private|pki/tls/private|kubernetes/(?:pki|admin\.conf|"
+                    r"kubelet\.conf|controller-manager\.conf|scheduler\.conf))\b|"
+                    r"\btomcat-users\.xml\b"),
+    # Server configuration files by path, and the password files of developer tools: their
+    # documentation names them often (~/.netrc), so only from level 2
+    S(TRAVERSAL, 2, r"[/\\](?:httpd|apache2|nginx|lighttpd|php-fpm|my|php)\.(?:conf|cnf|ini)\b|"
+                    r"(?:^|[/\\~])\.(?:netrc|pgpass|my\.cnf|npmrc|pypirc)\b"),
     # file URIs: file:///etc/x, file:/etc/x (RFC 8089 short form), file:c:/x, file:/c:x
     S(TRAVERSAL, 1, r"\bfile\s{0,5}:\s{0,5}/{2,3}|\bfile:(?:/[^/\s]|[a-z]:[/\\])"),
     # Backslash-escaped parent step (\.\.\/ or .\./): what a backend that unescapes sees as ../
@@ -218,7 +230,7 @@ SIGNATURES: tuple[Signature, ...] = (
                r"powershell)" + _CMD_END),
     S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}" + _COMMANDS + r"\b"),
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _COMMANDS + r"\s{0,5}(?:[;|`]|\$\()"),
-    S(CMDI, 1, r"^[\s'\"]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
+    S(CMDI, 1, r"^[\s'\"@^]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
                r"/\s|/$|\\\\|[a-z]:[/\\]|\d{1,3}\.\d{1,3}\.|\w{1,40}\s{1,5}/[a-z])"),
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _BARE_COMMANDS + r"(?:\.exe)?[\s'\"]{0,5}$"),
     S(CMDI, 1, r"(?:^|[;&|(`\n]|\$\()\s{0,10}(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
@@ -239,6 +251,22 @@ SIGNATURES: tuple[Signature, ...] = (
     S(CMDI, 1, r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|spawn|"
                r"execsync|spawnsync|os\.system|subprocess\.\w{1,20}|runtime\.getruntime\(\)\."
                r"exec)\s{0,5}\(\s{0,5}(?:['\"`\[]|\$[a-z_])"),
+    # The same functions called on a bare command name (PHP reads an undefined constant as its
+    # name: system(id)), and the command-running APIs whose argument can be any expression
+    # (a variable, a concatenation): Java's Runtime.exec and ProcessBuilder, Node's
+    # child_process, PHP's shell-only functions, PHP's backtick operator on request input.
+    S(CMDI, 1, r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|execsync|"
+               r"spawn|spawnsync)\s{0,5}\(\s{0,5}" + _COMMANDS + r"\s{0,5}[,)]"),
+    S(CMDI, 1, r"\bgetruntime\s{0,5}\(\s{0,5}\)\s{0,5}\.\s{0,5}exec\s{0,5}\(|"
+               r"\bnew\s{1,5}(?:java\.lang\.)?processbuilder\s{0,5}\(|"
+               r"\bchild_process['\"`]?\s{0,5}\)?\s{0,5}\.\s{0,5}(?:exec|execsync|execfile|"
+               r"execfilesync|spawn|spawnsync|fork)\s{0,5}\(|"
+               r"\b(?:shell_exec|passthru|proc_open|pcntl_exec)\s{0,5}\(\s{0,5}[\w$]|"
+               r"`\s{0,5}\$_(?:get|post|request|cookie|server)\b"),
+    # A command reading its input from a file (cat</etc/passwd: no space needed), and bash's
+    # ANSI-C quoting, which spells a command with escapes ($'cat\x20/etc/passwd')
+    S(CMDI, 1, r"^[\s'\"@]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{0,5}<\s{0,5}(?:/|~|\$|"
+               r"\.{1,2}/)|\$'\s{0,5}" + _COMMANDS + _CMD_END),
     S(CMDI, 1, r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\s{1,5}-[a-z]{0,5}e\s|\bmkfifo\s|"
                r"\b(?:bash|sh)\s{1,5}-i\b|\b(?:curl|wget)\s[^\n]{0,200}\|\s{0,5}(?:ba)?sh\b"),
     S(CMDI, 1, r"^\s{0,10}(?:ping|nslookup|dig|sleep|curl|wget)\s{1,5}(?:-[a-z]{1,3}\s{1,5}"
@@ -250,9 +278,11 @@ SIGNATURES: tuple[Signature, ...] = (
     S(CMDI, 1, r"^[\s'\"]{0,10}(?:which|whereis|command\s{1,5}-v|type\s{1,5}-[ap])\s{1,5}"
                + _TOOLS + r"(?:\.exe)?[\s'\"]{0,5}$"),
     # A whole value that is only a command substitution of a shell builtin: the blind probe
-    # `true` / $(false) (inside prose, a Markdown code span looks the same, so not anywhere)
-    S(CMDI, 1, r"^[\s'\"]{0,5}(?:`\s{0,5}(?:true|false)\s{0,5}`|"
-               r"\$\(\s{0,5}(?:true|false)\s{0,5}\))[\s'\"]{0,5}$"),
+    # $(false) / `true` (inside prose, a Markdown code span looks the same, so not anywhere).
+    # The backtick spelling only from level 2: a whole Markdown value `true` is a code span
+    # too, and running true or false has no effect beyond showing that substitution happens.
+    S(CMDI, 1, r"^[\s'\"]{0,5}\$\(\s{0,5}(?:true|false)\s{0,5}\)[\s'\"]{0,5}$"),
+    S(CMDI, 2, r"^[\s'\"]{0,5}`\s{0,5}(?:true|false)\s{0,5}`[\s'\"]{0,5}$"),
     # Wildcards standing in for a binary's path or name: /???/c?t, /bin/wh?ami, /usr/bin/n*
     # (a directory ending in '?' or /bin, then a name with a letter and a wildcard)
     S(CMDI, 1, r"(?:\?|/s?bin)/(?:[a-z]{1,8}[?*]|[?*]{1,8}[a-z])[a-z?*]{0,8}(?:$|[\s;&|`)])"),

@@ -51,7 +51,7 @@ POSITIVE = [
     (CMDI, "which curl"),  # recon: is the download tool there?
     (CMDI, " whereis  nc "),
     (CMDI, "command -v python3"),
-    (CMDI, "`true`"),  # blind probe: the whole value is a command substitution
+    (CMDI, " $(true) "),  # blind probe: the whole value is a command substitution
     (CMDI, '"$(false)"'),
     (CMDI, ";w'h'o'am'i"),  # quotes the shell joins back
     (CMDI, '|c""at /tmp/x'),
@@ -62,6 +62,22 @@ POSITIVE = [
     (CMDI, ";cat${PATH:0:1}tmp${PATH:0:1}x"),  # substring expansion conjures a '/'
     (CMDI, "x?u=\\`whoami\\`"),  # escaped backtick
     (CMDI, "system($cmd)"),  # exec function on a variable
+    (CMDI, "system(id)"),  # PHP reads the bare constant as its name: runs `id`
+    (CMDI, "{${system(whoami)}}"),
+    (CMDI, "Runtime.getRuntime().exec(cmd)"),  # command APIs, whatever the argument
+    (CMDI, "new ProcessBuilder(args).start()"),
+    (CMDI, "require('child_process').exec(c)"),
+    (CMDI, "shell_exec($x)"),
+    (CMDI, "<?=`$_GET[0]`?>"),  # PHP's backtick operator on request input
+    (CMDI, "cat</etc/passwd"),  # input redirection, no space needed
+    (CMDI, "x=$'id';$x"),  # bash ANSI-C quoting
+    (CMDI, "c${u}at /tmp/x"),  # an unset variable inside a word
+    (CMDI, "@^p^o^w^e^r^shell c:\\x"),  # cmd.exe caret escapes
+    (TRAVERSAL, "/home/u/.aws/credentials"),  # cloud and cluster credentials
+    (TRAVERSAL, "~/.kube/config"),
+    (TRAVERSAL, "/etc/kubernetes/admin.conf"),
+    (TRAVERSAL, "/etc/ssl/private/server.key"),
+    (TRAVERSAL, "conf/tomcat-users.xml"),
     (TRAVERSAL, "file:/etc/passwd"),  # RFC 8089 short form
     (TRAVERSAL, "file:/c:/windows/system.ini"),
     (TRAVERSAL, "file:c:\\boot.txt"),
@@ -109,6 +125,12 @@ BENIGN = [
     "see file: /etc/app.conf", "profile:/users/42", "the file:line format",
     "C:\\Program Files\\app\\app.exe", "end of string\x00", "3.14\x00", "version 1.2",
     "https://example.com/download?file=report.pdf", "./configure && make", "a.b.c",
+    "`true`", " `false` ",  # a Markdown code span as the whole value (level 2 reports it)
+    "glob /tmp/*.log", "find /home/*/docs -name x", "backup of /var/www/*.html done",
+    "the system(s) we run", "exec(code) in a namespace", "popen(command) returns a pipe",
+    "the child_process module", "ProcessBuilder and Runtime.exec", "it's $'s and cents",
+    "x^2 + y^2 = r^2", "a^b^c", "@team please review", "cat < 3 years old",
+    "see ~/.aws for details", "the .kube directory", "Hello ${name}s", "user${id}abc",
 ]
 
 
@@ -132,9 +154,46 @@ def test_unsplit_only_joins_words_with_two_marks_or_a_backslash() -> None:
     assert unsplit("wh\\oami") == "whoami"
     assert unsplit("don't; i'd say") == ""  # one apostrophe per word: unchanged
     assert unsplit("plain text") == ""
+    assert unsplit("@^p^o^w^e^r^shell") == "@^powershell"
+    assert unsplit("c${u}at /x") == "cat /x"
+    assert unsplit("${home}/x") == ""  # not inside a word
+
+
+def test_ansi_c_quoting_with_escapes() -> None:
+    assert CMDI in names(q("X=$'cat\\x20/etc/passwd'&&$X"))
+
+
+def test_path_wildcards_are_not_sql_comments() -> None:
+    """`/*` after a path segment is a file-name wildcard; real comments stay SQL."""
+    sqli = "SQL.Injection"
+    for value in ("glob /tmp/*.log", "ls -l /home/*/docs", "cp /var/*/log/*.gz /b/"):
+        for make in PLACES.values():
+            assert sqli not in names(make(value)), value
+    for value in ("admin'/*", "1 union/**/select password from users--", "' /**/or/**/1=1",
+                  "x' or 1=1 /tmp/*", "1/*!50000union*/select 1"):
+        for make in PLACES.values():
+            assert sqli in names(make(value)), value
 
 
 def test_whole_value_substitution_needs_the_whole_value() -> None:
     """Inside prose a Markdown code span looks the same, so only a whole value counts."""
     assert CMDI not in names(js("set it to `true` when ready"))
-    assert CMDI in names(js(" `true` "))
+    assert CMDI not in names(js("set it to $(true) when ready"))
+    assert CMDI in names(js(" $(true) "))
+
+
+@pytest.mark.parametrize("value", ["`true`", " `false` ", '"`true`"'])
+def test_backtick_true_is_a_markdown_code_span_at_level_1(value: str) -> None:
+    """A Markdown field whose whole value is `true` is a code span, and running true or false
+    does nothing: level 1 leaves it, level 2 reports the probe."""
+    for make in PLACES.values():
+        assert CMDI not in names(make(value)), value
+        assert CMDI in names(make(value), ThreatDetector(level=2)), value
+
+
+def test_config_and_dotfile_passwords_only_from_level_2() -> None:
+    """Documentation names ~/.netrc and httpd.conf often: level 2 reports them, level 1 not."""
+    level2 = ThreatDetector(level=2)
+    for value in ("~/.netrc", "/usr/local/apache2/conf/httpd.conf", "/home/u/.pgpass"):
+        assert TRAVERSAL not in names(q(value)), value
+        assert TRAVERSAL in names(q(value), level2), value
