@@ -14,6 +14,11 @@ A payload counts as detected in a placement when a threat of its class is report
 ("any" columns: any threat at all). Blank lines and comment lines ("# " at the start) of the
 payload lists are not payloads and are skipped; duplicates are counted once.
 
+Some rows of a class's lists cannot be that attack: a lone separator runs no command, a path
+made only of `./` steps leaves no directory. For Command.Injection and Path.Traversal the
+"excl" columns give the rate over the rows left once a general rule (printed with the tables,
+see NOT_OF_CLASS) sets such rows aside; the strict rate stays the figure the goal is about.
+
 Run: .venv/bin/python bench/detect.py [--levels 1,2,3] [--show N]
 Data: $MESHWARD_SHARED, else ../shared/data next to the repository.
 """
@@ -38,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from meshward.bodies import decode_body, parse_query
 from meshward.observation import Observation
 from meshward.threats import ThreatDetector
-from meshward.threats.normalise import alternate, normalise
+from meshward.threats.normalise import alternate, decode, look_alikes, normalise
 
 CLASSES = {
     "sqli": "SQL.Injection",
@@ -50,6 +55,107 @@ CLASSES = {
     "ssti": "Template.Injection",
 }
 PLACEMENTS = ("query", "json", "header")
+
+# Names of commands, for the "not a command" rule: the POSIX.1-2017 utilities and shell
+# builtins, common Linux, network and scripting tools, and Windows cmd.exe commands and tools.
+# Independent of the detector's own lists (signatures.py), and wide on purpose: a row that names
+# any of them stays counted.
+_COMMAND_NAMES = """
+    admin alias ar asa at awk basename batch bc bg c99 cal cat cd cflow chgrp chmod chown cksum
+    cmp comm command compress cp crontab csplit ctags cut cxref date dd delta df diff dirname
+    du echo ed env ex expand expr false fc fg file find fold fort77 fuser gencat get getconf
+    getopts grep hash head iconv id ipcrm ipcs jobs join kill lex link ln locale localedef
+    logger logname lp ls m4 mailx make man mesg mkdir mkfifo more mv newgrp nice nl nm nohup od
+    paste patch pathchk pax pr printf prs ps pwd read renice rm rmdel rmdir sact sccs sed sh
+    sleep sort split strings strip stty tabs tail talk tee test time touch tput tr true tsort
+    tty type ulimit umask unalias uname uncompress unexpand unget uniq unlink uucp uustat uux
+    val vi wait wc what who write xargs yacc zcat
+    source export set unset eval exec exit return trap shift readonly local declare typeset
+    print let history
+    whoami hostname ifconfig ip netstat ss ping ping6 traceroute tracepath nslookup dig host
+    curl wget nc ncat netcat socat telnet ssh scp sftp ftp tftp rsync bash zsh ksh dash csh tcsh
+    fish busybox python python2 python3 perl ruby php node nodejs lua java gcc cc base64 base32
+    xxd openssl uptime sudo su passwd useradd usermod userdel groupadd chpasswd shutdown reboot
+    halt poweroff systemctl service last lastlog w finger lsof lsmod modprobe insmod mount
+    umount free top dmesg journalctl route arp iptables nft nmap tcpdump less tac rev md5sum
+    sha1sum sha256sum sum gzip gunzip bzip2 xz tar zip unzip gawk nawk egrep fgrep locate which
+    whereis printenv getent groups chattr lsattr stat readlink realpath mktemp timeout watch
+    setsid strace chroot cpio shred uname apt yum dnf apk pip npm docker kubectl
+    cmd powershell pwsh dir copy move del erase ren rename md rd cls ver vol ipconfig
+    systeminfo tasklist taskkill net netsh reg regedit wmic sc schtasks certutil bitsadmin
+    tracert pathping findstr attrib icacls cacls cscript wscript mshta rundll32 regsvr32
+    msiexec start call query qwinsta quser runas xcopy robocopy comp tree sysinfo
+"""
+COMMAND_WORDS = frozenset(_COMMAND_NAMES.split())
+_SHELL_JOIN = re.compile(r"(?<=\w)(?:['\"`\\^]|\$@)+(?=\w)")  # w'h'o'am'i, wh\oami, p^ing
+_WORD = re.compile(r"[a-z][a-z0-9_]*(?:\.exe)?")
+_NAME_WILDCARD = re.compile(r"[a-z][?*]|[?*][a-z]")  # /???/c?t, wh?ami
+_SUBSTITUTION = re.compile(r"`[^`]+`|\$\(")
+# Functions of PHP, Python, Ruby, Perl, Java and Node that hand their argument to a shell.
+EXEC_FUNCTIONS = frozenset(
+    ("system", "exec", "passthru", "shell_exec", "popen", "proc_open", "pcntl_exec", "spawn",
+     "execsync", "spawnsync", "execfile", "execfilesync", "check_output", "check_call",
+     "getoutput", "getstatusoutput", "processbuilder")
+)
+
+
+def not_a_command(payload: str) -> bool:
+    """True when the row can run no command (see CMD_RULE)."""
+    text = look_alikes(decode(payload)).lower()
+    if _SUBSTITUTION.search(text):
+        return False
+    text = _SHELL_JOIN.sub("", text)
+    if _NAME_WILDCARD.search(text):
+        return False
+    for m in _WORD.finditer(text):
+        word = m.group().removesuffix(".exe")
+        if text[m.end() : m.end() + 1] == "(":
+            if word in EXEC_FUNCTIONS:
+                return False
+            continue  # another function call (phpinfo(), sleep(5)), not a command
+        if word in COMMAND_WORDS:
+            return False
+    return True
+
+
+CMD_RULE = (
+    "not a command: after decoding and joining shell-quoted words (w'h'o'am'i), no word "
+    f"names a command (one of {len(COMMAND_WORDS)}: POSIX utilities and builtins, common "
+    "Linux/network/Windows tools; a word followed by '(' is a function call), no call of a "
+    f"function that runs a shell ({len(EXEC_FUNCTIONS)}: system, exec, popen, ...), no `...` "
+    "or $( substitution, and no wildcard standing in for a name (/???/c?t)"
+)
+_PLACEHOLDER = re.compile(r"\{[^{}/]{0,40}\}")
+
+
+def not_a_traversal(payload: str) -> bool:
+    """True when the row names no file outside its directory (see PATH_RULE)."""
+    text = _PLACEHOLDER.sub("", look_alikes(decode(payload)))
+    if "\x00" in text or ":" in text or "~" in text:
+        return False
+    # '\\' read both ways: as a Windows separator, and as a shell escape (\.\./ is ../)
+    for reading in (text.replace("\\", "/"), text.replace("\\", "")):
+        for segment in reading.split("/"):
+            if len(segment) > 1 and not segment.strip("."):
+                return False  # a '..' or '...' step
+            segment = segment.rstrip(". ")  # as Windows reads a name: trailing dots dropped
+            if len(set(segment)) > 1:
+                return False  # a name
+            # else empty, '.' or one character repeated: a filler or overflow probe (/aaaa...)
+    return True
+
+
+PATH_RULE = (
+    "not a traversal: after decoding and folding look-alikes (fullwidth dots), no ':' (drive, "
+    "scheme), '~' or NUL, and every path segment ({placeholders} removed, '\\' read both as "
+    "'/' and as an escape, trailing dots dropped as Windows does) is empty, '.', or one "
+    "character repeated (filler probes such as /aaaa...): no '..' step and no file named"
+)
+# Per class: (rule text, row classifier)
+NOT_OF_CLASS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "Command.Injection": (CMD_RULE, not_a_command),
+    "Path.Traversal": (PATH_RULE, not_a_traversal),
+}
 
 
 def shared_data() -> Path:
@@ -104,17 +210,33 @@ def load_httpparams(root: Path) -> tuple[dict[str, list[str]], list[str]]:
 
 
 def rates(det: ThreatDetector, payloads: list[str], want: str | None) -> dict[str, float]:
-    """Share of payloads with a threat (of class `want`, or any) per placement."""
+    """Share of payloads with a threat (of class `want`, or any) per placement; for classes in
+    NOT_OF_CLASS also the share over the rows the rule keeps ("excl-*"), how many rows it set
+    aside ("excluded") and how many of those were flagged with the class all the same."""
     hits = dict.fromkeys(PLACEMENTS, 0)
     anyhits = dict.fromkeys(PLACEMENTS, 0)
+    kept_hits = dict.fromkeys(PLACEMENTS, 0)
+    rule = NOT_OF_CLASS.get(want or "")
+    excluded = flagged_anyway = 0
     for p in payloads:
+        out_of_class = bool(rule and rule[1](p))
+        excluded += out_of_class
         for where in PLACEMENTS:
             threats = det.inspect(place(p, where)).threats
             anyhits[where] += bool(threats)
-            hits[where] += any(t.name == want for t in threats)
+            hit = any(t.name == want for t in threats)
+            hits[where] += hit
+            if out_of_class:
+                flagged_anyway += hit and where == "query"
+            else:
+                kept_hits[where] += hit
     n = max(len(payloads), 1)
     out = {w: 100.0 * hits[w] / n for w in PLACEMENTS}
     out.update({f"any-{w}": 100.0 * anyhits[w] / n for w in PLACEMENTS})
+    if rule:
+        kept = max(len(payloads) - excluded, 1)
+        out.update({f"excl-{w}": 100.0 * kept_hits[w] / kept for w in PLACEMENTS})
+        out.update(excluded=excluded, flagged_anyway=flagged_anyway)
     return out
 
 
@@ -129,20 +251,36 @@ def print_table(
 ) -> None:
     print(f"\n{title}")
     cols = "query   json  header | any:query   json  header"
+    if not fp:
+        cols += " | excl: rows  query   json  header"
     print(f"  {'class':<16}{'n':>6}  {cols}")
+    notes: list[str] = []
     for name, n, r in rows:
         mark = ""
         if not fp and min(r[w] for w in PLACEMENTS) < 95.0:
-            mark = "  < 95%"
+            mark = "  < 95% strict"
         if fp and max(r[f"any-{w}"] for w in PLACEMENTS) > 0.5:
             mark = "  > 0.5%"
+        excl = ""
+        if "excluded" in r:
+            excl = f" | {-int(r['excluded']):>10}  " + "  ".join(
+                f"{r['excl-' + w]:5.1f}" for w in PLACEMENTS
+            )
+            notes.append(f"{name}: {int(r['excluded'])} rows set aside as not of the class, "
+                         f"{int(r['flagged_anyway'])} of them flagged with it all the same "
+                         "(query)")
+        elif not fp:
+            excl = " |          -      -      -      -"
         print(
             f"  {name:<16}{n:>6}  "
             + "  ".join(f"{r[w]:5.1f}" for w in PLACEMENTS)
             + " | "
             + "  ".join(f"{r['any-' + w]:{8 if fp else 5}.{2 if fp else 1}f}" for w in PLACEMENTS)
+            + excl
             + mark
         )
+    for note in notes:
+        print(f"    {note}")
 
 
 def api_false_positives(det: ThreatDetector, n: int = 20_000) -> tuple[int, int]:
@@ -262,6 +400,10 @@ def main() -> int:
     print(f"payload lists: {sum(map(len, payloads.values()))} unique payloads, "
           f"{skipped} blank/comment lines skipped; httpparams: "
           f"{sum(map(len, attacks.values()))} attack rows, {len(norm)} norm rows")
+    print("strict: a threat of the row's class; any: any threat; excl: strict, over the rows "
+          "left once these rules set aside rows that cannot be of the class:")
+    for cls, (rule, _) in NOT_OF_CLASS.items():
+        print(f"  {cls}: {rule}")
     for level in [int(x) for x in args.levels.split(",")]:
         det = ThreatDetector(level=level)
         print(f"\n=== level {level} ===")
