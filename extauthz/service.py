@@ -98,12 +98,9 @@ class CheckService:
         md = dict(context.invocation_metadata() or ())
         return str(md.get("x-meshward-namespace", "")), str(md.get("x-meshward-workload", ""))
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check, request_deserializer=_deserialize, response_serializer=_serialize
-                )
-            },
-        )
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self.check, request_deserializer=_deserialize, response_serializer=_serialize
+            )
+        }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -47,19 +48,26 @@ class Identity:
     @classmethod
     def parse(cls, text: str, *, ip: str = "", port: int = 0) -> Identity:
         """Read the identity spellings meshes use: SPIFFE, Linkerd, service DNS, `ns/name`."""
-        text = (text or "").strip()
-        if not text or text == "unknown":
-            return cls(ip=ip, port=port)
-        if m := _SPIFFE.match(text):
-            return cls(m["ns"], m["sa"], text, ip, port)
-        if m := _LINKERD.match(text):
-            return cls(m["ns"], m["sa"], text, ip, port)
-        if m := _SVC_DNS.match(text.lower()):
-            return cls(m["ns"], m["svc"], "", ip, port)
-        if "/" in text and "://" not in text:
-            ns, _, name = text.partition("/")
-            return cls(ns, name, "", ip, port)
-        return cls("", text, "", ip, port)
+        namespace, workload, principal = _parse_name(text or "")
+        return cls(namespace, workload, principal, ip, port)
+
+
+@functools.lru_cache(maxsize=4096)  # a mesh has few identities and every request names two
+def _parse_name(text: str) -> tuple[str, str, str]:
+    """(namespace, workload, principal) of one identity spelling."""
+    text = text.strip()
+    if not text or text == "unknown":
+        return "", "", ""
+    if m := _SPIFFE.match(text):
+        return m["ns"], m["sa"], text
+    if m := _LINKERD.match(text):
+        return m["ns"], m["sa"], text
+    if m := _SVC_DNS.match(text.lower()):
+        return m["ns"], m["svc"], ""
+    if "/" in text and "://" not in text:
+        ns, _, name = text.partition("/")
+        return ns, name, ""
+    return "", text, ""
 
 
 @dataclass(slots=True)

@@ -215,10 +215,10 @@ class Server:
 
         host = self.config.listen_host
         self.ports["authz"] = await self._grpc_server(
-            self.check.handler(), authz_service.SERVICE, host, self.config.authz_port
+            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
         )
         self.ports["tap"] = await self._grpc_server(
-            self.tap.handler(), extproc.SERVICE, host, self.config.tap_port
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port
         )
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -233,10 +233,13 @@ class Server:
         event(log, "serving", host=host, **self.ports)
 
     async def _grpc_server(
-        self, handler: grpc.GenericRpcHandler, service: str, host: str, port: int
+        self, methods: dict[str, grpc.RpcMethodHandler], service: str, host: str, port: int
     ) -> int:
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        server.add_generic_rpc_handlers((handler,))
+        # registered methods are matched in gRPC's core, before any Python runs (the fast path
+        # generated stubs use); the generic handler serves the same methods to anything else
+        server.add_registered_method_handlers(service, methods)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(

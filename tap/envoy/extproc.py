@@ -140,12 +140,9 @@ class TapService:
         except Exception as exc:
             self.problems("tap", "sink-failed", error=repr(exc)[:200])
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Process": grpc.stream_stream_rpc_method_handler(
-                    self.process, request_deserializer=_deserialize, response_serializer=_serialize
-                )
-            },
-        )
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "Process": grpc.stream_stream_rpc_method_handler(
+                self.process, request_deserializer=_deserialize, response_serializer=_serialize
+            )
+        }

@@ -1,0 +1,103 @@
+"""Identity spellings, and the memoised pieces of the hot path staying correct and bounded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshward import values
+from meshward.bodies import decode_body
+from meshward.observation import Identity
+
+
+@pytest.mark.parametrize(
+    ("text", "namespace", "workload", "principal"),
+    [
+        ("spiffe://cluster.local/ns/shop/sa/web", "shop", "web", "spiffe://cluster.local/ns/shop/sa/web"),
+        (
+            "web.shop.serviceaccount.identity.linkerd.cluster.local",
+            "shop",
+            "web",
+            "web.shop.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        ("Orders.Shop.svc.cluster.local:8080", "shop", "orders", ""),
+        ("shop/web", "shop", "web", ""),
+        ("  web  ", "", "web", ""),
+        ("unknown", "", "", ""),
+        ("", "", "", ""),
+        ("spiffe://td/other/path", "", "spiffe://td/other/path", ""),
+    ],
+)  # fmt: skip
+def test_identity_spellings(text: str, namespace: str, workload: str, principal: str) -> None:
+    for _ in range(2):  # the second parse comes from the memo and must be the same
+        ident = Identity.parse(text, ip="10.0.0.1", port=80)
+        assert (ident.namespace, ident.workload) == (namespace, workload)
+        assert ident.principal == principal
+        assert (ident.ip, ident.port) == ("10.0.0.1", 80)
+
+
+def test_parsed_identities_are_independent() -> None:
+    """Callers change the Identity they get (ext_authz sets the namespace): the memo must not
+    hand the same object to the next request."""
+    a = Identity.parse("spiffe://td/ns/shop/sa/web")
+    a.namespace = "changed"
+    assert Identity.parse("spiffe://td/ns/shop/sa/web").namespace == "shop"
+
+
+def test_value_class_memo_is_bounded_and_exact() -> None:
+    values._CACHE.clear()
+    for i in range(values._CACHE_MAX * 2):
+        assert values.classify(f"user{i:06d}x") == values.WORD
+    assert len(values._CACHE) <= values._CACHE_MAX
+    assert values.classify("12") == values.INT
+    assert values.classify("12") == values.INT  # from the memo
+    long = "g1" * 40  # longer than the memo keeps
+    assert values.classify(long) == values.TOKEN and long not in values._CACHE
+
+
+def test_json_shape_and_fields_agree() -> None:
+    """The allowlist's shape walk and the detectors' fields walk see the same leaves and limits,
+    whichever runs first."""
+    doc = {
+        "id": 7,
+        "user": {"name": "ada", "email": "ada@example.com", "tags": ["a", "b"]},
+        "items": [{"sku": "x1", "qty": 1}, {"sku": "x2", "qty": 2, "gift": True}],
+        "weird key": None,
+        "price": 1.5,
+    }
+    body = json.dumps(doc).encode()
+    first_shape = decode_body("application/json", body)
+    shape = first_shape.shape()
+    assert shape == {
+        "$.id": "integer",
+        "$.user.name": "word",
+        "$.user.email": "email",
+        "$.user.tags[]": "word",
+        "$.items[].sku": "word",
+        "$.items[].qty": "integer",
+        "$.items[].gift": "boolean",
+        '$["weird key"]': "null",
+        "$.price": "number",
+    }
+    first_fields = decode_body("application/json", body)
+    assert len(first_fields.fields) == 12 and len(first_fields.keys) == 13
+    assert first_fields.shape() == shape
+    assert first_shape.fields == first_fields.fields and first_shape.keys == first_fields.keys
+    for max_fields in (1, 3, 5, 12, 13, 100):
+        a = decode_body("application/json", body, max_fields=max_fields)
+        b = decode_body("application/json", body, max_fields=max_fields)
+        a.shape()
+        b.fields  # noqa: B018
+        assert a.partial == b.partial == (max_fields < 13)
+        assert a.shape() == b.shape()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": NaN}', b'{"big": 123456789012345678901234567890}', b'{"s": "\\ud800"}'],
+)
+def test_json_the_fast_parser_refuses_is_still_read(body: bytes) -> None:
+    """orjson refuses these; the json module reads them, so their kind does not change."""
+    d = decode_body("application/json", body)
+    assert d.kind == "json" and d.fields and not d.partial
