@@ -69,6 +69,12 @@ _TOOLS = (
     r"(?:curl|wget|nc|ncat|netcat|socat|telnet|nmap|perl|python[23]?|ruby|php|gcc|cc|bash|sh|"
     r"zsh|ksh|busybox|tftp|base64|xxd|openssl|powershell|pwsh)"
 )
+# PowerShell cmdlets that read files, run commands or fetch payloads
+_CMDLETS = (
+    r"(?:invoke-(?:expression|webrequest|restmethod|command|wmimethod)|get-(?:childitem|content|"
+    r"process|wmiobject|ciminstance|localuser|acl)|start-process|set-content|add-content|"
+    r"remove-item|new-object|out-file|set-executionpolicy)"
+)
 _NOSQL_OPS = (
     r"(?:ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|or|and|not|nor|expr|elemmatch|"
     r"function|accumulator|eval|type|size|all|mod|text|jsonschema|lookup|comment)"
@@ -263,6 +269,12 @@ SIGNATURES: tuple[Signature, ...] = (
                r"execfilesync|spawn|spawnsync|fork)\s{0,5}\(|"
                r"\b(?:shell_exec|passthru|proc_open|pcntl_exec)\s{0,5}\(\s{0,5}[\w$]|"
                r"`\s{0,5}\$_(?:get|post|request|cookie|server)\b"),
+    # Ruby's %x() command literal, .NET's Process.Start, and PowerShell cmdlets that read, run
+    # or fetch: after a separator, or starting the value with an argument (a path, a switch)
+    S(CMDI, 1, r"%x[({\[]\s{0,5}" + _COMMANDS + _CMD_END + r"|\bprocess\s{0,5}\.\s{0,5}start"
+               r"\s{0,5}\(\s{0,5}[\"'@$]"),
+    S(CMDI, 1, r"(?:(?:[;&|`]|\$\()\s{0,10}" + _CMDLETS + r"(?:$|[\s;|)])|^[\s'\"]{0,10}" + _CMDLETS
+               + r"\s{1,5}(?:-[a-z]|[a-z]:[/\\]|[/\\$'\"]|https?:))"),
     # A command reading its input from a file (cat</etc/passwd: no space needed), and bash's
     # ANSI-C quoting, which spells a command with escapes ($'cat\x20/etc/passwd')
     S(CMDI, 1, r"^[\s'\"@]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{0,5}<\s{0,5}(?:/|~|\$|"

