@@ -8,9 +8,11 @@ raising, whatever the input.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import zlib
+from collections.abc import Iterable
 from urllib.parse import unquote_plus
 from xml.parsers import expat
 
@@ -239,8 +241,12 @@ def _decode_json(
 
 
 MAX_WALK_DEPTH = 256  # the walk recurses once per level: far below Python's recursion limit
-_CHILD_PATHS: dict[tuple[str, str], str] = {}  # (parent path, key) -> child path, bounded
-_CHILD_PATHS_MAX = 16384
+# parent path -> {key: child path}, shared by all walks: array elements and requests repeat
+# their paths. Bounded: at most _MEMO_PARENTS parents (then cleared) and _MEMO_KEYS keys each
+# (maps keyed by ids are computed, not kept).
+_CHILD_PATHS: dict[str, dict[str, str]] = {}
+_MEMO_PARENTS = 4096
+_MEMO_KEYS = 256
 
 
 def _walk_json(
@@ -251,53 +257,61 @@ def _walk_json(
     keys: list[tuple[str, str]] | None = None,
 ) -> bool:
     """Walk a JSON document once, in document order, filling what is given: `shape` (leaf
-    classes by generalised path), `fields` (leaves) and `keys` (object keys by parent). Returns
-    whether a limit stopped it: depth (`max_depth`), or `max_fields` leaves or keys; the limits
-    count the same whatever is collected.
+    classes by generalised path, the first leaf of a path wins), `fields` (leaves) and `keys`
+    (object keys by parent). Returns whether a limit stopped it: depth (`max_depth`), or
+    `max_fields` leaves or keys; the limits count the same whatever is collected.
 
     This is on the engine's hot path: recursive (one frame per level, at most MAX_WALK_DEPTH),
-    with child paths memoised across requests (array elements and repeated requests repeat
-    them) and each path classified once.
+    child paths memoised, each path classified once, leaves handled inline.
     """
     max_depth, max_fields = body.max_depth, body.max_fields
     memo = _CHILD_PATHS
-    if len(memo) > _CHILD_PATHS_MAX:
+    if len(memo) > _MEMO_PARENTS:
         memo.clear()
-    n_leaves = n_keys = 0
+    leaves_left = keys_left = max_fields
     stopped = False
-
-    def leaf(path: str, value: object) -> bool:
-        nonlocal n_leaves, stopped
-        if n_leaves >= max_fields:
-            stopped = True
-            return False
-        n_leaves += 1
-        if shape is not None and path not in shape:
-            shape[path] = classify_leaf(value)
-        if fields is not None:
-            fields.append((path, value))  # type: ignore[arg-type]  # json leaves are Leaf
-        return True
 
     def visit(node: object, path: str, depth: int) -> bool:
         """False once a limit stopped the walk."""
-        nonlocal n_keys, stopped
+        nonlocal leaves_left, keys_left, stopped
         if depth >= max_depth:
             stopped = True
             return True
         if type(node) is dict:
-            for k, v in node.items():
-                if n_keys >= max_fields:
-                    stopped = True
-                    return False
-                n_keys += 1
+            kids = memo.get(path)
+            if kids is None:
+                kids = memo[path] = {}
+            pairs: Iterable[tuple[str, object]] = node.items()
+            last = len(node) > keys_left
+            if last:  # the key limit falls inside this object
+                pairs = itertools.islice(pairs, keys_left)
+                keys_left = 0
+            else:
+                keys_left -= len(node)
+            for k, v in pairs:
                 if keys is not None:
                     keys.append((path, k))
-                child = memo.get((path, k))
+                child = kids.get(k)
                 if child is None:
-                    child = memo[(path, k)] = _child(path, k)
+                    child = _child(path, k)
+                    if len(kids) < _MEMO_KEYS:
+                        kids[k] = child
                 t = type(v)
-                if not (visit(v, child, depth + 1) if t is dict or t is list else leaf(child, v)):
-                    return False
+                if t is dict or t is list:
+                    if not visit(v, child, depth + 1):
+                        return False
+                else:
+                    if not leaves_left:
+                        stopped = True
+                        return False
+                    leaves_left -= 1
+                    if shape is not None and child not in shape:
+                        shape[child] = classify_leaf(v)
+                    if fields is not None:
+                        fields.append((child, v))  # type: ignore[arg-type]  # a JSON leaf
+            if last:
+                stopped = True
+                return False
         else:
             items: list[object] = node  # type: ignore[assignment]
             if len(items) > max_fields:
@@ -306,15 +320,28 @@ def _walk_json(
             child = path + "[]"
             for v in items:
                 t = type(v)
-                if not (visit(v, child, depth + 1) if t is dict or t is list else leaf(child, v)):
-                    return False
+                if t is dict or t is list:
+                    if not visit(v, child, depth + 1):
+                        return False
+                else:
+                    if not leaves_left:
+                        stopped = True
+                        return False
+                    leaves_left -= 1
+                    if shape is not None and child not in shape:
+                        shape[child] = classify_leaf(v)
+                    if fields is not None:
+                        fields.append((child, v))  # type: ignore[arg-type]
         return True
 
     doc = body._doc
     if type(doc) is dict or type(doc) is list:
         visit(doc, "$", 0)
-    else:
-        leaf("$", doc)
+    else:  # a scalar document: one leaf at the root
+        if shape is not None:
+            shape["$"] = classify_leaf(doc)
+        if fields is not None:
+            fields.append(("$", doc))  # type: ignore[arg-type]
     return stopped
 
 
