@@ -242,11 +242,12 @@ def _decode_json(
 
 MAX_WALK_DEPTH = 256  # the walk recurses once per level: far below Python's recursion limit
 # parent path -> {key: child path}, shared by all walks: array elements and requests repeat
-# their paths. Bounded: at most _MEMO_PARENTS parents (then cleared) and _MEMO_KEYS keys each
-# (maps keyed by ids are computed, not kept).
+# their paths. Bounded: cleared past _MEMO_PARENTS parents; at most _MEMO_KEYS keys per parent
+# (maps keyed by ids are computed, not kept) and only keys of up to _MEMO_KEY_LEN characters.
 _CHILD_PATHS: dict[str, dict[str, str]] = {}
-_MEMO_PARENTS = 4096
-_MEMO_KEYS = 256
+_MEMO_PARENTS = 1024
+_MEMO_KEYS = 64
+_MEMO_KEY_LEN = 64
 
 
 def _walk_json(
@@ -294,7 +295,7 @@ def _walk_json(
                 child = kids.get(k)
                 if child is None:
                     child = _child(path, k)
-                    if len(kids) < _MEMO_KEYS:
+                    if len(kids) < _MEMO_KEYS and len(k) <= _MEMO_KEY_LEN:
                         kids[k] = child
                 t = type(v)
                 if t is dict or t is list:

@@ -48,11 +48,12 @@ class Identity:
     @classmethod
     def parse(cls, text: str, *, ip: str = "", port: int = 0) -> Identity:
         """Read the identity spellings meshes use: SPIFFE, Linkerd, service DNS, `ns/name`."""
-        namespace, workload, principal = _parse_name(text or "")
+        text = text or ""
+        parse = _parse_name_memo if len(text) <= 256 else _parse_name
+        namespace, workload, principal = parse(text)
         return cls(namespace, workload, principal, ip, port)
 
 
-@functools.lru_cache(maxsize=4096)  # a mesh has few identities and every request names two
 def _parse_name(text: str) -> tuple[str, str, str]:
     """(namespace, workload, principal) of one identity spelling."""
     text = text.strip()
@@ -68,6 +69,10 @@ def _parse_name(text: str) -> tuple[str, str, str]:
         ns, _, name = text.partition("/")
         return ns, name, ""
     return "", text, ""
+
+
+# a mesh has few identities and every request names two; bounded in count and length
+_parse_name_memo = functools.lru_cache(maxsize=4096)(_parse_name)
 
 
 @dataclass(slots=True)

@@ -101,3 +101,16 @@ def test_json_the_fast_parser_refuses_is_still_read(body: bytes) -> None:
     """orjson refuses these; the json module reads them, so their kind does not change."""
     d = decode_body("application/json", body)
     assert d.kind == "json" and d.fields and not d.partial
+
+
+def test_child_path_memo_is_bounded_under_high_cardinality_keys() -> None:
+    """Bodies keyed by ids (a new key every request) must not grow the path memo without end."""
+    from meshward import bodies
+
+    for i in range(5000):
+        doc = {f"user-{i}": {f"k{j}-{i}": j for j in range(5)}, "x" * 200 + str(i): 1}
+        decode_body("application/json", json.dumps(doc).encode()).shape()
+    memo = bodies._CHILD_PATHS
+    assert len(memo) <= bodies._MEMO_PARENTS + 1
+    assert all(len(kids) <= bodies._MEMO_KEYS for kids in memo.values())
+    assert all(len(k) <= bodies._MEMO_KEY_LEN for kids in memo.values() for k in kids)
