@@ -5,8 +5,10 @@ One run prints, per sensitivity level:
   a query value (URL-encoded), a JSON body field and a header (user-agent);
 - per class, the detection rate on the attack rows of httpparams/payload_train.csv, and the
   false-positive rate on its `norm` rows, placed the same way;
-- the false-positive rate on 20,000 normal requests of the engine's OpenAPI sample traffic, and
-  on 20,000 lines of English technical prose (Python stdlib comments) in a JSON field;
+- the false-positive rate on 20,000 normal requests of the engine's OpenAPI sample traffic, on
+  20,000 lines of English technical prose (Python stdlib comments) in a JSON field, and on
+  20,000 lines of generated benign user text (benign_text: developer chat and Markdown with
+  inline code, shell-tutorial text, support tickets, product descriptions) in a JSON field;
 and then the time per typical request (1 KB JSON body, 10 headers) against a baseline of
 normalisation alone (decode every value the detector would look at, match nothing).
 
@@ -19,7 +21,7 @@ made only of `./` steps leaves no directory. For Command.Injection and Path.Trav
 "excl" columns give the rate over the rows left once a general rule (printed with the tables,
 see NOT_OF_CLASS) sets such rows aside; the strict rate stays the figure the goal is about.
 
-Run: .venv/bin/python bench/detect.py [--levels 1,2,3] [--show N]
+Run: .venv/bin/python bench/detect.py [--levels 1,2,3] [--show N] [--show-prose N]
 Data: $MESHWARD_SHARED, else ../shared/data next to the repository.
 """
 
@@ -29,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -322,6 +325,119 @@ def prose_false_positives(det: ThreatDetector) -> tuple[int, int, dict[str, int]
     return len(lines), flagged, by_name
 
 
+# ---- Benign free text as users type it into JSON fields (comments, chat messages, tickets,
+# descriptions). Written for this bench from templates, seeded: developer chat and Markdown
+# with inline code, shell-tutorial text, support tickets, product descriptions. Command names
+# that are also English words (sleep, cat, id, time, kill, ...) appear as words, as commands
+# in code spans, and as commands in running text, the way people write about them.
+_CODE = (
+    "ls -la", "ls", "cat notes.txt", "cat README.md", "git status", "git log --oneline",
+    "kubectl get pods -n prod", "docker ps -a", "npm install", "pip install -r requirements.txt",
+    "grep -rn TODO src/", "tail -f app.log", "sleep 5", "echo $PATH", "curl -I https://example.com",
+    "make test", "id -u", "ps aux", "kill -9 1234", "find . -name '*.py'", "sort -u names.txt",
+    "head -n 20 data.csv", "time make", "which python3", "chmod +x run.sh", "ssh deploy@build01",
+    "whoami", "uname -a", "ping 8.8.8.8", "cd ~/projects", "less server.log", "more CHANGES",
+    "wc -l *.csv", "du -sh .", "df -h", "env | sort", "export FOO=bar", "type python",
+    "touch .env.local", "dig example.com", "nc -zv db 5432", "python3 -m venv .venv",
+    "systemctl restart nginx", "journalctl -u app --since today", "tar xzf release.tgz",
+    "sed -i 's/foo/bar/' config.yml", "awk '{print $2}' out.txt", "date +%F", "top -o cpu",
+)
+_IDENT = (
+    "id", "user_id", "type", "time", "sleep()", "cat", "None", "true", "false", "--force",
+    "$HOME", "config.yaml", "more", "kill", "head", "sort", "find()", "echo", "env", "net",
+    "timeout", "ping", "which", "reg", "del", "dir", "ver", "su", "ps", "tee", "pwd",
+)
+_PURPOSE = (
+    "list files", "check the state", "see what changed", "find the culprit", "clean up",
+    "print the first rows", "wait a bit between retries", "get your user id", "stop it",
+    "inspect the container", "see the logs", "find large files", "sort them",
+)
+_AFTER = (
+    "and got a permission error", "and it hangs forever", "and nothing happens", "but it "
+    "still fails", "and it works now, thanks!", "and the output looks wrong", "twice",
+    "before the deploy", "on the build box", "from the repo root",
+)
+_WORDS_AFTER_SEP = (
+    "sleep well", "sleep tight everyone", "cat is fine now", "cat food order missing",
+    "time to escalate", "time flies", "more details below", "more to come", "kill the "
+    "subscription please", "find attached the receipt", "find the invoice attached",
+    "sort it out asap", "id card attached", "id is in the subject", "echo of the last "
+    "ticket", "type of issue: billing", "less urgent than before", "head office was "
+    "notified", "which plan am I on?", "net price was wrong", "ping me when resolved",
+    "touch screen not responding", "export to CSV fails", "dig deeper please", "env is "
+    "staging", "su casa es mi casa", "timeout after 30 seconds", "dir. Smith approved it",
+    "type in your code again", "echo chamber", "head of support cc'd", "ps: thanks a lot",
+    "ver 2.1 is affected", "del key stopped working", "reg number is on the card",
+    "wait for the next release", "which is odd", "kill time", "cat videos welcome",
+)
+_SUBJECT = ("Order #{n} arrived late", "Can't log in since Tuesday", "Refund for order {n}",
+            "App crashes on start", "Billing question", "Re: invoice {n}", "Hi team",
+            "Thanks for the quick fix", "Update from the night shift", "Feature request")
+_PRODUCTS = (
+    "Cat tree (3 levels)", "Sleep mask", "Echo Dot (5th gen)", "Time-Turner necklace",
+    "Kill Bill poster", "Find My tracker", "ID card holder", "Net curtains (2-pack)",
+    "USB Type-C cable", "Director's cut Blu-ray", "Head torch", "Less Mess bib", "More Tea "
+    "sampler", "Touch lamp", "Ping-pong set", "Sort-It bins", "Dig kit for kids",
+)
+_FEATURES = (
+    "100% cotton", "machine washable", "soft; breathable", "easy assembly", "2-year warranty",
+    'fits 27" monitors', "kids' size", "5'11\" model wears M", "BPA free", "ships in 24h",
+    '"Rock & Roll" edition', "rated 4.8/5", "was $29, now $19", "sizes S-XL", "cat-safe dye",
+    "sleep-friendly fabric", "type A & C ports", "set of 3 | mixed colours",
+)
+_TEMPLATES = (
+    "Use `{code}` to {purpose}.", "run `{code}` first, then restart the pod",
+    "I ran `{code}` {after}", "`{code}` {after}", "Try `{code}`; if that fails, ping me",
+    "The `{ident}` field is required; see the docs", "Can you check `{ident}` in config.yaml?",
+    "fyi: `{code}` needs sudo on the build box", "- [ ] run `{code}` on staging\n- [x] update "
+    "the changelog", "Quick question: should `{ident}` be optional?", "use `{code}` or "
+    "`{code2}` to {purpose}", "Step {k}: type `{code}` and press Enter.", "Hint: `{code}`",
+    "> `{code}` {after}\nsame here", "In the shell, {code} should {purpose}.",
+    "The {word} command is handy; {word} {arg} is what I use", "{subject}; {words}.",
+    "{subject}. {Words}; thanks!", "Hi,\n{words}\nThanks, Ana", "{subject} | {words} | "
+    "thanks", "Priority: high | Type: billing | ID: {n}", "Status: open; {words}",
+    "{product} | {feature}; {feature2}", "{product}: {feature}, {feature2}. {Words}?",
+    "{product} - {feature} | {feature2} | {n} in stock", "Good night all; {words}",
+    "Deploy is done; {words}. See you tomorrow", "Note: {words}; more info in the wiki",
+    "{Words}.", "{words} - {words2}", "| id | name | type |\n|----|------|------|\n| {n} | "
+    "{product} | gift |", "Reminder: the `{ident}` value comes from the API",
+)
+
+
+def benign_text(n: int = 20_000, seed: int = 7) -> list[str]:
+    """Benign user text for JSON fields (see _TEMPLATES): developer chat and Markdown with
+    inline code, shell-tutorial sentences, support tickets, product descriptions."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(n):
+        words = rng.choice(_WORDS_AFTER_SEP)
+        code = rng.choice(_CODE)
+        fill = {
+            "code": code, "code2": rng.choice(_CODE), "ident": rng.choice(_IDENT),
+            "purpose": rng.choice(_PURPOSE), "after": rng.choice(_AFTER), "words": words,
+            "Words": words[:1].upper() + words[1:], "words2": rng.choice(_WORDS_AFTER_SEP),
+            "subject": rng.choice(_SUBJECT).format(n=rng.randint(1000, 99999)),
+            "product": rng.choice(_PRODUCTS), "feature": rng.choice(_FEATURES),
+            "feature2": rng.choice(_FEATURES), "n": rng.randint(1, 99999), "k": rng.randint(1, 9),
+            "word": code.split()[0], "arg": " ".join(code.split()[1:]) or "--help",
+        }
+        out.append(rng.choice(_TEMPLATES).format(**fill))
+    return out
+
+
+def benign_text_false_positives(det: ThreatDetector) -> tuple[int, int, dict[str, int]]:
+    """(lines, lines with a finding, findings by threat name) over benign_text() in JSON."""
+    lines = benign_text()
+    by_name: dict[str, int] = {}
+    flagged = 0
+    for line in lines:
+        threats = det.inspect(place(line, "json")).threats
+        flagged += bool(threats)
+        for t in threats:
+            by_name[t.name] = by_name.get(t.name, 0) + 1
+    return len(lines), flagged, by_name
+
+
 def typical_request() -> Observation:
     """1 KB JSON body, 10 headers, as one service calls another in a mesh."""
     body = json.dumps(
@@ -389,6 +505,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default="1,2,3", help="sensitivity levels to measure")
     ap.add_argument("--show", type=int, default=0, help="print up to N misses per class (level 1)")
+    ap.add_argument("--show-prose", type=int, default=0,
+                    help="print up to N prose and benign-text false positives (first level)")
     args = ap.parse_args()
     root = shared_data()
     if not (root / "payloads").is_dir():
@@ -425,6 +543,17 @@ def main() -> int:
         print(f"English technical prose (stdlib comments) in a JSON field: {flagged} of {n} lines "
               f"with a finding ({100.0 * flagged / max(n, 1):.2f}%): "
               + ", ".join(f"{k} {v}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])))
+        n, flagged, by_name = benign_text_false_positives(det)
+        print(f"benign user text (chat/Markdown, tutorials, tickets, products) in a JSON field: "
+              f"{flagged} of {n} lines with a finding ({100.0 * flagged / max(n, 1):.2f}%): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])))
+        if args.show_prose:
+            for line in [*prose_lines(), *benign_text()]:
+                found = det.inspect(place(line, "json")).threats
+                if found and args.show_prose > 0:
+                    args.show_prose -= 1
+                    print(f"  prose fp: {line[:100]!r} -> "
+                          + ", ".join(f"{t.name} {t.evidence[:40]!r}" for t in found))
         if args.show and level == 1:
             for c, p in [*payloads.items(), *attacks.items()]:
                 for where in PLACEMENTS:

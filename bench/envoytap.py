@@ -5,16 +5,22 @@
    server falls behind, Envoy drops the copy, never the request).
 2. A fixed 1,000 requests/s for 10 s (h2load --rps, HTTP/1.1, a small JSON POST): observations
    received must equal requests sent (zero loss).
+
+`--burn N` runs N busy-loop processes for the length of the paced phase (the 2 cores shared
+with other work), so the loss under CPU contention can be reproduced on demand.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 from envoy_harness import (
     EnvoyProcess,
@@ -30,6 +36,38 @@ EXT_PROC = "envoy.filters.http.ext_proc"
 OBSERVED = 'meshward_observations_total{source="envoy-tap"}'
 COMPLETED = "http.inbound_api.downstream_rq_completed"  # Envoy's own count of requests
 BODY = b'{"sku":"book-1","qty":2,"note":"gift wrap"}'
+TAP_CLUSTER = "cluster.meshward-tap."
+# the tap cluster's counters worth printing: overflows, resets, timeouts, refused streams
+CLUSTER_KEYS = re.compile(
+    r"overflow|reset|timeout|refused|destroy|fail|cx_total|rq_total|"
+    r"rq_active|pending_total|flood|protocol_error"
+)
+
+
+@contextlib.contextmanager
+def burning(n: int) -> Iterator[None]:
+    """`n` busy-loop processes (CPU contention) for the length of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The tap cluster's interesting counters that moved (gauges as their last value)."""
+    out = {}
+    for key, value in after.items():
+        short = key.removeprefix(TAP_CLUSTER)
+        if not CLUSTER_KEYS.search(short) or "circuit_breakers" in short:
+            continue
+        d = value if short.endswith("_active") else value - before.get(key, 0)
+        if d:
+            out[short] = d
+    return out
 
 
 def settle(mw: MeshwardServe, timeout: float = 15.0) -> float:
@@ -67,6 +105,13 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=1000, help="paced requests/s")
     ap.add_argument("--paced-seconds", type=int, default=10)
     ap.add_argument("--paced-only", action="store_true", help="skip the wrk part")
+    ap.add_argument(
+        "--burn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N busy-loop processes during the paced phase (CPU contention)",
+    )
     args = ap.parse_args()
     script = post_script(BODY)
     ok = True
@@ -98,8 +143,11 @@ def main() -> int:
                 assert request(e.port, "/api/orders", BODY) == 200
                 before = settle(mw)
                 envoy_before = e.stats(COMPLETED)[COMPLETED]
-                done, good = h2load_paced(e.port, args.rate, args.paced_seconds)
+                cluster_before = e.stats(TAP_CLUSTER)
+                with burning(args.burn):
+                    done, good = h2load_paced(e.port, args.rate, args.paced_seconds)
                 seen = settle(mw) - before
+                cluster = deltas(cluster_before, e.stats(TAP_CLUSTER))
                 sent = e.stats(COMPLETED)[COMPLETED] - envoy_before  # exact, in-flight included
                 envoy_tap = {k.rsplit(".", 1)[-1]: v for k, v in e.stats("http.").items()
                              if ".ext_proc." in k and v}  # fmt: skip
@@ -111,10 +159,12 @@ def main() -> int:
                     print("meshward drops/errors:", "; ".join(drops))
             lost = sent - seen
             target = args.rate * args.paced_seconds
-            print(f"\nfixed {args.rate} req/s for {args.paced_seconds} s: h2load finished "
+            print(f"\nfixed {args.rate} req/s for {args.paced_seconds} s with {args.burn} "
+                  f"busy-loop process(es) on {os.cpu_count()} cores: h2load finished "
                   f"{done} of {target} ({good} 2xx); Envoy completed {sent} requests; "
                   f"observations received {seen:.0f}, lost {lost:.0f}; "
-                  f"tap streams over the run {streams}; Envoy ext_proc stats {envoy_tap}")
+                  f"tap streams over the run {streams}; Envoy ext_proc stats {envoy_tap}; "
+                  f"tap cluster {cluster}")
             zero = lost == 0 and good == done
             paced = done >= 0.97 * target
             print(f"goal: observations received == requests sent at {args.rate} req/s: "

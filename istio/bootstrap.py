@@ -163,6 +163,8 @@ def render_bootstrap(
     body_limit: int = 8192,
     timeout_ms: int = 200,
     tls: SidecarTLS | None = None,
+    tap_close_timeout_ms: int = filters.TAP_CLOSE_TIMEOUT_MS,
+    tap_stream_window: int = filters.TAP_STREAM_WINDOW,
 ) -> dict[str, Any]:
     """A whole Envoy bootstrap for one sidecar of `namespace/workload` in `mode`.
 
@@ -171,6 +173,8 @@ def render_bootstrap(
     `upstream`), which reports the same exchange from the source side for the both-ends join.
     listen_port and admin_port may be 0 (Envoy picks; EnvoyProcess reads the real ports).
     With `tls`, inbound requires a client certificate and outbound presents one.
+    `tap_close_timeout_ms` and `tap_stream_window`: how far meshward may lag behind the tap
+    (FilterSettings).
     """
     s = FilterSettings(
         namespace=namespace,
@@ -179,6 +183,8 @@ def render_bootstrap(
         direction=direction,
         body_limit=body_limit,
         timeout_ms=timeout_ms,
+        tap_close_timeout_ms=tap_close_timeout_ms,
+        tap_stream_window=tap_stream_window,
     )
     if not 0 <= listen_port < 65536 or not 0 <= admin_port < 65536:
         raise ValueError("ports must be within 0..65535")

@@ -164,16 +164,23 @@ def render(
     workload: str = "",
     body_limit: int = 8192,
     outbound_tap: bool = True,
+    tap_close_timeout_ms: int = filters.TAP_CLOSE_TIMEOUT_MS,
+    tap_stream_window: int = filters.TAP_STREAM_WINDOW,
 ) -> dict[str, Any]:
     """Everything to install for `namespace` in `mode`.
 
     Returns {"objects": [Kubernetes objects]} and, for the extension-provider style,
     "meshConfig": the fragment to merge into istiod's mesh config. `workload` narrows the
     objects to pods labelled app=<workload> and names it in context_extensions.
+    `tap_close_timeout_ms` and `tap_stream_window`: how far meshward may lag behind the tap
+    (FilterSettings).
     """
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} ({', '.join(STYLES)})")
-    s = FilterSettings(namespace=namespace, workload=workload, mode=mode, body_limit=body_limit)
+    s = FilterSettings(
+        namespace=namespace, workload=workload, mode=mode, body_limit=body_limit,
+        tap_close_timeout_ms=tap_close_timeout_ms, tap_stream_window=tap_stream_window,
+    )  # fmt: skip
     selector = {"app": workload} if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
     common = {"authz_port": authz_port, "tap_port": tap_port, "outbound_tap": outbound_tap}

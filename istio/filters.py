@@ -78,6 +78,19 @@ HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # ext_proc in observability mode holds one stream per request (DESIGN.md, Envoy facts): the
 # default circuit breaker (1024 requests) would fill under load, so the tap cluster gets these.
 TAP_CIRCUIT_LIMIT = 100_000
+# When meshward falls behind (a CPU-starved server), tap copies queue somewhere. Left to itself
+# Envoy puts every stream on the wire at once and they pile up in gRPC core's queue of calls the
+# Python server has not accepted yet, which cancels calls beyond ~1,000 (Envoy counts them as
+# ext_proc streams_failed / failure_mode_allowed; meshward never sees them). So each sidecar keeps
+# at most TAP_STREAM_WINDOW streams open per connection to meshward (one connection per Envoy
+# worker) and queues the rest itself (the tap cluster's upstream_rq_pending_*; its
+# upstream_cx_overflow counts the window at work, not losses).
+TAP_STREAM_WINDOW = 256
+# How long Envoy keeps a tap stream after its request ended (ext_proc deferred_close_timeout,
+# Envoy's default 5 s) before resetting it: the longest meshward may lag before copies are lost
+# (Envoy ext_proc streams_closed, meshward_tap_streams_total{outcome="cut"}). Longer costs sidecar
+# memory for the copies held meanwhile (at most TAP_CIRCUIT_LIMIT of them).
+TAP_CLOSE_TIMEOUT_MS = 30_000
 # connection facts the tap server reads (ProcessingRequest.attributes), agreed with serve
 TAP_ATTRIBUTES = (
     "source.address",
@@ -101,6 +114,8 @@ class FilterSettings:
     body_limit: int = 8192  # ext_authz with_request_body.max_request_bytes
     timeout_ms: int = 200  # ext_authz gRPC call timeout
     tap_response_body: bool = False  # also copy response bodies and trailers to the tap
+    tap_close_timeout_ms: int = TAP_CLOSE_TIMEOUT_MS  # ext_proc deferred_close_timeout
+    tap_stream_window: int = TAP_STREAM_WINDOW  # tap streams open per connection to meshward
     authz_cluster: str = AUTHZ_CLUSTER
     tap_cluster: str = TAP_CLUSTER
 
@@ -117,6 +132,10 @@ class FilterSettings:
             raise ValueError("body limit must be >= 0")
         if self.timeout_ms <= 0:
             raise ValueError("timeout must be > 0 ms")
+        if self.tap_close_timeout_ms <= 0:
+            raise ValueError("tap close timeout must be > 0 ms")
+        if not 1 <= self.tap_stream_window <= 2**31 - 1:
+            raise ValueError("tap stream window must be within 1..2147483647")
 
     @property
     def with_authz(self) -> bool:
@@ -203,7 +222,8 @@ def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
 
     Request headers and the STREAMED request body, response headers; the response body and
     trailers only with `tap_response_body` (the server then ends each stream at the response's
-    end of stream instead of at its headers, DESIGN.md's Envoy facts).
+    end of stream instead of at its headers, DESIGN.md's Envoy facts). Envoy keeps each stream
+    for up to `tap_close_timeout_ms` after the request ended, for a lagging meshward to read.
     """
     send = ProcessingModeHeaderSendMode.SEND
     skip = ProcessingModeHeaderSendMode.SKIP
@@ -225,6 +245,7 @@ def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
         ),
         request_attributes=list(TAP_ATTRIBUTES),
         stat_prefix="meshward_tap",
+        deferred_close_timeout=timedelta(milliseconds=s.tap_close_timeout_ms),
     )
     return {"name": EXT_PROC, "typed_config": typed(cfg)}
 
@@ -241,12 +262,23 @@ def http_filters(s: FilterSettings) -> list[dict[str, Any]]:
 
 
 def grpc_cluster(
-    name: str, host: str, port: int, *, high_limits: bool = False, connect_timeout_s: float = 1.0
+    name: str,
+    host: str,
+    port: int,
+    *,
+    high_limits: bool = False,
+    stream_window: int | None = None,
+    connect_timeout_s: float = 1.0,
 ) -> dict[str, Any]:
-    """An HTTP/2 cluster to one meshward gRPC port (DNS name or IP)."""
+    """An HTTP/2 cluster to one meshward gRPC port (DNS name or IP).
+
+    `high_limits`: circuit breakers for one stream per request (the tap). `stream_window`: at
+    most that many streams open on one connection, and one connection (Envoy still opens one
+    per worker), so further streams wait in the sidecar's queue rather than meshward's.
+    """
     options = HttpProtocolOptions(
         explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions()
+            http2_protocol_options=Http2ProtocolOptions(max_concurrent_streams=stream_window)
         )
     )
     cluster = Cluster(
@@ -278,7 +310,7 @@ def grpc_cluster(
             thresholds=[
                 CircuitBreakersThresholds(
                     priority=prio,
-                    max_connections=limit,
+                    max_connections=limit if stream_window is None else 1,
                     max_pending_requests=limit,
                     max_requests=limit,
                 )
@@ -295,5 +327,10 @@ def clusters(
     out = []
     if s.with_authz:
         out.append(grpc_cluster(s.authz_cluster, server_host, authz_port))
-    out.append(grpc_cluster(s.tap_cluster, server_host, tap_port, high_limits=True))
+    out.append(
+        grpc_cluster(
+            s.tap_cluster, server_host, tap_port, high_limits=True,
+            stream_window=s.tap_stream_window,
+        )
+    )  # fmt: skip
     return out

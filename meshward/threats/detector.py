@@ -38,6 +38,7 @@ from meshward.threats.normalise import (
 )
 from meshward.threats.signatures import (
     CMDI,
+    COMMAND_NAMES,
     CRLF,
     JAVA,
     NEGATIVE_LENGTH,
@@ -263,6 +264,8 @@ class ThreatDetector:
             return
         unfolded = decode(value)
         decoded = fold(unfolded)
+        if "`" in decoded:
+            decoded = code_spans_in_prose(decoded)
         norm = decoded.lower()
         alt = alternate(norm)
         names: set[str] = set()
@@ -432,6 +435,36 @@ class _Findings:
             return
         self.seen.add(key)
         self.threats.append(Threat(name, evidence(location, 200), evidence(fragment)))
+
+
+# A Markdown code span: a backtick pair around one line of text, opening at the start of the
+# value or after whitespace or an opening bracket or quote (not `$(`, which is a substitution),
+# closing before the end, whitespace or punctuation. Backticks glued to a word (x`id`) are not.
+_CODE_SPAN = re.compile(
+    r"(?:^|(?<=[\s(\[{\"'*_]))(?<!\$\()`([^`\n]{1,200})`(?=$|[\s.,;:!?)\]}\"'*_-])"
+)
+_PROSE_WORD = re.compile(r"\b[a-z]{3,}\b", re.IGNORECASE)
+CODE_SPAN_MARK = "\x1f"  # what the backticks of a code span in prose become: no shell syntax
+
+
+def code_spans_in_prose(text: str) -> str:
+    """Text with the backticks of Markdown code spans replaced by CODE_SPAN_MARK when the text
+    around the spans is prose: it has a word of three letters or more that names no command
+    ("Use `ls -la` to list files", "run `cat notes.txt`"). Documentation shows commands so;
+    a shell runs backticks glued to a word (x`id`), after `$(` or in a value that is only
+    substitutions and commands (`id`, ping `id`), and those stay as they are. The span's
+    content is kept, so what is dangerous anywhere (/etc/passwd, curl ... | sh, $(...)) is
+    still found."""
+    spans = list(_CODE_SPAN.finditer(text))
+    if not spans:
+        return text
+    outside = _CODE_SPAN.sub(" ", text)
+    if not any(w.group().lower() not in COMMAND_NAMES for w in _PROSE_WORD.finditer(outside)):
+        return text
+    out = list(text)
+    for m in spans:
+        out[m.start()] = out[m.end() - 1] = CODE_SPAN_MARK
+    return "".join(out)
 
 
 def metadata_address(text: str, *, whole_value: bool = False) -> str:

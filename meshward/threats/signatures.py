@@ -45,15 +45,27 @@ THREAT_NAMES = (
     NEGATIVE_LENGTH,
 )
 
-# Shell commands an injected command typically starts with (after a metacharacter).
-_COMMANDS = (
-    r"(?:/?(?:usr/)?(?:local/)?s?bin/)?(?:id|whoami|uname|cat|ls|ping|nc|ncat|netcat|curl|wget|"
-    r"bash|sh|zsh|ksh|dash|python[23]?|perl|ruby|php|nslookup|dig|sleep|echo|ifconfig|"
-    r"ipconfig|netstat|systeminfo|sysinfo|ps|rm|chmod|chown|telnet|tftp|ftp|powershell|"
-    r"pwsh|cmd|certutil|bitsadmin|tasklist|ver|xterm|awk|sed|base64|xxd|timeout|pwd|dir|"
-    r"net|netsh|reg|wmic|hostname|which|whereis|mkfifo|socat|ssh|scp|tar|uptime|sudo|su|"
-    r"shutdown|reboot|useradd|grep|nohup|crontab|passwd|kill|touch|export|env|type|del)"
+# Shell commands an injected command typically starts with (after a metacharacter). The ones
+# that are also English words (or read as words in tickets and chat: "; sleep well", "| id |",
+# "; type of issue") are WORD_COMMANDS; after a separator they count only with a shell-shaped
+# tail (see _word_command). Names with a bin/ path in front are commands whatever the name.
+NAME_COMMANDS = (
+    "whoami", "uname", "ls", "nc", "ncat", "netcat", "curl", "wget", "bash", "sh", "zsh", "ksh",
+    "dash", "python", "python2", "python3", "perl", "ruby", "php", "nslookup", "ifconfig",
+    "ipconfig", "netstat", "systeminfo", "sysinfo", "rm", "chmod", "chown", "telnet", "tftp",
+    "ftp", "powershell", "pwsh", "cmd", "certutil", "bitsadmin", "tasklist", "xterm", "awk",
+    "sed", "base64", "xxd", "pwd", "netsh", "wmic", "hostname", "whereis", "mkfifo", "socat",
+    "ssh", "scp", "uptime", "sudo", "useradd", "grep", "nohup", "crontab", "passwd",
 )
+WORD_COMMANDS = (
+    "id", "cat", "ping", "dig", "sleep", "echo", "ps", "ver", "timeout", "dir", "net", "reg",
+    "which", "tar", "su", "shutdown", "reboot", "kill", "touch", "export", "env", "type", "del",
+)
+COMMAND_NAMES = frozenset(NAME_COMMANDS + WORD_COMMANDS)
+_BIN = r"(?:/?(?:usr/)?(?:local/)?s?bin/)"
+_NAMES = "(?:" + "|".join(sorted(NAME_COMMANDS, key=lambda c: (-len(c), c))) + ")"
+_WORDS = "(?:" + "|".join(sorted(WORD_COMMANDS, key=lambda c: (-len(c), c))) + ")"
+_COMMANDS = "(?:" + _BIN + "?(?:" + _NAMES[3:-1] + "|" + _WORDS[3:-1] + "))"
 # Recon and shell commands that are not ordinary words: a value starting with one, with
 # arguments, is a command line.
 _STRONG_COMMANDS = (
@@ -62,8 +74,68 @@ _STRONG_COMMANDS = (
     r"bitsadmin|tasklist|wmic|chmod|chown|telnet|tftp|nohup|crontab|xterm|mkfifo|socat|id|"
     r"getent|lsof|sleep|pwd)"
 )
+# ... less its WORD_COMMANDS (cat, ping, id, sleep), for use after a separator
+_STRONG_NAMES = (
+    r"(?:ls|uname|whoami|ifconfig|ipconfig|netstat|nc|ncat|netcat|wget|curl|bash|zsh|ksh|"
+    r"python[23]?|perl|ruby|nslookup|systeminfo|sysinfo|netsh|powershell|pwsh|certutil|"
+    r"bitsadmin|tasklist|wmic|chmod|chown|telnet|tftp|nohup|crontab|xterm|mkfifo|socat|"
+    r"getent|lsof|pwd)"
+)
 _BARE_COMMANDS = r"(?:whoami|ifconfig|ipconfig|netstat|systeminfo|sysinfo|tasklist|uname|wmic)"
 _CMD_END = r"(?:$|[\s;&|`)<>'\"]|\\[`'\"]|\$\{?ifs)"  # \`: an escaped backtick
+# What may follow a command that is also a word (WORD_COMMANDS) after a separator: the end of
+# the value or of the clause (another metacharacter, a quote; not a possessive 's), or
+# arguments up to the end of the clause where at least one is shaped like a shell argument
+# (a flag, a number, a path or file name, a variable, a quoted string, NAME=value, a drive)
+# and no two plain words follow each other (that is English: "; sleep well", "; cat is fine
+# now", "; cat README.md is what I use"). After 6 arguments, another shell-shaped one is
+# enough. (Unbounded repeats
+# here: tokens are separated by whitespace they cannot contain, so Python's re stays linear.)
+_ARG = (
+    r"(?:(?:-{1,2}[a-z0-9]|[\d/\\~$%'\"`*?{<>@.]|[a-z]:[/\\]|[\w-]{1,64}[.:/\\=@][\w~/\\$*%.-])"
+    r"[^\s;&|`<>]*|\"[^\"\n]*\"[^\s;&|`<>]*|'[^'\n]*'[^\s;&|`<>]*)"
+)
+_PLAIN = r"[a-z][a-z0-9_-]*"
+_CLAUSE_END = r"\s{0,10}(?:$|[;&|`)<>#\r\n\x1f])"  # \x1f: the end of a code span in prose
+_ARGS = (
+    r"(?:\s{1,10}" + _PLAIN + r")?(?:\s{1,10}" + _ARG + r"(?:\s{1,10}" + _PLAIN + r")?){1,6}"
+    r"(?:" + _CLAUSE_END + r"|\s{1,10}" + _ARG + ")"
+)
+# Commands that do something with no operand (id, env, dir, ...) also count alone, at the end
+# of the value or before another metacharacter; the others (cat, sleep, ping, kill, ...) do
+# nothing without one ("Dog & Cat", "Good night; sleep").
+WORD_COMMANDS_ALONE = frozenset(("id", "ps", "ver", "dir", "su", "shutdown", "reboot", "export",
+                                 "env"))
+# Commands whose operand is a plain word (a text to print, a command, user or subcommand name,
+# ps options): one plain word ending the clause is enough ("; echo pwned", "; ps aux",
+# "; which nc"); for the others it must be shaped like what they take (a number, host, file).
+WORD_COMMANDS_WORDY = frozenset(("echo", "which", "su", "id", "ps", "net", "reg", "export"))
+_INTO_ARGS = r"[<`\"]|'(?:[^s]|s[\w'\"$`/])|\\[`'\"]|\$\{?ifs"  # no space: quote, redirect, $IFS
+
+
+def _alternation(words: list[str]) -> str:
+    return "(?:" + "|".join(sorted(words, key=lambda c: (-len(c), c))) + ")"
+
+
+def _word_command(words: tuple[str, ...]) -> str:
+    """A regex for these WORD_COMMANDS with what may follow them (see above)."""
+    alone = [w for w in words if w in WORD_COMMANDS_ALONE]
+    operand = [w for w in words if w not in WORD_COMMANDS_ALONE]
+    wordy = [w for w in words if w in WORD_COMMANDS_WORDY]
+    out = [_alternation(alone) + r"(?:$|[;&|)>]|" + _INTO_ARGS + r"|\s{1,10}(?:$|[;&`)<>#])|"
+           + _ARGS + ")", _alternation(operand) + "(?:" + _INTO_ARGS + "|" + _ARGS + ")"]
+    if wordy:
+        out.append(_alternation(wordy) + r"\s{1,10}" + _PLAIN + _CLAUSE_END)
+    return "(?:" + "|".join(a for a in out if not a.startswith("(?:)")) + ")"
+
+
+_WORD_COMMAND = _word_command(WORD_COMMANDS)
+# A command after a shell separator: a name that is no English word, any name after bin/, or
+# a word command as above.
+_SEP_COMMAND = (
+    "(?:" + _BIN + "?" + _NAMES + _CMD_END + "|" + _BIN + _WORDS + _CMD_END + "|"
+    + _WORD_COMMAND + ")"
+)
 # Tools a recon probe looks for (`which curl`) before a download, reverse shell or compile step.
 _TOOLS = (
     r"(?:curl|wget|nc|ncat|netcat|socat|telnet|nmap|perl|python[23]?|ruby|php|gcc|cc|bash|sh|"
@@ -98,14 +170,18 @@ class Signature:
 S = Signature
 SIGNATURES: tuple[Signature, ...] = (
     # --- SQL injection (libinjection adds tokenised detection on top, see injection.py)
+    # Functions an injection calls to sleep, fail or read: those that take arguments only with
+    # one (prose names them bare: "sleep()", "exp(z)"); exp() by its overflow argument (~, a
+    # subquery), as ordinary maths calls it on variables.
     S(SQLI, 1, r"\bunion\s{1,20}(?:all\s{1,20}|distinct\s{1,20})?\(?\s{0,20}select\b"),
     S(SQLI, 1, r"\b(?:sleep|benchmark|pg_sleep|randomblob|load_file|extractvalue|updatexml|"
                r"group_concat|make_set|regexp_substring|generate_series|current_setting|"
                r"pg_read_file|dbms_pipe\.receive_message|dbms_lock\.sleep|dbms_utility\.\w{1,40}|"
                r"utl_inaddr\.\w{1,40}|utl_http\.\w{1,40}|ctxsys\.\w{1,40}|sys\.fn_\w{1,40}|"
                r"xp_cmdshell|sp_executesql|sp_password|json_keys|geometrycollection|multipoint|"
-               r"polygon|linestring|exp|name_const|row_count|found_rows|get_lock|"
-               r"sqlite_version|pg_sleep_for|dblink_connect|lo_import)\s{0,20}\("),
+               r"polygon|linestring|name_const|get_lock|pg_sleep_for|dblink_connect|lo_import)"
+               r"\s{0,20}\(\s{0,20}[^)\s]|\b(?:row_count|found_rows|sqlite_version)\s{0,20}\(|"
+               r"\bexp\s{0,20}\(\s{0,20}(?:[~(@]|select\b)"),
     S(SQLI, 1, r"\bwaitfor\s{1,20}(?:delay|time)\b"),
     S(SQLI, 1, r";\s{0,20}(?:select\s|insert\s{1,20}into|update\s{1,20}\w{1,64}\s{1,20}set|"
                r"delete\s{1,20}from|drop\s{1,20}(?:table|database|function|procedure|user|view)|"
@@ -230,11 +306,13 @@ SIGNATURES: tuple[Signature, ...] = (
     S(RFI, 1, r"^\s{0,5}(?:https?|ftps?)://[^/\s]{0,100}@"),
     S(RFI, 2, r"^\s{0,5}(?:https?|ftps?)://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
     # --- Command injection
-    S(CMDI, 1, r"(?:[;|`]|\$\()[\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END),
-    S(CMDI, 1, r"[\r\n][\s+]{0,10}(?:\{\s{0,5})?" + _COMMANDS + _CMD_END, in_lines_prefilter=False),
-    S(CMDI, 1, r"&[\s+]{0,10}(?:" + _STRONG_COMMANDS + "|dir|net|netsh|type|ver|del|echo|cmd|"
-               r"powershell)" + _CMD_END),
-    S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}" + _COMMANDS + r"\b"),
+    S(CMDI, 1, r"(?:[;|`]|\$\()[\s+]{0,10}(?:\{\s{0,5})?" + _SEP_COMMAND),
+    S(CMDI, 1, r"[\r\n][\s+]{0,10}(?:\{\s{0,5})?" + _SEP_COMMAND, in_lines_prefilter=False),
+    S(CMDI, 1, r"&[\s+]{0,10}(?:" + _STRONG_NAMES + "|netsh|cmd|powershell)" + _CMD_END + r"|&[\s+]"
+               r"{0,10}" + _word_command(("cat", "ping", "id", "sleep", "dir", "net", "type", "ver",
+                                          "del", "echo"))),
+    S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}(?:" + _BIN + "?" + _NAMES + r"\b|" + _BIN
+               + _WORDS + r"\b|" + _WORD_COMMAND + ")"),
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _COMMANDS + r"\s{0,5}(?:[;|`]|\$\()"),
     S(CMDI, 1, r"^[\s'\"@^]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
                r"/\s|/$|\\\\|[a-z]:[/\\]|\d{1,3}\.\d{1,3}\.|\w{1,40}\s{1,5}/[a-z])"),
@@ -331,13 +409,15 @@ SIGNATURES: tuple[Signature, ...] = (
                r":-)[^}]{0,40}\}"),
     S(JNDI, 2, r"\$\{\s{0,20}(?:env|sys|java|main|ctx|map|sd|k8s|docker|spring|log4j|web|"
                r"jvmrunargs|bundle|marker|base64|date|lower|upper|::-)\s{0,20}:"),
-    # --- PHP code injection
+    # --- PHP code injection (functions that take arguments only with one: prose names them
+    # bare, "eval()", "putenv()")
     S(PHP, 1, r"<\?(?:php\b|=)|\?>\s{0,5}$"),
     S(PHP, 1, r"\b(?:php|phar|zip|expect|glob|zlib|compress\.zlib|data)://"),
     S(PHP, 1, r"\b(?:eval|assert|create_function|call_user_func(?:_array)?|preg_replace|"
               r"base64_decode|gzinflate|str_rot13|file_get_contents|file_put_contents|fopen|"
               r"readfile|include|require|include_once|require_once|highlight_file|show_source|"
-              r"phpinfo|unserialize|ini_set|putenv|phpversion)\s{0,5}\(\s{0,5}[\"'$\[a-z()]"),
+              r"unserialize|ini_set|putenv)\s{0,5}\(\s{0,5}[\"'$\[a-z(]|"
+              r"\b(?:phpinfo|phpversion)\s{0,5}\(\s{0,5}[\"'$\[a-z()]"),
     S(PHP, 1, r"\{\$\{|\$\{@|;\s{0,5}phpinfo\s{0,5}\(|^\s{0,5}phpinfo\s{0,5}\(\s{0,5}\)"),
     S(PHP, 1, r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
               r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d"),

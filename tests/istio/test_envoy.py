@@ -68,6 +68,15 @@ def test_validate_variants(
     validate(boot, envoy=envoy_bin)
 
 
+def test_validate_tap_lag_settings(envoy_bin: str) -> None:
+    for close_ms, window in ((1, 1), (250, 64), (120_000, 2**31 - 1)):
+        boot = render_bootstrap(
+            15001, "127.0.0.1:8080", "shop", "web", "monitor",
+            tap_close_timeout_ms=close_ms, tap_stream_window=window,
+        )  # fmt: skip
+        validate(boot, envoy=envoy_bin)
+
+
 def test_validate_rejects_bad_field(envoy_bin: str) -> None:
     boot = render_bootstrap(15001, "127.0.0.1:8080", "shop", "web", "enforce")
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]

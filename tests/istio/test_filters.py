@@ -85,10 +85,30 @@ def test_clusters_http2_and_limits() -> None:
     assert tap["type"] == "STRICT_DNS"
     assert enforce[0]["type"] == "STATIC"
     opts = tap["typed_extension_protocol_options"][filters.HTTP_PROTOCOL_OPTIONS]
-    assert opts["explicit_http_config"] == {"http2_protocol_options": {}}
+    # the tap: a window of streams on one connection, the rest queued in the sidecar
+    window = {"max_concurrent_streams": filters.TAP_STREAM_WINDOW}
+    assert opts["explicit_http_config"] == {"http2_protocol_options": window}
     for t in tap["circuit_breakers"]["thresholds"]:
         assert t["max_requests"] == t["max_pending_requests"] == filters.TAP_CIRCUIT_LIMIT
+        assert t["max_connections"] == 1
+    authz = enforce[0]
+    authz_opts = authz["typed_extension_protocol_options"][filters.HTTP_PROTOCOL_OPTIONS]
+    assert authz_opts["explicit_http_config"] == {"http2_protocol_options": {}}
+    assert "circuit_breakers" not in authz
     json.dumps(enforce + learn)  # plain JSON-able dicts
+
+
+def test_tap_lag_settings() -> None:
+    """How far meshward may lag: Envoy's deferred close timeout and the tap stream window."""
+    default = FilterSettings("shop", "web", "learn")
+    cfg = filters.ext_proc_filter(default)["typed_config"]
+    assert cfg["deferred_close_timeout"] == f"{filters.TAP_CLOSE_TIMEOUT_MS // 1000}s"
+    assert filters.TAP_CLOSE_TIMEOUT_MS > 5000  # longer than Envoy's default
+    s = FilterSettings("shop", "web", "learn", tap_close_timeout_ms=1500, tap_stream_window=8)
+    assert filters.ext_proc_filter(s)["typed_config"]["deferred_close_timeout"] == "1.500s"
+    tap = filters.clusters(s, "10.0.0.1", 1, 2)[-1]
+    opts = tap["typed_extension_protocol_options"][filters.HTTP_PROTOCOL_OPTIONS]
+    assert opts["explicit_http_config"]["http2_protocol_options"] == {"max_concurrent_streams": 8}
 
 
 @pytest.mark.parametrize(
@@ -103,6 +123,9 @@ def test_clusters_http2_and_limits() -> None:
         {"namespace": "a" * 64},
         {"body_limit": -1},
         {"timeout_ms": 0},
+        {"tap_close_timeout_ms": 0},
+        {"tap_stream_window": 0},
+        {"tap_stream_window": 2**31},
     ],
 )
 def test_bad_settings(kwargs: dict[str, object]) -> None:

@@ -123,6 +123,15 @@ def test_patches_are_the_filter_config() -> None:
         assert added == filters.clusters(s, envoyfilter.DEFAULT_SERVICE, 9191, 9192)
         vhosts = [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]
         assert len(vhosts) == (1 if mode == "enforce" else 0)
+    # the tap's lag settings reach the EnvoyFilter too
+    (obj,) = envoyfilter.render("shop", "learn", tap_close_timeout_ms=9000,
+                                tap_stream_window=32)["objects"]  # fmt: skip
+    patches = obj["spec"]["configPatches"]
+    taps = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    assert {t["typed_config"]["deferred_close_timeout"] for t in taps} == {"9s"}
+    (cluster,) = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+    h2 = cluster["typed_extension_protocol_options"][filters.HTTP_PROTOCOL_OPTIONS]
+    assert h2["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == 32
     # the extension-provider style leaves ext_authz to Istio
     (tap_only,) = envoyfilter.render("shop", "enforce", style="extension-provider")["objects"][:1]
     names = [p["patch"]["value"].get("name") for p in tap_only["spec"]["configPatches"]]
