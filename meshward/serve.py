@@ -49,6 +49,15 @@ GRPC_OPTIONS = [
     ("grpc.http.overload_protection", 0),
     ("grpc.max_concurrent_streams", 100_000),
 ]
+# Calls gRPC's core has received but the loop has not accepted yet: past 1,000 it starts
+# cancelling them at random (all past 3,000). Every tap stream is one call and many sidecars
+# feed one meshward, so a lagging loop lost copies there; each sidecar bounds its own streams
+# (istio/filters.py tap_stream_window), the sum of them bounds these.
+TAP_GRPC_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
+]
 
 
 @dataclass
@@ -218,7 +227,7 @@ class Server:
             self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
         )
         self.ports["tap"] = await self._grpc_server(
-            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, TAP_GRPC_OPTIONS
         )
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -233,9 +242,14 @@ class Server:
         event(log, "serving", host=host, **self.ports)
 
     async def _grpc_server(
-        self, methods: dict[str, grpc.RpcMethodHandler], service: str, host: str, port: int
+        self,
+        methods: dict[str, grpc.RpcMethodHandler],
+        service: str,
+        host: str,
+        port: int,
+        options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(options=options)
         # registered methods are matched in gRPC's core, before any Python runs (the fast path
         # generated stubs use); the generic handler serves the same methods to anything else
         server.add_registered_method_handlers(service, methods)

@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=8192,
         help="request body bytes sent with each Check (8192)",
     )
+    add_tap_flags(b)
     b.add_argument("--format", default="yaml", choices=("yaml", "json"))
     b.add_argument(
         "--validate",
@@ -64,6 +65,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="also load it into envoy --mode validate; exit 1 if Envoy rejects it",
     )
     b.set_defaults(func=bootstrap)
+
+
+# the tap's lag settings (istio/filters.py), flag name -> keyword of the renderers
+TAP_FLAGS = ("tap_close_timeout_ms", "tap_stream_window")
+
+
+def add_tap_flags(parser: argparse.ArgumentParser) -> None:
+    """How far meshward may fall behind the sidecars' tap copies (shared by every renderer)."""
+    from istio.filters import TAP_CLOSE_TIMEOUT_MS, TAP_STREAM_WINDOW
+
+    parser.add_argument(
+        "--tap-close-timeout-ms",
+        type=int,
+        default=TAP_CLOSE_TIMEOUT_MS,
+        metavar="MS",
+        help="how long a sidecar keeps a tap stream meshward has not read yet before it drops "
+        f"the copy (ext_proc deferred_close_timeout; {TAP_CLOSE_TIMEOUT_MS})",
+    )
+    parser.add_argument(
+        "--tap-stream-window",
+        type=int,
+        default=TAP_STREAM_WINDOW,
+        metavar="N",
+        help="tap streams open at once per connection to meshward; more wait in the sidecar "
+        f"({TAP_STREAM_WINDOW})",
+    )
 
 
 def dump(data: object, fmt: str) -> str:
@@ -82,7 +109,7 @@ def bootstrap(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} must be 0..65535")
     try:
         passed = ("authz_port", "tap_port", "admin_port", "listen_host", "upstream_h2",
-                  "direction", "body_limit")  # fmt: skip
+                  "direction", "body_limit", *TAP_FLAGS)  # fmt: skip
         config = render_bootstrap(
             args.listen, args.upstream, args.namespace, args.workload, args.mode,
             server_host=args.server, **{name: getattr(args, name) for name in passed},

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from meshward.cli import UsageError
-from meshward.commands.envoy import dump
+from meshward.commands.envoy import TAP_FLAGS, add_tap_flags, dump
 from meshward.modes import MODES
 
 
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="FILE",
         help="write the meshConfig fragment to FILE instead of stdout",
     )
+    add_tap_flags(r)
     r.add_argument("--format", default="yaml", choices=("yaml", "json"))
     r.set_defaults(func=render)
 
@@ -57,7 +58,8 @@ def render(args: argparse.Namespace) -> int:
     if not args.service or "/" in args.service or " " in args.service:
         raise UsageError(f"--service {args.service!r} is not a host name")
     try:
-        passed = ("style", "service", "authz_port", "tap_port", "workload", "body_limit")
+        passed = ("style", "service", "authz_port", "tap_port", "workload", "body_limit",
+                  *TAP_FLAGS)  # fmt: skip
         out = render_objects(
             args.namespace, args.mode, outbound_tap=not args.no_outbound_tap,
             **{name: getattr(args, name) for name in passed},

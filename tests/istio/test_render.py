@@ -268,3 +268,24 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
     contexts = {p["match"]["context"] for p in obj["spec"]["configPatches"]}
     assert contexts == {"SIDECAR_INBOUND", "SIDECAR_OUTBOUND"}  # the cluster is outbound
     assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["CLUSTER", "HTTP_FILTER"]
+
+
+def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) -> None:
+    """--tap-close-timeout-ms and --tap-stream-window: one pair of flags, every renderer."""
+    lag = ["--tap-close-timeout-ms", "12000", "--tap-stream-window", "64"]
+    assert run_command("meshward.commands.envoy", [*BOOT, "learn", *lag, "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == render_bootstrap(
+        15006, "127.0.0.1:8080", "shop", "web", "learn",
+        tap_close_timeout_ms=12000, tap_stream_window=64,
+    )  # fmt: skip
+    text = json.dumps(printed)
+    assert '"deferred_close_timeout": "12s"' in text and '"max_concurrent_streams": 64' in text
+    argv = ["render", "--namespace", "shop", "--mode", "monitor", *lag, "--format", "json"]
+    assert run_command("meshward.commands.istio", argv) == 0
+    text = capsys.readouterr().out
+    assert '"deferred_close_timeout": "12s"' in text and '"max_concurrent_streams": 64' in text
+    with pytest.raises(UsageError, match="stream window"):
+        run_command("meshward.commands.envoy", [*BOOT, "learn", "--tap-stream-window", "0"])
+    with pytest.raises(UsageError, match="close timeout"):
+        run_command("meshward.commands.istio", [*argv[:5], "--tap-close-timeout-ms", "-1"])
