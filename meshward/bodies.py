@@ -42,7 +42,8 @@ class DecodedBody:
     """
 
     __slots__ = (
-        "_doc", "_fields", "_keys", "_partial", "_shape", "kind", "max_depth", "max_fields"
+        "_doc", "_fields", "_keys", "_mixed", "_partial", "_shape", "kind", "max_depth",
+        "max_fields",
     )  # fmt: skip
 
     def __init__(
@@ -57,6 +58,7 @@ class DecodedBody:
         self._keys = keys if keys is not None else []
         self._partial: bool | None = partial  # None: a walk still has to tell
         self._shape: dict[str, str] | None = None
+        self._mixed: set[tuple[str, str]] = set()
         self._doc: object = None
         self.max_depth = 64
         self.max_fields = 4096
@@ -93,18 +95,24 @@ class DecodedBody:
         self._partial = value
 
     def shape(self) -> dict[str, str]:
-        """Value class of each leaf by generalised path (the first leaf of a path wins)."""
+        """Value class of the first leaf of each generalised path."""
         if self._shape is None:
+            shape: dict[str, str] = {}
             if self._fields is None:
-                shape: dict[str, str] = {}
-                self._partial = _walk_json(self, shape=shape)
+                self._partial = _walk_json(self, shape=shape, mixed=self._mixed)
             else:
-                shape = {}
                 for path, leaf in self._fields:
-                    if path not in shape:
-                        shape[path] = classify_leaf(leaf)
+                    cls = classify_leaf(leaf)
+                    if shape.setdefault(path, cls) != cls:
+                        self._mixed.add((path, cls))
             self._shape = shape
         return self._shape
+
+    def leaf_classes(self) -> Iterable[tuple[str, str]]:
+        """Every distinct (generalised path, value class) pair of the leaves: a later array
+        element whose value is of another class than the first's is seen too."""
+        shape = self.shape()
+        return itertools.chain(shape.items(), sorted(self._mixed)) if self._mixed else shape.items()
 
     def __repr__(self) -> str:
         return f"DecodedBody({self.kind!r}, partial={self.partial})"
@@ -254,11 +262,13 @@ def _walk_json(
     body: DecodedBody,
     *,
     shape: dict[str, str] | None = None,
+    mixed: set[tuple[str, str]] | None = None,
     fields: list[tuple[str, Leaf]] | None = None,
     keys: list[tuple[str, str]] | None = None,
 ) -> bool:
-    """Walk a JSON document once, in document order, filling what is given: `shape` (leaf
-    classes by generalised path, the first leaf of a path wins), `fields` (leaves) and `keys`
+    """Walk a JSON document once, in document order, filling what is given: `shape` (the class
+    of the first leaf of each generalised path) with `mixed` (the other classes later leaves of a
+    path have), `fields` (leaves) and `keys`
     (object keys by parent). Returns whether a limit stopped it: depth (`max_depth`), or
     `max_fields` leaves or keys; the limits count the same whatever is collected.
 
@@ -306,8 +316,10 @@ def _walk_json(
                         stopped = True
                         return False
                     leaves_left -= 1
-                    if shape is not None and child not in shape:
-                        shape[child] = classify_leaf(v)
+                    if shape is not None:
+                        cls = classify_leaf(v)
+                        if shape.setdefault(child, cls) != cls:
+                            mixed.add((child, cls))  # type: ignore[union-attr]
                     if fields is not None:
                         fields.append((child, v))  # type: ignore[arg-type]  # a JSON leaf
             if last:
@@ -329,8 +341,10 @@ def _walk_json(
                         stopped = True
                         return False
                     leaves_left -= 1
-                    if shape is not None and child not in shape:
-                        shape[child] = classify_leaf(v)
+                    if shape is not None:
+                        cls = classify_leaf(v)
+                        if shape.setdefault(child, cls) != cls:
+                            mixed.add((child, cls))  # type: ignore[union-attr]
                     if fields is not None:
                         fields.append((child, v))  # type: ignore[arg-type]
         return True

@@ -73,7 +73,7 @@ def learn(profile: ServiceProfile, obs: Observation, f: Features) -> EndpointRul
     if f.content_type and f.content_type not in ctypes and len(ctypes) < limits.max_content_types:
         ctypes.add(f.content_type)
     rule.body_kinds.add(f.body.kind)
-    for path, cls in f.body.shape().items():
+    for path, cls in f.body.leaf_classes():
         _learn_field(rule, rule.body, path, cls, limits.max_body_fields)
     rule.learn_size(f.size)
     if f.status_class:
@@ -133,8 +133,8 @@ def score_reasons(
     kind = f.body.kind
     if kind != "empty" and rule.body_kinds and kind not in rule.body_kinds:
         reasons.append("body-type-mismatch")
-    elif (shape := f.body.shape()) and not rule.open_body:
-        for path, cls in shape.items():
+    elif f.body.shape() and not rule.open_body:
+        for path, cls in f.body.leaf_classes():
             classes = rule.body.get(path)
             if classes is None:
                 _add(reasons, "new-body-field")

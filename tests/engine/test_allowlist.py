@@ -169,3 +169,26 @@ def test_threat_bearing_requests_are_not_learned() -> None:
     assert engine.evaluate(obs("GET", "/ok"), mode="enforce").verdict == "allow"
     assert engine.evaluate(obs("GET", "/evil"), mode="enforce").verdict == "deny"
     assert engine.evaluate(obs("GET", "/evil"), mode="monitor").verdict == "alert"
+
+
+def test_every_array_element_is_checked_not_only_the_first() -> None:
+    """A value of another class hidden in a later array element is a body-type-mismatch; an
+    array whose elements normally mix classes learns all of them."""
+    import json
+
+    engine = Engine(config=EngineConfig(threats=False))
+    for i in range(30):
+        items = [{"sku": f"sku-{i}", "qty": 1 + k} for k in range(4)]
+        mixed = [7, "seven"]  # this field normally holds both an integer and a word
+        body = json.dumps({"items": items, "tags": mixed}).encode()
+        engine.evaluate(obs("POST", "/orders", body=body), mode="learn")
+    ok = json.dumps({"items": [{"sku": "a", "qty": 1}] * 3, "tags": ["x", 3]}).encode()
+    assert engine.evaluate(obs("POST", "/orders", body=ok), mode="enforce").verdict == "allow"
+    hidden = [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}, {"sku": "c", "qty": {"$gt": 0}}]
+    bad = json.dumps({"items": hidden, "tags": [1]}).encode()
+    v = engine.evaluate(obs("POST", "/orders", body=bad), mode="enforce")
+    assert "new-body-field" in v.reasons  # items[].qty.$gt
+    hidden[2]["qty"] = 1.5  # type: ignore[assignment]
+    bad = json.dumps({"items": hidden, "tags": [1]}).encode()
+    v = engine.evaluate(obs("POST", "/orders", body=bad), mode="enforce")
+    assert v.verdict == "deny" and "body-type-mismatch" in v.reasons, v
