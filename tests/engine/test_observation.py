@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshward import values
 from meshward.bodies import decode_body
@@ -114,3 +116,38 @@ def test_child_path_memo_is_bounded_under_high_cardinality_keys() -> None:
     assert len(memo) <= bodies._MEMO_PARENTS + 1
     assert all(len(kids) <= bodies._MEMO_KEYS for kids in memo.values())
     assert all(len(k) <= bodies._MEMO_KEY_LEN for kids in memo.values() for k in kids)
+
+
+json_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda kids: st.lists(kids, max_size=5)
+    | st.dictionaries(st.text(max_size=6), kids, max_size=5),
+    max_leaves=40,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_docs, max_fields=st.integers(1, 30), max_depth=st.integers(1, 8))
+def test_shape_walk_agrees_with_fields_walk(doc: object, max_fields: int, max_depth: int) -> None:
+    """Whatever the document and limits: the same `partial`, and the shape's (path, class) pairs
+    are exactly those of the leaves the fields walk collects."""
+    body = json.dumps(doc).encode()
+    a = decode_body("application/json", body, max_fields=max_fields, max_depth=max_depth)
+    b = decode_body("application/json", body, max_fields=max_fields, max_depth=max_depth)
+    a.shape()
+    b.fields  # noqa: B018
+    assert a.partial == b.partial
+    pairs = {(path, values.classify_leaf(leaf)) for path, leaf in b.fields}
+    assert set(a.leaf_classes()) == pairs == set(b.leaf_classes())
+    assert len(b.fields) <= max_fields and len(b.keys) <= max_fields
+
+
+@settings(max_examples=200, deadline=None)
+@given(ct=st.sampled_from(["", "application/json", "application/x-www-form-urlencoded",
+                           "application/xml", "text/plain"]),
+       body=st.binary(max_size=200))  # fmt: skip
+def test_shape_never_raises(ct: str, body: bytes) -> None:
+    d = decode_body(ct, body, max_fields=20)
+    assert isinstance(d.partial, bool) and isinstance(d.shape(), dict)
+    assert all(isinstance(p, str) and c in values.ALL_CLASSES for p, c in d.leaf_classes())
