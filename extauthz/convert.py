@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
@@ -45,15 +46,20 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> list[t
 
 
 def check_to_observation(
-    req: external_auth_pb2.CheckRequest, namespace: str = "", workload: str = ""
+    req: external_auth_pb2.CheckRequest,
+    fallback: Callable[[], tuple[str, str]] | None = None,
 ) -> Observation:
-    """Read one CheckRequest; `namespace`/`workload` are fallbacks (gRPC metadata)."""
+    """Read one CheckRequest. `fallback()` gives (namespace, workload) from elsewhere (the gRPC
+    metadata); it is called only when `context_extensions` lack them."""
     attrs = req.attributes
     http = attrs.request.http
     ext = attrs.context_extensions
     dest = _peer(attrs.destination)
-    ns = ext.get("namespace") or namespace
-    wl = ext.get("workload") or workload
+    ns = ext.get("namespace")
+    wl = ext.get("workload")
+    if (not ns or not wl) and fallback is not None:
+        fb_ns, fb_wl = fallback()
+        ns, wl = ns or fb_ns, wl or fb_wl
     if ns:
         dest.namespace = ns
     if wl:
@@ -81,12 +87,16 @@ def check_to_observation(
         body_size=size,
         request_id=http.id,
     )
+    grpc = False
     for k, v in headers:
         if k == "x-request-id":
             obs.request_id = v
+        elif k == "content-type":
+            grpc = grpc or v[:16].lower() == "application/grpc"
         elif k == "x-envoy-auth-partial-body" and v == "true":
             obs.body_truncated = True
-    obs.fill_grpc()
+    if grpc:
+        obs.fill_grpc()
     return obs
 
 

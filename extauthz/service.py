@@ -73,7 +73,7 @@ class CheckService:
             self.problems("extauthz", req.kind, error=req.error, size=req.size)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{req.kind}: {req.error}")
         try:
-            obs = check_to_observation(req, *self._fallback_identity(req, context))
+            obs = check_to_observation(req, lambda: self._fallback_identity(context))
             verdict = self.judge(obs)
         except Exception as exc:  # keep serving whatever one request does
             self.metrics.checks.labels("error").inc()
@@ -89,12 +89,8 @@ class CheckService:
         return answer
 
     @staticmethod
-    def _fallback_identity(
-        req: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[str, str]:
-        """Namespace/workload from gRPC metadata, read only when context_extensions lack them."""
-        if "namespace" in req.attributes.context_extensions:
-            return "", ""
+    def _fallback_identity(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        """Namespace/workload from the gRPC metadata the filter config also sets."""
         md = dict(context.invocation_metadata() or ())
         return str(md.get("x-meshward-namespace", "")), str(md.get("x-meshward-workload", ""))
 

@@ -251,3 +251,32 @@ def test_tap_junk_ends_only_that_stream() -> None:
             assert 'meshward_tap_streams_total{outcome="complete"} 1.0' in text
 
     asyncio.run(main())
+
+
+def test_check_without_context_extensions_uses_grpc_metadata() -> None:
+    """An ext_authz filter configured without context_extensions still names the namespace and
+    workload through the gRPC metadata meshward's filter config also sets; a gRPC call is read
+    by service and method."""
+    seen: list[Observation] = []
+
+    async def main() -> None:
+        async with running_server() as srv:
+            judge = srv.check.judge
+            srv.check.judge = lambda obs: seen.append(obs) or judge(obs)  # type: ignore[func-returns-value]
+            req = check_request("POST", "/shop.Cart/Add",
+                                headers=[("content-type", b"application/grpc+proto")])  # fmt: skip
+            req.attributes.context_extensions.clear()
+            md = (("x-meshward-namespace", "shop"), ("x-meshward-workload", "cart"))
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.ports['authz']}") as ch:
+                r = await external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+                    req, metadata=md, timeout=5
+                )
+            assert r.status.code == 0
+            r = await _check(srv.ports["authz"], check_request("GET", "/x", workload="api"))
+            assert r.status.code == 0
+
+    asyncio.run(main())
+    first, second = seen
+    assert first.destination.key == "shop/cart" and first.protocol == "grpc"
+    assert (first.grpc_service, first.grpc_method) == ("shop.Cart", "Add")
+    assert second.destination.key == "shop/api" and second.grpc_service == ""
