@@ -13,6 +13,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote_plus
 from xml.parsers import expat
 
@@ -288,65 +289,55 @@ def _walk_json(
         if depth >= max_depth:
             stopped = True
             return True
+        kids: dict[str, str] | None = None  # child paths of an object's keys
+        last = False  # the key limit falls inside this object
+        pairs: Iterable[tuple[Any, object]]  # (key, value); the key is None in an array
         if type(node) is dict:
             kids = memo.get(path)
             if kids is None:
                 kids = memo[path] = {}
-            pairs: Iterable[tuple[str, object]] = node.items()
+            pairs = node.items()
             last = len(node) > keys_left
-            if last:  # the key limit falls inside this object
+            if last:
                 pairs = itertools.islice(pairs, keys_left)
                 keys_left = 0
             else:
                 keys_left -= len(node)
-            for k, v in pairs:
-                if keys is not None:
-                    keys.append((path, k))
-                child = kids.get(k)
-                if child is None:
-                    child = _child(path, k)
-                    if len(kids) < _MEMO_KEYS and len(k) <= _MEMO_KEY_LEN:
-                        kids[k] = child
-                t = type(v)
-                if t is dict or t is list:
-                    if not visit(v, child, depth + 1):
-                        return False
-                else:
-                    if not leaves_left:
-                        stopped = True
-                        return False
-                    leaves_left -= 1
-                    if shape is not None:
-                        cls = classify_leaf(v)
-                        if shape.setdefault(child, cls) != cls:
-                            mixed.add((child, cls))  # type: ignore[union-attr]
-                    if fields is not None:
-                        fields.append((child, v))  # type: ignore[arg-type]  # a JSON leaf
-            if last:
-                stopped = True
-                return False
         else:
             items: list[object] = node  # type: ignore[assignment]
             if len(items) > max_fields:
                 stopped = True
                 items = items[:max_fields]
-            child = path + "[]"
-            for v in items:
-                t = type(v)
-                if t is dict or t is list:
-                    if not visit(v, child, depth + 1):
-                        return False
-                else:
-                    if not leaves_left:
-                        stopped = True
-                        return False
-                    leaves_left -= 1
-                    if shape is not None:
-                        cls = classify_leaf(v)
-                        if shape.setdefault(child, cls) != cls:
-                            mixed.add((child, cls))  # type: ignore[union-attr]
-                    if fields is not None:
-                        fields.append((child, v))  # type: ignore[arg-type]
+            pairs = zip(itertools.repeat(None), items)
+        child = path + "[]"  # an array element's path; an object's keys get their own
+        for k, v in pairs:
+            if kids is not None:
+                if keys is not None:
+                    keys.append((path, k))
+                known = kids.get(k)
+                if known is None:
+                    known = _child(path, k)
+                    if len(kids) < _MEMO_KEYS and len(k) <= _MEMO_KEY_LEN:
+                        kids[k] = known
+                child = known
+            t = type(v)
+            if t is dict or t is list:
+                if not visit(v, child, depth + 1):
+                    return False
+                continue
+            if not leaves_left:
+                stopped = True
+                return False
+            leaves_left -= 1
+            if shape is not None:
+                cls = classify_leaf(v)
+                if shape.setdefault(child, cls) != cls:
+                    mixed.add((child, cls))  # type: ignore[union-attr]
+            if fields is not None:
+                fields.append((child, v))  # type: ignore[arg-type]  # a JSON leaf
+        if last:
+            stopped = True
+            return False
         return True
 
     doc = body._doc
