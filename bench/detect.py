@@ -312,9 +312,8 @@ def prose_lines(limit: int = 20_000) -> list[str]:
     return out
 
 
-def prose_false_positives(det: ThreatDetector) -> tuple[int, int, dict[str, int]]:
-    """(lines, lines with a finding, findings by threat name)."""
-    lines = prose_lines()
+def text_false_positives(det: ThreatDetector, lines: list[str]) -> tuple[int, int, dict[str, int]]:
+    """(lines, lines with a finding, findings by threat name), each line in a JSON field."""
     by_name: dict[str, int] = {}
     flagged = 0
     for line in lines:
@@ -425,19 +424,6 @@ def benign_text(n: int = 20_000, seed: int = 7) -> list[str]:
     return out
 
 
-def benign_text_false_positives(det: ThreatDetector) -> tuple[int, int, dict[str, int]]:
-    """(lines, lines with a finding, findings by threat name) over benign_text() in JSON."""
-    lines = benign_text()
-    by_name: dict[str, int] = {}
-    flagged = 0
-    for line in lines:
-        threats = det.inspect(place(line, "json")).threats
-        flagged += bool(threats)
-        for t in threats:
-            by_name[t.name] = by_name.get(t.name, 0) + 1
-    return len(lines), flagged, by_name
-
-
 def typical_request() -> Observation:
     """1 KB JSON body, 10 headers, as one service calls another in a mesh."""
     body = json.dumps(
@@ -539,14 +525,15 @@ def main() -> int:
         n, fps = api_false_positives(det)
         print(f"\nengine OpenAPI sample traffic (tests/engine): {fps} of {n} normal requests "
               f"with a threat ({100.0 * fps / n:.2f}%)")
-        n, flagged, by_name = prose_false_positives(det)
-        print(f"English technical prose (stdlib comments) in a JSON field: {flagged} of {n} lines "
-              f"with a finding ({100.0 * flagged / max(n, 1):.2f}%): "
-              + ", ".join(f"{k} {v}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])))
-        n, flagged, by_name = benign_text_false_positives(det)
-        print(f"benign user text (chat/Markdown, tutorials, tickets, products) in a JSON field: "
-              f"{flagged} of {n} lines with a finding ({100.0 * flagged / max(n, 1):.2f}%): "
-              + ", ".join(f"{k} {v}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])))
+        for what, lines in (
+            ("English technical prose (stdlib comments)", prose_lines()),
+            ("benign user text (chat/Markdown, tutorials, tickets, products)", benign_text()),
+        ):
+            n, flagged, by_name = text_false_positives(det, lines)
+            names = sorted(by_name.items(), key=lambda kv: -kv[1])
+            print(f"{what} in a JSON field: {flagged} of {n} lines with a finding "
+                  f"({100.0 * flagged / max(n, 1):.2f}%): "
+                  + ", ".join(f"{k} {v}" for k, v in names))
         if args.show_prose:
             for line in [*prose_lines(), *benign_text()]:
                 found = det.inspect(place(line, "json")).threats
