@@ -6,6 +6,9 @@ sidecar (rendered by istio/bootstrap.py) to the same app (an Envoy direct_respon
   (b) Envoy + ext_authz to an always-allow Python grpc.aio server (uvloop): the transport floor
   (c) Envoy + ext_authz to `meshward serve`, namespace in enforce, allowlist learned before
   (d) Envoy + native RBAC allowing exactly that method and path: the physical limit
+  (e) Envoy + ext_authz to meshward's own gRPC server and CheckRequest conversion with the judge
+      replaced by a constant allow: splits what (c) adds over (b) into meshward's server and
+      conversion (e - b) and the judging itself, allowlist and inspection (c - e)
 The tap filter is left out everywhere (bench/envoytap.py measures it). Added latency is
 p50/p99 minus (a)'s at the same connection count; goals: (c) adds <= 1.15x the p50 (b) adds,
 and keeps >= 0.85x its requests/s.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -65,8 +69,10 @@ def order_body(i: int = 0) -> bytes:
     doc = {
         "order_id": 100000 + i,
         "customer": {"id": 4000 + i % 50, "name": "Ada Lovelace", "email": "ada@example.com"},
-        "items": [{"sku": f"sku-{(i + k) % 90:04d}", "qty": 1 + k % 3, "price": 12.5 + k}
-                  for k in range(9)],
+        "items": [
+            {"sku": f"sku-{(i + k) % 90:04d}", "qty": 1 + k % 3, "price": 12.5 + k}
+            for k in range(9)
+        ],
         "note": "leave at the door",
     }
     raw = json.dumps(doc, separators=(",", ":"))
@@ -100,6 +106,29 @@ def run_allow_server(port: int) -> None:
     asyncio.run(_allow_server(port))
 
 
+def run_floor_server(port: int) -> None:
+    """Scenario (e): `meshward serve`'s Server as is, but every Check is answered allow without
+    judging (the conversion to an Observation still runs)."""
+    from meshward.observation import Verdict
+    from meshward.serve import ServeConfig, Server, install_uvloop
+
+    install_uvloop()
+    allow = Verdict("allow", 0.0)
+
+    async def serve() -> None:
+        with tempfile.TemporaryDirectory(prefix="meshward-floor-") as tmp:
+            config = ServeConfig(db=f"{tmp}/floor.db", listen_host="127.0.0.1", authz_port=port,
+                                 tap_port=0, http_port=0)  # fmt: skip
+            server = Server(config)
+            server.check.judge = lambda obs: allow
+            await server.start()
+            gc.collect()
+            gc.freeze()  # as serve_forever does
+            await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
 def wait_port(port: int, timeout: float = 30.0) -> None:
     """Until something accepts on the loopback port (the allow server has started)."""
     deadline = time.monotonic() + timeout
@@ -130,6 +159,7 @@ def pin(servers: list[int], envoys: list[EnvoyProcess]) -> None:
 
 def median_result(runs: list[WrkResult]) -> WrkResult:
     """Per-field median over the rounds (the machine is shared and noisy)."""
+
     def med(vals: list[float]) -> float:
         return statistics.median(vals)
 
@@ -148,6 +178,7 @@ NAMES = {
     "b": "(b) always-allow grpc.aio",
     "c": "(c) meshward enforce",
     "d": "(d) native RBAC",
+    "e": "(e) meshward, judge skipped",
 }
 
 
@@ -156,15 +187,19 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="wrk duration per point")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median taken)")
     ap.add_argument("--allow-server", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     ap.add_argument(
         "--pin",
         action="store_true",
-        help="give both Python ext_authz servers (b, c) the last CPU and Envoy + wrk the others, "
+        help="give the Python ext_authz servers (b, c, e) the last CPU and Envoy + wrk the others, "
         "as in a cluster where meshward runs in its own pod rather than beside the sidecar",
     )
     args = ap.parse_args()
     if args.allow_server:
         run_allow_server(args.allow_server)
+        return 0
+    if args.floor_server:
+        run_floor_server(args.floor_server)
         return 0
     conns = [1, 16]
     script = post_script(order_body())
@@ -172,22 +207,27 @@ def main() -> int:
     allow_port = free_port()
     allow = subprocess.Popen([sys.executable, __file__, "--allow-server", str(allow_port)],
                              cwd=ROOT)  # fmt: skip
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, __file__, "--floor-server", str(floor_port)],
+                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
     envoys: dict[str, EnvoyProcess] = {}
     with tempfile.TemporaryDirectory(prefix="meshward-bench-") as tmp, \
             EnvoyProcess(app_bootstrap(), name="app") as app:  # fmt: skip
         mw = MeshwardServe(tmp)
         try:
             wait_port(allow_port)
+            wait_port(floor_port)
             boots = {
                 "a": sidecar(app.port, "learn", keep=()),
                 "b": sidecar(app.port, "enforce", keep=(EXT_AUTHZ,), authz_port=allow_port),
                 "c": sidecar(app.port, "enforce", keep=(EXT_AUTHZ,), authz_port=mw.authz),
                 "d": sidecar(app.port, "learn", keep=(), extra_filter=RBAC),
+                "e": sidecar(app.port, "enforce", keep=(EXT_AUTHZ,), authz_port=floor_port),
             }
             for key, boot in boots.items():
                 envoys[key] = EnvoyProcess(boot, name=key).start()
             if args.pin:
-                pin([allow.pid, mw.proc.pid], [app, *envoys.values()])
+                pin([allow.pid, mw.proc.pid, floor.pid], [app, *envoys.values()])
             port = {k: e.port for k, e in envoys.items()}
             # (c): learn the allowlist through the same sidecar, then enforce it
             mw.api("PUT", "/api/v1/modes/bench", {"mode": "learn"})
@@ -200,8 +240,11 @@ def main() -> int:
             for key in boots:
                 assert request(port[key], "/api/orders", order_body()) == 200, key
                 wrk(f"http://127.0.0.1:{port[key]}", 4, 1, script)  # warm up
-            print(f"app (Envoy direct_response) on {app.port}; {args.rounds} interleaved rounds "
-                  f"of wrk {args.seconds:g} s per scenario and connection count", flush=True)
+            print(
+                f"app (Envoy direct_response) on {app.port}; {args.rounds} interleaved rounds "
+                f"of wrk {args.seconds:g} s per scenario and connection count",
+                flush=True,
+            )
             runs: dict[tuple[str, int], list[WrkResult]] = {}
             for rnd in range(args.rounds):
                 for c in conns:
@@ -211,21 +254,29 @@ def main() -> int:
                 print(f"  round {rnd + 1}/{args.rounds} done", flush=True)
             checks = mw.metric('meshward_checks_total{result="ok"}')
             mean = mw.metric("meshward_check_seconds_sum") / max(
-                mw.metric("meshward_check_seconds_count"), 1)
-            print(f"meshward answered {checks:.0f} checks OK; mean time in its Check handler "
-                  f"{mean * 1e6:.0f} µs")
+                mw.metric("meshward_check_seconds_count"), 1
+            )
+            print(
+                f"meshward answered {checks:.0f} checks OK; mean time in its Check handler "
+                f"{mean * 1e6:.0f} µs"
+            )
         finally:
             for e in envoys.values():
                 e.stop()
             mw.stop()
-            allow.terminate()
-            allow.wait(10)
+            for proc in (allow, floor):
+                proc.terminate()
+                proc.wait(10)
 
     results = {k: median_result(v) for k, v in runs.items()}
-    print(f"\nmedians over {args.rounds} rounds; added = over (a) at the same connections "
-          f"(run took {time.monotonic() - start:.0f} s):")
-    print(f"{'':28}{'c':>3} {'p50 µs':>8} {'p99 µs':>8} {'+p50 µs':>8} {'+p99 µs':>8} "
-          f"{'req/s':>7} {'+p50 vs b':>10} {'req/s vs b':>11} {'failed':>7}")
+    print(
+        f"\nmedians over {args.rounds} rounds; added = over (a) at the same connections "
+        f"(run took {time.monotonic() - start:.0f} s):"
+    )
+    print(
+        f"{'':28}{'c':>3} {'p50 µs':>8} {'p99 µs':>8} {'+p50 µs':>8} {'+p99 µs':>8} "
+        f"{'req/s':>7} {'+p50 vs b':>10} {'req/s vs b':>11} {'failed':>7}"
+    )
     verdicts = []
     for c in conns:
         base, b = results[("a", c)], results[("b", c)]
@@ -235,15 +286,25 @@ def main() -> int:
             add50, add99 = r.p50_us - base.p50_us, r.p99_us - base.p99_us
             lat = add50 / b_add if b_add > 0 else float("nan")
             rps = r.rps / b.rps
-            print(f"{label:28}{c:>3} {r.p50_us:>8.0f} {r.p99_us:>8.0f} {add50:>8.0f} "
-                  f"{add99:>8.0f} {r.rps:>7.0f} {lat:>9.2f}x {rps:>10.2f}x "
-                  f"{r.non2xx + r.errors:>7}")
+            print(
+                f"{label:28}{c:>3} {r.p50_us:>8.0f} {r.p99_us:>8.0f} {add50:>8.0f} "
+                f"{add99:>8.0f} {r.rps:>7.0f} {lat:>9.2f}x {rps:>10.2f}x "
+                f"{r.non2xx + r.errors:>7}"
+            )
             if key == "c":
                 verdicts.append((c, lat, rps, r.non2xx + r.errors))
+    for c in conns:
+        b, c_, e = (results[(k, c)].p50_us for k in "bce")
+        print(
+            f"c={c}: of the {c_ - b:.0f} µs p50 that (c) adds over (b), meshward's server and "
+            f"conversion take {e - b:.0f} µs (e - b), judging {c_ - e:.0f} µs (c - e)"
+        )
     for c, lat, rps, bad in verdicts:
         ok = lat <= 1.15 and rps >= 0.85 and bad == 0
-        print(f"goal c={c}: (c) adds {lat:.2f}x the p50 (b) adds (<= 1.15), keeps {rps:.2f}x "
-              f"its req/s (>= 0.85), failed requests {bad}: {'MET' if ok else 'NOT MET'}")
+        print(
+            f"goal c={c}: (c) adds {lat:.2f}x the p50 (b) adds (<= 1.15), keeps {rps:.2f}x "
+            f"its req/s (>= 0.85), failed requests {bad}: {'MET' if ok else 'NOT MET'}"
+        )
     return 0
 
 
