@@ -20,6 +20,8 @@ Some rows of a class's lists cannot be that attack: a lone separator runs no com
 made only of `./` steps leaves no directory. For Command.Injection and Path.Traversal the
 "excl" columns give the rate over the rows left once a general rule (printed with the tables,
 see NOT_OF_CLASS) sets such rows aside; the strict rate stays the figure the goal is about.
+Path.Traversal rows holding an unfilled `{file}` placeholder (`//{file}`) are also scored with
+it filled by a few sensitive targets (FILLS), printed under the tables.
 
 Run: .venv/bin/python bench/detect.py [--levels 1,2,3] [--show N] [--show-prose N]
 Data: $MESHWARD_SHARED, else ../shared/data next to the repository.
@@ -241,6 +243,27 @@ def rates(det: ThreatDetector, payloads: list[str], want: str | None) -> dict[st
         out.update({f"excl-{w}": 100.0 * kept_hits[w] / kept for w in PLACEMENTS})
         out.update(excluded=excluded, flagged_anyway=flagged_anyway)
     return out
+
+
+# A file placeholder traversal lists leave unfilled (`//{file}`, `/aaaa..{FILE}`): the row is a
+# pattern for a fuzzer to fill, not a request, so its rate is also printed filled with targets.
+PLACEHOLDER = re.compile(r"(?<!\{)\{file\}(?!\})", re.IGNORECASE)
+FILLS = ("etc/passwd", "windows/win.ini", "proc/self/environ")
+
+
+def filled_rates(det: ThreatDetector, payloads: list[str], want: str) -> str:
+    """One line: how many rows hold a placeholder, and the class rate (query placement) over all
+    rows with every placeholder filled by each of FILLS; empty when no row holds one."""
+    held = sum(1 for p in payloads if PLACEHOLDER.search(p))
+    if not held:
+        return ""
+    parts = []
+    for fill in FILLS:
+        rows = [PLACEHOLDER.sub(fill, p) for p in payloads]
+        hit = sum(any(t.name == want for t in det.inspect(place(r, "query")).threats) for r in rows)
+        parts.append(f"{fill} {100.0 * hit / len(rows):.1f}%")
+    return (f"{held} of {len(payloads)} rows hold a placeholder such as {{file}}; strict rate "
+            "(query) with it filled: " + ", ".join(parts))
 
 
 def misses(det: ThreatDetector, payloads: list[str], want: str, where: str) -> list[str]:
@@ -520,6 +543,10 @@ def main() -> int:
             [(f"{c} ({CLASSES[c][:10]})", len(p), rates(det, p, CLASSES[c]))
              for c, p in sorted(attacks.items())],
         )
+        for source, lists in (("payloads", payloads), ("httpparams", attacks)):
+            for c, p in sorted(lists.items()):
+                if CLASSES[c] == "Path.Traversal" and (line := filled_rates(det, p, CLASSES[c])):
+                    print(f"    {source} {c}: {line}")
         print_table("httpparams norm rows false positives % (any threat)",
                     [("norm", len(norm), rates(det, norm, None))], fp=True)
         n, fps = api_false_positives(det)

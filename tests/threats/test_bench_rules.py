@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.detect import not_a_command, not_a_traversal
+from bench.detect import PLACEHOLDER, not_a_command, not_a_traversal
 
 COMMANDS = [
     "; cat /etc/passwd", "|id", "`whoami`", "$(sleep 5)", "test`whoami`", "w'h'o'am'i",
@@ -44,3 +44,11 @@ def test_traversals_are_never_set_aside(value: str) -> None:
 @pytest.mark.parametrize("value", NOT_TRAVERSALS)
 def test_rows_naming_no_file_are_set_aside(value: str) -> None:
     assert not_a_traversal(value)
+
+
+def test_placeholder_is_a_single_braced_file_name() -> None:
+    """The `{file}` a fuzzer fills in, in either case; a template's {{file}} is no placeholder."""
+    assert PLACEHOLDER.sub("etc/passwd", "//{file}") == "//etc/passwd"
+    assert PLACEHOLDER.sub("x", "/..{FILE}") == "/..x"
+    assert PLACEHOLDER.search("{{file}}") is None
+    assert PLACEHOLDER.search("{name}") is None
