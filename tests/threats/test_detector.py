@@ -15,6 +15,7 @@ from meshward.bodies import decode_body
 from meshward.detect import Detector
 from meshward.observation import Observation
 from meshward.threats import THREAT_NAMES, ThreatDetector, default_detector, metadata_address
+from meshward.threats.normalise import decode
 
 DET = ThreatDetector(level=1)
 FULL = ThreatDetector(level=1, prefilter=False)
@@ -393,3 +394,18 @@ def test_hyperscan_agrees_with_re() -> None:
             for sid, sig in enumerate(sigs.signatures):
                 if re.search(sig.pattern.encode(), data, re.IGNORECASE | re.MULTILINE):
                     assert sid in got, (sig.name, sig.pattern[:60], data[-80:])
+
+
+def test_surrogate_escapes_decode_to_whole_characters() -> None:
+    """\\uD83D\\uDE00 escapes decode one half at a time; lone halves cannot be encoded as UTF-8
+    (libinjection raised on them, so the whole Check failed and monitor mode let it through)."""
+    assert decode("\\ud83d\\ude00 x") == "\U0001f600 x"
+    assert decode("\\ud800 x") == "\ufffd x"
+    assert decode('{"\\udc00": 1}') == '{"\ufffd": 1}'
+    raw = Observation("file", method="POST", path="/", headers=[("content-type", "text/plain")],
+                      body=b"\\ud800\\udc00 x' or 'a'='a")
+    assert "SQL.Injection" in {t.name for t in default_detector().inspect(raw).threats}
+    for body in (b'{"q": "\\ud800\' or 1=1 --"}', b'{"\\ud800\\udc00": "\\udc00\' or 1=1 --"}'):
+        obs = Observation("file", method="POST", path="/",
+                          headers=[("content-type", "application/json")], body=body)
+        assert "SQL.Injection" in {t.name for t in default_detector().inspect(obs).threats}
