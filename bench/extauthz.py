@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import socket
 import statistics
@@ -35,6 +34,7 @@ from envoy_harness import (
     WrkResult,
     app_bootstrap,
     free_port,
+    order_body,
     post_script,
     request,
     sidecar,
@@ -62,22 +62,6 @@ RBAC = {
         },
     },
 }  # fmt: skip
-
-
-def order_body(i: int = 0) -> bytes:
-    """A 1 KB JSON order; values vary with `i`, the shape does not."""
-    doc = {
-        "order_id": 100000 + i,
-        "customer": {"id": 4000 + i % 50, "name": "Ada Lovelace", "email": "ada@example.com"},
-        "items": [
-            {"sku": f"sku-{(i + k) % 90:04d}", "qty": 1 + k % 3, "price": 12.5 + k}
-            for k in range(9)
-        ],
-        "note": "leave at the door",
-    }
-    raw = json.dumps(doc, separators=(",", ":"))
-    doc["pad"] = "x" * max(0, 1024 - len(raw) - 10)
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 async def _allow_server(port: int) -> None:

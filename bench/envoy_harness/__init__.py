@@ -28,6 +28,22 @@ from meshward.api import call  # noqa: E402
 from meshward.metrics import sample  # noqa: E402
 
 
+def order_body(i: int = 0) -> bytes:
+    """A 1 KB JSON order; values vary with `i`, the shape does not."""
+    doc = {
+        "order_id": 100000 + i,
+        "customer": {"id": 4000 + i % 50, "name": "Ada Lovelace", "email": "ada@example.com"},
+        "items": [
+            {"sku": f"sku-{(i + k) % 90:04d}", "qty": 1 + k % 3, "price": 12.5 + k}
+            for k in range(9)
+        ],
+        "note": "leave at the door",
+    }
+    raw = json.dumps(doc, separators=(",", ":"))
+    doc["pad"] = "x" * max(0, 1024 - len(raw) - 10)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
