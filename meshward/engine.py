@@ -22,8 +22,8 @@ from typing import Any
 
 from meshward import scoring
 from meshward.allowlist import Allowlist, Limits
-from meshward.bodies import decode_content
-from meshward.detect import Detector, NoDetector
+from meshward.bodies import DecodedBody, decode_content
+from meshward.detect import Detector, Inspection, NoDetector
 from meshward.log import event
 from meshward.modes import DEFAULT_MODE, MODES
 from meshward.observation import Observation, Verdict
@@ -71,7 +71,9 @@ class Engine:
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
         self._last_flush = time.monotonic()
         self._modes_version: object = None
-        self.counters: dict[str, int] = {"evaluated": 0, "learned": 0, "alerts": 0, "denied": 0}
+        self.counters: dict[str, int] = {
+            "evaluated": 0, "learned": 0, "alerts": 0, "denied": 0, "inspection_failed": 0,
+        }  # fmt: skip
         if store is not None:
             self._load()
 
@@ -121,13 +123,13 @@ class Engine:
                     obs, body=plain, body_size=len(plain), body_truncated=obs.body_truncated or cut
                 )
         f = scoring.features(obs, self.config.max_body)
-        found = self.detector.inspect(obs, f.body)
+        found, failed = self._inspect(obs, f.body)
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
         if mode == "learn":
             reasons: list[str] = []
             rule_name = None
-            if not threats:
+            if not threats and not failed:
                 if learn:
                     rule = scoring.learn(self.allowlist.profile(dest), obs, f)
                     self._dirty.add(dest)
@@ -136,11 +138,15 @@ class Engine:
                 else:  # a read-only look (meshward score) at what learn mode would see
                     reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
                     rule_name = rule.name if rule else None
+            if failed:
+                reasons = [*reasons, scoring.INSPECTION_FAILED]
             score = scoring.combine(reasons, len(threats))
-            verdict = "alert" if threats else "allow"
+            verdict = "alert" if threats or failed else "allow"
         else:
             reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
             rule_name = rule.name if rule else None
+            if failed:
+                reasons = [*reasons, scoring.INSPECTION_FAILED]
             score = scoring.combine(reasons, len(threats))
             verdict = "allow"
             if threats or score >= self.config.alert_threshold:
@@ -156,7 +162,7 @@ class Engine:
             mode,
             dest,
             obs.source.key,
-            found.partial or f.body.partial or obs.body_truncated,
+            failed or found.partial or f.body.partial or obs.body_truncated,
         )
         if verdict != "allow":
             self._record_alert(obs, v)
@@ -166,6 +172,18 @@ class Engine:
         ):
             self.flush()
         return v
+
+    def _inspect(self, obs: Observation, body: DecodedBody) -> tuple[Inspection, bool]:
+        """The detectors' findings, and whether they failed. A detector bug on some input must
+        not let that request through unseen (Envoy fails open in learn and monitor): the failure
+        is logged, and the request is neither learned nor allowed quietly."""
+        try:
+            return self.detector.inspect(obs, body), False
+        except Exception as exc:
+            self.counters["inspection_failed"] += 1
+            event(log, "inspection failed", logging.ERROR, destination=obs.destination.key,
+                  method=obs.method, path=obs.path[:200], error=repr(exc)[:200])  # fmt: skip
+            return Inspection(), True
 
     def _record_alert(self, obs: Observation, v: Verdict) -> None:
         self.counters["alerts"] += 1

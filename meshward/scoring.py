@@ -28,7 +28,9 @@ WEIGHTS: dict[str, float] = {
     "size-out-of-band": 0.25,
     "unusual-status": 0.2,
     "both-ends-mismatch": 0.5,
+    "inspection-failed": 0.6,  # the threat detectors raised: enforce denies, monitor alerts
 }
+INSPECTION_FAILED = "inspection-failed"
 THREAT_WEIGHT = 0.95
 # an endpoint must have been seen this often before a caller new to it is worth a reason
 MIN_CALLS_FOR_CALLER_CHECK = 20

@@ -171,6 +171,29 @@ def test_threat_bearing_requests_are_not_learned() -> None:
     assert engine.evaluate(obs("GET", "/evil"), mode="monitor").verdict == "alert"
 
 
+def test_a_failing_detector_never_lets_a_request_through_quietly() -> None:
+    """A detector bug on some input (an exception) makes the request unseen, not clean: not
+    learned, alerted in learn and monitor, denied in enforce, counted."""
+
+    class Brittle:
+        def inspect(self, o: Observation, body: object = None) -> Inspection:
+            if "boom" in o.path:
+                raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+            return Inspection()
+
+    engine = Engine(config=EngineConfig(), detector=Brittle())
+    v = engine.evaluate(obs("GET", "/boom"), mode="learn")
+    assert v.verdict == "alert" and "inspection-failed" in v.reasons and v.body_partly_inspected
+    assert engine.allowlist.get("ns/api") is None
+    engine.evaluate(obs("GET", "/boom/ok"), mode="learn")  # learned had it been clean: it is not
+    assert engine.allowlist.get("ns/api") is None
+    engine.evaluate(obs("GET", "/ok"), mode="learn")
+    assert engine.evaluate(obs("GET", "/ok"), mode="enforce").verdict == "allow"
+    assert engine.evaluate(obs("GET", "/boom"), mode="monitor").verdict == "alert"
+    assert engine.evaluate(obs("GET", "/boom"), mode="enforce").verdict == "deny"
+    assert engine.counters["inspection_failed"] == 4
+
+
 def test_every_array_element_is_checked_not_only_the_first() -> None:
     """A value of another class hidden in a later array element is a body-type-mismatch; an
     array whose elements normally mix classes learns all of them."""
