@@ -264,9 +264,11 @@ class ThreatDetector:
             return
         unfolded = decode(value)
         decoded = fold(unfolded)
-        if "`" in decoded:
-            decoded = code_spans_in_prose(decoded)
-        norm = decoded.lower()
+        # libinjection tokenises the text as a database or browser would, backticks included
+        # (a code span `sleep()` is a quoted identifier to it); the signatures see prose's code
+        # spans marked
+        spanned = code_spans_in_prose(decoded) if "`" in decoded else decoded
+        norm = spanned.lower()
         alt = alternate(norm)
         names: set[str] = set()
         for text in (norm, alt) if alt else (norm,):

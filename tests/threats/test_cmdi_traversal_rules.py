@@ -130,6 +130,7 @@ BENIGN = [
     "C:\\Program Files\\app\\app.exe", "end of string\x00", "3.14\x00", "version 1.2",
     "https://example.com/download?file=report.pdf", "./configure && make", "a.b.c",
     "`true`", " `false` ",  # a Markdown code span as the whole value (level 2 reports it)
+    "The `sleep()` field is required; see the docs",  # libinjection: a quoted identifier
     "glob /tmp/*.log", "find /home/*/docs -name x", "backup of /var/www/*.html done",
     "the system(s) we run", "exec(code) in a namespace", "popen(command) returns a pipe",
     "the child_process module", "ProcessBuilder and Runtime.exec", "it's $'s and cents",
