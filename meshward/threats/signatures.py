@@ -97,10 +97,11 @@ _ARG = (
 )
 _PLAIN = r"[a-z][a-z0-9_-]*"
 _CLAUSE_END = r"\s{0,10}(?:$|[;&|`)<>#\r\n\x1f])"  # \x1f: the end of a code span in prose
-_ARGS = (
-    r"(?:\s{1,10}" + _PLAIN + r")?(?:\s{1,10}" + _ARG + r"(?:\s{1,10}" + _PLAIN + r")?){1,6}"
+_TYPED_ARGS = (
+    r"(?:\s{1,10}" + _ARG + r"(?:\s{1,10}" + _PLAIN + r")?){1,6}"
     r"(?:" + _CLAUSE_END + r"|\s{1,10}" + _ARG + ")"
 )
+_ARGS = r"(?:\s{1,10}" + _PLAIN + r")?" + _TYPED_ARGS  # a subcommand or host may come first
 # Commands that do something with no operand (id, env, dir, ...) also count alone, at the end
 # of the value or before another metacharacter; the others (cat, sleep, ping, kill, ...) do
 # nothing without one ("Dog & Cat", "Good night; sleep").
@@ -110,6 +111,9 @@ WORD_COMMANDS_ALONE = frozenset(("id", "ps", "ver", "dir", "su", "shutdown", "re
 # ps options): one plain word ending the clause is enough ("; echo pwned", "; ps aux",
 # "; which nc"); for the others it must be shaped like what they take (a number, host, file).
 WORD_COMMANDS_WORDY = frozenset(("echo", "which", "su", "id", "ps", "net", "reg", "export"))
+# Commands whose first operand is a number, a signal or job, or a switch, never a plain word
+# ("; sleep 5", "; timeout /t 5", "; kill -9 1"): "; timeout after 30 seconds" is English.
+WORD_COMMANDS_TYPED = frozenset(("sleep", "timeout", "kill"))
 _INTO_ARGS = r"[<`\"]|'(?:[^s]|s[\w'\"$`/])|\\[`'\"]|\$\{?ifs"  # no space: quote, redirect, $IFS
 
 
@@ -120,10 +124,12 @@ def _alternation(words: list[str]) -> str:
 def _word_command(words: tuple[str, ...]) -> str:
     """A regex for these WORD_COMMANDS with what may follow them (see above)."""
     alone = [w for w in words if w in WORD_COMMANDS_ALONE]
-    operand = [w for w in words if w not in WORD_COMMANDS_ALONE]
+    operand = [w for w in words if w not in WORD_COMMANDS_ALONE | WORD_COMMANDS_TYPED]
+    typed = [w for w in words if w in WORD_COMMANDS_TYPED]
     wordy = [w for w in words if w in WORD_COMMANDS_WORDY]
     out = [_alternation(alone) + r"(?:$|[;&|)>]|" + _INTO_ARGS + r"|\s{1,10}(?:$|[;&`)<>#])|"
-           + _ARGS + ")", _alternation(operand) + "(?:" + _INTO_ARGS + "|" + _ARGS + ")"]
+           + _ARGS + ")", _alternation(operand) + "(?:" + _INTO_ARGS + "|" + _ARGS + ")",
+           _alternation(typed) + "(?:" + _INTO_ARGS + "|" + _TYPED_ARGS + ")"]
     if wordy:
         out.append(_alternation(wordy) + r"\s{1,10}" + _PLAIN + _CLAUSE_END)
     return "(?:" + "|".join(a for a in out if not a.startswith("(?:)")) + ")"

@@ -48,6 +48,7 @@ def names(obs: Observation, det: ThreatDetector = DET) -> set[str]:
 PLACES = {"query": q, "json": js, "form": form, "header": hdr}
 
 POSITIVE = [
+    (CMDI, "x; timeout /t 5"), (CMDI, "1|sleep 5"), (CMDI, "a; kill -9 1"), (CMDI, "; sleep 5s"),
     (CMDI, "which curl"),  # recon: is the download tool there?
     (CMDI, " whereis  nc "),
     (CMDI, "command -v python3"),
@@ -131,6 +132,7 @@ BENIGN = [
     "https://example.com/download?file=report.pdf", "./configure && make", "a.b.c",
     "`true`", " `false` ",  # a Markdown code span as the whole value (level 2 reports it)
     "The `sleep()` field is required; see the docs",  # libinjection: a quoted identifier
+    "Status: open; timeout after 30 seconds", "ok | sleep tight 2 nights", "done; kill time 2day",
     "glob /tmp/*.log", "find /home/*/docs -name x", "backup of /var/www/*.html done",
     "the system(s) we run", "exec(code) in a namespace", "popen(command) returns a pipe",
     "the child_process module", "ProcessBuilder and Runtime.exec", "it's $'s and cents",
