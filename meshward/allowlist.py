@@ -284,6 +284,8 @@ class ServiceProfile:
 
     def endpoint_for_learning(self, method: str, path: str) -> EndpointRule | None:
         """The rule a request teaches, created (and the trie generalised) as needed."""
+        if not method:  # the stored document of a rule needs a method: no profile would load
+            return None
         node = self.root
         segments = templates.split_path(path)
         template: list[str] = []

@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 SeenBy = Literal["extauthz", "envoy-tap", "node-tap", "file"]
 VerdictKind = Literal["allow", "alert", "deny"]
@@ -22,6 +23,7 @@ _SPIFFE = re.compile(r"^spiffe://[^/]+/ns/(?P<ns>[^/]+)/sa/(?P<sa>[^/]+)$")
 _LINKERD = re.compile(r"^(?P<sa>[^.]+)\.(?P<ns>[^.]+)\.serviceaccount\.identity\.")
 # Kubernetes service DNS names: <svc>.<ns>.svc[.cluster.local]
 _SVC_DNS = re.compile(r"^(?P<svc>[^.]+)\.(?P<ns>[^.]+)\.svc(\.[^:]*)?(:\d+)?$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(slots=True)
@@ -165,16 +167,61 @@ class Verdict:
         return out
 
 
+def whole(text: str) -> str:
+    """Text with no surrogate code points: pairs joined, a lone half U+FFFD (as the detectors'
+    normalise.whole_characters). The json module reads a `\\ud800` escape as a lone half, and
+    text holding one cannot be encoded as UTF-8: SQLite, Prometheus and the detectors raise."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+_TEXT_FIELDS = (
+    "protocol",
+    "method",
+    "authority",
+    "path",
+    "query",
+    "grpc_service",
+    "grpc_method",
+    "request_id",
+)
+
+
+def whole_text(obs: Observation) -> Observation:
+    """The Observation with every text field `whole` (in place): for sources that decode JSON
+    (the ingest API, HAR and tap files), whose strings may hold lone surrogates."""
+    for i in (obs.source, obs.destination):
+        for name in ("namespace", "workload", "principal", "ip"):
+            setattr(i, name, whole(getattr(i, name)))
+    for name in _TEXT_FIELDS:
+        setattr(obs, name, whole(getattr(obs, name)))
+    obs.headers = [(whole(k), whole(v)) for k, v in obs.headers]
+    obs.response_headers = [(whole(k), whole(v)) for k, v in obs.response_headers]
+    obs.threats = [Threat(whole(t.name), whole(t.location), whole(t.evidence)) for t in obs.threats]
+    obs.extra = {whole(k): whole(v) for k, v in obs.extra.items()}
+    return obs
+
+
 def _identity_from(d: object) -> Identity:
     if not isinstance(d, dict):
         raise ValueError("identity must be an object")
     return Identity(
-        namespace=str(d.get("namespace", "")),
-        workload=str(d.get("workload", "")),
-        principal=str(d.get("principal", "")),
-        ip=str(d.get("ip", "")),
+        namespace=_text(d, "namespace"),
+        workload=_text(d, "workload"),
+        principal=_text(d, "principal"),
+        ip=_text(d, "ip"),
         port=int(d.get("port", 0) or 0),
     )
+
+
+def _text(d: dict[str, Any], key: str, default: str | None = "") -> str:
+    """A text field of the wire form. Not str(): null, numbers and objects would become Python
+    reprs ("None", "{'a': 1}") that are then learned as methods, paths and queries."""
+    v = d.get(key, default)
+    if not isinstance(v, str):
+        raise ValueError(f"{key} must be a string, not {type(v).__name__}")
+    return v
 
 
 def observation_to_dict(obs: Observation) -> dict[str, object]:
@@ -220,7 +267,9 @@ def _pairs(v: object) -> list[tuple[str, str]]:
     for item in v:
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise ValueError("headers must be a list of [name, value] pairs")
-        out.append((str(item[0]).lower(), str(item[1])))
+        if not isinstance(item[0], str) or not isinstance(item[1], str):
+            raise ValueError("header names and values must be strings")
+        out.append((item[0].lower(), item[1]))
     return out
 
 
@@ -232,34 +281,38 @@ def observation_from_dict(d: object) -> Observation:
     if seen_by not in ("extauthz", "envoy-tap", "node-tap", "file"):
         raise ValueError(f"unknown seen_by {seen_by!r}")
     try:
-        body = base64.b64decode(str(d.get("body_b64", "")), validate=True)
+        body = base64.b64decode(_text(d, "body_b64"), validate=True)
         threats = [
-            Threat(str(t["name"]), str(t.get("location", "")), str(t.get("evidence", "")))
+            Threat(_text(t, "name", None), _text(t, "location"), _text(t, "evidence"))
             for t in d.get("threats", []) or []
         ]
         status = d.get("status")
         size = d.get("body_size")
-        return Observation(
+        when = float(d.get("time", time.time()))
+        if not math.isfinite(when):  # NaN cannot be stored (NOT NULL); inf is not JSON
+            raise ValueError(f"time must be a finite number, not {when}")
+        obs = Observation(
             seen_by=seen_by,
-            time=float(d.get("time", time.time())),
+            time=when,
             source=_identity_from(d.get("source", {})),
             destination=_identity_from(d.get("destination", {})),
-            protocol=str(d.get("protocol", "http/1.1")),
-            method=str(d.get("method", "")),
-            authority=str(d.get("authority", "")),
-            path=str(d.get("path", "/")),
-            query=str(d.get("query", "")),
+            protocol=_text(d, "protocol", "http/1.1"),
+            method=_text(d, "method"),
+            authority=_text(d, "authority"),
+            path=_text(d, "path", "/"),
+            query=_text(d, "query"),
             headers=_pairs(d.get("headers", [])),
             body=body,
             body_truncated=bool(d.get("body_truncated", False)),
             body_size=int(size) if size is not None else None,
             status=int(status) if status is not None else None,
             response_headers=_pairs(d.get("response_headers", [])),
-            grpc_service=str(d.get("grpc_service", "")),
-            grpc_method=str(d.get("grpc_method", "")),
-            request_id=str(d.get("request_id", "")),
+            grpc_service=_text(d, "grpc_service"),
+            grpc_method=_text(d, "grpc_method"),
+            request_id=_text(d, "request_id"),
             threats=threats,
             extra={str(k): str(v) for k, v in (d.get("extra") or {}).items()},
         )
-    except (TypeError, KeyError, AttributeError, binascii.Error) as exc:
+    except (TypeError, KeyError, AttributeError, OverflowError, binascii.Error) as exc:
         raise ValueError(f"malformed observation: {exc}") from exc
+    return whole_text(obs)
