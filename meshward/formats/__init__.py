@@ -67,7 +67,7 @@ def _lines_kind(head: bytes, whole: bool) -> str | None:
     for line in [ln for ln in lines if ln.strip()][:5]:
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: RecursionError, not a ValueError
             continue
         if isinstance(obj, dict) and obj:
             key = next(iter(obj))

@@ -4,10 +4,13 @@ timestamps, header lists."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import ijson
 
 from meshward.observation import Identity, Observation
 
@@ -30,6 +33,9 @@ Item = Observation | EntryError
 
 # What converting one decoded JSON entry raises on data of the wrong shape (anything else: a bug).
 BAD_VALUE = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
+# What ijson raises on broken input: yajl2_c turns a lone-surrogate escape ("\ud800") into bytes
+# that are not UTF-8 and then fails to decode them (UnicodeDecodeError, not a JSONError).
+JSON_ERRORS = (ijson.JSONError, UnicodeDecodeError)
 
 
 def json_error(exc: BaseException) -> str:
@@ -98,9 +104,12 @@ def parse_time(value: object, what: str) -> float:
     """ISO 8601 / RFC 3339 text (or a protobuf JSON Timestamp) to epoch seconds; naive = UTC."""
     if isinstance(value, dict):  # {"seconds": ..., "nanos": ...}
         try:
-            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+            t = float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what} is not a timestamp") from exc
+        if not math.isfinite(t):  # "NaN" or 1e999: not storable, not JSON
+            raise ValueError(f"{what} is not a finite timestamp")
+        return t
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a date-time string")
     try:

@@ -28,6 +28,7 @@ import ijson
 
 from meshward.formats.common import (
     BAD_VALUE,
+    JSON_ERRORS,
     EntryError,
     Item,
     content_length,
@@ -39,7 +40,7 @@ from meshward.formats.common import (
     source_from_xfcc,
     split_pseudo,
 )
-from meshward.observation import Observation, SeenBy
+from meshward.observation import Observation, SeenBy, whole_text
 
 MAX_LINE = 64 << 20  # a JSON Lines record longer than this is reported and skipped
 MAX_PENDING_STREAMS = 10_000  # streamed traces assembled at once; the oldest is emitted beyond
@@ -179,7 +180,7 @@ def _observation(x: _Exchange, seen_by: SeenBy) -> Observation:
         request_id=next((v for k, v in headers if k == "x-request-id"), ""),
     )
     obs.fill_grpc()
-    return obs
+    return whole_text(obs)
 
 
 def observations_from_trace(obj: object, seen_by: SeenBy = "file") -> list[Observation]:
@@ -318,7 +319,7 @@ def read_tap_lines(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterato
             continue
         try:
             obj = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
             yield EntryError(name, lineno, f"invalid JSON: {json_error(exc)}", "line")
             continue
         yield from _convert(obj, name, lineno, "line", streams)
@@ -332,7 +333,7 @@ def read_tap_document(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iter
     try:
         for n, obj in enumerate(ijson.items(f, "", multiple_values=True, use_float=True), 1):
             yield from _convert(obj, name, n, "entry", streams)
-    except ijson.JSONError as exc:
+    except JSON_ERRORS as exc:
         yield EntryError(
             name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}"
         )

@@ -20,6 +20,7 @@ import ijson
 
 from meshward.formats.common import (
     BAD_VALUE,
+    JSON_ERRORS,
     EntryError,
     Item,
     content_length,
@@ -32,7 +33,7 @@ from meshward.formats.common import (
     source_from_xfcc,
     split_pseudo,
 )
-from meshward.observation import Identity, Observation, SeenBy
+from meshward.observation import Identity, Observation, SeenBy, whole_text
 
 
 def _str(value: object, what: str) -> str:
@@ -156,7 +157,7 @@ def observation_from_entry(entry: object, seen_by: SeenBy = "file") -> Observati
         request_id=next((v for k, v in headers if k == "x-request-id"), ""),
     )
     obs.fill_grpc()
-    return obs
+    return whole_text(obs)
 
 
 def read_har(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item]:
@@ -168,7 +169,7 @@ def read_har(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item
                 yield observation_from_entry(entry, seen_by)
             except BAD_VALUE as exc:
                 yield EntryError(name, n, describe(exc))
-    except ijson.JSONError as exc:
+    except JSON_ERRORS as exc:
         yield EntryError(
             name, n + 1, f"invalid or truncated JSON, rest of file skipped: {json_error(exc)}"
         )
@@ -186,6 +187,6 @@ def _entries_problem(f: IO[bytes]) -> str:
         for prefix, ev, _ in ijson.parse(f):
             if prefix == "log.entries":
                 return "" if ev == "start_array" else "log.entries is not an array"
-    except ijson.JSONError as exc:
+    except JSON_ERRORS as exc:
         return f"invalid JSON: {json_error(exc)}"
     return "no log.entries array: not a HAR file"
