@@ -169,7 +169,14 @@ class ThreatDetector:
         """
         joined = "\n".join(texts)
         ascii_only = joined.isascii()
-        raw = joined.encode("ascii") if ascii_only else joined.encode("utf-8", "surrogateescape")
+        # bytes the node tap could not decode come back as they were (surrogateescape); other
+        # surrogates (no source should hand one over) as their 3-byte form instead of raising
+        errors = "surrogateescape"
+        try:
+            raw = joined.encode("ascii") if ascii_only else joined.encode("utf-8", errors)
+        except UnicodeEncodeError:
+            errors = "surrogatepass"
+            raw = joined.encode("utf-8", errors)
         json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
         if json_body:
             raw = raw + b"\n" + body.translate(_JSON_PREFILTER)
@@ -179,8 +186,7 @@ class ThreatDetector:
 
         def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
             if not starts:
-                sizes = [len(t) if ascii_only else len(t.encode("utf-8", "surrogateescape"))
-                         for t in texts]
+                sizes = [len(t) if ascii_only else len(t.encode("utf-8", errors)) for t in texts]
                 starts.extend(_starts([*sizes, 0] if json_body else sizes))
             flagged.add(bisect.bisect_right(starts, max(end - 1, 0)) - 1)
             return len(flagged) >= total or None

@@ -409,3 +409,14 @@ def test_surrogate_escapes_decode_to_whole_characters() -> None:
         obs = Observation("file", method="POST", path="/",
                           headers=[("content-type", "application/json")], body=body)
         assert "SQL.Injection" in {t.name for t in default_detector().inspect(obs).threats}
+
+
+def test_lone_surrogates_in_any_part_are_inspected() -> None:
+    """No source should hand over text with surrogates, but one that does gets inspected, not
+    an exception (the pre-filter encodes the head in one piece)."""
+    det = default_detector()
+    obs = Observation("file", path="/\ud800/x", query="q=\udc80",
+                      headers=[("user-agent", "\udbff ' or 1=1 --"), ("x", "\ud800")])
+    assert "SQL.Injection" in {t.name for t in det.inspect(obs).threats}
+    obs = Observation("file", path="/\ud800/../../etc/passwd")
+    assert "Path.Traversal" in {t.name for t in det.inspect(obs).threats}
