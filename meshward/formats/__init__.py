@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import ijson
 
-from meshward.formats.common import EntryError, Item, json_error
+from meshward.formats.common import DepthGuard, EntryError, Item, json_error
 from meshward.formats.envoytap import (
     is_trace_key,
     observations_from_trace,
@@ -48,7 +48,7 @@ def _first_key(prefix: bytes, whole: bool) -> str | None:
     `whole`: the prefix is the whole file, so JSON that stops short is invalid, not unfinished.
     """
     try:
-        for path, ev, value in ijson.parse(io.BytesIO(prefix)):
+        for path, ev, value in ijson.parse(DepthGuard(io.BytesIO(prefix))):
             if path == "" and ev == "map_key":
                 return str(value)
             if path == "" and ev == "end_map":

@@ -4,11 +4,12 @@ timestamps, header lists."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import ijson
 
@@ -36,6 +37,58 @@ BAD_VALUE = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 # What ijson raises on broken input: yajl2_c turns a lone-surrogate escape ("\ud800") into bytes
 # that are not UTF-8 and then fails to decode them (UnicodeDecodeError, not a JSONError).
 JSON_ERRORS = (ijson.JSONError, UnicodeDecodeError)
+MAX_JSON_DEPTH = 256  # HAR and tap documents nest about 10 deep; bodies are strings inside them
+
+
+class JSONTooDeep(ijson.JSONError):
+    """Nesting past MAX_JSON_DEPTH: one of JSON_ERRORS, like any other broken input."""
+
+
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{}')
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+class DepthGuard:
+    """A binary file whose reads fail with JSONTooDeep once the JSON in it nests past
+    MAX_JSON_DEPTH. ijson keeps a prefix per open level, so its memory grows with the square of
+    the depth (about 250 MB at 10,000 levels, which a 20 KB file reaches); this looks at each
+    chunk before ijson does, in C-speed passes: escapes dropped, strings (which may span
+    chunks) cut out at their quotes, the brackets left summed."""
+
+    def __init__(self, f: IO[bytes], max_depth: int = MAX_JSON_DEPTH) -> None:
+        self._f = f
+        self.max_depth = max_depth
+        self.depth = 0
+        self._in_string = False  # a string opened in an earlier chunk is still open
+        self._carry = b""  # a backslash that ended the last chunk: it escapes the next byte
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if data:
+            self._scan(data)
+        return data
+
+    def _scan(self, data: bytes) -> None:
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        if b"\\" in data:  # escaped backslashes first, so that what is left of \" is a quote
+            if b"\\\\" in data:
+                data = data.replace(b"\\\\", b"")
+            if data.endswith(b"\\"):
+                data, self._carry = data[:-1], b"\\"
+            data = data.replace(b'\\"', b"")
+        parts = data.translate(None, _NOT_STRUCTURE).split(b'"')
+        outside = parts[1::2] if self._in_string else parts[::2]
+        if len(parts) % 2 == 0:
+            self._in_string = not self._in_string
+        brackets = b"".join(outside).translate(None, _NOT_BRACKETS)
+        opened = brackets.count(b"[") + brackets.count(b"{")
+        if self.depth + opened > self.max_depth:
+            steps = map(_STEP.__getitem__, brackets)
+            if max(itertools.accumulate(steps, initial=self.depth)) > self.max_depth:
+                raise JSONTooDeep(f"nested deeper than {self.max_depth} levels")
+        self.depth += 2 * opened - len(brackets)
 
 
 def json_error(exc: BaseException) -> str:

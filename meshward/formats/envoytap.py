@@ -29,6 +29,7 @@ import ijson
 from meshward.formats.common import (
     BAD_VALUE,
     JSON_ERRORS,
+    DepthGuard,
     EntryError,
     Item,
     content_length,
@@ -331,7 +332,8 @@ def read_tap_document(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iter
     streams = StreamAssembler(seen_by)
     n = 0
     try:
-        for n, obj in enumerate(ijson.items(f, "", multiple_values=True, use_float=True), 1):
+        docs = ijson.items(DepthGuard(f), "", multiple_values=True, use_float=True)
+        for n, obj in enumerate(docs, 1):
             yield from _convert(obj, name, n, "entry", streams)
     except JSON_ERRORS as exc:
         yield EntryError(

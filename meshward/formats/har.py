@@ -21,6 +21,7 @@ import ijson
 from meshward.formats.common import (
     BAD_VALUE,
     JSON_ERRORS,
+    DepthGuard,
     EntryError,
     Item,
     content_length,
@@ -164,7 +165,8 @@ def read_har(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item
     """Stream the entries of one HAR file; bad entries and broken JSON become EntryErrors."""
     n = 0
     try:
-        for n, entry in enumerate(ijson.items(f, "log.entries.item", use_float=True), 1):
+        entries = ijson.items(DepthGuard(f), "log.entries.item", use_float=True)
+        for n, entry in enumerate(entries, 1):
             try:
                 yield observation_from_entry(entry, seen_by)
             except BAD_VALUE as exc:
@@ -184,7 +186,7 @@ def _entries_problem(f: IO[bytes]) -> str:
     """Why a HAR file gave no entries: '' when it simply has an empty log.entries array."""
     f.seek(0)
     try:
-        for prefix, ev, _ in ijson.parse(f):
+        for prefix, ev, _ in ijson.parse(DepthGuard(f)):
             if prefix == "log.entries":
                 return "" if ev == "start_array" else "log.entries is not an array"
     except JSON_ERRORS as exc:
