@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from meshward.formats.common import BAD_VALUE
 from meshward.formats.envoytap import StreamAssembler, observations_from_trace
 from meshward.observation import Observation
 
@@ -81,6 +82,9 @@ class TraceSplitter:
                     ) from None
                 self._buf = buf
                 return out
+            except (ValueError, RecursionError) as exc:  # no more bytes can make it decode
+                # a number past int()'s digit limit, or nesting deeper than the decoder goes
+                raise AdminTapError(f"tap stream value not decodable: {exc}"[:200]) from None
             out.append(value)
             self._buf = buf[end:]
 
@@ -113,7 +117,7 @@ async def stream_observations(
                             found = streams.add(value["http_streamed_trace_segment"])
                         else:
                             found = observations_from_trace(value, seen_by="envoy-tap")
-                    except (ValueError, TypeError, KeyError, AttributeError):
+                    except BAD_VALUE:  # OverflowError too: a timestamp of 10**400 seconds
                         stats.bad += 1
                         continue
                     for obs in found:

@@ -8,6 +8,7 @@ right away (DESIGN.md: Envoy otherwise holds the stream for `deferred_close_time
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ from meshward.observation import Identity, Observation
 
 _NONE = processing_mode_pb2.ProcessingMode.NONE
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
+# the attributes `observation` reads (istio/filters.py TAP_ATTRIBUTES asks Envoy for these):
+# only they are kept, so a stream's attribute table is bounded whatever names arrive
+_ATTRIBUTES = frozenset({
+    "source.address", "source.port", "destination.address", "destination.port",
+    "connection.uri_san_peer_certificate", "connection.uri_san_local_certificate",
+    "request.protocol",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,13 +126,13 @@ class StreamAssembler:
     def _read_attributes(self, req: external_processor_pb2.ProcessingRequest) -> None:
         for struct in req.attributes.values():
             for name, value in struct.fields.items():
+                if name not in _ATTRIBUTES:
+                    continue
                 kind = value.WhichOneof("kind")
                 if kind == "string_value":
                     self.attributes[name] = value.string_value[:512]
-                elif kind == "number_value":
+                elif kind == "number_value" and math.isfinite(value.number_value):  # NaN, inf
                     self.attributes[name] = str(int(value.number_value))
-                if len(self.attributes) > 32:
-                    return
 
     def observation(self) -> Observation | None:
         """The exchange as seen so far; None when not even the request headers arrived."""
@@ -140,8 +148,8 @@ class StreamAssembler:
         if self.response_headers is not None:
             response_headers = [(k, v) for k, v in self.response_headers if not k.startswith(":")]
             code = _first(self.response_headers, ":status")
-            status = int(code) if code.isdigit() else None
-        size = _first(headers, "content-length")
+            status = _number(code)
+        size = _number(_first(headers, "content-length"))
         a = self.attributes
         src_ip, src_port = _split_addr(a.get("source.address", ""))
         dst_ip, dst_port = _split_addr(a.get("destination.address", ""))
@@ -176,7 +184,7 @@ class StreamAssembler:
             headers=headers,
             body=bytes(self.body),
             body_truncated=self.body_truncated,
-            body_size=int(size) if size.isdigit() else (self.body_seen or None),
+            body_size=size if size is not None else (self.body_seen or None),
             status=status,
             response_headers=response_headers,
             request_id=_first(headers, "x-request-id"),
@@ -199,8 +207,14 @@ def _first(headers: list[tuple[str, str]], name: str) -> str:
     return ""
 
 
+def _number(text: str) -> int | None:
+    """A decimal of ASCII digits, else None: isdigit() alone passes `²`, which int() refuses,
+    as it refuses more than 4300 digits; one bad header must not lose the whole exchange."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+
+
 def _int(text: str) -> int:
-    return int(text) if text.isdigit() else 0
+    return _number(text) or 0
 
 
 def _split_addr(addr: str) -> tuple[str, int]:

@@ -73,12 +73,21 @@ def _key(obs: Observation) -> Key:
     return obs.request_id, obs.authority.lower()
 
 
+def _weight(obs: Observation) -> int:
+    """What a waiting view holds, in bytes roughly: body and header text."""
+    headers = sum(len(k) + len(v) for k, v in obs.headers)
+    headers += sum(len(k) + len(v) for k, v in obs.response_headers)
+    return 256 + len(obs.body) + headers + len(obs.path) + len(obs.query) + len(obs.request_id)
+
+
 def _same_call(a: Observation, b: Observation) -> bool:
     return (a.method, a.path, a.query) == (b.method, b.path, b.query)
 
 
 class Joiner:
-    """Pairs the two views of one hop within `window` seconds; at most `max_pending` waiting.
+    """Pairs the two views of one hop within `window` seconds; at most `max_pending` views and
+    `max_bytes` of their bodies and headers waiting (a view may hold 64 KiB of body and as much
+    of each header list, so the count alone allowed gigabytes).
 
     Apps pass x-request-id on to the calls they make (Istio asks them to, for tracing), so one
     id spans every hop of a request. A hop is therefore keyed by (x-request-id, authority): Envoy
@@ -89,12 +98,19 @@ class Joiner:
     """
 
     def __init__(
-        self, window: float = 10.0, max_pending: int = 50000, keep: int = 500
+        self,
+        window: float = 10.0,
+        max_pending: int = 50000,
+        keep: int = 500,
+        max_bytes: int = 256 << 20,
     ) -> None:
         self.window = window
         self.max_pending = max_pending
-        self._pending: OrderedDict[Key, list[tuple[float, Observation]]] = OrderedDict()
+        self.max_bytes = max_bytes
+        # per key: (arrival, view, its _weight)
+        self._pending: OrderedDict[Key, list[tuple[float, Observation, int]]] = OrderedDict()
         self._count = 0  # views waiting, over all keys
+        self._bytes = 0  # their _weight, over all keys
         self.exchanges: deque[Exchange] = deque(maxlen=keep)  # joined, mismatched or alerted
         self._recent: OrderedDict[Key, Exchange] = OrderedDict()  # joined, for late verdicts
         self._verdicts: dict[Key, list[dict[str, Any]]] = {}  # verdicts before the join
@@ -109,14 +125,15 @@ class Joiner:
         self._expire(now)
         key = _key(obs)
         waiting = self._pending.get(key, [])
-        others = [i for i, (_, v) in enumerate(waiting) if v.extra["direction"] != direction]
+        others = [i for i, (_, v, _) in enumerate(waiting) if v.extra["direction"] != direction]
         exact = [i for i in others if _same_call(waiting[i][1], obs)]
         pick = exact[0] if exact else (others[0] if len(others) == 1 else None)
         if pick is None:
             self._wait(key, now, obs)
             return None
-        other = waiting.pop(pick)[1]
+        _, other, weight = waiting.pop(pick)
         self._count -= 1
+        self._bytes -= weight
         if not waiting:
             del self._pending[key]
         return self._join(key, obs, other)
@@ -125,14 +142,17 @@ class Joiner:
         waiting = self._pending.setdefault(key, [])
         self._pending.move_to_end(key)
         if len(waiting) >= 16:  # one id and authority, many calls: keep the newest
-            waiting.pop(0)
+            self._bytes -= waiting.pop(0)[2]
             self._count -= 1
             self.evicted += 1
-        waiting.append((now, obs))
+        weight = _weight(obs)
+        waiting.append((now, obs, weight))
         self._count += 1
-        while self._count > self.max_pending:
+        self._bytes += weight
+        while self._count > self.max_pending or self._bytes > self.max_bytes:
             _, dropped = self._pending.popitem(last=False)
             self._count -= len(dropped)
+            self._bytes -= sum(w for _, _, w in dropped)
             self.evicted += len(dropped)
 
     def _join(
@@ -184,6 +204,7 @@ class Joiner:
                 return
             del self._pending[key]
             self._count -= len(waiting)
+            self._bytes -= sum(w for _, _, w in waiting)
 
     def pending(self) -> int:
         return self._count
