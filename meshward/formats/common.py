@@ -117,7 +117,14 @@ def split_authority(authority: str) -> tuple[str, int]:
         host, _, port = a.partition(":")
     else:
         host, port = a, ""
-    return host.lower(), int(port) if port.isdigit() and len(port) <= 5 else 0
+    return host.lower(), (decimal(port, 5) or 0)
+
+
+def decimal(text: str, max_digits: int = 20) -> int | None:
+    """A number of ASCII digits (at most max_digits: 20 covers uint64), else None: isdigit()
+    alone passes `²`, which int() refuses, as it refuses more than 4,300 digits; one odd value
+    must not cost the whole entry."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None
 
 
 def is_ip(text: str) -> bool:
@@ -190,7 +197,7 @@ def content_length(headers: list[tuple[str, str]]) -> int | None:
     for name, value in headers:
         if name == "content-length":
             v = value.strip()
-            return int(v) if v.isdigit() else None
+            return decimal(v)
     return None
 
 

@@ -33,6 +33,7 @@ from meshward.formats.common import (
     EntryError,
     Item,
     content_length,
+    decimal,
     describe,
     destination_from_authority,
     json_error,
@@ -123,7 +124,9 @@ def _address(conn: object, which: str) -> tuple[str, int]:
         return "", 0
     ip = str(sock.get("address", ""))
     port = _get(sock, "port_value")
-    return ip, int(port) if isinstance(port, (int, str)) and str(port).isdigit() else 0
+    if isinstance(port, int) and not isinstance(port, bool):
+        return ip, port if 0 <= port < 1 << 32 else 0
+    return ip, (decimal(port) or 0) if isinstance(port, str) else 0
 
 
 @dataclass
@@ -154,7 +157,7 @@ def _observation(x: _Exchange, seen_by: SeenBy) -> Observation:
         authority = next((v for k, v in headers if k == "host"), "")
     resp_headers, resp_pseudo = _headers(x.response_headers, "response.headers")
     status_text = resp_pseudo.get(":status", "")
-    status = int(status_text) if status_text.isdigit() else None
+    status = decimal(status_text, 3)
     declared = content_length(headers)
     if declared is None and (x.request_body or x.request_truncated):
         declared = None if x.request_truncated else len(x.request_body)

@@ -16,6 +16,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
+from meshward.formats.common import decimal
 from meshward.observation import Identity, Observation
 
 _NONE = processing_mode_pb2.ProcessingMode.NONE
@@ -148,8 +149,8 @@ class StreamAssembler:
         if self.response_headers is not None:
             response_headers = [(k, v) for k, v in self.response_headers if not k.startswith(":")]
             code = _first(self.response_headers, ":status")
-            status = _number(code)
-        size = _number(_first(headers, "content-length"))
+            status = decimal(code)
+        size = decimal(_first(headers, "content-length"))
         a = self.attributes
         src_ip, src_port = _split_addr(a.get("source.address", ""))
         dst_ip, dst_port = _split_addr(a.get("destination.address", ""))
@@ -207,14 +208,8 @@ def _first(headers: list[tuple[str, str]], name: str) -> str:
     return ""
 
 
-def _number(text: str) -> int | None:
-    """A decimal of ASCII digits, else None: isdigit() alone passes `²`, which int() refuses,
-    as it refuses more than 4300 digits; one bad header must not lose the whole exchange."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
-
-
 def _int(text: str) -> int:
-    return _number(text) or 0
+    return decimal(text) or 0
 
 
 def _split_addr(addr: str) -> tuple[str, int]:

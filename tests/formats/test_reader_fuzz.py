@@ -153,3 +153,14 @@ def test_regression_deeply_nested_line_is_a_line_error(tmp_path: Path) -> None:
         items = list(read_observations([str(p)]))
         assert [type(i).__name__ for i in items][-1] == "Observation", items
         assert any(isinstance(i, EntryError) and "invalid JSON" in str(i) for i in items), items
+
+
+def test_numbers_are_ascii_digits_within_bounds() -> None:
+    """`²` passes isdigit() and int() refuses it, as it refuses 4,300+ digits: an odd port,
+    status or length is unknown, not a lost entry."""
+    from meshward.formats.common import content_length, decimal, split_authority
+
+    assert decimal("8080") == 8080 and decimal("²") is None and decimal("9" * 5000) is None
+    assert decimal("１２") is None and decimal("") is None and decimal("123", 2) is None
+    assert split_authority("api:²") == ("api", 0) and split_authority("[::1]:99999") == ("::1", 0)
+    assert content_length([("content-length", "²")]) is None
