@@ -117,7 +117,8 @@ def split_authority(authority: str) -> tuple[str, int]:
         host, _, port = a.partition(":")
     else:
         host, port = a, ""
-    return host.lower(), (decimal(port, 5) or 0)
+    number = decimal(port, 5)
+    return host.lower(), number if number is not None and number <= 65535 else 0
 
 
 def decimal(text: str, max_digits: int = 20) -> int | None:
