@@ -14,6 +14,7 @@ from typing import Any
 
 from istio import filters
 from istio.filters import FilterSettings
+from meshward.names import is_ip
 
 APP_CLUSTER = "app"
 ROUTER_CONFIG = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -74,7 +75,7 @@ def upstream_cluster(
     host, port = split_host_port(upstream)
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if filters.is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,

@@ -16,8 +16,6 @@ What the sidecar sends to meshward, agreed with `meshward serve`:
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -66,8 +64,8 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
 from meshward.modes import MODES
+from meshward.names import is_ip, is_kubernetes_name
 
-_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label
 DIRECTIONS = ("inbound", "outbound")
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
@@ -124,9 +122,9 @@ class FilterSettings:
             raise ValueError(f"unknown mode {self.mode!r} (learn, monitor, enforce)")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {self.direction!r} (inbound, outbound)")
-        if not _K8S_NAME.fullmatch(self.namespace):
+        if not is_kubernetes_name(self.namespace):
             raise ValueError(f"namespace {self.namespace!r} is not a Kubernetes name")
-        if self.workload and not _K8S_NAME.fullmatch(self.workload.replace(".", "-")):
+        if self.workload and not is_kubernetes_name(self.workload.replace(".", "-")):
             raise ValueError(f"workload {self.workload!r} is not a Kubernetes name")
         if self.body_limit < 0:
             raise ValueError("body limit must be >= 0")
@@ -141,15 +139,6 @@ class FilterSettings:
     def with_authz(self) -> bool:
         """Only enforce decides inline, and only on the callee's (inbound) side."""
         return self.mode == "enforce" and self.direction == "inbound"
-
-
-def is_ip(host: str) -> bool:
-    """An IP literal gets a STATIC cluster; anything else is a DNS name (STRICT_DNS)."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def to_plain(msg: betterproto2.Message) -> dict[str, Any]:

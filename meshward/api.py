@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +22,12 @@ from aiohttp import web
 
 from meshward.metrics import CONTENT_TYPE
 from meshward.modes import MODES
+from meshward.names import is_kubernetes_name
 from meshward.observation import observation_from_dict
 
 if TYPE_CHECKING:
     from meshward.serve import Server
 
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 MAX_ITEMS = 10_000  # observations per ingest request
 _YIELD_EVERY = 64  # let ext_authz checks in between while a large batch is judged
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
@@ -89,7 +88,7 @@ async def modes(request: web.Request) -> web.Response:
 async def set_mode(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     namespace = request.match_info["namespace"]
-    if not _NAMESPACE.fullmatch(namespace):
+    if not is_kubernetes_name(namespace):
         raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
         doc = _loads(await request.read())

@@ -8,6 +8,7 @@ import sys
 
 from meshward.cli import UsageError
 from meshward.modes import MODES
+from meshward.names import is_host_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -107,6 +108,8 @@ def bootstrap(args: argparse.Namespace) -> int:
     for flag in ("authz_port", "tap_port", "admin_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             raise UsageError(f"--{flag.replace('_', '-')} must be 0..65535")
+    if not is_host_name(args.server):
+        raise UsageError(f"--server {args.server!r} is not a host name or address")
     try:
         passed = ("authz_port", "tap_port", "admin_port", "listen_host", "upstream_h2",
                   "direction", "body_limit", *TAP_FLAGS)  # fmt: skip

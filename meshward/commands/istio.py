@@ -8,6 +8,7 @@ import sys
 from meshward.cli import UsageError
 from meshward.commands.envoy import TAP_FLAGS, add_tap_flags, dump
 from meshward.modes import MODES
+from meshward.names import is_host_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,7 +56,7 @@ def render(args: argparse.Namespace) -> int:
     for flag in ("authz_port", "tap_port"):
         if not 0 < getattr(args, flag) <= 65535:
             raise UsageError(f"--{flag.replace('_', '-')} must be 1..65535")
-    if not args.service or "/" in args.service or " " in args.service:
+    if not is_host_name(args.service):
         raise UsageError(f"--service {args.service!r} is not a host name")
     try:
         passed = ("style", "service", "authz_port", "tap_port", "workload", "body_limit",

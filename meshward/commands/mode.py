@@ -7,16 +7,13 @@ A running `meshward serve` on the same database notices a change within its flus
 from __future__ import annotations
 
 import argparse
-import re
 
 from meshward.cli import UsageError
 from meshward.commands.offline import add_db_flag, store_for
 from meshward.engine import EngineConfig
 from meshward.modes import MODES
+from meshward.names import is_kubernetes_name
 from meshward.store import StoreError
-
-# a Kubernetes namespace name (RFC 1123 label)
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(namespace: str) -> str:
-    if not _NAMESPACE.match(namespace):
+    if not is_kubernetes_name(namespace):
         raise UsageError(f"{namespace!r} is not a Kubernetes namespace name")
     return namespace
 

@@ -3,7 +3,6 @@ timestamps, header lists."""
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import math
 import re
@@ -13,6 +12,7 @@ from typing import IO, Any
 
 import ijson
 
+from meshward.names import is_ip
 from meshward.observation import Identity, Observation
 
 
@@ -126,16 +126,6 @@ def decimal(text: str, max_digits: int = 20) -> int | None:
     alone passes `²`, which int() refuses, as it refuses more than 4,300 digits; one odd value
     must not cost the whole entry."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None
-
-
-def is_ip(text: str) -> bool:
-    if not text or not (text[0].isdigit() or ":" in text):  # cheap no for host names
-        return False
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def destination_from_authority(authority: str, ip: str = "", port: int = 0) -> Identity:
