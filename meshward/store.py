@@ -108,6 +108,21 @@ def _alert_namespace(alert: dict[str, Any]) -> str:
     return ""
 
 
+def _switch_to_wal(con: sqlite3.Connection, busy_timeout: float) -> str:
+    """PRAGMA journal_mode=WAL, retried: switching a fresh file needs an exclusive lock, and SQLite
+    answers "database is locked" at once, without its busy handler, while another connection
+    (a second process opening the same new store) holds one."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return str(con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            contended = "locked" in str(exc) or "busy" in str(exc)
+            if not contended or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStore:
     """The embedded store: one SQLite file, safe for one writer process plus readers."""
 
@@ -147,13 +162,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         try:
-            self._prepare(con, path)
+            self._prepare(con, path, busy_timeout)
         except BaseException:
             con.close()
             raise
         return con
 
-    def _prepare(self, con: sqlite3.Connection, path: str) -> None:
+    def _prepare(self, con: sqlite3.Connection, path: str, busy_timeout: float) -> None:
         try:
             tables = {
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -163,7 +178,7 @@ class SqliteStore:
         if tables and "meta" not in tables:
             raise StoreError(f"{path} is an SQLite file but not a meshward database")
         try:
-            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _switch_to_wal(con, busy_timeout)
             con.execute("PRAGMA synchronous=NORMAL")
             if not tables:
                 self._create_schema(con)
