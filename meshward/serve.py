@@ -69,6 +69,7 @@ class ServeConfig:
     http_port: int = 9193
     tap_limits: Limits = field(default_factory=Limits)
     tap_stream_timeout: float = 30.0
+    tap_max_buffered: int = 256 * 1024 * 1024  # bytes all open tap streams hold together
     join_window: float = 10.0
     flush_interval: float = 2.0
     max_ingest_bytes: int = 16 * 1024 * 1024
@@ -203,6 +204,7 @@ class Server:
             self.problems,
             limits=config.tap_limits,
             stream_timeout=config.tap_stream_timeout,
+            max_buffered=config.tap_max_buffered,
         )
         self.ports: dict[str, int] = {}
         self.ready = False

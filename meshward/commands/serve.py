@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="request body bytes kept per tap stream (default 65536)",
     )
     p.add_argument(
+        "--tap-buffer-mb",
+        type=int,
+        default=256,
+        help="MiB all open tap streams may hold together; past it, big streams are cut and "
+        "flagged as truncated (default 256)",
+    )
+    p.add_argument(
         "--tap-stream-timeout",
         type=float,
         default=30.0,
@@ -80,13 +87,16 @@ def run(args: argparse.Namespace) -> int:
         else _env_port("MESHWARD_HTTP_PORT", 9193),
         tap_limits=Limits(max_body=args.tap_max_body),
         tap_stream_timeout=args.tap_stream_timeout,
+        tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
             raise UsageError(f"--{name.replace('_', '-')} must be 0..65535")
-    if args.tap_max_body < 0 or args.tap_stream_timeout <= 0:
-        raise UsageError("--tap-max-body must be >= 0 and --tap-stream-timeout > 0")
+    if args.tap_max_body < 0 or args.tap_stream_timeout <= 0 or args.tap_buffer_mb <= 0:
+        raise UsageError(
+            "--tap-max-body must be >= 0, --tap-stream-timeout and --tap-buffer-mb > 0"
+        )
     try:
         serve(config)
     except (OSError, StoreError) as exc:

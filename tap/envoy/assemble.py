@@ -53,27 +53,57 @@ class StreamContext:
     response_body: bool = False
 
 
+HEADER_FLOOR = 8 * 1024  # header bytes a stream keeps even with the budget spent
+
+
+class ByteBudget:
+    """Bytes all open streams may hold together. The per-stream Limits times thousands of open
+    streams is gigabytes: past the budget, a flood of big streams keeps less (bodies cut, headers
+    cut to HEADER_FLOOR, flagged as truncated) instead of growing the heap. So open streams hold
+    at most the budget plus HEADER_FLOOR per header list."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+
+    def take(self, n: int) -> int:
+        """Up to n bytes granted (what is left of the budget)."""
+        granted = max(0, min(n, self.total - self.used))
+        self.used += granted
+        return granted
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
 def _header_list(
-    hmap: base_pb2.HeaderMap, limits: Limits
-) -> tuple[list[tuple[str, str]], bool]:
-    """Headers as (lower-case name, value); raw bytes decoded leniently. True if cut short."""
+    hmap: base_pb2.HeaderMap, limits: Limits, max_bytes: int
+) -> tuple[list[tuple[str, str]], int, bool]:
+    """Headers as (lower-case name, value), raw bytes decoded leniently; their size; and True if
+    cut short (more than limits.max_headers, or than max_bytes)."""
     out: list[tuple[str, str]] = []
     total = 0
     for h in hmap.headers:
         value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-        total += len(h.key) + len(value)
-        if len(out) >= limits.max_headers or total > limits.max_header_bytes:
-            return out, True
+        size = len(h.key) + len(value)
+        if len(out) >= limits.max_headers or total + size > max_bytes:
+            return out, total, True
+        total += size
         out.append((h.key.lower(), value))
-    return out, False
+    return out, total, False
 
 
 class StreamAssembler:
     """Feeds on ProcessingRequests; `feed` returns True once the exchange is complete."""
 
-    def __init__(self, ctx: StreamContext, limits: Limits | None = None) -> None:
+    def __init__(
+        self, ctx: StreamContext, limits: Limits | None = None, budget: ByteBudget | None = None
+    ) -> None:
         self.ctx = ctx
         self.limits = limits or Limits()
+        self.budget = budget
+        self.held = 0  # bytes taken from the budget, given back by release()
+        self.budget_cut = False  # the shared budget, not this stream's limits, cut something
         self.started = time.time()
         self.messages = 0
         self.request_headers: list[tuple[str, str]] | None = None
@@ -95,13 +125,11 @@ class StreamAssembler:
             self._read_attributes(req)
         kind = req.WhichOneof("request")
         if kind == "request_headers":
-            self.request_headers, cut = _header_list(req.request_headers.headers, self.limits)
-            self.headers_truncated |= cut
+            self.request_headers = self._headers(req.request_headers.headers)
         elif kind == "request_body":
             self._add_body(req.request_body.body)
         elif kind == "response_headers":
-            self.response_headers, cut = _header_list(req.response_headers.headers, self.limits)
-            self.headers_truncated |= cut
+            self.response_headers = self._headers(req.response_headers.headers)
             if req.response_headers.end_of_stream or not self.response_body_expected:
                 self.complete = True
         elif kind == "response_body":
@@ -113,6 +141,17 @@ class StreamAssembler:
             self.complete = True
         return self.complete
 
+    def _headers(self, hmap: base_pb2.HeaderMap) -> list[tuple[str, str]]:
+        room = self.limits.max_header_bytes
+        if self.budget is not None:  # the usual headers even then: an exchange needs its :path
+            room = min(room, max(self.budget.total - self.budget.used, HEADER_FLOOR))
+        headers, size, cut = _header_list(hmap, self.limits, room)
+        self.headers_truncated |= cut
+        if self.budget is not None:
+            self.held += self.budget.take(size)
+            self.budget_cut |= cut and room < self.limits.max_header_bytes
+        return headers
+
     def _add_body(self, chunk: bytes) -> None:
         self.body_seen += len(chunk)
         room = self.limits.max_body - len(self.body)
@@ -122,7 +161,19 @@ class StreamAssembler:
         if len(chunk) > room:
             self.body_truncated = True
             chunk = chunk[:room]
+        if self.budget is not None and chunk:
+            granted = self.budget.take(len(chunk))
+            self.held += granted
+            if granted < len(chunk):
+                self.body_truncated = self.budget_cut = True
+                chunk = chunk[:granted]
         self.body += chunk
+
+    def release(self) -> None:
+        """Give this stream's bytes back to the budget (the Observation has its own copy)."""
+        if self.budget is not None:
+            self.budget.give(self.held)
+        self.held = 0
 
     def _read_attributes(self, req: external_processor_pb2.ProcessingRequest) -> None:
         for struct in req.attributes.values():

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from meshward.metrics import Metrics, Problems
 from meshward.observation import Observation
-from tap.envoy.assemble import Limits, StreamAssembler, StreamContext
+from tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
@@ -73,6 +73,7 @@ class TapService:
         limits: Limits | None = None,
         stream_timeout: float = 30.0,
         max_streams: int = 20000,
+        max_buffered: int = 256 * 1024 * 1024,
     ) -> None:
         self.sink = sink
         self.metrics = metrics
@@ -81,6 +82,7 @@ class TapService:
         self.stream_timeout = stream_timeout
         self.max_streams = max_streams
         self.active = 0
+        self.budget = ByteBudget(max_buffered)  # what all open streams hold together
 
     async def process(
         self,
@@ -93,7 +95,9 @@ class TapService:
         self.active += 1
         self.metrics.tap_active.inc()
         start = time.perf_counter()
-        asm = StreamAssembler(stream_context(context.invocation_metadata()), self.limits)
+        asm = StreamAssembler(
+            stream_context(context.invocation_metadata()), self.limits, self.budget
+        )
         outcome = "complete"
         try:
             async with asyncio.timeout(self.stream_timeout):
@@ -109,7 +113,10 @@ class TapService:
             self.metrics.tap_active.dec()
             self.metrics.tap_streams.labels(outcome).inc()
             self.metrics.tap_stream_latency.observe(time.perf_counter() - start)
-        self._hand_over(asm, outcome)
+        try:
+            self._hand_over(asm, outcome)
+        finally:
+            asm.release()
 
     async def _read(self, asm: StreamAssembler, context: grpc.aio.ServicerContext) -> str:
         while True:
@@ -135,6 +142,8 @@ class TapService:
             obs.extra["tap_outcome"] = outcome
         if obs.body_truncated:
             self.metrics.truncations.labels("envoy-tap").inc()
+        if asm.budget_cut:
+            self.metrics.drops.labels("tap", "buffer-budget-cut").inc()
         try:
             self.sink(obs)
         except Exception as exc:

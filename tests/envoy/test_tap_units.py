@@ -119,3 +119,41 @@ def test_verdicts_before_join_are_kept() -> None:
     ex, _, _ = j.add(_view("inbound", "r9"))  # type: ignore[misc]
     assert ex.verdicts == [{"verdict": "deny"}]
     assert j.recent()[-1]["request_id"] == "r9"
+
+
+def test_open_streams_share_a_byte_budget() -> None:
+    """Per-stream limits times thousands of streams is gigabytes: open streams together hold at
+    most the budget; past it bodies are cut and flagged, and a finished stream gives its bytes
+    back."""
+    from tap.envoy.assemble import HEADER_FLOOR, ByteBudget
+
+    budget = ByteBudget(100_000)
+    big = tap_messages("POST", "/up", body=b"x" * 30_000, chunks=3, complete=False)
+    streams = []
+    for _ in range(8):  # eight streams of 30 KB against a 100 KB budget, all open at once
+        asm = StreamAssembler(StreamContext("shop", "api"), Limits(), budget)
+        for m in big:
+            asm.feed(m)
+        streams.append(asm)
+        assert budget.used <= budget.total
+    kept = [len(a.body) for a in streams]
+    assert sum(kept) <= 100_000 and kept[0] == 30_000 and kept[-1] == 0, kept
+    assert streams[-1].budget_cut and streams[-1].body_truncated
+    obs = streams[-1].observation()
+    assert obs is not None and obs.path == "/up" and obs.body_truncated  # headers still kept
+    fat = tap_messages("GET", "/fat", complete=False)
+    for i in range(40):  # 20 KB of headers, the budget spent: the first 8 KiB are kept
+        fat[0].request_headers.headers.headers.add(key=f"x-h{i}", raw_value=b"v" * 500)
+    asm = StreamAssembler(StreamContext("shop", "api"), Limits(), budget)
+    asm.feed(fat[0])
+    obs = asm.observation()
+    assert obs is not None and obs.path == "/fat" and asm.budget_cut
+    assert sum(len(k) + len(v) for k, v in obs.headers) <= HEADER_FLOOR
+    streams.append(asm)
+    for asm in streams:
+        asm.release()
+    assert budget.used == 0
+    fresh = StreamAssembler(StreamContext("shop", "api"), Limits(), budget)
+    for m in big:
+        fresh.feed(m)
+    assert len(fresh.body) == 30_000 and not fresh.budget_cut
