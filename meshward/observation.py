@@ -168,9 +168,10 @@ class Verdict:
 
 
 def whole(text: str) -> str:
-    """Text with no surrogate code points: pairs joined, a lone half U+FFFD (as the detectors'
-    normalise.whole_characters). The json module reads a `\\ud800` escape as a lone half, and
-    text holding one cannot be encoded as UTF-8: SQLite, Prometheus and the detectors raise."""
+    """Text with no surrogate code points: pairs joined (as JSON and JavaScript read them), a
+    lone half U+FFFD. The json module reads a `\\ud800` escape as a lone half, the detectors'
+    decoding of `\\uXXXX` makes halves too, and text holding one cannot be encoded as UTF-8:
+    SQLite, Prometheus, libinjection and Hyperscan need it."""
     if text.isascii() or not _SURROGATE.search(text):
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 import re
 
+from meshward.observation import whole
+
 MAX_ROUNDS = 4  # repeated decoding (double, triple encoding) stops here even if not stable
 
 _PERCENT = re.compile(rb"%(?:u([0-9a-fA-F]{4})|([0-9a-fA-F]{2}))")
@@ -16,7 +18,6 @@ _OVERLONG = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]")
 _BACKSLASH = re.compile(r"\\(?:u\{?([0-9a-fA-F]{4})\}?|x([0-9a-fA-F]{2})|([nrt0]))")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\x00"}
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _VSPACE = re.compile(r"[\x0b\x0c]")  # vertical tab, form feed: whitespace to browsers
 # SQL inline comments used as whitespace; MySQL executable comments keep their content.
 _SQL_COMMENT = re.compile(r"/\*!?\d{0,6}|\*/")
@@ -97,17 +98,8 @@ def decode(text: str, *, plus_as_space: bool = False) -> str:
             text = _BACKSLASH.sub(_backslash, text)
         if text == before:
             break
-    if not text.isascii() and _SURROGATE.search(text):
-        text = whole_characters(text)
-    return text
-
-
-def whole_characters(text: str) -> str:
-    """Text with no surrogate code points: `\\ud83d\\ude00` escapes decode one half at a time,
-    and the json module reads lone halves. A pair becomes the character it spells (as JSON and
-    JavaScript read it), a lone half U+FFFD. Text holding surrogates cannot be encoded as UTF-8,
-    which libinjection, Hyperscan and every log line need."""
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    # \ud83d\ude00 escapes decode one half at a time: join the pairs, replace lone halves
+    return whole(text)
 
 
 def normalise(text: str, *, plus_as_space: bool = False) -> str:
