@@ -142,3 +142,10 @@ def widen(classes: set[str], limit: int = 6) -> set[str]:
     if len(strings) <= limit:
         return classes
     return {c for c in classes if c not in STRING_CLASSES} | {TEXT}
+
+
+def decimal(text: str, max_digits: int = 20) -> int | None:
+    """A number of ASCII digits (at most max_digits: 20 covers uint64), else None: isdigit()
+    alone passes `²`, which int() refuses, as it refuses more than 4,300 digits; one odd value
+    must not cost the whole entry or exchange."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None

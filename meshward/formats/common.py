@@ -14,6 +14,7 @@ import ijson
 
 from meshward.names import is_ip
 from meshward.observation import Identity, Observation
+from meshward.values import decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +120,6 @@ def split_authority(authority: str) -> tuple[str, int]:
         host, port = a, ""
     number = decimal(port, 5)
     return host.lower(), number if number is not None and number <= 65535 else 0
-
-
-def decimal(text: str, max_digits: int = 20) -> int | None:
-    """A number of ASCII digits (at most max_digits: 20 covers uint64), else None: isdigit()
-    alone passes `²`, which int() refuses, as it refuses more than 4,300 digits; one odd value
-    must not cost the whole entry."""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None
 
 
 def destination_from_authority(authority: str, ip: str = "", port: int = 0) -> Identity:

@@ -33,7 +33,6 @@ from meshward.formats.common import (
     EntryError,
     Item,
     content_length,
-    decimal,
     describe,
     destination_from_authority,
     json_error,
@@ -43,6 +42,7 @@ from meshward.formats.common import (
     split_pseudo,
 )
 from meshward.observation import Observation, SeenBy, whole_text
+from meshward.values import decimal
 
 MAX_LINE = 64 << 20  # a JSON Lines record longer than this is reported and skipped
 MAX_PENDING_STREAMS = 10_000  # streamed traces assembled at once; the oldest is emitted beyond

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import httptools
 
 from meshward.observation import Observation
+from meshward.values import decimal
 from tap.node.metrics import Metrics
 
 Emit = Callable[[Observation], None]
@@ -160,9 +161,7 @@ class Http1Parser:
         obs.path, obs.query = path, query.partition("#")[0]
         obs.authority = obs.header("host")
         obs.request_id = obs.header("x-request-id")
-        length = obs.header("content-length")
-        if length.isdigit():
-            obs.body_size = int(length)
+        obs.body_size = decimal(obs.header("content-length"))
         obs.fill_grpc()
 
     def on_body(self, body: bytes) -> None:
@@ -400,7 +399,7 @@ class _ResponseHead:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self.headers.append((key, text))
-        if key == "content-length" and text.strip().isdigit():
-            self.content_length = int(text)
+        if key == "content-length" and (length := decimal(text.strip())) is not None:
+            self.content_length = length
         elif key == "transfer-encoding":
             self.transfer_encoding = text.lower()

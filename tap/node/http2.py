@@ -25,6 +25,7 @@ from hyperframe.frame import (
 )
 
 from meshward.observation import Observation
+from meshward.values import decimal
 from tap.node.metrics import Metrics
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -155,7 +156,9 @@ class Http2Parser:
                 other.decoder.max_allowed_table_size = size
 
     def _headers(self, from_client: bool, side: _Side, frame: Frame, block: bytes) -> None:
-        headers = side.decoder.decode(block)  # always decode: keeps the HPACK table in step
+        # always decode: keeps the HPACK table in step. Raw: a field value may hold any octet
+        # but NUL, CR and LF, and one that is not UTF-8 must not end the connection's parsing
+        headers = [(_text(k), _text(v)) for k, v in side.decoder.decode(block, raw=True)]
         if isinstance(frame, PushPromiseFrame):
             return  # server push: not a request the app received
         sid = frame.stream_id
@@ -177,7 +180,7 @@ class Http2Parser:
         regular = [(k, v) for k, v in headers if not k.startswith(":")]
         if not st.resp_headers_seen:
             st.resp_headers_seen = True
-            st.obs.status = int(status) if status.isdigit() else None
+            st.obs.status = decimal(status, 3)
         st.obs.response_headers += regular  # trailers (grpc-status) follow the headers
         if end:
             self._end(sid, st, False)
@@ -192,9 +195,7 @@ class Http2Parser:
         if not obs.authority:
             obs.authority = obs.header("host")
         obs.request_id = obs.header("x-request-id")
-        length = obs.header("content-length")
-        if length.isdigit():
-            obs.body_size = int(length)
+        obs.body_size = decimal(obs.header("content-length"))
         obs.fill_grpc()
         if len(self.streams) >= _MAX_STREAMS:  # emit the oldest as far as it got
             oldest = next(iter(self.streams))
@@ -240,6 +241,10 @@ class Http2Parser:
             self._emit(st)
         self.streams.clear()
         self.client.buf = self.server.buf = b""
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _pseudo(headers: list[tuple[str, str]], name: str) -> str:

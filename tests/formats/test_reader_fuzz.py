@@ -158,7 +158,8 @@ def test_regression_deeply_nested_line_is_a_line_error(tmp_path: Path) -> None:
 def test_numbers_are_ascii_digits_within_bounds() -> None:
     """`²` passes isdigit() and int() refuses it, as it refuses 4,300+ digits: an odd port,
     status or length is unknown, not a lost entry."""
-    from meshward.formats.common import content_length, decimal, split_authority
+    from meshward.formats.common import content_length, split_authority
+    from meshward.values import decimal
 
     assert decimal("8080") == 8080 and decimal("²") is None and decimal("9" * 5000) is None
     assert decimal("１２") is None and decimal("") is None and decimal("123", 2) is None

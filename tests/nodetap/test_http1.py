@@ -239,3 +239,17 @@ def test_large_body_in_one_super_segment() -> None:
         ("/big", 413, 100_000, 65536, True)
     ]
     assert m.parse_errors == 0
+
+
+def test_a_superscript_digit_length_is_no_length() -> None:
+    """Latin-1 decodes byte 0xB2 to '²', which isdigit() passes and int() refuses: the response
+    parser raised. Such a Content-Length is unknown; the requests around it are still seen."""
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
+                 b"GET /b?q=%27or%201=1 HTTP/1.1\r\nHost: api\r\n\r\n")
+    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+    c.fin()
+    got, _ = run(c.packets)
+    assert [o.path for o in got] == ["/a", "/b"]

@@ -82,3 +82,22 @@ def test_broken_frames_counted() -> None:
         p = Http2Parser(got.append, m)
         p.feed(True, PREFACE + junk, 0.0)
         assert m.parse_errors == 1 and p.broken
+
+
+def test_header_bytes_that_are_not_utf8_do_not_blind_the_connection() -> None:
+    """h2 lets a field value carry any octet but NUL, CR and LF, and linkerd-proxy passes them
+    on: one request with a latin-1 byte must not end the parsing of a connection that carries
+    everyone's later requests (the attack after it was invisible)."""
+    first = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"api"),
+             (b":path", b"/a"), (b"x-name", b"caf\xe9")]  # fmt: skip
+    attack = [(":method", "GET"), (":scheme", "http"), (":authority", "api"),
+              (":path", "/items?id=1%27%20or%201=1--")]  # fmt: skip
+    c = Conversation()
+    c.handshake()
+    c2s, s2c = h2_exchange([(first, b""), (attack, b"")])  # type: ignore[list-item]
+    c.send(True, c2s)
+    c.send(False, s2c)
+    c.fin()
+    got, m = run(c.packets)
+    assert [o.path for o in got] == ["/a", "/items"] and m.parse_errors == 0
+    assert got[0].header("x-name") == "caf\ufffd" and got[1].query == "id=1%27%20or%201=1--"
