@@ -8,17 +8,19 @@ raising, whatever the input.
 
 from __future__ import annotations
 
+import binascii
 import itertools
 import json
 import re
 import zlib
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 from xml.parsers import expat
 
 import orjson
 
+from meshward.observation import whole
 from meshward.values import classify_leaf
 
 Leaf = str | int | float | bool | None
@@ -27,9 +29,14 @@ KINDS = ("json", "form", "multipart", "xml", "text", "binary", "empty", "invalid
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _BOUNDARY = re.compile(r"""boundary=(?:"([^"]{1,200})"|([^\s;,]{1,200}))""", re.IGNORECASE)
+# name and filename, also in RFC 2231/5987 form (filename*=UTF-8''%e2%82%ac, continuations
+# filename*0*=...; filename*1=...), which Werkzeug, aiohttp and Go's mime package decode
 _DISPOSITION_PARAM = re.compile(
-    r"""\b(name|filename)\s*=\s*(?:"((?:[^"\\]|\\.){0,1000})"|([^\s;]{0,1000}))""", re.IGNORECASE
+    r"""\b(name|filename)(\*\d{1,3})?(\*)?\s*=\s*(?:"((?:[^"\\]|\\.){0,1000})"|([^\s;]{0,1000}))""",
+    re.IGNORECASE,
 )
+_CHARSET = re.compile(r""";\s*charset\s*=\s*"?([^\s;",]{1,40})""", re.IGNORECASE)
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 _PART_HEADER_LIMIT = 8192  # bytes of headers read per multipart part
 
 
@@ -119,12 +126,14 @@ class DecodedBody:
         return f"DecodedBody({self.kind!r}, partial={self.partial})"
 
 
-def parse_query(query: str, max_params: int = 1024) -> tuple[list[tuple[str, str]], bool]:
+def parse_query(
+    query: str, max_params: int = 1024, encoding: str = "utf-8"
+) -> tuple[list[tuple[str, str]], bool]:
     """Decoded (name, value) pairs of a query or form string, and whether max_params cut it.
 
     urllib.parse semantics: `&` separates, `+` is a space, blank values are kept, empty pieces
-    are skipped. Splitting stops after max_params pieces, so a million parameters cost no more
-    than max_params.
+    are skipped; percent escapes are bytes in `encoding`. Splitting stops after max_params
+    pieces, so a million parameters cost no more than max_params.
     """
     if not query:
         return [], False
@@ -137,14 +146,30 @@ def parse_query(query: str, max_params: int = 1024) -> tuple[list[tuple[str, str
         if not piece:
             continue
         name, _, value = piece.partition("=")
-        out.append((_unquote(name), _unquote(value)))
+        out.append((_unquote(name, encoding), _unquote(value, encoding)))
     return out, truncated
 
 
-def _unquote(text: str) -> str:
+def _unquote(text: str, encoding: str = "utf-8") -> str:
     if "%" not in text and "+" not in text:
         return text
-    return unquote_plus(text, errors="replace")
+    return unquote_plus(text, encoding=encoding, errors="replace")
+
+
+def decode_form(
+    data: bytes, max_fields: int = 4096, charset: str = "utf-8", escapes: str = ""
+) -> DecodedBody:
+    """A urlencoded form body as fields, read in `charset`, and its percent escapes as bytes
+    in `escapes` (default: the charset too, as aiohttp's request.post() reads them)."""
+    pairs, truncated = parse_query(
+        data.decode(charset, "replace"), max_fields, escapes or charset
+    )
+    return DecodedBody(
+        "form",
+        [(_child("$", k), v) for k, v in pairs],
+        [("$", k) for k, _ in pairs],  # the names: apps read them too
+        truncated,
+    )
 
 
 def body_kind(content_type: str) -> str:
@@ -191,11 +216,8 @@ def decode_body(
                 return DecodedBody("json", partial=True)
             return _decode_json(data, max_depth, max_fields, require_container=False)
         if kind == "form":
-            pairs, truncated = parse_query(data.decode("utf-8", "replace"), max_fields)
-            return DecodedBody(
-                "form", [(_child("$", k), v) for k, v in pairs], [], truncated or cut
-            )
-        if kind == "multipart":
+            out = decode_form(data, max_fields)
+        elif kind == "multipart":
             out = _decode_multipart(content_type, data, max_fields)
         elif kind == "xml":
             out = _decode_xml(data, max_depth, max_fields, cut)
@@ -383,23 +405,132 @@ def _decode_multipart(content_type: str, data: bytes, max_fields: int) -> Decode
             content = content[:-2]
         elif content.endswith(b"\n"):
             content = content[:-1]
-        name, filename = _disposition(head.decode("utf-8", "replace"))
-        path = _child("$", name if name is not None else f"part{n}")
-        if filename is not None:
-            out.fields.append((path + ".filename", filename))
-        out.fields.append((path, content.decode("utf-8", "replace")))
+        text_head = head.decode("utf-8", "replace")
+        names, filenames = _disposition(text_head)
+        path = _child("$", names[-1] if names else f"part{n}")
+        out.keys.extend(("$", name) for name in names)
+        out.fields.extend((path + ".filename", filename) for filename in filenames)
+        for value in _part_values(text_head, content):
+            out.fields.append((path, value))
     return out
 
 
-def _disposition(head: str) -> tuple[str | None, str | None]:
+def _disposition(head: str) -> tuple[list[str], list[str]]:
+    """The part's names and file names, each as every spelling a framework may pick: plain
+    and RFC 2231 (`filename*`, decoded, continuations joined)."""
     for line in head.splitlines():
         if line.lower().startswith("content-disposition:"):
-            found = {
-                m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-                for m in _DISPOSITION_PARAM.finditer(line)
-            }
-            return found.get("name"), found.get("filename")
-    return None, None
+            found: dict[str, list[str]] = {"name": [], "filename": []}
+            starred: dict[str, list[tuple[int, bool, str]]] = {}
+            for m in _DISPOSITION_PARAM.finditer(line):
+                key = m.group(1).lower()
+                value = m.group(4) if m.group(4) is not None else m.group(5)
+                if m.group(2) or m.group(3):
+                    index = int(m.group(2)[1:]) if m.group(2) else 0
+                    starred.setdefault(key, []).append((index, bool(m.group(3)), value))
+                elif value not in found[key]:  # repeated: some parsers take the first
+                    found[key].append(value)
+            for key, pieces in starred.items():
+                value = _rfc2231(sorted(pieces, key=lambda piece: piece[0]))
+                if value not in found[key]:
+                    found[key].append(value)
+            return found["name"], found["filename"]
+    return [], []
+
+
+def _rfc2231(pieces: list[tuple[int, bool, str]]) -> str:
+    """An RFC 2231 parameter value from its pieces (index, extended, text): the first extended
+    piece starts with `charset'language'`, extended pieces are percent-encoded."""
+    charset = "utf-8"
+    out: list[str] = []
+    for n, (_, extended, text) in enumerate(pieces):
+        if extended:
+            if n == 0 and text.count("'") >= 2:
+                charset, _, text = text.split("'", 2)
+            try:
+                text = unquote(text, encoding=charset or "utf-8", errors="replace")
+            except LookupError:
+                text = unquote(text, errors="replace")
+        out.append(text)
+    return "".join(out)
+
+
+def _part_values(head: str, content: bytes) -> list[str]:
+    """A part's content as the application may read it: as sent, and also decoded by its
+    Content-Transfer-Encoding (base64, quoted-printable: aiohttp decodes both, Go's mime
+    package quoted-printable) and its charset (aiohttp decodes text parts by it)."""
+    values = [content.decode("utf-8", "replace")]
+    lower = head.lower()
+    if "content-transfer-encoding" in lower:
+        m = re.search(r"content-transfer-encoding:\s*([\w-]+)", lower)
+        coding = m.group(1) if m else ""
+        try:
+            if coding == "base64":
+                content = binascii.a2b_base64(content)
+            elif coding == "quoted-printable":
+                content = binascii.a2b_qp(content)
+        except (binascii.Error, ValueError):
+            pass
+    if "charset" in lower:
+        for line in head.splitlines():
+            if line.lower().startswith("content-type:"):
+                recoded = recode(line[13:], content)
+                if recoded is not None:
+                    content = recoded
+                break
+    value = content.decode("utf-8", "replace")
+    if value != values[0]:
+        values.append(value)
+    return values
+
+
+_CHARSETS: dict[str, str] = {}  # content type -> charset: a few content types repeat
+
+
+def charset_of(content_type: str) -> str:
+    """The charset parameter of a content type, lower-case ("" when there is none)."""
+    known = _CHARSETS.get(content_type)
+    if known is not None:
+        return known
+    m = _CHARSET.search(content_type) if "harset" in content_type.lower() else None
+    charset = m.group(1).lower() if m else ""
+    if len(_CHARSETS) < 256:
+        _CHARSETS[content_type] = charset
+    return charset
+
+
+def recode(content_type: str, data: bytes) -> bytes | None:
+    """The body as UTF-8 when the application may read it as text in another encoding; None
+    when that reads the same as the bytes taken as UTF-8 (the usual case) or is not text.
+
+    - A charset parameter: aiohttp's request.text(), .json() and .post() decode the body with
+      any codec Python has (utf-16, utf-7, ibm037/EBCDIC, ...), Express and Jackson the UTF
+      ones.
+    - Without one, a UTF-16/32 byte order mark or the NUL pattern of UTF-16/32 text: Python's
+      json.loads(bytes) (Flask get_json, Django json.loads(request.body)) and Jackson detect
+      it whatever the content type says. Decoded strictly, so binary bodies (gRPC frames start
+      with NUL bytes) stay binary.
+    """
+    charset = charset_of(content_type) if content_type else ""
+    if charset and charset not in _UTF8_NAMES:
+        try:
+            text = data.decode(charset, "replace")
+        except (LookupError, ValueError):  # not a codec, or not a text encoding (rot13)
+            return None
+    else:
+        if data[:1] not in (b"\x00", b"\xff", b"\xfe") and data[1:2] != b"\x00":
+            return None
+        encoding = json.detect_encoding(data[:4])
+        if not encoding.startswith(("utf-16", "utf-32")):
+            return None
+        try:
+            text = whole(data.decode(encoding, "surrogatepass"))
+        except UnicodeDecodeError:
+            return None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    out = text.encode("utf-8", "surrogatepass")
+    return None if out == data else out
 
 
 class _StopXml(Exception):
@@ -491,8 +622,32 @@ def decode_content(encoding: str, body: bytes, max_bytes: int = 1 << 20) -> tupl
     return data, partial
 
 
+_GZIP_MEMBERS = 64  # members of one gzip stream inflated; past that the rest is `partial`
+
+
 def _inflate(data: bytes, wbits: int, max_bytes: int) -> tuple[bytes, bool]:
+    """Inflate one stream. gzip: every member, as gunzip, Go's gzip.Reader, Node's zlib and
+    Java's GZIPInputStream do (a second member is as much body as the first); bytes after the
+    last member that start no member are ignored, as most decoders do."""
     d = zlib.decompressobj(wbits)
     out = d.decompress(data, max_bytes)
     cut = bool(d.unconsumed_tail) or not d.eof
-    return out, cut
+    if wbits != 16 + 15 or cut:
+        return out, cut
+    pieces = [out]
+    size = len(out)
+    rest = d.unused_data
+    for _ in range(_GZIP_MEMBERS):
+        if not rest.startswith(b"\x1f\x8b"):
+            return b"".join(pieces), False
+        d = zlib.decompressobj(wbits)
+        try:
+            piece = d.decompress(rest, max_bytes - size)
+        except zlib.error:  # a corrupt later member: what came before is still the body
+            return b"".join(pieces), True
+        pieces.append(piece)
+        size += len(piece)
+        if d.unconsumed_tail or not d.eof:
+            return b"".join(pieces), True
+        rest = d.unused_data
+    return b"".join(pieces), rest.startswith(b"\x1f\x8b")

@@ -24,7 +24,15 @@ import threading
 from itertools import accumulate
 from typing import NamedTuple
 
-from meshward.bodies import DecodedBody, body_kind, decode_body, parse_query
+from meshward.bodies import (
+    DecodedBody,
+    body_kind,
+    charset_of,
+    decode_body,
+    decode_form,
+    parse_query,
+    recode,
+)
 from meshward.detect import Inspection
 from meshward.observation import Observation, Threat
 from meshward.threats import injection
@@ -88,6 +96,7 @@ _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # JSON quotes are structure, not payload: as newlines they start a line per string, so that
 # value-anchored signatures (^...$, multiline) see each string on its own.
 _JSON_PREFILTER = bytes.maketrans(b'"', b"\n")
+_CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
 
 
 _Part = tuple[str, str]  # (kind: path | query | header, header name)
@@ -151,6 +160,8 @@ class ThreatDetector:
                 self._detail(parts[i], texts[i], obs, found)
             elif self._body(head.content_type, raw, body, found):
                 partial = True
+        if raw:
+            self._recoded(head.content_type, kind, raw, found)
         self.dropped += found.dropped
         return Inspection(found.threats, partial or found.cut)
 
@@ -200,6 +211,28 @@ class ThreatDetector:
             if self.sigs.suspicious(body):
                 flagged.add(len(parts))
         return flagged
+
+    def _recoded(self, content_type: str, kind: str, raw: bytes, found: _Findings) -> None:
+        """The body once more as text in the encoding the application may decode it with (its
+        charset parameter, or UTF-16/32 detected as Python's json.loads(bytes) and Jackson do;
+        bodies.recode), when that reads otherwise than the bytes as UTF-8. Both spellings are
+        inspected: some frameworks honour the charset, others read the bytes. Rare, so no
+        body-level pre-filter here: every value still passes the per-value one in _value."""
+        text = recode(content_type, raw)
+        if text is None:
+            return
+        charset = charset_of(content_type)
+        if charset and kind == "form":
+            # aiohttp reads the body and its percent escapes in the charset; ASP.NET reads an
+            # ASCII body's escapes in it (the ibm037 bypass: %89%95... spells EBCDIC bytes)
+            self._fields(decode_form(raw, self.max_fields, charset), found)
+            if raw.isascii():
+                self._fields(decode_form(raw, self.max_fields, "ascii", charset), found)
+            return
+        # detected, not declared (UTF-16/32): read it as what it looks like (JSON or text);
+        # declared: as the declared type without the charset just applied
+        content_type = _CHARSET_PARAM.sub("", content_type) if charset else ""
+        self._body(content_type, text, None, found)
 
     # ---- pass 2
 
@@ -251,7 +284,7 @@ class ThreatDetector:
     def _fields(self, decoded: DecodedBody, found: _Findings) -> None:
         named = decoded.kind in ("form", "multipart")
         for parent, key in decoded.keys:
-            loc = _body_location(parent, named)
+            loc = f"body:{key}" if named else _body_location(parent, named)
             if key.lower() in NOSQL_OPERATORS:
                 found.add(NOSQL, loc, key)
             elif key and not key.isalnum():
