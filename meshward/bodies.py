@@ -622,6 +622,29 @@ def decode_content(encoding: str, body: bytes, max_bytes: int = 1 << 20) -> tupl
     return data, partial
 
 
+def decode_grpc_messages(
+    encoding: str, body: bytes, max_bytes: int = 1 << 20
+) -> tuple[bytes, bool]:
+    """gRPC's own compression undone: each length-prefixed message whose flag says compressed
+    is decompressed with the call's `grpc-encoding` (gzip, deflate), as grpc-go, grpc-java and
+    grpcio do by default, and framed again uncompressed. Returns the messages and `partial`
+    (an encoding we cannot undo, corrupt data, a cut last message, or `max_bytes` reached)."""
+    out = bytearray()
+    partial = False
+    at = 0
+    while at + 5 <= len(body):
+        flag, size = body[at], int.from_bytes(body[at + 1 : at + 5], "big")
+        message = body[at + 5 : at + 5 + size]
+        at += 5 + size
+        if flag & 1:
+            message, cut = decode_content(encoding, message, max(max_bytes - len(out), 0))
+            partial = partial or cut
+        out += b"\0" + len(message).to_bytes(4, "big") + message
+        if len(out) >= max_bytes:
+            return bytes(out[:max_bytes]), True
+    return bytes(out), partial or at != len(body)
+
+
 _GZIP_MEMBERS = 64  # members of one gzip stream inflated; past that the rest is `partial`
 
 

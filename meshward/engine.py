@@ -22,7 +22,7 @@ from typing import Any
 
 from meshward import scoring
 from meshward.allowlist import Allowlist, Limits
-from meshward.bodies import DecodedBody, decode_content
+from meshward.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.detect import Detector, Inspection, NoDetector
 from meshward.log import event
 from meshward.modes import DEFAULT_MODE, MODES
@@ -116,12 +116,7 @@ class Engine:
         mode = mode or self.mode_of(obs.destination.namespace)
         self.counters["evaluated"] += 1
         if obs.body:
-            encoding = obs.header("content-encoding")
-            if encoding:  # inspect and learn the plaintext, never the compressed bytes
-                plain, cut = decode_content(encoding, obs.body, self.config.max_body)
-                obs = dataclasses.replace(
-                    obs, body=plain, body_size=len(plain), body_truncated=obs.body_truncated or cut
-                )
+            obs = self._plaintext(obs)
         f = scoring.features(obs, self.config.max_body)
         found, failed = self._inspect(obs, f.body)
         threats = obs.threats + found.threats if obs.threats else found.threats
@@ -172,6 +167,23 @@ class Engine:
         ):
             self.flush()
         return v
+
+    def _plaintext(self, obs: Observation) -> Observation:
+        """The Observation with its body as the app reads it: inspect and learn the plaintext,
+        never compressed bytes (Content-Encoding, and gRPC's per-message compression)."""
+        plain, cut = obs.body, False
+        if encoding := obs.header("content-encoding"):
+            plain, cut = decode_content(encoding, plain, self.config.max_body)
+        grpc_encoding = obs.header("grpc-encoding").strip().lower()
+        grpc = obs.content_type.startswith("application/grpc")
+        if grpc and grpc_encoding not in ("", "identity"):
+            plain, grpc_cut = decode_grpc_messages(grpc_encoding, plain, self.config.max_body)
+            cut = cut or grpc_cut
+        if plain is obs.body and not cut:
+            return obs
+        return dataclasses.replace(
+            obs, body=plain, body_size=len(plain), body_truncated=obs.body_truncated or cut
+        )
 
     def _inspect(self, obs: Observation, body: DecodedBody) -> tuple[Inspection, bool]:
         """The detectors' findings, and whether they failed. A detector bug on some input must

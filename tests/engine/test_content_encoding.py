@@ -72,3 +72,43 @@ def test_engine_says_when_a_body_could_not_be_read() -> None:
     bomb = gzip.compress(b'{"a": "' + b"x" * (8 << 20) + b'"}')
     v = engine.evaluate(post(bomb, "gzip"), mode="monitor")
     assert v.body_partly_inspected
+
+
+def _grpc(messages: list[bytes], encoding: str, compressed: bool = True) -> Observation:
+    framed = b""
+    for m in messages:
+        payload = gzip.compress(m) if compressed and encoding == "gzip" else (
+            zlib.compress(m) if compressed else m)
+        framed += bytes([1 if compressed else 0]) + len(payload).to_bytes(4, "big") + payload
+    return Observation(
+        "extauthz", source=Identity("shop", "web"), destination=Identity("shop", "orders"),
+        method="POST", path="/shop.Orders/Create", protocol="grpc",
+        headers=[("content-type", "application/grpc"), ("grpc-encoding", encoding)],
+        body=framed, body_size=len(framed),
+    )  # fmt: skip
+
+
+def _proto_string(field: int, text: bytes) -> bytes:
+    return bytes([field << 3 | 2, len(text)]) + text
+
+
+def test_compressed_grpc_messages_are_inspected() -> None:
+    """grpc-go, grpc-java and grpcio decompress messages flagged compressed (grpc-encoding):
+    meshward saw only the compressed bytes, unflagged."""
+    engine = Engine(config=EngineConfig())
+    attack = _proto_string(1, b"x' UNION SELECT password FROM users --")
+    for encoding in ("gzip", "deflate"):
+        v = engine.evaluate(_grpc([_proto_string(1, b"ok"), attack], encoding), mode="monitor")
+        assert "SQL.Injection" in {t.name for t in v.threats}, encoding
+        assert not v.body_partly_inspected
+    v = engine.evaluate(_grpc([attack], "gzip", compressed=False), mode="monitor")
+    assert "SQL.Injection" in {t.name for t in v.threats}  # an uncompressed message stays read
+
+
+def test_grpc_message_bombs_and_unknown_encodings_are_partial() -> None:
+    engine = Engine(config=EngineConfig(max_body=1 << 20))
+    start = time.monotonic()
+    v = engine.evaluate(_grpc([b"\0" * (64 << 20)], "gzip"), mode="monitor")
+    assert v.body_partly_inspected and time.monotonic() - start < 2.0
+    v = engine.evaluate(_grpc([b"abc"], "snappy"), mode="monitor")
+    assert v.body_partly_inspected
