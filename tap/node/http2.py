@@ -10,7 +10,7 @@ as far as they got, and the parser stops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import hpack
 from hyperframe.exceptions import HyperframeError
@@ -32,7 +32,12 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Emit = Callable[[Observation], None]
 _MAX_FRAME = 1 << 20  # larger frames are treated as garbage (default max is 16 KiB)
 _MAX_STREAMS = 256  # open streams tracked per connection
+# a header block longer than this ends the connection's parsing: it must be decoded to keep the
+# HPACK table in step, and decoding costs up to ~100 bytes per byte of block (one tuple per field)
 _MAX_HEADER_BLOCK = 256 * 1024
+# decoded header bytes kept per block (RFC 9113 size: name + value + 32 per field), hpack's own
+# default; past it fields are dropped and the request flagged, the connection goes on
+_MAX_HEADER_LIST = 64 * 1024
 
 
 class _Stream:
@@ -54,7 +59,9 @@ class _Side:
     def __init__(self, preface: bool) -> None:
         self.buf = b""
         self.preface = preface  # still expecting the client connection preface
-        self.decoder = hpack.Decoder()
+        # no list limit in hpack: raising mid-block would lose the table (and the connection);
+        # the block size bounds the decoding, _headers bounds what is kept
+        self.decoder = hpack.Decoder(max_header_list_size=1 << 62)
         self.block: list[bytes] = []  # header block being continued
         self.block_frame: Frame | None = None
 
@@ -117,7 +124,7 @@ class Http2Parser:
             ):
                 raise HyperframeError("header block interrupted")
             side.block.append(frame.data)
-            if sum(map(len, side.block)) > _MAX_HEADER_BLOCK:
+            if sum(map(len, side.block)) > _MAX_HEADER_BLOCK:  # HPACK state lost: unavoidable
                 raise HyperframeError("header block too large")
             if "END_HEADERS" in frame.flags:
                 first = side.block_frame
@@ -158,7 +165,7 @@ class Http2Parser:
     def _headers(self, from_client: bool, side: _Side, frame: Frame, block: bytes) -> None:
         # always decode: keeps the HPACK table in step. Raw: a field value may hold any octet
         # but NUL, CR and LF, and one that is not UTF-8 must not end the connection's parsing
-        headers = [(_text(k), _text(v)) for k, v in side.decoder.decode(block, raw=True)]
+        headers, cut = _kept(side.decoder.decode(block, raw=True))
         if isinstance(frame, PushPromiseFrame):
             return  # server push: not a request the app received
         sid = frame.stream_id
@@ -169,6 +176,8 @@ class Http2Parser:
                 if sid % 2 == 0 or sid == 0:
                     raise HyperframeError("client HEADERS on a server stream id")
                 st = self._open(sid, headers)
+                if cut:
+                    st.obs.extra["headers_truncated"] = "true"
             if end:
                 self._end(sid, st, True)
             return
@@ -178,6 +187,8 @@ class Http2Parser:
         if not st.resp_headers_seen and status.startswith("1"):
             return  # interim (100 Continue)
         regular = [(k, v) for k, v in headers if not k.startswith(":")]
+        if cut:
+            st.obs.extra["headers_truncated"] = "true"
         if not st.resp_headers_seen:
             st.resp_headers_seen = True
             st.obs.status = decimal(status, 3)
@@ -241,6 +252,20 @@ class Http2Parser:
             self._emit(st)
         self.streams.clear()
         self.client.buf = self.server.buf = b""
+
+
+def _kept(fields: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], bool]:
+    """The fields as text up to _MAX_HEADER_LIST decoded bytes (an HPACK bomb repeats one big
+    table entry thousands of times), and whether some were dropped. Pseudo-headers come first
+    (RFC 9113 8.3) and are always kept."""
+    out: list[tuple[str, str]] = []
+    size = 0
+    for k, v in fields:
+        size += len(k) + len(v) + 32
+        if size > _MAX_HEADER_LIST and not k.startswith(b":"):
+            return out, True
+        out.append((_text(k), _text(v)))
+    return out, False
 
 
 def _text(raw: bytes) -> str:
