@@ -192,6 +192,12 @@ class Http1Parser:
         self.metrics.parse_errors += 1
         self._response_error_quiet()
 
+    def _overlong(self) -> None:
+        """A head or chunk line past _MAX_HEAD: drop it before resynchronising, else the
+        status line it starts with is found again at once and the pump loops forever."""
+        self._rbuf = self._rbuf[-64:]
+        self._response_error()
+
     def _pump(self) -> None:
         """Frame as many responses as the buffered bytes and the known requests allow."""
         while self._rbuf and not self.opaque:
@@ -234,7 +240,7 @@ class Http1Parser:
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > _MAX_HEAD:
-                self._response_error()
+                self._overlong()
                 return True
             return False
         head, self._rbuf = buf[: end + 4], buf[end + 4 :]
@@ -281,7 +287,7 @@ class Http1Parser:
         end = self._rbuf.find(b"\r\n")
         if end < 0:
             if len(self._rbuf) > _MAX_HEAD:
-                self._response_error()
+                self._overlong()
                 return True
             return False
         line, self._rbuf = self._rbuf[:end], self._rbuf[end + 2 :]

@@ -71,3 +71,25 @@ def test_h2_hpack_bomb_is_bounded() -> None:
     assert [(o.path, o.status) for o in got] == [("/a", 200), ("/items", 200)]
     assert sum(len(k) + len(v) for k, v in got[0].headers) < 64 * 1024
     assert got[0].extra.get("headers_truncated") == "true" and m.parse_errors == 0
+
+
+def test_h1_overlong_response_head_does_not_hang() -> None:
+    """A response head past the 64 KiB limit (hyper reads up to ~400 KiB: a big Set-Cookie)
+    went to resynchronisation, which found its own status line at offset 0 again and looped
+    forever: the whole node tap hung. Likewise a chunk line past the limit whose bytes start
+    with a status line (an echoing app). Now the long bytes are dropped and the next request
+    and response are paired again."""
+    for answer in (
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 " + b"b" * 70_000,
+    ):
+        c = Conversation()
+        c.handshake()
+        c.send(True, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n")
+        c.send(False, answer)
+        c.send(True, f"GET {ATTACK} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
+        c.send(False, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        c.fin()
+        got, m = run(c.packets)
+        assert [(o.path, o.status) for o in got][-1] == ("/items", 201)
+        assert m.parse_errors >= 1
