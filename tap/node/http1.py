@@ -12,6 +12,7 @@ line or status line.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,10 @@ _REQUEST_LINE = re.compile(
     rb"(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) [!-~]+ HTTP/1\.[01]\r\n"
 )
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5]\d\d[ \r]")
+# A request line with any method token (RFC 9110 allows extension methods, hyper forwards them;
+# llhttp knows a fixed list and refuses the rest)
+_ANY_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [!-~]+ HTTP/1\.[01]\r?\n")
+_STAND_IN = b"POST"  # what llhttp is told instead: request framing does not depend on the method
 _MAX_PENDING = 64  # requests waiting for their response
 _MAX_BUFFER = 1 << 20  # response bytes buffered while waiting for their request
 _MAX_HEAD = 64 * 1024  # a response head longer than this is garbage
@@ -61,6 +66,7 @@ class Http1Parser:
         self._resp_after_gap = False  # the next response follows a hole: pair with the newest
         self._cur: _Exchange | None = None
         self._url = b""
+        self._real_method = ""  # a method llhttp does not know, told it as _STAND_IN
         self._body: list[bytes] = []
         self._body_len = 0
         self._head_len = 0  # bytes fed while the current request head is incomplete
@@ -112,9 +118,36 @@ class Http1Parser:
             self._req = None
             self._req_paused = True
             self._req_resync = b""
+        except httptools.HttpParserInvalidMethodError:
+            if not self._extension_method(data):
+                self.metrics.parse_errors += 1
+                self._abandon_request()
         except httptools.HttpParserError:
             self.metrics.parse_errors += 1
             self._abandon_request()
+
+    def _extension_method(self, data: bytes) -> bool:
+        """Parse a request with a method llhttp does not know (`PURGEALL /x`, `GETX /x?q=..`;
+        a Go or Express handler that does not check the method serves it): the same bytes with
+        a stand-in method go to a fresh parser, and the real method is put back. Without this
+        the request went unseen and later responses were paired with the wrong requests."""
+        while (m := _unknown_request_line(data)) is not None:
+            self._abandon_request()
+            self._real_method = m.group(1).decode("latin-1")
+            self._req = httptools.HttpRequestParser(self)
+            rest = _STAND_IN + data[m.end(1) :]
+            try:
+                self._req.feed_data(rest)
+            except httptools.HttpParserInvalidMethodError:  # a later one too: go on from there
+                data = rest[len(_STAND_IN) :]
+                continue
+            except httptools.HttpParserUpgrade:
+                self._req, self._req_paused = None, True
+            except httptools.HttpParserError:
+                self.metrics.parse_errors += 1
+                self._abandon_request()
+            return True
+        return False
 
     def _abandon_request(self) -> None:
         """Drop the request being parsed and look for the next request line."""
@@ -153,7 +186,8 @@ class Http1Parser:
         if ex is None or self._req is None:
             return
         obs = ex.obs
-        obs.method = self._req.get_method().decode("latin-1")
+        obs.method = self._real_method or self._req.get_method().decode("latin-1")
+        self._real_method = ""
         url = self._url.decode("latin-1")
         if url.startswith(("http://", "https://")):  # absolute form: keep path and query only
             url = "/" + url.split("://", 1)[1].partition("/")[2]
@@ -409,3 +443,25 @@ class _ResponseHead:
             self.content_length = length
         elif key == "transfer-encoding":
             self.transfer_encoding = text.lower()
+
+
+def _unknown_request_line(data: bytes) -> re.Match[bytes] | None:
+    """The first request line, at a line start, whose method llhttp does not know."""
+    for m in _ANY_REQUEST_LINE.finditer(data):
+        if m.start() and data[m.start() - 1] not in (0x0A, 0x0D):
+            continue
+        if not _llhttp_knows(m.group(1)):
+            return m
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _llhttp_knows(method: bytes) -> bool:
+    """Whether llhttp parses requests with this method (its list is fixed, and long)."""
+    try:
+        httptools.HttpRequestParser(_ResponseHead()).feed_data(method + b" / HTTP/1.1\r\n\r\n")
+    except httptools.HttpParserInvalidMethodError:
+        return False
+    except httptools.HttpParserError:
+        return True
+    return True

@@ -253,3 +253,26 @@ def test_a_superscript_digit_length_is_no_length() -> None:
     c.fin()
     got, _ = run(c.packets)
     assert [o.path for o in got] == ["/a", "/b"]
+
+
+def test_extension_methods_are_seen_and_keep_responses_paired() -> None:
+    """RFC 9110 allows any method token and hyper (linkerd-proxy) forwards it; llhttp knows a
+    fixed list. A handler that does not check the method serves `GETX /items?id=..`: it went
+    unseen, and later responses were paired with the wrong requests."""
+    c = Conversation()
+    c.handshake()
+    c.send(True, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
+                 b"GETX /items?id=1%27%20or%201=1-- HTTP/1.1\r\nHost: api\r\n\r\n"
+                 b"PURGEALL /c HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc"
+                 b"POST /d HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\nok")  # fmt: skip
+    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                  b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+                  b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+                  b"HTTP/1.1 204 No Content\r\n\r\n")  # fmt: skip
+    c.fin()
+    got, m = run(c.packets)
+    assert [(o.method, o.path, o.status) for o in got] == [
+        ("GET", "/a", 200), ("GETX", "/items", 201), ("PURGEALL", "/c", 202), ("POST", "/d", 204)
+    ]
+    assert got[1].query == "id=1%27%20or%201=1--" and got[2].body == b"abc"
+    assert m.parse_errors == 0
