@@ -36,6 +36,10 @@ _STAND_IN = b"POST"  # what llhttp is told instead: request framing does not dep
 _MAX_PENDING = 64  # requests waiting for their response
 _MAX_BUFFER = 1 << 20  # response bytes buffered while waiting for their request
 _MAX_HEAD = 64 * 1024  # a response head longer than this is garbage
+# a request head still open past this is garbage: above hyper's (linkerd-proxy's) ~400 KiB, so
+# that padding a request with long headers cannot hide it from inspection
+_MAX_REQUEST_HEAD = 512 * 1024
+_MAX_HEADER_TEXT = 64 * 1024  # header bytes kept per request; the rest dropped and flagged
 # response side states
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _RESYNC = range(8)
 
@@ -70,6 +74,7 @@ class Http1Parser:
         self._body: list[bytes] = []
         self._body_len = 0
         self._head_len = 0  # bytes fed while the current request head is incomplete
+        self._header_bytes = 0  # header bytes of the current request
         self._rbuf = b""  # response bytes not consumed yet
         self._rstate = _HEAD
         self._rleft = 0  # body bytes left (content-length or current chunk)
@@ -102,7 +107,7 @@ class Http1Parser:
         if self._cur is not None and not self._cur.obs.method:  # inside a request head
             # llhttp has no head limit: a head still open after this many bytes is garbage
             # (checked before adding, so one large segment carrying a body never trips it)
-            if self._head_len > _MAX_HEAD:
+            if self._head_len > _MAX_REQUEST_HEAD:
                 self.metrics.parse_errors += 1
                 self._abandon_request()
                 return
@@ -167,6 +172,7 @@ class Http1Parser:
         ex = _Exchange(Observation(seen_by="node-tap", time=self.ts, protocol="http/1.1"))
         self._cur = ex
         self._head_len = 0
+        self._header_bytes = 0
         self._url = b""
         self._body = []
         self._body_len = 0
@@ -178,8 +184,13 @@ class Http1Parser:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._cur is not None:
-            self._cur.obs.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._cur is None:
+            return
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > _MAX_HEADER_TEXT:
+            self._cur.obs.extra["headers_truncated"] = "true"
+            return
+        self._cur.obs.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         ex = self._cur
