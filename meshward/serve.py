@@ -109,7 +109,8 @@ class Pipeline:
 
     - ext_authz: judged inline; the verdict decides the request.
     - Envoy tap: an outbound view only feeds the join; an inbound view is judged unless ext_authz
-      already judged the same request id (enforce chains run both filters); an incomplete one
+      already judged the same request id, whole body included (enforce chains run both
+      filters, and ext_authz sees only the first with_request_body bytes); an incomplete one
       (stream cut or expired) is judged without being learned.
     - Ingested observations (node tap, files): judged (alerts; nothing to block).
     A both-ends mismatch is judged again with an `Exchange.Mismatch` threat, which alerts.
@@ -144,7 +145,9 @@ class Pipeline:
         self._observed["extauthz"].inc()
         if obs.body_truncated:
             self.metrics.truncations.labels("extauthz").inc()
-        if obs.request_id:
+        if obs.request_id and not obs.body_truncated:
+            # a body cut at the filter's with_request_body limit was judged in part: the tap's
+            # longer copy of it is judged too (padding past the limit must not hide a payload)
             self.checked.add(obs)
         key = self.cache.key(obs)
         if key is not None:

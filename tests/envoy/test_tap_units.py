@@ -157,3 +157,37 @@ def test_open_streams_share_a_byte_budget() -> None:
     for m in big:
         fresh.feed(m)
     assert len(fresh.body) == 30_000 and not fresh.budget_cut
+
+
+def test_tap_copy_of_a_body_ext_authz_saw_in_part_is_judged() -> None:
+    """ext_authz gets only the first with_request_body bytes: a payload padded past them was
+    never inspected, because the tap's longer copy was skipped as judged by ext_authz."""
+    from meshward.engine import Engine
+    from meshward.metrics import Metrics
+    from meshward.serve import Pipeline
+
+    pipeline = Pipeline(Engine(), Metrics(), Joiner())
+    pipeline.engine.set_mode("shop", "enforce")
+    body = b'{"pad": "' + b"x" * 9000 + b'", "q": "1\' union select password from users--"}'
+
+    def view(seen_by: str, cut: int | None) -> Observation:
+        return Observation(
+            seen_by, source=Identity("shop", "web"), destination=Identity("shop", "api"),
+            method="POST", path="/search", request_id="rid-7", authority="api.shop",
+            headers=[("content-type", "application/json"), ("x-request-id", "rid-7")],
+            body=body[:cut] if cut else body, body_truncated=cut is not None,
+            body_size=len(body), extra={"direction": "inbound"},
+        )  # fmt: skip
+
+    checked = pipeline.judge_check(view("extauthz", 8192))
+    assert not checked.threats and checked.body_partly_inspected
+    before = pipeline.engine.counters["alerts"]
+    pipeline.take_tap(view("envoy-tap", None))
+    assert pipeline.engine.counters["alerts"] == before + 1
+    whole = view("extauthz", None)
+    whole.request_id = "rid-8"
+    pipeline.judge_check(whole)  # judged whole: its tap copy is skipped as before
+    tap = view("envoy-tap", None)
+    tap.request_id = "rid-8"
+    pipeline.take_tap(tap)
+    assert pipeline.engine.counters["alerts"] == before + 2  # the ext_authz deny, not the copy
