@@ -37,6 +37,7 @@ from envoy_harness import (
     order_body,
     post_script,
     request,
+    run_allow_server,
     sidecar,
     wrk,
 )
@@ -62,32 +63,6 @@ RBAC = {
         },
     },
 }  # fmt: skip
-
-
-async def _allow_server(port: int) -> None:
-    import grpc
-    import uvloop  # noqa: F401  (the loop policy is set by the caller)
-    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-    from google.rpc import code_pb2, status_pb2
-
-    ok = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
-
-    class Allow(external_auth_pb2_grpc.AuthorizationServicer):
-        async def Check(self, request: object, context: object) -> object:
-            return ok
-
-    server = grpc.aio.server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Allow(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
-def run_allow_server(port: int) -> None:
-    import uvloop
-
-    uvloop.install()
-    asyncio.run(_allow_server(port))
 
 
 def run_floor_server(port: int) -> None:

@@ -44,6 +44,35 @@ def order_body(i: int = 0) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+async def always_allow(port: int) -> None:
+    """Scenario (b)'s ext_authz: a grpc.aio server answering every Check OK, doing nothing else
+    (the transport floor). Serves until cancelled."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+    from google.rpc import code_pb2, status_pb2
+
+    ok = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+
+    class Allow(external_auth_pb2_grpc.AuthorizationServicer):
+        async def Check(self, request: object, context: object) -> object:
+            return ok
+
+    server = grpc.aio.server()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Allow(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def run_allow_server(port: int) -> None:
+    import asyncio
+
+    import uvloop
+
+    uvloop.install()
+    asyncio.run(always_allow(port))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
