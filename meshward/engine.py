@@ -171,12 +171,18 @@ class Engine:
     def _plaintext(self, obs: Observation) -> Observation:
         """The Observation with its body as the app reads it: inspect and learn the plaintext,
         never compressed bytes (Content-Encoding, and gRPC's per-message compression)."""
+        encoding = grpc_encoding = ""
+        for name, value in obs.headers:  # one pass: this runs for every request with a body
+            if name == "content-encoding" and not encoding:
+                encoding = value
+            elif name == "grpc-encoding" and not grpc_encoding:
+                grpc_encoding = value.strip().lower()
         plain, cut = obs.body, False
-        if encoding := obs.header("content-encoding"):
+        if encoding:
             plain, cut = decode_content(encoding, plain, self.config.max_body)
-        grpc_encoding = obs.header("grpc-encoding").strip().lower()
-        grpc = obs.content_type.startswith("application/grpc")
-        if grpc and grpc_encoding not in ("", "identity"):
+        if grpc_encoding not in ("", "identity") and obs.content_type.startswith(
+            "application/grpc"
+        ):
             plain, grpc_cut = decode_grpc_messages(grpc_encoding, plain, self.config.max_body)
             cut = cut or grpc_cut
         if plain is obs.body and not cut:
