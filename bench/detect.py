@@ -45,10 +45,10 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshward.bodies import decode_body, parse_query
-from meshward.observation import Observation
-from meshward.threats import ThreatDetector
-from meshward.threats.normalise import alternate, decode, look_alikes, normalise
+from meshward.core.bodies import decode_body, parse_query
+from meshward.core.observation import Observation
+from meshward.core.threats import ThreatDetector
+from meshward.core.threats.normalise import alternate, decode, look_alikes, normalise
 
 CLASSES = {
     "sqli": "SQL.Injection",
@@ -311,7 +311,7 @@ def print_table(
 
 def api_false_positives(det: ThreatDetector, n: int = 20_000) -> tuple[int, int]:
     """Normal requests of the engine's OpenAPI sample API (paths, queries, JSON bodies)."""
-    from tests.engine.openapi_traffic import Traffic
+    from tests.support.openapi_traffic import Traffic
 
     traffic = Traffic(seed=3)
     return n, sum(1 for _ in range(n) if det.inspect(traffic.normal()).threats)

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
 
-from meshward import scoring
-from meshward.engine import Engine, EngineConfig
-from meshward.observation import Identity, Observation
-from tests.engine.openapi_traffic import DEVIATIONS, Traffic
+from meshward.core import scoring
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.observation import Identity, Observation
+from tests.support.openapi_traffic import DEVIATIONS, Traffic
 
 
 def rate(n: int, fn: Callable[[], object]) -> float:

@@ -68,8 +68,8 @@ RBAC = {
 def run_floor_server(port: int) -> None:
     """Scenario (e): `meshward serve`'s Server as is, but every Check is answered allow without
     judging (the conversion to an Observation still runs)."""
-    from meshward.observation import Verdict
-    from meshward.serve import ServeConfig, Server, install_uvloop
+    from meshward.app.serve import ServeConfig, Server, install_uvloop
+    from meshward.core.observation import Verdict
 
     install_uvloop()
     allow = Verdict("allow", 0.0)

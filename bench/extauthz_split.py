@@ -72,9 +72,9 @@ def run_server(variant: str, port: int) -> None:
     import uvloop
 
     from bench.envoy_harness import always_allow
-    from extauthz.convert import OK_BYTES, check_to_observation
-    from meshward.observation import Verdict
-    from meshward.serve import ServeConfig, Server
+    from meshward.app.serve import ServeConfig, Server
+    from meshward.core.observation import Verdict
+    from meshward.extauthz.convert import OK_BYTES, check_to_observation
 
     uvloop.install()
 

@@ -18,7 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 from meshward.formats import read_observations
-from tests.formats.samples import har_doc, har_entry, tap_trace
+from tests.support.samples import har_doc, har_entry, tap_trace
 
 API = "http://api.shop.svc.cluster.local"
 

@@ -11,9 +11,9 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from tap.node.netthreats import NetworkMonitor
-from tap.node.packet import ICMP, UDP, Packet, decode
-from tests.netthreats import frames as f
+from meshward.tap.node.netthreats import NetworkMonitor
+from meshward.tap.node.packet import ICMP, UDP, Packet, decode
+from tests.support import frames as f
 
 
 def _frames(kind: str, n: int) -> list[bytes]:

@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from linkerd.proxy import ADMIN_PORT  # noqa: E402
-from tests.netns import Node, Pod  # noqa: E402
-from tests.nodetap.linkerdpod import HTTP_PORT, LinkerdPod  # noqa: E402
+from meshward.linkerd.proxy import ADMIN_PORT  # noqa: E402
+from tests.support.linkerdpod import HTTP_PORT, LinkerdPod  # noqa: E402
+from tests.support.netns import Node, Pod  # noqa: E402
 
 SINK_PORT = 7000
 # the node-tap lo filter in tcpdump's words: data-carrying or SYN/FIN/RST TCP, no mesh ports

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tap.node.packet import ICMP, TCP, UDP, decode
-from tests.netthreats import frames as f
+from meshward.tap.node.packet import ICMP, TCP, UDP, decode
+from tests.support import frames as f
 
 
 def _baseline(frame: bytes, ts: float, link: str = "ether") -> tuple[int, float]:

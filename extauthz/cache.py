@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from cachetools import TTLCache
 
-from meshward.engine import Engine
-from meshward.observation import Observation, Verdict
+from meshward.core.engine import Engine
+from meshward.core.observation import Observation, Verdict
 
 Key = tuple[str, str, str, str, str, str, str]
 

@@ -15,7 +15,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from meshward.observation import Identity, Observation, Verdict
+from meshward.core.observation import Identity, Observation, Verdict
 
 REASON_HEADER = "x-meshward-reason"
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}

@@ -15,9 +15,9 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError
 
-from extauthz.convert import OK_BYTES, check_to_observation, denied_response
-from meshward.metrics import Metrics, Problems
-from meshward.observation import Observation, Verdict
+from meshward.core.observation import Observation, Verdict
+from meshward.extauthz.convert import OK_BYTES, check_to_observation, denied_response
+from meshward.runtime.metrics import Metrics, Problems
 
 SERVICE = "envoy.service.auth.v3.Authorization"
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one Check; larger ones are counted and refused here

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from istio import filters
-from istio.filters import FilterSettings
-from meshward.names import is_ip
+from meshward.core.names import is_ip
+from meshward.istio import filters
+from meshward.istio.filters import FilterSettings
 
 APP_CLUSTER = "app"
 ROUTER_CONFIG = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from istio.bootstrap import SidecarTLS
+from meshward.istio.bootstrap import SidecarTLS
 
 TRUST_DOMAIN = "cluster.local"
 

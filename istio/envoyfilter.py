@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from istio import filters
-from istio.filters import FilterSettings
+from meshward.istio import filters
+from meshward.istio.filters import FilterSettings
 
 ENVOYFILTER_API = "networking.istio.io/v1alpha3"
 AUTHZ_POLICY_API = "security.istio.io/v1"

@@ -63,8 +63,8 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
-from meshward.modes import MODES
-from meshward.names import is_ip, is_kubernetes_name
+from meshward.core.modes import MODES
+from meshward.core.names import is_ip, is_kubernetes_name
 
 DIRECTIONS = ("inbound", "outbound")
 EXT_AUTHZ = "envoy.filters.http.ext_authz"

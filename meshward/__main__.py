@@ -1,5 +1,5 @@
 import sys
 
-from meshward.cli import main
+from meshward.app.cli import main
 
 sys.exit(main())

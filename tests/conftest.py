@@ -7,6 +7,9 @@ import shutil
 
 import pytest
 
+# fixtures shared across the tree (Envoy, a running serve, the CLI), kept in tests/support
+pytest_plugins = ["tests.support.envoy", "tests.support.envoy_http", "tests.support.cli"]
+
 
 @pytest.fixture
 def need_root() -> None:

@@ -22,10 +22,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from istio.bootstrap import HCM_CONFIG, ROUTER_CONFIG, render_bootstrap  # noqa: E402
-from istio.envoyproc import EnvoyProcess  # noqa: E402
-from meshward.api import call  # noqa: E402
-from meshward.metrics import sample  # noqa: E402
+from meshward.app.api import call  # noqa: E402
+from meshward.istio.bootstrap import HCM_CONFIG, ROUTER_CONFIG, render_bootstrap  # noqa: E402
+from meshward.istio.envoyproc import EnvoyProcess  # noqa: E402
+from meshward.runtime.metrics import sample  # noqa: E402
 
 
 def order_body(i: int = 0) -> bytes:

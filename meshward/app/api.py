@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from meshward.metrics import CONTENT_TYPE
-from meshward.modes import MODES
-from meshward.names import is_kubernetes_name
-from meshward.observation import observation_from_dict
+from meshward.core.modes import MODES
+from meshward.core.names import is_kubernetes_name
+from meshward.core.observation import observation_from_dict
+from meshward.runtime.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from meshward.serve import Server
+    from meshward.app.serve import Server
 
 MAX_ITEMS = 10_000  # observations per ingest request
 _YIELD_EVERY = 64  # let ext_authz checks in between while a large batch is judged

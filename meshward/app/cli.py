@@ -1,4 +1,4 @@
-"""The `meshward` command line: one sub-command per module under `meshward.commands`.
+"""The `meshward` command line: one sub-command per module under `meshward.app.commands`.
 
 Each command module has `register(subparsers)` that adds its parser and sets `func(args) -> int`.
 """
@@ -13,16 +13,16 @@ from meshward import __version__
 
 # sub-command modules, in the order `meshward --help` lists them
 COMMANDS = [
-    "meshward.commands.learn",
-    "meshward.commands.score",
-    "meshward.commands.allowlist",
-    "meshward.commands.mode",
-    "meshward.commands.serve",
-    "meshward.commands.tap",
-    "meshward.commands.envoy",
-    "meshward.commands.istio",
-    "meshward.commands.demo",
-    "meshward.commands.nodetap",
+    "meshward.app.commands.learn",
+    "meshward.app.commands.score",
+    "meshward.app.commands.allowlist",
+    "meshward.app.commands.mode",
+    "meshward.app.commands.serve",
+    "meshward.app.commands.tap",
+    "meshward.app.commands.envoy",
+    "meshward.app.commands.istio",
+    "meshward.app.commands.demo",
+    "meshward.app.commands.nodetap",
 ]
 
 

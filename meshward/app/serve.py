@@ -24,19 +24,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from extauthz import service as authz_service
-from extauthz.cache import DecisionCache
-from extauthz.service import CheckService
-from meshward.engine import Engine, EngineConfig
-from meshward.log import event
-from meshward.metrics import Metrics, Problems
-from meshward.observation import Observation, Verdict
-from tap.envoy import extproc
-from tap.envoy.assemble import Limits
-from tap.envoy.extproc import TapService
-from tap.envoy.join import Joiner
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.log import event
+from meshward.core.observation import Observation, Verdict
+from meshward.extauthz import service as authz_service
+from meshward.extauthz.cache import DecisionCache
+from meshward.extauthz.service import CheckService
+from meshward.runtime.metrics import Metrics, Problems
+from meshward.tap.envoy import extproc
+from meshward.tap.envoy.assemble import Limits
+from meshward.tap.envoy.extproc import TapService
+from meshward.tap.envoy.join import Joiner
 
-log = logging.getLogger("meshward.serve")
+log = logging.getLogger("meshward.app.serve")
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", authz_service.GRPC_MAX_MESSAGE),
@@ -225,7 +225,7 @@ class Server:
             raise
 
     async def _start(self) -> None:
-        from meshward.api import build_app  # the API module imports nothing from here
+        from meshward.app.api import build_app  # the API module imports nothing from here
 
         host = self.config.listen_host
         self.ports["authz"] = await self._grpc_server(
@@ -323,7 +323,7 @@ def _grpc_host(host: str) -> str:
 
 def open_engine(db: str, config: EngineConfig | None = None) -> Engine:
     """The engine on the SQLite store at `db`."""
-    from meshward.store import open_store
+    from meshward.app.store import open_store
 
     return Engine(store=open_store(db), config=config or EngineConfig())
 

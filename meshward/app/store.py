@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from meshward.log import event
-from meshward.modes import MODES
+from meshward.core.log import event
+from meshward.core.modes import MODES
 
-log = logging.getLogger("meshward.store")
+log = logging.getLogger("meshward.app.store")
 
 SCHEMA_VERSION = 1
 APP_ID = "meshward"

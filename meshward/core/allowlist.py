@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshward import templates, values
+from meshward.core import templates, values
 
 DOC_VERSION = 1
 

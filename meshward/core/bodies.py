@@ -20,8 +20,8 @@ from xml.parsers import expat
 
 import orjson
 
-from meshward.observation import whole
-from meshward.values import classify_leaf
+from meshward.core.observation import whole
+from meshward.core.values import classify_leaf
 
 Leaf = str | int | float | bool | None
 

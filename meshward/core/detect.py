@@ -1,6 +1,6 @@
 """The detector interface: how threat detectors plug into scoring.
 
-The engine knows only this Protocol; the embedded-threat detectors (`meshward.threats`) and any
+The engine knows only this Protocol; the embedded-threat detectors (`meshward.core.threats`) and any
 future ones implement it. Detectors are pure: Observation in, findings out, no I/O.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meshward.bodies import DecodedBody
-from meshward.observation import Observation, Threat
+from meshward.core.bodies import DecodedBody
+from meshward.core.observation import Observation, Threat
 
 
 @dataclass(slots=True)

@@ -20,15 +20,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshward import scoring
-from meshward.allowlist import Allowlist, Limits
-from meshward.bodies import DecodedBody, decode_content, decode_grpc_messages
-from meshward.detect import Detector, Inspection, NoDetector
-from meshward.log import event
-from meshward.modes import DEFAULT_MODE, MODES
-from meshward.observation import Observation, Verdict
+from meshward.core import scoring
+from meshward.core.allowlist import Allowlist, Limits
+from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
+from meshward.core.detect import Detector, Inspection, NoDetector
+from meshward.core.log import event
+from meshward.core.modes import DEFAULT_MODE, MODES
+from meshward.core.observation import Observation, Verdict
 
-log = logging.getLogger("meshward.engine")
+log = logging.getLogger("meshward.core.engine")
 
 
 @dataclass
@@ -48,8 +48,8 @@ def default_detector(config: EngineConfig) -> Detector:
     """The embedded-threat detectors, or none when switched off."""
     if not config.threats:
         return NoDetector()
-    from meshward.threats import ThreatDetector
-    from meshward.threats import default_detector as shared
+    from meshward.core.threats import ThreatDetector
+    from meshward.core.threats import default_detector as shared
 
     return shared() if config.threat_level == 1 else ThreatDetector(level=config.threat_level)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshward import values
-from meshward.allowlist import EndpointRule, ServiceProfile
-from meshward.bodies import DecodedBody, decode_body, parse_query
-from meshward.observation import Observation
+from meshward.core import values
+from meshward.core.allowlist import EndpointRule, ServiceProfile
+from meshward.core.bodies import DecodedBody, decode_body, parse_query
+from meshward.core.observation import Observation
 
 # reason code -> weight; a request's score is 1 - prod(1 - weight) over its reasons
 WEIGHTS: dict[str, float] = {

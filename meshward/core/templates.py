@@ -8,7 +8,7 @@ path) when they widen a rule.
 
 from __future__ import annotations
 
-from meshward import values
+from meshward.core import values
 
 # typed variables a segment may become, and the value classes each accepts
 TYPED = {

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import ijson
 
+from meshward.core.observation import Observation
 from meshward.formats.common import DepthGuard, EntryError, Item, json_error
 from meshward.formats.envoytap import (
     is_trace_key,
@@ -23,7 +24,6 @@ from meshward.formats.envoytap import (
     read_tap_lines,
 )
 from meshward.formats.har import observation_from_entry, read_har
-from meshward.observation import Observation
 
 __all__ = [
     "EntryError",

@@ -12,9 +12,9 @@ from typing import IO, Any
 
 import ijson
 
-from meshward.names import is_ip
-from meshward.observation import Identity, Observation
-from meshward.values import decimal
+from meshward.core.names import is_ip
+from meshward.core.observation import Identity, Observation
+from meshward.core.values import decimal
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ from typing import IO, Any
 
 import ijson
 
+from meshward.core.observation import Observation, SeenBy, whole_text
+from meshward.core.values import decimal
 from meshward.formats.common import (
     BAD_VALUE,
     JSON_ERRORS,
@@ -41,8 +43,6 @@ from meshward.formats.common import (
     source_from_xfcc,
     split_pseudo,
 )
-from meshward.observation import Observation, SeenBy, whole_text
-from meshward.values import decimal
 
 MAX_LINE = 64 << 20  # a JSON Lines record longer than this is reported and skipped
 MAX_PENDING_STREAMS = 10_000  # streamed traces assembled at once; the oldest is emitted beyond

@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import ijson
 
+from meshward.core.observation import Identity, Observation, SeenBy, whole_text
 from meshward.formats.common import (
     BAD_VALUE,
     JSON_ERRORS,
@@ -34,7 +35,6 @@ from meshward.formats.common import (
     source_from_xfcc,
     split_pseudo,
 )
-from meshward.observation import Identity, Observation, SeenBy, whole_text
 
 
 def _str(value: object, what: str) -> str:

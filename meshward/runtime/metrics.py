@@ -28,8 +28,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from meshward.log import event
-from meshward.observation import Verdict
+from meshward.core.log import event
+from meshward.core.observation import Verdict
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _MAX_LABEL_VALUES = 200

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from meshward.core.observation import Observation
 from meshward.formats.common import BAD_VALUE
 from meshward.formats.envoytap import StreamAssembler, observations_from_trace
-from meshward.observation import Observation
 
 MAX_TRACE = 8 << 20  # bytes of one JSON trace value; beyond that the stream is out of sync
 

@@ -16,8 +16,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
-from meshward.observation import Identity, Observation
-from meshward.values import decimal
+from meshward.core.observation import Identity, Observation
+from meshward.core.values import decimal
 
 _NONE = processing_mode_pb2.ProcessingMode.NONE
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}

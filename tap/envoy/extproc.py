@@ -16,9 +16,9 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2
 from google.protobuf.message import DecodeError
 
-from meshward.metrics import Metrics, Problems
-from meshward.observation import Observation
-from tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
+from meshward.core.observation import Observation
+from meshward.runtime.metrics import Metrics, Problems
+from meshward.tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 

@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshward.observation import Observation, Threat
+from meshward.core.observation import Observation, Threat
 
 MISMATCH = "Exchange.Mismatch"
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from meshward.observation import Observation
-from tap.node.http1 import Http1Parser
-from tap.node.http2 import PREFACE, Http2Parser
-from tap.node.metrics import Metrics
-from tap.node.packet import Packet
-from tap.node.reassembly import Stream
+from meshward.core.observation import Observation
+from meshward.tap.node.http1 import Http1Parser
+from meshward.tap.node.http2 import PREFACE, Http2Parser
+from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.packet import Packet
+from meshward.tap.node.reassembly import Stream
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 # a connection joined without its SYN is only tracked from a segment that starts a message

@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import httptools
 
-from meshward.observation import Observation
-from meshward.values import decimal
-from tap.node.metrics import Metrics
+from meshward.core.observation import Observation
+from meshward.core.values import decimal
+from meshward.tap.node.metrics import Metrics
 
 Emit = Callable[[Observation], None]
 

@@ -24,9 +24,9 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from meshward.observation import Observation
-from meshward.values import decimal
-from tap.node.metrics import Metrics
+from meshward.core.observation import Observation
+from meshward.core.values import decimal
+from meshward.tap.node.metrics import Metrics
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Emit = Callable[[Observation], None]

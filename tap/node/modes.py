@@ -12,8 +12,8 @@ import logging
 import threading
 import urllib.request
 
-from meshward.log import event
-from meshward.modes import MODES
+from meshward.core.log import event
+from meshward.core.modes import MODES
 
 log = logging.getLogger("meshward.node-tap")
 

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace as _copy
 
-from meshward.observation import Identity, Observation, Threat
-from tap.node import dns
-from tap.node.netstate import Datagram, Window, entropy, expire, randomness
-from tap.node.packet import ICMP, ICMPV6, TCP, UDP, Packet
+from meshward.core.observation import Identity, Observation, Threat
+from meshward.tap.node import dns
+from meshward.tap.node.netstate import Datagram, Window, entropy, expire, randomness
+from meshward.tap.node.packet import ICMP, ICMPV6, TCP, UDP, Packet
 
 _ECHO_REQUEST = frozenset(((ICMP, 8), (ICMPV6, 128)))
 _ECHO_REPLY = frozenset(((ICMP, 0), (ICMPV6, 129)))

@@ -20,9 +20,9 @@ import urllib.error
 import urllib.request
 from typing import TextIO
 
-from meshward.log import event
-from meshward.observation import Observation, observation_to_dict
-from tap.node.metrics import Metrics
+from meshward.core.log import event
+from meshward.core.observation import Observation, observation_to_dict
+from meshward.tap.node.metrics import Metrics
 
 log = logging.getLogger("meshward.node-tap.output")
 _STOP = object()

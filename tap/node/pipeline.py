@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from linkerd.proxy import MESH_PORTS, client_identity
-from meshward.log import event
-from meshward.observation import Identity, Observation
-from tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
-from tap.node.flows import Connection, FlowTable
-from tap.node.metrics import Metrics
-from tap.node.packet import TCP, decode
+from meshward.core.log import event
+from meshward.core.observation import Identity, Observation
+from meshward.linkerd.proxy import MESH_PORTS, client_identity
+from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
+from meshward.tap.node.flows import Connection, FlowTable
+from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.packet import TCP, decode
 
 log = logging.getLogger("meshward.node-tap")
 

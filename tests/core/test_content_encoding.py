@@ -7,9 +7,9 @@ import gzip
 import time
 import zlib
 
-from meshward.bodies import decode_content
-from meshward.engine import Engine, EngineConfig
-from meshward.observation import Identity, Observation
+from meshward.core.bodies import decode_content
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.observation import Identity, Observation
 
 ATTACK = b'{"name": "x\' UNION SELECT password FROM users --", "qty": 1}'
 

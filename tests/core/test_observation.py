@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshward import values
-from meshward.bodies import decode_body
-from meshward.observation import Identity
+from meshward.core import values
+from meshward.core.bodies import decode_body
+from meshward.core.observation import Identity
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_json_the_fast_parser_refuses_is_still_read(body: bytes) -> None:
 
 def test_child_path_memo_is_bounded_under_high_cardinality_keys() -> None:
     """Bodies keyed by ids (a new key every request) must not grow the path memo without end."""
-    from meshward import bodies
+    from meshward.core import bodies
 
     for i in range(5000):
         doc = {f"user-{i}": {f"k{j}-{i}": j for j in range(5)}, "x" * 200 + str(i): 1}

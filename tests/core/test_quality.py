@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meshward.engine import Engine, EngineConfig
-from tests.engine.openapi_traffic import DEVIATIONS, Traffic
+from meshward.core.engine import Engine, EngineConfig
+from tests.support.openapi_traffic import DEVIATIONS, Traffic
 
 
 def learned_engine(n: int = 4000) -> tuple[Engine, Traffic]:

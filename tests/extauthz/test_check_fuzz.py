@@ -13,13 +13,13 @@ from envoy.service.auth.v3 import external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extauthz.convert import check_to_observation, denied_response
-from meshward.engine import Engine
-from meshward.metrics import Metrics
-from meshward.observation import Verdict
-from meshward.serve import Pipeline
-from meshward.threats import ThreatDetector
-from tap.envoy.join import Joiner
+from meshward.app.serve import Pipeline
+from meshward.core.engine import Engine
+from meshward.core.observation import Verdict
+from meshward.core.threats import ThreatDetector
+from meshward.extauthz.convert import check_to_observation, denied_response
+from meshward.runtime.metrics import Metrics
+from meshward.tap.envoy.join import Joiner
 
 CONTENT_TYPES = [
     "application/json", "application/json; charset=utf-16", "application/x-www-form-urlencoded",

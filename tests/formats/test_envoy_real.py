@@ -15,10 +15,10 @@ from typing import Any
 import ijson
 import pytest
 
+from meshward.core.observation import Observation
 from meshward.formats import read_observations
-from meshward.observation import Observation
 
-envoyproc = pytest.importorskip("istio.envoyproc")
+envoyproc = pytest.importorskip("meshward.istio.envoyproc")
 
 XFCC = "By=spiffe://cluster.local/ns/shop/sa/api;URI=spiffe://cluster.local/ns/web/sa/frontend"
 

@@ -10,10 +10,10 @@ import pytest
 from envoy.data.tap.v3 import wrapper_pb2
 from google.protobuf import json_format
 
+from meshward.core.observation import Observation
 from meshward.formats import EntryError, detect_format, read_observations
 from meshward.formats.envoytap import StreamAssembler, observations_from_trace
-from meshward.observation import Observation
-from tests.formats.samples import tap_trace
+from tests.support.samples import tap_trace
 
 
 def _proto_trace() -> wrapper_pb2.TraceWrapper:

@@ -6,10 +6,10 @@ import base64
 import json
 from pathlib import Path
 
+from meshward.core.observation import Observation
 from meshward.formats import EntryError, read_observations
 from meshward.formats.har import observation_from_entry
-from meshward.observation import Observation
-from tests.formats.samples import har_doc, har_entry, write_har
+from tests.support.samples import har_doc, har_entry, write_har
 
 
 def _read(path: Path) -> list[Observation | EntryError]:
@@ -196,7 +196,7 @@ def test_several_files_in_order(tmp_path: Path) -> None:
 def test_gzip_inputs(tmp_path: Path) -> None:
     import gzip
 
-    from tests.formats.samples import tap_trace
+    from tests.support.samples import tap_trace
 
     har = gzip.compress(json.dumps(har_doc([har_entry("GET"), har_entry("PUT")])).encode())
     (tmp_path / "a.har.gz").write_bytes(har)

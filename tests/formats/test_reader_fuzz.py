@@ -11,11 +11,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshward.engine import Engine
+from meshward.app.store import open_store
+from meshward.core.engine import Engine
+from meshward.core.observation import Observation
 from meshward.formats import EntryError, read_observations
-from meshward.observation import Observation
-from meshward.store import open_store
-from tests.formats.samples import har_doc, har_entry, tap_trace
+from tests.support.samples import har_doc, har_entry, tap_trace
 
 LONE = ["\ud800", "\udfff", "a\udc00", "\ud83d\ude00", "\\ud800"]
 hostile = st.one_of(
@@ -158,8 +158,8 @@ def test_regression_deeply_nested_line_is_a_line_error(tmp_path: Path) -> None:
 def test_numbers_are_ascii_digits_within_bounds() -> None:
     """`²` passes isdigit() and int() refuses it, as it refuses 4,300+ digits: an odd port,
     status or length is unknown, not a lost entry."""
+    from meshward.core.values import decimal
     from meshward.formats.common import content_length, split_authority
-    from meshward.values import decimal
 
     assert decimal("8080") == 8080 and decimal("²") is None and decimal("9" * 5000) is None
     assert decimal("１２") is None and decimal("") is None and decimal("123", 2) is None

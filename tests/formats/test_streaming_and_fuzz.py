@@ -10,11 +10,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshward.core.observation import Observation
 from meshward.formats import EntryError, read_observations
 from meshward.formats.envoytap import observations_from_trace
 from meshward.formats.har import observation_from_entry
-from meshward.observation import Observation
-from tests.formats.samples import har_doc, har_entry, tap_trace
+from tests.support.samples import har_doc, har_entry, tap_trace
 
 N = 2_500
 BODY = 4_000  # few large entries: tracemalloc slows every allocation

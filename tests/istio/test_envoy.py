@@ -17,9 +17,9 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from istio.bootstrap import render_bootstrap
-from istio.certs import MeshCA, spiffe_id
-from istio.envoyproc import EnvoyError, EnvoyProcess, validate
+from meshward.istio.bootstrap import render_bootstrap
+from meshward.istio.certs import MeshCA, spiffe_id
+from meshward.istio.envoyproc import EnvoyError, EnvoyProcess, validate
 
 pytestmark = pytest.mark.integration
 

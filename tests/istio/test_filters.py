@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from istio import filters
-from istio.filters import FilterSettings
+from meshward.istio import filters
+from meshward.istio.filters import FilterSettings
 
 
 def names(s: FilterSettings) -> list[str]:

@@ -13,11 +13,11 @@ import jsonschema
 import pytest
 import yaml
 
-from istio import envoyfilter, filters
-from istio.bootstrap import ROUTER_CONFIG, render_bootstrap, upstream_cluster
-from istio.envoyproc import EnvoyError, validate
-from istio.filters import FilterSettings
-from meshward.cli import UsageError
+from meshward.app.cli import UsageError
+from meshward.istio import envoyfilter, filters
+from meshward.istio.bootstrap import ROUTER_CONFIG, render_bootstrap, upstream_cluster
+from meshward.istio.envoyproc import EnvoyError, validate
+from meshward.istio.filters import FilterSettings
 
 CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "istio" / "crds.yaml"
 MODES = ("learn", "monitor", "enforce")
@@ -226,44 +226,44 @@ BOOT = ["bootstrap", "--listen", "15006", "--upstream", "127.0.0.1:8080", "--nam
 
 
 def test_envoy_bootstrap_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_command("meshward.commands.envoy", [*BOOT, "enforce"]) == 0
+    assert run_command("meshward.app.commands.envoy", [*BOOT, "enforce"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "enforce")
-    assert run_command("meshward.commands.envoy", [*BOOT, "learn", "--format", "json"]) == 0
+    assert run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "learn")
 
 
 def test_envoy_bootstrap_bad_input() -> None:
     with pytest.raises(UsageError, match="HOST:PORT"):
-        run_command("meshward.commands.envoy", [*BOOT[:4], "nonsense", *BOOT[5:], "learn"])
+        run_command("meshward.app.commands.envoy", [*BOOT[:4], "nonsense", *BOOT[5:], "learn"])
     with pytest.raises(UsageError, match="tap-port"):
-        run_command("meshward.commands.envoy", [*BOOT, "learn", "--tap-port", "70000"])
+        run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--tap-port", "70000"])
 
 
 @pytest.mark.integration
 def test_envoy_bootstrap_command_validates(
     envoy_bin: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_command("meshward.commands.envoy", [*BOOT, "enforce", "--validate"]) == 0
+    assert run_command("meshward.app.commands.envoy", [*BOOT, "enforce", "--validate"]) == 0
     assert "ext_authz" in capsys.readouterr().out
 
 
 def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     argv = ["render", "--namespace", "shop", "--mode", "enforce"]
-    assert run_command("meshward.commands.istio", argv) == 0
+    assert run_command("meshward.app.commands.istio", argv) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert [d["kind"] for d in docs] == ["EnvoyFilter"]
     mesh = tmp_path / "mesh.yaml"
     argv += ["--style", "extension-provider", "--mesh-config", str(mesh)]
-    assert run_command("meshward.commands.istio", argv) == 0
+    assert run_command("meshward.app.commands.istio", argv) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert [d["kind"] for d in docs] == ["EnvoyFilter", "AuthorizationPolicy"]
     assert yaml.safe_load(mesh.read_text())["meshConfig"]["extensionProviders"][0]["name"]
     with pytest.raises(UsageError):
-        run_command("meshward.commands.istio", ["render", "--namespace", "", "--mode", "learn"])
+        run_command("meshward.app.commands.istio", ["render", "--namespace", "", "--mode", "learn"])
     argv = ["render", "--namespace", "shop", "--mode", "learn", "--no-outbound-tap"]
-    assert run_command("meshward.commands.istio", [*argv, "--format", "json"]) == 0
+    assert run_command("meshward.app.commands.istio", [*argv, "--format", "json"]) == 0
     (obj,) = json.loads(capsys.readouterr().out)
     contexts = {p["match"]["context"] for p in obj["spec"]["configPatches"]}
     assert contexts == {"SIDECAR_INBOUND", "SIDECAR_OUTBOUND"}  # the cluster is outbound
@@ -273,7 +273,7 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
 def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) -> None:
     """--tap-close-timeout-ms and --tap-stream-window: one pair of flags, every renderer."""
     lag = ["--tap-close-timeout-ms", "12000", "--tap-stream-window", "64"]
-    assert run_command("meshward.commands.envoy", [*BOOT, "learn", *lag, "--format", "json"]) == 0
+    assert run_command("meshward.app.commands.envoy", [*BOOT, "learn", *lag, "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == render_bootstrap(
         15006, "127.0.0.1:8080", "shop", "web", "learn",
@@ -282,10 +282,10 @@ def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) 
     text = json.dumps(printed)
     assert '"deferred_close_timeout": "12s"' in text and '"max_concurrent_streams": 64' in text
     argv = ["render", "--namespace", "shop", "--mode", "monitor", *lag, "--format", "json"]
-    assert run_command("meshward.commands.istio", argv) == 0
+    assert run_command("meshward.app.commands.istio", argv) == 0
     text = capsys.readouterr().out
     assert '"deferred_close_timeout": "12s"' in text and '"max_concurrent_streams": 64' in text
     with pytest.raises(UsageError, match="stream window"):
-        run_command("meshward.commands.envoy", [*BOOT, "learn", "--tap-stream-window", "0"])
+        run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--tap-stream-window", "0"])
     with pytest.raises(UsageError, match="close timeout"):
-        run_command("meshward.commands.istio", [*argv[:5], "--tap-close-timeout-ms", "-1"])
+        run_command("meshward.app.commands.istio", [*argv[:5], "--tap-close-timeout-ms", "-1"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-import meshward.cli as cli
+import meshward.app.cli as cli
 
 MINE = ("learn", "score", "allowlist", "mode")
 

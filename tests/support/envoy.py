@@ -17,7 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.rpc import code_pb2, status_pb2
 
-from istio.envoyproc import EnvoyError, envoy_binary
+from meshward.istio.envoyproc import EnvoyError, envoy_binary
 
 
 @pytest.fixture(scope="session")

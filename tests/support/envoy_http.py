@@ -11,13 +11,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from meshward.api import call
-from meshward.detect import Detector
-from meshward.engine import Engine, EngineConfig, default_detector
-from meshward.metrics import sample
-from meshward.serve import ServeConfig, Server
-from meshward.store import open_store
-from tests.istio.conftest import echo_app, envoy_bin
+from meshward.app.api import call
+from meshward.app.serve import ServeConfig, Server
+from meshward.app.store import open_store
+from meshward.core.detect import Detector
+from meshward.core.engine import Engine, EngineConfig, default_detector
+from meshward.runtime.metrics import sample
+from tests.support.envoy import echo_app, envoy_bin
 
 __all__ = ["ServerThread", "echo_app", "envoy_bin", "free_port", "http"]
 

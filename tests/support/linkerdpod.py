@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from linkerd.proxy import ADMIN_PORT, INBOUND_PORT
-from tests.netns import Pod
+from meshward.linkerd.proxy import ADMIN_PORT, INBOUND_PORT
+from tests.support.netns import Pod
 
 HERE = Path(__file__).parent
 ENVOY = Path(sys.executable).parent / "envoy"

@@ -14,7 +14,7 @@ removed by `sweep_stale()` (called by every new Node).
 
 API:
 
-    from tests.netns import Node, need_netns
+    from tests.support.netns import Node, need_netns
 
     need_netns()                       # pytest.skip unless root and `ip` is present
     with Node() as node:               # or Node(subnet="10.213.7") for another /24 prefix

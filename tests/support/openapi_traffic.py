@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from meshward.observation import Identity, Observation
+from meshward.core.observation import Identity, Observation
 
 SAMPLE = Path(__file__).with_name("sample_api.yaml")
 WORDS = (

@@ -9,10 +9,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
-from meshward.detect import NoDetector
-from meshward.engine import Engine
-from meshward.serve import ServeConfig, Server
-from meshward.store import open_store
+from meshward.app.serve import ServeConfig, Server
+from meshward.app.store import open_store
+from meshward.core.detect import NoDetector
+from meshward.core.engine import Engine
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from tap.node.flows import ACK, FIN, RST, SYN
-from tap.node.packet import Packet
+from meshward.tap.node.flows import ACK, FIN, RST, SYN
+from meshward.tap.node.packet import Packet
 
 CLIENT = ("10.213.0.2", 40000)
 SERVER = ("10.213.0.2", 8080)

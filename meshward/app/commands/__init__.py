@@ -1,1 +1,1 @@
-"""The `meshward` sub-commands, one module each (registered through meshward.cli.COMMANDS)."""
+"""The `meshward` sub-commands, one module each (registered through meshward.app.cli.COMMANDS)."""

@@ -17,9 +17,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from meshward.cli import UsageError
-from meshward.commands.offline import add_db_flag, close_engine, engine_for
-from meshward.engine import Engine
+from meshward.app.cli import UsageError
+from meshward.app.commands.offline import add_db_flag, close_engine, engine_for
+from meshward.core.engine import Engine
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from meshward.cli import UsageError
+from meshward.app.cli import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,11 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from istio.certs import CertError
-    from istio.envoyproc import EnvoyError
-    from meshward import log
-    from meshward.demo.mesh import DemoError
-    from meshward.demo.run import DemoConfig, print_summary, run_demo
+    from meshward.app.demo.mesh import DemoError
+    from meshward.app.demo.run import DemoConfig, print_summary, run_demo
+    from meshward.core import log
+    from meshward.istio.certs import CertError
+    from meshward.istio.envoyproc import EnvoyError
 
     if args.learn_requests < 50 or args.replay_requests < 1 or args.concurrency < 1:
         raise UsageError("need --learn-requests >= 50, --replay-requests >= 1, --concurrency >= 1")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from meshward.cli import UsageError
-from meshward.engine import EngineConfig
+from meshward.app.cli import UsageError
+from meshward.core.engine import EngineConfig
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:

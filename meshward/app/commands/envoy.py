@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from meshward.cli import UsageError
-from meshward.modes import MODES
-from meshward.names import is_host_name
+from meshward.app.cli import UsageError
+from meshward.core.modes import MODES
+from meshward.core.names import is_host_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,7 +74,7 @@ TAP_FLAGS = ("tap_close_timeout_ms", "tap_stream_window")
 
 def add_tap_flags(parser: argparse.ArgumentParser) -> None:
     """How far meshward may fall behind the sidecars' tap copies (shared by every renderer)."""
-    from istio.filters import TAP_CLOSE_TIMEOUT_MS, TAP_STREAM_WINDOW
+    from meshward.istio.filters import TAP_CLOSE_TIMEOUT_MS, TAP_STREAM_WINDOW
 
     parser.add_argument(
         "--tap-close-timeout-ms",
@@ -103,7 +103,7 @@ def dump(data: object, fmt: str) -> str:
 
 
 def bootstrap(args: argparse.Namespace) -> int:
-    from istio.bootstrap import render_bootstrap
+    from meshward.istio.bootstrap import render_bootstrap
 
     for flag in ("authz_port", "tap_port", "admin_port"):
         if not 0 <= getattr(args, flag) <= 65535:
@@ -120,7 +120,7 @@ def bootstrap(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.validate:
-        from istio.envoyproc import EnvoyError, validate
+        from meshward.istio.envoyproc import EnvoyError, validate
 
         try:
             validate(config)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meshward.cli import UsageError
-from meshward.commands.envoy import TAP_FLAGS, add_tap_flags, dump
-from meshward.modes import MODES
-from meshward.names import is_host_name
+from meshward.app.cli import UsageError
+from meshward.app.commands.envoy import TAP_FLAGS, add_tap_flags, dump
+from meshward.core.modes import MODES
+from meshward.core.names import is_host_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def render(args: argparse.Namespace) -> int:
-    from istio.envoyfilter import render as render_objects
+    from meshward.istio.envoyfilter import render as render_objects
 
     for flag in ("authz_port", "tap_port"):
         if not 0 < getattr(args, flag) <= 65535:

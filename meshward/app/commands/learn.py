@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meshward.commands.engineflags import add_engine_flags, engine_config
-from meshward.commands.offline import (
+from meshward.app.commands.engineflags import add_engine_flags, engine_config
+from meshward.app.commands.offline import (
     Tally,
     add_db_flag,
     check_files,

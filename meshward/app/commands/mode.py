@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from meshward.cli import UsageError
-from meshward.commands.offline import add_db_flag, store_for
-from meshward.engine import EngineConfig
-from meshward.modes import MODES
-from meshward.names import is_kubernetes_name
-from meshward.store import StoreError
+from meshward.app.cli import UsageError
+from meshward.app.commands.offline import add_db_flag, store_for
+from meshward.app.store import StoreError
+from meshward.core.engine import EngineConfig
+from meshward.core.modes import MODES
+from meshward.core.names import is_kubernetes_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,8 +14,8 @@ import signal
 import threading
 from typing import Any
 
-from meshward.cli import UsageError
-from meshward.modes import MODES
+from meshward.app.cli import UsageError
+from meshward.core.modes import MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -126,8 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _pods(args: argparse.Namespace) -> list[Any]:
-    from meshward.observation import Identity
-    from tap.node.pipeline import PodTarget
+    from meshward.core.observation import Identity
+    from meshward.tap.node.pipeline import PodTarget
 
     if args.pod and len(args.pod) != len(args.netns):
         raise UsageError("give one --pod NS/NAME per --netns (or none)")
@@ -165,7 +165,7 @@ def _net_config(path: str | None) -> Any:
     """Thresholds for the network detectors from a YAML/JSON file (defaults without one)."""
     import yaml
 
-    from tap.node.netthreats import NetThreatConfig
+    from meshward.tap.node.netthreats import NetThreatConfig
 
     if not path:
         return NetThreatConfig()
@@ -183,7 +183,7 @@ def _network_monitor(tap: Any, needed: bool, modes: Any, config: Any) -> Any:
     """The ICMP/UDP detectors, or None when ICMP/UDP is not watched."""
     if not needed:
         return None
-    from tap.node.netthreats import NetworkMonitor
+    from meshward.tap.node.netthreats import NetworkMonitor
 
     return NetworkMonitor(config, resolve=tap.resolve, mode_of=modes.mode_of)
 
@@ -205,11 +205,11 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from meshward import log
-    from tap.node.metrics import Metrics
-    from tap.node.modes import ModeSource, parse_mode_flags
-    from tap.node.output import HttpOutput, JsonlOutput
-    from tap.node.pipeline import NodeTap
+    from meshward.core import log
+    from meshward.tap.node.metrics import Metrics
+    from meshward.tap.node.modes import ModeSource, parse_mode_flags
+    from meshward.tap.node.output import HttpOutput, JsonlOutput
+    from meshward.tap.node.pipeline import NodeTap
 
     try:
         log.setup(args.log_level)

@@ -8,12 +8,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from meshward.cli import UsageError
-from meshward.engine import Engine, EngineConfig
+from meshward.app.cli import UsageError
+from meshward.app.progress import ByteProgress
+from meshward.app.store import ReadOnlyStore, SqliteStore, StoreError, default_path, open_store
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.observation import Observation
 from meshward.formats import EntryError, read_observations
-from meshward.observation import Observation
-from meshward.progress import ByteProgress
-from meshward.store import ReadOnlyStore, SqliteStore, StoreError, default_path, open_store
 
 
 def add_db_flag(parser: argparse.ArgumentParser) -> None:

@@ -10,8 +10,8 @@ import json
 import sys
 from collections import Counter
 
-from meshward.commands.engineflags import add_engine_flags, engine_config
-from meshward.commands.offline import (
+from meshward.app.commands.engineflags import add_engine_flags, engine_config
+from meshward.app.commands.offline import (
     Tally,
     add_db_flag,
     check_files,
@@ -19,7 +19,7 @@ from meshward.commands.offline import (
     engine_for,
     observations,
 )
-from meshward.modes import MODES
+from meshward.core.modes import MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

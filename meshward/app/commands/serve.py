@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from meshward.cli import UsageError
-from meshward.commands.engineflags import add_engine_flags, engine_config
+from meshward.app.cli import UsageError
+from meshward.app.commands.engineflags import add_engine_flags, engine_config
 
 
 def _env_port(name: str, default: int) -> int:
@@ -63,11 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshward import log
-    from meshward.serve import ServeConfig
-    from meshward.serve import run as serve
-    from meshward.store import StoreError
-    from tap.envoy.assemble import Limits
+    from meshward.app.serve import ServeConfig
+    from meshward.app.serve import run as serve
+    from meshward.app.store import StoreError
+    from meshward.core import log
+    from meshward.tap.envoy.assemble import Limits
 
     try:
         log.setup(args.log_level)

@@ -16,10 +16,10 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from meshward.cli import UsageError
-from meshward.log import event
-from meshward.observation import Observation, observation_to_dict
-from tap.envoy.admin import AdminTapError, TapStats, stream_observations
+from meshward.app.cli import UsageError
+from meshward.core.log import event
+from meshward.core.observation import Observation, observation_to_dict
+from meshward.tap.envoy.admin import AdminTapError, TapStats, stream_observations
 
 log = logging.getLogger("meshward.tap")
 BATCH = 200
@@ -55,7 +55,7 @@ def _url(text: str, what: str) -> str:
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    from meshward import log as mlog
+    from meshward.core import log as mlog
 
     mlog.setup("info")
     admin = _url(args.admin, "--admin")

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from istio.bootstrap import SidecarTLS, render_bootstrap
-from istio.certs import MeshCA
-from istio.envoyproc import EnvoyProcess, die_with_parent
+from meshward.istio.bootstrap import SidecarTLS, render_bootstrap
+from meshward.istio.certs import MeshCA
+from meshward.istio.envoyproc import EnvoyProcess, die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (meshward is not always installed)
 

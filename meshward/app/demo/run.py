@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from meshward.demo import shop as shop_mod
-from meshward.demo.mesh import DemoError, MiniMesh, ServeProcess, make_workdir
-from meshward.demo.traffic import Call, Driver, Result, attack_calls, normal_calls, novel_calls
+from meshward.app.demo import shop as shop_mod
+from meshward.app.demo.mesh import DemoError, MiniMesh, ServeProcess, make_workdir
+from meshward.app.demo.traffic import Call, Driver, Result, attack_calls, normal_calls, novel_calls
 
 NAMESPACE = shop_mod.NAMESPACE
 SERVICES = ("web", "catalog", "orders", "payments")

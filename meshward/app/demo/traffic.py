@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from meshward.demo.shop import CATEGORIES, PAYMENTS_SERVICE, service_host, struct
+from meshward.app.demo.shop import CATEGORIES, PAYMENTS_SERVICE, service_host, struct
 
 CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 SEARCH_WORDS = ("item", "books", "games", "music", "garden", "kitchen", "toys", "1", "2", "3")

@@ -24,7 +24,7 @@ import threading
 from itertools import accumulate
 from typing import NamedTuple
 
-from meshward.bodies import (
+from meshward.core.bodies import (
     DecodedBody,
     body_kind,
     charset_of,
@@ -33,10 +33,10 @@ from meshward.bodies import (
     parse_query,
     recode,
 )
-from meshward.detect import Inspection
-from meshward.observation import Observation, Threat
-from meshward.threats import injection
-from meshward.threats.normalise import (
+from meshward.core.detect import Inspection
+from meshward.core.observation import Observation, Threat
+from meshward.core.threats import injection
+from meshward.core.threats.normalise import (
     alternate,
     decode,
     evidence,
@@ -44,7 +44,7 @@ from meshward.threats.normalise import (
     look_alikes,
     unsplit,
 )
-from meshward.threats.signatures import (
+from meshward.core.threats.signatures import (
     CMDI,
     COMMAND_NAMES,
     CRLF,
@@ -103,7 +103,7 @@ _Part = tuple[str, str]  # (kind: path | query | header, header name)
 
 
 class ThreatDetector:
-    """The embedded-threat detector (meshward.detect.Detector). Thread-safe, stateless per call.
+    """The embedded-threat detector (meshward.core.detect.Detector). Thread-safe, stateless per call.
 
     level: 1..3 like OWASP CRS paranoia levels (1: few false positives).
     max_scan_bytes: body bytes inspected; beyond it the Inspection is `partial`.

@@ -11,7 +11,7 @@ import re
 
 import libinjection
 
-from meshward.threats.signatures import SQL_GATE, XSS_GATE
+from meshward.core.threats.signatures import SQL_GATE, XSS_GATE
 
 _SQL_GATE = re.compile(SQL_GATE, re.IGNORECASE | re.MULTILINE)
 _XSS_GATE = re.compile(XSS_GATE, re.IGNORECASE | re.MULTILINE)

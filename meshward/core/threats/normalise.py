@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 
-from meshward.observation import whole
+from meshward.core.observation import whole
 
 MAX_ROUNDS = 4  # repeated decoding (double, triple encoding) stops here even if not stable
 

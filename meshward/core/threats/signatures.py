@@ -22,7 +22,7 @@ from pathlib import Path
 
 import hyperscan
 
-from meshward.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, SPLIT_WORD_INDICATOR
+from meshward.core.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, SPLIT_WORD_INDICATOR
 
 SQLI = "SQL.Injection"
 XSS = "Cross.Site.Scripting"

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from meshward.cli import UsageError
-from meshward.commands.engineflags import add_engine_flags, engine_config
+from meshward.app.cli import UsageError
+from meshward.app.commands.engineflags import add_engine_flags, engine_config
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -45,8 +45,8 @@ def test_bad_values(monkeypatch: pytest.MonkeyPatch, env: str, value: str, messa
 
 
 def test_a_higher_deny_threshold_lets_weak_deviations_through() -> None:
-    from meshward.engine import Engine
-    from tests.engine.openapi_traffic import Traffic
+    from meshward.core.engine import Engine
+    from tests.support.openapi_traffic import Traffic
 
     cfg = engine_config(parse("--deny-threshold", "0.9"), threats=False)
     engine = Engine(config=cfg)

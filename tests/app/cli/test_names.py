@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshward.names import is_host_name, is_ip, is_kubernetes_name
+from meshward.core.names import is_host_name, is_ip, is_kubernetes_name
 
 
 @pytest.mark.parametrize("name", ["shop", "a", "x-1", "a" * 63, "0abc"])

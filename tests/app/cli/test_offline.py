@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshward.store import open_store
-from tests.cli.conftest import Result
-from tests.formats.samples import har_entry, tap_trace, write_har
+from meshward.app.store import open_store
+from tests.support.cli import Result
+from tests.support.samples import har_entry, tap_trace, write_har
 
 Run = Callable[..., Result]
 API = "http://api.shop.svc.cluster.local"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from meshward.progress import ByteProgress
+from meshward.app.progress import ByteProgress
 
 
 class _Tty(io.StringIO):

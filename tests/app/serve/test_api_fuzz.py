@@ -23,11 +23,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshward.metrics import sample
-from meshward.observation import Identity, Observation, observation_from_dict, observation_to_dict
-from meshward.serve import Server
-from meshward.store import open_store
-from tests.envoy.helpers import engine_on, running_server
+from meshward.app.serve import Server
+from meshward.app.store import open_store
+from meshward.core.observation import (
+    Identity,
+    Observation,
+    observation_from_dict,
+    observation_to_dict,
+)
+from meshward.runtime.metrics import sample
+from tests.support.serve import engine_on, running_server
 
 GOOD = observation_to_dict(
     Observation(

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from istio.bootstrap import render_bootstrap
-from istio.envoyproc import EnvoyProcess
-from meshward.api import call
-from tap.envoy.admin import TraceSplitter
-from tests.envoy.conftest import free_port, http
+from meshward.app.api import call
+from meshward.istio.bootstrap import render_bootstrap
+from meshward.istio.envoyproc import EnvoyProcess
+from meshward.tap.envoy.admin import TraceSplitter
+from tests.support.envoy_http import free_port, http
 
 ROOT = Path(__file__).resolve().parents[2]
 TAP_FILTER = {

@@ -12,10 +12,10 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from istio.bootstrap import render_bootstrap
-from istio.certs import MeshCA
-from istio.envoyproc import EnvoyProcess
-from tests.envoy.conftest import ServerThread, free_port, http
+from meshward.istio.bootstrap import render_bootstrap
+from meshward.istio.certs import MeshCA
+from meshward.istio.envoyproc import EnvoyProcess
+from tests.support.envoy_http import ServerThread, free_port, http
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshward.metrics import Metrics, Problems, sample
-from meshward.observation import Threat, Verdict
+from meshward.core.observation import Threat, Verdict
+from meshward.runtime.metrics import Metrics, Problems, sample
 
 
 def families(m: Metrics) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

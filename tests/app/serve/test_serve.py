@@ -13,8 +13,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from meshward.observation import Identity, Observation, observation_to_dict
-from tests.envoy.helpers import check_request, engine_on, running_server, tap_messages
+from meshward.core.observation import Identity, Observation, observation_to_dict
+from tests.support.serve import check_request, engine_on, running_server, tap_messages
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 
@@ -139,7 +139,7 @@ def test_tap_assembles_learns_and_ends_streams(tmp_path: Path) -> None:
 
 
 def test_tap_bounds_body_and_expires_streams() -> None:
-    from tap.envoy.assemble import Limits
+    from meshward.tap.envoy.assemble import Limits
 
     seen: list[Observation] = []
 

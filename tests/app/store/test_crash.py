@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from meshward.store import open_store
+from meshward.app.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent(
     """
     import sys
-    from meshward.store import open_store
+    from meshward.app.store import open_store
     s = open_store(sys.argv[1], alert_limit=500)
     start = int(sys.argv[2])
     i = start

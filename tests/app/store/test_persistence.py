@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshward.engine import Engine, EngineConfig
-from meshward.store import open_store
-from tests.engine.openapi_traffic import Traffic
+from meshward.app.store import open_store
+from meshward.core.engine import Engine, EngineConfig
+from tests.support.openapi_traffic import Traffic
 
 
 def test_restart_keeps_learned_rules_and_modes(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meshward.store import SCHEMA_VERSION, SqliteStore, Store, StoreError, open_store
+from meshward.app.store import SCHEMA_VERSION, SqliteStore, Store, StoreError, open_store
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_concurrent_first_open(tmp_path: Path) -> None:
 
 
 def test_read_only_view(db: str) -> None:
-    from meshward.store import ReadOnlyStore
+    from meshward.app.store import ReadOnlyStore
 
     with open_store(db) as s:
         s.save_profiles({"a/a": {"v": 1}})

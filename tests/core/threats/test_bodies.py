@@ -1,4 +1,4 @@
-"""meshward.bodies: query and body decoding, including hostile and oversized input."""
+"""meshward.core.bodies: query and body decoding, including hostile and oversized input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshward.bodies import KINDS, DecodedBody, decode_body, parse_query
+from meshward.core.bodies import KINDS, DecodedBody, decode_body, parse_query
 
 
 def test_parse_query_semantics() -> None:

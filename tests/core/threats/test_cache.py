@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meshward.threats import signatures
+from meshward.core.threats import signatures
 
 
 def hits(db: object, data: bytes) -> list[int]:

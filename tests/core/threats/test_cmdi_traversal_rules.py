@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from meshward.observation import Observation
-from meshward.threats import ThreatDetector
-from meshward.threats.normalise import unsplit
+from meshward.core.observation import Observation
+from meshward.core.threats import ThreatDetector
+from meshward.core.threats.normalise import unsplit
 
 DET = ThreatDetector(level=1)
 FULL = ThreatDetector(level=1, prefilter=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.detect import CLASSES, load_httpparams, load_payloads, place, shared_data
-from meshward.threats import ThreatDetector
+from meshward.core.threats import ThreatDetector
 
 ROOT = shared_data()
 pytestmark = pytest.mark.skipif(

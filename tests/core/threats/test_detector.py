@@ -1,4 +1,4 @@
-"""meshward.threats: every threat name, in several locations and encodings, plus negatives,
+"""meshward.core.threats: every threat name, in several locations and encodings, plus negatives,
 hostile input, and the pre-filter's soundness (it must never hide what full inspection finds)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshward.bodies import decode_body
-from meshward.detect import Detector
-from meshward.observation import Observation
-from meshward.threats import THREAT_NAMES, ThreatDetector, default_detector, metadata_address
-from meshward.threats.normalise import decode
+from meshward.core.bodies import decode_body
+from meshward.core.detect import Detector
+from meshward.core.observation import Observation
+from meshward.core.threats import THREAT_NAMES, ThreatDetector, default_detector, metadata_address
+from meshward.core.threats.normalise import decode
 
 DET = ThreatDetector(level=1)
 FULL = ThreatDetector(level=1, prefilter=False)
@@ -315,7 +315,7 @@ def test_uses_the_body_the_caller_decoded() -> None:
 
 
 def test_engine_runs_the_detector() -> None:
-    from meshward.engine import Engine, EngineConfig
+    from meshward.core.engine import Engine, EngineConfig
 
     engine = Engine(store=None, config=EngineConfig())
     verdict = engine.evaluate(q("1' or '1'='1"), mode="enforce")
@@ -381,7 +381,7 @@ def test_hyperscan_agrees_with_re() -> None:
     bug with bounded whitespace repeats, see signatures._BOUNDED_SPACE)."""
     import re
 
-    from meshward.threats.normalise import normalise
+    from meshward.core.threats.normalise import normalise
 
     sigs = ThreatDetector(level=3).sigs
     samples = [normalise(p) for _, ps in POSITIVES for p in ps] + [

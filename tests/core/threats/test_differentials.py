@@ -17,10 +17,10 @@ from urllib.parse import quote
 
 import pytest
 
-from meshward.bodies import decode_body, decode_content
-from meshward.engine import Engine
-from meshward.observation import Observation
-from meshward.threats import ThreatDetector
+from meshward.core.bodies import decode_body, decode_content
+from meshward.core.engine import Engine
+from meshward.core.observation import Observation
+from meshward.core.threats import ThreatDetector
 
 DETECTOR = ThreatDetector(level=1)
 FULL = ThreatDetector(level=1, prefilter=False)

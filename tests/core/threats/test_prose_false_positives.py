@@ -11,9 +11,9 @@ from urllib.parse import quote
 import pytest
 
 from bench.detect import benign_text
-from meshward.observation import Observation
-from meshward.threats import ThreatDetector
-from meshward.threats.detector import code_spans_in_prose
+from meshward.core.observation import Observation
+from meshward.core.threats import ThreatDetector
+from meshward.core.threats.detector import code_spans_in_prose
 
 DET = ThreatDetector(level=1)
 FULL = ThreatDetector(level=1, prefilter=False)

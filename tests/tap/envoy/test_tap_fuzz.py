@@ -24,15 +24,15 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshward.engine import Engine
-from meshward.metrics import Metrics
-from meshward.observation import Observation
-from meshward.serve import Pipeline
-from tap.envoy.admin import AdminTapError, TapStats, TraceSplitter, stream_observations
-from tap.envoy.assemble import _ATTRIBUTES, Limits, StreamAssembler, StreamContext
-from tap.envoy.extproc import TapService, _deserialize, _Undecodable
-from tap.envoy.join import Joiner
-from tests.envoy.helpers import tap_messages
+from meshward.app.serve import Pipeline
+from meshward.core.engine import Engine
+from meshward.core.observation import Observation
+from meshward.runtime.metrics import Metrics
+from meshward.tap.envoy.admin import AdminTapError, TapStats, TraceSplitter, stream_observations
+from meshward.tap.envoy.assemble import _ATTRIBUTES, Limits, StreamAssembler, StreamContext
+from meshward.tap.envoy.extproc import TapService, _deserialize, _Undecodable
+from meshward.tap.envoy.join import Joiner
+from tests.support.serve import tap_messages
 
 PR = external_processor_pb2.ProcessingRequest
 # MESHWARD_FUZZ_SCALE=50 runs fifty times the examples (when hunting; the default stays quick)
@@ -434,7 +434,7 @@ def test_only_known_attributes_are_kept() -> None:
         msg.attributes["x"].fields["request.protocol"].string_value = "HTTP/2"
         asm.feed(msg)
     assert asm.attributes == {"request.protocol": "HTTP/2"}
-    from istio.filters import TAP_ATTRIBUTES
+    from meshward.istio.filters import TAP_ATTRIBUTES
 
     assert set(TAP_ATTRIBUTES) == _ATTRIBUTES
 

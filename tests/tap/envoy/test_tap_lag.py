@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from istio.bootstrap import render_bootstrap
-from istio.envoyproc import EnvoyProcess
-from tests.envoy.conftest import ServerThread, http
+from meshward.istio.bootstrap import render_bootstrap
+from meshward.istio.envoyproc import EnvoyProcess
+from tests.support.envoy_http import ServerThread, http
 
 pytestmark = pytest.mark.integration
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from meshward.observation import Identity, Observation
-from tap.envoy.assemble import Limits, StreamAssembler, StreamContext
-from tap.envoy.extproc import stream_context
-from tap.envoy.join import MISMATCH, Joiner
-from tests.envoy.helpers import tap_messages
+from meshward.core.observation import Identity, Observation
+from meshward.tap.envoy.assemble import Limits, StreamAssembler, StreamContext
+from meshward.tap.envoy.extproc import stream_context
+from meshward.tap.envoy.join import MISMATCH, Joiner
+from tests.support.serve import tap_messages
 
 
 def _assemble(msgs: list, ctx: StreamContext | None = None, **limits: int) -> StreamAssembler:
@@ -125,7 +125,7 @@ def test_open_streams_share_a_byte_budget() -> None:
     """Per-stream limits times thousands of streams is gigabytes: open streams together hold at
     most the budget; past it bodies are cut and flagged, and a finished stream gives its bytes
     back."""
-    from tap.envoy.assemble import HEADER_FLOOR, ByteBudget
+    from meshward.tap.envoy.assemble import HEADER_FLOOR, ByteBudget
 
     budget = ByteBudget(100_000)
     big = tap_messages("POST", "/up", body=b"x" * 30_000, chunks=3, complete=False)
@@ -162,9 +162,9 @@ def test_open_streams_share_a_byte_budget() -> None:
 def test_tap_copy_of_a_body_ext_authz_saw_in_part_is_judged() -> None:
     """ext_authz gets only the first with_request_body bytes: a payload padded past them was
     never inspected, because the tap's longer copy was skipped as judged by ext_authz."""
-    from meshward.engine import Engine
-    from meshward.metrics import Metrics
-    from meshward.serve import Pipeline
+    from meshward.app.serve import Pipeline
+    from meshward.core.engine import Engine
+    from meshward.runtime.metrics import Metrics
 
     pipeline = Pipeline(Engine(), Metrics(), Joiner())
     pipeline.engine.set_mode("shop", "enforce")

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from linkerd.proxy import ADMIN_PORT, MESH_PORTS
-from tap.node.capture import Capture, assemble, tcp_filter
-from tap.node.packet import decode
-from tests.netns import Node, need_netns
+from meshward.linkerd.proxy import ADMIN_PORT, MESH_PORTS
+from meshward.tap.node.capture import Capture, assemble, tcp_filter
+from meshward.tap.node.packet import decode
+from tests.support.netns import Node, need_netns
 
 SERVER = """
 import socket, sys, threading

@@ -7,8 +7,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tap.node import dns
-from tests.netthreats import frames as f
+from meshward.tap.node import dns
+from tests.support import frames as f
 
 
 def test_query_question() -> None:

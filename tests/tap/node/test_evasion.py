@@ -6,9 +6,9 @@ from __future__ import annotations
 import hpack
 from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
-from tap.node.http2 import PREFACE
-from tests.nodetap.test_http1 import run
-from tests.nodetap.traffic import Conversation
+from meshward.tap.node.http2 import PREFACE
+from tests.support.traffic import Conversation
+from tests.tap.node.test_http1 import run
 
 ATTACK = "/items?id=1%27%20or%201=1--"
 

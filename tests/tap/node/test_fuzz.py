@@ -6,12 +6,12 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tap.node.flows import ACK, FIN, RST, SYN, FlowTable
-from tap.node.http2 import PREFACE, Http2Parser
-from tap.node.metrics import Metrics
-from tap.node.packet import TCP, decode
-from tests.nodetap.test_http1 import run
-from tests.nodetap.traffic import Conversation, frame, h2_exchange, packet
+from meshward.tap.node.flows import ACK, FIN, RST, SYN, FlowTable
+from meshward.tap.node.http2 import PREFACE, Http2Parser
+from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.packet import TCP, decode
+from tests.support.traffic import Conversation, frame, h2_exchange, packet
+from tests.tap.node.test_http1 import run
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HTTP = (

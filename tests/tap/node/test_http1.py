@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from meshward.observation import Observation
-from tap.node.flows import FlowTable
-from tap.node.metrics import Metrics
-from tests.nodetap.traffic import Conversation, packet
+from meshward.core.observation import Observation
+from meshward.tap.node.flows import FlowTable
+from meshward.tap.node.metrics import Metrics
+from tests.support.traffic import Conversation, packet
 
 CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
 
@@ -190,7 +190,7 @@ def test_lost_segment_is_given_up_after_gap_timeout() -> None:
 
 
 def test_linkerd_ports_and_identity() -> None:
-    from linkerd.proxy import ADMIN_PORT, INBOUND_PORT, client_identity, is_app_port
+    from meshward.linkerd.proxy import ADMIN_PORT, INBOUND_PORT, client_identity, is_app_port
 
     assert not is_app_port(INBOUND_PORT) and not is_app_port(ADMIN_PORT)
     assert is_app_port(8080) and not is_app_port(0) and not is_app_port(70000)

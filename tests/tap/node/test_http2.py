@@ -5,10 +5,10 @@ from __future__ import annotations
 import hpack
 from hyperframe.frame import HeadersFrame, SettingsFrame
 
-from tap.node.http2 import PREFACE, Http2Parser
-from tap.node.metrics import Metrics
-from tests.nodetap.test_http1 import run
-from tests.nodetap.traffic import Conversation, h2_exchange
+from meshward.tap.node.http2 import PREFACE, Http2Parser
+from meshward.tap.node.metrics import Metrics
+from tests.support.traffic import Conversation, h2_exchange
+from tests.tap.node.test_http1 import run
 
 CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
 GRPC_REQ = [

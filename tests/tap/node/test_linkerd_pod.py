@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from linkerd.proxy import ADMIN_PORT
-from meshward.observation import Identity, Observation, observation_from_dict
-from tap.node.pipeline import NodeTap, PodTarget
+from meshward.core.observation import Identity, Observation, observation_from_dict
+from meshward.linkerd.proxy import ADMIN_PORT
+from meshward.tap.node.pipeline import NodeTap, PodTarget
 from tests.conftest import need_tools
-from tests.netns import Node, Pod, need_netns
-from tests.nodetap.linkerdpod import LinkerdPod
+from tests.support.linkerdpod import LinkerdPod
+from tests.support.netns import Node, Pod, need_netns
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent

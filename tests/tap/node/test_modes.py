@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from tap.node.modes import ModeSource, parse_mode_flags
+from meshward.tap.node.modes import ModeSource, parse_mode_flags
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_cli_rejects_bad_modes_and_thresholds(
 ) -> None:
     from pathlib import Path
 
-    from meshward.cli import main
+    from meshward.app.cli import main
 
     bad = Path(str(tmp_path)) / "net.yaml"
     bad.write_text("icmp_flood_pps: lots\n")

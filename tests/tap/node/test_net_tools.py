@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshward.observation import Identity, Observation
-from tap.node.netthreats import NetworkMonitor
-from tap.node.packet import Packet
-from tap.node.pipeline import NodeTap, PodTarget
+from meshward.core.observation import Identity, Observation
+from meshward.tap.node.netthreats import NetworkMonitor
+from meshward.tap.node.packet import Packet
+from meshward.tap.node.pipeline import NodeTap, PodTarget
 from tests.conftest import need_tools
-from tests.netns import Node, Pod, need_netns
+from tests.support.netns import Node, Pod, need_netns
 
 pytestmark = pytest.mark.integration
 

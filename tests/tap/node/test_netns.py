@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.netns import Node, need_netns
+from tests.support.netns import Node, need_netns
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshward.observation import Identity, Observation
-from tap.node import dns
-from tap.node.netthreats import NetThreatConfig, NetworkMonitor, randomness
-from tap.node.packet import ICMP, TCP, UDP, decode
-from tests.netthreats import frames as f
+from meshward.core.observation import Identity, Observation
+from meshward.tap.node import dns
+from meshward.tap.node.netthreats import NetThreatConfig, NetworkMonitor, randomness
+from meshward.tap.node.packet import ICMP, TCP, UDP, decode
+from tests.support import frames as f
 
 A, B, C = "10.9.0.2", "10.9.0.3", "10.9.0.4"
 
@@ -354,8 +354,8 @@ def test_random_packets_never_raise(packets: list[tuple[bytes, float]]) -> None:
 
 
 def test_alerts_survive_the_wire_and_the_engine() -> None:
-    from meshward.engine import Engine, EngineConfig
-    from meshward.observation import observation_from_dict, observation_to_dict
+    from meshward.core.engine import Engine, EngineConfig
+    from meshward.core.observation import observation_from_dict, observation_to_dict
 
     mon = NetworkMonitor()
     alerts = query(mon, "corp.test", 1.0, dns.QTYPE_AXFR)

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import pytest
 
-from meshward.observation import Identity, Observation, observation_from_dict
-from tap.node.metrics import Metrics
-from tap.node.output import HttpOutput, JsonlOutput
+from meshward.core.observation import Identity, Observation, observation_from_dict
+from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.output import HttpOutput, JsonlOutput
 
 
 def obs(i: int) -> Observation:

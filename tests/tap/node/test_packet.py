@@ -7,8 +7,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tap.node.packet import ICMP, ICMPV6, TCP, UDP, decode
-from tests.netthreats import frames as f
+from meshward.tap.node.packet import ICMP, ICMPV6, TCP, UDP, decode
+from tests.support import frames as f
 
 
 def test_ipv4_udp_over_ethernet() -> None:

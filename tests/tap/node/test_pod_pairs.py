@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from meshward.observation import Identity
-from tap.node.pipeline import NodeTap
-from tests.netthreats.frames import ether, icmp, ipv4
+from meshward.core.observation import Identity
+from meshward.tap.node.pipeline import NodeTap
+from tests.support.frames import ether, icmp, ipv4
 
 
 class Recorder:

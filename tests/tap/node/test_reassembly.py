@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tap.node.reassembly import Stream
+from meshward.tap.node.reassembly import Stream
 
 
 def collect(max_pending: int = 1 << 20) -> tuple[Stream, list[bytes]]:
