@@ -1,7 +1,7 @@
 """Run a real Envoy from a bootstrap dict: start, wait until it serves, stop for sure.
 
 Used by the demo, the tests and the benchmarks. Each Envoy gets `--use-dynamic-base-id` (many
-Envoys share this machine, DESIGN.md) and its own temp dir with the config, the admin address
+Envoys share this machine, docs/envoy.md) and its own temp dir with the config, the admin address
 file (`--admin-address-path`, so admin port 0 works) and its log.
 """
 

@@ -73,7 +73,7 @@ ROUTER = "envoy.filters.http.router"
 AUTHZ_CLUSTER = "meshward-authz"
 TAP_CLUSTER = "meshward-tap"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-# ext_proc in observability mode holds one stream per request (DESIGN.md, Envoy facts): the
+# ext_proc in observability mode holds one stream per request (docs/envoy.md, "Envoy facts"): the
 # default circuit breaker (1024 requests) would fill under load, so the tap cluster gets these.
 TAP_CIRCUIT_LIMIT = 100_000
 # When meshward falls behind (a CPU-starved server), tap copies queue somewhere. Left to itself
@@ -211,7 +211,7 @@ def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
 
     Request headers and the STREAMED request body, response headers; the response body and
     trailers only with `tap_response_body` (the server then ends each stream at the response's
-    end of stream instead of at its headers, DESIGN.md's Envoy facts). Envoy keeps each stream
+    end of stream instead of at its headers, docs/envoy.md, "Envoy facts"). Envoy keeps each stream
     for up to `tap_close_timeout_ms` after the request ended, for a lagging meshward to read.
     """
     send = ProcessingModeHeaderSendMode.SEND

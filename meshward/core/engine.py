@@ -1,6 +1,6 @@
 """The engine facade: one Observation in, one Verdict out, following the namespace's mode.
 
-Modes (DESIGN.md): `learn` allows everything and extends the allowlist; `monitor` learns
+Modes (README, "Modes"): `learn` allows everything and extends the allowlist; `monitor` learns
 nothing and alerts on deviations and threats; `enforce` denies what breaks the allowlist or
 carries a threat. Threat detection runs in every mode; a request carrying a threat is never
 learned (an attacker must not be able to teach the allowlist).

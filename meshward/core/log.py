@@ -1,42 +1,14 @@
-"""JSON-lines logging to stderr, the contract for every long-running command."""
+"""Structured log events: a message plus key/value fields, through stdlib logging.
+
+The core never configures handlers or writes anywhere itself; the app's
+`meshward.runtime.jsonlog.setup` turns these records into JSON lines on stderr.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def setup(level: str = "info") -> None:
-    """Send all meshward logging to stderr as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: object) -> None:
     """Log one structured event: `msg` plus key/value fields."""
     logger.log(level, msg, extra={"fields": fields})
-
-
-def now() -> float:
-    return time.time()

@@ -1,4 +1,4 @@
-"""The namespace modes (DESIGN.md): the one definition every command and adapter imports."""
+"""The namespace modes (README, "Modes"): the one definition every command and adapter imports."""
 
 MODES = ("learn", "monitor", "enforce")
 DEFAULT_MODE = "learn"

@@ -81,7 +81,7 @@ _parse_name_memo = functools.lru_cache(maxsize=4096)(_parse_name)
 class Threat:
     """One embedded attack found in one place of a request (or one network event)."""
 
-    name: str  # dotted, e.g. SQL.Injection; never renamed (DESIGN.md)
+    name: str  # dotted, e.g. SQL.Injection; never renamed (docs/detection.md)
     location: str  # e.g. query:id, body:$.user.name, header:cookie:sid, path, network
     evidence: str  # matched fragment, <= 128 chars, control characters escaped
 
@@ -151,7 +151,7 @@ class Verdict:
     body_partly_inspected: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        """The JSON Lines object of `meshward score` (DESIGN.md), plus `rule` and `mode`."""
+        """The JSON Lines object of `meshward score` (docs/offline.md), plus `rule` and `mode`."""
         out: dict[str, object] = {
             "verdict": self.verdict,
             "score": round(self.score, 4),

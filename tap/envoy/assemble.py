@@ -3,7 +3,7 @@
 Envoy sends request headers, request body chunks, response headers (and, if the filter asks,
 response body chunks and trailers) on one gRPC stream per HTTP request. The assembler keeps only
 what fits its limits and says when the exchange is complete, so the server can end the stream
-right away (DESIGN.md: Envoy otherwise holds the stream for `deferred_close_timeout`).
+right away (docs/envoy.md: Envoy otherwise holds the stream for `deferred_close_timeout`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Observability mode is send-and-go: Envoy ignores our answers, so we send none. Each stream is
 read until the exchange is complete and then ended at once (ending it late makes Envoy hold it
-for `deferred_close_timeout`, see DESIGN.md). Streams that never complete expire; a stream cut
+for `deferred_close_timeout`, see docs/envoy.md). Streams that never complete expire; a stream cut
 mid-way loses only itself. Whatever was seen of the request is still handed to `sink`.
 """
 

@@ -11,7 +11,7 @@ cleared when the window rolls, every table has a cap (keys past it are not track
 counted in `stats["untracked"]`), echo and fragment buffers are capped and expire. A flood
 with random spoofed sources therefore costs CPU, never unbounded memory.
 
-Detectors (names from DESIGN.md; `UDP.New.Peer` is this module's own):
+Detectors (names in the threat registry, docs/detection.md):
   ICMP.Flood            ICMP (not replies or errors) per source→destination over `rate_window`;
                         also per destination from many sources (spoofed/distributed floods).
   Ping.Death            a fragment reaching past the IP size limit (65535 bytes).

@@ -104,7 +104,7 @@ class _Tap(external_processor_pb2_grpc.ExternalProcessorServicer):
                 headers = (part.trailers if kind == "response_trailers" else part.headers).headers
                 stream[kind] = {h.key: (h.raw_value or h.value.encode()).decode() for h in headers}
             if kind == "response_headers":  # response body NONE: nothing more will come
-                break  # end the stream at once (DESIGN.md: else Envoy holds it 5 s)
+                break  # end the stream at once (docs/envoy.md: else Envoy holds it 5 s)
         yield from ()
 
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from meshward.app.demo.mesh import DemoError
     from meshward.app.demo.run import DemoConfig, print_summary, run_demo
-    from meshward.core import log
+    from meshward.runtime import jsonlog as log
     from meshward.istio.certs import CertError
     from meshward.istio.envoyproc import EnvoyError
 

@@ -205,7 +205,7 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from meshward.core import log
+    from meshward.runtime import jsonlog as log
     from meshward.tap.node.metrics import Metrics
     from meshward.tap.node.modes import ModeSource, parse_mode_flags
     from meshward.tap.node.output import HttpOutput, JsonlOutput

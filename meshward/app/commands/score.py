@@ -1,4 +1,4 @@
-"""`meshward score FILE...`: one JSON line per recorded request, in input order (DESIGN.md).
+"""`meshward score FILE...`: one JSON line per recorded request, in input order (docs/offline.md).
 
 Read-only: nothing is learned and no alert is stored, whatever the mode.
 """

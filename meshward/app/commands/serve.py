@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from meshward.app.serve import ServeConfig
     from meshward.app.serve import run as serve
     from meshward.app.store import StoreError
-    from meshward.core import log
+    from meshward.runtime import jsonlog as log
     from meshward.tap.envoy.assemble import Limits
 
     try:

@@ -55,7 +55,7 @@ def _url(text: str, what: str) -> str:
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    from meshward.core import log as mlog
+    from meshward.runtime import jsonlog as mlog
 
     mlog.setup("info")
     admin = _url(args.admin, "--admin")
