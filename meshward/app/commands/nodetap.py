@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from meshward.runtime import jsonlog as log
+    from meshward.core.log import event
     from meshward.tap.node.metrics import Metrics
     from meshward.tap.node.modes import ModeSource, parse_mode_flags
     from meshward.tap.node.output import HttpOutput, JsonlOutput
@@ -253,5 +254,5 @@ def run(args: argparse.Namespace) -> int:
         modes.stop()
         tap.close()
         output.close()
-        log.event(logging.getLogger("meshward.node-tap"), "node-tap stopped", **tap.stats())
+        event(logging.getLogger("meshward.node-tap"), "node-tap stopped", **tap.stats())
     return 0

@@ -26,7 +26,7 @@ from meshward.istio.bootstrap import SidecarTLS, render_bootstrap
 from meshward.istio.certs import MeshCA
 from meshward.istio.envoyproc import EnvoyProcess, die_with_parent
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout (meshward is not always installed)
+ROOT = Path(__file__).resolve().parents[3]  # the checkout (meshward is not always installed)
 
 
 class DemoError(RuntimeError):

@@ -259,7 +259,7 @@ def test_console_entry_point(meshward: Run, tmp_path: Path) -> None:
 
     db = str(tmp_path / "m.db")
     assert meshward("learn", str(_train(tmp_path)), "--db", db).code == 0
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root), "MESHWARD_DB": db}
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from meshward.istio.envoyproc import EnvoyProcess
 from meshward.tap.envoy.admin import TraceSplitter
 from tests.support.envoy_http import free_port, http
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TAP_FILTER = {
     "name": "envoy.filters.http.tap",
     "typed_config": {

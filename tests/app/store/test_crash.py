@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meshward.app.store import open_store
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Each batch upserts a shared "counter" profile, five new per-batch profiles, a mode and alerts,
 # then reports the batch number on stdout only after the commit returned.
