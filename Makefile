@@ -36,8 +36,12 @@ test: setup
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not integration"
 
+# ruff (lint and format), the layer contracts (import-linter) and the type checker (mypy)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(BIN)/python $$b || exit 1; done
