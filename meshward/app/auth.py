@@ -1,0 +1,319 @@
+"""Who may call meshward's HTTP port: bearer tokens, browser sessions, CSRF, security headers.
+
+Every route but the probes (`/healthz`, `/readyz`, and `/metrics` when it is made public) needs
+a principal. A principal comes from one of:
+
+- a bearer token (`Authorization: Bearer TOKEN`), checked by an `Authenticator`: standalone,
+  one static token (`MESHWARD_API_TOKEN`, `--api-token-file`, or one generated beside the store
+  with mode 0600); in a cluster, Kubernetes ServiceAccount tokens (TokenReview);
+- a session cookie a browser got by POSTing a token to `/api/v1/session` (the login form, or
+  the page's script reading a `/#token=TOKEN` link: the fragment never reaches a server, a
+  proxy or an access log). The cookie is HttpOnly and SameSite=Strict; a mutating call with it
+  also needs the session's CSRF token in `X-CSRF-Token` (a bearer token is no ambient
+  credential, so it needs none).
+
+Tokens are compared in constant time, never logged, and failures are counted and logged with
+the peer address only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from meshward.core.log import event
+
+log = logging.getLogger("meshward.auth")
+
+TOKEN_ENV = "MESHWARD_API_TOKEN"
+TOKEN_FILE_NAME = "api-token"
+SESSION_COOKIE = "meshward_session"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_TTL = 8 * 3600.0
+MAX_SESSIONS = 1000
+MAX_TOKEN_BYTES = 8192  # a ServiceAccount JWT is ~1 KB; anything far longer is not a token
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+LOGIN_PATHS = frozenset({"/", "/login", "/api/v1/session"})  # the login page and its POST
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SECURITY_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+class TokenError(ValueError):
+    """The API token cannot be read or made safely (a one-line reason for the operator)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as the authenticator verified it."""
+
+    name: str  # "api-token", or a Kubernetes user such as system:serviceaccount:ns:sa
+    groups: tuple[str, ...] = ()
+    via: str = "bearer"  # bearer | session
+
+
+class Authenticator(Protocol):
+    """Turns a presented bearer token into a verified principal, or None."""
+
+    async def authenticate(self, token: str) -> Principal | None: ...
+
+
+@dataclass
+class StaticToken:
+    """One shared secret, the standalone mode's credential."""
+
+    token: str
+    name: str = "api-token"
+
+    async def authenticate(self, token: str) -> Principal | None:
+        if hmac.compare_digest(token.encode(), self.token.encode()):
+            return Principal(self.name)
+        return None
+
+
+def load_token(
+    token_file: str | None, state_dir: str | Path, env: Mapping[str, str]
+) -> tuple[str, str]:
+    """The standalone API token and where it came from: `$MESHWARD_API_TOKEN`, else
+    `token_file`, else `state_dir/api-token` (made with 32 random bytes, mode 0600, if it does
+    not exist). A file that others may read is refused, as ssh refuses a readable key."""
+    if env.get(TOKEN_ENV):
+        return _checked(env[TOKEN_ENV], TOKEN_ENV), TOKEN_ENV
+    path = Path(token_file) if token_file else Path(state_dir) / TOKEN_FILE_NAME
+    if not token_file and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another replica made it first: read theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            return token, str(path)
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise TokenError(
+                f"{path}: readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
+            )
+        return _checked(path.read_text().strip(), str(path)), str(path)
+    except OSError as exc:
+        raise TokenError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _checked(token: str, where: str) -> str:
+    if len(token) < 16 or len(token) > MAX_TOKEN_BYTES or not token.isprintable() or " " in token:
+        raise TokenError(f"{where}: an API token must be 16 to 8192 printable characters")
+    return token
+
+
+@dataclass
+class _Session:
+    principal: Principal
+    csrf: str
+    expires: float
+
+
+@dataclass
+class Sessions:
+    """Browser sessions: random ids kept in memory (bounded, expiring). A restart logs browsers
+    out, which is the safe failure; each replica keeps its own (the Service's sessionAffinity
+    or a fresh login covers a switch)."""
+
+    ttl: float = SESSION_TTL
+    size: int = MAX_SESSIONS
+    _by_id: OrderedDict[str, _Session] = field(default_factory=OrderedDict)
+
+    def open(self, principal: Principal, now: float) -> tuple[str, str]:
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self._by_id[sid] = _Session(Principal(principal.name, principal.groups, "session"),
+                                    csrf, now + self.ttl)  # fmt: skip
+        while len(self._by_id) > self.size:
+            self._by_id.popitem(last=False)
+        return sid, csrf
+
+    def get(self, sid: str, now: float) -> _Session | None:
+        session = self._by_id.get(sid)
+        if session is None:
+            return None
+        if session.expires <= now:
+            del self._by_id[sid]
+            return None
+        return session
+
+    def close(self, sid: str) -> None:
+        self._by_id.pop(sid, None)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+
+
+@dataclass
+class Guard:
+    """The aiohttp middleware and the session routes, over one authenticator."""
+
+    authenticator: Authenticator
+    public_metrics: bool = False
+    secure_cookie: bool = False  # set when the port serves TLS
+    sessions: Sessions = field(default_factory=Sessions)
+    failures: int = 0
+    clock: Callable[[], float] = time.time
+
+    def is_open(self, request: web.Request) -> bool:
+        return request.path in OPEN_PATHS or (self.public_metrics and request.path == "/metrics")
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if not self.is_open(request) and request.path not in LOGIN_PATHS:
+                request[PRINCIPAL_KEY] = await self._principal(request)
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        response.headers.update(SECURITY_HEADERS)
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    async def _principal(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_BYTES:
+                raise self._refused(request, "malformed Authorization header")
+            principal = await self._authenticate(token)
+            if principal is None:
+                raise self._refused(request, "invalid token")
+            return principal
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        session = self.sessions.get(sid, self.clock()) if sid else None
+        if session is None:
+            raise self._refused(request, "no credentials" if not sid else "session expired")
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+                raise web.HTTPForbidden(text=_json_error("missing or wrong X-CSRF-Token"),
+                                        content_type="application/json")  # fmt: skip
+        return session.principal
+
+    async def _authenticate(self, token: str) -> Principal | None:
+        try:
+            return await self.authenticator.authenticate(token)
+        except Exception as exc:  # the reviewer is down: refuse, say so, never let it through
+            event(log, "authentication unavailable", logging.ERROR, error=repr(exc)[:200])
+            raise web.HTTPServiceUnavailable(
+                text=_json_error("authentication unavailable"), content_type="application/json"
+            ) from None
+
+    def _refused(self, request: web.Request, why: str) -> web.HTTPUnauthorized:
+        self.failures += 1
+        event(log, "unauthenticated request", logging.WARNING, peer=request.remote or "",
+              path=request.path[:200], reason=why)  # fmt: skip
+        return web.HTTPUnauthorized(
+            text=_json_error(f"authentication required: {why}"),
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Bearer realm="meshward"'},
+        )
+
+    # ---- the session routes
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """POST /api/v1/session {"token": ...} -> a session cookie and the CSRF token;
+        DELETE logs out."""
+        if request.method == "DELETE":
+            self.sessions.close(request.cookies.get(SESSION_COOKIE, ""))
+            response = web.json_response({"logged_out": True})
+            response.del_cookie(SESSION_COOKIE, path="/")
+            return response
+        try:
+            doc = await request.json()
+        except Exception:
+            doc = None
+        token = doc.get("token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+            raise web.HTTPBadRequest(text=_json_error('body must be {"token": "..."}'),
+                                     content_type="application/json")  # fmt: skip
+        principal = await self._authenticate(token)
+        if principal is None:
+            raise self._refused(request, "invalid token")
+        sid, csrf = self.sessions.open(principal, self.clock())
+        response = web.json_response({"user": principal.name, "csrf_token": csrf})
+        response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/",
+                            secure=self.secure_cookie, max_age=int(self.sessions.ttl))  # fmt: skip
+        event(log, "session opened", user=principal.name, peer=request.remote or "")
+        return response
+
+    async def login_page(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=LOGIN_PAGE, content_type="text/html",
+                            headers={"Content-Security-Policy": LOGIN_CSP})  # fmt: skip
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.append(self.middleware)
+        app.router.add_get("/", self.login_page)  # until the dashboard serves /
+        app.router.add_get("/login", self.login_page)
+        app.router.add_post("/api/v1/session", self.login)
+        app.router.add_delete("/api/v1/session", self.login)
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """The verified caller of a request (None on the open probe routes)."""
+    value = request.get(PRINCIPAL_KEY)
+    return value if isinstance(value, Principal) else None
+
+
+def _json_error(msg: str) -> str:
+    return json.dumps({"error": msg})
+
+
+_CSP = ("default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'")
+_LOGIN_SCRIPT = """
+const form = document.getElementById('login'), out = document.getElementById('msg');
+async function login(token) {
+  const r = await fetch('/api/v1/session', {method: 'POST', credentials: 'same-origin',
+    headers: {'Content-Type': 'application/json'}, body: JSON.stringify({token})});
+  if (!r.ok) { out.textContent = 'Login failed (' + r.status + ')'; return; }
+  const doc = await r.json();
+  sessionStorage.setItem('meshward.csrf', doc.csrf_token);
+  out.textContent = 'Logged in as ' + doc.user;
+}
+const m = /^#token=(.+)$/.exec(location.hash);
+if (m) { history.replaceState(null, '', location.pathname); login(decodeURIComponent(m[1])); }
+form.addEventListener('submit', e => { e.preventDefault(); login(form.token.value); });
+"""
+
+
+def _login_page() -> tuple[str, str]:
+    digest = base64.b64encode(hashlib.sha256(_LOGIN_SCRIPT.encode()).digest()).decode()
+    page = (
+        "<!doctype html><html><head><meta charset=utf-8><title>meshward: log in</title>"
+        "<meta name=referrer content=no-referrer></head><body>"
+        "<h1>meshward</h1><form id=login><label>API token "
+        "<input name=token type=password autocomplete=off required></label> "
+        "<button>Log in</button></form><p id=msg role=status></p>"
+        f"<script>{_LOGIN_SCRIPT}</script></body></html>"
+    )
+    return page, _CSP.format(digest)
+
+
+LOGIN_PAGE, LOGIN_CSP = _login_page()
