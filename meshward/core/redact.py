@@ -1,0 +1,115 @@
+"""Redaction: what meshward stores, logs or serves never carries a caller's secrets.
+
+The policy (docs/security.md, "Redaction"):
+
+- values of query parameters, form and JSON fields, and headers whose *name* says secret
+  (password, token, api key, secret, session, cookie, authorization, card number, cvv, ...) are
+  replaced by `[redacted]`; the name stays, so rules and alerts still say where;
+- `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie` and the usual API-key headers
+  are always redacted whole;
+- in any text (evidence, paths, query strings, exchange summaries): JWTs, `Bearer` credentials,
+  card numbers (13 to 19 digits passing the Luhn check) and long random tokens (24+ characters
+  mixing letters and digits) are replaced by `[redacted:KIND]`.
+
+Redaction keeps the shape a human needs to judge an alert (which parameter, which kind of
+value) and drops the value. It is pure and bounded: linear regular expressions on text the
+callers already cap.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote_plus
+
+REDACTED = "[redacted]"
+
+_SECRET_NAME = re.compile(
+    r"pass(?:word|wd|phrase)|^pass$|pwd|secret|token|api[-_.]?key|apikey|access[-_.]?key|"
+    r"private[-_.]?key|auth(?!or)|credential|session|sessid|^sid$|[-_.]sid$|cookie|csrf|xsrf|"
+    r"^card(?:[-_.]?(?:num(?:ber)?|no))?$|card[-_.]?num|cc[-_.]?num|^pan$|cvv|cvc|^ssn$|iban|"
+    r"^otp$|^pin$|signature|^sig$|bearer",
+    re.IGNORECASE,
+)
+SECRET_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+    "x-auth-token", "x-access-token", "x-csrf-token", "x-xsrf-token", "x-amz-security-token",
+    "x-goog-iap-jwt-assertion", "x-forwarded-access-token",
+})  # fmt: skip
+
+_JWT = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)(\s+|%20|\+)([\w~+/=.-]{8,})")
+_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+_LONG_TOKEN = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{24,}(?![\w-])")
+_HEXLIKE = re.compile(r"[0-9a-fA-F-]+")
+
+
+def is_secret_name(name: str) -> bool:
+    """Does a parameter, field or header name say its value is a secret?"""
+    return bool(name) and (name.lower() in SECRET_HEADERS or bool(_SECRET_NAME.search(name)))
+
+
+def luhn(digits: str) -> bool:
+    total, odd = 0, False
+    for ch in reversed(digits):
+        d = ord(ch) - 48
+        if odd:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        odd = not odd
+    return total % 10 == 0
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return "[redacted:card]" if 13 <= len(digits) <= 19 and luhn(digits) else match.group(0)
+
+
+def _token(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if _HEXLIKE.fullmatch(text):  # hashes, UUIDs and trace ids are ids, not credentials
+        return text
+    return "[redacted:token]"
+
+
+def text(value: str) -> str:
+    """Free text with credentials and card numbers taken out."""
+    if len(value) < 13:  # shorter than any pattern below
+        return value
+    value = _JWT.sub("[redacted:jwt]", value)
+    value = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", value)
+    value = _CARD.sub(_card, value)
+    return _LONG_TOKEN.sub(_token, value)
+
+
+def value(name: str, raw: str) -> str:
+    """One named value (a parameter, field or header): gone if the name says secret, else
+    the text with credentials taken out."""
+    return REDACTED if is_secret_name(name) else text(raw)
+
+
+def header(name: str, raw: str) -> str:
+    return REDACTED if name.lower() in SECRET_HEADERS or is_secret_name(name) else text(raw)
+
+
+def headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(n, header(n, v)) for n, v in pairs]
+
+
+def query(qs: str) -> str:
+    """A query string with secret-named values redacted (names and order kept)."""
+    if not qs:
+        return qs
+    out = []
+    for part in qs.split("&"):
+        name, eq, raw = part.partition("=")
+        if eq and is_secret_name(unquote_plus(name)):
+            out.append(f"{name}={quote(REDACTED)}")
+        else:
+            out.append(text(part))
+    return "&".join(out)
+
+
+def target(path_and_query: str) -> str:
+    """A request target (path and query) fit to store or show."""
+    path, sep, qs = path_and_query.partition("?")
+    return text(path) + (sep + query(qs) if sep else "")
