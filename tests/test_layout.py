@@ -50,11 +50,16 @@ def test_core_reads_no_environment_and_opens_no_network() -> None:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom | ast.Import):
-                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
-                    a.name for a in node.names
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                )
+                bad += [
+                    f"{path}: import {n}"
+                    for n in names
+                    if n.startswith(("urllib.request", "http.client", "os"))
                 ]
-                bad += [f"{path}: import {n}" for n in names
-                        if n.startswith(("urllib.request", "http.client", "os"))]
             elif isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
                 bad.append(f"{path}:{node.lineno}: {node.attr}")
             elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "open":
@@ -67,22 +72,47 @@ def test_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
     """A wheel built from the checkout puts exactly `meshward` into site-packages; outside the
     repository `import tap` fails and `import meshward.tap` works."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
-         str(ROOT)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("meshward-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        tops = {n.split("/", 1)[0] for n in zf.namelist() if not n.split("/", 1)[0].endswith(
-            ".dist-info")}
+        tops = {
+            n.split("/", 1)[0]
+            for n in zf.namelist()
+            if not n.split("/", 1)[0].endswith(".dist-info")
+        }
         assert tops == {"meshward"}, tops
         assert any(n.startswith("meshward/tap/node/flows.py") for n in zf.namelist())
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-         str(wheel)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     probe = (
         "import importlib, sys\n"
         "import meshward, meshward.tap.node.flows, meshward.extauthz.convert\n"
@@ -95,7 +125,11 @@ def test_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
         "    sys.exit(f'import {name} worked outside the repository')\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr

@@ -145,8 +145,9 @@ class Sessions:
 
     def open(self, principal: Principal, now: float) -> tuple[str, str]:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        self._by_id[sid] = _Session(Principal(principal.name, principal.groups, "session"),
-                                    csrf, now + self.ttl)  # fmt: skip
+        self._by_id[sid] = _Session(
+            Principal(principal.name, principal.groups, "session"), csrf, now + self.ttl
+        )
         while len(self._by_id) > self.size:
             self._by_id.popitem(last=False)
         return sid, csrf
@@ -213,8 +214,10 @@ class Guard:
         if request.method not in SAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-                raise web.HTTPForbidden(text=_json_error("missing or wrong X-CSRF-Token"),
-                                        content_type="application/json")  # fmt: skip
+                raise web.HTTPForbidden(
+                    text=_json_error("missing or wrong X-CSRF-Token"),
+                    content_type="application/json",
+                )
         return session.principal
 
     async def _authenticate(self, token: str) -> Principal | None:
@@ -228,8 +231,14 @@ class Guard:
 
     def _refused(self, request: web.Request, why: str) -> web.HTTPUnauthorized:
         self.failures += 1
-        event(log, "unauthenticated request", logging.WARNING, peer=request.remote or "",
-              path=request.path[:200], reason=why)  # fmt: skip
+        event(
+            log,
+            "unauthenticated request",
+            logging.WARNING,
+            peer=request.remote or "",
+            path=request.path[:200],
+            reason=why,
+        )
         return web.HTTPUnauthorized(
             text=_json_error(f"authentication required: {why}"),
             content_type="application/json",
@@ -251,21 +260,32 @@ class Guard:
             doc = None
         token = doc.get("token") if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
-            raise web.HTTPBadRequest(text=_json_error('body must be {"token": "..."}'),
-                                     content_type="application/json")  # fmt: skip
+            raise web.HTTPBadRequest(
+                text=_json_error('body must be {"token": "..."}'), content_type="application/json"
+            )
         principal = await self._authenticate(token)
         if principal is None:
             raise self._refused(request, "invalid token")
         sid, csrf = self.sessions.open(principal, self.clock())
         response = web.json_response({"user": principal.name, "csrf_token": csrf})
-        response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/",
-                            secure=self.secure_cookie, max_age=int(self.sessions.ttl))  # fmt: skip
+        response.set_cookie(
+            SESSION_COOKIE,
+            sid,
+            httponly=True,
+            samesite="Strict",
+            path="/",
+            secure=self.secure_cookie,
+            max_age=int(self.sessions.ttl),
+        )
         event(log, "session opened", user=principal.name, peer=request.remote or "")
         return response
 
     async def login_page(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=LOGIN_PAGE, content_type="text/html",
-                            headers={"Content-Security-Policy": LOGIN_CSP})  # fmt: skip
+        return web.Response(
+            text=LOGIN_PAGE,
+            content_type="text/html",
+            headers={"Content-Security-Policy": LOGIN_CSP},
+        )
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(self.middleware)
@@ -285,8 +305,10 @@ def _json_error(msg: str) -> str:
     return json.dumps({"error": msg})
 
 
-_CSP = ("default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'")
+_CSP = (
+    "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 _LOGIN_SCRIPT = """
 const form = document.getElementById('login'), out = document.getElementById('msg');
 async function login(token) {

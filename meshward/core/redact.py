@@ -30,11 +30,22 @@ _SECRET_NAME = re.compile(
     r"^otp$|^pin$|signature|^sig$|bearer",
     re.IGNORECASE,
 )
-SECRET_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
-    "x-auth-token", "x-access-token", "x-csrf-token", "x-xsrf-token", "x-amz-security-token",
-    "x-goog-iap-jwt-assertion", "x-forwarded-access-token",
-})  # fmt: skip
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-auth-token",
+        "x-access-token",
+        "x-csrf-token",
+        "x-xsrf-token",
+        "x-amz-security-token",
+        "x-goog-iap-jwt-assertion",
+        "x-forwarded-access-token",
+    }
+)
 
 _JWT = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)(\s+|%20|\+)([\w~+/=.-]{8,})")
@@ -101,7 +112,7 @@ def query(qs: str) -> str:
         return qs
     out = []
     for part in qs.split("&"):
-        name, eq, raw = part.partition("=")
+        name, eq, _value = part.partition("=")
         if eq and is_secret_name(unquote_plus(name)):
             out.append(f"{name}={quote(REDACTED)}")
         else:

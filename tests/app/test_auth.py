@@ -25,8 +25,9 @@ TOKEN = "s3cret-token-0123456789abcdef"
 def _app(guard: auth.Guard) -> web.Application:
     async def hello(request: web.Request) -> web.Response:
         who = auth.principal_of(request)
-        return web.json_response({"user": who.name if who else None,
-                                  "via": who.via if who else None})  # fmt: skip
+        return web.json_response(
+            {"user": who.name if who else None, "via": who.via if who else None}
+        )
 
     app = web.Application()
     guard.install(app)
@@ -91,8 +92,11 @@ def test_routes_need_a_token_but_the_probes() -> None:
         r = await client.get("/healthz")
         assert r.status == 200
         assert r.headers["Referrer-Policy"] == "no-referrer"
-        for method, path in (("GET", "/api/v1/alerts"), ("PUT", "/api/v1/modes/shop"),
-                             ("GET", "/metrics")):  # fmt: skip
+        for method, path in (
+            ("GET", "/api/v1/alerts"),
+            ("PUT", "/api/v1/modes/shop"),
+            ("GET", "/metrics"),
+        ):
             r = await client.request(method, path)
             assert r.status == 401, path
             assert r.headers["WWW-Authenticate"] == 'Bearer realm="meshward"'
@@ -172,9 +176,7 @@ def test_sessions_expire_and_stay_bounded() -> None:
 
 # ---- fuzzing what the guard reads from the wire
 
-_header_text = st.text(
-    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300
-)
+_header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -189,15 +191,22 @@ _header_text = st.text(
     cookie=_header_text,
     csrf=_header_text,
 )
-def test_fuzzed_credentials_never_pass_nor_crash(authorization: str, cookie: str, csrf: str) -> None:
+def test_fuzzed_credentials_never_pass_nor_crash(
+    authorization: str, cookie: str, csrf: str
+) -> None:
     async def test(client: TestClient[Any, Any]) -> None:
-        headers = {"Authorization": authorization, "Cookie": f"{auth.SESSION_COOKIE}={cookie}",
-                   auth.CSRF_HEADER: csrf}  # fmt: skip
+        headers = {
+            "Authorization": authorization,
+            "Cookie": f"{auth.SESSION_COOKIE}={cookie}",
+            auth.CSRF_HEADER: csrf,
+        }
         for method in ("GET", "PUT"):
             try:
-                r = await client.request(method, "/api/v1/modes/shop"
-                                         if method == "PUT" else "/api/v1/alerts",
-                                         headers=headers)  # fmt: skip
+                r = await client.request(
+                    method,
+                    "/api/v1/modes/shop" if method == "PUT" else "/api/v1/alerts",
+                    headers=headers,
+                )
             except aiohttp.ClientError:
                 continue  # the client library refused to send it: nothing reached the guard
             expect_ok = authorization.strip() in (f"Bearer {TOKEN}",)

@@ -11,15 +11,47 @@ from meshward.core import redact
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl"
 
 
-@pytest.mark.parametrize("name", ["password", "Passwd", "api_key", "X-Api-Key", "apiKey",
-                                  "access_token", "client_secret", "session_id", "sid",
-                                  "card_number", "cvv", "Authorization", "csrf", "otp", "pin"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "password",
+        "Passwd",
+        "api_key",
+        "X-Api-Key",
+        "apiKey",
+        "access_token",
+        "client_secret",
+        "session_id",
+        "sid",
+        "card_number",
+        "cvv",
+        "Authorization",
+        "csrf",
+        "otp",
+        "pin",
+    ],
+)
 def test_secret_names(name: str) -> None:
     assert redact.is_secret_name(name)
 
 
-@pytest.mark.parametrize("name", ["author", "passenger", "cardinality", "id", "page", "sort",
-                                  "user", "q", "signup", "pinned", "compass", "considered"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "author",
+        "passenger",
+        "cardinality",
+        "id",
+        "page",
+        "sort",
+        "user",
+        "q",
+        "signup",
+        "pinned",
+        "compass",
+        "considered",
+    ],
+)
 def test_ordinary_names(name: str) -> None:
     assert not redact.is_secret_name(name)
 
@@ -27,8 +59,9 @@ def test_ordinary_names(name: str) -> None:
 def test_query_keeps_names_and_drops_secret_values() -> None:
     qs = "user=bob&password=Summer2024pw&card=4111111111111111&q=shoes&api_key=abc"
     out = redact.query(qs)
-    assert out == ("user=bob&password=%5Bredacted%5D&card=%5Bredacted%5D&q=shoes"
-                   "&api_key=%5Bredacted%5D")
+    assert out == (
+        "user=bob&password=%5Bredacted%5D&card=%5Bredacted%5D&q=shoes&api_key=%5Bredacted%5D"
+    )
 
 
 def test_text_takes_out_credentials_and_card_numbers() -> None:
@@ -45,11 +78,24 @@ def test_text_takes_out_credentials_and_card_numbers() -> None:
 
 
 def test_headers_always_redacted() -> None:
-    got = dict(redact.headers([("authorization", "Basic dXNlcjpwYXNz"), ("cookie", "sid=1"),
-                               ("set-cookie", "a=b"), ("user-agent", "curl/8"),
-                               ("x-request-id", "r1")]))  # fmt: skip
-    assert got == {"authorization": "[redacted]", "cookie": "[redacted]",
-                   "set-cookie": "[redacted]", "user-agent": "curl/8", "x-request-id": "r1"}
+    got = dict(
+        redact.headers(
+            [
+                ("authorization", "Basic dXNlcjpwYXNz"),
+                ("cookie", "sid=1"),
+                ("set-cookie", "a=b"),
+                ("user-agent", "curl/8"),
+                ("x-request-id", "r1"),
+            ]
+        )
+    )
+    assert got == {
+        "authorization": "[redacted]",
+        "cookie": "[redacted]",
+        "set-cookie": "[redacted]",
+        "user-agent": "curl/8",
+        "x-request-id": "r1",
+    }
 
 
 def test_target() -> None:

@@ -1,0 +1,497 @@
+"""`meshward install`: every object a cluster needs, as `linkerd install` prints its own.
+
+Pure data: `render(options)` returns the objects in apply order; the command prints them as a
+YAML stream (`meshward install | kubectl apply -f -`). Three components, each with its own
+ServiceAccount and only the verbs it uses:
+
+- **serve** (Deployment, 2 replicas spread over nodes, PodDisruptionBudget, probes): ext_authz
+  9191, tap 9192, HTTP 9193. Every sidecar talks to it, so it holds no rerouting power.
+- **controller** (Deployment of its own, one active leader through a Lease): writes the
+  EnvoyFilters of every Istio namespace, which is rerouting power, so it lives apart.
+- **node-tap** (DaemonSet): packet capture in pods' network namespaces, the only part that
+  runs as root, with NET_RAW, SYS_ADMIN (setns) and SYS_PTRACE (reading /proc/PID/ns/net of
+  processes it does not own) and nothing else.
+
+Every container: read-only root filesystem, no privilege escalation, all other capabilities
+dropped, seccomp RuntimeDefault; serve and the controller run as uid 10001.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from meshward import __version__
+
+GROUP = "meshward.io"
+MANAGED = {"app.kubernetes.io/part-of": "meshward", "app.kubernetes.io/managed-by": "meshward"}
+UID = 10001
+AUTHZ_PORT, TAP_PORT, HTTP_PORT = 9191, 9192, 9193
+ISTIO_STYLES = ("envoyfilter", "extension-provider")
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    namespace: str = "meshward"
+    image: str = f"ghcr.io/meshward/meshward:{__version__}"
+    replicas: int = 2
+    istio_style: str = "envoyfilter"
+    kube_version: tuple[int, int] = (1, 31)
+
+    @property
+    def service_host(self) -> str:
+        return f"meshward.{self.namespace}.svc.cluster.local"
+
+
+def parse_kube_version(text: str) -> tuple[int, int]:
+    """'1.20' or 'v1.20.2' -> (1, 20); a clear ValueError otherwise."""
+    parts = text.strip().lstrip("v").split(".")
+    if len(parts) < 2 or not all(p.isdigit() and len(p) <= 3 for p in parts[:2]):
+        raise ValueError(f"--kube-version {text!r}: expected MAJOR.MINOR such as 1.20")
+    return int(parts[0]), int(parts[1])
+
+
+def _meta(name: str, namespace: str | None = None, component: str | None = None) -> Obj:
+    labels = dict(MANAGED)
+    if component:
+        labels["app.kubernetes.io/name"] = f"meshward-{component}"
+    meta: Obj = {"name": name, "labels": labels}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def _selector(component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": f"meshward-{component}"}
+
+
+def _restricted(uid: int | None = UID, add: list[str] | None = None) -> Obj:
+    """A container's security context: read-only root, all capabilities dropped but `add`,
+    seccomp RuntimeDefault; non-root unless `uid` is None (the node tap)."""
+    ctx: Obj = {
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], **({"add": add} if add else {})},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if not add or "SYS_ADMIN" not in add:
+        # the API refuses allowPrivilegeEscalation=false next to CAP_SYS_ADMIN
+        ctx["allowPrivilegeEscalation"] = False
+    if uid is None:
+        ctx["runAsUser"] = 0
+    else:
+        ctx.update(runAsNonRoot=True, runAsUser=uid, runAsGroup=uid)
+    return ctx
+
+
+# ---- custom resources
+
+
+def crds() -> list[Obj]:
+    """The meshward.io types: one Allowlist per destination service (rules in spec, counts
+    and first/last seen in status), namespaced with the service."""
+    rule = {
+        "type": "object",
+        "required": ["method", "path"],
+        "properties": {
+            "method": {"type": "string", "maxLength": 32},
+            "path": {"type": "string", "maxLength": 2048},
+        },
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["destination"],
+                "properties": {
+                    "destination": {"type": "string", "maxLength": 317},
+                    "rules": {"type": "array", "items": rule, "maxItems": 4096},
+                    "removed": {"type": "array", "items": rule, "maxItems": 4096},
+                },
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+    return [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": _meta(f"allowlists.{GROUP}"),
+            "spec": {
+                "group": GROUP,
+                "scope": "Namespaced",
+                "names": {
+                    "plural": "allowlists",
+                    "singular": "allowlist",
+                    "kind": "Allowlist",
+                    "shortNames": ["mwal"],
+                    "categories": ["meshward"],
+                },
+                "versions": [
+                    {
+                        "name": "v1alpha1",
+                        "served": True,
+                        "storage": True,
+                        "subresources": {"status": {}},
+                        "schema": {"openAPIV3Schema": schema},
+                        "additionalPrinterColumns": [
+                            {
+                                "name": "Destination",
+                                "type": "string",
+                                "jsonPath": ".spec.destination",
+                            },
+                            {
+                                "name": "Age",
+                                "type": "date",
+                                "jsonPath": ".metadata.creationTimestamp",
+                            },
+                        ],
+                    }
+                ],
+            },
+        }
+    ]
+
+
+# ---- identities and permissions
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> Obj:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+READ = ["get", "list", "watch"]
+PERMISSIONS: dict[str, list[Obj]] = {
+    # serve: the shared allowlists, modes from namespace labels (read only: who may switch
+    # enforcement off is decided by RBAC on namespaces, never by serve), pods to check that a
+    # workload belongs to a service account, token and access reviews for its HTTP callers
+    "serve": [
+        _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch"]),
+        _rule([GROUP], ["allowlists/status"], ["get", "update", "patch"]),
+        _rule([""], ["namespaces", "pods"], READ),
+        _rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
+        _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
+        _rule([""], ["events"], ["create", "patch"]),
+    ],
+    # controller: EnvoyFilters in the namespaces it manages, namespaces to follow their labels
+    "controller": [
+        _rule([""], ["namespaces"], READ),
+        _rule(
+            ["networking.istio.io"],
+            ["envoyfilters"],
+            [*READ, "create", "update", "patch", "delete"],
+        ),
+        _rule([""], ["events"], ["create", "patch"]),
+    ],
+    # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
+    # further by RBAC) and their namespaces' injection annotation
+    "node-tap": [_rule([""], ["pods", "namespaces"], READ)],
+}
+# the controller's Lease, in meshward's namespace only
+LEASE_RULES = [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]
+
+
+def rbac(opts: InstallOptions) -> list[Obj]:
+    ns = opts.namespace
+    out: list[Obj] = []
+    for component, rules in PERMISSIONS.items():
+        name = f"meshward-{component}"
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": _meta(name, ns, component),
+                "automountServiceAccountToken": True,
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": _meta(name, component=component),
+                "rules": rules,
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": _meta(name, component=component),
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+            }
+        )
+    name = "meshward-controller-lease"
+    out.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(name, ns, "controller"),
+            "rules": LEASE_RULES,
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(name, ns, "controller"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "meshward-controller", "namespace": ns}
+            ],
+        }
+    )
+    return out
+
+
+# ---- workloads
+
+
+def _probe(path: str, port: int, period: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+
+
+def _pod_spec(component: str, container: Obj, **extra: Any) -> Obj:
+    return {
+        "serviceAccountName": f"meshward-{component}",
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        **extra,
+    }
+
+
+def _tmp_volumes() -> tuple[list[Obj], list[Obj]]:
+    volumes = [{"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [
+        {"name": "state", "mountPath": "/var/lib/meshward"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    return volumes, mounts
+
+
+def serve(opts: InstallOptions) -> list[Obj]:
+    ns = opts.namespace
+    volumes, mounts = _tmp_volumes()
+    container = {
+        "name": "serve",
+        "image": opts.image,
+        "args": ["serve", "--log-level", "info"],
+        "ports": [
+            {"name": "grpc-authz", "containerPort": AUTHZ_PORT},
+            {"name": "grpc-tap", "containerPort": TAP_PORT},
+            {"name": "http-api", "containerPort": HTTP_PORT},
+        ],
+        "env": [{"name": "MESHWARD_DB", "value": "/var/lib/meshward/meshward.db"}],
+        "readinessProbe": _probe("/readyz", HTTP_PORT, 5),
+        "livenessProbe": _probe("/healthz", HTTP_PORT, 10),
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": _restricted(),
+        "volumeMounts": mounts,
+    }
+    spread = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": _selector("serve")},
+                    },
+                }
+            ]
+        }
+    }
+    pdb_version = "policy/v1" if opts.kube_version >= (1, 21) else "policy/v1beta1"
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta("meshward-serve", ns, "serve"),
+            "spec": {
+                "replicas": opts.replicas,
+                "selector": {"matchLabels": _selector("serve")},
+                "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": {**MANAGED, **_selector("serve")}},
+                    "spec": _pod_spec("serve", container, affinity=spread, volumes=volumes),
+                },
+            },
+        },
+        {
+            "apiVersion": pdb_version,
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta("meshward-serve", ns, "serve"),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector("serve")}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta("meshward", ns, "serve"),
+            "spec": {
+                "selector": _selector("serve"),
+                "ports": [
+                    # grpc- names: Istio then speaks HTTP/2 and applies mTLS on these ports
+                    {"name": "grpc-authz", "port": AUTHZ_PORT, "targetPort": AUTHZ_PORT},
+                    {"name": "grpc-tap", "port": TAP_PORT, "targetPort": TAP_PORT},
+                    {"name": "http-api", "port": HTTP_PORT, "targetPort": HTTP_PORT},
+                ],
+            },
+        },
+    ]
+
+
+def controller(opts: InstallOptions) -> list[Obj]:
+    volumes, mounts = _tmp_volumes()
+    container = {
+        "name": "controller",
+        "image": opts.image,
+        "args": ["controller", "--namespace", opts.namespace, "--service", opts.service_host],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": _restricted(),
+        "volumeMounts": mounts,
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta("meshward-controller", opts.namespace, "controller"),
+            "spec": {
+                "replicas": 2,  # one leads (a Lease), the other waits to take over
+                "selector": {"matchLabels": _selector("controller")},
+                "template": {
+                    "metadata": {"labels": {**MANAGED, **_selector("controller")}},
+                    "spec": _pod_spec("controller", container, volumes=volumes),
+                },
+            },
+        }
+    ]
+
+
+def node_tap(opts: InstallOptions) -> list[Obj]:
+    container = {
+        "name": "node-tap",
+        "image": opts.image,
+        "args": [
+            "node-tap",
+            "--node",
+            "$(NODE_NAME)",
+            "--server",
+            f"http://{opts.service_host}:{HTTP_PORT}",
+        ],
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        # root with three capabilities: AF_PACKET sockets (NET_RAW), entering pods' network
+        # namespaces (SYS_ADMIN for setns), reading /proc/PID/ns/net of others (SYS_PTRACE)
+        "securityContext": _restricted(uid=None, add=["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]),
+        "volumeMounts": [
+            {
+                "name": "netns",
+                "mountPath": "/var/run/netns",
+                "readOnly": True,
+                "mountPropagation": "HostToContainer",
+            },
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": _meta("meshward-node-tap", opts.namespace, "node-tap"),
+            "spec": {
+                "selector": {"matchLabels": _selector("node-tap")},
+                "template": {
+                    "metadata": {"labels": {**MANAGED, **_selector("node-tap")}},
+                    "spec": _pod_spec(
+                        "node-tap",
+                        container,
+                        # hostPID: pods' network namespaces are found through /proc/*/ns/net when
+                        # the runtime does not name them under /var/run/netns
+                        hostPID=True,
+                        tolerations=[{"operator": "Exists"}],
+                        volumes=[
+                            {"name": "netns", "hostPath": {"path": "/var/run/netns"}},
+                            {"name": "tmp", "emptyDir": {}},
+                        ],
+                    ),
+                },
+            },
+        }
+    ]
+
+
+def network_policies(opts: InstallOptions) -> list[Obj]:
+    """Default deny into meshward's namespace; 9191/9192 from any pod (the sidecars: Kubernetes
+    cannot select a container), 9193 from the node taps and from namespaces labelled
+    `meshward.io/operator: "true"`. Probes come from the kubelet on the node."""
+    ns = opts.namespace
+    operators = {"namespaceSelector": {"matchLabels": {"meshward.io/operator": "true"}}}
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta("meshward-default-deny", ns),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta("meshward-serve", ns, "serve"),
+            "spec": {
+                "podSelector": {"matchLabels": _selector("serve")},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"namespaceSelector": {}}],
+                        "ports": [
+                            {"port": AUTHZ_PORT, "protocol": "TCP"},
+                            {"port": TAP_PORT, "protocol": "TCP"},
+                        ],
+                    },
+                    {
+                        "from": [
+                            {"podSelector": {"matchLabels": _selector("node-tap")}},
+                            operators,
+                        ],
+                        "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],
+                    },
+                ],
+            },
+        },
+    ]
+
+
+def render(opts: InstallOptions) -> list[Obj]:
+    """Every object, in the order `kubectl apply` needs them (namespace and types first)."""
+    if opts.istio_style not in ISTIO_STYLES:
+        raise ValueError(f"--istio-style must be one of {', '.join(ISTIO_STYLES)}")
+    if opts.replicas < 1:
+        raise ValueError("--replicas must be at least 1")
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": opts.namespace, "labels": {**MANAGED, "meshward.io/mode": "off"}},
+    }
+    return [
+        namespace,
+        *crds(),
+        *rbac(opts),
+        *serve(opts),
+        *controller(opts),
+        *node_tap(opts),
+        *network_policies(opts),
+    ]
