@@ -23,6 +23,7 @@ COMMANDS = [
     "meshward.app.commands.istio",
     "meshward.app.commands.demo",
     "meshward.app.commands.nodetap",
+    "meshward.app.commands.install",
 ]
 
 

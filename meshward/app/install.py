@@ -495,3 +495,14 @@ def render(opts: InstallOptions) -> list[Obj]:
         *node_tap(opts),
         *network_policies(opts),
     ]
+
+
+def mesh_config(opts: InstallOptions) -> Obj:
+    """The `meshConfig` fragment for `--istio-style extension-provider`. It cannot go through
+    `kubectl apply` (that would overwrite Istio's own ConfigMap): merge it with `istioctl
+    install -f` or into the Helm values of istiod. The tap has no Istio provider kind, so it
+    stays an EnvoyFilter in both styles."""
+    from meshward.istio.envoyfilter import extension_provider
+
+    provider = extension_provider(service=opts.service_host, authz_port=AUTHZ_PORT)
+    return {"meshConfig": {"extensionProviders": [provider]}}

@@ -9,7 +9,7 @@ import pytest
 
 import meshward.app.cli as cli
 
-MINE = ("learn", "score", "allowlist", "mode")
+MINE = ("learn", "score", "allowlist", "mode", "install")
 
 
 @dataclass

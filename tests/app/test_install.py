@@ -1,0 +1,142 @@
+"""meshward install: the manifests' shape and their least-privilege promises (the real API
+server accepts them in tests/kube/test_install_apply.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from meshward.app.install import PERMISSIONS, InstallOptions, parse_kube_version, render
+from tests.support.cli import Result
+
+
+def _containers(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for obj in objects:
+        spec = obj.get("spec", {}).get("template", {}).get("spec")
+        if spec:
+            out += [(obj["metadata"]["name"], c) for c in spec["containers"]]
+    return out
+
+
+def test_every_object_is_labelled_and_namespaced_where_it_should() -> None:
+    objects = render(InstallOptions())
+    kinds = [o["kind"] for o in objects]
+    assert kinds[0] == "Namespace" and kinds[1] == "CustomResourceDefinition"
+    assert {
+        "Deployment",
+        "DaemonSet",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    } <= set(kinds)
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshward"
+        assert ("namespace" in obj["metadata"]) == (obj["kind"] not in cluster_scoped), obj["kind"]
+
+
+def test_containers_are_locked_down() -> None:
+    for name, c in _containers(render(InstallOptions())):
+        ctx = c["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True, name
+        assert ctx["capabilities"]["drop"] == ["ALL"], name
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        if name == "meshward-node-tap":
+            assert ctx["runAsUser"] == 0
+            assert sorted(ctx["capabilities"]["add"]) == ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]
+        else:
+            assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 10001, name
+            assert ctx["allowPrivilegeEscalation"] is False, name
+            assert "add" not in ctx["capabilities"], name
+
+
+def test_rbac_is_least_privilege() -> None:
+    for component, rules in PERMISSIONS.items():
+        for rule in rules:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], component
+            assert "*" not in rule["apiGroups"], component
+    serve = PERMISSIONS["serve"]
+    # who may switch enforcement off is RBAC on namespaces: serve only reads them
+    ns_rules = [r for r in serve if "namespaces" in r["resources"]]
+    assert ns_rules and all(set(r["verbs"]) <= {"get", "list", "watch"} for r in ns_rules)
+    assert not any("envoyfilters" in r["resources"] for r in serve)  # rerouting power: not here
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in PERMISSIONS["node-tap"])
+
+
+@pytest.mark.parametrize(
+    ("version", "api"),
+    [("1.20", "policy/v1beta1"), ("1.21", "policy/v1"), ("v1.31.2", "policy/v1")],
+)
+def test_pdb_follows_the_kube_version(version: str, api: str) -> None:
+    objects = render(InstallOptions(kube_version=parse_kube_version(version)))
+    (pdb,) = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert pdb["apiVersion"] == api
+
+
+def test_serve_spreads_and_probes() -> None:
+    objects = render(InstallOptions(replicas=3))
+    serve = next(
+        o
+        for o in objects
+        if o["metadata"]["name"] == "meshward-serve" and o["kind"] == "Deployment"
+    )
+    assert serve["spec"]["replicas"] == 3
+    pod = serve["spec"]["template"]["spec"]
+    assert pod["affinity"]["podAntiAffinity"]
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_command_prints_a_yaml_stream_and_uninstall_reverses_it(meshward: Any) -> None:
+    r: Result = meshward("install", "--namespace", "mw", "--image", "reg/meshward:1")
+    assert r.code == 0, r.err
+    docs = [d for d in yaml.safe_load_all(r.out) if d]
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "mw", "labels": docs[0]["metadata"]["labels"]},
+    }
+    images = {c["image"] for _, c in _containers(docs)}
+    assert images == {"reg/meshward:1"}
+    r = meshward("uninstall", "--namespace", "mw", "--format", "json")
+    assert r.code == 0
+    items = json.loads(r.out)["items"]
+    assert items[-1]["kind"] == "Namespace" and [i["kind"] for i in items] == [
+        d["kind"] for d in reversed(docs)
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--namespace", "Bad_NS"],
+        ["--replicas", "0"],
+        ["--kube-version", "one.two"],
+        ["--image", ""],
+        ["--istio-style", "extension-provider"],
+    ],
+)
+def test_bad_flags_are_one_line_errors(meshward: Any, argv: list[str]) -> None:
+    r = meshward("install", *argv)
+    assert r.code == 2 and r.out == ""
+    assert r.err.strip().count("\n") == 0 or "usage" in r.err
+
+
+def test_extension_provider_fragment_goes_to_a_file(meshward: Any, tmp_path: Any) -> None:
+    path = tmp_path / "mesh.yaml"
+    r = meshward("install", "--istio-style", "extension-provider", "--mesh-config", str(path))
+    assert r.code == 0, r.err
+    fragment = yaml.safe_load(path.read_text())
+    (provider,) = fragment["meshConfig"]["extensionProviders"]
+    assert provider["envoyExtAuthzGrpc"]["service"] == "meshward.meshward.svc.cluster.local"
+    assert "istioctl" in r.err
