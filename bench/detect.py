@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import random
@@ -491,9 +492,9 @@ def normalise_only(obs: Observation) -> int:
     for _, v in obs.headers:
         n += len(alternate(normalise(v)))
     body = decode_body(obs.header("content-type"), obs.body)
-    for _, v in body.fields:
-        if isinstance(v, str):
-            n += len(alternate(normalise(v)))
+    for _, field in body.fields:
+        if isinstance(field, str):
+            n += len(alternate(normalise(field)))
     return n
 
 
@@ -574,11 +575,12 @@ def main() -> int:
                     missed = misses(det, p, CLASSES[c], where)
                     for m in missed[: args.show]:
                         print(f"  miss {c}/{where}: {m[:150]!r}")
-            for p in norm:
+            for text in norm:
                 for where in PLACEMENTS:
-                    found = det.inspect(place(p, where)).threats
+                    found = det.inspect(place(text, where)).threats
                     if found:
-                        print(f"  fp {where}: {p[:80]!r} -> {found[0].name} {found[0].evidence!r}")
+                        print(f"  fp {where}: {text[:80]!r} -> {found[0].name} "
+                              f"{found[0].evidence!r}")
     obs = typical_request()
     det = ThreatDetector(level=1)
     assert not det.inspect(obs).threats, "typical request must be clean"
@@ -587,7 +589,7 @@ def main() -> int:
     base = per_call_us(lambda: normalise_only(obs))
     for level in (1, 2, 3):
         d = ThreatDetector(level=level)
-        med, low = per_call_us(lambda d=d: d.inspect(obs))
+        med, low = per_call_us(functools.partial(d.inspect, obs))
         print(f"  level {level} detector     median {med:6.2f} µs  min {low:6.2f} µs  "
               f"ratio to baseline {med / base[0]:.2f}")
     print(f"  normalisation only   median {base[0]:6.2f} µs  min {base[1]:6.2f} µs")

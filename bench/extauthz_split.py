@@ -177,11 +177,11 @@ def main() -> int:
         xs = sorted(times[v])
         p50, p90 = statistics.median(xs), xs[int(len(xs) * 0.9)]
         print(f"  {v:12} {p50:8.0f} {p90:8.0f} {p50 - base:+12.0f} {p50 / base:8.2f}x")
-    p50 = {v: statistics.median(times[v]) for v in VARIANTS}
-    print(f"meshward adds {p50['serve'] - base:.0f} µs per Check over always-allow: the server "
-          f"{p50['serve-noop'] - base:.0f} µs, conversion and pipeline entry "
-          f"{p50['serve-skip'] - p50['serve-noop']:.0f} µs, judging "
-          f"{p50['serve'] - p50['serve-skip']:.0f} µs")
+    med = {v: statistics.median(times[v]) for v in VARIANTS}
+    print(f"meshward adds {med['serve'] - base:.0f} µs per Check over always-allow: the server "
+          f"{med['serve-noop'] - base:.0f} µs, conversion and pipeline entry "
+          f"{med['serve-skip'] - med['serve-noop']:.0f} µs, judging "
+          f"{med['serve'] - med['serve-skip']:.0f} µs")
     return 0
 
 

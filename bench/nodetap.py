@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ def rates_phase(args: argparse.Namespace, client: Pod, server: Pod, mport: int, 
     return results
 
 
-def packet_phase(args: argparse.Namespace, server: Pod, mport: int) -> dict[str, object]:
+def packet_phase(args: argparse.Namespace, server: Pod, mport: int) -> dict[str, Any]:
     """Flood the pod's lo with TCP data segments (hping3, one flow, 64-byte payloads) while
     node-tap and tcpdump (same filter, same 32 MiB buffer) capture them; more packets are
     offered than either can take, so each one's processed rate is its capacity here."""

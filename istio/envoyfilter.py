@@ -183,7 +183,9 @@ def render(
     )  # fmt: skip
     selector = {"app": workload} if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
-    common = {"authz_port": authz_port, "tap_port": tap_port, "outbound_tap": outbound_tap}
+    common: dict[str, Any] = {
+        "authz_port": authz_port, "tap_port": tap_port, "outbound_tap": outbound_tap
+    }
     if style == "envoyfilter":
         objects = [envoy_filter(s, service=service, selector=selector, name=name, **common)]
         return {"objects": objects}
