@@ -24,11 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app.decisioncache import DecisionCache
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.log import event
 from meshward.core.observation import Observation, Verdict
 from meshward.extauthz import service as authz_service
-from meshward.extauthz.cache import DecisionCache
 from meshward.extauthz.service import CheckService
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
@@ -155,6 +155,8 @@ class Pipeline:
             if cached is not None:
                 self._cache_hit.inc()
                 self.metrics.count_verdict("extauthz", cached)
+                if cached.verdict != "allow" and obs.request_id:  # the detectors failed
+                    self.joiner.note_verdict(obs, {"seen_by": "extauthz", **cached.as_dict()})
                 return cached
             self._cache_miss.inc()
         verdict = self.judge(obs, "extauthz")

@@ -119,6 +119,30 @@ class Engine:
             obs = self._plaintext(obs)
         f = scoring.features(obs, self.config.max_body)
         found, failed = self._inspect(obs, f.body)
+        return self._decide(obs, mode, learn, f, found, failed)
+
+    def recheck(self, obs: Observation, cached: Verdict) -> Verdict | None:
+        """A body-less request whose clean allow was cached (ext_authz's decision cache): the
+        detectors still run on it, with evaluate's failure handling. `cached` when they find
+        nothing; a full verdict (inspection-failed: alerted, denied in enforce) when they fail;
+        None when they find something, for the caller to evaluate it in full."""
+        found, failed = self._inspect(obs, None)
+        if not failed:
+            return None if found.threats or found.partial else cached
+        mode = self.mode_of(obs.destination.namespace)
+        self.counters["evaluated"] += 1
+        f = scoring.features(obs, self.config.max_body)
+        return self._decide(obs, mode, True, f, found, failed)
+
+    def _decide(
+        self,
+        obs: Observation,
+        mode: str,
+        learn: bool,
+        f: scoring.Features,
+        found: Inspection,
+        failed: bool,
+    ) -> Verdict:
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
         if mode == "learn":
@@ -191,7 +215,7 @@ class Engine:
             obs, body=plain, body_size=len(plain), body_truncated=obs.body_truncated or cut
         )
 
-    def _inspect(self, obs: Observation, body: DecodedBody) -> tuple[Inspection, bool]:
+    def _inspect(self, obs: Observation, body: DecodedBody | None) -> tuple[Inspection, bool]:
         """The detectors' findings, and whether they failed. A detector bug on some input must
         not let that request through unseen (Envoy fails open in learn and monitor): the failure
         is logged, and the request is neither learned nor allowed quietly."""

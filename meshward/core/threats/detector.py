@@ -19,7 +19,6 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
-import socket
 import threading
 from itertools import accumulate
 from typing import NamedTuple
@@ -103,7 +102,8 @@ _Part = tuple[str, str]  # (kind: path | query | header, header name)
 
 
 class ThreatDetector:
-    """The embedded-threat detector (meshward.core.detect.Detector). Thread-safe, stateless per call.
+    """The embedded-threat detector (meshward.core.detect.Detector). Thread-safe, stateless per
+    call.
 
     level: 1..3 like OWASP CRS paranoia levels (1: few false positives).
     max_scan_bytes: body bytes inspected; beyond it the Inspection is `partial`.
@@ -521,11 +521,8 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
             before = text[max(0, m.start() - 2) : m.start()]
             if not (before.endswith(("//", "@")) or (whole_value and m.group(0) == text.strip())):
                 continue
-        try:
-            ip = socket.inet_ntoa(socket.inet_aton(token))
-        except (OSError, ValueError):
-            continue
-        if ip in METADATA_IPS:
+        ip = _inet_aton(token)
+        if ip is not None and str(ipaddress.IPv4Address(ip)) in METADATA_IPS:
             return token
     for m in _IPV6_MAPPED.finditer(text):
         try:
@@ -536,6 +533,35 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
         if mapped is not None and str(mapped) in METADATA_IPS:
             return m.group(0)
     return ""
+
+
+def _inet_aton(token: str) -> int | None:
+    """The IPv4 address a token names in the spellings C's inet_aton accepts (what a libc-based
+    HTTP client resolves): 1 to 4 parts, each decimal, 0x hex or 0-prefixed octal, the last
+    filling the remaining bytes; None when it names none. Pure code: the core opens no sockets."""
+    parts = token.split(".")
+    if len(parts) > 4:
+        return None
+    values = []
+    for part in parts:
+        if part[:2] in ("0x", "0X"):
+            base, digits = 16, part[2:]
+        elif len(part) > 1 and part[0] == "0":
+            base, digits = 8, part[1:]
+        else:
+            base, digits = 10, part
+        if not (digits.isascii() and digits.isalnum()):
+            return None
+        try:
+            values.append(int(digits, base))
+        except ValueError:
+            return None
+    *head, last = values
+    if any(v > 0xFF for v in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    for i, v in enumerate(head):
+        last |= v << (8 * (3 - i))
+    return last
 
 
 def _query_lines(query: str) -> str:

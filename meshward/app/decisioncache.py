@@ -3,8 +3,9 @@
 Safe means the allowlist answer is fully determined by the key: only body-less requests (the body
 is never cached, it is inspected every time), only in monitor and enforce (learn changes the
 allowlist on every request), only clean "allow" answers, and for at most `ttl` seconds (an
-allowlist import or edit is seen within that). The threat detectors still run on every hit; any
-finding sends the request through the full engine.
+allowlist import or edit is seen within that). The threat detectors still run on every hit,
+through the engine (`Engine.recheck`) so its failure handling applies: a finding sends the
+request through the full engine, a detector failure gives `inspection-failed`.
 """
 
 from __future__ import annotations
@@ -37,14 +38,13 @@ class DecisionCache:
         )
 
     def lookup(self, key: Key, obs: Observation) -> Verdict | None:
-        """The cached clean allow for `key`, if the detectors find nothing in this request."""
+        """The verdict for a request with a cached clean allow: that allow if the detectors find
+        nothing in this request, the engine's inspection-failed verdict if they fail; None on a
+        miss or a finding (the caller evaluates the request in full)."""
         verdict = self._cache.get(key)
         if verdict is None:
             return None
-        found = self.engine.detector.inspect(obs)
-        if found.threats or found.partial:
-            return None
-        return verdict
+        return self.engine.recheck(obs, verdict)
 
     def remember(self, key: Key, verdict: Verdict) -> None:
         if verdict.verdict == "allow" and not verdict.threats and not verdict.reasons:
