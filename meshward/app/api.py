@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -193,16 +192,3 @@ def build_app(server: Server) -> web.Application:
     app.router.add_get("/api/v1/exchanges", exchanges)
     return app
 
-
-def call(base_url: str, method: str, path: str, doc: Any = None, timeout: float = 10.0) -> Any:
-    """A blocking client for this API (demo, benchmarks, tests): JSON in, JSON or text out.
-
-    Raises urllib.error.HTTPError on an error status and OSError when nothing answers.
-    """
-    data = json.dumps(doc).encode() if doc is not None else None
-    req = urllib.request.Request(base_url.rstrip("/") + path, data=data, method=method,
-                                 headers={"content-type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        body = resp.read()
-        kind = resp.headers.get("content-type", "")
-    return json.loads(body) if kind.startswith("application/json") else body.decode()
