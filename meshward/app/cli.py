@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from meshward import __version__
+from meshward.app.commands import UsageError
 
 # sub-command modules, in the order `meshward --help` lists them
 COMMANDS = [
@@ -24,10 +25,6 @@ COMMANDS = [
     "meshward.app.commands.demo",
     "meshward.app.commands.nodetap",
 ]
-
-
-class UsageError(Exception):
-    """Bad input or configuration: reported as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

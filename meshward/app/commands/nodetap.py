@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Any
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
 
 
