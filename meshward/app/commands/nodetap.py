@@ -205,6 +205,7 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from meshward.core.log import event
     from meshward.runtime import jsonlog as log
     from meshward.tap.node.metrics import Metrics
     from meshward.tap.node.modes import ModeSource, parse_mode_flags
@@ -253,5 +254,5 @@ def run(args: argparse.Namespace) -> int:
         modes.stop()
         tap.close()
         output.close()
-        log.event(logging.getLogger("meshward.node-tap"), "node-tap stopped", **tap.stats())
+        event(logging.getLogger("meshward.node-tap"), "node-tap stopped", **tap.stats())
     return 0

@@ -16,7 +16,7 @@ import pytest
 
 from meshward.istio.bootstrap import render_bootstrap
 from meshward.istio.envoyproc import EnvoyProcess
-from meshward.runtime.client import ApiClient
+from meshward.runtime.client import ApiClient, ApiError
 from meshward.tap.envoy.admin import TraceSplitter
 from tests.support.envoy_http import free_port, http
 
@@ -47,7 +47,7 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) 
         try:
             if _get(port, "/readyz")["ready"]:
                 return
-        except OSError:
+        except ApiError:  # not listening yet, or 503 while starting
             pass
         assert time.monotonic() < deadline, "meshward serve not ready"
         time.sleep(0.1)

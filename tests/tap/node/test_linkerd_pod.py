@@ -29,7 +29,8 @@ from tests.support.netns import Node, Pod, need_netns
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]  # the checkout (tests/tap/node -> .)
+SUPPORT = ROOT / "tests" / "support"
 
 EXPECTED = [
     ("GET", "/users/42", 200, b""),
@@ -61,7 +62,7 @@ def node() -> Iterator[tuple[Node, Pod, Pod]]:
 
 
 def call(client: Pod, server: Pod) -> dict:
-    r = client.run([sys.executable, str(HERE / "podclient.py"), server.ip, "4143"], timeout=60)
+    r = client.run([sys.executable, str(SUPPORT / "podclient.py"), server.ip, "4143"], timeout=60)
     return json.loads(r.stdout)
 
 
