@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
-from google.protobuf.message import DecodeError
 
 from meshward.core.observation import Observation, Verdict
 from meshward.extauthz.convert import OK_BYTES, check_to_observation, denied_response
+from meshward.runtime.grpcwire import Undecodable, serialized, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
 
 SERVICE = "envoy.service.auth.v3.Authorization"
@@ -24,28 +24,7 @@ MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one Check; larger ones are counted and
 GRPC_MAX_MESSAGE = 16 * 1024 * 1024  # gRPC's own hard limit, above ours so we see and count
 
 
-class _Undecodable:
-    """What the deserialiser hands over when upb refuses the bytes."""
-
-    __slots__ = ("error", "kind", "size")
-
-    def __init__(self, kind: str, error: str, size: int) -> None:
-        self.kind = kind
-        self.error = error
-        self.size = size
-
-
-def _deserialize(data: bytes) -> external_auth_pb2.CheckRequest | _Undecodable:
-    if len(data) > MAX_MESSAGE:
-        return _Undecodable("oversized-check", f"{len(data)} > {MAX_MESSAGE} bytes", len(data))
-    try:
-        return external_auth_pb2.CheckRequest.FromString(data)
-    except DecodeError as exc:
-        return _Undecodable("undecodable-check", str(exc), len(data))
-
-
-def _serialize(answer: bytes) -> bytes:
-    return answer
+_deserialize = tolerant_deserializer(external_auth_pb2.CheckRequest, "check", MAX_MESSAGE)
 
 
 Judge = Callable[[Observation], Verdict]
@@ -64,11 +43,11 @@ class CheckService:
 
     async def check(
         self,
-        req: external_auth_pb2.CheckRequest | _Undecodable,
+        req: external_auth_pb2.CheckRequest | Undecodable,
         context: grpc.aio.ServicerContext,
     ) -> bytes:
         start = time.perf_counter()
-        if isinstance(req, _Undecodable):
+        if isinstance(req, Undecodable):
             self.metrics.checks.labels("error").inc()
             self.problems("extauthz", req.kind, error=req.error, size=req.size)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{req.kind}: {req.error}")
@@ -97,6 +76,6 @@ class CheckService:
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
             "Check": grpc.unary_unary_rpc_method_handler(
-                self.check, request_deserializer=_deserialize, response_serializer=_serialize
+                self.check, request_deserializer=_deserialize, response_serializer=serialized
             )
         }

@@ -22,10 +22,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from meshward.app.api import call  # noqa: E402
 from meshward.istio.bootstrap import HCM_CONFIG, ROUTER_CONFIG, render_bootstrap  # noqa: E402
 from meshward.istio.envoyproc import EnvoyProcess  # noqa: E402
-from meshward.runtime.metrics import sample  # noqa: E402
+from meshward.runtime.client import ApiClient, ApiError  # noqa: E402
+from tests.support.metrics import sample  # noqa: E402
 
 
 def order_body(i: int = 0) -> bytes:
@@ -217,7 +217,7 @@ class MeshwardServe:
             try:
                 if self.api("GET", "/readyz")["ready"]:
                     break
-            except OSError:
+            except ApiError:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
@@ -225,7 +225,7 @@ class MeshwardServe:
             time.sleep(0.1)
 
     def api(self, method: str, path: str, doc: Any = None) -> Any:
-        return call(f"http://127.0.0.1:{self.http}", method, path, doc)
+        return ApiClient(f"http://127.0.0.1:{self.http}").request(method, path, doc)
 
     def metric(self, start: str) -> float:
         return sample(self.api("GET", "/metrics"), start)

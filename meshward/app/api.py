@@ -15,22 +15,51 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
-from meshward.core.observation import observation_from_dict
-from meshward.runtime.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from meshward.app.serve import Server
+from meshward.core.observation import Observation, observation_from_dict
+from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
+from meshward.tap.envoy.join import Joiner
 
 MAX_ITEMS = 10_000  # observations per ingest request
 _YIELD_EVERY = 64  # let ext_authz checks in between while a large batch is judged
-SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+
+
+class Ingest(Protocol):
+    def take_ingested(self, obs: Observation) -> None: ...
+
+
+class ApiConfig(Protocol):
+    @property
+    def max_ingest_bytes(self) -> int: ...
+
+
+class ApiServer(Protocol):
+    """What the API reads and drives of `meshward serve` (meshward.app.serve.Server): typed
+    here so that this module needs nothing from serve, which builds it."""
+
+    @property
+    def config(self) -> ApiConfig: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def problems(self) -> Problems: ...
+    @property
+    def pipeline(self) -> Ingest: ...
+    @property
+    def joiner(self) -> Joiner: ...
+    def status(self) -> dict[str, Any]: ...
+    def mode_changed(self) -> None: ...
+
+
+SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")
 
 
 def _limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
@@ -179,7 +208,7 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, default=str)
 
 
-def build_app(server: Server) -> web.Application:
+def build_app(server: ApiServer) -> web.Application:
     app = web.Application(client_max_size=server.config.max_ingest_bytes)
     app[SERVER_KEY] = server
     app.router.add_get("/healthz", healthz)
@@ -193,16 +222,3 @@ def build_app(server: Server) -> web.Application:
     app.router.add_get("/api/v1/exchanges", exchanges)
     return app
 
-
-def call(base_url: str, method: str, path: str, doc: Any = None, timeout: float = 10.0) -> Any:
-    """A blocking client for this API (demo, benchmarks, tests): JSON in, JSON or text out.
-
-    Raises urllib.error.HTTPError on an error status and OSError when nothing answers.
-    """
-    data = json.dumps(doc).encode() if doc is not None else None
-    req = urllib.request.Request(base_url.rstrip("/") + path, data=data, method=method,
-                                 headers={"content-type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        body = resp.read()
-        kind = resp.headers.get("content-type", "")
-    return json.loads(body) if kind.startswith("application/json") else body.decode()

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from meshward import __version__
+from meshward.app.commands import UsageError
 
 # sub-command modules, in the order `meshward --help` lists them
 COMMANDS = [
@@ -25,10 +26,6 @@ COMMANDS = [
     "meshward.app.commands.nodetap",
     "meshward.app.commands.install",
 ]
-
-
-class UsageError(Exception):
-    """Bad input or configuration: reported as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,14 +54,6 @@ class _Bounded:
         return value
 
 
-def sample(exposition: str, line_start: str) -> float:
-    """The value of the first sample line starting with `line_start` (0.0 when absent)."""
-    for line in exposition.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def reason_label(reason: str) -> str:
     """The stable part of a reason ("unknown-path: GET /x" -> "unknown-path")."""
     return reason.split(":", 1)[0].split(" ", 1)[0].strip()

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2
-from google.protobuf.message import DecodeError
 
 from meshward.core.observation import Observation
+from meshward.runtime.grpcwire import Undecodable, serialize, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
 
@@ -28,25 +28,9 @@ Sink = Callable[[Observation], None]
 MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one ProcessingRequest (a body chunk is far smaller)
 
 
-class _Undecodable:
-    __slots__ = ("error", "kind")
-
-    def __init__(self, kind: str, error: str) -> None:
-        self.kind = kind
-        self.error = error
-
-
-def _deserialize(data: bytes) -> external_processor_pb2.ProcessingRequest | _Undecodable:
-    if len(data) > MAX_MESSAGE:
-        return _Undecodable("oversized-message", f"{len(data)} > {MAX_MESSAGE} bytes")
-    try:
-        return external_processor_pb2.ProcessingRequest.FromString(data)
-    except DecodeError as exc:
-        return _Undecodable("undecodable-message", str(exc))
-
-
-def _serialize(msg: external_processor_pb2.ProcessingResponse) -> bytes:
-    return msg.SerializeToString()
+_deserialize = tolerant_deserializer(
+    external_processor_pb2.ProcessingRequest, "message", MAX_MESSAGE
+)
 
 
 def stream_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> StreamContext:
@@ -123,7 +107,7 @@ class TapService:
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return "complete" if asm.complete else "cut"
-            if isinstance(msg, _Undecodable):
+            if isinstance(msg, Undecodable):
                 self.problems("tap", msg.kind, error=msg.error)
                 return "error"
             if asm.feed(msg):
@@ -152,6 +136,6 @@ class TapService:
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
             "Process": grpc.stream_stream_rpc_method_handler(
-                self.process, request_deserializer=_deserialize, response_serializer=_serialize
+                self.process, request_deserializer=_deserialize, response_serializer=serialize
             )
         }

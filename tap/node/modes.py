@@ -7,13 +7,12 @@ poller runs in its own daemon thread and never blocks the packet loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.request
 
 from meshward.core.log import event
 from meshward.core.modes import MODES
+from meshward.runtime.client import ApiClient, ApiError
 
 log = logging.getLogger("meshward.node-tap")
 
@@ -38,10 +37,12 @@ class ModeSource:
         default: str = "learn",
         server: str | None = None,
         interval: float = 5.0,
+        token: str | None = None,
     ) -> None:
         self.overrides = dict(overrides or {})
         self.default = default
         self.server = server.rstrip("/") if server else None
+        self.client = ApiClient(self.server, token=token, timeout=2) if self.server else None
         self.interval = interval
         self.polled: dict[str, str] = {}
         self.poll_errors = 0
@@ -54,10 +55,9 @@ class ModeSource:
 
     def poll_once(self) -> bool:
         """Fetch the server's modes; keep the last good ones on failure (counted, logged)."""
-        assert self.server is not None
+        assert self.client is not None
         try:
-            with urllib.request.urlopen(f"{self.server}/api/v1/modes", timeout=2) as resp:
-                doc = json.loads(resp.read(1 << 20))
+            doc = self.client.modes()
             modes = doc.get("modes", {})
             default = doc.get("default", self.default)
             if not isinstance(modes, dict) or default not in MODES:
@@ -65,7 +65,7 @@ class ModeSource:
             self.polled = {str(k): v for k, v in modes.items() if v in MODES}
             self.default = default
             return True
-        except (OSError, ValueError, AttributeError) as exc:
+        except (ApiError, ValueError, AttributeError, TypeError) as exc:
             self.poll_errors += 1
             if self.poll_errors in (1, 10) or self.poll_errors % 100 == 0:
                 event(log, "mode poll failed", logging.WARNING, server=self.server,

@@ -16,12 +16,11 @@ import queue
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import TextIO
 
 from meshward.core.log import event
 from meshward.core.observation import Observation, observation_to_dict
+from meshward.runtime.client import ApiClient, ApiError
 from meshward.tap.node.metrics import Metrics
 
 log = logging.getLogger("meshward.node-tap.output")
@@ -107,9 +106,10 @@ class JsonlOutput(Output):
 class HttpOutput(Output):
     """Batched POSTs to `meshward serve`'s ingest endpoint, retried with backoff."""
 
-    def __init__(self, metrics: Metrics, server: str, **kw: int) -> None:
+    def __init__(self, metrics: Metrics, server: str, token: str | None = None,
+                 **kw: int) -> None:  # fmt: skip
         super().__init__(metrics, **kw)
-        self.url = server.rstrip("/") + "/api/v1/observations"
+        self.client = ApiClient(server, token=token, timeout=10)
 
     def _linger(self) -> float:
         return 0.2  # gather up to 200 ms of observations per POST
@@ -118,27 +118,21 @@ class HttpOutput(Output):
         body = json.dumps([observation_to_dict(o) for o in batch]).encode()
         delay = 0.2
         while True:
-            req = urllib.request.Request(
-                self.url, data=body, method="POST", headers={"content-type": "application/json"}
-            )
             try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    resp.read()
+                self.client.post_observations(body)
                 self.metrics.out_sent += len(batch)
                 return
-            except urllib.error.HTTPError as exc:
-                if 400 <= exc.code < 500 and exc.code != 429:
-                    event(log, "server rejected batch", logging.WARNING, status=exc.code,
-                          dropped=len(batch))  # fmt: skip
+            except ApiError as exc:
+                if not exc.retryable:
+                    event(log, "server rejected batch", logging.WARNING, status=exc.status,
+                          error=exc.reason, dropped=len(batch))  # fmt: skip
                     self.metrics.out_dropped += len(batch)
                     return
-                reason = f"HTTP {exc.code}"
-            except (OSError, urllib.error.URLError) as exc:
                 reason = str(exc)
             if self.stopping.is_set():
                 self.metrics.out_dropped += len(batch)
                 return
-            event(log, "server unavailable, retrying", logging.WARNING, url=self.url,
+            event(log, "server unavailable, retrying", logging.WARNING, url=self.client.base_url,
                   error=reason[:200], retry_in=delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.istio import envoyfilter, filters
 from meshward.istio.bootstrap import ROUTER_CONFIG, render_bootstrap, upstream_cluster
 from meshward.istio.envoyproc import EnvoyError, validate

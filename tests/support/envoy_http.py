@@ -11,13 +11,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from meshward.app.api import call
 from meshward.app.serve import ServeConfig, Server
 from meshward.app.store import open_store
 from meshward.core.detect import Detector
 from meshward.core.engine import Engine, EngineConfig, default_detector
-from meshward.runtime.metrics import sample
+from meshward.runtime.client import ApiClient
 from tests.support.envoy import echo_app, envoy_bin
+from tests.support.metrics import sample
 
 __all__ = ["ServerThread", "echo_app", "envoy_bin", "free_port", "http"]
 
@@ -64,8 +64,12 @@ class ServerThread:
         assert self.server is not None
         return self.server.ports
 
+    @property
+    def client(self) -> ApiClient:
+        return ApiClient(f"http://127.0.0.1:{self.ports['http']}")
+
     def api(self, method: str, path: str, doc: Any = None) -> Any:
-        return call(f"http://127.0.0.1:{self.ports['http']}", method, path, doc)
+        return self.client.request(method, path, doc)
 
     def metric(self, line_start: str) -> float:
         """The value of the first /metrics sample whose line starts with `line_start`."""

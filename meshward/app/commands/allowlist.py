@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.commands.offline import add_db_flag, close_engine, engine_for
 from meshward.core.engine import Engine
 

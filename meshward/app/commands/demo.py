@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     from meshward.app.demo.mesh import DemoError
     from meshward.app.demo.run import DemoConfig, print_summary, run_demo
-    from meshward.runtime import jsonlog as log
     from meshward.istio.certs import CertError
     from meshward.istio.envoyproc import EnvoyError
+    from meshward.runtime import jsonlog as log
 
     if args.learn_requests < 50 or args.replay_requests < 1 or args.concurrency < 1:
         raise UsageError("need --learn-requests >= 50, --replay-requests >= 1, --concurrency >= 1")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
 from meshward.core.names import is_host_name
 

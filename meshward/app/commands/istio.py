@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.commands.envoy import TAP_FLAGS, add_tap_flags, dump
 from meshward.core.modes import MODES
 from meshward.core.names import is_host_name

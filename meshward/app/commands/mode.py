@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.commands.offline import add_db_flag, store_for
 from meshward.app.store import StoreError
 from meshward.core.engine import EngineConfig

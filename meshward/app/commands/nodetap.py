@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Any
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
 
 
@@ -205,6 +205,7 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from meshward.core.log import event
     from meshward.runtime import jsonlog as log
     from meshward.core.log import event
     from meshward.tap.node.metrics import Metrics

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.progress import ByteProgress
 from meshward.app.store import ReadOnlyStore, SqliteStore, StoreError, default_path, open_store
 from meshward.core.engine import Engine, EngineConfig

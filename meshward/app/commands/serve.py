@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.commands.engineflags import add_engine_flags, engine_config
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.core.log import event
 from meshward.core.observation import Observation, observation_to_dict
 from meshward.tap.envoy.admin import AdminTapError, TapStats, stream_observations

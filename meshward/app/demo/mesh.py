@@ -16,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 from meshward.istio.bootstrap import SidecarTLS, render_bootstrap
 from meshward.istio.certs import MeshCA
 from meshward.istio.envoyproc import EnvoyProcess, die_with_parent
+from meshward.runtime.client import ApiClient, ApiError
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout (meshward is not always installed)
 
@@ -164,12 +163,8 @@ class ServeProcess:
             if not self.http_port and not self._bound_ports():
                 time.sleep(0.05)
                 continue
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(self.url + "/readyz", timeout=1) as resp,
-            ):
-                if resp.status == 200:
-                    return
+            if self.client.ready():
+                return
             time.sleep(0.05)
 
     def stop(self, grace: float = 3.0) -> None:
@@ -184,23 +179,22 @@ class ServeProcess:
             proc.wait(timeout=5)
 
     # -- its HTTP API ------------------------------------------------------------------------
+    @property
+    def client(self) -> ApiClient:
+        return ApiClient(self.url, timeout=5)
+
     def api(self, method: str, path: str, body: object = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("content-type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return json.loads(resp.read())
-        except (OSError, ValueError) as exc:
-            raise DemoError(f"meshward API {method} {path} failed: {exc}") from None
+            return self.client.request(method, path, body)
+        except ApiError as exc:
+            raise DemoError(f"meshward API {exc}") from None
 
     def metrics(self, by_label: bool = False) -> dict[str, float]:
         """Prometheus samples: name -> value summed over labels (`by_label`: name{labels})."""
         try:
-            with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError as exc:
-            raise DemoError(f"meshward /metrics failed: {exc}") from None
+            text = self.client.metrics_text()
+        except ApiError as exc:
+            raise DemoError(f"meshward {exc}") from None
         out: dict[str, float] = {}
         for line in text.splitlines():
             if not line or line.startswith("#"):

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.commands.engineflags import add_engine_flags, engine_config
 
 

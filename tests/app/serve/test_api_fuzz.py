@@ -31,7 +31,7 @@ from meshward.core.observation import (
     observation_from_dict,
     observation_to_dict,
 )
-from meshward.runtime.metrics import sample
+from tests.support.metrics import sample
 from tests.support.serve import engine_on, running_server
 
 GOOD = observation_to_dict(
@@ -81,6 +81,7 @@ class ServerThread:
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
             content_type: str | None = "application/json") -> tuple[int, bytes]:  # fmt: skip
+    """Raw HTTP on purpose (not the API client): hostile paths, bodies and content types."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     try:
         headers = {"content-type": content_type} if content_type and body is not None else {}

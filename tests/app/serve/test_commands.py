@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from meshward.app.api import call
 from meshward.istio.bootstrap import render_bootstrap
 from meshward.istio.envoyproc import EnvoyProcess
+from meshward.runtime.client import ApiClient, ApiError
 from meshward.tap.envoy.admin import TraceSplitter
 from tests.support.envoy_http import free_port, http
 
@@ -37,7 +37,7 @@ def _meshward(*args: str, **kw: object) -> subprocess.Popen[bytes]:
 
 
 def _get(port: int, path: str) -> Any:
-    return call(f"http://127.0.0.1:{port}", "GET", path)
+    return ApiClient(f"http://127.0.0.1:{port}").request("GET", path)
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -47,7 +47,7 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) 
         try:
             if _get(port, "/readyz")["ready"]:
                 return
-        except OSError:
+        except ApiError:  # not listening yet, or 503 while starting
             pass
         assert time.monotonic() < deadline, "meshward serve not ready"
         time.sleep(0.1)

@@ -6,7 +6,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshward.core.observation import Threat, Verdict
-from meshward.runtime.metrics import Metrics, Problems, sample
+from meshward.runtime.metrics import Metrics, Problems
+from tests.support.metrics import sample
 
 
 def families(m: Metrics) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import aiohttp
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
@@ -14,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from meshward.core.observation import Identity, Observation, observation_to_dict
+from meshward.runtime.client import ApiClient, ApiError
 from tests.support.serve import check_request, engine_on, running_server, tap_messages
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
@@ -25,10 +25,12 @@ async def _check(port: int, req: external_auth_pb2.CheckRequest) -> external_aut
 
 
 async def _put_mode(http_port: int, ns: str, mode: str) -> int:
-    async with aiohttp.ClientSession() as s:
-        url = f"http://127.0.0.1:{http_port}/api/v1/modes/{ns}"
-        async with s.put(url, json={"mode": mode}) as r:
-            return r.status
+    client = ApiClient(f"http://127.0.0.1:{http_port}")
+    try:
+        await asyncio.to_thread(client.set_mode, ns, mode)
+    except ApiError as exc:
+        return exc.status or 0
+    return 200
 
 
 def test_learn_then_enforce_over_grpc() -> None:
@@ -174,44 +176,41 @@ def test_http_api(tmp_path: Path) -> None:
                 seen_by="node-tap", destination=Identity("mesh", "cart"), method="GET",
                 path="/cart", source=Identity("mesh", "web"),
             ))
-            async with aiohttp.ClientSession() as s:
-                for path in ("/healthz", "/readyz"):
-                    async with s.get(base + path) as r:
-                        assert r.status == 200
-                async with s.post(base + "/api/v1/observations",
-                                  json=[good, {"seen_by": "martian"}, 7]) as r:
-                    assert r.status == 202
-                    assert await r.json() == {"accepted": 1, "rejected": 2}
-                lines = json.dumps(good) + "\nnot json\n" + json.dumps(good) + "\n"
-                async with s.post(base + "/api/v1/observations", data=lines) as r:
-                    assert await r.json() == {"accepted": 2, "rejected": 1}
-                async with s.post(base + "/api/v1/observations", data=b"[" * 100_000) as r:
-                    assert r.status == 413
-                async with s.get(base + "/api/v1/allowlist") as r:
-                    doc = await r.json()
-                    assert [x["destination"] for x in doc["services"]] == ["mesh/cart"]
-                async with s.put(base + "/api/v1/modes/mesh", json={"mode": "monitor"}) as r:
-                    assert r.status == 200
-                async with s.put(base + "/api/v1/modes/mesh", json={"mode": "chaos"}) as r:
-                    assert r.status == 400
-                async with s.put(base + "/api/v1/modes/Bad_NS", json={"mode": "learn"}) as r:
-                    assert r.status == 400
-                async with s.get(base + "/api/v1/modes") as r:
-                    assert (await r.json())["modes"] == {"mesh": "monitor"}
-                novel = dict(good, path="/cart/../../etc/passwd")
-                async with s.post(base + "/api/v1/observations", json=[novel]) as r:
-                    assert (await r.json())["accepted"] == 1
-                async with s.get(base + "/api/v1/alerts?limit=5") as r:
-                    alerts = (await r.json())["alerts"]
-                    assert alerts and alerts[0]["verdict"] == "alert"
-                async with s.get(base + "/api/v1/alerts?limit=x") as r:
-                    assert r.status == 400
-                async with s.get(base + "/metrics") as r:
-                    text = await r.text()
-                    for name in ("meshward_checks", "meshward_verdicts_total",
-                                 "meshward_check_seconds_bucket", "meshward_tap_streams",
-                                 "meshward_drops_total"):
-                        assert name in text
+            api = ApiClient(base)
+
+            async def status(method: str, path: str, doc: object = None,
+                             body: bytes | None = None) -> int:  # fmt: skip
+                try:
+                    await asyncio.to_thread(api.request, method, path, doc, body=body)
+                except ApiError as exc:
+                    assert exc.status is not None, exc
+                    return exc.status
+                return 200
+
+            for path in ("/healthz", "/readyz"):
+                assert await status("GET", path) == 200
+            got = await asyncio.to_thread(api.post_observations, [good, {"seen_by": "martian"}, 7])
+            assert got == {"accepted": 1, "rejected": 2}
+            lines = json.dumps(good) + "\nnot json\n" + json.dumps(good) + "\n"
+            got = await asyncio.to_thread(api.post_observations, lines.encode())
+            assert got == {"accepted": 2, "rejected": 1}
+            assert await status("POST", "/api/v1/observations", body=b"[" * 100_000) == 413
+            doc = await asyncio.to_thread(api.allowlist)
+            assert [x["destination"] for x in doc["services"]] == ["mesh/cart"]
+            assert await status("PUT", "/api/v1/modes/mesh", {"mode": "monitor"}) == 200
+            assert await status("PUT", "/api/v1/modes/mesh", {"mode": "chaos"}) == 400
+            assert await status("PUT", "/api/v1/modes/Bad_NS", {"mode": "learn"}) == 400
+            assert (await asyncio.to_thread(api.modes))["modes"] == {"mesh": "monitor"}
+            novel = dict(good, path="/cart/../../etc/passwd")
+            assert (await asyncio.to_thread(api.post_observations, [novel]))["accepted"] == 1
+            alerts = await asyncio.to_thread(api.alerts, 5)
+            assert alerts and alerts[0]["verdict"] == "alert"
+            assert await status("GET", "/api/v1/alerts?limit=x") == 400
+            text = await asyncio.to_thread(api.metrics_text)
+            for name in ("meshward_checks", "meshward_verdicts_total",
+                         "meshward_check_seconds_bucket", "meshward_tap_streams",
+                         "meshward_drops_total"):  # fmt: skip
+                assert name in text
 
     asyncio.run(main())
 

@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 from meshward.app.serve import Pipeline
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation
+from meshward.runtime.grpcwire import Undecodable
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.admin import AdminTapError, TapStats, TraceSplitter, stream_observations
 from meshward.tap.envoy.assemble import _ATTRIBUTES, Limits, StreamAssembler, StreamContext
-from meshward.tap.envoy.extproc import TapService, _deserialize, _Undecodable
+from meshward.tap.envoy.extproc import TapService, _deserialize
 from meshward.tap.envoy.join import Joiner
 from tests.support.serve import tap_messages
 
@@ -244,7 +245,7 @@ def test_any_process_stream_yields_at_most_one_judged_observation(
     service = TapService(sink, Metrics(), problem, limits=lim, stream_timeout=0.02)  # type: ignore[arg-type]
     # what arrives: a decoded message, or bytes the deserialiser refuses (never raises)
     wire = [_deserialize(i) if isinstance(i, bytes) else i for i in items]
-    assert all(isinstance(w, PR | _Undecodable) for w in wire)
+    assert all(isinstance(w, PR | Undecodable) for w in wire)
     ctx = _Context(wire, end, md)
     asyncio.run(service.process(None, ctx))  # type: ignore[arg-type]
     assert service.active == 0

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 
 from meshward.core.observation import Identity, Observation, observation_from_dict
 from meshward.linkerd.proxy import ADMIN_PORT
+from meshward.runtime.client import ApiClient
 from meshward.tap.node.pipeline import NodeTap, PodTarget
 from tests.conftest import need_tools
 from tests.support.linkerdpod import LinkerdPod
@@ -29,7 +29,8 @@ from tests.support.netns import Node, Pod, need_netns
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
-ROOT = HERE.parents[2]
+ROOT = HERE.parents[2]  # the checkout (tests/tap/node -> .)
+SUPPORT = ROOT / "tests" / "support"
 
 EXPECTED = [
     ("GET", "/users/42", 200, b""),
@@ -61,7 +62,7 @@ def node() -> Iterator[tuple[Node, Pod, Pod]]:
 
 
 def call(client: Pod, server: Pod) -> dict:
-    r = client.run([sys.executable, str(ROOT / "tests" / "support" / "podclient.py"), server.ip, "4143"], timeout=60)
+    r = client.run([sys.executable, str(SUPPORT / "podclient.py"), server.ip, "4143"], timeout=60)
     return json.loads(r.stdout)
 
 
@@ -235,15 +236,14 @@ def test_cli_to_meshward_serve(node: tuple[Node, Pod, Pod], tmp_path: Path) -> N
         deadline = time.monotonic() + 10
         seen = 0.0
         while time.monotonic() < deadline:
-            text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+            text = ApiClient(url, timeout=5).metrics_text()
             m = re.search(r'meshward_observations_total\{source="node-tap"\} ([\d.e+]+)', text)
             seen = float(m[1]) if m else 0.0
             if seen >= len(EXPECTED) + 3:
                 break
             time.sleep(0.2)
         assert seen == len(EXPECTED) + 3
-        doc = json.loads(urllib.request.urlopen(
-            f"{url}/api/v1/allowlist?destination=shop/api", timeout=5).read())  # fmt: skip
+        doc = ApiClient(url, timeout=5).allowlist(destination="shop/api")
         assert "/orders" in json.dumps(doc) and "grpc.health.v1.Health" in json.dumps(doc)
     finally:
         for proc in (tap, serve):
