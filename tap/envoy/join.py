@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshward.core.observation import DIRECTIONS, Observation, Threat
-
-MISMATCH = "Exchange.Mismatch"
+from meshward.core.threats.names import EXCHANGE_MISMATCH
 
 
 def _view(obs: Observation) -> dict[str, Any]:
@@ -165,7 +164,7 @@ class Joiner:
         )
         threats = [
             Threat(
-                MISMATCH,
+                EXCHANGE_MISMATCH,
                 f"exchange:{f}",
                 f"outbound={ex.outbound[f]!r} inbound={ex.inbound[f]!r}"[:128],
             )

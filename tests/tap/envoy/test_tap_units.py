@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from meshward.core.observation import Direction, Identity, Observation
+from meshward.core.threats.names import EXCHANGE_MISMATCH
 from meshward.tap.envoy.assemble import Limits, StreamAssembler, StreamContext
 from meshward.tap.envoy.extproc import stream_context
-from meshward.tap.envoy.join import MISMATCH, Joiner
+from meshward.tap.envoy.join import Joiner
 from tests.support.serve import tap_messages
 
 
@@ -77,7 +78,7 @@ def test_join_pairs_and_flags_mismatch() -> None:
     assert j.add(_view("inbound", "r2", body=b"a")) is None
     ex, threats, _ = j.add(_view("outbound", "r2", path="/q", body=b"b"))  # type: ignore[misc]
     assert ex.mismatches == ["path", "body_sha256"]
-    assert {t.name for t in threats} == {MISMATCH}
+    assert {t.name for t in threats} == {EXCHANGE_MISMATCH}
     assert j.recent()[-1]["request_id"] == "r2"
     # no request id or no direction: nothing to join
     assert j.add(_view("inbound", "")) is None
