@@ -173,13 +173,13 @@ class Pipeline:
             if threats:
                 flagged = dataclasses.replace(inbound, threats=[*inbound.threats, *threats])
                 self.judge(flagged, "envoy-tap")
-        if obs.extra.get("direction") == "outbound":
+        if obs.direction == "outbound":
             return
         if obs.request_id and obs in self.checked:
             self.metrics.drops.labels("tap", "judged-by-extauthz").inc()
             return
         # a stream cut or expired before the response: judged (threats alert) but not learned
-        self.judge(obs, "envoy-tap", learn="tap_outcome" not in obs.extra)
+        self.judge(obs, "envoy-tap", learn=obs.complete)
 
     def take_ingested(self, obs: Observation) -> None:
         if obs.seen_by == "envoy-tap":

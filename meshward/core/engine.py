@@ -99,7 +99,7 @@ class Engine:
 
     def set_mode(self, namespace: str, mode: str) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r} (learn, monitor, enforce)")
+            raise ValueError(f"unknown mode {mode!r} ({', '.join(MODES)})")
         namespace = namespace or "default"
         self._modes[namespace] = mode
         if self.store is not None:
@@ -145,10 +145,12 @@ class Engine:
     ) -> Verdict:
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
-        if mode == "learn":
+        # reasons a source or a failure brings, whatever the profile says
+        flags = scoring.flags(obs.threats, failed) if failed or obs.threats else None
+        if mode == "learn" or mode == "off":  # off: not judged, not learned; threats alert
             reasons: list[str] = []
             rule_name = None
-            if not threats and not failed:
+            if not threats and not failed and mode == "learn":
                 if learn:
                     rule = scoring.learn(self.allowlist.profile(dest), obs, f)
                     self._dirty.add(dest)
@@ -157,15 +159,15 @@ class Engine:
                 else:  # a read-only look (meshward score) at what learn mode would see
                     reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
                     rule_name = rule.name if rule else None
-            if failed:
-                reasons = [*reasons, scoring.INSPECTION_FAILED]
+            if flags:
+                reasons = [*reasons, *flags]
             score = scoring.combine(reasons, len(threats))
             verdict = "alert" if threats or failed else "allow"
         else:
             reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
             rule_name = rule.name if rule else None
-            if failed:
-                reasons = [*reasons, scoring.INSPECTION_FAILED]
+            if flags:
+                reasons = [*reasons, *flags]
             score = scoring.combine(reasons, len(threats))
             verdict = "allow"
             if threats or score >= self.config.alert_threshold:

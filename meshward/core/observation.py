@@ -17,6 +17,13 @@ from typing import Any, Literal
 
 SeenBy = Literal["extauthz", "envoy-tap", "node-tap", "file"]
 VerdictKind = Literal["allow", "alert", "deny"]
+# which side of the call the seeing sidecar sits on: inbound the callee's, outbound the caller's
+Direction = Literal["inbound", "outbound"]
+DIRECTIONS: tuple[Direction, ...] = ("inbound", "outbound")
+# how a streaming source's view of the exchange ended: complete, or cut (the stream ended before
+# the response), expired (held past the stream timeout), error (an undecodable message)
+Outcome = Literal["complete", "cut", "expired", "error"]
+OUTCOMES: tuple[Outcome, ...] = ("complete", "cut", "expired", "error")
 
 _SPIFFE = re.compile(r"^spiffe://[^/]+/ns/(?P<ns>[^/]+)/sa/(?P<sa>[^/]+)$")
 # Linkerd identities: <sa>.<ns>.serviceaccount.identity.<control-plane-ns>.<trust-domain>
@@ -112,7 +119,11 @@ class Observation:
     grpc_method: str = ""
     request_id: str = ""  # x-request-id, joins both ends of one call
     threats: list[Threat] = field(default_factory=list)  # found by the source itself (network)
-    # what the source knows that does not fit above (e.g. tcp flow id, envoy node id)
+    direction: Direction | None = None  # set by sidecar sources (the Envoy tap), else unknown
+    headers_truncated: bool = False  # the source kept only some of the headers (either list)
+    outcome: Outcome = "complete"  # a cut or expired stream is judged but not learned
+    # what the source knows that does not fit above (e.g. tcp flow id, envoy node id); never
+    # read for a decision
     extra: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: str, default: str = "") -> str:
@@ -121,6 +132,11 @@ class Observation:
             if k == name:
                 return v
         return default
+
+    @property
+    def complete(self) -> bool:
+        """The source saw the exchange to its end (a cut view is not learned from)."""
+        return self.outcome == "complete"
 
     @property
     def content_type(self) -> str:
@@ -247,6 +263,9 @@ def observation_to_dict(obs: Observation) -> dict[str, object]:
         "grpc_method": obs.grpc_method,
         "request_id": obs.request_id,
         "threats": [t.as_dict() for t in obs.threats],
+        "direction": obs.direction,
+        "headers_truncated": obs.headers_truncated,
+        "outcome": obs.outcome,
         "extra": dict(obs.extra),
     }
 
@@ -274,6 +293,23 @@ def _pairs(v: object) -> list[tuple[str, str]]:
     return out
 
 
+def _typed_fields(
+    d: dict[str, Any], extra: dict[str, str]
+) -> tuple[Direction | None, bool, Outcome]:
+    """direction, headers_truncated and outcome of the wire form. Before they were fields they
+    travelled in `extra` (`direction`, `headers_truncated: "true"`, `tap_outcome`): those keys are
+    still read (and taken out of extra) so older node taps and saved JSONL keep their meaning."""
+    direction = d.get("direction", extra.pop("direction", None)) or None
+    if direction is not None and direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}")
+    legacy_cut = extra.pop("headers_truncated", "") == "true"
+    headers_truncated = bool(d.get("headers_truncated", False)) or legacy_cut
+    outcome = d.get("outcome", extra.pop("tap_outcome", "complete")) or "complete"
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    return direction, headers_truncated, outcome
+
+
 def observation_from_dict(d: object) -> Observation:
     """Inverse of `observation_to_dict`; raises ValueError with a clear message on bad input."""
     if not isinstance(d, dict):
@@ -289,6 +325,8 @@ def observation_from_dict(d: object) -> Observation:
         ]
         status = d.get("status")
         size = d.get("body_size")
+        extra = {str(k): str(v) for k, v in (d.get("extra") or {}).items()}
+        direction, headers_truncated, outcome = _typed_fields(d, extra)
         when = float(d.get("time", time.time()))
         if not math.isfinite(when):  # NaN cannot be stored (NOT NULL); inf is not JSON
             raise ValueError(f"time must be a finite number, not {when}")
@@ -312,7 +350,10 @@ def observation_from_dict(d: object) -> Observation:
             grpc_method=_text(d, "grpc_method"),
             request_id=_text(d, "request_id"),
             threats=threats,
-            extra={str(k): str(v) for k, v in (d.get("extra") or {}).items()},
+            direction=direction,
+            headers_truncated=headers_truncated,
+            outcome=outcome,
+            extra=extra,
         )
     except (TypeError, KeyError, AttributeError, OverflowError, binascii.Error) as exc:
         raise ValueError(f"malformed observation: {exc}") from exc

@@ -7,31 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshward.core import reasons as r
 from meshward.core import values
 from meshward.core.allowlist import EndpointRule, ServiceProfile
 from meshward.core.bodies import DecodedBody, decode_body, parse_query
-from meshward.core.observation import Observation
+from meshward.core.observation import Observation, Threat
+from meshward.core.threats.names import EXCHANGE_MISMATCH
 
-# reason code -> weight; a request's score is 1 - prod(1 - weight) over its reasons
-WEIGHTS: dict[str, float] = {
-    "unknown-destination": 0.6,
-    "unknown-source": 0.6,
-    "unknown-path": 0.6,
-    "unknown-method": 0.6,
-    "unknown-grpc-method": 0.6,
-    "new-query-param": 0.5,
-    "query-value-class": 0.35,
-    "new-body-field": 0.5,
-    "body-type-mismatch": 0.5,
-    "unknown-content-type": 0.3,
-    "new-caller-for-endpoint": 0.3,
-    "size-out-of-band": 0.25,
-    "unusual-status": 0.2,
-    "both-ends-mismatch": 0.5,
-    "inspection-failed": 0.6,  # the threat detectors raised: enforce denies, monitor alerts
-}
-INSPECTION_FAILED = "inspection-failed"
-THREAT_WEIGHT = 0.95
 # an endpoint must have been seen this often before a caller new to it is worth a reason
 MIN_CALLS_FOR_CALLER_CHECK = 20
 
@@ -103,50 +85,61 @@ def score_reasons(
 ) -> tuple[list[str], EndpointRule | None]:
     """The deviations of one request from what its destination's profile allows."""
     if profile is None:
-        return ["unknown-destination"], None
+        return [r.UNKNOWN_DESTINATION], None
     reasons: list[str] = []
     source = obs.source.key
     if source not in profile.sources:
-        reasons.append("unknown-source")
+        reasons.append(r.UNKNOWN_SOURCE)
     m = profile.match(obs.method, obs.path)
     rule = m.rule
     if rule is None:
         if obs.grpc_service:
-            reasons.append("unknown-grpc-method")
+            reasons.append(r.UNKNOWN_GRPC_METHOD)
         else:
-            reasons.append("unknown-method" if m.path_known else "unknown-path")
+            reasons.append(r.UNKNOWN_METHOD if m.path_known else r.UNKNOWN_PATH)
         return reasons, None
     if (
-        "unknown-source" not in reasons
+        r.UNKNOWN_SOURCE not in reasons
         and source not in rule.sources
         and rule.seen.count >= MIN_CALLS_FOR_CALLER_CHECK
         and rule.sources
     ):
-        reasons.append("new-caller-for-endpoint")
+        reasons.append(r.NEW_CALLER_FOR_ENDPOINT)
     if f.query and not rule.open_query:
         for name, value in f.query:
             classes = rule.query.get(name)
             if classes is None:
-                _add(reasons, "new-query-param")
+                _add(reasons, r.NEW_QUERY_PARAM)
             elif not values.covered(values.classify(value), classes):
-                _add(reasons, "query-value-class")
+                _add(reasons, r.QUERY_VALUE_CLASS)
     if f.content_type and rule.content_types and f.content_type not in rule.content_types:
-        reasons.append("unknown-content-type")
+        reasons.append(r.UNKNOWN_CONTENT_TYPE)
     kind = f.body.kind
     if kind != "empty" and rule.body_kinds and kind not in rule.body_kinds:
-        reasons.append("body-type-mismatch")
+        reasons.append(r.BODY_TYPE_MISMATCH)
     elif f.body.shape() and not rule.open_body:
         for path, cls in f.body.leaf_classes():
             classes = rule.body.get(path)
             if classes is None:
-                _add(reasons, "new-body-field")
+                _add(reasons, r.NEW_BODY_FIELD)
             elif not values.covered(cls, classes):
-                _add(reasons, "body-type-mismatch")
+                _add(reasons, r.BODY_TYPE_MISMATCH)
     if not rule.size_ok(f.size):
-        reasons.append("size-out-of-band")
+        reasons.append(r.SIZE_OUT_OF_BAND)
     if f.status_class and rule.statuses and f.status_class not in rule.statuses:
-        reasons.append("unusual-status")
+        reasons.append(r.UNUSUAL_STATUS)
     return reasons, rule
+
+
+def flags(threats: list[Threat], failed: bool) -> list[str]:
+    """Reasons that do not come from the profile: a mismatch the both-ends join found (the
+    source's Exchange.Mismatch threat), a failure of the threat detectors."""
+    out = []
+    if any(t.name == EXCHANGE_MISMATCH for t in threats):
+        out.append(r.BOTH_ENDS_MISMATCH)
+    if failed:
+        out.append(r.INSPECTION_FAILED)
+    return out
 
 
 def _add(reasons: list[str], code: str) -> None:
@@ -157,8 +150,8 @@ def _add(reasons: list[str], code: str) -> None:
 def combine(reasons: list[str], threats: int) -> float:
     """Score in [0, 1] from reason weights and the number of threats."""
     keep = 1.0
-    for r in reasons:
-        keep *= 1.0 - WEIGHTS.get(r, 0.3)
+    for code in reasons:
+        keep *= 1.0 - r.WEIGHTS.get(code, r.UNLISTED_WEIGHT)
     if threats:
-        keep *= (1.0 - THREAT_WEIGHT) ** min(threats, 3)
+        keep *= (1.0 - r.THREAT_WEIGHT) ** min(threats, 3)
     return 1.0 - keep

@@ -16,7 +16,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
-from meshward.core.observation import Identity, Observation
+from meshward.core.observation import Direction, Identity, Observation
 from meshward.core.values import decimal
 
 _NONE = processing_mode_pb2.ProcessingMode.NONE
@@ -46,7 +46,7 @@ class StreamContext:
 
     namespace: str = ""
     workload: str = ""
-    direction: str = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
+    direction: Direction = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
     node: str = ""
     # the filter also streams response bodies (metadata x-meshward-tap-response-body: true);
     # Envoy 1.40 does not send protocol_config in observability mode, so it must be told
@@ -240,14 +240,12 @@ class StreamAssembler:
             status=status,
             response_headers=response_headers,
             request_id=_first(headers, "x-request-id"),
-            extra={"direction": self.ctx.direction},
+            direction=self.ctx.direction,
+            headers_truncated=self.headers_truncated,
+            outcome="complete" if self.complete else "cut",  # the service names how it ended
         )
         if self.ctx.node:
             obs.extra["node"] = self.ctx.node
-        if self.headers_truncated:
-            obs.extra["headers_truncated"] = "true"
-        if not self.complete:
-            obs.extra["incomplete"] = "true"
         obs.fill_grpc()
         return obs
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
-from meshward.core.observation import Observation
+from meshward.core.observation import Observation, Outcome
 from meshward.runtime.grpcwire import Undecodable, serialize, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
@@ -82,7 +82,7 @@ class TapService:
         asm = StreamAssembler(
             stream_context(context.invocation_metadata()), self.limits, self.budget
         )
-        outcome = "complete"
+        outcome: Outcome = "complete"
         try:
             async with asyncio.timeout(self.stream_timeout):
                 outcome = await self._read(asm, context)
@@ -102,7 +102,7 @@ class TapService:
         finally:
             asm.release()
 
-    async def _read(self, asm: StreamAssembler, context: grpc.aio.ServicerContext) -> str:
+    async def _read(self, asm: StreamAssembler, context: grpc.aio.ServicerContext) -> Outcome:
         while True:
             msg = await context.read()
             if msg is grpc.aio.EOF:
@@ -113,7 +113,7 @@ class TapService:
             if asm.feed(msg):
                 return "complete"
 
-    def _hand_over(self, asm: StreamAssembler, outcome: str) -> None:
+    def _hand_over(self, asm: StreamAssembler, outcome: Outcome) -> None:
         try:
             obs = asm.observation()
         except Exception as exc:  # bad values in one stream never stop the server
@@ -123,7 +123,7 @@ class TapService:
             self.metrics.drops.labels("tap", f"no-request-headers-{outcome}").inc()
             return
         if outcome != "complete":
-            obs.extra["tap_outcome"] = outcome
+            obs.outcome = outcome
         if obs.body_truncated:
             self.metrics.truncations.labels("envoy-tap").inc()
         if asm.budget_cut:

@@ -14,14 +14,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshward.core.observation import Observation, Threat
-
-MISMATCH = "Exchange.Mismatch"
+from meshward.core.observation import DIRECTIONS, Observation, Threat
+from meshward.core.threats.names import EXCHANGE_MISMATCH
 
 
 def _view(obs: Observation) -> dict[str, Any]:
     return {
-        "direction": obs.extra.get("direction", ""),
+        "direction": obs.direction or "",
         "node": obs.extra.get("node", ""),
         "source": obs.source.key,
         "destination": obs.destination.key,
@@ -118,14 +117,14 @@ class Joiner:
 
     def add(self, obs: Observation) -> tuple[Exchange, list[Threat], Observation] | None:
         """Offer one view; on the second returns the exchange, mismatch threats, inbound view."""
-        direction = obs.extra.get("direction")
-        if not obs.request_id or direction not in ("inbound", "outbound"):
+        direction = obs.direction
+        if not obs.request_id or direction not in DIRECTIONS:
             return None
         now = time.monotonic()
         self._expire(now)
         key = _key(obs)
         waiting = self._pending.get(key, [])
-        others = [i for i, (_, v, _) in enumerate(waiting) if v.extra["direction"] != direction]
+        others = [i for i, (_, v, _) in enumerate(waiting) if v.direction != direction]
         exact = [i for i in others if _same_call(waiting[i][1], obs)]
         pick = exact[0] if exact else (others[0] if len(others) == 1 else None)
         if pick is None:
@@ -158,14 +157,14 @@ class Joiner:
     def _join(
         self, key: Key, obs: Observation, other: Observation
     ) -> tuple[Exchange, list[Threat], Observation]:
-        out, inn = (obs, other) if obs.extra["direction"] == "outbound" else (other, obs)
+        out, inn = (obs, other) if obs.direction == "outbound" else (other, obs)
         ex = Exchange(obs.request_id, _view(out), _view(inn))
         ex.mismatches = _compare(
             ex.outbound, ex.inbound, out.body_truncated or inn.body_truncated
         )
         threats = [
             Threat(
-                MISMATCH,
+                EXCHANGE_MISMATCH,
                 f"exchange:{f}",
                 f"outbound={ex.outbound[f]!r} inbound={ex.inbound[f]!r}"[:128],
             )

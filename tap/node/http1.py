@@ -188,7 +188,7 @@ class Http1Parser:
             return
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > _MAX_HEADER_TEXT:
-            self._cur.obs.extra["headers_truncated"] = "true"
+            self._cur.obs.headers_truncated = True
             return
         self._cur.obs.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 

@@ -177,7 +177,7 @@ class Http2Parser:
                     raise HyperframeError("client HEADERS on a server stream id")
                 st = self._open(sid, headers)
                 if cut:
-                    st.obs.extra["headers_truncated"] = "true"
+                    st.obs.headers_truncated = True
             if end:
                 self._end(sid, st, True)
             return
@@ -188,7 +188,7 @@ class Http2Parser:
             return  # interim (100 Continue)
         regular = [(k, v) for k, v in headers if not k.startswith(":")]
         if cut:
-            st.obs.extra["headers_truncated"] = "true"
+            st.obs.headers_truncated = True
         if not st.resp_headers_seen:
             st.resp_headers_seen = True
             st.obs.status = decimal(status, 3)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from dataclasses import replace as _copy
 
 from meshward.core.observation import Identity, Observation, Threat
+from meshward.core.threats import names
 from meshward.tap.node import dns
 from meshward.tap.node.netstate import Datagram, Window, entropy, expire, randomness
 from meshward.tap.node.packet import ICMP, ICMPV6, TCP, UDP, Packet
@@ -334,7 +335,7 @@ class NetworkMonitor:
         protocol = "icmp" if proto in (ICMP, ICMPV6) else "udp"
         if end > limit:
             self._alert(
-                out, "Ping.Death", protocol, pkt, where,
+                out, names.PING_OF_DEATH, protocol, pkt, where,
                 f"fragment id {pkt.ip_id} (proto {proto}) reaches byte {end} of the IP payload, "
                 f"past the {limit}-byte limit",
                 count=end, fragment_offset=off,
@@ -351,7 +352,7 @@ class NetworkMonitor:
                 if not dgram.reported:
                     dgram.reported = True
                     self._alert(
-                        out, "IP.Fragment.Teardrop", protocol, pkt, where,
+                        out, names.TEARDROP, protocol, pkt, where,
                         f"fragment {off}-{end} overlaps {o}-{e} of datagram id {pkt.ip_id} "
                         f"(proto {proto})",
                         count=len(dgram.extents) + 1,
@@ -376,14 +377,14 @@ class NetworkMonitor:
         if (proto, itype) in _ECHO_REQUEST:
             if not pkt.more_fragments:
                 self._remember_echo(pkt)
-            self._flood(pkt, where, out, "ICMP.Flood", "icmp", c.icmp_flood_pps)
+            self._flood(pkt, where, out, names.ICMP_FLOOD, "icmp", c.icmp_flood_pps)
             self._random_echo(pkt, where, out)
         elif (proto, itype) in _ECHO_REPLY:
             if not pkt.more_fragments:
                 sent = self._echo.pop((pkt.dst, pkt.src, pkt.icmp_id, pkt.icmp_seq), None)
                 if sent is not None and sent[1] != zlib.crc32(pkt.payload):
                     self._alert(
-                        out, "ICMP.Tunneling", "icmp", pkt, where,
+                        out, names.ICMP_TUNNELING, "icmp", pkt, where,
                         f"echo reply id {pkt.icmp_id} seq {pkt.icmp_seq} carries "
                         f"{len(pkt.payload)} bytes unlike its request's",
                         count=1,
@@ -392,7 +393,7 @@ class NetworkMonitor:
         elif (proto, itype, pkt.icmp_code) in _PORT_UNREACHABLE:
             self._unreachable(pkt, where, out)
         elif itype not in _ICMP_ERRORS[proto]:
-            self._flood(pkt, where, out, "ICMP.Flood", "icmp", c.icmp_flood_pps)
+            self._flood(pkt, where, out, names.ICMP_FLOOD, "icmp", c.icmp_flood_pps)
 
     def _remember_echo(self, pkt: Packet) -> None:
         echo = self._echo
@@ -411,7 +412,7 @@ class NetworkMonitor:
         bits = randomness(bytes(pkt.payload[:512]))
         if bits >= c.icmp_tunnel_entropy and self._rate.fire_once(key):
             self._alert(
-                out, "ICMP.Tunneling", "icmp", pkt, where,
+                out, names.ICMP_TUNNELING, "icmp", pkt, where,
                 f"echo payload of {n} bytes looks random ({bits:.1f} bits/byte)",
                 count=1, payload_bytes=n, entropy=round(bits, 2),
             )  # fmt: skip
@@ -435,7 +436,7 @@ class NetworkMonitor:
         seen = self._scan.add_member(("unreach", scanner, victim), port, c.scan_unreachables)
         if seen >= c.scan_unreachables and self._scan.fire_once(("unreach", scanner, victim)):
             self._alert(
-                out, "UDP.Port.Scan", "udp", pkt, where,
+                out, names.UDP_PORT_SCAN, "udp", pkt, where,
                 f"{victim} answered {seen} distinct UDP ports of {scanner} with port unreachable "
                 f"in {c.scan_window:g} s",
                 src=scanner, dst=victim, sport=0, dport=port, count=seen,
@@ -446,7 +447,7 @@ class NetworkMonitor:
 
     def _udp(self, pkt: Packet, where: str, out: list[Observation]) -> None:
         c = self.config
-        self._flood(pkt, where, out, "UDP.Flood", "udp", c.udp_flood_pps)
+        self._flood(pkt, where, out, names.UDP_FLOOD, "udp", c.udp_flood_pps)
         if pkt.more_fragments and len(pkt.payload) < 8:
             return
         request = self._is_request(pkt)
@@ -454,7 +455,7 @@ class NetworkMonitor:
             ports = self._scan.add_member((pkt.src, pkt.dst), pkt.dport, c.scan_ports)
             if ports >= c.scan_ports and self._scan.fire_once((pkt.src, pkt.dst)):
                 self._alert(
-                    out, "UDP.Port.Scan", "udp", pkt, where,
+                    out, names.UDP_PORT_SCAN, "udp", pkt, where,
                     f"{pkt.src} probed {ports}+ UDP ports of {pkt.dst} in {c.scan_window:g} s",
                     count=ports, window_s=c.scan_window,
                 )  # fmt: skip
@@ -505,7 +506,7 @@ class NetworkMonitor:
                 direction, other, _ = peer
                 verb = "sends to" if direction == "out" else "receives from"
                 self._alert(
-                    out, "UDP.New.Peer", "udp", pkt, where,
+                    out, names.UDP_NEW_PEER, "udp", pkt, where,
                     f"{me.key} {verb} {other} on UDP port {port}, not in its learned peers",
                     count=1, workload=me.key, direction=direction, mode=mode,
                     dedup=f"{me.key} {direction} {other} {port}",
@@ -545,7 +546,7 @@ class NetworkMonitor:
                 and amp.fire_once(("amp", server, client))
             ):
                 self._alert(
-                    out, "DNS.Amplification", "dns", pkt, where,
+                    out, names.DNS_AMPLIFICATION, "dns", pkt, where,
                     f"{got} response bytes from {server} to {client} for {sent} request bytes "
                     f"in {c.dns_amp_window:g} s",
                     count=got, request_bytes=sent, window_s=c.dns_amp_window,
@@ -574,7 +575,7 @@ class NetworkMonitor:
     ) -> None:
         kind = "AXFR" if msg.qtype == dns.QTYPE_AXFR else "IXFR"
         self._alert(
-            out, "DNS.Zone.Transfer", "dns", pkt, where,
+            out, names.DNS_ZONE_TRANSFER, "dns", pkt, where,
             f"{kind} request for {_short(msg.qname or '.')} over {over}",
             count=1, qname=msg.qname, qtype=kind,
         )  # fmt: skip
@@ -589,7 +590,7 @@ class NetworkMonitor:
             self._zone_transfer(msg, pkt, where, out, over)
         elif qtype == dns.QTYPE_ANY:
             self._alert(
-                out, "DNS.Amplification", "dns", pkt, where,
+                out, names.DNS_AMPLIFICATION, "dns", pkt, where,
                 f"ANY query for {_short(msg.qname or '.')} over {over}",
                 count=1, qname=msg.qname, qtype="ANY",
             )  # fmt: skip
@@ -597,7 +598,7 @@ class NetworkMonitor:
             n = self._txt.add(("txt", client, server))
             if n == c.dns_txt_queries:
                 self._alert(
-                    out, "DNS.Tunneling", "dns", pkt, where,
+                    out, names.DNS_TUNNELING, "dns", pkt, where,
                     f"{n} TXT/NULL queries from {client} to {server} in {c.dns_txt_window:g} s",
                     count=n, window_s=c.dns_txt_window,
                 )  # fmt: skip
@@ -612,7 +613,7 @@ class NetworkMonitor:
             n = window.add_member(("odd", client, base), hash(odd), c.dns_suspicious_queries)
             if n >= c.dns_suspicious_queries and window.fire_once(("odd", client, base)):
                 self._alert(
-                    out, "DNS.Tunneling", "dns", pkt, where,
+                    out, names.DNS_TUNNELING, "dns", pkt, where,
                     f"{n} queries with long or random labels under {base}, e.g. {odd}",
                     count=n, domain=base, window_s=c.dns_window,
                 )  # fmt: skip
@@ -620,7 +621,7 @@ class NetworkMonitor:
             n = window.add_member(("sub", client, base), hash(sub), c.dns_unique_subdomains)
             if n >= c.dns_unique_subdomains and window.fire_once(("sub", client, base)):
                 self._alert(
-                    out, "DNS.Tunneling", "dns", pkt, where,
+                    out, names.DNS_TUNNELING, "dns", pkt, where,
                     f"{n} unique subdomains of {base} queried by {client} in {c.dns_window:g} s",
                     count=n, domain=base, window_s=c.dns_window,
                 )  # fmt: skip

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from meshward.core import values
 from meshward.core.bodies import decode_body
-from meshward.core.observation import Identity
+from meshward.core.observation import Identity, Observation
 
 
 @pytest.mark.parametrize(
@@ -151,3 +151,26 @@ def test_shape_never_raises(ct: str, body: bytes) -> None:
     d = decode_body(ct, body, max_fields=20)
     assert isinstance(d.partial, bool) and isinstance(d.shape(), dict)
     assert all(isinstance(p, str) and c in values.ALL_CLASSES for p, c in d.leaf_classes())
+
+
+def test_typed_fields_round_trip_and_legacy_extra_keys() -> None:
+    from meshward.core.observation import observation_from_dict, observation_to_dict
+
+    obs = Observation(seen_by="envoy-tap", direction="outbound", headers_truncated=True,
+                      outcome="expired", extra={"node": "n1"})  # fmt: skip
+    back = observation_from_dict(observation_to_dict(obs))
+    assert (back.direction, back.headers_truncated, back.outcome, back.extra) == (
+        "outbound", True, "expired", {"node": "n1"})  # fmt: skip
+    assert not back.complete and Observation(seen_by="file").complete
+    # the spelling before these were fields: keys of extra, still read, taken out of extra
+    old = observation_to_dict(Observation(seen_by="node-tap"))
+    for key in ("direction", "headers_truncated", "outcome"):
+        del old[key]
+    old["extra"] = {"direction": "inbound", "headers_truncated": "true", "tap_outcome": "cut",
+                    "netns": "x"}  # fmt: skip
+    back = observation_from_dict(old)
+    assert (back.direction, back.headers_truncated, back.outcome, back.extra) == (
+        "inbound", True, "cut", {"netns": "x"})  # fmt: skip
+    for bad in ({"direction": "sideways"}, {"outcome": "maybe"}):
+        with pytest.raises(ValueError):
+            observation_from_dict({**observation_to_dict(obs), **bad})

@@ -2,9 +2,26 @@
 
     from meshward.core.threats import default_detector
     inspection = default_detector().inspect(obs)   # Inspection(threats, partial)
+
+The detector is imported on first use, so a process that needs only the threat names
+(`meshward.core.threats.names`, e.g. the node tap) does not load Hyperscan.
 """
 
-from meshward.core.threats.detector import ThreatDetector, default_detector, metadata_address
-from meshward.core.threats.signatures import THREAT_NAMES
+from __future__ import annotations
 
-__all__ = ["THREAT_NAMES", "ThreatDetector", "default_detector", "metadata_address"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from meshward.core.threats.names import HTTP_THREATS, THREAT_NAMES
+
+if TYPE_CHECKING:
+    from meshward.core.threats.detector import ThreatDetector, default_detector, metadata_address
+
+__all__ = ["HTTP_THREATS", "THREAT_NAMES", "ThreatDetector", "default_detector", "metadata_address"]
+_DETECTOR = frozenset({"ThreatDetector", "default_detector", "metadata_address"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DETECTOR:
+        return getattr(importlib.import_module("meshward.core.threats.detector"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

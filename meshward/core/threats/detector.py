@@ -35,17 +35,8 @@ from meshward.core.bodies import (
 from meshward.core.detect import Inspection
 from meshward.core.observation import Observation, Threat
 from meshward.core.threats import injection
-from meshward.core.threats.normalise import (
-    alternate,
-    decode,
-    evidence,
-    fold,
-    look_alikes,
-    unsplit,
-)
-from meshward.core.threats.signatures import (
+from meshward.core.threats.names import (
     CMDI,
-    COMMAND_NAMES,
     CRLF,
     JAVA,
     NEGATIVE_LENGTH,
@@ -55,8 +46,16 @@ from meshward.core.threats.signatures import (
     SSRF,
     TRAVERSAL,
     XSS,
-    SignatureSet,
 )
+from meshward.core.threats.normalise import (
+    alternate,
+    decode,
+    evidence,
+    fold,
+    look_alikes,
+    unsplit,
+)
+from meshward.core.threats.signatures import COMMAND_NAMES, SignatureSet
 
 # Headers that carry framing or infrastructure data, not user input: never scanned for payloads
 # (framing headers get their own checks below).

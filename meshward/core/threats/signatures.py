@@ -22,28 +22,22 @@ from pathlib import Path
 
 import hyperscan
 
+from meshward.core.threats.names import (
+    CMDI,
+    CRLF,
+    JAVA,
+    JNDI,
+    NOSQL,
+    PHP,
+    RFI,
+    SQLI,
+    SSRF,
+    SSTI,
+    TRAVERSAL,
+    XSS,
+    XXE,
+)  # fmt: skip
 from meshward.core.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, SPLIT_WORD_INDICATOR
-
-SQLI = "SQL.Injection"
-XSS = "Cross.Site.Scripting"
-TRAVERSAL = "Path.Traversal"
-RFI = "Remote.File.Inclusion"
-CMDI = "Command.Injection"
-SSTI = "Template.Injection"
-JNDI = "JNDI.Injection"
-PHP = "PHP.Injection"
-NOSQL = "NoSQL.Injection"
-SSRF = "SSRF.Metadata"
-JAVA = "Java.Deserialization"
-XXE = "XML.External.Entity"
-CRLF = "HTTP.Header.Injection"
-SMUGGLING = "HTTP.Request.Smuggling"
-NEGATIVE_LENGTH = "HTTP.Negative.Body.Length"
-
-THREAT_NAMES = (
-    SQLI, XSS, TRAVERSAL, RFI, CMDI, SSTI, JNDI, PHP, NOSQL, SSRF, JAVA, XXE, CRLF, SMUGGLING,
-    NEGATIVE_LENGTH,
-)
 
 # Shell commands an injected command typically starts with (after a metacharacter). The ones
 # that are also English words (or read as words in tickets and chat: "; sleep well", "| id |",

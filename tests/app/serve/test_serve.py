@@ -159,7 +159,7 @@ def test_tap_bounds_body_and_expires_streams() -> None:
             assert seen[-1].body_size == 1000 and seen[-1].status == 200
             # a stream whose response never comes expires; what was seen is still handed on
             await asyncio.wait_for(_tap(port, tap_messages("GET", "/slow", complete=False)), 5)
-            assert seen[-1].path == "/slow" and seen[-1].extra["tap_outcome"] == "expired"
+            assert seen[-1].path == "/slow" and seen[-1].outcome == "expired"
             learned = json.dumps(srv.engine.allowlist.export_doc())
             assert "/up" in learned and "/slow" not in learned  # incomplete: judged, not learned
             text = srv.metrics.exposition().decode()

@@ -271,13 +271,13 @@ def test_joiner_stays_bounded_and_consistent(
     for direction, rid, path, authority, verdict, size in views:
         obs = Observation(seen_by="envoy-tap", method="GET", path=path, authority=authority,
                           request_id=rid, body=b"b" * size,
-                          extra={"direction": direction})  # fmt: skip
+                          direction=direction)  # fmt: skip
         if verdict:
             j.note_verdict(obs, {"verdict": "alert"})
         joined = j.add(obs)
         if joined is not None:
             ex, _, inbound = joined
-            assert inbound.extra["direction"] == "inbound"
+            assert inbound.direction == "inbound"
             assert ex.outbound["direction"] == "outbound" and len(ex.verdicts) <= 16
         assert j.pending() == sum(len(w) for w in j._pending.values()) <= 5
         assert j._bytes == sum(w for ws in j._pending.values() for *_, w in ws) <= 8000
@@ -485,9 +485,9 @@ def test_joiner_bounds_the_bytes_waiting() -> None:
     j = Joiner(max_bytes=1 << 20)
     for i in range(200):
         j.add(Observation(seen_by="envoy-tap", method="POST", path="/up", body=b"x" * 65536,
-                          request_id=f"r{i}", extra={"direction": "inbound"}))  # fmt: skip
+                          request_id=f"r{i}", direction="inbound"))  # fmt: skip
     assert j._bytes <= 1 << 20 and 0 < j.pending() <= 16 and j.evicted == 200 - j.pending()
     rid = next(iter(j._pending))[0]  # a view still waiting joins as before
     joined = j.add(Observation(seen_by="envoy-tap", method="POST", path="/up", body=b"x" * 65536,
-                               request_id=rid, extra={"direction": "outbound"}))  # fmt: skip
+                               request_id=rid, direction="outbound"))  # fmt: skip
     assert joined is not None and not joined[1]

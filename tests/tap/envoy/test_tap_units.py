@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from meshward.core.observation import Identity, Observation
+from meshward.core.observation import Direction, Identity, Observation
+from meshward.core.threats.names import EXCHANGE_MISMATCH
 from meshward.tap.envoy.assemble import Limits, StreamAssembler, StreamContext
 from meshward.tap.envoy.extproc import stream_context
-from meshward.tap.envoy.join import MISMATCH, Joiner
+from meshward.tap.envoy.join import Joiner
 from tests.support.serve import tap_messages
 
 
@@ -42,7 +43,7 @@ def test_bounds_flag_truncation() -> None:
     for i in range(50):
         msgs[0].request_headers.headers.headers.add(key=f"x-h{i}", raw_value=b"v" * 100)
     obs = _assemble(msgs, max_headers=10).observation()
-    assert obs is not None and obs.extra["headers_truncated"] == "true"
+    assert obs is not None and obs.headers_truncated
     # a response body is awaited only when the filter says it streams one
     ctx = StreamContext("shop", "api", response_body=True)
     assert not _assemble(tap_messages("GET", "/"), ctx).complete
@@ -59,12 +60,12 @@ def test_metadata_read_leniently() -> None:
     assert (ctx.namespace, ctx.direction, ctx.workload) == ("a", "inbound", "w\ufffd")
 
 
-def _view(direction: str, rid: str, path: str = "/p", body: bytes = b"",
+def _view(direction: Direction, rid: str, path: str = "/p", body: bytes = b"",
           authority: str = "api.shop") -> Observation:
     return Observation(seen_by="envoy-tap", source=Identity("shop", "web"),
                        destination=Identity("shop", "api"), method="GET", path=path, body=body,
                        status=200, request_id=rid, authority=authority,
-                       extra={"direction": direction})  # fmt: skip
+                       direction=direction)  # fmt: skip
 
 
 def test_join_pairs_and_flags_mismatch() -> None:
@@ -73,11 +74,11 @@ def test_join_pairs_and_flags_mismatch() -> None:
     joined = j.add(_view("inbound", "r1"))
     assert joined is not None
     ex, threats, inbound = joined
-    assert not threats and ex.mismatches == [] and inbound.extra["direction"] == "inbound"
+    assert not threats and ex.mismatches == [] and inbound.direction == "inbound"
     assert j.add(_view("inbound", "r2", body=b"a")) is None
     ex, threats, _ = j.add(_view("outbound", "r2", path="/q", body=b"b"))  # type: ignore[misc]
     assert ex.mismatches == ["path", "body_sha256"]
-    assert {t.name for t in threats} == {MISMATCH}
+    assert {t.name for t in threats} == {EXCHANGE_MISMATCH}
     assert j.recent()[-1]["request_id"] == "r2"
     # no request id or no direction: nothing to join
     assert j.add(_view("inbound", "")) is None
@@ -176,7 +177,7 @@ def test_tap_copy_of_a_body_ext_authz_saw_in_part_is_judged() -> None:
             method="POST", path="/search", request_id="rid-7", authority="api.shop",
             headers=[("content-type", "application/json"), ("x-request-id", "rid-7")],
             body=body[:cut] if cut else body, body_truncated=cut is not None,
-            body_size=len(body), extra={"direction": "inbound"},
+            body_size=len(body), direction="inbound",
         )  # fmt: skip
 
     checked = pipeline.judge_check(view("extauthz", 8192))
