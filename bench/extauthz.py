@@ -258,6 +258,19 @@ def main() -> int:
             f"c={c}: of the {c_ - b:.0f} µs p50 that (c) adds over (b), meshward's server and "
             f"conversion take {e - b:.0f} µs (e - b), judging {c_ - e:.0f} µs (c - e)"
         )
+    for c in conns:
+        # the platform's round-to-round noise is as large as the effect: show every round
+        per_round = []
+        for rnd in range(args.rounds):
+            a_, b_, c_ = (runs[(k, c)][rnd].p50_us for k in "abc")
+            if b_ > a_:
+                per_round.append((c_ - a_) / (b_ - a_))
+        if per_round:
+            print(
+                f"c={c}: (c) adds x (b)'s added p50, per round: "
+                f"{', '.join(f'{x:.2f}' for x in per_round)} "
+                f"(spread {min(per_round):.2f}-{max(per_round):.2f})"
+            )
     for c, lat, rps, bad in verdicts:
         ok = lat <= 1.15 and rps >= 0.85 and bad == 0
         print(
