@@ -1,4 +1,4 @@
-"""A real Kubernetes API server (v1.20.2) for tests: etcd + kube-apiserver + kube-controller-manager.
+"""A real Kubernetes API server (v1.20.2) for tests: etcd, kube-apiserver, kube-controller-manager.
 
 `scripts/kube-apiserver.sh` (run by `make setup`) builds and caches the binaries; this module only
 starts them. Use from a test package's conftest.py::
@@ -14,11 +14,9 @@ a handful of unprivileged users in `KubeCluster.users` for RBAC tests.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -56,11 +54,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL the child if pytest dies (even by SIGKILL), so no server outlives it."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _with_death_signal(argv: list[str]) -> list[str]:
+    """Prefix `setpriv --pdeathsig KILL` so no server outlives pytest, even a SIGKILLed one.
+
+    (Not preexec_fn: it is unsafe once tests run threads.) The signal fires when the *thread*
+    that started the process exits, so start and restart servers from the main test thread.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def missing_reason() -> str | None:
@@ -88,16 +89,14 @@ class _Proc:
 
     def start(self) -> None:
         self._log_fh = self.log.open("ab")
-        self.popen = subprocess.Popen(  # noqa: S603 - fixed argv built here
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log_fh, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded at this point
-        )
+        self.popen = subprocess.Popen(_with_death_signal(self.argv), stdin=subprocess.DEVNULL,
+                                      stdout=self._log_fh, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
     def stop(self, timeout: float = 10.0, kill: bool = False) -> None:
-        """SIGTERM (SIGKILL at once with `kill`, or after `timeout`); always reaps, closes the log."""
+        """SIGTERM (SIGKILL now with `kill`, or after `timeout`); always reaps, closes the log."""
         p = self.popen
         if p is not None and p.poll() is None:
             if kill:
@@ -130,6 +129,9 @@ class KubeCluster:
     token for the unprivileged users of `USERS`), `tmp` (logs: etcd.log, kube-apiserver.log,
     kube-controller-manager.log).
     """
+
+    GONE_RESOURCE = "podtemplates"
+    """Served from etcd, not the watch cache: an old resourceVersion there really expires (410)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -168,6 +170,10 @@ class KubeCluster:
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
             "--shutdown-delay-duration=0s",
+            # PodTemplates bypass the watch cache and etcd is compacted every 2 s, so a watch
+            # from an old resourceVersion on podtemplates gets a real 410 Gone (the watch cache
+            # would replay it instead): see KubeCluster.GONE_RESOURCE and tests/kube/test_watch.py.
+            "--watch-cache-sizes=podtemplates#0", "--etcd-compaction-interval=2s",
             "-v=1",
         ], tmp / "kube-apiserver.log")
         self.controller_manager = _Proc("kube-controller-manager", [
