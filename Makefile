@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps kube-apiserver
+
+# A real kube-apiserver v1.20.2 for tests/kube, built once from Debian's source package (~5 min),
+# then cached: a no-op afterwards (docs/kubernetes.md).
+.PHONY: kube-apiserver
+kube-apiserver:
+	@bash scripts/kube-apiserver.sh
 
 # Attack and load tools the integration tests and benchmarks drive (root only; skipped otherwise).
 system-deps:

@@ -1,0 +1,1 @@
+"""Test support code shared by several test packages (fixtures that start real servers)."""
