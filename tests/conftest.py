@@ -8,7 +8,12 @@ import shutil
 import pytest
 
 # fixtures shared across the tree (Envoy, a running serve, the CLI), kept in tests/support
-pytest_plugins = ["tests.support.envoy", "tests.support.envoy_http", "tests.support.cli"]
+pytest_plugins = [
+    "tests.support.envoy",
+    "tests.support.envoy_http",
+    "tests.support.cli",
+    "tests.support.apiserver",
+]
 
 
 @pytest.fixture

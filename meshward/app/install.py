@@ -290,9 +290,9 @@ def serve(opts: InstallOptions) -> list[Obj]:
         "image": opts.image,
         "args": ["serve", "--log-level", "info"],
         "ports": [
-            {"name": "grpc-authz", "containerPort": AUTHZ_PORT},
-            {"name": "grpc-tap", "containerPort": TAP_PORT},
-            {"name": "http-api", "containerPort": HTTP_PORT},
+            {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
+            {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
+            {"name": "http-api", "containerPort": HTTP_PORT, "protocol": "TCP"},
         ],
         "env": [{"name": "MESHWARD_DB", "value": "/var/lib/meshward/meshward.db"}],
         "readinessProbe": _probe("/readyz", HTTP_PORT, 5),
@@ -344,9 +344,24 @@ def serve(opts: InstallOptions) -> list[Obj]:
                 "selector": _selector("serve"),
                 "ports": [
                     # grpc- names: Istio then speaks HTTP/2 and applies mTLS on these ports
-                    {"name": "grpc-authz", "port": AUTHZ_PORT, "targetPort": AUTHZ_PORT},
-                    {"name": "grpc-tap", "port": TAP_PORT, "targetPort": TAP_PORT},
-                    {"name": "http-api", "port": HTTP_PORT, "targetPort": HTTP_PORT},
+                    {
+                        "name": "grpc-authz",
+                        "port": AUTHZ_PORT,
+                        "targetPort": AUTHZ_PORT,
+                        "protocol": "TCP",
+                    },
+                    {
+                        "name": "grpc-tap",
+                        "port": TAP_PORT,
+                        "targetPort": TAP_PORT,
+                        "protocol": "TCP",
+                    },
+                    {
+                        "name": "http-api",
+                        "port": HTTP_PORT,
+                        "targetPort": HTTP_PORT,
+                        "protocol": "TCP",
+                    },
                 ],
             },
         },
