@@ -25,6 +25,7 @@ COMMANDS = [
     "meshward.app.commands.demo",
     "meshward.app.commands.nodetap",
     "meshward.app.commands.install",
+    "meshward.app.commands.controller",
 ]
 
 

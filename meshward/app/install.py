@@ -191,6 +191,9 @@ PERMISSIONS: dict[str, list[Obj]] = {
     # further by RBAC) and their namespaces' injection annotation
     "node-tap": [_rule([""], ["pods", "namespaces"], READ)],
 }
+AUTHZ_POLICY_RULE = _rule(
+    ["security.istio.io"], ["authorizationpolicies"], [*READ, "create", "update", "patch", "delete"]
+)
 # the controller's Lease, in meshward's namespace only
 LEASE_RULES = [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]
 
@@ -198,7 +201,10 @@ LEASE_RULES = [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "upd
 def rbac(opts: InstallOptions) -> list[Obj]:
     ns = opts.namespace
     out: list[Obj] = []
-    for component, rules in PERMISSIONS.items():
+    permissions = dict(PERMISSIONS)
+    if opts.istio_style == "extension-provider":  # the CUSTOM AuthorizationPolicy per namespace
+        permissions["controller"] = [*permissions["controller"], AUTHZ_POLICY_RULE]
+    for component, rules in permissions.items():
         name = f"meshward-{component}"
         out.append(
             {
@@ -373,7 +379,15 @@ def controller(opts: InstallOptions) -> list[Obj]:
     container = {
         "name": "controller",
         "image": opts.image,
-        "args": ["controller", "--namespace", opts.namespace, "--service", opts.service_host],
+        "args": [
+            "controller",
+            "--namespace",
+            opts.namespace,
+            "--service",
+            opts.service_host,
+            "--style",
+            opts.istio_style,
+        ],
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": _restricted(),

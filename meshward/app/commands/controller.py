@@ -1,0 +1,111 @@
+"""`meshward controller`: EnvoyFilters follow each namespace's meshward.io/mode label."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+
+from meshward.app.commands import UsageError
+from meshward.core.names import is_host_name, is_kubernetes_name
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "controller",
+        help="keep Istio namespaces' meshward filters in step with their meshward.io/mode label",
+        description="Watches Namespaces; for each one with Istio sidecar injection it applies "
+        "(server-side apply) the objects `meshward istio render` gives for its "
+        "meshward.io/mode label and prunes those no longer wanted. One replica leads through a "
+        "coordination.k8s.io Lease; the others wait.",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
+    p.add_argument("--context", help="kubeconfig context (default: its current context)")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE", "meshward"),
+        help="meshward's namespace, where the Lease lives (default meshward)",
+    )
+    p.add_argument(
+        "--service",
+        default="meshward.meshward.svc.cluster.local",
+        help="meshward serve's Service host the filters point at",
+    )
+    p.add_argument("--style", default="envoyfilter", choices=("envoyfilter", "extension-provider"))
+    p.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        help="this replica's name in the Lease (default $POD_NAME)",
+    )
+    p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    p.add_argument("--resync", type=float, default=60.0, help="seconds between full passes")
+    p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meshward.app.controller import Controller, ControllerConfig
+    from meshward.core.log import event
+    from meshward.kube.config import load_client
+    from meshward.kube.errors import KubeConfigError
+    from meshward.kube.leader import LeaderElector
+    from meshward.runtime import jsonlog
+
+    try:
+        jsonlog.setup(args.log_level)
+    except ValueError:
+        raise UsageError(f"unknown log level {args.log_level!r}") from None
+    if not is_kubernetes_name(args.namespace):
+        raise UsageError(f"--namespace {args.namespace!r} is not a Kubernetes name")
+    if not is_host_name(args.service):
+        raise UsageError(f"--service {args.service!r} is not a host name")
+    if not args.identity or not 2.0 < args.lease_duration <= 600 or args.resync <= 0:
+        raise UsageError("--identity must be set, --lease-duration 2..600 s, --resync > 0")
+    try:
+        api = load_client(args.kubeconfig, context=args.context)
+    except KubeConfigError as exc:
+        raise UsageError(str(exc)) from None
+    config = ControllerConfig(
+        service=args.service,
+        style=args.style,
+        namespace=args.namespace,
+        identity=args.identity,
+        resync=args.resync,
+    )
+    ctl = Controller(api, config)
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        ctl.wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    d = args.lease_duration
+    elector = LeaderElector(
+        api,
+        args.namespace,
+        config.lease_name,
+        args.identity,
+        lease_duration=d,
+        renew_deadline=d * 2 / 3,
+        retry_period=d / 7.5,
+        on_started_leading=ctl.wake.set,
+    )
+    kinds: tuple[str, ...] = ("EnvoyFilter",)
+    if args.style == "extension-provider":
+        kinds = ("EnvoyFilter", "AuthorizationPolicy")
+    log = logging.getLogger("meshward.controller")
+    event(log, "starting", identity=args.identity, style=args.style, service=args.service)
+    ctl.start_watches(kinds)
+    elector.start()
+    try:
+        ctl.run(stop, elector.leading)
+    finally:
+        elector.stop()
+        ctl.stop_watches()
+        event(log, "stopped", **vars(ctl.counters))
+    return 0
