@@ -21,7 +21,7 @@ ENV MESHWARD_DB=/var/lib/meshward/meshward.db \
 # compile the Hyperscan databases of every level into the image: a pod then starts in well under
 # a second instead of compiling for several (a CPU without this build host's features falls
 # back to compiling at start)
-RUN python -c "from meshward.threats import ThreatDetector; [ThreatDetector(level=n) for n in (1, 2, 3)]"
+RUN python -c "from meshward.app.sigcache import warm; warm()"
 USER 10001:10001
 WORKDIR /var/lib/meshward
 EXPOSE 9191 9192 9193

@@ -325,9 +325,11 @@ def _grpc_host(host: str) -> str:
 
 def open_engine(db: str, config: EngineConfig | None = None) -> Engine:
     """The engine on the SQLite store at `db`."""
+    from meshward.app import sigcache
     from meshward.app.store import open_store
 
-    return Engine(store=open_store(db), config=config or EngineConfig())
+    config = config or EngineConfig()
+    return Engine(store=open_store(db), config=config, detector=sigcache.detector(config))
 
 
 def install_uvloop() -> bool:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshward.core import scoring
 from meshward.core.allowlist import Allowlist, Limits
@@ -27,6 +27,9 @@ from meshward.core.detect import Detector, Inspection, NoDetector
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Observation, Verdict
+
+if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are on
+    from meshward.core.threats.signatures import CompiledCache
 
 log = logging.getLogger("meshward.core.engine")
 
@@ -44,14 +47,17 @@ class EngineConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-def default_detector(config: EngineConfig) -> Detector:
-    """The embedded-threat detectors, or none when switched off."""
+def default_detector(config: EngineConfig, cache: CompiledCache | None = None) -> Detector:
+    """The embedded-threat detectors, or none when switched off. `cache` (from the app) keeps
+    compiled signature databases between starts."""
     if not config.threats:
         return NoDetector()
     from meshward.core.threats import ThreatDetector
     from meshward.core.threats import default_detector as shared
 
-    return shared() if config.threat_level == 1 else ThreatDetector(level=config.threat_level)
+    if config.threat_level == 1:
+        return shared(cache)
+    return ThreatDetector(level=config.threat_level, cache=cache)
 
 
 class Engine:

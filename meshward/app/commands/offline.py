@@ -57,7 +57,13 @@ def engine_for(
     store = store_for(db, create=create)
     try:
         config = config or EngineConfig(threats=threats)
-        return Engine(store=ReadOnlyStore(store) if read_only else store, config=config)
+        from meshward.app import sigcache
+
+        return Engine(
+            store=ReadOnlyStore(store) if read_only else store,
+            config=config,
+            detector=sigcache.detector(config),
+        )
     except StoreError as exc:
         store.close()
         raise UsageError(str(exc)) from exc

@@ -55,7 +55,7 @@ from meshward.core.threats.normalise import (
     look_alikes,
     unsplit,
 )
-from meshward.core.threats.signatures import COMMAND_NAMES, SignatureSet
+from meshward.core.threats.signatures import COMMAND_NAMES, CompiledCache, SignatureSet
 
 # Headers that carry framing or infrastructure data, not user input: never scanned for payloads
 # (framing headers get their own checks below).
@@ -121,6 +121,7 @@ class ThreatDetector:
         max_fields: int = 1024,
         max_threats: int = 32,
         prefilter: bool = True,
+        cache: CompiledCache | None = None,
     ) -> None:
         if level not in (1, 2, 3):
             raise ValueError(f"sensitivity level must be 1, 2 or 3, not {level!r}")
@@ -130,7 +131,7 @@ class ThreatDetector:
         self.max_fields = max_fields
         self.max_threats = max_threats
         self.use_prefilter = prefilter
-        self.sigs = signature_set(level)
+        self.sigs = signature_set(level, cache)
         self.dropped = 0  # findings beyond max_threats (approximate under threads)
 
     # ---- entry point
@@ -591,19 +592,20 @@ _LOCK = threading.Lock()
 _DEFAULT: ThreatDetector | None = None
 
 
-def signature_set(level: int) -> SignatureSet:
-    """The compiled databases for a level, built once per process (compiling takes ~1 s)."""
+def signature_set(level: int, cache: CompiledCache | None = None) -> SignatureSet:
+    """The compiled databases for a level, built once per process (compiling takes ~1 s;
+    `cache`, given by the app, keeps them between starts)."""
     with _LOCK:
         if level not in _SETS:
-            _SETS[level] = SignatureSet(level)
+            _SETS[level] = SignatureSet(level, cache)
         return _SETS[level]
 
 
-def default_detector() -> ThreatDetector:
+def default_detector(cache: CompiledCache | None = None) -> ThreatDetector:
     """The process-wide level-1 detector the engine uses."""
     global _DEFAULT
     if _DEFAULT is None:
-        detector = ThreatDetector()
+        detector = ThreatDetector(cache=cache)
         with _LOCK:
             if _DEFAULT is None:
                 _DEFAULT = detector

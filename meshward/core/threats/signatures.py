@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import hyperscan
 
@@ -510,15 +509,16 @@ class SignatureSet:
     """Hyperscan databases for one level: `detail` (signatures over normalised text) and
     `prefilter` (signatures plus INDICATORS over raw bytes)."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, cache: CompiledCache | None = None) -> None:
         self.level = level
         self.signatures = signatures_for(level)
         pats = [hyperscan_pattern(s.pattern) for s in self.signatures]
-        self._detail = _compile(pats, hyperscan.HS_FLAG_SINGLEMATCH)
+        single = hyperscan.HS_FLAG_SINGLEMATCH
+        self._detail = _compile(pats, single, cache)
         indicators = [hyperscan_pattern(p) for p in INDICATORS]
-        self._prefilter = _compile(pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
+        self._prefilter = _compile(pats + indicators, single, cache)
         line_pats = [hyperscan_pattern(s.pattern) for s in self.signatures if s.in_lines_prefilter]
-        self._prefilter_lines = _compile(line_pats + indicators, hyperscan.HS_FLAG_SINGLEMATCH)
+        self._prefilter_lines = _compile(line_pats + indicators, single, cache)
         self._regex: dict[int, re.Pattern[bytes]] = {}
 
     def scan(self, data: bytes) -> list[tuple[int, int]]:
@@ -568,30 +568,36 @@ class SignatureSet:
 _HS_VERSION = importlib.metadata.version("hyperscan")
 
 
-def _cache_dir() -> Path:
-    """Where compiled databases are kept: $MESHWARD_CACHE, else the XDG cache directory."""
-    explicit = os.environ.get("MESHWARD_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "meshward"
+class CompiledCache(Protocol):
+    """Where compiled databases are kept between starts (the app gives one: a directory,
+    meshward.app.sigcache). The core only computes keys and (de)serialises."""
+
+    def load(self, key: str) -> bytes | None: ...
+
+    def save(self, key: str, data: bytes) -> None: ...
 
 
-def _compile(patterns: list[bytes], extra: int) -> hyperscan.Database:
-    """Compile a database, or load it from the cache: compiling costs ~1 s of CPU per start.
-
-    The cache key covers the patterns, the flags and the Hyperscan binding's version, so a
-    changed signature set never loads a stale database; an unreadable, corrupt or unwritable
-    cache only costs the compile.
-    """
-    key = hashlib.sha256(
+def cache_key(patterns: list[bytes], extra: int) -> str:
+    """Covers the patterns, the flags and the Hyperscan binding's version, so a changed
+    signature set never loads a stale database."""
+    return hashlib.sha256(
         b"\0".join([_HS_VERSION.encode(), str(FLAGS | extra).encode(), *patterns])
     ).hexdigest()[:32]
-    path = _cache_dir() / f"hs-{key}.db"
-    with contextlib.suppress(OSError, TypeError, ValueError, hyperscan.error):
-        loaded = hyperscan.loadb(path.read_bytes(), hyperscan.HS_MODE_BLOCK)
-        loaded.scratch = hyperscan.Scratch(loaded)  # a loaded database comes without one
-        return loaded
+
+
+def _compile(
+    patterns: list[bytes], extra: int, cache: CompiledCache | None = None
+) -> hyperscan.Database:
+    """Compile a database, or load it from `cache`: compiling costs ~1 s of CPU per start.
+    A missing, corrupt or failing cache only costs the compile."""
+    key = cache_key(patterns, extra)
+    if cache is not None:
+        with contextlib.suppress(TypeError, ValueError, hyperscan.error):
+            data = cache.load(key)
+            if data is not None:
+                loaded = hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK)
+                loaded.scratch = hyperscan.Scratch(loaded)  # a loaded database has none
+                return loaded
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(
         expressions=patterns,
@@ -599,9 +605,6 @@ def _compile(patterns: list[bytes], extra: int) -> hyperscan.Database:
         elements=len(patterns),
         flags=[FLAGS | extra] * len(patterns),
     )
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(hyperscan.dumpb(db))
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    if cache is not None:
+        cache.save(key, hyperscan.dumpb(db))
     return db

@@ -1,0 +1,109 @@
+"""The compiled-signature cache on disk: Hyperscan databases kept between starts.
+
+Compiling the signatures takes a few seconds of CPU per level; a pod that loads them from this
+cache starts in well under a second. The directory is `$MESHWARD_CACHE`, else
+`$XDG_CACHE_HOME/meshward`, else `~/.cache/meshward`.
+
+A database is native code's input: a file someone else could write would let them hand
+Hyperscan a crafted database. So the cache is used only when the directory and the file belong
+to meshward's user and nobody else may write them; anything else is ignored (and compiled
+afresh), with one log line. Writes are atomic (a temp file renamed), so concurrent replicas see
+an old file or a new one, never half of one. Every failure costs only the compile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from meshward.core.detect import Detector
+from meshward.core.engine import EngineConfig, default_detector
+from meshward.core.log import event
+
+log = logging.getLogger("meshward.sigcache")
+
+
+def cache_dir(env: Mapping[str, str]) -> Path:
+    explicit = env.get("MESHWARD_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "meshward"
+
+
+def _safe(path: Path) -> bool:
+    """Owned by us (or root) and writable by nobody else."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+class FileCache:
+    """`CompiledCache` over one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._warned = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FileCache:
+        return cls(cache_dir(os.environ if env is None else env))
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"hs-{key}.db"
+
+    def _refuse(self, path: Path) -> None:
+        if not self._warned:
+            self._warned = True
+            event(
+                log,
+                "signature cache ignored: writable by others or not ours",
+                logging.WARNING,
+                path=str(path),
+            )
+
+    def load(self, key: str) -> bytes | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        if not (_safe(self.directory) and _safe(path)):
+            self._refuse(path)
+            return None
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def save(self, key: str, data: bytes) -> None:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _safe(self.directory):
+                self._refuse(self.directory)
+                return
+            path = self._path(key)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            event(log, "signature cache not written", logging.DEBUG, error=str(exc)[:200])
+
+
+def detector(config: EngineConfig, env: Mapping[str, str] | None = None) -> Detector:
+    """The engine's detector with its compiled databases cached on disk."""
+    return default_detector(config, FileCache.from_env(env))
+
+
+def warm(levels: tuple[int, ...] = (1, 2, 3)) -> None:
+    """Compile every level into the cache (the Dockerfile does this at build time)."""
+    from meshward.core.threats import ThreatDetector
+
+    cache = FileCache.from_env()
+    for level in levels:
+        ThreatDetector(level=level, cache=cache)
