@@ -14,7 +14,6 @@ import dataclasses
 import gc
 import logging
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from meshward.app.decisioncache import DecisionCache
+from meshward.app.pipeline import Pipeline
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.log import event
-from meshward.core.observation import Observation, Verdict
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
 from meshward.runtime.metrics import Metrics, Problems
@@ -74,120 +72,6 @@ class ServeConfig:
     flush_interval: float = 2.0
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
-
-
-CallKey = tuple[str, str, str, str]
-
-
-def _call_key(obs: Observation) -> CallKey:
-    """One hop of one request: apps pass x-request-id on to their own calls, so the id alone
-    names every hop of a request; with authority, method and path it names this one."""
-    return obs.request_id, obs.authority.lower(), obs.method, obs.path
-
-
-class _RecentCalls:
-    """Calls judged by ext_authz lately (bounded, time-limited) so the tap skips them."""
-
-    def __init__(self, ttl: float = 30.0, size: int = 100_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._calls: dict[CallKey, float] = {}
-
-    def add(self, obs: Observation) -> None:
-        calls = self._calls
-        calls[_call_key(obs)] = time.monotonic()
-        if len(calls) > self.size:
-            del calls[next(iter(calls))]
-
-    def __contains__(self, obs: Observation) -> bool:
-        seen = self._calls.get(_call_key(obs))
-        return seen is not None and time.monotonic() - seen < self.ttl
-
-
-class Pipeline:
-    """Where every observation meets the engine: counting, de-duplication, both-ends join.
-
-    - ext_authz: judged inline; the verdict decides the request.
-    - Envoy tap: an outbound view only feeds the join; an inbound view is judged unless ext_authz
-      already judged the same request id, whole body included (enforce chains run both
-      filters, and ext_authz sees only the first with_request_body bytes); an incomplete one
-      (stream cut or expired) is judged without being learned.
-    - Ingested observations (node tap, files): judged (alerts; nothing to block).
-    A both-ends mismatch is judged again with an `Exchange.Mismatch` threat, which alerts.
-    """
-
-    def __init__(self, engine: Engine, metrics: Metrics, joiner: Joiner) -> None:
-        self.engine = engine
-        self.metrics = metrics
-        self.joiner = joiner
-        self.checked = _RecentCalls()
-        self.cache = DecisionCache(engine)
-        self._cache_hit = metrics.cache.labels("hit")
-        self._cache_miss = metrics.cache.labels("miss")
-        self._eval_latency = {
-            s: metrics.evaluate_latency.labels(s)
-            for s in ("extauthz", "envoy-tap", "node-tap", "file")
-        }
-        self._observed = {
-            s: metrics.observations.labels(s) for s in ("extauthz", "envoy-tap", "node-tap", "file")
-        }
-
-    def judge(self, obs: Observation, source: str, learn: bool = True) -> Verdict:
-        start = time.perf_counter()
-        verdict = self.engine.evaluate(obs, learn=learn)
-        self._eval_latency[source].observe(time.perf_counter() - start)
-        self.metrics.count_verdict(source, verdict)
-        if verdict.verdict != "allow" and obs.request_id:
-            self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
-        return verdict
-
-    def judge_check(self, obs: Observation) -> Verdict:
-        self._observed["extauthz"].inc()
-        if obs.body_truncated:
-            self.metrics.truncations.labels("extauthz").inc()
-        if obs.request_id and not obs.body_truncated:
-            # a body cut at the filter's with_request_body limit was judged in part: the tap's
-            # longer copy of it is judged too (padding past the limit must not hide a payload)
-            self.checked.add(obs)
-        key = self.cache.key(obs)
-        if key is not None:
-            cached = self.cache.lookup(key, obs)
-            if cached is not None:
-                self._cache_hit.inc()
-                self.metrics.count_verdict("extauthz", cached)
-                if cached.verdict != "allow" and obs.request_id:  # the detectors failed
-                    self.joiner.note_verdict(obs, {"seen_by": "extauthz", **cached.as_dict()})
-                return cached
-            self._cache_miss.inc()
-        verdict = self.judge(obs, "extauthz")
-        if key is not None:
-            self.cache.remember(key, verdict)
-        return verdict
-
-    def take_tap(self, obs: Observation) -> None:
-        self._observed["envoy-tap"].inc()
-        joined = self.joiner.add(obs)
-        if joined is not None:
-            _exchange, threats, inbound = joined
-            self.metrics.joins.labels("mismatch" if threats else "joined").inc()
-            if threats:
-                flagged = dataclasses.replace(inbound, threats=[*inbound.threats, *threats])
-                self.judge(flagged, "envoy-tap")
-        if obs.direction == "outbound":
-            return
-        if obs.request_id and obs in self.checked:
-            self.metrics.drops.labels("tap", "judged-by-extauthz").inc()
-            return
-        # a stream cut or expired before the response: judged (threats alert) but not learned
-        self.judge(obs, "envoy-tap", learn=obs.complete)
-
-    def take_ingested(self, obs: Observation) -> None:
-        if obs.seen_by == "envoy-tap":
-            self.take_tap(obs)
-            return
-        source = obs.seen_by if obs.seen_by in self._observed else "file"
-        self._observed[source].inc()
-        self.judge(obs, source)
 
 
 class Server:

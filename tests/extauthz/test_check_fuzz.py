@@ -13,7 +13,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshward.app.serve import Pipeline
+from meshward.app.pipeline import Pipeline
 from meshward.core.engine import Engine
 from meshward.core.observation import Verdict
 from meshward.core.threats import ThreatDetector

@@ -24,7 +24,7 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshward.app.serve import Pipeline
+from meshward.app.pipeline import Pipeline
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation
 from meshward.runtime.grpcwire import Undecodable

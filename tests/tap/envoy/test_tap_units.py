@@ -163,7 +163,7 @@ def test_open_streams_share_a_byte_budget() -> None:
 def test_tap_copy_of_a_body_ext_authz_saw_in_part_is_judged() -> None:
     """ext_authz gets only the first with_request_body bytes: a payload padded past them was
     never inspected, because the tap's longer copy was skipped as judged by ext_authz."""
-    from meshward.app.serve import Pipeline
+    from meshward.app.pipeline import Pipeline
     from meshward.core.engine import Engine
     from meshward.runtime.metrics import Metrics
 

@@ -1,0 +1,217 @@
+"""Where every observation meets the engine: small steps, composed in one list.
+
+An observation enters as a `Call` through one of three doors: `check` (ext_authz, inline: the
+verdict decides the request), `tap` (an Envoy tap copy, after the fact) or `ingest` (the node
+tap and files). Each step is an object with a method per door it cares about (in the spirit of
+mitmproxy's addons); the pipeline calls them in list order until one stops the call, then
+`done` on every step. The steps, in order:
+
+- `Count`: observations and truncations per source;
+- `BothEnds`: a tap copy feeds the both-ends join; a mismatch is judged again with the join's
+  `Exchange.Mismatch` threat; the caller's outbound view stops here (it only feeds the join);
+- `JudgedByCheck`: a request ext_authz judged whole is remembered, and its tap copy skipped
+  (a body cut at the filter's `with_request_body` limit is not: its longer tap copy is judged,
+  so padding past the limit cannot hide a payload);
+- `CachedDecision`: for body-less Checks in monitor and enforce, a recent clean allow, still
+  re-inspected through the engine (meshward.app.decisioncache);
+- `Judge`: the engine's verdict (a tap copy cut or expired before its response is judged but
+  not learned), counted, and noted for the join.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshward.app.decisioncache import DecisionCache, Key
+from meshward.core.engine import Engine
+from meshward.core.observation import Observation, Verdict
+from meshward.runtime.metrics import Metrics
+from meshward.tap.envoy.join import Joiner
+
+SOURCES = ("extauthz", "envoy-tap", "node-tap", "file")
+
+
+@dataclass
+class Call:
+    """One observation on its way through the steps."""
+
+    obs: Observation
+    source: str  # extauthz | envoy-tap | node-tap | file
+    learn: bool = True
+    verdict: Verdict | None = None
+    stop: bool = False  # a step decided nothing further is to be done
+    cache_key: Key | None = None
+    cached: bool = False
+
+
+class Count:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._observed = {s: metrics.observations.labels(s) for s in SOURCES}
+
+    def check(self, call: Call) -> None:
+        self._observed["extauthz"].inc()
+        if call.obs.body_truncated:
+            self.metrics.truncations.labels("extauthz").inc()
+
+    def tap(self, call: Call) -> None:
+        self._observed["envoy-tap"].inc()
+
+    def ingest(self, call: Call) -> None:
+        self._observed[call.source].inc()
+
+
+class Judge:
+    def __init__(self, engine: Engine, metrics: Metrics, joiner: Joiner) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.joiner = joiner
+        self._latency = {s: metrics.evaluate_latency.labels(s) for s in SOURCES}
+
+    def judge(self, obs: Observation, source: str, learn: bool = True) -> Verdict:
+        start = time.perf_counter()
+        verdict = self.engine.evaluate(obs, learn=learn)
+        self._latency[source].observe(time.perf_counter() - start)
+        self.account(obs, source, verdict)
+        return verdict
+
+    def account(self, obs: Observation, source: str, verdict: Verdict) -> None:
+        self.metrics.count_verdict(source, verdict)
+        if verdict.verdict != "allow" and obs.request_id:
+            self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
+
+    def _decide(self, call: Call) -> None:
+        if call.verdict is None:
+            call.verdict = self.judge(call.obs, call.source, call.learn)
+        else:  # decided by an earlier step (a cache hit): counted the same way
+            self.account(call.obs, call.source, call.verdict)
+
+    check = tap = ingest = _decide
+
+
+CallKey = tuple[str, str, str, str]
+
+
+def call_key(obs: Observation) -> CallKey:
+    """One hop of one request: apps pass x-request-id on to their own calls, so the id alone
+    names every hop of a request; with authority, method and path it names this one."""
+    return obs.request_id, obs.authority.lower(), obs.method, obs.path
+
+
+class JudgedByCheck:
+    """Calls ext_authz judged lately (bounded, time-limited), so their tap copies are skipped."""
+
+    def __init__(self, metrics: Metrics, ttl: float = 30.0, size: int = 100_000) -> None:
+        self.metrics = metrics
+        self.ttl = ttl
+        self.size = size
+        self._calls: dict[CallKey, float] = {}
+
+    def check(self, call: Call) -> None:
+        obs = call.obs
+        if obs.request_id and not obs.body_truncated:
+            calls = self._calls
+            calls[call_key(obs)] = time.monotonic()
+            if len(calls) > self.size:
+                del calls[next(iter(calls))]
+
+    def tap(self, call: Call) -> None:
+        if call.obs.request_id and call.obs in self:
+            self.metrics.drops.labels("tap", "judged-by-extauthz").inc()
+            call.stop = True
+
+    def __contains__(self, obs: Observation) -> bool:
+        seen = self._calls.get(call_key(obs))
+        return seen is not None and time.monotonic() - seen < self.ttl
+
+
+class BothEnds:
+    """The caller's and the callee's tap copies of one call, compared."""
+
+    def __init__(self, joiner: Joiner, metrics: Metrics, judge: Judge) -> None:
+        self.joiner = joiner
+        self.metrics = metrics
+        self.judge = judge
+
+    def tap(self, call: Call) -> None:
+        joined = self.joiner.add(call.obs)
+        if joined is not None:
+            _exchange, threats, inbound = joined
+            self.metrics.joins.labels("mismatch" if threats else "joined").inc()
+            if threats:
+                flagged = dataclasses.replace(inbound, threats=[*inbound.threats, *threats])
+                self.judge.judge(flagged, "envoy-tap")
+        if call.obs.direction == "outbound":
+            call.stop = True
+
+
+class CachedDecision:
+    def __init__(self, cache: DecisionCache, metrics: Metrics) -> None:
+        self.cache = cache
+        self._hit = metrics.cache.labels("hit")
+        self._miss = metrics.cache.labels("miss")
+
+    def check(self, call: Call) -> None:
+        call.cache_key = key = self.cache.key(call.obs)
+        if key is None:
+            return
+        cached = self.cache.lookup(key, call.obs)
+        if cached is None:
+            self._miss.inc()
+            return
+        self._hit.inc()
+        call.verdict, call.cached = cached, True
+
+    def done(self, call: Call) -> None:
+        if call.cache_key is not None and not call.cached and call.verdict is not None:
+            self.cache.remember(call.cache_key, call.verdict)
+
+
+class Pipeline:
+    """The steps serve composes; `judge_check`, `take_tap` and `take_ingested` are the doors."""
+
+    def __init__(self, engine: Engine, metrics: Metrics, joiner: Joiner) -> None:
+        self.engine = engine
+        self.joiner = joiner
+        self.cache = DecisionCache(engine)
+        judge = Judge(engine, metrics, joiner)
+        # a step implements any of check(call), tap(call), ingest(call) and done(call)
+        self.steps: list[object] = [
+            Count(metrics),
+            BothEnds(joiner, metrics, judge),
+            JudgedByCheck(metrics),
+            CachedDecision(self.cache, metrics),
+            judge,
+        ]
+        # the hooks of each door, looked up once: a Check pays for no getattr
+        self._hooks: dict[str, list[Callable[[Call], None]]] = {
+            door: [getattr(s, door) for s in self.steps if hasattr(s, door)]
+            for door in ("check", "tap", "ingest", "done")
+        }
+
+    def run(self, door: str, call: Call) -> Call:
+        for hook in self._hooks[door]:
+            hook(call)
+            if call.stop:
+                break
+        for done in self._hooks["done"]:
+            done(call)
+        return call
+
+    def judge_check(self, obs: Observation) -> Verdict:
+        verdict = self.run("check", Call(obs, "extauthz")).verdict
+        assert verdict is not None  # the Judge step always decides a check
+        return verdict
+
+    def take_tap(self, obs: Observation) -> None:
+        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete))
+
+    def take_ingested(self, obs: Observation) -> None:
+        if obs.seen_by == "envoy-tap":
+            self.take_tap(obs)
+            return
+        source = obs.seen_by if obs.seen_by in SOURCES else "file"
+        self.run("ingest", Call(obs, source))
