@@ -16,18 +16,15 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
+from meshward.core import wire
 from meshward.core.observation import Direction, Identity, Observation
 from meshward.core.values import decimal
 
 _NONE = processing_mode_pb2.ProcessingMode.NONE
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
-# the attributes `observation` reads (istio/filters.py TAP_ATTRIBUTES asks Envoy for these):
-# only they are kept, so a stream's attribute table is bounded whatever names arrive
-_ATTRIBUTES = frozenset({
-    "source.address", "source.port", "destination.address", "destination.port",
-    "connection.uri_san_peer_certificate", "connection.uri_san_local_certificate",
-    "request.protocol",
-})  # fmt: skip
+# the attributes `observation` reads, as the filter asks Envoy for them: only they are kept,
+# so a stream's attribute table is bounded whatever names arrive
+_ATTRIBUTES = frozenset(wire.TAP_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class StreamContext:
     workload: str = ""
     direction: Direction = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
     node: str = ""
-    # the filter also streams response bodies (metadata x-meshward-tap-response-body: true);
+    # the filter also streams response bodies (metadata wire.METADATA_TAP_RESPONSE_BODY: true);
     # Envoy 1.40 does not send protocol_config in observability mode, so it must be told
     response_body: bool = False
 

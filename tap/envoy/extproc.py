@@ -15,7 +15,8 @@ from collections.abc import Callable
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
-from meshward.core.observation import Observation, Outcome
+from meshward.core import wire
+from meshward.core.observation import Direction, Observation, Outcome
 from meshward.runtime.grpcwire import Undecodable, serialize, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
@@ -34,15 +35,16 @@ _deserialize = tolerant_deserializer(
 
 
 def stream_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> StreamContext:
-    """The sidecar's identity from the gRPC initial metadata the filter config sets."""
+    """The sidecar's identity from the gRPC initial metadata the filter config sets (hints)."""
     md = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in metadata or ()}
-    direction = md.get("x-meshward-direction", "inbound")
+    outbound = md.get(wire.METADATA_DIRECTION) == "outbound"
+    direction: Direction = "outbound" if outbound else "inbound"
     return StreamContext(
-        namespace=md.get("x-meshward-namespace", ""),
-        workload=md.get("x-meshward-workload", ""),
-        direction=direction if direction in ("inbound", "outbound") else "inbound",
-        node=md.get("x-meshward-node", ""),
-        response_body=md.get("x-meshward-tap-response-body", "").lower() in ("1", "true"),
+        namespace=md.get(wire.METADATA_NAMESPACE, ""),
+        workload=md.get(wire.METADATA_WORKLOAD, ""),
+        direction=direction,
+        node=md.get(wire.METADATA_NODE, ""),
+        response_body=md.get(wire.METADATA_TAP_RESPONSE_BODY, "").lower() in ("1", "true"),
     )
 
 

@@ -435,7 +435,7 @@ def test_only_known_attributes_are_kept() -> None:
         msg.attributes["x"].fields["request.protocol"].string_value = "HTTP/2"
         asm.feed(msg)
     assert asm.attributes == {"request.protocol": "HTTP/2"}
-    from meshward.istio.filters import TAP_ATTRIBUTES
+    from meshward.core.wire import TAP_ATTRIBUTES
 
     assert set(TAP_ATTRIBUTES) == _ATTRIBUTES
 

@@ -189,15 +189,6 @@ def test_lost_segment_is_given_up_after_gap_timeout() -> None:
     assert m.gaps == 1
 
 
-def test_linkerd_ports_and_identity() -> None:
-    from meshward.linkerd.proxy import ADMIN_PORT, INBOUND_PORT, client_identity, is_app_port
-
-    assert not is_app_port(INBOUND_PORT) and not is_app_port(ADMIN_PORT)
-    assert is_app_port(8080) and not is_app_port(0) and not is_app_port(70000)
-    assert client_identity([("x", "1"), ("l5d-client-id", " web.shop.serviceaccount.identity.l ")])
-    assert client_identity([("x", "1")]) == ""
-
-
 def test_endless_request_head_is_cut() -> None:
     c = Conversation()
     c.handshake()
