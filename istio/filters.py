@@ -110,7 +110,7 @@ class FilterSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r} (learn, monitor, enforce)")
+            raise ValueError(f"unknown mode {self.mode!r} ({', '.join(MODES)})")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {self.direction!r} (inbound, outbound)")
         if not is_kubernetes_name(self.namespace):
@@ -125,6 +125,11 @@ class FilterSettings:
             raise ValueError("tap close timeout must be > 0 ms")
         if not 1 <= self.tap_stream_window <= 2**31 - 1:
             raise ValueError("tap stream window must be within 1..2147483647")
+
+    @property
+    def installed(self) -> bool:
+        """In `off` meshward puts nothing into the sidecar: no filters, no clusters."""
+        return self.mode != "off"
 
     @property
     def with_authz(self) -> bool:
@@ -234,8 +239,10 @@ def http_filters(s: FilterSettings) -> list[dict[str, Any]]:
     """meshward's filters in order, to go right before the router.
 
     ext_authz comes first so a denied request stops there (meshward saw it through Check);
-    the tap follows and sees every request that went on to the app.
+    the tap follows and sees every request that went on to the app. None in `off`.
     """
+    if not s.installed:
+        return []
     filters = [ext_authz_filter(s)] if s.with_authz else []
     filters.append(ext_proc_filter(s))
     return filters
@@ -304,7 +311,9 @@ def clusters(
     s: FilterSettings, server_host: str, authz_port: int, tap_port: int
 ) -> list[dict[str, Any]]:
     """The clusters the filters of `s` point at (the authz one only when ext_authz is on)."""
-    out = []
+    out: list[dict[str, Any]] = []
+    if not s.installed:
+        return out
     if s.with_authz:
         out.append(grpc_cluster(s.authz_cluster, server_host, authz_port))
     out.append(

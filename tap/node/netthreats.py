@@ -138,7 +138,7 @@ class NetworkMonitor:
 
     `resolve(ip)` names the workload behind an address (for alert identities and the UDP
     baseline; default: the bare address); `mode_of(namespace)` is the namespace's mode
-    (learn|monitor|enforce; default learn).
+    (off|learn|monitor|enforce; default learn; off neither learns nor checks UDP peers).
     """
 
     def __init__(

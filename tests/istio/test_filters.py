@@ -24,6 +24,16 @@ def test_filters_per_mode() -> None:
     assert names(out) == [filters.EXT_PROC]
 
 
+def test_off_renders_nothing() -> None:
+    """In `off` meshward is not installed: no filters and no clusters, on either side."""
+    for direction in ("inbound", "outbound"):
+        s = FilterSettings("shop", "web", "off", direction=direction)
+        assert filters.http_filters(s) == [] and filters.clusters(s, "meshward", 9191, 9192) == []
+        assert not s.installed and not s.with_authz
+    with pytest.raises(ValueError, match="off, learn, monitor, enforce"):
+        FilterSettings("shop", "web", "block")
+
+
 def test_ext_authz_config() -> None:
     s = FilterSettings("shop", "web", "enforce", body_limit=4096)
     cfg = filters.ext_authz_filter(s)["typed_config"]
