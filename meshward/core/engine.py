@@ -23,10 +23,10 @@ from typing import Any
 from meshward.core import scoring
 from meshward.core.allowlist import Allowlist, Limits
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
-from meshward.core.detect import Detector, Inspection, NoDetector
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Observation, Verdict
+from meshward.core.threats.inspection import Detector, Inspection, NoDetector
 
 log = logging.getLogger("meshward.core.engine")
 
@@ -44,14 +44,16 @@ class EngineConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-def default_detector(config: EngineConfig) -> Detector:
-    """The embedded-threat detectors, or none when switched off."""
+def detector_for(config: EngineConfig) -> Detector:
+    """The detector `config` asks for: the shared embedded-threat one (level 1), one of its own
+    level, or none when switched off."""
     if not config.threats:
         return NoDetector()
     from meshward.core.threats import ThreatDetector
-    from meshward.core.threats import default_detector as shared
+    from meshward.core.threats import default_detector
 
-    return shared() if config.threat_level == 1 else ThreatDetector(level=config.threat_level)
+    level = config.threat_level
+    return default_detector() if level == 1 else ThreatDetector(level=level)
 
 
 class Engine:
@@ -63,7 +65,7 @@ class Engine:
     ) -> None:
         self.store = store
         self.config = config or EngineConfig()
-        self.detector = detector if detector is not None else default_detector(self.config)
+        self.detector = detector if detector is not None else detector_for(self.config)
         self.allowlist = Allowlist(self.config.limits)
         self._modes: dict[str, str] = {}
         self._dirty: set[str] = set()

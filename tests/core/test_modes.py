@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from meshward.core.detect import Inspection
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Identity, Observation, Threat
+from meshward.core.threats.inspection import Inspection
 
 
 class PathThreats:
