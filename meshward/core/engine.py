@@ -49,8 +49,7 @@ def detector_for(config: EngineConfig) -> Detector:
     level, or none when switched off."""
     if not config.threats:
         return NoDetector()
-    from meshward.core.threats import ThreatDetector
-    from meshward.core.threats import default_detector
+    from meshward.core.threats import ThreatDetector, default_detector
 
     level = config.threat_level
     return default_detector() if level == 1 else ThreatDetector(level=level)

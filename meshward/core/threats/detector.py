@@ -101,8 +101,8 @@ _Part = tuple[str, str]  # (kind: path | query | header, header name)
 
 
 class ThreatDetector:
-    """The embedded-threat detector (meshward.core.threats.inspection.Detector). Thread-safe, stateless per
-    call.
+    """The embedded-threat detector (a meshward.core.threats.inspection.Detector). Thread-safe,
+    stateless per call.
 
     level: 1..3 like OWASP CRS paranoia levels (1: few false positives).
     max_scan_bytes: body bytes inspected; beyond it the Inspection is `partial`.
