@@ -28,7 +28,7 @@ _ATTRIBUTES = frozenset(wire.TAP_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
-class Limits:
+class TapLimits:
     """Per-stream bounds: body bytes kept, headers kept, messages read."""
 
     max_body: int = 64 * 1024
@@ -54,7 +54,7 @@ HEADER_FLOOR = 8 * 1024  # header bytes a stream keeps even with the budget spen
 
 
 class ByteBudget:
-    """Bytes all open streams may hold together. The per-stream Limits times thousands of open
+    """Bytes all open streams may hold together. The per-stream TapLimits times thousands of open
     streams is gigabytes: past the budget, a flood of big streams keeps less (bodies cut, headers
     cut to HEADER_FLOOR, flagged as truncated) instead of growing the heap. So open streams hold
     at most the budget plus HEADER_FLOOR per header list."""
@@ -74,7 +74,7 @@ class ByteBudget:
 
 
 def _header_list(
-    hmap: base_pb2.HeaderMap, limits: Limits, max_bytes: int
+    hmap: base_pb2.HeaderMap, limits: TapLimits, max_bytes: int
 ) -> tuple[list[tuple[str, str]], int, bool]:
     """Headers as (lower-case name, value), raw bytes decoded leniently; their size; and True if
     cut short (more than limits.max_headers, or than max_bytes)."""
@@ -90,14 +90,14 @@ def _header_list(
     return out, total, False
 
 
-class StreamAssembler:
-    """Feeds on ProcessingRequests; `feed` returns True once the exchange is complete."""
+class ExtProcAssembler:
+    """One ext_proc stream into one Observation; `feed` is True once the exchange is complete."""
 
     def __init__(
-        self, ctx: StreamContext, limits: Limits | None = None, budget: ByteBudget | None = None
+        self, ctx: StreamContext, limits: TapLimits | None = None, budget: ByteBudget | None = None
     ) -> None:
         self.ctx = ctx
-        self.limits = limits or Limits()
+        self.limits = limits or TapLimits()
         self.budget = budget
         self.held = 0  # bytes taken from the budget, given back by release()
         self.budget_cut = False  # the shared budget, not this stream's limits, cut something
