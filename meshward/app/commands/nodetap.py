@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     from meshward.core.log import event
     from meshward.runtime import jsonlog as log
     from meshward.tap.node.metrics import Metrics
-    from meshward.tap.node.modes import ModeSource, parse_mode_flags
+    from meshward.tap.node.modepoll import ModeSource, parse_mode_flags
     from meshward.tap.node.output import HttpOutput, JsonlOutput
     from meshward.tap.node.pipeline import NodeTap
 
