@@ -21,8 +21,8 @@ from meshward.core.log import event
 from meshward.core.observation import Identity, Observation
 from meshward.core.wire import LINKERD_PROXY_PORTS, linkerd_client_identity
 from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import Connection, FlowTable
-from meshward.tap.node.metrics import Metrics
 from meshward.tap.node.packet import TCP, decode
 
 log = logging.getLogger("meshward.node-tap")
@@ -59,7 +59,7 @@ class NodeTap:
         pods: list[PodTarget],
         ifaces: list[str],
         out: Callable[[Observation], None],
-        metrics: Metrics | None = None,
+        metrics: NodeTapCounters | None = None,
         app_ports: list[int] | None = None,
         max_body: int = 65536,
         max_flows: int = 20000,
@@ -72,7 +72,7 @@ class NodeTap:
         self.ring_mb = ring_mb  # kernel ring per capture socket (pinned kernel memory; two per pod)
         self.ifaces = ifaces
         self.out = out
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or NodeTapCounters()
         self.app_ports = app_ports
         self.stats_interval = stats_interval
         self.flows = FlowTable(self._observed, self.metrics, max_flows, idle_timeout,
