@@ -232,12 +232,6 @@ class NetworkMonitor:
         """The learned UDP peers per workload: (direction, peer, service port)."""
         return {k: sorted(v) for k, v in self._baseline.items()}
 
-    def load_baseline(self, data: dict[str, list[tuple[str, str, int]]]) -> None:
-        """Restore peers saved by `baseline()` (caps apply)."""
-        for key, peers in data.items():
-            for direction, peer, port in peers:
-                self._learn(key, (str(direction), str(peer), int(port)))
-
     # ---- alerts -------------------------------------------------------------------------
 
     def _alert(
