@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from meshward.linkerd.proxy import ADMIN_PORT  # noqa: E402
+from meshward.core.wire import LINKERD_ADMIN_PORT as ADMIN_PORT  # noqa: E402
 from tests.support.linkerdpod import HTTP_PORT, LinkerdPod  # noqa: E402
 from tests.support.netns import Node, Pod  # noqa: E402
 

@@ -15,9 +15,10 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
+from meshward.core import wire
 from meshward.core.observation import Identity, Observation, Verdict
+from meshward.core.wire import CONTEXT_NAMESPACE, CONTEXT_WORKLOAD
 
-REASON_HEADER = "x-meshward-reason"
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
 
 OK_RESPONSE = external_auth_pb2.CheckResponse(
@@ -50,13 +51,14 @@ def check_to_observation(
     fallback: Callable[[], tuple[str, str]] | None = None,
 ) -> Observation:
     """Read one CheckRequest. `fallback()` gives (namespace, workload) from elsewhere (the gRPC
-    metadata); it is called only when `context_extensions` lack them."""
+    metadata); it is called only when `context_extensions` lack them. Both are hints the sidecar
+    writes (wire.UNTRUSTED_HINTS): they name the destination, they prove nothing."""
     attrs = req.attributes
     http = attrs.request.http
     ext = attrs.context_extensions
     dest = _peer(attrs.destination)
-    ns = ext.get("namespace")
-    wl = ext.get("workload")
+    ns = ext.get(CONTEXT_NAMESPACE)
+    wl = ext.get(CONTEXT_WORKLOAD)
     if (not ns or not wl) and fallback is not None:
         fb_ns, fb_wl = fallback()
         ns, wl = ns or fb_ns, wl or fb_wl
@@ -122,7 +124,7 @@ def denied_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
             status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
             headers=[
                 base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=REASON_HEADER, value=_header_safe(reason))
+                    header=base_pb2.HeaderValue(key=wire.REASON_HEADER, value=_header_safe(reason))
                 ),
                 base_pb2.HeaderValueOption(
                     header=base_pb2.HeaderValue(key="content-type", value="application/json")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 
+from meshward.core import wire
 from meshward.core.observation import Observation, Verdict
 from meshward.extauthz.convert import OK_BYTES, check_to_observation, denied_response
 from meshward.runtime.grpcwire import Undecodable, serialized, tolerant_deserializer
@@ -71,7 +72,7 @@ class CheckService:
     def _fallback_identity(context: grpc.aio.ServicerContext) -> tuple[str, str]:
         """Namespace/workload from the gRPC metadata the filter config also sets."""
         md = dict(context.invocation_metadata() or ())
-        return str(md.get("x-meshward-namespace", "")), str(md.get("x-meshward-workload", ""))
+        return str(md.get(wire.METADATA_NAMESPACE, "")), str(md.get(wire.METADATA_WORKLOAD, ""))
 
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:
         return {

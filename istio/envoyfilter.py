@@ -170,8 +170,10 @@ def render(
     """Everything to install for `namespace` in `mode`.
 
     Returns {"objects": [Kubernetes objects]} and, for the extension-provider style,
-    "meshConfig": the fragment to merge into istiod's mesh config. `workload` narrows the
-    objects to pods labelled app=<workload> and names it in context_extensions.
+    "meshConfig": the fragment to merge into istiod's mesh config. In `off`, no objects and no
+    fragment: meshward is not installed there (delete what an earlier mode rendered).
+    `workload` narrows the objects to pods labelled app=<workload> and names it in
+    context_extensions.
     `tap_close_timeout_ms` and `tap_stream_window`: how far meshward may lag behind the tap
     (FilterSettings).
     """
@@ -181,6 +183,8 @@ def render(
         namespace=namespace, workload=workload, mode=mode, body_limit=body_limit,
         tap_close_timeout_ms=tap_close_timeout_ms, tap_stream_window=tap_stream_window,
     )  # fmt: skip
+    if not s.installed:
+        return {"objects": []}
     selector = {"app": workload} if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
     common: dict[str, Any] = {

@@ -4,13 +4,13 @@
 clusters from here, built with envoy-data-plane's typed classes (so field names and types are
 checked) and returned as plain JSON-able dicts in Envoy's snake_case JSON form.
 
-What the sidecar sends to meshward, agreed with `meshward serve`:
-- ext_authz: `context_extensions` {"namespace", "workload", "direction"} (set per virtual host:
-  the ExtAuthz filter itself has no such field, `ExtAuthzPerRoute.check_settings` does), raw
+What the sidecar sends to meshward (the names are meshward.core.wire's, untrusted hints all):
+- ext_authz: `context_extensions` namespace, workload, direction (set per virtual host: the
+  ExtAuthz filter itself has no such field, `ExtAuthzPerRoute.check_settings` does), raw
   (bytes) header values, the request body as bytes.
 - both gRPC services: initial metadata `x-meshward-namespace`, `x-meshward-workload`,
   `x-meshward-direction` (inbound|outbound) on every call / Process stream.
-- ext_proc tap: the connection attributes of TAP_ATTRIBUTES; with `tap_response_body`, the
+- ext_proc tap: the connection attributes of wire.TAP_ATTRIBUTES; with `tap_response_body`, the
   metadata `x-meshward-tap-response-body: true` (the server then waits for the response body).
 """
 
@@ -63,10 +63,11 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
+from meshward.core import wire
 from meshward.core.modes import MODES
 from meshward.core.names import is_ip, is_kubernetes_name
+from meshward.core.observation import DIRECTIONS
 
-DIRECTIONS = ("inbound", "outbound")
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
 ROUTER = "envoy.filters.http.router"
@@ -89,16 +90,6 @@ TAP_STREAM_WINDOW = 256
 # (Envoy ext_proc streams_closed, meshward_tap_streams_total{outcome="cut"}). Longer costs sidecar
 # memory for the copies held meanwhile (at most TAP_CIRCUIT_LIMIT of them).
 TAP_CLOSE_TIMEOUT_MS = 30_000
-# connection facts the tap server reads (ProcessingRequest.attributes), agreed with serve
-TAP_ATTRIBUTES = (
-    "source.address",
-    "source.port",
-    "destination.address",
-    "destination.port",
-    "connection.uri_san_peer_certificate",
-    "connection.uri_san_local_certificate",
-    "request.protocol",
-)
 
 
 @dataclass(frozen=True)
@@ -119,7 +110,7 @@ class FilterSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r} (learn, monitor, enforce)")
+            raise ValueError(f"unknown mode {self.mode!r} ({', '.join(MODES)})")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {self.direction!r} (inbound, outbound)")
         if not is_kubernetes_name(self.namespace):
@@ -134,6 +125,11 @@ class FilterSettings:
             raise ValueError("tap close timeout must be > 0 ms")
         if not 1 <= self.tap_stream_window <= 2**31 - 1:
             raise ValueError("tap stream window must be within 1..2147483647")
+
+    @property
+    def installed(self) -> bool:
+        """In `off` meshward puts nothing into the sidecar: no filters, no clusters."""
+        return self.mode != "off"
 
     @property
     def with_authz(self) -> bool:
@@ -179,9 +175,9 @@ def ext_authz_route_config(s: FilterSettings) -> dict[str, Any]:
     per_route = ExtAuthzPerRoute(
         check_settings=CheckSettings(
             context_extensions={
-                "namespace": s.namespace,
-                "workload": s.workload,
-                "direction": s.direction,
+                wire.CONTEXT_NAMESPACE: s.namespace,
+                wire.CONTEXT_WORKLOAD: s.workload,
+                wire.CONTEXT_DIRECTION: s.direction,
             }
         )
     )
@@ -191,9 +187,9 @@ def ext_authz_route_config(s: FilterSettings) -> dict[str, Any]:
 def identity_metadata(s: FilterSettings) -> list[HeaderValue]:
     """gRPC metadata on each call and tap stream, so meshward knows whose traffic it is."""
     return [
-        HeaderValue(key="x-meshward-namespace", value=s.namespace),
-        HeaderValue(key="x-meshward-workload", value=s.workload),
-        HeaderValue(key="x-meshward-direction", value=s.direction),
+        HeaderValue(key=wire.METADATA_NAMESPACE, value=s.namespace),
+        HeaderValue(key=wire.METADATA_WORKLOAD, value=s.workload),
+        HeaderValue(key=wire.METADATA_DIRECTION, value=s.direction),
     ]
 
 
@@ -202,7 +198,7 @@ def tap_metadata(s: FilterSettings) -> list[HeaderValue]:
     protocol_config in observability mode, so the server cannot tell otherwise)."""
     out = identity_metadata(s)
     if s.tap_response_body:
-        out.append(HeaderValue(key="x-meshward-tap-response-body", value="true"))
+        out.append(HeaderValue(key=wire.METADATA_TAP_RESPONSE_BODY, value="true"))
     return out
 
 
@@ -232,7 +228,7 @@ def ext_proc_filter(s: FilterSettings) -> dict[str, Any]:
             request_trailer_mode=skip,
             response_trailer_mode=send if s.tap_response_body else skip,  # gRPC status
         ),
-        request_attributes=list(TAP_ATTRIBUTES),
+        request_attributes=list(wire.TAP_ATTRIBUTES),
         stat_prefix="meshward_tap",
         deferred_close_timeout=timedelta(milliseconds=s.tap_close_timeout_ms),
     )
@@ -243,8 +239,10 @@ def http_filters(s: FilterSettings) -> list[dict[str, Any]]:
     """meshward's filters in order, to go right before the router.
 
     ext_authz comes first so a denied request stops there (meshward saw it through Check);
-    the tap follows and sees every request that went on to the app.
+    the tap follows and sees every request that went on to the app. None in `off`.
     """
+    if not s.installed:
+        return []
     filters = [ext_authz_filter(s)] if s.with_authz else []
     filters.append(ext_proc_filter(s))
     return filters
@@ -313,7 +311,9 @@ def clusters(
     s: FilterSettings, server_host: str, authz_port: int, tap_port: int
 ) -> list[dict[str, Any]]:
     """The clusters the filters of `s` point at (the authz one only when ext_authz is on)."""
-    out = []
+    out: list[dict[str, Any]] = []
+    if not s.installed:
+        return out
     if s.with_authz:
         out.append(grpc_cluster(s.authz_cluster, server_host, authz_port))
     out.append(

@@ -30,7 +30,7 @@ from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
-from meshward.tap.envoy.assemble import Limits
+from meshward.tap.envoy.assemble import TapLimits
 from meshward.tap.envoy.extproc import TapService
 from meshward.tap.envoy.join import Joiner
 
@@ -65,7 +65,7 @@ class ServeConfig:
     authz_port: int = 9191
     tap_port: int = 9192
     http_port: int = 9193
-    tap_limits: Limits = field(default_factory=Limits)
+    tap_limits: TapLimits = field(default_factory=TapLimits)
     tap_stream_timeout: float = 30.0
     tap_max_buffered: int = 256 * 1024 * 1024  # bytes all open tap streams hold together
     join_window: float = 10.0

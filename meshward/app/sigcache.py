@@ -19,9 +19,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from meshward.core.detect import Detector
-from meshward.core.engine import EngineConfig, default_detector
+from meshward.core.engine import EngineConfig, detector_for
 from meshward.core.log import event
+from meshward.core.threats.inspection import Detector
 
 log = logging.getLogger("meshward.sigcache")
 
@@ -97,7 +97,7 @@ class FileCache:
 
 def detector(config: EngineConfig, env: Mapping[str, str] | None = None) -> Detector:
     """The engine's detector with its compiled databases cached on disk."""
-    return default_detector(config, FileCache.from_env(env))
+    return detector_for(config, FileCache.from_env(env))
 
 
 def warm(levels: tuple[int, ...] = (1, 2, 3)) -> None:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from meshward.core import scoring
 from meshward.core.allowlist import Allowlist, Limits
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
-from meshward.core.detect import Detector, Inspection, NoDetector
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Observation, Verdict
+from meshward.core.threats.inspection import Detector, Inspection, NoDetector
 
 if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are on
     from meshward.core.threats.signatures import CompiledCache
@@ -47,17 +47,18 @@ class EngineConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-def default_detector(config: EngineConfig, cache: CompiledCache | None = None) -> Detector:
-    """The embedded-threat detectors, or none when switched off. `cache` (from the app) keeps
-    compiled signature databases between starts."""
+def detector_for(config: EngineConfig, cache: CompiledCache | None = None) -> Detector:
+    """The detector `config` asks for: the shared embedded-threat one (level 1), one of its own
+    level, or none when switched off. `cache` (from the app) keeps compiled signature
+    databases between starts."""
     if not config.threats:
         return NoDetector()
-    from meshward.core.threats import ThreatDetector
-    from meshward.core.threats import default_detector as shared
+    from meshward.core.threats import ThreatDetector, default_detector
 
-    if config.threat_level == 1:
-        return shared(cache)
-    return ThreatDetector(level=config.threat_level, cache=cache)
+    level = config.threat_level
+    if level == 1:
+        return default_detector(cache)
+    return ThreatDetector(level=level, cache=cache)
 
 
 class Engine:
@@ -69,7 +70,7 @@ class Engine:
     ) -> None:
         self.store = store
         self.config = config or EngineConfig()
-        self.detector = detector if detector is not None else default_detector(self.config)
+        self.detector = detector if detector is not None else detector_for(self.config)
         self.allowlist = Allowlist(self.config.limits)
         self._modes: dict[str, str] = {}
         self._dirty: set[str] = set()

@@ -1,4 +1,9 @@
-"""The namespace modes (README, "Modes"): the one definition every command and adapter imports."""
+"""The namespace modes (README, "Modes"): the one definition every command and adapter imports.
 
-MODES = ("learn", "monitor", "enforce")
+`off`: meshward renders no filters for the namespace. An observation that reaches meshward from
+an `off` namespace all the same (a node tap, a sidecar not yet re-rendered) is allowed and not
+learned; a threat on it is still alerted (Engine._decide).
+"""
+
+MODES = ("off", "learn", "monitor", "enforce")
 DEFAULT_MODE = "learn"

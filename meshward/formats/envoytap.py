@@ -7,8 +7,8 @@ lowerCamelCase (`httpBufferedTrace`, protobuf's default JSON). Bodies as `as_byt
 formats JSON_BODY_AS_BYTES) or `as_string` (JSON_BODY_AS_STRING), with their `truncated` flag.
 
 `http_buffered_trace` is the main form. `http_streamed_trace_segment`s are put back together by
-`trace_id` (StreamAssembler: a request is complete when its response headers arrive; the rest at
-the end of the file), at most MAX_PENDING_STREAMS open at once. Socket traces carry no HTTP
+`trace_id` (TraceSegmentAssembler: a request is complete when its response headers arrive; the
+rest at the end of the file), at most MAX_PENDING_STREAMS open at once. Socket traces carry no HTTP
 exchange and are reported as unsupported.
 """
 
@@ -191,7 +191,7 @@ def observations_from_trace(obj: object, seen_by: SeenBy = "file") -> list[Obser
     """One TraceWrapper (as decoded JSON) -> its Observations (one for an HTTP buffered trace).
 
     Raises ValueError with a one-line reason for anything else, including streamed segments
-    (use `StreamAssembler` for those) and socket traces.
+    (use `TraceSegmentAssembler` for those) and socket traces.
     """
     obj = require_object(obj, "trace")
     trace = _get(obj, "http_buffered_trace")
@@ -222,7 +222,7 @@ def _not_buffered(obj: dict[str, Any]) -> str:
     return f"not an Envoy TraceWrapper (no http_buffered_trace; keys: {keys})"
 
 
-class StreamAssembler:
+class TraceSegmentAssembler:
     """Puts `http_streamed_trace_segment`s back together by trace_id, within bounds.
 
     A trace is emitted when its response headers arrive (the request, body included, is
@@ -285,7 +285,9 @@ class StreamAssembler:
                 yield tid, ValueError(describe(exc))
 
 
-def _convert(obj: object, name: str, n: int, unit: str, streams: StreamAssembler) -> Iterator[Item]:
+def _convert(
+    obj: object, name: str, n: int, unit: str, streams: TraceSegmentAssembler
+) -> Iterator[Item]:
     try:
         if isinstance(obj, dict) and _get(obj, "http_streamed_trace_segment") is not None:
             key = "http_streamed_trace_segment"
@@ -297,7 +299,7 @@ def _convert(obj: object, name: str, n: int, unit: str, streams: StreamAssembler
         yield EntryError(name, n, describe(exc), unit)
 
 
-def _finish(name: str, streams: StreamAssembler) -> Iterator[Item]:
+def _finish(name: str, streams: TraceSegmentAssembler) -> Iterator[Item]:
     for tid, result in streams.finish():
         if isinstance(result, ValueError):
             yield EntryError(name, None, f"streamed trace {tid}: {result}")
@@ -307,7 +309,7 @@ def _finish(name: str, streams: StreamAssembler) -> Iterator[Item]:
 
 def read_tap_lines(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item]:
     """JSON Lines: one TraceWrapper per line; a bad line is reported and skipped."""
-    streams = StreamAssembler(seen_by)
+    streams = TraceSegmentAssembler(seen_by)
     lineno = 0
     while True:
         line = f.readline(MAX_LINE + 1)
@@ -332,7 +334,7 @@ def read_tap_lines(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterato
 
 def read_tap_document(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item]:
     """One trace per file (possibly pretty-printed), or several concatenated JSON values."""
-    streams = StreamAssembler(seen_by)
+    streams = TraceSegmentAssembler(seen_by)
     n = 0
     try:
         docs = ijson.items(DepthGuard(f), "", multiple_values=True, use_float=True)

@@ -16,7 +16,7 @@ import aiohttp
 
 from meshward.core.observation import Observation
 from meshward.formats.common import BAD_VALUE
-from meshward.formats.envoytap import StreamAssembler, observations_from_trace
+from meshward.formats.envoytap import TraceSegmentAssembler, observations_from_trace
 
 MAX_TRACE = 8 << 20  # bytes of one JSON trace value; beyond that the stream is out of sync
 
@@ -101,7 +101,7 @@ async def stream_observations(
     stats = stats if stats is not None else TapStats()
     own = session is None
     session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-    streams = StreamAssembler(seen_by="envoy-tap")
+    streams = TraceSegmentAssembler(seen_by="envoy-tap")
     splitter = TraceSplitter()
     try:
         url = admin_url.rstrip("/") + "/tap"

@@ -16,22 +16,19 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
+from meshward.core import wire
 from meshward.core.observation import Direction, Identity, Observation
 from meshward.core.values import decimal
 
 _NONE = processing_mode_pb2.ProcessingMode.NONE
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
-# the attributes `observation` reads (istio/filters.py TAP_ATTRIBUTES asks Envoy for these):
-# only they are kept, so a stream's attribute table is bounded whatever names arrive
-_ATTRIBUTES = frozenset({
-    "source.address", "source.port", "destination.address", "destination.port",
-    "connection.uri_san_peer_certificate", "connection.uri_san_local_certificate",
-    "request.protocol",
-})  # fmt: skip
+# the attributes `observation` reads, as the filter asks Envoy for them: only they are kept,
+# so a stream's attribute table is bounded whatever names arrive
+_ATTRIBUTES = frozenset(wire.TAP_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
-class Limits:
+class TapLimits:
     """Per-stream bounds: body bytes kept, headers kept, messages read."""
 
     max_body: int = 64 * 1024
@@ -48,7 +45,7 @@ class StreamContext:
     workload: str = ""
     direction: Direction = "inbound"  # inbound: the callee's sidecar; outbound: the caller's
     node: str = ""
-    # the filter also streams response bodies (metadata x-meshward-tap-response-body: true);
+    # the filter also streams response bodies (metadata wire.METADATA_TAP_RESPONSE_BODY: true);
     # Envoy 1.40 does not send protocol_config in observability mode, so it must be told
     response_body: bool = False
 
@@ -57,7 +54,7 @@ HEADER_FLOOR = 8 * 1024  # header bytes a stream keeps even with the budget spen
 
 
 class ByteBudget:
-    """Bytes all open streams may hold together. The per-stream Limits times thousands of open
+    """Bytes all open streams may hold together. The per-stream TapLimits times thousands of open
     streams is gigabytes: past the budget, a flood of big streams keeps less (bodies cut, headers
     cut to HEADER_FLOOR, flagged as truncated) instead of growing the heap. So open streams hold
     at most the budget plus HEADER_FLOOR per header list."""
@@ -77,7 +74,7 @@ class ByteBudget:
 
 
 def _header_list(
-    hmap: base_pb2.HeaderMap, limits: Limits, max_bytes: int
+    hmap: base_pb2.HeaderMap, limits: TapLimits, max_bytes: int
 ) -> tuple[list[tuple[str, str]], int, bool]:
     """Headers as (lower-case name, value), raw bytes decoded leniently; their size; and True if
     cut short (more than limits.max_headers, or than max_bytes)."""
@@ -93,14 +90,14 @@ def _header_list(
     return out, total, False
 
 
-class StreamAssembler:
-    """Feeds on ProcessingRequests; `feed` returns True once the exchange is complete."""
+class ExtProcAssembler:
+    """One ext_proc stream into one Observation; `feed` is True once the exchange is complete."""
 
     def __init__(
-        self, ctx: StreamContext, limits: Limits | None = None, budget: ByteBudget | None = None
+        self, ctx: StreamContext, limits: TapLimits | None = None, budget: ByteBudget | None = None
     ) -> None:
         self.ctx = ctx
-        self.limits = limits or Limits()
+        self.limits = limits or TapLimits()
         self.budget = budget
         self.held = 0  # bytes taken from the budget, given back by release()
         self.budget_cut = False  # the shared budget, not this stream's limits, cut something

@@ -15,10 +15,11 @@ from collections.abc import Callable
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
-from meshward.core.observation import Observation, Outcome
+from meshward.core import wire
+from meshward.core.observation import Direction, Observation, Outcome
 from meshward.runtime.grpcwire import Undecodable, serialize, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
-from meshward.tap.envoy.assemble import ByteBudget, Limits, StreamAssembler, StreamContext
+from meshward.tap.envoy.assemble import ByteBudget, ExtProcAssembler, StreamContext, TapLimits
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
@@ -34,15 +35,16 @@ _deserialize = tolerant_deserializer(
 
 
 def stream_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> StreamContext:
-    """The sidecar's identity from the gRPC initial metadata the filter config sets."""
+    """The sidecar's identity from the gRPC initial metadata the filter config sets (hints)."""
     md = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in metadata or ()}
-    direction = md.get("x-meshward-direction", "inbound")
+    outbound = md.get(wire.METADATA_DIRECTION) == "outbound"
+    direction: Direction = "outbound" if outbound else "inbound"
     return StreamContext(
-        namespace=md.get("x-meshward-namespace", ""),
-        workload=md.get("x-meshward-workload", ""),
-        direction=direction if direction in ("inbound", "outbound") else "inbound",
-        node=md.get("x-meshward-node", ""),
-        response_body=md.get("x-meshward-tap-response-body", "").lower() in ("1", "true"),
+        namespace=md.get(wire.METADATA_NAMESPACE, ""),
+        workload=md.get(wire.METADATA_WORKLOAD, ""),
+        direction=direction,
+        node=md.get(wire.METADATA_NODE, ""),
+        response_body=md.get(wire.METADATA_TAP_RESPONSE_BODY, "").lower() in ("1", "true"),
     )
 
 
@@ -54,7 +56,7 @@ class TapService:
         sink: Sink,
         metrics: Metrics,
         problems: Problems,
-        limits: Limits | None = None,
+        limits: TapLimits | None = None,
         stream_timeout: float = 30.0,
         max_streams: int = 20000,
         max_buffered: int = 256 * 1024 * 1024,
@@ -62,7 +64,7 @@ class TapService:
         self.sink = sink
         self.metrics = metrics
         self.problems = problems
-        self.limits = limits or Limits()
+        self.limits = limits or TapLimits()
         self.stream_timeout = stream_timeout
         self.max_streams = max_streams
         self.active = 0
@@ -79,7 +81,7 @@ class TapService:
         self.active += 1
         self.metrics.tap_active.inc()
         start = time.perf_counter()
-        asm = StreamAssembler(
+        asm = ExtProcAssembler(
             stream_context(context.invocation_metadata()), self.limits, self.budget
         )
         outcome: Outcome = "complete"
@@ -102,7 +104,7 @@ class TapService:
         finally:
             asm.release()
 
-    async def _read(self, asm: StreamAssembler, context: grpc.aio.ServicerContext) -> Outcome:
+    async def _read(self, asm: ExtProcAssembler, context: grpc.aio.ServicerContext) -> Outcome:
         while True:
             msg = await context.read()
             if msg is grpc.aio.EOF:
@@ -113,7 +115,7 @@ class TapService:
             if asm.feed(msg):
                 return "complete"
 
-    def _hand_over(self, asm: StreamAssembler, outcome: Outcome) -> None:
+    def _hand_over(self, asm: ExtProcAssembler, outcome: Outcome) -> None:
         try:
             obs = asm.observation()
         except Exception as exc:  # bad values in one stream never stop the server

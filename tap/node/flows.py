@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 
 from meshward.core.observation import Observation
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.http1 import Http1Parser
 from meshward.tap.node.http2 import PREFACE, Http2Parser
-from meshward.tap.node.metrics import Metrics
 from meshward.tap.node.packet import Packet
 from meshward.tap.node.reassembly import Stream
 
@@ -42,7 +42,7 @@ class Connection:
         client: tuple[str, int],
         server: tuple[str, int],
         on_obs: Callable[[Observation, Connection], None],
-        metrics: Metrics,
+        metrics: NodeTapCounters,
         max_body: int,
     ) -> None:
         self.where = where
@@ -113,7 +113,7 @@ class FlowTable:
     def __init__(
         self,
         on_obs: ObsFn,
-        metrics: Metrics,
+        metrics: NodeTapCounters,
         max_flows: int = 20000,
         idle_timeout: float = 120.0,
         gap_timeout: float = 1.0,

@@ -21,7 +21,7 @@ import httptools
 
 from meshward.core.observation import Observation
 from meshward.core.values import decimal
-from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.counters import NodeTapCounters
 
 Emit = Callable[[Observation], None]
 
@@ -57,7 +57,7 @@ class _Exchange:
 class Http1Parser:
     """Both directions of one HTTP/1.x connection; emits one Observation per exchange."""
 
-    def __init__(self, emit: Emit, metrics: Metrics, max_body: int = 65536) -> None:
+    def __init__(self, emit: Emit, metrics: NodeTapCounters, max_body: int = 65536) -> None:
         self.emit = emit
         self.metrics = metrics
         self.max_body = max_body

@@ -26,7 +26,7 @@ from hyperframe.frame import (
 
 from meshward.core.observation import Observation
 from meshward.core.values import decimal
-from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.counters import NodeTapCounters
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Emit = Callable[[Observation], None]
@@ -69,7 +69,7 @@ class _Side:
 class Http2Parser:
     """Both directions of one HTTP/2 connection; emits one Observation per finished stream."""
 
-    def __init__(self, emit: Emit, metrics: Metrics, max_body: int = 65536) -> None:
+    def __init__(self, emit: Emit, metrics: NodeTapCounters, max_body: int = 65536) -> None:
         self.emit = emit
         self.metrics = metrics
         self.max_body = max_body

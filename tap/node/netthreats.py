@@ -138,7 +138,7 @@ class NetworkMonitor:
 
     `resolve(ip)` names the workload behind an address (for alert identities and the UDP
     baseline; default: the bare address); `mode_of(namespace)` is the namespace's mode
-    (learn|monitor|enforce; default learn).
+    (off|learn|monitor|enforce; default learn; off neither learns nor checks UDP peers).
     """
 
     def __init__(
@@ -231,12 +231,6 @@ class NetworkMonitor:
     def baseline(self) -> dict[str, list[tuple[str, str, int]]]:
         """The learned UDP peers per workload: (direction, peer, service port)."""
         return {k: sorted(v) for k, v in self._baseline.items()}
-
-    def load_baseline(self, data: dict[str, list[tuple[str, str, int]]]) -> None:
-        """Restore peers saved by `baseline()` (caps apply)."""
-        for key, peers in data.items():
-            for direction, peer, port in peers:
-                self._learn(key, (str(direction), str(peer), int(port)))
 
     # ---- alerts -------------------------------------------------------------------------
 

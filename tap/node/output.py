@@ -21,7 +21,7 @@ from typing import TextIO
 from meshward.core.log import event
 from meshward.core.observation import Observation, observation_to_dict
 from meshward.runtime.client import ApiClient, ApiError
-from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.counters import NodeTapCounters
 
 log = logging.getLogger("meshward.node-tap.output")
 _STOP = object()
@@ -30,7 +30,7 @@ _STOP = object()
 class Output:
     """Bounded queue + writer thread; subclasses implement `_write(batch)`."""
 
-    def __init__(self, metrics: Metrics, max_queue: int = 10000, batch: int = 500) -> None:
+    def __init__(self, metrics: NodeTapCounters, max_queue: int = 10000, batch: int = 500) -> None:
         self.metrics = metrics
         self.queue: queue.Queue[object] = queue.Queue(max_queue)
         self.batch = batch
@@ -88,7 +88,7 @@ class Output:
 class JsonlOutput(Output):
     """One JSON object per line (observation_to_dict) on stdout."""
 
-    def __init__(self, metrics: Metrics, stream: TextIO | None = None, **kw: int) -> None:
+    def __init__(self, metrics: NodeTapCounters, stream: TextIO | None = None, **kw: int) -> None:
         super().__init__(metrics, **kw)
         self.stream = stream or sys.stdout
 
@@ -106,7 +106,7 @@ class JsonlOutput(Output):
 class HttpOutput(Output):
     """Batched POSTs to `meshward serve`'s ingest endpoint, retried with backoff."""
 
-    def __init__(self, metrics: Metrics, server: str, token: str | None = None,
+    def __init__(self, metrics: NodeTapCounters, server: str, token: str | None = None,
                  **kw: int) -> None:  # fmt: skip
         super().__init__(metrics, **kw)
         self.client = ApiClient(server, token=token, timeout=10)

@@ -74,10 +74,6 @@ class Packet:
     payload: memoryview
     wire_len: int
 
-    @property
-    def is_fragment(self) -> bool:
-        return self.more_fragments or self.frag_offset > 0
-
 
 _ADDR_CACHE_MAX = 4096
 _addr_cache: dict[bytes, str] = {}

@@ -19,10 +19,10 @@ from typing import Any
 
 from meshward.core.log import event
 from meshward.core.observation import Identity, Observation
-from meshward.linkerd.proxy import MESH_PORTS, client_identity
+from meshward.core.wire import LINKERD_PROXY_PORTS, linkerd_client_identity
 from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import Connection, FlowTable
-from meshward.tap.node.metrics import Metrics
 from meshward.tap.node.packet import TCP, decode
 
 log = logging.getLogger("meshward.node-tap")
@@ -59,7 +59,7 @@ class NodeTap:
         pods: list[PodTarget],
         ifaces: list[str],
         out: Callable[[Observation], None],
-        metrics: Metrics | None = None,
+        metrics: NodeTapCounters | None = None,
         app_ports: list[int] | None = None,
         max_body: int = 65536,
         max_flows: int = 20000,
@@ -72,7 +72,7 @@ class NodeTap:
         self.ring_mb = ring_mb  # kernel ring per capture socket (pinned kernel memory; two per pod)
         self.ifaces = ifaces
         self.out = out
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or NodeTapCounters()
         self.app_ports = app_ports
         self.stats_interval = stats_interval
         self.flows = FlowTable(self._observed, self.metrics, max_flows, idle_timeout,
@@ -91,7 +91,7 @@ class NodeTap:
                 pod.ips = namespace_addresses(pod.netns)
                 for ip in pod.ips:
                     self.by_ip[ip] = Identity(pod.pod.namespace, pod.pod.workload, ip=ip)
-                ports = self.app_ports or sorted(MESH_PORTS)
+                ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
                 prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
                 cap = self._capture("lo", prog, pod.netns)
                 self.tcp_where[cap.where] = pod
@@ -128,7 +128,7 @@ class NodeTap:
         pod = self.tcp_where.get(conn.where)
         pid = pod.pod if pod else Identity()
         obs.destination = Identity(pid.namespace, pid.workload, pid.principal, *conn.server)
-        obs.source = Identity.parse(client_identity(obs.headers))
+        obs.source = Identity.parse(linkerd_client_identity(obs.headers))
         obs.extra["tcp"] = f"{conn.client[0]}:{conn.client[1]}->{conn.server[0]}:{conn.server[1]}"
         obs.extra["netns"] = pod.netns if pod else conn.where
         if conn.midstream:

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from meshward.core import templates, values
 from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
-from meshward.core.detect import Inspection
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.observation import Identity, Observation, Threat
+from meshward.core.threats.inspection import Inspection
 
 segment = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12)
 paths = st.lists(segment, min_size=0, max_size=6).map(lambda s: "/" + "/".join(s))

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from meshward.core.observation import Observation
 from meshward.formats import EntryError, detect_format, read_observations
-from meshward.formats.envoytap import StreamAssembler, observations_from_trace
+from meshward.formats.envoytap import TraceSegmentAssembler, observations_from_trace
 from tests.support.samples import tap_trace
 
 
@@ -189,7 +189,7 @@ def test_stream_assembler_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     import meshward.formats.envoytap as tap
 
     monkeypatch.setattr(tap, "MAX_PENDING_STREAMS", 3)
-    a = StreamAssembler()
+    a = TraceSegmentAssembler()
     hdrs = tap_trace()["http_buffered_trace"]["request"]["headers"]
     out = []
     for i in range(10):
@@ -202,7 +202,7 @@ def test_stream_assembler_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stream_assembler_emits_on_response_headers() -> None:
     """Live use (admin /tap): a request comes out as soon as its response starts."""
-    a = StreamAssembler("envoy-tap")
+    a = TraceSegmentAssembler("envoy-tap")
     hdrs = tap_trace("POST", "/x")["http_buffered_trace"]["request"]["headers"]
     assert a.add({"trace_id": "7", "request_headers": {"headers": hdrs}}) == []
     assert a.add({"trace_id": "7", "request_body_chunk": {"as_string": "ab"}}) == []

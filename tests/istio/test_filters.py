@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from meshward.core import wire
 from meshward.istio import filters
 from meshward.istio.filters import FilterSettings
 
@@ -21,6 +22,16 @@ def test_filters_per_mode() -> None:
     # the caller's side only reports; the callee's sidecar decides
     out = FilterSettings("shop", "web", "enforce", direction="outbound")
     assert names(out) == [filters.EXT_PROC]
+
+
+def test_off_renders_nothing() -> None:
+    """In `off` meshward is not installed: no filters and no clusters, on either side."""
+    for direction in ("inbound", "outbound"):
+        s = FilterSettings("shop", "web", "off", direction=direction)
+        assert filters.http_filters(s) == [] and filters.clusters(s, "meshward", 9191, 9192) == []
+        assert not s.installed and not s.with_authz
+    with pytest.raises(ValueError, match="off, learn, monitor, enforce"):
+        FilterSettings("shop", "web", "block")
 
 
 def test_ext_authz_config() -> None:
@@ -61,7 +72,7 @@ def test_ext_proc_observability_mode() -> None:
     assert mode["request_body_mode"] == "STREAMED"
     assert mode.get("response_body_mode", "NONE") == "NONE"
     assert mode.get("request_trailer_mode", "SKIP") == mode.get("response_trailer_mode") == "SKIP"
-    assert cfg["request_attributes"] == list(filters.TAP_ATTRIBUTES)
+    assert cfg["request_attributes"] == list(wire.TAP_ATTRIBUTES)
     full = FilterSettings("shop", "orders", "learn", tap_response_body=True)
     full_mode = filters.ext_proc_filter(full)["typed_config"]["processing_mode"]
     assert full_mode["response_body_mode"] == "STREAMED"
@@ -74,6 +85,17 @@ def test_ext_proc_observability_mode() -> None:
         "x-meshward-workload": "orders",
         "x-meshward-direction": "inbound",
     }
+
+
+def test_rendered_identity_fields_are_wire_hints() -> None:
+    """Every name the renderer makes the sidecar send is in the wire contract's hint table."""
+    s = FilterSettings("shop", "web", "enforce", tap_response_body=True)
+    sent: set[str] = set()
+    for f in filters.http_filters(s):
+        sent |= {h["key"] for h in f["typed_config"]["grpc_service"]["initial_metadata"]}
+    per_route = filters.ext_authz_route_config(s)[filters.EXT_AUTHZ]
+    sent |= set(per_route["check_settings"]["context_extensions"])
+    assert sent and sent <= set(wire.UNTRUSTED_HINTS)
 
 
 def test_clusters_http2_and_limits() -> None:

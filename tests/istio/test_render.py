@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from meshward.app.commands import UsageError
+from meshward.core.modes import MODES
 from meshward.istio import envoyfilter, filters
 from meshward.istio.bootstrap import ROUTER_CONFIG, render_bootstrap, upstream_cluster
 from meshward.istio.envoyproc import EnvoyError, validate
 from meshward.istio.filters import FilterSettings
 
 CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "istio" / "crds.yaml"
-MODES = ("learn", "monitor", "enforce")
 STYLES = ("envoyfilter", "extension-provider")
 
 
@@ -73,6 +73,9 @@ def test_objects_match_crd_schemas(
 ) -> None:
     out = envoyfilter.render("shop", mode, style=style, workload=workload)
     kinds = [o["kind"] for o in out["objects"]]
+    if mode == "off":  # meshward is not installed there: nothing at all
+        assert out == {"objects": []}
+        return
     if style == "extension-provider" and mode == "enforce":
         assert kinds == ["EnvoyFilter", "AuthorizationPolicy"]
         policy = out["objects"][1]["spec"]
@@ -104,6 +107,9 @@ def test_patches_are_the_filter_config() -> None:
     """One source of truth: the EnvoyFilter carries exactly filters.http_filters/clusters."""
     for mode in MODES:
         s = FilterSettings("shop", "", mode)
+        if mode == "off":
+            assert envoyfilter.render("shop", mode)["objects"] == filters.http_filters(s) == []
+            continue
         (obj,) = envoyfilter.render("shop", mode)["objects"]
         patches = obj["spec"]["configPatches"]
         inserted = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
@@ -270,10 +276,32 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["CLUSTER", "HTTP_FILTER"]
 
 
+def test_istio_render_off_prints_no_objects(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--mode off`: nothing to apply (an empty stream, or [] in JSON), and a note on stderr."""
+    for style in envoyfilter.STYLES:
+        argv = ["render", "--namespace", "shop", "--mode", "off", "--style", style]
+        assert run_command("meshward.app.commands.istio", argv) == 0
+        out, err = capsys.readouterr()
+        assert out == "" and "nothing to install in shop" in err and "kubectl delete" in err
+        assert run_command("meshward.app.commands.istio", [*argv, "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+
+
+def test_envoy_bootstrap_off_has_no_meshward_filters() -> None:
+    """A sidecar of an `off` namespace is a plain proxy: only the router, no meshward cluster."""
+    boot = render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "off")
+    text = json.dumps(boot)
+    assert filters.EXT_PROC not in text and filters.EXT_AUTHZ not in text
+    assert [c["name"] for c in boot["static_resources"]["clusters"]] == [
+        upstream_cluster("127.0.0.1:8080")["name"]
+    ]
+
+
 def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) -> None:
     """--tap-close-timeout-ms and --tap-stream-window: one pair of flags, every renderer."""
     lag = ["--tap-close-timeout-ms", "12000", "--tap-stream-window", "64"]
-    assert run_command("meshward.app.commands.envoy", [*BOOT, "learn", *lag, "--format", "json"]) == 0
+    argv = [*BOOT, "learn", *lag, "--format", "json"]
+    assert run_command("meshward.app.commands.envoy", argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == render_bootstrap(
         15006, "127.0.0.1:8080", "shop", "web", "learn",

@@ -13,8 +13,8 @@ from typing import Any
 
 from meshward.app.serve import ServeConfig, Server
 from meshward.app.store import open_store
-from meshward.core.detect import Detector
-from meshward.core.engine import Engine, EngineConfig, default_detector
+from meshward.core.engine import Engine, EngineConfig, detector_for
+from meshward.core.threats.inspection import Detector
 from meshward.runtime.client import ApiClient
 from tests.support.envoy import echo_app, envoy_bin
 from tests.support.metrics import sample
@@ -25,7 +25,7 @@ __all__ = ["ServerThread", "echo_app", "envoy_bin", "free_port", "http"]
 @functools.cache
 def _detector() -> Detector:
     """The embedded threat detectors (engine default), built once: compiling them takes ~2 s."""
-    return default_detector(EngineConfig())
+    return detector_for(EngineConfig())
 
 
 def free_port() -> int:

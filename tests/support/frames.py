@@ -5,7 +5,14 @@ from __future__ import annotations
 import socket
 import struct
 
+from meshward.tap.node.packet import Packet
+
 ZERO_MAC = b"\x00" * 6
+
+
+def is_fragment(p: Packet) -> bool:
+    """A decoded packet that is one fragment of an IP datagram (the first, a middle or the last)."""
+    return p.more_fragments or p.frag_offset > 0
 
 
 def checksum(data: bytes) -> int:

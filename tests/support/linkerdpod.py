@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshward.linkerd.proxy import ADMIN_PORT, INBOUND_PORT
+from meshward.core.wire import LINKERD_ADMIN_PORT as ADMIN_PORT
+from meshward.core.wire import LINKERD_INBOUND_PORT as INBOUND_PORT
 from tests.support.netns import Pod
 
 HERE = Path(__file__).parent

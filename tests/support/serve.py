@@ -11,8 +11,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2
 
 from meshward.app.serve import ServeConfig, Server
 from meshward.app.store import open_store
-from meshward.core.detect import NoDetector
 from meshward.core.engine import Engine
+from meshward.core.threats.inspection import NoDetector
 
 
 @contextlib.asynccontextmanager

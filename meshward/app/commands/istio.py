@@ -67,6 +67,12 @@ def render(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not out["objects"]:
+        sys.stderr.write(
+            f"meshward: mode {args.mode}: nothing to install in {args.namespace}; remove what an "
+            f"earlier mode rendered with: kubectl delete envoyfilter,authorizationpolicy "
+            f"-n {args.namespace} -l app.kubernetes.io/managed-by=meshward\n"
+        )
     documents: list[object] = list(out["objects"])
     if "meshConfig" in out:
         fragment = {"meshConfig": out["meshConfig"]}

@@ -17,7 +17,7 @@ from meshward.core.names import is_kubernetes_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mode", help="get or set a namespace's mode (learn, monitor, enforce)")
+    p = sub.add_parser("mode", help="get or set a namespace's mode (" + ", ".join(MODES) + ")")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     get = actions.add_parser(

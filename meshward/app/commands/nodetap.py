@@ -207,8 +207,8 @@ def run(args: argparse.Namespace) -> int:
 
     from meshward.core.log import event
     from meshward.runtime import jsonlog as log
-    from meshward.tap.node.metrics import Metrics
-    from meshward.tap.node.modes import ModeSource, parse_mode_flags
+    from meshward.tap.node.counters import NodeTapCounters
+    from meshward.tap.node.modepoll import ModeSource, parse_mode_flags
     from meshward.tap.node.output import HttpOutput, JsonlOutput
     from meshward.tap.node.pipeline import NodeTap
 
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     net_config = _net_config(args.net_config)
     if os.geteuid() != 0:
         raise UsageError("needs root (AF_PACKET capture, entering network namespaces)")
-    metrics = Metrics()
+    metrics = NodeTapCounters()
     output = (
         HttpOutput(metrics, args.server, max_queue=args.queue_size)
         if args.server

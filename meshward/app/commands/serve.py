@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from meshward.app.serve import run as serve
     from meshward.app.store import StoreError
     from meshward.runtime import jsonlog as log
-    from meshward.tap.envoy.assemble import Limits
+    from meshward.tap.envoy.assemble import TapLimits
 
     try:
         log.setup(args.log_level)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         http_port=args.http_port
         if args.http_port is not None
         else _env_port("MESHWARD_HTTP_PORT", 9193),
-        tap_limits=Limits(max_body=args.tap_max_body),
+        tap_limits=TapLimits(max_body=args.tap_max_body),
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),

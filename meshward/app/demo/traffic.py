@@ -18,6 +18,7 @@ import aiohttp
 import grpc
 
 from meshward.app.demo.shop import CATEGORIES, PAYMENTS_SERVICE, service_host, struct
+from meshward.core import wire
 
 CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 SEARCH_WORDS = ("item", "books", "games", "music", "garden", "kitchen", "toys", "1", "2", "3")
@@ -199,7 +200,7 @@ class Driver:
             headers["content-type"] = "application/json"
         async with self.http.request(call.method, url, data=data, headers=headers) as resp:
             text = await resp.text(errors="replace")
-            return Result(call, resp.status, resp.headers.get("x-meshward-reason", ""), text[:200])
+            return Result(call, resp.status, resp.headers.get(wire.REASON_HEADER, ""), text[:200])
 
     async def _grpc(self, call: Call) -> Result:
         channel = self.channels.get(call.via)
@@ -222,7 +223,7 @@ class Driver:
             )
         except grpc.aio.AioRpcError as err:
             status = 403 if err.code() == grpc.StatusCode.PERMISSION_DENIED else 599
-            reason = dict(err.trailing_metadata() or ()).get("x-meshward-reason", "")
+            reason = dict(err.trailing_metadata() or ()).get(wire.REASON_HEADER, "")
             return Result(call, status, str(reason), f"{err.code().name}: {err.details()}")
         return Result(call, 200)
 

@@ -32,9 +32,9 @@ from meshward.core.bodies import (
     parse_query,
     recode,
 )
-from meshward.core.detect import Inspection
 from meshward.core.observation import Observation, Threat
 from meshward.core.threats import injection
+from meshward.core.threats.inspection import Inspection
 from meshward.core.threats.names import (
     CMDI,
     CRLF,
@@ -101,8 +101,8 @@ _Part = tuple[str, str]  # (kind: path | query | header, header name)
 
 
 class ThreatDetector:
-    """The embedded-threat detector (meshward.core.detect.Detector). Thread-safe, stateless per
-    call.
+    """The embedded-threat detector (a meshward.core.threats.inspection.Detector). Thread-safe,
+    stateless per call.
 
     level: 1..3 like OWASP CRS paranoia levels (1: few false positives).
     max_scan_bytes: body bytes inspected; beyond it the Inspection is `partial`.

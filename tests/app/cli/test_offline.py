@@ -252,6 +252,14 @@ def test_mode_get_set(meshward: Run, tmp_path: Path) -> None:
         assert s.modes() == {"pay": "monitor", "shop": "enforce"}
 
 
+def test_mode_set_off(meshward: Run, tmp_path: Path) -> None:
+    """`off` is a mode like the others for the CLI (the renderers then install nothing)."""
+    db = str(tmp_path / "m.db")
+    r = meshward("mode", "set", "shop", "off", "--db", db)
+    assert r.code == 0 and r.out == "shop: off (was learn)\n"
+    assert meshward("mode", "get", "shop", "--db", db).out == "off\n"
+
+
 def test_console_entry_point(meshward: Run, tmp_path: Path) -> None:
     """The real `python -m meshward` process (commands that build no threat detector: fast)."""
     import os

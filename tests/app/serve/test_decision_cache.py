@@ -10,9 +10,9 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from meshward.core.bodies import DecodedBody
-from meshward.core.detect import Inspection
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation
+from meshward.core.threats.inspection import Inspection
 from tests.support.serve import check_request, running_server
 
 

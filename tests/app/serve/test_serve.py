@@ -141,12 +141,13 @@ def test_tap_assembles_learns_and_ends_streams(tmp_path: Path) -> None:
 
 
 def test_tap_bounds_body_and_expires_streams() -> None:
-    from meshward.tap.envoy.assemble import Limits
+    from meshward.tap.envoy.assemble import TapLimits
 
     seen: list[Observation] = []
 
     async def main() -> None:
-        async with running_server(tap_limits=Limits(max_body=100), tap_stream_timeout=0.3) as srv:
+        limits = TapLimits(max_body=100)
+        async with running_server(tap_limits=limits, tap_stream_timeout=0.3) as srv:
 
             def sink(obs: Observation) -> None:
                 seen.append(obs)

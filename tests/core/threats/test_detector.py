@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshward.core.bodies import decode_body
-from meshward.core.detect import Detector
 from meshward.core.observation import Observation
 from meshward.core.threats import HTTP_THREATS, ThreatDetector, default_detector, metadata_address
+from meshward.core.threats.inspection import Detector
 from meshward.core.threats.normalise import decode
 
 DET = ThreatDetector(level=1)

@@ -1,5 +1,5 @@
 """Hostile but well-formed ext_proc streams through the whole Envoy tap path: the Process handler
-(with a stand-in for the gRPC context), stream assembly within its Limits, the both-ends join and
+(with a stand-in for the gRPC context), stream assembly within its TapLimits, the both-ends join and
 the pipeline with the real threat detectors in every mode; and random bytes through the admin
 /tap stream splitter and the tap trace parser. The tap is how observability-mode sidecars report
 traffic: an exception loses the request unjudged, so none may escape, and no buffer may grow past
@@ -30,7 +30,7 @@ from meshward.core.observation import Observation
 from meshward.runtime.grpcwire import Undecodable
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.admin import AdminTapError, TapStats, TraceSplitter, stream_observations
-from meshward.tap.envoy.assemble import _ATTRIBUTES, Limits, StreamAssembler, StreamContext
+from meshward.tap.envoy.assemble import _ATTRIBUTES, ExtProcAssembler, StreamContext, TapLimits
 from meshward.tap.envoy.extproc import TapService, _deserialize
 from meshward.tap.envoy.join import Joiner
 from tests.support.serve import tap_messages
@@ -152,7 +152,7 @@ contexts = st.builds(
     response_body=st.booleans(),
 )
 limits = st.builds(
-    Limits,
+    TapLimits,
     max_body=st.sampled_from([0, 1, 100, 64 * 1024]),
     max_headers=st.sampled_from([0, 1, 8, 128]),
     max_header_bytes=st.sampled_from([0, 50, 64 * 1024]),
@@ -161,7 +161,7 @@ limits = st.builds(
 streams = st.lists(processing_requests(), max_size=10)
 
 
-def _check_bounds(asm: StreamAssembler) -> None:
+def _check_bounds(asm: ExtProcAssembler) -> None:
     lim = asm.limits
     assert len(asm.body) <= lim.max_body
     assert asm.messages <= lim.max_messages
@@ -176,9 +176,9 @@ def _check_bounds(asm: StreamAssembler) -> None:
 @settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(msgs=streams, ctx=contexts, lim=limits)
 def test_any_stream_assembles_within_limits(
-    msgs: list[PR], ctx: StreamContext, lim: Limits
+    msgs: list[PR], ctx: StreamContext, lim: TapLimits
 ) -> None:
-    asm = StreamAssembler(ctx, lim)
+    asm = ExtProcAssembler(ctx, lim)
     for m in msgs:
         done = asm.feed(m)
         _check_bounds(asm)
@@ -229,7 +229,7 @@ PIPELINE = Pipeline(ENGINE, Metrics(), Joiner(max_pending=50))
 @given(items=st.lists(wire_items, max_size=10), end=st.sampled_from(["eof", "eof", "cut", "hang"]),
        md=metadata, lim=limits, mode=st.sampled_from(["learn", "monitor", "enforce"]))
 def test_any_process_stream_yields_at_most_one_judged_observation(
-    items: list[Any], end: str, md: tuple[tuple[str, Any], ...], lim: Limits, mode: str
+    items: list[Any], end: str, md: tuple[tuple[str, Any], ...], lim: TapLimits, mode: str
 ) -> None:
     problems: list[tuple[str, str, object]] = []
     seen: list[Observation] = []
@@ -427,7 +427,7 @@ def test_non_finite_number_attribute_keeps_the_stream() -> None:
 def test_only_known_attributes_are_kept() -> None:
     """Past 32 names each message still added one, its name of any length: now only the names
     `observation` reads are kept."""
-    asm = StreamAssembler(StreamContext("shop", "api"))
+    asm = ExtProcAssembler(StreamContext("shop", "api"))
     for i in range(50):
         msg = PR(observability_mode=True)
         for j in range(40):
@@ -435,7 +435,7 @@ def test_only_known_attributes_are_kept() -> None:
         msg.attributes["x"].fields["request.protocol"].string_value = "HTTP/2"
         asm.feed(msg)
     assert asm.attributes == {"request.protocol": "HTTP/2"}
-    from meshward.istio.filters import TAP_ATTRIBUTES
+    from meshward.core.wire import TAP_ATTRIBUTES
 
     assert set(TAP_ATTRIBUTES) == _ATTRIBUTES
 
@@ -449,7 +449,7 @@ def test_numbers_int_refuses_do_not_lose_the_exchange() -> None:
         msgs[-1].response_headers.headers.headers[0].raw_value = text.encode()  # :status
         msgs[0].attributes["envoy.filters.http.ext_proc"].fields[
             "source.address"].string_value = f"10.0.0.2:{text}"  # fmt: skip
-        asm = StreamAssembler(StreamContext("shop", "api"))
+        asm = ExtProcAssembler(StreamContext("shop", "api"))
         for m in msgs:
             asm.feed(m)
         obs = asm.observation()

@@ -6,14 +6,14 @@ import time
 
 from meshward.core.observation import Direction, Identity, Observation
 from meshward.core.threats.names import EXCHANGE_MISMATCH
-from meshward.tap.envoy.assemble import Limits, StreamAssembler, StreamContext
+from meshward.tap.envoy.assemble import ExtProcAssembler, StreamContext, TapLimits
 from meshward.tap.envoy.extproc import stream_context
 from meshward.tap.envoy.join import Joiner
 from tests.support.serve import tap_messages
 
 
-def _assemble(msgs: list, ctx: StreamContext | None = None, **limits: int) -> StreamAssembler:
-    asm = StreamAssembler(ctx or StreamContext("shop", "api"), Limits(**limits))
+def _assemble(msgs: list, ctx: StreamContext | None = None, **limits: int) -> ExtProcAssembler:
+    asm = ExtProcAssembler(ctx or StreamContext("shop", "api"), TapLimits(**limits))
     for m in msgs:
         if asm.feed(m):
             break
@@ -50,7 +50,7 @@ def test_bounds_flag_truncation() -> None:
 
 
 def test_no_request_headers_no_observation() -> None:
-    asm = StreamAssembler(StreamContext())
+    asm = ExtProcAssembler(StreamContext())
     assert asm.observation() is None
 
 
@@ -132,7 +132,7 @@ def test_open_streams_share_a_byte_budget() -> None:
     big = tap_messages("POST", "/up", body=b"x" * 30_000, chunks=3, complete=False)
     streams = []
     for _ in range(8):  # eight streams of 30 KB against a 100 KB budget, all open at once
-        asm = StreamAssembler(StreamContext("shop", "api"), Limits(), budget)
+        asm = ExtProcAssembler(StreamContext("shop", "api"), TapLimits(), budget)
         for m in big:
             asm.feed(m)
         streams.append(asm)
@@ -145,7 +145,7 @@ def test_open_streams_share_a_byte_budget() -> None:
     fat = tap_messages("GET", "/fat", complete=False)
     for i in range(40):  # 20 KB of headers, the budget spent: the first 8 KiB are kept
         fat[0].request_headers.headers.headers.add(key=f"x-h{i}", raw_value=b"v" * 500)
-    asm = StreamAssembler(StreamContext("shop", "api"), Limits(), budget)
+    asm = ExtProcAssembler(StreamContext("shop", "api"), TapLimits(), budget)
     asm.feed(fat[0])
     obs = asm.observation()
     assert obs is not None and obs.path == "/fat" and asm.budget_cut
@@ -154,7 +154,7 @@ def test_open_streams_share_a_byte_budget() -> None:
     for asm in streams:
         asm.release()
     assert budget.used == 0
-    fresh = StreamAssembler(StreamContext("shop", "api"), Limits(), budget)
+    fresh = ExtProcAssembler(StreamContext("shop", "api"), TapLimits(), budget)
     for m in big:
         fresh.feed(m)
     assert len(fresh.body) == 30_000 and not fresh.budget_cut

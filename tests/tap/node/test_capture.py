@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from meshward.linkerd.proxy import ADMIN_PORT, MESH_PORTS
+from meshward.core.wire import LINKERD_ADMIN_PORT as ADMIN_PORT
+from meshward.core.wire import LINKERD_PROXY_PORTS as MESH_PORTS
 from meshward.tap.node.capture import Capture, assemble, tcp_filter
 from meshward.tap.node.packet import decode
 from tests.support.netns import Node, need_netns

@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import ACK, FIN, RST, SYN, FlowTable
 from meshward.tap.node.http2 import PREFACE, Http2Parser
-from meshward.tap.node.metrics import Metrics
 from meshward.tap.node.packet import TCP, decode
 from tests.support.traffic import Conversation, frame, h2_exchange, packet
 from tests.tap.node.test_http1 import run
@@ -24,8 +24,8 @@ HTTP_RESP = (
 )
 
 
-def feed_frames(frames: list[bytes]) -> Metrics:
-    m = Metrics()
+def feed_frames(frames: list[bytes]) -> NodeTapCounters:
+    m = NodeTapCounters()
     table = FlowTable(lambda o, c: None, m, max_flows=50)
     for f in frames:
         pkt = decode(f, 1.0)
@@ -108,7 +108,7 @@ def test_broken_http2_frames(flips: list[tuple[int, int]]) -> None:
     data = bytearray(H2_C2S + H2_S2C)
     for pos, value in flips:
         data[pos] = value
-    m = Metrics()
+    m = NodeTapCounters()
     got: list = []
     p = Http2Parser(got.append, m)
     p.feed(True, bytes(data[: len(H2_C2S)]), 0.0)
@@ -120,7 +120,7 @@ def test_broken_http2_frames(flips: list[tuple[int, int]]) -> None:
 @FUZZ
 @given(st.binary(max_size=500))
 def test_random_http2_frames(junk: bytes) -> None:
-    p = Http2Parser(lambda o: None, Metrics())
+    p = Http2Parser(lambda o: None, NodeTapCounters())
     p.feed(True, PREFACE + junk, 0.0)
     p.feed(False, junk, 0.0)
     p.close()

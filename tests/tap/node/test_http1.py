@@ -5,16 +5,16 @@ from __future__ import annotations
 import random
 
 from meshward.core.observation import Observation
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import FlowTable
-from meshward.tap.node.metrics import Metrics
 from tests.support.traffic import Conversation, packet
 
 CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
 
 
-def run(packets: list, table: FlowTable | None = None) -> tuple[list[Observation], Metrics]:
+def run(packets: list, table: FlowTable | None = None) -> tuple[list[Observation], NodeTapCounters]:
     got: list[Observation] = []
-    m = Metrics()
+    m = NodeTapCounters()
     table = table or FlowTable(lambda o, c: got.append(o), m)
     for p in packets:
         table.packet(p, "pod")
@@ -136,7 +136,7 @@ def test_rst_emits_unanswered_request() -> None:
 
 def test_flow_table_is_bounded_and_expires() -> None:
     got: list[Observation] = []
-    m = Metrics()
+    m = NodeTapCounters()
     table = FlowTable(lambda o, c: got.append(o), m, max_flows=3, idle_timeout=100)
     for i in range(5):  # a SYN flood: handshakes that never carry data make room
         table.packet(packet(("10.0.0.1", 1000 + i), ("10.0.0.2", 80), 1, 0x02, ts=1.0), "pod")
@@ -172,7 +172,7 @@ def test_response_until_close_and_chunked_trailers() -> None:
 
 def test_lost_segment_is_given_up_after_gap_timeout() -> None:
     got: list[Observation] = []
-    m = Metrics()
+    m = NodeTapCounters()
     table = FlowTable(lambda o, c: got.append(o), m, gap_timeout=1.0)
     c = Conversation()
     c.handshake()
@@ -187,15 +187,6 @@ def test_lost_segment_is_given_up_after_gap_timeout() -> None:
     table.expire(3.0)  # packets carry ts=1.0: the hole is older than gap_timeout
     assert [(o.path, o.status) for o in got] == [("/one", None), ("/two", 201)]
     assert m.gaps == 1
-
-
-def test_linkerd_ports_and_identity() -> None:
-    from meshward.linkerd.proxy import ADMIN_PORT, INBOUND_PORT, client_identity, is_app_port
-
-    assert not is_app_port(INBOUND_PORT) and not is_app_port(ADMIN_PORT)
-    assert is_app_port(8080) and not is_app_port(0) and not is_app_port(70000)
-    assert client_identity([("x", "1"), ("l5d-client-id", " web.shop.serviceaccount.identity.l ")])
-    assert client_identity([("x", "1")]) == ""
 
 
 def test_endless_request_head_is_cut() -> None:
@@ -228,7 +219,7 @@ def test_long_headers_cannot_hide_a_request() -> None:
 
 
 def test_out_of_order_bytes_share_one_budget() -> None:
-    m = Metrics()
+    m = NodeTapCounters()
     table = FlowTable(lambda o, c: None, m, buffer_budget=100, gap_timeout=60)
     for port in (1, 2):
         c = Conversation(client=("10.0.0.1", 40000 + port))

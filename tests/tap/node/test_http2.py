@@ -5,8 +5,8 @@ from __future__ import annotations
 import hpack
 from hyperframe.frame import HeadersFrame, SettingsFrame
 
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.http2 import PREFACE, Http2Parser
-from meshward.tap.node.metrics import Metrics
 from tests.support.traffic import Conversation, h2_exchange
 from tests.tap.node.test_http1 import run
 
@@ -52,7 +52,7 @@ def test_plain_h2_and_small_header_table() -> None:
 
 
 def test_settings_table_size_limits_the_other_decoder() -> None:
-    p = Http2Parser(lambda o: None, Metrics())
+    p = Http2Parser(lambda o: None, NodeTapCounters())
     settings = SettingsFrame(0, settings={SettingsFrame.HEADER_TABLE_SIZE: 100})
     p.feed(True, PREFACE + settings.serialize(), 0.0)
     assert p.server.decoder.max_allowed_table_size == 100
@@ -77,7 +77,7 @@ def test_midstream_h2_is_unparseable() -> None:
 
 def test_broken_frames_counted() -> None:
     for junk in (b"\0\0\x05\x01\x04\0\0\0\x01\xff\xff\xff\xff\xff", b"\xff" * 40):
-        m = Metrics()
+        m = NodeTapCounters()
         got: list = []
         p = Http2Parser(got.append, m)
         p.feed(True, PREFACE + junk, 0.0)

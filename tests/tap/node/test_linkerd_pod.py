@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from meshward.core.observation import Identity, Observation, observation_from_dict
-from meshward.linkerd.proxy import ADMIN_PORT
+from meshward.core.wire import LINKERD_ADMIN_PORT as ADMIN_PORT
 from meshward.runtime.client import ApiClient
 from meshward.tap.node.pipeline import NodeTap, PodTarget
 from tests.conftest import need_tools

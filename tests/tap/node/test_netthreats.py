@@ -15,6 +15,7 @@ from meshward.tap.node import dns
 from meshward.tap.node.netthreats import NetThreatConfig, NetworkMonitor, randomness
 from meshward.tap.node.packet import ICMP, TCP, UDP, decode
 from tests.support import frames as f
+from tests.support.netmonitor import load_baseline
 
 A, B, C = "10.9.0.2", "10.9.0.3", "10.9.0.4"
 
@@ -307,7 +308,7 @@ def test_baseline_round_trip_and_caps() -> None:
     assert base == {"shop/w1": [("in", "external", 5000)], "shop/w2": [("in", "external", 5000)]}
     assert A not in base  # not a pod: no baseline
     other = NetworkMonitor()
-    other.load_baseline(base)
+    load_baseline(other, base)
     assert other.baseline() == base
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 import pytest
 
 from meshward.core.observation import Identity, Observation, observation_from_dict
-from meshward.tap.node.metrics import Metrics
+from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.output import HttpOutput, JsonlOutput
 
 
@@ -57,7 +57,7 @@ def ingest() -> Iterator[str]:
 
 
 def test_jsonl_round_trips() -> None:
-    m = Metrics()
+    m = NodeTapCounters()
     buf = io.StringIO()
     out = JsonlOutput(m, stream=buf)
     out.start()
@@ -74,7 +74,7 @@ def test_jsonl_round_trips() -> None:
 
 def test_http_batches_and_retries(ingest: str) -> None:
     Ingest.fail = 2
-    m = Metrics()
+    m = NodeTapCounters()
     out = HttpOutput(m, ingest)
     out.start()
     for i in range(50):
@@ -89,7 +89,7 @@ def test_http_batches_and_retries(ingest: str) -> None:
 
 
 def test_server_down_drops_are_bounded_and_counted() -> None:
-    m = Metrics()
+    m = NodeTapCounters()
     out = HttpOutput(m, "http://127.0.0.1:9", max_queue=10)  # discard port: refused
     out.start()
     for i in range(100):

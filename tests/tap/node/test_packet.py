@@ -19,7 +19,7 @@ def test_ipv4_udp_over_ethernet() -> None:
     assert (p.sport, p.dport, p.ip_id, p.ttl, p.ip_len) == (5353, 53, 77, 64, 33)
     assert bytes(p.payload) == b"hello"
     assert p.wire_len == len(frame)
-    assert not p.is_fragment
+    assert not f.is_fragment(p)
 
 
 def test_ethernet_padding_is_not_payload() -> None:
@@ -64,7 +64,7 @@ def test_ipv4_fragments() -> None:
     first, second, last = (decode(f.ether(x), 0.0) for x in frags)
     assert first is not None and second is not None and last is not None
     assert first.more_fragments and first.frag_offset == 0 and first.icmp_type == 8
-    assert first.ip_id == 4242 and first.is_fragment
+    assert first.ip_id == 4242 and f.is_fragment(first)
     assert second.frag_offset == 1480 and second.more_fragments and second.icmp_type == 0
     assert bytes(second.payload) == datagram[1480:2960]
     assert last.frag_offset == 2960 and not last.more_fragments

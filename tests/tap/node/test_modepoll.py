@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from meshward.tap.node.modes import ModeSource, parse_mode_flags
+from meshward.tap.node.modepoll import ModeSource, parse_mode_flags
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def parse_mode_flags(flags: list[str]) -> dict[str, str]:
     for flag in flags:
         ns, sep, mode = flag.partition("=")
         if not sep or not ns or mode not in MODES:
-            raise ValueError(f"--mode {flag!r} is not NAMESPACE=learn|monitor|enforce")
+            raise ValueError(f"--mode {flag!r} is not NAMESPACE={'|'.join(MODES)}")
         out[ns] = mode
     return out
 

@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass
 
 
 @dataclass(slots=True)
-class Metrics:
+class NodeTapCounters:
+    """What the node tap counted since start (`meshward_nodetap_*` on its /metrics)."""
+
     packets: int = 0  # packets that reached Python (after the kernel filters)
     bytes: int = 0  # their wire bytes
     undecodable: int = 0  # frames packet.decode rejected

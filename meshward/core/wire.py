@@ -1,0 +1,84 @@
+"""The sidecar<->server wire contract: every name a sidecar and `meshward serve` agree on.
+
+The renderer (meshward.istio.filters) writes these names into the Envoy config, the ext_authz
+conversion (meshward.extauthz) and the Envoy tap (meshward.tap.envoy) read them back, and the node
+tap (meshward.tap.node) reads the Linkerd proxy's. One module, so the two ends cannot drift apart
+and sources need not import mesh modules for them.
+
+Everything a caller writes (gRPC metadata, `context_extensions`, request headers) is an UNTRUSTED
+HINT: whoever can reach meshward's ports or send a request can set it. UNTRUSTED_HINTS lists
+them; a security decision derives identities from verified mTLS peers only, never from a hint.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Final
+
+# gRPC initial metadata the sidecar's filters send on every Check call and tap stream
+METADATA_NAMESPACE: Final = "x-meshward-namespace"
+METADATA_WORKLOAD: Final = "x-meshward-workload"
+METADATA_DIRECTION: Final = "x-meshward-direction"  # inbound | outbound
+METADATA_NODE: Final = "x-meshward-node"  # optional: the node the sidecar runs on
+# "true": the tap filter also streams response bodies and trailers (Envoy 1.40 sends no
+# protocol_config in observability mode, so the server must be told)
+METADATA_TAP_RESPONSE_BODY: Final = "x-meshward-tap-response-body"
+
+# ext_authz `context_extensions` keys, set per virtual host (ExtAuthzPerRoute.check_settings)
+CONTEXT_NAMESPACE: Final = "namespace"
+CONTEXT_WORKLOAD: Final = "workload"
+CONTEXT_DIRECTION: Final = "direction"
+
+# server -> sidecar: the response header of a denial (written by meshward, not a hint)
+REASON_HEADER: Final = "x-meshward-reason"
+
+# the connection facts the tap filter asks Envoy for (ProcessingRequest.attributes); the tap
+# keeps only these, so a stream's attribute table is bounded whatever names arrive
+TAP_ATTRIBUTES: Final = (
+    "source.address",
+    "source.port",
+    "destination.address",
+    "destination.port",
+    "connection.uri_san_peer_certificate",
+    "connection.uri_san_local_certificate",
+    "request.protocol",
+)
+
+# Linkerd's proxy, as the node tap sees it on a pod's loopback: the inbound side listens on 4143
+# and forwards to the app on the pod IP over `lo` (since Linkerd 2.11); the app's own calls leave
+# through the outbound side on 127.0.0.1:4140; 4191 is the admin port (probes, metrics) and 4190
+# the tap/control port: mesh control traffic, never app traffic.
+LINKERD_INBOUND_PORT: Final = 4143
+LINKERD_OUTBOUND_PORT: Final = 4140
+LINKERD_ADMIN_PORT: Final = 4191
+LINKERD_CONTROL_PORT: Final = 4190
+LINKERD_PROXY_PORTS: Final = frozenset(
+    {LINKERD_INBOUND_PORT, LINKERD_OUTBOUND_PORT, LINKERD_ADMIN_PORT, LINKERD_CONTROL_PORT}
+)
+# the caller's mTLS identity, added by the inbound proxy to the requests it forwards
+LINKERD_CLIENT_ID_HEADER: Final = "l5d-client-id"
+
+UNTRUSTED_HINTS: Final = MappingProxyType({
+    METADATA_NAMESPACE: "gRPC metadata: the namespace the sidecar says it guards",
+    METADATA_WORKLOAD: "gRPC metadata: the workload the sidecar says it guards",
+    METADATA_DIRECTION: "gRPC metadata: which side of the call the sidecar says it sits on",
+    METADATA_NODE: "gRPC metadata: the node the sidecar says it runs on",
+    METADATA_TAP_RESPONSE_BODY: "gRPC metadata: whether response bodies follow on the stream",
+    CONTEXT_NAMESPACE: "ext_authz context_extensions: the namespace of the guarded workload",
+    CONTEXT_WORKLOAD: "ext_authz context_extensions: the guarded workload",
+    CONTEXT_DIRECTION: "ext_authz context_extensions: inbound or outbound",
+    LINKERD_CLIENT_ID_HEADER: "request header: the caller's identity; vouched for by Linkerd's "
+    "inbound proxy, but any process on the pod's loopback can send it",
+})  # fmt: skip
+"""Every caller-written field, with what it claims: a hint to label and route by, never proof."""
+
+
+def linkerd_client_identity(headers: list[tuple[str, str]]) -> str:
+    """The caller's identity as the `l5d-client-id` header gives it, or "" (plaintext caller).
+
+    A hint (see UNTRUSTED_HINTS): good for naming the source, not for trusting it.
+    """
+    for name, value in headers:
+        if name == LINKERD_CLIENT_ID_HEADER:
+            return value.strip()
+    return ""
