@@ -63,7 +63,7 @@ def injected(labels: Mapping[str, str]) -> bool:
 def mode_of(labels: Mapping[str, str]) -> str | None:
     """The namespace's mode, or None for a label value that is no mode (left as it is)."""
     mode = labels.get(MODE_LABEL, DEFAULT_MODE)
-    return mode if mode in MODES or mode == "off" else None
+    return mode if mode in MODES else None
 
 
 def desired(

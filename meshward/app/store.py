@@ -354,7 +354,8 @@ class SqliteStore:
         self, limit: int = 100, namespace: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
         """Newest first; optionally one namespace and/or alerts at or after `since` (epoch s)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if namespace is not None:
             where.append("namespace = ?")
             params.append(namespace)

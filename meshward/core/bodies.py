@@ -89,7 +89,8 @@ class DecodedBody:
     def keys(self) -> list[tuple[str, str]]:
         if self._keys is None:
             self.fields  # noqa: B018  (one walk fills both)
-        return self._keys  # type: ignore[return-value]
+        assert self._keys is not None
+        return self._keys
 
     @property
     def partial(self) -> bool:

@@ -12,6 +12,7 @@ import io
 import json
 import zlib
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import ijson
 
@@ -132,7 +133,8 @@ def read_observations(paths: list[str], progress: Progress | None = None) -> Ite
     """
     for path in paths:
         try:
-            f = open(path, "rb", buffering=SNIFF)  # noqa: SIM115 - closed below, generator
+            # closed below (a generator); a BufferedReader, whose peek() the sniffing needs
+            f = cast(io.BufferedReader, open(path, "rb", buffering=SNIFF))  # noqa: SIM115
         except OSError as exc:
             yield EntryError(path, None, f"cannot open: {exc.strerror or exc}")
             continue

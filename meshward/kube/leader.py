@@ -63,7 +63,8 @@ class LeaderElector:
             raise ValueError("leader election needs a non-empty identity")
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError("need 0 < retry_period < renew_deadline < lease_duration")
-        self._api = client.CoordinationV1Api(api_client)
+        # Any: the generated client takes plain dicts as bodies, its annotations want models
+        self._api: Any = client.CoordinationV1Api(api_client)
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_duration = lease_duration
         self.renew_deadline, self.retry_period = renew_deadline, retry_period

@@ -142,9 +142,9 @@ class _Family:
                 for bound, n in zip(self.bounds, child.counts, strict=True):
                     running += n
                     buckets.append((floatToGoString(bound), running))
-                out.add_metric(list(values), buckets, child.sum)  # type: ignore[call-arg]
+                out.add_metric(list(values), buckets, child.sum)  # type: ignore[attr-defined]
             else:
-                out.add_metric(list(values), child.value)  # type: ignore[call-arg]
+                out.add_metric(list(values), child.value)  # type: ignore[attr-defined]
         return out
 
 

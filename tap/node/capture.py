@@ -18,6 +18,9 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -153,11 +156,11 @@ def netns_path(name_or_path: str) -> str:
     return name_or_path if "/" in name_or_path else f"/run/netns/{name_or_path}"
 
 
-def in_netns(netns: str | None, fn, *args):  # type: ignore[no-untyped-def]
+def in_netns(netns: str | None, fn: Callable[..., T], *args: object) -> T:
     """Run fn(*args) in a throw-away thread joined to `netns` (None: this namespace)."""
     if netns is None:
         return fn(*args)
-    box: dict[str, object] = {}
+    box: dict[str, Any] = {}
 
     def work() -> None:
         try:
@@ -170,8 +173,9 @@ def in_netns(netns: str | None, fn, *args):  # type: ignore[no-untyped-def]
     t.start()
     t.join()
     if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]
+        raise box["error"]
+    result: T = box["result"]
+    return result
 
 
 _BLOCK_STATUS = struct.Struct("I")  # tpacket_block_desc.hdr.bh1.block_status at +8

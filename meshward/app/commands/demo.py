@@ -8,7 +8,7 @@ import json
 from meshward.app.commands import UsageError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a sample shop behind real Envoy sidecars: learn, enforce, attack, summarise",

@@ -11,7 +11,7 @@ from meshward.core.modes import MODES
 from meshward.core.names import is_host_name
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "envoy",
         help="render Envoy configuration carrying meshward's filters",

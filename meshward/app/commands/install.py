@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from meshward.app.cli import UsageError
+from meshward.app.commands import UsageError
 from meshward.app.commands.envoy import dump
 from meshward.core.names import is_kubernetes_name
+
+if TYPE_CHECKING:
+    from meshward.app.install import InstallOptions
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,7 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="yaml", choices=("yaml", "json"))
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "install",
         help="print every manifest meshward needs in a cluster (pipe to kubectl apply -f -)",
@@ -59,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     u.set_defaults(func=uninstall)
 
 
-def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _options(args: argparse.Namespace) -> InstallOptions:
     from meshward.app.install import InstallOptions, parse_kube_version
 
     if not is_kubernetes_name(args.namespace):

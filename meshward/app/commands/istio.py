@@ -11,7 +11,7 @@ from meshward.core.modes import MODES
 from meshward.core.names import is_host_name
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("istio", help="render Istio objects for meshward")
     sub = p.add_subparsers(dest="istio_command", metavar="SUBCOMMAND")
     sub.required = True

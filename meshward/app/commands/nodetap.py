@@ -12,13 +12,14 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "node-tap",
         help="capture Linkerd pods' loopback HTTP/gRPC and host ICMP/UDP (root)",
@@ -193,12 +194,12 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
     from prometheus_client.core import GaugeMetricFamily
 
     class Collector:
-        def collect(self):  # type: ignore[no-untyped-def]
+        def collect(self) -> Iterator[GaugeMetricFamily]:
             for name, value in tap.stats().items():
                 yield GaugeMetricFamily(f"meshward_nodetap_{name}", name, value=value)
 
     registry = CollectorRegistry()
-    registry.register(Collector())  # type: ignore[arg-type]
+    registry.register(Collector())
     start_http_server(port, addr=host, registry=registry)
 
 

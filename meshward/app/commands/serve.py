@@ -18,7 +18,7 @@ def _env_port(name: str, default: int) -> int:
     return int(raw)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the ext_authz service, the Envoy tap receiver and the HTTP API",

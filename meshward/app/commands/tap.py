@@ -26,7 +26,7 @@ BATCH = 200
 BATCH_SECONDS = 0.5
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("tap", help="read observations from an Envoy tap")
     sub = p.add_subparsers(dest="tap_command", metavar="SOURCE")
     sub.required = True

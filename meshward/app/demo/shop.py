@@ -23,7 +23,7 @@ from google.protobuf import json_format, struct_pb2
 PAYMENTS_SERVICE = "demo.shop.Payments"
 NAMESPACE = "shop"
 CATEGORIES = ("books", "games", "music", "garden", "kitchen", "toys")
-PRODUCTS = {
+PRODUCTS: dict[int, dict[str, Any]] = {
     i: {
         "id": i,
         "name": f"{CATEGORIES[i % len(CATEGORIES)]} item {i}",
