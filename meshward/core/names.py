@@ -14,6 +14,11 @@ def is_kubernetes_name(text: str) -> bool:
     return _DNS_LABEL.fullmatch(text) is not None
 
 
+def is_kubernetes_subdomain(text: str) -> bool:
+    """A DNS-1123 subdomain: what a node (and most object) names must be."""
+    return 0 < len(text) <= 253 and all(_DNS_LABEL.fullmatch(p) for p in text.split("."))
+
+
 def is_ip(host: str) -> bool:
     if not host or not (host[0].isdigit() or ":" in host):  # a cheap no for host names
         return False

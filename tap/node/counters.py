@@ -30,6 +30,9 @@ class NodeTapCounters:
     out_queued: int = 0  # observations handed to the output
     out_dropped: int = 0  # observations the output queue had no room for
     out_sent: int = 0  # observations written or accepted by the server
+    pods_attached: int = 0  # pods whose captures opened (discovery)
+    pods_detached: int = 0  # pods whose captures closed again
+    attach_failed: int = 0  # attach or detach that failed (the pod went away meanwhile)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

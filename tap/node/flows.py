@@ -221,6 +221,8 @@ class FlowTable:
             if total <= self.buffer_budget:
                 return
 
-    def close_all(self) -> None:
+    def close_all(self, where: str | None = None) -> None:
+        """Close every connection (or those of one capture: a pod that went away)."""
         for conn in {id(c): c for c in self.flows.values()}.values():
-            self._remove(conn)
+            if where is None or conn.where == where:
+                self._remove(conn)

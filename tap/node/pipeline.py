@@ -10,6 +10,7 @@ second.
 from __future__ import annotations
 
 import logging
+import queue
 import select
 import threading
 import time
@@ -75,38 +76,122 @@ class NodeTap:
         self.metrics = metrics or NodeTapCounters()
         self.app_ports = app_ports
         self.stats_interval = stats_interval
-        self.flows = FlowTable(self._observed, self.metrics, max_flows, idle_timeout,
-                               max_body=max_body)  # fmt: skip
+        self.flows = FlowTable(
+            self._observed, self.metrics, max_flows, idle_timeout, max_body=max_body
+        )
         self.captures: list[Capture] = []
         self.tcp_where: dict[str, PodTarget] = {}
         self.netmon = netmonitor
         self.by_ip: dict[str, Identity] = {}
         self.net_pod_ips: dict[str, frozenset[str]] = {}  # pod eth0 capture -> its IPs
+        self.attached: dict[str, list[Capture]] = {}  # pod netns -> its captures
+        # attach/detach asked from other threads (pod discovery), done by the packet loop,
+        # which alone touches captures, flows and parsers
+        self._requests: queue.SimpleQueue[tuple[str, PodTarget]] = queue.SimpleQueue()
+        self._epoll: select.epoll | None = None
+        self._caps: dict[int, tuple[Capture, Callable[[bytes, float], None]]] = {}
 
     # --- setup -------------------------------------------------------------------------
     def open(self) -> None:
         """Open every capture socket (raises OSError with the namespace/interface named)."""
         try:
             for pod in self.pods:
-                pod.ips = namespace_addresses(pod.netns)
-                for ip in pod.ips:
-                    self.by_ip[ip] = Identity(pod.pod.namespace, pod.pod.workload, ip=ip)
-                ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
-                prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
-                cap = self._capture("lo", prog, pod.netns)
-                self.tcp_where[cap.where] = pod
-                if pod.net_iface and self.netmon is not None:
-                    try:
-                        net = self._capture(pod.net_iface, netthreat_filter(), pod.netns)
-                        self.net_pod_ips[net.where] = frozenset(pod.ips)
-                    except OSError as exc:  # a pod without that interface: TCP still works
-                        event(log, "pod interface not watched", logging.WARNING,
-                              netns=pod.netns, iface=pod.net_iface, error=str(exc))  # fmt: skip
+                self._attach(pod)
             for iface in self.ifaces:
                 self._capture(iface, netthreat_filter(), None)
         except BaseException:
             self.close()
             raise
+
+    def _attach(self, pod: PodTarget) -> None:
+        """Open a pod's captures: proxy<->app TCP on its lo, ICMP/UDP on its interface."""
+        if pod.netns in self.attached:
+            return
+        pod.ips = pod.ips or namespace_addresses(pod.netns)
+        opened: list[Capture] = []
+        try:
+            ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
+            prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
+            cap = self._capture("lo", prog, pod.netns)
+            opened.append(cap)
+            self.tcp_where[cap.where] = pod
+            if pod.net_iface and self.netmon is not None:
+                try:
+                    net = self._capture(pod.net_iface, netthreat_filter(), pod.netns)
+                    opened.append(net)
+                    self.net_pod_ips[net.where] = frozenset(pod.ips)
+                except OSError as exc:  # a pod without that interface: TCP still works
+                    event(
+                        log,
+                        "pod interface not watched",
+                        logging.WARNING,
+                        netns=pod.netns,
+                        iface=pod.net_iface,
+                        error=str(exc),
+                    )
+        except BaseException:
+            for c in opened:
+                self._forget(c)
+            raise
+        for ip in pod.ips:
+            self.by_ip[ip] = Identity(pod.pod.namespace, pod.pod.workload, ip=ip)
+        self.attached[pod.netns] = opened
+        self.metrics.pods_attached += 1
+
+    def _detach(self, pod: PodTarget) -> None:
+        """Close a pod's captures and connections: sockets and memory return to what they
+        were before it came."""
+        if pod.netns not in self.attached:
+            return
+        for cap in self.attached.pop(pod.netns, []):
+            self.flows.close_all(cap.where)
+            self._forget(cap)
+        for ip in pod.ips:
+            self.by_ip.pop(ip, None)
+        self.metrics.pods_detached += 1
+        event(log, "detached", netns=pod.netns, pod=pod.pod.key)
+
+    def _forget(self, cap: Capture) -> None:
+        self.tcp_where.pop(cap.where, None)
+        self.net_pod_ips.pop(cap.where, None)
+        entry = self._caps.pop(cap.fileno(), None)
+        if entry is not None and self._epoll is not None:
+            self._epoll.unregister(cap.fileno())
+        if cap in self.captures:
+            self.captures.remove(cap)
+        cap.close()
+
+    def attach(self, pod: PodTarget) -> None:
+        """Watch a pod from now on (any thread; done by the packet loop within 0.2 s)."""
+        self._requests.put(("attach", pod))
+
+    def detach(self, pod: PodTarget) -> None:
+        """Stop watching a pod (any thread; done by the packet loop within 0.2 s)."""
+        self._requests.put(("detach", pod))
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                what, pod = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if what == "attach":
+                    self._attach(pod)
+                    for cap in self.attached.get(pod.netns, []):
+                        self._register(cap)
+                else:
+                    self._detach(pod)
+            except OSError as exc:  # the pod went away meanwhile: the next event retries
+                self.metrics.attach_failed += 1
+                event(log, f"{what} failed", logging.WARNING, netns=pod.netns, error=str(exc))
+
+    def _register(self, cap: Capture) -> None:
+        if cap.fileno() in self._caps:
+            return
+        self._caps[cap.fileno()] = (cap, self._handler(cap))
+        if self._epoll is not None:
+            self._epoll.register(cap.fileno(), select.EPOLLIN)
 
     def _capture(self, iface: str, prog: list[Insn | str], netns: str | None) -> Capture:
         try:
@@ -173,22 +258,25 @@ class NodeTap:
 
     def run(self, stop: threading.Event, duration: float | None = None) -> None:
         """Read packets until `stop` is set (or `duration` seconds passed), then flush."""
-        ep = select.epoll()
-        caps = {c.fileno(): (c, self._handler(c)) for c in self.captures}
-        for fd in caps:
-            ep.register(fd, select.EPOLLIN)
+        ep = self._epoll = select.epoll()
+        for cap in self.captures:
+            self._register(cap)
+        caps = self._caps
         end = time.monotonic() + duration if duration else None
         next_tick = time.monotonic() + 1.0
         next_stats = time.monotonic() + self.stats_interval
         try:
             while not stop.is_set():
+                if not self._requests.empty():
+                    self._serve_requests()
                 for fd, _ in ep.poll(0.2):
-                    cap, handle = caps[fd]
-                    cap.drain(handle)
+                    entry = caps.get(fd)
+                    if entry is not None:
+                        entry[0].drain(entry[1])
                 mono = time.monotonic()
                 if mono >= next_tick:
                     next_tick = mono + 1.0
-                    for cap, handle in caps.values():  # blocks retired by timeout only
+                    for cap, handle in list(caps.values()):  # blocks retired by timeout only
                         cap.drain(handle)
                     self.tick(time.time())
                     if mono >= next_stats:
@@ -197,7 +285,9 @@ class NodeTap:
                 if end is not None and mono >= end:
                     break
         finally:
+            self._epoll = None
             ep.close()
+            self._caps.clear()
             self.flows.close_all()
             self.tick(time.time())
 

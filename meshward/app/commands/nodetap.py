@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
+from meshward.core.names import is_kubernetes_subdomain
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +31,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--netns", action="append", default=[], metavar="NAME|PATH",
                    help="pod network namespace (name under /run/netns or a path such as "
                    "/proc/PID/ns/net); repeatable")  # fmt: skip
+    p.add_argument(
+        "--node",
+        default=os.environ.get("NODE_NAME", ""),
+        help="find this node's Linkerd-meshed pods through the Kubernetes API and capture them "
+        "(default $NODE_NAME, from the downward API; --netns is for hand use)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file for --node (default: in-cluster configuration)",
+    )
     p.add_argument(
         "--pod",
         action="append",
@@ -146,8 +158,12 @@ def _pods(args: argparse.Namespace) -> list[Any]:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if not args.netns and not args.iface:
-        raise UsageError("nothing to capture: give --netns and/or --iface")
+    if not args.netns and not args.iface and not args.node:
+        raise UsageError("nothing to capture: give --node, --netns and/or --iface")
+    if args.netns and args.node:
+        raise UsageError("--netns names pods by hand, --node finds them: give one of the two")
+    if args.node and not is_kubernetes_subdomain(args.node):
+        raise UsageError(f"--node {args.node!r} is not a Kubernetes node name")
     if any(not 0 < p < 65536 for p in args.app_port):
         raise UsageError("--app-port must be 1..65535")
     if args.queue_size < 1 or args.max_flows < 1 or args.max_body < 0:
@@ -203,6 +219,28 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
     start_http_server(port, addr=host, registry=registry)
 
 
+def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event) -> Any:
+    """Pods of this node from the Kubernetes API, attached and detached as they come and go."""
+    from meshward.app.nodeagent import PodDiscovery
+    from meshward.kube.config import load_client
+    from meshward.kube.errors import KubeConfigError
+
+    try:
+        api = load_client(args.kubeconfig)
+    except KubeConfigError as exc:
+        raise UsageError(str(exc)) from None
+    iface = None if args.pod_iface == "none" else args.pod_iface
+    discovery = PodDiscovery(api, args.node, tap, net_iface=iface)
+    discovery.start()
+
+    def retry() -> None:  # a pod whose namespace the CNI had not set up yet
+        while not stop.wait(2.0):
+            discovery.retry_unresolved()
+
+    threading.Thread(target=retry, name="pod-retry", daemon=True).start()
+    return discovery
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -236,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         _pods(args), args.iface, output.put, metrics, args.app_port or None, args.max_body,
         args.max_flows, args.idle_timeout, args.stats_interval, ring_mb=args.ring_mb,
     )  # fmt: skip
-    watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns))
+    watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns or args.node))
     tap.netmon = _network_monitor(tap, watch_net, modes, net_config)
     try:
         tap.open()
@@ -247,11 +285,14 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.metrics_port:
         _serve_metrics(args.metrics_host, args.metrics_port, tap)
+    discovery = _discovery(args, tap, stop) if args.node else None
     output.start()
     modes.start()
     try:
         tap.run(stop, duration=args.duration or None)
     finally:
+        if discovery is not None:
+            discovery.stop()
         modes.stop()
         tap.close()
         output.close()

@@ -1,0 +1,141 @@
+"""The node tap as a cluster agent: it finds the Linkerd-meshed pods of its node by itself.
+
+It watches the Pods of its own node only (field selector `spec.nodeName=NODE`: a thousand
+agents must not each list the cluster) and the Namespaces (for the `linkerd.io/inject`
+annotation), and keeps the node tap's captures in step with what is capturable
+(meshward.linkerd.pods: meshed, Running, with an IP): each new one is attached to the network
+namespace that holds its IP (meshward.tap.node.netns), each one that goes, loses its IP or
+stops being meshed is detached. The watches relist after a restart or a broken watch, and the
+relist's full view is diffed against what is attached, so nothing is missed or left behind.
+
+The destination identity of what is captured comes from the cluster (namespace and workload
+of the Pod object), never from the traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshward.core.log import event
+from meshward.core.observation import Identity
+from meshward.linkerd.pods import PodIdentity, capturable, identity
+from meshward.tap.node.netns import NamespaceIndex
+from meshward.tap.node.pipeline import NodeTap, PodTarget, namespace_addresses
+
+log = logging.getLogger("meshward.node-agent")
+PodKey = tuple[str, str]  # namespace, name
+
+
+@dataclass
+class PodDiscovery:
+    """Pods of `node` -> NodeTap.attach/detach. `api_client` is a kubernetes ApiClient."""
+
+    api_client: Any
+    node: str
+    tap: NodeTap
+    index: NamespaceIndex = field(default_factory=lambda: NamespaceIndex(namespace_addresses))
+    net_iface: str | None = "eth0"
+
+    def __post_init__(self) -> None:
+        self.pods: dict[PodKey, dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.attached: dict[PodKey, tuple[PodIdentity, PodTarget]] = {}
+        self.unresolved: set[PodKey] = set()  # capturable, but no namespace holds the IP yet
+        self._lock = threading.Lock()
+        self._watchers: list[Any] = []
+
+    def start(self) -> None:
+        from kubernetes import client
+
+        from meshward.kube.watch import Watcher
+
+        core = client.CoreV1Api(self.api_client)
+        pods = Watcher(
+            core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={self.node}",
+            name="pods",
+        )
+        namespaces = Watcher(core.list_namespace, name="namespaces")
+        for w, handler in ((namespaces, self._on_namespace), (pods, self._on_pod)):
+            w.start(handler)
+            self._watchers.append(w)
+
+    def stop(self) -> None:
+        for w in self._watchers:
+            w.stop()
+        for w in self._watchers:
+            w.join(5)
+        self._watchers.clear()
+
+    def synced(self) -> bool:
+        return bool(self._watchers) and all(w.synced.is_set() for w in self._watchers)
+
+    # ---- views
+    def _on_pod(self, ev: Any) -> None:
+        with self._lock:
+            if ev.type == "SYNC":
+                self.pods = dict(ev.objects or {})
+            elif ev.object is not None:
+                meta = ev.object.get("metadata", {})
+                key = (meta.get("namespace", ""), meta.get("name", ""))
+                if ev.type == "DELETED":
+                    self.pods.pop(key, None)
+                else:
+                    self.pods[key] = ev.object
+            self.reconcile()
+
+    def _on_namespace(self, ev: Any) -> None:
+        with self._lock:
+            if ev.type == "SYNC":
+                self.namespaces = {name: o for (_, name), o in (ev.objects or {}).items()}
+            elif ev.object is not None:
+                name = ev.object.get("metadata", {}).get("name", "")
+                if ev.type == "DELETED":
+                    self.namespaces.pop(name, None)
+                else:
+                    self.namespaces[name] = ev.object
+            self.reconcile()
+
+    # ---- the diff
+    def reconcile(self) -> None:
+        """Attach what became capturable, detach what stopped being (a changed IP is both)."""
+        want: dict[PodKey, PodIdentity] = {}
+        for key, pod in self.pods.items():
+            if capturable(pod, self.namespaces.get(key[0])):
+                want[key] = identity(pod)
+        for key, (who, target) in list(self.attached.items()):
+            if want.get(key) != who:
+                del self.attached[key]
+                self.index.forget(who.ip)
+                self.tap.detach(target)
+        self.unresolved &= set(want)
+        for key, who in want.items():
+            if key in self.attached:
+                continue
+            netns = self.index.find(who.ip)
+            if netns is None:
+                if key not in self.unresolved:
+                    self.unresolved.add(key)
+                    event(log, "no network namespace holds the pod's IP yet", logging.WARNING,
+                          pod=f"{who.namespace}/{who.name}", ip=who.ip)  # fmt: skip
+                continue
+            self.unresolved.discard(key)
+            target = PodTarget(
+                netns,
+                Identity(who.namespace, who.workload),
+                net_iface=self.net_iface,
+                ips=[who.ip],
+            )
+            self.attached[key] = (who, target)
+            self.tap.attach(target)
+            event(log, "attaching", pod=f"{who.namespace}/{who.name}", workload=who.workload,
+                  ip=who.ip, netns=netns)  # fmt: skip
+
+    def retry_unresolved(self) -> None:
+        """A pod whose namespace was not found at first (the CNI was still setting it up)."""
+        with self._lock:
+            if self.unresolved:
+                self.reconcile()

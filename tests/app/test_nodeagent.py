@@ -1,0 +1,211 @@
+"""The node tap as a cluster agent, on a real API server and real network namespaces: it finds
+the meshed pods of its own node, captures them with identities from the Pod objects, detaches
+when they go (sockets back to baseline), and keeps working across an API server restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshward.app.nodeagent import PodDiscovery
+from meshward.core.observation import Observation
+from meshward.kube.watch import wait_for
+from meshward.tap.node.pipeline import NodeTap
+from tests.support.apiserver import KubeCluster
+from tests.support.netns import Node, Pod, need_netns
+
+pytestmark = pytest.mark.integration
+NODE = "node-1"
+
+
+def _pod_object(name: str, ns: str, node: str, meshed: bool) -> dict[str, Any]:
+    containers = [{"name": "app", "image": "app:1"}]
+    if meshed:
+        containers.append({"name": "linkerd-proxy", "image": "cr.l5d.io/linkerd/proxy:stable"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-5d8f7c-abcde",
+            "namespace": ns,
+            "labels": {"app": name, "pod-template-hash": "5d8f7c"},
+        },
+        "spec": {"nodeName": node, "containers": containers, "serviceAccountName": "default"},
+    }
+
+
+def _run(kube: KubeCluster, obj: dict[str, Any], ip: str) -> str:
+    """Create the Pod and set what a kubelet would: Running, with its IP."""
+    kube.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    name, ns = obj["metadata"]["name"], obj["metadata"]["namespace"]
+    status = {"status": {"phase": "Running", "podIP": ip, "hostIP": "10.215.0.1"}}
+    kube.kubectl(
+        "patch",
+        "pod",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+    return name
+
+
+def _same_ns(a: str, b: str) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _sockets() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return n
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    need_netns()
+    with Node(subnet="10.215.0") as n:
+        yield n
+
+
+def _serve_and_call(pod: Pod) -> None:
+    """An app on the pod IP, called through the pod's loopback (as linkerd-proxy does)."""
+    server = pod.popen([sys.executable, "-m", "http.server", "8080", "--bind", pod.ip])
+    pod.wait_port(8080, pod.ip)
+    pod.run(["curl", "-s", "-o", "/dev/null", f"http://{pod.ip}:8080/"])
+    server.terminate()
+
+
+def test_meshed_pods_of_this_node_are_found_and_captured(
+    kube_cluster: KubeCluster, kube_namespace: str, node: Node
+) -> None:
+    kube = kube_cluster
+    web, plain = node.add_pod("web"), node.add_pod("plain")
+    seen: list[Observation] = []
+    tap = NodeTap([], [], seen.append)
+    tap.open()
+    stop = threading.Event()
+    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
+    loop.start()
+    api = kube.api_client()
+    agent = PodDiscovery(api, NODE, tap, net_iface=None)
+    try:
+        agent.start()
+        assert wait_for(agent.synced, 15)
+        baseline = _sockets()
+        web_pod = _run(kube, _pod_object("web", kube_namespace, NODE, meshed=True), web.ip)
+        _run(kube, _pod_object("plain", kube_namespace, NODE, meshed=False), plain.ip)
+        # a meshed pod of another node, with an IP this node also holds: never ours
+        _run(kube, _pod_object("away", kube_namespace, "node-2", meshed=True), plain.ip)
+        assert wait_for(lambda: len(tap.attached) == 1, 15), agent.unresolved
+        (netns,) = tap.attached
+        assert _same_ns(netns, web.path)
+        assert tap.metrics.pods_attached == 1
+
+        _serve_and_call(web)
+        assert wait_for(lambda: any(o.path == "/" for o in seen), 10)
+        obs = next(o for o in seen if o.path == "/")
+        assert (obs.destination.namespace, obs.destination.workload) == (kube_namespace, "web")
+
+        # an API server restart: the watches relist, and later changes still arrive
+        kube.restart()
+        kube.kubectl(
+            "delete",
+            "pod",
+            web_pod,
+            "-n",
+            kube_namespace,
+            "--wait=false",
+            "--grace-period=0",
+            "--force",
+        )
+        assert wait_for(lambda: tap.metrics.pods_detached == 1, 20)
+        assert not tap.attached
+        assert wait_for(lambda: _sockets() <= baseline, 10), (_sockets(), baseline)
+        assert agent.attached == {}
+    finally:
+        agent.stop()
+        stop.set()
+        loop.join(10)
+        tap.close()
+        api.close()
+
+
+def test_a_pod_not_yet_in_any_namespace_is_retried(
+    kube_cluster: KubeCluster, kube_namespace: str, node: Node
+) -> None:
+    """The CNI may set up the namespace after the API shows the IP: the agent retries."""
+    tap = NodeTap([], [], lambda obs: None)
+    tap.open()
+    stop = threading.Event()
+    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
+    loop.start()
+    api = kube_cluster.api_client()
+    agent = PodDiscovery(api, NODE, tap, net_iface=None)
+    try:
+        agent.start()
+        assert wait_for(agent.synced, 15)
+        _run(kube_cluster, _pod_object("late", kube_namespace, NODE, meshed=True), "10.215.0.2")
+        assert wait_for(lambda: bool(agent.unresolved), 10)
+        late = node.add_pod("late")  # the first pod of the subnet: 10.215.0.2
+        assert late.ip == "10.215.0.2"
+        deadline = time.monotonic() + 10
+        while not tap.attached and time.monotonic() < deadline:
+            agent.retry_unresolved()
+            time.sleep(0.3)
+        assert tap.attached and not agent.unresolved
+    finally:
+        agent.stop()
+        stop.set()
+        loop.join(10)
+        tap.close()
+        api.close()
+
+
+def test_cli_finds_pods_by_node(kube_cluster: KubeCluster, kube_namespace: str, node: Node) -> None:
+    """`meshward node-tap --node NAME --kubeconfig PATH`: no --netns, the pods come from the API."""
+    import subprocess
+    from pathlib import Path
+
+    web = node.add_pod("web")
+    _run(kube_cluster, _pod_object("web", kube_namespace, NODE, meshed=True), web.ip)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meshward",
+            "node-tap",
+            "--node",
+            NODE,
+            "--kubeconfig",
+            str(kube_cluster.kubeconfig),
+            "--pod-iface",
+            "none",
+            "--duration",
+            "4",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    attaching = [e for e in events if e.get("msg") == "attaching"]
+    assert attaching and attaching[0]["workload"] == "web" and attaching[0]["ip"] == web.ip
+    assert any(e.get("msg") == "capturing" and web.netns in e.get("where", "") for e in events)
