@@ -95,8 +95,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def alerts(request: web.Request) -> web.Response:
-    engine = request.app[SERVER_KEY].engine
-    found = engine.alerts(limit=_limit(request), namespace=request.query.get("namespace") or None)
+    server = request.app[SERVER_KEY]
+    found = await server.alerts(_limit(request), request.query.get("namespace") or None)
     return web.json_response({"alerts": found}, dumps=_dumps)
 
 
@@ -126,7 +126,7 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    server.engine.set_mode(namespace, mode)
+    await server.set_mode(namespace, mode)
     server.mode_changed()
     return web.json_response({"namespace": namespace, "mode": mode})
 

@@ -9,8 +9,6 @@ gRPC ports.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import gc
 import logging
 import signal
@@ -23,9 +21,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app.flusher import Flusher
 from meshward.app.pipeline import Pipeline
+from meshward.app.store import open_store
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.log import event
+from meshward.core.threats.inspection import Detector
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
 from meshward.runtime.metrics import Metrics, Problems
@@ -69,21 +70,36 @@ class ServeConfig:
     tap_stream_timeout: float = 30.0
     tap_max_buffered: int = 256 * 1024 * 1024  # bytes all open tap streams hold together
     join_window: float = 10.0
-    flush_interval: float = 2.0
+    flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 class Server:
-    """The running `meshward serve`: start(), the bound ports, stop()."""
+    """The running `meshward serve`: start(), the bound ports, stop().
 
-    def __init__(self, config: ServeConfig, engine: Engine | None = None) -> None:
+    Without `engine` it opens the store at `config.db` and builds the engine on it (with
+    `detector`, else the default ones); a given `engine` runs without a store (tests, benches).
+    """
+
+    def __init__(
+        self, config: ServeConfig, engine: Engine | None = None, detector: Detector | None = None
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
-        self.engine = engine if engine is not None else open_engine(
-            config.db, dataclasses.replace(config.engine, flush_interval=config.flush_interval)
-        )
+        self.flusher: Flusher | None = None
+        if engine is None:
+            from meshward.app import sigcache
+
+            engine = Engine(config.engine, detector or sigcache.detector(config.engine))
+            self.flusher = Flusher(engine, open_store(config.db), config.flush_interval)
+            try:
+                self.flusher.load()
+            except BaseException:
+                self.flusher.store.close()
+                raise
+        self.engine = engine
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
         self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
@@ -100,7 +116,8 @@ class Server:
         self._grpc: list[grpc.aio.Server] = []
         self._health: list[HealthServicer] = []
         self._runner: web.AppRunner | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._stop_flushing = asyncio.Event()
 
     async def start(self) -> None:
         """Listen on all three ports, or on none: a failure stops what had started."""
@@ -128,7 +145,10 @@ class Server:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
-        self._flusher = asyncio.create_task(self._flush_loop())
+        if self.flusher is not None:
+            self._flushing = asyncio.create_task(
+                self.flusher.run(self._stop_flushing, self._flush_failed)
+            )
         self.ready = True
         event(log, "serving", host=host, **self.ports)
 
@@ -165,30 +185,49 @@ class Server:
         self._health.append(health)
         return bound
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.flush_interval)
-            try:
-                self.engine.flush()
-            except Exception as exc:
-                self.problems("engine", "flush-failed", error=repr(exc)[:200])
+    def _flush_failed(self, exc: Exception) -> None:
+        self.problems("engine", "flush-failed", error=repr(exc)[:200])
 
     async def stop(self, grace: float = 1.0) -> None:
         self.ready = False
         for health in self._health:
             await health.enter_graceful_shutdown()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        await self._close_store()
+        event(log, "stopped")
+
+    async def _close_store(self) -> None:
+        """The last batch (written by the flush task as it ends), then the store is closed."""
+        if self.flusher is None:
+            return
         try:
-            self.engine.close()
+            if self._flushing is not None:
+                self._stop_flushing.set()
+                await self._flushing
+            else:  # start() failed before the task: what was learned meanwhile is still written
+                await self.flusher.flush_off_loop()
         except Exception as exc:
             self.problems("engine", "close-failed", error=repr(exc)[:200])
-        event(log, "stopped")
+        try:
+            await self.flusher.close_off_loop()
+        except Exception as exc:
+            self.problems("engine", "close-failed", error=repr(exc)[:200])
+        self.flusher = None
+
+    async def alerts(self, limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The newest alerts first: the store's history (read off the loop) and what is pending."""
+        if self.flusher is None:
+            return self.engine.alerts(limit=limit, namespace=namespace)
+        return await self.flusher.alerts_off_loop(limit, namespace)
+
+    async def set_mode(self, namespace: str, mode: str) -> None:
+        """A namespace's mode, stored (off the loop) and in effect when this returns."""
+        if self.flusher is None:
+            self.engine.set_mode(namespace, mode)
+        else:
+            await self.flusher.set_mode_off_loop(namespace, mode)
 
     def mode_changed(self) -> None:
         """A namespace mode changed: cached decisions of the old mode must not linger."""
@@ -205,15 +244,6 @@ class Server:
 
 def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def open_engine(db: str, config: EngineConfig | None = None) -> Engine:
-    """The engine on the SQLite store at `db`."""
-    from meshward.app import sigcache
-    from meshward.app.store import open_store
-
-    config = config or EngineConfig()
-    return Engine(store=open_store(db), config=config, detector=sigcache.detector(config))
 
 
 def install_uvloop() -> bool:

@@ -5,9 +5,11 @@ nothing and alerts on deviations and threats; `enforce` denies what breaks the a
 carries a threat. Threat detection runs in every mode; a request carrying a threat is never
 learned (an attacker must not be able to teach the allowlist).
 
-Learning stays in memory and reaches the store in batches (`flush_interval`), never as a
-synchronous write per request. The engine is not thread-safe: one thread (the event loop)
-drives it.
+The engine is sans-IO: `evaluate` decides and records in memory only, and reads no clock (nothing
+in a verdict depends on time). What it learned and the alerts it raised wait until the app takes
+them with `drain()` and writes them to its store in batches (meshward/app/flusher.py decides when,
+from a clock it reads); profiles and modes come in through `load()` and `set_modes()`. The engine
+is not thread-safe: one thread (the event loop) drives it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +35,26 @@ if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are 
 
 log = logging.getLogger("meshward.core.engine")
 
+MAX_PENDING_ALERTS = 10_000  # alerts kept for the next drain (the store's default history)
+
+
+@dataclass
+class Changes:
+    """What changed since the last drain: profile documents (copies, safe to write from another
+    thread) by destination, and the new alerts, oldest first."""
+
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.profiles or self.alerts)
+
 
 @dataclass
 class EngineConfig:
     deny_threshold: float = 0.5  # enforce: deny at or above this score
     alert_threshold: float = 0.15  # monitor and enforce: alert at or above this score
     default_mode: str = DEFAULT_MODE
-    flush_interval: float = 2.0  # seconds between batched store writes
     threats: bool = True  # run the embedded-threat detectors
     threat_level: int = 1  # sensitivity 1..3
     max_body: int = 1 << 20  # body bytes decoded for learning and scoring
@@ -63,56 +78,43 @@ def detector_for(config: EngineConfig, cache: CompiledCache | None = None) -> De
 
 class Engine:
     def __init__(
-        self,
-        store: Any = None,
-        config: EngineConfig | None = None,
-        detector: Detector | None = None,
+        self, config: EngineConfig | None = None, detector: Detector | None = None
     ) -> None:
-        self.store = store
         self.config = config or EngineConfig()
         self.detector = detector if detector is not None else detector_for(self.config)
         self.allowlist = Allowlist(self.config.limits)
         self._modes: dict[str, str] = {}
         self._dirty: set[str] = set()
-        self._pending_alerts: list[dict[str, Any]] = []
+        self._pending_alerts: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ALERTS)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
-        self._last_flush = time.monotonic()
-        self._modes_version: object = None
         self.counters: dict[str, int] = {
             "evaluated": 0, "learned": 0, "alerts": 0, "denied": 0, "inspection_failed": 0,
         }  # fmt: skip
-        if store is not None:
-            self._load()
 
-    def _load(self) -> None:
-        for dest, doc in self.store.load_profiles().items():
+    def load(self, profiles: dict[str, dict[str, Any]], modes: dict[str, str]) -> None:
+        """Start from stored profile documents and namespace modes (the app read them)."""
+        for dest, doc in profiles.items():
             try:
                 self.allowlist.import_doc({"services": [doc]})
             except ValueError as exc:  # one bad document must not lose the others
                 event(log, "profile skipped", logging.ERROR, destination=dest, error=str(exc))
-        self._refresh_modes()
-
-    def _refresh_modes(self) -> None:
-        if self.store is None:
-            return
-        version = getattr(self.store, "modes_version", lambda: None)()
-        if version is None or version != self._modes_version:
-            self._modes = dict(self.store.modes())
-            self._modes_version = version
+        self.set_modes(modes)
 
     # ---- modes
     def mode_of(self, namespace: str) -> str:
         return self._modes.get(namespace or "default", self.config.default_mode)
 
     def set_mode(self, namespace: str, mode: str) -> None:
+        """One namespace's mode, in memory (the app stores it)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} ({', '.join(MODES)})")
         namespace = namespace or "default"
         self._modes[namespace] = mode
-        if self.store is not None:
-            self.store.set_mode(namespace, mode)
-            self._modes_version = getattr(self.store, "modes_version", lambda: None)()
         event(log, "mode set", namespace=namespace, mode=mode)
+
+    def set_modes(self, modes: dict[str, str]) -> None:
+        """All namespace modes at once (as stored, e.g. after another process changed one)."""
+        self._modes = dict(modes)
 
     def modes(self) -> dict[str, str]:
         return dict(self._modes)
@@ -194,11 +196,6 @@ class Engine:
         )
         if verdict != "allow":
             self._record_alert(obs, v)
-        if (
-            self.store is not None
-            and time.monotonic() - self._last_flush >= self.config.flush_interval
-        ):
-            self.flush()
         return v
 
     def _plaintext(self, obs: Observation) -> Observation:
@@ -251,51 +248,29 @@ class Engine:
             request_id=obs.request_id,
         )
         self._alerts.append(alert)
-        if self.store is not None:
-            self._pending_alerts.append(alert)
+        self._pending_alerts.append(alert)
 
-    # ---- alerts and persistence
+    # ---- what the app reads and drains
     def alerts(self, limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The newest alerts first: from the store's history (which survives restarts) when
-        there is one, after writing what is pending; else from memory."""
-        if self.store is not None:
-            if self._pending_alerts:
-                self.store.add_alerts(self._pending_alerts)
-                self._pending_alerts = []
-            return self.store.alerts(limit=limit, namespace=namespace)
-        recent = reversed(self._alerts)
+        """The newest alerts this engine raised, first (the app's store keeps the history)."""
+        recent: Iterator[dict[str, Any]] = reversed(self._alerts)
         if namespace:
             recent = (a for a in recent if a.get("namespace") == namespace)
         return list(itertools.islice(recent, limit))
 
-    def flush(self) -> None:
-        """Write dirty profiles and pending alerts in one batch; pick up mode changes."""
-        self._last_flush = time.monotonic()
-        if self.store is None:
-            return
-        if self._dirty:
-            docs = {}
-            for d in self._dirty:
-                p = self.allowlist.get(d)
-                if p is not None:
-                    docs[d] = p.to_doc()
-            self.store.save_profiles(docs)
-            self._dirty.clear()
-        if self._pending_alerts:
-            self.store.add_alerts(self._pending_alerts)
-            self._pending_alerts = []
-        self._refresh_modes()
+    def pending_alerts(self) -> list[dict[str, Any]]:
+        """The alerts the next drain will hand over, oldest first."""
+        return list(self._pending_alerts)
 
-    def save_allowlist(self, destinations: list[str] | None = None, replace: bool = False) -> None:
-        """Persist the allowlist now (after an import or a human edit)."""
-        if self.store is None:
-            return
-        docs = {d: p.to_doc() for d, p in self.allowlist.services.items()}
-        if replace:
-            self.store.replace_profiles(docs)
-        else:
-            wanted = set(destinations) if destinations is not None else set(docs)
-            self.store.save_profiles({d: docs[d] for d in wanted if d in docs})
-
-    def close(self) -> None:
-        self.flush()
+    def drain(self) -> Changes:
+        """Hand over what changed since the last drain: the learned profiles, snapshotted
+        (`to_doc()` copies, so the app may write them from another thread), and the new alerts."""
+        profiles = {}
+        for d in self._dirty:
+            p = self.allowlist.get(d)
+            if p is not None:
+                profiles[d] = p.to_doc()
+        self._dirty.clear()
+        alerts = list(self._pending_alerts)
+        self._pending_alerts.clear()
+        return Changes(profiles, alerts)

@@ -11,6 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshward.app.flusher import Flusher
 from meshward.app.store import open_store
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation
@@ -85,20 +86,23 @@ def test_hostile_files_read_store_and_load_again(tmp_path: Path, data: bytes) ->
     p.write_bytes(data)
     db = tmp_path / "m.db"
     db.unlink(missing_ok=True)
-    engine = Engine(store=open_store(str(db)))
+    flusher = Flusher(Engine(), open_store(str(db)))
+    flusher.load()
+    engine = flusher.engine
     try:
         for item in read_observations([str(p)]):
             assert isinstance(item, (Observation, EntryError))
             if isinstance(item, Observation):
                 _whole(item)
                 engine.evaluate(item)
-        engine.flush()
+        flusher.flush()
         learned = sorted(engine.allowlist.services)
     finally:
-        engine.close()
-    again = Engine(store=open_store(str(db)))
+        flusher.close()
+    again = Flusher(Engine(), open_store(str(db)))
     try:
-        assert sorted(again.allowlist.services) == learned
+        again.load()
+        assert sorted(again.engine.allowlist.services) == learned
     finally:
         again.close()
 

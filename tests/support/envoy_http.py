@@ -12,8 +12,7 @@ import urllib.request
 from typing import Any
 
 from meshward.app.serve import ServeConfig, Server
-from meshward.app.store import open_store
-from meshward.core.engine import Engine, EngineConfig, detector_for
+from meshward.core.engine import EngineConfig, detector_for
 from meshward.core.threats.inspection import Detector
 from meshward.runtime.client import ApiClient
 from tests.support.envoy import echo_app, envoy_bin
@@ -46,8 +45,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.thread.start()
-        engine = Engine(store=open_store(self.config.db), detector=_detector())
-        self.server = Server(self.config, engine=engine)
+        self.server = Server(self.config, detector=_detector())
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         return self
 

@@ -9,24 +9,29 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
+from meshward.app.flusher import Flusher
 from meshward.app.serve import ServeConfig, Server
 from meshward.app.store import open_store
 from meshward.core.engine import Engine
-from meshward.core.threats.inspection import NoDetector
+from meshward.core.threats.inspection import Detector, NoDetector
 
 
 @contextlib.asynccontextmanager
 async def running_server(
-    db: str | None = None, engine: Engine | None = None, **config: object
+    db: str | None = None,
+    engine: Engine | None = None,
+    detector: Detector | None = None,
+    **config: object,
 ) -> AsyncIterator[Server]:
-    """A whole `meshward serve` on loopback ephemeral ports; stopped even on failure."""
+    """A whole `meshward serve` on loopback ephemeral ports; stopped even on failure. With `db`
+    (and no `engine`) it runs on that store, with `detector` (default: the real detectors)."""
     cfg = ServeConfig(
         db=db or ":memory:", listen_host="127.0.0.1", authz_port=0, tap_port=0, http_port=0,
         **config,  # type: ignore[arg-type]
     )
     if engine is None and db is None:
-        engine = Engine(store=None, detector=NoDetector())
-    server = Server(cfg, engine=engine)
+        engine = Engine(detector=NoDetector())
+    server = Server(cfg, engine=engine, detector=detector)
     await server.start()
     try:
         yield server
@@ -35,7 +40,13 @@ async def running_server(
 
 
 def engine_on(path: str) -> Engine:
-    return Engine(store=open_store(path), detector=NoDetector())
+    """An engine loaded from the store at `path` (the store is closed again)."""
+    flusher = Flusher(Engine(detector=NoDetector()), open_store(path))
+    try:
+        flusher.load()
+    finally:
+        flusher.store.close()
+    return flusher.engine
 
 
 def check_request(

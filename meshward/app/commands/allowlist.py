@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meshward.app.commands import UsageError
-from meshward.app.commands.offline import add_db_flag, close_engine, engine_for
+from meshward.app.commands.offline import add_db_flag, close_flusher, open_flusher
 from meshward.core.engine import Engine
 
 
@@ -82,11 +82,11 @@ def _export(engine: Engine, stats: bool, destination: str | None = None) -> dict
 
 
 def run_export(args: argparse.Namespace) -> int:
-    engine = engine_for(args.db, read_only=True, create=False, threats=False)
+    flusher = open_flusher(args.db, read_only=True, create=False, threats=False)
     try:
-        text = dump(_export(engine, args.stats), args.format)
+        text = dump(_export(flusher.engine, args.stats), args.format)
     finally:
-        close_engine(engine)
+        close_flusher(flusher)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
@@ -113,11 +113,11 @@ def _fields(spec: object) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    engine = engine_for(args.db, read_only=True, create=False, threats=False)
+    flusher = open_flusher(args.db, read_only=True, create=False, threats=False)
     try:
-        doc = _export(engine, stats=True, destination=args.destination)
+        doc = _export(flusher.engine, stats=True, destination=args.destination)
     finally:
-        close_engine(engine)
+        close_flusher(flusher)
     if not sys.stdout.isatty():
         sys.stdout.write(dump(doc, "yaml"))
         return 0
@@ -154,17 +154,18 @@ def run_import(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"{args.file}: not YAML or JSON: {_yaml_problem(exc)}") from exc
-    engine = engine_for(args.db, threats=False)
+    flusher = open_flusher(args.db, threats=False)
+    engine = flusher.engine
     try:
         try:
             touched = engine.allowlist.import_doc(doc, replace=args.replace)
         except ValueError as exc:
             raise UsageError(f"{args.file}: {exc}") from exc
-        engine.save_allowlist(touched, replace=args.replace)
+        flusher.save_allowlist(touched, replace=args.replace)
         rules = sum(engine.allowlist.services[d].endpoints for d in set(touched))
         total = (len(engine.allowlist.services), engine.allowlist.rule_count())
     finally:
-        close_engine(engine)
+        close_flusher(flusher)
     how = "replaced the stored allowlists with" if args.replace else "merged"
     print(
         f"{how} {len(set(touched))} services ({rules} rules) from {args.file}; "

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from meshward.app.commands.engineflags import add_engine_flags, engine_config
 from meshward.app.commands.offline import (
     Tally,
     add_db_flag,
     check_files,
-    close_engine,
-    engine_for,
+    close_flusher,
     observations,
+    open_flusher,
 )
 
 
@@ -32,20 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_files(args.files)
-    engine = engine_for(args.db, config=engine_config(args))
+    flusher = open_flusher(args.db, config=engine_config(args))
+    engine = flusher.engine
     tally = Tally()
     learned_before = engine.counters["learned"]
     try:
         for obs in observations(args.files, "learn", tally):
             engine.evaluate(obs, mode="learn")
+            flusher.flush_due(time.monotonic())  # a kill -9 loses at most the last interval
     finally:
-        close_engine(engine)
+        close_flusher(flusher)
     learned = engine.counters["learned"] - learned_before
     skipped = tally.observations - learned
     print(
         f"learned {learned} requests, skipped {skipped} (carrying threats), "
         f"{tally.bad} bad entries; allowlist: {len(engine.allowlist.services)} services, "
-        f"{engine.allowlist.rule_count()} rules ({getattr(engine.store, 'path', '')})"
+        f"{engine.allowlist.rule_count()} rules ({getattr(flusher.store, 'path', '')})"
     )
     sys.stdout.flush()
     return 1 if tally.observations == 0 and tally.bad else 0

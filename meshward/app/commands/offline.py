@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshward.app.commands import UsageError
+from meshward.app.flusher import Flusher
 from meshward.app.progress import ByteProgress
 from meshward.app.store import ReadOnlyStore, SqliteStore, StoreError, default_path, open_store
 from meshward.core.engine import Engine, EngineConfig
@@ -42,15 +43,16 @@ def store_for(db: str | None, *, create: bool = True) -> SqliteStore:
         raise UsageError(str(exc)) from exc
 
 
-def engine_for(
+def open_flusher(
     db: str | None,
     *,
     read_only: bool = False,
     create: bool = True,
     threats: bool = True,
     config: EngineConfig | None = None,
-) -> Engine:
-    """The engine over the store; read_only: profiles and modes are read, nothing is written.
+) -> Flusher:
+    """The engine loaded from the store, with the flusher that writes what it learns
+    (`.engine`, `.store`); read_only: profiles and modes are read, nothing is written.
 
     threats=False skips compiling the threat detectors (allowlist commands score nothing).
     """
@@ -59,24 +61,23 @@ def engine_for(
         config = config or EngineConfig(threats=threats)
         from meshward.app import sigcache
 
-        return Engine(
-            store=ReadOnlyStore(store) if read_only else store,
-            config=config,
-            detector=sigcache.detector(config),
+        flusher = Flusher(
+            Engine(config, sigcache.detector(config)),
+            ReadOnlyStore(store) if read_only else store,
         )
+        flusher.load()
+        return flusher
     except StoreError as exc:
         store.close()
         raise UsageError(str(exc)) from exc
 
 
-def close_engine(engine: Engine) -> None:
+def close_flusher(flusher: Flusher) -> None:
+    """The last batch written, the store closed."""
     try:
-        engine.close()
+        flusher.close()
     except StoreError as exc:
         raise UsageError(f"saving failed: {exc}") from exc
-    finally:
-        if engine.store is not None:
-            engine.store.close()
 
 
 @dataclass

@@ -15,9 +15,9 @@ from meshward.app.commands.offline import (
     Tally,
     add_db_flag,
     check_files,
-    close_engine,
-    engine_for,
+    close_flusher,
     observations,
+    open_flusher,
 )
 from meshward.core.modes import MODES
 
@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_files(args.files)
-    engine = engine_for(args.db, read_only=True, create=False, config=engine_config(args))
+    flusher = open_flusher(args.db, read_only=True, create=False, config=engine_config(args))
+    engine = flusher.engine
     tally = Tally()
     verdicts: Counter[str] = Counter()
     out = sys.stdout
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             out.write(json.dumps(v.as_dict()) + "\n")
         out.flush()
     finally:
-        close_engine(engine)
+        close_flusher(flusher)
     counts = ", ".join(f"{verdicts[k]} {k}" for k in ("allow", "alert", "deny"))
     print(
         f"meshward score: {tally.observations} requests ({counts}), {tally.bad} bad entries",

@@ -31,6 +31,7 @@ from meshward.core.observation import (
     observation_from_dict,
     observation_to_dict,
 )
+from meshward.core.threats.inspection import NoDetector
 from tests.support.metrics import sample
 from tests.support.serve import engine_on, running_server
 
@@ -60,7 +61,7 @@ class ServerThread:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with running_server(db=self.db, engine=engine_on(self.db), flush_interval=0.02,
+        async with running_server(db=self.db, detector=NoDetector(), flush_interval=0.02,
                                   max_ingest_bytes=1 << 20) as srv:  # fmt: skip
             self.server = srv
             self.ready.set()
@@ -273,13 +274,11 @@ def test_zz_everything_still_served_and_restart_loads(served: ServerThread) -> N
         assert store.modes() == modes
         store.alerts(limit=10_000)
     again = engine_on(served.db)
-    try:  # every profile loads again (rules may merge: a learned "get" is read back as "GET")
-        assert sorted(again.allowlist.services) == sorted(stored) == sorted(
-            s["destination"] for s in learned["services"]
-        )
-        assert "mesh/cart" in stored
-    finally:
-        again.close()
+    # every profile loads again (rules may merge: a learned "get" is read back as "GET")
+    assert sorted(again.allowlist.services) == sorted(stored) == sorted(
+        s["destination"] for s in learned["services"]
+    )
+    assert "mesh/cart" in stored
 
 
 # ---- focused regressions
@@ -377,13 +376,10 @@ def test_regression_empty_method_lost_the_whole_profile_on_restart(tmp_path: Pat
     finally:
         srv.stop()
     again = engine_on(db)
-    try:
-        rules = again.allowlist.export_doc()["services"]
-        assert [(s["destination"], [e["method"] for e in s["endpoints"]]) for s in rules] == [
-            ("mesh/cart", ["POST"]), ("unknown", []),
-        ]
-    finally:
-        again.close()
+    rules = again.allowlist.export_doc()["services"]
+    assert [(s["destination"], [e["method"] for e in s["endpoints"]]) for s in rules] == [
+        ("mesh/cart", ["POST"]), ("unknown", []),
+    ]
 
 
 def test_regression_wrong_json_types_are_refused_not_learned_as_reprs() -> None:

@@ -13,8 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from meshward.core.observation import Identity, Observation, observation_to_dict
+from meshward.core.threats.inspection import NoDetector
 from meshward.runtime.client import ApiClient, ApiError
-from tests.support.serve import check_request, engine_on, running_server, tap_messages
+from tests.support.serve import check_request, running_server, tap_messages
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 
@@ -220,10 +221,10 @@ def test_restart_keeps_learned_rules(tmp_path: Path) -> None:
     db = str(tmp_path / "m.db")
 
     async def main() -> None:
-        async with running_server(db=db, engine=engine_on(db)) as srv:
+        async with running_server(db=db, detector=NoDetector()) as srv:
             await _check(srv.ports["authz"], check_request("GET", "/kept"))
-            srv.engine.set_mode("shop", "enforce")
-        async with running_server(db=db, engine=engine_on(db)) as srv:
+            await srv.set_mode("shop", "enforce")
+        async with running_server(db=db, detector=NoDetector()) as srv:
             assert srv.engine.mode_of("shop") == "enforce"
             r = await _check(srv.ports["authz"], check_request("GET", "/kept"))
             assert r.status.code == 0

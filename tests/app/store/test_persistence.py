@@ -4,29 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshward.app.flusher import Flusher
 from meshward.app.store import open_store
 from meshward.core.engine import Engine, EngineConfig
 from tests.support.openapi_traffic import Traffic
 
 
+def _on(db: str, config: EngineConfig, interval: float = 2.0) -> Flusher:
+    flusher = Flusher(Engine(config), open_store(db), interval)
+    flusher.load()
+    return flusher
+
+
 def test_restart_keeps_learned_rules_and_modes(tmp_path: Path) -> None:
     db = str(tmp_path / "m.db")
-    engine = Engine(open_store(db), EngineConfig(threats=False, flush_interval=3600))
+    first = _on(db, EngineConfig(threats=False), interval=3600)
+    engine = first.engine
     t = Traffic(seed=3)
     for _ in range(500):
         engine.evaluate(t.normal())  # namespace "shop" defaults to learn
-    engine.set_mode("shop", "enforce")
+    first.set_mode("shop", "enforce")
     before = engine.allowlist.export_doc()
-    engine.close()
+    first.close()
 
-    again = Engine(open_store(db), EngineConfig(threats=False))
+    second = _on(db, EngineConfig(threats=False))
+    again = second.engine
     assert again.allowlist.export_doc() == before
     assert again.mode_of("shop") == "enforce"
     assert again.evaluate(Traffic(seed=4).normal()).verdict == "allow"
     assert again.evaluate(Traffic(seed=4).deviation("unknown-endpoint")).verdict == "deny"
-    assert again.alerts(limit=10)[0]["verdict"] == "deny"  # pending alerts are written first
-    again.close()
-    third = Engine(open_store(db), EngineConfig(threats=False))  # history survives a restart
+    assert second.alerts(limit=10)[0]["verdict"] == "deny"  # pending alerts are seen too
+    second.close()
+    third = _on(db, EngineConfig(threats=False))  # history survives a restart
     assert third.alerts(limit=10, namespace="shop")[0]["verdict"] == "deny"
     assert third.alerts(limit=10, namespace="elsewhere") == []
 
@@ -41,21 +50,26 @@ def test_learning_is_batched_not_written_per_request(tmp_path: Path) -> None:
         real(docs)
 
     store.save_profiles = counting  # type: ignore[method-assign]
-    engine = Engine(store, EngineConfig(threats=False, flush_interval=3600))
+    flusher = Flusher(Engine(EngineConfig(threats=False)), store, interval=3600)
+    flusher.load()
     t = Traffic(seed=3)
-    for _ in range(300):
-        engine.evaluate(t.normal())
+    for now in range(300):
+        flusher.engine.evaluate(t.normal())
+        flusher.flush_due(float(now))
     assert writes == []
-    engine.flush()
+    flusher.flush()
     assert writes == [1]
 
 
 def test_mode_set_by_another_process_is_picked_up(tmp_path: Path) -> None:
     db = str(tmp_path / "m.db")
-    engine = Engine(open_store(db), EngineConfig(threats=False, flush_interval=0))
+    flusher = _on(db, EngineConfig(threats=False), interval=0)
+    engine = flusher.engine
     assert engine.mode_of("shop") == "learn"
     other = open_store(db)  # e.g. `meshward mode set shop monitor` while serve runs
     other.set_mode("shop", "monitor")
     other.close()
-    engine.evaluate(Traffic(seed=1).normal())  # a flush picks up the change
+    engine.evaluate(Traffic(seed=1).normal())
+    flusher.flush_due(1.0)
+    flusher.flush_due(2.0)  # a flush picks up the change
     assert engine.mode_of("shop") == "monitor"

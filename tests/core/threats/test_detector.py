@@ -317,7 +317,7 @@ def test_uses_the_body_the_caller_decoded() -> None:
 def test_engine_runs_the_detector() -> None:
     from meshward.core.engine import Engine, EngineConfig
 
-    engine = Engine(store=None, config=EngineConfig())
+    engine = Engine(config=EngineConfig())
     verdict = engine.evaluate(q("1' or '1'='1"), mode="enforce")
     assert verdict.verdict == "deny"
     assert any(t.name == "SQL.Injection" for t in verdict.threats)

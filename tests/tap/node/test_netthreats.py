@@ -362,7 +362,7 @@ def test_alerts_survive_the_wire_and_the_engine() -> None:
     alerts = query(mon, "corp.test", 1.0, dns.QTYPE_AXFR)
     obs = observation_from_dict(observation_to_dict(alerts[0]))
     assert obs.threats == alerts[0].threats and obs.extra == alerts[0].extra
-    engine = Engine(store=None, config=EngineConfig(threats=False))  # only the tap's own threats
+    engine = Engine(config=EngineConfig(threats=False))  # only the tap's own threats
     for mode in ("learn", "monitor", "enforce"):
         v = engine.evaluate(obs, mode=mode)
         assert v.verdict in ("alert", "deny") and [t.name for t in v.threats] == [
