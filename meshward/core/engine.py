@@ -27,7 +27,7 @@ from meshward.core.allowlist import Allowlist, Limits
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
-from meshward.core.observation import Observation, Verdict
+from meshward.core.observation import Observation, Verdict, VerdictKind
 from meshward.core.threats.inspection import Detector, Inspection, NoDetector
 
 if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are on
@@ -171,7 +171,7 @@ class Engine:
             if flags:
                 reasons = [*reasons, *flags]
             score = scoring.combine(reasons, len(threats))
-            verdict = "alert" if threats or failed else "allow"
+            verdict: VerdictKind = "alert" if threats or failed else "allow"
         else:
             reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
             rule_name = rule.name if rule else None
