@@ -99,9 +99,25 @@ _NAME_WILDCARD = re.compile(r"[a-z][?*]|[?*][a-z]")  # /???/c?t, wh?ami
 _SUBSTITUTION = re.compile(r"`[^`]+`|\$\(")
 # Functions of PHP, Python, Ruby, Perl, Java and Node that hand their argument to a shell.
 EXEC_FUNCTIONS = frozenset(
-    ("system", "exec", "passthru", "shell_exec", "popen", "proc_open", "pcntl_exec", "spawn",
-     "execsync", "spawnsync", "execfile", "execfilesync", "check_output", "check_call",
-     "getoutput", "getstatusoutput", "processbuilder")
+    (
+        "system",
+        "exec",
+        "passthru",
+        "shell_exec",
+        "popen",
+        "proc_open",
+        "pcntl_exec",
+        "spawn",
+        "execsync",
+        "spawnsync",
+        "execfile",
+        "execfilesync",
+        "check_output",
+        "check_call",
+        "getoutput",
+        "getstatusoutput",
+        "processbuilder",
+    )
 )
 
 
@@ -263,8 +279,10 @@ def filled_rates(det: ThreatDetector, payloads: list[str], want: str) -> str:
         rows = [PLACEHOLDER.sub(fill, p) for p in payloads]
         hit = sum(any(t.name == want for t in det.inspect(place(r, "query")).threats) for r in rows)
         parts.append(f"{fill} {100.0 * hit / len(rows):.1f}%")
-    return (f"{held} of {len(payloads)} rows hold a placeholder such as {{file}}; strict rate "
-            "(query) with it filled: " + ", ".join(parts))
+    return (
+        f"{held} of {len(payloads)} rows hold a placeholder such as {{file}}; strict rate "
+        "(query) with it filled: " + ", ".join(parts)
+    )
 
 
 def misses(det: ThreatDetector, payloads: list[str], want: str, where: str) -> list[str]:
@@ -293,9 +311,11 @@ def print_table(
             excl = f" | {-int(r['excluded']):>10}  " + "  ".join(
                 f"{r['excl-' + w]:5.1f}" for w in PLACEMENTS
             )
-            notes.append(f"{name}: {int(r['excluded'])} rows set aside as not of the class, "
-                         f"{int(r['flagged_anyway'])} of them flagged with it all the same "
-                         "(query)")
+            notes.append(
+                f"{name}: {int(r['excluded'])} rows set aside as not of the class, "
+                f"{int(r['flagged_anyway'])} of them flagged with it all the same "
+                "(query)"
+            )
         elif not fp:
             excl = " |          -      -      -      -"
         print(
@@ -354,76 +374,241 @@ def text_false_positives(det: ThreatDetector, lines: list[str]) -> tuple[int, in
 # that are also English words (sleep, cat, id, time, kill, ...) appear as words, as commands
 # in code spans, and as commands in running text, the way people write about them.
 _CODE = (
-    "ls -la", "ls", "cat notes.txt", "cat README.md", "git status", "git log --oneline",
-    "kubectl get pods -n prod", "docker ps -a", "npm install", "pip install -r requirements.txt",
-    "grep -rn TODO src/", "tail -f app.log", "sleep 5", "echo $PATH", "curl -I https://example.com",
-    "make test", "id -u", "ps aux", "kill -9 1234", "find . -name '*.py'", "sort -u names.txt",
-    "head -n 20 data.csv", "time make", "which python3", "chmod +x run.sh", "ssh deploy@build01",
-    "whoami", "uname -a", "ping 8.8.8.8", "cd ~/projects", "less server.log", "more CHANGES",
-    "wc -l *.csv", "du -sh .", "df -h", "env | sort", "export FOO=bar", "type python",
-    "touch .env.local", "dig example.com", "nc -zv db 5432", "python3 -m venv .venv",
-    "systemctl restart nginx", "journalctl -u app --since today", "tar xzf release.tgz",
-    "sed -i 's/foo/bar/' config.yml", "awk '{print $2}' out.txt", "date +%F", "top -o cpu",
+    "ls -la",
+    "ls",
+    "cat notes.txt",
+    "cat README.md",
+    "git status",
+    "git log --oneline",
+    "kubectl get pods -n prod",
+    "docker ps -a",
+    "npm install",
+    "pip install -r requirements.txt",
+    "grep -rn TODO src/",
+    "tail -f app.log",
+    "sleep 5",
+    "echo $PATH",
+    "curl -I https://example.com",
+    "make test",
+    "id -u",
+    "ps aux",
+    "kill -9 1234",
+    "find . -name '*.py'",
+    "sort -u names.txt",
+    "head -n 20 data.csv",
+    "time make",
+    "which python3",
+    "chmod +x run.sh",
+    "ssh deploy@build01",
+    "whoami",
+    "uname -a",
+    "ping 8.8.8.8",
+    "cd ~/projects",
+    "less server.log",
+    "more CHANGES",
+    "wc -l *.csv",
+    "du -sh .",
+    "df -h",
+    "env | sort",
+    "export FOO=bar",
+    "type python",
+    "touch .env.local",
+    "dig example.com",
+    "nc -zv db 5432",
+    "python3 -m venv .venv",
+    "systemctl restart nginx",
+    "journalctl -u app --since today",
+    "tar xzf release.tgz",
+    "sed -i 's/foo/bar/' config.yml",
+    "awk '{print $2}' out.txt",
+    "date +%F",
+    "top -o cpu",
 )
 _IDENT = (
-    "id", "user_id", "type", "time", "sleep()", "cat", "None", "true", "false", "--force",
-    "$HOME", "config.yaml", "more", "kill", "head", "sort", "find()", "echo", "env", "net",
-    "timeout", "ping", "which", "reg", "del", "dir", "ver", "su", "ps", "tee", "pwd",
+    "id",
+    "user_id",
+    "type",
+    "time",
+    "sleep()",
+    "cat",
+    "None",
+    "true",
+    "false",
+    "--force",
+    "$HOME",
+    "config.yaml",
+    "more",
+    "kill",
+    "head",
+    "sort",
+    "find()",
+    "echo",
+    "env",
+    "net",
+    "timeout",
+    "ping",
+    "which",
+    "reg",
+    "del",
+    "dir",
+    "ver",
+    "su",
+    "ps",
+    "tee",
+    "pwd",
 )
 _PURPOSE = (
-    "list files", "check the state", "see what changed", "find the culprit", "clean up",
-    "print the first rows", "wait a bit between retries", "get your user id", "stop it",
-    "inspect the container", "see the logs", "find large files", "sort them",
+    "list files",
+    "check the state",
+    "see what changed",
+    "find the culprit",
+    "clean up",
+    "print the first rows",
+    "wait a bit between retries",
+    "get your user id",
+    "stop it",
+    "inspect the container",
+    "see the logs",
+    "find large files",
+    "sort them",
 )
 _AFTER = (
-    "and got a permission error", "and it hangs forever", "and nothing happens", "but it "
-    "still fails", "and it works now, thanks!", "and the output looks wrong", "twice",
-    "before the deploy", "on the build box", "from the repo root",
+    "and got a permission error",
+    "and it hangs forever",
+    "and nothing happens",
+    "but it still fails",
+    "and it works now, thanks!",
+    "and the output looks wrong",
+    "twice",
+    "before the deploy",
+    "on the build box",
+    "from the repo root",
 )
 _WORDS_AFTER_SEP = (
-    "sleep well", "sleep tight everyone", "cat is fine now", "cat food order missing",
-    "time to escalate", "time flies", "more details below", "more to come", "kill the "
-    "subscription please", "find attached the receipt", "find the invoice attached",
-    "sort it out asap", "id card attached", "id is in the subject", "echo of the last "
-    "ticket", "type of issue: billing", "less urgent than before", "head office was "
-    "notified", "which plan am I on?", "net price was wrong", "ping me when resolved",
-    "touch screen not responding", "export to CSV fails", "dig deeper please", "env is "
-    "staging", "su casa es mi casa", "timeout after 30 seconds", "dir. Smith approved it",
-    "type in your code again", "echo chamber", "head of support cc'd", "ps: thanks a lot",
-    "ver 2.1 is affected", "del key stopped working", "reg number is on the card",
-    "wait for the next release", "which is odd", "kill time", "cat videos welcome",
+    "sleep well",
+    "sleep tight everyone",
+    "cat is fine now",
+    "cat food order missing",
+    "time to escalate",
+    "time flies",
+    "more details below",
+    "more to come",
+    "kill the subscription please",
+    "find attached the receipt",
+    "find the invoice attached",
+    "sort it out asap",
+    "id card attached",
+    "id is in the subject",
+    "echo of the last ticket",
+    "type of issue: billing",
+    "less urgent than before",
+    "head office was notified",
+    "which plan am I on?",
+    "net price was wrong",
+    "ping me when resolved",
+    "touch screen not responding",
+    "export to CSV fails",
+    "dig deeper please",
+    "env is staging",
+    "su casa es mi casa",
+    "timeout after 30 seconds",
+    "dir. Smith approved it",
+    "type in your code again",
+    "echo chamber",
+    "head of support cc'd",
+    "ps: thanks a lot",
+    "ver 2.1 is affected",
+    "del key stopped working",
+    "reg number is on the card",
+    "wait for the next release",
+    "which is odd",
+    "kill time",
+    "cat videos welcome",
 )
-_SUBJECT = ("Order #{n} arrived late", "Can't log in since Tuesday", "Refund for order {n}",
-            "App crashes on start", "Billing question", "Re: invoice {n}", "Hi team",
-            "Thanks for the quick fix", "Update from the night shift", "Feature request")
+_SUBJECT = (
+    "Order #{n} arrived late",
+    "Can't log in since Tuesday",
+    "Refund for order {n}",
+    "App crashes on start",
+    "Billing question",
+    "Re: invoice {n}",
+    "Hi team",
+    "Thanks for the quick fix",
+    "Update from the night shift",
+    "Feature request",
+)
 _PRODUCTS = (
-    "Cat tree (3 levels)", "Sleep mask", "Echo Dot (5th gen)", "Time-Turner necklace",
-    "Kill Bill poster", "Find My tracker", "ID card holder", "Net curtains (2-pack)",
-    "USB Type-C cable", "Director's cut Blu-ray", "Head torch", "Less Mess bib", "More Tea "
-    "sampler", "Touch lamp", "Ping-pong set", "Sort-It bins", "Dig kit for kids",
+    "Cat tree (3 levels)",
+    "Sleep mask",
+    "Echo Dot (5th gen)",
+    "Time-Turner necklace",
+    "Kill Bill poster",
+    "Find My tracker",
+    "ID card holder",
+    "Net curtains (2-pack)",
+    "USB Type-C cable",
+    "Director's cut Blu-ray",
+    "Head torch",
+    "Less Mess bib",
+    "More Tea sampler",
+    "Touch lamp",
+    "Ping-pong set",
+    "Sort-It bins",
+    "Dig kit for kids",
 )
 _FEATURES = (
-    "100% cotton", "machine washable", "soft; breathable", "easy assembly", "2-year warranty",
-    'fits 27" monitors', "kids' size", "5'11\" model wears M", "BPA free", "ships in 24h",
-    '"Rock & Roll" edition', "rated 4.8/5", "was $29, now $19", "sizes S-XL", "cat-safe dye",
-    "sleep-friendly fabric", "type A & C ports", "set of 3 | mixed colours",
+    "100% cotton",
+    "machine washable",
+    "soft; breathable",
+    "easy assembly",
+    "2-year warranty",
+    'fits 27" monitors',
+    "kids' size",
+    "5'11\" model wears M",
+    "BPA free",
+    "ships in 24h",
+    '"Rock & Roll" edition',
+    "rated 4.8/5",
+    "was $29, now $19",
+    "sizes S-XL",
+    "cat-safe dye",
+    "sleep-friendly fabric",
+    "type A & C ports",
+    "set of 3 | mixed colours",
 )
 _TEMPLATES = (
-    "Use `{code}` to {purpose}.", "run `{code}` first, then restart the pod",
-    "I ran `{code}` {after}", "`{code}` {after}", "Try `{code}`; if that fails, ping me",
-    "The `{ident}` field is required; see the docs", "Can you check `{ident}` in config.yaml?",
-    "fyi: `{code}` needs sudo on the build box", "- [ ] run `{code}` on staging\n- [x] update "
-    "the changelog", "Quick question: should `{ident}` be optional?", "use `{code}` or "
-    "`{code2}` to {purpose}", "Step {k}: type `{code}` and press Enter.", "Hint: `{code}`",
-    "> `{code}` {after}\nsame here", "In the shell, {code} should {purpose}.",
-    "The {word} command is handy; {word} {arg} is what I use", "{subject}; {words}.",
-    "{subject}. {Words}; thanks!", "Hi,\n{words}\nThanks, Ana", "{subject} | {words} | "
-    "thanks", "Priority: high | Type: billing | ID: {n}", "Status: open; {words}",
-    "{product} | {feature}; {feature2}", "{product}: {feature}, {feature2}. {Words}?",
-    "{product} - {feature} | {feature2} | {n} in stock", "Good night all; {words}",
-    "Deploy is done; {words}. See you tomorrow", "Note: {words}; more info in the wiki",
-    "{Words}.", "{words} - {words2}", "| id | name | type |\n|----|------|------|\n| {n} | "
-    "{product} | gift |", "Reminder: the `{ident}` value comes from the API",
+    "Use `{code}` to {purpose}.",
+    "run `{code}` first, then restart the pod",
+    "I ran `{code}` {after}",
+    "`{code}` {after}",
+    "Try `{code}`; if that fails, ping me",
+    "The `{ident}` field is required; see the docs",
+    "Can you check `{ident}` in config.yaml?",
+    "fyi: `{code}` needs sudo on the build box",
+    "- [ ] run `{code}` on staging\n- [x] update the changelog",
+    "Quick question: should `{ident}` be optional?",
+    "use `{code}` or `{code2}` to {purpose}",
+    "Step {k}: type `{code}` and press Enter.",
+    "Hint: `{code}`",
+    "> `{code}` {after}\nsame here",
+    "In the shell, {code} should {purpose}.",
+    "The {word} command is handy; {word} {arg} is what I use",
+    "{subject}; {words}.",
+    "{subject}. {Words}; thanks!",
+    "Hi,\n{words}\nThanks, Ana",
+    "{subject} | {words} | thanks",
+    "Priority: high | Type: billing | ID: {n}",
+    "Status: open; {words}",
+    "{product} | {feature}; {feature2}",
+    "{product}: {feature}, {feature2}. {Words}?",
+    "{product} - {feature} | {feature2} | {n} in stock",
+    "Good night all; {words}",
+    "Deploy is done; {words}. See you tomorrow",
+    "Note: {words}; more info in the wiki",
+    "{Words}.",
+    "{words} - {words2}",
+    "| id | name | type |\n|----|------|------|\n| {n} | {product} | gift |",
+    "Reminder: the `{ident}` value comes from the API",
 )
 
 
@@ -436,13 +621,22 @@ def benign_text(n: int = 20_000, seed: int = 7) -> list[str]:
         words = rng.choice(_WORDS_AFTER_SEP)
         code = rng.choice(_CODE)
         fill = {
-            "code": code, "code2": rng.choice(_CODE), "ident": rng.choice(_IDENT),
-            "purpose": rng.choice(_PURPOSE), "after": rng.choice(_AFTER), "words": words,
-            "Words": words[:1].upper() + words[1:], "words2": rng.choice(_WORDS_AFTER_SEP),
+            "code": code,
+            "code2": rng.choice(_CODE),
+            "ident": rng.choice(_IDENT),
+            "purpose": rng.choice(_PURPOSE),
+            "after": rng.choice(_AFTER),
+            "words": words,
+            "Words": words[:1].upper() + words[1:],
+            "words2": rng.choice(_WORDS_AFTER_SEP),
             "subject": rng.choice(_SUBJECT).format(n=rng.randint(1000, 99999)),
-            "product": rng.choice(_PRODUCTS), "feature": rng.choice(_FEATURES),
-            "feature2": rng.choice(_FEATURES), "n": rng.randint(1, 99999), "k": rng.randint(1, 9),
-            "word": code.split()[0], "arg": " ".join(code.split()[1:]) or "--help",
+            "product": rng.choice(_PRODUCTS),
+            "feature": rng.choice(_FEATURES),
+            "feature2": rng.choice(_FEATURES),
+            "n": rng.randint(1, 99999),
+            "k": rng.randint(1, 9),
+            "word": code.split()[0],
+            "arg": " ".join(code.split()[1:]) or "--help",
         }
         out.append(rng.choice(_TEMPLATES).format(**fill))
     return out
@@ -454,8 +648,12 @@ def typical_request() -> Observation:
         {
             "order": {
                 "id": 12345,
-                "customer": {"name": "Alice Smith", "email": "alice@example.com",
-                             "phone": "+1 555 0100", "tier": "gold"},
+                "customer": {
+                    "name": "Alice Smith",
+                    "email": "alice@example.com",
+                    "phone": "+1 555 0100",
+                    "tier": "gold",
+                },
                 "items": [
                     {"sku": f"SKU-{i:04d}", "qty": i + 1, "price": 9.99, "title": "Blue widget M"}
                     for i in range(11)
@@ -468,8 +666,11 @@ def typical_request() -> Observation:
     ).encode()
     headers = [
         ("host", "orders.shop.svc.cluster.local"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                       "Chrome/120.0.0.0 Safari/537.36"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/120.0.0.0 Safari/537.36",
+        ),
         ("accept", "application/json, text/plain, */*"),
         ("accept-language", "en-GB,en;q=0.9"),
         ("accept-encoding", "gzip, deflate, br"),
@@ -479,8 +680,14 @@ def typical_request() -> Observation:
         ("x-request-id", "7f3c9a2e-1b1d-4c1e-9a51-2b8f0f6d3c11"),
         ("cookie", "sid=3f9a2c; theme=dark"),
     ]
-    return Observation("file", method="POST", path="/api/v1/orders/12345",
-                       query="page=2&sort=desc", headers=headers, body=body)
+    return Observation(
+        "file",
+        method="POST",
+        path="/api/v1/orders/12345",
+        query="page=2&sort=desc",
+        headers=headers,
+        body=body,
+    )
 
 
 def normalise_only(obs: Observation) -> int:
@@ -515,8 +722,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default="1,2,3", help="sensitivity levels to measure")
     ap.add_argument("--show", type=int, default=0, help="print up to N misses per class (level 1)")
-    ap.add_argument("--show-prose", type=int, default=0,
-                    help="print up to N prose and benign-text false positives (first level)")
+    ap.add_argument(
+        "--show-prose",
+        type=int,
+        default=0,
+        help="print up to N prose and benign-text false positives (first level)",
+    )
     args = ap.parse_args()
     root = shared_data()
     if not (root / "payloads").is_dir():
@@ -525,11 +736,15 @@ def main() -> int:
     payloads, skipped = load_payloads(root)
     attacks, norm = load_httpparams(root)
     print(f"data: {root}")
-    print(f"payload lists: {sum(map(len, payloads.values()))} unique payloads, "
-          f"{skipped} blank/comment lines skipped; httpparams: "
-          f"{sum(map(len, attacks.values()))} attack rows, {len(norm)} norm rows")
-    print("strict: a threat of the row's class; any: any threat; excl: strict, over the rows "
-          "left once these rules set aside rows that cannot be of the class:")
+    print(
+        f"payload lists: {sum(map(len, payloads.values()))} unique payloads, "
+        f"{skipped} blank/comment lines skipped; httpparams: "
+        f"{sum(map(len, attacks.values()))} attack rows, {len(norm)} norm rows"
+    )
+    print(
+        "strict: a threat of the row's class; any: any threat; excl: strict, over the rows "
+        "left once these rules set aside rows that cannot be of the class:"
+    )
     for cls, (rule, _) in NOT_OF_CLASS.items():
         print(f"  {cls}: {rule}")
     for level in [int(x) for x in args.levels.split(",")]:
@@ -541,34 +756,44 @@ def main() -> int:
         )
         print_table(
             "httpparams attack rows detection % (threat of the class | any threat)",
-            [(f"{c} ({CLASSES[c][:10]})", len(p), rates(det, p, CLASSES[c]))
-             for c, p in sorted(attacks.items())],
+            [
+                (f"{c} ({CLASSES[c][:10]})", len(p), rates(det, p, CLASSES[c]))
+                for c, p in sorted(attacks.items())
+            ],
         )
         for source, lists in (("payloads", payloads), ("httpparams", attacks)):
             for c, p in sorted(lists.items()):
                 if CLASSES[c] == "Path.Traversal" and (line := filled_rates(det, p, CLASSES[c])):
                     print(f"    {source} {c}: {line}")
-        print_table("httpparams norm rows false positives % (any threat)",
-                    [("norm", len(norm), rates(det, norm, None))], fp=True)
+        print_table(
+            "httpparams norm rows false positives % (any threat)",
+            [("norm", len(norm), rates(det, norm, None))],
+            fp=True,
+        )
         n, fps = api_false_positives(det)
-        print(f"\nengine OpenAPI sample traffic (tests/engine): {fps} of {n} normal requests "
-              f"with a threat ({100.0 * fps / n:.2f}%)")
+        print(
+            f"\nengine OpenAPI sample traffic (tests/engine): {fps} of {n} normal requests "
+            f"with a threat ({100.0 * fps / n:.2f}%)"
+        )
         for what, lines in (
             ("English technical prose (stdlib comments)", prose_lines()),
             ("benign user text (chat/Markdown, tutorials, tickets, products)", benign_text()),
         ):
             n, flagged, by_name = text_false_positives(det, lines)
             names = sorted(by_name.items(), key=lambda kv: -kv[1])
-            print(f"{what} in a JSON field: {flagged} of {n} lines with a finding "
-                  f"({100.0 * flagged / max(n, 1):.2f}%): "
-                  + ", ".join(f"{k} {v}" for k, v in names))
+            print(
+                f"{what} in a JSON field: {flagged} of {n} lines with a finding "
+                f"({100.0 * flagged / max(n, 1):.2f}%): " + ", ".join(f"{k} {v}" for k, v in names)
+            )
         if args.show_prose:
             for line in [*prose_lines(), *benign_text()]:
                 found = det.inspect(place(line, "json")).threats
                 if found and args.show_prose > 0:
                     args.show_prose -= 1
-                    print(f"  prose fp: {line[:100]!r} -> "
-                          + ", ".join(f"{t.name} {t.evidence[:40]!r}" for t in found))
+                    print(
+                        f"  prose fp: {line[:100]!r} -> "
+                        + ", ".join(f"{t.name} {t.evidence[:40]!r}" for t in found)
+                    )
         if args.show and level == 1:
             for c, p in [*payloads.items(), *attacks.items()]:
                 for where in PLACEMENTS:
@@ -579,19 +804,24 @@ def main() -> int:
                 for where in PLACEMENTS:
                     found = det.inspect(place(text, where)).threats
                     if found:
-                        print(f"  fp {where}: {text[:80]!r} -> {found[0].name} "
-                              f"{found[0].evidence!r}")
+                        print(
+                            f"  fp {where}: {text[:80]!r} -> {found[0].name} {found[0].evidence!r}"
+                        )
     obs = typical_request()
     det = ThreatDetector(level=1)
     assert not det.inspect(obs).threats, "typical request must be clean"
-    print(f"\n=== time per typical request ({len(obs.body)} B JSON body, {len(obs.headers)} "
-          "headers), one core ===")
+    print(
+        f"\n=== time per typical request ({len(obs.body)} B JSON body, {len(obs.headers)} "
+        "headers), one core ==="
+    )
     base = per_call_us(lambda: normalise_only(obs))
     for level in (1, 2, 3):
         d = ThreatDetector(level=level)
         med, low = per_call_us(functools.partial(d.inspect, obs))
-        print(f"  level {level} detector     median {med:6.2f} µs  min {low:6.2f} µs  "
-              f"ratio to baseline {med / base[0]:.2f}")
+        print(
+            f"  level {level} detector     median {med:6.2f} µs  min {low:6.2f} µs  "
+            f"ratio to baseline {med / base[0]:.2f}"
+        )
     print(f"  normalisation only   median {base[0]:6.2f} µs  min {base[1]:6.2f} µs")
     return 0
 

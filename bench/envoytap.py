@@ -87,11 +87,24 @@ def h2load_paced(port: int, rate: int, seconds: int, clients: int = 100) -> tupl
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as data:
         data.write(BODY)
         data.flush()
-        cmd = ["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients),
-               "-D", str(seconds), "-d", data.name, "-H", "content-type: application/json",
-               f"http://127.0.0.1:{port}/api/orders"]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                             timeout=seconds + 60).stdout  # fmt: skip
+        cmd = [
+            "h2load",
+            "--h1",
+            "-c",
+            str(clients),
+            "--rps",
+            str(rate // clients),
+            "-D",
+            str(seconds),
+            "-d",
+            data.name,
+            "-H",
+            "content-type: application/json",
+            f"http://127.0.0.1:{port}/api/orders",
+        ]
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=seconds + 60
+        ).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     codes = re.search(r"status codes: (\d+) 2xx", out)
     if not done or not codes:
@@ -115,8 +128,10 @@ def main() -> int:
     args = ap.parse_args()
     script = post_script(BODY)
     ok = True
-    with tempfile.TemporaryDirectory(prefix="meshward-bench-") as tmp, \
-            EnvoyProcess(app_bootstrap(), name="app") as app:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="meshward-bench-") as tmp,
+        EnvoyProcess(app_bootstrap(), name="app") as app,
+    ):
         mw = MeshwardServe(tmp)
         try:
             off = sidecar(app.port, "learn", keep=())
@@ -132,11 +147,14 @@ def main() -> int:
                     r_on = wrk(f"http://127.0.0.1:{e.port}", conns, args.seconds, script)
                     seen = settle(mw) - before
                     handled = e.stats(COMPLETED)[COMPLETED] - envoy_before
-                print(f"  c={conns}: tap off {r_off.rps:7.0f} req/s | tap on {r_on.rps:7.0f} req/s"
-                      f" ({r_on.rps / r_off.rps:.2f}x), p50 {r_off.p50_us:.0f} -> "
-                      f"{r_on.p50_us:.0f} µs, observed {seen:.0f} of {handled} requests Envoy "
-                      f"handled ({seen / max(handled, 1):.1%}), failed requests "
-                      f"{r_on.non2xx + r_on.errors}", flush=True)
+                print(
+                    f"  c={conns}: tap off {r_off.rps:7.0f} req/s | tap on {r_on.rps:7.0f} req/s"
+                    f" ({r_on.rps / r_off.rps:.2f}x), p50 {r_off.p50_us:.0f} -> "
+                    f"{r_on.p50_us:.0f} µs, observed {seen:.0f} of {handled} requests Envoy "
+                    f"handled ({seen / max(handled, 1):.1%}), failed requests "
+                    f"{r_on.non2xx + r_on.errors}",
+                    flush=True,
+                )
                 ok &= r_on.non2xx + r_on.errors == 0
 
             with EnvoyProcess(on, name="tap-paced") as e:
@@ -149,27 +167,39 @@ def main() -> int:
                 seen = settle(mw) - before
                 cluster = deltas(cluster_before, e.stats(TAP_CLUSTER))
                 sent = e.stats(COMPLETED)[COMPLETED] - envoy_before  # exact, in-flight included
-                envoy_tap = {k.rsplit(".", 1)[-1]: v for k, v in e.stats("http.").items()
-                             if ".ext_proc." in k and v}  # fmt: skip
-                streams = {o: mw.metric(f'meshward_tap_streams_total{{outcome="{o}"}}')
-                           for o in ("complete", "cut", "expired", "error")}  # fmt: skip
-                drops = [line for line in mw.api("GET", "/metrics").splitlines()
-                         if line.startswith(("meshward_drops_total", "meshward_errors_total"))]
+                envoy_tap = {
+                    k.rsplit(".", 1)[-1]: v
+                    for k, v in e.stats("http.").items()
+                    if ".ext_proc." in k and v
+                }
+                streams = {
+                    o: mw.metric(f'meshward_tap_streams_total{{outcome="{o}"}}')
+                    for o in ("complete", "cut", "expired", "error")
+                }
+                drops = [
+                    line
+                    for line in mw.api("GET", "/metrics").splitlines()
+                    if line.startswith(("meshward_drops_total", "meshward_errors_total"))
+                ]
                 if drops:
                     print("meshward drops/errors:", "; ".join(drops))
             lost = sent - seen
             target = args.rate * args.paced_seconds
-            print(f"\nfixed {args.rate} req/s for {args.paced_seconds} s with {args.burn} "
-                  f"busy-loop process(es) on {os.cpu_count()} cores: h2load finished "
-                  f"{done} of {target} ({good} 2xx); Envoy completed {sent} requests; "
-                  f"observations received {seen:.0f}, lost {lost:.0f}; "
-                  f"tap streams over the run {streams}; Envoy ext_proc stats {envoy_tap}; "
-                  f"tap cluster {cluster}")
+            print(
+                f"\nfixed {args.rate} req/s for {args.paced_seconds} s with {args.burn} "
+                f"busy-loop process(es) on {os.cpu_count()} cores: h2load finished "
+                f"{done} of {target} ({good} 2xx); Envoy completed {sent} requests; "
+                f"observations received {seen:.0f}, lost {lost:.0f}; "
+                f"tap streams over the run {streams}; Envoy ext_proc stats {envoy_tap}; "
+                f"tap cluster {cluster}"
+            )
             zero = lost == 0 and good == done
             paced = done >= 0.97 * target
-            print(f"goal: observations received == requests sent at {args.rate} req/s: "
-                  f"{'MET' if zero and paced else 'NOT MET'}"
-                  + ("" if paced else " (the load generator did not reach the rate here)"))
+            print(
+                f"goal: observations received == requests sent at {args.rate} req/s: "
+                f"{'MET' if zero and paced else 'NOT MET'}"
+                + ("" if paced else " (the load generator did not reach the rate here)")
+            )
             zero = zero and paced
             ok &= zero
         finally:

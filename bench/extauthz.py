@@ -52,17 +52,26 @@ RBAC = {
             "policies": {
                 "orders": {
                     "permissions": [
-                        {"and_rules": {"rules": [
-                            {"header": {"name": ":method", "string_match": {"exact": "POST"}}},
-                            {"url_path": {"path": {"exact": "/api/orders"}}},
-                        ]}}
+                        {
+                            "and_rules": {
+                                "rules": [
+                                    {
+                                        "header": {
+                                            "name": ":method",
+                                            "string_match": {"exact": "POST"},
+                                        }
+                                    },
+                                    {"url_path": {"path": {"exact": "/api/orders"}}},
+                                ]
+                            }
+                        }
                     ],
                     "principals": [{"any": True}],
                 }
             },
         },
     },
-}  # fmt: skip
+}
 
 
 def run_floor_server(port: int) -> None:
@@ -76,8 +85,13 @@ def run_floor_server(port: int) -> None:
 
     async def serve() -> None:
         with tempfile.TemporaryDirectory(prefix="meshward-floor-") as tmp:
-            config = ServeConfig(db=f"{tmp}/floor.db", listen_host="127.0.0.1", authz_port=port,
-                                 tap_port=0, http_port=0)  # fmt: skip
+            config = ServeConfig(
+                db=f"{tmp}/floor.db",
+                listen_host="127.0.0.1",
+                authz_port=port,
+                tap_port=0,
+                http_port=0,
+            )
             server = Server(config)
             server.check.judge = lambda obs: allow
             await server.start()
@@ -164,14 +178,20 @@ def main() -> int:
     script = post_script(order_body())
     start = time.monotonic()
     allow_port = free_port()
-    allow = subprocess.Popen([sys.executable, __file__, "--allow-server", str(allow_port)],
-                             cwd=ROOT)  # fmt: skip
+    allow = subprocess.Popen(
+        [sys.executable, __file__, "--allow-server", str(allow_port)], cwd=ROOT
+    )
     floor_port = free_port()
-    floor = subprocess.Popen([sys.executable, __file__, "--floor-server", str(floor_port)],
-                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    floor = subprocess.Popen(
+        [sys.executable, __file__, "--floor-server", str(floor_port)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     envoys: dict[str, EnvoyProcess] = {}
-    with tempfile.TemporaryDirectory(prefix="meshward-bench-") as tmp, \
-            EnvoyProcess(app_bootstrap(), name="app") as app:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="meshward-bench-") as tmp,
+        EnvoyProcess(app_bootstrap(), name="app") as app,
+    ):
         mw = MeshwardServe(tmp)
         try:
             wait_port(allow_port)

@@ -57,12 +57,19 @@ def check_bytes(i: int) -> bytes:
     http.id, http.method, http.path, http.host = str(i), "POST", "/api/orders", "orders:8080"
     http.scheme, http.protocol, http.raw_body, http.size = "http", "HTTP/1.1", body, len(body)
     for k, v in (
-        (":authority", "orders:8080"), (":path", "/api/orders"), (":method", "POST"),
-        (":scheme", "http"), ("content-type", "application/json"),
-        ("content-length", str(len(body))), ("user-agent", "wrk"), ("x-forwarded-proto", "http"),
-        ("x-request-id", f"0b1c2d3e-4f50-6172-8394-{i:012d}"), ("accept", "*/*"),
-        ("x-envoy-expected-rq-timeout-ms", "15000"), ("x-b3-traceid", f"{i:016x}"),
-    ):  # fmt: skip
+        (":authority", "orders:8080"),
+        (":path", "/api/orders"),
+        (":method", "POST"),
+        (":scheme", "http"),
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("user-agent", "wrk"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", f"0b1c2d3e-4f50-6172-8394-{i:012d}"),
+        ("accept", "*/*"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+        ("x-b3-traceid", f"{i:016x}"),
+    ):
         http.header_map.headers.add(key=k, raw_value=v.encode())
     return req.SerializeToString()
 
@@ -83,8 +90,13 @@ def run_server(variant: str, port: int) -> None:
             await always_allow(port)
             return
         with tempfile.TemporaryDirectory(prefix="meshward-split-") as tmp:
-            config = ServeConfig(db=f"{tmp}/split.db", listen_host="127.0.0.1", authz_port=port,
-                                 tap_port=0, http_port=0)  # fmt: skip
+            config = ServeConfig(
+                db=f"{tmp}/split.db",
+                listen_host="127.0.0.1",
+                authz_port=port,
+                tap_port=0,
+                http_port=0,
+            )
             srv = Server(config)
             if variant == "serve-noop":
 
@@ -97,8 +109,9 @@ def run_server(variant: str, port: int) -> None:
                 srv.check.judge = lambda obs: allow
             else:
                 for i in range(60):
-                    obs = check_to_observation(external_auth_pb2.CheckRequest.FromString(
-                        check_bytes(i)))  # fmt: skip
+                    obs = check_to_observation(
+                        external_auth_pb2.CheckRequest.FromString(check_bytes(i))
+                    )
                     srv.engine.evaluate(obs, mode="learn")
                 srv.engine.set_mode(NAMESPACE, "enforce")
             await srv.start()
@@ -119,8 +132,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=600, help="calls per variant and round")
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
-    ap.add_argument("--gap-us", type=float, default=600.0,
-                    help="idle time between calls (µs), as at one connection through Envoy")
+    ap.add_argument(
+        "--gap-us",
+        type=float,
+        default=600.0,
+        help="idle time between calls (µs), as at one connection through Envoy",
+    )
     ap.add_argument("--server", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.server:
@@ -135,8 +152,11 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     ports = {v: free_port() for v in VARIANTS}
     procs = [
-        subprocess.Popen(["taskset", "-c", str(cpus[-1]), sys.executable, __file__, "--server",
-                          v, str(port)], cwd=ROOT, env=env)
+        subprocess.Popen(
+            ["taskset", "-c", str(cpus[-1]), sys.executable, __file__, "--server", v, str(port)],
+            cwd=ROOT,
+            env=env,
+        )
         for v, port in ports.items()
     ]
     os.sched_setaffinity(0, set(cpus[:-1]))
@@ -170,18 +190,22 @@ def main() -> int:
             p.terminate()
             p.wait(10)
     base = statistics.median(times["allow"])
-    print(f"serial Check round trips, {args.rounds} rounds x {args.calls} calls per variant, "
-          f"{args.gap_us:.0f} µs idle between calls; servers on CPU {cpus[-1]}")
+    print(
+        f"serial Check round trips, {args.rounds} rounds x {args.calls} calls per variant, "
+        f"{args.gap_us:.0f} µs idle between calls; servers on CPU {cpus[-1]}"
+    )
     print(f"  {'variant':12} {'p50 µs':>8} {'p90 µs':>8} {'p50 - allow':>12} {'vs allow':>9}")
     for v in VARIANTS:
         xs = sorted(times[v])
         p50, p90 = statistics.median(xs), xs[int(len(xs) * 0.9)]
         print(f"  {v:12} {p50:8.0f} {p90:8.0f} {p50 - base:+12.0f} {p50 / base:8.2f}x")
     med = {v: statistics.median(times[v]) for v in VARIANTS}
-    print(f"meshward adds {med['serve'] - base:.0f} µs per Check over always-allow: the server "
-          f"{med['serve-noop'] - base:.0f} µs, conversion and pipeline entry "
-          f"{med['serve-skip'] - med['serve-noop']:.0f} µs, judging "
-          f"{med['serve'] - med['serve-skip']:.0f} µs")
+    print(
+        f"meshward adds {med['serve'] - base:.0f} µs per Check over always-allow: the server "
+        f"{med['serve-noop'] - base:.0f} µs, conversion and pipeline entry "
+        f"{med['serve-skip'] - med['serve-noop']:.0f} µs, judging "
+        f"{med['serve'] - med['serve-skip']:.0f} µs"
+    )
     return 0
 
 

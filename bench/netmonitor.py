@@ -49,6 +49,7 @@ def main() -> None:
         frames = _frames(kind, n)
         decoded = (decode(fr, 1000 + i * 1e-4) for i, fr in enumerate(frames))
         pkts: list[Packet] = [p for p in decoded if p is not None]
+
         def decode_all() -> None:
             for fr in frames:  # noqa: B023
                 decode(fr, 0.0)
@@ -72,8 +73,10 @@ def main() -> None:
                 mon.feed(p)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        print(f"spoofed flood of {total} packets from random sources: monitor peak "
-              f"{peak / 1e6:.1f} MB, untracked {mon.stats['untracked']}")  # fmt: skip
+        print(
+            f"spoofed flood of {total} packets from random sources: monitor peak "
+            f"{peak / 1e6:.1f} MB, untracked {mon.stats['untracked']}"
+        )
 
 
 if __name__ == "__main__":

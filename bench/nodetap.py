@@ -81,10 +81,20 @@ def cpu(pid: int) -> float:
 def h2load(client: Pod, url: str, rate: int, seconds: float) -> dict[str, float]:
     conns = max(2, min(64, rate // 100))
     r = client.run(
-        ["h2load", "--h1", "-c", str(conns), "--rps", str(rate // conns), "-D",
-         str(int(seconds)), url],
-        timeout=seconds + 60, check=False,
-    )  # fmt: skip
+        [
+            "h2load",
+            "--h1",
+            "-c",
+            str(conns),
+            "--rps",
+            str(rate // conns),
+            "-D",
+            str(int(seconds)),
+            url,
+        ],
+        timeout=seconds + 60,
+        check=False,
+    )
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", r.stdout)
     if not m:
         raise RuntimeError(f"h2load output not understood:\n{r.stdout}\n{r.stderr}")
@@ -103,8 +113,15 @@ def upstream_requests(server: Pod) -> int:
     return int(out.split(":")[1])
 
 
-def rates_phase(args: argparse.Namespace, client: Pod, server: Pod, mport: int, tap_pid: int,
-                proxy: LinkerdPod, app_pid: int) -> list[dict[str, object]]:  # fmt: skip
+def rates_phase(
+    args: argparse.Namespace,
+    client: Pod,
+    server: Pod,
+    mport: int,
+    tap_pid: int,
+    proxy: LinkerdPod,
+    app_pid: int,
+) -> list[dict[str, object]]:
     url = f"http://{server.ip}:4143/users/42?x=1"
     h2load(client, url, 200, 1)  # warm-up: connections to the app exist before measuring
     results = []
@@ -141,10 +158,26 @@ def packet_phase(args: argparse.Namespace, server: Pod, mport: int) -> dict[str,
     node-tap and tcpdump (same filter, same 32 MiB buffer) capture them; more packets are
     offered than either can take, so each one's processed rate is its capacity here."""
     pcap = subprocess.Popen(
-        ["ip", "netns", "exec", server.netns, "tcpdump", "-i", "lo", "-n", "-q", "-B", "32768",
-         "-w", "/dev/null", TCPDUMP_FILTER],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            server.netns,
+            "tcpdump",
+            "-i",
+            "lo",
+            "-n",
+            "-q",
+            "-B",
+            "32768",
+            "-w",
+            "/dev/null",
+            TCPDUMP_FILTER,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # tcpdump is listening
     before = metrics(mport)
     t0 = time.monotonic()
@@ -203,8 +236,9 @@ def packet_phase(args: argparse.Namespace, server: Pod, mport: int) -> dict[str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rates", default="500,1000,2000,3000",
-                    help="offered request rates, comma-separated")  # fmt: skip
+    ap.add_argument(
+        "--rates", default="500,1000,2000,3000", help="offered request rates, comma-separated"
+    )
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per step")
     ap.add_argument("--flooders", type=int, default=3, help="hping3 processes for the packet rate")
     args = ap.parse_args()
@@ -225,13 +259,32 @@ def main() -> int:
             proxy.start()
             app_pid = next(p.pid for p in server.procs if p is not proxy.envoy)
             tap = subprocess.Popen(
-                [sys.executable, "-m", "meshward", "node-tap", "--netns", server.netns,
-                 "--pod", "shop/api", "--pod-iface", "none", "--metrics-port", str(mport),
-                 "--metrics-host", "127.0.0.1", "--stats-interval", "60",
-                 "--ring-mb", "32"],  # the same 32 MiB buffer tcpdump -B 32768 gets
-                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "meshward",
+                    "node-tap",
+                    "--netns",
+                    server.netns,
+                    "--pod",
+                    "shop/api",
+                    "--pod-iface",
+                    "none",
+                    "--metrics-port",
+                    str(mport),
+                    "--metrics-host",
+                    "127.0.0.1",
+                    "--stats-interval",
+                    "60",
+                    "--ring-mb",
+                    "32",
+                ],  # the same 32 MiB buffer tcpdump -B 32768 gets
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 assert tap.stderr is not None
                 for line in tap.stderr:
@@ -246,8 +299,11 @@ def main() -> int:
                         if time.monotonic() > deadline or tap.poll() is not None:
                             raise
                         time.sleep(0.1)
-                print(f"== node-tap: transactions at fixed offered rates via the proxy "
-                      f"(app {server.ip}:{HTTP_PORT})", flush=True)  # fmt: skip
+                print(
+                    f"== node-tap: transactions at fixed offered rates via the proxy "
+                    f"(app {server.ip}:{HTTP_PORT})",
+                    flush=True,
+                )
                 rates = rates_phase(args, client, server, mport, tap.pid, proxy, app_pid)
                 print("== packet rate: node-tap vs tcpdump on the same lo traffic", flush=True)
                 packets = packet_phase(args, server, mport)

@@ -41,8 +41,10 @@ def main() -> None:
     print(f"baseline (call + tuple): {base:.0f} ns/packet")
     for name, frame in cases.items():
         ns = _per_packet_ns(decode, frame, n)
-        print(f"decode {name:16s} {ns:6.0f} ns/packet  {ns / base:5.1f}x baseline  "
-              f"{1e9 / ns / 1e6:.2f} M packets/s")  # fmt: skip
+        print(
+            f"decode {name:16s} {ns:6.0f} ns/packet  {ns / base:5.1f}x baseline  "
+            f"{1e9 / ns / 1e6:.2f} M packets/s"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,7 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> list[t
     """
     if hm := http.header_map.headers:
         return [
-            (h.key, raw.decode("utf-8", "replace") if (raw := h.raw_value) else h.value)
-            for h in hm
+            (h.key, raw.decode("utf-8", "replace") if (raw := h.raw_value) else h.value) for h in hm
         ]
     return list(http.headers.items())
 

@@ -180,15 +180,21 @@ def render(
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} ({', '.join(STYLES)})")
     s = FilterSettings(
-        namespace=namespace, workload=workload, mode=mode, body_limit=body_limit,
-        tap_close_timeout_ms=tap_close_timeout_ms, tap_stream_window=tap_stream_window,
-    )  # fmt: skip
+        namespace=namespace,
+        workload=workload,
+        mode=mode,
+        body_limit=body_limit,
+        tap_close_timeout_ms=tap_close_timeout_ms,
+        tap_stream_window=tap_stream_window,
+    )
     if not s.installed:
         return {"objects": []}
     selector = {"app": workload} if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
     common: dict[str, Any] = {
-        "authz_port": authz_port, "tap_port": tap_port, "outbound_tap": outbound_tap
+        "authz_port": authz_port,
+        "tap_port": tap_port,
+        "outbound_tap": outbound_tap,
     }
     if style == "envoyfilter":
         objects = [envoy_filter(s, service=service, selector=selector, name=name, **common)]

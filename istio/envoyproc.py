@@ -123,14 +123,19 @@ class EnvoyProcess:
         config.write_text(json.dumps(self.bootstrap))
         cmd = [
             self.envoy or envoy_binary(),
-            "-c", str(config),
+            "-c",
+            str(config),
             "--use-dynamic-base-id",
-            "--admin-address-path", str(self.workdir / "admin-address"),
-            "--concurrency", str(self.concurrency),
-            "-l", self.log_level,
-            "--log-path", str(self.log_path),
+            "--admin-address-path",
+            str(self.workdir / "admin-address"),
+            "--concurrency",
+            str(self.concurrency),
+            "-l",
+            self.log_level,
+            "--log-path",
+            str(self.log_path),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         self.proc = subprocess.Popen(
             die_with_parent(cmd),
             stdin=subprocess.DEVNULL,

@@ -318,8 +318,11 @@ def clusters(
         out.append(grpc_cluster(s.authz_cluster, server_host, authz_port))
     out.append(
         grpc_cluster(
-            s.tap_cluster, server_host, tap_port, high_limits=True,
+            s.tap_cluster,
+            server_host,
+            tap_port,
+            high_limits=True,
             stream_window=s.tap_stream_window,
         )
-    )  # fmt: skip
+    )
     return out

@@ -99,8 +99,9 @@ def app_bootstrap(body: str = '{"ok":true}') -> dict[str, Any]:
                 }
             ]
         },
-        "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": ROUTER_CONFIG}}],
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_CONFIG}}
+        ],
     }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -110,8 +111,14 @@ def app_bootstrap(body: str = '{"ok":true}') -> dict[str, Any]:
                     "name": "app",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                     "filter_chains": [
-                        {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                      "typed_config": hcm}]}
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
                     ],
                 }
             ]
@@ -125,12 +132,18 @@ def http_filters(boot: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def sidecar(
-    app_port: int, mode: str, *, keep: tuple[str, ...], authz_port: int = 9, tap_port: int = 9,
+    app_port: int,
+    mode: str,
+    *,
+    keep: tuple[str, ...],
+    authz_port: int = 9,
+    tap_port: int = 9,
     extra_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A rendered sidecar keeping only the meshward filters named in `keep` (+ the router)."""
-    boot = render_bootstrap(0, f"127.0.0.1:{app_port}", "bench", "api", mode,
-                            authz_port=authz_port, tap_port=tap_port)  # fmt: skip
+    boot = render_bootstrap(
+        0, f"127.0.0.1:{app_port}", "bench", "api", mode, authz_port=authz_port, tap_port=tap_port
+    )
     filters = http_filters(boot)
     kept = [f for f in filters[:-1] if f["name"] in keep]
     if extra_filter is not None:
@@ -162,15 +175,26 @@ def _us(text: str) -> float:
 def wrk(url: str, connections: int, seconds: float, script: str = "") -> WrkResult:
     """Run wrk with --latency; parse p50, p99, requests/s, non-2xx and socket errors."""
     threads = 1 if connections == 1 else 2
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-           "--latency", "--timeout", "5s"]  # fmt: skip
+    cmd = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
         if script:
             cmd += ["-s", f.name]
-        out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True,
-                             timeout=seconds + 30).stdout  # fmt: skip
+        out = subprocess.run(
+            [*cmd, url], capture_output=True, text=True, check=True, timeout=seconds + 30
+        ).stdout
     finally:
         os.unlink(f.name)
     pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
@@ -204,12 +228,29 @@ class MeshwardServe:
         self.authz, self.tap, self.http = free_port(), free_port(), free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshward", "serve", "--db", f"{tmp}/bench.db",
-             "--listen-host", "127.0.0.1", "--authz-port", str(self.authz),
-             "--tap-port", str(self.tap), "--http-port", str(self.http),
-             "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "meshward",
+                "serve",
+                "--db",
+                f"{tmp}/bench.db",
+                "--listen-host",
+                "127.0.0.1",
+                "--authz-port",
+                str(self.authz),
+                "--tap-port",
+                str(self.tap),
+                "--http-port",
+                str(self.http),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
@@ -241,8 +282,11 @@ class MeshwardServe:
 
 
 def request(port: int, path: str, body: bytes | None = None) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                 headers={"content-type": "application/json"} if body else {})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        headers={"content-type": "application/json"} if body else {},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
@@ -251,5 +295,14 @@ def request(port: int, path: str, body: bytes | None = None) -> int:
         return err.code
 
 
-__all__ = ["EnvoyProcess", "MeshwardServe", "WrkResult", "app_bootstrap", "free_port",
-           "post_script", "request", "sidecar", "wrk"]
+__all__ = [
+    "EnvoyProcess",
+    "MeshwardServe",
+    "WrkResult",
+    "app_bootstrap",
+    "free_port",
+    "post_script",
+    "request",
+    "sidecar",
+    "wrk",
+]

@@ -126,7 +126,7 @@ async def set_mode(request: web.Request) -> web.Response:
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
         doc = _loads(await request.read())
     except ValueError:
-        raise _bad("body must be JSON like {\"mode\": \"enforce\"}") from None
+        raise _bad('body must be JSON like {"mode": "enforce"}') from None
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
@@ -225,4 +225,3 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
     return app
-

@@ -119,8 +119,13 @@ class PodDiscovery:
             if netns is None:
                 if key not in self.unresolved:
                     self.unresolved.add(key)
-                    event(log, "no network namespace holds the pod's IP yet", logging.WARNING,
-                          pod=f"{who.namespace}/{who.name}", ip=who.ip)  # fmt: skip
+                    event(
+                        log,
+                        "no network namespace holds the pod's IP yet",
+                        logging.WARNING,
+                        pod=f"{who.namespace}/{who.name}",
+                        ip=who.ip,
+                    )
                 continue
             self.unresolved.discard(key)
             target = PodTarget(
@@ -131,8 +136,14 @@ class PodDiscovery:
             )
             self.attached[key] = (who, target)
             self.tap.attach(target)
-            event(log, "attaching", pod=f"{who.namespace}/{who.name}", workload=who.workload,
-                  ip=who.ip, netns=netns)  # fmt: skip
+            event(
+                log,
+                "attaching",
+                pod=f"{who.namespace}/{who.name}",
+                workload=who.workload,
+                ip=who.ip,
+                netns=netns,
+            )
 
     def retry_unresolved(self) -> None:
         """A pod whose namespace was not found at first (the CNI was still setting it up)."""

@@ -50,9 +50,16 @@ class DecodedBody:
     """
 
     __slots__ = (
-        "_doc", "_fields", "_keys", "_mixed", "_partial", "_shape", "kind", "max_depth",
+        "_doc",
+        "_fields",
+        "_keys",
+        "_mixed",
+        "_partial",
+        "_shape",
+        "kind",
+        "max_depth",
         "max_fields",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,
@@ -162,9 +169,7 @@ def decode_form(
 ) -> DecodedBody:
     """A urlencoded form body as fields, read in `charset`, and its percent escapes as bytes
     in `escapes` (default: the charset too, as aiohttp's request.post() reads them)."""
-    pairs, truncated = parse_query(
-        data.decode(charset, "replace"), max_fields, escapes or charset
-    )
+    pairs, truncated = parse_query(data.decode(charset, "replace"), max_fields, escapes or charset)
     return DecodedBody(
         "form",
         [(_child("$", k), v) for k, v in pairs],

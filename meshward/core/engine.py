@@ -88,8 +88,12 @@ class Engine:
         self._pending_alerts: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ALERTS)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
         self.counters: dict[str, int] = {
-            "evaluated": 0, "learned": 0, "alerts": 0, "denied": 0, "inspection_failed": 0,
-        }  # fmt: skip
+            "evaluated": 0,
+            "learned": 0,
+            "alerts": 0,
+            "denied": 0,
+            "inspection_failed": 0,
+        }
 
     def load(self, profiles: dict[str, dict[str, Any]], modes: dict[str, str]) -> None:
         """Start from stored profile documents and namespace modes (the app read them)."""
@@ -229,8 +233,15 @@ class Engine:
             return self.detector.inspect(obs, body), False
         except Exception as exc:
             self.counters["inspection_failed"] += 1
-            event(log, "inspection failed", logging.ERROR, destination=obs.destination.key,
-                  method=obs.method, path=obs.path[:200], error=repr(exc)[:200])  # fmt: skip
+            event(
+                log,
+                "inspection failed",
+                logging.ERROR,
+                destination=obs.destination.key,
+                method=obs.method,
+                path=obs.path[:200],
+                error=repr(exc)[:200],
+            )
             return Inspection(), True
 
     def _record_alert(self, obs: Observation, v: Verdict) -> None:

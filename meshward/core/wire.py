@@ -58,18 +58,20 @@ LINKERD_PROXY_PORTS: Final = frozenset(
 # the caller's mTLS identity, added by the inbound proxy to the requests it forwards
 LINKERD_CLIENT_ID_HEADER: Final = "l5d-client-id"
 
-UNTRUSTED_HINTS: Final = MappingProxyType({
-    METADATA_NAMESPACE: "gRPC metadata: the namespace the sidecar says it guards",
-    METADATA_WORKLOAD: "gRPC metadata: the workload the sidecar says it guards",
-    METADATA_DIRECTION: "gRPC metadata: which side of the call the sidecar says it sits on",
-    METADATA_NODE: "gRPC metadata: the node the sidecar says it runs on",
-    METADATA_TAP_RESPONSE_BODY: "gRPC metadata: whether response bodies follow on the stream",
-    CONTEXT_NAMESPACE: "ext_authz context_extensions: the namespace of the guarded workload",
-    CONTEXT_WORKLOAD: "ext_authz context_extensions: the guarded workload",
-    CONTEXT_DIRECTION: "ext_authz context_extensions: inbound or outbound",
-    LINKERD_CLIENT_ID_HEADER: "request header: the caller's identity; vouched for by Linkerd's "
-    "inbound proxy, but any process on the pod's loopback can send it",
-})  # fmt: skip
+UNTRUSTED_HINTS: Final = MappingProxyType(
+    {
+        METADATA_NAMESPACE: "gRPC metadata: the namespace the sidecar says it guards",
+        METADATA_WORKLOAD: "gRPC metadata: the workload the sidecar says it guards",
+        METADATA_DIRECTION: "gRPC metadata: which side of the call the sidecar says it sits on",
+        METADATA_NODE: "gRPC metadata: the node the sidecar says it runs on",
+        METADATA_TAP_RESPONSE_BODY: "gRPC metadata: whether response bodies follow on the stream",
+        CONTEXT_NAMESPACE: "ext_authz context_extensions: the namespace of the guarded workload",
+        CONTEXT_WORKLOAD: "ext_authz context_extensions: the guarded workload",
+        CONTEXT_DIRECTION: "ext_authz context_extensions: inbound or outbound",
+        LINKERD_CLIENT_ID_HEADER: "request header: the caller's identity; vouched for by Linkerd's "
+        "inbound proxy, but any process on the pod's loopback can send it",
+    }
+)
 """Every caller-written field, with what it claims: a hint to label and route by, never proof."""
 
 

@@ -35,10 +35,14 @@ from meshward.kube.errors import KubeConfigError
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-def load_client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
-                *, service_account_dir: str | os.PathLike[str] | None = None,
-                environ: Mapping[str, str] | None = None,
-                token_refresh_seconds: float = 60.0) -> client.ApiClient:
+def load_client(
+    kubeconfig: str | os.PathLike[str] | None = None,
+    context: str | None = None,
+    *,
+    service_account_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    token_refresh_seconds: float = 60.0,
+) -> client.ApiClient:
     """An ApiClient from `kubeconfig` (and `context`), else from the pod's service account.
 
     Raises KubeConfigError (one line, no traceback needed) when neither works.
@@ -51,7 +55,8 @@ def load_client(kubeconfig: str | os.PathLike[str] | None = None, context: str |
     if not env.get("KUBERNETES_SERVICE_HOST"):
         raise KubeConfigError(
             "no Kubernetes configuration: pass --kubeconfig PATH, or run in a pod "
-            "(KUBERNETES_SERVICE_HOST is not set)")
+            "(KUBERNETES_SERVICE_HOST is not set)"
+        )
     return _in_cluster(sa_dir, env, token_refresh_seconds)
 
 
@@ -59,8 +64,7 @@ def _from_kubeconfig(path: Path, context: str | None) -> client.ApiClient:
     if not path.is_file():
         raise KubeConfigError(f"kubeconfig {path}: no such file")
     try:
-        return new_client_from_config(config_file=str(path), context=context,
-                                      persist_config=False)
+        return new_client_from_config(config_file=str(path), context=context, persist_config=False)
     except ConfigException as exc:
         raise KubeConfigError(f"kubeconfig {path}: {_one_line(exc)}") from exc
     except (yaml.YAMLError, OSError, TypeError, AttributeError, KeyError) as exc:
@@ -72,8 +76,9 @@ class _Loader(InClusterConfigLoader):
     """The library's in-cluster loader with a settable token re-read period."""
 
     def __init__(self, token: Path, ca: Path, env: Mapping[str, str], refresh: float) -> None:
-        super().__init__(token_filename=str(token), cert_filename=str(ca),
-                         try_refresh_token=True, environ=env)
+        super().__init__(
+            token_filename=str(token), cert_filename=str(ca), try_refresh_token=True, environ=env
+        )
         self._token_refresh_period = datetime.timedelta(seconds=refresh)
 
 
@@ -82,7 +87,8 @@ def _in_cluster(sa_dir: Path, env: Mapping[str, str], refresh: float) -> client.
     if not token.is_file():
         raise KubeConfigError(
             f"in-cluster configuration: no service-account token at {token} "
-            "(automountServiceAccountToken: false on the pod?)")
+            "(automountServiceAccountToken: false on the pod?)"
+        )
     cfg = client.Configuration()
     try:
         _Loader(token, ca, env, refresh).load_and_set(cfg)
@@ -91,8 +97,9 @@ def _in_cluster(sa_dir: Path, env: Mapping[str, str], refresh: float) -> client.
     return client.ApiClient(cfg)
 
 
-def in_cluster_namespace(service_account_dir: str | os.PathLike[str] | None = None,
-                         default: str = "default") -> str:
+def in_cluster_namespace(
+    service_account_dir: str | os.PathLike[str] | None = None, default: str = "default"
+) -> str:
     """The pod's own namespace (the service account's `namespace` file), else `default`."""
     sa_dir = Path(service_account_dir) if service_account_dir else SERVICE_ACCOUNT_DIR
     try:
@@ -101,8 +108,13 @@ def in_cluster_namespace(service_account_dir: str | os.PathLike[str] | None = No
         return default
 
 
-def token_client(server: str, token: str, *, ca_file: str | os.PathLike[str] | None = None,
-                 insecure: bool = False) -> client.ApiClient:
+def token_client(
+    server: str,
+    token: str,
+    *,
+    ca_file: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+) -> client.ApiClient:
     """An ApiClient for a bearer `token` at `server` (TokenReview callers, tests, tools)."""
     cfg = client.Configuration()
     cfg.host = server

@@ -49,8 +49,15 @@ class KubeUnauthorized(KubeError):
 class KubeForbidden(KubeError):
     """403: authenticated but RBAC denies `verb` on `resource`."""
 
-    def __init__(self, message: str, *, user: str | None = None, verb: str | None = None,
-                 resource: str | None = None, namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        user: str | None = None,
+        verb: str | None = None,
+        resource: str | None = None,
+        namespace: str | None = None,
+    ) -> None:
         super().__init__(message, 403)
         self.user, self.verb, self.resource, self.namespace = user, verb, resource, namespace
 
@@ -80,9 +87,14 @@ def _resource_name(resource: str, group: str | None) -> str:
     return f"{base}.{group}" + (f"/{sub}" if sub else "")
 
 
-def from_api_exception(exc: ApiException, *, verb: str | None = None,
-                       resource: str | None = None, namespace: str | None = None,
-                       server: str | None = None) -> KubeError:
+def from_api_exception(
+    exc: ApiException,
+    *,
+    verb: str | None = None,
+    resource: str | None = None,
+    namespace: str | None = None,
+    server: str | None = None,
+) -> KubeError:
     """The one-line KubeError for an ApiException.
 
     `verb`/`resource`/`namespace` are what the caller attempted; they are used when the
@@ -96,30 +108,45 @@ def from_api_exception(exc: ApiException, *, verb: str | None = None,
         if m and m.group("path") is not None:
             return KubeForbidden(
                 f'RBAC forbidden: user "{m["user"]}" cannot {m["verb"]} path "{m["path"]}"',
-                user=m["user"], verb=m["verb"], resource=m["path"])
+                user=m["user"],
+                verb=m["verb"],
+                resource=m["path"],
+            )
         if m:
             res = _resource_name(m["resource"], m["group"])
             where = f' in namespace "{m["ns"]}"' if m["ns"] else " (cluster-wide)"
             return KubeForbidden(
                 f'RBAC forbidden: user "{m["user"]}" cannot {m["verb"]} {res}{where}',
-                user=m["user"], verb=m["verb"], resource=res, namespace=m["ns"] or None)
+                user=m["user"],
+                verb=m["verb"],
+                resource=res,
+                namespace=m["ns"] or None,
+            )
         details = status.get("details") or {}
         res = resource or _resource_name(str(details.get("kind") or "?"), details.get("group"))
-        what = f"cannot {verb or '?'} {res}" + (f' in namespace "{namespace}"' if namespace
-                                                else "")
-        return KubeForbidden(f"RBAC forbidden: {what}" + (f" ({message})" if message else ""),
-                             verb=verb, resource=res, namespace=namespace)
+        what = f"cannot {verb or '?'} {res}" + (f' in namespace "{namespace}"' if namespace else "")
+        return KubeForbidden(
+            f"RBAC forbidden: {what}" + (f" ({message})" if message else ""),
+            verb=verb,
+            resource=res,
+            namespace=namespace,
+        )
     if code == 401:
         at = f" at {server}" if server else ""
         return KubeUnauthorized(
             f"unauthorized: the Kubernetes API server{at} rejected the credentials "
-            "(token missing, unknown or expired)", 401)
+            "(token missing, unknown or expired)",
+            401,
+        )
     if code is None or code == 0:
         return KubeUnavailable(f"Kubernetes API request failed: {exc.reason or message}")
     attempted = " ".join(x for x in (verb, resource) if x)
     prefix = f"{attempted}: " if attempted else ""
-    return KubeError(f"{prefix}Kubernetes API error {code} {exc.reason or ''}".rstrip()
-                     + (f": {message}" if message and message != exc.reason else ""), code)
+    return KubeError(
+        f"{prefix}Kubernetes API error {code} {exc.reason or ''}".rstrip()
+        + (f": {message}" if message and message != exc.reason else ""),
+        code,
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -135,13 +162,19 @@ def describe(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def translate_errors(*, verb: str | None = None, resource: str | None = None,
-                     namespace: str | None = None, server: str | None = None) -> Iterator[None]:
+def translate_errors(
+    *,
+    verb: str | None = None,
+    resource: str | None = None,
+    namespace: str | None = None,
+    server: str | None = None,
+) -> Iterator[None]:
     """Turn ApiException and connection errors raised in the block into one-line KubeErrors."""
     try:
         yield
     except ApiException as exc:
-        raise from_api_exception(exc, verb=verb, resource=resource, namespace=namespace,
-                                 server=server) from exc
+        raise from_api_exception(
+            exc, verb=verb, resource=resource, namespace=namespace, server=server
+        ) from exc
     except urllib3.exceptions.HTTPError as exc:
         raise KubeUnavailable(describe(exc)) from exc

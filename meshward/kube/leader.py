@@ -54,11 +54,19 @@ class LeaderElector:
     election in a daemon thread; `stop()` ends it and releases the Lease if held.
     """
 
-    def __init__(self, api_client: client.ApiClient, namespace: str, name: str, identity: str,
-                 *, lease_duration: float = 15.0, renew_deadline: float = 10.0,
-                 retry_period: float = 2.0,
-                 on_started_leading: Callable[[], None] | None = None,
-                 on_stopped_leading: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        on_started_leading: Callable[[], None] | None = None,
+        on_stopped_leading: Callable[[], None] | None = None,
+    ) -> None:
         if not identity:
             raise ValueError("leader election needs a non-empty identity")
         if not 0 < retry_period < renew_deadline < lease_duration:
@@ -88,8 +96,7 @@ class LeaderElector:
     # ---- control -------------------------------------------------------------------------
     def start(self) -> threading.Thread:
         self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name=f"leader-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"leader-{self.name}", daemon=True)
         self._thread.start()
         return self._thread
 
@@ -112,8 +119,9 @@ class LeaderElector:
     def _lead(self) -> None:
         self.leading.set()
         self.transitions += 1
-        log.info("leader election %s/%s: %s became leader", self.namespace, self.name,
-                 self.identity)
+        log.info(
+            "leader election %s/%s: %s became leader", self.namespace, self.name, self.identity
+        )
         self._callback(self.on_started_leading)
         last_renew = time.monotonic()
         try:
@@ -122,20 +130,33 @@ class LeaderElector:
                 if result == "ok":
                     last_renew = time.monotonic()
                 elif result == "lost":
-                    log.warning("leader election %s/%s: %s lost the lease to another holder",
-                                self.namespace, self.name, self.identity)
+                    log.warning(
+                        "leader election %s/%s: %s lost the lease to another holder",
+                        self.namespace,
+                        self.name,
+                        self.identity,
+                    )
                     return
                 elif time.monotonic() - last_renew > self.renew_deadline:
-                    log.warning("leader election %s/%s: %s could not renew for %.1f s (%s); "
-                                "stepping down", self.namespace, self.name, self.identity,
-                                self.renew_deadline, self.last_error)
+                    log.warning(
+                        "leader election %s/%s: %s could not renew for %.1f s (%s); stepping down",
+                        self.namespace,
+                        self.name,
+                        self.identity,
+                        self.renew_deadline,
+                        self.last_error,
+                    )
                     return
             if self._release_on_stop:
                 self._release()
         finally:
             self.leading.clear()
-            log.info("leader election %s/%s: %s stopped leading", self.namespace, self.name,
-                     self.identity)
+            log.info(
+                "leader election %s/%s: %s stopped leading",
+                self.namespace,
+                self.name,
+                self.identity,
+            )
             self._callback(self.on_stopped_leading)
 
     def _callback(self, fn: Callable[[], None] | None) -> None:
@@ -149,9 +170,9 @@ class LeaderElector:
     # ---- one round -----------------------------------------------------------------------
     def _get(self) -> dict[str, Any] | None:
         try:
-            resp = self._api.read_namespaced_lease(self.name, self.namespace,
-                                                   _preload_content=False,
-                                                   _request_timeout=self._timeout)
+            resp = self._api.read_namespaced_lease(
+                self.name, self.namespace, _preload_content=False, _request_timeout=self._timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -174,44 +195,67 @@ class LeaderElector:
         try:
             lease = self._get()
             if lease is None:
-                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                        "metadata": {"name": self.name, "namespace": self.namespace},
-                        "spec": self._spec(acquire_time=now, transitions=0, now=now)}
-                self._api.create_namespaced_lease(self.namespace, body,
-                                                  _preload_content=False,
-                                                  _request_timeout=self._timeout)
+                body = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": self._spec(acquire_time=now, transitions=0, now=now),
+                }
+                self._api.create_namespaced_lease(
+                    self.namespace, body, _preload_content=False, _request_timeout=self._timeout
+                )
                 return "ok"
             spec = lease.get("spec") or {}
             holder = spec.get("holderIdentity") or ""
             if holder and holder != self.identity:
-                record = (holder, spec.get("renewTime"), spec.get("acquireTime"),
-                          spec.get("leaseDurationSeconds"))
+                record = (
+                    holder,
+                    spec.get("renewTime"),
+                    spec.get("acquireTime"),
+                    spec.get("leaseDurationSeconds"),
+                )
                 mono = time.monotonic()
                 if record != self._observed:
                     self._observed, self._observed_at = record, mono
                 duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
                 if mono < self._observed_at + duration:
                     return "lost" if self.leading.is_set() else "held"
-                log.info("leader election %s/%s: lease of %s expired; %s takes it",
-                         self.namespace, self.name, holder, self.identity)
+                log.info(
+                    "leader election %s/%s: lease of %s expired; %s takes it",
+                    self.namespace,
+                    self.name,
+                    holder,
+                    self.identity,
+                )
             transitions = int(spec.get("leaseTransitions") or 0)
             if holder == self.identity:
-                new_spec = self._spec(acquire_time=spec.get("acquireTime") or now,
-                                      transitions=transitions, now=now)
+                new_spec = self._spec(
+                    acquire_time=spec.get("acquireTime") or now, transitions=transitions, now=now
+                )
             else:
                 new_spec = self._spec(acquire_time=now, transitions=transitions + 1, now=now)
             lease["spec"] = new_spec
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease,
-                                               _preload_content=False,
-                                               _request_timeout=self._timeout)
+            self._api.replace_namespaced_lease(
+                self.name,
+                self.namespace,
+                lease,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
             return "ok"
         except ApiException as exc:
-            self.last_error = ("conflict (another candidate wrote first)" if exc.status == 409
-                               else describe(exc))
+            self.last_error = (
+                "conflict (another candidate wrote first)" if exc.status == 409 else describe(exc)
+            )
         except Exception as exc:
             self.last_error = describe(exc)
-        log.debug("leader election %s/%s: %s: %s", self.namespace, self.name, self.identity,
-                  self.last_error)
+        log.debug(
+            "leader election %s/%s: %s: %s",
+            self.namespace,
+            self.name,
+            self.identity,
+            self.last_error,
+        )
         return "error"
 
     def _release(self) -> None:
@@ -221,10 +265,19 @@ class LeaderElector:
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             now = micro_time()
-            lease["spec"].update({"holderIdentity": None, "leaseDurationSeconds": 1,
-                                  "renewTime": now})
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease,
-                                               _preload_content=False,
-                                               _request_timeout=self._timeout)
-            log.info("leader election %s/%s: %s released the lease", self.namespace,
-                     self.name, self.identity)
+            lease["spec"].update(
+                {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": now}
+            )
+            self._api.replace_namespaced_lease(
+                self.name,
+                self.namespace,
+                lease,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            log.info(
+                "leader election %s/%s: %s released the lease",
+                self.namespace,
+                self.name,
+                self.identity,
+            )

@@ -118,11 +118,19 @@ class Watcher:
     `label_selector` / `field_selector` pass through to the server. One consumer per Watcher.
     """
 
-    def __init__(self, list_fn: Callable[..., Any], *args: Any,
-                 label_selector: str | None = None, field_selector: str | None = None,
-                 timeout_seconds: int = 300, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, connect_timeout: float = 10.0,
-                 name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        list_fn: Callable[..., Any],
+        *args: Any,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 300,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        connect_timeout: float = 10.0,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._fn, self._args, self._kwargs = list_fn, args, dict(kwargs)
         if label_selector:
             self._kwargs["label_selector"] = label_selector
@@ -163,8 +171,9 @@ class Watcher:
 
     def start(self, handler: Callable[[Event], None]) -> threading.Thread:
         """Run `handler(event)` for every event in a daemon thread; returns the thread."""
-        self._thread = threading.Thread(target=self.run, args=(handler,),
-                                        name=f"watch-{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, args=(handler,), name=f"watch-{self.name}", daemon=True
+        )
         self._thread.start()
         return self._thread
 
@@ -199,8 +208,9 @@ class Watcher:
                 self._resume_requested = False
             except _Gone:
                 self.stats.gone += 1
-                log.info("watch %s: resourceVersion %s expired (410); relisting",
-                         self.name, self._rv)
+                log.info(
+                    "watch %s: resourceVersion %s expired (410); relisting", self.name, self._rv
+                )
                 need_list = True
             except ApiException as exc:
                 if self._stop.is_set():
@@ -270,9 +280,13 @@ class Watcher:
 
     def _watch_once(self) -> Iterator[Event]:
         timeout = max(1, int(self.timeout_seconds * random.uniform(1.0, 1.25)))
-        resp = self._call(watch=True, resource_version=self._rv, allow_watch_bookmarks=True,
-                          timeout_seconds=timeout,
-                          _request_timeout=(self.connect_timeout, timeout + 30))
+        resp = self._call(
+            watch=True,
+            resource_version=self._rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=(self.connect_timeout, timeout + 30),
+        )
         with self._lock:
             self._resp = resp
         if self._stop.is_set():

@@ -47,8 +47,15 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r})"  # never the token
 
-    def request(self, method: str, path: str, doc: Any = None, *, body: bytes | None = None,
-                timeout: float | None = None) -> Any:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        path: str,
+        doc: Any = None,
+        *,
+        body: bytes | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """One call: `doc` is sent as JSON (or `body` as is); a JSON answer (or one with no
         content type) comes back parsed, any other as text (/metrics). ApiError on an error
         status, no answer, or a broken JSON answer."""
@@ -56,8 +63,9 @@ class ApiClient:
         headers = {"content-type": "application/json"} if data is not None else {}
         if self._token:
             headers["authorization"] = f"Bearer {self._token}"
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers=headers)  # fmt: skip
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read(MAX_ANSWER)

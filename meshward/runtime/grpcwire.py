@@ -27,8 +27,9 @@ class Undecodable:
         self.size = size
 
 
-def tolerant_deserializer(message_class: type[M], what: str,
-                          max_bytes: int) -> Callable[[bytes], M | Undecodable]:  # fmt: skip
+def tolerant_deserializer(
+    message_class: type[M], what: str, max_bytes: int
+) -> Callable[[bytes], M | Undecodable]:
     """`message_class.FromString`, but over `max_bytes` or on a DecodeError an Undecodable of
     kind `oversized-{what}` / `undecodable-{what}`."""
     parse = message_class.FromString

@@ -95,8 +95,14 @@ class _HistogramChild:
 class _Family:
     """One metric: its children by label values (one child when it has no labels)."""
 
-    def __init__(self, kind: str, name: str, doc: str, labelnames: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labelnames: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = (),
+    ) -> None:
         self.kind, self.name, self.doc, self.labelnames = kind, name, doc, labelnames
         self.bounds = (*buckets, float("inf"))
         self.children: dict[tuple[str, ...], _CounterChild | _GaugeChild | _HistogramChild] = {}
@@ -164,33 +170,46 @@ class Metrics:
         self.registry = CollectorRegistry()
         families: list[_Family] = []
 
-        def family(kind: str, name: str, doc: str, *labelnames: str,
-                   buckets: tuple[float, ...] = ()) -> Any:  # fmt: skip
+        def family(
+            kind: str, name: str, doc: str, *labelnames: str, buckets: tuple[float, ...] = ()
+        ) -> Any:
             families.append(_Family(kind, name, doc, labelnames, buckets))
             return families[-1]
 
         self.checks = family("counter", "meshward_checks", "ext_authz checks answered", "result")
         self.verdicts = family(
-            "counter", "meshward_verdicts", "engine verdicts by source, mode, verdict and reason",
-            "source", "mode", "verdict", "reason",
-        )  # fmt: skip
+            "counter",
+            "meshward_verdicts",
+            "engine verdicts by source, mode, verdict and reason",
+            "source",
+            "mode",
+            "verdict",
+            "reason",
+        )
         self.threats = family("counter", "meshward_threats", "threats found, by name", "name")
         self.check_latency = family(
-            "histogram", "meshward_check_seconds", "time to answer one ext_authz check",
+            "histogram",
+            "meshward_check_seconds",
+            "time to answer one ext_authz check",
             buckets=_LATENCY,
-        )  # fmt: skip
+        )
         self.evaluate_latency = family(
-            "histogram", "meshward_evaluate_seconds", "engine time per observation", "source",
+            "histogram",
+            "meshward_evaluate_seconds",
+            "engine time per observation",
+            "source",
             buckets=_LATENCY,
-        )  # fmt: skip
+        )
         self.tap_streams = family(
             "counter", "meshward_tap_streams", "ext_proc tap streams by outcome", "outcome"
         )
         self.tap_active = family("gauge", "meshward_tap_streams_active", "open tap streams")
         self.tap_stream_latency = family(
-            "histogram", "meshward_tap_stream_seconds", "life time of one tap stream",
+            "histogram",
+            "meshward_tap_stream_seconds",
+            "life time of one tap stream",
             buckets=(*_LATENCY, 5.0, 30.0),
-        )  # fmt: skip
+        )
         self.observations = family(
             "counter", "meshward_observations", "observations received, by source", "source"
         )
@@ -256,5 +275,6 @@ class Problems:
             second, count = now, 0
         self._window[key] = (second, count + 1)
         if count < self.per_second:
-            event(self.logger, f"{where}: {kind}", logging.WARNING, where=where, kind=kind,
-                  **fields)
+            event(
+                self.logger, f"{where}: {kind}", logging.WARNING, where=where, kind=kind, **fields
+            )

@@ -159,9 +159,7 @@ class Joiner:
     ) -> tuple[Exchange, list[Threat], Observation]:
         out, inn = (obs, other) if obs.direction == "outbound" else (other, obs)
         ex = Exchange(obs.request_id, _view(out), _view(inn))
-        ex.mismatches = _compare(
-            ex.outbound, ex.inbound, out.body_truncated or inn.body_truncated
-        )
+        ex.mismatches = _compare(ex.outbound, ex.inbound, out.body_truncated or inn.body_truncated)
         threats = [
             Threat(
                 EXCHANGE_MISMATCH,

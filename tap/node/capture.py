@@ -77,31 +77,47 @@ def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> l
     if drop_outgoing:
         prog += [(_LD_W_ABS, 0, 0, _SKF_AD_PKTTYPE), (_JEQ, "drop", 0, PACKET_OUTGOING)]
     prog += [
-        (_LD_H_ABS, 0, 0, 12), (_JEQ, 0, "not4", 0x0800),
+        (_LD_H_ABS, 0, 0, 12),
+        (_JEQ, 0, "not4", 0x0800),
         # IPv4
-        (_LD_B_ABS, 0, 0, 23), (_JEQ, 0, "drop", 6),  # TCP
-        (_LD_H_ABS, 0, 0, 20), (_JSET, "drop", 0, 0x1FFF),  # not a later fragment
+        (_LD_B_ABS, 0, 0, 23),
+        (_JEQ, 0, "drop", 6),  # TCP
+        (_LD_H_ABS, 0, 0, 20),
+        (_JSET, "drop", 0, 0x1FFF),  # not a later fragment
         (_LDX_B_MSH, 0, 0, 14),  # X = IP header length
-        (_LD_B_IND, 0, 0, 14 + 13), (_JSET, "ports", 0, 0x07),  # SYN/FIN/RST: keep
+        (_LD_B_IND, 0, 0, 14 + 13),
+        (_JSET, "ports", 0, 0x07),  # SYN/FIN/RST: keep
         # payload length = ip_len - ihl - tcp header length; drop pure ACKs
-        (_LD_B_IND, 0, 0, 14 + 12), (_ALU_AND_K, 0, 0, 0xF0), (_ALU_RSH_K, 0, 0, 2),
-        (_ALU_ADD_X, 0, 0, 0), (_ST, 0, 0, 0),  # M[0] = ihl + thl
-        (_LD_H_ABS, 0, 0, 16), (_LDX_MEM, 0, 0, 0), (_ALU_SUB_X, 0, 0, 0),
+        (_LD_B_IND, 0, 0, 14 + 12),
+        (_ALU_AND_K, 0, 0, 0xF0),
+        (_ALU_RSH_K, 0, 0, 2),
+        (_ALU_ADD_X, 0, 0, 0),
+        (_ST, 0, 0, 0),  # M[0] = ihl + thl
+        (_LD_H_ABS, 0, 0, 16),
+        (_LDX_MEM, 0, 0, 0),
+        (_ALU_SUB_X, 0, 0, 0),
         (_JEQ, "drop", 0, 0),
-        (_LDX_B_MSH, 0, 0, 14), (_JEQ, "ports", "ports", 0),
+        (_LDX_B_MSH, 0, 0, 14),
+        (_JEQ, "ports", "ports", 0),
         "not4",
         (_JEQ, 0, "drop", 0x86DD),
         # IPv6: next header TCP right after the fixed 40-byte header
-        (_LD_B_ABS, 0, 0, 20), (_JEQ, 0, "drop", 6),
-        (_LD_B_ABS, 0, 0, 14 + 40 + 13), (_JSET, "v6ports", 0, 0x07),
-        (_LD_B_ABS, 0, 0, 14 + 40 + 12), (_ALU_AND_K, 0, 0, 0xF0), (_ALU_RSH_K, 0, 0, 2),
-        (_TAX, 0, 0, 0), (_LD_H_ABS, 0, 0, 18), (_ALU_SUB_X, 0, 0, 0),  # payload - thl
+        (_LD_B_ABS, 0, 0, 20),
+        (_JEQ, 0, "drop", 6),
+        (_LD_B_ABS, 0, 0, 14 + 40 + 13),
+        (_JSET, "v6ports", 0, 0x07),
+        (_LD_B_ABS, 0, 0, 14 + 40 + 12),
+        (_ALU_AND_K, 0, 0, 0xF0),
+        (_ALU_RSH_K, 0, 0, 2),
+        (_TAX, 0, 0, 0),
+        (_LD_H_ABS, 0, 0, 18),
+        (_ALU_SUB_X, 0, 0, 0),  # payload - thl
         (_JEQ, "drop", 0, 0),
         "v6ports",
         (_LDX_IMM, 0, 0, 40),
         "ports",
         (_LD_H_IND, 0, 0, 14),  # source port
-    ]  # fmt: skip
+    ]
     prog += [(_JEQ, on_match, 0, p) for p in ports]
     prog.append((_LD_H_IND, 0, 0, 16))  # destination port
     prog += [(_JEQ, on_match, 0, p) for p in ports]
@@ -113,21 +129,36 @@ def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> l
 def netthreat_filter() -> list[Insn | str]:
     """ICMP, ICMPv6, UDP, every IP fragment (teardrop, ping of death) and TCP port 53 (AXFR)."""
     return [
-        (_LD_H_ABS, 0, 0, 12), (_JEQ, "v4", 0, 0x0800), (_JEQ, "v6", "drop", 0x86DD),
+        (_LD_H_ABS, 0, 0, 12),
+        (_JEQ, "v4", 0, 0x0800),
+        (_JEQ, "v6", "drop", 0x86DD),
         "v4",
-        (_LD_H_ABS, 0, 0, 20), (_JSET, "accept", 0, 0x3FFF),  # MF or offset: a fragment
-        (_LD_B_ABS, 0, 0, 23), (_JEQ, "accept", 0, 1), (_JEQ, "accept", 0, 17),
+        (_LD_H_ABS, 0, 0, 20),
+        (_JSET, "accept", 0, 0x3FFF),  # MF or offset: a fragment
+        (_LD_B_ABS, 0, 0, 23),
+        (_JEQ, "accept", 0, 1),
+        (_JEQ, "accept", 0, 17),
         (_JEQ, 0, "drop", 6),
         (_LDX_B_MSH, 0, 0, 14),
-        (_LD_H_IND, 0, 0, 14), (_JEQ, "accept", 0, 53),
-        (_LD_H_IND, 0, 0, 16), (_JEQ, "accept", "drop", 53),
+        (_LD_H_IND, 0, 0, 14),
+        (_JEQ, "accept", 0, 53),
+        (_LD_H_IND, 0, 0, 16),
+        (_JEQ, "accept", "drop", 53),
         "v6",
-        (_LD_B_ABS, 0, 0, 20), (_JEQ, "accept", 0, 58), (_JEQ, "accept", 0, 17),
-        (_JEQ, "accept", 0, 44), (_JEQ, 0, "drop", 6),
-        (_LD_H_ABS, 0, 0, 54), (_JEQ, "accept", 0, 53),
-        (_LD_H_ABS, 0, 0, 56), (_JEQ, "accept", "drop", 53),
-        "accept", (_RET_K, 0, 0, SNAPLEN), "drop", (_RET_K, 0, 0, 0),
-    ]  # fmt: skip
+        (_LD_B_ABS, 0, 0, 20),
+        (_JEQ, "accept", 0, 58),
+        (_JEQ, "accept", 0, 17),
+        (_JEQ, "accept", 0, 44),
+        (_JEQ, 0, "drop", 6),
+        (_LD_H_ABS, 0, 0, 54),
+        (_JEQ, "accept", 0, 53),
+        (_LD_H_ABS, 0, 0, 56),
+        (_JEQ, "accept", "drop", 53),
+        "accept",
+        (_RET_K, 0, 0, SNAPLEN),
+        "drop",
+        (_RET_K, 0, 0, 0),
+    ]
 
 
 def attach_filter(sock: socket.socket, program: list[Insn | str]) -> None:
@@ -213,8 +244,12 @@ class Capture:
         self.sock: socket.socket = in_netns(
             netns, self._open, iface, program, block_size, blocks, block_timeout_ms
         )
-        self.ring = mmap.mmap(self.sock.fileno(), block_size * blocks, mmap.MAP_SHARED,
-                              mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+        self.ring = mmap.mmap(
+            self.sock.fileno(),
+            block_size * blocks,
+            mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+        )
         self.block = 0  # next block to look at
         self.kernel_packets = 0
         self.kernel_drops = 0
@@ -228,8 +263,9 @@ class Capture:
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
             frame = 2048
-            req = struct.pack("7I", block_size, blocks, frame, block_size // frame * blocks,
-                              timeout_ms, 0, 0)  # fmt: skip
+            req = struct.pack(
+                "7I", block_size, blocks, frame, block_size // frame * blocks, timeout_ms, 0, 0
+            )
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             attach_filter(sock, program)
             sock.bind((iface, ETH_P_ALL))

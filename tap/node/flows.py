@@ -32,9 +32,20 @@ class Connection:
     """One TCP connection: two reassembled streams feeding one HTTP parser."""
 
     __slots__ = (
-        "c2s", "client", "early", "last_seen", "max_body", "metrics", "midstream", "on_obs",
-        "parser", "s2c", "server", "ts", "where",
-    )  # fmt: skip
+        "c2s",
+        "client",
+        "early",
+        "last_seen",
+        "max_body",
+        "metrics",
+        "midstream",
+        "on_obs",
+        "parser",
+        "s2c",
+        "server",
+        "ts",
+        "where",
+    )
 
     def __init__(
         self,

@@ -68,8 +68,14 @@ class ModeSource:
         except (ApiError, ValueError, AttributeError, TypeError) as exc:
             self.poll_errors += 1
             if self.poll_errors in (1, 10) or self.poll_errors % 100 == 0:
-                event(log, "mode poll failed", logging.WARNING, server=self.server,
-                      error=str(exc)[:200], errors=self.poll_errors)  # fmt: skip
+                event(
+                    log,
+                    "mode poll failed",
+                    logging.WARNING,
+                    server=self.server,
+                    error=str(exc)[:200],
+                    errors=self.poll_errors,
+                )
             return False
 
     def start(self) -> None:

@@ -235,10 +235,21 @@ class NetworkMonitor:
     # ---- alerts -------------------------------------------------------------------------
 
     def _alert(
-        self, out: list[Observation], name: str, protocol: str, pkt: Packet, where: str,
-        evidence: str, *, src: str | None = None, dst: str | None = None,
-        sport: int | None = None, dport: int | None = None, dedup: str = "", **extra: object,
-    ) -> None:  # fmt: skip
+        self,
+        out: list[Observation],
+        name: str,
+        protocol: str,
+        pkt: Packet,
+        where: str,
+        evidence: str,
+        *,
+        src: str | None = None,
+        dst: str | None = None,
+        sport: int | None = None,
+        dport: int | None = None,
+        dedup: str = "",
+        **extra: object,
+    ) -> None:
         """Report at once, or count into the open dedup window of (name, src, dst).
 
         `dedup` replaces the address pair as the dedup key when addresses are not what the
@@ -290,19 +301,29 @@ class NetworkMonitor:
     # ---- floods -------------------------------------------------------------------------
 
     def _flood(
-        self, pkt: Packet, where: str, out: list[Observation], name: str, protocol: str,
+        self,
+        pkt: Packet,
+        where: str,
+        out: list[Observation],
+        name: str,
+        protocol: str,
         threshold: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         rate = self._rate
         c = self.config
         window = c.rate_window
         if rate.add((name, pkt.src, pkt.dst)) == threshold:
             self._alert(
-                out, name, protocol, pkt, where,
+                out,
+                name,
+                protocol,
+                pkt,
+                where,
                 f"{threshold}+ {protocol.upper()} packets in {window:g} s "
                 f"from {pkt.src} to {pkt.dst} (threshold {threshold})",
-                count=threshold, window_s=window,
-            )  # fmt: skip
+                count=threshold,
+                window_s=window,
+            )
         total = rate.add((name, pkt.dst))
         sources = rate.add_member((name, pkt.dst), pkt.src, c.flood_sources)
         if (
@@ -311,11 +332,19 @@ class NetworkMonitor:
             and rate.fire_once((name, "many", pkt.dst))
         ):
             self._alert(
-                out, name, protocol, pkt, where,
+                out,
+                name,
+                protocol,
+                pkt,
+                where,
                 f"{total} {protocol.upper()} packets in {window:g} s to {pkt.dst} "
                 f"from {sources}+ sources (threshold {threshold})",
-                src=_MANY, sport=0, count=total, sources=sources, window_s=window,
-            )  # fmt: skip
+                src=_MANY,
+                sport=0,
+                count=total,
+                sources=sources,
+                window_s=window,
+            )
 
     # ---- fragments ----------------------------------------------------------------------
 
@@ -329,11 +358,16 @@ class NetworkMonitor:
         protocol = "icmp" if proto in (ICMP, ICMPV6) else "udp"
         if end > limit:
             self._alert(
-                out, names.PING_OF_DEATH, protocol, pkt, where,
+                out,
+                names.PING_OF_DEATH,
+                protocol,
+                pkt,
+                where,
                 f"fragment id {pkt.ip_id} (proto {proto}) reaches byte {end} of the IP payload, "
                 f"past the {limit}-byte limit",
-                count=end, fragment_offset=off,
-            )  # fmt: skip
+                count=end,
+                fragment_offset=off,
+            )
         key = (pkt.src, pkt.dst, proto, pkt.ip_id)
         dgram = self._frags.get(key)
         if dgram is None:
@@ -346,11 +380,15 @@ class NetworkMonitor:
                 if not dgram.reported:
                     dgram.reported = True
                     self._alert(
-                        out, names.TEARDROP, protocol, pkt, where,
+                        out,
+                        names.TEARDROP,
+                        protocol,
+                        pkt,
+                        where,
                         f"fragment {off}-{end} overlaps {o}-{e} of datagram id {pkt.ip_id} "
                         f"(proto {proto})",
                         count=len(dgram.extents) + 1,
-                    )  # fmt: skip
+                    )
                 break
         else:
             if (off, end) in dgram.extents:
@@ -378,11 +416,15 @@ class NetworkMonitor:
                 sent = self._echo.pop((pkt.dst, pkt.src, pkt.icmp_id, pkt.icmp_seq), None)
                 if sent is not None and sent[1] != zlib.crc32(pkt.payload):
                     self._alert(
-                        out, names.ICMP_TUNNELING, "icmp", pkt, where,
+                        out,
+                        names.ICMP_TUNNELING,
+                        "icmp",
+                        pkt,
+                        where,
                         f"echo reply id {pkt.icmp_id} seq {pkt.icmp_seq} carries "
                         f"{len(pkt.payload)} bytes unlike its request's",
                         count=1,
-                    )  # fmt: skip
+                    )
             self._random_echo(pkt, where, out)
         elif (proto, itype, pkt.icmp_code) in _PORT_UNREACHABLE:
             self._unreachable(pkt, where, out)
@@ -406,10 +448,16 @@ class NetworkMonitor:
         bits = randomness(bytes(pkt.payload[:512]))
         if bits >= c.icmp_tunnel_entropy and self._rate.fire_once(key):
             self._alert(
-                out, names.ICMP_TUNNELING, "icmp", pkt, where,
+                out,
+                names.ICMP_TUNNELING,
+                "icmp",
+                pkt,
+                where,
                 f"echo payload of {n} bytes looks random ({bits:.1f} bits/byte)",
-                count=1, payload_bytes=n, entropy=round(bits, 2),
-            )  # fmt: skip
+                count=1,
+                payload_bytes=n,
+                entropy=round(bits, 2),
+            )
 
     def _unreachable(self, pkt: Packet, where: str, out: list[Observation]) -> None:
         """ICMP port unreachable quoting our UDP probe: the quoted source is the scanner."""
@@ -430,12 +478,20 @@ class NetworkMonitor:
         seen = self._scan.add_member(("unreach", scanner, victim), port, c.scan_unreachables)
         if seen >= c.scan_unreachables and self._scan.fire_once(("unreach", scanner, victim)):
             self._alert(
-                out, names.UDP_PORT_SCAN, "udp", pkt, where,
+                out,
+                names.UDP_PORT_SCAN,
+                "udp",
+                pkt,
+                where,
                 f"{victim} answered {seen} distinct UDP ports of {scanner} with port unreachable "
                 f"in {c.scan_window:g} s",
-                src=scanner, dst=victim, sport=0, dport=port, count=seen,
+                src=scanner,
+                dst=victim,
+                sport=0,
+                dport=port,
+                count=seen,
                 window_s=c.scan_window,
-            )  # fmt: skip
+            )
 
     # ---- UDP ----------------------------------------------------------------------------
 
@@ -449,10 +505,15 @@ class NetworkMonitor:
             ports = self._scan.add_member((pkt.src, pkt.dst), pkt.dport, c.scan_ports)
             if ports >= c.scan_ports and self._scan.fire_once((pkt.src, pkt.dst)):
                 self._alert(
-                    out, names.UDP_PORT_SCAN, "udp", pkt, where,
+                    out,
+                    names.UDP_PORT_SCAN,
+                    "udp",
+                    pkt,
+                    where,
                     f"{pkt.src} probed {ports}+ UDP ports of {pkt.dst} in {c.scan_window:g} s",
-                    count=ports, window_s=c.scan_window,
-                )  # fmt: skip
+                    count=ports,
+                    window_s=c.scan_window,
+                )
             if self._pods:
                 self._peers(pkt, where, out)
         dns_ports = self._dns_ports
@@ -500,11 +561,18 @@ class NetworkMonitor:
                 direction, other, _ = peer
                 verb = "sends to" if direction == "out" else "receives from"
                 self._alert(
-                    out, names.UDP_NEW_PEER, "udp", pkt, where,
+                    out,
+                    names.UDP_NEW_PEER,
+                    "udp",
+                    pkt,
+                    where,
                     f"{me.key} {verb} {other} on UDP port {port}, not in its learned peers",
-                    count=1, workload=me.key, direction=direction, mode=mode,
+                    count=1,
+                    workload=me.key,
+                    direction=direction,
+                    mode=mode,
                     dedup=f"{me.key} {direction} {other} {port}",
-                )  # fmt: skip
+                )
 
     def _learn(self, key: str, peer: tuple[str, str, int]) -> None:
         c = self.config
@@ -540,11 +608,17 @@ class NetworkMonitor:
                 and amp.fire_once(("amp", server, client))
             ):
                 self._alert(
-                    out, names.DNS_AMPLIFICATION, "dns", pkt, where,
+                    out,
+                    names.DNS_AMPLIFICATION,
+                    "dns",
+                    pkt,
+                    where,
                     f"{got} response bytes from {server} to {client} for {sent} request bytes "
                     f"in {c.dns_amp_window:g} s",
-                    count=got, request_bytes=sent, window_s=c.dns_amp_window,
-                )  # fmt: skip
+                    count=got,
+                    request_bytes=sent,
+                    window_s=c.dns_amp_window,
+                )
             return
         if pkt.dport not in self._dns_ports:
             return
@@ -569,10 +643,16 @@ class NetworkMonitor:
     ) -> None:
         kind = "AXFR" if msg.qtype == dns.QTYPE_AXFR else "IXFR"
         self._alert(
-            out, names.DNS_ZONE_TRANSFER, "dns", pkt, where,
+            out,
+            names.DNS_ZONE_TRANSFER,
+            "dns",
+            pkt,
+            where,
             f"{kind} request for {_short(msg.qname or '.')} over {over}",
-            count=1, qname=msg.qname, qtype=kind,
-        )  # fmt: skip
+            count=1,
+            qname=msg.qname,
+            qtype=kind,
+        )
 
     def _dns_query(
         self, msg: dns.DnsMessage, pkt: Packet, where: str, out: list[Observation], over: str
@@ -584,18 +664,29 @@ class NetworkMonitor:
             self._zone_transfer(msg, pkt, where, out, over)
         elif qtype == dns.QTYPE_ANY:
             self._alert(
-                out, names.DNS_AMPLIFICATION, "dns", pkt, where,
+                out,
+                names.DNS_AMPLIFICATION,
+                "dns",
+                pkt,
+                where,
                 f"ANY query for {_short(msg.qname or '.')} over {over}",
-                count=1, qname=msg.qname, qtype="ANY",
-            )  # fmt: skip
+                count=1,
+                qname=msg.qname,
+                qtype="ANY",
+            )
         elif qtype in (dns.QTYPE_TXT, dns.QTYPE_NULL):
             n = self._txt.add(("txt", client, server))
             if n == c.dns_txt_queries:
                 self._alert(
-                    out, names.DNS_TUNNELING, "dns", pkt, where,
+                    out,
+                    names.DNS_TUNNELING,
+                    "dns",
+                    pkt,
+                    where,
                     f"{n} TXT/NULL queries from {client} to {server} in {c.dns_txt_window:g} s",
-                    count=n, window_s=c.dns_txt_window,
-                )  # fmt: skip
+                    count=n,
+                    window_s=c.dns_txt_window,
+                )
         labels = msg.labels
         if len(labels) < 3:
             return
@@ -607,18 +698,30 @@ class NetworkMonitor:
             n = window.add_member(("odd", client, base), hash(odd), c.dns_suspicious_queries)
             if n >= c.dns_suspicious_queries and window.fire_once(("odd", client, base)):
                 self._alert(
-                    out, names.DNS_TUNNELING, "dns", pkt, where,
+                    out,
+                    names.DNS_TUNNELING,
+                    "dns",
+                    pkt,
+                    where,
                     f"{n} queries with long or random labels under {base}, e.g. {odd}",
-                    count=n, domain=base, window_s=c.dns_window,
-                )  # fmt: skip
+                    count=n,
+                    domain=base,
+                    window_s=c.dns_window,
+                )
         if base not in self._exempt:
             n = window.add_member(("sub", client, base), hash(sub), c.dns_unique_subdomains)
             if n >= c.dns_unique_subdomains and window.fire_once(("sub", client, base)):
                 self._alert(
-                    out, names.DNS_TUNNELING, "dns", pkt, where,
+                    out,
+                    names.DNS_TUNNELING,
+                    "dns",
+                    pkt,
+                    where,
                     f"{n} unique subdomains of {base} queried by {client} in {c.dns_window:g} s",
-                    count=n, domain=base, window_s=c.dns_window,
-                )  # fmt: skip
+                    count=n,
+                    domain=base,
+                    window_s=c.dns_window,
+                )
 
     def _odd_label(self, sub: tuple[str, ...], labels: tuple[str, ...]) -> str:
         """The first label that is too long or too random (or the name, if too long), else ''."""

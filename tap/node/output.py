@@ -106,8 +106,9 @@ class JsonlOutput(Output):
 class HttpOutput(Output):
     """Batched POSTs to `meshward serve`'s ingest endpoint, retried with backoff."""
 
-    def __init__(self, metrics: NodeTapCounters, server: str, token: str | None = None,
-                 **kw: int) -> None:  # fmt: skip
+    def __init__(
+        self, metrics: NodeTapCounters, server: str, token: str | None = None, **kw: int
+    ) -> None:
         super().__init__(metrics, **kw)
         self.client = ApiClient(server, token=token, timeout=10)
 
@@ -124,15 +125,27 @@ class HttpOutput(Output):
                 return
             except ApiError as exc:
                 if not exc.retryable:
-                    event(log, "server rejected batch", logging.WARNING, status=exc.status,
-                          error=exc.reason, dropped=len(batch))  # fmt: skip
+                    event(
+                        log,
+                        "server rejected batch",
+                        logging.WARNING,
+                        status=exc.status,
+                        error=exc.reason,
+                        dropped=len(batch),
+                    )
                     self.metrics.out_dropped += len(batch)
                     return
                 reason = str(exc)
             if self.stopping.is_set():
                 self.metrics.out_dropped += len(batch)
                 return
-            event(log, "server unavailable, retrying", logging.WARNING, url=self.client.base_url,
-                  error=reason[:200], retry_in=delay)  # fmt: skip
+            event(
+                log,
+                "server unavailable, retrying",
+                logging.WARNING,
+                url=self.client.base_url,
+                error=reason[:200],
+                retry_in=delay,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

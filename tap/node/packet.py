@@ -206,6 +206,26 @@ def decode(frame: bytes, ts: float, link: str = "ether") -> Packet | None:
             elif not mf:
                 return None
     return Packet(
-        ts, version, _addr(src), _addr(dst), proto, ttl, ip_len, ip_id, frag_offset, mf, sport,
-        dport, seq, ack, flags, window, itype, icode, iid, iseq, memoryview(frame)[start:end], n,
-    )  # fmt: skip
+        ts,
+        version,
+        _addr(src),
+        _addr(dst),
+        proto,
+        ttl,
+        ip_len,
+        ip_id,
+        frag_offset,
+        mf,
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window,
+        itype,
+        icode,
+        iid,
+        iseq,
+        memoryview(frame)[start:end],
+        n,
+    )

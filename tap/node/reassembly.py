@@ -26,9 +26,19 @@ class Stream:
     """In-order delivery of one direction's payload to `on_data`, holes reported to `on_gap`."""
 
     __slots__ = (
-        "fin_at", "gaps", "max_pending", "next_abs", "next_seq", "on_data", "on_gap",
-        "out_of_window", "overlap_bytes", "pending", "pending_bytes", "started",
-    )  # fmt: skip
+        "fin_at",
+        "gaps",
+        "max_pending",
+        "next_abs",
+        "next_seq",
+        "on_data",
+        "on_gap",
+        "out_of_window",
+        "overlap_bytes",
+        "pending",
+        "pending_bytes",
+        "started",
+    )
 
     def __init__(self, on_data: DataFn, on_gap: GapFn, max_pending: int = 1 << 20) -> None:
         self.on_data = on_data

@@ -77,15 +77,23 @@ def test_engine_says_when_a_body_could_not_be_read() -> None:
 def _grpc(messages: list[bytes], encoding: str, compressed: bool = True) -> Observation:
     framed = b""
     for m in messages:
-        payload = gzip.compress(m) if compressed and encoding == "gzip" else (
-            zlib.compress(m) if compressed else m)
+        payload = (
+            gzip.compress(m)
+            if compressed and encoding == "gzip"
+            else (zlib.compress(m) if compressed else m)
+        )
         framed += bytes([1 if compressed else 0]) + len(payload).to_bytes(4, "big") + payload
     return Observation(
-        "extauthz", source=Identity("shop", "web"), destination=Identity("shop", "orders"),
-        method="POST", path="/shop.Orders/Create", protocol="grpc",
+        "extauthz",
+        source=Identity("shop", "web"),
+        destination=Identity("shop", "orders"),
+        method="POST",
+        path="/shop.Orders/Create",
+        protocol="grpc",
         headers=[("content-type", "application/grpc"), ("grpc-encoding", encoding)],
-        body=framed, body_size=len(framed),
-    )  # fmt: skip
+        body=framed,
+        body_size=len(framed),
+    )
 
 
 def _proto_string(field: int, text: bytes) -> bytes:

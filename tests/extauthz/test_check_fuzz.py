@@ -22,33 +22,80 @@ from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
 
 CONTENT_TYPES = [
-    "application/json", "application/json; charset=utf-16", "application/x-www-form-urlencoded",
-    "multipart/form-data; boundary=XyZ", "multipart/form-data", "application/xml", "text/xml",
-    "application/grpc", "application/grpc+proto", "text/plain", "application/octet-stream",
-    ";;;", "application/json\x00", "",
+    "application/json",
+    "application/json; charset=utf-16",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=XyZ",
+    "multipart/form-data",
+    "application/xml",
+    "text/xml",
+    "application/grpc",
+    "application/grpc+proto",
+    "text/plain",
+    "application/octet-stream",
+    ";;;",
+    "application/json\x00",
+    "",
 ]
 HEADER_NAMES = [
-    "content-type", "content-encoding", "transfer-encoding", "content-length", "cookie",
-    "x-request-id", "user-agent", "referer", "x-forwarded-for", "authorization", ":authority",
-    "x-envoy-auth-partial-body", "host", "x-a\x00", "",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "content-length",
+    "cookie",
+    "x-request-id",
+    "user-agent",
+    "referer",
+    "x-forwarded-for",
+    "authorization",
+    ":authority",
+    "x-envoy-auth-partial-body",
+    "host",
+    "x-a\x00",
+    "",
 ]
-ESCAPES = ["\\ud800", "\\udc00", "\\ud83d\\ude00", "%ud800", "%uDC00", "\\u{d800}", "&#xd800;",
-           "&#55296;", "%ed%a0%80"]
+ESCAPES = [
+    "\\ud800",
+    "\\udc00",
+    "\\ud83d\\ude00",
+    "%ud800",
+    "%uDC00",
+    "\\u{d800}",
+    "&#xd800;",
+    "&#55296;",
+    "%ed%a0%80",
+]
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=10), kids,
-                                                              max_size=5),
+    lambda kids: (
+        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=10), kids, max_size=5)
+    ),
     max_leaves=30,
 )
 
 
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["json", "deep", "raw", "gzip", "bad-gzip", "deflate", "form",
-                                 "multipart", "xml", "escapes"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "json",
+                "deep",
+                "raw",
+                "gzip",
+                "bad-gzip",
+                "deflate",
+                "form",
+                "multipart",
+                "xml",
+                "escapes",
+            ]
+        )
+    )
     if kind == "escapes":  # lone and paired surrogate escapes, as keys, values and raw text
-        parts = draw(st.lists(st.sampled_from([*ESCAPES, "a", "' or 1=1 --", " ", ":"]),
-                              max_size=8))
+        parts = draw(
+            st.lists(st.sampled_from([*ESCAPES, "a", "' or 1=1 --", " ", ":"]), max_size=8)
+        )
         text = "".join(parts)
         return draw(st.sampled_from([f'{{"{text}": "{text}"}}', text, f"q={text}"])).encode()
     if kind == "json":
@@ -63,12 +110,16 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == "bad-gzip":
         return gzip.compress(b'{"a": 1}' * 50)[: draw(st.integers(0, 30))]
     if kind == "form":
-        return "&".join(draw(st.lists(st.text(max_size=20), max_size=20))).encode("utf-8",
-                                                                                 "surrogatepass")
+        return "&".join(draw(st.lists(st.text(max_size=20), max_size=20))).encode(
+            "utf-8", "surrogatepass"
+        )
     if kind == "multipart":
         part = draw(st.binary(max_size=100))
-        return (b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n" + part
-                + draw(st.sampled_from([b"\r\n--XyZ--\r\n", b"", b"\r\n--XyZ"])))
+        return (
+            b'--XyZ\r\nContent-Disposition: form-data; name="f"\r\n\r\n'
+            + part
+            + draw(st.sampled_from([b"\r\n--XyZ--\r\n", b"", b"\r\n--XyZ"]))
+        )
     if kind == "xml":
         return b"<?xml version='1.0'?><a>" + draw(st.binary(max_size=100)) + b"</a>"
     return draw(st.binary(max_size=300))
@@ -78,9 +129,17 @@ def bodies(draw: st.DrawFn) -> bytes:
 def check_requests(draw: st.DrawFn) -> external_auth_pb2.CheckRequest:
     req = external_auth_pb2.CheckRequest()
     a = req.attributes
-    a.source.principal = draw(st.sampled_from(
-        ["spiffe://cluster.local/ns/shop/sa/web", "", "spiffe://x", "web.shop.serviceaccount."
-         "identity.linkerd.cluster.local"]) | st.text(max_size=80))
+    a.source.principal = draw(
+        st.sampled_from(
+            [
+                "spiffe://cluster.local/ns/shop/sa/web",
+                "",
+                "spiffe://x",
+                "web.shop.serviceaccount.identity.linkerd.cluster.local",
+            ]
+        )
+        | st.text(max_size=80)
+    )
     a.source.address.socket_address.address = draw(st.sampled_from(["10.0.0.2", "::1", "", "x"]))
     a.source.address.socket_address.port_value = draw(st.integers(0, 2**32 - 1))
     a.destination.principal = draw(st.text(max_size=60))
@@ -89,9 +148,11 @@ def check_requests(draw: st.DrawFn) -> external_auth_pb2.CheckRequest:
         a.context_extensions["workload"] = draw(st.sampled_from(["api", "", "a/b"]))
     http = a.request.http
     http.method = draw(st.sampled_from(["GET", "POST", "PUT", "", "get", "M" * 100]))
-    http.path = draw(st.sampled_from(["/", "/api/items?page=1", "", "?", "#", "/a?b#c"])
-                     | st.text(max_size=120)
-                     | st.lists(st.sampled_from([*ESCAPES, "/", "?q=", "&", "x"])).map("".join))
+    http.path = draw(
+        st.sampled_from(["/", "/api/items?page=1", "", "?", "#", "/a?b#c"])
+        | st.text(max_size=120)
+        | st.lists(st.sampled_from([*ESCAPES, "/", "?q=", "&", "x"])).map("".join)
+    )
     http.host = draw(st.text(max_size=40))
     http.protocol = draw(st.sampled_from(["HTTP/1.1", "HTTP/2", "", "SPDY/9"]))
     http.id = draw(st.text(max_size=20))
@@ -105,9 +166,21 @@ def check_requests(draw: st.DrawFn) -> external_auth_pb2.CheckRequest:
     headers = [("content-type", ctype.encode())]
     for _ in range(draw(st.integers(0, 8))):
         name = draw(st.sampled_from(HEADER_NAMES) | st.text(max_size=15))
-        value = draw(st.sampled_from([b"gzip", b"deflate, gzip", b"br", b"chunked", b"-1",
-                                      b"12, 13", b"true", *(e.encode() for e in ESCAPES)])
-                     | st.binary(max_size=60))
+        value = draw(
+            st.sampled_from(
+                [
+                    b"gzip",
+                    b"deflate, gzip",
+                    b"br",
+                    b"chunked",
+                    b"-1",
+                    b"12, 13",
+                    b"true",
+                    *(e.encode() for e in ESCAPES),
+                ]
+            )
+            | st.binary(max_size=60)
+        )
         headers.append((name, value))
     use_map = draw(st.booleans())
     for k, v in headers:
@@ -124,9 +197,7 @@ PIPELINE = Pipeline(ENGINE, Metrics(), Joiner())
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(req=check_requests(), mode=st.sampled_from(["learn", "monitor", "enforce"]))
-def test_any_check_request_gets_a_verdict(
-    req: external_auth_pb2.CheckRequest, mode: str
-) -> None:
+def test_any_check_request_gets_a_verdict(req: external_auth_pb2.CheckRequest, mode: str) -> None:
     # the wire form round trip is what the server's deserialiser sees
     req = external_auth_pb2.CheckRequest.FromString(req.SerializeToString())
     obs = check_to_observation(req, lambda: ("shop", "api"))

@@ -57,9 +57,13 @@ def test_guard_tells_the_exact_depth_across_any_chunking(
 
 @pytest.mark.parametrize(
     "head",
-    [b'{"log": {"entries": [', b'{"http_buffered_trace": {"request": {"headers": ', b"",
-     b'{"log": {"entries": [{"request": {"postData": {"text": "[[[[[[\\"]]]"}}}, '],
-)  # fmt: skip
+    [
+        b'{"log": {"entries": [',
+        b'{"http_buffered_trace": {"request": {"headers": ',
+        b"",
+        b'{"log": {"entries": [{"request": {"postData": {"text": "[[[[[[\\"]]]"}}}, ',
+    ],
+)
 def test_deep_files_are_an_entry_error_in_bounded_memory(tmp_path: Path, head: bytes) -> None:
     path = tmp_path / "deep.json"
     path.write_bytes(head + b"[" * 30_000 + b"]" * 30_000 + b"]}}")

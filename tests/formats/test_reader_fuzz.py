@@ -32,8 +32,17 @@ hostile = st.one_of(
 
 def _whole(obs: Observation) -> None:
     """Every text of the Observation encodes as UTF-8 (SQLite, Prometheus, logs need it)."""
-    texts = [obs.method, obs.path, obs.query, obs.authority, obs.protocol, obs.request_id,
-             obs.source.key, obs.destination.key, obs.destination.namespace]  # fmt: skip
+    texts = [
+        obs.method,
+        obs.path,
+        obs.query,
+        obs.authority,
+        obs.protocol,
+        obs.request_id,
+        obs.source.key,
+        obs.destination.key,
+        obs.destination.namespace,
+    ]
     texts += [x for h in obs.headers for x in h]
     for t in texts:
         t.encode("utf-8")
@@ -50,8 +59,9 @@ def har_files(draw: st.DrawFn) -> bytes:
     elif target == "request":
         entry["request"][draw(st.sampled_from(["method", "url", "httpVersion"]))] = value
     elif target == "header":
-        entry["request"]["headers"].append({"name": draw(st.sampled_from(["host", "x-a"])),
-                                            "value": value})  # fmt: skip
+        entry["request"]["headers"].append(
+            {"name": draw(st.sampled_from(["host", "x-a"])), "value": value}
+        )
     elif target == "time":
         entry["startedDateTime"] = value
     else:
@@ -78,8 +88,9 @@ def tap_files(draw: st.DrawFn) -> bytes:
     return line + good
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.one_of(har_files(), tap_files()))
 def test_hostile_files_read_store_and_load_again(tmp_path: Path, data: bytes) -> None:
     p = tmp_path / "in.json"

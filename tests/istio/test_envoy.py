@@ -61,19 +61,30 @@ def test_validate_variants(
         request.getfixturevalue("openssl")
     material = MeshCA(tmp_path).issue("shop", "web") if tls else None
     boot = render_bootstrap(
-        15001, "app.shop.svc.cluster.local:8080", "shop", "web", mode,
+        15001,
+        "app.shop.svc.cluster.local:8080",
+        "shop",
+        "web",
+        mode,
         server_host="meshward.meshward.svc.cluster.local",
-        direction=direction, upstream_h2=h2, tls=material,
-    )  # fmt: skip
+        direction=direction,
+        upstream_h2=h2,
+        tls=material,
+    )
     validate(boot, envoy=envoy_bin)
 
 
 def test_validate_tap_lag_settings(envoy_bin: str) -> None:
     for close_ms, window in ((1, 1), (250, 64), (120_000, 2**31 - 1)):
         boot = render_bootstrap(
-            15001, "127.0.0.1:8080", "shop", "web", "monitor",
-            tap_close_timeout_ms=close_ms, tap_stream_window=window,
-        )  # fmt: skip
+            15001,
+            "127.0.0.1:8080",
+            "shop",
+            "web",
+            "monitor",
+            tap_close_timeout_ms=close_ms,
+            tap_stream_window=window,
+        )
         validate(boot, envoy=envoy_bin)
 
 
@@ -112,12 +123,26 @@ def test_both_ends_with_mtls(
     rec, authz_port, tap_port = meshward_stub
     ca = MeshCA(tmp_path)
     ports = {"authz_port": authz_port, "tap_port": tap_port}
-    inbound = render_bootstrap(0, f"127.0.0.1:{echo_app}", "shop", "orders", "enforce",
-                               tls=ca.issue("shop", "orders"), **ports)  # fmt: skip
+    inbound = render_bootstrap(
+        0,
+        f"127.0.0.1:{echo_app}",
+        "shop",
+        "orders",
+        "enforce",
+        tls=ca.issue("shop", "orders"),
+        **ports,
+    )
     with EnvoyProcess(inbound, envoy=envoy_bin, name="orders-in") as callee:
-        outbound = render_bootstrap(0, f"127.0.0.1:{callee.port}", "shop", "web", "enforce",
-                                    direction="outbound", tls=ca.issue("shop", "web"),
-                                    **ports)  # fmt: skip
+        outbound = render_bootstrap(
+            0,
+            f"127.0.0.1:{callee.port}",
+            "shop",
+            "web",
+            "enforce",
+            direction="outbound",
+            tls=ca.issue("shop", "web"),
+            **ports,
+        )
         with EnvoyProcess(outbound, envoy=envoy_bin, name="web-out") as caller:
             status, echoed = http(caller.port, "/orders?id=7", b'{"item": "book"}')
             assert status == 200, echoed
@@ -135,8 +160,10 @@ def test_both_ends_with_mtls(
         check = rec.checks[0]
         attrs = check.attributes
         assert dict(attrs.context_extensions) == {
-            "namespace": "shop", "workload": "orders", "direction": "inbound"
-        }  # fmt: skip
+            "namespace": "shop",
+            "workload": "orders",
+            "direction": "inbound",
+        }
         assert attrs.source.principal == spiffe_id("shop", "web")
         assert attrs.destination.principal == spiffe_id("shop", "orders")
         assert attrs.request.http.raw_body == b'{"item": "book"}'
@@ -156,8 +183,15 @@ def test_both_ends_with_mtls(
 def test_fail_closed_and_fail_open(envoy_bin: str, echo_app: int, closed_port: int) -> None:
     """meshward down: enforce answers 403, learn and monitor pass traffic."""
     for mode, expected in (("enforce", 403), ("learn", 200), ("monitor", 200)):
-        boot = render_bootstrap(0, f"127.0.0.1:{echo_app}", "shop", "web", mode,
-                                authz_port=closed_port, tap_port=closed_port)  # fmt: skip
+        boot = render_bootstrap(
+            0,
+            f"127.0.0.1:{echo_app}",
+            "shop",
+            "web",
+            mode,
+            authz_port=closed_port,
+            tap_port=closed_port,
+        )
         with EnvoyProcess(boot, envoy=envoy_bin) as envoy:
             status, _ = http(envoy.port, "/anything")
             assert status == expected, mode
@@ -186,12 +220,20 @@ def test_grpc_upstream(envoy_bin: str, meshward_stub: Any) -> None:
     app.start()
     ports = {"authz_port": authz_port, "tap_port": tap_port}
     try:
-        inbound = render_bootstrap(0, f"127.0.0.1:{app_port}", "shop", "payments", "enforce",
-                                   upstream_h2=True, **ports)  # fmt: skip
+        inbound = render_bootstrap(
+            0, f"127.0.0.1:{app_port}", "shop", "payments", "enforce", upstream_h2=True, **ports
+        )
         with EnvoyProcess(inbound, envoy=envoy_bin) as callee:
-            outbound = render_bootstrap(0, f"127.0.0.1:{callee.port}", "shop", "orders",
-                                        "learn", upstream_h2=True, direction="outbound",
-                                        **ports)  # fmt: skip
+            outbound = render_bootstrap(
+                0,
+                f"127.0.0.1:{callee.port}",
+                "shop",
+                "orders",
+                "learn",
+                upstream_h2=True,
+                direction="outbound",
+                **ports,
+            )
             with (
                 EnvoyProcess(outbound, envoy=envoy_bin) as caller,
                 grpc.insecure_channel(f"127.0.0.1:{caller.port}") as channel,

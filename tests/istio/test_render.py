@@ -130,8 +130,9 @@ def test_patches_are_the_filter_config() -> None:
         vhosts = [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]
         assert len(vhosts) == (1 if mode == "enforce" else 0)
     # the tap's lag settings reach the EnvoyFilter too
-    (obj,) = envoyfilter.render("shop", "learn", tap_close_timeout_ms=9000,
-                                tap_stream_window=32)["objects"]  # fmt: skip
+    (obj,) = envoyfilter.render("shop", "learn", tap_close_timeout_ms=9000, tap_stream_window=32)[
+        "objects"
+    ]
     patches = obj["spec"]["configPatches"]
     taps = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
     assert {t["typed_config"]["deferred_close_timeout"] for t in taps} == {"9s"}
@@ -227,8 +228,18 @@ def run_command(module: str, argv: list[str]) -> int:
     return int(args.func(args))
 
 
-BOOT = ["bootstrap", "--listen", "15006", "--upstream", "127.0.0.1:8080", "--namespace", "shop",
-        "--workload", "web", "--mode"]  # fmt: skip
+BOOT = [
+    "bootstrap",
+    "--listen",
+    "15006",
+    "--upstream",
+    "127.0.0.1:8080",
+    "--namespace",
+    "shop",
+    "--workload",
+    "web",
+    "--mode",
+]
 
 
 def test_envoy_bootstrap_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -304,9 +315,14 @@ def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) 
     assert run_command("meshward.app.commands.envoy", argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == render_bootstrap(
-        15006, "127.0.0.1:8080", "shop", "web", "learn",
-        tap_close_timeout_ms=12000, tap_stream_window=64,
-    )  # fmt: skip
+        15006,
+        "127.0.0.1:8080",
+        "shop",
+        "web",
+        "learn",
+        tap_close_timeout_ms=12000,
+        tap_stream_window=64,
+    )
     text = json.dumps(printed)
     assert '"deferred_close_timeout": "12s"' in text and '"max_concurrent_streams": 64' in text
     argv = ["render", "--namespace", "shop", "--mode", "monitor", *lag, "--format", "json"]

@@ -62,8 +62,10 @@ def _sa_dir(tmp_path: Path, cluster: KubeCluster, token: str) -> Path:
 def test_in_cluster_with_rotating_token(kube_cluster: KubeCluster, tmp_path: Path) -> None:
     """The in-cluster loader re-reads the token file (every refresh period; 0 s here)."""
     sa = _sa_dir(tmp_path, kube_cluster, kube_cluster.users["alice"])
-    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1",
-           "KUBERNETES_SERVICE_PORT": str(kube_cluster.port)}
+    env = {
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(kube_cluster.port),
+    }
     assert in_cluster_namespace(sa) == "meshward-system"
     with load_client(service_account_dir=sa, environ=env, token_refresh_seconds=0) as api:
         forbidden = pytest.raises(KubeForbidden, match=r'user "alice" cannot list namespaces')
@@ -79,13 +81,13 @@ def test_in_cluster_without_token(tmp_path: Path) -> None:
         load_client(service_account_dir=tmp_path, environ=env)
 
 
-def test_forbidden_names_verb_and_resource(kube_cluster: KubeCluster,
-                                           kube_namespace: str) -> None:
+def test_forbidden_names_verb_and_resource(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     with kube_cluster.user_client("alice") as api:
         with pytest.raises(KubeForbidden) as exc, translate_errors():
             client.CoreV1Api(api).list_namespaced_config_map(kube_namespace)
         assert str(exc.value) == (
-            f'RBAC forbidden: user "alice" cannot list configmaps in namespace "{kube_namespace}"')
+            f'RBAC forbidden: user "alice" cannot list configmaps in namespace "{kube_namespace}"'
+        )
         assert (exc.value.verb, exc.value.resource) == ("list", "configmaps")
 
         with pytest.raises(KubeForbidden) as exc, translate_errors():
@@ -94,22 +96,37 @@ def test_forbidden_names_verb_and_resource(kube_cluster: KubeCluster,
 
         with pytest.raises(KubeForbidden) as exc, translate_errors():
             client.CoordinationV1Api(api).create_namespaced_lease(
-                kube_namespace, {"metadata": {"name": "x"}, "spec": {}})
+                kube_namespace, {"metadata": {"name": "x"}, "spec": {}}
+            )
         assert str(exc.value) == (
             'RBAC forbidden: user "alice" cannot create leases.coordination.k8s.io '
-            f'in namespace "{kube_namespace}"')
+            f'in namespace "{kube_namespace}"'
+        )
 
 
 def test_granted_role_lifts_the_error(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     rbac = client.RbacAuthorizationV1Api(kube_cluster.api_client())
-    rbac.create_namespaced_role(kube_namespace, {
-        "metadata": {"name": "cm-read"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]})
-    rbac.create_namespaced_role_binding(kube_namespace, {
-        "metadata": {"name": "cm-read"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-read"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                      "name": "meshward:viewers"}]})
+    rbac.create_namespaced_role(
+        kube_namespace,
+        {
+            "metadata": {"name": "cm-read"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        kube_namespace,
+        {
+            "metadata": {"name": "cm-read"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-read"},
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Group",
+                    "name": "meshward:viewers",
+                }
+            ],
+        },
+    )
     with kube_cluster.user_client("viewer") as api:
         items = client.CoreV1Api(api).list_namespaced_config_map(kube_namespace).items
         assert [i.metadata.name for i in items] == ["kube-root-ca.crt"] or items == []
@@ -117,10 +134,16 @@ def test_granted_role_lifts_the_error(kube_cluster: KubeCluster, kube_namespace:
 
 def test_unauthorized_and_unreachable(kube_cluster: KubeCluster) -> None:
     bad = token_client(kube_cluster.url, "not-a-token", ca_file=kube_cluster.ca_file)
-    with bad, pytest.raises(KubeUnauthorized, match=r"rejected the credentials"), \
-            translate_errors(server=kube_cluster.url):
+    with (
+        bad,
+        pytest.raises(KubeUnauthorized, match=r"rejected the credentials"),
+        translate_errors(server=kube_cluster.url),
+    ):
         client.CoreV1Api(bad).list_namespace()
     down = token_client("https://127.0.0.1:1", "t", insecure=True)
-    with down, pytest.raises(KubeUnavailable, match=r"cannot reach the Kubernetes API server"), \
-            translate_errors():
+    with (
+        down,
+        pytest.raises(KubeUnavailable, match=r"cannot reach the Kubernetes API server"),
+        translate_errors(),
+    ):
         client.CoreV1Api(down).list_namespace(_request_timeout=2)

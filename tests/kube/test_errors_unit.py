@@ -10,26 +10,36 @@ from meshward.kube import KubeError, KubeForbidden, from_api_exception
 
 
 def _exc(status: int, body: object, reason: str = "Forbidden") -> ApiException:
-    return ApiException(status=status, reason=reason,
-                        body=json.dumps(body) if not isinstance(body, str) else body)
+    return ApiException(
+        status=status, reason=reason, body=json.dumps(body) if not isinstance(body, str) else body
+    )
 
 
 def test_subresource_and_group() -> None:
-    msg = ('pods "p" is forbidden: User "system:serviceaccount:m:agent" cannot patch resource '
-           '"pods/status" in API group "" in the namespace "prod"')
+    msg = (
+        'pods "p" is forbidden: User "system:serviceaccount:m:agent" cannot patch resource '
+        '"pods/status" in API group "" in the namespace "prod"'
+    )
     err = from_api_exception(_exc(403, {"kind": "Status", "message": msg}))
-    assert str(err) == ('RBAC forbidden: user "system:serviceaccount:m:agent" cannot patch '
-                        'pods/status in namespace "prod"')
-    msg = ('envoyfilters.networking.istio.io is forbidden: User "bob" cannot watch resource '
-           '"envoyfilters/status" in API group "networking.istio.io" at the cluster scope')
+    assert str(err) == (
+        'RBAC forbidden: user "system:serviceaccount:m:agent" cannot patch '
+        'pods/status in namespace "prod"'
+    )
+    msg = (
+        'envoyfilters.networking.istio.io is forbidden: User "bob" cannot watch resource '
+        '"envoyfilters/status" in API group "networking.istio.io" at the cluster scope'
+    )
     err = from_api_exception(_exc(403, {"message": msg}))
-    assert str(err) == ('RBAC forbidden: user "bob" cannot watch '
-                        'envoyfilters.networking.istio.io/status (cluster-wide)')
+    assert str(err) == (
+        'RBAC forbidden: user "bob" cannot watch '
+        "envoyfilters.networking.istio.io/status (cluster-wide)"
+    )
 
 
 def test_bare_403_uses_what_the_caller_attempted() -> None:
-    err = from_api_exception(_exc(403, "", reason="Forbidden"), verb="get", resource="leases",
-                             namespace="ns")
+    err = from_api_exception(
+        _exc(403, "", reason="Forbidden"), verb="get", resource="leases", namespace="ns"
+    )
     assert isinstance(err, KubeForbidden)
     assert str(err).startswith('RBAC forbidden: cannot get leases in namespace "ns"')
 

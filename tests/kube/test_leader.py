@@ -29,14 +29,21 @@ def wait(cond: Callable[[], bool], timeout: float) -> float:
 
 
 @pytest.fixture
-def electors(kube_cluster: KubeCluster, kube_namespace: str
-             ) -> Iterator[Callable[[str], LeaderElector]]:
+def electors(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> Iterator[Callable[[str], LeaderElector]]:
     made: list[LeaderElector] = []
 
     def make(identity: str) -> LeaderElector:
-        e = LeaderElector(kube_cluster.api_client(), kube_namespace, "meshward-controller",
-                          identity, lease_duration=LEASE, renew_deadline=DEADLINE,
-                          retry_period=RETRY)
+        e = LeaderElector(
+            kube_cluster.api_client(),
+            kube_namespace,
+            "meshward-controller",
+            identity,
+            lease_duration=LEASE,
+            renew_deadline=DEADLINE,
+            retry_period=RETRY,
+        )
         made.append(e)
         e.start()
         return e
@@ -48,13 +55,13 @@ def electors(kube_cluster: KubeCluster, kube_namespace: str
 
 def _lease(cluster: KubeCluster, ns: str) -> client.V1Lease:
     return client.CoordinationV1Api(cluster.api_client()).read_namespaced_lease(
-        "meshward-controller", ns)
+        "meshward-controller", ns
+    )
 
 
-def test_one_leader_and_fast_failover_on_release(kube_cluster: KubeCluster,
-                                                 kube_namespace: str,
-                                                 electors: Callable[[str], LeaderElector]
-                                                 ) -> None:
+def test_one_leader_and_fast_failover_on_release(
+    kube_cluster: KubeCluster, kube_namespace: str, electors: Callable[[str], LeaderElector]
+) -> None:
     a, b = electors("replica-a"), electors("replica-b")
     wait(lambda: a.is_leader or b.is_leader, 5)
     time.sleep(3 * RETRY)  # both keep running for the lease: still exactly one leader
@@ -63,8 +70,11 @@ def test_one_leader_and_fast_failover_on_release(kube_cluster: KubeCluster,
     lease = _lease(kube_cluster, kube_namespace)
     assert lease.spec.holder_identity == leader.identity
     assert lease.spec.lease_duration_seconds == int(LEASE)
-    raw = json.loads(client.CoordinationV1Api(kube_cluster.api_client()).read_namespaced_lease(
-        "meshward-controller", kube_namespace, _preload_content=False).data)
+    raw = json.loads(
+        client.CoordinationV1Api(kube_cluster.api_client())
+        .read_namespaced_lease("meshward-controller", kube_namespace, _preload_content=False)
+        .data
+    )
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", raw["spec"]["renewTime"])
     transitions = lease.spec.lease_transitions
 
@@ -76,9 +86,9 @@ def test_one_leader_and_fast_failover_on_release(kube_cluster: KubeCluster,
     assert lease.spec.lease_transitions == transitions + 1
 
 
-def test_takeover_after_crash_within_lease_duration(kube_cluster: KubeCluster,
-                                                    electors: Callable[[str], LeaderElector]
-                                                    ) -> None:
+def test_takeover_after_crash_within_lease_duration(
+    kube_cluster: KubeCluster, electors: Callable[[str], LeaderElector]
+) -> None:
     a = electors("replica-a")
     wait(lambda: a.is_leader, 5)
     b = electors("replica-b")
@@ -89,9 +99,9 @@ def test_takeover_after_crash_within_lease_duration(kube_cluster: KubeCluster,
     assert took >= LEASE - 2 * RETRY - 0.5, f"took over an unexpired lease after {took:.1f} s"
 
 
-def test_leader_steps_down_when_it_cannot_renew(kube_cluster: KubeCluster,
-                                                electors: Callable[[str], LeaderElector]
-                                                ) -> None:
+def test_leader_steps_down_when_it_cannot_renew(
+    kube_cluster: KubeCluster, electors: Callable[[str], LeaderElector]
+) -> None:
     stopped: list[float] = []
     a = electors("replica-a")
     a.on_stopped_leading = lambda: stopped.append(time.monotonic())

@@ -24,8 +24,9 @@ class Recorder:
         self.events: queue.Queue[Event] = queue.Queue()
         watcher.start(self.events.put)
 
-    def next(self, want: EventType | None = None, name: str | None = None,
-             timeout: float = 10.0) -> Event:
+    def next(
+        self, want: EventType | None = None, name: str | None = None, timeout: float = 10.0
+    ) -> Event:
         """The next event matching `want`/`name` (others are skipped)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -59,14 +60,14 @@ def watchers() -> Iterator[list[Watcher]]:
 
 
 def _watch(watchers: list[Watcher], fn: object, *args: object, **kw: object) -> Recorder:
-    w = Watcher(fn, *args, timeout_seconds=30, backoff_initial=0.2, backoff_max=1.0,
-                **kw)  # type: ignore[arg-type]
+    w = Watcher(fn, *args, timeout_seconds=30, backoff_initial=0.2, backoff_max=1.0, **kw)  # type: ignore[arg-type]
     watchers.append(w)
     return Recorder(w)
 
 
-def test_sync_then_add_modify_delete(core: client.CoreV1Api, kube_namespace: str,
-                                     watchers: list[Watcher]) -> None:
+def test_sync_then_add_modify_delete(
+    core: client.CoreV1Api, kube_namespace: str, watchers: list[Watcher]
+) -> None:
     core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "before"}})
     rec = _watch(watchers, core.list_namespaced_config_map, kube_namespace)
     sync = rec.next(EventType.SYNC)
@@ -74,8 +75,9 @@ def test_sync_then_add_modify_delete(core: client.CoreV1Api, kube_namespace: str
     assert sync.objects[(kube_namespace, "before")]["kind"] == "ConfigMap"  # type: ignore[index]
     assert rec.watcher.synced.is_set()
 
-    core.create_namespaced_config_map(kube_namespace,
-                                      {"metadata": {"name": "c1"}, "data": {"k": "1"}})
+    core.create_namespaced_config_map(
+        kube_namespace, {"metadata": {"name": "c1"}, "data": {"k": "1"}}
+    )
     assert rec.next(EventType.ADDED, "c1").object["data"] == {"k": "1"}  # type: ignore[index]
     core.patch_namespaced_config_map("c1", kube_namespace, {"data": {"k": "2"}})
     assert rec.next(EventType.MODIFIED, "c1").object["data"] == {"k": "2"}  # type: ignore[index]
@@ -84,12 +86,15 @@ def test_sync_then_add_modify_delete(core: client.CoreV1Api, kube_namespace: str
     assert rec.watcher.stats.malformed == 0
 
 
-def test_relist_after_410_gone(kube_cluster: KubeCluster, core: client.CoreV1Api,
-                               kube_namespace: str, watchers: list[Watcher]) -> None:
+def test_relist_after_410_gone(
+    kube_cluster: KubeCluster, core: client.CoreV1Api, kube_namespace: str, watchers: list[Watcher]
+) -> None:
     """An expired resourceVersion (etcd compacted; podtemplates skip the watch cache) relists."""
     assert kube_cluster.GONE_RESOURCE == "podtemplates"
-    tpl = {"metadata": {"name": "t1"},
-           "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}
+    tpl = {
+        "metadata": {"name": "t1"},
+        "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}},
+    }
     core.create_namespaced_pod_template(kube_namespace, tpl)
     rec = _watch(watchers, core.list_namespaced_pod_template, kube_namespace)
     rec.next(EventType.SYNC)
@@ -106,8 +111,9 @@ def test_relist_after_410_gone(kube_cluster: KubeCluster, core: client.CoreV1Api
     rec.next(EventType.DELETED, "t1")
 
 
-def test_relist_after_apiserver_restart(kube_cluster: KubeCluster, core: client.CoreV1Api,
-                                        kube_namespace: str, watchers: list[Watcher]) -> None:
+def test_relist_after_apiserver_restart(
+    kube_cluster: KubeCluster, core: client.CoreV1Api, kube_namespace: str, watchers: list[Watcher]
+) -> None:
     rec = _watch(watchers, core.list_namespaced_config_map, kube_namespace)
     rec.next(EventType.SYNC)
     core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "kept"}})
@@ -120,40 +126,65 @@ def test_relist_after_apiserver_restart(kube_cluster: KubeCluster, core: client.
     rec.next(EventType.ADDED, "after")
 
 
-def test_field_selector_on_node_name(core: client.CoreV1Api, kube_namespace: str,
-                                     watchers: list[Watcher]) -> None:
+def test_field_selector_on_node_name(
+    core: client.CoreV1Api, kube_namespace: str, watchers: list[Watcher]
+) -> None:
     """The node agent's watch: only pods bound to its node (they stay Pending: no kubelet)."""
+
     def pod(name: str, node: str) -> dict[str, object]:
-        return {"metadata": {"name": name},
-                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}}
+        return {
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+        }
 
     core.create_namespaced_pod(kube_namespace, pod("a1", "node-a"))
     core.create_namespaced_pod(kube_namespace, pod("b1", "node-b"))
-    rec = _watch(watchers, core.list_namespaced_pod, kube_namespace,
-                 field_selector="spec.nodeName=node-a")
+    rec = _watch(
+        watchers, core.list_namespaced_pod, kube_namespace, field_selector="spec.nodeName=node-a"
+    )
     assert set(rec.next(EventType.SYNC).objects or {}) == {(kube_namespace, "a1")}
     core.create_namespaced_pod(kube_namespace, pod("b2", "node-b"))
     core.create_namespaced_pod(kube_namespace, pod("a2", "node-a"))
     ev = rec.next()
     assert (ev.type, ev.key) == (EventType.ADDED, (kube_namespace, "a2"))
     # A kubelet's status update is a MODIFIED event like any other.
-    core.patch_namespaced_pod_status("a2", kube_namespace, {
-        "status": {"phase": "Running", "podIP": "10.1.0.7", "hostIP": "10.0.0.2"}})
+    core.patch_namespaced_pod_status(
+        "a2",
+        kube_namespace,
+        {"status": {"phase": "Running", "podIP": "10.1.0.7", "hostIP": "10.0.0.2"}},
+    )
     ev = rec.next(EventType.MODIFIED, "a2")
     assert ev.object["status"]["podIP"] == "10.1.0.7"  # type: ignore[index]
 
 
-def test_custom_objects(kube_cluster: KubeCluster, kube_namespace: str,
-                        watchers: list[Watcher]) -> None:
+def test_custom_objects(
+    kube_cluster: KubeCluster, kube_namespace: str, watchers: list[Watcher]
+) -> None:
     group, plural = "test.meshward.io", f"widgets{uuid.uuid4().hex[:6]}"
     ext = client.ApiextensionsV1Api(kube_cluster.api_client())
-    ext.create_custom_resource_definition({
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {"group": group, "scope": "Namespaced",
-                 "names": {"plural": plural, "singular": plural[:-1], "kind": "Widget"},
-                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                     "openAPIV3Schema": {"type": "object",
-                                         "x-kubernetes-preserve-unknown-fields": True}}}]}})
+    ext.create_custom_resource_definition(
+        {
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"plural": plural, "singular": plural[:-1], "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
     try:
         custom = client.CustomObjectsApi(kube_cluster.api_client())
         deadline = time.monotonic() + 15
@@ -165,20 +196,29 @@ def test_custom_objects(kube_cluster: KubeCluster, kube_namespace: str,
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        rec = _watch(watchers, custom.list_namespaced_custom_object, group, "v1",
-                     kube_namespace, plural)
+        rec = _watch(
+            watchers, custom.list_namespaced_custom_object, group, "v1", kube_namespace, plural
+        )
         assert rec.next(EventType.SYNC).objects == {}
-        custom.create_namespaced_custom_object(group, "v1", kube_namespace, plural, {
-            "apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w1"},
-            "spec": {"size": 3}})
+        custom.create_namespaced_custom_object(
+            group,
+            "v1",
+            kube_namespace,
+            plural,
+            {
+                "apiVersion": f"{group}/v1",
+                "kind": "Widget",
+                "metadata": {"name": "w1"},
+                "spec": {"size": 3},
+            },
+        )
         ev = rec.next(EventType.ADDED, "w1")
         assert ev.object["spec"] == {"size": 3}  # type: ignore[index]
     finally:
         ext.delete_custom_resource_definition(f"{plural}.{group}")
 
 
-def test_stop_from_another_thread_is_prompt(core: client.CoreV1Api,
-                                            kube_namespace: str) -> None:
+def test_stop_from_another_thread_is_prompt(core: client.CoreV1Api, kube_namespace: str) -> None:
     w = Watcher(core.list_namespaced_config_map, kube_namespace, timeout_seconds=300)
     rec = Recorder(w)
     rec.next(EventType.SYNC)

@@ -28,8 +28,10 @@ class FakeResponse:
 
 
 def cm(name: str, rv: str) -> dict[str, Any]:
-    return {"kind": "ConfigMap", "metadata": {"name": name, "namespace": "n",
-                                               "resourceVersion": rv}}
+    return {
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "n", "resourceVersion": rv},
+    }
 
 
 class FakeApi:
@@ -52,28 +54,46 @@ class FakeApi:
 
 
 def listing(rv: str, *items: dict[str, Any]) -> FakeResponse:
-    return FakeResponse(json.dumps({"kind": "ConfigMapList", "apiVersion": "v1",
-                                    "metadata": {"resourceVersion": rv},
-                                    "items": list(items)}).encode())
+    return FakeResponse(
+        json.dumps(
+            {
+                "kind": "ConfigMapList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": rv},
+                "items": list(items),
+            }
+        ).encode()
+    )
 
 
 def test_malformed_is_counted_and_410_relists() -> None:
     bad_item = {"metadata": {}}
-    api = FakeApi([
-        listing("10", cm("a", "9"), bad_item),
-        FakeResponse(lines=[
-            "not json",
-            json.dumps({"type": "ADDED", "object": cm("b", "11")}),
-            json.dumps({"type": "ADDED", "object": {"metadata": {"name": "x"}}}),  # no rv
-            json.dumps({"type": "WHAT", "object": cm("c", "12")}),
-            json.dumps({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "13"}}}),
-            json.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410,
-                                                     "reason": "Expired"}}),
-        ]),
-        listing("20", cm("b", "11")),
-    ])
-    w = Watcher(api.list_fn, "n", field_selector="spec.nodeName=x", backoff_initial=0.01,
-                backoff_max=0.02)
+    api = FakeApi(
+        [
+            listing("10", cm("a", "9"), bad_item),
+            FakeResponse(
+                lines=[
+                    "not json",
+                    json.dumps({"type": "ADDED", "object": cm("b", "11")}),
+                    json.dumps({"type": "ADDED", "object": {"metadata": {"name": "x"}}}),  # no rv
+                    json.dumps({"type": "WHAT", "object": cm("c", "12")}),
+                    json.dumps(
+                        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "13"}}}
+                    ),
+                    json.dumps(
+                        {
+                            "type": "ERROR",
+                            "object": {"kind": "Status", "code": 410, "reason": "Expired"},
+                        }
+                    ),
+                ]
+            ),
+            listing("20", cm("b", "11")),
+        ]
+    )
+    w = Watcher(
+        api.list_fn, "n", field_selector="spec.nodeName=x", backoff_initial=0.01, backoff_max=0.02
+    )
     events = []
     for ev in w:
         events.append(ev)
@@ -89,11 +109,13 @@ def test_malformed_is_counted_and_410_relists() -> None:
 
 
 def test_errors_back_off_then_relist() -> None:
-    api = FakeApi([
-        ApiException(status=503, reason="Unavailable"),
-        ConnectionError("refused"),
-        listing("5"),
-    ])
+    api = FakeApi(
+        [
+            ApiException(status=503, reason="Unavailable"),
+            ConnectionError("refused"),
+            listing("5"),
+        ]
+    )
     w = Watcher(api.list_fn, backoff_initial=0.01, backoff_max=0.05)
     first = next(iter(w))
     assert first.type == EventType.SYNC and first.resource_version == "5"

@@ -22,8 +22,9 @@ def fake() -> Iterator[tuple[str, dict[str, Any]]]:
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
             size = int(self.headers.get("content-length") or 0)
-            state["seen"].append((self.command, self.path, dict(self.headers.items()),
-                                  self.rfile.read(size)))  # fmt: skip
+            state["seen"].append(
+                (self.command, self.path, dict(self.headers.items()), self.rfile.read(size))
+            )
             status, kind, body = state["answer"]
             self.send_response(status)
             if kind:

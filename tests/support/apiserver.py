@@ -70,8 +70,10 @@ def missing_reason() -> str | None:
         return "needs root (the Kubernetes test cluster is built and run as root: make setup)"
     for name in ("kube-apiserver", "kube-controller-manager"):
         if not (BIN_DIR / name).is_file():
-            return (f"{BIN_DIR / name} is missing: run `make kube-apiserver` "
-                    "(scripts/kube-apiserver.sh builds it in ~5 min, once)")
+            return (
+                f"{BIN_DIR / name} is missing: run `make kube-apiserver` "
+                "(scripts/kube-apiserver.sh builds it in ~5 min, once)"
+            )
     if shutil.which("etcd") is None:
         return "etcd is missing: run `make kube-apiserver` (installs Debian's etcd-server)"
     if shutil.which("openssl") is None:
@@ -89,8 +91,12 @@ class _Proc:
 
     def start(self) -> None:
         self._log_fh = self.log.open("ab")
-        self.popen = subprocess.Popen(_with_death_signal(self.argv), stdin=subprocess.DEVNULL,
-                                      stdout=self._log_fh, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(
+            _with_death_signal(self.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+        )
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -144,59 +150,92 @@ class KubeCluster:
         self.ca_file = self.cert_dir / "apiserver.crt"
         self.kubeconfig = tmp / "admin.kubeconfig"
         self._write_credentials()
-        self.etcd = _Proc("etcd", [
-            shutil.which("etcd") or "etcd", "--name", "meshward-test",
-            "--data-dir", str(tmp / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.etcd_peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.etcd_peer_port}",
-            "--initial-cluster", f"meshward-test=http://127.0.0.1:{self.etcd_peer_port}",
-            "--unsafe-no-fsync", "--log-level", "warn",
-        ], tmp / "etcd.log")
-        self.apiserver = _Proc("kube-apiserver", [
-            str(BIN_DIR / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.port}", f"--cert-dir={self.cert_dir}",
-            f"--token-auth-file={tmp / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            f"--service-account-key-file={tmp / 'sa.pub'}",
-            f"--service-account-signing-key-file={tmp / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            # No default ServiceAccount exists until the controller manager made one; pods of
-            # tests name their ServiceAccount explicitly or go without.
-            "--disable-admission-plugins=ServiceAccount",
-            "--allow-privileged=true",
-            "--shutdown-delay-duration=0s",
-            # PodTemplates bypass the watch cache and etcd is compacted every 2 s, so a watch
-            # from an old resourceVersion on podtemplates gets a real 410 Gone (the watch cache
-            # would replay it instead): see KubeCluster.GONE_RESOURCE and tests/kube/test_watch.py.
-            "--watch-cache-sizes=podtemplates#0", "--etcd-compaction-interval=2s",
-            "-v=1",
-        ], tmp / "kube-apiserver.log")
-        self.controller_manager = _Proc("kube-controller-manager", [
-            str(BIN_DIR / "kube-controller-manager"),
-            f"--kubeconfig={self.kubeconfig}",
-            "--leader-elect=false", "--port=0", "--secure-port=0",
-            f"--service-account-private-key-file={tmp / 'sa.key'}",
-            f"--root-ca-file={self.ca_file}",
-            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle",
-            "-v=1",
-        ], tmp / "kube-controller-manager.log")
+        self.etcd = _Proc(
+            "etcd",
+            [
+                shutil.which("etcd") or "etcd",
+                "--name",
+                "meshward-test",
+                "--data-dir",
+                str(tmp / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{self.etcd_peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{self.etcd_peer_port}",
+                "--initial-cluster",
+                f"meshward-test=http://127.0.0.1:{self.etcd_peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+            tmp / "etcd.log",
+        )
+        self.apiserver = _Proc(
+            "kube-apiserver",
+            [
+                str(BIN_DIR / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.cert_dir}",
+                f"--token-auth-file={tmp / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={tmp / 'sa.pub'}",
+                f"--service-account-signing-key-file={tmp / 'sa.key'}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                # No default ServiceAccount exists until the controller manager made one; pods of
+                # tests name their ServiceAccount explicitly or go without.
+                "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true",
+                "--shutdown-delay-duration=0s",
+                # PodTemplates bypass the watch cache and etcd is compacted every 2 s, so a
+                # watch from an old resourceVersion on podtemplates gets a real 410 Gone (the
+                # watch cache would replay it instead): see KubeCluster.GONE_RESOURCE and
+                # tests/kube/test_watch.py.
+                "--watch-cache-sizes=podtemplates#0",
+                "--etcd-compaction-interval=2s",
+                "-v=1",
+            ],
+            tmp / "kube-apiserver.log",
+        )
+        self.controller_manager = _Proc(
+            "kube-controller-manager",
+            [
+                str(BIN_DIR / "kube-controller-manager"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--port=0",
+                "--secure-port=0",
+                f"--service-account-private-key-file={tmp / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}",
+                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle",
+                "-v=1",
+            ],
+            tmp / "kube-controller-manager.log",
+        )
 
     # ---- setup ---------------------------------------------------------------------------
     def _write_credentials(self) -> None:
         rows = [f'{self.admin_token},admin,uid-admin,"system:masters"']
-        rows += [f'{tok},{name},uid-{name},"{",".join(USERS[name])}"'
-                 for name, tok in self.users.items()]
+        rows += [
+            f'{tok},{name},uid-{name},"{",".join(USERS[name])}"' for name, tok in self.users.items()
+        ]
         (self.tmp / "tokens.csv").write_text("\n".join(rows) + "\n")
         key, pub = self.tmp / "sa.key", self.tmp / "sa.pub"
-        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"],
-                       check=True, capture_output=True)
-        subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+        )
+        subprocess.run(
+            ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+            check=True,
+            capture_output=True,
+        )
         # The controller manager needs the kubeconfig before the CA exists: it goes insecure.
         self.write_kubeconfig(self.admin_token, self.kubeconfig, verify=False)
 
@@ -214,8 +253,9 @@ class KubeCluster:
             if not self.etcd.alive():
                 raise ClusterStartError(self, "etcd exited")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.etcd_port}/health",
-                                            timeout=1) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.etcd_port}/health", timeout=1
+                ) as r:
                     if r.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -227,8 +267,9 @@ class KubeCluster:
         """GET /readyz as admin is 200."""
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        req = urllib.request.Request(f"{self.url}/readyz",
-                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        req = urllib.request.Request(
+            f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=2, context=ctx) as r:
                 return r.status == 200
@@ -289,14 +330,15 @@ class KubeCluster:
         else:
             cluster["insecure-skip-tls-verify"] = True
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
             "clusters": [{"name": "test", "cluster": cluster}],
             "users": [{"name": "user", "user": {"token": token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
         }
 
-    def write_kubeconfig(self, token: str, path: Path | None = None,
-                         verify: bool = True) -> Path:
+    def write_kubeconfig(self, token: str, path: Path | None = None, verify: bool = True) -> Path:
         """A kubeconfig file for `token` (a new file in `tmp` unless `path` is given)."""
         path = path or self.tmp / f"kubeconfig-{uuid.uuid4().hex[:8]}"
         path.write_text(yaml.safe_dump(self.kubeconfig_dict(token, verify)))
@@ -321,16 +363,25 @@ class KubeCluster:
         """ApiClient for one of the unprivileged `USERS` (no RBAC grants until a test adds some)."""
         return self.api_client(self.users[name])
 
-    def kubectl(self, *args: str, token: str | None = None, check: bool = True,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, token: str | None = None, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run /usr/bin/kubectl against this cluster (admin unless `token`)."""
         kc = self.kubeconfig if token is None else self.write_kubeconfig(token)
-        return subprocess.run(["kubectl", f"--kubeconfig={kc}", *args], check=check,
-                              capture_output=True, text=True, input=input, timeout=60)
+        return subprocess.run(
+            ["kubectl", f"--kubeconfig={kc}", *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
+        )
 
     def logs(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {p.name} ({p.log}) ---\n{p.tail(lines)}"
-                         for p in (self.etcd, self.apiserver, self.controller_manager))
+        return "\n".join(
+            f"--- {p.name} ({p.log}) ---\n{p.tail(lines)}"
+            for p in (self.etcd, self.apiserver, self.controller_manager)
+        )
 
 
 class ClusterStartError(RuntimeError):

@@ -43,9 +43,12 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         out = json.dumps(
-            {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-             "body": body.decode(errors="replace")}
-        ).encode()  # fmt: skip
+            {
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode(errors="replace"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))

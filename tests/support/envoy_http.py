@@ -37,8 +37,14 @@ class ServerThread:
     """`meshward serve` on its own event loop thread, as the process would run it."""
 
     def __init__(self, db: str, authz_port: int = 0, tap_port: int = 0, **config: Any) -> None:
-        self.config = ServeConfig(db=db, listen_host="127.0.0.1", authz_port=authz_port,
-                                  tap_port=tap_port, http_port=0, **config)  # fmt: skip
+        self.config = ServeConfig(
+            db=db,
+            listen_host="127.0.0.1",
+            authz_port=authz_port,
+            tap_port=tap_port,
+            http_port=0,
+            **config,
+        )
         self.server: Server | None = None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -86,11 +92,17 @@ class ServerThread:
         self.stop()
 
 
-def http(port: int, path: str, body: bytes | None = None, method: str | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http(
+    port: int,
+    path: str,
+    body: bytes | None = None,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """One request through Envoy: (status, response headers lower-case, body)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
-                                 headers=headers or {})  # fmt: skip
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()

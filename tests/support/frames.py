@@ -32,23 +32,45 @@ def ether(ip: bytes, ethertype: int | None = None, vlan: int | None = None) -> b
 
 
 def ipv4(
-    src: str, dst: str, proto: int, payload: bytes, *, ident: int = 1, frag_offset: int = 0,
-    mf: bool = False, ttl: int = 64, total: int | None = None,
-) -> bytes:  # fmt: skip
+    src: str,
+    dst: str,
+    proto: int,
+    payload: bytes,
+    *,
+    ident: int = 1,
+    frag_offset: int = 0,
+    mf: bool = False,
+    ttl: int = 64,
+    total: int | None = None,
+) -> bytes:
     length = 20 + len(payload) if total is None else total
     frag = (frag_offset // 8) | (0x2000 if mf else 0)
     hdr = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, length, ident, frag, ttl, proto, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        length,
+        ident,
+        frag,
+        ttl,
+        proto,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return hdr + payload
 
 
 def ipv6(
-    src: str, dst: str, nxt: int, payload: bytes, *, frag: tuple[int, bool, int] | None = None,
+    src: str,
+    dst: str,
+    nxt: int,
+    payload: bytes,
+    *,
+    frag: tuple[int, bool, int] | None = None,
     hops: int = 64,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """`frag` = (offset in bytes, more fragments, identification) adds a fragment header."""
     if frag is not None:
         off, mf, ident = frag
@@ -96,14 +118,19 @@ def fragment_v4(
 def dns_query(name: str, qtype: int = 1, ident: int = 0x1234) -> bytes:
     """A DNS query with one question (recursion desired)."""
     qname = b"".join(bytes([len(p)]) + p.encode() for p in name.strip(".").split(".") if p)
-    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + b"\x00" + struct.pack(
-        "!HH", qtype, 1
+    return (
+        struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
+        + qname
+        + b"\x00"
+        + struct.pack("!HH", qtype, 1)
     )
 
 
 def dns_response(query: bytes, answer: bytes = b"") -> bytes:
     """The response to `query`: same question, QR set, `answer` appended as opaque records."""
     ident, _flags, qd, _an, ns, ar = struct.unpack_from("!HHHHHH", query)
-    return struct.pack("!HHHHHH", ident, 0x8180, qd, 1 if answer else 0, ns, ar) + query[12:] + (
-        answer
+    return (
+        struct.pack("!HHHHHH", ident, 0x8180, qd, 1 if answer else 0, ns, ar)
+        + query[12:]
+        + (answer)
     )

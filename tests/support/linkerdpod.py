@@ -32,13 +32,26 @@ def _cluster(name: str, ip: str, port: int, h2: bool) -> dict:
         "name": name,
         "type": "STATIC",
         "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
-            "endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}
-        }]}]},
-        "circuit_breakers": {"thresholds": [{"max_connections": 100000,
-                                             "max_pending_requests": 100000,
-                                             "max_requests": 100000}]},
-    }  # fmt: skip
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": ip, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
+            ]
+        },
+    }
     if h2:
         c["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -58,34 +71,68 @@ def bootstrap(ip: str, caller: str = CALLER) -> dict:
         "codec_type": "AUTO",
         "route_config": {
             "request_headers_to_add": [
-                {"header": {"key": "l5d-client-id", "value": caller},
-                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                {
+                    "header": {"key": "l5d-client-id", "value": caller},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
             ],
-            "virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/", "headers": [{"name": "content-type",
-                  "string_match": {"prefix": "application/grpc"}}]},
-                 "route": {"cluster": "grpc", "timeout": "10s"}},
-                {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "10s"}},
-            ]}],
+            "virtual_hosts": [
+                {
+                    "name": "app",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "prefix": "/",
+                                "headers": [
+                                    {
+                                        "name": "content-type",
+                                        "string_match": {"prefix": "application/grpc"},
+                                    }
+                                ],
+                            },
+                            "route": {"cluster": "grpc", "timeout": "10s"},
+                        },
+                        {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "10s"}},
+                    ],
+                }
+            ],
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-    }  # fmt: skip
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
     return {
         # the admin port where linkerd-proxy has its own (probes, metrics): never app traffic
         "admin": {"address": {"socket_address": {"address": ip, "port_value": ADMIN_PORT}}},
         "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": {"socket_address": {"address": ip, "port_value": INBOUND_PORT}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm}]}],
-            }],
-            "clusters": [_cluster("app", ip, HTTP_PORT, False),
-                         _cluster("grpc", ip, GRPC_PORT, True)],
+            "listeners": [
+                {
+                    "name": "inbound",
+                    "address": {"socket_address": {"address": ip, "port_value": INBOUND_PORT}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                _cluster("app", ip, HTTP_PORT, False),
+                _cluster("grpc", ip, GRPC_PORT, True),
+            ],
         },
-    }  # fmt: skip
+    }
 
 
 class LinkerdPod:
@@ -98,19 +145,29 @@ class LinkerdPod:
 
     def start(self) -> None:
         app = self.pod.popen(
-            [sys.executable, str(HERE / "podapp.py"), self.pod.ip, str(HTTP_PORT),
-             str(GRPC_PORT)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            [sys.executable, str(HERE / "podapp.py"), self.pod.ip, str(HTTP_PORT), str(GRPC_PORT)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         cfg = self.dir / "envoy.json"
         cfg.write_text(json.dumps(bootstrap(self.pod.ip, self.caller)))
         self.envoy_log = self.dir / "envoy.log"
         with open(self.envoy_log, "w") as log:
             self.envoy = self.pod.popen(
-                [str(ENVOY), "--use-dynamic-base-id", "-c", str(cfg), "-l", "warning",
-                 "--concurrency", "1"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [
+                    str(ENVOY),
+                    "--use-dynamic-base-id",
+                    "-c",
+                    str(cfg),
+                    "-l",
+                    "warning",
+                    "--concurrency",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         assert app.stdout is not None
         line = app.stdout.readline()
         if line.strip() != "ready":

@@ -48,8 +48,11 @@ def http1(host: str, port: int) -> list[int]:
         s.sendall(f"GET /users/42?x=1&y=two HTTP/1.1\r\n{h}\r\n".encode())
         statuses.append(read_response(f)[0])
         body = b'{"item": 1, "qty": 2}'
-        s.sendall(f"POST /orders HTTP/1.1\r\n{h}Content-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        s.sendall(
+            f"POST /orders HTTP/1.1\r\n{h}Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         statuses.append(read_response(f)[0])
         s.sendall(f"POST /upload HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n".encode())
         s.sendall(b"6\r\nhello \r\n")
@@ -66,8 +69,10 @@ def http1(host: str, port: int) -> list[int]:
         statuses.append(read_response(f, head=True)[0])
         s.sendall(f"GET /status/404 HTTP/1.1\r\n{h}\r\n".encode())
         statuses.append(read_response(f)[0])
-        s.sendall(f"PUT /continue HTTP/1.1\r\n{h}Expect: 100-continue\r\n"
-                  f"Content-Length: 4\r\n\r\n".encode())  # fmt: skip
+        s.sendall(
+            f"PUT /continue HTTP/1.1\r\n{h}Expect: 100-continue\r\n"
+            f"Content-Length: 4\r\n\r\n".encode()
+        )
         status, _ = read_response(f)
         if status == 100:
             s.sendall(b"data")

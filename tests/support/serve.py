@@ -26,7 +26,11 @@ async def running_server(
     """A whole `meshward serve` on loopback ephemeral ports; stopped even on failure. With `db`
     (and no `engine`) it runs on that store, with `detector` (default: the real detectors)."""
     cfg = ServeConfig(
-        db=db or ":memory:", listen_host="127.0.0.1", authz_port=0, tap_port=0, http_port=0,
+        db=db or ":memory:",
+        listen_host="127.0.0.1",
+        authz_port=0,
+        tap_port=0,
+        http_port=0,
         **config,  # type: ignore[arg-type]
     )
     if engine is None and db is None:
@@ -114,9 +118,9 @@ def tap_messages(
     first.request_headers.end_of_stream = not body
     attrs = first.attributes["envoy.filters.http.ext_proc"]
     attrs.fields["source.address"].string_value = "10.0.0.2:40000"
-    attrs.fields["connection.uri_san_peer_certificate"].string_value = (
-        "spiffe://cluster.local/ns/shop/sa/web"
-    )
+    attrs.fields[
+        "connection.uri_san_peer_certificate"
+    ].string_value = "spiffe://cluster.local/ns/shop/sa/web"
     out.append(first)
     if body:
         step = max(1, len(body) // chunks)

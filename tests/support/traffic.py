@@ -21,19 +21,61 @@ def packet(
     data: bytes = b"",
     ts: float = 1.0,
 ) -> Packet:
-    return Packet(ts, 4, src[0], dst[0], 6, 64, 40 + len(data), 0, 0, False, src[1], dst[1],
-                  seq & 0xFFFFFFFF, 0, flags, 65535, 0, 0, 0, 0, memoryview(data),
-                  54 + len(data))  # fmt: skip
+    return Packet(
+        ts,
+        4,
+        src[0],
+        dst[0],
+        6,
+        64,
+        40 + len(data),
+        0,
+        0,
+        False,
+        src[1],
+        dst[1],
+        seq & 0xFFFFFFFF,
+        0,
+        flags,
+        65535,
+        0,
+        0,
+        0,
+        0,
+        memoryview(data),
+        54 + len(data),
+    )
 
 
 def frame(pkt: Packet) -> bytes:
     """The Ethernet/IPv4/TCP frame of a Packet (checksums zero: capture does not check them)."""
     payload = bytes(pkt.payload)
-    tcp = struct.pack("!HHIIBBHHH", pkt.sport, pkt.dport, pkt.tcp_seq, pkt.tcp_ack, 5 << 4,
-                      pkt.tcp_flags, 65535, 0, 0)  # fmt: skip
+    tcp = struct.pack(
+        "!HHIIBBHHH",
+        pkt.sport,
+        pkt.dport,
+        pkt.tcp_seq,
+        pkt.tcp_ack,
+        5 << 4,
+        pkt.tcp_flags,
+        65535,
+        0,
+        0,
+    )
     total = 20 + len(tcp) + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0x4000, 64, 6, 0,
-                     socket.inet_aton(pkt.src), socket.inet_aton(pkt.dst))  # fmt: skip
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        total,
+        1,
+        0x4000,
+        64,
+        6,
+        0,
+        socket.inet_aton(pkt.src),
+        socket.inet_aton(pkt.dst),
+    )
     return b"\0" * 12 + b"\x08\x00" + ip + tcp + payload
 
 

@@ -111,12 +111,25 @@ def bootstrap(args: argparse.Namespace) -> int:
     if not is_host_name(args.server):
         raise UsageError(f"--server {args.server!r} is not a host name or address")
     try:
-        passed = ("authz_port", "tap_port", "admin_port", "listen_host", "upstream_h2",
-                  "direction", "body_limit", *TAP_FLAGS)  # fmt: skip
+        passed = (
+            "authz_port",
+            "tap_port",
+            "admin_port",
+            "listen_host",
+            "upstream_h2",
+            "direction",
+            "body_limit",
+            *TAP_FLAGS,
+        )
         config = render_bootstrap(
-            args.listen, args.upstream, args.namespace, args.workload, args.mode,
-            server_host=args.server, **{name: getattr(args, name) for name in passed},
-        )  # fmt: skip
+            args.listen,
+            args.upstream,
+            args.namespace,
+            args.workload,
+            args.mode,
+            server_host=args.server,
+            **{name: getattr(args, name) for name in passed},
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.validate:

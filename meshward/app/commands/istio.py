@@ -59,12 +59,21 @@ def render(args: argparse.Namespace) -> int:
     if not is_host_name(args.service):
         raise UsageError(f"--service {args.service!r} is not a host name")
     try:
-        passed = ("style", "service", "authz_port", "tap_port", "workload", "body_limit",
-                  *TAP_FLAGS)  # fmt: skip
+        passed = (
+            "style",
+            "service",
+            "authz_port",
+            "tap_port",
+            "workload",
+            "body_limit",
+            *TAP_FLAGS,
+        )
         out = render_objects(
-            args.namespace, args.mode, outbound_tap=not args.no_outbound_tap,
+            args.namespace,
+            args.mode,
+            outbound_tap=not args.no_outbound_tap,
             **{name: getattr(args, name) for name in passed},
-        )  # fmt: skip
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not out["objects"]:

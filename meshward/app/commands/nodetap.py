@@ -28,9 +28,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="AF_PACKET capture in pod network namespaces (lo: proxy<->app HTTP/1.1, "
         "HTTP/2, gRPC) and on host interfaces (ICMP/UDP threats). Needs root.",
     )
-    p.add_argument("--netns", action="append", default=[], metavar="NAME|PATH",
-                   help="pod network namespace (name under /run/netns or a path such as "
-                   "/proc/PID/ns/net); repeatable")  # fmt: skip
+    p.add_argument(
+        "--netns",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="pod network namespace (name under /run/netns or a path such as "
+        "/proc/PID/ns/net); repeatable",
+    )
     p.add_argument(
         "--node",
         default=os.environ.get("NODE_NAME", ""),
@@ -60,9 +65,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="eth0",
         help="pod interface watched for ICMP/UDP ('none': off; default eth0)",
     )
-    p.add_argument("--app-port", action="append", type=int, default=[], metavar="PORT",
-                   help="capture only these app ports on lo (default: every port but the "
-                   "Linkerd proxy's 4140/4143/4190/4191)")  # fmt: skip
+    p.add_argument(
+        "--app-port",
+        action="append",
+        type=int,
+        default=[],
+        metavar="PORT",
+        help="capture only these app ports on lo (default: every port but the "
+        "Linkerd proxy's 4140/4143/4190/4191)",
+    )
     out = p.add_mutually_exclusive_group()
     out.add_argument(
         "--output", choices=["jsonl"], default="jsonl", help="JSON Lines on stdout (default)"
@@ -271,9 +282,17 @@ def run(args: argparse.Namespace) -> int:
         else JsonlOutput(metrics, max_queue=args.queue_size)
     )
     tap = NodeTap(
-        _pods(args), args.iface, output.put, metrics, args.app_port or None, args.max_body,
-        args.max_flows, args.idle_timeout, args.stats_interval, ring_mb=args.ring_mb,
-    )  # fmt: skip
+        _pods(args),
+        args.iface,
+        output.put,
+        metrics,
+        args.app_port or None,
+        args.max_body,
+        args.max_flows,
+        args.idle_timeout,
+        args.stats_interval,
+        ring_mb=args.ring_mb,
+    )
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns or args.node))
     tap.netmon = _network_monitor(tap, watch_net, modes, net_config)
     try:

@@ -61,18 +61,63 @@ from meshward.core.threats.signatures import COMMAND_NAMES, CompiledCache, Signa
 # (framing headers get their own checks below).
 SKIP_HEADERS = frozenset(
     {
-        ":method", ":scheme", ":path", ":authority", ":status", "content-length",
-        "transfer-encoding", "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
-        "x-b3-sampled", "b3", "traceparent", "tracestate", "x-forwarded-client-cert",
-        "x-envoy-attempt-count", "x-envoy-internal", "x-envoy-expected-rq-timeout-ms",
-        "x-envoy-decorator-operation", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id",
-        "accept-encoding", "connection", "te", "grpc-timeout",
+        ":method",
+        ":scheme",
+        ":path",
+        ":authority",
+        ":status",
+        "content-length",
+        "transfer-encoding",
+        "x-request-id",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "b3",
+        "traceparent",
+        "tracestate",
+        "x-forwarded-client-cert",
+        "x-envoy-attempt-count",
+        "x-envoy-internal",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-decorator-operation",
+        "x-envoy-peer-metadata",
+        "x-envoy-peer-metadata-id",
+        "accept-encoding",
+        "connection",
+        "te",
+        "grpc-timeout",
     }
 )
 NOSQL_OPERATORS = frozenset(
-    ("$ne", "$eq", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$where", "$exists",
-     "$or", "$and", "$not", "$nor", "$expr", "$elemmatch", "$function", "$accumulator", "$eval",
-     "$type", "$size", "$all", "$mod", "$text", "$jsonschema")
+    (
+        "$ne",
+        "$eq",
+        "$gt",
+        "$gte",
+        "$lt",
+        "$lte",
+        "$in",
+        "$nin",
+        "$regex",
+        "$where",
+        "$exists",
+        "$or",
+        "$and",
+        "$not",
+        "$nor",
+        "$expr",
+        "$elemmatch",
+        "$function",
+        "$accumulator",
+        "$eval",
+        "$type",
+        "$size",
+        "$all",
+        "$mod",
+        "$text",
+        "$jsonschema",
+    )
 )
 METADATA_IPS = frozenset(
     {"169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192"}
@@ -526,8 +571,9 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
             return token
     for m in _IPV6_MAPPED.finditer(text):
         try:
-            mapped = ipaddress.IPv6Address(m.group(0).strip(":") if m.group(0).startswith(":::")
-                                           else m.group(0)).ipv4_mapped
+            mapped = ipaddress.IPv6Address(
+                m.group(0).strip(":") if m.group(0).startswith(":::") else m.group(0)
+            ).ipv4_mapped
         except ValueError:
             continue
         if mapped is not None and str(mapped) in METADATA_IPS:

@@ -25,9 +25,22 @@ SMUGGLING = "HTTP.Request.Smuggling"
 NEGATIVE_LENGTH = "HTTP.Negative.Body.Length"
 # what the embedded-threat detector finds today
 HTTP_THREATS: tuple[str, ...] = (
-    SQLI, XSS, TRAVERSAL, RFI, CMDI, SSTI, JNDI, PHP, NOSQL, SSRF, JAVA, XXE, CRLF, SMUGGLING,
+    SQLI,
+    XSS,
+    TRAVERSAL,
+    RFI,
+    CMDI,
+    SSTI,
+    JNDI,
+    PHP,
+    NOSQL,
+    SSRF,
+    JAVA,
+    XXE,
+    CRLF,
+    SMUGGLING,
     NEGATIVE_LENGTH,
-)  # fmt: skip
+)
 
 # the caller's and the callee's sidecars saw one call differently (tap/envoy/join.py)
 EXCHANGE_MISMATCH = "Exchange.Mismatch"
@@ -44,9 +57,17 @@ DNS_AMPLIFICATION = "DNS.Amplification"
 DNS_ZONE_TRANSFER = "DNS.Zone.Transfer"
 DNS_TUNNELING = "DNS.Tunneling"
 NETWORK_THREATS: tuple[str, ...] = (
-    PING_OF_DEATH, TEARDROP, ICMP_FLOOD, ICMP_TUNNELING, UDP_FLOOD, UDP_PORT_SCAN, UDP_NEW_PEER,
-    DNS_AMPLIFICATION, DNS_ZONE_TRANSFER, DNS_TUNNELING,
-)  # fmt: skip
+    PING_OF_DEATH,
+    TEARDROP,
+    ICMP_FLOOD,
+    ICMP_TUNNELING,
+    UDP_FLOOD,
+    UDP_PORT_SCAN,
+    UDP_NEW_PEER,
+    DNS_AMPLIFICATION,
+    DNS_ZONE_TRANSFER,
+    DNS_TUNNELING,
+)
 
 # fixed now for detectors still to come, so their names are never chosen twice
 LDAP_INJECTION = "LDAP.Injection"
@@ -61,10 +82,18 @@ MESH_POLICY_WIDENED = "Mesh.Policy.Widened"
 MESH_CONTROL_PLANE_ACCESS = "Mesh.ControlPlane.Access"
 MESH_SIDECAR_BYPASS = "Mesh.Sidecar.Bypass"
 RESERVED_THREATS: tuple[str, ...] = (
-    LDAP_INJECTION, MAIL_HEADER_INJECTION, SERVER_SIDE_INCLUDE, SCANNER_USER_AGENT,
-    MESH_MTLS_WEAKENED, MESH_FILTER_TAMPERED, MESH_INJECTION_DISABLED, MESH_UNMESHED_POD,
-    MESH_POLICY_WIDENED, MESH_CONTROL_PLANE_ACCESS, MESH_SIDECAR_BYPASS,
-)  # fmt: skip
+    LDAP_INJECTION,
+    MAIL_HEADER_INJECTION,
+    SERVER_SIDE_INCLUDE,
+    SCANNER_USER_AGENT,
+    MESH_MTLS_WEAKENED,
+    MESH_FILTER_TAMPERED,
+    MESH_INJECTION_DISABLED,
+    MESH_UNMESHED_POD,
+    MESH_POLICY_WIDENED,
+    MESH_CONTROL_PLANE_ACCESS,
+    MESH_SIDECAR_BYPASS,
+)
 
 THREAT_NAMES: frozenset[str] = frozenset(
     (*HTTP_THREATS, EXCHANGE_MISMATCH, *NETWORK_THREATS, *RESERVED_THREATS)

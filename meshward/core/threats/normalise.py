@@ -48,8 +48,19 @@ _LOG4J = re.compile(r"\$\{(?:lower|upper|::-|[a-z]{1,10}:[^:{}]{0,40}:-)([^{}$]{
 # forms (U+FF01..U+FF5E) and the slashes and dots used in traversal. U+FFFD (what invalid bytes
 # decode to) is dropped, as decoders that skip invalid sequences do.
 _FOLD: dict[int, int | None] = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
-_FOLD.update({0x2215: 0x2F, 0x2044: 0x2F, 0x29F8: 0x2F, 0x2216: 0x5C, 0xFE68: 0x5C,
-              0x29F9: 0x5C, 0x2024: 0x2E, 0xFE52: 0x2E, 0xFFFD: None})
+_FOLD.update(
+    {
+        0x2215: 0x2F,
+        0x2044: 0x2F,
+        0x29F8: 0x2F,
+        0x2216: 0x5C,
+        0xFE68: 0x5C,
+        0x29F9: 0x5C,
+        0x2024: 0x2E,
+        0xFE52: 0x2E,
+        0xFFFD: None,
+    }
+)
 _CONTROL_ESCAPE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -62,8 +73,10 @@ def _percent_bytes(m: re.Match[bytes]) -> bytes:
 def _overlong(m: re.Match[bytes]) -> bytes:
     """Overlong UTF-8 (%c0%ae for '.') decodes to the ASCII it spells, as old decoders did."""
     b = m.group(0)
-    cp = ((b[0] & 0x1F) << 6) | (b[1] & 0x3F) if len(b) == 2 else ((b[1] & 0x3F) << 6) | (
-        b[2] & 0x3F
+    cp = (
+        ((b[0] & 0x1F) << 6) | (b[1] & 0x3F)
+        if len(b) == 2
+        else ((b[1] & 0x3F) << 6) | (b[2] & 0x3F)
     )
     return chr(cp).encode("utf-8") if cp < 0x80 else b
 

@@ -35,7 +35,7 @@ from meshward.core.threats.names import (
     TRAVERSAL,
     XSS,
     XXE,
-)  # fmt: skip
+)
 from meshward.core.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, SPLIT_WORD_INDICATOR
 
 # Shell commands an injected command typically starts with (after a metacharacter). The ones
@@ -43,16 +43,89 @@ from meshward.core.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, S
 # "; type of issue") are WORD_COMMANDS; after a separator they count only with a shell-shaped
 # tail (see _word_command). Names with a bin/ path in front are commands whatever the name.
 NAME_COMMANDS = (
-    "whoami", "uname", "ls", "nc", "ncat", "netcat", "curl", "wget", "bash", "sh", "zsh", "ksh",
-    "dash", "python", "python2", "python3", "perl", "ruby", "php", "nslookup", "ifconfig",
-    "ipconfig", "netstat", "systeminfo", "sysinfo", "rm", "chmod", "chown", "telnet", "tftp",
-    "ftp", "powershell", "pwsh", "cmd", "certutil", "bitsadmin", "tasklist", "xterm", "awk",
-    "sed", "base64", "xxd", "pwd", "netsh", "wmic", "hostname", "whereis", "mkfifo", "socat",
-    "ssh", "scp", "uptime", "sudo", "useradd", "grep", "nohup", "crontab", "passwd",
+    "whoami",
+    "uname",
+    "ls",
+    "nc",
+    "ncat",
+    "netcat",
+    "curl",
+    "wget",
+    "bash",
+    "sh",
+    "zsh",
+    "ksh",
+    "dash",
+    "python",
+    "python2",
+    "python3",
+    "perl",
+    "ruby",
+    "php",
+    "nslookup",
+    "ifconfig",
+    "ipconfig",
+    "netstat",
+    "systeminfo",
+    "sysinfo",
+    "rm",
+    "chmod",
+    "chown",
+    "telnet",
+    "tftp",
+    "ftp",
+    "powershell",
+    "pwsh",
+    "cmd",
+    "certutil",
+    "bitsadmin",
+    "tasklist",
+    "xterm",
+    "awk",
+    "sed",
+    "base64",
+    "xxd",
+    "pwd",
+    "netsh",
+    "wmic",
+    "hostname",
+    "whereis",
+    "mkfifo",
+    "socat",
+    "ssh",
+    "scp",
+    "uptime",
+    "sudo",
+    "useradd",
+    "grep",
+    "nohup",
+    "crontab",
+    "passwd",
 )
 WORD_COMMANDS = (
-    "id", "cat", "ping", "dig", "sleep", "echo", "ps", "ver", "timeout", "dir", "net", "reg",
-    "which", "tar", "su", "shutdown", "reboot", "kill", "touch", "export", "env", "type", "del",
+    "id",
+    "cat",
+    "ping",
+    "dig",
+    "sleep",
+    "echo",
+    "ps",
+    "ver",
+    "timeout",
+    "dir",
+    "net",
+    "reg",
+    "which",
+    "tar",
+    "su",
+    "shutdown",
+    "reboot",
+    "kill",
+    "touch",
+    "export",
+    "env",
+    "type",
+    "del",
 )
 COMMAND_NAMES = frozenset(NAME_COMMANDS + WORD_COMMANDS)
 _BIN = r"(?:/?(?:usr/)?(?:local/)?s?bin/)"
@@ -98,8 +171,9 @@ _ARGS = r"(?:\s{1,10}" + _PLAIN + r")?" + _TYPED_ARGS  # a subcommand or host ma
 # Commands that do something with no operand (id, env, dir, ...) also count alone, at the end
 # of the value or before another metacharacter; the others (cat, sleep, ping, kill, ...) do
 # nothing without one ("Dog & Cat", "Good night; sleep").
-WORD_COMMANDS_ALONE = frozenset(("id", "ps", "ver", "dir", "su", "shutdown", "reboot", "export",
-                                 "env"))
+WORD_COMMANDS_ALONE = frozenset(
+    ("id", "ps", "ver", "dir", "su", "shutdown", "reboot", "export", "env")
+)
 # Commands whose operand is a plain word (a text to print, a command, user or subcommand name,
 # ps options): one plain word ending the clause is enough ("; echo pwned", "; ps aux",
 # "; which nc"); for the others it must be shaped like what they take (a number, host, file).
@@ -120,9 +194,16 @@ def _word_command(words: tuple[str, ...]) -> str:
     operand = [w for w in words if w not in WORD_COMMANDS_ALONE | WORD_COMMANDS_TYPED]
     typed = [w for w in words if w in WORD_COMMANDS_TYPED]
     wordy = [w for w in words if w in WORD_COMMANDS_WORDY]
-    out = [_alternation(alone) + r"(?:$|[;&|)>]|" + _INTO_ARGS + r"|\s{1,10}(?:$|[;&`)<>#])|"
-           + _ARGS + ")", _alternation(operand) + "(?:" + _INTO_ARGS + "|" + _ARGS + ")",
-           _alternation(typed) + "(?:" + _INTO_ARGS + "|" + _TYPED_ARGS + ")"]
+    out = [
+        _alternation(alone)
+        + r"(?:$|[;&|)>]|"
+        + _INTO_ARGS
+        + r"|\s{1,10}(?:$|[;&`)<>#])|"
+        + _ARGS
+        + ")",
+        _alternation(operand) + "(?:" + _INTO_ARGS + "|" + _ARGS + ")",
+        _alternation(typed) + "(?:" + _INTO_ARGS + "|" + _TYPED_ARGS + ")",
+    ]
     if wordy:
         out.append(_alternation(wordy) + r"\s{1,10}" + _PLAIN + _CLAUSE_END)
     return "(?:" + "|".join(a for a in out if not a.startswith("(?:)")) + ")"
@@ -132,8 +213,18 @@ _WORD_COMMAND = _word_command(WORD_COMMANDS)
 # A command after a shell separator: a name that is no English word, any name after bin/, or
 # a word command as above.
 _SEP_COMMAND = (
-    "(?:" + _BIN + "?" + _NAMES + _CMD_END + "|" + _BIN + _WORDS + _CMD_END + "|"
-    + _WORD_COMMAND + ")"
+    "(?:"
+    + _BIN
+    + "?"
+    + _NAMES
+    + _CMD_END
+    + "|"
+    + _BIN
+    + _WORDS
+    + _CMD_END
+    + "|"
+    + _WORD_COMMAND
+    + ")"
 )
 # Tools a recon probe looks for (`which curl`) before a download, reverse shell or compile step.
 _TOOLS = (
@@ -173,125 +264,237 @@ SIGNATURES: tuple[Signature, ...] = (
     # one (prose names them bare: "sleep()", "exp(z)"); exp() by its overflow argument (~, a
     # subquery), as ordinary maths calls it on variables.
     S(SQLI, 1, r"\bunion\s{1,20}(?:all\s{1,20}|distinct\s{1,20})?\(?\s{0,20}select\b"),
-    S(SQLI, 1, r"\b(?:sleep|benchmark|pg_sleep|randomblob|load_file|extractvalue|updatexml|"
-               r"group_concat|make_set|regexp_substring|generate_series|current_setting|"
-               r"pg_read_file|dbms_pipe\.receive_message|dbms_lock\.sleep|dbms_utility\.\w{1,40}|"
-               r"utl_inaddr\.\w{1,40}|utl_http\.\w{1,40}|ctxsys\.\w{1,40}|sys\.fn_\w{1,40}|"
-               r"xp_cmdshell|sp_executesql|sp_password|json_keys|geometrycollection|multipoint|"
-               r"polygon|linestring|name_const|get_lock|pg_sleep_for|dblink_connect|lo_import)"
-               r"\s{0,20}\(\s{0,20}[^)\s]|\b(?:row_count|found_rows|sqlite_version)\s{0,20}\(|"
-               r"\bexp\s{0,20}\(\s{0,20}(?:[~(@]|select\b)"),
+    S(
+        SQLI,
+        1,
+        r"\b(?:sleep|benchmark|pg_sleep|randomblob|load_file|extractvalue|updatexml|"
+        r"group_concat|make_set|regexp_substring|generate_series|current_setting|"
+        r"pg_read_file|dbms_pipe\.receive_message|dbms_lock\.sleep|dbms_utility\.\w{1,40}|"
+        r"utl_inaddr\.\w{1,40}|utl_http\.\w{1,40}|ctxsys\.\w{1,40}|sys\.fn_\w{1,40}|"
+        r"xp_cmdshell|sp_executesql|sp_password|json_keys|geometrycollection|multipoint|"
+        r"polygon|linestring|name_const|get_lock|pg_sleep_for|dblink_connect|lo_import)"
+        r"\s{0,20}\(\s{0,20}[^)\s]|\b(?:row_count|found_rows|sqlite_version)\s{0,20}\(|"
+        r"\bexp\s{0,20}\(\s{0,20}(?:[~(@]|select\b)",
+    ),
     S(SQLI, 1, r"\bwaitfor\s{1,20}(?:delay|time)\b"),
-    S(SQLI, 1, r";\s{0,20}(?:select\s|insert\s{1,20}into|update\s{1,20}\w{1,64}\s{1,20}set|"
-               r"delete\s{1,20}from|drop\s{1,20}(?:table|database|function|procedure|user|view)|"
-               r"create\s{1,20}(?:table|user|function|database)|alter\s{1,20}table|"
-               r"exec(?:ute)?\s|declare\s{1,20}@|shutdown\b|truncate\s{1,20}table|waitfor\b|"
-               r"begin\s|copy\s{1,20}\w{1,64}\s{1,20}(?:to|from)\b|if\s{0,20}\(|"
-               r"select\(|call\s{1,20}\w)"),
-    S(SQLI, 1, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor)\b|\|\||&&)[^\n]{0,40}?"
-               r"(?:=|<|>|\blike\b|\bin\s{0,5}\(|\bbetween\b|--|#|/\*|;|\bsleep\b|\bbenchmark\b|"
-               r"\bselect\b|\btrue\b|\bnull\b)"),
-    S(SQLI, 1, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:--(?:\s|$)|#(?:\s|$)|/\*|;\s{0,20}(?:$|--|#|"
-               r"\w{1,30}\s{0,5}\())|['\"`]\s{0,20}\){0,5}\s{0,20}\b(?:rlike|regexp|procedure|"
-               r"sounds\s{1,5}like|collate|div)\b"),
-    S(SQLI, 2, r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor|union|having|where|procedure|"
-               r"limit|rlike|regexp|div|is|not|in|between|sounds|collate|order|group|into)\b|"
-               r"\|\||&&|;|--|#|/\*)"),
+    S(
+        SQLI,
+        1,
+        r";\s{0,20}(?:select\s|insert\s{1,20}into|update\s{1,20}\w{1,64}\s{1,20}set|"
+        r"delete\s{1,20}from|drop\s{1,20}(?:table|database|function|procedure|user|view)|"
+        r"create\s{1,20}(?:table|user|function|database)|alter\s{1,20}table|"
+        r"exec(?:ute)?\s|declare\s{1,20}@|shutdown\b|truncate\s{1,20}table|waitfor\b|"
+        r"begin\s|copy\s{1,20}\w{1,64}\s{1,20}(?:to|from)\b|if\s{0,20}\(|"
+        r"select\(|call\s{1,20}\w)",
+    ),
+    S(
+        SQLI,
+        1,
+        r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor)\b|\|\||&&)[^\n]{0,40}?"
+        r"(?:=|<|>|\blike\b|\bin\s{0,5}\(|\bbetween\b|--|#|/\*|;|\bsleep\b|\bbenchmark\b|"
+        r"\bselect\b|\btrue\b|\bnull\b)",
+    ),
+    S(
+        SQLI,
+        1,
+        r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:--(?:\s|$)|#(?:\s|$)|/\*|;\s{0,20}(?:$|--|#|"
+        r"\w{1,30}\s{0,5}\())|['\"`]\s{0,20}\){0,5}\s{0,20}\b(?:rlike|regexp|procedure|"
+        r"sounds\s{1,5}like|collate|div)\b",
+    ),
+    S(
+        SQLI,
+        2,
+        r"['\"`]\s{0,20}\){0,5}\s{0,20}(?:\b(?:or|and|xor|union|having|where|procedure|"
+        r"limit|rlike|regexp|div|is|not|in|between|sounds|collate|order|group|into)\b|"
+        r"\|\||&&|;|--|#|/\*)",
+    ),
     S(SQLI, 1, r"['\"]\s{0,20}[=<>]\s{0,20}['\"]"),
-    S(SQLI, 1, r"\b(?:or|and|xor|having|where|when)\s{1,20}\(?\s{0,20}(?:\d{1,20}|'[^'\n]{0,40}'|"
-               r"\"[^\"\n]{0,40}\")\s{0,20}(?:=|<|>|!=|<>|\blike\b|\bis\b|\bbetween\b|\brlike\b|"
-               r"\bin\s{0,5}\()"),
-    S(SQLI, 1, r"\b(?:or|and|xor|having|where)\s{1,20}\(?\s{0,20}[a-z_][\w.@-]{0,40}\s{0,20}"
-               r"(?:=|!=|<>|\blike\b|\brlike\b)\s{0,20}[\w'\"(@]"),
-    S(SQLI, 1, r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:sleep|benchmark|exists|"
-               r"ascii|substring|elt|updatexml|extractvalue)\s{0,5}\(|\b(?:or|and|xor)\s{1,20}"
-               r"(?:not\s{1,20})?(?:true|false|null|\d{1,20})\s{0,5}(?:--|#|/\*|;|\)|[=<>!]|"
-               r"\b(?:and|or|is|like|between)\b)"),
-    S(SQLI, 1, r"\b(?:order|group)\s{1,20}by\s{1,20}(?:\d|if\b|case\b|sleep\b|\(|\w{1,40}\s{0,5}"
-               r"(?:--|#|/\*|;|asc\b|desc\b))"),
+    S(
+        SQLI,
+        1,
+        r"\b(?:or|and|xor|having|where|when)\s{1,20}\(?\s{0,20}(?:\d{1,20}|'[^'\n]{0,40}'|"
+        r"\"[^\"\n]{0,40}\")\s{0,20}(?:=|<|>|!=|<>|\blike\b|\bis\b|\bbetween\b|\brlike\b|"
+        r"\bin\s{0,5}\()",
+    ),
+    S(
+        SQLI,
+        1,
+        r"\b(?:or|and|xor|having|where)\s{1,20}\(?\s{0,20}[a-z_][\w.@-]{0,40}\s{0,20}"
+        r"(?:=|!=|<>|\blike\b|\brlike\b)\s{0,20}[\w'\"(@]",
+    ),
+    S(
+        SQLI,
+        1,
+        r"\b(?:or|and|xor)\s{1,20}(?:not\s{1,20})?\(?\s{0,20}(?:sleep|benchmark|exists|"
+        r"ascii|substring|elt|updatexml|extractvalue)\s{0,5}\(|\b(?:or|and|xor)\s{1,20}"
+        r"(?:not\s{1,20})?(?:true|false|null|\d{1,20})\s{0,5}(?:--|#|/\*|;|\)|[=<>!]|"
+        r"\b(?:and|or|is|like|between)\b)",
+    ),
+    S(
+        SQLI,
+        1,
+        r"\b(?:order|group)\s{1,20}by\s{1,20}(?:\d|if\b|case\b|sleep\b|\(|\w{1,40}\s{0,5}"
+        r"(?:--|#|/\*|;|asc\b|desc\b))",
+    ),
     S(SQLI, 1, r"\bhaving\s{1,20}\d"),
-    S(SQLI, 1, r"@@(?:version|datadir|hostname|basedir|servername|identity|spid|tmpdir|"
-               r"innodb\w{0,30})\b"),
-    S(SQLI, 1, r"\b(?:information_schema|sysobjects|syscolumns|pg_catalog|pg_shadow|"
-               r"mysql\.user|sqlite_master|all_tables|user_tables|dba_users|all_users|"
-               r"msysobjects|sys\.(?:tables|objects|columns|databases))\b"),
-    S(SQLI, 1, r"\binto\s{1,20}(?:out|dump)file\b|\bload\s{1,20}data\s{1,20}(?:local\s{1,20})?"
-               r"infile\b"),
+    S(
+        SQLI,
+        1,
+        r"@@(?:version|datadir|hostname|basedir|servername|identity|spid|tmpdir|"
+        r"innodb\w{0,30})\b",
+    ),
+    S(
+        SQLI,
+        1,
+        r"\b(?:information_schema|sysobjects|syscolumns|pg_catalog|pg_shadow|"
+        r"mysql\.user|sqlite_master|all_tables|user_tables|dba_users|all_users|"
+        r"msysobjects|sys\.(?:tables|objects|columns|databases))\b",
+    ),
+    S(
+        SQLI,
+        1,
+        r"\binto\s{1,20}(?:out|dump)file\b|\bload\s{1,20}data\s{1,20}(?:local\s{1,20})?"
+        r"infile\b",
+    ),
     S(SQLI, 1, r"\bexec(?:ute)?\s{1,20}(?:master\.|xp_|sp_)"),
     S(SQLI, 1, r"/\*!\d{0,6}\s{0,5}\w"),
-    S(SQLI, 1, r"\bselect\s{1,20}(?:\*|@@|null\b|count\s{0,5}\(|concat|char\s{0,5}\(|version|"
-               r"user\s{0,5}\(|database\s{0,5}\(|current_|case\s|if\s{0,5}\(|sleep|"
-               r"benchmark|\d{1,20}\s{0,20}(?:,|from\b|$|--|#|;|\))|\(select|"
-               r"\w{1,64}\s{1,20}from\s{1,20}\w{1,64}\s{1,20}where\b)"),
+    S(
+        SQLI,
+        1,
+        r"\bselect\s{1,20}(?:\*|@@|null\b|count\s{0,5}\(|concat|char\s{0,5}\(|version|"
+        r"user\s{0,5}\(|database\s{0,5}\(|current_|case\s|if\s{0,5}\(|sleep|"
+        r"benchmark|\d{1,20}\s{0,20}(?:,|from\b|$|--|#|;|\))|\(select|"
+        r"\w{1,64}\s{1,20}from\s{1,20}\w{1,64}\s{1,20}where\b)",
+    ),
     S(SQLI, 1, r"(?:char|chr)\s{0,5}\(\s{0,5}\d{1,3}\s{0,5}\)\s{0,5}(?:\+|\|\||,)"),
     S(SQLI, 1, r"\bcase\s{1,20}when\b[^\n]{0,100}\bthen\b"),
-    S(SQLI, 1, r"\b(?:iif|if|elt|ifnull|nullif|decode)\s{0,5}\(\s{0,5}\d{1,20}\s{0,5}[=<>]\s{0,5}"
-               r"\d{1,20}\s{0,5},|\(\s{0,5}\d{1,20}\s{0,5}[=<>]\s{0,5}\d{1,20}\s{0,5}\)\s{0,5}"
-               r"(?:[*+/-]|\band\b|\bor\b)"),
-    S(SQLI, 1, r"^\s{0,10}(?:select\s{1,20}[\w@.()]{1,64}\s{0,5}(?:;|$)|create\s{1,20}table\s{1,20}"
-               r"\w{1,64}\s{0,5}\(|insert\s{1,20}into\s{1,20}\w{1,64}|drop\s{1,20}table\s{1,20}\w|"
-               r"delete\s{1,20}from\s{1,20}\w|update\s{1,20}\w{1,64}\s{1,20}set\s{1,20}\w)"),
+    S(
+        SQLI,
+        1,
+        r"\b(?:iif|if|elt|ifnull|nullif|decode)\s{0,5}\(\s{0,5}\d{1,20}\s{0,5}[=<>]\s{0,5}"
+        r"\d{1,20}\s{0,5},|\(\s{0,5}\d{1,20}\s{0,5}[=<>]\s{0,5}\d{1,20}\s{0,5}\)\s{0,5}"
+        r"(?:[*+/-]|\band\b|\bor\b)",
+    ),
+    S(
+        SQLI,
+        1,
+        r"^\s{0,10}(?:select\s{1,20}[\w@.()]{1,64}\s{0,5}(?:;|$)|create\s{1,20}table\s{1,20}"
+        r"\w{1,64}\s{0,5}\(|insert\s{1,20}into\s{1,20}\w{1,64}|drop\s{1,20}table\s{1,20}\w|"
+        r"delete\s{1,20}from\s{1,20}\w|update\s{1,20}\w{1,64}\s{1,20}set\s{1,20}\w)",
+    ),
     S(SQLI, 1, r"\bcopy\s{1,20}\w{1,64}\s{1,20}(?:to|from)\s{1,20}'"),
-    S(SQLI, 1, r"\b(?:select\s{1,20}(?:version|current_setting|current_user|user|pg_\w{1,30})"
-               r"\s{0,5}\(|select\s{1,20}\*\s{1,20}from)"),
+    S(
+        SQLI,
+        1,
+        r"\b(?:select\s{1,20}(?:version|current_setting|current_user|user|pg_\w{1,30})"
+        r"\s{0,5}\(|select\s{1,20}\*\s{1,20}from)",
+    ),
     S(SQLI, 2, r"\bselect\s[^\n]{1,100}\sfrom\s"),
-    S(SQLI, 2, r"\b(?:char|chr|concat|ascii|substring|substr|mid|hex|unhex|version|database|"
-               r"schema|convert|cast|ord|bin|elt|field|if|ifnull|coalesce)\s{0,5}\("),
+    S(
+        SQLI,
+        2,
+        r"\b(?:char|chr|concat|ascii|substring|substr|mid|hex|unhex|version|database|"
+        r"schema|convert|cast|ord|bin|elt|field|if|ifnull|coalesce)\s{0,5}\(",
+    ),
     S(SQLI, 2, r"['\"`]\s{0,5}(?:\+|\|\||&)\s{0,5}['\"(]"),
     S(SQLI, 3, r"['\"`]\s{0,20}$|^\s{0,20}['\"`]"),
     # --- Cross-site scripting (libinjection's HTML5 tokeniser adds to these)
-    S(XSS, 1, r"<\s{0,5}/?\s{0,5}(?:script|iframe|frame|frameset|object|embed|applet|svg|math|"
-              r"base|meta|link|style|xml|import|isindex|marquee|bgsound|layer|ilayer|plaintext|"
-              r"xmp|noscript|template|portal|xss|vmlframe|video|audio|keygen|details|dialog)\b"),
+    S(
+        XSS,
+        1,
+        r"<\s{0,5}/?\s{0,5}(?:script|iframe|frame|frameset|object|embed|applet|svg|math|"
+        r"base|meta|link|style|xml|import|isindex|marquee|bgsound|layer|ilayer|plaintext|"
+        r"xmp|noscript|template|portal|xss|vmlframe|video|audio|keygen|details|dialog)\b",
+    ),
     S(XSS, 1, r"<[a-z!/?][^>]{0,200}[\s/\"'`]on[a-z]{3,30}\s{0,10}="),
     S(XSS, 1, r"[\"'`;][\s/]{0,10}on[a-z]{3,30}\s{0,10}="),
-    S(XSS, 1, r"[\s/]on(?:error|load|focus|focusin|blur|click|dblclick|mouse[a-z]{2,8}|"
-              r"key[a-z]{2,5}|submit|change|input|toggle|begin|end|start|finish|"
-              r"animation[a-z]{3,9}|transition[a-z]{3,9}|pageshow|hashchange|message|scroll|"
-              r"wheel|drag[a-z]{0,5}|drop|copy|cut|paste|pointer[a-z]{2,8}|touch[a-z]{2,8}|"
-              r"resize|unload|beforeunload|readystatechange|show|select|search|invalid|play|"
-              r"pause|ended|loadstart|loadeddata|canplay|auxclick|contextmenu|popstate|"
-              r"afterprint|beforeprint|formdata)\s{0,10}=\s{0,10}[^\s]"),
-    S(XSS, 1, r"(?:java|vb|live)\s{0,5}script\s{0,5}:|\bmocha\s{0,5}:|"
-              r"j\s{0,3}a\s{0,3}v\s{0,3}a\s{0,3}s\s{0,3}c\s{0,3}r\s{0,3}i\s{0,3}p\s{0,3}t\s{0,3}:"),
-    S(XSS, 1, r"\bdata\s{0,5}:\s{0,5}(?:text/html|image/svg|application/(?:x-)?javascript|"
-              r"text/javascript)"),
+    S(
+        XSS,
+        1,
+        r"[\s/]on(?:error|load|focus|focusin|blur|click|dblclick|mouse[a-z]{2,8}|"
+        r"key[a-z]{2,5}|submit|change|input|toggle|begin|end|start|finish|"
+        r"animation[a-z]{3,9}|transition[a-z]{3,9}|pageshow|hashchange|message|scroll|"
+        r"wheel|drag[a-z]{0,5}|drop|copy|cut|paste|pointer[a-z]{2,8}|touch[a-z]{2,8}|"
+        r"resize|unload|beforeunload|readystatechange|show|select|search|invalid|play|"
+        r"pause|ended|loadstart|loadeddata|canplay|auxclick|contextmenu|popstate|"
+        r"afterprint|beforeprint|formdata)\s{0,10}=\s{0,10}[^\s]",
+    ),
+    S(
+        XSS,
+        1,
+        r"(?:java|vb|live)\s{0,5}script\s{0,5}:|\bmocha\s{0,5}:|"
+        r"j\s{0,3}a\s{0,3}v\s{0,3}a\s{0,3}s\s{0,3}c\s{0,3}r\s{0,3}i\s{0,3}p\s{0,3}t\s{0,3}:",
+    ),
+    S(
+        XSS,
+        1,
+        r"\bdata\s{0,5}:\s{0,5}(?:text/html|image/svg|application/(?:x-)?javascript|"
+        r"text/javascript)",
+    ),
     S(XSS, 1, r"(?:alert|prompt|confirm|fromcharcode)\s{0,5}(?:\(|`)|\((?:alert|prompt|confirm)\)"),
     S(XSS, 2, r"\b(?:eval|settimeout|setinterval|atob|import)\s{0,5}(?:\(|`)"),
-    S(XSS, 1, r"document\s{0,5}\.\s{0,5}(?:cookie|domain|write|location|body|"
-              r"getelementby\w{2,10}|createelement)|\bwindow\s{0,5}\.\s{0,5}(?:location|open|"
-              r"name)|\.innerhtml\s{0,5}=|\bexpression\s{0,5}\(|-moz-binding|"
-              r"\bbehavior\s{0,5}:\s{0,5}url\s{0,5}\(|"
-              r"\bsrcdoc\s{0,5}=|\bformaction\s{0,5}=|\bxlink:href|@import\b|\+ad[w4]-"),
-    S(XSS, 2, r"<[a-z][a-z0-9]{0,15}[\s/][^>]{0,200}(?:src|href|style|background|lowsrc|"
-              r"dynsrc|action|data)\s{0,5}="),
+    S(
+        XSS,
+        1,
+        r"document\s{0,5}\.\s{0,5}(?:cookie|domain|write|location|body|"
+        r"getelementby\w{2,10}|createelement)|\bwindow\s{0,5}\.\s{0,5}(?:location|open|"
+        r"name)|\.innerhtml\s{0,5}=|\bexpression\s{0,5}\(|-moz-binding|"
+        r"\bbehavior\s{0,5}:\s{0,5}url\s{0,5}\(|"
+        r"\bsrcdoc\s{0,5}=|\bformaction\s{0,5}=|\bxlink:href|@import\b|\+ad[w4]-",
+    ),
+    S(
+        XSS,
+        2,
+        r"<[a-z][a-z0-9]{0,15}[\s/][^>]{0,200}(?:src|href|style|background|lowsrc|"
+        r"dynsrc|action|data)\s{0,5}=",
+    ),
     S(XSS, 3, r"<[a-z/!?]"),
     # --- Path traversal, local file inclusion, sensitive files
     S(TRAVERSAL, 1, r"(?:\.|0x2e){2}(?:[/\\]|0x2f|0x5c)"),
     S(TRAVERSAL, 1, r"(?:^|[/\\]|0x2f|0x5c)(?:\.|0x2e){2}(?:$|[^\w\s.,!?)'\"])|0x2e0x2e"),
-    S(TRAVERSAL, 1, r"/etc/(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|"
-                    r"master\.passwd|security|ssh|apache2?|httpd|nginx|mysql|fstab|profile|"
-                    r"environment|resolv\.conf|hostname|inittab|network|php)"),
-    S(TRAVERSAL, 1, r"/proc/(?:self|\d{1,10}|thread-self)/(?:environ|cmdline|fd|maps|mem|"
-                    r"status|cwd|root|exe|mounts|net)|/proc/(?:version|cpuinfo|meminfo)\b"),
-    S(TRAVERSAL, 1, r"(?:boot|win|system)\.ini\b|global\.asa\b|\bweb-inf|"
-                    r"\bwin(?:dows|nt)[/\\]system32\b|\bweb\.config\b|\.ht(?:access|passwd)\b|"
-                    r"[/\\]\.ssh[/\\]|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.bash_history\b|"
-                    r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
-                    r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
-                    r"inetpub|boot)"),
+    S(
+        TRAVERSAL,
+        1,
+        r"/etc/(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|"
+        r"master\.passwd|security|ssh|apache2?|httpd|nginx|mysql|fstab|profile|"
+        r"environment|resolv\.conf|hostname|inittab|network|php)",
+    ),
+    S(
+        TRAVERSAL,
+        1,
+        r"/proc/(?:self|\d{1,10}|thread-self)/(?:environ|cmdline|fd|maps|mem|"
+        r"status|cwd|root|exe|mounts|net)|/proc/(?:version|cpuinfo|meminfo)\b",
+    ),
+    S(
+        TRAVERSAL,
+        1,
+        r"(?:boot|win|system)\.ini\b|global\.asa\b|\bweb-inf|"
+        r"\bwin(?:dows|nt)[/\\]system32\b|\bweb\.config\b|\.ht(?:access|passwd)\b|"
+        r"[/\\]\.ssh[/\\]|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.bash_history\b|"
+        r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
+        r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
+        r"inetpub|boot)",
+    ),
     # Credentials and keys of cloud, cluster and developer tools, in a home or config directory:
     # a request has no reason to name them
-    S(TRAVERSAL, 1, r"(?:^|[/\\~])\.(?:aws[/\\](?:credentials|config)|kube[/\\]config|"
-                    r"docker[/\\]config\.json|config[/\\]gcloud[/\\]|azure[/\\](?:accesstokens|"
-                    r"azureprofile)|git-credentials)\b|"
-                    r"/etc/(?:ssl/private|pki/tls/private|kubernetes/(?:pki|admin\.conf|"
-                    r"kubelet\.conf|controller-manager\.conf|scheduler\.conf))\b|"
-                    r"\btomcat-users\.xml\b"),
+    S(
+        TRAVERSAL,
+        1,
+        r"(?:^|[/\\~])\.(?:aws[/\\](?:credentials|config)|kube[/\\]config|"
+        r"docker[/\\]config\.json|config[/\\]gcloud[/\\]|azure[/\\](?:accesstokens|"
+        r"azureprofile)|git-credentials)\b|"
+        r"/etc/(?:ssl/private|pki/tls/private|kubernetes/(?:pki|admin\.conf|"
+        r"kubelet\.conf|controller-manager\.conf|scheduler\.conf))\b|"
+        r"\btomcat-users\.xml\b",
+    ),
     # Server configuration files by path, and the password files of developer tools: their
     # documentation names them often (~/.netrc), so only from level 2
-    S(TRAVERSAL, 2, r"[/\\](?:httpd|apache2|nginx|lighttpd|php-fpm|my|php)\.(?:conf|cnf|ini)\b|"
-                    r"(?:^|[/\\~])\.(?:netrc|pgpass|my\.cnf|npmrc|pypirc)\b"),
+    S(
+        TRAVERSAL,
+        2,
+        r"[/\\](?:httpd|apache2|nginx|lighttpd|php-fpm|my|php)\.(?:conf|cnf|ini)\b|"
+        r"(?:^|[/\\~])\.(?:netrc|pgpass|my\.cnf|npmrc|pypirc)\b",
+    ),
     # file URIs: file:///etc/x, file:/etc/x (RFC 8089 short form), file:c:/x, file:/c:x
     S(TRAVERSAL, 1, r"\bfile\s{0,5}:\s{0,5}/{2,3}|\bfile:(?:/[^/\s]|[a-z]:[/\\])"),
     # Backslash-escaped parent step (\.\.\/ or .\./): what a backend that unescapes sees as ../
@@ -300,72 +503,144 @@ SIGNATURES: tuple[Signature, ...] = (
     S(TRAVERSAL, 2, r"\.{3,}[/\\]|(?:^|[/\\])\.\.$"),
     # --- Remote file inclusion
     S(RFI, 1, r"\b(?:https?|ftps?|file)://[^\s?#]{1,200}\?{1,2}\s{0,5}$"),
-    S(RFI, 1, r"\b(?:include|require)(?:_once)?\s{0,5}\(?\s{0,5}['\"]?\s{0,5}(?:https?|ftps?|"
-              r"php|data|expect|zip|phar)://"),
+    S(
+        RFI,
+        1,
+        r"\b(?:include|require)(?:_once)?\s{0,5}\(?\s{0,5}['\"]?\s{0,5}(?:https?|ftps?|"
+        r"php|data|expect|zip|phar)://",
+    ),
     S(RFI, 1, r"^\s{0,5}(?:https?|ftps?)://[^/\s]{0,100}@"),
     S(RFI, 2, r"^\s{0,5}(?:https?|ftps?)://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"),
     # --- Command injection
     S(CMDI, 1, r"(?:[;|`]|\$\()[\s+]{0,10}(?:\{\s{0,5})?" + _SEP_COMMAND),
     S(CMDI, 1, r"[\r\n][\s+]{0,10}(?:\{\s{0,5})?" + _SEP_COMMAND, in_lines_prefilter=False),
-    S(CMDI, 1, r"&[\s+]{0,10}(?:" + _STRONG_NAMES + "|netsh|cmd|powershell)" + _CMD_END + r"|&[\s+]"
-               r"{0,10}" + _word_command(("cat", "ping", "id", "sleep", "dir", "net", "type", "ver",
-                                          "del", "echo"))),
-    S(CMDI, 1, r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}(?:" + _BIN + "?" + _NAMES + r"\b|" + _BIN
-               + _WORDS + r"\b|" + _WORD_COMMAND + ")"),
+    S(
+        CMDI,
+        1,
+        r"&[\s+]{0,10}(?:" + _STRONG_NAMES + "|netsh|cmd|powershell)" + _CMD_END + r"|&[\s+]"
+        r"{0,10}"
+        + _word_command(("cat", "ping", "id", "sleep", "dir", "net", "type", "ver", "del", "echo")),
+    ),
+    S(
+        CMDI,
+        1,
+        r"^\s{0,10}[;&|)\]]{1,3}[\s+]{0,10}(?:"
+        + _BIN
+        + "?"
+        + _NAMES
+        + r"\b|"
+        + _BIN
+        + _WORDS
+        + r"\b|"
+        + _WORD_COMMAND
+        + ")",
+    ),
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _COMMANDS + r"\s{0,5}(?:[;|`]|\$\()"),
-    S(CMDI, 1, r"^[\s'\"@^]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
-               r"/\s|/$|\\\\|[a-z]:[/\\]|\d{1,3}\.\d{1,3}\.|\w{1,40}\s{1,5}/[a-z])"),
+    S(
+        CMDI,
+        1,
+        r"^[\s'\"@^]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{1,5}(?:-{1,2}[a-z]|/[a-z]|"
+        r"/\s|/$|\\\\|[a-z]:[/\\]|\d{1,3}\.\d{1,3}\.|\w{1,40}\s{1,5}/[a-z])",
+    ),
     S(CMDI, 1, r"^[\s'\"]{0,10}" + _BARE_COMMANDS + r"(?:\.exe)?[\s'\"]{0,5}$"),
     S(CMDI, 1, r"(?:^|[;&|(`\n]|\$\()\s{0,10}(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
     S(CMDI, 2, r"(?:^|[\s;&|'\"(`])(?:/usr|/usr/local)?/s?bin/[a-z][\w.-]{0,20}\b"),
     S(CMDI, 1, r"\(\s{0,5}['\"`]\s{0,5}" + _COMMANDS + r"(?:\s|['\"`)])"),
-    S(CMDI, 1, r"\bdir[\s+]{1,5}[a-z]:(?:[/\\]|$|[\s+\"'|&;])|\b(?:net|netsh)\s{1,5}(?:user|"
-               r"localgroup|view|share|use|firewall|advfirewall|interface|wlan)\b|"
-               r"\becho\s[^\n]{0,200}>{1,2}\s{0,5}[\w./\\~-]{1,100}\s{0,5}$"),
+    S(
+        CMDI,
+        1,
+        r"\bdir[\s+]{1,5}[a-z]:(?:[/\\]|$|[\s+\"'|&;])|\b(?:net|netsh)\s{1,5}(?:user|"
+        r"localgroup|view|share|use|firewall|advfirewall|interface|wlan)\b|"
+        r"\becho\s[^\n]{0,200}>{1,2}\s{0,5}[\w./\\~-]{1,100}\s{0,5}$",
+    ),
     S(CMDI, 1, r"(?:\$\(|`)\s{0,10}(?:" + _COMMANDS + r"|/)(?:[\s)`;|&]|$)"),
     S(CMDI, 2, r"\$\(\s{0,10}[a-z/][^)]{0,200}\)|`\s{0,10}[a-z/][^`]{0,200}`"),
     S(CMDI, 1, r"\$\{?ifs\}?|\{[a-z/]{1,30},[^}\s]{1,100}\}"),
     S(CMDI, 1, r"<!--\s{0,5}#\s{0,5}(?:exec|include|echo|config|fsize|flastmod|printenv)\b"),
     S(CMDI, 1, r"%(?:systemroot|comspec|windir|userprofile|programfiles|temp|appdata)%"),
-    S(CMDI, 1, r"^[\s'\"]{0,10}(?:type|dir|del|copy|move|attrib|icacls|cacls|more)(?:\.exe)?"
-               r"\s{1,5}[a-z]:[\\/]|^[\s'\"]{0,10}reg(?:\.exe)?\s{1,5}(?:add|delete|query|save|"
-               r"export|import)\s{1,5}[\"']?hk"),
+    S(
+        CMDI,
+        1,
+        r"^[\s'\"]{0,10}(?:type|dir|del|copy|move|attrib|icacls|cacls|more)(?:\.exe)?"
+        r"\s{1,5}[a-z]:[\\/]|^[\s'\"]{0,10}reg(?:\.exe)?\s{1,5}(?:add|delete|query|save|"
+        r"export|import)\s{1,5}[\"']?hk",
+    ),
     S(CMDI, 1, r"\bcmd(?:\.exe)?\s{1,10}/[ck]\b|\bpowershell(?:\.exe)?\s{1,10}-\w"),
-    S(CMDI, 1, r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|spawn|"
-               r"execsync|spawnsync|os\.system|subprocess\.\w{1,20}|runtime\.getruntime\(\)\."
-               r"exec)\s{0,5}\(\s{0,5}(?:['\"`\[]|\$[a-z_])"),
+    S(
+        CMDI,
+        1,
+        r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|spawn|"
+        r"execsync|spawnsync|os\.system|subprocess\.\w{1,20}|runtime\.getruntime\(\)\."
+        r"exec)\s{0,5}\(\s{0,5}(?:['\"`\[]|\$[a-z_])",
+    ),
     # The same functions called on a bare command name (PHP reads an undefined constant as its
     # name: system(id)), and the command-running APIs whose argument can be any expression
     # (a variable, a concatenation): Java's Runtime.exec and ProcessBuilder, Node's
     # child_process, PHP's shell-only functions, PHP's backtick operator on request input.
-    S(CMDI, 1, r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|execsync|"
-               r"spawn|spawnsync)\s{0,5}\(\s{0,5}" + _COMMANDS + r"\s{0,5}[,)]"),
-    S(CMDI, 1, r"\bgetruntime\s{0,5}\(\s{0,5}\)\s{0,5}\.\s{0,5}exec\s{0,5}\(|"
-               r"\bnew\s{1,5}(?:java\.lang\.)?processbuilder\s{0,5}\(|"
-               r"\bchild_process['\"`]?\s{0,5}\)?\s{0,5}\.\s{0,5}(?:exec|execsync|execfile|"
-               r"execfilesync|spawn|spawnsync|fork)\s{0,5}\(|"
-               r"\b(?:shell_exec|passthru|proc_open|pcntl_exec)\s{0,5}\(\s{0,5}[\w$]|"
-               r"`\s{0,5}\$_(?:get|post|request|cookie|server)\b"),
+    S(
+        CMDI,
+        1,
+        r"\b(?:system|shell_exec|passthru|popen|proc_open|pcntl_exec|exec|execsync|"
+        r"spawn|spawnsync)\s{0,5}\(\s{0,5}" + _COMMANDS + r"\s{0,5}[,)]",
+    ),
+    S(
+        CMDI,
+        1,
+        r"\bgetruntime\s{0,5}\(\s{0,5}\)\s{0,5}\.\s{0,5}exec\s{0,5}\(|"
+        r"\bnew\s{1,5}(?:java\.lang\.)?processbuilder\s{0,5}\(|"
+        r"\bchild_process['\"`]?\s{0,5}\)?\s{0,5}\.\s{0,5}(?:exec|execsync|execfile|"
+        r"execfilesync|spawn|spawnsync|fork)\s{0,5}\(|"
+        r"\b(?:shell_exec|passthru|proc_open|pcntl_exec)\s{0,5}\(\s{0,5}[\w$]|"
+        r"`\s{0,5}\$_(?:get|post|request|cookie|server)\b",
+    ),
     # Ruby's %x() command literal, .NET's Process.Start, and PowerShell cmdlets that read, run
     # or fetch: after a separator, or starting the value with an argument (a path, a switch)
-    S(CMDI, 1, r"%x[({\[]\s{0,5}" + _COMMANDS + _CMD_END + r"|\bprocess\s{0,5}\.\s{0,5}start"
-               r"\s{0,5}\(\s{0,5}[\"'@$]"),
-    S(CMDI, 1, r"(?:(?:[;&|`]|\$\()\s{0,10}" + _CMDLETS + r"(?:$|[\s;|)])|^[\s'\"]{0,10}" + _CMDLETS
-               + r"\s{1,5}(?:-[a-z]|[a-z]:[/\\]|[/\\$'\"]|https?:))"),
+    S(
+        CMDI,
+        1,
+        r"%x[({\[]\s{0,5}" + _COMMANDS + _CMD_END + r"|\bprocess\s{0,5}\.\s{0,5}start"
+        r"\s{0,5}\(\s{0,5}[\"'@$]",
+    ),
+    S(
+        CMDI,
+        1,
+        r"(?:(?:[;&|`]|\$\()\s{0,10}"
+        + _CMDLETS
+        + r"(?:$|[\s;|)])|^[\s'\"]{0,10}"
+        + _CMDLETS
+        + r"\s{1,5}(?:-[a-z]|[a-z]:[/\\]|[/\\$'\"]|https?:))",
+    ),
     # A command reading its input from a file (cat</etc/passwd: no space needed), and bash's
     # ANSI-C quoting, which spells a command with escapes ($'cat\x20/etc/passwd')
-    S(CMDI, 1, r"^[\s'\"@]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{0,5}<\s{0,5}(?:/|~|\$|"
-               r"\.{1,2}/)|\$'\s{0,5}" + _COMMANDS + _CMD_END),
-    S(CMDI, 1, r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\s{1,5}-[a-z]{0,5}e\s|\bmkfifo\s|"
-               r"\b(?:bash|sh)\s{1,5}-i\b|\b(?:curl|wget)\s[^\n]{0,200}\|\s{0,5}(?:ba)?sh\b"),
-    S(CMDI, 1, r"^\s{0,10}(?:ping|nslookup|dig|sleep|curl|wget)\s{1,5}(?:-[a-z]{1,3}\s{1,5}"
-               r"\d{1,10}\s{1,5})?(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\d{1,5}\s{0,5}$|"
-               r"https?://)"),
+    S(
+        CMDI,
+        1,
+        r"^[\s'\"@]{0,10}" + _STRONG_COMMANDS + r"(?:\.exe)?\s{0,5}<\s{0,5}(?:/|~|\$|"
+        r"\.{1,2}/)|\$'\s{0,5}" + _COMMANDS + _CMD_END,
+    ),
+    S(
+        CMDI,
+        1,
+        r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\s{1,5}-[a-z]{0,5}e\s|\bmkfifo\s|"
+        r"\b(?:bash|sh)\s{1,5}-i\b|\b(?:curl|wget)\s[^\n]{0,200}\|\s{0,5}(?:ba)?sh\b",
+    ),
+    S(
+        CMDI,
+        1,
+        r"^\s{0,10}(?:ping|nslookup|dig|sleep|curl|wget)\s{1,5}(?:-[a-z]{1,3}\s{1,5}"
+        r"\d{1,10}\s{1,5})?(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\d{1,5}\s{0,5}$|"
+        r"https?://)",
+    ),
     S(CMDI, 2, r"^\s{0,10}" + _COMMANDS + r"\s{1,10}(?:-{1,2}[a-z]|/|\$|%|\\\\)"),
     S(CMDI, 2, r"^\s{0,10}(?:which|whereis|type|command)\s{1,5}[a-z][\w.-]{0,30}\s{0,5}$"),
     # A whole value that looks up an attacker's tool (recon before a download or reverse shell)
-    S(CMDI, 1, r"^[\s'\"]{0,10}(?:which|whereis|command\s{1,5}-v|type\s{1,5}-[ap])\s{1,5}"
-               + _TOOLS + r"(?:\.exe)?[\s'\"]{0,5}$"),
+    S(
+        CMDI,
+        1,
+        r"^[\s'\"]{0,10}(?:which|whereis|command\s{1,5}-v|type\s{1,5}-[ap])\s{1,5}"
+        + _TOOLS
+        + r"(?:\.exe)?[\s'\"]{0,5}$",
+    ),
     # A whole value that is only a command substitution of a shell builtin: the blind probe
     # $(false) / `true` (inside prose, a Markdown code span looks the same, so not anywhere).
     # The backtick spelling only from level 2: a whole Markdown value `true` is a code span
@@ -378,79 +653,151 @@ SIGNATURES: tuple[Signature, ...] = (
     # Substring expansion of a variable, to conjure a '/' or a letter: ${PATH:0:1}, ${HOME:0:1}
     S(CMDI, 1, r"\$\{[a-z_]{1,30}:\d{1,3}:\d{1,3}\}"),
     # --- Server-side template injection
-    S(SSTI, 1, r"\{\{[^}]{0,200}(?:__[a-z]{2,20}__|\.mro\b|subclasses|\bconfig\b|\bself\b|"
-               r"\brequest\b|cycler|joiner|namespace|lipsum|url_for|get_flashed_messages|popen|"
-               r"\bimport\b|\bos\b|getclass|forname|\bdump\s{0,5}\(|\bapp\b|\.class\b|"
-               r"\|\s{0,5}(?:attr|filter|join|map|e)\b|\.__)"),
-    S(SSTI, 1, r"\{\{\s{0,20}['\"]?[\w.]{0,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?[\w.]{1,30}"
-               r"['\"]?\s{0,20}\}\}"),
+    S(
+        SSTI,
+        1,
+        r"\{\{[^}]{0,200}(?:__[a-z]{2,20}__|\.mro\b|subclasses|\bconfig\b|\bself\b|"
+        r"\brequest\b|cycler|joiner|namespace|lipsum|url_for|get_flashed_messages|popen|"
+        r"\bimport\b|\bos\b|getclass|forname|\bdump\s{0,5}\(|\bapp\b|\.class\b|"
+        r"\|\s{0,5}(?:attr|filter|join|map|e)\b|\.__)",
+    ),
+    S(
+        SSTI,
+        1,
+        r"\{\{\s{0,20}['\"]?[\w.]{0,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?[\w.]{1,30}"
+        r"['\"]?\s{0,20}\}\}",
+    ),
     S(SSTI, 1, r"\{%[^%]{0,200}%\}|\{\{[^}]{0,200}\.[a-z_]\w{0,30}\s{0,5}\("),
-    S(SSTI, 1, r"\$\{\s{0,20}['\"]?\w{1,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?\w{1,30}['\"]?"
-               r"\s{0,20}\}|\$\{\{|\[\[\s{0,5}\d{1,10}\s{0,5}[*+]\s{0,5}\d{1,10}\s{0,5}\]\]"),
-    S(SSTI, 1, r"#\{\s{0,20}[^}]{0,200}[*+(.][^}]{0,200}\}|<%=?[^%]{0,200}%>|@\(\s{0,5}\d{1,10}"
-               r"\s{0,5}[*+-]\s{0,5}\d{1,10}\s{0,5}\)|(?:^|[^*])\*\{[^}]{0,200}\}"),
-    S(SSTI, 1, r"\$\{[^}]{0,200}(?:\bt\s{0,5}\(|\.getclass|\.forname|runtime|processbuilder|"
-               r"\bself\.|__\w{2,20}__|\.module\.|\.system\s{0,5}\(|freemarker|\?new\s{0,5}\(|"
-               r"\bos\.|class\.|getruntime|exec\s{0,5}\()"),
-    S(SSTI, 1, r"freemarker\.template\.utility\.(?:execute|objectconstructor|jythonruntime)|"
-               r"<#assign\b|\[#assign\b|#set\s{0,5}\(\s{0,5}\$|#foreach\s{0,5}\(|"
-               r"\{php\}|\{/php\}|\{\$smarty\.|\{if\s[^}]{0,200}\}|\{\{=|\$\{\{|"
-               r"javax\.script\.scriptenginemanager|__\$\{"),
+    S(
+        SSTI,
+        1,
+        r"\$\{\s{0,20}['\"]?\w{1,30}['\"]?\s{0,20}[*+/%-]\s{0,20}['\"]?\w{1,30}['\"]?"
+        r"\s{0,20}\}|\$\{\{|\[\[\s{0,5}\d{1,10}\s{0,5}[*+]\s{0,5}\d{1,10}\s{0,5}\]\]",
+    ),
+    S(
+        SSTI,
+        1,
+        r"#\{\s{0,20}[^}]{0,200}[*+(.][^}]{0,200}\}|<%=?[^%]{0,200}%>|@\(\s{0,5}\d{1,10}"
+        r"\s{0,5}[*+-]\s{0,5}\d{1,10}\s{0,5}\)|(?:^|[^*])\*\{[^}]{0,200}\}",
+    ),
+    S(
+        SSTI,
+        1,
+        r"\$\{[^}]{0,200}(?:\bt\s{0,5}\(|\.getclass|\.forname|runtime|processbuilder|"
+        r"\bself\.|__\w{2,20}__|\.module\.|\.system\s{0,5}\(|freemarker|\?new\s{0,5}\(|"
+        r"\bos\.|class\.|getruntime|exec\s{0,5}\()",
+    ),
+    S(
+        SSTI,
+        1,
+        r"freemarker\.template\.utility\.(?:execute|objectconstructor|jythonruntime)|"
+        r"<#assign\b|\[#assign\b|#set\s{0,5}\(\s{0,5}\$|#foreach\s{0,5}\(|"
+        r"\{php\}|\{/php\}|\{\$smarty\.|\{if\s[^}]{0,200}\}|\{\{=|\$\{\{|"
+        r"javax\.script\.scriptenginemanager|__\$\{",
+    ),
     # OGNL / Spring EL (Struts2 CVE-2017-5638 style, often in Content-Type): expression language
-    S(SSTI, 1, r"[%$]\{\s{0,5}\(\s{0,5}#|#_memberaccess|"
-               r"@java\.lang\.(?:runtime|system|processbuilder)@|#context\s{0,5}\[|ognlcontext|@ognl\.|#(?:request|response|session|application)"
-               r"\s{0,5}\[?\s{0,5}['\"]?(?:org|com)\."),
+    S(
+        SSTI,
+        1,
+        r"[%$]\{\s{0,5}\(\s{0,5}#|#_memberaccess|"
+        r"@java\.lang\.(?:runtime|system|processbuilder)@|#context\s{0,5}\[|ognlcontext|@ognl\.|#(?:request|response|session|application)"
+        r"\s{0,5}\[?\s{0,5}['\"]?(?:org|com)\.",
+    ),
     S(SSTI, 2, r"\{\{[^}]{1,200}\}\}|\$\{[^}]{1,200}\}"),
     # --- JNDI / Log4Shell (obfuscated lookups are resolved by normalise.alternate)
-    S(JNDI, 1, r"\$\{\s{0,20}jndi\s{0,20}:|\bjndi\s{0,20}:\s{0,20}(?:ldaps?|rmi|dns|iiop|"
-               r"corba|nds|nis|http|https)\s{0,5}:"),
-    S(JNDI, 1, r"\$\{[^}]{0,40}\$\{\s{0,20}(?:lower|upper|::-|env|sys|date|[a-z]{1,10}:[^}]{0,40}"
-               r":-)[^}]{0,40}\}"),
-    S(JNDI, 2, r"\$\{\s{0,20}(?:env|sys|java|main|ctx|map|sd|k8s|docker|spring|log4j|web|"
-               r"jvmrunargs|bundle|marker|base64|date|lower|upper|::-)\s{0,20}:"),
+    S(
+        JNDI,
+        1,
+        r"\$\{\s{0,20}jndi\s{0,20}:|\bjndi\s{0,20}:\s{0,20}(?:ldaps?|rmi|dns|iiop|"
+        r"corba|nds|nis|http|https)\s{0,5}:",
+    ),
+    S(
+        JNDI,
+        1,
+        r"\$\{[^}]{0,40}\$\{\s{0,20}(?:lower|upper|::-|env|sys|date|[a-z]{1,10}:[^}]{0,40}"
+        r":-)[^}]{0,40}\}",
+    ),
+    S(
+        JNDI,
+        2,
+        r"\$\{\s{0,20}(?:env|sys|java|main|ctx|map|sd|k8s|docker|spring|log4j|web|"
+        r"jvmrunargs|bundle|marker|base64|date|lower|upper|::-)\s{0,20}:",
+    ),
     # --- PHP code injection (functions that take arguments only with one: prose names them
     # bare, "eval()", "putenv()")
     S(PHP, 1, r"<\?(?:php\b|=)|\?>\s{0,5}$"),
     S(PHP, 1, r"\b(?:php|phar|zip|expect|glob|zlib|compress\.zlib|data)://"),
-    S(PHP, 1, r"\b(?:eval|assert|create_function|call_user_func(?:_array)?|preg_replace|"
-              r"base64_decode|gzinflate|str_rot13|file_get_contents|file_put_contents|fopen|"
-              r"readfile|include|require|include_once|require_once|highlight_file|show_source|"
-              r"unserialize|ini_set|putenv)\s{0,5}\(\s{0,5}[\"'$\[a-z(]|"
-              r"\b(?:phpinfo|phpversion)\s{0,5}\(\s{0,5}[\"'$\[a-z()]"),
+    S(
+        PHP,
+        1,
+        r"\b(?:eval|assert|create_function|call_user_func(?:_array)?|preg_replace|"
+        r"base64_decode|gzinflate|str_rot13|file_get_contents|file_put_contents|fopen|"
+        r"readfile|include|require|include_once|require_once|highlight_file|show_source|"
+        r"unserialize|ini_set|putenv)\s{0,5}\(\s{0,5}[\"'$\[a-z(]|"
+        r"\b(?:phpinfo|phpversion)\s{0,5}\(\s{0,5}[\"'$\[a-z()]",
+    ),
     S(PHP, 1, r"\{\$\{|\$\{@|;\s{0,5}phpinfo\s{0,5}\(|^\s{0,5}phpinfo\s{0,5}\(\s{0,5}\)"),
-    S(PHP, 1, r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
-              r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d"),
+    S(
+        PHP,
+        1,
+        r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
+        r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d",
+    ),
     # --- NoSQL injection (operator keys in JSON bodies are checked by the detector too)
     S(NOSQL, 1, r"\[\s{0,5}\$" + _NOSQL_OPS + r"\s{0,5}\]"),
     S(NOSQL, 1, r"[{,]\s{0,20}['\"]?\$" + _NOSQL_OPS + r"['\"]?\s{0,20}:"),
-    S(NOSQL, 1, r"\bthis\s{0,5}\.\s{0,5}\w{1,64}\s{0,5}\.\s{0,5}(?:match|length|charat|"
-                r"indexof|startswith|substring)\s{0,5}\(|\bdb\s{0,5}\.\s{0,5}\w{1,64}\s{0,5}\."
-                r"\s{0,5}(?:find|insert|update|remove|drop|mapreduce|aggregate)\w{0,10}\s{0,5}\(|"
-                r"\bdb\.getcollection\s{0,5}\("),
-    S(NOSQL, 1, r"['\"]\s{0,20};\s{0,20}(?:sleep\s{0,5}\(\s{0,5}\d|return\b|while\s{0,5}\(|"
-                r"it\s{0,5}=\s{0,5}new\s{1,5}date|var\s|db\.)|;\s{0,5}return\s{1,5}(?:true|"
-                r"1|\(true\))\b|\breturn\s{0,5}\(true\)|\|\|\s{0,5}1\s{0,5}==\s{0,5}1|"
-                r"['\"]\s{0,5}&&\s{0,5}this\b|\bemit\s{0,5}\(\s{0,5}1"),
+    S(
+        NOSQL,
+        1,
+        r"\bthis\s{0,5}\.\s{0,5}\w{1,64}\s{0,5}\.\s{0,5}(?:match|length|charat|"
+        r"indexof|startswith|substring)\s{0,5}\(|\bdb\s{0,5}\.\s{0,5}\w{1,64}\s{0,5}\."
+        r"\s{0,5}(?:find|insert|update|remove|drop|mapreduce|aggregate)\w{0,10}\s{0,5}\(|"
+        r"\bdb\.getcollection\s{0,5}\(",
+    ),
+    S(
+        NOSQL,
+        1,
+        r"['\"]\s{0,20};\s{0,20}(?:sleep\s{0,5}\(\s{0,5}\d|return\b|while\s{0,5}\(|"
+        r"it\s{0,5}=\s{0,5}new\s{1,5}date|var\s|db\.)|;\s{0,5}return\s{1,5}(?:true|"
+        r"1|\(true\))\b|\breturn\s{0,5}\(true\)|\|\|\s{0,5}1\s{0,5}==\s{0,5}1|"
+        r"['\"]\s{0,5}&&\s{0,5}this\b|\bemit\s{0,5}\(\s{0,5}1",
+    ),
     S(NOSQL, 1, r"\$where\s{0,5}['\"]?\s{0,5}:|\$(?:ne|gt|regex|exists)\s{0,5}['\"]?\s{0,5}:"),
     # --- SSRF to cloud metadata (numeric spellings of the addresses: see detector.py)
-    S(SSRF, 1, r"\b" + _METADATA_HOSTS + r"\b|/latest/(?:meta-data|user-data|api/token)|"
-               r"/computemetadata/v1|/metadata/(?:instance|identity)\b|/openstack/latest/|"
-               r"\bfd00:ec2::254\b"),
+    S(
+        SSRF,
+        1,
+        r"\b" + _METADATA_HOSTS + r"\b|/latest/(?:meta-data|user-data|api/token)|"
+        r"/computemetadata/v1|/metadata/(?:instance|identity)\b|/openstack/latest/|"
+        r"\bfd00:ec2::254\b",
+    ),
     # --- Java deserialization
-    S(JAVA, 1, r"\bro0ab|\baced0005|\\xac\\xed\\x00\\x05|\bh4siaaaaaaaaaj[uw]|"
-               r"org\.apache\.commons\.collections\d?\.functors|invokertransformer|"
-               r"templatesimpl|\bysoserial\b|java\.lang\.(?:runtime|processbuilder)|"
-               r"com\.sun\.rowset\.jdbcrowsetimpl|\"@type\"\s{0,5}:\s{0,5}\"(?:com|org|java|javax)\.|"
-               r"javax\.naming\.initialcontext|java\.beans\.xmldecoder|"
-               r"<java\s[^>]{0,100}class\s{0,5}=\s{0,5}\"java\.beans"),
+    S(
+        JAVA,
+        1,
+        r"\bro0ab|\baced0005|\\xac\\xed\\x00\\x05|\bh4siaaaaaaaaaj[uw]|"
+        r"org\.apache\.commons\.collections\d?\.functors|invokertransformer|"
+        r"templatesimpl|\bysoserial\b|java\.lang\.(?:runtime|processbuilder)|"
+        r"com\.sun\.rowset\.jdbcrowsetimpl|\"@type\"\s{0,5}:\s{0,5}\"(?:com|org|java|javax)\.|"
+        r"javax\.naming\.initialcontext|java\.beans\.xmldecoder|"
+        r"<java\s[^>]{0,100}class\s{0,5}=\s{0,5}\"java\.beans",
+    ),
     # --- XML external entities
-    S(XXE, 1, r"<!entity\s{1,20}%?\s{0,20}[\w.-]{1,100}\s{1,20}(?:system|public)\b|"
-              r"<!doctype[^>\[]{0,200}\[\s{0,20}<!entity|<xi:include\b|"
-              r"<!doctype\s{1,20}\w{1,100}\s{1,20}(?:system|public)\s"),
+    S(
+        XXE,
+        1,
+        r"<!entity\s{1,20}%?\s{0,20}[\w.-]{1,100}\s{1,20}(?:system|public)\b|"
+        r"<!doctype[^>\[]{0,200}\[\s{0,20}<!entity|<xi:include\b|"
+        r"<!doctype\s{1,20}\w{1,100}\s{1,20}(?:system|public)\s",
+    ),
     # --- CRLF / header injection (decoded CR or LF followed by a header or a request line)
-    S(CRLF, 1, r"[\r\n]\s{0,5}(?:set-cookie|location|content-(?:length|type)|"
-               r"transfer-encoding|x-[\w-]{1,40}|refresh|host)\s{0,5}:|"
-               r"[\r\n]\s{0,5}(?:get|post|put|delete|head|options) /[^\s]{0,200} http/\d"),
+    S(
+        CRLF,
+        1,
+        r"[\r\n]\s{0,5}(?:set-cookie|location|content-(?:length|type)|"
+        r"transfer-encoding|x-[\w-]{1,40}|refresh|host)\s{0,5}:|"
+        r"[\r\n]\s{0,5}(?:get|post|put|delete|head|options) /[^\s]{0,200} http/\d",
+    ),
 )
 
 # Where libinjection can find something: quotes that are not inside a word (don't, O'Brien),

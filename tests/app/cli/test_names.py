@@ -20,9 +20,16 @@ def test_not_kubernetes_names(name: str) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["meshward.meshward.svc.cluster.local", "localhost", "127.0.0.1", "::1", "fd00::2",
-     "Meshward.Example.", "a" * 63 + ".b"],
-)  # fmt: skip
+    [
+        "meshward.meshward.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "fd00::2",
+        "Meshward.Example.",
+        "a" * 63 + ".b",
+    ],
+)
 def test_host_names(host: str) -> None:
     assert is_host_name(host)
 

@@ -273,8 +273,12 @@ def test_console_entry_point(meshward: Run, tmp_path: Path) -> None:
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "meshward", *argv],
-            capture_output=True, text=True, env=env, timeout=60, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
 
     r = run("allowlist", "export", "--format", "json")
     assert r.returncode == 0 and r.stderr == "", r.stderr

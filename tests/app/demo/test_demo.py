@@ -49,8 +49,12 @@ def test_demo_end_to_end(tmp_path: Path, envoy_available: None) -> None:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "meshward", "demo", "--summary-json", str(summary)],
-        env=_env(tmp_path), capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "DEMO OK" in done.stdout
@@ -79,9 +83,12 @@ def test_demo_end_to_end(tmp_path: Path, envoy_available: None) -> None:
 
 def test_demo_cleans_up_on_ctrl_c(tmp_path: Path, envoy_available: None) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshward", "demo"], env=_env(tmp_path),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "meshward", "demo"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # interrupt once the mesh is up and learning

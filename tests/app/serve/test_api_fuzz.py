@@ -37,11 +37,17 @@ from tests.support.serve import engine_on, running_server
 
 GOOD = observation_to_dict(
     Observation(
-        seen_by="node-tap", destination=Identity("mesh", "cart"), source=Identity("mesh", "web"),
-        method="POST", path="/cart/7", query="q=1", headers=[("content-type", "application/json")],
-        body=b'{"sku": "a-1"}', request_id="r-1",
+        seen_by="node-tap",
+        destination=Identity("mesh", "cart"),
+        source=Identity("mesh", "web"),
+        method="POST",
+        path="/cart/7",
+        query="q=1",
+        headers=[("content-type", "application/json")],
+        body=b'{"sku": "a-1"}',
+        request_id="r-1",
     )
-)  # fmt: skip
+)
 LONE = ["\ud800", "\udfff", "a\udc00b", "\ud83d", "\ude00x", "\ud83d\ude00"]
 
 
@@ -54,15 +60,17 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.server: Server | None = None
         self._stop: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
-                                       daemon=True)  # fmt: skip
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._main(),), daemon=True
+        )
         self.thread.start()
         assert self.ready.wait(20), "server did not start"
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with running_server(db=self.db, detector=NoDetector(), flush_interval=0.02,
-                                  max_ingest_bytes=1 << 20) as srv:  # fmt: skip
+        async with running_server(
+            db=self.db, detector=NoDetector(), flush_interval=0.02, max_ingest_bytes=1 << 20
+        ) as srv:
             self.server = srv
             self.ready.set()
             await self._stop.wait()
@@ -80,8 +88,13 @@ class ServerThread:
         self.loop.close()
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            content_type: str | None = "application/json") -> tuple[int, bytes]:  # fmt: skip
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str | None = "application/json",
+) -> tuple[int, bytes]:
     """Raw HTTP on purpose (not the API client): hostile paths, bodies and content types."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     try:
@@ -149,13 +162,16 @@ def observations(draw: st.DrawFn) -> Any:
         if isinstance(doc.get(end), dict):
             doc[end][draw(st.sampled_from(IDENTITY_FIELDS))] = draw(hostile)
     if draw(st.booleans()):  # plausible structure, hostile contents
-        doc["headers"] = draw(st.lists(
-            st.lists(hostile_text, min_size=0, max_size=3) | hostile, max_size=3
-        ))  # fmt: skip
-        doc["threats"] = draw(st.lists(
-            st.fixed_dictionaries({"name": hostile_text}, optional={"evidence": hostile}) | hostile,
-            max_size=2,
-        ))  # fmt: skip
+        doc["headers"] = draw(
+            st.lists(st.lists(hostile_text, min_size=0, max_size=3) | hostile, max_size=3)
+        )
+        doc["threats"] = draw(
+            st.lists(
+                st.fixed_dictionaries({"name": hostile_text}, optional={"evidence": hostile})
+                | hostile,
+                max_size=2,
+            )
+        )
         doc["extra"] = draw(st.dictionaries(hostile_text, hostile, max_size=2) | hostile)
         doc["body_b64"] = draw(st.sampled_from(["", "!!", "QUJD", "QUJ", "=", "QUJD\n"]) | hostile)
     return draw(st.sampled_from([doc, doc, draw(hostile)]))
@@ -172,13 +188,31 @@ raw_bodies = st.one_of(
     st.integers(1, 3000).map(lambda n: b"[" * n),
     st.integers(1, 3000).map(lambda n: b'[{"extra": ' * n + b"1"),
     st.integers(1, 3000).map(lambda n: (b"[" * n) + (b"]" * n)),
-    st.sampled_from([b"9" * 5000, b"[" + b"9" * 5000 + b"]", b'[{"time": ' + b"1" * 5000 + b"}]",
-                     b"\xff\xfe[]", b'["\xed\xa0\x80"]', b"[]", b"{}", b"null", b"\n\n"]),
-)  # fmt: skip
-content_types = st.sampled_from([
-    "application/json", "application/x-ndjson", "text/plain", "application/json; charset=foo",
-    "application/json; charset=utf-16", "multipart/form-data; boundary=x", None,
-])  # fmt: skip
+    st.sampled_from(
+        [
+            b"9" * 5000,
+            b"[" + b"9" * 5000 + b"]",
+            b'[{"time": ' + b"1" * 5000 + b"}]",
+            b"\xff\xfe[]",
+            b'["\xed\xa0\x80"]',
+            b"[]",
+            b"{}",
+            b"null",
+            b"\n\n",
+        ]
+    ),
+)
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/x-ndjson",
+        "text/plain",
+        "application/json; charset=foo",
+        "application/json; charset=utf-16",
+        "multipart/form-data; boundary=x",
+        None,
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -201,15 +235,34 @@ def test_ingest_answers_and_keeps_serving(
 
 names = st.one_of(
     hostile_text.map(lambda t: quote(t.encode("utf-8", "surrogatepass"), safe="")),
-    st.sampled_from(["a", "a/b", "..", "%2e%2e", "%ED%A0%80", "%FF", "%", "%%", "a%00b",
-                     "x" * 10_000, "UPPER", "-a", "ns.x", "%F0%9F%98%80", "%C3%A9"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "a",
+            "a/b",
+            "..",
+            "%2e%2e",
+            "%ED%A0%80",
+            "%FF",
+            "%",
+            "%%",
+            "a%00b",
+            "x" * 10_000,
+            "UPPER",
+            "-a",
+            "ns.x",
+            "%F0%9F%98%80",
+            "%C3%A9",
+        ]
+    ),
+)
 mode_bodies = st.one_of(
-    st.builds(lambda m: json.dumps({"mode": m}).encode("utf-8", "surrogatepass"),
-              st.sampled_from(["learn", "monitor", "enforce"]) | hostile),
+    st.builds(
+        lambda m: json.dumps({"mode": m}).encode("utf-8", "surrogatepass"),
+        st.sampled_from(["learn", "monitor", "enforce"]) | hostile,
+    ),
     st.builds(lambda d: json.dumps(d).encode("utf-8", "surrogatepass"), hostile),
     raw_bodies,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -245,15 +298,25 @@ def test_zz_everything_still_served_and_restart_loads(served: ServerThread) -> N
     """After the fuzzing above (pytest runs this module's tests in order): every read answers,
     no flush failed, and the same database opens again with what was learned."""
     # one known-good observation, and hostile ones that must not poison the store
-    bad = [dict(GOOD, destination={"namespace": "\ud800", "workload": "w"}),
-           dict(GOOD, threats=[{"name": "\ud800"}], path="/\udfff"), dict(GOOD, method=""),
-           dict(GOOD, time=float("nan")), dict(GOOD, time=1e400),
-           dict(GOOD, body_size=1e400)]  # fmt: skip
+    bad = [
+        dict(GOOD, destination={"namespace": "\ud800", "workload": "w"}),
+        dict(GOOD, threats=[{"name": "\ud800"}], path="/\udfff"),
+        dict(GOOD, method=""),
+        dict(GOOD, time=float("nan")),
+        dict(GOOD, time=1e400),
+        dict(GOOD, body_size=1e400),
+    ]
     body = _encode([GOOD, *bad], False)
     status, answer = request(served.port, "POST", "/api/v1/observations", body)
     assert status == 202, answer
-    for path in ("/api/v1/alerts?limit=1000", "/api/v1/allowlist", "/api/v1/exchanges",
-                 "/api/v1/modes", "/healthz", "/readyz"):  # fmt: skip
+    for path in (
+        "/api/v1/alerts?limit=1000",
+        "/api/v1/allowlist",
+        "/api/v1/exchanges",
+        "/api/v1/modes",
+        "/healthz",
+        "/readyz",
+    ):
         status, answer = request(served.port, "GET", path)
         assert status == 200, (path, answer[:300])
         _strict_json(answer)
@@ -265,8 +328,12 @@ def test_zz_everything_still_served_and_restart_loads(served: ServerThread) -> N
     learned = served.server.engine.allowlist.export_doc()
     modes = served.server.engine.modes()
     served.stop()
-    assert sample(served.server.metrics.exposition().decode(),
-                  'meshward_errors_total{kind="close-failed"') == 0  # fmt: skip
+    assert (
+        sample(
+            served.server.metrics.exposition().decode(), 'meshward_errors_total{kind="close-failed"'
+        )
+        == 0
+    )
 
     with open_store(served.db) as store:
         assert store.integrity_check() == "ok"
@@ -275,8 +342,10 @@ def test_zz_everything_still_served_and_restart_loads(served: ServerThread) -> N
         store.alerts(limit=10_000)
     again = engine_on(served.db)
     # every profile loads again (rules may merge: a learned "get" is read back as "GET")
-    assert sorted(again.allowlist.services) == sorted(stored) == sorted(
-        s["destination"] for s in learned["services"]
+    assert (
+        sorted(again.allowlist.services)
+        == sorted(stored)
+        == sorted(s["destination"] for s in learned["services"])
     )
     assert "mesh/cart" in stored
 
@@ -294,10 +363,15 @@ def test_regression_ingest_bodies_that_raised_500(tmp_path: Path) -> None:
     did int(inf) (OverflowError) for body_size, status or port."""
     srv = ServerThread(str(tmp_path / "m.db"))
     try:
-        for body in (b"[" * 100_000, b"{" * 100_000, b"9" * 5000, b"[" + b"9" * 5000 + b"]",
-                     json.dumps([dict(GOOD, body_size=1e400)]).encode(),
-                     json.dumps([dict(GOOD, status=float("inf"))]).encode(),
-                     json.dumps([dict(GOOD, source={"port": -1e400})]).encode()):  # fmt: skip
+        for body in (
+            b"[" * 100_000,
+            b"{" * 100_000,
+            b"9" * 5000,
+            b"[" + b"9" * 5000 + b"]",
+            json.dumps([dict(GOOD, body_size=1e400)]).encode(),
+            json.dumps([dict(GOOD, status=float("inf"))]).encode(),
+            json.dumps([dict(GOOD, source={"port": -1e400})]).encode(),
+        ):
             status, answer = request(srv.port, "POST", "/api/v1/observations", body)
             assert status == 202, (body[:40], answer[:200])
             assert json.loads(answer)["accepted"] == 0
@@ -311,10 +385,12 @@ def test_regression_mode_bodies_that_raised_500(tmp_path: Path) -> None:
     srv = ServerThread(str(tmp_path / "m.db"))
     try:
         path = "/api/v1/modes/shop"
-        cases = [(b'{"mode": "enforce"}', "application/json; charset=foo", 200),
-                 (b'{"mode": ' + b"[" * 100_000, "application/json", 400),
-                 (b'{"mode": ' + b"9" * 5000 + b"}", "application/json", 400),
-                 (b'{"mode": "\xff"}', "application/json", 400)]  # fmt: skip
+        cases = [
+            (b'{"mode": "enforce"}', "application/json; charset=foo", 200),
+            (b'{"mode": ' + b"[" * 100_000, "application/json", 400),
+            (b'{"mode": ' + b"9" * 5000 + b"}", "application/json", 400),
+            (b'{"mode": "\xff"}', "application/json", 400),
+        ]
         for body, kind, want in cases:
             status, answer = request(srv.port, "PUT", path, body, kind)
             assert status == want, (body[:30], kind, answer[:200])
@@ -331,9 +407,11 @@ def test_regression_lone_surrogates_never_reach_store_or_metrics(tmp_path: Path)
     db = str(tmp_path / "m.db")
     srv = ServerThread(db)
     try:
-        batch = [dict(GOOD, destination={"namespace": "\ud800", "workload": "w\udfff"}),
-                 dict(GOOD, threats=[{"name": "Evil\ud800", "evidence": "\udc00"}]),
-                 GOOD]  # fmt: skip
+        batch = [
+            dict(GOOD, destination={"namespace": "\ud800", "workload": "w\udfff"}),
+            dict(GOOD, threats=[{"name": "Evil\ud800", "evidence": "\udc00"}]),
+            GOOD,
+        ]
         status, answer = request(srv.port, "POST", "/api/v1/observations", _encode(batch, True))
         assert (status, json.loads(answer)) == (202, {"accepted": 3, "rejected": 0})
         for path in ("/metrics", "/api/v1/alerts", "/api/v1/allowlist"):
@@ -378,15 +456,23 @@ def test_regression_empty_method_lost_the_whole_profile_on_restart(tmp_path: Pat
     again = engine_on(db)
     rules = again.allowlist.export_doc()["services"]
     assert [(s["destination"], [e["method"] for e in s["endpoints"]]) for s in rules] == [
-        ("mesh/cart", ["POST"]), ("unknown", []),
+        ("mesh/cart", ["POST"]),
+        ("unknown", []),
     ]
 
 
 def test_regression_wrong_json_types_are_refused_not_learned_as_reprs() -> None:
     """str() turned null, numbers and objects into Python reprs: {"method": null} was learned
     as a method "None" (read back as "NONE"), a query object as "{'a': 1}"."""
-    for key, value in [("method", None), ("path", {"a": 1}), ("query", ["a"]), ("authority", 7),
-                       ("request_id", 1.5), ("body_b64", None), ("protocol", True)]:  # fmt: skip
+    for key, value in [
+        ("method", None),
+        ("path", {"a": 1}),
+        ("query", ["a"]),
+        ("authority", 7),
+        ("request_id", 1.5),
+        ("body_b64", None),
+        ("protocol", True),
+    ]:
         with pytest.raises(ValueError, match=f"{key} must be a string"):
             observation_from_dict(dict(GOOD, **{key: value}))
     with pytest.raises(ValueError, match="workload must be a string"):

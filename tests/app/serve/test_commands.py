@@ -32,8 +32,14 @@ TAP_FILTER = {
 
 def _meshward(*args: str, **kw: object) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "meshward", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshward", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )  # type: ignore[call-overload]
 
 
 def _get(port: int, path: str) -> Any:
@@ -70,11 +76,29 @@ def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
     db = str(tmp_path / "m.db")
     for args in (
         ["--authz-port", "70000"],
-        ["--db", str(tmp_path / "plain-file" / "x.db"), "--authz-port", "0", "--tap-port", "0",
-         "--http-port", "0"],
-        ["--db", db, "--listen-host", "127.0.0.1", "--authz-port", "0",
-         "--tap-port", str(busy.getsockname()[1]), "--http-port", "0"],
-    ):  # fmt: skip
+        [
+            "--db",
+            str(tmp_path / "plain-file" / "x.db"),
+            "--authz-port",
+            "0",
+            "--tap-port",
+            "0",
+            "--http-port",
+            "0",
+        ],
+        [
+            "--db",
+            db,
+            "--listen-host",
+            "127.0.0.1",
+            "--authz-port",
+            "0",
+            "--tap-port",
+            str(busy.getsockname()[1]),
+            "--http-port",
+            "0",
+        ],
+    ):
         proc = _meshward("serve", *args)
         try:
             _, err = proc.communicate(timeout=30)
@@ -90,21 +114,47 @@ def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     authz, tap, web = free_port(), free_port(), free_port()
-    serve = _meshward("serve", "--db", str(tmp_path / "m.db"), "--listen-host", "127.0.0.1",
-                      "--authz-port", str(authz), "--tap-port", str(tap), "--http-port", str(web))
+    serve = _meshward(
+        "serve",
+        "--db",
+        str(tmp_path / "m.db"),
+        "--listen-host",
+        "127.0.0.1",
+        "--authz-port",
+        str(authz),
+        "--tap-port",
+        str(tap),
+        "--http-port",
+        str(web),
+    )
     tapper = None
     try:
         _wait_http(web, serve)
-        boot = render_bootstrap(0, f"127.0.0.1:{echo_app}", "shop", "api", "learn",
-                                authz_port=authz, tap_port=tap)  # fmt: skip
+        boot = render_bootstrap(
+            0, f"127.0.0.1:{echo_app}", "shop", "api", "learn", authz_port=authz, tap_port=tap
+        )
         hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         filters = hcm["typed_config"]["http_filters"]
         filters[:] = [TAP_FILTER, filters[-1]]  # only the admin tap reports, then the router
         with EnvoyProcess(boot, envoy=envoy_bin, name="admin-tapped") as envoy:
-            tapper = _meshward("tap", "envoy-admin", "--admin", envoy.admin_url,
-                               "--config-id", "meshward-test", "--serve", f"http://127.0.0.1:{web}",
-                               "--namespace", "shop", "--workload", "api", "--count", "3",
-                               "--duration", "20")  # fmt: skip
+            tapper = _meshward(
+                "tap",
+                "envoy-admin",
+                "--admin",
+                envoy.admin_url,
+                "--config-id",
+                "meshward-test",
+                "--serve",
+                f"http://127.0.0.1:{web}",
+                "--namespace",
+                "shop",
+                "--workload",
+                "api",
+                "--count",
+                "3",
+                "--duration",
+                "20",
+            )
             deadline = time.monotonic() + 20
             while tapper.poll() is None:  # requests until the tap is attached and saw 3
                 assert time.monotonic() < deadline, "admin tap saw nothing"
@@ -116,8 +166,11 @@ def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Pa
         assert "/api/tapped" in json.dumps(doc)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=15) == 0
-        logs = [json.loads(line) for line in serve.stderr.read().decode().splitlines()
-                if line.startswith("{")]  # fmt: skip
+        logs = [
+            json.loads(line)
+            for line in serve.stderr.read().decode().splitlines()
+            if line.startswith("{")
+        ]
         assert {"serving", "stopped"} <= {entry["msg"] for entry in logs}
     finally:
         for p in (tapper, serve):

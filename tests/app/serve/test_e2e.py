@@ -25,8 +25,16 @@ JSON = {"content-type": "application/json"}
 
 
 def sidecar(srv: ServerThread, app: int, mode: str, envoy_bin: str, **kw: Any) -> EnvoyProcess:
-    boot = render_bootstrap(0, f"127.0.0.1:{app}", "shop", kw.pop("workload", "api"), mode,
-                            authz_port=srv.ports["authz"], tap_port=srv.ports["tap"], **kw)
+    boot = render_bootstrap(
+        0,
+        f"127.0.0.1:{app}",
+        "shop",
+        kw.pop("workload", "api"),
+        mode,
+        authz_port=srv.ports["authz"],
+        tap_port=srv.ports["tap"],
+        **kw,
+    )
     return EnvoyProcess(boot, envoy=envoy_bin, name=f"{mode}-sidecar")
 
 
@@ -74,10 +82,18 @@ def test_monitor_never_blocks_but_alerts(envoy_bin: str, echo_app: int, tmp_path
             assert http(envoy.port, "/admin/export")[0] == 200
             assert http(envoy.port, "/api/orders", SQLI, headers=JSON)[0] == 200
             h2 = subprocess.run(
-                ["curl", "-s", "-o", "/dev/null", "--http2-prior-knowledge",
-                 f"http://127.0.0.1:{envoy.port}/admin/h2"],
-                capture_output=True, timeout=10, check=False,
-            )  # fmt: skip
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "--http2-prior-knowledge",
+                    f"http://127.0.0.1:{envoy.port}/admin/h2",
+                ],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
             assert h2.returncode == 0
             srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n + 3)
         alerts = srv.api("GET", "/api/v1/alerts?limit=10")["alerts"]
@@ -95,8 +111,9 @@ def test_fail_closed_and_fail_open(envoy_bin: str, echo_app: int, tmp_path: Path
     authz, tap = free_port(), free_port()
     with ServerThread(str(tmp_path / "m.db"), authz, tap) as srv:
         srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})
-        envoys = {m: sidecar(srv, echo_app, m, envoy_bin).start()
-                  for m in ("enforce", "learn", "monitor")}  # fmt: skip
+        envoys = {
+            m: sidecar(srv, echo_app, m, envoy_bin).start() for m in ("enforce", "learn", "monitor")
+        }
     try:
         for mode, expected in (("enforce", 403), ("learn", 200), ("monitor", 200)):
             assert http(envoys[mode].port, "/api/items/1")[0] == expected, mode
@@ -135,11 +152,12 @@ def _grpc_app() -> tuple[grpc.Server, int]:
 
     methods = {
         name: grpc.unary_unary_rpc_method_handler(
-            reply, request_deserializer=struct_pb2.Struct.FromString,
+            reply,
+            request_deserializer=struct_pb2.Struct.FromString,
             response_serializer=struct_pb2.Struct.SerializeToString,
         )
         for name in ("GetItem", "ListItems", "DeleteAll")
-    }  # fmt: skip
+    }
     app = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     app.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.Catalog", methods),))
     port = app.add_insecure_port("127.0.0.1:0")
@@ -149,9 +167,11 @@ def _grpc_app() -> tuple[grpc.Server, int]:
 
 def _call(port: int, method: str) -> grpc.StatusCode:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        call = ch.unary_unary(f"/shop.Catalog/{method}",
-                              request_serializer=struct_pb2.Struct.SerializeToString,
-                              response_deserializer=struct_pb2.Struct.FromString)  # fmt: skip
+        call = ch.unary_unary(
+            f"/shop.Catalog/{method}",
+            request_serializer=struct_pb2.Struct.SerializeToString,
+            response_deserializer=struct_pb2.Struct.FromString,
+        )
         try:
             call(struct_pb2.Struct(fields={"id": struct_pb2.Value(number_value=7)}), timeout=5)
         except grpc.RpcError as err:
@@ -186,19 +206,29 @@ def test_both_ends_join(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     learn): one exchange under one x-request-id; a path rewritten in between is flagged."""
     ca = MeshCA(tmp_path / "ca")
     with ServerThread(str(tmp_path / "m.db")) as srv:
-        inbound = sidecar(srv, echo_app, "enforce", envoy_bin, workload="orders",
-                          tls=ca.issue("shop", "orders"))  # fmt: skip
+        inbound = sidecar(
+            srv, echo_app, "enforce", envoy_bin, workload="orders", tls=ca.issue("shop", "orders")
+        )
         with inbound as callee:
-            out = render_bootstrap(0, f"127.0.0.1:{callee.port}", "shop", "web", "learn",
-                                   authz_port=srv.ports["authz"], tap_port=srv.ports["tap"],
-                                   direction="outbound", tls=ca.issue("shop", "web"))  # fmt: skip
+            out = render_bootstrap(
+                0,
+                f"127.0.0.1:{callee.port}",
+                "shop",
+                "web",
+                "learn",
+                authz_port=srv.ports["authz"],
+                tap_port=srv.ports["tap"],
+                direction="outbound",
+                tls=ca.issue("shop", "web"),
+            )
             with EnvoyProcess(out, envoy=envoy_bin, name="web-out") as caller:
                 rid = "join-test-1"
                 assert http(caller.port, "/orders/7", headers={"x-request-id": rid})[0] == 200
                 srv.wait_metric('meshward_exchange_joins_total{outcome="joined"}', 1)
             # something between the sidecars rewrites the path: both views disagree
             vhost = out["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-                "typed_config"]["route_config"]["virtual_hosts"][0]
+                "typed_config"
+            ]["route_config"]["virtual_hosts"][0]
             vhost["routes"][0]["route"]["prefix_rewrite"] = "/orders/all/"
             with EnvoyProcess(out, envoy=envoy_bin, name="web-out-tampered") as caller:
                 rid = "join-test-2"

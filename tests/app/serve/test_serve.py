@@ -107,8 +107,11 @@ def test_health_and_reflection_are_served() -> None:
     asyncio.run(main())
 
 
-async def _tap(port: int, msgs: list[external_processor_pb2.ProcessingRequest],
-               metadata: tuple[tuple[str, str], ...] = ()) -> None:
+async def _tap(
+    port: int,
+    msgs: list[external_processor_pb2.ProcessingRequest],
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> None:
     """Send one stream the way Envoy does, without half-closing: the server must end it."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = external_processor_pb2_grpc.ExternalProcessorStub(ch)
@@ -127,8 +130,17 @@ def test_tap_assembles_learns_and_ends_streams(tmp_path: Path) -> None:
             port = srv.ports["tap"]
             body = json.dumps({"sku": "a-1", "qty": 2}).encode()
             await asyncio.wait_for(
-                _tap(port, tap_messages("POST", "/orders", body=body, chunks=3,
-                                        content_type="application/json", request_id="r1")),
+                _tap(
+                    port,
+                    tap_messages(
+                        "POST",
+                        "/orders",
+                        body=body,
+                        chunks=3,
+                        content_type="application/json",
+                        request_id="r1",
+                    ),
+                ),
                 timeout=5,
             )
             doc = srv.engine.allowlist.export_doc()
@@ -174,14 +186,20 @@ def test_http_api(tmp_path: Path) -> None:
     async def main() -> None:
         async with running_server(max_ingest_bytes=64 * 1024) as srv:
             base = f"http://127.0.0.1:{srv.ports['http']}"
-            good = observation_to_dict(Observation(
-                seen_by="node-tap", destination=Identity("mesh", "cart"), method="GET",
-                path="/cart", source=Identity("mesh", "web"),
-            ))
+            good = observation_to_dict(
+                Observation(
+                    seen_by="node-tap",
+                    destination=Identity("mesh", "cart"),
+                    method="GET",
+                    path="/cart",
+                    source=Identity("mesh", "web"),
+                )
+            )
             api = ApiClient(base)
 
-            async def status(method: str, path: str, doc: object = None,
-                             body: bytes | None = None) -> int:  # fmt: skip
+            async def status(
+                method: str, path: str, doc: object = None, body: bytes | None = None
+            ) -> int:
                 try:
                     await asyncio.to_thread(api.request, method, path, doc, body=body)
                 except ApiError as exc:
@@ -209,9 +227,13 @@ def test_http_api(tmp_path: Path) -> None:
             assert alerts and alerts[0]["verdict"] == "alert"
             assert await status("GET", "/api/v1/alerts?limit=x") == 400
             text = await asyncio.to_thread(api.metrics_text)
-            for name in ("meshward_checks", "meshward_verdicts_total",
-                         "meshward_check_seconds_bucket", "meshward_tap_streams",
-                         "meshward_drops_total"):  # fmt: skip
+            for name in (
+                "meshward_checks",
+                "meshward_verdicts_total",
+                "meshward_check_seconds_bucket",
+                "meshward_tap_streams",
+                "meshward_drops_total",
+            ):
                 assert name in text
 
     asyncio.run(main())
@@ -239,8 +261,11 @@ def test_tap_junk_ends_only_that_stream() -> None:
         async with running_server() as srv:
             port = srv.ports["tap"]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                raw = ch.stream_stream("/envoy.service.ext_proc.v3.ExternalProcessor/Process",
-                                       request_serializer=None, response_deserializer=None)
+                raw = ch.stream_stream(
+                    "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+                    request_serializer=None,
+                    response_deserializer=None,
+                )
                 call = raw()
                 await call.write(b"\xff\xff\xff")
                 async for _ in call:
@@ -264,8 +289,9 @@ def test_check_without_context_extensions_uses_grpc_metadata() -> None:
         async with running_server() as srv:
             judge = srv.check.judge
             srv.check.judge = lambda obs: seen.append(obs) or judge(obs)  # type: ignore[func-returns-value]
-            req = check_request("POST", "/shop.Cart/Add",
-                                headers=[("content-type", b"application/grpc+proto")])  # fmt: skip
+            req = check_request(
+                "POST", "/shop.Cart/Add", headers=[("content-type", b"application/grpc+proto")]
+            )
             req.attributes.context_extensions.clear()
             md = (("x-meshward-namespace", "shop"), ("x-meshward-workload", "cart"))
             async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.ports['authz']}") as ch:

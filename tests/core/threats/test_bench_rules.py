@@ -8,22 +8,69 @@ import pytest
 from bench.detect import PLACEHOLDER, not_a_command, not_a_traversal
 
 COMMANDS = [
-    "; cat /etc/passwd", "|id", "`whoami`", "$(sleep 5)", "test`whoami`", "w'h'o'am'i",
-    "wh\\oami", "/???/c?t /???/p?ss??", "%0Aid", "& ping -n 5 127.0.0.1", "|| dir c:\\",
-    "${@print(system($_SERVER['HTTP_USER_AGENT']))}", "<?php passthru($_GET['c']); ?>",
+    "; cat /etc/passwd",
+    "|id",
+    "`whoami`",
+    "$(sleep 5)",
+    "test`whoami`",
+    "w'h'o'am'i",
+    "wh\\oami",
+    "/???/c?t /???/p?ss??",
+    "%0Aid",
+    "& ping -n 5 127.0.0.1",
+    "|| dir c:\\",
+    "${@print(system($_SERVER['HTTP_USER_AGENT']))}",
+    "<?php passthru($_GET['c']); ?>",
     "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.popen('id') }}",
-    "ls", "pwd", "route", "sysinfo", "`true`", "'false'", "@^p^o^w^e^r^shell",
-    "cat$IFS/etc/passwd", "%uff1b%uff49%uff44",  # fullwidth ;id
+    "ls",
+    "pwd",
+    "route",
+    "sysinfo",
+    "`true`",
+    "'false'",
+    "@^p^o^w^e^r^shell",
+    "cat$IFS/etc/passwd",
+    "%uff1b%uff49%uff44",  # fullwidth ;id
 ]
-NOT_COMMANDS = [";", "| ", "&& ", "%0a", "\\r\\n", "'\"", "phpinfo()", "{${sleep(20)}}",
-                "{{4+4}}", "{{person.name}}", "asdf3334", ";${@print(md5(RCEVulnerable))};"]
+NOT_COMMANDS = [
+    ";",
+    "| ",
+    "&& ",
+    "%0a",
+    "\\r\\n",
+    "'\"",
+    "phpinfo()",
+    "{${sleep(20)}}",
+    "{{4+4}}",
+    "{{person.name}}",
+    "asdf3334",
+    ";${@print(md5(RCEVulnerable))};",
+]
 TRAVERSALS = [
-    "../../etc/passwd", "..\\..\\boot.ini", "%2e%2e%2f{file}", "%uff0e%uff0e/{FILE}",
-    ".\\/\\.\\.\\/{FILE}", "/...{file}", "/etc/passwd", "file:///x", "c:\\windows\\win.ini",
-    "x.php%00.jpg", "~/.ssh/id_rsa", "/aaaa/../../{file}", "/.aws/credentials", "..;/x",
+    "../../etc/passwd",
+    "..\\..\\boot.ini",
+    "%2e%2e%2f{file}",
+    "%uff0e%uff0e/{FILE}",
+    ".\\/\\.\\.\\/{FILE}",
+    "/...{file}",
+    "/etc/passwd",
+    "file:///x",
+    "c:\\windows\\win.ini",
+    "x.php%00.jpg",
+    "~/.ssh/id_rsa",
+    "/aaaa/../../{file}",
+    "/.aws/credentials",
+    "..;/x",
 ]
-NOT_TRAVERSALS = ["/./", "//{file}", "/.//././/./{file}", "./\\/./{FILE}", "/" + "a" * 200,
-                  "/" + "a" * 200 + "....{file}", "/iii{file}"]
+NOT_TRAVERSALS = [
+    "/./",
+    "//{file}",
+    "/.//././/./{file}",
+    "./\\/./{FILE}",
+    "/" + "a" * 200,
+    "/" + "a" * 200 + "....{file}",
+    "/iii{file}",
+]
 
 
 @pytest.mark.parametrize("value", COMMANDS)

@@ -13,8 +13,14 @@ from meshward.core.bodies import KINDS, DecodedBody, decode_body, parse_query
 
 def test_parse_query_semantics() -> None:
     pairs, cut = parse_query("a=1&b=&c&d=x+y&e=%2Fetc%2Fpasswd&&f=%E2%82%AC")
-    assert pairs == [("a", "1"), ("b", ""), ("c", ""), ("d", "x y"), ("e", "/etc/passwd"),
-                     ("f", "€")]
+    assert pairs == [
+        ("a", "1"),
+        ("b", ""),
+        ("c", ""),
+        ("d", "x y"),
+        ("e", "/etc/passwd"),
+        ("f", "€"),
+    ]
     assert not cut
 
 
@@ -35,8 +41,15 @@ def test_parse_query_invalid_percent_and_utf8() -> None:
 
 
 def test_json_paths_keys_and_arrays() -> None:
-    body = json.dumps({"user": {"name": "bob", "age": 3}, "items": [{"id": 1}, {"id": 2.5}],
-                       "ok": True, "none": None, "odd key": "v"}).encode()
+    body = json.dumps(
+        {
+            "user": {"name": "bob", "age": 3},
+            "items": [{"id": 1}, {"id": 2.5}],
+            "ok": True,
+            "none": None,
+            "odd key": "v",
+        }
+    ).encode()
     d = decode_body("application/json; charset=utf-8", body)
     assert d.kind == "json" and not d.partial
     assert ("$.user.name", "bob") in d.fields and ("$.user.age", 3) in d.fields
@@ -123,19 +136,28 @@ def test_multipart() -> None:
     )
     d = decode_body('multipart/form-data; boundary="XyZ"', body)
     assert d.kind == "multipart" and not d.partial
-    assert d.fields == [("$.title", "hello"), ("$.file.filename", "../../etc/passwd"),
-                        ("$.file", "line1\r\nline2")]
+    assert d.fields == [
+        ("$.title", "hello"),
+        ("$.file.filename", "../../etc/passwd"),
+        ("$.file", "line1\r\nline2"),
+    ]
     assert decode_body("multipart/form-data", body).kind == "invalid"  # no boundary
     assert decode_body("multipart/form-data; boundary=nope", body).kind == "invalid"
 
 
 def test_xml_text_and_attributes() -> None:
-    body = (b'<?xml version="1.0"?><order id="7"><item sku="a&amp;b">pen</item>'
-            b"<note> hi </note></order>")
+    body = (
+        b'<?xml version="1.0"?><order id="7"><item sku="a&amp;b">pen</item>'
+        b"<note> hi </note></order>"
+    )
     d = decode_body("application/xml", body)
     assert d.kind == "xml" and not d.partial
-    assert d.fields == [("$.order@id", "7"), ("$.order.item@sku", "a&b"),
-                        ("$.order.item", "pen"), ("$.order.note", "hi")]
+    assert d.fields == [
+        ("$.order@id", "7"),
+        ("$.order.item@sku", "a&b"),
+        ("$.order.item", "pen"),
+        ("$.order.note", "hi"),
+    ]
     assert decode_body("text/xml", b"<a><b></a>").kind == "invalid"
 
 
@@ -169,9 +191,18 @@ def test_kinds_by_content_type() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    ct=st.sampled_from(["", "application/json", "application/x-www-form-urlencoded",
-                        "multipart/form-data; boundary=b", "application/xml", "text/plain",
-                        "application/octet-stream", "garbage;;;boundary="]),
+    ct=st.sampled_from(
+        [
+            "",
+            "application/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=b",
+            "application/xml",
+            "text/plain",
+            "application/octet-stream",
+            "garbage;;;boundary=",
+        ]
+    ),
     body=st.binary(max_size=300),
 )
 def test_never_raises_on_arbitrary_bytes(ct: str, body: bytes) -> None:
@@ -181,12 +212,15 @@ def test_never_raises_on_arbitrary_bytes(ct: str, body: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(doc=st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids,
-                                                              max_size=4),
-    max_leaves=30,
-))
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda kids: (
+            st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4)
+        ),
+        max_leaves=30,
+    )
+)
 def test_json_leaf_count_matches(doc: object) -> None:
     d = decode_body("application/json", json.dumps(doc).encode())
     assert d.kind == "json" and not d.partial

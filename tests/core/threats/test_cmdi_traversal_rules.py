@@ -27,14 +27,19 @@ def q(value: str) -> Observation:
 
 def js(value: str) -> Observation:
     body = json.dumps({"user": {"bio": value}}).encode()
-    return Observation("file", method="POST", path="/u",
-                       headers=[("content-type", "application/json")], body=body)
+    return Observation(
+        "file", method="POST", path="/u", headers=[("content-type", "application/json")], body=body
+    )
 
 
 def form(value: str) -> Observation:
-    return Observation("file", method="POST", path="/f",
-                       headers=[("content-type", "application/x-www-form-urlencoded")],
-                       body=("note=" + quote(value, "")).encode())
+    return Observation(
+        "file",
+        method="POST",
+        path="/f",
+        headers=[("content-type", "application/x-www-form-urlencoded")],
+        body=("note=" + quote(value, "")).encode(),
+    )
 
 
 def hdr(value: str) -> Observation:
@@ -48,7 +53,10 @@ def names(obs: Observation, det: ThreatDetector = DET) -> set[str]:
 PLACES = {"query": q, "json": js, "form": form, "header": hdr}
 
 POSITIVE = [
-    (CMDI, "x; timeout /t 5"), (CMDI, "1|sleep 5"), (CMDI, "a; kill -9 1"), (CMDI, "; sleep 5s"),
+    (CMDI, "x; timeout /t 5"),
+    (CMDI, "1|sleep 5"),
+    (CMDI, "a; kill -9 1"),
+    (CMDI, "; sleep 5s"),
     (CMDI, "which curl"),  # recon: is the download tool there?
     (CMDI, " whereis  nc "),
     (CMDI, "command -v python3"),
@@ -121,25 +129,64 @@ def test_found_under_encodings(name: str, payload: str, encoding: str) -> None:
 
 
 BENIGN = [
-    "which one is cheaper?", "which colour", "which python version do you support, 3.11?",
-    "`True` is returned when the key exists", "returns `false` on error", "true", "'false'",
-    "don't; I'd rather not", "O'Neil's shop", "C:\\Users\\alice\\file.txt",
-    "notes; dir\\file and docs\\readme", "a*b*c = 6", "alice@example.com",
-    "What? /?/ no idea", "/usr/bin/*", "/srv/??", "3.14\x00.5", "${HOME}/work",
+    "which one is cheaper?",
+    "which colour",
+    "which python version do you support, 3.11?",
+    "`True` is returned when the key exists",
+    "returns `false` on error",
+    "true",
+    "'false'",
+    "don't; I'd rather not",
+    "O'Neil's shop",
+    "C:\\Users\\alice\\file.txt",
+    "notes; dir\\file and docs\\readme",
+    "a*b*c = 6",
+    "alice@example.com",
+    "What? /?/ no idea",
+    "/usr/bin/*",
+    "/srv/??",
+    "3.14\x00.5",
+    "${HOME}/work",
     "${name:-default}",
-    "see file: /etc/app.conf", "profile:/users/42", "the file:line format",
-    "C:\\Program Files\\app\\app.exe", "end of string\x00", "3.14\x00", "version 1.2",
-    "https://example.com/download?file=report.pdf", "./configure && make", "a.b.c",
-    "`true`", " `false` ",  # a Markdown code span as the whole value (level 2 reports it)
+    "see file: /etc/app.conf",
+    "profile:/users/42",
+    "the file:line format",
+    "C:\\Program Files\\app\\app.exe",
+    "end of string\x00",
+    "3.14\x00",
+    "version 1.2",
+    "https://example.com/download?file=report.pdf",
+    "./configure && make",
+    "a.b.c",
+    "`true`",
+    " `false` ",  # a Markdown code span as the whole value (level 2 reports it)
     "The `sleep()` field is required; see the docs",  # libinjection: a quoted identifier
-    "Status: open; timeout after 30 seconds", "ok | sleep tight 2 nights", "done; kill time 2day",
-    "glob /tmp/*.log", "find /home/*/docs -name x", "backup of /var/www/*.html done",
-    "the system(s) we run", "exec(code) in a namespace", "popen(command) returns a pipe",
-    "the child_process module", "ProcessBuilder and Runtime.exec", "it's $'s and cents",
-    "x^2 + y^2 = r^2", "a^b^c", "@team please review", "cat < 3 years old",
-    "see ~/.aws for details", "the .kube directory", "Hello ${name}s", "user${id}abc",
-    'printf("%x(%d)", a, b)', "Get-Started guide", "get-content is a cmdlet",
-    "(get-content reads a file)", "Start-Process is how", "process.start() is called",
+    "Status: open; timeout after 30 seconds",
+    "ok | sleep tight 2 nights",
+    "done; kill time 2day",
+    "glob /tmp/*.log",
+    "find /home/*/docs -name x",
+    "backup of /var/www/*.html done",
+    "the system(s) we run",
+    "exec(code) in a namespace",
+    "popen(command) returns a pipe",
+    "the child_process module",
+    "ProcessBuilder and Runtime.exec",
+    "it's $'s and cents",
+    "x^2 + y^2 = r^2",
+    "a^b^c",
+    "@team please review",
+    "cat < 3 years old",
+    "see ~/.aws for details",
+    "the .kube directory",
+    "Hello ${name}s",
+    "user${id}abc",
+    'printf("%x(%d)", a, b)',
+    "Get-Started guide",
+    "get-content is a cmdlet",
+    "(get-content reads a file)",
+    "Start-Process is how",
+    "process.start() is called",
 ]
 
 
@@ -178,8 +225,13 @@ def test_path_wildcards_are_not_sql_comments() -> None:
     for value in ("glob /tmp/*.log", "ls -l /home/*/docs", "cp /var/*/log/*.gz /b/"):
         for make in PLACES.values():
             assert sqli not in names(make(value)), value
-    for value in ("admin'/*", "1 union/**/select password from users--", "' /**/or/**/1=1",
-                  "x' or 1=1 /tmp/*", "1/*!50000union*/select 1"):
+    for value in (
+        "admin'/*",
+        "1 union/**/select password from users--",
+        "' /**/or/**/1=1",
+        "x' or 1=1 /tmp/*",
+        "1/*!50000union*/select 1",
+    ):
         for make in PLACES.values():
             assert sqli in names(make(value)), value
 

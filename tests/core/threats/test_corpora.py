@@ -18,8 +18,15 @@ pytestmark = pytest.mark.skipif(
 )
 DET = ThreatDetector(level=1)
 # Class-specific detection floors at level 1, in %, query placement (bench: same in all three).
-FLOORS = {"sqli": 95.0, "xss": 95.0, "traversal": 95.0, "ssti": 95.0, "nosql": 90.0,
-          "cmdi": 86.0, "path-traversal": 82.0}
+FLOORS = {
+    "sqli": 95.0,
+    "xss": 95.0,
+    "traversal": 95.0,
+    "ssti": 95.0,
+    "nosql": 90.0,
+    "cmdi": 86.0,
+    "path-traversal": 82.0,
+}
 
 
 def every(items: list[str], n: int) -> list[str]:

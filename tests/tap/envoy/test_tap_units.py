@@ -21,8 +21,17 @@ def _assemble(msgs: list, ctx: StreamContext | None = None, **limits: int) -> Ex
 
 
 def test_stream_becomes_one_observation() -> None:
-    asm = _assemble(tap_messages("POST", "/orders?id=3", body=b'{"a": 1}', chunks=2,
-                                 status=201, request_id="rid-1", content_type="application/json"))
+    asm = _assemble(
+        tap_messages(
+            "POST",
+            "/orders?id=3",
+            body=b'{"a": 1}',
+            chunks=2,
+            status=201,
+            request_id="rid-1",
+            content_type="application/json",
+        )
+    )
     assert asm.complete
     obs = asm.observation()
     assert obs is not None
@@ -31,7 +40,11 @@ def test_stream_becomes_one_observation() -> None:
     assert obs.request_id == "rid-1" and obs.authority == "api.shop"
     assert obs.destination.key == "shop/api"
     assert (obs.source.namespace, obs.source.workload, obs.source.ip, obs.source.port) == (
-        "shop", "web", "10.0.0.2", 40000)
+        "shop",
+        "web",
+        "10.0.0.2",
+        40000,
+    )
     assert all(not k.startswith(":") for k, _ in obs.headers)
 
 
@@ -55,17 +68,31 @@ def test_no_request_headers_no_observation() -> None:
 
 
 def test_metadata_read_leniently() -> None:
-    ctx = stream_context((("x-meshward-namespace", "a"), ("x-meshward-direction", "sideways"),
-                          ("x-meshward-workload", b"w\xff")))  # fmt: skip
+    ctx = stream_context(
+        (
+            ("x-meshward-namespace", "a"),
+            ("x-meshward-direction", "sideways"),
+            ("x-meshward-workload", b"w\xff"),
+        )
+    )
     assert (ctx.namespace, ctx.direction, ctx.workload) == ("a", "inbound", "w\ufffd")
 
 
-def _view(direction: Direction, rid: str, path: str = "/p", body: bytes = b"",
-          authority: str = "api.shop") -> Observation:
-    return Observation(seen_by="envoy-tap", source=Identity("shop", "web"),
-                       destination=Identity("shop", "api"), method="GET", path=path, body=body,
-                       status=200, request_id=rid, authority=authority,
-                       direction=direction)  # fmt: skip
+def _view(
+    direction: Direction, rid: str, path: str = "/p", body: bytes = b"", authority: str = "api.shop"
+) -> Observation:
+    return Observation(
+        seen_by="envoy-tap",
+        source=Identity("shop", "web"),
+        destination=Identity("shop", "api"),
+        method="GET",
+        path=path,
+        body=body,
+        status=200,
+        request_id=rid,
+        authority=authority,
+        direction=direction,
+    )
 
 
 def test_join_pairs_and_flags_mismatch() -> None:
@@ -173,12 +200,19 @@ def test_tap_copy_of_a_body_ext_authz_saw_in_part_is_judged() -> None:
 
     def view(seen_by: str, cut: int | None) -> Observation:
         return Observation(
-            seen_by, source=Identity("shop", "web"), destination=Identity("shop", "api"),
-            method="POST", path="/search", request_id="rid-7", authority="api.shop",
+            seen_by,
+            source=Identity("shop", "web"),
+            destination=Identity("shop", "api"),
+            method="POST",
+            path="/search",
+            request_id="rid-7",
+            authority="api.shop",
             headers=[("content-type", "application/json"), ("x-request-id", "rid-7")],
-            body=body[:cut] if cut else body, body_truncated=cut is not None,
-            body_size=len(body), direction="inbound",
-        )  # fmt: skip
+            body=body[:cut] if cut else body,
+            body_truncated=cut is not None,
+            body_size=len(body),
+            direction="inbound",
+        )
 
     checked = pipeline.judge_check(view("extauthz", 8192))
     assert not checked.threats and checked.body_partly_inspected

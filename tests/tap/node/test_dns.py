@@ -54,8 +54,12 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text("abcxyz0189-", min_size=1, max_size=63), min_size=1, max_size=4),
-       st.integers(0, 65535), st.binary(max_size=8), st.integers(0, 80))  # fmt: skip
+@given(
+    st.lists(st.text("abcxyz0189-", min_size=1, max_size=63), min_size=1, max_size=4),
+    st.integers(0, 65535),
+    st.binary(max_size=8),
+    st.integers(0, 80),
+)
 def test_mutated_queries_never_raise(labels: list[str], qtype: int, junk: bytes, pos: int) -> None:
     q = f.dns_query(".".join(labels), qtype)
     m = dns.parse(q)

@@ -28,14 +28,14 @@ def h2_bytes(requests: list[list[tuple[str, str]]]) -> tuple[bytes, bytes]:
         for j, part in enumerate(parts[1:], 2):
             flags = ["END_HEADERS"] if j == len(parts) else []
             c2s += ContinuationFrame(sid, part, flags=flags).serialize()
-        s2c += HeadersFrame(sid, srv.encode([(":status", "200")]),
-                            flags=["END_STREAM", "END_HEADERS"]).serialize()  # fmt: skip
+        s2c += HeadersFrame(
+            sid, srv.encode([(":status", "200")]), flags=["END_STREAM", "END_HEADERS"]
+        ).serialize()
     return c2s, s2c
 
 
 def h2_get(path: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-    return [(":method", "GET"), (":scheme", "http"), (":authority", "api"), (":path", path),
-            *extra]  # fmt: skip
+    return [(":method", "GET"), (":scheme", "http"), (":authority", "api"), (":path", path), *extra]
 
 
 def test_h2_header_list_over_64k_keeps_the_connection() -> None:
@@ -44,8 +44,7 @@ def test_h2_header_list_over_64k_keeps_the_connection() -> None:
     the request flagged; the request after it is seen."""
     c = Conversation()
     c.handshake()
-    c2s, s2c = h2_bytes([h2_get("/a", ("x-small", "1"), ("cookie", "x" * 70_000)),
-                         h2_get(ATTACK)])  # fmt: skip
+    c2s, s2c = h2_bytes([h2_get("/a", ("x-small", "1"), ("cookie", "x" * 70_000)), h2_get(ATTACK)])
     c.send(True, c2s)
     c.send(False, s2c)
     c.fin()

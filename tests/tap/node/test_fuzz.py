@@ -45,8 +45,10 @@ def test_random_frames(frames: list[bytes]) -> None:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 2**32 - 1)), max_size=20),
-       st.sampled_from([0, SYN, ACK, SYN | ACK, FIN | ACK, RST]))  # fmt: skip
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 2**32 - 1)), max_size=20),
+    st.sampled_from([0, SYN, ACK, SYN | ACK, FIN | ACK, RST]),
+)
 def test_truncated_and_mangled_tcp_frames(cuts: list[tuple[int, int]], flags: int) -> None:
     frames = []
     for cut, seq in cuts:
@@ -96,14 +98,24 @@ def test_reordered_duplicated_segments_give_the_same_exchanges(dups: list[int], 
     assert [(o.method, o.path, o.status, o.body) for o in got] == key
 
 
-GRPC = [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/s.S/M"),
-        ("content-type", "application/grpc")]  # fmt: skip
+GRPC = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":authority", "a"),
+    (":path", "/s.S/M"),
+    ("content-type", "application/grpc"),
+]
 H2_C2S, H2_S2C = h2_exchange([(GRPC, b"\0\0\0\0\2hi")] * 3, grpc=True)
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(H2_C2S) + len(H2_S2C) - 1), st.integers(0, 255)),
-                min_size=1, max_size=8))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(H2_C2S) + len(H2_S2C) - 1), st.integers(0, 255)),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_broken_http2_frames(flips: list[tuple[int, int]]) -> None:
     data = bytearray(H2_C2S + H2_S2C)
     for pos, value in flips:

@@ -25,22 +25,32 @@ def run(packets: list, table: FlowTable | None = None) -> tuple[list[Observation
 def test_keepalive_pipelining_chunked_head() -> None:
     c = Conversation()
     c.handshake()
-    c.send(True, (
-        f"GET /a?x=1 HTTP/1.1\r\nHost: api\r\nl5d-client-id: {CALLER}\r\n\r\n"
-        "HEAD /b HTTP/1.1\r\nHost: api\r\n\r\n"
-        "POST /c HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
-        "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-    ).encode(), mss=9)  # fmt: skip
-    c.send(False, (
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"  # HEAD: no body despite the length
-        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
-    ), mss=7)  # fmt: skip
+    c.send(
+        True,
+        (
+            f"GET /a?x=1 HTTP/1.1\r\nHost: api\r\nl5d-client-id: {CALLER}\r\n\r\n"
+            "HEAD /b HTTP/1.1\r\nHost: api\r\n\r\n"
+            "POST /c HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        ).encode(),
+        mss=9,
+    )
+    c.send(
+        False,
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"  # HEAD: no body despite the length
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+        ),
+        mss=7,
+    )
     c.fin()
     got, m = run(c.packets)
     assert [(o.method, o.path, o.query, o.status) for o in got] == [
-        ("GET", "/a", "x=1", 200), ("HEAD", "/b", "", 200), ("POST", "/c", "", 201)
-    ]  # fmt: skip
+        ("GET", "/a", "x=1", 200),
+        ("HEAD", "/b", "", 200),
+        ("POST", "/c", "", 201),
+    ]
     assert got[0].header("l5d-client-id") == CALLER and got[0].authority == "api"
     assert got[2].body == b"abcde" and got[2].body_size == 5
     assert m.transactions == 3 and m.parse_errors == 0 and m.unanswered == 0
@@ -63,8 +73,9 @@ def test_100_continue_and_shuffled_duplicated_segments() -> None:
     random.Random(1).shuffle(rest)
     got, _m = run(pkts[:2] + rest)
     assert [(o.method, o.path, o.status, o.body) for o in got] == [
-        ("PUT", "/up", 204, b"data"), ("GET", "/next", 304, b"")
-    ]  # fmt: skip
+        ("PUT", "/up", 204, b"data"),
+        ("GET", "/next", 304, b""),
+    ]
 
 
 def test_upgrade_stops_parsing() -> None:
@@ -159,8 +170,12 @@ def test_response_until_close_and_chunked_trailers() -> None:
     c = Conversation()
     c.handshake()
     c.send(True, b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n")
-    c.send(False, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"5;ext=1\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n", mss=6)  # fmt: skip
+    c.send(
+        False,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n",
+        mss=6,
+    )
     c.send(True, b"GET /old HTTP/1.0\r\n\r\n")
     c.send(False, b"HTTP/1.0 200 OK\r\n\r\nbody until the connection closes HTTP/1.1 200")
     c.fin()
@@ -208,8 +223,12 @@ def test_long_headers_cannot_hide_a_request() -> None:
     c = Conversation()
     c.handshake()
     pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(100))
-    c.send(True, b"GET /items?id=1%27%20or%201=1-- HTTP/1.1\r\nHost: a\r\n" + pad + b"\r\n"
-           b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n", mss=1400)  # fmt: skip
+    c.send(
+        True,
+        b"GET /items?id=1%27%20or%201=1-- HTTP/1.1\r\nHost: a\r\n" + pad + b"\r\n"
+        b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+        mss=1400,
+    )
     c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 2)
     got, m = run(c.packets)
     assert [(o.path, o.status) for o in got] == [("/items", 200), ("/next", 200)]
@@ -238,8 +257,9 @@ def test_large_body_in_one_super_segment() -> None:
     c = Conversation()
     c.handshake()
     body = b"z" * 100_000
-    c.send(True, b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + body,
-           mss=200_000)  # fmt: skip
+    c.send(
+        True, b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + body, mss=200_000
+    )
     c.send(False, b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
     c.fin()
     got, m = run(c.packets)
@@ -254,10 +274,15 @@ def test_a_superscript_digit_length_is_no_length() -> None:
     parser raised. Such a Content-Length is unknown; the requests around it are still seen."""
     c = Conversation()
     c.handshake()
-    c.send(True, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
-                 b"GET /b?q=%27or%201=1 HTTP/1.1\r\nHost: api\r\n\r\n")
-    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n"
-                  b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+    c.send(
+        True,
+        b"GET /a HTTP/1.1\r\nHost: api\r\n\r\nGET /b?q=%27or%201=1 HTTP/1.1\r\nHost: api\r\n\r\n",
+    )
+    c.send(
+        False,
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    )
     c.fin()
     got, _ = run(c.packets)
     assert [o.path for o in got] == ["/a", "/b"]
@@ -269,18 +294,27 @@ def test_extension_methods_are_seen_and_keep_responses_paired() -> None:
     unseen, and later responses were paired with the wrong requests."""
     c = Conversation()
     c.handshake()
-    c.send(True, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
-                 b"GETX /items?id=1%27%20or%201=1-- HTTP/1.1\r\nHost: api\r\n\r\n"
-                 b"PURGEALL /c HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc"
-                 b"POST /d HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\nok")  # fmt: skip
-    c.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-                  b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
-                  b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
-                  b"HTTP/1.1 204 No Content\r\n\r\n")  # fmt: skip
+    c.send(
+        True,
+        b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
+        b"GETX /items?id=1%27%20or%201=1-- HTTP/1.1\r\nHost: api\r\n\r\n"
+        b"PURGEALL /c HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc"
+        b"POST /d HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\nok",
+    )
+    c.send(
+        False,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    )
     c.fin()
     got, m = run(c.packets)
     assert [(o.method, o.path, o.status) for o in got] == [
-        ("GET", "/a", 200), ("GETX", "/items", 201), ("PURGEALL", "/c", 202), ("POST", "/d", 204)
+        ("GET", "/a", 200),
+        ("GETX", "/items", 201),
+        ("PURGEALL", "/c", 202),
+        ("POST", "/d", 204),
     ]
     assert got[1].query == "id=1%27%20or%201=1--" and got[2].body == b"abc"
     assert m.parse_errors == 0

@@ -12,10 +12,13 @@ from tests.tap.node.test_http1 import run
 
 CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
 GRPC_REQ = [
-    (":method", "POST"), (":scheme", "http"), (":authority", "api.shop:8080"),
-    (":path", "/shop.Orders/Create"), ("content-type", "application/grpc"),
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":authority", "api.shop:8080"),
+    (":path", "/shop.Orders/Create"),
+    ("content-type", "application/grpc"),
     ("l5d-client-id", CALLER),
-]  # fmt: skip
+]
 
 
 def test_grpc_streams_paired_with_trailers() -> None:
@@ -36,8 +39,13 @@ def test_grpc_streams_paired_with_trailers() -> None:
 
 
 def test_plain_h2_and_small_header_table() -> None:
-    req = [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/x?q=1"),
-           ("user-agent", "u" * 50)]  # fmt: skip
+    req = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "a"),
+        (":path", "/x?q=1"),
+        ("user-agent", "u" * 50),
+    ]
     c = Conversation()
     c.handshake()
     c2s, s2c = h2_exchange([(req, b"")] * 4, status="404", table_size=64)
@@ -88,10 +96,19 @@ def test_header_bytes_that_are_not_utf8_do_not_blind_the_connection() -> None:
     """h2 lets a field value carry any octet but NUL, CR and LF, and linkerd-proxy passes them
     on: one request with a latin-1 byte must not end the parsing of a connection that carries
     everyone's later requests (the attack after it was invisible)."""
-    first = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"api"),
-             (b":path", b"/a"), (b"x-name", b"caf\xe9")]  # fmt: skip
-    attack = [(":method", "GET"), (":scheme", "http"), (":authority", "api"),
-              (":path", "/items?id=1%27%20or%201=1--")]  # fmt: skip
+    first = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"api"),
+        (b":path", b"/a"),
+        (b"x-name", b"caf\xe9"),
+    ]
+    attack = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "api"),
+        (":path", "/items?id=1%27%20or%201=1--"),
+    ]
     c = Conversation()
     c.handshake()
     c2s, s2c = h2_exchange([(first, b""), (attack, b"")])  # type: ignore[list-item]

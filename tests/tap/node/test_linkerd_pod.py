@@ -90,8 +90,14 @@ def check(observed: list[Observation], server: Pod) -> None:
 
 def admin_probe(server: Pod) -> None:
     """What kubelet probes and Prometheus do: the proxy's admin port, to be ignored."""
-    server.run(["python3", "-c", f"import urllib.request as u; u.urlopen("
-                f"'http://{server.ip}:{ADMIN_PORT}/ready', timeout=5).read()"])  # fmt: skip
+    server.run(
+        [
+            "python3",
+            "-c",
+            f"import urllib.request as u; u.urlopen("
+            f"'http://{server.ip}:{ADMIN_PORT}/ready', timeout=5).read()",
+        ]
+    )
 
 
 def test_every_request_observed_in_process(node: tuple[Node, Pod, Pod]) -> None:
@@ -125,11 +131,26 @@ def test_cli_jsonl(node: tuple[Node, Pod, Pod]) -> None:
     need_tools("ping")
     _, server, client = node
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshward", "node-tap", "--netns", server.netns,
-         "--pod", "shop/api", "--stats-interval", "1", "--duration", "30"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "meshward",
+            "node-tap",
+            "--netns",
+            server.netns,
+            "--pod",
+            "shop/api",
+            "--stats-interval",
+            "1",
+            "--duration",
+            "30",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )  # fmt: skip
+    )
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # wait until the sockets are open
@@ -155,13 +176,21 @@ def test_cli_jsonl(node: tuple[Node, Pod, Pod]) -> None:
 def test_cli_rejects_bad_input() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "meshward", "node-tap", "--netns", "no-such-netns-mw"],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=30,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT)},
+        timeout=30,
+    )
     assert r.returncode == 2 and "no-such-netns-mw" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "meshward", "node-tap"],
-        cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=30,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT)},
+        timeout=30,
+    )
     assert r.returncode == 2 and "nothing to capture" in r.stderr
 
 
@@ -174,21 +203,29 @@ def test_cli_network_alerts(target: str) -> None:
     with Node() as n:
         victim = n.add_pod("victim")
         attacker = n.add_pod("attacker")
-        args = (["--netns", victim.netns, "--pod", "lab/victim"] if target == "pod-eth0"
-                else ["--iface", victim.veth])  # fmt: skip
+        args = (
+            ["--netns", victim.netns, "--pod", "lab/victim"]
+            if target == "pod-eth0"
+            else ["--iface", victim.veth]
+        )
         proc = n.popen(
             [sys.executable, "-m", "meshward", "node-tap", *args, "--duration", "30"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )  # fmt: skip
+        )
         assert proc.stderr is not None
         opened = 0
         for line in proc.stderr:
             opened += '"capturing"' in line
             if opened == (2 if target == "pod-eth0" else 1):
                 break
-        attacker.run(["timeout", "-s", "INT", "2", "hping3", "--icmp", "--flood", "-q",
-                      victim.ip], check=False)  # fmt: skip
+        attacker.run(
+            ["timeout", "-s", "INT", "2", "hping3", "--icmp", "--flood", "-q", victim.ip],
+            check=False,
+        )
         time.sleep(1.5)
         proc.terminate()
         out, err = proc.communicate(timeout=15)
@@ -208,11 +245,28 @@ def test_cli_to_meshward_serve(node: tuple[Node, Pod, Pod], tmp_path: Path) -> N
     _, server, client = node
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     serve = subprocess.Popen(
-        [sys.executable, "-m", "meshward", "serve", "--listen-host", "127.0.0.1",
-         "--authz-port", "0", "--tap-port", "0", "--http-port", "0",
-         "--db", str(tmp_path / "mw.db")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "meshward",
+            "serve",
+            "--listen-host",
+            "127.0.0.1",
+            "--authz-port",
+            "0",
+            "--tap-port",
+            "0",
+            "--http-port",
+            "0",
+            "--db",
+            str(tmp_path / "mw.db"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     tap = None
     try:
         assert serve.stderr is not None
@@ -224,10 +278,26 @@ def test_cli_to_meshward_serve(node: tuple[Node, Pod, Pod], tmp_path: Path) -> N
         assert port, "meshward serve did not start"
         url = f"http://127.0.0.1:{port}"
         tap = subprocess.Popen(
-            [sys.executable, "-m", "meshward", "node-tap", "--netns", server.netns,
-             "--pod", "shop/api", "--pod-iface", "none", "--server", url],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "meshward",
+                "node-tap",
+                "--netns",
+                server.netns,
+                "--pod",
+                "shop/api",
+                "--pod-iface",
+                "none",
+                "--server",
+                url,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert tap.stderr is not None
         for line in tap.stderr:
             if '"capturing"' in line:

@@ -106,12 +106,23 @@ def lab() -> Iterator[Lab]:
         attacker = node.add_pod("attacker")
         victim = node.add_pod("victim")
         victim.popen(
-            ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-             "--no-hosts", "--bind-interfaces", f"--listen-address={victim.ip}", "--port=53",
-             "--user=root", "--pid-file=", "--address=/corp.test/10.99.0.9",
-             f"--txt-record=big.corp.test,{BIG_TXT}", "--edns-packet-max=4096",
-             "--log-facility=/dev/null"],
-        )  # fmt: skip
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={victim.ip}",
+                "--port=53",
+                "--user=root",
+                "--pid-file=",
+                "--address=/corp.test/10.99.0.9",
+                f"--txt-record=big.corp.test,{BIG_TXT}",
+                "--edns-packet-max=4096",
+                "--log-facility=/dev/null",
+            ],
+        )
         victim.wait_port(53)
         lab = Lab(node, attacker, victim)  # Node's exit cleans up if this raises
         try:
@@ -133,8 +144,10 @@ def _print_rates(lab: Lab, start: float) -> None:
     """What the monitor kept up with during a flood (shown with pytest -s)."""
     fed = lab.monitor.inner.stats["packets"]
     m = lab.tap.stats()
-    print(f"  monitor fed {fed} packets ({fed / (time.time() - start):.0f}/s); "
-          f"kernel counted {m.get('kernel_packets')} dropped {m.get('kernel_drops')} (cumulative)")
+    print(
+        f"  monitor fed {fed} packets ({fed / (time.time() - start):.0f}/s); "
+        f"kernel counted {m.get('kernel_packets')} dropped {m.get('kernel_drops')} (cumulative)"
+    )
 
 
 def test_benign_ping_and_dns_raise_nothing(lab: Lab) -> None:
@@ -143,8 +156,22 @@ def test_benign_ping_and_dns_raise_nothing(lab: Lab) -> None:
     lab.attack(["ping", "-c", "3", v])
     # the largest legal ping: a 65535-byte datagram in 45 fragments, at the limit, not past it
     lab.attack(["ping", "-c", "2", "-i", "0.3", "-s", "65507", v])
-    lab.attack(["dig", f"@{v}", "+tries=1", "+time=2", "www.corp.test", "api.corp.test",
-                "corp.test", "MX", "mail.corp.test", "AAAA", "www.corp.test", "TXT"])  # fmt: skip
+    lab.attack(
+        [
+            "dig",
+            f"@{v}",
+            "+tries=1",
+            "+time=2",
+            "www.corp.test",
+            "api.corp.test",
+            "corp.test",
+            "MX",
+            "mail.corp.test",
+            "AAAA",
+            "www.corp.test",
+            "TXT",
+        ]
+    )
     time.sleep(1.5)  # past a rate window and a tick
     stats = lab.monitor.inner.stats
     assert stats["packets"] >= 6 + 4 * 45 + 8, stats
@@ -174,8 +201,9 @@ def test_hping3_fragments_past_the_ip_limit(lab: Lab) -> None:
 
 def test_hping3_udp_flood(lab: Lab) -> None:
     start = lab.fresh()
-    lab.attack(["hping3", "-2", "-i", "u1", "-q", "-c", "20000", "-p", "9999", lab.victim.ip],
-               timeout=2)  # fmt: skip
+    lab.attack(
+        ["hping3", "-2", "-i", "u1", "-q", "-c", "20000", "-p", "9999", lab.victim.ip], timeout=2
+    )
     obs = lab.wait_for("UDP.Flood", start)
     assert (obs.source.ip, obs.destination.ip) == (lab.attacker.ip, lab.victim.ip)
     _latency(lab, obs, start)
@@ -184,8 +212,23 @@ def test_hping3_udp_flood(lab: Lab) -> None:
 
 def test_nmap_udp_port_sweep(lab: Lab) -> None:
     start = lab.fresh()
-    lab.attack(["nmap", "-sU", "-n", "-Pn", "-T5", "--max-retries", "0", "-p", "1-100",
-                "--host-timeout", "10s", lab.victim.ip], timeout=15)  # fmt: skip
+    lab.attack(
+        [
+            "nmap",
+            "-sU",
+            "-n",
+            "-Pn",
+            "-T5",
+            "--max-retries",
+            "0",
+            "-p",
+            "1-100",
+            "--host-timeout",
+            "10s",
+            lab.victim.ip,
+        ],
+        timeout=15,
+    )
     obs = lab.wait_for("UDP.Port.Scan", start)
     assert (obs.source.ip, obs.destination.ip) == (lab.attacker.ip, lab.victim.ip)
     _latency(lab, obs, start)
@@ -215,8 +258,9 @@ def test_dig_axfr(lab: Lab) -> None:
 def test_hping3_spoofed_icmp_flood(lab: Lab) -> None:
     start = lab.fresh()
     # random source addresses; the replies die in the node namespace (no route out of it)
-    lab.attack(["hping3", "-1", "-i", "u1", "-q", "--rand-source", "-c", "20000", lab.victim.ip],
-               timeout=2)  # fmt: skip
+    lab.attack(
+        ["hping3", "-1", "-i", "u1", "-q", "--rand-source", "-c", "20000", lab.victim.ip], timeout=2
+    )
     obs = lab.wait_for("ICMP.Flood", start)
     assert obs.source.workload == "many sources" and obs.destination.ip == lab.victim.ip
     _latency(lab, obs, start)
@@ -279,8 +323,16 @@ def test_new_udp_peer_in_monitor_mode(lab: Lab) -> None:
 def test_dig_large_answers_amplify(lab: Lab) -> None:
     start = lab.fresh()
     # 30 small TXT queries with ~1.3 KB answers: the responses outweigh the requests 20-fold
-    lab.attack(["dig", f"@{lab.victim.ip}", "+tries=1", "+time=2", "+bufsize=4096",
-                *(["big.corp.test", "TXT"] * 30)])  # fmt: skip
+    lab.attack(
+        [
+            "dig",
+            f"@{lab.victim.ip}",
+            "+tries=1",
+            "+time=2",
+            "+bufsize=4096",
+            *(["big.corp.test", "TXT"] * 30),
+        ]
+    )
     obs = lab.wait_for("DNS.Amplification", start)
     assert (obs.source.ip, obs.destination.ip) == (lab.victim.ip, lab.attacker.ip)
     assert "response bytes" in obs.threats[0].evidence

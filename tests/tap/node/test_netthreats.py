@@ -208,9 +208,15 @@ def test_dns_tunneling_long_random_labels() -> None:
 def test_ordinary_lookups_raise_nothing() -> None:
     mon = NetworkMonitor()
     alerts = []
-    names_ = ["www.example.com", "api.github.com", "kubernetes.default.svc.cluster.local",
-              "payments-db.payments.svc.cluster.local", "a1b2c3d4e5f6.cloudfront.net",
-              "login.microsoftonline.com", "ec2-10-1-2-3.compute-1.amazonaws.com"]  # fmt: skip
+    names_ = [
+        "www.example.com",
+        "api.github.com",
+        "kubernetes.default.svc.cluster.local",
+        "payments-db.payments.svc.cluster.local",
+        "a1b2c3d4e5f6.cloudfront.net",
+        "login.microsoftonline.com",
+        "ec2-10-1-2-3.compute-1.amazonaws.com",
+    ]
     for i, name in enumerate(names_ * 5):
         for qtype in (1, 28):
             alerts += query(mon, name, 1.0 + i / 10, qtype, sport=20000 + i * 2 + qtype)
@@ -376,8 +382,14 @@ def test_config_from_dict() -> None:
         {"icmp_flood_pps": 50, "dns_ports": [53, 5353], "rate_window": 2}
     )
     assert (cfg.icmp_flood_pps, cfg.dns_ports, cfg.rate_window) == (50, (53, 5353), 2.0)
-    for bad in ({"nope": 1}, {"icmp_flood_pps": "many"}, {"icmp_flood_pps": 0}, {"scan_ports": 2.5},
-                {"dns_ports": 53}, [1]):  # fmt: skip
+    for bad in (
+        {"nope": 1},
+        {"icmp_flood_pps": "many"},
+        {"icmp_flood_pps": 0},
+        {"scan_ports": 2.5},
+        {"dns_ports": 53},
+        [1],
+    ):
         with pytest.raises(ValueError):
             NetThreatConfig.from_dict(bad)
 

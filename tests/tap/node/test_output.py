@@ -18,8 +18,14 @@ from meshward.tap.node.output import HttpOutput, JsonlOutput
 
 
 def obs(i: int) -> Observation:
-    return Observation(seen_by="node-tap", method="GET", path=f"/item/{i}", status=200,
-                       body=b"\xff\x00", destination=Identity("shop", "api"))  # fmt: skip
+    return Observation(
+        seen_by="node-tap",
+        method="GET",
+        path=f"/item/{i}",
+        status=200,
+        body=b"\xff\x00",
+        destination=Identity("shop", "api"),
+    )
 
 
 class Ingest(BaseHTTPRequestHandler):

@@ -39,8 +39,13 @@ def test_tcp_fields() -> None:
     p = decode(f.ipv4("10.0.0.1", "10.0.0.2", TCP, seg), 0.0, link="raw")
     assert p is not None
     assert (p.sport, p.dport, p.tcp_seq, p.tcp_ack, p.tcp_flags, p.tcp_window) == (
-        40000, 8080, 1000, 2000, 0x18, 65535,
-    )  # fmt: skip
+        40000,
+        8080,
+        1000,
+        2000,
+        0x18,
+        65535,
+    )
     assert bytes(p.payload).startswith(b"GET /")
 
 
@@ -114,15 +119,25 @@ def test_random_bytes_never_raise(data: bytes, link: str) -> None:
 
 
 _valid = st.one_of(
-    st.builds(lambda d, s: f.ipv4("10.0.0.1", "10.0.0.2", UDP, f.udp(s, 53, d)),
-              st.binary(max_size=64), st.integers(0, 65535)),
-    st.builds(lambda d: f.ipv4("10.0.0.1", "10.0.0.2", TCP, f.tcp(1, 2, 3, 4, 2, d)),
-              st.binary(max_size=64)),
-    st.builds(lambda d: f.ipv6("fd00::1", "fd00::2", ICMPV6, f.icmp(128, 0, 1, 1, d)),
-              st.binary(max_size=64)),
-    st.builds(lambda d, o: f.ipv6("fd00::1", "fd00::2", UDP, d, frag=(o * 8, True, 1)),
-              st.binary(max_size=64), st.integers(0, 8191)),
-)  # fmt: skip
+    st.builds(
+        lambda d, s: f.ipv4("10.0.0.1", "10.0.0.2", UDP, f.udp(s, 53, d)),
+        st.binary(max_size=64),
+        st.integers(0, 65535),
+    ),
+    st.builds(
+        lambda d: f.ipv4("10.0.0.1", "10.0.0.2", TCP, f.tcp(1, 2, 3, 4, 2, d)),
+        st.binary(max_size=64),
+    ),
+    st.builds(
+        lambda d: f.ipv6("fd00::1", "fd00::2", ICMPV6, f.icmp(128, 0, 1, 1, d)),
+        st.binary(max_size=64),
+    ),
+    st.builds(
+        lambda d, o: f.ipv6("fd00::1", "fd00::2", UDP, d, frag=(o * 8, True, 1)),
+        st.binary(max_size=64),
+        st.integers(0, 8191),
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
