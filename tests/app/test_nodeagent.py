@@ -154,11 +154,12 @@ def test_a_pod_not_yet_in_any_namespace_is_retried(
     loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
     loop.start()
     api = kube_cluster.api_client()
-    agent = PodDiscovery(api, NODE, tap, net_iface=None)
+    agent = PodDiscovery(api, "node-late", tap, net_iface=None)
     try:
         agent.start()
         assert wait_for(agent.synced, 15)
-        _run(kube_cluster, _pod_object("late", kube_namespace, NODE, meshed=True), "10.215.0.2")
+        late_pod = _pod_object("late", kube_namespace, "node-late", meshed=True)
+        _run(kube_cluster, late_pod, "10.215.0.2")
         assert wait_for(lambda: bool(agent.unresolved), 10)
         late = node.add_pod("late")  # the first pod of the subnet: 10.215.0.2
         assert late.ip == "10.215.0.2"
@@ -181,7 +182,7 @@ def test_cli_finds_pods_by_node(kube_cluster: KubeCluster, kube_namespace: str, 
     from pathlib import Path
 
     web = node.add_pod("web")
-    _run(kube_cluster, _pod_object("web", kube_namespace, NODE, meshed=True), web.ip)
+    _run(kube_cluster, _pod_object("web", kube_namespace, "node-cli", meshed=True), web.ip)
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [
@@ -190,7 +191,7 @@ def test_cli_finds_pods_by_node(kube_cluster: KubeCluster, kube_namespace: str, 
             "meshward",
             "node-tap",
             "--node",
-            NODE,
+            "node-cli",
             "--kubeconfig",
             str(kube_cluster.kubeconfig),
             "--pod-iface",
