@@ -185,7 +185,7 @@ class KubeStore:
         except Exception as exc:
             raise self._error(exc, "list") from exc
         out: dict[str, dict[str, Any]] = {}
-        for obj in listed.get("items") or []:
+        for obj in _as_dict(listed).get("items") or []:
             shared = self._parse(obj)
             if shared is None or not shared.rules:  # an emptied object: no profile
                 continue
@@ -319,10 +319,11 @@ class KubeStore:
 
     def _get(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, name, _request_timeout=TIMEOUT
+            return _as_dict(
+                self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, name, _request_timeout=TIMEOUT
+                )
             )
-            return obj
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -337,44 +338,50 @@ class KubeStore:
         body["spec"]["rules"].extend(bad)  # a person's unparsable edit stays for them to fix
         try:
             if obj is None:
-                obj = self._custom.create_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    ns,
-                    PLURAL,
-                    {
-                        "apiVersion": f"{GROUP}/{VERSION}",
-                        "kind": KIND,
-                        "metadata": {
-                            "name": name,
-                            "namespace": ns,
-                            "labels": {"app.kubernetes.io/managed-by": "meshward"},
+                obj = _as_dict(
+                    self._custom.create_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        ns,
+                        PLURAL,
+                        {
+                            "apiVersion": f"{GROUP}/{VERSION}",
+                            "kind": KIND,
+                            "metadata": {
+                                "name": name,
+                                "namespace": ns,
+                                "labels": {"app.kubernetes.io/managed-by": "meshward"},
+                            },
+                            "spec": body["spec"],
                         },
-                        "spec": body["spec"],
-                    },
-                    _request_timeout=TIMEOUT,
+                        _request_timeout=TIMEOUT,
+                    )
                 )
                 self._wrote(ns, name, obj)
             elif obj.get("spec") != body["spec"]:
-                obj = self._custom.replace_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    ns,
-                    PLURAL,
-                    name,
-                    {**obj, "spec": body["spec"]},
-                    _request_timeout=TIMEOUT,
+                obj = _as_dict(
+                    self._custom.replace_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        ns,
+                        PLURAL,
+                        name,
+                        {**obj, "spec": body["spec"]},
+                        _request_timeout=TIMEOUT,
+                    )
                 )
                 self._wrote(ns, name, obj)
             if (obj.get("status") or {}) != body["status"]:
-                obj = self._custom.replace_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    ns,
-                    PLURAL,
-                    name,
-                    {**obj, "status": body["status"]},
-                    _request_timeout=TIMEOUT,
+                obj = _as_dict(
+                    self._custom.replace_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        ns,
+                        PLURAL,
+                        name,
+                        {**obj, "status": body["status"]},
+                        _request_timeout=TIMEOUT,
+                    )
                 )
                 self._wrote(ns, name, obj)
         except ApiException:
@@ -512,7 +519,7 @@ class KubeStore:
             problems=message[:500],
         )
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
+        body: Any = {
             "metadata": {"generateName": f"{name[:40]}-", "namespace": ns},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
@@ -609,6 +616,13 @@ class KubeStore:
         if isinstance(exc, KubeUnavailable) or not isinstance(exc, KubeError | ApiException):
             return KubeStoreUnavailable(f"cluster store: {describe(exc)}")
         return StoreError(f"cluster store: {exc}")
+
+
+def _as_dict(v: object) -> dict[str, Any]:
+    """Custom-object calls answer the server's JSON as a dict (typed `object`)."""
+    if not isinstance(v, dict):
+        raise KubeError(f"unexpected answer from the Kubernetes API: {type(v).__name__}")
+    return v
 
 
 def _size(v: Any) -> int:

@@ -376,7 +376,7 @@ class Parsed:
 def from_object(obj: dict[str, Any]) -> Parsed:
     """Read a stored object leniently: a bad rule (a hand edit) is reported and kept aside, the
     others stay. Raises ValueError only when there is no destination at all."""
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    spec = _mapping(obj.get("spec"))
     dest = spec.get("destination")
     if not isinstance(dest, str) or not dest:
         raise ValueError("spec.destination is missing")
@@ -400,7 +400,7 @@ def from_object(obj: dict[str, Any]) -> Parsed:
             continue
         s.removed.add(rule_key(m, p))
     s.sources = {str(x) for x in _list(spec, "sources", out) if isinstance(x, str)}
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    status = _mapping(obj.get("status"))
     for i, r in enumerate(_list(status, "replicas", out)):
         try:
             rid, c = _counters(r)
@@ -418,6 +418,10 @@ _UNBOUNDED = Limits(
     max_body_fields=1 << 30,
     max_content_types=1 << 30,
 )
+
+
+def _mapping(v: object) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 def _list(d: dict[str, Any], key: str, out: Parsed) -> list[Any]:
