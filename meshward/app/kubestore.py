@@ -15,6 +15,10 @@ docs/store.md); one object per destination is kept (a destination's merge stays 
 write, which continuation objects would lose), and an object over `max_object_bytes` drops
 its last rules (by path) until it fits, counted in `trimmed`.
 
+Replica ids are pod names, so rollouts leave ids behind: with `live_replicas` (the app lists
+the serve pods, which its role may), the counters of ids that no longer exist are folded into
+one `retired` entry on the next write, so the object does not grow with every rollout.
+
 A watch on the objects delivers other replicas' and people's changes: the app drains
 `changes()` and hands each document to the engine, which *replaces* its profile of that
 destination with it (the counts are the sums over replicas; a replica's own counter is what its
@@ -32,6 +36,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +54,7 @@ from meshward.core.allowlist_merge import (
     from_object,
     merge_counted,
     profile_doc,
+    retire,
     to_object,
 )
 from meshward.core.log import event
@@ -124,6 +130,7 @@ class KubeStore:
         max_object_bytes: int = MAX_OBJECT_BYTES,
         max_attempts: int = 10,
         backoff: float = 0.05,
+        live_replicas: Callable[[], set[str]] | None = None,
     ) -> None:
         if not replica:
             raise ValueError("replica id must not be empty")
@@ -135,6 +142,7 @@ class KubeStore:
         self.max_object_bytes = max_object_bytes
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.live_replicas = live_replicas
         self.stats = KubeStoreStats()
         self._alerts = alerts
         self._custom = client.CustomObjectsApi(api)
@@ -266,6 +274,17 @@ class KubeStore:
         mine.removed = current.removed - set(mine.rules)
         return mine
 
+    def _live(self) -> set[str] | None:
+        """The replica ids that may still write (e.g. the serve pods that exist); None: keep
+        every id. A failing lookup keeps every id too: folding a live one would count twice."""
+        if self.live_replicas is None:
+            return None
+        try:
+            return set(self.live_replicas())
+        except Exception as exc:
+            event(log, "live replicas unknown", logging.WARNING, error=describe(exc)[:200])
+            return None
+
     # ---- writing one object
 
     def _save_one(self, dest: str, doc: dict[str, Any]) -> None:
@@ -275,10 +294,12 @@ class KubeStore:
         if mine.destination != dest:
             raise ValueError(f"document of {mine.destination!r} saved as {dest!r}")
 
+        live = self._live()
+
         def merged(current: Shared) -> Shared:
             out, refused = merge_counted(current, mine, self.limits)
             self.stats.refused += refused
-            return compact(out)
+            return compact(out if live is None else retire(out, live | {self.replica}))
 
         self._write(dest, merged)
 

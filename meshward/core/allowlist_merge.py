@@ -196,6 +196,49 @@ def compact(s: Shared) -> Shared:
     return out
 
 
+RETIRED = "retired"  # the counters of replicas that are gone, folded together
+
+
+def retire(s: Shared, live: set[str]) -> Shared:
+    """Fold the counters of replicas not in `live` into one `retired` entry, so that replica
+    ids that come and go (pod names across rollouts) do not grow the object. Not a join: the
+    store does it under optimistic concurrency, and only for ids that can never write again."""
+    gone = [rid for rid in s.replicas if rid not in live and rid != RETIRED]
+    if not gone:
+        return s
+    out = Shared(s.destination, dict(s.rules), set(s.sources), set(s.removed))
+    folded = s.replicas.get(RETIRED) or Counters()
+    for rid in gone:
+        c = s.replicas[rid]
+        folded = Counters(
+            _add(folded.seen, c.seen),
+            {
+                n: _add(folded.sources.get(n, Seen()), c.sources.get(n, Seen()))
+                for n in set(folded.sources) | set(c.sources)
+            },
+            {
+                k: RuleCounters(
+                    _add(
+                        folded.rules.get(k, RuleCounters()).seen,
+                        c.rules.get(k, RuleCounters()).seen,
+                    ),
+                    _sum(
+                        folded.rules.get(k, RuleCounters()).sources,
+                        c.rules.get(k, RuleCounters()).sources,
+                    ),
+                )
+                for k in set(folded.rules) | set(c.rules)
+            },
+        )
+    out.replicas = {rid: c for rid, c in s.replicas.items() if rid not in gone}
+    out.replicas[RETIRED] = folded
+    return out
+
+
+def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in sorted(set(a) | set(b))}
+
+
 # ---- from and to the allowlist's documents
 
 

@@ -323,6 +323,36 @@ def test_alerts_go_to_the_injected_store(make_store: Any) -> None:
     assert a.alerts(namespace="n")[0]["score"] == 0.9
 
 
+def test_forbidden_writes_name_verb_and_resource(
+    kube_cluster: KubeCluster, make_store: Any, kube_namespace: str
+) -> None:
+    kube_cluster.kubectl(
+        "create",
+        "clusterrole",
+        "kubestore-read",
+        "--verb=get,list,watch",
+        "--resource=allowlists.meshward.io,namespaces",
+        check=False,
+    )
+    kube_cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        "kubestore-bob",
+        "--clusterrole=kubestore-read",
+        "--user=bob",
+        check=False,
+    )
+    bob = make_store("bob", api=kube_cluster.user_client("bob"))
+    dest = f"{kube_namespace}/api"
+    with pytest.raises(StoreError) as err:
+        bob.save_profiles({dest: learned(dest, ["/x"]).to_doc()})
+    assert str(err.value) == (
+        'cluster store: RBAC forbidden: user "bob" cannot create '
+        f'allowlists.meshward.io in namespace "{kube_namespace}"'
+    )
+    assert bob.pending_writes() == 1
+
+
 def test_forbidden_is_clear_and_serves_role_is_enough(
     kube_cluster: KubeCluster, make_store: Any, kube_namespace: str
 ) -> None:
@@ -449,3 +479,17 @@ def test_write_rate(make_store: Any, kube_namespace: str) -> None:
         f"\none store: {60 / new:.0f} new objects/s ({a.stats.writes} API writes), "
         f"{60 / upd:.0f} updated objects/s (get + status replace)"
     )
+
+
+def test_gone_replicas_are_folded(
+    kube_cluster: KubeCluster, make_store: Any, kube_namespace: str
+) -> None:
+    dest = f"{kube_namespace}/api"
+    for rid in ("old-1", "old-2"):
+        make_store(rid, start=False).save_profiles({dest: learned(dest, ["/x"], 2).to_doc()})
+    a = make_store("new-1", start=False, live_replicas=lambda: {"new-1", "new-2"})
+    engine = ServiceProfile.from_doc(a.load_profiles()[dest])
+    a.save_profiles({dest: learned(dest, ["/x", "/y"], 2, profile=engine).to_doc()})
+    ids = {r["id"] for r in stored(kube_cluster, dest)["status"]["replicas"]}
+    assert ids == {"new-1", "retired"}
+    assert counts(make_store("c", start=False).load_profiles()[dest]) == {"/x": 6, "/y": 2}

@@ -17,6 +17,7 @@ from meshward.core.allowlist_merge import (
     from_object,
     merge,
     profile_doc,
+    retire,
     to_object,
 )
 
@@ -196,3 +197,12 @@ def test_bad_hand_edited_rule_is_reported_and_the_others_stay() -> None:
     parsed = from_object(obj)
     assert len(parsed.problems) == 2 and len(parsed.bad_rules) == 2
     assert {k[1] for k in parsed.shared.rules} == {"/x", "/y"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(states(), st.sets(st.sampled_from(["r1", "r2", "r3"])))
+def test_retiring_gone_replicas_keeps_the_sums(a: Shared, live: set[str]) -> None:
+    r = retire(a, live)
+    assert set(r.replicas) <= live | {"retired"}
+    assert profile_doc(r) == profile_doc(a)
+    assert same(retire(r, live), r)
