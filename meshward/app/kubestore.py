@@ -59,7 +59,13 @@ from meshward.core.allowlist_merge import (
 )
 from meshward.core.log import event
 from meshward.core.names import is_kubernetes_name
-from meshward.kube.errors import KubeError, KubeUnavailable, describe, from_api_exception
+from meshward.kube.errors import (
+    KubeError,
+    KubeForbidden,
+    KubeUnavailable,
+    describe,
+    from_api_exception,
+)
 from meshward.kube.watch import Event, EventType, Watcher, object_key, wait_for
 
 log = logging.getLogger("meshward.app.kubestore")
@@ -91,6 +97,7 @@ class KubeStoreStats:
     refused: int = 0  # rules a bound refused in a merge
     trimmed: int = 0  # rules dropped to keep an object under max_object_bytes
     bad_objects: int = 0  # hand-edited objects with parts that do not parse
+    errors: int = 0  # saves of one object that failed (retried by a later flush)
     events: int = 0  # Kubernetes Events recorded
     changes: int = 0  # other writers' changes seen by the watch
 
@@ -190,6 +197,13 @@ class KubeStore:
             listed = self._custom.list_cluster_custom_object(
                 GROUP, VERSION, PLURAL, _request_timeout=TIMEOUT
             )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise StoreError(
+                    f"cluster store: the {RESOURCE} resource does not exist: install meshward's "
+                    "CRDs (meshward install | kubectl apply -f -)"
+                ) from exc
+            raise self._error(exc, "list") from exc
         except Exception as exc:
             raise self._error(exc, "list") from exc
         out: dict[str, dict[str, Any]] = {}
@@ -230,8 +244,21 @@ class KubeStore:
                     self._save_one(dest, doc)
                 except ValueError as exc:  # a document the engine should never produce
                     event(log, "profile not saved", logging.ERROR, destination=dest, error=str(exc))
-                except KubeError as exc:
+                except (KubeUnavailable, KubeForbidden) as exc:  # nothing else can work now
                     raise self._error(exc, "update") from exc
+                except KubeError as exc:  # this object only: the others go on
+                    self.stats.errors += 1
+                    event(
+                        log,
+                        "profile not saved",
+                        logging.WARNING,
+                        destination=dest,
+                        error=str(exc)[:300],
+                    )
+                    if self._queue.get(dest) is doc:  # retried after the others
+                        del self._queue[dest]
+                        self._queue[dest] = doc
+                    continue
                 if self._queue.get(dest) is doc:
                     del self._queue[dest]
 

@@ -493,3 +493,20 @@ def test_gone_replicas_are_folded(
     ids = {r["id"] for r in stored(kube_cluster, dest)["status"]["replicas"]}
     assert ids == {"new-1", "retired"}
     assert counts(make_store("c", start=False).load_profiles()[dest]) == {"/x": 6, "/y": 2}
+
+
+def test_one_unwritable_object_does_not_block_the_others(
+    kube_cluster: KubeCluster, make_store: Any, kube_namespace: str
+) -> None:
+    squatter = {
+        "apiVersion": "meshward.io/v1alpha1",
+        "kind": "Allowlist",
+        "metadata": {"name": "api", "namespace": kube_namespace},
+        "spec": {"destination": "elsewhere/api"},
+    }
+    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(squatter))
+    a = make_store("a", start=False)
+    api, other = f"{kube_namespace}/api", f"{kube_namespace}/other"
+    a.save_profiles({api: learned(api, ["/x"]).to_doc(), other: learned(other, ["/y"]).to_doc()})
+    assert a.stats.errors == 1 and a.pending_writes() == 1
+    assert set(a.load_profiles()) >= {other}
