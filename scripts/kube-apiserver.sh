@@ -4,7 +4,7 @@
 # them in ${MESHWARD_KUBE_DIR:-$HOME/.cache/meshward/kube}/bin. The tests in tests/kube start a
 # real API server from there. Idempotent: a no-op when both binaries are cached. Needs root and
 # apt-get; without them it prints a note and exits 0 (the tests that need the server then skip).
-# Facts behind each step: /work/shared/KUBERNETES.md and docs/kubernetes.md.
+# Facts behind each step: docs/kubernetes.md.
 set -euo pipefail
 
 KUBE_DIR="${MESHWARD_KUBE_DIR:-$HOME/.cache/meshward/kube}"

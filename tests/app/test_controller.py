@@ -64,7 +64,7 @@ def istio_crds(kube_cluster: KubeCluster) -> None:
     if not CRDS.exists():
         pytest.skip(f"Istio CRDs not found at {CRDS}")
     # 1.20 drops the CEL rules (x-kubernetes-validations); kubectl's client-side check refuses
-    # them, so validation is left to the server (KUBERNETES.md)
+    # them, so validation is left to the server (docs/kubernetes.md)
     kube_cluster.kubectl("apply", "--validate=false", "-f", str(CRDS))
     for name in ("envoyfilters.networking.istio.io", "authorizationpolicies.security.istio.io"):
         kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")

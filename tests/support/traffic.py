@@ -6,7 +6,9 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from meshward.tap.node.flows import ACK, FIN, RST, SYN
+from meshward.core.observation import Observation
+from meshward.tap.node.counters import NodeTapCounters
+from meshward.tap.node.flows import ACK, FIN, RST, SYN, FlowTable
 from meshward.tap.node.packet import Packet
 
 CLIENT = ("10.213.0.2", 40000)
@@ -170,3 +172,14 @@ def h2_exchange(
     cli.receive_data(s2c)
     c2s += cli.data_to_send()
     return c2s, s2c
+
+
+def run(packets: list, table: FlowTable | None = None) -> tuple[list[Observation], NodeTapCounters]:
+    """Feed packets through a flow table (the node tap's parsers); the observations and counters."""
+    got: list[Observation] = []
+    m = NodeTapCounters()
+    table = table or FlowTable(lambda o, c: got.append(o), m)
+    for p in packets:
+        table.packet(p, "pod")
+    table.close_all()
+    return got, m

@@ -7,8 +7,7 @@ import hpack
 from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
 from meshward.tap.node.http2 import PREFACE
-from tests.support.traffic import Conversation
-from tests.tap.node.test_http1 import run
+from tests.support.traffic import Conversation, run
 
 ATTACK = "/items?id=1%27%20or%201=1--"
 

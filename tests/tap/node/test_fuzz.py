@@ -10,8 +10,7 @@ from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import ACK, FIN, RST, SYN, FlowTable
 from meshward.tap.node.http2 import PREFACE, Http2Parser
 from meshward.tap.node.packet import TCP, decode
-from tests.support.traffic import Conversation, frame, h2_exchange, packet
-from tests.tap.node.test_http1 import run
+from tests.support.traffic import Conversation, frame, h2_exchange, packet, run
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HTTP = (

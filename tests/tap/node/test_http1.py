@@ -7,19 +7,9 @@ import random
 from meshward.core.observation import Observation
 from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import FlowTable
-from tests.support.traffic import Conversation, packet
+from tests.support.traffic import Conversation, packet, run
 
 CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
-
-
-def run(packets: list, table: FlowTable | None = None) -> tuple[list[Observation], NodeTapCounters]:
-    got: list[Observation] = []
-    m = NodeTapCounters()
-    table = table or FlowTable(lambda o, c: got.append(o), m)
-    for p in packets:
-        table.packet(p, "pod")
-    table.close_all()
-    return got, m
 
 
 def test_keepalive_pipelining_chunked_head() -> None:

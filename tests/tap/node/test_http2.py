@@ -7,8 +7,7 @@ from hyperframe.frame import HeadersFrame, SettingsFrame
 
 from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.http2 import PREFACE, Http2Parser
-from tests.support.traffic import Conversation, h2_exchange
-from tests.tap.node.test_http1 import run
+from tests.support.traffic import Conversation, h2_exchange, run
 
 CALLER = "web.shop.serviceaccount.identity.linkerd.cluster.local"
 GRPC_REQ = [
