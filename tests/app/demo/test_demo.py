@@ -81,6 +81,12 @@ def test_demo_end_to_end(tmp_path: Path, envoy_available: None) -> None:
     assert not _leftovers(tmp_path)
 
 
+def _interruptible() -> None:
+    """Ctrl-C as a terminal delivers it: a run started as a background job (CI scripts,
+    `cmd &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_demo_cleans_up_on_ctrl_c(tmp_path: Path, envoy_available: None) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshward", "demo"],
@@ -88,6 +94,7 @@ def test_demo_cleans_up_on_ctrl_c(tmp_path: Path, envoy_available: None) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         assert proc.stdout is not None
