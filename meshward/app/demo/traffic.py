@@ -222,11 +222,6 @@ class Driver:
                 struct(call.body or {}), metadata=(("x-request-id", call.request_id),), timeout=10
             )
         except grpc.aio.AioRpcError as err:
-            task = asyncio.current_task()
-            if err.code() == grpc.StatusCode.CANCELLED and task is not None and task.cancelling():
-                # Ctrl-C cancelled the demo mid-call: grpc.aio reports it as a CANCELLED
-                # status, which must not swallow the cancellation (the demo ran on, exit 0)
-                raise asyncio.CancelledError from err
             status = 403 if err.code() == grpc.StatusCode.PERMISSION_DENIED else 599
             reason = dict(err.trailing_metadata() or ()).get(wire.REASON_HEADER, "")
             return Result(call, status, str(reason), f"{err.code().name}: {err.details()}")
