@@ -14,6 +14,7 @@ from meshward.app.serve import ServeConfig, Server
 from meshward.app.store import open_store
 from meshward.core.engine import Engine
 from meshward.core.threats.inspection import Detector, NoDetector
+from meshward.runtime.grpcpeer import UNVERIFIED
 
 
 @contextlib.asynccontextmanager
@@ -24,7 +25,10 @@ async def running_server(
     **config: object,
 ) -> AsyncIterator[Server]:
     """A whole `meshward serve` on loopback ephemeral ports; stopped even on failure. With `db`
-    (and no `engine`) it runs on that store, with `detector` (default: the real detectors)."""
+    (and no `engine`) it runs on that store, with `detector` (default: the real detectors).
+    Its gRPC ports verify no caller unless `peers` says how (tests of other features send
+    hints in plaintext; tests/app/serve/test_grpc_identity.py tests the verified ones)."""
+    config.setdefault("peers", UNVERIFIED)
     cfg = ServeConfig(
         db=db or ":memory:",
         listen_host="127.0.0.1",
