@@ -82,6 +82,7 @@ def run_server(variant: str, port: int) -> None:
     from meshward.app.serve import ServeConfig, Server
     from meshward.core.observation import Verdict
     from meshward.extauthz.convert import OK_BYTES, check_to_observation
+    from meshward.runtime.grpcpeer import UNVERIFIED
 
     uvloop.install()
 
@@ -96,6 +97,7 @@ def run_server(variant: str, port: int) -> None:
                 authz_port=port,
                 tap_port=0,
                 http_port=0,
+                peers=UNVERIFIED,  # the in-process split of plaintext costs (extauthz.py: mTLS)
             )
             srv = Server(config)
             if variant == "serve-noop":
