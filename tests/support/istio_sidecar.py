@@ -21,7 +21,7 @@ from meshward.istio.tls import SidecarTLS, downstream_socket
 ISTIO_LIMIT = 4294967295  # Istio's default circuit breaker thresholds (max uint32)
 
 
-def _listener(name: str, tls: SidecarTLS, cluster: str, xfcc: str) -> dict[str, Any]:
+def _listener(name: str, tls: SidecarTLS, cluster: str, xfcc: str, strict: bool) -> dict[str, Any]:
     hcm = {
         "@type": HCM_CONFIG,
         "stat_prefix": f"inbound_{name}",
@@ -46,26 +46,40 @@ def _listener(name: str, tls: SidecarTLS, cluster: str, xfcc: str) -> dict[str, 
         },
         "http_filters": [{"name": filters.ROUTER, "typed_config": {"@type": ROUTER_CONFIG}}],
     }
-    return {
+    hcm_filter = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    mtls = {"transport_socket": downstream_socket(tls, ["h2", "http/1.1"]), "filters": hcm_filter}
+    listener: dict[str, Any] = {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "filter_chains": [
-            {
-                "transport_socket": downstream_socket(tls, ["h2", "http/1.1"]),
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ],
-            }
-        ],
+        "filter_chains": [mtls],
     }
+    if not strict:  # PERMISSIVE: Istio's TLS inspector picks the mTLS or the plaintext chain
+        mtls["filter_chain_match"] = {"transport_protocol": "tls"}
+        listener["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.listener"
+                    ".tls_inspector.v3.TlsInspector"
+                },
+            }
+        ]
+        plain = {"filter_chain_match": {"transport_protocol": "raw_buffer"}, "filters": hcm_filter}
+        listener["filter_chains"].append(plain)
+    return listener
 
 
 def meshward_sidecar(
-    tls: SidecarTLS, serve_ports: dict[str, int], xfcc: str = "APPEND_FORWARD"
+    tls: SidecarTLS,
+    serve_ports: dict[str, int],
+    xfcc: str = "APPEND_FORWARD",
+    *,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """The bootstrap: a listener named after each of `serve_ports` (e.g. {"authz": 9191,
     "tap": 9192}) forwarding to that loopback port of serve; `tls` is meshward's own
-    certificate (its SPIFFE id becomes the XFCC `By=`)."""
+    certificate (its SPIFFE id becomes the XFCC `By=`). `strict=False`: PERMISSIVE
+    PeerAuthentication, plaintext accepted too."""
     listeners, clusters = [], []
     for name, port in serve_ports.items():
         cluster = filters.grpc_cluster(f"inbound|{port}||", "127.0.0.1", port)
@@ -79,7 +93,7 @@ def meshward_sidecar(
             ]
         }
         clusters.append(cluster)
-        listeners.append(_listener(name, tls, cluster["name"], xfcc))
+        listeners.append(_listener(name, tls, cluster["name"], xfcc, strict))
     return {
         "node": {"id": "sidecar~127.0.0.1~meshward.meshward~meshward.svc.cluster.local"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},

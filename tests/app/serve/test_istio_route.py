@@ -34,7 +34,7 @@ OWN = meshward_identity()
 
 @contextlib.contextmanager
 def istio_route(
-    tmp_path: Path, envoy_bin: str, xfcc: str
+    tmp_path: Path, envoy_bin: str, xfcc: str, strict: bool = True
 ) -> Iterator[tuple[ServerThread, EnvoyProcess, MeshCA]]:
     """serve (--grpc-plaintext) behind meshward's own inbound sidecar."""
     ca = MeshCA(tmp_path / "ca")
@@ -43,6 +43,7 @@ def istio_route(
             ca.issue("meshward", "meshward"),
             {"authz": srv.ports["authz"], "tap": srv.ports["tap"]},
             xfcc,
+            strict=strict,
         )
         with EnvoyProcess(boot, envoy=envoy_bin, name=f"meshward-sidecar-{xfcc}") as sidecar:
             yield srv, sidecar, ca
@@ -139,4 +140,23 @@ def test_without_meshwards_sidecar_nothing_is_trusted(envoy_bin: str, tmp_path: 
             with pytest.raises(grpc.RpcError) as err:
                 external_auth_pb2_grpc.AuthorizationStub(ch).Check(check_request(), timeout=5)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert srv.api("GET", "/api/v1/allowlist")["services"] == []
+
+
+def test_permissive_sidecar_strips_a_plaintext_callers_xfcc(envoy_bin: str, tmp_path: Path) -> None:
+    """Under PERMISSIVE (not what meshward wants, but Istio's default) a plaintext caller
+    reaches serve through its sidecar, and Envoy removes the XFCC header of a connection without
+    a client certificate: the forged element never arrives, the call is refused."""
+    with istio_route(tmp_path, envoy_bin, "APPEND_FORWARD", strict=False) as (srv, mw_sidecar, _):
+        forged = (
+            ("x-forwarded-client-cert", f"By={OWN};URI=spiffe://cluster.local/ns/shop/sa/api"),
+        )
+        target = f"127.0.0.1:{mw_sidecar.listener_ports['authz']}"
+        with grpc.insecure_channel(target) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+                    check_request(), metadata=forged, timeout=5
+                )
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        assert srv.metric('meshward_errors_total{kind="peer-xfcc-missing"') == 1
         assert srv.api("GET", "/api/v1/allowlist")["services"] == []
