@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from meshward.core import wire
 from meshward.core.names import is_kubernetes_name
 
 # SPIFFE ids (spiffe.io, SPIFFE-ID spec): lower-case trust domain, no port, no userinfo, path
@@ -32,7 +33,7 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 MAX_SPIFFE_ID = 2048
 MAX_XFCC = 64 * 1024  # bytes of one x-forwarded-client-cert value meshward reads
 
-XFCC_HEADER = "x-forwarded-client-cert"
+XFCC_HEADER = wire.XFCC_HEADER
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 
 
