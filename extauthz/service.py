@@ -63,13 +63,11 @@ class CheckService:
             self.problems("extauthz", req.kind, error=req.error, size=req.size)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{req.kind}: {req.error}")
         try:
-            obs = self._observation(req, context)
+            verdict = self.judge(self._observation(req, context))
         except Refused as exc:  # no verified identity, or one claiming more: teaches nothing
             self.metrics.checks.labels("refused").inc()
             self.peers.refused("extauthz", exc, context)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"meshward: {exc.reason}")
-        try:
-            verdict = self.judge(obs)
         except Exception as exc:  # keep serving whatever one request does
             self.metrics.checks.labels("error").inc()
             self.problems("extauthz", "check-failed", error=repr(exc)[:200])

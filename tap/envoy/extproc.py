@@ -104,6 +104,9 @@ class TapService:
             self.peers.refused("tap", exc, context)
             self.metrics.tap_streams.labels("refused").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"meshward: {exc.reason}")
+        except Exception as exc:  # bad metadata in one stream never stops the server
+            self.problems("tap", "context-failed", error=repr(exc)[:200])
+            await context.abort(grpc.StatusCode.INTERNAL, "meshward tap failed")
         self.active += 1
         self.metrics.tap_active.inc()
         start = time.perf_counter()
