@@ -382,17 +382,18 @@ def main() -> int:
             )
     for c in conns:
         # mTLS on serve's ports: (c) against (p), meshward before issue 11, round by round
-        added, rates, hops, hop_rates = [], [], [], []
+        added, extra, rates, hops, hop_rates = [], [], [], [], []
         for rnd in range(args.rounds):
             a_, c_, p_, i_ = (runs[(k, c)][rnd] for k in "acpi")
             if p_.p50_us > a_.p50_us:
                 added.append((c_.p50_us - a_.p50_us) / (p_.p50_us - a_.p50_us))
+            extra.append(c_.p50_us - p_.p50_us)
             rates.append(c_.rps / p_.rps)
             hops.append(i_.p50_us - c_.p50_us)
             hop_rates.append(i_.rps / c_.rps)
         print(
-            f"c={c}: mTLS (c) vs plaintext (p): added p50 x{_spread(added)}, "
-            f"req/s x{_spread(rates)}"
+            f"c={c}: mTLS (c) vs plaintext (p): p50 {_spread(extra, ' µs')}, added p50 "
+            f"x{_spread(added)}, req/s x{_spread(rates)}"
         )
         print(
             f"c={c}: Istio route (i) vs (c): p50 {_spread(hops, ' µs')}, "
