@@ -109,7 +109,7 @@ class PeerVerifier:
                     known = exc
             _remember(self._by_sans, sans, known)
         if isinstance(known, Refused):
-            raise known
+            raise _fresh(known)
         return known
 
     def _from_xfcc(self, metadata: Metadata) -> SpiffeId:
@@ -126,7 +126,7 @@ class PeerVerifier:
                 known = exc
             _remember(self._by_xfcc, values, known)
         if isinstance(known, Refused):
-            raise known
+            raise _fresh(known)
         return known
 
     def guarded(self, peer: SpiffeId, namespace_hint: str, workload_hint: str) -> tuple[str, str]:
@@ -135,6 +135,12 @@ class PeerVerifier:
     def refused(self, door: str, exc: Refused, context: grpc.aio.ServicerContext) -> None:
         """Count and log one refusal (the peer address only: never the metadata)."""
         self.problems(door, f"peer-{exc.reason}", detail=exc.detail, peer=_peer(context))
+
+
+def _fresh(cached: Refused) -> Refused:
+    """A new exception for a remembered refusal: raising the cached one again would chain every
+    earlier raise's traceback onto it, growing without bound."""
+    return Refused(cached.reason, cached.detail)
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:
