@@ -37,6 +37,10 @@ from meshward.runtime.metrics import Problems
 
 PolicyKind = Literal["mtls", "xfcc", "unverified"]
 _CACHE_LIMIT = 4096  # distinct certificates / XFCC values remembered (a mesh has few)
+# an XFCC value longer than this is verified on every call, not remembered: the elements before
+# the sidecar's are the caller's writing (up to core.peer.MAX_XFCC each), so remembering them
+# would let one caller fill 4096 x 64 KiB; the sidecar's own element is a few hundred bytes
+_CACHE_XFCC_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ class PeerVerifier:
                 known = xfcc_identity(list(values), self.own)
             except Refused as exc:
                 known = exc
-            _remember(self._by_xfcc, values, known)
+            if sum(map(len, values)) <= _CACHE_XFCC_BYTES:
+                _remember(self._by_xfcc, values, known)
         if isinstance(known, Refused):
             raise _fresh(known)
         return known

@@ -38,5 +38,13 @@ def test_remembered_peers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         peer = verifier.sidecar(None, [("x-forwarded-client-cert", header)])  # type: ignore[arg-type]
         assert peer.namespace == f"ns{i}"
     assert len(verifier._by_xfcc) <= 8
+    # a long value (the caller's own elements before the sidecar's) is verified, not remembered
+    forged = ",".join(f"By={own};URI=spiffe://cluster.local/ns/x/sa/y" for _ in range(100))
+    header = f"{forged},By={own};URI=spiffe://cluster.local/ns/shop/sa/web"
+    verifier._by_xfcc.clear()
+    for _ in range(3):
+        got = verifier.sidecar(None, [("x-forwarded-client-cert", header)])  # type: ignore[arg-type]
+        assert got.namespace == "shop"
+    assert not verifier._by_xfcc
     with pytest.raises(ValueError, match="trust domain"):
         PeerPolicy(trust_domain="example.org", identity=own)
