@@ -14,8 +14,11 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from meshward.app.serve import Server
+from meshward.core.peer import parse_spiffe
 from meshward.core.threats.inspection import NoDetector
 from meshward.istio.certs import CertError, MeshCA
 from meshward.istio.tls import SidecarTLS
@@ -225,5 +228,58 @@ def test_ca_is_created_once_private_and_shared(tmp_path: Path) -> None:
         with pytest.raises(CertError, match="may be read by others"):
             async with running_server(db=db, detector=NoDetector(), peers=PeerPolicy()):
                 pass
+
+    asyncio.run(main())
+
+
+uri_sans = st.one_of(
+    st.builds(
+        lambda ns, sa: f"spiffe://cluster.local/ns/{ns}/sa/{sa}",
+        st.sampled_from(["shop", "payments", "Shop", "shop.x"]),
+        st.sampled_from(["api", "web", "a.b", "x_y"]),
+    ),
+    st.sampled_from(
+        [
+            "spiffe://other.org/ns/shop/sa/api",
+            "spiffe://cluster.local/ns/shop/sa/api/x",
+            "spiffe://cluster.local/sa/api/ns/shop",
+            "https://shop.example/api",
+            "urn:shop:api",
+        ]
+    ),
+)
+dns_sans = st.sampled_from(["api.shop.svc.cluster.local", "spiffe.shop", "localhost"])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(uris=st.lists(uri_sans, max_size=3), dns=st.lists(dns_sans, max_size=2))
+@example(uris=[SHOP_API], dns=["api.shop.svc.cluster.local"])
+@example(uris=[SHOP_API, SHOP_API], dns=[])
+def test_any_certificate_of_the_ca_speaks_only_for_its_one_spiffe_id(
+    pki: PKI, tmp_path_factory: pytest.TempPathFactory, uris: list[str], dns: list[str]
+) -> None:
+    """Real certificates from serve's CA with random SAN sets, over a real handshake: a Check
+    claiming shop/api is accepted exactly when the certificate carries one URI SAN, a valid
+    SPIFFE id of the trust domain in namespace shop; anything else is refused, learns nothing."""
+    ca, _ = pki
+    out = tmp_path_factory.mktemp("fuzz")
+    cert = odd_certificate(
+        ca, out, "leaf", [*(f"URI:{u}" for u in uris), *(f"DNS:{d}" for d in dns)]
+    )
+    spiffe = parse_spiffe(uris[0]) if len(uris) == 1 else None
+    expected = spiffe is not None and spiffe.trust_domain == "cluster.local"
+    expected = expected and spiffe is not None and spiffe.namespace == "shop"
+
+    async def main() -> None:
+        async with _server(ca) as srv:
+            try:
+                reply = await _check(srv.ports["authz"], cert, check_request("GET", "/f"))
+                accepted = reply.status.code == 0
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+                accepted = False
+            assert accepted == expected, (uris, dns)
+            learned = set(srv.engine.allowlist.services)
+            assert learned == ({"shop/api"} if expected else set())
 
     asyncio.run(main())
