@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshward.app.auth import Guard
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -37,6 +38,8 @@ class Ingest(Protocol):
 class ApiConfig(Protocol):
     @property
     def max_ingest_bytes(self) -> int: ...
+    @property
+    def modes_from_labels(self) -> bool: ...
 
 
 class ApiServer(Protocol):
@@ -55,6 +58,8 @@ class ApiServer(Protocol):
     def pipeline(self) -> Ingest: ...
     @property
     def joiner(self) -> Joiner: ...
+    @property
+    def guard(self) -> Guard: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -63,6 +68,11 @@ class ApiServer(Protocol):
     async def set_mode(self, namespace: str, mode: str) -> None: ...
 
 
+MODE_IS_LABEL = (
+    "in a cluster a namespace's mode is its label: kubectl label namespace NAMESPACE "
+    "meshward.io/mode=MODE --overwrite (who may do that is decided by RBAC on namespaces; "
+    "meshward serve cannot change it)"
+)
 SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")
 
 
@@ -121,6 +131,8 @@ async def modes(request: web.Request) -> web.Response:
 async def set_mode(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     namespace = request.match_info["namespace"]
+    if server.config.modes_from_labels:
+        raise web.HTTPConflict(text=_error(MODE_IS_LABEL), content_type="application/json")
     if not is_kubernetes_name(namespace):
         raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
@@ -215,6 +227,7 @@ def _dumps(obj: object) -> str:
 def build_app(server: ApiServer) -> web.Application:
     app = web.Application(client_max_size=server.config.max_ingest_bytes)
     app[SERVER_KEY] = server
+    server.guard.install(app)  # every route but the probes needs a verified, allowed caller
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

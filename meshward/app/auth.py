@@ -19,6 +19,7 @@ the peer address only.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -36,10 +37,10 @@ from typing import Protocol
 from aiohttp import web
 
 from meshward.core.log import event
+from meshward.runtime.client import TOKEN_ENV
 
 log = logging.getLogger("meshward.auth")
 
-TOKEN_ENV = "MESHWARD_API_TOKEN"
 TOKEN_FILE_NAME = "api-token"
 SESSION_COOKIE = "meshward_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -68,12 +69,88 @@ class Principal:
     name: str  # "api-token", or a Kubernetes user such as system:serviceaccount:ns:sa
     groups: tuple[str, ...] = ()
     via: str = "bearer"  # bearer | session
+    uid: str = ""
+    # what the API server vouched for besides (a bound token's pod: authentication.kubernetes.io/
+    # pod-name and pod-uid), as sorted (key, values) pairs
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def extra_value(self, key: str) -> str:
+        """The one value of an `extra` key ("" when absent or not exactly one)."""
+        for k, values in self.extra:
+            if k == key and len(values) == 1:
+                return values[0]
+        return ""
 
 
 class Authenticator(Protocol):
     """Turns a presented bearer token into a verified principal, or None."""
 
     async def authenticate(self, token: str) -> Principal | None: ...
+
+
+@dataclass(frozen=True)
+class Permission:
+    """What a route needs, as a Kubernetes authorization attribute: a verb on a resource of
+    the `meshward.io` API group (`namespace` scoped when the request names one), or a verb on a
+    non-resource path (`/metrics`, as Prometheus scrapes are authorized in Kubernetes)."""
+
+    verb: str
+    resource: str = ""
+    path: str = ""  # a non-resource URL instead of a resource
+    namespace: str = ""
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"{self.verb} {self.path}"
+        where = f" in namespace {self.namespace}" if self.namespace else ""
+        return f"{self.verb} {self.resource}.{API_GROUP}{where}"
+
+
+API_GROUP = "meshward.io"
+# (method, route pattern) -> (verb, resource, where the namespace comes from): the table
+# docs/security.md shows. A route missing here is refused to everyone but the standalone token.
+ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("GET", "/metrics"): ("get", "/metrics", ""),
+    ("GET", "/api/v1/alerts"): ("list", "alerts", "query:namespace"),
+    ("GET", "/api/v1/allowlist"): ("get", "allowlists", "query:destination"),
+    ("GET", "/api/v1/modes"): ("get", "modes", ""),
+    ("PUT", "/api/v1/modes/{namespace}"): ("update", "modes", "path:namespace"),
+    ("POST", "/api/v1/observations"): ("create", "observations", ""),
+    ("GET", "/api/v1/exchanges"): ("list", "exchanges", ""),
+}
+
+
+def permission_for(request: web.Request) -> Permission | None:
+    """What this request needs (None: a route outside the table)."""
+    route = request.match_info.route.resource
+    pattern = route.canonical if route is not None else request.path
+    method = "GET" if request.method == "HEAD" else request.method
+    found = ROUTE_PERMISSIONS.get((method, pattern))
+    if found is None:
+        return None
+    verb, resource, ns_from = found
+    if resource.startswith("/"):
+        return Permission(verb, path=resource)
+    namespace = ""
+    kind, _, key = ns_from.partition(":")
+    if kind == "query":
+        namespace = request.query.get(key, "").partition("/")[0]
+    elif kind == "path":
+        namespace = request.match_info.get(key, "")
+    return Permission(verb, resource, namespace=namespace[:63])
+
+
+class Authorizer(Protocol):
+    """Whether a verified principal may do what a route needs."""
+
+    async def allowed(self, principal: Principal, permission: Permission | None) -> bool: ...
+
+
+class TokenHolderMayAll:
+    """Standalone: the one API token is the operator's; it may call every route."""
+
+    async def allowed(self, principal: Principal, permission: Permission | None) -> bool:
+        return True
 
 
 @dataclass
@@ -120,6 +197,32 @@ def load_token(
         raise TokenError(f"{path}: {exc.strerror or exc}") from None
 
 
+@dataclass
+class AuthConfig:
+    """How serve's HTTP port authenticates callers (ServeConfig.auth)."""
+
+    token: str | None = field(default=None, repr=False)  # given in-process (tests, embedding)
+    token_file: str | None = None  # --api-token-file
+    public_metrics: bool = False  # --public-metrics: /metrics without a credential
+
+
+def guard_for(config: AuthConfig, state_dir: str | Path | None, env: Mapping[str, str]) -> Guard:
+    """The standalone guard: the given token, else `load_token` (`state_dir` is where a
+    generated one goes: beside the store; None for a store without a file, which then needs a
+    token given). Logs where the token is, never the token."""
+    if config.token:
+        token, where = _checked(config.token, "the configured API token"), "configured"
+    elif state_dir is None and not config.token_file and not env.get(TOKEN_ENV):
+        raise TokenError(
+            f"no API token: the store has no directory to keep one in; set {TOKEN_ENV} "
+            "or --api-token-file"
+        )
+    else:
+        token, where = load_token(config.token_file, state_dir or ".", env)
+    event(log, "api token", source=where, public_metrics=config.public_metrics)
+    return Guard(StaticToken(token), public_metrics=config.public_metrics)
+
+
 def _checked(token: str, where: str) -> str:
     if len(token) < 16 or len(token) > MAX_TOKEN_BYTES or not token.isprintable() or " " in token:
         raise TokenError(f"{where}: an API token must be 16 to 8192 printable characters")
@@ -146,7 +249,7 @@ class Sessions:
     def open(self, principal: Principal, now: float) -> tuple[str, str]:
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self._by_id[sid] = _Session(
-            Principal(principal.name, principal.groups, "session"), csrf, now + self.ttl
+            dataclasses.replace(principal, via="session"), csrf, now + self.ttl
         )
         while len(self._by_id) > self.size:
             self._by_id.popitem(last=False)
@@ -171,13 +274,16 @@ PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal
 
 @dataclass
 class Guard:
-    """The aiohttp middleware and the session routes, over one authenticator."""
+    """The aiohttp middleware and the session routes, over one authenticator (who is calling)
+    and one authorizer (what they may do)."""
 
     authenticator: Authenticator
     public_metrics: bool = False
+    authorizer: Authorizer = field(default_factory=TokenHolderMayAll)
     secure_cookie: bool = False  # set when the port serves TLS
     sessions: Sessions = field(default_factory=Sessions)
-    failures: int = 0
+    failures: int = 0  # refused for want of a valid credential (401)
+    denials: int = 0  # authenticated, not allowed (403)
     clock: Callable[[], float] = time.time
 
     def is_open(self, request: web.Request) -> bool:
@@ -187,7 +293,9 @@ class Guard:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if not self.is_open(request) and request.path not in LOGIN_PATHS:
-                request[PRINCIPAL_KEY] = await self._principal(request)
+                principal = await self._principal(request)
+                await self._authorize(request, principal)
+                request[PRINCIPAL_KEY] = principal
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
@@ -224,10 +332,30 @@ class Guard:
         try:
             return await self.authenticator.authenticate(token)
         except Exception as exc:  # the reviewer is down: refuse, say so, never let it through
-            event(log, "authentication unavailable", logging.ERROR, error=repr(exc)[:200])
-            raise web.HTTPServiceUnavailable(
-                text=_json_error("authentication unavailable"), content_type="application/json"
-            ) from None
+            raise _unavailable("authentication", exc) from None
+
+    async def _authorize(self, request: web.Request, principal: Principal) -> None:
+        permission = permission_for(request)
+        try:
+            ok = await self.authorizer.allowed(principal, permission)
+        except Exception as exc:
+            raise _unavailable("authorization", exc) from None
+        if ok:
+            return
+        self.denials += 1
+        what = str(permission) if permission else f"{request.method} {request.path[:200]}"
+        event(
+            log,
+            "forbidden request",
+            logging.WARNING,
+            user=principal.name,
+            peer=request.remote or "",
+            need=what,
+        )
+        raise web.HTTPForbidden(
+            text=_json_error(f"forbidden: {principal.name} may not {what}"),
+            content_type="application/json",
+        )
 
     def _refused(self, request: web.Request, why: str) -> web.HTTPUnauthorized:
         self.failures += 1
@@ -293,6 +421,13 @@ class Guard:
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/api/v1/session", self.login)
         app.router.add_delete("/api/v1/session", self.login)
+
+
+def _unavailable(what: str, exc: Exception) -> web.HTTPServiceUnavailable:
+    event(log, f"{what} unavailable", logging.ERROR, error=repr(exc)[:200])
+    return web.HTTPServiceUnavailable(
+        text=_json_error(f"{what} unavailable"), content_type="application/json"
+    )
 
 
 def principal_of(request: web.Request) -> Principal | None:

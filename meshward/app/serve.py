@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import open_store
@@ -73,6 +75,9 @@ class ServeConfig:
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
+    modes_from_labels: bool = False
 
 
 class Server:
@@ -86,6 +91,7 @@ class Server:
         self, config: ServeConfig, engine: Engine | None = None, detector: Detector | None = None
     ) -> None:
         self.config = config
+        self.guard = guard_for(config.auth, _state_dir(config.db), os.environ)
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
         self.flusher: Flusher | None = None
@@ -243,6 +249,13 @@ class Server:
             "tap_streams_active": self.tap.active,
             "join_pending": self.joiner.pending(),
         }
+
+
+def _state_dir(db: str) -> str | None:
+    """Where files kept beside the store go (the API token, the audit log): None without one."""
+    if db == ":memory:" or db.startswith("file:"):
+        return None
+    return os.path.dirname(os.path.abspath(db))
 
 
 def _grpc_host(host: str) -> str:

@@ -18,6 +18,15 @@ def _env_port(name: str, default: int) -> int:
     return int(raw)
 
 
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise UsageError(f"{name}={raw!r} is not 1 or 0")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -57,12 +66,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=30.0,
         help="seconds before an unfinished tap stream expires (default 30)",
     )
+    p.add_argument(
+        "--api-token-file",
+        help="file holding the HTTP API's bearer token (mode 0600; env MESHWARD_API_TOKEN gives "
+        "the token itself; default: api-token beside the store, generated at first start)",
+    )
+    p.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=None,
+        help="serve /metrics without a credential (env MESHWARD_PUBLIC_METRICS=1; default: "
+        "/metrics needs the token like the API, since it names namespaces, workloads and threats)",
+    )
     add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshward.app.auth import AuthConfig, TokenError
     from meshward.app.serve import ServeConfig
     from meshward.app.serve import run as serve
     from meshward.app.store import StoreError
@@ -89,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
+        auth=AuthConfig(
+            token_file=args.api_token_file or None,
+            public_metrics=args.public_metrics
+            if args.public_metrics is not None
+            else _env_flag("MESHWARD_PUBLIC_METRICS"),
+        ),
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
@@ -99,6 +127,6 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         serve(config)
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, TokenError) as exc:
         raise UsageError(f"cannot serve: {exc}") from None
     return 0
