@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app.auth import Guard
+from meshward.app.audit import AuditLog
+from meshward.app.auth import Guard, principal_of
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -60,6 +61,8 @@ class ApiServer(Protocol):
     def joiner(self) -> Joiner: ...
     @property
     def guard(self) -> Guard: ...
+    @property
+    def audit(self) -> AuditLog: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -142,9 +145,21 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
+    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
     await server.set_mode(namespace, mode)
     server.mode_changed()
-    return web.json_response({"namespace": namespace, "mode": mode})
+    who = principal_of(request)
+    await asyncio.to_thread(
+        server.audit.record,
+        "mode.set",
+        who.name if who else "",
+        namespace,
+        old,
+        mode,
+        via=who.via if who else "",
+        peer=request.remote or "",
+    )
+    return web.json_response({"namespace": namespace, "mode": mode, "was": old})
 
 
 def _loads(raw: bytes | str) -> Any:

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
 from meshward.app.pipeline import Pipeline
@@ -91,7 +92,8 @@ class Server:
         self, config: ServeConfig, engine: Engine | None = None, detector: Detector | None = None
     ) -> None:
         self.config = config
-        self.guard = guard_for(config.auth, _state_dir(config.db), os.environ)
+        self.guard = guard_for(config.auth, state_dir(config.db), os.environ)
+        self.audit = AuditLog.beside(config.db)
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
         self.flusher: Flusher | None = None
@@ -249,13 +251,6 @@ class Server:
             "tap_streams_active": self.tap.active,
             "join_pending": self.joiner.pending(),
         }
-
-
-def _state_dir(db: str) -> str | None:
-    """Where files kept beside the store go (the API token, the audit log): None without one."""
-    if db == ":memory:" or db.startswith("file:"):
-        return None
-    return os.path.dirname(os.path.abspath(db))
 
 
 def _grpc_host(host: str) -> str:
