@@ -91,29 +91,29 @@ class Authenticator(Protocol):
 @dataclass(frozen=True)
 class Permission:
     """What a route needs, as a Kubernetes authorization attribute: a verb on a resource of
-    the `meshward.io` API group (`namespace` scoped when the request names one), or a verb on a
-    non-resource path (`/metrics`, as Prometheus scrapes are authorized in Kubernetes)."""
+    the `meshward.io` API group, `namespace` scoped when the request names one."""
 
     verb: str
-    resource: str = ""
-    path: str = ""  # a non-resource URL instead of a resource
+    resource: str
     namespace: str = ""
 
     def __str__(self) -> str:
-        if self.path:
-            return f"{self.verb} {self.path}"
         where = f" in namespace {self.namespace}" if self.namespace else ""
         return f"{self.verb} {self.resource}.{API_GROUP}{where}"
 
 
 API_GROUP = "meshward.io"
-# (method, route pattern) -> (verb, resource, where the namespace comes from): the table
-# docs/security.md shows. A route missing here is refused to everyone but the standalone token.
+# (method, route pattern) -> (verb, resource, where a namespace comes from): the table
+# docs/security.md shows. In a cluster each is a SubjectAccessReview on `resource.meshward.io`
+# (namespaced when the request names a namespace, so a Role in that namespace can grant it);
+# `allowlists` is the Allowlist custom resource itself, the others are virtual resources, as
+# kube-rbac-proxy authorizes metrics. A route missing here is refused to everyone but the
+# standalone token.
 ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("GET", "/metrics"): ("get", "/metrics", ""),
+    ("GET", "/metrics"): ("get", "metrics", ""),
     ("GET", "/api/v1/alerts"): ("list", "alerts", "query:namespace"),
-    ("GET", "/api/v1/allowlist"): ("get", "allowlists", "query:destination"),
-    ("GET", "/api/v1/modes"): ("get", "modes", ""),
+    ("GET", "/api/v1/allowlist"): ("list", "allowlists", "query:destination"),
+    ("GET", "/api/v1/modes"): ("list", "modes", ""),
     ("PUT", "/api/v1/modes/{namespace}"): ("update", "modes", "path:namespace"),
     ("POST", "/api/v1/observations"): ("create", "observations", ""),
     ("GET", "/api/v1/exchanges"): ("list", "exchanges", ""),
@@ -129,8 +129,6 @@ def permission_for(request: web.Request) -> Permission | None:
     if found is None:
         return None
     verb, resource, ns_from = found
-    if resource.startswith("/"):
-        return Permission(verb, path=resource)
     namespace = ""
     kind, _, key = ns_from.partition(":")
     if kind == "query":
@@ -204,12 +202,21 @@ class AuthConfig:
     token: str | None = field(default=None, repr=False)  # given in-process (tests, embedding)
     token_file: str | None = None  # --api-token-file
     public_metrics: bool = False  # --public-metrics: /metrics without a credential
+    # --auth kubernetes: ServiceAccount tokens (TokenReview) and RBAC (SubjectAccessReview)
+    kubernetes: bool = False
+    kubeconfig: str | None = None  # serve's own credentials for the reviews (default in-cluster)
+    audiences: tuple[str, ...] = ("meshward",)  # a token must be minted for one of these
+    cache_seconds: float = 10.0
 
 
 def guard_for(config: AuthConfig, state_dir: str | Path | None, env: Mapping[str, str]) -> Guard:
     """The standalone guard: the given token, else `load_token` (`state_dir` is where a
     generated one goes: beside the store; None for a store without a file, which then needs a
-    token given). Logs where the token is, never the token."""
+    token given). Logs where the token is, never the token. With `config.kubernetes`:
+    Kubernetes tokens and RBAC through the API server (`meshward.app.kubeauth`), no static
+    token at all."""
+    if config.kubernetes:
+        return _kubernetes_guard(config)
     if config.token:
         token, where = _checked(config.token, "the configured API token"), "configured"
     elif state_dir is None and not config.token_file and not env.get(TOKEN_ENV):
@@ -221,6 +228,27 @@ def guard_for(config: AuthConfig, state_dir: str | Path | None, env: Mapping[str
         token, where = load_token(config.token_file, state_dir or ".", env)
     event(log, "api token", source=where, public_metrics=config.public_metrics)
     return Guard(StaticToken(token), public_metrics=config.public_metrics)
+
+
+def _kubernetes_guard(config: AuthConfig) -> Guard:
+    from meshward.app.kubeauth import KubeAuth
+    from meshward.kube.config import load_client
+    from meshward.kube.errors import KubeConfigError
+    from meshward.kube.review import Reviewer
+
+    try:
+        api = load_client(config.kubeconfig)
+    except KubeConfigError as exc:
+        raise TokenError(f"--auth kubernetes: {exc}") from None
+    checks = KubeAuth(Reviewer(api, config.audiences), ttl=config.cache_seconds)
+    event(
+        log,
+        "api authentication",
+        source="kubernetes",
+        audiences=",".join(config.audiences),
+        public_metrics=config.public_metrics,
+    )
+    return Guard(checks, public_metrics=config.public_metrics, authorizer=checks)
 
 
 def _checked(token: str, where: str) -> str:

@@ -72,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the token itself; default: api-token beside the store, generated at first start)",
     )
     p.add_argument(
+        "--auth",
+        choices=["token", "kubernetes"],
+        help="who may call the HTTP API (env MESHWARD_AUTH): token (default) = the API token; "
+        "kubernetes = Kubernetes tokens checked with TokenReview and authorized by RBAC on "
+        "meshward.io resources (SubjectAccessReview); modes are then Namespace labels only",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for serve's own Kubernetes calls (default: in-cluster configuration)",
+    )
+    p.add_argument(
+        "--token-audience",
+        action="append",
+        metavar="AUD",
+        help="with --auth kubernetes, a token must be minted for this audience (repeatable; "
+        "default meshward: a token for the API server is not accepted)",
+    )
+    p.add_argument(
         "--public-metrics",
         action="store_true",
         default=None,
@@ -95,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         log.setup(args.log_level)
     except ValueError:
         raise UsageError(f"unknown log level {args.log_level!r}") from None
+    auth = args.auth or os.environ.get("MESHWARD_AUTH") or "token"
+    if auth not in ("token", "kubernetes"):
+        raise UsageError(f"MESHWARD_AUTH={auth!r} is not token or kubernetes")
+    kube_auth = auth == "kubernetes"
     config = ServeConfig(
         db=args.db or os.environ.get("MESHWARD_DB") or "./meshward.db",
         listen_host=args.listen_host or os.environ.get("MESHWARD_LISTEN_HOST") or "0.0.0.0",
@@ -111,7 +133,11 @@ def run(args: argparse.Namespace) -> int:
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
+        modes_from_labels=kube_auth,
         auth=AuthConfig(
+            kubernetes=kube_auth,
+            kubeconfig=args.kubeconfig,
+            audiences=tuple(args.token_audience or ("meshward",)),
             token_file=args.api_token_file or None,
             public_metrics=args.public_metrics
             if args.public_metrics is not None
