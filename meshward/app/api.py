@@ -21,6 +21,7 @@ from aiohttp import web
 
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
+from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -63,6 +64,8 @@ class ApiServer(Protocol):
     def guard(self) -> Guard: ...
     @property
     def audit(self) -> AuditLog: ...
+    @property
+    def node_scope(self) -> NodeScope | None: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -194,8 +197,23 @@ def _parse_batch(raw: bytes) -> tuple[list[Any], int]:
     return items, bad
 
 
+def _node_of(request: web.Request, server: ApiServer) -> str:
+    """In a cluster, the node the calling node tap speaks for (see meshward.app.nodescope);
+    "" standalone, where the token holder is the operator."""
+    if server.node_scope is None:
+        return ""
+    try:
+        return server.node_scope.node_of(principal_of(request))
+    except ScopeError as exc:
+        server.metrics.drops.labels("ingest", "no-node").inc()
+        answer = web.HTTPServiceUnavailable if exc.status == 503 else web.HTTPForbidden
+        raise answer(text=_error(str(exc)), content_type="application/json") from None
+
+
 async def observations(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
+    node = _node_of(request, server)
+    outside = 0
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -218,6 +236,9 @@ async def observations(request: web.Request) -> web.Response:
             rejected += 1
             server.problems("ingest", "bad-observation", error=str(exc)[:200], index=i)
             continue
+        if node and server.node_scope is not None and not server.node_scope.allows(obs, node):
+            outside += 1  # a node tap speaks only for pods on its own node
+            continue
         try:
             server.pipeline.take_ingested(obs)
         except Exception as exc:  # one bad item never stops the batch or the server
@@ -225,9 +246,19 @@ async def observations(request: web.Request) -> web.Response:
             server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=i)
             continue
         accepted += 1
+    if outside:
+        server.metrics.drops.labels("ingest", "outside-node").inc(outside)
+        who = principal_of(request)
+        server.problems(
+            "ingest", "outside-node", node=node, user=who.name if who else "", count=outside
+        )
+        rejected += outside
     if rejected:
         server.metrics.drops.labels("ingest", "rejected").inc(rejected)
-    return web.json_response({"accepted": accepted, "rejected": rejected}, status=202)
+    answer = {"accepted": accepted, "rejected": rejected}
+    if node:
+        answer["outside_node"] = outside
+    return web.json_response(answer, status=202)
 
 
 async def exchanges(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
+from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import open_store
 from meshward.core.engine import Engine, EngineConfig
@@ -94,6 +95,7 @@ class Server:
         self.config = config
         self.guard = guard_for(config.auth, state_dir(config.db), os.environ)
         self.audit = AuditLog.beside(config.db)
+        self.pods, self.node_scope = cluster_pods(config.auth)
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
         self.flusher: Flusher | None = None
@@ -153,6 +155,8 @@ class Server:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        if self.pods is not None:
+            self.pods.start()
         if self.flusher is not None:
             self._flushing = asyncio.create_task(
                 self.flusher.run(self._stop_flushing, self._flush_failed)
@@ -206,6 +210,8 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.pods is not None:
+            await asyncio.to_thread(self.pods.stop)
         await self._close_store()
         event(log, "stopped")
 

@@ -68,3 +68,30 @@ def serve_kubeconfig(cluster: KubeCluster, namespace: str, rules: list[dict[str,
     service_account(cluster, namespace, "meshward-serve")
     grant(cluster, rules, namespace, "meshward-serve")
     return str(cluster.write_kubeconfig(sa_token(cluster, namespace, "meshward-serve")))
+
+
+def pod(
+    cluster: KubeCluster,
+    namespace: str,
+    name: str,
+    node: str,
+    *,
+    app: str = "",
+    ip: str = "",
+    sa: str = "",
+) -> str:
+    """A Pod scheduled on `node` (no kubelet here: the test plays it, setting Running and the IP
+    through the status subresource). Returns its uid."""
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "labels": {"app": app or name}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "example/c:1"}]},
+    }
+    if sa:
+        body["spec"]["serviceAccountName"] = sa
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        made = core.create_namespaced_pod(namespace, body)
+        if ip:
+            status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "10.9.0.1"}
+            core.patch_namespaced_pod_status(name, namespace, {"status": status})
+    return str(made.metadata.uid)
