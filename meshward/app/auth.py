@@ -312,6 +312,10 @@ class Guard:
     sessions: Sessions = field(default_factory=Sessions)
     failures: int = 0  # refused for want of a valid credential (401)
     denials: int = 0  # authenticated, not allowed (403)
+    # where refusals go: serve's Problems (counted in meshward_errors_total{where="http"},
+    # logged at most a few lines a second, so a flood of bad tokens cannot flood the log);
+    # a plain log event each without it
+    report: Callable[..., None] | None = None
     clock: Callable[[], float] = time.time
 
     def is_open(self, request: web.Request) -> bool:
@@ -360,26 +364,19 @@ class Guard:
         try:
             return await self.authenticator.authenticate(token)
         except Exception as exc:  # the reviewer is down: refuse, say so, never let it through
-            raise _unavailable("authentication", exc) from None
+            raise self._unavailable("authentication", exc) from None
 
     async def _authorize(self, request: web.Request, principal: Principal) -> None:
         permission = permission_for(request)
         try:
             ok = await self.authorizer.allowed(principal, permission)
         except Exception as exc:
-            raise _unavailable("authorization", exc) from None
+            raise self._unavailable("authorization", exc) from None
         if ok:
             return
         self.denials += 1
         what = str(permission) if permission else f"{request.method} {request.path[:200]}"
-        event(
-            log,
-            "forbidden request",
-            logging.WARNING,
-            user=principal.name,
-            peer=request.remote or "",
-            need=what,
-        )
+        self._report("forbidden", user=principal.name, peer=request.remote or "", need=what)
         raise web.HTTPForbidden(
             text=_json_error(f"forbidden: {principal.name} may not {what}"),
             content_type="application/json",
@@ -387,19 +384,26 @@ class Guard:
 
     def _refused(self, request: web.Request, why: str) -> web.HTTPUnauthorized:
         self.failures += 1
-        event(
-            log,
-            "unauthenticated request",
-            logging.WARNING,
-            peer=request.remote or "",
-            path=request.path[:200],
-            reason=why,
+        self._report(
+            "unauthenticated", peer=request.remote or "", path=request.path[:200], reason=why
         )
         return web.HTTPUnauthorized(
             text=_json_error(f"authentication required: {why}"),
             content_type="application/json",
             headers={"WWW-Authenticate": 'Bearer realm="meshward"'},
         )
+
+    def _unavailable(self, what: str, exc: Exception) -> web.HTTPServiceUnavailable:
+        self._report(f"{what}-unavailable", error=repr(exc)[:200])
+        return web.HTTPServiceUnavailable(
+            text=_json_error(f"{what} unavailable"), content_type="application/json"
+        )
+
+    def _report(self, kind: str, **fields: object) -> None:
+        if self.report is not None:
+            self.report("http", kind, **fields)
+        else:
+            event(log, f"http: {kind}", logging.WARNING, **fields)
 
     # ---- the session routes
     async def login(self, request: web.Request) -> web.StreamResponse:
@@ -449,13 +453,6 @@ class Guard:
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/api/v1/session", self.login)
         app.router.add_delete("/api/v1/session", self.login)
-
-
-def _unavailable(what: str, exc: Exception) -> web.HTTPServiceUnavailable:
-    event(log, f"{what} unavailable", logging.ERROR, error=repr(exc)[:200])
-    return web.HTTPServiceUnavailable(
-        text=_json_error(f"{what} unavailable"), content_type="application/json"
-    )
 
 
 def principal_of(request: web.Request) -> Principal | None:

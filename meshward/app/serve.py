@@ -98,6 +98,7 @@ class Server:
         self.pods, self.node_scope = cluster_pods(config.auth)
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
+        self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
         if engine is None:
             from meshward.app import sigcache

@@ -139,3 +139,23 @@ def test_modes_from_labels_refuses_put_with_the_label_named() -> None:
             assert srv.engine.modes() == {}
 
     asyncio.run(main())
+
+
+def test_refusals_are_counted_and_logged_boundedly(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with running_server() as srv:
+            stranger = ApiClient(_url(srv), "a-wrong-token-0123456789")
+
+            def flood() -> None:
+                for _ in range(40):
+                    assert _status(stranger, "GET", "/api/v1/alerts") == 401
+
+            await asyncio.to_thread(flood)
+            text = srv.metrics.exposition().decode()
+            assert 'meshward_errors_total{kind="unauthenticated",where="http"} 40.0' in text
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(main())
+    lines = [r for r in caplog.records if r.getMessage() == "http: unauthenticated"]
+    assert 1 <= len(lines) <= 20  # 5 a second at most
+    assert all("a-wrong-token" not in str(getattr(r, "fields", "")) for r in lines)
