@@ -1,9 +1,10 @@
 """serve's HTTP callers in a cluster: ServiceAccount tokens (TokenReview), routes by RBAC
 (SubjectAccessReview on meshward.io resources), verdicts cached briefly and boundedly.
 
-The reviews run off the event loop (the Kubernetes client blocks), at most `MAX_IN_FLIGHT` at
-once, each bounded by the client's timeout. An error (the API server unreachable, serve not
-allowed to create reviews) is never cached and never a yes: the guard answers 503.
+The reviews run off the event loop (the Kubernetes client blocks) on their own threads, at most
+`MAX_IN_FLIGHT` at once, each bounded by the client's timeout. An error (the API server
+unreachable, serve not allowed to create reviews) is never cached and never a yes: the guard
+answers 503.
 
 Caching: a token's verdict is kept `ttl` seconds (a revoked token or a deleted bound pod is
 honoured within that), a refusal `negative_ttl` seconds (so a client retrying a bad token does
@@ -18,6 +19,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -86,15 +88,21 @@ class KubeAuth:
         self.access: Verdicts[bool] = Verdicts(size, clock)
         self.reviews = 0  # calls made to the API server (cache misses)
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # its own threads: a slow API server must not hold up the default executor's other
+        # work (audit writes, store reads)
+        self._pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="kube-review")
+
+    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._slots:
+            self.reviews += 1
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def authenticate(self, token: str) -> Principal | None:
         key = hashlib.sha256(token.encode()).digest()
         hit, principal = self.tokens.get(key)
         if hit:
             return principal
-        async with self._slots:
-            self.reviews += 1
-            user = await asyncio.to_thread(self.reviewer.review_token, token)
+        user = await self._off_loop(self.reviewer.review_token, token)
         principal = principal_from(user) if user is not None else None
         self.tokens.put(key, principal, self.ttl if principal else self.negative_ttl)
         return principal
@@ -108,8 +116,6 @@ class KubeAuth:
         if hit:
             return bool(verdict)
         user = UserInfo(principal.name, principal.uid, principal.groups, principal.extra)
-        async with self._slots:
-            self.reviews += 1
-            ok = await asyncio.to_thread(self.reviewer.allowed, user, access)
+        ok = await self._off_loop(self.reviewer.allowed, user, access)
         self.access.put(key, ok, self.ttl if ok else self.negative_ttl)
         return ok
