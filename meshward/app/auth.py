@@ -45,6 +45,7 @@ TOKEN_FILE_NAME = "api-token"
 SESSION_COOKIE = "meshward_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL = 8 * 3600.0
+LOGIN_CODE_TTL = 60.0
 MAX_SESSIONS = 1000
 MAX_TOKEN_BYTES = 8192  # a ServiceAccount JWT is ~1 KB; anything far longer is not a token
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -117,6 +118,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("PUT", "/api/v1/modes/{namespace}"): ("update", "modes", "path:namespace"),
     ("POST", "/api/v1/observations"): ("create", "observations", ""),
     ("GET", "/api/v1/exchanges"): ("list", "exchanges", ""),
+    ("POST", "/api/v1/session/code"): ("create", "sessions", ""),
 }
 
 
@@ -296,6 +298,30 @@ class Sessions:
         self._by_id.pop(sid, None)
 
 
+@dataclass
+class LoginCodes:
+    """One-time login codes (`meshward dashboard`): a caller with a credential trades it for a
+    short-lived code that a browser redeems once for a session, so no long-lived token is
+    pasted into a browser or shows in a URL. Random, single use, `ttl` seconds, bounded."""
+
+    ttl: float = LOGIN_CODE_TTL
+    size: int = MAX_SESSIONS
+    _by_code: OrderedDict[str, tuple[Principal, float]] = field(default_factory=OrderedDict)
+
+    def issue(self, principal: Principal, now: float) -> str:
+        code = secrets.token_urlsafe(24)
+        self._by_code[code] = (principal, now + self.ttl)
+        while len(self._by_code) > self.size:
+            self._by_code.popitem(last=False)
+        return code
+
+    def redeem(self, code: str, now: float) -> Principal | None:
+        found = self._by_code.pop(code, None)  # used or not, a code works once
+        if found is None or found[1] <= now:
+            return None
+        return found[0]
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
@@ -310,6 +336,7 @@ class Guard:
     authorizer: Authorizer = field(default_factory=TokenHolderMayAll)
     secure_cookie: bool = False  # set when the port serves TLS
     sessions: Sessions = field(default_factory=Sessions)
+    codes: LoginCodes = field(default_factory=LoginCodes)
     failures: int = 0  # refused for want of a valid credential (401)
     denials: int = 0  # authenticated, not allowed (403)
     # where refusals go: serve's Problems (counted in meshward_errors_total{where="http"},
@@ -407,8 +434,8 @@ class Guard:
 
     # ---- the session routes
     async def login(self, request: web.Request) -> web.StreamResponse:
-        """POST /api/v1/session {"token": ...} -> a session cookie and the CSRF token;
-        DELETE logs out."""
+        """POST /api/v1/session {"token": ...} or {"code": ...} (a one-time login code) -> a
+        session cookie and the CSRF token; DELETE logs out."""
         if request.method == "DELETE":
             self.sessions.close(request.cookies.get(SESSION_COOKIE, ""))
             response = web.json_response({"logged_out": True})
@@ -419,13 +446,20 @@ class Guard:
         except Exception:
             doc = None
         token = doc.get("token") if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+        code = doc.get("code") if isinstance(doc, dict) else None
+        if isinstance(code, str) and code and len(code) <= 256 and token is None:
+            principal = self.codes.redeem(code, self.clock())
+            if principal is None:
+                raise self._refused(request, "invalid, used or expired login code")
+        elif isinstance(token, str) and token and len(token) <= MAX_TOKEN_BYTES:
+            principal = await self._authenticate(token)
+            if principal is None:
+                raise self._refused(request, "invalid token")
+        else:
             raise web.HTTPBadRequest(
-                text=_json_error('body must be {"token": "..."}'), content_type="application/json"
+                text=_json_error('body must be {"token": "..."} or {"code": "..."}'),
+                content_type="application/json",
             )
-        principal = await self._authenticate(token)
-        if principal is None:
-            raise self._refused(request, "invalid token")
         sid, csrf = self.sessions.open(principal, self.clock())
         response = web.json_response({"user": principal.name, "csrf_token": csrf})
         response.set_cookie(
@@ -440,6 +474,15 @@ class Guard:
         event(log, "session opened", user=principal.name, peer=request.remote or "")
         return response
 
+    async def login_code(self, request: web.Request) -> web.StreamResponse:
+        """POST /api/v1/session/code (authenticated) -> a one-time login code for the caller."""
+        principal = principal_of(request)
+        if principal is None:  # the middleware authenticated this route; never reached
+            raise self._refused(request, "no credentials")
+        code = self.codes.issue(principal, self.clock())
+        event(log, "login code issued", user=principal.name, peer=request.remote or "")
+        return web.json_response({"code": code, "expires_in": int(self.codes.ttl)})
+
     async def login_page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
             text=LOGIN_PAGE,
@@ -453,6 +496,7 @@ class Guard:
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/api/v1/session", self.login)
         app.router.add_delete("/api/v1/session", self.login)
+        app.router.add_post("/api/v1/session/code", self.login_code)
 
 
 def principal_of(request: web.Request) -> Principal | None:
@@ -471,17 +515,20 @@ _CSP = (
 )
 _LOGIN_SCRIPT = """
 const form = document.getElementById('login'), out = document.getElementById('msg');
-async function login(token) {
+async function login(cred) {
   const r = await fetch('/api/v1/session', {method: 'POST', credentials: 'same-origin',
-    headers: {'Content-Type': 'application/json'}, body: JSON.stringify({token})});
+    headers: {'Content-Type': 'application/json'}, body: JSON.stringify(cred)});
   if (!r.ok) { out.textContent = 'Login failed (' + r.status + ')'; return; }
   const doc = await r.json();
   sessionStorage.setItem('meshward.csrf', doc.csrf_token);
   out.textContent = 'Logged in as ' + doc.user;
 }
-const m = /^#token=(.+)$/.exec(location.hash);
-if (m) { history.replaceState(null, '', location.pathname); login(decodeURIComponent(m[1])); }
-form.addEventListener('submit', e => { e.preventDefault(); login(form.token.value); });
+const m = /^#(token|code)=(.+)$/.exec(location.hash);
+if (m) {
+  history.replaceState(null, '', location.pathname);
+  login({[m[1]]: decodeURIComponent(m[2])});
+}
+form.addEventListener('submit', e => { e.preventDefault(); login({token: form.token.value}); });
 """
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from meshward.app.auth import AuthConfig, TokenError
+from meshward.app.commands import UsageError
 from meshward.app.serve import ServeConfig, Server
 from meshward.core.observation import Identity, Observation, observation_to_dict
 from meshward.runtime.client import ApiClient, ApiError
@@ -159,3 +161,58 @@ def test_refusals_are_counted_and_logged_boundedly(caplog: pytest.LogCaptureFixt
     lines = [r for r in caplog.records if r.getMessage() == "http: unauthenticated"]
     assert 1 <= len(lines) <= 20  # 5 a second at most
     assert all("a-wrong-token" not in str(getattr(r, "fields", "")) for r in lines)
+
+
+def test_one_time_login_code_opens_one_session(tmp_path: Path) -> None:
+    """`meshward dashboard --url` trades the token file for a one-time code; the code opens
+    exactly one browser session (HttpOnly cookie), then is dead; a code needs a credential."""
+    import aiohttp
+
+    from meshward.app.commands import dashboard
+
+    async def main() -> None:
+        async with running_server() as srv:
+            token_file = tmp_path / "api-token"
+            token_file.write_text(srv.config.auth.token or "")
+            token_file.chmod(0o600)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meshward", "dashboard", "--url", _url(srv),
+                "--api-token-file", str(token_file), "--no-browser",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+            )  # fmt: skip
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            link = out.decode().split()[1]
+            assert link.startswith(_url(srv) + "/login#code=")
+            assert srv.config.auth.token not in out.decode()  # type: ignore[operator]
+            code = link.split("#code=", 1)[1]
+            jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address host
+            async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+                async with browser.post(_url(srv) + "/api/v1/session", json={"code": code}) as r:
+                    assert r.status == 200 and (await r.json())["user"] == "api-token"
+                    assert "HttpOnly" in r.headers["Set-Cookie"]
+                async with browser.get(_url(srv) + "/api/v1/modes") as r:
+                    assert r.status == 200  # the session cookie works
+            async with aiohttp.ClientSession() as again:
+                async with again.post(_url(srv) + "/api/v1/session", json={"code": code}) as r:
+                    assert r.status == 401  # used
+                async with again.post(_url(srv) + "/api/v1/session/code") as r:
+                    assert r.status == 401  # minting a code needs a credential
+            with pytest.raises(UsageError, match="401"):
+                await asyncio.to_thread(dashboard.login_link, _url(srv), ApiClient(_url(srv)))
+
+    asyncio.run(main())
+
+
+def test_login_codes_expire_and_are_bounded() -> None:
+    from meshward.app.auth import LoginCodes, Principal
+
+    codes = LoginCodes(ttl=60, size=2)
+    who = Principal("api-token")
+    first = codes.issue(who, now=0)
+    assert codes.redeem(first, now=60) is None  # expired
+    a, b, c = (codes.issue(who, now=0) for _ in range(3))
+    assert codes.redeem(a, now=1) is None  # evicted: the oldest goes first
+    assert codes.redeem(b, now=1) == who and codes.redeem(c, now=1) == who
+    assert codes.redeem(c, now=1) is None  # once
