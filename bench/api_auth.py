@@ -1,7 +1,7 @@
 """What authentication costs on serve's HTTP API: the same handlers with and without the guard.
 
 Three aiohttp apps on loopback, in one server process apart from the client's, in the same run
-(the machine is shared and noisy), rounds interleaved:
+(the machine is shared and noisy), rounds interleaved, each round starting with another variant:
 
   (a) baseline: serve's own handlers (`GET /api/v1/modes`, `POST /api/v1/observations` with one
       observation) registered on a bare app, no middleware;
