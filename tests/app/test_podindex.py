@@ -136,3 +136,43 @@ def test_node_scope_needs_a_synced_index_and_the_token_s_own_pod() -> None:
     assert status(Principal("system:serviceaccount:shop:sa")) == 403  # not pod-bound
     assert status(Principal("alice")) == 403
     assert status(None) == 403
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["n1", "n2"]),
+            st.sampled_from(["api", "cart"]),
+            st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", ""]),
+            st.sampled_from(["Running", "Pending", "Succeeded"]),
+            st.booleans(),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(["api", "cart", ""]),
+    st.sampled_from(["10.0.0.1", "10.0.0.2", "127.0.0.1", "", "not-an-ip"]),
+)
+def test_node_scope_accepts_exactly_destinations_on_the_node(
+    layout: list[tuple[str, str, str, str, bool]], workload: str, ip: str
+) -> None:
+    """Against a plain oracle over random pod layouts: an observation from node n1's tap is
+    accepted iff its destination is a live pod on n1 (by pod IP held by exactly one live
+    pod-network pod, else by namespace/workload)."""
+    from meshward.app.nodescope import NodeScope
+    from meshward.core.observation import Identity, Observation
+
+    pods = [
+        _pod(f"p{i}", node=node, app=app, ip=pip, phase=phase, host=host)
+        for i, (node, app, pip, phase, host) in enumerate(layout)
+    ]
+    idx = PodIndex()
+    idx.apply(_sync(*pods))
+    obs = Observation(seen_by="node-tap", destination=Identity("shop", workload, ip=ip))
+    live = [p for p in layout if p[3] != "Succeeded"]
+    if ip in ("10.0.0.1", "10.0.0.2"):
+        holders = [p for p in live if p[2] == ip and not p[4]]
+        want = len(holders) == 1 and holders[0][0] == "n1" and workload in ("", holders[0][1])
+    else:
+        want = bool(workload) and any(p[0] == "n1" and p[1] == workload for p in live)
+    assert NodeScope(idx).allows(obs, "n1") == want
