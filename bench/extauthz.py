@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -139,15 +140,16 @@ class PlainServe:
 
     def __init__(self) -> None:
         self.authz, self.http = free_port(), free_port()
+        self.token = secrets.token_urlsafe(32)  # its API token (MESHWARD_API_TOKEN)
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--plain-server", f"{self.authz},{self.http}"],
             cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            env=dict(os.environ, PYTHONPATH=str(ROOT), MESHWARD_API_TOKEN=self.token),
             stderr=subprocess.DEVNULL,
         )
 
     def api(self, method: str, path: str, doc: object = None) -> object:
-        return ApiClient(f"http://127.0.0.1:{self.http}").request(method, path, doc)
+        return ApiClient(f"http://127.0.0.1:{self.http}", self.token).request(method, path, doc)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -18,6 +18,15 @@ def _env_port(name: str, default: int) -> int:
     return int(raw)
 
 
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise UsageError(f"{name}={raw!r} is not 1 or 0")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -57,6 +66,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=30.0,
         help="seconds before an unfinished tap stream expires (default 30)",
     )
+    p.add_argument(
+        "--api-token-file",
+        help="file holding the HTTP API's bearer token (mode 0600; env MESHWARD_API_TOKEN gives "
+        "the token itself; default: api-token beside the store, generated at first start)",
+    )
+    p.add_argument(
+        "--auth",
+        choices=["token", "kubernetes"],
+        help="who may call the HTTP API (env MESHWARD_AUTH): token (default) = the API token; "
+        "kubernetes = Kubernetes tokens checked with TokenReview and authorized by RBAC on "
+        "meshward.io resources (SubjectAccessReview); modes are then Namespace labels only",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for serve's own Kubernetes calls (default: in-cluster configuration)",
+    )
+    p.add_argument(
+        "--token-audience",
+        action="append",
+        metavar="AUD",
+        help="with --auth kubernetes, a token must be minted for this audience (repeatable; "
+        "default meshward: a token for the API server is not accepted)",
+    )
+    p.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=None,
+        help="serve /metrics without a credential (env MESHWARD_PUBLIC_METRICS=1; default: "
+        "/metrics needs the token like the API, since it names namespaces, workloads and threats)",
+    )
     g = p.add_argument_group(
         "who may call the gRPC ports (docs/security.md)",
         "By default serve terminates mTLS on 9191/9192 with its CA and takes whose traffic it "
@@ -93,6 +132,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshward.app.auth import AuthConfig, TokenError
     from meshward.app.serve import ServeConfig
     from meshward.app.serve import run as serve
     from meshward.app.store import StoreError
@@ -105,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         log.setup(args.log_level)
     except ValueError:
         raise UsageError(f"unknown log level {args.log_level!r}") from None
+    auth = args.auth or os.environ.get("MESHWARD_AUTH") or "token"
+    if auth not in ("token", "kubernetes"):
+        raise UsageError(f"MESHWARD_AUTH={auth!r} is not token or kubernetes")
+    kube_auth = auth == "kubernetes"
     try:
         peers = PeerPolicy(
             kind="xfcc" if args.grpc_plaintext else "mtls",
@@ -133,6 +177,16 @@ def run(args: argparse.Namespace) -> int:
         engine=engine_config(args),
         peers=peers,
         grpc_ca_dir=args.grpc_ca_dir or os.environ.get("MESHWARD_GRPC_CA_DIR") or "",
+        modes_from_labels=kube_auth,
+        auth=AuthConfig(
+            kubernetes=kube_auth,
+            kubeconfig=args.kubeconfig,
+            audiences=tuple(args.token_audience or ("meshward",)),
+            token_file=args.api_token_file or None,
+            public_metrics=args.public_metrics
+            if args.public_metrics is not None
+            else _env_flag("MESHWARD_PUBLIC_METRICS"),
+        ),
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
@@ -143,6 +197,6 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         serve(config)
-    except (OSError, StoreError, CertError, ValueError) as exc:
+    except (OSError, StoreError, TokenError, CertError, ValueError) as exc:
         raise UsageError(f"cannot serve: {exc}") from None
     return 0

@@ -38,7 +38,8 @@ def test_serve_and_bootstrap_speak_mtls_by_default(
     authz, tap, web = free_port(), free_port(), free_port()
     ports = ["--authz-port", str(authz), "--tap-port", str(tap), "--http-port", str(web)]
     serve = _meshward(tmp_path, "serve", "--listen-host", "127.0.0.1", *ports)
-    client = ApiClient(f"http://127.0.0.1:{web}")
+    # serve generates its API token beside the store (the auth guard, on by default)
+    client = ApiClient(f"http://127.0.0.1:{web}", token_file=str(tmp_path / "api-token"))
     try:
         deadline = time.monotonic() + 30
         while True:
