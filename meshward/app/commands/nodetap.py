@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="kubeconfig file for --node (default: in-cluster configuration)",
     )
     p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="Linkerd's identity trust domain, for pods' identities with --node "
+        "(<sa>.<ns>.serviceaccount.identity.linkerd.DOMAIN; default cluster.local)",
+    )
+    p.add_argument(
         "--pod",
         action="append",
         default=[],
@@ -58,7 +64,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="IFACE",
-        help="host interface watched for ICMP/UDP threats; repeatable",
+        help="host interface watched for ICMP/UDP threats; repeatable (a bridge such as "
+        "cni0 shows pod-to-pod traffic)",
+    )
+    p.add_argument(
+        "--no-promisc",
+        dest="promisc",
+        action="store_false",
+        help="do not put --iface interfaces in promiscuous mode (then a bridge shows only "
+        "traffic to and from the host itself, not what it forwards between pods)",
     )
     p.add_argument(
         "--pod-iface",
@@ -101,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--net-config",
         metavar="FILE",
         help="YAML or JSON mapping of ICMP/UDP/DNS thresholds (NetThreatConfig fields)",
+    )
+    p.add_argument(
+        "--baseline-file",
+        metavar="PATH",
+        help="keep the learned UDP peers in this file across restarts (the DaemonSet: "
+        "/var/lib/meshward/udp-peers.json; default: memory only)",
     )
     p.add_argument(
         "--queue-size",
@@ -175,6 +195,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--netns names pods by hand, --node finds them: give one of the two")
     if args.node and not is_kubernetes_subdomain(args.node):
         raise UsageError(f"--node {args.node!r} is not a Kubernetes node name")
+    if not is_kubernetes_subdomain(args.trust_domain):
+        raise UsageError(f"--trust-domain {args.trust_domain!r} is not a DNS name")
     if any(not 0 < p < 65536 for p in args.app_port):
         raise UsageError("--app-port must be 1..65535")
     if args.queue_size < 1 or args.max_flows < 1 or args.max_body < 0:
@@ -241,7 +263,7 @@ def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event) -> Any
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from None
     iface = None if args.pod_iface == "none" else args.pod_iface
-    discovery = PodDiscovery(api, args.node, tap, net_iface=iface)
+    discovery = PodDiscovery(api, args.node, tap, net_iface=iface, trust_domain=args.trust_domain)
     discovery.start()
 
     def retry() -> None:  # a pod whose namespace the CNI had not set up yet
@@ -260,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     from meshward.tap.node.counters import NodeTapCounters
     from meshward.tap.node.modepoll import ModeSource, parse_mode_flags
     from meshward.tap.node.output import HttpOutput, JsonlOutput
+    from meshward.tap.node.peerfile import PeerFile
     from meshward.tap.node.pipeline import NodeTap
 
     try:
@@ -292,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
         args.idle_timeout,
         args.stats_interval,
         ring_mb=args.ring_mb,
+        promisc=args.promisc,
+        peer_file=PeerFile(args.baseline_file) if args.baseline_file else None,
     )
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns or args.node))
     tap.netmon = _network_monitor(tap, watch_net, modes, net_config)
