@@ -33,7 +33,8 @@ class NodeTapCounters:
     out_sent: int = 0  # observations written or accepted by the server
     pods_attached: int = 0  # pods whose captures opened (discovery)
     pods_detached: int = 0  # pods whose captures closed again
-    attach_failed: int = 0  # attach or detach that failed (the pod went away meanwhile)
+    attach_failed: int = 0  # attach attempts that failed (each is retried with backoff)
+    attach_retries: int = 0  # attach attempts after a failure
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -99,6 +99,9 @@ class NodeTap:
         # attach/detach asked from other threads (pod discovery), done by the packet loop,
         # which alone touches captures, flows and parsers
         self._requests: queue.SimpleQueue[tuple[str, PodTarget]] = queue.SimpleQueue()
+        # attaches that failed, retried with backoff: netns -> (pod, when, next delay)
+        self._retry: dict[str, tuple[PodTarget, float, float]] = {}
+        self.retry_base, self.retry_max = 2.0, 30.0
         self._epoll: select.epoll | None = None
         self._caps: dict[int, tuple[Capture, Callable[[bytes, float], None]]] = {}
 
@@ -197,16 +200,42 @@ class NodeTap:
                 what, pod = self._requests.get_nowait()
             except queue.Empty:
                 return
-            try:
-                if what == "attach":
-                    self._attach(pod)
-                    for cap in self.attached.get(pod.netns, []):
-                        self._register(cap)
-                else:
+            if what == "attach":
+                self._try_attach(pod, self.retry_base)
+            else:
+                self._retry.pop(pod.netns, None)
+                try:
                     self._detach(pod)
-            except OSError as exc:  # the pod went away meanwhile: the next event retries
-                self.metrics.attach_failed += 1
-                event(log, f"{what} failed", logging.WARNING, netns=pod.netns, error=str(exc))
+                except OSError as exc:
+                    event(log, "detach failed", logging.WARNING, netns=pod.netns, error=str(exc))
+
+    def _try_attach(self, pod: PodTarget, delay: float) -> None:
+        """Attach; on failure retry with backoff (discovery decided the pod is to be watched,
+        and a namespace that is briefly unreadable must not leave it unwatched) until it
+        attaches or a detach for it arrives."""
+        try:
+            self._attach(pod)
+        except OSError as exc:
+            self.metrics.attach_failed += 1
+            self._retry[pod.netns] = (pod, time.monotonic() + delay, delay)
+            event(
+                log,
+                "attach failed",
+                logging.WARNING,
+                netns=pod.netns,
+                error=str(exc),
+                retry_in=round(delay, 1),
+            )
+            return
+        self._retry.pop(pod.netns, None)
+        for cap in self.attached.get(pod.netns, []):
+            self._register(cap)
+
+    def _retry_due(self, mono: float) -> None:
+        for pod, due, delay in list(self._retry.values()):
+            if mono >= due:
+                self.metrics.attach_retries += 1
+                self._try_attach(pod, min(delay * 2, self.retry_max))
 
     def _register(self, cap: Capture) -> None:
         if cap.fileno() in self._caps:
@@ -310,6 +339,8 @@ class NodeTap:
                     next_tick = mono + 1.0
                     for cap, handle in list(caps.values()):  # blocks retired by timeout only
                         cap.drain(handle)
+                    if self._retry:
+                        self._retry_due(mono)
                     self.tick(time.time())
                     if mono >= next_stats:
                         next_stats = mono + self.stats_interval

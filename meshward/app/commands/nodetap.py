@@ -68,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "cni0 shows pod-to-pod traffic)",
     )
     p.add_argument(
+        "--host-netns",
+        metavar="PATH",
+        help="the network namespace of the --iface interfaces (default: the agent's own; "
+        "in a pod without hostNetwork, /proc/1/ns/net is the node's, with hostPID)",
+    )
+    p.add_argument(
         "--no-promisc",
         dest="promisc",
         action="store_false",
@@ -191,6 +197,8 @@ def _pods(args: argparse.Namespace) -> list[Any]:
 def _check(args: argparse.Namespace) -> None:
     if not args.netns and not args.iface and not args.node:
         raise UsageError("nothing to capture: give --node, --netns and/or --iface")
+    if args.host_netns and not args.iface:
+        raise UsageError("--host-netns names where --iface interfaces are: give --iface too")
     if args.netns and args.node:
         raise UsageError("--netns names pods by hand, --node finds them: give one of the two")
     if args.node and not is_kubernetes_subdomain(args.node):
@@ -316,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
         args.stats_interval,
         ring_mb=args.ring_mb,
         promisc=args.promisc,
+        host_netns=args.host_netns,
         peer_file=PeerFile(args.baseline_file) if args.baseline_file else None,
     )
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns or args.node))
