@@ -242,7 +242,10 @@ class Capture:
         netns: str | None = None,
         block_size: int = 1 << 20,
         blocks: int = 32,
-        block_timeout_ms: int = 10,
+        # a quiet socket's blocks are retired by this timeout: the kernel can write for
+        # blocks x timeout without Python; at 10 ms a 20-80 ms stall of a shared core dropped
+        # packets (bench/nodetap.py --only-pods), at 100 ms none
+        block_timeout_ms: int = 100,
         promisc: bool = False,
     ) -> None:
         self.iface = iface

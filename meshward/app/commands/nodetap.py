@@ -152,7 +152,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--ring-mb",
         type=int,
         default=8,
-        help="kernel capture ring per socket in MiB (two sockets per pod; default 8)",
+        help="kernel capture ring per socket in MiB, 2..1024 (two sockets per pod: pinned "
+        "memory is pods x 2 x this; default 8)",
     )
     p.add_argument(
         "--metrics-port",
@@ -213,8 +214,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--idle-timeout and --stats-interval must be > 0, --duration >= 0")
     if args.server and not args.server.startswith(("http://", "https://")):
         raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
-    if not 1 <= args.ring_mb <= 1024:
-        raise UsageError("--ring-mb must be 1..1024")
+    if not 2 <= args.ring_mb <= 1024:
+        # the ring is 1 MiB blocks: with one, the kernel has nowhere to write while Python
+        # reads it
+        raise UsageError("--ring-mb must be 2..1024")
     if not 0 <= args.metrics_port < 65536:
         raise UsageError("--metrics-port must be 0..65535")
 
