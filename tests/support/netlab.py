@@ -76,7 +76,14 @@ class Lab:
             self.alerts.append(obs)
 
     def fresh(self, mode_of: Callable[[str], str] | None = None) -> float:
-        """A new monitor and an empty alert list; returns the start time."""
+        """A new monitor and an empty alert list, once the tap has worked off what the last
+        test sent (a loaded machine can leave a flood's backlog in the rings for seconds);
+        returns the start time."""
+        deadline = time.monotonic() + 10
+        fed = -1
+        while fed != self.monitor.inner.stats["packets"] and time.monotonic() < deadline:
+            fed = self.monitor.inner.stats["packets"]
+            time.sleep(0.3)
         with self.monitor.lock:
             self.monitor.inner = NetworkMonitor(resolve=self.tap.resolve, mode_of=mode_of)
             self.alerts.clear()
