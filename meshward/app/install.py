@@ -452,6 +452,7 @@ def controller(opts: InstallOptions) -> list[Obj]:
 
 
 NODE_STATE = "/var/lib/meshward"  # the node tap's UDP peer baseline (a hostPath: it outlives pods)
+NODE_TOKEN_DIR = "/var/run/secrets/meshward"  # the projected token for serve's API
 
 
 def node_tap(opts: InstallOptions) -> list[Obj]:
@@ -459,6 +460,8 @@ def node_tap(opts: InstallOptions) -> list[Obj]:
     args = ["node-tap", "--node", "$(NODE_NAME)", "--server"]
     args += [f"http://{opts.service_host}:{HTTP_PORT}"]
     args += ["--baseline-file", f"{NODE_STATE}/udp-peers.json"]
+    # serve's ingest takes a token bound to this pod (audience meshward), re-read on rotation
+    args += ["--api-token-file", f"{NODE_TOKEN_DIR}/token"]
     for iface in opts.node_ifaces:
         args += ["--iface", iface]
     # the node's interfaces are in the node's network namespace, reached as PID 1's; the pod
@@ -486,8 +489,22 @@ def node_tap(opts: InstallOptions) -> list[Obj]:
                 "mountPropagation": "HostToContainer",
             },
             {"name": "state", "mountPath": NODE_STATE},
+            {"name": "api-token", "mountPath": NODE_TOKEN_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
+    }
+    token = {
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": "meshward",
+                        "expirationSeconds": 3600,
+                        "path": "token",
+                    }
+                }
+            ]
+        }
     }
     extra: Obj = {"hostPID": True} if needs_proc else {}
     state = {"path": f"{NODE_STATE}/node-tap", "type": "DirectoryOrCreate"}
@@ -508,6 +525,7 @@ def node_tap(opts: InstallOptions) -> list[Obj]:
                         volumes=[
                             {"name": "netns", "hostPath": {"path": "/var/run/netns"}},
                             {"name": "state", "hostPath": state},
+                            {"name": "api-token", **token},
                             {"name": "tmp", "emptyDir": {}},
                         ],
                     ),

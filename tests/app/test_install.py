@@ -191,6 +191,12 @@ def test_node_tap_privileges_follow_what_it_watches() -> None:
     assert "hostPID" not in spec and "hostNetwork" not in spec
     assert sorted(c["securityContext"]["capabilities"]["add"]) == ["NET_RAW", "SYS_ADMIN"]
     assert "--iface" not in c["args"] and "--baseline-file" in c["args"]
+    # serve's ingest wants a token bound to the pod, minted for the audience meshward
+    args = c["args"]
+    assert args[args.index("--api-token-file") + 1] == "/var/run/secrets/meshward/token"
+    (token,) = [v for v in spec["volumes"] if v["name"] == "api-token"]
+    sat = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert (sat["audience"], sat["path"]) == ("meshward", "token")
     paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     assert paths == {"netns": "/var/run/netns", "state": "/var/lib/meshward/node-tap"}
     assert next(m for m in c["volumeMounts"] if m["name"] == "netns")["readOnly"] is True
