@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshward.core.claims import verdict_fields
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -181,7 +182,7 @@ async def observations(request: web.Request) -> web.Response:
         server.metrics.drops.labels("ingest", "too-many-items").inc(len(items) - MAX_ITEMS)
         rejected += len(items) - MAX_ITEMS
         items = items[:MAX_ITEMS]
-    accepted = 0
+    accepted = claimed = 0
     for i, item in enumerate(items):
         if i and i % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
@@ -191,6 +192,7 @@ async def observations(request: web.Request) -> web.Response:
             rejected += 1
             server.problems("ingest", "bad-observation", error=str(exc)[:200], index=i)
             continue
+        claimed += verdict_fields(item)  # a dict: observation_from_dict accepted it
         try:
             server.pipeline.take_ingested(obs)
         except Exception as exc:  # one bad item never stops the batch or the server
@@ -200,6 +202,8 @@ async def observations(request: web.Request) -> web.Response:
         accepted += 1
     if rejected:
         server.metrics.drops.labels("ingest", "rejected").inc(rejected)
+    if claimed:  # ignored: serve judges (meshward.core.claims)
+        server.metrics.drops.labels("ingest", "client-verdict").inc(claimed)
     return web.json_response({"accepted": accepted, "rejected": rejected}, status=202)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshward.app.decisioncache import DecisionCache, Key
+from meshward.core.claims import distrusted
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation, Verdict
 from meshward.runtime.metrics import Metrics
@@ -177,6 +178,7 @@ class Pipeline:
         self.engine = engine
         self.joiner = joiner
         self.cache = DecisionCache(engine)
+        self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
@@ -210,6 +212,11 @@ class Pipeline:
         self.run("tap", Call(obs, "envoy-tap", learn=obs.complete))
 
     def take_ingested(self, obs: Observation) -> None:
+        """An observation a caller sent (the node tap, files): the threats it claims are
+        dropped and counted (meshward.core.claims), the engine judges it afresh."""
+        obs, dropped = distrusted(obs)
+        if dropped:
+            self._claims_dropped.inc(dropped)
         if obs.seen_by == "envoy-tap":
             self.take_tap(obs)
             return
