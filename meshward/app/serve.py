@@ -93,13 +93,18 @@ class Server:
             from meshward.app import sigcache
 
             engine = Engine(config.engine, detector or sigcache.detector(config.engine))
-            self.flusher = Flusher(engine, open_store(config.db), config.flush_interval)
+            self.flusher = Flusher(
+                engine,
+                open_store(config.db, alert_quota=config.engine.alert_quota),
+                config.flush_interval,
+            )
             try:
                 self.flusher.load()
             except BaseException:
                 self.flusher.store.close()
                 raise
         self.engine = engine
+        self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
         self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)

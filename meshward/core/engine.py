@@ -22,12 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from meshward.core import scoring
+from meshward.core import redact, scoring
 from meshward.core.allowlist import Allowlist, Limits
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Observation, Verdict, VerdictKind
+from meshward.core.quota import AlertQuota, QuotaGate
 from meshward.core.threats.inspection import Detector, Inspection, NoDetector
 
 if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are on
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are 
 
 log = logging.getLogger("meshward.core.engine")
 
-MAX_PENDING_ALERTS = 10_000  # alerts kept for the next drain (the store's default history)
+MAX_PENDING_ALERTS = AlertQuota().total  # alerts kept for the next drain (the store's history)
 
 
 @dataclass
@@ -60,6 +61,8 @@ class EngineConfig:
     max_body: int = 1 << 20  # body bytes decoded for learning and scoring
     alert_history: int = 1000  # alerts kept in memory (the store keeps more)
     limits: Limits = field(default_factory=Limits)
+    # per source and destination, between two drains and in the store's history
+    alert_quota: AlertQuota = field(default_factory=AlertQuota)
 
 
 def detector_for(config: EngineConfig, cache: CompiledCache | None = None) -> Detector:
@@ -85,7 +88,8 @@ class Engine:
         self.allowlist = Allowlist(self.config.limits)
         self._modes: dict[str, str] = {}
         self._dirty: set[str] = set()
-        self._pending_alerts: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ALERTS)
+        self._pending_alerts: list[dict[str, Any]] = []
+        self._quota = QuotaGate(self.config.alert_quota)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
         self.counters: dict[str, int] = {
             "evaluated": 0,
@@ -94,6 +98,8 @@ class Engine:
             "denied": 0,
             "inspection_failed": 0,
         }
+        # what a cap or a quota turned away, by which: the app exports it (meshward_refused)
+        self.refused = self._quota.refused
 
     def load(self, profiles: dict[str, dict[str, Any]], modes: dict[str, str]) -> None:
         """Start from stored profile documents and namespace modes (the app read them)."""
@@ -249,6 +255,14 @@ class Engine:
         if v.verdict == "deny":
             self.counters["denied"] += 1
         alert = v.as_dict()
+        alert["threats"] = [
+            {
+                "name": redact.escaped(t.name),
+                "location": redact.evidence(t.location),
+                "evidence": redact.evidence(t.evidence),
+            }
+            for t in v.threats
+        ]
         alert.update(
             time=obs.time,
             namespace=obs.destination.namespace or "default",
@@ -258,7 +272,13 @@ class Engine:
             protocol=obs.protocol,
             request_id=obs.request_id,
         )
-        self._alerts.append(alert)
+        self._alerts.append(alert)  # the recent view (bounded), for an engine without a store
+        refused = self._quota.admit(v.source, v.destination)
+        if refused:  # the verdict stands; only its record is left out: counted, logged once
+            key = v.source if refused == "alert-source-quota" else v.destination
+            if self._quota.first_refusal(f"{refused}:{key}"):
+                event(log, "alerts over quota", logging.WARNING, quota=refused, key=key[:200])
+            return
         self._pending_alerts.append(alert)
 
     # ---- what the app reads and drains
@@ -282,6 +302,6 @@ class Engine:
             if p is not None:
                 profiles[d] = p.to_doc()
         self._dirty.clear()
-        alerts = list(self._pending_alerts)
-        self._pending_alerts.clear()
+        alerts, self._pending_alerts = self._pending_alerts, []
+        self._quota.reset()
         return Changes(profiles, alerts)

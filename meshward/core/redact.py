@@ -18,6 +18,7 @@ callers already cap.
 
 from __future__ import annotations
 
+import html
 import re
 from urllib.parse import quote, unquote_plus
 
@@ -124,3 +125,18 @@ def target(path_and_query: str) -> str:
     """A request target (path and query) fit to store or show."""
     path, sep, qs = path_and_query.partition("?")
     return text(path) + (sep + query(qs) if sep else "")
+
+
+def escaped(value: str) -> str:
+    """Text that is safe in HTML whatever shows it: `& < > " '` as character references.
+
+    Evidence is what an attacker wrote; it is stored and served as escaped text, so a
+    dashboard or a log viewer that renders it as HTML shows it and runs nothing. Applied once,
+    where an alert is made (the engine): not idempotent (`&amp;` would become `&amp;amp;`).
+    """
+    return html.escape(value, quote=True)
+
+
+def evidence(value: str) -> str:
+    """A threat's evidence (or location) fit to store and serve: redacted, then escaped."""
+    return escaped(text(value))

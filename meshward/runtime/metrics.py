@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -228,6 +228,13 @@ class Metrics:
         self.cache = family(
             "counter", "meshward_decision_cache", "ext_authz decision cache lookups", "result"
         )
+        self.refused = family(
+            "counter",
+            "meshward_refused",
+            "alerts and learning a quota or cap turned away, by which",
+            "what",
+        )
+        self._refused_from: Callable[[], Mapping[str, int]] | None = None
         self.registry.register(_Collector(families))
         self._reasons = _Bounded()
         self._verdict_children: dict[tuple[str, str, str, str], Any] = {}
@@ -253,7 +260,15 @@ class Metrics:
                 self._verdict_children[key] = child
         return child
 
+    def follow_refusals(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Export `read()` (the engine's refusal counts, kept by the pure core) as
+        meshward_refused at every scrape."""
+        self._refused_from = read
+
     def exposition(self) -> bytes:
+        if self._refused_from is not None:
+            for what, n in list(self._refused_from().items()):
+                self.refused.labels(what).value = float(n)
         return generate_latest(self.registry)
 
 

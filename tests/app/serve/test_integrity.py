@@ -91,3 +91,59 @@ def test_a_node_taps_network_event_still_alerts() -> None:
             assert [[t["name"] for t in a["threats"]] for a in alerts] == [["ICMP.Flood"]]
 
     asyncio.run(main())
+
+
+def _deviating(i: int, source: str = "attacker") -> dict[str, Any]:
+    """An observation serve itself judges a deviation (a path the allowlist lacks)."""
+    return {
+        "seen_by": "node-tap",
+        "source": {"namespace": "evil", "workload": source},
+        "destination": {"namespace": "shop", "workload": "api"},
+        "method": "GET",
+        "path": f"/flood/{i}",
+        "request_id": f"flood-{i}",
+    }
+
+
+def test_one_noisy_source_cannot_evict_the_others_alerts(tmp_path: Path) -> None:
+    """12,000 alerts serve raises itself for one source: the store keeps its quota of them
+    and every alert of the other sources."""
+
+    async def main() -> None:
+        async with running_server(db=str(tmp_path / "m.db"), flush_interval=0.1) as srv:
+            api = _api(srv)
+            await asyncio.to_thread(api.set_mode, "shop", "monitor")
+            xss = "/search?q=%3Cscript%3Ealert(document.cookie)%3C/script%3E"
+            for i, source in enumerate(("web", "cart", "billing")):
+                req = check_request(
+                    "GET",
+                    xss,
+                    source=f"spiffe://cluster.local/ns/shop/sa/{source}",
+                    request_id=f"real-{i}",
+                )
+                assert (await _check(srv, req)).status.code == 0  # monitor: alerted, allowed
+            await _check(srv, check_request("GET", xss, namespace="pay", request_id="real-pay"))
+            for start in (0, 6_000):
+                batch = [_deviating(i) for i in range(start, start + 6_000)]
+                assert (await asyncio.to_thread(api.post_observations, batch))["accepted"] == 6_000
+                await asyncio.sleep(0.3)
+            assert srv.flusher is not None
+            stored = await asyncio.to_thread(srv.flusher.store.alerts, 20_000)
+            real = [a for a in stored if a["request_id"].startswith("real-")]
+            assert sorted(a["request_id"] for a in real) == [
+                "real-0",
+                "real-1",
+                "real-2",
+                "real-pay",
+            ]
+            assert sum(a["source"] == "evil/attacker" for a in stored) == 1_000
+            # the XSS the real requests carried is evidence: stored and served escaped
+            served = await asyncio.to_thread(api.alerts, 10, "pay")
+            for a in [*real, *served]:
+                for t in a["threats"]:
+                    assert "<" not in t["evidence"] + t["location"], t
+            assert "&lt;script" in served[0]["threats"][0]["evidence"]
+            text = await asyncio.to_thread(api.metrics_text)
+            assert sample(text, 'meshward_refused_total{what="alert-source-quota"}') >= 1
+
+    asyncio.run(main())
