@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -85,11 +85,13 @@ class Engine:
     ) -> None:
         self.config = config or EngineConfig()
         self.detector = detector if detector is not None else detector_for(self.config)
-        self.allowlist = Allowlist(self.config.limits)
+        # what a cap or a quota turned away, by which: the app exports it (meshward_refused)
+        self.refused: Counter[str] = Counter()
+        self.allowlist = Allowlist(self.config.limits, self._refuse)
         self._modes: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._pending_alerts: list[dict[str, Any]] = []
-        self._quota = QuotaGate(self.config.alert_quota)
+        self._quota = QuotaGate(self.config.alert_quota, self.refused)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
         self.counters: dict[str, int] = {
             "evaluated": 0,
@@ -98,8 +100,6 @@ class Engine:
             "denied": 0,
             "inspection_failed": 0,
         }
-        # what a cap or a quota turned away, by which: the app exports it (meshward_refused)
-        self.refused = self._quota.refused
 
     def load(self, profiles: dict[str, dict[str, Any]], modes: dict[str, str]) -> None:
         """Start from stored profile documents and namespace modes (the app read them)."""
@@ -170,10 +170,12 @@ class Engine:
             reasons: list[str] = []
             rule_name = None
             if not threats and not failed and mode == "learn":
-                if learn:
-                    rule = scoring.learn(self.allowlist.profile(dest), obs, f)
-                    self._dirty.add(dest)
-                    self.counters["learned"] += 1
+                if learn:  # None past the destination cap (counted, logged): not learned
+                    profile = self.allowlist.learnable(dest)
+                    rule = scoring.learn(profile, obs, f) if profile is not None else None
+                    if profile is not None:
+                        self._dirty.add(dest)
+                        self.counters["learned"] += 1
                     rule_name = rule.name if rule else None
                 else:  # a read-only look (meshward score) at what learn mode would see
                     reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
@@ -207,6 +209,21 @@ class Engine:
         if verdict != "allow":
             self._record_alert(obs, v)
         return v
+
+    def _refuse(self, what: str, destination: str) -> None:
+        """A cap turned learning away: counted; logged at the 1st, 2nd, 4th, 8th... time, so a
+        flood is seen in the log without flooding it."""
+        self.refused[what] += 1
+        n = self.refused[what]
+        if n & (n - 1) == 0:
+            event(
+                log,
+                "learning refused",
+                logging.WARNING,
+                cap=what,
+                destination=redact.text(destination[:200]),
+                times=n,
+            )
 
     def _plaintext(self, obs: Observation) -> Observation:
         """The Observation with its body as the app reads it: inspect and learn the plaintext,

@@ -32,13 +32,13 @@ class QuotaGate:
     the first refusal of that key since the last reset (the caller logs it once, not per alert).
     """
 
-    def __init__(self, quota: AlertQuota) -> None:
+    def __init__(self, quota: AlertQuota, refused: Counter[str] | None = None) -> None:
         self.quota = quota
         self._sources: Counter[str] = Counter()
         self._destinations: Counter[str] = Counter()
         self._admitted = 0
         self._refused_keys: set[str] = set()
-        self.refused: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter() if refused is None else refused
 
     def admit(self, source: str, destination: str) -> str:
         """ "" when admitted, else the quota that refused it: source, destination or total."""

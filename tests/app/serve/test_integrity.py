@@ -12,6 +12,9 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from meshward.app.serve import Server
+from meshward.core.allowlist import Limits
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.threats.inspection import NoDetector
 from meshward.runtime.client import ApiClient
 from tests.support.metrics import sample
 from tests.support.serve import check_request, running_server
@@ -145,5 +148,25 @@ def test_one_noisy_source_cannot_evict_the_others_alerts(tmp_path: Path) -> None
             assert "&lt;script" in served[0]["threats"][0]["evidence"]
             text = await asyncio.to_thread(api.metrics_text)
             assert sample(text, 'meshward_refused_total{what="alert-source-quota"}') >= 1
+
+    asyncio.run(main())
+
+
+def test_one_post_of_5000_new_destinations_is_capped() -> None:
+    """The issue's POST with 5,000 distinct destinations made 5,005 profiles (+24 MB): past
+    the cap, new destinations are judged but not learned, counted and logged."""
+
+    async def main() -> None:
+        engine = Engine(EngineConfig(limits=Limits(max_destinations=100)), NoDetector())
+        async with running_server(engine=engine) as srv:
+            batch = [
+                dict(_deviating(i), destination={"namespace": f"n{i}", "workload": "w"})
+                for i in range(5_000)
+            ]
+            got = await asyncio.to_thread(_api(srv).post_observations, batch)
+            assert got == {"accepted": 5_000, "rejected": 0}
+            assert len(engine.allowlist.services) == 100
+            text = await asyncio.to_thread(_api(srv).metrics_text)
+            assert sample(text, 'meshward_refused_total{what="destination-cap"}') == 4_900
 
     asyncio.run(main())
