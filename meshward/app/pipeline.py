@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshward.app.decisioncache import DecisionCache, Key
+from meshward.core import redact
 from meshward.core.claims import distrusted
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation, Verdict
@@ -82,7 +83,9 @@ class Judge:
     def account(self, obs: Observation, source: str, verdict: Verdict) -> None:
         self.metrics.count_verdict(source, verdict)
         if verdict.verdict != "allow" and obs.request_id:
-            self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
+            shown = {"seen_by": source, **verdict.as_dict()}
+            shown["threats"] = redact.shown_threats(verdict.threats)  # served with the exchange
+            self.joiner.note_verdict(obs, shown)
 
     def _decide(self, call: Call) -> None:
         if call.verdict is None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshward.core import templates, values
+from meshward.core import redact, templates, values
 
 # told (what, destination) when a cap turns learning away
 Refused = Callable[[str, str], None]
@@ -336,6 +336,8 @@ class ServiceProfile:
                 return node.variables[name], name
         if len(node.literals) >= self.limits.cardinality_k:
             return self._generalise(node), templates.STR
+        if redact.secret_segment(seg):  # a credential in a path is never stored as a literal
+            return node.variables.setdefault(templates.STR, PathNode()), templates.STR
         child = node.literals[seg] = PathNode()
         return child, seg
 

@@ -262,7 +262,7 @@ class Engine:
                 logging.ERROR,
                 destination=obs.destination.key,
                 method=obs.method,
-                path=obs.path[:200],
+                path=redact.path(obs.path[:200]),
                 error=repr(exc)[:200],
             )
             return Inspection(), True
@@ -272,19 +272,12 @@ class Engine:
         if v.verdict == "deny":
             self.counters["denied"] += 1
         alert = v.as_dict()
-        alert["threats"] = [
-            {
-                "name": redact.escaped(t.name),
-                "location": redact.evidence(t.location),
-                "evidence": redact.evidence(t.evidence),
-            }
-            for t in v.threats
-        ]
+        alert["threats"] = redact.shown_threats(v.threats)
         alert.update(
             time=obs.time,
             namespace=obs.destination.namespace or "default",
             method=obs.method,
-            path=obs.path,
+            path=redact.path(obs.path),
             seen_by=obs.seen_by,
             protocol=obs.protocol,
             request_id=obs.request_id,

@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from meshward.core import redact
 from meshward.core.log import event
 from meshward.core.observation import Verdict
 
@@ -289,7 +290,8 @@ class Problems:
         if second != now:
             second, count = now, 0
         self._window[key] = (second, count + 1)
-        if count < self.per_second:
+        if count < self.per_second:  # what a caller sent may be in an error: logged redacted
+            fields = {k: redact.text(v) if isinstance(v, str) else v for k, v in fields.items()}
             event(
                 self.logger, f"{where}: {kind}", logging.WARNING, where=where, kind=kind, **fields
             )

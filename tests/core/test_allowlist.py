@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 
 from hypothesis import given, settings
@@ -247,3 +248,12 @@ def test_learning_caps_destinations_and_sources_counted_and_bounded_in_memory() 
         engine.evaluate(Observation("file", Identity("x", f"c{i}"), Identity("n0", "api")))
     assert len(engine.allowlist.services["n0/api"].sources) == 10
     assert engine.refused["source-cap"] == 11  # n0/api had learned s0 before
+
+
+def test_a_credential_in_a_path_is_learned_as_a_variable_not_a_literal() -> None:
+    p = ServiceProfile("shop/api")
+    for path in ("/api/items", "/healthz", "/reset/Summer2024pw"):
+        assert p.endpoint_for_learning("GET", path) is not None
+    doc = json.dumps(p.to_doc())
+    assert "Summer2024pw" not in doc and "/reset/{str}" in doc
+    assert "/api/items" in doc and "/healthz" in doc  # the other literals are not folded

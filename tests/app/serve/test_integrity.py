@@ -5,6 +5,7 @@ its fix."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -169,4 +170,57 @@ def test_one_post_of_5000_new_destinations_is_capped() -> None:
             text = await asyncio.to_thread(_api(srv).metrics_text)
             assert sample(text, 'meshward_refused_total{what="destination-cap"}') == 4_900
 
+    asyncio.run(main())
+
+
+CARD = "4111111111111111"
+API_KEY = "sk_live_9f8e7d6c5b4a39281706f5e4"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+
+
+def test_secrets_are_not_stored_logged_or_served(tmp_path: Path, caplog: Any) -> None:
+    """Card numbers, API keys, JWTs and passwords in queries, paths and credential headers:
+    nothing served by the API (exchanges, alerts, allowlist) or logged holds them."""
+
+    async def main() -> None:
+        async with running_server(db=str(tmp_path / "m.db"), flush_interval=0.1) as srv:
+            api = _api(srv)
+            view = {
+                "seen_by": "envoy-tap",
+                "source": {"namespace": "shop", "workload": "web"},
+                "destination": {"namespace": "shop", "workload": "pay"},
+                "authority": "pay.shop",
+                "method": "POST",
+                "path": "/charge",
+                "request_id": "r-secret",
+                "status": 200,
+            }
+            outbound = dict(view, direction="outbound", query=f"card={CARD}&api_key={API_KEY}")
+            inbound = dict(view, direction="inbound", query=f"card={CARD}&api_key={API_KEY}&x=1")
+            learned = dict(view, request_id="r-2", path="/reset/Summer2024pw", seen_by="file")
+            got = await asyncio.to_thread(api.post_observations, [outbound, inbound, learned])
+            assert got["accepted"] == 3
+            req = check_request(
+                "GET",
+                f"/users/{JWT}/x?q=1",
+                headers=[("authorization", b"Bearer x' OR '1'='1' --")],
+                request_id="r-3",
+            )
+            await _check(srv, req)
+            await asyncio.sleep(0.3)
+            exchanges = await asyncio.to_thread(api.exchanges, 10)
+            alerts = await asyncio.to_thread(api.alerts, 10)
+            allowlist = await asyncio.to_thread(api.allowlist)
+            assert exchanges and exchanges[0]["mismatches"] == ["query"]
+            mismatch = [a for a in alerts if a["request_id"] == "r-secret"]
+            assert mismatch and mismatch[0]["threats"][0]["name"] == "Exchange.Mismatch"
+            assert any(a["request_id"] == "r-3" for a in alerts)
+            served = json.dumps([exchanges, alerts, allowlist])
+            logged = caplog.text
+            for secret in (CARD, API_KEY, JWT, "Summer2024pw", "OR '1'='1"):
+                assert secret not in served, secret
+                assert secret not in logged, secret
+            assert "/reset/{str}" in served  # still learned, as a variable
+
+    caplog.set_level("DEBUG")
     asyncio.run(main())
