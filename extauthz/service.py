@@ -60,7 +60,7 @@ class CheckService:
             self.problems("extauthz", "check-failed", error=repr(exc)[:200])
             await context.abort(grpc.StatusCode.INTERNAL, "meshward check failed")
         if verdict.verdict == "deny":
-            answer = denied_response(verdict).SerializeToString()
+            answer = denied_response(obs.request_id).SerializeToString()  # reasons: the alert
             self._denied.inc()
         else:
             answer = OK_BYTES

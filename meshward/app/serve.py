@@ -2,8 +2,9 @@
 
 ext_authz gRPC (Authorization/Check), the tap gRPC (ext_proc observability streams) and HTTP (JSON
 API, /metrics, /healthz, /readyz) all run on one event loop, so the engine (not thread-safe) is
-only ever called from that loop's thread. gRPC health checking and reflection are served on both
-gRPC ports.
+only ever called from that loop's thread. gRPC health checking is served on both gRPC ports;
+reflection only when asked for (`--grpc-reflection`): it tells anyone who can connect what the
+ports serve.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class ServeConfig:
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
+    grpc_reflection: bool = False  # off by default: a debugging aid, not for production
 
 
 class Server:
@@ -172,14 +174,15 @@ class Server:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                service,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        if self.config.grpc_reflection:
+            reflection.enable_server_reflection(
+                (
+                    service,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
         try:
             bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
         except RuntimeError:

@@ -29,9 +29,6 @@ CONTEXT_NAMESPACE: Final = "namespace"
 CONTEXT_WORKLOAD: Final = "workload"
 CONTEXT_DIRECTION: Final = "direction"
 
-# server -> sidecar: the response header of a denial (written by meshward, not a hint)
-REASON_HEADER: Final = "x-meshward-reason"
-
 # the connection facts the tap filter asks Envoy for (ProcessingRequest.attributes); the tap
 # keeps only these, so a stream's attribute table is bounded whatever names arrive
 TAP_ATTRIBUTES: Final = (

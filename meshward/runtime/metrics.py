@@ -31,9 +31,11 @@ from prometheus_client.utils import floatToGoString
 from meshward.core import redact
 from meshward.core.log import event
 from meshward.core.observation import Verdict
+from meshward.core.threats.names import THREAT_NAMES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _MAX_LABEL_VALUES = 200
+UNREGISTERED = "unregistered"  # the threat label of every name not in the registry
 # latency buckets in seconds: 10 µs .. 1 s, the range a check or a tap stream lives in
 _LATENCY = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0)
 
@@ -53,6 +55,12 @@ class _Bounded:
             return "other"
         self.seen.add(value)
         return value
+
+
+def threat_label(name: str) -> str:
+    """A threat name as a label: only the registry's names (meshward.core.threats.names), any
+    other one bucket, so forged names cannot fill the label space."""
+    return name if name in THREAT_NAMES else UNREGISTERED
 
 
 def reason_label(reason: str) -> str:
@@ -239,7 +247,6 @@ class Metrics:
         self.registry.register(_Collector(families))
         self._reasons = _Bounded()
         self._verdict_children: dict[tuple[str, str, str, str], Any] = {}
-        self._threat_names = _Bounded()
 
     def count_verdict(self, source: str, v: Verdict) -> None:
         """Count one verdict under each of its reasons (or "none") and its threats."""
@@ -248,7 +255,7 @@ class Metrics:
         for reason in v.reasons:
             self._verdict_child(source, v.mode, v.verdict, reason).inc()
         for t in v.threats:
-            self.threats.labels(self._threat_names(t.name)).inc()
+            self.threats.labels(threat_label(t.name)).inc()
 
     def _verdict_child(self, source: str, mode: str, verdict: str, reason: str) -> Any:
         """The labelled counter, memoised (the reason label is folded first)."""

@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=30.0,
         help="seconds before an unfinished tap stream expires (default 30)",
     )
+    p.add_argument(
+        "--grpc-reflection",
+        action="store_true",
+        help="serve gRPC reflection on both gRPC ports (off by default: it tells anyone who "
+        "can connect what the ports serve; for debugging with grpcurl)",
+    )
     add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
+        grpc_reflection=args.grpc_reflection,
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
