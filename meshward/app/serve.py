@@ -23,6 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from meshward.app.flusher import Flusher
+from meshward.app.ingest import Ingestor
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import open_store
 from meshward.core.engine import Engine, EngineConfig
@@ -91,6 +92,7 @@ class Server:
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
         self.flusher: Flusher | None = None
+        rebuildable = engine is None and detector is None  # the default detector, from config
         if engine is None:
             from meshward.app import sigcache
 
@@ -105,6 +107,9 @@ class Server:
             except BaseException:
                 self.flusher.store.close()
                 raise
+        # the ingest worker rebuilds serve's detector from the config; a given engine (tests,
+        # benches) may have one it cannot rebuild: then its detectors run here
+        self.ingestor = Ingestor(config.engine if rebuildable else None)
         self.engine = engine
         self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
@@ -206,6 +211,7 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        self.ingestor.close()
         await self._close_store()
         event(log, "stopped")
 

@@ -130,15 +130,30 @@ class Engine:
         return dict(self._modes)
 
     # ---- the hot path
-    def evaluate(self, obs: Observation, mode: str | None = None, learn: bool = True) -> Verdict:
-        """Score one Observation; in learn mode (and with `learn`) extend the allowlist."""
+    def evaluate(
+        self,
+        obs: Observation,
+        mode: str | None = None,
+        learn: bool = True,
+        inspected: tuple[Inspection, bool] | None = None,
+    ) -> Verdict:
+        """Score one Observation; in learn mode (and with `learn`) extend the allowlist.
+        `inspected` is what `inspect` gave for it elsewhere (an ingest worker process), so the
+        detectors need not run again here."""
         mode = mode or self.mode_of(obs.destination.namespace)
         self.counters["evaluated"] += 1
         if obs.body:
             obs = self._plaintext(obs)
         f = scoring.features(obs, self.config.max_body)
-        found, failed = self._inspect(obs, f.body)
+        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
         return self._decide(obs, mode, learn, f, found, failed)
+
+    def inspect(self, obs: Observation) -> tuple[Inspection, bool]:
+        """The detectors' findings and whether they failed, as `evaluate` would get them:
+        stateless, so another process may run it (meshward/app/ingest.py)."""
+        if obs.body:
+            obs = self._plaintext(obs)
+        return self._inspect(obs, scoring.features(obs, self.config.max_body).body)
 
     def recheck(self, obs: Observation, cached: Verdict) -> Verdict | None:
         """A body-less request whose clean allow was cached (ext_authz's decision cache): the

@@ -17,6 +17,7 @@ from meshward.core.allowlist import Limits
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.threats.inspection import NoDetector
 from meshward.runtime.client import ApiClient
+from tests.support.ingest import big_batch
 from tests.support.metrics import sample
 from tests.support.serve import check_request, running_server
 
@@ -223,4 +224,31 @@ def test_secrets_are_not_stored_logged_or_served(tmp_path: Path, caplog: Any) ->
             assert "/reset/{str}" in served  # still learned, as a variable
 
     caplog.set_level("DEBUG")
+    asyncio.run(main())
+
+
+def test_checks_are_answered_during_a_16_mb_ingest(tmp_path: Path) -> None:
+    """The batch is parsed and inspected in the ingest worker process and judged in slices:
+    Checks keep being answered while it is under way, and the batch is all accepted."""
+
+    async def main() -> None:
+        raw = big_batch()
+        assert len(raw) > 15 * 1024 * 1024
+        async with running_server(db=str(tmp_path / "m.db")) as srv:
+            await asyncio.to_thread(_api(srv).post_observations, big_batch(10))  # start worker
+            posting = asyncio.create_task(asyncio.to_thread(_api(srv).post_observations, raw))
+            answered = 0
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.ports['authz']}") as ch:
+                stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+                while not posting.done():
+                    r = await stub.Check(check_request("GET", "/api/items"), timeout=5)
+                    assert r.status.code == 0
+                    answered += 1
+            assert (await posting) == {"accepted": 10_000, "rejected": 0}
+            # here: 300-900 answered while the batch was under way; 18 when the loop parsed
+            # and inspected it itself
+            assert answered >= 50, answered
+            pool = srv.ingestor._pool
+            assert pool is not None and all(p.is_alive() for p in pool._processes.values())
+
     asyncio.run(main())
