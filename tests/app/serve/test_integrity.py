@@ -252,3 +252,21 @@ def test_checks_are_answered_during_a_16_mb_ingest(tmp_path: Path) -> None:
             assert pool is not None and all(p.is_alive() for p in pool._processes.values())
 
     asyncio.run(main())
+
+
+def test_a_dead_ingest_worker_is_replaced(tmp_path: Path) -> None:
+    """The worker is another process: if it dies, the next batch starts a new one."""
+
+    async def main() -> None:
+        async with running_server(db=str(tmp_path / "m.db")) as srv:
+            api = _api(srv)
+            assert (await asyncio.to_thread(api.post_observations, big_batch(5)))["accepted"] == 5
+            pool = srv.ingestor._pool
+            assert pool is not None
+            for proc in list(pool._processes.values()):
+                proc.kill()
+                proc.join(5)
+            assert (await asyncio.to_thread(api.post_observations, big_batch(5)))["accepted"] == 5
+            assert srv.ingestor._pool is not pool
+
+    asyncio.run(main())
