@@ -32,16 +32,25 @@ from tests.support.ingest import big_batch
 from tests.support.serve import check_request
 
 GOAL = 1.2
+TOKEN = "bench-ingest-load-token"  # the API token of the bench's own serve (loopback only)
 
 
 def serve(db: str, ports: Connection, stop: multiprocessing.synchronize.Event) -> None:
     """The server process: a whole serve on loopback ephemeral ports until `stop`."""
     import asyncio
 
+    from meshward.app.auth import AuthConfig
     from meshward.app.serve import ServeConfig, Server, install_uvloop
 
     async def main() -> None:
-        cfg = ServeConfig(db=db, listen_host="127.0.0.1", authz_port=0, tap_port=0, http_port=0)
+        cfg = ServeConfig(
+            db=db,
+            listen_host="127.0.0.1",
+            authz_port=0,
+            tap_port=0,
+            http_port=0,
+            auth=AuthConfig(token=TOKEN),
+        )
         server = Server(cfg)
         await server.start()
         ports.send(dict(server.ports))
@@ -57,9 +66,7 @@ def ingest(http_port: int, go: multiprocessing.synchronize.Event, done: Connecti
     """The ingest process: 16 MB batches back to back while `go` is set; reports the count."""
     os.nice(10)  # it stands for a node tap on another machine: not the server's CPU
     raw = big_batch()
-    api = ApiClient(
-        f"http://127.0.0.1:{http_port}", token=os.environ.get("MESHWARD_API_TOKEN"), timeout=120
-    )
+    api = ApiClient(f"http://127.0.0.1:{http_port}", token=TOKEN, timeout=120)
     while True:
         go.wait()
         sent, seconds = 0, []
@@ -110,9 +117,7 @@ def main() -> None:
         channel = grpc.insecure_channel(f"127.0.0.1:{ports['authz']}")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         checks(stub, 1.0, args.gap)  # warm up: connection, detectors, the first profile
-        api = ApiClient(
-            f"http://127.0.0.1:{ports['http']}", token=os.environ.get("MESHWARD_API_TOKEN")
-        )
+        api = ApiClient(f"http://127.0.0.1:{ports['http']}", token=TOKEN)
         api.post_observations(big_batch(10))  # and the ingest worker, started by a first batch
         base_all: list[float] = []
         load_all: list[float] = []

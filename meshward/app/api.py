@@ -20,7 +20,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshward.app.audit import AuditLog
+from meshward.app.auth import Guard, principal_of
 from meshward.app.ingest import Ingestor, loads
+from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -39,6 +42,8 @@ class Ingest(Protocol):
 class ApiConfig(Protocol):
     @property
     def max_ingest_bytes(self) -> int: ...
+    @property
+    def modes_from_labels(self) -> bool: ...
 
 
 class ApiServer(Protocol):
@@ -59,6 +64,12 @@ class ApiServer(Protocol):
     def ingestor(self) -> Ingestor: ...
     @property
     def joiner(self) -> Joiner: ...
+    @property
+    def guard(self) -> Guard: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def node_scope(self) -> NodeScope | None: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -67,6 +78,11 @@ class ApiServer(Protocol):
     async def set_mode(self, namespace: str, mode: str) -> None: ...
 
 
+MODE_IS_LABEL = (
+    "in a cluster a namespace's mode is its label: kubectl label namespace NAMESPACE "
+    "meshward.io/mode=MODE --overwrite (who may do that is decided by RBAC on namespaces; "
+    "meshward serve cannot change it)"
+)
 SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")
 
 
@@ -125,6 +141,8 @@ async def modes(request: web.Request) -> web.Response:
 async def set_mode(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     namespace = request.match_info["namespace"]
+    if server.config.modes_from_labels:
+        raise web.HTTPConflict(text=_error(MODE_IS_LABEL), content_type="application/json")
     if not is_kubernetes_name(namespace):
         raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
@@ -134,9 +152,21 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
+    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
     await server.set_mode(namespace, mode)
     server.mode_changed()
-    return web.json_response({"namespace": namespace, "mode": mode})
+    who = principal_of(request)
+    await asyncio.to_thread(
+        server.audit.record,
+        "mode.set",
+        who.name if who else "",
+        namespace,
+        old,
+        mode,
+        via=who.via if who else "",
+        peer=request.remote or "",
+    )
+    return web.json_response({"namespace": namespace, "mode": mode, "was": old})
 
 
 async def _read(request: web.Request, most: int) -> bytes:
@@ -154,10 +184,25 @@ async def _read(request: web.Request, most: int) -> bytes:
     return b"".join(parts)
 
 
+def _node_of(request: web.Request, server: ApiServer) -> str:
+    """In a cluster, the node the calling node tap speaks for (see meshward.app.nodescope);
+    "" standalone, where the token holder is the operator."""
+    if server.node_scope is None:
+        return ""
+    try:
+        return server.node_scope.node_of(principal_of(request))
+    except ScopeError as exc:
+        server.metrics.drops.labels("ingest", "no-node").inc()
+        answer = web.HTTPServiceUnavailable if exc.status == 503 else web.HTTPForbidden
+        raise answer(text=_error(str(exc)), content_type="application/json") from None
+
+
 async def observations(request: web.Request) -> web.Response:
     """Parsed and inspected in the ingest worker process, judged on the loop in slices that
     yield to Checks (meshward/app/ingest.py)."""
     server = request.app[SERVER_KEY]
+    node = _node_of(request, server)
+    outside = 0
     try:
         raw = await _read(request, server.config.max_ingest_bytes)
     except web.HTTPRequestEntityTooLarge:
@@ -178,20 +223,38 @@ async def observations(request: web.Request) -> web.Response:
         server.metrics.drops.labels("ingest", "too-many-items").inc(parsed.too_many)
     for index, error in parsed.bad:
         server.problems("ingest", "bad-observation", error=error, index=index)
+    failures = 0
 
-    failures = [0]
+    def take(obs: Observation, inspected: tuple[Inspection, bool] | None) -> bool:
+        nonlocal outside
+        if node and server.node_scope is not None and not server.node_scope.allows(obs, node):
+            outside += 1  # a node tap speaks only for pods on its own node
+            return False
+        server.pipeline.take_ingested(obs, inspected)
+        return True
 
     def judge_failed(index: int, exc: Exception) -> None:
-        failures[0] += 1
+        nonlocal failures
+        failures += 1
         server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=index)
 
-    accepted = await server.ingestor.judge(parsed, server.pipeline.take_ingested, judge_failed)
-    rejected += failures[0]
+    accepted = await server.ingestor.judge(parsed, take, judge_failed)
+    rejected += failures
+    if outside:
+        server.metrics.drops.labels("ingest", "outside-node").inc(outside)
+        who = principal_of(request)
+        server.problems(
+            "ingest", "outside-node", node=node, user=who.name if who else "", count=outside
+        )
+        rejected += outside
     if rejected:
         server.metrics.drops.labels("ingest", "rejected").inc(rejected)
     if parsed.claimed:  # ignored: serve judges (meshward.core.claims)
         server.metrics.drops.labels("ingest", "client-verdict").inc(parsed.claimed)
-    return web.json_response({"accepted": accepted, "rejected": rejected}, status=202)
+    answer = {"accepted": accepted, "rejected": rejected}
+    if node:
+        answer["outside_node"] = outside
+    return web.json_response(answer, status=202)
 
 
 async def exchanges(request: web.Request) -> web.Response:
@@ -206,6 +269,7 @@ def _dumps(obj: object) -> str:
 def build_app(server: ApiServer) -> web.Application:
     app = web.Application(client_max_size=server.config.max_ingest_bytes)
     app[SERVER_KEY] = server
+    server.guard.install(app)  # every route but the probes needs a verified, allowed caller
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -164,18 +164,19 @@ class Ingestor:
     async def judge(
         self,
         parsed: Parsed,
-        take: Callable[[Observation, Inspected | None], None],
+        take: Callable[[Observation, Inspected | None], bool],
         failed: Callable[[int, Exception], None],
     ) -> int:
         """Feed every observation to `take` on the loop, yielding after each `SLICE` of work;
-        returns how many were taken (`failed(index, exc)` hears of the others)."""
+        returns how many it took (True; False: refused, counted by `take`); `failed(index,
+        exc)` hears of those it raised on."""
         taken = index = 0
         start = time.perf_counter()
         for chunk in parsed.chunks:
             for obs, inspected in pickle.loads(chunk):
                 try:
-                    take(obs, inspected)
-                    taken += 1
+                    if take(obs, inspected):
+                        taken += 1
                 except Exception as exc:  # one bad item never stops the batch or the server
                     failed(index, exc)
                 index += 1

@@ -19,13 +19,13 @@ from meshward.core.threats.inspection import NoDetector
 from meshward.runtime.client import ApiClient
 from tests.support.ingest import big_batch
 from tests.support.metrics import sample
-from tests.support.serve import check_request, running_server
+from tests.support.serve import api_client, check_request, running_server
 
 FORGED_EVIDENCE = "<img src=x onerror=alert(document.domain)>"
 
 
 def _api(srv: Server) -> ApiClient:
-    return ApiClient(f"http://127.0.0.1:{srv.ports['http']}")
+    return api_client(srv, timeout=120)
 
 
 async def _check(
