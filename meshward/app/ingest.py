@@ -39,7 +39,7 @@ from meshward.core.threats.inspection import Inspection
 
 MAX_ITEMS = 10_000  # observations per ingest request
 CHUNK = 64  # observations per pickled chunk the worker hands back
-SLICE = 0.001  # seconds of judging on the loop before it yields to Checks
+SLICE = 0.0005  # seconds of judging on the loop before it yields to Checks
 WORKER_NICE = 10  # the worker's niceness, added to serve's
 
 Inspected = tuple[Inspection, bool]

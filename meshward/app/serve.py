@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gc
 import logging
 import os
 import signal
@@ -184,6 +185,10 @@ class Server:
             self._flushing = asyncio.create_task(
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
+        # what start built (detectors, signatures, protobuf and gRPC modules) lives as long as
+        # serve: out of the collector's full scans, which otherwise walk all of it each time an
+        # ingest's garbage triggers one (40+ ms held on the loop, the Checks' tail)
+        gc.freeze()
         self.ready = True
         event(log, "serving", host=host, grpc=self.config.peers.kind, **self.ports)
 
