@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import gc
 import logging
 import os
 import signal
