@@ -130,7 +130,9 @@ class Server:
         self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
-        self.peers = PeerVerifier(config.peers, self.problems)
+        # in a cluster a hinted workload must run under the verified service account (pod index)
+        binding = self.pods.runs_under if self.pods is not None else None
+        self.peers = PeerVerifier(config.peers, self.problems, binding)
         self.check = CheckService(
             self.pipeline.judge_check, self.metrics, self.problems, self.peers
         )
