@@ -339,7 +339,19 @@ def serve(opts: InstallOptions) -> list[Obj]:
     container = {
         "name": "serve",
         "image": opts.image,
-        "args": ["serve", "--log-level", "info", "--grpc-plaintext", "--identity", identity],
+        # --auth kubernetes: callers of the HTTP API present ServiceAccount tokens minted for
+        # the audience meshward (the node taps' projected tokens), checked by TokenReview and
+        # authorized by SubjectAccessReview (serve's ClusterRole may create both)
+        "args": [
+            "serve",
+            "--log-level",
+            "info",
+            "--grpc-plaintext",
+            "--identity",
+            identity,
+            "--auth",
+            "kubernetes",
+        ],
         "ports": [
             {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
             {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
