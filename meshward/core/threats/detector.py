@@ -140,6 +140,8 @@ _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # value-anchored signatures (^...$, multiline) see each string on its own.
 _JSON_PREFILTER = bytes.maketrans(b'"', b"\n")
 _CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
+_PLAIN_SEGMENT = re.compile(r"[\w.~-]*\Z")  # a path segment with nothing but a name in it
+_FORM_LIKE = re.compile(rb"[\w.\[\]%-]{1,256}=")  # a body that starts as a urlencoded form does
 
 
 _Part = tuple[str, str]  # (kind: path | query | header, header name)
@@ -223,6 +225,7 @@ class ThreatDetector:
         values. Raw CR/LF inside the head flags every head part (rare, and never benign); other
         bodies, where raw newlines are content, get the full database.
         """
+        texts = _prefilter_texts(parts, texts)
         joined = "\n".join(texts)
         ascii_only = joined.isascii()
         # bytes the node tap could not decode come back as they were (surrogateescape); other
@@ -251,7 +254,7 @@ class ThreatDetector:
         if newline:
             flagged.update(range(len(parts)))
         if body and not json_body:
-            if kind == "form":
+            if kind == "form" or (not kind and _FORM_LIKE.match(body)):
                 body = _query_lines(body.decode("latin-1")).encode("latin-1")
             if self.sigs.suspicious(body):
                 flagged.add(len(parts))
@@ -285,6 +288,14 @@ class ThreatDetector:
         kind, name = part
         if kind == "path":
             self._value(obs.path, "path", found)
+            # each segment alone too, as a router hands it to the handler (/items/1' or 1=1--):
+            # signatures anchored at a value's start see it. A plain word (/api/whoami) is a
+            # route name, not a payload, and is not read alone.
+            for n, segment in enumerate(obs.path[: self.max_scan_bytes].split("/")):
+                if n >= self.max_fields:
+                    break
+                if segment and not _PLAIN_SEGMENT.match(segment):
+                    self._value(segment, "path", found)
         elif kind == "query":
             pairs, _ = parse_query(obs.query[: self.max_scan_bytes], self.max_fields)
             for pname, value in pairs:
@@ -313,6 +324,10 @@ class ThreatDetector:
             )
         if decoded.kind in ("json", "form", "multipart", "xml"):
             self._fields(decoded, found)
+        elif decoded.kind == "text" and not body_kind(content_type) and _FORM_LIKE.match(body):
+            # no Content-Type: most clients then send a form, and frameworks that default to
+            # one (PHP, Express's urlencoded parser with type '*/*') read its fields
+            self._fields(decode_form(body, self.max_fields), found)
         if decoded.kind == "binary":
             # protobuf and other binary framing: control bytes (tags, lengths) separate values,
             # they are not newlines an attacker typed; scan each printable run on its own.
@@ -608,6 +623,18 @@ def _inet_aton(token: str) -> int | None:
     for i, v in enumerate(head):
         last |= v << (8 * (3 - i))
     return last
+
+
+def _prefilter_texts(parts: list[_Part], texts: list[str]) -> list[str]:
+    """The parts' texts for the pre-filter with path segments and cookie values also on lines
+    of their own, so that value-anchored signatures see them as the detail pass reads them."""
+    out = list(texts)
+    if out[0].count("/") > 1:
+        out[0] = out[0] + "\n" + out[0].replace("/", "\n")
+    for i, (_, name) in enumerate(parts):
+        if name == "cookie":
+            out[i] = out[i] + "\n" + out[i].replace(";", "\n").replace("=", "\n")
+    return out
 
 
 def _query_lines(query: str) -> str:
