@@ -41,6 +41,7 @@ from meshward.core.threats.names import (
     JAVA,
     NEGATIVE_LENGTH,
     NOSQL,
+    SCANNER_USER_AGENT,
     SMUGGLING,
     SQLI,
     SSRF,
@@ -55,7 +56,12 @@ from meshward.core.threats.normalise import (
     look_alikes,
     unsplit,
 )
-from meshward.core.threats.signatures import COMMAND_NAMES, CompiledCache, SignatureSet
+from meshward.core.threats.signatures import (
+    COMMAND_NAMES,
+    SCANNER_AGENTS,
+    CompiledCache,
+    SignatureSet,
+)
 
 # Headers that carry framing or infrastructure data, not user input: never scanned for payloads
 # (framing headers get their own checks below).
@@ -140,6 +146,7 @@ _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # value-anchored signatures (^...$, multiline) see each string on its own.
 _JSON_PREFILTER = bytes.maketrans(b'"', b"\n")
 _CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
+_SCANNER = re.compile(SCANNER_AGENTS, re.IGNORECASE)
 _PLAIN_SEGMENT = re.compile(r"[\w.~-]*\Z")  # a path segment with nothing but a name in it
 _FORM_LIKE = re.compile(rb"[\w.\[\]%-]{1,256}=")  # a body that starts as a urlencoded form does
 
@@ -310,6 +317,8 @@ class ThreatDetector:
                 loc = f"header:cookie:{cname}" if sep else "header:cookie"
                 self._value(value if sep else cname, loc, found)
         else:
+            if name == "user-agent" and (tool := _SCANNER.search(text)):
+                found.add(SCANNER_USER_AGENT, "header:user-agent", tool.group(0))
             self._value(text, f"header:{name}", found)
 
     def _body(
