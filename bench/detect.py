@@ -744,6 +744,52 @@ def per_call_us(
     return statistics.median(times), min(times)
 
 
+# Families the shared lists do not hold, written for this bench (development data, a few rows
+# each; the held-out suites are not here): the technique, not a corpus quirk, is measured.
+FAMILY_ROWS: dict[str, list[str]] = {
+    "LDAP.Injection": [
+        "*)(uid=*))(|(uid=*",
+        "admin)(&)",
+        "*)(|(objectclass=*)",
+        "x)(|(cn=*))",
+        "admin*)((|userPassword=*)",
+        "*)(objectClass=*",
+        "(|(mail=*)(cn=admin))",
+        "jdoe)(|(password=*))",
+    ],
+    "Mail.Header.Injection": [
+        "alice@example.com\nBcc: everyone@example.com",
+        "alice@example.com\r\nCc:victim@example.com",
+        "news\r\nContent-Type: text/html",
+        "x\r\nRCPT TO:<victim@example.com>",
+        "INBOX\r\nA1 LOGOUT",
+        "a\r\nHELO evil.example\r\n",
+        "me@x.example%0aBcc:b@y.example",
+        "subject%0d%0aTo: all@example.com",
+    ],
+    "Server.Side.Include": [
+        '<!--#exec cmd="id"-->',
+        '<!--#include virtual="/etc/passwd"-->',
+        '<!--#echo var="DOCUMENT_ROOT"-->',
+        "<!--#printenv -->",
+        '<!--#config errmsg="x"-->',
+        '<!--#exec cgi="/cgi-bin/a.cgi"-->',
+    ],
+}
+SCANNER_AGENTS = [
+    "sqlmap/1.7.2#stable (https://sqlmap.org)",
+    "Mozilla/5.00 (Nikto/2.1.6) (Evasions:None) (Test:007254)",
+    "Mozilla/5.0 (compatible; Nmap Scripting Engine; https://nmap.org/book/nse.html)",
+    "Fuzz Faster U Fool v2.1.0-dev",
+    "masscan/1.3 (https://github.com/robertdavidgraham/masscan)",
+    "WPScan v3.8.25 (https://wpscan.com/wordpress-security-scanner)",
+    "gobuster/3.6",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Nuclei",
+    "commix/v3.9 (https://commixproject.com)",
+    "Wfuzz/3.1.0",
+]
+
+
 def sample(rows: list[str], n: int, seed: int = 11) -> list[str]:
     """At most n rows, a seeded sample in the list's order (the anchor costs milliseconds)."""
     if len(rows) <= n:
@@ -797,6 +843,27 @@ def side_by_side(
                 + "".join(f"{r[w]:7.1f}" for w in PLACEMENTS)
                 + f" | {anyr:5.1f}"
             )
+    print("\n  families without a shared list (rows written for the bench, FAMILY_ROWS):")
+    for fam, rows_f in FAMILY_ROWS.items():
+        for name, score in engines:
+            r = rates(score, rows_f, fam)
+            strict = statistics.mean(r[w] for w in PLACEMENTS)
+            anyr = statistics.mean(r[f"any-{w}"] for w in PLACEMENTS)
+            print(
+                f"  {fam if name == 'meshward' else '':<22}"
+                f"{len(rows_f) if name == 'meshward' else '':>5}  {name:<9}{strict:6.1f}"
+                + "".join(f"{r[w]:7.1f}" for w in PLACEMENTS)
+                + f" | {anyr:5.1f}"
+            )
+    for name, score in engines:
+        hits = [score(place(ua, "header")) for ua in SCANNER_AGENTS]
+        strict = sum("Scanner.UserAgent" in h for h in hits)
+        print(
+            f"  {'Scanner.UserAgent' if name == 'meshward' else '':<22}"
+            f"{len(SCANNER_AGENTS) if name == 'meshward' else '':>5}  {name:<9}"
+            f"{100.0 * strict / len(hits):6.1f}  (user-agent only) | "
+            f"{100.0 * sum(map(bool, hits)) / len(hits):5.1f}"
+        )
     print("\n  false positives (any finding), the same requests for both:")
     texts = [
         ("httpparams norm rows, every placement", sample(norm, rows * 2), None),
