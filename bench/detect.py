@@ -820,7 +820,9 @@ def side_by_side(
     print(
         f"  the same requests for both: each list a seeded sample of at most {rows} rows "
         "(--anchor-rows), every placement; strict: a threat of the row's class (CRS: a rule "
-        "of the class by its attack-* tag, in a request it interrupts); any: flagged at all"
+        "of the class by its attack-* tag, in a request it interrupts); any: flagged at all. "
+        "CRS flags every body sent without a Content-Type (rules 920340/920640, benign or "
+        "not), so its 'form' column counts only in 'any'"
     )
     engines: list[tuple[str, Scorer]] = [
         ("meshward", meshward(ThreatDetector(level=1))),

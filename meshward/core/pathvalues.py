@@ -8,7 +8,8 @@ shape keeps what those segments looked like, so `/users/admin` where user ids lo
   other letter or non-ASCII character, every other character as itself: `-`, `.`, `_`, ...);
 - `always`: the classes every value had (a digit in every id, say);
 - `length`: the shortest and longest value, accepted with a margin (LENGTH_SLACK);
-- `forms`: the separator skeletons (`u-83hd72` -> `x-x`, `red-q1.pdf` -> `x-x.x`), at most
+- `forms`: the separator skeletons (`u-83hd72` -> `x-x`, `red-q1.pdf` -> `x-x.x`, a repeated
+  unit once: `blue-summer-dress` -> `x-x`), at most
   MAX_FORMS of them, else any form (`OPEN`).
 
 Shapes merge as a join (classes and forms by union, `always` by intersection, lengths by
@@ -18,6 +19,7 @@ min/max, an open shape absorbs), so replicas that learn apart agree whatever the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +44,16 @@ def char_classes(value: str) -> set[str]:
     return {_char_class(c) for c in value}
 
 
+_REPEAT = re.compile(r"(x[^x])\1+")
+
+
 def form(value: str) -> str:
-    """The separator skeleton: each run of letters and digits as `x`, other characters kept."""
+    """The separator skeleton: each run of letters and digits as `x`, other characters kept,
+    a unit repeated once (`blue-summer-dress` and `red-hat` are both `x-x`)."""
+    return _REPEAT.sub(r"\1", _skeleton(value))
+
+
+def _skeleton(value: str) -> str:
     out: list[str] = []
     for c in value:
         if _char_class(c) in "aA9u":

@@ -31,6 +31,7 @@ def test_form_and_classes() -> None:
     assert form("u-83hd72") == "x-x"
     assert form("red-q1.pdf") == "x-x.x"
     assert form("admin") == "x"
+    assert form("blue-summer-dress-xl") == form("red-hat") == "x-x"
     shape = PathShape()
     for v in ("u-83hd72", "u-0a9x1c", "u-zz01kq"):
         shape.learn(v)
@@ -156,3 +157,14 @@ def test_join_is_a_semilattice_join(a: list[str], b: list[str], c: list[str]) ->
         assert both.to_doc() == x.join(y).to_doc()
     for v in a + b:
         assert x.join(y).accepts(v)
+
+
+def test_slugs_of_any_word_count_are_one_form() -> None:
+    words = ["blue", "summer", "dress", "xl", "linen", "shirt", "kids", "wool", "hat", "navy"]
+    slugs = ["-".join(RND.sample(words, RND.randint(1, 3))) for _ in range(60)]
+    profile = learned(["/products/" + s for s in slugs])
+    rule = profile.rules()[0]
+    assert rule.template == "/products/{str}"
+    assert not rule.path_value_deviates("/products/navy-linen-shirt-kids")
+    assert rule.path_value_deviates("/products/..%2f..%2fetc")
+    assert rule.path_value_deviates("/products/Robots.TXT")
