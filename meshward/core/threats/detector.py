@@ -406,10 +406,20 @@ class ThreatDetector:
         data = text.encode("utf-8", "replace")
         for sid, end in self.sigs.scan(data):
             name = self.sigs.signatures[sid].name
-            if name not in names and (not only or name == only):
-                names.add(name)
+            if name in names or (only and name != only):
+                continue
+            if name == CMDI and data[:1] != b"\x00" and _SEPARATED.search(data):
+                # a command after a separator: not when the clause reads as English
+                spans = [
+                    (a, b) for a, b in self.sigs.matches(sid, data, end) if not _prose(data, a, b)
+                ]
+                if not spans:
+                    continue
+                frag = data[spans[0][0] : spans[0][1]].decode("utf-8", "replace")
+            else:
                 frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
-                found.add(name, location, frag)
+            names.add(name)
+            found.add(name, location, frag)
 
     # ---- framing
 
@@ -575,6 +585,42 @@ def code_spans_in_prose(text: str) -> str:
     for m in spans:
         out[m.start()] = out[m.end() - 1] = CODE_SPAN_MARK
     return "".join(out)
+
+
+# Prose around a shell separator (see _prose): two plain words in a row, and a clause end
+_SEPARATED = re.compile(rb"[;|&\n]")
+_TWO_WORDS = re.compile(rb"(?:^|\s)[a-z]{2,}[,]?\s{1,3}[a-z]{2,}(?:$|[\s.,!?:])")
+_ONE_WORD_TAIL = re.compile(rb"\A\s{0,5}[a-z][\w'-]{0,30}\s{0,5}\Z")
+_TWO_WORDS_END = re.compile(rb"[a-z]{2,}[,:]?\s{1,3}[a-z]{2,}[.!?,:]?\s{0,5}\Z")
+_WORD = re.compile(rb"[a-z]{2,}")
+_CLAUSE_CUT = re.compile(rb"[;&|\n`<>\x1f]|\$\(")  # \x1f: a code span's end (CODE_SPAN_MARK)
+
+
+def _prose(data: bytes, start: int, end: int) -> bool:
+    """Does a command found after a separator (`; ls -la`, `| echo chamber`) sit in English?
+
+    - words before the separator, and the clause it starts goes on in plain words after its
+      arguments, with no redirect ("The ls command is handy; ls -la is what I use");
+    - or its only operand is one plain word and the text before the separator ends in two
+      plain words ("Good night all; echo chamber", "Billing question | echo chamber").
+
+    An injected command ends its clause with arguments, a path, a redirect or another
+    separator ("; ls -la /tmp", "|echo pwned", "127.0.0.1; echo hello > /var/www/x")."""
+    text = data.lower()
+    sep = start
+    while sep < end and text[sep : sep + 1] in (b" ", b"\t"):
+        sep += 1
+    if text[sep : sep + 1] not in (b";", b"|", b"&", b"\n"):
+        return False  # the match does not start at a separator
+    stop = _CLAUSE_CUT.search(text, sep + 1)
+    clause = text[sep + 1 : stop.start() if stop else len(text)].strip(b" \t+")
+    if not clause or (stop and text[stop.start() : stop.start() + 1] in (b"<", b">")):
+        return False  # a redirect: a command line
+    rest = clause.partition(b" ")[2]  # after the command name
+    before = text[text.rfind(b"\n", 0, sep) + 1 : sep]
+    if _TWO_WORDS.search(rest) and _WORD.search(before):
+        return True
+    return bool(_ONE_WORD_TAIL.match(rest) and _TWO_WORDS_END.search(before))
 
 
 def metadata_address(text: str, *, whole_value: bool = False) -> str:

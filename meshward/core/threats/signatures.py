@@ -1002,6 +1002,22 @@ class SignatureSet:
         m = rx.search(data, start, end)
         return data[m.start() : m.end()] if m else data[max(start, end - 64) : end]
 
+    def matches(self, sid: int, data: bytes, end: int, limit: int = 8) -> list[tuple[int, int]]:
+        """Spans of signature `sid` in data: the one ending at `end` (Hyperscan reports the
+        first end only) and up to `limit` after it, found again with Python's re."""
+        rx = self._regex.get(sid)
+        if rx is None:
+            rx = self._regex[sid] = re.compile(
+                self.signatures[sid].pattern.encode(), re.IGNORECASE | re.MULTILINE
+            )
+        first = rx.search(data, max(0, end - _WINDOW), end)
+        out = [(first.start(), first.end())] if first else [(max(0, end - 64), end)]
+        for n, m in enumerate(rx.finditer(data, end)):
+            if n >= limit:
+                break
+            out.append((m.start(), m.end()))
+        return out
+
     def prefilter(
         self, data: bytes, on_match: Callable[..., bool | None], *, lines: bool = False
     ) -> None:
