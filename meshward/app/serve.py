@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app.audit import AuditLog, state_dir
+from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
+from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import open_store
 from meshward.core.engine import Engine, EngineConfig
@@ -73,6 +77,9 @@ class ServeConfig:
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
+    modes_from_labels: bool = False
 
 
 class Server:
@@ -86,8 +93,12 @@ class Server:
         self, config: ServeConfig, engine: Engine | None = None, detector: Detector | None = None
     ) -> None:
         self.config = config
+        self.guard = guard_for(config.auth, state_dir(config.db), os.environ)
+        self.audit = AuditLog.beside(config.db)
+        self.pods, self.node_scope = cluster_pods(config.auth)
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
+        self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
         if engine is None:
             from meshward.app import sigcache
@@ -145,6 +156,8 @@ class Server:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        if self.pods is not None:
+            self.pods.start()
         if self.flusher is not None:
             self._flushing = asyncio.create_task(
                 self.flusher.run(self._stop_flushing, self._flush_failed)
@@ -198,6 +211,8 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.pods is not None:
+            await asyncio.to_thread(self.pods.stop)
         await self._close_store()
         event(log, "stopped")
 
