@@ -810,14 +810,12 @@ SIGNATURES: tuple[Signature, ...] = (
     ),
     # --- LDAP filter injection: a value that closes the application's filter and opens its own
     # (*)(uid=*), admin)(&), *)(|(objectclass=*)), or an always-true filter of its own
+    # (RFC 4515 filters have no spaces between their parentheses and operators)
     S(
         LDAP_INJECTION,
         1,
-        r"\)\s{0,5}(?:\(\s{0,5}){1,3}[|&!]\s{0,5}(?:\(|\)|$|[a-z][\w.;-]{0,40}\s{0,5}[~<>]?=)|"
-        r"\)\s{0,5}\(\s{0,5}[a-z][\w.;-]{0,40}"
-        r"\s{0,5}[~<>]?=\s{0,5}\*|^\s{0,5}\*\s{0,5}\)\s{0,5}\(|\(\s{0,5}[|&]\s{0,5}\(\s{0,5}"
-        r"[a-z][\w.;-]{0,40}\s{0,5}[~<>]?=[^)]{0,100}\)|\(\s{0,5}objectclass\s{0,5}=\s{0,5}\*"
-        r"\s{0,5}\)",
+        r"\)\({1,3}[|&!](?:\(|\)|$|[a-z][\w.;-]{0,40}[~<>]?=)|\)\([a-z][\w.;-]{0,40}[~<>]?=\*|"
+        r"^\s{0,5}\*\)\(|\([|&]\([a-z][\w.;-]{0,40}[~<>]?=[^)]{0,100}\)|\(objectclass=\*\)",
     ),
     # --- Mail header and command injection: a line break inside an address or subject field
     # followed by a mail header (Bcc:, To:, ...), an SMTP command or an IMAP command with its tag
