@@ -408,7 +408,7 @@ class ThreatDetector:
             name = self.sigs.signatures[sid].name
             if name in names or (only and name != only):
                 continue
-            if name == CMDI and data[:1] != b"\x00" and _SEPARATED.search(data):
+            if name == CMDI and _SEPARATED.search(data):
                 # a command after a separator: not when the clause reads as English
                 spans = [
                     (a, b) for a, b in self.sigs.matches(sid, data, end) if not _prose(data, a, b)
