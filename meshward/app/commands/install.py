@@ -7,6 +7,7 @@ meshward uninstall | kubectl delete -f -
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="1.31",
         help="the cluster's Kubernetes version, MAJOR.MINOR (default 1.31; 1.20 renders "
         "PodDisruptionBudget policy/v1beta1)",
+    )
+    p.add_argument(
+        "--node-tap-iface",
+        action="append",
+        default=[],
+        metavar="IFACE",
+        help="node interface the node tap watches for ICMP/UDP, e.g. the bridge cni0 "
+        "(repeatable; adds hostPID and SYS_PTRACE to reach the node's network namespace)",
+    )
+    p.add_argument(
+        "--node-tap-proc-scan",
+        action="store_true",
+        help="find pod network namespaces through /proc too, for runtimes that do not name "
+        "them under /var/run/netns (adds hostPID and SYS_PTRACE)",
     )
     p.add_argument("--format", default="yaml", choices=("yaml", "json"))
 
@@ -76,12 +91,17 @@ def _options(args: argparse.Namespace) -> InstallOptions:
         version = parse_kube_version(args.kube_version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    for iface in args.node_tap_iface:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", iface):
+            raise UsageError(f"--node-tap-iface {iface!r} is not an interface name")
     extra = {"image": args.image} if args.image else {}
     return InstallOptions(
         namespace=args.namespace,
         replicas=args.replicas,
         istio_style=args.istio_style,
         kube_version=version,
+        node_ifaces=tuple(args.node_tap_iface),
+        node_proc_scan=args.node_tap_proc_scan,
         **extra,
     )
 
