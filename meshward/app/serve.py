@@ -2,8 +2,9 @@
 
 ext_authz gRPC (Authorization/Check), the tap gRPC (ext_proc observability streams) and HTTP (JSON
 API, /metrics, /healthz, /readyz) all run on one event loop, so the engine (not thread-safe) is
-only ever called from that loop's thread. gRPC health checking and reflection are served on both
-gRPC ports.
+only ever called from that loop's thread. gRPC health checking is served on both gRPC ports;
+reflection only when asked for (`--grpc-reflection`): it tells anyone who can connect what the
+ports serve.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app import grpctls
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
+from meshward.app.ingest import Ingestor
 from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import open_store
@@ -33,6 +36,7 @@ from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
+from meshward.runtime.grpcpeer import PeerPolicy, PeerVerifier
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
 from meshward.tap.envoy.assemble import TapLimits
@@ -80,6 +84,10 @@ class ServeConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
     modes_from_labels: bool = False
+    # who may call the gRPC ports (mTLS with the CA in grpc_ca_dir by default; app/grpctls.py)
+    peers: PeerPolicy = field(default_factory=PeerPolicy)
+    grpc_ca_dir: str = ""  # default: meshward-ca beside the store
+    grpc_reflection: bool = False  # off by default: a debugging aid, not for production
 
 
 class Server:
@@ -100,20 +108,32 @@ class Server:
         self.problems = Problems(self.metrics, log)
         self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
+        rebuildable = engine is None and detector is None  # the default detector, from config
         if engine is None:
             from meshward.app import sigcache
 
             engine = Engine(config.engine, detector or sigcache.detector(config.engine))
-            self.flusher = Flusher(engine, open_store(config.db), config.flush_interval)
+            self.flusher = Flusher(
+                engine,
+                open_store(config.db, alert_quota=config.engine.alert_quota),
+                config.flush_interval,
+            )
             try:
                 self.flusher.load()
             except BaseException:
                 self.flusher.store.close()
                 raise
+        # the ingest worker rebuilds serve's detector from the config; a given engine (tests,
+        # benches) may have one it cannot rebuild: then its detectors run here
+        self.ingestor = Ingestor(config.engine if rebuildable else None)
         self.engine = engine
+        self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
-        self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
+        self.peers = PeerVerifier(config.peers, self.problems)
+        self.check = CheckService(
+            self.pipeline.judge_check, self.metrics, self.problems, self.peers
+        )
         self.tap = TapService(
             self.pipeline.take_tap,
             self.metrics,
@@ -121,6 +141,7 @@ class Server:
             limits=config.tap_limits,
             stream_timeout=config.tap_stream_timeout,
             max_buffered=config.tap_max_buffered,
+            peers=self.peers,
         )
         self.ports: dict[str, int] = {}
         self.ready = False
@@ -142,11 +163,12 @@ class Server:
         from meshward.app.api import build_app  # the API module imports nothing from here
 
         host = self.config.listen_host
+        creds = self._credentials()
         self.ports["authz"] = await self._grpc_server(
-            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
+            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port, creds
         )
         self.ports["tap"] = await self._grpc_server(
-            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, TAP_GRPC_OPTIONS
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, creds, TAP_GRPC_OPTIONS
         )
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -163,7 +185,16 @@ class Server:
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
         self.ready = True
-        event(log, "serving", host=host, **self.ports)
+        event(log, "serving", host=host, grpc=self.config.peers.kind, **self.ports)
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials (the `mtls` policy), else None: plaintext, announced loudly."""
+        policy = self.config.peers
+        grpctls.announce(policy)
+        if policy.kind != "mtls":
+            return None
+        directory = grpctls.ca_dir(self.config.db, self.config.grpc_ca_dir)
+        return grpctls.server_credentials(policy, directory)
 
     async def _grpc_server(
         self,
@@ -171,6 +202,7 @@ class Server:
         service: str,
         host: str,
         port: int,
+        creds: grpc.ServerCredentials | None,
         options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
         server = grpc.aio.server(options=options)
@@ -180,16 +212,21 @@ class Server:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                service,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        if self.config.grpc_reflection:
+            reflection.enable_server_reflection(
+                (
+                    service,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        address = f"{_grpc_host(host)}:{port}"
         try:
-            bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+            if creds is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, creds)
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -211,6 +248,7 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        self.ingestor.close()
         if self.pods is not None:
             await asyncio.to_thread(self.pods.stop)
         await self._close_store()
