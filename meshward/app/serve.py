@@ -112,7 +112,7 @@ class Server:
                 raise
         self.engine = engine
         self.joiner = Joiner(window=config.join_window)
-        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
+        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
         self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
         self.tap = TapService(
             self.pipeline.take_tap,

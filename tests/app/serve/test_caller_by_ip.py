@@ -1,0 +1,144 @@
+"""A plaintext caller on another node, known to the node tap only by its IP, is named by serve
+after the pod holding that IP (serve's pod index, on a real kube-apiserver), marked as resolved
+by IP, never as verified; addresses no single live pod holds stay as they came."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from meshward.app.auth import AuthConfig
+from meshward.app.install import PERMISSIONS
+from meshward.core.engine import Engine
+from meshward.core.observation import (
+    Identity,
+    Observation,
+    Threat,
+    Verdict,
+    observation_to_dict,
+)
+from meshward.core.threats.inspection import NoDetector
+from meshward.runtime.client import ApiClient
+from tests.support.apiserver import KubeCluster
+from tests.support.kubeauth import grant, pod, sa_token, serve_kubeconfig, service_account
+from tests.support.metrics import sample
+from tests.support.serve import running_server
+
+pytestmark = pytest.mark.integration
+
+LINKERD_ID = "web.{ns}.serviceaccount.identity.linkerd.cluster.local"
+
+
+class Recording(Engine):
+    """The real engine, keeping what it was asked to judge."""
+
+    def __init__(self) -> None:
+        super().__init__(detector=NoDetector())
+        self.seen: list[Observation] = []
+
+    def evaluate(self, obs: Observation, mode: str | None = None, learn: bool = True) -> Verdict:
+        self.seen.append(obs)
+        return super().evaluate(obs, mode, learn)
+
+
+def _flood(ns: str, source: Identity, tag: str) -> dict[str, Any]:
+    """An ICMP flood alert as the node tap sends it, to api-a (on the tap's node)."""
+    return observation_to_dict(
+        Observation(
+            seen_by="node-tap",
+            source=source,
+            destination=Identity(ns, "api", ip="10.1.0.5"),
+            protocol="icmp",
+            threats=[Threat("ICMP.Flood", "network", "250 packets in 1s")],
+            extra={"tag": tag},
+        )
+    )
+
+
+def _host_network_pod(cluster: KubeCluster, ns: str, name: str, node: str, ip: str) -> None:
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        spec = {
+            "nodeName": node,
+            "hostNetwork": True,
+            "containers": [{"name": "c", "image": "example/c:1"}],
+        }
+        core.create_namespaced_pod(ns, {"metadata": {"name": name}, "spec": spec})
+        status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip}
+        core.patch_namespaced_pod_status(name, ns, {"status": status})
+
+
+def test_plaintext_caller_ip_is_resolved_to_its_pod(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    kubeconfig = serve_kubeconfig(kube_cluster, ns, PERMISSIONS["serve"])
+    service_account(kube_cluster, ns, "tap")
+    tap_rules = [r for r in PERMISSIONS["node-tap"] if r["apiGroups"] == ["meshward.io"]]
+    grant(kube_cluster, tap_rules, ns, "tap")
+    tap_uid = pod(kube_cluster, ns, "tap-a", "node-a", sa="tap", ip="10.9.0.1")
+    pod(kube_cluster, ns, "api-a", "node-a", app="api", ip="10.1.0.5")
+    pod(kube_cluster, ns, "cart-b", "node-b", app="cart", ip="10.1.0.7")
+    _host_network_pod(kube_cluster, ns, "agent-b", "node-b", "10.9.0.2")
+    token = sa_token(kube_cluster, ns, "tap", ["meshward"], pod=("tap-a", tap_uid))
+    batch = [
+        _flood(ns, Identity(ip="10.1.0.7", port=0), "plaintext"),  # cart-b on node-b
+        _flood(ns, Identity(ip="::ffff:10.1.0.7"), "mapped"),  # the same, IPv4-mapped
+        _flood(ns, Identity(ip="10.200.0.9"), "unknown"),  # no pod holds it
+        _flood(ns, Identity(ip="10.9.0.2"), "host-network"),  # a node's address
+        _flood(ns, Identity.parse(LINKERD_ID.format(ns=ns), ip="10.1.0.7"), "verified"),
+        _flood(ns, Identity(ip="127.0.0.1"), "loopback"),
+    ]
+
+    async def main() -> None:
+        engine = Recording()
+        auth = AuthConfig(kubernetes=True, kubeconfig=kubeconfig)
+        async with running_server(engine=engine, auth=auth) as srv:
+            assert srv.pods is not None
+            deadline = time.monotonic() + 15
+            while srv.pods.by_ip("10.1.0.7") is None or srv.pods.get(ns, "agent-b") is None:
+                assert time.monotonic() < deadline, "pod index never synced"
+                await asyncio.sleep(0.1)
+            url = f"http://127.0.0.1:{srv.ports['http']}"
+            got = await asyncio.to_thread(ApiClient(url, token).post_observations, batch)
+            assert got == {"accepted": 6, "rejected": 0, "outside_node": 0}
+            seen = {o.extra["tag"]: o for o in engine.seen}
+            for tag in ("plaintext", "mapped"):
+                src = seen[tag].source
+                assert (src.namespace, src.workload, src.principal) == (ns, "cart", "")
+                assert seen[tag].extra["source_by"] == "pod-ip"
+                assert seen[tag].extra["source_pod"] == f"{ns}/cart-b"
+            verified = seen["verified"]
+            assert verified.source.principal == LINKERD_ID.format(ns=ns)
+            assert (verified.source.workload, "source_by" in verified.extra) == ("web", False)
+            for tag, ip in (("unknown", "10.200.0.9"), ("host-network", "10.9.0.2")):
+                assert seen[tag].source == Identity(ip=ip), tag
+                assert "source_by" not in seen[tag].extra
+            assert seen["loopback"].source == Identity(ip="127.0.0.1")
+            alerts = {a["source"] for a in srv.engine.alerts()}
+            assert alerts == {f"{ns}/cart", f"{ns}/web", "10.200.0.9", "10.9.0.2", "127.0.0.1"}
+            text = srv.metrics.exposition().decode()
+            assert sample(text, 'meshward_callers_by_ip_total{outcome="resolved"}') == 2
+            assert sample(text, 'meshward_callers_by_ip_total{outcome="unknown"}') == 2
+
+    asyncio.run(main())
+
+
+def test_standalone_serve_leaves_ip_sources_alone() -> None:
+    """Without a cluster there is no pod index: the step is not in the pipeline."""
+
+    async def main() -> None:
+        engine = Recording()
+        async with running_server(engine=engine) as srv:
+            assert srv.pods is None
+            assert not any(type(s).__name__ == "CallerByIp" for s in srv.pipeline.steps)
+            srv.pipeline.take_ingested(
+                Observation(seen_by="node-tap", source=Identity(ip="10.1.0.7"))
+            )
+            assert engine.seen[0].source == Identity(ip="10.1.0.7")
+
+    asyncio.run(main())
