@@ -45,13 +45,23 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> list[t
     return list(http.headers.items())
 
 
+Guard = Callable[[str, str], tuple[str, str]]
+
+
 def check_to_observation(
     req: external_auth_pb2.CheckRequest,
     fallback: Callable[[], tuple[str, str]] | None = None,
+    guard: Guard | None = None,
+    principal: str = "",
 ) -> Observation:
-    """Read one CheckRequest. `fallback()` gives (namespace, workload) from elsewhere (the gRPC
-    metadata); it is called only when `context_extensions` lack them. Both are hints the sidecar
-    writes (wire.UNTRUSTED_HINTS): they name the destination, they prove nothing."""
+    """Read one CheckRequest.
+
+    The guarded namespace/workload are hints the sidecar writes (wire.UNTRUSTED_HINTS):
+    `context_extensions`, else `fallback()` (the gRPC metadata, asked only when they lack them).
+    `guard(namespace, workload)` turns the hints into what the verified peer allows
+    (meshward.core.peer.guarded, raising Refused on a contradiction) and `principal` is that
+    peer's SPIFFE id; without a guard (unverified in-process use) the hints are taken as they are.
+    The source is `source.principal`: what the (verified) sidecar's own TLS verified."""
     attrs = req.attributes
     http = attrs.request.http
     ext = attrs.context_extensions
@@ -61,6 +71,9 @@ def check_to_observation(
     if (not ns or not wl) and fallback is not None:
         fb_ns, fb_wl = fallback()
         ns, wl = ns or fb_ns, wl or fb_wl
+    if guard is not None:
+        ns, wl = guard(ns or "", wl or "")
+        dest.principal = principal
     if ns:
         dest.namespace = ns
     if wl:

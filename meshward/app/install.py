@@ -332,10 +332,14 @@ def _tmp_volumes() -> tuple[list[Obj], list[Obj]]:
 def serve(opts: InstallOptions) -> list[Obj]:
     ns = opts.namespace
     volumes, mounts = _tmp_volumes()
+    # the Istio route (docs/security.md): serve's own sidecar terminates the callers' mTLS and
+    # appends them to x-forwarded-client-cert (By= serve's ServiceAccount identity), the only
+    # thing serve trusts; STRICT PeerAuthentication for this pod is the operator's to apply
+    identity = f"spiffe://cluster.local/ns/{ns}/sa/meshward-serve"
     container = {
         "name": "serve",
         "image": opts.image,
-        "args": ["serve", "--log-level", "info"],
+        "args": ["serve", "--log-level", "info", "--grpc-plaintext", "--identity", identity],
         "ports": [
             {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
             {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
@@ -372,7 +376,13 @@ def serve(opts: InstallOptions) -> list[Obj]:
                 "selector": {"matchLabels": _selector("serve")},
                 "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
-                    "metadata": {"labels": {**MANAGED, **_selector("serve")}},
+                    "metadata": {
+                        "labels": {
+                            **MANAGED,
+                            **_selector("serve"),
+                            "sidecar.istio.io/inject": "true",  # its own sidecar, always
+                        }
+                    },
                     "spec": _pod_spec("serve", container, affinity=spread, volumes=volumes),
                 },
             },

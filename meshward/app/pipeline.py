@@ -13,7 +13,8 @@ mitmproxy's addons); the pipeline calls them in list order until one stops the c
   `Exchange.Mismatch` threat; the caller's outbound view stops here (it only feeds the join);
 - `JudgedByCheck`: a request ext_authz judged whole is remembered, and its tap copy skipped
   (a body cut at the filter's `with_request_body` limit is not: its longer tap copy is judged,
-  so padding past the limit cannot hide a payload);
+  so padding past the limit cannot hide a payload); keyed on the verified identities, so only
+  the same sidecar's Check marks its copy judged;
 - `CachedDecision`: for body-less Checks in monitor and enforce, a recent clean allow, still
   re-inspected through the engine (meshward.app.decisioncache);
 - `Judge`: the engine's verdict (a tap copy cut or expired before its response is judged but
@@ -68,9 +69,7 @@ class Count:
 
 
 class Judge:
-    def __init__(
-        self, engine: Engine, metrics: Metrics, joiner: Joiner, pods: PodsByIp | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, joiner: Joiner) -> None:
         self.engine = engine
         self.metrics = metrics
         self.joiner = joiner
@@ -97,13 +96,25 @@ class Judge:
     check = tap = ingest = _decide
 
 
-CallKey = tuple[str, str, str, str]
+CallKey = tuple[str, str, str, str, str, str]
 
 
 def call_key(obs: Observation) -> CallKey:
-    """One hop of one request: apps pass x-request-id on to their own calls, so the id alone
-    names every hop of a request; with authority, method and path it names this one."""
-    return obs.request_id, obs.authority.lower(), obs.method, obs.path
+    """One hop of one request, as the guarded sidecar saw it: apps pass x-request-id on to their
+    own calls, so the id alone names every hop of a request; with authority, method and path it
+    names this one. The guarded destination and the caller are part of it: on serve's verified
+    ports they are the identities the sidecar's certificate (or meshward's own sidecar) proved,
+    so a Check from any other sidecar, even carrying the same x-request-id, cannot mark a tap
+    copy of this sidecar as judged (issue 11: a forged clean Check hid a real attack)."""
+    dest, source = obs.destination, obs.source
+    return (
+        obs.request_id,
+        obs.authority.lower(),
+        obs.method,
+        obs.path,
+        f"{dest.principal}|{dest.key}",
+        source.principal or source.key,
+    )
 
 
 class JudgedByCheck:

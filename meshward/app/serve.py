@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app import grpctls
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
@@ -33,6 +34,7 @@ from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
+from meshward.runtime.grpcpeer import PeerPolicy, PeerVerifier
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
 from meshward.tap.envoy.assemble import TapLimits
@@ -80,6 +82,9 @@ class ServeConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
     modes_from_labels: bool = False
+    # who may call the gRPC ports (mTLS with the CA in grpc_ca_dir by default; app/grpctls.py)
+    peers: PeerPolicy = field(default_factory=PeerPolicy)
+    grpc_ca_dir: str = ""  # default: meshward-ca beside the store
 
 
 class Server:
@@ -113,7 +118,10 @@ class Server:
         self.engine = engine
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
-        self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
+        self.peers = PeerVerifier(config.peers, self.problems)
+        self.check = CheckService(
+            self.pipeline.judge_check, self.metrics, self.problems, self.peers
+        )
         self.tap = TapService(
             self.pipeline.take_tap,
             self.metrics,
@@ -121,6 +129,7 @@ class Server:
             limits=config.tap_limits,
             stream_timeout=config.tap_stream_timeout,
             max_buffered=config.tap_max_buffered,
+            peers=self.peers,
         )
         self.ports: dict[str, int] = {}
         self.ready = False
@@ -142,11 +151,12 @@ class Server:
         from meshward.app.api import build_app  # the API module imports nothing from here
 
         host = self.config.listen_host
+        creds = self._credentials()
         self.ports["authz"] = await self._grpc_server(
-            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
+            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port, creds
         )
         self.ports["tap"] = await self._grpc_server(
-            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, TAP_GRPC_OPTIONS
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, creds, TAP_GRPC_OPTIONS
         )
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -163,7 +173,16 @@ class Server:
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
         self.ready = True
-        event(log, "serving", host=host, **self.ports)
+        event(log, "serving", host=host, grpc=self.config.peers.kind, **self.ports)
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials (the `mtls` policy), else None: plaintext, announced loudly."""
+        policy = self.config.peers
+        grpctls.announce(policy)
+        if policy.kind != "mtls":
+            return None
+        directory = grpctls.ca_dir(self.config.db, self.config.grpc_ca_dir)
+        return grpctls.server_credentials(policy, directory)
 
     async def _grpc_server(
         self,
@@ -171,6 +190,7 @@ class Server:
         service: str,
         host: str,
         port: int,
+        creds: grpc.ServerCredentials | None,
         options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
         server = grpc.aio.server(options=options)
@@ -188,8 +208,12 @@ class Server:
             ),
             server,
         )
+        address = f"{_grpc_host(host)}:{port}"
         try:
-            bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+            if creds is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, creds)
         except RuntimeError:
             bound = 0
         if bound == 0:

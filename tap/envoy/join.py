@@ -65,11 +65,15 @@ def _compare(out: dict[str, Any], inn: dict[str, Any], truncated: bool) -> list[
     return [f for f in fields if out[f] != inn[f]]
 
 
-Key = tuple[str, str]  # (x-request-id, authority)
+Key = tuple[str, str, str]  # (x-request-id, authority, caller)
 
 
 def _key(obs: Observation) -> Key:
-    return obs.request_id, obs.authority.lower()
+    """The caller is the one both ends verified: the outbound view's source is the caller's own
+    sidecar (its certificate, verified by serve), the inbound view's the peer certificate the
+    callee's sidecar verified. So a view sent by any other sidecar, whatever x-request-id it
+    carries, cannot take the place of the real caller's and steal or spoil the join."""
+    return obs.request_id, obs.authority.lower(), obs.source.principal or obs.source.key
 
 
 def _weight(obs: Observation) -> int:
@@ -89,8 +93,9 @@ class Joiner:
     of each header list, so the count alone allowed gigabytes).
 
     Apps pass x-request-id on to the calls they make (Istio asks them to, for tracing), so one
-    id spans every hop of a request. A hop is therefore keyed by (x-request-id, authority): Envoy
-    forwards the Host unchanged from the caller's outbound to the callee's inbound sidecar. Within
+    id spans every hop of a request. A hop is therefore keyed by (x-request-id, authority,
+    caller): Envoy forwards the Host unchanged from the caller's outbound to the callee's inbound
+    sidecar, and both ends name the caller by its verified identity (`_key`). Within
     a key the opposite view of the same method, path and query is taken first; failing that, a
     single opposite view is taken as the same call changed in between (a mismatch). With several
     candidates and no exact one the pairing is ambiguous and nothing is joined.
