@@ -243,6 +243,47 @@ def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
         api.close()
 
 
+def test_an_attach_failed_at_a_vanished_namespace_looks_again(
+    kube_cluster: KubeCluster, kube_namespace: str, own_subnet_node: Node
+) -> None:
+    """The sandbox restarts after discovery found the namespace but before the packet loop
+    attached it: the attach fails at the dead path, and instead of retrying it forever the
+    agent looks the IP up again and attaches the new namespace."""
+    node = own_subnet_node
+    web = node.add_pod("web")
+    tap = NodeTap([], [], lambda obs: None)
+    tap.retry_base = 0.2
+    tap.open()
+    api = kube_cluster.api_client()
+    agent = PodDiscovery(api, "node-sbx2", tap, net_iface=None)
+    stop = threading.Event()
+    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
+    try:
+        agent.start()
+        assert wait_for(agent.synced, 15)
+        _run(kube_cluster, _pod_object("web", kube_namespace, "node-sbx2", meshed=True), web.ip)
+        assert wait_for(lambda: bool(agent.attached), 15), agent.unresolved  # queued, not done
+        (old,) = [target.netns for _, target in agent.attached.values()]
+        web = node.restart_sandbox("web")
+        loop.start()  # the packet loop gets to the attach now
+        assert wait_for(lambda: tap.failing.get(old, 0) >= 1, 10), tap.stats()
+
+        def attached_anew() -> bool:
+            agent.look_again()
+            return any(inode(p) == inode(web.path) for p in list(tap.attached))
+
+        assert wait_for(attached_anew, 15), (tap.stats(), agent.unresolved)
+        assert agent.relocated == 1
+        assert wait_for(lambda: not tap._retry and not tap.failing, 5)  # the old retry is off
+    finally:
+        agent.stop()
+        stop.set()
+        if loop.is_alive():
+            loop.join(10)
+        tap.close()
+        api.close()
+
+
 def test_cli_finds_pods_by_node(kube_cluster: KubeCluster, kube_namespace: str, node: Node) -> None:
     """`meshward node-tap --node NAME --kubeconfig PATH`: no --netns, the pods come from the API."""
     import subprocess
