@@ -5,6 +5,7 @@ by IP, never as verified; addresses no single live pod holds stay as they came."
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -30,6 +31,9 @@ from tests.support.serve import running_server
 
 pytestmark = pytest.mark.integration
 
+# this run's addresses: the API server is shared by the session's tests (other namespaces hold
+# pods too), and an IP two live pods claim is answered for neither
+NET = f"10.77.{random.randrange(256)}"
 LINKERD_ID = "web.{ns}.serviceaccount.identity.linkerd.cluster.local"
 
 
@@ -51,7 +55,7 @@ def _flood(ns: str, source: Identity, tag: str) -> dict[str, Any]:
         Observation(
             seen_by="node-tap",
             source=source,
-            destination=Identity(ns, "api", ip="10.1.0.5"),
+            destination=Identity(ns, "api", ip=f"{NET}.5"),
             protocol="icmp",
             threats=[Threat("ICMP.Flood", "network", "250 packets in 1s")],
             extra={"tag": tag},
@@ -80,17 +84,21 @@ def test_plaintext_caller_ip_is_resolved_to_its_pod(
     service_account(kube_cluster, ns, "tap")
     tap_rules = [r for r in PERMISSIONS["node-tap"] if r["apiGroups"] == ["meshward.io"]]
     grant(kube_cluster, tap_rules, ns, "tap")
-    tap_uid = pod(kube_cluster, ns, "tap-a", "node-a", sa="tap", ip="10.9.0.1")
-    pod(kube_cluster, ns, "api-a", "node-a", app="api", ip="10.1.0.5")
-    pod(kube_cluster, ns, "cart-b", "node-b", app="cart", ip="10.1.0.7")
-    _host_network_pod(kube_cluster, ns, "agent-b", "node-b", "10.9.0.2")
+    tap_uid = pod(kube_cluster, ns, "tap-a", "node-a", sa="tap", ip=f"{NET}.201")
+    pod(kube_cluster, ns, "api-a", "node-a", app="api", ip=f"{NET}.5")
+    pod(kube_cluster, ns, "cart-b", "node-b", app="cart", ip=f"{NET}.7")
+    _host_network_pod(kube_cluster, ns, "agent-b", "node-b", f"{NET}.202")
+    # a recycled address seen before the old pod's deletion: two live pods claim it
+    pod(kube_cluster, ns, "old-c", "node-c", app="old", ip=f"{NET}.8")
+    pod(kube_cluster, ns, "new-c", "node-c", app="new", ip=f"{NET}.8")
     token = sa_token(kube_cluster, ns, "tap", ["meshward"], pod=("tap-a", tap_uid))
     batch = [
-        _flood(ns, Identity(ip="10.1.0.7", port=0), "plaintext"),  # cart-b on node-b
-        _flood(ns, Identity(ip="::ffff:10.1.0.7"), "mapped"),  # the same, IPv4-mapped
-        _flood(ns, Identity(ip="10.200.0.9"), "unknown"),  # no pod holds it
-        _flood(ns, Identity(ip="10.9.0.2"), "host-network"),  # a node's address
-        _flood(ns, Identity.parse(LINKERD_ID.format(ns=ns), ip="10.1.0.7"), "verified"),
+        _flood(ns, Identity(ip=f"{NET}.7", port=0), "plaintext"),  # cart-b on node-b
+        _flood(ns, Identity(ip=f"::ffff:{NET}.7"), "mapped"),  # the same, IPv4-mapped
+        _flood(ns, Identity(ip=f"{NET}.99"), "unknown"),  # no pod holds it
+        _flood(ns, Identity(ip=f"{NET}.202"), "host-network"),  # a node's address
+        _flood(ns, Identity(ip=f"{NET}.8"), "claimed-twice"),
+        _flood(ns, Identity.parse(LINKERD_ID.format(ns=ns), ip=f"{NET}.7"), "verified"),
         _flood(ns, Identity(ip="127.0.0.1"), "loopback"),
     ]
 
@@ -100,12 +108,12 @@ def test_plaintext_caller_ip_is_resolved_to_its_pod(
         async with running_server(engine=engine, auth=auth) as srv:
             assert srv.pods is not None
             deadline = time.monotonic() + 15
-            while srv.pods.by_ip("10.1.0.7") is None or srv.pods.get(ns, "agent-b") is None:
+            while srv.pods.by_ip(f"{NET}.7") is None or srv.pods.get(ns, "new-c") is None:
                 assert time.monotonic() < deadline, "pod index never synced"
                 await asyncio.sleep(0.1)
             url = f"http://127.0.0.1:{srv.ports['http']}"
             got = await asyncio.to_thread(ApiClient(url, token).post_observations, batch)
-            assert got == {"accepted": 6, "rejected": 0, "outside_node": 0}
+            assert got == {"accepted": 7, "rejected": 0, "outside_node": 0}
             seen = {o.extra["tag"]: o for o in engine.seen}
             for tag in ("plaintext", "mapped"):
                 src = seen[tag].source
@@ -115,15 +123,26 @@ def test_plaintext_caller_ip_is_resolved_to_its_pod(
             verified = seen["verified"]
             assert verified.source.principal == LINKERD_ID.format(ns=ns)
             assert (verified.source.workload, "source_by" in verified.extra) == ("web", False)
-            for tag, ip in (("unknown", "10.200.0.9"), ("host-network", "10.9.0.2")):
+            for tag, ip in (
+                ("unknown", f"{NET}.99"),
+                ("host-network", f"{NET}.202"),
+                ("claimed-twice", f"{NET}.8"),
+            ):
                 assert seen[tag].source == Identity(ip=ip), tag
                 assert "source_by" not in seen[tag].extra
             assert seen["loopback"].source == Identity(ip="127.0.0.1")
             alerts = {a["source"] for a in srv.engine.alerts()}
-            assert alerts == {f"{ns}/cart", f"{ns}/web", "10.200.0.9", "10.9.0.2", "127.0.0.1"}
+            assert alerts == {
+                f"{ns}/cart",
+                f"{ns}/web",
+                f"{NET}.99",
+                f"{NET}.202",
+                f"{NET}.8",
+                "127.0.0.1",
+            }
             text = srv.metrics.exposition().decode()
             assert sample(text, 'meshward_callers_by_ip_total{outcome="resolved"}') == 2
-            assert sample(text, 'meshward_callers_by_ip_total{outcome="unknown"}') == 2
+            assert sample(text, 'meshward_callers_by_ip_total{outcome="unknown"}') == 3
 
     asyncio.run(main())
 
@@ -137,8 +156,8 @@ def test_standalone_serve_leaves_ip_sources_alone() -> None:
             assert srv.pods is None
             assert not any(type(s).__name__ == "CallerByIp" for s in srv.pipeline.steps)
             srv.pipeline.take_ingested(
-                Observation(seen_by="node-tap", source=Identity(ip="10.1.0.7"))
+                Observation(seen_by="node-tap", source=Identity(ip=f"{NET}.7"))
             )
-            assert engine.seen[0].source == Identity(ip="10.1.0.7")
+            assert engine.seen[0].source == Identity(ip=f"{NET}.7")
 
     asyncio.run(main())
