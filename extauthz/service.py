@@ -63,7 +63,8 @@ class CheckService:
             self.problems("extauthz", req.kind, error=req.error, size=req.size)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{req.kind}: {req.error}")
         try:
-            verdict = self.judge(self._observation(req, context))
+            obs = self._observation(req, context)
+            verdict = self.judge(obs)
         except Refused as exc:  # no verified identity, or one claiming more: teaches nothing
             self.metrics.checks.labels("refused").inc()
             self.peers.refused("extauthz", exc, context)
@@ -73,7 +74,7 @@ class CheckService:
             self.problems("extauthz", "check-failed", error=repr(exc)[:200])
             await context.abort(grpc.StatusCode.INTERNAL, "meshward check failed")
         if verdict.verdict == "deny":
-            answer = denied_response(verdict).SerializeToString()
+            answer = denied_response(obs.request_id).SerializeToString()  # reasons: the alert
             self._denied.inc()
         else:
             answer = OK_BYTES

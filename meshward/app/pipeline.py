@@ -30,8 +30,11 @@ from dataclasses import dataclass
 
 from meshward.app.callerip import CallerByIp, PodsByIp
 from meshward.app.decisioncache import DecisionCache, Key
+from meshward.core import redact
+from meshward.core.claims import distrusted
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation, Verdict
+from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
 
@@ -49,6 +52,7 @@ class Call:
     stop: bool = False  # a step decided nothing further is to be done
     cache_key: Key | None = None
     cached: bool = False
+    inspected: tuple[Inspection, bool] | None = None  # the detectors ran elsewhere (ingest)
 
 
 class Count:
@@ -75,9 +79,15 @@ class Judge:
         self.joiner = joiner
         self._latency = {s: metrics.evaluate_latency.labels(s) for s in SOURCES}
 
-    def judge(self, obs: Observation, source: str, learn: bool = True) -> Verdict:
+    def judge(
+        self,
+        obs: Observation,
+        source: str,
+        learn: bool = True,
+        inspected: tuple[Inspection, bool] | None = None,
+    ) -> Verdict:
         start = time.perf_counter()
-        verdict = self.engine.evaluate(obs, learn=learn)
+        verdict = self.engine.evaluate(obs, learn=learn, inspected=inspected)
         self._latency[source].observe(time.perf_counter() - start)
         self.account(obs, source, verdict)
         return verdict
@@ -85,11 +95,13 @@ class Judge:
     def account(self, obs: Observation, source: str, verdict: Verdict) -> None:
         self.metrics.count_verdict(source, verdict)
         if verdict.verdict != "allow" and obs.request_id:
-            self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
+            shown = {"seen_by": source, **verdict.as_dict()}
+            shown["threats"] = redact.shown_threats(verdict.threats)  # served with the exchange
+            self.joiner.note_verdict(obs, shown)
 
     def _decide(self, call: Call) -> None:
         if call.verdict is None:
-            call.verdict = self.judge(call.obs, call.source, call.learn)
+            call.verdict = self.judge(call.obs, call.source, call.learn, call.inspected)
         else:  # decided by an earlier step (a cache hit): counted the same way
             self.account(call.obs, call.source, call.verdict)
 
@@ -195,6 +207,7 @@ class Pipeline:
         self.engine = engine
         self.joiner = joiner
         self.cache = DecisionCache(engine)
+        self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
@@ -226,12 +239,20 @@ class Pipeline:
         assert verdict is not None  # the Judge step always decides a check
         return verdict
 
-    def take_tap(self, obs: Observation) -> None:
-        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete))
+    def take_tap(self, obs: Observation, inspected: tuple[Inspection, bool] | None = None) -> None:
+        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete, inspected=inspected))
 
-    def take_ingested(self, obs: Observation) -> None:
+    def take_ingested(
+        self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
+    ) -> None:
+        """An observation a caller sent (the node tap, files): the threats it claims are
+        dropped and counted (meshward.core.claims), the engine judges it afresh (with the
+        detectors' findings from the ingest worker, `inspected`, when it ran them)."""
+        obs, dropped = distrusted(obs)
+        if dropped:
+            self._claims_dropped.inc(dropped)
         if obs.seen_by == "envoy-tap":
-            self.take_tap(obs)
+            self.take_tap(obs, inspected)
             return
         source = obs.seen_by if obs.seen_by in SOURCES else "file"
-        self.run("ingest", Call(obs, source))
+        self.run("ingest", Call(obs, source, inspected=inspected))

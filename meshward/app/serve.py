@@ -2,8 +2,9 @@
 
 ext_authz gRPC (Authorization/Check), the tap gRPC (ext_proc observability streams) and HTTP (JSON
 API, /metrics, /healthz, /readyz) all run on one event loop, so the engine (not thread-safe) is
-only ever called from that loop's thread. gRPC health checking and reflection are served on both
-gRPC ports.
+only ever called from that loop's thread. gRPC health checking is served on both gRPC ports;
+reflection only when asked for (`--grpc-reflection`): it tells anyone who can connect what the
+ports serve.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from meshward.app import grpctls
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
+from meshward.app.ingest import Ingestor
 from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import open_store
@@ -85,6 +87,7 @@ class ServeConfig:
     # who may call the gRPC ports (mTLS with the CA in grpc_ca_dir by default; app/grpctls.py)
     peers: PeerPolicy = field(default_factory=PeerPolicy)
     grpc_ca_dir: str = ""  # default: meshward-ca beside the store
+    grpc_reflection: bool = False  # off by default: a debugging aid, not for production
 
 
 class Server:
@@ -105,17 +108,26 @@ class Server:
         self.problems = Problems(self.metrics, log)
         self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
+        rebuildable = engine is None and detector is None  # the default detector, from config
         if engine is None:
             from meshward.app import sigcache
 
             engine = Engine(config.engine, detector or sigcache.detector(config.engine))
-            self.flusher = Flusher(engine, open_store(config.db), config.flush_interval)
+            self.flusher = Flusher(
+                engine,
+                open_store(config.db, alert_quota=config.engine.alert_quota),
+                config.flush_interval,
+            )
             try:
                 self.flusher.load()
             except BaseException:
                 self.flusher.store.close()
                 raise
+        # the ingest worker rebuilds serve's detector from the config; a given engine (tests,
+        # benches) may have one it cannot rebuild: then its detectors run here
+        self.ingestor = Ingestor(config.engine if rebuildable else None)
         self.engine = engine
+        self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
         self.peers = PeerVerifier(config.peers, self.problems)
@@ -200,14 +212,15 @@ class Server:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                service,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        if self.config.grpc_reflection:
+            reflection.enable_server_reflection(
+                (
+                    service,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
         address = f"{_grpc_host(host)}:{port}"
         try:
             if creds is None:
@@ -235,6 +248,7 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        self.ingestor.close()
         if self.pods is not None:
             await asyncio.to_thread(self.pods.stop)
         await self._close_store()

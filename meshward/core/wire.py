@@ -34,9 +34,6 @@ CONTEXT_DIRECTION: Final = "direction"
 # element per hop (meshward.core.peer reads the last one, appended by meshward's own sidecar)
 XFCC_HEADER: Final = "x-forwarded-client-cert"
 
-# server -> sidecar: the response header of a denial (written by meshward, not a hint)
-REASON_HEADER: Final = "x-meshward-reason"
-
 # the connection facts the tap filter asks Envoy for (ProcessingRequest.attributes); the tap
 # keeps only these, so a stream's attribute table is bounded whatever names arrive
 TAP_ATTRIBUTES: Final = (

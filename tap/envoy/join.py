@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.core import redact
 from meshward.core.observation import DIRECTIONS, Observation, Threat
 from meshward.core.threats.names import EXCHANGE_MISMATCH
 
@@ -165,6 +166,10 @@ class Joiner:
         out, inn = (obs, other) if obs.direction == "outbound" else (other, obs)
         ex = Exchange(obs.request_id, _view(out), _view(inn))
         ex.mismatches = _compare(ex.outbound, ex.inbound, out.body_truncated or inn.body_truncated)
+        # compared as sent; kept and shown redacted (the views are served by /api/v1/exchanges)
+        for view in (ex.outbound, ex.inbound):
+            view["path"] = redact.path(view["path"])
+            view["query"] = redact.query(view["query"])
         threats = [
             Threat(
                 EXCHANGE_MISMATCH,

@@ -25,6 +25,5 @@ def test_every_caller_written_name_is_an_untrusted_hint() -> None:
         or name in ("LINKERD_CLIENT_ID_HEADER", "XFCC_HEADER")
     }
     assert written == set(wire.UNTRUSTED_HINTS)
-    assert wire.REASON_HEADER not in wire.UNTRUSTED_HINTS
     assert not set(wire.TAP_ATTRIBUTES) & set(wire.UNTRUSTED_HINTS)
     assert all(wire.UNTRUSTED_HINTS.values())  # each says what it claims

@@ -126,6 +126,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "gRPC, callers trusted only from the x-forwarded-client-cert element that sidecar "
         "appends (By= --identity); logged loudly",
     )
+    p.add_argument(
+        "--grpc-reflection",
+        action="store_true",
+        help="serve gRPC reflection on both gRPC ports (off by default: it tells anyone who "
+        "can connect what the ports serve; for debugging with grpcurl)",
+    )
     add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
@@ -187,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             if args.public_metrics is not None
             else _env_flag("MESHWARD_PUBLIC_METRICS"),
         ),
+        grpc_reflection=args.grpc_reflection,
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:

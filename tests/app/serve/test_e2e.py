@@ -69,16 +69,25 @@ def test_learn_then_enforce(envoy_bin: str, echo_app: int, tmp_path: Path) -> No
         with sidecar(srv, echo_app, "enforce", envoy_bin, **api) as envoy:
             assert http(envoy.port, "/api/items/42?page=3")[0] == 200
             assert http(envoy.port, "/api/orders", ORDER, headers=JSON)[0] == 200
-            status, headers, body = http(envoy.port, "/admin/export")
-            assert status == 403
-            assert "unknown-path" in headers["x-meshward-reason"]
-            assert json.loads(body)["reasons"]
-            status, headers, body = http(envoy.port, "/api/orders", SQLI, headers=JSON)
-            assert status == 403
-            assert "SQL.Injection" in headers["x-meshward-reason"]
-            assert "SQL.Injection" in json.loads(body)["threats"]
+            # a denied caller learns nothing but the request id; the reasons go to the alert
+            denied = {}
+            for path, doc, why in (
+                ("/admin/export", None, "unknown-path"),
+                ("/api/orders", SQLI, "SQL.Injection"),
+            ):
+                status, headers, body = http(envoy.port, path, doc, headers=JSON)
+                assert status == 403
+                assert not [h for h in headers if h.lower().startswith("x-meshward")]
+                said = json.loads(body)
+                assert set(said) == {"error", "request_id"}, said
+                assert said["error"] == "denied by meshward" and said["request_id"]
+                assert why.encode() not in body
+                denied[said["request_id"]] = why
         alerts = srv.api("GET", "/api/v1/alerts?limit=10")["alerts"]
         assert {a["verdict"] for a in alerts} == {"deny"}
+        for a in alerts:  # each denial's alert, found by the request id the caller was given
+            why = denied[a["request_id"]]
+            assert why in a["reasons"] + [t["name"] for t in a["threats"]]
         assert srv.metric('meshward_checks_total{result="denied"}') == 2
 
 
