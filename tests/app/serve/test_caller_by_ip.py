@@ -44,9 +44,9 @@ class Recording(Engine):
         super().__init__(detector=NoDetector())
         self.seen: list[Observation] = []
 
-    def evaluate(self, obs: Observation, mode: str | None = None, learn: bool = True) -> Verdict:
+    def evaluate(self, obs: Observation, *args: Any, **kwargs: Any) -> Verdict:
         self.seen.append(obs)
-        return super().evaluate(obs, mode, learn)
+        return super().evaluate(obs, *args, **kwargs)
 
 
 def _flood(ns: str, source: Identity, tag: str) -> dict[str, Any]:
