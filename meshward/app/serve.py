@@ -129,7 +129,7 @@ class Server:
         self.engine = engine
         self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
-        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
+        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
         # in a cluster a hinted workload must run under the verified service account (pod index)
         binding = self.pods.runs_under if self.pods is not None else None
         self.peers = PeerVerifier(config.peers, self.problems, binding)
