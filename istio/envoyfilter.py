@@ -203,10 +203,9 @@ def render(
     )
     if not s.installed:
         return {"objects": []}
-    if workload:
-        selector = dict(selector) if selector else {"app": workload}
-    elif selector:
+    if selector and not workload:
         raise ValueError("a selector needs the workload it selects (the name serve checks)")
+    labels = (dict(selector) if selector else {"app": workload}) if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
     common: dict[str, Any] = {
         "authz_port": authz_port,
@@ -214,12 +213,12 @@ def render(
         "outbound_tap": outbound_tap,
     }
     if style == "envoyfilter":
-        objects = [envoy_filter(s, service=service, selector=selector, name=name, **common)]
+        objects = [envoy_filter(s, service=service, selector=labels, name=name, **common)]
         return {"objects": objects}
     objects = [
-        envoy_filter(s, service=service, selector=selector, with_authz=False, name=name, **common)
+        envoy_filter(s, service=service, selector=labels, with_authz=False, name=name, **common)
     ]
     if mode == "enforce":
-        objects.append(authorization_policy(namespace, selector))
+        objects.append(authorization_policy(namespace, labels))
     provider = extension_provider(service=service, authz_port=authz_port, body_limit=body_limit)
     return {"meshConfig": {"extensionProviders": [provider]}, "objects": objects}

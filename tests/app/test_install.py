@@ -133,7 +133,6 @@ def test_serve_spreads_and_probes() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-
 def test_serve_authenticates_the_node_taps_projected_tokens() -> None:
     """serve runs --auth kubernetes with its default audience, the audience of the token the
     node-tap DaemonSet mounts and sends."""
