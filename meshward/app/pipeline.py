@@ -80,6 +80,7 @@ class Judge:
 
     def account(self, obs: Observation, source: str, verdict: Verdict) -> None:
         self.metrics.count_verdict(source, verdict)
+        self.engine.edges.add(verdict.source, verdict.destination, verdict.verdict, obs.time)
         if verdict.verdict != "allow" and obs.request_id:
             self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
 

@@ -9,11 +9,12 @@ gRPC ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -23,7 +24,8 @@ from grpc_reflection.v1alpha import reflection
 
 from meshward.app.flusher import Flusher
 from meshward.app.pipeline import Pipeline
-from meshward.app.store import open_store
+from meshward.app.store import AlertStore, Store, WithAlerts, open_store
+from meshward.core.edges import add_pending
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
@@ -34,6 +36,9 @@ from meshward.tap.envoy import extproc
 from meshward.tap.envoy.assemble import TapLimits
 from meshward.tap.envoy.extproc import TapService
 from meshward.tap.envoy.join import Joiner
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only with --store kubernetes
+    from meshward.app.kubestore import KubeStore
 
 log = logging.getLogger("meshward.app.serve")
 
@@ -73,6 +78,11 @@ class ServeConfig:
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
+    store: str = "sqlite"  # or "kubernetes": the cluster store (app/replica.py)
+    kubeconfig: str | None = None  # kubernetes: None is the pod's service account
+    replica: str = ""  # kubernetes: this replica's id ("" = POD_NAME, else the host name)
+    cluster_namespace: str = "meshward"  # kubernetes: where objects of non-service names go
+    alerts_dsn: str | None = None  # alerts and edge counts in PostgreSQL (every replica's)
 
 
 class Server:
@@ -89,16 +99,29 @@ class Server:
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
         self.flusher: Flusher | None = None
+        self.cluster: KubeStore | None = None  # the cluster store, synced after start()
         if engine is None:
             from meshward.app import sigcache
 
             engine = Engine(config.engine, detector or sigcache.detector(config.engine))
-            self.flusher = Flusher(engine, open_store(config.db), config.flush_interval)
-            try:
-                self.flusher.load()
-            except BaseException:
-                self.flusher.store.close()
-                raise
+            if config.store == "kubernetes":
+                self.flusher = self._cluster_flusher(engine)
+            else:
+                store: Store = open_store(config.db)
+                if config.alerts_dsn:
+                    from meshward.app.pgstore import PostgresAlerts
+
+                    try:
+                        store = WithAlerts(store, PostgresAlerts(config.alerts_dsn))
+                    except BaseException:
+                        store.close()
+                        raise
+                self.flusher = Flusher(engine, store, config.flush_interval)
+                try:
+                    self.flusher.load()
+                except BaseException:
+                    self.flusher.store.close()
+                    raise
         self.engine = engine
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
@@ -118,6 +141,39 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._stop_flushing = asyncio.Event()
+        self._coming_up: asyncio.Task[None] | None = None
+
+    def _cluster_flusher(self, engine: Engine) -> Flusher:
+        """The engine's flusher on the cluster store; alerts in PostgreSQL (--alerts-dsn), else
+        in this replica's SQLite file."""
+        from meshward.app import replica
+
+        name = replica.replica_id(self.config.replica)
+        if self.config.alerts_dsn:
+            from meshward.app.pgstore import PostgresAlerts
+
+            alerts: AlertStore = PostgresAlerts(self.config.alerts_dsn, replica=name)
+        else:
+            alerts = open_store(self.config.db)
+        try:
+            store = replica.open_cluster_store(
+                kubeconfig=self.config.kubeconfig,
+                replica=name,
+                namespace=self.config.cluster_namespace,
+                alerts=alerts,
+                limits=engine.config.limits,
+            )
+        except BaseException:
+            alerts.close()
+            raise
+        self.cluster = store
+        return Flusher(
+            engine,
+            store,
+            self.config.flush_interval,
+            sharing=replica.sharing(store, engine, self.mode_changed),
+            changed=self.mode_changed,
+        )
 
     async def start(self) -> None:
         """Listen on all three ports, or on none: a failure stops what had started."""
@@ -131,12 +187,8 @@ class Server:
         from meshward.app.api import build_app  # the API module imports nothing from here
 
         host = self.config.listen_host
-        self.ports["authz"] = await self._grpc_server(
-            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
-        )
-        self.ports["tap"] = await self._grpc_server(
-            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, TAP_GRPC_OPTIONS
-        )
+        if self.cluster is None:
+            await self._grpc_servers()
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -145,12 +197,44 @@ class Server:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        if self.cluster is not None:  # not ready, gRPC closed, until the first sync
+            self._coming_up = asyncio.create_task(self._sync_then_serve())
+            return
+        self._serving()
+
+    def _serving(self) -> None:
         if self.flusher is not None:
             self._flushing = asyncio.create_task(
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
         self.ready = True
-        event(log, "serving", host=host, **self.ports)
+        event(log, "serving", host=self.config.listen_host, **self.ports)
+
+    async def _grpc_servers(self) -> None:
+        host = self.config.listen_host
+        self.ports["authz"] = await self._grpc_server(
+            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
+        )
+        self.ports["tap"] = await self._grpc_server(
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, TAP_GRPC_OPTIONS
+        )
+
+    async def _sync_then_serve(self) -> None:
+        """The cluster store's first sync (retried while the API server is away), then the
+        gRPC ports and readiness. A port that cannot be opened leaves serve not ready (and
+        says so)."""
+        from meshward.app import replica
+
+        assert self.flusher is not None and self.cluster is not None
+        if not await replica.first_sync(self.flusher, self.cluster, self._stop_flushing):
+            return
+        self.mode_changed()
+        try:
+            await self._grpc_servers()
+        except OSError as exc:
+            self.problems("serve", "listen-failed", error=str(exc)[:200])
+            return
+        self._serving()
 
     async def _grpc_server(
         self,
@@ -193,6 +277,11 @@ class Server:
 
     async def stop(self, grace: float = 1.0) -> None:
         self.ready = False
+        if self._coming_up is not None and not self._coming_up.done():
+            self._stop_flushing.set()
+            self._coming_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._coming_up
         for health in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
@@ -209,8 +298,8 @@ class Server:
             if self._flushing is not None:
                 self._stop_flushing.set()
                 await self._flushing
-            else:  # start() failed before the task: what was learned meanwhile is still written
-                await self.flusher.flush_off_loop()
+            elif self.cluster is None:  # start() failed before the task: what was learned
+                await self.flusher.flush_off_loop()  # meanwhile is still written
         except Exception as exc:
             self.problems("engine", "close-failed", error=repr(exc)[:200])
         try:
@@ -224,6 +313,14 @@ class Server:
         if self.flusher is None:
             return self.engine.alerts(limit=limit, namespace=namespace)
         return await self.flusher.alerts_off_loop(limit, namespace)
+
+    async def edges(
+        self, since: float, until: float | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per-edge verdict counts per time bucket, oldest first (the store's and pending)."""
+        if self.flusher is None:
+            return add_pending([], self.engine.edges.peek(), since, until, namespace)
+        return await self.flusher.edges_off_loop(since, until, namespace)
 
     async def set_mode(self, namespace: str, mode: str) -> None:
         """A namespace's mode, stored (off the loop) and in effect when this returns."""

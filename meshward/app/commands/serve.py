@@ -18,6 +18,17 @@ def _env_port(name: str, default: int) -> int:
     return int(raw)
 
 
+def _flush_interval(flag: float | None) -> float:
+    raw = os.environ.get("MESHWARD_FLUSH_INTERVAL", "")
+    try:
+        value = flag if flag is not None else float(raw or 2.0)
+    except ValueError:
+        raise UsageError(f"MESHWARD_FLUSH_INTERVAL={raw!r} is not a number") from None
+    if not 0.05 <= value <= 3600:
+        raise UsageError("--flush-interval must be 0.05..3600 seconds")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -57,6 +68,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=30.0,
         help="seconds before an unfinished tap stream expires (default 30)",
     )
+    p.add_argument(
+        "--store",
+        choices=("sqlite", "kubernetes"),
+        help="where allowlists and modes live: the SQLite file of --db (one replica), or "
+        "Allowlist objects and Namespace labels shared by every replica (env MESHWARD_STORE, "
+        "default sqlite; docs/kubestore.md)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="with --store kubernetes: a kubeconfig file (default: the pod's service account)",
+    )
+    p.add_argument(
+        "--replica",
+        help="with --store kubernetes: this replica's id (env POD_NAME, else the host name)",
+    )
+    p.add_argument(
+        "--cluster-namespace",
+        help="with --store kubernetes: meshward's namespace, for the objects of destinations "
+        "that are no service name (env POD_NAMESPACE, default meshward)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        help="seconds between batched store writes, also how soon other replicas' changes "
+        "apply (env MESHWARD_FLUSH_INTERVAL, default 2)",
+    )
     add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
@@ -89,7 +126,14 @@ def run(args: argparse.Namespace) -> int:
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
+        store=args.store or os.environ.get("MESHWARD_STORE") or "sqlite",
+        kubeconfig=args.kubeconfig,
+        replica=args.replica or "",
+        cluster_namespace=args.cluster_namespace or os.environ.get("POD_NAMESPACE") or "meshward",
+        flush_interval=_flush_interval(args.flush_interval),
     )
+    if config.store not in ("sqlite", "kubernetes"):
+        raise UsageError(f"MESHWARD_STORE={config.store!r}: expected sqlite or kubernetes")
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
             raise UsageError(f"--{name.replace('_', '-')} must be 0..65535")
