@@ -43,6 +43,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from meshward.app.alertevents import AlertEvents
 from meshward.app.install import GROUP
 from meshward.app.store import DEFAULT_EDGE_ROWS, AlertStore, StoreError
 from meshward.core import modes as core_modes
@@ -152,6 +153,7 @@ class KubeStore:
         max_attempts: int = 10,
         backoff: float = 0.05,
         live_replicas: Callable[[], set[str]] | None = None,
+        alert_events: AlertEvents | None = None,
     ) -> None:
         if not replica:
             raise ValueError("replica id must not be empty")
@@ -166,6 +168,7 @@ class KubeStore:
         self.live_replicas = live_replicas
         self.stats = KubeStoreStats()
         self._alerts = alerts
+        self.alert_events = alert_events
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._lock = threading.Lock()  # state shared with the watch threads
@@ -685,6 +688,8 @@ class KubeStore:
 
     def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
         self._alerts.add_alerts(alerts)
+        if self.alert_events is not None:  # after they are stored: Events are best effort
+            self.alert_events.record(alerts)
 
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None

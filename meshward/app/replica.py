@@ -27,6 +27,7 @@ from typing import Any
 
 from kubernetes import client
 
+from meshward.app.alertevents import AlertEvents
 from meshward.app.flusher import Flusher, Sharing
 from meshward.app.kubestore import Change, KubeStore, KubeStoreUnavailable
 from meshward.app.store import AlertStore, StoreError
@@ -70,7 +71,13 @@ def open_cluster_store(
     if pod_ns and os.environ.get("POD_NAME") == replica:
         live = _serve_pods(api, pod_ns, replica)
     return KubeStore(
-        api, replica=replica, alerts=alerts, namespace=namespace, limits=limits, live_replicas=live
+        api,
+        replica=replica,
+        alerts=alerts,
+        namespace=namespace,
+        limits=limits,
+        live_replicas=live,
+        alert_events=AlertEvents(api, replica, namespace),
     )
 
 

@@ -110,9 +110,11 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
     replica: object,
     envoy_bin: str,
     echo_app: int,
+    alerts_dsn: str,
 ) -> None:
     ns, dest = kube_namespace, f"{kube_namespace}/api"
-    r1, r2 = replica("r1"), replica("r2")  # type: ignore[operator]
+    r1 = replica("r1", alerts_dsn=alerts_dsn)  # type: ignore[operator]
+    r2 = replica("r2", alerts_dsn=alerts_dsn)  # type: ignore[operator]
     wait_ready(r1)
     wait_ready(r2)
     with (
@@ -134,7 +136,7 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
     )
     assert {r["id"] for r in obj["status"]["replicas"]} == {"r1", "r2"}
     kube_cluster.kubectl("label", "namespace", ns, "meshward.io/mode=enforce")
-    r3 = replica("r3")  # type: ignore[operator]
+    r3 = replica("r3", alerts_dsn=alerts_dsn)  # type: ignore[operator]
     wait_ready(r3)
     assert r3.api("GET", "/api/v1/modes")["modes"].get(ns) == "enforce"
     with sidecar(r3, echo_app, ns, "enforce", envoy_bin) as e3:
@@ -144,6 +146,21 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
         assert status == 403 and "unknown-path" in headers["x-meshward-reason"]
     # the running ones follow the label too
     assert wait_for(lambda: check(r1.ports["authz"], "/admin/export", ns) == DENIED, 5)
+    # one alerts store: r2 reads the denials r3 and r1 raised; a rate-limited Event says so
+    assert wait_for(
+        lambda: (
+            {"r1", "r3"}
+            <= {a.get("replica") for a in r2.api("GET", "/api/v1/alerts?limit=50")["alerts"]}
+        ),
+        5,
+    )
+
+    def denied_events() -> list[dict[str, object]]:
+        items = json.loads(kube_cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
+        return [e for e in items["items"] if e["reason"] == "RequestDenied"]
+
+    assert wait_for(lambda: len(denied_events()) >= 1, 5)
+    assert all("/admin/export" in str(e["message"]) for e in denied_events())
 
 
 @pytest.mark.integration
@@ -267,3 +284,23 @@ def test_kill_9_mid_merge_loses_at_most_the_last_flush(
     finally:
         victim.stop()
         other.stop()
+
+
+@pytest.mark.integration
+def test_alert_events_are_rate_limited(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    from meshward.app.alertevents import AlertEvents
+
+    ns = kube_namespace
+    ev = AlertEvents(kube_cluster.api_client(), "r1", every=60, per_call=10)
+    deny = {"namespace": ns, "destination": f"{ns}/api", "verdict": "deny", "path": "/x\x00"}
+    threat = {**deny, "verdict": "alert", "threats": [{"name": "SQL.Injection", "evidence": "s"}]}
+    quiet = {**deny, "verdict": "alert", "reasons": ["unknown-path"]}  # monitor: no Event
+    ev.record([deny] * 5 + [threat, quiet], now=1000.0)
+    ev.record([deny] * 3, now=1030.0)  # within the minute: counted for later
+    ev.record([], now=1061.0)
+    items = json.loads(kube_cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
+    got = sorted((e["reason"], e["count"]) for e in items["items"])
+    assert got == [("RequestDenied", 3), ("RequestDenied", 5), ("ThreatDetected", 1)]
+    msg = next(e["message"] for e in items["items"] if e["reason"] == "ThreatDetected")
+    assert "SQL.Injection" in msg and "evidence" not in msg and "\x00" not in msg
+    assert ev.created == 3 and ev.suppressed == 6
