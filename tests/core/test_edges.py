@@ -32,6 +32,6 @@ def test_a_retried_batch_merges_and_pending_adds_to_stored() -> None:
     merged = {(e.bucket): (e.allowed, e.alerted, e.denied) for e in merge_counts(a, b)}
     assert merged == {0: (3, 1, 0), 60: (0, 0, 4)}
     stored = [EdgeCount(0, "x/a", "y/b", 5, 0, 0).as_dict()]
-    out = add_pending(stored, b + [EdgeCount(0, "q/r", "s/t", 1, 0, 0)], since=0, namespace="y")
+    out = add_pending(stored, [*b, EdgeCount(0, "q/r", "s/t", 1, 0, 0)], since=0, namespace="y")
     assert [(r["time"], r["allowed"], r["denied"]) for r in out] == [(0, 7, 0), (60, 0, 4)]
     assert add_pending([], b, since=61) == [EdgeCount(60, "x/a", "y/b", 0, 0, 4).as_dict()]
