@@ -39,6 +39,9 @@ class InstallOptions:
     replicas: int = 2
     istio_style: str = "envoyfilter"
     kube_version: tuple[int, int] = (1, 31)
+    # a Secret (key `dsn`) holding the PostgreSQL DSN of the shared alerts store; None: each
+    # serve replica keeps its alerts in its own SQLite file (one replica's history each)
+    alerts_dsn_secret: str | None = None
 
     @property
     def service_host(self) -> str:
@@ -288,19 +291,42 @@ def _tmp_volumes() -> tuple[list[Obj], list[Obj]]:
     return volumes, mounts
 
 
+def _field(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def serve_env(opts: InstallOptions) -> list[Obj]:
+    """serve's environment: its pod name (the replica id of the cluster store) and namespace
+    from the downward API, the SQLite file (alerts without a database), the alerts DSN from
+    its Secret (an environment variable, never an argument `ps` shows)."""
+    env = [
+        _field("POD_NAME", "metadata.name"),
+        _field("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "MESHWARD_DB", "value": "/var/lib/meshward/meshward.db"},
+    ]
+    if opts.alerts_dsn_secret:
+        env.append(
+            {
+                "name": "MESHWARD_ALERTS_DSN",
+                "valueFrom": {"secretKeyRef": {"name": opts.alerts_dsn_secret, "key": "dsn"}},
+            }
+        )
+    return env
+
+
 def serve(opts: InstallOptions) -> list[Obj]:
     ns = opts.namespace
     volumes, mounts = _tmp_volumes()
     container = {
         "name": "serve",
         "image": opts.image,
-        "args": ["serve", "--log-level", "info"],
+        "args": ["serve", "--store", "kubernetes", "--log-level", "info"],
         "ports": [
             {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
             {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
             {"name": "http-api", "containerPort": HTTP_PORT, "protocol": "TCP"},
         ],
-        "env": [{"name": "MESHWARD_DB", "value": "/var/lib/meshward/meshward.db"}],
+        "env": serve_env(opts),
         "readinessProbe": _probe("/readyz", HTTP_PORT, 5),
         "livenessProbe": _probe("/healthz", HTTP_PORT, 10),
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
@@ -388,7 +414,7 @@ def controller(opts: InstallOptions) -> list[Obj]:
             "--style",
             opts.istio_style,
         ],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": [_field("POD_NAME", "metadata.name")],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": _restricted(),
         "volumeMounts": mounts,

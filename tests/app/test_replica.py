@@ -304,3 +304,80 @@ def test_alert_events_are_rate_limited(kube_cluster: KubeCluster, kube_namespace
     msg = next(e["message"] for e in items["items"] if e["reason"] == "ThreatDetected")
     assert "SQL.Injection" in msg and "evidence" not in msg and "\x00" not in msg
     assert ev.created == 3 and ev.suppressed == 6
+
+
+@pytest.mark.integration
+def test_serve_runs_under_the_installs_service_account(
+    kube_cluster: KubeCluster, kube_namespace: str, allowlist_crd: None, tmp_path: Path
+) -> None:
+    """The serve Deployment's identity and environment as `meshward install` renders them:
+    its ClusterRole is enough for the cluster store, the pod list (folding gone replicas) and
+    alert Events."""
+    import base64
+    import uuid
+
+    from meshward.app.install import InstallOptions, render, serve_env
+
+    home = f"mw-{uuid.uuid4().hex[:8]}"
+    kube_cluster.kubectl("create", "namespace", home)
+    opts = InstallOptions(namespace=home, kube_version=(1, 20))
+    wanted = [
+        o
+        for o in render(opts)
+        if o["metadata"]["name"] == "meshward-serve"
+        and o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    kube_cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": wanted})
+    )
+    pod = "meshward-serve-6d4f9-abcde"
+    env = {e["name"] for e in serve_env(opts)}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env
+    kube_cluster.kubectl(
+        "run", pod, "-n", home, "--image=meshward", "--labels=app.kubernetes.io/name=meshward-serve"
+    )
+
+    def token() -> str | None:
+        sa = json.loads(
+            kube_cluster.kubectl("get", "sa", "meshward-serve", "-n", home, "-o", "json").stdout
+        )
+        for ref in sa.get("secrets") or []:
+            secret = json.loads(
+                kube_cluster.kubectl("get", "secret", ref["name"], "-n", home, "-o", "json").stdout
+            )
+            return base64.b64decode(secret["data"]["token"]).decode()
+        return None
+
+    assert wait_for(lambda: token() is not None, 20), "no service-account token was made"
+    kubeconfig = kube_cluster.write_kubeconfig(str(token()))
+    srv = ServeProcess(
+        kubeconfig,
+        pod,
+        tmp_path,
+        "--flush-interval",
+        "0.2",
+        env={"POD_NAME": pod, "POD_NAMESPACE": home},
+    )
+    try:
+        srv.wait_ready()
+        ns = kube_namespace
+        assert check(srv.authz, "/known", ns) == 0
+        assert wait_for(lambda: "/known" in stored_paths(kube_cluster, f"{ns}/api"), 10)
+        kube_cluster.kubectl("label", "namespace", ns, "meshward.io/mode=enforce")
+        assert wait_for(lambda: check(srv.authz, "/unknown", ns) == DENIED, 10)
+
+        def events() -> set[str]:
+            items = json.loads(kube_cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
+            return {e["reason"] for e in items["items"]}
+
+        assert wait_for(lambda: "RequestDenied" in events(), 10)
+        obj = json.loads(
+            kube_cluster.kubectl(
+                "get", "allowlists.meshward.io", "api", "-n", ns, "-o", "json"
+            ).stdout
+        )
+        assert [r["id"] for r in obj["status"]["replicas"]] == [pod]
+        assert "forbidden" not in srv.log.read_text().lower()
+    finally:
+        srv.stop()
+        kube_cluster.kubectl("delete", "namespace", home, "--wait=false", check=False)

@@ -26,9 +26,10 @@ from tests.support.serve import check_request
 FLUSH = 0.2  # the replicas' flush interval in these tests (seconds)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def allowlist_crd(kube_cluster: KubeCluster) -> None:
-    """meshward's CRDs, applied once per session (idempotent)."""
+    """meshward's CRDs, applied once per module (idempotent; another module's uninstall may
+    have deleted them)."""
     kube_cluster.kubectl(
         "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds()})
     )

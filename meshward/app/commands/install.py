@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from meshward.app.commands import UsageError
 from meshward.app.commands.envoy import dump
-from meshward.core.names import is_kubernetes_name
+from meshward.core.names import is_kubernetes_name, is_kubernetes_subdomain
 
 if TYPE_CHECKING:
     from meshward.app.install import InstallOptions
@@ -35,6 +35,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="1.31",
         help="the cluster's Kubernetes version, MAJOR.MINOR (default 1.31; 1.20 renders "
         "PodDisruptionBudget policy/v1beta1)",
+    )
+    p.add_argument(
+        "--alerts-dsn-secret",
+        metavar="SECRET",
+        help="a Secret in meshward's namespace whose key `dsn` is the PostgreSQL DSN of the "
+        "alerts store every serve replica shares (meshward deploys no database); without it "
+        "each replica keeps its own alerts",
     )
     p.add_argument("--format", default="yaml", choices=("yaml", "json"))
 
@@ -76,12 +83,16 @@ def _options(args: argparse.Namespace) -> InstallOptions:
         version = parse_kube_version(args.kube_version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    secret = args.alerts_dsn_secret
+    if secret is not None and not is_kubernetes_subdomain(secret):
+        raise UsageError(f"--alerts-dsn-secret {secret!r} is not a Kubernetes name")
     extra = {"image": args.image} if args.image else {}
     return InstallOptions(
         namespace=args.namespace,
         replicas=args.replicas,
         istio_style=args.istio_style,
         kube_version=version,
+        alerts_dsn_secret=secret,
         **extra,
     )
 
@@ -112,6 +123,12 @@ def install(args: argparse.Namespace) -> int:
         print(
             f"meshConfig fragment written to {args.mesh_config}: merge it with "
             f"`istioctl install -f {args.mesh_config}` or into istiod's Helm values",
+            file=sys.stderr,
+        )
+    if opts.replicas > 1 and not opts.alerts_dsn_secret:
+        print(
+            f"note: {opts.replicas} serve replicas share the allowlists, but without "
+            "--alerts-dsn-secret each keeps its own alerts (docs/kubestore.md)",
             file=sys.stderr,
         )
     _print(render(opts), args.format)

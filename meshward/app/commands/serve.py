@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "that are no service name (env POD_NAMESPACE, default meshward)",
     )
     p.add_argument(
+        "--alerts-dsn",
+        help="PostgreSQL DSN of the alerts and edge-count store every replica shares (env "
+        "MESHWARD_ALERTS_DSN, preferred: an argument is visible to ps; default: the SQLite "
+        "file of --db)",
+    )
+    p.add_argument(
         "--flush-interval",
         type=float,
         help="seconds between batched store writes, also how soon other replicas' changes "
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         replica=args.replica or "",
         cluster_namespace=args.cluster_namespace or os.environ.get("POD_NAMESPACE") or "meshward",
         flush_interval=_flush_interval(args.flush_interval),
+        alerts_dsn=args.alerts_dsn or os.environ.get("MESHWARD_ALERTS_DSN") or None,
     )
     if config.store not in ("sqlite", "kubernetes"):
         raise UsageError(f"MESHWARD_STORE={config.store!r}: expected sqlite or kubernetes")
