@@ -104,8 +104,9 @@ class ServeProcess:
         workdir: Path,
         *extra: str,
         env: dict[str, str] | None = None,
+        ports: tuple[int, int, int] | None = None,
     ) -> None:
-        self.authz, self.tap, self.http = free_port(), free_port(), free_port()
+        self.authz, self.tap, self.http = ports or (free_port(), free_port(), free_port())
         self.log = workdir / f"{name}.log"
         argv = [
             sys.executable,
