@@ -33,6 +33,7 @@ from typing import Any
 from envoy_harness import (
     ROOT,
     EnvoyProcess,
+    MeshwardServe,
     app_bootstrap,
     order_body,
     post_script,
@@ -55,7 +56,7 @@ AUTHZ = "envoy.filters.http.ext_authz"
 TAP = "envoy.filters.http.ext_proc"
 
 
-def balanced(boot: dict[str, Any], servers: list[ServeProcess]) -> dict[str, Any]:
+def balanced(boot: dict[str, Any], servers: list[Any]) -> dict[str, Any]:
     """The sidecar's ext_authz and tap clusters pointed at every replica (round robin)."""
     for cluster in boot["static_resources"]["clusters"]:
         port_of = {"meshward-authz": "authz", "meshward-tap": "tap"}.get(cluster["name"])
@@ -71,7 +72,7 @@ def balanced(boot: dict[str, Any], servers: list[ServeProcess]) -> dict[str, Any
     return boot
 
 
-def mesh_sidecar(app: int, mode: str, servers: list[ServeProcess], name: str) -> EnvoyProcess:
+def mesh_sidecar(app: int, mode: str, servers: list[Any], name: str) -> EnvoyProcess:
     """A sidecar with meshward's filters (ext_authz in monitor/enforce, the tap) balancing
     over `servers`."""
     boot = sidecar(app, mode, keep=(AUTHZ, TAP), authz_port=servers[0].authz)
@@ -131,6 +132,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meshward-bench-replicas-"))
     cluster = KubeCluster(tmp)
     servers: list[ServeProcess] = []
+    servers_own: list[MeshwardServe] = []
     envoys: list[EnvoyProcess] = []
     try:
         cluster.start()
@@ -220,41 +222,65 @@ def main() -> int:
 
             raise RuntimeError(f"allowlist not learned: {http(one.port, '/api/orders', body)}")
         assert request(two.port, "/api/orders", body) == 200
-        results: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+        # the no-sharing baseline: two replicas each on its own SQLite file, same sidecar
+        own = [MeshwardServe(str(tmp / "own-c")), MeshwardServe(str(tmp / "own-d"))]
+        servers_own.extend(own)
+        learner = mesh_sidecar(app.port, "learn", own, "sidecar-own-learn")
+        envoys.append(learner)
+        for _ in range(20):  # round robin: each learns the order
+            assert request(learner.port, "/api/orders", body) == 200
+        for srv in own:
+            srv.api("PUT", f"/api/v1/modes/{NS}", {"mode": "enforce"})
+        alone = EnvoyProcess(
+            balanced(sidecar(app.port, "enforce", keep=(AUTHZ,), authz_port=own[0].authz), own),
+            name="sidecar-own",
+        ).start()
+        envoys.append(alone)
+        assert request(alone.port, "/api/orders", body) == 200, "own stores not learned"
+        names = ("1 replica, cluster store", "2 replicas, cluster store", "2 replicas, own SQLite")
+        results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         for _ in range(args.rounds):
-            for n in (1, 2):
-                if n == 1:
+            for name in names:
+                if name == names[0]:
                     b.stop()
                     servers.remove(b)
-                    live = [a]
+                    live: list[Any] = [a]
                     port = one.port
-                else:
+                elif name == names[1]:
                     b = start("replica-b", (b.authz, b.tap, b.http))
                     servers.append(b)
                     live = [a, b]
                     port = two.port
                     time.sleep(args.flush)  # b's first flushes
+                else:
+                    live, port = own, alone.port
                 c0, u0 = sum(checks(s) for s in live), cpu([s.proc.pid for s in live])
                 rps, bad = load(port, args.seconds, body)
                 c1, u1 = sum(checks(s) for s in live), cpu([s.proc.pid for s in live])
                 per_cpu = (c1 - c0) / max(1e-9, u1 - u0)
-                results[n].append((rps, per_cpu, u1 - u0))
+                results[name].append((rps, per_cpu))
                 print(
-                    f"  {n} replica(s): {rps:,.0f} Checks/s through Envoy, serve CPU "
+                    f"  {name}: {rps:,.0f} Checks/s through Envoy, serve CPU "
                     f"{u1 - u0:.1f} s, {per_cpu:,.0f} Checks per serve-CPU-second"
                     + (f", {bad} non-2xx/errors" if bad else "")
                 )
-        med = {n: statistics.median(r[1] for r in results[n]) for n in results}
-        rps_med = {n: statistics.median(r[0] for r in results[n]) for n in results}
-        ratios = [r2[1] / r1[1] for r1, r2 in zip(results[1], results[2], strict=True)]
+        med = {n: statistics.median(r[1] for r in results[n]) for n in names}
+        rps_med = {n: statistics.median(r[0] for r in results[n]) for n in names}
+        print("medians (2 shared cores: Envoy, wrk and the replicas compete):")
+        for n in names:
+            print(f"  {n}: {rps_med[n]:,.0f} Checks/s, {med[n]:,.0f} Checks per serve-CPU-second")
+
+        def ratio(x: str, y: str) -> str:
+            per = [rx[1] / ry[1] for rx, ry in zip(results[x], results[y], strict=True)]
+            return f"{med[x] / med[y]:.2f}x (per round {', '.join(f'{r:.2f}' for r in per)})"
+
         print(
-            f"Checks/s: one replica {rps_med[1]:,.0f}, two {rps_med[2]:,.0f} "
-            f"({rps_med[2] / rps_med[1]:.2f}x; 2 shared cores)"
+            f"two vs one replica, Checks per serve-CPU-second: {ratio(names[1], names[0])}; "
+            "goal >= 0.9x"
         )
         print(
-            f"Checks per serve-CPU-second: one {med[1]:,.0f}, two {med[2]:,.0f}: "
-            f"{med[2] / med[1]:.2f}x (per round {', '.join(f'{r:.2f}' for r in ratios)}; "
-            "goal >= 0.9x)"
+            f"coordination alone (two sharing vs two on their own SQLite): "
+            f"{ratio(names[1], names[2])}"
         )
         return 0
     finally:
@@ -262,6 +288,8 @@ def main() -> int:
             e.stop()
         for s in servers:
             s.stop()
+        for o in servers_own:
+            o.stop()
         cluster.stop()
 
 
