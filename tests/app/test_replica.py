@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,14 +108,14 @@ def sidecar(srv: ServerThread, app: int, ns: str, mode: str, envoy_bin: str) -> 
 def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
     kube_cluster: KubeCluster,
     kube_namespace: str,
-    replica: object,
+    replica: Callable[..., ServerThread],
     envoy_bin: str,
     echo_app: int,
     alerts_dsn: str,
 ) -> None:
     ns, dest = kube_namespace, f"{kube_namespace}/api"
-    r1 = replica("r1", alerts_dsn=alerts_dsn)  # type: ignore[operator]
-    r2 = replica("r2", alerts_dsn=alerts_dsn)  # type: ignore[operator]
+    r1 = replica("r1", alerts_dsn=alerts_dsn)
+    r2 = replica("r2", alerts_dsn=alerts_dsn)
     wait_ready(r1)
     wait_ready(r2)
     with (
@@ -128,6 +129,13 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
     assert wait_for(lambda: want <= stored_paths(kube_cluster, dest), 10), stored_paths(
         kube_cluster, dest
     )
+
+    # the tap's verdicts are counted per edge in the one store: r2 reads r1's too
+    def allowed() -> int:
+        edges = r2.api("GET", f"/api/v1/edges?since=10m&namespace={ns}")["edges"]
+        return sum(e["allowed"] for e in edges if e["destination"] == dest)
+
+    assert wait_for(lambda: allowed() == 6, 5), allowed()
     # each running replica adopted what the other learned, within a flush interval or so
     assert wait_for(lambda: want <= served_paths(r1, dest), 5)
     assert wait_for(lambda: want <= served_paths(r2, dest), 5)
@@ -136,7 +144,7 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
     )
     assert {r["id"] for r in obj["status"]["replicas"]} == {"r1", "r2"}
     kube_cluster.kubectl("label", "namespace", ns, "meshward.io/mode=enforce")
-    r3 = replica("r3", alerts_dsn=alerts_dsn)  # type: ignore[operator]
+    r3 = replica("r3", alerts_dsn=alerts_dsn)
     wait_ready(r3)
     assert r3.api("GET", "/api/v1/modes")["modes"].get(ns) == "enforce"
     with sidecar(r3, echo_app, ns, "enforce", envoy_bin) as e3:
@@ -145,7 +153,8 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
         status, headers, _ = http(e3.port, "/admin/export")
         assert status == 403 and "unknown-path" in headers["x-meshward-reason"]
     # the running ones follow the label too
-    assert wait_for(lambda: check(r1.ports["authz"], "/admin/export", ns) == DENIED, 5)
+    assert wait_for(lambda: r1.api("GET", "/api/v1/modes")["modes"].get(ns) == "enforce", 5)
+    assert check(r1.ports["authz"], "/admin/export", ns) == DENIED
     # one alerts store: r2 reads the denials r3 and r1 raised; a rate-limited Event says so
     assert wait_for(
         lambda: (
@@ -165,10 +174,10 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
 
 @pytest.mark.integration
 def test_a_kubectl_removal_takes_effect_in_a_running_replica(
-    kube_cluster: KubeCluster, kube_namespace: str, replica: object
+    kube_cluster: KubeCluster, kube_namespace: str, replica: Callable[..., ServerThread]
 ) -> None:
     ns, dest = kube_namespace, f"{kube_namespace}/api"
-    r1 = replica("r1")  # type: ignore[operator]
+    r1 = replica("r1")
     wait_ready(r1)
     port = r1.ports["authz"]
     for path in ("/items", "/admin"):
@@ -196,16 +205,16 @@ def test_a_kubectl_removal_takes_effect_in_a_running_replica(
 
 @pytest.mark.integration
 def test_not_ready_until_the_api_server_answers(
-    kube_cluster: KubeCluster, kube_namespace: str, replica: object
+    kube_cluster: KubeCluster, kube_namespace: str, replica: Callable[..., ServerThread]
 ) -> None:
     ns, dest = kube_namespace, f"{kube_namespace}/api"
-    seed = replica("seed")  # type: ignore[operator]
+    seed = replica("seed")
     wait_ready(seed)
     assert check(seed.ports["authz"], "/known", ns) == 0
     assert wait_for(lambda: "/known" in stored_paths(kube_cluster, dest), 10)
     kube_cluster.kubectl("label", "namespace", ns, "meshward.io/mode=enforce")
     with kube_cluster.apiserver_down():
-        late = replica("late")  # type: ignore[operator]
+        late = replica("late")
         time.sleep(2)
         assert late.server is not None and not late.server.ready
         assert "authz" not in late.ports  # sidecars apply their fail mode meanwhile
@@ -220,10 +229,10 @@ def test_not_ready_until_the_api_server_answers(
 
 @pytest.mark.integration
 def test_api_server_restart_learning_catches_up(
-    kube_cluster: KubeCluster, kube_namespace: str, replica: object
+    kube_cluster: KubeCluster, kube_namespace: str, replica: Callable[..., ServerThread]
 ) -> None:
     ns, dest = kube_namespace, f"{kube_namespace}/api"
-    r1, r2 = replica("r1"), replica("r2")  # type: ignore[operator]
+    r1, r2 = replica("r1"), replica("r2")
     wait_ready(r1)
     wait_ready(r2)
     assert check(r1.ports["authz"], "/before", ns) == 0
@@ -364,7 +373,8 @@ def test_serve_runs_under_the_installs_service_account(
         assert check(srv.authz, "/known", ns) == 0
         assert wait_for(lambda: "/known" in stored_paths(kube_cluster, f"{ns}/api"), 10)
         kube_cluster.kubectl("label", "namespace", ns, "meshward.io/mode=enforce")
-        assert wait_for(lambda: check(srv.authz, "/unknown", ns) == DENIED, 10)
+        assert wait_for(lambda: srv.mode(ns) == "enforce", 10)  # (a Check before would learn)
+        assert check(srv.authz, "/unknown", ns) == DENIED
 
         def events() -> set[str]:
             items = json.loads(kube_cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)

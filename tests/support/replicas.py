@@ -19,6 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from meshward.app.install import crds
 from meshward.app.kubestore import object_ref
 from meshward.kube.watch import wait_for
+from meshward.runtime.client import ApiClient
 from tests.support.apiserver import KubeCluster
 from tests.support.envoy_http import ServerThread, free_port
 from tests.support.serve import check_request
@@ -135,6 +136,14 @@ class ServeProcess:
             self.proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
             )
+
+    @property
+    def client(self) -> ApiClient:
+        return ApiClient(f"http://127.0.0.1:{self.http}")
+
+    def mode(self, namespace: str) -> str | None:
+        """The mode this serve applies to `namespace` (its HTTP API)."""
+        return self.client.request("GET", "/api/v1/modes")["modes"].get(namespace)
 
     def ready(self) -> bool:
         import urllib.error
