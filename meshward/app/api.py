@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshward.app.store import StoreError
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
@@ -165,7 +166,10 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    await server.set_mode(namespace, mode)
+    try:
+        await server.set_mode(namespace, mode)
+    except StoreError as exc:  # the cluster store: the mode is the Namespace label
+        raise web.HTTPConflict(text=_error(str(exc)), content_type="application/json") from None
     server.mode_changed()
     return web.json_response({"namespace": namespace, "mode": mode})
 

@@ -21,6 +21,7 @@ from meshward.core.threats.inspection import NoDetector
 from meshward.istio.bootstrap import render_bootstrap
 from meshward.istio.envoyproc import EnvoyProcess
 from meshward.kube.watch import wait_for
+from meshward.runtime.client import ApiError
 from tests.support.apiserver import KubeCluster
 from tests.support.envoy_http import ServerThread, http
 from tests.support.replicas import (
@@ -198,6 +199,10 @@ def test_a_kubectl_removal_takes_effect_in_a_running_replica(
         json.dumps({"spec": {"removed": [{"method": "GET", "path": "/admin"}]}}),
     )
     assert wait_for(lambda: check(port, "/admin", ns) == DENIED, 5)
+    # the mode is the label: the API says how to change it instead of failing
+    with pytest.raises(ApiError) as err:
+        r1.client.set_mode(ns, "learn")
+    assert err.value.status == 409 and "kubectl label namespace" in str(err.value)
     took = time.monotonic() - t0
     print(f"\nkubectl patch -> denied by the running replica: {took:.2f} s (flush {FLUSH} s)")
     assert check(port, "/items", ns) == 0
