@@ -82,7 +82,8 @@ class ServeConfig:
     kubeconfig: str | None = None  # kubernetes: None is the pod's service account
     replica: str = ""  # kubernetes: this replica's id ("" = POD_NAME, else the host name)
     cluster_namespace: str = "meshward"  # kubernetes: where objects of non-service names go
-    alerts_dsn: str | None = None  # alerts and edge counts in PostgreSQL (every replica's)
+    # alerts and edge counts in PostgreSQL (every replica's); may hold a password: not in repr
+    alerts_dsn: str | None = field(default=None, repr=False)
 
 
 class Server:
