@@ -79,11 +79,10 @@ def mesh_sidecar(app: int, mode: str, servers: list[Any], name: str) -> EnvoyPro
     return EnvoyProcess(balanced(boot, servers), name=name).start()
 
 
-def checks(srv: ServeProcess) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{srv.http}/metrics", timeout=5).read()
-    return sum(
-        sample(text.decode(), f'meshward_checks_total{{result="{r}"}}') for r in ("ok", "denied")
-    )
+def checks(srv: Any) -> float:
+    """Checks answered so far (serve's own metric; ServeProcess and MeshwardServe alike)."""
+    text = srv.client.metrics_text() if isinstance(srv, ServeProcess) else srv.api("GET", "/metrics")
+    return sum(sample(text, f'meshward_checks_total{{result="{r}"}}') for r in ("ok", "denied"))
 
 
 def cpu(pids: list[int]) -> float:
@@ -186,11 +185,7 @@ def main() -> int:
             t = time.monotonic()
             assert check(a.authz, path, NS) == 0
             while True:
-                doc = json.loads(
-                    urllib.request.urlopen(
-                        f"http://127.0.0.1:{b.http}/api/v1/allowlist?destination={dest}", timeout=5
-                    ).read()
-                )
+                doc = b.client.request("GET", f"/api/v1/allowlist?destination={dest}")
                 paths = {e["path"] for s in doc["services"] for e in s["endpoints"]}
                 if path in paths:
                     break

@@ -226,6 +226,7 @@ class MeshwardServe:
 
     def __init__(self, tmp: str) -> None:
         self.authz, self.tap, self.http = free_port(), free_port(), free_port()
+        self.token_file = f"{tmp}/api-token"  # serve generates it beside the store
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [
@@ -266,7 +267,8 @@ class MeshwardServe:
             time.sleep(0.1)
 
     def api(self, method: str, path: str, doc: Any = None) -> Any:
-        return ApiClient(f"http://127.0.0.1:{self.http}").request(method, path, doc)
+        client = ApiClient(f"http://127.0.0.1:{self.http}", token_file=self.token_file)
+        return client.request(method, path, doc)
 
     def metric(self, start: str) -> float:
         return sample(self.api("GET", "/metrics"), start)

@@ -3,6 +3,8 @@
 Routes:
   GET  /healthz, /readyz, /metrics
   GET  /api/v1/alerts?limit=N[&namespace=NS]   {"alerts": [...]} newest first (store history)
+  GET  /api/v1/edges?since=15m[&until=T][&namespace=NS]  verdicts per caller -> destination
+                                       per 60 s bucket {"bucket_seconds", "edges": [...]}
   GET  /api/v1/allowlist[?destination=ns/name]   the allowlist document {"version", "services"}
   GET  /api/v1/modes                   {"default": mode, "modes": {namespace: mode}}
   PUT  /api/v1/modes/{namespace}       body {"mode": "enforce"}; takes effect at once
@@ -20,7 +22,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app.store import StoreError
+from meshward.app.audit import AuditLog
+from meshward.app.auth import Guard, principal_of
+from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
@@ -40,6 +44,8 @@ class Ingest(Protocol):
 class ApiConfig(Protocol):
     @property
     def max_ingest_bytes(self) -> int: ...
+    @property
+    def modes_from_labels(self) -> bool: ...
 
 
 class ApiServer(Protocol):
@@ -58,6 +64,12 @@ class ApiServer(Protocol):
     def pipeline(self) -> Ingest: ...
     @property
     def joiner(self) -> Joiner: ...
+    @property
+    def guard(self) -> Guard: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def node_scope(self) -> NodeScope | None: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -69,6 +81,11 @@ class ApiServer(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
+MODE_IS_LABEL = (
+    "in a cluster a namespace's mode is its label: kubectl label namespace NAMESPACE "
+    "meshward.io/mode=MODE --overwrite (who may do that is decided by RBAC on namespaces; "
+    "meshward serve cannot change it)"
+)
 SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")
 
 
@@ -157,6 +174,8 @@ async def modes(request: web.Request) -> web.Response:
 async def set_mode(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     namespace = request.match_info["namespace"]
+    if server.config.modes_from_labels:
+        raise web.HTTPConflict(text=_error(MODE_IS_LABEL), content_type="application/json")
     if not is_kubernetes_name(namespace):
         raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
@@ -166,12 +185,21 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    try:
-        await server.set_mode(namespace, mode)
-    except StoreError as exc:  # the cluster store: the mode is the Namespace label
-        raise web.HTTPConflict(text=_error(str(exc)), content_type="application/json") from None
+    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
+    await server.set_mode(namespace, mode)
     server.mode_changed()
-    return web.json_response({"namespace": namespace, "mode": mode})
+    who = principal_of(request)
+    await asyncio.to_thread(
+        server.audit.record,
+        "mode.set",
+        who.name if who else "",
+        namespace,
+        old,
+        mode,
+        via=who.via if who else "",
+        peer=request.remote or "",
+    )
+    return web.json_response({"namespace": namespace, "mode": mode, "was": old})
 
 
 def _loads(raw: bytes | str) -> Any:
@@ -206,8 +234,23 @@ def _parse_batch(raw: bytes) -> tuple[list[Any], int]:
     return items, bad
 
 
+def _node_of(request: web.Request, server: ApiServer) -> str:
+    """In a cluster, the node the calling node tap speaks for (see meshward.app.nodescope);
+    "" standalone, where the token holder is the operator."""
+    if server.node_scope is None:
+        return ""
+    try:
+        return server.node_scope.node_of(principal_of(request))
+    except ScopeError as exc:
+        server.metrics.drops.labels("ingest", "no-node").inc()
+        answer = web.HTTPServiceUnavailable if exc.status == 503 else web.HTTPForbidden
+        raise answer(text=_error(str(exc)), content_type="application/json") from None
+
+
 async def observations(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
+    node = _node_of(request, server)
+    outside = 0
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -230,6 +273,9 @@ async def observations(request: web.Request) -> web.Response:
             rejected += 1
             server.problems("ingest", "bad-observation", error=str(exc)[:200], index=i)
             continue
+        if node and server.node_scope is not None and not server.node_scope.allows(obs, node):
+            outside += 1  # a node tap speaks only for pods on its own node
+            continue
         try:
             server.pipeline.take_ingested(obs)
         except Exception as exc:  # one bad item never stops the batch or the server
@@ -237,9 +283,19 @@ async def observations(request: web.Request) -> web.Response:
             server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=i)
             continue
         accepted += 1
+    if outside:
+        server.metrics.drops.labels("ingest", "outside-node").inc(outside)
+        who = principal_of(request)
+        server.problems(
+            "ingest", "outside-node", node=node, user=who.name if who else "", count=outside
+        )
+        rejected += outside
     if rejected:
         server.metrics.drops.labels("ingest", "rejected").inc(rejected)
-    return web.json_response({"accepted": accepted, "rejected": rejected}, status=202)
+    answer = {"accepted": accepted, "rejected": rejected}
+    if node:
+        answer["outside_node"] = outside
+    return web.json_response(answer, status=202)
 
 
 async def exchanges(request: web.Request) -> web.Response:
@@ -254,6 +310,7 @@ def _dumps(obj: object) -> str:
 def build_app(server: ApiServer) -> web.Application:
     app = web.Application(client_max_size=server.config.max_ingest_bytes)
     app[SERVER_KEY] = server
+    server.guard.install(app)  # every route but the probes needs a verified, allowed caller
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -26,6 +26,7 @@ COMMANDS = [
     "meshward.app.commands.nodetap",
     "meshward.app.commands.install",
     "meshward.app.commands.controller",
+    "meshward.app.commands.dashboard",
 ]
 
 

@@ -191,8 +191,36 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule([""], ["events"], ["create", "patch"]),
     ],
     # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
-    # further by RBAC) and their namespaces' injection annotation
-    "node-tap": [_rule([""], ["pods", "namespaces"], READ)],
+    # further by RBAC) and their namespaces' injection annotation; on serve's API (authorized
+    # there by SubjectAccessReview): send observations, read the modes
+    "node-tap": [
+        _rule([""], ["pods", "namespaces"], READ),
+        _rule([GROUP], ["observations"], ["create"]),
+        _rule([GROUP], ["modes"], ["get", "list"]),
+    ],
+}
+# Roles for the people and tools calling serve's HTTP API (docs/security.md has the table):
+# bound by the cluster's admins, never by meshward. Every resource but `allowlists` (the
+# custom resource) is virtual: serve asks the API server with a SubjectAccessReview.
+API_READ = ["get", "list"]
+API_ROLES: dict[str, list[Obj]] = {
+    # read alerts, edge counts, allowlists, modes, exchanges and metrics; one-time login codes
+    # for the web page (`meshward dashboard`: a code carries its holder's own rights, no more)
+    "meshward-viewer": [
+        _rule(
+            [GROUP], ["alerts", "edges", "allowlists", "modes", "exchanges", "metrics"], API_READ
+        ),
+        _rule([GROUP], ["sessions"], ["create"]),
+    ],
+    # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
+    # labels, granted by RBAC on namespaces, which this role does not give
+    "meshward-operator": [
+        _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics"], API_READ),
+        _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
+        _rule([GROUP], ["sessions"], ["create"]),
+    ],
+    # Prometheus scraping serve's /metrics
+    "meshward-metrics-reader": [_rule([GROUP], ["metrics"], ["get"])],
 }
 AUTHZ_POLICY_RULE = _rule(
     ["security.istio.io"], ["authorizationpolicies"], [*READ, "create", "update", "patch", "delete"]
@@ -236,6 +264,15 @@ def rbac(opts: InstallOptions) -> list[Obj]:
                     "name": name,
                 },
                 "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+            }
+        )
+    for name, rules in API_ROLES.items():
+        out.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": _meta(name, component="serve"),
+                "rules": rules,
             }
         )
     name = "meshward-controller-lease"

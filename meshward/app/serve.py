@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app.audit import AuditLog, state_dir
+from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
+from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import AlertStore, Store, WithAlerts, open_store
 from meshward.core.edges import add_pending
@@ -84,6 +88,9 @@ class ServeConfig:
     cluster_namespace: str = "meshward"  # kubernetes: where objects of non-service names go
     # alerts and edge counts in PostgreSQL (every replica's); may hold a password: not in repr
     alerts_dsn: str | None = field(default=None, repr=False)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
+    modes_from_labels: bool = False
 
 
 class Server:
@@ -97,8 +104,12 @@ class Server:
         self, config: ServeConfig, engine: Engine | None = None, detector: Detector | None = None
     ) -> None:
         self.config = config
+        self.guard = guard_for(config.auth, state_dir(config.db), os.environ)
+        self.audit = AuditLog.beside(config.db)
+        self.pods, self.node_scope = cluster_pods(config.auth)
         self.metrics = Metrics()
         self.problems = Problems(self.metrics, log)
+        self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
         self.cluster: KubeStore | None = None  # the cluster store, synced after start()
         if engine is None:
@@ -198,6 +209,8 @@ class Server:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        if self.pods is not None:
+            self.pods.start()
         if self.cluster is not None:  # not ready, gRPC closed, until the first sync
             self._coming_up = asyncio.create_task(self._sync_then_serve())
             return
@@ -288,6 +301,8 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.pods is not None:
+            await asyncio.to_thread(self.pods.stop)
         await self._close_store()
         event(log, "stopped")
 

@@ -5,19 +5,26 @@ Blocking, on urllib.request: the node tap's writer and mode poller are threads, 
 it from a thread, and a blocking call with a timeout is the simplest thing that cannot hang.
 JSON in and out; every failure is one `ApiError` with the HTTP status (None when nothing
 answered) and the server's one-line reason, so callers branch on `status`, not on urllib's
-exception tree. The optional bearer token is sent as `Authorization` and never appears in a
-message, a repr or a log line.
+exception tree.
+
+serve asks for a bearer token on every route but the probes. The token is given directly, or
+read from a file (`token_file`: the standalone `api-token` beside the store, or a Kubernetes
+ServiceAccount token, which the kubelet rotates: the file is read again when it changes); it is
+sent as `Authorization` and never appears in a message, a repr or a log line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
 MAX_ANSWER = 64 << 20  # bytes read from one answer: the allowlist document is the largest
+TOKEN_ENV = "MESHWARD_API_TOKEN"  # the standalone API token, for serve and its clients alike
+TOKEN_FILE_ENV = "MESHWARD_API_TOKEN_FILE"
 
 
 class ApiError(Exception):
@@ -39,13 +46,53 @@ class ApiError(Exception):
 class ApiClient:
     """Calls to one `meshward serve` at `base_url` (e.g. http://meshward:8080)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        *,
+        token_file: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._token = token
+        self._token_file = token_file
+        self._file_seen: tuple[float, str] | None = None  # (mtime, token) of the file's last read
+
+    @classmethod
+    def configured(
+        cls,
+        base_url: str,
+        token_file: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> ApiClient:
+        """A client with the token from `token_file`, else `$MESHWARD_API_TOKEN`, else
+        `$MESHWARD_API_TOKEN_FILE` (none: calls go out without one and serve refuses them)."""
+        env = dict(os.environ) if env is None else env
+        path = token_file or (None if env.get(TOKEN_ENV) else env.get(TOKEN_FILE_ENV) or None)
+        if path:
+            return cls(base_url, timeout=timeout, token_file=path)
+        return cls(base_url, env.get(TOKEN_ENV) or None, timeout)
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r})"  # never the token
+
+    def _bearer(self, method: str, path: str) -> str | None:
+        """The token to send: the given one, or the file's (read again when it changed)."""
+        if self._token or not self._token_file:
+            return self._token
+        try:
+            mtime = os.stat(self._token_file).st_mtime
+            if self._file_seen is None or self._file_seen[0] != mtime:
+                with open(self._token_file, encoding="utf-8") as f:
+                    self._file_seen = (mtime, f.read(16384).strip())
+        except OSError as exc:
+            raise ApiError(
+                method, path, None, f"API token file {self._token_file}: {exc.strerror or exc}"
+            ) from None
+        return self._file_seen[1] or None
 
     def request(
         self,
@@ -61,8 +108,9 @@ class ApiClient:
         status, no answer, or a broken JSON answer."""
         data = json.dumps(doc).encode() if doc is not None else body
         headers = {"content-type": "application/json"} if data is not None else {}
-        if self._token:
-            headers["authorization"] = f"Bearer {self._token}"
+        token = self._bearer(method, path)
+        if token:
+            headers["authorization"] = f"Bearer {token}"
         req = urllib.request.Request(
             self.base_url + path, data=data, method=method, headers=headers
         )

@@ -38,11 +38,16 @@ class ModeSource:
         server: str | None = None,
         interval: float = 5.0,
         token: str | None = None,
+        token_file: str | None = None,
     ) -> None:
         self.overrides = dict(overrides or {})
         self.default = default
         self.server = server.rstrip("/") if server else None
-        self.client = ApiClient(self.server, token=token, timeout=2) if self.server else None
+        self.client = (
+            ApiClient(self.server, token=token, timeout=2, token_file=token_file)
+            if self.server
+            else None
+        )
         self.interval = interval
         self.polled: dict[str, str] = {}
         self.poll_errors = 0

@@ -107,10 +107,15 @@ class HttpOutput(Output):
     """Batched POSTs to `meshward serve`'s ingest endpoint, retried with backoff."""
 
     def __init__(
-        self, metrics: NodeTapCounters, server: str, token: str | None = None, **kw: int
+        self,
+        metrics: NodeTapCounters,
+        server: str,
+        token: str | None = None,
+        token_file: str | None = None,
+        **kw: int,
     ) -> None:
         super().__init__(metrics, **kw)
-        self.client = ApiClient(server, token=token, timeout=10)
+        self.client = ApiClient(server, token=token, timeout=10, token_file=token_file)
 
     def _linger(self) -> float:
         return 0.2  # gather up to 200 ms of observations per POST

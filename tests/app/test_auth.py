@@ -140,7 +140,7 @@ def test_login_gives_an_httponly_strict_cookie_and_csrf_guards_writes() -> None:
         page = await client.get("/")
         assert page.status == 200
         text = await page.text()
-        assert "#token=" in text and "replaceState" in text  # the fragment link is consumed
+        assert "#(token|code)=" in text and "replaceState" in text  # the fragment link is consumed
         assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
         r = await client.post("/api/v1/session", json={"token": "wrong-token-0123456789"})
         assert r.status == 401

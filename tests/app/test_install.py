@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from meshward.app.install import PERMISSIONS, InstallOptions, parse_kube_version, render
+from meshward.app.install import (
+    API_ROLES,
+    PERMISSIONS,
+    InstallOptions,
+    parse_kube_version,
+    render,
+)
 from tests.support.cli import Result
 
 
@@ -69,7 +75,37 @@ def test_rbac_is_least_privilege() -> None:
     ns_rules = [r for r in serve if "namespaces" in r["resources"]]
     assert ns_rules and all(set(r["verbs"]) <= {"get", "list", "watch"} for r in ns_rules)
     assert not any("envoyfilters" in r["resources"] for r in serve)  # rerouting power: not here
-    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in PERMISSIONS["node-tap"])
+    # the node tap reads the Kubernetes API; on serve's API it may only send observations
+    # and read modes (meshward.io virtual resources, checked by serve's SubjectAccessReview)
+    for r in PERMISSIONS["node-tap"]:
+        if r["apiGroups"] == ["meshward.io"]:
+            assert (r["resources"], r["verbs"]) in (
+                (["observations"], ["create"]),
+                (["modes"], ["get", "list"]),
+            )
+        else:
+            assert set(r["verbs"]) <= {"get", "list", "watch"}
+
+
+def test_api_roles_grant_no_namespace_or_core_rights() -> None:
+    """The roles for API callers stay inside meshward.io: none lets its holder relabel a
+    namespace (the mode), and only the operator edits rules (Allowlist objects)."""
+    objects = {o["metadata"]["name"]: o for o in render(InstallOptions())}
+    for name, rules in API_ROLES.items():
+        assert objects[name]["kind"] == "ClusterRole" and objects[name]["rules"] == rules
+        for rule in rules:
+            assert rule["apiGroups"] == ["meshward.io"], name
+        writes = {
+            res
+            for r in rules
+            for res in r["resources"]
+            if set(r["verbs"]) - {"get", "list", "watch"}
+        } - {"sessions"}  # a one-time login code for oneself
+        assert writes == ({"allowlists"} if name == "meshward-operator" else set()), name
+    assert not any(
+        o["kind"].endswith("Binding") and o["metadata"]["name"] in API_ROLES
+        for o in objects.values()
+    )
 
 
 @pytest.mark.parametrize(

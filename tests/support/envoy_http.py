@@ -11,12 +11,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from meshward.app.auth import AuthConfig
 from meshward.app.serve import ServeConfig, Server
 from meshward.core.engine import EngineConfig, detector_for
 from meshward.core.threats.inspection import Detector
 from meshward.runtime.client import ApiClient
 from tests.support.envoy import echo_app, envoy_bin
 from tests.support.metrics import sample
+from tests.support.serve import API_TOKEN
 
 __all__ = ["ServerThread", "echo_app", "envoy_bin", "free_port", "http"]
 
@@ -37,6 +39,7 @@ class ServerThread:
     """`meshward serve` on its own event loop thread, as the process would run it."""
 
     def __init__(self, db: str, authz_port: int = 0, tap_port: int = 0, **config: Any) -> None:
+        config.setdefault("auth", AuthConfig(token=API_TOKEN))
         self.config = ServeConfig(
             db=db,
             listen_host="127.0.0.1",
@@ -70,7 +73,7 @@ class ServerThread:
 
     @property
     def client(self) -> ApiClient:
-        return ApiClient(f"http://127.0.0.1:{self.ports['http']}")
+        return ApiClient(f"http://127.0.0.1:{self.ports['http']}", self.config.auth.token)
 
     def api(self, method: str, path: str, doc: Any = None) -> Any:
         return self.client.request(method, path, doc)

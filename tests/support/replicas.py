@@ -22,7 +22,7 @@ from meshward.kube.watch import wait_for
 from meshward.runtime.client import ApiClient
 from tests.support.apiserver import KubeCluster
 from tests.support.envoy_http import ServerThread, free_port
-from tests.support.serve import check_request
+from tests.support.serve import API_TOKEN, check_request
 
 FLUSH = 0.2  # the replicas' flush interval in these tests (seconds)
 
@@ -132,14 +132,14 @@ class ServeProcess:
             str(self.http),
             *extra,
         ]
+        environ = {**os.environ, "MESHWARD_API_TOKEN": API_TOKEN, **(env or {})}
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-            )
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=environ)
 
     @property
     def client(self) -> ApiClient:
-        return ApiClient(f"http://127.0.0.1:{self.http}")
+        """The HTTP API client, carrying the token the process runs with."""
+        return ApiClient(f"http://127.0.0.1:{self.http}", API_TOKEN)
 
     def mode(self, namespace: str) -> str | None:
         """The mode this serve applies to `namespace` (its HTTP API)."""

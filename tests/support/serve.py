@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 
+from meshward.app.auth import AuthConfig
 from meshward.app.flusher import Flusher
 from meshward.app.serve import ServeConfig, Server
 from meshward.app.store import open_store
 from meshward.core.engine import Engine
 from meshward.core.threats.inspection import Detector, NoDetector
+from meshward.runtime.client import ApiClient
+
+# the API token every in-process test server runs with (authentication is on by default)
+API_TOKEN = "test-api-token-" + secrets.token_urlsafe(16)
 
 
 @contextlib.asynccontextmanager
@@ -24,7 +30,9 @@ async def running_server(
     **config: object,
 ) -> AsyncIterator[Server]:
     """A whole `meshward serve` on loopback ephemeral ports; stopped even on failure. With `db`
-    (and no `engine`) it runs on that store, with `detector` (default: the real detectors)."""
+    (and no `engine`) it runs on that store, with `detector` (default: the real detectors).
+    Its HTTP API asks for `API_TOKEN` unless `auth` says otherwise: call it with `api_client`."""
+    config.setdefault("auth", AuthConfig(token=API_TOKEN))
     cfg = ServeConfig(
         db=db or ":memory:",
         listen_host="127.0.0.1",
@@ -41,6 +49,13 @@ async def running_server(
         yield server
     finally:
         await server.stop(grace=0.2)
+
+
+def api_client(server: Server, timeout: float = 10.0) -> ApiClient:
+    """The HTTP API client of a `running_server`, carrying its token."""
+    return ApiClient(
+        f"http://127.0.0.1:{server.ports['http']}", server.config.auth.token, timeout=timeout
+    )
 
 
 def engine_on(path: str) -> Engine:

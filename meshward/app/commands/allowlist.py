@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +18,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from meshward.app.audit import AuditLog, local_user
 from meshward.app.commands import UsageError
 from meshward.app.commands.offline import add_db_flag, close_flusher, open_flusher
+from meshward.app.store import default_path
 from meshward.core.engine import Engine
 
 
@@ -156,6 +159,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: not YAML or JSON: {_yaml_problem(exc)}") from exc
     flusher = open_flusher(args.db, threats=False)
     engine = flusher.engine
+    before = {"services": len(engine.allowlist.services), "rules": engine.allowlist.rule_count()}
     try:
         try:
             touched = engine.allowlist.import_doc(doc, replace=args.replace)
@@ -166,6 +170,15 @@ def run_import(args: argparse.Namespace) -> int:
         total = (len(engine.allowlist.services), engine.allowlist.rule_count())
     finally:
         close_flusher(flusher)
+    AuditLog.beside(args.db or default_path()).record(
+        "allowlist.replace" if args.replace else "allowlist.import",
+        local_user(),
+        os.path.abspath(args.file),
+        before,
+        {"services": total[0], "rules": total[1], "touched": len(set(touched))},
+        via="cli",
+        peer="local",
+    )
     how = "replaced the stored allowlists with" if args.replace else "merged"
     print(
         f"{how} {len(set(touched))} services ({rules} rules) from {args.file}; "

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from meshward.app.audit import AuditLog, local_user
 from meshward.app.commands import UsageError
 from meshward.app.commands.offline import add_db_flag, store_for
-from meshward.app.store import StoreError
+from meshward.app.store import StoreError, default_path
 from meshward.core.engine import EngineConfig
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -60,5 +61,8 @@ def run_set(args: argparse.Namespace) -> int:
             store.set_mode(ns, args.mode)
         except (StoreError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
+    AuditLog.beside(args.db or default_path()).record(
+        "mode.set", local_user(), ns, before, args.mode, via="cli", peer="local"
+    )
     print(f"{ns}: {args.mode} (was {before})")
     return 0

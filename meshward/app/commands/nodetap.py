@@ -84,6 +84,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="send batches to meshward serve (POST URL/api/v1/observations)",
     )
     p.add_argument(
+        "--api-token-file",
+        default=os.environ.get("MESHWARD_API_TOKEN_FILE", ""),
+        metavar="FILE",
+        help="file holding serve's API token, read again when it changes (a ServiceAccount "
+        "token in a cluster; default $MESHWARD_API_TOKEN_FILE; $MESHWARD_API_TOKEN gives the "
+        "token itself)",
+    )
+    p.add_argument(
         "--mode",
         action="append",
         default=[],
@@ -271,13 +279,19 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_mode_flags(args.mode)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    modes = ModeSource(overrides, args.default_mode, args.server)
+    token = None if args.api_token_file else os.environ.get("MESHWARD_API_TOKEN") or None
+    token_file = args.api_token_file or None
+    modes = ModeSource(
+        overrides, args.default_mode, args.server, token=token, token_file=token_file
+    )
     net_config = _net_config(args.net_config)
     if os.geteuid() != 0:
         raise UsageError("needs root (AF_PACKET capture, entering network namespaces)")
     metrics = NodeTapCounters()
     output = (
-        HttpOutput(metrics, args.server, max_queue=args.queue_size)
+        HttpOutput(
+            metrics, args.server, token=token, token_file=token_file, max_queue=args.queue_size
+        )
         if args.server
         else JsonlOutput(metrics, max_queue=args.queue_size)
     )

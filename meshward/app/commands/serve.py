@@ -29,6 +29,15 @@ def _flush_interval(flag: float | None) -> float:
     return value
 
 
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise UsageError(f"{name}={raw!r} is not 1 or 0")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -76,10 +85,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "default sqlite; docs/kubestore.md)",
     )
     p.add_argument(
-        "--kubeconfig",
-        help="with --store kubernetes: a kubeconfig file (default: the pod's service account)",
-    )
-    p.add_argument(
         "--replica",
         help="with --store kubernetes: this replica's id (env POD_NAME, else the host name)",
     )
@@ -100,12 +105,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds between batched store writes, also how soon other replicas' changes "
         "apply (env MESHWARD_FLUSH_INTERVAL, default 2)",
     )
+    p.add_argument(
+        "--api-token-file",
+        help="file holding the HTTP API's bearer token (mode 0600; env MESHWARD_API_TOKEN gives "
+        "the token itself; default: api-token beside the store, generated at first start)",
+    )
+    p.add_argument(
+        "--auth",
+        choices=["token", "kubernetes"],
+        help="who may call the HTTP API (env MESHWARD_AUTH): token (default) = the API token; "
+        "kubernetes = Kubernetes tokens checked with TokenReview and authorized by RBAC on "
+        "meshward.io resources (SubjectAccessReview); modes are then Namespace labels only",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for serve's own Kubernetes calls (default: in-cluster configuration)",
+    )
+    p.add_argument(
+        "--token-audience",
+        action="append",
+        metavar="AUD",
+        help="with --auth kubernetes, a token must be minted for this audience (repeatable; "
+        "default meshward: a token for the API server is not accepted)",
+    )
+    p.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=None,
+        help="serve /metrics without a credential (env MESHWARD_PUBLIC_METRICS=1; default: "
+        "/metrics needs the token like the API, since it names namespaces, workloads and threats)",
+    )
     add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshward.app.auth import AuthConfig, TokenError
     from meshward.app.serve import ServeConfig
     from meshward.app.serve import run as serve
     from meshward.app.store import StoreError
@@ -116,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
         log.setup(args.log_level)
     except ValueError:
         raise UsageError(f"unknown log level {args.log_level!r}") from None
+    auth = args.auth or os.environ.get("MESHWARD_AUTH") or "token"
+    if auth not in ("token", "kubernetes"):
+        raise UsageError(f"MESHWARD_AUTH={auth!r} is not token or kubernetes")
+    kube_auth = auth == "kubernetes"
+    store = args.store or os.environ.get("MESHWARD_STORE") or "sqlite"
+    if store not in ("sqlite", "kubernetes"):
+        raise UsageError(f"MESHWARD_STORE={store!r}: expected sqlite or kubernetes")
     config = ServeConfig(
         db=args.db or os.environ.get("MESHWARD_DB") or "./meshward.db",
         listen_host=args.listen_host or os.environ.get("MESHWARD_LISTEN_HOST") or "0.0.0.0",
@@ -132,15 +175,24 @@ def run(args: argparse.Namespace) -> int:
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
-        store=args.store or os.environ.get("MESHWARD_STORE") or "sqlite",
+        store=store,
         kubeconfig=args.kubeconfig,
         replica=args.replica or "",
         cluster_namespace=args.cluster_namespace or os.environ.get("POD_NAMESPACE") or "meshward",
         flush_interval=_flush_interval(args.flush_interval),
         alerts_dsn=args.alerts_dsn or os.environ.get("MESHWARD_ALERTS_DSN") or None,
+        # in a cluster (either Kubernetes option) the mode is the Namespace label
+        modes_from_labels=kube_auth or store == "kubernetes",
+        auth=AuthConfig(
+            kubernetes=kube_auth,
+            kubeconfig=args.kubeconfig,
+            audiences=tuple(args.token_audience or ("meshward",)),
+            token_file=args.api_token_file or None,
+            public_metrics=args.public_metrics
+            if args.public_metrics is not None
+            else _env_flag("MESHWARD_PUBLIC_METRICS"),
+        ),
     )
-    if config.store not in ("sqlite", "kubernetes"):
-        raise UsageError(f"MESHWARD_STORE={config.store!r}: expected sqlite or kubernetes")
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
             raise UsageError(f"--{name.replace('_', '-')} must be 0..65535")
@@ -150,6 +202,6 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         serve(config)
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, TokenError) as exc:
         raise UsageError(f"cannot serve: {exc}") from None
     return 0

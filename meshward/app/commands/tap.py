@@ -1,7 +1,8 @@
 """`meshward tap envoy-admin`: read an Envoy admin /tap stream as Observations.
 
 Without `--serve` the observations go to stdout as JSON Lines (`observation_to_dict`); with
-`--serve URL` they are posted in batches to a running `meshward serve` (/api/v1/observations).
+`--serve URL` they are posted in batches to a running `meshward serve` (/api/v1/observations)
+with its API token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import aiohttp
 from meshward.app.commands import UsageError
 from meshward.core.log import event
 from meshward.core.observation import Observation, observation_to_dict
+from meshward.runtime.client import ApiClient, ApiError
 from meshward.tap.envoy.admin import AdminTapError, TapStats, stream_observations
 
 log = logging.getLogger("meshward.tap")
@@ -39,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     a.add_argument("--admin", required=True, help="Envoy admin URL, e.g. http://127.0.0.1:15000")
     a.add_argument("--config-id", required=True, help="the tap filter's admin_config config_id")
     a.add_argument("--serve", help="meshward serve HTTP URL to post to (default: print JSON Lines)")
+    a.add_argument(
+        "--api-token-file",
+        help="file holding serve's API token (default: env MESHWARD_API_TOKEN, or the file named "
+        "by MESHWARD_API_TOKEN_FILE)",
+    )
     a.add_argument("--namespace", default="", help="destination namespace of the tapped sidecar")
     a.add_argument("--workload", default="", help="destination workload of the tapped sidecar")
     a.add_argument("--max-body", type=int, default=64 * 1024, help="body bytes per trace")
@@ -76,6 +83,7 @@ async def _run(args: argparse.Namespace, admin: str, serve: str | None) -> None:
     batch: list[dict[str, object]] = []
     last = time.monotonic()
     seen = 0
+    client = ApiClient.configured(serve, args.api_token_file) if serve else None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
 
         async def ship() -> None:
@@ -88,21 +96,21 @@ async def _run(args: argparse.Namespace, admin: str, serve: str | None) -> None:
                 sys.stdout.write("".join(json.dumps(i) + "\n" for i in items))
                 sys.stdout.flush()
                 return
+            assert client is not None
             try:
-                async with session.post(serve + "/api/v1/observations", json=items) as resp:
-                    answer = await resp.json(content_type=None)
-                    if resp.status != 202:
-                        event(log, "ingest refused", logging.WARNING, status=resp.status)
-                    elif answer.get("rejected"):
-                        event(log, "ingest rejected some", logging.WARNING, **answer)
-            except (aiohttp.ClientError, ValueError) as exc:
+                answer = await asyncio.to_thread(client.post_observations, items)
+            except ApiError as exc:
                 event(
                     log,
                     "ingest failed, batch dropped",
                     logging.WARNING,
+                    status=exc.status,
                     error=str(exc),
                     dropped=len(items),
                 )
+                return
+            if answer.get("rejected"):
+                event(log, "ingest rejected some", logging.WARNING, **answer)
 
         async def consume() -> None:
             nonlocal seen

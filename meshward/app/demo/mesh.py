@@ -181,7 +181,9 @@ class ServeProcess:
     # -- its HTTP API ------------------------------------------------------------------------
     @property
     def client(self) -> ApiClient:
-        return ApiClient(self.url, timeout=5)
+        """serve's API, with the token serve generated beside its store (authentication is on
+        by default; the demo uses the file just as an operator would)."""
+        return ApiClient(self.url, timeout=5, token_file=str(self.workdir / "api-token"))
 
     def api(self, method: str, path: str, body: object = None) -> Any:
         try:

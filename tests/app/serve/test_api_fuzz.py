@@ -33,7 +33,7 @@ from meshward.core.observation import (
 )
 from meshward.core.threats.inspection import NoDetector
 from tests.support.metrics import sample
-from tests.support.serve import engine_on, running_server
+from tests.support.serve import API_TOKEN, engine_on, running_server
 
 GOOD = observation_to_dict(
     Observation(
@@ -95,10 +95,12 @@ def request(
     body: bytes | None = None,
     content_type: str | None = "application/json",
 ) -> tuple[int, bytes]:
-    """Raw HTTP on purpose (not the API client): hostile paths, bodies and content types."""
+    """Raw HTTP on purpose (not the API client): hostile paths, bodies and content types, from
+    a caller holding the token (what is fuzzed here is what the handlers get past the guard)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     try:
         headers = {"content-type": content_type} if content_type and body is not None else {}
+        headers["authorization"] = f"Bearer {API_TOKEN}"
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -42,8 +43,9 @@ def _meshward(*args: str, **kw: object) -> subprocess.Popen[bytes]:
     )  # type: ignore[call-overload]
 
 
-def _get(port: int, path: str) -> Any:
-    return ApiClient(f"http://127.0.0.1:{port}").request("GET", path)
+def _get(port: int, path: str, token_file: Path | None = None) -> Any:
+    client = ApiClient(f"http://127.0.0.1:{port}", token_file=str(token_file or ""))
+    return client.request("GET", path)
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -133,6 +135,11 @@ def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Pa
     tapper = None
     try:
         _wait_http(web, serve)
+        token_file = tmp_path / "api-token"  # generated beside the store, mode 0600
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        with pytest.raises(ApiError) as refused:
+            _get(web, "/api/v1/allowlist")
+        assert refused.value.status == 401
         boot = render_bootstrap(
             0, f"127.0.0.1:{echo_app}", "shop", "api", "learn", authz_port=authz, tap_port=tap
         )
@@ -149,6 +156,8 @@ def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Pa
                 "meshward-test",
                 "--serve",
                 f"http://127.0.0.1:{web}",
+                "--api-token-file",
+                str(token_file),
                 "--namespace",
                 "shop",
                 "--workload",
@@ -164,7 +173,7 @@ def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Pa
                 assert http(envoy.port, "/api/tapped?x=1")[0] == 200
                 time.sleep(0.1)
             assert tapper.returncode == 0, tapper.stderr.read().decode()[-2000:]
-        doc = _get(web, "/api/v1/allowlist")
+        doc = _get(web, "/api/v1/allowlist", token_file)
         assert [s["destination"] for s in doc["services"]] == ["shop/api"]  # type: ignore[index]
         assert "/api/tapped" in json.dumps(doc)
         serve.send_signal(signal.SIGTERM)
@@ -175,6 +184,9 @@ def test_serve_process_and_admin_tap(envoy_bin: str, echo_app: int, tmp_path: Pa
             if line.startswith("{")
         ]
         assert {"serving", "stopped"} <= {entry["msg"] for entry in logs}
+        # where the token is, never the token
+        assert any(e["msg"] == "api token" and e["source"] == str(token_file) for e in logs)
+        assert token_file.read_text().strip() not in json.dumps(logs)
     finally:
         for p in (tapper, serve):
             if p is not None and p.poll() is None:

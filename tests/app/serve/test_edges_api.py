@@ -11,8 +11,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from meshward.core.engine import Engine
 from meshward.core.threats.inspection import NoDetector
-from meshward.runtime.client import ApiClient, ApiError
-from tests.support.serve import check_request, running_server
+from meshward.runtime.client import ApiError
+from tests.support.serve import api_client, check_request, running_server
 
 
 def test_edges_count_checks_and_cache_hits_and_refuse_bad_times() -> None:
@@ -26,7 +26,7 @@ def test_edges_count_checks_and_cache_hits_and_refuse_bad_times() -> None:
                 for _ in range(3):  # the 2nd and 3rd are decision-cache hits
                     await stub.Check(check_request("GET", "/known"), timeout=5)
                 await stub.Check(check_request("GET", "/unknown"), timeout=5)
-            client = ApiClient(f"http://127.0.0.1:{srv.ports['http']}")
+            client = api_client(srv)
             doc = await asyncio.to_thread(client.request, "GET", "/api/v1/edges?since=10m")
             assert doc["bucket_seconds"] == 60
             (edge,) = doc["edges"]

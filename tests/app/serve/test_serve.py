@@ -12,10 +12,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from meshward.app.serve import Server
 from meshward.core.observation import Identity, Observation, observation_to_dict
 from meshward.core.threats.inspection import NoDetector
-from meshward.runtime.client import ApiClient, ApiError
-from tests.support.serve import check_request, running_server, tap_messages
+from meshward.runtime.client import ApiError
+from tests.support.serve import api_client, check_request, running_server, tap_messages
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 
@@ -25,8 +26,8 @@ async def _check(port: int, req: external_auth_pb2.CheckRequest) -> external_aut
         return await external_auth_pb2_grpc.AuthorizationStub(ch).Check(req, timeout=5)
 
 
-async def _put_mode(http_port: int, ns: str, mode: str) -> int:
-    client = ApiClient(f"http://127.0.0.1:{http_port}")
+async def _put_mode(srv: Server, ns: str, mode: str) -> int:
+    client = api_client(srv)
     try:
         await asyncio.to_thread(client.set_mode, ns, mode)
     except ApiError as exc:
@@ -41,7 +42,7 @@ def test_learn_then_enforce_over_grpc() -> None:
             for _ in range(3):
                 r = await _check(port, check_request("GET", "/api/items?page=1"))
                 assert r.status.code == 0 and r.HasField("ok_response")
-            assert await _put_mode(srv.ports["http"], "shop", "enforce") == 200
+            assert await _put_mode(srv, "shop", "enforce") == 200
             ok = await _check(port, check_request("GET", "/api/items?page=2"))
             assert ok.status.code == 0
             bad = await _check(port, check_request("GET", "/admin/dump"))
@@ -185,7 +186,6 @@ def test_tap_bounds_body_and_expires_streams() -> None:
 def test_http_api(tmp_path: Path) -> None:
     async def main() -> None:
         async with running_server(max_ingest_bytes=64 * 1024) as srv:
-            base = f"http://127.0.0.1:{srv.ports['http']}"
             good = observation_to_dict(
                 Observation(
                     seen_by="node-tap",
@@ -195,7 +195,7 @@ def test_http_api(tmp_path: Path) -> None:
                     source=Identity("mesh", "web"),
                 )
             )
-            api = ApiClient(base)
+            api = api_client(srv)
 
             async def status(
                 method: str, path: str, doc: object = None, body: bytes | None = None

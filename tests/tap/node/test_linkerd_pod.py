@@ -291,6 +291,8 @@ def test_cli_to_meshward_serve(node: tuple[Node, Pod, Pod], tmp_path: Path) -> N
                 "none",
                 "--server",
                 url,
+                "--api-token-file",
+                str(tmp_path / "api-token"),  # serve generated it beside its store
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -306,14 +308,16 @@ def test_cli_to_meshward_serve(node: tuple[Node, Pod, Pod], tmp_path: Path) -> N
         deadline = time.monotonic() + 10
         seen = 0.0
         while time.monotonic() < deadline:
-            text = ApiClient(url, timeout=5).metrics_text()
+            text = ApiClient(url, timeout=5, token_file=str(tmp_path / "api-token")).metrics_text()
             m = re.search(r'meshward_observations_total\{source="node-tap"\} ([\d.e+]+)', text)
             seen = float(m[1]) if m else 0.0
             if seen >= len(EXPECTED) + 3:
                 break
             time.sleep(0.2)
         assert seen == len(EXPECTED) + 3
-        doc = ApiClient(url, timeout=5).allowlist(destination="shop/api")
+        doc = ApiClient(url, timeout=5, token_file=str(tmp_path / "api-token")).allowlist(
+            destination="shop/api"
+        )
         assert "/orders" in json.dumps(doc) and "grpc.health.v1.Health" in json.dumps(doc)
     finally:
         for proc in (tap, serve):
