@@ -81,7 +81,10 @@ def mesh_sidecar(app: int, mode: str, servers: list[Any], name: str) -> EnvoyPro
 
 def checks(srv: Any) -> float:
     """Checks answered so far (serve's own metric; ServeProcess and MeshwardServe alike)."""
-    text = srv.client.metrics_text() if isinstance(srv, ServeProcess) else srv.api("GET", "/metrics")
+    if isinstance(srv, ServeProcess):
+        text = srv.client.metrics_text()
+    else:
+        text = srv.api("GET", "/metrics")
     return sum(sample(text, f'meshward_checks_total{{result="{r}"}}') for r in ("ok", "denied"))
 
 
