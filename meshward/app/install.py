@@ -357,7 +357,10 @@ def serve(opts: InstallOptions) -> list[Obj]:
     container = {
         "name": "serve",
         "image": opts.image,
-        "args": ["serve", "--store", "kubernetes", "--log-level", "info"],
+        # every replica shares the cluster store; API callers (node taps, people, the dashboard)
+        # show Kubernetes tokens, reviewed by the API server: a generated API token would
+        # differ per replica and live in an emptyDir no caller can read
+        "args": ["serve", "--store", "kubernetes", "--auth", "kubernetes", "--log-level", "info"],
         "ports": [
             {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
             {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},

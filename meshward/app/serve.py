@@ -92,6 +92,10 @@ class ServeConfig:
     # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
     modes_from_labels: bool = False
 
+    def __post_init__(self) -> None:
+        if self.store == "kubernetes":  # the cluster store reads modes from the labels only
+            self.modes_from_labels = True
+
 
 class Server:
     """The running `meshward serve`: start(), the bound ports, stop().

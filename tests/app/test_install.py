@@ -144,7 +144,7 @@ def test_serve_runs_the_cluster_store_with_its_pod_name_and_the_dsn_secret() -> 
         return c
 
     c = serve_container(InstallOptions())
-    assert c["args"][:3] == ["serve", "--store", "kubernetes"]
+    assert c["args"][:5] == ["serve", "--store", "kubernetes", "--auth", "kubernetes"]
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"

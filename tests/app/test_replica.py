@@ -119,6 +119,12 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
     r2 = replica("r2", alerts_dsn=alerts_dsn)
     wait_ready(r1)
     wait_ready(r2)
+
+    # the tap's verdicts are counted per edge in the one store: r2 reads r1's too
+    def allowed() -> int:
+        edges = r2.api("GET", f"/api/v1/edges?since=10m&namespace={ns}")["edges"]
+        return sum(e["allowed"] for e in edges if e["destination"] == dest)
+
     with (
         sidecar(r1, echo_app, ns, "learn", envoy_bin) as e1,
         sidecar(r2, echo_app, ns, "learn", envoy_bin) as e2,
@@ -126,17 +132,12 @@ def test_two_replicas_behind_sidecars_then_a_fresh_one_enforces(
         for i in range(1, 4):
             assert http(e1.port, f"/api/items/{i}")[0] == 200
             assert http(e2.port, "/api/orders")[0] == 200
+        # (the sidecars stay up until their tap copies are in: stopping one cuts its streams)
+        assert wait_for(lambda: allowed() == 6, 10), allowed()
     want = {"/api/items/{int}", "/api/orders"}
     assert wait_for(lambda: want <= stored_paths(kube_cluster, dest), 10), stored_paths(
         kube_cluster, dest
     )
-
-    # the tap's verdicts are counted per edge in the one store: r2 reads r1's too
-    def allowed() -> int:
-        edges = r2.api("GET", f"/api/v1/edges?since=10m&namespace={ns}")["edges"]
-        return sum(e["allowed"] for e in edges if e["destination"] == dest)
-
-    assert wait_for(lambda: allowed() == 6, 5), allowed()
     # each running replica adopted what the other learned, within a flush interval or so
     assert wait_for(lambda: want <= served_paths(r1, dest), 5)
     assert wait_for(lambda: want <= served_paths(r2, dest), 5)
