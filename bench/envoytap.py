@@ -135,7 +135,9 @@ def main() -> int:
         mw = MeshwardServe(tmp)
         try:
             off = sidecar(app.port, "learn", keep=())
-            on = sidecar(app.port, "learn", keep=(EXT_PROC,), tap_port=mw.tap)
+            on = sidecar(
+                app.port, "learn", keep=(EXT_PROC,), tap_port=mw.tap, meshward_tls=mw.tls()
+            )
             for conns in () if args.paced_only else (1, 16):
                 with EnvoyProcess(off, name="tap-off") as e:
                     wrk(f"http://127.0.0.1:{e.port}", 4, 1, script)

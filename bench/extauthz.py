@@ -9,9 +9,15 @@ sidecar (rendered by istio/bootstrap.py) to the same app (an Envoy direct_respon
   (e) Envoy + ext_authz to meshward's own gRPC server and CheckRequest conversion with the judge
       replaced by a constant allow: splits what (c) adds over (b) into meshward's server and
       conversion (e - b) and the judging itself, allowlist and inspection (c - e)
-The tap filter is left out everywhere (bench/envoytap.py measures it). Added latency is
-p50/p99 minus (a)'s at the same connection count; goals: (c) adds <= 1.15x the p50 (b) adds,
-and keeps >= 0.85x its requests/s.
+  (p) as (c) but plaintext, identities from the caller's hints: meshward before issue 11 (the
+      in-process `unverified` policy; the CLI no longer offers it)
+  (i) the Istio route: the sidecar -mTLS (its own certificate)-> meshward's own inbound sidecar
+      (an Envoy as Istio configures it, tests/support/istio_sidecar.py) -plaintext + XFCC->
+      `meshward serve --grpc-plaintext`; (i) - (c) is the extra hop
+(b), (d), (e) are plaintext as before; (c) is serve's default, mTLS with the sidecar's certificate
+(long-lived connections: one handshake per Envoy worker, not per request). The tap filter is left
+out everywhere (bench/envoytap.py measures it). Added latency is p50/p99 minus (a)'s at the same
+connection count; goals: (c) adds <= 1.15x the p50 (b) adds, and keeps >= 0.85x its requests/s.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import argparse
 import asyncio
 import gc
 import os
+import secrets
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from envoy_harness import (
     ROOT,
@@ -41,6 +49,10 @@ from envoy_harness import (
     sidecar,
     wrk,
 )
+
+from meshward.istio.certs import MeshCA
+from meshward.runtime.client import ApiClient
+from tests.support.istio_sidecar import meshward_sidecar
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 RBAC = {
@@ -79,6 +91,7 @@ def run_floor_server(port: int) -> None:
     judging (the conversion to an Observation still runs)."""
     from meshward.app.serve import ServeConfig, Server, install_uvloop
     from meshward.core.observation import Verdict
+    from meshward.runtime.grpcpeer import UNVERIFIED
 
     install_uvloop()
     allow = Verdict("allow", 0.0)
@@ -91,8 +104,9 @@ def run_floor_server(port: int) -> None:
                 authz_port=port,
                 tap_port=0,
                 http_port=0,
+                peers=UNVERIFIED,
             )
-            server = Server(config)
+            server = Server(config)  # plaintext, as (b): the server's own cost
             server.check.judge = lambda obs: allow
             await server.start()
             gc.collect()
@@ -100,6 +114,56 @@ def run_floor_server(port: int) -> None:
             await asyncio.Event().wait()
 
     asyncio.run(serve())
+
+
+def run_plain_server(authz_port: int, http_port: int) -> None:
+    """Scenario (p): the whole `meshward serve` as before issue 11: plaintext gRPC, the
+    destination from the caller's hints (the `unverified` policy, in-process only)."""
+    from meshward.app.serve import ServeConfig, install_uvloop, serve_forever
+    from meshward.runtime.grpcpeer import UNVERIFIED
+
+    install_uvloop()
+    with tempfile.TemporaryDirectory(prefix="meshward-plain-") as tmp:
+        config = ServeConfig(
+            db=f"{tmp}/plain.db",
+            listen_host="127.0.0.1",
+            authz_port=authz_port,
+            tap_port=0,
+            http_port=http_port,
+            peers=UNVERIFIED,
+        )
+        asyncio.run(serve_forever(config))
+
+
+class PlainServe:
+    """Scenario (p)'s server as a subprocess, with MeshwardServe's api()."""
+
+    def __init__(self) -> None:
+        self.authz, self.http = free_port(), free_port()
+        self.token = secrets.token_urlsafe(32)  # its API token (MESHWARD_API_TOKEN)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--plain-server", f"{self.authz},{self.http}"],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), MESHWARD_API_TOKEN=self.token),
+            stderr=subprocess.DEVNULL,
+        )
+
+    def api(self, method: str, path: str, doc: object = None) -> object:
+        return ApiClient(f"http://127.0.0.1:{self.http}", self.token).request(method, path, doc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def learn_then_enforce(server: MeshwardServe | PlainServe, port: int) -> None:
+    """Learn the allowlist through the sidecar on `port`, then enforce it."""
+    server.api("PUT", "/api/v1/modes/bench", {"mode": "learn"})
+    for i in range(60):
+        assert request(port, "/api/orders", order_body(i)) == 200
+    server.api("PUT", "/api/v1/modes/bench", {"mode": "enforce"})
+    assert request(port, "/api/orders", order_body(7)) == 200, "learned, not allowed"
+    assert request(port, "/api/unknown") == 403, "enforce does not deny"
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
@@ -152,6 +216,8 @@ NAMES = {
     "c": "(c) meshward enforce",
     "d": "(d) native RBAC",
     "e": "(e) meshward, judge skipped",
+    "p": "(p) meshward, plaintext",
+    "i": "(i) meshward, Istio route",
 }
 
 
@@ -161,6 +227,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median taken)")
     ap.add_argument("--allow-server", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--plain-server", help=argparse.SUPPRESS)
     ap.add_argument(
         "--pin",
         action="store_true",
@@ -173,6 +240,10 @@ def main() -> int:
         return 0
     if args.floor_server:
         run_floor_server(args.floor_server)
+        return 0
+    if args.plain_server:
+        authz_port, http_port = (int(p) for p in args.plain_server.split(","))
+        run_plain_server(authz_port, http_port)
         return 0
     conns = [1, 16]
     script = post_script(order_body())
@@ -193,28 +264,47 @@ def main() -> int:
         EnvoyProcess(app_bootstrap(), name="app") as app,
     ):
         mw = MeshwardServe(tmp)
+        plain = PlainServe()
+        os.makedirs(f"{tmp}/istio")
+        routed = MeshwardServe(f"{tmp}/istio", "--grpc-plaintext")
+        mesh_ca = MeshCA(Path(tmp) / "mesh-ca")
+        mw_sidecar = EnvoyProcess(
+            meshward_sidecar(mesh_ca.issue("meshward", "meshward"), {"authz": routed.authz}),
+            name="meshward-sidecar",
+        ).start()
+        envoys["meshward-sidecar"] = mw_sidecar
         try:
             wait_port(allow_port)
             wait_port(floor_port)
+            wait_port(plain.http)
+            authz = (EXT_AUTHZ,)
             boots = {
                 "a": sidecar(app.port, "learn", keep=()),
-                "b": sidecar(app.port, "enforce", keep=(EXT_AUTHZ,), authz_port=allow_port),
-                "c": sidecar(app.port, "enforce", keep=(EXT_AUTHZ,), authz_port=mw.authz),
+                "b": sidecar(app.port, "enforce", keep=authz, authz_port=allow_port),
+                "c": sidecar(
+                    app.port, "enforce", keep=authz, authz_port=mw.authz, meshward_tls=mw.tls()
+                ),
                 "d": sidecar(app.port, "learn", keep=(), extra_filter=RBAC),
-                "e": sidecar(app.port, "enforce", keep=(EXT_AUTHZ,), authz_port=floor_port),
+                "e": sidecar(app.port, "enforce", keep=authz, authz_port=floor_port),
+                "p": sidecar(app.port, "enforce", keep=authz, authz_port=plain.authz),
+                "i": sidecar(
+                    app.port,
+                    "enforce",
+                    keep=authz,
+                    authz_port=mw_sidecar.listener_ports["authz"],
+                    meshward_tls=mesh_ca.issue("bench", "api"),
+                ),
             }
             for key, boot in boots.items():
                 envoys[key] = EnvoyProcess(boot, name=key).start()
             if args.pin:
-                pin([allow.pid, mw.proc.pid, floor.pid], [app, *envoys.values()])
-            port = {k: e.port for k, e in envoys.items()}
-            # (c): learn the allowlist through the same sidecar, then enforce it
-            mw.api("PUT", "/api/v1/modes/bench", {"mode": "learn"})
-            for i in range(60):
-                assert request(port["c"], "/api/orders", order_body(i)) == 200
-            mw.api("PUT", "/api/v1/modes/bench", {"mode": "enforce"})
-            assert request(port["c"], "/api/orders", order_body(7)) == 200, "learned, not allowed"
-            assert request(port["c"], "/api/unknown") == 403, "enforce does not deny"
+                servers = [allow.pid, mw.proc.pid, floor.pid, plain.proc.pid, routed.proc.pid]
+                pin(servers, [app, *envoys.values()])
+            port = {k: envoys[k].port for k in boots}
+            # (c), (p), (i): learn the allowlist through the same sidecar, then enforce it
+            learn_then_enforce(mw, port["c"])
+            learn_then_enforce(plain, port["p"])
+            learn_then_enforce(routed, port["i"])
             assert request(port["d"], "/api/unknown") == 403, "RBAC does not deny"
             for key in boots:
                 assert request(port[key], "/api/orders", order_body()) == 200, key
@@ -242,7 +332,8 @@ def main() -> int:
         finally:
             for e in envoys.values():
                 e.stop()
-            mw.stop()
+            for server in (mw, plain, routed):
+                server.stop()
             for proc in (allow, floor):
                 proc.terminate()
                 proc.wait(10)
@@ -291,6 +382,25 @@ def main() -> int:
                 f"{', '.join(f'{x:.2f}' for x in per_round)} "
                 f"(spread {min(per_round):.2f}-{max(per_round):.2f})"
             )
+    for c in conns:
+        # mTLS on serve's ports: (c) against (p), meshward before issue 11, round by round
+        added, extra, rates, hops, hop_rates = [], [], [], [], []
+        for rnd in range(args.rounds):
+            a_, c_, p_, i_ = (runs[(k, c)][rnd] for k in "acpi")
+            if p_.p50_us > a_.p50_us:
+                added.append((c_.p50_us - a_.p50_us) / (p_.p50_us - a_.p50_us))
+            extra.append(c_.p50_us - p_.p50_us)
+            rates.append(c_.rps / p_.rps)
+            hops.append(i_.p50_us - c_.p50_us)
+            hop_rates.append(i_.rps / c_.rps)
+        print(
+            f"c={c}: mTLS (c) vs plaintext (p): p50 {_spread(extra, ' µs')}, added p50 "
+            f"x{_spread(added)}, req/s x{_spread(rates)}"
+        )
+        print(
+            f"c={c}: Istio route (i) vs (c): p50 {_spread(hops, ' µs')}, "
+            f"req/s x{_spread(hop_rates)}"
+        )
     for c, lat, rps, bad in verdicts:
         ok = lat <= 1.15 and rps >= 0.85 and bad == 0
         print(
@@ -298,6 +408,20 @@ def main() -> int:
             f"its req/s (>= 0.85), failed requests {bad}: {'MET' if ok else 'NOT MET'}"
         )
     return 0
+
+
+def _spread(values: list[float], unit: str = "") -> str:
+    """median (per round: v1, v2, ...; spread lo to hi): ratios, or signed µs with `unit`."""
+    if not values:
+        return "n/a"
+
+    def fmt(v: float) -> str:
+        return f"{v:+.0f}" if unit else f"{v:.2f}"
+
+    rounds = ", ".join(fmt(v) for v in values)
+    low, high = fmt(min(values)), fmt(max(values))
+    median = fmt(statistics.median(values))
+    return f"{median}{unit} (per round: {rounds}; spread {low} to {high}{unit})"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ Envoy, where the server idles while Envoy, the app and wrk run), which resolves 
                the Check handler answering OK at once: the cost of the server itself
   serve-skip   the real Check handler, the judge replaced by a constant allow: plus the
                conversion to an Observation, the metrics and the pipeline's entry
-  serve        the real thing: enforce, allowlist learned from 60 requests, level-1 detectors
+  serve        the real thing: enforce, allowlist learned from 60 requests, level-1 detectors,
+               plaintext with the destination from the hints (meshward before issue 11)
+  serve-mtls   the same over mTLS (serve's default): the client presents a sidecar certificate
+               from serve's CA, serve takes the destination from it (one long-lived connection:
+               the handshake is not per call)
 
 Every variant gets the same 1 KB JSON POST (bench/extauthz.py's order) as a CheckRequest.
 Run: .venv/bin/python bench/extauthz_split.py [--calls N] [--rounds N] [--gap-us N]
@@ -34,7 +38,8 @@ sys.path[0] = str(ROOT)  # not bench/: its extauthz.py would hide the extauthz p
 
 from envoy.service.auth.v3 import external_auth_pb2  # noqa: E402
 
-VARIANTS = ("allow", "serve-noop", "serve-skip", "serve")
+VARIANTS = ("allow", "serve-noop", "serve-skip", "serve", "serve-mtls")
+CA_ENV = "MESHWARD_BENCH_CA"  # the CA directory serve-mtls uses (made by main)
 NAMESPACE = "bench"
 
 
@@ -82,6 +87,7 @@ def run_server(variant: str, port: int) -> None:
     from meshward.app.serve import ServeConfig, Server
     from meshward.core.observation import Verdict
     from meshward.extauthz.convert import OK_BYTES, check_to_observation
+    from meshward.runtime.grpcpeer import UNVERIFIED, PeerPolicy
 
     uvloop.install()
 
@@ -90,12 +96,15 @@ def run_server(variant: str, port: int) -> None:
             await always_allow(port)
             return
         with tempfile.TemporaryDirectory(prefix="meshward-split-") as tmp:
+            mtls = variant == "serve-mtls"
             config = ServeConfig(
                 db=f"{tmp}/split.db",
                 listen_host="127.0.0.1",
                 authz_port=port,
                 tap_port=0,
                 http_port=0,
+                peers=PeerPolicy() if mtls else UNVERIFIED,
+                grpc_ca_dir=os.environ[CA_ENV] if mtls else "",
             )
             srv = Server(config)
             if variant == "serve-noop":
@@ -149,7 +158,12 @@ def main() -> int:
     if len(cpus) < 2:
         print("needs 2 CPUs: the servers on the last, the client on the others", file=sys.stderr)
         return 2
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    from meshward.istio.certs import MeshCA
+
+    ca_tmp = tempfile.TemporaryDirectory(prefix="meshward-split-ca-")
+    ca = MeshCA(Path(ca_tmp.name) / "ca")
+    sidecar = ca.issue(NAMESPACE, "orders", out=Path(ca_tmp.name) / "issued")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{CA_ENV: str(ca.dir)})
     ports = {v: free_port() for v in VARIANTS}
     procs = [
         subprocess.Popen(
@@ -164,7 +178,16 @@ def main() -> int:
         requests = [check_bytes(1000 + i) for i in range(200)]
         calls = {}
         for v, port in ports.items():
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            if v == "serve-mtls":
+                creds = grpc.ssl_channel_credentials(
+                    Path(sidecar.ca_cert).read_bytes(),
+                    Path(sidecar.private_key).read_bytes(),
+                    Path(sidecar.cert_chain).read_bytes(),
+                )
+                options = [("grpc.ssl_target_name_override", "localhost")]
+                channel = grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options)
+            else:
+                channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             grpc.channel_ready_future(channel).result(timeout=60)
             calls[v] = channel.unary_unary(
                 "/envoy.service.auth.v3.Authorization/Check",
@@ -175,8 +198,10 @@ def main() -> int:
             assert answer.status.code == 0, (v, answer)  # OK: Envoy lets the request through
         gap = args.gap_us / 1e6
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        by_round: dict[str, list[float]] = {v: [] for v in VARIANTS}  # each round's median
         for _ in range(args.rounds):
             for v in VARIANTS:
+                start = len(times[v])
                 call = calls[v]
                 for i in range(args.calls):
                     until = time.perf_counter() + gap
@@ -185,10 +210,12 @@ def main() -> int:
                     t0 = time.perf_counter()
                     call(requests[i % len(requests)])
                     times[v].append((time.perf_counter() - t0) * 1e6)
+                by_round[v].append(statistics.median(times[v][start:]))
     finally:
         for p in procs:
             p.terminate()
             p.wait(10)
+        ca_tmp.cleanup()
     base = statistics.median(times["allow"])
     print(
         f"serial Check round trips, {args.rounds} rounds x {args.calls} calls per variant, "
@@ -206,6 +233,24 @@ def main() -> int:
         f"{med['serve-skip'] - med['serve-noop']:.0f} µs, judging "
         f"{med['serve'] - med['serve-skip']:.0f} µs"
     )
+    added = [m - p for m, p in zip(by_round["serve-mtls"], by_round["serve"], strict=True)]
+    ratio = [
+        (m - a) / (p - a)
+        for m, p, a in zip(
+            by_round["serve-mtls"], by_round["serve"], by_round["allow"], strict=True
+        )
+        if p > a
+    ]
+    print(
+        f"mTLS adds {statistics.median(added):+.0f} µs p50 per Check (per round: "
+        f"{', '.join(f'{x:+.0f}' for x in added)}; spread {min(added):+.0f} to {max(added):+.0f})"
+    )
+    if ratio:
+        print(
+            f"serve-mtls adds x{statistics.median(ratio):.2f} what serve adds over allow (per "
+            f"round: {', '.join(f'{x:.2f}' for x in ratio)}; spread {min(ratio):.2f} to "
+            f"{max(ratio):.2f})"
+        )
     return 0
 
 

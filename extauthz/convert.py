@@ -15,8 +15,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from meshward.core import wire
-from meshward.core.observation import Identity, Observation, Verdict
+from meshward.core.observation import Identity, Observation
 from meshward.core.wire import CONTEXT_NAMESPACE, CONTEXT_WORKLOAD
 
 _PROTOCOLS = {"HTTP/1.0": "http/1.0", "HTTP/1.1": "http/1.1", "HTTP/2": "h2", "HTTP/3": "h3"}
@@ -45,13 +44,23 @@ def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> list[t
     return list(http.headers.items())
 
 
+Guard = Callable[[str, str], tuple[str, str]]
+
+
 def check_to_observation(
     req: external_auth_pb2.CheckRequest,
     fallback: Callable[[], tuple[str, str]] | None = None,
+    guard: Guard | None = None,
+    principal: str = "",
 ) -> Observation:
-    """Read one CheckRequest. `fallback()` gives (namespace, workload) from elsewhere (the gRPC
-    metadata); it is called only when `context_extensions` lack them. Both are hints the sidecar
-    writes (wire.UNTRUSTED_HINTS): they name the destination, they prove nothing."""
+    """Read one CheckRequest.
+
+    The guarded namespace/workload are hints the sidecar writes (wire.UNTRUSTED_HINTS):
+    `context_extensions`, else `fallback()` (the gRPC metadata, asked only when they lack them).
+    `guard(namespace, workload)` turns the hints into what the verified peer allows
+    (meshward.core.peer.guarded, raising Refused on a contradiction) and `principal` is that
+    peer's SPIFFE id; without a guard (unverified in-process use) the hints are taken as they are.
+    The source is `source.principal`: what the (verified) sidecar's own TLS verified."""
     attrs = req.attributes
     http = attrs.request.http
     ext = attrs.context_extensions
@@ -61,6 +70,9 @@ def check_to_observation(
     if (not ns or not wl) and fallback is not None:
         fb_ns, fb_wl = fallback()
         ns, wl = ns or fb_ns, wl or fb_wl
+    if guard is not None:
+        ns, wl = guard(ns or "", wl or "")
+        dest.principal = principal
     if ns:
         dest.namespace = ns
     if wl:
@@ -101,30 +113,20 @@ def check_to_observation(
     return obs
 
 
-def denied_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
-    """HTTP 403 with a short JSON body and the `x-meshward-reason` header."""
-    reason = ",".join(verdict.reasons[:3]) or "denied"
-    if verdict.threats:
-        names = sorted({t.name for t in verdict.threats})
-        reason = ",".join(names[:3]) + ("," + reason if verdict.reasons else "")
-    reason = reason[:200]
-    body = json.dumps(
-        {
-            "error": "forbidden by meshward",
-            "reasons": verdict.reasons[:5],
-            "threats": sorted({t.name for t in verdict.threats}),
-            "rule": verdict.rule,
-        },
-        separators=(",", ":"),
-    )
+DENIED = "denied by meshward"
+
+
+def denied_response(request_id: str) -> external_auth_pb2.CheckResponse:
+    """HTTP 403 that tells the denied caller nothing it could learn from: "denied by meshward"
+    and the request id, to quote to whoever runs meshward. Which rule and reasons denied it go
+    to the alert (the same request id) only, never to the caller: a caller who saw them could
+    adjust a request until it passes."""
+    body = json.dumps({"error": DENIED, "request_id": request_id[:128]}, separators=(",", ":"))
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason),
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=DENIED),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
             headers=[
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=wire.REASON_HEADER, value=_header_safe(reason))
-                ),
                 base_pb2.HeaderValueOption(
                     header=base_pb2.HeaderValue(key="content-type", value="application/json")
                 ),
@@ -132,8 +134,3 @@ def denied_response(verdict: Verdict) -> external_auth_pb2.CheckResponse:
             body=body,
         ),
     )
-
-
-def _header_safe(text: str) -> str:
-    """A header value Envoy accepts: printable ASCII only."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text)

@@ -16,7 +16,9 @@ from envoy.service.auth.v3 import external_auth_pb2
 
 from meshward.core import wire
 from meshward.core.observation import Observation, Verdict
+from meshward.core.peer import Refused
 from meshward.extauthz.convert import OK_BYTES, check_to_observation, denied_response
+from meshward.runtime.grpcpeer import UNVERIFIED, PeerVerifier
 from meshward.runtime.grpcwire import Undecodable, serialized, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
 
@@ -34,8 +36,16 @@ Judge = Callable[[Observation], Verdict]
 class CheckService:
     """Check: CheckRequest -> Observation -> `judge` (the engine, mode-aware) -> CheckResponse."""
 
-    def __init__(self, judge: Judge, metrics: Metrics, problems: Problems) -> None:
+    def __init__(
+        self,
+        judge: Judge,
+        metrics: Metrics,
+        problems: Problems,
+        peers: PeerVerifier | None = None,
+    ) -> None:
         self.judge = judge
+        # who calls: the verified sidecar (serve passes its policy); None only in-process
+        self.peers = peers or PeerVerifier(UNVERIFIED, problems)
         self.metrics = metrics
         self.problems = problems
         self._ok = metrics.checks.labels("ok")
@@ -53,14 +63,18 @@ class CheckService:
             self.problems("extauthz", req.kind, error=req.error, size=req.size)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{req.kind}: {req.error}")
         try:
-            obs = check_to_observation(req, lambda: self._fallback_identity(context))
+            obs = self._observation(req, context)
             verdict = self.judge(obs)
+        except Refused as exc:  # no verified identity, or one claiming more: teaches nothing
+            self.metrics.checks.labels("refused").inc()
+            self.peers.refused("extauthz", exc, context)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"meshward: {exc.reason}")
         except Exception as exc:  # keep serving whatever one request does
             self.metrics.checks.labels("error").inc()
             self.problems("extauthz", "check-failed", error=repr(exc)[:200])
             await context.abort(grpc.StatusCode.INTERNAL, "meshward check failed")
         if verdict.verdict == "deny":
-            answer = denied_response(verdict).SerializeToString()
+            answer = denied_response(obs.request_id).SerializeToString()  # reasons: the alert
             self._denied.inc()
         else:
             answer = OK_BYTES
@@ -68,9 +82,23 @@ class CheckService:
         self._latency.observe(time.perf_counter() - start)
         return answer
 
+    def _observation(
+        self, req: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> Observation:
+        """The Observation, its destination bound to the verified calling sidecar (Refused)."""
+        hints = lambda: self._fallback_identity(context)  # noqa: E731
+        peers = self.peers
+        if not peers.verifies:
+            return check_to_observation(req, hints)
+        metadata = context.invocation_metadata() if peers.policy.kind == "xfcc" else None
+        peer = peers.sidecar(context, metadata)
+        return check_to_observation(
+            req, hints, lambda ns, wl: peers.guarded(peer, ns, wl), peer.uri
+        )
+
     @staticmethod
     def _fallback_identity(context: grpc.aio.ServicerContext) -> tuple[str, str]:
-        """Namespace/workload from the gRPC metadata the filter config also sets."""
+        """Namespace/workload hints from the gRPC metadata the filter config also sets."""
         md = dict(context.invocation_metadata() or ())
         return str(md.get(wire.METADATA_NAMESPACE, "")), str(md.get(wire.METADATA_WORKLOAD, ""))
 

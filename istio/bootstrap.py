@@ -9,12 +9,13 @@ ext_authz sees the caller's principal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from meshward.core.names import is_ip
+from meshward.core.peer import meshward_identity
 from meshward.istio import filters
 from meshward.istio.filters import FilterSettings
+from meshward.istio.tls import SidecarTLS, downstream_socket, upstream_socket
 
 APP_CLUSTER = "app"
 ROUTER_CONFIG = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -23,20 +24,6 @@ HCM_CONFIG = (
     ".HttpConnectionManager"
 )
 UUID_REQUEST_ID = "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
-TLS_DOWNSTREAM = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-)
-TLS_UPSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-
-
-@dataclass(frozen=True)
-class SidecarTLS:
-    """mTLS material for one sidecar: its own certificate (SPIFFE URI SAN) and the mesh CA."""
-
-    cert_chain: str  # PEM file paths
-    private_key: str
-    ca_cert: str
-    sni: str = ""  # outbound: server name to ask for
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -53,19 +40,6 @@ def split_host_port(text: str) -> tuple[str, int]:
 
 def _socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
-
-
-def _tls_common(tls: SidecarTLS, alpn: list[str]) -> dict[str, Any]:
-    return {
-        "tls_certificates": [
-            {
-                "certificate_chain": {"filename": tls.cert_chain},
-                "private_key": {"filename": tls.private_key},
-            }
-        ],
-        "validation_context": {"trusted_ca": {"filename": tls.ca_cert}},
-        "alpn_protocols": alpn,
-    }
 
 
 def upstream_cluster(
@@ -91,14 +65,7 @@ def upstream_cluster(
         }
     if tls is not None:
         # offer only the protocol this cluster speaks, else ALPN could pick one it does not
-        alpn = ["h2"] if h2 else ["http/1.1"]
-        context: dict[str, Any] = {"common_tls_context": _tls_common(tls, alpn)}
-        if tls.sni:
-            context["sni"] = tls.sni
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {"@type": TLS_UPSTREAM, **context},
-        }
+        cluster["transport_socket"] = upstream_socket(tls, ["h2"] if h2 else ["http/1.1"])
     return cluster
 
 
@@ -166,6 +133,8 @@ def render_bootstrap(
     tls: SidecarTLS | None = None,
     tap_close_timeout_ms: int = filters.TAP_CLOSE_TIMEOUT_MS,
     tap_stream_window: int = filters.TAP_STREAM_WINDOW,
+    meshward_tls: SidecarTLS | None = None,
+    server_identity: str = "",
 ) -> dict[str, Any]:
     """A whole Envoy bootstrap for one sidecar of `namespace/workload` in `mode`.
 
@@ -174,6 +143,11 @@ def render_bootstrap(
     `upstream`), which reports the same exchange from the source side for the both-ends join.
     listen_port and admin_port may be 0 (Envoy picks; EnvoyProcess reads the real ports).
     With `tls`, inbound requires a client certificate and outbound presents one.
+    With `meshward_tls` (the workload's certificate from meshward's CA, or the mesh's), the
+    ext_authz and tap clusters speak mTLS to serve, which takes whose traffic it is from that
+    certificate, and accept only a serve presenting `server_identity` (default: meshward's,
+    core.peer.meshward_identity); without it they are
+    plaintext (serve's `--grpc-plaintext`, behind its own sidecar).
     `tap_close_timeout_ms` and `tap_stream_window`: how far meshward may lag behind the tap
     (FilterSettings).
     """
@@ -187,6 +161,8 @@ def render_bootstrap(
         tap_close_timeout_ms=tap_close_timeout_ms,
         tap_stream_window=tap_stream_window,
     )
+    if meshward_tls is not None and not server_identity:
+        server_identity = meshward_identity()
     if not 0 <= listen_port < 65536 or not 0 <= admin_port < 65536:
         raise ValueError("ports must be within 0..65535")
     split_host_port(upstream)  # fail early on a bad upstream
@@ -199,14 +175,7 @@ def render_bootstrap(
         ]
     }
     if tls is not None and direction == "inbound":
-        filter_chain["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": TLS_DOWNSTREAM,
-                "common_tls_context": _tls_common(tls, ["h2", "http/1.1"]),
-                "require_client_certificate": True,
-            },
-        }
+        filter_chain["transport_socket"] = downstream_socket(tls, ["h2", "http/1.1"])
     listener = {
         "name": f"{direction}_{listen_port}" if listen_port else direction,
         "address": _socket(listen_host, listen_port),
@@ -223,6 +192,16 @@ def render_bootstrap(
         "admin": {"address": _socket("127.0.0.1", admin_port)},
         "static_resources": {
             "listeners": [listener],
-            "clusters": [app, *filters.clusters(s, server_host, authz_port, tap_port)],
+            "clusters": [
+                app,
+                *filters.clusters(
+                    s,
+                    server_host,
+                    authz_port,
+                    tap_port,
+                    tls=meshward_tls,
+                    server_identity=server_identity,
+                ),
+            ],
         },
     }

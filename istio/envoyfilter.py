@@ -1,9 +1,16 @@
 """Istio objects that install meshward's filters in a namespace's sidecars.
 
 Two styles, both from the one filter config in `istio.filters`:
-- `envoyfilter`: an EnvoyFilter (networking.istio.io/v1alpha3) that ADDs the clusters, INSERTs
-  the filters BEFORE the router on SIDECAR_INBOUND, and MERGEs the ext_authz per-virtual-host
-  settings (context_extensions) into the inbound virtual hosts. A mode change re-renders it.
+- `envoyfilter`: an EnvoyFilter (networking.istio.io/v1alpha3) that INSERTs the filters BEFORE
+  the router on SIDECAR_INBOUND, and MERGEs the ext_authz per-virtual-host settings
+  (context_extensions) into the inbound virtual hosts. A mode change re-renders it.
+
+The filters' `grpc_service` points at the mesh's own outbound cluster for meshward's Service
+(`outbound|9191||meshward.meshward.svc.cluster.local`), not at a cluster of ours: Istio's
+automatic mTLS then carries every Check and tap stream with the calling sidecar's own
+certificate to meshward's sidecar (STRICT PeerAuthentication on its `grpc-` ports), which
+verifies it and appends the caller to `x-forwarded-client-cert`, the one thing serve trusts
+(`serve --grpc-plaintext`, meshward.core.peer.xfcc_identity).
 - `extension-provider`: Istio's own ext_authz integration, a `meshConfig.extensionProviders`
   entry (envoyExtAuthzGrpc) plus an AuthorizationPolicy with action CUSTOM (enforce only).
   Istio has no ext_proc provider, so the tap still comes as an EnvoyFilter.
@@ -43,6 +50,11 @@ def _filter_match(context: str = "SIDECAR_INBOUND") -> dict[str, Any]:
     }
 
 
+def mesh_cluster(service: str, port: int) -> str:
+    """Istio's name for the outbound cluster of `service`'s `port` (no subset)."""
+    return f"outbound|{port}||{service}"
+
+
 def envoy_filter(
     s: FilterSettings,
     *,
@@ -54,23 +66,20 @@ def envoy_filter(
     outbound_tap: bool = True,
     name: str = "meshward",
 ) -> dict[str, Any]:
-    """The EnvoyFilter carrying exactly `filters.http_filters(s)` and the clusters they need.
+    """The EnvoyFilter carrying exactly `filters.http_filters(s)`, calling meshward through the
+    mesh's outbound clusters for `service` (mesh_cluster).
 
     `selector` limits it to some workloads (their labels); `with_authz=False` drops ext_authz
     (the extension-provider style installs it through Istio instead); `outbound_tap` also taps
     the workloads' outbound calls (SIDECAR_OUTBOUND), so both ends of each call report it.
     """
     authz = s.with_authz if with_authz is None else with_authz and s.with_authz
-    patches: list[dict[str, Any]] = [
-        {
-            # clusters are global in Envoy; Istio's docs add them in the outbound context
-            "applyTo": "CLUSTER",
-            "match": {"context": "SIDECAR_OUTBOUND"},
-            "patch": {"operation": "ADD", "value": cluster},
-        }
-        for cluster in filters.clusters(s, service, authz_port, tap_port)
-        if authz or cluster["name"] != s.authz_cluster
-    ]
+    s = dataclasses.replace(
+        s,
+        authz_cluster=mesh_cluster(service, authz_port),
+        tap_cluster=mesh_cluster(service, tap_port),
+    )
+    patches: list[dict[str, Any]] = []
     for http_filter in filters.http_filters(s):
         if http_filter["name"] == filters.EXT_AUTHZ and not authz:
             continue
@@ -84,7 +93,7 @@ def envoy_filter(
         )
     if outbound_tap:
         # the caller's view of each call, for the both-ends join (tap only: callers never decide)
-        caller = dataclasses.replace(s, direction="outbound")
+        caller = dataclasses.replace(s, direction="outbound")  # the same mesh clusters
         patches += [
             {
                 "applyTo": "HTTP_FILTER",

@@ -67,6 +67,7 @@ from meshward.core import wire
 from meshward.core.modes import MODES
 from meshward.core.names import is_ip, is_kubernetes_name
 from meshward.core.observation import DIRECTIONS
+from meshward.istio.tls import SidecarTLS, upstream_socket
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
@@ -256,12 +257,16 @@ def grpc_cluster(
     high_limits: bool = False,
     stream_window: int | None = None,
     connect_timeout_s: float = 1.0,
+    tls: SidecarTLS | None = None,
+    server_identity: str = "",
 ) -> dict[str, Any]:
     """An HTTP/2 cluster to one meshward gRPC port (DNS name or IP).
 
     `high_limits`: circuit breakers for one stream per request (the tap). `stream_window`: at
     most that many streams open on one connection, and one connection (Envoy still opens one
     per worker), so further streams wait in the sidecar's queue rather than meshward's.
+    `tls`: mTLS to serve with the sidecar's own certificate (serve learns whose traffic it is from
+    it), accepting only a server certificate carrying `server_identity` (serve's SPIFFE id).
     """
     options = HttpProtocolOptions(
         explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
@@ -304,18 +309,32 @@ def grpc_cluster(
                 for prio in (RoutingPriority.DEFAULT, RoutingPriority.HIGH)
             ]
         )
-    return to_plain(cluster)
+    plain = to_plain(cluster)
+    if tls is not None:
+        plain["transport_socket"] = upstream_socket(tls, ["h2"], peer_uri=server_identity)
+    return plain
 
 
 def clusters(
-    s: FilterSettings, server_host: str, authz_port: int, tap_port: int
+    s: FilterSettings,
+    server_host: str,
+    authz_port: int,
+    tap_port: int,
+    *,
+    tls: SidecarTLS | None = None,
+    server_identity: str = "",
 ) -> list[dict[str, Any]]:
-    """The clusters the filters of `s` point at (the authz one only when ext_authz is on)."""
+    """The clusters the filters of `s` point at (the authz one only when ext_authz is on); with
+    `tls`, both speak mTLS to serve with the sidecar's certificate (grpc_cluster)."""
     out: list[dict[str, Any]] = []
     if not s.installed:
         return out
     if s.with_authz:
-        out.append(grpc_cluster(s.authz_cluster, server_host, authz_port))
+        out.append(
+            grpc_cluster(
+                s.authz_cluster, server_host, authz_port, tls=tls, server_identity=server_identity
+            )
+        )
     out.append(
         grpc_cluster(
             s.tap_cluster,
@@ -323,6 +342,8 @@ def clusters(
             tap_port,
             high_limits=True,
             stream_window=s.tap_stream_window,
+            tls=tls,
+            server_identity=server_identity,
         )
     )
     return out

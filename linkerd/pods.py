@@ -22,6 +22,8 @@ from typing import Any
 PROXY_CONTAINER = "linkerd-proxy"
 INJECT_ANNOTATION = "linkerd.io/inject"
 DIRECT_OWNERS = frozenset({"StatefulSet", "DaemonSet", "Job", "CronJob", "Deployment"})
+CONTROL_PLANE_NAMESPACE = "linkerd"
+TRUST_DOMAIN = "cluster.local"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,22 @@ class PodIdentity:
     ip: str  # "" until the pod has one
     node: str
     phase: str
+
+    def principal(self, trust_domain: str = TRUST_DOMAIN) -> str:
+        """The identity Linkerd issues this pod (its service account's), spelled as
+        linkerd-proxy writes it into `l5d-client-id` when the pod calls another: so the two
+        ends of an exchange name the pod the same way."""
+        return linkerd_identity(self.service_account, self.namespace, trust_domain)
+
+
+def linkerd_identity(
+    service_account: str,
+    namespace: str,
+    trust_domain: str = TRUST_DOMAIN,
+    control_plane: str = CONTROL_PLANE_NAMESPACE,
+) -> str:
+    """`<sa>.<ns>.serviceaccount.identity.<control-plane-ns>.<trust-domain>`."""
+    return f"{service_account}.{namespace}.serviceaccount.identity.{control_plane}.{trust_domain}"
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from meshward.istio.bootstrap import HCM_CONFIG, ROUTER_CONFIG, render_bootstrap  # noqa: E402
+from meshward.istio.certs import MeshCA  # noqa: E402
 from meshward.istio.envoyproc import EnvoyProcess  # noqa: E402
+from meshward.istio.tls import SidecarTLS  # noqa: E402
 from meshward.runtime.client import ApiClient, ApiError  # noqa: E402
 from tests.support.metrics import sample  # noqa: E402
 
@@ -139,10 +141,19 @@ def sidecar(
     authz_port: int = 9,
     tap_port: int = 9,
     extra_filter: dict[str, Any] | None = None,
+    meshward_tls: SidecarTLS | None = None,
 ) -> dict[str, Any]:
-    """A rendered sidecar keeping only the meshward filters named in `keep` (+ the router)."""
+    """A rendered sidecar keeping only the meshward filters named in `keep` (+ the router);
+    with `meshward_tls`, mTLS to serve with that certificate (serve's default)."""
     boot = render_bootstrap(
-        0, f"127.0.0.1:{app_port}", "bench", "api", mode, authz_port=authz_port, tap_port=tap_port
+        0,
+        f"127.0.0.1:{app_port}",
+        "bench",
+        "api",
+        mode,
+        authz_port=authz_port,
+        tap_port=tap_port,
+        meshward_tls=meshward_tls,
     )
     filters = http_filters(boot)
     kept = [f for f in filters[:-1] if f["name"] in keep]
@@ -222,9 +233,12 @@ def post_script(body: bytes, path: str = "/api/orders") -> str:
 
 
 class MeshwardServe:
-    """`meshward serve` as a subprocess on free loopback ports (fresh store)."""
+    """`meshward serve` as a subprocess on free loopback ports (fresh store); `extra` flags.
+    By default it requires mTLS with the CA it creates beside its store: `tls()` issues a
+    sidecar's certificate from it."""
 
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, *extra: str) -> None:
+        self.tmp = tmp
         self.authz, self.tap, self.http = free_port(), free_port(), free_port()
         self.token_file = f"{tmp}/api-token"  # serve generates it beside the store
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -246,6 +260,7 @@ class MeshwardServe:
                 str(self.http),
                 "--log-level",
                 "warning",
+                *extra,
             ],
             cwd=ROOT,
             env=env,
@@ -269,6 +284,11 @@ class MeshwardServe:
     def api(self, method: str, path: str, doc: Any = None) -> Any:
         client = ApiClient(f"http://127.0.0.1:{self.http}", token_file=self.token_file)
         return client.request(method, path, doc)
+
+    def tls(self, namespace: str = "bench", service_account: str = "api") -> SidecarTLS:
+        """A sidecar certificate from serve's CA (the one `meshward envoy bootstrap` issues)."""
+        ca = MeshCA(Path(self.tmp) / "meshward-ca")
+        return ca.issue(namespace, service_account, out=Path(self.tmp) / "issued")
 
     def metric(self, start: str) -> float:
         return sample(self.api("GET", "/metrics"), start)

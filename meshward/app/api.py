@@ -18,27 +18,29 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
+from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
-from meshward.core.observation import Observation, observation_from_dict
+from meshward.core.observation import Observation
+from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
 from meshward.tap.envoy.join import Joiner
 
-MAX_ITEMS = 10_000  # observations per ingest request
-_YIELD_EVERY = 64  # let ext_authz checks in between while a large batch is judged
-
 
 class Ingest(Protocol):
-    def take_ingested(self, obs: Observation) -> None: ...
+    def take_ingested(
+        self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
+    ) -> None: ...
 
 
 class ApiConfig(Protocol):
@@ -62,6 +64,8 @@ class ApiServer(Protocol):
     def problems(self) -> Problems: ...
     @property
     def pipeline(self) -> Ingest: ...
+    @property
+    def ingestor(self) -> Ingestor: ...
     @property
     def joiner(self) -> Joiner: ...
     @property
@@ -179,7 +183,7 @@ async def set_mode(request: web.Request) -> web.Response:
     if not is_kubernetes_name(namespace):
         raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
-        doc = _loads(await request.read())
+        doc = loads(await request.read())
     except ValueError:
         raise _bad('body must be JSON like {"mode": "enforce"}') from None
     mode = doc.get("mode") if isinstance(doc, dict) else None
@@ -202,36 +206,19 @@ async def set_mode(request: web.Request) -> web.Response:
     return web.json_response({"namespace": namespace, "mode": mode, "was": old})
 
 
-def _loads(raw: bytes | str) -> Any:
-    """json.loads with every way hostile input makes it fail as ValueError: besides invalid
-    JSON and UTF-8, too deep nesting (RecursionError) and integers of over 4300 digits (a plain
-    ValueError, not a JSONDecodeError)."""
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def _parse_batch(raw: bytes) -> tuple[list[Any], int]:
-    """JSON array or JSON Lines -> (items, lines that were not JSON)."""
-    text = raw.decode("utf-8", "replace").strip()
-    if not text:
-        return [], 0
-    if text.startswith("["):
-        try:
-            items = _loads(text)
-        except ValueError:
-            return [], 1
-        return (items if isinstance(items, list) else [items]), 0
-    items, bad = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            items.append(_loads(line))
-        except ValueError:
-            bad += 1
-    return items, bad
+async def _read(request: web.Request, most: int) -> bytes:
+    """The body, yielding to Checks between chunks: `request.read()` takes all the bytes that
+    have arrived without yielding, and 16 MB on loopback arrive at once (about 100 ms held)."""
+    if request.content_length is not None and request.content_length > most:
+        raise web.HTTPRequestEntityTooLarge(max_size=most, actual_size=request.content_length)
+    parts, size = [], 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > most:
+            raise web.HTTPRequestEntityTooLarge(max_size=most, actual_size=size)
+        parts.append(chunk)
+        await asyncio.sleep(0)
+    return b"".join(parts)
 
 
 def _node_of(request: web.Request, server: ApiServer) -> str:
@@ -248,41 +235,48 @@ def _node_of(request: web.Request, server: ApiServer) -> str:
 
 
 async def observations(request: web.Request) -> web.Response:
+    """Parsed and inspected in the ingest worker process, judged on the loop in slices that
+    yield to Checks (meshward/app/ingest.py)."""
     server = request.app[SERVER_KEY]
     node = _node_of(request, server)
     outside = 0
     try:
-        raw = await request.read()
+        raw = await _read(request, server.config.max_ingest_bytes)
     except web.HTTPRequestEntityTooLarge:
         server.metrics.drops.labels("ingest", "too-large").inc()
         raise
-    items, rejected = _parse_batch(raw)
-    if rejected:
-        server.problems("ingest", "not-json", lines=rejected)
-    if len(items) > MAX_ITEMS:
-        server.metrics.drops.labels("ingest", "too-many-items").inc(len(items) - MAX_ITEMS)
-        rejected += len(items) - MAX_ITEMS
-        items = items[:MAX_ITEMS]
-    accepted = 0
-    for i, item in enumerate(items):
-        if i and i % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        try:
-            obs = observation_from_dict(item)
-        except (ValueError, TypeError) as exc:
-            rejected += 1
-            server.problems("ingest", "bad-observation", error=str(exc)[:200], index=i)
-            continue
+    try:
+        parsed = await server.ingestor.parse(raw)
+    except BrokenProcessPool:
+        server.problems("ingest", "worker-died")
+        raise web.HTTPServiceUnavailable(
+            text=_error("the ingest worker stopped; send the batch again"),
+            content_type="application/json",
+        ) from None
+    rejected = parsed.not_json + parsed.too_many + parsed.bad_count
+    if parsed.not_json:
+        server.problems("ingest", "not-json", lines=parsed.not_json)
+    if parsed.too_many:
+        server.metrics.drops.labels("ingest", "too-many-items").inc(parsed.too_many)
+    for index, error in parsed.bad:
+        server.problems("ingest", "bad-observation", error=error, index=index)
+    failures = 0
+
+    def take(obs: Observation, inspected: tuple[Inspection, bool] | None) -> bool:
+        nonlocal outside
         if node and server.node_scope is not None and not server.node_scope.allows(obs, node):
             outside += 1  # a node tap speaks only for pods on its own node
-            continue
-        try:
-            server.pipeline.take_ingested(obs)
-        except Exception as exc:  # one bad item never stops the batch or the server
-            rejected += 1
-            server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=i)
-            continue
-        accepted += 1
+            return False
+        server.pipeline.take_ingested(obs, inspected)
+        return True
+
+    def judge_failed(index: int, exc: Exception) -> None:
+        nonlocal failures
+        failures += 1
+        server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=index)
+
+    accepted = await server.ingestor.judge(parsed, take, judge_failed)
+    rejected += failures
     if outside:
         server.metrics.drops.labels("ingest", "outside-node").inc(outside)
         who = principal_of(request)
@@ -292,6 +286,8 @@ async def observations(request: web.Request) -> web.Response:
         rejected += outside
     if rejected:
         server.metrics.drops.labels("ingest", "rejected").inc(rejected)
+    if parsed.claimed:  # ignored: serve judges (meshward.core.claims)
+        server.metrics.drops.labels("ingest", "client-verdict").inc(parsed.claimed)
     answer = {"accepted": accepted, "rejected": rejected}
     if node:
         answer["outside_node"] = outside

@@ -2,10 +2,12 @@
 
 Safe means the allowlist answer is fully determined by the key: only body-less requests (the body
 is never cached, it is inspected every time), only in monitor and enforce (learn changes the
-allowlist on every request), only clean "allow" answers, and for at most `ttl` seconds (an
-allowlist import or edit is seen within that). The threat detectors still run on every hit,
-through the engine (`Engine.recheck`) so its failure handling applies: a finding sends the
-request through the full engine, a detector failure gives `inspection-failed`.
+allowlist on every request), only clean "allow" answers, and for at most `ttl` seconds; a mode
+change clears it (`Server.mode_changed`). A running server does not reload profiles: `allowlist
+import` is for a stopped server (docs/store.md), so no import is missed here. The threat
+detectors still run on every hit, through the engine (`Engine.recheck`) so its failure handling
+applies: a finding sends the request through the full engine, a detector failure gives
+`inspection-failed`.
 """
 
 from __future__ import annotations

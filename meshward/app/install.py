@@ -9,8 +9,10 @@ ServiceAccount and only the verbs it uses:
 - **controller** (Deployment of its own, one active leader through a Lease): writes the
   EnvoyFilters of every Istio namespace, which is rerouting power, so it lives apart.
 - **node-tap** (DaemonSet): packet capture in pods' network namespaces, the only part that
-  runs as root, with NET_RAW, SYS_ADMIN (setns) and SYS_PTRACE (reading /proc/PID/ns/net of
-  processes it does not own) and nothing else.
+  runs as root, with NET_RAW (AF_PACKET) and SYS_ADMIN (setns) and nothing else by default;
+  hostPID and SYS_PTRACE only when it must read /proc/PID/ns/net (a runtime that does not name
+  pod namespaces under /var/run/netns, or a node interface such as the bridge to watch).
+  Each privilege is justified in docs/node-tap.md.
 
 Every container: read-only root filesystem, no privilege escalation, all other capabilities
 dropped, seccomp RuntimeDefault; serve and the controller run as uid 10001.
@@ -42,6 +44,10 @@ class InstallOptions:
     # a Secret (key `dsn`) holding the PostgreSQL DSN of the shared alerts store; None: each
     # serve replica keeps its alerts in its own SQLite file (one replica's history each)
     alerts_dsn_secret: str | None = None
+    # node-tap: node interfaces to watch (a bridge such as cni0), and the /proc scan for
+    # runtimes that do not name pod network namespaces under /var/run/netns
+    node_ifaces: tuple[str, ...] = ()
+    node_proc_scan: bool = False
 
     @property
     def service_host(self) -> str:
@@ -354,13 +360,28 @@ def serve_env(opts: InstallOptions) -> list[Obj]:
 def serve(opts: InstallOptions) -> list[Obj]:
     ns = opts.namespace
     volumes, mounts = _tmp_volumes()
+    # the Istio route (docs/security.md): serve's own sidecar terminates the callers' mTLS and
+    # appends them to x-forwarded-client-cert (By= serve's ServiceAccount identity), the only
+    # thing serve trusts; STRICT PeerAuthentication for this pod is the operator's to apply
+    identity = f"spiffe://cluster.local/ns/{ns}/sa/meshward-serve"
     container = {
         "name": "serve",
         "image": opts.image,
         # every replica shares the cluster store; API callers (node taps, people, the dashboard)
         # show Kubernetes tokens, reviewed by the API server: a generated API token would
         # differ per replica and live in an emptyDir no caller can read
-        "args": ["serve", "--store", "kubernetes", "--auth", "kubernetes", "--log-level", "info"],
+        "args": [
+            "serve",
+            "--store",
+            "kubernetes",
+            "--auth",
+            "kubernetes",
+            "--log-level",
+            "info",
+            "--grpc-plaintext",
+            "--identity",
+            identity,
+        ],
         "ports": [
             {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
             {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
@@ -397,7 +418,13 @@ def serve(opts: InstallOptions) -> list[Obj]:
                 "selector": {"matchLabels": _selector("serve")},
                 "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
-                    "metadata": {"labels": {**MANAGED, **_selector("serve")}},
+                    "metadata": {
+                        "labels": {
+                            **MANAGED,
+                            **_selector("serve"),
+                            "sidecar.istio.io/inject": "true",  # its own sidecar, always
+                        }
+                    },
                     "spec": _pod_spec("serve", container, affinity=spread, volumes=volumes),
                 },
             },
@@ -476,32 +503,63 @@ def controller(opts: InstallOptions) -> list[Obj]:
     ]
 
 
+NODE_STATE = "/var/lib/meshward"  # the node tap's UDP peer baseline (a hostPath: it outlives pods)
+NODE_TOKEN_DIR = "/var/run/secrets/meshward"  # the projected token for serve's API
+
+
 def node_tap(opts: InstallOptions) -> list[Obj]:
+    """The node-tap DaemonSet with the least privilege its options need (docs/node-tap.md)."""
+    args = ["node-tap", "--node", "$(NODE_NAME)", "--server"]
+    args += [f"http://{opts.service_host}:{HTTP_PORT}"]
+    args += ["--baseline-file", f"{NODE_STATE}/udp-peers.json"]
+    # serve's ingest takes a token bound to this pod (audience meshward), re-read on rotation
+    args += ["--api-token-file", f"{NODE_TOKEN_DIR}/token"]
+    for iface in opts.node_ifaces:
+        args += ["--iface", iface]
+    # the node's interfaces are in the node's network namespace, reached as PID 1's; the pod
+    # keeps its own network (its NetworkPolicy and Service identity stay as they are)
+    if opts.node_ifaces:
+        args += ["--host-netns", "/proc/1/ns/net"]
+    # /proc/PID/ns/net of other processes: the host's PIDs (hostPID) and CAP_SYS_PTRACE
+    needs_proc = bool(opts.node_ifaces) or opts.node_proc_scan
+    # AF_PACKET sockets (NET_RAW); entering pods' network namespaces with setns (SYS_ADMIN)
+    caps = ["NET_RAW", "SYS_ADMIN", *(["SYS_PTRACE"] if needs_proc else [])]
     container = {
         "name": "node-tap",
         "image": opts.image,
-        "args": [
-            "node-tap",
-            "--node",
-            "$(NODE_NAME)",
-            "--server",
-            f"http://{opts.service_host}:{HTTP_PORT}",
-        ],
+        "args": args,
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        # root with three capabilities: AF_PACKET sockets (NET_RAW), entering pods' network
-        # namespaces (SYS_ADMIN for setns), reading /proc/PID/ns/net of others (SYS_PTRACE)
-        "securityContext": _restricted(uid=None, add=["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]),
+        "securityContext": _restricted(uid=None, add=caps),
         "volumeMounts": [
             {
+                # containerd and CRI-O bind-mount pod namespaces here; HostToContainer: the
+                # mounts of pods started after the agent show up too
                 "name": "netns",
                 "mountPath": "/var/run/netns",
                 "readOnly": True,
                 "mountPropagation": "HostToContainer",
             },
+            {"name": "state", "mountPath": NODE_STATE},
+            {"name": "api-token", "mountPath": NODE_TOKEN_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    token = {
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": "meshward",
+                        "expirationSeconds": 3600,
+                        "path": "token",
+                    }
+                }
+            ]
+        }
+    }
+    extra: Obj = {"hostPID": True} if needs_proc else {}
+    state = {"path": f"{NODE_STATE}/node-tap", "type": "DirectoryOrCreate"}
     return [
         {
             "apiVersion": "apps/v1",
@@ -514,12 +572,12 @@ def node_tap(opts: InstallOptions) -> list[Obj]:
                     "spec": _pod_spec(
                         "node-tap",
                         container,
-                        # hostPID: pods' network namespaces are found through /proc/*/ns/net when
-                        # the runtime does not name them under /var/run/netns
-                        hostPID=True,
+                        **extra,
                         tolerations=[{"operator": "Exists"}],
                         volumes=[
                             {"name": "netns", "hostPath": {"path": "/var/run/netns"}},
+                            {"name": "state", "hostPath": state},
+                            {"name": "api-token", **token},
                             {"name": "tmp", "emptyDir": {}},
                         ],
                     ),

@@ -8,8 +8,8 @@ namespace that holds its IP (meshward.tap.node.netns), each one that goes, loses
 stops being meshed is detached. The watches relist after a restart or a broken watch, and the
 relist's full view is diffed against what is attached, so nothing is missed or left behind.
 
-The destination identity of what is captured comes from the cluster (namespace and workload
-of the Pod object), never from the traffic.
+The destination identity of what is captured comes from the cluster (namespace, workload and
+the Linkerd identity of the Pod's service account), never from the traffic.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from meshward.core.log import event
 from meshward.core.observation import Identity
-from meshward.linkerd.pods import PodIdentity, capturable, identity
+from meshward.linkerd.pods import TRUST_DOMAIN, PodIdentity, capturable, identity
 from meshward.tap.node.netns import NamespaceIndex
 from meshward.tap.node.pipeline import NodeTap, PodTarget, namespace_addresses
 
@@ -38,6 +38,7 @@ class PodDiscovery:
     tap: NodeTap
     index: NamespaceIndex = field(default_factory=lambda: NamespaceIndex(namespace_addresses))
     net_iface: str | None = "eth0"
+    trust_domain: str = TRUST_DOMAIN
 
     def __post_init__(self) -> None:
         self.pods: dict[PodKey, dict[str, Any]] = {}
@@ -130,7 +131,7 @@ class PodDiscovery:
             self.unresolved.discard(key)
             target = PodTarget(
                 netns,
-                Identity(who.namespace, who.workload),
+                Identity(who.namespace, who.workload, who.principal(self.trust_domain)),
                 net_iface=self.net_iface,
                 ips=[who.ip],
             )
@@ -141,6 +142,7 @@ class PodDiscovery:
                 "attaching",
                 pod=f"{who.namespace}/{who.name}",
                 workload=who.workload,
+                service_account=who.service_account,
                 ip=who.ip,
                 netns=netns,
             )

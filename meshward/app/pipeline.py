@@ -11,7 +11,8 @@ mitmproxy's addons); the pipeline calls them in list order until one stops the c
   `Exchange.Mismatch` threat; the caller's outbound view stops here (it only feeds the join);
 - `JudgedByCheck`: a request ext_authz judged whole is remembered, and its tap copy skipped
   (a body cut at the filter's `with_request_body` limit is not: its longer tap copy is judged,
-  so padding past the limit cannot hide a payload);
+  so padding past the limit cannot hide a payload); keyed on the verified identities, so only
+  the same sidecar's Check marks its copy judged;
 - `CachedDecision`: for body-less Checks in monitor and enforce, a recent clean allow, still
   re-inspected through the engine (meshward.app.decisioncache);
 - `Judge`: the engine's verdict (a tap copy cut or expired before its response is judged but
@@ -26,8 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshward.app.decisioncache import DecisionCache, Key
+from meshward.core import redact
+from meshward.core.claims import distrusted
 from meshward.core.engine import Engine
 from meshward.core.observation import Observation, Verdict
+from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
 
@@ -45,6 +49,7 @@ class Call:
     stop: bool = False  # a step decided nothing further is to be done
     cache_key: Key | None = None
     cached: bool = False
+    inspected: tuple[Inspection, bool] | None = None  # the detectors ran elsewhere (ingest)
 
 
 class Count:
@@ -71,9 +76,15 @@ class Judge:
         self.joiner = joiner
         self._latency = {s: metrics.evaluate_latency.labels(s) for s in SOURCES}
 
-    def judge(self, obs: Observation, source: str, learn: bool = True) -> Verdict:
+    def judge(
+        self,
+        obs: Observation,
+        source: str,
+        learn: bool = True,
+        inspected: tuple[Inspection, bool] | None = None,
+    ) -> Verdict:
         start = time.perf_counter()
-        verdict = self.engine.evaluate(obs, learn=learn)
+        verdict = self.engine.evaluate(obs, learn=learn, inspected=inspected)
         self._latency[source].observe(time.perf_counter() - start)
         self.account(obs, source, verdict)
         return verdict
@@ -82,24 +93,38 @@ class Judge:
         self.metrics.count_verdict(source, verdict)
         self.engine.edges.add(verdict.source, verdict.destination, verdict.verdict, obs.time)
         if verdict.verdict != "allow" and obs.request_id:
-            self.joiner.note_verdict(obs, {"seen_by": source, **verdict.as_dict()})
+            shown = {"seen_by": source, **verdict.as_dict()}
+            shown["threats"] = redact.shown_threats(verdict.threats)  # served with the exchange
+            self.joiner.note_verdict(obs, shown)
 
     def _decide(self, call: Call) -> None:
         if call.verdict is None:
-            call.verdict = self.judge(call.obs, call.source, call.learn)
+            call.verdict = self.judge(call.obs, call.source, call.learn, call.inspected)
         else:  # decided by an earlier step (a cache hit): counted the same way
             self.account(call.obs, call.source, call.verdict)
 
     check = tap = ingest = _decide
 
 
-CallKey = tuple[str, str, str, str]
+CallKey = tuple[str, str, str, str, str, str]
 
 
 def call_key(obs: Observation) -> CallKey:
-    """One hop of one request: apps pass x-request-id on to their own calls, so the id alone
-    names every hop of a request; with authority, method and path it names this one."""
-    return obs.request_id, obs.authority.lower(), obs.method, obs.path
+    """One hop of one request, as the guarded sidecar saw it: apps pass x-request-id on to their
+    own calls, so the id alone names every hop of a request; with authority, method and path it
+    names this one. The guarded destination and the caller are part of it: on serve's verified
+    ports they are the identities the sidecar's certificate (or meshward's own sidecar) proved,
+    so a Check from any other sidecar, even carrying the same x-request-id, cannot mark a tap
+    copy of this sidecar as judged (issue 11: a forged clean Check hid a real attack)."""
+    dest, source = obs.destination, obs.source
+    return (
+        obs.request_id,
+        obs.authority.lower(),
+        obs.method,
+        obs.path,
+        f"{dest.principal}|{dest.key}",
+        source.principal or source.key,
+    )
 
 
 class JudgedByCheck:
@@ -178,6 +203,7 @@ class Pipeline:
         self.engine = engine
         self.joiner = joiner
         self.cache = DecisionCache(engine)
+        self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
@@ -207,12 +233,20 @@ class Pipeline:
         assert verdict is not None  # the Judge step always decides a check
         return verdict
 
-    def take_tap(self, obs: Observation) -> None:
-        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete))
+    def take_tap(self, obs: Observation, inspected: tuple[Inspection, bool] | None = None) -> None:
+        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete, inspected=inspected))
 
-    def take_ingested(self, obs: Observation) -> None:
+    def take_ingested(
+        self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
+    ) -> None:
+        """An observation a caller sent (the node tap, files): the threats it claims are
+        dropped and counted (meshward.core.claims), the engine judges it afresh (with the
+        detectors' findings from the ingest worker, `inspected`, when it ran them)."""
+        obs, dropped = distrusted(obs)
+        if dropped:
+            self._claims_dropped.inc(dropped)
         if obs.seen_by == "envoy-tap":
-            self.take_tap(obs)
+            self.take_tap(obs, inspected)
             return
         source = obs.seen_by if obs.seen_by in SOURCES else "file"
-        self.run("ingest", Call(obs, source))
+        self.run("ingest", Call(obs, source, inspected=inspected))

@@ -2,8 +2,9 @@
 
 ext_authz gRPC (Authorization/Check), the tap gRPC (ext_proc observability streams) and HTTP (JSON
 API, /metrics, /healthz, /readyz) all run on one event loop, so the engine (not thread-safe) is
-only ever called from that loop's thread. gRPC health checking and reflection are served on both
-gRPC ports.
+only ever called from that loop's thread. gRPC health checking is served on both gRPC ports;
+reflection only when asked for (`--grpc-reflection`): it tells anyone who can connect what the
+ports serve.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshward.app import grpctls
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
+from meshward.app.ingest import Ingestor
 from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import AlertStore, Store, WithAlerts, open_store
@@ -35,6 +38,7 @@ from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
+from meshward.runtime.grpcpeer import PeerPolicy, PeerVerifier
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
 from meshward.tap.envoy.assemble import TapLimits
@@ -91,6 +95,10 @@ class ServeConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
     modes_from_labels: bool = False
+    # who may call the gRPC ports (mTLS with the CA in grpc_ca_dir by default; app/grpctls.py)
+    peers: PeerPolicy = field(default_factory=PeerPolicy)
+    grpc_ca_dir: str = ""  # default: meshward-ca beside the store
+    grpc_reflection: bool = False  # off by default: a debugging aid, not for production
 
     def __post_init__(self) -> None:
         if self.store == "kubernetes":  # the cluster store reads modes from the labels only
@@ -116,6 +124,7 @@ class Server:
         self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
         self.cluster: KubeStore | None = None  # the cluster store, synced after start()
+        rebuildable = engine is None and detector is None  # the default detector, from config
         if engine is None:
             from meshward.app import sigcache
 
@@ -123,7 +132,7 @@ class Server:
             if config.store == "kubernetes":
                 self.flusher = self._cluster_flusher(engine)
             else:
-                store: Store = open_store(config.db)
+                store: Store = open_store(config.db, alert_quota=config.engine.alert_quota)
                 if config.alerts_dsn:
                     from meshward.app.pgstore import PostgresAlerts
 
@@ -138,10 +147,17 @@ class Server:
                 except BaseException:
                     self.flusher.store.close()
                     raise
+        # the ingest worker rebuilds serve's detector from the config; a given engine (tests,
+        # benches) may have one it cannot rebuild: then its detectors run here
+        self.ingestor = Ingestor(config.engine if rebuildable else None)
         self.engine = engine
+        self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
-        self.check = CheckService(self.pipeline.judge_check, self.metrics, self.problems)
+        self.peers = PeerVerifier(config.peers, self.problems)
+        self.check = CheckService(
+            self.pipeline.judge_check, self.metrics, self.problems, self.peers
+        )
         self.tap = TapService(
             self.pipeline.take_tap,
             self.metrics,
@@ -149,6 +165,7 @@ class Server:
             limits=config.tap_limits,
             stream_timeout=config.tap_stream_timeout,
             max_buffered=config.tap_max_buffered,
+            peers=self.peers,
         )
         self.ports: dict[str, int] = {}
         self.ready = False
@@ -170,7 +187,7 @@ class Server:
 
             alerts: AlertStore = PostgresAlerts(self.config.alerts_dsn, replica=name)
         else:
-            alerts = open_store(self.config.db)
+            alerts = open_store(self.config.db, alert_quota=self.config.engine.alert_quota)
         try:
             store = replica.open_cluster_store(
                 kubeconfig=self.config.kubeconfig,
@@ -226,15 +243,18 @@ class Server:
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
         self.ready = True
-        event(log, "serving", host=self.config.listen_host, **self.ports)
+        event(
+            log, "serving", host=self.config.listen_host, grpc=self.config.peers.kind, **self.ports
+        )
 
     async def _grpc_servers(self) -> None:
         host = self.config.listen_host
+        creds = self._credentials()
         self.ports["authz"] = await self._grpc_server(
-            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port
+            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port, creds
         )
         self.ports["tap"] = await self._grpc_server(
-            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, TAP_GRPC_OPTIONS
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, creds, TAP_GRPC_OPTIONS
         )
 
     async def _sync_then_serve(self) -> None:
@@ -254,12 +274,22 @@ class Server:
             return
         self._serving()
 
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials (the `mtls` policy), else None: plaintext, announced loudly."""
+        policy = self.config.peers
+        grpctls.announce(policy)
+        if policy.kind != "mtls":
+            return None
+        directory = grpctls.ca_dir(self.config.db, self.config.grpc_ca_dir)
+        return grpctls.server_credentials(policy, directory)
+
     async def _grpc_server(
         self,
         methods: dict[str, grpc.RpcMethodHandler],
         service: str,
         host: str,
         port: int,
+        creds: grpc.ServerCredentials | None,
         options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
         server = grpc.aio.server(options=options)
@@ -269,16 +299,21 @@ class Server:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                service,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        if self.config.grpc_reflection:
+            reflection.enable_server_reflection(
+                (
+                    service,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        address = f"{_grpc_host(host)}:{port}"
         try:
-            bound = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+            if creds is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, creds)
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -305,6 +340,7 @@ class Server:
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
         if self._runner is not None:
             await self._runner.cleanup()
+        self.ingestor.close()
         if self.pods is not None:
             await asyncio.to_thread(self.pods.stop)
         await self._close_store()

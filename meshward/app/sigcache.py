@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from meshward.core.engine import EngineConfig, detector_for
 from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
+from meshward.runtime.files import trusted as _safe
+from meshward.runtime.files import write_atomic
 
 log = logging.getLogger("meshward.sigcache")
 
@@ -32,15 +33,6 @@ def cache_dir(env: Mapping[str, str]) -> Path:
         return Path(explicit)
     base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "meshward"
-
-
-def _safe(path: Path) -> bool:
-    """Owned by us (or root) and writable by nobody else."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 class FileCache:
@@ -85,12 +77,7 @@ class FileCache:
             if not _safe(self.directory):
                 self._refuse(self.directory)
                 return
-            path = self._path(key)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_atomic(self._path(key), data)
         except OSError as exc:
             event(log, "signature cache not written", logging.DEBUG, error=str(exc)[:200])
 

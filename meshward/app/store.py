@@ -23,12 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 from meshward.core.edges import BUCKET_SECONDS, EdgeCount
 from meshward.core.log import event
 from meshward.core.modes import MODES
+from meshward.core.quota import AlertQuota
 
 log = logging.getLogger("meshward.app.store")
 
 SCHEMA_VERSION = 1
 APP_ID = "meshward"
-DEFAULT_ALERT_LIMIT = 10_000
+DEFAULT_ALERT_LIMIT = AlertQuota().total
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a writer waits for another process's write lock
 ENV_DB = "MESHWARD_DB"
 DEFAULT_DB = "meshward.db"
@@ -49,7 +50,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
     namespace TEXT NOT NULL,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    destination TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS alerts_namespace ON alerts (namespace, id);
 """
@@ -66,6 +69,16 @@ CREATE TABLE IF NOT EXISTS edges (
 """
 DEFAULT_EDGE_RETENTION = 7 * 86400.0  # seconds of per-edge counts kept
 DEFAULT_EDGE_ROWS = 10_000  # rows one edges() read returns at most
+# the alert quotas' columns, added in place to a store made before them (its rows form one
+# group of their own); a meshward without them still writes the same table
+_QUOTA_COLUMNS = (
+    "ALTER TABLE alerts ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE alerts ADD COLUMN destination TEXT NOT NULL DEFAULT ''",
+)
+_QUOTA_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source, id)",
+    "CREATE INDEX IF NOT EXISTS alerts_destination ON alerts (destination, id)",
+)
 
 
 class StoreError(Exception):
@@ -121,10 +134,16 @@ def default_path() -> str:
 
 
 def open_store(
-    path: str | None = None, *, create: bool = True, alert_limit: int = DEFAULT_ALERT_LIMIT
+    path: str | None = None,
+    *,
+    create: bool = True,
+    alert_limit: int = DEFAULT_ALERT_LIMIT,
+    alert_quota: AlertQuota | None = None,
 ) -> SqliteStore:
     """Open (and by default create) the SQLite store; StoreError with a clear reason otherwise."""
-    return SqliteStore(path or default_path(), create=create, alert_limit=alert_limit)
+    return SqliteStore(
+        path or default_path(), create=create, alert_limit=alert_limit, alert_quota=alert_quota
+    )
 
 
 def alert_namespace(alert: dict[str, Any]) -> str:
@@ -136,6 +155,26 @@ def alert_namespace(alert: dict[str, Any]) -> str:
     if isinstance(dest, str) and "/" in dest:
         return dest.split("/", 1)[0]
     return ""
+
+
+# delete what is past the newest N (of one source, one destination, or all): the row N places
+# below the newest and every older one
+_TRIM_SOURCE = (
+    "DELETE FROM alerts WHERE source = ? AND id <= "
+    "(SELECT id FROM alerts WHERE source = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+_TRIM_DESTINATION = (
+    "DELETE FROM alerts WHERE destination = ? AND id <= "
+    "(SELECT id FROM alerts WHERE destination = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+_TRIM_ALL = (
+    "DELETE FROM alerts WHERE id <= (SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+
+
+def _text_field(alert: dict[str, Any], key: str) -> str:
+    value = alert.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _switch_to_wal(con: sqlite3.Connection, busy_timeout: float) -> str:
@@ -162,13 +201,17 @@ class SqliteStore:
         *,
         create: bool = True,
         alert_limit: int = DEFAULT_ALERT_LIMIT,
+        alert_quota: AlertQuota | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
+        """`alert_limit` bounds the whole alert history, `alert_quota` what one source and one
+        destination may hold of it (meshward.core.quota)."""
         if alert_limit < 1:
             raise ValueError("alert_limit must be at least 1")
         self.path = path
         self.alert_limit = alert_limit
         self.edge_retention = DEFAULT_EDGE_RETENTION
+        self.alert_quota = alert_quota or AlertQuota()
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
         self._con = self._connect(path, create, busy_timeout)
@@ -213,6 +256,7 @@ class SqliteStore:
             con.execute("PRAGMA synchronous=NORMAL")
             if not tables:
                 self._create_schema(con)
+            self._add_quota_columns(con)
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use database {path}: {exc}") from exc
@@ -246,6 +290,25 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                 [("app", APP_ID), ("schema_version", str(SCHEMA_VERSION)), ("modes_version", "0")],
             )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _add_quota_columns(con: sqlite3.Connection) -> None:
+        """The alert quotas' columns and indexes, added once to a store made before them."""
+        indexes = {r[1] for r in con.execute("PRAGMA index_list(alerts)")}
+        if {"alerts_source", "alerts_destination"} <= indexes:
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in con.execute("PRAGMA table_info(alerts)")}
+            if "source" not in columns:  # another process may have added them meanwhile
+                for stmt in _QUOTA_COLUMNS:
+                    con.execute(stmt)
+            for stmt in _QUOTA_INDEXES:
+                con.execute(stmt)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -364,7 +427,10 @@ class SqliteStore:
     # -- alerts --------------------------------------------------------------------------
 
     def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """Append alerts and drop the oldest beyond `alert_limit`, in one transaction."""
+        """Append alerts and trim the history, in one transaction: each source of the batch to
+        its newest `alert_quota.per_source`, each destination to `per_destination`, then all to
+        the newest `alert_limit`. A flood from one source, or at one destination, evicts its
+        own alerts, not everyone else's."""
         if not alerts:
             return
         now = time.time()
@@ -376,14 +442,23 @@ class SqliteStore:
                     float(t) if isinstance(t, (int, float)) else now,
                     alert_namespace(a),
                     json.dumps(a, separators=(",", ":"), default=str),
+                    _text_field(a, "source"),
+                    _text_field(a, "destination"),
                 )
             )
+        q = self.alert_quota
         with self._write() as con:
-            con.executemany("INSERT INTO alerts (time, namespace, doc) VALUES (?, ?, ?)", rows)
-            con.execute(
-                "DELETE FROM alerts WHERE id <= (SELECT MAX(id) FROM alerts) - ?",
-                (self.alert_limit,),
+            con.executemany(
+                "INSERT INTO alerts (time, namespace, doc, source, destination) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
+            for sql, keep, keys in (
+                (_TRIM_SOURCE, q.per_source, {r[3] for r in rows}),
+                (_TRIM_DESTINATION, q.per_destination, {r[4] for r in rows}),
+            ):
+                con.executemany(sql, [(k, k, keep) for k in keys])
+            con.execute(_TRIM_ALL, (self.alert_limit,))
 
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None

@@ -9,21 +9,33 @@ counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshward.core import templates, values
+from meshward.core import redact, templates, values
+
+# told (what, destination) when a cap turns learning away
+Refused = Callable[[str, str], None]
+
+
+def _ignore(what: str, destination: str) -> None:
+    pass
+
 
 DOC_VERSION = 1
 
 
 @dataclass
 class Limits:
-    """Bounds on what one service profile may hold."""
+    """Bounds on what one service profile, and the allowlist, may hold."""
 
     cardinality_k: int = 16  # distinct literals at one position before it becomes {str}
     max_endpoints: int = 2000
     max_sources: int = 1024
+    # profiles learning may create (stored and imported ones all load): about 5 KB each, so
+    # the default bounds what any flood of new destinations can cost to about 10 MB
+    max_destinations: int = 2000
     max_params: int = 128  # query parameters per endpoint
     max_body_fields: int = 512
     max_content_types: int = 16
@@ -263,7 +275,9 @@ class Match:
 class ServiceProfile:
     """Everything learned about one destination service."""
 
-    def __init__(self, destination: str, limits: Limits | None = None) -> None:
+    def __init__(
+        self, destination: str, limits: Limits | None = None, on_refuse: Refused | None = None
+    ) -> None:
         self.destination = destination
         self.limits = limits or Limits()
         self.seen = Seen()
@@ -271,6 +285,7 @@ class ServiceProfile:
         self.root = PathNode()
         self.endpoints = 0
         self.dropped = 0
+        self.on_refuse = on_refuse or _ignore
 
     # ---- learning
     def learn_source(self, source: str, now: float) -> None:
@@ -278,6 +293,7 @@ class ServiceProfile:
         if s is None:
             if len(self.sources) >= self.limits.max_sources:
                 self.dropped += 1
+                self.on_refuse("source-cap", self.destination)
                 return
             s = self.sources[source] = Seen()
         s.hit(now)
@@ -300,6 +316,7 @@ class ServiceProfile:
         if rule is None:
             if self.endpoints >= self.limits.max_endpoints:
                 self.dropped += 1
+                self.on_refuse("endpoint-cap", self.destination)
                 return None
             rule = node.rules[method] = EndpointRule(method, templates.join_path(template))
             self.endpoints += 1
@@ -319,6 +336,8 @@ class ServiceProfile:
                 return node.variables[name], name
         if len(node.literals) >= self.limits.cardinality_k:
             return self._generalise(node), templates.STR
+        if redact.secret_segment(seg):  # a credential in a path is never stored as a literal
+            return node.variables.setdefault(templates.STR, PathNode()), templates.STR
         child = node.literals[seg] = PathNode()
         return child, seg
 
@@ -487,17 +506,35 @@ def _walk(node: PathNode, segs: list[str], i: int, method: str) -> PathNode | No
 class Allowlist:
     """All service profiles, keyed by destination identity."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, on_refuse: Refused | None = None) -> None:
+        """`on_refuse(what, destination)` hears of every cap that turned learning away
+        (destination-cap, source-cap, endpoint-cap): the engine counts and logs them."""
         self.limits = limits or Limits()
         self.services: dict[str, ServiceProfile] = {}
+        self.on_refuse = on_refuse or _ignore
 
     def get(self, destination: str) -> ServiceProfile | None:
         return self.services.get(destination)
 
+    def learnable(self, destination: str) -> ServiceProfile | None:
+        """The profile learning extends, created while under `max_destinations`; None past it
+        (refused: one caller inventing destinations cannot grow memory without bound)."""
+        p = self.services.get(destination)
+        if p is None:
+            if len(self.services) >= self.limits.max_destinations:
+                self.on_refuse("destination-cap", destination)
+                return None
+            p = self.services[destination] = ServiceProfile(
+                destination, self.limits, self.on_refuse
+            )
+        return p
+
     def profile(self, destination: str) -> ServiceProfile:
         p = self.services.get(destination)
         if p is None:
-            p = self.services[destination] = ServiceProfile(destination, self.limits)
+            p = self.services[destination] = ServiceProfile(
+                destination, self.limits, self.on_refuse
+            )
         return p
 
     def rule_count(self) -> int:
@@ -528,6 +565,7 @@ class Allowlist:
         if replace:
             self.services = {}
         for p in parsed:
+            p.on_refuse = self.on_refuse
             if p.destination in self.services:
                 self.services[p.destination].merge(p)
             else:

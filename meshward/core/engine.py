@@ -17,18 +17,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from meshward.core import scoring
+from meshward.core import redact, scoring
 from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.core.edges import EdgeCount, EdgeCounts
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Observation, Verdict, VerdictKind
+from meshward.core.quota import AlertQuota, QuotaGate
 from meshward.core.threats.inspection import Detector, Inspection, NoDetector
 
 if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are on
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are 
 
 log = logging.getLogger("meshward.core.engine")
 
-MAX_PENDING_ALERTS = 10_000  # alerts kept for the next drain (the store's default history)
+MAX_PENDING_ALERTS = AlertQuota().total  # alerts kept for the next drain (the store's history)
 
 
 @dataclass
@@ -62,6 +63,8 @@ class EngineConfig:
     max_body: int = 1 << 20  # body bytes decoded for learning and scoring
     alert_history: int = 1000  # alerts kept in memory (the store keeps more)
     limits: Limits = field(default_factory=Limits)
+    # per source and destination, between two drains and in the store's history
+    alert_quota: AlertQuota = field(default_factory=AlertQuota)
 
 
 def detector_for(config: EngineConfig, cache: CompiledCache | None = None) -> Detector:
@@ -84,10 +87,13 @@ class Engine:
     ) -> None:
         self.config = config or EngineConfig()
         self.detector = detector if detector is not None else detector_for(self.config)
-        self.allowlist = Allowlist(self.config.limits)
+        # what a cap or a quota turned away, by which: the app exports it (meshward_refused)
+        self.refused: Counter[str] = Counter()
+        self.allowlist = Allowlist(self.config.limits, self._refuse)
         self._modes: dict[str, str] = {}
         self._dirty: set[str] = set()
-        self._pending_alerts: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ALERTS)
+        self._pending_alerts: list[dict[str, Any]] = []
+        self._quota = QuotaGate(self.config.alert_quota, self.refused)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
         self.edges = EdgeCounts()  # the app adds every verdict (cache hits too); drained here
         self.counters: dict[str, int] = {
@@ -127,15 +133,30 @@ class Engine:
         return dict(self._modes)
 
     # ---- the hot path
-    def evaluate(self, obs: Observation, mode: str | None = None, learn: bool = True) -> Verdict:
-        """Score one Observation; in learn mode (and with `learn`) extend the allowlist."""
+    def evaluate(
+        self,
+        obs: Observation,
+        mode: str | None = None,
+        learn: bool = True,
+        inspected: tuple[Inspection, bool] | None = None,
+    ) -> Verdict:
+        """Score one Observation; in learn mode (and with `learn`) extend the allowlist.
+        `inspected` is what `inspect` gave for it elsewhere (an ingest worker process), so the
+        detectors need not run again here."""
         mode = mode or self.mode_of(obs.destination.namespace)
         self.counters["evaluated"] += 1
         if obs.body:
             obs = self._plaintext(obs)
         f = scoring.features(obs, self.config.max_body)
-        found, failed = self._inspect(obs, f.body)
+        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
         return self._decide(obs, mode, learn, f, found, failed)
+
+    def inspect(self, obs: Observation) -> tuple[Inspection, bool]:
+        """The detectors' findings and whether they failed, as `evaluate` would get them:
+        stateless, so another process may run it (meshward/app/ingest.py)."""
+        if obs.body:
+            obs = self._plaintext(obs)
+        return self._inspect(obs, scoring.features(obs, self.config.max_body).body)
 
     def recheck(self, obs: Observation, cached: Verdict) -> Verdict | None:
         """A body-less request whose clean allow was cached (ext_authz's decision cache): the
@@ -167,10 +188,12 @@ class Engine:
             reasons: list[str] = []
             rule_name = None
             if not threats and not failed and mode == "learn":
-                if learn:
-                    rule = scoring.learn(self.allowlist.profile(dest), obs, f)
-                    self._dirty.add(dest)
-                    self.counters["learned"] += 1
+                if learn:  # None past the destination cap (counted, logged): not learned
+                    profile = self.allowlist.learnable(dest)
+                    rule = scoring.learn(profile, obs, f) if profile is not None else None
+                    if profile is not None:
+                        self._dirty.add(dest)
+                        self.counters["learned"] += 1
                     rule_name = rule.name if rule else None
                 else:  # a read-only look (meshward score) at what learn mode would see
                     reasons, rule = scoring.score_reasons(self.allowlist.get(dest), obs, f)
@@ -204,6 +227,21 @@ class Engine:
         if verdict != "allow":
             self._record_alert(obs, v)
         return v
+
+    def _refuse(self, what: str, destination: str) -> None:
+        """A cap turned learning away: counted; logged at the 1st, 2nd, 4th, 8th... time, so a
+        flood is seen in the log without flooding it."""
+        self.refused[what] += 1
+        n = self.refused[what]
+        if n & (n - 1) == 0:
+            event(
+                log,
+                "learning refused",
+                logging.WARNING,
+                cap=what,
+                destination=redact.text(destination[:200]),
+                times=n,
+            )
 
     def _plaintext(self, obs: Observation) -> Observation:
         """The Observation with its body as the app reads it: inspect and learn the plaintext,
@@ -242,7 +280,7 @@ class Engine:
                 logging.ERROR,
                 destination=obs.destination.key,
                 method=obs.method,
-                path=obs.path[:200],
+                path=redact.path(obs.path[:200]),
                 error=repr(exc)[:200],
             )
             return Inspection(), True
@@ -252,16 +290,23 @@ class Engine:
         if v.verdict == "deny":
             self.counters["denied"] += 1
         alert = v.as_dict()
+        alert["threats"] = redact.shown_threats(v.threats)
         alert.update(
             time=obs.time,
             namespace=obs.destination.namespace or "default",
             method=obs.method,
-            path=obs.path,
+            path=redact.path(obs.path),
             seen_by=obs.seen_by,
             protocol=obs.protocol,
             request_id=obs.request_id,
         )
-        self._alerts.append(alert)
+        self._alerts.append(alert)  # the recent view (bounded), for an engine without a store
+        refused = self._quota.admit(v.source, v.destination)
+        if refused:  # the verdict stands; only its record is left out: counted, logged once
+            key = v.source if refused == "alert-source-quota" else v.destination
+            if self._quota.first_refusal(f"{refused}:{key}"):
+                event(log, "alerts over quota", logging.WARNING, quota=refused, key=key[:200])
+            return
         self._pending_alerts.append(alert)
 
     # ---- what the app reads and drains
@@ -301,6 +346,6 @@ class Engine:
             if p is not None:
                 profiles[d] = p.to_doc()
         self._dirty.clear()
-        alerts = list(self._pending_alerts)
-        self._pending_alerts.clear()
+        alerts, self._pending_alerts = self._pending_alerts, []
+        self._quota.reset()
         return Changes(profiles, alerts, self.edges.drain())

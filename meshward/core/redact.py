@@ -9,7 +9,13 @@ The policy (docs/security.md, "Redaction"):
   are always redacted whole;
 - in any text (evidence, paths, query strings, exchange summaries): JWTs, `Bearer` credentials,
   card numbers (13 to 19 digits passing the Luhn check) and long random tokens (24+ characters
-  mixing letters and digits) are replaced by `[redacted:KIND]`.
+  mixing letters and digits) are replaced by `[redacted:KIND]`;
+- a path segment that looks like a password (8 to 64 characters mixing upper and lower case
+  letters and digits, like `/reset/Summer2024pw`) is replaced by `[redacted]` where a path is
+  shown, and is never learned as a literal (the allowlist takes it as `{str}`);
+- a threat's evidence found in a secret-named place (`query:password`, `header:cookie:sid`,
+  `body:$.card.cvv`) is replaced whole; any other evidence is redacted as text, then
+  HTML-escaped (`shown_threats`, applied where the engine makes an alert).
 
 Redaction keeps the shape a human needs to judge an alert (which parameter, which kind of
 value) and drops the value. It is pure and bounded: linear regular expressions on text the
@@ -18,8 +24,12 @@ callers already cap.
 
 from __future__ import annotations
 
+import html
 import re
+from collections.abc import Iterable
 from urllib.parse import quote, unquote_plus
+
+from meshward.core.observation import Threat
 
 REDACTED = "[redacted]"
 
@@ -52,6 +62,8 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic|token)(\s+|%20|\+)([\w~+/=.-]{8,})")
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 _LONG_TOKEN = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{24,}(?![\w-])")
 _HEXLIKE = re.compile(r"[0-9a-fA-F-]+")
+_PASSWORDISH = re.compile(r"(?=[^/]*\d)(?=[^/]*[a-z])(?=[^/]*[A-Z])[^/.\s]{8,64}")
+_LOCATION_PARTS = re.compile(r"[:.\[\]]")
 
 
 def is_secret_name(name: str) -> bool:
@@ -120,7 +132,63 @@ def query(qs: str) -> str:
     return "&".join(out)
 
 
+def secret_segment(segment: str) -> bool:
+    """Is one path segment a credential (a JWT, a long token, a card number, a password)?"""
+    if len(segment) < 8:
+        return False
+    return bool(_PASSWORDISH.fullmatch(segment)) or text(segment) != segment
+
+
+def path(value: str) -> str:
+    """A path fit to store or show: credential segments taken out, the shape kept."""
+    if len(value) < 9:  # "/" and a segment shorter than any credential
+        return value
+    return "/".join(_segment(s) for s in value.split("/"))
+
+
+def _segment(segment: str) -> str:
+    shown = text(segment)
+    return REDACTED if shown == segment and _PASSWORDISH.fullmatch(segment) else shown
+
+
 def target(path_and_query: str) -> str:
     """A request target (path and query) fit to store or show."""
-    path, sep, qs = path_and_query.partition("?")
-    return text(path) + (sep + query(qs) if sep else "")
+    p, sep, qs = path_and_query.partition("?")
+    return path(p) + (sep + query(qs) if sep else "")
+
+
+def escaped(value: str) -> str:
+    """Text that is safe in HTML whatever shows it: `& < > " '` as character references.
+
+    Evidence is what an attacker wrote; it is stored and served as escaped text, so a
+    dashboard or a log viewer that renders it as HTML shows it and runs nothing. Applied once,
+    where an alert is made (the engine): not idempotent (`&amp;` would become `&amp;amp;`).
+    """
+    return html.escape(value, quote=True)
+
+
+def evidence(value: str) -> str:
+    """A threat's evidence (or location) fit to store and serve: redacted, then escaped."""
+    return escaped(text(value))
+
+
+def _location_name(location: str) -> str:
+    """The name a threat's location ends in (`query:pw` -> pw, `body:$.a.cvv` -> cvv)."""
+    parts = [p for p in _LOCATION_PARTS.split(location) if p]
+    return parts[-1] if len(parts) > 1 else ""
+
+
+def shown_threats(threats: Iterable[Threat]) -> list[dict[str, str]]:
+    """Threats as an alert stores and serves them: evidence from a secret-named place
+    replaced, any other evidence redacted; all of it HTML-escaped."""
+    out = []
+    for t in threats:
+        secret = is_secret_name(_location_name(t.location))
+        out.append(
+            {
+                "name": escaped(t.name),
+                "location": evidence(t.location),
+                "evidence": REDACTED if secret and t.evidence else evidence(t.evidence),
+            }
+        )
+    return out

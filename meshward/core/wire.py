@@ -7,7 +7,8 @@ and sources need not import mesh modules for them.
 
 Everything a caller writes (gRPC metadata, `context_extensions`, request headers) is an UNTRUSTED
 HINT: whoever can reach meshward's ports or send a request can set it. UNTRUSTED_HINTS lists
-them; a security decision derives identities from verified mTLS peers only, never from a hint.
+them; a security decision derives identities from verified mTLS peers only, never from a hint
+(meshward.core.peer: a hint may narrow a verified identity, never widen it).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ CONTEXT_NAMESPACE: Final = "namespace"
 CONTEXT_WORKLOAD: Final = "workload"
 CONTEXT_DIRECTION: Final = "direction"
 
-# server -> sidecar: the response header of a denial (written by meshward, not a hint)
-REASON_HEADER: Final = "x-meshward-reason"
+# set by Envoy on the request it forwards: the verified client certificate of each hop, one
+# element per hop (meshward.core.peer reads the last one, appended by meshward's own sidecar)
+XFCC_HEADER: Final = "x-forwarded-client-cert"
 
 # the connection facts the tap filter asks Envoy for (ProcessingRequest.attributes); the tap
 # keeps only these, so a stream's attribute table is bounded whatever names arrive
@@ -70,6 +72,8 @@ UNTRUSTED_HINTS: Final = MappingProxyType(
         CONTEXT_DIRECTION: "ext_authz context_extensions: inbound or outbound",
         LINKERD_CLIENT_ID_HEADER: "request header: the caller's identity; vouched for by Linkerd's "
         "inbound proxy, but any process on the pod's loopback can send it",
+        XFCC_HEADER: "gRPC metadata: every element but the last is the caller's writing; the last "
+        "is trusted only with By= meshward's own identity (its sidecar appended it)",
     }
 )
 """Every caller-written field, with what it claims: a hint to label and route by, never proof."""

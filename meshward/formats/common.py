@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -14,6 +13,7 @@ import ijson
 
 from meshward.core.names import is_ip
 from meshward.core.observation import Identity, Observation
+from meshward.core.peer import parse_xfcc
 from meshward.core.values import decimal
 
 
@@ -105,7 +105,6 @@ def describe(exc: BaseException) -> str:
 
 
 # Istio puts the caller's SPIFFE id in x-forwarded-client-cert: By=...;Hash=...;URI=spiffe://...
-_XFCC_URI = re.compile(r'(?:^|[;,])\s*URI="?([^;,"]+)"?', re.IGNORECASE)
 
 
 def split_authority(authority: str) -> tuple[str, int]:
@@ -134,14 +133,19 @@ def destination_from_authority(authority: str, ip: str = "", port: int = 0) -> I
 
 
 def source_from_xfcc(headers: list[tuple[str, str]], ip: str = "", port: int = 0) -> Identity:
-    """The caller from Istio's x-forwarded-client-cert (its SPIFFE URI), else just the address."""
+    """The caller from Istio's x-forwarded-client-cert (the URI of the last element that has one:
+    the hop closest to us), else just the address. A recorded file is not a verified peer: this
+    only names the caller the recording's sidecar saw; a malformed header names none."""
     for name, value in headers:
         if name == "x-forwarded-client-cert":
-            # the last element is the hop closest to us
-            for element in reversed(value.split(",")):
-                m = _XFCC_URI.search(element)
-                if m:
-                    return Identity.parse(m.group(1), ip=ip, port=port)
+            try:
+                elements = parse_xfcc(value)
+            except ValueError:
+                break
+            for element in reversed(elements):
+                uri = next((v for k, v in element if k == "uri" and v), "")
+                if uri:
+                    return Identity.parse(uri, ip=ip, port=port)
     return Identity(ip=ip, port=port)
 
 

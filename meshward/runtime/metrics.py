@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,11 +28,14 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from meshward.core import redact
 from meshward.core.log import event
 from meshward.core.observation import Verdict
+from meshward.core.threats.names import THREAT_NAMES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _MAX_LABEL_VALUES = 200
+UNREGISTERED = "unregistered"  # the threat label of every name not in the registry
 # latency buckets in seconds: 10 µs .. 1 s, the range a check or a tap stream lives in
 _LATENCY = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1.0)
 
@@ -52,6 +55,12 @@ class _Bounded:
             return "other"
         self.seen.add(value)
         return value
+
+
+def threat_label(name: str) -> str:
+    """A threat name as a label: only the registry's names (meshward.core.threats.names), any
+    other one bucket, so forged names cannot fill the label space."""
+    return name if name in THREAT_NAMES else UNREGISTERED
 
 
 def reason_label(reason: str) -> str:
@@ -228,10 +237,16 @@ class Metrics:
         self.cache = family(
             "counter", "meshward_decision_cache", "ext_authz decision cache lookups", "result"
         )
+        self.refused = family(
+            "counter",
+            "meshward_refused",
+            "alerts and learning a quota or cap turned away, by which",
+            "what",
+        )
+        self._refused_from: Callable[[], Mapping[str, int]] | None = None
         self.registry.register(_Collector(families))
         self._reasons = _Bounded()
         self._verdict_children: dict[tuple[str, str, str, str], Any] = {}
-        self._threat_names = _Bounded()
 
     def count_verdict(self, source: str, v: Verdict) -> None:
         """Count one verdict under each of its reasons (or "none") and its threats."""
@@ -240,7 +255,7 @@ class Metrics:
         for reason in v.reasons:
             self._verdict_child(source, v.mode, v.verdict, reason).inc()
         for t in v.threats:
-            self.threats.labels(self._threat_names(t.name)).inc()
+            self.threats.labels(threat_label(t.name)).inc()
 
     def _verdict_child(self, source: str, mode: str, verdict: str, reason: str) -> Any:
         """The labelled counter, memoised (the reason label is folded first)."""
@@ -253,7 +268,15 @@ class Metrics:
                 self._verdict_children[key] = child
         return child
 
+    def follow_refusals(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Export `read()` (the engine's refusal counts, kept by the pure core) as
+        meshward_refused at every scrape."""
+        self._refused_from = read
+
     def exposition(self) -> bytes:
+        if self._refused_from is not None:
+            for what, n in list(self._refused_from().items()):
+                self.refused.labels(what).value = float(n)
         return generate_latest(self.registry)
 
 
@@ -274,7 +297,8 @@ class Problems:
         if second != now:
             second, count = now, 0
         self._window[key] = (second, count + 1)
-        if count < self.per_second:
+        if count < self.per_second:  # what a caller sent may be in an error: logged redacted
+            fields = {k: redact.text(v) if isinstance(v, str) else v for k, v in fields.items()}
             event(
                 self.logger, f"{where}: {kind}", logging.WARNING, where=where, kind=kind, **fields
             )

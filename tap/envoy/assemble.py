@@ -48,6 +48,8 @@ class StreamContext:
     # the filter also streams response bodies (metadata wire.METADATA_TAP_RESPONSE_BODY: true);
     # Envoy 1.40 does not send protocol_config in observability mode, so it must be told
     response_body: bool = False
+    # the sidecar's verified SPIFFE id (meshward.core.peer); "" when unverified (in-process)
+    principal: str = ""
 
 
 HEADER_FLOOR = 8 * 1024  # header bytes a stream keeps even with the budget spent
@@ -210,7 +212,7 @@ class ExtProcAssembler:
         local = Identity(
             namespace=self.ctx.namespace,
             workload=self.ctx.workload,
-            principal=a.get("connection.uri_san_local_certificate", ""),
+            principal=self.ctx.principal or a.get("connection.uri_san_local_certificate", ""),
             ip=dst_ip,
             port=_int(a.get("destination.port", "")) or dst_port,
         )

@@ -17,6 +17,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2
 
 from meshward.core import wire
 from meshward.core.observation import Direction, Observation, Outcome
+from meshward.core.peer import Refused
+from meshward.runtime.grpcpeer import UNVERIFIED, PeerVerifier
 from meshward.runtime.grpcwire import Undecodable, serialize, tolerant_deserializer
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy.assemble import ByteBudget, ExtProcAssembler, StreamContext, TapLimits
@@ -34,17 +36,32 @@ _deserialize = tolerant_deserializer(
 )
 
 
-def stream_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> StreamContext:
-    """The sidecar's identity from the gRPC initial metadata the filter config sets (hints)."""
+def stream_context(
+    metadata: tuple[tuple[str, str | bytes], ...] | None,
+    peers: PeerVerifier | None = None,
+    context: grpc.aio.ServicerContext | None = None,
+) -> StreamContext:
+    """Who sent the stream. With a verifying `peers`, the sidecar's namespace and workload are
+    its verified identity's (the metadata hints only narrow it, core.peer.guarded; Refused
+    otherwise); without one (in-process use) the hints are taken as they are."""
     md = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in metadata or ()}
     outbound = md.get(wire.METADATA_DIRECTION) == "outbound"
     direction: Direction = "outbound" if outbound else "inbound"
+    namespace = md.get(wire.METADATA_NAMESPACE, "")
+    workload = md.get(wire.METADATA_WORKLOAD, "")
+    principal = ""
+    if peers is not None and peers.verifies:
+        assert context is not None
+        peer = peers.sidecar(context, metadata)
+        namespace, workload = peers.guarded(peer, namespace, workload)
+        principal = peer.uri
     return StreamContext(
-        namespace=md.get(wire.METADATA_NAMESPACE, ""),
-        workload=md.get(wire.METADATA_WORKLOAD, ""),
+        namespace=namespace,
+        workload=workload,
         direction=direction,
         node=md.get(wire.METADATA_NODE, ""),
         response_body=md.get(wire.METADATA_TAP_RESPONSE_BODY, "").lower() in ("1", "true"),
+        principal=principal,
     )
 
 
@@ -60,8 +77,11 @@ class TapService:
         stream_timeout: float = 30.0,
         max_streams: int = 20000,
         max_buffered: int = 256 * 1024 * 1024,
+        peers: PeerVerifier | None = None,
     ) -> None:
         self.sink = sink
+        # who calls: the verified sidecar (serve passes its policy); None only in-process
+        self.peers = peers or PeerVerifier(UNVERIFIED, problems)
         self.metrics = metrics
         self.problems = problems
         self.limits = limits or TapLimits()
@@ -78,12 +98,19 @@ class TapService:
         if self.active >= self.max_streams:
             self.metrics.drops.labels("tap", "too-many-streams").inc()
             return
+        try:
+            ctx = stream_context(context.invocation_metadata(), self.peers, context)
+        except Refused as exc:  # no verified identity, or one claiming more: teaches nothing
+            self.peers.refused("tap", exc, context)
+            self.metrics.tap_streams.labels("refused").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"meshward: {exc.reason}")
+        except Exception as exc:  # bad metadata in one stream never stops the server
+            self.problems("tap", "context-failed", error=repr(exc)[:200])
+            await context.abort(grpc.StatusCode.INTERNAL, "meshward tap failed")
         self.active += 1
         self.metrics.tap_active.inc()
         start = time.perf_counter()
-        asm = ExtProcAssembler(
-            stream_context(context.invocation_metadata()), self.limits, self.budget
-        )
+        asm = ExtProcAssembler(ctx, self.limits, self.budget)
         outcome: Outcome = "complete"
         try:
             async with asyncio.timeout(self.stream_timeout):

@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.core import redact
 from meshward.core.observation import DIRECTIONS, Observation, Threat
 from meshward.core.threats.names import EXCHANGE_MISMATCH
 
@@ -65,11 +66,15 @@ def _compare(out: dict[str, Any], inn: dict[str, Any], truncated: bool) -> list[
     return [f for f in fields if out[f] != inn[f]]
 
 
-Key = tuple[str, str]  # (x-request-id, authority)
+Key = tuple[str, str, str]  # (x-request-id, authority, caller)
 
 
 def _key(obs: Observation) -> Key:
-    return obs.request_id, obs.authority.lower()
+    """The caller is the one both ends verified: the outbound view's source is the caller's own
+    sidecar (its certificate, verified by serve), the inbound view's the peer certificate the
+    callee's sidecar verified. So a view sent by any other sidecar, whatever x-request-id it
+    carries, cannot take the place of the real caller's and steal or spoil the join."""
+    return obs.request_id, obs.authority.lower(), obs.source.principal or obs.source.key
 
 
 def _weight(obs: Observation) -> int:
@@ -89,8 +94,9 @@ class Joiner:
     of each header list, so the count alone allowed gigabytes).
 
     Apps pass x-request-id on to the calls they make (Istio asks them to, for tracing), so one
-    id spans every hop of a request. A hop is therefore keyed by (x-request-id, authority): Envoy
-    forwards the Host unchanged from the caller's outbound to the callee's inbound sidecar. Within
+    id spans every hop of a request. A hop is therefore keyed by (x-request-id, authority,
+    caller): Envoy forwards the Host unchanged from the caller's outbound to the callee's inbound
+    sidecar, and both ends name the caller by its verified identity (`_key`). Within
     a key the opposite view of the same method, path and query is taken first; failing that, a
     single opposite view is taken as the same call changed in between (a mismatch). With several
     candidates and no exact one the pairing is ambiguous and nothing is joined.
@@ -160,6 +166,10 @@ class Joiner:
         out, inn = (obs, other) if obs.direction == "outbound" else (other, obs)
         ex = Exchange(obs.request_id, _view(out), _view(inn))
         ex.mismatches = _compare(ex.outbound, ex.inbound, out.body_truncated or inn.body_truncated)
+        # compared as sent; kept and shown redacted (the views are served by /api/v1/exchanges)
+        for view in (ex.outbound, ex.inbound):
+            view["path"] = redact.path(view["path"])
+            view["query"] = redact.query(view["query"])
         threats = [
             Threat(
                 EXCHANGE_MISMATCH,

@@ -7,6 +7,12 @@ os.setns; libc via ctypes) and then exits; the capture loop uses the socket from
 The classic-BPF programs run in the kernel, so only the packets the tap needs ever reach Python:
 on a pod's `lo` the proxy↔app TCP segments that carry data or SYN/FIN/RST (pure ACKs are
 dropped: they carry nothing to reassemble), without loopback's duplicate outgoing copy.
+
+A host interface can be put in promiscuous mode the way tcpdump does it: a PACKET_MR_PROMISC
+membership of the socket, which the kernel counts per interface and drops when the socket
+closes (a crashed agent leaves nothing behind, and other sniffers' memberships are kept). On a
+Linux bridge this is what makes the bridge device hand up the frames it forwards between two
+of its ports (pod to pod), not only those addressed to the host.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 SO_ATTACH_FILTER = 26
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 CLONE_NEWNET = 0x40000000
 PACKET_OUTGOING = 4
 SNAPLEN = 262144  # loopback GSO/BIG TCP super-packets can exceed 64 KiB
@@ -234,15 +242,20 @@ class Capture:
         netns: str | None = None,
         block_size: int = 1 << 20,
         blocks: int = 32,
-        block_timeout_ms: int = 10,
+        # a quiet socket's blocks are retired by this timeout: the kernel can write for
+        # blocks x timeout without Python; at 10 ms a 20-80 ms stall of a shared core dropped
+        # packets (bench/nodetap.py --only-pods), at 100 ms none
+        block_timeout_ms: int = 100,
+        promisc: bool = False,
     ) -> None:
         self.iface = iface
+        self.promisc = promisc
         self.netns = netns
         self.where = f"{netns}:{iface}" if netns else iface
         self.block_size = block_size
         self.blocks = blocks
         self.sock: socket.socket = in_netns(
-            netns, self._open, iface, program, block_size, blocks, block_timeout_ms
+            netns, self._open, iface, program, block_size, blocks, block_timeout_ms, promisc
         )
         self.ring = mmap.mmap(
             self.sock.fileno(),
@@ -256,7 +269,12 @@ class Capture:
 
     @staticmethod
     def _open(
-        iface: str, program: list[Insn | str], block_size: int, blocks: int, timeout_ms: int
+        iface: str,
+        program: list[Insn | str],
+        block_size: int,
+        blocks: int,
+        timeout_ms: int,
+        promisc: bool,
     ) -> socket.socket:
         # protocol 0: receives nothing until bound, so no unfiltered packet slips in first
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -269,6 +287,10 @@ class Capture:
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             attach_filter(sock, program)
             sock.bind((iface, ETH_P_ALL))
+            if promisc:
+                # struct packet_mreq: ifindex, type, address length, address[8]
+                mreq = struct.pack("iHH8s", socket.if_nametoindex(iface), PACKET_MR_PROMISC, 0, b"")
+                sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             sock.setblocking(False)
         except BaseException:
             sock.close()

@@ -24,6 +24,7 @@ class NodeTapCounters:
     parse_errors: int = 0  # malformed or unparseable HTTP/1.1 or HTTP/2 data
     upgraded: int = 0  # connections that switched protocol (Upgrade, CONNECT): not parsed
     net_packets: int = 0  # ICMP/UDP/fragments handed to the network monitor
+    net_seen_by_pod: int = 0  # host-interface packets left to a pod interface's capture
     alerts: int = 0  # network alerts from the network monitor
     kernel_packets: int = 0  # PACKET_STATISTICS: seen by the kernel sockets
     kernel_drops: int = 0  # PACKET_STATISTICS: dropped because the socket buffer was full
@@ -32,7 +33,8 @@ class NodeTapCounters:
     out_sent: int = 0  # observations written or accepted by the server
     pods_attached: int = 0  # pods whose captures opened (discovery)
     pods_detached: int = 0  # pods whose captures closed again
-    attach_failed: int = 0  # attach or detach that failed (the pod went away meanwhile)
+    attach_failed: int = 0  # attach attempts that failed (each is retried with backoff)
+    attach_retries: int = 0  # attach attempts after a failure
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -170,6 +170,7 @@ class NetworkMonitor:
         self._frags: OrderedDict[tuple[str, str, int, int], Datagram] = OrderedDict()
         self._open: dict[tuple[str, str, str], _Open] = {}
         self._baseline: dict[str, set[tuple[str, str, int]]] = {}
+        self.baseline_changes = 0  # bumped per peer learned: a saver writes when it moved
         self._names: dict[str, tuple[Identity, str]] = {}  # ip -> (identity, mode), per window
         self._dns_ports = frozenset(c.dns_ports)
         self._exempt = frozenset(c.dns_exempt_domains)
@@ -231,6 +232,12 @@ class NetworkMonitor:
     def baseline(self) -> dict[str, list[tuple[str, str, int]]]:
         """The learned UDP peers per workload: (direction, peer, service port)."""
         return {k: sorted(v) for k, v in self._baseline.items()}
+
+    def load_baseline(self, baseline: dict[str, list[tuple[str, str, int]]]) -> None:
+        """Learn peers kept from an earlier run (the same caps as learning them live)."""
+        for key, peers in baseline.items():
+            for peer in peers:
+                self._learn(key, peer)
 
     # ---- alerts -------------------------------------------------------------------------
 
@@ -582,9 +589,12 @@ class NetworkMonitor:
                 self.stats["untracked"] += 1
                 return
             peers = self._baseline[key] = set()
+        if peer in peers:
+            return
         if len(peers) < c.max_peers:
             peers.add(peer)
-        elif peer not in peers:
+            self.baseline_changes += 1
+        else:
             self.stats["untracked"] += 1
 
     # ---- DNS ----------------------------------------------------------------------------

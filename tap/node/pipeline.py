@@ -25,6 +25,7 @@ from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter,
 from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import Connection, FlowTable
 from meshward.tap.node.packet import TCP, decode
+from meshward.tap.node.peerfile import PeerFile
 
 log = logging.getLogger("meshward.node-tap")
 
@@ -68,8 +69,15 @@ class NodeTap:
         stats_interval: float = 10.0,
         netmonitor: Any = None,
         ring_mb: int = 8,
+        promisc: bool = True,
+        host_netns: str | None = None,
+        peer_file: PeerFile | None = None,
     ) -> None:
         self.pods = pods
+        # host interfaces in promiscuous mode: on a bridge, the frames it forwards pod to pod
+        self.promisc = promisc
+        self.host_netns = host_netns  # where the host interfaces are (None: this namespace)
+        self.peer_file = peer_file  # the UDP peer baseline kept across restarts
         self.ring_mb = ring_mb  # kernel ring per capture socket (pinned kernel memory; two per pod)
         self.ifaces = ifaces
         self.out = out
@@ -84,21 +92,31 @@ class NodeTap:
         self.netmon = netmonitor
         self.by_ip: dict[str, Identity] = {}
         self.net_pod_ips: dict[str, frozenset[str]] = {}  # pod eth0 capture -> its IPs
+        # every IP some pod interface capture watches (kept in place: handlers hold this set)
+        self.net_watched: set[str] = set()
+        self.host_where: set[str] = set()  # the host-interface captures
         self.attached: dict[str, list[Capture]] = {}  # pod netns -> its captures
         # attach/detach asked from other threads (pod discovery), done by the packet loop,
         # which alone touches captures, flows and parsers
         self._requests: queue.SimpleQueue[tuple[str, PodTarget]] = queue.SimpleQueue()
+        # attaches that failed, retried with backoff: netns -> (pod, when, next delay)
+        self._retry: dict[str, tuple[PodTarget, float, float]] = {}
+        self.retry_base, self.retry_max = 2.0, 30.0
         self._epoll: select.epoll | None = None
         self._caps: dict[int, tuple[Capture, Callable[[bytes, float], None]]] = {}
 
     # --- setup -------------------------------------------------------------------------
     def open(self) -> None:
         """Open every capture socket (raises OSError with the namespace/interface named)."""
+        if self.peer_file is not None and self.netmon is not None:
+            self.netmon.load_baseline(self.peer_file.load())
+            self.peer_file.saved_changes = self.netmon.baseline_changes
         try:
             for pod in self.pods:
                 self._attach(pod)
             for iface in self.ifaces:
-                self._capture(iface, netthreat_filter(), None)
+                cap = self._capture(iface, netthreat_filter(), self.host_netns, self.promisc)
+                self.host_where.add(cap.where)
         except BaseException:
             self.close()
             raise
@@ -120,6 +138,7 @@ class NodeTap:
                     net = self._capture(pod.net_iface, netthreat_filter(), pod.netns)
                     opened.append(net)
                     self.net_pod_ips[net.where] = frozenset(pod.ips)
+                    self._net_watched_changed()
                 except OSError as exc:  # a pod without that interface: TCP still works
                     event(
                         log,
@@ -134,7 +153,7 @@ class NodeTap:
                 self._forget(c)
             raise
         for ip in pod.ips:
-            self.by_ip[ip] = Identity(pod.pod.namespace, pod.pod.workload, ip=ip)
+            self.by_ip[ip] = Identity(pod.pod.namespace, pod.pod.workload, pod.pod.principal, ip)
         self.attached[pod.netns] = opened
         self.metrics.pods_attached += 1
 
@@ -151,9 +170,15 @@ class NodeTap:
         self.metrics.pods_detached += 1
         event(log, "detached", netns=pod.netns, pod=pod.pod.key)
 
+    def _net_watched_changed(self) -> None:
+        self.net_watched.clear()
+        for ips in self.net_pod_ips.values():
+            self.net_watched.update(ips)
+
     def _forget(self, cap: Capture) -> None:
         self.tcp_where.pop(cap.where, None)
-        self.net_pod_ips.pop(cap.where, None)
+        if self.net_pod_ips.pop(cap.where, None) is not None:
+            self._net_watched_changed()
         entry = self._caps.pop(cap.fileno(), None)
         if entry is not None and self._epoll is not None:
             self._epoll.unregister(cap.fileno())
@@ -175,16 +200,42 @@ class NodeTap:
                 what, pod = self._requests.get_nowait()
             except queue.Empty:
                 return
-            try:
-                if what == "attach":
-                    self._attach(pod)
-                    for cap in self.attached.get(pod.netns, []):
-                        self._register(cap)
-                else:
+            if what == "attach":
+                self._try_attach(pod, self.retry_base)
+            else:
+                self._retry.pop(pod.netns, None)
+                try:
                     self._detach(pod)
-            except OSError as exc:  # the pod went away meanwhile: the next event retries
-                self.metrics.attach_failed += 1
-                event(log, f"{what} failed", logging.WARNING, netns=pod.netns, error=str(exc))
+                except OSError as exc:
+                    event(log, "detach failed", logging.WARNING, netns=pod.netns, error=str(exc))
+
+    def _try_attach(self, pod: PodTarget, delay: float) -> None:
+        """Attach; on failure retry with backoff (discovery decided the pod is to be watched,
+        and a namespace that is briefly unreadable must not leave it unwatched) until it
+        attaches or a detach for it arrives."""
+        try:
+            self._attach(pod)
+        except OSError as exc:
+            self.metrics.attach_failed += 1
+            self._retry[pod.netns] = (pod, time.monotonic() + delay, delay)
+            event(
+                log,
+                "attach failed",
+                logging.WARNING,
+                netns=pod.netns,
+                error=str(exc),
+                retry_in=round(delay, 1),
+            )
+            return
+        self._retry.pop(pod.netns, None)
+        for cap in self.attached.get(pod.netns, []):
+            self._register(cap)
+
+    def _retry_due(self, mono: float) -> None:
+        for pod, due, delay in list(self._retry.values()):
+            if mono >= due:
+                self.metrics.attach_retries += 1
+                self._try_attach(pod, min(delay * 2, self.retry_max))
 
     def _register(self, cap: Capture) -> None:
         if cap.fileno() in self._caps:
@@ -193,9 +244,11 @@ class NodeTap:
         if self._epoll is not None:
             self._epoll.register(cap.fileno(), select.EPOLLIN)
 
-    def _capture(self, iface: str, prog: list[Insn | str], netns: str | None) -> Capture:
+    def _capture(
+        self, iface: str, prog: list[Insn | str], netns: str | None, promisc: bool = False
+    ) -> Capture:
         try:
-            cap = Capture(iface, prog, netns, blocks=self.ring_mb)
+            cap = Capture(iface, prog, netns, blocks=self.ring_mb, promisc=promisc)
         except OSError as exc:
             where = f"{netns}:{iface}" if netns else iface
             raise OSError(exc.errno, f"cannot capture on {where}: {exc.strerror or exc}") from exc
@@ -206,7 +259,9 @@ class NodeTap:
     def resolve(self, ip: str) -> Identity:
         """IP -> the pod identity we know (for the network monitor's alerts)."""
         known = self.by_ip.get(ip)
-        return Identity(known.namespace, known.workload, ip=ip) if known else Identity(ip=ip)
+        if known is None:
+            return Identity(ip=ip)
+        return Identity(known.namespace, known.workload, known.principal, ip)
 
     # --- observations ------------------------------------------------------------------
     def _observed(self, obs: Observation, conn: Connection) -> None:
@@ -235,10 +290,12 @@ class NodeTap:
         alerts = self._alerts
         where = cap.where
         tcp = where in self.tcp_where
-        # a packet between two watched pods is seen on both pods' interfaces: only the
-        # receiving pod's capture feeds it, so rates are not counted twice
+        # Each packet feeds the monitor once. A pod interface capture sees its pod's packets
+        # both ways; between two watched pods only the receiver's feeds it. A host capture
+        # (a bridge sees pod-to-pod frames) leaves to the pods' captures what they see.
         own = self.net_pod_ips.get(where, frozenset())
-        watched = self.by_ip
+        host = where in self.host_where
+        watched = self.net_watched
 
         def handle(frame: bytes, ts: float) -> None:
             m.packets += 1
@@ -249,7 +306,11 @@ class NodeTap:
             elif tcp and pkt.proto == TCP:
                 flows_packet(pkt, where)
             elif netmon is not None:
-                if pkt.src in own and pkt.dst in watched:
+                if host:
+                    if pkt.src in watched or pkt.dst in watched:
+                        m.net_seen_by_pod += 1
+                        return
+                elif pkt.src in own and pkt.dst in watched:
                     return
                 m.net_packets += 1
                 alerts(netmon.feed(pkt, where))
@@ -278,6 +339,8 @@ class NodeTap:
                     next_tick = mono + 1.0
                     for cap, handle in list(caps.values()):  # blocks retired by timeout only
                         cap.drain(handle)
+                    if self._retry:
+                        self._retry_due(mono)
                     self.tick(time.time())
                     if mono >= next_stats:
                         next_stats = mono + self.stats_interval
@@ -290,6 +353,8 @@ class NodeTap:
             self._caps.clear()
             self.flows.close_all()
             self.tick(time.time())
+            if self.peer_file is not None and self.netmon is not None:
+                self.peer_file.save(self.netmon)
 
     def tick(self, now: float) -> None:
         """Once a second: expire flows, read kernel counters, let the monitor close windows."""
@@ -305,6 +370,8 @@ class NodeTap:
         self.metrics.kernel_packets, self.metrics.kernel_drops = packets, drops
         if self.netmon is not None:
             self._alerts(self.netmon.tick(now))
+            if self.peer_file is not None:
+                self.peer_file.maybe_save(self.netmon)
 
     def stats(self) -> dict[str, int]:
         out = self.metrics.as_dict()

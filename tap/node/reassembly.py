@@ -15,6 +15,7 @@ DataFn = Callable[[bytes], None]
 MAX_AHEAD = 16 << 20  # no real receive window reaches this far past the next expected byte
 MAX_SEGMENTS = 512  # out-of-order segments buffered per direction (insertion is O(n))
 GapFn = Callable[[], None]
+_NONE = 1 << 62  # pending_first when nothing is buffered
 
 
 def _diff(a: int, b: int) -> int:
@@ -37,6 +38,8 @@ class Stream:
         "overlap_bytes",
         "pending",
         "pending_bytes",
+        "pending_end",
+        "pending_first",
         "started",
     )
 
@@ -49,6 +52,10 @@ class Stream:
         self.next_abs = 0  # the same as a 64-bit stream offset
         self.pending: dict[int, bytes] = {}  # stream offset -> bytes, non-overlapping
         self.pending_bytes = 0
+        # the lowest offset and the highest end buffered, kept so that the common case after a
+        # hole (segments arriving in order behind it) costs O(1), not a scan of `pending`
+        self.pending_first = _NONE
+        self.pending_end = -1
         self.fin_at: int | None = None
         self.gaps = 0
         self.overlap_bytes = 0  # retransmitted or overlapping bytes ignored
@@ -97,6 +104,9 @@ class Stream:
 
     def _insert(self, start: int, data: bytes) -> None:
         """Keep only the bytes no earlier copy covers (first copy wins)."""
+        if start >= self.pending_end:  # past everything buffered: nothing can overlap
+            self._keep(start, data)
+            return
         pieces = [(start, data)]
         for ps, pdata in self.pending.items():
             pe = ps + len(pdata)
@@ -115,17 +125,26 @@ class Stream:
             if not pieces:
                 return
         for s, d in pieces:
-            self.pending[s] = d
-            self.pending_bytes += len(d)
+            self._keep(s, d)
+
+    def _keep(self, start: int, data: bytes) -> None:
+        self.pending[start] = data
+        self.pending_bytes += len(data)
+        self.pending_first = min(self.pending_first, start)
+        self.pending_end = max(self.pending_end, start + len(data))
 
     def _drain(self) -> None:
         pending = self.pending
         while pending:
-            first = min(pending)
+            first = self.pending_first
             if first > self.next_abs:
                 return
             data = pending.pop(first)
             self.pending_bytes -= len(data)
+            if pending:
+                self.pending_first = min(pending)
+            else:
+                self.pending_first, self.pending_end = _NONE, -1
             skip = self.next_abs - first
             if skip < len(data):
                 self._deliver(data[skip:])
@@ -140,7 +159,7 @@ class Stream:
         """Give up on the missing bytes before the first buffered segment; True if any."""
         if not self.pending:
             return False
-        first = min(self.pending)
+        first = self.pending_first
         hole = first - self.next_abs
         self.next_abs = first
         self.next_seq = (self.next_seq + hole) & 0xFFFFFFFF

@@ -58,7 +58,7 @@ def test_containers_are_locked_down() -> None:
         assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
         if name == "meshward-node-tap":
             assert ctx["runAsUser"] == 0
-            assert sorted(ctx["capabilities"]["add"]) == ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]
+            assert sorted(ctx["capabilities"]["add"]) == ["NET_RAW", "SYS_ADMIN"]
         else:
             assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 10001, name
             assert ctx["allowPrivilegeEscalation"] is False, name
@@ -199,3 +199,36 @@ def test_extension_provider_fragment_goes_to_a_file(meshward: Any, tmp_path: Any
     (provider,) = fragment["meshConfig"]["extensionProviders"]
     assert provider["envoyExtAuthzGrpc"]["service"] == "meshward.meshward.svc.cluster.local"
     assert "istioctl" in r.err
+
+
+def _node_tap(opts: InstallOptions) -> tuple[dict, dict]:
+    (ds,) = [o for o in render(opts) if o["kind"] == "DaemonSet"]
+    spec = ds["spec"]["template"]["spec"]
+    return spec, spec["containers"][0]
+
+
+def test_node_tap_privileges_follow_what_it_watches() -> None:
+    """By default no hostPID and no SYS_PTRACE (pod namespaces come from /var/run/netns);
+    watching a node interface or scanning /proc adds exactly those two."""
+    spec, c = _node_tap(InstallOptions())
+    assert "hostPID" not in spec and "hostNetwork" not in spec
+    assert sorted(c["securityContext"]["capabilities"]["add"]) == ["NET_RAW", "SYS_ADMIN"]
+    assert "--iface" not in c["args"] and "--baseline-file" in c["args"]
+    # serve's ingest wants a token bound to the pod, minted for the audience meshward
+    args = c["args"]
+    assert args[args.index("--api-token-file") + 1] == "/var/run/secrets/meshward/token"
+    (token,) = [v for v in spec["volumes"] if v["name"] == "api-token"]
+    sat = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert (sat["audience"], sat["path"]) == ("meshward", "token")
+    paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert paths == {"netns": "/var/run/netns", "state": "/var/lib/meshward/node-tap"}
+    assert next(m for m in c["volumeMounts"] if m["name"] == "netns")["readOnly"] is True
+    for opts in (InstallOptions(node_ifaces=("cni0",)), InstallOptions(node_proc_scan=True)):
+        spec, c = _node_tap(opts)
+        assert spec["hostPID"] is True and "hostNetwork" not in spec
+        add = c["securityContext"]["capabilities"]["add"]
+        assert sorted(add) == ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]
+    _, c = _node_tap(InstallOptions(node_ifaces=("cni0",)))
+    args = c["args"]
+    assert args[args.index("--iface") + 1] == "cni0"
+    assert args[args.index("--host-netns") + 1] == "/proc/1/ns/net"

@@ -38,7 +38,7 @@ def _pod_object(name: str, ns: str, node: str, meshed: bool) -> dict[str, Any]:
             "namespace": ns,
             "labels": {"app": name, "pod-template-hash": "5d8f7c"},
         },
-        "spec": {"nodeName": node, "containers": containers, "serviceAccountName": "default"},
+        "spec": {"nodeName": node, "containers": containers, "serviceAccountName": f"{name}-sa"},
     }
 
 
@@ -119,6 +119,9 @@ def test_meshed_pods_of_this_node_are_found_and_captured(
         assert wait_for(lambda: any(o.path == "/" for o in seen), 10)
         obs = next(o for o in seen if o.path == "/")
         assert (obs.destination.namespace, obs.destination.workload) == (kube_namespace, "web")
+        # the service account's Linkerd identity, as l5d-client-id names the pod as a caller
+        sa_id = f"web-sa.{kube_namespace}.serviceaccount.identity.linkerd.cluster.local"
+        assert obs.destination.principal == sa_id
 
         # an API server restart: the watches relist, and later changes still arrive
         kube.restart()

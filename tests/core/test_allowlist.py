@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 
 from hypothesis import given, settings
@@ -215,3 +216,44 @@ def test_every_array_element_is_checked_not_only_the_first() -> None:
     bad = json.dumps({"items": hidden, "tags": [1]}).encode()
     v = engine.evaluate(obs("POST", "/orders", body=bad), mode="enforce")
     assert v.verdict == "deny" and "body-type-mismatch" in v.reasons, v
+
+
+def test_learning_caps_destinations_and_sources_counted_and_bounded_in_memory() -> None:
+    """One caller inventing destinations or sources cannot grow memory without bound: past
+    the caps learning is refused and counted, and 5,000 new destinations cost what 50 do."""
+    import tracemalloc
+
+    from meshward.core.engine import Engine, EngineConfig
+    from meshward.core.observation import Identity, Observation
+    from meshward.core.threats.inspection import NoDetector
+
+    engine = Engine(EngineConfig(limits=Limits(max_destinations=50, max_sources=10)), NoDetector())
+
+    def flood(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            engine.evaluate(
+                Observation("file", Identity("x", f"s{i}"), Identity(f"n{i}", "api"), method="GET")
+            )
+
+    flood(0, 50)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    flood(50, 5_000)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert len(engine.allowlist.services) == 50
+    assert engine.refused["destination-cap"] == 5_000
+    assert grown < 256 * 1024, grown  # the refusals themselves keep nothing
+    for i in range(20):  # one destination, many callers
+        engine.evaluate(Observation("file", Identity("x", f"c{i}"), Identity("n0", "api")))
+    assert len(engine.allowlist.services["n0/api"].sources) == 10
+    assert engine.refused["source-cap"] == 11  # n0/api had learned s0 before
+
+
+def test_a_credential_in_a_path_is_learned_as_a_variable_not_a_literal() -> None:
+    p = ServiceProfile("shop/api")
+    for path in ("/api/items", "/healthz", "/reset/Summer2024pw"):
+        assert p.endpoint_for_learning("GET", path) is not None
+    doc = json.dumps(p.to_doc())
+    assert "Summer2024pw" not in doc and "/reset/{str}" in doc
+    assert "/api/items" in doc and "/healthz" in doc  # the other literals are not folded

@@ -114,3 +114,40 @@ def test_text_never_raises_and_never_grows_much(s: str) -> None:
     out = redact.text(s)
     assert len(out) <= len(s) + 32 * (s.count(" ") + 1)
     assert redact.text(out) == out  # idempotent: redacting twice changes nothing
+
+
+def test_paths_lose_credential_segments_and_keep_their_shape() -> None:
+    from meshward.core import redact
+
+    assert redact.path("/reset/Summer2024pw") == "/reset/[redacted]"
+    assert redact.path("/a/4111111111111111/b") == "/a/[redacted:card]/b"
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    assert redact.path(f"/u/{jwt}") == "/u/[redacted:jwt]"
+    for kept in (
+        "/api/v1beta1/users",
+        "/",
+        "/orders/12345",
+        "/a/550e8400-e29b-41d4-a716-446655440000",
+    ):
+        assert redact.path(kept) == kept
+    assert redact.path(redact.path("/reset/Summer2024pw")) == "/reset/[redacted]"
+
+
+def test_shown_threats_redact_secret_places_and_escape_the_rest() -> None:
+    from meshward.core import redact
+    from meshward.core.observation import Threat
+
+    shown = redact.shown_threats(
+        [
+            Threat("SQL.Injection", "query:password", "x' OR 1=1"),
+            Threat("SQL.Injection", "header:cookie:sid", "' OR 1=1"),
+            Threat("SQL.Injection", "body:$.card.cvv", "1 UNION SELECT"),
+            Threat("Cross.Site.Scripting", "query:q", "<script>alert(1)</script>"),
+        ]
+    )
+    assert [t["evidence"] for t in shown] == [
+        "[redacted]",
+        "[redacted]",
+        "[redacted]",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+    ]

@@ -15,14 +15,15 @@ def test_linkerd_ports_and_identity() -> None:
 
 
 def test_every_caller_written_name_is_an_untrusted_hint() -> None:
-    """Metadata, context_extensions and the identity header are hints; the reason header and the
-    tap attributes (Envoy's own connection facts) are not written by the caller."""
+    """Metadata, context_extensions, the identity header and the XFCC elements a caller sends are
+    hints; the reason header and the tap attributes (Envoy's own connection facts) are not
+    written by the caller."""
     written = {
         value
         for name, value in vars(wire).items()
-        if name.startswith(("METADATA_", "CONTEXT_")) or name == "LINKERD_CLIENT_ID_HEADER"
+        if name.startswith(("METADATA_", "CONTEXT_"))
+        or name in ("LINKERD_CLIENT_ID_HEADER", "XFCC_HEADER")
     }
     assert written == set(wire.UNTRUSTED_HINTS)
-    assert wire.REASON_HEADER not in wire.UNTRUSTED_HINTS
     assert not set(wire.TAP_ATTRIBUTES) & set(wire.UNTRUSTED_HINTS)
     assert all(wire.UNTRUSTED_HINTS.values())  # each says what it claims

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from meshward.app.pipeline import Pipeline
 from meshward.core.engine import Engine
 from meshward.core.observation import Verdict
+from meshward.core.peer import Refused, SpiffeId, guarded
 from meshward.core.threats import ThreatDetector
 from meshward.extauthz.convert import check_to_observation, denied_response
 from meshward.runtime.metrics import Metrics
@@ -208,9 +209,10 @@ def test_any_check_request_gets_a_verdict(req: external_auth_pb2.CheckRequest, m
     if mode != "enforce":
         assert verdict.verdict != "deny"
     if verdict.verdict == "deny":
-        answer = denied_response(verdict)
+        answer = denied_response(obs.request_id)
         assert answer.denied_response.status.code == 403
-        assert all(" " <= c <= "~" for h in answer.denied_response.headers for c in h.header.value)
+        said = json.loads(answer.denied_response.body)
+        assert said == {"error": "denied by meshward", "request_id": obs.request_id[:128]}
 
 
 DETECTORS = {level: ThreatDetector(level=level) for level in (2, 3)}
@@ -226,3 +228,30 @@ def test_every_level_inspects_any_check_request(
     for t in DETECTORS[level].inspect(obs).threats:  # evidence: short, control characters escaped
         assert len(t.evidence) <= 128
         assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in t.evidence), t
+
+
+WEB = SpiffeId("cluster.local", "shop", "web")
+hints = st.one_of(
+    st.just(""), st.sampled_from(["shop", "payments", "web", "api"]), st.text(max_size=40)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(req=check_requests(), ns=hints, wl=hints, principal=hints)
+def test_a_verified_sidecar_speaks_for_its_namespace_only(
+    req: external_auth_pb2.CheckRequest, ns: str, wl: str, principal: str
+) -> None:
+    """Whatever context_extensions, metadata and destination.principal a Check carries, with a
+    verified peer the destination is in the peer's namespace with the peer's principal, or the
+    Check is Refused."""
+    req.attributes.context_extensions["namespace"] = ns
+    req.attributes.context_extensions["workload"] = wl
+    req.attributes.destination.principal = principal
+    try:
+        obs = check_to_observation(req, lambda: (ns, wl), lambda n, w: guarded(WEB, n, w), WEB.uri)
+    except Refused:
+        assert (ns and ns != "shop") or wl
+        return
+    assert obs.destination.namespace == "shop"
+    assert obs.destination.principal == WEB.uri
+    assert obs.destination.workload == (wl or "web")

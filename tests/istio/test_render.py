@@ -6,6 +6,7 @@ import argparse
 import copy
 import importlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,17 @@ def test_schema_check_can_fail(schemas: dict[tuple[str, str], Any]) -> None:
         check_object(schemas, bad)
 
 
+MESH_CLUSTERS = {
+    "authz_cluster": envoyfilter.mesh_cluster(envoyfilter.DEFAULT_SERVICE, 9191),
+    "tap_cluster": envoyfilter.mesh_cluster(envoyfilter.DEFAULT_SERVICE, 9192),
+}
+
+
 def test_patches_are_the_filter_config() -> None:
-    """One source of truth: the EnvoyFilter carries exactly filters.http_filters/clusters."""
+    """One source of truth: the EnvoyFilter carries exactly filters.http_filters, calling
+    meshward through the mesh's outbound clusters (Istio's mTLS, no cluster of ours)."""
     for mode in MODES:
-        s = FilterSettings("shop", "", mode)
+        s = FilterSettings("shop", "", mode, **MESH_CLUSTERS)
         if mode == "off":
             assert envoyfilter.render("shop", mode)["objects"] == filters.http_filters(s) == []
             continue
@@ -116,7 +124,8 @@ def test_patches_are_the_filter_config() -> None:
         inbound = [v for v in inserted if _direction(v) == "inbound"]
         assert inbound == filters.http_filters(s)
         outbound = [v for v in inserted if _direction(v) == "outbound"]
-        assert outbound == filters.http_filters(FilterSettings("shop", "", mode, "outbound"))
+        caller = FilterSettings("shop", "", mode, "outbound", **MESH_CLUSTERS)
+        assert outbound == filters.http_filters(caller)
         assert [f["name"] for f in outbound] == [filters.EXT_PROC]  # callers only report
         for p in patches:
             if p["applyTo"] == "HTTP_FILTER":
@@ -125,8 +134,13 @@ def test_patches_are_the_filter_config() -> None:
                 assert p["patch"]["operation"] == "INSERT_BEFORE"
                 sub = p["match"]["listener"]["filterChain"]["filter"]["subFilter"]
                 assert sub == {"name": filters.ROUTER}
-        added = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
-        assert added == filters.clusters(s, envoyfilter.DEFAULT_SERVICE, 9191, 9192)
+        assert not [p for p in patches if p["applyTo"] == "CLUSTER"]
+        services = {
+            v["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] for v in inserted
+        }
+        assert services == {"outbound|9192||meshward.meshward.svc.cluster.local"} | (
+            {"outbound|9191||meshward.meshward.svc.cluster.local"} if mode == "enforce" else set()
+        )
         vhosts = [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]
         assert len(vhosts) == (1 if mode == "enforce" else 0)
     # the tap's lag settings reach the EnvoyFilter too
@@ -136,13 +150,10 @@ def test_patches_are_the_filter_config() -> None:
     patches = obj["spec"]["configPatches"]
     taps = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
     assert {t["typed_config"]["deferred_close_timeout"] for t in taps} == {"9s"}
-    (cluster,) = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
-    h2 = cluster["typed_extension_protocol_options"][filters.HTTP_PROTOCOL_OPTIONS]
-    assert h2["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == 32
     # the extension-provider style leaves ext_authz to Istio
     (tap_only,) = envoyfilter.render("shop", "enforce", style="extension-provider")["objects"][:1]
     names = [p["patch"]["value"].get("name") for p in tap_only["spec"]["configPatches"]]
-    assert filters.EXT_AUTHZ not in names and filters.AUTHZ_CLUSTER not in names
+    assert filters.EXT_AUTHZ not in names and MESH_CLUSTERS["authz_cluster"] not in str(tap_only)
 
 
 def _direction(http_filter: dict[str, Any]) -> str:
@@ -184,9 +195,16 @@ def _listener(
 
 
 def bootstrap_from_patches(obj: dict[str, Any]) -> dict[str, Any]:
-    """An Envoy bootstrap that embeds every patch value as Istio would apply it."""
+    """An Envoy bootstrap that embeds every patch value as Istio would apply it, with the mesh's
+    outbound clusters for meshward's Service the filters call (Istio makes those)."""
     patches = obj["spec"]["configPatches"]
-    clusters = [p["patch"]["value"] for p in patches if p["applyTo"] == "CLUSTER"]
+    clusters = [
+        filters.grpc_cluster(name, "127.0.0.1", port)
+        for name, port in (
+            (MESH_CLUSTERS["authz_cluster"], 9191),
+            (MESH_CLUSTERS["tap_cluster"], 9192),
+        )
+    ]
     inbound = _listener(patches, "SIDECAR_INBOUND", 15006, "inbound|8080||")
     outbound = _listener(patches, "SIDECAR_OUTBOUND", 15001, "outbound|8080||app.shop")
     apps = [
@@ -238,6 +256,7 @@ BOOT = [
     "shop",
     "--workload",
     "web",
+    "--server-plaintext",  # compared with render_bootstrap's plaintext default below
     "--mode",
 ]
 
@@ -249,6 +268,39 @@ def test_envoy_bootstrap_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "learn")
+
+
+@pytest.mark.usefixtures("openssl")
+def test_envoy_bootstrap_command_wires_the_workload_certificate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """By default the command issues the workload's certificate from meshward's CA (created if
+    absent) and both meshward clusters present it, pinning serve's SPIFFE id."""
+    boot = [b for b in BOOT if b != "--server-plaintext"]
+    argv = [*boot, "enforce", "--ca-dir", str(tmp_path / "ca"), "--format", "json"]
+    argv += ["--service-account", "web-sa"]
+    assert run_command("meshward.app.commands.envoy", argv) == 0
+    clusters = json.loads(capsys.readouterr().out)["static_resources"]["clusters"]
+    mine = [c for c in clusters if c["name"] in (filters.AUTHZ_CLUSTER, filters.TAP_CLUSTER)]
+    assert len(mine) == 2
+    for cluster in mine:
+        context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+        cert = context["tls_certificates"][0]["certificate_chain"]["filename"]
+        assert cert == str(tmp_path / "ca" / "issued" / "shop.web-sa.crt")
+        assert context["validation_context"]["match_typed_subject_alt_names"] == [
+            {
+                "san_type": "URI",
+                "matcher": {"exact": "spiffe://cluster.local/ns/meshward/sa/meshward"},
+            }
+        ]
+    san = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", cert],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "URI:spiffe://cluster.local/ns/shop/sa/web-sa" in san
+    assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o077 == 0
 
 
 def test_envoy_bootstrap_bad_input() -> None:
@@ -283,8 +335,8 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert run_command("meshward.app.commands.istio", [*argv, "--format", "json"]) == 0
     (obj,) = json.loads(capsys.readouterr().out)
     contexts = {p["match"]["context"] for p in obj["spec"]["configPatches"]}
-    assert contexts == {"SIDECAR_INBOUND", "SIDECAR_OUTBOUND"}  # the cluster is outbound
-    assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["CLUSTER", "HTTP_FILTER"]
+    assert contexts == {"SIDECAR_INBOUND"}  # the mesh's own cluster to meshward: none added
+    assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["HTTP_FILTER"]
 
 
 def test_istio_render_off_prints_no_objects(capsys: pytest.CaptureFixture[str]) -> None:
@@ -328,7 +380,7 @@ def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) 
     argv = ["render", "--namespace", "shop", "--mode", "monitor", *lag, "--format", "json"]
     assert run_command("meshward.app.commands.istio", argv) == 0
     text = capsys.readouterr().out
-    assert '"deferred_close_timeout": "12s"' in text and '"max_concurrent_streams": 64' in text
+    assert '"deferred_close_timeout": "12s"' in text  # the window: Istio's cluster (docs/envoy.md)
     with pytest.raises(UsageError, match="stream window"):
         run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--tap-stream-window", "0"])
     with pytest.raises(UsageError, match="close timeout"):

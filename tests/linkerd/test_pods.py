@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshward.core.observation import Identity
 from meshward.linkerd.pods import capturable, has_proxy, identity, is_meshed, workload_of
 
 
@@ -98,6 +99,15 @@ def test_identity_and_capturable() -> None:
     assert not capturable(pod(status__podIP=""))
     assert not capturable(pod(metadata__deletionTimestamp="2026-12-01T00:00:00Z"))
     assert identity(pod(spec__serviceAccountName=None)).service_account == "default"
+
+
+def test_principal_is_the_linkerd_identity_of_the_service_account() -> None:
+    """The destination is named as linkerd-proxy names the same pod when it calls out."""
+    who = identity(pod(spec__serviceAccountName="payments-sa"))
+    want = "payments-sa.shop.serviceaccount.identity.linkerd.cluster.local"
+    assert who.principal() == want
+    assert Identity.parse(want) == Identity("shop", "payments-sa", want)
+    assert who.principal("corp.example").endswith(".identity.linkerd.corp.example")
 
 
 _json = st.recursive(

@@ -16,6 +16,7 @@ from meshward.app.serve import ServeConfig, Server
 from meshward.core.engine import EngineConfig, detector_for
 from meshward.core.threats.inspection import Detector
 from meshward.runtime.client import ApiClient
+from meshward.runtime.grpcpeer import UNVERIFIED
 from tests.support.envoy import echo_app, envoy_bin
 from tests.support.metrics import sample
 from tests.support.serve import API_TOKEN
@@ -40,6 +41,7 @@ class ServerThread:
 
     def __init__(self, db: str, authz_port: int = 0, tap_port: int = 0, **config: Any) -> None:
         config.setdefault("auth", AuthConfig(token=API_TOKEN))
+        config.setdefault("peers", UNVERIFIED)  # unless the test verifies the sidecars
         self.config = ServeConfig(
             db=db,
             listen_host="127.0.0.1",

@@ -4,6 +4,12 @@ The Envoy's inbound listener takes the pod IP:4143 and forwards to the app on th
 the pod's `lo`, as linkerd-proxy does since 2.11): gRPC (content-type application/grpc) to the
 gRPC port over h2c, everything else to the HTTP port over HTTP/1.1, adding `l5d-client-id`
 with the caller's identity as the real proxy does after mTLS.
+
+Like linkerd-proxy, it never forwards an `l5d-client-id` a client sent: the header is removed
+from every inbound request, and set only from the connection's identity. Which connections are
+"mTLS from `caller`" is the test's choice (`meshed_from`: source addresses, default all); from
+any other source the request reaches the app without the header, as a plaintext (unmeshed)
+caller's does behind linkerd-proxy.
 """
 
 from __future__ import annotations
@@ -63,19 +69,23 @@ def _cluster(name: str, ip: str, port: int, h2: bool) -> dict:
     return c
 
 
-def bootstrap(ip: str, caller: str = CALLER) -> dict:
-    hcm = {
+def _hcm(caller: str | None) -> dict:
+    """The inbound HTTP connection manager; `caller`: the connection's verified identity."""
+    headers: dict = {"request_headers_to_remove": ["l5d-client-id"]}
+    if caller is not None:  # Envoy removes before it adds
+        headers["request_headers_to_add"] = [
+            {
+                "header": {"key": "l5d-client-id", "value": caller},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+    return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
         ".v3.HttpConnectionManager",
         "stat_prefix": "inbound",
         "codec_type": "AUTO",
         "route_config": {
-            "request_headers_to_add": [
-                {
-                    "header": {"key": "l5d-client-id", "value": caller},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                }
-            ],
+            **headers,
             "virtual_hosts": [
                 {
                     "name": "app",
@@ -107,6 +117,24 @@ def bootstrap(ip: str, caller: str = CALLER) -> dict:
             }
         ],
     }
+
+
+def _chain(hcm: dict, sources: list[str] | None = None) -> dict:
+    chain: dict = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if sources is not None:
+        prefixes = [{"address_prefix": a, "prefix_len": 32} for a in sources]
+        chain["filter_chain_match"] = {"source_prefix_ranges": prefixes}
+    return chain
+
+
+def bootstrap(ip: str, caller: str = CALLER, meshed_from: list[str] | None = None) -> dict:
+    """`meshed_from`: the source IPs whose connections carry `caller`'s identity (None: all)."""
+    if meshed_from is None:
+        chains = [_chain(_hcm(caller))]
+    else:  # the most specific match wins: the meshed sources, else the plaintext chain
+        chains = [_chain(_hcm(caller), meshed_from), _chain(_hcm(None))]
     return {
         # the admin port where linkerd-proxy has its own (probes, metrics): never app traffic
         "admin": {"address": {"socket_address": {"address": ip, "port_value": ADMIN_PORT}}},
@@ -115,16 +143,7 @@ def bootstrap(ip: str, caller: str = CALLER) -> dict:
                 {
                     "name": "inbound",
                     "address": {"socket_address": {"address": ip, "port_value": INBOUND_PORT}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
+                    "filter_chains": chains,
                 }
             ],
             "clusters": [
@@ -138,9 +157,12 @@ def bootstrap(ip: str, caller: str = CALLER) -> dict:
 class LinkerdPod:
     """Start the app and the proxy inside `pod`; processes die with the node."""
 
-    def __init__(self, pod: Pod, caller: str = CALLER) -> None:
+    def __init__(
+        self, pod: Pod, caller: str = CALLER, meshed_from: list[str] | None = None
+    ) -> None:
         self.pod = pod
         self.caller = caller
+        self.meshed_from = meshed_from
         self.dir = Path(tempfile.mkdtemp(prefix="mw-nodetap-"))
 
     def start(self) -> None:
@@ -151,7 +173,7 @@ class LinkerdPod:
             text=True,
         )
         cfg = self.dir / "envoy.json"
-        cfg.write_text(json.dumps(bootstrap(self.pod.ip, self.caller)))
+        cfg.write_text(json.dumps(bootstrap(self.pod.ip, self.caller, self.meshed_from)))
         self.envoy_log = self.dir / "envoy.log"
         with open(self.envoy_log, "w") as log:
             self.envoy = self.pod.popen(

@@ -17,6 +17,7 @@ from meshward.app.store import open_store
 from meshward.core.engine import Engine
 from meshward.core.threats.inspection import Detector, NoDetector
 from meshward.runtime.client import ApiClient
+from meshward.runtime.grpcpeer import UNVERIFIED
 
 # the API token every in-process test server runs with (authentication is on by default)
 API_TOKEN = "test-api-token-" + secrets.token_urlsafe(16)
@@ -31,8 +32,11 @@ async def running_server(
 ) -> AsyncIterator[Server]:
     """A whole `meshward serve` on loopback ephemeral ports; stopped even on failure. With `db`
     (and no `engine`) it runs on that store, with `detector` (default: the real detectors).
-    Its HTTP API asks for `API_TOKEN` unless `auth` says otherwise: call it with `api_client`."""
+    Its HTTP API asks for `API_TOKEN` unless `auth` says otherwise: call it with `api_client`.
+    Its gRPC ports verify no caller unless `peers` says how (tests of other features send
+    hints in plaintext; tests/app/serve/test_grpc_identity.py tests the verified ones)."""
     config.setdefault("auth", AuthConfig(token=API_TOKEN))
+    config.setdefault("peers", UNVERIFIED)
     cfg = ServeConfig(
         db=db or ":memory:",
         listen_host="127.0.0.1",

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from meshward.app.commands import UsageError
+from meshward.core.allowlist import Limits
 from meshward.core.engine import EngineConfig
 
 
@@ -24,6 +25,14 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         help="enforce denies at or above this score, 0 < SCORE <= 1 (env "
         "MESHWARD_DENY_THRESHOLD, default 0.5)",
     )
+    parser.add_argument(
+        "--max-destinations",
+        type=int,
+        metavar="N",
+        help="services learning may create a profile for (env MESHWARD_MAX_DESTINATIONS, "
+        f"default {Limits().max_destinations}); past it a new destination is judged but not "
+        "learned, counted in meshward_refused_total and logged",
+    )
 
 
 def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig:
@@ -37,7 +46,13 @@ def engine_config(args: argparse.Namespace, **overrides: object) -> EngineConfig
         raise UsageError(f"threat level must be 1, 2 or 3, not {level}")
     if not 0 < deny <= 1:
         raise UsageError(f"deny threshold must be in (0, 1], not {deny}")
-    return EngineConfig(threat_level=level, deny_threshold=deny, **overrides)  # type: ignore[arg-type]
+    most = getattr(args, "max_destinations", None)
+    if most is None:
+        most = _env("MESHWARD_MAX_DESTINATIONS", int, Limits().max_destinations)
+    if not isinstance(most, int) or most < 1:
+        raise UsageError(f"max destinations must be at least 1, not {most}")
+    limits = Limits(max_destinations=most)
+    return EngineConfig(threat_level=level, deny_threshold=deny, limits=limits, **overrides)  # type: ignore[arg-type]
 
 
 def _env(name: str, kind: type, default: object) -> object:

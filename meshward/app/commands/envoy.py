@@ -9,6 +9,7 @@ import sys
 from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
 from meshward.core.names import is_host_name
+from meshward.istio.tls import SidecarTLS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +60,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="request body bytes sent with each Check (8192)",
     )
     add_tap_flags(b)
+    t = b.add_argument_group(
+        "mTLS to meshward serve",
+        "The ext_authz and tap clusters present this workload's certificate (its SPIFFE id "
+        "spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT), issued from meshward's CA: "
+        "serve takes whose traffic it is from it.",
+    )
+    t.add_argument(
+        "--ca-dir",
+        default="meshward-ca",
+        metavar="DIR",
+        help="meshward's CA, as serve uses it (serve's --grpc-ca-dir; created if absent) "
+        "(meshward-ca)",
+    )
+    t.add_argument(
+        "--cert-dir",
+        metavar="DIR",
+        help="where this workload's key and certificate are written (CA-DIR/issued)",
+    )
+    t.add_argument("--service-account", help="the workload's service account (--workload)")
+    t.add_argument("--trust-domain", default="cluster.local", help="(cluster.local)")
+    t.add_argument(
+        "--server-identity",
+        metavar="SPIFFE_ID",
+        help="the SPIFFE id serve must present (spiffe://TRUST-DOMAIN/ns/meshward/sa/meshward)",
+    )
+    t.add_argument(
+        "--server-plaintext",
+        action="store_true",
+        help="plaintext to serve (serve --grpc-plaintext behind its own sidecar)",
+    )
     b.add_argument("--format", default="yaml", choices=("yaml", "json"))
     b.add_argument(
         "--validate",
@@ -102,7 +133,33 @@ def dump(data: object, fmt: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def _workload_tls(args: argparse.Namespace) -> SidecarTLS | None:
+    """This workload's certificate from meshward's CA (None with --server-plaintext)."""
+    if args.server_plaintext:
+        return None
+    from pathlib import Path
+
+    from meshward.core.names import is_kubernetes_name
+    from meshward.istio.certs import CA_DAYS, WORKLOAD_DAYS, CertError, MeshCA
+
+    account = args.service_account or args.workload
+    if not is_kubernetes_name(args.namespace) or not is_kubernetes_name(account.replace(".", "-")):
+        raise UsageError("--namespace and --service-account must be Kubernetes names")
+    ca_dir = Path(args.ca_dir)
+    try:
+        ca = MeshCA(ca_dir, days=CA_DAYS, trust_domain=args.trust_domain)
+        return ca.issue(
+            args.namespace,
+            account,
+            out=Path(args.cert_dir) if args.cert_dir else ca_dir / "issued",
+            days=WORKLOAD_DAYS,
+        )
+    except (CertError, OSError) as exc:
+        raise UsageError(f"cannot issue the workload certificate: {exc}") from None
+
+
 def bootstrap(args: argparse.Namespace) -> int:
+    from meshward.core.peer import meshward_identity
     from meshward.istio.bootstrap import render_bootstrap
 
     for flag in ("authz_port", "tap_port", "admin_port"):
@@ -128,6 +185,8 @@ def bootstrap(args: argparse.Namespace) -> int:
             args.workload,
             args.mode,
             server_host=args.server,
+            meshward_tls=_workload_tls(args),
+            server_identity=args.server_identity or meshward_identity(args.trust_domain),
             **{name: getattr(args, name) for name in passed},
         )
     except ValueError as exc:

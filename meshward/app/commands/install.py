@@ -7,6 +7,7 @@ meshward uninstall | kubectl delete -f -
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="a Secret in meshward's namespace whose key `dsn` is the PostgreSQL DSN of the "
         "alerts store every serve replica shares (meshward deploys no database); without it "
         "each replica keeps its own alerts",
+    )
+    p.add_argument(
+        "--node-tap-iface",
+        action="append",
+        default=[],
+        metavar="IFACE",
+        help="node interface the node tap watches for ICMP/UDP, e.g. the bridge cni0 "
+        "(repeatable; adds hostPID and SYS_PTRACE to reach the node's network namespace)",
+    )
+    p.add_argument(
+        "--node-tap-proc-scan",
+        action="store_true",
+        help="find pod network namespaces through /proc too, for runtimes that do not name "
+        "them under /var/run/netns (adds hostPID and SYS_PTRACE)",
     )
     p.add_argument("--format", default="yaml", choices=("yaml", "json"))
 
@@ -86,6 +101,9 @@ def _options(args: argparse.Namespace) -> InstallOptions:
     secret = args.alerts_dsn_secret
     if secret is not None and not is_kubernetes_subdomain(secret):
         raise UsageError(f"--alerts-dsn-secret {secret!r} is not a Kubernetes name")
+    for iface in args.node_tap_iface:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", iface):
+            raise UsageError(f"--node-tap-iface {iface!r} is not an interface name")
     extra = {"image": args.image} if args.image else {}
     return InstallOptions(
         namespace=args.namespace,
@@ -93,6 +111,8 @@ def _options(args: argparse.Namespace) -> InstallOptions:
         istio_style=args.istio_style,
         kube_version=version,
         alerts_dsn_secret=secret,
+        node_ifaces=tuple(args.node_tap_iface),
+        node_proc_scan=args.node_tap_proc_scan,
         **extra,
     )
 

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="kubeconfig file for --node (default: in-cluster configuration)",
     )
     p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="Linkerd's identity trust domain, for pods' identities with --node "
+        "(<sa>.<ns>.serviceaccount.identity.linkerd.DOMAIN; default cluster.local)",
+    )
+    p.add_argument(
         "--pod",
         action="append",
         default=[],
@@ -58,7 +64,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="IFACE",
-        help="host interface watched for ICMP/UDP threats; repeatable",
+        help="host interface watched for ICMP/UDP threats; repeatable (a bridge such as "
+        "cni0 shows pod-to-pod traffic)",
+    )
+    p.add_argument(
+        "--host-netns",
+        metavar="PATH",
+        help="the network namespace of the --iface interfaces (default: the agent's own; "
+        "in a pod without hostNetwork, /proc/1/ns/net is the node's, with hostPID)",
+    )
+    p.add_argument(
+        "--no-promisc",
+        dest="promisc",
+        action="store_false",
+        help="do not put --iface interfaces in promiscuous mode (then a bridge shows only "
+        "traffic to and from the host itself, not what it forwards between pods)",
     )
     p.add_argument(
         "--pod-iface",
@@ -111,6 +131,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="YAML or JSON mapping of ICMP/UDP/DNS thresholds (NetThreatConfig fields)",
     )
     p.add_argument(
+        "--baseline-file",
+        metavar="PATH",
+        help="keep the learned UDP peers in this file across restarts (the DaemonSet: "
+        "/var/lib/meshward/udp-peers.json; default: memory only)",
+    )
+    p.add_argument(
         "--queue-size",
         type=int,
         default=10000,
@@ -134,7 +160,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--ring-mb",
         type=int,
         default=8,
-        help="kernel capture ring per socket in MiB (two sockets per pod; default 8)",
+        help="kernel capture ring per socket in MiB, 2..1024 (two sockets per pod: pinned "
+        "memory is pods x 2 x this; default 8)",
     )
     p.add_argument(
         "--metrics-port",
@@ -179,10 +206,14 @@ def _pods(args: argparse.Namespace) -> list[Any]:
 def _check(args: argparse.Namespace) -> None:
     if not args.netns and not args.iface and not args.node:
         raise UsageError("nothing to capture: give --node, --netns and/or --iface")
+    if args.host_netns and not args.iface:
+        raise UsageError("--host-netns names where --iface interfaces are: give --iface too")
     if args.netns and args.node:
         raise UsageError("--netns names pods by hand, --node finds them: give one of the two")
     if args.node and not is_kubernetes_subdomain(args.node):
         raise UsageError(f"--node {args.node!r} is not a Kubernetes node name")
+    if not is_kubernetes_subdomain(args.trust_domain):
+        raise UsageError(f"--trust-domain {args.trust_domain!r} is not a DNS name")
     if any(not 0 < p < 65536 for p in args.app_port):
         raise UsageError("--app-port must be 1..65535")
     if args.queue_size < 1 or args.max_flows < 1 or args.max_body < 0:
@@ -191,8 +222,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--idle-timeout and --stats-interval must be > 0, --duration >= 0")
     if args.server and not args.server.startswith(("http://", "https://")):
         raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
-    if not 1 <= args.ring_mb <= 1024:
-        raise UsageError("--ring-mb must be 1..1024")
+    if not 2 <= args.ring_mb <= 1024:
+        # the ring is 1 MiB blocks: with one, the kernel has nowhere to write while Python
+        # reads it
+        raise UsageError("--ring-mb must be 2..1024")
     if not 0 <= args.metrics_port < 65536:
         raise UsageError("--metrics-port must be 0..65535")
 
@@ -249,7 +282,7 @@ def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event) -> Any
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from None
     iface = None if args.pod_iface == "none" else args.pod_iface
-    discovery = PodDiscovery(api, args.node, tap, net_iface=iface)
+    discovery = PodDiscovery(api, args.node, tap, net_iface=iface, trust_domain=args.trust_domain)
     discovery.start()
 
     def retry() -> None:  # a pod whose namespace the CNI had not set up yet
@@ -268,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
     from meshward.tap.node.counters import NodeTapCounters
     from meshward.tap.node.modepoll import ModeSource, parse_mode_flags
     from meshward.tap.node.output import HttpOutput, JsonlOutput
+    from meshward.tap.node.peerfile import PeerFile
     from meshward.tap.node.pipeline import NodeTap
 
     try:
@@ -306,6 +340,9 @@ def run(args: argparse.Namespace) -> int:
         args.idle_timeout,
         args.stats_interval,
         ring_mb=args.ring_mb,
+        promisc=args.promisc,
+        host_netns=args.host_netns,
+        peer_file=PeerFile(args.baseline_file) if args.baseline_file else None,
     )
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns or args.node))
     tap.netmon = _network_monitor(tap, watch_net, modes, net_config)

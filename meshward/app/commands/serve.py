@@ -135,6 +135,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve /metrics without a credential (env MESHWARD_PUBLIC_METRICS=1; default: "
         "/metrics needs the token like the API, since it names namespaces, workloads and threats)",
     )
+    g = p.add_argument_group(
+        "who may call the gRPC ports (docs/security.md)",
+        "By default serve terminates mTLS on 9191/9192 with its CA and takes whose traffic it "
+        "is from the caller's certificate (spiffe://TRUST-DOMAIN/ns/NS/sa/SA).",
+    )
+    g.add_argument(
+        "--grpc-ca-dir",
+        metavar="DIR",
+        help="the CA (ca.crt, ca.key) sidecar certificates come from: created there at first "
+        "start if absent; every replica must use the same one (a shared directory or a mounted "
+        "Secret) (env MESHWARD_GRPC_CA_DIR, default meshward-ca beside --db)",
+    )
+    g.add_argument(
+        "--trust-domain",
+        help="the SPIFFE trust domain of callers (env MESHWARD_TRUST_DOMAIN, default "
+        "cluster.local)",
+    )
+    g.add_argument(
+        "--identity",
+        metavar="SPIFFE_ID",
+        help="serve's own SPIFFE id: in its certificate, and the By= of the XFCC element its "
+        "sidecar appends (default spiffe://TRUST-DOMAIN/ns/meshward/sa/meshward)",
+    )
+    g.add_argument(
+        "--grpc-plaintext",
+        action="store_true",
+        help="INSECURE unless behind meshward's own Istio sidecar with STRICT mTLS: plaintext "
+        "gRPC, callers trusted only from the x-forwarded-client-cert element that sidecar "
+        "appends (By= --identity); logged loudly",
+    )
+    p.add_argument(
+        "--grpc-reflection",
+        action="store_true",
+        help="serve gRPC reflection on both gRPC ports (off by default: it tells anyone who "
+        "can connect what the ports serve; for debugging with grpcurl)",
+    )
     add_engine_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
@@ -145,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
     from meshward.app.serve import ServeConfig
     from meshward.app.serve import run as serve
     from meshward.app.store import StoreError
+    from meshward.istio.certs import CertError
     from meshward.runtime import jsonlog as log
+    from meshward.runtime.grpcpeer import PeerPolicy
     from meshward.tap.envoy.assemble import TapLimits
 
     try:
@@ -159,6 +197,16 @@ def run(args: argparse.Namespace) -> int:
     store = args.store or os.environ.get("MESHWARD_STORE") or "sqlite"
     if store not in ("sqlite", "kubernetes"):
         raise UsageError(f"MESHWARD_STORE={store!r}: expected sqlite or kubernetes")
+    try:
+        peers = PeerPolicy(
+            kind="xfcc" if args.grpc_plaintext else "mtls",
+            trust_domain=args.trust_domain
+            or os.environ.get("MESHWARD_TRUST_DOMAIN")
+            or "cluster.local",
+            identity=args.identity or "",
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     config = ServeConfig(
         db=args.db or os.environ.get("MESHWARD_DB") or "./meshward.db",
         listen_host=args.listen_host or os.environ.get("MESHWARD_LISTEN_HOST") or "0.0.0.0",
@@ -183,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         alerts_dsn=args.alerts_dsn or os.environ.get("MESHWARD_ALERTS_DSN") or None,
         # in a cluster (either Kubernetes option) the mode is the Namespace label
         modes_from_labels=kube_auth or store == "kubernetes",
+        peers=peers,
+        grpc_ca_dir=args.grpc_ca_dir or os.environ.get("MESHWARD_GRPC_CA_DIR") or "",
         auth=AuthConfig(
             kubernetes=kube_auth,
             kubeconfig=args.kubeconfig,
@@ -192,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
             if args.public_metrics is not None
             else _env_flag("MESHWARD_PUBLIC_METRICS"),
         ),
+        grpc_reflection=args.grpc_reflection,
     )
     for name in ("authz_port", "tap_port", "http_port"):
         if not 0 <= getattr(config, name) <= 65535:
@@ -202,6 +253,6 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         serve(config)
-    except (OSError, StoreError, TokenError) as exc:
+    except (OSError, StoreError, TokenError, CertError, ValueError) as exc:
         raise UsageError(f"cannot serve: {exc}") from None
     return 0

@@ -1,5 +1,8 @@
 """The demo's mini-mesh: `meshward serve`, one mTLS sidecar per service and direction.
 
+One CA signs every sidecar's certificate; the sidecars use it for mTLS between each other and to
+serve's gRPC ports, where serve takes whose traffic it is from it.
+
 Each sidecar is a real Envoy rendered by `istio.bootstrap.render_bootstrap`, the same filter
 config `meshward istio render` puts into an EnvoyFilter. A mode change works as a real install
 does: the namespace's mode is set in meshward and the sidecars' filters are re-rendered for the
@@ -20,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshward.istio.bootstrap import SidecarTLS, render_bootstrap
+from meshward.istio.bootstrap import render_bootstrap
 from meshward.istio.certs import MeshCA
 from meshward.istio.envoyproc import EnvoyProcess, die_with_parent
+from meshward.istio.tls import SidecarTLS
 from meshward.runtime.client import ApiClient, ApiError
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout (meshward is not always installed)
@@ -65,6 +69,7 @@ class Sidecar:
             direction=self.direction,
             upstream_h2=self.h2,
             tls=self.tls,
+            meshward_tls=self.tls,  # the sidecar's own certificate is its identity to serve
         )
 
     async def start(self, server: ServeProcess) -> None:
@@ -98,6 +103,11 @@ class ServeProcess:
     def log_path(self) -> Path:
         return self.workdir / "serve.log"
 
+    @property
+    def ca_dir(self) -> Path:
+        """The mesh CA: it signs the sidecars' certificates, and serve requires one from it."""
+        return self.workdir / "ca"
+
     def log_tail(self, lines: int = 15) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -120,6 +130,8 @@ class ServeProcess:
             str(self.tap_port),
             "--http-port",
             str(self.http_port),
+            "--grpc-ca-dir",
+            str(self.ca_dir),
             "--log-level",
             "info",  # the "serving" line names the bound ports
         ]
@@ -214,7 +226,7 @@ class MiniMesh:
     def __init__(self, namespace: str, server: ServeProcess, workdir: Path) -> None:
         self.namespace = namespace
         self.server = server
-        self.ca = MeshCA(workdir / "ca")
+        self.ca = MeshCA(server.ca_dir)
         self.sidecars: dict[str, Sidecar] = {}
         self._certs: dict[tuple[str, str], SidecarTLS] = {}
 

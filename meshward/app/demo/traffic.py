@@ -18,7 +18,6 @@ import aiohttp
 import grpc
 
 from meshward.app.demo.shop import CATEGORIES, PAYMENTS_SERVICE, service_host, struct
-from meshward.core import wire
 
 CUSTOMERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 SEARCH_WORDS = ("item", "books", "games", "music", "garden", "kitchen", "toys", "1", "2", "3")
@@ -46,7 +45,7 @@ class Call:
 class Result:
     call: Call
     status: int  # HTTP status; gRPC: 200 for OK, 403 for PERMISSION_DENIED, 599 otherwise
-    reason: str = ""  # x-meshward-reason of a denial, or the error
+    reason: str = ""  # the error (a denial's reasons are in its alert, not the answer)
     detail: str = ""
 
 
@@ -200,7 +199,7 @@ class Driver:
             headers["content-type"] = "application/json"
         async with self.http.request(call.method, url, data=data, headers=headers) as resp:
             text = await resp.text(errors="replace")
-            return Result(call, resp.status, resp.headers.get(wire.REASON_HEADER, ""), text[:200])
+            return Result(call, resp.status, "", text[:200])  # why it was denied: the alert
 
     async def _grpc(self, call: Call) -> Result:
         channel = self.channels.get(call.via)
@@ -223,8 +222,7 @@ class Driver:
             )
         except grpc.aio.AioRpcError as err:
             status = 403 if err.code() == grpc.StatusCode.PERMISSION_DENIED else 599
-            reason = dict(err.trailing_metadata() or ()).get(wire.REASON_HEADER, "")
-            return Result(call, status, str(reason), f"{err.code().name}: {err.details()}")
+            return Result(call, status, "", f"{err.code().name}: {err.details()}")
         return Result(call, 200)
 
     async def run(self, calls: list[Call], on_done: Any = None) -> list[Result]:

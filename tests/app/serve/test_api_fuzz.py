@@ -411,11 +411,16 @@ def test_regression_lone_surrogates_never_reach_store_or_metrics(tmp_path: Path)
     try:
         batch = [
             dict(GOOD, destination={"namespace": "\ud800", "workload": "w\udfff"}),
-            dict(GOOD, threats=[{"name": "Evil\ud800", "evidence": "\udc00"}]),
+            dict(GOOD, threats=[{"name": "Evil\ud800", "evidence": "\udc00"}]),  # dropped
+            dict(  # a network event, kept (meshward.core.claims)
+                GOOD,
+                protocol="icmp",
+                threats=[{"name": "ICMP.Flood", "location": "network", "evidence": "\udc00"}],
+            ),
             GOOD,
         ]
         status, answer = request(srv.port, "POST", "/api/v1/observations", _encode(batch, True))
-        assert (status, json.loads(answer)) == (202, {"accepted": 3, "rejected": 0})
+        assert (status, json.loads(answer)) == (202, {"accepted": 4, "rejected": 0})
         for path in ("/metrics", "/api/v1/alerts", "/api/v1/allowlist"):
             status, answer = request(srv.port, "GET", path)
             assert status == 200, (path, answer[:200])
@@ -423,7 +428,8 @@ def test_regression_lone_surrogates_never_reach_store_or_metrics(tmp_path: Path)
         srv.stop()
     with open_store(db) as store:
         assert set(store.load_profiles()) == {"\ufffd/w\ufffd", "mesh/cart"}
-        assert [a["threats"][0]["name"] for a in store.alerts()] == ["Evil\ufffd"]
+        threats = [a["threats"][0] for a in store.alerts()]
+        assert [(t["name"], t["evidence"]) for t in threats] == [("ICMP.Flood", "\ufffd")]
 
 
 def test_regression_non_finite_time_is_refused() -> None:

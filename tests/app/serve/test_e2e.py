@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 from meshward.istio.bootstrap import render_bootstrap
 from meshward.istio.certs import MeshCA
 from meshward.istio.envoyproc import EnvoyProcess
+from meshward.runtime.grpcpeer import PeerPolicy
 from tests.support.envoy_http import ServerThread, free_port, http
 
 pytestmark = pytest.mark.integration
@@ -47,28 +48,46 @@ def learn_traffic(port: int) -> int:
     return sent
 
 
+def verified(tmp_path: Path) -> tuple[MeshCA, dict[str, Any]]:
+    """A CA and the ServerThread settings that make serve require certificates from it."""
+    ca = MeshCA(tmp_path / "ca")
+    return ca, {"peers": PeerPolicy(), "grpc_ca_dir": str(ca.dir)}
+
+
 def test_learn_then_enforce(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
-    with ServerThread(str(tmp_path / "m.db")) as srv:
-        with sidecar(srv, echo_app, "learn", envoy_bin) as envoy:
+    """Over mTLS to serve: the sidecar's certificate (shop/api) names the destination."""
+    ca, secure = verified(tmp_path)
+    api = {"meshward_tls": ca.issue("shop", "api")}
+    with ServerThread(str(tmp_path / "m.db"), **secure) as srv:
+        with sidecar(srv, echo_app, "learn", envoy_bin, **api) as envoy:
             n = learn_traffic(envoy.port)
             srv.wait_metric('meshward_observations_total{source="envoy-tap"}', n)
         services = srv.api("GET", "/api/v1/allowlist")["services"]
         assert [s["destination"] for s in services] == ["shop/api"]
         srv.api("PUT", "/api/v1/modes/shop", {"mode": "enforce"})
         assert srv.api("GET", "/api/v1/modes")["modes"]["shop"] == "enforce"
-        with sidecar(srv, echo_app, "enforce", envoy_bin) as envoy:
+        with sidecar(srv, echo_app, "enforce", envoy_bin, **api) as envoy:
             assert http(envoy.port, "/api/items/42?page=3")[0] == 200
             assert http(envoy.port, "/api/orders", ORDER, headers=JSON)[0] == 200
-            status, headers, body = http(envoy.port, "/admin/export")
-            assert status == 403
-            assert "unknown-path" in headers["x-meshward-reason"]
-            assert json.loads(body)["reasons"]
-            status, headers, body = http(envoy.port, "/api/orders", SQLI, headers=JSON)
-            assert status == 403
-            assert "SQL.Injection" in headers["x-meshward-reason"]
-            assert "SQL.Injection" in json.loads(body)["threats"]
+            # a denied caller learns nothing but the request id; the reasons go to the alert
+            denied = {}
+            for path, doc, why in (
+                ("/admin/export", None, "unknown-path"),
+                ("/api/orders", SQLI, "SQL.Injection"),
+            ):
+                status, headers, body = http(envoy.port, path, doc, headers=JSON)
+                assert status == 403
+                assert not [h for h in headers if h.lower().startswith("x-meshward")]
+                said = json.loads(body)
+                assert set(said) == {"error", "request_id"}, said
+                assert said["error"] == "denied by meshward" and said["request_id"]
+                assert why.encode() not in body
+                denied[said["request_id"]] = why
         alerts = srv.api("GET", "/api/v1/alerts?limit=10")["alerts"]
         assert {a["verdict"] for a in alerts} == {"deny"}
+        for a in alerts:  # each denial's alert, found by the request id the caller was given
+            why = denied[a["request_id"]]
+            assert why in a["reasons"] + [t["name"] for t in a["threats"]]
         assert srv.metric('meshward_checks_total{result="denied"}') == 2
 
 
@@ -203,11 +222,13 @@ def test_grpc_service_learned_by_service_and_method(envoy_bin: str, tmp_path: Pa
 
 def test_both_ends_join(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
     """web's outbound sidecar -mTLS-> orders' inbound sidecar (enforce chain, namespace in
-    learn): one exchange under one x-request-id; a path rewritten in between is flagged."""
-    ca = MeshCA(tmp_path / "ca")
-    with ServerThread(str(tmp_path / "m.db")) as srv:
+    learn): one exchange under one x-request-id; a path rewritten in between is flagged. Both
+    sidecars reach serve over mTLS with their own certificates."""
+    ca, secure = verified(tmp_path)
+    with ServerThread(str(tmp_path / "m.db"), **secure) as srv:
+        orders = ca.issue("shop", "orders")
         inbound = sidecar(
-            srv, echo_app, "enforce", envoy_bin, workload="orders", tls=ca.issue("shop", "orders")
+            srv, echo_app, "enforce", envoy_bin, workload="orders", tls=orders, meshward_tls=orders
         )
         with inbound as callee:
             out = render_bootstrap(
@@ -219,7 +240,8 @@ def test_both_ends_join(envoy_bin: str, echo_app: int, tmp_path: Path) -> None:
                 authz_port=srv.ports["authz"],
                 tap_port=srv.ports["tap"],
                 direction="outbound",
-                tls=ca.issue("shop", "web"),
+                tls=(web := ca.issue("shop", "web")),
+                meshward_tls=web,
             )
             with EnvoyProcess(out, envoy=envoy_bin, name="web-out") as caller:
                 rid = "join-test-1"

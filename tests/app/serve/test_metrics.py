@@ -58,8 +58,13 @@ def test_verdict_and_problem_counts_fold_unbounded_labels() -> None:
     for i in range(300):
         v = Verdict("alert", 0.9, [f"reason-{i}"], [Threat(f"Name.{i}", "query:x", "e")])
         m.count_verdict("extauthz", v)
+    m.count_verdict("extauthz", Verdict("alert", 1.0, [], [Threat("SQL.Injection", "q", "e")]))
     text = m.exposition().decode()
-    assert sample(text, 'meshward_threats_total{name="other"}') == 100.0
+    # threat names label only from the registry: 300 forged names are one bucket, and a real
+    # name still gets its own label after them
+    assert sample(text, 'meshward_threats_total{name="unregistered"}') == 300.0
+    assert sample(text, 'meshward_threats_total{name="SQL.Injection"}') == 1.0
+    assert text.count("meshward_threats_total{") == 2
     assert 'reason="other"' in text
     problems = Problems(m, __import__("logging").getLogger("test"))
     problems("tap", "junk")

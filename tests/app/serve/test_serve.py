@@ -49,8 +49,11 @@ def test_learn_then_enforce_over_grpc() -> None:
             assert bad.status.code == 7  # PERMISSION_DENIED
             assert bad.denied_response.status.code == 403
             hdrs = {h.header.key: h.header.value for h in bad.denied_response.headers}
-            assert "unknown-path" in hdrs["x-meshward-reason"]
-            assert json.loads(bad.denied_response.body)["reasons"]
+            assert not [k for k in hdrs if k.startswith("x-meshward")]  # the caller learns nothing
+            assert json.loads(bad.denied_response.body) == {
+                "error": "denied by meshward",
+                "request_id": "",
+            }
             # the same clean GET again is served from the decision cache
             await _check(port, check_request("GET", "/api/items?page=2"))
             text = srv.metrics.exposition().decode()
@@ -83,9 +86,29 @@ def test_bad_messages_are_counted_and_serving_goes_on() -> None:
     asyncio.run(main())
 
 
-def test_health_and_reflection_are_served() -> None:
+def test_reflection_is_off_by_default() -> None:
+    """Reflection tells anyone who can connect what the ports serve: only on when asked."""
+
     async def main() -> None:
         async with running_server() as srv:
+            for name in ("authz", "tap"):
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.ports[name]}") as ch:
+                    stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+                    call = stub.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                    )
+                    try:
+                        async for _ in call:
+                            raise AssertionError("reflection answered")
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    asyncio.run(main())
+
+
+def test_health_and_reflection_are_served() -> None:
+    async def main() -> None:
+        async with running_server(grpc_reflection=True) as srv:
             for name, service in (
                 ("authz", "envoy.service.auth.v3.Authorization"),
                 ("tap", "envoy.service.ext_proc.v3.ExternalProcessor"),

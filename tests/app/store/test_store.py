@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshward.app.store import SCHEMA_VERSION, SqliteStore, Store, StoreError, open_store
+from meshward.core.quota import AlertQuota
 
 
 @pytest.fixture
@@ -239,3 +240,40 @@ def test_read_only_view(db: str) -> None:
         assert ro.load_profiles() == s.load_profiles() == {"a/a": {"v": 1}}
         assert ro.modes() == {"shop": "enforce"} and ro.modes_version() == s.modes_version()
         assert [a["destination"] for a in ro.alerts()] == ["shop/x"]
+
+
+def test_alert_quotas_per_source_and_destination(db: str) -> None:
+    """A flood from one source, or at one destination, evicts its own alerts only."""
+    quota = AlertQuota(per_source=5, per_destination=8, total=20)
+    with open_store(db, alert_limit=20, alert_quota=quota) as s:
+        s.add_alerts([{"source": "a/web", "destination": "shop/api", "n": "real"}])
+        s.add_alerts([{"source": "x/evil", "destination": "shop/api", "n": i} for i in range(50)])
+        got = s.alerts(limit=100)
+        assert [a["n"] for a in got] == [49, 48, 47, 46, 45, "real"]
+        s.add_alerts(
+            [{"source": f"x/evil{i}", "destination": "shop/db", "n": i} for i in range(30)]
+        )
+        got = s.alerts(limit=100)
+        assert sum(a["destination"] == "shop/db" for a in got) == 8
+        assert "real" in [a["n"] for a in got]
+
+
+def test_a_store_from_before_the_quotas_is_upgraded_in_place(db: str) -> None:
+    Path(db).parent.mkdir(parents=True)
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('app', 'meshward'), ('schema_version', '1'),"
+        " ('modes_version', '0');"
+        "CREATE TABLE profiles (destination TEXT PRIMARY KEY, doc TEXT NOT NULL,"
+        " updated REAL NOT NULL);"
+        "CREATE TABLE modes (namespace TEXT PRIMARY KEY, mode TEXT NOT NULL,"
+        " updated REAL NOT NULL);"
+        "CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
+        " namespace TEXT NOT NULL, doc TEXT NOT NULL);"
+        "INSERT INTO alerts (time, namespace, doc) VALUES (1, 'shop', '{\"n\": \"old\"}');"
+    )
+    con.close()
+    with open_store(db, alert_quota=AlertQuota(per_source=2)) as s:
+        s.add_alerts([{"source": "x/evil", "destination": "shop/api", "n": i} for i in range(5)])
+        assert [a["n"] for a in s.alerts(limit=10)] == [4, 3, "old"]

@@ -328,3 +328,53 @@ def test_cli_to_meshward_serve(node: tuple[Node, Pod, Pod], tmp_path: Path) -> N
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+SPOOFED = "admin.kube-system.serviceaccount.identity.linkerd.cluster.local"
+
+
+def _send_spoofed(pod: Pod, server: Pod, path: str) -> None:
+    code = (
+        "import http.client as h\n"
+        f"c = h.HTTPConnection({server.ip!r}, 4143, timeout=10)\n"
+        f"c.request('GET', {path!r}, headers={{'l5d-client-id': {SPOOFED!r}}})\n"
+        "assert c.getresponse().status == 200\n"
+    )
+    pod.run([sys.executable, "-c", code])
+
+
+def test_a_client_sent_l5d_client_id_is_not_believed() -> None:
+    """linkerd-proxy strips a client's `l5d-client-id` and sets its own from mTLS: a meshed
+    caller is named by its verified identity, a plaintext one by nothing, whatever they send."""
+    need_netns()
+    if not (Path(sys.executable).parent / "envoy").exists():
+        pytest.skip("envoy not installed in the venv")
+    with Node() as n:
+        server, client, outsider = n.add_pod("server"), n.add_pod("client"), n.add_pod("outsider")
+        proxy = LinkerdPod(server, meshed_from=[client.ip])
+        observed: list[Observation] = []
+        tap = NodeTap([PodTarget(server.netns, Identity("shop", "api"), None)], [], observed.append)
+        stop = threading.Event()
+        runner = threading.Thread(target=tap.run, args=(stop,))
+        try:
+            proxy.start()
+            tap.open()
+            runner.start()
+            _send_spoofed(client, server, "/from-meshed")
+            _send_spoofed(outsider, server, "/from-plaintext")
+            deadline = time.monotonic() + 5
+            while len(observed) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            if runner.is_alive():
+                runner.join(10)
+            tap.close()
+            proxy.cleanup()
+    by_path = {o.path: o for o in observed}
+    assert set(by_path) == {"/from-meshed", "/from-plaintext"}
+    for o in observed:  # the app got one header at most, never the client's
+        assert [v for k, v in o.headers if k == "l5d-client-id"] in ([], [proxy.caller])
+    meshed, plaintext = by_path["/from-meshed"].source, by_path["/from-plaintext"].source
+    assert meshed.principal == proxy.caller and meshed.key == "shop/web"
+    assert plaintext.principal == "" and plaintext.key == "unknown"

@@ -11,125 +11,25 @@ from __future__ import annotations
 import os
 import random
 import string
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from meshward.core.observation import Identity, Observation
-from meshward.tap.node.netthreats import NetworkMonitor
-from meshward.tap.node.packet import Packet
-from meshward.tap.node.pipeline import NodeTap, PodTarget
+from meshward.core.observation import Observation
 from tests.conftest import need_tools
-from tests.support.netns import Node, Pod, need_netns
+from tests.support.netlab import DEADLINE, Lab, lab_on
+from tests.support.netns import need_netns
 
 pytestmark = pytest.mark.integration
-
-DEADLINE = 5.0  # seconds from starting the tool to the alert
-# a TXT record of five 250-byte strings: a ~1.3 KB answer (one unfragmented UDP datagram)
-BIG_TXT = ",".join(c * 250 for c in "abcde")
-
-
-class SwappableMonitor:
-    """What NodeTap calls; forwards to the current monitor, which a test can replace."""
-
-    def __init__(self) -> None:
-        self.inner = NetworkMonitor()
-        self.lock = threading.Lock()
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return dict(self.inner.stats)
-
-    def feed(self, pkt: Packet, where: str = "") -> list[Observation]:
-        with self.lock:
-            return self.inner.feed(pkt, where)
-
-    def tick(self, now: float) -> list[Observation]:
-        with self.lock:
-            return self.inner.tick(now)
-
-
-class Lab:
-    """Two pods, dnsmasq in the victim, and the node tap watching the victim's eth0."""
-
-    def __init__(self, node: Node, attacker: Pod, victim: Pod) -> None:
-        self.node, self.attacker, self.victim = node, attacker, victim
-        self.monitor = SwappableMonitor()
-        self.alerts: list[Observation] = []
-        self.arrived: dict[int, float] = {}  # id(alert) -> when the node tap handed it out
-        self.stop = threading.Event()
-        target = PodTarget(victim.netns, Identity("lab", "victim"), net_iface="eth0")
-        self.tap = NodeTap([target], [], self._out, netmonitor=self.monitor)
-        self.tap.open()
-        self.thread = threading.Thread(target=self.tap.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-
-    def _out(self, obs: Observation) -> None:
-        if obs.threats:
-            self.arrived[id(obs)] = time.time()
-            self.alerts.append(obs)
-
-    def fresh(self, mode_of: Callable[[str], str] | None = None) -> float:
-        """A new monitor and an empty alert list; returns the start time."""
-        with self.monitor.lock:
-            self.monitor.inner = NetworkMonitor(resolve=self.tap.resolve, mode_of=mode_of)
-            self.alerts.clear()
-        return time.time()
-
-    def wait_for(self, name: str, start: float, timeout: float = DEADLINE + 1) -> Observation:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for obs in list(self.alerts):
-                # obs.time >= start: not a late summary of the monitor this test replaced
-                if obs.threats[0].name == name and obs.time >= start:
-                    return obs
-            time.sleep(0.05)
-        got = [(o.threats[0].name, o.threats[0].evidence) for o in self.alerts]
-        raise AssertionError(f"no {name} within {timeout} s; alerts: {got}")
-
-    def attack(self, cmd: list[str], timeout: float = 10) -> None:
-        self.attacker.run(["timeout", str(timeout), *cmd], check=False, timeout=timeout + 5)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        self.tap.close()
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     need_netns()
     need_tools("hping3", "nmap", "dig", "dnsmasq", "ping", "timeout")
-    with Node(subnet=f"10.214.{random.randrange(256)}") as node:
-        attacker = node.add_pod("attacker")
-        victim = node.add_pod("victim")
-        victim.popen(
-            [
-                "dnsmasq",
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                f"--listen-address={victim.ip}",
-                "--port=53",
-                "--user=root",
-                "--pid-file=",
-                "--address=/corp.test/10.99.0.9",
-                f"--txt-record=big.corp.test,{BIG_TXT}",
-                "--edns-packet-max=4096",
-                "--log-facility=/dev/null",
-            ],
-        )
-        victim.wait_port(53)
-        lab = Lab(node, attacker, victim)  # Node's exit cleans up if this raises
-        try:
-            time.sleep(0.3)  # capture sockets are open before open() returns; let run() start
-            yield lab
-        finally:
-            lab.close()
+    with lab_on(f"10.214.{random.randrange(256)}", watch="pod") as lab:
+        yield lab
 
 
 def _latency(lab: Lab, obs: Observation, start: float) -> float:

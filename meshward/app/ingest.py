@@ -1,0 +1,194 @@
+"""Ingest off the Check loop: a batch is parsed and inspected in a worker process, and judged on
+the loop in slices that yield.
+
+One 13-16 MB `POST /api/v1/observations` held the event loop that also answers ext_authz for
+hundreds of milliseconds (JSON parsing, building observations, the threat detectors), past the
+sidecar's 200 ms timeout. On two cores and one GIL a thread does not help: it holds the same
+lock the loop needs. So the CPU-heavy part runs in another process (`Ingestor`, one worker,
+started on the first ingest):
+
+- parsing (JSON array or JSON Lines), building Observations (`observation_from_dict`), counting
+  the verdict fields a caller sent (meshward.core.claims);
+- the detectors (`Engine.inspect`), when the worker can build the same detector as serve's
+  engine (the default: serve's EngineConfig with the on-disk signature cache).
+
+The worker hands back chunks of pickled (observation, findings) pairs. What must stay with the
+one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a time, with
+`await asyncio.sleep(0)` whenever a slice has taken `SLICE` seconds, so Checks are answered in
+between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import pickle
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshward.core.claims import verdict_fields
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.observation import Observation, observation_from_dict
+from meshward.core.threats.inspection import Inspection
+
+MAX_ITEMS = 10_000  # observations per ingest request
+CHUNK = 64  # observations per pickled chunk the worker hands back
+SLICE = 0.001  # seconds of judging on the loop before it yields to Checks
+WORKER_NICE = 10  # the worker's niceness, added to serve's
+
+Inspected = tuple[Inspection, bool]
+
+
+def loads(raw: bytes | str) -> Any:
+    """json.loads with every way hostile input makes it fail as ValueError: besides invalid
+    JSON and UTF-8, too deep nesting (RecursionError) and integers of over 4300 digits (a plain
+    ValueError, not a JSONDecodeError)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def parse_batch(raw: bytes) -> tuple[list[Any], int]:
+    """JSON array or JSON Lines -> (items, lines that were not JSON)."""
+    text = raw.decode("utf-8", "replace").strip()
+    if not text:
+        return [], 0
+    if text.startswith("["):
+        try:
+            items = loads(text)
+        except ValueError:
+            return [], 1
+        return (items if isinstance(items, list) else [items]), 0
+    items, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            items.append(loads(line))
+        except ValueError:
+            bad += 1
+    return items, bad
+
+
+@dataclass
+class Parsed:
+    """One batch, parsed (and inspected) by the worker."""
+
+    chunks: list[bytes] = field(default_factory=list)  # pickled [(Observation, Inspected|None)]
+    not_json: int = 0  # lines that were not JSON
+    too_many: int = 0  # items past MAX_ITEMS
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (index, error), the first 20
+    bad_count: int = 0
+    claimed: int = 0  # verdict fields the caller sent (ignored)
+
+
+_engine: Engine | None = None  # the worker's own engine: its detectors only (never learns)
+
+
+def _start_worker(config: EngineConfig | None) -> None:
+    global _engine
+    # below the loop's priority: on a busy machine the Checks' process gets the CPU first
+    os.nice(WORKER_NICE)
+    if config is not None:
+        from meshward.app import sigcache
+
+        _engine = Engine(config, sigcache.detector(config))
+
+
+def _ready() -> bool:
+    return True
+
+
+def parse(raw: bytes) -> Parsed:
+    """The worker's part of one batch (also callable in-process)."""
+    items, not_json = parse_batch(raw)
+    out = Parsed(not_json=not_json, too_many=max(0, len(items) - MAX_ITEMS))
+    pairs: list[tuple[Observation, Inspected | None]] = []
+    for i, item in enumerate(items[:MAX_ITEMS]):
+        try:
+            obs = observation_from_dict(item)
+        except (ValueError, TypeError) as exc:
+            out.bad_count += 1
+            if len(out.bad) < 20:
+                out.bad.append((i, str(exc)[:200]))
+            continue
+        out.claimed += verdict_fields(item)  # a dict: observation_from_dict accepted it
+        pairs.append((obs, _engine.inspect(obs) if _engine is not None else None))
+        if len(pairs) == CHUNK:
+            out.chunks.append(pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL))
+            pairs = []
+    if pairs:
+        out.chunks.append(pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL))
+    return out
+
+
+class Ingestor:
+    """The worker process (started on first use, started again if it dies) and the sliced
+    judging on the loop. `config`: the engine settings the worker's detectors follow; None
+    when serve's engine has a detector the worker cannot rebuild (then only parsing moves)."""
+
+    def __init__(self, config: EngineConfig | None) -> None:
+        self.config = config
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, never fork: serve runs gRPC's threads, which a forked child must not inherit
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self.config,),
+            )
+        return self._pool
+
+    async def parse(self, raw: bytes) -> Parsed:
+        """`raw` parsed (and inspected) in the worker; a worker that died is replaced once."""
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            try:
+                return await loop.run_in_executor(self._executor(), parse, raw)
+            except BrokenProcessPool:
+                self._drop_pool()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def judge(
+        self,
+        parsed: Parsed,
+        take: Callable[[Observation, Inspected | None], bool],
+        failed: Callable[[int, Exception], None],
+    ) -> int:
+        """Feed every observation to `take` on the loop, yielding after each `SLICE` of work;
+        returns how many it took (True; False: refused, counted by `take`); `failed(index,
+        exc)` hears of those it raised on."""
+        taken = index = 0
+        start = time.perf_counter()
+        for chunk in parsed.chunks:
+            for obs, inspected in pickle.loads(chunk):
+                try:
+                    if take(obs, inspected):
+                        taken += 1
+                except Exception as exc:  # one bad item never stops the batch or the server
+                    failed(index, exc)
+                index += 1
+                if time.perf_counter() - start >= SLICE:
+                    await asyncio.sleep(0)
+                    start = time.perf_counter()
+        return taken
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        self._drop_pool()
