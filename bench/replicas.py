@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import psutil
 
 from meshward.app.install import crds
+from meshward.istio.certs import MeshCA
 from tests.support.apiserver import KubeCluster, missing_reason
 from tests.support.metrics import sample
 from tests.support.replicas import ServeProcess, check
@@ -72,10 +73,10 @@ def balanced(boot: dict[str, Any], servers: list[Any]) -> dict[str, Any]:
     return boot
 
 
-def mesh_sidecar(app: int, mode: str, servers: list[Any], name: str) -> EnvoyProcess:
+def mesh_sidecar(app: int, mode: str, servers: list[Any], tls: Any, name: str) -> EnvoyProcess:
     """A sidecar with meshward's filters (ext_authz in monitor/enforce, the tap) balancing
-    over `servers`."""
-    boot = sidecar(app, mode, keep=(AUTHZ, TAP), authz_port=servers[0].authz)
+    over `servers`, with a certificate from their CA (`tls`: serve's gRPC requires mTLS)."""
+    boot = sidecar(app, mode, keep=(AUTHZ, TAP), authz_port=servers[0].authz, meshward_tls=tls)
     return EnvoyProcess(balanced(boot, servers), name=name).start()
 
 
@@ -160,7 +161,7 @@ def main() -> int:
         envoys.append(app)
 
         # 3. API writes while both learn varied paths through one sidecar balancing over both
-        both = mesh_sidecar(app.port, "learn", [a, b], "sidecar-learn")
+        both = mesh_sidecar(app.port, "learn", [a, b], a.tls(NS), "sidecar-learn")
         envoys.append(both)
         body = order_body()
         for _ in range(10):
@@ -186,7 +187,7 @@ def main() -> int:
             path = f"/probe/{i}-x{i}z"  # a literal segment: its own rule
             dest = f"{NS}/api"
             t = time.monotonic()
-            assert check(a.authz, path, NS) == 0
+            assert check(a.authz, path, NS, tls=a.tls(NS)) == 0
             while True:
                 doc = b.client.request("GET", f"/api/v1/allowlist?destination={dest}")
                 paths = {e["path"] for s in doc["services"] for e in s["endpoints"]}
@@ -207,11 +208,16 @@ def main() -> int:
         time.sleep(args.flush * 2)
         # ext_authz only (bench/envoytap.py measures the tap); b's ports stay the same
         # when it is restarted below
+        cert = a.tls(NS)
         one = EnvoyProcess(
-            sidecar(app.port, "enforce", keep=(AUTHZ,), authz_port=a.authz), name="sidecar-1"
+            sidecar(app.port, "enforce", keep=(AUTHZ,), authz_port=a.authz, meshward_tls=cert),
+            name="sidecar-1",
         ).start()
         two = EnvoyProcess(
-            balanced(sidecar(app.port, "enforce", keep=(AUTHZ,), authz_port=a.authz), [a, b]),
+            balanced(
+                sidecar(app.port, "enforce", keep=(AUTHZ,), authz_port=a.authz, meshward_tls=cert),
+                [a, b],
+            ),
             name="sidecar-2",
         ).start()
         envoys += [one, two]
@@ -221,16 +227,31 @@ def main() -> int:
             raise RuntimeError(f"allowlist not learned: {http(one.port, '/api/orders', body)}")
         assert request(two.port, "/api/orders", body) == 200
         # the no-sharing baseline: two replicas each on its own SQLite file, same sidecar
-        own = [MeshwardServe(str(tmp / "own-c")), MeshwardServe(str(tmp / "own-d"))]
+        own_ca = MeshCA(tmp / "own-ca")  # one CA for both, made before they start
+        shared_ca = ("--grpc-ca-dir", str(own_ca.dir))
+        own = [
+            MeshwardServe(str(tmp / "own-c"), *shared_ca),
+            MeshwardServe(str(tmp / "own-d"), *shared_ca),
+        ]
+        own_cert = own_ca.issue(NS, "api", out=tmp / "own-issued")
         servers_own.extend(own)
-        learner = mesh_sidecar(app.port, "learn", own, "sidecar-own-learn")
+        learner = mesh_sidecar(app.port, "learn", own, own_cert, "sidecar-own-learn")
         envoys.append(learner)
         for _ in range(20):  # round robin: each learns the order
             assert request(learner.port, "/api/orders", body) == 200
         for srv in own:
             srv.api("PUT", f"/api/v1/modes/{NS}", {"mode": "enforce"})
         alone = EnvoyProcess(
-            balanced(sidecar(app.port, "enforce", keep=(AUTHZ,), authz_port=own[0].authz), own),
+            balanced(
+                sidecar(
+                    app.port,
+                    "enforce",
+                    keep=(AUTHZ,),
+                    authz_port=own[0].authz,
+                    meshward_tls=own_cert,
+                ),
+                own,
+            ),
             name="sidecar-own",
         ).start()
         envoys.append(alone)

@@ -18,10 +18,13 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from meshward.app.install import crds
 from meshward.app.kubestore import object_ref
+from meshward.istio.certs import MeshCA
+from meshward.istio.tls import SidecarTLS
 from meshward.kube.watch import wait_for
 from meshward.runtime.client import ApiClient
 from tests.support.apiserver import KubeCluster
 from tests.support.envoy_http import ServerThread, free_port
+from tests.support.grpcmtls import credentials
 from tests.support.serve import API_TOKEN, check_request
 
 FLUSH = 0.2  # the replicas' flush interval in these tests (seconds)
@@ -69,9 +72,23 @@ def wait_ready(srv: ServerThread, timeout: float = 30.0) -> None:
     )
 
 
-def check(port: int, path: str, namespace: str, method: str = "GET", workload: str = "api") -> int:
-    """One Check to a serve's ext_authz port: the gRPC status code of the answer (0: allowed)."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+def check(
+    port: int,
+    path: str,
+    namespace: str,
+    method: str = "GET",
+    workload: str = "api",
+    tls: SidecarTLS | None = None,
+) -> int:
+    """One Check to a serve's ext_authz port (as the sidecar whose certificate `tls` is, else
+    plaintext): the gRPC status code of the answer (0: allowed)."""
+    target = f"127.0.0.1:{port}"
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        options = [("grpc.ssl_target_name_override", "localhost")]
+        channel = grpc.secure_channel(target, credentials(tls), options=options)
+    with channel as ch:
         r = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
             check_request(method, path, namespace=namespace, workload=workload), timeout=5
         )
@@ -96,7 +113,9 @@ def served_paths(srv: ServerThread, dest: str) -> set[str]:
 
 
 class ServeProcess:
-    """`meshward serve --store kubernetes` as its own process (kill -9 tests, benchmarks)."""
+    """`meshward serve --store kubernetes` as its own process (kill -9 tests, benchmarks). Its
+    gRPC ports require mTLS, as serve's do by default, with one CA for every replica of the
+    same `workdir`: `tls(namespace)` issues a sidecar certificate for the `api` workload."""
 
     def __init__(
         self,
@@ -108,6 +127,8 @@ class ServeProcess:
         ports: tuple[int, int, int] | None = None,
     ) -> None:
         self.authz, self.tap, self.http = ports or (free_port(), free_port(), free_port())
+        self.workdir = workdir
+        self.ca = MeshCA(workdir / "meshward-ca")  # made before any replica starts: shared
         self.log = workdir / f"{name}.log"
         argv = [
             sys.executable,
@@ -130,11 +151,16 @@ class ServeProcess:
             str(self.tap),
             "--http-port",
             str(self.http),
+            "--grpc-ca-dir",
+            str(self.ca.dir),
             *extra,
         ]
         environ = {**os.environ, "MESHWARD_API_TOKEN": API_TOKEN, **(env or {})}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=environ)
+
+    def tls(self, namespace: str, workload: str = "api") -> SidecarTLS:
+        return self.ca.issue(namespace, workload, out=self.workdir / f"issued-{namespace}")
 
     @property
     def client(self) -> ApiClient:
