@@ -141,7 +141,10 @@ class PostgresAlerts:
     def _connect(self) -> psycopg.Connection[Any]:
         if self._con is None or self._con.closed or self._con.broken:
             self._con = psycopg.connect(
-                self._dsn, connect_timeout=self.connect_timeout, application_name="meshward"
+                self._dsn,
+                connect_timeout=self.connect_timeout,
+                application_name="meshward",
+                prepare_threshold=None,  # custom plans: the trims use their key's index
             )
         return self._con
 
