@@ -22,7 +22,7 @@ from typing import Any
 from meshward.core.log import event
 from meshward.core.observation import Identity
 from meshward.linkerd.pods import TRUST_DOMAIN, PodIdentity, capturable, identity
-from meshward.tap.node.netns import NamespaceIndex
+from meshward.tap.node.netns import Inode, NamespaceIndex, inode
 from meshward.tap.node.pipeline import NodeTap, PodTarget, namespace_addresses
 
 log = logging.getLogger("meshward.node-agent")
@@ -45,6 +45,9 @@ class PodDiscovery:
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.attached: dict[PodKey, tuple[PodIdentity, PodTarget]] = {}
         self.unresolved: set[PodKey] = set()  # capturable, but no namespace holds the IP yet
+        self.found: dict[PodKey, Inode | None] = {}  # the namespace each pod was attached to
+        self._failures_seen: dict[PodKey, int] = {}  # the tap's failed attaches, looked into
+        self.relocated = 0  # attached pods whose namespace changed under them (and were moved)
         self._lock = threading.Lock()
         self._watchers: list[Any] = []
 
@@ -107,11 +110,9 @@ class PodDiscovery:
         for key, pod in self.pods.items():
             if capturable(pod, self.namespaces.get(key[0])):
                 want[key] = identity(pod)
-        for key, (who, target) in list(self.attached.items()):
+        for key, (who, _target) in list(self.attached.items()):
             if want.get(key) != who:
-                del self.attached[key]
-                self.index.forget(who.ip)
-                self.tap.detach(target)
+                self._detach(key)
         self.unresolved &= set(want)
         for key, who in want.items():
             if key in self.attached:
@@ -136,6 +137,7 @@ class PodDiscovery:
                 ips=[who.ip],
             )
             self.attached[key] = (who, target)
+            self.found[key] = inode(netns)
             self.tap.attach(target)
             event(
                 log,
@@ -147,8 +149,46 @@ class PodDiscovery:
                 netns=netns,
             )
 
-    def retry_unresolved(self) -> None:
-        """A pod whose namespace was not found at first (the CNI was still setting it up)."""
+    def _detach(self, key: PodKey) -> None:
+        who, target = self.attached.pop(key)
+        self.found.pop(key, None)
+        self._failures_seen.pop(key, None)
+        self.index.forget(who.ip)
+        self.tap.detach(target)
+
+    def look_again(self) -> None:
+        """Every few seconds (the command's `pod-retry` thread): look a pod's IP up again when
+        its namespace was not found yet (the CNI was still setting it up), when the namespace
+        it was attached to is no longer at that path (its sandbox restarted: a new network
+        namespace, often the same IP, and the Pod object need not change at all), or when its
+        attach failed again. A pod whose namespace changed is detached from the old one (its
+        sockets kept that namespace alive, seeing nothing) and attached to the new one."""
         with self._lock:
-            if self.unresolved:
+            moved = False
+            for key, (who, target) in list(self.attached.items()):
+                failures = self.tap.failing.get(target.netns, 0)
+                now = inode(target.netns)
+                stale = now is None or now != self.found.get(key)
+                if not stale and failures <= self._failures_seen.get(key, 0):
+                    continue
+                self._failures_seen[key] = failures
+                if not stale:  # failing where it was found: is the pod's IP elsewhere now?
+                    self.index.forget(who.ip)
+                    netns = self.index.find(who.ip)
+                    if netns is None or inode(netns) == self.found.get(key):
+                        continue  # not elsewhere: the tap's own retries go on
+                self.relocated += 1
+                event(
+                    log,
+                    "pod network namespace changed",
+                    logging.WARNING,
+                    pod=f"{who.namespace}/{who.name}",
+                    ip=who.ip,
+                    old=target.netns,
+                    gone=stale,
+                    failed_attaches=failures,
+                )
+                self._detach(key)
+                moved = True
+            if self.unresolved or moved:
                 self.reconcile()

@@ -6,6 +6,8 @@ tap and files). Each step is an object with a method per door it cares about (in
 mitmproxy's addons); the pipeline calls them in list order until one stops the call, then
 `done` on every step. The steps, in order:
 
+- `CallerByIp` (in a cluster, with serve's pod index): a node tap's plaintext caller, known
+  only by its IP, named after the pod holding that IP (meshward.app.callerip);
 - `Count`: observations and truncations per source;
 - `BothEnds`: a tap copy feeds the both-ends join; a mismatch is judged again with the join's
   `Exchange.Mismatch` threat; the caller's outbound view stops here (it only feeds the join);
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshward.app.callerip import CallerByIp, PodsByIp
 from meshward.app.decisioncache import DecisionCache, Key
 from meshward.core import redact
 from meshward.core.claims import distrusted
@@ -198,7 +201,9 @@ class CachedDecision:
 class Pipeline:
     """The steps serve composes; `judge_check`, `take_tap` and `take_ingested` are the doors."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, joiner: Joiner) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, joiner: Joiner, pods: PodsByIp | None = None
+    ) -> None:
         self.engine = engine
         self.joiner = joiner
         self.cache = DecisionCache(engine)
@@ -212,6 +217,8 @@ class Pipeline:
             CachedDecision(self.cache, metrics),
             judge,
         ]
+        if pods is not None:  # in a cluster: serve's pod index
+            self.steps.insert(0, CallerByIp(pods, metrics))
         # the hooks of each door, looked up once: a Check pays for no getattr
         self._hooks: dict[str, list[Callable[[Call], None]]] = {
             door: [getattr(s, door) for s in self.steps if hasattr(s, door)]

@@ -129,7 +129,7 @@ class Server:
         self.engine = engine
         self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
-        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner)
+        self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
         self.peers = PeerVerifier(config.peers, self.problems)
         self.check = CheckService(
             self.pipeline.judge_check, self.metrics, self.problems, self.peers

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshward.core import redact, templates, values
+from meshward.core.pathvalues import PathShape, join_shapes
 
 # told (what, destination) when a cap turns learning away
 Refused = Callable[[str, str], None]
@@ -86,6 +87,8 @@ class EndpointRule:
     statuses: set[str] = field(default_factory=set)  # 2xx, 4xx, ...
     open_query: bool = False  # human-widened: any parameter accepted
     open_body: bool = False  # human-widened: any body field accepted
+    # template position of a `{str}` -> the shape of the values it took (pathvalues.py)
+    path_values: dict[int, PathShape] = field(default_factory=dict)
     dropped: int = 0  # learning increments a bound refused
 
     @property
@@ -120,6 +123,17 @@ class EndpointRule:
         self.statuses |= other.statuses
         self.open_query |= other.open_query
         self.open_body |= other.open_body
+        self.path_values = join_shapes(self.path_values, other.path_values)
+
+    def path_value_deviates(self, path: str) -> bool:
+        """Does a segment at a learned `{str}` position fall outside the shape it learned?"""
+        if not self.path_values:
+            return False
+        segments = templates.split_path(path)
+        for pos, shape in self.path_values.items():
+            if pos < len(segments) and not shape.accepts(segments[pos]):
+                return True
+        return False
 
     def to_doc(self, stats: bool = True) -> dict[str, Any]:
         doc: dict[str, Any] = {"method": self.method, "path": self.template}
@@ -139,6 +153,8 @@ class EndpointRule:
             doc["size"] = {"min": _band_floor(self.size_min), "max": _band_ceiling(self.size_max)}
         if self.statuses:
             doc["statuses"] = sorted(self.statuses)
+        if self.path_values:
+            doc["path_values"] = {str(k): v.to_doc() for k, v in sorted(self.path_values.items())}
         if stats:
             doc["sources"] = dict(sorted(self.sources.items()))
             doc["count"] = self.seen.count
@@ -168,6 +184,7 @@ class EndpointRule:
             rule.size_min = size_band(int(size.get("min", 0)))
             rule.size_max = size_band(int(size.get("max", 0)))
         rule.statuses = set(_strings(doc, "statuses"))
+        rule.path_values = _path_values(doc, template)
         sources = doc.get("sources", {})
         if isinstance(sources, list):
             sources = {str(s): 0 for s in sources}
@@ -180,6 +197,25 @@ class EndpointRule:
             float(doc.get("last_seen", 0) or 0),
         )
         return rule
+
+
+def _path_values(doc: dict[str, Any], template: str) -> dict[int, PathShape]:
+    """The learned shapes of the template's `{str}` positions; a position without one (a
+    person wrote `{str}`) accepts any value."""
+    given = _mapping(doc, "path_values")
+    strs = [i for i, s in enumerate(templates.split_path(template)) if s == templates.STR]
+    out: dict[int, PathShape] = {}
+    for key, shape in given.items():
+        pos = int(key) if isinstance(key, str) and key.isdigit() else -1
+        if pos not in strs:
+            raise ValueError(f"path_values {key!r}: not a {{str}} position of {template!r}")
+        try:
+            out[pos] = PathShape.from_doc(shape)
+        except ValueError as exc:
+            raise ValueError(f"path_values {key!r}: {exc}") from exc
+    for pos in strs:
+        out.setdefault(pos, PathShape.opened())
+    return out
 
 
 def _seen_doc(s: Seen) -> dict[str, Any]:
@@ -307,7 +343,7 @@ class ServiceProfile:
         template: list[str] = []
         deep = len(segments) > self.limits.max_depth
         for seg in segments[: self.limits.max_depth - 1] if deep else segments:
-            node, name = self._step_learn(node, seg)
+            node, name = self._step_learn(node, seg, len(template))
             template.append(name)
         if deep:  # beyond the depth bound the rest of the path is one wildcard
             node = node.variables.setdefault(templates.REST, PathNode())
@@ -320,9 +356,15 @@ class ServiceProfile:
                 return None
             rule = node.rules[method] = EndpointRule(method, templates.join_path(template))
             self.endpoints += 1
+        for pos, name in enumerate(template):
+            if name == templates.STR:
+                shape = rule.path_values.get(pos)
+                if shape is None:
+                    shape = rule.path_values[pos] = PathShape()
+                shape.learn(segments[pos])
         return rule
 
-    def _step_learn(self, node: PathNode, seg: str) -> tuple[PathNode, str]:
+    def _step_learn(self, node: PathNode, seg: str, depth: int) -> tuple[PathNode, str]:
         if seg in node.literals:
             return node.literals[seg], seg
         var = templates.segment_variable(seg)
@@ -335,16 +377,19 @@ class ServiceProfile:
             if name in node.variables:
                 return node.variables[name], name
         if len(node.literals) >= self.limits.cardinality_k:
-            return self._generalise(node), templates.STR
+            return self._generalise(node, depth), templates.STR
         if redact.secret_segment(seg):  # a credential in a path is never stored as a literal
             return node.variables.setdefault(templates.STR, PathNode()), templates.STR
         child = node.literals[seg] = PathNode()
         return child, seg
 
-    def _generalise(self, node: PathNode) -> PathNode:
-        """Too many literals at this position: fold them all into one `{str}` variable."""
+    def _generalise(self, node: PathNode, depth: int) -> PathNode:
+        """Too many literals at this position: fold them all into one `{str}` variable, each
+        rule under them keeping the shape of the literal it was learned under."""
         target = node.variables.get(templates.STR) or PathNode()
-        for child in node.literals.values():
+        for literal, child in node.literals.items():
+            for rule in _rules_under(child):
+                rule.path_values.setdefault(depth, PathShape()).learn(literal)
             target.merge(child, self.limits)
         node.literals.clear()
         node.variables[templates.STR] = target
@@ -469,6 +514,17 @@ class ServiceProfile:
             self.sources.setdefault(k, Seen()).merge(s)
         for rule in other.rules():
             self.add_rule(rule)
+
+
+def _rules_under(node: PathNode) -> list[EndpointRule]:
+    out: list[EndpointRule] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        out.extend(n.rules.values())
+        stack.extend(n.literals.values())
+        stack.extend(n.variables.values())
+    return out
 
 
 def _walk(node: PathNode, segs: list[str], i: int, method: str) -> PathNode | None:

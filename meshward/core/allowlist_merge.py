@@ -32,6 +32,7 @@ from typing import Any
 
 from meshward.core import values
 from meshward.core.allowlist import EndpointRule, Limits
+from meshward.core.pathvalues import join_shapes
 
 RuleKey = tuple[str, str]  # (method, path template)
 WIDEN_LIMIT = 6  # string classes kept before they collapse to `text` (values.widen's default)
@@ -136,6 +137,7 @@ def _content(a: EndpointRule | None, b: EndpointRule | None, limits: Limits) -> 
     out.statuses = a.statuses | b.statuses
     out.open_query = a.open_query or b.open_query
     out.open_body = a.open_body or b.open_body
+    out.path_values = join_shapes(a.path_values, b.path_values)
     return out
 
 

@@ -13,6 +13,8 @@ UNKNOWN_METHOD = "unknown-method"
 UNKNOWN_GRPC_METHOD = "unknown-grpc-method"
 NEW_QUERY_PARAM = "new-query-param"
 QUERY_VALUE_CLASS = "query-value-class"
+# a segment at a `{str}` path position unlike the values it learned (pathvalues.py)
+PATH_VALUE_CLASS = "path-value-class"
 NEW_BODY_FIELD = "new-body-field"
 BODY_TYPE_MISMATCH = "body-type-mismatch"
 UNKNOWN_CONTENT_TYPE = "unknown-content-type"
@@ -32,6 +34,7 @@ WEIGHTS: dict[str, float] = {
     UNKNOWN_GRPC_METHOD: 0.6,
     NEW_QUERY_PARAM: 0.5,
     QUERY_VALUE_CLASS: 0.35,
+    PATH_VALUE_CLASS: 0.35,
     NEW_BODY_FIELD: 0.5,
     BODY_TYPE_MISMATCH: 0.5,
     UNKNOWN_CONTENT_TYPE: 0.3,

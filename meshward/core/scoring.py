@@ -105,6 +105,8 @@ def score_reasons(
         and rule.sources
     ):
         reasons.append(r.NEW_CALLER_FOR_ENDPOINT)
+    if rule.path_value_deviates(obs.path):
+        reasons.append(r.PATH_VALUE_CLASS)
     if f.query and not rule.open_query:
         for name, value in f.query:
             classes = rule.query.get(name)

@@ -237,6 +237,12 @@ class Metrics:
         self.cache = family(
             "counter", "meshward_decision_cache", "ext_authz decision cache lookups", "result"
         )
+        self.callers_by_ip = family(
+            "counter",
+            "meshward_callers_by_ip",
+            "node-tap sources known only by IP, by whether a pod held the IP",
+            "outcome",
+        )
         self.refused = family(
             "counter",
             "meshward_refused",

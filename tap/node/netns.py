@@ -32,7 +32,8 @@ Inode = tuple[int, int]  # st_dev, st_ino
 AddressReader = Callable[[str], list[str]]
 
 
-def _inode(path: str) -> Inode | None:
+def inode(path: str) -> Inode | None:
+    """Which namespace `path` is now (None when it is gone or unreadable)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -46,7 +47,7 @@ def candidates(
     """Every network namespace on the node but the node's own, one path each (named mounts
     preferred over /proc paths: they outlive the process)."""
     found: dict[Inode, str] = {}
-    mine = _inode(own)
+    mine = inode(own)
     for folder in netns_dirs:
         try:
             names = sorted(os.listdir(folder))
@@ -54,7 +55,7 @@ def candidates(
             continue
         for name in names:
             path = os.path.join(folder, name)
-            key = _inode(path)
+            key = inode(path)
             if key is not None and key != mine:
                 found.setdefault(key, path)
     try:
@@ -63,7 +64,7 @@ def candidates(
         pids = []
     for pid in pids:
         path = f"{proc}/{pid}/ns/net"
-        key = _inode(path)  # a process may be gone already, or not ours to read
+        key = inode(path)  # a process may be gone already, or not ours to read
         if key is not None and key != mine:
             found.setdefault(key, path)
     return found
@@ -83,7 +84,7 @@ class NamespaceIndex:
     def find(self, ip: str) -> str | None:
         """The namespace holding `ip`, rescanning once if it is not known (or went stale)."""
         hit = self._by_ip.get(ip)
-        if hit is not None and _inode(hit[1]) == hit[0] and ip not in self.ambiguous:
+        if hit is not None and inode(hit[1]) == hit[0] and ip not in self.ambiguous:
             return hit[1]
         self.refresh()
         hit = self._by_ip.get(ip)

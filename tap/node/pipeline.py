@@ -101,6 +101,9 @@ class NodeTap:
         self._requests: queue.SimpleQueue[tuple[str, PodTarget]] = queue.SimpleQueue()
         # attaches that failed, retried with backoff: netns -> (pod, when, next delay)
         self._retry: dict[str, tuple[PodTarget, float, float]] = {}
+        # netns -> attach attempts failed since its last success (read by discovery, which
+        # looks the pod's namespace up again: a restarted sandbox has a new one)
+        self.failing: dict[str, int] = {}
         self.retry_base, self.retry_max = 2.0, 30.0
         self._epoll: select.epoll | None = None
         self._caps: dict[int, tuple[Capture, Callable[[bytes, float], None]]] = {}
@@ -204,6 +207,7 @@ class NodeTap:
                 self._try_attach(pod, self.retry_base)
             else:
                 self._retry.pop(pod.netns, None)
+                self.failing.pop(pod.netns, None)
                 try:
                     self._detach(pod)
                 except OSError as exc:
@@ -218,6 +222,7 @@ class NodeTap:
         except OSError as exc:
             self.metrics.attach_failed += 1
             self._retry[pod.netns] = (pod, time.monotonic() + delay, delay)
+            self.failing[pod.netns] = self.failing.get(pod.netns, 0) + 1
             event(
                 log,
                 "attach failed",
@@ -228,6 +233,7 @@ class NodeTap:
             )
             return
         self._retry.pop(pod.netns, None)
+        self.failing.pop(pod.netns, None)
         for cap in self.attached.get(pod.netns, []):
             self._register(cap)
 

@@ -5,8 +5,10 @@ when they go (sockets back to baseline), and keeps working across an API server 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ import pytest
 from meshward.app.nodeagent import PodDiscovery
 from meshward.core.observation import Observation
 from meshward.kube.watch import wait_for
+from meshward.tap.node.netns import inode
 from meshward.tap.node.pipeline import NodeTap
 from tests.support.apiserver import KubeCluster
 from tests.support.netns import Node, Pod, need_netns
@@ -168,13 +171,115 @@ def test_a_pod_not_yet_in_any_namespace_is_retried(
         assert late.ip == "10.215.0.2"
         deadline = time.monotonic() + 10
         while not tap.attached and time.monotonic() < deadline:
-            agent.retry_unresolved()
+            agent.look_again()
             time.sleep(0.3)
         assert tap.attached and not agent.unresolved
     finally:
         agent.stop()
         stop.set()
         loop.join(10)
+        tap.close()
+        api.close()
+
+
+@pytest.fixture
+def own_subnet_node() -> Iterator[Node]:
+    """A node whose pod IPs no other concurrent run holds (the agent scans every namespace of
+    the machine, and an address two namespaces hold is used for neither)."""
+    need_netns()
+    with Node(subnet=f"10.216.{random.randrange(256)}") as n:
+        yield n
+
+
+def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
+    kube_cluster: KubeCluster, kube_namespace: str, own_subnet_node: Node
+) -> None:
+    """A pod sandbox restart gives the pod a new network namespace with the same IP, and the Pod
+    object need not change: the agent sees the namespace it attached to is gone (or another one
+    now sits at that path), looks the IP up again and moves the capture there, closing the old
+    sockets (they were keeping the dead namespace alive, seeing nothing)."""
+    node = own_subnet_node
+    web = node.add_pod("web")
+    seen: list[Observation] = []
+    tap = NodeTap([], [], seen.append)
+    tap.open()
+    stop = threading.Event()
+    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
+    loop.start()
+    api = kube_cluster.api_client()
+    agent = PodDiscovery(api, "node-sbx", tap, net_iface=None)
+
+    def moved_to(pod: Pod, times: int) -> bool:
+        agent.look_again()  # what the command's pod-retry thread does every 2 s
+        now = inode(pod.path)
+        return agent.relocated == times and any(inode(p) == now for p in list(tap.attached))
+
+    try:
+        agent.start()
+        assert wait_for(agent.synced, 15)
+        _run(kube_cluster, _pod_object("web", kube_namespace, "node-sbx", meshed=True), web.ip)
+        assert wait_for(lambda: len(tap.attached) == 1, 15), agent.unresolved
+        attached_sockets = _sockets()
+        agent.look_again()
+        assert agent.relocated == 0  # nothing changed: nothing moves
+
+        # a new namespace under a new name (the old path is gone), then one at the same path
+        for times, rename in ((1, True), (2, False)):
+            web = node.restart_sandbox("web", rename=rename)
+            moved = functools.partial(moved_to, web, times)
+            assert wait_for(moved, 15), (tap.stats(), agent.unresolved)
+            assert wait_for(lambda: len(tap.attached) == 1 and not tap._retry, 5)
+            assert wait_for(lambda: _sockets() == attached_sockets, 5), _sockets()
+            seen.clear()
+            _serve_and_call(web)
+            assert wait_for(lambda: any(o.path == "/" for o in seen), 10), tap.stats()
+            obs = next(o for o in seen if o.path == "/")
+            assert (obs.destination.namespace, obs.destination.workload) == (kube_namespace, "web")
+    finally:
+        agent.stop()
+        stop.set()
+        loop.join(10)
+        tap.close()
+        api.close()
+
+
+def test_an_attach_failed_at_a_vanished_namespace_looks_again(
+    kube_cluster: KubeCluster, kube_namespace: str, own_subnet_node: Node
+) -> None:
+    """The sandbox restarts after discovery found the namespace but before the packet loop
+    attached it: the attach fails at the dead path, and instead of retrying it forever the
+    agent looks the IP up again and attaches the new namespace."""
+    node = own_subnet_node
+    web = node.add_pod("web")
+    tap = NodeTap([], [], lambda obs: None)
+    tap.retry_base = 0.2
+    tap.open()
+    api = kube_cluster.api_client()
+    agent = PodDiscovery(api, "node-sbx2", tap, net_iface=None)
+    stop = threading.Event()
+    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
+    try:
+        agent.start()
+        assert wait_for(agent.synced, 15)
+        _run(kube_cluster, _pod_object("web", kube_namespace, "node-sbx2", meshed=True), web.ip)
+        assert wait_for(lambda: bool(agent.attached), 15), agent.unresolved  # queued, not done
+        (old,) = [target.netns for _, target in agent.attached.values()]
+        web = node.restart_sandbox("web")
+        loop.start()  # the packet loop gets to the attach now
+        assert wait_for(lambda: tap.failing.get(old, 0) >= 1, 10), tap.stats()
+
+        def attached_anew() -> bool:
+            agent.look_again()
+            return any(inode(p) == inode(web.path) for p in list(tap.attached))
+
+        assert wait_for(attached_anew, 15), (tap.stats(), agent.unresolved)
+        assert agent.relocated == 1
+        assert wait_for(lambda: not tap._retry and not tap.failing, 5)  # the old retry is off
+    finally:
+        agent.stop()
+        stop.set()
+        if loop.is_alive():
+            loop.join(10)
         tap.close()
         api.close()
 

@@ -20,12 +20,13 @@ from meshward.core.allowlist_merge import (
     retire,
     to_object,
 )
+from meshward.core.pathvalues import PathShape
 
 DEST = "shop/api"
 LIMITS = Limits(
     max_endpoints=4, max_sources=3, max_params=2, max_body_fields=2, max_content_types=2
 )
-KEYS = [(m, p) for m in ("GET", "POST") for p in ("/a", "/b", "/c/{int}", "/d")]
+KEYS = [(m, p) for m in ("GET", "POST") for p in ("/a", "/b", "/c/{int}", "/d", "/e/{str}")]
 CLASSES = st.sets(
     st.sampled_from(
         ["int", "word", "uuid", "hex", "text", "email", "token", "date", "float", "bool", "integer"]
@@ -40,6 +41,19 @@ seen = st.builds(
     st.sampled_from([0.0, 1.0, 2.0, 3.0]),
     st.sampled_from([0.0, 4.0, 5.0]),
 )
+
+
+SEGMENTS = ["u-83hd72", "u-0a9x1c", "ord-5f2k9q", "red-q1.pdf", "Admin", "x_y", "é"]
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> PathShape:
+    if draw(st.integers(0, 5)) == 0:
+        return PathShape.opened()
+    shape = PathShape()
+    for value in draw(st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=4)):
+        shape.learn(value)
+    return shape
 
 
 @st.composite
@@ -57,6 +71,8 @@ def rules(draw: st.DrawFn, key: tuple[str, str]) -> EndpointRule:
     lo = draw(st.integers(-1, 5))
     r.size_min, r.size_max = (lo, lo + draw(st.integers(0, 3))) if lo >= 0 else (-1, -1)
     r.open_query = draw(st.booleans())
+    if key[1].endswith("{str}"):
+        r.path_values = {1: draw(shapes())}
     return r
 
 

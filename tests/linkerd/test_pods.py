@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshward.core.observation import Identity
@@ -119,6 +119,11 @@ _json = st.recursive(
 )
 
 
+# No per-example deadline: hypothesis's default (200 ms of wall time for one example) is a
+# timing assertion, and the checks take microseconds; on two cores shared with other test runs
+# a descheduled example overran it once. What is checked (no input raises, the same examples)
+# is unchanged; how fast the discovery code is belongs to bench/nodetap.py.
+@settings(deadline=None)
 @given(st.dictionaries(st.sampled_from(["metadata", "spec", "status", "x"]), _json, max_size=4))
 def test_broken_objects_never_raise(obj: dict[str, Any]) -> None:
     identity(obj)

@@ -254,6 +254,27 @@ class Node(_Space):
             veth=f"vp{index}",
         )
         self.pods[name] = pod
+        self._wire(pod)
+        return pod
+
+    def restart_sandbox(self, name: str, rename: bool = True) -> Pod:
+        """What a pod sandbox restart does: the CNI deletes the pod's network namespace and
+        veth, and sets up a new namespace with the same IP (named anew, as runtimes do, or
+        with `rename=False` at the same path). The old processes die with it."""
+        old = self.pods[name]
+        old.stop_all()
+        _ip("-n", self.netns, "link", "del", old.veth, check=False)
+        _delete_netns(old.netns)
+        if old.netns in self._created:
+            self._created.remove(old.netns)
+        netns = f"{old.netns}-r{secrets.token_hex(2)}" if rename else old.netns
+        pod = Pod(netns=netns, name=name, ip=old.ip, veth=old.veth)
+        self.pods[name] = pod
+        self._wire(pod)
+        return pod
+
+    def _wire(self, pod: Pod) -> None:
+        """A pod namespace with `lo` up and `eth0` on the bridge (a veth), at `pod.ip`."""
         self._create_netns(pod.netns)
         n, p = self.netns, pod.netns
         _ip("-n", n, "link", "add", pod.veth, "type", "veth", "peer", "name", "eth0", "netns", p)
@@ -262,7 +283,6 @@ class Node(_Space):
         _ip("-n", p, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
         _ip("-n", p, "link", "set", "eth0", "up")
         _ip("-n", p, "route", "add", "default", "via", self.ip)
-        return pod
 
     def close(self) -> None:
         """Kill every process, then delete every namespace; safe to call twice."""

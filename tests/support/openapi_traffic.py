@@ -85,7 +85,10 @@ DEVIATIONS = (
     "injected-field",
     "changed-type",
     "unknown-caller",
+    "path-word",
 )
+# words an attacker or a crawler tries where a path takes generated names (/files/{str})
+PATH_WORDS = ("admin", "export", "config", "backup", "debug", "all", "latest", "index", "me")
 
 
 @dataclass
@@ -249,6 +252,12 @@ class Traffic:
             v = body[key]
             body[key] = {"nested": True} if isinstance(v, str) else "a string now"
             return self.request(op, r.choice(op.callers), body)
+        if kind == "path-word":
+            generalised = [o for o in self.ops if o.path.startswith("/files/")]
+            op = r.choice(generalised)
+            obs = self.request(op, r.choice(op.callers))
+            obs.path = "/files/" + r.choice(PATH_WORDS)
+            return obs
         if kind == "unknown-caller":
             op = self.rnd.choices(self.ops, self.weights)[0]
             return self.request(op, r.choice(["shop/attacker", "default/curl", "evil/pod"]))

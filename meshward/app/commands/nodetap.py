@@ -285,9 +285,9 @@ def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event) -> Any
     discovery = PodDiscovery(api, args.node, tap, net_iface=iface, trust_domain=args.trust_domain)
     discovery.start()
 
-    def retry() -> None:  # a pod whose namespace the CNI had not set up yet
+    def retry() -> None:  # namespaces not set up yet, or replaced (a sandbox restart)
         while not stop.wait(2.0):
-            discovery.retry_unresolved()
+            discovery.look_again()
 
     threading.Thread(target=retry, name="pod-retry", daemon=True).start()
     return discovery

@@ -41,6 +41,7 @@ from meshward.core.threats.names import (
     JAVA,
     NEGATIVE_LENGTH,
     NOSQL,
+    SCANNER_USER_AGENT,
     SMUGGLING,
     SQLI,
     SSRF,
@@ -55,7 +56,12 @@ from meshward.core.threats.normalise import (
     look_alikes,
     unsplit,
 )
-from meshward.core.threats.signatures import COMMAND_NAMES, CompiledCache, SignatureSet
+from meshward.core.threats.signatures import (
+    COMMAND_NAMES,
+    SCANNER_AGENTS,
+    CompiledCache,
+    SignatureSet,
+)
 
 # Headers that carry framing or infrastructure data, not user input: never scanned for payloads
 # (framing headers get their own checks below).
@@ -140,6 +146,9 @@ _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\x80-\xff]{2,}")
 # value-anchored signatures (^...$, multiline) see each string on its own.
 _JSON_PREFILTER = bytes.maketrans(b'"', b"\n")
 _CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
+_SCANNER = re.compile(SCANNER_AGENTS, re.IGNORECASE)
+_PLAIN_SEGMENT = re.compile(r"[\w.~-]*\Z")  # a path segment with nothing but a name in it
+_FORM_LIKE = re.compile(rb"[\w.\[\]%-]{1,256}=")  # a body that starts as a urlencoded form does
 
 
 _Part = tuple[str, str]  # (kind: path | query | header, header name)
@@ -223,6 +232,7 @@ class ThreatDetector:
         values. Raw CR/LF inside the head flags every head part (rare, and never benign); other
         bodies, where raw newlines are content, get the full database.
         """
+        texts = _prefilter_texts(parts, texts)
         joined = "\n".join(texts)
         ascii_only = joined.isascii()
         # bytes the node tap could not decode come back as they were (surrogateescape); other
@@ -251,7 +261,7 @@ class ThreatDetector:
         if newline:
             flagged.update(range(len(parts)))
         if body and not json_body:
-            if kind == "form":
+            if kind == "form" or (not kind and _FORM_LIKE.match(body)):
                 body = _query_lines(body.decode("latin-1")).encode("latin-1")
             if self.sigs.suspicious(body):
                 flagged.add(len(parts))
@@ -285,6 +295,14 @@ class ThreatDetector:
         kind, name = part
         if kind == "path":
             self._value(obs.path, "path", found)
+            # each segment alone too, as a router hands it to the handler (/items/1' or 1=1--):
+            # signatures anchored at a value's start see it. A plain word (/api/whoami) is a
+            # route name, not a payload, and is not read alone.
+            for n, segment in enumerate(obs.path[: self.max_scan_bytes].split("/")):
+                if n >= self.max_fields:
+                    break
+                if segment and not _PLAIN_SEGMENT.match(segment):
+                    self._value(segment, "path", found)
         elif kind == "query":
             pairs, _ = parse_query(obs.query[: self.max_scan_bytes], self.max_fields)
             for pname, value in pairs:
@@ -299,6 +317,8 @@ class ThreatDetector:
                 loc = f"header:cookie:{cname}" if sep else "header:cookie"
                 self._value(value if sep else cname, loc, found)
         else:
+            if name == "user-agent" and (tool := _SCANNER.search(text)):
+                found.add(SCANNER_USER_AGENT, "header:user-agent", tool.group(0))
             self._value(text, f"header:{name}", found)
 
     def _body(
@@ -313,6 +333,10 @@ class ThreatDetector:
             )
         if decoded.kind in ("json", "form", "multipart", "xml"):
             self._fields(decoded, found)
+        elif decoded.kind == "text" and not body_kind(content_type) and _FORM_LIKE.match(body):
+            # no Content-Type: most clients then send a form, and frameworks that default to
+            # one (PHP, Express's urlencoded parser with type '*/*') read its fields
+            self._fields(decode_form(body, self.max_fields), found)
         if decoded.kind == "binary":
             # protobuf and other binary framing: control bytes (tags, lengths) separate values,
             # they are not newlines an attacker typed; scan each printable run on its own.
@@ -382,10 +406,20 @@ class ThreatDetector:
         data = text.encode("utf-8", "replace")
         for sid, end in self.sigs.scan(data):
             name = self.sigs.signatures[sid].name
-            if name not in names and (not only or name == only):
-                names.add(name)
+            if name in names or (only and name != only):
+                continue
+            if name == CMDI and _SEPARATED.search(data):
+                # a command after a separator: not when the clause reads as English
+                spans = [
+                    (a, b) for a, b in self.sigs.matches(sid, data, end) if not _prose(data, a, b)
+                ]
+                if not spans:
+                    continue
+                frag = data[spans[0][0] : spans[0][1]].decode("utf-8", "replace")
+            else:
                 frag = self.sigs.matched_text(sid, data, end).decode("utf-8", "replace")
-                found.add(name, location, frag)
+            names.add(name)
+            found.add(name, location, frag)
 
     # ---- framing
 
@@ -553,6 +587,42 @@ def code_spans_in_prose(text: str) -> str:
     return "".join(out)
 
 
+# Prose around a shell separator (see _prose): two plain words in a row, and a clause end
+_SEPARATED = re.compile(rb"[;|&\n]")
+_TWO_WORDS = re.compile(rb"(?:^|\s)[a-z]{2,}[,]?\s{1,3}[a-z]{2,}(?:$|[\s.,!?:])")
+_ONE_WORD_TAIL = re.compile(rb"\A\s{0,5}[a-z][\w'-]{0,30}\s{0,5}\Z")
+_TWO_WORDS_END = re.compile(rb"[a-z]{2,}[,:]?\s{1,3}[a-z]{2,}[.!?,:]?\s{0,5}\Z")
+_WORD = re.compile(rb"[a-z]{2,}")
+_CLAUSE_CUT = re.compile(rb"[;&|\n`<>\x1f]|\$\(")  # \x1f: a code span's end (CODE_SPAN_MARK)
+
+
+def _prose(data: bytes, start: int, end: int) -> bool:
+    """Does a command found after a separator (`; ls -la`, `| echo chamber`) sit in English?
+
+    - words before the separator, and the clause it starts goes on in plain words after its
+      arguments, with no redirect ("The ls command is handy; ls -la is what I use");
+    - or its only operand is one plain word and the text before the separator ends in two
+      plain words ("Good night all; echo chamber", "Billing question | echo chamber").
+
+    An injected command ends its clause with arguments, a path, a redirect or another
+    separator ("; ls -la /tmp", "|echo pwned", "127.0.0.1; echo hello > /var/www/x")."""
+    text = data.lower()
+    sep = start
+    while sep < end and text[sep : sep + 1] in (b" ", b"\t"):
+        sep += 1
+    if text[sep : sep + 1] not in (b";", b"|", b"&", b"\n"):
+        return False  # the match does not start at a separator
+    stop = _CLAUSE_CUT.search(text, sep + 1)
+    clause = text[sep + 1 : stop.start() if stop else len(text)].strip(b" \t+")
+    if not clause or (stop and text[stop.start() : stop.start() + 1] in (b"<", b">")):
+        return False  # a redirect: a command line
+    rest = clause.partition(b" ")[2]  # after the command name
+    before = text[text.rfind(b"\n", 0, sep) + 1 : sep]
+    if _TWO_WORDS.search(rest) and _WORD.search(before):
+        return True
+    return bool(_ONE_WORD_TAIL.match(rest) and _TWO_WORDS_END.search(before))
+
+
 def metadata_address(text: str, *, whole_value: bool = False) -> str:
     """A cloud metadata IPv4 address hidden in text in any spelling inet_aton accepts (dotted,
     decimal, hex, octal, short forms) or IPv4-mapped IPv6; "" when there is none.
@@ -608,6 +678,18 @@ def _inet_aton(token: str) -> int | None:
     for i, v in enumerate(head):
         last |= v << (8 * (3 - i))
     return last
+
+
+def _prefilter_texts(parts: list[_Part], texts: list[str]) -> list[str]:
+    """The parts' texts for the pre-filter with path segments and cookie values also on lines
+    of their own, so that value-anchored signatures see them as the detail pass reads them."""
+    out = list(texts)
+    if out[0].count("/") > 1:
+        out[0] = out[0] + "\n" + out[0].replace("/", "\n")
+    for i, (_, name) in enumerate(parts):
+        if name == "cookie":
+            out[i] = out[i] + "\n" + out[i].replace(";", "\n").replace("=", "\n")
+    return out
 
 
 def _query_lines(query: str) -> str:

@@ -23,6 +23,10 @@ XXE = "XML.External.Entity"
 CRLF = "HTTP.Header.Injection"
 SMUGGLING = "HTTP.Request.Smuggling"
 NEGATIVE_LENGTH = "HTTP.Negative.Body.Length"
+LDAP_INJECTION = "LDAP.Injection"
+MAIL_HEADER_INJECTION = "Mail.Header.Injection"
+SERVER_SIDE_INCLUDE = "Server.Side.Include"
+SCANNER_USER_AGENT = "Scanner.UserAgent"
 # what the embedded-threat detector finds today
 HTTP_THREATS: tuple[str, ...] = (
     SQLI,
@@ -40,6 +44,10 @@ HTTP_THREATS: tuple[str, ...] = (
     CRLF,
     SMUGGLING,
     NEGATIVE_LENGTH,
+    LDAP_INJECTION,
+    MAIL_HEADER_INJECTION,
+    SERVER_SIDE_INCLUDE,
+    SCANNER_USER_AGENT,
 )
 
 # the caller's and the callee's sidecars saw one call differently (tap/envoy/join.py)
@@ -70,10 +78,6 @@ NETWORK_THREATS: tuple[str, ...] = (
 )
 
 # fixed now for detectors still to come, so their names are never chosen twice
-LDAP_INJECTION = "LDAP.Injection"
-MAIL_HEADER_INJECTION = "Mail.Header.Injection"
-SERVER_SIDE_INCLUDE = "Server.Side.Include"
-SCANNER_USER_AGENT = "Scanner.UserAgent"
 MESH_MTLS_WEAKENED = "Mesh.MTLS.Weakened"
 MESH_FILTER_TAMPERED = "Mesh.Filter.Tampered"
 MESH_INJECTION_DISABLED = "Mesh.Injection.Disabled"
@@ -82,10 +86,6 @@ MESH_POLICY_WIDENED = "Mesh.Policy.Widened"
 MESH_CONTROL_PLANE_ACCESS = "Mesh.ControlPlane.Access"
 MESH_SIDECAR_BYPASS = "Mesh.Sidecar.Bypass"
 RESERVED_THREATS: tuple[str, ...] = (
-    LDAP_INJECTION,
-    MAIL_HEADER_INJECTION,
-    SERVER_SIDE_INCLUDE,
-    SCANNER_USER_AGENT,
     MESH_MTLS_WEAKENED,
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,

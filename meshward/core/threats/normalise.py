@@ -33,11 +33,14 @@ _MARK = r"['\"`\\$@*^]"
 _EMPTY_VAR_INDICATOR = r"[a-z]\$\{[a-z_][a-z0-9_]{0,20}\}[a-z]"
 SPLIT_WORD_INDICATOR = (
     rf"[a-z]{_MARK}{{2,4}}[a-z]|[a-z]{_MARK}{{1,3}}[a-z]{{1,12}}{_MARK}{{1,3}}[a-z]|[a-z]\\[a-z]|"
+    rf"(?:^|[\s;&|(`])[\"'][a-z]{{1,12}}[\"'][a-z]|"  # a word opening quoted: "wh"oami
     + _EMPTY_VAR_INDICATOR
 )
 _EMPTY_VAR = re.compile(r"(?<=[a-z])\$\{[a-z_][a-z0-9_]{0,20}\}(?=[a-z])")
 SPLIT_WORD_HINT = re.compile(SPLIT_WORD_INDICATOR)
-_SPLIT_WORD = re.compile(rf"[a-z]{{1,24}}(?:{_MARK}{{1,4}}[a-z]{{1,12}}){{1,8}}")
+_SPLIT_WORD = re.compile(
+    rf"(?:(?<![\w\"'])[\"'](?=[a-z]{{1,12}}[\"'][a-z]))?[a-z]{{1,24}}(?:{_MARK}{{1,4}}[a-z]{{1,12}}){{1,8}}"
+)
 _MARKS = re.compile(_MARK)
 COMMENT_HINT = re.compile(COMMENT_INDICATOR, re.MULTILINE)
 PATH_HINT = re.compile(PATH_INDICATOR, re.MULTILINE)

@@ -26,9 +26,12 @@ from meshward.core.threats.names import (
     CRLF,
     JAVA,
     JNDI,
+    LDAP_INJECTION,
+    MAIL_HEADER_INJECTION,
     NOSQL,
     PHP,
     RFI,
+    SERVER_SIDE_INCLUDE,
     SQLI,
     SSRF,
     SSTI,
@@ -330,6 +333,16 @@ SIGNATURES: tuple[Signature, ...] = (
         r"(?:not\s{1,20})?(?:true|false|null|\d{1,20})\s{0,5}(?:--|#|/\*|;|\)|[=<>!]|"
         r"\b(?:and|or|is|like|between)\b)",
     ),
+    # Tautologies with C-style operators (1 || 1=1) and a whole value that is a number or
+    # quoted string then or/and a boolean literal (1 or true, 1' and false--)
+    S(
+        SQLI,
+        1,
+        r"(?:\|\||&&)\s{0,20}\(?\s{0,20}\d{1,20}\s{0,20}"
+        r"(?:=|<|>|!=|<>|\bis\b|\blike\b)\s{0,20}\(?\s{0,20}(?:\d|'|\"|null\b|not\b)|"
+        r"^\s{0,10}-?\w{0,20}['\"]?\s{0,5}\)?\s{1,20}(?:or|and|xor|\|\||&&)\s{1,20}"
+        r"(?:not\s{1,20})?(?:true|false)\s{0,5}(?:$|--|#|/\*|;|\))",
+    ),
     S(
         SQLI,
         1,
@@ -465,6 +478,19 @@ SIGNATURES: tuple[Signature, ...] = (
         r"/proc/(?:self|\d{1,10}|thread-self)/(?:environ|cmdline|fd|maps|mem|"
         r"status|cwd|root|exe|mounts|net)|/proc/(?:version|cpuinfo|meminfo)\b",
     ),
+    # The rest of procfs and sysfs that tells about the host (network tables, kernel symbols,
+    # devices, cgroups), and data directories of databases and of the container runtime
+    S(
+        TRAVERSAL,
+        1,
+        r"/proc/(?:net/(?:tcp6?|udp6?|arp|route|fib_trie|unix|dev|if_inet6)|kallsyms|"
+        r"modules|mounts|partitions|sched_debug|kcore|config\.gz|cmdline|self/|"
+        r"sys/(?:kernel|net)/|\d{1,10}/(?:fd|task|ns|attr)/)|"
+        r"(?:^|[\s'\"=:;|&(,]|\.\./?|[/\\]\.?[/\\])/?sys/(?:class|kernel|devices|block|bus|firmware|"
+        r"fs/cgroup|module|power)/|"
+        r"/var/lib/(?:mysql|postgresql|docker|kubelet|containerd|etcd)/|"
+        r"/var/spool/cron\b|/root/\.[a-z]",
+    ),
     S(
         TRAVERSAL,
         1,
@@ -502,7 +528,19 @@ SIGNATURES: tuple[Signature, ...] = (
     S(TRAVERSAL, 1, r"(?:^|[/\\.])etc[/\\]{0,2}(?:passwd|shadow)\b|(?:^|[/\\])\.{4,}"),
     S(TRAVERSAL, 2, r"\.{3,}[/\\]|(?:^|[/\\])\.\.$"),
     # --- Remote file inclusion
-    S(RFI, 1, r"\b(?:https?|ftps?|file)://[^\s?#]{1,200}\?{1,2}\s{0,5}$"),
+    S(RFI, 1, r"\b(?:https?|ftps?|file)://[^\s?#]{1,200}(?:\?{1,2}|#)\s{0,5}$"),
+    # Schemes only a fetch abused for inclusion or SSRF uses (gopher, dict, netdoc, tftp, jar)
+    S(RFI, 1, r"\b(?:gopher|dict|netdoc|tftp)://|\bjar:(?:https?|file|ftp)://"),
+    # A whole value that names a script or text file on another host: over FTP/SMB, as a
+    # protocol-relative or UNC path, or on a host given by its IP address
+    S(
+        RFI,
+        1,
+        r"^[\s'\"]{0,5}(?:(?:ftps?|smb|sftp)://|//|\\\\)[\w-]{1,63}\.[\w.-]{1,100}"
+        r"(?::\d{1,5})?[/\\][^\s]{0,100}\.(?:php\d?|phtml|txt|inc|asp|aspx|jsp|sh|pl|py|"
+        r"cgi)(?:$|[?#%\s'\"])|^[\s'\"]{0,5}(?:https?|ftps?)://\d{1,3}(?:\.\d{1,3}){3}"
+        r"(?::\d{1,5})?/[^\s]{0,100}\.(?:php\d?|phtml|txt|inc|sh|pl|py|cgi)(?:$|[?#%\s'\"])",
+    ),
     S(
         RFI,
         1,
@@ -556,7 +594,14 @@ SIGNATURES: tuple[Signature, ...] = (
     S(CMDI, 1, r"(?:\$\(|`)\s{0,10}(?:" + _COMMANDS + r"|/)(?:[\s)`;|&]|$)"),
     S(CMDI, 2, r"\$\(\s{0,10}[a-z/][^)]{0,200}\)|`\s{0,10}[a-z/][^`]{0,200}`"),
     S(CMDI, 1, r"\$\{?ifs\}?|\{[a-z/]{1,30},[^}\s]{1,100}\}"),
-    S(CMDI, 1, r"<!--\s{0,5}#\s{0,5}(?:exec|include|echo|config|fsize|flastmod|printenv)\b"),
+    # Server-side includes: the directive is its own threat; `exec` runs a command as well
+    S(
+        SERVER_SIDE_INCLUDE,
+        1,
+        r"<!--\s{0,5}#\s{0,5}(?:exec|include|echo|config|fsize|flastmod|printenv|set|if|"
+        r"elif)\s{1,10}[a-z]{1,10}\s{0,5}=|<!--\s{0,5}#\s{0,5}printenv\s{0,5}-->",
+    ),
+    S(CMDI, 1, r"<!--\s{0,5}#\s{0,5}exec\s{1,10}(?:cmd|cgi)\s{0,5}="),
     S(CMDI, 1, r"%(?:systemroot|comspec|windir|userprofile|programfiles|temp|appdata)%"),
     S(
         CMDI,
@@ -609,6 +654,26 @@ SIGNATURES: tuple[Signature, ...] = (
         + r"(?:$|[\s;|)])|^[\s'\"]{0,10}"
         + _CMDLETS
         + r"\s{1,5}(?:-[a-z]|[a-z]:[/\\]|[/\\$'\"]|https?:))",
+    ),
+    # PowerShell: download cradles, encoded or policy-bypassing launches, and the aliases of the
+    # cmdlets that run or fetch (iex, iwr, saps, ...) after a separator or starting the value
+    # with an argument shaped like theirs (a URL, a drive, a switch, a parenthesis)
+    S(
+        CMDI,
+        1,
+        r"\bnew-object\s{1,5}(?:-typename\s{1,5})?(?:system\.)?net\.(?:webclient|sockets\.)|"
+        r"\.download(?:string|file|data)(?:async)?\s{0,5}\(\s{0,5}['\"$(]|"
+        r"\b(?:iex|invoke-expression)\s{0,5}\(|\[(?:system\.)?convert\]\s{0,5}::\s{0,5}"
+        r"frombase64string|\s-(?:executionpolicy|exec|ep)\s{1,5}(?:bypass|unrestricted)\b|"
+        r"\s-(?:encodedcommand|enc|ec|e)\s{1,5}[a-z0-9+/]{16,400}={0,2}(?:$|[\s'\"])",
+    ),
+    S(
+        CMDI,
+        1,
+        r"(?:^[\s'\"]{0,10}|(?:[;&|`]|\$\()\s{0,10})(?:iex|iwr|irm|saps|icm|gci|sls|"
+        r"invoke-webrequest|invoke-restmethod|start-process|start-bitstransfer)\s{1,5}"
+        r"(?:-[a-z]|https?:|[a-z]:[/\\]|[/\\$'\"(]|[\w.-]{1,64}\.(?:exe|bat|cmd|ps1|vbs|"
+        r"hta|msi|scr|dll)\b)",
     ),
     # A command reading its input from a file (cat</etc/passwd: no space needed), and bash's
     # ANSI-C quoting, which spells a command with escapes ($'cat\x20/etc/passwd')
@@ -743,6 +808,36 @@ SIGNATURES: tuple[Signature, ...] = (
         r"\$_(?:get|post|request|cookie|server|files|env|session)\s{0,5}\[|"
         r"\bo:\d{1,5}:\"[a-z_\\][\w\\]{0,100}\":\d{1,5}:\{|\ba:\d{1,5}:\{[si]:\d",
     ),
+    # --- LDAP filter injection: a value that closes the application's filter and opens its own
+    # (*)(uid=*), admin)(&), *)(|(objectclass=*)), or an always-true filter of its own
+    # (RFC 4515 filters have no spaces between their parentheses and operators)
+    S(
+        LDAP_INJECTION,
+        1,
+        r"\)\({1,3}[|&!](?:\(|\)|$|[a-z][\w.;-]{0,40}[~<>]?=)|\)\([a-z][\w.;-]{0,40}[~<>]?=\*|"
+        r"^\s{0,5}\*\)\(|\([|&]\([a-z][\w.;-]{0,40}[~<>]?=[^)]{0,100}\)|\(objectclass=\*\)",
+    ),
+    # --- Mail header and command injection: a line break inside an address or subject field
+    # followed by a mail header (Bcc:, To:, ...), an SMTP command or an IMAP command with its tag
+    S(
+        MAIL_HEADER_INJECTION,
+        1,
+        r"^\s{0,5}[^\s\r\n]{1,200}\s{0,5}[\r\n]{1,4}\s{0,5}(?:b?cc|to|from|subject|reply-to|"
+        r"sender|return-path|content-type|mime-version|x-mailer)\s{0,5}:|"
+        r"[\r\n]\s{0,5}(?:rcpt\s{1,5}to|mail\s{1,5}from)\s{0,5}:\s{0,5}<|"
+        r"[\r\n]\s{0,5}(?:helo|ehlo)\s{1,5}[\w.-]{1,100}\s{0,5}(?:$|[\r\n])|"
+        r"[\r\n]\s{0,5}[a-z]{0,4}\d{1,6}\s{1,5}(?:capability|logout|noop|login\s{1,5}[^\s]{1,100}"
+        r"\s{1,5}[^\s]|select\s{1,5}\"?inbox|fetch\s{1,5}[\d*:,]{1,20}\s{1,5}\(?(?:body|rfc822|"
+        r"flags|all|full))",
+        in_lines_prefilter=False,
+    ),
+    # a Cc/Bcc header line anywhere in a value (a forwarded mail pasted into a ticket has them)
+    S(
+        MAIL_HEADER_INJECTION,
+        2,
+        r"[\r\n]\s{0,5}b?cc\s{0,5}:\s{0,5}[^\s@\r\n]{1,64}@",
+        in_lines_prefilter=False,
+    ),
     # --- NoSQL injection (operator keys in JSON bodies are checked by the detector too)
     S(NOSQL, 1, r"\[\s{0,5}\$" + _NOSQL_OPS + r"\s{0,5}\]"),
     S(NOSQL, 1, r"[{,]\s{0,20}['\"]?\$" + _NOSQL_OPS + r"['\"]?\s{0,20}:"),
@@ -810,6 +905,19 @@ SQL_GATE = (
 )
 XSS_GATE = r"<[a-z!/?%]|\bon[a-z]{3,30}\s{0,10}=|script\s{0,10}:|\bstyle\s{0,10}="
 
+# Attack tools and vulnerability scanners by the names their user agents carry (their default
+# User-Agent headers). Generic HTTP libraries (curl, python-requests, Go-http-client) are not
+# listed: services in a mesh call each other with them.
+SCANNER_AGENTS = (
+    r"\b(?:sqlmap|nikto|nmap\s{1,5}scripting\s{1,5}engine|nmap|masscan|zgrab|nuclei|"
+    r"dirbuster|gobuster|feroxbuster|dirb|wfuzz|fuzz\s{1,5}faster\s{1,5}u\s{1,5}fool|ffuf|"
+    r"acunetix|netsparker|invicti|w3af|openvas|nessus|arachni|skipfish|whatweb|wpscan|"
+    r"joomscan|droopescan|cmsmap|commix|havij|sqlninja|jsql|ghauri|xsstrike|xsser|tplmap|"
+    r"sstimap|dotdotpwn|fimap|lfisuite|wapiti|appscan|webinspect|qualysguard|detectify|"
+    r"zmeu|morfeus|jorgee|hydra|burp\s{0,5}collaborator|interactsh|"
+    r"nettacker|jaeles|shortscan|graphw00f|paros|webshag)\b"
+)
+
 # Raw-byte pre-filter only: when one of these appears, the part is decoded and checked closely.
 # Never a finding by itself.
 INDICATORS: tuple[str, ...] = (
@@ -827,6 +935,7 @@ INDICATORS: tuple[str, ...] = (
     r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
     r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables
     SPLIT_WORD_INDICATOR,  # shell quoting inside a word (normalise.unsplit)
+    SCANNER_AGENTS,  # attack tools in a user-agent (detector._detail)
 )
 
 # MULTILINE: ^ and $ also match at the newlines that separate parts in the pre-filter buffer
@@ -890,6 +999,22 @@ class SignatureSet:
         start = max(0, end - _WINDOW)
         m = rx.search(data, start, end)
         return data[m.start() : m.end()] if m else data[max(start, end - 64) : end]
+
+    def matches(self, sid: int, data: bytes, end: int, limit: int = 8) -> list[tuple[int, int]]:
+        """Spans of signature `sid` in data: the one ending at `end` (Hyperscan reports the
+        first end only) and up to `limit` after it, found again with Python's re."""
+        rx = self._regex.get(sid)
+        if rx is None:
+            rx = self._regex[sid] = re.compile(
+                self.signatures[sid].pattern.encode(), re.IGNORECASE | re.MULTILINE
+            )
+        first = rx.search(data, max(0, end - _WINDOW), end)
+        out = [(first.start(), first.end())] if first else [(max(0, end - 64), end)]
+        for n, m in enumerate(rx.finditer(data, end)):
+            if n >= limit:
+                break
+            out.append((m.start(), m.end()))
+        return out
 
     def prefilter(
         self, data: bytes, on_match: Callable[..., bool | None], *, lines: bool = False

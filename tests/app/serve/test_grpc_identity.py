@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -64,10 +65,22 @@ async def _check(
         return await external_auth_pb2_grpc.AuthorizationStub(ch).Check(req, timeout=5)
 
 
-async def _tap(port: int, tls: SidecarTLS, metadata: tuple[tuple[str, str], ...]) -> None:
+async def _tap(
+    port: int, tls: SidecarTLS, metadata: tuple[tuple[str, str], ...], refused: bool = False
+) -> None:
+    """One tap stream. `refused`: send only the opening message and wait for the server's
+    answer, so the client never writes after the server ended the call (grpc.aio reports such a
+    write as its own INTERNAL "execute_batch" error, hiding the server's status)."""
+    messages = tap_messages("GET", "/items", request_id="t1")
+
+    async def opening_then_wait() -> AsyncIterator[object]:
+        yield messages[0]
+        await asyncio.Event().wait()  # cancelled when the call ends
+
     async with aio_channel(port, tls) as ch:
         stub = external_processor_pb2_grpc.ExternalProcessorStub(ch)
-        call = stub.Process(iter(tap_messages("GET", "/items", request_id="t1")), metadata=metadata)
+        requests = opening_then_wait() if refused else iter(messages)
+        call = stub.Process(requests, metadata=metadata)
         async for _ in call:
             pass
 
@@ -122,7 +135,9 @@ def test_another_namespace_is_refused_and_teaches_nothing(pki: PKI) -> None:
                     )
             # and on the tap
             with pytest.raises(grpc.aio.AioRpcError) as tap_err:
-                await _tap(srv.ports["tap"], certs["web"], (("x-meshward-namespace", "payments"),))
+                await _tap(
+                    srv.ports["tap"], certs["web"], (("x-meshward-namespace", "payments"),), True
+                )
             assert tap_err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert srv.engine.allowlist.services == {}
             assert _errors(srv, "extauthz", "peer-namespace-mismatch") == 2
@@ -172,7 +187,7 @@ def test_certificates_without_one_valid_identity_are_refused(
                     await _check(srv.ports["authz"], certs[cert], check_request("GET", "/"))
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             with pytest.raises(grpc.aio.AioRpcError):
-                await _tap(srv.ports["tap"], certs[cert], ())
+                await _tap(srv.ports["tap"], certs[cert], (), refused=True)
             assert _errors(srv, "extauthz", reason) == 2
             assert _errors(srv, "tap", reason) == 1
             assert srv.engine.allowlist.services == {}

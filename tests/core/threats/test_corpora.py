@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.detect import CLASSES, load_httpparams, load_payloads, place, shared_data
+from bench.detect import CLASSES, PLACEMENTS, load_httpparams, load_payloads, place, shared_data
 from meshward.core.threats import ThreatDetector
 
 ROOT = shared_data()
@@ -34,10 +34,10 @@ def every(items: list[str], n: int) -> list[str]:
     return items[::step]
 
 
-def rate(payloads: list[str], want: str | None) -> float:
+def rate(payloads: list[str], want: str | None, where: str = "query") -> float:
     hits = 0
     for p in payloads:
-        threats = DET.inspect(place(p, "query")).threats
+        threats = DET.inspect(place(p, where)).threats
         hits += any(t.name == want for t in threats) if want else bool(threats)
     return 100.0 * hits / len(payloads)
 
@@ -57,3 +57,13 @@ def test_httpparams_attacks(cls: str) -> None:
 def test_httpparams_norm_false_positives() -> None:
     _, norm = load_httpparams(ROOT)
     assert rate(every(norm, 3000), None) <= 0.5
+
+
+@pytest.mark.parametrize("where", PLACEMENTS)
+@pytest.mark.parametrize("cls", ["sqli", "cmdi", "traversal"])
+def test_every_placement(cls: str, where: str) -> None:
+    """A payload in a path segment, an untyped form body or a cookie is found as in a query
+    (path: a bare command name as a whole segment is a route name, so a little lower)."""
+    payloads, _ = load_payloads(ROOT)
+    floor = FLOORS[cls] - (2.0 if where == "path" else 0.0)
+    assert rate(every(payloads[cls], 150), CLASSES[cls], where) >= floor

