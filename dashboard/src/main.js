@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const LARGE = 200; // nodes: past this, a draft layout and lighter rendering while panning
 const COLOURS = { allowed: '#2e6b30', alerted: '#c98a00', denied: '#b00020' };
 const MODE_COLOURS = { learn: '#5b7db1', monitor: '#8a5a00', enforce: '#6a1b9a' };
-const state = { cy: null, stream: null, layoutMs: null, ready: false };
+const state = { cy: null, graph: null, stream: null, layoutMs: null, ready: false };
 window.meshward = state; // read by the browser tests and bench/dashboard.py
 state.cytoscape = cytoscape;
 
@@ -150,6 +150,25 @@ async function showRules(service) {
   }
 }
 
+// a live alert counts on its edge and service at once (table and graph); a call never seen
+// before redraws the graph
+function countAlert(a) {
+  const graph = state.graph;
+  if (!graph) return;
+  const edge = graph.edges.find((e) => e.source === a.source && e.target === a.destination);
+  if (!edge) { refresh(); return; }
+  edge.alerts += 1;
+  if (a.verdict === 'deny') edge.denied += 1;
+  edge.status = edge.denied ? 'denied' : 'alerted';
+  const node = graph.nodes.find((n) => n.id === a.destination);
+  if (node) node.alerts += 1;
+  fillTable(graph);
+  const drawn = state.cy && state.cy.$id(edge.id);
+  if (drawn && drawn.length) drawn.data('status', edge.status);
+  const service = state.cy && state.cy.$id(a.destination);
+  if (service && service.length && node) service.data('alerts', node.alerts);
+}
+
 function showAlert(a) {
   const li = el('li', undefined, a.verdict === 'deny' ? 'deny' : 'alert');
   const when = new Date((a.time || 0) * 1000).toISOString().replace('T', ' ').slice(0, 19);
@@ -167,14 +186,20 @@ function listen() {
   $('alerts').replaceChildren();
   const ns = namespace();
   const stream = new EventSource(`/api/v1/alerts/stream${ns ? `?namespace=${encodeURIComponent(ns)}` : ''}`);
-  stream.addEventListener('alert', (e) => showAlert(JSON.parse(e.data)));
-  stream.addEventListener('ready', () => { document.body.dataset.alerts = 'live'; });
+  let live = false; // the backlog before `ready` is already counted in the graph
+  stream.addEventListener('alert', (e) => {
+    const a = JSON.parse(e.data);
+    showAlert(a);
+    if (live) countAlert(a);
+  });
+  stream.addEventListener('ready', () => { live = true; document.body.dataset.alerts = 'live'; });
   state.stream = stream;
 }
 
 async function refresh() {
   const ns = namespace();
   const graph = await getJSON(`/api/v1/graph${ns ? `?namespace=${encodeURIComponent(ns)}` : ''}`);
+  state.graph = graph;
   fillNamespaces(graph.namespaces);
   fillTable(graph);
   drawGraph(graph);

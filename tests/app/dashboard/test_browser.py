@@ -97,10 +97,16 @@ def test_an_alert_appears_live_with_its_evidence_as_text(page: Any, tmp_path: Pa
         assert "img src=x onerror" in evidence  # shown as the text it is (escaped by the store)
         assert page.locator("#alerts img").count() == 0  # never made into markup
         assert page.evaluate("() => document.images.length") == 0
+        # counted on its edge at once: the table's row and the graph's edge say alerted
+        row = page.locator("#edges tbody tr", has_text="GET /users/{int}")
+        row.locator("td", has_text="alerted").wait_for(timeout=WAIT)
+        status = "() => window.meshward.cy.$id('shop/web->shop/api').data('status')"
+        assert page.evaluate(status) == "alerted"
         _shot(page, "alert")
         assert page.csp_violations == []
 
 
+@pytest.mark.skipif(not browser.AXE.exists(), reason="axe-core is not in dashboard/node_modules")
 def test_axe_core_finds_no_serious_or_critical_violation(page: Any, tmp_path: Path) -> None:
     with browser.serve_in_thread() as (srv, _):
         client = api_client(srv)
