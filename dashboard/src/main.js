@@ -103,12 +103,24 @@ function drawGraph(graph) {
     headless.layout({ name: 'fcose', quality: 'draft', randomize: true, animate: false,
       packComponents: false }).run();
     state.layoutMs = performance.now() - laying;
-    const placed = els.map((e) => (e.group === 'nodes'
-      ? { ...e, position: { ...headless.$id(e.data.id).position() } } : e));
+    const box = { x1: Infinity, y1: Infinity, x2: -Infinity, y2: -Infinity };
+    const placed = els.map((e) => {
+      if (e.group !== 'nodes') return e;
+      const p = headless.$id(e.data.id).position();
+      box.x1 = Math.min(box.x1, p.x); box.x2 = Math.max(box.x2, p.x);
+      box.y1 = Math.min(box.y1, p.y); box.y2 = Math.max(box.y2, p.y);
+      return { ...e, position: { x: p.x, y: p.y } };
+    });
     headless.destroy();
     cy = cytoscape(options);
     cy.add(placed);
-    cy.fit();
+    // fitted from the node positions: cy.fit() measures every element's drawn box (edges
+    // too), 100-200 ms at this size
+    const w = cy.width(), h = cy.height(), pad = 30;
+    const zoom = Math.min(4, Math.max(0.05, Math.min((w - 2 * pad) / Math.max(1, box.x2 - box.x1),
+      (h - 2 * pad) / Math.max(1, box.y2 - box.y1))));
+    cy.viewport({ zoom, pan: { x: w / 2 - zoom * (box.x1 + box.x2) / 2,
+      y: h / 2 - zoom * (box.y1 + box.y2) / 2 } });
     state.drawnMs = performance.now() - started;
     state.ready = true;
     document.body.dataset.graph = 'ready';
