@@ -17,7 +17,10 @@ from tests.support import browser
 from tests.support.dashboard import call, learned_calls
 from tests.support.serve import API_TOKEN, api_client
 
-pytestmark = pytest.mark.skipif(bool(browser.missing()), reason=browser.missing() or "ready")
+pytestmark = [
+    pytest.mark.integration,  # an external browser
+    pytest.mark.skipif(bool(browser.missing()), reason=browser.missing() or "ready"),
+]
 WAIT = 10_000  # ms: a ceiling on each condition, not a pause
 
 
