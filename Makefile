@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl chromium
+APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl postgresql chromium
 
 .PHONY: setup system-deps demo test test-fast lint bench clean dashboard
 
@@ -26,10 +26,12 @@ dashboard:
 kube-apiserver:
 	@bash scripts/kube-apiserver.sh
 
-# Attack and load tools the integration tests and benchmarks drive (root only; skipped otherwise).
+# Attack and load tools the integration tests and benchmarks drive, PostgreSQL for the shared
+# alerts store's tests and Chromium for the dashboard's (root only; skipped otherwise).
 system-deps:
 	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv curl chromium; do \
 	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing system tools:$$missing"; \

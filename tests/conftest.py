@@ -13,6 +13,8 @@ pytest_plugins = [
     "tests.support.envoy_http",
     "tests.support.cli",
     "tests.support.apiserver",
+    "tests.support.replicas",
+    "tests.support.postgres",
 ]
 
 

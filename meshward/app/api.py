@@ -3,6 +3,8 @@
 Routes:
   GET  /healthz, /readyz, /metrics
   GET  /api/v1/alerts?limit=N[&namespace=NS]   {"alerts": [...]} newest first (store history)
+  GET  /api/v1/edges?since=15m[&until=T][&namespace=NS]  verdicts per caller -> destination
+                                       per 60 s bucket {"bucket_seconds", "edges": [...]}
   GET  /api/v1/allowlist[?destination=ns/name]   the allowlist document {"version", "services"}
   GET  /api/v1/modes                   {"default": mode, "modes": {namespace: mode}}
   PUT  /api/v1/modes/{namespace}       body {"mode": "enforce"}; takes effect at once
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
@@ -26,6 +29,7 @@ from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
+from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
 from meshward.core.names import is_kubernetes_name
@@ -78,6 +82,9 @@ class ApiServer(Protocol):
         self, limit: int = 100, namespace: str | None = None
     ) -> list[dict[str, Any]]: ...
     async def set_mode(self, namespace: str, mode: str) -> None: ...
+    async def edges(
+        self, since: float, until: float | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 MODE_IS_LABEL = (
@@ -124,6 +131,36 @@ async def alerts(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     found = await server.alerts(_limit(request), request.query.get("namespace") or None)
     return web.json_response({"alerts": found}, dumps=_dumps)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when(request: web.Request, name: str, default: float | None) -> float | None:
+    """A time parameter: epoch seconds, or a duration back from now (`15m`, `2h`, `7d`)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        if raw[-1] in _UNITS:
+            return time.time() - float(raw[:-1]) * _UNITS[raw[-1]]
+        value = float(raw)
+    except ValueError:
+        raise _bad(f"{name} must be epoch seconds or a duration like 15m, 2h, 7d") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _bad(f"{name} must be a finite number")
+    return value
+
+
+async def edges(request: web.Request) -> web.Response:
+    """Verdict counts per caller -> destination and time bucket (the dashboard's graph)."""
+    server = request.app[SERVER_KEY]
+    since = _when(request, "since", time.time() - 3600)
+    assert since is not None
+    until = _when(request, "until", None)
+    namespace = request.query.get("namespace") or None
+    found = await server.edges(since, until, namespace)
+    return web.json_response({"bucket_seconds": BUCKET_SECONDS, "edges": found}, dumps=_dumps)
 
 
 async def allowlist(request: web.Request) -> web.Response:
@@ -276,6 +313,7 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/api/v1/edges", edges)
     app.router.add_get("/api/v1/allowlist", allowlist)
     app.router.add_get("/api/v1/modes", modes)
     app.router.add_put("/api/v1/modes/{namespace}", set_mode)

@@ -113,6 +113,7 @@ API_GROUP = "meshward.io"
 ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("GET", "/metrics"): ("get", "metrics", ""),
     ("GET", "/api/v1/alerts"): ("list", "alerts", "query:namespace"),
+    ("GET", "/api/v1/edges"): ("list", "edges", "query:namespace"),
     ("GET", "/api/v1/allowlist"): ("list", "allowlists", "query:destination"),
     ("GET", "/api/v1/modes"): ("list", "modes", ""),
     ("PUT", "/api/v1/modes/{namespace}"): ("update", "modes", "path:namespace"),

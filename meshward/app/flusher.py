@@ -7,6 +7,10 @@ each request: a kill -9 loses at most the last interval). `meshward serve` calls
 twins: every store call (batches, alert reads, mode changes) runs on one writer thread, in order,
 so the event loop never waits for SQLite and the store's connection is used by one thread at a
 time. A batch that fails to write is kept and merged into the next one.
+
+A shared store (the cluster store) also has other writers: with `sharing`, every batch ends by
+taking their changes (writer thread) and applying them to the engine (engine's thread), so what
+other replicas learned and what people edited is in effect within one flush interval.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import contextlib
 import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from meshward.app.store import Store
+from meshward.core.edges import add_pending, merge_counts
 from meshward.core.engine import MAX_PENDING_ALERTS, Changes, Engine
 
 T = TypeVar("T")
@@ -29,16 +35,39 @@ def _merge(older: Changes, newer: Changes) -> Changes:
     if not older:
         return newer
     alerts = [*older.alerts, *newer.alerts][-MAX_PENDING_ALERTS:]
-    return Changes({**older.profiles, **newer.profiles}, alerts)
+    edges = merge_counts(older.edges, newer.edges) if older.edges else newer.edges
+    return Changes({**older.profiles, **newer.profiles}, alerts, edges)
+
+
+@dataclass
+class Sharing:
+    """A shared store's other writers: `take()` their changes (on the writer thread, after a
+    batch), `apply(changes)` them to the engine (on the engine's thread)."""
+
+    take: Callable[[], Any]
+    apply: Callable[[Any], None]
 
 
 class Flusher:
-    """Writes the engine's changes to `store` every `interval` seconds, and at close."""
+    """Writes the engine's changes to `store` every `interval` seconds, and at close.
 
-    def __init__(self, engine: Engine, store: Store, interval: float = 2.0) -> None:
+    `changed` is called (engine's thread) after modes changed by another process were applied.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        interval: float = 2.0,
+        *,
+        sharing: Sharing | None = None,
+        changed: Callable[[], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.interval = interval
+        self.sharing = sharing
+        self.changed = changed
         self._last: float | None = None  # when the last batch was taken (the caller's clock)
         self._taken = 0  # batches taken from the engine (engine's thread)
         self._unwritten: dict[int, list[Alert]] = {}  # their alerts until written (engine's thread)
@@ -49,8 +78,22 @@ class Flusher:
 
     def load(self) -> None:
         """Give the engine the stored profiles and modes (before it judges anything)."""
+        self.engine.load(*self._read_all())
+
+    def _read_all(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         self._modes_version = self.store.modes_version()
-        self.engine.load(self.store.load_profiles(), self.store.modes())
+        return self.store.load_profiles(), self.store.modes()
+
+    async def load_off_loop(self, ready: Callable[[], None] | None = None) -> None:
+        """`load` with the store read on the writer thread, after `ready()` (which raises
+        while the store cannot be read yet)."""
+
+        def read() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+            if ready is not None:
+                ready()
+            return self._read_all()
+
+        self.engine.load(*await self._off_loop(read))
 
     # ---- the steps of one batch
     def _take(self) -> tuple[int, Changes]:
@@ -62,28 +105,44 @@ class Flusher:
             self._unwritten[self._taken] = changes.alerts
         return self._taken, changes
 
-    def _write(self, batch: int, changes: Changes) -> dict[str, str] | None:
-        """On the writer's thread: the batch, then the modes when another process changed them."""
+    def _write(self, batch: int, changes: Changes) -> tuple[dict[str, str] | None, Any]:
+        """On the writer's thread: the batch, then the modes when another process changed them
+        and the other writers' changes of a shared store."""
         if changes.profiles:
             self.store.save_profiles(changes.profiles)
         if changes.alerts:
             self.store.add_alerts(changes.alerts)
+            changes.alerts = []  # written: a failure below must not write them twice
+        if changes.edges:
+            self.store.add_edges(changes.edges)
+            changes.edges = []
         self._written = batch
+        shared = self.sharing.take() if self.sharing is not None else None
         version = self.store.modes_version()
         if version == self._modes_version:
-            return None
+            return None, shared
         self._modes_version = version
-        return self.store.modes()
+        return self.store.modes(), shared
 
     def _settle(
-        self, batch: int, changes: Changes, modes: dict[str, str] | None, failed: bool
+        self,
+        batch: int,
+        changes: Changes,
+        news: tuple[dict[str, str] | None, Any],
+        failed: bool,
     ) -> None:
-        """On the engine's thread: forget a written batch, keep a failed one, apply new modes."""
+        """On the engine's thread: forget a written batch, keep a failed one, apply new modes
+        and the other writers' changes."""
         self._unwritten.pop(batch, None)
         if failed:
             self._retry = _merge(changes, self._retry)
+        modes, shared = news
+        if shared and self.sharing is not None:
+            self.sharing.apply(shared)
         if modes is not None:
             self.engine.set_modes(modes)
+            if self.changed is not None:
+                self.changed()
 
     def _store_mode(self, namespace: str, mode: str) -> None:
         self.store.set_mode(namespace, mode)
@@ -110,11 +169,11 @@ class Flusher:
     def flush(self) -> None:
         batch, changes = self._take()
         try:
-            modes = self._write(batch, changes)
+            news = self._write(batch, changes)
         except Exception:
-            self._settle(batch, changes, None, failed=True)
+            self._settle(batch, changes, (None, None), failed=True)
             raise
-        self._settle(batch, changes, modes, failed=False)
+        self._settle(batch, changes, news, failed=False)
 
     def flush_due(self, now: float) -> None:
         """Flush when `interval` seconds (of the caller's monotonic clock) passed since the last."""
@@ -157,11 +216,11 @@ class Flusher:
     async def flush_off_loop(self) -> None:
         batch, changes = self._take()
         try:
-            modes = await self._off_loop(self._write, batch, changes)
+            news = await self._off_loop(self._write, batch, changes)
         except Exception:
-            self._settle(batch, changes, None, failed=True)
+            self._settle(batch, changes, (None, None), failed=True)
             raise
-        self._settle(batch, changes, modes, failed=False)
+        self._settle(batch, changes, news, failed=False)
 
     async def run(self, stop: asyncio.Event, failed: Callable[[Exception], None]) -> None:
         """Flush every `interval` until `stop` is set, then once more; `failed` hears of errors
@@ -177,6 +236,15 @@ class Flusher:
     async def alerts_off_loop(self, limit: int = 100, namespace: str | None = None) -> list[Alert]:
         stored, written = await self._off_loop(self._stored_alerts, limit, namespace)
         return self._with_pending(stored, written, limit, namespace)
+
+    async def edges_off_loop(
+        self, since: float, until: float | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The stored per-edge counts plus what is not written yet (a failed batch, the
+        engine's current counts); a batch being written right now may show a flush later."""
+        stored = await self._off_loop(self.store.edges, since, until, namespace)
+        pending = [*self._retry.edges, *self.engine.edges.peek()]
+        return add_pending(stored, pending, since, until, namespace)
 
     async def set_mode_off_loop(self, namespace: str, mode: str) -> None:
         """Stored first, then in the engine: a batch that read the old modes is settled before."""

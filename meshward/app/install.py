@@ -41,6 +41,9 @@ class InstallOptions:
     replicas: int = 2
     istio_style: str = "envoyfilter"
     kube_version: tuple[int, int] = (1, 31)
+    # a Secret (key `dsn`) holding the PostgreSQL DSN of the shared alerts store; None: each
+    # serve replica keeps its alerts in its own SQLite file (one replica's history each)
+    alerts_dsn_secret: str | None = None
     # node-tap: node interfaces to watch (a bridge such as cni0), and the /proc scan for
     # runtimes that do not name pod network namespaces under /var/run/netns
     node_ifaces: tuple[str, ...] = ()
@@ -207,12 +210,13 @@ PERMISSIONS: dict[str, list[Obj]] = {
 # custom resource) is virtual: serve asks the API server with a SubjectAccessReview.
 API_READ = ["get", "list"]
 API_ROLES: dict[str, list[Obj]] = {
-    # read alerts, allowlists, modes, exchanges and metrics, and open the dashboard; one-time
-    # login codes for it (`meshward dashboard`: a code carries its holder's own rights, no more)
+    # read alerts, edge counts, allowlists, modes, exchanges and metrics, and open the
+    # dashboard; one-time login codes for it (`meshward dashboard`: a code carries its
+    # holder's own rights, no more)
     "meshward-viewer": [
         _rule(
             [GROUP],
-            ["alerts", "allowlists", "modes", "exchanges", "metrics", "dashboard"],
+            ["alerts", "edges", "allowlists", "modes", "exchanges", "metrics", "dashboard"],
             API_READ,
         ),
         _rule([GROUP], ["sessions"], ["create"]),
@@ -220,7 +224,9 @@ API_ROLES: dict[str, list[Obj]] = {
     # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
     # labels, granted by RBAC on namespaces, which this role does not give
     "meshward-operator": [
-        _rule([GROUP], ["alerts", "modes", "exchanges", "metrics", "dashboard"], API_READ),
+        _rule(
+            [GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ
+        ),
         _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
         _rule([GROUP], ["sessions"], ["create"]),
     ],
@@ -333,6 +339,29 @@ def _tmp_volumes() -> tuple[list[Obj], list[Obj]]:
     return volumes, mounts
 
 
+def _field(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def serve_env(opts: InstallOptions) -> list[Obj]:
+    """serve's environment: its pod name (the replica id of the cluster store) and namespace
+    from the downward API, the SQLite file (alerts without a database), the alerts DSN from
+    its Secret (an environment variable, never an argument `ps` shows)."""
+    env = [
+        _field("POD_NAME", "metadata.name"),
+        _field("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "MESHWARD_DB", "value": "/var/lib/meshward/meshward.db"},
+    ]
+    if opts.alerts_dsn_secret:
+        env.append(
+            {
+                "name": "MESHWARD_ALERTS_DSN",
+                "valueFrom": {"secretKeyRef": {"name": opts.alerts_dsn_secret, "key": "dsn"}},
+            }
+        )
+    return env
+
+
 def serve(opts: InstallOptions) -> list[Obj]:
     ns = opts.namespace
     volumes, mounts = _tmp_volumes()
@@ -343,13 +372,27 @@ def serve(opts: InstallOptions) -> list[Obj]:
     container = {
         "name": "serve",
         "image": opts.image,
-        "args": ["serve", "--log-level", "info", "--grpc-plaintext", "--identity", identity],
+        # every replica shares the cluster store; API callers (node taps, people, the dashboard)
+        # show Kubernetes tokens, reviewed by the API server: a generated API token would
+        # differ per replica and live in an emptyDir no caller can read
+        "args": [
+            "serve",
+            "--store",
+            "kubernetes",
+            "--auth",
+            "kubernetes",
+            "--log-level",
+            "info",
+            "--grpc-plaintext",
+            "--identity",
+            identity,
+        ],
         "ports": [
             {"name": "grpc-authz", "containerPort": AUTHZ_PORT, "protocol": "TCP"},
             {"name": "grpc-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
             {"name": "http-api", "containerPort": HTTP_PORT, "protocol": "TCP"},
         ],
-        "env": [{"name": "MESHWARD_DB", "value": "/var/lib/meshward/meshward.db"}],
+        "env": serve_env(opts),
         "readinessProbe": _probe("/readyz", HTTP_PORT, 5),
         "livenessProbe": _probe("/healthz", HTTP_PORT, 10),
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
@@ -443,7 +486,7 @@ def controller(opts: InstallOptions) -> list[Obj]:
             "--style",
             opts.istio_style,
         ],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": [_field("POD_NAME", "metadata.name")],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": _restricted(),
         "volumeMounts": mounts,

@@ -43,8 +43,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from meshward.app.alertevents import AlertEvents
 from meshward.app.install import GROUP
-from meshward.app.store import Store, StoreError
+from meshward.app.store import DEFAULT_EDGE_ROWS, AlertStore, StoreError
 from meshward.core import modes as core_modes
 from meshward.core.allowlist import Limits
 from meshward.core.allowlist_merge import (
@@ -52,11 +53,13 @@ from meshward.core.allowlist_merge import (
     compact,
     contribution,
     from_object,
+    merge,
     merge_counted,
     profile_doc,
     retire,
     to_object,
 )
+from meshward.core.edges import EdgeCount
 from meshward.core.log import event
 from meshward.core.names import is_kubernetes_name
 from meshward.kube.errors import (
@@ -79,6 +82,18 @@ COMPONENT = "meshward-serve"
 # etcd's default request limit is 1.5 MiB; leave room for metadata and managedFields
 MAX_OBJECT_BYTES = 1_000_000
 TIMEOUT = (5, 30)  # connect, read seconds of one API call: an outage must not hang a flush
+
+
+@dataclass
+class Change:
+    """Another writer changed one destination: its new state (None: the object was deleted),
+    the state this replica's engine was handed before, and the new state as a profile document."""
+
+    destination: str
+    new: Shared | None
+    old: Shared | None
+    doc: dict[str, Any] | None
+    unwritten: bool = False  # this replica still has learning of it queued for a write
 
 
 class KubeStoreUnavailable(StoreError):
@@ -130,7 +145,7 @@ class KubeStore:
         api: client.ApiClient,
         *,
         replica: str,
-        alerts: Store,
+        alerts: AlertStore,
         namespace: str = "meshward",
         limits: Limits | None = None,
         max_writes: int = 20,
@@ -138,6 +153,7 @@ class KubeStore:
         max_attempts: int = 10,
         backoff: float = 0.05,
         live_replicas: Callable[[], set[str]] | None = None,
+        alert_events: AlertEvents | None = None,
     ) -> None:
         if not replica:
             raise ValueError("replica id must not be empty")
@@ -152,6 +168,7 @@ class KubeStore:
         self.live_replicas = live_replicas
         self.stats = KubeStoreStats()
         self._alerts = alerts
+        self.alert_events = alert_events
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._lock = threading.Lock()  # state shared with the watch threads
@@ -164,10 +181,16 @@ class KubeStore:
         self._queue: dict[str, dict[str, Any]] = {}  # docs waiting for a write (FIFO)
         self._modes: dict[str, str] = {}
         self._modes_version = 0
+        # an outage's retries back off to at most 5 s: a replica catches up soon after it ends
         self._objects = Watcher(
-            self._custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, name="allowlists"
+            self._custom.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            PLURAL,
+            name="allowlists",
+            backoff_max=5.0,
         )
-        self._namespaces = Watcher(self._core.list_namespace, name="namespaces")
+        self._namespaces = Watcher(self._core.list_namespace, name="namespaces", backoff_max=5.0)
 
     # ---- lifetime
 
@@ -213,22 +236,33 @@ class KubeStore:
                 continue
             with self._lock:
                 self._base[shared.destination] = self._known[shared.destination] = shared
+                waiting = self._pending.get(shared.destination)
+                if waiting is not None and waiting.same(shared):  # the watch saw it first
+                    del self._pending[shared.destination]
             out[shared.destination] = profile_doc(shared)
         return out
 
     def changes(self) -> dict[str, dict[str, Any]]:
         """Other writers' changes since the last call: destination -> the merged document the
         engine must *replace* its profile with (a deleted object: a profile with no rules)."""
+        return {
+            c.destination: c.doc or {"destination": c.destination, "endpoints": []}
+            for c in self.take_changes()
+        }
+
+    def take_changes(self) -> list[Change]:
+        """Other writers' changes since the last call, with what the engine was handed before
+        (`Change.old`), so an engine that learned meanwhile can keep that learning
+        (`core.allowlist_merge.rebase`); `meshward.app.adopt` applies them."""
         with self._lock:
             pending, self._pending = self._pending, {}
-            out: dict[str, dict[str, Any]] = {}
+            out: list[Change] = []
             for dest, shared in pending.items():
-                if shared is None:
-                    self._base.pop(dest, None)
-                    out[dest] = {"destination": dest, "endpoints": []}
-                else:
+                old = self._base.pop(dest, None)
+                if shared is not None:
                     self._base[dest] = shared
-                    out[dest] = profile_doc(shared)
+                doc = profile_doc(shared) if shared is not None else None
+                out.append(Change(dest, shared, old, doc, dest in self._queue))
             return out
 
     def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
@@ -439,6 +473,11 @@ class KubeStore:
         self.stats.objects_written += 1
         with self._lock:
             self._known[new.destination] = new
+            waiting = self._pending.get(new.destination)
+            if waiting is not None:
+                # another writer's change not drained yet: it may predate our write (and lack
+                # our learning) or follow it; the join of both holds everything
+                self._pending[new.destination] = merge(waiting, new, self.limits)
 
     def _wrote(self, ns: str, name: str, obj: dict[str, Any]) -> None:
         self.stats.writes += 1
@@ -645,15 +684,29 @@ class KubeStore:
             "meshward serve has no rights to change it"
         )
 
-    # ---- alerts: not in etcd
+    # ---- alerts and edge counts: not in etcd
 
     def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
         self._alerts.add_alerts(alerts)
+        if self.alert_events is not None:  # after they are stored: Events are best effort
+            self.alert_events.record(alerts)
 
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
         return self._alerts.alerts(limit, namespace, since)
+
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        self._alerts.add_edges(edges)
+
+    def edges(
+        self,
+        since: float,
+        until: float | None = None,
+        namespace: str | None = None,
+        limit: int = DEFAULT_EDGE_ROWS,
+    ) -> list[dict[str, Any]]:
+        return self._alerts.edges(since, until, namespace, limit)
 
     # ---- errors
 

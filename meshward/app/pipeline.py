@@ -94,6 +94,7 @@ class Judge:
 
     def account(self, obs: Observation, source: str, verdict: Verdict) -> None:
         self.metrics.count_verdict(source, verdict)
+        self.engine.edges.add(verdict.source, verdict.destination, verdict.verdict, obs.time)
         if verdict.verdict != "allow" and obs.request_id:
             shown = {"seen_by": source, **verdict.as_dict()}
             shown["threats"] = redact.shown_threats(verdict.threats)  # served with the exchange

@@ -10,12 +10,13 @@ ports serve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -30,7 +31,8 @@ from meshward.app.flusher import Flusher
 from meshward.app.ingest import Ingestor
 from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
-from meshward.app.store import open_store
+from meshward.app.store import AlertStore, Store, WithAlerts, open_store
+from meshward.core.edges import add_pending
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
@@ -42,6 +44,9 @@ from meshward.tap.envoy import extproc
 from meshward.tap.envoy.assemble import TapLimits
 from meshward.tap.envoy.extproc import TapService
 from meshward.tap.envoy.join import Joiner
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only with --store kubernetes
+    from meshward.app.kubestore import KubeStore
 
 log = logging.getLogger("meshward.app.serve")
 
@@ -81,6 +86,12 @@ class ServeConfig:
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     engine: EngineConfig = field(default_factory=EngineConfig)
+    store: str = "sqlite"  # or "kubernetes": the cluster store (app/replica.py)
+    kubeconfig: str | None = None  # kubernetes: None is the pod's service account
+    replica: str = ""  # kubernetes: this replica's id ("" = POD_NAME, else the host name)
+    cluster_namespace: str = "meshward"  # kubernetes: where objects of non-service names go
+    # alerts and edge counts in PostgreSQL (every replica's); may hold a password: not in repr
+    alerts_dsn: str | None = field(default=None, repr=False)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # in a cluster the mode is the Namespace label meshward.io/mode: PUT /api/v1/modes refused
     modes_from_labels: bool = False
@@ -88,6 +99,10 @@ class ServeConfig:
     peers: PeerPolicy = field(default_factory=PeerPolicy)
     grpc_ca_dir: str = ""  # default: meshward-ca beside the store
     grpc_reflection: bool = False  # off by default: a debugging aid, not for production
+
+    def __post_init__(self) -> None:
+        if self.store == "kubernetes":  # the cluster store reads modes from the labels only
+            self.modes_from_labels = True
 
 
 class Server:
@@ -108,21 +123,30 @@ class Server:
         self.problems = Problems(self.metrics, log)
         self.guard.report = self.problems  # refused callers: counted, logged boundedly
         self.flusher: Flusher | None = None
+        self.cluster: KubeStore | None = None  # the cluster store, synced after start()
         rebuildable = engine is None and detector is None  # the default detector, from config
         if engine is None:
             from meshward.app import sigcache
 
             engine = Engine(config.engine, detector or sigcache.detector(config.engine))
-            self.flusher = Flusher(
-                engine,
-                open_store(config.db, alert_quota=config.engine.alert_quota),
-                config.flush_interval,
-            )
-            try:
-                self.flusher.load()
-            except BaseException:
-                self.flusher.store.close()
-                raise
+            if config.store == "kubernetes":
+                self.flusher = self._cluster_flusher(engine)
+            else:
+                store: Store = open_store(config.db, alert_quota=config.engine.alert_quota)
+                if config.alerts_dsn:
+                    from meshward.app.pgstore import PostgresAlerts
+
+                    try:
+                        store = WithAlerts(store, PostgresAlerts(config.alerts_dsn))
+                    except BaseException:
+                        store.close()
+                        raise
+                self.flusher = Flusher(engine, store, config.flush_interval)
+                try:
+                    self.flusher.load()
+                except BaseException:
+                    self.flusher.store.close()
+                    raise
         # the ingest worker rebuilds serve's detector from the config; a given engine (tests,
         # benches) may have one it cannot rebuild: then its detectors run here
         self.ingestor = Ingestor(config.engine if rebuildable else None)
@@ -150,6 +174,39 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._stop_flushing = asyncio.Event()
+        self._coming_up: asyncio.Task[None] | None = None
+
+    def _cluster_flusher(self, engine: Engine) -> Flusher:
+        """The engine's flusher on the cluster store; alerts in PostgreSQL (--alerts-dsn), else
+        in this replica's SQLite file."""
+        from meshward.app import replica
+
+        name = replica.replica_id(self.config.replica)
+        if self.config.alerts_dsn:
+            from meshward.app.pgstore import PostgresAlerts
+
+            alerts: AlertStore = PostgresAlerts(self.config.alerts_dsn, replica=name)
+        else:
+            alerts = open_store(self.config.db, alert_quota=self.config.engine.alert_quota)
+        try:
+            store = replica.open_cluster_store(
+                kubeconfig=self.config.kubeconfig,
+                replica=name,
+                namespace=self.config.cluster_namespace,
+                alerts=alerts,
+                limits=engine.config.limits,
+            )
+        except BaseException:
+            alerts.close()
+            raise
+        self.cluster = store
+        return Flusher(
+            engine,
+            store,
+            self.config.flush_interval,
+            sharing=replica.sharing(store, engine, self.mode_changed),
+            changed=self.mode_changed,
+        )
 
     async def start(self) -> None:
         """Listen on all three ports, or on none: a failure stops what had started."""
@@ -163,13 +220,8 @@ class Server:
         from meshward.app.api import build_app  # the API module imports nothing from here
 
         host = self.config.listen_host
-        creds = self._credentials()
-        self.ports["authz"] = await self._grpc_server(
-            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port, creds
-        )
-        self.ports["tap"] = await self._grpc_server(
-            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, creds, TAP_GRPC_OPTIONS
-        )
+        if self.cluster is None:
+            await self._grpc_servers()
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -180,12 +232,47 @@ class Server:
         self.ports["http"] = sockets[0].getsockname()[1] if sockets else self.config.http_port
         if self.pods is not None:
             self.pods.start()
+        if self.cluster is not None:  # not ready, gRPC closed, until the first sync
+            self._coming_up = asyncio.create_task(self._sync_then_serve())
+            return
+        self._serving()
+
+    def _serving(self) -> None:
         if self.flusher is not None:
             self._flushing = asyncio.create_task(
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
         self.ready = True
-        event(log, "serving", host=host, grpc=self.config.peers.kind, **self.ports)
+        event(
+            log, "serving", host=self.config.listen_host, grpc=self.config.peers.kind, **self.ports
+        )
+
+    async def _grpc_servers(self) -> None:
+        host = self.config.listen_host
+        creds = self._credentials()
+        self.ports["authz"] = await self._grpc_server(
+            self.check.methods(), authz_service.SERVICE, host, self.config.authz_port, creds
+        )
+        self.ports["tap"] = await self._grpc_server(
+            self.tap.methods(), extproc.SERVICE, host, self.config.tap_port, creds, TAP_GRPC_OPTIONS
+        )
+
+    async def _sync_then_serve(self) -> None:
+        """The cluster store's first sync (retried while the API server is away), then the
+        gRPC ports and readiness. A port that cannot be opened leaves serve not ready (and
+        says so)."""
+        from meshward.app import replica
+
+        assert self.flusher is not None and self.cluster is not None
+        if not await replica.first_sync(self.flusher, self.cluster, self._stop_flushing):
+            return
+        self.mode_changed()
+        try:
+            await self._grpc_servers()
+        except OSError as exc:
+            self.problems("serve", "listen-failed", error=str(exc)[:200])
+            return
+        self._serving()
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         """mTLS credentials (the `mtls` policy), else None: plaintext, announced loudly."""
@@ -243,6 +330,11 @@ class Server:
 
     async def stop(self, grace: float = 1.0) -> None:
         self.ready = False
+        if self._coming_up is not None and not self._coming_up.done():
+            self._stop_flushing.set()
+            self._coming_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._coming_up
         for health in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
@@ -262,8 +354,8 @@ class Server:
             if self._flushing is not None:
                 self._stop_flushing.set()
                 await self._flushing
-            else:  # start() failed before the task: what was learned meanwhile is still written
-                await self.flusher.flush_off_loop()
+            elif self.cluster is None:  # start() failed before the task: what was learned
+                await self.flusher.flush_off_loop()  # meanwhile is still written
         except Exception as exc:
             self.problems("engine", "close-failed", error=repr(exc)[:200])
         try:
@@ -277,6 +369,14 @@ class Server:
         if self.flusher is None:
             return self.engine.alerts(limit=limit, namespace=namespace)
         return await self.flusher.alerts_off_loop(limit, namespace)
+
+    async def edges(
+        self, since: float, until: float | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per-edge verdict counts per time bucket, oldest first (the store's and pending)."""
+        if self.flusher is None:
+            return add_pending([], self.engine.edges.peek(), since, until, namespace)
+        return await self.flusher.edges_off_loop(since, until, namespace)
 
     async def set_mode(self, namespace: str, mode: str) -> None:
         """A namespace's mode, stored (off the loop) and in effect when this returns."""

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from meshward.core.edges import BUCKET_SECONDS, EdgeCount
 from meshward.core.log import event
 from meshward.core.modes import MODES
 from meshward.core.quota import AlertQuota
@@ -55,6 +56,19 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_namespace ON alerts (namespace, id);
 """
+_EDGES = """
+CREATE TABLE IF NOT EXISTS edges (
+    bucket INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    allowed INTEGER NOT NULL DEFAULT 0,
+    alerted INTEGER NOT NULL DEFAULT 0,
+    denied INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, source, destination)
+)
+"""
+DEFAULT_EDGE_RETENTION = 7 * 86400.0  # seconds of per-edge counts kept
+DEFAULT_EDGE_ROWS = 10_000  # rows one edges() read returns at most
 # the alert quotas' columns, added in place to a store made before them (its rows form one
 # group of their own); a meshward without them still writes the same table
 _QUOTA_COLUMNS = (
@@ -72,8 +86,32 @@ class StoreError(Exception):
 
 
 @runtime_checkable
-class Store(Protocol):
-    """What the engine and the commands need from a store (SQLite now, Kubernetes CRs later)."""
+class AlertStore(Protocol):
+    """Where alerts and per-edge verdict counts go: this SQLite file (one replica), or a
+    database every replica writes and reads (`meshward.app.pgstore`, --alerts-dsn)."""
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None: ...
+
+    def alerts(
+        self, limit: int = 100, namespace: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def add_edges(self, edges: list[EdgeCount]) -> None: ...
+
+    def edges(
+        self,
+        since: float,
+        until: float | None = None,
+        namespace: str | None = None,
+        limit: int = DEFAULT_EDGE_ROWS,
+    ) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Store(AlertStore, Protocol):
+    """What the engine and the commands need from a store (SQLite, the cluster store)."""
 
     def load_profiles(self) -> dict[str, dict[str, Any]]: ...
 
@@ -88,14 +126,6 @@ class Store(Protocol):
     def set_mode(self, namespace: str, mode: str) -> None: ...
 
     def modes_version(self) -> int: ...
-
-    def add_alerts(self, alerts: list[dict[str, Any]]) -> None: ...
-
-    def alerts(
-        self, limit: int = 100, namespace: str | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
 
 
 def default_path() -> str:
@@ -116,7 +146,7 @@ def open_store(
     )
 
 
-def _alert_namespace(alert: dict[str, Any]) -> str:
+def alert_namespace(alert: dict[str, Any]) -> str:
     """The namespace an alert belongs to: its own field, else the `ns/` of its destination."""
     ns = alert.get("namespace")
     if isinstance(ns, str) and ns:
@@ -180,6 +210,7 @@ class SqliteStore:
             raise ValueError("alert_limit must be at least 1")
         self.path = path
         self.alert_limit = alert_limit
+        self.edge_retention = DEFAULT_EDGE_RETENTION
         self.alert_quota = alert_quota or AlertQuota()
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
@@ -242,6 +273,10 @@ class SqliteStore:
                 f"{path} has schema version {version}, newer than this meshward understands "
                 f"({SCHEMA_VERSION}): upgrade meshward"
             )
+        try:  # added after version 1 shipped: created on first open (no-op afterwards)
+            con.execute(_EDGES)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use database {path}: {exc}") from exc
 
     @staticmethod
     def _create_schema(con: sqlite3.Connection) -> None:
@@ -405,7 +440,7 @@ class SqliteStore:
             rows.append(
                 (
                     float(t) if isinstance(t, (int, float)) else now,
-                    _alert_namespace(a),
+                    alert_namespace(a),
                     json.dumps(a, separators=(",", ":"), default=str),
                     _text_field(a, "source"),
                     _text_field(a, "destination"),
@@ -453,6 +488,35 @@ class SqliteStore:
                 a["id"] = id_
                 out.append(a)
         return out
+
+    # -- per-edge verdict counts ----------------------------------------------------------
+
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        """Add counts to their (bucket, caller, destination) rows; drop rows past retention."""
+        if not edges:
+            return
+        rows = [(e.bucket, e.source, e.destination, e.allowed, e.alerted, e.denied) for e in edges]
+        with self._write() as con:
+            con.executemany(
+                "INSERT INTO edges (bucket, source, destination, allowed, alerted, denied) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, source, destination) DO UPDATE "
+                "SET allowed = allowed + excluded.allowed, alerted = alerted + excluded.alerted, "
+                "denied = denied + excluded.denied",
+                rows,
+            )
+            con.execute("DELETE FROM edges WHERE bucket < ?", (time.time() - self.edge_retention,))
+
+    def edges(
+        self,
+        since: float,
+        until: float | None = None,
+        namespace: str | None = None,
+        limit: int = DEFAULT_EDGE_ROWS,
+    ) -> list[dict[str, Any]]:
+        """Counts of buckets starting in [since - bucket, until), oldest first; with
+        `namespace`, the edges with either end in it."""
+        sql, params = edge_query("?", since, until, namespace, limit)
+        return [edge_row(r) for r in self._read(sql, tuple(params))]
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -509,5 +573,98 @@ class ReadOnlyStore:
     ) -> list[dict[str, Any]]:
         return self.inner.alerts(limit, namespace, since)
 
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        pass
+
+    def edges(
+        self,
+        since: float,
+        until: float | None = None,
+        namespace: str | None = None,
+        limit: int = DEFAULT_EDGE_ROWS,
+    ) -> list[dict[str, Any]]:
+        return self.inner.edges(since, until, namespace, limit)
+
     def close(self) -> None:
         self.inner.close()
+
+
+class WithAlerts:
+    """A store whose alerts and edge counts go to another store (`serve --alerts-dsn`)."""
+
+    def __init__(self, inner: Store, alerts: AlertStore) -> None:
+        self.inner = inner
+        self.alert_store = alerts
+
+    def load_profiles(self) -> dict[str, dict[str, Any]]:
+        return self.inner.load_profiles()
+
+    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.inner.save_profiles(docs)
+
+    def delete_profile(self, destination: str) -> None:
+        self.inner.delete_profile(destination)
+
+    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.inner.replace_profiles(docs)
+
+    def modes(self) -> dict[str, str]:
+        return self.inner.modes()
+
+    def set_mode(self, namespace: str, mode: str) -> None:
+        self.inner.set_mode(namespace, mode)
+
+    def modes_version(self) -> int:
+        return self.inner.modes_version()
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        self.alert_store.add_alerts(alerts)
+
+    def alerts(
+        self, limit: int = 100, namespace: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        return self.alert_store.alerts(limit, namespace, since)
+
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        self.alert_store.add_edges(edges)
+
+    def edges(
+        self,
+        since: float,
+        until: float | None = None,
+        namespace: str | None = None,
+        limit: int = DEFAULT_EDGE_ROWS,
+    ) -> list[dict[str, Any]]:
+        return self.alert_store.edges(since, until, namespace, limit)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.alert_store.close()
+
+
+def edge_query(
+    mark: str, since: float, until: float | None, namespace: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The edges read for SQLite (`mark` "?") and PostgreSQL ("%s"): one query text."""
+    where = ["bucket >= ?"]
+    params: list[Any] = [int(since) - BUCKET_SECONDS + 1]
+    if until is not None:
+        where.append("bucket < ?")
+        params.append(float(until))
+    if namespace is not None:
+        where.append("(substr(source, 1, ?) = ? OR substr(destination, 1, ?) = ?)")
+        prefix = f"{namespace}/"
+        params += [len(prefix), prefix, len(prefix), prefix]
+    sql = (
+        "SELECT bucket, source, destination, allowed, alerted, denied FROM edges WHERE "
+        + " AND ".join(where)
+        + " ORDER BY bucket, source, destination LIMIT ?"
+    )
+    params.append(max(0, min(int(limit), DEFAULT_EDGE_ROWS)))
+    return sql.replace("?", mark), params
+
+
+def edge_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    return EdgeCount(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5])).as_dict()

@@ -327,6 +327,14 @@ def contribution(doc: dict[str, Any], replica: str, base: Shared | None = None) 
     return out
 
 
+def rebase(doc: dict[str, Any], replica: str, old: Shared | None, new: Shared) -> dict[str, Any]:
+    """A replica's engine document after another writer changed its destination: the new
+    shared state joined with what the engine holds beyond `old` (the state it was last handed),
+    i.e. its learning not written yet. Tombstones in `new` win; nothing is counted twice (the
+    replica's own counter is a max). Raises ValueError on a bad document."""
+    return profile_doc(merge(new, contribution(doc, replica, old)))
+
+
 def profile_doc(s: Shared) -> dict[str, Any]:
     """The merged view as a `ServiceProfile.to_doc()` document: tombstoned rules hidden, counts
     summed over replicas (first seen the earliest, last seen the latest)."""

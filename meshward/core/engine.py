@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from meshward.core import redact, scoring
-from meshward.core.allowlist import Allowlist, Limits
+from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
+from meshward.core.edges import EdgeCount, EdgeCounts
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.core.observation import Observation, Verdict, VerdictKind
@@ -46,9 +47,10 @@ class Changes:
 
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[EdgeCount] = field(default_factory=list)  # verdicts per caller -> destination
 
     def __bool__(self) -> bool:
-        return bool(self.profiles or self.alerts)
+        return bool(self.profiles or self.alerts or self.edges)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Engine:
         self._pending_alerts: list[dict[str, Any]] = []
         self._quota = QuotaGate(self.config.alert_quota, self.refused)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
+        self.edges = EdgeCounts()  # the app adds every verdict (cache hits too); drained here
         self.counters: dict[str, int] = {
             "evaluated": 0,
             "learned": 0,
@@ -314,6 +317,22 @@ class Engine:
             recent = (a for a in recent if a.get("namespace") == namespace)
         return list(itertools.islice(recent, limit))
 
+    def learning_pending(self, destination: str) -> bool:
+        """Whether this engine learned about `destination` since the last drain."""
+        return destination in self._dirty
+
+    def replace_profile(self, destination: str, doc: dict[str, Any] | None) -> None:
+        """Another writer's version of one profile (a shared store): it replaces this engine's;
+        None or a document without rules drops it. Whether learning is pending stays as is.
+        Raises ValueError on a bad document (the profile is then left alone)."""
+        if doc is None or not doc.get("endpoints"):
+            self.allowlist.services.pop(destination, None)
+            return
+        profile = ServiceProfile.from_doc(doc, self.allowlist.limits)
+        if profile.destination != destination:
+            raise ValueError(f"document of {profile.destination!r} given for {destination!r}")
+        self.allowlist.services[destination] = profile
+
     def pending_alerts(self) -> list[dict[str, Any]]:
         """The alerts the next drain will hand over, oldest first."""
         return list(self._pending_alerts)
@@ -329,4 +348,4 @@ class Engine:
         self._dirty.clear()
         alerts, self._pending_alerts = self._pending_alerts, []
         self._quota.reset()
-        return Changes(profiles, alerts)
+        return Changes(profiles, alerts, self.edges.drain())

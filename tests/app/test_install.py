@@ -133,6 +133,28 @@ def test_serve_spreads_and_probes() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_serve_runs_the_cluster_store_with_its_pod_name_and_the_dsn_secret() -> None:
+    def serve_container(opts: InstallOptions) -> dict[str, Any]:
+        (dep,) = [
+            o
+            for o in render(opts)
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == "meshward-serve"
+        ]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        return c
+
+    c = serve_container(InstallOptions())
+    assert c["args"][:5] == ["serve", "--store", "kubernetes", "--auth", "kubernetes"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "MESHWARD_ALERTS_DSN" not in env
+    c = serve_container(InstallOptions(alerts_dsn_secret="pg"))
+    (dsn,) = [e for e in c["env"] if e["name"] == "MESHWARD_ALERTS_DSN"]
+    assert dsn["valueFrom"] == {"secretKeyRef": {"name": "pg", "key": "dsn"}}
+    assert not any("dsn" in a.lower() for a in c["args"])  # never an argument ps shows
+
+
 def test_command_prints_a_yaml_stream_and_uninstall_reverses_it(meshward: Any) -> None:
     r: Result = meshward("install", "--namespace", "mw", "--image", "reg/meshward:1")
     assert r.code == 0, r.err
@@ -160,6 +182,7 @@ def test_command_prints_a_yaml_stream_and_uninstall_reverses_it(meshward: Any) -
         ["--kube-version", "one.two"],
         ["--image", ""],
         ["--istio-style", "extension-provider"],
+        ["--alerts-dsn-secret", "Not A Name"],
     ],
 )
 def test_bad_flags_are_one_line_errors(meshward: Any, argv: list[str]) -> None:

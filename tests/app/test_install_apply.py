@@ -42,6 +42,7 @@ def test_install_for_1_20_is_accepted_and_applied(kube_cluster: KubeCluster) -> 
     dry = kube_cluster.kubectl(
         "apply",
         "--server-side",
+        "--force-conflicts",  # the CRD may have been applied by another module's fixture
         "--dry-run=server",
         "--field-manager=meshward-install",
         "-f",
@@ -51,7 +52,13 @@ def test_install_for_1_20_is_accepted_and_applied(kube_cluster: KubeCluster) -> 
     assert "serverside-applied (server dry run)" in dry.stdout
     assert kube_cluster.kubectl("get", "deployment", "-n", "mw-install", "-o", "name").stdout == ""
     kube_cluster.kubectl(
-        "apply", "--server-side", "--field-manager=meshward-install", "-f", "-", input=manifests
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=meshward-install",
+        "-f",
+        "-",
+        input=manifests,
     )
     for kind, name in (
         ("deployment", "meshward-serve"),

@@ -510,3 +510,18 @@ def test_one_unwritable_object_does_not_block_the_others(
     a.save_profiles({api: learned(api, ["/x"]).to_doc(), other: learned(other, ["/y"]).to_doc()})
     assert a.stats.errors == 1 and a.pending_writes() == 1
     assert set(a.load_profiles()) >= {other}
+
+
+def test_own_write_after_a_pending_change_keeps_our_learning(
+    make_store: Any, kube_namespace: str
+) -> None:
+    """Another writer's change is pending (seen by the watch, not drained) when this replica
+    writes: what it then hands its engine must hold its own learning too, else the engine of a
+    replica in enforce would lose rules it learned itself."""
+    dest = f"{kube_namespace}/api"
+    a, b = make_store("a"), make_store("b")
+    b.save_profiles({dest: learned(dest, ["/b"]).to_doc()})
+    assert wait_for(lambda: dest in a._pending, 10)
+    a.save_profiles({dest: learned(dest, ["/a"]).to_doc()})
+    (change,) = [c for c in a.take_changes() if c.destination == dest]  # (others' tests too)
+    assert change.doc is not None and set(counts(change.doc)) == {"/a", "/b"}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from meshward.app.commands import UsageError
 from meshward.app.commands.envoy import dump
-from meshward.core.names import is_kubernetes_name
+from meshward.core.names import is_kubernetes_name, is_kubernetes_subdomain
 
 if TYPE_CHECKING:
     from meshward.app.install import InstallOptions
@@ -36,6 +36,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="1.31",
         help="the cluster's Kubernetes version, MAJOR.MINOR (default 1.31; 1.20 renders "
         "PodDisruptionBudget policy/v1beta1)",
+    )
+    p.add_argument(
+        "--alerts-dsn-secret",
+        metavar="SECRET",
+        help="a Secret in meshward's namespace whose key `dsn` is the PostgreSQL DSN of the "
+        "alerts store every serve replica shares (meshward deploys no database); without it "
+        "each replica keeps its own alerts",
     )
     p.add_argument(
         "--node-tap-iface",
@@ -91,6 +98,9 @@ def _options(args: argparse.Namespace) -> InstallOptions:
         version = parse_kube_version(args.kube_version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    secret = args.alerts_dsn_secret
+    if secret is not None and not is_kubernetes_subdomain(secret):
+        raise UsageError(f"--alerts-dsn-secret {secret!r} is not a Kubernetes name")
     for iface in args.node_tap_iface:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", iface):
             raise UsageError(f"--node-tap-iface {iface!r} is not an interface name")
@@ -100,6 +110,7 @@ def _options(args: argparse.Namespace) -> InstallOptions:
         replicas=args.replicas,
         istio_style=args.istio_style,
         kube_version=version,
+        alerts_dsn_secret=secret,
         node_ifaces=tuple(args.node_tap_iface),
         node_proc_scan=args.node_tap_proc_scan,
         **extra,
@@ -132,6 +143,12 @@ def install(args: argparse.Namespace) -> int:
         print(
             f"meshConfig fragment written to {args.mesh_config}: merge it with "
             f"`istioctl install -f {args.mesh_config}` or into istiod's Helm values",
+            file=sys.stderr,
+        )
+    if opts.replicas > 1 and not opts.alerts_dsn_secret:
+        print(
+            f"note: {opts.replicas} serve replicas share the allowlists, but without "
+            "--alerts-dsn-secret each keeps its own alerts (docs/kubestore.md)",
             file=sys.stderr,
         )
     _print(render(opts), args.format)

@@ -18,6 +18,17 @@ def _env_port(name: str, default: int) -> int:
     return int(raw)
 
 
+def _flush_interval(flag: float | None) -> float:
+    raw = os.environ.get("MESHWARD_FLUSH_INTERVAL", "")
+    try:
+        value = flag if flag is not None else float(raw or 2.0)
+    except ValueError:
+        raise UsageError(f"MESHWARD_FLUSH_INTERVAL={raw!r} is not a number") from None
+    if not 0.05 <= value <= 3600:
+        raise UsageError("--flush-interval must be 0.05..3600 seconds")
+    return value
+
+
 def _env_flag(name: str) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no"):
@@ -65,6 +76,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=30.0,
         help="seconds before an unfinished tap stream expires (default 30)",
+    )
+    p.add_argument(
+        "--store",
+        choices=("sqlite", "kubernetes"),
+        help="where allowlists and modes live: the SQLite file of --db (one replica), or "
+        "Allowlist objects and Namespace labels shared by every replica (env MESHWARD_STORE, "
+        "default sqlite; docs/kubestore.md)",
+    )
+    p.add_argument(
+        "--replica",
+        help="with --store kubernetes: this replica's id (env POD_NAME, else the host name)",
+    )
+    p.add_argument(
+        "--cluster-namespace",
+        help="with --store kubernetes: meshward's namespace, for the objects of destinations "
+        "that are no service name (env POD_NAMESPACE, default meshward)",
+    )
+    p.add_argument(
+        "--alerts-dsn",
+        help="PostgreSQL DSN of the alerts and edge-count store every replica shares (env "
+        "MESHWARD_ALERTS_DSN, preferred: an argument is visible to ps; default: the SQLite "
+        "file of --db)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        help="seconds between batched store writes, also how soon other replicas' changes "
+        "apply (env MESHWARD_FLUSH_INTERVAL, default 2)",
     )
     p.add_argument(
         "--api-token-file",
@@ -155,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if auth not in ("token", "kubernetes"):
         raise UsageError(f"MESHWARD_AUTH={auth!r} is not token or kubernetes")
     kube_auth = auth == "kubernetes"
+    store = args.store or os.environ.get("MESHWARD_STORE") or "sqlite"
+    if store not in ("sqlite", "kubernetes"):
+        raise UsageError(f"MESHWARD_STORE={store!r}: expected sqlite or kubernetes")
     try:
         peers = PeerPolicy(
             kind="xfcc" if args.grpc_plaintext else "mtls",
@@ -181,9 +223,16 @@ def run(args: argparse.Namespace) -> int:
         tap_stream_timeout=args.tap_stream_timeout,
         tap_max_buffered=args.tap_buffer_mb * 1024 * 1024,
         engine=engine_config(args),
+        store=store,
+        kubeconfig=args.kubeconfig,
+        replica=args.replica or "",
+        cluster_namespace=args.cluster_namespace or os.environ.get("POD_NAMESPACE") or "meshward",
+        flush_interval=_flush_interval(args.flush_interval),
+        alerts_dsn=args.alerts_dsn or os.environ.get("MESHWARD_ALERTS_DSN") or None,
+        # in a cluster (either Kubernetes option) the mode is the Namespace label
+        modes_from_labels=kube_auth or store == "kubernetes",
         peers=peers,
         grpc_ca_dir=args.grpc_ca_dir or os.environ.get("MESHWARD_GRPC_CA_DIR") or "",
-        modes_from_labels=kube_auth,
         auth=AuthConfig(
             kubernetes=kube_auth,
             kubeconfig=args.kubeconfig,

@@ -100,6 +100,9 @@ def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
             "--http-port",
             "0",
         ],
+        ["--flush-interval", "0"],
+        ["--store", "kubernetes", "--kubeconfig", str(tmp_path / "none"), "--db", db],
+        ["--alerts-dsn", "postgresql://x:y@[::1", "--db", db, "--http-port", "0"],
     ):
         proc = _meshward("serve", *args)
         try:
