@@ -49,7 +49,9 @@ function fillTable(graph) {
   for (const e of graph.edges) {
     const tr = document.createElement('tr');
     tr.append(el('td', e.source), el('td', e.target), el('td', modes.get(e.target) || ''),
-      el('td', e.endpoints.join(', ')), el('td', e.alerts), el('td', e.status));
+      el('td', e.endpoints.join(', ')),
+      el('td', `${e.verdicts.allowed} / ${e.verdicts.alerted} / ${e.verdicts.denied}`),
+      el('td', e.alerts), el('td', e.status));
     body.append(tr);
   }
 }
@@ -171,7 +173,8 @@ function countAlert(a) {
   if (!edge) { refresh(); return; }
   edge.alerts += 1;
   if (a.verdict === 'deny') edge.denied += 1;
-  edge.status = edge.denied ? 'denied' : 'alerted';
+  if (a.verdict === 'deny') edge.verdicts.denied += 1; else edge.verdicts.alerted += 1;
+  edge.status = edge.denied || edge.verdicts.denied ? 'denied' : 'alerted';
   const node = graph.nodes.find((n) => n.id === a.destination);
   if (node) node.alerts += 1;
   fillTable(graph);

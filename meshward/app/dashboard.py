@@ -2,7 +2,7 @@
 
   GET /dashboard/                      the page (esbuild bundle of dashboard/; docs/dashboard.md)
   GET /dashboard/{asset}               its script and stylesheet (a fixed set of names)
-  GET /api/v1/graph[?namespace=NS]     the service graph (meshward.app.graph)
+  GET /api/v1/graph[?namespace=NS][&window=S]  the service graph (meshward.app.graph)
   GET /api/v1/alerts/stream[?namespace=NS]   new alerts as server-sent events
 
 The stream reads the alert history serve keeps (the store, so with replicas on one store any
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ NOT_BUILT = (
     "without it.\n"
 )
 GRAPH_ALERTS = 1000  # the newest alerts the graph counts
+GRAPH_WINDOW = 3600.0  # seconds of per-edge verdict counts the graph colours by (default)
 STREAM_BACKLOG = 50  # alerts a new stream starts with
 STREAM_POLL = 0.5  # seconds between two looks at the alert history
 STREAM_KEEPALIVE = 15.0
@@ -85,6 +87,20 @@ def _namespace(request: web.Request) -> str:
     return ns
 
 
+def _window(request: web.Request) -> float:
+    raw = request.query.get("window", "")
+    try:
+        window = float(raw) if raw else GRAPH_WINDOW
+    except ValueError:
+        window = -1.0
+    if not 60 <= window <= 30 * 86400:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "window must be seconds, 60 to 2592000"}),
+            content_type="application/json",
+        )
+    return window
+
+
 async def page(request: web.Request) -> web.StreamResponse:
     name = request.match_info.get("asset") or "index.html"
     kind = ASSET_TYPES.get(name)
@@ -103,15 +119,19 @@ async def graph(request: web.Request) -> web.Response:
     server = _server(request)
     namespace = _namespace(request)
     engine = server.engine
+    window = _window(request)
     found = await server.alerts(GRAPH_ALERTS, None)
+    verdicts = await server.edges(time.time() - window, None, None)
     doc = build_graph(
         engine.allowlist.export_doc(),
         found,
         engine.modes(),
         engine.config.default_mode,
         namespace,
+        verdicts,
     )
     doc["alerts_counted"] = len(found)
+    doc["window_seconds"] = window
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
 

@@ -4,9 +4,10 @@ raised (the alert history).
 
 A node is an identity (`namespace/workload`): a learned service, or a caller only seen calling.
 An edge is caller -> service with the endpoints (method + template) that caller used. Edges
-are coloured by the alert history: `denied` if an alert on it was a deny, `alerted` if it
-has alerts, `allowed` otherwise (per-edge verdict counts over time are the store's to keep;
-this view reads the alerts serve keeps, newest first, up to the limit asked).
+are coloured by what meshward did on them in the window asked: with the per-edge verdict
+counts (`meshward.core.edges`, `GET /api/v1/edges`), `denied` if any call was denied,
+`alerted` if any alerted, `allowed` otherwise; the alert history counts alerts too (and
+colours an edge the counts do not cover: one learned before the window).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def build_graph(
     modes: Mapping[str, str],
     default_mode: str,
     namespace: str = ALL,
+    verdicts: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """{"namespace", "namespaces", "nodes", "edges"}; with `namespace`, the edges into or out
     of it and the nodes they touch (a caller from elsewhere is shown, marked `external`)."""
@@ -44,6 +46,13 @@ def build_graph(
         if a.get("verdict") == "deny":
             edge_denies[src, dst] += 1
 
+    counted: dict[tuple[str, str], list[int]] = {}  # allowed, alerted, denied in the window
+    for row in verdicts:
+        edge = (str(row.get("source", "unknown")), str(row.get("destination", "unknown")))
+        sums = counted.setdefault(edge, [0, 0, 0])
+        for i, kind in enumerate(("allowed", "alerted", "denied")):
+            sums[i] += int(row.get(kind, 0) or 0)
+
     edges: dict[tuple[str, str], dict[str, Any]] = {}
     services: set[str] = set()
     for service in allowlist_doc.get("services", []):
@@ -56,7 +65,7 @@ def build_graph(
             used = f"{rule.get('method', '')} {rule.get('path', '')}"
             for caller in rule.get("sources") or {}:
                 edges.setdefault((caller, dst), {"endpoints": []})["endpoints"].append(used)
-    for pair in edge_alerts:  # an alerted call that taught nothing (a denied caller) is an edge too
+    for pair in [*edge_alerts, *counted]:  # a call that taught nothing (denied) is an edge too
         edges.setdefault(pair, {"endpoints": []})
 
     def wanted(src: str, dst: str) -> bool:
@@ -69,6 +78,13 @@ def build_graph(
             continue
         touched.update((src, dst))
         n, denied = edge_alerts[src, dst], edge_denies[src, dst]
+        allowed_n, alerted_n, denied_n = counted.get((src, dst), (0, 0, 0))
+        if denied_n or denied:
+            status = "denied"
+        elif alerted_n or n:
+            status = "alerted"
+        else:
+            status = "allowed"
         out_edges.append(
             {
                 "id": f"{src}->{dst}",
@@ -77,7 +93,8 @@ def build_graph(
                 "endpoints": sorted(set(e["endpoints"])),
                 "alerts": n,
                 "denied": denied,
-                "status": "denied" if denied else "alerted" if n else "allowed",
+                "verdicts": {"allowed": allowed_n, "alerted": alerted_n, "denied": denied_n},
+                "status": status,
             }
         )
     if namespace:

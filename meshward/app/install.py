@@ -224,9 +224,7 @@ API_ROLES: dict[str, list[Obj]] = {
     # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
     # labels, granted by RBAC on namespaces, which this role does not give
     "meshward-operator": [
-        _rule(
-            [GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ
-        ),
+        _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ),
         _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
         _rule([GROUP], ["sessions"], ["create"]),
     ],

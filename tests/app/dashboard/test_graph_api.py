@@ -42,6 +42,8 @@ def test_graph_of_learned_traffic_per_namespace_and_across_all() -> None:
             assert any(e.startswith("GET /users/") for e in web_api["endpoints"])
             assert (web_api["alerts"], web_api["status"]) == (1, "alerted")
             assert edges["shop/api", "shop/db"]["status"] == "allowed"
+            assert web_api["verdicts"]["alerted"] == 1  # from the per-edge verdict counts
+            assert edges["shop/api", "shop/db"]["verdicts"]["allowed"] == 3
             assert every["namespaces"] == ["billing", "shop"]
             # one namespace: the edges into or out of it, the other end marked external
             assert [(e["source"], e["target"]) for e in billing["edges"]] == [
@@ -74,8 +76,9 @@ def test_graph_and_stream_refuse_without_a_credential_and_check_the_namespace() 
                 async with s.get(_url(srv) + path) as r:
                     assert r.status == 401, path
             auth = {"Authorization": f"Bearer {API_TOKEN}"}
-            async with s.get(_url(srv) + "/api/v1/graph?namespace=<b>", headers=auth) as r:
-                assert r.status == 400
+            for bad in ("namespace=<b>", "window=0", "window=nan", "window=x"):
+                async with s.get(_url(srv) + "/api/v1/graph?" + bad, headers=auth) as r:
+                    assert r.status == 400, bad
 
     asyncio.run(main())
 
@@ -162,3 +165,17 @@ def test_a_missing_bundle_answers_a_clear_message(
                 assert r.status == 200  # the API works without it
 
     asyncio.run(main())
+
+
+def test_edges_are_coloured_by_the_verdict_counts_of_the_window() -> None:
+    doc = {"services": [{"destination": "shop/api", "sources": {"shop/web": {}}, "endpoints": []}]}
+    counts = [
+        {"time": 0, "source": "shop/web", "destination": "shop/api", "allowed": 9, "alerted": 1},
+        {"time": 60, "source": "shop/web", "destination": "shop/api", "allowed": 2},
+        {"time": 60, "source": "evil/x", "destination": "shop/api", "denied": 4},
+    ]
+    graph = build_graph(doc, [], {}, "learn", verdicts=counts)
+    edges = {e["id"]: e for e in graph["edges"]}
+    assert edges["shop/web->shop/api"]["verdicts"] == {"allowed": 11, "alerted": 1, "denied": 0}
+    assert edges["shop/web->shop/api"]["status"] == "alerted"
+    assert edges["evil/x->shop/api"]["status"] == "denied"  # refused: learned nothing, shown
