@@ -7,6 +7,9 @@ install's `meshward-metrics-reader` (reviewed with the install's controller Clus
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,6 +26,7 @@ from meshward.app.install import API_ROLES, PERMISSIONS
 from meshward.kube.config import load_client
 from meshward.kube.watch import wait_for
 from tests.support.apiserver import KubeCluster
+from tests.support.envoy_http import free_port
 from tests.support.kubeauth import grant, sa_token, service_account
 from tests.support.metrics import sample
 
@@ -147,3 +151,31 @@ def test_public_metrics_opens_only_metrics(kube_cluster: KubeCluster) -> None:
     finally:
         port.stop()
         api.close()
+
+
+def test_the_command_serves_the_port_and_stops_cleanly(
+    kube_cluster: KubeCluster, kube_namespace: str, istio_crds: None
+) -> None:
+    """`meshward controller --metrics-port`: the probe answers, /metrics is guarded, SIGTERM
+    stops it (0 would disable the port; out of range is a usage error)."""
+    kubeconfig = str(kube_cluster.write_kubeconfig(kube_cluster.admin_token))
+    base = [sys.executable, "-m", "meshward", "controller", "--kubeconfig", kubeconfig]
+    bad = subprocess.run([*base, "--metrics-port", "70000"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--metrics-port" in bad.stderr
+    port = free_port()
+    args = ["--namespace", kube_namespace, "--identity", "t", "--lease-duration", "3"]
+    args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+    proc = subprocess.Popen([*base, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+
+        def healthy() -> bool:
+            try:
+                return _get(port, "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        assert wait_for(healthy, 20), proc.stdout.read1().decode() if proc.stdout else ""
+        assert _get(port, "/metrics")[0] == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
