@@ -31,7 +31,7 @@ from meshward.app.install import CONTROLLER_METRICS_PORT
 from meshward.app.kubeauth import KubeAuth
 from meshward.core.log import event
 from meshward.kube.review import Reviewer
-from meshward.runtime.metrics import CONTENT_TYPE
+from meshward.runtime.metrics import CONTENT_TYPE, Problems
 
 log = logging.getLogger("meshward.controller")
 PREFIX = "meshward_controller"
@@ -85,7 +85,11 @@ def kubernetes_guard(api_client: Any, public_metrics: bool) -> Guard:
     """serve's cluster guard (TokenReview + SubjectAccessReview, cached), reviewing with the
     controller's own identity."""
     checks = KubeAuth(Reviewer(api_client, AuthConfig().audiences))
-    return Guard(checks, public_metrics=public_metrics, authorizer=checks)
+    # refusals: counted by the guard (meshward_controller_http_refused_total), logged at most a
+    # few lines a second, so a flood of bad tokens cannot flood the log
+    return Guard(
+        checks, public_metrics=public_metrics, authorizer=checks, report=Problems(None, log)
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
