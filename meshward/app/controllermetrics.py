@@ -131,8 +131,7 @@ class MetricsPort:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server: Any = site._server  # the bound port, when 0 was asked for
-        return int(server.sockets[0].getsockname()[1])
+        return int(self._runner.addresses[0][1])  # the bound port, when 0 was asked for
 
     def start(self) -> None:
         self._thread.start()
