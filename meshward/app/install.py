@@ -214,18 +214,21 @@ PERMISSIONS: dict[str, list[Obj]] = {
 # custom resource) is virtual: serve asks the API server with a SubjectAccessReview.
 API_READ = ["get", "list"]
 API_ROLES: dict[str, list[Obj]] = {
-    # read alerts, edge counts, allowlists, modes, exchanges and metrics; one-time login codes
-    # for the web page (`meshward dashboard`: a code carries its holder's own rights, no more)
+    # read alerts, edge counts, allowlists, modes, exchanges and metrics, and open the
+    # dashboard; one-time login codes for it (`meshward dashboard`: a code carries its
+    # holder's own rights, no more)
     "meshward-viewer": [
         _rule(
-            [GROUP], ["alerts", "edges", "allowlists", "modes", "exchanges", "metrics"], API_READ
+            [GROUP],
+            ["alerts", "edges", "allowlists", "modes", "exchanges", "metrics", "dashboard"],
+            API_READ,
         ),
         _rule([GROUP], ["sessions"], ["create"]),
     ],
     # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
     # labels, granted by RBAC on namespaces, which this role does not give
     "meshward-operator": [
-        _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics"], API_READ),
+        _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ),
         _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
         _rule([GROUP], ["sessions"], ["create"]),
     ],
