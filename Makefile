@@ -4,9 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl postgresql
+APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl postgresql chromium
 
-.PHONY: setup system-deps demo test test-fast lint bench clean
+.PHONY: setup system-deps demo test test-fast lint bench clean dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) system-deps kube-apiserver
+setup: $(STAMP) system-deps kube-apiserver dashboard
+
+# The dashboard's bundle (npm ci when package-lock.json's hash changes, then esbuild): docs/dashboard.md
+dashboard:
+	@bash scripts/dashboard.sh
 
 # A real kube-apiserver v1.20.2 for tests/kube, built once from Debian's source package (~5 min),
 # then cached: a no-op afterwards (docs/kubernetes.md).
@@ -22,10 +26,10 @@ setup: $(STAMP) system-deps kube-apiserver
 kube-apiserver:
 	@bash scripts/kube-apiserver.sh
 
-# Attack and load tools the integration tests and benchmarks drive, and PostgreSQL for the shared
-# alerts store's tests (root only; skipped otherwise).
+# Attack and load tools the integration tests and benchmarks drive, PostgreSQL for the shared
+# alerts store's tests and Chromium for the dashboard's (root only; skipped otherwise).
 system-deps:
-	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv curl; do \
+	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv curl chromium; do \
 	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
@@ -55,4 +59,4 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache dashboard/node_modules meshward/app/static/dashboard

@@ -96,6 +96,8 @@ def test_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
         }
         assert tops == {"meshward"}, tops
         assert any(n.startswith("meshward/tap/node/flows.py") for n in zf.namelist())
+        if (ROOT / "meshward/app/static/dashboard/dashboard.js").exists():  # make dashboard
+            assert "meshward/app/static/dashboard/dashboard.js" in zf.namelist()
     target = tmp_path / "site"
     subprocess.run(
         [

@@ -11,6 +11,7 @@ Routes:
   POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
+  GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from meshward.app import dashboard
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.ingest import Ingestor, loads
@@ -318,4 +320,5 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_put("/api/v1/modes/{namespace}", set_mode)
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
+    dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
     return app

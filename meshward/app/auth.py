@@ -120,6 +120,11 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("POST", "/api/v1/observations"): ("create", "observations", ""),
     ("GET", "/api/v1/exchanges"): ("list", "exchanges", ""),
     ("POST", "/api/v1/session/code"): ("create", "sessions", ""),
+    # the dashboard (meshward.app.dashboard): its page, its graph, its live alerts
+    ("GET", "/dashboard/"): ("get", "dashboard", ""),
+    ("GET", "/dashboard/{asset}"): ("get", "dashboard", ""),
+    ("GET", "/api/v1/graph"): ("list", "allowlists", "query:namespace"),
+    ("GET", "/api/v1/alerts/stream"): ("list", "alerts", "query:namespace"),
 }
 
 
@@ -523,6 +528,7 @@ async function login(cred) {
   const doc = await r.json();
   sessionStorage.setItem('meshward.csrf', doc.csrf_token);
   out.textContent = 'Logged in as ' + doc.user;
+  location.replace('/dashboard/');
 }
 const m = /^#(token|code)=(.+)$/.exec(location.hash);
 if (m) {

@@ -128,6 +128,7 @@ class Controller:
         self._watchers: list[Any] = []
         self._failures = 0
         self._warned: dict[str, str] = {}
+        self.last_success = 0.0  # Unix time of the last pass that succeeded (0: none yet)
 
     # ---- the views the watches keep
     def _on_namespace(self, ev: Any) -> None:
@@ -182,6 +183,14 @@ class Controller:
         for w, handle in watchers:
             w.start(handle)
             self._watchers.append(w)
+
+    def watched(self) -> tuple[int, dict[str, int]]:
+        """How many namespaces, and managed objects by kind, the watches hold now."""
+        with self._lock:
+            kinds: dict[str, int] = {}
+            for kind, _, _ in self.live:
+                kinds[kind] = kinds.get(kind, 0) + 1
+            return len(self.namespaces), kinds
 
     def synced(self) -> bool:
         return all(w.synced.is_set() for w in self._watchers)
@@ -303,6 +312,7 @@ class Controller:
             try:
                 self.reconcile()
                 self._failures = 0
+                self.last_success = time.time()
             except Exception as exc:
                 self.counters.errors += 1
                 self._failures += 1

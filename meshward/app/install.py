@@ -29,6 +29,7 @@ GROUP = "meshward.io"
 MANAGED = {"app.kubernetes.io/part-of": "meshward", "app.kubernetes.io/managed-by": "meshward"}
 UID = 10001
 AUTHZ_PORT, TAP_PORT, HTTP_PORT = 9191, 9192, 9193
+CONTROLLER_METRICS_PORT = 9194  # the controller's /metrics and /healthz
 ISTIO_STYLES = ("envoyfilter", "extension-provider")
 
 Obj = dict[str, Any]
@@ -186,7 +187,8 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
         _rule([""], ["events"], ["create", "patch"]),
     ],
-    # controller: EnvoyFilters in the namespaces it manages, namespaces to follow their labels
+    # controller: EnvoyFilters in the namespaces it manages, namespaces to follow their labels,
+    # token and access reviews for the callers of its /metrics
     "controller": [
         _rule([""], ["namespaces"], READ),
         _rule(
@@ -195,6 +197,8 @@ PERMISSIONS: dict[str, list[Obj]] = {
             [*READ, "create", "update", "patch", "delete"],
         ),
         _rule([""], ["events"], ["create", "patch"]),
+        _rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
+        _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
     ],
     # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
     # further by RBAC) and their namespaces' injection annotation; on serve's API (authorized
@@ -210,18 +214,21 @@ PERMISSIONS: dict[str, list[Obj]] = {
 # custom resource) is virtual: serve asks the API server with a SubjectAccessReview.
 API_READ = ["get", "list"]
 API_ROLES: dict[str, list[Obj]] = {
-    # read alerts, edge counts, allowlists, modes, exchanges and metrics; one-time login codes
-    # for the web page (`meshward dashboard`: a code carries its holder's own rights, no more)
+    # read alerts, edge counts, allowlists, modes, exchanges and metrics, and open the
+    # dashboard; one-time login codes for it (`meshward dashboard`: a code carries its
+    # holder's own rights, no more)
     "meshward-viewer": [
         _rule(
-            [GROUP], ["alerts", "edges", "allowlists", "modes", "exchanges", "metrics"], API_READ
+            [GROUP],
+            ["alerts", "edges", "allowlists", "modes", "exchanges", "metrics", "dashboard"],
+            API_READ,
         ),
         _rule([GROUP], ["sessions"], ["create"]),
     ],
     # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
     # labels, granted by RBAC on namespaces, which this role does not give
     "meshward-operator": [
-        _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics"], API_READ),
+        _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ),
         _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
         _rule([GROUP], ["sessions"], ["create"]),
     ],
@@ -480,8 +487,14 @@ def controller(opts: InstallOptions) -> list[Obj]:
             opts.service_host,
             "--style",
             opts.istio_style,
+            "--metrics-port",
+            str(CONTROLLER_METRICS_PORT),
+        ],
+        "ports": [
+            {"name": "http-metrics", "containerPort": CONTROLLER_METRICS_PORT, "protocol": "TCP"}
         ],
         "env": [_field("POD_NAME", "metadata.name")],
+        "livenessProbe": _probe("/healthz", CONTROLLER_METRICS_PORT, 10),
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": _restricted(),
         "volumeMounts": mounts,
@@ -590,7 +603,8 @@ def node_tap(opts: InstallOptions) -> list[Obj]:
 def network_policies(opts: InstallOptions) -> list[Obj]:
     """Default deny into meshward's namespace; 9191/9192 from any pod (the sidecars: Kubernetes
     cannot select a container), 9193 from the node taps and from namespaces labelled
-    `meshward.io/operator: "true"`. Probes come from the kubelet on the node."""
+    `meshward.io/operator: "true"`, the controller's 9194 (/metrics) from those namespaces
+    only. Probes come from the kubelet on the node."""
     ns = opts.namespace
     operators = {"namespaceSelector": {"matchLabels": {"meshward.io/operator": "true"}}}
     return [
@@ -622,6 +636,21 @@ def network_policies(opts: InstallOptions) -> list[Obj]:
                         ],
                         "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],
                     },
+                ],
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta("meshward-controller", ns, "controller"),
+            "spec": {
+                "podSelector": {"matchLabels": _selector("controller")},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [operators],
+                        "ports": [{"port": CONTROLLER_METRICS_PORT, "protocol": "TCP"}],
+                    }
                 ],
             },
         },

@@ -9,8 +9,18 @@ concurrent writers, `INSERT ... ON CONFLICT DO UPDATE` for the edge counters, an
   refuses NUL characters an attacker's path may carry) and `meshward_edges` (one row per time
   bucket, caller and destination, the counts added up by every replica). Created on first use
   under an advisory lock, so replicas starting together do not race.
-- Retention: at most once a minute a writer deletes alerts past `alert_limit` rows or older than
-  `retention` seconds, and edge buckets older than `retention`.
+- Quotas: at most every `TRIM_EVERY` (5) seconds a write trims each source and destination
+  written since the last pass to its share of the history: the `AlertQuota` of serve's engine
+  scaled to `alert_limit` (`AlertQuota.scaled`; with the defaults 100,000 alerts per source and
+  200,000 per destination), by the SQLite store's own rule (`meshward.app.store.trim_quota`), on
+  indexes (source, id) and (destination, id). One noisy source, from any replica, evicts its
+  own alerts, not the others'.
+- Retention: at most once a minute a writer deletes alerts older than `retention` seconds,
+  then all but the newest `alert_limit` rows (the same rule again: `trim_total`), and edge
+  buckets older than `retention`.
+- Concurrent replicas: the trims and the retention pass of a write run under one transaction
+  advisory lock (`TRIM_LOCK`), so two writers never delete overlapping rows in different orders
+  (no deadlock); inserts and reads do not take it.
 - A lost connection is reopened on the next call; errors are one-line `StoreError`s that never
   show the DSN's password (the flusher keeps the batch and retries it).
 """
@@ -26,16 +36,29 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from meshward.app.store import DEFAULT_EDGE_ROWS, StoreError, alert_namespace, edge_query, edge_row
+from meshward.app.store import (
+    DEFAULT_EDGE_ROWS,
+    StoreError,
+    alert_namespace,
+    alert_text,
+    edge_query,
+    edge_row,
+    trim_quota,
+    trim_total,
+)
 from meshward.core.edges import EdgeCount
 from meshward.core.log import event
+from meshward.core.quota import AlertQuota
 
 log = logging.getLogger("meshward.app.pgstore")
 
 DEFAULT_ALERT_LIMIT = 1_000_000  # rows kept for all replicas together
 DEFAULT_RETENTION = 7 * 86400.0
 PRUNE_EVERY = 60.0  # seconds between two retention passes of one writer
+TRIM_EVERY = 5.0  # seconds between two quota passes of one writer (over the keys written since)
+MAX_DUE_KEYS = 10_000  # sources + destinations awaiting a quota pass: past that, one runs now
 SCHEMA_LOCK = 0x6D657368  # advisory lock key while creating the tables ("mesh")
+TRIM_LOCK = 0x7472696D  # advisory lock key while deleting alerts ("trim")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meshward_alerts (
@@ -45,8 +68,12 @@ CREATE TABLE IF NOT EXISTS meshward_alerts (
     replica TEXT NOT NULL,
     doc TEXT NOT NULL
 );
+ALTER TABLE meshward_alerts ADD COLUMN IF NOT EXISTS source TEXT NOT NULL DEFAULT '';
+ALTER TABLE meshward_alerts ADD COLUMN IF NOT EXISTS destination TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS meshward_alerts_namespace ON meshward_alerts (namespace, id);
 CREATE INDEX IF NOT EXISTS meshward_alerts_time ON meshward_alerts (time);
+CREATE INDEX IF NOT EXISTS meshward_alerts_source ON meshward_alerts (source, id);
+CREATE INDEX IF NOT EXISTS meshward_alerts_destination ON meshward_alerts (destination, id);
 CREATE TABLE IF NOT EXISTS meshward_edges (
     bucket BIGINT NOT NULL,
     source TEXT NOT NULL,
@@ -72,7 +99,10 @@ def describe_dsn(dsn: str) -> str:
 
 
 class PostgresAlerts:
-    """`AlertStore` on PostgreSQL. Connects at once (StoreError when it cannot)."""
+    """`AlertStore` on PostgreSQL. Connects at once (StoreError when it cannot).
+
+    `alert_quota` is serve's (the engine's) quota; the store keeps its shares of `alert_limit`.
+    """
 
     def __init__(
         self,
@@ -80,7 +110,9 @@ class PostgresAlerts:
         *,
         replica: str = "",
         alert_limit: int = DEFAULT_ALERT_LIMIT,
+        alert_quota: AlertQuota | None = None,
         retention: float = DEFAULT_RETENTION,
+        trim_every: float = TRIM_EVERY,
         connect_timeout: int = 5,
     ) -> None:
         try:
@@ -91,11 +123,16 @@ class PostgresAlerts:
         self.where = describe_dsn(dsn)
         self.replica = replica
         self.alert_limit = alert_limit
+        self.alert_quota = (alert_quota or AlertQuota()).scaled(alert_limit)
         self.retention = retention
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._con: psycopg.Connection[Any] | None = None
         self._pruned = 0.0
+        self.trim_every = trim_every
+        self._trimmed = 0.0
+        self._due_sources: set[str] = set()
+        self._due_destinations: set[str] = set()
         with self._lock:
             self._run(self._create)
 
@@ -104,7 +141,10 @@ class PostgresAlerts:
     def _connect(self) -> psycopg.Connection[Any]:
         if self._con is None or self._con.closed or self._con.broken:
             self._con = psycopg.connect(
-                self._dsn, connect_timeout=self.connect_timeout, application_name="meshward"
+                self._dsn,
+                connect_timeout=self.connect_timeout,
+                application_name="meshward",
+                prepare_threshold=None,  # custom plans: the trims use their key's index
             )
         return self._con
 
@@ -152,20 +192,43 @@ class PostgresAlerts:
                     alert_namespace(a),
                     self.replica,
                     json.dumps(a, separators=(",", ":"), default=str),
+                    alert_text(a, "source"),
+                    alert_text(a, "destination"),
                 )
             )
 
         def write(con: psycopg.Connection[Any]) -> None:
             with con.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO meshward_alerts (time, namespace, replica, doc) "
-                    "VALUES (%s, %s, %s, %s)",
+                    "INSERT INTO meshward_alerts "
+                    "(time, namespace, replica, doc, source, destination) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
                     rows,
                 )
+                if due:
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", (TRIM_LOCK,))
+                    trim_quota(
+                        cur.executemany,
+                        "%s",
+                        "meshward_alerts",
+                        self.alert_quota,
+                        self._due_sources,
+                        self._due_destinations,
+                    )
             self._prune(con)
 
         with self._lock:
+            self._due_sources.update(r[4] for r in rows)
+            self._due_destinations.update(r[5] for r in rows)
+            clock = time.monotonic()
+            due = clock - self._trimmed >= self.trim_every or (
+                len(self._due_sources) + len(self._due_destinations) > MAX_DUE_KEYS
+            )
             self._run(write)
+            if due:  # trimmed and committed (a failed write keeps the keys for the next one)
+                self._trimmed = clock
+                self._due_sources.clear()
+                self._due_destinations.clear()
 
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None
@@ -244,12 +307,10 @@ class PostgresAlerts:
         if now - self._pruned < PRUNE_EVERY:
             return
         self._pruned = now
+        con.execute("SELECT pg_advisory_xact_lock(%s)", (TRIM_LOCK,))  # held: a no-op
         cutoff = time.time() - self.retention
-        con.execute(
-            "DELETE FROM meshward_alerts WHERE time < %s OR id <= "
-            "(SELECT COALESCE(MAX(id), 0) FROM meshward_alerts) - %s",
-            (cutoff, self.alert_limit),
-        )
+        con.execute("DELETE FROM meshward_alerts WHERE time < %s", (cutoff,))
+        trim_total(con.execute, "%s", "meshward_alerts", self.alert_limit)
         con.execute("DELETE FROM meshward_edges WHERE bucket < %s", (int(cutoff),))
         event(log, "alerts pruned", logging.DEBUG, before=round(cutoff))
 

@@ -137,7 +137,12 @@ class Server:
                     from meshward.app.pgstore import PostgresAlerts
 
                     try:
-                        store = WithAlerts(store, PostgresAlerts(config.alerts_dsn))
+                        store = WithAlerts(
+                            store,
+                            PostgresAlerts(
+                                config.alerts_dsn, alert_quota=config.engine.alert_quota
+                            ),
+                        )
                     except BaseException:
                         store.close()
                         raise
@@ -187,7 +192,9 @@ class Server:
         if self.config.alerts_dsn:
             from meshward.app.pgstore import PostgresAlerts
 
-            alerts: AlertStore = PostgresAlerts(self.config.alerts_dsn, replica=name)
+            alerts: AlertStore = PostgresAlerts(
+                self.config.alerts_dsn, replica=name, alert_quota=self.config.engine.alert_quota
+            )
         else:
             alerts = open_store(self.config.db, alert_quota=self.config.engine.alert_quota)
         try:

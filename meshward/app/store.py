@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -158,21 +158,46 @@ def alert_namespace(alert: dict[str, Any]) -> str:
 
 
 # delete what is past the newest N (of one source, one destination, or all): the row N places
-# below the newest and every older one
-_TRIM_SOURCE = (
-    "DELETE FROM alerts WHERE source = ? AND id <= "
-    "(SELECT id FROM alerts WHERE source = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
-)
-_TRIM_DESTINATION = (
-    "DELETE FROM alerts WHERE destination = ? AND id <= "
-    "(SELECT id FROM alerts WHERE destination = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+# below the newest and every older one. One rule for both stores: `trim_quota` runs it with
+# SQLite's ("?") or PostgreSQL's ("%s") placeholder on either store's table.
+_TRIM_KEY = (
+    "DELETE FROM {table} WHERE {key} = ? AND id <= "
+    "(SELECT id FROM {table} WHERE {key} = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
 _TRIM_ALL = (
-    "DELETE FROM alerts WHERE id <= (SELECT id FROM alerts ORDER BY id DESC LIMIT 1 OFFSET ?)"
+    "DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
 
 
-def _text_field(alert: dict[str, Any], key: str) -> str:
+def trim_quota(
+    executemany: Callable[[str, list[tuple[Any, ...]]], Any],
+    mark: str,
+    table: str,
+    quota: AlertQuota,
+    sources: Iterable[str],
+    destinations: Iterable[str],
+) -> None:
+    """Trim each given source to its newest `quota.per_source` alerts, then each given
+    destination to `per_destination`, oldest (lowest id) first. Both stores call it after
+    appending a batch, with that batch's sources and destinations (indexes on (source, id) and
+    (destination, id) make each trim a walk of at most the quota's entries of one key)."""
+    for key, keep, keys in (
+        ("source", quota.per_source, sorted(set(sources))),
+        ("destination", quota.per_destination, sorted(set(destinations))),
+    ):
+        if keys:
+            sql = _TRIM_KEY.format(table=table, key=key).replace("?", mark)
+            executemany(sql, [(k, k, keep) for k in keys])
+
+
+def trim_total(
+    execute: Callable[[str, tuple[Any, ...]], Any], mark: str, table: str, keep: int
+) -> None:
+    """Trim the whole history to its newest `keep` alerts (rows, whatever gaps the ids have)."""
+    execute(_TRIM_ALL.format(table=table).replace("?", mark), (keep,))
+
+
+def alert_text(alert: dict[str, Any], key: str) -> str:
     value = alert.get(key)
     return value if isinstance(value, str) else ""
 
@@ -442,8 +467,8 @@ class SqliteStore:
                     float(t) if isinstance(t, (int, float)) else now,
                     alert_namespace(a),
                     json.dumps(a, separators=(",", ":"), default=str),
-                    _text_field(a, "source"),
-                    _text_field(a, "destination"),
+                    alert_text(a, "source"),
+                    alert_text(a, "destination"),
                 )
             )
         q = self.alert_quota
@@ -453,12 +478,10 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            for sql, keep, keys in (
-                (_TRIM_SOURCE, q.per_source, {r[3] for r in rows}),
-                (_TRIM_DESTINATION, q.per_destination, {r[4] for r in rows}),
-            ):
-                con.executemany(sql, [(k, k, keep) for k in keys])
-            con.execute(_TRIM_ALL, (self.alert_limit,))
+            trim_quota(
+                con.executemany, "?", "alerts", q, [r[3] for r in rows], [r[4] for r in rows]
+            )
+            trim_total(con.execute, "?", "alerts", self.alert_limit)
 
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None

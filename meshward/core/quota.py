@@ -3,9 +3,11 @@ alerts out of the history.
 
 The same numbers bound the alerts the engine keeps between two drains (`QuotaGate`) and the
 history the store retains (meshward/app/store.py trims each source and each destination to its
-quota, then the whole history to `total`, oldest first). With the defaults one source holds at
-most a tenth of the history and one destination a fifth, so a flood from one caller, or aimed
-at one service, leaves at least 9,000 of the 10,000 places to the others.
+quota, then the whole history to `total`, oldest first; the shared PostgreSQL store,
+meshward/app/pgstore.py, keeps the same shares of its larger history: `scaled`). With the
+defaults one source holds at most a tenth of the history and one destination a fifth, so a
+flood from one caller, or aimed at one service, leaves at least 9,000 of the 10,000 places to
+the others.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ class AlertQuota:
     def __post_init__(self) -> None:
         if min(self.per_source, self.per_destination, self.total) < 1:
             raise ValueError("alert quotas must be at least 1")
+
+    def scaled(self, total: int) -> AlertQuota:
+        """The same shares of a history of `total` alerts: the shared PostgreSQL store keeps
+        1,000,000, so with the defaults one source holds at most 100,000 of it and one
+        destination 200,000 (rounded down, at least 1)."""
+        if total < 1:
+            raise ValueError("alert quotas must be at least 1")
+
+        def share(n: int) -> int:
+            return max(1, n * total // self.total)
+
+        return AlertQuota(share(self.per_source), share(self.per_destination), total)
 
 
 class QuotaGate:

@@ -287,16 +287,20 @@ class Metrics:
 
 
 class Problems:
-    """Counts handled errors and logs them, at most `per_second` log lines per kind."""
+    """Counts handled errors and logs them, at most `per_second` log lines per kind (no
+    counting without `metrics`: a caller that keeps its own counts, as the controller's port)."""
 
-    def __init__(self, metrics: Metrics, logger: logging.Logger, per_second: int = 5) -> None:
+    def __init__(
+        self, metrics: Metrics | None, logger: logging.Logger, per_second: int = 5
+    ) -> None:
         self.metrics = metrics
         self.logger = logger
         self.per_second = per_second
         self._window: dict[tuple[str, str], tuple[int, int]] = {}
 
     def __call__(self, where: str, kind: str, **fields: object) -> None:
-        self.metrics.errors.labels(where, kind).inc()
+        if self.metrics is not None:
+            self.metrics.errors.labels(where, kind).inc()
         now = int(time.monotonic())
         key = (where, kind)
         second, count = self._window.get(key, (now, 0))

@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +19,8 @@ from meshward.app.install import InstallOptions, rbac
 from meshward.istio.envoyfilter import render
 from meshward.kube.leader import LeaderElector
 from meshward.kube.watch import wait_for
-from tests.support.apiserver import KubeCluster
+from tests.support.apiserver import ISTIO_CRDS, KubeCluster
 
-CRDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "istio" / "crds.yaml"
 CONFIG = ControllerConfig(resync=0.5)
 
 
@@ -57,17 +55,6 @@ def test_desired_objects() -> None:
 
 
 # ---- on the real API server
-
-
-@pytest.fixture(scope="module")
-def istio_crds(kube_cluster: KubeCluster) -> None:
-    if not CRDS.exists():
-        pytest.skip(f"Istio CRDs not found at {CRDS}")
-    # 1.20 drops the CEL rules (x-kubernetes-validations); kubectl's client-side check refuses
-    # them, so validation is left to the server (docs/kubernetes.md)
-    kube_cluster.kubectl("apply", "--validate=false", "-f", str(CRDS))
-    for name in ("envoyfilters.networking.istio.io", "authorizationpolicies.security.istio.io"):
-        kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
 
 
 @pytest.fixture
@@ -224,7 +211,7 @@ def test_applied_filters_match_istios_schema(
     (live,) = _filters(kube_cluster, ns)
     crd = next(
         d
-        for d in yaml.safe_load_all(CRDS.read_text())
+        for d in yaml.safe_load_all(ISTIO_CRDS.read_text())
         if d and d["metadata"]["name"] == "envoyfilters.networking.istio.io"
     )
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha3")

@@ -254,3 +254,30 @@ def test_node_tap_privileges_follow_what_it_watches() -> None:
     args = c["args"]
     assert args[args.index("--iface") + 1] == "cni0"
     assert args[args.index("--host-netns") + 1] == "/proc/1/ns/net"
+
+
+def test_controller_serves_metrics_behind_a_probe_and_a_policy() -> None:
+    """The controller's 9194: named port, liveness probe on /healthz, the flag passed, reachable
+    only from operator namespaces, and the reviews its /metrics guard needs."""
+    objects = render(InstallOptions())
+    (ctl,) = [
+        o
+        for o in objects
+        if o["metadata"]["name"] == "meshward-controller" and o["kind"] == "Deployment"
+    ]
+    (c,) = ctl["spec"]["template"]["spec"]["containers"]
+    assert c["args"][c["args"].index("--metrics-port") + 1] == "9194"
+    assert c["ports"] == [{"name": "http-metrics", "containerPort": 9194, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9194}
+    (policy,) = [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "meshward-controller"
+    ]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9194, "protocol": "TCP"}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"meshward.io/operator": "true"}}}
+    ]
+    groups = {g for r in PERMISSIONS["controller"] for g in r["apiGroups"]}
+    assert {"authentication.k8s.io", "authorization.k8s.io"} <= groups

@@ -29,6 +29,14 @@ def test_gate_admits_under_quota_and_counts_refusals() -> None:
         AlertQuota(per_source=0)
 
 
+def test_scaled_keeps_the_shares_of_a_larger_history() -> None:
+    assert AlertQuota().scaled(1_000_000) == AlertQuota(100_000, 200_000, 1_000_000)
+    assert AlertQuota(per_source=3, per_destination=7, total=10).scaled(25) == AlertQuota(7, 17, 25)
+    assert AlertQuota().scaled(5) == AlertQuota(1, 1, 5)  # at least one each
+    with pytest.raises(ValueError):
+        AlertQuota().scaled(0)
+
+
 def test_engine_pending_alerts_keep_room_for_others() -> None:
     quota = AlertQuota(per_source=10, per_destination=100, total=1000)
     engine = Engine(EngineConfig(default_mode="monitor", alert_quota=quota), NoDetector())

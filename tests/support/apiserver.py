@@ -429,3 +429,19 @@ def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
         finally:
             with contextlib.suppress(Exception):
                 core.delete_namespace(name)
+
+
+ISTIO_CRDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "istio" / "crds.yaml"
+
+
+@pytest.fixture(scope="session")
+def istio_crds(kube_cluster: KubeCluster) -> None:
+    """Istio's EnvoyFilter and AuthorizationPolicy types on the test API server (skipped where
+    ../shared is not checked out)."""
+    if not ISTIO_CRDS.exists():
+        pytest.skip(f"Istio CRDs not found at {ISTIO_CRDS}")
+    # 1.20 drops the CEL rules (x-kubernetes-validations); kubectl's client-side check refuses
+    # them, so validation is left to the server (docs/kubernetes.md)
+    kube_cluster.kubectl("apply", "--validate=false", "-f", str(ISTIO_CRDS))
+    for name in ("envoyfilters.networking.istio.io", "authorizationpolicies.security.istio.io"):
+        kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")

@@ -10,6 +10,7 @@ import socket
 import threading
 
 from meshward.app.commands import UsageError
+from meshward.app.install import CONTROLLER_METRICS_PORT
 from meshward.core.names import is_host_name, is_kubernetes_name
 
 
@@ -42,6 +43,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
     p.add_argument("--resync", type=float, default=60.0, help="seconds between full passes")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=CONTROLLER_METRICS_PORT,
+        help="port of /metrics (Prometheus) and /healthz (liveness); 0: none "
+        f"(default {CONTROLLER_METRICS_PORT})",
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics port")
+    p.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help="serve /metrics without a credential (default: a Kubernetes token allowed "
+        "`get metrics.meshward.io`, as serve's /metrics)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -64,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--service {args.service!r} is not a host name")
     if not args.identity or not 2.0 < args.lease_duration <= 600 or args.resync <= 0:
         raise UsageError("--identity must be set, --lease-duration 2..600 s, --resync > 0")
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be 0..65535 (0: no metrics port)")
     try:
         api = load_client(args.kubeconfig, context=args.context)
     except KubeConfigError as exc:
@@ -100,12 +117,24 @@ def run(args: argparse.Namespace) -> int:
         kinds = ("EnvoyFilter", "AuthorizationPolicy")
     log = logging.getLogger("meshward.controller")
     event(log, "starting", identity=args.identity, style=args.style, service=args.service)
+    port = None
+    if args.metrics_port:
+        from meshward.app.controllermetrics import MetricsPort, kubernetes_guard
+
+        guard = kubernetes_guard(api, args.public_metrics)
+        port = MetricsPort(ctl, guard, elector.leading, args.metrics_host, args.metrics_port)
+        try:
+            port.start()
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {args.metrics_port}: {exc.strerror or exc}") from None
     ctl.start_watches(kinds)
     elector.start()
     try:
         ctl.run(stop, elector.leading)
     finally:
         elector.stop()
+        if port is not None:
+            port.stop()
         ctl.stop_watches()
         event(log, "stopped", **vars(ctl.counters))
     return 0

@@ -15,6 +15,7 @@ import pytest
 from meshward.app.pgstore import PostgresAlerts, describe_dsn
 from meshward.app.store import AlertStore, SqliteStore, StoreError
 from meshward.core.edges import EdgeCount
+from meshward.core.quota import AlertQuota
 from meshward.core.threats.inspection import NoDetector
 from tests.support.postgres import Postgres
 from tests.support.serve import running_server
@@ -95,7 +96,8 @@ def test_edge_counts_from_concurrent_replicas_add_up(alerts_dsn: str) -> None:
 
 
 def test_retention_drops_old_alerts_and_buckets(alerts_dsn: str) -> None:
-    store = PostgresAlerts(alerts_dsn, alert_limit=3, retention=3600)
+    whole = AlertQuota(per_source=10, per_destination=10, total=10)  # no quota below the limit
+    store = PostgresAlerts(alerts_dsn, alert_limit=3, alert_quota=whole, retention=3600)
     try:
         old = time.time() - 7200
         store.add_alerts([{**alert("shop", "/old"), "time": old}])
@@ -104,6 +106,75 @@ def test_retention_drops_old_alerts_and_buckets(alerts_dsn: str) -> None:
         store.add_alerts([alert("shop", f"/n{i}") for i in range(5)])
         assert [a["path"] for a in store.alerts(limit=10)] == ["/n4", "/n3", "/n2"]
         assert store.edges(old - 60) == []
+    finally:
+        store.close()
+
+
+def test_a_flood_from_one_source_leaves_every_other_sources_alerts(alerts_dsn: str) -> None:
+    """Two replicas at once: one takes a flood from one source, the other a flood aimed at one
+    destination. Every other source's and destination's alerts stay; each flood keeps its own
+    quota's worth (the newest). Before the quotas, the flood evicted everything else."""
+    quota = AlertQuota(per_source=1_000, per_destination=2_000, total=10_000)
+    a, b = (
+        PostgresAlerts(alerts_dsn, replica=r, alert_limit=100, alert_quota=quota, trim_every=0)
+        for r in "ab"
+    )
+    assert a.alert_quota == AlertQuota(per_source=10, per_destination=20, total=100)
+    quiet = [
+        {"source": f"ns{i}/client", "destination": f"ns{i}/api", "path": f"/q{i}"}
+        for i in range(12)
+    ]
+    a.add_alerts(quiet)
+
+    def flood(store: PostgresAlerts, noisy_source: bool) -> None:
+        for n in range(20):
+            batch = [
+                {
+                    "source": "evil/bot" if noisy_source else f"many/bot{n}-{i}",
+                    "destination": f"shop/api{i % 7}" if noisy_source else "bank/ledger",
+                    "path": f"/flood{n}-{i}",
+                }
+                for i in range(15)
+            ]
+            store._pruned = 0.0  # every write also runs the whole-history retention pass
+            store.add_alerts(batch)
+
+    threads = [threading.Thread(target=flood, args=(s, s is a)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not any(t.is_alive() for t in threads)
+        got = a.alerts(limit=1_000)
+        paths = {x["path"] for x in got}
+        assert {q["path"] for q in quiet} <= paths  # every quiet source is still there
+        noisy = [x["path"] for x in got if x["source"] == "evil/bot"]
+        assert noisy[:10] == [f"/flood19-{i}" for i in range(14, 4, -1)]  # its newest 10
+        assert len(noisy) == 10
+        assert len([x for x in got if x["destination"] == "bank/ledger"]) == 20
+        assert len(got) <= 100
+    finally:
+        a.close()
+        b.close()
+
+
+def test_quota_columns_are_added_to_a_table_made_before_them(alerts_dsn: str) -> None:
+    with psycopg.connect(alerts_dsn, autocommit=True) as con:
+        con.execute(
+            "CREATE TABLE meshward_alerts (id BIGSERIAL PRIMARY KEY, "
+            "time DOUBLE PRECISION NOT NULL, namespace TEXT NOT NULL, replica TEXT NOT NULL, "
+            "doc TEXT NOT NULL)"
+        )
+        con.execute(
+            "INSERT INTO meshward_alerts (time, namespace, replica, doc) "
+            "VALUES (%s, 'shop', 'old', '{\"path\": \"/old\"}')",
+            (time.time(),),
+        )
+    store = PostgresAlerts(alerts_dsn, alert_limit=10, alert_quota=AlertQuota(1, 2, 10))
+    try:
+        store.add_alerts([{"source": "s/a", "destination": "d/b", "path": f"/{i}"} for i in "xy"])
+        assert [x["path"] for x in store.alerts()] == ["/y", "/old"]  # old rows: a group of ''
     finally:
         store.close()
 

@@ -1,0 +1,234 @@
+// meshward's dashboard: the service graph (cytoscape.js, fcose layout), the same data as a
+// table, a service's rules, and live alerts (server-sent events). Everything from the server
+// is put on the page as text (textContent), never as HTML.
+import cytoscape from 'cytoscape';
+import fcose from 'cytoscape-fcose';
+
+cytoscape.use(fcose);
+
+const $ = (id) => document.getElementById(id);
+const LARGE = 200; // nodes: past this, a draft layout and lighter rendering while panning
+const COLOURS = { allowed: '#2e6b30', alerted: '#c98a00', denied: '#b00020' };
+const MODE_COLOURS = { learn: '#5b7db1', monitor: '#8a5a00', enforce: '#6a1b9a' };
+const state = { cy: null, graph: null, stream: null, layoutMs: null, ready: false };
+window.meshward = state; // read by the browser tests and bench/dashboard.py
+state.cytoscape = cytoscape;
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function status(text) { $('status').textContent = text; }
+
+async function getJSON(url) {
+  const r = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+  if (r.status === 401) {
+    status('Not logged in: open /login (or a link from `meshward dashboard`).');
+    throw new Error('unauthenticated');
+  }
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r.json();
+}
+
+function namespace() { return $('namespace').value; }
+
+function fillNamespaces(names) {
+  const select = $('namespace');
+  const chosen = select.value;
+  while (select.options.length > 1) select.remove(1);
+  for (const n of names) select.add(new Option(n, n, false, n === chosen));
+}
+
+function fillTable(graph) {
+  const modes = new Map(graph.nodes.map((n) => [n.id, n.mode]));
+  const body = $('edges').tBodies[0];
+  body.replaceChildren();
+  for (const e of graph.edges) {
+    const tr = document.createElement('tr');
+    tr.append(el('td', e.source), el('td', e.target), el('td', modes.get(e.target) || ''),
+      el('td', e.endpoints.join(', ')),
+      el('td', `${e.verdicts.allowed} / ${e.verdicts.alerted} / ${e.verdicts.denied}`),
+      el('td', e.alerts), el('td', e.status));
+    body.append(tr);
+  }
+}
+
+function elements(graph) {
+  const out = [];
+  for (const n of graph.nodes) {
+    const badge = `${n.mode || 'outside'}${n.alerts ? ` · ${n.alerts} alerts` : ''}`;
+    out.push({ group: 'nodes', data: { id: n.id, label: `${n.id}\n${badge}`, mode: n.mode,
+      alerts: n.alerts, service: n.service } });
+  }
+  for (const e of graph.edges) {
+    out.push({ group: 'edges', data: { id: e.id, source: e.source, target: e.target,
+      status: e.status, endpoints: e.endpoints.join('\n') } });
+  }
+  return out;
+}
+
+function drawGraph(graph) {
+  const large = graph.nodes.length > LARGE;
+  if (state.cy) state.cy.destroy();
+  state.ready = false;
+  const started = performance.now();
+  const style = [
+    { selector: 'node', style: {
+      label: large ? '' : 'data(label)', 'text-wrap': 'wrap', 'font-size': 10,
+      'text-valign': 'bottom', 'text-margin-y': 4, width: 18, height: 18, 'background-color': '#888' } },
+    { selector: 'node[alerts > 0]', style: { 'border-width': 3, 'border-color': '#b00020' } },
+    { selector: 'edge', style: {
+      width: 1.5, 'curve-style': large ? 'haystack' : 'bezier',
+      'target-arrow-shape': large ? 'none' : 'triangle' } },
+    { selector: 'node:selected', style: { 'border-width': 4, 'border-color': '#000' } },
+  ];
+  for (const [mode, colour] of Object.entries(MODE_COLOURS)) {
+    style.push({ selector: `node[mode = "${mode}"]`, style: { 'background-color': colour } });
+  }
+  for (const [status, colour] of Object.entries(COLOURS)) {
+    style.push({ selector: `edge[status = "${status}"]`,
+      style: { 'line-color': colour, 'target-arrow-color': colour } });
+  }
+  const options = { container: $('graph'), style, hideEdgesOnViewport: large,
+    textureOnViewport: large, pixelRatio: 1, minZoom: 0.05, maxZoom: 4 };
+  let cy;
+  if (large) {
+    // laid out on a headless core first (no renderer to notify of each move), then added to
+    // the drawn one at their places: building a drawn core with 2,500 elements in its options
+    // cost 3-5x more than adding them to an empty one (bench/dashboard.py)
+    const els = elements(graph);
+    const laying = performance.now();
+    const headless = cytoscape({ headless: true, elements: els });
+    headless.layout({ name: 'fcose', quality: 'draft', randomize: true, animate: false,
+      packComponents: false }).run();
+    state.layoutMs = performance.now() - laying;
+    const box = { x1: Infinity, y1: Infinity, x2: -Infinity, y2: -Infinity };
+    const placed = els.map((e) => {
+      if (e.group !== 'nodes') return e;
+      const p = headless.$id(e.data.id).position();
+      box.x1 = Math.min(box.x1, p.x); box.x2 = Math.max(box.x2, p.x);
+      box.y1 = Math.min(box.y1, p.y); box.y2 = Math.max(box.y2, p.y);
+      return { ...e, position: { x: p.x, y: p.y } };
+    });
+    headless.destroy();
+    cy = cytoscape(options);
+    cy.add(placed);
+    // fitted from the node positions: cy.fit() measures every element's drawn box (edges
+    // too), 100-200 ms at this size
+    const w = cy.width(), h = cy.height(), pad = 30;
+    const zoom = Math.min(4, Math.max(0.05, Math.min((w - 2 * pad) / Math.max(1, box.x2 - box.x1),
+      (h - 2 * pad) / Math.max(1, box.y2 - box.y1))));
+    cy.viewport({ zoom, pan: { x: w / 2 - zoom * (box.x1 + box.x2) / 2,
+      y: h / 2 - zoom * (box.y1 + box.y2) / 2 } });
+    state.drawnMs = performance.now() - started;
+    state.ready = true;
+    document.body.dataset.graph = 'ready';
+  } else {
+    cy = cytoscape(options);
+    cy.add(elements(graph));
+    const layout = cy.layout({ name: 'fcose', quality: 'default', randomize: true,
+      animate: false, nodeDimensionsIncludeLabels: true, packComponents: true });
+    const laying = performance.now(); // fcose emits layoutstart late (after its spectral step)
+    layout.one('layoutstop', () => {
+      state.layoutMs = performance.now() - laying;
+      state.drawnMs = performance.now() - started;
+      state.ready = true;
+      document.body.dataset.graph = 'ready';
+    });
+    layout.run();
+  }
+  cy.on('tap', 'node', (evt) => showRules(evt.target.id()));
+  state.cy = cy;
+}
+
+async function showRules(service) {
+  const pane = $('rules');
+  const list = $('rules-list');
+  $('rules-title').textContent = `Rules of ${service}`;
+  list.replaceChildren(el('li', 'Loading…'));
+  pane.hidden = false;
+  try {
+    const doc = await getJSON(`/api/v1/allowlist?destination=${encodeURIComponent(service)}`);
+    list.replaceChildren();
+    const found = doc.services[0];
+    if (!found) { list.append(el('li', 'No learned rules (a caller only).')); return; }
+    for (const r of found.endpoints) {
+      const callers = Object.keys(r.sources || {}).join(', ');
+      list.append(el('li', `${r.method} ${r.path} · ${r.count ?? 0} seen · from ${callers || 'no caller'}`));
+    }
+  } catch (err) {
+    list.replaceChildren(el('li', `Could not load the rules: ${err.message}`));
+  }
+}
+
+// a live alert counts on its edge and service at once (table and graph); a call never seen
+// before redraws the graph
+function countAlert(a) {
+  const graph = state.graph;
+  if (!graph) return;
+  const edge = graph.edges.find((e) => e.source === a.source && e.target === a.destination);
+  if (!edge) { refresh(); return; }
+  edge.alerts += 1;
+  if (a.verdict === 'deny') edge.denied += 1;
+  if (a.verdict === 'deny') edge.verdicts.denied += 1; else edge.verdicts.alerted += 1;
+  edge.status = edge.denied || edge.verdicts.denied ? 'denied' : 'alerted';
+  const node = graph.nodes.find((n) => n.id === a.destination);
+  if (node) node.alerts += 1;
+  fillTable(graph);
+  const drawn = state.cy && state.cy.$id(edge.id);
+  if (drawn && drawn.length) drawn.data('status', edge.status);
+  const service = state.cy && state.cy.$id(a.destination);
+  if (service && service.length && node) service.data('alerts', node.alerts);
+}
+
+function showAlert(a) {
+  const li = el('li', undefined, a.verdict === 'deny' ? 'deny' : 'alert');
+  const when = new Date((a.time || 0) * 1000).toISOString().replace('T', ' ').slice(0, 19);
+  li.append(el('div', `${when} ${a.verdict} ${a.source} → ${a.destination} ${a.method} ${a.path}`));
+  const why = [...(a.reasons || []), ...(a.rule ? [`rule ${a.rule}`] : [])].join('; ');
+  if (why) li.append(el('div', why));
+  for (const t of a.threats || []) li.append(el('div', `${t.name} at ${t.location}: ${t.evidence}`, 'evidence'));
+  const list = $('alerts');
+  list.prepend(li);
+  while (list.children.length > 200) list.lastElementChild.remove();
+}
+
+function listen() {
+  if (state.stream) state.stream.close();
+  $('alerts').replaceChildren();
+  const ns = namespace();
+  const stream = new EventSource(`/api/v1/alerts/stream${ns ? `?namespace=${encodeURIComponent(ns)}` : ''}`);
+  let live = false; // the backlog before `ready` is already counted in the graph
+  stream.addEventListener('alert', (e) => {
+    const a = JSON.parse(e.data);
+    showAlert(a);
+    if (live) countAlert(a);
+  });
+  stream.addEventListener('ready', () => { live = true; document.body.dataset.alerts = 'live'; });
+  state.stream = stream;
+}
+
+async function refresh() {
+  const ns = namespace();
+  const graph = await getJSON(`/api/v1/graph${ns ? `?namespace=${encodeURIComponent(ns)}` : ''}`);
+  state.graph = graph;
+  fillNamespaces(graph.namespaces);
+  fillTable(graph);
+  drawGraph(graph);
+  status(`${graph.nodes.length} services, ${graph.edges.length} calls${ns ? ` in ${ns}` : ''}`);
+}
+
+async function main() {
+  $('namespace').addEventListener('change', () => { refresh(); listen(); });
+  try {
+    await refresh();
+    listen();
+  } catch (err) {
+    if (err.message !== 'unauthenticated') status(`Error: ${err.message}`);
+  }
+}
+
+main();
