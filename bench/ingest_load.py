@@ -38,9 +38,11 @@ TOKEN = "bench-ingest-load-token"  # the API token of the bench's own serve (loo
 def serve(db: str, ports: Connection, stop: multiprocessing.synchronize.Event) -> None:
     """The server process: a whole serve on loopback ephemeral ports until `stop`."""
     import asyncio
+    import gc
 
     from meshward.app.auth import AuthConfig
     from meshward.app.serve import ServeConfig, Server, install_uvloop
+    from meshward.runtime.grpcpeer import UNVERIFIED
 
     async def main() -> None:
         cfg = ServeConfig(
@@ -50,12 +52,39 @@ def serve(db: str, ports: Connection, stop: multiprocessing.synchronize.Event) -
             tap_port=0,
             http_port=0,
             auth=AuthConfig(token=TOKEN),
+            peers=UNVERIFIED,  # plaintext gRPC: what is measured is ingest, not the handshake
         )
         server = Server(cfg)
         await server.start()
         ports.send(dict(server.ports))
+        gcs: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        lags: list[float] = []
+        started: list[float] = [0.0]
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                gcs[info["generation"]].append((time.perf_counter() - started[0]) * 1000)
+
+        if os.environ.get("INGEST_LOAD_PROBE"):
+            gc.callbacks.append(timed)
         while not stop.is_set():
-            await asyncio.sleep(0.1)
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append((time.perf_counter() - t0 - 0.005) * 1000)
+        if os.environ.get("INGEST_LOAD_PROBE"):
+            for gen, took in gcs.items():
+                if took:
+                    print(
+                        f"gc gen{gen}: {len(took)} collections, max {max(took):.1f} ms, "
+                        f"total {sum(took):.0f} ms, >5 ms: {sum(t > 5 for t in took)}"
+                    )
+            lags.sort()
+            print(
+                f"loop lag: p99 {lags[int(len(lags) * 0.99)]:.1f} ms max {lags[-1]:.1f} ms, "
+                f">10 ms: {sum(x > 10 for x in lags)} of {len(lags)}"
+            )
         await server.stop(grace=0.2)
 
     install_uvloop()

@@ -19,6 +19,7 @@ verifies it and appends the caller to `x-forwarded-client-cert`, the one thing s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from meshward.istio import filters
@@ -171,6 +172,7 @@ def render(
     authz_port: int = 9191,
     tap_port: int = 9192,
     workload: str = "",
+    selector: Mapping[str, str] | None = None,
     body_limit: int = 8192,
     outbound_tap: bool = True,
     tap_close_timeout_ms: int = filters.TAP_CLOSE_TIMEOUT_MS,
@@ -181,8 +183,11 @@ def render(
     Returns {"objects": [Kubernetes objects]} and, for the extension-provider style,
     "meshConfig": the fragment to merge into istiod's mesh config. In `off`, no objects and no
     fragment: meshward is not installed there (delete what an earlier mode rendered).
-    `workload` narrows the objects to pods labelled app=<workload> and names it in
-    context_extensions.
+    `workload` narrows the objects to that workload's pods and names it in context_extensions
+    and the tap metadata: its name as its owner references give it (the Deployment,
+    StatefulSet or DaemonSet: meshward.linkerd.pods.workload_of), the one naming serve's pod
+    index checks against the sidecar's verified service account (docs/security.md). Its pods
+    are selected by `selector`, default the label app=<workload>.
     `tap_close_timeout_ms` and `tap_stream_window`: how far meshward may lag behind the tap
     (FilterSettings).
     """
@@ -198,7 +203,9 @@ def render(
     )
     if not s.installed:
         return {"objects": []}
-    selector = {"app": workload} if workload else None
+    if selector and not workload:
+        raise ValueError("a selector needs the workload it selects (the name serve checks)")
+    labels = (dict(selector) if selector else {"app": workload}) if workload else None
     name = f"meshward-{workload}" if workload else "meshward"
     common: dict[str, Any] = {
         "authz_port": authz_port,
@@ -206,12 +213,12 @@ def render(
         "outbound_tap": outbound_tap,
     }
     if style == "envoyfilter":
-        objects = [envoy_filter(s, service=service, selector=selector, name=name, **common)]
+        objects = [envoy_filter(s, service=service, selector=labels, name=name, **common)]
         return {"objects": objects}
     objects = [
-        envoy_filter(s, service=service, selector=selector, with_authz=False, name=name, **common)
+        envoy_filter(s, service=service, selector=labels, with_authz=False, name=name, **common)
     ]
     if mode == "enforce":
-        objects.append(authorization_policy(namespace, selector))
+        objects.append(authorization_policy(namespace, labels))
     provider = extension_provider(service=service, authz_port=authz_port, body_limit=body_limit)
     return {"meshConfig": {"extensionProviders": [provider]}, "objects": objects}

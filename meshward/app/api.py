@@ -208,9 +208,10 @@ async def set_mode(request: web.Request) -> web.Response:
     return web.json_response({"namespace": namespace, "mode": mode, "was": old})
 
 
-async def _read(request: web.Request, most: int) -> bytes:
-    """The body, yielding to Checks between chunks: `request.read()` takes all the bytes that
-    have arrived without yielding, and 16 MB on loopback arrive at once (about 100 ms held)."""
+async def _read(request: web.Request, most: int) -> list[bytes]:
+    """The body in chunks, yielding to Checks between them: `request.read()` takes all the bytes
+    that have arrived without yielding, and 16 MB on loopback arrive at once (about 100 ms
+    held). Never joined here: one 16 MB copy is milliseconds with the GIL held."""
     if request.content_length is not None and request.content_length > most:
         raise web.HTTPRequestEntityTooLarge(max_size=most, actual_size=request.content_length)
     parts, size = [], 0
@@ -220,7 +221,7 @@ async def _read(request: web.Request, most: int) -> bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=most, actual_size=size)
         parts.append(chunk)
         await asyncio.sleep(0)
-    return b"".join(parts)
+    return parts
 
 
 def _node_of(request: web.Request, server: ApiServer) -> str:

@@ -5,9 +5,15 @@ SYNC replaces the whole view, so nothing vanished meanwhile lingers). Only what 
 kept of each pod (`PodIdentity` from `meshward.linkerd.pods`, plus uid and hostNetwork), at
 most `max_pods` of them (past that, new pods are counted in `overflow` and not indexed).
 
+Workloads are named by the pod's owner references (`meshward.linkerd.pods.workload_of`: a
+ReplicaSet less its pod-template-hash is the Deployment; StatefulSet, DaemonSet, Job as they
+are; else the `app.kubernetes.io/name` or `app` label), the one naming meshward uses for a
+workload: the node tap's, and the name the Istio filters send (`istio render --workload`).
+
 Used to scope node-tap ingest (a node tap speaks only for pods on its own node: its bound
-token names its pod, the pod names its node) and meant for resolving a plaintext caller's IP
-to its pod. An IP is answered only when exactly one live, pod-network pod holds it: a
+token names its pod, the pod names its node) and to bind a verified sidecar's workload hint to its
+service account (`runs_under`, the gRPC ports' workload rule); meant for resolving a plaintext
+caller's IP to its pod. An IP is answered only when exactly one live, pod-network pod holds it: a
 hostNetwork pod's IP is its node's, and a pod that Succeeded or Failed released its IP, so
 neither is indexed by IP; two live pods claiming one IP (a recycled address seen before the
 old pod's deletion) answer nothing until that clears.
@@ -76,6 +82,7 @@ class PodIndex:
         self._pods: dict[PodKey, PodInfo] = {}
         self._by_ip: dict[str, frozenset[PodKey]] = {}
         self._placed: dict[tuple[str, str, str], int] = {}  # (node, ns, workload) -> live pods
+        self._bound: dict[tuple[str, str, str], int] = {}  # (ns, workload, account) -> live pods
         self._lock = threading.Lock()  # writers only (the watch thread, tests)
         self._watcher: Any = None
 
@@ -93,6 +100,12 @@ class PodIndex:
     def on_node(self, node: str, namespace: str, workload: str) -> bool:
         """Whether a live pod of namespace/workload runs on `node`."""
         return self._placed.get((node, namespace, workload), 0) > 0
+
+    def runs_under(self, namespace: str, workload: str, service_account: str) -> bool:
+        """Whether a live pod of namespace/workload runs under `service_account` (the gRPC
+        ports' workload rule, core.peer.WorkloadBinding). False until the index has synced:
+        a hint is refused, never taken on trust, while serve cannot check it."""
+        return self._bound.get((namespace, workload, service_account), 0) > 0
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -121,6 +134,7 @@ class PodIndex:
                 fresh._add(info)
         self.overflow += fresh.overflow
         self._pods, self._by_ip, self._placed = fresh._pods, fresh._by_ip, fresh._placed
+        self._bound = fresh._bound
         pods = self._pods
         event(log, "pod index synced", pods=len(pods), overflow=self.overflow)
 
@@ -135,6 +149,9 @@ class PodIndex:
         if info.who.node and info.who.phase not in TERMINAL:
             place = (info.who.node, info.who.namespace, info.who.workload)
             self._placed[place] = self._placed.get(place, 0) + 1
+        if info.who.phase not in TERMINAL:
+            bound = (info.who.namespace, info.who.workload, info.who.service_account)
+            self._bound[bound] = self._bound.get(bound, 0) + 1
 
     def _remove(self, key: PodKey) -> None:
         old = self._pods.pop(key, None)
@@ -147,6 +164,8 @@ class PodIndex:
                 self._placed[place] = left
             else:
                 self._placed.pop(place, None)
+        if old.who.phase not in TERMINAL:
+            _decrement(self._bound, (old.who.namespace, old.who.workload, old.who.service_account))
         if not old.holds_ip:
             return
         ip = _canonical(old.who.ip)
@@ -176,6 +195,14 @@ class PodIndex:
             self._watcher.stop()
             self._watcher.join(5)
             self._watcher = None
+
+
+def _decrement(counts: dict[tuple[str, str, str], int], key: tuple[str, str, str]) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _canonical(ip: str) -> str:

@@ -159,7 +159,9 @@ class Server:
         self.metrics.follow_refusals(lambda: engine.refused)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
-        self.peers = PeerVerifier(config.peers, self.problems)
+        # in a cluster a hinted workload must run under the verified service account (pod index)
+        binding = self.pods.runs_under if self.pods is not None else None
+        self.peers = PeerVerifier(config.peers, self.problems, binding)
         self.check = CheckService(
             self.pipeline.judge_check, self.metrics, self.problems, self.peers
         )
@@ -249,6 +251,12 @@ class Server:
             self._flushing = asyncio.create_task(
                 self.flusher.run(self._stop_flushing, self._flush_failed)
             )
+        # what start built (detectors, loaded allowlists, protobuf and gRPC modules) lives as
+        # long as serve: out of the collector's full scans, which otherwise walk all of it each
+        # time an ingest's garbage triggers one (7-42 ms held on the loop, the Checks' tail).
+        # Here rather than in serve_forever only, so every runner of Server (benches) has it
+        gc.collect()
+        gc.freeze()
         self.ready = True
         event(
             log, "serving", host=self.config.listen_host, grpc=self.config.peers.kind, **self.ports
@@ -424,11 +432,7 @@ async def serve_forever(config: ServeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    # everything built so far (detectors, loaded allowlists) lives as long as the process: keep
-    # it out of the collector's full passes, which otherwise walk it again and again under load
-    gc.collect()
-    gc.freeze()
+    await server.start()  # freezes its startup heap (Server._start)
     try:
         await stop.wait()
     finally:

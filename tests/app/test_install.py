@@ -133,6 +133,28 @@ def test_serve_spreads_and_probes() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_serve_authenticates_the_node_taps_projected_tokens() -> None:
+    """serve runs --auth kubernetes with its default audience, the audience of the token the
+    node-tap DaemonSet mounts and sends."""
+    objects = render(InstallOptions())
+    serve, tap = (
+        next(o for o in objects if o["metadata"]["name"] == name and o["kind"] == kind)
+        for name, kind in (("meshward-serve", "Deployment"), ("meshward-node-tap", "DaemonSet"))
+    )
+    (c,) = serve["spec"]["template"]["spec"]["containers"]
+    assert c["args"][c["args"].index("--auth") + 1] == "kubernetes"
+    assert "--token-audience" not in c["args"]  # the default: meshward
+    sources = [
+        src["serviceAccountToken"]
+        for v in tap["spec"]["template"]["spec"]["volumes"]
+        for src in v.get("projected", {}).get("sources", [])
+        if "serviceAccountToken" in src
+    ]
+    assert [s["audience"] for s in sources] == ["meshward"]
+    (t,) = tap["spec"]["template"]["spec"]["containers"]
+    assert "--api-token-file" in t["args"]
+
+
 def test_serve_runs_the_cluster_store_with_its_pod_name_and_the_dsn_secret() -> None:
     def serve_container(opts: InstallOptions) -> dict[str, Any]:
         (dep,) = [

@@ -81,6 +81,22 @@ def test_install_for_1_20_is_accepted_and_applied(kube_cluster: KubeCluster) -> 
     )
     ctx = served["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert ctx["readOnlyRootFilesystem"] and ctx["runAsNonRoot"]  # kept by the server
+    # serve runs with cluster authentication, and its account may do exactly what that needs:
+    # review tokens and access, watch pods (node scope, the workload rule); never patch the
+    # namespaces whose label is the mode
+    args = served["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--auth") + 1] == "kubernetes"
+    as_serve = "--as=system:serviceaccount:mw-install:meshward-serve"
+    for verb, what, allowed in (
+        ("create", "tokenreviews.authentication.k8s.io", True),
+        ("create", "subjectaccessreviews.authorization.k8s.io", True),
+        ("watch", "pods", True),
+        ("list", "pods", True),
+        ("patch", "namespaces", False),
+        ("create", "tokenrequests", False),
+    ):
+        said = kube_cluster.kubectl("auth", "can-i", verb, what, as_serve, check=False)
+        assert said.stdout.strip() == ("yes" if allowed else "no"), (verb, what, said.stdout)
 
     # the CRD is established and validates what a replica or a person writes
     deadline = time.monotonic() + 20

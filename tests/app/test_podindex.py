@@ -80,6 +80,27 @@ def test_placement_follows_moves_phases_and_sync() -> None:
     assert len(idx) == 1
 
 
+def test_workload_binding_follows_owner_accounts_phases_and_sync() -> None:
+    """runs_under: a live pod of the workload (owner-reference naming) under the account."""
+    idx = PodIndex()
+    assert not idx.runs_under("shop", "api", "sa")  # nothing synced: nothing is vouched for
+    rs = _pod("web-5f7d-x2")
+    rs["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "web-5f7d"}]
+    rs["metadata"]["labels"] = {"app": "frontend", "pod-template-hash": "5f7d"}
+    idx.apply(_sync(_pod("api-1", app="api"), rs))
+    assert idx.runs_under("shop", "api", "sa") and idx.runs_under("shop", "web", "sa")
+    assert not idx.runs_under("shop", "frontend", "sa")  # the label is not the workload
+    assert not idx.runs_under("shop", "api", "other") and not idx.runs_under("bank", "api", "sa")
+    idx.apply(_ev(EventType.MODIFIED, _pod("api-1", app="api", phase="Succeeded")))
+    assert not idx.runs_under("shop", "api", "sa")
+    idx.apply(_ev(EventType.ADDED, _pod("api-2", app="api")))
+    assert idx.runs_under("shop", "api", "sa")
+    idx.apply(_ev(EventType.DELETED, _pod("api-2", app="api")))
+    assert not idx.runs_under("shop", "api", "sa")
+    idx.apply(_sync(_pod("api-3", app="api")))  # a relist: web vanished
+    assert idx.runs_under("shop", "api", "sa") and not idx.runs_under("shop", "web", "sa")
+
+
 def test_size_is_bounded_and_overflow_counted() -> None:
     idx = PodIndex(max_pods=3)
     idx.apply(_sync(*(_pod(f"p{i}", ip=f"10.0.1.{i}") for i in range(5))))

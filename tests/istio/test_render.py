@@ -339,6 +339,25 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["HTTP_FILTER"]
 
 
+def test_render_names_the_workload_as_serve_checks_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """--workload is the owner-reference name sent to serve; --selector picks its pods when
+    their labels say otherwise (the pod index checks the name, never the label)."""
+    argv = ["render", "--namespace", "shop", "--mode", "enforce", "--workload", "web"]
+    assert run_command("meshward.app.commands.istio", [*argv, "--selector", "app=frontend"]) == 0
+    (obj,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert obj["spec"]["workloadSelector"] == {"labels": {"app": "frontend"}}
+    text = json.dumps(obj)
+    assert '"workload": "web"' in text and "frontend" not in text.replace('"app": "frontend"', "")
+    assert run_command("meshward.app.commands.istio", argv) == 0
+    (obj,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert obj["spec"]["workloadSelector"] == {"labels": {"app": "web"}}
+    for bad in (["--selector", "app"], ["--selector", "=x"]):
+        with pytest.raises(UsageError):
+            run_command("meshward.app.commands.istio", [*argv, *bad])
+    with pytest.raises(UsageError):
+        run_command("meshward.app.commands.istio", [*argv[:5], "--selector", "app=x"])
+
+
 def test_istio_render_off_prints_no_objects(capsys: pytest.CaptureFixture[str]) -> None:
     """`--mode off`: nothing to apply (an empty stream, or [] in JSON), and a note on stderr."""
     for style in envoyfilter.STYLES:

@@ -30,7 +30,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="meshward serve's Kubernetes service (DNS name)",
     )
     r.add_argument("--style", default="envoyfilter", choices=("envoyfilter", "extension-provider"))
-    r.add_argument("--workload", default="", help="only pods labelled app=WORKLOAD")
+    r.add_argument(
+        "--workload",
+        default="",
+        help="only this workload's pods: its name as its owner references give it (the "
+        "Deployment, StatefulSet or DaemonSet; serve checks it against the pod's service "
+        "account); its pods are selected by the label app=WORKLOAD unless --selector",
+    )
+    r.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --workload, the pod labels that select its pods (repeatable; default "
+        "app=WORKLOAD)",
+    )
     r.add_argument("--authz-port", type=int, default=9191)
     r.add_argument("--tap-port", type=int, default=9192)
     r.add_argument("--body-limit", type=int, default=8192)
@@ -48,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_tap_flags(r)
     r.add_argument("--format", default="yaml", choices=("yaml", "json"))
     r.set_defaults(func=render)
+
+
+def _label(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"--selector {item!r} is not KEY=VALUE")
+    return key, value
 
 
 def render(args: argparse.Namespace) -> int:
@@ -68,10 +89,14 @@ def render(args: argparse.Namespace) -> int:
             "body_limit",
             *TAP_FLAGS,
         )
+        selector = dict(_label(item) for item in args.selector) or None
+        if selector and not args.workload:
+            raise ValueError("--selector needs --workload (the name serve checks)")
         out = render_objects(
             args.namespace,
             args.mode,
             outbound_tap=not args.no_outbound_tap,
+            selector=selector,
             **{name: getattr(args, name) for name in passed},
         )
     except ValueError as exc:

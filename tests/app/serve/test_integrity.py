@@ -5,6 +5,7 @@ its fix."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -268,5 +269,18 @@ def test_a_dead_ingest_worker_is_replaced(tmp_path: Path) -> None:
                 proc.join(5)
             assert (await asyncio.to_thread(api.post_observations, big_batch(5)))["accepted"] == 5
             assert srv.ingestor._pool is not pool
+
+    asyncio.run(main())
+
+
+def test_serve_takes_its_startup_heap_out_of_full_collections(tmp_path: Path) -> None:
+    """What start built is frozen (gc.freeze), so a full collection triggered by an ingest's
+    garbage does not walk the detectors and modules while Checks wait."""
+
+    async def main() -> None:
+        gc.unfreeze()
+        assert gc.get_freeze_count() == 0
+        async with running_server(db=str(tmp_path / "m.db")):
+            assert gc.get_freeze_count() > 10_000
 
     asyncio.run(main())
