@@ -24,6 +24,7 @@ between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -98,8 +99,12 @@ _engine: Engine | None = None  # the worker's own engine: its detectors only (ne
 
 def _start_worker(config: EngineConfig | None) -> None:
     global _engine
-    # below the loop's priority: on a busy machine the Checks' process gets the CPU first
+    # below the loop's priority: on a busy machine the Checks' process gets the CPU first.
+    # SCHED_IDLE (Linux) runs the worker only on CPU time nothing else wants, so a Check's wakeup
+    # preempts it at once; niceness is the fallback where the policy is missing
     os.nice(WORKER_NICE)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if config is not None:
         from meshward.app import sigcache
 
