@@ -40,7 +40,9 @@ from meshward.app.store import (
     DEFAULT_EDGE_ROWS,
     StoreError,
     alert_namespace,
+    alert_rows,
     alert_text,
+    alerts_query,
     edge_query,
     edge_row,
     trim_quota,
@@ -233,34 +235,12 @@ class PostgresAlerts:
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        params: list[Any] = []
-        if namespace is not None:
-            where.append("namespace = %s")
-            params.append(namespace)
-        if since is not None:
-            where.append("time >= %s")
-            params.append(float(since))
-        sql = "SELECT id, time, replica, doc FROM meshward_alerts"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT %s"
-        params.append(max(0, int(limit)))
+        sql, params = alerts_query(
+            "%s", "meshward_alerts", limit, namespace, since, replica="replica"
+        )
         with self._lock:
             rows = self._run(lambda con: con.execute(sql, params).fetchall())
-        out = []
-        for id_, t, replica, doc in rows:
-            try:
-                a = json.loads(doc)
-            except ValueError:
-                continue
-            if isinstance(a, dict):
-                a.setdefault("time", t)
-                a["id"] = id_
-                if replica:
-                    a.setdefault("replica", replica)
-                out.append(a)
-        return out
+        return alert_rows(rows)
 
     # ---- per-edge verdict counts
 

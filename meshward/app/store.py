@@ -197,6 +197,51 @@ def trim_total(
     execute(_TRIM_ALL.format(table=table).replace("?", mark), (keep,))
 
 
+def alerts_query(
+    mark: str,
+    table: str,
+    limit: int,
+    namespace: str | None,
+    since: float | None,
+    replica: str = "NULL",
+) -> tuple[str, list[Any]]:
+    """The newest-first alert read both stores run (`mark`: SQLite's `?`, PostgreSQL's `%s`;
+    `replica`: the column naming the writer, where the store has one); its rows are
+    (id, time, replica, doc), read back by `alert_rows`."""
+    where: list[str] = []
+    params: list[Any] = []
+    if namespace is not None:
+        where.append(f"namespace = {mark}")
+        params.append(namespace)
+    if since is not None:
+        where.append(f"time >= {mark}")
+        params.append(float(since))
+    sql = f"SELECT id, time, {replica}, doc FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY id DESC LIMIT {mark}"
+    params.append(max(0, int(limit)))
+    return sql, params
+
+
+def alert_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Stored alerts as documents, with the id and time of their row (and the replica that wrote
+    them where the store keeps one); a document that does not parse is skipped."""
+    out = []
+    for id_, t, replica, doc in rows:
+        try:
+            a = json.loads(doc)
+        except ValueError:
+            continue
+        if isinstance(a, dict):
+            a.setdefault("time", t)
+            a["id"] = id_
+            if replica:
+                a.setdefault("replica", replica)
+            out.append(a)
+    return out
+
+
 def alert_text(alert: dict[str, Any], key: str) -> str:
     value = alert.get(key)
     return value if isinstance(value, str) else ""
@@ -487,30 +532,8 @@ class SqliteStore:
         self, limit: int = 100, namespace: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
         """Newest first; optionally one namespace and/or alerts at or after `since` (epoch s)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if namespace is not None:
-            where.append("namespace = ?")
-            params.append(namespace)
-        if since is not None:
-            where.append("time >= ?")
-            params.append(float(since))
-        sql = "SELECT id, time, doc FROM alerts"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        params.append(max(0, int(limit)))
-        out = []
-        for id_, t, doc in self._read(sql, tuple(params)):
-            try:
-                a = json.loads(doc)
-            except ValueError:
-                continue
-            if isinstance(a, dict):
-                a.setdefault("time", t)
-                a["id"] = id_
-                out.append(a)
-        return out
+        sql, params = alerts_query("?", "alerts", limit, namespace, since)
+        return alert_rows(self._read(sql, tuple(params)))
 
     # -- per-edge verdict counts ----------------------------------------------------------
 
