@@ -27,7 +27,6 @@ concurrent writers, `INSERT ... ON CONFLICT DO UPDATE` for the edge counters, an
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -39,9 +38,8 @@ from psycopg.conninfo import conninfo_to_dict
 from meshward.app.store import (
     DEFAULT_EDGE_ROWS,
     StoreError,
-    alert_namespace,
+    alert_row,
     alert_rows,
-    alert_text,
     alerts_query,
     edge_query,
     edge_row,
@@ -185,19 +183,10 @@ class PostgresAlerts:
         if not alerts:
             return
         now = time.time()
-        rows = []
-        for a in alerts:
-            t = a.get("time")
-            rows.append(
-                (
-                    float(t) if isinstance(t, (int, float)) else now,
-                    alert_namespace(a),
-                    self.replica,
-                    json.dumps(a, separators=(",", ":"), default=str),
-                    alert_text(a, "source"),
-                    alert_text(a, "destination"),
-                )
-            )
+        rows = [
+            (t, namespace, self.replica, doc, source, destination)
+            for t, namespace, doc, source, destination in (alert_row(a, now) for a in alerts)
+        ]
 
         def write(con: psycopg.Connection[Any]) -> None:
             with con.cursor() as cur:

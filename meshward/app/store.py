@@ -242,6 +242,19 @@ def alert_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def alert_row(alert: dict[str, Any], now: float) -> tuple[float, str, str, str, str]:
+    """The columns both stores keep of an alert: time (`now` when it has none), namespace, the
+    document, source and destination (the keys its quotas count by)."""
+    t = alert.get("time")
+    return (
+        float(t) if isinstance(t, (int, float)) else now,
+        alert_namespace(alert),
+        json.dumps(alert, separators=(",", ":"), default=str),
+        alert_text(alert, "source"),
+        alert_text(alert, "destination"),
+    )
+
+
 def alert_text(alert: dict[str, Any], key: str) -> str:
     value = alert.get(key)
     return value if isinstance(value, str) else ""
@@ -504,18 +517,7 @@ class SqliteStore:
         if not alerts:
             return
         now = time.time()
-        rows = []
-        for a in alerts:
-            t = a.get("time")
-            rows.append(
-                (
-                    float(t) if isinstance(t, (int, float)) else now,
-                    alert_namespace(a),
-                    json.dumps(a, separators=(",", ":"), default=str),
-                    alert_text(a, "source"),
-                    alert_text(a, "destination"),
-                )
-            )
+        rows = [alert_row(a, now) for a in alerts]
         q = self.alert_quota
         with self._write() as con:
             con.executemany(
