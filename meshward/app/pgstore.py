@@ -263,8 +263,7 @@ class PostgresAlerts:
         namespace: str | None = None,
         limit: int = DEFAULT_EDGE_ROWS,
     ) -> list[dict[str, Any]]:
-        sql, params = edge_query("%s", since, until, namespace, limit)
-        sql = sql.replace("FROM edges", "FROM meshward_edges")
+        sql, params = edge_query("%s", "meshward_edges", since, until, namespace, limit)
         with self._lock:
             rows = self._run(lambda con: con.execute(sql, params).fetchall())
         return [edge_row(r) for r in rows]

@@ -563,7 +563,7 @@ class SqliteStore:
     ) -> list[dict[str, Any]]:
         """Counts of buckets starting in [since - bucket, until), oldest first; with
         `namespace`, the edges with either end in it."""
-        sql, params = edge_query("?", since, until, namespace, limit)
+        sql, params = edge_query("?", "edges", since, until, namespace, limit)
         return [edge_row(r) for r in self._read(sql, tuple(params))]
 
     # -- lifetime ------------------------------------------------------------------------
@@ -693,7 +693,7 @@ class WithAlerts:
 
 
 def edge_query(
-    mark: str, since: float, until: float | None, namespace: str | None, limit: int
+    mark: str, table: str, since: float, until: float | None, namespace: str | None, limit: int
 ) -> tuple[str, list[Any]]:
     """The edges read for SQLite (`mark` "?") and PostgreSQL ("%s"): one query text."""
     where = ["bucket >= ?"]
@@ -706,7 +706,7 @@ def edge_query(
         prefix = f"{namespace}/"
         params += [len(prefix), prefix, len(prefix), prefix]
     sql = (
-        "SELECT bucket, source, destination, allowed, alerted, denied FROM edges WHERE "
+        f"SELECT bucket, source, destination, allowed, alerted, denied FROM {table} WHERE "
         + " AND ".join(where)
         + " ORDER BY bucket, source, destination LIMIT ?"
     )
