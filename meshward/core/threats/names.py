@@ -77,7 +77,8 @@ NETWORK_THREATS: tuple[str, ...] = (
     DNS_TUNNELING,
 )
 
-# fixed now for detectors still to come, so their names are never chosen twice
+# the mesh guard: configuration changes the controller finds, control-plane and bypass
+# traffic the node tap finds (docs/mesh-guard.md)
 MESH_MTLS_WEAKENED = "Mesh.MTLS.Weakened"
 MESH_FILTER_TAMPERED = "Mesh.Filter.Tampered"
 MESH_INJECTION_DISABLED = "Mesh.Injection.Disabled"
@@ -85,7 +86,7 @@ MESH_UNMESHED_POD = "Mesh.Unmeshed.Pod"
 MESH_POLICY_WIDENED = "Mesh.Policy.Widened"
 MESH_CONTROL_PLANE_ACCESS = "Mesh.ControlPlane.Access"
 MESH_SIDECAR_BYPASS = "Mesh.Sidecar.Bypass"
-RESERVED_THREATS: tuple[str, ...] = (
+MESH_THREATS: tuple[str, ...] = (
     MESH_MTLS_WEAKENED,
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,
@@ -96,5 +97,5 @@ RESERVED_THREATS: tuple[str, ...] = (
 )
 
 THREAT_NAMES: frozenset[str] = frozenset(
-    (*HTTP_THREATS, EXCHANGE_MISMATCH, *NETWORK_THREATS, *RESERVED_THREATS)
+    (*HTTP_THREATS, EXCHANGE_MISMATCH, *NETWORK_THREATS, *MESH_THREATS)
 )
