@@ -6,6 +6,8 @@ Two passes keep the common case cheap:
    what libinjection needs...); other bodies get a second scan. A part where nothing matches
    has no threat: normalisation only changes text that an indicator matches, the signatures
    are caseless, and libinjection only runs where an indicator matches. Only flagged parts go on.
+   Every match counts (a pattern may match in several parts); header values a scan found
+   clean before are left out (_CleanValues).
 2. Detail: each flagged part is split into fields (query parameters, cookies, JSON leaves and
    keys, form fields, multipart parts, XML text); each field that the pre-filter flags on its
    own is normalised and scanned, and libinjection checks SQLi/XSS. Each finding names its
@@ -241,43 +243,35 @@ class ThreatDetector:
         scanned = head.scanned  # indices of the parts in `lines`, in order
         json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
         flagged: set[int] = set()
-        if lines or json_body:
-            joined = "\n".join(lines)
-            ascii_only = joined.isascii()
-            # bytes the node tap could not decode come back as they were (surrogateescape);
-            # other surrogates (no source should hand one over) as their 3-byte form instead
-            # of raising
-            errors = "surrogateescape"
-            try:
-                raw = joined.encode("ascii") if ascii_only else joined.encode("utf-8", errors)
-            except UnicodeEncodeError:
-                errors = "surrogatepass"
-                raw = joined.encode("utf-8", errors)
-            if json_body:
-                scanned = [*scanned, len(head.parts)]
-                raw = (
-                    raw + b"\n" + body.translate(_JSON_PREFILTER)
-                    if lines
-                    else body.translate(_JSON_PREFILTER)
-                )
-            total = len(scanned)
-            starts: list[int] = []  # part offsets in raw, computed at the first match only
-            seen = [0]
+        joined = "\n".join(lines)  # never empty: the path is always scanned
+        ascii_only = joined.isascii()
+        # bytes the node tap could not decode come back as they were (surrogateescape); other
+        # surrogates (no source should hand one over) as their 3-byte form instead of raising
+        errors = "surrogateescape"
+        try:
+            raw = joined.encode("ascii") if ascii_only else joined.encode("utf-8", errors)
+        except UnicodeEncodeError:
+            errors = "surrogatepass"
+            raw = joined.encode("utf-8", errors)
+        if json_body:
+            scanned = [*scanned, len(head.parts)]
+            raw = raw + b"\n" + body.translate(_JSON_PREFILTER)
+        total = len(scanned)
+        starts: list[int] = []  # part offsets in raw, computed at the first match only
+        seen = [0]
 
-            def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
-                if not starts:
-                    sizes = [
-                        len(t) if ascii_only else len(t.encode("utf-8", errors)) for t in lines
-                    ]
-                    starts.extend(_starts([*sizes, 0] if json_body else sizes))
-                flagged.add(scanned[bisect.bisect_right(starts, max(end - 1, 0)) - 1])
-                seen[0] += 1
-                if seen[0] > MAX_MATCHES:
-                    flagged.update(scanned)
-                return len(flagged) >= total or None
+        def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
+            if not starts:
+                sizes = [len(t) if ascii_only else len(t.encode("utf-8", errors)) for t in lines]
+                starts.extend(_starts([*sizes, 0] if json_body else sizes))
+            flagged.add(scanned[bisect.bisect_right(starts, max(end - 1, 0)) - 1])
+            seen[0] += 1
+            if seen[0] > MAX_MATCHES:
+                flagged.update(scanned)
+            return len(flagged) >= total or None
 
-            self.sigs.prefilter(raw, on_match, lines=True)
-            head.remember_clean(flagged)
+        self.sigs.prefilter(raw, on_match, lines=True)
+        head.remember_clean(flagged)
         if head.newline:
             flagged.update(range(len(head.parts)))
         if body and not json_body:
