@@ -72,8 +72,8 @@ def test_learn_then_score(meshward: Run, tmp_path: Path) -> None:
     r = meshward("learn", str(_train(tmp_path)), "--db", str(db))
     assert r.code == 0, r.err
     assert r.out.strip() == (
-        f"learned 120 requests, skipped 1 (carrying threats), 1 bad entries; "
-        f"allowlist: 1 services, 2 rules ({db})"
+        f"learned 120 requests, skipped 1 (carrying threats), 1 bad entry; "
+        f"allowlist: 1 service, 2 rules ({db})"
     )
     assert r.err.strip() == (
         f"meshward learn: skipped {tmp_path / 'train.har'}: entry 122: "
@@ -92,8 +92,40 @@ def test_learn_then_score(meshward: Run, tmp_path: Path) -> None:
     assert lines[2]["verdict"] == "deny" and "unknown-source" in lines[2]["reasons"]
     assert lines[2]["source"] == "evil/x" and lines[2]["destination"] == "shop/api"
     assert "entry 2: request must be an object" in r.err
-    assert "3 requests (1 allow, 0 alert, 2 deny), 1 bad entries" in r.err
+    assert "3 requests (1 allow, 0 alert, 2 deny), 1 bad entry" in r.err
     assert _dump(db) == before  # score learns nothing and stores no alert
+
+
+def test_score_lines_say_which_request_they_judge(meshward: Run, tmp_path: Path) -> None:
+    """Each line names the file, the entry (numbered as the skip messages number a bad one:
+    the broken entry 2 is skipped, the next line is entry 3), the method and the redacted path;
+    the verdict's fields follow unchanged. JSON Lines taps are numbered by line."""
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlcw"
+    extra = har_entry("GET", f"{API}/reset/{jwt}", source="web/front")
+    test = _test_input(tmp_path)
+    doc = json.loads(test.read_text())
+    doc["log"]["entries"].append(extra)
+    test.write_text(json.dumps(doc))
+    r = meshward("score", str(test), "--db", db, "--mode", "enforce")
+    lines = [json.loads(x) for x in r.out.splitlines()]
+    where = [(d["file"], d["entry"], d["method"], d["path"]) for d in lines]
+    assert where == [
+        (str(test), 1, "GET", "/users/999"),
+        (str(test), 3, "GET", "/admin"),
+        (str(test), 4, "POST", "/users/5/orders"),
+        (str(test), 5, "GET", "/reset/[redacted:jwt]"),
+    ]
+    assert jwt not in r.out
+    assert list(lines[0])[:5] == ["file", "entry", "method", "path", "verdict"]
+    assert "entry 2: request must be an object" in r.err
+    taps = tmp_path / "taps.jsonl"
+    taps.write_text(f"{json.dumps(tap_trace('GET', '/users/1'))}\n{{oops\n")
+    taps.write_text(taps.read_text() + json.dumps(tap_trace("GET", "/users/2")) + "\n")
+    r = meshward("score", str(taps), "--db", db)
+    assert [json.loads(x)["entry"] for x in r.out.splitlines()] == [1, 3]
+    assert f"{taps}: line 2: invalid JSON" in r.err
 
 
 def test_score_uses_stored_modes(meshward: Run, tmp_path: Path) -> None:
