@@ -168,8 +168,7 @@ class EndpointRule:
     def from_doc(cls, doc: dict[str, Any]) -> EndpointRule:
         method = _str(doc, "method").upper()
         template = _str(doc, "path")
-        if not template.startswith("/"):
-            raise ValueError(f"rule path must start with '/': {template!r}")
+        templates.parse(template)
         rule = cls(method=method, template=template)
         query = _mapping(doc, "query")
         rule.open_query = "*" in query
@@ -337,6 +336,12 @@ class ServiceProfile:
     def endpoint_for_learning(self, method: str, path: str) -> EndpointRule | None:
         """The rule a request teaches, created (and the trie generalised) as needed."""
         if not method:  # the stored document of a rule needs a method: no profile would load
+            return None
+        if "{" in path or "}" in path:
+            # never a literal: a learned `/admin/{any}` would read back from the stored
+            # document as the variable and allow all of /admin
+            self.dropped += 1
+            self.on_refuse("brace-in-path", self.destination)
             return None
         node = self.root
         segments = templates.split_path(path)
@@ -564,7 +569,7 @@ class Allowlist:
 
     def __init__(self, limits: Limits | None = None, on_refuse: Refused | None = None) -> None:
         """`on_refuse(what, destination)` hears of every cap that turned learning away
-        (destination-cap, source-cap, endpoint-cap): the engine counts and logs them."""
+        (destination-cap, source-cap, endpoint-cap, brace-in-path): the engine counts and logs them."""
         self.limits = limits or Limits()
         self.services: dict[str, ServiceProfile] = {}
         self.on_refuse = on_refuse or _ignore

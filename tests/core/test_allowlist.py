@@ -257,3 +257,47 @@ def test_a_credential_in_a_path_is_learned_as_a_variable_not_a_literal() -> None
     doc = json.dumps(p.to_doc())
     assert "Summer2024pw" not in doc and "/reset/{str}" in doc
     assert "/api/items" in doc and "/healthz" in doc  # the other literals are not folded
+
+
+def test_templates_name_an_unknown_variable_and_the_known_ones() -> None:
+    """`/x/{nope}` was a literal matching nothing: every document read refuses it, saying why."""
+    assert templates.parse("/users/{int}/files/{any}") == ["users", "{int}", "files", "{any}"]
+    for bad, says in [
+        ("/x/{nope}", "unknown template variable '{nope}'"),
+        ("/x/a{int}", "unknown template variable 'a{int}'"),
+        ("/x/{int", "unknown template variable '{int'"),
+        ("/x/{any}/y", "{any} (the rest of the path) must be last"),
+        ("x/{int}", "must start with '/'"),
+    ]:
+        try:
+            templates.parse(bad)
+        except ValueError as exc:
+            assert says in str(exc), exc
+            if "unknown" in says:
+                assert "{int}, {uuid}, {hex}, {date}, {email}, {jwt}, {token}, {str}, {any}" in (
+                    str(exc)
+                )
+        else:
+            raise AssertionError(f"{bad} accepted")
+    doc = {"services": [{"destination": "ns/a", "endpoints": [{"method": "GET", "path": "/{x}"}]}]}
+    try:
+        Allowlist().import_doc(doc)
+    except ValueError as exc:
+        assert str(exc).startswith("service 0: endpoint 0: path '/{x}': unknown template variable")
+    else:
+        raise AssertionError("import accepted /{x}")
+
+
+def test_a_brace_in_a_path_is_never_learned() -> None:
+    """A literal `{any}` learned from a request read back from the stored document as the
+    variable, allowing all of /admin after a restart: such a request is judged, not learned,
+    and the refusal counted."""
+    engine = Engine(EngineConfig(threats=False))
+    for _ in range(3):
+        engine.evaluate(obs("GET", "/admin/{any}"), mode="learn")
+        engine.evaluate(obs("GET", "/ok"), mode="learn")
+    assert [r.template for r in engine.allowlist.services["ns/api"].rules()] == ["/ok"]
+    assert engine.refused["brace-in-path"] == 3
+    reloaded = Engine(EngineConfig(threats=False))
+    reloaded.load({"ns/api": engine.allowlist.services["ns/api"].to_doc()}, {})
+    assert reloaded.evaluate(obs("GET", "/admin/secret"), mode="enforce").verdict == "deny"

@@ -255,6 +255,23 @@ def test_allowlist_import_errors(meshward: Run, tmp_path: Path) -> None:
     assert meshward("allowlist", "export", "--db", db).out == before  # all or nothing
 
 
+def test_allowlist_import_refuses_an_unknown_template_variable(meshward: Run, tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+    doc = {"services": [{"destination": "shop/api", "endpoints": [{"method": "GET", "path": ""}]}]}
+    doc["services"][0]["endpoints"][0]["path"] = "/x/{nope}"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
+    r = meshward("allowlist", "import", str(tmp_path / "rules.yaml"), "--db", db)
+    assert r.code == 2
+    assert r.err == (
+        f"meshward allowlist: {tmp_path / 'rules.yaml'}: service 0: endpoint 0: path '/x/{{nope}}': "
+        "unknown template variable '{nope}' (a variable is a whole segment, one of {int}, {uuid}, "
+        "{hex}, {date}, {email}, {jwt}, {token}, {str}, {any})\n"
+    )
+    doc["services"][0]["endpoints"][0]["path"] = "/x/{str}"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
+    assert meshward("allowlist", "import", str(tmp_path / "rules.yaml"), "--db", db).code == 0
+
+
 def test_allowlist_show(meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = str(tmp_path / "m.db")
     meshward("learn", str(_train(tmp_path)), "--db", db)
