@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -275,13 +276,23 @@ def test_allowlist_import_refuses_an_unknown_template_variable(meshward: Run, tm
 def test_allowlist_show(meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = str(tmp_path / "m.db")
     meshward("learn", str(_train(tmp_path)), "--db", db)
-    r = meshward("allowlist", "show", "--db", db)  # not a terminal: YAML
-    assert yaml.safe_load(r.out)["services"][0]["endpoints"][0]["count"] == 60
+    r = meshward("allowlist", "show", "--db", db)  # not a terminal: YAML, times as dates
+    shown = yaml.safe_load(r.out)["services"][0]
+    assert shown["endpoints"][0]["count"] == 60
+    assert shown["last_seen"] == shown["endpoints"][0]["last_seen"] == "2026-11-24T10:00:00Z"
+    assert shown["sources"]["web/front"]["first_seen"] == "2026-11-24T10:00:00Z"
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", "80")
     r = meshward("allowlist", "show", "--db", db)
-    assert "meshward allowlists (1 services)" in r.out
-    assert "/users/{int}/orders" in r.out and "web/front" in r.out and "60" in r.out
+    r.out = re.sub(r"\x1b\[[0-9;]*m", "", r.out)  # a terminal's colours
+    lines = r.out.splitlines()
+    assert lines[0] == "meshward allowlists: 1 service, 2 rules"
+    assert max(len(x) for x in lines) <= 80, r.out
+    assert "shop/api  2 rules, 120 calls, 1 caller, seen 2026-11-24 10:00 UTC" in r.out
+    row = next(x for x in lines if "POST /users/{int}/orders" in x)
+    assert row.split()[-3:] == ["60", "2026-11-24", "10:00"]  # calls, last seen as a date
+    assert "from web/front" in r.out and "query verbose int" in r.out
+    assert "body $.item" in r.out
     r = meshward("allowlist", "show", "--destination", "no/such", "--db", db)
     assert r.code == 2 and "no allowlist for destination" in r.err
 
