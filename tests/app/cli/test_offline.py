@@ -312,6 +312,28 @@ def test_mode_get_set(meshward: Run, tmp_path: Path) -> None:
         assert s.modes() == {"pay": "monitor", "shop": "enforce"}
 
 
+def test_mode_star_is_every_other_namespace_in_get_and_set(meshward: Run, tmp_path: Path) -> None:
+    """`mode get` listed `*` (every namespace not set) but `mode set '*'` refused it: now both
+    mean the same, the engine follows it, and a namespace set by name keeps its own mode."""
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    meshward("mode", "set", "pay", "monitor", "--db", db)
+    r = meshward("mode", "set", "*", "enforce", "--db", db)
+    assert r.code == 0
+    assert r.out == "*: enforce (was learn): every namespace not set by name; set by name, unchanged: pay\n"
+    assert meshward("mode", "get", "--db", db).out == "pay\tmonitor\n*\tenforce\n"
+    assert meshward("mode", "get", "*", "--db", db).out == "enforce\n"
+    assert meshward("mode", "get", "shop", "--db", db).out == "enforce\n"
+    assert meshward("mode", "get", "pay", "--db", db).out == "monitor\n"
+    r = meshward("score", str(_test_input(tmp_path)), "--db", db)  # shop: not set by name
+    assert {json.loads(x)["mode"] for x in r.out.splitlines()} == {"enforce"}
+    r = meshward("mode", "set", "shop", "learn", "--db", db)
+    assert r.out == "shop: learn (was enforce)\n"  # it was in `*`'s mode
+    assert meshward("mode", "get", "--db", db).out == "pay\tmonitor\nshop\tlearn\n*\tenforce\n"
+    r = meshward("mode", "set", "**", "off", "--db", db)
+    assert r.code == 2 and "'**' is not a Kubernetes namespace name (or '*'" in r.err
+
+
 def test_mode_set_off(meshward: Run, tmp_path: Path) -> None:
     """`off` is a mode like the others for the CLI (the renderers then install nothing)."""
     db = str(tmp_path / "m.db")
