@@ -569,7 +569,8 @@ class Allowlist:
 
     def __init__(self, limits: Limits | None = None, on_refuse: Refused | None = None) -> None:
         """`on_refuse(what, destination)` hears of every cap that turned learning away
-        (destination-cap, source-cap, endpoint-cap, brace-in-path): the engine counts and logs them."""
+        (destination-cap, source-cap, endpoint-cap, brace-in-path): the engine counts and logs
+        them."""
         self.limits = limits or Limits()
         self.services: dict[str, ServiceProfile] = {}
         self.on_refuse = on_refuse or _ignore

@@ -45,6 +45,7 @@ def at_entry(obs: Observation, file: str, n: int) -> Observation:
     obs.extra[ENTRY] = str(n)
     return obs
 
+
 # What converting one decoded JSON entry raises on data of the wrong shape (anything else: a bug).
 BAD_VALUE = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 # What ijson raises on broken input: yajl2_c turns a lone-surrogate escape ("\ud800") into bytes

@@ -278,7 +278,8 @@ def test_envoy_bootstrap_validate_says_it_passed_and_what(
     stays the configuration alone), and a rejection exits 1 with Envoy's reason."""
     assert run_command("meshward.app.commands.envoy", [*BOOT, "enforce", "--validate"]) == 0
     out, err = capsys.readouterr()
-    assert yaml.safe_load(out) == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "enforce")
+    expected = render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "enforce")
+    assert yaml.safe_load(out) == expected
     assert err == (
         "meshward envoy bootstrap: valid: Envoy 1.40.0 loaded it (envoy --mode validate): "
         "listener 127.0.0.1:15006 (ext_authz -> ext_proc -> router); "

@@ -135,7 +135,9 @@ def with_dates(doc: Any) -> Any:
 def _fields(what: str, spec: object) -> str:
     if not isinstance(spec, dict) or not spec:
         return ""
-    shown = ", ".join(f"{k} {'|'.join(v)}" if isinstance(v, list) else str(k) for k, v in spec.items())
+    shown = ", ".join(
+        f"{k} {'|'.join(v)}" if isinstance(v, list) else str(k) for k, v in spec.items()
+    )
     return f"{what} {shown}"
 
 

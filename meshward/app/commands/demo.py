@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from meshward.app.commands import UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from meshward.app.demo.run import Outcome, Running
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     p.add_argument("--seed", type=int, default=7, help="traffic generator seed")
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the summary, keep the shop, its sidecars and serve up to explore the "
+        "dashboard (a login link is printed); Ctrl-C stops everything the demo started",
+    )
     p.set_defaults(func=run)
 
 
@@ -47,13 +59,57 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # a log or a pipe: wide enough that the tables stay readable
         console = Console(width=120)
+
+    def save(outcome: Outcome) -> None:
+        if args.summary_json:
+            with open(args.summary_json, "w") as fh:
+                json.dump(outcome.as_dict(), fh, indent=2)
+
+    async def hold(outcome: Outcome, running: Running) -> None:
+        print_summary(outcome, console)
+        save(outcome)
+        show_next_steps(running, console)
+        await until_stopped()
+        console.print("stopping the shop, its sidecars and meshward serve")
+
     try:
-        outcome = asyncio.run(run_demo(config, console))
+        outcome = asyncio.run(run_demo(config, console, hold if args.keep_running else None))
     except (DemoError, EnvoyError, CertError) as exc:
         console.print(f"[bold red]DEMO FAILED[/]: {exc}")
         return 1
-    print_summary(outcome, console)
-    if args.summary_json:
-        with open(args.summary_json, "w") as fh:
-            json.dump(outcome.as_dict(), fh, indent=2)
+    if not outcome.held:
+        print_summary(outcome, console)
+        save(outcome)
     return 0 if not outcome.failures else 1
+
+
+def show_next_steps(running: Running, console: Console) -> None:
+    from meshward.app.commands.dashboard import login_link
+    from meshward.app.demo.run import next_steps
+    from meshward.runtime.client import ApiClient
+
+    try:
+        login = login_link(running.url, ApiClient(running.url, token_file=str(running.token_file)))
+    except UsageError as exc:
+        login = f"{running.url}  ({exc}; use the command below)"
+    console.print("[bold]the demo keeps running: try these (Ctrl-C stops everything it started)")
+    width = max(len(what) for what, _ in next_steps(running, login)) + 2
+    for what, how in next_steps(running, login):
+        # never wrapped: each command stays one line to copy
+        console.print(f"  {what:<{width}}{how}", soft_wrap=True, markup=False, highlight=False)
+
+
+async def until_stopped() -> None:
+    """Until Ctrl-C (or SIGTERM): then the demo's own cleanup runs, and it exits 0."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from meshward.app.commands.engineflags import add_engine_flags, engine_config
 from meshward.app.commands import plural
+from meshward.app.commands.engineflags import add_engine_flags, engine_config
 from meshward.app.commands.offline import (
     Tally,
     add_db_flag,

@@ -62,7 +62,8 @@ class Parser(argparse.ArgumentParser):
         try:
             super()._check_value(action, value)
         except argparse.ArgumentError as exc:
-            hint = suggestion(value, map(str, action.choices or ())) if isinstance(value, str) else ""
+            known = map(str, action.choices or ())
+            hint = suggestion(value, known) if isinstance(value, str) else ""
             if not hint:
                 raise
             raise argparse.ArgumentError(action, f"{exc.message}{hint}") from None

@@ -256,7 +256,9 @@ def test_allowlist_import_errors(meshward: Run, tmp_path: Path) -> None:
     assert meshward("allowlist", "export", "--db", db).out == before  # all or nothing
 
 
-def test_allowlist_import_refuses_an_unknown_template_variable(meshward: Run, tmp_path: Path) -> None:
+def test_allowlist_import_refuses_an_unknown_template_variable(
+    meshward: Run, tmp_path: Path
+) -> None:
     db = str(tmp_path / "m.db")
     doc = {"services": [{"destination": "shop/api", "endpoints": [{"method": "GET", "path": ""}]}]}
     doc["services"][0]["endpoints"][0]["path"] = "/x/{nope}"
@@ -264,9 +266,9 @@ def test_allowlist_import_refuses_an_unknown_template_variable(meshward: Run, tm
     r = meshward("allowlist", "import", str(tmp_path / "rules.yaml"), "--db", db)
     assert r.code == 2
     assert r.err == (
-        f"meshward allowlist: {tmp_path / 'rules.yaml'}: service 0: endpoint 0: path '/x/{{nope}}': "
-        "unknown template variable '{nope}' (a variable is a whole segment, one of {int}, {uuid}, "
-        "{hex}, {date}, {email}, {jwt}, {token}, {str}, {any})\n"
+        f"meshward allowlist: {tmp_path / 'rules.yaml'}: service 0: endpoint 0: "
+        "path '/x/{nope}': unknown template variable '{nope}' (a variable is a whole segment, "
+        "one of {int}, {uuid}, {hex}, {date}, {email}, {jwt}, {token}, {str}, {any})\n"
     )
     doc["services"][0]["endpoints"][0]["path"] = "/x/{str}"
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
@@ -320,7 +322,9 @@ def test_mode_star_is_every_other_namespace_in_get_and_set(meshward: Run, tmp_pa
     meshward("mode", "set", "pay", "monitor", "--db", db)
     r = meshward("mode", "set", "*", "enforce", "--db", db)
     assert r.code == 0
-    assert r.out == "*: enforce (was learn): every namespace not set by name; set by name, unchanged: pay\n"
+    assert r.out == (
+        "*: enforce (was learn): every namespace not set by name; set by name, unchanged: pay\n"
+    )
     assert meshward("mode", "get", "--db", db).out == "pay\tmonitor\n*\tenforce\n"
     assert meshward("mode", "get", "*", "--db", db).out == "enforce\n"
     assert meshward("mode", "get", "shop", "--db", db).out == "enforce\n"
