@@ -19,6 +19,7 @@ COMMANDS = [
     "meshward.app.commands.score",
     "meshward.app.commands.allowlist",
     "meshward.app.commands.mode",
+    "meshward.app.commands.alerts",
     "meshward.app.commands.serve",
     "meshward.app.commands.tap",
     "meshward.app.commands.envoy",
