@@ -93,10 +93,9 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("why", overflow="fold", ratio=2)
     for a in found:
         verdict = str(a.get("verdict", ""))
-        request = (
-            f"{escape(str(a.get('method', '')))} {escape(str(a.get('path', '')))}\n"
-            f"  [dim]{escape(str(a.get('source', '')))} -> {escape(str(a.get('destination', '')))}[/]"
-        )
+        call = f"{a.get('method', '')} {a.get('path', '')}"
+        who = f"{a.get('source', '')} -> {a.get('destination', '')}"
+        request = f"{escape(call)}\n  [dim]{escape(who)}[/]"
         table.add_row(
             _when(a.get("time")),
             f"[red]{verdict}[/]" if verdict == "deny" else escape(verdict),
