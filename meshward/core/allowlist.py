@@ -263,10 +263,28 @@ def _classes(v: object, what: str) -> set[str]:
         v = [v]
     if not isinstance(v, list) or not v:
         raise ValueError(f"{what}: value classes must be a non-empty list")
+    v = [values.OLD_NAMES.get(c, c) if isinstance(c, str) else c for c in v]
     bad = [c for c in v if c not in values.ALL_CLASSES]
     if bad:
-        raise ValueError(f"{what}: unknown value class {bad[0]!r}")
+        known = ", ".join(sorted(values.ALL_CLASSES))
+        raise ValueError(f"{what}: unknown value class {bad[0]!r} (known: {known})")
     return set(v)
+
+
+def old_class_names(doc: object) -> set[str]:
+    """The value class names of a document that are the old spellings (`integer` for `int`):
+    read all the same, and worth a note to whoever saved it."""
+    found: set[str] = set()
+    services = doc.get("services") if isinstance(doc, dict) else None
+    for svc in services if isinstance(services, list) else []:
+        endpoints = svc.get("endpoints") if isinstance(svc, dict) else None
+        for rule in endpoints if isinstance(endpoints, list) else []:
+            for part in ("query", "body"):
+                fields = rule.get(part) if isinstance(rule, dict) else None
+                for v in fields.values() if isinstance(fields, dict) else []:
+                    names = v if isinstance(v, list) else [v]
+                    found.update(c for c in names if isinstance(c, str) and c in values.OLD_NAMES)
+    return found
 
 
 class PathNode:

@@ -24,6 +24,8 @@ from meshward.app.audit import AuditLog, local_user
 from meshward.app.commands import UsageError, plural
 from meshward.app.commands.offline import add_db_flag, close_flusher, open_flusher
 from meshward.app.store import default_path
+from meshward.core import values
+from meshward.core.allowlist import old_class_names
 from meshward.core.engine import Engine
 
 
@@ -217,6 +219,14 @@ def run_import(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"{args.file}: not YAML or JSON: {_yaml_problem(exc)}") from exc
+    old = old_class_names(doc)
+    if old:
+        renamed = ", ".join(f"{n} as {values.OLD_NAMES[n]}" for n in sorted(old))
+        print(
+            f"meshward allowlist: note: {args.file} uses old value class names, read {renamed}; "
+            "they are deprecated: `meshward allowlist export` writes the current ones",
+            file=sys.stderr,
+        )
     flusher = open_flusher(args.db, threats=False)
     engine = flusher.engine
     before = {"services": len(engine.allowlist.services), "rules": engine.allowlist.rule_count()}

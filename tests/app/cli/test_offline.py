@@ -275,6 +275,29 @@ def test_allowlist_import_refuses_an_unknown_template_variable(
     assert meshward("allowlist", "import", str(tmp_path / "rules.yaml"), "--db", db).code == 0
 
 
+def test_allowlist_import_reads_old_value_class_names_with_a_note(
+    meshward: Run, tmp_path: Path
+) -> None:
+    """A saved allowlist with `integer` (the JSON kind's old name) still loads, as `int`, with
+    a deprecation note; export writes the one spelling."""
+    db = str(tmp_path / "m.db")
+    rule = {"method": "POST", "path": "/o", "body": {"$.qty": ["integer"], "$.gift": "boolean"}}
+    doc = {"services": [{"destination": "shop/api", "endpoints": [rule]}]}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(doc))
+    r = meshward("allowlist", "import", str(tmp_path / "old.yaml"), "--db", db)
+    assert r.code == 0
+    assert r.err == (
+        f"meshward allowlist: note: {tmp_path / 'old.yaml'} uses old value class names, read "
+        "boolean as bool, integer as int; they are deprecated: `meshward allowlist export` "
+        "writes the current ones\n"
+    )
+    out = yaml.safe_load(meshward("allowlist", "export", "--db", db).out)
+    assert out["services"][0]["endpoints"][0]["body"] == {"$.gift": ["bool"], "$.qty": ["int"]}
+    r = meshward("allowlist", "import", str(tmp_path / "old.yaml"), "--db", db)
+    (tmp_path / "new.yaml").write_text(meshward("allowlist", "export", "--db", db).out)
+    assert meshward("allowlist", "import", str(tmp_path / "new.yaml"), "--db", db).err == ""
+
+
 def test_allowlist_show(meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = str(tmp_path / "m.db")
     meshward("learn", str(_train(tmp_path)), "--db", db)
