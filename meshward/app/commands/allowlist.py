@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=run_export)
 
     imp = actions.add_parser("import", help="read allowlists from a YAML or JSON document")
-    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("file", metavar="FILE", help="a document `allowlist export` wrote (edited)")
     imp.add_argument(
         "--replace",
         action="store_true",

@@ -27,10 +27,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "xDS; here each sidecar restarts on its port). Exit 0 only when all of that happened; "
         "every process is stopped at the end.",
     )
-    p.add_argument("--learn-requests", type=int, default=400, help="normal requests to learn from")
-    p.add_argument("--replay-requests", type=int, default=150, help="normal requests in enforce")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
-    p.add_argument("--seed", type=int, default=7, help="traffic generator seed")
+    p.add_argument(
+        "--learn-requests",
+        type=int,
+        default=400,
+        metavar="N",
+        help="normal requests to learn (400)",
+    )
+    p.add_argument(
+        "--replay-requests",
+        type=int,
+        default=150,
+        metavar="N",
+        help="normal requests in enforce (150)",
+    )
+    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight (8)")
+    p.add_argument("--seed", type=int, default=7, metavar="N", help="traffic generator seed (7)")
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
     p.add_argument(
         "--keep-running",

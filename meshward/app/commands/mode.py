@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     get = actions.add_parser(
         "get", help="one namespace's mode, or every namespace set and `*` (all the others)"
     )
-    get.add_argument("namespace", nargs="?", metavar="NAMESPACE")
+    get.add_argument(
+        "namespace", nargs="?", metavar="NAMESPACE", help="a namespace, or '*' (quoted)"
+    )
     add_db_flag(get)
     get.set_defaults(func=run_get)
     put = actions.add_parser(
