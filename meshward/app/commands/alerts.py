@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from meshward.app.commands import UsageError, plural
+from meshward.app.commands import UsageError, plural, utc
 from meshward.app.commands.offline import add_db_flag, store_for
 from meshward.core.names import is_kubernetes_name
 
@@ -55,12 +54,6 @@ def _read(args: argparse.Namespace) -> list[dict[str, Any]]:
         return store.alerts(args.limit, args.namespace)
 
 
-def _when(ts: object) -> str:
-    if not isinstance(ts, (int, float)) or ts <= 0:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d\n%H:%M:%S")  # two short lines
-
-
 def why(alert: dict[str, Any]) -> str:
     """The threats found, then the reasons: what made it an alert."""
     names = [str(t.get("name", "")) for t in alert.get("threats", []) if isinstance(t, dict)]
@@ -97,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         who = f"{a.get('source', '')} -> {a.get('destination', '')}"
         request = f"{escape(call)}\n  [dim]{escape(who)}[/]"
         table.add_row(
-            _when(a.get("time")),
+            utc(a.get("time"), "%Y-%m-%d\n%H:%M:%S"),  # two short lines
             f"[red]{verdict}[/]" if verdict == "deny" else escape(verdict),
             request,
             escape(why(a)),

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meshward.app.audit import AuditLog, local_user
-from meshward.app.commands import UsageError, plural
+from meshward.app.commands import UsageError, plural, utc
 from meshward.app.commands.offline import add_db_flag, close_flusher, open_flusher
 from meshward.app.store import default_path
 from meshward.core import values
@@ -108,12 +108,6 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(ts: object) -> str:
-    if not isinstance(ts, (int, float)) or ts <= 0:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
-
-
 def _iso(ts: object) -> object:
     """An epoch time as an ISO 8601 date (UTC); anything else as it is."""
     if not isinstance(ts, (int, float)) or isinstance(ts, bool) or ts <= 0:
@@ -150,7 +144,7 @@ def _callers(sources: object, most: int = 3) -> str:
 
 
 def _span(first: object, last: object) -> str:
-    a, b = _when(first), _when(last)
+    a, b = utc(first), utc(last)
     if not a or not b or a == b:
         return a or b
     return f"{a} to {b[11:] if a[:10] == b[:10] else b}"  # one day: the date once
@@ -179,7 +173,7 @@ def service_table(svc: dict[str, Any]) -> Table:
         details = [_callers(rule.get("sources"))]
         details += [_fields(what, rule.get(what)) for what in ("query", "body")]
         lines += [f"  [dim]{escape(d)}[/]" for d in details if d]
-        table.add_row("\n".join(lines), str(rule.get("count", "")), _when(rule.get("last_seen")))
+        table.add_row("\n".join(lines), str(rule.get("count", "")), utc(rule.get("last_seen")))
     return table
 
 
