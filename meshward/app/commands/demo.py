@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", type=int, default=7, metavar="N", help="traffic generator seed (7)")
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
     p.add_argument(
+        "--write-har",
+        metavar="DIR",
+        help="only write the shop's traffic as DIR/normal.har and DIR/suspicious.har (no mesh "
+        "is started): recorded traffic for `meshward learn` and `meshward score`",
+    )
+    p.add_argument(
         "--keep-running",
         action="store_true",
         help="after the summary, keep the shop, its sidecars and serve up to explore the "
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.learn_requests < 50 or args.replay_requests < 1 or args.concurrency < 1:
         raise UsageError("need --learn-requests >= 50, --replay-requests >= 1, --concurrency >= 1")
+    if args.write_har:
+        return write_har(args)
     log.setup("warning")
     config = DemoConfig(args.learn_requests, args.replay_requests, args.concurrency, args.seed)
     console = Console()
@@ -93,6 +101,25 @@ def run(args: argparse.Namespace) -> int:
         print_summary(outcome, console)
         save(outcome)
     return 0 if not outcome.failures else 1
+
+
+def write_har(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meshward.app.demo.har import write_hars
+
+    try:
+        written = write_hars(Path(args.write_har), args.learn_requests, args.seed)
+    except OSError as exc:
+        raise UsageError(f"{args.write_har}: {exc.strerror or exc}") from None
+    for path, n in written.items():
+        print(f"wrote {path} ({n} requests)")
+    normal, suspicious = written
+    print(
+        f"next: meshward learn {normal} --db shop.db && meshward mode set shop enforce --db "
+        f"shop.db && meshward score {suspicious} --db shop.db"
+    )
+    return 0
 
 
 def show_next_steps(running: Running, console: Console) -> None:
