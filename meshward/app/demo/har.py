@@ -65,8 +65,8 @@ def entry(call: Call, n: int) -> dict[str, Any]:
 
 def _write(path: Path, calls: list[Call], first: int) -> int:
     entries = [entry(c, first + i) for i, c in enumerate(calls) if c.via == "ingress"]
-    doc = {"log": {"version": "1.2", "creator": {"name": "meshward demo", "version": "1"}}}
-    doc["log"]["entries"] = entries  # type: ignore[index]
+    creator = {"name": "meshward demo", "version": "1"}
+    doc = {"log": {"version": "1.2", "creator": creator, "entries": entries}}
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return len(entries)
 
