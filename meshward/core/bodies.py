@@ -75,7 +75,7 @@ class DecodedBody:
         self._partial: bool | None = partial  # None: a walk still has to tell
         self._shape: dict[str, str] | None = None
         self._mixed: set[tuple[str, str]] = set()
-        self._typed: set[tuple[str, str]] = set()  # (path, class) of JSON numbers and booleans
+        self._typed: set[tuple[str, str]] = set()  # (path, class) of JSON numbers, booleans, null
         self._doc: object = None
         self.max_depth = 64
         self.max_fields = 4096
