@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from meshward.core.observation import Observation
+from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS
+
 ISTIOD_PORTS: Final = {
     15010: "xds-plaintext",
     15012: "xds-tls",
@@ -45,6 +48,32 @@ SELECTORS: Final = (
     f"{ISTIO_APP_LABEL} in (istiod,istio-pilot)",
     LINKERD_COMPONENT_LABEL,
 )
+
+
+# a node tap's report of a connection to the control plane that raised nothing (an edge of the
+# graph, never an HTTP exchange to learn): Observation.extra[REPORT_KEY] == CONNECTION
+REPORT_KEY: Final = "control_plane"
+CONNECTION: Final = "connection"
+
+
+def is_connection_report(obs: Observation) -> bool:
+    """A node tap's control-plane connection report (tap/node/controlplane.py)."""
+    return (
+        obs.seen_by == "node-tap"
+        and obs.protocol == "tcp"
+        and not obs.threats
+        and obs.extra.get(REPORT_KEY) == CONNECTION
+    )
+
+
+def judged_client_side(obs: Observation) -> bool:
+    """Control-plane traffic is judged on the client's node (the node tap knows its own pods'
+    sidecars): a report or a `Mesh.ControlPlane.Access` alert speaks for its source pod."""
+    if obs.seen_by != "node-tap" or obs.protocol != "tcp":
+        return False
+    return is_connection_report(obs) or any(
+        t.name == MESH_CONTROL_PLANE_ACCESS for t in obs.threats
+    )
 
 
 @dataclass(frozen=True, slots=True)

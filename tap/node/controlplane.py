@@ -24,7 +24,11 @@ and after a Service's DNAT, counts once):
   `burst_window` seconds (defaults 50 in 10 s: a sidecar keeps one xDS stream and reconnects
   every 30 min or so; a restart storm of a whole Deployment on one node stays well below).
 
-Alerts are deduplicated per rule, client workload and component port (`dedup_window`).
+Alerts are deduplicated per rule, client workload and component port (`dedup_window`). A
+connection that raises nothing is reported too, at most once per client kind and component
+port per `report_interval` (an Observation without threats, protocol `tcp`, marked
+`extra["control_plane"] = "connection"`): serve counts it on the graph's edge and learns
+nothing from it (meshward.app.cpedges).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshward.core.controlplane import Endpoint
+from meshward.core.controlplane import CONNECTION, REPORT_KEY, Endpoint
 from meshward.core.observation import Identity, Observation, Threat
 from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS
 from meshward.tap.node.dedup import AlertDedup
@@ -68,6 +72,7 @@ class ControlPlaneConfig:
     max_kinds: int = 1024  # client kinds learned per component port
     max_clients: int = 16384  # clients counted per burst window
     max_alert_keys: int = 4096
+    report_interval: float = 60.0  # one connection report per client kind and port per this
     open_port_clients: tuple[str, ...] = ()  # ns/workload allowed on 15010/15014 sidecar-less
 
 
@@ -89,6 +94,7 @@ class ControlPlaneMonitor:
         self.stats: Counter[str] = Counter()
         self._syns: OrderedDict[tuple[str, int, int], float] = OrderedDict()
         self._burst = Window(c.burst_window, c.max_clients, 1, self.stats)
+        self._reported = Window(c.report_interval, c.max_clients, 1, self.stats)
         self._learned: dict[tuple[str, int], set[str]] = {}
         self._dedup = AlertDedup(c.dedup_window, c.max_alert_keys, self.stats)
         self._allowed = frozenset(c.open_port_clients)
@@ -160,6 +166,8 @@ class ControlPlaneMonitor:
                 where,
                 mode=mode,
             )
+        if not out:
+            self._report(out, pkt, client, endpoint)
         return out
 
     def tick(self, now: float) -> list[Observation]:
@@ -171,6 +179,7 @@ class ControlPlaneMonitor:
                 break
             syns.popitem(last=False)
         self._burst.roll(now)
+        self._reported.roll(now)
         return self._dedup.tick(now)
 
     def learned(self) -> dict[str, list[str]]:
@@ -192,6 +201,38 @@ class ControlPlaneMonitor:
         else:
             self.stats["untracked"] += 1
 
+    def _report(
+        self, out: list[Observation], pkt: Packet, client: Client, endpoint: Endpoint
+    ) -> None:
+        """A connection that raised nothing, for the graph (rate-limited per kind and port)."""
+        self._reported.roll(pkt.ts)
+        if not self._reported.fire_once((client.kind, endpoint.key, endpoint.port)):
+            return
+        self.stats["cp_reports"] += 1
+        obs = self._observation(pkt, client, endpoint, [])
+        obs.extra[REPORT_KEY] = CONNECTION
+        out.append(obs)
+
+    def _observation(
+        self, pkt: Packet, client: Client, endpoint: Endpoint, threats: list[Threat]
+    ) -> Observation:
+        who = client.identity
+        return Observation(
+            seen_by="node-tap",
+            source=Identity(who.namespace, who.workload, who.principal, pkt.src, pkt.sport),
+            destination=Identity(endpoint.namespace, endpoint.workload, "", pkt.dst, pkt.dport),
+            time=pkt.ts,
+            protocol="tcp",
+            threats=threats,
+            extra={
+                "mesh": endpoint.mesh,
+                "component": endpoint.component,
+                "component_port": str(endpoint.port),
+                "purpose": endpoint.purpose,
+                "client_sidecar": "true" if client.sidecar else "false",
+            },
+        )
+
     def _alert(
         self,
         out: list[Observation],
@@ -203,23 +244,7 @@ class ControlPlaneMonitor:
         where: str,
         **extra: str,
     ) -> None:
-        who = client.identity
-        obs = Observation(
-            seen_by="node-tap",
-            source=Identity(who.namespace, who.workload, who.principal, pkt.src, pkt.sport),
-            destination=Identity(endpoint.namespace, endpoint.workload, "", pkt.dst, pkt.dport),
-            time=pkt.ts,
-            protocol="tcp",
-            threats=[Threat(MESH_CONTROL_PLANE_ACCESS, "network", evidence[:256])],
-            extra={
-                "rule": rule,
-                "mesh": endpoint.mesh,
-                "component": endpoint.component,
-                "component_port": str(endpoint.port),
-                "purpose": endpoint.purpose,
-                "client_sidecar": "true" if client.sidecar else "false",
-                "where": where,
-                **extra,
-            },
-        )
-        self._dedup.report((rule, who.key, endpoint.key, endpoint.port), obs, out)
+        threat = Threat(MESH_CONTROL_PLANE_ACCESS, "network", evidence[:128])
+        obs = self._observation(pkt, client, endpoint, [threat])
+        obs.extra.update(rule=rule, where=where, **extra)
+        self._dedup.report((rule, client.identity.key, endpoint.key, endpoint.port), obs, out)

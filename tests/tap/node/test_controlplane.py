@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meshward.core.controlplane import Endpoint, component_of, service_ports
-from meshward.core.observation import Identity
+from meshward.core.controlplane import Endpoint, component_of, is_connection_report, service_ports
+from meshward.core.observation import Identity, Observation
 from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS
 from meshward.tap.node.controlplane import Client, ControlPlaneConfig, ControlPlaneMonitor
 from meshward.tap.node.packet import decode
@@ -42,6 +42,10 @@ def syn(
     return pkt
 
 
+def alerts(out: list[Observation]) -> list[Observation]:
+    return [o for o in out if o.threats]
+
+
 def monitor(modes: dict[str, str] | None = None, **cfg) -> ControlPlaneMonitor:
     modes = modes or {}
     return ControlPlaneMonitor(
@@ -65,8 +69,8 @@ def test_a_client_without_sidecar_on_the_debug_port_is_alerted_in_every_mode() -
 
 def test_a_sidecar_on_15012_and_an_allowed_scraper_raise_nothing() -> None:
     mon = monitor(open_port_clients=("monitoring/prometheus",))
-    assert mon.feed(syn("10.1.0.2", ISTIOD, 15012)) == []
-    assert mon.feed(syn("10.1.0.4", ISTIOD, 15014)) == []
+    assert alerts(mon.feed(syn("10.1.0.2", ISTIOD, 15012))) == []
+    assert alerts(mon.feed(syn("10.1.0.4", ISTIOD, 15014))) == []
     assert mon.learned() == {
         "istio-system/istiod:15012": ["shop/web (sidecar)"],
         "istio-system/istiod:15014": ["monitoring/prometheus (no sidecar)"],
@@ -76,16 +80,18 @@ def test_a_sidecar_on_15012_and_an_allowed_scraper_raise_nothing() -> None:
 def test_after_learning_a_new_client_kind_is_alerted_once() -> None:
     modes = {"shop": "learn"}
     mon = monitor(modes)
-    assert mon.feed(syn("10.1.0.2", ISTIOD, 15012)) == []
+    assert alerts(mon.feed(syn("10.1.0.2", ISTIOD, 15012))) == []
     modes["shop"] = "monitor"
-    assert mon.feed(syn("10.1.0.2", SVC, 15012, sport=40002)) == []  # via the Service: same kind
+    assert (
+        alerts(mon.feed(syn("10.1.0.2", SVC, 15012, sport=40002))) == []
+    )  # via the Service: same kind
     # the same pod on a port it never used while learning
     CLIENTS["10.1.0.5"] = Client(Identity("shop", "web"), sidecar=False)
     try:
         out = mon.feed(syn("10.1.0.5", ISTIOD, 15012, sport=40003))
         assert [o.extra["rule"] for o in out] == ["new-client"]
         assert "shop/web (no sidecar)" in out[0].threats[0].evidence
-        assert mon.feed(syn("10.1.0.5", ISTIOD, 15012, sport=40004)) == []  # deduplicated
+        assert alerts(mon.feed(syn("10.1.0.5", ISTIOD, 15012, sport=40004))) == []  # deduplicated
         summary = mon.tick(100.0 + 61)
         assert len(summary) == 1 and summary[0].extra["repeats"] == "1"
     finally:
@@ -95,11 +101,13 @@ def test_after_learning_a_new_client_kind_is_alerted_once() -> None:
 def test_one_connection_seen_twice_counts_once_and_other_packets_are_ignored() -> None:
     mon = monitor({"shop": "monitor"})
     assert len(mon.feed(syn("10.1.0.3", SVC, 15014))) == 1
-    assert mon.feed(syn("10.1.0.3", ISTIOD, 15014)) == []  # after the Service's DNAT
+    assert alerts(mon.feed(syn("10.1.0.3", ISTIOD, 15014))) == []  # after the Service's DNAT
     assert mon.stats["cp_syn_repeats"] == 1
-    assert mon.feed(syn("10.1.0.2", ISTIOD, 15012, flags=SYN | ACK, sport=1)) == []
-    assert mon.feed(syn("10.1.0.2", "10.1.0.99", 15012, sport=2)) == []  # not the control plane
-    assert mon.feed(syn("10.9.9.9", ISTIOD, 15012, sport=3)) == []  # not a pod of this node
+    assert alerts(mon.feed(syn("10.1.0.2", ISTIOD, 15012, flags=SYN | ACK, sport=1))) == []
+    assert (
+        alerts(mon.feed(syn("10.1.0.2", "10.1.0.99", 15012, sport=2))) == []
+    )  # not the control plane
+    assert alerts(mon.feed(syn("10.9.9.9", ISTIOD, 15012, sport=3))) == []  # not a pod of this node
     assert mon.stats["cp_not_ours"] == 1
 
 
@@ -109,7 +117,7 @@ def test_a_burst_of_new_connections_is_alerted() -> None:
     for i in range(30):
         rules += [
             o.extra["rule"]
-            for o in mon.feed(syn("10.1.0.2", ISTIOD, 15012, sport=i, ts=100.0 + i * 0.1))
+            for o in alerts(mon.feed(syn("10.1.0.2", ISTIOD, 15012, sport=i, ts=100.0 + i * 0.1)))
         ]
     assert rules == ["burst"]
 
@@ -142,3 +150,17 @@ def test_components_are_recognised_by_labels_and_service_ports() -> None:
         ]
     }
     assert service_ports(spec, istiod) == {15012: 15012, 443: 15017}
+
+
+def test_quiet_connections_are_reported_once_per_kind_and_interval() -> None:
+    mon = monitor(report_interval=60.0)
+    first = mon.feed(syn("10.1.0.2", ISTIOD, 15012, sport=1, ts=100.0))
+    assert len(first) == 1 and is_connection_report(first[0])
+    report = first[0]
+    assert report.source.key == "shop/web" and report.destination.key == "istio-system/istiod"
+    assert report.extra["component_port"] == "15012" and report.extra["client_sidecar"] == "true"
+    assert mon.feed(syn("10.1.0.2", ISTIOD, 15012, sport=2, ts=130.0)) == []
+    assert len(mon.feed(syn("10.1.0.2", ISTIOD, 15012, sport=3, ts=161.0))) == 1
+    # an alerting connection is not also reported
+    out = mon.feed(syn("10.1.0.3", ISTIOD, 15014, sport=4, ts=161.5))
+    assert [bool(o.threats) for o in out] == [True]
