@@ -8,23 +8,41 @@ usual way (judged with the threat the node tap found, recorded, counted as alert
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from meshward.core.controlplane import is_connection_report
 from meshward.core.engine import Engine
+from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS
 
 if TYPE_CHECKING:
     from meshward.app.pipeline import Call
 
 
-class ControlPlaneConnections:
-    """Ingest door: a connection report stops here, as one allowed call on its edge."""
+MAX_COMPONENTS = 256
 
-    def __init__(self, engine: Engine) -> None:
+
+class ControlPlaneConnections:
+    """Ingest door: a connection report stops here, as one allowed call on its edge. The
+    control-plane workloads reports and alerts name are kept (`components`, bounded, newest
+    kept) for the graph to mark them."""
+
+    def __init__(self, engine: Engine, most: int = MAX_COMPONENTS) -> None:
         self.engine = engine
+        self.most = most
+        self.components: OrderedDict[str, str] = OrderedDict()  # workload key -> component
 
     def ingest(self, call: Call) -> None:
         obs = call.obs
-        if is_connection_report(obs):
+        report = is_connection_report(obs)
+        if not report and not any(t.name == MESH_CONTROL_PLANE_ACCESS for t in obs.threats):
+            return
+        if obs.seen_by == "node-tap" and obs.destination.workload:
+            key = obs.destination.key
+            self.components[key] = f"{obs.extra.get('mesh', '')} {obs.extra.get('component', '')}"
+            self.components.move_to_end(key)
+            while len(self.components) > self.most:
+                self.components.popitem(last=False)
+        if report:
             self.engine.edges.add(obs.source.key, obs.destination.key, "allow", obs.time)
             call.stop = True

@@ -213,10 +213,11 @@ class Pipeline:
         self.cache = DecisionCache(engine)
         self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
+        self.control_plane = ControlPlaneConnections(engine)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
             Count(metrics),
-            ControlPlaneConnections(engine),
+            self.control_plane,
             BothEnds(joiner, metrics, judge),
             JudgedByCheck(metrics),
             CachedDecision(self.cache, metrics),
