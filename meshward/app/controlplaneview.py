@@ -51,8 +51,8 @@ def pod_endpoints(pod: Mapping[str, Any]) -> dict[tuple[str, int], Endpoint]:
 
 
 def service_endpoints(svc: Mapping[str, Any]) -> dict[tuple[str, int], Endpoint]:
-    """A control-plane Service's (cluster IP, port) -> Endpoint of the port it forwards to;
-    its workload is the component's (the Service's `app`/component label, else its name)."""
+    """A control-plane Service's (cluster IP, port) -> Endpoint of the port it forwards to,
+    named after the component's Deployment."""
     part = component_of(_labels(svc))
     meta, spec = svc.get("metadata"), svc.get("spec")
     if part is None or not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
@@ -60,7 +60,11 @@ def service_endpoints(svc: Mapping[str, Any]) -> dict[tuple[str, int], Endpoint]
     ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
     ips = [ip for ip in ips if isinstance(ip, str) and ip and ip != "None"]
     ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
-    workload = "istiod" if part.mesh == "istio" else f"linkerd-{part.name}"
+    # named as the Deployment behind it: istiod's Service shares its Deployment's name (also
+    # per revision, istiod-<rev>); Linkerd's (linkerd-dst, linkerd-policy) front the
+    # linkerd-<component> Deployments
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "istiod"
+    workload = str(name) if part.mesh == "istio" else f"linkerd-{part.name}"
     out = {}
     for port, target in service_ports(spec, part).items():
         for ip in ips:

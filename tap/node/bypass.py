@@ -182,6 +182,9 @@ class BypassMonitor:
         return False
 
     def _alert(self, out: list[Observation], p: _Pending, pod_ip: str, client: Identity) -> None:
+        key = (client.key, p.pod.key, p.port)
+        if self._dedup.repeat(key):
+            return
         h2 = p.method == "PRI"
         path, _, query = p.path.partition("?")
         evidence = (
@@ -204,4 +207,4 @@ class BypassMonitor:
                 "confirm_window_s": f"{self.config.confirm_window:g}",
             },
         )
-        self._dedup.report((client.key, p.pod.key, p.port), obs, out)
+        self._dedup.report(key, obs, out)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshward.core.controlplane import CONNECTION, REPORT_KEY, Endpoint
 from meshward.core.observation import Identity, Observation, Threat
@@ -53,10 +53,13 @@ class Client:
 
     identity: Identity
     sidecar: bool
+    key: str = field(init=False, compare=False)  # the workload, `namespace/workload`
+    kind: str = field(init=False, compare=False)  # the workload, with or without a sidecar
 
-    @property
-    def kind(self) -> str:
-        return f"{self.identity.key} ({'sidecar' if self.sidecar else 'no sidecar'})"
+    def __post_init__(self) -> None:  # computed once: judged on every connection
+        key = self.identity.key
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "kind", f"{key} ({'sidecar' if self.sidecar else 'no sidecar'})")
 
 
 @dataclass(slots=True)
@@ -122,7 +125,7 @@ class ControlPlaneMonitor:
         out: list[Observation] = []
         self._burst.roll(pkt.ts)
         c = self.config
-        n = self._burst.add(client.identity.key)
+        n = self._burst.add(client.key)
         if n == c.burst_connections:
             self._alert(
                 out,
@@ -130,22 +133,18 @@ class ControlPlaneMonitor:
                 pkt,
                 client,
                 endpoint,
-                f"{n} new connections from {client.identity.key} to the control plane in "
+                f"{n} new connections from {client.key} to the control plane in "
                 f"{c.burst_window:g} s (threshold {c.burst_connections})",
                 where,
             )
-        if (
-            endpoint.open_to_anyone
-            and not client.sidecar
-            and client.identity.key not in self._allowed
-        ):
+        if endpoint.open_to_anyone and not client.sidecar and client.key not in self._allowed:
             self._alert(
                 out,
                 "open-port",
                 pkt,
                 client,
                 endpoint,
-                f"{client.identity.key}, without a sidecar, connected to {endpoint.key} port "
+                f"{client.key}, without a sidecar, connected to {endpoint.key} port "
                 f"{endpoint.port} ({endpoint.purpose}), which answers without authentication",
                 where,
             )
@@ -244,7 +243,10 @@ class ControlPlaneMonitor:
         where: str,
         **extra: str,
     ) -> None:
+        key = (rule, client.key, endpoint.key, endpoint.port)
+        if self._dedup.repeat(key):
+            return
         threat = Threat(MESH_CONTROL_PLANE_ACCESS, "network", evidence[:128])
         obs = self._observation(pkt, client, endpoint, [threat])
         obs.extra.update(rule=rule, where=where, **extra)
-        self._dedup.report((rule, client.identity.key, endpoint.key, endpoint.port), obs, out)
+        self._dedup.report(key, obs, out)

@@ -30,6 +30,16 @@ class AlertDedup:
         self.stats = stats
         self._open: dict[object, _Open] = {}
 
+    def repeat(self, key: object) -> bool:
+        """Count a detection into key's open window, if there is one (then no Observation
+        needs to be built: the summary reports the window's first with the count)."""
+        entry = self._open.get(key)
+        if entry is None:
+            return False
+        entry.repeats += 1
+        self.stats["suppressed"] += 1
+        return True
+
     def report(self, key: object, obs: Observation, out: list[Observation]) -> None:
         """Append `obs` to out unless key's window is open (then count it as a repeat)."""
         entry = self._open.get(key)
