@@ -28,7 +28,7 @@ from meshward.tap.node.bypass import BypassConfig, BypassMonitor
 from meshward.tap.node.controlplane import ControlPlaneMonitor
 from meshward.tap.node.pipeline import NodeTap, PodTarget
 from tests.support.apiserver import KubeCluster
-from tests.support.linkerdpod import HTTP_PORT, LinkerdPod
+from tests.support.linkerdpod import GRPC_PORT, HTTP_PORT, LinkerdPod
 from tests.support.netns import Node, need_netns
 
 pytestmark = pytest.mark.integration
@@ -221,6 +221,16 @@ def test_a_request_around_an_enforce_pods_proxy_is_a_bypass(node: Node) -> None:
         assert alert.source.ip == client.ip and alert.method == "GET"
         assert alert.path == "/orders/7" and alert.query == "x=1"
         assert tap.bypass.stats["bypass_candidates"] == 1
+        # gRPC (HTTP/2 without TLS) straight to the app's gRPC port: a bypass too
+        code = (
+            "import grpc\nfrom grpc_health.v1 import health_pb2, health_pb2_grpc\n"
+            f"with grpc.insecure_channel('{server.ip}:{GRPC_PORT}') as ch:\n"
+            "    health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)\n"
+        )
+        client.run([sys.executable, "-c", code])
+        assert wait_for(lambda: len(running.alerts(MESH_SIDECAR_BYPASS)) == 2, 5), tap.stats()
+        h2 = running.alerts(MESH_SIDECAR_BYPASS)[1]
+        assert h2.protocol == "h2" and h2.destination.port == GRPC_PORT
     finally:
         running.close()
         pod.cleanup()
@@ -294,3 +304,77 @@ def test_a_redirected_plaintext_caller_is_not_a_bypass_until_its_port_is_skipped
     finally:
         running.close()
         pod.cleanup()
+
+
+def test_the_command_alerts_a_control_plane_snoop(
+    kube_cluster: KubeCluster, kube_namespace: str, node: Node
+) -> None:
+    """`meshward node-tap --node N --iface br0`: the control plane and the node's pods come from
+    the API server, the SYN from the bridge, the alert on stdout."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    kube, ns = kube_cluster, kube_namespace
+    node_name = f"node-{uuid.uuid4().hex[:8]}"
+    istiod, bare = node.add_pod("istiod"), node.add_pod("bare")
+    _listen(istiod, 15010)
+    _run(kube, _pod("istiod-1", ns, "node-far", ["discovery"], {"app": "istiod"}), istiod.ip)
+    _run(kube, _pod("debug-1", ns, node_name, ["sh"], {"app": "debug"}), bare.ip)
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshward",
+            "node-tap",
+            "--node",
+            node_name,
+            "--kubeconfig",
+            str(kube.kubeconfig),
+            "--pod-iface",
+            "none",
+            "--iface",
+            node.bridge,
+            "--host-netns",
+            node.path,
+            "--duration",
+            "20",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    logs: list[str] = []
+    found: list[dict] = []
+
+    def read_logs() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            logs.append(line)
+
+    def read_out() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("{"):
+                found.append(json.loads(line))
+
+    for reader in (read_logs, read_out):
+        threading.Thread(target=reader, daemon=True).start()
+
+    def alerts() -> list[dict]:
+        return [o for o in list(found) if o.get("threats")]
+
+    try:
+        assert wait_for(lambda: any('"control plane"' in ln for ln in logs), 20), logs[-20:]
+        deadline = time.monotonic() + 10
+        while not alerts() and time.monotonic() < deadline:  # until this node's pods synced
+            _connect(bare, istiod.ip, 15010)
+            wait_for(alerts, 0.5)
+        (alert,) = alerts()
+        assert alert["threats"][0]["name"] == MESH_CONTROL_PLANE_ACCESS
+        assert alert["extra"]["rule"] == "open-port"
+        assert alert["source"]["workload"] == "debug" and alert["destination"]["port"] == 15010
+    finally:
+        proc.terminate()
+        proc.wait(10)
