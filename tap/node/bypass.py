@@ -24,7 +24,8 @@ TLS and bulk data never reach Python. One judgement per connection (its first re
 Limits: only pods the node tap watches (their `eth0` and `lo`), in enforce mode; a proxied
 request whose response takes longer than `confirm_window` (the proxy's copy is reported when
 its response ends) is reported as a bypass; plaintext that is not HTTP (a raw TCP protocol)
-is not recognised; an app that listens on `lo` only cannot be bypassed this way at all.
+is not recognised; a client splitting its first four bytes over segments evades the kernel
+filter (it is stateless); an app that listens on `lo` only cannot be bypassed this way at all.
 """
 
 from __future__ import annotations
@@ -71,16 +72,22 @@ class _Pending:
 
 def request_line(payload: bytes) -> tuple[str, str] | None:
     """(method, target) of a plaintext HTTP request head, ("PRI", "*") for the HTTP/2
-    preface; None for anything else (TLS, binary, half a line)."""
+    preface; None for anything else (TLS, binary). A request line longer than the segment
+    (a long URL) gives the target as far as it goes, ending in "..." (matched as a prefix)."""
     if payload.startswith(H2_PREFACE):
         return "PRI", "*"
-    line = payload.split(b"\r\n", 1)[0]
+    line, crlf, _ = payload.partition(b"\r\n")
     parts = line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return None
-    method, target = parts[0], parts[1]
+    method, target = parts[0], parts[1] if len(parts) > 1 else b""
     if not method.isalpha() or not method.isupper() or not target:
         return None
+    if crlf:
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return None
+    elif len(parts) != 2 or len(payload) < 64:
+        return None  # not a cut request line: a short odd segment
+    else:
+        return method.decode("ascii"), target.decode("latin-1") + "..."
     return method.decode("ascii"), target.decode("latin-1")
 
 
@@ -177,7 +184,13 @@ class BypassMonitor:
                 continue
             if p.method == "PRI" and method == "PRI":
                 return True
-            if method == p.method and path == p.path.split("?", 1)[0]:
+            if method != p.method:
+                continue
+            if p.path.endswith("..."):  # a cut request line: its target as far as it went
+                cut = p.path[:-3]
+                if (path + "?").startswith(cut.split("?", 1)[0]) or cut.startswith(path):
+                    return True
+            elif path == p.path.split("?", 1)[0]:
                 return True
         return False
 

@@ -115,3 +115,18 @@ def test_state_is_bounded() -> None:
     for i in range(1000):
         mon.proxied(POD, "GET", f"/{i}", "http/1.1", 110.0)
     assert len(mon._proxied[POD]) == mon.config.max_proxied
+
+
+def test_a_request_line_longer_than_its_segment_is_judged_by_its_prefix() -> None:
+    long_path = "/search/" + "a" * 3000
+    head = f"GET {long_path}?q=1 HTTP/1.1\r\nHost: api\r\n\r\n".encode()
+    first = head[:1400]
+    method, target = request_line(first)  # type: ignore[misc]
+    assert method == "GET" and target.endswith("...") and long_path.startswith(target[:-3])
+    mon = monitor()
+    mon.feed(seg(first))
+    mon.proxied(POD, "GET", long_path, "http/1.1", 100.01)
+    assert mon.tick(102.0, resolve) == []
+    mon.feed(seg(first, sport=50001, ts=103.0))  # not carried: a bypass
+    assert len(mon.tick(105.0, resolve)) == 1
+    assert request_line(b"GET /x") is None  # a short odd segment, not a cut line
