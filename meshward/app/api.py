@@ -27,6 +27,7 @@ from aiohttp import web
 from meshward.app import dashboard
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
+from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.core.edges import BUCKET_SECONDS
@@ -43,6 +44,8 @@ class Ingest(Protocol):
     def take_ingested(
         self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
     ) -> None: ...
+    @property
+    def control_plane(self) -> ControlPlaneConnections: ...
 
 
 class ApiConfig(Protocol):
@@ -174,7 +177,7 @@ async def allowlist(request: web.Request) -> web.Response:
 
 async def modes(request: web.Request) -> web.Response:
     engine = request.app[SERVER_KEY].engine
-    return web.json_response({"default": engine.config.default_mode, "modes": engine.modes()})
+    return web.json_response({"default": engine.default_mode, "modes": engine.modes()})
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -191,7 +194,7 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
+    old = server.engine.mode_of(namespace)
     await server.set_mode(namespace, mode)
     server.mode_changed()
     who = principal_of(request)
