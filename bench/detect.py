@@ -10,8 +10,10 @@ One run prints, per sensitivity level:
   20,000 lines of English technical prose (Python stdlib comments) in a JSON field, and on
   20,000 lines of generated benign user text (benign_text: developer chat and Markdown with
   inline code, shell-tutorial text, support tickets, product descriptions) in a JSON field;
-and then the time per typical request (1 KB JSON body, 10 headers) against a baseline of
-normalisation alone (decode every value the detector would look at, match nothing).
+and then the CPU time per typical request (1 KB JSON body, 10 headers) and per request of 500
+distinct OpenAPI sample requests, against a baseline of normalisation alone (decode every value
+the detector would look at, match nothing) and against the detectors of older commits loaded
+into the same process (--baseline REF, see baseline_detector), in rotated rounds.
 
 Last, the anchor side by side (`side_by_side`, bench/crs_anchor): ModSecurity v3 with the OWASP
 CRS at paranoia level 1 and meshward at level 1 on the same requests (a seeded sample of each
@@ -29,7 +31,7 @@ Path.Traversal rows holding an unfilled `{file}` placeholder (`//{file}`) are al
 it filled by a few sensitive targets (FILLS), printed under the tables.
 
 Run: .venv/bin/python bench/detect.py [--levels 1,2,3] [--show N] [--show-prose N]
-     [--anchor-rows N (0: no anchor)]
+     [--anchor-rows N (0: no anchor)] [--baseline REF ...] [--rounds N] [--time-only]
 Data: $MESHWARD_SHARED, else ../shared/data next to the repository.
 """
 
