@@ -11,6 +11,8 @@ Routes:
   POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
+  POST /api/v1/findings                the controller's mesh guard findings -> alerts
+                                       (meshward.app.findingsapi)
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
 """
 
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard
+from meshward.app import dashboard, findingsapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.ingest import Ingestor, loads
@@ -320,5 +322,6 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_put("/api/v1/modes/{namespace}", set_mode)
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
+    findingsapi.install(app)  # the controller's mesh guard findings, kept as alerts
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
     return app

@@ -24,11 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.istio.envoyfilter import render
+
+if TYPE_CHECKING:
+    from meshward.app.meshguard import MeshGuard
 
 log = logging.getLogger("meshward.controller")
 
@@ -114,6 +117,7 @@ class Controller:
     api_client: Any
     config: ControllerConfig = field(default_factory=ControllerConfig)
     clock: Callable[[], float] = time.monotonic
+    guard: MeshGuard | None = None  # the configuration guard (meshward.app.meshguard)
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -129,6 +133,7 @@ class Controller:
         self._failures = 0
         self._warned: dict[str, str] = {}
         self.last_success = 0.0  # Unix time of the last pass that succeeded (0: none yet)
+        self._last_live: dict[Key, dict[str, Any]] = {}  # desired objects live at the last pass
 
     # ---- the views the watches keep
     def _on_namespace(self, ev: Any) -> None:
@@ -144,6 +149,8 @@ class Controller:
                     self.namespaces.pop(meta.get("name", ""), None)
                 else:
                     self.namespaces[meta["name"]] = dict(meta.get("labels") or {})
+        if self.guard is not None:
+            self.guard.on_namespace(ev)
         self.wake.set()
 
     def _on_managed(self, kind: str) -> Callable[[Any], None]:
@@ -183,6 +190,8 @@ class Controller:
         for w, handle in watchers:
             w.start(handle)
             self._watchers.append(w)
+        if self.guard is not None:  # its own watches: a mesh not installed must not stop us
+            self.guard.start()
 
     def watched(self) -> tuple[int, dict[str, int]]:
         """How many namespaces, and managed objects by kind, the watches hold now."""
@@ -196,6 +205,8 @@ class Controller:
         return all(w.synced.is_set() for w in self._watchers)
 
     def stop_watches(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         for w in self._watchers:
             w.stop()
         for w in self._watchers:
@@ -222,17 +233,28 @@ class Controller:
                     "off): meshward's filters there are left as they are",
                 )
         for key, obj in want.items():
-            if not same(obj, live.get(key)):
-                self._apply(key, obj)
+            have = live.get(key)
+            if not same(obj, have):
+                tampered = None
+                if self.guard is not None:  # someone else's edit or deletion: report, restore
+                    seen = self._last_live.get(key)
+                    tampered = self.guard.tampered(key[0], have, seen, obj, FIELD_MANAGER)
+                    if tampered is not None:
+                        self.guard.report_tampered(tampered)
+                uid = self._apply(key, obj)
+                if tampered is not None and self.guard is not None:
+                    self.guard.report_restored(tampered, uid)
+        self._last_live = {k: live[k] for k in want if k in live}
         keep = set(want) | {k for k in live if k[1] in invalid}
         for key in live:
             if key not in keep:
                 self._delete(key)
 
-    def _apply(self, key: Key, obj: dict[str, Any]) -> None:
+    def _apply(self, key: Key, obj: dict[str, Any]) -> str:
+        """Server-side apply; returns the object's uid."""
         kind, ns, name = key
         group, version, plural = KINDS[kind]
-        self.custom.patch_namespaced_custom_object(
+        answer = self.custom.patch_namespaced_custom_object(
             group,
             version,
             ns,
@@ -247,6 +269,8 @@ class Controller:
         mode = obj["metadata"]["labels"].get("meshward.io/mode", "")
         event(log, "applied", kind=kind, namespace=ns, name=name, mode=mode)
         self._event(ns, "Normal", "FiltersApplied", f"{kind} {name} applied for mode {mode}")
+        meta = answer.get("metadata") if isinstance(answer, dict) else None
+        return str((meta or {}).get("uid") or "")
 
     def _delete(self, key: Key) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -40,6 +40,8 @@ def build_graph(
     edge_denies: Counter[tuple[str, str]] = Counter()
     node_alerts: Counter[str] = Counter()
     for a in alerts:
+        if a.get("seen_by") == "mesh-guard":  # a configuration finding, not a call
+            continue
         src, dst = str(a.get("source", "unknown")), str(a.get("destination", "unknown"))
         edge_alerts[src, dst] += 1
         node_alerts[dst] += 1
