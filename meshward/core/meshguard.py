@@ -179,8 +179,10 @@ def value_at(obj: Obj | None, path: str) -> str:
         return DELETED
     node: Any = obj
     for part in _parts(path):
-        if isinstance(part, int):
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+        if isinstance(part, int) and isinstance(node, list):
+            node = node[part] if part < len(node) else None
+        elif isinstance(part, int):  # a map keyed by a number: portLevelMtls[8080]
+            node = node.get(str(part)) if isinstance(node, Mapping) else None
         else:
             node = node.get(part) if isinstance(node, Mapping) else None
         if node is None:
@@ -223,7 +225,7 @@ def changed_by(obj: Obj | None, path: str) -> str:
     entries = [e for e in (obj.get("metadata", {}).get("managedFields") or []) if _entry_ok(e)]
     if not entries:
         return "unknown (no managedFields)"
-    keys = [p for p in _parts(path) if isinstance(p, str)]
+    keys = _parts(path)
     owners = [(depth, e) for e in entries if (depth := _owned_depth(e, keys)) > 0]
     if owners:
         deepest = max(d for d, _ in owners)
@@ -247,9 +249,11 @@ def _describe(e: Mapping[str, Any]) -> str:
     return f"{manager} ({op} {short(e.get('time') or '')[:32]})".replace(" )", ")")
 
 
-def _owned_depth(entry: Mapping[str, Any], keys: list[str]) -> int:
+def _owned_depth(entry: Mapping[str, Any], keys: list[str | int]) -> int:
     """How deep along `keys` the entry's fieldsV1 owns (0: not at all). An atomic value (a list
-    without list-type, a scalar) is owned whole, so owning a key owns what is under it."""
+    without list-type, a scalar) is owned whole, so owning a key owns what is under it; a list
+    index the entry does not spell as `f:N` (lists of items keyed `k:`/`i:`) counts as owned by
+    whoever owns part of the list."""
     node = entry.get("fieldsV1")
     depth = 0
     for key in keys:
@@ -257,6 +261,8 @@ def _owned_depth(entry: Mapping[str, Any], keys: list[str]) -> int:
             return 0
         nxt = node.get(f"f:{key}")
         if nxt is None:
+            if isinstance(key, int) and depth:
+                return depth
             return depth if depth and not node else 0
         node, depth = nxt, depth + 1
     return depth

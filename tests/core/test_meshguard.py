@@ -138,9 +138,16 @@ def test_reported_dedups_and_forgets_on_clear() -> None:
     assert r.fresh([f]) == [f]
     assert r.fresh([f]) == []  # a relist, an unrelated edit
     cleared = Finding(
-        MESH_MTLS_WEAKENED, "PA", "shop", "default", "spec.mtls.mode", "DISABLE", "STRICT", "x",
+        MESH_MTLS_WEAKENED,
+        "PA",
+        "shop",
+        "default",
+        "spec.mtls.mode",
+        "DISABLE",
+        "STRICT",
+        "x",
         cleared=True,
-    )  # fmt: skip
+    )
     assert r.fresh([cleared]) == [cleared]
     assert r.fresh([cleared]) == []  # nothing left to clear
     assert r.fresh([f]) == [f]  # relapse: news again
@@ -151,9 +158,16 @@ def test_reported_dedups_and_forgets_on_clear() -> None:
 
 def test_finding_wire_form_is_checked() -> None:
     f = Finding(
-        MESH_MTLS_WEAKENED, "PeerAuthentication", "shop", "default", "spec.mtls.mode",
-        "STRICT", "PERMISSIVE", "kubectl (Update)", affects=("shop",),
-    )  # fmt: skip
+        MESH_MTLS_WEAKENED,
+        "PeerAuthentication",
+        "shop",
+        "default",
+        "spec.mtls.mode",
+        "STRICT",
+        "PERMISSIVE",
+        "kubectl (Update)",
+        affects=("shop",),
+    )
     assert Finding.from_dict(f.as_dict()) == f
     for bad in (
         {**f.as_dict(), "threat": "SQL.Injection"},  # not a configuration finding
@@ -176,3 +190,22 @@ def test_scope_and_guarded_modes() -> None:
     assert s.affects("a") == ("a",) and s.affects("c") == ()
     assert s.affects("istio-system", mesh_wide=True) == ("a", "b")
     assert s.affects("istio-system") == ()
+
+
+def test_numbered_map_keys() -> None:
+    """portLevelMtls is a map keyed by port numbers: `[8080]` is a key there, not an index."""
+    obj = {
+        "metadata": {
+            "managedFields": [
+                entry("alice", "2026-01-01T00:00:00Z", {"f:spec": {"f:mtls": {"f:mode": {}}}}),
+                entry(
+                    "eve",
+                    "2026-01-01T00:00:00Z",
+                    {"f:spec": {"f:portLevelMtls": {"f:8080": {"f:mode": {}}}}},
+                ),
+            ]
+        },
+        "spec": {"portLevelMtls": {"8080": {"mode": "DISABLE"}}},
+    }
+    assert value_at(obj, "spec.portLevelMtls[8080].mode") == "DISABLE"
+    assert changed_by(obj, "spec.portLevelMtls[8080].mode").startswith("eve (")
