@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,6 +254,7 @@ class MeshGuard:
         alerts: Any = None,  # meshward.runtime.client.ApiClient of serve, or None
         leading: threading.Event | None = None,
         kinds: tuple[GuardedKind, ...] = KINDS,
+        hold: float = 30.0,
     ) -> None:
         from kubernetes import client
 
@@ -261,6 +263,7 @@ class MeshGuard:
         self.root = root_namespace
         self.alerts = alerts
         self.leading = leading
+        self.hold = hold  # seconds findings wait for this replica to lead before they are dropped
         self.kinds = {k.resource: k for k in kinds}
         self.counters = GuardCounters()
         self.reported = Reported()
@@ -269,7 +272,7 @@ class MeshGuard:
         self._synced: set[str] = set()
         self._lock = threading.Lock()
         # findings waiting for their report, with the Event's reason
-        self._out: collections.deque[tuple[Finding, str]] = collections.deque()
+        self._out: collections.deque[tuple[Finding, str, float]] = collections.deque()
         self._alert_queue: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -325,7 +328,7 @@ class MeshGuard:
             if len(self._out) >= MAX_QUEUE:
                 self.counters.dropped["queue-full"] += 1
                 continue
-            self._out.append((f, "Cleared" if f.cleared else f.threat))
+            self._out.append((f, "Cleared" if f.cleared else f.threat, time.monotonic()))
             self._wake.set()
 
     # ---- the watches' handlers
@@ -499,7 +502,7 @@ class MeshGuard:
         with self._lock:
             self.counters.restored += 1
             restored = dataclasses.replace(finding, cleared=True, uid=obj_uid or finding.uid)
-            self._out.append((restored, "Restored"))
+            self._out.append((restored, "Restored", time.monotonic()))
             self._wake.set()
 
     # ---- reports
@@ -586,12 +589,19 @@ class MeshGuard:
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            if not self._leads():
+                # a replica starting up waits for the Lease a while (what it found at start is
+                # the leader's to say, or its own once it leads); past `hold`, the findings
+                # are the leader's, who saw them too
+                with self._lock:
+                    old = time.monotonic() - self.hold
+                    while self._out and self._out[0][2] < old:
+                        self._out.popleft()
+                        self.counters.dropped["not-leader"] += 1
+                continue
             with self._lock:
                 found, self._out = list(self._out), collections.deque()
-            if found and not self._leads():
-                self.counters.dropped["not-leader"] += len(found)
-                continue
-            for f, reason in found:
+            for f, reason, _ in found:
                 self._report(f, reason)
             if self._alert_queue:
                 self._send_alerts()

@@ -232,8 +232,8 @@ def guarded(kube_cluster: KubeCluster, mesh_crds: None) -> Iterator[Guarded]:
         alerts = sorted(a for _, _, a in LATENCY)
         print(
             f"\nmesh guard: {len(LATENCY)} findings; change -> Event p50 "
-            f"{events[len(events) // 2]:.2f} s max {events[-1]:.2f} s; change -> alert in serve p50 "
-            f"{alerts[len(alerts) // 2]:.2f} s max {alerts[-1]:.2f} s"
+            f"{events[len(events) // 2]:.2f} s max {events[-1]:.2f} s; "
+            f"change -> alert in serve p50 {alerts[len(alerts) // 2]:.2f} s max {alerts[-1]:.2f} s"
         )
 
 

@@ -149,7 +149,11 @@ def run(args: argparse.Namespace) -> int:
         if args.server:
             alerts = ApiClient.configured(args.server, token_file=args.api_token_file)
         ctl.guard = MeshGuard(
-            api, root_namespace=args.istio_root_namespace, alerts=alerts, leading=elector.leading
+            api,
+            root_namespace=args.istio_root_namespace,
+            alerts=alerts,
+            leading=elector.leading,
+            hold=2 * d,  # findings of a replica starting up wait this long for the Lease
         )
     kinds: tuple[str, ...] = ("EnvoyFilter",)
     if args.style == "extension-provider":
