@@ -10,7 +10,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from meshward.core.meshguard import Obj, Scope, State, Strength, Weakness, short
+from meshward.core.meshguard import (
+    Obj,
+    Scope,
+    State,
+    Strength,
+    Weakness,
+    items,
+    mapping,
+    short,
+)
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,
@@ -30,16 +39,12 @@ REV_LABEL = "istio.io/rev"
 POD_INJECT = "sidecar.istio.io/inject"
 
 
-def _m(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 def _spec(obj: Obj) -> Mapping[str, Any]:
-    return _m(obj.get("spec"))
+    return mapping(obj.get("spec"))
 
 
 def _ns(obj: Obj) -> str:
-    return str(obj.get("metadata", {}).get("namespace") or "")
+    return str(mapping(obj.get("metadata")).get("namespace") or "")
 
 
 def _mesh_wide(obj: Obj) -> bool:
@@ -56,7 +61,7 @@ def peer_authentication(obj: Obj, scope: Scope) -> State:
         return State()
     spec = _spec(obj)
     weak, strong = [], []
-    mode = str((spec.get("mtls") or {}).get("mode") or "")
+    mode = str(mapping(spec.get("mtls")).get("mode") or "")
     if mode in WEAK_MTLS:
         weak.append(Weakness(MESH_MTLS_WEAKENED, "spec.mtls.mode", mode, _plaintext(mode)))
     elif mode == "STRICT":
@@ -66,7 +71,7 @@ def peer_authentication(obj: Obj, scope: Scope) -> State:
     ports = spec.get("portLevelMtls")
     if isinstance(ports, Mapping):
         for port, setting in sorted(ports.items(), key=lambda kv: str(kv[0])):
-            pmode = str((setting or {}).get("mode") or "") if isinstance(setting, Mapping) else ""
+            pmode = str(mapping(setting).get("mode") or "")
             if pmode in WEAK_MTLS:
                 path = f"spec.portLevelMtls[{port}].mode"
                 weak.append(Weakness(MESH_MTLS_WEAKENED, path, pmode, _plaintext(pmode, port)))
@@ -109,7 +114,7 @@ def destination_rule(obj: Obj, scope: Scope) -> State:
         return State()
     weak: list[Weakness] = []
     _dr_policy(spec.get("trafficPolicy"), "spec.trafficPolicy", weak)
-    for i, subset in enumerate(spec.get("subsets") or []):
+    for i, subset in enumerate(items(spec.get("subsets"))):
         if isinstance(subset, Mapping):
             _dr_policy(subset.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", weak)
     return State(tuple(weak), (), affects)
@@ -121,7 +126,7 @@ def _dr_policy(policy: Any, path: str, weak: list[Weakness]) -> None:
     detail = "callers send plaintext to the service: no mTLS, no verified identity"
     if _tls_mode(policy) == "DISABLE":
         weak.append(Weakness(MESH_MTLS_WEAKENED, f"{path}.tls.mode", "DISABLE", detail))
-    for i, port in enumerate(policy.get("portLevelSettings") or []):
+    for i, port in enumerate(items(policy.get("portLevelSettings"))):
         if isinstance(port, Mapping) and _tls_mode(port) == "DISABLE":
             field = f"{path}.portLevelSettings[{i}].tls.mode"
             weak.append(Weakness(MESH_MTLS_WEAKENED, field, "DISABLE", detail))
@@ -139,7 +144,7 @@ def sidecar(obj: Obj, scope: Scope) -> State:
     if not affects:
         return State()
     weak = []
-    for i, ingress in enumerate(_spec(obj).get("ingress") or []):
+    for i, ingress in enumerate(items(_spec(obj).get("ingress"))):
         if not isinstance(ingress, Mapping) or not isinstance(ingress.get("tls"), Mapping):
             continue
         mode = str(ingress["tls"].get("mode") or "SIMPLE")
@@ -162,7 +167,7 @@ def authorization_policy(obj: Obj, scope: Scope) -> State:
     if action != "ALLOW":
         return State((), (), affects)  # CUSTOM (meshward's own provider), AUDIT
     weak = []
-    for i, rule in enumerate(spec.get("rules") or []):
+    for i, rule in enumerate(items(spec.get("rules"))):
         if not isinstance(rule, Mapping):
             continue
         path = f"spec.rules[{i}]"
@@ -172,7 +177,7 @@ def authorization_policy(obj: Obj, scope: Scope) -> State:
         if not rule.get("from"):
             detail = "any caller, with or without a mesh identity"
             weak.append(Weakness(MESH_POLICY_WIDENED, f"{path}.from", "(any source)", detail))
-        for j, source in enumerate(rule.get("from") or []):
+        for j, source in enumerate(items(rule.get("from"))):
             src = source.get("source") if isinstance(source, Mapping) else None
             for key in ("principals", "namespaces"):
                 values = src.get(key) if isinstance(src, Mapping) else None
@@ -185,7 +190,7 @@ def authorization_policy(obj: Obj, scope: Scope) -> State:
                             f"any {key[:-1]}",
                         )
                     )
-        for j, target in enumerate(rule.get("to") or []):
+        for j, target in enumerate(items(rule.get("to"))):
             op = target.get("operation") if isinstance(target, Mapping) else None
             paths = op.get("paths") if isinstance(op, Mapping) else None
             if isinstance(paths, list) and any(p in ("*", "/*") for p in paths):
@@ -208,7 +213,7 @@ def envoy_filter(obj: Obj, scope: Scope) -> State:
     if not affects:
         return State()
     weak = []
-    for i, patch in enumerate(_spec(obj).get("configPatches") or []):
+    for i, patch in enumerate(items(_spec(obj).get("configPatches"))):
         if isinstance(patch, Mapping):
             what = tampering(patch)
             if what:
@@ -222,10 +227,10 @@ def envoy_filter(obj: Obj, scope: Scope) -> State:
 def tampering(patch: Mapping[str, Any]) -> str:
     """What one configPatch does to meshward's filters ("" when nothing)."""
     apply_to = str(patch.get("applyTo") or "")
-    match, body = _m(patch.get("match")), _m(patch.get("patch"))
+    match, body = mapping(patch.get("match")), mapping(patch.get("patch"))
     op = str(body.get("operation") or "")
     context = str(match.get("context") or "")
-    sub = _m(_m(_m(_m(match.get("listener")).get("filterChain")).get("filter")).get("subFilter"))
+    sub = mapping(mapping(mapping(mapping(match.get("listener")).get("filterChain")).get("filter")).get("subFilter"))
     target = str(sub.get("name") or "")
     summary = f"{op} {apply_to} {target or '*'} ({context or 'ANY'})".replace("  ", " ")
     if apply_to == "HTTP_FILTER" and target in GUARDED_FILTERS and op in _CHANGING:
@@ -247,7 +252,7 @@ _CHANGING = {"REMOVE", "REPLACE", "MERGE"}
 def namespace_injection(obj: Obj) -> State:
     """`istio-injection=disabled` on a watched namespace; injection on (`enabled`, or a
     revision label) is a strength: removing it stops sidecars for new pods."""
-    labels = obj.get("metadata", {}).get("labels") or {}
+    labels = mapping(mapping(obj.get("metadata")).get("labels"))
     weak, strong = [], []
     if labels.get(INJECT_LABEL) == "disabled":
         field = f"metadata.labels[{INJECT_LABEL}]"
@@ -265,10 +270,10 @@ def namespace_injection(obj: Obj) -> State:
 
 def pod_injection(obj: Obj) -> list[Weakness]:
     """`sidecar.istio.io/inject: "false"` on a pod (annotation or label)."""
-    meta = obj.get("metadata", {})
+    meta = mapping(obj.get("metadata"))
     out = []
     for where in ("annotations", "labels"):
-        values = meta.get(where) or {}
+        values = mapping(meta.get(where))
         if str(values.get(POD_INJECT, "")).lower() == "false":
             detail = "this pod runs without istio-proxy"
             field = f"metadata.{where}[{POD_INJECT}]"

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from meshward.core.meshguard import Obj, Scope, State, Strength, Weakness, short
+from meshward.core.meshguard import (
+    Obj,
+    Scope,
+    State,
+    Strength,
+    Weakness,
+    items,
+    mapping,
+    short,
+)
 from meshward.core.threats.names import MESH_INJECTION_DISABLED, MESH_POLICY_WIDENED
 
 PROXY_CONTAINER = "linkerd-proxy"
@@ -19,12 +28,8 @@ INJECT = "linkerd.io/inject"
 OPEN_ACCESS = ("all-unauthenticated", "cluster-unauthenticated", "audit")
 
 
-def _m(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 def _ns(obj: Obj) -> str:
-    return str(_m(obj.get("metadata")).get("namespace") or "")
+    return str(mapping(obj.get("metadata")).get("namespace") or "")
 
 
 def server(obj: Obj, scope: Scope) -> State:
@@ -32,7 +37,7 @@ def server(obj: Obj, scope: Scope) -> State:
     affects = scope.affects(_ns(obj))
     if not affects:
         return State()
-    policy = str(_m(obj.get("spec")).get("accessPolicy") or "")
+    policy = str(mapping(obj.get("spec")).get("accessPolicy") or "")
     if policy in OPEN_ACCESS:
         detail = "callers without a mesh identity reach the port"
         weak = Weakness(MESH_POLICY_WIDENED, "spec.accessPolicy", policy, detail)
@@ -46,7 +51,7 @@ def authorization_policy(obj: Obj, scope: Scope) -> State:
     affects = scope.affects(_ns(obj))
     if not affects:
         return State()
-    refs = _m(obj.get("spec")).get("requiredAuthenticationRefs")
+    refs = mapping(obj.get("spec")).get("requiredAuthenticationRefs")
     weak = []
     if isinstance(refs, list) and not refs:
         weak.append(
@@ -58,7 +63,7 @@ def authorization_policy(obj: Obj, scope: Scope) -> State:
             )
         )
     for i, ref in enumerate(refs if isinstance(refs, list) else []):
-        if _m(ref).get("kind") == "NetworkAuthentication":
+        if mapping(ref).get("kind") == "NetworkAuthentication":
             weak.append(
                 Weakness(
                     MESH_POLICY_WIDENED,
@@ -75,7 +80,7 @@ def meshtls_authentication(obj: Obj, scope: Scope) -> State:
     affects = scope.affects(_ns(obj))
     if not affects:
         return State()
-    ids = _m(obj.get("spec")).get("identities")
+    ids = mapping(obj.get("spec")).get("identities")
     weak = []
     if isinstance(ids, list) and any(isinstance(i, str) and i.startswith("*") for i in ids):
         detail = "any meshed identity is accepted"
@@ -85,7 +90,7 @@ def meshtls_authentication(obj: Obj, scope: Scope) -> State:
 
 def namespace_injection(obj: Obj) -> State:
     """`linkerd.io/inject: disabled` on a watched namespace; `enabled` is a strength."""
-    annotations = _m(obj.get("metadata")).get("annotations") or {}
+    annotations = mapping(mapping(obj.get("metadata")).get("annotations"))
     value = str(annotations.get(INJECT, ""))
     field = f"metadata.annotations[{INJECT}]"
     if value == "disabled":
@@ -99,7 +104,7 @@ def namespace_injection(obj: Obj) -> State:
 
 def pod_injection(obj: Obj) -> list[Weakness]:
     """`linkerd.io/inject: disabled` on a pod."""
-    annotations = _m(obj.get("metadata")).get("annotations") or {}
+    annotations = mapping(mapping(obj.get("metadata")).get("annotations"))
     if annotations.get(INJECT) == "disabled":
         field = f"metadata.annotations[{INJECT}]"
         return [Weakness(MESH_INJECTION_DISABLED, field, "disabled", "this pod runs unmeshed")]

@@ -40,6 +40,8 @@ from meshward.core.meshguard import (
     changed_by,
     diff,
     guarded,
+    items,
+    mapping,
     short,
 )
 from meshward.core.threats.names import MESH_FILTER_TAMPERED, MESH_UNMESHED_POD
@@ -76,7 +78,7 @@ def _not_ours(rule: Rule) -> Rule:
     """meshward's own objects are the controller's reconcile's to guard (and to restore)."""
 
     def checked(obj: Obj, scope: Scope) -> State:
-        labels = obj.get("metadata", {}).get("labels") or {}
+        labels = mapping(mapping(obj.get("metadata")).get("labels"))
         if labels.get(MANAGED_LABEL[0]) == MANAGED_LABEL[1]:
             return State()
         return rule(obj, scope)
@@ -136,8 +138,8 @@ NAMESPACES = "namespaces"
 
 def namespace_state(obj: Obj, scope: Scope) -> State:
     """Injection switched off on a watched namespace (Istio's label, Linkerd's annotation)."""
-    meta = obj.get("metadata", {})
-    if not guarded(meta.get("labels") or {}):
+    meta = mapping(obj.get("metadata"))
+    if not guarded(mapping(meta.get("labels"))):
         return State()
     a, b = istio.namespace_injection(obj), linkerd.namespace_injection(obj)
     return State((*a.weak, *b.weak), (*a.strong, *b.strong), (str(meta.get("name") or ""),))
@@ -145,7 +147,7 @@ def namespace_state(obj: Obj, scope: Scope) -> State:
 
 def pod_state(obj: Obj, scope: Scope) -> State:
     """A running pod in a watched namespace: injection switched off for it, or no proxy."""
-    affects = scope.affects(str(obj.get("metadata", {}).get("namespace") or ""))
+    affects = scope.affects(str(mapping(obj.get("metadata")).get("namespace") or ""))
     if not affects:
         return State()
     weak = [*istio.pod_injection(obj), *linkerd.pod_injection(obj)]
@@ -158,11 +160,11 @@ def pod_state(obj: Obj, scope: Scope) -> State:
 
 
 def _containers(pod: Obj) -> list[Mapping[str, Any]]:
-    spec = pod.get("spec") or {}
+    spec = mapping(pod.get("spec"))
     # a native sidecar (Istio >= 1.19 on Kubernetes >= 1.29) is an init container
     return [
         c
-        for c in (*(spec.get("containers") or []), *(spec.get("initContainers") or []))
+        for c in (*items(spec.get("containers")), *items(spec.get("initContainers")))
         if isinstance(c, Mapping)
     ]
 
@@ -173,10 +175,10 @@ _POD_KEYS = (istio.POD_INJECT, linkerd.INJECT)
 def slim_pod(pod: Obj) -> dict[str, Any]:
     """What the guard keeps of a pod: names, the inject annotations and labels, the container
     names and who wrote them (managedFields cut to those fields), so memory stays small."""
-    meta = pod.get("metadata", {})
+    meta = mapping(pod.get("metadata"))
 
     def some(values: Any) -> dict[str, str]:
-        return {k: str(v) for k, v in (values or {}).items() if k in _POD_KEYS}
+        return {k: str(v) for k, v in mapping(values).items() if k in _POD_KEYS}
 
     def owned(fields: Any) -> dict[str, Any]:
         if not isinstance(fields, Mapping):
@@ -185,7 +187,7 @@ def slim_pod(pod: Obj) -> dict[str, Any]:
         m = fields.get("f:metadata")
         if isinstance(m, Mapping):
             out["f:metadata"] = {
-                w: {k: {} for k in (m.get(w) or {}) if k[2:] in _POD_KEYS}
+                w: {k: {} for k in mapping(m.get(w)) if k[2:] in _POD_KEYS}
                 for w in ("f:annotations", "f:labels")
                 if isinstance(m.get(w), Mapping)
             }
@@ -201,7 +203,7 @@ def slim_pod(pod: Obj) -> dict[str, Any]:
             "time": e.get("time"),
             "fieldsV1": owned(e.get("fieldsV1")),
         }
-        for e in meta.get("managedFields") or []
+        for e in items(meta.get("managedFields"))
         if isinstance(e, Mapping)
     ]
     return {
@@ -216,7 +218,9 @@ def slim_pod(pod: Obj) -> dict[str, Any]:
             "managedFields": managed,
         },
         "spec": {
-            key: [{"name": c.get("name")} for c in (pod.get("spec") or {}).get(key) or []]
+            key: [
+                {"name": mapping(c).get("name")} for c in items(mapping(pod.get("spec")).get(key))
+            ]
             for key in ("containers", "initContainers")
         },
     }

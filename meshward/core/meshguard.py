@@ -46,6 +46,17 @@ ABSENT = "(unset)"
 MAX_VALUE = 200  # characters of a value shown in a finding
 
 
+def mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else an empty one: rules read objects of any shape (a CRD's
+    schema is the API server's to enforce, and 1.20 drops Istio's CEL rules)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def items(value: Any) -> list[Any]:
+    """`value` if it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def _text(value: Any, name: str, most: int) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string")
@@ -222,7 +233,7 @@ def changed_by(obj: Obj | None, path: str) -> str:
     said as such. The API keeps no author of a deletion."""
     if obj is None:
         return "unknown (a deletion has no author in the API; the audit log names it)"
-    entries = [e for e in (obj.get("metadata", {}).get("managedFields") or []) if _entry_ok(e)]
+    entries = [e for e in items(mapping(obj.get("metadata")).get("managedFields")) if _entry_ok(e)]
     if not entries:
         return "unknown (no managedFields)"
     keys = _parts(path)
@@ -279,7 +290,7 @@ def diff(
     """The findings of one change from `old` to `new` (either None: created, deleted).
     `old_label` replaces the old value of a new weakness when the old state is unknown (found
     at start) or was not guarded (the namespace just became monitor or enforce)."""
-    meta = (new if new is not None else old or {}).get("metadata", {})
+    meta = mapping((new if new is not None else old or {}).get("metadata"))
     base: dict[str, Any] = dict(
         kind=kind,
         namespace=str(meta.get("namespace") or ""),

@@ -7,9 +7,12 @@ import threading
 import time
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes import client
 
-from meshward.app.meshguard import PODS, MeshGuard, slim_pod
+from meshward.app.meshguard import KINDS, PODS, MeshGuard, pod_state, slim_pod
+from meshward.core.meshguard import Scope, State, diff
 from meshward.core.threats.names import MESH_MTLS_WEAKENED, MESH_UNMESHED_POD
 from meshward.kube.watch import Event, EventType
 
@@ -119,3 +122,32 @@ def test_a_replica_that_does_not_lead_holds_then_drops() -> None:
         g._stop.set()
         g._wake.set()
         thread.join(5)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+SPEC_KEYS = st.sampled_from(
+    ["mtls", "portLevelMtls", "rules", "action", "configPatches", "ingress", "host",
+     "trafficPolicy", "subsets", "accessPolicy", "requiredAuthenticationRefs", "identities",
+     "selector", "workloadSelector"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.dictionaries(SPEC_KEYS, JSON, max_size=5), meta=JSON)
+def test_any_object_shape_is_judged_without_error(spec: dict[str, Any], meta: Any) -> None:
+    """A CRD's schema is the API server's to enforce (and 1.20 drops Istio's CEL rules): every
+    rule takes whatever shape the watch hands it and answers, never raises."""
+    scope = Scope(frozenset({"a"}), "istio-system")
+    obj = {"metadata": {"name": "x", "namespace": "a", "managedFields": meta}, "spec": spec}
+    for kind in KINDS:
+        state = kind.rule(obj, scope)
+        diff(kind.kind, None, obj, State(), state)
+        diff(kind.kind, obj, None, state, State())
+    pod_state({**obj, "spec": {"containers": spec.get("rules")}}, scope)
+    slim_pod({**obj, "metadata": {**obj["metadata"], "annotations": {}}})
