@@ -7,7 +7,7 @@ A finding names a configuration change, never a request, so serve does not judge
 each one (meshward.core.meshguard.Finding.from_dict: one of the guard's threat names, short
 printable strings) and stores it; anything else is rejected and counted. The alert's source is
 the manager that made the change, its destination the changed object (`ns/Kind/name`), its
-method and path the kind and the field, its threat's evidence `old -> new`.
+method and path the kind and the field, its threat's evidence `old → new`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _bad(msg: str) -> web.HTTPBadRequest:
 def alert_of(f: Finding, engine: Engine, now: float) -> dict[str, Any]:
     """The alert a finding becomes."""
     namespace = f.namespace or f.name  # a Namespace's own findings are about itself
-    evidence = f"{f.old} -> {f.new}"
+    evidence = f"{f.old} → {f.new}"
     return {
         "verdict": "alert",
         "score": 1.0,
