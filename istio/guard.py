@@ -230,7 +230,8 @@ def tampering(patch: Mapping[str, Any]) -> str:
     match, body = mapping(patch.get("match")), mapping(patch.get("patch"))
     op = str(body.get("operation") or "")
     context = str(match.get("context") or "")
-    sub = mapping(mapping(mapping(mapping(match.get("listener")).get("filterChain")).get("filter")).get("subFilter"))
+    chain = mapping(mapping(match.get("listener")).get("filterChain"))
+    sub = mapping(mapping(chain.get("filter")).get("subFilter"))
     target = str(sub.get("name") or "")
     summary = f"{op} {apply_to} {target or '*'} ({context or 'ANY'})".replace("  ", " ")
     if apply_to == "HTTP_FILTER" and target in GUARDED_FILTERS and op in _CHANGING:

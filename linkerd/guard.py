@@ -6,16 +6,12 @@ Namespaces and Pods (docs/mesh-guard.md). Pure functions of one object state and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from meshward.core.meshguard import (
     Obj,
     Scope,
     State,
     Strength,
     Weakness,
-    items,
     mapping,
     short,
 )
