@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import datetime
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -53,7 +54,7 @@ log = logging.getLogger("meshward.controller")
 COMPONENT = "meshward-controller"
 MANAGED_LABEL = ("app.kubernetes.io/managed-by", "meshward")
 MAX_OBJECTS = 50_000  # per kind: beyond, new objects are counted and not followed
-MAX_QUEUE = 1_000  # findings waiting for their Event or their alert
+MAX_QUEUE = 10_000  # findings waiting for their Event or their alert
 FOUND_AT_START = "(unknown: found at start)"
 NOT_GUARDED = "(namespace not guarded before)"
 PROXIES = (istio.PROXY_CONTAINER, linkerd.PROXY_CONTAINER)
@@ -181,37 +182,36 @@ def slim_pod(pod: Obj) -> dict[str, Any]:
         return {k: str(v) for k, v in mapping(values).items() if k in _POD_KEYS}
 
     def owned(fields: Any) -> dict[str, Any]:
-        if not isinstance(fields, Mapping):
-            return {}
         out: dict[str, Any] = {}
-        m = fields.get("f:metadata")
-        if isinstance(m, Mapping):
-            out["f:metadata"] = {
-                w: {k: {} for k in mapping(m.get(w)) if k[2:] in _POD_KEYS}
-                for w in ("f:annotations", "f:labels")
-                if isinstance(m.get(w), Mapping)
-            }
-        spec = fields.get("f:spec")
-        if isinstance(spec, Mapping) and "f:containers" in spec:
+        m = mapping(mapping(fields).get("f:metadata"))
+        kept: dict[str, dict[str, Any]] = {
+            w: {k: {} for k in mapping(m.get(w)) if k[2:] in _POD_KEYS}
+            for w in ("f:annotations", "f:labels")
+        }
+        if any(kept.values()):
+            out["f:metadata"] = {w: v for w, v in kept.items() if v}
+        if "f:containers" in mapping(mapping(fields).get("f:spec")):
             out["f:spec"] = {"f:containers": {}}
         return out
 
-    managed = [
-        {
-            "manager": e.get("manager"),
-            "operation": e.get("operation"),
-            "time": e.get("time"),
-            "fieldsV1": owned(e.get("fieldsV1")),
-        }
-        for e in items(meta.get("managedFields"))
-        if isinstance(e, Mapping)
-    ]
+    managed = []
+    for e in items(meta.get("managedFields")):
+        fields = owned(mapping(e).get("fieldsV1"))
+        if fields:  # an entry owning nothing the rules read (the kubelet's status) is left out
+            managed.append(
+                {
+                    "manager": _interned(e.get("manager")),
+                    "operation": _interned(e.get("operation")),
+                    "time": _interned(e.get("time")),
+                    "fieldsV1": fields,
+                }
+            )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
+            "namespace": _interned(meta.get("namespace")),
             "uid": meta.get("uid"),
             "labels": some(meta.get("labels")),
             "annotations": some(meta.get("annotations")),
@@ -224,6 +224,11 @@ def slim_pod(pod: Obj) -> dict[str, Any]:
             for key in ("containers", "initContainers")
         },
     }
+
+
+def _interned(value: Any) -> Any:
+    """One copy of the strings thousands of pods repeat (namespaces, managers, times)."""
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 128 else value
 
 
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
@@ -331,6 +336,7 @@ class MeshGuard:
         for f in self.reported.fresh(found):
             if len(self._out) >= MAX_QUEUE:
                 self.counters.dropped["queue-full"] += 1
+                self.reported.forget(f)  # not said: the next relist or change says it
                 continue
             self._out.append((f, "Cleared" if f.cleared else f.threat, time.monotonic()))
             self._wake.set()
