@@ -32,6 +32,7 @@ from meshward.istio.envoyfilter import render
 
 if TYPE_CHECKING:
     from meshward.app.meshguard import MeshGuard
+    from meshward.core.meshguard import Finding
 
 log = logging.getLogger("meshward.controller")
 
@@ -139,9 +140,10 @@ class Controller:
     def _on_namespace(self, ev: Any) -> None:
         with self._lock:
             if ev.type == "SYNC":
-                self.namespaces = {
+                self.namespaces = {  # a namespace being deleted takes no new objects
                     name: dict(o.get("metadata", {}).get("labels") or {})
                     for (_, name), o in (ev.objects or {}).items()
+                    if not o.get("metadata", {}).get("deletionTimestamp")
                 }
             elif ev.object is not None:
                 meta = ev.object.get("metadata", {})
@@ -150,7 +152,10 @@ class Controller:
                 else:
                     self.namespaces[meta["name"]] = dict(meta.get("labels") or {})
         if self.guard is not None:
-            self.guard.on_namespace(ev)
+            try:
+                self.guard.on_namespace(ev)
+            except Exception:  # the guard never stops the filters from following the labels
+                log.exception("mesh guard failed on a namespace %s event", ev.type)
         self.wake.set()
 
     def _on_managed(self, kind: str) -> Callable[[Any], None]:
@@ -235,12 +240,7 @@ class Controller:
         for key, obj in want.items():
             have = live.get(key)
             if not same(obj, have):
-                tampered = None
-                if self.guard is not None:  # someone else's edit or deletion: report, restore
-                    seen = self._last_live.get(key)
-                    tampered = self.guard.tampered(key[0], have, seen, obj, FIELD_MANAGER)
-                    if tampered is not None:
-                        self.guard.report_tampered(tampered)
+                tampered = self._tampered(key, have, obj)
                 uid = self._apply(key, obj)
                 if tampered is not None and self.guard is not None:
                     self.guard.report_restored(tampered, uid)
@@ -249,6 +249,22 @@ class Controller:
         for key in live:
             if key not in keep:
                 self._delete(key)
+
+    def _tampered(
+        self, key: Key, have: dict[str, Any] | None, want: dict[str, Any]
+    ) -> Finding | None:
+        """Someone else's edit or deletion of a managed object, reported before it is put back
+        (None: no guard, or no tampering). A guard failure never stops the pass."""
+        if self.guard is None:
+            return None
+        try:
+            found = self.guard.tampered(key[0], have, self._last_live.get(key), want, FIELD_MANAGER)
+            if found is not None:
+                self.guard.report_tampered(found)
+            return found
+        except Exception:
+            log.exception("mesh guard failed on %s %s/%s", *key)
+            return None
 
     def _apply(self, key: Key, obj: dict[str, Any]) -> str:
         """Server-side apply; returns the object's uid."""

@@ -392,7 +392,11 @@ class MeshGuard:
             if ev.type == "SYNC":
                 first = NAMESPACES not in self._synced
                 self._synced.add(NAMESPACES)
-                fresh = {name: slim(o) for (_, name), o in (ev.objects or {}).items()}
+                fresh = {
+                    name: slim(o)
+                    for (_, name), o in (ev.objects or {}).items()
+                    if not mapping(o.get("metadata")).get("deletionTimestamp")
+                }
                 olds = dict(self.namespaces)
                 self.namespaces = fresh
                 label = FOUND_AT_START if first else None
@@ -611,10 +615,15 @@ class MeshGuard:
                 continue
             with self._lock:
                 found, self._out = list(self._out), collections.deque()
-            for f, reason, _ in found:
-                self._report(f, reason)
-            if self._alert_queue:
-                self._send_alerts()
+            try:
+                for f, reason, _ in found:
+                    self._report(f, reason)
+                if self._alert_queue:
+                    self._send_alerts()
+            except Exception:  # a bug here must not end the reporting for good
+                self.counters.dropped["report-failed"] += 1
+                log.exception("mesh guard report failed")
+                self._stop.wait(1.0)
 
     # ---- life
     def start(self) -> None:
