@@ -429,6 +429,17 @@ def test_own_filter_tampered_is_restored_and_reported(guarded: Guarded) -> None:
     )
     assert wait_for(restored, WITHIN)
     assert g.guard.counters.restored >= before + 2
+    # the mode label changed: meshward re-renders its own filter, which is no tampering
+    tampered = len([e for e in g.events(ns, "meshward") if e.type == "Warning"])
+    g.core.patch_namespace(
+        ns,
+        {"metadata": {"labels": {"meshward.io/mode": "monitor"}}},
+        _content_type="application/merge-patch+json",
+    )
+    want = render(ns, "monitor")["objects"][0]["spec"]
+    assert wait_for(restored, WITHIN)
+    time.sleep(1.0)
+    assert len([e for e in g.events(ns, "meshward") if e.type == "Warning"]) == tampered
     # another EnvoyFilter that removes ext_authz from the inbound listeners
     remove = {
         "configPatches": [
