@@ -36,14 +36,16 @@ def _bad(msg: str) -> web.HTTPBadRequest:
 
 def alert_of(f: Finding, engine: Engine, now: float) -> dict[str, Any]:
     """The alert a finding becomes."""
-    namespace = f.namespace or f.name  # a Namespace's own findings are about itself
+    # the namespace it weakens when that is one (a DestinationRule elsewhere toward it), else the
+    # object's (mesh-wide ones: Istio's root namespace); a Namespace's findings are about itself
+    namespace = f.affects[0] if len(f.affects) == 1 else f.namespace or f.name
     evidence = f"{f.old} → {f.new}"
     return {
         "verdict": "alert",
         "score": 1.0,
         "reasons": [REASON],
         "threats": redact.shown_threats([Threat(f.threat, f.field, evidence[:400])]),
-        "destination": f"{namespace}/{f.kind}/{f.name}",
+        "destination": f"{f.namespace or f.name}/{f.kind}/{f.name}",
         "source": f.by.partition(" (")[0] or "unknown",
         "rule": "",
         "mode": engine.mode_of(namespace),

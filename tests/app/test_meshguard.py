@@ -289,6 +289,7 @@ def test_mtls_weakened_and_cleared(guarded: Guarded) -> None:
         lambda: g.apply("DestinationRule", other, "to-reviews", dr, "dr-writer"),
         "spec.trafficPolicy.tls.mode",
     )
+    assert {a["namespace"] for a in g.alerts("to-reviews")} == {ns}  # the namespace it weakens
     # toward an outside host: nothing
     g.apply("DestinationRule", other, "to-api", {**dr, "host": "api.example.com"}, "dr-writer")
     g.quiet(other, "to-api")
