@@ -441,6 +441,10 @@ class MeshGuard:
                 was = self._state(resource, obj, before)
                 now = self._state(resource, obj, after)
                 found = diff(self._kind(resource), obj, obj, was, now, NOT_GUARDED)
+                if not now.affects:  # no longer guarded: its strengths are not lost, just unwatched
+                    for f in found:
+                        self.reported.forget(f)
+                    continue
                 for f in found:
                     if f.cleared:
                         self.reported.forget(f)

@@ -62,6 +62,11 @@ def test_found_at_start_then_a_namespace_becomes_guarded() -> None:
     ]
     g.on_namespace(Event(EventType.MODIFIED, object=ns("b", "learn")))
     assert found(g) == []  # no longer guarded: forgotten, not "cleared"
+    # a STRICT policy in a namespace that stops being guarded is not "lost"
+    g.handler(PA)(Event(EventType.MODIFIED, object=pa("a", "STRICT")))
+    assert [(f[0], f[3]) for f in found(g)] == [(MESH_MTLS_WEAKENED, "STRICT")]  # cleared
+    g.on_namespace(Event(EventType.MODIFIED, object=ns("a", "learn")))
+    assert found(g) == []
 
 
 def test_pods_are_kept_small_and_unmeshed_ones_found() -> None:
