@@ -1,4 +1,5 @@
-"""`meshward controller`: EnvoyFilters follow each namespace's meshward.io/mode label."""
+"""`meshward controller`: EnvoyFilters follow each namespace's meshward.io/mode label; the mesh
+guard reports configuration changes that weaken a guarded namespace (docs/mesh-guard.md)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep Istio namespaces' meshward filters in step with their meshward.io/mode label",
         description="Watches Namespaces; for each one with Istio sidecar injection it applies "
         "(server-side apply) the objects `meshward istio render` gives for its "
-        "meshward.io/mode label and prunes those no longer wanted. One replica leads through a "
-        "coordination.k8s.io Lease; the others wait.",
+        "meshward.io/mode label and prunes those no longer wanted; its mesh guard reports "
+        "changes that weaken a monitor or enforce namespace (Events, and alerts in serve with "
+        "--server). One replica leads through a coordination.k8s.io Lease; the others wait.",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
     p.add_argument("--context", help="kubeconfig context (default: its current context)")
