@@ -13,7 +13,7 @@ then follows each change. Measured in the same run, against baselines of the sam
 Pods are realistic Deployment pods (labels, annotations, env, probes, volumes, managedFields of
 the controller manager, the scheduler and the kubelet); a tenth have no sidecar (each a finding).
 
-    .venv/bin/python bench/meshguard.py [--pods 20000] [--rounds 3]
+    .venv/bin/python bench/config_guard.py [--pods 20000] [--rounds 3]
 """
 
 from __future__ import annotations
