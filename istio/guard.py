@@ -37,6 +37,9 @@ INBOUND_CONTEXTS = ("SIDECAR_INBOUND", "ANY", "")
 INJECT_LABEL = "istio-injection"
 REV_LABEL = "istio.io/rev"
 POD_INJECT = "sidecar.istio.io/inject"
+EXCLUDE_INBOUND = "traffic.sidecar.istio.io/excludeInboundPorts"
+INCLUDE_INBOUND = "traffic.sidecar.istio.io/includeInboundPorts"
+POD_KEYS = (POD_INJECT, EXCLUDE_INBOUND, INCLUDE_INBOUND)  # what the pod rules read
 
 
 def _spec(obj: Obj) -> Mapping[str, Any]:
@@ -270,7 +273,9 @@ def namespace_injection(obj: Obj) -> State:
 
 
 def pod_injection(obj: Obj) -> list[Weakness]:
-    """`sidecar.istio.io/inject: "false"` on a pod (annotation or label)."""
+    """`sidecar.istio.io/inject: "false"` on a pod (annotation or label); inbound ports left out
+    of the redirection to istio-proxy (`excludeInboundPorts`, or `includeInboundPorts` other
+    than `*`): requests to them reach the app around the sidecar and ext_authz."""
     meta = mapping(obj.get("metadata"))
     out = []
     for where in ("annotations", "labels"):
@@ -279,4 +284,15 @@ def pod_injection(obj: Obj) -> list[Weakness]:
             detail = "this pod runs without istio-proxy"
             field = f"metadata.{where}[{POD_INJECT}]"
             out.append(Weakness(MESH_INJECTION_DISABLED, field, "false", detail))
+    annotations = mapping(meta.get("annotations"))
+    excluded = str(annotations.get(EXCLUDE_INBOUND, "")).strip()
+    if excluded:
+        field = f"metadata.annotations[{EXCLUDE_INBOUND}]"
+        detail = "requests to these ports reach the app around istio-proxy"
+        out.append(Weakness(MESH_INJECTION_DISABLED, field, short(excluded), detail))
+    included = annotations.get(INCLUDE_INBOUND)
+    if included is not None and str(included).strip() != "*":
+        field = f"metadata.annotations[{INCLUDE_INBOUND}]"
+        detail = "requests to ports not listed reach the app around istio-proxy"
+        out.append(Weakness(MESH_INJECTION_DISABLED, field, short(str(included)), detail))
     return out

@@ -6,6 +6,9 @@ Namespaces and Pods (docs/mesh-guard.md). Pure functions of one object state and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from meshward.core.meshguard import (
     Obj,
     Scope,
@@ -19,6 +22,8 @@ from meshward.core.threats.names import MESH_INJECTION_DISABLED, MESH_POLICY_WID
 
 PROXY_CONTAINER = "linkerd-proxy"
 INJECT = "linkerd.io/inject"
+SKIP_INBOUND = "config.linkerd.io/skip-inbound-ports"
+POD_KEYS = (INJECT, SKIP_INBOUND)  # what the pod rules read
 # a Server's default for traffic no AuthorizationPolicy matches: these let in callers without a
 # mesh identity (audit: everything, only logged)
 OPEN_ACCESS = ("all-unauthenticated", "cluster-unauthenticated", "audit")
@@ -85,23 +90,37 @@ def meshtls_authentication(obj: Obj, scope: Scope) -> State:
 
 
 def namespace_injection(obj: Obj) -> State:
-    """`linkerd.io/inject: disabled` on a watched namespace; `enabled` is a strength."""
+    """`linkerd.io/inject: disabled` on a watched namespace (`enabled` is a strength), and
+    inbound ports skipped by its pods' proxies."""
     annotations = mapping(mapping(obj.get("metadata")).get("annotations"))
     value = str(annotations.get(INJECT, ""))
     field = f"metadata.annotations[{INJECT}]"
+    weak, strong = [], []
     if value == "disabled":
         detail = "new pods start without linkerd-proxy: the node tap sees no mesh traffic there"
-        return State((Weakness(MESH_INJECTION_DISABLED, field, value, detail),))
-    if value in ("enabled", "ingress"):
-        strength = Strength(MESH_INJECTION_DISABLED, field, value, "injection removed")
-        return State((), (strength,))
-    return State()
+        weak.append(Weakness(MESH_INJECTION_DISABLED, field, value, detail))
+    elif value in ("enabled", "ingress"):
+        strong.append(Strength(MESH_INJECTION_DISABLED, field, value, "injection removed"))
+    weak += _skipped(annotations)
+    return State(tuple(weak), tuple(strong))
 
 
 def pod_injection(obj: Obj) -> list[Weakness]:
-    """`linkerd.io/inject: disabled` on a pod."""
+    """`linkerd.io/inject: disabled` on a pod, or inbound ports its proxy skips."""
     annotations = mapping(mapping(obj.get("metadata")).get("annotations"))
+    out = _skipped(annotations)
     if annotations.get(INJECT) == "disabled":
         field = f"metadata.annotations[{INJECT}]"
-        return [Weakness(MESH_INJECTION_DISABLED, field, "disabled", "this pod runs unmeshed")]
-    return []
+        out.insert(
+            0, Weakness(MESH_INJECTION_DISABLED, field, "disabled", "this pod runs unmeshed")
+        )
+    return out
+
+
+def _skipped(annotations: Mapping[str, Any]) -> list[Weakness]:
+    ports = str(annotations.get(SKIP_INBOUND, "")).strip()
+    if not ports:
+        return []
+    field = f"metadata.annotations[{SKIP_INBOUND}]"
+    detail = "requests to these ports reach the app around linkerd-proxy"
+    return [Weakness(MESH_INJECTION_DISABLED, field, short(ports), detail)]

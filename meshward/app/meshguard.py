@@ -170,7 +170,7 @@ def _containers(pod: Obj) -> list[Mapping[str, Any]]:
     ]
 
 
-_POD_KEYS = (istio.POD_INJECT, linkerd.INJECT)
+_POD_KEYS = (*istio.POD_KEYS, *linkerd.POD_KEYS)
 
 
 def slim_pod(pod: Obj) -> dict[str, Any]:

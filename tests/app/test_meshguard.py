@@ -510,9 +510,9 @@ def test_injection_disabled_and_unmeshed_pods(guarded: Guarded) -> None:
         "linkerd.io/inject",
     )
 
-    def run_pod(name: str, containers: list[str]) -> None:
+    def run_pod(name: str, containers: list[str], **annotations: str) -> None:
         body = {
-            "metadata": {"name": name},
+            "metadata": {"name": name, "annotations": annotations},
             "spec": {
                 "nodeName": "node-a",
                 "containers": [{"name": c, "image": "example/c:1"} for c in containers],
@@ -533,6 +533,16 @@ def test_injection_disabled_and_unmeshed_pods(guarded: Guarded) -> None:
         "deployer",
         lambda: run_pod("bare", ["app"]),
         "spec.containers",
+    )
+    excluded = {"traffic.sidecar.istio.io/excludeInboundPorts": "8080"}
+    g.expect(
+        "a port left out of the sidecar",
+        ns,
+        "around",
+        MESH_INJECTION_DISABLED,
+        "deployer",
+        lambda: run_pod("around", ["app", "istio-proxy"], **excluded),
+        "excludeInboundPorts]: (unset) -> 8080",
     )
 
 

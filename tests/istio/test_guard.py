@@ -224,3 +224,19 @@ def test_injection_labels() -> None:
     pod = {"metadata": {"annotations": {"sidecar.istio.io/inject": "false"}}}
     (w,) = guard.pod_injection(pod)
     assert w.field == "metadata.annotations[sidecar.istio.io/inject]"
+
+
+def test_inbound_ports_left_out_of_the_sidecar() -> None:
+    excluded = {
+        "metadata": {"annotations": {"traffic.sidecar.istio.io/excludeInboundPorts": "8080"}}
+    }
+    (w,) = guard.pod_injection(excluded)
+    assert (w.threat, w.field, w.value) == (
+        MESH_INJECTION_DISABLED,
+        "metadata.annotations[traffic.sidecar.istio.io/excludeInboundPorts]",
+        "8080",
+    )
+    only = {"metadata": {"annotations": {"traffic.sidecar.istio.io/includeInboundPorts": "9090"}}}
+    assert [w.value for w in guard.pod_injection(only)] == ["9090"]
+    every = {"metadata": {"annotations": {"traffic.sidecar.istio.io/includeInboundPorts": "*"}}}
+    assert guard.pod_injection(every) == []

@@ -73,3 +73,18 @@ def test_inject_annotations() -> None:
     on = {"metadata": {"name": "shop", "annotations": {"linkerd.io/inject": "enabled"}}}
     assert guard.namespace_injection(on).strong
     assert guard.pod_injection({"metadata": {"annotations": {"linkerd.io/inject": "disabled"}}})
+
+
+def test_skipped_inbound_ports() -> None:
+    pod = {"metadata": {"annotations": {"config.linkerd.io/skip-inbound-ports": "8080,9090"}}}
+    (w,) = guard.pod_injection(pod)
+    assert (w.field, w.value) == (
+        "metadata.annotations[config.linkerd.io/skip-inbound-ports]",
+        "8080,9090",
+    )
+    ns = {
+        "metadata": {"name": "shop", "annotations": {"config.linkerd.io/skip-inbound-ports": "25"}}
+    }
+    assert fields(guard.namespace_injection(ns)) == {
+        (MESH_INJECTION_DISABLED, "metadata.annotations[config.linkerd.io/skip-inbound-ports]")
+    }
