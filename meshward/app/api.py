@@ -179,7 +179,7 @@ async def allowlist(request: web.Request) -> web.Response:
 
 async def modes(request: web.Request) -> web.Response:
     engine = request.app[SERVER_KEY].engine
-    return web.json_response({"default": engine.config.default_mode, "modes": engine.modes()})
+    return web.json_response({"default": engine.default_mode, "modes": engine.modes()})
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -196,7 +196,7 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
+    old = server.engine.mode_of(namespace)
     await server.set_mode(namespace, mode)
     server.mode_changed()
     who = principal_of(request)

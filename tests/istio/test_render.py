@@ -270,6 +270,28 @@ def test_envoy_bootstrap_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "learn")
 
 
+@pytest.mark.integration
+def test_envoy_bootstrap_validate_says_it_passed_and_what(
+    envoy_bin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--validate was silent on success: it now says on stderr which Envoy loaded what (stdout
+    stays the configuration alone), and a rejection exits 1 with Envoy's reason."""
+    assert run_command("meshward.app.commands.envoy", [*BOOT, "enforce", "--validate"]) == 0
+    out, err = capsys.readouterr()
+    expected = render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "enforce")
+    assert yaml.safe_load(out) == expected
+    assert err == (
+        "meshward envoy bootstrap: valid: Envoy 1.40.0 loaded it (envoy --mode validate): "
+        "listener 127.0.0.1:15006 (ext_authz -> ext_proc -> router); "
+        "clusters app, meshward-authz, meshward-tap\n"
+    )
+    argv = [*BOOT, "learn", "--validate", "--listen-host", "999.1.1.1"]
+    assert run_command("meshward.app.commands.envoy", argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("meshward envoy bootstrap: envoy rejected the config: ")
+    assert "malformed IP address: 999.1.1.1" in err
+
+
 @pytest.mark.usefixtures("openssl")
 def test_envoy_bootstrap_command_wires_the_workload_certificate(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
