@@ -51,15 +51,20 @@ def add_flags(export: argparse.ArgumentParser) -> None:
     )
 
 
+def _port_name(text: str) -> bool:
+    """A container port name (IANA service name): 15 characters at most, a letter in it."""
+    return bool(re.fullmatch(r"[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?", text)) and any(
+        c.isalpha() for c in text
+    )
+
+
 def options(args: argparse.Namespace) -> ExportOptions:
     if not _TRUST_DOMAIN.fullmatch(args.trust_domain):
         raise UsageError(f"--trust-domain {args.trust_domain!r}: not a SPIFFE trust domain")
     if not _LABEL_KEY.fullmatch(args.selector_label):
         raise UsageError(f"--selector-label {args.selector_label!r}: not a label key")
     port = args.port
-    if not (port.isdigit() and 0 < int(port) < 65536) and not re.fullmatch(
-        r"[a-z0-9](?:[-a-z0-9]{0,13}[a-z0-9])?", port
-    ):
+    if not (0 < int(port) < 65536 if port.isdigit() else _port_name(port)):
         raise UsageError(f"--port {port!r}: not a port number or a port name")
     return ExportOptions(
         trust_domain=args.trust_domain,
