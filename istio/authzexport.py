@@ -61,8 +61,10 @@ def istio_path(template: str, path_templates: bool = True) -> tuple[str | None, 
         return templates.join_path(segments), "exact"
     literals = [s for s in segments if not templates.is_variable(s)]
     if path_templates and all(_TEMPLATE_LITERAL.fullmatch(s) for s in literals):
-        out = [REST if s == templates.REST else ONE_SEGMENT if templates.is_variable(s) else s
-               for s in segments]
+        out = [
+            REST if s == templates.REST else ONE_SEGMENT if templates.is_variable(s) else s
+            for s in segments
+        ]
         return templates.join_path(out), "template"
     first = next(i for i, s in enumerate(segments) if templates.is_variable(s))
     return templates.join_path(segments[:first]).rstrip("/") + "/*", "prefix"

@@ -44,7 +44,9 @@ ROUTE_API = f"{POLICY_API}/v1beta3"
 AUTH_API = f"{POLICY_API}/v1alpha1"
 LINKERD_SINCE = "2.16"  # Server v1beta3 with accessPolicy (audit)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshward"}
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 MATCHES_PER_RULE = 8  # HTTPRoute CRD: rules[].matches maxItems
 RULES_PER_ROUTE = 16  # HTTPRoute CRD: rules maxItems
 MAX_PATH = 1024  # HTTPRoute CRD: path value maxLength
@@ -129,7 +131,9 @@ def linkerd_policy(
         server = f"meshward-{name}"
         export.objects.append(_server(server, ns, mode, {selector_label: name}, port))
         if not groups:
-            notes.append(Note(key, "", "no rule Linkerd can carry: the Server denies every request"))
+            notes.append(
+                Note(key, "", "no rule Linkerd can carry: the Server denies every request")
+            )
         for n, (callers, matches) in enumerate(groups.items(), 1):
             authn = f"meshward-{name}-callers-{n}"
             export.objects.append(_authn(authn, ns, mode, list(callers)))
@@ -146,7 +150,11 @@ def linkerd_policy(
 
 
 def _meta(name: str, namespace: str, mode: str) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "labels": {**MANAGED_BY, "meshward.io/mode": mode}}
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, "meshward.io/mode": mode},
+    }
 
 
 def _server(
