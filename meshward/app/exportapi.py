@@ -3,18 +3,21 @@
 format: authorizationpolicy | linkerd | openapi (meshward.app.exports). The answer is the YAML
 stream the CLI writes (`application/yaml`, as an attachment the dashboard's download saves);
 the notes of what it could not carry head it as comments and, counted, in
-`X-Meshward-Export-Notes`. Reading it needs `list allowlists` (auth.ROUTE_PERMISSIONS): it holds
-nothing the allowlist route does not.
+`X-Meshward-Export-Notes`. The allowlist is copied on serve's loop (as `GET /api/v1/allowlist`
+does) and exported and rendered on a worker thread, so a large export does not hold up Checks.
+Reading it needs `list allowlists` (auth.ROUTE_PERMISSIONS): it holds nothing the allowlist
+route does not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from meshward.app.exports import FORMATS, ExportOptions, export, render
+from meshward.app.exports import FORMATS, ExportOptions, Snapshot
 
 if TYPE_CHECKING:
     from meshward.app.api import ApiServer
@@ -49,17 +52,18 @@ async def get_export(request: web.Request) -> web.Response:
     server = _server(request)
     options = ExportOptions(trust_domain=_trust_domain(server))
     try:
-        result = export(server.engine, fmt, destination, options)
+        snapshot = Snapshot.of(server.engine, destination)  # on the loop: the engine is its
     except KeyError:
         raise _bad(web.HTTPNotFound, "no allowlist for that destination") from None
+    text, notes = await asyncio.to_thread(snapshot.render, fmt, destination, options)
     name = f"meshward-{fmt}" + (f"-{destination.replace('/', '-')}" if destination else "")
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120]
     return web.Response(
-        text=render(result, fmt),
+        text=text,
         content_type="application/yaml",
         headers={
             "Content-Disposition": f'attachment; filename="{safe}.yaml"',
-            "X-Meshward-Export-Notes": str(len(result.notes)),
+            "X-Meshward-Export-Notes": str(notes),
             "Cache-Control": "no-store",
         },
     )

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
+from meshward.core.allowlist import DOC_VERSION, Allowlist
 from meshward.core.engine import Engine
-from meshward.core.exports import Export
+from meshward.core.exports import Export, ModeOf
 from meshward.formats.openapi import openapi_documents
 from meshward.istio.authzexport import authorization_policies
 from meshward.linkerd.policyexport import linkerd_policy
@@ -22,7 +23,11 @@ from meshward.linkerd.policyexport import linkerd_policy
 FORMATS = ("authorizationpolicy", "linkerd", "openapi")
 
 
-class _Dumper(yaml.SafeDumper):
+# libyaml's emitter when PyYAML has it (10x the pure-Python one: a 500-service export is MBs)
+_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
     """Every object written out in full: no `&id001` anchors where two schemas are alike."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -41,12 +46,15 @@ class ExportOptions:
 
 
 def export(
-    engine: Engine, fmt: str, destination: str | None = None, options: ExportOptions | None = None
+    allowlist: Allowlist,
+    mode_of: ModeOf,
+    fmt: str,
+    destination: str | None = None,
+    options: ExportOptions | None = None,
 ) -> Export:
     """The export of one format (ValueError for an unknown one, KeyError for an unknown
     destination)."""
     o = options or ExportOptions()
-    allowlist, mode_of = engine.allowlist, engine.mode_of
     if fmt == "authorizationpolicy":
         return authorization_policies(
             allowlist,
@@ -68,6 +76,46 @@ def export(
     if fmt == "openapi":
         return openapi_documents(allowlist, destination)
     raise ValueError(f"unknown export format {fmt!r} ({', '.join(FORMATS)})")
+
+
+def export_engine(
+    engine: Engine, fmt: str, destination: str | None = None, options: ExportOptions | None = None
+) -> Export:
+    """The export of what an engine holds (the CLI's: no other thread touches it)."""
+    return export(engine.allowlist, engine.mode_of, fmt, destination, options)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What an export reads of serve's engine, copied on its loop (the engine is the loop's
+    alone): the allowlist document (of one destination or all) and the modes. The export and
+    its rendering, seconds of CPU for thousands of services, then run on another thread."""
+
+    doc: dict[str, Any]
+    modes: dict[str, str]
+    default_mode: str
+
+    @classmethod
+    def of(cls, engine: Engine, destination: str | None = None) -> Snapshot:
+        """KeyError for an unknown destination."""
+        if destination is None:
+            doc = engine.allowlist.export_doc()
+        else:
+            profile = engine.allowlist.get(destination)
+            if profile is None:
+                raise KeyError(destination)
+            doc = {"version": DOC_VERSION, "services": [profile.to_doc()]}
+        return cls(doc, engine.modes(), engine.config.default_mode)
+
+    def mode_of(self, namespace: str) -> str:
+        return self.modes.get(namespace or "default", self.default_mode)  # as Engine.mode_of
+
+    def render(self, fmt: str, destination: str | None, options: ExportOptions) -> tuple[str, int]:
+        """The YAML stream and the number of notes (off the loop: touches only the copy)."""
+        allowlist = Allowlist()
+        allowlist.import_doc(self.doc)
+        result = export(allowlist, self.mode_of, fmt, destination, options)
+        return render(result, fmt), len(result.notes)
 
 
 def _comment(text: str) -> str:

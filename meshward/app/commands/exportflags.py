@@ -13,7 +13,7 @@ import sys
 
 from meshward.app.commands import UsageError
 from meshward.app.commands.offline import close_flusher, open_flusher
-from meshward.app.exports import FORMATS, ExportOptions, export, render
+from meshward.app.exports import FORMATS, ExportOptions, export_engine, render
 
 __all__ = ["FORMATS", "add_flags", "run"]
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     flusher = open_flusher(args.db, read_only=True, create=False, threats=False)
     try:
         try:
-            result = export(flusher.engine, args.format, args.destination, opts)
+            result = export_engine(flusher.engine, args.format, args.destination, opts)
         except KeyError:
             raise UsageError(f"no allowlist for destination {args.destination!r}") from None
     finally:

@@ -11,14 +11,19 @@ import yaml
 from openapi_spec_validator import validate
 
 from meshward.app.auth import ROUTE_PERMISSIONS
+from meshward.app.exports import FORMATS, export_engine, render
 from meshward.runtime.client import ApiError
 from tests.support.learned import sample_engine
 from tests.support.serve import api_client, running_server
 
 
 def test_exports_of_a_running_serve() -> None:
+    engine = sample_engine(mode="monitor")
+    # what the CLI writes for the same engine: the API's copy-then-export gives the same bytes
+    expected = {f: render(export_engine(engine, f), f) for f in FORMATS}
+
     async def main() -> None:
-        async with running_server(engine=sample_engine(mode="monitor")) as srv:
+        async with running_server(engine=engine) as srv:
             client = api_client(srv)
 
             async def get(path: str) -> str:
@@ -26,6 +31,8 @@ def test_exports_of_a_running_serve() -> None:
                 assert isinstance(text, str)
                 return text
 
+            for f in FORMATS:
+                assert await get(f"/api/v1/exports/{f}") == expected[f], f
             ap = [d for d in yaml.safe_load_all(await get("/api/v1/exports/authorizationpolicy"))]
             assert [d["kind"] for d in ap] == ["AuthorizationPolicy"]
             assert ap[0]["metadata"]["annotations"] == {"istio.io/dry-run": "true"}
