@@ -60,7 +60,8 @@ def istio_path(template: str, path_templates: bool = True) -> tuple[str | None, 
     if not any(templates.is_variable(s) for s in segments):
         return templates.join_path(segments), "exact"
     literals = [s for s in segments if not templates.is_variable(s)]
-    if path_templates and all(_TEMPLATE_LITERAL.fullmatch(s) for s in literals):
+    rest_last = templates.REST not in segments[:-1]  # Istio: `{**}` only as the last operator
+    if path_templates and rest_last and all(_TEMPLATE_LITERAL.fullmatch(s) for s in literals):
         out = [
             REST if s == templates.REST else ONE_SEGMENT if templates.is_variable(s) else s
             for s in segments

@@ -42,6 +42,9 @@ def _export(engine: Engine, **kw: Any) -> list[dict[str, Any]]:
         ("/{uuid}", True, ("/{*}", "template")),
         ("/products/{int}/reviews", False, ("/products/*", "prefix")),
         ("/{int}/x", False, ("/*", "prefix")),
+        # a person's `{any}` before the end: Istio takes `{**}` only last
+        ("/a/{any}/b", True, ("/a/*", "prefix")),
+        ("/a/{int}/", True, ("/a/*", "prefix")),  # an empty segment is no template literal
         # Envoy's URI templates take no space or quote in a literal: a prefix instead
         ("/a b/{int}", True, ("/a b/*", "prefix")),
         ('/x"y/{str}/z', True, ('/x"y/*', "prefix")),
