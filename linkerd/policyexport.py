@@ -15,7 +15,7 @@ per destination workload:
   `{str}` any one segment, `{any}` the rest), and an AuthorizationPolicy binding the two.
   Routes hold at most 16 rules of 8 matches (the CRD's bounds): more make more routes;
 - in audit namespaces, a catch-all route (`PathPrefix /`) with no authorization, so unlearned
-  requests reach the Server's audit policy instead of a route miss (404).
+  requests match a route and reach the Server's audit policy instead of matching none.
 
 Callers without identity (`unknown`) are not exported (a NetworkAuthentication would admit
 every address, meshed or not); query, body and finer value classes stay with meshward.
