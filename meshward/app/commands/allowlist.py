@@ -39,7 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write the allowlists as YAML or JSON, or as Istio, Linkerd or OpenAPI documents",
     )
-    export.add_argument("--format", choices=("yaml", "json", *exportflags.FORMATS), default="yaml")
+    export.add_argument(
+        "--format",
+        choices=("yaml", "json", *exportflags.FORMATS),
+        default="yaml",
+        help="yaml, json: the allowlist document (import reads it back); authorizationpolicy, "
+        "linkerd, openapi: as Istio, Linkerd or OpenAPI documents (docs/exports.md)",
+    )
     exportflags.add_flags(export)
     export.add_argument(
         "--stats",
@@ -93,7 +99,7 @@ def run_export(args: argparse.Namespace) -> int:
         return exportflags.run(args)
     flusher = open_flusher(args.db, read_only=True, create=False, threats=False)
     try:
-        text = dump(_export(flusher.engine, args.stats), args.format)
+        text = dump(_export(flusher.engine, args.stats, args.destination), args.format)
     finally:
         close_flusher(flusher)
     if args.output:

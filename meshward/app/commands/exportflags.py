@@ -26,7 +26,7 @@ _LABEL_KEY = re.compile(
 
 def add_flags(export: argparse.ArgumentParser) -> None:
     export.add_argument(
-        "--destination", metavar="NS/NAME", help="only this destination (native formats)"
+        "--destination", metavar="NS/NAME", help="only this destination (default: all)"
     )
     export.add_argument(
         "--trust-domain",

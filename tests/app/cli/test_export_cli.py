@@ -144,3 +144,10 @@ def test_bad_flags_are_one_line_errors(
 def test_unknown_format_is_refused(meshward: Run, db: str) -> None:
     r = meshward("allowlist", "export", "--format", "kyverno", "--db", db)
     assert r.code == 2 and "invalid choice" in r.err
+
+
+def test_destination_narrows_the_allowlist_document_too(meshward: Run, db: str) -> None:
+    r = meshward("allowlist", "export", "--destination", "shop/api", "--db", db)
+    assert [s["destination"] for s in yaml.safe_load(r.out)["services"]] == ["shop/api"]
+    r = meshward("allowlist", "export", "--format", "json", "--destination", "x/y", "--db", db)
+    assert r.code == 2 and "no allowlist for destination 'x/y'" in r.err
