@@ -29,6 +29,7 @@ from typing import Any
 from meshward.core import templates
 from meshward.core.allowlist import Allowlist
 from meshward.core.exports import (
+    EXPORT_LABEL,
     UNAUTHENTICATED,
     Export,
     ModeOf,
@@ -158,7 +159,7 @@ def _policy(
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": {**MANAGED_BY, "meshward.io/mode": mode},
+        "labels": {**MANAGED_BY, "meshward.io/mode": mode, EXPORT_LABEL: "authorizationpolicy"},
     }
     if not enforced(mode):
         metadata["annotations"] = {DRY_RUN: "true"}

@@ -28,6 +28,7 @@ from typing import Any
 from meshward.core import templates
 from meshward.core.allowlist import Allowlist
 from meshward.core.exports import (
+    EXPORT_LABEL,
     Export,
     ModeOf,
     Note,
@@ -153,7 +154,7 @@ def _meta(name: str, namespace: str, mode: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": namespace,
-        "labels": {**MANAGED_BY, "meshward.io/mode": mode},
+        "labels": {**MANAGED_BY, "meshward.io/mode": mode, EXPORT_LABEL: "linkerd"},
     }
 
 

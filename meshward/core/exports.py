@@ -21,6 +21,9 @@ from meshward.core.allowlist import Allowlist, EndpointRule, ServiceProfile
 from meshward.core.names import is_kubernetes_name, is_kubernetes_subdomain
 
 UNAUTHENTICATED = "unknown"  # the key of a caller that presented no identity
+# on every exported object, with the format: what `kubectl apply --prune -l` selects (meshward's
+# own EnvoyFilters carry app.kubernetes.io/managed-by=meshward too, and must not be pruned)
+EXPORT_LABEL = "meshward.io/export"
 ModeOf = Callable[[str], str]  # namespace -> its mode (Engine.mode_of)
 
 

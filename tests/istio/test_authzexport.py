@@ -67,7 +67,11 @@ def test_learned_traffic_exports_valid_policies_that_allow_it(schemas: Validator
     assert policy["metadata"] == {
         "name": "meshward-allow-api",
         "namespace": "shop",
-        "labels": {"app.kubernetes.io/managed-by": "meshward", "meshward.io/mode": "enforce"},
+        "labels": {
+            "app.kubernetes.io/managed-by": "meshward",
+            "meshward.io/mode": "enforce",
+            "meshward.io/export": "authorizationpolicy",
+        },
     }
     assert policy["spec"]["selector"] == {"matchLabels": {"app": "api"}}
     assert policy["spec"]["action"] == "ALLOW"

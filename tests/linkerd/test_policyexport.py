@@ -76,6 +76,7 @@ def test_learned_traffic_exports_valid_objects_that_allow_it(schemas: Validators
     for obj in objects:
         check_object(schemas, obj)
         assert obj["metadata"]["namespace"] == "shop"
+        assert obj["metadata"]["labels"]["meshward.io/export"] == "linkerd"  # what --prune takes
     kinds = Counter(o["kind"] for o in objects)
     assert kinds["Server"] == 1
     groups = kinds["MeshTLSAuthentication"]
