@@ -14,6 +14,7 @@ Routes:
   POST /api/v1/findings                the controller's mesh guard findings -> alerts
                                        (meshward.app.findingsapi)
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
+  GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, findingsapi
+from meshward.app import dashboard, exportapi, findingsapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
@@ -327,4 +328,5 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_get("/api/v1/exchanges", exchanges)
     findingsapi.install(app)  # the controller's mesh guard findings, kept as alerts
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     return app
