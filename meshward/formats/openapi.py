@@ -39,9 +39,6 @@ _DEFAULT_TYPES = {
     "binary": "application/octet-stream",
 }
 _JSON_KINDS = {
-    values.JSON_INT: {"type": "integer"},
-    values.JSON_NUM: {"type": "number"},
-    values.JSON_BOOL: {"type": "boolean"},
     values.JSON_NULL: {"type": "null"},
     values.JSON_OBJECT: {"type": "object"},
     values.JSON_ARRAY: {"type": "array"},
@@ -91,8 +88,14 @@ def text_schema(classes: set[str] | frozenset[str]) -> dict[str, Any]:
 
 
 def leaf_schema(classes: set[str]) -> dict[str, Any]:
-    """A JSON leaf taking these classes (a JSON string of class `int` is still a string)."""
-    return _one_of([dict(_JSON_KINDS.get(c) or string_schema(c)) for c in sorted(classes)])
+    """A JSON leaf taking these classes: `int`, `float` and `bool` name the JSON value and the
+    string holding one alike (core/values.py), so either is allowed."""
+    schemas: list[dict[str, Any]] = []
+    for c in sorted(classes):
+        if c in _TYPED_TEXT:
+            schemas.append(dict(_TYPED_TEXT[c]))
+        schemas.append(dict(_JSON_KINDS.get(c) or string_schema(c)))
+    return _one_of(schemas)
 
 
 def body_path(path: str) -> list[str | None] | None:
