@@ -25,7 +25,7 @@ INJECT = "linkerd.io/inject"
 SKIP_INBOUND = "config.linkerd.io/skip-inbound-ports"
 POD_KEYS = (INJECT, SKIP_INBOUND)  # what the pod rules read
 # a Server's default for traffic no AuthorizationPolicy matches: these let in callers without a
-# mesh identity (audit: everything, only logged)
+# mesh identity (audit: everything, only logged; counted in enforce namespaces only)
 OPEN_ACCESS = ("all-unauthenticated", "cluster-unauthenticated", "audit")
 
 
@@ -39,6 +39,9 @@ def server(obj: Obj, scope: Scope) -> State:
     if not affects:
         return State()
     policy = str(mapping(obj.get("spec")).get("accessPolicy") or "")
+    if policy == "audit" and _ns(obj) not in scope.enforcing:
+        # monitor: meshward itself only watches there, and its own Linkerd export writes audit
+        return State((), (), affects)
     if policy in OPEN_ACCESS:
         detail = "callers without a mesh identity reach the port"
         weak = Weakness(MESH_POLICY_WIDENED, "spec.accessPolicy", policy, detail)

@@ -135,6 +135,7 @@ class Controller:
         self._warned: dict[str, str] = {}
         self.last_success = 0.0  # Unix time of the last pass that succeeded (0: none yet)
         self._last_live: dict[Key, dict[str, Any]] = {}  # desired objects live at the last pass
+        self._owned: frozenset[Key] = frozenset()  # what the last pass wanted
 
     # ---- the views the watches keep
     def _on_namespace(self, ev: Any) -> None:
@@ -196,6 +197,7 @@ class Controller:
             w.start(handle)
             self._watchers.append(w)
         if self.guard is not None:  # its own watches: a mesh not installed must not stop us
+            self.guard.owned = self.owns
             self.guard.start()
 
     def watched(self) -> tuple[int, dict[str, int]]:
@@ -225,6 +227,7 @@ class Controller:
             namespaces = {k: dict(v) for k, v in self.namespaces.items()}
             live = dict(self.live)
         want, invalid = desired(namespaces, self.config)
+        self._owned = frozenset(want)
         self.counters.passes += 1
         for ns in invalid:
             value = namespaces[ns].get(MODE_LABEL, "")
@@ -249,6 +252,10 @@ class Controller:
         for key in live:
             if key not in keep:
                 self._delete(key)
+
+    def owns(self, group: str, kind: str, namespace: str, name: str) -> bool:
+        """Is this object one the controller applies (the mesh guard leaves it to reconcile)?"""
+        return KINDS.get(kind, ("",))[0] == group and (kind, namespace, name) in self._owned
 
     def _tampered(
         self, key: Key, have: dict[str, Any] | None, want: dict[str, Any]

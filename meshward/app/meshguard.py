@@ -32,6 +32,7 @@ from typing import Any
 from meshward.core.log import event
 from meshward.core.meshguard import (
     CONFIG_THREATS,
+    MODE_LABEL,
     Finding,
     Obj,
     Reported,
@@ -52,7 +53,6 @@ from meshward.linkerd import guard as linkerd
 log = logging.getLogger("meshward.controller")
 
 COMPONENT = "meshward-controller"
-MANAGED_LABEL = ("app.kubernetes.io/managed-by", "meshward")
 MAX_OBJECTS = 50_000  # per kind: beyond, new objects are counted and not followed
 MAX_QUEUE = 10_000  # findings waiting for their Event or their alert
 FOUND_AT_START = "(unknown: found at start)"
@@ -75,18 +75,6 @@ class GuardedKind:
         return f"{self.plural}.{self.group}"
 
 
-def _not_ours(rule: Rule) -> Rule:
-    """meshward's own objects are the controller's reconcile's to guard (and to restore)."""
-
-    def checked(obj: Obj, scope: Scope) -> State:
-        labels = mapping(mapping(obj.get("metadata")).get("labels"))
-        if labels.get(MANAGED_LABEL[0]) == MANAGED_LABEL[1]:
-            return State()
-        return rule(obj, scope)
-
-    return checked
-
-
 KINDS: tuple[GuardedKind, ...] = (
     GuardedKind(
         "PeerAuthentication",
@@ -100,14 +88,14 @@ KINDS: tuple[GuardedKind, ...] = (
         "security.istio.io",
         "v1beta1",
         "authorizationpolicies",
-        _not_ours(istio.authorization_policy),
+        istio.authorization_policy,
     ),
     GuardedKind(
         "EnvoyFilter",
         "networking.istio.io",
         "v1alpha3",
         "envoyfilters",
-        _not_ours(istio.envoy_filter),
+        istio.envoy_filter,
     ),
     GuardedKind("Sidecar", "networking.istio.io", "v1beta1", "sidecars", istio.sidecar),
     GuardedKind(
@@ -273,6 +261,8 @@ class MeshGuard:
         self.alerts = alerts
         self.leading = leading
         self.hold = hold  # seconds findings wait for this replica to lead before they are dropped
+        # (group, kind, namespace, name) -> is it the controller's own object (Controller.owns)
+        self.owned: Callable[[str, str, str, str], bool] = lambda *_: False
         self.kinds = {k.resource: k for k in kinds}
         self.counters = GuardCounters()
         self.reported = Reported()
@@ -290,12 +280,12 @@ class MeshGuard:
 
     # ---- scope and rules
     def scope(self) -> Scope:
-        watched = frozenset(
-            name
-            for name, obj in self.namespaces.items()
-            if guarded(obj.get("metadata", {}).get("labels") or {})
-        )
-        return Scope(watched, self.root)
+        labels = {
+            n: mapping(mapping(o.get("metadata")).get("labels")) for n, o in self.namespaces.items()
+        }
+        watched = frozenset(n for n, v in labels.items() if guarded(v))
+        enforcing = frozenset(n for n in watched if labels[n].get(MODE_LABEL) == "enforce")
+        return Scope(watched, self.root, enforcing)
 
     def _state(self, resource: str, obj: Obj | None, scope: Scope) -> State:
         if obj is None:
@@ -304,7 +294,14 @@ class MeshGuard:
             return pod_state(obj, scope)
         if resource == NAMESPACES:
             return namespace_state(obj, scope)
-        return self.kinds[resource].rule(obj, scope)
+        kind = self.kinds[resource]
+        meta = mapping(obj.get("metadata"))
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        if self.owned(kind.group, kind.kind, ns, name):
+            # the controller's own object: its reconcile reports (and undoes) any change. Known
+            # by the controller's desired set, never by a label anyone may put on anything
+            return State()
+        return kind.rule(obj, scope)
 
     def _kind(self, resource: str) -> str:
         if resource == PODS:

@@ -77,6 +77,7 @@ class Scope:
 
     watched: frozenset[str] = frozenset()
     root: str = "istio-system"
+    enforcing: frozenset[str] = frozenset()  # those of them in enforce
 
     def affects(self, namespace: str, mesh_wide: bool = False) -> tuple[str, ...]:
         """The watched namespaces an object in `namespace` weakens (none: not guarded)."""

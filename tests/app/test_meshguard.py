@@ -80,13 +80,21 @@ class Guarded:
         self.made.append(name)
         return name
 
-    def apply(self, kind: str, ns: str, name: str, spec: dict[str, Any], manager: str) -> None:
+    def apply(
+        self,
+        kind: str,
+        ns: str,
+        name: str,
+        spec: dict[str, Any],
+        manager: str,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         group, version, plural = TYPES[kind]
         real = "AuthorizationPolicy" if kind.startswith("Linkerd") else kind
         body = {
             "apiVersion": f"{group}/{version}",
             "kind": real,
-            "metadata": {"name": name, "namespace": ns},
+            "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
             "spec": spec,
         }
         self.custom.patch_namespaced_custom_object(
@@ -322,6 +330,20 @@ def test_policy_widened(guarded: Guarded) -> None:
         MESH_POLICY_WIDENED,
         "mallory",
         lambda: g.apply("AuthorizationPolicy", ns, "orders", {"rules": [{}]}, "mallory"),
+        "spec.rules[0]",
+    )
+    # meshward's label on someone else's policy hides nothing: only the controller's own
+    # objects (its desired set) are left to its reconcile
+    disguised = {"app.kubernetes.io/managed-by": "meshward"}
+    g.expect(
+        "allow-all AuthorizationPolicy wearing meshward's label",
+        ns,
+        "disguised",
+        MESH_POLICY_WIDENED,
+        "mallory",
+        lambda: g.apply(
+            "AuthorizationPolicy", ns, "disguised", {"rules": [{}]}, "mallory", disguised
+        ),
         "spec.rules[0]",
     )
     g.apply(

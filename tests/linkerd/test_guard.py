@@ -8,7 +8,7 @@ from meshward.core.meshguard import Scope
 from meshward.core.threats.names import MESH_INJECTION_DISABLED, MESH_POLICY_WIDENED
 from meshward.linkerd import guard
 
-SCOPE = Scope(frozenset({"shop"}), "istio-system")
+SCOPE = Scope(frozenset({"shop", "lab"}), "istio-system", enforcing=frozenset({"shop"}))
 
 
 def obj(ns: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -26,6 +26,9 @@ def test_server_access_policy() -> None:
     for policy in ("deny", "all-authenticated", ""):
         assert not guard.server(obj("shop", {"accessPolicy": policy}), SCOPE).weak
     assert not guard.server(obj("dev", {"accessPolicy": "audit"}), SCOPE).weak
+    # audit in a monitor namespace is what meshward's own Linkerd export writes there
+    assert not guard.server(obj("lab", {"accessPolicy": "audit"}), SCOPE).weak
+    assert guard.server(obj("lab", {"accessPolicy": "all-unauthenticated"}), SCOPE).weak
 
 
 def test_authorization_policy() -> None:
