@@ -11,6 +11,8 @@ Routes:
   POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
+  POST /api/v1/findings                the controller's mesh guard findings -> alerts
+                                       (meshward.app.findingsapi)
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
   GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
 """
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, exportapi
+from meshward.app import dashboard, exportapi, findingsapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
@@ -324,6 +326,7 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_put("/api/v1/modes/{namespace}", set_mode)
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
+    findingsapi.install(app)  # the controller's mesh guard findings, kept as alerts
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
     exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     return app

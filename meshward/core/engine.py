@@ -311,14 +311,25 @@ class Engine:
             protocol=obs.protocol,
             request_id=obs.request_id,
         )
+        self._keep_alert(alert, v.source, v.destination)
+
+    def add_alert(self, alert: dict[str, Any]) -> bool:
+        """An alert raised outside the engine (the controller's mesh guard findings, through
+        serve's API): kept, drained and stored as the engine's own, under the same quotas.
+        False when a quota left it out."""
+        self.counters["alerts"] += 1
+        return self._keep_alert(alert, str(alert["source"]), str(alert["destination"]))
+
+    def _keep_alert(self, alert: dict[str, Any], source: str, destination: str) -> bool:
         self._alerts.append(alert)  # the recent view (bounded), for an engine without a store
-        refused = self._quota.admit(v.source, v.destination)
+        refused = self._quota.admit(source, destination)
         if refused:  # the verdict stands; only its record is left out: counted, logged once
-            key = v.source if refused == "alert-source-quota" else v.destination
+            key = source if refused == "alert-source-quota" else destination
             if self._quota.first_refusal(f"{refused}:{key}"):
                 event(log, "alerts over quota", logging.WARNING, quota=refused, key=key[:200])
-            return
+            return False
         self._pending_alerts.append(alert)
+        return True
 
     # ---- what the app reads and drains
     def alerts(self, limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -167,6 +167,11 @@ class ApiClient:
             return dict(self.request("POST", "/api/v1/observations", body=items))
         return dict(self.request("POST", "/api/v1/observations", items))
 
+    def post_findings(self, findings: list[dict[str, Any]]) -> dict[str, int]:
+        """The controller's mesh guard findings (meshward.core.meshguard.Finding dicts) ->
+        accepted/rejected; serve keeps them as alerts."""
+        return dict(self.request("POST", "/api/v1/findings", findings))
+
     def exchanges(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.get("/api/v1/exchanges", limit=limit)["exchanges"])
 
