@@ -12,6 +12,7 @@ Routes:
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
+  GET|POST /api/v1/readiness/{namespace}   the enforce-readiness report (meshward.app.readiness)
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard
+from meshward.app import dashboard, readiness
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
+from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
@@ -40,6 +42,8 @@ from meshward.tap.envoy.join import Joiner
 
 
 class Ingest(Protocol):
+    @property
+    def recent(self) -> RecentCalls: ...
     def take_ingested(
         self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
     ) -> None: ...
@@ -321,4 +325,5 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    readiness.install(app)  # the enforce-readiness report (meshward.app.readiness)
     return app
