@@ -111,7 +111,7 @@ def log_in(page: Any, port: int, token: str) -> None:
     """The `/#token=` login, then the dashboard with its graph drawn."""
     page.goto(f"http://127.0.0.1:{port}/#token={token}")
     page.wait_for_url("**/dashboard/", timeout=WAIT)
-    page.wait_for_selector("body[data-graph=ready]", timeout=WAIT)
+    page.wait_for_selector("body[data-graph=ready][data-table=ready]", timeout=WAIT)
 
 
 def axe_violations(page: Any) -> list[dict[str, Any]]:
