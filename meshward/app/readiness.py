@@ -117,7 +117,11 @@ async def from_recent(request: web.Request) -> web.Response:
     kept = list(server.pipeline.recent.calls(namespace, since))
     tally = await replay(server, ((k.obs, k.calls, k.body_kept) for k in kept), mode)
     first = min((k.first for k in kept), default=None)
-    return _answer(server, namespace, mode, "recent", tally, shapes=len(kept), since=first)
+    recent = server.pipeline.recent
+    return _answer(
+        server, namespace, mode, "recent", tally,
+        shapes=len(kept), since=first, skipped_over_budget=recent.skipped,
+    )  # fmt: skip
 
 
 def _read_har(raw: bytes, namespace: str) -> tuple[list[Observation], dict[str, int]]:

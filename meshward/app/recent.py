@@ -6,7 +6,9 @@ many calls of that shape came since it was first kept and when the last one came
 `meshward.core.readiness.for_replay`'s: secrets taken out (their value classes kept), no
 response, and a body only when it is JSON or a form under 16 KiB. A shape's copy is made when
 it is first seen and again after `refresh` seconds, so a steady stream of one shape costs a
-dict lookup per call, not a redaction.
+dict lookup per call, not a redaction. Copies are made at most `copies_per_second` (a token
+bucket): a flood of new shapes (unique paths) costs a count each, not a redaction each; a
+call over the budget is counted in `skipped` and not kept (bench/readiness.py has the costs).
 
 Bounded: at most `per_namespace` shapes per namespace (the least recently seen go first), at
 most `namespaces` namespaces (likewise), and at most `budget` bytes of copies in all (the
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from meshward.app.pipeline import Call
 
 _DIGITS = re.compile(r"\d+")
+_VALUES = re.compile(r"=[^&]*")
 Shape = tuple[str, str, str, str, str]
 
 
@@ -58,7 +61,8 @@ def _size(obs: Observation) -> int:
 
 def shape(obs: Observation) -> Shape:
     """The key calls of one kind share: ids in the path folded, query values left out."""
-    names = "&".join(p.partition("=")[0] for p in obs.query.split("&")) if obs.query else ""
+    q = obs.query
+    names = _VALUES.sub("", q) if q else ""  # one pass in C: this runs on every Check
     return (obs.source.key, obs.destination.key, obs.method, _DIGITS.sub("0", obs.path), names)
 
 
@@ -71,12 +75,17 @@ class RecentCalls:
         namespaces: int = 256,
         budget: int = 16 << 20,
         refresh: float = 60.0,
+        copies_per_second: float = 50.0,
     ) -> None:
         self.per_namespace = per_namespace
         self.namespaces = namespaces
         self.budget = budget
         self.refresh = refresh
         self.size = 0
+        self.rate = copies_per_second
+        self.skipped = 0  # calls of a new or stale shape left out: over the copy budget
+        self._tokens = copies_per_second
+        self._filled = time.monotonic()
         self._by_ns: OrderedDict[str, OrderedDict[Shape, Kept]] = OrderedDict()
         self._ns_size: dict[str, int] = {}
 
@@ -85,6 +94,17 @@ class RecentCalls:
         ns = obs.destination.namespace or "default"
         key = shape(obs)
         calls = self._by_ns.get(ns)
+        kept = calls.get(key) if calls is not None else None
+        now = time.monotonic()
+        if kept is not None and calls is not None:
+            kept.calls += 1
+            kept.last = obs.time
+            calls.move_to_end(key)
+            if now - kept.copied < self.refresh or not self._copy_allowed(now):
+                return
+        elif not self._copy_allowed(now):
+            self.skipped += 1
+            return
         if calls is None:
             calls = self._by_ns[ns] = OrderedDict()
             self._ns_size[ns] = 0
@@ -92,14 +112,7 @@ class RecentCalls:
                 self._drop_namespace(next(iter(self._by_ns)))
         else:
             self._by_ns.move_to_end(ns)
-        kept = calls.get(key)
-        now = time.monotonic()
         if kept is not None:
-            kept.calls += 1
-            kept.last = obs.time
-            calls.move_to_end(key)
-            if now - kept.copied < self.refresh:
-                return
             self._account(ns, -kept.size)
         copy, body_kept = for_replay(obs)
         size = _size(copy)
@@ -114,6 +127,14 @@ class RecentCalls:
         while self.size > self.budget:
             fullest = max(self._ns_size, key=self._ns_size.__getitem__)
             self._drop_oldest(fullest)
+
+    def _copy_allowed(self, now: float) -> bool:
+        self._tokens = min(self.rate, self._tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def _account(self, ns: str, delta: int) -> None:
         self.size += delta

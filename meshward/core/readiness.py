@@ -21,6 +21,7 @@ from meshward.core import redact, values
 from meshward.core.observation import Observation, Verdict
 
 MAX_KEPT_BODY = 16 * 1024  # bytes of a body a replay copy keeps (JSON and forms only)
+MAX_KEPT_VALUE = 256  # characters of one value looked into; a longer one is stood in for
 EXAMPLES = 5  # example calls per service in a report
 # a value of each class that shows nothing of the value it stands for
 _STAND_INS = {
@@ -40,11 +41,14 @@ _STAND_INS = {
 
 def stand_in(name: str, raw: str, header: bool = False) -> str:
     """`raw` when redaction keeps it, else a value of the same class that says nothing: the
-    replay then finds the value class the original had, and no secret is kept."""
-    shown = redact.header(name, raw) if header else redact.value(name, raw)
-    if shown == raw:
-        return raw
-    return _STAND_INS.get(values.classify(raw), "redacted text")
+    replay then finds the value class the original had, and no secret is kept. A value longer
+    than MAX_KEPT_VALUE is always stood in for (its class is `text`): redaction's cost stays
+    bounded per value, whatever a caller sends."""
+    if len(raw) <= MAX_KEPT_VALUE:
+        shown = redact.header(name, raw) if header else redact.value(name, raw)
+        if shown == raw:
+            return raw
+    return _STAND_INS.get(values.classify(raw), redact.REDACTED)  # "[redacted]": text
 
 
 def _query(qs: str) -> str:

@@ -31,7 +31,7 @@ def test_one_copy_per_shape_counted() -> None:
 
 
 def test_bounded_per_namespace_in_namespaces_and_in_bytes() -> None:
-    recent = RecentCalls(per_namespace=10, namespaces=3, budget=40_000)
+    recent = RecentCalls(per_namespace=10, namespaces=3, budget=40_000, copies_per_second=1e9)
     for i in range(100):
         recent.keep(_obs("shop", f"/p{'x' * (i % 26)}{chr(97 + i % 26)}/{i}"))
     assert len(list(recent.calls("shop"))) == 10
@@ -70,3 +70,21 @@ def test_no_secret_is_kept_but_value_classes_are() -> None:
         assert secret not in shown
     assert "id=7" in kept.obs.query and "name" in kept.obs.body.decode() and kept.body_kept
     assert kept.obs.query.startswith("token=eyJ")  # a JWT stands in for the JWT: same class
+
+
+def test_copies_are_made_at_most_at_their_rate() -> None:
+    recent = RecentCalls(copies_per_second=5)
+    for i in range(20):  # a flood of new shapes: a count each, five copies
+        recent.keep(_obs("shop", f"/{chr(97 + i)}"))
+    assert len(list(recent.calls("shop"))) == 5 and recent.skipped == 15
+    for _ in range(100):  # a kept shape is still counted, without a copy
+        recent.keep(_obs("shop", "/a"))
+    assert {k.obs.path: k.calls for k in recent.calls("shop")}["/a"] == 101
+
+
+def test_a_long_value_is_stood_in_for_whatever_it_holds() -> None:
+    recent = RecentCalls()
+    long = "4111 1111 1111 1111 " + "y" * 300
+    recent.keep(_obs("shop", "/x", f"note={long}"))
+    (kept,) = recent.calls("shop")
+    assert kept.obs.query == "note=%5Bredacted%5D"
