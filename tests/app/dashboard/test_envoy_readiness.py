@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.integration,  # a real Envoy and an external browser
     pytest.mark.skipif(bool(browser.missing()), reason=browser.missing() or "ready"),
 ]
-WAIT = browser.WAIT
+WAIT = 3 * browser.WAIT  # Envoy, serve and the browser on a shared machine: a ceiling, not a pause
 
 
 def _sidecar(srv: ServerThread, app: int, mode: str, envoy_bin: str) -> EnvoyProcess:
