@@ -7,9 +7,10 @@ another mode (enforce, by default) with the allowlist as it is now, by service a
        the HAR's requests to that namespace replayed (the `meshward score` reader)
 
 Nothing is learned, no alert is raised, nothing is counted (`Engine.dry_run`); the replay runs
-on the loop in slices that yield, so Checks keep flowing while it runs. The answer names how a
-switch is made here: by the API (`meshward mode set`, the dashboard), or, in a cluster where
-the mode is the Namespace label, by the `kubectl label` command it prints.
+on the loop in slices that yield, so Checks keep flowing while it runs, and one replay at a
+time (others wait their turn), so many reports at once cannot take the loop over. The answer
+names how a switch is made here: by the API (`meshward mode set`, the dashboard), or, in a
+cluster where the mode is the Namespace label, by the `kubectl label` command it prints.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 MAX_HAR_ENTRIES = 20_000  # requests one uploaded HAR may replay (past that: counted, left out)
 SLICE_SECONDS = 0.005  # replay time between two yields to the loop
 DEFAULT_SINCE = 24 * 3600.0
+REPLAYING: web.AppKey[asyncio.Lock] = web.AppKey("readiness-replay", asyncio.Lock)
 
 
 def _server(request: web.Request) -> ApiServer:
@@ -115,7 +117,8 @@ async def from_recent(request: web.Request) -> web.Response:
     since = _when(request, "since", time.time() - DEFAULT_SINCE)
     assert since is not None
     kept = list(server.pipeline.recent.calls(namespace, since))
-    tally = await replay(server, ((k.obs, k.calls, k.body_kept) for k in kept), mode)
+    async with request.app[REPLAYING]:
+        tally = await replay(server, ((k.obs, k.calls, k.body_kept) for k in kept), mode)
     first = min((k.first for k in kept), default=None)
     recent = server.pipeline.recent
     return _answer(
@@ -152,10 +155,12 @@ async def from_har(request: web.Request) -> web.Response:
     found, counts = await asyncio.to_thread(_read_har, raw, namespace)
     if counts["entries"] == 0:
         raise _bad("no request in the upload: send a HAR 1.2 file (log.entries)")
-    tally = await replay(server, ((obs, 1, True) for obs in found), mode)
+    async with request.app[REPLAYING]:
+        tally = await replay(server, ((obs, 1, True) for obs in found), mode)
     return _answer(server, namespace, mode, "har", tally, har=counts)
 
 
 def install(app: web.Application) -> None:
+    app[REPLAYING] = asyncio.Lock()
     app.router.add_get("/api/v1/readiness/{namespace}", from_recent)
     app.router.add_post("/api/v1/readiness/{namespace}", from_har)
