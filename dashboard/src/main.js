@@ -8,6 +8,7 @@ import { $, el, getJSON, status } from './dom.js';
 import { addAlert, installAlertFilters, resetAlerts } from './alerts.js';
 import { callLink, graphChanged, installViews, openCall, openService, serviceLink, windowSeconds } from './views.js';
 import { fillModes, installModes } from './modes.js';
+import { exportFor, installExports } from './exports.js';
 
 cytoscape.use(fcose);
 
@@ -198,8 +199,9 @@ async function refresh() {
 async function main() {
   $('namespace').addEventListener('change', () => { refresh(); listen(); });
   installAlertFilters();
-  installViews({ state, refresh });
+  installViews({ state, refresh, onService: exportFor });
   installModes({ state, refresh });
+  installExports();
   try {
     await refresh();
     listen();

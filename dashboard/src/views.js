@@ -9,7 +9,7 @@ import { openModeDialog } from './modes.js';
 
 const WINDOWS = [[900, '15 minutes'], [3600, 'hour'], [6 * 3600, '6 hours'], [86400, '24 hours'], [7 * 86400, '7 days']];
 const BARS = 24; // rows of a call's verdicts over time: the window in at most this many steps
-let ctx = null; // { state, refresh }
+let ctx = null; // { state, refresh, onService(id) }
 
 export function windowSeconds() { return Number($('window').value) || 3600; }
 function windowName() { return (WINDOWS.find(([s]) => s === windowSeconds()) || [0, 'hour'])[1]; }
@@ -170,6 +170,7 @@ async function showPage() {
   section.hidden = false;
   $('detail-title').textContent = service ? `Service ${service}` : `Calls ${call.replace('->', ' → ')}`;
   section.dataset.page = service ? 'service' : 'call';
+  if (service && ctx.onService) ctx.onService(service); // e.g. the export's scope (exports.js)
   try {
     await (service ? servicePage(service, body) : callPage(call, body));
     section.dataset.ready = location.hash;

@@ -13,6 +13,7 @@ Routes:
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
   GET|POST /api/v1/readiness/{namespace}   the enforce-readiness report (meshward.app.readiness)
+  GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, readiness
+from meshward.app import dashboard, exportapi, readiness
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
@@ -181,7 +182,7 @@ async def allowlist(request: web.Request) -> web.Response:
 
 async def modes(request: web.Request) -> web.Response:
     engine = request.app[SERVER_KEY].engine
-    return web.json_response({"default": engine.config.default_mode, "modes": engine.modes()})
+    return web.json_response({"default": engine.default_mode, "modes": engine.modes()})
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -198,7 +199,7 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
+    old = server.engine.mode_of(namespace)
     await server.set_mode(namespace, mode)
     server.mode_changed()
     who = principal_of(request)
@@ -329,4 +330,5 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_get("/api/v1/exchanges", exchanges)
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
     readiness.install(app)  # the enforce-readiness report (meshward.app.readiness)
+    exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     return app
