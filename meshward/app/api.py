@@ -14,6 +14,7 @@ Routes:
   POST /api/v1/findings                the controller's mesh guard findings -> alerts
                                        (meshward.app.findingsapi)
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
+  GET|POST /api/v1/readiness/{namespace}   the enforce-readiness report (meshward.app.readiness)
   GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
 """
 
@@ -27,12 +28,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, exportapi, findingsapi
+from meshward.app import dashboard, exportapi, findingsapi, readiness
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
+from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
@@ -44,6 +46,8 @@ from meshward.tap.envoy.join import Joiner
 
 
 class Ingest(Protocol):
+    @property
+    def recent(self) -> RecentCalls: ...
     def take_ingested(
         self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
     ) -> None: ...
@@ -328,5 +332,6 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_get("/api/v1/exchanges", exchanges)
     findingsapi.install(app)  # the controller's mesh guard findings, kept as alerts
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    readiness.install(app)  # the enforce-readiness report (meshward.app.readiness)
     exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     return app

@@ -235,6 +235,8 @@ API_ROLES: dict[str, list[Obj]] = {
             API_READ,
         ),
         _rule([GROUP], ["sessions"], ["create"]),
+        # the enforce-readiness report: of the recent calls (get), of an uploaded HAR (create)
+        _rule([GROUP], ["readiness"], ["get", "create"]),
     ],
     # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
     # labels, granted by RBAC on namespaces, which this role does not give
@@ -242,6 +244,7 @@ API_ROLES: dict[str, list[Obj]] = {
         _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ),
         _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
         _rule([GROUP], ["sessions"], ["create"]),
+        _rule([GROUP], ["readiness"], ["get", "create"]),
     ],
     # Prometheus scraping serve's /metrics
     "meshward-metrics-reader": [_rule([GROUP], ["metrics"], ["get"])],

@@ -162,6 +162,17 @@ class Engine:
         found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
         return self._decide(obs, mode, learn, f, found, failed)
 
+    def dry_run(
+        self, obs: Observation, mode: str, inspected: tuple[Inspection, bool] | None = None
+    ) -> Verdict:
+        """What `mode` would say of `obs`, changing nothing: nothing learned, no alert recorded,
+        nothing counted (the enforce-readiness report replays traffic through it)."""
+        if obs.body:
+            obs = self._plaintext(obs)
+        f = scoring.features(obs, self.config.max_body)
+        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
+        return self._decide(obs, mode, False, f, found, failed, record=False)
+
     def inspect(self, obs: Observation) -> tuple[Inspection, bool]:
         """The detectors' findings and whether they failed, as `evaluate` would get them:
         stateless, so another process may run it (meshward/app/ingest.py)."""
@@ -190,6 +201,7 @@ class Engine:
         f: scoring.Features,
         found: Inspection,
         failed: bool,
+        record: bool = True,
     ) -> Verdict:
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
@@ -235,7 +247,7 @@ class Engine:
             obs.source.key,
             failed or found.partial or f.body.partial or obs.body_truncated,
         )
-        if verdict != "allow":
+        if verdict != "allow" and record:
             self._record_alert(obs, v)
         return v
 

@@ -161,6 +161,17 @@ class ApiClient:
         path = "/api/v1/modes/" + urllib.parse.quote(namespace, safe="")
         return dict(self.request("PUT", path, {"mode": mode}))
 
+    def readiness(
+        self, namespace: str, mode: str = "enforce", har: bytes | None = None, **query: object
+    ) -> dict[str, Any]:
+        """The enforce-readiness report of a namespace: its recent calls replayed, or `har`'s."""
+        path = "/api/v1/readiness/" + urllib.parse.quote(namespace, safe="")
+        given = {k: v for k, v in {"mode": mode, **query}.items() if v is not None}
+        path += "?" + urllib.parse.urlencode(given)
+        if har is None:
+            return dict(self.request("GET", path))
+        return dict(self.request("POST", path, body=har, timeout=max(self.timeout, 60.0)))
+
     def post_observations(self, items: list[dict[str, Any]] | bytes) -> dict[str, int]:
         """A batch (observation dicts, or ready JSON / JSON Lines bytes) -> accepted/rejected."""
         if isinstance(items, bytes):
