@@ -62,6 +62,11 @@ def variable_accepts(variable: str, segment: str) -> bool:
     return values.classify(segment) in _ACCEPTS.get(variable, frozenset())
 
 
+def accepted_classes(variable: str) -> frozenset[str]:
+    """The value classes a typed variable accepts (empty for `{str}` and `{any}`: any value)."""
+    return _ACCEPTS.get(variable, frozenset())
+
+
 def is_variable(segment: str) -> bool:
     return segment in VARIABLES
 

@@ -167,3 +167,24 @@ def decimal(text: str, max_digits: int = 20) -> int | None:
     alone passes `²`, which int() refuses, as it refuses more than 4,300 digits; one odd value
     must not cost the whole entry or exchange."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None
+
+
+# the expression each string class's values match, for documents that describe the classes
+# (the OpenAPI export); `text`, `any` and `empty` need none
+_PATTERNS = {
+    INT: _INT,
+    FLOAT: _FLOAT,
+    UUID: _UUID,
+    HEX: _HEX,
+    DATE: _DATE,
+    EMAIL: _EMAIL,
+    JWT: _JWT,
+    TOKEN: _TOKEN,
+    WORD: _WORD,
+}
+
+
+def pattern(cls: str) -> str | None:
+    """The whole-value regular expression of a string class (ECMA-262 compatible), or None."""
+    found = _PATTERNS.get(cls)
+    return f"^(?:{found.pattern})$" if found is not None else None

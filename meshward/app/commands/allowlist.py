@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meshward.app.audit import AuditLog, local_user
-from meshward.app.commands import UsageError, plural, utc
+from meshward.app.commands import UsageError, exportflags, plural, utc
 from meshward.app.commands.offline import add_db_flag, close_flusher, open_flusher
 from meshward.app.store import default_path
 from meshward.core import values
@@ -42,8 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_db_flag(show)
     show.set_defaults(func=run_show)
 
-    export = actions.add_parser("export", help="write the allowlists as YAML or JSON")
-    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export = actions.add_parser(
+        "export",
+        help="write the allowlists as YAML or JSON, or as Istio, Linkerd or OpenAPI documents",
+    )
+    export.add_argument(
+        "--format",
+        choices=("yaml", "json", *exportflags.FORMATS),
+        default="yaml",
+        help="yaml, json: the allowlist document (import reads it back); authorizationpolicy, "
+        "linkerd, openapi: as Istio, Linkerd or OpenAPI documents (docs/exports.md)",
+    )
+    exportflags.add_flags(export)
     export.add_argument(
         "--stats",
         action="store_true",
@@ -92,9 +102,11 @@ def _export(engine: Engine, stats: bool, destination: str | None = None) -> dict
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.format in exportflags.FORMATS:
+        return exportflags.run(args)
     flusher = open_flusher(args.db, read_only=True, create=False, threats=False)
     try:
-        text = dump(_export(flusher.engine, args.stats), args.format)
+        text = dump(_export(flusher.engine, args.stats, args.destination), args.format)
     finally:
         close_flusher(flusher)
     if args.output:
