@@ -1107,7 +1107,8 @@ def main() -> int:
         number = max(1, 2000 // len(requests))
         times = side_by_side_us(fns, number=number, rounds=args.rounds)
         print(f"  {title}")
-        print_ratios({k: [t / len(requests) for t in v] for k, v in times.items()}, base)
+        per_request = {k: [t / len(requests) for t in v] for k, v in times.items()}
+        print_ratios(per_request, base if base in times else "level 1")
     if args.anchor_rows and not args.time_only:
         side_by_side(root, payloads, attacks, norm, args.anchor_rows)
     return 0
