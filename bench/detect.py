@@ -46,6 +46,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -766,6 +767,7 @@ def baseline_detector(ref: str, level: int = 1) -> Callable[[Observation], objec
         for m in [m for m in sys.modules if m == "meshward" or m.startswith("meshward.")]:
             del sys.modules[m]
         sys.modules.update(saved)
+        shutil.rmtree(folder, ignore_errors=True)  # imported: the modules need no files now
     return old.inspect
 
 
