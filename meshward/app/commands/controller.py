@@ -112,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
         retry_period=d / 7.5,
         on_started_leading=ctl.wake.set,
     )
-    kinds: tuple[str, ...] = ("EnvoyFilter",)
+    kinds: tuple[str, ...] = ("EnvoyFilter", "DestinationRule")
     if args.style == "extension-provider":
-        kinds = ("EnvoyFilter", "AuthorizationPolicy")
+        kinds = (*kinds, "AuthorizationPolicy")
     log = logging.getLogger("meshward.controller")
     event(log, "starting", identity=args.identity, style=args.style, service=args.service)
     port = None
