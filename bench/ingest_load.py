@@ -306,7 +306,7 @@ def main() -> None:
         channel = grpc.insecure_channel(f"127.0.0.1:{ports['authz']}")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         checks(stub, 1.0, args.gap)  # warm up: connection, detectors, the first profile
-        api = ApiClient(f"http://127.0.0.1:{ports['http']}", token=TOKEN)
+        api = ApiClient(f"http://127.0.0.1:{ports['http']}", token=TOKEN, timeout=120)
         api.post_observations(big_batch(10))  # and the ingest worker, started by a first batch
         base_all: list[float] = []
         load_all: list[float] = []
@@ -366,4 +366,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:  # a failed run must not wait forever on its serve process
+        for child in multiprocessing.active_children():
+            child.kill()
+        raise
