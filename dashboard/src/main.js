@@ -3,6 +3,7 @@
 // is put on the page as text (textContent), never as HTML.
 import cytoscape from 'cytoscape';
 import fcose from 'cytoscape-fcose';
+import { exportFor, installExports } from './exports.js';
 
 cytoscape.use(fcose);
 
@@ -155,6 +156,7 @@ async function showRules(service) {
   $('rules-title').textContent = `Rules of ${service}`;
   list.replaceChildren(el('li', 'Loading…'));
   pane.hidden = false;
+  exportFor(service);
   try {
     const doc = await getJSON(`/api/v1/allowlist?destination=${encodeURIComponent(service)}`);
     list.replaceChildren();
@@ -228,6 +230,7 @@ async function refresh() {
 
 async function main() {
   $('namespace').addEventListener('change', () => { refresh(); listen(); });
+  installExports();
   try {
     await refresh();
     listen();

@@ -12,6 +12,7 @@ Routes:
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
+  GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard
+from meshward.app import dashboard, exportapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
@@ -177,7 +178,7 @@ async def allowlist(request: web.Request) -> web.Response:
 
 async def modes(request: web.Request) -> web.Response:
     engine = request.app[SERVER_KEY].engine
-    return web.json_response({"default": engine.config.default_mode, "modes": engine.modes()})
+    return web.json_response({"default": engine.default_mode, "modes": engine.modes()})
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -194,7 +195,7 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
+    old = server.engine.mode_of(namespace)
     await server.set_mode(namespace, mode)
     server.mode_changed()
     who = principal_of(request)
@@ -324,4 +325,5 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     return app

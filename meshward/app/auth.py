@@ -125,6 +125,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("GET", "/dashboard/{asset}"): ("get", "dashboard", ""),
     ("GET", "/api/v1/graph"): ("list", "allowlists", "query:namespace"),
     ("GET", "/api/v1/alerts/stream"): ("list", "alerts", "query:namespace"),
+    # the allowlist as Istio, Linkerd or OpenAPI documents (meshward.app.exportapi)
+    ("GET", "/api/v1/exports/{format}"): ("list", "allowlists", "query:destination"),
 }
 
 

@@ -126,7 +126,7 @@ async def graph(request: web.Request) -> web.Response:
         engine.allowlist.export_doc(),
         found,
         engine.modes(),
-        engine.config.default_mode,
+        engine.default_mode,
         namespace,
         verdicts,
         server.pipeline.control_plane.components,

@@ -27,7 +27,7 @@ from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.core.edges import EdgeCount, EdgeCounts
 from meshward.core.log import event
-from meshward.core.modes import DEFAULT_MODE, MODES
+from meshward.core.modes import DEFAULT_MODE, EVERY_OTHER, MODES
 from meshward.core.observation import Observation, Verdict, VerdictKind
 from meshward.core.quota import AlertQuota, QuotaGate
 from meshward.core.threats.inspection import Detector, Inspection, NoDetector
@@ -91,6 +91,7 @@ class Engine:
         self.refused: Counter[str] = Counter()
         self.allowlist = Allowlist(self.config.limits, self._refuse)
         self._modes: dict[str, str] = {}
+        self._default_mode = self.config.default_mode
         self._dirty: set[str] = set()
         self._pending_alerts: list[dict[str, Any]] = []
         self._quota = QuotaGate(self.config.alert_quota, self.refused)
@@ -115,19 +116,29 @@ class Engine:
 
     # ---- modes
     def mode_of(self, namespace: str) -> str:
-        return self._modes.get(namespace or "default", self.config.default_mode)
+        return self._modes.get(namespace or "default", self._default_mode)
+
+    @property
+    def default_mode(self) -> str:
+        """The mode of every namespace not set by name: the stored `*`, else the config's."""
+        return self._default_mode
 
     def set_mode(self, namespace: str, mode: str) -> None:
         """One namespace's mode, in memory (the app stores it)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} ({', '.join(MODES)})")
         namespace = namespace or "default"
-        self._modes[namespace] = mode
+        if namespace == EVERY_OTHER:
+            self._default_mode = mode
+        else:
+            self._modes[namespace] = mode
         event(log, "mode set", namespace=namespace, mode=mode)
 
     def set_modes(self, modes: dict[str, str]) -> None:
-        """All namespace modes at once (as stored, e.g. after another process changed one)."""
-        self._modes = dict(modes)
+        """All namespace modes at once (as stored, e.g. after another process changed one);
+        `*` is the mode of every namespace not named."""
+        self._modes = {ns: m for ns, m in modes.items() if ns != EVERY_OTHER}
+        self._default_mode = modes.get(EVERY_OTHER, self.config.default_mode)
 
     def modes(self) -> dict[str, str]:
         return dict(self._modes)
