@@ -11,7 +11,10 @@ Routes:
   POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
+  POST /api/v1/findings                the controller's mesh guard findings -> alerts
+                                       (meshward.app.findingsapi)
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
+  GET|POST /api/v1/readiness/{namespace}   the enforce-readiness report (meshward.app.readiness)
   GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
 """
 
@@ -25,12 +28,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, exportapi
+from meshward.app import dashboard, exportapi, findingsapi, readiness
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
+from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
@@ -42,6 +46,8 @@ from meshward.tap.envoy.join import Joiner
 
 
 class Ingest(Protocol):
+    @property
+    def recent(self) -> RecentCalls: ...
     def take_ingested(
         self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
     ) -> None: ...
@@ -324,6 +330,8 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_put("/api/v1/modes/{namespace}", set_mode)
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
+    findingsapi.install(app)  # the controller's mesh guard findings, kept as alerts
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    readiness.install(app)  # the enforce-readiness report (meshward.app.readiness)
     exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     return app

@@ -118,6 +118,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("GET", "/api/v1/modes"): ("list", "modes", ""),
     ("PUT", "/api/v1/modes/{namespace}"): ("update", "modes", "path:namespace"),
     ("POST", "/api/v1/observations"): ("create", "observations", ""),
+    # the controller's mesh guard findings (meshward.app.findingsapi): only its role has it
+    ("POST", "/api/v1/findings"): ("create", "findings", ""),
     ("GET", "/api/v1/exchanges"): ("list", "exchanges", ""),
     ("POST", "/api/v1/session/code"): ("create", "sessions", ""),
     # the dashboard (meshward.app.dashboard): its page, its graph, its live alerts
@@ -125,6 +127,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("GET", "/dashboard/{asset}"): ("get", "dashboard", ""),
     ("GET", "/api/v1/graph"): ("list", "allowlists", "query:namespace"),
     ("GET", "/api/v1/alerts/stream"): ("list", "alerts", "query:namespace"),
+    # the enforce-readiness report (meshward.app.readiness): recent calls, or an uploaded HAR
+    ("GET", "/api/v1/readiness/{namespace}"): ("get", "readiness", "path:namespace"),
+    ("POST", "/api/v1/readiness/{namespace}"): ("create", "readiness", "path:namespace"),
     # the allowlist as Istio, Linkerd or OpenAPI documents (meshward.app.exportapi)
     ("GET", "/api/v1/exports/{format}"): ("list", "allowlists", "query:destination"),
 }

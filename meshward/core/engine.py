@@ -162,6 +162,17 @@ class Engine:
         found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
         return self._decide(obs, mode, learn, f, found, failed)
 
+    def dry_run(
+        self, obs: Observation, mode: str, inspected: tuple[Inspection, bool] | None = None
+    ) -> Verdict:
+        """What `mode` would say of `obs`, changing nothing: nothing learned, no alert recorded,
+        nothing counted (the enforce-readiness report replays traffic through it)."""
+        if obs.body:
+            obs = self._plaintext(obs)
+        f = scoring.features(obs, self.config.max_body)
+        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
+        return self._decide(obs, mode, False, f, found, failed, record=False)
+
     def inspect(self, obs: Observation) -> tuple[Inspection, bool]:
         """The detectors' findings and whether they failed, as `evaluate` would get them:
         stateless, so another process may run it (meshward/app/ingest.py)."""
@@ -190,6 +201,7 @@ class Engine:
         f: scoring.Features,
         found: Inspection,
         failed: bool,
+        record: bool = True,
     ) -> Verdict:
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
@@ -235,7 +247,7 @@ class Engine:
             obs.source.key,
             failed or found.partial or f.body.partial or obs.body_truncated,
         )
-        if verdict != "allow":
+        if verdict != "allow" and record:
             self._record_alert(obs, v)
         return v
 
@@ -311,14 +323,25 @@ class Engine:
             protocol=obs.protocol,
             request_id=obs.request_id,
         )
+        self._keep_alert(alert, v.source, v.destination)
+
+    def add_alert(self, alert: dict[str, Any]) -> bool:
+        """An alert raised outside the engine (the controller's mesh guard findings, through
+        serve's API): kept, drained and stored as the engine's own, under the same quotas.
+        False when a quota left it out."""
+        self.counters["alerts"] += 1
+        return self._keep_alert(alert, str(alert["source"]), str(alert["destination"]))
+
+    def _keep_alert(self, alert: dict[str, Any], source: str, destination: str) -> bool:
         self._alerts.append(alert)  # the recent view (bounded), for an engine without a store
-        refused = self._quota.admit(v.source, v.destination)
+        refused = self._quota.admit(source, destination)
         if refused:  # the verdict stands; only its record is left out: counted, logged once
-            key = v.source if refused == "alert-source-quota" else v.destination
+            key = source if refused == "alert-source-quota" else destination
             if self._quota.first_refusal(f"{refused}:{key}"):
                 event(log, "alerts over quota", logging.WARNING, quota=refused, key=key[:200])
-            return
+            return False
         self._pending_alerts.append(alert)
+        return True
 
     # ---- what the app reads and drains
     def alerts(self, limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from meshward.app.audit import AuditLog, local_user
-from meshward.app.commands import UsageError
+from meshward.app.commands import UsageError, readiness
 from meshward.app.commands.offline import add_db_flag, store_for
 from meshward.app.store import SqliteStore, StoreError, default_path
 from meshward.core.engine import EngineConfig
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     put.add_argument("mode", choices=MODES, metavar="MODE", help=" | ".join(MODES))
     add_db_flag(put)
     put.set_defaults(func=run_set)
+    readiness.register(actions)  # `mode readiness NS`: serve's enforce-readiness report
 
 
 def _check(namespace: str) -> str:

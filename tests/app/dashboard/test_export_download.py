@@ -64,7 +64,7 @@ def test_download_a_services_openapi_and_every_authorizationpolicy(
         box = page.locator("#graph").bounding_box()
         at = page.evaluate("() => window.meshward.cy.$id('shop/api').renderedPosition()")
         page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
-        page.locator("#rules-title", has_text="Rules of shop/api").wait_for(timeout=WAIT)
+        page.wait_for_selector("#detail[data-ready='#service=shop%2Fapi']", timeout=WAIT)
         assert page.locator("#export-scope").input_value() == "shop/api"
         page.locator("#export-format").select_option("openapi")
         name, text = _download(page, tmp_path)
