@@ -12,6 +12,7 @@ Routes:
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
+  GET, POST /api/v1/review?destination=ns/name   the allowlist review (meshward.app.reviewapi)
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import asyncio
 import json
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard
+from meshward.app import dashboard, reviewapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.ingest import Ingestor, loads
@@ -37,6 +38,10 @@ from meshward.core.observation import Observation
 from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
 from meshward.tap.envoy.join import Joiner
+
+if TYPE_CHECKING:
+    from meshward.app.flusher import Flusher
+    from meshward.app.kubestore import KubeStore
 
 
 class Ingest(Protocol):
@@ -76,6 +81,10 @@ class ApiServer(Protocol):
     def audit(self) -> AuditLog: ...
     @property
     def node_scope(self) -> NodeScope | None: ...
+    @property
+    def flusher(self) -> Flusher | None: ...  # the review's edits (meshward.app.reviewapi)
+    @property
+    def cluster(self) -> KubeStore | None: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -321,4 +330,5 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    reviewapi.install(app, server)  # the allowlist review (meshward.app.reviewapi)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 
 from meshward.core import redact, templates, values
 from meshward.core.pathvalues import PathShape, join_shapes
+from meshward.core.reviewstate import Review, RuleKey
 
 # told (what, destination) when a cap turns learning away
 Refused = Callable[[str, str], None]
@@ -322,6 +323,9 @@ class ServiceProfile:
         self.endpoints = 0
         self.dropped = 0
         self.on_refuse = on_refuse or _ignore
+        # rules a person removed (method, template): never learned again (docs/review.md)
+        self.removed: set[RuleKey] = set()
+        self.review = Review()  # the review mark, approvals, who removed what
 
     # ---- learning
     def learn_source(self, source: str, now: float) -> None:
@@ -350,6 +354,9 @@ class ServiceProfile:
             template.append(templates.REST)
         rule = node.rules.get(method)
         if rule is None:
+            if (method, templates.join_path(template)) in self.removed:
+                self.on_refuse("removed-rule", self.destination)
+                return None
             if self.endpoints >= self.limits.max_endpoints:
                 self.dropped += 1
                 self.on_refuse("endpoint-cap", self.destination)
@@ -472,6 +479,10 @@ class ServiceProfile:
         else:
             doc["sources"] = sorted(self.sources)
         doc["endpoints"] = [r.to_doc(stats) for r in self.rules()]
+        if self.removed:
+            doc["removed"] = [{"method": m, "path": p} for m, p in sorted(self.removed)]
+        if self.review:
+            doc["review"] = self.review.to_doc()
         return doc
 
     @classmethod
@@ -506,6 +517,8 @@ class ServiceProfile:
                 profile.add_rule(EndpointRule.from_doc(e))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"endpoint {i}: {exc}") from exc
+        profile.removed = removed_keys(doc.get("removed"))
+        profile.review = Review.from_doc(doc.get("review"))
         return profile
 
     def merge(self, other: ServiceProfile) -> None:
@@ -514,6 +527,23 @@ class ServiceProfile:
             self.sources.setdefault(k, Seen()).merge(s)
         for rule in other.rules():
             self.add_rule(rule)
+        self.removed |= other.removed
+        self.review = self.review.join(other.review)
+
+
+def removed_keys(entries: object) -> set[RuleKey]:
+    """The tombstones of a document: `[{"method", "path"}]`."""
+    if entries is None:
+        return set()
+    if not isinstance(entries, list):
+        raise ValueError("'removed' must be a list")
+    out: set[RuleKey] = set()
+    for i, e in enumerate(entries):
+        m, p = (e.get("method"), e.get("path")) if isinstance(e, dict) else (None, None)
+        if not isinstance(m, str) or not m or not isinstance(p, str) or not p.startswith("/"):
+            raise ValueError(f"removed[{i}]: needs a method and a path starting with /")
+        out.add((m.upper(), p))
+    return out
 
 
 def _rules_under(node: PathNode) -> list[EndpointRule]:
