@@ -3,6 +3,7 @@
 // is put on the page as text (textContent), never as HTML.
 import cytoscape from 'cytoscape';
 import fcose from 'cytoscape-fcose';
+import { showReview, startReview } from './review.js';
 
 cytoscape.use(fcose);
 
@@ -140,7 +141,7 @@ function drawGraph(graph) {
     });
     layout.run();
   }
-  cy.on('tap', 'node', (evt) => showRules(evt.target.id()));
+  cy.on('tap', 'node', (evt) => { showRules(evt.target.id()); showReview(evt.target.id()); });
   state.cy = cy;
 }
 
@@ -226,6 +227,7 @@ async function main() {
   try {
     await refresh();
     listen();
+    startReview();
   } catch (err) {
     if (err.message !== 'unauthenticated') status(`Error: ${err.message}`);
   }
