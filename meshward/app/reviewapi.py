@@ -123,7 +123,7 @@ def _step(
         more = review.widening(
             key, {k: doc[k] for k in doc if k not in ("action", "method", "path")}
         )
-        return (lambda s: review.widen(s, key, more, limits)), name
+        return (lambda s: review.widen(s, key, more, who, now, limits)), name
     if action == "edit":
         new = review.parse_rule(doc.get("rule"))
         return (lambda s: review.edit(s, key, new, who, now, limits)), name

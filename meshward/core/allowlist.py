@@ -91,6 +91,7 @@ class EndpointRule:
     # template position of a `{str}` -> the shape of the values it took (pathvalues.py)
     path_values: dict[int, PathShape] = field(default_factory=dict)
     dropped: int = 0  # learning increments a bound refused
+    pinned: bool = False  # a person's edit: learning counts it, never changes what it allows
 
     @property
     def name(self) -> str:
@@ -156,6 +157,8 @@ class EndpointRule:
             doc["statuses"] = sorted(self.statuses)
         if self.path_values:
             doc["path_values"] = {str(k): v.to_doc() for k, v in sorted(self.path_values.items())}
+        if self.pinned:
+            doc["pinned"] = True
         if stats:
             doc["sources"] = dict(sorted(self.sources.items()))
             doc["count"] = self.seen.count
@@ -186,6 +189,7 @@ class EndpointRule:
             rule.size_max = size_band(int(size.get("max", 0)))
         rule.statuses = set(_strings(doc, "statuses"))
         rule.path_values = _path_values(doc, template)
+        rule.pinned = doc.get("pinned") is True
         sources = doc.get("sources", {})
         if isinstance(sources, list):
             sources = {str(s): 0 for s in sources}
@@ -364,7 +368,7 @@ class ServiceProfile:
             rule = node.rules[method] = EndpointRule(method, templates.join_path(template))
             self.endpoints += 1
         for pos, name in enumerate(template):
-            if name == templates.STR:
+            if name == templates.STR and not rule.pinned:
                 shape = rule.path_values.get(pos)
                 if shape is None:
                     shape = rule.path_values[pos] = PathShape()

@@ -369,10 +369,10 @@ def profile_doc(s: Shared) -> dict[str, Any]:
             for src, n in rc.sources.items():
                 mine[src] = mine.get(src, 0) + n
     endpoints = []
-    for k in sorted(s.rules, key=_sort_key):
-        if k in s.removed:
+    for k in sorted(set(s.rules) | set(s.review.pinned), key=_sort_key):
+        rule = pinned_rule(s, k) or s.rules.get(k)
+        if k in s.removed or rule is None:
             continue
-        rule = s.rules[k]
         doc = rule.to_doc(stats=False)
         counts = rule_sources.get(k, {})
         doc["sources"] = {src: counts.get(src, 0) for src in sorted(rule.sources)}
@@ -395,6 +395,19 @@ def profile_doc(s: Shared) -> dict[str, Any]:
     if s.review:
         out["review"] = s.review.to_doc()
     return out
+
+
+def pinned_rule(s: Shared, key: RuleKey) -> EndpointRule | None:
+    """The rule a person wrote for `key` (their edit wins over what was learned), or None."""
+    pin = s.review.pinned.get(key)
+    if pin is None:
+        return None
+    try:
+        rule = EndpointRule.from_doc(pin[1])
+    except (TypeError, ValueError):  # checked when read (from_object) and when written
+        return None
+    rule.pinned = True
+    return rule
 
 
 def _add(a: Seen, b: Seen) -> Seen:
@@ -481,6 +494,10 @@ def from_object(obj: dict[str, Any]) -> Parsed:
         s.review = Review.from_doc(spec.get("review"))
     except ValueError as exc:
         out.problems.append(f"spec.review: {exc}")
+    for key in list(s.review.pinned):
+        if pinned_rule(s, key) is None:
+            out.problems.append(f"spec.review.pinned {key[0]} {key[1]}: not a valid rule")
+            del s.review.pinned[key]
     status = _mapping(obj.get("status"))
     for i, r in enumerate(_list(status, "replicas", out)):
         try:

@@ -14,11 +14,14 @@ object, so both run the same code. Learning merges as a join (content only grows
 
 - a removal is a tombstone (`Shared.removed`, a union: no replica re-sending the old rule
   brings it back; the engine never learns a tombstoned rule again);
-- widening adds content (a join, so it survives every merge);
-- an edit that narrows a rule in place cannot survive the join and is refused (409); an edit
-  that changes the method or template removes the old rule (tombstone) and adds the new one,
-  clearing a tombstone on the new key (a deliberate non-join step, taken only under the
-  store's resourceVersion check, as `compact` is).
+- an edit pins the rule a person wrote (`Review.pinned`, a last-writer-wins register per rule:
+  a join too): what the replicas learn of that rule still merges underneath and is counted,
+  but the pinned content is what every engine enforces, and learning never widens it, so an
+  edit may narrow a rule. An edit that changes the method or template also removes the old
+  rule (tombstone) and clears a tombstone on the new one (a deliberate non-join step, taken
+  only under the store's resourceVersion check, as `compact` is);
+- widening adds content: to the pin of an edited rule, else to the learned content (a join,
+  so it survives every merge, and learning goes on extending it).
 
 Pure: no I/O, no clock (the caller stamps each edit).
 """
@@ -31,7 +34,7 @@ from typing import Any
 
 from meshward.core import templates, values
 from meshward.core.allowlist import EndpointRule, Limits
-from meshward.core.allowlist_merge import Shared, join_rules, profile_doc, rule_key
+from meshward.core.allowlist_merge import Shared, join_rules, pinned_rule, profile_doc, rule_key
 from meshward.core.reviewstate import RuleKey, Stamp
 
 SINGLE_CALLER = 1  # callers at or below this: a second look
@@ -121,9 +124,10 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _visible(s: Shared, key: RuleKey) -> EndpointRule:
-    if key not in s.rules or key in s.removed:
+    rule = pinned_rule(s, key) or s.rules.get(key)
+    if rule is None or key in s.removed:
         raise ReviewError(f"{s.destination} has no rule {key[0]} {key[1]}", 404)
-    return s.rules[key]
+    return rule
 
 
 def _digests(s: Shared) -> dict[RuleKey, str]:
@@ -179,11 +183,24 @@ def widening(key: RuleKey, given: dict[str, Any]) -> EndpointRule:
         raise ReviewError(str(exc)) from None
 
 
-def widen(s: Shared, key: RuleKey, more: EndpointRule, limits: Limits) -> Shared:
-    """Add content to a rule (a join: it survives every merge)."""
+def widen(
+    s: Shared, key: RuleKey, more: EndpointRule, who: str, now: float, limits: Limits
+) -> Shared:
+    """Add content to a rule: to its pin when a person edited it, else to what was learned
+    (a join: it survives every merge)."""
     old = _visible(s, key)
+    if key in s.review.pinned:
+        return _pin(s, key, join_rules(old, more, limits), who, now)
     s.rules[key] = join_rules(old, more, limits)
     s.sources |= set(more.sources)
+    return s
+
+
+def _pin(s: Shared, key: RuleKey, rule: EndpointRule, who: str, now: float) -> Shared:
+    doc = rule.to_doc(stats=False)
+    doc.pop("pinned", None)
+    s.review.pinned[key] = (Stamp(now, who, digest(doc)), doc)
+    s.sources |= set(rule.sources)
     return s
 
 
@@ -208,22 +225,14 @@ def parse_rule(doc: object) -> EndpointRule:
 def edit(
     s: Shared, key: RuleKey, new: EndpointRule, who: str, now: float, limits: Limits
 ) -> Shared:
-    """Make a rule `new`: the same key only widens (else 409: learning is a join, a narrowed
-    rule would grow back); another method or template replaces it (old one tombstoned)."""
-    old = _visible(s, key)
+    """Make a rule exactly `new` (pinned, approved by its editor); another method or template
+    removes the old rule (tombstoned)."""
+    _visible(s, key)
     new_key = rule_key(new.method, new.template)
-    if new_key == key:
-        joined = join_rules(old, new, limits)
-        if joined.to_doc(stats=False) != join_rules(new, new, limits).to_doc(stats=False):
-            raise ReviewError(
-                "this edit narrows the rule in place, which the replicas' merge of learning "
-                "would undo; remove the rule, or change its method or template",
-                409,
-            )
-        return widen(s, key, new, limits)
-    remove(s, key, who, now)
-    s.removed.discard(new_key)  # re-allowed by a person (taken under the store's version check)
-    s.review.removed.pop(new_key, None)
-    s.rules[new_key] = join_rules(s.rules.get(new_key) or new, new, limits)
-    s.sources |= set(new.sources)
+    if new_key != key:
+        remove(s, key, who, now)
+        s.removed.discard(new_key)  # re-allowed by a person (under the store's version check)
+        s.review.removed.pop(new_key, None)
+    _pin(s, new_key, join_rules(new, new, limits), who, now)
+    s.review.approved[new_key] = Stamp(now, who, _digests(s)[new_key])
     return s

@@ -1,5 +1,6 @@
-"""What people decided about one service's learned rules: the review mark, rule approvals, and
-who removed which rule (the tombstones themselves are the profile's `removed` keys).
+"""What people decided about one service's learned rules: the review mark, rule approvals,
+who removed which rule (the tombstones themselves are the profile's `removed` keys), and the
+rules a person edited (`pinned`: the content they wrote, which learning never changes).
 
 Replicas merge this state as they merge learning, so every part is a join: each entry is a
 last-writer-wins register ordered by (time, who, digest), the mark too, and the merge of two
@@ -9,6 +10,7 @@ the same result. Pure: no I/O.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,15 +58,22 @@ class Review:
     mark: Stamp | None = None  # the last review of the whole service
     approved: dict[RuleKey, Stamp] = field(default_factory=dict)  # digest: the content approved
     removed: dict[RuleKey, Stamp] = field(default_factory=dict)  # who removed a rule, when
+    # a person's edit of a rule: (who, when, digest) and the rule's document as they wrote it
+    pinned: dict[RuleKey, tuple[Stamp, dict[str, Any]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.mark or self.approved or self.removed)
+        return bool(self.mark or self.approved or self.removed or self.pinned)
 
     def join(self, other: Review) -> Review:
+        pinned = dict(self.pinned)
+        for k, pin in other.pinned.items():
+            if k not in pinned or _order(pinned[k]) < _order(pin):
+                pinned[k] = pin
         return Review(
             _later(self.mark, other.mark),
             _join(self.approved, other.approved),
             _join(self.removed, other.removed),
+            pinned,
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -77,6 +86,13 @@ class Review:
                     {"method": m, "path": p, **s.to_doc()}
                     for (m, p), s in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0]))
                 ]
+        if self.pinned:
+            doc["pinned"] = [
+                {"method": m, "path": p, **s.to_doc(), "rule": rule}
+                for (m, p), (s, rule) in sorted(
+                    self.pinned.items(), key=lambda kv: (kv[0][1], kv[0][0])
+                )
+            ]
         return doc
 
     @classmethod
@@ -98,7 +114,24 @@ class Review:
                     raise ValueError(f"review.{name}: an entry needs a method and a path")
                 key = (m.upper(), p)
                 table[key] = _later(table.get(key), Stamp.from_doc(e)) or Stamp(0, "")
+        pins = doc.get("pinned") or []
+        if not isinstance(pins, list):
+            raise ValueError("review.pinned must be a list")
+        for e in pins[:MAX_ENTRIES]:
+            m, p = (e.get("method"), e.get("path")) if isinstance(e, dict) else (None, None)
+            if not isinstance(m, str) or not m or not isinstance(p, str) or p[:1] != "/":
+                raise ValueError("review.pinned: an entry needs a method and a path")
+            rule = e.get("rule")
+            if not isinstance(rule, dict) or rule.get("method") != m or rule.get("path") != p:
+                raise ValueError(f"review.pinned {m} {p}: its rule must be that rule")
+            out.pinned[(m.upper(), p)] = (Stamp.from_doc(e), rule)
         return out
+
+
+def _order(pin: tuple[Stamp, dict[str, Any]]) -> tuple[Stamp, str]:
+    """Pins are ordered by their stamp, then their content (equal stamps, whatever wrote them,
+    still merge the same way in every order)."""
+    return pin[0], json.dumps(pin[1], sort_keys=True)
 
 
 def _join(a: dict[RuleKey, Stamp], b: dict[RuleKey, Stamp]) -> dict[RuleKey, Stamp]:

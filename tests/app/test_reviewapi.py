@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from meshward.app.auth import Permission, Principal
-from meshward.runtime.client import ApiError
 from tests.support.dashboard import call
 from tests.support.envoy_http import ServerThread
 from tests.support.replicas import check
@@ -142,18 +141,34 @@ def test_widen_and_edit(tmp_path: Path) -> None:
         )
         assert rules(widened["service"])["GET /users/{int}"]["query"]["*"] == ["any"]
         assert check(authz, "/users/5?v=x&debug=1", "shop") == 0
-        # a narrowing edit in place would be undone by the merge of learning: refused
-        with pytest.raises(ApiError) as err:
-            edit(
-                srv,
-                {
-                    "action": "edit",
+        # a narrowing edit: only the caller shop/web, only the parameter v as an integer
+        narrowed = edit(
+            srv,
+            {
+                "action": "edit",
+                "method": "GET",
+                "path": "/users/{int}",
+                "rule": {
                     "method": "GET",
                     "path": "/users/{int}",
-                    "rule": {"method": "GET", "path": "/users/{int}"},
+                    "query": {"v": ["int"]},
+                    "sources": ["shop/web"],
                 },
-            )
-        assert err.value.status == 409 and "narrows" in str(err.value)
+            },
+        )
+        users = rules(narrowed["service"])["GET /users/{int}"]
+        assert users["query"] == {"v": ["int"]} and users["status"] == "approved"
+        assert check(authz, "/users/5?v=x&debug=1", "shop") == 7
+        assert check(authz, "/users/5?v=2", "shop") == 0
+        # learning never widens what a person wrote
+        srv.client.set_mode("shop", "learn")
+        srv.client.post_observations(
+            [at(T0 + 99, "shop/web", "shop/api", "GET", "/users/3", query="v=x&debug=1")]
+        )
+        srv.client.set_mode("shop", "enforce")
+        users = rules(srv.api("GET", SHOP_API)["services"][0])["GET /users/{int}"]
+        assert users["query"] == {"v": ["int"]} and users["count"] == 13
+        assert check(authz, "/users/5?v=x&debug=1", "shop") == 7
         # another template: the old rule goes (tombstoned), the new one is allowed
         moved = edit(
             srv,
@@ -167,7 +182,11 @@ def test_widen_and_edit(tmp_path: Path) -> None:
         assert set(rules(moved["service"])) == {"GET /users/{int}", "POST /orders/{str}"}
         assert check(authz, "/orders/abc", "shop", method="POST") == 0
         assert check(authz, "/orders", "shop", method="POST") == 7
-    assert [a["action"] for a in audit(tmp_path)] == ["allowlist.widen", "allowlist.edit"]
+    assert [a["action"] for a in audit(tmp_path)] == [
+        "allowlist.widen",
+        "allowlist.edit",
+        "allowlist.edit",
+    ]
 
 
 def _raw(port: int, method: str, path: str, body: bytes, token: str | None) -> tuple[int, str]:

@@ -21,6 +21,8 @@ from meshward.core.allowlist_merge import (
     to_object,
 )
 from meshward.core.pathvalues import PathShape
+from meshward.core.review import digest
+from meshward.core.reviewstate import Review, Stamp
 
 DEST = "shop/api"
 LIMITS = Limits(
@@ -91,7 +93,27 @@ def states(draw: st.DrawFn) -> Shared:
             for k in s.rules
         }
         s.replicas[rid] = c
+    s.review = draw(reviews())
     return s
+
+
+STAMPS = st.builds(
+    Stamp, st.sampled_from([1.0, 2.0, 3.0]), st.sampled_from(["ann", "bob"]), st.just("")
+)
+
+
+@st.composite
+def reviews(draw: st.DrawFn) -> Review:
+    """People's decisions (core/reviewstate.py): registers that replicas merge as a join too."""
+    r = Review(draw(st.none() | STAMPS))
+    for k in draw(st.sets(st.sampled_from(KEYS), max_size=3)):
+        r.approved[k] = draw(STAMPS)
+    for k in draw(st.sets(st.sampled_from(KEYS), max_size=2)):
+        r.removed[k] = draw(STAMPS)
+    for k in draw(st.sets(st.sampled_from(KEYS), max_size=2)):
+        rule = draw(rules(k)).to_doc(stats=False)
+        r.pinned[k] = (Stamp(draw(st.sampled_from([1.0, 2.0])), "ann", digest(rule)), rule)
+    return r
 
 
 def same(a: Shared, b: Shared) -> bool:
