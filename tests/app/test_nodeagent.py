@@ -79,8 +79,10 @@ def _sockets() -> int:
 
 @pytest.fixture
 def node() -> Iterator[Node]:
+    """Pod IPs of a random /24: the agent scans every namespace of the machine, so two runs at
+    once on one subnet would each find the other's pods."""
     need_netns()
-    with Node(subnet="10.215.0") as n:
+    with Node(subnet=f"10.215.{random.randrange(256)}") as n:
         yield n
 
 
@@ -165,10 +167,11 @@ def test_a_pod_not_yet_in_any_namespace_is_retried(
         agent.start()
         assert wait_for(agent.synced, 15)
         late_pod = _pod_object("late", kube_namespace, "node-late", meshed=True)
-        _run(kube_cluster, late_pod, "10.215.0.2")
+        first = f"{node.subnet}.2"  # the first pod address of the subnet
+        _run(kube_cluster, late_pod, first)
         assert wait_for(lambda: bool(agent.unresolved), 10)
-        late = node.add_pod("late")  # the first pod of the subnet: 10.215.0.2
-        assert late.ip == "10.215.0.2"
+        late = node.add_pod("late")
+        assert late.ip == first
         deadline = time.monotonic() + 10
         while not tap.attached and time.monotonic() < deadline:
             agent.look_again()
@@ -182,23 +185,13 @@ def test_a_pod_not_yet_in_any_namespace_is_retried(
         api.close()
 
 
-@pytest.fixture
-def own_subnet_node() -> Iterator[Node]:
-    """A node whose pod IPs no other concurrent run holds (the agent scans every namespace of
-    the machine, and an address two namespaces hold is used for neither)."""
-    need_netns()
-    with Node(subnet=f"10.216.{random.randrange(256)}") as n:
-        yield n
-
-
 def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
-    kube_cluster: KubeCluster, kube_namespace: str, own_subnet_node: Node
+    kube_cluster: KubeCluster, kube_namespace: str, node: Node
 ) -> None:
     """A pod sandbox restart gives the pod a new network namespace with the same IP, and the Pod
     object need not change: the agent sees the namespace it attached to is gone (or another one
     now sits at that path), looks the IP up again and moves the capture there, closing the old
     sockets (they were keeping the dead namespace alive, seeing nothing)."""
-    node = own_subnet_node
     web = node.add_pod("web")
     seen: list[Observation] = []
     tap = NodeTap([], [], seen.append)
@@ -244,12 +237,11 @@ def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
 
 
 def test_an_attach_failed_at_a_vanished_namespace_looks_again(
-    kube_cluster: KubeCluster, kube_namespace: str, own_subnet_node: Node
+    kube_cluster: KubeCluster, kube_namespace: str, node: Node
 ) -> None:
     """The sandbox restarts after discovery found the namespace but before the packet loop
     attached it: the attach fails at the dead path, and instead of retrying it forever the
     agent looks the IP up again and attaches the new namespace."""
-    node = own_subnet_node
     web = node.add_pod("web")
     tap = NodeTap([], [], lambda obs: None)
     tap.retry_base = 0.2
