@@ -79,10 +79,11 @@ function editForm(service, rule, cell) {
     button('Cancel', () => draw(review.view)));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
-    act(service, { action: 'edit', method: rule.method, path: rule.path,
-      rule: { method: method.value.trim().toUpperCase(), path: path.value.trim(),
-        query: rule.query, body: rule.body, sources: Object.keys(rule.callers) } },
-    `Edited ${rule.method} ${rule.path}.`);
+    const written = { ...rule.rule, method: method.value.trim().toUpperCase(),
+      path: path.value.trim() };
+    if (written.path !== rule.path) delete written.path_values; // shapes of the old {str} places
+    act(service, { action: 'edit', method: rule.method, path: rule.path, rule: written },
+      `Edited ${rule.method} ${rule.path}.`);
   });
   cell.replaceChildren(form);
   path.focus();
@@ -94,8 +95,8 @@ function row(service, rule) {
   const callers = Object.entries(rule.callers).map(([c, n]) => `${c} (${n})`).join(', ');
   const body = rule.body_kinds.length ? `${rule.body_kinds.join('|')}; ${fields(rule.body)}` : '—';
   const look = rule.second_look.length ? `look again: ${rule.second_look.join(', ')}` : '';
-  const status = rule.status === 'approved' && rule.approved
-    ? `approved by ${rule.approved.by}` : rule.status;
+  const status = (rule.status === 'approved' && rule.approved
+    ? `approved by ${rule.approved.by}` : rule.status) + (rule.edited ? ' (edited)' : '');
   tr.append(el('th', `${rule.method} ${rule.path}`), el('td', callers || '—'),
     el('td', fields(rule.query)), el('td', body), el('td', rule.count),
     el('td', when(rule.first_seen)), el('td', when(rule.last_seen)),

@@ -82,7 +82,7 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
         d = digest(e)
         was = approved.get((e["method"], e["path"]))
         status = "new" if was is None else "approved" if was.get("digest") == d else "changed"
-        look = second_look(e)
+        look = [] if e.get("pinned") else second_look(e)  # written by a person, not learned
         counts[status] += 1
         counts["second_look"] += bool(look)
         rules.append(
@@ -101,6 +101,13 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
                 "status": status,
                 "approved": {k: was[k] for k in ("by", "at") if k in was} if was else None,
                 "second_look": look,
+                "edited": bool(e.get("pinned")),
+                # the rule as a person edits it (the allowlist document's form, no counters)
+                "rule": {
+                    k: sorted(v) if k == "sources" else v
+                    for k, v in e.items()
+                    if k not in ("count", "first_seen", "last_seen", "pinned")
+                },
             }
         )
     since = float(mark["at"]) if mark else 0.0

@@ -16,8 +16,9 @@ import pytest
 from meshward.istio.bootstrap import render_bootstrap
 from meshward.istio.envoyproc import EnvoyProcess
 from tests.support import browser
+from tests.support.dashboard import learned_calls
 from tests.support.envoy_http import ServerThread, echo_app, envoy_bin, http
-from tests.support.serve import API_TOKEN
+from tests.support.serve import API_TOKEN, api_client
 
 __all__ = ["echo_app", "envoy_bin"]  # fixtures
 pytestmark = [
@@ -99,3 +100,44 @@ def test_removing_a_rule_in_the_page_denies_the_next_such_request_in_enforce(
     removal = [a for a in audit if a["action"] == "allowlist.remove"]
     assert len(removal) == 1 and removal[0]["via"] == "session"
     assert removal[0]["target"] == "shop/api GET /api/items/{int}"
+
+
+@pytest.mark.skipif(not browser.AXE.exists(), reason="axe-core is not in dashboard/node_modules")
+def test_approve_widen_and_edit_in_the_page_and_axe_core_on_the_review(page: Any) -> None:
+    with browser.serve_in_thread() as (srv, _):
+        client = api_client(srv)
+        client.post_observations(learned_calls())
+        page.goto(f"http://127.0.0.1:{srv.ports['http']}/#token={API_TOKEN}")
+        page.wait_for_selector("body[data-review-list=ready]", timeout=WAIT)
+        page.select_option("#review-service", "shop/api")
+        page.wait_for_selector('body[data-review="shop/api"]', timeout=WAIT)
+        page.evaluate(browser.AXE.read_text())  # through DevTools: the page's CSP stays on
+        result = page.evaluate(
+            "async () => await axe.run('#review', {resultTypes: ['violations']})"
+        )
+        bad = [v["id"] for v in result["violations"] if v["impact"] in ("serious", "critical")]
+        assert bad == []
+
+        orders = page.locator('#review-rules tr[data-rule="POST /orders"]')
+        orders.get_by_role("button", name="Widen: any parameter").click()
+        page.locator("#review-status", has_text="Widened POST /orders").wait_for(timeout=WAIT)
+        assert "any name: any" in orders.inner_text()
+        orders.get_by_role("button", name="Edit").click()
+        orders.get_by_label("Path template").fill("/orders/{str}")
+        orders.get_by_role("button", name="Save").click()
+        edited = page.locator('#review-rules tr[data-rule="POST /orders/{str}"]')
+        edited.wait_for(timeout=WAIT)
+        assert "approved by api-token (edited)" in edited.inner_text()
+        assert orders.count() == 0
+        page.get_by_role("button", name="Approve every rule (review mark)").click()
+        page.locator("#review-summary", has_text="Last reviewed by api-token").wait_for(
+            timeout=WAIT
+        )
+        statuses = page.locator("#review-rules tbody td.status").all_inner_texts()
+        assert statuses and all(s.startswith("approved by api-token") for s in statuses)
+        stored = client.get("/api/v1/allowlist", destination="shop/api")["services"][0]
+        rule = {f"{e['method']} {e['path']}": e for e in stored["endpoints"]}["POST /orders/{str}"]
+        assert rule["pinned"] is True and rule["query"] == {"*": ["any"]}
+        browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(browser.ARTIFACTS / "review-edited.png"), full_page=True)
+        assert page.csp_violations == []
