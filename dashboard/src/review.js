@@ -131,7 +131,8 @@ function draw(view) {
   body.replaceChildren(...view.rules.map((r) => row(service, r)));
   const gone = $('review-removed');
   gone.replaceChildren(...view.removed.map((r) => el('li',
-    `${r.method} ${r.path} removed by ${r.by} at ${when(r.at)}`)));
+    r.by ? `${r.method} ${r.path} removed by ${r.by} at ${when(r.at)}`
+      : `${r.method} ${r.path} removed in the stored object (kubectl, an import)`)));
   document.body.dataset.review = service;
 }
 

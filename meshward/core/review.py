@@ -111,9 +111,11 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
             }
         )
     since = float(mark["at"]) if mark else 0.0
-    removed = [
-        {**e, "since_review": float(e.get("at", 0)) > since} for e in review.get("removed") or []
-    ]
+    stamped = {(e["method"], e["path"]): e for e in review.get("removed") or []}
+    removed = []
+    for t in doc.get("removed") or []:  # a tombstone written with kubectl has no stamp
+        e = stamped.get((t["method"], t["path"])) or {**t, "by": "", "at": 0}
+        removed.append({**e, "since_review": float(e.get("at", 0)) > since})
     counts["removed_since_review"] = sum(e["since_review"] for e in removed)
     return {
         "destination": doc["destination"],

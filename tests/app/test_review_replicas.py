@@ -6,6 +6,7 @@ through one shows in the other."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -43,12 +44,18 @@ def test_a_removal_through_one_replica_holds_in_both(
         lambda: all(served_paths(s, dest) == {"/users/{int}", "/items"} for s in (r1, r2)), 15
     )
 
+    t0 = time.monotonic()
     r1.api("POST", review, {"action": "remove", "method": "GET", "path": "/users/{int}"})
+    took = time.monotonic() - t0
     assert "/users/{int}" not in served_paths(r1, dest)  # in effect here when it answers
-    # r2 goes on sending what it learned of the rule (its engine may not have the tombstone yet)
+    # r2 goes on sending what it learned of the rule (its engine has not the tombstone yet)
     for i in range(3, 6):
         check(r2.ports["authz"], f"/users/{i}", ns)
     assert wait_for(lambda: "/users/{int}" not in served_paths(r2, dest), 10)
+    print(
+        f"\nremove: answered in {took * 1000:.0f} ms; gone from the other replica after "
+        f"{time.monotonic() - t0:.2f} s (flush {FLUSH} s)"
+    )
     spec = stored(kube_cluster, dest)
     assert {"method": "GET", "path": "/users/{int}"} in spec["removed"]
     assert spec["review"]["removed"][0]["by"] == "api-token"
