@@ -30,17 +30,24 @@ ORDER = json.dumps({"sku": "book-1", "qty": 2}).encode()
 JSON = {"content-type": "application/json"}
 
 
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    with browser.chromium() as b:
+        yield b
+
+
 @pytest.fixture
-def page() -> Iterator[Any]:
-    with browser.chromium() as chromium:
-        context = chromium.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.csp_violations = []  # type: ignore[attr-defined]
-        page.on(
-            "console",
-            lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text),
-        )
+def page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.csp_violations = []  # type: ignore[attr-defined]
+    page.on(
+        "console",
+        lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text),
+    )
+    try:
         yield page
+    finally:
         context.close()
 
 
