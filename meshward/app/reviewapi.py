@@ -207,8 +207,8 @@ async def apply(
         raise review.ReviewError(f"no rules learned for {dest}", 404)
     doc = profile_doc(step(contribution(profile.to_doc(), LOCAL, decisions=True)))
     engine.replace_profile(dest, doc)
-    if server.flusher is not None:
-        await server.flusher.call_off_loop(server.flusher.save_allowlist, [dest])
+    if server.flusher is not None:  # the document made here: the engine stays on this thread
+        await server.flusher.call_off_loop(server.flusher.store.save_profiles, {dest: doc})
     return doc
 
 
