@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl postgresql chromium
+APT_PACKAGES := hping3 nmap dnsutils wrk nghttp2-client tcpdump dnsmasq-base iproute2 iputils-ping openssl util-linux curl postgresql chromium iptables
 
 .PHONY: setup system-deps demo test test-fast lint bench clean dashboard
 
@@ -29,7 +29,7 @@ kube-apiserver:
 # Attack and load tools the integration tests and benchmarks drive, PostgreSQL for the shared
 # alerts store's tests and Chromium for the dashboard's (root only; skipped otherwise).
 system-deps:
-	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv curl chromium; do \
+	@missing=""; for t in hping3 nmap dig wrk h2load tcpdump dnsmasq ip ping openssl setpriv curl chromium iptables; do \
 	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \

@@ -60,13 +60,14 @@ function fillTable(graph) {
 function elements(graph) {
   const out = [];
   for (const n of graph.nodes) {
-    const badge = `${n.mode || 'outside'}${n.alerts ? ` · ${n.alerts} alerts` : ''}`;
+    const cp = n.role === 'control-plane' ? `control plane${n.component ? ` (${n.component})` : ''} · ` : '';
+    const badge = `${cp}${n.mode || 'outside'}${n.alerts ? ` · ${n.alerts} alerts` : ''}`;
     out.push({ group: 'nodes', data: { id: n.id, label: `${n.id}\n${badge}`, mode: n.mode,
-      alerts: n.alerts, service: n.service } });
+      alerts: n.alerts, service: n.service, role: n.role } });
   }
   for (const e of graph.edges) {
     out.push({ group: 'edges', data: { id: e.id, source: e.source, target: e.target,
-      status: e.status, endpoints: e.endpoints.join('\n') } });
+      status: e.status, endpoints: e.endpoints.join('\n'), kind: e.kind, bypass: e.bypass || 0 } });
   }
   return out;
 }
@@ -85,6 +86,10 @@ function drawGraph(graph) {
       width: 1.5, 'curve-style': large ? 'haystack' : 'bezier',
       'target-arrow-shape': large ? 'none' : 'triangle' } },
     { selector: 'node:selected', style: { 'border-width': 4, 'border-color': '#000' } },
+    // the mesh guard: the control plane as diamonds on dashed edges; bypassed edges dotted
+    { selector: 'node[role = "control-plane"]', style: { shape: 'diamond', width: 26, height: 26 } },
+    { selector: 'edge[kind = "control-plane"]', style: { 'line-style': 'dashed' } },
+    { selector: 'edge[bypass > 0]', style: { 'line-style': 'dotted', width: 3 } },
   ];
   for (const [mode, colour] of Object.entries(MODE_COLOURS)) {
     style.push({ selector: `node[mode = "${mode}"]`, style: { 'background-color': colour } });

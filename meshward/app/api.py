@@ -28,6 +28,7 @@ from aiohttp import web
 from meshward.app import dashboard, reviewapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
+from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.core.edges import BUCKET_SECONDS
@@ -48,6 +49,8 @@ class Ingest(Protocol):
     def take_ingested(
         self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
     ) -> None: ...
+    @property
+    def control_plane(self) -> ControlPlaneConnections: ...
 
 
 class ApiConfig(Protocol):

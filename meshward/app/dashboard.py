@@ -129,6 +129,7 @@ async def graph(request: web.Request) -> web.Response:
         engine.config.default_mode,
         namespace,
         verdicts,
+        server.pipeline.control_plane.components,
     )
     doc["alerts_counted"] = len(found)
     doc["window_seconds"] = window

@@ -8,6 +8,13 @@ are coloured by what meshward did on them in the window asked: with the per-edge
 counts (`meshward.core.edges`, `GET /api/v1/edges`), `denied` if any call was denied,
 `alerted` if any alerted, `allowed` otherwise; the alert history counts alerts too (and
 colours an edge the counts do not cover: one learned before the window).
+
+The mesh's control plane is drawn too: a node is `role: "control-plane"` (with its
+`component`, e.g. `istio istiod`) when serve knows it as one (`control_plane`: what the node
+taps' connection reports and alerts named, meshward.app.cpedges) or an alert in the window
+names it as the target of `Mesh.ControlPlane.Access`; an edge into one is `kind:
+"control-plane"`. Edges also count their `Mesh.Sidecar.Bypass` alerts (`bypass`): requests
+that reached the service around its proxy.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshward.core.observation import Identity
+from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS, MESH_SIDECAR_BYPASS
 
 ALL = ""  # every namespace
 
@@ -33,16 +41,24 @@ def build_graph(
     default_mode: str,
     namespace: str = ALL,
     verdicts: Iterable[Mapping[str, Any]] = (),
+    control_plane: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """{"namespace", "namespaces", "nodes", "edges"}; with `namespace`, the edges into or out
     of it and the nodes they touch (a caller from elsewhere is shown, marked `external`)."""
     edge_alerts: Counter[tuple[str, str]] = Counter()
     edge_denies: Counter[tuple[str, str]] = Counter()
     node_alerts: Counter[str] = Counter()
+    edge_bypass: Counter[tuple[str, str]] = Counter()
+    roles = dict(control_plane or {})  # node key -> control-plane component
     for a in alerts:
         src, dst = str(a.get("source", "unknown")), str(a.get("destination", "unknown"))
         edge_alerts[src, dst] += 1
         node_alerts[dst] += 1
+        named = _threat_names(a)
+        if MESH_CONTROL_PLANE_ACCESS in named:
+            roles.setdefault(dst, "")
+        if MESH_SIDECAR_BYPASS in named:
+            edge_bypass[src, dst] += 1
         if a.get("verdict") == "deny":
             edge_denies[src, dst] += 1
 
@@ -95,6 +111,8 @@ def build_graph(
                 "denied": denied,
                 "verdicts": {"allowed": allowed_n, "alerted": alerted_n, "denied": denied_n},
                 "status": status,
+                "kind": "control-plane" if dst in roles else "service",
+                "bypass": edge_bypass[src, dst],
             }
         )
     if namespace:
@@ -112,6 +130,8 @@ def build_graph(
                 "alerts": node_alerts[key],
                 "service": key in services,
                 "external": bool(namespace) and ns != namespace,
+                "role": "control-plane" if key in roles else "workload",
+                "component": roles.get(key, ""),
             }
         )
     every = {namespace_of(end) for pair in edges for end in pair}
@@ -123,3 +143,10 @@ def build_graph(
         "nodes": nodes,
         "edges": out_edges,
     }
+
+
+def _threat_names(alert: Mapping[str, Any]) -> set[str]:
+    threats = alert.get("threats")
+    if not isinstance(threats, list):
+        return set()
+    return {str(t.get("name", "")) for t in threats if isinstance(t, Mapping)}

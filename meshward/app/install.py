@@ -202,9 +202,10 @@ PERMISSIONS: dict[str, list[Obj]] = {
     ],
     # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
     # further by RBAC) and their namespaces' injection annotation; on serve's API (authorized
-    # there by SubjectAccessReview): send observations, read the modes
+    # there by SubjectAccessReview): send observations, read the modes; Services, label-selected
+    # to the control plane's (istiod, Linkerd's components), for Mesh.ControlPlane.Access
     "node-tap": [
-        _rule([""], ["pods", "namespaces"], READ),
+        _rule([""], ["pods", "namespaces", "services"], READ),
         _rule([GROUP], ["observations"], ["create"]),
         _rule([GROUP], ["modes"], ["get", "list"]),
     ],

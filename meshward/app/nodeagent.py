@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class PodDiscovery:
     index: NamespaceIndex = field(default_factory=lambda: NamespaceIndex(namespace_addresses))
     net_iface: str | None = "eth0"
     trust_domain: str = TRUST_DOMAIN
+    # told this node's pods after each change (the control-plane watch's clients)
+    on_pods: Callable[[dict[PodKey, dict[str, Any]]], None] | None = None
 
     def __post_init__(self) -> None:
         self.pods: dict[PodKey, dict[str, Any]] = {}
@@ -89,6 +92,8 @@ class PodDiscovery:
                     self.pods.pop(key, None)
                 else:
                     self.pods[key] = ev.object
+            if self.on_pods is not None:
+                self.on_pods(self.pods)
             self.reconcile()
 
     def _on_namespace(self, ev: Any) -> None:

@@ -3,7 +3,8 @@
 The node tap authenticates with its pod-bound ServiceAccount token. TokenReview of such a token
 gives the pod (`authentication.kubernetes.io/pod-name` and `pod-uid` in the user's extra; the
 API server checked that this pod exists), the pod index gives that pod's `spec.nodeName`, and
-every observation in the batch must have its destination on that node:
+every observation in the batch must have its destination on that node (control-plane
+traffic, judged where the client runs, its source):
 
 - a destination IP (not loopback or unspecified: the node tap captures pods' loopback, where
   the server address is 127.0.0.1) must be the pod IP of one live pod on that node, whose
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from meshward.app.auth import AuthConfig, Principal
 from meshward.app.podindex import PodIndex
+from meshward.core.controlplane import judged_client_side
 from meshward.core.observation import Observation
 from meshward.kube.review import POD_NAME_EXTRA, POD_UID_EXTRA, UserInfo
 
@@ -63,8 +65,9 @@ class NodeScope:
         return pod.who.node
 
     def allows(self, obs: Observation, node: str) -> bool:
-        """Whether the observation's destination is a pod on `node`."""
-        dest = obs.destination
+        """Whether the observation's destination is a pod on `node`; for control-plane
+        traffic, its source (judged where the client pod runs: meshward.core.controlplane)."""
+        dest = obs.source if judged_client_side(obs) else obs.destination
         if _routable(dest.ip):
             pod = self.pods.by_ip(dest.ip)
             return (

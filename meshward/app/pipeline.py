@@ -9,6 +9,8 @@ mitmproxy's addons); the pipeline calls them in list order until one stops the c
 - `CallerByIp` (in a cluster, with serve's pod index): a node tap's plaintext caller, known
   only by its IP, named after the pod holding that IP (meshward.app.callerip);
 - `Count`: observations and truncations per source;
+- `ControlPlaneConnections`: a node tap's report of a control-plane connection that raised
+  nothing is counted on its edge and stops (an L4 fact, nothing to learn; meshward.app.cpedges);
 - `BothEnds`: a tap copy feeds the both-ends join; a mismatch is judged again with the join's
   `Exchange.Mismatch` threat; the caller's outbound view stops here (it only feeds the join);
 - `JudgedByCheck`: a request ext_authz judged whole is remembered, and its tap copy skipped
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshward.app.callerip import CallerByIp, PodsByIp
+from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.decisioncache import DecisionCache, Key
 from meshward.core import redact
 from meshward.core.claims import distrusted
@@ -210,9 +213,11 @@ class Pipeline:
         self.cache = DecisionCache(engine)
         self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
+        self.control_plane = ControlPlaneConnections(engine)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
             Count(metrics),
+            self.control_plane,
             BothEnds(joiner, metrics, judge),
             JudgedByCheck(metrics),
             CachedDecision(self.cache, metrics),

@@ -11,7 +11,10 @@ packets serve never sees (ICMP, UDP, DNS: `tap/node/netthreats.py`). Such a thre
 the observation says `seen_by: node-tap`, a network protocol, the `network` location and a
 name from the network part of the registry (`names.NETWORK_THREATS`); the ingest door that
 carries it is authenticated (docs/security.md), and the alerts it raises are bounded by the
-per-source alert quota like any other.
+per-source alert quota like any other. The mesh guard's traffic findings are network events
+too (`tap/node/controlplane.py`, `tap/node/bypass.py`: TCP SYNs to the control plane, request
+heads on a pod's own interface that its proxy never carried): `Mesh.ControlPlane.Access` on
+`tcp`, `Mesh.Sidecar.Bypass` on `http/1.1` or `h2`, located at `network`.
 """
 
 from __future__ import annotations
@@ -20,10 +23,19 @@ import dataclasses
 from collections.abc import Mapping
 
 from meshward.core.observation import Observation, Threat
-from meshward.core.threats.names import NETWORK_THREATS
+from meshward.core.threats.names import (
+    MESH_CONTROL_PLANE_ACCESS,
+    MESH_SIDECAR_BYPASS,
+    NETWORK_THREATS,
+)
 
 NETWORK_PROTOCOLS = frozenset({"icmp", "udp", "dns"})
 _NETWORK_NAMES = frozenset(NETWORK_THREATS)
+# the mesh guard's findings in packets, with the protocols their observations carry
+_GUARD_PROTOCOLS = {
+    MESH_CONTROL_PLANE_ACCESS: frozenset({"tcp"}),
+    MESH_SIDECAR_BYPASS: frozenset({"http/1.1", "h2"}),
+}
 # fields of a verdict or an alert, never of an observation: a caller sending them is trying
 # to decide its own judgement (observation_from_dict ignores them; they are counted here)
 VERDICT_FIELDS = frozenset(
@@ -48,12 +60,11 @@ def verdict_fields(raw: Mapping[str, object]) -> int:
 
 def is_network_event(obs: Observation, threat: Threat) -> bool:
     """A node tap's finding in packets: the one kind of threat serve keeps from a caller."""
-    return (
-        obs.seen_by == "node-tap"
-        and obs.protocol in NETWORK_PROTOCOLS
-        and threat.location == "network"
-        and threat.name in _NETWORK_NAMES
-    )
+    if obs.seen_by != "node-tap" or threat.location != "network":
+        return False
+    if obs.protocol in NETWORK_PROTOCOLS:
+        return threat.name in _NETWORK_NAMES
+    return obs.protocol in _GUARD_PROTOCOLS.get(threat.name, ())
 
 
 def distrusted(obs: Observation) -> tuple[Observation, int]:

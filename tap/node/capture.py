@@ -40,7 +40,7 @@ SNAPLEN = 262144  # loopback GSO/BIG TCP super-packets can exceed 64 KiB
 
 # classic BPF opcodes (linux/filter.h)
 _LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
-_LD_H_IND, _LD_B_IND = 0x48, 0x50
+_LD_W_IND, _LD_H_IND, _LD_B_IND = 0x40, 0x48, 0x50
 _LDX_B_MSH = 0xB1
 _JEQ, _JSET, _JGT = 0x15, 0x45, 0x25
 _RET_K = 0x06
@@ -134,8 +134,35 @@ def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> l
     return prog
 
 
-def netthreat_filter() -> list[Insn | str]:
-    """ICMP, ICMPv6, UDP, every IP fragment (teardrop, ping of death) and TCP port 53 (AXFR)."""
+def _tcp_guard(
+    flags_at: int, offset_at: int, payload_at: int, syn: bool, heads: bool, ind: bool
+) -> list[Insn | str]:
+    """The mesh guard's TCP: SYNs without ACK (new connections, for the control-plane watch)
+    and segments whose payload starts with an HTTP method (plaintext request heads, for the
+    bypass watch; TLS records and bulk data never match). With `ind`, offsets are relative to
+    X (the IPv4 header length); A ends as ihl + tcp header length before the payload load."""
+    ld_b = _LD_B_IND if ind else _LD_B_ABS
+    prog: list[Insn | str] = []
+    if syn:
+        prog += [(ld_b, 0, 0, flags_at), (_ALU_AND_K, 0, 0, 0x12), (_JEQ, "accept", 0, 0x02)]
+    if heads:
+        prog += [(ld_b, 0, 0, offset_at), (_ALU_AND_K, 0, 0, 0xF0), (_ALU_RSH_K, 0, 0, 2)]
+        if ind:
+            prog.append((_ALU_ADD_X, 0, 0, 0))
+        prog += [(_TAX, 0, 0, 0), (_LD_W_IND, 0, 0, payload_at)]
+        prog += [(_JEQ, "accept", 0, struct.unpack("!I", w)[0]) for w in HTTP_HEAD_WORDS]
+    return prog
+
+
+# the first four bytes of an HTTP/1 request line, or of the HTTP/2 preface ("PRI * HTTP/2.0")
+HTTP_HEAD_WORDS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"PRI ")
+
+
+def netthreat_filter(syn: bool = False, http_heads: bool = False) -> list[Insn | str]:
+    """ICMP, ICMPv6, UDP, every IP fragment (teardrop, ping of death) and TCP port 53 (AXFR);
+    with `syn`/`http_heads` also the mesh guard's TCP (`_tcp_guard`)."""
+    v4 = _tcp_guard(14 + 13, 14 + 12, 14, syn, http_heads, ind=True)
+    v6 = _tcp_guard(14 + 40 + 13, 14 + 40 + 12, 14 + 40, syn, http_heads, ind=False)
     return [
         (_LD_H_ABS, 0, 0, 12),
         (_JEQ, "v4", 0, 0x0800),
@@ -151,7 +178,9 @@ def netthreat_filter() -> list[Insn | str]:
         (_LD_H_IND, 0, 0, 14),
         (_JEQ, "accept", 0, 53),
         (_LD_H_IND, 0, 0, 16),
-        (_JEQ, "accept", "drop", 53),
+        (_JEQ, "accept", 0, 53),
+        *v4,
+        (_JEQ, "drop", "drop", 0),
         "v6",
         (_LD_B_ABS, 0, 0, 20),
         (_JEQ, "accept", 0, 58),
@@ -161,7 +190,9 @@ def netthreat_filter() -> list[Insn | str]:
         (_LD_H_ABS, 0, 0, 54),
         (_JEQ, "accept", 0, 53),
         (_LD_H_ABS, 0, 0, 56),
-        (_JEQ, "accept", "drop", 53),
+        (_JEQ, "accept", 0, 53),
+        *v6,
+        (_JEQ, "drop", "drop", 0),
         "accept",
         (_RET_K, 0, 0, SNAPLEN),
         "drop",

@@ -26,6 +26,8 @@ class NodeTapCounters:
     net_packets: int = 0  # ICMP/UDP/fragments handed to the network monitor
     net_seen_by_pod: int = 0  # host-interface packets left to a pod interface's capture
     alerts: int = 0  # network alerts from the network monitor
+    guard_syns: int = 0  # TCP SYNs handed to the control-plane watch (mesh guard)
+    guard_heads: int = 0  # plaintext request heads on pod interfaces (bypass watch)
     kernel_packets: int = 0  # PACKET_STATISTICS: seen by the kernel sockets
     kernel_drops: int = 0  # PACKET_STATISTICS: dropped because the socket buffer was full
     out_queued: int = 0  # observations handed to the output

@@ -21,10 +21,12 @@ from typing import Any
 from meshward.core.log import event
 from meshward.core.observation import Identity, Observation
 from meshward.core.wire import LINKERD_PROXY_PORTS, linkerd_client_identity
+from meshward.tap.node.bypass import BypassMonitor
 from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
+from meshward.tap.node.controlplane import ControlPlaneMonitor
 from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import Connection, FlowTable
-from meshward.tap.node.packet import TCP, decode
+from meshward.tap.node.packet import TCP, Packet, decode
 from meshward.tap.node.peerfile import PeerFile
 
 log = logging.getLogger("meshward.node-tap")
@@ -72,6 +74,8 @@ class NodeTap:
         promisc: bool = True,
         host_netns: str | None = None,
         peer_file: PeerFile | None = None,
+        cpmon: ControlPlaneMonitor | None = None,
+        bypass: BypassMonitor | None = None,
     ) -> None:
         self.pods = pods
         # host interfaces in promiscuous mode: on a bridge, the frames it forwards pod to pod
@@ -90,6 +94,9 @@ class NodeTap:
         self.captures: list[Capture] = []
         self.tcp_where: dict[str, PodTarget] = {}
         self.netmon = netmonitor
+        # the mesh guard: TCP SYNs to the control plane, plaintext heads around a pod's proxy
+        self.cpmon = cpmon
+        self.bypass = bypass
         self.by_ip: dict[str, Identity] = {}
         self.net_pod_ips: dict[str, frozenset[str]] = {}  # pod eth0 capture -> its IPs
         # every IP some pod interface capture watches (kept in place: handlers hold this set)
@@ -118,7 +125,8 @@ class NodeTap:
             for pod in self.pods:
                 self._attach(pod)
             for iface in self.ifaces:
-                cap = self._capture(iface, netthreat_filter(), self.host_netns, self.promisc)
+                prog = netthreat_filter(syn=self.cpmon is not None)
+                cap = self._capture(iface, prog, self.host_netns, self.promisc)
                 self.host_where.add(cap.where)
         except BaseException:
             self.close()
@@ -136,9 +144,10 @@ class NodeTap:
             cap = self._capture("lo", prog, pod.netns)
             opened.append(cap)
             self.tcp_where[cap.where] = pod
-            if pod.net_iface and self.netmon is not None:
+            if pod.net_iface and self._watch_net:
                 try:
-                    net = self._capture(pod.net_iface, netthreat_filter(), pod.netns)
+                    prog = netthreat_filter(self.cpmon is not None, self.bypass is not None)
+                    net = self._capture(pod.net_iface, prog, pod.netns)
                     opened.append(net)
                     self.net_pod_ips[net.where] = frozenset(pod.ips)
                     self._net_watched_changed()
@@ -170,8 +179,15 @@ class NodeTap:
             self._forget(cap)
         for ip in pod.ips:
             self.by_ip.pop(ip, None)
+            if self.bypass is not None:
+                self.bypass.forget_pod(ip)
         self.metrics.pods_detached += 1
         event(log, "detached", netns=pod.netns, pod=pod.pod.key)
+
+    @property
+    def _watch_net(self) -> bool:
+        """Whether pods' interfaces are captured (network threats or the mesh guard)."""
+        return self.netmon is not None or self.cpmon is not None or self.bypass is not None
 
     def _net_watched_changed(self) -> None:
         self.net_watched.clear()
@@ -279,7 +295,20 @@ class NodeTap:
         obs.extra["netns"] = pod.netns if pod else conn.where
         if conn.midstream:
             obs.extra["midstream"] = "1"
+        if self.bypass is not None:  # the proxy handed this request to the app: not a bypass
+            self.bypass.proxied(conn.server[0], obs.method, obs.path, obs.protocol, obs.time)
         self.out(obs)
+
+    def _guard(self, pkt: Packet, where: str) -> None:
+        """A TCP segment a pod or host interface passed: a SYN (control-plane watch) or a
+        plaintext request head (bypass watch; capture.netthreat_filter)."""
+        if pkt.tcp_flags & 0x12 == 0x02:
+            if self.cpmon is not None:
+                self.metrics.guard_syns += 1
+                self._alerts(self.cpmon.feed(pkt, where))
+        elif self.bypass is not None and pkt.payload:
+            self.metrics.guard_heads += 1
+            self.bypass.feed(pkt, where)
 
     def _alerts(self, found: list[Observation] | None) -> None:
         if found:
@@ -302,6 +331,7 @@ class NodeTap:
         own = self.net_pod_ips.get(where, frozenset())
         host = where in self.host_where
         watched = self.net_watched
+        guard = self._guard
 
         def handle(frame: bytes, ts: float) -> None:
             m.packets += 1
@@ -311,6 +341,8 @@ class NodeTap:
                 m.undecodable += 1
             elif tcp and pkt.proto == TCP:
                 flows_packet(pkt, where)
+            elif pkt.proto == TCP and pkt.dport != 53 and pkt.sport != 53:
+                guard(pkt, where)
             elif netmon is not None:
                 if host:
                     if pkt.src in watched or pkt.dst in watched:
@@ -378,12 +410,20 @@ class NodeTap:
             self._alerts(self.netmon.tick(now))
             if self.peer_file is not None:
                 self.peer_file.maybe_save(self.netmon)
+        if self.cpmon is not None:
+            self._alerts(self.cpmon.tick(now))
+        if self.bypass is not None:
+            self._alerts(self.bypass.tick(now, self.resolve))
 
     def stats(self) -> dict[str, int]:
         out = self.metrics.as_dict()
         if self.netmon is not None:
             for k, v in (getattr(self.netmon, "stats", None) or {}).items():
                 out[f"net_{k}"] = v
+        for prefix, mon in (("cp", self.cpmon), ("bypass", self.bypass)):
+            if mon is not None:
+                for k, v in mon.stats.items():
+                    out[f"{prefix}_{k}" if not k.startswith(prefix) else k] = v
         return out
 
     def log_stats(self) -> None:

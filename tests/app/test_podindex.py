@@ -197,3 +197,42 @@ def test_node_scope_accepts_exactly_destinations_on_the_node(
     else:
         want = bool(workload) and any(p[0] == "n1" and p[1] == workload for p in live)
     assert NodeScope(idx).allows(obs, "n1") == want
+
+
+def test_node_scope_takes_control_plane_traffic_by_its_client() -> None:
+    """Control-plane connections are judged on the client's node: a report or an alert speaks
+    for its source pod (istiod runs elsewhere), never for some other node's client."""
+    from meshward.app.nodescope import NodeScope
+    from meshward.core.controlplane import CONNECTION, REPORT_KEY
+    from meshward.core.observation import Identity, Observation, Threat
+    from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS
+
+    idx = PodIndex()
+    idx.apply(
+        _sync(
+            _pod("web-1", node="n1", app="web", ip="10.0.0.2"),
+            _pod("istiod-1", node="n2", app="istiod", ip="10.0.0.9", ns="istio-system"),
+        )
+    )
+    scope = NodeScope(idx)
+    istiod = Identity("istio-system", "istiod", ip="10.0.0.9", port=15012)
+    web = Identity("shop", "web", ip="10.0.0.2", port=40000)
+    report = Observation(
+        seen_by="node-tap",
+        source=web,
+        destination=istiod,
+        protocol="tcp",
+        extra={REPORT_KEY: CONNECTION},
+    )
+    alert = Observation(
+        seen_by="node-tap",
+        source=web,
+        destination=istiod,
+        protocol="tcp",
+        threats=[Threat(MESH_CONTROL_PLANE_ACCESS, "network", "x")],
+    )
+    for obs in (report, alert):
+        assert scope.allows(obs, "n1") and not scope.allows(obs, "n2")
+    # anything else still needs its destination on the node
+    plain = Observation(seen_by="node-tap", source=web, destination=istiod, protocol="tcp")
+    assert not scope.allows(plain, "n1") and scope.allows(plain, "n2")

@@ -40,3 +40,21 @@ def test_a_node_taps_network_event_is_kept() -> None:
 def test_verdict_fields_are_counted() -> None:
     assert verdict_fields({"path": "/", "verdict": "deny", "score": 1, "reasons": []}) == 3
     assert verdict_fields({"path": "/"}) == 0
+
+
+def test_the_mesh_guards_traffic_findings_are_kept_on_their_protocols_only() -> None:
+    cp = Threat(names.MESH_CONTROL_PLANE_ACCESS, "network", "debug port")
+    bypass = Threat(names.MESH_SIDECAR_BYPASS, "network", "around the proxy")
+    for threat, seen_by, protocol, kept_n in (
+        (cp, "node-tap", "tcp", 1),
+        (bypass, "node-tap", "http/1.1", 1),
+        (bypass, "node-tap", "h2", 1),
+        (cp, "node-tap", "http/1.1", 0),
+        (bypass, "node-tap", "tcp", 0),
+        (cp, "file", "tcp", 0),
+        (Threat(names.MESH_SIDECAR_BYPASS, "path", "x"), "node-tap", "http/1.1", 0),
+        (Threat(names.MESH_MTLS_WEAKENED, "network", "x"), "node-tap", "tcp", 0),
+    ):
+        obs = Observation(seen_by=seen_by, protocol=protocol, threats=[threat])  # type: ignore[arg-type]
+        kept, dropped = distrusted(obs)
+        assert (len(kept.threats), dropped) == (kept_n, 1 - kept_n), (threat.name, protocol)

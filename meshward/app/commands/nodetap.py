@@ -131,6 +131,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="YAML or JSON mapping of ICMP/UDP/DNS thresholds (NetThreatConfig fields)",
     )
     p.add_argument(
+        "--no-control-plane-watch",
+        dest="control_plane_watch",
+        action="store_false",
+        help="do not watch TCP connections to istiod and Linkerd's control plane "
+        "(Mesh.ControlPlane.Access; needs --node: the control plane is found by label)",
+    )
+    p.add_argument(
+        "--no-bypass-watch",
+        dest="bypass_watch",
+        action="store_false",
+        help="do not watch for plaintext requests reaching enforce-mode pods around their "
+        "proxy (Mesh.Sidecar.Bypass)",
+    )
+    p.add_argument(
+        "--open-port-client",
+        action="append",
+        default=[],
+        metavar="NS/WORKLOAD",
+        help="a workload without a sidecar allowed on istiod's 15010/15014 (e.g. "
+        "monitoring/prometheus); repeatable",
+    )
+    p.add_argument(
         "--baseline-file",
         metavar="PATH",
         help="keep the learned UDP peers in this file across restarts (the DaemonSet: "
@@ -214,6 +236,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--node {args.node!r} is not a Kubernetes node name")
     if not is_kubernetes_subdomain(args.trust_domain):
         raise UsageError(f"--trust-domain {args.trust_domain!r} is not a DNS name")
+    for who in args.open_port_client:
+        ns, sep, name = who.partition("/")
+        if not sep or not is_kubernetes_subdomain(ns) or not name:
+            raise UsageError(f"--open-port-client {who!r} is not NS/WORKLOAD")
     if any(not 0 < p < 65536 for p in args.app_port):
         raise UsageError("--app-port must be 1..65535")
     if args.queue_size < 1 or args.max_flows < 1 or args.max_body < 0:
@@ -257,6 +283,24 @@ def _network_monitor(tap: Any, needed: bool, modes: Any, config: Any) -> Any:
     return NetworkMonitor(config, resolve=tap.resolve, mode_of=modes.mode_of)
 
 
+def _guard(args: argparse.Namespace, tap: Any, modes: Any) -> Any:
+    """The mesh guard's traffic watches on the tap; returns the control-plane view (or None)."""
+    from meshward.core.wire import LINKERD_PROXY_PORTS
+    from meshward.tap.node.bypass import BypassMonitor
+    from meshward.tap.node.controlplane import ControlPlaneConfig, ControlPlaneMonitor
+
+    view = None
+    if args.control_plane_watch and args.node:
+        from meshward.app.controlplaneview import ControlPlaneView
+
+        view = ControlPlaneView()
+        config = ControlPlaneConfig(open_port_clients=tuple(args.open_port_client))
+        tap.cpmon = ControlPlaneMonitor(view.endpoint_of, view.client_of, modes.mode_of, config)
+    if args.bypass_watch and args.pod_iface != "none" and (args.node or args.netns):
+        tap.bypass = BypassMonitor(tap.by_ip.get, modes.mode_of, LINKERD_PROXY_PORTS)
+    return view
+
+
 def _serve_metrics(host: str, port: int, tap: Any) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import GaugeMetricFamily
@@ -271,7 +315,7 @@ def _serve_metrics(host: str, port: int, tap: Any) -> None:
     start_http_server(port, addr=host, registry=registry)
 
 
-def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event) -> Any:
+def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event, view: Any) -> Any:
     """Pods of this node from the Kubernetes API, attached and detached as they come and go."""
     from meshward.app.nodeagent import PodDiscovery
     from meshward.kube.config import load_client
@@ -282,7 +326,16 @@ def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event) -> Any
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from None
     iface = None if args.pod_iface == "none" else args.pod_iface
-    discovery = PodDiscovery(api, args.node, tap, net_iface=iface, trust_domain=args.trust_domain)
+    discovery = PodDiscovery(
+        api,
+        args.node,
+        tap,
+        net_iface=iface,
+        trust_domain=args.trust_domain,
+        on_pods=view.set_local_pods if view is not None else None,
+    )
+    if view is not None:
+        view.start(api)
     discovery.start()
 
     def retry() -> None:  # namespaces not set up yet, or replaced (a sandbox restart)
@@ -346,6 +399,7 @@ def run(args: argparse.Namespace) -> int:
     )
     watch_net = bool(args.iface) or (args.pod_iface != "none" and bool(args.netns or args.node))
     tap.netmon = _network_monitor(tap, watch_net, modes, net_config)
+    view = _guard(args, tap, modes)
     try:
         tap.open()
     except OSError as exc:
@@ -355,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.metrics_port:
         _serve_metrics(args.metrics_host, args.metrics_port, tap)
-    discovery = _discovery(args, tap, stop) if args.node else None
+    discovery = _discovery(args, tap, stop, view) if args.node else None
     output.start()
     modes.start()
     try:
@@ -363,6 +417,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if discovery is not None:
             discovery.stop()
+        if view is not None:
+            view.stop()
         modes.stop()
         tap.close()
         output.close()

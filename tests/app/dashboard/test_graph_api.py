@@ -179,3 +179,70 @@ def test_edges_are_coloured_by_the_verdict_counts_of_the_window() -> None:
     assert edges["shop/web->shop/api"]["verdicts"] == {"allowed": 11, "alerted": 1, "denied": 0}
     assert edges["shop/web->shop/api"]["status"] == "alerted"
     assert edges["evil/x->shop/api"]["status"] == "denied"  # refused: learned nothing, shown
+
+
+def test_the_control_plane_and_bypasses_are_marked_in_the_graph() -> None:
+    """What the node tap's mesh guard sends (a quiet connection report, a control-plane alert,
+    a bypass alert) makes istiod a control-plane node with its edges, and counts the bypass."""
+    from meshward.core.controlplane import CONNECTION, REPORT_KEY
+    from meshward.core.observation import Identity, Observation, Threat, observation_to_dict
+    from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS, MESH_SIDECAR_BYPASS
+
+    istiod = Identity("istio-system", "istiod", ip="10.0.0.9", port=15012)
+    where = {"mesh": "istio", "component": "istiod"}
+    report = Observation(
+        seen_by="node-tap",
+        source=Identity("shop", "web", ip="10.0.0.2", port=40000),
+        destination=istiod,
+        protocol="tcp",
+        extra={REPORT_KEY: CONNECTION, **where},
+    )
+    snoop = Observation(
+        seen_by="node-tap",
+        source=Identity("shop", "debug", ip="10.0.0.3", port=40001),
+        destination=Identity("istio-system", "istiod", ip="10.0.0.9", port=15014),
+        protocol="tcp",
+        threats=[Threat(MESH_CONTROL_PLANE_ACCESS, "network", "no sidecar on 15014")],
+        extra=dict(where),
+    )
+    bypass = Observation(
+        seen_by="node-tap",
+        source=Identity(ip="10.0.0.3", port=40002),
+        destination=Identity("shop", "api", ip="10.0.0.5", port=8080),
+        protocol="http/1.1",
+        method="GET",
+        path="/orders",
+        threats=[Threat(MESH_SIDECAR_BYPASS, "network", "around its proxy")],
+    )
+
+    async def main() -> None:
+        async with running_server() as srv:
+            client = api_client(srv)
+            await asyncio.to_thread(client.set_mode, "shop", "enforce")
+            done = await asyncio.to_thread(
+                client.post_observations, [observation_to_dict(o) for o in (report, snoop, bypass)]
+            )
+            assert done["accepted"] == 3, done
+            graph = await asyncio.to_thread(client.get, "/api/v1/graph")
+            nodes = {n["id"]: n for n in graph["nodes"]}
+            assert nodes["istio-system/istiod"]["role"] == "control-plane"
+            assert nodes["istio-system/istiod"]["component"] == "istio istiod"
+            assert nodes["shop/web"]["role"] == "workload"
+            edges = {(e["source"], e["target"]): e for e in graph["edges"]}
+            quiet = edges["shop/web", "istio-system/istiod"]
+            assert (quiet["kind"], quiet["status"], quiet["verdicts"]["allowed"]) == (
+                "control-plane",
+                "allowed",
+                1,
+            )
+            assert edges["shop/debug", "istio-system/istiod"]["status"] == "alerted"
+            assert edges["10.0.0.3", "shop/api"]["bypass"] == 1
+            assert edges["10.0.0.3", "shop/api"]["kind"] == "service"
+            assert all(
+                s.get("destination") != "istio-system/istiod"
+                for s in (await asyncio.to_thread(client.get, "/api/v1/allowlist")).get(
+                    "services", []
+                )
+            )
+
+    asyncio.run(main())

@@ -1,0 +1,223 @@
+"""`Mesh.Sidecar.Bypass`: plaintext HTTP that reached an enforce-mode pod's application port
+from another pod without passing the pod's proxy, so it never met meshward's check.
+
+What the wire shows, on the pod's own `eth0` (where the node tap already captures):
+
+- meshed pod-to-pod traffic is TLS: to the app port (the client proxy dials the original
+  address; iptables in the pod hands it to the inbound proxy) or to the proxy's inbound port
+  (Linkerd 4143, Istio 15006/15008): its first bytes are a TLS record, never a request line;
+- a plaintext client (no sidecar) also arrives at the app port; where the pod's redirection
+  works, the inbound proxy takes it, and the proxy then hands the request to the app over the
+  pod's `lo`, where the node tap parses it (`proxied`);
+- a bypass is a plaintext request head (`GET /x HTTP/1.1`, or the `PRI *` preface of HTTP/2
+  without TLS) from another address arriving at a port that is not the proxy's, that the
+  proxy never forwards: redirection excluded for the port (`config.linkerd.io/skip-inbound-
+  ports`, `traffic.sidecar.istio.io/excludeInboundPorts`), missing (the init container or CNI
+  failed) or not there at all (a caller dialing the pod IP of a pod whose proxy listens only
+  on its own port, as the test pods here).
+
+So a request head seen on `eth0` is held for `confirm_window` seconds; if the proxy did not hand
+the same request (method and path; any request for HTTP/2) to the app on `lo` by then, it is
+a bypass. The kernel filter passes only segments starting with an HTTP method (capture.py), so
+TLS and bulk data never reach Python. One judgement per connection (its first request).
+
+Limits: only pods the node tap watches (their `eth0` and `lo`), in enforce mode; a proxied
+request whose response takes longer than `confirm_window` (the proxy's copy is reported when
+its response ends) is reported as a bypass; plaintext that is not HTTP (a raw TCP protocol)
+is not recognised; a client splitting its first four bytes over segments evades the kernel
+filter (it is stateless); an app that listens on `lo` only cannot be bypassed this way at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from meshward.core.observation import Identity, Observation, Threat
+from meshward.core.threats.names import MESH_SIDECAR_BYPASS
+from meshward.tap.node.dedup import AlertDedup
+from meshward.tap.node.packet import Packet
+
+H2_PREFACE = b"PRI * HTTP/2.0"
+# the proxies' own ports on a pod: arriving there is passing the proxy
+ISTIO_PROXY_PORTS = frozenset({15001, 15006, 15008, 15020, 15021, 15090})
+
+Conn = tuple[str, int, str, int]
+
+
+@dataclass(slots=True)
+class BypassConfig:
+    confirm_window: float = 5.0  # seconds for the proxy's copy to show on lo
+    dedup_window: float = 60.0
+    max_pending: int = 4096  # request heads waiting for the proxy's copy
+    max_connections: int = 16384  # connections judged, remembered so a keep-alive counts once
+    connection_memory: float = 300.0
+    max_proxied: int = 256  # proxied requests remembered per pod
+    max_alert_keys: int = 4096
+    modes: tuple[str, ...] = ("enforce",)
+
+
+@dataclass(slots=True)
+class _Pending:
+    ts: float
+    pod: Identity
+    client: str
+    sport: int
+    port: int
+    method: str
+    path: str
+    where: str
+
+
+def request_line(payload: bytes) -> tuple[str, str] | None:
+    """(method, target) of a plaintext HTTP request head, ("PRI", "*") for the HTTP/2
+    preface; None for anything else (TLS, binary). A request line longer than the segment
+    (a long URL) gives the target as far as it goes, ending in "..." (matched as a prefix)."""
+    if payload.startswith(H2_PREFACE):
+        return "PRI", "*"
+    line, crlf, _ = payload.partition(b"\r\n")
+    parts = line.split(b" ")
+    method, target = parts[0], parts[1] if len(parts) > 1 else b""
+    if not method.isalpha() or not method.isupper() or not target:
+        return None
+    if crlf:
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return None
+    elif len(parts) != 2 or len(payload) < 64:
+        return None  # not a cut request line: a short odd segment
+    else:
+        return method.decode("ascii"), target.decode("latin-1") + "..."
+    return method.decode("ascii"), target.decode("latin-1")
+
+
+class BypassMonitor:
+    """Request heads seen on watched pods' `eth0`, confirmed or cleared by their proxy's copy
+    on `lo`. Not thread-safe: fed by the packet loop only."""
+
+    def __init__(
+        self,
+        pod_of: Callable[[str], Identity | None],
+        mode_of: Callable[[str], str] | None = None,
+        proxy_ports: Collection[int] = (),
+        config: BypassConfig | None = None,
+    ) -> None:
+        self.config = c = config or BypassConfig()
+        self.pod_of = pod_of
+        self.mode_of = mode_of or (lambda namespace: "learn")
+        self.proxy_ports = frozenset(proxy_ports) | ISTIO_PROXY_PORTS
+        self.stats: Counter[str] = Counter()
+        self._pending: dict[Conn, _Pending] = {}
+        self._seen: OrderedDict[Conn, float] = OrderedDict()
+        self._proxied: dict[str, deque[tuple[float, str, str]]] = {}
+        self._dedup = AlertDedup(c.dedup_window, c.max_alert_keys, self.stats)
+
+    def feed(self, pkt: Packet, where: str = "") -> None:
+        """A TCP segment starting with an HTTP method, seen on a pod's interface."""
+        if pkt.dport in self.proxy_ports or pkt.src == pkt.dst:
+            return
+        pod = self.pod_of(pkt.dst)
+        if pod is None or self.pod_of(pkt.src) == pod:
+            return  # not to a watched pod, or the pod to itself
+        conn = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        if conn in self._seen:
+            self._seen.move_to_end(conn)
+            self._seen[conn] = pkt.ts
+            return
+        if self.mode_of(pod.namespace) not in self.config.modes:
+            return
+        head = request_line(bytes(pkt.payload[:2048]))
+        if head is None:
+            self.stats["bypass_not_http"] += 1
+            return
+        c = self.config
+        if len(self._seen) >= c.max_connections:
+            self._seen.popitem(last=False)
+            self.stats["untracked"] += 1
+        self._seen[conn] = pkt.ts
+        if len(self._pending) >= c.max_pending:
+            self.stats["untracked"] += 1
+            return
+        self.stats["bypass_candidates"] += 1
+        method, path = head
+        self._pending[conn] = _Pending(
+            pkt.ts, pod, pkt.src, pkt.sport, pkt.dport, method, path, where
+        )
+
+    def proxied(self, pod: str, method: str, path: str, protocol: str, ts: float) -> None:
+        """A request the pod's proxy handed to its app on `lo` (`pod`: its IP)."""
+        seen = self._proxied.get(pod)
+        if seen is None:
+            seen = self._proxied[pod] = deque(maxlen=self.config.max_proxied)
+        h2 = protocol in ("h2", "grpc")
+        seen.append((ts, "PRI" if h2 else method, path.split("?", 1)[0]))
+
+    def forget_pod(self, ip: str) -> None:
+        self._proxied.pop(ip, None)
+
+    def tick(self, now: float, resolve: Callable[[str], Identity]) -> list[Observation]:
+        """Judge heads older than the confirm window; close due dedup windows."""
+        c = self.config
+        out: list[Observation] = []
+        for conn, p in list(self._pending.items()):
+            if now - p.ts < c.confirm_window:
+                continue
+            del self._pending[conn]
+            if self._was_proxied(conn[2], p):
+                self.stats["bypass_proxied"] += 1
+                continue
+            self._alert(out, p, conn[2], resolve(p.client))
+        seen = self._seen
+        while seen and now - next(iter(seen.values())) > c.connection_memory:
+            seen.popitem(last=False)
+        for ip, entries in list(self._proxied.items()):
+            while entries and now - entries[0][0] > 2 * c.confirm_window:
+                entries.popleft()
+            if not entries:
+                del self._proxied[ip]
+        out += self._dedup.tick(now)
+        return out
+
+    def _was_proxied(self, pod_ip: str, p: _Pending) -> bool:
+        for ts, method, path in self._proxied.get(pod_ip, ()):
+            if ts < p.ts - 1.0:
+                continue
+            if p.method == "PRI" and method == "PRI":
+                return True
+            if method != p.method:
+                continue
+            if p.path.endswith("..."):  # a cut request line: its target as far as it went
+                cut = p.path[:-3]
+                if (path + "?").startswith(cut.split("?", 1)[0]) or cut.startswith(path):
+                    return True
+            elif path == p.path.split("?", 1)[0]:
+                return True
+        return False
+
+    def _alert(self, out: list[Observation], p: _Pending, pod_ip: str, client: Identity) -> None:
+        key = (client.key, p.pod.key, p.port)
+        if self._dedup.repeat(key):
+            return
+        h2 = p.method == "PRI"
+        path, _, query = p.path.partition("?")
+        evidence = (
+            f"{'h2c' if h2 else 'plaintext HTTP/1'} from {client.key} reached {p.pod.key} "
+            f"port {p.port} around its proxy"
+        )
+        obs = Observation(
+            seen_by="node-tap",
+            source=Identity(client.namespace, client.workload, "", p.client, p.sport),
+            destination=Identity(p.pod.namespace, p.pod.workload, p.pod.principal, pod_ip, p.port),
+            time=p.ts,
+            protocol="h2" if h2 else "http/1.1",
+            method="" if h2 else p.method,
+            path=path if not h2 else "/",
+            query=query,
+            threats=[Threat(MESH_SIDECAR_BYPASS, "network", evidence[:128])],
+            extra={
+                "rule": "plaintext-direct",
+                "where": p.where,
+                "confirm_window_s": f"{self.config.confirm_window:g}",
+            },
+        )
+        self._dedup.report(key, obs, out)

@@ -1,0 +1,132 @@
+"""The bypass watch on decoded segments: plaintext heads around the proxy, cleared by the proxy's
+copy on lo; the kernel filter that feeds it."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshward.core.observation import Identity
+from meshward.core.threats.names import MESH_SIDECAR_BYPASS
+from meshward.core.wire import LINKERD_PROXY_PORTS
+from meshward.tap.node.bypass import BypassConfig, BypassMonitor, request_line
+from meshward.tap.node.packet import decode
+from tests.support.frames import ether, ipv4, tcp
+
+POD = "10.2.0.5"
+CLIENT = "10.2.0.9"
+PODS = {POD: Identity("shop", "api", "api.shop.serviceaccount.identity.linkerd.cluster.local", POD)}
+PSH_ACK = 0x18
+
+
+def seg(data: bytes, dport: int = 8080, sport: int = 50000, src: str = CLIENT, ts: float = 100.0):
+    pkt = decode(ether(ipv4(src, POD, 6, tcp(sport, dport, 1, 1, PSH_ACK, data))), ts)
+    assert pkt is not None
+    return pkt
+
+
+def monitor(mode: str = "enforce") -> BypassMonitor:
+    return BypassMonitor(
+        PODS.get, lambda ns: mode, LINKERD_PROXY_PORTS, BypassConfig(confirm_window=1.0)
+    )
+
+
+def resolve(ip: str) -> Identity:
+    return Identity(ip=ip)
+
+
+GET = b"GET /admin/users?id=1 HTTP/1.1\r\nHost: api\r\n\r\n"
+
+
+def test_a_plaintext_request_around_the_proxy_is_a_bypass() -> None:
+    mon = monitor()
+    mon.feed(seg(GET), "pod:eth0")
+    assert mon.tick(100.5, resolve) == []  # still waiting for the proxy's copy
+    out = mon.tick(101.1, resolve)
+    assert [o.threats[0].name for o in out] == [MESH_SIDECAR_BYPASS]
+    alert = out[0]
+    assert alert.destination.key == "shop/api" and alert.destination.port == 8080
+    assert alert.source.ip == CLIENT and alert.method == "GET" and alert.path == "/admin/users"
+    assert alert.query == "id=1" and "/admin" not in alert.threats[0].evidence
+    # more requests on the same keep-alive connection are not judged again
+    mon.feed(seg(GET, ts=102.0))
+    assert mon.tick(104.0, resolve) == []
+
+
+def test_the_same_request_carried_by_the_proxy_is_not() -> None:
+    mon = monitor()
+    mon.feed(seg(GET))
+    mon.proxied(POD, "GET", "/admin/users", "http/1.1", 100.01)
+    assert mon.tick(102.0, resolve) == []
+    assert mon.stats["bypass_proxied"] == 1
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "tls",  # a TLS record to the app port: meshed
+        "proxy-port",  # to the proxy's inbound port
+        "monitor",  # the pod is not in enforce
+        "other-pod",  # to an address that is no watched pod
+        "self",  # the pod to itself
+    ],
+)
+def test_what_is_not_a_bypass(what: str) -> None:
+    mon = monitor("monitor" if what == "monitor" else "enforce")
+    if what == "tls":
+        mon.feed(seg(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40))
+    elif what == "proxy-port":
+        mon.feed(seg(GET, dport=4143))
+    elif what == "other-pod":
+        pkt = decode(ether(ipv4(CLIENT, "10.2.0.77", 6, tcp(5, 8080, 1, 1, PSH_ACK, GET))), 100.0)
+        mon.feed(pkt)
+    elif what == "self":
+        mon.feed(seg(GET, src=POD))
+    else:
+        mon.feed(seg(GET))
+    assert mon.tick(105.0, resolve) == []
+
+
+def test_h2c_is_recognised_and_cleared_by_any_proxied_h2_request() -> None:
+    assert request_line(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == ("PRI", "*")
+    assert request_line(b"GET / HTTP/1.1\r\n") == ("GET", "/")
+    assert request_line(b"GET /\r\n") is None and request_line(b"get / HTTP/1.1\r\n") is None
+    mon = monitor()
+    mon.feed(seg(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+    mon.proxied(POD, "POST", "/grpc.health.v1.Health/Check", "grpc", 100.02)
+    assert mon.tick(102.0, resolve) == []
+    mon.feed(seg(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", sport=50001, ts=103.0))
+    out = mon.tick(104.5, resolve)
+    assert len(out) == 1 and out[0].protocol == "h2"
+
+
+def test_state_is_bounded() -> None:
+    mon = BypassMonitor(
+        PODS.get,
+        lambda ns: "enforce",
+        LINKERD_PROXY_PORTS,
+        BypassConfig(confirm_window=1.0, max_pending=50, max_connections=100, max_alert_keys=5),
+    )
+    for i in range(1000):
+        mon.feed(seg(GET, sport=1000 + i, src=f"10.3.{i // 250}.{i % 250}"))
+    assert len(mon._pending) == 50 and len(mon._seen) == 100
+    assert mon.stats["untracked"] > 0
+    out = mon.tick(110.0, resolve)
+    assert len(out) == 50 and len(mon._dedup) == 5
+    for i in range(1000):
+        mon.proxied(POD, "GET", f"/{i}", "http/1.1", 110.0)
+    assert len(mon._proxied[POD]) == mon.config.max_proxied
+
+
+def test_a_request_line_longer_than_its_segment_is_judged_by_its_prefix() -> None:
+    long_path = "/search/" + "a" * 3000
+    head = f"GET {long_path}?q=1 HTTP/1.1\r\nHost: api\r\n\r\n".encode()
+    first = head[:1400]
+    method, target = request_line(first)  # type: ignore[misc]
+    assert method == "GET" and target.endswith("...") and long_path.startswith(target[:-3])
+    mon = monitor()
+    mon.feed(seg(first))
+    mon.proxied(POD, "GET", long_path, "http/1.1", 100.01)
+    assert mon.tick(102.0, resolve) == []
+    mon.feed(seg(first, sport=50001, ts=103.0))  # not carried: a bypass
+    assert len(mon.tick(105.0, resolve)) == 1
+    assert request_line(b"GET /x") is None  # a short odd segment, not a cut line
