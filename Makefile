@@ -39,8 +39,9 @@ system-deps:
 	  else echo "note: missing$$missing (integration tests that need them are skipped)"; fi; \
 	fi
 
+# `make demo DEMO_ARGS=--keep-running` keeps it up to explore the dashboard (Ctrl-C stops it)
 demo: setup
-	$(BIN)/meshward demo
+	$(BIN)/meshward demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/pytest

@@ -6,8 +6,12 @@ namespaces, each called by 4 others (4N edges, each with one endpoint); the dash
 link in Debian's chromium (Playwright). Measured, per round:
 
   layout   the page's own figure: the fcose layout's run (ms; past 200 nodes on a headless core)
-  drawn    the page's own figure: from the graph fetched to laid out and on the canvas (ms)
-  load     from the login link to the graph drawn: login, fetch, table, layout (ms)
+  drawn    the page's own figure: from the graph fetched to laid out and placed on the drawn
+           core (ms)
+  painted  the page's own figure: from the graph fetched to cytoscape's first frame rendered
+           (its `render` event): what "drawn on screen" means (ms)
+  load     from the login link to the graph painted and the table filled: login, fetch,
+           layout, first frame, table (ms)
   pan      requestAnimationFrame deltas while the graph is panned 3 s: by `cy.panBy` every
            frame, and by a real mouse drag (Playwright's mouse, 120 moves); p50 and p95 (ms)
 
@@ -72,14 +76,15 @@ def measure(chromium: Any, services: int) -> dict[str, float]:
         page = context.new_page()
         started = time.perf_counter()
         page.goto(f"http://127.0.0.1:{srv.ports['http']}/#token={API_TOKEN}")
-        page.wait_for_selector("body[data-graph=ready]", timeout=60_000)
+        page.wait_for_selector("body[data-graph=ready][data-table=ready]", timeout=60_000)
+        page.wait_for_function("() => window.meshward.paintedMs != null", timeout=60_000)
         load = (time.perf_counter() - started) * 1000
         drawn = page.evaluate(
             "() => [window.meshward.cy.nodes().length, window.meshward.cy.edges().length]"
         )
         assert drawn == [services, services * CALLERS], drawn
-        layout, drawn_ms = page.evaluate(
-            "() => [window.meshward.layoutMs, window.meshward.drawnMs]"
+        layout, drawn_ms, painted = page.evaluate(
+            "() => [window.meshward.layoutMs, window.meshward.drawnMs, window.meshward.paintedMs]"
         )
         panned = page.evaluate(RECORD, [3, True])
         # a real drag across the graph while frames are recorded
@@ -98,6 +103,7 @@ def measure(chromium: Any, services: int) -> dict[str, float]:
     return {
         "layout": layout,
         "drawn": drawn_ms,
+        "painted": painted,
         "load": load,
         "pan p50": pct(panned, 0.5),
         "pan p95": pct(panned, 0.95),
@@ -122,7 +128,7 @@ def main() -> int:
         for _ in range(args.rounds):  # interleaved: the machine is shared and noisy
             for n in (args.baseline, args.services):
                 runs[n].append(measure(chromium, n))
-    keys = ["layout", "drawn", "load", "pan p50", "pan p95", "drag p50", "drag p95"]
+    keys = ["layout", "drawn", "painted", "load", "pan p50", "pan p95", "drag p50", "drag p95"]
     print(f"{'graph':>22} " + " ".join(f"{k:>18}" for k in keys))
     med: dict[int, dict[str, float]] = {}
     for n, rs in runs.items():
@@ -138,7 +144,8 @@ def main() -> int:
     print("large/baseline: " + ", ".join(f"{k} {big[k] / max(base[k], 0.001):.2f}x" for k in keys))
     print(
         f"goals: layout {big['layout']:.0f} ms / 1000 ms = {big['layout'] / 1000:.2f} "
-        f"(drawn {big['drawn']:.0f} ms / 1000 ms = {big['drawn'] / 1000:.2f}); "
+        f"(drawn {big['drawn']:.0f} ms / 1000 ms = {big['drawn'] / 1000:.2f}, painted "
+        f"{big['painted']:.0f} ms / 1000 ms = {big['painted'] / 1000:.2f}); "
         f"pan p95 {big['pan p95']:.1f} ms / 50 ms = {big['pan p95'] / 50:.2f}; "
         f"drag p95 {big['drag p95']:.1f} ms / 50 ms = {big['drag p95'] / 50:.2f}"
     )

@@ -47,17 +47,26 @@ def die_with_parent(cmd: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
 
 
-def validate(bootstrap: dict[str, Any], *, envoy: str | None = None, timeout: float = 30) -> None:
-    """Load `bootstrap` into a real Envoy (`--mode validate`); EnvoyError with the reason."""
+def validate(bootstrap: dict[str, Any], *, envoy: str | None = None, timeout: float = 30) -> str:
+    """Load `bootstrap` into a real Envoy (`--mode validate`); EnvoyError with the reason.
+
+    Returns the version of the Envoy that accepted it (`1.40.0`), so a caller can say which."""
+    binary = envoy or envoy_binary()
     with tempfile.TemporaryDirectory(prefix="meshward-envoy-") as tmp:
         path = Path(tmp) / "envoy.json"
         path.write_text(json.dumps(bootstrap))
-        cmd = [envoy or envoy_binary(), "--mode", "validate", "-c", str(path)]
+        cmd = [binary, "--mode", "validate", "-c", str(path)]
         cmd += ["--use-dynamic-base-id", "-l", "warning"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             lines = (done.stderr + done.stdout).strip().splitlines()
             raise EnvoyError("envoy rejected the config: " + " | ".join(lines[-5:]))
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=timeout, check=False
+    ).stdout
+    # "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    parts = version.split("version:", 1)[-1].strip().split("/")
+    return parts[1] if len(parts) > 1 else "(version unknown)"
 
 
 class EnvoyProcess:

@@ -1,38 +1,24 @@
 // meshward's dashboard: the service graph (cytoscape.js, fcose layout), the same data as a
-// table, a service's rules, and live alerts (server-sent events). Everything from the server
-// is put on the page as text (textContent), never as HTML.
+// table, live alerts (server-sent events; alerts.js), the pages of a service or a call and the
+// window (views.js), and the modes with their readiness report (modes.js). Everything from
+// the server is put on the page as text (textContent), never as HTML.
 import cytoscape from 'cytoscape';
 import fcose from 'cytoscape-fcose';
 import { showReview, startReview } from './review.js';
+import { $, el, getJSON, status } from './dom.js';
+import { addAlert, installAlertFilters, resetAlerts } from './alerts.js';
+import { callLink, graphChanged, installViews, openCall, openService, serviceLink, windowSeconds } from './views.js';
+import { fillModes, installModes } from './modes.js';
+import { exportFor, installExports } from './exports.js';
 
 cytoscape.use(fcose);
 
-const $ = (id) => document.getElementById(id);
 const LARGE = 200; // nodes: past this, a draft layout and lighter rendering while panning
 const COLOURS = { allowed: '#2e6b30', alerted: '#c98a00', denied: '#b00020' };
 const MODE_COLOURS = { learn: '#5b7db1', monitor: '#8a5a00', enforce: '#6a1b9a' };
 const state = { cy: null, graph: null, stream: null, layoutMs: null, ready: false };
 window.meshward = state; // read by the browser tests and bench/dashboard.py
 state.cytoscape = cytoscape;
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = String(text);
-  if (cls) e.className = cls;
-  return e;
-}
-
-function status(text) { $('status').textContent = text; }
-
-async function getJSON(url) {
-  const r = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-  if (r.status === 401) {
-    status('Not logged in: open /login (or a link from `meshward dashboard`).');
-    throw new Error('unauthenticated');
-  }
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return r.json();
-}
 
 function namespace() { return $('namespace').value; }
 
@@ -43,16 +29,18 @@ function fillNamespaces(names) {
   for (const n of names) select.add(new Option(n, n, false, n === chosen));
 }
 
+function cell(child) { const td = el('td'); td.append(child); return td; }
+
 function fillTable(graph) {
   const modes = new Map(graph.nodes.map((n) => [n.id, n.mode]));
   const body = $('edges').tBodies[0];
   body.replaceChildren();
   for (const e of graph.edges) {
     const tr = document.createElement('tr');
-    tr.append(el('td', e.source), el('td', e.target), el('td', modes.get(e.target) || ''),
+    tr.append(cell(serviceLink(e.source)), cell(serviceLink(e.target)), el('td', modes.get(e.target) || ''),
       el('td', e.endpoints.join(', ')),
       el('td', `${e.verdicts.allowed} / ${e.verdicts.alerted} / ${e.verdicts.denied}`),
-      el('td', e.alerts), el('td', e.status));
+      el('td', e.alerts), cell(callLink(e.id, e.status)));
     body.append(tr);
   }
 }
@@ -105,9 +93,12 @@ function drawGraph(graph) {
     // laid out on a headless core first (no renderer to notify of each move), then added to
     // the drawn one at their places: building a drawn core with 2,500 elements in its options
     // cost 3-5x more than adding them to an empty one (bench/dashboard.py)
+    // `preset`: a core made with elements runs the default `grid` layout over them first
+    // (200 ms of 1,100 at 500 services, bench/dashboard.py); only ids and ends are needed
     const els = elements(graph);
     const laying = performance.now();
-    const headless = cytoscape({ headless: true, elements: els });
+    const headless = cytoscape({ headless: true, layout: { name: 'preset' }, elements: els.map(
+      (e) => ({ group: e.group, data: { id: e.data.id, source: e.data.source, target: e.data.target } })) });
     headless.layout({ name: 'fcose', quality: 'draft', randomize: true, animate: false,
       packComponents: false }).run();
     state.layoutMs = performance.now() - laying;
@@ -132,6 +123,7 @@ function drawGraph(graph) {
     state.drawnMs = performance.now() - started;
     state.ready = true;
     document.body.dataset.graph = 'ready';
+    cy.one('render', () => { state.paintedMs = performance.now() - started; });
   } else {
     cy = cytoscape(options);
     cy.add(elements(graph));
@@ -143,31 +135,13 @@ function drawGraph(graph) {
       state.drawnMs = performance.now() - started;
       state.ready = true;
       document.body.dataset.graph = 'ready';
+      cy.one('render', () => { state.paintedMs = performance.now() - started; });
     });
     layout.run();
   }
-  cy.on('tap', 'node', (evt) => { showRules(evt.target.id()); showReview(evt.target.id()); });
+  cy.on('tap', 'node', (evt) => { openService(evt.target.id()); showReview(evt.target.id()); });
+  cy.on('tap', 'edge', (evt) => openCall(evt.target.id()));
   state.cy = cy;
-}
-
-async function showRules(service) {
-  const pane = $('rules');
-  const list = $('rules-list');
-  $('rules-title').textContent = `Rules of ${service}`;
-  list.replaceChildren(el('li', 'Loading…'));
-  pane.hidden = false;
-  try {
-    const doc = await getJSON(`/api/v1/allowlist?destination=${encodeURIComponent(service)}`);
-    list.replaceChildren();
-    const found = doc.services[0];
-    if (!found) { list.append(el('li', 'No learned rules (a caller only).')); return; }
-    for (const r of found.endpoints) {
-      const callers = Object.keys(r.sources || {}).join(', ');
-      list.append(el('li', `${r.method} ${r.path} · ${r.count ?? 0} seen · from ${callers || 'no caller'}`));
-    }
-  } catch (err) {
-    list.replaceChildren(el('li', `Could not load the rules: ${err.message}`));
-  }
 }
 
 // a live alert counts on its edge and service at once (table and graph); a call never seen
@@ -190,27 +164,15 @@ function countAlert(a) {
   if (service && service.length && node) service.data('alerts', node.alerts);
 }
 
-function showAlert(a) {
-  const li = el('li', undefined, a.verdict === 'deny' ? 'deny' : 'alert');
-  const when = new Date((a.time || 0) * 1000).toISOString().replace('T', ' ').slice(0, 19);
-  li.append(el('div', `${when} ${a.verdict} ${a.source} → ${a.destination} ${a.method} ${a.path}`));
-  const why = [...(a.reasons || []), ...(a.rule ? [`rule ${a.rule}`] : [])].join('; ');
-  if (why) li.append(el('div', why));
-  for (const t of a.threats || []) li.append(el('div', `${t.name} at ${t.location}: ${t.evidence}`, 'evidence'));
-  const list = $('alerts');
-  list.prepend(li);
-  while (list.children.length > 200) list.lastElementChild.remove();
-}
-
 function listen() {
   if (state.stream) state.stream.close();
-  $('alerts').replaceChildren();
+  resetAlerts();
   const ns = namespace();
   const stream = new EventSource(`/api/v1/alerts/stream${ns ? `?namespace=${encodeURIComponent(ns)}` : ''}`);
   let live = false; // the backlog before `ready` is already counted in the graph
   stream.addEventListener('alert', (e) => {
     const a = JSON.parse(e.data);
-    showAlert(a);
+    addAlert(a);
     if (live) countAlert(a);
   });
   stream.addEventListener('ready', () => { live = true; document.body.dataset.alerts = 'live'; });
@@ -219,16 +181,28 @@ function listen() {
 
 async function refresh() {
   const ns = namespace();
-  const graph = await getJSON(`/api/v1/graph${ns ? `?namespace=${encodeURIComponent(ns)}` : ''}`);
+  const graph = await getJSON(`/api/v1/graph?window=${windowSeconds()}${ns ? `&namespace=${encodeURIComponent(ns)}` : ''}`);
   state.graph = graph;
   fillNamespaces(graph.namespaces);
-  fillTable(graph);
   drawGraph(graph);
+  // the table after the graph's first frame: 2,000 rows cost 300 ms before it (bench/dashboard.py)
+  delete document.body.dataset.table;
+  requestAnimationFrame(() => setTimeout(() => {
+    if (state.graph !== graph) return;
+    fillTable(graph);
+    document.body.dataset.table = 'ready';
+  }, 0));
   status(`${graph.nodes.length} services, ${graph.edges.length} calls${ns ? ` in ${ns}` : ''}`);
+  graphChanged();
+  fillModes().catch(() => {});
 }
 
 async function main() {
   $('namespace').addEventListener('change', () => { refresh(); listen(); });
+  installAlertFilters();
+  installViews({ state, refresh, onService: exportFor });
+  installModes({ state, refresh });
+  installExports();
   try {
     await refresh();
     listen();

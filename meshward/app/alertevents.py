@@ -39,7 +39,10 @@ Key = tuple[str, str, str]  # namespace, destination, reason
 
 
 def reason_of(alert: dict[str, Any]) -> str | None:
-    """The Event reason of an alert that matters, None for the others."""
+    """The Event reason of an alert that matters, None for the others (a mesh guard finding
+    has its Event already, on the changed object, from the controller)."""
+    if alert.get("seen_by") == "mesh-guard":
+        return None
     if alert.get("verdict") == "deny":
         return "RequestDenied"
     if alert.get("threats"):

@@ -11,8 +11,12 @@ Routes:
   POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
+  POST /api/v1/findings                the controller's mesh guard findings -> alerts
+                                       (meshward.app.findingsapi)
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
-  GET, POST /api/v1/review?destination=ns/name   the allowlist review (meshward.app.reviewapi)
+  GET|POST /api/v1/readiness/{namespace}   the enforce-readiness report (meshward.app.readiness)
+  GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
+  GET|POST /api/v1/review?destination=ns/name   the allowlist review (meshward.app.reviewapi)
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, reviewapi
+from meshward.app import dashboard, exportapi, findingsapi, readiness, reviewapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
+from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
 from meshward.core.modes import MODES
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 
 
 class Ingest(Protocol):
+    @property
+    def recent(self) -> RecentCalls: ...
     def take_ingested(
         self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
     ) -> None: ...
@@ -186,7 +193,7 @@ async def allowlist(request: web.Request) -> web.Response:
 
 async def modes(request: web.Request) -> web.Response:
     engine = request.app[SERVER_KEY].engine
-    return web.json_response({"default": engine.config.default_mode, "modes": engine.modes()})
+    return web.json_response({"default": engine.default_mode, "modes": engine.modes()})
 
 
 async def set_mode(request: web.Request) -> web.Response:
@@ -203,7 +210,7 @@ async def set_mode(request: web.Request) -> web.Response:
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in MODES:
         raise _bad(f"mode must be one of {', '.join(MODES)}")
-    old = server.engine.modes().get(namespace, server.engine.config.default_mode)
+    old = server.engine.mode_of(namespace)
     await server.set_mode(namespace, mode)
     server.mode_changed()
     who = principal_of(request)
@@ -332,6 +339,9 @@ def build_app(server: ApiServer) -> web.Application:
     app.router.add_put("/api/v1/modes/{namespace}", set_mode)
     app.router.add_post("/api/v1/observations", observations)
     app.router.add_get("/api/v1/exchanges", exchanges)
+    findingsapi.install(app)  # the controller's mesh guard findings, kept as alerts
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
+    readiness.install(app)  # the enforce-readiness report (meshward.app.readiness)
+    exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
     reviewapi.install(app, server)  # the allowlist review (meshward.app.reviewapi)
     return app

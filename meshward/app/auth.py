@@ -118,6 +118,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("GET", "/api/v1/modes"): ("list", "modes", ""),
     ("PUT", "/api/v1/modes/{namespace}"): ("update", "modes", "path:namespace"),
     ("POST", "/api/v1/observations"): ("create", "observations", ""),
+    # the controller's mesh guard findings (meshward.app.findingsapi): only its role has it
+    ("POST", "/api/v1/findings"): ("create", "findings", ""),
     ("GET", "/api/v1/exchanges"): ("list", "exchanges", ""),
     ("POST", "/api/v1/session/code"): ("create", "sessions", ""),
     # the dashboard (meshward.app.dashboard): its page, its graph, its live alerts
@@ -128,6 +130,11 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     # the allowlist review (meshward.app.reviewapi): reading it, and a person's edits
     ("GET", "/api/v1/review"): ("list", "allowlists", "query:destination"),
     ("POST", "/api/v1/review"): ("update", "allowlists", "query:destination"),
+    # the enforce-readiness report (meshward.app.readiness): recent calls, or an uploaded HAR
+    ("GET", "/api/v1/readiness/{namespace}"): ("get", "readiness", "path:namespace"),
+    ("POST", "/api/v1/readiness/{namespace}"): ("create", "readiness", "path:namespace"),
+    # the allowlist as Istio, Linkerd or OpenAPI documents (meshward.app.exportapi)
+    ("GET", "/api/v1/exports/{format}"): ("list", "allowlists", "query:destination"),
 }
 
 

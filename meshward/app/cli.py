@@ -11,6 +11,7 @@ import sys
 
 from meshward import __version__
 from meshward.app.commands import UsageError
+from meshward.app.commands.parser import Parser
 
 # sub-command modules, in the order `meshward --help` lists them
 COMMANDS = [
@@ -18,6 +19,7 @@ COMMANDS = [
     "meshward.app.commands.score",
     "meshward.app.commands.allowlist",
     "meshward.app.commands.mode",
+    "meshward.app.commands.alerts",
     "meshward.app.commands.serve",
     "meshward.app.commands.tap",
     "meshward.app.commands.envoy",
@@ -31,9 +33,11 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="meshward",
         description="Security layer for service meshes: learned L7 allowlists, threat detection.",
+        epilog="New here? `meshward demo` runs a small shop behind real Envoy sidecars and shows "
+        "learning, enforcing and attacks denied; `meshward COMMAND --help` says more.",
     )
     parser.add_argument("--version", action="version", version=f"meshward {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -45,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)  # a first try with no arguments: the overview, not an error
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -24,11 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.istio.envoyfilter import render
+
+if TYPE_CHECKING:
+    from meshward.app.meshguard import MeshGuard
+    from meshward.core.meshguard import Finding
 
 log = logging.getLogger("meshward.controller")
 
@@ -114,6 +118,7 @@ class Controller:
     api_client: Any
     config: ControllerConfig = field(default_factory=ControllerConfig)
     clock: Callable[[], float] = time.monotonic
+    guard: MeshGuard | None = None  # the configuration guard (meshward.app.meshguard)
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -129,14 +134,17 @@ class Controller:
         self._failures = 0
         self._warned: dict[str, str] = {}
         self.last_success = 0.0  # Unix time of the last pass that succeeded (0: none yet)
+        self._last_live: dict[Key, dict[str, Any]] = {}  # desired objects live at the last pass
+        self._owned: frozenset[Key] = frozenset()  # what the last pass wanted
 
     # ---- the views the watches keep
     def _on_namespace(self, ev: Any) -> None:
         with self._lock:
             if ev.type == "SYNC":
-                self.namespaces = {
+                self.namespaces = {  # a namespace being deleted takes no new objects
                     name: dict(o.get("metadata", {}).get("labels") or {})
                     for (_, name), o in (ev.objects or {}).items()
+                    if not o.get("metadata", {}).get("deletionTimestamp")
                 }
             elif ev.object is not None:
                 meta = ev.object.get("metadata", {})
@@ -144,6 +152,11 @@ class Controller:
                     self.namespaces.pop(meta.get("name", ""), None)
                 else:
                     self.namespaces[meta["name"]] = dict(meta.get("labels") or {})
+        if self.guard is not None:
+            try:
+                self.guard.on_namespace(ev)
+            except Exception:  # the guard never stops the filters from following the labels
+                log.exception("mesh guard failed on a namespace %s event", ev.type)
         self.wake.set()
 
     def _on_managed(self, kind: str) -> Callable[[Any], None]:
@@ -183,6 +196,9 @@ class Controller:
         for w, handle in watchers:
             w.start(handle)
             self._watchers.append(w)
+        if self.guard is not None:  # its own watches: a mesh not installed must not stop us
+            self.guard.owned = self.owns
+            self.guard.start()
 
     def watched(self) -> tuple[int, dict[str, int]]:
         """How many namespaces, and managed objects by kind, the watches hold now."""
@@ -196,6 +212,8 @@ class Controller:
         return all(w.synced.is_set() for w in self._watchers)
 
     def stop_watches(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         for w in self._watchers:
             w.stop()
         for w in self._watchers:
@@ -209,6 +227,7 @@ class Controller:
             namespaces = {k: dict(v) for k, v in self.namespaces.items()}
             live = dict(self.live)
         want, invalid = desired(namespaces, self.config)
+        self._owned = frozenset(want)
         self.counters.passes += 1
         for ns in invalid:
             value = namespaces[ns].get(MODE_LABEL, "")
@@ -222,17 +241,43 @@ class Controller:
                     "off): meshward's filters there are left as they are",
                 )
         for key, obj in want.items():
-            if not same(obj, live.get(key)):
-                self._apply(key, obj)
+            have = live.get(key)
+            if not same(obj, have):
+                tampered = self._tampered(key, have, obj)
+                uid = self._apply(key, obj)
+                if tampered is not None and self.guard is not None:
+                    self.guard.report_restored(tampered, uid)
+        self._last_live = {k: live[k] for k in want if k in live}
         keep = set(want) | {k for k in live if k[1] in invalid}
         for key in live:
             if key not in keep:
                 self._delete(key)
 
-    def _apply(self, key: Key, obj: dict[str, Any]) -> None:
+    def owns(self, group: str, kind: str, namespace: str, name: str) -> bool:
+        """Is this object one the controller applies (the mesh guard leaves it to reconcile)?"""
+        return KINDS.get(kind, ("",))[0] == group and (kind, namespace, name) in self._owned
+
+    def _tampered(
+        self, key: Key, have: dict[str, Any] | None, want: dict[str, Any]
+    ) -> Finding | None:
+        """Someone else's edit or deletion of a managed object, reported before it is put back
+        (None: no guard, or no tampering). A guard failure never stops the pass."""
+        if self.guard is None:
+            return None
+        try:
+            found = self.guard.tampered(key[0], have, self._last_live.get(key), want, FIELD_MANAGER)
+            if found is not None:
+                self.guard.report_tampered(found)
+            return found
+        except Exception:
+            log.exception("mesh guard failed on %s %s/%s", *key)
+            return None
+
+    def _apply(self, key: Key, obj: dict[str, Any]) -> str:
+        """Server-side apply; returns the object's uid."""
         kind, ns, name = key
         group, version, plural = KINDS[kind]
-        self.custom.patch_namespaced_custom_object(
+        answer = self.custom.patch_namespaced_custom_object(
             group,
             version,
             ns,
@@ -247,6 +292,8 @@ class Controller:
         mode = obj["metadata"]["labels"].get("meshward.io/mode", "")
         event(log, "applied", kind=kind, namespace=ns, name=name, mode=mode)
         self._event(ns, "Normal", "FiltersApplied", f"{kind} {name} applied for mode {mode}")
+        meta = answer.get("metadata") if isinstance(answer, dict) else None
+        return str((meta or {}).get("uid") or "")
 
     def _delete(self, key: Key) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -29,7 +29,9 @@ from meshward.app.auth import AuthConfig, Guard
 from meshward.app.controller import KINDS, Controller
 from meshward.app.install import CONTROLLER_METRICS_PORT
 from meshward.app.kubeauth import KubeAuth
+from meshward.app.meshguard import MeshGuard
 from meshward.core.log import event
+from meshward.core.meshguard import CONFIG_THREATS
 from meshward.kube.review import Reviewer
 from meshward.runtime.metrics import CONTENT_TYPE, Problems
 
@@ -72,6 +74,9 @@ class ControllerCollector(Collector):
             "Unix time the last reconcile pass succeeded (0: none yet)",
             value=self.ctl.last_success,
         )
+        guard = self.ctl.guard
+        if guard is not None:
+            yield from guard_metrics(guard)
         if self.guard is not None:
             refused = CounterMetricFamily(
                 f"{PREFIX}_http_refused", "metrics port calls refused, by why", labels=["why"]
@@ -79,6 +84,49 @@ class ControllerCollector(Collector):
             refused.add_metric(["unauthenticated"], self.guard.failures)
             refused.add_metric(["forbidden"], self.guard.denials)
             yield refused
+
+
+def guard_metrics(guard: MeshGuard) -> Iterator[Metric]:
+    """The mesh guard's findings by threat, its reports and its drops."""
+    c = guard.counters
+    findings = CounterMetricFamily(
+        f"{PREFIX}_guard_findings",
+        "mesh guard findings reported (Warning Events), by threat",
+        labels=["threat"],
+    )
+    cleared = CounterMetricFamily(
+        f"{PREFIX}_guard_cleared",
+        "mesh guard findings undone (Normal Events: Cleared, Restored), by threat",
+        labels=["threat"],
+    )
+    for threat in CONFIG_THREATS:
+        findings.add_metric([threat], c.findings.get(threat, 0))
+        cleared.add_metric([threat], c.cleared.get(threat, 0))
+    yield findings
+    yield cleared
+    for name, doc, value in (
+        ("guard_restored", "meshward objects put back after someone else changed them", c.restored),
+        ("guard_events", "mesh guard Events recorded", c.events),
+        ("guard_event_errors", "mesh guard Events the API refused (logged)", c.event_errors),
+        ("guard_alerts_sent", "mesh guard findings sent to serve as alerts", c.alerts_sent),
+        ("guard_alert_failures", "sends of findings to serve that failed", c.alerts_failed),
+        ("guard_suppressed", "findings not repeated (already reported)", guard.reported.suppressed),
+    ):
+        yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+    dropped = CounterMetricFamily(
+        f"{PREFIX}_guard_dropped", "mesh guard findings or objects dropped, by why", labels=["why"]
+    )
+    for why, n in sorted(c.dropped.items()):
+        dropped.add_metric([why], n)
+    yield dropped
+    objects = GaugeMetricFamily(
+        f"{PREFIX}_guard_objects",
+        "objects the mesh guard follows, by resource",
+        labels=["resource"],
+    )
+    for resource, n in sorted(guard.watched().items()):
+        objects.add_metric([resource], n)
+    yield objects
 
 
 def kubernetes_guard(api_client: Any, public_metrics: bool) -> Guard:

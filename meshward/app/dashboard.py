@@ -126,7 +126,7 @@ async def graph(request: web.Request) -> web.Response:
         engine.allowlist.export_doc(),
         found,
         engine.modes(),
-        engine.config.default_mode,
+        engine.default_mode,
         namespace,
         verdicts,
         server.pipeline.control_plane.components,
@@ -136,8 +136,14 @@ async def graph(request: web.Request) -> web.Response:
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
 
+STORE_KEYS = frozenset({"id", "replica"})  # what a store adds to an alert it has written
+
+
 def _fingerprint(alert: dict[str, Any]) -> str:
-    raw = json.dumps(alert, sort_keys=True, default=str).encode()
+    """One alert's identity, the same before its store wrote it (pending) and after (with the
+    store's row id): else the stream sent each alert twice, once from each."""
+    shown = {k: v for k, v in alert.items() if k not in STORE_KEYS}
+    raw = json.dumps(shown, sort_keys=True, default=str).encode()
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 

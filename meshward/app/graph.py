@@ -51,6 +51,8 @@ def build_graph(
     edge_bypass: Counter[tuple[str, str]] = Counter()
     roles = dict(control_plane or {})  # node key -> control-plane component
     for a in alerts:
+        if a.get("seen_by") == "mesh-guard":  # a configuration finding, not a call
+            continue
         src, dst = str(a.get("source", "unknown")), str(a.get("destination", "unknown"))
         edge_alerts[src, dst] += 1
         node_alerts[dst] += 1

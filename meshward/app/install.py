@@ -188,7 +188,8 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule([""], ["events"], ["create", "patch"]),
     ],
     # controller: EnvoyFilters in the namespaces it manages, namespaces to follow their labels,
-    # token and access reviews for the callers of its /metrics
+    # token and access reviews for the callers of its /metrics; the mesh guard reads (never
+    # writes) the mesh's policy objects and the pods, and sends its findings to serve
     "controller": [
         _rule([""], ["namespaces"], READ),
         _rule(
@@ -199,6 +200,15 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule([""], ["events"], ["create", "patch"]),
         _rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
         _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
+        _rule([""], ["pods"], READ),
+        _rule(["networking.istio.io"], ["sidecars", "destinationrules"], READ),
+        _rule(["security.istio.io"], ["peerauthentications", "authorizationpolicies"], READ),
+        _rule(
+            ["policy.linkerd.io"],
+            ["servers", "authorizationpolicies", "meshtlsauthentications"],
+            READ,
+        ),
+        _rule([GROUP], ["findings"], ["create"]),
     ],
     # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
     # further by RBAC) and their namespaces' injection annotation; on serve's API (authorized
@@ -225,6 +235,8 @@ API_ROLES: dict[str, list[Obj]] = {
             API_READ,
         ),
         _rule([GROUP], ["sessions"], ["create"]),
+        # the enforce-readiness report: of the recent calls (get), of an uploaded HAR (create)
+        _rule([GROUP], ["readiness"], ["get", "create"]),
     ],
     # the viewer's reads plus changing rules (editing Allowlist objects); modes are Namespace
     # labels, granted by RBAC on namespaces, which this role does not give
@@ -232,6 +244,7 @@ API_ROLES: dict[str, list[Obj]] = {
         _rule([GROUP], ["alerts", "edges", "modes", "exchanges", "metrics", "dashboard"], API_READ),
         _rule([GROUP], ["allowlists"], [*READ, "create", "update", "patch", "delete"]),
         _rule([GROUP], ["sessions"], ["create"]),
+        _rule([GROUP], ["readiness"], ["get", "create"]),
     ],
     # Prometheus scraping serve's /metrics
     "meshward-metrics-reader": [_rule([GROUP], ["metrics"], ["get"])],
@@ -490,6 +503,11 @@ def controller(opts: InstallOptions) -> list[Obj]:
             opts.istio_style,
             "--metrics-port",
             str(CONTROLLER_METRICS_PORT),
+            # the mesh guard's findings go to serve as alerts, with a token bound to this pod
+            "--server",
+            f"http://{opts.service_host}:{HTTP_PORT}",
+            "--api-token-file",
+            f"{NODE_TOKEN_DIR}/token",
         ],
         "ports": [
             {"name": "http-metrics", "containerPort": CONTROLLER_METRICS_PORT, "protocol": "TCP"}
@@ -498,8 +516,12 @@ def controller(opts: InstallOptions) -> list[Obj]:
         "livenessProbe": _probe("/healthz", CONTROLLER_METRICS_PORT, 10),
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": _restricted(),
-        "volumeMounts": mounts,
+        "volumeMounts": [
+            *mounts,
+            {"name": "api-token", "mountPath": NODE_TOKEN_DIR, "readOnly": True},
+        ],
     }
+    volumes = [*volumes, {"name": "api-token", **_api_token()}]
     return [
         {
             "apiVersion": "apps/v1",
@@ -515,6 +537,23 @@ def controller(opts: InstallOptions) -> list[Obj]:
             },
         }
     ]
+
+
+def _api_token() -> Obj:
+    """A projected ServiceAccount token for serve's API (audience meshward, rotated hourly)."""
+    return {
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": "meshward",
+                        "expirationSeconds": 3600,
+                        "path": "token",
+                    }
+                }
+            ]
+        }
+    }
 
 
 NODE_STATE = "/var/lib/meshward"  # the node tap's UDP peer baseline (a hostPath: it outlives pods)
@@ -559,19 +598,7 @@ def node_tap(opts: InstallOptions) -> list[Obj]:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
-    token = {
-        "projected": {
-            "sources": [
-                {
-                    "serviceAccountToken": {
-                        "audience": "meshward",
-                        "expirationSeconds": 3600,
-                        "path": "token",
-                    }
-                }
-            ]
-        }
-    }
+    token = _api_token()
     extra: Obj = {"hostPID": True} if needs_proc else {}
     state = {"path": f"{NODE_STATE}/node-tap", "type": "DirectoryOrCreate"}
     return [
@@ -633,6 +660,7 @@ def network_policies(opts: InstallOptions) -> list[Obj]:
                     {
                         "from": [
                             {"podSelector": {"matchLabels": _selector("node-tap")}},
+                            {"podSelector": {"matchLabels": _selector("controller")}},
                             operators,
                         ],
                         "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],

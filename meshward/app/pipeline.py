@@ -20,7 +20,9 @@ mitmproxy's addons); the pipeline calls them in list order until one stops the c
 - `CachedDecision`: for body-less Checks in monitor and enforce, a recent clean allow, still
   re-inspected through the engine (meshward.app.decisioncache);
 - `Judge`: the engine's verdict (a tap copy cut or expired before its response is judged but
-  not learned), counted, and noted for the join.
+  not learned), counted, and noted for the join;
+- `RecentCalls`: a bounded, redacted sample of the judged calls per namespace, replayed by the
+  enforce-readiness report (meshward.app.recent).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from meshward.app.callerip import CallerByIp, PodsByIp
 from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.decisioncache import DecisionCache, Key
+from meshward.app.recent import RecentCalls
 from meshward.core import redact
 from meshward.core.claims import distrusted
 from meshward.core.engine import Engine
@@ -213,6 +216,7 @@ class Pipeline:
         self.cache = DecisionCache(engine)
         self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
+        self.recent = RecentCalls()
         self.control_plane = ControlPlaneConnections(engine)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
@@ -222,6 +226,7 @@ class Pipeline:
             JudgedByCheck(metrics),
             CachedDecision(self.cache, metrics),
             judge,
+            self.recent,
         ]
         if pods is not None:  # in a cluster: serve's pod index
             self.steps.insert(0, CallerByIp(pods, metrics))

@@ -172,8 +172,7 @@ class EndpointRule:
     def from_doc(cls, doc: dict[str, Any]) -> EndpointRule:
         method = _str(doc, "method").upper()
         template = _str(doc, "path")
-        if not template.startswith("/"):
-            raise ValueError(f"rule path must start with '/': {template!r}")
+        templates.parse(template)
         rule = cls(method=method, template=template)
         query = _mapping(doc, "query")
         rule.open_query = "*" in query
@@ -269,10 +268,28 @@ def _classes(v: object, what: str) -> set[str]:
         v = [v]
     if not isinstance(v, list) or not v:
         raise ValueError(f"{what}: value classes must be a non-empty list")
+    v = [values.OLD_NAMES.get(c, c) if isinstance(c, str) else c for c in v]
     bad = [c for c in v if c not in values.ALL_CLASSES]
     if bad:
-        raise ValueError(f"{what}: unknown value class {bad[0]!r}")
+        known = ", ".join(sorted(values.ALL_CLASSES))
+        raise ValueError(f"{what}: unknown value class {bad[0]!r} (known: {known})")
     return set(v)
+
+
+def old_class_names(doc: object) -> set[str]:
+    """The value class names of a document that are the old spellings (`integer` for `int`):
+    read all the same, and worth a note to whoever saved it."""
+    found: set[str] = set()
+    services = doc.get("services") if isinstance(doc, dict) else None
+    for svc in services if isinstance(services, list) else []:
+        endpoints = svc.get("endpoints") if isinstance(svc, dict) else None
+        for rule in endpoints if isinstance(endpoints, list) else []:
+            for part in ("query", "body"):
+                fields = rule.get(part) if isinstance(rule, dict) else None
+                for v in fields.values() if isinstance(fields, dict) else []:
+                    names = v if isinstance(v, list) else [v]
+                    found.update(c for c in names if isinstance(c, str) and c in values.OLD_NAMES)
+    return found
 
 
 class PathNode:
@@ -345,6 +362,12 @@ class ServiceProfile:
     def endpoint_for_learning(self, method: str, path: str) -> EndpointRule | None:
         """The rule a request teaches, created (and the trie generalised) as needed."""
         if not method:  # the stored document of a rule needs a method: no profile would load
+            return None
+        if "{" in path or "}" in path:
+            # never a literal: a learned `/admin/{any}` would read back from the stored
+            # document as the variable and allow all of /admin
+            self.dropped += 1
+            self.on_refuse("brace-in-path", self.destination)
             return None
         node = self.root
         segments = templates.split_path(path)
@@ -598,7 +621,8 @@ class Allowlist:
 
     def __init__(self, limits: Limits | None = None, on_refuse: Refused | None = None) -> None:
         """`on_refuse(what, destination)` hears of every cap that turned learning away
-        (destination-cap, source-cap, endpoint-cap): the engine counts and logs them."""
+        (destination-cap, source-cap, endpoint-cap, brace-in-path): the engine counts and logs
+        them."""
         self.limits = limits or Limits()
         self.services: dict[str, ServiceProfile] = {}
         self.on_refuse = on_refuse or _ignore

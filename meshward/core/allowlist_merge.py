@@ -19,7 +19,8 @@ the rule only comes back by being learned again.
 parameters, body fields, content types, as `Limits` says). "The N smallest of a union" is
 itself a join, so a bounded merge stays associative, and a key once refused stays refused.
 String value classes collapse to `text` past the widening limit, or as soon as `text` (which
-covers them all) is present: also a join.
+covers them all) is present: also a join. `int`, `float` and `bool` never collapse (a JSON
+number or boolean is not text).
 
 Pure: no I/O. The documents in and out are `ServiceProfile.to_doc()` / `import_doc` documents;
 rule content is parsed by `EndpointRule.from_doc`, so validation is the allowlist's own.
@@ -107,9 +108,10 @@ def _smallest(keys: set[str], n: int) -> set[str]:
 
 
 def _classes(a: set[str], b: set[str]) -> set[str]:
-    """Union, with string classes collapsed to `text` when it is there or past the limit."""
+    """Union, with string classes collapsed to `text` when it is there or past the limit
+    (`int`, `float`, `bool` kept: they may be JSON numbers or booleans, as in values.widen)."""
     out = a | b
-    strings = {c for c in out if c in values.STRING_CLASSES}
+    strings = {c for c in out if c in values.FOLDABLE}
     if values.TEXT in out or len(strings) > WIDEN_LIMIT:
         out = (out - strings) | {values.TEXT}
     return out

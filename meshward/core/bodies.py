@@ -56,6 +56,7 @@ class DecodedBody:
         "_mixed",
         "_partial",
         "_shape",
+        "_typed",
         "kind",
         "max_depth",
         "max_fields",
@@ -74,6 +75,7 @@ class DecodedBody:
         self._partial: bool | None = partial  # None: a walk still has to tell
         self._shape: dict[str, str] | None = None
         self._mixed: set[tuple[str, str]] = set()
+        self._typed: set[tuple[str, str]] = set()  # (path, class) of JSON numbers, booleans, null
         self._doc: object = None
         self.max_depth = 64
         self.max_fields = 4096
@@ -115,12 +117,14 @@ class DecodedBody:
         if self._shape is None:
             shape: dict[str, str] = {}
             if self._fields is None:
-                self._partial = _walk_json(self, shape=shape, mixed=self._mixed)
+                self._partial = _walk_json(self, shape=shape, mixed=self._mixed, typed=self._typed)
             else:
                 for path, leaf in self._fields:
                     cls = classify_leaf(leaf)
                     if shape.setdefault(path, cls) != cls:
                         self._mixed.add((path, cls))
+                    if type(leaf) is not str:
+                        self._typed.add((path, cls))
             self._shape = shape
         return self._shape
 
@@ -129,6 +133,12 @@ class DecodedBody:
         element whose value is of another class than the first's is seen too."""
         shape = self.shape()
         return itertools.chain(shape.items(), sorted(self._mixed)) if self._mixed else shape.items()
+
+    def typed(self) -> set[tuple[str, str]]:
+        """The (path, class) pairs of `leaf_classes` that a JSON number, boolean or null gave,
+        not a string: checked strictly (values.covered_strictly)."""
+        self.shape()
+        return self._typed
 
     def __repr__(self) -> str:
         return f"DecodedBody({self.kind!r}, partial={self.partial})"
@@ -292,12 +302,13 @@ def _walk_json(
     *,
     shape: dict[str, str] | None = None,
     mixed: set[tuple[str, str]] | None = None,
+    typed: set[tuple[str, str]] | None = None,
     fields: list[tuple[str, Leaf]] | None = None,
     keys: list[tuple[str, str]] | None = None,
 ) -> bool:
     """Walk a JSON document once, in document order, filling what is given: `shape` (the class
     of the first leaf of each generalised path) with `mixed` (the other classes later leaves of a
-    path have), `fields` (leaves) and `keys`
+    path have) and `typed` (the pairs a number, boolean or null gave), `fields` (leaves) and `keys`
     (object keys by parent). Returns whether a limit stopped it: depth (`max_depth`), or
     `max_fields` leaves or keys; the limits count the same whatever is collected.
 
@@ -361,6 +372,8 @@ def _walk_json(
                 cls = classify_leaf(v)
                 if shape.setdefault(child, cls) != cls:
                     mixed.add((child, cls))  # type: ignore[union-attr]
+                if t is not str:
+                    typed.add((child, cls))  # type: ignore[union-attr]
             if fields is not None:
                 fields.append((child, v))  # type: ignore[arg-type]  # a JSON leaf
         if last:
@@ -374,6 +387,8 @@ def _walk_json(
     else:  # a scalar document: one leaf at the root
         if shape is not None:
             shape["$"] = classify_leaf(doc)
+            if type(doc) is not str and typed is not None:
+                typed.add(("$", shape["$"]))
         if fields is not None:
             fields.append(("$", doc))  # type: ignore[arg-type]
     return stopped

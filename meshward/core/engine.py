@@ -27,7 +27,7 @@ from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.core.edges import EdgeCount, EdgeCounts
 from meshward.core.log import event
-from meshward.core.modes import DEFAULT_MODE, MODES
+from meshward.core.modes import DEFAULT_MODE, EVERY_OTHER, MODES
 from meshward.core.observation import Observation, Verdict, VerdictKind
 from meshward.core.quota import AlertQuota, QuotaGate
 from meshward.core.threats.inspection import Detector, Inspection, NoDetector
@@ -91,6 +91,7 @@ class Engine:
         self.refused: Counter[str] = Counter()
         self.allowlist = Allowlist(self.config.limits, self._refuse)
         self._modes: dict[str, str] = {}
+        self._default_mode = self.config.default_mode
         self._dirty: set[str] = set()
         self._pending_alerts: list[dict[str, Any]] = []
         self._quota = QuotaGate(self.config.alert_quota, self.refused)
@@ -115,19 +116,29 @@ class Engine:
 
     # ---- modes
     def mode_of(self, namespace: str) -> str:
-        return self._modes.get(namespace or "default", self.config.default_mode)
+        return self._modes.get(namespace or "default", self._default_mode)
+
+    @property
+    def default_mode(self) -> str:
+        """The mode of every namespace not set by name: the stored `*`, else the config's."""
+        return self._default_mode
 
     def set_mode(self, namespace: str, mode: str) -> None:
         """One namespace's mode, in memory (the app stores it)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} ({', '.join(MODES)})")
         namespace = namespace or "default"
-        self._modes[namespace] = mode
+        if namespace == EVERY_OTHER:
+            self._default_mode = mode
+        else:
+            self._modes[namespace] = mode
         event(log, "mode set", namespace=namespace, mode=mode)
 
     def set_modes(self, modes: dict[str, str]) -> None:
-        """All namespace modes at once (as stored, e.g. after another process changed one)."""
-        self._modes = dict(modes)
+        """All namespace modes at once (as stored, e.g. after another process changed one);
+        `*` is the mode of every namespace not named."""
+        self._modes = {ns: m for ns, m in modes.items() if ns != EVERY_OTHER}
+        self._default_mode = modes.get(EVERY_OTHER, self.config.default_mode)
 
     def modes(self) -> dict[str, str]:
         return dict(self._modes)
@@ -150,6 +161,17 @@ class Engine:
         f = scoring.features(obs, self.config.max_body)
         found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
         return self._decide(obs, mode, learn, f, found, failed)
+
+    def dry_run(
+        self, obs: Observation, mode: str, inspected: tuple[Inspection, bool] | None = None
+    ) -> Verdict:
+        """What `mode` would say of `obs`, changing nothing: nothing learned, no alert recorded,
+        nothing counted (the enforce-readiness report replays traffic through it)."""
+        if obs.body:
+            obs = self._plaintext(obs)
+        f = scoring.features(obs, self.config.max_body)
+        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
+        return self._decide(obs, mode, False, f, found, failed, record=False)
 
     def inspect(self, obs: Observation) -> tuple[Inspection, bool]:
         """The detectors' findings and whether they failed, as `evaluate` would get them:
@@ -179,6 +201,7 @@ class Engine:
         f: scoring.Features,
         found: Inspection,
         failed: bool,
+        record: bool = True,
     ) -> Verdict:
         threats = obs.threats + found.threats if obs.threats else found.threats
         dest = obs.destination.key
@@ -224,7 +247,7 @@ class Engine:
             obs.source.key,
             failed or found.partial or f.body.partial or obs.body_truncated,
         )
-        if verdict != "allow":
+        if verdict != "allow" and record:
             self._record_alert(obs, v)
         return v
 
@@ -300,14 +323,25 @@ class Engine:
             protocol=obs.protocol,
             request_id=obs.request_id,
         )
+        self._keep_alert(alert, v.source, v.destination)
+
+    def add_alert(self, alert: dict[str, Any]) -> bool:
+        """An alert raised outside the engine (the controller's mesh guard findings, through
+        serve's API): kept, drained and stored as the engine's own, under the same quotas.
+        False when a quota left it out."""
+        self.counters["alerts"] += 1
+        return self._keep_alert(alert, str(alert["source"]), str(alert["destination"]))
+
+    def _keep_alert(self, alert: dict[str, Any], source: str, destination: str) -> bool:
         self._alerts.append(alert)  # the recent view (bounded), for an engine without a store
-        refused = self._quota.admit(v.source, v.destination)
+        refused = self._quota.admit(source, destination)
         if refused:  # the verdict stands; only its record is left out: counted, logged once
-            key = v.source if refused == "alert-source-quota" else v.destination
+            key = source if refused == "alert-source-quota" else destination
             if self._quota.first_refusal(f"{refused}:{key}"):
                 event(log, "alerts over quota", logging.WARNING, quota=refused, key=key[:200])
-            return
+            return False
         self._pending_alerts.append(alert)
+        return True
 
     # ---- what the app reads and drains
     def alerts(self, limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -7,3 +7,6 @@ learned; a threat on it is still alerted (Engine._decide).
 
 MODES = ("off", "learn", "monitor", "enforce")
 DEFAULT_MODE = "learn"
+# the namespace name of "every namespace not set by name" (`meshward mode set '*' MODE`): stored
+# beside the others, never a Kubernetes name; in a cluster the Namespace labels decide instead
+EVERY_OTHER = "*"

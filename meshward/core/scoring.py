@@ -124,11 +124,16 @@ def score_reasons(
     if kind != "empty" and rule.body_kinds and kind not in rule.body_kinds:
         reasons.append(r.BODY_TYPE_MISMATCH)
     elif f.body.shape() and not rule.open_body:
+        typed = f.body.typed()  # numbers and booleans: a text field does not take `true`
         for path, cls in f.body.leaf_classes():
             classes = rule.body.get(path)
             if classes is None:
                 _add(reasons, r.NEW_BODY_FIELD)
-            elif not values.covered(cls, classes):
+            elif not (
+                values.covered_strictly(cls, classes)
+                if typed and (path, cls) in typed
+                else values.covered(cls, classes)
+            ):
                 _add(reasons, r.BODY_TYPE_MISMATCH)
     if not rule.size_ok(f.size):
         reasons.append(r.SIZE_OUT_OF_BAND)

@@ -62,5 +62,34 @@ def variable_accepts(variable: str, segment: str) -> bool:
     return values.classify(segment) in _ACCEPTS.get(variable, frozenset())
 
 
+def accepted_classes(variable: str) -> frozenset[str]:
+    """The value classes a typed variable accepts (empty for `{str}` and `{any}`: any value)."""
+    return _ACCEPTS.get(variable, frozenset())
+
+
 def is_variable(segment: str) -> bool:
     return segment in VARIABLES
+
+
+# every variable, in the order an error message lists them
+KNOWN = (*TYPED.values(), STR, REST)
+
+
+def parse(template: str) -> list[str]:
+    """The segments of a rule's path template, checked: the one parser of every template read
+    from a document (import, the store, replicas, the Allowlist objects). ValueError names an
+    unknown variable (`/x/{nope}` would otherwise be a literal that matches nothing) and the
+    known ones."""
+    if not template.startswith("/"):
+        raise ValueError(f"rule path must start with '/': {template!r}")
+    segments = split_path(template)
+    for i, seg in enumerate(segments):
+        if seg in VARIABLES:
+            if seg == REST and i != len(segments) - 1:
+                raise ValueError(f"path {template!r}: {REST} (the rest of the path) must be last")
+        elif "{" in seg or "}" in seg:
+            raise ValueError(
+                f"path {template!r}: unknown template variable {seg!r} "
+                f"(a variable is a whole segment, one of {', '.join(KNOWN)})"
+            )
+    return segments

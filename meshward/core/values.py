@@ -3,6 +3,11 @@
 Learning records the classes a field takes; scoring flags a value whose class no learned class
 covers. Classes are coarse on purpose: they must be stable across normal traffic (few false
 alerts) while still separating an id from free text, or a number from a string.
+
+One name per class, whatever carries the value: `int` is `?page=2`, `/users/{int}`, `"2"` and
+`2` in a JSON body alike (docs/learning.md lists them). A JSON number or boolean is still told
+from a string by how it is checked, not by its name: a text field that receives `true` is a
+body-type-mismatch (`covered_strictly`).
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ TOKEN = "token"
 WORD = "word"
 TEXT = "text"
 ANY = "any"  # only ever written by a human widening a rule
-# JSON kinds other than string
-JSON_INT = "integer"
-JSON_NUM = "number"
-JSON_BOOL = "boolean"
+# JSON values that are neither strings nor numbers or booleans (those are INT, FLOAT, BOOL)
 JSON_NULL = "null"
 JSON_OBJECT = "object"
 JSON_ARRAY = "array"
 
 STRING_CLASSES = (EMPTY, BOOL, INT, FLOAT, UUID, HEX, DATE, EMAIL, JWT, TOKEN, WORD, TEXT)
-JSON_KINDS = (JSON_INT, JSON_NUM, JSON_BOOL, JSON_NULL, JSON_OBJECT, JSON_ARRAY)
+JSON_KINDS = (JSON_NULL, JSON_OBJECT, JSON_ARRAY)
 ALL_CLASSES = frozenset(STRING_CLASSES + JSON_KINDS + (ANY,))
+# what a JSON number or boolean is classed as: never folded into `text` (which covers strings
+# only), so a number or a boolean stays checked as one
+SCALARS = frozenset({INT, FLOAT, BOOL})
+FOLDABLE = frozenset(STRING_CLASSES) - SCALARS
+# the JSON kinds' names before one name served both (saved allowlists still load: read as these)
+OLD_NAMES = {"integer": INT, "number": FLOAT, "boolean": BOOL}
 
 _INT = re.compile(r"-?\d{1,63}")
 _FLOAT = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
@@ -55,7 +63,6 @@ _COVERS: dict[str, frozenset[str]] = {
     TOKEN: frozenset({HEX, INT, UUID, JWT}),
     HEX: frozenset({INT}),
     FLOAT: frozenset({INT}),
-    JSON_NUM: frozenset({JSON_INT}),
     ANY: ALL_CLASSES,
 }
 
@@ -108,9 +115,9 @@ def _classify(value: str) -> str:
 
 
 _LEAF_KINDS = {
-    int: JSON_INT,
-    float: JSON_NUM,
-    bool: JSON_BOOL,
+    int: INT,
+    float: FLOAT,
+    bool: BOOL,
     type(None): JSON_NULL,
     dict: JSON_OBJECT,
     list: JSON_ARRAY,
@@ -118,7 +125,8 @@ _LEAF_KINDS = {
 
 
 def classify_leaf(value: object) -> str:
-    """Class of one decoded body leaf: JSON kinds for non-strings, string classes for strings."""
+    """Class of one decoded body leaf: a JSON number or boolean as `int`, `float` or `bool`
+    (what a string holding one is too), null, objects and arrays by their kind."""
     kind = _LEAF_KINDS.get(type(value))
     if kind is not None:
         return kind
@@ -132,16 +140,26 @@ def covered(observed: str, learned: set[str] | frozenset[str]) -> bool:
     return any(observed in _COVERS.get(c, ()) for c in learned)
 
 
+def covered_strictly(observed: str, learned: set[str] | frozenset[str]) -> bool:
+    """Does a learned class accept a JSON value that is not a string (a number, a boolean,
+    null)? Only its own class (a float field takes an integer) or `any`: the string classes
+    that cover `int` or `bool` strings (`word`, `text`) do not take `2` or `true`, which type
+    confusion (`{"password": true}`) sends."""
+    return observed in learned or ANY in learned or (observed == INT and FLOAT in learned)
+
+
 def is_string_class(cls: str) -> bool:
     return cls in STRING_CLASSES or cls == ANY
 
 
 def widen(classes: set[str], limit: int = 6) -> set[str]:
-    """Keep a learned class set small: past `limit` string classes, fold them into `text`."""
-    strings = [c for c in classes if c in STRING_CLASSES]
+    """Keep a learned class set small: past `limit` string classes, fold them into `text`
+    (`int`, `float` and `bool` stay: they may be a JSON number or boolean, which `text` does
+    not take)."""
+    strings = [c for c in classes if c in FOLDABLE]
     if len(strings) <= limit:
         return classes
-    return {c for c in classes if c not in STRING_CLASSES} | {TEXT}
+    return {c for c in classes if c not in FOLDABLE} | {TEXT}
 
 
 def decimal(text: str, max_digits: int = 20) -> int | None:
@@ -149,3 +167,24 @@ def decimal(text: str, max_digits: int = 20) -> int | None:
     alone passes `²`, which int() refuses, as it refuses more than 4,300 digits; one odd value
     must not cost the whole entry or exchange."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= max_digits else None
+
+
+# the expression each string class's values match, for documents that describe the classes
+# (the OpenAPI export); `text`, `any` and `empty` need none
+_PATTERNS = {
+    INT: _INT,
+    FLOAT: _FLOAT,
+    UUID: _UUID,
+    HEX: _HEX,
+    DATE: _DATE,
+    EMAIL: _EMAIL,
+    JWT: _JWT,
+    TOKEN: _TOKEN,
+    WORD: _WORD,
+}
+
+
+def pattern(cls: str) -> str | None:
+    """The whole-value regular expression of a string class (ECMA-262 compatible), or None."""
+    found = _PATTERNS.get(cls)
+    return f"^(?:{found.pattern})$" if found is not None else None

@@ -33,6 +33,19 @@ class EntryError:
 
 Item = Observation | EntryError
 
+# Observation.extra keys: the file an Observation was read from, and its 1-based entry there
+# (the line, for JSON Lines), numbered as EntryError numbers a bad one
+FILE = "file"
+ENTRY = "entry"
+
+
+def at_entry(obs: Observation, file: str, n: int) -> Observation:
+    """Mark where an Observation was read (`meshward score` says which request it judges)."""
+    obs.extra[FILE] = file
+    obs.extra[ENTRY] = str(n)
+    return obs
+
+
 # What converting one decoded JSON entry raises on data of the wrong shape (anything else: a bug).
 BAD_VALUE = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 # What ijson raises on broken input: yajl2_c turns a lone-surrogate escape ("\ud800") into bytes

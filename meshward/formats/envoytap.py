@@ -34,6 +34,7 @@ from meshward.formats.common import (
     DepthGuard,
     EntryError,
     Item,
+    at_entry,
     content_length,
     describe,
     destination_from_authority,
@@ -292,9 +293,10 @@ def _convert(
         if isinstance(obj, dict) and _get(obj, "http_streamed_trace_segment") is not None:
             key = "http_streamed_trace_segment"
             seg = require_object(_get(obj, key), key)
-            yield from streams.add(seg)
+            done = streams.add(seg)
         else:
-            yield from observations_from_trace(obj, streams.seen_by)
+            done = observations_from_trace(obj, streams.seen_by)
+        yield from (at_entry(obs, name, n) for obs in done)
     except BAD_VALUE as exc:
         yield EntryError(name, n, describe(exc), unit)
 

@@ -25,6 +25,7 @@ from meshward.formats.common import (
     DepthGuard,
     EntryError,
     Item,
+    at_entry,
     content_length,
     describe,
     destination_from_authority,
@@ -168,7 +169,7 @@ def read_har(name: str, f: IO[bytes], seen_by: SeenBy = "file") -> Iterator[Item
         entries = ijson.items(DepthGuard(f), "log.entries.item", use_float=True)
         for n, entry in enumerate(entries, 1):
             try:
-                yield observation_from_entry(entry, seen_by)
+                yield at_entry(observation_from_entry(entry, seen_by), name, n)
             except BAD_VALUE as exc:
                 yield EntryError(name, n, describe(exc))
     except JSON_ERRORS as exc:

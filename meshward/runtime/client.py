@@ -161,11 +161,27 @@ class ApiClient:
         path = "/api/v1/modes/" + urllib.parse.quote(namespace, safe="")
         return dict(self.request("PUT", path, {"mode": mode}))
 
+    def readiness(
+        self, namespace: str, mode: str = "enforce", har: bytes | None = None, **query: object
+    ) -> dict[str, Any]:
+        """The enforce-readiness report of a namespace: its recent calls replayed, or `har`'s."""
+        path = "/api/v1/readiness/" + urllib.parse.quote(namespace, safe="")
+        given = {k: v for k, v in {"mode": mode, **query}.items() if v is not None}
+        path += "?" + urllib.parse.urlencode(given)
+        if har is None:
+            return dict(self.request("GET", path))
+        return dict(self.request("POST", path, body=har, timeout=max(self.timeout, 60.0)))
+
     def post_observations(self, items: list[dict[str, Any]] | bytes) -> dict[str, int]:
         """A batch (observation dicts, or ready JSON / JSON Lines bytes) -> accepted/rejected."""
         if isinstance(items, bytes):
             return dict(self.request("POST", "/api/v1/observations", body=items))
         return dict(self.request("POST", "/api/v1/observations", items))
+
+    def post_findings(self, findings: list[dict[str, Any]]) -> dict[str, int]:
+        """The controller's mesh guard findings (meshward.core.meshguard.Finding dicts) ->
+        accepted/rejected; serve keeps them as alerts."""
+        return dict(self.request("POST", "/api/v1/findings", findings))
 
     def exchanges(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.get("/api/v1/exchanges", limit=limit)["exchanges"])

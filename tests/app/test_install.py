@@ -100,7 +100,7 @@ def test_api_roles_grant_no_namespace_or_core_rights() -> None:
             for r in rules
             for res in r["resources"]
             if set(r["verbs"]) - {"get", "list", "watch"}
-        } - {"sessions"}  # a one-time login code for oneself
+        } - {"sessions", "readiness"}  # a login code for oneself; a HAR's report changes nothing
         assert writes == ({"allowlists"} if name == "meshward-operator" else set()), name
     assert not any(
         o["kind"].endswith("Binding") and o["metadata"]["name"] in API_ROLES
@@ -281,3 +281,63 @@ def test_controller_serves_metrics_behind_a_probe_and_a_policy() -> None:
     ]
     groups = {g for r in PERMISSIONS["controller"] for g in r["apiGroups"]}
     assert {"authentication.k8s.io", "authorization.k8s.io"} <= groups
+
+
+def test_the_mesh_guard_reads_only_and_reports_to_serve() -> None:
+    """The controller's mesh guard: read-only on the mesh's policy objects and pods, `create
+    findings` on serve's API (nobody else's role has it), a pod-bound token for it, and a way
+    through serve's NetworkPolicy."""
+    objects = render(InstallOptions())
+    rules = PERMISSIONS["controller"]
+    writes = {"create", "update", "patch", "delete"}
+    written = {
+        (g, res)
+        for r in rules
+        if writes & set(r["verbs"])
+        for g in r["apiGroups"]
+        for res in r["resources"]
+    }
+    assert written == {
+        ("networking.istio.io", "envoyfilters"),
+        ("", "events"),
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+        ("meshward.io", "findings"),
+    }
+    read = {
+        (g, res)
+        for r in rules
+        if "watch" in r["verbs"]
+        for g in r["apiGroups"]
+        for res in r["resources"]
+    }
+    assert {
+        ("", "pods"),
+        ("security.istio.io", "peerauthentications"),
+        ("networking.istio.io", "destinationrules"),
+        ("policy.linkerd.io", "meshtlsauthentications"),
+    } <= read
+    others = [r for name, roles in API_ROLES.items() for r in roles] + [
+        r for name, roles in PERMISSIONS.items() if name != "controller" for r in roles
+    ]
+    assert not any("findings" in r["resources"] for r in others)
+    (deploy,) = [
+        o
+        for o in objects
+        if o["metadata"]["name"] == "meshward-controller" and o["kind"] == "Deployment"
+    ]
+    spec = deploy["spec"]["template"]["spec"]
+    args = spec["containers"][0]["args"]
+    assert args[args.index("--server") + 1] == "http://meshward.meshward.svc.cluster.local:9193"
+    assert args[args.index("--api-token-file") + 1] == "/var/run/secrets/meshward/token"
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "api-token"]
+    assert vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "meshward"
+    (policy,) = [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "meshward-serve"
+    ]
+    sources = [f for rule in policy["spec"]["ingress"] for f in rule["from"]]
+    assert {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "meshward-controller"}}
+    } in sources

@@ -8,6 +8,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshward.core import allowlist as allowlist_mod
 from meshward.core import templates, values
 from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
 from meshward.core.engine import Engine, EngineConfig
@@ -153,7 +154,8 @@ def test_value_classes_cover_like_expected() -> None:
     assert values.classify("' or 1=1 --") == "text"
     assert values.covered("int", {"text"})
     assert not values.covered("text", {"int"})
-    assert values.classify_leaf(3) == "integer" and values.classify_leaf("3") == "int"
+    assert values.classify_leaf(3) == values.classify_leaf("3") == "int"  # one name for both
+    assert values.classify_leaf(True) == "bool" and values.classify_leaf(1.5) == "float"
 
 
 def test_threat_bearing_requests_are_not_learned() -> None:
@@ -257,3 +259,113 @@ def test_a_credential_in_a_path_is_learned_as_a_variable_not_a_literal() -> None
     doc = json.dumps(p.to_doc())
     assert "Summer2024pw" not in doc and "/reset/{str}" in doc
     assert "/api/items" in doc and "/healthz" in doc  # the other literals are not folded
+
+
+def test_templates_name_an_unknown_variable_and_the_known_ones() -> None:
+    """`/x/{nope}` was a literal matching nothing: every document read refuses it, saying why."""
+    assert templates.parse("/users/{int}/files/{any}") == ["users", "{int}", "files", "{any}"]
+    for bad, says in [
+        ("/x/{nope}", "unknown template variable '{nope}'"),
+        ("/x/a{int}", "unknown template variable 'a{int}'"),
+        ("/x/{int", "unknown template variable '{int'"),
+        ("/x/{any}/y", "{any} (the rest of the path) must be last"),
+        ("x/{int}", "must start with '/'"),
+    ]:
+        try:
+            templates.parse(bad)
+        except ValueError as exc:
+            assert says in str(exc), exc
+            if "unknown" in says:
+                assert "{int}, {uuid}, {hex}, {date}, {email}, {jwt}, {token}, {str}, {any}" in (
+                    str(exc)
+                )
+        else:
+            raise AssertionError(f"{bad} accepted")
+    doc = {"services": [{"destination": "ns/a", "endpoints": [{"method": "GET", "path": "/{x}"}]}]}
+    try:
+        Allowlist().import_doc(doc)
+    except ValueError as exc:
+        assert str(exc).startswith("service 0: endpoint 0: path '/{x}': unknown template variable")
+    else:
+        raise AssertionError("import accepted /{x}")
+
+
+def test_a_brace_in_a_path_is_never_learned() -> None:
+    """A literal `{any}` learned from a request read back from the stored document as the
+    variable, allowing all of /admin after a restart: such a request is judged, not learned,
+    and the refusal counted."""
+    engine = Engine(EngineConfig(threats=False))
+    for _ in range(3):
+        engine.evaluate(obs("GET", "/admin/{any}"), mode="learn")
+        engine.evaluate(obs("GET", "/ok"), mode="learn")
+    assert [r.template for r in engine.allowlist.services["ns/api"].rules()] == ["/ok"]
+    assert engine.refused["brace-in-path"] == 3
+    reloaded = Engine(EngineConfig(threats=False))
+    reloaded.load({"ns/api": engine.allowlist.services["ns/api"].to_doc()}, {})
+    assert reloaded.evaluate(obs("GET", "/admin/secret"), mode="enforce").verdict == "deny"
+
+
+def test_one_spelling_of_value_classes_and_json_types_still_checked() -> None:
+    """`int` for `?page=2`, `"2"` and `2` alike (`integer`, `number`, `boolean` are read as
+    `int`, `float`, `bool`); a number or a boolean where strings were learned is still a
+    body-type-mismatch (`{"password": true}` against a PHP `==`), and widening never folds a
+    number into `text`."""
+    import json
+
+    engine = Engine(EngineConfig(threats=False))
+    for i in range(30):
+        body = {"user": f"user{i}", "password": f"Pw-{i}x{i * 7}", "qty": 1 + i % 3}
+        body["price"] = 1.5 + i
+        engine.evaluate(
+            obs("POST", "/login", body=json.dumps(body).encode(), query=f"page={i}"),
+            mode="learn",
+        )
+    rule = engine.allowlist.services["ns/api"].rules()[0].to_doc()
+    assert rule["query"] == {"page": ["int"]}
+    assert rule["body"]["$.qty"] == ["int"] and rule["body"]["$.price"] == ["float"]
+    names = {c for v in [*rule["query"].values(), *rule["body"].values()] for c in v}
+    assert not names & {"integer", "number", "boolean"}
+
+    def verdict(**changed: object) -> list[str]:
+        body = {"user": "user3", "password": "Pw-3x21", "qty": 2, "price": 3.5, **changed}
+        v = engine.evaluate(obs("POST", "/login", body=json.dumps(body).encode()), "enforce")
+        return v.reasons
+
+    assert verdict() == []
+    assert "body-type-mismatch" in verdict(password=True)  # a boolean where text was learned
+    assert "body-type-mismatch" in verdict(user=0)  # a number where words were learned
+    assert "body-type-mismatch" in verdict(qty="two")
+    assert verdict(price=4) == []  # a float field takes an integer, as JSON numbers do
+    assert verdict(qty="2") == []  # a string holding an int is an int: one name, one class
+    widened = values.widen({"int", "word", "uuid", "hex", "date", "email", "jwt", "token"})
+    assert widened == {"int", "text"}
+    doc = {
+        "services": [
+            {
+                "destination": "ns/old",
+                "endpoints": [
+                    {"method": "POST", "path": "/x", "body": {"$.n": ["integer", "boolean"]}},
+                    {"method": "GET", "path": "/y", "query": {"f": "number"}},
+                ],
+            }
+        ]
+    }
+    assert allowlist_mod.old_class_names(doc) == {"integer", "boolean", "number"}
+    a = Allowlist()
+    a.import_doc(doc)
+    got = {r.template: r.to_doc() for r in a.services["ns/old"].rules()}
+    assert got["/x"]["body"] == {"$.n": ["bool", "int"]} and got["/y"]["query"] == {"f": ["float"]}
+    bad = {
+        "services": [
+            {
+                "destination": "a/b",
+                "endpoints": [{"method": "GET", "path": "/", "query": {"q": ["integr"]}}],
+            }
+        ]
+    }
+    try:
+        Allowlist().import_doc(bad)
+    except ValueError as exc:
+        assert "unknown value class 'integr' (known: any, array, bool, date," in str(exc)
+    else:
+        raise AssertionError("integr accepted")

@@ -31,7 +31,7 @@ LIMITS = Limits(
 KEYS = [(m, p) for m in ("GET", "POST") for p in ("/a", "/b", "/c/{int}", "/d", "/e/{str}")]
 CLASSES = st.sets(
     st.sampled_from(
-        ["int", "word", "uuid", "hex", "text", "email", "token", "date", "float", "bool", "integer"]
+        ["int", "word", "uuid", "hex", "text", "email", "token", "date", "float", "bool", "null"]
     ),
     min_size=1,
     max_size=4,

@@ -77,15 +77,15 @@ def test_json_shape_and_fields_agree() -> None:
     first_shape = decode_body("application/json", body)
     shape = first_shape.shape()
     assert shape == {
-        "$.id": "integer",
+        "$.id": "int",
         "$.user.name": "word",
         "$.user.email": "email",
         "$.user.tags[]": "word",
         "$.items[].sku": "word",
-        "$.items[].qty": "integer",
-        "$.items[].gift": "boolean",
+        "$.items[].qty": "int",
+        "$.items[].gift": "bool",
         '$["weird key"]': "null",
-        "$.price": "number",
+        "$.price": "float",
     }
     first_fields = decode_body("application/json", body)
     assert len(first_fields.fields) == 12 and len(first_fields.keys) == 13

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
@@ -20,48 +19,15 @@ from meshward.istio import envoyfilter, filters
 from meshward.istio.bootstrap import ROUTER_CONFIG, render_bootstrap, upstream_cluster
 from meshward.istio.envoyproc import EnvoyError, validate
 from meshward.istio.filters import FilterSettings
+from tests.support.crdschema import ISTIO_CRDS, Validators, check_object, crd_validators
 
-CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "istio" / "crds.yaml"
 STYLES = ("envoyfilter", "extension-provider")
 
 
-def _closed(schema: Any) -> Any:
-    """Kubernetes prunes fields a structural schema does not declare: treat them as errors."""
-    if isinstance(schema, dict):
-        out = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-            out.setdefault("additionalProperties", False)
-        return out
-    if isinstance(schema, list):
-        return [_closed(v) for v in schema]
-    return schema
-
-
 @pytest.fixture(scope="module")
-def schemas() -> dict[tuple[str, str], Any]:
+def schemas() -> Validators:
     """(apiVersion, kind) -> a validator for the CRD's openAPIV3Schema."""
-    if not CRDS.exists():
-        pytest.skip(f"{CRDS} missing (../shared is not checked out here)")
-    out = {}
-    for crd in yaml.safe_load_all(CRDS.read_text()):
-        if not crd or crd.get("kind") != "CustomResourceDefinition":
-            continue
-        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-        for version in crd["spec"]["versions"]:
-            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
-            # every object also has these (Kubernetes validates them, not the CRD)
-            schema["properties"].update(
-                apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"}
-            )
-            schema = _closed(schema)
-            out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
-    return out
-
-
-def check_object(schemas: dict[tuple[str, str], Any], obj: dict[str, Any]) -> None:
-    validator = schemas[(obj["apiVersion"], obj["kind"])]
-    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
-    assert not errors, errors
+    return crd_validators(ISTIO_CRDS)
 
 
 def variants() -> list[tuple[str, str, str]]:
@@ -268,6 +234,28 @@ def test_envoy_bootstrap_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "learn")
+
+
+@pytest.mark.integration
+def test_envoy_bootstrap_validate_says_it_passed_and_what(
+    envoy_bin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--validate was silent on success: it now says on stderr which Envoy loaded what (stdout
+    stays the configuration alone), and a rejection exits 1 with Envoy's reason."""
+    assert run_command("meshward.app.commands.envoy", [*BOOT, "enforce", "--validate"]) == 0
+    out, err = capsys.readouterr()
+    expected = render_bootstrap(15006, "127.0.0.1:8080", "shop", "web", "enforce")
+    assert yaml.safe_load(out) == expected
+    assert err == (
+        "meshward envoy bootstrap: valid: Envoy 1.40.0 loaded it (envoy --mode validate): "
+        "listener 127.0.0.1:15006 (ext_authz -> ext_proc -> router); "
+        "clusters app, meshward-authz, meshward-tap\n"
+    )
+    argv = [*BOOT, "learn", "--validate", "--listen-host", "999.1.1.1"]
+    assert run_command("meshward.app.commands.envoy", argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("meshward envoy bootstrap: envoy rejected the config: ")
+    assert "malformed IP address: 999.1.1.1" in err
 
 
 @pytest.mark.usefixtures("openssl")

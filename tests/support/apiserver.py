@@ -445,3 +445,35 @@ def istio_crds(kube_cluster: KubeCluster) -> None:
     kube_cluster.kubectl("apply", "--validate=false", "-f", str(ISTIO_CRDS))
     for name in ("envoyfilters.networking.istio.io", "authorizationpolicies.security.istio.io"):
         kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+
+
+SHARED_DATA = ISTIO_CRDS.parents[1]
+MESH_CRDS = (
+    SHARED_DATA / "istio" / "crds.yaml",
+    SHARED_DATA / "istio" / "crds-mesh-security.yaml",
+    SHARED_DATA / "linkerd" / "crds.yaml",
+)
+
+
+@pytest.fixture(scope="session")
+def mesh_crds(kube_cluster: KubeCluster) -> None:
+    """Every Istio and Linkerd policy type the mesh guard watches, on the test API server:
+    Istio's with validate=false (1.20 drops their CEL rules), Linkerd's without the `default: ""`
+    lines 1.20 rejects ("must be of type string: null"); see docs/kubernetes.md."""
+    for path in MESH_CRDS:
+        if not path.exists():
+            pytest.skip(f"mesh CRDs not found at {path}")
+    for path in MESH_CRDS:
+        text = path.read_text()
+        if "linkerd" in path.parts:
+            text = "\n".join(ln for ln in text.splitlines() if ln.strip() != 'default: ""')
+        kube_cluster.kubectl("apply", "--validate=false", "-f", "-", input=text)
+    names = [
+        d["metadata"]["name"]
+        for path in MESH_CRDS
+        for d in yaml.safe_load_all(path.read_text())
+        if d and d.get("kind") == "CustomResourceDefinition"
+    ]
+    kube_cluster.kubectl(
+        "wait", "--for=condition=Established", *[f"crd/{n}" for n in names], "--timeout=30s"
+    )

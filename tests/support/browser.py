@@ -94,3 +94,29 @@ def serve_in_thread(**config: object) -> Iterator[tuple[Server, Callable[..., An
     finally:
         done.set()
         thread.join(timeout=30)
+
+
+WAIT = 10_000  # ms: a ceiling on each condition a browser test waits for, not a pause
+
+
+def shot(page: Any, name: str) -> Path:
+    """A full-page screenshot kept as a test artifact (tests/artifacts/dashboard/NAME.png)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def log_in(page: Any, port: int, token: str) -> None:
+    """The `/#token=` login, then the dashboard with its graph drawn."""
+    page.goto(f"http://127.0.0.1:{port}/#token={token}")
+    page.wait_for_url("**/dashboard/", timeout=WAIT)
+    page.wait_for_selector("body[data-graph=ready][data-table=ready]", timeout=WAIT)
+
+
+def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations on the page as it is now (injected through
+    the DevTools protocol, so the page's CSP stays on)."""
+    page.evaluate(AXE.read_text())
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]

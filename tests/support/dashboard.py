@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from meshward.core.observation import Identity, Observation, observation_to_dict
@@ -35,3 +36,25 @@ def call(source: str, destination: str, method: str, path: str, query: str = "")
 def learned_calls(repeat: int = 3) -> list[dict[str, Any]]:
     """The CALLS, each `repeat` times (enough for the allowlist to learn their templates)."""
     return [call(*c) for _ in range(repeat) for c in CALLS]
+
+
+def har(calls: list[tuple[str, str, str, str]]) -> bytes:
+    """A HAR 1.2 file of (caller, service, method, path) requests, naming both ends as a
+    recorded mesh call does (`_source`, `_destination`)."""
+    entries = [
+        {
+            "startedDateTime": "2026-01-01T00:00:00Z",
+            "_source": source,
+            "_destination": destination,
+            "request": {
+                "method": method,
+                "url": f"http://{destination.split('/')[1]}{path}",
+                "httpVersion": "HTTP/1.1",
+                "headers": [],
+                "queryString": [],
+            },
+            "response": {"status": 200, "headers": []},
+        }
+        for source, destination, method, path in calls
+    ]
+    return json.dumps({"log": {"version": "1.2", "entries": entries}}).encode()

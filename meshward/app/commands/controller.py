@@ -1,4 +1,5 @@
-"""`meshward controller`: EnvoyFilters follow each namespace's meshward.io/mode label."""
+"""`meshward controller`: EnvoyFilters follow each namespace's meshward.io/mode label; the mesh
+guard reports configuration changes that weaken a guarded namespace (docs/mesh-guard.md)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep Istio namespaces' meshward filters in step with their meshward.io/mode label",
         description="Watches Namespaces; for each one with Istio sidecar injection it applies "
         "(server-side apply) the objects `meshward istio render` gives for its "
-        "meshward.io/mode label and prunes those no longer wanted. One replica leads through a "
-        "coordination.k8s.io Lease; the others wait.",
+        "meshward.io/mode label and prunes those no longer wanted; its mesh guard reports "
+        "changes that weaken a monitor or enforce namespace (Events, and alerts in serve with "
+        "--server). One replica leads through a coordination.k8s.io Lease; the others wait.",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
     p.add_argument("--context", help="kubeconfig context (default: its current context)")
@@ -57,6 +59,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve /metrics without a credential (default: a Kubernetes token allowed "
         "`get metrics.meshward.io`, as serve's /metrics)",
     )
+    p.add_argument(
+        "--guard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the configuration guard: report changes of Istio/Linkerd objects and inject "
+        "settings that weaken a monitor or enforce namespace (docs/mesh-guard.md; default on)",
+    )
+    p.add_argument(
+        "--istio-root-namespace",
+        default="istio-system",
+        help="Istio's root namespace: its objects without a selector cover the whole mesh "
+        "(default istio-system)",
+    )
+    p.add_argument(
+        "--server",
+        help="meshward serve's HTTP URL: guard findings are sent there as alerts "
+        "(POST /api/v1/findings; default: Events only)",
+    )
+    p.add_argument(
+        "--api-token-file",
+        default=os.environ.get("MESHWARD_API_TOKEN_FILE"),
+        help="file holding the token for --server, read again when it changes (in a cluster "
+        "a projected ServiceAccount token with audience meshward; $MESHWARD_API_TOKEN gives "
+        "the token itself)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -79,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--service {args.service!r} is not a host name")
     if not args.identity or not 2.0 < args.lease_duration <= 600 or args.resync <= 0:
         raise UsageError("--identity must be set, --lease-duration 2..600 s, --resync > 0")
+    if args.server and not args.server.startswith(("http://", "https://")):
+        raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
+    if not is_kubernetes_name(args.istio_root_namespace):
+        raise UsageError(f"--istio-root-namespace {args.istio_root_namespace!r} is not a name")
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be 0..65535 (0: no metrics port)")
     try:
@@ -112,6 +143,20 @@ def run(args: argparse.Namespace) -> int:
         retry_period=d / 7.5,
         on_started_leading=ctl.wake.set,
     )
+    if args.guard:
+        from meshward.app.meshguard import MeshGuard
+        from meshward.runtime.client import ApiClient
+
+        alerts = None
+        if args.server:
+            alerts = ApiClient.configured(args.server, token_file=args.api_token_file)
+        ctl.guard = MeshGuard(
+            api,
+            root_namespace=args.istio_root_namespace,
+            alerts=alerts,
+            leading=elector.leading,
+            hold=2 * d,  # findings of a replica starting up wait this long for the Lease
+        )
     kinds: tuple[str, ...] = ("EnvoyFilter",)
     if args.style == "extension-provider":
         kinds = ("EnvoyFilter", "AuthorizationPolicy")

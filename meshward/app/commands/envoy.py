@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
@@ -195,9 +196,35 @@ def bootstrap(args: argparse.Namespace) -> int:
         from meshward.istio.envoyproc import EnvoyError, validate
 
         try:
-            validate(config)
+            version = validate(config)
         except EnvoyError as exc:
             print(f"meshward envoy bootstrap: {exc}", file=sys.stderr)
             return 1
+        # stderr: stdout is the configuration itself
+        print(f"meshward envoy bootstrap: valid: {validated(config, version)}", file=sys.stderr)
     sys.stdout.write(dump(config, args.format))
     return 0
+
+
+def validated(config: dict[str, Any], version: str) -> str:
+    """What `--validate` had Envoy check, in one line: the listeners with their HTTP filters,
+    and the clusters."""
+    resources = config.get("static_resources", {})
+    listeners = []
+    for listener in resources.get("listeners", []):
+        addr = listener.get("address", {}).get("socket_address", {})
+        filters = [
+            h.get("name", "").removeprefix("envoy.filters.http.")
+            for chain in listener.get("filter_chains", [])
+            for f in chain.get("filters", [])
+            for h in f.get("typed_config", {}).get("http_filters", [])
+        ]
+        listeners.append(
+            f"listener {addr.get('address', '?')}:{addr.get('port_value', '?')} "
+            f"({' -> '.join(filters)})"
+        )
+    clusters = ", ".join(c.get("name", "?") for c in resources.get("clusters", []))
+    return (
+        f"Envoy {version} loaded it (envoy --mode validate): {'; '.join(listeners)}; "
+        f"clusters {clusters}"
+    )

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from meshward.app.commands import plural
 from meshward.app.commands.engineflags import add_engine_flags, engine_config
 from meshward.app.commands.offline import (
     Tally,
@@ -46,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     learned = engine.counters["learned"] - learned_before
     skipped = tally.observations - learned
     print(
-        f"learned {learned} requests, skipped {skipped} (carrying threats), "
-        f"{tally.bad} bad entries; allowlist: {len(engine.allowlist.services)} services, "
-        f"{engine.allowlist.rule_count()} rules ({getattr(flusher.store, 'path', '')})"
+        f"learned {plural(learned, 'request')}, skipped {skipped} (carrying threats), "
+        f"{plural(tally.bad, 'bad entry', 'bad entries')}; allowlist: "
+        f"{plural(len(engine.allowlist.services), 'service')}, "
+        f"{plural(engine.allowlist.rule_count(), 'rule')} ({getattr(flusher.store, 'path', '')})"
     )
     sys.stdout.flush()
     return 1 if tally.observations == 0 and tally.bad else 0

@@ -13,6 +13,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,21 @@ class DemoConfig:
 
 
 @dataclass
+class Running:
+    """Where the demo's mesh can be reached while it is kept up (`--keep-running`)."""
+
+    url: str  # serve's HTTP API and dashboard
+    token_file: Path  # the API token serve wrote beside its store
+    db: Path  # serve's SQLite store
+    ingress_port: int  # the ingress gateway's sidecar: the shop as from the internet
+
+
+# called with the outcome once every phase ran and before anything is stopped (the demo's
+# `--keep-running` waits there for Ctrl-C)
+Hold = Callable[["Outcome", Running], Awaitable[None]]
+
+
+@dataclass
 class Outcome:
     """What the demo saw; `failures` empty means every expectation held."""
 
@@ -51,6 +67,7 @@ class Outcome:
     top_alerts: list[dict[str, Any]] = field(default_factory=list)
     serve_log: list[str] = field(default_factory=list)  # meshward's distinct warnings, on failure
     elapsed_s: float = 0.0
+    held: bool = False  # a Hold ran (it showed the summary itself)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -136,8 +153,9 @@ def _describe(r: Result) -> str:
     return f"{c.method} {c.path} via {c.via}: {r.status} {r.reason or r.detail[:80]}"
 
 
-async def run_demo(config: DemoConfig, console: Console) -> Outcome:
-    """The whole demo; every process it starts is stopped before it returns or raises."""
+async def run_demo(config: DemoConfig, console: Console, hold: Hold | None = None) -> Outcome:
+    """The whole demo; every process it starts is stopped before it returns or raises (after
+    `hold`, when given and every expectation held, returns: the mesh is up while it runs)."""
     started = time.monotonic()
     out = Outcome()
     rng = random.Random(config.seed)
@@ -263,6 +281,13 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
             }
             ranked = sorted(alerts, key=_rank, reverse=True)
             out.top_alerts = [_alert_row(a) for a in ranked[:8]]
+        _timed(out, started, config)  # the demo's own time, not the time held
+        if hold is not None and not out.failures:
+            out.held = True
+            running = Running(
+                server.url, workdir / "api-token", workdir / "meshward.db", ports["ingress->web"]
+            )
+            await hold(out, running)
     finally:
         if out.failures or out.services.get("web", {}).get("errors"):
             out.serve_log = _warnings(server.log_tail(200))
@@ -270,10 +295,14 @@ async def run_demo(config: DemoConfig, console: Console) -> Outcome:
         await apps.stop()
         server.stop()
         tmp.cleanup()
-        out.elapsed_s = time.monotonic() - started
+        out.elapsed_s = out.elapsed_s or time.monotonic() - started  # a phase failed early
+    return out
+
+
+def _timed(out: Outcome, started: float, config: DemoConfig) -> None:
+    out.elapsed_s = time.monotonic() - started
     if out.elapsed_s > config.time_budget_s:
         out.failures.append(f"took {out.elapsed_s:.1f}s, over the {config.time_budget_s:g}s budget")
-    return out
 
 
 def _warnings(log_text: str, most: int = 5) -> list[str]:
@@ -367,3 +396,29 @@ def print_summary(out: Outcome, console: Console) -> None:
             "[bold green]DEMO OK[/]: normal traffic allowed, every attack and novel "
             "call denied with 403 and alerted"
         )
+        if not out.held:
+            console.print(
+                "Next: [bold]meshward demo --keep-running[/] (or make demo "
+                "DEMO_ARGS=--keep-running) keeps the shop, its sidecars and meshward serve up to "
+                "explore the dashboard and the alerts; Ctrl-C then stops everything. Without a "
+                "cluster: the README's quick start (meshward learn, score, allowlist show)."
+            )
+
+
+def next_steps(running: Running, login: str) -> list[tuple[str, str]]:
+    """What to try while the demo's mesh is kept up: (what, command or address)."""
+    curl = f"curl -si -H 'host: shop.example.com' http://127.0.0.1:{running.ingress_port}"
+    db = f"--db {running.db}"
+    return [
+        ("the dashboard", f"{login}  (one-time link, valid 60 s)"),
+        (
+            "a new link",
+            f"meshward dashboard --url {running.url} --api-token-file {running.token_file}",
+        ),
+        ("an allowed call", f"{curl}/api/products/7"),
+        ("an attack (403)", f"{curl}/api/search?q=%27%20OR%201%3D1--"),
+        ("a novel call (403)", f"{curl}/api/admin/export"),
+        ("the alerts", f"meshward alerts {db}"),
+        ("the learned rules", f"meshward allowlist show {db}"),
+        ("the modes", f"meshward mode get {db}"),
+    ]

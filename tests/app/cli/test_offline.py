@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -72,8 +73,8 @@ def test_learn_then_score(meshward: Run, tmp_path: Path) -> None:
     r = meshward("learn", str(_train(tmp_path)), "--db", str(db))
     assert r.code == 0, r.err
     assert r.out.strip() == (
-        f"learned 120 requests, skipped 1 (carrying threats), 1 bad entries; "
-        f"allowlist: 1 services, 2 rules ({db})"
+        f"learned 120 requests, skipped 1 (carrying threats), 1 bad entry; "
+        f"allowlist: 1 service, 2 rules ({db})"
     )
     assert r.err.strip() == (
         f"meshward learn: skipped {tmp_path / 'train.har'}: entry 122: "
@@ -92,8 +93,40 @@ def test_learn_then_score(meshward: Run, tmp_path: Path) -> None:
     assert lines[2]["verdict"] == "deny" and "unknown-source" in lines[2]["reasons"]
     assert lines[2]["source"] == "evil/x" and lines[2]["destination"] == "shop/api"
     assert "entry 2: request must be an object" in r.err
-    assert "3 requests (1 allow, 0 alert, 2 deny), 1 bad entries" in r.err
+    assert "3 requests (1 allow, 0 alert, 2 deny), 1 bad entry" in r.err
     assert _dump(db) == before  # score learns nothing and stores no alert
+
+
+def test_score_lines_say_which_request_they_judge(meshward: Run, tmp_path: Path) -> None:
+    """Each line names the file, the entry (numbered as the skip messages number a bad one:
+    the broken entry 2 is skipped, the next line is entry 3), the method and the redacted path;
+    the verdict's fields follow unchanged. JSON Lines taps are numbered by line."""
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlcw"
+    extra = har_entry("GET", f"{API}/reset/{jwt}", source="web/front")
+    test = _test_input(tmp_path)
+    doc = json.loads(test.read_text())
+    doc["log"]["entries"].append(extra)
+    test.write_text(json.dumps(doc))
+    r = meshward("score", str(test), "--db", db, "--mode", "enforce")
+    lines = [json.loads(x) for x in r.out.splitlines()]
+    where = [(d["file"], d["entry"], d["method"], d["path"]) for d in lines]
+    assert where == [
+        (str(test), 1, "GET", "/users/999"),
+        (str(test), 3, "GET", "/admin"),
+        (str(test), 4, "POST", "/users/5/orders"),
+        (str(test), 5, "GET", "/reset/[redacted:jwt]"),
+    ]
+    assert jwt not in r.out
+    assert list(lines[0])[:5] == ["file", "entry", "method", "path", "verdict"]
+    assert "entry 2: request must be an object" in r.err
+    taps = tmp_path / "taps.jsonl"
+    taps.write_text(f"{json.dumps(tap_trace('GET', '/users/1'))}\n{{oops\n")
+    taps.write_text(taps.read_text() + json.dumps(tap_trace("GET", "/users/2")) + "\n")
+    r = meshward("score", str(taps), "--db", db)
+    assert [json.loads(x)["entry"] for x in r.out.splitlines()] == [1, 3]
+    assert f"{taps}: line 2: invalid JSON" in r.err
 
 
 def test_score_uses_stored_modes(meshward: Run, tmp_path: Path) -> None:
@@ -223,16 +256,68 @@ def test_allowlist_import_errors(meshward: Run, tmp_path: Path) -> None:
     assert meshward("allowlist", "export", "--db", db).out == before  # all or nothing
 
 
+def test_allowlist_import_refuses_an_unknown_template_variable(
+    meshward: Run, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "m.db")
+    doc = {"services": [{"destination": "shop/api", "endpoints": [{"method": "GET", "path": ""}]}]}
+    doc["services"][0]["endpoints"][0]["path"] = "/x/{nope}"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
+    r = meshward("allowlist", "import", str(tmp_path / "rules.yaml"), "--db", db)
+    assert r.code == 2
+    assert r.err == (
+        f"meshward allowlist: {tmp_path / 'rules.yaml'}: service 0: endpoint 0: "
+        "path '/x/{nope}': unknown template variable '{nope}' (a variable is a whole segment, "
+        "one of {int}, {uuid}, {hex}, {date}, {email}, {jwt}, {token}, {str}, {any})\n"
+    )
+    doc["services"][0]["endpoints"][0]["path"] = "/x/{str}"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(doc))
+    assert meshward("allowlist", "import", str(tmp_path / "rules.yaml"), "--db", db).code == 0
+
+
+def test_allowlist_import_reads_old_value_class_names_with_a_note(
+    meshward: Run, tmp_path: Path
+) -> None:
+    """A saved allowlist with `integer` (the JSON kind's old name) still loads, as `int`, with
+    a deprecation note; export writes the one spelling."""
+    db = str(tmp_path / "m.db")
+    rule = {"method": "POST", "path": "/o", "body": {"$.qty": ["integer"], "$.gift": "boolean"}}
+    doc = {"services": [{"destination": "shop/api", "endpoints": [rule]}]}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(doc))
+    r = meshward("allowlist", "import", str(tmp_path / "old.yaml"), "--db", db)
+    assert r.code == 0
+    assert r.err == (
+        f"meshward allowlist: note: {tmp_path / 'old.yaml'} uses old value class names, read "
+        "boolean as bool, integer as int; they are deprecated: `meshward allowlist export` "
+        "writes the current ones\n"
+    )
+    out = yaml.safe_load(meshward("allowlist", "export", "--db", db).out)
+    assert out["services"][0]["endpoints"][0]["body"] == {"$.gift": ["bool"], "$.qty": ["int"]}
+    r = meshward("allowlist", "import", str(tmp_path / "old.yaml"), "--db", db)
+    (tmp_path / "new.yaml").write_text(meshward("allowlist", "export", "--db", db).out)
+    assert meshward("allowlist", "import", str(tmp_path / "new.yaml"), "--db", db).err == ""
+
+
 def test_allowlist_show(meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = str(tmp_path / "m.db")
     meshward("learn", str(_train(tmp_path)), "--db", db)
-    r = meshward("allowlist", "show", "--db", db)  # not a terminal: YAML
-    assert yaml.safe_load(r.out)["services"][0]["endpoints"][0]["count"] == 60
+    r = meshward("allowlist", "show", "--db", db)  # not a terminal: YAML, times as dates
+    shown = yaml.safe_load(r.out)["services"][0]
+    assert shown["endpoints"][0]["count"] == 60
+    assert shown["last_seen"] == shown["endpoints"][0]["last_seen"] == "2026-11-24T10:00:00Z"
+    assert shown["sources"]["web/front"]["first_seen"] == "2026-11-24T10:00:00Z"
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", "80")
     r = meshward("allowlist", "show", "--db", db)
-    assert "meshward allowlists (1 services)" in r.out
-    assert "/users/{int}/orders" in r.out and "web/front" in r.out and "60" in r.out
+    r.out = re.sub(r"\x1b\[[0-9;]*m", "", r.out)  # a terminal's colours
+    lines = r.out.splitlines()
+    assert lines[0] == "meshward allowlists: 1 service, 2 rules"
+    assert max(len(x) for x in lines) <= 80, r.out
+    assert "shop/api  2 rules, 120 calls, 1 caller, seen 2026-11-24 10:00 UTC" in r.out
+    row = next(x for x in lines if "POST /users/{int}/orders" in x)
+    assert row.split()[-3:] == ["60", "2026-11-24", "10:00"]  # calls, last seen as a date
+    assert "from web/front" in r.out and "query verbose int" in r.out
+    assert "body $.item" in r.out
     r = meshward("allowlist", "show", "--destination", "no/such", "--db", db)
     assert r.code == 2 and "no allowlist for destination" in r.err
 
@@ -250,6 +335,30 @@ def test_mode_get_set(meshward: Run, tmp_path: Path) -> None:
     assert meshward("mode", "set", "shop", "block", "--db", db).code == 2
     with open_store(db) as s:
         assert s.modes() == {"pay": "monitor", "shop": "enforce"}
+
+
+def test_mode_star_is_every_other_namespace_in_get_and_set(meshward: Run, tmp_path: Path) -> None:
+    """`mode get` listed `*` (every namespace not set) but `mode set '*'` refused it: now both
+    mean the same, the engine follows it, and a namespace set by name keeps its own mode."""
+    db = str(tmp_path / "m.db")
+    meshward("learn", str(_train(tmp_path)), "--db", db)
+    meshward("mode", "set", "pay", "monitor", "--db", db)
+    r = meshward("mode", "set", "*", "enforce", "--db", db)
+    assert r.code == 0
+    assert r.out == (
+        "*: enforce (was learn): every namespace not set by name; set by name, unchanged: pay\n"
+    )
+    assert meshward("mode", "get", "--db", db).out == "pay\tmonitor\n*\tenforce\n"
+    assert meshward("mode", "get", "*", "--db", db).out == "enforce\n"
+    assert meshward("mode", "get", "shop", "--db", db).out == "enforce\n"
+    assert meshward("mode", "get", "pay", "--db", db).out == "monitor\n"
+    r = meshward("score", str(_test_input(tmp_path)), "--db", db)  # shop: not set by name
+    assert {json.loads(x)["mode"] for x in r.out.splitlines()} == {"enforce"}
+    r = meshward("mode", "set", "shop", "learn", "--db", db)
+    assert r.out == "shop: learn (was enforce)\n"  # it was in `*`'s mode
+    assert meshward("mode", "get", "--db", db).out == "pay\tmonitor\nshop\tlearn\n*\tenforce\n"
+    r = meshward("mode", "set", "**", "off", "--db", db)
+    assert r.code == 2 and "'**' is not a Kubernetes namespace name (or '*'" in r.err
 
 
 def test_mode_set_off(meshward: Run, tmp_path: Path) -> None:

@@ -1,13 +1,12 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against a real
 `meshward serve`: the `/#token=` login (the token leaves the address bar), the graph and table
-of learned traffic, a service's rules on click, an alert appearing live with its evidence as
+of learned traffic, a service's page on click, an alert appearing live with its evidence as
 text, an axe-core check, and the strict CSP holding (no violation reported). Screenshots go to
 tests/artifacts/dashboard/. Every wait is on a condition, never a sleep."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +20,15 @@ pytestmark = [
     pytest.mark.integration,  # an external browser
     pytest.mark.skipif(bool(browser.missing()), reason=browser.missing() or "ready"),
 ]
-WAIT = 10_000  # ms: a ceiling on each condition, not a pause
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    with browser.chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.csp_violations = []  # type: ignore[attr-defined]
-    page.on(
-        "console",
-        lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text),
-    )
-    try:
-        yield page
-    finally:
-        context.close()
+WAIT = browser.WAIT
 
 
 def _shot(page: Any, name: str) -> Path:
-    browser.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = browser.ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
+    return browser.shot(page, name)
 
 
 def _log_in(page: Any, port: int) -> None:
-    page.goto(f"http://127.0.0.1:{port}/#token={API_TOKEN}")
-    page.wait_for_url("**/dashboard/", timeout=WAIT)
-    page.wait_for_selector("body[data-graph=ready]", timeout=WAIT)
+    browser.log_in(page, port, API_TOKEN)
 
 
 def test_login_link_then_the_graph_table_and_rules_of_learned_traffic(page: Any) -> None:
@@ -74,9 +47,9 @@ def test_login_link_then_the_graph_table_and_rules_of_learned_traffic(page: Any)
         box = page.locator("#graph").bounding_box()
         at = page.evaluate("() => window.meshward.cy.$id('shop/api').renderedPosition()")
         page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
-        rules = page.locator("#rules-list")
-        rules.filter(has_text="POST /orders").wait_for(timeout=WAIT)
-        assert page.locator("#rules-title").inner_text() == "Rules of shop/api"
+        page.wait_for_selector("#detail[data-ready='#service=shop%2Fapi']", timeout=WAIT)
+        assert page.locator("#detail-title").inner_text() == "Service shop/api"
+        assert "POST /orders" in page.locator("#rules-list").inner_text()
         _shot(page, "graph")
         assert page.csp_violations == []
 
@@ -97,7 +70,8 @@ def test_an_alert_appears_live_with_its_evidence_as_text(page: Any, tmp_path: Pa
         text = item.inner_text()
         assert "shop/web → shop/api GET /users/1" in text
         evidence = item.locator(".evidence").first.inner_text()
-        assert "img src=x onerror" in evidence  # shown as the text it is (escaped by the store)
+        # stored HTML-escaped, shown decoded as the text it is
+        assert "<img src=x onerror" in evidence and "&lt;" not in evidence
         assert page.locator("#alerts img").count() == 0  # never made into markup
         assert page.evaluate("() => document.images.length") == 0
         # counted on its edge at once: the table's row and the graph's edge say alerted

@@ -246,3 +246,12 @@ def test_the_control_plane_and_bypasses_are_marked_in_the_graph() -> None:
             )
 
     asyncio.run(main())
+
+
+def test_an_alert_is_the_same_before_and_after_its_store_wrote_it() -> None:
+    # the stream reads pending and stored alerts alike: the store's row id and replica must
+    # not make a written alert new again (it was sent twice, and counted twice on its edge)
+    pending = {"source": "shop/web", "destination": "shop/api", "time": 1.5, "verdict": "alert"}
+    stored = {**pending, "id": 7, "replica": "meshward-0"}
+    assert dashboard._fingerprint(pending) == dashboard._fingerprint(stored)
+    assert dashboard._fingerprint(pending) != dashboard._fingerprint({**pending, "time": 2.5})

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -58,6 +60,7 @@ def test_demo_end_to_end(tmp_path: Path, envoy_available: None) -> None:
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "DEMO OK" in done.stdout
+    assert "Next: meshward demo --keep-running" in done.stdout  # what to try next
     out = json.loads(summary.read_text())
     assert out["ok"] and not out["failures"]
     assert elapsed < 60 and out["elapsed_s"] < 60
@@ -106,6 +109,76 @@ def test_demo_cleans_up_on_ctrl_c(tmp_path: Path, envoy_available: None) -> None
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
         assert proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 5
+    while _leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _leftovers(tmp_path)
+
+
+def _post_json(url: str, doc: dict[str, str]) -> int:
+    req = urllib.request.Request(
+        url, json.dumps(doc).encode(), {"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _get(url: str) -> int:
+    req = urllib.request.Request(url, headers={"host": "shop.example.com"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_demo_keep_running_until_ctrl_c(tmp_path: Path, envoy_available: None) -> None:
+    """--keep-running: after the summary the mesh stays up and says what to try (a login link
+    that logs in, calls through the ingress that are allowed and denied, CLI commands on its
+    store); Ctrl-C then stops everything it started, and it exits 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshward", "demo", "--keep-running"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_interruptible,
+    )
+    steps: dict[str, str] = {}
+    try:
+        assert proc.stdout is not None
+        lines = iter(proc.stdout)
+        for line in lines:
+            if "try these (Ctrl-C stops everything it started)" in line:
+                break
+            if "DEMO FAILED" in line:
+                raise AssertionError(line + "".join(lines))
+        for line in lines:
+            what, _, how = line.strip().partition("  ")
+            steps[what] = how.strip()
+            if what == "the modes":
+                break
+        login = steps["the dashboard"].split()[0]
+        base, code = login.split("/login#code=")
+        assert _post_json(base + "/api/v1/session", {"code": code}) == 200
+        assert _post_json(base + "/api/v1/session", {"code": code}) == 401  # one time only
+        allowed = steps["an allowed call"].split()[-1]
+        attack = steps["an attack (403)"].split()[-1]
+        assert (_get(allowed), _get(attack)) == (200, 403)
+        db = steps["the learned rules"].rsplit(" ", 1)[-1]
+        assert steps["the modes"] == f"meshward mode get --db {db}" and Path(db).exists()
+        assert "--api-token-file" in steps["a new link"]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopping the shop, its sidecars and meshward serve" in rest
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,80 @@
+"""A newcomer's mistakes on the command line: reported under the sub-command's own usage, with
+the nearest spelling, for every sub-command (the real parser, all commands registered)."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshward.app import cli
+from meshward.app.commands.parser import Parser, suggestion
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_a_wrong_flag_is_reported_under_the_sub_command_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, text = run(capsys, "allowlist", "show", "--destinaton", "shop/api")
+    assert code == 2
+    assert text.startswith("usage: meshward allowlist show [-h] [--destination SERVICE]")
+    assert text.rstrip().endswith(
+        "meshward allowlist show: error: unrecognized arguments: --destinaton shop/api "
+        "(did you mean --destination?)"
+    )
+    code, text = run(capsys, "score", "x.har", "--deny-treshold=0.3")
+    assert code == 2 and text.startswith("usage: meshward score ")
+    assert "(did you mean --deny-threshold?)" in text
+    code, text = run(capsys, "mode", "get", "--zzz")
+    assert code == 2 and text.startswith("usage: meshward mode get ")
+    assert text.rstrip().endswith("unrecognized arguments: --zzz")  # nothing close: no guess
+
+
+def test_every_sub_command_reports_its_own_wrong_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """One parser class for all: every command (and action) names itself in the usage."""
+    parser = cli.build_parser()
+    seen = 0
+    stack: list[tuple[list[str], Parser]] = [([], parser)]  # type: ignore[list-item]
+    while stack:
+        path, p = stack.pop()
+        assert isinstance(p, Parser), path
+        subs = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for action in subs:
+            for name, child in action.choices.items():  # type: ignore[union-attr]
+                stack.append(([*path, name], child))
+        if path and not subs:
+            seen += 1
+            try:
+                p.parse_known_args(["--no-such-flag-here"])
+            except SystemExit as exc:
+                assert exc.code == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"usage: meshward {' '.join(path)} "), (path, err)
+            assert f"meshward {' '.join(path)}: error: " in err, err
+    assert seen >= 15
+
+
+def test_a_misspelt_choice_or_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = run(capsys, "mode", "set", "shop", "enfroce")
+    assert code == 2 and text.startswith("usage: meshward mode set ")
+    assert "invalid choice: 'enfroce'" in text and "(did you mean enforce?)" in text
+    code, text = run(capsys, "lern", "x.har")
+    assert code == 2 and "(did you mean learn?)" in text
+    assert suggestion("xyzzy", ["learn", "score"]) == ""
+
+
+def test_no_arguments_shows_the_overview(capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = run(capsys)
+    assert code == 2
+    assert text.startswith("usage: meshward [-h] [--version] COMMAND ...")
+    assert "New here? `meshward demo`" in text
+    # every command name and its help on one line (argparse wrapped names of 9+ characters)
+    for line in text.splitlines():
+        assert line.strip() not in ("allowlist", "controller", "uninstall", "dashboard"), text

@@ -1,0 +1,611 @@
+"""The configuration guard on a real kube-apiserver (v1.20) with Istio's and Linkerd's CRDs, and a
+real serve: each weakening change gives a Warning Event on the changed object (reason = the
+threat, the manager that made it in the message) and an alert in serve within seconds; a change
+back gives a Normal Event; meshward's own EnvoyFilter edited or deleted is reported and put back;
+benign changes (narrowing rules, meshward's own applies, a learn namespace) raise nothing.
+
+The controller runs under the install's own ClusterRole (read-only on the mesh's objects) and
+sends its findings with a ServiceAccount token (audience meshward) that serve checks by
+TokenReview and SubjectAccessReview: a viewer's token may read the alerts but not post findings.
+Each change is made by the Python client with its own field manager, as the API records it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubernetes import client
+from prometheus_client import CollectorRegistry, generate_latest
+
+from meshward.app.auth import AuthConfig
+from meshward.app.controller import Controller, ControllerConfig
+from meshward.app.controllermetrics import ControllerCollector
+from meshward.app.install import API_ROLES, PERMISSIONS
+from meshward.app.meshguard import MeshGuard
+from meshward.core.threats.names import (
+    MESH_FILTER_TAMPERED,
+    MESH_INJECTION_DISABLED,
+    MESH_MTLS_WEAKENED,
+    MESH_POLICY_WIDENED,
+    MESH_UNMESHED_POD,
+)
+from meshward.istio.envoyfilter import render
+from meshward.kube.watch import wait_for
+from meshward.runtime.client import ApiClient, ApiError
+from tests.support.apiserver import KubeCluster
+from tests.support.browser import serve_in_thread
+from tests.support.kubeauth import grant, sa_token, serve_kubeconfig, service_account
+from tests.support.metrics import sample
+
+pytestmark = pytest.mark.integration
+
+TYPES = {  # kind -> group, version, plural
+    "PeerAuthentication": ("security.istio.io", "v1beta1", "peerauthentications"),
+    "AuthorizationPolicy": ("security.istio.io", "v1beta1", "authorizationpolicies"),
+    "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
+    "DestinationRule": ("networking.istio.io", "v1beta1", "destinationrules"),
+    "Server": ("policy.linkerd.io", "v1beta3", "servers"),
+    "LinkerdAuthorizationPolicy": ("policy.linkerd.io", "v1alpha1", "authorizationpolicies"),
+    "MeshTLSAuthentication": ("policy.linkerd.io", "v1alpha1", "meshtlsauthentications"),
+}
+WITHIN = 10.0  # seconds a finding may take (measured: well under one; see LATENCY)
+LATENCY: list[tuple[str, float, float]] = []  # (what, seconds to Event, seconds to alert)
+
+
+@dataclass
+class Guarded:
+    kube: KubeCluster
+    core: client.CoreV1Api  # the admin's: the "someone else" making changes
+    custom: client.CustomObjectsApi
+    ctl: Controller
+    guard: MeshGuard
+    viewer: ApiClient  # reads serve's alerts
+    url: str
+    findings_token: str
+    viewer_token: str
+    root: str
+    made: list[str] = field(default_factory=list)
+
+    def namespace(self, mode: str = "enforce", **labels: str) -> str:
+        name = f"g-{uuid.uuid4().hex[:8]}"
+        body = {"metadata": {"name": name, "labels": {"meshward.io/mode": mode, **labels}}}
+        self.core.create_namespace(body)
+        self.made.append(name)
+        return name
+
+    def apply(
+        self,
+        kind: str,
+        ns: str,
+        name: str,
+        spec: dict[str, Any],
+        manager: str,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        group, version, plural = TYPES[kind]
+        real = "AuthorizationPolicy" if kind.startswith("Linkerd") else kind
+        body = {
+            "apiVersion": f"{group}/{version}",
+            "kind": real,
+            "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+            "spec": spec,
+        }
+        self.custom.patch_namespaced_custom_object(
+            group,
+            version,
+            ns,
+            plural,
+            name,
+            body,
+            field_manager=manager,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    def delete(self, kind: str, ns: str, name: str) -> None:
+        group, version, plural = TYPES[kind]
+        self.custom.delete_namespaced_custom_object(group, version, ns, plural, name)
+
+    def events(self, ns: str, name: str) -> list[Any]:
+        items = self.core.list_namespaced_event(
+            ns, field_selector=f"involvedObject.name={name}"
+        ).items
+        return [e for e in items if e.source and e.source.component == "meshward-controller"]
+
+    def alerts(self, name: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.viewer.alerts(limit=1000)
+            if a.get("seen_by") == "mesh-guard" and a["guard"]["name"] == name
+        ]
+
+    def expect(
+        self,
+        what: str,
+        ns: str,
+        name: str,
+        threat: str,
+        by: str,
+        change: Callable[[], None],
+        evidence: str = "",
+    ) -> Any:
+        """Make the change; the Warning Event and the alert must follow within WITHIN seconds,
+        naming the manager `by`."""
+        t0 = time.monotonic()
+        change()
+        event_at = alert_at = 0.0
+        found: Any = None
+        deadline = t0 + WITHIN
+        while time.monotonic() < deadline and not (event_at and alert_at):
+            if not event_at:
+                hits = [
+                    e
+                    for e in self.events(ns, name)
+                    if e.type == "Warning"
+                    and e.reason == threat
+                    and by in e.message
+                    and evidence in e.message
+                ]
+                if hits:
+                    found, event_at = hits[0], time.monotonic() - t0
+            if not alert_at:
+                got = [
+                    a
+                    for a in self.alerts(name)
+                    if a["threats"][0]["name"] == threat and a["source"] == by
+                ]
+                if got:
+                    alert_at = time.monotonic() - t0
+            time.sleep(0.05)
+        assert event_at, f"{what}: no {threat} Event by {by} on {name}: {self.events(ns, name)}"
+        assert alert_at, f"{what}: no {threat} alert by {by} for {name}: {self.alerts(name)}"
+        LATENCY.append((what, event_at, alert_at))
+        return found
+
+    def normal(self, ns: str, name: str, reason: str) -> Any:
+        def seen() -> bool:
+            return any(e.type == "Normal" and e.reason == reason for e in self.events(ns, name))
+
+        assert wait_for(seen, WITHIN), f"no Normal {reason} Event on {name}"
+
+    def quiet(self, ns: str, name: str) -> None:
+        """No Warning about `name`, after giving the guard time to see it."""
+        time.sleep(1.0)
+        warnings = [e for e in self.events(ns, name) if e.type == "Warning"]
+        assert warnings == [], [e.message for e in warnings]
+
+
+@pytest.fixture(scope="module")
+def guarded(kube_cluster: KubeCluster, mesh_crds: None) -> Iterator[Guarded]:
+    kube = kube_cluster
+    sys_ns = f"mg-{uuid.uuid4().hex[:6]}"
+    root = f"mgroot-{uuid.uuid4().hex[:6]}"
+    admin = kube.api_client()
+    core = client.CoreV1Api(admin)
+    for ns in (sys_ns, root):
+        core.create_namespace({"metadata": {"name": ns}})
+    serve_kc = serve_kubeconfig(kube, sys_ns, PERMISSIONS["serve"])
+    for sa, rules in (
+        ("meshward-controller", PERMISSIONS["controller"]),  # the install's, exactly
+        ("viewer", API_ROLES["meshward-viewer"]),
+    ):
+        service_account(kube, sys_ns, sa)
+        grant(kube, rules, sys_ns, sa)
+    ctl_api = kube.api_client(sa_token(kube, sys_ns, "meshward-controller"))
+    findings_token = sa_token(kube, sys_ns, "meshward-controller", ["meshward"])
+    viewer_token = sa_token(kube, sys_ns, "viewer", ["meshward"])
+    with serve_in_thread(auth=AuthConfig(kubernetes=True, kubeconfig=serve_kc)) as (srv, _):
+        url = f"http://127.0.0.1:{srv.ports['http']}"
+        ctl = Controller(ctl_api, ControllerConfig(resync=0.5))
+        guard = MeshGuard(ctl_api, root_namespace=root, alerts=ApiClient(url, findings_token))
+        ctl.guard = guard
+        stop = threading.Event()
+        ctl.start_watches()
+        thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+        thread.start()
+        env = Guarded(
+            kube,
+            core,
+            client.CustomObjectsApi(admin),
+            ctl,
+            guard,
+            ApiClient(url, viewer_token),
+            url,
+            findings_token,
+            viewer_token,
+            root,
+        )
+        try:
+            assert wait_for(lambda: ctl.synced() and guard.synced(), 30), "watches never synced"
+            yield env
+        finally:
+            stop.set()
+            ctl.wake.set()
+            thread.join(10)
+            ctl.stop_watches()
+            for ns in [*env.made, sys_ns, root]:
+                with contextlib.suppress(Exception):
+                    core.delete_namespace(ns)
+            ctl_api.close()
+            admin.close()
+    if LATENCY:
+        events = sorted(e for _, e, _ in LATENCY)
+        alerts = sorted(a for _, _, a in LATENCY)
+        print(
+            f"\nmesh guard: {len(LATENCY)} findings; change -> Event p50 "
+            f"{events[len(events) // 2]:.2f} s max {events[-1]:.2f} s; "
+            f"change -> alert in serve p50 {alerts[len(alerts) // 2]:.2f} s max {alerts[-1]:.2f} s"
+        )
+
+
+def test_mtls_weakened_and_cleared(guarded: Guarded) -> None:
+    g = guarded
+    ns = g.namespace()
+    g.apply("PeerAuthentication", ns, "default", {"mtls": {"mode": "STRICT"}}, "alice")
+    g.quiet(ns, "default")  # STRICT: benign
+    g.expect(
+        "PeerAuthentication PERMISSIVE",
+        ns,
+        "default",
+        MESH_MTLS_WEAKENED,
+        "mallory",
+        lambda: g.apply(
+            "PeerAuthentication", ns, "default", {"mtls": {"mode": "PERMISSIVE"}}, "mallory"
+        ),
+        "spec.mtls.mode: STRICT -> PERMISSIVE",
+    )
+    g.apply("PeerAuthentication", ns, "default", {"mtls": {"mode": "STRICT"}}, "alice")
+    g.normal(ns, "default", "Cleared")
+    spec = {"mtls": {"mode": "STRICT"}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}}
+    g.expect(
+        "PeerAuthentication port DISABLE",
+        ns,
+        "default",
+        MESH_MTLS_WEAKENED,
+        "eve",
+        lambda: g.apply("PeerAuthentication", ns, "default", spec, "eve"),
+        "spec.portLevelMtls[8080].mode",
+    )
+    # mesh-wide, from the root namespace: one finding naming every watched namespace
+    g.expect(
+        "mesh-wide PeerAuthentication",
+        g.root,
+        "mesh",
+        MESH_MTLS_WEAKENED,
+        "root-admin",
+        lambda: g.apply(
+            "PeerAuthentication", g.root, "mesh", {"mtls": {"mode": "DISABLE"}}, "root-admin"
+        ),
+        "affects namespaces",
+    )
+    # a DestinationRule anywhere that turns TLS off toward a watched service
+    other = g.namespace(mode="learn")
+    dr = {"host": f"reviews.{ns}.svc.cluster.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}
+    g.expect(
+        "DestinationRule tls DISABLE",
+        other,
+        "to-reviews",
+        MESH_MTLS_WEAKENED,
+        "dr-writer",
+        lambda: g.apply("DestinationRule", other, "to-reviews", dr, "dr-writer"),
+        "spec.trafficPolicy.tls.mode",
+    )
+    assert {a["namespace"] for a in g.alerts("to-reviews")} == {ns}  # the namespace it weakens
+    # toward an outside host: nothing
+    g.apply("DestinationRule", other, "to-api", {**dr, "host": "api.example.com"}, "dr-writer")
+    g.quiet(other, "to-api")
+    # the controller's metrics count them by threat
+    registry = CollectorRegistry()
+    registry.register(ControllerCollector(g.ctl, None))
+    text = generate_latest(registry).decode()
+    name = "meshward_controller_guard_findings_total"
+    assert sample(text, f'{name}{{threat="{MESH_MTLS_WEAKENED}"}}') >= 4
+    assert sample(text, 'meshward_controller_guard_cleared_total{threat="Mesh.MTLS.Weakened"}') >= 1
+
+
+def test_policy_widened(guarded: Guarded) -> None:
+    g = guarded
+    ns = g.namespace(mode="monitor")
+    narrow = {
+        "rules": [
+            {
+                "from": [{"source": {"principals": [f"cluster.local/ns/{ns}/sa/web"]}}],
+                "to": [{"operation": {"paths": ["/api/orders"], "methods": ["GET"]}}],
+            }
+        ]
+    }
+    g.apply("AuthorizationPolicy", ns, "orders", narrow, "alice")
+    g.quiet(ns, "orders")  # a new narrowing rule: benign
+    g.expect(
+        "AuthorizationPolicy allow-all",
+        ns,
+        "orders",
+        MESH_POLICY_WIDENED,
+        "mallory",
+        lambda: g.apply("AuthorizationPolicy", ns, "orders", {"rules": [{}]}, "mallory"),
+        "spec.rules[0]",
+    )
+    # meshward's label on someone else's policy hides nothing: only the controller's own
+    # objects (its desired set) are left to its reconcile
+    disguised = {"app.kubernetes.io/managed-by": "meshward"}
+    g.expect(
+        "allow-all AuthorizationPolicy wearing meshward's label",
+        ns,
+        "disguised",
+        MESH_POLICY_WIDENED,
+        "mallory",
+        lambda: g.apply(
+            "AuthorizationPolicy", ns, "disguised", {"rules": [{}]}, "mallory", disguised
+        ),
+        "spec.rules[0]",
+    )
+    g.apply(
+        "AuthorizationPolicy",
+        ns,
+        "deny-admin",
+        {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]},
+        "alice",
+    )
+    g.quiet(ns, "deny-admin")
+    g.expect(
+        "DENY AuthorizationPolicy deleted",
+        ns,
+        "deny-admin",
+        MESH_POLICY_WIDENED,
+        "unknown",  # the API names nobody for a deletion
+        lambda: g.delete("AuthorizationPolicy", ns, "deny-admin"),
+        "spec.action: DENY -> (deleted)",
+    )
+    # Linkerd: a Server open to unauthenticated callers, a policy without authentication,
+    # a MeshTLSAuthentication for any identity
+    server = {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080}
+    g.apply("Server", ns, "web", {**server, "accessPolicy": "deny"}, "alice")
+    g.quiet(ns, "web")
+    g.expect(
+        "Linkerd Server all-unauthenticated",
+        ns,
+        "web",
+        MESH_POLICY_WIDENED,
+        "lk-op",
+        lambda: g.apply(
+            "Server", ns, "web", {**server, "accessPolicy": "all-unauthenticated"}, "lk-op"
+        ),
+        "spec.accessPolicy: deny -> all-unauthenticated",
+    )
+    target = {"group": "policy.linkerd.io", "kind": "Server", "name": "web"}
+    g.expect(
+        "Linkerd AuthorizationPolicy without authentication",
+        ns,
+        "web-any",
+        MESH_POLICY_WIDENED,
+        "lk-op",
+        lambda: g.apply(
+            "LinkerdAuthorizationPolicy",
+            ns,
+            "web-any",
+            {"targetRef": target, "requiredAuthenticationRefs": []},
+            "lk-op",
+        ),
+        "spec.requiredAuthenticationRefs",
+    )
+    g.expect(
+        "MeshTLSAuthentication any identity",
+        ns,
+        "anyone",
+        MESH_POLICY_WIDENED,
+        "lk-op",
+        lambda: g.apply("MeshTLSAuthentication", ns, "anyone", {"identities": ["*"]}, "lk-op"),
+        "spec.identities",
+    )
+
+
+def test_own_filter_tampered_is_restored_and_reported(guarded: Guarded) -> None:
+    g = guarded
+    ns = g.namespace(**{"istio-injection": "enabled"})
+    want = render(ns, "enforce")["objects"][0]["spec"]
+
+    def ours() -> dict[str, Any]:
+        group, version, plural = TYPES["EnvoyFilter"]
+        return dict(g.custom.get_namespaced_custom_object(group, version, ns, plural, "meshward"))
+
+    def restored() -> bool:
+        try:
+            return ours()["spec"] == want
+        except client.ApiException:
+            return False
+
+    assert wait_for(restored, WITHIN)
+    g.quiet(ns, "meshward")  # meshward's own apply: benign
+    before = g.ctl.guard.counters.restored if g.ctl.guard else 0
+
+    def edit() -> None:
+        group, version, plural = TYPES["EnvoyFilter"]
+        g.custom.patch_namespaced_custom_object(
+            group,
+            version,
+            ns,
+            plural,
+            "meshward",
+            {"spec": {"configPatches": []}},
+            field_manager="mallory-edit",
+            _content_type="application/merge-patch+json",
+        )
+
+    g.expect("own EnvoyFilter edited", ns, "meshward", MESH_FILTER_TAMPERED, "mallory-edit", edit)
+    assert wait_for(restored, WITHIN)
+    g.normal(ns, "meshward", "Restored")
+    g.expect(
+        "own EnvoyFilter deleted",
+        ns,
+        "meshward",
+        MESH_FILTER_TAMPERED,
+        "unknown",
+        lambda: g.delete("EnvoyFilter", ns, "meshward"),
+        "deleted",
+    )
+    assert wait_for(restored, WITHIN)
+    assert g.guard.counters.restored >= before + 2
+    # the mode label changed: meshward re-renders its own filter, which is no tampering
+    tampered = len([e for e in g.events(ns, "meshward") if e.type == "Warning"])
+    g.core.patch_namespace(
+        ns,
+        {"metadata": {"labels": {"meshward.io/mode": "monitor"}}},
+        _content_type="application/merge-patch+json",
+    )
+    want = render(ns, "monitor")["objects"][0]["spec"]
+    assert wait_for(restored, WITHIN)
+    time.sleep(1.0)
+    assert len([e for e in g.events(ns, "meshward") if e.type == "Warning"]) == tampered
+    # another EnvoyFilter that removes ext_authz from the inbound listeners
+    remove = {
+        "configPatches": [
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": {
+                    "context": "SIDECAR_INBOUND",
+                    "listener": {
+                        "filterChain": {
+                            "filter": {
+                                "name": "envoy.filters.network.http_connection_manager",
+                                "subFilter": {"name": "envoy.filters.http.ext_authz"},
+                            }
+                        }
+                    },
+                },
+                "patch": {"operation": "REMOVE"},
+            }
+        ]
+    }
+    g.expect(
+        "foreign EnvoyFilter removes ext_authz",
+        ns,
+        "no-authz",
+        MESH_FILTER_TAMPERED,
+        "eve",
+        lambda: g.apply("EnvoyFilter", ns, "no-authz", remove, "eve"),
+        "REMOVE HTTP_FILTER envoy.filters.http.ext_authz",
+    )
+
+
+def test_injection_disabled_and_unmeshed_pods(guarded: Guarded) -> None:
+    g = guarded
+    ns = g.namespace(**{"istio-injection": "enabled"})
+
+    def label(value: str, manager: str) -> None:
+        g.core.patch_namespace(
+            ns,
+            {"metadata": {"labels": {"istio-injection": value}}},
+            field_manager=manager,
+            _content_type="application/merge-patch+json",
+        )
+
+    g.expect(
+        "namespace injection disabled",
+        ns,
+        ns,
+        MESH_INJECTION_DISABLED,
+        "ns-admin",
+        lambda: label("disabled", "ns-admin"),
+        "metadata.labels[istio-injection]: enabled -> disabled",
+    )
+    label("enabled", "ns-admin")
+    g.normal(ns, ns, "Cleared")
+    g.expect(
+        "Linkerd inject disabled",
+        ns,
+        ns,
+        MESH_INJECTION_DISABLED,
+        "lk-admin",
+        lambda: g.core.patch_namespace(
+            ns,
+            {"metadata": {"annotations": {"linkerd.io/inject": "disabled"}}},
+            field_manager="lk-admin",
+            _content_type="application/merge-patch+json",
+        ),
+        "linkerd.io/inject",
+    )
+
+    def run_pod(name: str, containers: list[str], **annotations: str) -> None:
+        body = {
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {
+                "nodeName": "node-a",
+                "containers": [{"name": c, "image": "example/c:1"} for c in containers],
+            },
+        }
+        g.core.create_namespaced_pod(ns, body, field_manager="deployer")
+        g.core.patch_namespaced_pod_status(
+            name, ns, {"status": {"phase": "Running"}}, field_manager="kubelet"
+        )
+
+    run_pod("meshed", ["app", "istio-proxy"])
+    g.quiet(ns, "meshed")
+    g.expect(
+        "pod without a sidecar",
+        ns,
+        "bare",
+        MESH_UNMESHED_POD,
+        "deployer",
+        lambda: run_pod("bare", ["app"]),
+        "spec.containers",
+    )
+    excluded = {"traffic.sidecar.istio.io/excludeInboundPorts": "8080"}
+    g.expect(
+        "a port left out of the sidecar",
+        ns,
+        "around",
+        MESH_INJECTION_DISABLED,
+        "deployer",
+        lambda: run_pod("around", ["app", "istio-proxy"], **excluded),
+        "excludeInboundPorts]: (unset) -> 8080",
+    )
+
+
+def test_learn_namespace_is_not_guarded_until_monitor(guarded: Guarded) -> None:
+    g = guarded
+    ns = g.namespace(mode="learn")
+    g.apply("PeerAuthentication", ns, "default", {"mtls": {"mode": "DISABLE"}}, "alice")
+    g.quiet(ns, "default")
+    g.expect(
+        "learn namespace switched to monitor",
+        ns,
+        "default",
+        MESH_MTLS_WEAKENED,
+        "alice",
+        lambda: g.core.patch_namespace(
+            ns,
+            {"metadata": {"labels": {"meshward.io/mode": "monitor"}}},
+            _content_type="application/merge-patch+json",
+        ),
+        "(namespace not guarded before) -> DISABLE",
+    )
+
+
+def test_findings_route_is_the_controllers_only(guarded: Guarded) -> None:
+    g = guarded
+    finding = {
+        "threat": MESH_MTLS_WEAKENED,
+        "kind": "PeerAuthentication",
+        "namespace": "x",
+        "name": "y",
+        "field": "spec.mtls.mode",
+        "old": "STRICT",
+        "new": "DISABLE",
+        "by": "forger",
+    }
+    with pytest.raises(ApiError) as refused:
+        ApiClient(g.url, g.viewer_token).post_findings([finding])
+    assert refused.value.status == 403
+    with pytest.raises(ApiError) as anonymous:
+        ApiClient(g.url).post_findings([finding])
+    assert anonymous.value.status == 401
+    bad = [{**finding, "threat": "SQL.Injection"}, {**finding, "new": "a\x00"}, "x"]
+    answer = ApiClient(g.url, g.findings_token).post_findings(bad)
+    assert answer == {"accepted": 0, "rejected": 3}

@@ -1,0 +1,211 @@
+"""The mesh guard's pure logic: diffs of two object states, who changed a field (managedFields),
+deduplication, and the finding's wire form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshward.core.meshguard import (
+    ABSENT,
+    DELETED,
+    Finding,
+    Reported,
+    Scope,
+    State,
+    Strength,
+    Weakness,
+    changed_by,
+    diff,
+    guarded,
+    value_at,
+)
+from meshward.core.threats.names import MESH_MTLS_WEAKENED, MESH_POLICY_WIDENED, THREAT_NAMES
+
+
+def pa(mode: str, managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "PeerAuthentication",
+        "metadata": {
+            "name": "default",
+            "namespace": "shop",
+            "uid": "u1",
+            "managedFields": managed or [],
+        },
+        "spec": {"mtls": {"mode": mode}},
+    }
+
+
+def entry(manager: str, time: str, fields: dict[str, Any], op: str = "Update") -> dict[str, Any]:
+    return {"manager": manager, "operation": op, "time": time, "fieldsV1": fields}
+
+
+MODE_FIELDS = {"f:spec": {"f:mtls": {"f:mode": {}}}}
+
+
+def weak(mode: str) -> State:
+    if mode in ("PERMISSIVE", "DISABLE"):
+        return State((Weakness(MESH_MTLS_WEAKENED, "spec.mtls.mode", mode),), (), ("shop",))
+    return State((), (Strength(MESH_MTLS_WEAKENED, "spec.mtls.mode", mode),), ("shop",))
+
+
+def test_value_at_paths() -> None:
+    obj = {
+        "metadata": {"labels": {"istio.io/rev": "1-24"}},
+        "spec": {"rules": [{"to": [{"operation": {"paths": ["*"]}}]}]},
+    }
+    assert value_at(obj, "metadata.labels[istio.io/rev]") == "1-24"
+    assert value_at(obj, "spec.rules[0].to[0].operation.paths") == '["*"]'
+    assert value_at(obj, "spec.rules[3]") == ABSENT
+    assert value_at(None, "spec") == DELETED
+
+
+def test_weakening_then_clearing() -> None:
+    old = pa("STRICT", [entry("admin-apply", "2026-01-01T00:00:00Z", MODE_FIELDS, "Apply")])
+    new = pa(
+        "PERMISSIVE",
+        [
+            entry("admin-apply", "2026-01-01T00:00:00Z", {"f:metadata": {}}, "Apply"),
+            entry("mallory-tool", "2026-01-01T00:05:00Z", MODE_FIELDS),
+        ],
+    )
+    (f,) = [x for x in diff("PeerAuthentication", old, new, weak("STRICT"), weak("PERMISSIVE"))]
+    assert (f.threat, f.field, f.old, f.new, f.cleared) == (
+        MESH_MTLS_WEAKENED,
+        "spec.mtls.mode",
+        "STRICT",
+        "PERMISSIVE",
+        False,
+    )
+    assert f.by.startswith("mallory-tool (Update 2026-01-01T00:05:00Z")
+    assert f.affects == ("shop",) and f.uid == "u1"
+    assert "STRICT -> PERMISSIVE" in f.message() and "mallory-tool" in f.message()
+    back = diff("PeerAuthentication", new, old, weak("PERMISSIVE"), weak("STRICT"))
+    assert [(x.cleared, x.old, x.new) for x in back] == [(True, "PERMISSIVE", "STRICT")]
+
+
+def test_a_strength_lost_by_deletion_has_no_author() -> None:
+    old = pa("STRICT")
+    (f,) = diff("PeerAuthentication", old, None, weak("STRICT"), State())
+    assert (f.old, f.new, f.cleared) == ("STRICT", DELETED, False)
+    assert f.by.startswith("unknown") and "audit log" in f.by
+
+
+def test_unchanged_weakness_is_no_news() -> None:
+    a, b = pa("PERMISSIVE"), pa("PERMISSIVE")
+    b["metadata"]["labels"] = {"team": "x"}
+    assert diff("PeerAuthentication", a, b, weak("PERMISSIVE"), weak("PERMISSIVE")) == []
+    # DISABLE after PERMISSIVE is a new value of the same field: reported
+    (f,) = diff("PeerAuthentication", a, pa("DISABLE"), weak("PERMISSIVE"), weak("DISABLE"))
+    assert (f.old, f.new) == ("PERMISSIVE", "DISABLE")
+
+
+def test_changed_by_removed_field_names_the_latest_operation() -> None:
+    obj = {
+        "metadata": {
+            "managedFields": [
+                entry("creator", "2026-01-01T00:00:00Z", {"f:spec": {"f:x": {}}}),
+                entry("kubectl-label", "2026-01-02T00:00:00Z", {"f:metadata": {"f:labels": {}}}),
+            ]
+        }
+    }
+    text = changed_by(obj, "metadata.labels[istio-injection]")
+    assert text.startswith("kubectl-label")  # owns metadata.labels (deepest known owner)
+    none = changed_by(obj, "status.phase")
+    assert none.startswith("kubectl-label") and "latest operation" in none
+    assert changed_by({"metadata": {}}, "spec") == "unknown (no managedFields)"
+
+
+def test_atomic_list_is_owned_whole() -> None:
+    obj = {
+        "metadata": {
+            "managedFields": [
+                entry("a", "2026-01-01T00:00:00Z", {"f:spec": {"f:rules": {}}}),
+                entry("b", "2026-01-03T00:00:00Z", {"f:spec": {"f:action": {}}}),
+            ]
+        }
+    }
+    assert changed_by(obj, "spec.rules[0].from").startswith("a (")
+
+
+def test_reported_dedups_and_forgets_on_clear() -> None:
+    r = Reported(size=3)
+    f = Finding(
+        MESH_MTLS_WEAKENED, "PA", "shop", "default", "spec.mtls.mode", "STRICT", "DISABLE", "x"
+    )
+    assert r.fresh([f]) == [f]
+    assert r.fresh([f]) == []  # a relist, an unrelated edit
+    cleared = Finding(
+        MESH_MTLS_WEAKENED,
+        "PA",
+        "shop",
+        "default",
+        "spec.mtls.mode",
+        "DISABLE",
+        "STRICT",
+        "x",
+        cleared=True,
+    )
+    assert r.fresh([cleared]) == [cleared]
+    assert r.fresh([cleared]) == []  # nothing left to clear
+    assert r.fresh([f]) == [f]  # relapse: news again
+    for i in range(10):  # bounded
+        r.fresh([Finding(MESH_POLICY_WIDENED, "AP", "ns", f"p{i}", "spec.rules[0]", "", "{}", "")])
+    assert len(r) == 3
+
+
+def test_finding_wire_form_is_checked() -> None:
+    f = Finding(
+        MESH_MTLS_WEAKENED,
+        "PeerAuthentication",
+        "shop",
+        "default",
+        "spec.mtls.mode",
+        "STRICT",
+        "PERMISSIVE",
+        "kubectl (Update)",
+        affects=("shop",),
+    )
+    assert Finding.from_dict(f.as_dict()) == f
+    for bad in (
+        {**f.as_dict(), "threat": "SQL.Injection"},  # not a configuration finding
+        {**f.as_dict(), "name": 5},
+        {**f.as_dict(), "new": "x\x00y"},
+        {**f.as_dict(), "old": "x" * 5000},
+        {**f.as_dict(), "cleared": "yes"},
+        {**f.as_dict(), "name": ""},
+        "a string",
+    ):
+        with pytest.raises(ValueError):
+            Finding.from_dict(bad)
+    assert f.threat in THREAT_NAMES
+
+
+def test_scope_and_guarded_modes() -> None:
+    assert guarded({"meshward.io/mode": "monitor"}) and guarded({"meshward.io/mode": "enforce"})
+    assert not guarded({"meshward.io/mode": "learn"}) and not guarded({})
+    s = Scope(frozenset({"a", "b"}), "istio-system")
+    assert s.affects("a") == ("a",) and s.affects("c") == ()
+    assert s.affects("istio-system", mesh_wide=True) == ("a", "b")
+    assert s.affects("istio-system") == ()
+
+
+def test_numbered_map_keys() -> None:
+    """portLevelMtls is a map keyed by port numbers: `[8080]` is a key there, not an index."""
+    obj = {
+        "metadata": {
+            "managedFields": [
+                entry("alice", "2026-01-01T00:00:00Z", {"f:spec": {"f:mtls": {"f:mode": {}}}}),
+                entry(
+                    "eve",
+                    "2026-01-01T00:00:00Z",
+                    {"f:spec": {"f:portLevelMtls": {"f:8080": {"f:mode": {}}}}},
+                ),
+            ]
+        },
+        "spec": {"portLevelMtls": {"8080": {"mode": "DISABLE"}}},
+    }
+    assert value_at(obj, "spec.portLevelMtls[8080].mode") == "DISABLE"
+    assert changed_by(obj, "spec.portLevelMtls[8080].mode").startswith("eve (")

@@ -1,0 +1,242 @@
+"""The mesh guard's Istio rules, without a cluster: what weakens a watched namespace and what
+does not (narrowing changes, other namespaces, hosts outside the cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshward.core.meshguard import Scope, diff
+from meshward.core.threats.names import (
+    MESH_FILTER_TAMPERED,
+    MESH_INJECTION_DISABLED,
+    MESH_MTLS_WEAKENED,
+    MESH_POLICY_WIDENED,
+)
+from meshward.istio import guard
+from meshward.istio.envoyfilter import render
+
+SCOPE = Scope(frozenset({"shop", "pay"}), "istio-system")
+
+
+def obj(kind: str, ns: str, spec: dict[str, Any], name: str = "x") -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def fields(state: Any) -> set[tuple[str, str, str]]:
+    return {(w.threat, w.field, w.value) for w in state.weak}
+
+
+def test_peer_authentication() -> None:
+    permissive = obj("PeerAuthentication", "shop", {"mtls": {"mode": "PERMISSIVE"}})
+    assert fields(guard.peer_authentication(permissive, SCOPE)) == {
+        (MESH_MTLS_WEAKENED, "spec.mtls.mode", "PERMISSIVE")
+    }
+    port = obj(
+        "PeerAuthentication",
+        "shop",
+        {"mtls": {"mode": "STRICT"}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}},
+    )
+    state = guard.peer_authentication(port, SCOPE)
+    assert fields(state) == {(MESH_MTLS_WEAKENED, "spec.portLevelMtls[8080].mode", "DISABLE")}
+    assert [s.value for s in state.strong] == ["STRICT"]
+    # elsewhere: nothing; mesh-wide in the root namespace: every watched namespace
+    assert guard.peer_authentication(obj("PeerAuthentication", "dev", permissive["spec"]), SCOPE)
+    assert not guard.peer_authentication(
+        obj("PeerAuthentication", "dev", permissive["spec"]), SCOPE
+    ).weak
+    root = guard.peer_authentication(obj("PeerAuthentication", "istio-system", {}), SCOPE)
+    assert root.affects == ("pay", "shop")
+    selected = obj("PeerAuthentication", "istio-system", {"selector": {"matchLabels": {"a": "b"}}})
+    assert guard.peer_authentication(selected, SCOPE).affects == ()
+
+
+def test_peer_authentication_narrowing_raises_nothing() -> None:
+    old = obj("PeerAuthentication", "shop", {"mtls": {"mode": "PERMISSIVE"}})
+    new = obj("PeerAuthentication", "shop", {"mtls": {"mode": "STRICT"}})
+    found = diff(
+        "PeerAuthentication",
+        old,
+        new,
+        guard.peer_authentication(old, SCOPE),
+        guard.peer_authentication(new, SCOPE),
+    )
+    assert all(f.cleared for f in found)
+
+
+def test_host_namespace() -> None:
+    assert guard.host_namespace("reviews", "shop") == "shop"
+    assert guard.host_namespace("reviews.pay", "shop") == "pay"
+    assert guard.host_namespace("reviews.pay.svc.cluster.local", "shop") == "pay"
+    assert guard.host_namespace("*.pay.svc.cluster.local", "shop") == "pay"
+    assert guard.host_namespace("*", "shop") == "*"
+    assert guard.host_namespace("*.svc.cluster.local", "shop") == "*"
+    assert guard.host_namespace("api.example.com", "shop") is None
+
+
+def test_destination_rule_tls_off_toward_watched_service() -> None:
+    spec = {
+        "host": "reviews.shop.svc.cluster.local",
+        "trafficPolicy": {
+            "tls": {"mode": "DISABLE"},
+            "portLevelSettings": [{"port": {"number": 9080}, "tls": {"mode": "DISABLE"}}],
+        },
+        "subsets": [{"name": "v1", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}],
+    }
+    dr = obj("DestinationRule", "dev", spec)  # a rule in any namespace, toward shop
+    assert {f for _, f, _ in fields(guard.destination_rule(dr, SCOPE))} == {
+        "spec.trafficPolicy.tls.mode",
+        "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+        "spec.subsets[0].trafficPolicy.tls.mode",
+    }
+    mutual = obj(
+        "DestinationRule", "dev", {**spec, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}
+    )
+    mutual["spec"].pop("subsets")
+    assert not guard.destination_rule(mutual, SCOPE).weak
+    outside = obj("DestinationRule", "shop", {**spec, "host": "api.example.com"})
+    assert not guard.destination_rule(outside, SCOPE).weak
+    other = obj("DestinationRule", "shop", {**spec, "host": "db.dev.svc.cluster.local"})
+    assert not guard.destination_rule(other, SCOPE).weak
+
+
+def test_sidecar_ingress_tls() -> None:
+    sc = obj(
+        "Sidecar",
+        "shop",
+        {"ingress": [{"port": {"number": 8443}, "tls": {"mode": "SIMPLE"}}, {"port": {}}]},
+    )
+    assert fields(guard.sidecar(sc, SCOPE)) == {
+        (MESH_MTLS_WEAKENED, "spec.ingress[0].tls.mode", "SIMPLE")
+    }
+
+
+def test_authorization_policy_widenings() -> None:
+    allow_all = obj("AuthorizationPolicy", "shop", {"action": "ALLOW", "rules": [{}]})
+    assert fields(guard.authorization_policy(allow_all, SCOPE)) == {
+        (MESH_POLICY_WIDENED, "spec.rules[0]", "{}")
+    }
+    any_source = obj(
+        "AuthorizationPolicy", "shop", {"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}
+    )
+    assert {f for _, f, _ in fields(guard.authorization_policy(any_source, SCOPE))} == {
+        "spec.rules[0].from"
+    }
+    star = obj(
+        "AuthorizationPolicy",
+        "shop",
+        {
+            "rules": [
+                {
+                    "from": [{"source": {"principals": ["*"]}}],
+                    "to": [{"operation": {"paths": ["/*"]}}],
+                }
+            ]
+        },
+    )
+    assert {f for _, f, _ in fields(guard.authorization_policy(star, SCOPE))} == {
+        "spec.rules[0].from[0].source.principals",
+        "spec.rules[0].to[0].operation.paths",
+    }
+    narrow = obj(
+        "AuthorizationPolicy",
+        "shop",
+        {
+            "rules": [
+                {
+                    "from": [{"source": {"principals": ["cluster.local/ns/shop/sa/web"]}}],
+                    "to": [{"operation": {"paths": ["/api/orders"], "methods": ["GET"]}}],
+                }
+            ]
+        },
+    )
+    assert not guard.authorization_policy(narrow, SCOPE).weak
+    allow_nothing = obj("AuthorizationPolicy", "shop", {})
+    assert not guard.authorization_policy(allow_nothing, SCOPE).weak
+    deny = obj("AuthorizationPolicy", "shop", {"action": "DENY", "rules": [{}]})
+    state = guard.authorization_policy(deny, SCOPE)
+    assert not state.weak and [s.field for s in state.strong] == ["spec.action"]
+    (removed,) = diff(
+        "AuthorizationPolicy", deny, None, state, guard.authorization_policy({}, SCOPE)
+    )
+    assert (removed.threat, removed.old, removed.new) == (MESH_POLICY_WIDENED, "DENY", "(deleted)")
+
+
+def test_envoy_filter_tampering() -> None:
+    def ef(*patches: dict[str, Any]) -> dict[str, Any]:
+        return obj("EnvoyFilter", "shop", {"configPatches": list(patches)})
+
+    remove_authz = {
+        "applyTo": "HTTP_FILTER",
+        "match": {
+            "context": "SIDECAR_INBOUND",
+            "listener": {
+                "filterChain": {
+                    "filter": {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "subFilter": {"name": "envoy.filters.http.ext_authz"},
+                    }
+                }
+            },
+        },
+        "patch": {"operation": "REMOVE"},
+    }
+    per_route_off = {
+        "applyTo": "HTTP_ROUTE",
+        "match": {"context": "SIDECAR_INBOUND"},
+        "patch": {
+            "operation": "MERGE",
+            "value": {
+                "typed_per_filter_config": {"envoy.filters.http.ext_authz": {"disabled": True}}
+            },
+        },
+    }
+    drop_listener = {
+        "applyTo": "LISTENER",
+        "match": {"context": "SIDECAR_INBOUND"},
+        "patch": {"operation": "REMOVE"},
+    }
+    add_lua = {
+        "applyTo": "HTTP_FILTER",
+        "match": {"context": "SIDECAR_OUTBOUND"},
+        "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua"}},
+    }
+    state = guard.envoy_filter(ef(remove_authz, per_route_off, drop_listener, add_lua), SCOPE)
+    assert {(t, f) for t, f, _ in fields(state)} == {
+        (MESH_FILTER_TAMPERED, "spec.configPatches[0]"),
+        (MESH_FILTER_TAMPERED, "spec.configPatches[1]"),
+        (MESH_FILTER_TAMPERED, "spec.configPatches[2]"),
+    }
+    assert not guard.envoy_filter(ef(add_lua), SCOPE).weak
+    # meshward's own filter, seen as anybody's, only inserts: no finding from its content
+    own = render("shop", "enforce")["objects"][0]
+    assert not guard.envoy_filter(own, SCOPE).weak
+
+
+def test_injection_labels() -> None:
+    ns = {"metadata": {"name": "shop", "labels": {"istio-injection": "disabled"}}}
+    assert fields(guard.namespace_injection(ns)) == {
+        (MESH_INJECTION_DISABLED, "metadata.labels[istio-injection]", "disabled")
+    }
+    on = {"metadata": {"name": "shop", "labels": {"istio.io/rev": "1-24"}}}
+    assert [s.field for s in guard.namespace_injection(on).strong] == [
+        "metadata.labels[istio.io/rev]"
+    ]
+    pod = {"metadata": {"annotations": {"sidecar.istio.io/inject": "false"}}}
+    (w,) = guard.pod_injection(pod)
+    assert w.field == "metadata.annotations[sidecar.istio.io/inject]"
+
+
+def test_inbound_ports_left_out_of_the_sidecar() -> None:
+    excluded = {
+        "metadata": {"annotations": {"traffic.sidecar.istio.io/excludeInboundPorts": "8080"}}
+    }
+    (w,) = guard.pod_injection(excluded)
+    assert (w.threat, w.field, w.value) == (
+        MESH_INJECTION_DISABLED,
+        "metadata.annotations[traffic.sidecar.istio.io/excludeInboundPorts]",
+        "8080",
+    )
+    only = {"metadata": {"annotations": {"traffic.sidecar.istio.io/includeInboundPorts": "9090"}}}
+    assert [w.value for w in guard.pod_injection(only)] == ["9090"]
+    every = {"metadata": {"annotations": {"traffic.sidecar.istio.io/includeInboundPorts": "*"}}}
+    assert guard.pod_injection(every) == []
