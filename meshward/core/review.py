@@ -32,7 +32,7 @@ import hashlib
 import json
 from typing import Any
 
-from meshward.core import templates, values
+from meshward.core import values
 from meshward.core.allowlist import EndpointRule, Limits
 from meshward.core.allowlist_merge import Shared, join_rules, pinned_rule, profile_doc, rule_key
 from meshward.core.reviewstate import RuleKey, Stamp
@@ -222,10 +222,6 @@ def parse_rule(doc: object) -> EndpointRule:
         rule = EndpointRule.from_doc({k: v for k, v in doc.items() if k != "count"})
     except (TypeError, ValueError) as exc:
         raise ReviewError(f"rule: {exc}") from None
-    for seg in templates.split_path(rule.template):
-        if seg.startswith("{") and seg.endswith("}") and not templates.is_variable(seg):
-            known = ", ".join(sorted(templates.VARIABLES))
-            raise ReviewError(f"rule: unknown template variable {seg} (known: {known})")
     if not rule.method.isalpha() or len(rule.method) > 32:
         raise ReviewError("rule: method must be letters (GET, POST, ...)")
     return rule

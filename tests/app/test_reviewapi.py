@@ -235,7 +235,7 @@ def test_refusals_and_bad_input(tmp_path: Path) -> None:
                 b'{"action": "edit", "method": "GET", "path": "/users/{int}", '
                 b'"rule": {"method": "GET", "path": "/x/{nope}"}}',
                 400,
-                "unknown template variable {nope}",
+                "unknown template variable '{nope}'",
             ),
             (b"x" * 70_000, 400, "at most"),
         ]

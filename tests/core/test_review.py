@@ -134,7 +134,7 @@ def test_an_edit_to_another_template_replaces_the_rule_and_readmits_a_tombstone(
 @pytest.mark.parametrize(
     ("rule", "said"),
     [
-        ({"method": "GET", "path": "/x/{nope}"}, "unknown template variable {nope}"),
+        ({"method": "GET", "path": "/x/{nope}"}, "unknown template variable '{nope}'"),
         ({"method": "GET", "path": "x"}, "must start with '/'"),
         ({"method": "G T", "path": "/x"}, "method must be letters"),
         ({"method": "GET", "path": "/x", "query": {"q": ["bogus"]}}, "unknown value class"),
