@@ -10,8 +10,10 @@ One run prints, per sensitivity level:
   20,000 lines of English technical prose (Python stdlib comments) in a JSON field, and on
   20,000 lines of generated benign user text (benign_text: developer chat and Markdown with
   inline code, shell-tutorial text, support tickets, product descriptions) in a JSON field;
-and then the time per typical request (1 KB JSON body, 10 headers) against a baseline of
-normalisation alone (decode every value the detector would look at, match nothing).
+and then the CPU time per typical request (1 KB JSON body, 10 headers) and per request of 500
+distinct OpenAPI sample requests, against a baseline of normalisation alone (decode every value
+the detector would look at, match nothing) and against the detectors of older commits loaded
+into the same process (--baseline REF, see baseline_detector), in rotated rounds.
 
 Last, the anchor side by side (`side_by_side`, bench/crs_anchor): ModSecurity v3 with the OWASP
 CRS at paranoia level 1 and meshward at level 1 on the same requests (a seeded sample of each
@@ -29,7 +31,7 @@ Path.Traversal rows holding an unfilled `{file}` placeholder (`//{file}`) are al
 it filled by a few sensitive targets (FILLS), printed under the tables.
 
 Run: .venv/bin/python bench/detect.py [--levels 1,2,3] [--show N] [--show-prose N]
-     [--anchor-rows N (0: no anchor)]
+     [--anchor-rows N (0: no anchor)] [--baseline REF ...] [--rounds N] [--time-only]
 Data: $MESHWARD_SHARED, else ../shared/data next to the repository.
 """
 
@@ -38,13 +40,19 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import importlib
+import io
 import json
 import os
 import random
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import sysconfig
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -733,6 +741,73 @@ def normalise_only(obs: Observation) -> int:
     return n
 
 
+def baseline_detector(ref: str, level: int = 1) -> Callable[[Observation], object]:
+    """`inspect` of the detector as it was at git commit `ref`, loaded into this process next to
+    the current one, so that both are timed in the same run (the machine is shared and noisy).
+
+    `meshward/` at `ref` is unpacked (git archive) into a temporary folder and imported with
+    the current `meshward` modules set aside; the old objects keep their own module globals, so
+    the current modules are put back afterwards and both detectors live side by side."""
+    repo = Path(__file__).resolve().parents[1]
+    tar = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "meshward/__init__.py", "meshward/core"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    folder = tempfile.mkdtemp(prefix="meshward-baseline-")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(folder, filter="data")
+    ours = [m for m in sys.modules if m == "meshward" or m.startswith("meshward.")]
+    saved = {m: sys.modules.pop(m) for m in ours}
+    sys.path.insert(0, folder)
+    try:
+        old = importlib.import_module("meshward.core.threats").ThreatDetector(level=level)
+    finally:
+        sys.path.remove(folder)
+        for m in [m for m in sys.modules if m == "meshward" or m.startswith("meshward.")]:
+            del sys.modules[m]
+        sys.modules.update(saved)
+        shutil.rmtree(folder, ignore_errors=True)  # imported: the modules need no files now
+    return old.inspect
+
+
+def side_by_side_us(
+    fns: dict[str, Callable[[], object]], number: int = 2000, rounds: int = 15
+) -> dict[str, list[float]]:
+    """CPU µs per call of each fn (the process's CPU time: waiting for a core on a shared
+    machine is not counted), one batch of `number` calls each per round, the order rotated
+    every round, so that load changes hit every fn alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            fn = fns[name]
+            t0 = time.process_time()
+            for _ in range(number):
+                fn()
+            times[name].append((time.process_time() - t0) / number * 1e6)
+    return times
+
+
+def print_ratios(times: dict[str, list[float]], base: str) -> None:
+    """Median and min µs per fn, and its ratio to `base`: the median over rounds of the
+    per-round ratio, with the spread (min-max) over rounds."""
+    for name, ts in times.items():
+        line = f"    {name:<28} median {statistics.median(ts):7.2f} µs  min {min(ts):7.2f} µs"
+        if name != base:
+            ratios = [t / b for t, b in zip(ts, times[base], strict=True)]
+            line += (
+                f"  /{base}: {statistics.median(ratios):.2f} "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        print(line)
+
+
+def _each(fn: Callable[[Observation], object], requests: list[Observation]) -> None:
+    for obs in requests:
+        fn(obs)
+
+
 def per_call_us(
     fn: Callable[[], object], number: int = 2000, repeat: int = 15
 ) -> tuple[float, float]:
@@ -915,6 +990,15 @@ def main() -> int:
         default=600,
         help="rows per list for the side-by-side run with ModSecurity + CRS (0: skip it)",
     )
+    ap.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="also time the level-1 detector of git commit REF in this run (repeatable)",
+    )
+    ap.add_argument("--rounds", type=int, default=15, help="timing rounds")
+    ap.add_argument("--time-only", action="store_true", help="only the timing")
     args = ap.parse_args()
     root = shared_data()
     if not (root / "payloads").is_dir():
@@ -934,7 +1018,7 @@ def main() -> int:
     )
     for cls, (rule, _) in NOT_OF_CLASS.items():
         print(f"  {cls}: {rule}")
-    for level in [int(x) for x in args.levels.split(",")]:
+    for level in [] if args.time_only else [int(x) for x in args.levels.split(",")]:
         det = ThreatDetector(level=level)
         print(f"\n=== level {level} ===")
         score = meshward(det)
@@ -998,20 +1082,36 @@ def main() -> int:
     obs = typical_request()
     det = ThreatDetector(level=1)
     assert not det.inspect(obs).threats, "typical request must be clean"
+    from tests.support.openapi_traffic import Traffic
+
+    traffic = Traffic(seed=5)
+    mix = [traffic.normal() for _ in range(500)]
+    current = {level: ThreatDetector(level=level).inspect for level in (1, 2, 3)}
+    old = {ref: baseline_detector(ref) for ref in args.baseline}
+    base = f"level 1 at {args.baseline[0]}" if args.baseline else "normalisation only"
     print(
-        f"\n=== time per typical request ({len(obs.body)} B JSON body, {len(obs.headers)} "
-        "headers), one core ==="
+        f"\n=== time per request, one core, {args.rounds} rounds in rotation "
+        "(ratio: the median of the per-round ratios, and their spread) ==="
     )
-    base = per_call_us(lambda: normalise_only(obs))
-    for level in (1, 2, 3):
-        d = ThreatDetector(level=level)
-        med, low = per_call_us(functools.partial(d.inspect, obs))
-        print(
-            f"  level {level} detector     median {med:6.2f} µs  min {low:6.2f} µs  "
-            f"ratio to baseline {med / base[0]:.2f}"
+    for title, requests in (
+        (f"typical request ({len(obs.body)} B JSON body, {len(obs.headers)} headers)", [obs]),
+        (f"OpenAPI sample traffic ({len(mix)} distinct requests, µs per request)", mix),
+    ):
+        fns: dict[str, Callable[[], object]] = {
+            f"level {level}": functools.partial(_each, fn, requests)
+            for level, fn in current.items()
+        }
+        fns.update(
+            {f"level 1 at {ref}": functools.partial(_each, fn, requests) for ref, fn in old.items()}
         )
-    print(f"  normalisation only   median {base[0]:6.2f} µs  min {base[1]:6.2f} µs")
-    if args.anchor_rows:
+        if len(requests) == 1:
+            fns["normalisation only"] = functools.partial(normalise_only, obs)
+        number = max(1, 2000 // len(requests))
+        times = side_by_side_us(fns, number=number, rounds=args.rounds)
+        print(f"  {title}")
+        per_request = {k: [t / len(requests) for t in v] for k, v in times.items()}
+        print_ratios(per_request, base if base in times else "level 1")
+    if args.anchor_rows and not args.time_only:
         side_by_side(root, payloads, attacks, norm, args.anchor_rows)
     return 0
 

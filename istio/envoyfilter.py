@@ -14,6 +14,14 @@ verifies it and appends the caller to `x-forwarded-client-cert`, the one thing s
 - `extension-provider`: Istio's own ext_authz integration, a `meshConfig.extensionProviders`
   entry (envoyExtAuthzGrpc) plus an AuthorizationPolicy with action CUSTOM (enforce only).
   Istio has no ext_proc provider, so the tap still comes as an EnvoyFilter.
+
+Both styles add a DestinationRule for meshward's Service, seen from this namespace only: the tap's
+stream window (`FilterSettings.tap_stream_window`) on the mesh's outbound cluster for the tap
+port. Istio builds that cluster, and its DestinationRule API sets the HTTP/2 limits there
+(`connectionPool.http.maxConcurrentStreams`); an EnvoyFilter MERGE of the cluster's
+`typed_extension_protocol_options` would replace Istio's whole HttpProtocolOptions, since Istio
+does not merge inside an `Any` (istio/istio#55940). It sets no `tls`, so Istio's automatic mTLS
+still applies.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from meshward.istio import filters
 from meshward.istio.filters import FilterSettings
 
 ENVOYFILTER_API = "networking.istio.io/v1alpha3"
+DESTINATION_RULE_API = "networking.istio.io/v1"
 AUTHZ_POLICY_API = "security.istio.io/v1"
 DEFAULT_SERVICE = "meshward.meshward.svc.cluster.local"
 PROVIDER_NAME = "meshward"
@@ -125,6 +134,48 @@ def envoy_filter(
     }
 
 
+def tap_destination_rule(
+    s: FilterSettings,
+    *,
+    service: str = DEFAULT_SERVICE,
+    tap_port: int = 9192,
+    selector: dict[str, str] | None = None,
+    name: str = "meshward",
+) -> dict[str, Any]:
+    """The tap's window on the mesh's outbound cluster for meshward's tap port, as
+    `filters.grpc_cluster` sets it on the bootstrap's own cluster: at most `tap_stream_window`
+    streams on one connection, one connection, further copies queued in the sidecar (at most
+    TAP_CIRCUIT_LIMIT). Exported to this namespace only; `selector` narrows it to the workloads
+    the EnvoyFilter taps."""
+    spec: dict[str, Any] = {
+        "host": service,
+        "exportTo": ["."],
+        "trafficPolicy": {
+            "portLevelSettings": [
+                {
+                    "port": {"number": tap_port},
+                    "connectionPool": {
+                        "tcp": {"maxConnections": 1},
+                        "http": {
+                            "maxConcurrentStreams": s.tap_stream_window,
+                            "http1MaxPendingRequests": filters.TAP_CIRCUIT_LIMIT,
+                            "http2MaxRequests": filters.TAP_CIRCUIT_LIMIT,
+                        },
+                    },
+                }
+            ]
+        },
+    }
+    if selector:
+        spec["workloadSelector"] = {"matchLabels": dict(selector)}
+    return {
+        "apiVersion": DESTINATION_RULE_API,
+        "kind": "DestinationRule",
+        "metadata": _metadata(name, s.namespace, s.mode),
+        "spec": spec,
+    }
+
+
 def extension_provider(
     *, service: str = DEFAULT_SERVICE, authz_port: int = 9191, body_limit: int = 8192
 ) -> dict[str, Any]:
@@ -189,7 +240,7 @@ def render(
     index checks against the sidecar's verified service account (docs/security.md). Its pods
     are selected by `selector`, default the label app=<workload>.
     `tap_close_timeout_ms` and `tap_stream_window`: how far meshward may lag behind the tap
-    (FilterSettings).
+    (FilterSettings); the window is the DestinationRule's (tap_destination_rule).
     """
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} ({', '.join(STYLES)})")
@@ -212,11 +263,13 @@ def render(
         "tap_port": tap_port,
         "outbound_tap": outbound_tap,
     }
+    window = tap_destination_rule(s, service=service, tap_port=tap_port, selector=labels, name=name)
     if style == "envoyfilter":
-        objects = [envoy_filter(s, service=service, selector=labels, name=name, **common)]
+        objects = [envoy_filter(s, service=service, selector=labels, name=name, **common), window]
         return {"objects": objects}
     objects = [
-        envoy_filter(s, service=service, selector=labels, with_authz=False, name=name, **common)
+        envoy_filter(s, service=service, selector=labels, with_authz=False, name=name, **common),
+        window,
     ]
     if mode == "enforce":
         objects.append(authorization_policy(namespace, labels))

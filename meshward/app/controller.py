@@ -41,6 +41,8 @@ FIELD_MANAGER = "meshward-controller"
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=meshward"
 KINDS: dict[str, tuple[str, str, str]] = {  # kind -> (group, version, plural)
     "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
+    # the tap's stream window on the mesh's cluster to meshward (istio/envoyfilter.py)
+    "DestinationRule": ("networking.istio.io", "v1", "destinationrules"),
     "AuthorizationPolicy": ("security.istio.io", "v1", "authorizationpolicies"),
 }
 Key = tuple[str, str, str]  # kind, namespace, name
@@ -177,7 +179,7 @@ class Controller:
 
         return handle
 
-    def start_watches(self, kinds: tuple[str, ...] = ("EnvoyFilter",)) -> None:
+    def start_watches(self, kinds: tuple[str, ...] = ("EnvoyFilter", "DestinationRule")) -> None:
         from meshward.kube.watch import Watcher
 
         handler: Callable[[Any], None] = self._on_namespace

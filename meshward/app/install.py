@@ -187,14 +187,15 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
         _rule([""], ["events"], ["create", "patch"]),
     ],
-    # controller: EnvoyFilters in the namespaces it manages, namespaces to follow their labels,
-    # token and access reviews for the callers of its /metrics; the mesh guard reads (never
-    # writes) the mesh's policy objects and the pods, and sends its findings to serve
+    # controller: EnvoyFilters and DestinationRules in the namespaces it manages, namespaces to
+    # follow their labels, token and access reviews for the callers of its /metrics; the mesh
+    # guard reads (never writes) the mesh's policy objects and the pods, and sends its findings
+    # to serve
     "controller": [
         _rule([""], ["namespaces"], READ),
         _rule(
             ["networking.istio.io"],
-            ["envoyfilters"],
+            ["envoyfilters", "destinationrules"],
             [*READ, "create", "update", "patch", "delete"],
         ),
         _rule([""], ["events"], ["create", "patch"]),

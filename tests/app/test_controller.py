@@ -47,9 +47,12 @@ def test_desired_objects() -> None:
         "e": {"istio-injection": "enabled", "meshward.io/mode": "bogus"},
     }
     want, invalid = desired(namespaces, ControllerConfig())
-    assert set(want) == {("EnvoyFilter", "a", "meshward"), ("EnvoyFilter", "b", "meshward")}
+    assert set(want) == {
+        (kind, ns, "meshward") for kind in ("EnvoyFilter", "DestinationRule") for ns in "ab"
+    }
     assert invalid == {"e"}
     assert want[("EnvoyFilter", "b", "meshward")] == render("b", "enforce")["objects"][0]
+    assert want[("DestinationRule", "b", "meshward")] == render("b", "enforce")["objects"][1]
     provider, _ = desired(namespaces, ControllerConfig(style="extension-provider"))
     assert ("AuthorizationPolicy", "b", "meshward-ext-authz") in provider
 
@@ -89,11 +92,14 @@ def _ns(kube: KubeCluster, labels: dict[str, str]) -> str:
     return name
 
 
-def _filters(kube: KubeCluster, ns: str) -> list[dict[str, Any]]:
-    out = kube.kubectl(
-        "get", "envoyfilters.networking.istio.io", "-n", ns, "-o", "json", "--show-managed-fields"
-    )
+def _filters(
+    kube: KubeCluster, ns: str, kind: str = "envoyfilters.networking.istio.io"
+) -> list[dict[str, Any]]:
+    out = kube.kubectl("get", kind, "-n", ns, "-o", "json", "--show-managed-fields")
     return json.loads(out.stdout)["items"]
+
+
+RULES = "destinationrules.networking.istio.io"  # the tap's stream window (istio/envoyfilter.py)
 
 
 def _label(kube: KubeCluster, ns: str, value: str | None) -> None:
@@ -125,6 +131,8 @@ def test_filters_follow_the_mode_label(kube_cluster: KubeCluster, running: Contr
         assert f["spec"] == render(ns, mode)["objects"][0]["spec"]
         managers = {m["manager"] for m in f["metadata"]["managedFields"]}
         assert managers == {"meshward-controller"}
+        (rule,) = _filters(kube, ns, RULES)
+        assert rule["spec"] == render(ns, mode)["objects"][1]["spec"]
 
     _eventually(lambda: mode_is("learn"))  # no label: learn
     _label(kube, ns, "enforce")
@@ -137,13 +145,13 @@ def test_filters_follow_the_mode_label(kube_cluster: KubeCluster, running: Contr
     assert {"FiltersApplied"} <= {e["reason"] for e in events}
 
     _label(kube, ns, "off")
-    _eventually(lambda: _assert_empty(_filters(kube, ns)))
+    _eventually(lambda: _assert_empty(_filters(kube, ns) + _filters(kube, ns, RULES)))
     _label(kube, ns, None)
     _eventually(lambda: mode_is("learn"))
     before = running.counters.pruned
     kube.kubectl("label", "namespace", ns, "istio-injection-")  # injection removed: pruned
-    _eventually(lambda: _assert_empty(_filters(kube, ns)))
-    assert running.counters.pruned == before + 1
+    _eventually(lambda: _assert_empty(_filters(kube, ns) + _filters(kube, ns, RULES)))
+    assert running.counters.pruned == before + 2
     kube.kubectl("label", "namespace", ns, "istio-injection=enabled")
     _eventually(lambda: mode_is("learn"))
     # namespace deleted: its filter goes (pruned, or collected with the namespace) and the

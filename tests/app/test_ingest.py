@@ -47,3 +47,31 @@ def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
     assert sum(len(ingest.pickle.loads(c)) for c in parsed.chunks) == 3
     assert seen == [0o600]
     assert list(tmp_path.iterdir()) == []  # removed once parsed
+
+
+def test_judging_rests_the_loop_between_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After each SLICE of judging the loop blocks for PAUSE (at least uvloop's 1 ms timer
+    resolution, so it really sleeps rather than only yielding), so a batch's judging never holds
+    the Checks' loop for long nor takes its CPU in one run; every item is still judged once."""
+    rests: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        rests.append(delay)
+        await real_sleep(0)
+
+    def busy(_obs: object, _inspected: object) -> bool:
+        end = ingest.time.perf_counter() + ingest.SLICE / 4
+        while ingest.time.perf_counter() < end:
+            pass
+        return True
+
+    items = [(i, None) for i in range(40)]
+    parsed = ingest.Parsed(
+        chunks=[ingest.pickle.dumps(items[:25]), ingest.pickle.dumps(items[25:])]
+    )
+    monkeypatch.setattr(ingest.asyncio, "sleep", sleep)
+    taken = asyncio.run(Ingestor(None).judge(parsed, busy, lambda i, e: None))  # type: ignore[arg-type]
+    assert taken == 40
+    assert 7 <= len(rests) <= 40  # one per slice: 4 items of a quarter slice or fewer
+    assert set(rests) == {ingest.PAUSE} and ingest.PAUSE >= 0.001

@@ -21,13 +21,15 @@ from meshward.istio.envoyproc import EnvoyError, validate
 from meshward.istio.filters import FilterSettings
 from tests.support.crdschema import ISTIO_CRDS, Validators, check_object, crd_validators
 
+# DestinationRule (the tap's stream window), with the other security-relevant kinds
+ISTIO_MESH_CRDS = ISTIO_CRDS.parent / "crds-mesh-security.yaml"
 STYLES = ("envoyfilter", "extension-provider")
 
 
 @pytest.fixture(scope="module")
 def schemas() -> Validators:
     """(apiVersion, kind) -> a validator for the CRD's openAPIV3Schema."""
-    return crd_validators(ISTIO_CRDS)
+    return crd_validators(ISTIO_CRDS) | crd_validators(ISTIO_MESH_CRDS)
 
 
 def variants() -> list[tuple[str, str, str]]:
@@ -44,11 +46,11 @@ def test_objects_match_crd_schemas(
         assert out == {"objects": []}
         return
     if style == "extension-provider" and mode == "enforce":
-        assert kinds == ["EnvoyFilter", "AuthorizationPolicy"]
-        policy = out["objects"][1]["spec"]
+        assert kinds == ["EnvoyFilter", "DestinationRule", "AuthorizationPolicy"]
+        policy = out["objects"][2]["spec"]
         assert policy["action"] == "CUSTOM" and policy["provider"] == {"name": "meshward"}
     else:
-        assert kinds == ["EnvoyFilter"]
+        assert kinds == ["EnvoyFilter", "DestinationRule"]
     for obj in out["objects"]:
         assert obj["metadata"]["namespace"] == "shop"
         check_object(schemas, obj)
@@ -68,6 +70,49 @@ def test_schema_check_can_fail(schemas: dict[tuple[str, str], Any]) -> None:
     bad["spec"]["configPatches"][1]["patch"]["operation"] = "INSERT_SOMEWHERE"
     with pytest.raises(AssertionError):
         check_object(schemas, bad)
+    rule = envoyfilter.render("shop", "learn")["objects"][1]
+    bad = copy.deepcopy(rule)
+    pool = bad["spec"]["trafficPolicy"]["portLevelSettings"][0]["connectionPool"]
+    pool["http"]["maxConcurentStreams"] = pool["http"].pop("maxConcurrentStreams")
+    with pytest.raises(AssertionError):
+        check_object(schemas, bad)
+
+
+def test_tap_stream_window_is_a_destination_rule(schemas: dict[tuple[str, str], Any]) -> None:
+    """--tap-stream-window on the Istio route: the filters call the mesh's outbound cluster, so
+    the window is that cluster's HTTP/2 limit, set the Istio way, for the tap port only, seen
+    from this namespace (or the rendered workload) only; no tls, so Istio's auto mTLS stays."""
+    for style in STYLES:
+        for workload, selector in (("", None), ("orders", {"matchLabels": {"app": "orders"}})):
+            out = envoyfilter.render(
+                "shop",
+                "monitor",
+                style=style,
+                workload=workload,
+                tap_port=9300,
+                tap_stream_window=32,
+            )
+            (rule,) = [o for o in out["objects"] if o["kind"] == "DestinationRule"]
+            check_object(schemas, rule)
+            spec = rule["spec"]
+            assert spec["host"] == envoyfilter.DEFAULT_SERVICE and spec["exportTo"] == ["."]
+            assert spec.get("workloadSelector") == selector
+            assert rule["metadata"]["name"] == (f"meshward-{workload}" if workload else "meshward")
+            (port,) = spec["trafficPolicy"]["portLevelSettings"]
+            assert port["port"] == {"number": 9300}
+            assert port["connectionPool"] == {
+                "tcp": {"maxConnections": 1},
+                "http": {
+                    "maxConcurrentStreams": 32,
+                    "http1MaxPendingRequests": filters.TAP_CIRCUIT_LIMIT,
+                    "http2MaxRequests": filters.TAP_CIRCUIT_LIMIT,
+                },
+            }
+            assert "tls" not in json.dumps(spec)
+    default = envoyfilter.render("shop", "learn")["objects"][1]["spec"]["trafficPolicy"]
+    assert default["portLevelSettings"][0]["port"] == {"number": 9192}
+    http = default["portLevelSettings"][0]["connectionPool"]["http"]
+    assert http["maxConcurrentStreams"] == filters.TAP_STREAM_WINDOW
 
 
 MESH_CLUSTERS = {
@@ -84,7 +129,7 @@ def test_patches_are_the_filter_config() -> None:
         if mode == "off":
             assert envoyfilter.render("shop", mode)["objects"] == filters.http_filters(s) == []
             continue
-        (obj,) = envoyfilter.render("shop", mode)["objects"]
+        obj, _window = envoyfilter.render("shop", mode)["objects"]
         patches = obj["spec"]["configPatches"]
         inserted = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
         inbound = [v for v in inserted if _direction(v) == "inbound"]
@@ -110,9 +155,9 @@ def test_patches_are_the_filter_config() -> None:
         vhosts = [p for p in patches if p["applyTo"] == "VIRTUAL_HOST"]
         assert len(vhosts) == (1 if mode == "enforce" else 0)
     # the tap's lag settings reach the EnvoyFilter too
-    (obj,) = envoyfilter.render("shop", "learn", tap_close_timeout_ms=9000, tap_stream_window=32)[
-        "objects"
-    ]
+    obj, _window = envoyfilter.render(
+        "shop", "learn", tap_close_timeout_ms=9000, tap_stream_window=32
+    )["objects"]
     patches = obj["spec"]["configPatches"]
     taps = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
     assert {t["typed_config"]["deferred_close_timeout"] for t in taps} == {"9s"}
@@ -193,7 +238,7 @@ def test_patch_values_load_in_envoy(envoy_bin: str, mode: str, style: str, workl
 
 @pytest.mark.integration
 def test_envoy_rejects_a_broken_patch(envoy_bin: str) -> None:
-    (obj,) = envoyfilter.render("shop", "enforce")["objects"]
+    obj, _window = envoyfilter.render("shop", "enforce")["objects"]
     for p in obj["spec"]["configPatches"]:
         if p["applyTo"] == "HTTP_FILTER":
             p["patch"]["value"]["typed_config"]["with_request_body"] = {"max_request_bytes": -1}
@@ -310,18 +355,18 @@ def test_istio_render_command(capsys: pytest.CaptureFixture[str], tmp_path: Path
     argv = ["render", "--namespace", "shop", "--mode", "enforce"]
     assert run_command("meshward.app.commands.istio", argv) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert [d["kind"] for d in docs] == ["EnvoyFilter"]
+    assert [d["kind"] for d in docs] == ["EnvoyFilter", "DestinationRule"]
     mesh = tmp_path / "mesh.yaml"
     argv += ["--style", "extension-provider", "--mesh-config", str(mesh)]
     assert run_command("meshward.app.commands.istio", argv) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert [d["kind"] for d in docs] == ["EnvoyFilter", "AuthorizationPolicy"]
+    assert [d["kind"] for d in docs] == ["EnvoyFilter", "DestinationRule", "AuthorizationPolicy"]
     assert yaml.safe_load(mesh.read_text())["meshConfig"]["extensionProviders"][0]["name"]
     with pytest.raises(UsageError):
         run_command("meshward.app.commands.istio", ["render", "--namespace", "", "--mode", "learn"])
     argv = ["render", "--namespace", "shop", "--mode", "learn", "--no-outbound-tap"]
     assert run_command("meshward.app.commands.istio", [*argv, "--format", "json"]) == 0
-    (obj,) = json.loads(capsys.readouterr().out)
+    obj, _window = json.loads(capsys.readouterr().out)
     contexts = {p["match"]["context"] for p in obj["spec"]["configPatches"]}
     assert contexts == {"SIDECAR_INBOUND"}  # the mesh's own cluster to meshward: none added
     assert [p["applyTo"] for p in obj["spec"]["configPatches"]] == ["HTTP_FILTER"]
@@ -332,12 +377,13 @@ def test_render_names_the_workload_as_serve_checks_it(capsys: pytest.CaptureFixt
     their labels say otherwise (the pod index checks the name, never the label)."""
     argv = ["render", "--namespace", "shop", "--mode", "enforce", "--workload", "web"]
     assert run_command("meshward.app.commands.istio", [*argv, "--selector", "app=frontend"]) == 0
-    (obj,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    obj, window = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert obj["spec"]["workloadSelector"] == {"labels": {"app": "frontend"}}
+    assert window["spec"]["workloadSelector"] == {"matchLabels": {"app": "frontend"}}
     text = json.dumps(obj)
     assert '"workload": "web"' in text and "frontend" not in text.replace('"app": "frontend"', "")
     assert run_command("meshward.app.commands.istio", argv) == 0
-    (obj,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    obj, _window = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert obj["spec"]["workloadSelector"] == {"labels": {"app": "web"}}
     for bad in (["--selector", "app"], ["--selector", "=x"]):
         with pytest.raises(UsageError):
@@ -387,7 +433,8 @@ def test_tap_lag_flags_reach_both_renderers(capsys: pytest.CaptureFixture[str]) 
     argv = ["render", "--namespace", "shop", "--mode", "monitor", *lag, "--format", "json"]
     assert run_command("meshward.app.commands.istio", argv) == 0
     text = capsys.readouterr().out
-    assert '"deferred_close_timeout": "12s"' in text  # the window: Istio's cluster (docs/envoy.md)
+    assert '"deferred_close_timeout": "12s"' in text
+    assert '"maxConcurrentStreams": 64' in text  # the window: a DestinationRule (docs/envoy.md)
     with pytest.raises(UsageError, match="stream window"):
         run_command("meshward.app.commands.envoy", [*BOOT, "learn", "--tap-stream-window", "0"])
     with pytest.raises(UsageError, match="close timeout"):

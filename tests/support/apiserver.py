@@ -431,19 +431,28 @@ def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
                 core.delete_namespace(name)
 
 
-ISTIO_CRDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "istio" / "crds.yaml"
+ISTIO_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "istio"
+ISTIO_CRDS = ISTIO_DATA / "crds.yaml"
+ISTIO_MESH_CRDS = ISTIO_DATA / "crds-mesh-security.yaml"  # DestinationRule among them
 
 
 @pytest.fixture(scope="session")
 def istio_crds(kube_cluster: KubeCluster) -> None:
-    """Istio's EnvoyFilter and AuthorizationPolicy types on the test API server (skipped where
-    ../shared is not checked out)."""
-    if not ISTIO_CRDS.exists():
-        pytest.skip(f"Istio CRDs not found at {ISTIO_CRDS}")
+    """Istio's EnvoyFilter, DestinationRule and AuthorizationPolicy types (and the other
+    security-relevant ones) on the test API server (skipped where ../shared is not checked
+    out)."""
+    for crds in (ISTIO_CRDS, ISTIO_MESH_CRDS):
+        if not crds.exists():
+            pytest.skip(f"Istio CRDs not found at {crds}")
     # 1.20 drops the CEL rules (x-kubernetes-validations); kubectl's client-side check refuses
     # them, so validation is left to the server (docs/kubernetes.md)
-    kube_cluster.kubectl("apply", "--validate=false", "-f", str(ISTIO_CRDS))
-    for name in ("envoyfilters.networking.istio.io", "authorizationpolicies.security.istio.io"):
+    for crds in (ISTIO_CRDS, ISTIO_MESH_CRDS):
+        kube_cluster.kubectl("apply", "--validate=false", "-f", str(crds))
+    for name in (
+        "envoyfilters.networking.istio.io",
+        "destinationrules.networking.istio.io",
+        "authorizationpolicies.security.istio.io",
+    ):
         kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
 
 

@@ -157,9 +157,9 @@ def run(args: argparse.Namespace) -> int:
             leading=elector.leading,
             hold=2 * d,  # findings of a replica starting up wait this long for the Lease
         )
-    kinds: tuple[str, ...] = ("EnvoyFilter",)
+    kinds: tuple[str, ...] = ("EnvoyFilter", "DestinationRule")
     if args.style == "extension-provider":
-        kinds = ("EnvoyFilter", "AuthorizationPolicy")
+        kinds = (*kinds, "AuthorizationPolicy")
     log = logging.getLogger("meshward.controller")
     event(log, "starting", identity=args.identity, style=args.style, service=args.service)
     port = None

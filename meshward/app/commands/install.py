@@ -77,9 +77,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "uninstall",
         help="print what kubectl delete -f - needs to remove meshward",
         description="The same objects as install, in reverse order, for kubectl delete -f -. "
-        "The EnvoyFilters the controller applied carry the label "
+        "The EnvoyFilters and DestinationRules the controller applied carry the label "
         "app.kubernetes.io/managed-by=meshward: remove them first with "
-        "kubectl delete envoyfilters -A -l app.kubernetes.io/managed-by=meshward",
+        "kubectl delete envoyfilters,destinationrules -A -l "
+        "app.kubernetes.io/managed-by=meshward",
     )
     _common(u)
     u.set_defaults(func=uninstall)

@@ -1,5 +1,10 @@
 """What the offline commands share: checking input files, opening the store and the engine,
-walking the inputs with a progress bar and one stderr line per bad entry."""
+walking the inputs with a progress bar and one stderr line per bad entry.
+
+Every request is judged by the engine, as serve judges what it is sent: threats an input claims
+for a request are dropped first (meshward.core.claims, the rule serve's ingest door follows),
+so a file cannot make `learn` skip a request or `score` alert on it by saying so.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from meshward.app.commands import UsageError
 from meshward.app.flusher import Flusher
 from meshward.app.progress import ByteProgress
 from meshward.app.store import ReadOnlyStore, SqliteStore, StoreError, default_path, open_store
+from meshward.core.claims import distrusted
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.observation import Observation
 from meshward.formats import EntryError, read_observations
@@ -84,10 +90,12 @@ def close_flusher(flusher: Flusher) -> None:
 class Tally:
     observations: int = 0
     bad: int = 0
+    claimed: int = 0  # threats the inputs claimed (dropped: the engine judges)
 
 
 def observations(paths: list[str], what: str, tally: Tally) -> Iterator[Observation]:
-    """Every Observation of the inputs, in order; bad entries go to stderr and are counted."""
+    """Every Observation of the inputs, in order, without the threats it claims (counted, said
+    once on stderr); bad entries go to stderr and are counted."""
     total = sum(os.path.getsize(p) for p in paths)
     with ByteProgress(total, what) as bar:
         for item in read_observations(paths, progress=bar.advance):
@@ -96,4 +104,11 @@ def observations(paths: list[str], what: str, tally: Tally) -> Iterator[Observat
                 bar.print(f"meshward {what}: skipped {item}")
                 continue
             tally.observations += 1
-            yield item
+            obs, dropped = distrusted(item)
+            tally.claimed += dropped
+            yield obs
+        if tally.claimed:
+            bar.print(
+                f"meshward {what}: ignored {tally.claimed} threats written in the input "
+                "(meshward judges every request itself)"
+            )

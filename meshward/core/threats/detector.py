@@ -6,6 +6,8 @@ Two passes keep the common case cheap:
    what libinjection needs...); other bodies get a second scan. A part where nothing matches
    has no threat: normalisation only changes text that an indicator matches, the signatures
    are caseless, and libinjection only runs where an indicator matches. Only flagged parts go on.
+   Every match counts (a pattern may match in several parts); header values a scan found
+   clean before are left out (_CleanValues).
 2. Detail: each flagged part is split into fields (query parameters, cookies, JSON leaves and
    keys, form fields, multipart parts, XML text); each field that the pre-filter flags on its
    own is normalised and scanned, and libinjection checks SQLi/XSS. Each finding names its
@@ -21,7 +23,6 @@ import ipaddress
 import re
 import threading
 from itertools import accumulate
-from typing import NamedTuple
 
 from meshward.core.bodies import (
     DecodedBody,
@@ -33,6 +34,7 @@ from meshward.core.bodies import (
     recode,
 )
 from meshward.core.observation import Observation, Threat
+from meshward.core.redact import SECRET_HEADERS
 from meshward.core.threats import injection
 from meshward.core.threats.inspection import Inspection
 from meshward.core.threats.names import (
@@ -187,6 +189,7 @@ class ThreatDetector:
         self.use_prefilter = prefilter
         self.sigs = signature_set(level, cache)
         self.dropped = 0  # findings beyond max_threats (approximate under threads)
+        self._clean = _CleanValues()
 
     # ---- entry point
 
@@ -195,18 +198,19 @@ class ThreatDetector:
         (the engine decodes once per request); without it the body is decoded here, and only
         when the pre-filter flags it."""
         found = _Findings(self.max_threats)
-        head = _head(obs, self.max_scan_bytes)
-        self._framing(obs, head, found)
+        head = _head(obs, self.max_scan_bytes, self._clean if self.use_prefilter else None)
+        if head.framing or (obs.body_size is not None and obs.body_size < 0):
+            self._framing(obs, head, found)
         partial = head.cut
         raw = obs.body
         if len(raw) > self.max_scan_bytes:
             raw, partial = raw[: self.max_scan_bytes], True
         if obs.body_truncated or (obs.body_size is not None and obs.body_size > len(obs.body)):
             partial = True
-        kind = body_kind(head.content_type)
+        kind = body_kind(head.content_type) if head.content_type else ""
         parts, texts = head.parts, head.texts
         if self.use_prefilter:
-            flagged = self._prefilter(parts, texts, head.newline, raw, kind)
+            flagged = self._prefilter(head, raw, kind)
         else:
             flagged = set(range(len(parts) + 1 if raw else len(parts)))
         for i in sorted(flagged):
@@ -221,19 +225,25 @@ class ThreatDetector:
 
     # ---- pass 1
 
-    def _prefilter(
-        self, parts: list[_Part], texts: list[str], newline: bool, body: bytes, kind: str
-    ) -> set[int]:
+    def _prefilter(self, head: _Head, body: bytes, kind: str) -> set[int]:
         """Indices of parts (len(parts) means the body) where a signature or indicator matched.
 
-        One scan covers the head (path, query lines, header values, one per line) and a JSON
-        body (quotes as newlines) with the `lines` database, which leaves out the signatures
-        that treat a newline as an injected command separator: here newlines only separate
-        values. Raw CR/LF inside the head flags every head part (rare, and never benign); other
-        bodies, where raw newlines are content, get the full database.
+        One scan covers the head (its pre-filter lines, one part per line) and a JSON body
+        (quotes as newlines) with the `lines` database, which leaves out the signatures that
+        treat a newline as an injected command separator: here newlines only separate values.
+        Header values this detector already scanned clean (head.clean) are left out of it. Raw
+        CR/LF inside the head flags every head part (rare, and never benign); other bodies,
+        where raw newlines are content, get the full database.
+
+        Every match is reported (no single-match mode: a pattern that matched in one part must
+        still flag the next part it matches in), so a request with more than MAX_MATCHES
+        matches flags every part instead of paying for each: sound and bounded.
         """
-        texts = _prefilter_texts(parts, texts)
-        joined = "\n".join(texts)
+        lines = head.lines
+        scanned = head.scanned  # indices of the parts in `lines`, in order
+        json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
+        flagged: set[int] = set()
+        joined = "\n".join(lines)  # never empty: the path is always scanned
         ascii_only = joined.isascii()
         # bytes the node tap could not decode come back as they were (surrogateescape); other
         # surrogates (no source should hand one over) as their 3-byte form instead of raising
@@ -243,28 +253,32 @@ class ThreatDetector:
         except UnicodeEncodeError:
             errors = "surrogatepass"
             raw = joined.encode("utf-8", errors)
-        json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
         if json_body:
+            scanned = [*scanned, len(head.parts)]
             raw = raw + b"\n" + body.translate(_JSON_PREFILTER)
-        total = len(texts) + json_body
-        flagged: set[int] = set()
+        total = len(scanned)
         starts: list[int] = []  # part offsets in raw, computed at the first match only
+        seen = [0]
 
         def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
             if not starts:
-                sizes = [len(t) if ascii_only else len(t.encode("utf-8", errors)) for t in texts]
+                sizes = [len(t) if ascii_only else len(t.encode("utf-8", errors)) for t in lines]
                 starts.extend(_starts([*sizes, 0] if json_body else sizes))
-            flagged.add(bisect.bisect_right(starts, max(end - 1, 0)) - 1)
+            flagged.add(scanned[bisect.bisect_right(starts, max(end - 1, 0)) - 1])
+            seen[0] += 1
+            if seen[0] > MAX_MATCHES:
+                flagged.update(scanned)
             return len(flagged) >= total or None
 
         self.sigs.prefilter(raw, on_match, lines=True)
-        if newline:
-            flagged.update(range(len(parts)))
+        head.remember_clean(flagged)
+        if head.newline:
+            flagged.update(range(len(head.parts)))
         if body and not json_body:
             if kind == "form" or (not kind and _FORM_LIKE.match(body)):
                 body = _query_lines(body.decode("latin-1")).encode("latin-1")
             if self.sigs.suspicious(body):
-                flagged.add(len(parts))
+                flagged.add(len(head.parts))
         return flagged
 
     def _recoded(self, content_type: str, kind: str, raw: bytes, found: _Findings) -> None:
@@ -471,65 +485,170 @@ class ThreatDetector:
                 found.add(SMUGGLING, "header:transfer-encoding", f"transfer-encoding: {value!r}")
 
 
-class _Head(NamedTuple):
+class _Head:
     """The request head as one pass over the headers sees it."""
 
-    parts: list[_Part]  # path, query, scanned headers
-    texts: list[str]  # their pre-filter texts (the query one parameter per line)
-    newline: bool  # CR or LF inside the raw path, query or a scanned header value
-    crlf: bool  # CR or LF inside a header value that is not scanned
-    content_type: str
-    lengths: list[str]  # content-length values
-    codings: list[str]  # transfer-encoding values
-    odd_names: bool  # a header name outside the HTTP token alphabet
-    cut: bool  # a part was longer than the limit and is inspected in part
+    __slots__ = (
+        "clean",
+        "codings",
+        "content_type",
+        "crlf",
+        "cut",
+        "framing",
+        "fresh",
+        "lengths",
+        "lines",
+        "newline",
+        "odd_names",
+        "parts",
+        "scanned",
+        "texts",
+    )
+
+    def __init__(self) -> None:
+        self.parts: list[_Part] = [_PATH]  # path, query, scanned headers
+        self.texts: list[str] = []  # their texts, cut to the limit
+        self.lines: list[str] = []  # pre-filter texts of the parts to scan (see _head)
+        self.scanned: list[int] = []  # the index in parts of each of `lines`
+        self.fresh: list[tuple[int, str]] = []  # header lines scanned that the cache may keep
+        self.clean: _CleanValues | None = None
+        self.newline = False  # CR or LF inside the raw path, query or a scanned header value
+        self.crlf = False  # CR or LF inside a header value that is not scanned
+        self.content_type = ""
+        self.lengths: list[str] = []  # content-length values
+        self.codings: list[str] = []  # transfer-encoding values
+        self.odd_names = False  # a header name outside the HTTP token alphabet
+        self.cut = False  # a part was longer than the limit and is inspected in part
+        self.framing = False  # something for _framing to look at
+
+    def remember_clean(self, flagged: set[int]) -> None:
+        """Keep the header lines the scan found nothing in (see _CleanValues)."""
+        if self.clean is not None and not self.newline:
+            for i, line in self.fresh:
+                if i not in flagged:
+                    self.clean.add(line)
 
 
-def _head(obs: Observation, limit: int) -> _Head:
-    parts: list[_Part] = [("path", "")]
-    texts = [obs.path[:limit]]
-    query = obs.query[:limit]
-    cut = len(obs.path) > limit or len(obs.query) > limit
+class _CleanValues:
+    """Header values the pre-filter found nothing in: user agents, hosts, accept headers repeat
+    from request to request, so they are left out of the next scans. Sound: in the joined scan a
+    part is unflagged only when no match ends inside it, so scanned alone it matches nothing
+    either, and the detail pass runs only on flagged parts. Bounded: at most `limit` values of
+    at most MAX_CLEAN_LEN characters, emptied when full. The values of SECRET_HEADERS
+    (credentials, cookies) are never kept."""
+
+    __slots__ = ("limit", "values")
+
+    def __init__(self, limit: int = 2048) -> None:
+        self.limit = limit
+        self.values: set[str] = set()
+
+    def __contains__(self, line: str) -> bool:
+        return line in self.values
+
+    def add(self, line: str) -> None:
+        if len(self.values) >= self.limit:
+            self.values.clear()
+        self.values.add(line)
+
+
+MAX_CLEAN_LEN = 512
+MAX_MATCHES = 256  # pre-filter matches in one request before every part is flagged
+_PATH: _Part = ("path", "")
+_QUERY: _Part = ("query", "")
+
+
+def _head(obs: Observation, limit: int, clean: _CleanValues | None = None) -> _Head:
+    """The head's parts and their pre-filter lines: the path whole and, when it has several
+    segments, each segment on a line of its own; the query one parameter per line, then each
+    value alone (_query_lines); each scanned header value, a cookie also with each name and
+    value alone; so that value-anchored signatures see them as the detail pass reads them.
+    Header values in `clean` are left out of `lines`."""
+    head = _Head()
+    path, query = obs.path[:limit], obs.query[:limit]
+    head.cut = len(obs.path) > limit or len(obs.query) > limit
+    texts, lines, scanned = head.texts, head.lines, head.scanned
+    texts.append(path)
+    lines.append(path + "\n" + path.replace("/", "\n") if path.count("/") > 1 else path)
+    scanned.append(0)
     if query:
-        parts.append(("query", ""))
+        head.parts.append(_QUERY)
         texts.append(query)
-    lengths: list[str] = []
-    codings: list[str] = []
-    content_type = ""
-    odd = crlf = False
+        lines.append(_query_lines(query))
+        scanned.append(1)
+    lengths, codings = head.lengths, head.codings
     for name, value in obs.headers:
-        if name not in _VALID_NAMES and not _valid_name(name):
-            odd = True
-        if name in SKIP_HEADERS or name.startswith("x-envoy-") or not value:
-            if name == "content-length":
+        kind = _NAME_KINDS.get(name)
+        if kind is None:
+            kind = _name_kind(name)
+        if kind >= _ODD:
+            head.odd_names = True
+            kind -= _ODD
+        if kind <= _SKIP or not value:
+            if kind == _LENGTH:
                 lengths.append(value)
-            elif name == "transfer-encoding":
+            elif kind == _CODING:
                 codings.append(value)
             elif "\r" in value or "\n" in value:
-                crlf = True
+                head.crlf = True
             continue
-        if name == "content-type" and not content_type:
-            content_type = value
+        if kind == _CTYPE and not head.content_type:
+            head.content_type = value
         if len(value) > limit:
-            value, cut = value[:limit], True
-        parts.append(("header", name))
+            value, head.cut = value[:limit], True
+        i = len(head.parts)
+        head.parts.append(("header", name))
         texts.append(value)
+        if kind == _COOKIE:
+            line = value + "\n" + value.replace(";", "\n").replace("=", "\n")
+        else:
+            line = value
+            if kind != _SECRET and clean is not None and len(value) <= MAX_CLEAN_LEN:
+                if value in clean:
+                    continue
+                head.fresh.append((i, value))
+        lines.append(line)
+        scanned.append(i)
     joined = "".join(texts)
-    newline = "\n" in joined or "\r" in joined
-    if query:
-        texts[1] = _query_lines(query)
-    return _Head(parts, texts, newline, crlf, content_type, lengths, codings, odd, cut)
+    head.newline = "\n" in joined or "\r" in joined
+    head.clean = clean
+    head.framing = bool(
+        codings
+        or head.odd_names
+        or head.newline
+        or head.crlf
+        or (lengths and (len(lengths) > 1 or not (lengths[0].isdigit() and lengths[0].isascii())))
+    )
+    return head
 
 
-_VALID_NAMES: set[str] = set()  # header names seen valid (bounded cache, see _valid_name)
+# What _head does with a header, by name: not scanned (a framing header, another skipped one)
+# or scanned (a credential, a cookie, the content type, any other); _ODD added for a name
+# outside the HTTP token alphabet.
+_LENGTH, _CODING, _SKIP, _SECRET, _COOKIE, _CTYPE, _OTHER, _ODD = 0, 1, 2, 3, 4, 5, 6, 8
+_NAME_KINDS: dict[str, int] = {}  # header name -> kind (bounded cache, see _name_kind)
 
 
-def _valid_name(name: str) -> bool:
+def _name_kind(name: str) -> int:
+    if name == "content-length":
+        kind = _LENGTH
+    elif name == "transfer-encoding":
+        kind = _CODING
+    elif name in SKIP_HEADERS or name.startswith("x-envoy-"):
+        kind = _SKIP
+    elif name == "cookie":
+        kind = _COOKIE
+    elif name in SECRET_HEADERS:
+        kind = _SECRET
+    elif name == "content-type":
+        kind = _CTYPE
+    else:
+        kind = _OTHER
     if not _HEADER_NAME.match(name):
-        return False
-    if len(_VALID_NAMES) < 4096:
-        _VALID_NAMES.add(name)
-    return True
+        kind += _ODD
+    if len(_NAME_KINDS) < 4096:
+        _NAME_KINDS[name] = kind
+    return kind
 
 
 class _Findings:
@@ -678,18 +797,6 @@ def _inet_aton(token: str) -> int | None:
     for i, v in enumerate(head):
         last |= v << (8 * (3 - i))
     return last
-
-
-def _prefilter_texts(parts: list[_Part], texts: list[str]) -> list[str]:
-    """The parts' texts for the pre-filter with path segments and cookie values also on lines
-    of their own, so that value-anchored signatures see them as the detail pass reads them."""
-    out = list(texts)
-    if out[0].count("/") > 1:
-        out[0] = out[0] + "\n" + out[0].replace("/", "\n")
-    for i, (_, name) in enumerate(parts):
-        if name == "cookie":
-            out[i] = out[i] + "\n" + out[i].replace(";", "\n").replace("=", "\n")
-    return out
 
 
 def _query_lines(query: str) -> str:

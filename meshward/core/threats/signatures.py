@@ -974,7 +974,9 @@ class SignatureSet:
         indicators = [hyperscan_pattern(p) for p in INDICATORS]
         self._prefilter = _compile(pats + indicators, single, cache)
         line_pats = [hyperscan_pattern(s.pattern) for s in self.signatures if s.in_lines_prefilter]
-        self._prefilter_lines = _compile(line_pats + indicators, single, cache)
+        # every match reported: the detector maps each to the part it ends in, and one pattern
+        # may match in several parts (single-match mode would report only the first)
+        self._prefilter_lines = _compile(line_pats + indicators, 0, cache)
         self._regex: dict[int, re.Pattern[bytes]] = {}
 
     def scan(self, data: bytes) -> list[tuple[int, int]]:

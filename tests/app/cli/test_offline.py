@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from meshward.app.commands import offline
 from meshward.app.store import open_store
+from meshward.core.observation import Observation, Threat
 from tests.support.cli import Result
 from tests.support.samples import har_entry, tap_trace, write_har
 
@@ -95,6 +98,38 @@ def test_learn_then_score(meshward: Run, tmp_path: Path) -> None:
     assert "entry 2: request must be an object" in r.err
     assert "3 requests (1 allow, 0 alert, 2 deny), 1 bad entry" in r.err
     assert _dump(db) == before  # score learns nothing and stores no alert
+
+
+def test_threats_written_in_inputs_are_not_trusted(
+    meshward: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A threat an input claims for a request is dropped and the engine judges it, as serve
+    does with what it is sent: it cannot keep a request from being learned, nor make `score`
+    alert on a clean one; a real attack is still found. (The HAR and tap readers build no
+    threats today; the rule sits at the door every offline input goes through.)"""
+    real = offline.read_observations
+
+    def claiming(
+        paths: list[str], progress: Callable[[int], None] | None = None
+    ) -> Iterator[object]:
+        for item in real(paths, progress):
+            if isinstance(item, Observation):
+                item = dataclasses.replace(item, threats=[Threat("SQL.Injection", "path", "x")])
+            yield item
+
+    monkeypatch.setattr(offline, "read_observations", claiming)
+    db = str(tmp_path / "m.db")
+    r = meshward("learn", str(_train(tmp_path)), "--db", db)
+    assert r.code == 0, r.err
+    assert r.out.startswith("learned 120 requests, skipped 1 (carrying threats)")  # the real SQLi
+    assert "ignored 121 threats written in the input" in r.err
+    r = meshward("score", str(_test_input(tmp_path)), "--db", db, "--mode", "monitor")
+    lines = [json.loads(x) for x in r.out.splitlines()]
+    assert lines[0]["verdict"] == "allow" and lines[0]["threats"] == []
+    attack = har_entry("GET", f"{API}/users/1?id=1%27%20OR%201=1--", source="web/front")
+    r = meshward("score", str(write_har(tmp_path / "sqli.har", [attack])), "--db", db)
+    (found,) = [json.loads(x) for x in r.out.splitlines()]
+    assert [t["location"] for t in found["threats"]] == ["query:id"]  # found, not the claim
 
 
 def test_score_lines_say_which_request_they_judge(meshward: Run, tmp_path: Path) -> None:

@@ -116,7 +116,9 @@ def test_one_noisy_source_cannot_evict_the_others_alerts(tmp_path: Path) -> None
     and every alert of the other sources."""
 
     async def main() -> None:
-        async with running_server(db=str(tmp_path / "m.db"), flush_interval=0.1) as srv:
+        # one flush interval holds the flood (the engine's quota gate counts per interval; the
+        # judging rests between slices, so its pace depends on the machine): flushed by hand
+        async with running_server(db=str(tmp_path / "m.db"), flush_interval=30) as srv:
             api = _api(srv)
             await asyncio.to_thread(api.set_mode, "shop", "monitor")
             xss = "/search?q=%3Cscript%3Ealert(document.cookie)%3C/script%3E"
@@ -132,8 +134,8 @@ def test_one_noisy_source_cannot_evict_the_others_alerts(tmp_path: Path) -> None
             for start in (0, 6_000):
                 batch = [_deviating(i) for i in range(start, start + 6_000)]
                 assert (await asyncio.to_thread(api.post_observations, batch))["accepted"] == 6_000
-                await asyncio.sleep(0.3)
             assert srv.flusher is not None
+            await srv.flusher.flush_off_loop()
             stored = await asyncio.to_thread(srv.flusher.store.alerts, 20_000)
             real = [a for a in stored if a["request_id"].startswith("real-")]
             assert sorted(a["request_id"] for a in real) == [

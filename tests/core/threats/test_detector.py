@@ -612,6 +612,86 @@ def test_prefilter_never_hides_a_finding(parts: list[str], where: str) -> None:
     assert found(obs) == found(obs, FULL), value
 
 
+def two_places(decoy: str, value: str, where: str) -> Observation:
+    """`decoy` in a header before the part that carries `value`."""
+    headers = [("x-note", decoy.replace("\n", " ")), ("content-type", "application/json")]
+    if where == "json":
+        body = json.dumps({"q": value}).encode()
+        return Observation("file", method="POST", path="/", headers=headers, body=body)
+    if where == "query":
+        return Observation("file", path="/", query="q=" + quote(value, ""), headers=headers)
+    return Observation("file", path="/", headers=[*headers, ("user-agent", value)])
+
+
+def test_a_pattern_matching_in_one_part_still_flags_the_next() -> None:
+    """A signature that matched in a part with nothing to report (prose) must not hide the same
+    signature's match in a later part: the pre-filter reports every match, not the first."""
+    prose = "The ls command is handy; ls -la is what I use"
+    assert found(hdr(prose, "x-note")) == set()
+    for where in ("json", "query", "header"):
+        obs = two_places(prose, "x; ls -la /tmp", where)
+        assert ("Command.Injection", "header:user-agent" if where == "header" else "") in {
+            (n, "header:user-agent" if loc == "header:user-agent" else "") for n, loc in found(obs)
+        }
+        assert found(obs) == found(obs, FULL)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    decoy=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=6),
+    parts=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=6),
+    where=st.sampled_from(["query", "json", "header"]),
+)
+def test_prefilter_never_hides_a_finding_behind_another_part(
+    decoy: list[str], parts: list[str], where: str
+) -> None:
+    """Two values in two places; the same request twice (the second time, header values the
+    first scan found clean are left out of the scan)."""
+    obs = two_places("".join(decoy), "".join(parts), where)
+    want = found(obs, FULL)
+    assert found(obs) == want
+    assert found(obs) == want
+
+
+def test_clean_header_values_are_remembered_bounded_and_never_credentials() -> None:
+    det = ThreatDetector(level=1)
+    obs = Observation(
+        "file",
+        path="/",
+        headers=[
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+            ("authorization", "Bearer abc.def.ghi"),
+            ("cookie", "sid=3f9a2c"),
+            ("x-note", "Tom &amp; Jerry"),  # an entity: the pre-filter flags it, detail clears it
+        ],
+    )
+    assert det.inspect(obs).threats == []
+    kept = det._clean.values
+    assert kept == {"Mozilla/5.0 (X11; Linux x86_64)"}
+    # a remembered value is left out of the scan, the rest of the request is not
+    attack = Observation("file", path="/", query="q=1%27%20or%201=1--", headers=obs.headers[:1])
+    assert names(attack, det) == {"SQL.Injection"}
+    for n in range(det._clean.limit + 10):
+        det.inspect(hdr(f"agent/{n}"))
+    assert len(det._clean.values) <= det._clean.limit
+
+
+def test_a_flood_of_matches_flags_every_part() -> None:
+    """Past MAX_MATCHES pre-filter matches every part is inspected in detail (sound), rather than
+    paying for each match."""
+    from meshward.core.threats.detector import MAX_MATCHES
+
+    flood = "%41" * (MAX_MATCHES + 50)
+    obs = Observation(
+        "file",
+        path="/",
+        query="q=" + flood,
+        headers=[("x-a", flood), ("user-agent", "x; cat /etc/passwd")],
+    )
+    assert found(obs) == found(obs, FULL)
+    assert ("Command.Injection", "header:user-agent") in found(obs)
+
+
 def test_typical_request_is_clean_and_fast() -> None:
     from bench.detect import typical_request
 
