@@ -1040,8 +1040,11 @@ class SignatureSet:
         """Raw pre-filter pass; on_match(id, from, to, flags, ctx) as Hyperscan calls it, and
         may return True to stop early. lines: newlines in data separate values."""
         db = self._prefilter_lines if lines else self._prefilter
-        with contextlib.suppress(hyperscan.ScanTerminated):
+        # try, not contextlib.suppress: building that object cost ~0.8 µs of the typical request
+        try:
             db.scan(data, match_event_handler=on_match)
+        except hyperscan.ScanTerminated:
+            return  # on_match stopped the scan
 
     def suspicious(self, data: bytes) -> bool:
         """Whether the pre-filter matches anywhere in raw data (one value or one body)."""
