@@ -11,8 +11,8 @@ import pytest
 
 from meshward.app import cli
 from meshward.app.store import open_store
-from meshward.runtime.client import ApiError
 from meshward.core.threats.inspection import NoDetector
+from meshward.runtime.client import ApiError
 from tests.support.serve import api_client, running_server
 
 
