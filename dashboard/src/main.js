@@ -4,6 +4,7 @@
 // the server is put on the page as text (textContent), never as HTML.
 import cytoscape from 'cytoscape';
 import fcose from 'cytoscape-fcose';
+import { showReview, startReview } from './review.js';
 import { $, el, getJSON, status } from './dom.js';
 import { addAlert, installAlertFilters, resetAlerts } from './alerts.js';
 import { callLink, graphChanged, installViews, openCall, openService, serviceLink, windowSeconds } from './views.js';
@@ -138,7 +139,7 @@ function drawGraph(graph) {
     });
     layout.run();
   }
-  cy.on('tap', 'node', (evt) => openService(evt.target.id()));
+  cy.on('tap', 'node', (evt) => { openService(evt.target.id()); showReview(evt.target.id()); });
   cy.on('tap', 'edge', (evt) => openCall(evt.target.id()));
   state.cy = cy;
 }
@@ -205,6 +206,7 @@ async function main() {
   try {
     await refresh();
     listen();
+    startReview();
   } catch (err) {
     if (err.message !== 'unauthenticated') status(`Error: ${err.message}`);
   }

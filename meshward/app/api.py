@@ -17,6 +17,7 @@ Routes:
   GET  /api/v1/graph, /api/v1/alerts/stream, /dashboard/   the dashboard (meshward.app.dashboard)
   GET|POST /api/v1/readiness/{namespace}   the enforce-readiness report (meshward.app.readiness)
   GET  /api/v1/exports/{format}[?destination=ns/name]   native policy (meshward.app.exportapi)
+  GET|POST /api/v1/review?destination=ns/name   the allowlist review (meshward.app.reviewapi)
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import asyncio
 import json
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from meshward.app import dashboard, exportapi, findingsapi, readiness
+from meshward.app import dashboard, exportapi, findingsapi, readiness, reviewapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
 from meshward.app.cpedges import ControlPlaneConnections
@@ -43,6 +44,10 @@ from meshward.core.observation import Observation
 from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
 from meshward.tap.envoy.join import Joiner
+
+if TYPE_CHECKING:
+    from meshward.app.flusher import Flusher
+    from meshward.app.kubestore import KubeStore
 
 
 class Ingest(Protocol):
@@ -86,6 +91,10 @@ class ApiServer(Protocol):
     def audit(self) -> AuditLog: ...
     @property
     def node_scope(self) -> NodeScope | None: ...
+    @property
+    def flusher(self) -> Flusher | None: ...  # the review's edits (meshward.app.reviewapi)
+    @property
+    def cluster(self) -> KubeStore | None: ...
     def status(self) -> dict[str, Any]: ...
     def mode_changed(self) -> None: ...
     async def alerts(
@@ -337,4 +346,5 @@ def build_app(server: ApiServer) -> web.Application:
     dashboard.install(app)  # the page, the graph and the live alerts (meshward.app.dashboard)
     readiness.install(app)  # the enforce-readiness report (meshward.app.readiness)
     exportapi.install(app)  # the allowlist as Istio, Linkerd or OpenAPI (meshward.app.exportapi)
+    reviewapi.install(app, server)  # the allowlist review (meshward.app.reviewapi)
     return app

@@ -1,11 +1,12 @@
 """The audit log: who changed what meshward enforces, when, from where, old -> new.
 
 Every namespace mode change (the API's `PUT /api/v1/modes/NS`, `meshward mode set`) and every
-allowlist import or edit (`meshward allowlist import`) is one JSON line in `audit.jsonl` beside
-the store (mode 0600, append-only writes) and one `audit` log event with the same fields, so
-the record survives in the log even when the file cannot be written (that failure is logged at
-ERROR). Learning is not an edit: what the engine learns from traffic is the allowlist's normal
-life and is counted by the metrics, not audited.
+allowlist import or edit (`meshward allowlist import`, the review's `POST /api/v1/review`:
+`allowlist.approve|remove|widen|edit`, meshward.app.reviewapi) is one JSON line in
+`audit.jsonl` beside the store (mode 0600, append-only writes) and one `audit` log event with
+the same fields, so the record survives in the log even when the file cannot be written (that
+failure is logged at ERROR). Learning is not an edit: what the engine learns from traffic is
+the allowlist's normal life and is counted by the metrics, not audited.
 
     {"ts": "2026-12-06T05:01:02.345Z", "action": "mode.set", "who": "api-token",
      "via": "bearer", "peer": "10.0.3.7", "target": "shop", "old": "enforce", "new": "learn"}

@@ -128,6 +128,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("GET", "/dashboard/{asset}"): ("get", "dashboard", ""),
     ("GET", "/api/v1/graph"): ("list", "allowlists", "query:namespace"),
     ("GET", "/api/v1/alerts/stream"): ("list", "alerts", "query:namespace"),
+    # the allowlist review (meshward.app.reviewapi): reading it, and a person's edits
+    ("GET", "/api/v1/review"): ("list", "allowlists", "query:destination"),
+    ("POST", "/api/v1/review"): ("update", "allowlists", "query:destination"),
     # the enforce-readiness report (meshward.app.readiness): recent calls, or an uploaded HAR
     ("GET", "/api/v1/readiness/{namespace}"): ("get", "readiness", "path:namespace"),
     ("POST", "/api/v1/readiness/{namespace}"): ("create", "readiness", "path:namespace"),

@@ -213,6 +213,10 @@ class Flusher:
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
+    async def call_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the writer thread, in order with the batches (a person's edit)."""
+        return await self._off_loop(fn, *args)
+
     async def flush_off_loop(self) -> None:
         batch, changes = self._take()
         try:

@@ -28,6 +28,7 @@ etcd: they go to an injected store (the SQLite one of this replica).
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -232,7 +233,7 @@ class KubeStore:
         out: dict[str, dict[str, Any]] = {}
         for obj in _as_dict(listed).get("items") or []:
             shared = self._parse(obj)
-            if shared is None or not shared.rules:  # an emptied object: no profile
+            if shared is None or not (shared.rules or shared.removed):  # emptied: no profile
                 continue
             with self._lock:
                 self._base[shared.destination] = self._known[shared.destination] = shared
@@ -308,7 +309,10 @@ class KubeStore:
             self._queue.pop(destination, None)
             try:
                 self._write(
-                    destination, lambda current: Shared(destination, removed=set(current.removed))
+                    destination,
+                    lambda current: Shared(
+                        destination, removed=set(current.removed), review=current.review
+                    ),
                 )
             except KubeError as exc:
                 raise self._error(exc, "update") from exc
@@ -330,9 +334,36 @@ class KubeStore:
                 except KubeError as exc:
                     raise self._error(exc, "update") from exc
 
+    def edit(self, destination: str, step: Callable[[Shared], Shared]) -> Change:
+        """A person's edit of one destination (`core.review`): `step` on the stored state, in
+        one write under the object's resourceVersion (retried on 409 with a fresh state, so a
+        concurrent replica's learning is never lost and the edit is never undone). Returns the
+        change for this replica's engine (`replica.adopt`); the other replicas take it from
+        their watch. Raises what `step` raises (core.review.ReviewError), or StoreError."""
+        done: list[Shared] = []
+
+        def update(current: Shared) -> Shared:
+            out = step(copy.deepcopy(current))
+            done.append(out)
+            return out
+
+        with self._save_lock:
+            try:
+                self._write(destination, update)
+            except KubeError as exc:
+                raise self._error(exc, "update") from exc
+        new = done[-1]
+        with self._lock:
+            old = self._base.get(destination)
+            self._base[destination] = self._known[destination] = new
+            self._pending.pop(destination, None)  # what the watch had is older than this write
+            unwritten = destination in self._queue
+        return Change(destination, new, old, profile_doc(new), unwritten)
+
     @staticmethod
     def _replaced(current: Shared, mine: Shared) -> Shared:
         mine.removed = current.removed - set(mine.rules)
+        mine.review = current.review
         return mine
 
     def _live(self) -> set[str] | None:
@@ -514,6 +545,7 @@ class KubeStore:
             {k: r for k, r in s.rules.items() if k not in drop},
             set(s.sources),
             set(s.removed),
+            review=s.review,
         )
         for rid, c in s.replicas.items():
             out.replicas[rid] = type(c)(

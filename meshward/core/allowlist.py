@@ -15,6 +15,7 @@ from typing import Any
 
 from meshward.core import redact, templates, values
 from meshward.core.pathvalues import PathShape, join_shapes
+from meshward.core.reviewstate import Review, RuleKey
 
 # told (what, destination) when a cap turns learning away
 Refused = Callable[[str, str], None]
@@ -92,6 +93,7 @@ class EndpointRule:
     # template position of a `{str}` -> the shape of the values it took (pathvalues.py)
     path_values: dict[int, PathShape] = field(default_factory=dict)
     dropped: int = 0  # learning increments a bound refused
+    pinned: bool = False  # a person's edit: learning counts it, never changes what it allows
 
     @property
     def name(self) -> str:
@@ -157,6 +159,8 @@ class EndpointRule:
             doc["statuses"] = sorted(self.statuses)
         if self.path_values:
             doc["path_values"] = {str(k): v.to_doc() for k, v in sorted(self.path_values.items())}
+        if self.pinned:
+            doc["pinned"] = True
         if stats:
             doc["sources"] = dict(sorted(self.sources.items()))
             doc["count"] = self.seen.count
@@ -186,6 +190,7 @@ class EndpointRule:
             rule.size_max = size_band(int(size.get("max", 0)))
         rule.statuses = set(_strings(doc, "statuses"))
         rule.path_values = _path_values(doc, template)
+        rule.pinned = doc.get("pinned") is True
         sources = doc.get("sources", {})
         if isinstance(sources, list):
             sources = {str(s): 0 for s in sources}
@@ -341,6 +346,9 @@ class ServiceProfile:
         self.endpoints = 0
         self.dropped = 0
         self.on_refuse = on_refuse or _ignore
+        # rules a person removed (method, template): never learned again (docs/review.md)
+        self.removed: set[RuleKey] = set()
+        self.review = Review()  # the review mark, approvals, who removed what
 
     # ---- learning
     def learn_source(self, source: str, now: float) -> None:
@@ -375,6 +383,9 @@ class ServiceProfile:
             template.append(templates.REST)
         rule = node.rules.get(method)
         if rule is None:
+            if (method, templates.join_path(template)) in self.removed:
+                self.on_refuse("removed-rule", self.destination)
+                return None
             if self.endpoints >= self.limits.max_endpoints:
                 self.dropped += 1
                 self.on_refuse("endpoint-cap", self.destination)
@@ -382,7 +393,7 @@ class ServiceProfile:
             rule = node.rules[method] = EndpointRule(method, templates.join_path(template))
             self.endpoints += 1
         for pos, name in enumerate(template):
-            if name == templates.STR:
+            if name == templates.STR and not rule.pinned:
                 shape = rule.path_values.get(pos)
                 if shape is None:
                     shape = rule.path_values[pos] = PathShape()
@@ -497,6 +508,10 @@ class ServiceProfile:
         else:
             doc["sources"] = sorted(self.sources)
         doc["endpoints"] = [r.to_doc(stats) for r in self.rules()]
+        if self.removed:
+            doc["removed"] = [{"method": m, "path": p} for m, p in sorted(self.removed)]
+        if self.review:
+            doc["review"] = self.review.to_doc()
         return doc
 
     @classmethod
@@ -540,6 +555,8 @@ class ServiceProfile:
                 bad_rule(i, str(exc))
                 continue
             profile.add_rule(rule)
+        profile.removed = removed_keys(doc.get("removed"))
+        profile.review = Review.from_doc(doc.get("review"))
         return profile
 
     def merge(self, other: ServiceProfile) -> None:
@@ -548,6 +565,23 @@ class ServiceProfile:
             self.sources.setdefault(k, Seen()).merge(s)
         for rule in other.rules():
             self.add_rule(rule)
+        self.removed |= other.removed
+        self.review = self.review.join(other.review)
+
+
+def removed_keys(entries: object) -> set[RuleKey]:
+    """The tombstones of a document: `[{"method", "path"}]`."""
+    if entries is None:
+        return set()
+    if not isinstance(entries, list):
+        raise ValueError("'removed' must be a list")
+    out: set[RuleKey] = set()
+    for i, e in enumerate(entries):
+        m, p = (e.get("method"), e.get("path")) if isinstance(e, dict) else (None, None)
+        if not isinstance(m, str) or not m or not isinstance(p, str) or not p.startswith("/"):
+            raise ValueError(f"removed[{i}]: needs a method and a path starting with /")
+        out.add((m.upper(), p))
+    return out
 
 
 def _rules_under(node: PathNode) -> list[EndpointRule]:

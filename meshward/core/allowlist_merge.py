@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshward.core import values
-from meshward.core.allowlist import EndpointRule, Limits
+from meshward.core.allowlist import EndpointRule, Limits, removed_keys
 from meshward.core.pathvalues import join_shapes
+from meshward.core.reviewstate import Review
 
 RuleKey = tuple[str, str]  # (method, path template)
 WIDEN_LIMIT = 6  # string classes kept before they collapse to `text` (values.widen's default)
@@ -87,6 +88,7 @@ class Shared:
     sources: set[str] = field(default_factory=set)
     removed: set[RuleKey] = field(default_factory=set)
     replicas: dict[str, Counters] = field(default_factory=dict)
+    review: Review = field(default_factory=Review)  # people's marks (core/reviewstate.py)
 
     def same(self, other: Shared) -> bool:
         """Equal content, tombstones and counters (rules compared by their documents)."""
@@ -143,6 +145,11 @@ def _content(a: EndpointRule | None, b: EndpointRule | None, limits: Limits) -> 
     return out
 
 
+def join_rules(a: EndpointRule, b: EndpointRule, limits: Limits | None = None) -> EndpointRule:
+    """The join of two rules' content (a person widening a rule: core/review.py)."""
+    return _content(a, b, limits or Limits())
+
+
 def _join_counters(
     a: Counters | None, b: Counters | None, rules: set[RuleKey], sources: set[str]
 ) -> Counters:
@@ -172,6 +179,7 @@ def merge_counted(a: Shared, b: Shared, limits: Limits | None = None) -> tuple[S
         out.rules[k] = _content(a.rules.get(k), b.rules.get(k), limits)
     out.sources = _smallest(a.sources | b.sources, limits.max_sources)
     out.removed = a.removed | b.removed
+    out.review = a.review.join(b.review)
     for rid in sorted(set(a.replicas) | set(b.replicas)):
         out.replicas[rid] = _join_counters(
             a.replicas.get(rid), b.replicas.get(rid), keep, out.sources
@@ -192,6 +200,7 @@ def compact(s: Shared) -> Shared:
         {k: r for k, r in s.rules.items() if k not in s.removed},
         set(s.sources),
         set(s.removed),
+        review=s.review,
     )
     for rid, c in s.replicas.items():
         out.replicas[rid] = Counters(
@@ -210,7 +219,7 @@ def retire(s: Shared, live: set[str]) -> Shared:
     gone = [rid for rid in s.replicas if rid not in live and rid != RETIRED]
     if not gone:
         return s
-    out = Shared(s.destination, dict(s.rules), set(s.sources), set(s.removed))
+    out = Shared(s.destination, dict(s.rules), set(s.sources), set(s.removed), review=s.review)
     folded = s.replicas.get(RETIRED) or Counters()
     for rid in gone:
         c = s.replicas[rid]
@@ -265,12 +274,17 @@ def _others(base: Shared | None, replica: str) -> Counters:
     return total
 
 
-def contribution(doc: dict[str, Any], replica: str, base: Shared | None = None) -> Shared:
+def contribution(
+    doc: dict[str, Any], replica: str, base: Shared | None = None, *, decisions: bool = False
+) -> Shared:
     """One replica's engine document (`ServiceProfile.to_doc()`) as a `Shared` state.
 
     The engine's counts include what it was handed (`base`, from the store: every replica's
     sum). Its own counter is therefore engine count minus the other replicas' counts in
-    `base`, and never less than its own counter there. Raises ValueError on a bad document.
+    `base`, and never less than its own counter there. People's decisions (tombstones, the
+    review) in the document are left out unless `decisions`: in a shared store they come from
+    the stored object only (an engine's stale copy must not bring back a cleared tombstone).
+    Raises ValueError on a bad document.
     """
     if not isinstance(doc, dict):
         raise ValueError("a profile document must be a mapping")
@@ -326,6 +340,9 @@ def contribution(doc: dict[str, Any], replica: str, base: Shared | None = None) 
         c.rules[k] = rc
         out.rules[k] = _content(rule, out.rules.get(k), _UNBOUNDED)
     out.replicas[replica] = c
+    if decisions:
+        out.removed = removed_keys(doc.get("removed"))
+        out.review = Review.from_doc(doc.get("review"))
     return out
 
 
@@ -354,17 +371,17 @@ def profile_doc(s: Shared) -> dict[str, Any]:
             for src, n in rc.sources.items():
                 mine[src] = mine.get(src, 0) + n
     endpoints = []
-    for k in sorted(s.rules, key=_sort_key):
-        if k in s.removed:
+    for k in sorted(set(s.rules) | set(s.review.pinned), key=_sort_key):
+        rule = pinned_rule(s, k) or s.rules.get(k)
+        if k in s.removed or rule is None:
             continue
-        rule = s.rules[k]
         doc = rule.to_doc(stats=False)
         counts = rule_sources.get(k, {})
         doc["sources"] = {src: counts.get(src, 0) for src in sorted(rule.sources)}
         seen = rule_seen.get(k, Seen())
         doc.update(count=seen.count, first_seen=round(seen.first, 3), last_seen=round(seen.last, 3))
         endpoints.append(doc)
-    return {
+    out: dict[str, Any] = {
         "destination": s.destination,
         "count": total.count,
         "first_seen": round(total.first, 3),
@@ -375,6 +392,24 @@ def profile_doc(s: Shared) -> dict[str, Any]:
         },
         "endpoints": endpoints,
     }
+    if s.removed:
+        out["removed"] = [{"method": m, "path": p} for m, p in sorted(s.removed, key=_sort_key)]
+    if s.review:
+        out["review"] = s.review.to_doc()
+    return out
+
+
+def pinned_rule(s: Shared, key: RuleKey) -> EndpointRule | None:
+    """The rule a person wrote for `key` (their edit wins over what was learned), or None."""
+    pin = s.review.pinned.get(key)
+    if pin is None:
+        return None
+    try:
+        rule = EndpointRule.from_doc(pin[1])
+    except (TypeError, ValueError):  # checked when read (from_object) and when written
+        return None
+    rule.pinned = True
+    return rule
 
 
 def _add(a: Seen, b: Seen) -> Seen:
@@ -402,6 +437,8 @@ def to_object(s: Shared) -> dict[str, Any]:
         "rules": [s.rules[k].to_doc(stats=False) for k in sorted(s.rules, key=_sort_key)],
         "removed": [{"method": m, "path": p} for m, p in sorted(s.removed, key=_sort_key)],
     }
+    if s.review:
+        spec["review"] = s.review.to_doc()
     replicas = []
     for rid in sorted(s.replicas):
         c = s.replicas[rid]
@@ -455,6 +492,14 @@ def from_object(obj: dict[str, Any]) -> Parsed:
             continue
         s.removed.add(rule_key(m, p))
     s.sources = {str(x) for x in _list(spec, "sources", out) if isinstance(x, str)}
+    try:
+        s.review = Review.from_doc(spec.get("review"))
+    except ValueError as exc:
+        out.problems.append(f"spec.review: {exc}")
+    for key in list(s.review.pinned):
+        if pinned_rule(s, key) is None:
+            out.problems.append(f"spec.review.pinned {key[0]} {key[1]}: not a valid rule")
+            del s.review.pinned[key]
     status = _mapping(obj.get("status"))
     for i, r in enumerate(_list(status, "replicas", out)):
         try:

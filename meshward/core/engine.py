@@ -375,10 +375,10 @@ class Engine:
 
     def replace_profile(self, destination: str, doc: dict[str, Any] | None) -> None:
         """Another writer's version of one profile (a shared store): it replaces this engine's;
-        None or a document without rules drops it. Whether learning is pending stays as is.
-        A bad rule is dropped alone (`_stored_profile`); ValueError on a bad document (the
-        profile is then left alone)."""
-        if doc is None or not doc.get("endpoints"):
+        None or a document without rules (and without tombstones: those must stay known) drops
+        it. Whether learning is pending stays as is. A bad rule is dropped alone
+        (`_stored_profile`); ValueError on a bad document (the profile is then left alone)."""
+        if doc is None or not (doc.get("endpoints") or doc.get("removed")):
             self.allowlist.services.pop(destination, None)
             return
         profile = self._stored_profile(destination, doc)

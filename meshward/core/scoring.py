@@ -49,6 +49,10 @@ def learn(profile: ServiceProfile, obs: Observation, f: Features) -> EndpointRul
         return None
     limits = profile.limits
     rule.seen.hit(now)
+    if rule.pinned:  # a person's edit: counted, never widened by learning
+        if source in rule.sources:
+            rule.sources[source] += 1
+        return rule
     if source in rule.sources or len(rule.sources) < limits.max_sources:
         rule.sources[source] = rule.sources.get(source, 0) + 1
     for name, value in f.query:

@@ -21,6 +21,8 @@ from meshward.core.allowlist_merge import (
     to_object,
 )
 from meshward.core.pathvalues import PathShape
+from meshward.core.review import digest
+from meshward.core.reviewstate import Review, Stamp
 
 DEST = "shop/api"
 LIMITS = Limits(
@@ -91,7 +93,42 @@ def states(draw: st.DrawFn) -> Shared:
             for k in s.rules
         }
         s.replicas[rid] = c
+    if draw(st.integers(0, 3)) == 0:  # people's decisions (a join of their own: below)
+        s.review = draw(reviews(pins=False))
     return s
+
+
+STAMPS = st.builds(
+    Stamp, st.sampled_from([1.0, 2.0, 3.0]), st.sampled_from(["ann", "bob"]), st.just("")
+)
+
+
+@st.composite
+def reviews(draw: st.DrawFn, pins: bool = True) -> Review:
+    """People's decisions (core/reviewstate.py): registers that replicas merge as a join too."""
+    r = Review(draw(st.none() | STAMPS))
+    for k in draw(st.sets(st.sampled_from(KEYS), max_size=3)):
+        r.approved[k] = draw(STAMPS)
+    for k in draw(st.sets(st.sampled_from(KEYS), max_size=2)):
+        r.removed[k] = draw(STAMPS)
+    for k in draw(st.sets(st.sampled_from(KEYS), max_size=2 if pins else 0)):
+        rule = draw(rules(k)).to_doc(stats=False)
+        r.pinned[k] = (Stamp(draw(st.sampled_from([1.0, 2.0])), "ann", digest(rule)), rule)
+    return r
+
+
+@settings(max_examples=100, deadline=None)
+@given(reviews(), reviews(), reviews())
+def test_review_state_is_a_join(a: Review, b: Review, c: Review) -> None:
+    assert a.join(b).to_doc() == b.join(a).to_doc()
+    assert a.join(b).join(c).to_doc() == a.join(b.join(c)).to_doc()
+    assert a.join(a).to_doc() == a.to_doc() and a.join(b).join(b).to_doc() == a.join(b).to_doc()
+    # through the stored object and back, pinned rules shown as written
+    s = Shared(DEST, review=a.join(b))
+    assert same(from_object(to_object(s)).shared, s)
+    shown = {(e["method"], e["path"]): e for e in profile_doc(s)["endpoints"]}
+    assert set(shown) == set(s.review.pinned)
+    assert all(e["pinned"] is True for e in shown.values())
 
 
 def same(a: Shared, b: Shared) -> bool:
