@@ -7,7 +7,8 @@ Routes:
                                        per 60 s bucket {"bucket_seconds", "edges": [...]}
   GET  /api/v1/allowlist[?destination=ns/name]   the allowlist document {"version", "services"}
   GET  /api/v1/modes                   {"default": mode, "modes": {namespace: mode}}
-  PUT  /api/v1/modes/{namespace}       body {"mode": "enforce"}; takes effect at once
+  PUT  /api/v1/modes/{namespace}       body {"mode": "enforce"}; takes effect at once (`*`: every
+                                       namespace not set by name)
   POST /api/v1/observations            JSON array or JSON Lines of observation dicts -> 202
                                        {"accepted": n, "rejected": m}
   GET  /api/v1/exchanges?limit=N       both-ends joined calls that mismatched or alerted
@@ -38,8 +39,7 @@ from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine
-from meshward.core.modes import MODES
-from meshward.core.names import is_kubernetes_name
+from meshward.core.modes import MODES, settable
 from meshward.core.observation import Observation
 from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
@@ -201,8 +201,11 @@ async def set_mode(request: web.Request) -> web.Response:
     namespace = request.match_info["namespace"]
     if server.config.modes_from_labels:
         raise web.HTTPConflict(text=_error(MODE_IS_LABEL), content_type="application/json")
-    if not is_kubernetes_name(namespace):
-        raise _bad("namespace must be a Kubernetes name (a DNS label, at most 63 characters)")
+    if not settable(namespace):
+        raise _bad(
+            "namespace must be a Kubernetes name (a DNS label, at most 63 characters) "
+            "or * (every namespace not set by name)"
+        )
     try:  # the bytes, not request.json(): an unknown charset in the content type raised there
         doc = loads(await request.read())
     except ValueError:

@@ -37,6 +37,7 @@ from typing import Protocol
 from aiohttp import web
 
 from meshward.core.log import event
+from meshward.core.modes import EVERY_OTHER
 from meshward.runtime.client import TOKEN_ENV
 
 log = logging.getLogger("meshward.auth")
@@ -153,6 +154,8 @@ def permission_for(request: web.Request) -> Permission | None:
         namespace = request.query.get(key, "").partition("/")[0]
     elif kind == "path":
         namespace = request.match_info.get(key, "")
+        if namespace == EVERY_OTHER:  # every namespace not set by name: a cluster-wide grant
+            namespace = ""
     return Permission(verb, resource, namespace=namespace[:63])
 
 

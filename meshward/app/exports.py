@@ -11,27 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from meshward.core.allowlist import DOC_VERSION, Allowlist
 from meshward.core.engine import Engine
 from meshward.core.exports import Export, ModeOf
+from meshward.formats import yamlout
 from meshward.formats.openapi import openapi_documents
 from meshward.istio.authzexport import authorization_policies
 from meshward.linkerd.policyexport import linkerd_policy
 
 FORMATS = ("authorizationpolicy", "linkerd", "openapi")
-
-
-# libyaml's emitter when PyYAML has it (10x the pure-Python one: a 500-service export is MBs)
-_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
-    """Every object written out in full: no `&id001` anchors where two schemas are alike."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
 
 
 MAX_NOTES = 200  # comment lines at the head of an export; the rest are counted
@@ -135,12 +123,5 @@ def render(result: Export, fmt: str) -> str:
     out = "".join(_comment(line) for line in head)
     docs: list[Any] = result.objects
     if docs:
-        out += yaml.dump_all(
-            docs,
-            Dumper=_Dumper,
-            sort_keys=False,
-            allow_unicode=True,
-            width=100,
-            explicit_start=True,
-        )
+        out += yamlout.dump_all(docs)
     return out

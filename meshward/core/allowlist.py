@@ -19,6 +19,8 @@ from meshward.core.reviewstate import Review, RuleKey
 
 # told (what, destination) when a cap turns learning away
 Refused = Callable[[str, str], None]
+# told (index, error) of a rule a lenient read drops (a stored profile from an older version)
+BadRule = Callable[[int, str], None]
 
 
 def _ignore(what: str, destination: str) -> None:
@@ -513,7 +515,12 @@ class ServiceProfile:
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any], limits: Limits | None = None) -> ServiceProfile:
+    def from_doc(
+        cls, doc: dict[str, Any], limits: Limits | None = None, bad_rule: BadRule | None = None
+    ) -> ServiceProfile:
+        """A profile from its document. A bad rule fails the whole document (an import is
+        all-or-nothing), unless `bad_rule` is given: then that rule alone is dropped and
+        `bad_rule(index, error)` told (a stored profile must not be lost for one old rule)."""
         if not isinstance(doc, dict):
             raise ValueError("a service must be a mapping")
         profile = cls(_str(doc, "destination"), limits)
@@ -538,12 +545,16 @@ class ServiceProfile:
         if not isinstance(endpoints, list):
             raise ValueError("service endpoints must be a list")
         for i, e in enumerate(endpoints):
-            if not isinstance(e, dict):
-                raise ValueError(f"endpoint {i} must be a mapping")
             try:
-                profile.add_rule(EndpointRule.from_doc(e))
+                if not isinstance(e, dict):
+                    raise ValueError("must be a mapping")
+                rule = EndpointRule.from_doc(e)
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"endpoint {i}: {exc}") from exc
+                if bad_rule is None:
+                    raise ValueError(f"endpoint {i}: {exc}") from exc
+                bad_rule(i, str(exc))
+                continue
+            profile.add_rule(rule)
         profile.removed = removed_keys(doc.get("removed"))
         profile.review = Review.from_doc(doc.get("review"))
         return profile
@@ -679,9 +690,13 @@ class Allowlist:
         if replace:
             self.services = {}
         for p in parsed:
-            p.on_refuse = self.on_refuse
-            if p.destination in self.services:
-                self.services[p.destination].merge(p)
-            else:
-                self.services[p.destination] = p
+            self.add_profile(p)
         return [p.destination for p in parsed]
+
+    def add_profile(self, p: ServiceProfile) -> None:
+        """A profile read from a document, merged into any of the same destination."""
+        p.on_refuse = self.on_refuse
+        if p.destination in self.services:
+            self.services[p.destination].merge(p)
+        else:
+            self.services[p.destination] = p

@@ -109,10 +109,28 @@ class Engine:
         """Start from stored profile documents and namespace modes (the app read them)."""
         for dest, doc in profiles.items():
             try:
-                self.allowlist.import_doc({"services": [doc]})
+                self.allowlist.add_profile(self._stored_profile(dest, doc))
             except ValueError as exc:  # one bad document must not lose the others
                 event(log, "profile skipped", logging.ERROR, destination=dest, error=str(exc))
         self.set_modes(modes)
+
+    def _stored_profile(self, destination: str, doc: dict[str, Any]) -> ServiceProfile:
+        """A stored profile document read leniently: a rule this version refuses (a path
+        template with a literal brace that older learning kept) is dropped, counted
+        (meshward_refused{what="stored-rule"}) and logged; the rest of the profile stays."""
+
+        def drop(index: int, error: str) -> None:
+            self.refused["stored-rule"] += 1
+            event(
+                log,
+                "stored rule dropped",
+                logging.WARNING,
+                destination=redact.text(destination[:200]),
+                endpoint=index,
+                error=redact.text(error[:300]),
+            )
+
+        return ServiceProfile.from_doc(doc, self.allowlist.limits, drop)
 
     # ---- modes
     def mode_of(self, namespace: str) -> str:
@@ -358,12 +376,12 @@ class Engine:
     def replace_profile(self, destination: str, doc: dict[str, Any] | None) -> None:
         """Another writer's version of one profile (a shared store): it replaces this engine's;
         None or a document without rules (and without tombstones: those must stay known) drops
-        it. Whether learning is pending stays as is. Raises ValueError on a bad document (the
-        profile is then left alone)."""
+        it. Whether learning is pending stays as is. A bad rule is dropped alone
+        (`_stored_profile`); ValueError on a bad document (the profile is then left alone)."""
         if doc is None or not (doc.get("endpoints") or doc.get("removed")):
             self.allowlist.services.pop(destination, None)
             return
-        profile = ServiceProfile.from_doc(doc, self.allowlist.limits)
+        profile = self._stored_profile(destination, doc)
         if profile.destination != destination:
             raise ValueError(f"document of {profile.destination!r} given for {destination!r}")
         self.allowlist.services[destination] = profile

@@ -196,7 +196,7 @@ class BypassMonitor:
 
     def _alert(self, out: list[Observation], p: _Pending, pod_ip: str, client: Identity) -> None:
         key = (client.key, p.pod.key, p.port)
-        if self._dedup.repeat(key):
+        if self._dedup.repeat(key) is not None:
             return
         h2 = p.method == "PRI"
         path, _, query = p.path.partition("?")

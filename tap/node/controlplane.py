@@ -244,7 +244,7 @@ class ControlPlaneMonitor:
         **extra: str,
     ) -> None:
         key = (rule, client.key, endpoint.key, endpoint.port)
-        if self._dedup.repeat(key):
+        if self._dedup.repeat(key) is not None:
             return
         threat = Threat(MESH_CONTROL_PLANE_ACCESS, "network", evidence[:128])
         obs = self._observation(pkt, client, endpoint, [threat])

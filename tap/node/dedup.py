@@ -1,8 +1,9 @@
 """One alert per key per window: the first detection is reported at once, later ones in the
 same window are counted and reported as one summary when the window closes.
 
-The mesh-guard detectors (tap.node.controlplane, tap.node.bypass) use it; the open windows
-are capped, so a flood of distinct keys costs a counter, never memory.
+The network threat monitor (tap.node.netthreats) and the mesh-guard detectors
+(tap.node.controlplane, tap.node.bypass) use it; the open windows are capped, so a flood of
+distinct keys costs a counter, never memory.
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ class AlertDedup:
         self.stats = stats
         self._open: dict[object, _Open] = {}
 
-    def repeat(self, key: object) -> bool:
-        """Count a detection into key's open window, if there is one (then no Observation
-        needs to be built: the summary reports the window's first with the count)."""
+    def repeat(self, key: object) -> Observation | None:
+        """Count a detection into key's open window, if there is one, and return the alert the
+        window's summary will report (the caller may refresh it in place, e.g. the newest
+        count); None when no window is open. No Observation needs to be built for a repeat."""
         entry = self._open.get(key)
         if entry is None:
-            return False
+            return None
         entry.repeats += 1
         self.stats["suppressed"] += 1
-        return True
+        return entry.last
 
     def report(self, key: object, obs: Observation, out: list[Observation]) -> None:
         """Append `obs` to out unless key's window is open (then count it as a repeat)."""
@@ -65,7 +67,8 @@ class AlertDedup:
             if entry.repeats:
                 extra = dict(entry.last.extra, repeats=str(entry.repeats), summary="true")
                 extra["dedup_window_s"] = f"{self.window:g}"
-                out.append(_copy(entry.last, time=now, extra=extra))
+                threats = [_copy(t) for t in entry.last.threats]  # later refreshes stay ours
+                out.append(_copy(entry.last, time=now, extra=extra, threats=threats))
                 self.stats["alerts"] += 1
                 entry.start, entry.repeats = now, 0
             else:

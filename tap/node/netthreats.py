@@ -41,6 +41,7 @@ from dataclasses import replace as _copy
 from meshward.core.observation import Identity, Observation, Threat
 from meshward.core.threats import names
 from meshward.tap.node import dns
+from meshward.tap.node.dedup import AlertDedup
 from meshward.tap.node.netstate import Datagram, Window, entropy, expire, randomness
 from meshward.tap.node.packet import ICMP, ICMPV6, TCP, UDP, Packet
 
@@ -120,15 +121,6 @@ class NetThreatConfig:
         return out
 
 
-@dataclass(slots=True)
-class _Open:
-    """An open dedup window: when it began, and detections since the last reported alert."""
-
-    start: float
-    repeats: int
-    last: Observation
-
-
 def _short(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -168,7 +160,7 @@ class NetworkMonitor:
         # oldest first; OrderedDict pops its head in O(1) where a dict would scan freed slots
         self._echo: OrderedDict[tuple[str, str, int, int], tuple[float, int]] = OrderedDict()
         self._frags: OrderedDict[tuple[str, str, int, int], Datagram] = OrderedDict()
-        self._open: dict[tuple[str, str, str], _Open] = {}
+        self._dedup = AlertDedup(c.dedup_window, c.max_alert_keys, self.stats)
         self._baseline: dict[str, set[tuple[str, str, int]]] = {}
         self.baseline_changes = 0  # bumped per peer learned: a saver writes when it moved
         self._names: dict[str, tuple[Identity, str]] = {}  # ip -> (identity, mode), per window
@@ -207,20 +199,7 @@ class NetworkMonitor:
             self._flows = {}
         expire(self._echo, lambda v: now - v[0] > c.echo_timeout)
         expire(self._frags, lambda d: now - d.first > c.frag_timeout)
-        out: list[Observation] = []
-        for key, entry in list(self._open.items()):
-            if now - entry.start < c.dedup_window:
-                continue
-            if entry.repeats:
-                summary = _copy(entry.last, time=now, extra=dict(entry.last.extra))
-                summary.extra["repeats"] = str(entry.repeats)
-                summary.extra["summary"] = "true"
-                out.append(summary)
-                self.stats["alerts"] += 1
-                entry.start, entry.repeats = now, 0
-            else:
-                del self._open[key]
-        return out
+        return self._dedup.tick(now)
 
     def _roll(self, now: float) -> None:
         """Start new windows where due; names and modes are looked up afresh each rate window."""
@@ -265,15 +244,13 @@ class NetworkMonitor:
         src = pkt.src if src is None else src
         dst = pkt.dst if dst is None else dst
         key = (name, dedup, "") if dedup else (name, src, dst)
-        entry = self._open.get(key)
-        if entry is not None:
-            entry.repeats += 1
-            entry.last.extra["count"] = str(extra.get("count", ""))
-            entry.last.threats[0].evidence = _short(evidence, 128)
-            self.stats["suppressed"] += 1
+        last = self._dedup.repeat(key)
+        if last is not None:  # the summary reports the newest count and evidence
+            last.extra["count"] = str(extra.get("count", ""))
+            last.threats[0].evidence = _short(evidence, 128)
             return
         fields = {k: str(v) for k, v in extra.items()}
-        fields.update(where=where, repeats="0", dedup_window_s=str(self.config.dedup_window))
+        fields["where"] = where
         obs = Observation(
             seen_by="node-tap",
             source=self._identity(src, pkt.sport if sport is None else sport),
@@ -283,12 +260,7 @@ class NetworkMonitor:
             threats=[Threat(name, "network", _short(evidence, 128))],
             extra=fields,
         )
-        if len(self._open) < self.config.max_alert_keys:
-            self._open[key] = _Open(pkt.ts, 0, obs)
-        else:
-            self.stats["untracked"] += 1
-        self.stats["alerts"] += 1
-        out.append(_copy(obs, extra=dict(fields), threats=[_copy(obs.threats[0])]))
+        self._dedup.report(key, obs, out)
 
     def _identity(self, ip: str, port: int) -> Identity:
         if ip == _MANY:

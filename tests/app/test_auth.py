@@ -214,3 +214,22 @@ def test_fuzzed_credentials_never_pass_nor_crash(
             assert r.status in (200, 400, 401, 403)
 
     run_with_client(test)
+
+
+def test_the_mode_of_every_other_namespace_needs_a_cluster_wide_grant() -> None:
+    """`PUT /api/v1/modes/*` is checked without a namespace (a Role in one namespace must not
+    set every namespace's mode); a named namespace is checked in it."""
+
+    async def main() -> None:
+        async def seen(request: web.Request) -> web.Response:
+            p = auth.permission_for(request)
+            return web.json_response(None if p is None else [p.verb, p.resource, p.namespace])
+
+        app = web.Application()
+        app.router.add_put("/api/v1/modes/{namespace}", seen)
+        async with TestClient(TestServer(app)) as client:
+            for ns, want in (("%2A", ""), ("*", ""), ("shop", "shop")):
+                r = await client.put(f"/api/v1/modes/{ns}")
+                assert await r.json() == ["update", "modes", want]
+
+    asyncio.run(main())

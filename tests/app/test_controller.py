@@ -151,7 +151,9 @@ def test_filters_follow_the_mode_label(kube_cluster: KubeCluster, running: Contr
     before = running.counters.pruned
     kube.kubectl("label", "namespace", ns, "istio-injection-")  # injection removed: pruned
     _eventually(lambda: _assert_empty(_filters(kube, ns) + _filters(kube, ns, RULES)))
-    assert running.counters.pruned == before + 2
+    # at least its two objects (the count is the controller's: an earlier test's namespace
+    # being deleted meanwhile may add its own)
+    assert running.counters.pruned >= before + 2
     kube.kubectl("label", "namespace", ns, "istio-injection=enabled")
     _eventually(lambda: mode_is("learn"))
     # namespace deleted: its filter goes (pruned, or collected with the namespace) and the

@@ -27,6 +27,7 @@ from meshward.app.store import default_path
 from meshward.core import values
 from meshward.core.allowlist import old_class_names
 from meshward.core.engine import Engine
+from meshward.formats import yamlout
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,22 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=run_import)
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style, except short lists of scalars inline (`[int, uuid]`): easy to read and diff."""
-
-
-def _list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
-    flat = all(isinstance(x, (str, int, float, bool)) or x is None for x in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
-
-
-_Dumper.add_representer(list, _list)
-
-
 def dump(doc: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100, indent=2)
+    return yamlout.dump(doc, flat_lists=True)
 
 
 def _export(engine: Engine, stats: bool, destination: str | None = None) -> dict[str, Any]:

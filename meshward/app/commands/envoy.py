@@ -129,9 +129,9 @@ def add_tap_flags(parser: argparse.ArgumentParser) -> None:
 def dump(data: object, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
-    import yaml
+    from meshward.formats import yamlout
 
-    return yaml.safe_dump(data, sort_keys=False)
+    return yamlout.dump(data)
 
 
 def _workload_tls(args: argparse.Namespace) -> SidecarTLS | None:

@@ -14,8 +14,7 @@ from meshward.app.commands import UsageError, readiness
 from meshward.app.commands.offline import add_db_flag, store_for
 from meshward.app.store import SqliteStore, StoreError, default_path
 from meshward.core.engine import EngineConfig
-from meshward.core.modes import EVERY_OTHER, MODES
-from meshward.core.names import is_kubernetes_name
+from meshward.core.modes import EVERY_OTHER, MODES, settable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(namespace: str) -> str:
-    if namespace != EVERY_OTHER and not is_kubernetes_name(namespace):
+    if not settable(namespace):
         raise UsageError(
             f"{namespace!r} is not a Kubernetes namespace name (or '*', every namespace not set)"
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.support import browser
 from tests.support.dashboard import call, har, learned_calls
@@ -32,11 +33,20 @@ def _no_serious_violations(page: Any) -> None:
     assert bad == [], json.dumps([(v["id"], v["help"], len(v["nodes"])) for v in bad], indent=1)
 
 
-def _click_graph(page: Any, script: str) -> None:
-    """A real mouse click where cytoscape drew something (`script` gives its position)."""
-    box = page.locator("#graph").bounding_box()
-    at = page.evaluate(script)
-    page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
+def _click_graph(page: Any, script: str, then: str) -> None:
+    """A real mouse click where cytoscape drew something (`script` gives its position), until
+    the `then` selector shows: a graph refreshed by a live alert may still be moving when the
+    first click lands (seen once under load)."""
+    for _ in range(5):
+        box = page.locator("#graph").bounding_box()
+        at = page.evaluate(script)
+        page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
+        try:
+            page.wait_for_selector(then, timeout=3000)
+            return
+        except PlaywrightTimeout:  # click again where it is now
+            continue
+    page.wait_for_selector(then, timeout=WAIT)
 
 
 @AXE
@@ -66,8 +76,11 @@ def test_window_picker_and_the_pages_of_a_service_and_a_call(page: Any) -> None:
         _no_serious_violations(page)
         browser.shot(page, "service-page")
         # a call's page from a real click on its edge in the graph
-        _click_graph(page, "() => window.meshward.cy.$id('shop/api->shop/db').renderedMidpoint()")
-        page.wait_for_selector("#detail[data-page=call][data-ready]", timeout=WAIT)
+        _click_graph(
+            page,
+            "() => window.meshward.cy.$id('shop/api->shop/db').renderedMidpoint()",
+            "#detail[data-page=call][data-ready]",
+        )
         assert page.locator("#detail-title").inner_text() == "Calls shop/api → shop/db"
         assert "GET /rows/{int}" in detail.locator(".rules").inner_text()
         rows = detail.locator("table tbody tr")

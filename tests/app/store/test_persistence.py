@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from meshward.app.flusher import Flusher
 from meshward.app.store import open_store
@@ -73,3 +76,39 @@ def test_mode_set_by_another_process_is_picked_up(tmp_path: Path) -> None:
     flusher.flush_due(1.0)
     flusher.flush_due(2.0)  # a flush picks up the change
     assert engine.mode_of("shop") == "monitor"
+
+
+def test_a_stored_rule_this_version_refuses_is_dropped_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A profile stored before templates were checked holds a rule with a literal brace (older
+    learning kept `/files/{draft}` as a literal): at start only that rule is dropped, counted
+    and logged; the profile's other rules still allow."""
+    db = str(tmp_path / "m.db")
+    first = _on(db, EngineConfig(threats=False), interval=3600)
+    t = Traffic(seed=3)
+    for _ in range(300):
+        first.engine.evaluate(t.normal())
+    first.flush()
+    dest = next(iter(first.engine.allowlist.services))
+    doc = first.engine.allowlist.services[dest].to_doc()
+    good = len(doc["endpoints"])
+    old = {**doc["endpoints"][0], "path": "/files/{draft}"}
+    doc["endpoints"].insert(1, old)
+    first.store.save_profiles({dest: doc})  # as the older version wrote it
+    first.close()
+
+    with caplog.at_level(logging.WARNING, logger="meshward"):
+        second = _on(db, EngineConfig(threats=False))
+    engine = second.engine
+    assert engine.allowlist.services[dest].endpoints == good
+    assert engine.refused["stored-rule"] == 1
+    logged = [(r.getMessage(), getattr(r, "fields", {})) for r in caplog.records]
+    assert any(
+        m == "stored rule dropped" and f["destination"] == dest and "{draft}" in f["error"]
+        for m, f in logged
+    ), logged
+    assert not any(m == "profile skipped" for m, _ in logged)
+    engine.set_mode("shop", "enforce")
+    assert engine.evaluate(Traffic(seed=4).normal()).verdict == "allow"
+    second.close()

@@ -57,6 +57,24 @@ def test_icmp_flood_once_per_window_then_summary() -> None:
     assert mon.tick(100.0 + 22) == []  # quiet window: the dedup entry closes silently
 
 
+def test_flood_summaries_repeat_per_window_through_the_shared_dedup() -> None:
+    """NetworkMonitor deduplicates through tap.node.dedup.AlertDedup: a flood that goes on
+    gives one summary per window, each a copy later repeats do not change."""
+    mon = NetworkMonitor()
+    for i in range(1000):
+        ping(mon, 100.0 + i * 0.004, i)
+    summary = mon.tick(100.0 + 11)
+    assert summary[0].extra["repeats"] == "3" and summary[0].extra["dedup_window_s"] == "10"
+    sent = (dict(summary[0].extra), summary[0].threats[0].evidence)
+    for i in range(1000):
+        ping(mon, 112.0 + i * 0.004, i)
+    assert (summary[0].extra, summary[0].threats[0].evidence) == sent
+    again = mon.tick(112.0 + 11)
+    assert names(again) == ["ICMP.Flood"] and again[0].extra["repeats"] == "4"
+    assert again[0].threats[0] is not summary[0].threats[0]
+    assert mon.stats["alerts"] == 3 and mon.stats["suppressed"] == 7
+
+
 def test_benign_pings_raise_nothing() -> None:
     mon = NetworkMonitor()
     alerts = []
