@@ -35,9 +35,11 @@ def _no_serious_violations(page: Any) -> None:
 
 def _click_graph(page: Any, script: str, then: str) -> None:
     """A real mouse click where cytoscape drew something (`script` gives its position), until
-    the `then` selector shows: a graph refreshed by a live alert may still be moving when the
-    first click lands (seen once under load)."""
+    the `then` selector shows. The graph is scrolled into view first (a service page opens its
+    review beside it, which can push the graph below the fold), and the click is repeated in
+    case a live refresh moved the graph as it landed."""
     for _ in range(5):
+        page.locator("#graph").scroll_into_view_if_needed()  # the pages above may push it down
         box = page.locator("#graph").bounding_box()
         at = page.evaluate(script)
         page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
