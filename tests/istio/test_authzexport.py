@@ -10,6 +10,7 @@ import pytest
 from meshward.core.allowlist import Allowlist, EndpointRule
 from meshward.core.engine import Engine
 from meshward.istio.authzexport import DRY_RUN, MAX_RULES, authorization_policies, istio_path
+from tests.support.allowlists import allowlist_of
 from tests.support.apiserver import KubeCluster
 from tests.support.crdschema import ISTIO_CRDS, Validators, check_object, crd_validators
 from tests.support.learned import DESTINATION, istio_allows, sample_engine
@@ -148,20 +149,8 @@ def test_options_trust_domain_label_and_no_templates(schemas: Validators) -> Non
     assert "/products/*" in paths
 
 
-def _allowlist(*rules: tuple[str, str, dict[str, int]], destination: str = "shop/api") -> Allowlist:
-    allowlist = Allowlist()
-    profile = allowlist.profile(destination)
-    for method, template, sources in rules:
-        rule = EndpointRule(method, template)
-        rule.sources = dict(sources)
-        profile.add_rule(rule)
-        for s in sources:
-            profile.learn_source(s, 1.0)
-    return allowlist
-
-
 def test_no_callers_gives_a_policy_that_denies_everything(schemas: Validators) -> None:
-    allowlist = _allowlist(("GET", "/x", {}))
+    allowlist = allowlist_of(("GET", "/x", {}))
     export = authorization_policies(allowlist, lambda ns: "enforce")
     (policy,) = export.objects
     check_object(schemas, policy)
@@ -174,14 +163,14 @@ def test_no_callers_gives_a_policy_that_denies_everything(schemas: Validators) -
 
 
 def test_rule_without_callers_takes_the_services_callers() -> None:
-    allowlist = _allowlist(("GET", "/a", {"shop/web": 3}))
+    allowlist = allowlist_of(("GET", "/a", {"shop/web": 3}))
     allowlist.services["shop/api"].add_rule(EndpointRule("GET", "/b"))  # a person's rule
     (policy,) = authorization_policies(allowlist, lambda ns: "enforce").objects
     assert istio_allows([policy], _principal("shop/web"), "GET", "/b")
 
 
 def test_callers_without_identity_and_unnameable_callers() -> None:
-    allowlist = _allowlist(
+    allowlist = allowlist_of(
         ("GET", "/plain", {"unknown": 5}),
         ("GET", "/mixed", {"unknown": 1, "shop/web": 2, "10.1.2.3": 1, "api.example.com": 1}),
     )
@@ -213,14 +202,14 @@ def test_callers_without_identity_and_unnameable_callers() -> None:
     ],
 )
 def test_hostile_destinations_are_noted_not_exported(destination: str) -> None:
-    allowlist = _allowlist(("GET", "/x", {"shop/web": 1}), destination=destination)
+    allowlist = allowlist_of(("GET", "/x", {"shop/web": 1}), destination=destination)
     export = authorization_policies(allowlist, lambda ns: "enforce")
     assert export.objects == []
     assert [n.why for n in export.notes] == ["not a namespace/workload of Kubernetes names"]
 
 
 def test_hostile_paths_and_methods_stay_data(schemas: Validators) -> None:
-    allowlist = _allowlist(
+    allowlist = allowlist_of(
         ("GET", "/a*", {"shop/web": 1}),
         ("GET", "/x/{name}", {"shop/web": 1}),
         ("GET", "/q'\"; DROP/{int}", {"shop/web": 1}),
@@ -238,7 +227,7 @@ def test_hostile_paths_and_methods_stay_data(schemas: Validators) -> None:
 
 def test_more_rules_than_one_policy_holds_are_split(schemas: Validators) -> None:
     n = MAX_RULES + 5
-    allowlist = _allowlist(*[("GET", f"/r{i}", {f"shop/c{i}": 1}) for i in range(n)])
+    allowlist = allowlist_of(*[("GET", f"/r{i}", {f"shop/c{i}": 1}) for i in range(n)])
     policies = authorization_policies(allowlist, lambda ns: "enforce").objects
     assert [p["metadata"]["name"] for p in policies] == [
         "meshward-allow-api",
@@ -267,7 +256,7 @@ def test_policies_apply_to_a_real_api_server(
     allowlist.import_doc(sample_engine().allowlist.export_doc())
     allowlist.services[f"{kube_namespace}/api"] = allowlist.services.pop(DESTINATION)
     allowlist.services[f"{kube_namespace}/api"].destination = f"{kube_namespace}/api"
-    extra = _allowlist(("GET", "/plain", {"unknown": 1}), destination=f"{kube_namespace}/legacy")
+    extra = allowlist_of(("GET", "/plain", {"unknown": 1}), destination=f"{kube_namespace}/legacy")
     allowlist.services.update(extra.services)
     objects = authorization_policies(allowlist, lambda ns: "monitor").objects
     assert len(objects) == 2

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from meshward.core.allowlist import Allowlist, EndpointRule
+from meshward.core.allowlist import Allowlist
 from meshward.linkerd.policyexport import (
     MATCHES_PER_RULE,
     RULES_PER_ROUTE,
@@ -18,6 +18,7 @@ from meshward.linkerd.policyexport import (
     path_match,
     rust_escape,
 )
+from tests.support.allowlists import allowlist_of
 from tests.support.apiserver import KubeCluster
 from tests.support.crdschema import LINKERD_CRDS, Validators, check_object, crd_validators
 from tests.support.learned import DESTINATION, linkerd_allows, sample_engine
@@ -122,20 +123,8 @@ def test_monitor_namespaces_audit_with_a_catch_all_route(schemas: Validators) ->
         check_object(schemas, obj)
 
 
-def _allowlist(*rules: tuple[str, str, dict[str, int]], destination: str = "shop/api") -> Allowlist:
-    allowlist = Allowlist()
-    profile = allowlist.profile(destination)
-    for method, template, sources in rules:
-        rule = EndpointRule(method, template)
-        rule.sources = dict(sources)
-        profile.add_rule(rule)
-        for s in sources:
-            profile.learn_source(s, 1.0)
-    return allowlist
-
-
 def test_no_callers_leaves_a_server_that_denies_everything() -> None:
-    export = _export(_allowlist(("GET", "/x", {"unknown": 3})))
+    export = _export(allowlist_of(("GET", "/x", {"unknown": 3})))
     assert [o["kind"] for o in export.objects] == ["Server"]
     assert not linkerd_allows(export.objects, "", "GET", "/x")
     assert [n.why for n in export.notes] == [
@@ -146,7 +135,9 @@ def test_no_callers_leaves_a_server_that_denies_everything() -> None:
 
 
 def test_methods_httproute_cannot_match_are_left_out() -> None:
-    export = _export(_allowlist(("BREW", "/pot", {"shop/web": 1}), ("GET", "/a", {"shop/web": 1})))
+    export = _export(
+        allowlist_of(("BREW", "/pot", {"shop/web": 1}), ("GET", "/a", {"shop/web": 1}))
+    )
     assert linkerd_allows(export.objects, _identity("shop/web"), "GET", "/a")
     assert not linkerd_allows(export.objects, _identity("shop/web"), "BREW", "/pot")
     assert [n.what for n in export.notes] == ["BREW /pot"]
@@ -154,7 +145,7 @@ def test_methods_httproute_cannot_match_are_left_out() -> None:
 
 def test_many_rules_fill_routes_within_the_crd_bounds(schemas: Validators) -> None:
     n = 200  # 400 matches with HEAD: 4 routes of at most 16 x 8
-    export = _export(_allowlist(*[("GET", f"/r{i}", {"shop/web": 1}) for i in range(n)]))
+    export = _export(allowlist_of(*[("GET", f"/r{i}", {"shop/web": 1}) for i in range(n)]))
     routes = [o for o in export.objects if o["kind"] == "HTTPRoute"]
     assert len(routes) == -(-2 * n // (MATCHES_PER_RULE * RULES_PER_ROUTE))
     assert len({r["metadata"]["name"] for r in routes}) == len(routes)
@@ -165,7 +156,7 @@ def test_many_rules_fill_routes_within_the_crd_bounds(schemas: Validators) -> No
 
 @pytest.mark.parametrize("destination", ["api.example.com", "Shop/Api", "shop/a_b", "shop/api\n"])
 def test_hostile_destinations_are_noted_not_exported(destination: str) -> None:
-    export = _export(_allowlist(("GET", "/x", {"shop/web": 1}), destination=destination))
+    export = _export(allowlist_of(("GET", "/x", {"shop/web": 1}), destination=destination))
     assert export.objects == [] and len(export.notes) == 1
 
 

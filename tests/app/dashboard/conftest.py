@@ -18,8 +18,10 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+def page(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A module may set VIEWPORT for a taller page."""
+    viewport = getattr(request.module, "VIEWPORT", {"width": 1280, "height": 900})
+    context = chromium.new_context(viewport=viewport)
     page = context.new_page()
     page.csp_violations = []
     page.on(

@@ -7,7 +7,6 @@ edit is audit-logged as the browser session's. Screenshot in tests/artifacts/das
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +29,7 @@ ORDER = json.dumps({"sku": "book-1", "qty": 2}).encode()
 JSON = {"content-type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    with browser.chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.csp_violations = []  # type: ignore[attr-defined]
-    page.on(
-        "console",
-        lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text),
-    )
-    try:
-        yield page
-    finally:
-        context.close()
+VIEWPORT = {"width": 1280, "height": 1000}  # the page fixture (conftest) reads it
 
 
 def sidecar(srv: ServerThread, app: int, mode: str, envoy: str) -> EnvoyProcess:
