@@ -12,7 +12,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -86,6 +86,38 @@ def node() -> Iterator[Node]:
         yield n
 
 
+@contextlib.contextmanager
+def _discovery(
+    kube: KubeCluster,
+    node_name: str,
+    sink: Callable[[Observation], None],
+    retry_base: float | None = None,
+    loop: bool = True,
+) -> Iterator[tuple[NodeTap, PodDiscovery, threading.Thread]]:
+    """A node tap with its packet loop (started unless `loop` is false: the test starts it)
+    and the pod discovery of `node_name` started on it; all stopped and closed after."""
+    tap = NodeTap([], [], sink)
+    if retry_base is not None:
+        tap.retry_base = retry_base
+    tap.open()
+    stop = threading.Event()
+    packets = threading.Thread(target=tap.run, args=(stop,), daemon=True)
+    if loop:
+        packets.start()
+    api = kube.api_client()
+    agent = PodDiscovery(api, node_name, tap, net_iface=None)
+    try:
+        agent.start()
+        yield tap, agent, packets
+    finally:
+        agent.stop()
+        stop.set()
+        if packets.is_alive():
+            packets.join(10)
+        tap.close()
+        api.close()
+
+
 def _serve_and_call(pod: Pod) -> None:
     """An app on the pod IP, called through the pod's loopback (as linkerd-proxy does)."""
     server = pod.popen([sys.executable, "-m", "http.server", "8080", "--bind", pod.ip])
@@ -100,15 +132,7 @@ def test_meshed_pods_of_this_node_are_found_and_captured(
     kube = kube_cluster
     web, plain = node.add_pod("web"), node.add_pod("plain")
     seen: list[Observation] = []
-    tap = NodeTap([], [], seen.append)
-    tap.open()
-    stop = threading.Event()
-    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
-    loop.start()
-    api = kube.api_client()
-    agent = PodDiscovery(api, NODE, tap, net_iface=None)
-    try:
-        agent.start()
+    with _discovery(kube, NODE, seen.append) as (tap, agent, _):
         assert wait_for(agent.synced, 15)
         baseline = _sockets()
         web_pod = _run(kube, _pod_object("web", kube_namespace, NODE, meshed=True), web.ip)
@@ -144,27 +168,13 @@ def test_meshed_pods_of_this_node_are_found_and_captured(
         assert not tap.attached
         assert wait_for(lambda: _sockets() <= baseline, 10), (_sockets(), baseline)
         assert agent.attached == {}
-    finally:
-        agent.stop()
-        stop.set()
-        loop.join(10)
-        tap.close()
-        api.close()
 
 
 def test_a_pod_not_yet_in_any_namespace_is_retried(
     kube_cluster: KubeCluster, kube_namespace: str, node: Node
 ) -> None:
     """The CNI may set up the namespace after the API shows the IP: the agent retries."""
-    tap = NodeTap([], [], lambda obs: None)
-    tap.open()
-    stop = threading.Event()
-    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
-    loop.start()
-    api = kube_cluster.api_client()
-    agent = PodDiscovery(api, "node-late", tap, net_iface=None)
-    try:
-        agent.start()
+    with _discovery(kube_cluster, "node-late", lambda obs: None) as (tap, agent, _):
         assert wait_for(agent.synced, 15)
         late_pod = _pod_object("late", kube_namespace, "node-late", meshed=True)
         first = f"{node.subnet}.2"  # the first pod address of the subnet
@@ -177,12 +187,6 @@ def test_a_pod_not_yet_in_any_namespace_is_retried(
             agent.look_again()
             time.sleep(0.3)
         assert tap.attached and not agent.unresolved
-    finally:
-        agent.stop()
-        stop.set()
-        loop.join(10)
-        tap.close()
-        api.close()
 
 
 def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
@@ -194,21 +198,13 @@ def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
     sockets (they were keeping the dead namespace alive, seeing nothing)."""
     web = node.add_pod("web")
     seen: list[Observation] = []
-    tap = NodeTap([], [], seen.append)
-    tap.open()
-    stop = threading.Event()
-    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
-    loop.start()
-    api = kube_cluster.api_client()
-    agent = PodDiscovery(api, "node-sbx", tap, net_iface=None)
+    with _discovery(kube_cluster, "node-sbx", seen.append) as (tap, agent, _):
 
-    def moved_to(pod: Pod, times: int) -> bool:
-        agent.look_again()  # what the command's pod-retry thread does every 2 s
-        now = inode(pod.path)
-        return agent.relocated == times and any(inode(p) == now for p in list(tap.attached))
+        def moved_to(pod: Pod, times: int) -> bool:
+            agent.look_again()  # what the command's pod-retry thread does every 2 s
+            now = inode(pod.path)
+            return agent.relocated == times and any(inode(p) == now for p in list(tap.attached))
 
-    try:
-        agent.start()
         assert wait_for(agent.synced, 15)
         _run(kube_cluster, _pod_object("web", kube_namespace, "node-sbx", meshed=True), web.ip)
         assert wait_for(lambda: len(tap.attached) == 1, 15), agent.unresolved
@@ -228,12 +224,6 @@ def test_a_restarted_sandbox_is_followed_to_its_new_namespace(
             assert wait_for(lambda: any(o.path == "/" for o in seen), 10), tap.stats()
             obs = next(o for o in seen if o.path == "/")
             assert (obs.destination.namespace, obs.destination.workload) == (kube_namespace, "web")
-    finally:
-        agent.stop()
-        stop.set()
-        loop.join(10)
-        tap.close()
-        api.close()
 
 
 def test_an_attach_failed_at_a_vanished_namespace_looks_again(
@@ -243,15 +233,11 @@ def test_an_attach_failed_at_a_vanished_namespace_looks_again(
     attached it: the attach fails at the dead path, and instead of retrying it forever the
     agent looks the IP up again and attaches the new namespace."""
     web = node.add_pod("web")
-    tap = NodeTap([], [], lambda obs: None)
-    tap.retry_base = 0.2
-    tap.open()
-    api = kube_cluster.api_client()
-    agent = PodDiscovery(api, "node-sbx2", tap, net_iface=None)
-    stop = threading.Event()
-    loop = threading.Thread(target=tap.run, args=(stop,), daemon=True)
-    try:
-        agent.start()
+    with _discovery(kube_cluster, "node-sbx2", lambda obs: None, retry_base=0.2, loop=False) as (
+        tap,
+        agent,
+        loop,
+    ):
         assert wait_for(agent.synced, 15)
         _run(kube_cluster, _pod_object("web", kube_namespace, "node-sbx2", meshed=True), web.ip)
         assert wait_for(lambda: bool(agent.attached), 15), agent.unresolved  # queued, not done
@@ -267,13 +253,6 @@ def test_an_attach_failed_at_a_vanished_namespace_looks_again(
         assert wait_for(attached_anew, 15), (tap.stats(), agent.unresolved)
         assert agent.relocated == 1
         assert wait_for(lambda: not tap._retry and not tap.failing, 5)  # the old retry is off
-    finally:
-        agent.stop()
-        stop.set()
-        if loop.is_alive():
-            loop.join(10)
-        tap.close()
-        api.close()
 
 
 def test_cli_finds_pods_by_node(kube_cluster: KubeCluster, kube_namespace: str, node: Node) -> None:
