@@ -524,7 +524,7 @@ class _Head:
         # the pre-filter scan: flagged parts, offsets of the lines in its buffer (computed at
         # the first match), matches so far, how the lines were encoded
         self.flagged: set[int] = set()
-        self.starts: list[int] = []
+        self.starts: list[int] | None = None
         self.matches = 0
         self.errors = "surrogateescape"
 
@@ -542,13 +542,13 @@ def _on_match(sid: int, start: int, end: int, flags: int, head: _Head) -> bool |
     """Hyperscan's callback for the pre-filter scan of a head (and JSON body): flags the part
     the match ends in; True (stop) once every part is flagged."""
     starts, scanned, flagged = head.starts, head.scanned, head.flagged
-    if not starts:
+    if starts is None:
         lines = head.lines
         if "\n".join(lines).isascii():
             sizes = [len(t) for t in lines]
         else:
             sizes = [len(t.encode("utf-8", head.errors)) for t in lines]
-        starts.extend(_starts([*sizes, 0] if len(scanned) > len(lines) else sizes))
+        starts = head.starts = _starts([*sizes, 0] if len(scanned) > len(lines) else sizes)
     flagged.add(scanned[bisect.bisect_right(starts, max(end - 1, 0)) - 1])
     head.matches += 1
     if head.matches > MAX_MATCHES:

@@ -1047,7 +1047,7 @@ class SignatureSet:
         db = self._prefilter_lines if lines else self._prefilter
         # try, not contextlib.suppress: building that object cost ~0.8 µs of the typical request
         try:
-            db.scan(data, match_event_handler=on_match, context=context)
+            db.scan(data, on_match, 0, context)
         except hyperscan.ScanTerminated:
             return  # on_match stopped the scan
 
