@@ -182,6 +182,8 @@ class Server:
         self._flushing: asyncio.Task[None] | None = None
         self._stop_flushing = asyncio.Event()
         self._coming_up: asyncio.Task[None] | None = None
+        self.tls: grpctls.ServingCerts | None = None  # mtls: renewed, revocations re-read
+        self._tls_watch: asyncio.Task[None] | None = None
 
     def _cluster_flusher(self, engine: Engine) -> Flusher:
         """The engine's flusher on the cluster store; alerts in PostgreSQL (--alerts-dsn), else
@@ -289,14 +291,18 @@ class Server:
             return
         self._serving()
 
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        """mTLS credentials (the `mtls` policy), else None: plaintext, announced loudly."""
+    def _credentials(self) -> grpctls.ServingCerts | None:
+        """mTLS material renewed while serve runs (the `mtls` policy), with the revocation list
+        the verifier checks; else None: plaintext, announced loudly."""
         policy = self.config.peers
         grpctls.announce(policy)
         if policy.kind != "mtls":
             return None
         directory = grpctls.ca_dir(self.config.db, self.config.grpc_ca_dir)
-        return grpctls.server_credentials(policy, directory)
+        self.tls = grpctls.ServingCerts(policy, directory, self.problems)
+        self.peers.revocations = self.tls.revocations
+        self._tls_watch = asyncio.create_task(self.tls.watch())
+        return self.tls
 
     async def _grpc_server(
         self,
@@ -304,7 +310,7 @@ class Server:
         service: str,
         host: str,
         port: int,
-        creds: grpc.ServerCredentials | None,
+        creds: grpctls.ServingCerts | None,
         options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
         server = grpc.aio.server(options=options)
@@ -328,7 +334,7 @@ class Server:
             if creds is None:
                 bound = server.add_insecure_port(address)
             else:
-                bound = server.add_secure_port(address, creds)
+                bound = server.add_secure_port(address, creds.credentials())
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -353,6 +359,10 @@ class Server:
         for health in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_watch
         if self._runner is not None:
             await self._runner.cleanup()
         self.ingestor.close()
