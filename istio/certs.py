@@ -13,8 +13,10 @@ together on one directory create one CA: the first takes a lock, the others wait
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshward.core.peer import DEFAULT_TRUST_DOMAIN
-from meshward.istio.tls import SidecarTLS
+from meshward.istio.tls import SidecarTLS, sds_documents
 
 if TYPE_CHECKING:
     from meshward.core.revocation import Revocation, RevocationList
@@ -330,3 +332,12 @@ class MeshCA:
             updated = current.with_entry(entry)
             write_atomic(path, updated.render().encode())
         return updated
+
+
+def write_sds(tls: SidecarTLS) -> SidecarTLS:
+    """`tls` served to Envoy through file-based SDS: the two SDS files written beside the
+    certificate (by a rename), and the material marked so the bootstrap points at them."""
+    served = dataclasses.replace(tls, sds=True)
+    for path, document in sds_documents(served).items():
+        write_atomic(Path(path), json.dumps(document, indent=1).encode())
+    return served

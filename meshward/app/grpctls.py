@@ -41,6 +41,12 @@ SERVER_DAYS = 1  # serve's own certificate (openssl counts whole days)
 RENEW_FRACTION = 2 / 3  # renewed once this much of its life has passed
 WATCH_SECONDS = 1.0  # how often the CA files and the revocation list are looked at (a stat)
 RETRY_SECONDS = 10.0  # after a failed renewal (a CA half replaced, openssl failing)
+# a connection's handshake is its certificates': serve ends each connection (GOAWAY) after this
+# long, letting its streams finish within the grace, so a sidecar's reissued certificate, a CA
+# dropped after a rollover, or a serial revoked after its holder got a fresh one reaches every
+# connection within minutes, not when the sidecar restarts; a reconnect is one handshake
+MAX_CONNECTION_AGE_S = 600.0
+CONNECTION_AGE_GRACE_S = 60.0  # longer than a tap stream may last (ServeConfig: 30 s)
 SERVER_NAMES = (
     "localhost",
     "meshward",
@@ -141,6 +147,14 @@ class ServingCerts:
         return grpc.dynamic_ssl_server_credentials(
             self.current.config, fetch, require_client_authentication=True
         )
+
+    @staticmethod
+    def server_options() -> list[tuple[str, int]]:
+        """gRPC server options of an mTLS port (the connection age above)."""
+        return [
+            ("grpc.max_connection_age_ms", int(MAX_CONNECTION_AGE_S * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000)),
+        ]
 
     def due(self) -> bool:
         """Whether serve's certificate must be issued again: the CA files changed, or it is old."""

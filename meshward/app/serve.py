@@ -313,6 +313,8 @@ class Server:
         creds: grpctls.ServingCerts | None,
         options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
+        if creds is not None:  # connections recycled: rotations reach them (app/grpctls.py)
+            options = [*options, *creds.server_options()]
         server = grpc.aio.server(options=options)
         # registered methods are matched in gRPC's core, before any Python runs (the fast path
         # generated stubs use); the generic handler serves the same methods to anything else

@@ -77,7 +77,9 @@ class Revocations:
         try:
             return parse(data)
         except RevocationError as exc:
-            raise RevocationError(exc.line, f"{self.path}: {exc}") from None
+            named = RevocationError(0, f"{self.path}: {exc}")
+            named.line = exc.line
+            raise named from None
 
     def refusal(self, peer: SpiffeId, serial: int, not_before: datetime) -> Refused | None:
         if self.broken:
