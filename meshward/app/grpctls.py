@@ -44,8 +44,9 @@ RETRY_SECONDS = 10.0  # after a failed renewal (a CA half replaced, openssl fail
 # a connection's handshake is its certificates': serve ends each connection (GOAWAY) after this
 # long, letting its streams finish within the grace, so a sidecar's reissued certificate, a CA
 # dropped after a rollover, or a serial revoked after its holder got a fresh one reaches every
-# connection within minutes, not when the sidecar restarts; a reconnect is one handshake
-MAX_CONNECTION_AGE_S = 600.0
+# connection within minutes, not when the sidecar restarts (Envoy keeps an upstream connection
+# after its certificate changed); a reconnect is one handshake, every 2 minutes per sidecar
+MAX_CONNECTION_AGE_S = 120.0
 CONNECTION_AGE_GRACE_S = 60.0  # longer than a tap stream may last (ServeConfig: 30 s)
 SERVER_NAMES = (
     "localhost",
