@@ -220,3 +220,31 @@ def test_an_unreadable_list_refuses_every_call_until_it_is_fixed(tmp_path: Path)
 
     with pytest.raises(RevocationError, match=r"/ca/revoked: line 2: time 'line' is not"):
         asyncio.run(start())
+
+
+def test_replicas_sharing_one_ca_follow_one_revocation_and_rollover(tmp_path: Path) -> None:
+    """Two serve replicas on one CA directory (one lock): a revocation reaches both, and a
+    rollover's new CA is trusted by both."""
+    ca = MeshCA(tmp_path / "ca")
+    api = ca.issue("shop", "api", out=tmp_path / "api")
+    serial = x509.load_pem_x509_certificate(Path(api.cert_chain).read_bytes()).serial_number
+
+    async def main() -> None:
+        async with _server(ca) as one, _server(ca) as two:
+            replicas = (one, two)
+            for srv in replicas:
+                assert await _check_code(srv.ports["authz"], api) == grpc.StatusCode.OK
+            ca.revoke(entry("serial", f"{serial:x}", datetime.now(UTC)))
+            for srv in replicas:
+                await _until(lambda s=srv: s.peers.revocations.list)  # type: ignore[misc]
+                assert await _check_code(srv.ports["authz"], api) == (
+                    grpc.StatusCode.PERMISSION_DENIED
+                )
+            ca.rollover_start()
+            ca.rollover_switch()
+            fresh = ca.issue("shop", "api", out=tmp_path / "fresh")  # from the new CA
+            for srv in replicas:
+                await _until(lambda s=srv: s.tls.current.generation >= 2)  # type: ignore[misc]
+                assert await _check_code(srv.ports["authz"], fresh) == grpc.StatusCode.OK
+
+    asyncio.run(main())
