@@ -64,10 +64,17 @@ def sidecar(
             yield srv, envoy, ca_dir
 
 
+def _revoked_calls(text: str) -> float:
+    for line in text.splitlines():
+        if line.startswith('meshward_errors_total{kind="peer-revoked",where="extauthz"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_reissued_certificate_reaches_envoy_and_the_old_one_can_be_revoked(
     sidecar: tuple[ServerThread, EnvoyProcess, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, envoy, ca_dir = sidecar
+    srv, envoy, ca_dir = sidecar
     assert http(envoy.port, "/items/1")[0] == 200  # learn: Check allows over mTLS
     (old,) = _serials(envoy)
     pid = envoy.proc.pid  # type: ignore[union-attr]
@@ -79,8 +86,13 @@ def test_reissued_certificate_reaches_envoy_and_the_old_one_can_be_revoked(
     # the leaked one revoked: after serve recycles the connection, Envoy's calls carry the new
     # certificate and pass; a 403 meanwhile is a Check refused on the old connection
     _meshward(capsys, "ca", "revoke", "--serial", old, "--ca-dir", ca_dir)
-    time.sleep(2 * grpctls.WATCH_SECONDS + grpctls.MAX_CONNECTION_AGE_S + 1)
+    time.sleep(2 * grpctls.WATCH_SECONDS)
+    _until(lambda: http(envoy.port, "/items/1")[0] == 200)  # within one connection age
+    assert srv.server is not None
+    refused = _revoked_calls(srv.server.metrics.exposition().decode())
     assert [http(envoy.port, f"/items/{i}")[0] for i in range(5)] == [200] * 5
+    # the sidecar's calls now carry the new certificate: none of them was refused as revoked
+    assert _revoked_calls(srv.server.metrics.exposition().decode()) == refused
 
 
 def test_ca_rollover_through_envoy(
@@ -95,6 +107,7 @@ def test_ca_rollover_through_envoy(
     _until(lambda: _serials(envoy) - {old})  # `switch` reissued CA-DIR/issued: Envoy has it
     _meshward(capsys, "ca", "rollover", "finish", "--ca-dir", ca_dir)
     time.sleep(2 * grpctls.WATCH_SECONDS + grpctls.MAX_CONNECTION_AGE_S + 1)
+    _until(lambda: http(envoy.port, "/b")[0] == 200)
     # only the new CA is trusted on both ends now, and the sidecar's traffic still flows
     assert [http(envoy.port, f"/b/{i}")[0] for i in range(5)] == [200] * 5
     status = _meshward(capsys, "ca", "status", "--ca-dir", ca_dir)
