@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a directory of NS.SA.crt certificates (CA-DIR/issued; repeatable)",
     )
     r.add_argument("--all", action="store_true", help="every certificate (after a CA switch)")
+    r.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="keep running, renewing what is due this often (e.g. 3600), instead of a cron job",
+    )
     r.set_defaults(func=renew)
 
     v = command("revoke", "add a certificate or an identity to the revocation list")
@@ -165,13 +171,20 @@ def _reissue_all(ca: MeshCA, dirs: list[Path], everything: bool) -> tuple[int, l
 def renew(args: argparse.Namespace) -> int:
     from meshward.istio.certs import ISSUED_DIR
 
+    if args.every is not None and not 1 <= args.every <= 86400:
+        raise UsageError("--every must be 1..86400 seconds")
     ca = _ca(args)
     dirs = [Path(d) for d in args.cert_dir] if args.cert_dir else [ca.dir / ISSUED_DIR]
-    done, failed = _reissue_all(ca, dirs, args.all)
-    for line in failed:
-        print(f"meshward ca renew: skipped {line}", file=sys.stderr)
-    print(f"renewed {plural(done, 'certificate')}")
-    return 1 if failed else 0
+    everything = args.all
+    while True:
+        done, failed = _reissue_all(ca, dirs, everything)
+        for line in failed:
+            print(f"meshward ca renew: skipped {line}", file=sys.stderr)
+        print(f"renewed {plural(done, 'certificate')}", flush=True)
+        if args.every is None:
+            return 1 if failed else 0
+        everything = False  # --all once, then what is due
+        time.sleep(args.every)
 
 
 def revoke(args: argparse.Namespace) -> int:

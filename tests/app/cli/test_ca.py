@@ -62,6 +62,7 @@ def test_issue_renew_revoke_and_status(capsys: pytest.CaptureFixture[str], tmp_p
         (("issue", "--namespace", "Shop", "--service-account", "a"), "Kubernetes names"),
         (("issue", "--namespace", "s", "--service-account", "a", "--days", "0"), "1..3650"),
         (("rollover", "switch"), "no rollover under way"),
+        (("renew", "--every", "0"), "1..86400"),
     ],
 )
 def test_bad_input_is_one_clear_line(
