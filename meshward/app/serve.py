@@ -38,6 +38,7 @@ from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
+from meshward.istio.certs import CertError
 from meshward.runtime.grpcpeer import PeerPolicy, PeerVerifier
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
@@ -286,7 +287,7 @@ class Server:
         self.mode_changed()
         try:
             await self._grpc_servers()
-        except OSError as exc:
+        except (OSError, ValueError, CertError) as exc:  # a port, the CA, the revocation list
             self.problems("serve", "listen-failed", error=str(exc)[:200])
             return
         self._serving()

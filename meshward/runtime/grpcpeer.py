@@ -2,7 +2,8 @@
 
 Three policies, one per way the sidecars reach serve:
 - `mtls` (standalone, the CLI's default): serve terminates mTLS with its CA; the caller is the
-  one SPIFFE URI SAN of the client certificate gRPC verified.
+  one SPIFFE URI SAN of the client certificate gRPC verified, unless serve's revocation list
+  (meshward.runtime.revocations) refuses that certificate.
 - `xfcc` (the Istio route): serve listens in plaintext behind its own Istio sidecar (STRICT
   PeerAuthentication); the caller is the URI of the last `x-forwarded-client-cert` element, and
   only if its `By=` is meshward's own identity (meshward.core.peer.xfcc_identity).
