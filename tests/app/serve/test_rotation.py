@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -248,3 +250,30 @@ def test_replicas_sharing_one_ca_follow_one_revocation_and_rollover(tmp_path: Pa
                 assert await _check_code(srv.ports["authz"], fresh) == grpc.StatusCode.OK
 
     asyncio.run(main())
+
+
+def test_meshward_serve_with_a_bad_list_says_which_line(tmp_path: Path) -> None:
+    ca = MeshCA(tmp_path / "ca")
+    ca.revocation_file().write_bytes(b"serial 12 2026-12-06T10:00:00Z\nid spiffe://x 2026\n")
+    ports = ("--authz-port", "0", "--tap-port", "0", "--http-port", "0")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meshward",
+            "serve",
+            "--db",
+            str(tmp_path / "m.db"),
+            *ports,
+            "--listen-host",
+            "127.0.0.1",
+            "--grpc-ca-dir",
+            str(ca.dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"meshward serve: cannot serve: {ca.dir}/revoked: line 2: time '2026'" in done.stderr
