@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.app.guardlearned import LearnedAllowlists
 from meshward.core.log import event
 from meshward.core.meshguard import (
     CONFIG_THREATS,
@@ -57,6 +58,8 @@ MAX_OBJECTS = 50_000  # per kind: beyond, new objects are counted and not follow
 MAX_QUEUE = 10_000  # findings waiting for their Event or their alert
 FOUND_AT_START = "(unknown: found at start)"
 NOT_GUARDED = "(namespace not guarded before)"
+NOT_COMPARED = "(not compared with the learned allowlist before)"
+WITHIN_LEARNED = "(within the learned allowlist before)"
 PROXIES = (istio.PROXY_CONTAINER, linkerd.PROXY_CONTAINER)
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Rule = Callable[[Obj, Scope], State]
@@ -123,6 +126,11 @@ KINDS: tuple[GuardedKind, ...] = (
 )
 PODS = "pods"
 NAMESPACES = "namespaces"
+# the ALLOW policies judged against the learned allowlists, again when those change
+POLICY_RESOURCES = (
+    "authorizationpolicies.security.istio.io",
+    "authorizationpolicies.policy.linkerd.io",
+)
 
 
 def namespace_state(obj: Obj, scope: Scope) -> State:
@@ -252,6 +260,7 @@ class MeshGuard:
         leading: threading.Event | None = None,
         kinds: tuple[GuardedKind, ...] = KINDS,
         hold: float = 30.0,
+        learned: LearnedAllowlists | None = None,  # default: read from `alerts`' serve
     ) -> None:
         from kubernetes import client
 
@@ -277,6 +286,9 @@ class MeshGuard:
         self._stop = threading.Event()
         self._watchers: list[Any] = []
         self._thread: threading.Thread | None = None
+        self._learned_thread: threading.Thread | None = None
+        # the learned allowlists ALLOW policies are compared with (Mesh.Policy.Widened)
+        self.learned = learned if learned is not None else LearnedAllowlists(alerts)
 
     # ---- scope and rules
     def scope(self) -> Scope:
@@ -285,7 +297,7 @@ class MeshGuard:
         }
         watched = frozenset(n for n, v in labels.items() if guarded(v))
         enforcing = frozenset(n for n in watched if labels[n].get(MODE_LABEL) == "enforce")
-        return Scope(watched, self.root, enforcing)
+        return Scope(watched, self.root, enforcing, self.learned.current())
 
     def _state(self, resource: str, obj: Obj | None, scope: Scope) -> State:
         if obj is None:
@@ -446,6 +458,41 @@ class MeshGuard:
                     if f.cleared:
                         self.reported.forget(f)
                 self._queue([f for f in found if not f.cleared])
+
+    # ---- the learned allowlists (Mesh.Policy.Widened, "wider than learned")
+    def read_learned(self) -> None:
+        """Read serve's allowlists again; when what the rules see changed, judge every ALLOW
+        policy again: a policy now wider than learned is a finding (old value: how it was
+        judged before), one no longer wider is cleared. Losing the comparison (serve gone
+        past the cache's age) forgets the learned findings instead of clearing them: nothing
+        was narrowed, the guard just cannot tell (it logs and counts that)."""
+        before = self.learned.current()
+        if not self.learned.read():
+            return
+        after = self.learned.current()
+        with self._lock:
+            scope = self.scope()
+            was = dataclasses.replace(scope, learned=before)
+            label = NOT_COMPARED if before.allowlist is None else WITHIN_LEARNED
+            for resource in POLICY_RESOURCES:
+                for obj in self.views.get(resource, {}).values():
+                    old = self._state(resource, obj, was)
+                    new = self._state(resource, obj, scope)
+                    found = diff(self._kind(resource), obj, obj, old, new, label)
+                    if after.allowlist is None:
+                        for f in found:
+                            self.reported.forget(f)
+                        continue
+                    self._queue(found)
+
+    def _learn(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.read_learned()
+            except Exception:  # a bug here must not end the comparison for good
+                self.counters.dropped["learned-read-failed"] += 1
+                log.exception("mesh guard: reading the learned allowlists failed")
+            self._stop.wait(self.learned.refresh)
 
     # ---- meshward's own objects (the controller's reconcile calls these)
     def tampered(
@@ -651,6 +698,12 @@ class MeshGuard:
                 backoff_max=120.0,  # a mesh not installed: its CRD missing, looked for again
             )
             watchers.append((w, k.resource))
+        if self.learned.client is not None:  # a first copy before the first lists, if it can
+            self.learned.read()
+            self._learned_thread = threading.Thread(
+                target=self._learn, name="mesh-guard-learned", daemon=True
+            )
+            self._learned_thread.start()
         for w, resource in watchers:
             w.start(self.handler(resource))
             self._watchers.append(w)
@@ -668,8 +721,9 @@ class MeshGuard:
         for w in self._watchers:
             w.join(5)
         self._watchers.clear()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in (self._thread, self._learned_thread):
+            if thread is not None:
+                thread.join(5)
 
     def watched(self) -> dict[str, int]:
         with self._lock:
