@@ -206,7 +206,7 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule(["security.istio.io"], ["peerauthentications", "authorizationpolicies"], READ),
         _rule(
             ["policy.linkerd.io"],
-            ["servers", "authorizationpolicies", "meshtlsauthentications"],
+            ["servers", "authorizationpolicies", "meshtlsauthentications", "httproutes"],
             READ,
         ),
         _rule([GROUP], ["findings"], ["create"]),

@@ -123,7 +123,16 @@ KINDS: tuple[GuardedKind, ...] = (
         "meshtlsauthentications",
         linkerd.meshtls_authentication,
     ),
+    # held for the AuthorizationPolicies that target it (wider than learned)
+    GuardedKind("HTTPRoute", "policy.linkerd.io", "v1beta3", "httproutes", linkerd.http_route),
 )
+# kind -> resource of the objects a Linkerd policy refers to (Scope.refs)
+REFERENCED = {
+    "Server": "servers.policy.linkerd.io",
+    "HTTPRoute": "httproutes.policy.linkerd.io",
+    "MeshTLSAuthentication": "meshtlsauthentications.policy.linkerd.io",
+}
+LINKERD_POLICIES = "authorizationpolicies.policy.linkerd.io"
 PODS = "pods"
 NAMESPACES = "namespaces"
 # the ALLOW policies judged against the learned allowlists, again when those change
@@ -297,7 +306,11 @@ class MeshGuard:
         }
         watched = frozenset(n for n, v in labels.items() if guarded(v))
         enforcing = frozenset(n for n in watched if labels[n].get(MODE_LABEL) == "enforce")
-        return Scope(watched, self.root, enforcing, self.learned.current())
+        return Scope(watched, self.root, enforcing, self.learned.current(), self._ref)
+
+    def _ref(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A guarded object by kind (REFERENCED), namespace and name (under the lock)."""
+        return self.views.get(REFERENCED.get(kind, ""), {}).get((namespace, name))
 
     def _state(self, resource: str, obj: Obj | None, scope: Scope) -> State:
         if obj is None:
@@ -370,6 +383,7 @@ class MeshGuard:
                         self.counters.dropped["too-many-objects"] += len(fresh) - MAX_OBJECTS
                         fresh = dict(list(fresh.items())[:MAX_OBJECTS])
                     self.views[resource] = fresh
+                    self._referenced(resource, None, None, view)
                     return
                 obj = ev.object
                 if obj is None:
@@ -380,6 +394,7 @@ class MeshGuard:
                 if ev.type == "DELETED":
                     view.pop(key, None)
                     self._change(resource, old, None)
+                    self._referenced(resource, key, old, None)
                     return
                 kept = self._keep(resource, obj)
                 if old is None and len(view) >= MAX_OBJECTS:
@@ -387,8 +402,44 @@ class MeshGuard:
                     return
                 view[key] = kept
                 self._change(resource, old, kept)
+                self._referenced(resource, key, old, kept)
 
         return handle
+
+    def _referenced(
+        self,
+        resource: str,
+        key: tuple[str, str] | None,
+        old: Obj | None,
+        old_view: Mapping[Any, Obj] | None = None,
+    ) -> None:
+        """A Server, HTTPRoute or MeshTLSAuthentication changed (`key`: one object, whose
+        last state was `old`; None: a relist, whose last view was `old_view`): the Linkerd
+        policies that may refer to it are judged again, before and after (under the lock)."""
+        kind = next((k for k, r in REFERENCED.items() if r == resource), None)
+        if kind is None or not self.views.get(LINKERD_POLICIES):
+            return
+        now = self.scope()
+
+        def before(k: str, ns: str, name: str) -> Obj | None:
+            if k != kind:
+                return self._ref(k, ns, name)
+            if key is None:
+                return (old_view or {}).get((ns, name))
+            return old if (ns, name) == key else self._ref(k, ns, name)
+
+        was = dataclasses.replace(now, refs=before)
+        for (ns, _), policy in self.views.get(LINKERD_POLICIES, {}).items():
+            if key is None or ns == key[0]:
+                found = diff(
+                    "AuthorizationPolicy",
+                    policy,
+                    policy,
+                    self._state(LINKERD_POLICIES, policy, was),
+                    self._state(LINKERD_POLICIES, policy, now),
+                    f"(before its {kind} changed)",
+                )
+                self._queue(found)
 
     def _keep(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         return slim_pod(obj) if resource == PODS else slim(obj)

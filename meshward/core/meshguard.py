@@ -18,7 +18,7 @@ import dataclasses
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,9 @@ class Scope:
     enforcing: frozenset[str] = frozenset()  # those of them in enforce
     # the learned allowlists ALLOW policies are compared with (None: no comparison asked)
     learned: Learned | None = None
+    # the guarded objects a policy refers to, by kind, namespace and name (Linkerd: a
+    # policy's Server, HTTPRoute, MeshTLSAuthentication)
+    refs: Callable[[str, str, str], Obj | None] | None = None
 
     def affects(self, namespace: str, mesh_wide: bool = False) -> tuple[str, ...]:
         """The watched namespaces an object in `namespace` weakens (none: not guarded)."""
