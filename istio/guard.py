@@ -238,12 +238,13 @@ def _against_learned(
     found: dict[str, Weakness] = {}
     more: dict[str, int] = {}
     for destination in selected or ():
-        profile = learned.allowlist.get(destination)
+        learnt = learned.learnt(destination, "istio", learned_path)
+        named = {c: _principal_of(c, learned.trust_domain) for c in sorted(learnt.callers)}
         for i, rule in enumerate(rules):
             if not isinstance(rule, Mapping) or not (rule.get("from") or rule.get("to")):
                 continue  # allow-all (or only `when`): the universal rule says it
-            grant = istio_grant(rule, f"spec.rules[{i}]", profile, learned.trust_domain)
-            for w in wider_than_learned(grant, destination, profile, learned_path):
+            grant = istio_grant(rule, f"spec.rules[{i}]", named)
+            for w in wider_than_learned(grant, destination, learnt):
                 if w.field in told:
                     continue
                 if w.field in found:
@@ -269,14 +270,13 @@ def selected_destinations(obj: Obj, learned: Learned, affects: tuple[str, ...]) 
     return [f"{_ns(obj)}/{workload}"]
 
 
-def istio_grant(rule: Mapping[str, Any], path: str, profile: Any, trust_domain: str) -> Grant:
-    """One ALLOW rule, resolved against a workload's learned callers. A source without
+def istio_grant(rule: Mapping[str, Any], path: str, named: Mapping[str, str | None]) -> Grant:
+    """One ALLOW rule, resolved against a workload's learned callers (`named`: caller key ->
+    its principal, None for a caller without one). A source without
     principals or namespaces (ipBlocks only, requestPrincipals only, notPrincipals other than
     Istio's "no principal" idiom) admits any principal; `when` conditions and ports are not
     credited (an ALLOW rule's `when` only narrows: the finding may say more than the rule
-    admits, never less)."""
-    callers = sorted(profile.sources) if profile is not None else []
-    named = {c: _principal_of(c, trust_domain) for c in callers}
+    admits, never less). `named`: the workload's learned callers, as Istio principals."""
     sources: list[Source] | None = [] if rule.get("from") else None
     for j, entry in enumerate(items(rule.get("from"))):
         src = mapping(mapping(entry).get("source"))

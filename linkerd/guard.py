@@ -114,26 +114,24 @@ def _against_learned(
         return [Weakness(w.threat, w.field, w.value, f"{w.detail}; {note}") for w in weak]
     assert target is not None
     destination, route = target
-    profile = learned.allowlist.get(destination)
-    callers = sorted(profile.sources) if profile is not None else []
-    named = {c: _identity(c, learned.trust_domain) for c in callers}
+    learnt = learned.learnt(destination, "linkerd", template_pattern)
+    named = {c: _identity(c, learned.trust_domain) for c in sorted(learnt.callers)}
     sources: list[Source] = []
     for i, ref in enumerate(items(spec.get("requiredAuthenticationRefs"))):
         sources += _sources(mapping(ref), f"spec.requiredAuthenticationRefs[{i}]", ns, scope, named)
     if not sources:
         return weak  # no identity required, or none the guard can resolve: the universal rules
-    exported = {}
-    if profile is not None:
-        for rule in profile.rules():
-            match = path_match(rule.template)
-            if match is not None and match["type"] == "RegularExpression":
-                exported[match["value"]] = template_pattern(rule.template)
+    exported = {}  # the regular expressions the export writes for the learned templates
+    for _, pattern, _ in learnt.calls:
+        match = path_match(pattern.text)
+        if match is not None and match["type"] == "RegularExpression":
+            exported[match["value"]] = pattern
     operations = None if route is None else tuple(_operations(route, exported))
     names = {c: i for c, i in named.items() if i}
     grant = Grant("spec", tuple(sources), operations, "spec.targetRef", names)
     told = {w.field for w in weak}
     found: dict[str, Weakness] = {}
-    for w in wider_than_learned(grant, destination, profile):
+    for w in wider_than_learned(grant, destination, learnt):
         where = w.field if w.field.startswith("spec.required") else "spec.targetRef"
         if where in told:
             continue

@@ -504,21 +504,70 @@ class Grant:
     )  # caller key -> as the mesh names it
 
 
+@dataclass(frozen=True)
+class Learnt:
+    """What one workload learned, as a mesh can say it: (method, path, callers) per rule, its
+    callers and methods (HEAD with GET); `known` False when nothing was learned for it."""
+
+    calls: tuple[tuple[str, PathPattern, frozenset[str]], ...] = ()
+    callers: frozenset[str] = frozenset()
+    methods: frozenset[str] = frozenset()
+    known: bool = False
+    # (method, path as written) -> its callers: a policy path written as the export writes a
+    # learned one (the usual, benign case) is found without comparing patterns
+    written: Mapping[tuple[str, str], frozenset[str]] = dataclasses.field(default_factory=dict)
+    texts: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, profile: Any, learned_path: Callable[[str], PathPattern | None]) -> Learnt:
+        """From a ServiceProfile (None: nothing learned); `learned_path` writes a template as
+        the mesh's export does (None: the mesh cannot say it, left out)."""
+        if profile is None:
+            return cls()
+        calls = []
+        for rule in profile.rules():
+            pattern = learned_path(rule.template)
+            if pattern is not None:
+                calls.append((rule.method, pattern, frozenset(rule_callers(profile, rule))))
+        methods = {m for m, _, _ in calls}
+        if "GET" in methods:
+            methods.add("HEAD")  # HEAD is GET without a body
+        written: dict[tuple[str, str], frozenset[str]] = {}
+        for m, p, c in calls:
+            written[(m, p.text)] = written.get((m, p.text), frozenset()) | c
+        texts = frozenset(p.text for _, p, _ in calls)
+        sources = frozenset(profile.sources)
+        return cls(tuple(calls), sources, frozenset(methods), True, written, texts)
+
+
 @dataclass(frozen=True, eq=False)
 class Learned:
     """The learned allowlists the guard compares ALLOW policies with (as serve had them at
-    `fetched`), or why the comparison cannot be made (`missing`)."""
+    the last read), or why the comparison cannot be made (`missing`)."""
 
     allowlist: Any = None  # meshward.core.allowlist.Allowlist
     missing: str = ""
     trust_domain: str = "cluster.local"
     selector_label: str = "app"
+    # (destination, mesh) -> what it learned, as that mesh says it: made once per copy
+    _learnt: dict[tuple[str, str], Learnt] = dataclasses.field(default_factory=dict, repr=False)
 
     def destinations(self, namespace: str) -> list[str]:
         """The learned destinations of a namespace (a policy without a selector covers them)."""
         if self.allowlist is None:
             return []
         return sorted(k for k in self.allowlist.services if k.partition("/")[0] == namespace)
+
+    def learnt(
+        self, destination: str, mesh: str, learned_path: Callable[[str], PathPattern | None]
+    ) -> Learnt:
+        """What `destination` learned, as `mesh` writes it (cached with this copy)."""
+        key = (destination, mesh)
+        found = self._learnt.get(key)
+        if found is None:
+            profile = self.allowlist.get(destination) if self.allowlist is not None else None
+            found = self._learnt[key] = Learnt.of(profile, learned_path)
+        return found
 
     def not_compared(self) -> str:
         """The note a policy finding carries when no comparison was made ("" when it was)."""
@@ -527,22 +576,13 @@ class Learned:
         return f"not compared with the learned allowlist: {self.missing or 'not read'}"
 
 
-def wider_than_learned(
-    grant: Grant, destination: str, profile: Any, learned_path: Any = template_pattern
-) -> list[Weakness]:
-    """What `grant` admits to `destination` that its learned allowlist (`profile`, a
-    ServiceProfile, or None when nothing was learned) does not: a caller entry matching no
-    learned caller, a method never learned, a path no learned template covers, or a request
-    whose caller, method and path were each learned but never together. One Weakness per
-    field (the universal rules' fields are the caller's to drop)."""
-    calls: list[tuple[str, PathPattern, frozenset[str]]] = []
-    if profile is not None:
-        for rule in profile.rules():
-            pattern = learned_path(rule.template)
-            if pattern is not None:
-                calls.append((rule.method, pattern, frozenset(rule_callers(profile, rule))))
-    seen_callers = frozenset(profile.sources) if profile is not None else frozenset()
-    nothing = "" if profile is not None else f"; nothing learned for {destination}"
+def wider_than_learned(grant: Grant, destination: str, learnt: Learnt) -> list[Weakness]:
+    """What `grant` admits to `destination` that its learned allowlist does not: a caller
+    entry matching no learned caller, a method never learned, a path no learned template
+    covers, or a request whose caller, method and path were each learned but never together.
+    One Weakness per field (the universal rules' fields are the caller's to drop)."""
+    calls, seen_callers, learned_methods = learnt.calls, learnt.callers, learnt.methods
+    nothing = "" if learnt.known else f"; nothing learned for {destination}"
     out: list[Weakness] = []
     by_field: dict[str, list[Source]] = {}
     for s in grant.sources or ():
@@ -557,9 +597,6 @@ def wider_than_learned(
         callers = seen_callers
     else:
         callers = frozenset().union(*(s.callers & seen_callers for s in grant.sources))
-    learned_methods = {m for m, _, _ in calls}
-    if "GET" in learned_methods:
-        learned_methods.add("HEAD")  # HEAD is GET without a body
     operations = grant.operations
     if operations is None:
         operations = (Operation(grant.operations_field or grant.field, None, None),)
@@ -578,7 +615,11 @@ def wider_than_learned(
             value = short(list(op.methods)) if op.methods is not None else "(any method)"
             out.append(Weakness(MESH_POLICY_WIDENED, f"{op.field}.methods", value, detail))
             told = True
-        uncovered = [p for p in paths if not any(c.covers(p) for _, c, _ in calls)]
+        uncovered = [
+            p
+            for p in paths
+            if p.text not in learnt.texts and not any(c.covers(p) for _, c, _ in calls)
+        ]
         if uncovered:
             detail = f"allows paths {_named(p.text for p in uncovered)}, no learned template "
             detail += f"of {destination} covers {'it' if len(uncovered) == 1 else 'them'}"
@@ -587,7 +628,7 @@ def wider_than_learned(
             told = True
         if told:
             continue
-        missing = _not_together(callers, methods, paths, calls)
+        missing = _not_together(callers, methods, paths, learnt)
         if missing:
             caller, method, one = missing
             who = grant.names.get(caller, caller)
@@ -600,14 +641,18 @@ def _not_together(
     callers: frozenset[str],
     methods: Iterable[str],
     paths: Iterable[PathPattern],
-    calls: list[tuple[str, PathPattern, frozenset[str]]],
+    learnt: Learnt,
 ) -> tuple[str, str, PathPattern] | None:
     """The first (caller, method, path) the operation admits and no one learned rule has."""
     for method in methods:
         learned = "GET" if method == "HEAD" else method  # HEAD is GET without a body
         for path in paths:
+            written = learnt.written
+            direct = written.get((method, path.text), frozenset())
+            if callers <= direct | written.get((learned, path.text), frozenset()):
+                continue  # written as a learned rule is, by the same callers
             allowed = frozenset().union(
-                *(c for m, p, c in calls if m in (method, learned) and p.covers(path))
+                *(c for m, p, c in learnt.calls if m in (method, learned) and p.covers(path))
             )
             for caller in sorted(callers - allowed)[:1]:
                 return caller, method, path

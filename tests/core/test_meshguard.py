@@ -14,6 +14,7 @@ from meshward.core.meshguard import (
     Finding,
     Grant,
     Learned,
+    Learnt,
     Operation,
     PathPattern,
     Reported,
@@ -243,7 +244,7 @@ LEARNED = allowlist_of(
     ("POST", "/orders", {"shop/web": 1, "pay/billing": 2}),
     destination="shop/cart",
 )
-PROFILE = LEARNED.get("shop/cart")
+PROFILE = Learnt.of(LEARNED.get("shop/cart"), template_pattern)
 
 
 def grant(callers: dict[str, frozenset[str]], *ops: Operation) -> Grant:
@@ -301,7 +302,7 @@ def test_each_widening_is_named() -> None:
     # no `to`: any method on any path
     assert wide(grant(WEB)) == {"spec.rules[0].to": "allows any method on any path of shop/cart"}
     # a workload nothing was learned for: all it admits is wider, and said so
-    nothing = wider_than_learned(grant(WEB, op(("GET",), "/users/1")), "shop/new", None)
+    nothing = wider_than_learned(grant(WEB, op(("GET",), "/users/1")), "shop/new", Learnt())
     assert {w.field for w in nothing} == {
         "spec.rules[0].from[0].source.principals",
         "spec.rules[0].to[0].operation.methods",
