@@ -7,6 +7,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
+
+from meshward.app.cli import main
 from meshward.app.guardlearned import NO_SERVER, LearnedAllowlists
 from meshward.runtime.client import ApiClient, ApiError
 from tests.support.allowlists import allowlist_of
@@ -70,3 +73,12 @@ def test_a_broken_answer_is_no_copy() -> None:
     learned = LearnedAllowlists(serve)
     assert learned.read() is False
     assert "could not be read" in learned.current().not_compared()
+
+
+def test_controller_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    for flags, said in (
+        (["--learned-refresh", "0"], "--learned-refresh must be 1..3600 seconds"),
+        (["--trust-domain", "a b"], "--trust-domain must be a host name"),
+    ):
+        assert main(["controller", "--identity", "x", *flags]) == 2
+        assert said in capsys.readouterr().err

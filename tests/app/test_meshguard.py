@@ -356,6 +356,11 @@ def test_policy_wider_than_learned(guarded: Guarded) -> None:
         lambda: g.apply("AuthorizationPolicy", ns, "cart", wider, "mallory"),
         f"allows principal {intruder}, never seen calling {ns}/cart",
     )
+    registry = CollectorRegistry()
+    registry.register(ControllerCollector(g.ctl, None))
+    text = generate_latest(registry).decode()
+    assert sample(text, "meshward_controller_guard_learned_reads_total") >= 1
+    assert 0 <= sample(text, "meshward_controller_guard_learned_age_seconds") < WITHIN
 
 
 def test_policy_widened(guarded: Guarded) -> None:
