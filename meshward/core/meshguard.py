@@ -219,6 +219,13 @@ def short(value: Any) -> str:
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
 
 
+def one_line(text: str, most: int = MAX_VALUE + 90) -> str:
+    """A finding's detail as serve takes it (Finding.from_dict): printable ASCII, bounded. A
+    detail may quote what a policy holds (a principal, a path), which anyone may write."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= most else clean[: most - 3] + "..."
+
+
 _PART = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
 
 
@@ -324,7 +331,7 @@ def diff(
                 old=old_value,
                 new=w.value,
                 by=changed_by(new, w.field),
-                detail=w.detail,
+                detail=one_line(w.detail),
                 affects=new_state.affects,
                 **base,
             )
@@ -345,7 +352,7 @@ def diff(
                 old=s.value,
                 new=value_at(new, s.field),
                 by=changed_by(new, s.field),
-                detail=s.detail,
+                detail=one_line(s.detail),
                 affects=old_state.affects,
                 **base,
             )

@@ -318,3 +318,14 @@ def test_learned_says_when_not_compared() -> None:
     )
     assert Learned(LEARNED).destinations("shop") == ["shop/cart"]
     assert Learned(LEARNED).destinations("pay") == []
+
+
+def test_a_long_or_odd_detail_still_reaches_serve() -> None:
+    """A detail quotes what the policy holds: serve must still take the finding."""
+    odd = "cluster.local/ns/x/sa/\u202e" + "y" * 400
+    sources = (Source("spec.rules[0].from[0].source.principals", odd, "principal", frozenset()),)
+    (w,) = wider_than_learned(Grant("spec.rules[0]", sources, ()), "shop/cart", PROFILE)
+    new = {"apiVersion": "v1", "kind": "AuthorizationPolicy", "metadata": {"name": "p"}}
+    (f,) = diff("AuthorizationPolicy", None, new, State(), State((w,)))
+    assert Finding.from_dict(f.as_dict()) == f
+    assert "?" in f.detail and f.detail.endswith("...")

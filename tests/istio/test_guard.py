@@ -328,3 +328,49 @@ def test_wider_than_learned_scoping() -> None:
     policy["spec"]["selector"] = {"matchLabels": {"tier": "web"}}
     (w,) = guard.authorization_policy(policy, _scope(allowlist)).weak
     assert "its selector names no app label" in w.detail
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_TEXTS = st.lists(
+    st.text(max_size=14) | st.sampled_from(["*", "/*", "/a/*", "*.js", "/{*}/{**}"]), max_size=4
+)
+_SOURCE = st.fixed_dictionaries(
+    {}, optional={"principals": _TEXTS | _ANY, "namespaces": _TEXTS | _ANY, "notPrincipals": _ANY}
+)
+_OPERATION = st.fixed_dictionaries({}, optional={"methods": _TEXTS | _ANY, "paths": _TEXTS | _ANY})
+_RULE = st.fixed_dictionaries(
+    {},
+    optional={
+        "from": st.lists(st.fixed_dictionaries({"source": _SOURCE | _ANY}) | _ANY, max_size=3)
+        | _ANY,
+        "to": st.lists(st.fixed_dictionaries({"operation": _OPERATION | _ANY}) | _ANY, max_size=3)
+        | _ANY,
+        "when": _ANY,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rules=st.lists(_RULE | _ANY, max_size=3) | _ANY,
+    selector=_ANY | st.just({"matchLabels": {"app": "api"}}),
+)
+def test_any_policy_shape_is_compared_without_error(rules: Any, selector: Any) -> None:
+    allowlist = allowlist_of(("GET", "/a/{int}", {"shop/web": 1, "unknown": 1}))
+    policy = obj("AuthorizationPolicy", "shop", {"selector": selector, "rules": rules})
+    for scope in (_scope(allowlist), _scope(None, "down")):
+        state = guard.authorization_policy(policy, scope)
+        assert all(w.threat == MESH_POLICY_WIDENED for w in state.weak)
+        diff(
+            "AuthorizationPolicy",
+            None,
+            policy,
+            guard.authorization_policy(policy, LEARNED_SCOPE),
+            state,
+        )

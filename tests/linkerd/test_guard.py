@@ -176,3 +176,77 @@ def test_wider_than_learned_names_the_identity() -> None:
     )
     # serve unreachable: the universal rules only (nothing universal here), no finding
     assert _judge(objects, None) == []
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_MATCH = st.fixed_dictionaries(
+    {},
+    optional={
+        "method": st.text(max_size=6) | _ANY,
+        "path": st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.sampled_from(["Exact", "PathPrefix", "RegularExpression", "x"]) | _ANY,
+                "value": st.text(max_size=12) | _ANY,
+            },
+        )
+        | _ANY,
+    },
+)
+_REFERRED = st.fixed_dictionaries(
+    {},
+    optional={
+        "podSelector": st.just({"matchLabels": {"app": "api"}}) | _ANY,
+        "parentRefs": st.lists(
+            st.fixed_dictionaries({"kind": st.just("Server"), "name": st.just("x")}) | _ANY,
+            max_size=2,
+        )
+        | _ANY,
+        "rules": st.lists(
+            st.fixed_dictionaries({"matches": st.lists(_MATCH | _ANY, max_size=3) | _ANY}) | _ANY,
+            max_size=2,
+        )
+        | _ANY,
+        "identities": st.lists(st.text(max_size=12) | st.just("*"), max_size=3) | _ANY,
+        "identityRefs": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "kind": st.sampled_from(["ServiceAccount", "Namespace"]),
+                    "name": st.text(max_size=5),
+                }
+            )
+            | _ANY,
+            max_size=2,
+        )
+        | _ANY,
+    },
+)
+_REF = (
+    st.fixed_dictionaries(
+        {
+            "kind": st.sampled_from(
+                ["Server", "HTTPRoute", "MeshTLSAuthentication", "ServiceAccount", "Namespace"]
+            ),
+            "name": st.just("x"),
+        }
+    )
+    | _ANY
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(target=_REF, refs=st.lists(_REF, max_size=3) | _ANY, referred=_REFERRED)
+def test_any_policy_shape_is_compared_without_error(target: Any, refs: Any, referred: Any) -> None:
+    allowlist = allowlist_of(("GET", "/a/{int}", {"shop/web": 1}))
+    policy = obj("shop", {"targetRef": target, "requiredAuthenticationRefs": refs})
+    scope = dataclasses.replace(
+        SCOPE, learned=Learned(allowlist), refs=lambda *_: {"spec": referred}
+    )
+    state = guard.authorization_policy(policy, scope)
+    assert all(w.threat == MESH_POLICY_WIDENED for w in state.weak)
