@@ -231,6 +231,8 @@ def _against_learned(
     if not note and selected is None:
         key = learned.selector_label
         note = f"not compared with the learned allowlist: its selector names no {key} label"
+    elif not note and not selected:
+        note = "not compared with the learned allowlist: nothing learned where it applies"
     if note:
         return [Weakness(w.threat, w.field, w.value, f"{w.detail}; {note}") for w in weak]
     rules = items(_spec(obj).get("rules"))
@@ -272,55 +274,45 @@ def selected_destinations(obj: Obj, learned: Learned, affects: tuple[str, ...]) 
 
 def istio_grant(rule: Mapping[str, Any], path: str, named: Mapping[str, str | None]) -> Grant:
     """One ALLOW rule, resolved against a workload's learned callers (`named`: caller key ->
-    its principal, None for a caller without one). A source without
-    principals or namespaces (ipBlocks only, requestPrincipals only, notPrincipals other than
-    Istio's "no principal" idiom) admits any principal; `when` conditions and ports are not
-    credited (an ALLOW rule's `when` only narrows: the finding may say more than the rule
-    admits, never less). `named`: the workload's learned callers, as Istio principals."""
-    sources: list[Source] | None = [] if rule.get("from") else None
+    its Istio principal, None for a caller without one). A source without principals or
+    namespaces (ipBlocks only, requestPrincipals only, notPrincipals other than Istio's "no
+    principal" idiom) admits any principal; `when` conditions and ports are not credited (an
+    ALLOW rule's `when` only narrows: the finding may say more than the rule admits, never
+    less)."""
+    sources: list[Source] = []
     for j, entry in enumerate(items(rule.get("from"))):
         src = mapping(mapping(entry).get("source"))
         at = f"{path}.from[{j}].source"
-        found = False
+        found = len(sources)
         for key, what in (("principals", "principal"), ("namespaces", "namespace")):
             for value in items(src.get(key)):
-                if not isinstance(value, str):
-                    continue
-                found = True
-                admitted = frozenset(
-                    c
-                    for c, p in named.items()
-                    if p is not None
-                    and istio_match(value, p if key == "principals" else c.partition("/")[0])
-                )
-                assert sources is not None
-                sources.append(Source(f"{at}.{key}", value, what, admitted))
-        if not found and src.get("notPrincipals") == ["*"]:
-            unauthenticated = frozenset({UNAUTHENTICATED})
-            assert sources is not None
+                if isinstance(value, str):
+                    admitted = frozenset(
+                        c
+                        for c, p in named.items()
+                        if p is not None
+                        and istio_match(value, p if key == "principals" else c.partition("/")[0])
+                    )
+                    sources.append(Source(f"{at}.{key}", value, what, admitted))
+        if len(sources) > found:
+            continue
+        if src.get("notPrincipals") == ["*"]:
+            no_identity = frozenset({UNAUTHENTICATED})
             sources.append(
-                Source(f"{at}.notPrincipals", "*", "requests without identity", unauthenticated)
+                Source(f"{at}.notPrincipals", "*", "requests without identity", no_identity)
             )
-        elif not found:
-            assert sources is not None
+        else:
             sources.append(Source(at, short(src), "any principal from", frozenset()))
-    operations: list[Operation] | None = [] if rule.get("to") else None
+    operations = []
     for j, target in enumerate(items(rule.get("to"))):
         op = mapping(mapping(target).get("operation"))
-        methods = [m for m in items(op.get("methods")) if isinstance(m, str)]
-        paths = [p for p in items(op.get("paths")) if isinstance(p, str)]
-        assert operations is not None
-        operations.append(
-            Operation(
-                f"{path}.to[{j}].operation",
-                tuple(m.upper() for m in methods) or None,
-                tuple(istio_pattern(p) for p in paths) or None,
-            )
-        )
+        methods = tuple(m.upper() for m in items(op.get("methods")) if isinstance(m, str))
+        paths = tuple(istio_pattern(p) for p in items(op.get("paths")) if isinstance(p, str))
+        operations.append(Operation(f"{path}.to[{j}].operation", methods or None, paths or None))
     return Grant(
         path,
-        None if sources is None else tuple(sources),
-        None if operations is None else tuple(operations),
+        tuple(sources) if rule.get("from") else None,
+        tuple(operations) if rule.get("to") else None,
         f"{path}.to",
         {c: p for c, p in named.items() if p is not None},
     )
