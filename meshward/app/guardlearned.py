@@ -80,19 +80,17 @@ class LearnedAllowlists:
 
         try:
             doc = self.client.allowlist()
-            services = doc.get("services") if isinstance(doc, dict) else None
-            if not isinstance(services, list):
-                raise ValueError("the answer holds no services list")
-            raw = json.dumps(services, sort_keys=True, separators=(",", ":"), default=str)
-            digest = hashlib.sha256(raw.encode()).hexdigest()
-            if digest == self._digest and self._learned.allowlist is not None:
-                self._read_at = self.clock()
-                self.counters.reads += 1
-                return False
             allowlist = Allowlist()
             allowlist.import_doc(doc)
         except (ApiError, ValueError, TypeError) as exc:
             return self._failed(str(exc))
+        digest = compared_digest(allowlist)
+        if digest == self._digest and self._learned.allowlist is not None:
+            # what the comparison reads is the same (counts and value classes may have
+            # moved): keep the copy held, and what the rules made of it
+            self._read_at, self._error = self.clock(), ""
+            self.counters.reads += 1
+            return False
         self.counters.reads += 1
         self.counters.changes += 1
         self._read_at, self._digest, self._error = self.clock(), digest, ""
@@ -133,3 +131,13 @@ class LearnedAllowlists:
         if self._read_at is None or self._learned.allowlist is None:
             return None
         return self.clock() - self._read_at
+
+
+def compared_digest(allowlist: Allowlist) -> str:
+    """A digest of what the comparison reads (callers, and each rule's method, template and
+    callers), so a read whose counts or value classes moved changes nothing."""
+    shape = [
+        (key, sorted(p.sources), [(r.method, r.template, sorted(r.sources)) for r in p.rules()])
+        for key, p in sorted(allowlist.services.items())
+    ]
+    return hashlib.sha256(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()

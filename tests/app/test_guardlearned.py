@@ -38,6 +38,8 @@ def test_copy_kept_while_fresh_then_given_up() -> None:
     assert learned.read() is True  # a first copy: judge again
     assert learned.current().allowlist.get("shop/api") is not None
     assert learned.read() is False  # the same content: nothing to judge again
+    serve.doc["services"][0]["endpoints"][0]["count"] = 99  # learning counts: the same
+    assert learned.read() is False
     serve.doc = allowlist_of(("GET", "/b", {"shop/web": 1})).export_doc()
     assert learned.read() is True
     serve.down, now[0] = True, 5.0
