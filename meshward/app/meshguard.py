@@ -60,6 +60,7 @@ FOUND_AT_START = "(unknown: found at start)"
 NOT_GUARDED = "(namespace not guarded before)"
 NOT_COMPARED = "(not compared with the learned allowlist before)"
 WITHIN_LEARNED = "(within the learned allowlist before)"
+FIRST_READ = 3.0  # seconds the watches wait for a first copy of the learned allowlists
 PROXIES = (istio.PROXY_CONTAINER, linkerd.PROXY_CONTAINER)
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Rule = Callable[[Obj, Scope], State]
@@ -536,14 +537,16 @@ class MeshGuard:
                         continue
                     self._queue(found)
 
-    def _learn(self) -> None:
-        while not self._stop.is_set():
+    def _learn(self, first: threading.Event) -> None:
+        while True:
             try:
                 self.read_learned()
             except Exception:  # a bug here must not end the comparison for good
                 self.counters.dropped["learned-read-failed"] += 1
                 log.exception("mesh guard: reading the learned allowlists failed")
-            self._stop.wait(self.learned.refresh)
+            first.set()
+            if self._stop.wait(self.learned.refresh):
+                return
 
     # ---- meshward's own objects (the controller's reconcile calls these)
     def tampered(
@@ -749,12 +752,15 @@ class MeshGuard:
                 backoff_max=120.0,  # a mesh not installed: its CRD missing, looked for again
             )
             watchers.append((w, k.resource))
-        if self.learned.client is not None:  # a first copy before the first lists, if it can
-            self.learned.read()
+        if self.learned.client is not None:
+            first = threading.Event()
             self._learned_thread = threading.Thread(
-                target=self._learn, name="mesh-guard-learned", daemon=True
+                target=self._learn, args=(first,), name="mesh-guard-learned", daemon=True
             )
             self._learned_thread.start()
+            # a first copy before the first lists if serve answers soon: what is found at start
+            # is then compared at once (else a little later, when the copy comes)
+            first.wait(FIRST_READ)
         for w, resource in watchers:
             w.start(self.handler(resource))
             self._watchers.append(w)
