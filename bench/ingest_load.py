@@ -4,12 +4,15 @@ A real `meshward serve` (the default detectors, a SQLite store) runs in its own 
 process sends ext_authz Checks one after another over one gRPC connection, paced, and times
 each; a third process posts ~16 MB JSON Lines batches (10,000 observations) back to back to
 `POST /api/v1/observations` during the "with ingest" phases. Phases alternate (without, with,
-without, with, ...) so machine noise hits both; the ratio is per round and overall. Goal (issue
-#11): Check p99 with ingest <= 1.2x its baseline.
+without, with, ...) so machine noise hits both; the p50 and p99 ratios are per round, the medians
+of the rounds' percentiles per phase, and the pooled ratio overall. Goal (issue #11): Check p99
+with ingest <= 1.2x its baseline.
 
 To find where the Checks' time goes: `--probe` prints the CPU each process (and serve's event
 loop thread) used per phase, how long that thread waited runnable on a run queue, its lag (how
-late a 5 ms timer fires) without and with ingest, and its garbage collections. `--rt` runs serve
+late a 5 ms timer fires) without and with ingest, and its garbage collections, and the CPU one
+batch costs serve's loop and the worker (the with-ingest phases' CPU over the without ones',
+per batch sent: steadier than the ratio on a loaded machine). `--rt` runs serve
 and the Check client SCHED_FIFO (root), ahead of the machine's other tenants. `--control spin`
 (or `parse`) sends the same batches to a stand-in that is not serve: it reads each body and then
 spends about a second of CPU at SCHED_IDLE (a busy loop, or parsing the body as the ingest
@@ -102,11 +105,25 @@ class CpuProbe:
         after = self.sample()
         self.rows[name].append({k: (after[k] - before[k]) / seconds for k in after})
 
-    def report(self) -> None:
+    def report(self, seconds: float, batches: int) -> None:
         print("CPU per phase (cores busy, median of rounds):")
         for name, rows in self.rows.items():
             cols = ", ".join(f"{k} {statistics.median(r[k] for r in rows):.2f}" for k in rows[0])
             print(f"  {name + ' ingest':<16} {cols}")
+        if batches:  # what one batch cost: the with-ingest phases' CPU over the without ones'
+            extra = {
+                k: sum(
+                    w[k] - o[k]
+                    for w, o in zip(self.rows["with"], self.rows["without"], strict=True)
+                )
+                * seconds
+                / batches
+                for k in ("serve loop", "worker")
+            }
+            print(
+                f"CPU per 16 MB batch ({batches} batches): serve loop {extra['serve loop']:.3f} s, "
+                f"ingest worker {extra['worker']:.3f} s"
+            )
 
 
 def isolate(rt: bool) -> None:
@@ -311,8 +328,13 @@ def main() -> None:
         base_all: list[float] = []
         load_all: list[float] = []
         print(f"Check latency, {args.rounds} rounds of {args.seconds:.0f} s per phase")
-        print(f"{'round':>5} {'phase':<16} {'checks':>7} {'p50 ms':>8} {'p99 ms':>8}  batches")
+        print(
+            f"{'round':>5} {'phase':<16} {'checks':>7} {'p50 ms':>8} {'p99 ms':>8}  "
+            "ratio p50/p99, batches"
+        )
         ratios = []
+        rounds: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+        batches = 0
         probe = None
         if args.probe and server.pid and poster.pid:
             probe = CpuProbe(server.pid, poster.pid)
@@ -328,9 +350,12 @@ def main() -> None:
             if probe:
                 probe.phase("with", t0, args.seconds)
             sent, size, took = done_rx.recv()
+            batches += sent
             base_all += base
             load_all += load
             ratios.append(pct(load, 99) / pct(base, 99))
+            rounds["without"].append((pct(base, 50), pct(base, 99)))
+            rounds["with"].append((pct(load, 50), pct(load, 99)))
             print(
                 f"{r:>5} {'without ingest':<16} {len(base):>7} {pct(base, 50):>8.2f} "
                 f"{pct(base, 99):>8.2f}"
@@ -338,10 +363,17 @@ def main() -> None:
             took_s = f"{statistics.median(took):.2f} s median" if took else "-"
             print(
                 f"{r:>5} {'with ingest':<16} {len(load):>7} {pct(load, 50):>8.2f} "
-                f"{pct(load, 99):>8.2f}  {sent} x {size / 1e6:.1f} MB ({took_s} each)"
+                f"{pct(load, 99):>8.2f}  {pct(load, 50) / pct(base, 50):.2f}x/{ratios[-1]:.2f}x, "
+                f"{sent} x {size / 1e6:.1f} MB ({took_s} each)"
+            )
+        for phase, rows in rounds.items():
+            print(
+                f"  median {phase + ' ingest':<16} p50 "
+                f"{statistics.median(p for p, _ in rows):.2f}, p99 "
+                f"{statistics.median(p for _, p in rows):.2f} ms"
             )
         if probe:
-            probe.report()
+            probe.report(args.seconds, batches)
         channel.close()
         stop.set()
         server.join(30)

@@ -1,5 +1,5 @@
-"""Ingest off the Check loop: a batch is parsed and inspected in a worker process, and judged on
-the loop in slices with rests between them.
+"""Ingest off the Check loop: a batch is parsed, decoded and inspected in a worker process, and
+judged on the loop in slices with rests between them.
 
 One 13-16 MB `POST /api/v1/observations` held the event loop that also answers ext_authz for
 hundreds of milliseconds (JSON parsing, building observations, the threat detectors), past the
@@ -9,17 +9,24 @@ started on the first ingest):
 
 - parsing (JSON array or JSON Lines), building Observations (`observation_from_dict`), counting
   the verdict fields a caller sent (meshward.core.claims);
-- the detectors (`Engine.inspect`), when the worker can build the same detector as serve's
-  engine (the default: serve's EngineConfig with the on-disk signature cache).
+- `Engine.prepare`, when the worker can build the same detector as serve's engine (the default:
+  serve's EngineConfig with the on-disk signature cache): the body's plaintext, its features and
+  shape (what learning and scoring read), and the detectors' findings. Everything `evaluate`
+  reads that depends on no state, so the loop's verdicts, alerts and learned profiles are those
+  of judging it all on the loop (tests/app/test_ingest.py).
 
 The body reaches the worker through a private temporary file (mode 0600, removed when parsed),
 written a received chunk at a time with yields in between: handing 16 MB to the executor
 pickled it in one piece on a thread of serve (about 6 ms with the GIL held, Checks waiting).
-The worker hands back chunks of pickled (observation, findings) pairs. What must stay with the
-one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a time: after
-each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks are answered
-in between and the batch's judging (about 0.3 s of the loop's CPU per 16 MB batch) is spread over
-about three times as long instead of taking a CPU in one run.
+The worker hands back chunks of pickled (observation, prepared) pairs, pickled with constructor
+reducers and without the body's JSON document (unpickling them is loop time). What must stay
+with the one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a
+time: after each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks
+are answered in between and the batch's judging is spread over about three times as long
+instead of taking a CPU in one run. That judging cost the loop 0.34-0.35 CPU-s per 16 MB batch
+(10,000 observations) while the worker decoded only for the detectors, 0.20-0.26 s since it
+prepares the features too; the worker spends 0.8 s (`bench/ingest_load.py --probe`, load
+average 13-16 on 2 vCPUs; docs/benchmarks.md).
 """
 
 from __future__ import annotations

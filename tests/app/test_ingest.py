@@ -22,6 +22,7 @@ from meshward.core.engine import Engine, EngineConfig
 from meshward.core.observation import Verdict, observation_from_dict
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
+from tests.support.ingest import big_batch
 
 
 def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
@@ -207,3 +208,16 @@ def test_a_pickled_json_body_keeps_its_shape_and_refuses_an_unwalked_walk() -> N
         copy.fields  # noqa: B018
     body.fields  # noqa: B018  (walked before pickling: they cross too)
     assert pickle.loads(pickle.dumps(body)).fields == body.fields
+
+
+def test_what_the_worker_hands_the_loop_is_no_bigger_than_the_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop holds a batch's pickled chunks while it judges them: the observations and
+    what was prepared for them, not the parsed JSON documents of their bodies as well."""
+    raw = big_batch(500)
+    monkeypatch.setattr(ingest, "_engine", Engine(EngineConfig()))
+    parsed = ingest.parse(raw)
+    handed = sum(len(c) for c in parsed.chunks)
+    assert sum(len(pickle.loads(c)) for c in parsed.chunks) == 500
+    assert handed < len(raw), (handed, len(raw))
