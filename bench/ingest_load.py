@@ -10,13 +10,14 @@ with ingest <= 1.2x its baseline.
 
 To find where the Checks' time goes: `--probe` prints the CPU each process (and serve's event
 loop thread) used per phase, how long that thread waited runnable on a run queue, its lag (how
-late a 5 ms timer fires) without and with ingest, and its garbage collections, and the CPU one
-batch costs serve's loop and the worker (the with-ingest phases' CPU over the without ones',
-per batch sent: steadier than the ratio on a loaded machine). `--rt` runs serve
-and the Check client SCHED_FIFO (root), ahead of the machine's other tenants. `--control spin`
-(or `parse`) sends the same batches to a stand-in that is not serve: it reads each body and then
-spends about a second of CPU at SCHED_IDLE (a busy loop, or parsing the body as the ingest
-worker does): what that CPU alone, spent anywhere on the machine, does to the Checks.
+late a 5 ms timer fires) without and with ingest, its garbage collections, and the CPU one
+batch costs serve's loop and the worker (from a with-ingest phase's start until its last batch
+was judged, less what the phase before used in as long, per batch sent: steadier than the
+ratio on a loaded machine). `--rt` runs serve and the Check client SCHED_FIFO (root), ahead of
+the machine's other tenants. `--control spin` (or `parse`) sends the same batches to a stand-in
+that is not serve: it reads each body and then spends about a second of CPU at SCHED_IDLE (a busy
+loop, or parsing the body as the ingest worker does): what that CPU alone, spent anywhere on the
+machine, does to the Checks.
 
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
      [--control spin|parse]
@@ -86,6 +87,8 @@ class CpuProbe:
     def __init__(self, serve: int, poster: int) -> None:
         self.pids = {"serve": serve, "poster": poster, "client": os.getpid()}
         self.rows: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+        self.per_batch = {"serve loop": 0.0, "worker": 0.0}  # summed over the batches sent
+        self.sent = 0
 
     def sample(self) -> dict[str, float]:
         serve = thread_cpu(self.pids["serve"])
@@ -105,24 +108,24 @@ class CpuProbe:
         after = self.sample()
         self.rows[name].append({k: (after[k] - before[k]) / seconds for k in after})
 
-    def report(self, seconds: float, batches: int) -> None:
+    def batches(self, before: dict[str, float], seconds: float, sent: int) -> None:
+        """The CPU of `sent` batches: from the with-ingest phase's start until the last batch
+        was answered (judged), less what the phase before used in as long without ingest."""
+        after, idle = self.sample(), self.rows["without"][-1]
+        for k in ("serve loop", "worker"):
+            self.per_batch[k] += after[k] - before[k] - idle[k] * seconds
+        self.sent += sent
+
+    def report(self) -> None:
         print("CPU per phase (cores busy, median of rounds):")
         for name, rows in self.rows.items():
             cols = ", ".join(f"{k} {statistics.median(r[k] for r in rows):.2f}" for k in rows[0])
             print(f"  {name + ' ingest':<16} {cols}")
-        if batches:  # what one batch cost: the with-ingest phases' CPU over the without ones'
-            extra = {
-                k: sum(
-                    w[k] - o[k]
-                    for w, o in zip(self.rows["with"], self.rows["without"], strict=True)
-                )
-                * seconds
-                / batches
-                for k in ("serve loop", "worker")
-            }
+        if self.sent:
+            loop, worker = (self.per_batch[k] / self.sent for k in ("serve loop", "worker"))
             print(
-                f"CPU per 16 MB batch ({batches} batches): serve loop {extra['serve loop']:.3f} s, "
-                f"ingest worker {extra['worker']:.3f} s"
+                f"CPU per 16 MB batch ({self.sent} batches): serve loop {loop:.3f} s, "
+                f"ingest worker {worker:.3f} s"
             )
 
 
@@ -334,7 +337,6 @@ def main() -> None:
         )
         ratios = []
         rounds: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
-        batches = 0
         probe = None
         if args.probe and server.pid and poster.pid:
             probe = CpuProbe(server.pid, poster.pid)
@@ -345,12 +347,14 @@ def main() -> None:
                 probe.phase("without", t0, args.seconds)
                 t0 = probe.sample()
             go.set()
+            started = time.perf_counter()
             load = checks(stub, args.seconds, args.gap)
             go.clear()
             if probe:
                 probe.phase("with", t0, args.seconds)
-            sent, size, took = done_rx.recv()
-            batches += sent
+            sent, size, took = done_rx.recv()  # after the last batch was answered
+            if probe:
+                probe.batches(t0, time.perf_counter() - started, sent)
             base_all += base
             load_all += load
             ratios.append(pct(load, 99) / pct(base, 99))
@@ -373,7 +377,7 @@ def main() -> None:
                 f"{statistics.median(p for _, p in rows):.2f} ms"
             )
         if probe:
-            probe.report(args.seconds, batches)
+            probe.report()
         channel.close()
         stop.set()
         server.join(30)

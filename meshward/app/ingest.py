@@ -23,10 +23,10 @@ reducers and without the body's JSON document (unpickling them is loop time). Wh
 with the one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a
 time: after each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks
 are answered in between and the batch's judging is spread over about three times as long
-instead of taking a CPU in one run. That judging cost the loop 0.34-0.35 CPU-s per 16 MB batch
-(10,000 observations) while the worker decoded only for the detectors, 0.20-0.26 s since it
-prepares the features too; the worker spends 0.8 s (`bench/ingest_load.py --probe`, load
-average 13-16 on 2 vCPUs; docs/benchmarks.md).
+instead of taking a CPU in one run. That judging cost the loop 0.39-0.52 CPU-s per 16 MB batch
+(10,000 observations) while the worker decoded the bodies only for the detectors, 0.20-0.26 s
+since it prepares the features too; the worker's part grew from 0.78 to 0.97 s
+(`bench/ingest_load.py --probe --rt`, load average 14-21 on 2 vCPUs; docs/benchmarks.md).
 """
 
 from __future__ import annotations
