@@ -13,6 +13,7 @@ Each change is made by the Python client with its own field manager, as the API 
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 import uuid
@@ -27,6 +28,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from meshward.app.auth import AuthConfig
 from meshward.app.controller import Controller, ControllerConfig
 from meshward.app.controllermetrics import ControllerCollector
+from meshward.app.exports import export
+from meshward.app.guardlearned import LearnedAllowlists
 from meshward.app.install import API_ROLES, PERMISSIONS
 from meshward.app.meshguard import MeshGuard
 from meshward.core.threats.names import (
@@ -39,6 +42,7 @@ from meshward.core.threats.names import (
 from meshward.istio.envoyfilter import render
 from meshward.kube.watch import wait_for
 from meshward.runtime.client import ApiClient, ApiError
+from tests.support.allowlists import allowlist_of
 from tests.support.apiserver import KubeCluster
 from tests.support.browser import serve_in_thread
 from tests.support.kubeauth import grant, sa_token, serve_kubeconfig, service_account
@@ -71,6 +75,8 @@ class Guarded:
     findings_token: str
     viewer_token: str
     root: str
+    call: Callable[..., Any]  # runs a function on serve's loop (its engine is the loop's)
+    serve: Any
     made: list[str] = field(default_factory=list)
 
     def namespace(self, mode: str = "enforce", **labels: str) -> str:
@@ -201,10 +207,16 @@ def guarded(kube_cluster: KubeCluster, mesh_crds: None) -> Iterator[Guarded]:
     ctl_api = kube.api_client(sa_token(kube, sys_ns, "meshward-controller"))
     findings_token = sa_token(kube, sys_ns, "meshward-controller", ["meshward"])
     viewer_token = sa_token(kube, sys_ns, "viewer", ["meshward"])
-    with serve_in_thread(auth=AuthConfig(kubernetes=True, kubeconfig=serve_kc)) as (srv, _):
+    with serve_in_thread(auth=AuthConfig(kubernetes=True, kubeconfig=serve_kc)) as (srv, call):
         url = f"http://127.0.0.1:{srv.ports['http']}"
         ctl = Controller(ctl_api, ControllerConfig(resync=0.5))
-        guard = MeshGuard(ctl_api, root_namespace=root, alerts=ApiClient(url, findings_token))
+        alerts = ApiClient(url, findings_token)
+        guard = MeshGuard(
+            ctl_api,
+            root_namespace=root,
+            alerts=alerts,
+            learned=LearnedAllowlists(alerts, refresh=0.5),  # read with the controller's token
+        )
         ctl.guard = guard
         stop = threading.Event()
         ctl.start_watches()
@@ -221,6 +233,8 @@ def guarded(kube_cluster: KubeCluster, mesh_crds: None) -> Iterator[Guarded]:
             findings_token,
             viewer_token,
             root,
+            call,
+            srv,
         )
         try:
             assert wait_for(lambda: ctl.synced() and guard.synced(), 30), "watches never synced"
@@ -308,6 +322,45 @@ def test_mtls_weakened_and_cleared(guarded: Guarded) -> None:
     name = "meshward_controller_guard_findings_total"
     assert sample(text, f'{name}{{threat="{MESH_MTLS_WEAKENED}"}}') >= 4
     assert sample(text, 'meshward_controller_guard_cleared_total{threat="Mesh.MTLS.Weakened"}') >= 1
+
+
+def test_policy_wider_than_learned(guarded: Guarded) -> None:
+    """The controller reads serve's allowlists with its own token (the install's `list
+    allowlists`): the exported allowlist applied as a policy is quiet; the same policy
+    allowing a principal that never called is Mesh.Policy.Widened, Event and alert."""
+    g = guarded
+    ns = g.namespace(mode="monitor")
+    web = {f"{ns}/web": 3}
+    allowlist = allowlist_of(
+        ("GET", "/items/{int}", web), ("POST", "/orders", web), destination=f"{ns}/cart"
+    )
+    g.call(lambda: g.serve.engine.allowlist.import_doc(allowlist.export_doc()))
+
+    def read() -> bool:
+        copy_ = g.guard.learned.current().allowlist
+        return copy_ is not None and copy_.get(f"{ns}/cart") is not None
+
+    assert wait_for(read, WITHIN), g.guard.learned.current().not_compared()
+    (exported,) = export(allowlist, lambda _: "monitor", "authorizationpolicy").objects
+    g.apply("AuthorizationPolicy", ns, "cart", exported["spec"], "alice")
+    g.quiet(ns, "cart")  # equal to the learned allowlist
+    wider = copy.deepcopy(exported["spec"])
+    intruder = f"cluster.local/ns/{ns}/sa/intruder"
+    wider["rules"][0]["from"][0]["source"]["principals"].append(intruder)
+    g.expect(
+        "AuthorizationPolicy wider than learned",
+        ns,
+        "cart",
+        MESH_POLICY_WIDENED,
+        "mallory",
+        lambda: g.apply("AuthorizationPolicy", ns, "cart", wider, "mallory"),
+        f"allows principal {intruder}, never seen calling {ns}/cart",
+    )
+    registry = CollectorRegistry()
+    registry.register(ControllerCollector(g.ctl, None))
+    text = generate_latest(registry).decode()
+    assert sample(text, "meshward_controller_guard_learned_reads_total") >= 1
+    assert 0 <= sample(text, "meshward_controller_guard_learned_age_seconds") < WITHIN
 
 
 def test_policy_widened(guarded: Guarded) -> None:

@@ -84,6 +84,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "a projected ServiceAccount token with audience meshward; $MESHWARD_API_TOKEN gives "
         "the token itself)",
     )
+    p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="the mesh's trust domain: learned callers become principals in it when ALLOW "
+        "policies are compared with the learned allowlists (default cluster.local)",
+    )
+    p.add_argument(
+        "--selector-label",
+        default="app",
+        metavar="KEY",
+        help="the pod label whose value is the workload's name, as `allowlist export` writes "
+        "it: a policy's selector names its learned workload by it (default app)",
+    )
+    p.add_argument(
+        "--learned-refresh",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the guard reads serve's learned allowlists again (default 30; the last "
+        "copy serves for 10 times as long when serve cannot be reached)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -110,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
     if not is_kubernetes_name(args.istio_root_namespace):
         raise UsageError(f"--istio-root-namespace {args.istio_root_namespace!r} is not a name")
+    if not 1.0 <= args.learned_refresh <= 3600:
+        raise UsageError("--learned-refresh must be 1..3600 seconds")
+    if not is_host_name(args.trust_domain) or not args.selector_label:
+        raise UsageError("--trust-domain must be a host name, --selector-label a label key")
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be 0..65535 (0: no metrics port)")
     try:
@@ -144,18 +169,27 @@ def run(args: argparse.Namespace) -> int:
         on_started_leading=ctl.wake.set,
     )
     if args.guard:
+        from meshward.app.guardlearned import LearnedAllowlists
         from meshward.app.meshguard import MeshGuard
         from meshward.runtime.client import ApiClient
 
         alerts = None
         if args.server:
             alerts = ApiClient.configured(args.server, token_file=args.api_token_file)
+        learned = LearnedAllowlists(
+            alerts,
+            refresh=args.learned_refresh,
+            max_age=10 * args.learned_refresh,
+            trust_domain=args.trust_domain,
+            selector_label=args.selector_label,
+        )
         ctl.guard = MeshGuard(
             api,
             root_namespace=args.istio_root_namespace,
             alerts=alerts,
             leading=elector.leading,
             hold=2 * d,  # findings of a replica starting up wait this long for the Lease
+            learned=learned,
         )
     kinds: tuple[str, ...] = ("EnvoyFilter", "DestinationRule")
     if args.style == "extension-provider":
