@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshward.app import ingest
+from meshward.app import ingest, sigcache
 from meshward.app.ingest import Ingestor
 from meshward.app.pipeline import Pipeline
 from meshward.core.bodies import decode_body
@@ -149,7 +149,7 @@ def _judged(
     `in_worker`: decoded and inspected by `ingest.parse` and handed over pickled, as serve's
     ingest worker does; else all on the loop."""
     config = EngineConfig(max_body=2048, threats=threats)
-    engine = Engine(config)
+    engine = Engine(config, sigcache.detector(config))  # compiled signatures from disk
     pipeline = Pipeline(engine, Metrics(), Joiner())
     for obs in (observation_from_dict(it) for it in items[::2]):  # profiles to score against
         pipeline.take_ingested(obs)
@@ -216,7 +216,8 @@ def test_what_the_worker_hands_the_loop_is_no_bigger_than_the_body(
     """The loop holds a batch's pickled chunks while it judges them: the observations and
     what was prepared for them, not the parsed JSON documents of their bodies as well."""
     raw = big_batch(500)
-    monkeypatch.setattr(ingest, "_engine", Engine(EngineConfig()))
+    config = EngineConfig()
+    monkeypatch.setattr(ingest, "_engine", Engine(config, sigcache.detector(config)))
     parsed = ingest.parse(raw)
     handed = sum(len(c) for c in parsed.chunks)
     assert sum(len(pickle.loads(c)) for c in parsed.chunks) == 500
