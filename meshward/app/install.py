@@ -718,3 +718,44 @@ def mesh_config(opts: InstallOptions) -> Obj:
 
     provider = extension_provider(service=opts.service_host, authz_port=AUTHZ_PORT)
     return {"meshConfig": {"extensionProviders": [provider]}}
+
+
+# the audit port of the controller (`--audit-webhook-secret`): the API server's audit webhook
+AUDIT_PORT = 9195
+AUDIT_DIR = "/var/run/secrets/meshward-audit"
+AUDIT_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
+
+
+def audit_policy() -> Obj:
+    """The API server's audit policy meshward needs (`--audit-policy-file`): the writes of the
+    objects the configuration guard watches and nothing else, so the webhook carries little.
+    RequestResponse for the mesh's policy objects and Namespaces (small; the response's
+    resourceVersion joins a finding to its write exactly), Metadata for Pods (many, large; a
+    pod is joined by its name). The API server has one policy for all its backends: in a
+    cluster that has one, put these rules first and drop the last."""
+    from meshward.app.meshguard import KINDS as GUARDED
+
+    groups: dict[str, list[str]] = {}
+    for k in GUARDED:
+        plurals = groups.setdefault(k.group, [])
+        if k.plural not in plurals:
+            plurals.append(k.plural)
+    mesh = [{"group": g, "resources": sorted(r)} for g, r in sorted(groups.items())]
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],  # only the outcome of each write
+        "rules": [
+            {
+                "level": "RequestResponse",
+                "verbs": list(AUDIT_VERBS),
+                "resources": [*mesh, {"group": "", "resources": ["namespaces"]}],
+            },
+            {
+                "level": "Metadata",
+                "verbs": list(AUDIT_VERBS),
+                "resources": [{"group": "", "resources": ["pods"]}],
+            },
+            {"level": "None"},  # everything else: not meshward's (drop in a merged policy)
+        ],
+    }
