@@ -29,6 +29,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -120,10 +121,22 @@ class AuditPort(ThreadedSite):
         self.leading = leading
         self.problems = Problems(None, log)
 
-    def _refuse(self, why: str, error: type[web.HTTPException], text: str) -> web.HTTPException:
+    def _refuse(
+        self, why: str, error: type[web.HTTPException], text: str, **extra: Any
+    ) -> web.HTTPException:
         self.guard.counters.audit[f"refused-{why}"] += 1
         self.problems("audit-webhook", why, error=text)
-        return error(text=json.dumps({"error": text}), content_type="application/json")
+        body = json.dumps({"error": text})
+        return error(text=body, content_type="application/json", **extra)
+
+    def _too_large(self, size: int) -> web.HTTPException:
+        return self._refuse(
+            "too-large",
+            web.HTTPRequestEntityTooLarge,
+            f"at most {MAX_BODY} bytes in one batch",
+            max_size=MAX_BODY,
+            actual_size=size,
+        )
 
     def _authenticated(self, request: web.Request) -> bool:
         if self.token is None:
@@ -149,13 +162,11 @@ class AuditPort(ThreadedSite):
             refused.headers["Retry-After"] = "1"
             raise refused
         if request.content_length is not None and request.content_length > MAX_BODY:
-            raise self._refuse("too-large", web.HTTPRequestEntityTooLarge, "batch too large")
+            raise self._too_large(request.content_length)
         try:  # the whole body (StreamReader.read(n) may return a part of it), at most MAX_BODY
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise self._refuse(
-                "too-large", web.HTTPRequestEntityTooLarge, "batch too large"
-            ) from None
+            raise self._too_large(MAX_BODY + 1) from None
         try:
             events = events_of(loads(raw))
         except ValueError as exc:

@@ -234,6 +234,12 @@ class Authors:
         kept.append(record)
         self._count += 1
         self.counters["kept"] += 1
+        while kept and kept[0].at < now - self.retention:  # this object's old writes
+            kept.popleft()
+            self._count -= 1
+            self.counters["expired"] += 1
+        if not kept:
+            del self._by_object[key]
         self.expire(now)
 
     def expire(self, now: float) -> None:
