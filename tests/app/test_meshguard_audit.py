@@ -10,6 +10,7 @@ applies stay quiet. This API server is the module's own (the session's has no au
 from __future__ import annotations
 
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,3 +203,31 @@ def test_meshwards_own_applies_stay_quiet_and_the_log_is_counted(audited: Audite
     assert audit["batches"] > 0 and audit["kept"] > 0
     assert not [k for k in audit if k.startswith("refused-")], audit
     assert audit["not-joined"] == 0, audit  # every finding of this module found its user
+
+
+def test_a_batch_the_waiting_replica_refused_is_sent_again(audited: Audited) -> None:
+    """A replica that does not lead answers 503 with Retry-After: the API server's webhook
+    client tries the batch again, and the leader's answer joins the finding."""
+    g, port = audited.g, audited.port
+    ns = g.namespace()
+    counts = g.guard.counters.audit
+    refused = counts["refused-not-leader"]
+    port.leading = threading.Event()  # this port's replica waits for the Lease...
+    takeover = threading.Timer(3.0, port.leading.set)  # ...and leads 3 s later
+    try:
+        takeover.start()
+        g.expect(
+            "PeerAuthentication DISABLE, its batch refused once",
+            ns,
+            "default",
+            MESH_MTLS_WEAKENED,
+            "admin",
+            lambda: g.apply(
+                "PeerAuthentication", ns, "default", {"mtls": {"mode": "DISABLE"}}, "eve-tool"
+            ),
+            "user admin (groups system:masters",
+        )
+    finally:
+        takeover.cancel()
+        port.leading = None
+    assert counts["refused-not-leader"] > refused
