@@ -86,8 +86,10 @@ def _text(value: Any, most: int = MAX_TEXT) -> str:
     """A printable, bounded string of `value` ("" for anything that is not a string)."""
     if not isinstance(value, str):
         return ""
-    text = "".join(c if c.isprintable() else "?" for c in value[:most])
-    return text
+    text = value[:most]
+    if text.isprintable():  # nearly always: one C-level pass
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _texts(value: Any, most: int) -> tuple[str, ...]:
