@@ -183,3 +183,25 @@ def test_it_never_starts_open(certs: Certs, tmp_path: Path) -> None:
         AuditPort(guard(), token_file=str(short), **tls)
     with pytest.raises(AuditConfigError, match="no audit records"):
         AuditPort(MeshGuard(None), token_file=str(certs.token_file), **tls)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--audit-webhook-port", "9195"], "--audit-webhook-cert"),
+        (["--audit-webhook-port", "9195", "--no-guard"], "needs the guard"),
+        (["--audit-webhook-port", "70000"], "0..65535"),
+        (["--audit-wait", "0"], "--audit-wait"),
+    ],
+)
+def test_controller_flags_are_checked_before_anything_starts(argv: list[str], says: str) -> None:
+    import argparse
+
+    from meshward.app.commands import UsageError
+    from meshward.app.commands import controller as command
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["controller", "--kubeconfig", "/nonexistent", *argv])
+    with pytest.raises(UsageError, match=says):
+        command.run(args)
