@@ -277,6 +277,7 @@ class MeshGuard:
         self.authors = authors
         self.audit_wait = audit_wait  # seconds a finding waits for the audit Event of its change
         self._audit_lock = threading.Lock()
+        self._tampering: dict[tuple[str, str, str], Change] = {}  # meshward's own, reported
         # (group, kind, namespace, name) -> is it the controller's own object (Controller.owns)
         self.owned: Callable[[str, str, str, str], bool] = lambda *_: False
         self.kinds = {k.resource: k for k in kinds}
@@ -371,17 +372,18 @@ class MeshGuard:
             any_time=resource == PODS,
         )
 
-    def _own_change(self, f: Finding) -> Change | None:
-        """The change behind a finding of meshward's own object (its kind and group known)."""
+    def _own_change(self, f: Finding, rv: str) -> Change | None:
+        """The change behind a finding of meshward's own object (its kind and group known):
+        the tampered state's resourceVersion for an edit (the controller's own write putting it
+        back comes right after: time alone could name it), a deletion's time."""
         if self.authors is None:
             return None
         group = f.api_version.partition("/")[0] if "/" in f.api_version else ""
         plurals = [k.plural for k in self.kinds.values() if (k.group, k.kind) == (group, f.kind)]
-        plural = plurals[0] if plurals else ""
-        if not plural:
+        if not plurals:
             return None
-        deleted = None if f.new.startswith("(deleted") else False
-        return Change(group, plural, f.namespace, f.name, deleted, seen=time.time())
+        deleted = f.new.startswith("(deleted")
+        return Change(group, plurals[0], f.namespace, f.name, deleted, time.time(), rv)
 
     def _queue(self, found: list[Finding], change: Change | None = None) -> None:
         for f in self.reported.fresh(found):
@@ -622,17 +624,24 @@ class MeshGuard:
             **base,
         )
 
-    def report_tampered(self, finding: Finding) -> None:
+    def report_tampered(self, finding: Finding, rv: str = "") -> None:
+        """`rv`: the tampered state's resourceVersion ("" for a deletion)."""
         with self._lock:
             self.reported.forget(finding)  # each tampering is news, even the same one again
-            self._queue([finding], self._own_change(finding))
+            change = self._own_change(finding, rv)
+            if change is not None:  # the Restored Event that follows names the same write
+                self._tampering[(finding.kind, finding.namespace, finding.name)] = change
+                while len(self._tampering) > MAX_QUEUE:
+                    self._tampering.pop(next(iter(self._tampering)))
+            self._queue([finding], change)
 
     def report_restored(self, finding: Finding, obj_uid: str) -> None:
         """The controller put its object back: a Normal `Restored` Event."""
         with self._lock:
             self.counters.restored += 1
             restored = dataclasses.replace(finding, cleared=True, uid=obj_uid or finding.uid)
-            self._out.append((restored, "Restored", time.monotonic(), self._own_change(finding)))
+            change = self._tampering.pop((finding.kind, finding.namespace, finding.name), None)
+            self._out.append((restored, "Restored", time.monotonic(), change))
             self._wake.set()
 
     # ---- reports

@@ -171,10 +171,14 @@ def record_of(doc: Any) -> AuditRecord:
     rv = _text(_mapping(response.get("metadata")).get("resourceVersion"), 64)
     if response.get("kind") == "Status":
         rv = ""  # a delete answered with a Status carries no object
+    group = _text(ref.get("apiGroup"), 253)
+    namespace = _text(ref.get("namespace"), 63)
+    if resource == "namespaces" and not group:
+        namespace = ""  # /api/v1/namespaces/x names x as its namespace too; it has none
     return AuditRecord(
-        group=_text(ref.get("apiGroup"), 253),
+        group=group,
         resource=resource,
-        namespace=_text(ref.get("namespace"), 63),
+        namespace=namespace,
         name=_text(ref.get("name"), 253),
         verb=verb,
         user=username,

@@ -23,7 +23,12 @@ from kubernetes import client
 from meshward.app.install import audit_policy
 from meshward.app.kubeauditport import PATH, AuditPort
 from meshward.core.kubeaudit import Authors
-from meshward.core.threats.names import MESH_MTLS_WEAKENED, MESH_POLICY_WIDENED
+from meshward.core.threats.names import (
+    MESH_FILTER_TAMPERED,
+    MESH_INJECTION_DISABLED,
+    MESH_MTLS_WEAKENED,
+    MESH_POLICY_WIDENED,
+)
 from meshward.istio.certs import MeshCA
 from meshward.kube.watch import wait_for
 from tests.support.apiserver import _free_port, apply_mesh_crds, running_cluster
@@ -184,7 +189,7 @@ def test_a_deletion_names_who_deleted(audited: Audited) -> None:
     assert "agent kubectl/" in event.message and "delete at" in event.message
 
 
-def test_meshwards_own_applies_stay_quiet_and_the_log_is_counted(audited: Audited) -> None:
+def test_meshwards_own_objects_name_who_tampered_and_the_log_is_counted(audited: Audited) -> None:
     g = audited.g
     ns = g.namespace(**{"istio-injection": "enabled"})
 
@@ -199,6 +204,40 @@ def test_meshwards_own_applies_stay_quiet_and_the_log_is_counted(audited: Audite
 
     assert wait_for(applied, 10)
     g.quiet(ns, "meshward")
+    # a user edits meshward's own filter: the tampering and the Restored Event name that user,
+    # not the controller whose write puts it back right after
+    allow_user(g, "bob", "networking.istio.io", "envoyfilters", ["get", "patch"], ns)
+
+    def edit() -> None:
+        client.CustomObjectsApi(g.kube.user_client("bob")).patch_namespaced_custom_object(
+            "networking.istio.io",
+            "v1alpha3",
+            ns,
+            "envoyfilters",
+            "meshward",
+            {"spec": {"configPatches": []}},
+            field_manager="bob-edit",
+            _content_type="application/merge-patch+json",
+        )
+
+    g.expect("own EnvoyFilter edited", ns, "meshward", MESH_FILTER_TAMPERED, "bob", edit)
+
+    def restored_names_bob() -> bool:
+        return any(
+            e.reason == "Restored" and "user bob (" in e.message for e in g.events(ns, "meshward")
+        )
+
+    assert wait_for(restored_names_bob, 10), [e.message for e in g.events(ns, "meshward")]
+    # a Namespace's label, by the admin (a namespace is its own namespace in the audit log)
+    g.expect(
+        "injection switched off",
+        ns,
+        ns,
+        MESH_INJECTION_DISABLED,
+        "admin",
+        lambda: g.kube.kubectl("label", "namespace", ns, "istio-injection=disabled", "--overwrite"),
+        "matched by resourceVersion",
+    )
     audit = g.guard.counters.audit
     assert audit["batches"] > 0 and audit["kept"] > 0
     assert not [k for k in audit if k.startswith("refused-")], audit

@@ -221,3 +221,9 @@ def test_a_record_older_than_the_retention_is_dropped_at_once() -> None:
     authors.add(record_of(audit_event()), timestamp(T0) + 3600)  # replayed, or a clock far off
     assert len(authors) == 0 and authors.counters["expired"] == 1
     assert authors.find(change()) == (None, "")
+
+
+def test_a_namespace_is_its_own_namespace_in_the_log_but_has_none() -> None:
+    ref = {"resource": "namespaces", "namespace": "shop", "name": "shop", "apiVersion": "v1"}
+    r = record_of(audit_event(objectRef=ref))
+    assert (r.group, r.resource, r.namespace, r.name) == ("", "namespaces", "", "shop")
