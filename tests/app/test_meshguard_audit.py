@@ -28,6 +28,7 @@ from meshward.core.threats.names import (
     MESH_INJECTION_DISABLED,
     MESH_MTLS_WEAKENED,
     MESH_POLICY_WIDENED,
+    MESH_UNMESHED_POD,
 )
 from meshward.istio.certs import MeshCA
 from meshward.kube.watch import wait_for
@@ -270,3 +271,29 @@ def test_a_batch_the_waiting_replica_refused_is_sent_again(audited: Audited) -> 
         takeover.cancel()
         port.leading = None
     assert counts["refused-not-leader"] > refused
+
+
+def test_a_pod_without_a_sidecar_names_who_created_it(audited: Audited) -> None:
+    """A pod is seen when it runs (a status write the policy leaves out): the guard names the
+    user of its latest write, its creation here (Metadata level: joined by name)."""
+    g = audited.g
+    ns = g.namespace(**{"istio-injection": "enabled"})
+    allow_user(g, "alice", "", "pods", ["create"], ns)
+    pod = {
+        "metadata": {"name": "bare"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "example/a:1"}]},
+    }
+    client.CoreV1Api(g.kube.user_client("alice")).create_namespaced_pod(ns, pod)
+
+    def running() -> None:  # what the kubelet would write
+        g.core.patch_namespaced_pod_status("bare", ns, {"status": {"phase": "Running"}})
+
+    g.expect(
+        "pod without a sidecar, created by a user",
+        ns,
+        "bare",
+        MESH_UNMESHED_POD,
+        "alice",
+        running,
+        "create at",
+    )
