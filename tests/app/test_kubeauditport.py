@@ -194,11 +194,16 @@ def test_it_never_starts_open(certs: Certs, tmp_path: Path) -> None:
         (["--audit-wait", "0"], "--audit-wait"),
     ],
 )
-def test_controller_flags_are_checked_before_anything_starts(argv: list[str], says: str) -> None:
+def test_controller_flags_are_checked_before_anything_starts(
+    argv: list[str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import argparse
 
     from meshward.app.commands import UsageError
     from meshward.app.commands import controller as command
+    from meshward.runtime import jsonlog
+
+    monkeypatch.setattr(jsonlog, "setup", lambda level: None)  # pytest keeps its log handlers
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())
