@@ -111,6 +111,16 @@ def guard_metrics(guard: MeshGuard) -> Iterator[Metric]:
         ("guard_alerts_sent", "mesh guard findings sent to serve as alerts", c.alerts_sent),
         ("guard_alert_failures", "sends of findings to serve that failed", c.alerts_failed),
         ("guard_suppressed", "findings not repeated (already reported)", guard.reported.suppressed),
+        (
+            "guard_learned_reads",
+            "reads of serve's learned allowlists",
+            guard.learned.counters.reads,
+        ),
+        (
+            "guard_learned_failures",
+            "reads of serve's learned allowlists that failed (logged)",
+            guard.learned.counters.failures,
+        ),
     ):
         yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
     audit = CounterMetricFamily(
@@ -122,6 +132,13 @@ def guard_metrics(guard: MeshGuard) -> Iterator[Metric]:
     for outcome, n in sorted(c.audit.items()):
         audit.add_metric([outcome], n)
     yield audit
+    age = guard.learned.age()
+    yield GaugeMetricFamily(
+        f"{PREFIX}_guard_learned_age_seconds",
+        "age of the learned allowlists ALLOW policies are compared with (-1: none, the "
+        "comparison is off)",
+        value=-1.0 if age is None else age,
+    )
     dropped = CounterMetricFamily(
         f"{PREFIX}_guard_dropped", "mesh guard findings or objects dropped, by why", labels=["why"]
     )

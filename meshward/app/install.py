@@ -196,8 +196,8 @@ PERMISSIONS: dict[str, list[Obj]] = {
     ],
     # controller: EnvoyFilters and DestinationRules in the namespaces it manages, namespaces to
     # follow their labels, token and access reviews for the callers of its /metrics; the mesh
-    # guard reads (never writes) the mesh's policy objects and the pods, and sends its findings
-    # to serve
+    # guard reads (never writes) the mesh's policy objects and the pods, sends its findings to
+    # serve and reads serve's learned allowlists
     "controller": [
         _rule([""], ["namespaces"], READ),
         _rule(
@@ -213,10 +213,13 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule(["security.istio.io"], ["peerauthentications", "authorizationpolicies"], READ),
         _rule(
             ["policy.linkerd.io"],
-            ["servers", "authorizationpolicies", "meshtlsauthentications"],
+            ["servers", "authorizationpolicies", "meshtlsauthentications", "httproutes"],
             READ,
         ),
         _rule([GROUP], ["findings"], ["create"]),
+        # on serve's API, GET /api/v1/allowlist: the learned allowlists the guard compares ALLOW
+        # policies with (Mesh.Policy.Widened); list only, never update
+        _rule([GROUP], ["allowlists"], ["list"]),
     ],
     # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
     # further by RBAC) and their namespaces' injection annotation; on serve's API (authorized

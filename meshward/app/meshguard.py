@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.app.guardlearned import LearnedAllowlists
 from meshward.core.kubeaudit import Authors, Change, Skip, record_of
 from meshward.core.log import event
 from meshward.core.meshguard import (
@@ -62,6 +63,9 @@ MAX_OBJECTS = 50_000  # per kind: beyond, new objects are counted and not follow
 MAX_QUEUE = 10_000  # findings waiting for their Event or their alert
 FOUND_AT_START = "(unknown: found at start)"
 NOT_GUARDED = "(namespace not guarded before)"
+NOT_COMPARED = "(not compared with the learned allowlist before)"
+WITHIN_LEARNED = "(within the learned allowlist before)"
+FIRST_READ = 3.0  # seconds the watches wait for a first copy of the learned allowlists
 PROXIES = (istio.PROXY_CONTAINER, linkerd.PROXY_CONTAINER)
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Rule = Callable[[Obj, Scope], State]
@@ -125,9 +129,23 @@ KINDS: tuple[GuardedKind, ...] = (
         "meshtlsauthentications",
         linkerd.meshtls_authentication,
     ),
+    # held for the AuthorizationPolicies that target it (wider than learned)
+    GuardedKind("HTTPRoute", "policy.linkerd.io", "v1beta3", "httproutes", linkerd.http_route),
 )
+# kind -> resource of the objects a Linkerd policy refers to (Scope.refs)
+REFERENCED = {
+    "Server": "servers.policy.linkerd.io",
+    "HTTPRoute": "httproutes.policy.linkerd.io",
+    "MeshTLSAuthentication": "meshtlsauthentications.policy.linkerd.io",
+}
+LINKERD_POLICIES = "authorizationpolicies.policy.linkerd.io"
 PODS = "pods"
 NAMESPACES = "namespaces"
+# the ALLOW policies judged against the learned allowlists, again when those change
+POLICY_RESOURCES = (
+    "authorizationpolicies.security.istio.io",
+    "authorizationpolicies.policy.linkerd.io",
+)
 
 
 def namespace_state(obj: Obj, scope: Scope) -> State:
@@ -265,6 +283,7 @@ class MeshGuard:
         hold: float = 30.0,
         authors: Authors | None = None,  # the audit log's recent writes (None: not configured)
         audit_wait: float = 35.0,
+        learned: LearnedAllowlists | None = None,  # default: read from `alerts`' serve
     ) -> None:
         from kubernetes import client
 
@@ -294,6 +313,9 @@ class MeshGuard:
         self._stop = threading.Event()
         self._watchers: list[Any] = []
         self._thread: threading.Thread | None = None
+        self._learned_thread: threading.Thread | None = None
+        # the learned allowlists ALLOW policies are compared with (Mesh.Policy.Widened)
+        self.learned = learned if learned is not None else LearnedAllowlists(alerts)
 
     # ---- scope and rules
     def scope(self) -> Scope:
@@ -302,7 +324,11 @@ class MeshGuard:
         }
         watched = frozenset(n for n, v in labels.items() if guarded(v))
         enforcing = frozenset(n for n in watched if labels[n].get(MODE_LABEL) == "enforce")
-        return Scope(watched, self.root, enforcing)
+        return Scope(watched, self.root, enforcing, self.learned.current(), self._ref)
+
+    def _ref(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A guarded object by kind (REFERENCED), namespace and name (under the lock)."""
+        return self.views.get(REFERENCED.get(kind, ""), {}).get((namespace, name))
 
     def _state(self, resource: str, obj: Obj | None, scope: Scope) -> State:
         if obj is None:
@@ -468,6 +494,7 @@ class MeshGuard:
                         self.counters.dropped["too-many-objects"] += len(fresh) - MAX_OBJECTS
                         fresh = dict(list(fresh.items())[:MAX_OBJECTS])
                     self.views[resource] = fresh
+                    self._referenced(resource, None, None, view)
                     return
                 obj = ev.object
                 if obj is None:
@@ -479,6 +506,7 @@ class MeshGuard:
                 if ev.type == "DELETED":
                     view.pop(key, None)
                     self._change(resource, old, None, rv=rv)
+                    self._referenced(resource, key, old, None)
                     return
                 kept = self._keep(resource, obj)
                 if old is None and len(view) >= MAX_OBJECTS:
@@ -486,8 +514,44 @@ class MeshGuard:
                     return
                 view[key] = kept
                 self._change(resource, old, kept, rv=rv)
+                self._referenced(resource, key, old, kept)
 
         return handle
+
+    def _referenced(
+        self,
+        resource: str,
+        key: tuple[str, str] | None,
+        old: Obj | None,
+        old_view: Mapping[Any, Obj] | None = None,
+    ) -> None:
+        """A Server, HTTPRoute or MeshTLSAuthentication changed (`key`: one object, whose
+        last state was `old`; None: a relist, whose last view was `old_view`): the Linkerd
+        policies that may refer to it are judged again, before and after (under the lock)."""
+        kind = next((k for k, r in REFERENCED.items() if r == resource), None)
+        if kind is None or not self.views.get(LINKERD_POLICIES):
+            return
+        now = self.scope()
+
+        def before(k: str, ns: str, name: str) -> Obj | None:
+            if k != kind:
+                return self._ref(k, ns, name)
+            if key is None:
+                return (old_view or {}).get((ns, name))
+            return old if (ns, name) == key else self._ref(k, ns, name)
+
+        was = dataclasses.replace(now, refs=before)
+        for (ns, _), policy in self.views.get(LINKERD_POLICIES, {}).items():
+            if key is None or ns == key[0]:
+                found = diff(
+                    "AuthorizationPolicy",
+                    policy,
+                    policy,
+                    self._state(LINKERD_POLICIES, policy, was),
+                    self._state(LINKERD_POLICIES, policy, now),
+                    f"(before its {kind} changed)",
+                )
+                self._queue(found)
 
     def _keep(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         return slim_pod(obj) if resource == PODS else slim(obj)
@@ -563,6 +627,43 @@ class MeshGuard:
                     if f.cleared:
                         self.reported.forget(f)
                 self._queue([f for f in found if not f.cleared])
+
+    # ---- the learned allowlists (Mesh.Policy.Widened, "wider than learned")
+    def read_learned(self) -> None:
+        """Read serve's allowlists again; when what the rules see changed, judge every ALLOW
+        policy again: a policy now wider than learned is a finding (old value: how it was
+        judged before), one no longer wider is cleared. Losing the comparison (serve gone
+        past the cache's age) forgets the learned findings instead of clearing them: nothing
+        was narrowed, the guard just cannot tell (it logs and counts that)."""
+        before = self.learned.current()
+        if not self.learned.read():
+            return
+        after = self.learned.current()
+        with self._lock:
+            scope = self.scope()
+            was = dataclasses.replace(scope, learned=before)
+            label = NOT_COMPARED if before.allowlist is None else WITHIN_LEARNED
+            for resource in POLICY_RESOURCES:
+                for obj in self.views.get(resource, {}).values():
+                    old = self._state(resource, obj, was)
+                    new = self._state(resource, obj, scope)
+                    found = diff(self._kind(resource), obj, obj, old, new, label)
+                    if after.allowlist is None:
+                        for f in found:
+                            self.reported.forget(f)
+                        continue
+                    self._queue(found)
+
+    def _learn(self, first: threading.Event) -> None:
+        while True:
+            try:
+                self.read_learned()
+            except Exception:  # a bug here must not end the comparison for good
+                self.counters.dropped["learned-read-failed"] += 1
+                log.exception("mesh guard: reading the learned allowlists failed")
+            first.set()
+            if self._stop.wait(self.learned.refresh):
+                return
 
     # ---- meshward's own objects (the controller's reconcile calls these)
     def tampered(
@@ -781,6 +882,15 @@ class MeshGuard:
                 backoff_max=120.0,  # a mesh not installed: its CRD missing, looked for again
             )
             watchers.append((w, k.resource))
+        if self.learned.client is not None:
+            first = threading.Event()
+            self._learned_thread = threading.Thread(
+                target=self._learn, args=(first,), name="mesh-guard-learned", daemon=True
+            )
+            self._learned_thread.start()
+            # a first copy before the first lists if serve answers soon: what is found at start
+            # is then compared at once (else a little later, when the copy comes)
+            first.wait(FIRST_READ)
         for w, resource in watchers:
             w.start(self.handler(resource))
             self._watchers.append(w)
@@ -798,8 +908,9 @@ class MeshGuard:
         for w in self._watchers:
             w.join(5)
         self._watchers.clear()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in (self._thread, self._learned_thread):
+            if thread is not None:
+                thread.join(5)
 
     def watched(self) -> dict[str, int]:
         with self._lock:

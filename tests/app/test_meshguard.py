@@ -12,6 +12,7 @@ Each change is made by the Python client with its own field manager, as the API 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry, generate_latest
 
 from meshward.app.controllermetrics import ControllerCollector
+from meshward.app.exports import export
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,
@@ -31,6 +33,7 @@ from meshward.core.threats.names import (
 from meshward.istio.envoyfilter import render
 from meshward.kube.watch import wait_for
 from meshward.runtime.client import ApiClient, ApiError
+from tests.support.allowlists import allowlist_of
 from tests.support.apiserver import KubeCluster
 from tests.support.meshguard import TYPES, WITHIN, Guarded, guarded_env, latency_summary
 from tests.support.metrics import sample
@@ -109,6 +112,45 @@ def test_mtls_weakened_and_cleared(guarded: Guarded) -> None:
     name = "meshward_controller_guard_findings_total"
     assert sample(text, f'{name}{{threat="{MESH_MTLS_WEAKENED}"}}') >= 4
     assert sample(text, 'meshward_controller_guard_cleared_total{threat="Mesh.MTLS.Weakened"}') >= 1
+
+
+def test_policy_wider_than_learned(guarded: Guarded) -> None:
+    """The controller reads serve's allowlists with its own token (the install's `list
+    allowlists`): the exported allowlist applied as a policy is quiet; the same policy
+    allowing a principal that never called is Mesh.Policy.Widened, Event and alert."""
+    g = guarded
+    ns = g.namespace(mode="monitor")
+    web = {f"{ns}/web": 3}
+    allowlist = allowlist_of(
+        ("GET", "/items/{int}", web), ("POST", "/orders", web), destination=f"{ns}/cart"
+    )
+    g.call(lambda: g.serve.engine.allowlist.import_doc(allowlist.export_doc()))
+
+    def read() -> bool:
+        copy_ = g.guard.learned.current().allowlist
+        return copy_ is not None and copy_.get(f"{ns}/cart") is not None
+
+    assert wait_for(read, WITHIN), g.guard.learned.current().not_compared()
+    (exported,) = export(allowlist, lambda _: "monitor", "authorizationpolicy").objects
+    g.apply("AuthorizationPolicy", ns, "cart", exported["spec"], "alice")
+    g.quiet(ns, "cart")  # equal to the learned allowlist
+    wider = copy.deepcopy(exported["spec"])
+    intruder = f"cluster.local/ns/{ns}/sa/intruder"
+    wider["rules"][0]["from"][0]["source"]["principals"].append(intruder)
+    g.expect(
+        "AuthorizationPolicy wider than learned",
+        ns,
+        "cart",
+        MESH_POLICY_WIDENED,
+        "mallory",
+        lambda: g.apply("AuthorizationPolicy", ns, "cart", wider, "mallory"),
+        f"allows principal {intruder}, never seen calling {ns}/cart",
+    )
+    registry = CollectorRegistry()
+    registry.register(ControllerCollector(g.ctl, None))
+    text = generate_latest(registry).decode()
+    assert sample(text, "meshward_controller_guard_learned_reads_total") >= 1
+    assert 0 <= sample(text, "meshward_controller_guard_learned_age_seconds") < WITHIN
 
 
 def test_policy_widened(guarded: Guarded) -> None:

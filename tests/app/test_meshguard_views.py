@@ -3,6 +3,7 @@ start, a namespace becoming guarded, pods kept small), and a replica that does n
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -13,9 +14,10 @@ from kubernetes import client
 
 from meshward.app.meshguard import KINDS, PODS, MeshGuard, pod_state, slim_pod
 from meshward.core.kubeaudit import Authors
-from meshward.core.meshguard import Scope, State, diff
+from meshward.core.meshguard import Learned, Scope, State, diff
 from meshward.core.threats.names import MESH_MTLS_WEAKENED, MESH_UNMESHED_POD
 from meshward.kube.watch import Event, EventType
+from tests.support.allowlists import allowlist_of
 from tests.support.kubeaudit import fresh_event
 
 PA = "peerauthentications.security.istio.io"
@@ -141,8 +143,11 @@ JSON = st.recursive(
 SPEC_KEYS = st.sampled_from(
     ["mtls", "portLevelMtls", "rules", "action", "configPatches", "ingress", "host",
      "trafficPolicy", "subsets", "accessPolicy", "requiredAuthenticationRefs", "identities",
-     "selector", "workloadSelector"]
+     "selector", "workloadSelector", "targetRef", "podSelector", "parentRefs", "identityRefs"]
 )  # fmt: skip
+
+
+LEARNED = Learned(allowlist_of(("GET", "/a/{int}", {"a/web": 1}), destination="a/x"))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,12 +155,16 @@ SPEC_KEYS = st.sampled_from(
 def test_any_object_shape_is_judged_without_error(spec: dict[str, Any], meta: Any) -> None:
     """A CRD's schema is the API server's to enforce (and 1.20 drops Istio's CEL rules): every
     rule takes whatever shape the watch hands it and answers, never raises."""
-    scope = Scope(frozenset({"a"}), "istio-system")
+    plain = Scope(frozenset({"a"}), "istio-system")
     obj = {"metadata": {"name": "x", "namespace": "a", "managedFields": meta}, "spec": spec}
+    # compared with a learned allowlist, the objects a policy refers to just as shapeless
+    learned = dataclasses.replace(plain, learned=LEARNED, refs=lambda *_: {"spec": spec})
     for kind in KINDS:
-        state = kind.rule(obj, scope)
-        diff(kind.kind, None, obj, State(), state)
-        diff(kind.kind, obj, None, state, State())
+        for scope in (plain, learned):
+            state = kind.rule(obj, scope)
+            diff(kind.kind, None, obj, State(), state)
+            diff(kind.kind, obj, None, state, State())
+    scope = plain
     pod_state({**obj, "spec": {"containers": spec.get("rules")}}, scope)
     slim_pod({**obj, "metadata": {**obj["metadata"], "annotations": {}}})
 

@@ -17,6 +17,7 @@ from kubernetes import client
 
 from meshward.app.auth import AuthConfig
 from meshward.app.controller import Controller, ControllerConfig
+from meshward.app.guardlearned import LearnedAllowlists
 from meshward.app.install import API_ROLES, PERMISSIONS
 from meshward.app.meshguard import MeshGuard
 from meshward.kube.watch import wait_for
@@ -49,6 +50,8 @@ class Guarded:
     findings_token: str
     viewer_token: str
     root: str
+    call: Callable[..., Any]  # runs a function on serve's loop (its engine is the loop's)
+    serve: Any
     made: list[str] = field(default_factory=list)
     latency: list[tuple[str, float, float]] = field(default_factory=list)  # what, to Event, alert
 
@@ -181,11 +184,16 @@ def guarded_env(kube: KubeCluster, **guard: Any) -> Iterator[Guarded]:
     ctl_api = kube.api_client(sa_token(kube, sys_ns, "meshward-controller"))
     findings_token = sa_token(kube, sys_ns, "meshward-controller", ["meshward"])
     viewer_token = sa_token(kube, sys_ns, "viewer", ["meshward"])
-    with serve_in_thread(auth=AuthConfig(kubernetes=True, kubeconfig=serve_kc)) as (srv, _):
+    with serve_in_thread(auth=AuthConfig(kubernetes=True, kubeconfig=serve_kc)) as (srv, call):
         url = f"http://127.0.0.1:{srv.ports['http']}"
         ctl = Controller(ctl_api, ControllerConfig(resync=0.5))
+        alerts = ApiClient(url, findings_token)
         mesh_guard = MeshGuard(
-            ctl_api, root_namespace=root, alerts=ApiClient(url, findings_token), **guard
+            ctl_api,
+            root_namespace=root,
+            alerts=alerts,
+            learned=LearnedAllowlists(alerts, refresh=0.5),  # read with the controller's token
+            **guard,
         )
         ctl.guard = mesh_guard
         stop = threading.Event()
@@ -203,6 +211,8 @@ def guarded_env(kube: KubeCluster, **guard: Any) -> Iterator[Guarded]:
             findings_token,
             viewer_token,
             root,
+            call,
+            srv,
         )
         try:
             assert wait_for(lambda: ctl.synced() and mesh_guard.synced(), 30), "never synced"

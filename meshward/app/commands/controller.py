@@ -111,6 +111,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds a finding waits for the audit Event of its change (cover the API "
         "server's --audit-webhook-batch-max-wait, 30 s by default; default 35)",
     )
+    p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="the mesh's trust domain: learned callers become principals in it when ALLOW "
+        "policies are compared with the learned allowlists (default cluster.local)",
+    )
+    p.add_argument(
+        "--selector-label",
+        default="app",
+        metavar="KEY",
+        help="the pod label whose value is the workload's name, as `allowlist export` writes "
+        "it: a policy's selector names its learned workload by it (default app)",
+    )
+    p.add_argument(
+        "--learned-refresh",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the guard reads serve's learned allowlists again (default 30; the last "
+        "copy serves for 10 times as long when serve cannot be reached)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -137,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
     if not is_kubernetes_name(args.istio_root_namespace):
         raise UsageError(f"--istio-root-namespace {args.istio_root_namespace!r} is not a name")
+    if not 1.0 <= args.learned_refresh <= 3600:
+        raise UsageError("--learned-refresh must be 1..3600 seconds")
+    if not is_host_name(args.trust_domain) or not args.selector_label:
+        raise UsageError("--trust-domain must be a host name, --selector-label a label key")
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be 0..65535 (0: no metrics port)")
     if not 0 <= args.audit_webhook_port <= 65535 or not 0 < args.audit_wait <= 600:
@@ -177,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         on_started_leading=ctl.wake.set,
     )
     if args.guard:
+        from meshward.app.guardlearned import LearnedAllowlists
         from meshward.app.meshguard import MeshGuard
         from meshward.core.kubeaudit import Authors
         from meshward.runtime.client import ApiClient
@@ -184,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
         alerts = None
         if args.server:
             alerts = ApiClient.configured(args.server, token_file=args.api_token_file)
+        learned = LearnedAllowlists(
+            alerts,
+            refresh=args.learned_refresh,
+            max_age=10 * args.learned_refresh,
+            trust_domain=args.trust_domain,
+            selector_label=args.selector_label,
+        )
         ctl.guard = MeshGuard(
             api,
             root_namespace=args.istio_root_namespace,
@@ -192,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
             hold=2 * d,  # findings of a replica starting up wait this long for the Lease
             authors=Authors() if args.audit_webhook_port else None,
             audit_wait=args.audit_wait,
+            learned=learned,
         )
     audit_port = None
     if args.audit_webhook_port and ctl.guard is not None:
