@@ -4,16 +4,20 @@ A real `meshward serve` (the default detectors, a SQLite store) runs in its own 
 process sends ext_authz Checks one after another over one gRPC connection, paced, and times
 each; a third process posts ~16 MB JSON Lines batches (10,000 observations) back to back to
 `POST /api/v1/observations` during the "with ingest" phases. Phases alternate (without, with,
-without, with, ...) so machine noise hits both; the ratio is per round and overall. Goal (issue
-#11): Check p99 with ingest <= 1.2x its baseline.
+without, with, ...) so machine noise hits both; the p50 and p99 ratios are per round, the medians
+of the rounds' percentiles per phase, and the pooled ratio overall. Goal (issue #11): Check p99
+with ingest <= 1.2x its baseline.
 
 To find where the Checks' time goes: `--probe` prints the CPU each process (and serve's event
 loop thread) used per phase, how long that thread waited runnable on a run queue, its lag (how
-late a 5 ms timer fires) without and with ingest, and its garbage collections. `--rt` runs serve
-and the Check client SCHED_FIFO (root), ahead of the machine's other tenants. `--control spin`
-(or `parse`) sends the same batches to a stand-in that is not serve: it reads each body and then
-spends about a second of CPU at SCHED_IDLE (a busy loop, or parsing the body as the ingest
-worker does): what that CPU alone, spent anywhere on the machine, does to the Checks.
+late a 5 ms timer fires) without and with ingest, its garbage collections, and the CPU one
+batch costs serve's loop and the worker (from a with-ingest phase's start until its last batch
+was judged, less what the phase before used in as long, per batch sent: steadier than the
+ratio on a loaded machine). `--rt` runs serve and the Check client SCHED_FIFO (root), ahead of
+the machine's other tenants. `--control spin` (or `parse`) sends the same batches to a stand-in
+that is not serve: it reads each body and then spends about a second of CPU at SCHED_IDLE (a busy
+loop, or parsing the body as the ingest worker does): what that CPU alone, spent anywhere on the
+machine, does to the Checks.
 
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
      [--control spin|parse]
@@ -83,6 +87,8 @@ class CpuProbe:
     def __init__(self, serve: int, poster: int) -> None:
         self.pids = {"serve": serve, "poster": poster, "client": os.getpid()}
         self.rows: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+        self.per_batch = {"serve loop": 0.0, "worker": 0.0}  # summed over the batches sent
+        self.sent = 0
 
     def sample(self) -> dict[str, float]:
         serve = thread_cpu(self.pids["serve"])
@@ -102,11 +108,25 @@ class CpuProbe:
         after = self.sample()
         self.rows[name].append({k: (after[k] - before[k]) / seconds for k in after})
 
+    def batches(self, before: dict[str, float], seconds: float, sent: int) -> None:
+        """The CPU of `sent` batches: from the with-ingest phase's start until the last batch
+        was answered (judged), less what the phase before used in as long without ingest."""
+        after, idle = self.sample(), self.rows["without"][-1]
+        for k in ("serve loop", "worker"):
+            self.per_batch[k] += after[k] - before[k] - idle[k] * seconds
+        self.sent += sent
+
     def report(self) -> None:
         print("CPU per phase (cores busy, median of rounds):")
         for name, rows in self.rows.items():
             cols = ", ".join(f"{k} {statistics.median(r[k] for r in rows):.2f}" for k in rows[0])
             print(f"  {name + ' ingest':<16} {cols}")
+        if self.sent:
+            loop, worker = (self.per_batch[k] / self.sent for k in ("serve loop", "worker"))
+            print(
+                f"CPU per 16 MB batch ({self.sent} batches): serve loop {loop:.3f} s, "
+                f"ingest worker {worker:.3f} s"
+            )
 
 
 def isolate(rt: bool) -> None:
@@ -311,8 +331,12 @@ def main() -> None:
         base_all: list[float] = []
         load_all: list[float] = []
         print(f"Check latency, {args.rounds} rounds of {args.seconds:.0f} s per phase")
-        print(f"{'round':>5} {'phase':<16} {'checks':>7} {'p50 ms':>8} {'p99 ms':>8}  batches")
+        print(
+            f"{'round':>5} {'phase':<16} {'checks':>7} {'p50 ms':>8} {'p99 ms':>8}  "
+            "ratio p50/p99, batches"
+        )
         ratios = []
+        rounds: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
         probe = None
         if args.probe and server.pid and poster.pid:
             probe = CpuProbe(server.pid, poster.pid)
@@ -323,14 +347,19 @@ def main() -> None:
                 probe.phase("without", t0, args.seconds)
                 t0 = probe.sample()
             go.set()
+            started = time.perf_counter()
             load = checks(stub, args.seconds, args.gap)
             go.clear()
             if probe:
                 probe.phase("with", t0, args.seconds)
-            sent, size, took = done_rx.recv()
+            sent, size, took = done_rx.recv()  # after the last batch was answered
+            if probe:
+                probe.batches(t0, time.perf_counter() - started, sent)
             base_all += base
             load_all += load
             ratios.append(pct(load, 99) / pct(base, 99))
+            rounds["without"].append((pct(base, 50), pct(base, 99)))
+            rounds["with"].append((pct(load, 50), pct(load, 99)))
             print(
                 f"{r:>5} {'without ingest':<16} {len(base):>7} {pct(base, 50):>8.2f} "
                 f"{pct(base, 99):>8.2f}"
@@ -338,7 +367,14 @@ def main() -> None:
             took_s = f"{statistics.median(took):.2f} s median" if took else "-"
             print(
                 f"{r:>5} {'with ingest':<16} {len(load):>7} {pct(load, 50):>8.2f} "
-                f"{pct(load, 99):>8.2f}  {sent} x {size / 1e6:.1f} MB ({took_s} each)"
+                f"{pct(load, 99):>8.2f}  {pct(load, 50) / pct(base, 50):.2f}x/{ratios[-1]:.2f}x, "
+                f"{sent} x {size / 1e6:.1f} MB ({took_s} each)"
+            )
+        for phase, rows in rounds.items():
+            print(
+                f"  median {phase + ' ingest':<16} p50 "
+                f"{statistics.median(p for p, _ in rows):.2f}, p99 "
+                f"{statistics.median(p for _, p in rows):.2f} ms"
             )
         if probe:
             probe.report()

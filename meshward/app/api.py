@@ -38,10 +38,9 @@ from meshward.app.ingest import Ingestor, loads
 from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
-from meshward.core.engine import Engine
+from meshward.core.engine import Engine, Prepared
 from meshward.core.modes import MODES, settable
 from meshward.core.observation import Observation
-from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
 from meshward.tap.envoy.join import Joiner
 
@@ -53,9 +52,7 @@ if TYPE_CHECKING:
 class Ingest(Protocol):
     @property
     def recent(self) -> RecentCalls: ...
-    def take_ingested(
-        self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
-    ) -> None: ...
+    def take_ingested(self, obs: Observation, prepared: Prepared | None = None) -> None: ...
     @property
     def control_plane(self) -> ControlPlaneConnections: ...
 
@@ -287,12 +284,12 @@ async def observations(request: web.Request) -> web.Response:
         server.problems("ingest", "bad-observation", error=error, index=index)
     failures = 0
 
-    def take(obs: Observation, inspected: tuple[Inspection, bool] | None) -> bool:
+    def take(obs: Observation, prepared: Prepared | None) -> bool:
         nonlocal outside
         if node and server.node_scope is not None and not server.node_scope.allows(obs, node):
             outside += 1  # a node tap speaks only for pods on its own node
             return False
-        server.pipeline.take_ingested(obs, inspected)
+        server.pipeline.take_ingested(obs, prepared)
         return True
 
     def judge_failed(index: int, exc: Exception) -> None:

@@ -1,5 +1,5 @@
-"""Ingest off the Check loop: a batch is parsed and inspected in a worker process, and judged on
-the loop in slices with rests between them.
+"""Ingest off the Check loop: a batch is parsed, decoded and inspected in a worker process, and
+judged on the loop in slices with rests between them.
 
 One 13-16 MB `POST /api/v1/observations` held the event loop that also answers ext_authz for
 hundreds of milliseconds (JSON parsing, building observations, the threat detectors), past the
@@ -9,23 +9,33 @@ started on the first ingest):
 
 - parsing (JSON array or JSON Lines), building Observations (`observation_from_dict`), counting
   the verdict fields a caller sent (meshward.core.claims);
-- the detectors (`Engine.inspect`), when the worker can build the same detector as serve's
-  engine (the default: serve's EngineConfig with the on-disk signature cache).
+- `Engine.prepare`, when the worker can build the same detector as serve's engine (the default:
+  serve's EngineConfig with the on-disk signature cache): the body's plaintext, its features and
+  shape (what learning and scoring read), and the detectors' findings. Everything `evaluate`
+  reads that depends on no state, so the loop's verdicts, alerts and learned profiles are those
+  of judging it all on the loop (tests/app/test_ingest.py).
 
 The body reaches the worker through a private temporary file (mode 0600, removed when parsed),
 written a received chunk at a time with yields in between: handing 16 MB to the executor
 pickled it in one piece on a thread of serve (about 6 ms with the GIL held, Checks waiting).
-The worker hands back chunks of pickled (observation, findings) pairs. What must stay with the
-one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a time: after
-each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks are answered
-in between and the batch's judging (about 0.3 s of the loop's CPU per 16 MB batch) is spread over
-about three times as long instead of taking a CPU in one run.
+The worker hands back chunks of pickled (observation, prepared) pairs, pickled with constructor
+reducers and without the body's JSON document (unpickling them is loop time). What must stay
+with the one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a
+time: after each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks
+are answered in between and the batch's judging is spread over about three times as long
+instead of taking a CPU in one run. That judging cost the loop 0.39-0.52 CPU-s per 16 MB batch
+(10,000 observations) while the worker decoded the bodies only for the detectors, 0.20-0.26 s
+since it prepares the features too; the worker's part grew from 0.78 to 0.97 s
+(`bench/ingest_load.py --probe --rt`, load average 14-21 on 2 vCPUs; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copyreg
+import dataclasses
+import io
 import json
 import multiprocessing
 import os
@@ -39,8 +49,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshward.core.claims import verdict_fields
-from meshward.core.engine import Engine, EngineConfig
-from meshward.core.observation import Observation, observation_from_dict
+from meshward.core.engine import Engine, EngineConfig, Prepared
+from meshward.core.observation import Identity, Observation, Threat, observation_from_dict
+from meshward.core.scoring import Features
 from meshward.core.threats.inspection import Inspection
 
 MAX_ITEMS = 10_000  # observations per ingest request
@@ -52,8 +63,6 @@ SLICE = 0.0005  # seconds of judging on the loop before it rests
 # docs/benchmarks.md). uvloop's timers have 1 ms resolution: a shorter rest would not block
 PAUSE = 0.001
 WORKER_NICE = 10  # the worker's niceness, added to serve's
-
-Inspected = tuple[Inspection, bool]
 
 
 def loads(raw: bytes | str) -> Any:
@@ -88,11 +97,34 @@ def parse_batch(raw: bytes) -> tuple[list[Any], int]:
     return items, bad
 
 
+def _by_fields(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A pickle reducer for dataclass `cls`: its constructor and its fields' values, in order.
+    The default for a slotted dataclass (a state list set attribute by attribute) costs the
+    loop twice as much to unpickle."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert all(f.init for f in dataclasses.fields(cls)) and not hasattr(cls, "__post_init__")
+    return lambda obj: (cls, tuple([getattr(obj, n) for n in names]))
+
+
+# how the worker pickles what it hands the loop (its own table: nothing else pickles this way)
+_REDUCERS = copyreg.dispatch_table.copy()
+for _cls in (Observation, Identity, Threat, Prepared, Features, Inspection):
+    _REDUCERS[_cls] = _by_fields(_cls)
+
+
+def _dumps(pairs: list[tuple[Observation, Prepared | None]]) -> bytes:
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _REDUCERS
+    pickler.dump(pairs)
+    return buf.getvalue()
+
+
 @dataclass
 class Parsed:
     """One batch, parsed (and inspected) by the worker."""
 
-    chunks: list[bytes] = field(default_factory=list)  # pickled [(Observation, Inspected|None)]
+    chunks: list[bytes] = field(default_factory=list)  # pickled [(Observation, Prepared|None)]
     not_json: int = 0  # lines that were not JSON
     too_many: int = 0  # items past MAX_ITEMS
     bad: list[tuple[int, str]] = field(default_factory=list)  # (index, error), the first 20
@@ -100,7 +132,7 @@ class Parsed:
     claimed: int = 0  # verdict fields the caller sent (ignored)
 
 
-_engine: Engine | None = None  # the worker's own engine: its detectors only (never learns)
+_engine: Engine | None = None  # the worker's own engine: `prepare` only (never learns)
 
 
 def _start_worker(config: EngineConfig | None) -> None:
@@ -125,7 +157,7 @@ def parse(raw: bytes) -> Parsed:
     """The worker's part of one batch (also callable in-process)."""
     items, not_json = parse_batch(raw)
     out = Parsed(not_json=not_json, too_many=max(0, len(items) - MAX_ITEMS))
-    pairs: list[tuple[Observation, Inspected | None]] = []
+    pairs: list[tuple[Observation, Prepared | None]] = []
     for i, item in enumerate(items[:MAX_ITEMS]):
         try:
             obs = observation_from_dict(item)
@@ -135,12 +167,12 @@ def parse(raw: bytes) -> Parsed:
                 out.bad.append((i, str(exc)[:200]))
             continue
         out.claimed += verdict_fields(item)  # a dict: observation_from_dict accepted it
-        pairs.append((obs, _engine.inspect(obs) if _engine is not None else None))
+        pairs.append((obs, _engine.prepare(obs) if _engine is not None else None))
         if len(pairs) == CHUNK:
-            out.chunks.append(pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL))
+            out.chunks.append(_dumps(pairs))
             pairs = []
     if pairs:
-        out.chunks.append(pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL))
+        out.chunks.append(_dumps(pairs))
     return out
 
 
@@ -197,7 +229,7 @@ class Ingestor:
     async def judge(
         self,
         parsed: Parsed,
-        take: Callable[[Observation, Inspected | None], bool],
+        take: Callable[[Observation, Prepared | None], bool],
         failed: Callable[[int, Exception], None],
     ) -> int:
         """Feed every observation to `take` on the loop, resting `PAUSE` after each `SLICE` of
@@ -206,9 +238,9 @@ class Ingestor:
         taken = index = 0
         start = time.perf_counter()
         for chunk in parsed.chunks:
-            for obs, inspected in pickle.loads(chunk):
+            for obs, prepared in pickle.loads(chunk):
                 try:
-                    if take(obs, inspected):
+                    if take(obs, prepared):
                         taken += 1
                 except Exception as exc:  # one bad item never stops the batch or the server
                     failed(index, exc)

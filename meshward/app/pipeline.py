@@ -38,9 +38,8 @@ from meshward.app.decisioncache import DecisionCache, Key
 from meshward.app.recent import RecentCalls
 from meshward.core import redact
 from meshward.core.claims import distrusted
-from meshward.core.engine import Engine
+from meshward.core.engine import Engine, Prepared
 from meshward.core.observation import Observation, Verdict
-from meshward.core.threats.inspection import Inspection
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
 
@@ -58,7 +57,7 @@ class Call:
     stop: bool = False  # a step decided nothing further is to be done
     cache_key: Key | None = None
     cached: bool = False
-    inspected: tuple[Inspection, bool] | None = None  # the detectors ran elsewhere (ingest)
+    prepared: Prepared | None = None  # decoded and inspected elsewhere (the ingest worker)
 
 
 class Count:
@@ -90,10 +89,10 @@ class Judge:
         obs: Observation,
         source: str,
         learn: bool = True,
-        inspected: tuple[Inspection, bool] | None = None,
+        prepared: Prepared | None = None,
     ) -> Verdict:
         start = time.perf_counter()
-        verdict = self.engine.evaluate(obs, learn=learn, inspected=inspected)
+        verdict = self.engine.evaluate(obs, learn=learn, prepared=prepared)
         self._latency[source].observe(time.perf_counter() - start)
         self.account(obs, source, verdict)
         return verdict
@@ -108,7 +107,7 @@ class Judge:
 
     def _decide(self, call: Call) -> None:
         if call.verdict is None:
-            call.verdict = self.judge(call.obs, call.source, call.learn, call.inspected)
+            call.verdict = self.judge(call.obs, call.source, call.learn, call.prepared)
         else:  # decided by an earlier step (a cache hit): counted the same way
             self.account(call.obs, call.source, call.verdict)
 
@@ -250,20 +249,18 @@ class Pipeline:
         assert verdict is not None  # the Judge step always decides a check
         return verdict
 
-    def take_tap(self, obs: Observation, inspected: tuple[Inspection, bool] | None = None) -> None:
-        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete, inspected=inspected))
+    def take_tap(self, obs: Observation, prepared: Prepared | None = None) -> None:
+        self.run("tap", Call(obs, "envoy-tap", learn=obs.complete, prepared=prepared))
 
-    def take_ingested(
-        self, obs: Observation, inspected: tuple[Inspection, bool] | None = None
-    ) -> None:
+    def take_ingested(self, obs: Observation, prepared: Prepared | None = None) -> None:
         """An observation a caller sent (the node tap, files): the threats it claims are
-        dropped and counted (meshward.core.claims), the engine judges it afresh (with the
-        detectors' findings from the ingest worker, `inspected`, when it ran them)."""
+        dropped and counted (meshward.core.claims), the engine judges it afresh (with what the
+        ingest worker decoded and found in it, `prepared`, when it did)."""
         obs, dropped = distrusted(obs)
         if dropped:
             self._claims_dropped.inc(dropped)
         if obs.seen_by == "envoy-tap":
-            self.take_tap(obs, inspected)
+            self.take_tap(obs, prepared)
             return
         source = obs.seen_by if obs.seen_by in SOURCES else "file"
-        self.run("ingest", Call(obs, source, inspected=inspected))
+        self.run("ingest", Call(obs, source, prepared=prepared))

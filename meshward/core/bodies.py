@@ -90,6 +90,8 @@ class DecodedBody:
     @property
     def fields(self) -> list[tuple[str, Leaf]]:
         if self._fields is None:
+            if self._doc is _LEFT_BEHIND:
+                raise ValueError("the fields of a pickled body that were not walked before")
             self._fields, self._keys = [], []
             self._partial = _walk_json(self, fields=self._fields, keys=self._keys)
         return self._fields
@@ -142,6 +144,37 @@ class DecodedBody:
 
     def __repr__(self) -> str:
         return f"DecodedBody({self.kind!r}, partial={self.partial})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as what learning and scoring read (the ingest worker hands decoded bodies to
+        serve's loop): the kind, the shape (walked now if it was not) and the fields if they
+        were walked. A JSON document stays behind, so the copy's `fields` cannot be walked
+        later: it raises ValueError rather than answer empty."""
+        self.shape()
+        state = (self._partial, self._shape, self._mixed, self._typed, self.max_depth)
+        return _unpickled, (self.kind, self._fields, self._keys, *state, self.max_fields)
+
+
+_LEFT_BEHIND = object()  # the JSON document of a pickled body (see DecodedBody.__reduce__)
+
+
+def _unpickled(
+    kind: str,
+    fields: list[tuple[str, Leaf]] | None,
+    keys: list[tuple[str, str]] | None,
+    partial: bool,
+    shape: dict[str, str],
+    mixed: set[tuple[str, str]],
+    typed: set[tuple[str, str]],
+    max_depth: int,
+    max_fields: int,
+) -> DecodedBody:
+    body = DecodedBody(kind, fields, keys, partial)
+    if fields is None:
+        body._fields, body._doc = None, _LEFT_BEHIND  # type: ignore[assignment]
+    body._shape, body._mixed, body._typed = shape, mixed, typed
+    body.max_depth, body.max_fields = max_depth, max_fields
+    return body
 
 
 def parse_query(

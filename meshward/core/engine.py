@@ -53,6 +53,16 @@ class Changes:
         return bool(self.profiles or self.alerts or self.edges)
 
 
+@dataclass(slots=True)
+class Prepared:
+    """What `Engine.prepare` worked out for one observation, for `evaluate` to use as is."""
+
+    features: scoring.Features
+    found: Inspection  # the detectors' findings
+    failed: bool  # the detectors failed on it
+    truncated: bool  # the body was cut (as sent, or decoding it hit max_body)
+
+
 @dataclass
 class EngineConfig:
     deny_threshold: float = 0.5  # enforce: deny at or above this score
@@ -167,36 +177,42 @@ class Engine:
         obs: Observation,
         mode: str | None = None,
         learn: bool = True,
-        inspected: tuple[Inspection, bool] | None = None,
+        prepared: Prepared | None = None,
     ) -> Verdict:
         """Score one Observation; in learn mode (and with `learn`) extend the allowlist.
-        `inspected` is what `inspect` gave for it elsewhere (an ingest worker process), so the
-        detectors need not run again here."""
+        `prepared` is what `prepare` gave for it elsewhere (the ingest worker process), so
+        neither the body's decoding nor the detectors run again here."""
         mode = mode or self.mode_of(obs.destination.namespace)
         self.counters["evaluated"] += 1
+        if prepared is not None:
+            if prepared.truncated and not obs.body_truncated:
+                obs = dataclasses.replace(obs, body_truncated=True)
+            f, found, failed = prepared.features, prepared.found, prepared.failed
+            return self._decide(obs, mode, learn, f, found, failed)
         if obs.body:
             obs = self._plaintext(obs)
         f = scoring.features(obs, self.config.max_body)
-        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
+        found, failed = self._inspect(obs, f.body)
         return self._decide(obs, mode, learn, f, found, failed)
 
-    def dry_run(
-        self, obs: Observation, mode: str, inspected: tuple[Inspection, bool] | None = None
-    ) -> Verdict:
+    def dry_run(self, obs: Observation, mode: str) -> Verdict:
         """What `mode` would say of `obs`, changing nothing: nothing learned, no alert recorded,
         nothing counted (the enforce-readiness report replays traffic through it)."""
         if obs.body:
             obs = self._plaintext(obs)
         f = scoring.features(obs, self.config.max_body)
-        found, failed = inspected if inspected is not None else self._inspect(obs, f.body)
+        found, failed = self._inspect(obs, f.body)
         return self._decide(obs, mode, False, f, found, failed, record=False)
 
-    def inspect(self, obs: Observation) -> tuple[Inspection, bool]:
-        """The detectors' findings and whether they failed, as `evaluate` would get them:
-        stateless, so another process may run it (meshward/app/ingest.py)."""
-        if obs.body:
-            obs = self._plaintext(obs)
-        return self._inspect(obs, scoring.features(obs, self.config.max_body).body)
+    def prepare(self, obs: Observation) -> Prepared:
+        """Everything `evaluate` reads of `obs` that depends on no state: the plaintext body's
+        features (its shape already walked) and the detectors' findings. Stateless, so another
+        process may run it and hand the result over (meshward/app/ingest.py)."""
+        plain = self._plaintext(obs) if obs.body else obs
+        f = scoring.features(plain, self.config.max_body)
+        found, failed = self._inspect(plain, f.body)
+        f.body.shape()  # learning and scoring read the shape: walked here, not by the taker
+        return Prepared(f, found, failed, plain.body_truncated)
 
     def recheck(self, obs: Observation, cached: Verdict) -> Verdict | None:
         """A body-less request whose clean allow was cached (ext_authz's decision cache): the

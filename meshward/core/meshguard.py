@@ -6,8 +6,8 @@ and the old one had not (or had with another value) is a finding; one the old st
 new one lost is a finding cleared. A few changes are weakenings by what they remove, not by what
 they leave (a DENY policy deleted, STRICT mTLS deleted): rules name those as `Strength`s, and
 losing one is a finding too. Who made the change is read from the object's `managedFields`
-(`changed_by`), which is all the API itself records; a deletion has no author there (the API
-server's audit log has it).
+(`changed_by`), which is all the API itself records; a deletion has no author there. The user
+comes from the API server's audit log where one is configured (meshward.core.kubeaudit).
 
 No I/O: the controller (meshward.app.meshguard) feeds objects in and writes Events and alerts.
 """
@@ -120,6 +120,10 @@ class Finding:
     affects: tuple[str, ...] = ()  # the watched namespaces it weakens
     uid: str = ""
     api_version: str = ""
+    # who made it, from the API server's audit log (meshward.core.kubeaudit), when configured:
+    # the user (`alice`, `admin as carol`) and the rest of the record in one line
+    user: str = ""
+    user_detail: str = ""
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -149,7 +153,8 @@ class Finding:
                     raise ValueError("affects must be a list of namespaces")
                 values[f.name] = tuple(_text(v, "affects", 63) for v in raw)
             else:
-                values[f.name] = _text(raw, f.name, 1000 if f.name == "by" else MAX_VALUE + 100)
+                longest = 1000 if f.name in ("by", "user_detail") else MAX_VALUE + 100
+                values[f.name] = _text(raw, f.name, longest)
         if values["threat"] not in CONFIG_THREATS:
             raise ValueError(f"threat must be one of {', '.join(CONFIG_THREATS)}")
         if not values["kind"] or not values["name"] or not values["field"]:
@@ -169,7 +174,10 @@ class Finding:
             text += f"; affects namespaces {', '.join(self.affects[:10])}"
             if len(self.affects) > 10:
                 text += f" and {len(self.affects) - 10} more"
-        return f"{text}; changed by {self.by}"
+        text = f"{text}; changed by {self.by}"
+        if self.user_detail:  # the audit log's word: the user, or why it names nobody
+            text += f"; user {self.user_detail}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -247,7 +255,7 @@ def changed_by(obj: Obj | None, path: str) -> str:
     time; when nobody owns it (a field removed leaves no owner), the object's latest operation,
     said as such. The API keeps no author of a deletion."""
     if obj is None:
-        return "unknown (a deletion has no author in the API; the audit log names it)"
+        return "unknown (a deletion has no field manager; the audit log names who)"
     entries = [e for e in items(mapping(obj.get("metadata")).get("managedFields")) if _entry_ok(e)]
     if not entries:
         return "unknown (no managedFields)"

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import json
 import os
+import pickle
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from meshward.app import ingest
+from meshward.app import ingest, sigcache
 from meshward.app.ingest import Ingestor
+from meshward.app.pipeline import Pipeline
+from meshward.core.bodies import decode_body
+from meshward.core.engine import Engine, EngineConfig
+from meshward.core.observation import Verdict, observation_from_dict
+from meshward.runtime.metrics import Metrics
+from meshward.tap.envoy.join import Joiner
+from tests.support.ingest import big_batch
 
 
 def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
@@ -75,3 +86,139 @@ def test_judging_rests_the_loop_between_slices(monkeypatch: pytest.MonkeyPatch) 
     assert taken == 40
     assert 7 <= len(rests) <= 40  # one per slice: 4 items of a quarter slice or fewer
     assert set(rests) == {ingest.PAUSE} and ingest.PAUSE >= 0.001
+
+
+def _item(ns: str, i: int, **kw: Any) -> dict[str, Any]:
+    body = kw.pop("body", json.dumps({"id": i, "note": "n" * (i % 7), "ok": i % 2 == 0}).encode())
+    return {
+        "seen_by": "node-tap",
+        "time": 1_700_000_000.0 + i,
+        "source": {"namespace": "shop", "workload": f"web{i % 3}"},
+        "destination": {"namespace": ns, "workload": "api"},
+        "method": "POST" if i % 4 else "GET",
+        "path": f"/api/orders/{i}" if i % 5 else f"/api/item-{i % 23}/x",
+        "query": f"page={i}&q=abc" if i % 3 else "",
+        "headers": [["content-type", "application/json"]],
+        "body_b64": base64.b64encode(body).decode(),
+        **kw,
+    }
+
+
+def _mixed_batch() -> list[dict[str, Any]]:
+    """Every way the loop's judging may go: learning (literals generalised past the
+    cardinality bound), scoring in monitor and enforce, threats, client-claimed threats,
+    compressed and cut bodies, form and broken bodies, envoy-tap copies."""
+    items = []
+    for ns in ("learnns", "mon", "enf"):
+        for i in range(60):
+            items.append(_item(ns, i))
+        items.append(_item(ns, 900, query="id=1' OR '1'='1"))  # a threat
+        items.append(_item(ns, 901, body=b'{"q": "<script>alert(1)</script>"}'))
+        items.append(
+            _item(ns, 902, threats=[{"name": "SQL.Injection", "location": "q", "evidence": "x"}])
+        )
+        items.append(
+            _item(
+                ns,
+                903,
+                body=gzip.compress(json.dumps({"big": "z" * 5000}).encode()),
+                headers=[["content-type", "application/json"], ["content-encoding", "gzip"]],
+            )
+        )
+        items.append(
+            _item(
+                ns,
+                907,
+                body=gzip.compress(b"plain text " * 500),
+                headers=[["content-type", "text/plain"], ["content-encoding", "gzip"]],
+            )
+        )
+        items.append(_item(ns, 904, body=b"a=1&b=two", headers=[["content-type", FORM]]))
+        items.append(_item(ns, 905, body=b'{"broken": ', body_truncated=True))
+        items.append(_item(ns, 906, seen_by="envoy-tap", direction="inbound"))
+    return items
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def _judged(
+    items: list[dict[str, Any]], in_worker: bool, threats: bool, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """One serve-like engine and pipeline judges `items` after learning a first round of them;
+    `in_worker`: decoded and inspected by `ingest.parse` and handed over pickled, as serve's
+    ingest worker does; else all on the loop."""
+    config = EngineConfig(max_body=2048, threats=threats)
+    engine = Engine(config, sigcache.detector(config))  # compiled signatures from disk
+    pipeline = Pipeline(engine, Metrics(), Joiner())
+    for obs in (observation_from_dict(it) for it in items[::2]):  # profiles to score against
+        pipeline.take_ingested(obs)
+    engine.set_mode("mon", "monitor")
+    engine.set_mode("enf", "enforce")
+    engine.drain()
+    verdicts: list[Verdict] = []
+    real_evaluate = engine.evaluate
+
+    def evaluate(*a: Any, **kw: Any) -> Verdict:
+        verdicts.append(real_evaluate(*a, **kw))
+        return verdicts[-1]
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    raw = b"\n".join(json.dumps(it).encode() for it in items)
+    if in_worker:
+        monkeypatch.setattr(ingest, "_engine", Engine(config, engine.detector))
+        parsed = ingest.parse(raw)
+        pairs = [pair for chunk in parsed.chunks for pair in pickle.loads(chunk)]
+        assert all(p is not None for _, p in pairs)
+    else:
+        pairs = [(observation_from_dict(it), None) for it in items]
+    for obs, prepared in pairs:
+        pipeline.take_ingested(obs, prepared)
+    monkeypatch.undo()
+    changes = engine.drain()
+    return verdicts, changes.alerts, changes.profiles, engine.counters, engine.refused
+
+
+@pytest.mark.parametrize("threats", [True, False], ids=["detectors", "no-detectors"])
+def test_what_the_worker_prepares_judges_exactly_as_the_loop_would(
+    threats: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker decodes the body (plaintext, features, shape) and runs the detectors; the
+    loop only decides, learns and records. Same batch, same state: the same verdicts, alerts,
+    learned profiles and counters as judging it all on the loop."""
+    items = _mixed_batch()
+    on_loop = _judged(items, False, threats, monkeypatch)
+    handed_over = _judged(items, True, threats, monkeypatch)
+    verdicts = on_loop[0]
+    assert len(verdicts) == len(items)
+    assert {v.verdict for v in verdicts} == {"allow", "alert", "deny"}
+    assert any(v.body_partly_inspected for v in verdicts)
+    assert on_loop[2]  # something was learned
+    assert handed_over == on_loop
+
+
+def test_a_pickled_json_body_keeps_its_shape_and_refuses_an_unwalked_walk() -> None:
+    """What crosses to the loop is the shape (all learning and scoring read); the document
+    stays in the worker, so a later walk of the copy's fields fails loudly, never empty."""
+    body = decode_body("application/json", b'{"a": [1, "x"], "b": {"c": true}}')
+    copy = pickle.loads(pickle.dumps(body))
+    assert list(copy.leaf_classes()) == list(body.leaf_classes())
+    assert copy.typed() == body.typed() and copy.partial == body.partial
+    with pytest.raises(ValueError):
+        copy.fields  # noqa: B018
+    body.fields  # noqa: B018  (walked before pickling: they cross too)
+    assert pickle.loads(pickle.dumps(body)).fields == body.fields
+
+
+def test_what_the_worker_hands_the_loop_is_no_bigger_than_the_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop holds a batch's pickled chunks while it judges them: the observations and
+    what was prepared for them, not the parsed JSON documents of their bodies as well."""
+    raw = big_batch(500)
+    config = EngineConfig()
+    monkeypatch.setattr(ingest, "_engine", Engine(config, sigcache.detector(config)))
+    parsed = ingest.parse(raw)
+    handed = sum(len(c) for c in parsed.chunks)
+    assert sum(len(pickle.loads(c)) for c in parsed.chunks) == 500
+    assert handed < len(raw), (handed, len(raw))

@@ -85,6 +85,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the token itself)",
     )
     p.add_argument(
+        "--audit-webhook-port",
+        type=int,
+        default=0,
+        help="HTTPS port taking the API server's audit Events (its audit webhook backend), so "
+        "guard findings name the user who made a change (docs/mesh-guard.md); 0: off (default)",
+    )
+    p.add_argument("--audit-webhook-host", default="0.0.0.0", help="address of that port")
+    p.add_argument("--audit-webhook-cert", help="the port's TLS certificate (PEM)")
+    p.add_argument("--audit-webhook-key", help="the port's TLS private key (PEM)")
+    p.add_argument(
+        "--audit-webhook-token-file",
+        help="file holding the bearer token the webhook kubeconfig sends (read again when it "
+        "changes)",
+    )
+    p.add_argument(
+        "--audit-webhook-client-ca",
+        help="CA verifying the client certificate the webhook kubeconfig presents (either this "
+        "or a token file is required; both: both are checked)",
+    )
+    p.add_argument(
+        "--audit-wait",
+        type=float,
+        default=35.0,
+        help="seconds a finding waits for the audit Event of its change (cover the API "
+        "server's --audit-webhook-batch-max-wait, 30 s by default; default 35)",
+    )
+    p.add_argument(
         "--trust-domain",
         default="cluster.local",
         help="the mesh's trust domain: learned callers become principals in it when ALLOW "
@@ -137,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--trust-domain must be a host name, --selector-label a label key")
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be 0..65535 (0: no metrics port)")
+    if not 0 <= args.audit_webhook_port <= 65535 or not 0 < args.audit_wait <= 600:
+        raise UsageError("--audit-webhook-port must be 0..65535, --audit-wait 0..600 s")
+    if args.audit_webhook_port and not args.guard:
+        raise UsageError("--audit-webhook-port needs the guard (--guard)")
+    if args.audit_webhook_port and not (args.audit_webhook_cert and args.audit_webhook_key):
+        raise UsageError("--audit-webhook-port needs --audit-webhook-cert and --audit-webhook-key")
     try:
         api = load_client(args.kubeconfig, context=args.context)
     except KubeConfigError as exc:
@@ -171,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     if args.guard:
         from meshward.app.guardlearned import LearnedAllowlists
         from meshward.app.meshguard import MeshGuard
+        from meshward.core.kubeaudit import Authors
         from meshward.runtime.client import ApiClient
 
         alerts = None
@@ -189,8 +223,30 @@ def run(args: argparse.Namespace) -> int:
             alerts=alerts,
             leading=elector.leading,
             hold=2 * d,  # findings of a replica starting up wait this long for the Lease
+            authors=Authors() if args.audit_webhook_port else None,
+            audit_wait=args.audit_wait,
             learned=learned,
         )
+    audit_port = None
+    if args.audit_webhook_port and ctl.guard is not None:
+        from meshward.app.kubeauditport import AuditConfigError, AuditPort
+
+        try:
+            audit_port = AuditPort(
+                ctl.guard,
+                cert=args.audit_webhook_cert,
+                key=args.audit_webhook_key,
+                token_file=args.audit_webhook_token_file,
+                client_ca=args.audit_webhook_client_ca,
+                leading=elector.leading,
+                host=args.audit_webhook_host,
+                port=args.audit_webhook_port,
+            )
+            audit_port.start()
+        except AuditConfigError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"--audit-webhook-port: {exc.strerror or exc}") from None
     kinds: tuple[str, ...] = ("EnvoyFilter", "DestinationRule")
     if args.style == "extension-provider":
         kinds = (*kinds, "AuthorizationPolicy")
@@ -214,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         elector.stop()
         if port is not None:
             port.stop()
+        if audit_port is not None:
+            audit_port.stop()
         ctl.stop_watches()
         event(log, "stopped", **vars(ctl.counters))
     return 0
