@@ -36,12 +36,11 @@ from dataclasses import dataclass
 
 from meshward.core.observation import Identity, Observation, Threat
 from meshward.core.threats.names import MESH_SIDECAR_BYPASS
+from meshward.core.wire import ISTIO_PROXY_PORTS
 from meshward.tap.node.dedup import AlertDedup
 from meshward.tap.node.packet import Packet
 
 H2_PREFACE = b"PRI * HTTP/2.0"
-# the proxies' own ports on a pod: arriving there is passing the proxy
-ISTIO_PROXY_PORTS = frozenset({15001, 15006, 15008, 15020, 15021, 15090})
 
 Conn = tuple[str, int, str, int]
 
@@ -105,6 +104,7 @@ class BypassMonitor:
         self.config = c = config or BypassConfig()
         self.pod_of = pod_of
         self.mode_of = mode_of or (lambda namespace: "learn")
+        # the proxies' own ports on a pod: arriving there is passing the proxy
         self.proxy_ports = frozenset(proxy_ports) | ISTIO_PROXY_PORTS
         self.stats: Counter[str] = Counter()
         self._pending: dict[Conn, _Pending] = {}

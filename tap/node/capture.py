@@ -75,11 +75,33 @@ def assemble(program: list[Insn | str]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> list[Insn | str]:
+def _one_end(family: int, via: Iterable[str], label: str) -> list[Insn | str]:
+    """Drop a packet unless its source or destination is one of `via` (of this family): the
+    words of each address compared in place (IPv4 at 26/30, IPv6 at 22/38)."""
+    addrs = [socket.inet_pton(family, a) for a in via if (":" in a) == (family == socket.AF_INET6)]
+    src, dst = (26, 30) if family == socket.AF_INET else (22, 38)
+    prog: list[Insn | str] = []
+    for i, addr in enumerate(addrs):
+        words = struct.unpack(f"!{len(addr) // 4}I", addr)
+        for j, at in enumerate((src, dst)):
+            miss = f"{label}{i}{j}"
+            for n, w in enumerate(words):
+                prog.append((_LD_W_ABS, 0, 0, at + 4 * n))
+                prog.append((_JEQ, 0 if n < len(words) - 1 else label, miss, w))
+            prog.append(miss)
+    return [*prog, (_JEQ, "drop", "drop", 0), label]
+
+
+def tcp_filter(
+    ports: Iterable[int], *, include: bool, drop_outgoing: bool, via: Iterable[str] = ()
+) -> list[Insn | str]:
     """TCP (IPv4, or IPv6 without extension headers) with data or SYN/FIN/RST; `include`: only
-    these ports, else all but these. Jumps only go forward in classic BPF, so both address
-    families end in the shared port checks with X = the IP header length."""
+    these ports, else all but these; `via`: only connections with one of these addresses at
+    one end (an Istio pod's `lo`: its proxy's hop from 127.0.0.6). Jumps only go forward in
+    classic BPF, so both address families end in the shared port checks with X = the IP
+    header length."""
     ports = sorted(set(ports))
+    via = list(via)
     on_match = "accept" if include else "drop"
     prog: list[Insn | str] = []
     if drop_outgoing:
@@ -90,6 +112,7 @@ def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> l
         # IPv4
         (_LD_B_ABS, 0, 0, 23),
         (_JEQ, 0, "drop", 6),  # TCP
+        *(_one_end(socket.AF_INET, via, "via4") if via else ()),
         (_LD_H_ABS, 0, 0, 20),
         (_JSET, "drop", 0, 0x1FFF),  # not a later fragment
         (_LDX_B_MSH, 0, 0, 14),  # X = IP header length
@@ -112,6 +135,7 @@ def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> l
         # IPv6: next header TCP right after the fixed 40-byte header
         (_LD_B_ABS, 0, 0, 20),
         (_JEQ, 0, "drop", 6),
+        *(_one_end(socket.AF_INET6, via, "via6") if via else ()),
         (_LD_B_ABS, 0, 0, 14 + 40 + 13),
         (_JSET, "v6ports", 0, 0x07),
         (_LD_B_ABS, 0, 0, 14 + 40 + 12),

@@ -20,7 +20,12 @@ from typing import Any
 
 from meshward.core.log import event
 from meshward.core.observation import Identity, Observation
-from meshward.core.wire import LINKERD_PROXY_PORTS, linkerd_client_identity
+from meshward.core.wire import (
+    ISTIO_INBOUND_BIND,
+    ISTIO_PROXY_PORTS,
+    LINKERD_PROXY_PORTS,
+    linkerd_client_identity,
+)
 from meshward.tap.node.bypass import BypassMonitor
 from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
 from meshward.tap.node.controlplane import ControlPlaneMonitor
@@ -34,12 +39,18 @@ log = logging.getLogger("meshward.node-tap")
 
 @dataclass
 class PodTarget:
-    """One pod network namespace to watch, and who the pod is (the destination identity)."""
+    """One pod network namespace to watch, and who the pod is (the destination identity).
+
+    `mesh`: whose proxy the pod runs. A Linkerd pod's `lo` is where meshward reads its traffic
+    (every proxy<->app request becomes an observation). An Istio pod's sidecar already reports
+    each request through ext_authz, so its `lo` is read only for the bypass watch: just the
+    proxy's hop from 127.0.0.6 is captured, and what it carries only clears pending heads."""
 
     netns: str  # name under /run/netns or a path such as /proc/PID/ns/net
     pod: Identity = field(default_factory=Identity)
     net_iface: str | None = "eth0"  # pod interface watched for ICMP/UDP (None: not watched)
     ips: list[str] = field(default_factory=list)  # filled from the namespace at open()
+    mesh: str = "linkerd"  # linkerd | istio
 
 
 def namespace_addresses(netns: str | None) -> list[str]:
@@ -137,13 +148,17 @@ class NodeTap:
         if pod.netns in self.attached:
             return
         pod.ips = pod.ips or namespace_addresses(pod.netns)
+        istio = pod.mesh == "istio"
         opened: list[Capture] = []
         try:
-            ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
-            prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
-            cap = self._capture("lo", prog, pod.netns)
-            opened.append(cap)
-            self.tcp_where[cap.where] = pod
+            if not istio or self.bypass is not None:  # an Istio pod's lo is the bypass watch's
+                mesh_ports = ISTIO_PROXY_PORTS if istio else LINKERD_PROXY_PORTS
+                ports = self.app_ports or sorted(mesh_ports)
+                via = ISTIO_INBOUND_BIND if istio else ()
+                prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True, via=via)
+                cap = self._capture("lo", prog, pod.netns)
+                opened.append(cap)
+                self.tcp_where[cap.where] = pod
             if pod.net_iface and self._watch_net:
                 try:
                     prog = netthreat_filter(self.cpmon is not None, self.bypass is not None)
@@ -297,6 +312,9 @@ class NodeTap:
             obs.extra["midstream"] = "1"
         if self.bypass is not None:  # the proxy handed this request to the app: not a bypass
             self.bypass.proxied(conn.server[0], obs.method, obs.path, obs.protocol, obs.time)
+        if pod is not None and pod.mesh == "istio":
+            self.metrics.proxy_copies += 1  # ext_authz reported it already: no second copy
+            return
         self.out(obs)
 
     def _guard(self, pkt: Packet, where: str) -> None:

@@ -109,3 +109,44 @@ def test_lo_filter_ipv6() -> None:
     assert all(p.ip_version == 6 for p in packets)
     assert data == [b"GET /v6 HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"]
     assert all(p.payload or p.tcp_flags & 0x07 for p in packets)
+
+
+VIA_PAIRS = """
+import socket, sys
+ip = sys.argv[1]
+srv = socket.create_server((ip, 7000))
+for src in ("127.0.0.6", "127.0.0.1", ip):  # the proxy's hop, then two that are not
+    c = socket.create_connection((ip, 7000), source_address=(src, 0))
+    s, _ = srv.accept()
+    c.sendall(b"from " + src.encode()); assert s.recv(100)
+    s.sendall(b"to " + src.encode()); assert c.recv(100)
+    c.close(); s.close()
+"""
+
+
+@pytest.mark.integration
+def test_lo_filter_via_istios_inbound_bind() -> None:
+    """An Istio pod's lo: only connections with 127.0.0.6 at one end, both directions."""
+    from meshward.core.wire import ISTIO_INBOUND_BIND, ISTIO_PROXY_PORTS
+
+    need_netns()
+    with Node() as node:
+        pod = node.add_pod("istio")
+        prog = tcp_filter(
+            ISTIO_PROXY_PORTS, include=False, drop_outgoing=True, via=ISTIO_INBOUND_BIND
+        )
+        cap = Capture("lo", prog, pod.netns)
+        try:
+            pod.run([sys.executable, "-c", VIA_PAIRS, pod.ip])
+            packets: list = []
+            deadline = time.monotonic() + 2
+            while sum(bool(p.payload) for p in packets) < 2 and time.monotonic() < deadline:
+                cap.drain(lambda frame, ts: packets.append(decode(frame, ts)))
+                time.sleep(0.05)
+            time.sleep(0.2)  # anything else would have arrived by now
+            cap.drain(lambda frame, ts: packets.append(decode(frame, ts)))
+        finally:
+            cap.close()
+    data = [bytes(p.payload) for p in packets if p.payload]
+    assert data == [b"from 127.0.0.6", b"to 127.0.0.6"]
+    assert {p.src for p in packets} == {"127.0.0.6", pod.ip}
