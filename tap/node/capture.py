@@ -163,7 +163,8 @@ def _tcp_guard(
 ) -> list[Insn | str]:
     """The mesh guard's TCP: SYNs without ACK (new connections, for the control-plane watch)
     and segments whose payload starts with an HTTP method (plaintext request heads, for the
-    bypass watch; TLS records and bulk data never match). With `ind`, offsets are relative to
+    bypass watch, and the first bytes of their answers; TLS records and bulk data never match).
+    With `ind`, offsets are relative to
     X (the IPv4 header length); A ends as ihl + tcp header length before the payload load."""
     ld_b = _LD_B_IND if ind else _LD_B_ABS
     prog: list[Insn | str] = []
@@ -175,11 +176,14 @@ def _tcp_guard(
             prog.append((_ALU_ADD_X, 0, 0, 0))
         prog += [(_TAX, 0, 0, 0), (_LD_W_IND, 0, 0, payload_at)]
         prog += [(_JEQ, "accept", 0, struct.unpack("!I", w)[0]) for w in HTTP_HEAD_WORDS]
+        # the server's first bytes: an HTTP/2 SETTINGS frame header (length < 256, type 4)
+        prog += [(_ALU_AND_K, 0, 0, 0xFFFF00FF), (_JEQ, "accept", 0, 0x00000004)]
     return prog
 
 
-# the first four bytes of an HTTP/1 request line, or of the HTTP/2 preface ("PRI * HTTP/2.0")
-HTTP_HEAD_WORDS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"PRI ")
+# the first four bytes of an HTTP/1 request line or status line, or of the HTTP/2 preface
+# ("PRI * HTTP/2.0"): request heads and their answers (the bypass watch)
+HTTP_HEAD_WORDS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"PRI ", b"HTTP")
 
 
 def netthreat_filter(syn: bool = False, http_heads: bool = False) -> list[Insn | str]:

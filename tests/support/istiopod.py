@@ -8,7 +8,9 @@ and the TLS inspector, one plaintext (`raw_buffer`) filter chain per app port, a
 mTLS has, and per port an `inbound|PORT||` cluster of type ORIGINAL_DST whose upstream
 connections are bound to 127.0.0.6 (`InboundPassthroughBindIpv4`), so Envoy forwards to the app
 at the pod IP from 127.0.0.6 over the pod's `lo`. Left out, as the bypass watch does not depend
-on them: the mTLS chains, Istio's metadata-exchange and stats filters, and meshward's ext_authz.
+on them: the mTLS chains, Istio's metadata-exchange and stats filters, and meshward's ext_authz
+(a `/denied` route answers 403 from the sidecar itself, as a denial does). A port without a
+filter chain is closed unanswered, as STRICT mTLS closes a plaintext connection.
 
 The rules (`istio_iptables`) are those of `istio-iptables` for REDIRECT mode: PREROUTING ->
 ISTIO_INBOUND (the proxy's own ports and `traffic.sidecar.istio.io/excludeInboundPorts` RETURN)
@@ -37,13 +39,19 @@ def _inbound_chain(port: int) -> dict[str, Any]:
         ".v3.HttpConnectionManager",
         "stat_prefix": f"inbound_0.0.0.0_{port}",
         "codec_type": "AUTO",
+        "server_name": "istio-envoy",  # Istio's, written on every response (OVERWRITE)
         "route_config": {
             "name": f"inbound|{port}||",
             "virtual_hosts": [
                 {
                     "name": f"inbound|http|{port}",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                    "routes": [
+                        # what a denial by ext_authz or an AuthorizationPolicy looks like on the
+                        # wire: the sidecar answers 403 itself, the app never sees the request
+                        {"match": {"prefix": "/denied"}, "direct_response": {"status": 403}},
+                        {"match": {"prefix": "/"}, "route": {"cluster": cluster}},
+                    ],
                 }
             ],
         },

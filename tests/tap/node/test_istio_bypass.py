@@ -2,7 +2,8 @@
 Istio's inbound sidecar (15006, original destination, upstream bound to 127.0.0.6), the nat
 rules istio-iptables writes, and the node agent finding the pod on the real API server by its
 `istio-proxy` container. A request through the sidecar is cleared by the proxy's hop on `lo`
-and not reported a second time (ext_authz reports it); once the port is excluded from the
+and not reported a second time (ext_authz reports it), as are one the sidecar refuses itself
+and one to a port the sidecar closes unanswered (STRICT); once the port is excluded from the
 redirection, the same request is `Mesh.Sidecar.Bypass`."""
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def test_a_request_around_an_istio_sidecar_is_a_bypass(
     istio_iptables(server)
     tap = NodeTap([], [], lambda o: None)
     tap.bypass = BypassMonitor(
-        tap.by_ip.get, lambda ns: "enforce", config=BypassConfig(confirm_window=1.0)
+        tap.by_ip.get,
+        lambda ns: "enforce",
+        config=BypassConfig(confirm_window=1.0, answer_window=2.0),
     )
     running = Running(tap)
     agent = PodDiscovery(kube.api_client(), node_name, tap, istio=True)
@@ -79,8 +82,19 @@ def test_a_request_around_an_istio_sidecar_is_a_bypass(
         url = f"http://{server.ip}:{HTTP_PORT}/orders/7?x=1"
         client.run(["curl", "-sf", "-o", "/dev/null", url])
         client.run([sys.executable, "-c", GRPC_CHECK, f"{server.ip}:{GRPC_PORT}"])
-        assert wait_for(lambda: tap.bypass.stats["bypass_proxied"] == 2, 5), tap.stats()
-        assert tap.bypass.stats["bypass_candidates"] == 2  # both heads seen on eth0, cleared
+        # refused by the sidecar itself (as ext_authz denies), and to a port it has no
+        # plaintext chain for (as under STRICT): the app never saw either
+        denied = f"http://{server.ip}:{HTTP_PORT}/denied/1"
+        assert (
+            client.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", denied]).stdout
+            == "403"
+        )
+        closed = client.run(["curl", "-s", f"http://{server.ip}:9090/x"], check=False)
+        assert closed.returncode != 0
+        stats = tap.bypass.stats
+        assert wait_for(lambda: stats["bypass_unanswered"] == 1, 5), tap.stats()
+        assert stats["bypass_proxied"] == 2 and stats["bypass_refused"] == 1
+        assert stats["bypass_candidates"] == 4  # every head seen on eth0, none a bypass
         assert tap.metrics.proxy_copies == 2
         assert running.seen == []  # the sidecar's requests are ext_authz's to report, not ours
 
@@ -93,6 +107,7 @@ def test_a_request_around_an_istio_sidecar_is_a_bypass(
         assert alert.destination.principal == f"spiffe://cluster.local/ns/{ns}/sa/default"
         assert alert.source.ip == client.ip and alert.method == "GET"
         assert alert.path == "/orders/7" and alert.query == "x=1"
+        assert alert.extra["answered"] == "200"
         assert tap.bypass.stats["bypass_proxied"] == 2 and tap.metrics.proxy_copies == 2
     finally:
         agent.stop()
