@@ -47,53 +47,74 @@ seen = st.builds(
 
 SEGMENTS = ["u-83hd72", "u-0a9x1c", "ord-5f2k9q", "red-q1.pdf", "Admin", "x_y", "é"]
 
+# Strategies are built once here, not inside the composites: hypothesis validates a strategy
+# on its first draw, and building them per draw made these tests spend most of their time there.
+SEGMENT_LISTS = st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=4)
+RULE_SOURCES = st.sets(NAMES, max_size=3)
+QUERIES = st.dictionaries(st.sampled_from(["id", "q", "page"]), CLASSES, max_size=3)
+BODIES = st.dictionaries(st.sampled_from(["a", "b.c", "d[]"]), CLASSES, max_size=2)
+CONTENT_TYPES = st.sets(
+    st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"])
+)
+STATUSES = st.sets(st.sampled_from(["2xx", "4xx", "5xx"]))
+SIZE_LOW = st.integers(-1, 5)
+SIZE_SPAN = st.integers(0, 3)
+ONE_IN_SIX = st.integers(0, 5)
+ONE_IN_FOUR = st.integers(0, 3)
+RULE_KEYS = st.sets(st.sampled_from(KEYS), max_size=5)
+REMOVED_KEYS = st.sets(st.sampled_from(KEYS), max_size=2)
+REPLICA_IDS = st.sets(st.sampled_from(["r1", "r2", "r3"]), max_size=3)
+SOURCE_COUNTS = st.integers(0, 9)
+
 
 @st.composite
 def shapes(draw: st.DrawFn) -> PathShape:
-    if draw(st.integers(0, 5)) == 0:
+    if draw(ONE_IN_SIX) == 0:
         return PathShape.opened()
     shape = PathShape()
-    for value in draw(st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=4)):
+    for value in draw(SEGMENT_LISTS):
         shape.learn(value)
     return shape
+
+
+SHAPES = shapes()
 
 
 @st.composite
 def rules(draw: st.DrawFn, key: tuple[str, str]) -> EndpointRule:
     r = EndpointRule(*key)
-    r.sources = dict.fromkeys(draw(st.sets(NAMES, max_size=3)), 0)
-    r.query = draw(st.dictionaries(st.sampled_from(["id", "q", "page"]), CLASSES, max_size=3))
-    r.body = draw(st.dictionaries(st.sampled_from(["a", "b.c", "d[]"]), CLASSES, max_size=2))
-    r.content_types = draw(
-        st.sets(
-            st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"])
-        )
-    )
-    r.statuses = draw(st.sets(st.sampled_from(["2xx", "4xx", "5xx"])))
-    lo = draw(st.integers(-1, 5))
-    r.size_min, r.size_max = (lo, lo + draw(st.integers(0, 3))) if lo >= 0 else (-1, -1)
+    r.sources = dict.fromkeys(draw(RULE_SOURCES), 0)
+    r.query = draw(QUERIES)
+    r.body = draw(BODIES)
+    r.content_types = draw(CONTENT_TYPES)
+    r.statuses = draw(STATUSES)
+    lo = draw(SIZE_LOW)
+    r.size_min, r.size_max = (lo, lo + draw(SIZE_SPAN)) if lo >= 0 else (-1, -1)
     r.open_query = draw(st.booleans())
     if key[1].endswith("{str}"):
-        r.path_values = {1: draw(shapes())}
+        r.path_values = {1: draw(SHAPES)}
     return r
+
+
+RULES = {k: rules(k) for k in KEYS}
 
 
 @st.composite
 def states(draw: st.DrawFn) -> Shared:
     s = Shared(DEST)
-    for k in draw(st.sets(st.sampled_from(KEYS), max_size=5)):
-        s.rules[k] = draw(rules(k))
-    s.sources = draw(st.sets(NAMES, max_size=3))
-    s.removed = draw(st.sets(st.sampled_from(KEYS), max_size=2))
-    for rid in draw(st.sets(st.sampled_from(["r1", "r2", "r3"]), max_size=3)):
+    for k in draw(RULE_KEYS):
+        s.rules[k] = draw(RULES[k])
+    s.sources = draw(RULE_SOURCES)
+    s.removed = draw(REMOVED_KEYS)
+    for rid in draw(REPLICA_IDS):
         c = Counters(draw(seen))
         c.sources = {n: draw(seen) for n in s.sources}
         c.rules = {
-            k: RuleCounters(draw(seen), {n: draw(st.integers(0, 9)) for n in s.rules[k].sources})
+            k: RuleCounters(draw(seen), {n: draw(SOURCE_COUNTS) for n in s.rules[k].sources})
             for k in s.rules
         }
         s.replicas[rid] = c
-    if draw(st.integers(0, 3)) == 0:  # people's decisions (a join of their own: below)
+    if draw(ONE_IN_FOUR) == 0:  # people's decisions (a join of their own: below)
         s.review = draw(reviews(pins=False))
     return s
 
@@ -103,17 +124,23 @@ STAMPS = st.builds(
 )
 
 
+MAYBE_STAMP = st.none() | STAMPS
+APPROVED_KEYS = st.sets(st.sampled_from(KEYS), max_size=3)
+PINNED_KEYS = st.sets(st.sampled_from(KEYS), max_size=2)
+PIN_TIMES = st.sampled_from([1.0, 2.0])
+
+
 @st.composite
 def reviews(draw: st.DrawFn, pins: bool = True) -> Review:
     """People's decisions (core/reviewstate.py): registers that replicas merge as a join too."""
-    r = Review(draw(st.none() | STAMPS))
-    for k in draw(st.sets(st.sampled_from(KEYS), max_size=3)):
+    r = Review(draw(MAYBE_STAMP))
+    for k in draw(APPROVED_KEYS):
         r.approved[k] = draw(STAMPS)
-    for k in draw(st.sets(st.sampled_from(KEYS), max_size=2)):
+    for k in draw(REMOVED_KEYS):
         r.removed[k] = draw(STAMPS)
-    for k in draw(st.sets(st.sampled_from(KEYS), max_size=2 if pins else 0)):
-        rule = draw(rules(k)).to_doc(stats=False)
-        r.pinned[k] = (Stamp(draw(st.sampled_from([1.0, 2.0])), "ann", digest(rule)), rule)
+    for k in draw(PINNED_KEYS) if pins else ():
+        rule = draw(RULES[k]).to_doc(stats=False)
+        r.pinned[k] = (Stamp(draw(PIN_TIMES), "ann", digest(rule)), rule)
     return r
 
 
