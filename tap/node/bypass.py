@@ -105,6 +105,14 @@ def _is_answer(payload: memoryview | bytes) -> bool:
     )
 
 
+def _is_headers_frame(head: bytes) -> bool:
+    """An HTTP/2 HEADERS frame header (type 1) on a client stream (odd, not 0)."""
+    if len(head) < 9 or head[3] != 1:
+        return False
+    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+    return stream % 2 == 1
+
+
 def request_line(payload: bytes) -> tuple[str, str] | None:
     """(method, target) of a plaintext HTTP request head, ("PRI", "*") for the HTTP/2
     preface; None for anything else (TLS, binary). A request line longer than the segment
@@ -201,6 +209,21 @@ class BypassMonitor:
         else:
             status = head[9:12]
             p.answer = status.decode("ascii") if status.isdigit() else "?"
+
+    def proxy_hop(self, pkt: Packet) -> None:
+        """A segment that starts a request the proxy hands the app on the pod's `lo` (an Istio
+        pod's hop from 127.0.0.6: capture.proxy_hop_filter): a request line, HTTP/2's preface
+        or a HEADERS frame. Seen when the request is forwarded, not when it is answered."""
+        head = bytes(pkt.payload[:2048])
+        line = request_line(head)
+        if line is not None:
+            method, path = line
+            h2 = method == "PRI"
+            self.proxied(pkt.dst, method, path.removesuffix("..."), "h2" if h2 else "", pkt.ts)
+        elif _is_headers_frame(head):
+            self.proxied(pkt.dst, "PRI", "*", "h2", pkt.ts)
+        else:
+            self.stats["hop_not_a_request"] += 1  # a body segment whose fourth byte is 1
 
     def proxied(self, pod: str, method: str, path: str, protocol: str, ts: float) -> None:
         """A request the pod's proxy handed to its app on `lo` (`pod`: its IP)."""

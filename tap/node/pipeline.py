@@ -20,14 +20,16 @@ from typing import Any
 
 from meshward.core.log import event
 from meshward.core.observation import Identity, Observation
-from meshward.core.wire import (
-    ISTIO_INBOUND_BIND,
-    ISTIO_PROXY_PORTS,
-    LINKERD_PROXY_PORTS,
-    linkerd_client_identity,
-)
+from meshward.core.wire import ISTIO_INBOUND_BIND, LINKERD_PROXY_PORTS, linkerd_client_identity
 from meshward.tap.node.bypass import BypassMonitor
-from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
+from meshward.tap.node.capture import (
+    Capture,
+    Insn,
+    in_netns,
+    netthreat_filter,
+    proxy_hop_filter,
+    tcp_filter,
+)
 from meshward.tap.node.controlplane import ControlPlaneMonitor
 from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import Connection, FlowTable
@@ -44,7 +46,8 @@ class PodTarget:
     `mesh`: whose proxy the pod runs. A Linkerd pod's `lo` is where meshward reads its traffic
     (every proxy<->app request becomes an observation). An Istio pod's sidecar already reports
     each request through ext_authz, so its `lo` is read only for the bypass watch: just the
-    proxy's hop from 127.0.0.6 is captured, and what it carries only clears pending heads."""
+    first segment of each request the proxy hands the app from 127.0.0.6, which clears the
+    heads it matches (capture.proxy_hop_filter)."""
 
     netns: str  # name under /run/netns or a path such as /proc/PID/ns/net
     pod: Identity = field(default_factory=Identity)
@@ -104,6 +107,7 @@ class NodeTap:
         )
         self.captures: list[Capture] = []
         self.tcp_where: dict[str, PodTarget] = {}
+        self.hop_where: set[str] = set()  # Istio pods' lo: the proxy's hop (bypass watch)
         self.netmon = netmonitor
         # the mesh guard: TCP SYNs to the control plane, plaintext heads around a pod's proxy
         self.cpmon = cpmon
@@ -148,14 +152,16 @@ class NodeTap:
         if pod.netns in self.attached:
             return
         pod.ips = pod.ips or namespace_addresses(pod.netns)
-        istio = pod.mesh == "istio"
         opened: list[Capture] = []
         try:
-            if not istio or self.bypass is not None:  # an Istio pod's lo is the bypass watch's
-                mesh_ports = ISTIO_PROXY_PORTS if istio else LINKERD_PROXY_PORTS
-                ports = self.app_ports or sorted(mesh_ports)
-                via = ISTIO_INBOUND_BIND if istio else ()
-                prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True, via=via)
+            if pod.mesh == "istio":  # its lo is the bypass watch's: the proxy's hop only
+                if self.bypass is not None:
+                    cap = self._capture("lo", proxy_hop_filter(ISTIO_INBOUND_BIND), pod.netns)
+                    opened.append(cap)
+                    self.hop_where.add(cap.where)
+            else:
+                ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
+                prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
                 cap = self._capture("lo", prog, pod.netns)
                 opened.append(cap)
                 self.tcp_where[cap.where] = pod
@@ -211,6 +217,7 @@ class NodeTap:
 
     def _forget(self, cap: Capture) -> None:
         self.tcp_where.pop(cap.where, None)
+        self.hop_where.discard(cap.where)
         if self.net_pod_ips.pop(cap.where, None) is not None:
             self._net_watched_changed()
         entry = self._caps.pop(cap.fileno(), None)
@@ -312,9 +319,6 @@ class NodeTap:
             obs.extra["midstream"] = "1"
         if self.bypass is not None:  # the proxy handed this request to the app: not a bypass
             self.bypass.proxied(conn.server[0], obs.method, obs.path, obs.protocol, obs.time)
-        if pod is not None and pod.mesh == "istio":
-            self.metrics.proxy_copies += 1  # ext_authz reported it already: no second copy
-            return
         self.out(obs)
 
     def _guard(self, pkt: Packet, where: str) -> None:
@@ -343,6 +347,8 @@ class NodeTap:
         alerts = self._alerts
         where = cap.where
         tcp = where in self.tcp_where
+        hop = where in self.hop_where
+        bypass = self.bypass
         # Each packet feeds the monitor once. A pod interface capture sees its pod's packets
         # both ways; between two watched pods only the receiver's feeds it. A host capture
         # (a bridge sees pod-to-pod frames) leaves to the pods' captures what they see.
@@ -359,6 +365,10 @@ class NodeTap:
                 m.undecodable += 1
             elif tcp and pkt.proto == TCP:
                 flows_packet(pkt, where)
+            elif hop:
+                if bypass is not None and pkt.proto == TCP:
+                    m.proxy_hops += 1
+                    bypass.proxy_hop(pkt)
             elif pkt.proto == TCP and pkt.dport != 53 and pkt.sport != 53:
                 guard(pkt, where)
             elif netmon is not None:

@@ -178,3 +178,34 @@ def test_no_answer_or_the_proxys_own_answer_is_no_bypass() -> None:
     mon.feed(answer(denied, sport=50004))
     mon.feed(answer(sport=50004))
     assert mon.tick(132.0, resolve) == [] and mon.stats["bypass_refused"] == 3
+
+
+def hop(data: bytes, ts: float = 100.005):
+    """A segment the Istio proxy sends the app on the pod's lo, from 127.0.0.6."""
+    pkt = decode(ether(ipv4("127.0.0.6", POD, 6, tcp(41000, 8080, 1, 1, PSH_ACK, data))), ts)
+    assert pkt is not None
+    return pkt
+
+
+def test_the_istio_proxys_hop_clears_what_it_forwards() -> None:
+    mon = monitor()
+    mon.feed(seg(GET))
+    mon.feed(answer())
+    mon.proxy_hop(hop(b"GET /admin/users?id=1 HTTP/1.1\r\nHost: api\r\nx-envoy: 1\r\n\r\n"))
+    # gRPC on the proxy's pooled h2 connection: no preface, a HEADERS frame on stream 5
+    mon.feed(seg(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", sport=50001))
+    mon.feed(answer(SETTINGS, sport=50001))
+    mon.proxy_hop(hop(bytes.fromhex("00000a010400000005") + bytes(10)))
+    # a long URL cut on both sides, at different lengths
+    long_get = b"GET /search/" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n"
+    mon.feed(seg(long_get[:1400], sport=50002))
+    mon.feed(answer(sport=50002))
+    mon.proxy_hop(hop(long_get[:2000]))
+    mon.proxy_hop(hop(b"\x00\x00\x0a\x01\x00\x00\x00\x00\x00 body"))  # stream 0: no request
+    assert mon.tick(102.0, resolve) == []
+    assert mon.stats["bypass_proxied"] == 3 and mon.stats["hop_not_a_request"] == 1
+    # a different request forwarded does not clear this one
+    mon.feed(seg(GET, sport=50003, ts=103.0))
+    mon.feed(answer(sport=50003))
+    mon.proxy_hop(hop(b"GET /health HTTP/1.1\r\n\r\n", ts=103.01))
+    assert len(mon.tick(105.0, resolve)) == 1

@@ -95,7 +95,7 @@ def test_a_request_around_an_istio_sidecar_is_a_bypass(
         assert wait_for(lambda: stats["bypass_unanswered"] == 1, 5), tap.stats()
         assert stats["bypass_proxied"] == 2 and stats["bypass_refused"] == 1
         assert stats["bypass_candidates"] == 4  # every head seen on eth0, none a bypass
-        assert tap.metrics.proxy_copies == 2
+        assert tap.metrics.proxy_hops >= 2  # the GET, and the gRPC call's preface or HEADERS
         assert running.seen == []  # the sidecar's requests are ext_authz's to report, not ours
 
         # the port excluded from the redirection (as the annotation asks): around the sidecar
@@ -108,7 +108,7 @@ def test_a_request_around_an_istio_sidecar_is_a_bypass(
         assert alert.source.ip == client.ip and alert.method == "GET"
         assert alert.path == "/orders/7" and alert.query == "x=1"
         assert alert.extra["answered"] == "200"
-        assert tap.bypass.stats["bypass_proxied"] == 2 and tap.metrics.proxy_copies == 2
+        assert tap.bypass.stats["bypass_proxied"] == 2
     finally:
         agent.stop()
         running.close()
