@@ -37,6 +37,7 @@ from meshward.tap.node.packet import TCP, Packet, decode
 from meshward.tap.node.peerfile import PeerFile
 
 log = logging.getLogger("meshward.node-tap")
+HOP_RING_MB = 2  # an Istio pod's lo hop capture: the first segment of each request only
 
 
 @dataclass
@@ -155,8 +156,9 @@ class NodeTap:
         opened: list[Capture] = []
         try:
             if pod.mesh == "istio":  # its lo is the bypass watch's: the proxy's hop only
-                if self.bypass is not None:
-                    cap = self._capture("lo", proxy_hop_filter(ISTIO_INBOUND_BIND), pod.netns)
+                if self.bypass is not None:  # one small packet per request: a small ring
+                    prog = proxy_hop_filter(ISTIO_INBOUND_BIND)
+                    cap = self._capture("lo", prog, pod.netns, ring_mb=HOP_RING_MB)
                     opened.append(cap)
                     self.hop_where.add(cap.where)
             else:
@@ -289,10 +291,16 @@ class NodeTap:
             self._epoll.register(cap.fileno(), select.EPOLLIN)
 
     def _capture(
-        self, iface: str, prog: list[Insn | str], netns: str | None, promisc: bool = False
+        self,
+        iface: str,
+        prog: list[Insn | str],
+        netns: str | None,
+        promisc: bool = False,
+        ring_mb: int | None = None,
     ) -> Capture:
         try:
-            cap = Capture(iface, prog, netns, blocks=self.ring_mb, promisc=promisc)
+            blocks = min(ring_mb or self.ring_mb, self.ring_mb)
+            cap = Capture(iface, prog, netns, blocks=blocks, promisc=promisc)
         except OSError as exc:
             where = f"{netns}:{iface}" if netns else iface
             raise OSError(exc.errno, f"cannot capture on {where}: {exc.strerror or exc}") from exc
