@@ -4,6 +4,8 @@ cleared by the proxy's copy on lo, by an answer the proxy made itself, or by no 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshward.core.observation import Identity
 from meshward.core.threats.names import MESH_SIDECAR_BYPASS
@@ -209,3 +211,19 @@ def test_the_istio_proxys_hop_clears_what_it_forwards() -> None:
     mon.feed(answer(sport=50003))
     mon.proxy_hop(hop(b"GET /health HTTP/1.1\r\n\r\n", ts=103.01))
     assert len(mon.tick(105.0, resolve)) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("hao"), st.binary(max_size=80)), max_size=30))
+def test_any_bytes_are_judged_without_crashing(segments: list[tuple[str, bytes]]) -> None:
+    """Heads, answers and proxy hops of any content: counted or judged, never a crash."""
+    mon = monitor()
+    for i, (kind, data) in enumerate(segments):
+        if kind == "h":
+            mon.feed(seg(data, sport=50000 + i % 3))
+        elif kind == "a":
+            mon.feed(answer(data, sport=50000 + i % 3))
+        else:
+            mon.proxy_hop(hop(data))
+    mon.tick(100.0 + mon.config.answer_window + 1, resolve)
+    assert not mon._pending
