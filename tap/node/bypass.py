@@ -87,6 +87,7 @@ class _Pending:
     path: str
     where: str
     answer: str = ""  # "", or the app's status ("200"; "h2" for HTTP/2), or "proxy"
+    looked: bool = False  # for the proxy's copy, once the confirm window passed
 
 
 def _is_answer(payload: memoryview | bytes) -> bool:
@@ -244,16 +245,22 @@ class BypassMonitor:
             age = now - p.ts
             if age < c.confirm_window:
                 continue
+            # looked at once past the proxy's window, then again once answered (or never):
+            # a flood of unanswered heads costs one look each, not one per tick
+            waiting = not p.answer and age < c.answer_window
+            if waiting and p.looked:
+                continue
+            p.looked = True
             if self._was_proxied(conn[2], p):
                 self.stats["bypass_proxied"] += 1
+            elif waiting:
+                continue
             elif p.answer == "proxy":
                 self.stats["bypass_refused"] += 1  # the proxy took it and answered itself
             elif p.answer:
                 self._alert(out, p, conn[2], resolve(p.client))
-            elif age >= c.answer_window:
-                self.stats["bypass_unanswered"] += 1  # it reached no app
             else:
-                continue  # not answered yet: wait for the answer (or the proxy's copy)
+                self.stats["bypass_unanswered"] += 1  # it reached no app
             del self._pending[conn]
         seen = self._seen
         while seen and now - next(iter(seen.values())) > c.connection_memory:
