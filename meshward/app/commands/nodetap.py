@@ -185,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=8,
         help="kernel capture ring per socket in MiB, 2..1024 (two sockets per pod: pinned "
-        "memory is pods x 2 x this; default 8)",
+        "memory is pods x 2 x this, an Istio pod's lo socket 2; default 8)",
     )
     p.add_argument(
         "--metrics-port",
