@@ -8,12 +8,18 @@ redirection, the same request is `Mesh.Sidecar.Bypass`."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
+import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,4 +118,56 @@ def test_a_request_around_an_istio_sidecar_is_a_bypass(
     finally:
         agent.stop()
         running.close()
+        pod.cleanup()
+
+
+def test_the_command_finds_the_istio_pod_and_alerts_the_bypass(
+    kube_cluster: KubeCluster, kube_namespace: str, node: Node
+) -> None:
+    """`meshward node-tap --node N`, as a process: the Istio pod comes from the API server, its
+    namespaces from the node's, the alert on stdout; the request through the sidecar raises
+    nothing."""
+    kube, ns = kube_cluster, kube_namespace
+    node_name = f"node-{uuid.uuid4().hex[:8]}"
+    server, client = node.add_pod("api"), node.add_pod("client")
+    pod = IstioPod(server)
+    pod.start()
+    istio_iptables(server, exclude_inbound=(GRPC_PORT,))
+    obj = pod_object("api-1", ns, node_name, ["api", "istio-proxy"], {"app": "api"})
+    run_pod(kube, obj, server.ip)
+    root = Path(__file__).resolve().parents[3]
+    cmd = [sys.executable, "-m", "meshward", "node-tap", "--node", node_name]
+    cmd += ["--kubeconfig", str(kube.kubeconfig), "--mode", f"{ns}=enforce", "--duration", "30"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    logs: list[str] = []
+    found: list[dict] = []
+
+    def read(stream: Any, into: Callable[[str], None]) -> None:
+        for line in stream:
+            into(line)
+
+    threading.Thread(target=read, args=(proc.stderr, logs.append), daemon=True).start()
+    keep = lambda line: found.append(json.loads(line)) if line.startswith("{") else None  # noqa: E731
+    threading.Thread(target=read, args=(proc.stdout, keep), daemon=True).start()
+    try:
+        assert wait_for(lambda: any('"capturing"' in ln and ":lo" in ln for ln in logs), 20), logs
+        client.run(["curl", "-sf", "-o", "/dev/null", f"http://{server.ip}:{HTTP_PORT}/ok"])
+        client.run([sys.executable, "-c", GRPC_CHECK, f"{server.ip}:{GRPC_PORT}"])
+        assert wait_for(lambda: any(o.get("threats") for o in found), 15), (found, logs[-10:])
+        time.sleep(1.5)  # the proxied request is judged by now too
+        (alert,) = [o for o in found if o.get("threats")]
+        assert alert["threats"][0]["name"] == MESH_SIDECAR_BYPASS
+        assert alert["destination"]["port"] == GRPC_PORT and alert["protocol"] == "h2"
+        assert alert["destination"]["principal"] == f"spiffe://cluster.local/ns/{ns}/sa/default"
+        assert not [o for o in found if not o.get("threats")]  # nothing reported twice
+    finally:
+        proc.terminate()
+        proc.wait(10)
         pod.cleanup()
