@@ -151,6 +151,7 @@ _CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
 _SCANNER = re.compile(SCANNER_AGENTS, re.IGNORECASE)
 _PLAIN_SEGMENT = re.compile(r"[\w.~-]*\Z")  # a path segment with nothing but a name in it
 _FORM_LIKE = re.compile(rb"[\w.\[\]%-]{1,256}=")  # a body that starts as a urlencoded form does
+_XML_TEXT = re.compile(r">[^<]{1,65536}<")  # the text between two tags of an XML document
 
 
 _Part = tuple[str, str]  # (kind: path | query | header, header name)
@@ -361,7 +362,18 @@ class ThreatDetector:
         elif decoded.kind in ("xml", "text", "invalid") or (
             decoded.kind == "json" and not decoded.fields and decoded.partial
         ):
-            self._value(body.decode("utf-8", "replace"), "body", found)
+            text = body.decode("utf-8", "replace")
+            if decoded.kind == "xml":
+                # its text is in the fields above; the document itself is read for its markup
+                # (doctype, entities, processing instructions, injected elements), each tag on
+                # a line of its own as a JSON string is, so that prose in the text is read once
+                text = _XML_TEXT.sub(">\n<", text)
+            # An XML document is markup by construction: its prolog and namespaces are what
+            # libinjection's HTML5 tokeniser flags (<?xml ...?>, xmlns="..."), so a document
+            # declared XML is read by the signatures only; its text and attribute values (the
+            # fields) get every check.
+            markup = decoded.kind == "xml" or body_kind(content_type) == "xml"
+            self._value(text, "body", found, markup=markup)
         return decoded.partial
 
     def _fields(self, decoded: DecodedBody, found: _Findings) -> None:
@@ -376,8 +388,9 @@ class ThreatDetector:
             if isinstance(value, str) and value:
                 self._value(value, _body_location(path, named), found)
 
-    def _value(self, value: str, location: str, found: _Findings) -> None:
-        """Normalise one field value and run every check on it."""
+    def _value(self, value: str, location: str, found: _Findings, markup: bool = False) -> None:
+        """Normalise one field value and run every check on it (`markup`: a whole XML
+        document, which libinjection's HTML tokeniser does not read)."""
         if not value or found.full:
             return
         if len(value) > self.max_value_bytes:
@@ -406,7 +419,7 @@ class ThreatDetector:
                 found.add(TRAVERSAL, location, m.group(0))
         if SQLI not in names and injection.is_sqli(decoded, self.level):
             found.add(SQLI, location, decoded)
-        if XSS not in names and injection.is_xss(decoded, self.level):
+        if XSS not in names and not markup and injection.is_xss(decoded, self.level):
             found.add(XSS, location, decoded)
         if SSRF not in names and _SSRF_HINT.search(norm):
             ip = metadata_address(norm, whole_value=True)
