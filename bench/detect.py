@@ -3,7 +3,8 @@
 One run prints, per sensitivity level:
 - per threat class, the detection rate on ../shared/data/payloads/* with each payload placed in
   a query value (URL-encoded), a path segment, a JSON body field, a form body sent without a
-  Content-Type, a cookie value and a header (user-agent) (see `place`);
+  Content-Type, a cookie value, a header (user-agent), an XML element's text and a
+  multipart/form-data field (see `place`);
 - per class, the detection rate on the attack rows of httpparams/payload_train.csv, and the
   false-positive rate on its `norm` rows, placed the same way;
 - the false-positive rate on 20,000 normal requests of the engine's OpenAPI sample traffic, on
@@ -57,6 +58,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
+from xml.sax.saxutils import escape as xml_escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,7 +76,7 @@ CLASSES = {
     "nosql": "NoSQL.Injection",
     "ssti": "Template.Injection",
 }
-PLACEMENTS = ("query", "path", "json", "form", "cookie", "header")
+PLACEMENTS = ("query", "path", "json", "form", "cookie", "header", "xml", "mpart")
 # placements pooled in the side-by-side figures: CRS flags every untyped body (see side_by_side)
 POOLED = tuple(w for w in PLACEMENTS if w != "form")
 
@@ -205,7 +207,9 @@ def place(payload: str, where: str) -> Observation:
     """An Observation carrying the payload in one place, as a client library would send it:
     a query value, a path segment (every reserved character percent-encoded, as
     encodeURIComponent does), a JSON body field, a form body sent without a Content-Type (what
-    most clients then send), a cookie value, or the user-agent header."""
+    most clients then send), a cookie value, the user-agent header, the text of an element of
+    an XML document (escaped, with a declaration and a namespace, as SOAP clients send it), or
+    a multipart/form-data field ("mpart")."""
     if where == "query":
         return Observation("file", method="GET", path="/search", query="q=" + quote(payload, ""))
     if where == "path":
@@ -221,6 +225,24 @@ def place(payload: str, where: str) -> Observation:
     if where == "form":
         return Observation(
             "file", method="POST", path="/api/items", body=("q=" + quote(payload, "")).encode()
+        )
+    if where == "xml":
+        doc = '<?xml version="1.0" encoding="UTF-8"?><order xmlns="urn:shop:v1"><q>%s</q></order>'
+        return Observation(
+            "file",
+            method="POST",
+            path="/api/items",
+            headers=[("content-type", "application/xml")],
+            body=(doc % xml_escape(payload)).encode(),
+        )
+    if where == "mpart":
+        part = f'--b0undary\r\nContent-Disposition: form-data; name="q"\r\n\r\n{payload}\r\n'
+        return Observation(
+            "file",
+            method="POST",
+            path="/api/items",
+            headers=[("content-type", "multipart/form-data; boundary=b0undary")],
+            body=(part + "--b0undary--\r\n").encode(),
         )
     value = "".join(c if c >= " " and c != "\x7f" else " " for c in payload)  # headers: no CTLs
     if where == "cookie":

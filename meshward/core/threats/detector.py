@@ -43,6 +43,7 @@ from meshward.core.threats.names import (
     JAVA,
     NEGATIVE_LENGTH,
     NOSQL,
+    RFI,
     SCANNER_USER_AGENT,
     SMUGGLING,
     SQLI,
@@ -60,6 +61,7 @@ from meshward.core.threats.normalise import (
 )
 from meshward.core.threats.signatures import (
     COMMAND_NAMES,
+    IP_URL,
     SCANNER_AGENTS,
     CompiledCache,
     SignatureSet,
@@ -421,6 +423,8 @@ class ThreatDetector:
             found.add(SQLI, location, decoded)
         if XSS not in names and not markup and injection.is_xss(decoded, self.level):
             found.add(XSS, location, decoded)
+        if RFI not in names and "://" in norm and (host := remote_address(norm)):
+            found.add(RFI, location, host)
         if SSRF not in names and _SSRF_HINT.search(norm):
             ip = metadata_address(norm, whole_value=True)
             if ip:
@@ -781,6 +785,46 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
         if mapped is not None and str(mapped) in METADATA_IPS:
             return m.group(0)
     return ""
+
+
+_IP_URL = re.compile(IP_URL)
+# The networks a mesh's services and pods live in (RFC 1918, CGNAT, link-local, IPv6 unique
+# local and link-local): a URL to one of them is how services name each other, not an
+# inclusion (cloud metadata addresses are SSRF.Metadata, see metadata_address).
+MESH_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def remote_address(text: str) -> str:
+    """The URL a value starts with, when its host is an IP address outside MESH_NETWORKS
+    (http://203.0.113.9/shell.txt, ftp://[2001:db8::7]/x, http://127.0.0.1/): an inclusion
+    from an attacker's host, or a loopback probe; "" otherwise (http://10.2.0.7:8080/hook,
+    a host name)."""
+    m = _IP_URL.match(text)
+    if m is None:
+        return ""
+    after = text[m.end() : m.end() + 1]
+    if after and (after.isalnum() or after in "-._"):
+        return ""  # a host name that starts with digits (1.2.3.4.nip.io), or no address
+    url = m.group(0).strip(" \t\r\n'\"")
+    host = url.partition("://")[2].rpartition("@")[2]
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return ""
+    if any(ip in net for net in MESH_NETWORKS if net.version == ip.version):
+        return ""
+    return url
 
 
 def _inet_aton(token: str) -> int | None:
