@@ -39,8 +39,9 @@ from meshward.core.exports import (
     rule_callers,
     targets,
 )
-from meshward.istio.envoyfilter import AUTHZ_POLICY_API, MANAGED_BY
+from meshward.core.labels import MANAGED_BY
 
+AUTHZ_POLICY_API = "security.istio.io/v1"
 DRY_RUN = "istio.io/dry-run"
 PATH_TEMPLATES_SINCE = "1.22"  # the first Istio whose AuthorizationPolicy reads {*} and {**}
 MAX_RULES = 512  # the CRD's maxItems on spec.rules: past it, a second policy (ALLOWs are ORed)

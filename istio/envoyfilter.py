@@ -30,17 +30,17 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from meshward.core.labels import MANAGED_BY
 from meshward.istio import filters
+from meshward.istio.authzexport import AUTHZ_POLICY_API
 from meshward.istio.filters import FilterSettings
 
 ENVOYFILTER_API = "networking.istio.io/v1alpha3"
 DESTINATION_RULE_API = "networking.istio.io/v1"
-AUTHZ_POLICY_API = "security.istio.io/v1"
 DEFAULT_SERVICE = "meshward.meshward.svc.cluster.local"
 PROVIDER_NAME = "meshward"
 STYLES = ("envoyfilter", "extension-provider")
 HCM = "envoy.filters.network.http_connection_manager"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "meshward"}
 
 
 def _metadata(name: str, namespace: str, mode: str) -> dict[str, Any]:

@@ -67,6 +67,7 @@ from meshward.core import wire
 from meshward.core.modes import MODES
 from meshward.core.names import is_ip, is_kubernetes_name
 from meshward.core.observation import DIRECTIONS
+from meshward.core.wire import TAP_CLOSE_TIMEOUT_MS, TAP_STREAM_WINDOW
 from meshward.istio.tls import SidecarTLS, upstream_socket
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
@@ -78,19 +79,6 @@ HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # ext_proc in observability mode holds one stream per request (docs/envoy.md, "Envoy facts"): the
 # default circuit breaker (1024 requests) would fill under load, so the tap cluster gets these.
 TAP_CIRCUIT_LIMIT = 100_000
-# When meshward falls behind (a CPU-starved server), tap copies queue somewhere. Left to itself
-# Envoy puts every stream on the wire at once and they pile up in gRPC core's queue of calls the
-# Python server has not accepted yet, which cancels calls beyond ~1,000 (Envoy counts them as
-# ext_proc streams_failed / failure_mode_allowed; meshward never sees them). So each sidecar keeps
-# at most TAP_STREAM_WINDOW streams open per connection to meshward (one connection per Envoy
-# worker) and queues the rest itself (the tap cluster's upstream_rq_pending_*; its
-# upstream_cx_overflow counts the window at work, not losses).
-TAP_STREAM_WINDOW = 256
-# How long Envoy keeps a tap stream after its request ended (ext_proc deferred_close_timeout,
-# Envoy's default 5 s) before resetting it: the longest meshward may lag before copies are lost
-# (Envoy ext_proc streams_closed, meshward_tap_streams_total{outcome="cut"}). Longer costs sidecar
-# memory for the copies held meanwhile (at most TAP_CIRCUIT_LIMIT of them).
-TAP_CLOSE_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from meshward.core.exports import (
     rule_callers,
     targets,
 )
+from meshward.core.labels import MANAGED_BY
 from meshward.linkerd.pods import linkerd_identity
 
 POLICY_API = "policy.linkerd.io"
@@ -44,7 +45,6 @@ SERVER_API = f"{POLICY_API}/v1beta3"
 ROUTE_API = f"{POLICY_API}/v1beta3"
 AUTH_API = f"{POLICY_API}/v1alpha1"
 LINKERD_SINCE = "2.16"  # Server v1beta3 with accessPolicy (audit)
-MANAGED_BY = {"app.kubernetes.io/managed-by": "meshward"}
 METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )

@@ -88,3 +88,20 @@ def linkerd_client_identity(headers: list[tuple[str, str]]) -> str:
         if name == LINKERD_CLIENT_ID_HEADER:
             return value.strip()
     return ""
+
+
+# -- how far meshward may lag behind the sidecars' tap copies (the renderers' defaults)
+
+# When meshward falls behind (a CPU-starved server), tap copies queue somewhere. Left to itself
+# Envoy puts every stream on the wire at once and they pile up in gRPC core's queue of calls the
+# Python server has not accepted yet, which cancels calls beyond ~1,000 (Envoy counts them as
+# ext_proc streams_failed / failure_mode_allowed; meshward never sees them). So each sidecar keeps
+# at most TAP_STREAM_WINDOW streams open per connection to meshward (one connection per Envoy
+# worker) and queues the rest itself (the tap cluster's upstream_rq_pending_*; its
+# upstream_cx_overflow counts the window at work, not losses).
+TAP_STREAM_WINDOW: Final = 256
+# How long Envoy keeps a tap stream after its request ended (ext_proc deferred_close_timeout,
+# Envoy's default 5 s) before resetting it: the longest meshward may lag before copies are lost
+# (Envoy ext_proc streams_closed, meshward_tap_streams_total{outcome="cut"}). Longer costs sidecar
+# memory for the copies held meanwhile (at most TAP_CIRCUIT_LIMIT of them).
+TAP_CLOSE_TIMEOUT_MS: Final = 30_000

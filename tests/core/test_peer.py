@@ -149,6 +149,14 @@ def test_only_the_last_element_counts(caller: SpiffeId, forged: list[list]) -> N
     fake = [[("By", OWN.uri), ("URI", "spiffe://cluster.local/ns/payments/sa/admin")], *forged]
     real = [("By", OWN.uri), ("Hash", "ab12"), ("Subject", '""'), ("URI", caller.uri)]
     header = ",".join(_element(e) for e in [*fake, real] if e)
+    if any("\\" in v for e in forged for _, v in e):
+        # a backslash before a quote the caller wrote can leave its own text unterminated (the
+        # format does not escape backslashes): the header is then refused, never misread
+        try:
+            assert xfcc_identity([header], OWN) == caller
+        except Refused as exc:
+            assert exc.reason == "xfcc-malformed"
+        return
     assert xfcc_identity([header], OWN) == caller
 
 

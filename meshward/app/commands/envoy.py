@@ -10,6 +10,7 @@ from typing import Any
 from meshward.app.commands import UsageError
 from meshward.core.modes import MODES
 from meshward.core.names import is_host_name
+from meshward.core.wire import TAP_CLOSE_TIMEOUT_MS, TAP_STREAM_WINDOW
 from meshward.istio.tls import SidecarTLS
 
 
@@ -100,14 +101,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.set_defaults(func=bootstrap)
 
 
-# the tap's lag settings (istio/filters.py), flag name -> keyword of the renderers
+# the tap's lag settings (core/wire.py), flag name -> keyword of the renderers
 TAP_FLAGS = ("tap_close_timeout_ms", "tap_stream_window")
 
 
 def add_tap_flags(parser: argparse.ArgumentParser) -> None:
     """How far meshward may fall behind the sidecars' tap copies (shared by every renderer)."""
-    from meshward.istio.filters import TAP_CLOSE_TIMEOUT_MS, TAP_STREAM_WINDOW
-
     parser.add_argument(
         "--tap-close-timeout-ms",
         type=int,

@@ -76,6 +76,7 @@ def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     db = str(tmp_path / "m.db")
+    procs: list[subprocess.Popen[bytes]] = []
     for args in (
         ["--authz-port", "70000"],
         [
@@ -101,19 +102,21 @@ def test_serve_bad_flags_exit_with_one_line(tmp_path: Path) -> None:
             "0",
         ],
         ["--flush-interval", "0"],
-        ["--store", "kubernetes", "--kubeconfig", str(tmp_path / "none"), "--db", db],
-        ["--alerts-dsn", "postgresql://x:y@[::1", "--db", db, "--http-port", "0"],
+        ["--store", "kubernetes", "--kubeconfig", str(tmp_path / "none"), "--db", db + "2"],
+        ["--alerts-dsn", "postgresql://x:y@[::1", "--db", db + "3", "--http-port", "0"],
     ):
-        proc = _meshward("serve", *args)
-        try:
-            _, err = proc.communicate(timeout=30)
-        finally:
+        procs.append(_meshward("serve", *args))  # all at once: each start is mostly imports
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 2, err.decode()[-500:]
+            assert err.decode().strip().splitlines()[-1].startswith("meshward serve:")
+    finally:
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode == 2, err.decode()[-500:]
-        assert err.decode().strip().splitlines()[-1].startswith("meshward serve:")
-    busy.close()
+        busy.close()
 
 
 @pytest.mark.integration
