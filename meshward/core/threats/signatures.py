@@ -537,6 +537,17 @@ SIGNATURES: tuple[Signature, ...] = (
         r"kubelet\.conf|controller-manager\.conf|scheduler\.conf))\b|"
         r"\btomcat-users\.xml\b",
     ),
+    # Files that hold secrets or history, after a path separator or ~ (requested by URL path or
+    # named in a value): shell and client history files, cloud and mail client credentials,
+    # version-control metadata a deploy left behind, password stores, WordPress's configuration
+    S(
+        TRAVERSAL,
+        1,
+        r"(?:^|[/\\~])\.(?:[a-z]{1,12}_history|s3cfg|boto|htdigest|msmtprc|rhosts|"
+        r"lighttpdpassword|google_authenticator|deployment-secrets\.txt|remote-sync\.json|"
+        r"ftpconfig|ds_store|(?:svn|hg|gnupg|password-store)[/\\])|\bwp-config\.php\b|"
+        r"\binitial_root_password\b",
+    ),
     # Server configuration files by path, and the password files of developer tools: their
     # documentation names them often (~/.netrc), so only from level 2
     S(

@@ -189,3 +189,37 @@ def test_lolbins_and_shell_handoffs(value: str) -> None:
 )
 def test_tool_names_in_prose_stay_clean(value: str) -> None:
     assert names(field(value)) == set(), value
+
+
+# --- Files that hold secrets or history, requested by path or named in a value
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/.mysql_history",
+        "/app/.svn/entries",
+        "/.hg/store/data",
+        "/.DS_Store",
+        "/blog/wp-config.php",
+        "/.s3cfg",
+        "/home/deploy/.gnupg/secring.gpg",
+        "/.google_authenticator",
+    ],
+)
+def test_secret_and_history_files_by_path(path: str) -> None:
+    obs = Observation("t", method="GET", path=path)
+    assert TRAVERSAL in names(obs)
+    assert names(obs) == names(obs, FULL)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/.well-known/openid-configuration", "/docs/history", "/api/v1/audit/history", "/blog/config"],
+)
+def test_routes_with_like_names_stay_clean(path: str) -> None:
+    assert names(Observation("t", method="GET", path=path)) == set()
+
+
+def test_secret_files_in_values() -> None:
+    found("~/.psql_history", TRAVERSAL)
+    for text in ("see the .svn folder", "my .DS_Store files", "the history of wp-config"):
+        assert names(field(text)) == set(), text
