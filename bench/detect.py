@@ -897,15 +897,23 @@ def sample(rows: list[str], n: int, seed: int = 11) -> list[str]:
     return [r for i, r in enumerate(rows) if i in keep]
 
 
+def _scorer(inspect: Callable[[Observation], object]) -> Scorer:
+    """A Scorer of an older commit's `inspect` (see baseline_detector)."""
+    return lambda obs: {t.name for t in inspect(obs).threats}  # type: ignore[attr-defined]
+
+
 def side_by_side(
     root: Path,
     payloads: dict[str, list[str]],
     attacks: dict[str, list[str]],
     norm: list[str],
     rows: int,
+    baselines: dict[str, Callable[[Observation], object]] | None = None,
 ) -> None:
     """meshward at level 1 and ModSecurity + CRS at PL1 on the same requests: detection per
-    class and placement, false positives, and µs per typical request."""
+    class and placement, false positives, and µs per typical request. `baselines`: older
+    commits' level-1 detectors (--baseline), scored on the same requests. A list where
+    meshward is below CRS in a pooled placement, strict or any, is marked "< crs in ..."."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from crs_anchor import CrsAnchor
 
@@ -925,6 +933,7 @@ def side_by_side(
     )
     engines: list[tuple[str, Scorer]] = [
         ("meshward", meshward(ThreatDetector(level=1))),
+        *((f"at {ref}"[:9], _scorer(fn)) for ref, fn in (baselines or {}).items()),
         ("crs", anchor.threats),
     ]
     heads = "".join(f"{w:>7}" for w in PLACEMENTS)
@@ -934,15 +943,19 @@ def side_by_side(
     for label, rows_all in lists:
         want = CLASSES[label.split()[0]] if label.endswith("(httpparams)") else label
         picked = sample(rows_all, rows)
-        for name, score in engines:
-            r = rates(score, picked, want)
+        got = {name: rates(score, picked, want) for name, score in engines}
+        for name, r in got.items():
             strict = statistics.mean(r[w] for w in POOLED)
             anyr = statistics.mean(r[f"any-{w}"] for w in POOLED)
+            below = [
+                w for w in POOLED if r[w] < got["crs"][w] or r[f"any-{w}"] < got["crs"][f"any-{w}"]
+            ]
             print(
                 f"  {label if name == 'meshward' else '':<22}"
                 f"{len(picked) if name == 'meshward' else '':>5}  {name:<9}{strict:6.1f}"
                 + "".join(f"{r[w]:7.1f}" for w in PLACEMENTS)
                 + f" | {anyr:5.1f}"
+                + (f"  < crs in {','.join(below)}" if below and name == "meshward" else "")
             )
     print("\n  families without a shared list (rows written for the bench, FAMILY_ROWS):")
     for fam, rows_f in FAMILY_ROWS.items():
@@ -1134,7 +1147,7 @@ def main() -> int:
         per_request = {k: [t / len(requests) for t in v] for k, v in times.items()}
         print_ratios(per_request, base if base in times else "level 1")
     if args.anchor_rows and not args.time_only:
-        side_by_side(root, payloads, attacks, norm, args.anchor_rows)
+        side_by_side(root, payloads, attacks, norm, args.anchor_rows, old)
     return 0
 
 
