@@ -423,7 +423,12 @@ class ThreatDetector:
             found.add(SQLI, location, decoded)
         if XSS not in names and not markup and injection.is_xss(decoded, self.level):
             found.add(XSS, location, decoded)
-        if RFI not in names and "://" in norm and (host := remote_address(norm)):
+        if (
+            RFI not in names
+            and "://" in norm
+            and not location.startswith("header:")  # Referer and Origin name pages by URL
+            and (host := remote_address(norm))
+        ):
             found.add(RFI, location, host)
         if SSRF not in names and _SSRF_HINT.search(norm):
             ip = metadata_address(norm, whole_value=True)

@@ -223,3 +223,12 @@ def test_secret_files_in_values() -> None:
     found("~/.psql_history", TRAVERSAL)
     for text in ("see the .svn folder", "my .DS_Store files", "the history of wp-config"):
         assert names(field(text)) == set(), text
+
+
+def test_urls_in_headers_are_pages_not_inclusions() -> None:
+    """Referer and Origin hold the URL of the page a request came from, by IP address when the
+    site is reached so; the anchor too reads parameters only for this."""
+    headers = [("referer", "http://8.8.8.8:3000/cart"), ("origin", "http://127.0.0.1:3000")]
+    obs = Observation("t", method="GET", path="/", headers=headers)
+    assert names(obs) == set()
+    assert names(obs, FULL) == set()
