@@ -13,21 +13,34 @@ together on one directory create one CA: the first takes a lock, the others wait
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
+import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshward.core.peer import DEFAULT_TRUST_DOMAIN
-from meshward.istio.tls import SidecarTLS
+from meshward.istio.tls import SidecarTLS, sds_documents
+
+if TYPE_CHECKING:
+    from meshward.core.revocation import Revocation, RevocationList
 
 TRUST_DOMAIN = DEFAULT_TRUST_DOMAIN
-CA_DAYS = 3650  # a CA serve or `envoy bootstrap` creates (rotation: replace ca.crt/ca.key)
-WORKLOAD_DAYS = 365  # a sidecar's certificate `envoy bootstrap` issues
+CA_DAYS = 3650  # a CA serve or `envoy bootstrap` creates (rotated with `meshward ca rollover`)
+# a sidecar's certificate (`envoy bootstrap`, `meshward ca issue`): short, so revocation is a
+# backstop; `meshward ca renew` (daily) reissues those past two thirds of their life
+WORKLOAD_DAYS = 7
+NEXT_CERT, NEXT_KEY = "next.crt", "next.key"  # the CA a rollover introduces, until `switch`
+ISSUED_DIR = "issued"  # where `envoy bootstrap` writes the sidecars' certificates by default
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----\r?\n?", re.S)
 
 
 class CertError(RuntimeError):
@@ -66,6 +79,25 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def certificates(pem: bytes) -> list[bytes]:
+    """The PEM certificates of a bundle, in order."""
+    return [m.group(0).rstrip(b"\r\n") + b"\n" for m in _PEM_CERT.finditer(pem)]
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` in `path` by a rename, so a reader (serve, Envoy's watch) sees all of it or none."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class MeshCA:
     """A CA in `directory`: loaded when `ca.crt` and `ca.key` are there (a Secret mounted there,
     or an earlier start), else created (with `create`); `issue` writes one workload's key and
@@ -98,8 +130,28 @@ class MeshCA:
                 "(a Kubernetes Secret: defaultMode 0400)"
             )
 
-    def _create(self) -> None:
-        """ca.key and ca.crt, made in a private temp dir and renamed into place (key first)."""
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The CA's lock (issuing, rollover steps, revocations: one at a time across processes
+        and replicas sharing the directory); a read-only directory (a mounted Secret, which
+        the kubelet swaps whole) has none to take. Not re-entrant: `issue` does not take it."""
+        try:
+            lock = open(self.dir / ".ca.lock", "a")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES):
+                raise
+            yield
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _create(self, key_name: str = "ca.key", cert_name: str = "ca.crt") -> None:
+        """A CA key and certificate, made in a private temp dir and renamed into place (key
+        first)."""
         with tempfile.TemporaryDirectory(dir=self.dir, prefix=".ca-") as tmp:
             work = Path(tmp)
             _openssl(
@@ -121,8 +173,50 @@ class MeshCA:
                 cwd=work,
             )
             _private(work / "ca.key")
-            os.replace(work / "ca.key", self.key)
-            os.replace(work / "ca.crt", self.cert)
+            os.replace(work / "ca.key", self.dir / key_name)
+            os.replace(work / "ca.crt", self.dir / cert_name)
+
+    # -- rollover: a new CA trusted beside the old, then issuing, then the old one dropped --
+
+    def bundle(self) -> list[bytes]:
+        """The trusted CA certificates (ca.crt), the issuing one first."""
+        return certificates(self.cert.read_bytes())
+
+    def rollover_start(self) -> bytes:
+        """A new CA (next.crt, next.key), trusted beside the current one (appended to ca.crt):
+        everything reading ca.crt trusts both before anything is issued from the new one."""
+        with self.locked():
+            if (self.dir / NEXT_KEY).exists():
+                raise CertError("a rollover is under way already: `meshward ca rollover switch`")
+            self._create(NEXT_KEY, NEXT_CERT)
+            new = certificates((self.dir / NEXT_CERT).read_bytes())
+            write_atomic(self.cert, b"".join([*self.bundle(), *new]))
+            return new[0]
+
+    def rollover_switch(self) -> None:
+        """Issue from the new CA: ca.key is the new key, ca.crt the new CA first and the old
+        ones after it (still trusted until `rollover_finish`)."""
+        with self.locked():
+            next_key = self.dir / NEXT_KEY
+            if not next_key.exists():
+                raise CertError("no rollover under way: `meshward ca rollover start` first")
+            new = certificates((self.dir / NEXT_CERT).read_bytes())[0]
+            rest = [c for c in self.bundle() if c != new]
+            key = next_key.read_bytes()
+            write_atomic(self.key, key, 0o600)
+            write_atomic(self.cert, b"".join([new, *rest]))
+            next_key.unlink()
+            (self.dir / NEXT_CERT).unlink()
+
+    def rollover_finish(self) -> int:
+        """Trust the issuing CA only (ca.crt's first certificate); how many were dropped."""
+        with self.locked():
+            if (self.dir / NEXT_KEY).exists():
+                raise CertError("the new CA does not issue yet: `meshward ca rollover switch`")
+            bundle = self.bundle()
+            if len(bundle) > 1:
+                write_atomic(self.cert, bundle[0])
+            return len(bundle) - 1
 
     def issue(
         self,
@@ -188,3 +282,62 @@ class MeshCA:
             private_key=str(where / f"{name}.key"),
             ca_cert=str(self.cert),
         )
+
+    # -- reissuing and revoking workload certificates --------------------------------------
+
+    def reissue(self, cert_path: Path, days: int | None = None) -> SidecarTLS:
+        """The same workload's certificate again (its SPIFFE id, DNS names and addresses), from
+        the issuing CA now, over the files Envoy watches; `days` default: its old lifetime."""
+        from cryptography import x509
+
+        from meshward.core.peer import parse_spiffe
+
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            raise CertError(f"{cert_path}: no subjectAltName: not a workload certificate") from None
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+        spiffe = parse_spiffe(uris[0]) if len(uris) == 1 else None
+        if spiffe is None or spiffe.trust_domain != self.trust_domain:
+            raise CertError(f"{cert_path}: not a workload certificate of {self.trust_domain}")
+        if Path(cert_path).name != f"{spiffe.namespace}.{spiffe.service_account}.crt":
+            raise CertError(f"{cert_path}: not named NAMESPACE.SERVICE-ACCOUNT.crt")
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        return self.issue(
+            spiffe.namespace,
+            spiffe.service_account,
+            out=Path(cert_path).parent,
+            dns=sans.get_values_for_type(x509.DNSName),
+            ips=[str(ip) for ip in sans.get_values_for_type(x509.IPAddress)],
+            days=days or max(1, round(life.total_seconds() / 86400)),
+        )
+
+    def revocation_file(self) -> Path:
+        from meshward.runtime.revocations import FILE_NAME
+
+        return self.dir / FILE_NAME
+
+    def revoke(self, entry: Revocation) -> RevocationList:
+        """Add `entry` to the revocation list (a rename: every replica re-reads it whole). A
+        list on disk that does not parse is not overwritten: fix it first."""
+        from meshward.core.revocation import RevocationList, parse
+
+        path = self.revocation_file()
+        with self.locked():
+            try:
+                current = parse(path.read_bytes())
+            except FileNotFoundError:
+                current = RevocationList()
+            updated = current.with_entry(entry)
+            write_atomic(path, updated.render().encode())
+        return updated
+
+
+def write_sds(tls: SidecarTLS) -> SidecarTLS:
+    """`tls` served to Envoy through file-based SDS: the two SDS files written beside the
+    certificate (by a rename), and the material marked so the bootstrap points at them."""
+    served = dataclasses.replace(tls, sds=True)
+    for path, document in sds_documents(served).items():
+        write_atomic(Path(path), json.dumps(document, indent=1).encode())
+    return served

@@ -10,15 +10,24 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from meshward.core import templates
+from meshward.core.exports import UNAUTHENTICATED, caller_account
 from meshward.core.meshguard import (
+    ONE,
+    Grant,
+    Learned,
     Obj,
+    Operation,
+    PathPattern,
     Scope,
+    Source,
     State,
     Strength,
     Weakness,
     items,
     mapping,
     short,
+    wider_than_learned,
 )
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
@@ -26,6 +35,7 @@ from meshward.core.threats.names import (
     MESH_MTLS_WEAKENED,
     MESH_POLICY_WIDENED,
 )
+from meshward.istio.authzexport import istio_path, principal
 from meshward.istio.filters import EXT_AUTHZ, EXT_PROC
 
 PROXY_CONTAINER = "istio-proxy"
@@ -205,7 +215,149 @@ def authorization_policy(obj: Obj, scope: Scope) -> State:
                         "any path",
                     )
                 )
+    if scope.learned is not None:
+        weak = _against_learned(obj, scope.learned, affects, weak)
     return State(tuple(weak), (), affects)
+
+
+def _against_learned(
+    obj: Obj, learned: Learned, affects: tuple[str, ...], weak: list[Weakness]
+) -> list[Weakness]:
+    """The universal weak spots, then what the policy's rules admit beyond the learned
+    allowlists of the workloads it selects (docs/mesh-guard.md). Without the allowlists, the
+    universal findings say that no comparison was made."""
+    note = learned.not_compared()
+    selected = selected_destinations(obj, learned, affects)
+    if not note and selected is None:
+        key = learned.selector_label
+        note = f"not compared with the learned allowlist: its selector names no {key} label"
+    elif not note and not selected:
+        note = "not compared with the learned allowlist: nothing learned where it applies"
+    if note:
+        return [Weakness(w.threat, w.field, w.value, f"{w.detail}; {note}") for w in weak]
+    rules = items(_spec(obj).get("rules"))
+    told = {w.field for w in weak}
+    found: dict[str, Weakness] = {}
+    more: dict[str, int] = {}
+    for destination in selected or ():
+        learnt = learned.learnt(destination, "istio", learned_path)
+        named = {c: _principal_of(c, learned.trust_domain) for c in sorted(learnt.callers)}
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, Mapping) or not (rule.get("from") or rule.get("to")):
+                continue  # allow-all (or only `when`): the universal rule says it
+            grant = istio_grant(rule, f"spec.rules[{i}]", named)
+            for w in wider_than_learned(grant, destination, learnt):
+                if w.field in told:
+                    continue
+                if w.field in found:
+                    more[w.field] = more.get(w.field, 0) + 1
+                else:
+                    found[w.field] = w
+    for path, n in more.items():
+        w = found[path]
+        found[path] = Weakness(w.threat, w.field, w.value, f"{w.detail} (and {n} more workloads)")
+    return [*weak, *found.values()]
+
+
+def selected_destinations(obj: Obj, learned: Learned, affects: tuple[str, ...]) -> list[str] | None:
+    """The learned destinations (`namespace/workload`) a policy selects: its selector's
+    workload label (as the export writes it), or, without a selector, every learned
+    destination of the namespaces it covers; None when the selector names no workload."""
+    selector = mapping(_spec(obj).get("selector"))
+    if not selector:
+        return [d for ns in affects for d in learned.destinations(ns)]
+    workload = mapping(selector.get("matchLabels")).get(learned.selector_label)
+    if not isinstance(workload, str) or not workload:
+        return None
+    return [f"{_ns(obj)}/{workload}"]
+
+
+def istio_grant(rule: Mapping[str, Any], path: str, named: Mapping[str, str | None]) -> Grant:
+    """One ALLOW rule, resolved against a workload's learned callers (`named`: caller key ->
+    its Istio principal, None for a caller without one). A source without principals or
+    namespaces (ipBlocks only, requestPrincipals only, notPrincipals other than Istio's "no
+    principal" idiom) admits any principal; `when` conditions and ports are not credited (an
+    ALLOW rule's `when` only narrows: the finding may say more than the rule admits, never
+    less)."""
+    sources: list[Source] = []
+    for j, entry in enumerate(items(rule.get("from"))):
+        src = mapping(mapping(entry).get("source"))
+        at = f"{path}.from[{j}].source"
+        found = len(sources)
+        for key, what in (("principals", "principal"), ("namespaces", "namespace")):
+            for value in items(src.get(key)):
+                if isinstance(value, str):
+                    admitted = frozenset(
+                        c
+                        for c, p in named.items()
+                        if p is not None
+                        and istio_match(value, p if key == "principals" else c.partition("/")[0])
+                    )
+                    sources.append(Source(f"{at}.{key}", value, what, admitted))
+        if len(sources) > found:
+            continue
+        if src.get("notPrincipals") == ["*"]:
+            no_identity = frozenset({UNAUTHENTICATED})
+            sources.append(
+                Source(f"{at}.notPrincipals", "*", "requests without identity", no_identity)
+            )
+        else:
+            sources.append(Source(at, short(src), "any principal from", frozenset()))
+    operations = []
+    for j, target in enumerate(items(rule.get("to"))):
+        op = mapping(mapping(target).get("operation"))
+        methods = tuple(m.upper() for m in items(op.get("methods")) if isinstance(m, str))
+        paths = tuple(istio_pattern(p) for p in items(op.get("paths")) if isinstance(p, str))
+        operations.append(Operation(f"{path}.to[{j}].operation", methods or None, paths or None))
+    return Grant(
+        path,
+        tuple(sources) if rule.get("from") else None,
+        tuple(operations) if rule.get("to") else None,
+        f"{path}.to",
+        {c: p for c, p in named.items() if p is not None},
+    )
+
+
+def _principal_of(caller: str, trust_domain: str) -> str | None:
+    account = caller_account(caller)
+    return principal(trust_domain, account.namespace, account.name) if account else None
+
+
+def istio_match(pattern: str, value: str) -> bool:
+    """Istio's string match in principals, namespaces, methods: exact, `*` alone, a prefix
+    (`abc*`) or a suffix (`*abc`)."""
+    if pattern == "*":
+        return bool(value)
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+def istio_pattern(path: str) -> PathPattern:
+    """The paths an Istio `paths` entry admits: exact, a prefix (`/a/*`, `/ad*`), a path
+    template (`{*}` one segment, `{**}` the rest; Istio 1.22+), a suffix (`*.js`: taken as any
+    path, which no learned template bounds) or `*`."""
+    if path == "*" or path.startswith("*"):
+        return PathPattern((), True, path)
+    if path.endswith("*") and not path.endswith("{**}") and not path.endswith("{*}"):
+        head = path[:-1]
+        segments = templates.split_path(head.rstrip("/") if head.endswith("/") else head)
+        if not head.endswith("/") and segments:  # a cut inside a segment: any such segment
+            segments = [*segments[:-1], ONE]
+        return PathPattern(tuple(segments), True, path)
+    segments = templates.split_path(path)
+    rest = bool(segments) and segments[-1] == "{**}"
+    body = segments[:-1] if rest else segments
+    return PathPattern(tuple(ONE if s == "{*}" else s for s in body), rest, path)
+
+
+def learned_path(template: str) -> PathPattern | None:
+    """A learned template as the export writes it for Istio (meshward.istio.authzexport), read
+    back as Istio reads it; None when Istio cannot say it."""
+    written, _ = istio_path(template)
+    return istio_pattern(written) if written is not None else None
 
 
 def envoy_filter(obj: Obj, scope: Scope) -> State:

@@ -23,6 +23,7 @@ COMMANDS = [
     "meshward.app.commands.serve",
     "meshward.app.commands.tap",
     "meshward.app.commands.envoy",
+    "meshward.app.commands.ca",
     "meshward.app.commands.istio",
     "meshward.app.commands.demo",
     "meshward.app.commands.nodetap",

@@ -268,8 +268,9 @@ class Controller:
             return None
         try:
             found = self.guard.tampered(key[0], have, self._last_live.get(key), want, FIELD_MANAGER)
-            if found is not None:
-                self.guard.report_tampered(found)
+            if found is not None:  # with the tampered state's version: joins the audit log
+                rv = str(((have or {}).get("metadata") or {}).get("resourceVersion") or "")
+                self.guard.report_tampered(found, rv)
             return found
         except Exception:
             log.exception("mesh guard failed on %s %s/%s", *key)

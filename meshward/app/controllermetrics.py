@@ -14,7 +14,6 @@ app on an event loop of its own, in a daemon thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from meshward.app.controller import KINDS, Controller
 from meshward.app.install import CONTROLLER_METRICS_PORT
 from meshward.app.kubeauth import KubeAuth
 from meshward.app.meshguard import MeshGuard
+from meshward.app.threadedsite import ThreadedSite
 from meshward.core.log import event
 from meshward.core.meshguard import CONFIG_THREATS
 from meshward.kube.review import Reviewer
@@ -111,8 +111,34 @@ def guard_metrics(guard: MeshGuard) -> Iterator[Metric]:
         ("guard_alerts_sent", "mesh guard findings sent to serve as alerts", c.alerts_sent),
         ("guard_alert_failures", "sends of findings to serve that failed", c.alerts_failed),
         ("guard_suppressed", "findings not repeated (already reported)", guard.reported.suppressed),
+        (
+            "guard_learned_reads",
+            "reads of serve's learned allowlists",
+            guard.learned.counters.reads,
+        ),
+        (
+            "guard_learned_failures",
+            "reads of serve's learned allowlists that failed (logged)",
+            guard.learned.counters.failures,
+        ),
     ):
         yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+    audit = CounterMetricFamily(
+        f"{PREFIX}_guard_audit",
+        "API server audit Events (kept, skipped-WHY) and findings joined with one "
+        "(joined-resourceVersion, joined-time) or not (not-joined), by outcome",
+        labels=["outcome"],
+    )
+    for outcome, n in sorted(c.audit.items()):
+        audit.add_metric([outcome], n)
+    yield audit
+    age = guard.learned.age()
+    yield GaugeMetricFamily(
+        f"{PREFIX}_guard_learned_age_seconds",
+        "age of the learned allowlists ALLOW policies are compared with (-1: none, the "
+        "comparison is off)",
+        value=-1.0 if age is None else age,
+    )
     dropped = CounterMetricFamily(
         f"{PREFIX}_guard_dropped", "mesh guard findings or objects dropped, by why", labels=["why"]
     )
@@ -144,9 +170,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-class MetricsPort:
+class MetricsPort(ThreadedSite):
     """The HTTP port in a thread of its own: `start()` binds (port 0: any free one, then read
     `port`), `stop()` closes it."""
+
+    name = "metrics"
 
     def __init__(
         self,
@@ -156,12 +184,10 @@ class MetricsPort:
         host: str = "0.0.0.0",
         port: int = CONTROLLER_METRICS_PORT,
     ) -> None:
-        self.host, self.port, self.guard = host, port, guard
+        super().__init__(host, port)
+        self.guard = guard
         self.registry = CollectorRegistry()
         self.registry.register(ControllerCollector(ctl, leading, guard))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="metrics", daemon=True)
-        self._runner: web.AppRunner | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -174,16 +200,8 @@ class MetricsPort:
         app.router.add_get("/metrics", self._metrics)
         return app
 
-    async def _start(self) -> int:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        return int(self._runner.addresses[0][1])  # the bound port, when 0 was asked for
-
     def start(self) -> None:
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        super().start()
         event(
             log,
             "metrics port",
@@ -191,12 +209,3 @@ class MetricsPort:
             port=self.port,
             public_metrics=self.guard.public_metrics,
         )
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()

@@ -6,7 +6,8 @@ the install grants to the controller's ServiceAccount only; standalone, the API 
 A finding names a configuration change, never a request, so serve does not judge it: it checks
 each one (meshward.core.meshguard.Finding.from_dict: one of the guard's threat names, short
 printable strings) and stores it; anything else is rejected and counted. The alert's source is
-the manager that made the change, its destination the changed object (`ns/Kind/name`), its
+the user that made the change (the API server's audit log, docs/mesh-guard.md), else its field
+manager, its destination the changed object (`ns/Kind/name`), its
 method and path the kind and the field, its threat's evidence `old → new`.
 """
 
@@ -46,7 +47,8 @@ def alert_of(f: Finding, engine: Engine, now: float) -> dict[str, Any]:
         "reasons": [REASON],
         "threats": redact.shown_threats([Threat(f.threat, f.field, evidence[:400])]),
         "destination": f"{f.namespace or f.name}/{f.kind}/{f.name}",
-        "source": f.by.partition(" (")[0] or "unknown",
+        # the user, from the API server's audit log where one is configured; else the manager
+        "source": f.user or f.by.partition(" (")[0] or "unknown",
         "rule": "",
         "mode": engine.mode_of(namespace),
         "time": now,
@@ -66,7 +68,7 @@ async def findings(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    raw = await request.content.read(MAX_BODY + 1)
+    raw = await request.read()  # whole (content.read(n) may stop at a part), serve's bound
     if len(raw) > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
     try:

@@ -30,6 +30,10 @@ MANAGED = {"app.kubernetes.io/part-of": "meshward", "app.kubernetes.io/managed-b
 UID = 10001
 AUTHZ_PORT, TAP_PORT, HTTP_PORT = 9191, 9192, 9193
 CONTROLLER_METRICS_PORT = 9194  # the controller's /metrics and /healthz
+# the controller's audit port (`--audit-webhook-secret`): the API server's audit webhook
+AUDIT_PORT = 9195
+AUDIT_DIR = "/var/run/secrets/meshward-audit"
+AUDIT_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
 ISTIO_STYLES = ("envoyfilter", "extension-provider")
 
 Obj = dict[str, Any]
@@ -49,6 +53,9 @@ class InstallOptions:
     # runtimes that do not name pod network namespaces under /var/run/netns
     node_ifaces: tuple[str, ...] = ()
     node_proc_scan: bool = False
+    # a Secret (keys tls.crt, tls.key, token) for the controller's audit webhook port: the API
+    # server's audit Events name the user of each guard finding; None: no audit port
+    audit_webhook_secret: str | None = None
 
     @property
     def service_host(self) -> str:
@@ -189,8 +196,8 @@ PERMISSIONS: dict[str, list[Obj]] = {
     ],
     # controller: EnvoyFilters and DestinationRules in the namespaces it manages, namespaces to
     # follow their labels, token and access reviews for the callers of its /metrics; the mesh
-    # guard reads (never writes) the mesh's policy objects and the pods, and sends its findings
-    # to serve
+    # guard reads (never writes) the mesh's policy objects and the pods, sends its findings to
+    # serve and reads serve's learned allowlists
     "controller": [
         _rule([""], ["namespaces"], READ),
         _rule(
@@ -206,10 +213,13 @@ PERMISSIONS: dict[str, list[Obj]] = {
         _rule(["security.istio.io"], ["peerauthentications", "authorizationpolicies"], READ),
         _rule(
             ["policy.linkerd.io"],
-            ["servers", "authorizationpolicies", "meshtlsauthentications"],
+            ["servers", "authorizationpolicies", "meshtlsauthentications", "httproutes"],
             READ,
         ),
         _rule([GROUP], ["findings"], ["create"]),
+        # on serve's API, GET /api/v1/allowlist: the learned allowlists the guard compares ALLOW
+        # policies with (Mesh.Policy.Widened); list only, never update
+        _rule([GROUP], ["allowlists"], ["list"]),
     ],
     # node-tap: the pods of its own node (a field selector; the list verb cannot be narrowed
     # further by RBAC) and their namespaces' injection annotation; on serve's API (authorized
@@ -491,7 +501,7 @@ def serve(opts: InstallOptions) -> list[Obj]:
 
 def controller(opts: InstallOptions) -> list[Obj]:
     volumes, mounts = _tmp_volumes()
-    container = {
+    container: Obj = {
         "name": "controller",
         "image": opts.image,
         "args": [
@@ -523,6 +533,44 @@ def controller(opts: InstallOptions) -> list[Obj]:
         ],
     }
     volumes = [*volumes, {"name": "api-token", **_api_token()}]
+    extra: list[Obj] = []
+    if opts.audit_webhook_secret:
+        container["args"] += [
+            "--audit-webhook-port",
+            str(AUDIT_PORT),
+            "--audit-webhook-cert",
+            f"{AUDIT_DIR}/tls.crt",
+            "--audit-webhook-key",
+            f"{AUDIT_DIR}/tls.key",
+            "--audit-webhook-token-file",
+            f"{AUDIT_DIR}/token",
+        ]
+        container["ports"].append(
+            {"name": "https-audit", "containerPort": AUDIT_PORT, "protocol": "TCP"}
+        )
+        container["volumeMounts"].append(
+            {"name": "audit-webhook", "mountPath": AUDIT_DIR, "readOnly": True}
+        )
+        secret = {"secretName": opts.audit_webhook_secret, "defaultMode": 0o440}
+        volumes.append({"name": "audit-webhook", "secret": secret})
+        extra.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": _meta("meshward-controller-audit", opts.namespace, "controller"),
+                "spec": {
+                    "selector": _selector("controller"),
+                    "ports": [
+                        {
+                            "name": "https-audit",
+                            "port": 443,
+                            "targetPort": AUDIT_PORT,
+                            "protocol": "TCP",
+                        }
+                    ],
+                },
+            }
+        )
     return [
         {
             "apiVersion": "apps/v1",
@@ -533,11 +581,22 @@ def controller(opts: InstallOptions) -> list[Obj]:
                 "selector": {"matchLabels": _selector("controller")},
                 "template": {
                     "metadata": {"labels": {**MANAGED, **_selector("controller")}},
-                    "spec": _pod_spec("controller", container, volumes=volumes),
+                    # fsGroup: the audit Secret's files are group-readable (0440), by this pod
+                    "spec": _pod_spec(
+                        "controller",
+                        container,
+                        volumes=volumes,
+                        **({"securityContext": _pod_security(UID)} if extra else {}),
+                    ),
                 },
             },
-        }
+        },
+        *extra,
     ]
+
+
+def _pod_security(fs_group: int) -> Obj:
+    return {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": fs_group}
 
 
 def _api_token() -> Obj:
@@ -680,7 +739,14 @@ def network_policies(opts: InstallOptions) -> list[Obj]:
                     {
                         "from": [operators],
                         "ports": [{"port": CONTROLLER_METRICS_PORT, "protocol": "TCP"}],
-                    }
+                    },
+                    # the API server's audit webhook: not a pod, its address is the cluster's;
+                    # the port itself authenticates (HTTPS, the Secret's token)
+                    *(
+                        [{"ports": [{"port": AUDIT_PORT, "protocol": "TCP"}]}]
+                        if opts.audit_webhook_secret
+                        else []
+                    ),
                 ],
             },
         },
@@ -718,3 +784,38 @@ def mesh_config(opts: InstallOptions) -> Obj:
 
     provider = extension_provider(service=opts.service_host, authz_port=AUTHZ_PORT)
     return {"meshConfig": {"extensionProviders": [provider]}}
+
+
+def audit_policy() -> Obj:
+    """The API server's audit policy meshward needs (`--audit-policy-file`): the writes of the
+    objects the configuration guard watches and nothing else, so the webhook carries little.
+    RequestResponse for the mesh's policy objects and Namespaces (small; the response's
+    resourceVersion joins a finding to its write exactly), Metadata for Pods (many, large; a
+    pod is joined by its name). The API server has one policy for all its backends: in a
+    cluster that has one, put these rules first and drop the last."""
+    from meshward.app.meshguard import KINDS as GUARDED
+
+    groups: dict[str, list[str]] = {}
+    for k in GUARDED:
+        plurals = groups.setdefault(k.group, [])
+        if k.plural not in plurals:
+            plurals.append(k.plural)
+    mesh = [{"group": g, "resources": sorted(r)} for g, r in sorted(groups.items())]
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],  # only the outcome of each write
+        "rules": [
+            {
+                "level": "RequestResponse",
+                "verbs": list(AUDIT_VERBS),
+                "resources": [*mesh, {"group": "", "resources": ["namespaces"]}],
+            },
+            {
+                "level": "Metadata",
+                "verbs": list(AUDIT_VERBS),
+                "resources": [{"group": "", "resources": ["pods"]}],
+            },
+            {"level": "None"},  # everything else: not meshward's (drop in a merged policy)
+        ],
+    }

@@ -14,6 +14,10 @@ watches (monitor or enforce) as a Kubernetes Event on the changed object and as 
   `POST /api/v1/findings` (authenticated as the controller; serve keeps it as an alert, so the
   dashboard shows it). Deduplicated (meshward.core.meshguard.Reported), queues bounded, drops
   counted.
+- Who made a change: the field manager (`managedFields`) always; the user too when the API
+  server's audit log reaches the controller (`add_audit`, from meshward.app.kubeauditport): a
+  finding of a live change then waits up to `audit_wait` seconds for the audit Event of its write
+  (meshward.core.kubeaudit), and says so when none came.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.app.guardlearned import LearnedAllowlists
+from meshward.core.kubeaudit import Authors, Change, Skip, record_of
 from meshward.core.log import event
 from meshward.core.meshguard import (
     CONFIG_THREATS,
@@ -57,6 +63,9 @@ MAX_OBJECTS = 50_000  # per kind: beyond, new objects are counted and not follow
 MAX_QUEUE = 10_000  # findings waiting for their Event or their alert
 FOUND_AT_START = "(unknown: found at start)"
 NOT_GUARDED = "(namespace not guarded before)"
+NOT_COMPARED = "(not compared with the learned allowlist before)"
+WITHIN_LEARNED = "(within the learned allowlist before)"
+FIRST_READ = 3.0  # seconds the watches wait for a first copy of the learned allowlists
 PROXIES = (istio.PROXY_CONTAINER, linkerd.PROXY_CONTAINER)
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Rule = Callable[[Obj, Scope], State]
@@ -120,9 +129,23 @@ KINDS: tuple[GuardedKind, ...] = (
         "meshtlsauthentications",
         linkerd.meshtls_authentication,
     ),
+    # held for the AuthorizationPolicies that target it (wider than learned)
+    GuardedKind("HTTPRoute", "policy.linkerd.io", "v1beta3", "httproutes", linkerd.http_route),
 )
+# kind -> resource of the objects a Linkerd policy refers to (Scope.refs)
+REFERENCED = {
+    "Server": "servers.policy.linkerd.io",
+    "HTTPRoute": "httproutes.policy.linkerd.io",
+    "MeshTLSAuthentication": "meshtlsauthentications.policy.linkerd.io",
+}
+LINKERD_POLICIES = "authorizationpolicies.policy.linkerd.io"
 PODS = "pods"
 NAMESPACES = "namespaces"
+# the ALLOW policies judged against the learned allowlists, again when those change
+POLICY_RESOURCES = (
+    "authorizationpolicies.security.istio.io",
+    "authorizationpolicies.policy.linkerd.io",
+)
 
 
 def namespace_state(obj: Obj, scope: Scope) -> State:
@@ -237,6 +260,12 @@ class GuardCounters:
     alerts_sent: int = 0
     alerts_failed: int = 0  # sends that failed (retried)
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    # audit Events by outcome: kept, skipped-REASON; findings joined-resourceVersion|time,
+    # not-joined (no audit Event within the wait)
+    audit: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+Entry = tuple[Finding, str, float, Change | None]  # a finding, its Event's reason, when, its change
 
 
 class MeshGuard:
@@ -252,6 +281,9 @@ class MeshGuard:
         leading: threading.Event | None = None,
         kinds: tuple[GuardedKind, ...] = KINDS,
         hold: float = 30.0,
+        authors: Authors | None = None,  # the audit log's recent writes (None: not configured)
+        audit_wait: float = 35.0,
+        learned: LearnedAllowlists | None = None,  # default: read from `alerts`' serve
     ) -> None:
         from kubernetes import client
 
@@ -261,6 +293,10 @@ class MeshGuard:
         self.alerts = alerts
         self.leading = leading
         self.hold = hold  # seconds findings wait for this replica to lead before they are dropped
+        self.authors = authors
+        self.audit_wait = audit_wait  # seconds a finding waits for the audit Event of its change
+        self._audit_lock = threading.Lock()
+        self._tampering: dict[tuple[str, str, str], Change] = {}  # meshward's own, reported
         # (group, kind, namespace, name) -> is it the controller's own object (Controller.owns)
         self.owned: Callable[[str, str, str, str], bool] = lambda *_: False
         self.kinds = {k.resource: k for k in kinds}
@@ -270,13 +306,16 @@ class MeshGuard:
         self.namespaces: dict[str, dict[str, Any]] = {}
         self._synced: set[str] = set()
         self._lock = threading.Lock()
-        # findings waiting for their report, with the Event's reason
-        self._out: collections.deque[tuple[Finding, str, float]] = collections.deque()
+        # findings waiting for their report, with the Event's reason and the change to join
+        self._out: collections.deque[Entry] = collections.deque()
         self._alert_queue: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._watchers: list[Any] = []
         self._thread: threading.Thread | None = None
+        self._learned_thread: threading.Thread | None = None
+        # the learned allowlists ALLOW policies are compared with (Mesh.Policy.Widened)
+        self.learned = learned if learned is not None else LearnedAllowlists(alerts)
 
     # ---- scope and rules
     def scope(self) -> Scope:
@@ -285,7 +324,11 @@ class MeshGuard:
         }
         watched = frozenset(n for n, v in labels.items() if guarded(v))
         enforcing = frozenset(n for n in watched if labels[n].get(MODE_LABEL) == "enforce")
-        return Scope(watched, self.root, enforcing)
+        return Scope(watched, self.root, enforcing, self.learned.current(), self._ref)
+
+    def _ref(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A guarded object by kind (REFERENCED), namespace and name (under the lock)."""
+        return self.views.get(REFERENCED.get(kind, ""), {}).get((namespace, name))
 
     def _state(self, resource: str, obj: Obj | None, scope: Scope) -> State:
         if obj is None:
@@ -316,8 +359,10 @@ class MeshGuard:
         old: Obj | None,
         new: Obj | None,
         old_label: str | None = None,
+        rv: str = "",
     ) -> None:
-        """Diff one change (under the lock) and queue its fresh findings."""
+        """Diff one change (under the lock) and queue its fresh findings; `rv`: the watch
+        event's resourceVersion (joins the audit Event of the write)."""
         scope = self.scope()
         found = diff(
             self._kind(resource),
@@ -327,16 +372,107 @@ class MeshGuard:
             self._state(resource, new, scope),
             old_label,
         )
-        self._queue(found)
+        # found at start: the writes are long past; a live change (or one seen by a relist)
+        # waits for its audit Event
+        self._queue(found, self._audited(resource, old, new, rv) if old_label is None else None)
 
-    def _queue(self, found: list[Finding]) -> None:
+    def _audited(self, resource: str, old: Obj | None, new: Obj | None, rv: str) -> Change | None:
+        """The change to join with its audit Event (None: no audit log configured)."""
+        if self.authors is None:
+            return None
+        meta = mapping((new if new is not None else old or {}).get("metadata"))
+        if resource in (PODS, NAMESPACES):
+            group, plural = "", resource
+        else:
+            group, plural = self.kinds[resource].group, self.kinds[resource].plural
+        return Change(
+            group,
+            plural,
+            "" if resource == NAMESPACES else str(meta.get("namespace") or ""),
+            str(meta.get("name") or ""),
+            deleted=new is None,
+            seen=time.time(),
+            # a pod is seen when it runs (a status write the audit policy leaves out), long
+            # after the write that made it: its latest write, whenever
+            resource_version="" if resource == PODS else rv,
+            any_time=resource == PODS,
+        )
+
+    def _own_change(self, f: Finding, rv: str) -> Change | None:
+        """The change behind a finding of meshward's own object (its kind and group known):
+        the tampered state's resourceVersion for an edit (the controller's own write putting it
+        back comes right after: time alone could name it), a deletion's time."""
+        if self.authors is None:
+            return None
+        group = f.api_version.partition("/")[0] if "/" in f.api_version else ""
+        plurals = [k.plural for k in self.kinds.values() if (k.group, k.kind) == (group, f.kind)]
+        if not plurals:
+            return None
+        deleted = f.new.startswith("(deleted")
+        return Change(group, plurals[0], f.namespace, f.name, deleted, time.time(), rv)
+
+    def _queue(self, found: list[Finding], change: Change | None = None) -> None:
         for f in self.reported.fresh(found):
             if len(self._out) >= MAX_QUEUE:
                 self.counters.dropped["queue-full"] += 1
                 self.reported.forget(f)  # not said: the next relist or change says it
                 continue
-            self._out.append((f, "Cleared" if f.cleared else f.threat, time.monotonic()))
+            reason = "Cleared" if f.cleared else f.threat
+            self._out.append((f, reason, time.monotonic(), change))
             self._wake.set()
+
+    # ---- the audit log
+    def add_audit(self, events: list[Any]) -> tuple[int, int]:
+        """Audit Events (`audit.k8s.io/v1`, from the webhook): the writes are kept for the
+        join, the rest counted by why; returns (kept, skipped). Never raises on bad input."""
+        if self.authors is None:
+            return 0, len(events)
+        records = []
+        for doc in events:
+            try:
+                records.append(record_of(doc))
+            except Skip as skip:
+                self.counters.audit[f"skipped-{skip.reason}"] += 1
+        with self._audit_lock:
+            now = time.time()
+            for r in records:
+                self.authors.add(r, now)
+        self.counters.audit["kept"] += len(records)
+        if records:
+            self._wake.set()
+        return len(records), len(events) - len(records)
+
+    def _joined(self, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+        """Findings ready to report (with their user where the audit log names one) and those
+        still waiting for their audit Event. A later finding of an object waits behind an
+        earlier one, so an object's Events keep their order."""
+        if self.authors is None:
+            return entries, []
+        ready: list[Entry] = []
+        held: list[Entry] = []
+        holding: set[tuple[str, str, str]] = set()
+        now = time.monotonic()
+        for f, reason, t, change in entries:
+            obj = (f.kind, f.namespace, f.name)
+            if change is not None:
+                with self._audit_lock:
+                    record, how = self.authors.find(change)
+                if record is not None:
+                    detail = f"{record.describe()}, matched by {how}"
+                    f = dataclasses.replace(f, user=record.who[:300], user_detail=detail[:1000])
+                    self.counters.audit[f"joined-{how}"] += 1
+                elif now - t < self.audit_wait:
+                    held.append((f, reason, t, change))
+                    holding.add(obj)
+                    continue
+                else:
+                    wait = f"{self.audit_wait:g}"
+                    f = dataclasses.replace(
+                        f, user_detail=f"unknown (no audit Event of this change within {wait} s)"
+                    )
+                    self.counters.audit["not-joined"] += 1
+            (held if obj in holding else ready).append((f, reason, t, None))
+        return ready, held
 
     # ---- the watches' handlers
     def handler(self, resource: str) -> Callable[[Any], None]:
@@ -348,9 +484,9 @@ class MeshGuard:
                     self._synced.add(resource)
                     fresh = {k: self._keep(resource, o) for k, o in (ev.objects or {}).items()}
                     for key, obj in list(fresh.items())[:MAX_OBJECTS]:
-                        self._change(
-                            resource, view.get(key), obj, FOUND_AT_START if first else None
-                        )
+                        rv = str(mapping(obj.get("metadata")).get("resourceVersion") or "")
+                        label = FOUND_AT_START if first else None
+                        self._change(resource, view.get(key), obj, label, rv)
                     for key, gone in view.items():
                         if key not in fresh:
                             self._change(resource, gone, None)
@@ -358,6 +494,7 @@ class MeshGuard:
                         self.counters.dropped["too-many-objects"] += len(fresh) - MAX_OBJECTS
                         fresh = dict(list(fresh.items())[:MAX_OBJECTS])
                     self.views[resource] = fresh
+                    self._referenced(resource, None, None, view)
                     return
                 obj = ev.object
                 if obj is None:
@@ -365,18 +502,56 @@ class MeshGuard:
                 meta = obj.get("metadata", {})
                 key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
                 old = view.get(key)
+                rv = str(meta.get("resourceVersion") or "")
                 if ev.type == "DELETED":
                     view.pop(key, None)
-                    self._change(resource, old, None)
+                    self._change(resource, old, None, rv=rv)
+                    self._referenced(resource, key, old, None)
                     return
                 kept = self._keep(resource, obj)
                 if old is None and len(view) >= MAX_OBJECTS:
                     self.counters.dropped["too-many-objects"] += 1
                     return
                 view[key] = kept
-                self._change(resource, old, kept)
+                self._change(resource, old, kept, rv=rv)
+                self._referenced(resource, key, old, kept)
 
         return handle
+
+    def _referenced(
+        self,
+        resource: str,
+        key: tuple[str, str] | None,
+        old: Obj | None,
+        old_view: Mapping[Any, Obj] | None = None,
+    ) -> None:
+        """A Server, HTTPRoute or MeshTLSAuthentication changed (`key`: one object, whose
+        last state was `old`; None: a relist, whose last view was `old_view`): the Linkerd
+        policies that may refer to it are judged again, before and after (under the lock)."""
+        kind = next((k for k, r in REFERENCED.items() if r == resource), None)
+        if kind is None or not self.views.get(LINKERD_POLICIES):
+            return
+        now = self.scope()
+
+        def before(k: str, ns: str, name: str) -> Obj | None:
+            if k != kind:
+                return self._ref(k, ns, name)
+            if key is None:
+                return (old_view or {}).get((ns, name))
+            return old if (ns, name) == key else self._ref(k, ns, name)
+
+        was = dataclasses.replace(now, refs=before)
+        for (ns, _), policy in self.views.get(LINKERD_POLICIES, {}).items():
+            if key is None or ns == key[0]:
+                found = diff(
+                    "AuthorizationPolicy",
+                    policy,
+                    policy,
+                    self._state(LINKERD_POLICIES, policy, was),
+                    self._state(LINKERD_POLICIES, policy, now),
+                    f"(before its {kind} changed)",
+                )
+                self._queue(found)
 
     def _keep(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         return slim_pod(obj) if resource == PODS else slim(obj)
@@ -408,13 +583,19 @@ class MeshGuard:
                     new = None
                 else:
                     new = self.namespaces[name] = slim(ev.object)
-                self._ns_change(old, new, before, None)
+                rv = str(meta.get("resourceVersion") or "")
+                self._ns_change(old, new, before, None, self._audited(NAMESPACES, old, new, rv))
             after = self.scope()
             if after.watched != before.watched:
                 self._rescope(before, after)
 
     def _ns_change(
-        self, old: Obj | None, new: Obj | None, before: Scope, old_label: str | None
+        self,
+        old: Obj | None,
+        new: Obj | None,
+        before: Scope,
+        old_label: str | None,
+        change: Change | None = None,
     ) -> None:
         was = namespace_state(old, before) if old is not None else State()
         now = namespace_state(new, self.scope()) if new is not None else State()
@@ -425,7 +606,7 @@ class MeshGuard:
             for f in found:
                 self.reported.forget(f)
             return
-        self._queue(found)
+        self._queue(found, change)
 
     def _rescope(self, before: Scope, after: Scope) -> None:
         """Objects whose guarded status changed with the namespaces: findings for those now
@@ -446,6 +627,43 @@ class MeshGuard:
                     if f.cleared:
                         self.reported.forget(f)
                 self._queue([f for f in found if not f.cleared])
+
+    # ---- the learned allowlists (Mesh.Policy.Widened, "wider than learned")
+    def read_learned(self) -> None:
+        """Read serve's allowlists again; when what the rules see changed, judge every ALLOW
+        policy again: a policy now wider than learned is a finding (old value: how it was
+        judged before), one no longer wider is cleared. Losing the comparison (serve gone
+        past the cache's age) forgets the learned findings instead of clearing them: nothing
+        was narrowed, the guard just cannot tell (it logs and counts that)."""
+        before = self.learned.current()
+        if not self.learned.read():
+            return
+        after = self.learned.current()
+        with self._lock:
+            scope = self.scope()
+            was = dataclasses.replace(scope, learned=before)
+            label = NOT_COMPARED if before.allowlist is None else WITHIN_LEARNED
+            for resource in POLICY_RESOURCES:
+                for obj in self.views.get(resource, {}).values():
+                    old = self._state(resource, obj, was)
+                    new = self._state(resource, obj, scope)
+                    found = diff(self._kind(resource), obj, obj, old, new, label)
+                    if after.allowlist is None:
+                        for f in found:
+                            self.reported.forget(f)
+                        continue
+                    self._queue(found)
+
+    def _learn(self, first: threading.Event) -> None:
+        while True:
+            try:
+                self.read_learned()
+            except Exception:  # a bug here must not end the comparison for good
+                self.counters.dropped["learned-read-failed"] += 1
+                log.exception("mesh guard: reading the learned allowlists failed")
+            first.set()
+            if self._stop.wait(self.learned.refresh):
+                return
 
     # ---- meshward's own objects (the controller's reconcile calls these)
     def tampered(
@@ -507,17 +725,24 @@ class MeshGuard:
             **base,
         )
 
-    def report_tampered(self, finding: Finding) -> None:
+    def report_tampered(self, finding: Finding, rv: str = "") -> None:
+        """`rv`: the tampered state's resourceVersion ("" for a deletion)."""
         with self._lock:
             self.reported.forget(finding)  # each tampering is news, even the same one again
-            self._queue([finding])
+            change = self._own_change(finding, rv)
+            if change is not None:  # the Restored Event that follows names the same write
+                self._tampering[(finding.kind, finding.namespace, finding.name)] = change
+                while len(self._tampering) > MAX_QUEUE:
+                    self._tampering.pop(next(iter(self._tampering)))
+            self._queue([finding], change)
 
     def report_restored(self, finding: Finding, obj_uid: str) -> None:
         """The controller put its object back: a Normal `Restored` Event."""
         with self._lock:
             self.counters.restored += 1
             restored = dataclasses.replace(finding, cleared=True, uid=obj_uid or finding.uid)
-            self._out.append((restored, "Restored", time.monotonic()))
+            change = self._tampering.pop((finding.kind, finding.namespace, finding.name), None)
+            self._out.append((restored, "Restored", time.monotonic(), change))
             self._wake.set()
 
     # ---- reports
@@ -562,6 +787,8 @@ class MeshGuard:
         if reason == "Restored":
             where = f"{f.kind} {f.namespace}/{f.name}"
             message = f"{where} put back by {COMPONENT} after {f.threat} ({f.field}) by {f.by}"
+            if f.user_detail:
+                message += f"; user {f.user_detail}"
         body: Any = event_body(
             involved, "Normal" if f.cleared else "Warning", reason, message, COMPONENT
         )
@@ -617,7 +844,11 @@ class MeshGuard:
             with self._lock:
                 found, self._out = list(self._out), collections.deque()
             try:
-                for f, reason, _ in found:
+                found, held = self._joined(found)
+                if held:  # back at the front, before what came meanwhile
+                    with self._lock:
+                        self._out.extendleft(reversed(held))
+                for f, reason, _, _ in found:
                     self._report(f, reason)
                 if self._alert_queue:
                     self._send_alerts()
@@ -651,6 +882,15 @@ class MeshGuard:
                 backoff_max=120.0,  # a mesh not installed: its CRD missing, looked for again
             )
             watchers.append((w, k.resource))
+        if self.learned.client is not None:
+            first = threading.Event()
+            self._learned_thread = threading.Thread(
+                target=self._learn, args=(first,), name="mesh-guard-learned", daemon=True
+            )
+            self._learned_thread.start()
+            # a first copy before the first lists if serve answers soon: what is found at start
+            # is then compared at once (else a little later, when the copy comes)
+            first.wait(FIRST_READ)
         for w, resource in watchers:
             w.start(self.handler(resource))
             self._watchers.append(w)
@@ -668,8 +908,9 @@ class MeshGuard:
         for w in self._watchers:
             w.join(5)
         self._watchers.clear()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in (self._thread, self._learned_thread):
+            if thread is not None:
+                thread.join(5)
 
     def watched(self) -> dict[str, int]:
         with self._lock:

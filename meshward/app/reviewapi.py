@@ -135,7 +135,9 @@ async def edit(request: web.Request) -> web.Response:
     dest = request.query.get("destination", "")
     if not dest or len(dest) > 317:
         raise _fail(400, "destination=NAMESPACE/NAME is required")
-    raw = await request.content.read(MAX_BODY + 1)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _fail(400, f"an edit is at most {MAX_BODY} bytes")
+    raw = await request.read()  # whole: content.read(n) may return only the first part
     if len(raw) > MAX_BODY:
         raise _fail(400, f"an edit is at most {MAX_BODY} bytes")
     try:

@@ -38,6 +38,7 @@ from meshward.core.log import event
 from meshward.core.threats.inspection import Detector
 from meshward.extauthz import service as authz_service
 from meshward.extauthz.service import CheckService
+from meshward.istio.certs import CertError
 from meshward.runtime.grpcpeer import PeerPolicy, PeerVerifier
 from meshward.runtime.metrics import Metrics, Problems
 from meshward.tap.envoy import extproc
@@ -182,6 +183,8 @@ class Server:
         self._flushing: asyncio.Task[None] | None = None
         self._stop_flushing = asyncio.Event()
         self._coming_up: asyncio.Task[None] | None = None
+        self.tls: grpctls.ServingCerts | None = None  # mtls: renewed, revocations re-read
+        self._tls_watch: asyncio.Task[None] | None = None
 
     def _cluster_flusher(self, engine: Engine) -> Flusher:
         """The engine's flusher on the cluster store; alerts in PostgreSQL (--alerts-dsn), else
@@ -284,19 +287,23 @@ class Server:
         self.mode_changed()
         try:
             await self._grpc_servers()
-        except OSError as exc:
+        except (OSError, ValueError, CertError) as exc:  # a port, the CA, the revocation list
             self.problems("serve", "listen-failed", error=str(exc)[:200])
             return
         self._serving()
 
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        """mTLS credentials (the `mtls` policy), else None: plaintext, announced loudly."""
+    def _credentials(self) -> grpctls.ServingCerts | None:
+        """mTLS material renewed while serve runs (the `mtls` policy), with the revocation list
+        the verifier checks; else None: plaintext, announced loudly."""
         policy = self.config.peers
         grpctls.announce(policy)
         if policy.kind != "mtls":
             return None
         directory = grpctls.ca_dir(self.config.db, self.config.grpc_ca_dir)
-        return grpctls.server_credentials(policy, directory)
+        self.tls = grpctls.ServingCerts(policy, directory, self.problems)
+        self.peers.revocations = self.tls.revocations
+        self._tls_watch = asyncio.create_task(self.tls.watch())
+        return self.tls
 
     async def _grpc_server(
         self,
@@ -304,9 +311,11 @@ class Server:
         service: str,
         host: str,
         port: int,
-        creds: grpc.ServerCredentials | None,
+        creds: grpctls.ServingCerts | None,
         options: list[tuple[str, int]] = GRPC_OPTIONS,
     ) -> int:
+        if creds is not None:  # connections recycled: rotations reach them (app/grpctls.py)
+            options = [*options, *creds.server_options()]
         server = grpc.aio.server(options=options)
         # registered methods are matched in gRPC's core, before any Python runs (the fast path
         # generated stubs use); the generic handler serves the same methods to anything else
@@ -328,7 +337,7 @@ class Server:
             if creds is None:
                 bound = server.add_insecure_port(address)
             else:
-                bound = server.add_secure_port(address, creds)
+                bound = server.add_secure_port(address, creds.credentials())
         except RuntimeError:
             bound = 0
         if bound == 0:
@@ -353,6 +362,10 @@ class Server:
         for health in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(grace) for s in self._grpc))
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_watch
         if self._runner is not None:
             await self._runner.cleanup()
         self.ingestor.close()

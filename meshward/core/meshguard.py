@@ -6,8 +6,8 @@ and the old one had not (or had with another value) is a finding; one the old st
 new one lost is a finding cleared. A few changes are weakenings by what they remove, not by what
 they leave (a DENY policy deleted, STRICT mTLS deleted): rules name those as `Strength`s, and
 losing one is a finding too. Who made the change is read from the object's `managedFields`
-(`changed_by`), which is all the API itself records; a deletion has no author there (the API
-server's audit log has it).
+(`changed_by`), which is all the API itself records; a deletion has no author there. The user
+comes from the API server's audit log where one is configured (meshward.core.kubeaudit).
 
 No I/O: the controller (meshward.app.meshguard) feeds objects in and writes Events and alerts.
 """
@@ -18,10 +18,12 @@ import dataclasses
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.core import templates
+from meshward.core.exports import rule_callers
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,
@@ -78,6 +80,11 @@ class Scope:
     watched: frozenset[str] = frozenset()
     root: str = "istio-system"
     enforcing: frozenset[str] = frozenset()  # those of them in enforce
+    # the learned allowlists ALLOW policies are compared with (None: no comparison asked)
+    learned: Learned | None = None
+    # the guarded objects a policy refers to, by kind, namespace and name (Linkerd: a
+    # policy's Server, HTTPRoute, MeshTLSAuthentication)
+    refs: Callable[[str, str, str], Obj | None] | None = None
 
     def affects(self, namespace: str, mesh_wide: bool = False) -> tuple[str, ...]:
         """The watched namespaces an object in `namespace` weakens (none: not guarded)."""
@@ -113,6 +120,10 @@ class Finding:
     affects: tuple[str, ...] = ()  # the watched namespaces it weakens
     uid: str = ""
     api_version: str = ""
+    # who made it, from the API server's audit log (meshward.core.kubeaudit), when configured:
+    # the user (`alice`, `admin as carol`) and the rest of the record in one line
+    user: str = ""
+    user_detail: str = ""
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -142,7 +153,8 @@ class Finding:
                     raise ValueError("affects must be a list of namespaces")
                 values[f.name] = tuple(_text(v, "affects", 63) for v in raw)
             else:
-                values[f.name] = _text(raw, f.name, 1000 if f.name == "by" else MAX_VALUE + 100)
+                longest = 1000 if f.name in ("by", "user_detail") else MAX_VALUE + 100
+                values[f.name] = _text(raw, f.name, longest)
         if values["threat"] not in CONFIG_THREATS:
             raise ValueError(f"threat must be one of {', '.join(CONFIG_THREATS)}")
         if not values["kind"] or not values["name"] or not values["field"]:
@@ -162,7 +174,10 @@ class Finding:
             text += f"; affects namespaces {', '.join(self.affects[:10])}"
             if len(self.affects) > 10:
                 text += f" and {len(self.affects) - 10} more"
-        return f"{text}; changed by {self.by}"
+        text = f"{text}; changed by {self.by}"
+        if self.user_detail:  # the audit log's word: the user, or why it names nobody
+            text += f"; user {self.user_detail}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -212,6 +227,13 @@ def short(value: Any) -> str:
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
 
 
+def one_line(text: str, most: int = MAX_VALUE + 90) -> str:
+    """A finding's detail as serve takes it (Finding.from_dict): printable ASCII, bounded. A
+    detail may quote what a policy holds (a principal, a path), which anyone may write."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= most else clean[: most - 3] + "..."
+
+
 _PART = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
 
 
@@ -233,7 +255,7 @@ def changed_by(obj: Obj | None, path: str) -> str:
     time; when nobody owns it (a field removed leaves no owner), the object's latest operation,
     said as such. The API keeps no author of a deletion."""
     if obj is None:
-        return "unknown (a deletion has no author in the API; the audit log names it)"
+        return "unknown (a deletion has no field manager; the audit log names who)"
     entries = [e for e in items(mapping(obj.get("metadata")).get("managedFields")) if _entry_ok(e)]
     if not entries:
         return "unknown (no managedFields)"
@@ -317,7 +339,7 @@ def diff(
                 old=old_value,
                 new=w.value,
                 by=changed_by(new, w.field),
-                detail=w.detail,
+                detail=one_line(w.detail),
                 affects=new_state.affects,
                 **base,
             )
@@ -338,7 +360,7 @@ def diff(
                 old=s.value,
                 new=value_at(new, s.field),
                 by=changed_by(new, s.field),
-                detail=s.detail,
+                detail=one_line(s.detail),
                 affects=old_state.affects,
                 **base,
             )
@@ -406,3 +428,262 @@ class Reported:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+# ---- wider than learned: an ALLOW policy against the learned allowlist of what it selects
+#
+# A mesh's rule module (meshward.istio.guard, meshward.linkerd.guard) resolves each ALLOW rule of a
+# policy into a `Grant` (who, which methods, which paths, in neutral form) for each workload the
+# policy selects; `wider_than_learned` names what the grant admits that the workload's learned
+# allowlist does not. Paths are compared at the mesh's granularity: a learned template is what
+# the export writes for it (meshward.istio.authzexport, meshward.linkerd.policyexport: a
+# variable is one segment, `{any}` the rest), since value classes stay with meshward anyway.
+
+ONE = "{*}"  # a neutral path segment: any one non-empty segment
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+MAX_NAMED = 5  # entries a finding's detail names; the rest are counted
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    """A set of paths: `segments` (literals, or ONE), then, with `rest`, anything (zero or
+    more further segments). `text` is the pattern as the policy or export wrote it."""
+
+    segments: tuple[str, ...]
+    rest: bool = False
+    text: str = ""
+
+    def covers(self, other: PathPattern) -> bool:
+        """Does every path `other` admits match this pattern? (Exact for these patterns: a
+        union of them covers a pattern only if one of them does, since ONE and `rest` are
+        infinite and literals are not.)"""
+        mine, theirs = self.segments, other.segments
+        if other.rest and not self.rest:
+            return False
+        if len(mine) > len(theirs) or (len(mine) < len(theirs) and not self.rest):
+            return False
+        for want, have in zip(mine, theirs, strict=False):
+            if want == ONE:
+                if have == "":
+                    return False
+            elif want != have:
+                return False
+        return True
+
+
+ANY_PATH = PathPattern((), True, "(any path)")
+
+
+def template_pattern(template: str) -> PathPattern:
+    """A learned template as the mesh can say it: a variable is one segment, `{any}` the rest
+    (as the exports write `{*}` and `{**}`)."""
+    segments = templates.split_path(template)
+    rest = bool(segments) and segments[-1] == templates.REST
+    body = segments[:-1] if rest else segments
+    out = tuple(ONE if templates.is_variable(s) else s for s in body)
+    return PathPattern(out, rest, template)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One entry of a rule's sources (a principal, a namespace, an identity, "no identity"):
+    `field` and `value` as the policy writes them, `callers` the learned caller keys
+    (meshward.core.exports: `namespace/account`, or `unknown`) it admits."""
+
+    field: str
+    value: str
+    what: str  # "principal", "namespace", "identity", ...
+    callers: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of a rule: methods (None: any) and paths (None: any)."""
+
+    field: str
+    methods: tuple[str, ...] | None
+    paths: tuple[PathPattern, ...] | None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One ALLOW rule resolved for one workload: its sources (None: any caller, which the
+    universal rules report) and its operations (None: any method on any path)."""
+
+    field: str
+    sources: tuple[Source, ...] | None
+    operations: tuple[Operation, ...] | None
+    operations_field: str = ""  # where `operations` would be written (Istio's `to`)
+    names: Mapping[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # caller key -> as the mesh names it
+
+
+@dataclass(frozen=True)
+class Learnt:
+    """What one workload learned, as a mesh can say it: (method, path, callers) per rule, its
+    callers and methods (HEAD with GET); `known` False when nothing was learned for it."""
+
+    calls: tuple[tuple[str, PathPattern, frozenset[str]], ...] = ()
+    callers: frozenset[str] = frozenset()
+    methods: frozenset[str] = frozenset()
+    known: bool = False
+    # (method, path as written) -> its callers: a policy path written as the export writes a
+    # learned one (the usual, benign case) is found without comparing patterns
+    written: Mapping[tuple[str, str], frozenset[str]] = dataclasses.field(default_factory=dict)
+    texts: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, profile: Any, learned_path: Callable[[str], PathPattern | None]) -> Learnt:
+        """From a ServiceProfile (None: nothing learned); `learned_path` writes a template as
+        the mesh's export does (None: the mesh cannot say it, left out)."""
+        if profile is None:
+            return cls()
+        calls = []
+        for rule in profile.rules():
+            pattern = learned_path(rule.template)
+            if pattern is not None:
+                calls.append((rule.method, pattern, frozenset(rule_callers(profile, rule))))
+        methods = {m for m, _, _ in calls}
+        if "GET" in methods:
+            methods.add("HEAD")  # HEAD is GET without a body
+        written: dict[tuple[str, str], frozenset[str]] = {}
+        for m, p, c in calls:
+            written[(m, p.text)] = written.get((m, p.text), frozenset()) | c
+        texts = frozenset(p.text for _, p, _ in calls)
+        sources = frozenset(profile.sources)
+        return cls(tuple(calls), sources, frozenset(methods), True, written, texts)
+
+
+@dataclass(frozen=True, eq=False)
+class Learned:
+    """The learned allowlists the guard compares ALLOW policies with (as serve had them at
+    the last read), or why the comparison cannot be made (`missing`)."""
+
+    allowlist: Any = None  # meshward.core.allowlist.Allowlist
+    missing: str = ""
+    trust_domain: str = "cluster.local"
+    selector_label: str = "app"
+    # (destination, mesh) -> what it learned, as that mesh says it: made once per copy
+    _learnt: dict[tuple[str, str], Learnt] = dataclasses.field(default_factory=dict, repr=False)
+
+    def destinations(self, namespace: str) -> list[str]:
+        """The learned destinations of a namespace (a policy without a selector covers them)."""
+        if self.allowlist is None:
+            return []
+        return sorted(k for k in self.allowlist.services if k.partition("/")[0] == namespace)
+
+    def learnt(
+        self, destination: str, mesh: str, learned_path: Callable[[str], PathPattern | None]
+    ) -> Learnt:
+        """What `destination` learned, as `mesh` writes it (cached with this copy)."""
+        key = (destination, mesh)
+        found = self._learnt.get(key)
+        if found is None:
+            profile = self.allowlist.get(destination) if self.allowlist is not None else None
+            found = self._learnt[key] = Learnt.of(profile, learned_path)
+        return found
+
+    def not_compared(self) -> str:
+        """The note a policy finding carries when no comparison was made ("" when it was)."""
+        if self.allowlist is not None:
+            return ""
+        return f"not compared with the learned allowlist: {self.missing or 'not read'}"
+
+
+def wider_than_learned(grant: Grant, destination: str, learnt: Learnt) -> list[Weakness]:
+    """What `grant` admits to `destination` that its learned allowlist does not: a caller
+    entry matching no learned caller, a method never learned, a path no learned template
+    covers, or a request whose caller, method and path were each learned but never together.
+    One Weakness per field (the universal rules' fields are the caller's to drop)."""
+    calls, seen_callers, learned_methods = learnt.calls, learnt.callers, learnt.methods
+    nothing = "" if learnt.known else f"; nothing learned for {destination}"
+    out: list[Weakness] = []
+    by_field: dict[str, list[Source]] = {}
+    for s in grant.sources or ():
+        if not s.callers & seen_callers:
+            by_field.setdefault(s.field, []).append(s)
+    for where, wide in by_field.items():
+        named = _named(f"{s.what} {s.value}" for s in wide)
+        detail = f"allows {named}, never seen calling {destination}{nothing}"
+        whole = [s.value for s in grant.sources or () if s.field == where]  # as the policy has it
+        out.append(Weakness(MESH_POLICY_WIDENED, where, short(whole), detail))
+    if grant.sources is None:
+        callers = seen_callers
+    else:
+        callers = frozenset().union(*(s.callers & seen_callers for s in grant.sources))
+    operations = grant.operations
+    if operations is None:
+        operations = (Operation(grant.operations_field or grant.field, None, None),)
+    for op in operations:
+        methods = op.methods if op.methods is not None else HTTP_METHODS
+        paths = op.paths if op.paths is not None else (ANY_PATH,)
+        told = False
+        if op.methods is None and op.paths is None and set(HTTP_METHODS) - learned_methods:
+            detail = f"allows any method on any path of {destination}{nothing}"
+            out.append(Weakness(MESH_POLICY_WIDENED, op.field, "(any operation)", detail))
+            continue
+        new_methods = [m for m in methods if m not in learned_methods]
+        if new_methods:
+            what = "any method" if op.methods is None else f"method {_named(new_methods)}"
+            detail = f"allows {what}, never learned for {destination}{nothing}"
+            value = short(list(op.methods)) if op.methods is not None else "(any method)"
+            out.append(Weakness(MESH_POLICY_WIDENED, f"{op.field}.methods", value, detail))
+            told = True
+        uncovered = [
+            p
+            for p in paths
+            if p.text not in learnt.texts and not any(c.covers(p) for _, c, _ in calls)
+        ]
+        if uncovered:
+            detail = f"allows paths {_named(p.text for p in uncovered)}, no learned template "
+            detail += f"of {destination} covers {'it' if len(uncovered) == 1 else 'them'}"
+            value = short([p.text for p in op.paths]) if op.paths is not None else "(any path)"
+            out.append(Weakness(MESH_POLICY_WIDENED, f"{op.field}.paths", value, detail + nothing))
+            told = True
+        if told:
+            continue
+        missing = _not_together(callers, methods, paths, learnt)
+        if missing:
+            caller, method, one = missing
+            who = grant.names.get(caller, caller)
+            detail = f"allows {who} {method} {one.text}, never learned together for {destination}"
+            out.append(Weakness(MESH_POLICY_WIDENED, op.field, short(_op_doc(op)), detail))
+    return out
+
+
+def _not_together(
+    callers: frozenset[str],
+    methods: Iterable[str],
+    paths: Iterable[PathPattern],
+    learnt: Learnt,
+) -> tuple[str, str, PathPattern] | None:
+    """The first (caller, method, path) the operation admits and no one learned rule has."""
+    for method in methods:
+        learned = "GET" if method == "HEAD" else method  # HEAD is GET without a body
+        for path in paths:
+            written = learnt.written
+            direct = written.get((method, path.text), frozenset())
+            if callers <= direct | written.get((learned, path.text), frozenset()):
+                continue  # written as a learned rule is, by the same callers
+            allowed = frozenset().union(
+                *(c for m, p, c in learnt.calls if m in (method, learned) and p.covers(path))
+            )
+            for caller in sorted(callers - allowed)[:1]:
+                return caller, method, path
+    return None
+
+
+def _named(values: Iterable[str]) -> str:
+    listed = list(values)
+    shown = ", ".join(listed[:MAX_NAMED])
+    return shown + (f" and {len(listed) - MAX_NAMED} more" if len(listed) > MAX_NAMED else "")
+
+
+def _op_doc(op: Operation) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if op.methods is not None:
+        doc["methods"] = list(op.methods)
+    if op.paths is not None:
+        doc["paths"] = [p.text for p in op.paths]
+    return doc

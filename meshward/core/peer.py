@@ -66,6 +66,8 @@ REFUSALS = (
     "xfcc-not-by-meshward",
     "namespace-mismatch",
     "workload-not-of-service-account",
+    "revoked",  # on serve's revocation list (core.revocation)
+    "revocation-list-unreadable",  # fail closed while the list cannot be read or parsed
 )
 
 

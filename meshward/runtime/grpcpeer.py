@@ -2,7 +2,8 @@
 
 Three policies, one per way the sidecars reach serve:
 - `mtls` (standalone, the CLI's default): serve terminates mTLS with its CA; the caller is the
-  one SPIFFE URI SAN of the client certificate gRPC verified.
+  one SPIFFE URI SAN of the client certificate gRPC verified, unless serve's revocation list
+  (meshward.runtime.revocations) refuses that certificate.
 - `xfcc` (the Istio route): serve listens in plaintext behind its own Istio sidecar (STRICT
   PeerAuthentication); the caller is the URI of the last `x-forwarded-client-cert` element, and
   only if its `By=` is meshward's own identity (meshward.core.peer.xfcc_identity).
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, TypeVar
 
 import grpc
+from cryptography import x509
 
 from meshward.core.peer import (
     DEFAULT_TRUST_DOMAIN,
@@ -34,6 +37,7 @@ from meshward.core.peer import (
     xfcc_identity,
 )
 from meshward.runtime.metrics import Problems
+from meshward.runtime.revocations import Revocations
 
 PolicyKind = Literal["mtls", "xfcc", "unverified"]
 _CACHE_LIMIT = 4096  # distinct certificates / XFCC values remembered (a mesh has few)
@@ -67,6 +71,7 @@ class PeerPolicy:
 UNVERIFIED = PeerPolicy(kind="unverified")
 
 _K = TypeVar("_K")
+_V = TypeVar("_V")
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -75,11 +80,19 @@ class PeerVerifier:
     """The verified sidecar behind one call, and the workload it guards (core.peer's rule)."""
 
     def __init__(
-        self, policy: PeerPolicy, problems: Problems, binding: WorkloadBinding | None = None
+        self,
+        policy: PeerPolicy,
+        problems: Problems,
+        binding: WorkloadBinding | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.policy = policy
         self.problems = problems
         self.binding = binding
+        # mtls: serve's revocation list; while it is empty a call pays nothing for it, else the
+        # certificate itself (serial, notBefore) is checked on every call, not per connection:
+        # a revocation reaches calls on connections that were open before it
+        self.revocations = revocations
         self.own = policy.own
         # what a certificate's SANs / an XFCC value resolved to: verifying once per peer, not
         # per call (gRPC's auth context costs ~10 us to build; the SAN list ~0.6 us). The SAN
@@ -87,6 +100,7 @@ class PeerVerifier:
         # different SAN types would share an entry; the CA only ever issues one URI SAN.
         self._by_sans: dict[tuple[bytes, ...], SpiffeId | Refused] = {}
         self._by_xfcc: dict[tuple[str, ...], SpiffeId | Refused] = {}
+        self._by_pem: dict[bytes, tuple[SpiffeId, int, datetime] | Refused] = {}
 
     @property
     def verifies(self) -> bool:
@@ -99,6 +113,9 @@ class PeerVerifier:
         return self._from_xfcc(metadata or ())
 
     def _from_certificate(self, context: grpc.aio.ServicerContext) -> SpiffeId:
+        revocations = self.revocations
+        if revocations is not None and revocations.active:
+            return self._unrevoked(context, revocations)
         sans = tuple(context.peer_identities() or ())
         known = self._by_sans.get(sans)
         if known is None:
@@ -115,6 +132,32 @@ class PeerVerifier:
         if isinstance(known, Refused):
             raise _fresh(known)
         return known
+
+    def _unrevoked(self, context: grpc.aio.ServicerContext, revocations: Revocations) -> SpiffeId:
+        """The certificate's identity, unless the revocation list refuses it (or is unreadable)."""
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert")
+        if not pems:
+            raise Refused("no-certificate", "no verified client certificate")
+        known = self._by_pem.get(pems[0])
+        if known is None:
+            uris = [u.decode("utf-8", "replace") for u in auth.get("peer_uri", ())]
+            try:
+                spiffe = certificate_identity(uris, self.policy.trust_domain)
+                cert = x509.load_pem_x509_certificate(pems[0])
+                known = (spiffe, cert.serial_number, cert.not_valid_before_utc)
+            except Refused as exc:
+                known = exc
+            except ValueError as exc:  # gRPC verified it: cannot happen, but never a crash
+                known = Refused("no-certificate", f"unreadable certificate: {exc}"[:200])
+            _remember(self._by_pem, pems[0], known)
+        if isinstance(known, Refused):
+            raise _fresh(known)
+        spiffe, serial, not_before = known
+        refused = revocations.refusal(spiffe, serial, not_before)
+        if refused is not None:
+            raise refused
+        return spiffe
 
     def _from_xfcc(self, metadata: Metadata) -> SpiffeId:
         values = tuple(
@@ -155,7 +198,7 @@ def _peer(context: grpc.aio.ServicerContext) -> str:
         return ""
 
 
-def _remember(table: dict[_K, SpiffeId | Refused], key: _K, value: SpiffeId | Refused) -> None:
+def _remember(table: dict[_K, _V], key: _K, value: _V) -> None:
     if len(table) >= _CACHE_LIMIT:
         table.pop(next(iter(table)))
     table[key] = value

@@ -11,11 +11,14 @@ import yaml
 
 from meshward.app.install import (
     API_ROLES,
+    AUDIT_PORT,
     PERMISSIONS,
     InstallOptions,
+    audit_policy,
     parse_kube_version,
     render,
 )
+from meshward.app.meshguard import KINDS as GUARDED
 from tests.support.cli import Result
 
 
@@ -205,6 +208,7 @@ def test_command_prints_a_yaml_stream_and_uninstall_reverses_it(meshward: Any) -
         ["--image", ""],
         ["--istio-style", "extension-provider"],
         ["--alerts-dsn-secret", "Not A Name"],
+        ["--audit-webhook-secret", "Not A Name"],
     ],
 )
 def test_bad_flags_are_one_line_errors(meshward: Any, argv: list[str]) -> None:
@@ -343,3 +347,50 @@ def test_the_mesh_guard_reads_only_and_reports_to_serve() -> None:
     assert {
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "meshward-controller"}}
     } in sources
+
+
+def test_the_audit_webhook_is_wired_only_when_asked() -> None:
+    plain = render(InstallOptions())
+    assert not [o for o in plain if o["metadata"]["name"] == "meshward-controller-audit"]
+    objects = render(InstallOptions(audit_webhook_secret="mw-audit"))
+    (deploy,) = [
+        o
+        for o in objects
+        if o["metadata"]["name"] == "meshward-controller" and o["kind"] == "Deployment"
+    ]
+    spec = deploy["spec"]["template"]["spec"]
+    args = spec["containers"][0]["args"]
+    assert args[args.index("--audit-webhook-port") + 1] == str(AUDIT_PORT)
+    assert "--audit-webhook-token-file" in args  # never an open port
+    assert spec["securityContext"]["fsGroup"] == 10001  # reads the Secret's 0440 files
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    assert volume["secret"] == {"secretName": "mw-audit", "defaultMode": 0o440}
+    (svc,) = [o for o in objects if o["metadata"]["name"] == "meshward-controller-audit"]
+    assert svc["spec"]["ports"][0]["targetPort"] == AUDIT_PORT
+    (policy,) = [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "meshward-controller"
+    ]
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert AUDIT_PORT in ports
+
+
+def test_the_audit_policy_logs_only_the_writes_the_guard_reads(
+    meshward: Any, tmp_path: Any
+) -> None:
+    policy = audit_policy()
+    assert policy["apiVersion"] == "audit.k8s.io/v1" and policy["omitStages"] == ["RequestReceived"]
+    full, meta, rest = policy["rules"]
+    logged = {(r["group"], name) for r in full["resources"] for name in r["resources"]}
+    assert logged == {(k.group, k.plural) for k in GUARDED} | {("", "namespaces")}
+    assert meta["level"] == "Metadata" and meta["resources"] == [
+        {"group": "", "resources": ["pods"]}
+    ]
+    for rule in (full, meta):  # writes only: no get, list, watch
+        assert set(rule["verbs"]) == {"create", "update", "patch", "delete", "deletecollection"}
+    assert rest == {"level": "None"}
+    path = tmp_path / "policy.yaml"
+    r = meshward("install", "--audit-policy", str(path))
+    assert r.code == 0, r.err
+    assert yaml.safe_load(path.read_text()) == policy

@@ -3,6 +3,7 @@ start, a namespace becoming guarded, pods kept small), and a replica that does n
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -12,9 +13,12 @@ from hypothesis import strategies as st
 from kubernetes import client
 
 from meshward.app.meshguard import KINDS, PODS, MeshGuard, pod_state, slim_pod
-from meshward.core.meshguard import Scope, State, diff
+from meshward.core.kubeaudit import Authors
+from meshward.core.meshguard import Learned, Scope, State, diff
 from meshward.core.threats.names import MESH_MTLS_WEAKENED, MESH_UNMESHED_POD
 from meshward.kube.watch import Event, EventType
+from tests.support.allowlists import allowlist_of
+from tests.support.kubeaudit import fresh_event
 
 PA = "peerauthentications.security.istio.io"
 
@@ -32,7 +36,7 @@ def pa(namespace: str, mode: str) -> dict[str, Any]:
 
 
 def found(g: MeshGuard) -> list[tuple[str, str, str, str]]:
-    out = [(f.threat, f.name, f.old, f.new) for f, _, _ in g._out]
+    out = [(f.threat, f.name, f.old, f.new) for f, *_ in g._out]
     g._out.clear()
     return out
 
@@ -97,7 +101,7 @@ def test_pods_are_kept_small_and_unmeshed_ones_found() -> None:
     }
     assert len(str(slim_pod(big))) < 600
     g.handler(PODS)(Event(EventType.ADDED, object=big))
-    [(f, reason, _)] = list(g._out)
+    [(f, reason, *_)] = list(g._out)
     assert (f.threat, f.field, f.new, reason) == (
         MESH_UNMESHED_POD,
         "spec.containers",
@@ -139,8 +143,11 @@ JSON = st.recursive(
 SPEC_KEYS = st.sampled_from(
     ["mtls", "portLevelMtls", "rules", "action", "configPatches", "ingress", "host",
      "trafficPolicy", "subsets", "accessPolicy", "requiredAuthenticationRefs", "identities",
-     "selector", "workloadSelector"]
+     "selector", "workloadSelector", "targetRef", "podSelector", "parentRefs", "identityRefs"]
 )  # fmt: skip
+
+
+LEARNED = Learned(allowlist_of(("GET", "/a/{int}", {"a/web": 1}), destination="a/x"))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -148,11 +155,43 @@ SPEC_KEYS = st.sampled_from(
 def test_any_object_shape_is_judged_without_error(spec: dict[str, Any], meta: Any) -> None:
     """A CRD's schema is the API server's to enforce (and 1.20 drops Istio's CEL rules): every
     rule takes whatever shape the watch hands it and answers, never raises."""
-    scope = Scope(frozenset({"a"}), "istio-system")
+    plain = Scope(frozenset({"a"}), "istio-system")
     obj = {"metadata": {"name": "x", "namespace": "a", "managedFields": meta}, "spec": spec}
+    # compared with a learned allowlist, the objects a policy refers to just as shapeless
+    learned = dataclasses.replace(plain, learned=LEARNED, refs=lambda *_: {"spec": spec})
     for kind in KINDS:
-        state = kind.rule(obj, scope)
-        diff(kind.kind, None, obj, State(), state)
-        diff(kind.kind, obj, None, state, State())
+        for scope in (plain, learned):
+            state = kind.rule(obj, scope)
+            diff(kind.kind, None, obj, State(), state)
+            diff(kind.kind, obj, None, state, State())
+    scope = plain
     pod_state({**obj, "spec": {"containers": spec.get("rules")}}, scope)
     slim_pod({**obj, "metadata": {**obj["metadata"], "annotations": {}}})
+
+
+def test_a_finding_waits_for_its_audit_event_then_names_the_user() -> None:
+    g = MeshGuard(client.ApiClient(), authors=Authors(), audit_wait=0.5)
+    g.on_namespace(Event(EventType.SYNC, objects={("", "a"): ns("a", "enforce")}))
+    g.handler(PA)(Event(EventType.SYNC, objects={}))
+    g.handler(PA)(Event(EventType.ADDED, object=pa("a", "STRICT")))
+    weak = pa("a", "PERMISSIVE")
+    weak["metadata"]["resourceVersion"] = "288"
+    g.handler(PA)(Event(EventType.MODIFIED, object=weak))
+    later = pa("a", "DISABLE")
+    later["metadata"]["resourceVersion"] = "289"
+    g.handler(PA)(Event(EventType.MODIFIED, object=later))
+    entries = list(g._out)
+    assert len(entries) == 2
+    ready, held = g._joined(entries)
+    assert ready == [] and len(held) == 2  # no audit Event yet; the second waits behind the first
+    ref = {"resource": "peerauthentications", "namespace": "a", "name": "default"}
+    ref |= {"apiGroup": "security.istio.io"}
+    g.add_audit([fresh_event(objectRef=ref, impersonatedUser=None)])  # resourceVersion 288
+    ready, held = g._joined(held)
+    assert [f.user for f, *_ in ready] == ["admin"] and len(held) == 1
+    assert "matched by resourceVersion" in ready[0][0].message()
+    time.sleep(0.6)  # past the wait: reported without a user, and said so
+    ready, held = g._joined(held)
+    assert held == [] and ready[0][0].user == ""
+    assert "no audit Event of this change within 0.5 s" in ready[0][0].message()
+    assert g.counters.audit["joined-resourceVersion"] == 1 and g.counters.audit["not-joined"] == 1

@@ -10,18 +10,28 @@ import pytest
 from meshward.core.meshguard import (
     ABSENT,
     DELETED,
+    ONE,
     Finding,
+    Grant,
+    Learned,
+    Learnt,
+    Operation,
+    PathPattern,
     Reported,
     Scope,
+    Source,
     State,
     Strength,
     Weakness,
     changed_by,
     diff,
     guarded,
+    template_pattern,
     value_at,
+    wider_than_learned,
 )
 from meshward.core.threats.names import MESH_MTLS_WEAKENED, MESH_POLICY_WIDENED, THREAT_NAMES
+from tests.support.allowlists import allowlist_of
 
 
 def pa(mode: str, managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -209,3 +219,113 @@ def test_numbered_map_keys() -> None:
     }
     assert value_at(obj, "spec.portLevelMtls[8080].mode") == "DISABLE"
     assert changed_by(obj, "spec.portLevelMtls[8080].mode").startswith("eve (")
+
+
+# ---- wider than learned
+
+
+def test_path_pattern_covers() -> None:
+    users = template_pattern("/users/{int}")
+    assert users.segments == ("users", ONE) and not users.rest
+    assert users.covers(PathPattern(("users", "7")))
+    assert users.covers(PathPattern(("users", ONE)))
+    assert not users.covers(PathPattern(("users", "")))  # `/users/`: no segment to match
+    assert not users.covers(PathPattern(("users",), True))  # `/users/*` reaches deeper
+    assert not users.covers(PathPattern(("users", "7", "x")))
+    under = template_pattern("/admin/{any}")
+    assert under.rest and under.covers(PathPattern(("admin",), True))
+    assert under.covers(PathPattern(("admin", "x", ONE)))
+    assert not under.covers(PathPattern(("other",), True))
+    assert template_pattern("/{any}").covers(PathPattern((), True))
+
+
+LEARNED = allowlist_of(
+    ("GET", "/users/{int}", {"shop/web": 3}),
+    ("POST", "/orders", {"shop/web": 1, "pay/billing": 2}),
+    destination="shop/cart",
+)
+PROFILE = Learnt.of(LEARNED.get("shop/cart"), template_pattern)
+
+
+def grant(callers: dict[str, frozenset[str]], *ops: Operation) -> Grant:
+    sources = tuple(
+        Source("spec.rules[0].from[0].source.principals", v, "principal", c)
+        for v, c in callers.items()
+    )
+    return Grant("spec.rules[0]", sources, ops or None, "spec.rules[0].to")
+
+
+def op(methods: tuple[str, ...] | None, *paths: str) -> Operation:
+    patterns = tuple(template_pattern(p) for p in paths) or None
+    return Operation("spec.rules[0].to[0].operation", methods, patterns)
+
+
+WEB = {"p/web": frozenset({"shop/web"})}
+
+
+def test_narrower_or_equal_grants_raise_nothing() -> None:
+    assert wider_than_learned(grant(WEB, op(("GET",), "/users/{int}")), "shop/cart", PROFILE) == []
+    # HEAD rides on a learned GET, as meshward's matching has it
+    assert wider_than_learned(grant(WEB, op(("HEAD",), "/users/7")), "shop/cart", PROFILE) == []
+    both = {"p/web": frozenset({"shop/web"}), "p/billing": frozenset({"pay/billing"})}
+    assert wider_than_learned(grant(both, op(("POST",), "/orders")), "shop/cart", PROFILE) == []
+
+
+def test_each_widening_is_named() -> None:
+    def wide(g: Grant) -> dict[str, str]:
+        return {w.field: w.detail for w in wider_than_learned(g, "shop/cart", PROFILE)}
+
+    stranger = {"cluster.local/ns/x/sa/y": frozenset()}
+    found = wide(grant({**WEB, **stranger}, op(("GET",), "/users/{int}")))
+    assert found == {
+        "spec.rules[0].from[0].source.principals": "allows principal cluster.local/ns/x/sa/y, "
+        "never seen calling shop/cart"
+    }
+    found = wide(grant(WEB, op(("GET", "DELETE"), "/users/{int}")))
+    assert found == {
+        "spec.rules[0].to[0].operation.methods": "allows method DELETE, never learned for shop/cart"
+    }
+    admin = Operation(
+        "spec.rules[0].to[0].operation", ("GET",), (PathPattern(("admin",), True, "/admin/*"),)
+    )
+    assert wide(grant(WEB, admin)) == {
+        "spec.rules[0].to[0].operation.paths": "allows paths /admin/*, no learned template of "
+        "shop/cart covers it"
+    }
+    # each part learned, never together: billing only ever POSTed /orders
+    billing = {"p/billing": frozenset({"pay/billing"})}
+    found = wide(grant(billing, op(("GET",), "/users/{int}")))
+    assert found == {
+        "spec.rules[0].to[0].operation": "allows pay/billing GET /users/{int}, never learned "
+        "together for shop/cart"
+    }
+    # no `to`: any method on any path
+    assert wide(grant(WEB)) == {"spec.rules[0].to": "allows any method on any path of shop/cart"}
+    # a workload nothing was learned for: all it admits is wider, and said so
+    nothing = wider_than_learned(grant(WEB, op(("GET",), "/users/1")), "shop/new", Learnt())
+    assert {w.field for w in nothing} == {
+        "spec.rules[0].from[0].source.principals",
+        "spec.rules[0].to[0].operation.methods",
+        "spec.rules[0].to[0].operation.paths",
+    }
+    assert all("nothing learned for shop/new" in w.detail for w in nothing)
+
+
+def test_learned_says_when_not_compared() -> None:
+    assert Learned(LEARNED).not_compared() == ""
+    assert Learned(None, "serve unreachable").not_compared() == (
+        "not compared with the learned allowlist: serve unreachable"
+    )
+    assert Learned(LEARNED).destinations("shop") == ["shop/cart"]
+    assert Learned(LEARNED).destinations("pay") == []
+
+
+def test_a_long_or_odd_detail_still_reaches_serve() -> None:
+    """A detail quotes what the policy holds: serve must still take the finding."""
+    odd = "cluster.local/ns/x/sa/\u202e" + "y" * 400
+    sources = (Source("spec.rules[0].from[0].source.principals", odd, "principal", frozenset()),)
+    (w,) = wider_than_learned(Grant("spec.rules[0]", sources, ()), "shop/cart", PROFILE)
+    new = {"apiVersion": "v1", "kind": "AuthorizationPolicy", "metadata": {"name": "p"}}
+    (f,) = diff("AuthorizationPolicy", None, new, State(), State((w,)))
+    assert Finding.from_dict(f.as_dict()) == f
+    assert "?" in f.detail and f.detail.endswith("...")

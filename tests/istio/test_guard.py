@@ -3,9 +3,16 @@ does not (narrowing changes, other namespaces, hosts outside the cluster)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
-from meshward.core.meshguard import Scope, diff
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshward.app.exports import export
+from meshward.core.allowlist import Allowlist
+from meshward.core.meshguard import ONE, Learned, PathPattern, Scope, diff
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,
@@ -14,6 +21,7 @@ from meshward.core.threats.names import (
 )
 from meshward.istio import guard
 from meshward.istio.envoyfilter import render
+from tests.support.allowlists import allowlist_of, learned_allowlists
 
 SCOPE = Scope(frozenset({"shop", "pay"}), "istio-system")
 
@@ -240,3 +248,129 @@ def test_inbound_ports_left_out_of_the_sidecar() -> None:
     assert [w.value for w in guard.pod_injection(only)] == ["9090"]
     every = {"metadata": {"annotations": {"traffic.sidecar.istio.io/includeInboundPorts": "*"}}}
     assert guard.pod_injection(every) == []
+
+
+# ---- wider than the learned allowlist
+
+
+def _exported(allowlist: Allowlist) -> list[dict[str, Any]]:
+    return export(allowlist, lambda ns: "monitor", "authorizationpolicy").objects
+
+
+LEARNED_SCOPE = Scope(frozenset({"shop"}), "istio-system")
+
+
+def _scope(allowlist: Allowlist | None, missing: str = "") -> Scope:
+    return dataclasses.replace(LEARNED_SCOPE, learned=Learned(allowlist, missing))
+
+
+def test_istio_pattern() -> None:
+    assert guard.istio_pattern("/a/b") == PathPattern(("a", "b"), False, "/a/b")
+    assert guard.istio_pattern("/a/*") == PathPattern(("a",), True, "/a/*")
+    assert guard.istio_pattern("/ad*") == PathPattern((ONE,), True, "/ad*")  # inside a segment
+    assert guard.istio_pattern("/a/{*}/{**}") == PathPattern(("a", ONE), True, "/a/{*}/{**}")
+    assert guard.istio_pattern("*.js") == PathPattern((), True, "*.js")  # a suffix: unbounded
+    assert guard.istio_pattern("/*") == PathPattern((), True, "/*")
+    assert guard.istio_match("cluster.local/ns/shop/*", "cluster.local/ns/shop/sa/web")
+    assert not guard.istio_match("*/sa/db", "cluster.local/ns/shop/sa/web")
+
+
+@settings(max_examples=120, deadline=None)
+@given(learned_allowlists(), st.data())
+def test_exported_policy_is_never_wider_and_widening_it_is(
+    allowlist: Allowlist, data: st.DataObject
+) -> None:
+    scope = _scope(allowlist)
+    (policy,) = _exported(allowlist)
+    assert guard.authorization_policy(policy, scope).weak == ()
+    rules = policy["spec"].get("rules") or []
+    if not rules:
+        return  # nothing Istio could carry: a deny-all policy
+    i = data.draw(st.integers(0, len(rules) - 1))
+    wider = copy.deepcopy(policy)
+    rule = wider["spec"]["rules"][i]
+    how = data.draw(st.sampled_from(["principal", "method", "path", "no-to"]))
+    if how == "principal":
+        rule["from"].append({"source": {"principals": ["cluster.local/ns/evil/sa/x"]}})
+    elif how == "method":
+        rule["to"][0]["operation"]["methods"].append("PATCH")
+    elif how == "path":
+        rule["to"][0]["operation"]["paths"].append("/zz/*")
+    else:
+        del rule["to"]
+    found = guard.authorization_policy(wider, scope).weak
+    assert found and all(w.threat == MESH_POLICY_WIDENED for w in found), how
+    assert all(w.field.startswith(f"spec.rules[{i}]") for w in found)
+
+
+def test_wider_than_learned_scoping() -> None:
+    allowlist = allowlist_of(("GET", "/items/{int}", {"shop/web": 2}), destination="shop/cart")
+    (policy,) = _exported(allowlist)
+    rule = policy["spec"]["rules"][0]
+    rule["from"][0]["source"]["principals"].append("cluster.local/ns/x/sa/y")
+    (w,) = guard.authorization_policy(policy, _scope(allowlist)).weak
+    assert w.field == "spec.rules[0].from[0].source.principals"
+    assert w.detail == "allows principal cluster.local/ns/x/sa/y, never seen calling shop/cart"
+    # learn namespaces are not watched: quiet
+    learn = copy.deepcopy(policy)
+    learn["metadata"]["namespace"] = "dev"
+    assert guard.authorization_policy(learn, _scope(allowlist)).weak == ()
+    # no selector: every learned workload of the namespace
+    del policy["spec"]["selector"]
+    assert [w.detail for w in guard.authorization_policy(policy, _scope(allowlist)).weak] == [
+        w.detail
+    ]
+    # serve unreachable: only the universal rules, and their findings say so
+    rule["from"][0]["source"]["principals"].append("*")
+    (w,) = guard.authorization_policy(policy, _scope(None, "serve unreachable")).weak
+    assert w.detail == ("any principal; not compared with the learned allowlist: serve unreachable")
+    # a selector without the workload label names no learned workload: not compared
+    policy["spec"]["selector"] = {"matchLabels": {"tier": "web"}}
+    (w,) = guard.authorization_policy(policy, _scope(allowlist)).weak
+    assert "its selector names no app label" in w.detail
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_TEXTS = st.lists(
+    st.text(max_size=14) | st.sampled_from(["*", "/*", "/a/*", "*.js", "/{*}/{**}"]), max_size=4
+)
+_SOURCE = st.fixed_dictionaries(
+    {}, optional={"principals": _TEXTS | _ANY, "namespaces": _TEXTS | _ANY, "notPrincipals": _ANY}
+)
+_OPERATION = st.fixed_dictionaries({}, optional={"methods": _TEXTS | _ANY, "paths": _TEXTS | _ANY})
+_RULE = st.fixed_dictionaries(
+    {},
+    optional={
+        "from": st.lists(st.fixed_dictionaries({"source": _SOURCE | _ANY}) | _ANY, max_size=3)
+        | _ANY,
+        "to": st.lists(st.fixed_dictionaries({"operation": _OPERATION | _ANY}) | _ANY, max_size=3)
+        | _ANY,
+        "when": _ANY,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rules=st.lists(_RULE | _ANY, max_size=3) | _ANY,
+    selector=_ANY | st.just({"matchLabels": {"app": "api"}}),
+)
+def test_any_policy_shape_is_compared_without_error(rules: Any, selector: Any) -> None:
+    allowlist = allowlist_of(("GET", "/a/{int}", {"shop/web": 1, "unknown": 1}))
+    policy = obj("AuthorizationPolicy", "shop", {"selector": selector, "rules": rules})
+    for scope in (_scope(allowlist), _scope(None, "down")):
+        state = guard.authorization_policy(policy, scope)
+        assert all(w.threat == MESH_POLICY_WIDENED for w in state.weak)
+        diff(
+            "AuthorizationPolicy",
+            None,
+            policy,
+            guard.authorization_policy(policy, LEARNED_SCOPE),
+            state,
+        )

@@ -308,7 +308,8 @@ def test_envoy_bootstrap_command_wires_the_workload_certificate(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """By default the command issues the workload's certificate from meshward's CA (created if
-    absent) and both meshward clusters present it, pinning serve's SPIFFE id."""
+    absent) and both meshward clusters present it, pinning serve's SPIFFE id; Envoy reads it
+    through file-based SDS, so reissuing the files rotates it (tests/app/serve/test_rotation)."""
     boot = [b for b in BOOT if b != "--server-plaintext"]
     argv = [*boot, "enforce", "--ca-dir", str(tmp_path / "ca"), "--format", "json"]
     argv += ["--service-account", "web-sa"]
@@ -318,9 +319,20 @@ def test_envoy_bootstrap_command_wires_the_workload_certificate(
     assert len(mine) == 2
     for cluster in mine:
         context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
-        cert = context["tls_certificates"][0]["certificate_chain"]["filename"]
+        sds = context["tls_certificate_sds_secret_configs"][0]["sds_config"]
+        sds_file = Path(sds["path_config_source"]["path"])
+        secret = json.loads(sds_file.read_text())["resources"][0]["tls_certificate"]
+        cert = secret["certificate_chain"]["filename"]
         assert cert == str(tmp_path / "ca" / "issued" / "shop.web-sa.crt")
-        assert context["validation_context"]["match_typed_subject_alt_names"] == [
+        validation = context["combined_validation_context"]
+        trust = Path(
+            validation["validation_context_sds_secret_config"]["sds_config"]["path_config_source"][
+                "path"
+            ]
+        )
+        trusted = json.loads(trust.read_text())["resources"][0]["validation_context"]
+        assert trusted["trusted_ca"]["filename"] == str(tmp_path / "ca" / "ca.crt")
+        assert validation["default_validation_context"]["match_typed_subject_alt_names"] == [
             {
                 "san_type": "URI",
                 "matcher": {"exact": "spiffe://cluster.local/ns/meshward/sa/meshward"},

@@ -139,7 +139,18 @@ class KubeCluster:
     GONE_RESOURCE = "podtemplates"
     """Served from etcd, not the watch cache: an old resourceVersion there really expires (410)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        audit_policy: str | None = None,
+        audit_webhook: str | None = None,
+        audit_webhook_mode: str = "batch",
+        audit_batch_max_wait: str = "1s",
+    ) -> None:
+        """`audit_policy` (an audit.k8s.io/v1 Policy, YAML) and `audit_webhook` (the webhook
+        backend's kubeconfig, YAML) switch the API server's audit webhook on; by default there
+        is no audit at all, as before."""
         self.tmp = tmp
         self.etcd_port, self.etcd_peer_port = _free_port(), _free_port()
         self.port = _free_port()
@@ -201,6 +212,9 @@ class KubeCluster:
                 "--watch-cache-sizes=podtemplates#0",
                 "--etcd-compaction-interval=2s",
                 "-v=1",
+                *self._audit_args(
+                    audit_policy, audit_webhook, audit_webhook_mode, audit_batch_max_wait
+                ),
             ],
             tmp / "kube-apiserver.log",
         )
@@ -221,6 +235,30 @@ class KubeCluster:
         )
 
     # ---- setup ---------------------------------------------------------------------------
+    def _audit_args(
+        self, policy: str | None, webhook: str | None, mode: str, max_wait: str
+    ) -> list[str]:
+        """The API server's audit webhook backend (v1.20 flags): the policy file, the webhook's
+        kubeconfig, its mode (batch: events posted as EventLists every `max_wait` at most)."""
+        if policy is None and webhook is None:
+            return []
+        if policy is None or webhook is None:
+            raise ValueError("the audit webhook needs both a policy and a kubeconfig")
+        (self.tmp / "audit-policy.yaml").write_text(policy)
+        hook = self.tmp / "audit-webhook.kubeconfig"
+        hook.write_text(webhook)
+        hook.chmod(0o600)
+        args = [
+            f"--audit-policy-file={self.tmp / 'audit-policy.yaml'}",
+            f"--audit-webhook-config-file={hook}",
+            f"--audit-webhook-mode={mode}",
+            "--audit-webhook-version=audit.k8s.io/v1",
+            "--audit-webhook-initial-backoff=1s",
+        ]
+        if mode == "batch":
+            args.append(f"--audit-webhook-batch-max-wait={max_wait}")
+        return args
+
     def _write_credentials(self) -> None:
         rows = [f'{self.admin_token},admin,uid-admin,"system:masters"']
         rows += [
@@ -391,14 +429,15 @@ class ClusterStartError(RuntimeError):
         super().__init__(f"{what}\n{cluster.logs()}")
 
 
-@pytest.fixture(scope="session")
-def kube_cluster() -> Iterator[KubeCluster]:
-    """One real API server for the session; skipped (with the reason) where it cannot run."""
+@contextlib.contextmanager
+def running_cluster(**options: Any) -> Iterator[KubeCluster]:
+    """A real API server started for the block (skipped where it cannot run), all of its
+    state thrown away after; `options` go to KubeCluster (the audit webhook)."""
     reason = missing_reason()
     if reason:
         pytest.skip(reason)
     tmp = Path(tempfile.mkdtemp(prefix="meshward-kube-"))
-    cluster = KubeCluster(tmp)
+    cluster = KubeCluster(tmp, **options)
     try:
         t0 = time.monotonic()
         try:
@@ -413,6 +452,13 @@ def kube_cluster() -> Iterator[KubeCluster]:
             print(f"kept test cluster state in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    """One real API server for the session; skipped (with the reason) where it cannot run."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -466,9 +512,14 @@ MESH_CRDS = (
 
 @pytest.fixture(scope="session")
 def mesh_crds(kube_cluster: KubeCluster) -> None:
-    """Every Istio and Linkerd policy type the mesh guard watches, on the test API server:
-    Istio's with validate=false (1.20 drops their CEL rules), Linkerd's without the `default: ""`
-    lines 1.20 rejects ("must be of type string: null"); see docs/kubernetes.md."""
+    """Every Istio and Linkerd policy type the mesh guard watches, on the test API server."""
+    apply_mesh_crds(kube_cluster)
+
+
+def apply_mesh_crds(kube_cluster: KubeCluster) -> None:
+    """Istio's CRDs with validate=false (1.20 drops their CEL rules), Linkerd's without the
+    `default: ""` lines 1.20 rejects ("must be of type string: null"); see docs/kubernetes.md.
+    Skips the test where ../shared is not checked out."""
     for path in MESH_CRDS:
         if not path.exists():
             pytest.skip(f"mesh CRDs not found at {path}")

@@ -1,15 +1,19 @@
-"""mTLS clients of serve's gRPC ports: channels with a sidecar's certificate, and certificates
-with odd subject alternative names (none, several, not SPIFFE) signed by a real CA."""
+"""mTLS clients of serve's gRPC ports: channels with a sidecar's certificate, certificates with
+odd subject alternative names (none, several, not SPIFFE) signed by a real CA, and the
+certificate serve presents to a new connection."""
 
 from __future__ import annotations
 
 import secrets
+import socket
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from meshward.istio.certs import MeshCA
 from meshward.istio.tls import SidecarTLS
@@ -60,3 +64,19 @@ def odd_certificate(ca: MeshCA, out: Path, name: str, sans: Sequence[str]) -> Si
         (work / "k").rename(out / f"{name}.key")
         (work / "c").rename(out / f"{name}.crt")
     return SidecarTLS(str(out / f"{name}.crt"), str(out / f"{name}.key"), str(ca.cert))
+
+
+def server_certificate(port: int, tls: SidecarTLS) -> x509.Certificate:
+    """The certificate serve presents to a new connection now (one TLS handshake on loopback,
+    presenting `tls`'s client certificate and trusting its CA bundle; blocking)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(tls.ca_cert)
+    context.load_cert_chain(tls.cert_chain, tls.private_key)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)

@@ -84,6 +84,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "a projected ServiceAccount token with audience meshward; $MESHWARD_API_TOKEN gives "
         "the token itself)",
     )
+    p.add_argument(
+        "--audit-webhook-port",
+        type=int,
+        default=0,
+        help="HTTPS port taking the API server's audit Events (its audit webhook backend), so "
+        "guard findings name the user who made a change (docs/mesh-guard.md); 0: off (default)",
+    )
+    p.add_argument("--audit-webhook-host", default="0.0.0.0", help="address of that port")
+    p.add_argument("--audit-webhook-cert", help="the port's TLS certificate (PEM)")
+    p.add_argument("--audit-webhook-key", help="the port's TLS private key (PEM)")
+    p.add_argument(
+        "--audit-webhook-token-file",
+        help="file holding the bearer token the webhook kubeconfig sends (read again when it "
+        "changes)",
+    )
+    p.add_argument(
+        "--audit-webhook-client-ca",
+        help="CA verifying the client certificate the webhook kubeconfig presents (either this "
+        "or a token file is required; both: both are checked)",
+    )
+    p.add_argument(
+        "--audit-wait",
+        type=float,
+        default=35.0,
+        help="seconds a finding waits for the audit Event of its change (cover the API "
+        "server's --audit-webhook-batch-max-wait, 30 s by default; default 35)",
+    )
+    p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="the mesh's trust domain: learned callers become principals in it when ALLOW "
+        "policies are compared with the learned allowlists (default cluster.local)",
+    )
+    p.add_argument(
+        "--selector-label",
+        default="app",
+        metavar="KEY",
+        help="the pod label whose value is the workload's name, as `allowlist export` writes "
+        "it: a policy's selector names its learned workload by it (default app)",
+    )
+    p.add_argument(
+        "--learned-refresh",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the guard reads serve's learned allowlists again (default 30; the last "
+        "copy serves for 10 times as long when serve cannot be reached)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     p.set_defaults(func=run)
 
@@ -110,8 +158,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--server {args.server!r} must be an http:// or https:// URL")
     if not is_kubernetes_name(args.istio_root_namespace):
         raise UsageError(f"--istio-root-namespace {args.istio_root_namespace!r} is not a name")
+    if not 1.0 <= args.learned_refresh <= 3600:
+        raise UsageError("--learned-refresh must be 1..3600 seconds")
+    if not is_host_name(args.trust_domain) or not args.selector_label:
+        raise UsageError("--trust-domain must be a host name, --selector-label a label key")
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be 0..65535 (0: no metrics port)")
+    if not 0 <= args.audit_webhook_port <= 65535 or not 0 < args.audit_wait <= 600:
+        raise UsageError("--audit-webhook-port must be 0..65535, --audit-wait 0..600 s")
+    if args.audit_webhook_port and not args.guard:
+        raise UsageError("--audit-webhook-port needs the guard (--guard)")
+    if args.audit_webhook_port and not (args.audit_webhook_cert and args.audit_webhook_key):
+        raise UsageError("--audit-webhook-port needs --audit-webhook-cert and --audit-webhook-key")
     try:
         api = load_client(args.kubeconfig, context=args.context)
     except KubeConfigError as exc:
@@ -144,19 +202,51 @@ def run(args: argparse.Namespace) -> int:
         on_started_leading=ctl.wake.set,
     )
     if args.guard:
+        from meshward.app.guardlearned import LearnedAllowlists
         from meshward.app.meshguard import MeshGuard
+        from meshward.core.kubeaudit import Authors
         from meshward.runtime.client import ApiClient
 
         alerts = None
         if args.server:
             alerts = ApiClient.configured(args.server, token_file=args.api_token_file)
+        learned = LearnedAllowlists(
+            alerts,
+            refresh=args.learned_refresh,
+            max_age=10 * args.learned_refresh,
+            trust_domain=args.trust_domain,
+            selector_label=args.selector_label,
+        )
         ctl.guard = MeshGuard(
             api,
             root_namespace=args.istio_root_namespace,
             alerts=alerts,
             leading=elector.leading,
             hold=2 * d,  # findings of a replica starting up wait this long for the Lease
+            authors=Authors() if args.audit_webhook_port else None,
+            audit_wait=args.audit_wait,
+            learned=learned,
         )
+    audit_port = None
+    if args.audit_webhook_port and ctl.guard is not None:
+        from meshward.app.kubeauditport import AuditConfigError, AuditPort
+
+        try:
+            audit_port = AuditPort(
+                ctl.guard,
+                cert=args.audit_webhook_cert,
+                key=args.audit_webhook_key,
+                token_file=args.audit_webhook_token_file,
+                client_ca=args.audit_webhook_client_ca,
+                leading=elector.leading,
+                host=args.audit_webhook_host,
+                port=args.audit_webhook_port,
+            )
+            audit_port.start()
+        except AuditConfigError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"--audit-webhook-port: {exc.strerror or exc}") from None
     kinds: tuple[str, ...] = ("EnvoyFilter", "DestinationRule")
     if args.style == "extension-provider":
         kinds = (*kinds, "AuthorizationPolicy")
@@ -180,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         elector.stop()
         if port is not None:
             port.stop()
+        if audit_port is not None:
+            audit_port.stop()
         ctl.stop_watches()
         event(log, "stopped", **vars(ctl.counters))
     return 0

@@ -140,7 +140,14 @@ def _workload_tls(args: argparse.Namespace) -> SidecarTLS | None:
     from pathlib import Path
 
     from meshward.core.names import is_kubernetes_name
-    from meshward.istio.certs import CA_DAYS, WORKLOAD_DAYS, CertError, MeshCA
+    from meshward.istio.certs import (
+        CA_DAYS,
+        ISSUED_DIR,
+        WORKLOAD_DAYS,
+        CertError,
+        MeshCA,
+        write_sds,
+    )
 
     account = args.service_account or args.workload
     if not is_kubernetes_name(args.namespace) or not is_kubernetes_name(account.replace(".", "-")):
@@ -148,12 +155,15 @@ def _workload_tls(args: argparse.Namespace) -> SidecarTLS | None:
     ca_dir = Path(args.ca_dir)
     try:
         ca = MeshCA(ca_dir, days=CA_DAYS, trust_domain=args.trust_domain)
-        return ca.issue(
-            args.namespace,
-            account,
-            out=Path(args.cert_dir) if args.cert_dir else ca_dir / "issued",
-            days=WORKLOAD_DAYS,
-        )
+        with ca.locked():
+            issued = ca.issue(
+                args.namespace,
+                account,
+                out=Path(args.cert_dir) if args.cert_dir else ca_dir / ISSUED_DIR,
+                days=WORKLOAD_DAYS,
+            )
+        # Envoy reads it through file-based SDS: `meshward ca issue/renew` rotate it in place
+        return write_sds(issued)
     except (CertError, OSError) as exc:
         raise UsageError(f"cannot issue the workload certificate: {exc}") from None
 

@@ -58,6 +58,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="find pod network namespaces through /proc too, for runtimes that do not name "
         "them under /var/run/netns (adds hostPID and SYS_PTRACE)",
     )
+    p.add_argument(
+        "--audit-webhook-secret",
+        metavar="SECRET",
+        help="a Secret in meshward's namespace with tls.crt, tls.key and token: the controller "
+        "then takes the API server's audit Events on port 9195 (Service "
+        "meshward-controller-audit), so guard findings name the user (docs/mesh-guard.md)",
+    )
     p.add_argument("--format", default="yaml", choices=("yaml", "json"))
 
 
@@ -72,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _common(p)
     p.add_argument("--mesh-config", metavar="FILE", help="where to write the meshConfig fragment")
+    p.add_argument(
+        "--audit-policy",
+        metavar="FILE",
+        help="write the API server's audit policy the mesh guard needs (its --audit-policy-file; "
+        "with a policy of your own, put its rules first) to FILE",
+    )
     p.set_defaults(func=install)
     u = subparsers.add_parser(
         "uninstall",
@@ -102,6 +115,9 @@ def _options(args: argparse.Namespace) -> InstallOptions:
     secret = args.alerts_dsn_secret
     if secret is not None and not is_kubernetes_subdomain(secret):
         raise UsageError(f"--alerts-dsn-secret {secret!r} is not a Kubernetes name")
+    audit = args.audit_webhook_secret
+    if audit is not None and not is_kubernetes_subdomain(audit):
+        raise UsageError(f"--audit-webhook-secret {audit!r} is not a Kubernetes name")
     for iface in args.node_tap_iface:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", iface):
             raise UsageError(f"--node-tap-iface {iface!r} is not an interface name")
@@ -114,6 +130,7 @@ def _options(args: argparse.Namespace) -> InstallOptions:
         alerts_dsn_secret=secret,
         node_ifaces=tuple(args.node_tap_iface),
         node_proc_scan=args.node_tap_proc_scan,
+        audit_webhook_secret=audit,
         **extra,
     )
 
@@ -144,6 +161,19 @@ def install(args: argparse.Namespace) -> int:
         print(
             f"meshConfig fragment written to {args.mesh_config}: merge it with "
             f"`istioctl install -f {args.mesh_config}` or into istiod's Helm values",
+            file=sys.stderr,
+        )
+    if args.audit_policy:
+        from meshward.app.install import audit_policy
+
+        try:
+            with open(args.audit_policy, "w") as fh:
+                fh.write(dump(audit_policy(), "yaml"))
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.audit_policy}: {exc.strerror or exc}") from None
+        print(
+            f"audit policy written to {args.audit_policy}: the API server's "
+            "--audit-policy-file (docs/mesh-guard.md, the audit log)",
             file=sys.stderr,
         )
     if opts.replicas > 1 and not opts.alerts_dsn_secret:

@@ -145,7 +145,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="the CA (ca.crt, ca.key) sidecar certificates come from: created there at first "
         "start if absent; every replica must use the same one (a shared directory or a mounted "
-        "Secret) (env MESHWARD_GRPC_CA_DIR, default meshward-ca beside --db)",
+        "Secret) (env MESHWARD_GRPC_CA_DIR, default meshward-ca beside --db); changes to it and "
+        "to the revocation list `revoked` there are followed without a restart (`meshward ca`)",
     )
     g.add_argument(
         "--trust-domain",
