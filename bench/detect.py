@@ -3,7 +3,8 @@
 One run prints, per sensitivity level:
 - per threat class, the detection rate on ../shared/data/payloads/* with each payload placed in
   a query value (URL-encoded), a path segment, a JSON body field, a form body sent without a
-  Content-Type, a cookie value and a header (user-agent) (see `place`);
+  Content-Type, a cookie value, a header (user-agent), an XML element's text and a
+  multipart/form-data field (see `place`);
 - per class, the detection rate on the attack rows of httpparams/payload_train.csv, and the
   false-positive rate on its `norm` rows, placed the same way;
 - the false-positive rate on 20,000 normal requests of the engine's OpenAPI sample traffic, on
@@ -59,6 +60,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from xml.sax.saxutils import escape as xml_escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -76,7 +78,7 @@ CLASSES = {
     "nosql": "NoSQL.Injection",
     "ssti": "Template.Injection",
 }
-PLACEMENTS = ("query", "path", "json", "form", "cookie", "header")
+PLACEMENTS = ("query", "path", "json", "form", "cookie", "header", "xml", "mpart")
 # placements pooled in the side-by-side figures: CRS flags every untyped body (see side_by_side)
 POOLED = tuple(w for w in PLACEMENTS if w != "form")
 
@@ -207,7 +209,9 @@ def place(payload: str, where: str) -> Observation:
     """An Observation carrying the payload in one place, as a client library would send it:
     a query value, a path segment (every reserved character percent-encoded, as
     encodeURIComponent does), a JSON body field, a form body sent without a Content-Type (what
-    most clients then send), a cookie value, or the user-agent header."""
+    most clients then send), a cookie value, the user-agent header, the text of an element of
+    an XML document (escaped, with a declaration and a namespace, as SOAP clients send it), or
+    a multipart/form-data field ("mpart")."""
     if where == "query":
         return Observation("file", method="GET", path="/search", query="q=" + quote(payload, ""))
     if where == "path":
@@ -223,6 +227,24 @@ def place(payload: str, where: str) -> Observation:
     if where == "form":
         return Observation(
             "file", method="POST", path="/api/items", body=("q=" + quote(payload, "")).encode()
+        )
+    if where == "xml":
+        doc = '<?xml version="1.0" encoding="UTF-8"?><order xmlns="urn:shop:v1"><q>%s</q></order>'
+        return Observation(
+            "file",
+            method="POST",
+            path="/api/items",
+            headers=[("content-type", "application/xml")],
+            body=(doc % xml_escape(payload)).encode(),
+        )
+    if where == "mpart":
+        part = f'--b0undary\r\nContent-Disposition: form-data; name="q"\r\n\r\n{payload}\r\n'
+        return Observation(
+            "file",
+            method="POST",
+            path="/api/items",
+            headers=[("content-type", "multipart/form-data; boundary=b0undary")],
+            body=(part + "--b0undary--\r\n").encode(),
         )
     value = "".join(c if c >= " " and c != "\x7f" else " " for c in payload)  # headers: no CTLs
     if where == "cookie":
@@ -933,15 +955,23 @@ def sample(rows: list[str], n: int, seed: int = 11) -> list[str]:
     return [r for i, r in enumerate(rows) if i in keep]
 
 
+def _scorer(inspect: Callable[[Observation], object]) -> Scorer:
+    """A Scorer of an older commit's `inspect` (see baseline_detector)."""
+    return lambda obs: {t.name for t in inspect(obs).threats}  # type: ignore[attr-defined]
+
+
 def side_by_side(
     root: Path,
     payloads: dict[str, list[str]],
     attacks: dict[str, list[str]],
     norm: list[str],
     rows: int,
+    baselines: dict[str, Callable[[Observation], object]] | None = None,
 ) -> None:
     """meshward at level 1 and ModSecurity + CRS at PL1 on the same requests: detection per
-    class and placement, false positives, and µs per typical request."""
+    class and placement, false positives, and µs per typical request. `baselines`: older
+    commits' level-1 detectors (--baseline), scored on the same requests. A list where
+    meshward is below CRS in a pooled placement, strict or any, is marked "< crs in ..."."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from crs_anchor import CrsAnchor
 
@@ -961,6 +991,7 @@ def side_by_side(
     )
     engines: list[tuple[str, Scorer]] = [
         ("meshward", meshward(ThreatDetector(level=1))),
+        *((f"at {ref}"[:9], _scorer(fn)) for ref, fn in (baselines or {}).items()),
         ("crs", anchor.threats),
     ]
     heads = "".join(f"{w:>7}" for w in PLACEMENTS)
@@ -970,15 +1001,19 @@ def side_by_side(
     for label, rows_all in lists:
         want = CLASSES[label.split()[0]] if label.endswith("(httpparams)") else label
         picked = sample(rows_all, rows)
-        for name, score in engines:
-            r = rates(score, picked, want)
+        got = {name: rates(score, picked, want) for name, score in engines}
+        for name, r in got.items():
             strict = statistics.mean(r[w] for w in POOLED)
             anyr = statistics.mean(r[f"any-{w}"] for w in POOLED)
+            below = [
+                w for w in POOLED if r[w] < got["crs"][w] or r[f"any-{w}"] < got["crs"][f"any-{w}"]
+            ]
             print(
                 f"  {label if name == 'meshward' else '':<22}"
                 f"{len(picked) if name == 'meshward' else '':>5}  {name:<9}{strict:6.1f}"
                 + "".join(f"{r[w]:7.1f}" for w in PLACEMENTS)
                 + f" | {anyr:5.1f}"
+                + (f"  < crs in {','.join(below)}" if below and name == "meshward" else "")
             )
     print("\n  families without a shared list (rows written for the bench, FAMILY_ROWS):")
     for fam, rows_f in FAMILY_ROWS.items():
@@ -1181,7 +1216,7 @@ def main() -> int:
         per_request = {k: [t / len(requests) for t in v] for k, v in times.items()}
         print_ratios(per_request, base if base in times else "level 1")
     if args.anchor_rows and not args.time_only:
-        side_by_side(root, payloads, attacks, norm, args.anchor_rows)
+        side_by_side(root, payloads, attacks, norm, args.anchor_rows, old)
     return 0
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 PROXY_CONTAINER = "istio-proxy"
+# written by the injector on every pod it injects (the containers, volumes and template revision)
+STATUS_ANNOTATION = "sidecar.istio.io/status"
 
 
 def has_sidecar(pod: Mapping[str, Any]) -> bool:
@@ -24,3 +26,14 @@ def has_sidecar(pod: Mapping[str, Any]) -> bool:
     if named("containers"):
         return True
     return any(c.get("restartPolicy") == "Always" for c in named("initContainers"))
+
+
+def is_injected(pod: Mapping[str, Any]) -> bool:
+    """The sidecar is there, or the injector says it injected the pod (`sidecar.istio.io/status`):
+    a pod whose proxy container was taken out again still counts, so traffic reaching its app
+    around a proxy that is not there is seen as the bypass it is."""
+    meta = pod.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    if isinstance(annotations, Mapping) and annotations.get(STATUS_ANNOTATION):
+        return True
+    return has_sidecar(pod)

@@ -144,8 +144,13 @@ def identity(pod: Mapping[str, Any]) -> PodIdentity:
     )
 
 
-def capturable(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None = None) -> bool:
-    """Attach a capture now: meshed, Running, with an IP, not being deleted."""
+def running(pod: Mapping[str, Any]) -> bool:
+    """Running, with an IP, not being deleted: a pod whose network namespace can be captured."""
     who = identity(pod)
     deleting = bool(_meta(pod).get("deletionTimestamp"))
-    return is_meshed(pod, namespace) and who.phase == "Running" and bool(who.ip) and not deleting
+    return who.phase == "Running" and bool(who.ip) and not deleting
+
+
+def capturable(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None = None) -> bool:
+    """Attach a capture now: meshed, Running, with an IP, not being deleted."""
+    return is_meshed(pod, namespace) and running(pod)

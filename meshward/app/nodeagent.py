@@ -1,15 +1,21 @@
-"""The node tap as a cluster agent: it finds the Linkerd-meshed pods of its node by itself.
+"""The node tap as a cluster agent: it finds the meshed pods of its node by itself.
 
 It watches the Pods of its own node only (field selector `spec.nodeName=NODE`: a thousand
 agents must not each list the cluster) and the Namespaces (for the `linkerd.io/inject`
-annotation), and keeps the node tap's captures in step with what is capturable
-(meshward.linkerd.pods: meshed, Running, with an IP): each new one is attached to the network
-namespace that holds its IP (meshward.tap.node.netns), each one that goes, loses its IP or
-stops being meshed is detached. The watches relist after a restart or a broken watch, and the
-relist's full view is diffed against what is attached, so nothing is missed or left behind.
+annotation), and keeps the node tap's captures in step with what is capturable (meshed,
+Running, with an IP): each new one is attached to the network namespace that holds its IP
+(meshward.tap.node.netns), each one that goes, loses its IP or stops being meshed is detached.
+The watches relist after a restart or a broken watch, and the relist's full view is diffed
+against what is attached, so nothing is missed or left behind.
+
+Linkerd pods (meshward.linkerd.pods) are always attached: their `lo` is where meshward reads
+their traffic. Istio pods (meshward.istio.sidecar: the `istio-proxy` container or the
+injector's `sidecar.istio.io/status`) are attached with `istio=True`, for the bypass watch
+only: their sidecar reports through ext_authz already. One path for both: the same watches,
+diff, namespace lookup and retries; only the mesh and the identity's spelling differ.
 
 The destination identity of what is captured comes from the cluster (namespace, workload and
-the Linkerd identity of the Pod's service account), never from the traffic.
+the mesh identity of the Pod's service account), never from the traffic.
 """
 
 from __future__ import annotations
@@ -22,12 +28,35 @@ from typing import Any
 
 from meshward.core.log import event
 from meshward.core.observation import Identity
-from meshward.linkerd.pods import TRUST_DOMAIN, PodIdentity, capturable, identity
+from meshward.core.peer import SpiffeId
+from meshward.istio.sidecar import has_sidecar as istio_sidecar
+from meshward.istio.sidecar import is_injected as istio_injected
+from meshward.linkerd.pods import TRUST_DOMAIN, PodIdentity, identity, is_meshed, running
 from meshward.tap.node.netns import Inode, NamespaceIndex, inode
 from meshward.tap.node.pipeline import NodeTap, PodTarget, namespace_addresses
 
 log = logging.getLogger("meshward.node-agent")
 PodKey = tuple[str, str]  # namespace, name
+Mesh = str  # "linkerd" | "istio" (PodTarget.mesh)
+
+
+def mesh_of(
+    pod: dict[str, Any], namespace: dict[str, Any] | None, istio: bool = True
+) -> Mesh | None:
+    """Whose proxy a pod runs, or None: its containers first (an `istio-proxy` is Istio's even
+    in a namespace Linkerd injects), then the meshes' annotations."""
+    if istio and istio_sidecar(pod):
+        return "istio"
+    if is_meshed(pod, namespace):
+        return "linkerd"
+    return "istio" if istio and istio_injected(pod) else None
+
+
+def principal(who: PodIdentity, mesh: Mesh, trust_domain: str = TRUST_DOMAIN) -> str:
+    """The pod's identity as its mesh spells it: Linkerd's DNS-like name, Istio's SPIFFE id."""
+    if mesh == "istio":
+        return SpiffeId(trust_domain, who.namespace, who.service_account).uri
+    return who.principal(trust_domain)
 
 
 @dataclass
@@ -40,13 +69,14 @@ class PodDiscovery:
     index: NamespaceIndex = field(default_factory=lambda: NamespaceIndex(namespace_addresses))
     net_iface: str | None = "eth0"
     trust_domain: str = TRUST_DOMAIN
+    istio: bool = False  # attach Istio pods too (for the bypass watch; the tap needs `bypass`)
     # told this node's pods after each change (the control-plane watch's clients)
     on_pods: Callable[[dict[PodKey, dict[str, Any]]], None] | None = None
 
     def __post_init__(self) -> None:
         self.pods: dict[PodKey, dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, Any]] = {}
-        self.attached: dict[PodKey, tuple[PodIdentity, PodTarget]] = {}
+        self.attached: dict[PodKey, tuple[tuple[PodIdentity, Mesh], PodTarget]] = {}
         self.unresolved: set[PodKey] = set()  # capturable, but no namespace holds the IP yet
         self.found: dict[PodKey, Inode | None] = {}  # the namespace each pod was attached to
         self._failures_seen: dict[PodKey, int] = {}  # the tap's failed attaches, looked into
@@ -111,15 +141,16 @@ class PodDiscovery:
     # ---- the diff
     def reconcile(self) -> None:
         """Attach what became capturable, detach what stopped being (a changed IP is both)."""
-        want: dict[PodKey, PodIdentity] = {}
+        want: dict[PodKey, tuple[PodIdentity, Mesh]] = {}
         for key, pod in self.pods.items():
-            if capturable(pod, self.namespaces.get(key[0])):
-                want[key] = identity(pod)
-        for key, (who, _target) in list(self.attached.items()):
-            if want.get(key) != who:
+            mesh = mesh_of(pod, self.namespaces.get(key[0]), self.istio)
+            if mesh is not None and running(pod):
+                want[key] = (identity(pod), mesh)
+        for key, (was, _target) in list(self.attached.items()):
+            if want.get(key) != was:
                 self._detach(key)
         self.unresolved &= set(want)
-        for key, who in want.items():
+        for key, (who, mesh) in want.items():
             if key in self.attached:
                 continue
             netns = self.index.find(who.ip)
@@ -137,17 +168,19 @@ class PodDiscovery:
             self.unresolved.discard(key)
             target = PodTarget(
                 netns,
-                Identity(who.namespace, who.workload, who.principal(self.trust_domain)),
+                Identity(who.namespace, who.workload, principal(who, mesh, self.trust_domain)),
                 net_iface=self.net_iface,
                 ips=[who.ip],
+                mesh=mesh,
             )
-            self.attached[key] = (who, target)
+            self.attached[key] = ((who, mesh), target)
             self.found[key] = inode(netns)
             self.tap.attach(target)
             event(
                 log,
                 "attaching",
                 pod=f"{who.namespace}/{who.name}",
+                mesh=mesh,
                 workload=who.workload,
                 service_account=who.service_account,
                 ip=who.ip,
@@ -155,7 +188,7 @@ class PodDiscovery:
             )
 
     def _detach(self, key: PodKey) -> None:
-        who, target = self.attached.pop(key)
+        (who, _mesh), target = self.attached.pop(key)
         self.found.pop(key, None)
         self._failures_seen.pop(key, None)
         self.index.forget(who.ip)
@@ -170,7 +203,7 @@ class PodDiscovery:
         sockets kept that namespace alive, seeing nothing) and attached to the new one."""
         with self._lock:
             moved = False
-            for key, (who, target) in list(self.attached.items()):
+            for key, ((who, _mesh), target) in list(self.attached.items()):
                 failures = self.tap.failing.get(target.netns, 0)
                 now = inode(target.netns)
                 stale = now is None or now != self.found.get(key)

@@ -60,6 +60,21 @@ LINKERD_PROXY_PORTS: Final = frozenset(
 # the caller's mTLS identity, added by the inbound proxy to the requests it forwards
 LINKERD_CLIENT_ID_HEADER: Final = "l5d-client-id"
 
+# Istio's sidecar (istio-proxy), as the node tap sees it: istio-iptables sends a pod's inbound
+# TCP (nat PREROUTING -> ISTIO_INBOUND -> ISTIO_IN_REDIRECT) to Envoy's 15006, and the app's own
+# calls (OUTPUT -> ISTIO_OUTPUT -> ISTIO_REDIRECT) to 15001; 15008 is HBONE, 15000 Envoy's admin,
+# 15004 and 15020 pilot-agent's, 15021 the health port, 15053 the DNS proxy, 15090 Envoy's
+# Prometheus stats: mesh traffic, never app traffic. The inbound listener forwards to the app on
+# the original address (the pod IP since Istio 1.10) from the "inbound passthrough" bind address
+# 127.0.0.6 (::6), which ISTIO_OUTPUT lets through (`-s 127.0.0.6/32 -o lo -j RETURN`) so the
+# proxy's own hop is not captured again: that hop on `lo` is the proxy's copy of a request.
+ISTIO_INBOUND_PORT: Final = 15006
+ISTIO_OUTBOUND_PORT: Final = 15001
+ISTIO_PROXY_PORTS: Final = frozenset(
+    {15000, ISTIO_OUTBOUND_PORT, 15004, ISTIO_INBOUND_PORT, 15008, 15020, 15021, 15053, 15090}
+)
+ISTIO_INBOUND_BIND: Final = ("127.0.0.6", "::6")
+
 UNTRUSTED_HINTS: Final = MappingProxyType(
     {
         METADATA_NAMESPACE: "gRPC metadata: the namespace the sidecar says it guards",

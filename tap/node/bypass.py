@@ -17,14 +17,29 @@ What the wire shows, on the pod's own `eth0` (where the node tap already capture
   on its own port, as the test pods here).
 
 So a request head seen on `eth0` is held for `confirm_window` seconds; if the proxy did not hand
-the same request (method and path; any request for HTTP/2) to the app on `lo` by then, it is
-a bypass. The kernel filter passes only segments starting with an HTTP method (capture.py), so
-TLS and bulk data never reach Python. One judgement per connection (its first request).
+the same request (method and path; any request for HTTP/2) to the app on `lo` by then, and the
+app answered it, it is a bypass. The answer is the first segment back on that connection (an
+HTTP/1 status line, or the server's HTTP/2 SETTINGS frame or its ACK): without it the request
+reached no app (a STRICT Istio sidecar closes a plaintext connection unanswered; a refused port
+resets it), and an answer the proxy made itself (`server: istio-envoy`, which Istio's sidecars write
+on every response, or linkerd-proxy's `l5d-proxy-error`) means the proxy took the request and
+refused it (ext_authz or the mesh's policy denied it): neither is a bypass. A head waits at
+most `answer_window` seconds for its answer. The kernel filter passes only segments starting
+with an HTTP method, a status line or a SETTINGS frame (capture.py), so TLS and bulk data never
+reach Python. One judgement per connection (its first request).
+
+The proxy's copy: linkerd-proxy forwards to the app on the pod IP over `lo`; Istio's inbound
+listener (REDIRECT interception: istio-iptables' PREROUTING -> ISTIO_INBOUND ->
+ISTIO_IN_REDIRECT -> 15006) forwards to the original address, the pod IP, from 127.0.0.6
+(`InboundPassthroughBindIpv4`), over `lo` too. Either way the copy's server end is the pod IP
+and the app port, which is what a head is matched with.
 
 Limits: only pods the node tap watches (their `eth0` and `lo`), in enforce mode; a proxied
 request whose response takes longer than `confirm_window` (the proxy's copy is reported when
-its response ends) is reported as a bypass; plaintext that is not HTTP (a raw TCP protocol)
-is not recognised; a client splitting its first four bytes over segments evades the kernel
+its response ends) is reported as a bypass when the proxy passes the app's answer on unmarked
+(linkerd-proxy); an HTTP/2 answer cannot be told from the proxy's (its headers are compressed),
+so an h2c request the proxy itself refuses is reported; plaintext that is not HTTP (a raw TCP
+protocol) is not recognised; a client splitting its first four bytes over segments evades the kernel
 filter (it is stateless); an app that listens on `lo` only cannot be bypassed this way at all.
 """
 
@@ -36,12 +51,14 @@ from dataclasses import dataclass
 
 from meshward.core.observation import Identity, Observation, Threat
 from meshward.core.threats.names import MESH_SIDECAR_BYPASS
+from meshward.core.wire import ISTIO_PROXY_PORTS
 from meshward.tap.node.dedup import AlertDedup
 from meshward.tap.node.packet import Packet
 
 H2_PREFACE = b"PRI * HTTP/2.0"
-# the proxies' own ports on a pod: arriving there is passing the proxy
-ISTIO_PROXY_PORTS = frozenset({15001, 15006, 15008, 15020, 15021, 15090})
+# in the head of an answer the proxy made itself: Istio's sidecars name themselves on every
+# response (HCM server_name "istio-envoy", OVERWRITE); linkerd-proxy marks its own errors
+PROXY_ANSWER_MARKS = (b"\nserver: istio-envoy\r", b"\nl5d-proxy-error:")
 
 Conn = tuple[str, int, str, int]
 
@@ -50,7 +67,8 @@ Conn = tuple[str, int, str, int]
 class BypassConfig:
     confirm_window: float = 5.0  # seconds for the proxy's copy to show on lo
     dedup_window: float = 60.0
-    max_pending: int = 4096  # request heads waiting for the proxy's copy
+    answer_window: float = 15.0  # seconds a head not answered yet waits for its answer
+    max_pending: int = 4096  # request heads waiting for the proxy's copy or an answer
     max_connections: int = 16384  # connections judged, remembered so a keep-alive counts once
     connection_memory: float = 300.0
     max_proxied: int = 256  # proxied requests remembered per pod
@@ -68,6 +86,32 @@ class _Pending:
     method: str
     path: str
     where: str
+    answer: str = ""  # "", or the app's status ("200"; "h2" for HTTP/2), or "proxy"
+    looked: bool = False  # for the proxy's copy, once the confirm window passed
+
+
+def _is_answer(payload: memoryview | bytes) -> bool:
+    """A status line, or an HTTP/2 SETTINGS frame (type 4, flags none or ACK) on stream 0: how
+    a server's bytes on a plaintext connection start. An HTTP/2 server may send its SETTINGS
+    before the client's preface arrives (gRPC's does); its ACK of the client's SETTINGS then
+    follows the preface, and is the answer."""
+    if payload[:5] == b"HTTP/":
+        return True
+    return (
+        len(payload) >= 9
+        and payload[:2] == b"\0\0"
+        and payload[3] == 4
+        and payload[4] in (0, 1)
+        and payload[5:9] == b"\0\0\0\0"
+    )
+
+
+def _is_headers_frame(head: bytes) -> bool:
+    """An HTTP/2 HEADERS frame header (type 1) on a client stream (odd, not 0)."""
+    if len(head) < 9 or head[3] != 1:
+        return False
+    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+    return stream % 2 == 1
 
 
 def request_line(payload: bytes) -> tuple[str, str] | None:
@@ -105,6 +149,7 @@ class BypassMonitor:
         self.config = c = config or BypassConfig()
         self.pod_of = pod_of
         self.mode_of = mode_of or (lambda namespace: "learn")
+        # the proxies' own ports on a pod: arriving there is passing the proxy
         self.proxy_ports = frozenset(proxy_ports) | ISTIO_PROXY_PORTS
         self.stats: Counter[str] = Counter()
         self._pending: dict[Conn, _Pending] = {}
@@ -113,8 +158,14 @@ class BypassMonitor:
         self._dedup = AlertDedup(c.dedup_window, c.max_alert_keys, self.stats)
 
     def feed(self, pkt: Packet, where: str = "") -> None:
-        """A TCP segment starting with an HTTP method, seen on a pod's interface."""
-        if pkt.dport in self.proxy_ports or pkt.src == pkt.dst:
+        """A TCP segment starting with an HTTP method, a status line or an HTTP/2 SETTINGS
+        frame, seen on a pod's interface."""
+        if pkt.src == pkt.dst:
+            return
+        if _is_answer(pkt.payload):
+            self._answered(pkt)
+            return
+        if pkt.dport in self.proxy_ports:
             return
         pod = self.pod_of(pkt.dst)
         if pod is None or self.pod_of(pkt.src) == pod:
@@ -144,6 +195,37 @@ class BypassMonitor:
             pkt.ts, pod, pkt.src, pkt.sport, pkt.dport, method, path, where
         )
 
+    def _answered(self, pkt: Packet) -> None:
+        """The first segment back on a pending head's connection: who answered it."""
+        p = self._pending.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
+        if p is None or p.answer:
+            return  # not a pending head's connection, or its answer was seen already
+        head = bytes(pkt.payload[:2048])
+        if not head.startswith(b"HTTP/"):
+            p.answer = "h2"  # the server's SETTINGS: the app's or the proxy's, cannot tell
+            return
+        fields = head.partition(b"\r\n\r\n")[0].lower() + b"\r"
+        if any(mark in fields for mark in PROXY_ANSWER_MARKS):
+            p.answer = "proxy"
+        else:
+            status = head[9:12]
+            p.answer = status.decode("ascii") if status.isdigit() else "?"
+
+    def proxy_hop(self, pkt: Packet) -> None:
+        """A segment that starts a request the proxy hands the app on the pod's `lo` (an Istio
+        pod's hop from 127.0.0.6: capture.proxy_hop_filter): a request line, HTTP/2's preface
+        or a HEADERS frame. Seen when the request is forwarded, not when it is answered."""
+        head = bytes(pkt.payload[:2048])
+        line = request_line(head)
+        if line is not None:
+            method, path = line
+            h2 = method == "PRI"
+            self.proxied(pkt.dst, method, path.removesuffix("..."), "h2" if h2 else "", pkt.ts)
+        elif _is_headers_frame(head):
+            self.proxied(pkt.dst, "PRI", "*", "h2", pkt.ts)
+        else:
+            self.stats["hop_not_a_request"] += 1  # a body segment whose fourth byte is 1
+
     def proxied(self, pod: str, method: str, path: str, protocol: str, ts: float) -> None:
         """A request the pod's proxy handed to its app on `lo` (`pod`: its IP)."""
         seen = self._proxied.get(pod)
@@ -160,13 +242,26 @@ class BypassMonitor:
         c = self.config
         out: list[Observation] = []
         for conn, p in list(self._pending.items()):
-            if now - p.ts < c.confirm_window:
+            age = now - p.ts
+            if age < c.confirm_window:
                 continue
-            del self._pending[conn]
+            # looked at once past the proxy's window, then again once answered (or never):
+            # a flood of unanswered heads costs one look each, not one per tick
+            waiting = not p.answer and age < c.answer_window
+            if waiting and p.looked:
+                continue
+            p.looked = True
             if self._was_proxied(conn[2], p):
                 self.stats["bypass_proxied"] += 1
+            elif waiting:
                 continue
-            self._alert(out, p, conn[2], resolve(p.client))
+            elif p.answer == "proxy":
+                self.stats["bypass_refused"] += 1  # the proxy took it and answered itself
+            elif p.answer:
+                self._alert(out, p, conn[2], resolve(p.client))
+            else:
+                self.stats["bypass_unanswered"] += 1  # it reached no app
+            del self._pending[conn]
         seen = self._seen
         while seen and now - next(iter(seen.values())) > c.connection_memory:
             seen.popitem(last=False)
@@ -217,6 +312,7 @@ class BypassMonitor:
             extra={
                 "rule": "plaintext-direct",
                 "where": p.where,
+                "answered": p.answer,
                 "confirm_window_s": f"{self.config.confirm_window:g}",
             },
         )

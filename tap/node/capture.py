@@ -75,6 +75,22 @@ def assemble(program: list[Insn | str]) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def _from(family: int, via: Iterable[str], label: str) -> list[Insn | str]:
+    """Drop a packet unless its source is one of `via` (of this family): the words of each
+    address compared in place (IPv4 at 26, IPv6 at 22)."""
+    addrs = [socket.inet_pton(family, a) for a in via if (":" in a) == (family == socket.AF_INET6)]
+    src = 26 if family == socket.AF_INET else 22
+    prog: list[Insn | str] = []
+    for i, addr in enumerate(addrs):
+        words = struct.unpack(f"!{len(addr) // 4}I", addr)
+        miss = f"{label}-miss{i}"
+        for n, w in enumerate(words):
+            prog.append((_LD_W_ABS, 0, 0, src + 4 * n))
+            prog.append((_JEQ, 0 if n < len(words) - 1 else label, miss, w))
+        prog.append(miss)
+    return [*prog, (_JEQ, "drop", "drop", 0), label]
+
+
 def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> list[Insn | str]:
     """TCP (IPv4, or IPv6 without extension headers) with data or SYN/FIN/RST; `include`: only
     these ports, else all but these. Jumps only go forward in classic BPF, so both address
@@ -134,24 +150,80 @@ def tcp_filter(ports: Iterable[int], *, include: bool, drop_outgoing: bool) -> l
     return prog
 
 
+def _payload_starts(
+    offset_at: int,
+    payload_at: int,
+    words: Iterable[bytes],
+    masked: Iterable[tuple[int, int]],
+    ind: bool,
+) -> list[Insn | str]:
+    """Accept a TCP segment whose payload's first word is one of `words`, or equals `value`
+    under `mask`. With `ind`, offsets are relative to X (the IPv4 header length). A segment
+    without payload fails the load, which drops it."""
+    ld_b = _LD_B_IND if ind else _LD_B_ABS
+    prog: list[Insn | str] = [(ld_b, 0, 0, offset_at), (_ALU_AND_K, 0, 0, 0xF0)]
+    prog.append((_ALU_RSH_K, 0, 0, 2))
+    if ind:
+        prog.append((_ALU_ADD_X, 0, 0, 0))
+    prog += [(_TAX, 0, 0, 0), (_LD_W_IND, 0, 0, payload_at)]
+    prog += [(_JEQ, "accept", 0, struct.unpack("!I", w)[0]) for w in words]
+    for mask, value in masked:
+        prog += [(_LD_W_IND, 0, 0, payload_at), (_ALU_AND_K, 0, 0, mask)]
+        prog.append((_JEQ, "accept", 0, value))
+    return prog
+
+
 def _tcp_guard(
     flags_at: int, offset_at: int, payload_at: int, syn: bool, heads: bool, ind: bool
 ) -> list[Insn | str]:
     """The mesh guard's TCP: SYNs without ACK (new connections, for the control-plane watch)
     and segments whose payload starts with an HTTP method (plaintext request heads, for the
-    bypass watch; TLS records and bulk data never match). With `ind`, offsets are relative to
-    X (the IPv4 header length); A ends as ihl + tcp header length before the payload load."""
+    bypass watch), a status line or an HTTP/2 SETTINGS frame header (length < 256, type 4:
+    the server's first bytes); TLS records and bulk data never match."""
     ld_b = _LD_B_IND if ind else _LD_B_ABS
     prog: list[Insn | str] = []
     if syn:
         prog += [(ld_b, 0, 0, flags_at), (_ALU_AND_K, 0, 0, 0x12), (_JEQ, "accept", 0, 0x02)]
     if heads:
-        prog += [(ld_b, 0, 0, offset_at), (_ALU_AND_K, 0, 0, 0xF0), (_ALU_RSH_K, 0, 0, 2)]
-        if ind:
-            prog.append((_ALU_ADD_X, 0, 0, 0))
-        prog += [(_TAX, 0, 0, 0), (_LD_W_IND, 0, 0, payload_at)]
-        prog += [(_JEQ, "accept", 0, struct.unpack("!I", w)[0]) for w in HTTP_HEAD_WORDS]
+        words = (*HTTP_HEAD_WORDS, b"HTTP")
+        prog += _payload_starts(offset_at, payload_at, words, [(0xFFFF00FF, 0x04)], ind)
     return prog
+
+
+def proxy_hop_filter(via: Iterable[str]) -> list[Insn | str]:
+    """An Istio pod's `lo`, for the bypass watch: the segments the proxy's hop from `via`
+    (127.0.0.6 / ::6) starts a request with: an HTTP/1 request line, the HTTP/2 preface, or an
+    HTTP/2 HEADERS frame (type 1, the frame header's fourth byte; a body segment whose fourth
+    byte is 1 passes too, and is told apart in Python). One packet per request: never the
+    bodies, the app's answers or the pod's other loopback traffic."""
+    via = list(via)
+    v4 = _payload_starts(14 + 12, 14, HTTP_HEAD_WORDS, [(0xFF, 0x01)], ind=True)
+    v6 = _payload_starts(14 + 40 + 12, 14 + 40, HTTP_HEAD_WORDS, [(0xFF, 0x01)], ind=False)
+    return [
+        (_LD_W_ABS, 0, 0, _SKF_AD_PKTTYPE),
+        (_JEQ, "drop", 0, PACKET_OUTGOING),  # lo's duplicate
+        (_LD_H_ABS, 0, 0, 12),
+        (_JEQ, 0, "not4", 0x0800),
+        (_LD_B_ABS, 0, 0, 23),
+        (_JEQ, 0, "drop", 6),
+        *_from(socket.AF_INET, via, "via4"),
+        (_LD_H_ABS, 0, 0, 20),
+        (_JSET, "drop", 0, 0x1FFF),  # not a later fragment
+        (_LDX_B_MSH, 0, 0, 14),
+        *v4,
+        (_JEQ, "drop", "drop", 0),
+        "not4",
+        (_JEQ, 0, "drop", 0x86DD),
+        (_LD_B_ABS, 0, 0, 20),
+        (_JEQ, 0, "drop", 6),
+        *_from(socket.AF_INET6, via, "via6"),
+        *v6,
+        (_JEQ, "drop", "drop", 0),
+        "accept",
+        (_RET_K, 0, 0, SNAPLEN),
+        "drop",
+        (_RET_K, 0, 0, 0),
+    ]
 
 
 # the first four bytes of an HTTP/1 request line, or of the HTTP/2 preface ("PRI * HTTP/2.0")

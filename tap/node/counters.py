@@ -28,6 +28,7 @@ class NodeTapCounters:
     alerts: int = 0  # network alerts from the network monitor
     guard_syns: int = 0  # TCP SYNs handed to the control-plane watch (mesh guard)
     guard_heads: int = 0  # plaintext request heads on pod interfaces (bypass watch)
+    proxy_hops: int = 0  # Istio pods' requests their proxy handed the app (lo, bypass watch)
     kernel_packets: int = 0  # PACKET_STATISTICS: seen by the kernel sockets
     kernel_drops: int = 0  # PACKET_STATISTICS: dropped because the socket buffer was full
     out_queued: int = 0  # observations handed to the output

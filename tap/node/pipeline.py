@@ -20,9 +20,16 @@ from typing import Any
 
 from meshward.core.log import event
 from meshward.core.observation import Identity, Observation
-from meshward.core.wire import LINKERD_PROXY_PORTS, linkerd_client_identity
+from meshward.core.wire import ISTIO_INBOUND_BIND, LINKERD_PROXY_PORTS, linkerd_client_identity
 from meshward.tap.node.bypass import BypassMonitor
-from meshward.tap.node.capture import Capture, Insn, in_netns, netthreat_filter, tcp_filter
+from meshward.tap.node.capture import (
+    Capture,
+    Insn,
+    in_netns,
+    netthreat_filter,
+    proxy_hop_filter,
+    tcp_filter,
+)
 from meshward.tap.node.controlplane import ControlPlaneMonitor
 from meshward.tap.node.counters import NodeTapCounters
 from meshward.tap.node.flows import Connection, FlowTable
@@ -30,16 +37,24 @@ from meshward.tap.node.packet import TCP, Packet, decode
 from meshward.tap.node.peerfile import PeerFile
 
 log = logging.getLogger("meshward.node-tap")
+HOP_RING_MB = 2  # an Istio pod's lo hop capture: the first segment of each request only
 
 
 @dataclass
 class PodTarget:
-    """One pod network namespace to watch, and who the pod is (the destination identity)."""
+    """One pod network namespace to watch, and who the pod is (the destination identity).
+
+    `mesh`: whose proxy the pod runs. A Linkerd pod's `lo` is where meshward reads its traffic
+    (every proxy<->app request becomes an observation). An Istio pod's sidecar already reports
+    each request through ext_authz, so its `lo` is read only for the bypass watch: just the
+    first segment of each request the proxy hands the app from 127.0.0.6, which clears the
+    heads it matches (capture.proxy_hop_filter)."""
 
     netns: str  # name under /run/netns or a path such as /proc/PID/ns/net
     pod: Identity = field(default_factory=Identity)
     net_iface: str | None = "eth0"  # pod interface watched for ICMP/UDP (None: not watched)
     ips: list[str] = field(default_factory=list)  # filled from the namespace at open()
+    mesh: str = "linkerd"  # linkerd | istio
 
 
 def namespace_addresses(netns: str | None) -> list[str]:
@@ -93,6 +108,7 @@ class NodeTap:
         )
         self.captures: list[Capture] = []
         self.tcp_where: dict[str, PodTarget] = {}
+        self.hop_where: set[str] = set()  # Istio pods' lo: the proxy's hop (bypass watch)
         self.netmon = netmonitor
         # the mesh guard: TCP SYNs to the control plane, plaintext heads around a pod's proxy
         self.cpmon = cpmon
@@ -139,11 +155,18 @@ class NodeTap:
         pod.ips = pod.ips or namespace_addresses(pod.netns)
         opened: list[Capture] = []
         try:
-            ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
-            prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
-            cap = self._capture("lo", prog, pod.netns)
-            opened.append(cap)
-            self.tcp_where[cap.where] = pod
+            if pod.mesh == "istio":  # its lo is the bypass watch's: the proxy's hop only
+                if self.bypass is not None:  # one small packet per request: a small ring
+                    prog = proxy_hop_filter(ISTIO_INBOUND_BIND)
+                    cap = self._capture("lo", prog, pod.netns, ring_mb=HOP_RING_MB)
+                    opened.append(cap)
+                    self.hop_where.add(cap.where)
+            else:
+                ports = self.app_ports or sorted(LINKERD_PROXY_PORTS)
+                prog = tcp_filter(ports, include=bool(self.app_ports), drop_outgoing=True)
+                cap = self._capture("lo", prog, pod.netns)
+                opened.append(cap)
+                self.tcp_where[cap.where] = pod
             if pod.net_iface and self._watch_net:
                 try:
                     prog = netthreat_filter(self.cpmon is not None, self.bypass is not None)
@@ -196,6 +219,7 @@ class NodeTap:
 
     def _forget(self, cap: Capture) -> None:
         self.tcp_where.pop(cap.where, None)
+        self.hop_where.discard(cap.where)
         if self.net_pod_ips.pop(cap.where, None) is not None:
             self._net_watched_changed()
         entry = self._caps.pop(cap.fileno(), None)
@@ -267,10 +291,16 @@ class NodeTap:
             self._epoll.register(cap.fileno(), select.EPOLLIN)
 
     def _capture(
-        self, iface: str, prog: list[Insn | str], netns: str | None, promisc: bool = False
+        self,
+        iface: str,
+        prog: list[Insn | str],
+        netns: str | None,
+        promisc: bool = False,
+        ring_mb: int | None = None,
     ) -> Capture:
         try:
-            cap = Capture(iface, prog, netns, blocks=self.ring_mb, promisc=promisc)
+            blocks = min(ring_mb or self.ring_mb, self.ring_mb)
+            cap = Capture(iface, prog, netns, blocks=blocks, promisc=promisc)
         except OSError as exc:
             where = f"{netns}:{iface}" if netns else iface
             raise OSError(exc.errno, f"cannot capture on {where}: {exc.strerror or exc}") from exc
@@ -325,6 +355,8 @@ class NodeTap:
         alerts = self._alerts
         where = cap.where
         tcp = where in self.tcp_where
+        hop = where in self.hop_where
+        bypass = self.bypass
         # Each packet feeds the monitor once. A pod interface capture sees its pod's packets
         # both ways; between two watched pods only the receiver's feeds it. A host capture
         # (a bridge sees pod-to-pod frames) leaves to the pods' captures what they see.
@@ -341,6 +373,10 @@ class NodeTap:
                 m.undecodable += 1
             elif tcp and pkt.proto == TCP:
                 flows_packet(pkt, where)
+            elif hop:
+                if bypass is not None and pkt.proto == TCP:
+                    m.proxy_hops += 1
+                    bypass.proxy_hop(pkt)
             elif pkt.proto == TCP and pkt.dport != 53 and pkt.sport != 53:
                 guard(pkt, where)
             elif netmon is not None:

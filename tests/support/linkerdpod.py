@@ -164,6 +164,11 @@ class LinkerdPod:
         self.caller = caller
         self.meshed_from = meshed_from
         self.dir = Path(tempfile.mkdtemp(prefix="mw-nodetap-"))
+        self.proxy_port = INBOUND_PORT
+
+    def config(self) -> dict:
+        """The proxy's Envoy bootstrap (IstioPod renders Istio's inbound sidecar instead)."""
+        return bootstrap(self.pod.ip, self.caller, self.meshed_from)
 
     def start(self) -> None:
         app = self.pod.popen(
@@ -173,7 +178,7 @@ class LinkerdPod:
             text=True,
         )
         cfg = self.dir / "envoy.json"
-        cfg.write_text(json.dumps(bootstrap(self.pod.ip, self.caller, self.meshed_from)))
+        cfg.write_text(json.dumps(self.config()))
         self.envoy_log = self.dir / "envoy.log"
         with open(self.envoy_log, "w") as log:
             self.envoy = self.pod.popen(
@@ -199,7 +204,7 @@ class LinkerdPod:
             if self.envoy.poll() is not None:
                 raise RuntimeError("envoy exited: " + self.envoy_log.read_text()[-2000:])
             try:
-                self.pod.wait_port(INBOUND_PORT, timeout=1)
+                self.pod.wait_port(self.proxy_port, timeout=1)
                 break
             except TimeoutError:
                 if time.monotonic() > deadline:

@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--node",
         default=os.environ.get("NODE_NAME", ""),
-        help="find this node's Linkerd-meshed pods through the Kubernetes API and capture them "
-        "(default $NODE_NAME, from the downward API; --netns is for hand use)",
+        help="find this node's Linkerd-meshed pods (and, for the bypass watch, its Istio pods) "
+        "through the Kubernetes API and capture them (default $NODE_NAME, from the downward "
+        "API; --netns is for hand use)",
     )
     p.add_argument(
         "--kubeconfig",
@@ -49,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--trust-domain",
         default="cluster.local",
-        help="Linkerd's identity trust domain, for pods' identities with --node "
-        "(<sa>.<ns>.serviceaccount.identity.linkerd.DOMAIN; default cluster.local)",
+        help="the mesh's identity trust domain, for pods' identities with --node "
+        "(Linkerd: <sa>.<ns>.serviceaccount.identity.linkerd.DOMAIN; Istio: "
+        "spiffe://DOMAIN/ns/<ns>/sa/<sa>; default cluster.local)",
     )
     p.add_argument(
         "--pod",
@@ -142,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="bypass_watch",
         action="store_false",
         help="do not watch for plaintext requests reaching enforce-mode pods around their "
-        "proxy (Mesh.Sidecar.Bypass)",
+        "proxy (Mesh.Sidecar.Bypass); with --node it also attaches the node's Istio pods",
     )
     p.add_argument(
         "--open-port-client",
@@ -183,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=8,
         help="kernel capture ring per socket in MiB, 2..1024 (two sockets per pod: pinned "
-        "memory is pods x 2 x this; default 8)",
+        "memory is pods x 2 x this, an Istio pod's lo socket 2; default 8)",
     )
     p.add_argument(
         "--metrics-port",
@@ -333,6 +335,7 @@ def _discovery(args: argparse.Namespace, tap: Any, stop: threading.Event, view: 
         net_iface=iface,
         trust_domain=args.trust_domain,
         on_pods=view.set_local_pods if view is not None else None,
+        istio=tap.bypass is not None,  # Istio pods' bypass is seen on their interface and lo
     )
     if view is not None:
         view.start(api)

@@ -43,6 +43,7 @@ from meshward.core.threats.names import (
     JAVA,
     NEGATIVE_LENGTH,
     NOSQL,
+    RFI,
     SCANNER_USER_AGENT,
     SMUGGLING,
     SQLI,
@@ -60,6 +61,7 @@ from meshward.core.threats.normalise import (
 )
 from meshward.core.threats.signatures import (
     COMMAND_NAMES,
+    IP_URL,
     SCANNER_AGENTS,
     CompiledCache,
     SignatureSet,
@@ -151,6 +153,7 @@ _CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.IGNORECASE)
 _SCANNER = re.compile(SCANNER_AGENTS, re.IGNORECASE)
 _PLAIN_SEGMENT = re.compile(r"[\w.~-]*\Z")  # a path segment with nothing but a name in it
 _FORM_LIKE = re.compile(rb"[\w.\[\]%-]{1,256}=")  # a body that starts as a urlencoded form does
+_XML_TEXT = re.compile(r">[^<]{1,65536}<")  # the text between two tags of an XML document
 
 
 _Part = tuple[str, str]  # (kind: path | query | header, header name)
@@ -357,7 +360,18 @@ class ThreatDetector:
         elif decoded.kind in ("xml", "text", "invalid") or (
             decoded.kind == "json" and not decoded.fields and decoded.partial
         ):
-            self._value(body.decode("utf-8", "replace"), "body", found)
+            text = body.decode("utf-8", "replace")
+            if decoded.kind == "xml":
+                # its text is in the fields above; the document itself is read for its markup
+                # (doctype, entities, processing instructions, injected elements), each tag on
+                # a line of its own as a JSON string is, so that prose in the text is read once
+                text = _XML_TEXT.sub(">\n<", text)
+            # An XML document is markup by construction: its prolog and namespaces are what
+            # libinjection's HTML5 tokeniser flags (<?xml ...?>, xmlns="..."), so a document
+            # declared XML is read by the signatures only; its text and attribute values (the
+            # fields) get every check.
+            markup = decoded.kind == "xml" or body_kind(content_type) == "xml"
+            self._value(text, "body", found, markup=markup)
         return decoded.partial
 
     def _fields(self, decoded: DecodedBody, found: _Findings) -> None:
@@ -372,8 +386,9 @@ class ThreatDetector:
             if isinstance(value, str) and value:
                 self._value(value, _body_location(path, named), found)
 
-    def _value(self, value: str, location: str, found: _Findings) -> None:
-        """Normalise one field value and run every check on it."""
+    def _value(self, value: str, location: str, found: _Findings, markup: bool = False) -> None:
+        """Normalise one field value and run every check on it (`markup`: a whole XML
+        document, which libinjection's HTML tokeniser does not read)."""
         if not value or found.full:
             return
         if len(value) > self.max_value_bytes:
@@ -402,8 +417,15 @@ class ThreatDetector:
                 found.add(TRAVERSAL, location, m.group(0))
         if SQLI not in names and injection.is_sqli(decoded, self.level):
             found.add(SQLI, location, decoded)
-        if XSS not in names and injection.is_xss(decoded, self.level):
+        if XSS not in names and not markup and injection.is_xss(decoded, self.level):
             found.add(XSS, location, decoded)
+        if (
+            RFI not in names
+            and "://" in norm
+            and not location.startswith("header:")  # Referer and Origin name pages by URL
+            and (host := remote_address(norm))
+        ):
+            found.add(RFI, location, host)
         if SSRF not in names and _SSRF_HINT.search(norm):
             ip = metadata_address(norm, whole_value=True)
             if ip:
@@ -813,6 +835,46 @@ def metadata_address(text: str, *, whole_value: bool = False) -> str:
         if mapped is not None and str(mapped) in METADATA_IPS:
             return m.group(0)
     return ""
+
+
+_IP_URL = re.compile(IP_URL)
+# The networks a mesh's services and pods live in (RFC 1918, CGNAT, link-local, IPv6 unique
+# local and link-local): a URL to one of them is how services name each other, not an
+# inclusion (cloud metadata addresses are SSRF.Metadata, see metadata_address).
+MESH_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def remote_address(text: str) -> str:
+    """The URL a value starts with, when its host is an IP address outside MESH_NETWORKS
+    (http://203.0.113.9/shell.txt, ftp://[2001:db8::7]/x, http://127.0.0.1/): an inclusion
+    from an attacker's host, or a loopback probe; "" otherwise (http://10.2.0.7:8080/hook,
+    a host name)."""
+    m = _IP_URL.match(text)
+    if m is None:
+        return ""
+    after = text[m.end() : m.end() + 1]
+    if after and (after.isalnum() or after in "-._"):
+        return ""  # a host name that starts with digits (1.2.3.4.nip.io), or no address
+    url = m.group(0).strip(" \t\r\n'\"")
+    host = url.partition("://")[2].rpartition("@")[2]
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return ""
+    if any(ip in net for net in MESH_NETWORKS if net.version == ip.version):
+        return ""
+    return url
 
 
 def _inet_aton(token: str) -> int | None:

@@ -317,6 +317,9 @@ SIGNATURES: tuple[Signature, ...] = (
         r"\|\||&&|;|--|#|/\*)",
     ),
     S(SQLI, 1, r"['\"]\s{0,20}[=<>]\s{0,20}['\"]"),
+    # A whole value that closes the string, applies an operator and opens a new one ('-', "&",
+    # '^'): the application's query becomes name=''-'' (0, true for every non-numeric name)
+    S(SQLI, 1, r"^\s{0,5}(?:'\s{0,5}[-+*/%&|^]\s{0,5}'|\"\s{0,5}[-+*/%&|^]\s{0,5}\")\s{0,5}$"),
     S(
         SQLI,
         1,
@@ -475,7 +478,9 @@ SIGNATURES: tuple[Signature, ...] = (
         1,
         r"/etc/(?:passwd|shadow|group|hosts|issue|motd|crontab|sudoers|"
         r"master\.passwd|security|ssh|apache2?|httpd|nginx|mysql|fstab|profile|"
-        r"environment|resolv\.conf|hostname|inittab|network|php)",
+        r"environment|resolv\.conf|hostname|inittab|network|php|gshadow|krb5\.keytab|"
+        r"ld\.so\.preload|smbpasswd|(?:os|lsb|redhat|centos|system)-release|debian_version|"
+        r"machine-id|mtab|exports|pam\.d|cron\.(?:d|allow|deny|hourly|daily)|anacrontab)",
     ),
     S(
         TRAVERSAL,
@@ -496,6 +501,19 @@ SIGNATURES: tuple[Signature, ...] = (
         r"/var/lib/(?:mysql|postgresql|docker|kubelet|containerd|etcd)/|"
         r"/var/spool/cron\b|/root/\.[a-z]",
     ),
+    # A value that is an absolute path into the system's configuration (/etc/<anything>): what
+    # a file parameter is pointed at to read the host; and every per-process and host-wide
+    # procfs file by name, anywhere (a route may start with /proc/, for procurement)
+    S(
+        TRAVERSAL,
+        1,
+        r"^[\s'\"]{0,5}/etc/[a-z0-9_]|"
+        r"/proc/(?:self|thread-self|\d{1,10})/[a-z_]{2,20}|/proc/(?:keys|key-users|kmsg|"
+        r"iomem|ioports|interrupts|devices|filesystems|crypto|diskstats|swaps|stat|uptime|"
+        r"loadavg|vmstat|zoneinfo|slabinfo|timer_list|sysrq-trigger|buddyinfo|cgroups|locks|"
+        r"consoles|pagetypeinfo|schedstat|softirqs|vmallocinfo|version_signature|mdstat|"
+        r"kpage(?:cgroup|count|flags)|(?:sys|driver|bus|irq|tty|scsi|fs|acpi|sysvipc)/)\b",
+    ),
     S(
         TRAVERSAL,
         1,
@@ -503,8 +521,9 @@ SIGNATURES: tuple[Signature, ...] = (
         r"\bwin(?:dows|nt)[/\\]system32\b|\bweb\.config\b|\.ht(?:access|passwd)\b|"
         r"[/\\]\.ssh[/\\]|\bid_(?:rsa|dsa|ecdsa|ed25519)\b|\.bash_history\b|"
         r"[/\\]\.git[/\\]|[/\\]\.env\b|\brepair[/\\]sam\b|\bsystem32[/\\]config\b|"
-        r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\bc:[/\\](?:windows|winnt|"
-        r"inetpub|boot)",
+        r"\bautoexec\.bat\b|/var/log/|/var/run/secrets/|\b[a-z]:[/\\](?:windows|winnt|"
+        r"inetpub|boot)|\b(?:windows|winnt)[/\\](?:repair|panther|debug|syswow64)[/\\]|"
+        r"\b(?:unattend(?:ed)?\.xml|sysprep\.inf)\b",
     ),
     # Credentials and keys of cloud, cluster and developer tools, in a home or config directory:
     # a request has no reason to name them
@@ -517,6 +536,17 @@ SIGNATURES: tuple[Signature, ...] = (
         r"/etc/(?:ssl/private|pki/tls/private|kubernetes/(?:pki|admin\.conf|"
         r"kubelet\.conf|controller-manager\.conf|scheduler\.conf))\b|"
         r"\btomcat-users\.xml\b",
+    ),
+    # Files that hold secrets or history, after a path separator or ~ (requested by URL path or
+    # named in a value): shell and client history files, cloud and mail client credentials,
+    # version-control metadata a deploy left behind, password stores, WordPress's configuration
+    S(
+        TRAVERSAL,
+        1,
+        r"(?:^|[/\\~])\.(?:[a-z]{1,12}_history|s3cfg|boto|htdigest|msmtprc|rhosts|"
+        r"lighttpdpassword|google_authenticator|deployment-secrets\.txt|remote-sync\.json|"
+        r"ftpconfig|ds_store|(?:svn|hg|gnupg|password-store)[/\\])|\bwp-config\.php\b|"
+        r"\binitial_root_password\b",
     ),
     # Server configuration files by path, and the password files of developer tools: their
     # documentation names them often (~/.netrc), so only from level 2
@@ -723,6 +753,30 @@ SIGNATURES: tuple[Signature, ...] = (
     # too, and running true or false has no effect beyond showing that substitution happens.
     S(CMDI, 1, r"^[\s'\"]{0,5}\$\(\s{0,5}(?:true|false)\s{0,5}\)[\s'\"]{0,5}$"),
     S(CMDI, 2, r"^[\s'\"]{0,5}`\s{0,5}(?:true|false)\s{0,5}`[\s'\"]{0,5}$"),
+    # A value starting with a Windows binary that fetches or runs a script (mshta, regsvr32,
+    # rundll32, ...) given a URL, a share, a drive path, a switch, a script scheme or a script
+    # file; WMI's process creation; a netcat handing a shell to the other end wherever -e comes
+    # among its arguments; busybox running a network or shell applet
+    S(
+        CMDI,
+        1,
+        r"^[\s'\"@^]{0,10}(?:mshta|regsvr32|rundll32|cscript|wscript|msiexec|installutil|"
+        r"regasm|msbuild|cmstp|forfiles|certreq|msxsl)(?:\.exe)?\s{1,5}(?:https?:|\\\\|"
+        r"[a-z]:[/\\]|/[a-z]|-[a-z]|(?:java|vb)script:|[\w.-]{1,64}\.(?:hta|sct|dll|js|vbs|wsf|"
+        r"msi|xml|csproj|inf)\b)|\bwmic(?:\.exe)?\s{1,5}(?:/node:|process\s{1,5}call\s{1,5}"
+        r"create|shadowcopy\s{1,5}delete|useraccount\s{1,5}(?:get|list))|"
+        r"\b(?:nc|ncat|netcat)(?:\.exe)?\s[^\n;|&]{0,100}\s-[a-z]{0,5}e\s{1,5}"
+        r"(?:/bin/)?(?:ba|z|k|da)?sh\b|\bbusybox\s{1,5}(?:nc|sh|ash|telnetd|httpd|wget|tftp)\b",
+    ),
+    # The same binaries, busybox, and printf (which spells a command from escapes inside a
+    # substitution: $(printf "\x69\x64")) after a separator or inside $( (kept apart from the
+    # separator signature above, which Hyperscan cannot grow further)
+    S(
+        CMDI,
+        1,
+        r"(?:[;|`&]|\$\()[\s+]{0,10}(?:mshta|regsvr32|rundll32|cscript|wscript|msiexec|"
+        r"busybox|printf)(?:\.exe)?" + _CMD_END,
+    ),
     # Wildcards standing in for a binary's path or name: /???/c?t, /bin/wh?ami, /usr/bin/n*
     # (a directory ending in '?' or /bin, then a name with a letter and a wildcard)
     S(CMDI, 1, r"(?:\?|/s?bin)/(?:[a-z]{1,8}[?*]|[?*]{1,8}[a-z])[a-z?*]{0,8}(?:$|[\s;&|`)])"),
@@ -916,6 +970,14 @@ SQL_GATE = (
 )
 XSS_GATE = r"<[a-z!/?%]|\bon[a-z]{3,30}\s{0,10}=|script\s{0,10}:|\bstyle\s{0,10}="
 
+# A value that starts with a URL to a host given by its IP address (IPv4 dotted, IPv6 in
+# brackets), after optional credentials: a remote inclusion when the address lies outside the
+# networks a mesh's own services live in (detector.remote_address decides).
+IP_URL = (
+    r"^[\s'\"]{0,5}(?:file|ftps?|https?|ssh)://(?:[^/@\s]{1,100}@)?"
+    r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[0-9a-f:.]{2,45}\])"
+)
+
 # Attack tools and vulnerability scanners by the names their user agents carry (their default
 # User-Agent headers). Generic HTTP libraries (curl, python-requests, Go-http-client) are not
 # listed: services in a mesh call each other with them.
@@ -926,7 +988,10 @@ SCANNER_AGENTS = (
     r"joomscan|droopescan|cmsmap|commix|havij|sqlninja|jsql|ghauri|xsstrike|xsser|tplmap|"
     r"sstimap|dotdotpwn|fimap|lfisuite|wapiti|appscan|webinspect|qualysguard|detectify|"
     r"zmeu|morfeus|jorgee|hydra|burp\s{0,5}collaborator|interactsh|"
-    r"nettacker|jaeles|shortscan|graphw00f|paros|webshag)\b"
+    r"nettacker|jaeles|shortscan|graphw00f|paros|webshag|libwhisker|n-stalker|appspider|"
+    r"ironwasp|jbrofuzz|whatwaf|bfac|wprecon|wpprobe|sysscan|tsunamisecurityscanner|lfimap|"
+    r"kadimus|panoptic|graphql-cop|tinja|webbandit|l9explore|l9tcpid|trufflehog|"
+    r"noseyparker|dirsearch|dalfox)\b"
 )
 
 # Raw-byte pre-filter only: when one of these appears, the part is decoded and checked closely.
@@ -945,6 +1010,7 @@ INDICATORS: tuple[str, ...] = (
     r"(?:^|[^\w.])(?:0*169|0x0*a9|0+251)[.]|\b0*2852039166\b|\b0x0*a9fea9fe\b|"
     r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
     r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables
+    IP_URL,  # a value that is a URL to an IP address (detector.remote_address)
     SPLIT_WORD_INDICATOR,  # shell quoting inside a word (normalise.unsplit)
     SCANNER_AGENTS,  # attack tools in a user-agent (detector._detail)
 )

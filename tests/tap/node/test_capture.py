@@ -9,7 +9,7 @@ import pytest
 
 from meshward.core.wire import LINKERD_ADMIN_PORT as ADMIN_PORT
 from meshward.core.wire import LINKERD_PROXY_PORTS as MESH_PORTS
-from meshward.tap.node.capture import Capture, assemble, tcp_filter
+from meshward.tap.node.capture import Capture, assemble, proxy_hop_filter, tcp_filter
 from meshward.tap.node.packet import decode
 from tests.support.netns import Node, need_netns
 
@@ -109,3 +109,44 @@ def test_lo_filter_ipv6() -> None:
     assert all(p.ip_version == 6 for p in packets)
     assert data == [b"GET /v6 HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"]
     assert all(p.payload or p.tcp_flags & 0x07 for p in packets)
+
+
+HOPS = """
+import socket, sys
+ip = sys.argv[1]
+srv = socket.create_server((ip, 7000))
+get = b"GET /orders/7 HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n"
+headers = bytes.fromhex("00000a010400000003") + bytes(10)  # HTTP/2 HEADERS on stream 3
+for src, first in (("127.0.0.6", get), ("127.0.0.6", headers), ("127.0.0.1", get), (ip, get)):
+    c = socket.create_connection((ip, 7000), source_address=(src, 0))
+    s, _ = srv.accept()
+    c.sendall(first); assert s.recv(100)
+    c.sendall(b"a body, not a request"); assert s.recv(100)
+    s.sendall(b"HTTP/1.1 200 OK\\r\\n\\r\\n"); assert c.recv(100)
+    c.close(); s.close()
+"""
+
+
+@pytest.mark.integration
+def test_proxy_hop_filter_keeps_the_request_starts_from_istios_inbound_bind() -> None:
+    """An Istio pod's lo: only what 127.0.0.6 sends that starts a request, not the bodies, the
+    answers, or the loopback traffic of anyone else."""
+    from meshward.core.wire import ISTIO_INBOUND_BIND
+
+    need_netns()
+    with Node() as node:
+        pod = node.add_pod("istio")
+        cap = Capture("lo", proxy_hop_filter(ISTIO_INBOUND_BIND), pod.netns)
+        try:
+            pod.run([sys.executable, "-c", HOPS, pod.ip])
+            packets: list = []
+            deadline = time.monotonic() + 2
+            while len(packets) < 2 and time.monotonic() < deadline:
+                cap.drain(lambda frame, ts: packets.append(decode(frame, ts)))
+                time.sleep(0.05)
+            time.sleep(0.2)  # anything else would have arrived by now
+            cap.drain(lambda frame, ts: packets.append(decode(frame, ts)))
+        finally:
+            cap.close()
+    assert [bytes(p.payload[:4]) for p in packets] == [b"GET ", bytes.fromhex("00000a01")]
+    assert {p.src for p in packets} == {"127.0.0.6"} and {p.dst for p in packets} == {pod.ip}

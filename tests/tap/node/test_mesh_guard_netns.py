@@ -20,7 +20,7 @@ import pytest
 
 from meshward.app.controlplaneview import ControlPlaneView
 from meshward.app.nodeagent import PodDiscovery
-from meshward.core.observation import Identity, Observation
+from meshward.core.observation import Identity
 from meshward.core.threats.names import MESH_CONTROL_PLANE_ACCESS, MESH_SIDECAR_BYPASS
 from meshward.core.wire import LINKERD_INBOUND_PORT, LINKERD_PROXY_PORTS
 from meshward.kube.watch import wait_for
@@ -30,6 +30,9 @@ from meshward.tap.node.pipeline import NodeTap, PodTarget
 from tests.support.apiserver import KubeCluster
 from tests.support.linkerdpod import GRPC_PORT, HTTP_PORT, LinkerdPod
 from tests.support.netns import Node, need_netns
+from tests.support.nodetaprun import Running
+from tests.support.nodetaprun import pod_object as _pod
+from tests.support.nodetaprun import run_pod as _run
 
 pytestmark = pytest.mark.integration
 
@@ -44,63 +47,6 @@ def node() -> Iterator[Node]:
     need_netns()
     with Node(subnet=_subnet()) as n:
         yield n
-
-
-class Running:
-    """A NodeTap's packet loop in a thread, collecting what it hands out."""
-
-    def __init__(self, tap: NodeTap) -> None:
-        self.tap = tap
-        self.seen: list[Observation] = []
-        self.lock = threading.Lock()
-        tap.out = self._out
-        self.stop = threading.Event()
-        tap.open()
-        self.thread = threading.Thread(target=tap.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-
-    def _out(self, obs: Observation) -> None:
-        with self.lock:
-            self.seen.append(obs)
-
-    def alerts(self, name: str) -> list[Observation]:
-        with self.lock:
-            return [o for o in self.seen if o.threats and o.threats[0].name == name]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.tap.close()
-
-
-def _pod(name: str, ns: str, node: str, containers: list[str], labels: dict[str, str]) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": c, "image": f"{c}:1"} for c in containers],
-        },
-    }
-
-
-def _run(kube: KubeCluster, obj: dict[str, Any], ip: str) -> None:
-    """Create the Pod and set what a kubelet would: Running, with its IP."""
-    kube.kubectl("apply", "-f", "-", input=json.dumps(obj))
-    status = {"status": {"phase": "Running", "podIP": ip}}
-    meta = obj["metadata"]
-    kube.kubectl(
-        "patch",
-        "pod",
-        meta["name"],
-        "-n",
-        meta["namespace"],
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(status),
-    )
 
 
 def _listen(pod: Any, *ports: int) -> None:
