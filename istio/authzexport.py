@@ -39,7 +39,7 @@ from meshward.core.exports import (
     rule_callers,
     targets,
 )
-from meshward.core.labels import MANAGED_BY
+from meshward.core.labels import MANAGED_BY, MODE_LABEL
 
 AUTHZ_POLICY_API = "security.istio.io/v1"
 DRY_RUN = "istio.io/dry-run"
@@ -160,7 +160,7 @@ def _policy(
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": {**MANAGED_BY, "meshward.io/mode": mode, EXPORT_LABEL: "authorizationpolicy"},
+        "labels": {**MANAGED_BY, MODE_LABEL: mode, EXPORT_LABEL: "authorizationpolicy"},
     }
     if not enforced(mode):
         metadata["annotations"] = {DRY_RUN: "true"}

@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from meshward.core.labels import MANAGED_BY
+from meshward.core.labels import MANAGED_BY, MODE_LABEL
 from meshward.istio import filters
 from meshward.istio.authzexport import AUTHZ_POLICY_API
 from meshward.istio.filters import FilterSettings
@@ -47,7 +47,7 @@ def _metadata(name: str, namespace: str, mode: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": namespace,
-        "labels": {**MANAGED_BY, "meshward.io/mode": mode},
+        "labels": {**MANAGED_BY, MODE_LABEL: mode},
     }
 
 

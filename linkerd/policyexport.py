@@ -37,7 +37,7 @@ from meshward.core.exports import (
     rule_callers,
     targets,
 )
-from meshward.core.labels import MANAGED_BY
+from meshward.core.labels import MANAGED_BY, MODE_LABEL
 from meshward.linkerd.pods import linkerd_identity
 
 POLICY_API = "policy.linkerd.io"
@@ -154,7 +154,7 @@ def _meta(name: str, namespace: str, mode: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": namespace,
-        "labels": {**MANAGED_BY, "meshward.io/mode": mode, EXPORT_LABEL: "linkerd"},
+        "labels": {**MANAGED_BY, MODE_LABEL: mode, EXPORT_LABEL: "linkerd"},
     }
 
 

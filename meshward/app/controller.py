@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from meshward.core.labels import MANAGED_SELECTOR, MODE_LABEL
 from meshward.core.log import event
 from meshward.core.modes import DEFAULT_MODE, MODES
 from meshward.istio.envoyfilter import render
@@ -36,9 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshward.controller")
 
-MODE_LABEL = "meshward.io/mode"
 FIELD_MANAGER = "meshward-controller"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=meshward"
 KINDS: dict[str, tuple[str, str, str]] = {  # kind -> (group, version, plural)
     "EnvoyFilter": ("networking.istio.io", "v1alpha3", "envoyfilters"),
     # the tap's stream window on the mesh's cluster to meshward (istio/envoyfilter.py)
@@ -292,7 +291,7 @@ class Controller:
             _content_type="application/apply-patch+yaml",
         )
         self.counters.applied += 1
-        mode = obj["metadata"]["labels"].get("meshward.io/mode", "")
+        mode = obj["metadata"]["labels"].get(MODE_LABEL, "")
         event(log, "applied", kind=kind, namespace=ns, name=name, mode=mode)
         self._event(ns, "Normal", "FiltersApplied", f"{kind} {name} applied for mode {mode}")
         meta = answer.get("metadata") if isinstance(answer, dict) else None

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshward import __version__
+from meshward.core.labels import MANAGED_BY, MODE_LABEL
 
 GROUP = "meshward.io"
-MANAGED = {"app.kubernetes.io/part-of": "meshward", "app.kubernetes.io/managed-by": "meshward"}
+MANAGED = {"app.kubernetes.io/part-of": "meshward", **MANAGED_BY}
 UID = 10001
 AUTHZ_PORT, TAP_PORT, HTTP_PORT = 9191, 9192, 9193
 CONTROLLER_METRICS_PORT = 9194  # the controller's /metrics and /healthz
@@ -762,7 +763,7 @@ def render(opts: InstallOptions) -> list[Obj]:
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": opts.namespace, "labels": {**MANAGED, "meshward.io/mode": "off"}},
+        "metadata": {"name": opts.namespace, "labels": {**MANAGED, MODE_LABEL: "off"}},
     }
     return [
         namespace,

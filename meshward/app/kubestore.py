@@ -61,6 +61,7 @@ from meshward.core.allowlist_merge import (
     to_object,
 )
 from meshward.core.edges import EdgeCount
+from meshward.core.labels import MANAGED_BY, MODE_LABEL
 from meshward.core.log import event
 from meshward.core.names import is_kubernetes_name
 from meshward.kube.errors import (
@@ -78,7 +79,6 @@ VERSION = "v1alpha1"
 PLURAL = "allowlists"
 KIND = "Allowlist"
 RESOURCE = f"{PLURAL}.{GROUP}"
-MODE_LABEL = "meshward.io/mode"
 COMPONENT = "meshward-serve"
 # etcd's default request limit is 1.5 MiB; leave room for metadata and managedFields
 MAX_OBJECT_BYTES = 1_000_000
@@ -463,7 +463,7 @@ class KubeStore:
                             "metadata": {
                                 "name": name,
                                 "namespace": ns,
-                                "labels": {"app.kubernetes.io/managed-by": "meshward"},
+                                "labels": dict(MANAGED_BY),
                             },
                             "spec": body["spec"],
                         },

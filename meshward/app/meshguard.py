@@ -35,10 +35,10 @@ from typing import Any
 
 from meshward.app.guardlearned import LearnedAllowlists
 from meshward.core.kubeaudit import Authors, Change, Skip, record_of
+from meshward.core.labels import MODE_LABEL
 from meshward.core.log import event
 from meshward.core.meshguard import (
     CONFIG_THREATS,
-    MODE_LABEL,
     Finding,
     Obj,
     Reported,

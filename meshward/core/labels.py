@@ -1,10 +1,14 @@
-"""The labels meshward puts on the Kubernetes objects it makes, in one place.
+"""The labels meshward reads and writes on Kubernetes objects, in one place.
 
-The renderers of EnvoyFilters, AuthorizationPolicies and Linkerd policy all stamp them, and the
-controller prunes by them; naming them here also spares a caller that only needs the names the
-import of Envoy's generated protos (about 2 s of a CLI start).
+`meshward.io/mode` on a Namespace is that namespace's mode (the controller, the cluster store and
+the mesh guard read it; meshward's own objects carry the mode they were rendered for).
+`app.kubernetes.io/managed-by=meshward` marks the objects meshward made, which the controller
+prunes by. Naming them here also spares a caller that only needs the names the import of Envoy's
+generated protos (about 2 s of a CLI start).
 """
 
 from __future__ import annotations
 
+MODE_LABEL = "meshward.io/mode"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshward"}
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())

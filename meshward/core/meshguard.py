@@ -24,6 +24,7 @@ from typing import Any
 
 from meshward.core import templates
 from meshward.core.exports import rule_callers
+from meshward.core.labels import MODE_LABEL
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
     MESH_INJECTION_DISABLED,
@@ -42,7 +43,6 @@ CONFIG_THREATS: tuple[str, ...] = (
 )
 Obj = Mapping[str, Any]
 GUARDED_MODES = ("monitor", "enforce")  # learn: onboarding, everything is allowed anyway
-MODE_LABEL = "meshward.io/mode"
 DELETED = "(deleted)"
 ABSENT = "(unset)"
 MAX_VALUE = 200  # characters of a value shown in a finding
