@@ -221,9 +221,20 @@ def decode_form(
     )
 
 
+_KINDS: dict[str, str] = {}  # content type -> kind: a few content types repeat
+
+
 def body_kind(content_type: str) -> str:
     """The kind a content type announces ("" when it says nothing useful)."""
-    ct = content_type.split(";", 1)[0].strip().lower()
+    kind = _KINDS.get(content_type)
+    if kind is None:
+        kind = _kind_of(content_type.split(";", 1)[0].strip().lower())
+        if len(_KINDS) < 256:
+            _KINDS[content_type] = kind
+    return kind
+
+
+def _kind_of(ct: str) -> str:
     if not ct:
         return ""
     if ct == "application/json" or ct.endswith("+json") or ct.endswith("/json"):

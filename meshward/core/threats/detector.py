@@ -200,29 +200,42 @@ class ThreatDetector:
         """Threats in every part of obs. `body`: the body as the caller already decoded it
         (the engine decodes once per request); without it the body is decoded here, and only
         when the pre-filter flags it."""
-        found = _Findings(self.max_threats)
-        head = _head(obs, self.max_scan_bytes, self._clean if self.use_prefilter else None)
-        if head.framing or (obs.body_size is not None and obs.body_size < 0):
-            self._framing(obs, head, found)
+        limit = self.max_scan_bytes
+        if self.use_prefilter:
+            head = _head(obs, limit, self._clean, keep_clean=False)
+            if head.newline:  # every part gets the detail pass: read the clean ones too
+                head = _head(obs, limit, self._clean)
+        else:
+            head = _head(obs, limit)
         partial = head.cut
         raw = obs.body
-        if len(raw) > self.max_scan_bytes:
-            raw, partial = raw[: self.max_scan_bytes], True
-        if obs.body_truncated or (obs.body_size is not None and obs.body_size > len(obs.body)):
+        if len(raw) > limit:
+            raw, partial = raw[:limit], True
+        size = obs.body_size
+        if obs.body_truncated or (size is not None and size > len(obs.body)):
             partial = True
-        kind = body_kind(head.content_type) if head.content_type else ""
-        parts, texts = head.parts, head.texts
+        content_type = head.content_type
+        kind = body_kind(content_type) if content_type else ""
+        parts = head.parts
         if self.use_prefilter:
             flagged = self._prefilter(head, raw, kind)
         else:
             flagged = set(range(len(parts) + 1 if raw else len(parts)))
+        recoded = recode(content_type, raw) if raw else None
+        negative = size is not None and size < 0
+        if not (flagged or head.framing or negative or recoded is not None):
+            return Inspection([], partial)  # the common case: nothing to look at in detail
+        found = _Findings(self.max_threats)
+        if head.framing or negative:
+            self._framing(obs, head, found)
+        texts = head.texts
         for i in sorted(flagged):
             if i < len(parts):
                 self._detail(parts[i], texts[i], obs, found)
-            elif self._body(head.content_type, raw, body, found):
+            elif self._body(content_type, raw, body, found):
                 partial = True
-        if raw:
-            self._recoded(head.content_type, kind, raw, found)
+        if recoded is not None:
+            self._recoded(content_type, kind, raw, recoded, found)
         self.dropped += found.dropped
         return Inspection(found.threats, partial or found.cut)
 
@@ -242,39 +255,23 @@ class ThreatDetector:
         still flag the next part it matches in), so a request with more than MAX_MATCHES
         matches flags every part instead of paying for each: sound and bounded.
         """
-        lines = head.lines
         scanned = head.scanned  # indices of the parts in `lines`, in order
         json_body = bool(body) and (kind == "json" or (not kind and body[:1] in (b"{", b"[")))
-        flagged: set[int] = set()
-        joined = "\n".join(lines)  # never empty: the path is always scanned
-        ascii_only = joined.isascii()
+        joined = "\n".join(head.lines)  # never empty: the path is always scanned
         # bytes the node tap could not decode come back as they were (surrogateescape); other
         # surrogates (no source should hand one over) as their 3-byte form instead of raising
-        errors = "surrogateescape"
         try:
-            raw = joined.encode("ascii") if ascii_only else joined.encode("utf-8", errors)
+            raw = joined.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            errors = "surrogatepass"
-            raw = joined.encode("utf-8", errors)
+            head.errors = "surrogatepass"
+            raw = joined.encode("utf-8", "surrogatepass")
         if json_body:
-            scanned = [*scanned, len(head.parts)]
-            raw = raw + b"\n" + body.translate(_JSON_PREFILTER)
-        total = len(scanned)
-        starts: list[int] = []  # part offsets in raw, computed at the first match only
-        seen = [0]
-
-        def on_match(sid: int, start: int, end: int, flags: int, ctx: object) -> bool | None:
-            if not starts:
-                sizes = [len(t) if ascii_only else len(t.encode("utf-8", errors)) for t in lines]
-                starts.extend(_starts([*sizes, 0] if json_body else sizes))
-            flagged.add(scanned[bisect.bisect_right(starts, max(end - 1, 0)) - 1])
-            seen[0] += 1
-            if seen[0] > MAX_MATCHES:
-                flagged.update(scanned)
-            return len(flagged) >= total or None
-
-        self.sigs.prefilter(raw, on_match, lines=True)
-        head.remember_clean(flagged)
+            scanned.append(len(head.parts))
+            raw = b"\n".join((raw, body.translate(_JSON_PREFILTER)))
+        self.sigs.prefilter(raw, _on_match, lines=True, context=head)
+        flagged = head.flagged
+        if head.fresh and not head.newline:
+            head.remember_clean()
         if head.newline:
             flagged.update(range(len(head.parts)))
         if body and not json_body:
@@ -284,15 +281,14 @@ class ThreatDetector:
                 flagged.add(len(head.parts))
         return flagged
 
-    def _recoded(self, content_type: str, kind: str, raw: bytes, found: _Findings) -> None:
-        """The body once more as text in the encoding the application may decode it with (its
+    def _recoded(
+        self, content_type: str, kind: str, raw: bytes, text: bytes, found: _Findings
+    ) -> None:
+        """The body once more as `text`, in the encoding the application may decode it with (its
         charset parameter, or UTF-16/32 detected as Python's json.loads(bytes) and Jackson do;
         bodies.recode), when that reads otherwise than the bytes as UTF-8. Both spellings are
         inspected: some frameworks honour the charset, others read the bytes. Rare, so no
         body-level pre-filter here: every value still passes the per-value one in _value."""
-        text = recode(content_type, raw)
-        if text is None:
-            return
         charset = charset_of(content_type)
         if charset and kind == "form":
             # aiohttp reads the body and its percent escapes in the charset; ASP.NET reads an
@@ -508,7 +504,8 @@ class ThreatDetector:
 
 
 class _Head:
-    """The request head as one pass over the headers sees it."""
+    """The request head as one pass over the headers sees it, and what the pre-filter scan of
+    it found (_on_match)."""
 
     __slots__ = (
         "clean",
@@ -516,24 +513,28 @@ class _Head:
         "content_type",
         "crlf",
         "cut",
+        "errors",
+        "flagged",
         "framing",
         "fresh",
         "lengths",
         "lines",
+        "matches",
         "newline",
         "odd_names",
         "parts",
         "scanned",
+        "starts",
         "texts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, clean: _CleanValues | None) -> None:
         self.parts: list[_Part] = [_PATH]  # path, query, scanned headers
         self.texts: list[str] = []  # their texts, cut to the limit
         self.lines: list[str] = []  # pre-filter texts of the parts to scan (see _head)
-        self.scanned: list[int] = []  # the index in parts of each of `lines`
+        self.scanned: list[int] = [0]  # the index in parts of each of `lines` (and the body)
         self.fresh: list[tuple[int, str]] = []  # header lines scanned that the cache may keep
-        self.clean: _CleanValues | None = None
+        self.clean = clean
         self.newline = False  # CR or LF inside the raw path, query or a scanned header value
         self.crlf = False  # CR or LF inside a header value that is not scanned
         self.content_type = ""
@@ -542,13 +543,39 @@ class _Head:
         self.odd_names = False  # a header name outside the HTTP token alphabet
         self.cut = False  # a part was longer than the limit and is inspected in part
         self.framing = False  # something for _framing to look at
+        # the pre-filter scan: flagged parts, offsets of the lines in its buffer (computed at
+        # the first match), matches so far, how the lines were encoded
+        self.flagged: set[int] = set()
+        self.starts: list[int] | None = None
+        self.matches = 0
+        self.errors = "surrogateescape"
 
-    def remember_clean(self, flagged: set[int]) -> None:
-        """Keep the header lines the scan found nothing in (see _CleanValues)."""
+    def remember_clean(self) -> None:
+        """Keep the header lines the scan found nothing in (see _CleanValues); only when the
+        head has no CR or LF, so that no remembered value holds one."""
         if self.clean is not None and not self.newline:
+            flagged = self.flagged
             for i, line in self.fresh:
                 if i not in flagged:
                     self.clean.add(line)
+
+
+def _on_match(sid: int, start: int, end: int, flags: int, head: _Head) -> bool | None:
+    """Hyperscan's callback for the pre-filter scan of a head (and JSON body): flags the part
+    the match ends in; True (stop) once every part is flagged."""
+    starts, scanned, flagged = head.starts, head.scanned, head.flagged
+    if starts is None:
+        lines = head.lines
+        if "\n".join(lines).isascii():
+            sizes = [len(t) for t in lines]
+        else:
+            sizes = [len(t.encode("utf-8", head.errors)) for t in lines]
+        starts = head.starts = _starts([*sizes, 0] if len(scanned) > len(lines) else sizes)
+    flagged.add(scanned[bisect.bisect_right(starts, max(end - 1, 0)) - 1])
+    head.matches += 1
+    if head.matches > MAX_MATCHES:
+        flagged.update(scanned)
+    return len(flagged) >= len(scanned) or None
 
 
 class _CleanValues:
@@ -557,7 +584,7 @@ class _CleanValues:
     part is unflagged only when no match ends inside it, so scanned alone it matches nothing
     either, and the detail pass runs only on flagged parts. Bounded: at most `limit` values of
     at most MAX_CLEAN_LEN characters, emptied when full. The values of SECRET_HEADERS
-    (credentials, cookies) are never kept."""
+    (credentials, cookies) are never kept, nor values with a CR or LF."""
 
     __slots__ = ("limit", "values")
 
@@ -580,27 +607,41 @@ _PATH: _Part = ("path", "")
 _QUERY: _Part = ("query", "")
 
 
-def _head(obs: Observation, limit: int, clean: _CleanValues | None = None) -> _Head:
+def _head(
+    obs: Observation, limit: int, clean: _CleanValues | None = None, keep_clean: bool = True
+) -> _Head:
     """The head's parts and their pre-filter lines: the path whole and, when it has several
     segments, each segment on a line of its own; the query one parameter per line, then each
     value alone (_query_lines); each scanned header value, a cookie also with each name and
     value alone; so that value-anchored signatures see them as the detail pass reads them.
-    Header values in `clean` are left out of `lines`."""
-    head = _Head()
-    path, query = obs.path[:limit], obs.query[:limit]
-    head.cut = len(obs.path) > limit or len(obs.query) > limit
-    texts, lines, scanned = head.texts, head.lines, head.scanned
+
+    Header values in `clean` are left out of `lines`, and with keep_clean=False out of the
+    parts too: then only the scanned parts are read (the cheap common case), which is what the
+    detector needs unless the head has a CR or LF (head.newline: every part is then read in
+    detail, so it reads the head again with keep_clean=True). Clean values hold no CR or LF
+    (_Head.remember_clean), so head.newline is the same either way."""
+    head = _Head(clean)
+    path, query = obs.path, obs.query
+    if len(path) > limit or len(query) > limit:
+        path, query, head.cut = path[:limit], query[:limit], True
+    parts, texts, lines, scanned = head.parts, head.texts, head.lines, head.scanned
     texts.append(path)
     lines.append(path + "\n" + path.replace("/", "\n") if path.count("/") > 1 else path)
-    scanned.append(0)
     if query:
-        head.parts.append(_QUERY)
+        parts.append(_QUERY)
         texts.append(query)
         lines.append(_query_lines(query))
         scanned.append(1)
-    lengths, codings = head.lengths, head.codings
+    known = clean.values if clean is not None else _NOTHING
+    fresh = head.fresh
+    kinds = _NAME_KINDS
     for name, value in obs.headers:
-        kind = _NAME_KINDS.get(name)
+        kind = kinds.get(name)
+        if kind == _OTHER and value in known:  # the common case, as the general one below has it
+            if keep_clean:
+                parts.append(("header", name))
+                texts.append(value)
+            continue
         if kind is None:
             kind = _name_kind(name)
         if kind >= _ODD:
@@ -608,9 +649,9 @@ def _head(obs: Observation, limit: int, clean: _CleanValues | None = None) -> _H
             kind -= _ODD
         if kind <= _SKIP or not value:
             if kind == _LENGTH:
-                lengths.append(value)
+                head.lengths.append(value)
             elif kind == _CODING:
-                codings.append(value)
+                head.codings.append(value)
             elif "\r" in value or "\n" in value:
                 head.crlf = True
             continue
@@ -618,24 +659,27 @@ def _head(obs: Observation, limit: int, clean: _CleanValues | None = None) -> _H
             head.content_type = value
         if len(value) > limit:
             value, head.cut = value[:limit], True
-        i = len(head.parts)
-        head.parts.append(("header", name))
-        texts.append(value)
         if kind == _COOKIE:
             line = value + "\n" + value.replace(";", "\n").replace("=", "\n")
+        elif kind == _SECRET or len(value) > MAX_CLEAN_LEN:
+            line = value
+        elif value in known:
+            if keep_clean:
+                parts.append(("header", name))
+                texts.append(value)
+            continue
         else:
             line = value
-            if kind != _SECRET and clean is not None and len(value) <= MAX_CLEAN_LEN:
-                if value in clean:
-                    continue
-                head.fresh.append((i, value))
+            fresh.append((len(parts), value))
+        scanned.append(len(parts))
+        parts.append(("header", name))
+        texts.append(value)
         lines.append(line)
-        scanned.append(i)
     joined = "".join(texts)
     head.newline = "\n" in joined or "\r" in joined
-    head.clean = clean
+    lengths = head.lengths
     head.framing = bool(
-        codings
+        head.codings
         or head.odd_names
         or head.newline
         or head.crlf
@@ -644,6 +688,7 @@ def _head(obs: Observation, limit: int, clean: _CleanValues | None = None) -> _H
     return head
 
 
+_NOTHING: frozenset[str] = frozenset()
 # What _head does with a header, by name: not scanned (a framing header, another skipped one)
 # or scanned (a credential, a cookie, the content type, any other); _ODD added for a name
 # outside the HTTP token alphabet.

@@ -1101,14 +1101,19 @@ class SignatureSet:
         return out
 
     def prefilter(
-        self, data: bytes, on_match: Callable[..., bool | None], *, lines: bool = False
+        self,
+        data: bytes,
+        on_match: Callable[..., bool | None],
+        *,
+        lines: bool = False,
+        context: object = None,
     ) -> None:
-        """Raw pre-filter pass; on_match(id, from, to, flags, ctx) as Hyperscan calls it, and
-        may return True to stop early. lines: newlines in data separate values."""
+        """Raw pre-filter pass; on_match(id, from, to, flags, context) as Hyperscan calls it,
+        and may return True to stop early. lines: newlines in data separate values."""
         db = self._prefilter_lines if lines else self._prefilter
         # try, not contextlib.suppress: building that object cost ~0.8 µs of the typical request
         try:
-            db.scan(data, match_event_handler=on_match)
+            db.scan(data, on_match, 0, context)
         except hyperscan.ScanTerminated:
             return  # on_match stopped the scan
 

@@ -8,7 +8,8 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshward.core.bodies import KINDS, DecodedBody, decode_body, parse_query
+from meshward.core import bodies
+from meshward.core.bodies import KINDS, DecodedBody, body_kind, decode_body, parse_query
 
 
 def test_parse_query_semantics() -> None:
@@ -239,3 +240,24 @@ def test_json_leaf_count_matches(doc: object) -> None:
 def test_parse_query_never_raises(q: str) -> None:
     pairs, _ = parse_query(q)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in pairs)
+
+
+def test_body_kind_remembers_few_content_types_and_answers_the_same() -> None:
+    """body_kind keeps the kinds of the content types that repeat (bounded), and answers from
+    memory what it answered the first time."""
+    cases = {
+        "application/json": "json",
+        "Application/JSON; charset=utf-8": "json",
+        "application/problem+json": "json",
+        "application/x-www-form-urlencoded": "form",
+        "multipart/form-data; boundary=x": "multipart",
+        "text/xml": "xml",
+        "text/plain": "text",
+        "application/octet-stream": "binary",
+        " ; charset=utf-8": "",
+    }
+    for _ in range(2):
+        assert {ct: body_kind(ct) for ct in cases} == cases
+    for n in range(600):
+        assert body_kind(f"application/x-{n}") == "binary"
+    assert len(bodies._KINDS) <= 256
