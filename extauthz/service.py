@@ -51,6 +51,7 @@ class CheckService:
         self._ok = metrics.checks.labels("ok")
         self._denied = metrics.checks.labels("denied")
         self._latency = metrics.check_latency
+        self.last_check = 0.0  # time.monotonic() of the latest Check: ingest yields to them
 
     async def check(
         self,
@@ -58,6 +59,7 @@ class CheckService:
         context: grpc.aio.ServicerContext,
     ) -> bytes:
         start = time.perf_counter()
+        self.last_check = time.monotonic()
         if isinstance(req, Undecodable):
             self.metrics.checks.labels("error").inc()
             self.problems("extauthz", req.kind, error=req.error, size=req.size)

@@ -41,6 +41,7 @@ from meshward.core.edges import BUCKET_SECONDS
 from meshward.core.engine import Engine, Prepared
 from meshward.core.modes import MODES, settable
 from meshward.core.observation import Observation
+from meshward.extauthz.service import CheckService
 from meshward.runtime.metrics import CONTENT_TYPE, Metrics, Problems
 from meshward.tap.envoy.join import Joiner
 
@@ -80,6 +81,8 @@ class ApiServer(Protocol):
     def pipeline(self) -> Ingest: ...
     @property
     def ingestor(self) -> Ingestor: ...
+    @property
+    def check(self) -> CheckService: ...  # its last_check: ingest yields to Checks
     @property
     def joiner(self) -> Joiner: ...
     @property
@@ -297,7 +300,9 @@ async def observations(request: web.Request) -> web.Response:
         failures += 1
         server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=index)
 
-    accepted = await server.ingestor.judge(parsed, take, judge_failed)
+    accepted = await server.ingestor.judge(
+        parsed, take, judge_failed, lambda: server.check.last_check
+    )
     rejected += failures
     if outside:
         server.metrics.drops.labels("ingest", "outside-node").inc(outside)

@@ -88,6 +88,36 @@ def test_judging_rests_the_loop_between_slices(monkeypatch: pytest.MonkeyPatch) 
     assert set(rests) == {ingest.PAUSE} and ingest.PAUSE >= 0.001
 
 
+def test_with_no_check_to_answer_judging_only_yields_until_one_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No Check in the last ANSWERING seconds: nobody waits, so the loop judges FREE_SLICE at
+    a time and only yields (ingest keeps its throughput); once a Check arrives it rests again."""
+    rests: list[float] = []
+    real_sleep = asyncio.sleep
+    last = [0.0]  # no Check yet
+
+    async def sleep(delay: float) -> None:
+        rests.append(delay)
+        await real_sleep(0)
+
+    def busy(obs: object, _inspected: object) -> bool:
+        end = ingest.time.perf_counter() + ingest.FREE_SLICE / 4
+        while ingest.time.perf_counter() < end:
+            pass
+        if obs == 20:
+            last[0] = ingest.time.monotonic()  # a Check is answered meanwhile
+        return True
+
+    parsed = ingest.Parsed(chunks=[ingest.pickle.dumps([(i, None) for i in range(40)])])
+    monkeypatch.setattr(ingest.asyncio, "sleep", sleep)
+    judge = Ingestor(None).judge(parsed, busy, lambda i, e: None, lambda: last[0])  # type: ignore[arg-type]
+    assert asyncio.run(judge) == 40
+    first_rest = rests.index(ingest.PAUSE)
+    assert 1 <= first_rest <= 20 and set(rests[:first_rest]) == {0}  # FREE_SLICE each
+    assert set(rests[first_rest:]) == {ingest.PAUSE} and len(rests) - first_rest >= 15
+
+
 def _item(ns: str, i: int, **kw: Any) -> dict[str, Any]:
     body = kw.pop("body", json.dumps({"id": i, "note": "n" * (i % 7), "ok": i % 2 == 0}).encode())
     return {
