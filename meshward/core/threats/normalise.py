@@ -25,6 +25,9 @@ _COMMENT_BODY = re.compile(r"/\*[^*]{0,200}\*/")
 # Pre-filter indicators for the rewrites of `alternate` (also in signatures.INDICATORS).
 COMMENT_INDICATOR = r"/\*[^;,*\r\n]|/\*\*/|[^*/,\s]\*/"  # not the */* of Accept headers
 PATH_INDICATOR = r"(?:^|[^:/])[/\\]\.?[/\\]|\\"
+# A Windows path's \t, \n, \r (C:\temp, \windows\repair) that `decode` read as escapes: a tab or
+# line break right after a drive colon or a backslash-separated name (restored by `alternate`).
+WINDOWS_ESCAPE_INDICATOR = r"(?:^|[^\w])[a-z]:[\t\r\n]|\\[\w.$-]{1,64}[\t\r\n]"
 # Shell quoting inside a word, which the shell joins back: w'h'o'am'i, c""at, who$@ami, wh\oami,
 # and cmd.exe's caret escapes (p^o^w^e^r^shell). Two marks at least, or a backslash (one quote
 # is how apostrophes look: don't, I'd). An unset variable inside a word expands to nothing
@@ -45,6 +48,9 @@ _MARKS = re.compile(_MARK)
 COMMENT_HINT = re.compile(COMMENT_INDICATOR, re.MULTILINE)
 PATH_HINT = re.compile(PATH_INDICATOR, re.MULTILINE)
 _SLASHES = re.compile(r"[/\\]+(?:\.[/\\]+)*")
+WINDOWS_ESCAPE_HINT = re.compile(WINDOWS_ESCAPE_INDICATOR, re.MULTILINE)
+_WINDOWS_ESCAPED = re.compile(r"((?:^|(?<=[^\w]))[a-z]:|\\[\w.$-]{1,64})([\t\r\n])", re.MULTILINE)
+_UNESCAPE = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
 # Log4j lookups that resolve to their default text: ${lower:j}, ${::-j}, ${env:X:-j}, ${upper:J}
 _LOG4J = re.compile(r"\$\{(?:lower|upper|::-|[a-z]{1,10}:[^:{}]{0,40}:-)([^{}$]{0,20})\}")
 # Look-alikes that Unicode-normalising or best-fit-mapping backends turn into ASCII: fullwidth
@@ -140,11 +146,18 @@ def fold(text: str) -> str:
 
 
 def alternate(norm: str) -> str:
-    """A second spelling of normalised text for signatures: SQL comments as spaces, path
+    """A second spelling of normalised text for signatures: a Windows path's `\\t`, `\\n`,
+    `\\r` that decoding read as escapes put back (C:\\temp), SQL comments as spaces, path
     separators collapsed (`/./`, `//`, `\\`), Log4j default lookups resolved. Each rewrite runs
     only where a pre-filter indicator (signatures.INDICATORS) matches, so the pre-filter stays
     sound. Returns "" when nothing changed."""
     alt = norm
+    if ("\t" in alt or "\r" in alt or "\n" in alt) and WINDOWS_ESCAPE_HINT.search(alt):
+        for _ in range(MAX_ROUNDS):  # C:\temp\tools: each name's escape after the one before
+            nxt = _WINDOWS_ESCAPED.sub(lambda m: m.group(1) + _UNESCAPE[m.group(2)], alt)
+            if nxt == alt:
+                break
+            alt = nxt
     if ("/*" in alt or "*/" in alt) and COMMENT_HINT.search(alt):
         alt = _COMMENT_BODY.sub(" ", alt) if "/*!" not in alt else alt
         alt = _SQL_COMMENT.sub(" ", alt)

@@ -39,7 +39,12 @@ from meshward.core.threats.names import (
     XSS,
     XXE,
 )
-from meshward.core.threats.normalise import COMMENT_INDICATOR, PATH_INDICATOR, SPLIT_WORD_INDICATOR
+from meshward.core.threats.normalise import (
+    COMMENT_INDICATOR,
+    PATH_INDICATOR,
+    SPLIT_WORD_INDICATOR,
+    WINDOWS_ESCAPE_INDICATOR,
+)
 
 # Shell commands an injected command typically starts with (after a metacharacter). The ones
 # that are also English words (or read as words in tickets and chat: "; sleep well", "| id |",
@@ -1007,6 +1012,7 @@ INDICATORS: tuple[str, ...] = (
     SQL_GATE,  # what libinjection's SQL tokeniser needs (injection.py runs it only then)
     XSS_GATE,  # what libinjection's HTML5 tokeniser needs
     PATH_INDICATOR,  # path spellings that path normalisation collapses
+    WINDOWS_ESCAPE_INDICATOR,  # a Windows path's \t, \n, \r read as escapes (normalise.alternate)
     r"(?:^|[^\w.])(?:0*169|0x0*a9|0+251)[.]|\b0*2852039166\b|\b0x0*a9fea9fe\b|"
     r"\b0+25177524776\b|a9fe:a9fe|\b0*100\.0*100\.0*100\.0*200\b|metadata",  # metadata IPs
     r"\$[a-z]{2,12}",  # NoSQL operator keys and shell variables

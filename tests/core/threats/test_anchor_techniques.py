@@ -232,3 +232,33 @@ def test_urls_in_headers_are_pages_not_inclusions() -> None:
     obs = Observation("t", method="GET", path="/", headers=headers)
     assert names(obs) == set()
     assert names(obs, FULL) == set()
+
+
+# --- A Windows path's \t, \n, \r are not escapes (C:\temp read as "C:" TAB "emp" hid the path)
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (r"mshta C:\temp\a.hta", CMDI),
+        (r"rundll32 C:\tools\evil.dll,Main", CMDI),
+        (r"mshta C:\temp\tools\run.hta", CMDI),  # one escape after another
+        (r"\windows\repair\sam", TRAVERSAL),
+        (r"\WINNT\repair\sam", TRAVERSAL),
+    ],
+)
+def test_windows_paths_keep_their_backslash_letters(value: str, name: str) -> None:
+    found(value, name)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        r"Dear Bob:\nthanks for the report",  # JSON and JS escapes in text stay line breaks
+        r"line one\nline two\ttabbed\rback",
+        r"a:\nb",
+        r"see C:\temp\notes.txt for the figures",  # a Windows path in prose is no attack
+        r"Q:\nWhat is the windows boot order?",
+    ],
+)
+def test_escapes_in_text_and_plain_windows_paths_stay_clean(value: str) -> None:
+    for obs in (query(value), field(value)):
+        assert names(obs) == set() == names(obs, FULL), value
