@@ -37,6 +37,7 @@ from meshward.core.exports import (
     caller_account,
     enforced,
     rule_callers,
+    rule_methods,
     targets,
 )
 from meshward.core.labels import MANAGED_BY, MODE_LABEL
@@ -78,10 +79,6 @@ def principal(trust_domain: str, namespace: str, account: str) -> str:
     return f"{trust_domain}/ns/{namespace}/sa/{account}"
 
 
-def _methods(method: str) -> tuple[str, ...]:
-    return ("GET", "HEAD") if method == "GET" else (method,)
-
-
 def authorization_policies(
     allowlist: Allowlist,
     mode_of: ModeOf,
@@ -120,7 +117,7 @@ def authorization_policies(
                 notes.append(Note(key, rule.name, "left out: no caller Istio can name"))
                 continue
             paths = groups.setdefault((tuple(principals), unauthenticated), {}).setdefault(
-                _methods(rule.method), []
+                rule_methods(rule.method), []
             )
             if path not in paths:
                 paths.append(path)

@@ -35,6 +35,7 @@ from meshward.core.exports import (
     caller_account,
     enforced,
     rule_callers,
+    rule_methods,
     targets,
 )
 from meshward.core.labels import MANAGED_BY, MODE_LABEL
@@ -86,10 +87,6 @@ def path_match(template: str) -> dict[str, str] | None:
     return {"type": kind, "value": value}
 
 
-def _methods(method: str) -> tuple[str, ...]:
-    return ("GET", "HEAD") if method == "GET" else (method,)
-
-
 def linkerd_policy(
     allowlist: Allowlist,
     mode_of: ModeOf,
@@ -128,7 +125,7 @@ def linkerd_policy(
                 notes.append(Note(key, rule.name, "left out: no caller Linkerd can name"))
                 continue
             matches = groups.setdefault(tuple(identities), [])
-            matches.extend({"path": dict(path), "method": m} for m in _methods(rule.method))
+            matches.extend({"path": dict(path), "method": m} for m in rule_methods(rule.method))
         server = f"meshward-{name}"
         export.objects.append(_server(server, ns, mode, {selector_label: name}, port))
         if not groups:

@@ -102,6 +102,11 @@ def targets(
     return out
 
 
+def rule_methods(method: str) -> tuple[str, ...]:
+    """The methods a rule's method allows in native policy: meshward's GET rule admits HEAD."""
+    return ("GET", "HEAD") if method == "GET" else (method,)
+
+
 def rule_callers(profile: ServiceProfile, rule: EndpointRule) -> list[str]:
     """Who may call a rule: its own learned callers; a rule without any (written by a person)
     takes the service's, as meshward's scoring checks only those then."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshward.core import templates
-from meshward.core.exports import rule_callers
+from meshward.core.exports import rule_callers, rule_methods
 from meshward.core.labels import MODE_LABEL
 from meshward.core.threats.names import (
     MESH_FILTER_TAMPERED,
@@ -544,9 +544,7 @@ class Learnt:
             pattern = learned_path(rule.template)
             if pattern is not None:
                 calls.append((rule.method, pattern, frozenset(rule_callers(profile, rule))))
-        methods = {m for m, _, _ in calls}
-        if "GET" in methods:
-            methods.add("HEAD")  # HEAD is GET without a body
+        methods = {a for m, _, _ in calls for a in rule_methods(m)}  # a GET rule admits HEAD
         written: dict[tuple[str, str], frozenset[str]] = {}
         for m, p, c in calls:
             written[(m, p.text)] = written.get((m, p.text), frozenset()) | c

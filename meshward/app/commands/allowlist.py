@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meshward.app.audit import AuditLog, local_user
-from meshward.app.commands import UsageError, exportflags, plural, utc
+from meshward.app.commands import UsageError, exportflags, plural, utc, write_output
 from meshward.app.commands.offline import add_db_flag, close_flusher, open_flusher
 from meshward.app.store import default_path
 from meshward.core import values
@@ -98,14 +98,7 @@ def run_export(args: argparse.Namespace) -> int:
         text = dump(_export(flusher.engine, args.stats, args.destination), args.format)
     finally:
         close_flusher(flusher)
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise UsageError(f"{args.output}: {exc.strerror or exc}") from exc
-    else:
-        sys.stdout.write(text)
+    write_output(args.output, text)
     return 0
 
 

@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 
-from meshward.app.commands import UsageError
+from meshward.app.commands import UsageError, write_output
 from meshward.app.commands.offline import close_flusher, open_flusher
 from meshward.app.exports import FORMATS, ExportOptions, export_engine, render
 
@@ -87,14 +87,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close_flusher(flusher)
     text = render(result, args.format)
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise UsageError(f"{args.output}: {exc.strerror or exc}") from exc
-    else:
-        sys.stdout.write(text)
+    write_output(args.output, text)
     if result.notes:
         print(
             f"meshward allowlist export: {len(result.notes)} things not carried by "
