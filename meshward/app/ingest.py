@@ -36,6 +36,7 @@ import contextlib
 import copyreg
 import dataclasses
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -48,6 +49,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.app import batchjudge
+from meshward.app.batchapply import BatchDoor
+from meshward.app.batchjudge import Judged, Outline, Snapshot
 from meshward.core.claims import verdict_fields
 from meshward.core.engine import Engine, EngineConfig, Prepared
 from meshward.core.observation import Identity, Observation, Threat, observation_from_dict
@@ -137,6 +141,7 @@ class Parsed:
     bad: list[tuple[int, str]] = field(default_factory=list)  # (index, error), the first 20
     bad_count: int = 0
     claimed: int = 0  # verdict fields the caller sent (ignored)
+    outline: Outline | None = None  # kept in the worker, to be judged there (chunks empty)
 
 
 _engine: Engine | None = None  # the worker's own engine: `prepare` only (never learns)
@@ -160,8 +165,11 @@ def _ready() -> bool:
     return True
 
 
-def parse(raw: bytes) -> Parsed:
-    """The worker's part of one batch (also callable in-process)."""
+def parse(raw: bytes, batch: int | None = None) -> Parsed:
+    """The worker's first part of one batch (also callable in-process): with `batch` and an
+    engine, kept here to be judged (`judge_kept`), else handed back in chunks."""
+    keep = batch is not None and _engine is not None
+    failed_before = _engine.counters["inspection_failed"] if _engine is not None else 0
     items, not_json = parse_batch(raw)
     out = Parsed(not_json=not_json, too_many=max(0, len(items) - MAX_ITEMS))
     pairs: list[tuple[Observation, Prepared | None]] = []
@@ -175,18 +183,31 @@ def parse(raw: bytes) -> Parsed:
             continue
         out.claimed += verdict_fields(item)  # a dict: observation_from_dict accepted it
         pairs.append((obs, _engine.prepare(obs) if _engine is not None else None))
-        if len(pairs) == CHUNK:
+        if len(pairs) == CHUNK and not keep:
             out.chunks.append(_dumps(pairs))
             pairs = []
-    if pairs:
+    if keep:
+        assert batch is not None and _engine is not None
+        failed = _engine.counters["inspection_failed"] - failed_before
+        out.outline = batchjudge.outline(batch, pairs, failed)
+    elif pairs:
         out.chunks.append(_dumps(pairs))
     return out
 
 
-def parse_file(path: str) -> Parsed:
+def parse_file(path: str, batch: int | None = None) -> Parsed:
     """`parse` of the body written to `path` (the worker's entry point)."""
     with open(path, "rb") as f:
-        return parse(f.read())
+        return parse(f.read(), batch)
+
+
+def judge_kept(batch: int, snapshot: Snapshot) -> Judged:
+    """The worker's second part: the kept batch judged (meshward.app.batchjudge); its
+    envoy-tap items handed back in chunks for the loop."""
+    assert _engine is not None
+    judged, tapped = batchjudge.judge(batch, snapshot, _engine.config, _engine.detector)
+    judged.tapped = [_dumps(tapped[i : i + CHUNK]) for i in range(0, len(tapped), CHUNK)]
+    return judged
 
 
 class Ingestor:
@@ -198,6 +219,7 @@ class Ingestor:
         self.config = config
         self.spool = spool  # where bodies wait for the worker (None: the system's temp dir)
         self._pool: ProcessPoolExecutor | None = None
+        self._batches = itertools.count()
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -210,9 +232,8 @@ class Ingestor:
             )
         return self._pool
 
-    async def parse(self, parts: list[bytes]) -> Parsed:
-        """The body (its received chunks) parsed (and inspected) in the worker; a worker that
-        died is replaced once."""
+    async def _spool(self, parts: list[bytes]) -> str:
+        """The body (its received chunks) in a private file, for the worker to read."""
         fd, path = tempfile.mkstemp(prefix="meshward-ingest-", dir=self.spool)  # mode 0600
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
@@ -221,10 +242,24 @@ class Ingestor:
                     while view:  # the copy happens in the kernel, the GIL released
                         view = view[f.write(view) or 0 :]
                     await asyncio.sleep(0)
-            loop = asyncio.get_running_loop()
+        except BaseException:
+            os.unlink(path)
+            raise
+        return path
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), fn, *args)
+
+    async def parse(self, parts: list[bytes]) -> Parsed:
+        """The body parsed (and inspected) in the worker and handed back in chunks (the
+        loop judges them: `judge`); a worker that died is replaced once."""
+        path = await self._spool(parts)
+        try:
             for attempt in (1, 2):
                 try:
-                    return await loop.run_in_executor(self._executor(), parse_file, path)
+                    parsed: Parsed = await self._call(parse_file, path)
+                    return parsed
                 except BrokenProcessPool:
                     self._drop_pool()
                     if attempt == 2:
@@ -232,6 +267,47 @@ class Ingestor:
             raise AssertionError("unreachable")
         finally:
             os.unlink(path)
+
+    async def ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:
+        """The body parsed, inspected and judged in the worker, `door` deciding on the loop
+        between the two calls and applying the result (meshward.app.batchapply). The spool
+        file stays until the batch is judged: a worker that died (or lost the batch) meanwhile
+        is replaced and the batch parsed again, once. Judged None: the worker cannot judge
+        (serve's detector is its own), the loop judges the chunks (`judge`)."""
+        path = await self._spool(parts)
+        try:
+            for attempt in (1, 2):
+                batch = next(self._batches)
+                try:
+                    parsed: Parsed = await self._call(parse_file, path, batch)
+                    if parsed.outline is None:
+                        return parsed, None
+                    snapshot = door.snapshot(parsed.outline)
+                    judged: Judged = await self._call(judge_kept, batch, snapshot)
+                    break
+                except (BrokenProcessPool, batchjudge.Forgotten) as exc:
+                    door.close()
+                    if isinstance(exc, BrokenProcessPool):
+                        self._drop_pool()
+                    if attempt == 2:
+                        raise BrokenProcessPool("the ingest worker lost the batch") from None
+        finally:
+            os.unlink(path)
+        try:
+            redo = door.apply(judged)
+            if redo:  # rare: a touched profile was replaced while the batch was out
+                try:
+                    learned = await self._call(batchjudge.learned_of, batch, redo)
+                except BrokenProcessPool:
+                    self._drop_pool()
+                    learned = {}
+                door.relearn(redo, learned)
+        finally:
+            door.close()
+            if self._pool is not None:
+                with contextlib.suppress(RuntimeError, BrokenProcessPool):
+                    self._pool.submit(batchjudge.forget, batch)
+        return parsed, judged
 
     async def judge(
         self,

@@ -208,14 +208,20 @@ class Pipeline:
     """The steps serve composes; `judge_check`, `take_tap` and `take_ingested` are the doors."""
 
     def __init__(
-        self, engine: Engine, metrics: Metrics, joiner: Joiner, pods: PodsByIp | None = None
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        joiner: Joiner,
+        pods: PodsByIp | None = None,
+        recent: RecentCalls | None = None,
     ) -> None:
         self.engine = engine
         self.joiner = joiner
+        self.pods = pods
         self.cache = DecisionCache(engine)
         self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
-        self.recent = RecentCalls()
+        self.recent = recent if recent is not None else RecentCalls()
         self.control_plane = ControlPlaneConnections(engine)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [
