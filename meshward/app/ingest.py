@@ -1,32 +1,34 @@
-"""Ingest off the Check loop: a batch is parsed, decoded and inspected in a worker process, and
-judged on the loop in slices with rests between them.
+"""Ingest off the Check loop: a batch is parsed, decoded, inspected and judged in a worker
+process; serve's event loop only decides what needs its own state and adds the results.
 
 One 13-16 MB `POST /api/v1/observations` held the event loop that also answers ext_authz for
-hundreds of milliseconds (JSON parsing, building observations, the threat detectors), past the
-sidecar's 200 ms timeout. On two cores and one GIL a thread does not help: it holds the same
-lock the loop needs. So the CPU-heavy part runs in another process (`Ingestor`, one worker,
-started on the first ingest):
+hundreds of milliseconds (JSON parsing, building observations, the threat detectors, then
+judging 10,000 observations: 0.2-0.4 CPU-s), past the sidecar's 200 ms timeout; cut into 0.1 ms
+slices it still raised Check p99 1.5-2.4x (docs/benchmarks.md). On two cores and one GIL a thread
+does not help: it holds the same lock the loop needs. So the work runs in another process
+(`Ingestor`, one worker, started on the first ingest, below serve's priority), in two calls per
+batch (`Ingestor.ingest`; the batch stays in the worker between them, keyed by a batch id):
 
-- parsing (JSON array or JSON Lines), building Observations (`observation_from_dict`), counting
-  the verdict fields a caller sent (meshward.core.claims);
-- `Engine.prepare`, when the worker can build the same detector as serve's engine (the default:
-  serve's EngineConfig with the on-disk signature cache): the body's plaintext, its features and
-  shape (what learning and scoring read), and the detectors' findings. Everything `evaluate`
-  reads that depends on no state, so the loop's verdicts, alerts and learned profiles are those
-  of judging it all on the loop (tests/app/test_ingest.py).
+1. `parse_file`: parsing (JSON array or JSON Lines), building Observations, counting the
+   verdict fields a caller sent (meshward.core.claims), `Engine.prepare` (the body's plaintext,
+   features and shape, the detectors' findings) and the batch's outline (meshward.app.batchjudge).
+2. On the loop, `BatchDoor.snapshot` (meshward.app.batchapply): node scope, the destination cap,
+   the callers' pods, the modes, the touched profiles.
+3. `judge_kept`: the batch judged through serve's own pipeline steps on an engine of serve's
+   config and detector loaded with that snapshot; aggregates come back, and `BatchDoor.apply`
+   adds them on the loop (milliseconds, not 0.2 s: bench/ingest_loop.py).
 
-The body reaches the worker through a private temporary file (mode 0600, removed when parsed),
-written a received chunk at a time with yields in between: handing 16 MB to the executor
-pickled it in one piece on a thread of serve (about 6 ms with the GIL held, Checks waiting).
-The worker hands back chunks of pickled (observation, prepared) pairs, pickled with constructor
-reducers and without the body's JSON document (unpickling them is loop time). What must stay
-with the one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a
-time: after each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks
-are answered in between and the batch's judging is spread over about three times as long
-instead of taking a CPU in one run. That judging cost the loop 0.39-0.52 CPU-s per 16 MB batch
-(10,000 observations) while the worker decoded the bodies only for the detectors, 0.20-0.26 s
-since it prepares the features too; the worker's part grew from 0.78 to 0.97 s
-(`bench/ingest_load.py --probe --rt`, load average 14-21 on 2 vCPUs; docs/benchmarks.md).
+The body reaches the worker through a private temporary file (mode 0600), written a received
+chunk at a time with yields in between (handing 16 MB to the executor pickled it in one piece
+with the GIL held) and kept until the batch is judged: a worker that died between the calls
+(or during either) is replaced and the batch parsed again, once; then the caller hears
+BrokenProcessPool (serve answers 503, "send the batch again").
+
+What stays on the loop is judged there in `SLICE`s with `PAUSE`s between them (Checks are
+answered in between): a batch's envoy-tap items (the both-ends join and judged-by-Check are loop
+state), after the rest of the batch; and every item when serve's engine has a detector the
+worker cannot rebuild (`config` None: the worker only parses, `parse`, handing back chunks of
+(observation, prepared) pairs pickled with constructor reducers).
 """
 
 from __future__ import annotations
