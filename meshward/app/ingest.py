@@ -253,29 +253,18 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), fn, *args)
 
-    async def parse(self, parts: list[bytes]) -> Parsed:
-        """The body parsed (and inspected) in the worker and handed back in chunks (the
-        loop judges them: `judge`); a worker that died is replaced once."""
-        path = await self._spool(parts)
-        try:
-            for attempt in (1, 2):
-                try:
-                    parsed: Parsed = await self._call(parse_file, path)
-                    return parsed
-                except BrokenProcessPool:
-                    self._drop_pool()
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-        finally:
-            os.unlink(path)
-
     async def ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:
         """The body parsed, inspected and judged in the worker, `door` deciding on the loop
         between the two calls and applying the result (meshward.app.batchapply). The spool
         file stays until the batch is judged: a worker that died (or lost the batch) meanwhile
         is replaced and the batch parsed again, once. Judged None: the worker cannot judge
         (serve's detector is its own), the loop judges the chunks (`judge`)."""
+        try:
+            return await self._ingest(parts, door)
+        finally:
+            door.close()  # however it ends: no journal left open
+
+    async def _ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:
         path = await self._spool(parts)
         try:
             for attempt in (1, 2):
@@ -288,7 +277,6 @@ class Ingestor:
                     judged: Judged = await self._call(judge_kept, batch, snapshot)
                     break
                 except (BrokenProcessPool, batchjudge.Forgotten) as exc:
-                    door.close()
                     if isinstance(exc, BrokenProcessPool):
                         self._drop_pool()
                     if attempt == 2:
@@ -305,7 +293,6 @@ class Ingestor:
                     learned = {}
                 door.relearn(redo, learned)
         finally:
-            door.close()
             if self._pool is not None:
                 with contextlib.suppress(RuntimeError, BrokenProcessPool):
                     self._pool.submit(batchjudge.forget, batch)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from meshward.app import ingest, sigcache
+from meshward.app.batchapply import BatchDoor
 from meshward.app.ingest import Ingestor
 from meshward.app.pipeline import Pipeline
 from meshward.core.bodies import decode_body
@@ -41,12 +42,16 @@ def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
     }
     line = json.dumps(item).encode() + b"\n"
     body = line * 3 + b"not json\n"
-    ingestor = Ingestor(None, spool=str(tmp_path))
+    ingestor = Ingestor(None, spool=str(tmp_path))  # no engine: the loop judges the chunks
+    engine = Engine()
+    door = BatchDoor(engine, Metrics(), Joiner(), Pipeline(engine, Metrics(), Joiner()))
 
     async def main() -> ingest.Parsed:
         try:
             # chunks cut mid-line: the worker sees the body whole
-            return await ingestor.parse([body[:10], body[10:100], body[100:]])
+            parsed, judged = await ingestor.ingest([body[:10], body[10:100], body[100:]], door)
+            assert judged is None
+            return parsed
         finally:
             ingestor.close()
 
