@@ -23,6 +23,10 @@ mitmproxy's addons); the pipeline calls them in list order until one stops the c
   not learned), counted, and noted for the join;
 - `RecentCalls`: a bounded, redacted sample of the judged calls per namespace, replayed by the
   enforce-readiness report (meshward.app.recent).
+
+An ingested batch runs through these same steps in the ingest worker process, on an engine
+loaded with a snapshot of serve's state; serve adds what they counted and learned
+(meshward.app.batchjudge, meshward.app.batchapply).
 """
 
 from __future__ import annotations
