@@ -76,6 +76,7 @@ PAUSE = 0.001
 ANSWERING = 1.0
 FREE_SLICE = 0.005
 WORKER_NICE = 10  # the worker's niceness, added to serve's
+IN_FLIGHT = 2  # batches in the worker at once (at most batchjudge.KEPT)
 
 
 def loads(raw: bytes | str) -> Any:
@@ -222,6 +223,10 @@ class Ingestor:
         self.spool = spool  # where bodies wait for the worker (None: the system's temp dir)
         self._pool: ProcessPoolExecutor | None = None
         self._batches = itertools.count()
+        # batches between their first and last call: one parsed while another is judged; more
+        # wait here (the one worker would take them in turn anyway), so the worker never holds
+        # more than it keeps (batchjudge.KEPT) however many node taps post at once
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -259,10 +264,11 @@ class Ingestor:
         file stays until the batch is judged: a worker that died (or lost the batch) meanwhile
         is replaced and the batch parsed again, once. Judged None: the worker cannot judge
         (serve's detector is its own), the loop judges the chunks (`judge`)."""
-        try:
-            return await self._ingest(parts, door)
-        finally:
-            door.close()  # however it ends: no journal left open
+        async with self._in_flight:  # the worker keeps what it parsed until it is judged
+            try:
+                return await self._ingest(parts, door)
+            finally:
+                door.close()  # however it ends: no journal left open
 
     async def _ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:
         path = await self._spool(parts)

@@ -286,3 +286,28 @@ def test_a_worker_killed_between_the_calls_parses_the_batch_again_once(
         asyncio.run(run(2))
     assert list(tmp_path.iterdir()) == []
     assert serve.engine._journals == {}
+
+
+def test_many_node_taps_posting_at_once_are_all_judged() -> None:
+    """Eight batches at once: they take turns through the one worker (at most IN_FLIGHT
+    between their two calls), none is dropped from what the worker keeps."""
+    serve = _serve([], False, 2000)
+
+    async def main() -> list[int]:
+        ingestor = Ingestor(serve.engine.config)
+
+        async def post(n: int) -> int:
+            raw = b"\n".join(json.dumps(item(f"ns{n}", i)).encode() for i in range(10 + n))
+            door = BatchDoor(serve.engine, serve.metrics, serve.joiner, serve.pipeline)
+            _parsed, judged = await ingestor.ingest([raw], door)
+            assert judged is not None
+            return judged.taken
+
+        try:
+            return list(await asyncio.gather(*(post(n) for n in range(8))))
+        finally:
+            ingestor.close()
+
+    assert asyncio.run(main()) == [10 + n for n in range(8)]
+    assert ingest.IN_FLIGHT <= batchjudge.KEPT
+    assert len(serve.engine.allowlist.services) == 8 and serve.engine._journals == {}
