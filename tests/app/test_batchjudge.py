@@ -304,7 +304,9 @@ def test_many_node_taps_posting_at_once_are_all_judged() -> None:
             return judged.taken
 
         try:
-            return list(await asyncio.gather(*(post(n) for n in range(8))))
+            taken = list(await asyncio.gather(*(post(n) for n in range(8))))
+            assert next(ingestor._batches) == 8  # each parsed once: none forgotten
+            return taken
         finally:
             ingestor.close()
 
