@@ -618,65 +618,13 @@ class SqliteStore:
         self.close()
 
 
-class ReadOnlyStore:
-    """A view for dry runs (`meshward score`): reads go to `inner`, learning and alerts are
-    dropped, a mode change is refused. The live alert history stays the live traffic's."""
+class StoreView:
+    """A store in front of `inner`: profiles and modes go to `inner`, alerts and edge counts to
+    `alert_store` (by default `inner` too). The views below override what they change."""
 
-    def __init__(self, inner: Store) -> None:
+    def __init__(self, inner: Store, alerts: AlertStore | None = None) -> None:
         self.inner = inner
-        self.evicted: Counter[str] = Counter()  # it never writes, so never evicts
-
-    def load_profiles(self) -> dict[str, dict[str, Any]]:
-        return self.inner.load_profiles()
-
-    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
-        pass
-
-    def delete_profile(self, destination: str) -> None:
-        pass
-
-    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
-        pass
-
-    def modes(self) -> dict[str, str]:
-        return self.inner.modes()
-
-    def set_mode(self, namespace: str, mode: str) -> None:
-        raise StoreError("this store is opened read-only")
-
-    def modes_version(self) -> int:
-        return self.inner.modes_version()
-
-    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        pass
-
-    def alerts(
-        self, limit: int = 100, namespace: str | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]:
-        return self.inner.alerts(limit, namespace, since)
-
-    def add_edges(self, edges: list[EdgeCount]) -> None:
-        pass
-
-    def edges(
-        self,
-        since: float,
-        until: float | None = None,
-        namespace: str | None = None,
-        limit: int = DEFAULT_EDGE_ROWS,
-    ) -> list[dict[str, Any]]:
-        return self.inner.edges(since, until, namespace, limit)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class WithAlerts:
-    """A store whose alerts and edge counts go to another store (`serve --alerts-dsn`)."""
-
-    def __init__(self, inner: Store, alerts: AlertStore) -> None:
-        self.inner = inner
-        self.alert_store = alerts
+        self.alert_store: AlertStore = alerts if alerts is not None else inner
 
     @property
     def evicted(self) -> Counter[str]:
@@ -727,7 +675,46 @@ class WithAlerts:
         try:
             self.inner.close()
         finally:
-            self.alert_store.close()
+            if self.alert_store is not self.inner:
+                self.alert_store.close()
+
+
+class ReadOnlyStore(StoreView):
+    """A view for dry runs (`meshward score`): reads go to `inner`, learning and alerts are
+    dropped, a mode change is refused. The live alert history stays the live traffic's."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self._evicted: Counter[str] = Counter()  # it never writes, so never evicts
+
+    @property
+    def evicted(self) -> Counter[str]:
+        return self._evicted
+
+    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    def delete_profile(self, destination: str) -> None:
+        pass
+
+    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    def set_mode(self, namespace: str, mode: str) -> None:
+        raise StoreError("this store is opened read-only")
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        pass
+
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        pass
+
+
+class WithAlerts(StoreView):
+    """A store whose alerts and edge counts go to another store (`serve --alerts-dsn`)."""
+
+    def __init__(self, inner: Store, alerts: AlertStore) -> None:
+        super().__init__(inner, alerts)
 
 
 def edge_query(
