@@ -37,6 +37,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -717,6 +718,10 @@ class KubeStore:
         )
 
     # ---- alerts and edge counts: not in etcd
+
+    @property
+    def evicted(self) -> Counter[str]:
+        return self._alerts.evicted
 
     def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
         self._alerts.add_alerts(alerts)

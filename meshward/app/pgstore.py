@@ -30,6 +30,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -131,6 +133,8 @@ class PostgresAlerts:
         self._pruned = 0.0
         self.trim_every = trim_every
         self._trimmed = 0.0
+        # alerts this writer deleted (quotas, limit, retention): meshward_alerts_evicted_total
+        self.evicted: Counter[str] = Counter()
         self._due_sources: set[str] = set()
         self._due_destinations: set[str] = set()
         with self._lock:
@@ -199,12 +203,13 @@ class PostgresAlerts:
                 if due:
                     con.execute("SELECT pg_advisory_xact_lock(%s)", (TRIM_LOCK,))
                     trim_quota(
-                        cur.executemany,
+                        _deleting(cur),
                         "%s",
                         "meshward_alerts",
                         self.alert_quota,
                         self._due_sources,
                         self._due_destinations,
+                        self.evicted,
                     )
             self._prune(con)
 
@@ -277,14 +282,32 @@ class PostgresAlerts:
         self._pruned = now
         con.execute("SELECT pg_advisory_xact_lock(%s)", (TRIM_LOCK,))  # held: a no-op
         cutoff = time.time() - self.retention
-        con.execute("DELETE FROM meshward_alerts WHERE time < %s", (cutoff,))
-        trim_total(con.execute, "%s", "meshward_alerts", self.alert_limit)
+        old = con.execute("DELETE FROM meshward_alerts WHERE time < %s", (cutoff,))
+        if old.rowcount > 0:
+            self.evicted["retention"] += old.rowcount
+        trim_total(
+            lambda sql, args: con.execute(sql, args).rowcount,
+            "%s",
+            "meshward_alerts",
+            self.alert_limit,
+            self.evicted,
+        )
         con.execute("DELETE FROM meshward_edges WHERE bucket < %s", (int(cutoff),))
         event(log, "alerts pruned", logging.DEBUG, before=round(cutoff))
 
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _deleting(cur: psycopg.Cursor[Any]) -> Callable[[str, list[tuple[Any, ...]]], int]:
+    """`executemany` on `cur` answering the rows it deleted (psycopg sums them)."""
+
+    def run(sql: str, rows: list[tuple[Any, ...]]) -> int:
+        cur.executemany(sql, rows)
+        return cur.rowcount
+
+    return run
 
 
 def _one_line(exc: BaseException) -> str:

@@ -157,7 +157,10 @@ class Server:
         # benches) may have one it cannot rebuild: then its detectors run here
         self.ingestor = Ingestor(config.engine if rebuildable else None)
         self.engine = engine
-        self.metrics.follow_refusals(lambda: engine.refused)
+        self.metrics.follow(self.metrics.refused, lambda: engine.refused)
+        if self.flusher is not None:
+            evicted = self.flusher.store.evicted
+            self.metrics.follow(self.metrics.alerts_evicted, lambda: evicted)
         self.joiner = Joiner(window=config.join_window)
         self.pipeline = Pipeline(self.engine, self.metrics, self.joiner, self.pods)
         # in a cluster a hinted workload must run under the verified service account (pod index)

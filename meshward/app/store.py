@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,7 +89,12 @@ class StoreError(Exception):
 @runtime_checkable
 class AlertStore(Protocol):
     """Where alerts and per-edge verdict counts go: this SQLite file (one replica), or a
-    database every replica writes and reads (`meshward.app.pgstore`, --alerts-dsn)."""
+    database every replica writes and reads (`meshward.app.pgstore`, --alerts-dsn).
+    `evicted`: stored alerts this process deleted to keep the history within its quotas and
+    limit, by which (serve exports it as meshward_alerts_evicted_total)."""
+
+    @property
+    def evicted(self) -> Counter[str]: ...
 
     def add_alerts(self, alerts: list[dict[str, Any]]) -> None: ...
 
@@ -170,31 +176,44 @@ _TRIM_ALL = (
 
 
 def trim_quota(
-    executemany: Callable[[str, list[tuple[Any, ...]]], Any],
+    delete_many: Callable[[str, list[tuple[Any, ...]]], int],
     mark: str,
     table: str,
     quota: AlertQuota,
     sources: Iterable[str],
     destinations: Iterable[str],
+    evicted: Counter[str],
 ) -> None:
     """Trim each given source to its newest `quota.per_source` alerts, then each given
-    destination to `per_destination`, oldest (lowest id) first. Both stores call it after
-    appending a batch, with that batch's sources and destinations (indexes on (source, id) and
-    (destination, id) make each trim a walk of at most the quota's entries of one key)."""
+    destination to `per_destination`, oldest (lowest id) first; the rows deleted are added to
+    `evicted` ("source-quota", "destination-quota"). Both stores call it after appending a
+    batch, with that batch's sources and destinations (indexes on (source, id) and
+    (destination, id) make each trim a walk of at most the quota's entries of one key);
+    `delete_many(sql, rows)` runs the statement for each row and answers the rows deleted."""
     for key, keep, keys in (
         ("source", quota.per_source, sorted(set(sources))),
         ("destination", quota.per_destination, sorted(set(destinations))),
     ):
         if keys:
             sql = _TRIM_KEY.format(table=table, key=key).replace("?", mark)
-            executemany(sql, [(k, k, keep) for k in keys])
+            _count(evicted, f"{key}-quota", delete_many(sql, [(k, k, keep) for k in keys]))
 
 
 def trim_total(
-    execute: Callable[[str, tuple[Any, ...]], Any], mark: str, table: str, keep: int
+    delete: Callable[[str, tuple[Any, ...]], int],
+    mark: str,
+    table: str,
+    keep: int,
+    evicted: Counter[str],
 ) -> None:
-    """Trim the whole history to its newest `keep` alerts (rows, whatever gaps the ids have)."""
-    execute(_TRIM_ALL.format(table=table).replace("?", mark), (keep,))
+    """Trim the whole history to its newest `keep` alerts (rows, whatever gaps the ids have);
+    the rows deleted are added to `evicted["history"]`."""
+    _count(evicted, "history", delete(_TRIM_ALL.format(table=table).replace("?", mark), (keep,)))
+
+
+def _count(evicted: Counter[str], by: str, deleted: int) -> None:
+    if deleted > 0:  # -1: a driver that does not know
+        evicted[by] += deleted
 
 
 def alerts_query(
@@ -295,6 +314,8 @@ class SqliteStore:
         self.alert_limit = alert_limit
         self.edge_retention = DEFAULT_EDGE_RETENTION
         self.alert_quota = alert_quota or AlertQuota()
+        # stored alerts deleted to keep the quotas and the limit (meshward_alerts_evicted_total)
+        self.evicted: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
         self._con = self._connect(path, create, busy_timeout)
@@ -526,9 +547,21 @@ class SqliteStore:
                 rows,
             )
             trim_quota(
-                con.executemany, "?", "alerts", q, [r[3] for r in rows], [r[4] for r in rows]
+                lambda sql, keys: con.executemany(sql, keys).rowcount,
+                "?",
+                "alerts",
+                q,
+                [r[3] for r in rows],
+                [r[4] for r in rows],
+                self.evicted,
             )
-            trim_total(con.execute, "?", "alerts", self.alert_limit)
+            trim_total(
+                lambda sql, args: con.execute(sql, args).rowcount,
+                "?",
+                "alerts",
+                self.alert_limit,
+                self.evicted,
+            )
 
     def alerts(
         self, limit: int = 100, namespace: str | None = None, since: float | None = None
@@ -585,64 +618,17 @@ class SqliteStore:
         self.close()
 
 
-class ReadOnlyStore:
-    """A view for dry runs (`meshward score`): reads go to `inner`, learning and alerts are
-    dropped, a mode change is refused. The live alert history stays the live traffic's."""
+class StoreView:
+    """A store in front of `inner`: profiles and modes go to `inner`, alerts and edge counts to
+    `alert_store` (by default `inner` too). The views below override what they change."""
 
-    def __init__(self, inner: Store) -> None:
+    def __init__(self, inner: Store, alerts: AlertStore | None = None) -> None:
         self.inner = inner
+        self.alert_store: AlertStore = alerts if alerts is not None else inner
 
-    def load_profiles(self) -> dict[str, dict[str, Any]]:
-        return self.inner.load_profiles()
-
-    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
-        pass
-
-    def delete_profile(self, destination: str) -> None:
-        pass
-
-    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
-        pass
-
-    def modes(self) -> dict[str, str]:
-        return self.inner.modes()
-
-    def set_mode(self, namespace: str, mode: str) -> None:
-        raise StoreError("this store is opened read-only")
-
-    def modes_version(self) -> int:
-        return self.inner.modes_version()
-
-    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        pass
-
-    def alerts(
-        self, limit: int = 100, namespace: str | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]:
-        return self.inner.alerts(limit, namespace, since)
-
-    def add_edges(self, edges: list[EdgeCount]) -> None:
-        pass
-
-    def edges(
-        self,
-        since: float,
-        until: float | None = None,
-        namespace: str | None = None,
-        limit: int = DEFAULT_EDGE_ROWS,
-    ) -> list[dict[str, Any]]:
-        return self.inner.edges(since, until, namespace, limit)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class WithAlerts:
-    """A store whose alerts and edge counts go to another store (`serve --alerts-dsn`)."""
-
-    def __init__(self, inner: Store, alerts: AlertStore) -> None:
-        self.inner = inner
-        self.alert_store = alerts
+    @property
+    def evicted(self) -> Counter[str]:
+        return self.alert_store.evicted
 
     def load_profiles(self) -> dict[str, dict[str, Any]]:
         return self.inner.load_profiles()
@@ -689,7 +675,46 @@ class WithAlerts:
         try:
             self.inner.close()
         finally:
-            self.alert_store.close()
+            if self.alert_store is not self.inner:
+                self.alert_store.close()
+
+
+class ReadOnlyStore(StoreView):
+    """A view for dry runs (`meshward score`): reads go to `inner`, learning and alerts are
+    dropped, a mode change is refused. The live alert history stays the live traffic's."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self._evicted: Counter[str] = Counter()  # it never writes, so never evicts
+
+    @property
+    def evicted(self) -> Counter[str]:
+        return self._evicted
+
+    def save_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    def delete_profile(self, destination: str) -> None:
+        pass
+
+    def replace_profiles(self, docs: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    def set_mode(self, namespace: str, mode: str) -> None:
+        raise StoreError("this store is opened read-only")
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        pass
+
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        pass
+
+
+class WithAlerts(StoreView):
+    """A store whose alerts and edge counts go to another store (`serve --alerts-dsn`)."""
+
+    def __init__(self, inner: Store, alerts: AlertStore) -> None:
+        super().__init__(inner, alerts)
 
 
 def edge_query(

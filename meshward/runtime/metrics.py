@@ -252,7 +252,14 @@ class Metrics:
             "alerts and learning a quota or cap turned away, by which",
             "what",
         )
-        self._refused_from: Callable[[], Mapping[str, int]] | None = None
+        self.alerts_evicted = family(
+            "counter",
+            "meshward_alerts_evicted",
+            "stored alerts deleted to keep the history within its quotas, limit and retention",
+            "by",
+        )
+        # counts kept elsewhere (the pure engine, the store), copied in at every scrape
+        self._followed: list[tuple[Any, Callable[[], Mapping[str, int]]]] = []
         self._families = {f.name: f for f in families}
         self.registry.register(_Collector(families))
         self._reasons = _Bounded()
@@ -311,15 +318,16 @@ class Metrics:
             elif isinstance(value, int | float):
                 child.inc(value)
 
-    def follow_refusals(self, read: Callable[[], Mapping[str, int]]) -> None:
-        """Export `read()` (the engine's refusal counts, kept by the pure core) as
-        meshward_refused at every scrape."""
-        self._refused_from = read
+    def follow(self, family: Any, read: Callable[[], Mapping[str, int]]) -> None:
+        """Export `read()`, counts kept by their owner (the engine's refusals, kept by the pure
+        core; the store's evictions, kept on the flusher's thread), as the one-label counter
+        `family` at every scrape."""
+        self._followed.append((family, read))
 
     def exposition(self) -> bytes:
-        if self._refused_from is not None:
-            for what, n in list(self._refused_from().items()):
-                self.refused.labels(what).value = float(n)
+        for family, read in self._followed:
+            for label, n in list(read().items()):
+                family.labels(label).value = float(n)
         return generate_latest(self.registry)
 
 

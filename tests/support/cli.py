@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,25 @@ class Result:
     out: str
     err: str
 
+    def __iter__(self) -> Iterator[Any]:  # code, out, err = invoke(...)
+        return iter((self.code, self.out, self.err))
+
+    @property
+    def text(self) -> str:
+        """Both streams: argparse's usage errors go to stderr, help to stdout."""
+        return self.out + self.err
+
+
+def invoke(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
+    """`meshward ARGV...` in this process, as the console script runs it; what it printed."""
+    capsys.readouterr()
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:  # argparse on a bad flag
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
 
 @pytest.fixture
 def meshward(
@@ -28,12 +48,6 @@ def meshward(
     monkeypatch.delenv("MESHWARD_DB", raising=False)
 
     def run(*argv: str) -> Result:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exc:  # argparse on a bad flag
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
+        return invoke(capsys, *argv)
 
     return run

@@ -15,13 +15,10 @@ import sys
 import time
 from urllib.parse import urlparse
 
-import aiohttp
-
 from meshward.app.commands import UsageError
 from meshward.core.log import event
 from meshward.core.observation import Observation, observation_to_dict
 from meshward.runtime.client import ApiClient, ApiError
-from meshward.tap.envoy.admin import AdminTapError, TapStats, stream_observations
 
 log = logging.getLogger("meshward.tap")
 BATCH = 200
@@ -71,6 +68,8 @@ def run_admin(args: argparse.Namespace) -> int:
         raise UsageError("--config-id must not be empty")
     if args.count < 0 or args.duration < 0 or args.max_body < 0:
         raise UsageError("--count, --duration and --max-body must be >= 0")
+    from meshward.tap.envoy.admin import AdminTapError
+
     try:
         asyncio.run(_run(args, admin, serve))
     except AdminTapError as exc:
@@ -79,6 +78,11 @@ def run_admin(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, admin: str, serve: str | None) -> None:
+    # here, not at the top: every other command would pay aiohttp's 0.13 s import at start
+    import aiohttp
+
+    from meshward.tap.envoy.admin import TapStats, stream_observations
+
     stats = TapStats()
     batch: list[dict[str, object]] = []
     last = time.monotonic()

@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from meshward.app import cli, sigcache
+from meshward.app import sigcache
 from meshward.app.store import open_store
 from meshward.core.engine import Engine, EngineConfig
 from meshward.core.observation import Identity, Observation
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.support.cli import invoke
 
 
 def _store_with_alerts(db: Path) -> None:
@@ -52,29 +43,29 @@ def test_alerts_of_a_store(
 ) -> None:
     db = tmp_path / "m.db"
     _store_with_alerts(db)
-    code, out, _ = run(capsys, "alerts", "--db", str(db), "--limit", "2")
+    code, out, _ = invoke(capsys, "alerts", "--db", str(db), "--limit", "2")
     lines = [json.loads(x) for x in out.splitlines()]  # not a terminal: JSON Lines
     assert code == 0 and len(lines) == 2
     assert [a["path"] for a in lines] == ["/users/2", "/users/1"]  # newest first
     assert lines[0]["verdict"] == "deny" and lines[0]["threats"][0]["name"] == "SQL.Injection"
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setenv("COLUMNS", "80")
-    code, out, _ = run(capsys, "alerts", "--db", str(db), "--namespace", "shop")
+    code, out, _ = invoke(capsys, "alerts", "--db", str(db), "--namespace", "shop")
     out = re.sub(r"\x1b\[[0-9;]*m", "", out)
     assert code == 0 and out.startswith("meshward alerts: the newest 3 alerts, newest first")
     assert max(len(x) for x in out.splitlines()) <= 80, out
     assert "2026-11-24" in out and "10:00:02" in out and "GET /users/2" in out
     assert "shop/web -> shop/api" in out
     assert "SQL.Injection" in out
-    code, out, _ = run(capsys, "alerts", "--db", str(db), "--namespace", "other")
+    code, out, _ = invoke(capsys, "alerts", "--db", str(db), "--namespace", "other")
     assert "the newest 0 alerts" in out
 
 
 def test_alerts_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     db = str(tmp_path / "none.db")
-    assert run(capsys, "alerts", "--db", db)[0] == 2  # no store there: not created
+    assert invoke(capsys, "alerts", "--db", db).code == 2  # no store there: not created
     assert not Path(db).exists()
-    code, _, err = run(capsys, "alerts", "--db", db, "--limit", "0")
+    code, _, err = invoke(capsys, "alerts", "--db", db, "--limit", "0")
     assert code == 2 and "--limit must be 1..1000" in err
-    code, _, err = run(capsys, "alerts", "--namespace", "Bad_NS")
+    code, _, err = invoke(capsys, "alerts", "--namespace", "Bad_NS")
     assert code == 2 and "not a Kubernetes namespace name" in err

@@ -3,36 +3,33 @@ the nearest spelling, for every sub-command (the real parser, all commands regis
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from meshward.app import cli
 from meshward.app.commands.parser import Parser, suggestion
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out + err
+from tests.support.cli import invoke
 
 
 def test_a_wrong_flag_is_reported_under_the_sub_command_usage(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, text = run(capsys, "allowlist", "show", "--destinaton", "shop/api")
+    r = invoke(capsys, "allowlist", "show", "--destinaton", "shop/api")
+    code, text = r.code, r.text
     assert code == 2
     assert text.startswith("usage: meshward allowlist show [-h] [--destination SERVICE]")
     assert text.rstrip().endswith(
         "meshward allowlist show: error: unrecognized arguments: --destinaton shop/api "
         "(did you mean --destination?)"
     )
-    code, text = run(capsys, "score", "x.har", "--deny-treshold=0.3")
+    r = invoke(capsys, "score", "x.har", "--deny-treshold=0.3")
+    code, text = r.code, r.text
     assert code == 2 and text.startswith("usage: meshward score ")
     assert "(did you mean --deny-threshold?)" in text
-    code, text = run(capsys, "mode", "get", "--zzz")
+    r = invoke(capsys, "mode", "get", "--zzz")
+    code, text = r.code, r.text
     assert code == 2 and text.startswith("usage: meshward mode get ")
     assert text.rstrip().endswith("unrecognized arguments: --zzz")  # nothing close: no guess
 
@@ -62,19 +59,34 @@ def test_every_sub_command_reports_its_own_wrong_flags(capsys: pytest.CaptureFix
 
 
 def test_a_misspelt_choice_or_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
-    code, text = run(capsys, "mode", "set", "shop", "enfroce")
+    r = invoke(capsys, "mode", "set", "shop", "enfroce")
+    code, text = r.code, r.text
     assert code == 2 and text.startswith("usage: meshward mode set ")
     assert "invalid choice: 'enfroce'" in text and "(did you mean enforce?)" in text
-    code, text = run(capsys, "lern", "x.har")
+    r = invoke(capsys, "lern", "x.har")
+    code, text = r.code, r.text
     assert code == 2 and "(did you mean learn?)" in text
     assert suggestion("xyzzy", ["learn", "score"]) == ""
 
 
 def test_no_arguments_shows_the_overview(capsys: pytest.CaptureFixture[str]) -> None:
-    code, text = run(capsys)
+    r = invoke(capsys)
+    code, text = r.code, r.text
     assert code == 2
     assert text.startswith("usage: meshward [-h] [--version] COMMAND ...")
     assert "New here? `meshward demo`" in text
     # every command name and its help on one line (argparse wrapped names of 9+ characters)
     for line in text.splitlines():
         assert line.strip() not in ("allowlist", "controller", "uninstall", "dashboard"), text
+
+
+def test_the_command_line_starts_without_the_network_stacks() -> None:
+    """Every `meshward` run builds the whole parser: what only one command needs (aiohttp, gRPC,
+    Envoy's protos, the Kubernetes client) is imported by that command, so `meshward mode` or
+    `meshward alerts` start in a fraction of a second."""
+    code = (
+        "import sys; from meshward.app import cli; cli.build_parser(); "
+        "print(' '.join(m for m in ('aiohttp', 'grpc', 'envoy', 'kubernetes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -157,6 +157,21 @@ def test_one_noisy_source_cannot_evict_the_others_alerts(tmp_path: Path) -> None
     asyncio.run(main())
 
 
+def test_alerts_the_store_evicts_are_counted(tmp_path: Path) -> None:
+    """What the store's quotas delete is seen in the metrics: a source flooding across flushes
+    evicts its own older alerts, and the operator sees how many."""
+
+    async def main() -> None:
+        async with running_server(db=str(tmp_path / "m.db"), flush_interval=30) as srv:
+            assert srv.flusher is not None
+            flood = [{"source": "evil/bot", "destination": f"shop/{i}"} for i in range(1_200)]
+            await asyncio.to_thread(srv.flusher.store.add_alerts, flood)  # as a flush writes
+            text = await asyncio.to_thread(_api(srv).metrics_text)
+            assert sample(text, 'meshward_alerts_evicted_total{by="source-quota"}') == 200
+
+    asyncio.run(main())
+
+
 def test_one_post_of_5000_new_destinations_is_capped() -> None:
     """The issue's POST with 5,000 distinct destinations made 5,005 profiles (+24 MB): past
     the cap, new destinations are judged but not learned, counted and logged."""

@@ -106,6 +106,8 @@ def test_retention_drops_old_alerts_and_buckets(alerts_dsn: str) -> None:
         store.add_alerts([alert("shop", f"/n{i}") for i in range(5)])
         assert [a["path"] for a in store.alerts(limit=10)] == ["/n4", "/n3", "/n2"]
         assert store.edges(old - 60) == []
+        assert store.evicted["retention"] == 1  # the old one, then 2 over the limit or quota
+        assert sum(store.evicted.values()) == 3
     finally:
         store.close()
 

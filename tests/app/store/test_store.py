@@ -256,6 +256,9 @@ def test_alert_quotas_per_source_and_destination(db: str) -> None:
         got = s.alerts(limit=100)
         assert sum(a["destination"] == "shop/db" for a in got) == 8
         assert "real" in [a["n"] for a in got]
+        assert s.evicted == {"source-quota": 45, "destination-quota": 22}  # counted, by which
+        s.add_alerts([{"source": f"y/{i}", "destination": f"z/{i}"} for i in range(10)])
+        assert s.evicted["history"] == 4  # 14 + 10 kept to the limit of 20
 
 
 def test_a_store_from_before_the_quotas_is_upgraded_in_place(db: str) -> None:
