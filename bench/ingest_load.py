@@ -19,8 +19,12 @@ that is not serve: it reads each body and then spends about a second of CPU at S
 loop, or parsing the body as the ingest worker does): what that CPU alone, spent anywhere on the
 machine, does to the Checks.
 
+`--every 3.6` paces the batches (one starting every 3.6 s at most): a server that judges them
+faster takes more of them per phase back to back, so its Checks see more ingest CPU per second;
+paced, two servers are compared at the same batch rate.
+
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
-     [--control spin|parse]
+     [--control spin|parse] [--every SECONDS]
 """
 
 from __future__ import annotations
@@ -247,8 +251,11 @@ def control(work: str, port: Connection) -> None:
     httpd.serve_forever()
 
 
-def ingest(http_port: int, go: multiprocessing.synchronize.Event, done: Connection) -> None:
-    """The ingest process: 16 MB batches back to back while `go` is set; reports the count."""
+def ingest(
+    http_port: int, go: multiprocessing.synchronize.Event, done: Connection, every: float = 0.0
+) -> None:
+    """The ingest process: 16 MB batches back to back while `go` is set (with `every`, one
+    starting every `every` seconds at most); reports the count."""
     os.nice(10)  # it stands for a node tap on another machine: not the server's CPU
     raw = big_batch()
     api = ApiClient(f"http://127.0.0.1:{http_port}", token=TOKEN, timeout=120)
@@ -260,6 +267,8 @@ def ingest(http_port: int, go: multiprocessing.synchronize.Event, done: Connecti
             api.post_observations(raw)
             seconds.append(time.perf_counter() - t0)
             sent += 1
+            while go.is_set() and time.perf_counter() - t0 < every:
+                time.sleep(0.01)
         done.send((sent, len(raw), seconds))
 
 
@@ -302,6 +311,13 @@ def main() -> None:
         help="post the batches to a stand-in that spends ~1 s of SCHED_IDLE CPU per batch "
         "instead of serve (serve still answers the Checks)",
     )
+    ap.add_argument(
+        "--every",
+        type=float,
+        default=0.0,
+        help="start a batch at most every EVERY seconds (default: back to back), to compare "
+        "servers that judge batches at different speeds at the same batch rate",
+    )
     args = ap.parse_args()
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -321,7 +337,7 @@ def main() -> None:
             ctx.Process(target=control, args=(args.control, control_tx), daemon=True).start()
             target = control_rx.recv()
         done_rx, done_tx = ctx.Pipe(duplex=False)
-        poster = ctx.Process(target=ingest, args=(target, go, done_tx), daemon=True)
+        poster = ctx.Process(target=ingest, args=(target, go, done_tx, args.every), daemon=True)
         poster.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{ports['authz']}")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)

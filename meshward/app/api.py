@@ -33,8 +33,10 @@ from aiohttp import web
 from meshward.app import dashboard, exportapi, findingsapi, readiness, reviewapi
 from meshward.app.audit import AuditLog
 from meshward.app.auth import Guard, principal_of
+from meshward.app.batchapply import BatchDoor
+from meshward.app.callerip import PodsByIp
 from meshward.app.cpedges import ControlPlaneConnections
-from meshward.app.ingest import Ingestor, loads
+from meshward.app.ingest import Ingestor, Parsed, loads
 from meshward.app.nodescope import NodeScope, ScopeError
 from meshward.app.recent import RecentCalls
 from meshward.core.edges import BUCKET_SECONDS
@@ -54,8 +56,11 @@ class Ingest(Protocol):
     @property
     def recent(self) -> RecentCalls: ...
     def take_ingested(self, obs: Observation, prepared: Prepared | None = None) -> None: ...
+    def take_tap(self, obs: Observation, prepared: Prepared | None = None) -> None: ...
     @property
     def control_plane(self) -> ControlPlaneConnections: ...
+    @property
+    def pods(self) -> PodsByIp | None: ...
 
 
 class ApiConfig(Protocol):
@@ -260,8 +265,10 @@ def _node_of(request: web.Request, server: ApiServer) -> str:
 
 
 async def observations(request: web.Request) -> web.Response:
-    """Parsed and inspected in the ingest worker process, judged on the loop in slices that
-    yield to Checks (meshward/app/ingest.py)."""
+    """Parsed, inspected and judged in the ingest worker process, serve's loop deciding what
+    needs its state and adding the results (meshward/app/ingest.py, batchjudge.py,
+    batchapply.py); envoy-tap items, and every item when the worker cannot rebuild serve's
+    detector, judged on the loop in slices that yield to Checks."""
     server = request.app[SERVER_KEY]
     node = _node_of(request, server)
     outside = 0
@@ -270,8 +277,12 @@ async def observations(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         server.metrics.drops.labels("ingest", "too-large").inc()
         raise
+    pipeline = server.pipeline
+    door = BatchDoor(
+        server.engine, server.metrics, server.joiner, pipeline, server.node_scope, node
+    )
     try:
-        parsed = await server.ingestor.parse(raw)
+        parsed, judged = await server.ingestor.ingest(raw, door)
     except BrokenProcessPool:
         server.problems("ingest", "worker-died")
         raise web.HTTPServiceUnavailable(
@@ -300,9 +311,24 @@ async def observations(request: web.Request) -> web.Response:
         failures += 1
         server.problems("ingest", "judge-failed", error=repr(exc)[:200], index=index)
 
-    accepted = await server.ingestor.judge(
-        parsed, take, judge_failed, lambda: server.check.last_check
-    )
+    def take_tap(obs: Observation, prepared: Prepared | None) -> bool:
+        pipeline.take_tap(obs, prepared)
+        return True
+
+    last_check = lambda: server.check.last_check  # noqa: E731
+    if judged is None:  # serve's detector is its own: judged here
+        accepted = await server.ingestor.judge(parsed, take, judge_failed, last_check)
+    else:
+        outside, accepted, failures = judged.outside, judged.taken, judged.failed
+        for index, error in judged.failures:
+            server.problems("ingest", "judge-failed", error=error, index=index)
+        if door.lost:
+            server.problems("ingest", "learning-lost", destinations=door.lost[:20])
+        if judged.tapped:  # the both-ends join and judged-by-Check are the loop's
+            before = failures
+            tapped = Parsed(chunks=judged.tapped)
+            await server.ingestor.judge(tapped, take_tap, judge_failed, last_check)
+            accepted -= failures - before
     rejected += failures
     if outside:
         server.metrics.drops.labels("ingest", "outside-node").inc(outside)

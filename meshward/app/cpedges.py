@@ -32,17 +32,21 @@ class ControlPlaneConnections:
         self.most = most
         self.components: OrderedDict[str, str] = OrderedDict()  # workload key -> component
 
+    def note(self, key: str, component: str) -> None:
+        """One control-plane workload seen (newest kept)."""
+        self.components[key] = component
+        self.components.move_to_end(key)
+        while len(self.components) > self.most:
+            self.components.popitem(last=False)
+
     def ingest(self, call: Call) -> None:
         obs = call.obs
         report = is_connection_report(obs)
         if not report and not any(t.name == MESH_CONTROL_PLANE_ACCESS for t in obs.threats):
             return
         if obs.seen_by == "node-tap" and obs.destination.workload:
-            key = obs.destination.key
-            self.components[key] = f"{obs.extra.get('mesh', '')} {obs.extra.get('component', '')}"
-            self.components.move_to_end(key)
-            while len(self.components) > self.most:
-                self.components.popitem(last=False)
+            mesh, component = obs.extra.get("mesh", ""), obs.extra.get("component", "")
+            self.note(obs.destination.key, f"{mesh} {component}")
         if report:
             self.engine.edges.add(obs.source.key, obs.destination.key, "allow", obs.time)
             call.stop = True

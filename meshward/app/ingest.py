@@ -1,32 +1,34 @@
-"""Ingest off the Check loop: a batch is parsed, decoded and inspected in a worker process, and
-judged on the loop in slices with rests between them.
+"""Ingest off the Check loop: a batch is parsed, decoded, inspected and judged in a worker
+process; serve's event loop only decides what needs its own state and adds the results.
 
 One 13-16 MB `POST /api/v1/observations` held the event loop that also answers ext_authz for
-hundreds of milliseconds (JSON parsing, building observations, the threat detectors), past the
-sidecar's 200 ms timeout. On two cores and one GIL a thread does not help: it holds the same
-lock the loop needs. So the CPU-heavy part runs in another process (`Ingestor`, one worker,
-started on the first ingest):
+hundreds of milliseconds (JSON parsing, building observations, the threat detectors, then
+judging 10,000 observations: 0.2-0.4 CPU-s), past the sidecar's 200 ms timeout; cut into 0.1 ms
+slices it still raised Check p99 1.5-2.4x (docs/benchmarks.md). On two cores and one GIL a thread
+does not help: it holds the same lock the loop needs. So the work runs in another process
+(`Ingestor`, one worker, started on the first ingest, below serve's priority), in two calls per
+batch (`Ingestor.ingest`; the batch stays in the worker between them, keyed by a batch id):
 
-- parsing (JSON array or JSON Lines), building Observations (`observation_from_dict`), counting
-  the verdict fields a caller sent (meshward.core.claims);
-- `Engine.prepare`, when the worker can build the same detector as serve's engine (the default:
-  serve's EngineConfig with the on-disk signature cache): the body's plaintext, its features and
-  shape (what learning and scoring read), and the detectors' findings. Everything `evaluate`
-  reads that depends on no state, so the loop's verdicts, alerts and learned profiles are those
-  of judging it all on the loop (tests/app/test_ingest.py).
+1. `parse_file`: parsing (JSON array or JSON Lines), building Observations, counting the
+   verdict fields a caller sent (meshward.core.claims), `Engine.prepare` (the body's plaintext,
+   features and shape, the detectors' findings) and the batch's outline (meshward.app.batchjudge).
+2. On the loop, `BatchDoor.snapshot` (meshward.app.batchapply): node scope, the destination cap,
+   the callers' pods, the modes, the touched profiles.
+3. `judge_kept`: the batch judged through serve's own pipeline steps on an engine of serve's
+   config and detector loaded with that snapshot; aggregates come back, and `BatchDoor.apply`
+   adds them on the loop (milliseconds, not 0.2 s: bench/ingest_loop.py).
 
-The body reaches the worker through a private temporary file (mode 0600, removed when parsed),
-written a received chunk at a time with yields in between: handing 16 MB to the executor
-pickled it in one piece on a thread of serve (about 6 ms with the GIL held, Checks waiting).
-The worker hands back chunks of pickled (observation, prepared) pairs, pickled with constructor
-reducers and without the body's JSON document (unpickling them is loop time). What must stay
-with the one engine (the allowlist, learning, scoring, alerts) runs on the loop, a chunk at a
-time: after each `SLICE` of judging the loop rests `PAUSE` (blocks, judging nothing), so Checks
-are answered in between and the batch's judging is spread over about three times as long
-instead of taking a CPU in one run. That judging cost the loop 0.39-0.52 CPU-s per 16 MB batch
-(10,000 observations) while the worker decoded the bodies only for the detectors, 0.20-0.26 s
-since it prepares the features too; the worker's part grew from 0.78 to 0.97 s
-(`bench/ingest_load.py --probe --rt`, load average 14-21 on 2 vCPUs; docs/benchmarks.md).
+The body reaches the worker through a private temporary file (mode 0600), written a received
+chunk at a time with yields in between (handing 16 MB to the executor pickled it in one piece
+with the GIL held) and kept until the batch is judged: a worker that died between the calls
+(or during either) is replaced and the batch parsed again, once; then the caller hears
+BrokenProcessPool (serve answers 503, "send the batch again").
+
+What stays on the loop is judged there in `SLICE`s with `PAUSE`s between them (Checks are
+answered in between): a batch's envoy-tap items (the both-ends join and judged-by-Check are loop
+state), after the rest of the batch; and every item when serve's engine has a detector the
+worker cannot rebuild (`config` None: the worker only parses, `parse`, handing back chunks of
+(observation, prepared) pairs pickled with constructor reducers).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import contextlib
 import copyreg
 import dataclasses
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -48,6 +51,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshward.app import batchjudge
+from meshward.app.batchapply import BatchDoor
+from meshward.app.batchjudge import Judged, Outline, Snapshot
 from meshward.core.claims import verdict_fields
 from meshward.core.engine import Engine, EngineConfig, Prepared
 from meshward.core.observation import Identity, Observation, Threat, observation_from_dict
@@ -70,6 +76,7 @@ PAUSE = 0.001
 ANSWERING = 1.0
 FREE_SLICE = 0.005
 WORKER_NICE = 10  # the worker's niceness, added to serve's
+IN_FLIGHT = 2  # batches in the worker at once (at most batchjudge.KEPT)
 
 
 def loads(raw: bytes | str) -> Any:
@@ -137,6 +144,7 @@ class Parsed:
     bad: list[tuple[int, str]] = field(default_factory=list)  # (index, error), the first 20
     bad_count: int = 0
     claimed: int = 0  # verdict fields the caller sent (ignored)
+    outline: Outline | None = None  # kept in the worker, to be judged there (chunks empty)
 
 
 _engine: Engine | None = None  # the worker's own engine: `prepare` only (never learns)
@@ -160,8 +168,11 @@ def _ready() -> bool:
     return True
 
 
-def parse(raw: bytes) -> Parsed:
-    """The worker's part of one batch (also callable in-process)."""
+def parse(raw: bytes, batch: int | None = None) -> Parsed:
+    """The worker's first part of one batch (also callable in-process): with `batch` and an
+    engine, kept here to be judged (`judge_kept`), else handed back in chunks."""
+    keep = batch is not None and _engine is not None
+    failed_before = _engine.counters["inspection_failed"] if _engine is not None else 0
     items, not_json = parse_batch(raw)
     out = Parsed(not_json=not_json, too_many=max(0, len(items) - MAX_ITEMS))
     pairs: list[tuple[Observation, Prepared | None]] = []
@@ -175,18 +186,31 @@ def parse(raw: bytes) -> Parsed:
             continue
         out.claimed += verdict_fields(item)  # a dict: observation_from_dict accepted it
         pairs.append((obs, _engine.prepare(obs) if _engine is not None else None))
-        if len(pairs) == CHUNK:
+        if len(pairs) == CHUNK and not keep:
             out.chunks.append(_dumps(pairs))
             pairs = []
-    if pairs:
+    if keep:
+        assert batch is not None and _engine is not None
+        failed = _engine.counters["inspection_failed"] - failed_before
+        out.outline = batchjudge.outline(batch, pairs, failed)
+    elif pairs:
         out.chunks.append(_dumps(pairs))
     return out
 
 
-def parse_file(path: str) -> Parsed:
+def parse_file(path: str, batch: int | None = None) -> Parsed:
     """`parse` of the body written to `path` (the worker's entry point)."""
     with open(path, "rb") as f:
-        return parse(f.read())
+        return parse(f.read(), batch)
+
+
+def judge_kept(batch: int, snapshot: Snapshot) -> Judged:
+    """The worker's second part: the kept batch judged (meshward.app.batchjudge); its
+    envoy-tap items handed back in chunks for the loop."""
+    assert _engine is not None
+    judged, tapped = batchjudge.judge(batch, snapshot, _engine.config, _engine.detector)
+    judged.tapped = [_dumps(tapped[i : i + CHUNK]) for i in range(0, len(tapped), CHUNK)]
+    return judged
 
 
 class Ingestor:
@@ -198,6 +222,11 @@ class Ingestor:
         self.config = config
         self.spool = spool  # where bodies wait for the worker (None: the system's temp dir)
         self._pool: ProcessPoolExecutor | None = None
+        self._batches = itertools.count()
+        # batches between their first and last call: one parsed while another is judged; more
+        # wait here (the one worker would take them in turn anyway), so the worker never holds
+        # more than it keeps (batchjudge.KEPT) however many node taps post at once
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -210,9 +239,8 @@ class Ingestor:
             )
         return self._pool
 
-    async def parse(self, parts: list[bytes]) -> Parsed:
-        """The body (its received chunks) parsed (and inspected) in the worker; a worker that
-        died is replaced once."""
+    async def _spool(self, parts: list[bytes]) -> str:
+        """The body (its received chunks) in a private file, for the worker to read."""
         fd, path = tempfile.mkstemp(prefix="meshward-ingest-", dir=self.spool)  # mode 0600
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
@@ -221,17 +249,60 @@ class Ingestor:
                     while view:  # the copy happens in the kernel, the GIL released
                         view = view[f.write(view) or 0 :]
                     await asyncio.sleep(0)
-            loop = asyncio.get_running_loop()
+        except BaseException:
+            os.unlink(path)
+            raise
+        return path
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), fn, *args)
+
+    async def ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:
+        """The body parsed, inspected and judged in the worker, `door` deciding on the loop
+        between the two calls and applying the result (meshward.app.batchapply). The spool
+        file stays until the batch is judged: a worker that died (or lost the batch) meanwhile
+        is replaced and the batch parsed again, once. Judged None: the worker cannot judge
+        (serve's detector is its own), the loop judges the chunks (`judge`)."""
+        async with self._in_flight:  # the worker keeps what it parsed until it is judged
+            try:
+                return await self._ingest(parts, door)
+            finally:
+                door.close()  # however it ends: no journal left open
+
+    async def _ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:
+        path = await self._spool(parts)
+        try:
             for attempt in (1, 2):
+                batch = next(self._batches)
                 try:
-                    return await loop.run_in_executor(self._executor(), parse_file, path)
-                except BrokenProcessPool:
-                    self._drop_pool()
+                    parsed: Parsed = await self._call(parse_file, path, batch)
+                    if parsed.outline is None:
+                        return parsed, None
+                    snapshot = door.snapshot(parsed.outline)
+                    judged: Judged = await self._call(judge_kept, batch, snapshot)
+                    break
+                except (BrokenProcessPool, batchjudge.Forgotten) as exc:
+                    if isinstance(exc, BrokenProcessPool):
+                        self._drop_pool()
                     if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+                        raise BrokenProcessPool("the ingest worker lost the batch") from None
         finally:
             os.unlink(path)
+        try:
+            redo = door.apply(judged)
+            if redo:  # rare: a touched profile was replaced while the batch was out
+                try:
+                    learned = await self._call(batchjudge.learned_of, batch, redo)
+                except BrokenProcessPool:
+                    self._drop_pool()
+                    learned = {}
+                door.relearn(redo, learned)
+        finally:
+            if self._pool is not None:
+                with contextlib.suppress(RuntimeError, BrokenProcessPool):
+                    self._pool.submit(batchjudge.forget, batch)
+        return parsed, judged
 
     async def judge(
         self,

@@ -67,18 +67,30 @@ class NodeScope:
     def allows(self, obs: Observation, node: str) -> bool:
         """Whether the observation's destination is a pod on `node`; for control-plane
         traffic, its source (judged where the client pod runs: meshward.core.controlplane)."""
-        dest = obs.source if judged_client_side(obs) else obs.destination
-        if _routable(dest.ip):
-            pod = self.pods.by_ip(dest.ip)
+        return self.allows_key(scope_key(obs), node)
+
+    def allows_key(self, key: ScopeKey, node: str) -> bool:
+        """`allows` of every observation with this `scope_key`."""
+        ip, namespace, workload = key
+        if _routable(ip):
+            pod = self.pods.by_ip(ip)
             return (
                 pod is not None
                 and pod.who.node == node
-                and dest.namespace in ("", pod.who.namespace)
-                and dest.workload in ("", pod.who.workload)
+                and namespace in ("", pod.who.namespace)
+                and workload in ("", pod.who.workload)
             )
-        return bool(dest.namespace and dest.workload) and self.pods.on_node(
-            node, dest.namespace, dest.workload
-        )
+        return bool(namespace and workload) and self.pods.on_node(node, namespace, workload)
+
+
+ScopeKey = tuple[str, str, str]  # (ip, namespace, workload) of the end a node tap speaks for
+
+
+def scope_key(obs: Observation) -> ScopeKey:
+    """All `NodeScope.allows` reads of an observation: the end it speaks for (the destination;
+    for control-plane traffic the source)."""
+    who = obs.source if judged_client_side(obs) else obs.destination
+    return who.ip, who.namespace, who.workload
 
 
 def _routable(ip: str) -> bool:

@@ -23,6 +23,10 @@ mitmproxy's addons); the pipeline calls them in list order until one stops the c
   not learned), counted, and noted for the join;
 - `RecentCalls`: a bounded, redacted sample of the judged calls per namespace, replayed by the
   enforce-readiness report (meshward.app.recent).
+
+An ingested batch runs through these same steps in the ingest worker process, on an engine
+loaded with a snapshot of serve's state; serve adds what they counted and learned
+(meshward.app.batchjudge, meshward.app.batchapply).
 """
 
 from __future__ import annotations
@@ -208,14 +212,20 @@ class Pipeline:
     """The steps serve composes; `judge_check`, `take_tap` and `take_ingested` are the doors."""
 
     def __init__(
-        self, engine: Engine, metrics: Metrics, joiner: Joiner, pods: PodsByIp | None = None
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        joiner: Joiner,
+        pods: PodsByIp | None = None,
+        recent: RecentCalls | None = None,
     ) -> None:
         self.engine = engine
         self.joiner = joiner
+        self.pods = pods
         self.cache = DecisionCache(engine)
         self._claims_dropped = metrics.drops.labels("ingest", "client-threats")
         judge = Judge(engine, metrics, joiner)
-        self.recent = RecentCalls()
+        self.recent = recent if recent is not None else RecentCalls()
         self.control_plane = ControlPlaneConnections(engine)
         # a step implements any of check(call), tap(call), ingest(call) and done(call)
         self.steps: list[object] = [

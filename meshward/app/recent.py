@@ -89,21 +89,24 @@ class RecentCalls:
         self._by_ns: OrderedDict[str, OrderedDict[Shape, Kept]] = OrderedDict()
         self._ns_size: dict[str, int] = {}
 
-    def keep(self, obs: Observation) -> None:
-        """Note one judged call (its shape counted; a copy made when new or stale)."""
+    def keep(self, obs: Observation, calls_of_shape: int = 1, last: float | None = None) -> None:
+        """Note one judged call (its shape counted; a copy made when new or stale), or
+        `calls_of_shape` calls of `obs`'s shape, the last at `last` (an ingest batch judged in
+        the worker process: meshward.app.batchjudge)."""
+        last = obs.time if last is None else last
         ns = obs.destination.namespace or "default"
         key = shape(obs)
         calls = self._by_ns.get(ns)
         kept = calls.get(key) if calls is not None else None
         now = time.monotonic()
         if kept is not None and calls is not None:
-            kept.calls += 1
-            kept.last = obs.time
+            kept.calls += calls_of_shape
+            kept.last = last
             calls.move_to_end(key)
             if now - kept.copied < self.refresh or not self._copy_allowed(now):
                 return
         elif not self._copy_allowed(now):
-            self.skipped += 1
+            self.skipped += calls_of_shape
             return
         if calls is None:
             calls = self._by_ns[ns] = OrderedDict()
@@ -117,7 +120,7 @@ class RecentCalls:
         copy, body_kept = for_replay(obs)
         size = _size(copy)
         if kept is None:
-            kept = Kept(copy, body_kept, 1, obs.time, obs.time, now, size)
+            kept = Kept(copy, body_kept, calls_of_shape, obs.time, last, now, size)
             calls[key] = kept
             if len(calls) > self.per_namespace:
                 self._drop_oldest(ns)

@@ -641,12 +641,16 @@ class Allowlist:
     def get(self, destination: str) -> ServiceProfile | None:
         return self.services.get(destination)
 
+    def has_room(self) -> bool:
+        """Whether learning may create another profile (`max_destinations`)."""
+        return len(self.services) < self.limits.max_destinations
+
     def learnable(self, destination: str) -> ServiceProfile | None:
         """The profile learning extends, created while under `max_destinations`; None past it
         (refused: one caller inventing destinations cannot grow memory without bound)."""
         p = self.services.get(destination)
         if p is None:
-            if len(self.services) >= self.limits.max_destinations:
+            if not self.has_room():
                 self.on_refuse("destination-cap", destination)
                 return None
             p = self.services[destination] = ServiceProfile(

@@ -68,6 +68,23 @@ class EdgeCounts:
         i = KINDS.index(verdict) if verdict in KINDS else 1  # anything else is an alert
         row[i] += 1
 
+    def merge(self, counts: list[EdgeCount]) -> None:
+        """Counts drained elsewhere (an ingest batch judged in the worker process), added in,
+        folded past `max_edges` keys as `add` folds."""
+        for e in counts:
+            key = (e.bucket, e.source, e.destination)
+            row = self._counts.get(key)
+            if row is None:
+                if len(self._counts) >= self.max_edges:
+                    self.folded += 1
+                    key = (e.bucket, OTHER, e.destination)
+                    row = self._counts.get(key)
+                if row is None:
+                    row = self._counts[key] = [0, 0, 0]
+            row[0] += e.allowed
+            row[1] += e.alerted
+            row[2] += e.denied
+
     def peek(self) -> list[EdgeCount]:
         """The counts not drained yet (copies)."""
         return [EdgeCount(b, s, d, *row) for (b, s, d), row in self._counts.items()]

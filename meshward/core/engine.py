@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from meshward.core import redact, scoring
-from meshward.core.allowlist import Allowlist, Limits, ServiceProfile
+from meshward.core.allowlist import Allowlist, EndpointRule, Limits, ServiceProfile
 from meshward.core.bodies import DecodedBody, decode_content, decode_grpc_messages
 from meshward.core.edges import EdgeCount, EdgeCounts
 from meshward.core.log import event
@@ -38,6 +38,11 @@ if TYPE_CHECKING:  # the detectors load Hyperscan lazily, only when threats are 
 log = logging.getLogger("meshward.core.engine")
 
 MAX_PENDING_ALERTS = AlertQuota().total  # alerts kept for the next drain (the store's history)
+# learnings journaled per destination while a batch is judged elsewhere; past it the batch's
+# learning of that destination is redone here instead (`install_learned`)
+JOURNAL_MAX = 10_000
+
+Learned = tuple[Observation, scoring.Features]  # one learning: what `scoring.learn` read
 
 
 @dataclass
@@ -107,6 +112,10 @@ class Engine:
         self._quota = QuotaGate(self.config.alert_quota, self.refused)
         self._alerts: deque[dict[str, Any]] = deque(maxlen=self.config.alert_history)
         self.edges = EdgeCounts()  # the app adds every verdict (cache hits too); drained here
+        # per batch judged elsewhere (meshward/app/batchjudge.py): what was learned here about
+        # its destinations meanwhile, replayed onto what it learned (None: past JOURNAL_MAX)
+        self._journals: dict[int, dict[str, list[Learned] | None]] = {}
+        self.journal_max = JOURNAL_MAX
         self.counters: dict[str, int] = {
             "evaluated": 0,
             "learned": 0,
@@ -247,9 +256,8 @@ class Engine:
             if not threats and not failed and mode == "learn":
                 if learn:  # None past the destination cap (counted, logged): not learned
                     profile = self.allowlist.learnable(dest)
-                    rule = scoring.learn(profile, obs, f) if profile is not None else None
+                    rule = self._learn(profile, obs, f) if profile is not None else None
                     if profile is not None:
-                        self._dirty.add(dest)
                         self.counters["learned"] += 1
                     rule_name = rule.name if rule else None
                 else:  # a read-only look (meshward score) at what learn mode would see
@@ -285,19 +293,36 @@ class Engine:
             self._record_alert(obs, v)
         return v
 
-    def _refuse(self, what: str, destination: str) -> None:
-        """A cap turned learning away: counted; logged at the 1st, 2nd, 4th, 8th... time, so a
-        flood is seen in the log without flooding it."""
-        self.refused[what] += 1
-        n = self.refused[what]
-        if n & (n - 1) == 0:
+    def _learn(
+        self, profile: ServiceProfile, obs: Observation, f: scoring.Features
+    ) -> EndpointRule | None:
+        """Extend `profile` with one request; journaled for the batches judged elsewhere that
+        touch its destination."""
+        dest = profile.destination
+        self._dirty.add(dest)
+        if self._journals:
+            for journal in self._journals.values():
+                if dest in journal:
+                    entries = journal[dest]
+                    if entries is not None and len(entries) < self.journal_max:
+                        entries.append((obs, f))
+                    else:
+                        journal[dest] = None
+        return scoring.learn(profile, obs, f)
+
+    def _refuse(self, what: str, destination: str, n: int = 1) -> None:
+        """A cap turned learning away (`n` times): counted; logged at the 1st, 2nd, 4th,
+        8th... time, so a flood is seen in the log without flooding it."""
+        before = self.refused[what]
+        self.refused[what] = after = before + n
+        if after.bit_length() > before.bit_length():  # passed a power of two
             event(
                 log,
                 "learning refused",
                 logging.WARNING,
                 cap=what,
                 destination=redact.text(destination[:200]),
-                times=n,
+                times=1 << (after.bit_length() - 1),
             )
 
     def _plaintext(self, obs: Observation) -> Observation:
@@ -366,6 +391,12 @@ class Engine:
         self.counters["alerts"] += 1
         return self._keep_alert(alert, str(alert["source"]), str(alert["destination"]))
 
+    def keep_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Alerts this engine's code raised in another process (an ingest batch judged in the
+        worker, already counted there): kept under this engine's quotas, in order."""
+        for alert in alerts:
+            self._keep_alert(alert, str(alert["source"]), str(alert["destination"]))
+
     def _keep_alert(self, alert: dict[str, Any], source: str, destination: str) -> bool:
         self._alerts.append(alert)  # the recent view (bounded), for an engine without a store
         refused = self._quota.admit(source, destination)
@@ -401,6 +432,60 @@ class Engine:
         if profile.destination != destination:
             raise ValueError(f"document of {profile.destination!r} given for {destination!r}")
         self.allowlist.services[destination] = profile
+
+    # ---- batches judged elsewhere (meshward/app/batchjudge.py)
+    def add_counts(
+        self, counters: dict[str, int], refused: dict[str, int], destination: str = ""
+    ) -> None:
+        """Counters and refusals of a batch judged elsewhere, added (refusals logged as
+        `_refuse` logs them)."""
+        for name, n in counters.items():
+            self.counters[name] = self.counters.get(name, 0) + n
+        for what, n in refused.items():
+            if n:
+                self._refuse(what, destination, n)
+
+    def journal_open(self, batch: int, destinations: list[str]) -> None:
+        """From now until `journal_close(batch, ...)`, learning about `destinations` here is
+        recorded, so it can be replayed onto what the batch learned."""
+        self._journals[batch] = {dest: [] for dest in destinations}
+
+    def journal_entries(self, batch: int, destination: str) -> list[Learned] | None:
+        """What was journaled for `batch` about `destination` (None: past `journal_max`)."""
+        return self._journals.get(batch, {}).get(destination)
+
+    def journal_close(self, batch: int) -> None:
+        self._journals.pop(batch, None)
+
+    def install_learned(
+        self, batch: int, destination: str, doc: dict[str, Any], snapshotted: object
+    ) -> bool:
+        """What a batch judged elsewhere learned of `destination`, from the profile object
+        `snapshotted`: installed, with what was learned here meanwhile replayed onto it (a
+        serial order: the batch, then those), when that object is still the live one and the
+        journal held it all. False otherwise (replaced meanwhile: a replica's sync, a review
+        edit; or past JOURNAL_MAX): the caller learns the batch's observations here instead
+        (`relearn`)."""
+        journal = self._journals.get(batch, {})
+        entries = journal.get(destination)
+        if entries is None or self.allowlist.services.get(destination) is not snapshotted:
+            return False
+        profile = self._stored_profile(destination, doc)
+        profile.on_refuse = self._refuse
+        for obs, f in entries:
+            scoring.learn(profile, obs, f)
+        self.allowlist.services[destination] = profile
+        self._dirty.add(destination)
+        journal.pop(destination, None)  # installed: what is learned from now goes into it
+        return True
+
+    def relearn(self, destination: str, learned: list[Learned]) -> None:
+        """A batch's learning of `destination` done here, observation by observation (its
+        verdicts were counted where it was judged)."""
+        for obs, f in learned:
+            profile = self.allowlist.learnable(destination)
+            if profile is not None:
+                self._learn(profile, obs, f)
 
     def pending_alerts(self) -> list[dict[str, Any]]:
         """The alerts the next drain will hand over, oldest first."""

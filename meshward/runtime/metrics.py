@@ -34,6 +34,9 @@ from meshward.core.observation import Verdict
 from meshward.core.threats.names import THREAT_NAMES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# one metric child's count, as `Metrics.counts` hands it over: (metric, label values, value or
+# (bucket counts, sum))
+Counted = tuple[str, tuple[str, ...], float | tuple[list[int], float]]
 _MAX_LABEL_VALUES = 200
 UNREGISTERED = "unregistered"  # the threat label of every name not in the registry
 # latency buckets in seconds: 10 µs .. 1 s, the range a check or a tap stream lives in
@@ -257,6 +260,7 @@ class Metrics:
         )
         # counts kept elsewhere (the pure engine, the store), copied in at every scrape
         self._followed: list[tuple[Any, Callable[[], Mapping[str, int]]]] = []
+        self._families = {f.name: f for f in families}
         self.registry.register(_Collector(families))
         self._reasons = _Bounded()
         self._verdict_children: dict[tuple[str, str, str, str], Any] = {}
@@ -280,6 +284,39 @@ class Metrics:
             if len(self._verdict_children) < 4096:
                 self._verdict_children[key] = child
         return child
+
+    def counts(self) -> list[Counted]:
+        """Every child that counted something: (metric, label values, value or (bucket counts,
+        sum)), for another `Metrics` to `add` (an ingest batch judged in the worker process)."""
+        out: list[Counted] = []
+        for name, family in self._families.items():
+            for values, child in family.children.items():
+                if isinstance(child, _HistogramChild):
+                    if any(child.counts):
+                        out.append((name, values, (list(child.counts), child.sum)))
+                elif child.value:
+                    out.append((name, values, child.value))
+        return out
+
+    def add(self, counted: list[Counted]) -> None:
+        """Another `Metrics`' `counts()` added to these; verdict reasons folded as
+        `count_verdict` folds them (the bound on label values holds here)."""
+        for name, values, value in counted:
+            family = self._families.get(name)
+            if family is None:
+                continue
+            if family is self.verdicts:
+                child = self._verdict_child(*values)
+            else:
+                child = family.labels(*values)
+            if isinstance(child, _HistogramChild):
+                assert isinstance(value, tuple)
+                counts, total = value
+                for i, n in enumerate(counts[: len(child.counts)]):
+                    child.counts[i] += n
+                child.sum += total
+            elif isinstance(value, int | float):
+                child.inc(value)
 
     def follow(self, family: Any, read: Callable[[], Mapping[str, int]]) -> None:
         """Export `read()`, counts kept by their owner (the engine's refusals, kept by the pure

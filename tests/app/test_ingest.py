@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import gzip
 import json
 import os
 import pickle
@@ -15,6 +13,7 @@ from typing import Any
 import pytest
 
 from meshward.app import ingest, sigcache
+from meshward.app.batchapply import BatchDoor
 from meshward.app.ingest import Ingestor
 from meshward.app.pipeline import Pipeline
 from meshward.core.bodies import decode_body
@@ -22,7 +21,7 @@ from meshward.core.engine import Engine, EngineConfig
 from meshward.core.observation import Verdict, observation_from_dict
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
-from tests.support.ingest import big_batch
+from tests.support.ingest import big_batch, mixed_batch
 
 
 def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
@@ -43,12 +42,16 @@ def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
     }
     line = json.dumps(item).encode() + b"\n"
     body = line * 3 + b"not json\n"
-    ingestor = Ingestor(None, spool=str(tmp_path))
+    ingestor = Ingestor(None, spool=str(tmp_path))  # no engine: the loop judges the chunks
+    engine = Engine()
+    door = BatchDoor(engine, Metrics(), Joiner(), Pipeline(engine, Metrics(), Joiner()))
 
     async def main() -> ingest.Parsed:
         try:
             # chunks cut mid-line: the worker sees the body whole
-            return await ingestor.parse([body[:10], body[10:100], body[100:]])
+            parsed, judged = await ingestor.ingest([body[:10], body[10:100], body[100:]], door)
+            assert judged is None
+            return parsed
         finally:
             ingestor.close()
 
@@ -118,60 +121,6 @@ def test_with_no_check_to_answer_judging_only_yields_until_one_arrives(
     assert set(rests[first_rest:]) == {ingest.PAUSE} and len(rests) - first_rest >= 15
 
 
-def _item(ns: str, i: int, **kw: Any) -> dict[str, Any]:
-    body = kw.pop("body", json.dumps({"id": i, "note": "n" * (i % 7), "ok": i % 2 == 0}).encode())
-    return {
-        "seen_by": "node-tap",
-        "time": 1_700_000_000.0 + i,
-        "source": {"namespace": "shop", "workload": f"web{i % 3}"},
-        "destination": {"namespace": ns, "workload": "api"},
-        "method": "POST" if i % 4 else "GET",
-        "path": f"/api/orders/{i}" if i % 5 else f"/api/item-{i % 23}/x",
-        "query": f"page={i}&q=abc" if i % 3 else "",
-        "headers": [["content-type", "application/json"]],
-        "body_b64": base64.b64encode(body).decode(),
-        **kw,
-    }
-
-
-def _mixed_batch() -> list[dict[str, Any]]:
-    """Every way the loop's judging may go: learning (literals generalised past the
-    cardinality bound), scoring in monitor and enforce, threats, client-claimed threats,
-    compressed and cut bodies, form and broken bodies, envoy-tap copies."""
-    items = []
-    for ns in ("learnns", "mon", "enf"):
-        for i in range(60):
-            items.append(_item(ns, i))
-        items.append(_item(ns, 900, query="id=1' OR '1'='1"))  # a threat
-        items.append(_item(ns, 901, body=b'{"q": "<script>alert(1)</script>"}'))
-        items.append(
-            _item(ns, 902, threats=[{"name": "SQL.Injection", "location": "q", "evidence": "x"}])
-        )
-        items.append(
-            _item(
-                ns,
-                903,
-                body=gzip.compress(json.dumps({"big": "z" * 5000}).encode()),
-                headers=[["content-type", "application/json"], ["content-encoding", "gzip"]],
-            )
-        )
-        items.append(
-            _item(
-                ns,
-                907,
-                body=gzip.compress(b"plain text " * 500),
-                headers=[["content-type", "text/plain"], ["content-encoding", "gzip"]],
-            )
-        )
-        items.append(_item(ns, 904, body=b"a=1&b=two", headers=[["content-type", FORM]]))
-        items.append(_item(ns, 905, body=b'{"broken": ', body_truncated=True))
-        items.append(_item(ns, 906, seen_by="envoy-tap", direction="inbound"))
-    return items
-
-
-FORM = "application/x-www-form-urlencoded"
-
-
 def _judged(
     items: list[dict[str, Any]], in_worker: bool, threats: bool, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
@@ -216,7 +165,7 @@ def test_what_the_worker_prepares_judges_exactly_as_the_loop_would(
     """The worker decodes the body (plaintext, features, shape) and runs the detectors; the
     loop only decides, learns and records. Same batch, same state: the same verdicts, alerts,
     learned profiles and counters as judging it all on the loop."""
-    items = _mixed_batch()
+    items = mixed_batch()
     on_loop = _judged(items, False, threats, monkeypatch)
     handed_over = _judged(items, True, threats, monkeypatch)
     verdicts = on_loop[0]
