@@ -83,29 +83,37 @@ class PodIndex:
         self._by_ip: dict[str, frozenset[PodKey]] = {}
         self._placed: dict[tuple[str, str, str], int] = {}  # (node, ns, workload) -> live pods
         self._bound: dict[tuple[str, str, str], int] = {}  # (ns, workload, account) -> live pods
-        self._lock = threading.Lock()  # writers only (the watch thread, tests)
+        # held by writers for a whole change and by readers for a lookup: an update is a
+        # remove then an add, and a reader between them saw the pod gone (a node tap's batch,
+        # scoped at once per key, was then refused whole)
+        self._lock = threading.Lock()
         self._watcher: Any = None
 
     # ---- reading (any thread) -------------------------------------------------------------
     def get(self, namespace: str, name: str) -> PodInfo | None:
-        return self._pods.get((namespace, name))
+        with self._lock:
+            return self._pods.get((namespace, name))
 
     def by_ip(self, ip: str) -> PodInfo | None:
         """The one live pod-network pod holding `ip`, else None."""
-        keys = self._by_ip.get(_canonical(ip))
-        if not keys or len(keys) != 1:
-            return None
-        return self._pods.get(next(iter(keys)))
+        canonical = _canonical(ip)
+        with self._lock:
+            keys = self._by_ip.get(canonical)
+            if not keys or len(keys) != 1:
+                return None
+            return self._pods.get(next(iter(keys)))
 
     def on_node(self, node: str, namespace: str, workload: str) -> bool:
         """Whether a live pod of namespace/workload runs on `node`."""
-        return self._placed.get((node, namespace, workload), 0) > 0
+        with self._lock:
+            return self._placed.get((node, namespace, workload), 0) > 0
 
     def runs_under(self, namespace: str, workload: str, service_account: str) -> bool:
         """Whether a live pod of namespace/workload runs under `service_account` (the gRPC
         ports' workload rule, core.peer.WorkloadBinding). False until the index has synced:
         a hint is refused, never taken on trust, while serve cannot check it."""
-        return self._bound.get((namespace, workload, service_account), 0) > 0
+        with self._lock:
+            return self._bound.get((namespace, workload, service_account), 0) > 0
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -115,28 +123,28 @@ class PodIndex:
         """One watch Event: SYNC replaces the view, ADDED/MODIFIED/DELETED change one pod."""
         from meshward.kube.watch import EventType
 
+        if ev.type == EventType.SYNC:
+            self._replace(ev.objects or {})
+            return
+        info = pod_info(ev.object or {})
+        if info is None:
+            return
         with self._lock:
-            if ev.type == EventType.SYNC:
-                self._replace(ev.objects or {})
-                return
-            info = pod_info(ev.object or {})
-            if info is None:
-                return
             self._remove(info.key)
             if ev.type != EventType.DELETED:
                 self._add(info)
 
     def _replace(self, objects: Mapping[Any, Mapping[str, Any]]) -> None:
-        fresh = PodIndex(max_pods=self.max_pods)
+        fresh = PodIndex(max_pods=self.max_pods)  # built unlocked: readers wait for the swap only
         for obj in objects.values():
             info = pod_info(obj)
             if info is not None:
                 fresh._add(info)
-        self.overflow += fresh.overflow
-        self._pods, self._by_ip, self._placed = fresh._pods, fresh._by_ip, fresh._placed
-        self._bound = fresh._bound
-        pods = self._pods
-        event(log, "pod index synced", pods=len(pods), overflow=self.overflow)
+        with self._lock:
+            self.overflow += fresh.overflow
+            self._pods, self._by_ip, self._placed = fresh._pods, fresh._by_ip, fresh._placed
+            self._bound = fresh._bound
+        event(log, "pod index synced", pods=len(fresh._pods), overflow=self.overflow)
 
     def _add(self, info: PodInfo) -> None:
         if len(self._pods) >= self.max_pods:

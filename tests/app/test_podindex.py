@@ -4,6 +4,8 @@ view, the size bound, and broken pod objects (fuzzed) never raising."""
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any
 
 from hypothesis import given, settings
@@ -236,3 +238,32 @@ def test_node_scope_takes_control_plane_traffic_by_its_client() -> None:
     # anything else still needs its destination on the node
     plain = Observation(seen_by="node-tap", source=web, destination=istiod, protocol="tcp")
     assert not scope.allows(plain, "n1") and scope.allows(plain, "n2")
+
+
+def test_a_pod_being_updated_is_never_seen_gone() -> None:
+    """An update is a remove then an add: a reader on another thread (serve's loop scoping a
+    node tap's batch) must see the pod before or after it, never without it."""
+    idx = PodIndex()
+    api = _pod("api-1", node="n1", app="api", ip="10.0.0.5")
+    idx.apply(_ev(EventType.ADDED, api))
+    stop = threading.Event()
+    gone = 0
+
+    def read() -> None:
+        nonlocal gone
+        while not stop.is_set():
+            if not idx.on_node("n1", "shop", "api") or idx.by_ip("10.0.0.5") is None:
+                gone += 1
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(20_000):
+            idx.apply(_ev(EventType.MODIFIED, api))
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(before)
+    assert gone == 0
