@@ -8,8 +8,10 @@ logged INVALID_ARGUMENT instead of an unhandled exception; Envoy then applies th
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
@@ -42,6 +44,7 @@ class CheckService:
         metrics: Metrics,
         problems: Problems,
         peers: PeerVerifier | None = None,
+        last_check: Any = None,
     ) -> None:
         self.judge = judge
         # who calls: the verified sidecar (serve passes its policy); None only in-process
@@ -51,7 +54,9 @@ class CheckService:
         self._ok = metrics.checks.labels("ok")
         self._denied = metrics.checks.labels("denied")
         self._latency = metrics.check_latency
-        self.last_check = 0.0  # time.monotonic() of the latest Check: ingest yields to them
+        # .value: time.monotonic() of the latest Check, in memory the ingest worker shares (it
+        # rests while Checks flow)
+        self.last_check = last_check if last_check is not None else ctypes.c_double(0.0)
 
     async def check(
         self,
@@ -59,7 +64,7 @@ class CheckService:
         context: grpc.aio.ServicerContext,
     ) -> bytes:
         start = time.perf_counter()
-        self.last_check = time.monotonic()
+        self.last_check.value = time.monotonic()
         if isinstance(req, Undecodable):
             self.metrics.checks.labels("error").inc()
             self.problems("extauthz", req.kind, error=req.error, size=req.size)

@@ -315,7 +315,7 @@ async def observations(request: web.Request) -> web.Response:
         pipeline.take_tap(obs, prepared)
         return True
 
-    last_check = lambda: server.check.last_check  # noqa: E731
+    last_check = lambda: server.check.last_check.value  # noqa: E731
     if judged is None:  # serve's detector is its own: judged here
         accepted = await server.ingestor.judge(parsed, take, judge_failed, last_check)
     else:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,7 +220,11 @@ class _Pipeline(Pipeline):
 
 
 def judge(
-    batch: int, snapshot: Snapshot, config: EngineConfig, detector: Detector
+    batch: int,
+    snapshot: Snapshot,
+    config: EngineConfig,
+    detector: Detector,
+    pace: Callable[[], None] = lambda: None,
 ) -> tuple[Judged, list[Pair]]:
     """The kept batch judged through serve's pipeline steps on `snapshot`; the envoy-tap
     items handed back. `Forgotten` when the batch is not kept."""
@@ -235,6 +240,7 @@ def judge(
     out = Judged()
     outside = snapshot.outside
     for index, (obs, prepared) in enumerate(kept.pairs):
+        pace()  # the worker rests while serve answers Checks (meshward.app.ingest)
         if outside and scope_key(obs) in outside:
             out.outside += 1  # a node tap speaks only for pods on its own node
             continue

@@ -43,9 +43,10 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ PAUSE = 0.001
 ANSWERING = 1.0
 FREE_SLICE = 0.005
 WORKER_NICE = 10  # the worker's niceness, added to serve's
+# While Checks are being answered the worker works WORK seconds, then rests so as to use at most
+# `share` of a CPU (serve --ingest-share, DEFAULT_SHARE): on the 2-vCPU machine any CPU another
+# process spends, however low its priority, shows in the Checks' tail (docs/benchmarks.md)
+WORK = 0.001
+DEFAULT_SHARE = 0.5
 IN_FLIGHT = 2  # batches in the worker at once (at most batchjudge.KEPT)
 
 
@@ -89,17 +95,21 @@ def loads(raw: bytes | str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-def parse_batch(raw: bytes) -> tuple[list[Any], int]:
-    """JSON array or JSON Lines -> (items, lines that were not JSON)."""
+def parse_batch(raw: bytes, pace: Callable[[], None] = lambda: None) -> tuple[list[Any], int]:
+    """JSON array or JSON Lines -> (items, lines that were not JSON); `pace()` between items
+    (one `json.loads` of 16 MB held the worker's CPU for a quarter of a second)."""
     text = raw.decode("utf-8", "replace").strip()
     if not text:
         return [], 0
     if text.startswith("["):
+        items = []
         try:
-            items = loads(text)
+            for item in _array_items(text):
+                items.append(item)
+                pace()
         except ValueError:
             return [], 1
-        return (items if isinstance(items, list) else [items]), 0
+        return items, 0
     items, bad = [], 0
     for line in text.splitlines():
         if not line.strip():
@@ -108,7 +118,42 @@ def parse_batch(raw: bytes) -> tuple[list[Any], int]:
             items.append(loads(line))
         except ValueError:
             bad += 1
+        pace()
     return items, bad
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+
+
+def _skip(text: str, i: int) -> int:
+    """The index of the first non-whitespace character at or after `i`."""
+    m = _SPACE.match(text, i)
+    return m.end() if m else i
+
+
+def _array_items(text: str) -> Iterator[Any]:
+    """The items of the JSON array `text` (which starts with `[`), one at a time; ValueError
+    where `json.loads` would raise one (too deep included)."""
+    end = len(text)
+    i = _skip(text, 1)
+    if i < end and text[i] == "]":
+        if _skip(text, i + 1) != end:
+            raise ValueError("extra data after the array")
+        return
+    while True:
+        try:
+            item, i = _DECODER.raw_decode(text, i)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+        yield item
+        i = _skip(text, i)
+        if i < end and text[i] == ",":
+            i = _skip(text, i + 1)
+        elif i < end and text[i] == "]" and _skip(text, i + 1) == end:
+            return
+        else:
+            raise ValueError(f"expected ',' or ']' at character {i}")
 
 
 def _by_fields(cls: type) -> Callable[[Any], tuple[Any, ...]]:
@@ -148,10 +193,34 @@ class Parsed:
 
 
 _engine: Engine | None = None  # the worker's own engine: `prepare` only (never learns)
+_last_check: Any = None  # shared with serve: time.monotonic() of its latest Check
+_rest = 0.0  # seconds the worker rests after each WORK while Checks flow
+_worked = 0.0  # perf_counter() when the worker's current slice of work began
 
 
-def _start_worker(config: EngineConfig | None) -> None:
-    global _engine
+def rest_for(share: float) -> float:
+    """The rest after each `WORK` that keeps the worker at `share` of one CPU."""
+    return WORK * (1 - share) / share
+
+
+def pace() -> None:
+    """Called by the worker between items: while serve answers Checks (one came in the last
+    `ANSWERING` seconds), rest after each `WORK` of work."""
+    global _worked
+    now = time.perf_counter()
+    if now - _worked < WORK:
+        return
+    if _rest and _last_check is not None and time.monotonic() - _last_check.value < ANSWERING:
+        time.sleep(_rest)
+        now = time.perf_counter()
+    _worked = now
+
+
+def _start_worker(
+    config: EngineConfig | None, last_check: Any = None, share: float = DEFAULT_SHARE
+) -> None:
+    global _engine, _last_check, _rest
+    _last_check, _rest = last_check, rest_for(share)
     # below the loop's priority: on a busy machine the Checks' process gets the CPU first.
     # SCHED_IDLE (Linux) runs the worker only on CPU time nothing else wants, so a Check's wakeup
     # preempts it at once; niceness is the fallback where the policy is missing
@@ -173,7 +242,7 @@ def parse(raw: bytes, batch: int | None = None) -> Parsed:
     engine, kept here to be judged (`judge_kept`), else handed back in chunks."""
     keep = batch is not None and _engine is not None
     failed_before = _engine.counters["inspection_failed"] if _engine is not None else 0
-    items, not_json = parse_batch(raw)
+    items, not_json = parse_batch(raw, pace)
     out = Parsed(not_json=not_json, too_many=max(0, len(items) - MAX_ITEMS))
     pairs: list[tuple[Observation, Prepared | None]] = []
     for i, item in enumerate(items[:MAX_ITEMS]):
@@ -186,6 +255,7 @@ def parse(raw: bytes, batch: int | None = None) -> Parsed:
             continue
         out.claimed += verdict_fields(item)  # a dict: observation_from_dict accepted it
         pairs.append((obs, _engine.prepare(obs) if _engine is not None else None))
+        pace()
         if len(pairs) == CHUNK and not keep:
             out.chunks.append(_dumps(pairs))
             pairs = []
@@ -208,7 +278,7 @@ def judge_kept(batch: int, snapshot: Snapshot) -> Judged:
     """The worker's second part: the kept batch judged (meshward.app.batchjudge); its
     envoy-tap items handed back in chunks for the loop."""
     assert _engine is not None
-    judged, tapped = batchjudge.judge(batch, snapshot, _engine.config, _engine.detector)
+    judged, tapped = batchjudge.judge(batch, snapshot, _engine.config, _engine.detector, pace)
     judged.tapped = [_dumps(tapped[i : i + CHUNK]) for i in range(0, len(tapped), CHUNK)]
     return judged
 
@@ -218,9 +288,21 @@ class Ingestor:
     judging on the loop. `config`: the engine settings the worker's detectors follow; None
     when serve's engine has a detector the worker cannot rebuild (then only parsing moves)."""
 
-    def __init__(self, config: EngineConfig | None, spool: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None,
+        spool: str | None = None,
+        last_check: Any = None,
+        share: float = DEFAULT_SHARE,
+    ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share {share} is not a fraction of one CPU (0 < share <= 1)")
         self.config = config
         self.spool = spool  # where bodies wait for the worker (None: the system's temp dir)
+        # the Check service's `last_check` in shared memory (a "d" RawValue): while Checks flow
+        # the worker uses at most `share` of one CPU
+        self.last_check = last_check
+        self.share = share
         self._pool: ProcessPoolExecutor | None = None
         self._batches = itertools.count()
         # batches between their first and last call: one parsed while another is judged; more
@@ -235,7 +317,7 @@ class Ingestor:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self.config,),
+                initargs=(self.config, self.last_check, self.share),
             )
         return self._pool
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from meshward.app import grpctls
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
 from meshward.app.flusher import Flusher
-from meshward.app.ingest import Ingestor
+from meshward.app.ingest import DEFAULT_SHARE, Ingestor
 from meshward.app.nodescope import cluster_pods
 from meshward.app.pipeline import Pipeline
 from meshward.app.store import AlertStore, Store, WithAlerts, open_store
@@ -86,6 +87,7 @@ class ServeConfig:
     join_window: float = 10.0
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
+    ingest_share: float = DEFAULT_SHARE  # of one CPU, for the ingest worker while Checks flow
     engine: EngineConfig = field(default_factory=EngineConfig)
     store: str = "sqlite"  # or "kubernetes": the cluster store (app/replica.py)
     kubeconfig: str | None = None  # kubernetes: None is the pod's service account
@@ -155,7 +157,13 @@ class Server:
                     raise
         # the ingest worker rebuilds serve's detector from the config; a given engine (tests,
         # benches) may have one it cannot rebuild: then its detectors run here
-        self.ingestor = Ingestor(config.engine if rebuildable else None)
+        # the latest Check's time, in memory the ingest worker reads (it rests while Checks flow)
+        last_check = multiprocessing.get_context("spawn").RawValue("d", 0.0)
+        self.ingestor = Ingestor(
+            config.engine if rebuildable else None,
+            last_check=last_check,
+            share=config.ingest_share,
+        )
         self.engine = engine
         self.metrics.follow(self.metrics.refused, lambda: engine.refused)
         if self.flusher is not None:
@@ -167,7 +175,7 @@ class Server:
         binding = self.pods.runs_under if self.pods is not None else None
         self.peers = PeerVerifier(config.peers, self.problems, binding)
         self.check = CheckService(
-            self.pipeline.judge_check, self.metrics, self.problems, self.peers
+            self.pipeline.judge_check, self.metrics, self.problems, self.peers, last_check
         )
         self.tap = TapService(
             self.pipeline.take_tap,

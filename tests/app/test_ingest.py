@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import pickle
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshward.app import ingest, sigcache
 from meshward.app.batchapply import BatchDoor
-from meshward.app.ingest import Ingestor
+from meshward.app.ingest import DEFAULT_SHARE, Ingestor
 from meshward.app.pipeline import Pipeline
 from meshward.core.bodies import decode_body
 from meshward.core.engine import Engine, EngineConfig
@@ -22,6 +28,7 @@ from meshward.core.observation import Verdict, observation_from_dict
 from meshward.runtime.metrics import Metrics
 from meshward.tap.envoy.join import Joiner
 from tests.support.ingest import big_batch, mixed_batch
+from tests.support.serve import check_request, running_server
 
 
 def test_the_body_is_spooled_privately_parsed_in_the_worker_and_removed(
@@ -201,3 +208,92 @@ def test_what_the_worker_hands_the_loop_is_no_bigger_than_the_body(
     handed = sum(len(c) for c in parsed.chunks)
     assert sum(len(pickle.loads(c)) for c in parsed.chunks) == 500
     assert handed < len(raw), (handed, len(raw))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_JSON, max_size=6), st.sampled_from(["", " ", "\n", " \t\r\n"]))
+def test_an_array_read_item_by_item_is_what_json_loads_reads(items: list[Any], ws: str) -> None:
+    """The worker reads a JSON array an item at a time (resting between them while Checks
+    flow): the same items as one json.loads."""
+    text = "[" + ws + ("," + ws).join(json.dumps(i) for i in items) + ws + "]"
+    paced: list[int] = []
+    assert ingest.parse_batch(text.encode(), lambda: paced.append(1)) == (json.loads(text), 0)
+    assert len(paced) == len(items)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='[]{},:"0123456789 \n\ttrufalsn-.eE\\x', max_size=40))
+def test_a_broken_array_is_refused_whole_as_json_loads_refuses_it(tail: str) -> None:
+    text = "[" + tail
+    try:
+        want: tuple[list[Any], int] = (json.loads(text.strip()), 0)
+    except (ValueError, RecursionError):
+        want = ([], 1)
+    assert ingest.parse_batch(text.encode()) == want
+
+
+def test_the_worker_rests_only_while_checks_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At `share` of a CPU: after each WORK of work a rest of WORK * (1 - share) / share, while a
+    Check came in the last ANSWERING seconds; no rest otherwise, nor at a share of 1."""
+    rests: list[float] = []
+    monkeypatch.setattr(ingest.time, "sleep", rests.append)
+    last_check = ctypes.c_double(0.0)
+    monkeypatch.setattr(ingest, "_last_check", last_check)
+
+    def work(share: float, since_check: float) -> list[float]:
+        rests.clear()
+        monkeypatch.setattr(ingest, "_rest", ingest.rest_for(share))
+        last_check.value = time.monotonic() - since_check
+        end = time.perf_counter() + 10 * ingest.WORK
+        while time.perf_counter() < end:
+            ingest.pace()
+        return list(rests)
+
+    assert ingest.rest_for(0.5) == pytest.approx(ingest.WORK)
+    rested = work(0.25, 0.0)
+    assert 5 <= len(rested) <= 11  # one a WORK (the fake sleep takes no time)
+    assert all(r == pytest.approx(3 * ingest.WORK) for r in rested)
+    assert work(0.25, ingest.ANSWERING + 1) == []  # nobody waits: full speed
+    assert work(1.0, 0.0) == []
+
+
+def test_serve_shares_the_time_of_its_latest_check_with_the_worker() -> None:
+    """The Check service writes each Check's time where the ingest worker reads it."""
+
+    async def main() -> None:
+        async with running_server() as srv:
+            assert srv.ingestor.last_check is srv.check.last_check
+            assert srv.ingestor.share == DEFAULT_SHARE
+            before = time.monotonic()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.ports['authz']}") as ch:
+                stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+                await stub.Check(check_request("GET", "/items"), timeout=10)
+            assert srv.check.last_check.value >= before
+
+    asyncio.run(main())
+
+
+def test_ingest_share_is_a_fraction_of_one_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshward.app.commands import UsageError
+    from meshward.app.commands.serve import _ingest_share
+
+    monkeypatch.delenv("MESHWARD_INGEST_SHARE", raising=False)
+    assert _ingest_share(None) == DEFAULT_SHARE == 0.5  # as `serve --help` says
+    assert _ingest_share(0.2) == 0.2
+    monkeypatch.setenv("MESHWARD_INGEST_SHARE", "1")
+    assert _ingest_share(None) == 1.0
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(UsageError, match="--ingest-share must be"):
+            _ingest_share(bad)
+    monkeypatch.setenv("MESHWARD_INGEST_SHARE", "half")
+    with pytest.raises(UsageError, match="is not a number"):
+        _ingest_share(None)
+    with pytest.raises(ValueError, match="fraction of one CPU"):
+        Ingestor(None, share=0)
