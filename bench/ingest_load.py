@@ -24,7 +24,7 @@ faster takes more of them per phase back to back, so its Checks see more ingest 
 paced, two servers are compared at the same batch rate.
 
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
-     [--control spin|parse] [--every SECONDS]
+     [--control spin|parse] [--every SECONDS] [--share FRACTION]
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def serve(
     ingesting: multiprocessing.synchronize.Event,
     rt: bool = False,
     probe: bool = False,
+    share: float | None = None,
 ) -> None:
     """The server process: a whole serve on loopback ephemeral ports until `stop`. With `probe`,
     it prints its event loop's lag (how late a 5 ms timer fires: what a Check's callback waits
@@ -173,6 +174,8 @@ def serve(
             auth=AuthConfig(token=TOKEN),
             peers=UNVERIFIED,  # plaintext gRPC: what is measured is ingest, not the handshake
         )
+        if share is not None:
+            cfg.ingest_share = share
         server = Server(cfg)
         await server.start()
         ports.send(dict(server.ports))
@@ -297,6 +300,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each phase")
     ap.add_argument("--gap", type=float, default=0.002, help="seconds between two Checks")
     ap.add_argument(
+        "--share",
+        type=float,
+        help="serve --ingest-share: the fraction of one CPU the ingest worker may use while "
+        "Checks flow (default: serve's)",
+    )
+    ap.add_argument(
         "--probe", action="store_true", help="also CPU per process and thread per phase (/proc)"
     )
     ap.add_argument(
@@ -327,7 +336,7 @@ def main() -> None:
         go = ctx.Event()
         server = ctx.Process(
             target=serve,
-            args=(str(Path(tmp) / "m.db"), ports_tx, stop, go, args.rt, args.probe),
+            args=(str(Path(tmp) / "m.db"), ports_tx, stop, go, args.rt, args.probe, args.share),
         )
         server.start()
         ports = ports_rx.recv()
