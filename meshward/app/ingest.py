@@ -18,6 +18,12 @@ batch (`Ingestor.ingest`; the batch stays in the worker between them, keyed by a
    config and detector loaded with that snapshot; aggregates come back, and `BatchDoor.apply`
    adds them on the loop (milliseconds, not 0.2 s: bench/ingest_loop.py).
 
+While Checks are being answered (one in the last `ANSWERING` seconds), the worker uses at most
+`share` of one CPU (`serve --ingest-share`, default half): it works `WORK` (1 ms) and rests,
+between items, a JSON array read an item at a time for that. On the 2-vCPU machine any CPU
+another process spends during the Checks, whatever its priority (the worker runs `SCHED_IDLE`),
+shows in their p99; serve's loop now spends 0.35 ms per batch. Measured in docs/benchmarks.md.
+
 The body reaches the worker through a private temporary file (mode 0600), written a received
 chunk at a time with yields in between (handing 16 MB to the executor pickled it in one piece
 with the GIL held) and kept until the batch is judged: a worker that died between the calls
@@ -309,6 +315,7 @@ class Ingestor:
         # wait here (the one worker would take them in turn anyway), so the worker never holds
         # more than it keeps (batchjudge.KEPT) however many node taps post at once
         self._in_flight = asyncio.Semaphore(IN_FLIGHT)
+        self._judging = asyncio.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -361,9 +368,15 @@ class Ingestor:
                     parsed: Parsed = await self._call(parse_file, path, batch)
                     if parsed.outline is None:
                         return parsed, None
-                    snapshot = door.snapshot(parsed.outline)
-                    judged: Judged = await self._call(judge_kept, batch, snapshot)
-                    break
+                    # one batch at a time from its snapshot until its results are in: a batch
+                    # snapshotted while another was out would find its profiles replaced by
+                    # that one's and be learned again on the loop. The next batch's parsing
+                    # still overlaps (the one worker takes the calls in turn anyway)
+                    async with self._judging:
+                        snapshot = door.snapshot(parsed.outline)
+                        judged: Judged = await self._call(judge_kept, batch, snapshot)
+                        await self._apply(door, batch, judged)
+                    return parsed, judged
                 except (BrokenProcessPool, batchjudge.Forgotten) as exc:
                     if isinstance(exc, BrokenProcessPool):
                         self._drop_pool()
@@ -371,9 +384,14 @@ class Ingestor:
                         raise BrokenProcessPool("the ingest worker lost the batch") from None
         finally:
             os.unlink(path)
+        raise AssertionError("unreachable")
+
+    async def _apply(self, door: BatchDoor, batch: int, judged: Judged) -> None:
+        """The batch's results added on the loop (and its learning redone here where a touched
+        profile was replaced while it was out); the worker then forgets it."""
         try:
             redo = door.apply(judged)
-            if redo:  # rare: a touched profile was replaced while the batch was out
+            if redo:  # rare: a replica's sync or a review edit replaced a touched profile
                 try:
                     learned = await self._call(batchjudge.learned_of, batch, redo)
                 except BrokenProcessPool:
@@ -384,7 +402,6 @@ class Ingestor:
             if self._pool is not None:
                 with contextlib.suppress(RuntimeError, BrokenProcessPool):
                     self._pool.submit(batchjudge.forget, batch)
-        return parsed, judged
 
     async def judge(
         self,

@@ -313,3 +313,33 @@ def test_many_node_taps_posting_at_once_are_all_judged() -> None:
     assert asyncio.run(main()) == [10 + n for n in range(8)]
     assert ingest.IN_FLIGHT <= batchjudge.KEPT
     assert len(serve.engine.allowlist.services) == 8 and serve.engine._journals == {}
+
+
+def test_node_taps_posting_to_one_service_at_once_never_relearn_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches teaching the same service at once take turns from snapshot to install, so none
+    finds its snapshotted profile replaced by another batch's and is learned again on the loop;
+    what they learned adds up."""
+    serve = _serve([], False, 2000)
+    relearned: list[str] = []
+    monkeypatch.setattr(serve.engine, "relearn", lambda dest, learned: relearned.append(dest))
+
+    async def main() -> None:
+        ingestor = Ingestor(serve.engine.config)
+
+        async def post(n: int) -> None:
+            items = [dict(item("shop", i), path=f"/p{n}/{i}") for i in range(5)]
+            raw = b"\n".join(json.dumps(it).encode() for it in items)
+            door = BatchDoor(serve.engine, serve.metrics, serve.joiner, serve.pipeline)
+            await ingestor.ingest([raw], door)
+
+        try:
+            await asyncio.gather(*(post(n) for n in range(4)))
+        finally:
+            ingestor.close()
+
+    asyncio.run(main())
+    assert relearned == []
+    (profile,) = serve.engine.allowlist.services.values()
+    assert profile.seen.count == 20
