@@ -56,6 +56,20 @@ class EdgeCounts:
 
     def add(self, source: str, destination: str, verdict: str, when: float) -> None:
         bucket = int(when // self.bucket_seconds) * self.bucket_seconds
+        row = self._row(bucket, source, destination)
+        row[KINDS.index(verdict) if verdict in KINDS else 1] += 1  # anything else: an alert
+
+    def merge(self, counts: list[EdgeCount]) -> None:
+        """Counts drained elsewhere (an ingest batch judged in the worker process), added in."""
+        for e in counts:
+            row = self._row(e.bucket, e.source, e.destination)
+            row[0] += e.allowed
+            row[1] += e.alerted
+            row[2] += e.denied
+
+    def _row(self, bucket: int, source: str, destination: str) -> list[int]:
+        """The counts of one edge in one bucket; past `max_edges` keys a new caller's go to
+        `OTHER`'s (counted in `folded`)."""
         key = (bucket, source, destination)
         row = self._counts.get(key)
         if row is None:
@@ -65,25 +79,7 @@ class EdgeCounts:
                 row = self._counts.get(key)
             if row is None:
                 row = self._counts[key] = [0, 0, 0]
-        i = KINDS.index(verdict) if verdict in KINDS else 1  # anything else is an alert
-        row[i] += 1
-
-    def merge(self, counts: list[EdgeCount]) -> None:
-        """Counts drained elsewhere (an ingest batch judged in the worker process), added in,
-        folded past `max_edges` keys as `add` folds."""
-        for e in counts:
-            key = (e.bucket, e.source, e.destination)
-            row = self._counts.get(key)
-            if row is None:
-                if len(self._counts) >= self.max_edges:
-                    self.folded += 1
-                    key = (e.bucket, OTHER, e.destination)
-                    row = self._counts.get(key)
-                if row is None:
-                    row = self._counts[key] = [0, 0, 0]
-            row[0] += e.allowed
-            row[1] += e.alerted
-            row[2] += e.denied
+        return row
 
     def peek(self) -> list[EdgeCount]:
         """The counts not drained yet (copies)."""

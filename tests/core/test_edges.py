@@ -35,3 +35,19 @@ def test_a_retried_batch_merges_and_pending_adds_to_stored() -> None:
     out = add_pending(stored, [*b, EdgeCount(0, "q/r", "s/t", 1, 0, 0)], since=0, namespace="y")
     assert [(r["time"], r["allowed"], r["denied"]) for r in out] == [(0, 7, 0), (60, 0, 4)]
     assert add_pending([], b, since=61) == [EdgeCount(60, "x/a", "y/b", 0, 0, 4).as_dict()]
+
+
+def test_counts_merged_from_elsewhere_add_and_fold_as_added_ones() -> None:
+    """An ingest batch's edges, drained in the worker, merge as if added here one by one."""
+    calls = [("a/x", "b/api", "allow"), ("a/x", "b/api", "deny"), ("c/y", "b/api", "alert")]
+    calls += [(f"n/{i}", "b/api", "allow") for i in range(5)]
+    one_by_one, merged, worker = EdgeCounts(max_edges=4), EdgeCounts(max_edges=4), EdgeCounts()
+    one_by_one.add("z/z", "b/api", "allow", 61.0)
+    merged.add("z/z", "b/api", "allow", 61.0)
+    for source, dest, verdict in calls:
+        one_by_one.add(source, dest, verdict, 62.0)
+        worker.add(source, dest, verdict, 62.0)
+    merged.merge(worker.drain())
+    assert sorted(merged.peek(), key=str) == sorted(one_by_one.peek(), key=str)
+    assert merged.folded == one_by_one.folded > 0
+    assert any(e.source == OTHER for e in merged.peek())
