@@ -57,16 +57,22 @@ def upstream_cluster(
         },
     }
     if h2:
-        cluster["typed_extension_protocol_options"] = {
-            filters.HTTP_PROTOCOL_OPTIONS: {
-                "@type": f"type.googleapis.com/{filters.HTTP_PROTOCOL_OPTIONS}",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
+        cluster["typed_extension_protocol_options"] = h2_upstream()
     if tls is not None:
         # offer only the protocol this cluster speaks, else ALPN could pick one it does not
         cluster["transport_socket"] = upstream_socket(tls, ["h2"] if h2 else ["http/1.1"])
     return cluster
+
+
+def h2_upstream() -> dict[str, Any]:
+    """A static cluster's `typed_extension_protocol_options` that make it speak HTTP/2 upstream
+    (gRPC, h2c)."""
+    return {
+        filters.HTTP_PROTOCOL_OPTIONS: {
+            "@type": f"type.googleapis.com/{filters.HTTP_PROTOCOL_OPTIONS}",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
 
 
 def connection_manager(s: FilterSettings, *, route_timeout_s: float = 15.0) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshward.core.wire import ISTIO_INBOUND_BIND, ISTIO_INBOUND_PORT, ISTIO_OUTBOUND_PORT
+from meshward.istio.bootstrap import h2_upstream
 from tests.support.linkerdpod import GRPC_PORT, HTTP_PORT, LinkerdPod
 from tests.support.netns import Pod
 
@@ -83,13 +84,7 @@ def _inbound_cluster(port: int, h2: bool) -> dict[str, Any]:
         },
     }
     if h2:
-        c["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                "HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
+        c["typed_extension_protocol_options"] = h2_upstream()
     return c
 
 

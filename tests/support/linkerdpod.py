@@ -24,6 +24,7 @@ from pathlib import Path
 
 from meshward.core.wire import LINKERD_ADMIN_PORT as ADMIN_PORT
 from meshward.core.wire import LINKERD_INBOUND_PORT as INBOUND_PORT
+from meshward.istio.bootstrap import h2_upstream
 from tests.support.netns import Pod
 
 HERE = Path(__file__).parent
@@ -59,13 +60,7 @@ def _cluster(name: str, ip: str, port: int, h2: bool) -> dict:
         },
     }
     if h2:
-        c["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                "HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
+        c["typed_extension_protocol_options"] = h2_upstream()
     return c
 
 
