@@ -356,6 +356,9 @@ class Ingestor:
         async with self._in_flight:  # the worker keeps what it parsed until it is judged
             try:
                 return await self._ingest(parts, door)
+            except BaseException:
+                door.abandon()  # no empty profile of a failed batch keeps a cap place
+                raise
             finally:
                 door.close()  # however it ends: no journal left open
 
