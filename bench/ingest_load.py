@@ -14,29 +14,39 @@ late a 5 ms timer fires) without and with ingest, its garbage collections, and t
 batch costs serve's loop and the worker (from a with-ingest phase's start until its last batch
 was judged, less what the phase before used in as long, per batch sent: steadier than the
 ratio on a loaded machine). `--rt` runs serve and the Check client SCHED_FIFO (root), ahead of
-the machine's other tenants. `--control spin` (or `parse`) sends the same batches to a stand-in
-that is not serve: it reads each body and then spends about a second of CPU at SCHED_IDLE (a busy
-loop, or parsing the body as the ingest worker does): what that CPU alone, spent anywhere on the
-machine, does to the Checks.
+the machine's other tenants. `--control spin` (or `parse`, `hold`) sends the same batches to a
+stand-in that is not serve: it reads each body and then spends about a second of CPU at
+SCHED_IDLE (a busy loop; parsing a few lines again and again; or parsing the whole body, keeping
+its objects and walking them, as the worker holds a batch; or `judge`: the worker's own code on
+the batch, outside serve): what that CPU alone, spent anywhere on the machine, does to the
+Checks.
+
+`--control none` posts nothing in the "with ingest" phases: both phases are the same, so the
+ratio it prints is the bench's own noise on this machine (an A/A run). Each run also prints a
+bootstrap interval of the pooled p99 ratio (rounds resampled): with few rounds it is wide.
 
 `--every 3.6` paces the batches (one starting every 3.6 s at most): a server that judges them
 faster takes more of them per phase back to back, so its Checks see more ingest CPU per second;
 paced, two servers are compared at the same batch rate.
 
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
-     [--control spin|parse] [--every SECONDS] [--share FRACTION]
+     [--control spin|parse|hold|judge|none] [--every SECONDS] [--share FRACTION]
+     [--ingest-cpu auto|off|N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -151,6 +161,7 @@ def serve(
     rt: bool = False,
     probe: bool = False,
     share: float | None = None,
+    cpu: str | None = None,
 ) -> None:
     """The server process: a whole serve on loopback ephemeral ports until `stop`. With `probe`,
     it prints its event loop's lag (how late a 5 ms timer fires: what a Check's callback waits
@@ -176,6 +187,8 @@ def serve(
         )
         if share is not None:
             cfg.ingest_share = share
+        if cpu is not None:
+            cfg.ingest_cpu = cpu
         server = Server(cfg)
         await server.start()
         ports.send(dict(server.ports))
@@ -215,15 +228,49 @@ def serve(
     asyncio.run(main())
 
 
+def worker_stand_in() -> Callable[[bytes], None]:
+    """serve's ingest worker's two calls on a batch (parse and prepare; judge against a
+    snapshot of a serve-like engine), in this process: bench/ingest_loop.py's way."""
+    import pickle
+
+    from meshward.app import batchjudge, ingest, sigcache
+    from meshward.app.batchapply import BatchDoor
+    from meshward.app.pipeline import Pipeline
+    from meshward.core.engine import Engine, EngineConfig
+    from meshward.runtime.metrics import Metrics
+    from meshward.tap.envoy.join import Joiner
+
+    config = EngineConfig()
+    ingest._engine = Engine(config, sigcache.detector(config))
+    engine = Engine(config, sigcache.detector(config))
+    door = BatchDoor(engine, Metrics(), Joiner(), Pipeline(engine, Metrics(), Joiner()))
+    batches = itertools.count()
+
+    def judge(raw: bytes) -> None:
+        batch = next(batches)
+        parsed = ingest.parse(raw, batch)
+        assert parsed.outline is not None
+        snapshot = pickle.loads(pickle.dumps(door.snapshot(parsed.outline)))
+        door.apply(pickle.loads(pickle.dumps(ingest.judge_kept(batch, snapshot))))
+        door.close()
+        batchjudge.forget(batch)
+
+    return judge
+
+
 def control(work: str, port: Connection) -> None:
     """Not serve: answers each POST after reading its body and spending about a second of CPU
-    at SCHED_IDLE on `work` (spin: a busy loop; parse: the body's lines through json.loads)."""
+    at SCHED_IDLE on `work` (spin: a busy loop; parse: the body's first 500 lines through
+    json.loads, again and again; hold: every line parsed and kept, then walked again and again,
+    a working set the size of the batch's objects as the worker holds them; judge: what serve's
+    ingest worker does with a batch, the same code, run here instead, once per batch)."""
     import json
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     os.nice(10)
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    judge = worker_stand_in() if work == "judge" else None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -234,11 +281,17 @@ def control(work: str, port: Connection) -> None:
             while left:
                 parts.append(self.rfile.read(min(left, 1 << 20)))
                 left -= len(parts[-1])
+            if judge is not None:
+                judge(b"".join(parts))
+                parts = []
             lines = b"".join(parts).splitlines()
-            end = time.perf_counter() + 1.0
+            end = time.perf_counter() + (0.0 if judge is not None else 1.0)
+            kept = [json.loads(line) for line in lines] if work == "hold" else []
             while time.perf_counter() < end:
                 if work == "parse":
                     [json.loads(line) for line in lines[:500]]
+                elif work == "hold":  # walk the whole batch's objects again and again
+                    sum(len(v) for item in kept for v in item.values() if isinstance(v, str))
             answer = b'{"accepted": 0, "rejected": 0}'
             self.send_response(202)
             self.send_header("Content-Type", "application/json")
@@ -294,6 +347,22 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
+def interval(
+    samples: list[tuple[list[float], list[float]]], draws: int = 400, seed: int = 1
+) -> tuple[float, float]:
+    """90 % bootstrap interval of the pooled p99 ratio: whole rounds resampled (a round's
+    Checks share its moment's machine noise, so they are not independent draws)."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        picked = rng.choices(samples, k=len(samples))
+        base = [x for b, _ in picked for x in b]
+        load = [x for _, w in picked for x in w]
+        ratios.append(pct(load, 99) / pct(base, 99))
+    ratios.sort()
+    return ratios[int(draws * 0.05)], ratios[int(draws * 0.95) - 1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -306,6 +375,11 @@ def main() -> None:
         "Checks flow (default: serve's)",
     )
     ap.add_argument(
+        "--ingest-cpu",
+        help="serve --ingest-cpu: auto (the worker on a CPU of its own, serve's threads off "
+        "it while a batch is in the worker), off, or a CPU number (default: serve's)",
+    )
+    ap.add_argument(
         "--probe", action="store_true", help="also CPU per process and thread per phase (/proc)"
     )
     ap.add_argument(
@@ -316,9 +390,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--control",
-        choices=("spin", "parse"),
+        choices=("spin", "parse", "hold", "judge", "none"),
         help="post the batches to a stand-in that spends ~1 s of SCHED_IDLE CPU per batch "
-        "instead of serve (serve still answers the Checks)",
+        "instead of serve (serve still answers the Checks); none: post nothing (A/A: the "
+        "bench's own noise)",
     )
     ap.add_argument(
         "--every",
@@ -336,18 +411,22 @@ def main() -> None:
         go = ctx.Event()
         server = ctx.Process(
             target=serve,
-            args=(str(Path(tmp) / "m.db"), ports_tx, stop, go, args.rt, args.probe, args.share),
+            args=(
+                str(Path(tmp) / "m.db"),
+                *(ports_tx, stop, go, args.rt, args.probe, args.share, args.ingest_cpu),
+            ),
         )
         server.start()
         ports = ports_rx.recv()
         target = ports["http"]
-        if args.control:
+        if args.control in ("spin", "parse", "hold", "judge"):
             control_rx, control_tx = ctx.Pipe(duplex=False)
             ctx.Process(target=control, args=(args.control, control_tx), daemon=True).start()
             target = control_rx.recv()
         done_rx, done_tx = ctx.Pipe(duplex=False)
         poster = ctx.Process(target=ingest, args=(target, go, done_tx, args.every), daemon=True)
         poster.start()
+        posting = args.control != "none"
         channel = grpc.insecure_channel(f"127.0.0.1:{ports['authz']}")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         checks(stub, 1.0, args.gap)  # warm up: connection, detectors, the first profile
@@ -362,6 +441,7 @@ def main() -> None:
         )
         ratios = []
         rounds: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+        samples: list[tuple[list[float], list[float]]] = []  # (without, with) per round
         probe = None
         if args.probe and server.pid and poster.pid:
             probe = CpuProbe(server.pid, poster.pid)
@@ -371,17 +451,19 @@ def main() -> None:
             if probe:
                 probe.phase("without", t0, args.seconds)
                 t0 = probe.sample()
-            go.set()
+            if posting:
+                go.set()
             started = time.perf_counter()
             load = checks(stub, args.seconds, args.gap)
             go.clear()
             if probe:
                 probe.phase("with", t0, args.seconds)
-            sent, size, took = done_rx.recv()  # after the last batch was answered
+            sent, size, took = done_rx.recv() if posting else (0, 0, [])  # all answered
             if probe:
                 probe.batches(t0, time.perf_counter() - started, sent)
             base_all += base
             load_all += load
+            samples.append((base, load))
             ratios.append(pct(load, 99) / pct(base, 99))
             rounds["without"].append((pct(base, 50), pct(base, 99)))
             rounds["with"].append((pct(load, 50), pct(load, 99)))
@@ -417,8 +499,15 @@ def main() -> None:
         f"per-round p99 ratio: median {statistics.median(ratios):.2f}x, "
         f"{min(ratios):.2f}x .. {max(ratios):.2f}x"
     )
+    low, high = interval(samples)
+    print(f"pooled p99 ratio, 90 % bootstrap interval over rounds: {low:.2f}x .. {high:.2f}x")
     if args.control:
-        print(f"(control: the batches went to a SCHED_IDLE {args.control} stand-in, not serve)")
+        what = (
+            "nothing was posted (A/A: both phases alike)"
+            if args.control == "none"
+            else f"the batches went to a SCHED_IDLE {args.control} stand-in, not serve"
+        )
+        print(f"(control: {what})")
         return
     print(
         f"goal: Check p99 with 16 MB ingests <= {GOAL}x baseline: "
