@@ -17,8 +17,9 @@ ratio on a loaded machine). `--rt` runs serve and the Check client SCHED_FIFO (r
 the machine's other tenants. `--control spin` (or `parse`, `hold`) sends the same batches to a
 stand-in that is not serve: it reads each body and then spends about a second of CPU at
 SCHED_IDLE (a busy loop; parsing a few lines again and again; or parsing the whole body, keeping
-its objects and walking them, as the worker holds a batch): what that CPU alone, spent anywhere
-on the machine, does to the Checks.
+its objects and walking them, as the worker holds a batch; or `judge`: the worker's own code on
+the batch, outside serve): what that CPU alone, spent anywhere on the machine, does to the
+Checks.
 
 `--control none` posts nothing in the "with ingest" phases: both phases are the same, so the
 ratio it prints is the bench's own noise on this machine (an A/A run). Each run also prints a
@@ -29,13 +30,15 @@ faster takes more of them per phase back to back, so its Checks see more ingest 
 paced, two servers are compared at the same batch rate.
 
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
-     [--control spin|parse|hold|none] [--every SECONDS] [--share FRACTION]
+     [--control spin|parse|hold|judge|none] [--every SECONDS] [--share FRACTION]
+     [--ingest-cpu auto|off|N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing
 import os
 import random
@@ -43,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -157,6 +161,7 @@ def serve(
     rt: bool = False,
     probe: bool = False,
     share: float | None = None,
+    cpu: str | None = None,
 ) -> None:
     """The server process: a whole serve on loopback ephemeral ports until `stop`. With `probe`,
     it prints its event loop's lag (how late a 5 ms timer fires: what a Check's callback waits
@@ -182,6 +187,8 @@ def serve(
         )
         if share is not None:
             cfg.ingest_share = share
+        if cpu is not None:
+            cfg.ingest_cpu = cpu
         server = Server(cfg)
         await server.start()
         ports.send(dict(server.ports))
@@ -221,17 +228,49 @@ def serve(
     asyncio.run(main())
 
 
+def worker_stand_in() -> Callable[[bytes], None]:
+    """serve's ingest worker's two calls on a batch (parse and prepare; judge against a
+    snapshot of a serve-like engine), in this process: bench/ingest_loop.py's way."""
+    import pickle
+
+    from meshward.app import batchjudge, ingest, sigcache
+    from meshward.app.batchapply import BatchDoor
+    from meshward.app.pipeline import Pipeline
+    from meshward.core.engine import Engine, EngineConfig
+    from meshward.runtime.metrics import Metrics
+    from meshward.tap.envoy.join import Joiner
+
+    config = EngineConfig()
+    ingest._engine = Engine(config, sigcache.detector(config))
+    engine = Engine(config, sigcache.detector(config))
+    door = BatchDoor(engine, Metrics(), Joiner(), Pipeline(engine, Metrics(), Joiner()))
+    batches = itertools.count()
+
+    def judge(raw: bytes) -> None:
+        batch = next(batches)
+        parsed = ingest.parse(raw, batch)
+        assert parsed.outline is not None
+        snapshot = pickle.loads(pickle.dumps(door.snapshot(parsed.outline)))
+        door.apply(pickle.loads(pickle.dumps(ingest.judge_kept(batch, snapshot))))
+        door.close()
+        batchjudge.forget(batch)
+
+    return judge
+
+
 def control(work: str, port: Connection) -> None:
     """Not serve: answers each POST after reading its body and spending about a second of CPU
     at SCHED_IDLE on `work` (spin: a busy loop; parse: the body's first 500 lines through
     json.loads, again and again; hold: every line parsed and kept, then walked again and again,
-    a working set the size of the batch's objects as the worker holds them)."""
+    a working set the size of the batch's objects as the worker holds them; judge: what serve's
+    ingest worker does with a batch, the same code, run here instead, once per batch)."""
     import json
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     os.nice(10)
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    judge = worker_stand_in() if work == "judge" else None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -242,8 +281,11 @@ def control(work: str, port: Connection) -> None:
             while left:
                 parts.append(self.rfile.read(min(left, 1 << 20)))
                 left -= len(parts[-1])
+            if judge is not None:
+                judge(b"".join(parts))
+                parts = []
             lines = b"".join(parts).splitlines()
-            end = time.perf_counter() + 1.0
+            end = time.perf_counter() + (0.0 if judge is not None else 1.0)
             kept = [json.loads(line) for line in lines] if work == "hold" else []
             while time.perf_counter() < end:
                 if work == "parse":
@@ -333,6 +375,11 @@ def main() -> None:
         "Checks flow (default: serve's)",
     )
     ap.add_argument(
+        "--ingest-cpu",
+        help="serve --ingest-cpu: auto (the worker on a CPU of its own, serve's threads off "
+        "it while a batch is in the worker), off, or a CPU number (default: serve's)",
+    )
+    ap.add_argument(
         "--probe", action="store_true", help="also CPU per process and thread per phase (/proc)"
     )
     ap.add_argument(
@@ -343,7 +390,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--control",
-        choices=("spin", "parse", "hold", "none"),
+        choices=("spin", "parse", "hold", "judge", "none"),
         help="post the batches to a stand-in that spends ~1 s of SCHED_IDLE CPU per batch "
         "instead of serve (serve still answers the Checks); none: post nothing (A/A: the "
         "bench's own noise)",
@@ -364,12 +411,15 @@ def main() -> None:
         go = ctx.Event()
         server = ctx.Process(
             target=serve,
-            args=(str(Path(tmp) / "m.db"), ports_tx, stop, go, args.rt, args.probe, args.share),
+            args=(
+                str(Path(tmp) / "m.db"),
+                *(ports_tx, stop, go, args.rt, args.probe, args.share, args.ingest_cpu),
+            ),
         )
         server.start()
         ports = ports_rx.recv()
         target = ports["http"]
-        if args.control in ("spin", "parse", "hold"):
+        if args.control in ("spin", "parse", "hold", "judge"):
             control_rx, control_tx = ctx.Pipe(duplex=False)
             ctx.Process(target=control, args=(args.control, control_tx), daemon=True).start()
             target = control_rx.recv()

@@ -7,12 +7,16 @@ A serve-like engine (the default config and detectors, the on-disk signature cac
 a small batch, as bench/ingest_load.py's warm-up does; then each round judges one
 `big_batch()` (10,000 observations, about 16 MB) both ways on the same starting state.
 
-Run: .venv/bin/python bench/ingest_loop.py [--rounds 3] [--items 10000]
+`--endpoints 676` gives the destination a big learned profile first: its snapshot and install
+are then the loop's largest steps per batch.
+
+Run: .venv/bin/python bench/ingest_loop.py [--rounds 3] [--items 10000] [--endpoints N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import statistics
 import sys
@@ -30,20 +34,51 @@ from meshward.tap.envoy.join import Joiner
 from tests.support.ingest import big_batch
 
 
-def serve_like(config: EngineConfig) -> tuple[Engine, Metrics, Joiner, Pipeline]:
+def serve_like(
+    config: EngineConfig, endpoints: int = 0
+) -> tuple[Engine, Metrics, Joiner, Pipeline]:
+    """A serve-like engine that learned a small batch and, with `endpoints`, that many more
+    endpoints of the batch's destination (a big profile: snapshotted and installed per batch)."""
     engine = Engine(config, sigcache.detector(config))
     metrics, joiner = Metrics(), Joiner()
     pipeline = Pipeline(engine, metrics, joiner)
-    for chunk in ingest.parse(big_batch(10)).chunks:
+    for chunk in ingest.parse(big_batch(10) + b"\n" + many_endpoints(endpoints)).chunks:
         for obs, prepared in pickle.loads(chunk):
             pipeline.take_ingested(obs, prepared)
     return engine, metrics, joiner, pipeline
+
+
+def many_endpoints(n: int) -> bytes:
+    """JSON Lines teaching shop/api `n` distinct endpoints (up to 6,750): /{a..o}x/{a..o}y/{a..o}z
+    for GET and POST (15 literals per level stay under the cardinality bound)."""
+    lines = []
+    for k in range(n):
+        pair, method = divmod(k, 2)
+        rest, third = divmod(pair, 15)
+        first, second = divmod(rest, 15)
+        item = {
+            "seen_by": "node-tap",
+            "source": {"namespace": "shop", "workload": "web"},
+            "destination": {"namespace": "shop", "workload": "api"},
+            "method": ("GET", "POST")[method],
+            "path": f"/{chr(97 + first)}x/{chr(97 + second)}y/{chr(97 + third)}z",
+            "query": "page=1&sort=asc",
+        }
+        lines.append(json.dumps(item))
+    return "\n".join(lines).encode()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument(
+        "--endpoints",
+        type=int,
+        default=0,
+        help="endpoints the destination's profile holds before the batch (snapshotted and "
+        "installed on the loop per batch)",
+    )
     args = ap.parse_args()
     config = EngineConfig()
     ingest._engine = Engine(config, sigcache.detector(config))
@@ -53,7 +88,7 @@ def main() -> None:
     sizes: list[int] = []
     for r in range(args.rounds):
         # today's fallback path: the worker parses and prepares, the loop judges every item
-        _engine, _m, _j, pipeline = serve_like(config)
+        _engine, _m, _j, pipeline = serve_like(config, args.endpoints)
         t = clock()
         parsed = ingest.parse(raw)
         rows["old worker"].append(clock() - t)
@@ -63,7 +98,8 @@ def main() -> None:
                 pipeline.take_ingested(obs, prepared)
         rows["old loop"].append(clock() - t)
         # the batch judged in the worker: the loop decides between the calls and adds the result
-        engine, metrics, joiner, pipeline = serve_like(config)
+        engine, metrics, joiner, pipeline = serve_like(config, args.endpoints)
+        size = sum(p.endpoints for p in engine.allowlist.services.values())
         door = BatchDoor(engine, metrics, joiner, pipeline)
         t = clock()
         first = pickle.dumps(ingest.parse(raw, batch=r))
@@ -87,7 +123,7 @@ def main() -> None:
         print(
             f"round {r + 1}: loop {rows['old loop'][-1] * 1e3:.1f} -> {loop * 1e3:.2f} ms, "
             f"worker {rows['old worker'][-1]:.2f} -> {worker:.2f} s, "
-            f"{sizes[-1] / 1e3:.1f} kB crossed"
+            f"{sizes[-1] / 1e3:.1f} kB crossed, {size} endpoints learned before"
         )
 
     def med(k: str) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from meshward.app.batchjudge import Judged, Outline, Snapshot
+from meshward.app.batchjudge import Judged, Outline, Snapshot, pickled, unpickled
 from meshward.app.callerip import PodsByIp
 from meshward.app.cpedges import ControlPlaneConnections
 from meshward.app.nodescope import NodeScope
@@ -58,6 +58,9 @@ class BatchDoor:
         self.batch = -1
         self.profiles: dict[str, ServiceProfile] = {}  # snapshotted, by destination
         self.lost: list[str] = []  # destinations whose batch learning could not be redone
+        # new destinations this batch's snapshots admitted (an empty profile each, taking a
+        # place under the destination cap): removed again if the batch fails (`abandon`)
+        self.admitted: dict[str, ServiceProfile] = {}
 
     def snapshot(self, outline: Outline) -> Snapshot:
         """Node scope per key, the destination cap in the batch's order (a new learn-mode
@@ -77,15 +80,17 @@ class BatchDoor:
                 continue
             decided.add(dest)
             if allowlist.get(dest) is None and allowlist.has_room():
-                allowlist.learnable(dest)  # past the cap: the worker counts each refusal
+                admitted = allowlist.learnable(dest)  # past the cap: the worker counts refusals
+                if admitted is not None:
+                    self.admitted[dest] = admitted
         services = allowlist.services
         self.profiles = {d: services[d] for d in outline.destinations if d in services}
         engine.journal_open(outline.batch, list(self.profiles))
         modes = {**engine.modes(), EVERY_OTHER: engine.default_mode}
         pods = self.steps.pods
         by_ip = {ip: pods.by_ip(ip) for ip in outline.caller_ips} if pods is not None else None
-        docs = {d: p.to_doc() for d, p in self.profiles.items()}
-        return Snapshot(modes, docs, outside, by_ip)
+        profiles = {d: pickled(p) for d, p in self.profiles.items()}  # copies, taken now
+        return Snapshot(modes, profiles, outside, by_ip)
 
     def apply(self, judged: Judged) -> list[str]:
         """What the worker found, added; the destinations whose learning must be redone here
@@ -104,8 +109,8 @@ class BatchDoor:
             control_plane.note(key, component)
         return [
             dest
-            for dest, doc in judged.learned.items()
-            if not engine.install_learned(self.batch, dest, doc, self.profiles.get(dest))
+            for dest, raw in judged.learned.items()
+            if not engine.install_learned(self.batch, dest, unpickled(raw), self.profiles.get(dest))
         ]
 
     def relearn(self, redo: list[str], learned: dict[str, list[Learned]]) -> None:
@@ -115,6 +120,16 @@ class BatchDoor:
                 self.engine.relearn(dest, learned[dest])
             else:
                 self.lost.append(dest)
+
+    def abandon(self) -> None:
+        """The batch failed (its worker died twice, or it raised): the empty profiles its
+        snapshots admitted are removed, unless something learned into them meanwhile, so a
+        failed batch holds no place under the destination cap."""
+        services = self.engine.allowlist.services
+        for dest, profile in self.admitted.items():
+            if services.get(dest) is profile and profile.is_empty():
+                del services[dest]
+        self.admitted = {}
 
     def close(self) -> None:
         """Stop journaling for this batch."""

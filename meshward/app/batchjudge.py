@@ -33,6 +33,7 @@ The worker keeps at most `KEPT` batches (`forget` drops one once serve applied i
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from meshward.app.nodescope import ScopeKey, scope_key
 from meshward.app.pipeline import Pipeline
 from meshward.app.podindex import PodInfo
 from meshward.app.recent import RecentCalls, Shape, shape
+from meshward.core.allowlist import ServiceProfile
 from meshward.core.claims import distrusted
 from meshward.core.controlplane import is_connection_report
 from meshward.core.edges import EdgeCount
@@ -76,7 +78,7 @@ class Snapshot:
     """What of serve's state one batch is judged against."""
 
     modes: dict[str, str]  # as stored: `*` is every namespace not named
-    profiles: dict[str, dict[str, Any]]  # the touched destinations' documents
+    profiles: dict[str, bytes]  # the touched destinations' profiles, pickled (`pickled`)
     outside: set[ScopeKey] = field(default_factory=set)  # node-scope keys refused
     pods: dict[str, PodInfo | None] | None = None  # caller IP -> pod (None: not in a cluster)
 
@@ -97,7 +99,7 @@ class Judged:
     edges: list[EdgeCount] = field(default_factory=list)
     recent: list[tuple[Observation, int, float]] = field(default_factory=list)
     components: list[tuple[str, str]] = field(default_factory=list)
-    learned: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile documents
+    learned: dict[str, bytes] = field(default_factory=dict)  # the learned profiles, pickled
     tapped: list[bytes] = field(default_factory=list)  # pickled envoy-tap pairs, for the loop
 
 
@@ -113,6 +115,21 @@ class _Batch:
 
 
 _batches: OrderedDict[int, _Batch] = OrderedDict()
+
+
+def pickled(profile: ServiceProfile) -> bytes:
+    """A profile as it crosses between serve and the worker: pickled, not as its document
+    (for a 676-endpoint profile `to_doc` and `from_doc` take 7.4 and 17 ms of serve's loop per
+    batch, pickling 4.0 and 7.7 ms; docs/benchmarks.md). Both ends are serve's own code, and
+    the snapshot is taken at once."""
+    return pickle.dumps(profile, pickle.HIGHEST_PROTOCOL)
+
+
+def unpickled(raw: bytes) -> ServiceProfile:
+    profile = pickle.loads(raw)
+    if not isinstance(profile, ServiceProfile):
+        raise TypeError(f"not a profile: {type(profile).__name__}")
+    return profile
 
 
 def could_learn(obs: Observation, prepared: Prepared | None) -> bool:
@@ -232,7 +249,9 @@ def judge(
     if kept is None or kept.engine is not None:
         raise Forgotten(batch)
     engine = _Judging(_judging_config(config), detector)
-    engine.load(snapshot.profiles, snapshot.modes)
+    for raw in snapshot.profiles.values():
+        engine.allowlist.add_profile(unpickled(raw))
+    engine.set_modes(snapshot.modes)
     engine.journal_open(batch, list(snapshot.profiles))  # what it learns, for `learned_of`
     metrics, notes, shapes = Metrics(), _Notes(), _Shapes()
     pods = _Resolved(snapshot.pods) if snapshot.pods is not None else None
@@ -252,7 +271,7 @@ def judge(
             if len(out.failures) < 20:
                 out.failures.append((index, repr(exc)[:200]))
     engine.counters["inspection_failed"] += kept.inspection_failed
-    changes = engine.drain()
+    changes = engine.drain(pickled)
     kept.engine, kept.pairs = engine, []
     out.metrics = metrics.counts()
     out.counters = {k: n for k, n in engine.counters.items() if n}

@@ -22,7 +22,9 @@ While Checks are being answered (one in the last `ANSWERING` seconds), the worke
 `share` of one CPU (`serve --ingest-share`, default half): it works `WORK` (1 ms) and rests,
 between items, a JSON array read an item at a time for that. On the 2-vCPU machine any CPU
 another process spends during the Checks, whatever its priority (the worker runs `SCHED_IDLE`),
-shows in their p99; serve's loop now spends 0.35 ms per batch. Measured in docs/benchmarks.md.
+shows in their p99; serve's loop now spends 0.35 ms per batch. With two CPUs or more the worker
+runs on one of its own and serve's threads keep off it while a batch is in (`cpus`,
+meshward.app.cpusplit). Measured in docs/benchmarks.md.
 
 The body reaches the worker through a private temporary file (mode 0600), written a received
 chunk at a time with yields in between (handing 16 MB to the executor pickled it in one piece
@@ -61,6 +63,7 @@ from typing import Any
 from meshward.app import batchjudge
 from meshward.app.batchapply import BatchDoor
 from meshward.app.batchjudge import Judged, Outline, Snapshot
+from meshward.app.cpusplit import OFF, CpuSplit
 from meshward.core.claims import verdict_fields
 from meshward.core.engine import Engine, EngineConfig, Prepared
 from meshward.core.observation import Identity, Observation, Threat, observation_from_dict
@@ -223,10 +226,15 @@ def pace() -> None:
 
 
 def _start_worker(
-    config: EngineConfig | None, last_check: Any = None, share: float = DEFAULT_SHARE
+    config: EngineConfig | None,
+    last_check: Any = None,
+    share: float = DEFAULT_SHARE,
+    cpus: CpuSplit | None = None,
 ) -> None:
     global _engine, _last_check, _rest
     _last_check, _rest = last_check, rest_for(share)
+    if cpus is not None:
+        cpus.pin_worker()
     # below the loop's priority: on a busy machine the Checks' process gets the CPU first.
     # SCHED_IDLE (Linux) runs the worker only on CPU time nothing else wants, so a Check's wakeup
     # preempts it at once; niceness is the fallback where the policy is missing
@@ -300,6 +308,7 @@ class Ingestor:
         spool: str | None = None,
         last_check: Any = None,
         share: float = DEFAULT_SHARE,
+        cpus: CpuSplit | None = None,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"share {share} is not a fraction of one CPU (0 < share <= 1)")
@@ -309,6 +318,8 @@ class Ingestor:
         # the worker uses at most `share` of one CPU
         self.last_check = last_check
         self.share = share
+        # the worker on a CPU of its own, serve's threads off it while a batch is in the worker
+        self.cpus = cpus if cpus is not None else CpuSplit(OFF)
         self._pool: ProcessPoolExecutor | None = None
         self._batches = itertools.count()
         # batches between their first and last call: one parsed while another is judged; more
@@ -324,7 +335,7 @@ class Ingestor:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self.config, self.last_check, self.share),
+                initargs=(self.config, self.last_check, self.share, self.cpus),
             )
         return self._pool
 
@@ -354,9 +365,14 @@ class Ingestor:
         is replaced and the batch parsed again, once. Judged None: the worker cannot judge
         (serve's detector is its own), the loop judges the chunks (`judge`)."""
         async with self._in_flight:  # the worker keeps what it parsed until it is judged
+            self.cpus.begin()
             try:
                 return await self._ingest(parts, door)
+            except BaseException:
+                door.abandon()  # no empty profile of a failed batch keeps a cap place
+                raise
             finally:
+                self.cpus.end()
                 door.close()  # however it ends: no journal left open
 
     async def _ingest(self, parts: list[bytes], door: BatchDoor) -> tuple[Parsed, Judged | None]:

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from meshward.app import grpctls
 from meshward.app.audit import AuditLog, state_dir
 from meshward.app.auth import AuthConfig, guard_for
+from meshward.app.cpusplit import AUTO, CpuSplit
 from meshward.app.flusher import Flusher
 from meshward.app.ingest import DEFAULT_SHARE, Ingestor
 from meshward.app.nodescope import cluster_pods
@@ -88,6 +89,7 @@ class ServeConfig:
     flush_interval: float = 2.0  # seconds between batched store writes
     max_ingest_bytes: int = 16 * 1024 * 1024
     ingest_share: float = DEFAULT_SHARE  # of one CPU, for the ingest worker while Checks flow
+    ingest_cpu: str = AUTO  # the ingest worker's own CPU (meshward.app.cpusplit): auto, off, N
     engine: EngineConfig = field(default_factory=EngineConfig)
     store: str = "sqlite"  # or "kubernetes": the cluster store (app/replica.py)
     kubeconfig: str | None = None  # kubernetes: None is the pod's service account
@@ -163,6 +165,7 @@ class Server:
             config.engine if rebuildable else None,
             last_check=last_check,
             share=config.ingest_share,
+            cpus=CpuSplit(config.ingest_cpu),
         )
         self.engine = engine
         self.metrics.follow(self.metrics.refused, lambda: engine.refused)

@@ -350,6 +350,23 @@ class ServiceProfile:
         self.removed: set[RuleKey] = set()
         self.review = Review()  # the review mark, approvals, who removed what
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (between serve and its ingest worker: much cheaper than `to_doc` and
+        `from_doc` for a big profile) without the refusal hook: the receiver sets its own."""
+        state = self.__dict__.copy()
+        del state["on_refuse"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.on_refuse = _ignore
+
+    def is_empty(self) -> bool:
+        """Nothing learned, removed or reviewed yet (as `Allowlist.learnable` creates it)."""
+        return not (
+            self.seen.count or self.sources or self.endpoints or self.removed or self.review
+        )
+
     # ---- learning
     def learn_source(self, source: str, now: float) -> None:
         s = self.sources.get(source)

@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import logging
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,7 @@ class Changes:
     """What changed since the last drain: profile documents (copies, safe to write from another
     thread) by destination, and the new alerts, oldest first."""
 
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, Any] = field(default_factory=dict)  # documents, or what drain's copy made
     alerts: list[dict[str, Any]] = field(default_factory=list)
     edges: list[EdgeCount] = field(default_factory=list)  # verdicts per caller -> destination
 
@@ -458,7 +458,7 @@ class Engine:
         self._journals.pop(batch, None)
 
     def install_learned(
-        self, batch: int, destination: str, doc: dict[str, Any], snapshotted: object
+        self, batch: int, destination: str, profile: ServiceProfile, snapshotted: object
     ) -> bool:
         """What a batch judged elsewhere learned of `destination`, from the profile object
         `snapshotted`: installed, with what was learned here meanwhile replayed onto it (a
@@ -470,8 +470,7 @@ class Engine:
         entries = journal.get(destination)
         if entries is None or self.allowlist.services.get(destination) is not snapshotted:
             return False
-        profile = self._stored_profile(destination, doc)
-        profile.on_refuse = self._refuse
+        profile.limits, profile.on_refuse = self.allowlist.limits, self._refuse
         for obs, f in entries:
             scoring.learn(profile, obs, f)
         self.allowlist.services[destination] = profile
@@ -491,14 +490,15 @@ class Engine:
         """The alerts the next drain will hand over, oldest first."""
         return list(self._pending_alerts)
 
-    def drain(self) -> Changes:
-        """Hand over what changed since the last drain: the learned profiles, snapshotted
-        (`to_doc()` copies, so the app may write them from another thread), and the new alerts."""
+    def drain(self, copy: Callable[[ServiceProfile], Any] = ServiceProfile.to_doc) -> Changes:
+        """Hand over what changed since the last drain: the learned profiles, snapshotted by
+        `copy` (`to_doc()` copies, so the app may write them from another thread; the ingest
+        worker pickles them), and the new alerts."""
         profiles = {}
         for d in self._dirty:
             p = self.allowlist.get(d)
             if p is not None:
-                profiles[d] = p.to_doc()
+                profiles[d] = copy(p)
         self._dirty.clear()
         alerts, self._pending_alerts = self._pending_alerts, []
         self._quota.reset()

@@ -254,9 +254,8 @@ def test_a_worker_killed_between_the_calls_parses_the_batch_again_once(
     hears BrokenProcessPool (serve answers 503 "send the batch again")."""
     items = [item("learnns", i) for i in range(20)]
     raw = b"\n".join(json.dumps(it).encode() for it in items)
-    serve = _serve([], False, 2000)
 
-    async def run(kills: int) -> tuple[int, list[int]]:
+    async def run(serve: Serve, kills: int) -> tuple[int, list[int]]:
         ingestor = Ingestor(serve.engine.config, spool=str(tmp_path))
         door = BatchDoor(serve.engine, serve.metrics, serve.joiner, serve.pipeline)
         real_snapshot = door.snapshot
@@ -280,12 +279,18 @@ def test_a_worker_killed_between_the_calls_parses_the_batch_again_once(
         finally:
             ingestor.close()
 
-    assert asyncio.run(run(1)) == (20, [0])
+    serve = _serve([], False, 2000)
+    assert asyncio.run(run(serve, 1)) == (20, [0])
     assert list(tmp_path.iterdir()) == []
+    assert serve.engine.allowlist.get("learnns/api") is not None
+    serve = _serve([], False, 2000)
     with pytest.raises(ingest.BrokenProcessPool):
-        asyncio.run(run(2))
+        asyncio.run(run(serve, 2))
     assert list(tmp_path.iterdir()) == []
     assert serve.engine._journals == {}
+    # the failed batch's new destination holds no place under the cap (its snapshots made
+    # an empty profile for it, removed again)
+    assert serve.engine.allowlist.get("learnns/api") is None
 
 
 def test_many_node_taps_posting_at_once_are_all_judged() -> None:
@@ -343,3 +348,20 @@ def test_node_taps_posting_to_one_service_at_once_never_relearn_on_the_loop(
     assert relearned == []
     (profile,) = serve.engine.allowlist.services.values()
     assert profile.seen.count == 20
+
+
+def test_a_failed_batch_gives_back_the_places_its_new_destinations_took() -> None:
+    """The snapshot admits a batch's new learn-mode destinations (an empty profile each, under
+    the destination cap); the batch failing removes those nothing learned into meanwhile."""
+    serve = _serve([], False, 2000)
+    allowlist = serve.engine.allowlist
+    door = BatchDoor(serve.engine, serve.metrics, serve.joiner, serve.pipeline)
+    learners = [(f"{ns}/api", ns, ("", ns, "api")) for ns in ("newns", "otherns")]
+    door.snapshot(batchjudge.Outline(7, [d for d, _, _ in learners], learners))
+    assert allowlist.get("newns/api") is not None and allowlist.get("otherns/api") is not None
+    serve.engine.evaluate(observation_from_dict(item("otherns", 1)), mode="learn")  # a Check
+    door.abandon()
+    door.close()
+    assert allowlist.get("newns/api") is None
+    kept = allowlist.get("otherns/api")
+    assert kept is not None and kept.endpoints == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import string
 
 from hypothesis import given, settings
@@ -59,6 +60,28 @@ def test_export_import_round_trip_keeps_matching(requests: list[tuple[str, str]]
     assert b.export_doc() == a.export_doc()
     for method, path in requests:
         assert b.get("ns/api").match(method, path).rule is not None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(methods, paths), min_size=1, max_size=30))
+def test_a_pickled_profile_is_the_same_profile_without_its_refusal_hook(
+    requests: list[tuple[str, str]],
+) -> None:
+    """serve and its ingest worker hand profiles over pickled (meshward.app.batchjudge)."""
+    refused: list[str] = []
+    profile = ServiceProfile(
+        "ns/api", Limits(cardinality_k=4, max_sources=1), lambda what, _: refused.append(what)
+    )
+    for i, (method, path) in enumerate(requests):
+        profile.learn_source(f"ns/web{i % 2}", 1_700_000_000.123456 + i)
+        assert profile.endpoint_for_learning(method, path) is not None
+    copy = pickle.loads(pickle.dumps(profile, pickle.HIGHEST_PROTOCOL))
+    assert copy.to_doc() == profile.to_doc()
+    assert copy.seen == profile.seen and copy.sources == profile.sources  # not rounded
+    for method, path in requests:
+        assert copy.match(method, path) == profile.match(method, path)
+    copy.learn_source("ns/other", 1.0)  # past max_sources: the copy's hook is a no-op
+    assert copy.dropped == profile.dropped + 1 and refused == ["source-cap"] * profile.dropped
 
 
 @given(st.integers(min_value=0, max_value=10**12), st.uuids())

@@ -42,6 +42,17 @@ def _ingest_share(flag: float | None) -> float:
     return value
 
 
+def _ingest_cpu(flag: str | None) -> str:
+    from meshward.app.cpusplit import AUTO, CpuSplit
+
+    value = flag if flag is not None else os.environ.get("MESHWARD_INGEST_CPU", "") or AUTO
+    try:
+        CpuSplit(value)
+    except ValueError as exc:
+        raise UsageError(f"--ingest-cpu: {exc}") from None
+    return value
+
+
 def _env_flag(name: str) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no"):
@@ -125,6 +136,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "being answered (it works 1 ms, then rests; at full speed when none came for 1 s): "
         "lower keeps the Checks' tail closer to its baseline on a small machine, higher "
         "ingests faster (env MESHWARD_INGEST_SHARE, default 0.5: half of one CPU)",
+    )
+    p.add_argument(
+        "--ingest-cpu",
+        help="the CPU the ingest worker runs on, serve's threads kept off it while a batch is "
+        "in the worker, so Checks do not wake where a batch just filled the caches: auto (the "
+        "highest CPU serve may use, when it may use two or more), off, or a CPU number (env "
+        "MESHWARD_INGEST_CPU, default auto)",
     )
     p.add_argument(
         "--api-token-file",
@@ -251,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
         cluster_namespace=args.cluster_namespace or os.environ.get("POD_NAMESPACE") or "meshward",
         flush_interval=_flush_interval(args.flush_interval),
         ingest_share=_ingest_share(args.ingest_share),
+        ingest_cpu=_ingest_cpu(args.ingest_cpu),
         alerts_dsn=args.alerts_dsn or os.environ.get("MESHWARD_ALERTS_DSN") or None,
         # in a cluster (either Kubernetes option) the mode is the Namespace label
         modes_from_labels=kube_auth or store == "kubernetes",
