@@ -5,7 +5,7 @@ Every verdict (ext_authz, the Envoy tap, the node tap, files; cache hits include
 the pipeline; the app drains the counts with the engine's other changes and adds them up in its
 store (one row per bucket and edge). Memory is bounded: past `max_edges` distinct (bucket,
 caller, destination) keys between two drains, further new keys are folded into the caller
-`OTHER` of their destination bucket, and counted in `folded`. Pure: the time is the
+`OTHER` of their destination bucket, and their calls counted in `folded`. Pure: the time is the
 observation's.
 """
 
@@ -62,19 +62,19 @@ class EdgeCounts:
     def merge(self, counts: list[EdgeCount]) -> None:
         """Counts drained elsewhere (an ingest batch judged in the worker process), added in."""
         for e in counts:
-            row = self._row(e.bucket, e.source, e.destination)
+            row = self._row(e.bucket, e.source, e.destination, e.allowed + e.alerted + e.denied)
             row[0] += e.allowed
             row[1] += e.alerted
             row[2] += e.denied
 
-    def _row(self, bucket: int, source: str, destination: str) -> list[int]:
+    def _row(self, bucket: int, source: str, destination: str, calls: int = 1) -> list[int]:
         """The counts of one edge in one bucket; past `max_edges` keys a new caller's go to
-        `OTHER`'s (counted in `folded`)."""
+        `OTHER`'s (its `calls` counted in `folded`, whether added one by one or merged)."""
         key = (bucket, source, destination)
         row = self._counts.get(key)
         if row is None:
             if len(self._counts) >= self.max_edges:
-                self.folded += 1
+                self.folded += calls
                 key = (bucket, OTHER, destination)
                 row = self._counts.get(key)
             if row is None:

@@ -41,6 +41,7 @@ def test_counts_merged_from_elsewhere_add_and_fold_as_added_ones() -> None:
     """An ingest batch's edges, drained in the worker, merge as if added here one by one."""
     calls = [("a/x", "b/api", "allow"), ("a/x", "b/api", "deny"), ("c/y", "b/api", "alert")]
     calls += [(f"n/{i}", "b/api", "allow") for i in range(5)]
+    calls += [("n/0", "b/api", "deny"), ("n/4", "b/api", "alert")]  # folded keys called twice
     one_by_one, merged, worker = EdgeCounts(max_edges=4), EdgeCounts(max_edges=4), EdgeCounts()
     one_by_one.add("z/z", "b/api", "allow", 61.0)
     merged.add("z/z", "b/api", "allow", 61.0)
