@@ -18,28 +18,31 @@ def _env_port(name: str, default: int) -> int:
     return int(raw)
 
 
-def _flush_interval(flag: float | None) -> float:
-    raw = os.environ.get("MESHWARD_FLUSH_INTERVAL", "")
+def _number(
+    flag: float | None, env: str, default: float, low: float, high: float, rule: str
+) -> float:
+    """A number from its flag, else its environment variable, else `default`; outside
+    `low`..`high` a usage error saying `rule`."""
+    raw = os.environ.get(env, "")
     try:
-        value = flag if flag is not None else float(raw or 2.0)
+        value = flag if flag is not None else float(raw or default)
     except ValueError:
-        raise UsageError(f"MESHWARD_FLUSH_INTERVAL={raw!r} is not a number") from None
-    if not 0.05 <= value <= 3600:
-        raise UsageError("--flush-interval must be 0.05..3600 seconds")
+        raise UsageError(f"{env}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise UsageError(rule)
     return value
+
+
+def _flush_interval(flag: float | None) -> float:
+    rule = "--flush-interval must be 0.05..3600 seconds"
+    return _number(flag, "MESHWARD_FLUSH_INTERVAL", 2.0, 0.05, 3600, rule)
 
 
 def _ingest_share(flag: float | None) -> float:
     from meshward.app.ingest import DEFAULT_SHARE
 
-    raw = os.environ.get("MESHWARD_INGEST_SHARE", "")
-    try:
-        value = flag if flag is not None else float(raw or DEFAULT_SHARE)
-    except ValueError:
-        raise UsageError(f"MESHWARD_INGEST_SHARE={raw!r} is not a number") from None
-    if not 0.01 <= value <= 1:
-        raise UsageError("--ingest-share must be 0.01..1 (a fraction of one CPU)")
-    return value
+    rule = "--ingest-share must be 0.01..1 (a fraction of one CPU)"
+    return _number(flag, "MESHWARD_INGEST_SHARE", DEFAULT_SHARE, 0.01, 1, rule)
 
 
 def _ingest_cpu(flag: str | None) -> str:
