@@ -315,9 +315,8 @@ async def observations(request: web.Request) -> web.Response:
         pipeline.take_tap(obs, prepared)
         return True
 
-    last_check = lambda: server.check.last_check.value  # noqa: E731
     if judged is None:  # serve's detector is its own: judged here
-        accepted = await server.ingestor.judge(parsed, take, judge_failed, last_check)
+        accepted = await server.ingestor.judge(parsed, take, judge_failed)
     else:
         outside, accepted, failures = judged.outside, judged.taken, judged.failed
         for index, error in judged.failures:
@@ -327,7 +326,7 @@ async def observations(request: web.Request) -> web.Response:
         if judged.tapped:  # the both-ends join and judged-by-Check are the loop's
             before = failures
             tapped = Parsed(chunks=judged.tapped)
-            await server.ingestor.judge(tapped, take_tap, judge_failed, last_check)
+            await server.ingestor.judge(tapped, take_tap, judge_failed)
             accepted -= failures - before
     rejected += failures
     if outside:

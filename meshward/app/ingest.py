@@ -424,16 +424,16 @@ class Ingestor:
         parsed: Parsed,
         take: Callable[[Observation, Prepared | None], bool],
         failed: Callable[[int, Exception], None],
-        last_check: Callable[[], float] = time.monotonic,
     ) -> int:
         """Feed every observation to `take` on the loop, resting `PAUSE` after each `SLICE` of
-        work while Checks are being answered (`last_check()`: time.monotonic() of the latest;
-        the default: always), else yielding after each `FREE_SLICE`; returns how many it took
+        work while Checks are being answered (one came in the last `ANSWERING` seconds: the
+        shared `last_check`; without it, always), else yielding after each `FREE_SLICE`;
+        returns how many it took
         (True; False: refused, counted by `take`); `failed(index, exc)` hears of those it
         raised on."""
         taken = index = 0
         start = time.perf_counter()
-        answering = time.monotonic() - last_check() < ANSWERING
+        answering = time.monotonic() - self._last_check() < ANSWERING
         for chunk in parsed.chunks:
             for obs, prepared in pickle.loads(chunk):
                 try:
@@ -443,10 +443,15 @@ class Ingestor:
                     failed(index, exc)
                 index += 1
                 if time.perf_counter() - start >= (SLICE if answering else FREE_SLICE):
-                    answering = time.monotonic() - last_check() < ANSWERING
+                    answering = time.monotonic() - self._last_check() < ANSWERING
                     await asyncio.sleep(PAUSE if answering else 0)
                     start = time.perf_counter()
         return taken
+
+    def _last_check(self) -> float:
+        """time.monotonic() of serve's latest Check; without the shared value (in-process
+        tests and benches) as if one had just come."""
+        return float(self.last_check.value) if self.last_check is not None else time.monotonic()
 
     def _drop_pool(self) -> None:
         if self._pool is not None:

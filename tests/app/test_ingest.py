@@ -105,7 +105,7 @@ def test_with_no_check_to_answer_judging_only_yields_until_one_arrives(
     a time and only yields (ingest keeps its throughput); once a Check arrives it rests again."""
     rests: list[float] = []
     real_sleep = asyncio.sleep
-    last = [0.0]  # no Check yet
+    last = ctypes.c_double(0.0)  # serve's latest Check: none yet
 
     async def sleep(delay: float) -> None:
         rests.append(delay)
@@ -116,12 +116,12 @@ def test_with_no_check_to_answer_judging_only_yields_until_one_arrives(
         while ingest.time.perf_counter() < end:
             pass
         if obs == 20:
-            last[0] = ingest.time.monotonic()  # a Check is answered meanwhile
+            last.value = ingest.time.monotonic()  # a Check is answered meanwhile
         return True
 
     parsed = ingest.Parsed(chunks=[ingest.pickle.dumps([(i, None) for i in range(40)])])
     monkeypatch.setattr(ingest.asyncio, "sleep", sleep)
-    judge = Ingestor(None).judge(parsed, busy, lambda i, e: None, lambda: last[0])  # type: ignore[arg-type]
+    judge = Ingestor(None, last_check=last).judge(parsed, busy, lambda i, e: None)  # type: ignore[arg-type]
     assert asyncio.run(judge) == 40
     first_rest = rests.index(ingest.PAUSE)
     assert 1 <= first_rest <= 20 and set(rests[:first_rest]) == {0}  # FREE_SLICE each
