@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +18,17 @@ pytest_plugins = [
     "tests.support.replicas",
     "tests.support.postgres",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """Give back the root logger a test changed: a command run in-process calls
+    `jsonlog.setup`, whose handler writes to that test's captured stderr, closed afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
