@@ -37,7 +37,6 @@ import random
 import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +46,7 @@ from kubernetes.client.exceptions import ApiException
 
 from meshward.app.alertevents import AlertEvents
 from meshward.app.install import GROUP
-from meshward.app.store import DEFAULT_EDGE_ROWS, AlertStore, StoreError
+from meshward.app.store import AlertsIn, AlertStore, StoreError
 from meshward.core import modes as core_modes
 from meshward.core.allowlist import Limits
 from meshward.core.allowlist_merge import (
@@ -61,7 +60,6 @@ from meshward.core.allowlist_merge import (
     retire,
     to_object,
 )
-from meshward.core.edges import EdgeCount
 from meshward.core.labels import MANAGED_BY, MODE_LABEL
 from meshward.core.log import event
 from meshward.core.names import is_kubernetes_name
@@ -134,7 +132,7 @@ def object_ref(destination: str, fallback_namespace: str) -> tuple[str, str]:
     return namespace, f"{base or 'destination'}.{digest}"
 
 
-class KubeStore:
+class KubeStore(AlertsIn):
     """`Store` on Allowlist objects and Namespace labels; alerts go to `alerts`.
 
     `replica` is this replica's id (the pod name): its counters are kept under it. No I/O in
@@ -169,7 +167,7 @@ class KubeStore:
         self.backoff = backoff
         self.live_replicas = live_replicas
         self.stats = KubeStoreStats()
-        self._alerts = alerts
+        self.alert_store = alerts
         self.alert_events = alert_events
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
@@ -212,7 +210,7 @@ class KubeStore:
         self._namespaces.stop()
         self._objects.join(5)
         self._namespaces.join(5)
-        self._alerts.close()
+        self.alert_store.close()
 
     # ---- profiles
 
@@ -717,33 +715,12 @@ class KubeStore:
             "meshward serve has no rights to change it"
         )
 
-    # ---- alerts and edge counts: not in etcd
-
-    @property
-    def evicted(self) -> Counter[str]:
-        return self._alerts.evicted
+    # ---- alerts and edge counts: not in etcd (AlertsIn), stored then told as Events
 
     def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        self._alerts.add_alerts(alerts)
+        super().add_alerts(alerts)
         if self.alert_events is not None:  # after they are stored: Events are best effort
             self.alert_events.record(alerts)
-
-    def alerts(
-        self, limit: int = 100, namespace: str | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]:
-        return self._alerts.alerts(limit, namespace, since)
-
-    def add_edges(self, edges: list[EdgeCount]) -> None:
-        self._alerts.add_edges(edges)
-
-    def edges(
-        self,
-        since: float,
-        until: float | None = None,
-        namespace: str | None = None,
-        limit: int = DEFAULT_EDGE_ROWS,
-    ) -> list[dict[str, Any]]:
-        return self._alerts.edges(since, until, namespace, limit)
 
     # ---- errors
 

@@ -618,17 +618,44 @@ class SqliteStore:
         self.close()
 
 
-class StoreView:
+class AlertsIn:
+    """The alert half of a store whose alerts and edge counts live in another one,
+    `alert_store` (the history is local to a replica while profiles may be shared)."""
+
+    alert_store: AlertStore
+
+    @property
+    def evicted(self) -> Counter[str]:
+        return self.alert_store.evicted
+
+    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        self.alert_store.add_alerts(alerts)
+
+    def alerts(
+        self, limit: int = 100, namespace: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        return self.alert_store.alerts(limit, namespace, since)
+
+    def add_edges(self, edges: list[EdgeCount]) -> None:
+        self.alert_store.add_edges(edges)
+
+    def edges(
+        self,
+        since: float,
+        until: float | None = None,
+        namespace: str | None = None,
+        limit: int = DEFAULT_EDGE_ROWS,
+    ) -> list[dict[str, Any]]:
+        return self.alert_store.edges(since, until, namespace, limit)
+
+
+class StoreView(AlertsIn):
     """A store in front of `inner`: profiles and modes go to `inner`, alerts and edge counts to
     `alert_store` (by default `inner` too). The views below override what they change."""
 
     def __init__(self, inner: Store, alerts: AlertStore | None = None) -> None:
         self.inner = inner
-        self.alert_store: AlertStore = alerts if alerts is not None else inner
-
-    @property
-    def evicted(self) -> Counter[str]:
-        return self.alert_store.evicted
+        self.alert_store = alerts if alerts is not None else inner
 
     def load_profiles(self) -> dict[str, dict[str, Any]]:
         return self.inner.load_profiles()
@@ -650,26 +677,6 @@ class StoreView:
 
     def modes_version(self) -> int:
         return self.inner.modes_version()
-
-    def add_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        self.alert_store.add_alerts(alerts)
-
-    def alerts(
-        self, limit: int = 100, namespace: str | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]:
-        return self.alert_store.alerts(limit, namespace, since)
-
-    def add_edges(self, edges: list[EdgeCount]) -> None:
-        self.alert_store.add_edges(edges)
-
-    def edges(
-        self,
-        since: float,
-        until: float | None = None,
-        namespace: str | None = None,
-        limit: int = DEFAULT_EDGE_ROWS,
-    ) -> list[dict[str, Any]]:
-        return self.alert_store.edges(since, until, namespace, limit)
 
     def close(self) -> None:
         try:
