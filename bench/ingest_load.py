@@ -19,19 +19,26 @@ stand-in that is not serve: it reads each body and then spends about a second of
 SCHED_IDLE (a busy loop; parsing a few lines again and again; or parsing the whole body, keeping
 its objects and walking them, as the worker holds a batch; or `judge`: the worker's own code on
 the batch, outside serve): what that CPU alone, spent anywhere on the machine, does to the
-Checks.
+Checks. `--control sink` reads each body and answers at once: what moving 16 MB over loopback
+to some process (the kernel's copies, softirqs) costs the Checks with no work done on it.
 
 `--control none` posts nothing in the "with ingest" phases: both phases are the same, so the
 ratio it prints is the bench's own noise on this machine (an A/A run). Each run also prints a
 bootstrap interval of the pooled p99 ratio (rounds resampled): with few rounds it is wide.
+
+`--client-cpu 0` keeps the Check client (this process) on CPU 0 in both phases. In a cluster
+the calling sidecar runs in another pod, usually on another node: it never competes with serve's
+ingest worker for its CPU (`serve --ingest-cpu auto` puts the worker on the highest CPU, on 2
+CPUs CPU 1). Without the flag the client floats over both CPUs of this machine and wakes on the
+worker's too, which no deployment does; both settings are reported in docs/benchmarks.md.
 
 `--every 3.6` paces the batches (one starting every 3.6 s at most): a server that judges them
 faster takes more of them per phase back to back, so its Checks see more ingest CPU per second;
 paced, two servers are compared at the same batch rate.
 
 Run: .venv/bin/python bench/ingest_load.py [--rounds 2] [--seconds 6] [--probe] [--rt]
-     [--control spin|parse|hold|judge|none] [--every SECONDS] [--share FRACTION]
-     [--ingest-cpu auto|off|N]
+     [--control spin|parse|hold|judge|sink|none] [--every SECONDS] [--share FRACTION]
+     [--ingest-cpu auto|off|N] [--client-cpu N]
 """
 
 from __future__ import annotations
@@ -263,7 +270,8 @@ def control(work: str, port: Connection) -> None:
     at SCHED_IDLE on `work` (spin: a busy loop; parse: the body's first 500 lines through
     json.loads, again and again; hold: every line parsed and kept, then walked again and again,
     a working set the size of the batch's objects as the worker holds them; judge: what serve's
-    ingest worker does with a batch, the same code, run here instead, once per batch)."""
+    ingest worker does with a batch, the same code, run here instead, once per batch; sink:
+    nothing, the body read and answered at once: what receiving 16 MB alone costs)."""
     import json
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -285,7 +293,7 @@ def control(work: str, port: Connection) -> None:
                 judge(b"".join(parts))
                 parts = []
             lines = b"".join(parts).splitlines()
-            end = time.perf_counter() + (0.0 if judge is not None else 1.0)
+            end = time.perf_counter() + (0.0 if judge is not None or work == "sink" else 1.0)
             kept = [json.loads(line) for line in lines] if work == "hold" else []
             while time.perf_counter() < end:
                 if work == "parse":
@@ -389,11 +397,18 @@ def main() -> None:
         "tenants, as if on cores of their own; the ingest worker and the load generator not",
     )
     ap.add_argument(
+        "--client-cpu",
+        type=int,
+        help="run the Check client (this process's gRPC threads) on this CPU only, in both "
+        "phases: in a cluster the calling sidecar is on another node, never on the ingest "
+        "worker's CPU (with --ingest-cpu auto on 2 CPUs: 0)",
+    )
+    ap.add_argument(
         "--control",
-        choices=("spin", "parse", "hold", "judge", "none"),
+        choices=("spin", "parse", "hold", "judge", "sink", "none"),
         help="post the batches to a stand-in that spends ~1 s of SCHED_IDLE CPU per batch "
-        "instead of serve (serve still answers the Checks); none: post nothing (A/A: the "
-        "bench's own noise)",
+        "instead of serve (serve still answers the Checks); sink: one that only reads them; "
+        "none: post nothing (A/A: the bench's own noise)",
     )
     ap.add_argument(
         "--every",
@@ -419,7 +434,7 @@ def main() -> None:
         server.start()
         ports = ports_rx.recv()
         target = ports["http"]
-        if args.control in ("spin", "parse", "hold", "judge"):
+        if args.control not in (None, "none"):
             control_rx, control_tx = ctx.Pipe(duplex=False)
             ctx.Process(target=control, args=(args.control, control_tx), daemon=True).start()
             target = control_rx.recv()
@@ -427,6 +442,8 @@ def main() -> None:
         poster = ctx.Process(target=ingest, args=(target, go, done_tx, args.every), daemon=True)
         poster.start()
         posting = args.control != "none"
+        if args.client_cpu is not None:  # after the children started: they keep every CPU
+            os.sched_setaffinity(0, {args.client_cpu})
         channel = grpc.insecure_channel(f"127.0.0.1:{ports['authz']}")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         checks(stub, 1.0, args.gap)  # warm up: connection, detectors, the first profile

@@ -88,9 +88,11 @@ FREE_SLICE = 0.005
 WORKER_NICE = 10  # the worker's niceness, added to serve's
 # While Checks are being answered the worker works WORK seconds, then rests so as to use at most
 # `share` of a CPU (serve --ingest-share, DEFAULT_SHARE): on the 2-vCPU machine any CPU another
-# process spends, however low its priority, shows in the Checks' tail (docs/benchmarks.md)
+# process spends, however low its priority, shows in the Checks' tail (docs/benchmarks.md).
+# A quarter: Check p99 1.12-1.15x under back-to-back 16 MB batches, each judged in 3.7 s while
+# Checks flow; half: 1.00-1.27x from run to run, 2.4 s a batch
 WORK = 0.001
-DEFAULT_SHARE = 0.5
+DEFAULT_SHARE = 0.25
 IN_FLIGHT = 2  # batches in the worker at once (at most batchjudge.KEPT)
 
 

@@ -285,7 +285,7 @@ def test_ingest_share_is_a_fraction_of_one_cpu(monkeypatch: pytest.MonkeyPatch) 
     from meshward.app.commands.serve import _ingest_share
 
     monkeypatch.delenv("MESHWARD_INGEST_SHARE", raising=False)
-    assert _ingest_share(None) == DEFAULT_SHARE == 0.5  # as `serve --help` says
+    assert _ingest_share(None) == DEFAULT_SHARE == 0.25  # as `serve --help` says
     assert _ingest_share(0.2) == 0.2
     monkeypatch.setenv("MESHWARD_INGEST_SHARE", "1")
     assert _ingest_share(None) == 1.0

@@ -138,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the fraction of one CPU the ingest worker may use while ext_authz Checks are "
         "being answered (it works 1 ms, then rests; at full speed when none came for 1 s): "
         "lower keeps the Checks' tail closer to its baseline on a small machine, higher "
-        "ingests faster (env MESHWARD_INGEST_SHARE, default 0.5: half of one CPU)",
+        "ingests faster (env MESHWARD_INGEST_SHARE, default 0.25: a quarter of one CPU)",
     )
     p.add_argument(
         "--ingest-cpu",
