@@ -19,7 +19,7 @@ batch (`Ingestor.ingest`; the batch stays in the worker between them, keyed by a
    adds them on the loop (milliseconds, not 0.2 s: bench/ingest_loop.py).
 
 While Checks are being answered (one in the last `ANSWERING` seconds), the worker uses at most
-`share` of one CPU (`serve --ingest-share`, default half): it works `WORK` (1 ms) and rests,
+`share` of one CPU (`serve --ingest-share`, default a quarter): it works `WORK` (1 ms) and rests,
 between items, a JSON array read an item at a time for that. On the 2-vCPU machine any CPU
 another process spends during the Checks, whatever its priority (the worker runs `SCHED_IDLE`),
 shows in their p99; serve's loop now spends 0.35 ms per batch. With two CPUs or more the worker
@@ -89,7 +89,7 @@ WORKER_NICE = 10  # the worker's niceness, added to serve's
 # While Checks are being answered the worker works WORK seconds, then rests so as to use at most
 # `share` of a CPU (serve --ingest-share, DEFAULT_SHARE): on the 2-vCPU machine any CPU another
 # process spends, however low its priority, shows in the Checks' tail (docs/benchmarks.md).
-# A quarter: Check p99 1.12-1.15x under back-to-back 16 MB batches, each judged in 3.7 s while
+# A quarter: Check p99 1.05-1.15x under back-to-back 16 MB batches, each judged in 3.7 s while
 # Checks flow; half: 1.00-1.27x from run to run, 2.4 s a batch
 WORK = 0.001
 DEFAULT_SHARE = 0.25
