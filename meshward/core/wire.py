@@ -117,6 +117,7 @@ def linkerd_client_identity(headers: list[tuple[str, str]]) -> str:
 TAP_STREAM_WINDOW: Final = 256
 # How long Envoy keeps a tap stream after its request ended (ext_proc deferred_close_timeout,
 # Envoy's default 5 s) before resetting it: the longest meshward may lag before copies are lost
-# (Envoy ext_proc streams_closed, meshward_tap_streams_total{outcome="cut"}). Longer costs sidecar
-# memory for the copies held meanwhile (at most TAP_CIRCUIT_LIMIT of them).
+# (meshward_tap_streams_total{outcome="cut"}, or never seen when still queued; Envoy's ext_proc
+# streams_closed also counts streams meshward ended itself, so it is no loss count alone). Longer
+# costs sidecar memory for the copies held meanwhile (at most TAP_CIRCUIT_LIMIT of them).
 TAP_CLOSE_TIMEOUT_MS: Final = 30_000
