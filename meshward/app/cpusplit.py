@@ -6,7 +6,8 @@ though the worker runs SCHED_IDLE and serve's loop spends 0.35 ms per batch; the
 code, run on the same batches in a process that is not serve, cost 1.0-1.24x (an A/A run of the
 bench: 0.90-1.01x). A Check's threads woke on the CPU the worker was running on (a CPU that
 runs only SCHED_IDLE work counts as idle to the scheduler), its caches full of the batch. Kept
-apart, the same batches cost the Checks 1.14-1.40x, against 1.37-1.56x (docs/benchmarks.md,
+apart, the same batches cost the Checks 1.14-1.40x, against 1.37-1.56x, at the worker's share
+of half a CPU; at a quarter (the default since) 1.05-1.15x (docs/benchmarks.md,
 bench/ingest_load.py).
 
 Serve keeps every CPU while no batch is in the worker. Linux only (`sched_setaffinity`); with one
